@@ -1,0 +1,150 @@
+/*
+ * runtime.h — support code linked into every trainer (and used by kiln itself).
+ *
+ * Nothing here includes a compiler header: a standalone trainer is the generated step plus
+ * these files. Sections are named after the .c file that owns them. Functions that can fail
+ * return 0 on success and -1 on failure, with a one-line message (naming the file and what is
+ * wrong) in the caller's `err` buffer of RT_ERR_LEN bytes.
+ */
+#ifndef KILN_RUNTIME_H
+#define KILN_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "kiln_abi.h"
+
+#define RT_ERR_LEN 512
+
+#if defined(__GNUC__)
+#define RT_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define RT_PRINTF(f, a)
+#endif
+
+/* ---- rt_rng.c: reproducible random numbers ------------------------------------------------ */
+
+/* splitmix64-seeded xoshiro256**; the same seed gives the same stream on every machine. */
+typedef struct RtRng { uint64_t s[4]; } RtRng;
+void rt_rng_seed(RtRng *r, uint64_t seed);
+uint64_t rt_rng_next(RtRng *r);
+double rt_rng_uniform(RtRng *r);            /* [0, 1) with 53 random bits */
+double rt_rng_normal(RtRng *r);             /* N(0, 1), Box-Muller */
+uint64_t rt_rng_below(RtRng *r, uint64_t n); /* uniform integer in [0, n), unbiased */
+void rt_shuffle(RtRng *r, int64_t *idx, int64_t n); /* Fisher-Yates */
+uint64_t rt_hash_name(uint64_t seed, const char *name); /* FNV-1a of name mixed with seed */
+
+/* ---- rt_init.c: parameter initialisers ------------------------------------------------------ */
+
+/* Fills out[0..n) for tensor t by its initialiser. The stream is seeded from (seed, t->name),
+ * so each parameter's initial value depends only on the seed and its name, never on the order
+ * in which tensors are initialised or on the runtime doing it. */
+void rt_init_tensor(const kiln_tensor *t, uint64_t seed, double *out, int64_t n);
+
+/* ---- rt_idx.c: IDX files (MNIST format), gzipped or not -------------------------------------- */
+
+typedef struct RtIdx {
+  int rank;
+  int64_t dims[4];
+  int64_t count;     /* dims[0] */
+  int64_t item;      /* product of dims[1..] */
+  uint8_t *data;     /* count * item unsigned bytes (type 0x08 only) */
+} RtIdx;
+int rt_idx_load(const char *path, RtIdx *out, char *err);
+void rt_idx_free(RtIdx *x);
+
+/* A dataset split as stored by Debian's dataset-fashion-mnist (or MNIST): DIR holds
+ * {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]. */
+typedef struct RtDataset { RtIdx images, labels; } RtDataset;
+int rt_dataset_load(const char *dir, const char *split /* "train" or "t10k" */, RtDataset *out,
+                    char *err);
+void rt_dataset_free(RtDataset *d);
+
+/* ---- rt_safetensors.c: checkpoints ---------------------------------------------------------- */
+
+/* On-disk element types beyond the arena's three (KILN_F32, KILN_F64, KILN_I32): the loader
+ * reports them for files written elsewhere, and the writer accepts them too. */
+enum { RT_I64 = 3, RT_F16 = 4, RT_BF16 = 5 };
+
+/* One named tensor in memory; values are converted to and from `dtype` on disk. */
+typedef struct RtNamedTensor {
+  const char *name;
+  int dtype;          /* KILN_F32 / KILN_F64 / KILN_I32 (or RT_I64/F16/BF16): the on-disk type */
+  int rank;
+  int64_t dims[KILN_ABI_MAX_RANK];
+  double *values;     /* numel values */
+} RtNamedTensor;
+
+/* Writes atomically: FILE.tmp.<pid>, fsync, rename. On failure nothing is left behind. */
+int rt_safetensors_save(const char *path, const RtNamedTensor *ts, int n, char *err);
+/* Loads every tensor (F32, F64, I32, I64, F16, BF16 accepted); *out is malloc'd, names and values
+ * too. Truncated or corrupt files fail with a message naming the file and the problem. */
+int rt_safetensors_load(const char *path, RtNamedTensor **out, int *n, char *err);
+void rt_safetensors_free(RtNamedTensor *ts, int n);
+
+/* ---- rt_progress.c: progress line and metrics ----------------------------------------------- */
+
+typedef struct RtProgress {
+  FILE *out;          /* stderr */
+  int tty;            /* redraw in place with \r when out is a terminal */
+  double start, last_draw;
+  int drawn;          /* something is on the current line */
+} RtProgress;
+void rt_progress_init(RtProgress *p, FILE *out);
+/* Draws "epoch 1/3  step 120/938  loss 0.4123  5400 img/s  ETA 0:31"; on a terminal at most
+ * ~10 times a second, otherwise one line every `interval` seconds. */
+void rt_progress_update(RtProgress *p, int epoch, int epochs, int64_t step, int64_t steps,
+                        double loss, double images_per_s, double eta_s);
+void rt_progress_done(RtProgress *p);  /* ends the in-place line */
+double rt_now(void);                   /* monotonic seconds */
+/* Formats a message into err (RT_ERR_LEN bytes), truncating if needed; always returns -1. */
+int rt_errf(char *err, const char *fmt, ...) RT_PRINTF(2, 3);
+
+typedef struct RtCsv { FILE *f; const char *path; /* borrowed, for messages */ } RtCsv;
+int rt_csv_open(RtCsv *c, const char *path, const char *header, char *err);
+void rt_csv_row(RtCsv *c, const char *fmt, ...);
+int rt_csv_close(RtCsv *c, char *err);
+
+/* ---- rt_train.c: the training driver, shared by compiled trainers and `kiln train` ----------- */
+
+/* A way to run a program: the compiled arena or the reference interpreter. Tensor values cross
+ * this boundary as doubles, converted to the tensor's dtype by the backend. */
+typedef struct RtBackend {
+  const kiln_program *prog;
+  void *self;
+  /* entry: KILN_ENTRY_TRAIN / EVAL / GRAD; batch <= prog->batch. Returns 0, or -1 with err. */
+  int (*run)(void *self, int entry, int64_t batch, char *err);
+  void (*read)(void *self, int tensor, double *out, int64_t n);
+  void (*write)(void *self, int tensor, const double *in, int64_t n);
+} RtBackend;
+
+typedef struct RtOptions {
+  const char *data_dir;   /* NULL: the model's data is in the file, or no data */
+  int epochs;             /* <= 0: the program's default */
+  double lr;              /* < 0: the model's */
+  int have_seed; uint64_t seed;
+  const char *save_path;  /* safetensors checkpoint, or NULL */
+  const char *load_path;  /* start from these parameters, or NULL */
+  const char *metrics_path; /* CSV, or NULL */
+  int64_t limit_train;    /* >0: use only the first N training examples (tests) */
+  int64_t limit_test;
+  int quiet;              /* no progress line */
+} RtOptions;
+
+void rt_options_default(RtOptions *o);
+/* Parses the trainer's command line into o. Returns 0, 1 for --help (usage printed), -1 on error
+ * (message printed to stderr). */
+int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name);
+/* Runs the whole training; prints the summary line on stdout. Returns the process exit code. */
+int rt_train(RtBackend *be, const RtOptions *o);
+
+/* Index of the tensor named `name`, or -1. */
+int rt_find_tensor(const kiln_program *p, const char *name);
+int64_t rt_numel(const kiln_tensor *t, int64_t batch);
+
+/* Saving and loading the checkpoint of a backend: params and saved state under their names. */
+int rt_save_checkpoint(RtBackend *be, const char *path, char *err);
+int rt_load_checkpoint(RtBackend *be, const char *path, char *err);
+
+#endif
