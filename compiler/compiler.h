@@ -1,0 +1,342 @@
+/*
+ * compiler.h — the one internal header of kiln's compiler.
+ *
+ * It declares the core structures (source locations, the graph IR, the training spec) and the
+ * functions each phase exports, in sections named after the .c file that owns them, in pipeline
+ * order:
+ *
+ *   util.c      memory pool, string buffers, the error trap (kiln_fail)
+ *   ir.c        the graph: nodes, builder functions (with hash-consing = CSE), entries, printing
+ *   shape.c     shape and type rules per op, FLOP counts
+ *   autodiff.c  reverse mode: vector-Jacobian rules per op, the gradient graph transform
+ *   train.c     optimizer updates and the train / eval / grad entry points
+ *   plan.c      the static memory plan and the kiln_tensor table shared with the runtime
+ *   cg_c.c      the C code generator
+ *   aot.c       driving the system C compiler: trainers and shared objects
+ *
+ * A tensor's life: the frontend calls ir_node() for `h = relu(x)`; shape.c gives it a shape on
+ * creation (so errors point at the model line); autodiff.c adds its gradient nodes; plan.c gives
+ * it an arena offset; cg_c.c prints its loop nest; runtime/interp.c is its reference meaning.
+ */
+#ifndef KILN_COMPILER_H
+#define KILN_COMPILER_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../runtime/kiln_abi.h"
+
+#if defined(__GNUC__)
+#define KILN_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define KILN_PRINTF(f, a)
+#endif
+
+/* ================================ util.c ================================ */
+
+/* A source file held in memory; tokens and nodes point into it. */
+typedef struct SrcFile {
+  const char *path;   /* as given by the user, used in messages */
+  const char *text;   /* NUL-terminated contents */
+} SrcFile;
+
+/* A position in a model file. file == NULL means "no location" (internal nodes, API input). */
+typedef struct Loc {
+  const SrcFile *file;
+  int line, col;      /* 1-based */
+} Loc;
+
+/* An arena of allocations freed together. Every compile owns one pool; when kiln_fail unwinds
+ * the compile, freeing the pool frees everything it made. */
+typedef struct Pool Pool;
+Pool *pool_new(void);
+void pool_free(Pool *p);
+void *pool_alloc(Pool *p, size_t n);              /* zeroed, 16-byte aligned */
+char *pool_strdup(Pool *p, const char *s);
+char *pool_strndup(Pool *p, const char *s, size_t n);
+char *pool_printf(Pool *p, const char *fmt, ...) KILN_PRINTF(2, 3);
+
+/* A growable string, used to build generated C and messages. */
+typedef struct Buf {
+  char *p;
+  size_t len, cap;
+} Buf;
+void buf_printf(Buf *b, const char *fmt, ...) KILN_PRINTF(2, 3);
+void buf_vprintf(Buf *b, const char *fmt, va_list ap);
+void buf_puts(Buf *b, const char *s);
+void buf_free(Buf *b);
+
+/* The error trap. A public API function sets one up with KILN_TRY; anything below it that finds
+ * bad input calls kiln_fail(), which formats the message into the trap and longjmps back (the
+ * way Lua raises errors), so phases need no error plumbing. Messages look like
+ *     model.kiln:12:9: error: cannot add [B, 256] and [B, 10]
+ *       h = a + b
+ *           ^
+ */
+typedef struct Trap {
+  jmp_buf jb;
+  char msg[4096];
+  struct Trap *prev;
+} Trap;
+extern _Thread_local Trap *kiln_trap;
+#define KILN_TRY(t) ((t)->prev = kiln_trap, kiln_trap = (t), setjmp((t)->jb) == 0)
+void kiln_trap_end(Trap *t);   /* pops t; call on both paths */
+_Noreturn void kiln_fail(Loc loc, const char *fmt, ...) KILN_PRINTF(2, 3);
+_Noreturn void kiln_vfail(Loc loc, const char *fmt, va_list ap);
+/* Formats "file:line:col: error: msg\n  source line\n  ^" into b (no location: "error: msg"). */
+void kiln_format_error(Buf *b, Loc loc, const char *msg);
+_Noreturn void kiln_bug(const char *file, int line, const char *what);
+#define unreachable() kiln_bug(__FILE__, __LINE__, "unreachable")
+#define KILN_ASSERT(c) ((c) ? (void)0 : kiln_bug(__FILE__, __LINE__, #c))
+
+/* Reads a whole file into the pool; NULL with errno set on failure. */
+char *read_file(Pool *p, const char *path, size_t *len);
+
+/* ================================ ir.c ================================ */
+
+typedef enum Op {
+#define OP(id, name, arity) OP_##id,
+#include "ops.def"
+#undef OP
+  OP_COUNT
+} Op;
+
+typedef enum DType { DT_F32 = KILN_F32, DT_F64 = KILN_F64, DT_I32 = KILN_I32 } DType;
+
+#define IR_MAX_RANK KILN_ABI_MAX_RANK
+#define IR_MAX_IN 4
+#define IR_MAX_SYMS 8
+
+/* One dimension: n, or n * symbol when sym >= 0 (symbols are names like the batch size B,
+ * bound to a number only when code is specialised or a graph is run). */
+typedef struct Dim {
+  int64_t n;
+  int sym;            /* index into Graph.syms, or -1 */
+} Dim;
+
+typedef struct Shape {
+  int rank;
+  Dim d[IR_MAX_RANK];
+} Shape;
+
+/* Operation attributes. One flat struct, zero-initialised, so two nodes with equal attributes
+ * compare equal with memcmp (hash-consing). Which fields an op reads is said in ops.def. */
+typedef struct Attr {
+  double value;       /* CONST scalar value */
+  DType dtype;        /* CONST scalar element type */
+  unsigned axes;      /* SUM/MEAN/NUMEL: bit i set = reduce axis i */
+  bool keepdims;
+  bool trans_a, trans_b;
+  Shape shape;        /* RESHAPE target (may hold symbols) */
+} Attr;
+
+/* Roles of STATE and leaf nodes, matching the ABI's roles. */
+typedef enum Role {
+  ROLE_NONE = -1,
+  ROLE_PARAM = KILN_ROLE_PARAM,
+  ROLE_STATE = KILN_ROLE_STATE,
+  ROLE_HYPER = KILN_ROLE_HYPER,
+  ROLE_INPUT = KILN_ROLE_INPUT,
+  ROLE_OPT = KILN_ROLE_OPT
+} Role;
+
+/* How a leaf gets its value (PARAM/STATE: initialiser; INPUT: data source). */
+typedef struct LeafInfo {
+  int init;           /* KILN_INIT_* */
+  double init_a, init_b;
+  int64_t fan_in, fan_out;
+  int source;         /* KILN_SRC_* for inputs */
+  double scale;       /* images: value = pixel * scale */
+} LeafInfo;
+
+typedef struct Node {
+  int id;             /* index in Graph.nodes; inputs always have smaller ids (SSA order) */
+  Op op;
+  DType dtype;
+  Shape shape;
+  int nin;
+  int in[IR_MAX_IN];  /* input node ids */
+  Attr attr;
+  Role role;          /* leaves only */
+  const char *name;   /* leaves: checked identifier ("fc1.weight"); others: the model's variable
+                         name when it has one, for printing (may be NULL) */
+  LeafInfo leaf;
+  int data;           /* CONST/PARAM with literal values: index into Graph.data, else -1 */
+  Loc loc;            /* model-file text this node came from (gradient nodes: their forward op's) */
+} Node;
+
+/* One array of literal values (model-file constants). */
+typedef struct Literal {
+  int64_t n;
+  double *v;
+} Literal;
+
+typedef enum EntryKind { ENTRY_TRAIN = 0, ENTRY_EVAL = 1, ENTRY_GRAD = 2, ENTRY_COUNT } EntryKind;
+
+/* A value an entry point makes visible under a fixed name (see kiln_abi.h). */
+typedef struct Output {
+  const char *name;
+  int node;
+} Output;
+
+/* At the end of an entry, target (a PARAM or STATE leaf) takes value's value. */
+typedef struct Update {
+  int target, value;
+} Update;
+
+typedef struct Entry {
+  Output *outputs;
+  int noutputs, capoutputs;
+  Update *updates;
+  int nupdates, capupdates;
+} Entry;
+
+typedef enum OptKind { OPT_SGD, OPT_ADAM } OptKind;
+
+/* The model file's train block. */
+typedef struct TrainSpec {
+  OptKind optimizer;
+  double lr, momentum, dampening, weight_decay, beta1, beta2, eps;
+  bool nesterov;
+  int64_t batch;      /* 0: not given */
+  int epochs;
+  int64_t steps;      /* full-batch updates for in-file data */
+  uint64_t seed;
+  int init;           /* KILN_INIT_* override for weights, or -1 for each layer's default */
+  Loc loc;
+} TrainSpec;
+
+typedef struct Graph {
+  Pool *pool;
+  const char *name;   /* model name */
+  Node *nodes;
+  int nnodes, capnodes;
+  const char *syms[IR_MAX_SYMS];
+  int nsyms;
+  Literal *data;
+  int ndata, capdata;
+  int *hash;          /* open-addressing table of node ids for hash-consing, -1 = empty */
+  int hashcap;
+  /* Set by the frontend. */
+  int loss_train;     /* scalar loss, training-mode graph (-1 if none) */
+  int loss_eval;      /* scalar loss, evaluation-mode graph */
+  int output_eval;    /* the model's declared output in evaluation mode, or -1 */
+  TrainSpec train;
+  /* Set by train_build. */
+  Entry entries[ENTRY_COUNT];
+  int *grads;         /* grads[i] = gradient node of the i-th PARAM (order of params[]) */
+  int *params;        /* PARAM node ids in creation order */
+  int nparams;
+} Graph;
+
+Graph *ir_new(const char *name);
+void ir_free(Graph *g);
+
+/* Builders. All of them check types and shapes (shape.c) and fail at loc on a mismatch. */
+int ir_sym(Graph *g, const char *name);                  /* index of symbol, created on demand */
+int ir_leaf(Graph *g, Op op, Role role, const char *name, DType dt, Shape s, Loc loc);
+int ir_literal(Graph *g, const double *v, int64_t n);    /* copies v into Graph.data */
+int ir_node(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc);
+int ir_const(Graph *g, double value, DType dt, Loc loc); /* scalar */
+int ir_unary(Graph *g, Op op, int x, Loc loc);
+int ir_binary(Graph *g, Op op, int a, int b, Loc loc);
+int ir_reduce(Graph *g, Op op, int x, unsigned axes, bool keepdims, Loc loc);
+int ir_reshape(Graph *g, int x, Shape s, Loc loc);
+int ir_matmul(Graph *g, int a, int b, bool ta, bool tb, Loc loc);
+void ir_add_output(Graph *g, EntryKind e, const char *name, int node);
+void ir_add_update(Graph *g, EntryKind e, int target, int value);
+
+/* Node lookup. */
+static inline Node *ir_at(Graph *g, int id) { return &g->nodes[id]; }
+int ir_find_leaf(Graph *g, const char *name);            /* -1 if none */
+
+/* Shapes. */
+Shape shape_of(int rank, const int64_t *dims);           /* all-constant shape */
+bool shape_eq(const Shape *a, const Shape *b);
+bool dim_eq(Dim a, Dim b);
+int64_t dim_value(Dim d, const int64_t *symvals);        /* symvals[sym] for each symbol */
+int64_t shape_numel(const Shape *s, const int64_t *symvals);
+/* "[B, 784]", "[2*B, 3]", "[]". Returns buf. */
+char *shape_str(const Graph *g, const Shape *s, char *buf, size_t n);
+const char *dtype_name(DType t);                         /* "f32" */
+size_t dtype_size(DType t);
+bool dtype_is_float(DType t);
+
+/* Op metadata from ops.def. */
+extern const char *const op_names[OP_COUNT];
+extern const int op_arity[OP_COUNT];
+static inline bool op_is_leaf(Op op) { return op_arity[op] < 0; }
+
+/* The nodes an entry needs, in execution (id) order. mark[id] is set for each; returns count.
+ * mark must hold g->nnodes bytes. */
+int ir_reachable(const Graph *g, EntryKind e, unsigned char *mark);
+
+/* Printing (kiln shapes, kiln graph, --dump-ir). */
+void ir_print(Graph *g, FILE *out);
+void ir_print_dot(Graph *g, FILE *out, bool training);
+extern const char *const entry_names[ENTRY_COUNT];      /* "train", "eval", "grad" */
+
+/* ================================ shape.c ================================ */
+
+/* Computes n->dtype and n->shape from its inputs and attributes; kiln_fail at n->loc with both
+ * shapes written out on a mismatch. Called by ir_node for every node it creates. */
+void shape_infer(Graph *g, Node *n);
+/* Result shape of broadcasting a with b; fails at loc naming both shapes. */
+Shape shape_broadcast(Graph *g, const Shape *a, const Shape *b, Loc loc, const char *what);
+/* Floating-point operations of one execution of n with symbols bound to symvals. */
+double shape_flops(const Graph *g, const Node *n, const int64_t *symvals);
+
+/* ================================ autodiff.c ================================ */
+
+/* Reverse mode as a graph transform: builds nodes for d(loss)/d(wrt[i]) into grads[i] from the
+ * per-op vector-Jacobian rules. A leaf the loss does not depend on gets a zero gradient. */
+void ad_reverse(Graph *g, int loss, const int *wrt, int nwrt, int *grads);
+
+/* ================================ train.c ================================ */
+
+/* Builds the three entry points from what the frontend left in g: "grad" (loss and every
+ * parameter gradient), "train" (loss; updates: optimizer and running statistics) and "eval". */
+void train_build(Graph *g);
+
+/* ================================ plan.c ================================ */
+
+/* The static memory plan for one compiled program: every tensor an entry reads or writes, with
+ * its arena offset. Persistent tensors first, then inputs and outputs, then temporaries, which
+ * share space by liveness (entries never run at the same time, so they share it too). */
+typedef struct Plan {
+  int64_t batch;            /* value bound to symbol 0 (B) */
+  int64_t symvals[IR_MAX_SYMS];
+  int64_t *offset;          /* per node: byte offset in the arena, -1 if not stored */
+  int64_t arena_bytes;
+  kiln_tensor *tensors;     /* the ABI table: params, state, hypers, inputs, outputs */
+  int ntensors;
+  int *tensor_node;         /* node id of each table entry */
+} Plan;
+
+/* Binds every symbol: the batch symbol to batch, others fail (they must be given in the model).
+ * Fails if a shape is not positive once bound. */
+void plan_build(Graph *g, int64_t batch, Plan *out);
+
+/* ================================ cg_c.c ================================ */
+
+/* Writes the whole program as one C11 translation unit: the ABI header, literal data, one static
+ * kernel per node, the train / eval / grad entry points and `kiln_program_desc`. */
+void cg_emit_c(Graph *g, const Plan *plan, Buf *out);
+
+/* ================================ aot.c ================================ */
+
+/* Directory of kiln's runtime files (headers and libkilnrt.a), from $KILN_HOME or the build. */
+const char *aot_runtime_dir(void);
+/* The C compiler: $CC or "cc". */
+const char *aot_cc(void);
+/* Compiles c_source with the runtime into a standalone trainer at out_path. Returns 0 or -1 with
+ * the compiler's output in err. */
+int aot_build_trainer(const char *c_source, const char *out_path, Buf *err);
+/* Compiles c_source to a shared object and loads it; returns the kiln_program or NULL. */
+const kiln_program *aot_load_shared(const char *c_source, void **handle, Buf *err);
+
+#endif

@@ -1,0 +1,400 @@
+/*
+ * ir.c — the graph IR: a typed, SSA-ordered list of tensor operations.
+ *
+ * Nodes are only ever created through the builders below, which run the op's shape rule
+ * (shape.c) immediately — so a mismatch is reported at the model line that caused it — and
+ * hash-cons the result: building the same op on the same inputs with the same attributes twice
+ * returns the first node. That is common-subexpression elimination for free, and it is what
+ * lets the frontend lower a model once per mode (train, eval) without duplicating the parts
+ * that do not differ.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+
+const char *const op_names[OP_COUNT] = {
+#define OP(id, name, arity) [OP_##id] = name,
+#include "ops.def"
+#undef OP
+};
+
+const int op_arity[OP_COUNT] = {
+#define OP(id, name, arity) [OP_##id] = arity,
+#include "ops.def"
+#undef OP
+};
+
+const char *const entry_names[ENTRY_COUNT] = {"train", "eval", "grad"};
+
+Graph *ir_new(const char *name) {
+  Pool *pool = pool_new();
+  Graph *g = pool_alloc(pool, sizeof *g);
+  g->pool = pool;
+  g->name = pool_strdup(pool, name ? name : "model");
+  g->loss_train = g->loss_eval = g->output_eval = -1;
+  g->train = (TrainSpec){.optimizer = OPT_ADAM, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999,
+                         .eps = 1e-8, .epochs = 1, .seed = 1, .init = -1};
+  return g;
+}
+
+void ir_free(Graph *g) {
+  if (!g) return;
+  free(g->nodes);
+  free(g->hash);
+  for (int e = 0; e < ENTRY_COUNT; e++) {
+    free(g->entries[e].outputs);
+    free(g->entries[e].updates);
+  }
+  free(g->data);
+  free(g->params);
+  free(g->grads);
+  pool_free(g->pool);  /* g itself lives in the pool */
+}
+
+static void *grow(void *p, int *cap, int need, size_t elem) {
+  if (need <= *cap) return p;
+  int n = *cap ? *cap : 16;
+  while (n < need) n *= 2;
+  void *r = realloc(p, (size_t)n * elem);
+  if (!r) kiln_fail((Loc){0}, "out of memory");
+  *cap = n;
+  return r;
+}
+
+int ir_sym(Graph *g, const char *name) {
+  for (int i = 0; i < g->nsyms; i++)
+    if (!strcmp(g->syms[i], name)) return i;
+  if (g->nsyms == IR_MAX_SYMS) kiln_fail((Loc){0}, "too many dimension symbols");
+  g->syms[g->nsyms] = pool_strdup(g->pool, name);
+  return g->nsyms++;
+}
+
+static Node *new_node(Graph *g, Op op, Loc loc) {
+  g->nodes = grow(g->nodes, &g->capnodes, g->nnodes + 1, sizeof(Node));
+  Node *n = &g->nodes[g->nnodes];
+  memset(n, 0, sizeof *n);
+  n->id = g->nnodes++;
+  n->op = op;
+  n->role = ROLE_NONE;
+  n->data = -1;
+  n->loc = loc;
+  return n;
+}
+
+/* Checked identifiers are the only text from a model file that may reach generated C. */
+static bool is_checked_name(const char *s) {
+  if (!s || !*s) return false;
+  bool start = true;
+  for (; *s; s++) {
+    char c = *s;
+    bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
+    bool digit = c >= '0' && c <= '9';
+    if (c == '.') {
+      if (start) return false;
+      start = true;
+      continue;
+    }
+    if (!(alpha || (digit && !start))) return false;
+    start = false;
+  }
+  return !start;
+}
+
+int ir_leaf(Graph *g, Op op, Role role, const char *name, DType dt, Shape s, Loc loc) {
+  KILN_ASSERT(op_is_leaf(op));
+  if (name && !is_checked_name(name)) kiln_fail(loc, "'%s' is not a valid tensor name", name);
+  if (name && ir_find_leaf(g, name) >= 0) kiln_fail(loc, "tensor '%s' is defined twice", name);
+  for (int i = 0; i < s.rank; i++)
+    if (s.d[i].n <= 0) kiln_fail(loc, "dimension %d of '%s' must be positive", i, name ? name : "?");
+  Node *n = new_node(g, op, loc);
+  n->role = role;
+  n->name = name ? pool_strdup(g->pool, name) : NULL;
+  n->dtype = dt;
+  n->shape = s;
+  if (op == OP_PARAM) {
+    int *p = realloc(g->params, (size_t)(g->nparams + 1) * sizeof(int));
+    if (!p) kiln_fail((Loc){0}, "out of memory");
+    g->params = p;
+    g->params[g->nparams++] = n->id;
+  }
+  return n->id;
+}
+
+int ir_literal(Graph *g, const double *v, int64_t n) {
+  g->data = grow(g->data, &g->capdata, g->ndata + 1, sizeof(Literal));
+  Literal *l = &g->data[g->ndata];
+  l->n = n;
+  l->v = pool_alloc(g->pool, (size_t)(n > 0 ? n : 1) * sizeof(double));
+  if (n > 0) memcpy(l->v, v, (size_t)n * sizeof(double));
+  return g->ndata++;
+}
+
+int ir_find_leaf(Graph *g, const char *name) {
+  for (int i = 0; i < g->nnodes; i++)
+    if (op_is_leaf(g->nodes[i].op) && g->nodes[i].name && !strcmp(g->nodes[i].name, name))
+      return i;
+  return -1;
+}
+
+/* ---- hash-consing ---- */
+
+static uint64_t node_key(const Node *n) {
+  /* FNV-1a over the fields that define a computation. Attr is zero-initialised by every
+   * builder, so hashing its bytes is well defined. */
+  uint64_t h = 1469598103934665603u;
+  const unsigned char *p;
+#define MIX(ptr, len) \
+  for (p = (const unsigned char *)(ptr); p < (const unsigned char *)(ptr) + (len); p++) \
+    h = (h ^ *p) * 1099511628211u;
+  MIX(&n->op, sizeof n->op);
+  MIX(&n->nin, sizeof n->nin);
+  MIX(n->in, sizeof n->in);
+  MIX(&n->attr, sizeof n->attr);
+  MIX(&n->dtype, sizeof n->dtype);
+#undef MIX
+  return h;
+}
+
+static bool same_computation(const Node *a, const Node *b) {
+  return a->op == b->op && a->nin == b->nin && !memcmp(a->in, b->in, sizeof a->in) &&
+         !memcmp(&a->attr, &b->attr, sizeof a->attr) && a->dtype == b->dtype;
+}
+
+static void hash_insert(Graph *g, int id) {
+  if ((g->nnodes + 1) * 2 > g->hashcap) {
+    int cap = g->hashcap ? g->hashcap * 2 : 1024;
+    while (cap < g->nnodes * 4) cap *= 2;
+    int *t = malloc((size_t)cap * sizeof(int));
+    if (!t) kiln_fail((Loc){0}, "out of memory");
+    for (int i = 0; i < cap; i++) t[i] = -1;
+    free(g->hash);
+    g->hash = t;
+    g->hashcap = cap;
+    for (int i = 0; i < g->nnodes; i++)
+      if (!op_is_leaf(g->nodes[i].op) && i != id) hash_insert(g, i);
+  }
+  uint64_t h = node_key(&g->nodes[id]);
+  int mask = g->hashcap - 1;
+  for (int i = (int)(h & (uint64_t)mask);; i = (i + 1) & mask)
+    if (g->hash[i] < 0) {
+      g->hash[i] = id;
+      return;
+    }
+}
+
+static int hash_find(Graph *g, const Node *n) {
+  if (!g->hashcap) return -1;
+  uint64_t h = node_key(n);
+  int mask = g->hashcap - 1;
+  for (int i = (int)(h & (uint64_t)mask); g->hash[i] >= 0; i = (i + 1) & mask)
+    if (same_computation(&g->nodes[g->hash[i]], n)) return g->hash[i];
+  return -1;
+}
+
+int ir_node(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc) {
+  KILN_ASSERT(!op_is_leaf(op) || op == OP_CONST);
+  KILN_ASSERT(nin >= 0 && nin <= IR_MAX_IN);
+  if (op != OP_CONST && nin != op_arity[op])
+    kiln_fail(loc, "%s takes %d input%s, got %d", op_names[op], op_arity[op],
+              op_arity[op] == 1 ? "" : "s", nin);
+  Node probe = {0};
+  probe.op = op;
+  probe.nin = nin;
+  for (int i = 0; i < nin; i++) {
+    KILN_ASSERT(in[i] >= 0 && in[i] < g->nnodes);
+    probe.in[i] = in[i];
+  }
+  if (a) probe.attr = *a;
+  probe.data = -1;
+  probe.role = ROLE_NONE;
+  probe.loc = loc;
+  shape_infer(g, &probe);  /* fails at loc on a type or shape error */
+  int found = hash_find(g, &probe);
+  if (found >= 0) return found;
+  Node *n = new_node(g, op, loc);
+  int id = n->id;
+  probe.id = id;
+  *n = probe;
+  hash_insert(g, id);
+  return id;
+}
+
+int ir_const(Graph *g, double value, DType dt, Loc loc) {
+  Attr a = {0};
+  a.value = value;
+  a.dtype = dt;
+  return ir_node(g, OP_CONST, 0, NULL, &a, loc);
+}
+
+int ir_unary(Graph *g, Op op, int x, Loc loc) { return ir_node(g, op, 1, &x, NULL, loc); }
+
+int ir_binary(Graph *g, Op op, int a, int b, Loc loc) {
+  int in[2] = {a, b};
+  return ir_node(g, op, 2, in, NULL, loc);
+}
+
+int ir_reduce(Graph *g, Op op, int x, unsigned axes, bool keepdims, Loc loc) {
+  Attr a = {0};
+  a.axes = axes;
+  a.keepdims = keepdims;
+  return ir_node(g, op, 1, &x, &a, loc);
+}
+
+int ir_reshape(Graph *g, int x, Shape s, Loc loc) {
+  if (shape_eq(&g->nodes[x].shape, &s)) return x;
+  Attr a = {0};
+  a.shape = s;
+  return ir_node(g, OP_RESHAPE, 1, &x, &a, loc);
+}
+
+int ir_matmul(Graph *g, int a, int b, bool ta, bool tb, Loc loc) {
+  Attr at = {0};
+  at.trans_a = ta;
+  at.trans_b = tb;
+  int in[2] = {a, b};
+  return ir_node(g, OP_MATMUL, 2, in, &at, loc);
+}
+
+void ir_add_output(Graph *g, EntryKind e, const char *name, int node) {
+  Entry *en = &g->entries[e];
+  en->outputs = grow(en->outputs, &en->capoutputs, en->noutputs + 1, sizeof(Output));
+  en->outputs[en->noutputs++] = (Output){pool_strdup(g->pool, name), node};
+}
+
+void ir_add_update(Graph *g, EntryKind e, int target, int value) {
+  Entry *en = &g->entries[e];
+  KILN_ASSERT(op_is_leaf(g->nodes[target].op));
+  en->updates = grow(en->updates, &en->capupdates, en->nupdates + 1, sizeof(Update));
+  en->updates[en->nupdates++] = (Update){target, value};
+}
+
+int ir_reachable(const Graph *g, EntryKind e, unsigned char *mark) {
+  const Entry *en = &g->entries[e];
+  memset(mark, 0, (size_t)g->nnodes);
+  for (int i = 0; i < en->noutputs; i++) mark[en->outputs[i].node] = 1;
+  for (int i = 0; i < en->nupdates; i++) mark[en->updates[i].value] = 1;
+  int count = 0;
+  for (int id = g->nnodes - 1; id >= 0; id--) {
+    if (!mark[id]) continue;
+    count++;
+    const Node *n = &g->nodes[id];
+    for (int k = 0; k < n->nin; k++) mark[n->in[k]] = 1;
+  }
+  return count;
+}
+
+/* ---- shapes ---- */
+
+Shape shape_of(int rank, const int64_t *dims) {
+  Shape s = {0};
+  s.rank = rank;
+  for (int i = 0; i < rank; i++) s.d[i] = (Dim){dims[i], -1};
+  return s;
+}
+
+bool dim_eq(Dim a, Dim b) { return a.n == b.n && a.sym == b.sym; }
+
+bool shape_eq(const Shape *a, const Shape *b) {
+  if (a->rank != b->rank) return false;
+  for (int i = 0; i < a->rank; i++)
+    if (!dim_eq(a->d[i], b->d[i])) return false;
+  return true;
+}
+
+int64_t dim_value(Dim d, const int64_t *symvals) {
+  return d.sym >= 0 ? d.n * symvals[d.sym] : d.n;
+}
+
+int64_t shape_numel(const Shape *s, const int64_t *symvals) {
+  int64_t n = 1;
+  for (int i = 0; i < s->rank; i++) n *= dim_value(s->d[i], symvals);
+  return n;
+}
+
+char *shape_str(const Graph *g, const Shape *s, char *buf, size_t n) {
+  size_t len = 0;
+  len += (size_t)snprintf(buf + len, n - len, "[");
+  for (int i = 0; i < s->rank && len < n; i++) {
+    Dim d = s->d[i];
+    const char *sep = i ? ", " : "";
+    if (d.sym < 0)
+      len += (size_t)snprintf(buf + len, n - len, "%s%lld", sep, (long long)d.n);
+    else if (d.n == 1)
+      len += (size_t)snprintf(buf + len, n - len, "%s%s", sep, g->syms[d.sym]);
+    else
+      len += (size_t)snprintf(buf + len, n - len, "%s%lld*%s", sep, (long long)d.n, g->syms[d.sym]);
+  }
+  if (len < n) snprintf(buf + len, n - len, "]");
+  return buf;
+}
+
+const char *dtype_name(DType t) {
+  static const char *const names[] = {[DT_F32] = "f32", [DT_F64] = "f64", [DT_I32] = "i32"};
+  return names[t];
+}
+
+size_t dtype_size(DType t) { return t == DT_F64 ? 8 : 4; }
+
+bool dtype_is_float(DType t) { return t == DT_F32 || t == DT_F64; }
+
+/* ---- printing ---- */
+
+static const char *role_names[] = {[ROLE_PARAM] = "param", [ROLE_STATE] = "state",
+                                   [ROLE_HYPER] = "hyper", [ROLE_INPUT] = "input",
+                                   [ROLE_OPT] = "optimizer state"};
+
+void ir_print(Graph *g, FILE *out) {
+  char sb[128];
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *n = &g->nodes[i];
+    fprintf(out, "%%%-4d %-18s %s%-16s", n->id, op_names[n->op], dtype_name(n->dtype),
+            shape_str(g, &n->shape, sb, sizeof sb));
+    for (int k = 0; k < n->nin; k++) fprintf(out, " %%%d", n->in[k]);
+    if (n->op == OP_CONST && n->data < 0) fprintf(out, " %.9g", n->attr.value);
+    if (n->name) fprintf(out, "  ; %s", n->name);
+    if (n->role != ROLE_NONE) fprintf(out, " (%s)", role_names[n->role]);
+    fputc('\n', out);
+  }
+  for (int e = 0; e < ENTRY_COUNT; e++) {
+    Entry *en = &g->entries[e];
+    if (!en->noutputs && !en->nupdates) continue;
+    fprintf(out, "entry %s:", entry_names[e]);
+    for (int i = 0; i < en->noutputs; i++)
+      fprintf(out, " %s=%%%d", en->outputs[i].name, en->outputs[i].node);
+    for (int i = 0; i < en->nupdates; i++)
+      fprintf(out, " %s<-%%%d", g->nodes[en->updates[i].target].name, en->updates[i].value);
+    fputc('\n', out);
+  }
+}
+
+void ir_print_dot(Graph *g, FILE *out, bool training) {
+  unsigned char *mark = calloc((size_t)g->nnodes + 1, 1);
+  if (!mark) kiln_fail((Loc){0}, "out of memory");
+  EntryKind e = training ? ENTRY_TRAIN : ENTRY_EVAL;
+  ir_reachable(g, e, mark);
+  char sb[128];
+  fprintf(out, "digraph \"%s\" {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n",
+          g->name);
+  for (int i = 0; i < g->nnodes; i++) {
+    if (!mark[i]) continue;
+    Node *n = &g->nodes[i];
+    const char *style = n->role == ROLE_PARAM   ? ", shape=box, style=filled, fillcolor=\"#cfe8ff\""
+                        : n->role == ROLE_INPUT ? ", shape=box, style=filled, fillcolor=\"#d8f5d0\""
+                        : op_is_leaf(n->op) && n->op != OP_CONST ? ", shape=box"
+                                                                 : "";
+    fprintf(out, "  n%d [label=\"%s%s%s\\n%s %s\"%s];\n", i, n->name ? n->name : "",
+            n->name ? "\\n" : "", op_names[n->op], dtype_name(n->dtype),
+            shape_str(g, &n->shape, sb, sizeof sb), style);
+    for (int k = 0; k < n->nin; k++) fprintf(out, "  n%d -> n%d;\n", n->in[k], i);
+  }
+  Entry *en = &g->entries[e];
+  for (int i = 0; i < en->noutputs; i++)
+    fprintf(out, "  out%d [label=\"%s\", shape=ellipse, style=dashed];\n  n%d -> out%d;\n", i,
+            en->outputs[i].name, en->outputs[i].node, i);
+  for (int i = 0; i < en->nupdates; i++)
+    fprintf(out, "  n%d -> n%d [style=dashed, color=red, label=\"update\"];\n",
+            en->updates[i].value, en->updates[i].target);
+  fprintf(out, "}\n");
+  free(mark);
+}

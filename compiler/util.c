@@ -1,0 +1,197 @@
+/*
+ * util.c — the small pieces every phase uses: a memory pool, growable strings, file reading and
+ * the error trap.
+ *
+ * Errors unwind with longjmp to the nearest KILN_TRY (set at each public API function), so no
+ * phase needs to propagate failure codes; everything a compile allocates comes from its pool,
+ * so unwinding leaks nothing once the caller frees the graph.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+
+/* ---- pool ---- */
+
+typedef struct Chunk {
+  struct Chunk *next;
+  size_t used, cap;
+  _Alignas(16) unsigned char mem[];
+} Chunk;
+
+struct Pool {
+  Chunk *head;
+};
+
+static _Noreturn void out_of_memory(void) {
+  kiln_fail((Loc){0}, "out of memory");
+}
+
+Pool *pool_new(void) {
+  Pool *p = calloc(1, sizeof *p);
+  if (!p) out_of_memory();
+  return p;
+}
+
+void pool_free(Pool *p) {
+  if (!p) return;
+  for (Chunk *c = p->head, *next; c; c = next) {
+    next = c->next;
+    free(c);
+  }
+  free(p);
+}
+
+void *pool_alloc(Pool *p, size_t n) {
+  n = (n + 15) & ~(size_t)15;
+  Chunk *c = p->head;
+  if (!c || c->cap - c->used < n) {
+    size_t cap = n > 65536 ? n : 65536;
+    c = malloc(sizeof *c + cap);
+    if (!c) out_of_memory();
+    c->used = 0;
+    c->cap = cap;
+    c->next = p->head;
+    p->head = c;
+  }
+  void *r = c->mem + c->used;
+  c->used += n;
+  memset(r, 0, n);
+  return r;
+}
+
+char *pool_strndup(Pool *p, const char *s, size_t n) {
+  char *r = pool_alloc(p, n + 1);
+  memcpy(r, s, n);
+  r[n] = 0;
+  return r;
+}
+
+char *pool_strdup(Pool *p, const char *s) { return pool_strndup(p, s, strlen(s)); }
+
+char *pool_printf(Pool *p, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *r = pool_alloc(p, (size_t)n + 1);
+  va_start(ap, fmt);
+  vsnprintf(r, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  return r;
+}
+
+/* ---- growable strings ---- */
+
+void buf_vprintf(Buf *b, const char *fmt, va_list ap) {
+  va_list ap2;
+  va_copy(ap2, ap);
+  int n = vsnprintf(NULL, 0, fmt, ap2);
+  va_end(ap2);
+  if (n < 0) return;
+  if (b->len + (size_t)n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + (size_t)n + 1) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) out_of_memory();
+    b->p = p;
+    b->cap = cap;
+  }
+  vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+  b->len += (size_t)n;
+}
+
+void buf_printf(Buf *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  buf_vprintf(b, fmt, ap);
+  va_end(ap);
+}
+
+void buf_puts(Buf *b, const char *s) { buf_printf(b, "%s", s); }
+
+void buf_free(Buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+/* ---- files ---- */
+
+char *read_file(Pool *p, const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  Buf b = {0};
+  char chunk[65536];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_printf(&b, "%.*s", (int)n, chunk);
+  int bad = ferror(f);
+  fclose(f);
+  if (bad) {
+    buf_free(&b);
+    errno = EIO;
+    return NULL;
+  }
+  /* A NUL inside the file would silently truncate it; treat the text as ending there is wrong,
+   * so report it as unreadable text. */
+  if (b.p && strlen(b.p) != b.len) {
+    buf_free(&b);
+    errno = EILSEQ;
+    return NULL;
+  }
+  char *r = pool_strndup(p, b.p ? b.p : "", b.len);
+  if (len) *len = b.len;
+  buf_free(&b);
+  return r;
+}
+
+/* ---- errors ---- */
+
+_Thread_local Trap *kiln_trap;
+
+void kiln_trap_end(Trap *t) { kiln_trap = t->prev; }
+
+void kiln_format_error(Buf *b, Loc loc, const char *msg) {
+  if (!loc.file) {
+    buf_printf(b, "error: %s\n", msg);
+    return;
+  }
+  buf_printf(b, "%s:%d:%d: error: %s\n", loc.file->path, loc.line, loc.col, msg);
+  /* Find the source line and print it with a caret under the column. */
+  const char *s = loc.file->text;
+  for (int line = 1; line < loc.line && *s; s++)
+    if (*s == '\n') line++;
+  const char *e = s;
+  while (*e && *e != '\n') e++;
+  buf_printf(b, "  %.*s\n  ", (int)(e - s), s);
+  for (int i = 1; i < loc.col && s + i - 1 < e; i++) buf_puts(b, s[i - 1] == '\t' ? "\t" : " ");
+  buf_puts(b, "^\n");
+}
+
+_Noreturn void kiln_vfail(Loc loc, const char *fmt, va_list ap) {
+  char msg[2048];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  Buf b = {0};
+  kiln_format_error(&b, loc, msg);
+  Trap *t = kiln_trap;
+  if (!t) {
+    /* No API boundary set a trap: this is a programming error in kiln itself. */
+    fputs(b.p ? b.p : msg, stderr);
+    abort();
+  }
+  snprintf(t->msg, sizeof t->msg, "%s", b.p ? b.p : msg);
+  buf_free(&b);
+  kiln_trap = t->prev;
+  longjmp(t->jb, 1);
+}
+
+_Noreturn void kiln_fail(Loc loc, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  kiln_vfail(loc, fmt, ap);
+}
+
+_Noreturn void kiln_bug(const char *file, int line, const char *what) {
+  kiln_fail((Loc){0}, "internal error at %s:%d: %s (please report this)", file, line, what);
+}
