@@ -320,6 +320,7 @@ typedef struct Plan {
 /* Binds every symbol: the batch symbol to batch, others fail (they must be given in the model).
  * Fails if a shape is not positive once bound. */
 void plan_build(Graph *g, int64_t batch, Plan *out);
+void plan_free(Plan *p);
 
 /* ================================ cg_c.c ================================ */
 

@@ -1,0 +1,133 @@
+/*
+ * train.c — turns a model into its three entry points: grad, train and eval.
+ *
+ * The optimizer is part of the graph: its moments and step count are persistent leaves (role
+ * OPT), the learning rate is a hyper-parameter leaf the driver can override (--lr), and the
+ * update is ordinary nodes that autodiff, the planner, the code generator and the reference
+ * interpreter treat like any other. Formulas follow PyTorch's torch.optim so that a kiln run
+ * and a PyTorch run from the same parameters take the same steps.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+
+/* A persistent optimizer tensor shaped like param p, named "<param>.<suffix>". */
+static int opt_state(Graph *g, int p, const char *suffix) {
+  Node *pn = ir_at(g, p);
+  const char *name = pool_printf(g->pool, "%s.%s", pn->name, suffix);
+  int id = ir_leaf(g, OP_STATE, ROLE_OPT, name, pn->dtype, pn->shape, pn->loc);
+  ir_at(g, id)->leaf.init = KILN_INIT_ZEROS;
+  return id;
+}
+
+static int scalar_state(Graph *g, Role role, const char *name, DType dt, double init, Loc loc) {
+  Shape s = {0};
+  int id = ir_leaf(g, OP_STATE, role, name, dt, s, loc);
+  ir_at(g, id)->leaf.init = KILN_INIT_CONST;
+  ir_at(g, id)->leaf.init_a = init;
+  return id;
+}
+
+typedef struct OptCtx {
+  Graph *g;
+  const TrainSpec *ts;
+  DType dt;
+  Loc loc;
+  int lr;    /* hyper-parameter leaf */
+  int step;  /* Adam's step count after this update (t + 1) */
+} OptCtx;
+
+static int k(OptCtx *c, double v) { return ir_const(c->g, v, c->dt, c->loc); }
+static int add(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_ADD, a, b, c->loc); }
+static int sub(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_SUB, a, b, c->loc); }
+static int mul(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_MUL, a, b, c->loc); }
+static int dvd(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_DIV, a, b, c->loc); }
+
+/* torch.optim.SGD: g += wd·p; buf = μ·buf + (1−dampening)·g; g = nesterov ? g + μ·buf : buf;
+ * p −= lr·g. (PyTorch seeds buf with g on the first step; with zero-initialised buf and
+ * dampening 0 — the default — the two agree.) */
+static void update_sgd(OptCtx *c, int p, int grad) {
+  const TrainSpec *ts = c->ts;
+  Graph *g = c->g;
+  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  if (ts->momentum != 0) {
+    int buf = opt_state(g, p, "momentum_buffer");
+    int nbuf = add(c, mul(c, k(c, ts->momentum), buf), mul(c, k(c, 1 - ts->dampening), grad));
+    ir_add_update(g, ENTRY_TRAIN, buf, nbuf);
+    grad = ts->nesterov ? add(c, grad, mul(c, k(c, ts->momentum), nbuf)) : nbuf;
+  }
+  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, c->lr, grad)));
+}
+
+/* torch.optim.Adam: m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;
+ * p −= lr/(1−β1^t) · m / (sqrt(v)/sqrt(1−β2^t) + ε). */
+static void update_adam(OptCtx *c, int p, int grad) {
+  const TrainSpec *ts = c->ts;
+  Graph *g = c->g;
+  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  int m = opt_state(g, p, "exp_avg"), v = opt_state(g, p, "exp_avg_sq");
+  int nm = add(c, mul(c, k(c, ts->beta1), m), mul(c, k(c, 1 - ts->beta1), grad));
+  int nv = add(c, mul(c, k(c, ts->beta2), v), mul(c, k(c, 1 - ts->beta2), mul(c, grad, grad)));
+  int bc1 = sub(c, k(c, 1), ir_binary(g, OP_POW, k(c, ts->beta1), c->step, c->loc));
+  int bc2 = sub(c, k(c, 1), ir_binary(g, OP_POW, k(c, ts->beta2), c->step, c->loc));
+  int step_size = dvd(c, c->lr, bc1);
+  int denom = add(c, dvd(c, ir_unary(g, OP_SQRT, nv, c->loc), ir_unary(g, OP_SQRT, bc2, c->loc)),
+                  k(c, ts->eps));
+  ir_add_update(g, ENTRY_TRAIN, m, nm);
+  ir_add_update(g, ENTRY_TRAIN, v, nv);
+  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, step_size, dvd(c, nm, denom))));
+}
+
+void train_build(Graph *g) {
+  const TrainSpec *ts = &g->train;
+  if (g->loss_train < 0) kiln_fail(ts->loc, "the model has no loss to minimize");
+  Node *loss = ir_at(g, g->loss_train);
+  if (loss->shape.rank != 0) {
+    char sb[128];
+    kiln_fail(loss->loc, "the loss must be a scalar, but it has shape %s",
+              shape_str(g, &loss->shape, sb, sizeof sb));
+  }
+  if (g->nparams == 0) kiln_fail(ts->loc, "the model has no parameters to train");
+  DType dt = ir_at(g, g->params[0])->dtype;
+  for (int i = 0; i < g->nparams; i++) {
+    Node *p = ir_at(g, g->params[i]);
+    if (p->dtype != dt)
+      kiln_fail(p->loc, "parameter '%s' is %s but '%s' is %s: one element type per model",
+                p->name, dtype_name(p->dtype), ir_at(g, g->params[0])->name, dtype_name(dt));
+  }
+  if (loss->dtype != dt)
+    kiln_fail(loss->loc, "the loss is %s but the parameters are %s", dtype_name(loss->dtype),
+              dtype_name(dt));
+
+  /* grad: the loss and d loss / d param for every parameter. */
+  int nparams = g->nparams;  /* optimizer leaves below are STATE, so this stays fixed */
+  g->grads = malloc((size_t)nparams * sizeof(int));
+  if (!g->grads) kiln_fail((Loc){0}, "out of memory");
+  ad_reverse(g, g->loss_train, g->params, nparams, g->grads);
+  ir_add_output(g, ENTRY_GRAD, "loss", g->loss_train);
+  for (int i = 0; i < nparams; i++)
+    ir_add_output(g, ENTRY_GRAD, pool_printf(g->pool, "grad.%s", ir_at(g, g->params[i])->name),
+                  g->grads[i]);
+
+  /* train: the loss, then every parameter's update (running statistics were added by the
+   * frontend). */
+  ir_add_output(g, ENTRY_TRAIN, "loss", g->loss_train);
+  OptCtx c = {.g = g, .ts = ts, .dt = dt, .loc = ts->loc};
+  c.lr = scalar_state(g, ROLE_HYPER, "lr", dt, ts->lr, ts->loc);
+  if (ts->optimizer == OPT_ADAM) {
+    int t = scalar_state(g, ROLE_OPT, "adam.step", dt, 0, ts->loc);
+    c.step = add(&c, t, k(&c, 1));
+    ir_add_update(g, ENTRY_TRAIN, t, c.step);
+  }
+  for (int i = 0; i < nparams; i++) {
+    if (ts->optimizer == OPT_ADAM)
+      update_adam(&c, g->params[i], g->grads[i]);
+    else
+      update_sgd(&c, g->params[i], g->grads[i]);
+  }
+
+  /* eval: evaluation-mode loss and the declared output. */
+  if (g->loss_eval >= 0) ir_add_output(g, ENTRY_EVAL, "eval.loss", g->loss_eval);
+  if (g->output_eval >= 0) ir_add_output(g, ENTRY_EVAL, "eval.output", g->output_eval);
+}
