@@ -340,4 +340,10 @@ int aot_build_trainer(const char *c_source, const char *out_path, Buf *err);
 /* Compiles c_source to a shared object and loads it; returns the kiln_program or NULL. */
 const kiln_program *aot_load_shared(const char *c_source, void **handle, Buf *err);
 
+/* ---- autodiff/interp requests ---- */
+
+/* Whether autodiff.c has a vector-Jacobian rule for op (tests check every op has one or is
+ * explicitly non-differentiable). */
+bool ad_has_vjp(Op op);
+
 #endif

@@ -1,0 +1,559 @@
+/*
+ * interp.c — the reference runtime: every op's meaning, written as plainly as possible.
+ *
+ * One kernel per op in ref_kernels[], indexed by Op. Each reads its inputs' values and concrete
+ * dims and writes its node's values; all arithmetic is in double, loops are the obvious nested
+ * ones in a fixed order, and nothing is fused, tiled or reordered, so a kernel here can be read
+ * as the definition the C emitter's faster loops must agree with (Halide's algorithm/schedule
+ * split: this file ignores every schedule, which is what lets it check all of them).
+ *
+ * Broadcasting is done one way everywhere: a flat output index is decomposed into coordinates
+ * and dotted with the input's strides, where an input axis that is missing (rank alignment on the
+ * right) or of size 1 gets stride 0 (bcast_strides / bcast_offset). SUM_TO is the same map run
+ * backwards: each input element is added into the output element it maps to.
+ *
+ * Errors (a label outside [0, C), a batch larger than the storage) are reported through the
+ * caller's err buffer, never by crashing, so a driver can print them and stop.
+ */
+#include "interp.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct Interp {
+  Graph *g;
+  int nnodes;          /* g->nnodes at creation: storage exists for these nodes only */
+  bool f32;            /* round f32 results to float after each op */
+  int64_t max_batch;
+  int64_t batch;       /* of the last run (max_batch before any) */
+  double **val;        /* per node: values, row-major, capacity for max_batch */
+  int64_t *cap;        /* per node: allocated element count */
+  int64_t (*dims)[IR_MAX_RANK]; /* per node: concrete dims at `batch` */
+  int64_t *numel;      /* per node: element count at `batch` */
+  unsigned char *mark; /* scratch: nodes to evaluate */
+  char *err;           /* the current run's message buffer (RT_ERR_LEN bytes) */
+  const Plan *plan;    /* set by interp_backend */
+};
+
+typedef int (*RefKernel)(Interp *it, const Node *n);
+
+static int fail(Interp *it, const char *fmt, ...) KILN_PRINTF(2, 3);
+static int fail(Interp *it, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(it->err, RT_ERR_LEN, fmt, ap);
+  va_end(ap);
+  return -1;
+}
+
+static double *val(Interp *it, int id) { return it->val[id]; }
+static const int64_t *dims(Interp *it, int id) { return it->dims[id]; }
+static int rank(Interp *it, int id) { return it->g->nodes[id].shape.rank; }
+
+/* Binds the batch symbol and computes every node's concrete dims. */
+static void bind_batch(Interp *it, int64_t batch) {
+  int64_t symvals[IR_MAX_SYMS] = {batch};
+  it->batch = batch;
+  for (int id = 0; id < it->nnodes; id++) {
+    const Shape *s = &it->g->nodes[id].shape;
+    int64_t n = 1;
+    for (int k = 0; k < s->rank; k++) {
+      it->dims[id][k] = dim_value(s->d[k], symvals);
+      n *= it->dims[id][k];
+    }
+    it->numel[id] = n;
+  }
+}
+
+/* ---- broadcasting ---------------------------------------------------------------------------- */
+
+/* Strides that read node `in` while walking an index space of rank r, NumPy-aligned on the
+ * right; missing or size-1 axes of `in` repeat (stride 0). */
+static void bcast_strides(Interp *it, int in, int r, int64_t *strides) {
+  int ir = rank(it, in);
+  const int64_t *id = dims(it, in);
+  int64_t s = 1;
+  for (int k = r - 1; k >= 0; k--) {
+    int j = k - (r - ir);
+    if (j < 0 || id[j] == 1) {
+      strides[k] = 0;
+    } else {
+      strides[k] = s;
+    }
+    if (j >= 0)
+      s *= id[j];
+  }
+}
+
+/* Offset in a strided tensor of the flat row-major index o of an index space with dims d. */
+static int64_t bcast_offset(int64_t o, int r, const int64_t *d, const int64_t *strides) {
+  int64_t off = 0;
+  for (int k = r - 1; k >= 0; k--) {
+    off += (o % d[k]) * strides[k];
+    o /= d[k];
+  }
+  return off;
+}
+
+/* ---- elementwise ----------------------------------------------------------------------------- */
+
+static int binary(Interp *it, const Node *n, double (*f)(double, double)) {
+  int r = n->shape.rank;
+  const int64_t *d = dims(it, n->id);
+  int64_t sa[IR_MAX_RANK], sb[IR_MAX_RANK];
+  bcast_strides(it, n->in[0], r, sa);
+  bcast_strides(it, n->in[1], r, sb);
+  const double *a = val(it, n->in[0]), *b = val(it, n->in[1]);
+  double *y = val(it, n->id);
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] = f(a[bcast_offset(o, r, d, sa)], b[bcast_offset(o, r, d, sb)]);
+  return 0;
+}
+
+static int unary(Interp *it, const Node *n, double (*f)(double)) {
+  const double *x = val(it, n->in[0]);
+  double *y = val(it, n->id);
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] = f(x[o]);
+  return 0;
+}
+
+static double f_add(double a, double b) { return a + b; }
+static double f_sub(double a, double b) { return a - b; }
+static double f_mul(double a, double b) { return a * b; }
+static double f_div(double a, double b) { return a / b; }
+static double f_relu_grad(double x, double dy) { return x > 0 ? dy : 0.0; }
+static double f_neg(double x) { return -x; }
+static double f_relu(double x) { return x > 0 ? x : 0.0; }
+
+static int k_add(Interp *it, const Node *n) { return binary(it, n, f_add); }
+static int k_sub(Interp *it, const Node *n) { return binary(it, n, f_sub); }
+static int k_mul(Interp *it, const Node *n) { return binary(it, n, f_mul); }
+static int k_div(Interp *it, const Node *n) { return binary(it, n, f_div); }
+static int k_pow(Interp *it, const Node *n) { return binary(it, n, pow); }
+static int k_relu_grad(Interp *it, const Node *n) { return binary(it, n, f_relu_grad); }
+static int k_neg(Interp *it, const Node *n) { return unary(it, n, f_neg); }
+static int k_exp(Interp *it, const Node *n) { return unary(it, n, exp); }
+static int k_log(Interp *it, const Node *n) { return unary(it, n, log); }
+static int k_sqrt(Interp *it, const Node *n) { return unary(it, n, sqrt); }
+static int k_relu(Interp *it, const Node *n) { return unary(it, n, f_relu); }
+
+/* ---- leaves ---------------------------------------------------------------------------------- */
+
+/* INPUT / PARAM / STATE: the value is whatever the driver or the initialiser wrote. */
+static int k_leaf(Interp *it, const Node *n) {
+  (void)it, (void)n;
+  return 0;
+}
+
+/* A scalar attr.value repeated over the node's shape, or the literal's values. */
+static int k_const(Interp *it, const Node *n) {
+  double *y = val(it, n->id);
+  int64_t cnt = it->numel[n->id];
+  if (n->data >= 0) {
+    const Literal *l = &it->g->data[n->data];
+    if (l->n != cnt)
+      return fail(it, "constant %s has %lld values for %lld elements", n->name ? n->name : "",
+                  (long long)l->n, (long long)cnt);
+    memcpy(y, l->v, (size_t)cnt * sizeof *y);
+  } else {
+    for (int64_t o = 0; o < cnt; o++)
+      y[o] = n->attr.value;
+  }
+  return 0;
+}
+
+/* ---- reductions and broadcasts --------------------------------------------------------------- */
+
+/* Sums x over attr.axes into y (keepdims or not: the flat layout is the same). */
+static void reduce_sum(Interp *it, const Node *n) {
+  int x = n->in[0], r = rank(it, x);
+  const int64_t *xd = dims(it, x);
+  int64_t ks[IR_MAX_RANK], s = 1;
+  for (int k = r - 1; k >= 0; k--) {
+    bool reduced = n->attr.axes & (1u << k);
+    ks[k] = reduced ? 0 : s;
+    if (!reduced)
+      s *= xd[k];
+  }
+  double *y = val(it, n->id);
+  const double *xv = val(it, x);
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] = 0.0;
+  for (int64_t i = 0; i < it->numel[x]; i++)
+    y[bcast_offset(i, r, xd, ks)] += xv[i];
+}
+
+/* Elements of x over attr.axes: the divisor of MEAN. */
+static double count_over_axes(Interp *it, const Node *n) {
+  int x = n->in[0];
+  int64_t c = 1;
+  for (int k = 0; k < rank(it, x); k++)
+    if (n->attr.axes & (1u << k))
+      c *= dims(it, x)[k];
+  return (double)c;
+}
+
+static int k_sum(Interp *it, const Node *n) {
+  reduce_sum(it, n);
+  return 0;
+}
+
+static int k_mean(Interp *it, const Node *n) {
+  reduce_sum(it, n);
+  double c = count_over_axes(it, n), *y = val(it, n->id);
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] /= c;
+  return 0;
+}
+
+static int k_numel(Interp *it, const Node *n) {
+  val(it, n->id)[0] = count_over_axes(it, n);
+  return 0;
+}
+
+/* y (like's shape) = x summed over the axes where like was broadcast. */
+static int k_sum_to(Interp *it, const Node *n) {
+  int x = n->in[0], r = rank(it, x);
+  const int64_t *xd = dims(it, x);
+  int64_t ys[IR_MAX_RANK];
+  bcast_strides(it, n->id, r, ys);
+  double *y = val(it, n->id);
+  const double *xv = val(it, x);
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] = 0.0;
+  for (int64_t i = 0; i < it->numel[x]; i++)
+    y[bcast_offset(i, r, xd, ys)] += xv[i];
+  return 0;
+}
+
+static int k_expand(Interp *it, const Node *n) {
+  int r = n->shape.rank;
+  const int64_t *d = dims(it, n->id);
+  int64_t xs[IR_MAX_RANK];
+  bcast_strides(it, n->in[0], r, xs);
+  const double *x = val(it, n->in[0]);
+  double *y = val(it, n->id);
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] = x[bcast_offset(o, r, d, xs)];
+  return 0;
+}
+
+/* ---- shape ----------------------------------------------------------------------------------- */
+
+static int k_reshape(Interp *it, const Node *n) {
+  if (it->numel[n->in[0]] != it->numel[n->id])
+    return fail(it, "reshape of %lld elements into %lld", (long long)it->numel[n->in[0]],
+                (long long)it->numel[n->id]);
+  memcpy(val(it, n->id), val(it, n->in[0]), (size_t)it->numel[n->id] * sizeof(double));
+  return 0;
+}
+
+/* ---- linear algebra -------------------------------------------------------------------------- */
+
+/* y[M,N] = op(a)[M,K] @ op(b)[K,N]; a stored [M,K] or, transposed, [K,M]; likewise b. */
+static int k_matmul(Interp *it, const Node *n) {
+  int a = n->in[0], b = n->in[1];
+  bool ta = n->attr.trans_a, tb = n->attr.trans_b;
+  int64_t a1 = dims(it, a)[1], b1 = dims(it, b)[1];
+  int64_t M = ta ? a1 : dims(it, a)[0], K = ta ? dims(it, a)[0] : a1;
+  int64_t N = tb ? dims(it, b)[0] : b1;
+  const double *av = val(it, a), *bv = val(it, b);
+  double *y = val(it, n->id);
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < N; j++) {
+      double acc = 0.0;
+      for (int64_t k = 0; k < K; k++)
+        acc += (ta ? av[k * a1 + i] : av[i * a1 + k]) * (tb ? bv[j * b1 + k] : bv[k * b1 + j]);
+      y[i * N + j] = acc;
+    }
+  return 0;
+}
+
+/* ---- losses ---------------------------------------------------------------------------------- */
+
+/* Labels must be whole numbers in [0, C); data from a file can hold anything. */
+static int check_labels(Interp *it, const Node *n, int64_t N, int64_t C) {
+  const Node *ln = &it->g->nodes[n->in[1]];
+  const double *lab = val(it, ln->id);
+  for (int64_t i = 0; i < N; i++)
+    if (!(lab[i] >= 0 && lab[i] < (double)C && lab[i] == floor(lab[i])))
+      return fail(it, "%s: label tensor '%s' has value %g at index %lld, outside [0, %lld)",
+                  op_names[n->op], ln->name ? ln->name : "labels", lab[i], (long long)i,
+                  (long long)C);
+  return 0;
+}
+
+/* log(sum(exp(z))) of one row, shifted by the row's maximum so that exp cannot overflow. */
+static double logsumexp(const double *z, int64_t C) {
+  double m = -INFINITY, s = 0.0;
+  for (int64_t c = 0; c < C; c++)
+    m = z[c] > m ? z[c] : m;
+  for (int64_t c = 0; c < C; c++)
+    s += exp(z[c] - m);
+  return m + log(s);
+}
+
+static int k_cross_entropy(Interp *it, const Node *n) {
+  int z = n->in[0];
+  int64_t N = dims(it, z)[0], C = dims(it, z)[1];
+  if (check_labels(it, n, N, C))
+    return -1;
+  const double *zv = val(it, z), *lab = val(it, n->in[1]);
+  double total = 0.0;
+  for (int64_t i = 0; i < N; i++)
+    total += logsumexp(zv + i * C, C) - zv[i * C + (int64_t)lab[i]];
+  val(it, n->id)[0] = total / (double)N;
+  return 0;
+}
+
+/* dy * (softmax(z) - onehot(labels)) / N; dy broadcasts (it is the loss's scalar adjoint). */
+static int k_cross_entropy_grad(Interp *it, const Node *n) {
+  int z = n->in[0];
+  int64_t N = dims(it, z)[0], C = dims(it, z)[1];
+  if (check_labels(it, n, N, C))
+    return -1;
+  const int64_t *d = dims(it, n->id);
+  int64_t ds[IR_MAX_RANK];
+  bcast_strides(it, n->in[2], 2, ds);
+  const double *zv = val(it, z), *lab = val(it, n->in[1]), *dy = val(it, n->in[2]);
+  double *y = val(it, n->id);
+  for (int64_t i = 0; i < N; i++) {
+    double lse = logsumexp(zv + i * C, C);
+    for (int64_t c = 0; c < C; c++) {
+      int64_t o = i * C + c;
+      double p = exp(zv[o] - lse) - (c == (int64_t)lab[i] ? 1.0 : 0.0);
+      y[o] = dy[bcast_offset(o, 2, d, ds)] * p / (double)N;
+    }
+  }
+  return 0;
+}
+
+static const RefKernel ref_kernels[OP_COUNT] = {
+    [OP_INPUT] = k_leaf,
+    [OP_PARAM] = k_leaf,
+    [OP_STATE] = k_leaf,
+    [OP_CONST] = k_const,
+    [OP_ADD] = k_add,
+    [OP_SUB] = k_sub,
+    [OP_MUL] = k_mul,
+    [OP_DIV] = k_div,
+    [OP_POW] = k_pow,
+    [OP_RELU_GRAD] = k_relu_grad,
+    [OP_NEG] = k_neg,
+    [OP_EXP] = k_exp,
+    [OP_LOG] = k_log,
+    [OP_SQRT] = k_sqrt,
+    [OP_RELU] = k_relu,
+    [OP_SUM] = k_sum,
+    [OP_MEAN] = k_mean,
+    [OP_NUMEL] = k_numel,
+    [OP_SUM_TO] = k_sum_to,
+    [OP_EXPAND] = k_expand,
+    [OP_RESHAPE] = k_reshape,
+    [OP_MATMUL] = k_matmul,
+    [OP_CROSS_ENTROPY] = k_cross_entropy,
+    [OP_CROSS_ENTROPY_GRAD] = k_cross_entropy_grad,
+};
+
+bool interp_has_kernel(Op op) { return op >= 0 && op < OP_COUNT && ref_kernels[op] != NULL; }
+
+/* ---- driving --------------------------------------------------------------------------------- */
+
+Interp *interp_new(Graph *g, int64_t max_batch, bool f32) {
+  if (g->nsyms > 1 || max_batch < 1)
+    return NULL;
+  Interp *it = calloc(1, sizeof *it);
+  if (!it)
+    return NULL;
+  it->g = g;
+  it->nnodes = g->nnodes;
+  it->f32 = f32;
+  it->max_batch = max_batch;
+  size_t nn = (size_t)g->nnodes + 1; /* never calloc(0) */
+  it->val = calloc(nn, sizeof *it->val);
+  it->cap = calloc(nn, sizeof *it->cap);
+  it->dims = calloc(nn, sizeof *it->dims);
+  it->numel = calloc(nn, sizeof *it->numel);
+  it->mark = calloc(nn, 1);
+  if (!it->val || !it->cap || !it->dims || !it->numel || !it->mark)
+    goto oom;
+  bind_batch(it, max_batch);
+  for (int id = 0; id < g->nnodes; id++) {
+    it->cap[id] = it->numel[id] > 0 ? it->numel[id] : 0;
+    it->val[id] = calloc((size_t)it->cap[id] + 1, sizeof(double));
+    if (!it->val[id])
+      goto oom;
+  }
+  return it;
+oom:
+  interp_free(it);
+  return NULL;
+}
+
+void interp_free(Interp *it) {
+  if (!it)
+    return;
+  if (it->val)
+    for (int id = 0; id < it->nnodes; id++)
+      free(it->val[id]);
+  free(it->val);
+  free(it->cap);
+  free(it->dims);
+  free(it->numel);
+  free(it->mark);
+  free(it);
+}
+
+static void round_f32(double *v, int64_t n) {
+  for (int64_t i = 0; i < n; i++)
+    v[i] = (double)(float)v[i];
+}
+
+/* Evaluates the marked nodes in id order (ids are topological). */
+static int run_marked(Interp *it, int64_t batch) {
+  if (it->g->nnodes != it->nnodes)
+    return fail(it, "the graph has %d nodes but the interpreter was made for %d",
+                it->g->nnodes, it->nnodes);
+  if (batch < 1 || batch > it->max_batch)
+    return fail(it, "batch %lld is outside [1, %lld]", (long long)batch,
+                (long long)it->max_batch);
+  bind_batch(it, batch);
+  for (int id = 0; id < it->nnodes; id++) {
+    if (!it->mark[id])
+      continue;
+    const Node *n = &it->g->nodes[id];
+    if (it->numel[id] < 0 || it->numel[id] > it->cap[id])
+      return fail(it, "node %d (%s) has %lld elements at batch %lld", id, op_names[n->op],
+                  (long long)it->numel[id], (long long)batch);
+    if (ref_kernels[n->op](it, n))
+      return -1;
+    /* Leaves too: a value the driver wrote through interp_data lands in a float buffer in a
+     * compiled program. Rounding twice changes nothing. */
+    if (it->f32 && n->dtype == DT_F32)
+      round_f32(val(it, id), it->numel[id]);
+  }
+  return 0;
+}
+
+int interp_eval(Interp *it, const int *roots, int nroots, int64_t batch, char *err) {
+  it->err = err;
+  memset(it->mark, 0, (size_t)it->nnodes);
+  for (int i = 0; i < nroots; i++) {
+    if (roots[i] < 0 || roots[i] >= it->nnodes)
+      return fail(it, "no node %d", roots[i]);
+    it->mark[roots[i]] = 1;
+  }
+  for (int id = it->nnodes - 1; id >= 0; id--)
+    if (it->mark[id])
+      for (int k = 0; k < it->g->nodes[id].nin; k++)
+        it->mark[it->g->nodes[id].in[k]] = 1;
+  return run_marked(it, batch);
+}
+
+int interp_run(Interp *it, EntryKind e, int64_t batch, char *err) {
+  it->err = err;
+  if (it->g->nnodes != it->nnodes)
+    return run_marked(it, batch); /* reports the mismatch */
+  memset(it->mark, 0, (size_t)it->nnodes);
+  ir_reachable(it->g, e, it->mark);
+  if (run_marked(it, batch))
+    return -1;
+  /* Capture every update value before assigning any, so `a <- b, b <- a` swaps. */
+  const Entry *en = &it->g->entries[e];
+  double **tmp = calloc((size_t)en->nupdates + 1, sizeof *tmp);
+  if (!tmp)
+    return fail(it, "out of memory applying updates");
+  int rc = 0;
+  for (int u = 0; u < en->nupdates && rc == 0; u++) {
+    const Update *up = &en->updates[u];
+    if (it->numel[up->value] != it->numel[up->target]) {
+      rc = fail(it, "update of %s: %lld values for %lld elements",
+                it->g->nodes[up->target].name ? it->g->nodes[up->target].name : "?",
+                (long long)it->numel[up->value], (long long)it->numel[up->target]);
+      break;
+    }
+    size_t bytes = (size_t)it->numel[up->value] * sizeof(double);
+    tmp[u] = malloc(bytes + sizeof(double));
+    if (!tmp[u])
+      rc = fail(it, "out of memory applying updates");
+    else
+      memcpy(tmp[u], val(it, up->value), bytes);
+  }
+  for (int u = 0; u < en->nupdates && rc == 0; u++) {
+    const Update *up = &en->updates[u];
+    memcpy(val(it, up->target), tmp[u], (size_t)it->numel[up->target] * sizeof(double));
+  }
+  for (int u = 0; u < en->nupdates; u++)
+    free(tmp[u]);
+  free(tmp);
+  return rc;
+}
+
+double *interp_data(Interp *it, int node) { return it->val[node]; }
+
+void interp_shape(Interp *it, int node, int64_t *d) {
+  for (int k = 0; k < rank(it, node); k++)
+    d[k] = it->dims[node][k];
+}
+
+int64_t interp_numel(Interp *it, int node) { return it->numel[node]; }
+
+/* ---- the RtBackend ----------------------------------------------------------------------------- */
+
+static int be_run(void *self, int entry, int64_t batch, char *err) {
+  Interp *it = self;
+  EntryKind e = entry == KILN_ENTRY_TRAIN  ? ENTRY_TRAIN
+                : entry == KILN_ENTRY_EVAL ? ENTRY_EVAL
+                : entry == KILN_ENTRY_GRAD ? ENTRY_GRAD
+                                           : ENTRY_COUNT;
+  if (e == ENTRY_COUNT) {
+    snprintf(err, RT_ERR_LEN, "no entry point %d", entry);
+    return -1;
+  }
+  return interp_run(it, e, batch, err);
+}
+
+/* The driver's n is the tensor's element count at some batch <= the maximum; a node's buffer is
+ * dense at the current batch, matching the "leading part" rule of kiln_abi.h. */
+static void be_read(void *self, int t, double *out, int64_t n) {
+  Interp *it = self;
+  int node = it->plan->tensor_node[t];
+  int64_t m = n < it->cap[node] ? n : it->cap[node];
+  memcpy(out, it->val[node], (size_t)(m > 0 ? m : 0) * sizeof(double));
+  for (int64_t i = m > 0 ? m : 0; i < n; i++)
+    out[i] = 0.0;
+}
+
+static void be_write(void *self, int t, const double *in, int64_t n) {
+  Interp *it = self;
+  int node = it->plan->tensor_node[t];
+  int64_t m = n < it->cap[node] ? n : it->cap[node];
+  if (m <= 0)
+    return;
+  memcpy(it->val[node], in, (size_t)m * sizeof(double));
+  if (it->f32 && it->plan->tensors[t].dtype == KILN_F32)
+    round_f32(it->val[node], m);
+}
+
+void interp_backend(Interp *it, const Plan *plan, kiln_program *prog, RtBackend *be) {
+  it->plan = plan;
+  memset(prog, 0, sizeof *prog);
+  prog->abi_version = KILN_ABI_VERSION;
+  prog->model = it->g->name;
+  prog->batch = plan->batch;
+  prog->arena_bytes = plan->arena_bytes;
+  prog->ntensors = plan->ntensors;
+  prog->tensors = plan->tensors;
+  prog->epochs = it->g->train.epochs;
+  prog->steps = it->g->train.steps;
+  prog->seed = it->g->train.seed;
+  memset(be, 0, sizeof *be);
+  be->prog = prog;
+  be->self = it;
+  be->run = be_run;
+  be->read = be_read;
+  be->write = be_write;
+}
