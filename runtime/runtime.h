@@ -130,6 +130,8 @@ typedef struct RtOptions {
   int64_t limit_train;    /* >0: use only the first N training examples (tests) */
   int64_t limit_test;
   int quiet;              /* no progress line */
+  const char *prog_name;  /* prefix of messages on stderr ("trainer: error: ..."); set by
+                             rt_options_parse, "trainer" by default */
 } RtOptions;
 
 void rt_options_default(RtOptions *o);
@@ -138,6 +140,10 @@ void rt_options_default(RtOptions *o);
 int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name);
 /* Runs the whole training; prints the summary line on stdout. Returns the process exit code. */
 int rt_train(RtBackend *be, const RtOptions *o);
+
+/* Checks what the driver relies on: the ABI version, a positive batch, every tensor's name
+ * (present, unique), role, dtype, rank, dims and batch axis, and a "loss" output. */
+int rt_check_program(const kiln_program *p, char *err);
 
 /* Index of the tensor named `name`, or -1. */
 int rt_find_tensor(const kiln_program *p, const char *name);

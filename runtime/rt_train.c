@@ -1,0 +1,671 @@
+/*
+ * rt_train.c — the training driver: everything a trainer does around the generated step.
+ *
+ * It sees a program only through its kiln_program description and an RtBackend, so the same loop
+ * drives a compiled arena (trainer_main.c) and the reference interpreter (`kiln train --runtime
+ * reference`); two runs that differ only in the backend feed identical batches in identical order
+ * and print comparable lines.
+ *
+ * Two kinds of model:
+ *  - data models read IMAGES/LABELS inputs: each epoch shuffles the training set, walks all of it
+ *    in batches (the last one smaller), then evaluates on the whole test set in order;
+ *  - literal models carry their data in the model file: `steps` full-batch updates, then the
+ *    parameters and the output are printed, for comparison against a hand or PyTorch computation.
+ *
+ * Errors are collected in one buffer and printed once by rt_train, as "NAME: error: MESSAGE".
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime.h"
+
+/* ---- options ---- */
+
+void rt_options_default(RtOptions *o) {
+  memset(o, 0, sizeof *o);
+  o->lr = -1;
+  o->prog_name = "trainer";
+}
+
+static void usage(FILE *f, const char *name) {
+  fprintf(f,
+          "usage: %s [options]\n"
+          "  --data DIR          directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]\n"
+          "  --epochs N          number of epochs (steps, for a model with literal data)\n"
+          "  --lr X              learning rate (overrides the model's)\n"
+          "  --seed S            seed for initialisation and shuffling\n"
+          "  --save FILE         write the parameters to FILE (safetensors) at the end\n"
+          "  --load FILE         start from the parameters in FILE (safetensors)\n"
+          "  --metrics FILE      write one CSV row per epoch to FILE\n"
+          "  --limit-train N     use only the first N training examples\n"
+          "  --limit-test N      use only the first N test examples\n"
+          "  --quiet             no progress output on stderr\n"
+          "  --help              show this message\n",
+          name);
+}
+
+static int opt_error(const char *name, const char *fmt, const char *a, const char *b) {
+  fprintf(stderr, "%s: error: ", name);
+  fprintf(stderr, fmt, a, b);
+  fprintf(stderr, "\n");
+  return -1;
+}
+
+/* Whole-string numbers only: "12abc", "", " 3" and out-of-range values are all refused. */
+static int parse_i64(const char *s, int64_t *out) {
+  char *end;
+  errno = 0;
+  if (!(*s >= '0' && *s <= '9'))
+    return -1;
+  long long v = strtoll(s, &end, 10);
+  if (errno || *end || v <= 0)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  errno = 0;
+  if (!(*s >= '0' && *s <= '9'))
+    return -1;
+  unsigned long long v = strtoull(s, &end, 0);
+  if (errno || *end)
+    return -1;
+  *out = v;
+  return 0;
+}
+
+int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name) {
+  const char *name = prog_name ? prog_name : "trainer";
+  o->prog_name = name;
+  for (int i = 1; i < argc; i++) {
+    const char *arg = argv[i];
+    if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+      usage(stdout, name);
+      return 1;
+    }
+    if (!strcmp(arg, "--quiet")) {
+      o->quiet = 1;
+      continue;
+    }
+    if (strncmp(arg, "--", 2))
+      return opt_error(name, "unexpected argument '%s' (see --help)", arg, NULL);
+    /* Every other option takes a value: --opt VALUE or --opt=VALUE. */
+    char key[32];
+    const char *val, *eq = strchr(arg, '=');
+    size_t klen = eq ? (size_t)(eq - arg) : strlen(arg);
+    if (klen >= sizeof key)
+      return opt_error(name, "unknown option '%s' (see --help)", arg, NULL);
+    memcpy(key, arg, klen);
+    key[klen] = 0;
+    static const char *const known[] = {"--data", "--epochs", "--lr", "--seed", "--save",
+                                        "--load", "--metrics", "--limit-train", "--limit-test"};
+    int k = -1;
+    for (int j = 0; j < (int)(sizeof known / sizeof known[0]); j++)
+      if (!strcmp(key, known[j]))
+        k = j;
+    if (k < 0)
+      return opt_error(name, "unknown option '%s' (see --help)", key, NULL);
+    if (eq)
+      val = eq + 1;
+    else if (i + 1 < argc)
+      val = argv[++i];
+    else
+      return opt_error(name, "option %s needs a value", key, NULL);
+    int64_t n;
+    if (!*val)
+      return opt_error(name, "option %s needs a non-empty value", key, NULL);
+    switch (k) {
+    case 0: o->data_dir = val; break;
+    case 1:
+      if (parse_i64(val, &n) || n > 1000000000)
+        return opt_error(name, "%s: expected a positive number of epochs, got '%s'", key, val);
+      o->epochs = (int)n;
+      break;
+    case 2: {
+      char *end;
+      errno = 0;
+      double lr = strtod(val, &end);
+      if (*end || errno || !isfinite(lr) || lr < 0)
+        return opt_error(name, "%s: expected a non-negative learning rate, got '%s'", key, val);
+      o->lr = lr;
+      break;
+    }
+    case 3:
+      if (parse_u64(val, &o->seed))
+        return opt_error(name, "%s: expected an unsigned 64-bit seed, got '%s'", key, val);
+      o->have_seed = 1;
+      break;
+    case 4: o->save_path = val; break;
+    case 5: o->load_path = val; break;
+    case 6: o->metrics_path = val; break;
+    case 7:
+    case 8:
+      if (parse_i64(val, &n))
+        return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
+      *(k == 7 ? &o->limit_train : &o->limit_test) = n;
+      break;
+    }
+  }
+  return 0;
+}
+
+/* ---- program description ---- */
+
+int rt_find_tensor(const kiln_program *p, const char *name) {
+  for (int i = 0; i < p->ntensors; i++)
+    if (!strcmp(p->tensors[i].name, name))
+      return i;
+  return -1;
+}
+
+int64_t rt_numel(const kiln_tensor *t, int64_t batch) {
+  int64_t n = 1;
+  for (int i = 0; i < t->rank; i++)
+    n *= i == t->batch_axis && batch >= 0 ? batch : t->dims[i];
+  return n;
+}
+
+static void fmt_shape(char *buf, size_t len, int rank, const int64_t *dims) {
+  size_t at = (size_t)snprintf(buf, len, "[");
+  for (int i = 0; i < rank && at < len; i++)
+    at += (size_t)snprintf(buf + at, len - at, "%s%lld", i ? ", " : "", (long long)dims[i]);
+  if (at < len)
+    snprintf(buf + at, len - at, "]");
+}
+
+int rt_check_program(const kiln_program *p, char *err) {
+  if (!p)
+    return rt_errf(err, "no program");
+  if (p->abi_version != KILN_ABI_VERSION)
+    return rt_errf(err, "program uses kiln ABI version %d, this runtime implements version %d",
+                   p->abi_version, KILN_ABI_VERSION);
+  if (p->batch < 1)
+    return rt_errf(err, "program has batch size %lld; it must be at least 1", (long long)p->batch);
+  if (p->ntensors < 0 || (p->ntensors && !p->tensors))
+    return rt_errf(err, "program has a bad tensor table");
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (!t->name || !*t->name)
+      return rt_errf(err, "tensor %d has no name", i);
+    for (int j = 0; j < i; j++)
+      if (!strcmp(p->tensors[j].name, t->name))
+        return rt_errf(err, "two tensors are named '%s'", t->name);
+    if (t->role < KILN_ROLE_PARAM || t->role > KILN_ROLE_OPT)
+      return rt_errf(err, "tensor '%s' has unknown role %d", t->name, t->role);
+    if (t->dtype < KILN_F32 || t->dtype > KILN_I32)
+      return rt_errf(err, "tensor '%s' has unknown dtype %d", t->name, t->dtype);
+    if (t->rank < 0 || t->rank > KILN_ABI_MAX_RANK)
+      return rt_errf(err, "tensor '%s' has rank %d (at most %d)", t->name, t->rank,
+                     KILN_ABI_MAX_RANK);
+    if (t->batch_axis < -1 || t->batch_axis >= (t->rank > 0 ? t->rank : 0))
+      return rt_errf(err, "tensor '%s' has batch axis %d but rank %d", t->name, t->batch_axis,
+                     t->rank);
+    for (int d = 0; d < t->rank; d++)
+      if (t->dims[d] < 0)
+        return rt_errf(err, "tensor '%s' has a negative dimension", t->name);
+    if (t->batch_axis >= 0 && t->dims[t->batch_axis] < p->batch)
+      return rt_errf(err, "tensor '%s' has room for %lld examples, the batch is %lld", t->name,
+                     (long long)t->dims[t->batch_axis], (long long)p->batch);
+    if (t->role == KILN_ROLE_INPUT && t->source == KILN_SRC_IMAGES && !(t->scale != 0))
+      return rt_errf(err, "image input '%s' has scale 0: every pixel would read as 0", t->name);
+  }
+  int loss = rt_find_tensor(p, "loss");
+  if (loss < 0 || p->tensors[loss].role != KILN_ROLE_OUTPUT)
+    return rt_errf(err, "program has no \"loss\" output");
+  return 0;
+}
+
+/* ---- checkpoints ---- */
+
+static int saved(const kiln_tensor *t) {
+  return t->role == KILN_ROLE_PARAM || t->role == KILN_ROLE_STATE;
+}
+
+int rt_save_checkpoint(RtBackend *be, const char *path, char *err) {
+  const kiln_program *p = be->prog;
+  RtNamedTensor *ts = calloc((size_t)p->ntensors + 1, sizeof *ts);
+  int n = 0, rc = -1;
+  if (!ts)
+    return rt_errf(err, "%s: out of memory", path);
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (!saved(t))
+      continue;
+    int64_t numel = rt_numel(t, p->batch);
+    RtNamedTensor *nt = &ts[n++];
+    nt->name = t->name;
+    nt->dtype = t->dtype;
+    nt->rank = t->rank;
+    memcpy(nt->dims, t->dims, sizeof nt->dims);
+    if (t->batch_axis >= 0)
+      nt->dims[t->batch_axis] = p->batch;
+    nt->values = malloc((size_t)(numel ? numel : 1) * sizeof(double));
+    if (!nt->values) {
+      rt_errf(err, "%s: out of memory", path);
+      goto done;
+    }
+    be->read(be->self, i, nt->values, numel);
+  }
+  rc = rt_safetensors_save(path, ts, n, err);
+done:
+  for (int i = 0; i < n; i++)
+    free(ts[i].values);
+  free(ts);
+  return rc;
+}
+
+/* All or nothing: every check passes before the first value is written to the backend. */
+int rt_load_checkpoint(RtBackend *be, const char *path, char *err) {
+  const kiln_program *p = be->prog;
+  RtNamedTensor *ts;
+  int n;
+  if (rt_safetensors_load(path, &ts, &n, err))
+    return -1;
+  int *match = calloc((size_t)p->ntensors + 1, sizeof *match);
+  int rc = -1;
+  if (!match) {
+    rt_errf(err, "%s: out of memory", path);
+    goto done;
+  }
+  char want[128], got[128];
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (!saved(t))
+      continue;
+    int64_t dims[KILN_ABI_MAX_RANK];
+    memcpy(dims, t->dims, sizeof dims);
+    if (t->batch_axis >= 0)
+      dims[t->batch_axis] = p->batch;
+    fmt_shape(want, sizeof want, t->rank, dims);
+    match[i] = -1;
+    for (int k = 0; k < n; k++)
+      if (!strcmp(ts[k].name, t->name))
+        match[i] = k;
+    if (match[i] < 0) {
+      rt_errf(err, "%s: no tensor '%s' (the model's has shape %s)", path, t->name, want);
+      goto done;
+    }
+    const RtNamedTensor *f = &ts[match[i]];
+    if (f->rank != t->rank || memcmp(f->dims, dims, (size_t)t->rank * sizeof *dims)) {
+      fmt_shape(got, sizeof got, f->rank, f->dims);
+      rt_errf(err, "%s: tensor '%s' has shape %s, but the model's has shape %s", path, t->name,
+              got, want);
+      goto done;
+    }
+  }
+  for (int k = 0; k < n; k++) {
+    int i = rt_find_tensor(p, ts[k].name);
+    if (i < 0 || !saved(&p->tensors[i])) {
+      rt_errf(err, "%s: tensor '%s' is not a parameter or state of the model", path, ts[k].name);
+      goto done;
+    }
+  }
+  for (int i = 0; i < p->ntensors; i++)
+    if (saved(&p->tensors[i]))
+      be->write(be->self, i, ts[match[i]].values, rt_numel(&p->tensors[i], p->batch));
+  rc = 0;
+done:
+  free(match);
+  rt_safetensors_free(ts, n);
+  return rc;
+}
+
+/* ---- the run ---- */
+
+typedef struct Run {
+  RtBackend *be;
+  const kiln_program *prog;
+  const RtOptions *o;
+  char err[RT_ERR_LEN];
+  double *buf;        /* scratch, room for the largest tensor */
+  int64_t buf_n;
+  uint64_t seed;
+  RtProgress progress;
+} Run;
+
+/* Fills every persistent tensor: params and state by their initialisers, optimizer state with
+ * zeros, hyper-parameters with their values (lr possibly overridden). */
+static int init_tensors(Run *r) {
+  const kiln_program *p = r->prog;
+  int lr_used = 0;
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    int64_t n = rt_numel(t, p->batch);
+    switch (t->role) {
+    case KILN_ROLE_PARAM:
+    case KILN_ROLE_STATE:
+    case KILN_ROLE_HYPER:
+      rt_init_tensor(t, r->seed, r->buf, n);
+      if (t->role == KILN_ROLE_HYPER && !strcmp(t->name, "lr") && r->o->lr >= 0) {
+        for (int64_t k = 0; k < n; k++)
+          r->buf[k] = r->o->lr;
+        lr_used = 1;
+      }
+      break;
+    case KILN_ROLE_OPT:
+      memset(r->buf, 0, (size_t)n * sizeof *r->buf);
+      break;
+    default:
+      continue;
+    }
+    r->be->write(r->be->self, i, r->buf, n);
+  }
+  if (r->o->lr >= 0 && !lr_used)
+    return rt_errf(r->err, "--lr given, but model '%s' has no hyper-parameter named \"lr\"",
+                   p->model ? p->model : "?");
+  return 0;
+}
+
+static int run_entry(Run *r, int entry, int64_t batch) {
+  char err[RT_ERR_LEN] = "";
+  if (r->be->run(r->be->self, entry, batch, err))
+    return rt_errf(r->err, "%s", *err ? err : "the step failed");
+  return 0;
+}
+
+/* The first value of a scalar output. */
+static double read_scalar(Run *r, int t, int64_t batch) {
+  r->be->read(r->be->self, t, r->buf, rt_numel(&r->prog->tensors[t], batch));
+  return r->buf[0];
+}
+
+static int reads(const kiln_tensor *t, int entry) { return !t->entries || (t->entries & entry); }
+
+/* Writes examples order[first..first+b) (or first..first+b when order is NULL) of ds into every
+ * data input read by `entry`. */
+static void write_batch(Run *r, int entry, const RtDataset *ds, const int64_t *order,
+                        int64_t first, int64_t b) {
+  const kiln_program *p = r->prog;
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (t->role != KILN_ROLE_INPUT || !reads(t, entry))
+      continue;
+    if (t->source == KILN_SRC_IMAGES) {
+      int64_t item = ds->images.item;
+      for (int64_t k = 0; k < b; k++) {
+        const uint8_t *px = ds->images.data + (order ? order[first + k] : first + k) * item;
+        double *dst = r->buf + k * item;
+        for (int64_t j = 0; j < item; j++)
+          dst[j] = px[j] * t->scale;
+      }
+    } else if (t->source == KILN_SRC_LABELS) {
+      for (int64_t k = 0; k < b; k++)
+        r->buf[k] = ds->labels.data[order ? order[first + k] : first + k];
+    } else {
+      continue;
+    }
+    r->be->write(r->be->self, i, r->buf, rt_numel(t, b));
+  }
+}
+
+/* Every data input must hold whole examples along axis 0, of the size the files provide. */
+static int check_data_inputs(Run *r, const RtDataset *ds, const char *dir) {
+  const kiln_program *p = r->prog;
+  char want[128], got[128];
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (t->role != KILN_ROLE_INPUT || t->source == KILN_SRC_NONE)
+      continue;
+    if (t->batch_axis != 0)
+      return rt_errf(r->err, "data input '%s' must have the batch as its first axis", t->name);
+    fmt_shape(want, sizeof want, t->rank, t->dims);
+    if (t->source == KILN_SRC_IMAGES && rt_numel(t, 1) != ds->images.item) {
+      fmt_shape(got, sizeof got, ds->images.rank - 1, ds->images.dims + 1);
+      return rt_errf(r->err, "input '%s' has shape %s (%lld values per example), but the images "
+                     "in %s are %s (%lld values)", t->name, want, (long long)rt_numel(t, 1), dir,
+                     got, (long long)ds->images.item);
+    }
+    if (t->source == KILN_SRC_LABELS && rt_numel(t, 1) != 1)
+      return rt_errf(r->err, "label input '%s' has shape %s: expected one label per example",
+                     t->name, want);
+  }
+  return 0;
+}
+
+/* Test loss (example-weighted mean of eval.loss) and accuracy (argmax over the last axis of
+ * eval.output against the label) over the first n test examples, in order. NaN where the
+ * program does not provide what is needed. */
+static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, double *acc) {
+  const kiln_program *p = r->prog;
+  int tl = rt_find_tensor(p, "eval.loss"), to = rt_find_tensor(p, "eval.output");
+  int have_labels = 0;
+  for (int i = 0; i < p->ntensors; i++)
+    if (p->tensors[i].role == KILN_ROLE_INPUT && p->tensors[i].source == KILN_SRC_LABELS)
+      have_labels = 1;
+  const kiln_tensor *out = to >= 0 ? &p->tensors[to] : NULL;
+  int64_t classes = out && out->rank >= 2 && out->batch_axis == 0 ? out->dims[out->rank - 1] : 0;
+  int can_score = have_labels && classes > 0 && rt_numel(out, 1) == classes;
+  *loss = *acc = NAN;
+  if ((tl < 0 && !can_score) || n <= 0)
+    return 0;
+  double loss_sum = 0;
+  int64_t correct = 0;
+  for (int64_t first = 0; first < n; first += p->batch) {
+    int64_t b = n - first < p->batch ? n - first : p->batch;
+    write_batch(r, KILN_ENTRY_EVAL, test, NULL, first, b);
+    if (run_entry(r, KILN_ENTRY_EVAL, b))
+      return -1;
+    if (tl >= 0)
+      loss_sum += read_scalar(r, tl, b) * (double)b;
+    if (can_score) {
+      r->be->read(r->be->self, to, r->buf, rt_numel(out, b));
+      for (int64_t k = 0; k < b; k++) {
+        const double *row = r->buf + k * classes;
+        int64_t best = 0;
+        for (int64_t c = 1; c < classes; c++)
+          if (row[c] > row[best])
+            best = c; /* ties go to the first, as torch.argmax */
+        correct += best == test->labels.data[first + k];
+      }
+    }
+  }
+  if (tl >= 0)
+    *loss = loss_sum / (double)n;
+  if (can_score)
+    *acc = (double)correct / (double)n;
+  return 0;
+}
+
+static int train_data(Run *r) {
+  const kiln_program *p = r->prog;
+  const RtOptions *o = r->o;
+  RtDataset train = {0}, test = {0};
+  RtCsv csv = {0};
+  int64_t *order = NULL;
+  int rc = -1;
+  if (!o->data_dir)
+    return rt_errf(r->err, "model '%s' reads images and labels: pass --data DIR (e.g. "
+                   "/usr/share/datasets/fashion-mnist)", p->model ? p->model : "?");
+  if (rt_dataset_load(o->data_dir, "train", &train, r->err) ||
+      rt_dataset_load(o->data_dir, "t10k", &test, r->err) ||
+      check_data_inputs(r, &train, o->data_dir))
+    goto done;
+  if (test.images.item != train.images.item) {
+    rt_errf(r->err, "%s: test images have %lld values, training images %lld", o->data_dir,
+            (long long)test.images.item, (long long)train.images.item);
+    goto done;
+  }
+  int64_t ntrain = train.images.count, ntest = test.images.count;
+  if (o->limit_train > 0 && o->limit_train < ntrain)
+    ntrain = o->limit_train;
+  if (o->limit_test > 0 && o->limit_test < ntest)
+    ntest = o->limit_test;
+  if (ntrain == 0) {
+    rt_errf(r->err, "%s: no training examples", o->data_dir);
+    goto done;
+  }
+  if (o->metrics_path && rt_csv_open(&csv, o->metrics_path,
+                                     "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds",
+                                     r->err))
+    goto done;
+  order = malloc((size_t)ntrain * sizeof *order);
+  if (!order) {
+    rt_errf(r->err, "out of memory");
+    goto done;
+  }
+
+  int epochs = o->epochs > 0 ? o->epochs : p->epochs > 0 ? p->epochs : 1;
+  int64_t steps = (ntrain + p->batch - 1) / p->batch;
+  int loss_t = rt_find_tensor(p, "loss");
+  RtRng rng;
+  rt_rng_seed(&rng, rt_hash_name(r->seed, "kiln.shuffle"));
+  double train_time = 0, train_loss = NAN, test_loss = NAN, acc = NAN;
+  int64_t train_images = 0;
+  for (int epoch = 1; epoch <= epochs; epoch++) {
+    double t0 = rt_now(), loss_sum = 0;
+    int64_t seen = 0;
+    for (int64_t i = 0; i < ntrain; i++)
+      order[i] = i;
+    rt_shuffle(&rng, order, ntrain);
+    for (int64_t step = 1; step <= steps; step++) {
+      int64_t b = ntrain - seen < p->batch ? ntrain - seen : p->batch;
+      write_batch(r, KILN_ENTRY_TRAIN, &train, order, seen, b);
+      if (run_entry(r, KILN_ENTRY_TRAIN, b))
+        goto done;
+      loss_sum += read_scalar(r, loss_t, b) * (double)b;
+      seen += b;
+      if (!o->quiet) {
+        double elapsed = train_time + rt_now() - t0;
+        double rate = elapsed > 0 ? (double)(train_images + seen) / elapsed : 0;
+        double left = (double)(epochs - epoch) * (double)ntrain + (double)(ntrain - seen);
+        rt_progress_update(&r->progress, epoch, epochs, step, steps, loss_sum / (double)seen,
+                           rate, rate > 0 ? left / rate : -1);
+      }
+    }
+    double epoch_train = rt_now() - t0;
+    train_time += epoch_train;
+    train_images += seen;
+    train_loss = loss_sum / (double)seen;
+    if (!o->quiet)
+      rt_progress_done(&r->progress);
+    if (evaluate(r, &test, ntest, &test_loss, &acc))
+      goto done;
+    double rate = epoch_train > 0 ? (double)seen / epoch_train : 0;
+    if (!o->quiet)
+      fprintf(stderr, "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_accuracy %.4f  "
+              "%.0f img/s\n", epoch, epochs, train_loss, test_loss, acc, rate);
+    rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f", epoch, train_loss, test_loss, acc, rate,
+               rt_now() - t0);
+  }
+  if (rt_csv_close(&csv, r->err))
+    goto done;
+  if (o->save_path && rt_save_checkpoint(r->be, o->save_path, r->err))
+    goto done;
+  printf("final epochs=%d train_loss=%.4f test_loss=%.4f test_accuracy=%.4f images_per_s=%.0f\n",
+         epochs, train_loss, test_loss, acc,
+         train_time > 0 ? (double)train_images / train_time : 0.0);
+  fflush(stdout);
+  rc = 0;
+done:
+  if (csv.f) {
+    char ignored[RT_ERR_LEN];
+    rt_csv_close(&csv, ignored);
+  }
+  free(order);
+  rt_dataset_free(&train);
+  rt_dataset_free(&test);
+  return rc;
+}
+
+/* Inputs that hold literal data from the model file. Written before every run, because the
+ * memory planner may reuse an input's bytes for temporaries once the step has read it. */
+static void write_literal_inputs(Run *r, int entry) {
+  const kiln_program *p = r->prog;
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (t->role == KILN_ROLE_INPUT && t->source == KILN_SRC_NONE && t->init == KILN_INIT_DATA &&
+        t->data && reads(t, entry))
+      r->be->write(r->be->self, i, t->data, rt_numel(t, p->batch));
+  }
+}
+
+static void print_values(Run *r, const char *name, int t, int64_t batch) {
+  int64_t n = rt_numel(&r->prog->tensors[t], batch);
+  r->be->read(r->be->self, t, r->buf, n);
+  printf("%s =", name);
+  for (int64_t k = 0; k < n; k++)
+    printf(" %.6f", r->buf[k]);
+  printf("\n");
+}
+
+static int train_literal(Run *r) {
+  const kiln_program *p = r->prog;
+  const RtOptions *o = r->o;
+  /* An explicit --epochs counts steps here; otherwise the model's steps, else its epochs. */
+  int64_t steps = o->epochs > 0 ? o->epochs : p->steps > 0 ? p->steps : p->epochs > 0 ? p->epochs : 1;
+  int loss_t = rt_find_tensor(p, "loss");
+  double loss = NAN, t0 = rt_now();
+  for (int64_t s = 1; s <= steps; s++) {
+    write_literal_inputs(r, KILN_ENTRY_TRAIN);
+    if (run_entry(r, KILN_ENTRY_TRAIN, p->batch))
+      return -1;
+    loss = read_scalar(r, loss_t, p->batch);
+    if (!o->quiet) {
+      double el = rt_now() - t0, rate = el > 0 ? (double)(s * p->batch) / el : 0;
+      rt_progress_update(&r->progress, 0, 0, s, steps, loss, rate,
+                         rate > 0 ? (double)((steps - s) * p->batch) / rate : -1);
+    }
+  }
+  if (!o->quiet)
+    rt_progress_done(&r->progress);
+  for (int i = 0; i < p->ntensors; i++)
+    if (p->tensors[i].role == KILN_ROLE_PARAM)
+      print_values(r, p->tensors[i].name, i, p->batch);
+  int out = rt_find_tensor(p, "eval.output");
+  if (out >= 0) {
+    write_literal_inputs(r, KILN_ENTRY_EVAL);
+    if (run_entry(r, KILN_ENTRY_EVAL, p->batch))
+      return -1;
+    print_values(r, "output", out, p->batch);
+  }
+  if (o->save_path && rt_save_checkpoint(r->be, o->save_path, r->err))
+    return -1;
+  printf("final steps=%lld loss=%.6f\n", (long long)steps, loss);
+  fflush(stdout);
+  return 0;
+}
+
+int rt_train(RtBackend *be, const RtOptions *o) {
+  Run r = {.be = be, .prog = be ? be->prog : NULL, .o = o};
+  const char *name = o->prog_name ? o->prog_name : "trainer";
+  int rc = -1;
+  if (rt_check_program(r.prog, r.err))
+    goto done;
+  const kiln_program *p = r.prog;
+  r.seed = o->have_seed ? o->seed : p->seed;
+  r.buf_n = 1;
+  for (int i = 0; i < p->ntensors; i++) {
+    int64_t n = rt_numel(&p->tensors[i], p->batch);
+    if (n > r.buf_n)
+      r.buf_n = n;
+  }
+  r.buf = malloc((size_t)r.buf_n * sizeof *r.buf);
+  if (!r.buf) {
+    rt_errf(r.err, "out of memory");
+    goto done;
+  }
+  rt_progress_init(&r.progress, stderr);
+  if (init_tensors(&r))
+    goto done;
+  if (o->load_path && rt_load_checkpoint(be, o->load_path, r.err))
+    goto done;
+  int data = 0;
+  for (int i = 0; i < p->ntensors; i++)
+    if (p->tensors[i].role == KILN_ROLE_INPUT && p->tensors[i].source != KILN_SRC_NONE)
+      data = 1;
+  rc = data ? train_data(&r) : train_literal(&r);
+done:
+  free(r.buf);
+  if (rc) {
+    fflush(stdout);
+    fprintf(stderr, "%s: error: %s\n", name, r.err);
+    return 1;
+  }
+  return 0;
+}
