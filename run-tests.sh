@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds kiln with AddressSanitizer and UndefinedBehaviorSanitizer,
+# and runs every test through CTest.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/deps.sh
+cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
+cmake --build build-test -j"$(nproc)"
+# Generated trainers and shared objects are built by the system compiler without sanitizers;
+# ASan must not insist on being first in the library list for them.
+export ASAN_OPTIONS=detect_leaks=1:verify_asan_link_order=0
+ctest --test-dir build-test --output-on-failure -j"$(nproc)"
