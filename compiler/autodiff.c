@@ -49,7 +49,6 @@ static void give(AdCtx *c, const Node *n, int i, int d) {
 }
 
 /* Shorthands; every node built for n's gradient gets n's location. */
-static int add(AdCtx *c, const Node *n, int a, int b) { return ir_binary(c->g, OP_ADD, a, b, n->loc); }
 static int sub(AdCtx *c, const Node *n, int a, int b) { return ir_binary(c->g, OP_SUB, a, b, n->loc); }
 static int mul(AdCtx *c, const Node *n, int a, int b) { return ir_binary(c->g, OP_MUL, a, b, n->loc); }
 static int dvd(AdCtx *c, const Node *n, int a, int b) { return ir_binary(c->g, OP_DIV, a, b, n->loc); }
