@@ -153,4 +153,14 @@ int64_t rt_numel(const kiln_tensor *t, int64_t batch);
 int rt_save_checkpoint(RtBackend *be, const char *path, char *err);
 int rt_load_checkpoint(RtBackend *be, const char *path, char *err);
 
+/* ---- rt_backend_arena.c: the compiled program's arena as an RtBackend (codegen) -------------- */
+
+/* A backend over a generated program and its arena (arena_bytes, 64-byte aligned, owned by the
+ * caller): run calls the entry points (batch checked against 1..p->batch), read / write convert
+ * between double and each tensor's dtype at `arena + offset` (counts clamped to the tensor; i32
+ * writes round and saturate). The backend holds a small allocation: release it with
+ * rt_arena_backend_free. If that allocation fails, run reports it and read / write do nothing. */
+void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be);
+void rt_arena_backend_free(RtBackend *be);
+
 #endif

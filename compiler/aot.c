@@ -1,0 +1,311 @@
+/*
+ * aot.c — driving the system C compiler over generated code.
+ *
+ * Two products: a standalone trainer (the generated step + runtime/trainer_main + libkilnrt.a,
+ * linked with zlib and libm) and a shared object that kiln loads into its own process (for
+ * `kiln train`, `kiln check` and the tests). Both go through one helper that writes the source to
+ * a temporary file and runs the compiler with fork/execvp — never a shell string, so paths with
+ * spaces or quotes are just arguments — capturing its output for the error message.
+ *
+ * Outputs appear atomically: the compiler writes a temporary name in the output's directory,
+ * which is renamed over the target only on success, so a failed build never leaves a partial
+ * or stale-looking trainer behind.
+ *
+ * The runtime directory ($KILN_HOME, else KILN_RUNTIME_DIR from the build) must hold
+ * kiln_abi.h, runtime.h, libkilnrt.a and trainer_main.o or trainer_main.c.
+ */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "compiler.h"
+
+#ifndef KILN_RUNTIME_DIR
+#define KILN_RUNTIME_DIR "."
+#endif
+
+/* A trainer links libkilnrt.a, which the sanitizer build instruments like kiln itself: the
+ * trainer must then link the sanitizer runtimes too. */
+#if defined(__SANITIZE_ADDRESS__)
+#define AOT_SANITIZE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define AOT_SANITIZE 1
+#endif
+#endif
+
+const char *aot_runtime_dir(void) {
+  const char *h = getenv("KILN_HOME");
+  return h && *h ? h : KILN_RUNTIME_DIR;
+}
+
+const char *aot_cc(void) {
+  const char *cc = getenv("CC");
+  return cc && *cc ? cc : "cc";
+}
+
+/* An argument vector that owns its strings. */
+typedef struct Argv {
+  char **v;
+  int n, cap;
+} Argv;
+
+static int argv_push(Argv *a, const char *s) {
+  if (a->n + 2 > a->cap) {
+    int cap = a->cap ? a->cap * 2 : 32;
+    char **v = realloc(a->v, (size_t)cap * sizeof *v);
+    if (!v)
+      return -1;
+    a->v = v;
+    a->cap = cap;
+  }
+  char *d = strdup(s);
+  if (!d)
+    return -1;
+  a->v[a->n++] = d;
+  a->v[a->n] = NULL;
+  return 0;
+}
+
+static void argv_free(Argv *a) {
+  for (int i = 0; i < a->n; i++)
+    free(a->v[i]);
+  free(a->v);
+  memset(a, 0, sizeof *a);
+}
+
+/* $CC may carry arguments ("ccache gcc", "gcc -m64"), as make allows: split on blanks. */
+static int argv_push_cc(Argv *a) {
+  const char *cc = aot_cc();
+  char *copy = strdup(cc);
+  if (!copy)
+    return -1;
+  int rc = 0;
+  for (char *save = NULL, *w = strtok_r(copy, " \t\n", &save); w && !rc;
+       w = strtok_r(NULL, " \t\n", &save))
+    rc = argv_push(a, w);
+  free(copy);
+  return rc || a->n == 0 ? -1 : 0;
+}
+
+static void describe(Buf *err, const Argv *a) {
+  buf_puts(err, "command:");
+  for (int i = 0; i < a->n; i++)
+    buf_printf(err, " %s", a->v[i]);
+  buf_puts(err, "\n");
+}
+
+/* Runs argv, its stdout and stderr appended to out. Returns the exit status, or -1 if it could
+ * not run or was killed. */
+static int run(const Argv *a, Buf *out) {
+  int fd[2];
+  if (pipe(fd) != 0) {
+    buf_printf(out, "pipe: %s\n", strerror(errno));
+    return -1;
+  }
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0) {
+    buf_printf(out, "fork: %s\n", strerror(errno));
+    close(fd[0]);
+    close(fd[1]);
+    return -1;
+  }
+  if (pid == 0) {
+    dup2(fd[1], 1);
+    dup2(fd[1], 2);
+    close(fd[0]);
+    close(fd[1]);
+    execvp(a->v[0], a->v);
+    dprintf(2, "cannot run '%s': %s\n", a->v[0], strerror(errno));
+    _exit(127);
+  }
+  close(fd[1]);
+  char chunk[4096];
+  for (;;) {
+    ssize_t r = read(fd[0], chunk, sizeof chunk - 1);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    chunk[r] = 0;
+    /* Compiler output is capped: a broken program can produce megabytes of errors. */
+    if (out->len < 64 * 1024)
+      buf_puts(out, chunk);
+  }
+  close(fd[0]);
+  int st;
+  while (waitpid(pid, &st, 0) < 0)
+    if (errno != EINTR)
+      return -1;
+  if (WIFEXITED(st))
+    return WEXITSTATUS(st);
+  buf_printf(out, "compiler killed by signal %d\n", WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  return -1;
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return -1;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+/* Makes a private temporary directory "<tmpdir>/kiln-XXXXXX" (path: PATH_MAX bytes) holding
+ * step.c with src in it. remove_temp deletes what the builds put there. */
+static int write_temp_source(const char *src, char *dir, size_t cap, Buf *err) {
+  const char *tmp = getenv("TMPDIR");
+  if (!tmp || !*tmp)
+    tmp = "/tmp";
+  if ((size_t)snprintf(dir, cap, "%s/kiln-XXXXXX", tmp) >= cap - 16) {
+    buf_printf(err, "temporary directory path too long\n");
+    return -1;
+  }
+  if (!mkdtemp(dir)) {
+    buf_printf(err, "cannot create a temporary directory in %s: %s\n", tmp, strerror(errno));
+    return -1;
+  }
+  char path[4096 + 16];
+  snprintf(path, sizeof path, "%s/step.c", dir);
+  int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+  if (fd < 0 || write_all(fd, src, strlen(src)) != 0 || close(fd) != 0) {
+    buf_printf(err, "cannot write %s: %s\n", path, strerror(errno));
+    if (fd >= 0)
+      unlink(path);
+    rmdir(dir);
+    return -1;
+  }
+  return 0;
+}
+
+static void remove_temp(const char *dir) {
+  static const char *const names[] = {"step.c", "step.so"};
+  char path[4096 + 16];
+  for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+    unlink(path);
+  }
+  rmdir(dir);
+}
+
+/* A fresh name in out's directory ("<out>.tmp-XXXXXX"), created empty so no one else takes it. */
+static int temp_output(const char *out, char *path, size_t cap, Buf *err) {
+  if ((size_t)snprintf(path, cap, "%s.tmp-XXXXXX", out) >= cap) {
+    buf_printf(err, "output path too long\n");
+    return -1;
+  }
+  int fd = mkstemp(path);
+  if (fd < 0) {
+    buf_printf(err, "cannot create a file next to %s: %s\n", out, strerror(errno));
+    return -1;
+  }
+  close(fd);
+  return 0;
+}
+
+static bool file_exists(const char *path) { return access(path, R_OK) == 0; }
+
+int aot_build_trainer(const char *c_source, const char *out_path, Buf *err) {
+  const char *rt = aot_runtime_dir();
+  char dir[4096], src[4096 + 16], tmp[4096], main_o[4096], lib[4096], inc[4096 + 2];
+  snprintf(main_o, sizeof main_o, "%s/trainer_main.o", rt);
+  if (!file_exists(main_o))
+    snprintf(main_o, sizeof main_o, "%s/trainer_main.c", rt);
+  snprintf(lib, sizeof lib, "%s/libkilnrt.a", rt);
+  snprintf(inc, sizeof inc, "-I%s", rt);
+  if (!file_exists(main_o) || !file_exists(lib)) {
+    buf_printf(err, "the runtime directory %s lacks trainer_main.o/.c or libkilnrt.a "
+                    "(set KILN_HOME)\n", rt);
+    return -1;
+  }
+  if (write_temp_source(c_source, dir, sizeof dir, err))
+    return -1;
+  snprintf(src, sizeof src, "%s/step.c", dir);
+  if (temp_output(out_path, tmp, sizeof tmp, err)) {
+    remove_temp(dir);
+    return -1;
+  }
+  Argv a = {0};
+  int rc = argv_push_cc(&a);
+  static const char *const flags[] = {"-std=c11", "-O2", "-march=native", "-o"};
+  for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
+    rc = argv_push(&a, flags[i]);
+  const char *rest[] = {tmp, inc, src, main_o, lib, "-lz", "-lm",
+#ifdef AOT_SANITIZE
+                        "-fsanitize=address,undefined",
+#endif
+  };
+  for (size_t i = 0; i < sizeof rest / sizeof *rest && !rc; i++)
+    rc = argv_push(&a, rest[i]);
+  if (rc) {
+    buf_printf(err, "out of memory\n");
+  } else {
+    int st = run(&a, err);
+    if (st != 0) {
+      describe(err, &a);
+      rc = -1;
+    } else if (chmod(tmp, 0755) != 0 || rename(tmp, out_path) != 0) {
+      buf_printf(err, "cannot write %s: %s\n", out_path, strerror(errno));
+      rc = -1;
+    }
+  }
+  if (rc)
+    unlink(tmp);
+  remove_temp(dir);
+  argv_free(&a);
+  return rc;
+}
+
+const kiln_program *aot_load_shared(const char *c_source, void **handle, Buf *err) {
+  *handle = NULL;
+  char dir[4096], src[4096 + 16], so[4096 + 16];
+  if (write_temp_source(c_source, dir, sizeof dir, err))
+    return NULL;
+  snprintf(src, sizeof src, "%s/step.c", dir);
+  snprintf(so, sizeof so, "%s/step.so", dir);
+  Argv a = {0};
+  int rc = argv_push_cc(&a);
+  const char *flags[] = {"-std=c11", "-O2", "-march=native", "-shared", "-fPIC",
+                         "-o", so, src, "-lm"};
+  for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
+    rc = argv_push(&a, flags[i]);
+  const kiln_program *prog = NULL;
+  if (rc) {
+    buf_printf(err, "out of memory\n");
+  } else if (run(&a, err) != 0) {
+    describe(err, &a);
+  } else {
+    void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      buf_printf(err, "dlopen: %s\n", dlerror());
+    } else {
+      prog = dlsym(h, "kiln_program_desc");
+      if (!prog) {
+        buf_printf(err, "the generated code defines no kiln_program_desc\n");
+        dlclose(h);
+      } else if (prog->abi_version != KILN_ABI_VERSION) {
+        buf_printf(err, "ABI version %d, expected %d\n", prog->abi_version, KILN_ABI_VERSION);
+        prog = NULL;
+        dlclose(h);
+      } else {
+        *handle = h;
+      }
+    }
+  }
+  /* The mapping outlives the file. */
+  remove_temp(dir);
+  argv_free(&a);
+  return prog;
+}

@@ -1,0 +1,42 @@
+/*
+ * check.h — `kiln check` and `kiln grad`: the generated code against the reference runtime.
+ *
+ * Both compile the model's C (cg_c.c) into a shared object (aot.c) and drive it through the
+ * same RtBackend interface as the reference interpreter (runtime/interp.h), so a disagreement
+ * is between the two meanings of the same graph, not between two drivers.
+ */
+#ifndef KILN_CHECK_H
+#define KILN_CHECK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "compiler.h"
+
+/* Tolerance of a comparison, for a value computed in the program's dtype against the f64
+ * reference: |x - r| <= abs + rel * max(|r|, scale), where scale is the largest magnitude in
+ * the reference tensor (so elements that cancel to ~0 inside a large tensor are judged on the
+ * tensor's scale, not their own). f64 programs use abs 1e-9, rel 1e-7. */
+typedef struct CheckTol {
+  double abs, rel;
+} CheckTol;
+CheckTol check_tolerance(DType t);
+
+/* Plans and compiles g for `batch`, initialises the compiled program and the f64 reference from
+ * the same random parameters (seed) and inputs, and compares: the grad entry (loss and every
+ * gradient), then `steps` train steps (loss, every parameter and state after each), then the eval
+ * entry, then the grad entry again at a smaller batch (the run-time batch code path). Prints a
+ * table of max absolute / relative differences to out. Returns 0 if everything is within
+ * tolerance, 1 otherwise (also on any error, with the message on out). */
+int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out);
+
+/* Loads parameters and inputs from safetensors files (every parameter and input of the model,
+ * with exactly its shape), runs the grad entry with batch = the inputs' leading dimension on the
+ * compiled program (or the f64 reference with use_reference) and writes "loss" and one tensor
+ * per gradient, named after its parameter ("fc1.weight"), to out_path. Returns 0 or 1 (message
+ * on stderr... and on out). */
+int grad_model(Graph *g, const char *params_path, const char *inputs_path, const char *out_path,
+               bool use_reference, FILE *out);
+
+#endif

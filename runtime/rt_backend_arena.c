@@ -1,0 +1,108 @@
+/*
+ * rt_backend_arena.c — a compiled program's arena seen through the RtBackend interface.
+ *
+ * The generated code keeps every tensor at `arena + offset` in its own dtype; drivers (rt_train,
+ * `kiln check`, `kiln grad`) exchange values as doubles. This file is the conversion between the
+ * two, plus the entry-point call with the batch checked, so no caller pokes at the arena itself.
+ * Counts are clamped to the tensor's size at the maximum batch: a wrong count from a driver must
+ * not read or write outside the tensor.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime.h"
+
+typedef struct ArenaBe {
+  const kiln_program *prog;
+  unsigned char *base;
+} ArenaBe;
+
+static int arena_run(void *self, int entry, int64_t batch, char *err) {
+  ArenaBe *a = self;
+  if (!a)
+    return rt_errf(err, "out of memory creating the arena backend");
+  kiln_entry_fn fn = entry == KILN_ENTRY_TRAIN  ? a->prog->train
+                     : entry == KILN_ENTRY_EVAL ? a->prog->eval
+                     : entry == KILN_ENTRY_GRAD ? a->prog->grad
+                                                : NULL;
+  if (!fn)
+    return rt_errf(err, "the program has no entry point %d", entry);
+  if (batch < 1 || batch > a->prog->batch)
+    return rt_errf(err, "batch %lld is outside 1..%lld", (long long)batch,
+                   (long long)a->prog->batch);
+  fn(a->base, batch);
+  return 0;
+}
+
+static int64_t clamp_n(const ArenaBe *a, const kiln_tensor *t, int64_t n) {
+  int64_t max = rt_numel(t, a->prog->batch);
+  return n < 0 ? 0 : n > max ? max : n;
+}
+
+static void arena_read(void *self, int tensor, double *out, int64_t n) {
+  ArenaBe *a = self;
+  if (!a || tensor < 0 || tensor >= a->prog->ntensors)
+    return;
+  const kiln_tensor *t = &a->prog->tensors[tensor];
+  const unsigned char *p = a->base + t->offset;
+  int64_t m = clamp_n(a, t, n);
+  for (int64_t i = 0; i < m; i++) {
+    if (t->dtype == KILN_F32) {
+      float v;
+      memcpy(&v, p + 4 * i, 4);
+      out[i] = v;
+    } else if (t->dtype == KILN_F64) {
+      memcpy(&out[i], p + 8 * i, 8);
+    } else {
+      int32_t v;
+      memcpy(&v, p + 4 * i, 4);
+      out[i] = v;
+    }
+  }
+  for (int64_t i = m; i < n; i++)
+    out[i] = 0.0;
+}
+
+static void arena_write(void *self, int tensor, const double *in, int64_t n) {
+  ArenaBe *a = self;
+  if (!a || tensor < 0 || tensor >= a->prog->ntensors)
+    return;
+  const kiln_tensor *t = &a->prog->tensors[tensor];
+  unsigned char *p = a->base + t->offset;
+  n = clamp_n(a, t, n);
+  for (int64_t i = 0; i < n; i++) {
+    if (t->dtype == KILN_F32) {
+      float v = (float)in[i];
+      memcpy(p + 4 * i, &v, 4);
+    } else if (t->dtype == KILN_F64) {
+      memcpy(p + 8 * i, &in[i], 8);
+    } else {
+      /* Converting an out-of-range double to int32_t is undefined: saturate, NaN to 0. */
+      double d = isnan(in[i]) ? 0.0 : nearbyint(in[i]);
+      int32_t v = d < (double)INT32_MIN ? INT32_MIN : d > (double)INT32_MAX ? INT32_MAX : (int32_t)d;
+      memcpy(p + 4 * i, &v, 4);
+    }
+  }
+}
+
+void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be) {
+  memset(be, 0, sizeof *be);
+  ArenaBe *a = malloc(sizeof *a);
+  if (a) {
+    a->prog = p;
+    a->base = arena;
+  }
+  be->prog = p;
+  be->self = a;
+  be->run = arena_run;
+  be->read = arena_read;
+  be->write = arena_write;
+}
+
+void rt_arena_backend_free(RtBackend *be) {
+  if (!be)
+    return;
+  free(be->self);
+  be->self = NULL;
+}
