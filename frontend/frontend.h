@@ -1,0 +1,152 @@
+/*
+ * frontend.h — the one internal header of kiln's frontend: model text -> tokens -> AST -> Graph.
+ *
+ * Sections are named after the .c file that owns them, in pipeline order:
+ *
+ *   lex.c     tokens with file:line:col (newlines are tokens: statements end at a line's end)
+ *   parse.c   the AST: one Stmt per statement, Expr trees for right-hand sides and values
+ *   lower.c   AST -> Graph through the ir_* builders only; the public entry points fe_compile_*
+ *
+ * The language itself is documented in docs/language.md; each parse function carries its
+ * grammar rule. Every error goes through kiln_fail(loc, ...) at the token or expression that is
+ * wrong, so nothing here returns error codes.
+ */
+#ifndef KILN_FRONTEND_H
+#define KILN_FRONTEND_H
+
+#include "../compiler/compiler.h"
+
+/* ================================ lex.c ================================ */
+
+typedef enum TokKind {
+  TK_IDENT,    /* [A-Za-z_][A-Za-z0-9_]* */
+  TK_NUM,      /* 12, 0.5, 1e-3, .5 */
+  TK_PUNCT,    /* one of + - * / ^ ( ) [ ] { } , = : */
+  TK_NEWLINE,  /* end of a line (comments and blank lines produce one too) */
+  TK_EOF
+} TokKind;
+
+typedef struct Token {
+  TokKind kind;
+  const char *s;      /* the text in the source (not NUL-terminated) */
+  int len;
+  double num;         /* TK_NUM: value */
+  bool is_int;        /* TK_NUM: integer syntax whose value fits int64 */
+  int64_t ival;       /* TK_NUM with is_int */
+  Loc loc;
+} Token;
+
+/* Splits f->text (len bytes) into tokens ending with one TK_EOF; *ntok receives the count. */
+Token *lex_tokens(Pool *p, const SrcFile *f, size_t len, int *ntok);
+/* "'relu'", "'('", "end of line", "end of file": how a token is named in messages. */
+const char *lex_describe(Pool *p, const Token *t);
+/* Is s a checked identifier [A-Za-z_][A-Za-z0-9_]*? */
+bool lex_is_ident(const char *s);
+
+/* ================================ parse.c ================================ */
+
+typedef enum ExprKind {
+  EX_NUM,      /* num, is_int, text */
+  EX_NAME,     /* name */
+  EX_BINARY,   /* lhs op rhs, op one of + - * / ^; loc is the operator's */
+  EX_NEG,      /* -lhs; loc is the '-' */
+  EX_CALL,     /* name(args); loc is the function name's; as = `as NAME` or NULL */
+  EX_LIST      /* [items]; loc is the '[' */
+} ExprKind;
+
+typedef struct Expr Expr;
+
+/* One call argument: positional (name == NULL) or keyword. Positional ones come first. */
+typedef struct Arg {
+  const char *name;
+  Loc loc;            /* the keyword's, or the value's for positional arguments */
+  Expr *value;
+} Arg;
+
+struct Expr {
+  ExprKind kind;
+  Loc loc;
+  double num;         /* EX_NUM */
+  bool is_int;        /* EX_NUM: integer syntax that fits int64 */
+  const char *text;   /* EX_NUM: as written, for messages */
+  const char *name;   /* EX_NAME: the name; EX_CALL: the function */
+  char op;            /* EX_BINARY */
+  Expr *lhs, *rhs;    /* EX_BINARY; EX_NEG uses lhs */
+  Arg *args;          /* EX_CALL */
+  int nargs;
+  Expr **items;       /* EX_LIST */
+  int nitems;
+  const char *as;     /* EX_CALL: layer name given with `as NAME`, else NULL */
+  Loc as_loc;
+  const char *layer;  /* EX_CALL of a layer: the name lowering chose (reused by the eval pass) */
+};
+
+typedef enum StmtKind {
+  ST_MODEL,    /* model NAME */
+  ST_INPUT,    /* input NAME: TYPE [from SOURCE] */
+  ST_CONST,    /* const NAME: TYPE = LITERAL */
+  ST_PARAM,    /* param NAME: TYPE [= LITERAL | init=INIT] */
+  ST_ASSIGN,   /* NAME = EXPR */
+  ST_OUTPUT,   /* output NAME */
+  ST_MINIMIZE, /* minimize NAME */
+  ST_TRAIN     /* train { KEY = VALUE ... } */
+} StmtKind;
+
+/* One dimension as written: a number, or the batch symbol's name. */
+typedef struct TypeDim {
+  int64_t n;          /* when sym == NULL */
+  const char *sym;
+  Loc loc;
+} TypeDim;
+
+typedef struct TypeSpec {
+  DType dtype;
+  int rank;
+  TypeDim d[IR_MAX_RANK];
+  Loc loc;            /* the element type's name */
+} TypeSpec;
+
+/* One `key = value` of a train block. */
+typedef struct Setting {
+  const char *key;
+  Loc loc;            /* the key's */
+  Expr *value;
+} Setting;
+
+typedef struct Stmt {
+  StmtKind kind;
+  Loc loc;            /* the keyword's (ST_ASSIGN: the '='s) */
+  const char *name;   /* the declared / assigned / named variable (ST_TRAIN: NULL) */
+  Loc name_loc;
+  TypeSpec type;      /* ST_INPUT, ST_CONST, ST_PARAM */
+  int source;         /* ST_INPUT: KILN_SRC_* */
+  double scale;       /* ST_INPUT from images: pixel multiplier (1 unless `/ N` or `* N`) */
+  Expr *value;        /* ST_CONST, ST_PARAM: the literal (or NULL); ST_ASSIGN: right-hand side */
+  Expr *init;         /* ST_PARAM: init=INIT, or NULL */
+  Setting *settings;  /* ST_TRAIN */
+  int nsettings;
+} Stmt;
+
+typedef struct Program {
+  const SrcFile *file;
+  Stmt *stmts;
+  int nstmts;
+  Loc end;            /* end of file, for "no 'minimize' statement" */
+} Program;
+
+/* Parses a whole model file. Syntax errors fail at the offending token. */
+Program *parse_program(Pool *p, const SrcFile *f, size_t len);
+
+/* ================================ lower.c ================================ */
+
+/* Lowers prog into g (twice: training mode, then evaluation mode) and fills g->loss_train,
+ * g->loss_eval, g->output_eval, g->train and g->name. tmp holds scratch memory. */
+void fe_lower(Graph *g, Program *prog, Pool *tmp);
+
+/* The frontend's public entry points: parse and lower a model into a new Graph (train_build is
+ * not yet run). Errors kiln_fail to the caller's KILN_TRY; the partly built graph is freed
+ * first. The source text is kept in the graph's pool, since every Loc points into it. */
+Graph *fe_compile_file(const char *path);
+Graph *fe_compile_string(const char *path_for_messages, const char *text);
+
+#endif
