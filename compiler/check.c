@@ -1,0 +1,499 @@
+/*
+ * check.c — `kiln check` and `kiln grad`: the generated code held against the reference runtime.
+ *
+ * check_model compiles the model's C into a shared object and runs it side by side with the
+ * reference interpreter in f64 (the exact meaning of the graph), both behind the RtBackend
+ * interface and both fed the same random parameters (rt_init_tensor with one seed: each
+ * tensor's values depend only on the seed and its name) and the same random inputs. It compares
+ * the grad entry, a few train steps, the eval entry, and the grad entry again at a smaller batch
+ * (the code path specialised for a run-time batch), printing one line per tensor.
+ *
+ * Tolerance rule (check_tolerance): an element x of the program against the reference r passes
+ * when |x - r| <= abs * max(1, S) + rel * |r|, where S is the largest |r| in the tensor. For f32
+ * programs abs = 1e-4, rel = 1e-3: float32 rounding is ~6e-8 per operation, a long reduction
+ * (a matmul over 784 terms, a loss over the batch) accumulates error relative to the size of its
+ * terms rather than of its result, which the S-scaled absolute floor allows for, while a wrong
+ * index or a missing term is off by far more. For f64 programs abs = 1e-9, rel = 1e-7. A NaN
+ * on one side only always fails.
+ *
+ * grad_model evaluates the grad entry at given parameters and inputs (safetensors in and out),
+ * on the compiled program or on the reference: the piece a PyTorch comparison script calls.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "interp.h"
+#include "runtime.h"
+
+CheckTol check_tolerance(DType t) {
+  if (t == DT_F64)
+    return (CheckTol){1e-9, 1e-7};
+  return (CheckTol){1e-4, 1e-3};
+}
+
+/* ---- the two sides ------------------------------------------------------------------------ */
+
+/* Everything a check run holds, released by side_free on every path. */
+typedef struct Sides {
+  Plan plan;
+  bool planned;
+  Buf src;
+  void *handle;
+  const kiln_program *prog;   /* compiled */
+  unsigned char *arena;
+  RtBackend cbe;              /* compiled */
+  bool have_cbe;
+  Interp *it;
+  kiln_program rprog;
+  RtBackend rbe;              /* reference */
+} Sides;
+
+static void sides_free(Sides *s) {
+  if (s->have_cbe)
+    rt_arena_backend_free(&s->cbe);
+  free(s->arena);
+  interp_free(s->it);
+  buf_free(&s->src);
+  if (s->planned)
+    plan_free(&s->plan);
+  /* The shared object stays loaded: unloading it while anything might still point into it (the
+   * tensor table's names) is not worth the few pages. */
+}
+
+/* Plans g at batch and emits its C, failing with the compiler's message on out. */
+static int plan_and_emit(Graph *g, int64_t batch, Sides *s, bool emit, FILE *out) {
+  Trap t;
+  if (KILN_TRY(&t)) {
+    plan_build(g, batch, &s->plan);
+    s->planned = true;
+    if (emit)
+      cg_emit_c(g, &s->plan, &s->src);
+    kiln_trap_end(&t);
+    return 0;
+  }
+  kiln_trap_end(&t);
+  fputs(t.msg, out);
+  return -1;
+}
+
+static int make_compiled(Sides *s, FILE *out) {
+  Buf err = {0};
+  s->prog = aot_load_shared(s->src.p, &s->handle, &err);
+  if (!s->prog) {
+    fprintf(out, "kiln: error: compiling the generated code failed:\n%s", err.p ? err.p : "");
+    buf_free(&err);
+    return -1;
+  }
+  buf_free(&err);
+  if (s->prog->ntensors != s->plan.ntensors) {
+    fprintf(out, "kiln: error: the compiled program has %d tensors, the plan %d\n",
+            s->prog->ntensors, s->plan.ntensors);
+    return -1;
+  }
+  size_t bytes = ((size_t)s->prog->arena_bytes + 63) / 64 * 64;
+  s->arena = aligned_alloc(64, bytes ? bytes : 64);
+  if (!s->arena) {
+    fprintf(out, "kiln: error: out of memory for a %lld-byte arena\n",
+            (long long)s->prog->arena_bytes);
+    return -1;
+  }
+  memset(s->arena, 0, bytes ? bytes : 64);
+  rt_arena_backend(s->prog, s->arena, &s->cbe);
+  s->have_cbe = true;
+  return 0;
+}
+
+static int make_reference(Graph *g, Sides *s, FILE *out) {
+  s->it = interp_new(g, s->plan.batch, false);
+  if (!s->it) {
+    fprintf(out, "kiln: error: cannot create the reference runtime\n");
+    return -1;
+  }
+  interp_backend(s->it, &s->plan, &s->rprog, &s->rbe);
+  return 0;
+}
+
+static int run(RtBackend *be, int entry, int64_t batch, const char *side, FILE *out) {
+  char err[RT_ERR_LEN] = "";
+  if (be->run(be->self, entry, batch, err) == 0)
+    return 0;
+  fprintf(out, "kiln: error: %s runtime: %s\n", side, err);
+  return -1;
+}
+
+/* ---- values ----------------------------------------------------------------------------------- */
+
+/* Number of classes for a labels input: the logits width of a cross-entropy reading it. */
+static int64_t label_classes(Graph *g, const Plan *p, int node) {
+  for (int i = 0; i < g->nnodes; i++) {
+    const Node *n = ir_at(g, i);
+    if ((n->op == OP_CROSS_ENTROPY || n->op == OP_CROSS_ENTROPY_GRAD) && n->in[1] == node)
+      return dim_value(ir_at(g, n->in[0])->shape.d[1], p->symvals);
+  }
+  return 2;
+}
+
+static void write_both(Sides *s, int t, const double *v, int64_t n) {
+  s->cbe.write(s->cbe.self, t, v, n);
+  s->rbe.write(s->rbe.self, t, v, n);
+}
+
+/* Parameters, state, hyper-parameters and optimizer state from their initialisers. */
+static void init_persistent(Sides *s, uint64_t seed, double *buf) {
+  for (int i = 0; i < s->plan.ntensors; i++) {
+    const kiln_tensor *t = &s->plan.tensors[i];
+    if (t->role == KILN_ROLE_INPUT || t->role == KILN_ROLE_OUTPUT)
+      continue;
+    int64_t n = rt_numel(t, s->plan.batch);
+    rt_init_tensor(t, seed, buf, n);
+    write_both(s, i, buf, n);
+  }
+}
+
+/* Fresh random inputs: floats uniform in [0, 1), labels uniform in [0, C). */
+static void random_inputs(Graph *g, Sides *s, RtRng *r, double *buf) {
+  for (int i = 0; i < s->plan.ntensors; i++) {
+    const kiln_tensor *t = &s->plan.tensors[i];
+    if (t->role != KILN_ROLE_INPUT)
+      continue;
+    int64_t n = rt_numel(t, s->plan.batch);
+    if (t->dtype == KILN_I32) {
+      uint64_t c = (uint64_t)label_classes(g, &s->plan, s->plan.tensor_node[i]);
+      for (int64_t k = 0; k < n; k++)
+        buf[k] = (double)rt_rng_below(r, c);
+    } else {
+      for (int64_t k = 0; k < n; k++)
+        buf[k] = rt_rng_uniform(r);
+    }
+    write_both(s, i, buf, n);
+  }
+}
+
+/* ---- comparing -------------------------------------------------------------------------------- */
+
+typedef struct Tally {
+  int compared, failed;
+  double worst;   /* largest error / allowed over everything */
+} Tally;
+
+/* Compares tensor t of both sides at batch, prints one line, returns whether it passed. */
+static bool compare(Sides *s, int t, int64_t batch, const char *phase, double *x, double *r,
+                    Tally *ty, FILE *out) {
+  const kiln_tensor *kt = &s->plan.tensors[t];
+  int64_t n = rt_numel(kt, batch);
+  s->cbe.read(s->cbe.self, t, x, n);
+  s->rbe.read(s->rbe.self, t, r, n);
+  CheckTol tol = check_tolerance(kt->dtype == KILN_F32 ? DT_F32 : DT_F64);
+  double scale = 0;
+  for (int64_t i = 0; i < n; i++)
+    if (isfinite(r[i]) && fabs(r[i]) > scale)
+      scale = fabs(r[i]);
+  double max_abs = 0, max_rel = 0, worst = 0;
+  bool nan_mismatch = false;
+  for (int64_t i = 0; i < n; i++) {
+    if (isnan(x[i]) || isnan(r[i])) {
+      nan_mismatch |= isnan(x[i]) != isnan(r[i]);
+      continue;
+    }
+    double d = fabs(x[i] - r[i]);
+    if (isinf(x[i]) || isinf(r[i]))
+      d = x[i] == r[i] ? 0 : INFINITY;
+    double rel = d / (fabs(r[i]) > 1e-30 ? fabs(r[i]) : 1e-30);
+    double allowed = tol.abs * (scale > 1 ? scale : 1) + tol.rel * fabs(r[i]);
+    if (d > max_abs)
+      max_abs = d;
+    if (rel > max_rel)
+      max_rel = rel;
+    if (d / allowed > worst)
+      worst = d / allowed;
+  }
+  bool ok = !nan_mismatch && worst <= 1;
+  ty->compared++;
+  if (!ok)
+    ty->failed++;
+  if (worst > ty->worst || nan_mismatch)
+    ty->worst = nan_mismatch ? INFINITY : worst;
+  fprintf(out, "%-10s %-40s %12.3g %12.3g  %s\n", phase, kt->name, max_abs, max_rel,
+          ok ? "ok" : nan_mismatch ? "NAN MISMATCH" : "EXCEEDS TOLERANCE");
+  return ok;
+}
+
+/* Compares every tensor of `roles` (bit set of 1 << role) that entry writes. */
+static void compare_all(Sides *s, unsigned roles, int entry, int64_t batch, const char *phase,
+                        double *x, double *r, Tally *ty, FILE *out) {
+  for (int i = 0; i < s->plan.ntensors; i++) {
+    const kiln_tensor *t = &s->plan.tensors[i];
+    if (!(roles & (1u << t->role)))
+      continue;
+    if (t->role == KILN_ROLE_OUTPUT && !(t->entries & entry))
+      continue;
+    compare(s, i, batch, phase, x, r, ty, out);
+  }
+}
+
+int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
+  Sides s = {0};
+  int rc = 1;
+  double *buf = NULL, *x = NULL, *r = NULL;
+  if (plan_and_emit(g, batch, &s, true, out) || make_compiled(&s, out) || make_reference(g, &s, out))
+    goto done;
+
+  int64_t maxn = 1;
+  for (int i = 0; i < s.plan.ntensors; i++) {
+    int64_t n = rt_numel(&s.plan.tensors[i], s.plan.batch);
+    if (n > maxn)
+      maxn = n;
+  }
+  buf = malloc((size_t)maxn * sizeof *buf);
+  x = malloc((size_t)maxn * sizeof *x);
+  r = malloc((size_t)maxn * sizeof *r);
+  if (!buf || !x || !r) {
+    fprintf(out, "kiln: error: out of memory\n");
+    goto done;
+  }
+  DType dt = g->nparams > 0 ? ir_at(g, g->params[0])->dtype : DT_F32;
+  CheckTol tol = check_tolerance(dt);
+  fprintf(out, "check %s: batch %lld, seed %llu, compiled %s against the f64 reference\n",
+          s.prog->model, (long long)s.plan.batch, (unsigned long long)seed, dtype_name(dt));
+  fprintf(out, "tolerance: |x - ref| <= %g * max(1, max|ref|) + %g * |ref|\n", tol.abs, tol.rel);
+  fprintf(out, "%-10s %-40s %12s %12s  %s\n", "phase", "tensor", "max abs", "max rel", "");
+
+  Tally ty = {0};
+  RtRng rng;
+  rt_rng_seed(&rng, rt_hash_name(seed, "kiln check inputs"));
+  init_persistent(&s, seed, buf);
+  random_inputs(g, &s, &rng, buf);
+  const unsigned out_role = 1u << KILN_ROLE_OUTPUT;
+  const unsigned persistent =
+      (1u << KILN_ROLE_PARAM) | (1u << KILN_ROLE_STATE) | (1u << KILN_ROLE_OPT);
+
+  /* 1. Gradients. */
+  if (run(&s.cbe, KILN_ENTRY_GRAD, s.plan.batch, "compiled", out) ||
+      run(&s.rbe, KILN_ENTRY_GRAD, s.plan.batch, "reference", out))
+    goto done;
+  compare_all(&s, out_role, KILN_ENTRY_GRAD, s.plan.batch, "grad", x, r, &ty, out);
+
+  /* 2. Train steps, fresh inputs each time; both sides carry their own state forward. */
+  for (int step = 1; step <= steps; step++) {
+    char phase[32];
+    snprintf(phase, sizeof phase, "train %d", step);
+    random_inputs(g, &s, &rng, buf);
+    if (run(&s.cbe, KILN_ENTRY_TRAIN, s.plan.batch, "compiled", out) ||
+        run(&s.rbe, KILN_ENTRY_TRAIN, s.plan.batch, "reference", out))
+      goto done;
+    compare_all(&s, out_role, KILN_ENTRY_TRAIN, s.plan.batch, phase, x, r, &ty, out);
+    compare_all(&s, persistent, KILN_ENTRY_TRAIN, s.plan.batch, phase, x, r, &ty, out);
+  }
+
+  /* 3. Evaluation. */
+  if (run(&s.cbe, KILN_ENTRY_EVAL, s.plan.batch, "compiled", out) ||
+      run(&s.rbe, KILN_ENTRY_EVAL, s.plan.batch, "reference", out))
+    goto done;
+  compare_all(&s, out_role, KILN_ENTRY_EVAL, s.plan.batch, "eval", x, r, &ty, out);
+
+  /* 4. A smaller batch runs the code specialised for a run-time batch. */
+  if (s.plan.batch > 1 && g->nsyms > 0) {
+    int64_t small = s.plan.batch / 2;
+    char phase[32];
+    snprintf(phase, sizeof phase, "grad @%lld", (long long)small);
+    if (run(&s.cbe, KILN_ENTRY_GRAD, small, "compiled", out) ||
+        run(&s.rbe, KILN_ENTRY_GRAD, small, "reference", out))
+      goto done;
+    compare_all(&s, out_role, KILN_ENTRY_GRAD, small, phase, x, r, &ty, out);
+  }
+
+  if (ty.failed)
+    fprintf(out, "check: FAILED: %d of %d tensors beyond tolerance\n", ty.failed, ty.compared);
+  else
+    fprintf(out, "check: OK: %d tensors within tolerance (worst %.3g of the allowed error)\n",
+            ty.compared, ty.worst);
+  rc = ty.failed ? 1 : 0;
+done:
+  free(buf);
+  free(x);
+  free(r);
+  sides_free(&s);
+  return rc;
+}
+
+/* ---- kiln grad ------------------------------------------------------------------------------- */
+
+static const RtNamedTensor *find_named(const RtNamedTensor *ts, int n, const char *name) {
+  for (int i = 0; i < n; i++)
+    if (ts[i].name && !strcmp(ts[i].name, name))
+      return &ts[i];
+  return NULL;
+}
+
+static void dims_str(char *b, size_t cap, int rank, const int64_t *d) {
+  size_t len = (size_t)snprintf(b, cap, "[");
+  for (int k = 0; k < rank && len < cap; k++)
+    len += (size_t)snprintf(b + len, cap - len, "%s%lld", k ? ", " : "", (long long)d[k]);
+  if (len < cap)
+    snprintf(b + len, cap - len, "]");
+}
+
+/* The batch the inputs file implies: from the first model input with a batch dimension. */
+static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *path,
+                      int64_t *batch, FILE *out) {
+  *batch = 0;
+  for (int i = 0; i < g->nnodes && *batch == 0; i++) {
+    const Node *n = ir_at(g, i);
+    if (n->op != OP_INPUT)
+      continue;
+    const RtNamedTensor *t = find_named(in, nin, n->name);
+    if (!t) {
+      fprintf(out, "kiln: error: %s: no tensor '%s' (a model input)\n", path, n->name);
+      return -1;
+    }
+    for (int k = 0; k < n->shape.rank; k++)
+      if (n->shape.d[k].sym == 0) {
+        if (t->rank != n->shape.rank || t->dims[k] <= 0 || t->dims[k] % n->shape.d[k].n) {
+          char want[160], have[160];
+          shape_str(g, &n->shape, want, sizeof want);
+          dims_str(have, sizeof have, t->rank, t->dims);
+          fprintf(out, "kiln: error: %s: tensor '%s' has shape %s but the model needs %s\n",
+                  path, n->name, have, want);
+          return -1;
+        }
+        *batch = t->dims[k] / n->shape.d[k].n;
+        break;
+      }
+  }
+  if (*batch == 0)
+    *batch = g->train.batch > 0 ? g->train.batch : 1;
+  return 0;
+}
+
+/* Writes every tensor of `role` from the file into the backend, each with exactly its shape. */
+static int load_role(const Plan *p, RtBackend *be, int role, const RtNamedTensor *ts, int n,
+                     const char *path, FILE *out) {
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (t->role != role)
+      continue;
+    const RtNamedTensor *f = find_named(ts, n, t->name);
+    if (!f) {
+      fprintf(out, "kiln: error: %s: no tensor '%s' (a model %s)\n", path, t->name,
+              role == KILN_ROLE_INPUT ? "input" : "parameter");
+      return -1;
+    }
+    bool same = f->rank == t->rank;
+    for (int k = 0; same && k < t->rank; k++)
+      same = f->dims[k] == t->dims[k];
+    if (!same) {
+      char want[160], have[160];
+      dims_str(want, sizeof want, t->rank, t->dims);
+      dims_str(have, sizeof have, f->rank, f->dims);
+      fprintf(out, "kiln: error: %s: tensor '%s' has shape %s but the model needs %s\n", path,
+              t->name, have, want);
+      return -1;
+    }
+    be->write(be->self, i, f->values, rt_numel(t, p->batch));
+  }
+  return 0;
+}
+
+int grad_model(Graph *g, const char *params_path, const char *inputs_path, const char *out_path,
+               bool use_reference, FILE *out) {
+  Sides s = {0};
+  RtNamedTensor *pt = NULL, *it = NULL, *ot = NULL;
+  int np = 0, ni = 0, no = 0, rc = 1;
+  double *buf = NULL;
+  char err[RT_ERR_LEN];
+  if (rt_safetensors_load(params_path, &pt, &np, err) ||
+      rt_safetensors_load(inputs_path, &it, &ni, err)) {
+    fprintf(out, "kiln: error: %s\n", err);
+    goto done;
+  }
+  int64_t batch;
+  if (grad_batch(g, it, ni, inputs_path, &batch, out) ||
+      plan_and_emit(g, batch, &s, !use_reference, out))
+    goto done;
+  if (use_reference ? make_reference(g, &s, out) : make_compiled(&s, out))
+    goto done;
+  RtBackend *be = use_reference ? &s.rbe : &s.cbe;
+
+  /* State the grad entry reads but the file need not hold (running statistics) starts from its
+   * initialiser, then the file wins where it has the tensor. */
+  int64_t maxn = 1;
+  for (int i = 0; i < s.plan.ntensors; i++) {
+    int64_t n = rt_numel(&s.plan.tensors[i], s.plan.batch);
+    maxn = n > maxn ? n : maxn;
+  }
+  buf = malloc((size_t)maxn * sizeof *buf);
+  ot = calloc((size_t)s.plan.ntensors + 1, sizeof *ot);
+  if (!buf || !ot) {
+    fprintf(out, "kiln: error: out of memory\n");
+    goto done;
+  }
+  for (int i = 0; i < s.plan.ntensors; i++) {
+    const kiln_tensor *t = &s.plan.tensors[i];
+    if (t->role == KILN_ROLE_STATE || t->role == KILN_ROLE_HYPER || t->role == KILN_ROLE_OPT) {
+      const RtNamedTensor *f = find_named(pt, np, t->name);
+      int64_t n = rt_numel(t, s.plan.batch);
+      bool same = f && f->rank == t->rank;
+      for (int k = 0; same && k < t->rank; k++)
+        same = f->dims[k] == t->dims[k];
+      if (same)
+        be->write(be->self, i, f->values, n);
+      else {
+        rt_init_tensor(t, g->train.seed, buf, n);
+        be->write(be->self, i, buf, n);
+      }
+    }
+  }
+  if (load_role(&s.plan, be, KILN_ROLE_PARAM, pt, np, params_path, out) ||
+      load_role(&s.plan, be, KILN_ROLE_INPUT, it, ni, inputs_path, out))
+    goto done;
+  if (run(be, KILN_ENTRY_GRAD, s.plan.batch, use_reference ? "reference" : "compiled", out))
+    goto done;
+
+  /* "loss", then each gradient under its parameter's name. */
+  for (int i = 0; i < s.plan.ntensors; i++) {
+    const kiln_tensor *t = &s.plan.tensors[i];
+    if (t->role != KILN_ROLE_OUTPUT || !(t->entries & KILN_ENTRY_GRAD))
+      continue;
+    const char *name = t->name;
+    if (!strncmp(name, "grad.", 5))
+      name += 5;
+    else if (strcmp(name, "loss"))
+      continue;
+    RtNamedTensor *o = &ot[no];
+    int64_t n = rt_numel(t, s.plan.batch);
+    o->values = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    if (!o->values) {
+      fprintf(out, "kiln: error: out of memory\n");
+      goto done;
+    }
+    no++;
+    o->name = name;
+    o->dtype = t->dtype;
+    o->rank = t->rank;
+    memcpy(o->dims, t->dims, sizeof o->dims);
+    be->read(be->self, i, o->values, n);
+    if (!strcmp(name, "loss"))
+      fprintf(out, "loss %.9g (batch %lld, %s)\n", o->values[0], (long long)s.plan.batch,
+              use_reference ? "reference" : "compiled");
+  }
+  if (rt_safetensors_save(out_path, ot, no, err)) {
+    fprintf(out, "kiln: error: %s\n", err);
+    goto done;
+  }
+  fprintf(out, "wrote the loss and %d gradients to %s\n", no - 1, out_path);
+  rc = 0;
+done:
+  if (ot)
+    for (int i = 0; i < no; i++)
+      free(ot[i].values);
+  free(ot);
+  free(buf);
+  if (pt)
+    rt_safetensors_free(pt, np);
+  if (it)
+    rt_safetensors_free(it, ni);
+  sides_free(&s);
+  return rc;
+}
