@@ -719,7 +719,7 @@ static void emit_literals(Cg *cg) {
     if (!cg->litused[d])
       continue;
     const Literal *l = &g->data[d];
-    line(cg, "static const double lit%d[%" PRId64 "] = {", d, l->n > 0 ? l->n : 1);
+    line(cg, "static const double %s[%" PRId64 "] = {", lit_name(cg, d), l->n > 0 ? l->n : 1);
     Buf b = {0};
     for (int64_t i = 0; i < l->n; i++) {
       buf_printf(&b, "%s%s,", (i % 6) ? " " : "  ", dbl_c(cg, l->v[i]));

@@ -23,10 +23,10 @@
 
 #include "compiler.h"
 
-/* Tolerance of a comparison, for a value computed in the program's dtype against the f64
- * reference: |x - r| <= abs + rel * max(|r|, scale), where scale is the largest magnitude in
- * the reference tensor (so elements that cancel to ~0 inside a large tensor are judged on the
- * tensor's scale, not their own). f64 programs use abs 1e-9, rel 1e-7. */
+/* Tolerance of a comparison of a value computed in the program's dtype against the f64
+ * reference: |x - r| <= abs + rel * (|r| + S), S the largest |r| in the tensor (so elements
+ * that cancel to ~0 inside a large tensor are judged on the tensor's scale). f32: abs 1e-6,
+ * rel 1e-3; f64: abs 1e-12, rel 1e-7. */
 typedef struct CheckTol {
   double abs, rel;
 } CheckTol;
