@@ -351,8 +351,8 @@ static void fill_literal(Lower *L, const Stmt *s, const Expr *e, int depth, doub
   }
   int64_t want = ts->d[depth].n;
   if (e->kind != EX_LIST)
-    kiln_fail(e->loc, "expected a list of %lld elements for dimension %d of %s",
-              (long long)want, depth, type_text(L, ts));
+    kiln_fail(e->loc, "expected a list of %lld element%s for dimension %d of %s",
+              (long long)want, want == 1 ? "" : "s", depth, type_text(L, ts));
   if (e->nitems != want)
     kiln_fail(e->loc, "expected %lld elements for dimension %d of %s, got %d", (long long)want,
               depth, type_text(L, ts), e->nitems);

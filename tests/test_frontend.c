@@ -1,0 +1,1071 @@
+/*
+ * test_frontend.c — tests of the model-file frontend: lexer, parser, lowering, and every error
+ * message, compared as the full text the user sees (file:line:col, message, source line, caret).
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "frontend.h"
+
+#ifndef KILN_SOURCE_DIR
+#define KILN_SOURCE_DIR "."
+#endif
+
+/* Compiles src as "t.kiln"; fails the test on an error. */
+static Graph *compile_ok(const char *src) {
+  Trap t;
+  if (KILN_TRY(&t)) {
+    Graph *g = fe_compile_string("t.kiln", src);
+    kiln_trap_end(&t);
+    return g;
+  }
+  kiln_trap_end(&t);
+  ck_abort_msg("unexpected error:\n%s", t.msg);
+  return NULL;
+}
+
+/* Compiles src as "t.kiln" and returns the error text (static), or NULL if it compiled. */
+static const char *compile_err(const char *src) {
+  static char msg[sizeof ((Trap *)0)->msg];
+  Trap t;
+  if (KILN_TRY(&t)) {
+    Graph *g = fe_compile_string("t.kiln", src);
+    kiln_trap_end(&t);
+    ir_free(g);
+    return NULL;
+  }
+  kiln_trap_end(&t);
+  memcpy(msg, t.msg, sizeof msg);
+  return msg;
+}
+
+static Node *leaf(Graph *g, const char *name) {
+  int id = ir_find_leaf(g, name);
+  ck_assert_msg(id >= 0, "no leaf '%s'", name);
+  return ir_at(g, id);
+}
+
+static const char *shape_of_node(Graph *g, const Node *n) {
+  static char buf[128];
+  return shape_str(g, &n->shape, buf, sizeof buf);
+}
+
+/* ---- lexer ---- */
+
+static Token *lex(Pool *p, const SrcFile *f, int *n) {
+  return lex_tokens(p, f, strlen(f->text), n);
+}
+
+START_TEST(lex_tokens_and_locations) {
+  Pool *p = pool_new();
+  SrcFile f = {"t.kiln", "h = relu(x) ^ 2.5e-1  # comment\n\n  y=[1,.5]\n"};
+  int n;
+  Token *t = lex(p, &f, &n);
+  struct { TokKind k; const char *text; int line, col; } want[] = {
+      {TK_IDENT, "h", 1, 1},    {TK_PUNCT, "=", 1, 3},  {TK_IDENT, "relu", 1, 5},
+      {TK_PUNCT, "(", 1, 9},    {TK_IDENT, "x", 1, 10}, {TK_PUNCT, ")", 1, 11},
+      {TK_PUNCT, "^", 1, 13},   {TK_NUM, "2.5e-1", 1, 15}, {TK_NEWLINE, "\n", 1, 32},
+      {TK_NEWLINE, "\n", 2, 1}, {TK_IDENT, "y", 3, 3},  {TK_PUNCT, "=", 3, 4},
+      {TK_PUNCT, "[", 3, 5},    {TK_NUM, "1", 3, 6},    {TK_PUNCT, ",", 3, 7},
+      {TK_NUM, ".5", 3, 8},     {TK_PUNCT, "]", 3, 10}, {TK_NEWLINE, "\n", 3, 11},
+      {TK_EOF, "", 3, 11},
+  };
+  int nw = (int)(sizeof want / sizeof *want);
+  ck_assert_int_eq(n, nw);
+  for (int i = 0; i < nw; i++) {
+    ck_assert_int_eq(t[i].kind, want[i].k);
+    ck_assert_int_eq(t[i].len, (int)strlen(want[i].text));
+    ck_assert(!strncmp(t[i].s, want[i].text, (size_t)t[i].len));
+    ck_assert_int_eq(t[i].loc.line, want[i].line);
+    ck_assert_int_eq(t[i].loc.col, want[i].col);
+    ck_assert_ptr_eq(t[i].loc.file, &f);
+  }
+  ck_assert(t[7].num == 0.25 && !t[7].is_int);
+  ck_assert(t[13].is_int && t[13].ival == 1);
+  pool_free(p);
+}
+END_TEST
+
+START_TEST(lex_numbers) {
+  Pool *p = pool_new();
+  SrcFile f = {"t.kiln", "0 42 1e3 1E+3 3.25 9223372036854775807 99999999999999999999"};
+  int n;
+  Token *t = lex(p, &f, &n);
+  ck_assert_int_eq(n, 8);
+  ck_assert(t[0].is_int && t[0].ival == 0);
+  ck_assert(t[1].is_int && t[1].ival == 42);
+  ck_assert(!t[2].is_int && t[2].num == 1000);
+  ck_assert(!t[3].is_int && t[3].num == 1000);
+  ck_assert(t[4].num == 3.25);
+  ck_assert(t[5].is_int && t[5].ival == INT64_MAX);
+  ck_assert(!t[6].is_int && t[6].num == 1e20); /* too big for an integer: a float */
+  ck_assert_int_eq(t[7].kind, TK_EOF);
+  pool_free(p);
+}
+END_TEST
+
+START_TEST(lex_describe_tokens) {
+  Pool *p = pool_new();
+  SrcFile f = {"t.kiln", "relu ( 3\n"};
+  int n;
+  Token *t = lex(p, &f, &n);
+  ck_assert_str_eq(lex_describe(p, &t[0]), "'relu'");
+  ck_assert_str_eq(lex_describe(p, &t[1]), "'('");
+  ck_assert_str_eq(lex_describe(p, &t[2]), "'3'");
+  ck_assert_str_eq(lex_describe(p, &t[3]), "end of line");
+  ck_assert_str_eq(lex_describe(p, &t[4]), "end of file");
+  ck_assert(lex_is_ident("fc_1") && !lex_is_ident("1x") && !lex_is_ident("a.b") &&
+            !lex_is_ident(""));
+  pool_free(p);
+}
+END_TEST
+
+/* ---- parser ---- */
+
+START_TEST(parse_every_statement) {
+  Pool *p = pool_new();
+  const char *text =
+      "model m\n"
+      "input image: f32[B, 1, 28, 28] from images / 255\n"
+      "input label: i32[B] from labels\n"
+      "input raw: f64[B, 3]\n"
+      "input scaled: f32[B] from images * 2\n"
+      "const c: f64[1, 2] = [[2, 7]]\n"
+      "param w: f64[2, 1] = [[0], [0]]\n"
+      "param v: f32[3, 4] init=he\n"
+      "param u: f32[]\n"
+      "h = relu(x) as r\n"
+      "output h\n"
+      "minimize loss\n"
+      "train { optimizer = sgd(lr=0.01)  steps = 15\n  batch = 4 }\n";
+  SrcFile f = {"t.kiln", text};
+  Program *prog = parse_program(p, &f, strlen(text));
+  ck_assert_int_eq(prog->nstmts, 13);
+  Stmt *s = prog->stmts;
+  ck_assert_int_eq(s[0].kind, ST_MODEL);
+  ck_assert_str_eq(s[0].name, "m");
+  ck_assert_int_eq(s[1].kind, ST_INPUT);
+  ck_assert_str_eq(s[1].name, "image");
+  ck_assert_int_eq(s[1].type.dtype, DT_F32);
+  ck_assert_int_eq(s[1].type.rank, 4);
+  ck_assert_str_eq(s[1].type.d[0].sym, "B");
+  ck_assert(s[1].type.d[1].sym == NULL && s[1].type.d[1].n == 1 && s[1].type.d[3].n == 28);
+  ck_assert_int_eq(s[1].source, KILN_SRC_IMAGES);
+  ck_assert(s[1].scale == 1.0 / 255);
+  ck_assert_int_eq(s[2].source, KILN_SRC_LABELS);
+  ck_assert_int_eq(s[2].type.dtype, DT_I32);
+  ck_assert_int_eq(s[3].source, KILN_SRC_NONE);
+  ck_assert_int_eq(s[3].type.dtype, DT_F64);
+  ck_assert(s[4].scale == 2);
+  ck_assert_int_eq(s[5].kind, ST_CONST);
+  ck_assert_int_eq(s[5].value->kind, EX_LIST);
+  ck_assert_int_eq(s[5].value->items[0]->nitems, 2);
+  ck_assert_int_eq(s[6].kind, ST_PARAM);
+  ck_assert_ptr_nonnull(s[6].value);
+  ck_assert_ptr_null(s[6].init);
+  ck_assert_ptr_nonnull(s[7].init);
+  ck_assert_str_eq(s[7].init->name, "he");
+  ck_assert(s[8].value == NULL && s[8].init == NULL && s[8].type.rank == 0);
+  ck_assert_int_eq(s[9].kind, ST_ASSIGN);
+  ck_assert_str_eq(s[9].name, "h");
+  ck_assert_int_eq(s[9].value->kind, EX_CALL);
+  ck_assert_str_eq(s[9].value->as, "r");
+  ck_assert_int_eq(s[9].value->as_loc.col, 16);
+  ck_assert_int_eq(s[10].kind, ST_OUTPUT);
+  ck_assert_int_eq(s[11].kind, ST_MINIMIZE);
+  ck_assert_str_eq(s[11].name, "loss");
+  ck_assert_int_eq(s[12].kind, ST_TRAIN);
+  ck_assert_int_eq(s[12].nsettings, 3);
+  ck_assert_str_eq(s[12].settings[0].key, "optimizer");
+  ck_assert_str_eq(s[12].settings[1].key, "steps");
+  ck_assert_str_eq(s[12].settings[2].key, "batch");
+  ck_assert_int_eq(s[12].settings[2].loc.line, 14);
+  pool_free(p);
+}
+END_TEST
+
+START_TEST(parse_keywords_are_contextual) {
+  Pool *p = pool_new();
+  const char *text = "input = relu(x)\noutput = input\n";
+  SrcFile f = {"t.kiln", text};
+  Program *prog = parse_program(p, &f, strlen(text));
+  ck_assert_int_eq(prog->nstmts, 2);
+  ck_assert_int_eq(prog->stmts[0].kind, ST_ASSIGN);
+  ck_assert_str_eq(prog->stmts[0].name, "input");
+  ck_assert_int_eq(prog->stmts[1].kind, ST_ASSIGN);
+  pool_free(p);
+}
+END_TEST
+
+/* Prints an expression fully parenthesised. */
+static void show(Buf *b, const Expr *e) {
+  switch (e->kind) {
+  case EX_NUM: buf_puts(b, e->text); break;
+  case EX_NAME: buf_puts(b, e->name); break;
+  case EX_NEG: buf_puts(b, "(-"); show(b, e->lhs); buf_puts(b, ")"); break;
+  case EX_BINARY:
+    buf_puts(b, "(");
+    show(b, e->lhs);
+    buf_printf(b, " %c ", e->op);
+    show(b, e->rhs);
+    buf_puts(b, ")");
+    break;
+  case EX_CALL:
+    buf_printf(b, "%s(", e->name);
+    for (int i = 0; i < e->nargs; i++) {
+      if (i) buf_puts(b, ", ");
+      if (e->args[i].name) buf_printf(b, "%s=", e->args[i].name);
+      show(b, e->args[i].value);
+    }
+    buf_puts(b, ")");
+    if (e->as) buf_printf(b, " as %s", e->as);
+    break;
+  case EX_LIST:
+    buf_puts(b, "[");
+    for (int i = 0; i < e->nitems; i++) {
+      if (i) buf_puts(b, ", ");
+      show(b, e->items[i]);
+    }
+    buf_puts(b, "]");
+    break;
+  }
+}
+
+static const struct { const char *in, *out; } prec_cases[] = {
+    {"a + b * c ^ 2", "(a + (b * (c ^ 2)))"},
+    {"a - b - c", "((a - b) - c)"},
+    {"a / b * c", "((a / b) * c)"},
+    {"a ^ b ^ c", "(a ^ (b ^ c))"},
+    {"-a ^ 2", "(-(a ^ 2))"},
+    {"a ^ -2", "(a ^ (-2))"},
+    {"-a * b", "((-a) * b)"},
+    {"(a + b) * c", "((a + b) * c)"},
+    {"f(a, k=[1, -1]) + 1", "(f(a, k=[1, (-1)]) + 1)"},
+    {"2 * linear(x, out=3) as fc", "(2 * linear(x, out=3) as fc)"},
+    {"relu(\n  x,\n  y\n)", "relu(x, y)"},
+    {"[[1, 2],\n [3, 4]]", "[[1, 2], [3, 4]]"},
+    {"1.5e3 - .5", "(1.5e3 - .5)"},
+};
+
+START_TEST(parse_precedence) {
+  Pool *p = pool_new();
+  const char *text = pool_printf(p, "r = %s\n", prec_cases[_i].in);
+  SrcFile f = {"t.kiln", text};
+  Program *prog = parse_program(p, &f, strlen(text));
+  ck_assert_int_eq(prog->nstmts, 1);
+  Buf b = {0};
+  show(&b, prog->stmts[0].value);
+  ck_assert_str_eq(b.p, prec_cases[_i].out);
+  buf_free(&b);
+  pool_free(p);
+}
+END_TEST
+
+/* ---- lowering ---- */
+
+START_TEST(lower_mlp_example) {
+  Trap t;
+  Graph *g = NULL;
+  if (KILN_TRY(&t)) {
+    g = fe_compile_file(KILN_SOURCE_DIR "/examples/mlp.kiln");
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    ck_abort_msg("%s", t.msg);
+  }
+  ck_assert_str_eq(g->name, "mlp");
+  ck_assert_int_eq(g->nsyms, 1);
+  ck_assert_str_eq(g->syms[0], "B");
+  struct { const char *name; const char *shape; int init; int64_t fan_in; } params[] = {
+      {"fc1.weight", "[256, 784]", KILN_INIT_TORCH_DEFAULT, 784},
+      {"fc1.bias", "[256]", KILN_INIT_TORCH_DEFAULT, 784},
+      {"fc2.weight", "[10, 256]", KILN_INIT_TORCH_DEFAULT, 256},
+      {"fc2.bias", "[10]", KILN_INIT_TORCH_DEFAULT, 256},
+  };
+  ck_assert_int_eq(g->nparams, 4);
+  for (int i = 0; i < 4; i++) {
+    Node *n = ir_at(g, g->params[i]);
+    ck_assert_str_eq(n->name, params[i].name);
+    ck_assert_int_eq(n->op, OP_PARAM);
+    ck_assert_int_eq(n->role, ROLE_PARAM);
+    ck_assert_int_eq(n->dtype, DT_F32);
+    ck_assert_str_eq(shape_of_node(g, n), params[i].shape);
+    ck_assert_int_eq(n->leaf.init, params[i].init);
+    ck_assert_int_eq(n->leaf.fan_in, params[i].fan_in);
+  }
+  Node *image = leaf(g, "image"), *label = leaf(g, "label");
+  ck_assert_int_eq(image->op, OP_INPUT);
+  ck_assert_int_eq(image->role, ROLE_INPUT);
+  ck_assert_int_eq(image->leaf.source, KILN_SRC_IMAGES);
+  ck_assert(image->leaf.scale == 1.0 / 255);
+  ck_assert_str_eq(shape_of_node(g, image), "[B, 1, 28, 28]");
+  ck_assert_int_eq(label->leaf.source, KILN_SRC_LABELS);
+  ck_assert_int_eq(label->dtype, DT_I32);
+  /* Both modes merge: one loss node, and the output is the named logits. */
+  ck_assert_int_ge(g->loss_train, 0);
+  ck_assert_int_eq(g->loss_train, g->loss_eval);
+  Node *loss = ir_at(g, g->loss_eval);
+  ck_assert_int_eq(loss->op, OP_CROSS_ENTROPY);
+  ck_assert_str_eq(loss->name, "loss");
+  ck_assert_int_eq(loss->loc.line, 11);
+  ck_assert_int_eq(loss->loc.col, 10);
+  Node *out = ir_at(g, g->output_eval);
+  ck_assert_str_eq(out->name, "logits");
+  ck_assert_str_eq(shape_of_node(g, out), "[B, 10]");
+  ck_assert_int_eq(out->op, OP_ADD);
+  Node *mm = ir_at(g, out->in[0]);
+  ck_assert_int_eq(mm->op, OP_MATMUL);
+  ck_assert(!mm->attr.trans_a && mm->attr.trans_b);
+  ck_assert_int_eq(g->train.optimizer, OPT_ADAM);
+  ck_assert(g->train.lr == 1e-3 && g->train.beta1 == 0.9 && g->train.beta2 == 0.999 &&
+            g->train.eps == 1e-8);
+  ck_assert_int_eq(g->train.batch, 64);
+  ck_assert_int_eq(g->train.epochs, 3);
+  ck_assert_int_eq(g->train.seed, 1);
+  ck_assert_int_eq(g->train.init, -1);
+  ck_assert_int_eq(g->train.loc.line, 16);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_linear_toy_example) {
+  Trap t;
+  Graph *g = NULL;
+  if (KILN_TRY(&t)) {
+    g = fe_compile_file(KILN_SOURCE_DIR "/examples/linear_toy.kiln");
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    ck_abort_msg("%s", t.msg);
+  }
+  ck_assert_int_eq(g->nsyms, 0);
+  Node *x = leaf(g, "x"), *w = leaf(g, "w"), *b = leaf(g, "b");
+  ck_assert_int_eq(x->op, OP_CONST);
+  ck_assert_int_eq(x->dtype, DT_F64);
+  ck_assert_int_ge(x->data, 0);
+  ck_assert_int_eq(g->data[x->data].n, 2);
+  ck_assert(g->data[x->data].v[0] == 2 && g->data[x->data].v[1] == 7);
+  ck_assert_int_eq(w->op, OP_PARAM);
+  ck_assert_int_eq(w->leaf.init, KILN_INIT_DATA);
+  ck_assert_int_eq(g->data[w->data].n, 2);
+  ck_assert(g->data[w->data].v[0] == 0 && g->data[w->data].v[1] == 0);
+  ck_assert_int_eq(b->leaf.init, KILN_INIT_DATA);
+  ck_assert(g->data[b->data].v[0] == 1);
+  Node *loss = ir_at(g, g->loss_train);
+  ck_assert_int_eq(loss->op, OP_SUM);
+  ck_assert_int_eq(loss->shape.rank, 0);
+  ck_assert_str_eq(ir_at(g, g->output_eval)->name, "z");
+  ck_assert_int_eq(g->train.optimizer, OPT_SGD);
+  ck_assert(g->train.lr == 0.01 && g->train.momentum == 0);
+  ck_assert_int_eq(g->train.steps, 15);
+  ck_assert_int_eq(g->train.batch, 0);
+  ck_assert_int_eq(g->train.epochs, 1);
+  /* 0.5 * (y - z) ^ 2: the number becomes an f64 scalar constant. */
+  Node *mul = ir_at(g, loss->in[0]);
+  ck_assert_int_eq(mul->op, OP_MUL);
+  Node *half = ir_at(g, mul->in[0]);
+  ck_assert_int_eq(half->op, OP_CONST);
+  ck_assert_int_eq(half->dtype, DT_F64);
+  ck_assert(half->attr.value == 0.5);
+  ck_assert_int_eq(half->loc.line, 16);
+  Node *pw = ir_at(g, mul->in[1]);
+  ck_assert_int_eq(pw->op, OP_POW);
+  ck_assert_int_eq(ir_at(g, pw->in[0])->op, OP_SUB);
+  ck_assert(ir_at(g, pw->in[1])->attr.value == 2);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_precedence_graph) {
+  Graph *g = compile_ok("input a: f32[3]\ninput b: f32[3]\ninput c: f32[3]\n"
+                        "r = a + b * c ^ 2\nloss = sum(r)\nminimize loss\n");
+  Node *add = ir_at(g, ir_at(g, g->loss_train)->in[0]);
+  ck_assert_int_eq(add->op, OP_ADD);
+  ck_assert_str_eq(add->name, "r");
+  ck_assert_int_eq(add->loc.col, 7);
+  ck_assert_str_eq(ir_at(g, add->in[0])->name, "a");
+  Node *mul = ir_at(g, add->in[1]);
+  ck_assert_int_eq(mul->op, OP_MUL);
+  ck_assert_int_eq(mul->loc.col, 11);
+  Node *pw = ir_at(g, mul->in[1]);
+  ck_assert_int_eq(pw->op, OP_POW);
+  ck_assert_str_eq(ir_at(g, pw->in[0])->name, "c");
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_layer_naming) {
+  Graph *g = compile_ok("input x: f32[B, 4]\n"
+                        "fc = linear(x, out=3)\n"                 /* the variable: fc */
+                        "h = relu(linear(fc, out=5))\n"           /* auto: linear1 */
+                        "linear2 = linear(h, out=2, bias=false)\n" /* explicit, taken */
+                        "o = linear(h, out=2) + linear(h, out=2) as named\n" /* linear3, named */
+                        "loss = sum(o) + sum(linear2)\nminimize loss\n");
+  const char *names[] = {"fc.weight", "fc.bias", "linear1.weight", "linear1.bias",
+                         "linear2.weight", "linear3.weight", "linear3.bias", "named.weight",
+                         "named.bias"};
+  ck_assert_int_eq(g->nparams, 9);
+  for (int i = 0; i < 9; i++)
+    ck_assert_str_eq(ir_at(g, g->params[i])->name, names[i]);
+  ck_assert_int_eq(ir_find_leaf(g, "linear2.bias"), -1);
+  ck_assert_str_eq(shape_of_node(g, leaf(g, "linear1.weight")), "[5, 3]");
+  ck_assert_int_eq(g->output_eval, -1);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_init_schemes) {
+  Graph *g = compile_ok("input x: f32[B, 4]\nh = linear(x, out=3)\n"
+                        "param p: f32[5, 2, 3]\nparam q: f32[7] init=normal(std=0.5)\n"
+                        "loss = sum(h) + sum(p) + sum(q)\nminimize loss\n"
+                        "train {\n  init = he\n}\n");
+  ck_assert_int_eq(g->train.init, KILN_INIT_HE_NORMAL);
+  ck_assert_int_eq(leaf(g, "h.weight")->leaf.init, KILN_INIT_HE_NORMAL);
+  ck_assert_int_eq(leaf(g, "h.weight")->leaf.fan_in, 4);
+  ck_assert_int_eq(leaf(g, "h.weight")->leaf.fan_out, 3);
+  ck_assert_int_eq(leaf(g, "h.bias")->leaf.init, KILN_INIT_ZEROS);
+  Node *p = leaf(g, "p");
+  ck_assert_int_eq(p->leaf.init, KILN_INIT_HE_NORMAL);
+  ck_assert_int_eq(p->leaf.fan_in, 6);
+  ck_assert_int_eq(p->leaf.fan_out, 15);
+  Node *q = leaf(g, "q");
+  ck_assert_int_eq(q->leaf.init, KILN_INIT_NORMAL);
+  ck_assert(q->leaf.init_a == 0.5);
+  ir_free(g);
+
+  static const struct { const char *init; int w, b; double a; } schemes[] = {
+      {"default", KILN_INIT_TORCH_DEFAULT, KILN_INIT_TORCH_DEFAULT, 0},
+      {"he_uniform", KILN_INIT_HE_UNIFORM, KILN_INIT_ZEROS, 0},
+      {"xavier", KILN_INIT_XAVIER_UNIFORM, KILN_INIT_ZEROS, 0},
+      {"xavier_normal", KILN_INIT_XAVIER_NORMAL, KILN_INIT_ZEROS, 0},
+      {"uniform(a=0.1)", KILN_INIT_UNIFORM, KILN_INIT_ZEROS, 0.1},
+      {"normal(0.02)", KILN_INIT_NORMAL, KILN_INIT_ZEROS, 0.02},
+  };
+  for (size_t i = 0; i < sizeof schemes / sizeof *schemes; i++) {
+    char src[256];
+    snprintf(src, sizeof src,
+             "input x: f64[B, 4]\nh = linear(x, out=3)\nloss = mean(h)\nminimize loss\n"
+             "train { init = %s }\n", schemes[i].init);
+    g = compile_ok(src);
+    Node *w = leaf(g, "h.weight"), *b = leaf(g, "h.bias");
+    ck_assert_int_eq(w->dtype, DT_F64);
+    ck_assert_int_eq(w->leaf.init, schemes[i].w);
+    ck_assert_int_eq(b->leaf.init, schemes[i].b);
+    ck_assert(w->leaf.init_a == schemes[i].a);
+    ir_free(g);
+  }
+}
+END_TEST
+
+START_TEST(lower_train_settings) {
+  Graph *g = compile_ok("input x: f32[B, 2]\nloss = mean(x)\nminimize loss\n"
+                        "train {\n  optimizer = sgd(lr=0.1, momentum=0.9, nesterov=true,"
+                        " weight_decay=5e-4)\n  batch = 32 epochs = 2\n  seed = 7\n}\n");
+  ck_assert_int_eq(g->train.optimizer, OPT_SGD);
+  ck_assert(g->train.lr == 0.1 && g->train.momentum == 0.9 && g->train.nesterov &&
+            g->train.weight_decay == 5e-4 && g->train.dampening == 0);
+  ck_assert_int_eq(g->train.batch, 32);
+  ck_assert_int_eq(g->train.epochs, 2);
+  ck_assert_int_eq(g->train.seed, 7);
+  ir_free(g);
+  g = compile_ok("input x: f32[B, 2]\nloss = mean(x)\nminimize loss\n"
+                 "train { optimizer = adam(lr=2e-3, beta1=0.8, beta2=0.99, eps=1e-6) }\n");
+  ck_assert_int_eq(g->train.optimizer, OPT_ADAM);
+  ck_assert(g->train.lr == 2e-3 && g->train.beta1 == 0.8 && g->train.beta2 == 0.99 &&
+            g->train.eps == 1e-6);
+  ck_assert_str_eq(g->name, "t");  /* no model statement: the file stem */
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_reductions_reshape_and_numbers) {
+  Graph *g = compile_ok(
+      "input x: f32[B, 2, 3]\n"
+      "s = sum(x, axes=[-1], keepdims=true)\n"   /* [B, 2, 1] */
+      "m = mean(x, axes=[0, 2])\n"               /* [2] */
+      "r = reshape(x, shape=[B, -1])\n"          /* [B, 6] */
+      "q = reshape(x, shape=[-1, 3])\n"          /* [2*B, 3] */
+      "f = flatten(x)\n"                          /* [B, 6]: same node as r */
+      "k = 2 * 3 - 1\n"                           /* a number: 5 */
+      "e = mse(r, f) + k * sum(exp(log(sqrt(relu(neg(q)))))) / div(m, 2)\n"
+      "loss = mean(e)\nminimize loss\n");
+  ck_assert_str_eq(shape_of_node(g, ir_at(g, ir_find_leaf(g, "x"))), "[B, 2, 3]");
+  int ids[5] = {-1, -1, -1, -1, -1};
+  const char *names[] = {"s", "m", "r", "q", "e"};
+  for (int i = 0; i < g->nnodes; i++)
+    for (int k = 0; k < 5; k++)
+      if (g->nodes[i].name && !strcmp(g->nodes[i].name, names[k])) ids[k] = i;
+  ck_assert_str_eq(shape_of_node(g, ir_at(g, ids[0])), "[B, 2, 1]");
+  ck_assert_str_eq(shape_of_node(g, ir_at(g, ids[1])), "[2]");
+  ck_assert_str_eq(shape_of_node(g, ir_at(g, ids[2])), "[B, 6]");
+  ck_assert_str_eq(shape_of_node(g, ir_at(g, ids[3])), "[2*B, 3]");
+  ck_assert_str_eq(shape_of_node(g, ir_at(g, ids[4])), "[2]");
+  ck_assert_int_eq(ir_at(g, ids[0])->attr.axes, 4u);
+  ck_assert(ir_at(g, ids[0])->attr.keepdims);
+  ck_assert_int_eq(ir_at(g, ids[1])->attr.axes, 5u);
+  /* The folded number 2 * 3 - 1 reaches the graph as one constant 5. */
+  bool five = false;
+  for (int i = 0; i < g->nnodes; i++)
+    five |= g->nodes[i].op == OP_CONST && g->nodes[i].data < 0 && g->nodes[i].attr.value == 5;
+  ck_assert(five);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_const_fill_and_int_literals) {
+  Graph *g = compile_ok("const c: f32[2, 2] = 0.5\nconst l: i32[3] = [0, -1, 2]\n"
+                        "param p: f32[2, 2]\nloss = sum(c * p)\nminimize loss\n");
+  Node *c = leaf(g, "c"), *l = leaf(g, "l");
+  ck_assert_int_eq(g->data[c->data].n, 4);
+  for (int i = 0; i < 4; i++) ck_assert(g->data[c->data].v[i] == 0.5);
+  ck_assert(g->data[l->data].v[1] == -1);
+  ck_assert_int_eq(leaf(g, "p")->leaf.init, KILN_INIT_TORCH_DEFAULT);
+  ck_assert_int_eq(leaf(g, "p")->leaf.fan_in, 2);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_locations) {
+  Graph *g = compile_ok("input x: f32[B, 4]\n\n  h = relu(x)\nloss = sum(h)\nminimize loss\n");
+  Node *x = leaf(g, "x");
+  ck_assert_int_eq(x->loc.line, 1);
+  ck_assert_int_eq(x->loc.col, 7);
+  ck_assert_str_eq(x->loc.file->path, "t.kiln");
+  Node *loss = ir_at(g, g->loss_train);
+  Node *h = ir_at(g, loss->in[0]);
+  ck_assert_int_eq(h->op, OP_RELU);
+  ck_assert_int_eq(h->loc.line, 3);
+  ck_assert_int_eq(h->loc.col, 7);
+  ck_assert_int_eq(loss->loc.line, 4);
+  ck_assert_int_eq(loss->loc.col, 8);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(compile_file_missing) {
+  Trap t;
+  if (KILN_TRY(&t)) {
+    fe_compile_file("/nonexistent/x.kiln");
+    kiln_trap_end(&t);
+    ck_abort_msg("no error");
+  }
+  kiln_trap_end(&t);
+  ck_assert_str_eq(t.msg, "error: cannot read '/nonexistent/x.kiln': No such file or directory\n");
+}
+END_TEST
+
+START_TEST(compile_error_restores_trap) {
+  /* After an error the caller's trap is popped, and a nested trap sees the error. */
+  Trap outer;
+  if (KILN_TRY(&outer)) {
+    ck_assert_ptr_eq(kiln_trap, &outer);
+    const char *m = compile_err("x = $\n");
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_eq(kiln_trap, &outer);
+    kiln_trap_end(&outer);
+  } else {
+    kiln_trap_end(&outer);
+    ck_abort_msg("outer trap fired: %s", outer.msg);
+  }
+  ck_assert_ptr_null(kiln_trap);
+}
+END_TEST
+
+/* ---- every error message ---- */
+
+static const struct { const char *what, *src, *msg; } errors[] = {
+    {"unexpected char",
+     "x = $\n",
+     "t.kiln:1:5: error: unexpected character '$'\n"
+     "  x = $\n"
+     "      ^\n"},
+    {"unexpected byte",
+     "x = \x01""\n",
+     "t.kiln:1:5: error: unexpected byte 0x01\n"
+     "  x = \x01""\n"
+     "      ^\n"},
+    {"invalid number",
+     "a = 12abc\n",
+     "t.kiln:1:5: error: invalid number '12abc'\n"
+     "  a = 12abc\n"
+     "      ^\n"},
+    {"invalid exp",
+     "a = 1e\n",
+     "t.kiln:1:5: error: invalid number '1e'\n"
+     "  a = 1e\n"
+     "      ^\n"},
+    {"num range",
+     "a = 1e999\n",
+     "t.kiln:1:5: error: number '1e999' is out of range\n"
+     "  a = 1e999\n"
+     "      ^\n"},
+    {"expected rparen",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = relu(x\nloss = sum(h)\nminimize loss\n",
+     "t.kiln:3:11: error: expected ')' after arguments, got end of line\n"
+     "  h = relu(x\n"
+     "            ^\n"},
+    {"expected rparen 2",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = relu(x y)\n",
+     "t.kiln:3:12: error: expected ')' after arguments, got 'y'\n"
+     "  h = relu(x y)\n"
+     "             ^\n"},
+    {"unknown fn",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = conv3d(x)\n",
+     "t.kiln:3:5: error: unknown function 'conv3d'\n"
+     "  h = conv3d(x)\n"
+     "      ^\n"},
+    {"not defined",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = relu(z)\n",
+     "t.kiln:3:10: error: 'z' is not defined\n"
+     "  h = relu(z)\n"
+     "           ^\n"},
+    {"arity",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = relu(x, x)\n",
+     "t.kiln:3:13: error: relu takes 1 argument, got 2\n"
+     "  h = relu(x, x)\n"
+     "              ^\n"},
+    {"arity0",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = relu()\n",
+     "t.kiln:3:5: error: relu takes 1 argument, got 0\n"
+     "  h = relu()\n"
+     "      ^\n"},
+    {"at most",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = linear(x, 3, true, 4)\n",
+     "t.kiln:3:24: error: linear takes at most 3 arguments, got 4\n"
+     "  h = linear(x, 3, true, 4)\n"
+     "                         ^\n"},
+    {"missing out",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = linear(x)\n",
+     "t.kiln:3:5: error: linear: missing argument 'out'\n"
+     "  h = linear(x)\n"
+     "      ^\n"},
+    {"unknown arg",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = linear(x, outs=3)\n",
+     "t.kiln:3:15: error: unknown argument 'outs' to linear\n"
+     "  h = linear(x, outs=3)\n"
+     "                ^\n"},
+    {"twice arg",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = linear(x, out=3, out=4)\n",
+     "t.kiln:3:22: error: linear: argument 'out' is given twice\n"
+     "  h = linear(x, out=3, out=4)\n"
+     "                       ^\n"},
+    {"positional after kw",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = linear(x, out=3, true)\n",
+     "t.kiln:3:22: error: positional argument after keyword argument 'out'\n"
+     "  h = linear(x, out=3, true)\n"
+     "                       ^\n"},
+    {"second symbol",
+     "input x: f32[B, 4]\ninput y: i32[B]\ninput z: f32[N, 4]\n",
+     "t.kiln:3:14: error: a model may use one dimension symbol (the batch); 'N' is a second one\n"
+     "  input z: f32[N, 4]\n"
+     "               ^\n"},
+    {"dup param",
+     "input x: f32[B, 4]\ninput y: i32[B]\nfc1 = linear(x, out=3)\nfc1 = linear(x, out=3)\n",
+     "t.kiln:4:7: error: parameter 'fc1.weight' is defined twice\n"
+     "  fc1 = linear(x, out=3)\n"
+     "        ^\n"},
+    {"dup param as",
+     "input x: f32[B, 4]\ninput y: i32[B]\na = linear(x, out=3) as fc\nb = relu(linear(x, out=3) as fc)\n",
+     "t.kiln:4:30: error: parameter 'fc.weight' is defined twice\n"
+     "  b = relu(linear(x, out=3) as fc)\n"
+     "                               ^\n"},
+    {"non scalar loss",
+     "input x: f32[B, 4]\ninput y: i32[B]\nloss = linear(x, out=10)\nminimize loss\n",
+     "t.kiln:4:10: error: 'loss' must be a scalar to minimize, but it has shape [B, 10]\n"
+     "  minimize loss\n"
+     "           ^\n"},
+    {"no minimize",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = relu(x)\n\n# end\n",
+     "t.kiln:3:12: error: no 'minimize' statement\n"
+     "  h = relu(x)\n"
+     "             ^\n"},
+    {"no minimize empty",
+     "",
+     "t.kiln:1:1: error: no 'minimize' statement\n"
+     "  \n"
+     "  ^\n"},
+    {"unterminated list",
+     "const c: f32[2] = [1, 2\n",
+     "t.kiln:1:19: error: unterminated list: this '[' has no matching ']'\n"
+     "  const c: f32[2] = [1, 2\n"
+     "                    ^\n"},
+    {"unterminated list type",
+     "input x: f32[B, 4\n",
+     "t.kiln:1:13: error: unterminated list: this '[' has no matching ']'\n"
+     "  input x: f32[B, 4\n"
+     "              ^\n"},
+    {"list sep",
+     "const c: f32[2] = [1 2]\n",
+     "t.kiln:1:22: error: expected ',' or ']' in list, got '2'\n"
+     "  const c: f32[2] = [1 2]\n"
+     "                       ^\n"},
+    {"expected expr",
+     "a = )\n",
+     "t.kiln:1:5: error: expected an expression, got ')'\n"
+     "  a = )\n"
+     "      ^\n"},
+    {"end of line",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = relu(x) x\n",
+     "t.kiln:3:13: error: expected end of line after the statement, got 'x'\n"
+     "  h = relu(x) x\n"
+     "              ^\n"},
+    {"expected =",
+     "h relu(x)\n",
+     "t.kiln:1:3: error: expected '=' after 'h' (or a statement keyword), got 'relu'\n"
+     "  h relu(x)\n"
+     "    ^\n"},
+    {"statement",
+     "= 3\n",
+     "t.kiln:1:1: error: expected a statement, got '='\n"
+     "  = 3\n"
+     "  ^\n"},
+    {"as nonlayer",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = relu(x) as r\n",
+     "t.kiln:3:16: error: 'as' names a layer, but relu is not a layer\n"
+     "  h = relu(x) as r\n"
+     "                 ^\n"},
+    {"as nonc",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = x as r\n",
+     "t.kiln:3:7: error: 'as' names a layer and must follow a layer call such as linear(...)\n"
+     "  h = x as r\n"
+     "        ^\n"},
+    {"bad type",
+     "input x: f16[2]\n",
+     "t.kiln:1:10: error: expected a type (f32, f64 or i32), got 'f16'\n"
+     "  input x: f16[2]\n"
+     "           ^\n"},
+    {"dim zero",
+     "input x: f32[0]\n",
+     "t.kiln:1:14: error: a dimension must be an integer from 1 to 2147483647, got '0'\n"
+     "  input x: f32[0]\n"
+     "               ^\n"},
+    {"dim big",
+     "input x: f32[99999999999]\n",
+     "t.kiln:1:14: error: a dimension must be an integer from 1 to 2147483647, got '99999999999'\n"
+     "  input x: f32[99999999999]\n"
+     "               ^\n"},
+    {"dim float",
+     "input x: f32[2.5]\n",
+     "t.kiln:1:14: error: a dimension must be an integer from 1 to 2147483647, got '2.5'\n"
+     "  input x: f32[2.5]\n"
+     "               ^\n"},
+    {"too many dims",
+     "input x: f32[1,1,1,1,1,1,1]\n",
+     "t.kiln:1:26: error: a tensor may have at most 6 dimensions\n"
+     "  input x: f32[1,1,1,1,1,1,1]\n"
+     "                           ^\n"},
+    {"source",
+     "input x: f32[2] from disk\n",
+     "t.kiln:1:22: error: expected a data source ('images' or 'labels'), got 'disk'\n"
+     "  input x: f32[2] from disk\n"
+     "                       ^\n"},
+    {"labels dtype",
+     "input x: f32[B] from labels\n",
+     "t.kiln:1:10: error: labels are integers: declare 'x' as i32[...]\n"
+     "  input x: f32[B] from labels\n"
+     "           ^\n"},
+    {"images dtype",
+     "input x: i32[B, 3] from images\n",
+     "t.kiln:1:10: error: images are read as floating-point: declare 'x' as f32[...] or f64[...]\n"
+     "  input x: i32[B, 3] from images\n"
+     "           ^\n"},
+    {"div zero",
+     "input x: f32[B, 3] from images / 0\n",
+     "t.kiln:1:34: error: cannot divide the images by zero\n"
+     "  input x: f32[B, 3] from images / 0\n"
+     "                                   ^\n"},
+    {"const sym",
+     "const c: f32[B] = 1\n",
+     "t.kiln:1:14: error: a constant's shape cannot use the batch symbol 'B'\n"
+     "  const c: f32[B] = 1\n"
+     "               ^\n"},
+    {"literal count",
+     "const c: f32[1, 2] = [[1, 2, 3]]\n",
+     "t.kiln:1:23: error: expected 2 elements for dimension 1 of f32[1, 2], got 3\n"
+     "  const c: f32[1, 2] = [[1, 2, 3]]\n"
+     "                        ^\n"},
+    {"literal nest",
+     "const c: f32[2] = [[1], [2]]\n",
+     "t.kiln:1:20: error: the literal has more levels of nesting than f32[2] has dimensions\n"
+     "  const c: f32[2] = [[1], [2]]\n"
+     "                     ^\n"},
+    {"literal flat",
+     "const c: f32[2, 1] = [1, 2]\n",
+     "t.kiln:1:23: error: expected a list of 1 element for dimension 1 of f32[2, 1]\n"
+     "  const c: f32[2, 1] = [1, 2]\n"
+     "                        ^\n"},
+    {"i32 literal",
+     "const c: i32[2] = [1, 2.5]\n",
+     "t.kiln:1:23: error: i32 value 2.5 is not a 32-bit integer\n"
+     "  const c: i32[2] = [1, 2.5]\n"
+     "                        ^\n"},
+    {"param i32",
+     "param p: i32[2] = [1, 2]\n",
+     "t.kiln:1:10: error: a parameter must be floating-point (f32 or f64), not i32\n"
+     "  param p: i32[2] = [1, 2]\n"
+     "           ^\n"},
+    {"param no init",
+     "param p: f32[2] 3\n",
+     "t.kiln:1:17: error: expected '=' or 'init=' after the parameter's type, got '3'\n"
+     "  param p: f32[2] 3\n"
+     "                  ^\n"},
+    {"redefine",
+     "input x: f32[B, 4]\ninput y: i32[B]\ninput x: f32[3]\n",
+     "t.kiln:3:7: error: 'x' is already defined on line 1\n"
+     "  input x: f32[3]\n"
+     "        ^\n"},
+    {"assign input",
+     "input x: f32[B, 4]\ninput y: i32[B]\nx = relu(x)\n",
+     "t.kiln:3:1: error: cannot assign to input 'x' (defined on line 1)\n"
+     "  x = relu(x)\n"
+     "  ^\n"},
+    {"output undefined",
+     "input x: f32[B, 4]\ninput y: i32[B]\noutput q\n",
+     "t.kiln:3:8: error: 'q' is not defined\n"
+     "  output q\n"
+     "         ^\n"},
+    {"output number",
+     "n = 3\noutput n\n",
+     "t.kiln:2:8: error: 'n' is a number, not a tensor\n"
+     "  output n\n"
+     "         ^\n"},
+    {"two outputs",
+     "input x: f32[B, 4]\ninput y: i32[B]\noutput x\noutput x\n",
+     "t.kiln:4:1: error: a model has one 'output' statement; this is a second one\n"
+     "  output x\n"
+     "  ^\n"},
+    {"two minimize",
+     "input x: f32[B, 4]\ninput y: i32[B]\nloss = sum(x)\nminimize loss\nminimize loss\n",
+     "t.kiln:5:1: error: a model has one 'minimize' statement; this is a second one\n"
+     "  minimize loss\n"
+     "  ^\n"},
+    {"two models",
+     "model a\nmodel b\n",
+     "t.kiln:2:1: error: a model has one 'model' statement; this is a second one\n"
+     "  model b\n"
+     "  ^\n"},
+    {"loss int",
+     "input x: f32[B, 4]\ninput y: i32[B]\nloss = sum(y)\nminimize loss\n",
+     "t.kiln:3:8: error: sum needs a floating-point input, but y is i32\n"
+     "  loss = sum(y)\n"
+     "         ^\n"},
+    {"train unknown",
+     "train { foo = 3 }\n",
+     "t.kiln:1:9: error: unknown train setting 'foo'; expected optimizer, batch, epochs, steps, seed or init\n"
+     "  train { foo = 3 }\n"
+     "          ^\n"},
+    {"train twice",
+     "train { batch = 3 batch = 4 }\n",
+     "t.kiln:1:19: error: train setting 'batch' is given twice\n"
+     "  train { batch = 3 batch = 4 }\n"
+     "                    ^\n"},
+    {"train batch 0",
+     "train { batch = 0 }\n",
+     "t.kiln:1:17: error: 'batch' must be at least 1, got 0\n"
+     "  train { batch = 0 }\n"
+     "                  ^\n"},
+    {"train batch frac",
+     "train { batch = 2.5 }\n",
+     "t.kiln:1:17: error: 'batch' must be an integer, got 2.5\n"
+     "  train { batch = 2.5 }\n"
+     "                  ^\n"},
+    {"train batch huge",
+     "train { batch = 1e12 }\n",
+     "t.kiln:1:17: error: 'batch' is out of range: 1000000000000 (at most 2147483647)\n"
+     "  train { batch = 1e12 }\n"
+     "                  ^\n"},
+    {"train opt",
+     "train { optimizer = rmsprop(lr=1) }\n",
+     "t.kiln:1:21: error: unknown optimizer 'rmsprop'; expected adam or sgd\n"
+     "  train { optimizer = rmsprop(lr=1) }\n"
+     "                      ^\n"},
+    {"train sgd lr",
+     "train { optimizer = sgd() }\n",
+     "t.kiln:1:21: error: sgd: missing argument 'lr'\n"
+     "  train { optimizer = sgd() }\n"
+     "                      ^\n"},
+    {"train opt arg",
+     "train { optimizer = adam(lr=1, beta3=2) }\n",
+     "t.kiln:1:32: error: unknown argument 'beta3' to adam\n"
+     "  train { optimizer = adam(lr=1, beta3=2) }\n"
+     "                                 ^\n"},
+    {"train init",
+     "train { init = orthogonal }\n",
+     "t.kiln:1:16: error: unknown initialisation; expected default, he, he_uniform, xavier, xavier_normal, zeros, ones, normal(std=...) or uniform(a=...)\n"
+     "  train { init = orthogonal }\n"
+     "                 ^\n"},
+    {"train init normal",
+     "train { init = normal }\n",
+     "t.kiln:1:16: error: normal needs its argument: write 'init = normal(std=...)'\n"
+     "  train { init = normal }\n"
+     "                 ^\n"},
+    {"train unterminated",
+     "train { batch = 3\n",
+     "t.kiln:1:7: error: unterminated train block: this '{' has no matching '}'\n"
+     "  train { batch = 3\n"
+     "        ^\n"},
+    {"train key",
+     "train { 3 }\n",
+     "t.kiln:1:9: error: expected a setting name or '}', got '3'\n"
+     "  train { 3 }\n"
+     "          ^\n"},
+    {"train two",
+     "train { }\ntrain { }\n",
+     "t.kiln:2:1: error: a model has one train block; this is a second one\n"
+     "  train { }\n"
+     "  ^\n"},
+    {"train eq",
+     "train { batch 3 }\n",
+     "t.kiln:1:15: error: expected '=' after 'batch', got '3'\n"
+     "  train { batch 3 }\n"
+     "                ^\n"},
+    {"reshape bad",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = reshape(x, shape=[B, 3])\n",
+     "t.kiln:3:22: error: cannot reshape [B, 4] to [B, 3]: element counts differ\n"
+     "  h = reshape(x, shape=[B, 3])\n"
+     "                       ^\n"},
+    {"reshape -1",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = reshape(x, shape=[3, -1])\n",
+     "t.kiln:3:22: error: cannot reshape [B, 4] to [3, -1]: no size for -1 makes the element counts equal\n"
+     "  h = reshape(x, shape=[3, -1])\n"
+     "                       ^\n"},
+    {"reshape two -1",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = reshape(x, shape=[-1, -1])\n",
+     "t.kiln:3:27: error: reshape: only one dimension may be -1\n"
+     "  h = reshape(x, shape=[-1, -1])\n"
+     "                            ^\n"},
+    {"reshape sym",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = reshape(x, shape=[N, -1])\n",
+     "t.kiln:3:23: error: a model may use one dimension symbol (the batch); 'N' is a second one\n"
+     "  h = reshape(x, shape=[N, -1])\n"
+     "                        ^\n"},
+    {"reshape notlist",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = reshape(x, shape=3)\n",
+     "t.kiln:3:22: error: reshape: 'shape' must be a list such as [B, -1]\n"
+     "  h = reshape(x, shape=3)\n"
+     "                       ^\n"},
+    {"flatten rank",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = flatten(y)\n",
+     "t.kiln:3:5: error: flatten needs a tensor with at least 2 axes, got [B]\n"
+     "  h = flatten(y)\n"
+     "      ^\n"},
+    {"axis range",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = sum(x, axes=[2])\n",
+     "t.kiln:3:18: error: sum: axis 2 is out of range for a tensor with 2 axes\n"
+     "  h = sum(x, axes=[2])\n"
+     "                   ^\n"},
+    {"axis twice",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = sum(x, axes=[1, -1])\n",
+     "t.kiln:3:21: error: sum: axis 1 is given twice\n"
+     "  h = sum(x, axes=[1, -1])\n"
+     "                      ^\n"},
+    {"keepdims",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = sum(x, keepdims=yes)\n",
+     "t.kiln:3:21: error: sum: 'keepdims' must be true or false\n"
+     "  h = sum(x, keepdims=yes)\n"
+     "                      ^\n"},
+    {"linear rank",
+     "input x: f32[B, 2, 3]\nh = linear(x, out=2)\n",
+     "t.kiln:2:5: error: linear needs an input of shape [N, in], got [B, 2, 3]\n"
+     "  h = linear(x, out=2)\n"
+     "      ^\n"},
+    {"linear int",
+     "input x: i32[B, 3]\nh = linear(x, out=2)\n",
+     "t.kiln:2:5: error: linear needs a floating-point input, got i32\n"
+     "  h = linear(x, out=2)\n"
+     "      ^\n"},
+    {"linear out 0",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = linear(x, out=0)\n",
+     "t.kiln:3:19: error: linear: 'out' must be at least 1, got 0\n"
+     "  h = linear(x, out=0)\n"
+     "                    ^\n"},
+    {"linear bias",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = linear(x, out=2, bias=1)\n",
+     "t.kiln:3:27: error: linear: 'bias' must be true or false\n"
+     "  h = linear(x, out=2, bias=1)\n"
+     "                            ^\n"},
+    {"tensor number",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = relu(3)\n",
+     "t.kiln:3:10: error: expected a tensor here, got the number 3\n"
+     "  h = relu(3)\n"
+     "           ^\n"},
+    {"list value",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = [1, 2]\n",
+     "t.kiln:3:5: error: a list is not a value here (lists are for literals, axes and shapes)\n"
+     "  h = [1, 2]\n"
+     "      ^\n"},
+    {"sym value",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = x * B\n",
+     "t.kiln:3:9: error: 'B' is a dimension symbol, not a value\n"
+     "  h = x * B\n"
+     "          ^\n"},
+    {"shape mismatch",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = x + linear(x, out=3)\n",
+     "t.kiln:3:7: error: cannot add shapes [B, 4] and [B, 3]: dimension 1 differs\n"
+     "  h = x + linear(x, out=3)\n"
+     "        ^\n"},
+    {"ce",
+     "input x: f32[B, 4]\ninput y: i32[B]\nloss = cross_entropy(x, x)\n",
+     "t.kiln:3:8: error: cross_entropy needs integer (i32) labels, got f32\n"
+     "  loss = cross_entropy(x, x)\n"
+     "         ^\n"},
+    {"paren",
+     "input x: f32[B, 4]\ninput y: i32[B]\nh = (x + x\nminimize h\n",
+     "t.kiln:3:11: error: expected ')' to close '(', got end of line\n"
+     "  h = (x + x\n"
+     "            ^\n"},
+    {"model name",
+     "model 3\n",
+     "t.kiln:1:7: error: expected a name after 'model', got '3'\n"
+     "  model 3\n"
+     "        ^\n"},
+};
+
+START_TEST(error_messages) {
+  const char *got = compile_err(errors[_i].src);
+  ck_assert_msg(got != NULL, "%s: no error", errors[_i].what);
+  ck_assert_msg(!strcmp(got, errors[_i].msg), "%s:\n--- expected\n%s--- got\n%s", errors[_i].what,
+                errors[_i].msg, got);
+}
+END_TEST
+
+static Suite *frontend_suite(void) {
+  Suite *s = suite_create("frontend");
+  TCase *lexer = tcase_create("lexer");
+  tcase_add_test(lexer, lex_tokens_and_locations);
+  tcase_add_test(lexer, lex_numbers);
+  tcase_add_test(lexer, lex_describe_tokens);
+  suite_add_tcase(s, lexer);
+  TCase *parser = tcase_create("parser");
+  tcase_add_test(parser, parse_every_statement);
+  tcase_add_test(parser, parse_keywords_are_contextual);
+  tcase_add_loop_test(parser, parse_precedence, 0,
+                      (int)(sizeof prec_cases / sizeof *prec_cases));
+  suite_add_tcase(s, parser);
+  TCase *lower = tcase_create("lower");
+  tcase_add_test(lower, lower_mlp_example);
+  tcase_add_test(lower, lower_linear_toy_example);
+  tcase_add_test(lower, lower_precedence_graph);
+  tcase_add_test(lower, lower_layer_naming);
+  tcase_add_test(lower, lower_init_schemes);
+  tcase_add_test(lower, lower_train_settings);
+  tcase_add_test(lower, lower_reductions_reshape_and_numbers);
+  tcase_add_test(lower, lower_const_fill_and_int_literals);
+  tcase_add_test(lower, lower_locations);
+  tcase_add_test(lower, compile_file_missing);
+  tcase_add_test(lower, compile_error_restores_trap);
+  suite_add_tcase(s, lower);
+  TCase *err = tcase_create("errors");
+  tcase_add_loop_test(err, error_messages, 0, (int)(sizeof errors / sizeof *errors));
+  suite_add_tcase(s, err);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(frontend_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
