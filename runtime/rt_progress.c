@@ -59,7 +59,8 @@ void rt_progress_update(RtProgress *p, int epoch, int epochs, int64_t step, int6
   double interval = p->tty ? TTY_INTERVAL : LOG_INTERVAL;
   /* A terminal gets its first frame at once; a log waits a whole interval, so a short run
    * prints nothing but its summary. */
-  if ((p->drawn || !p->tty) && now - p->last_draw < interval)
+  int last = p->tty && step == steps; /* so the line left on screen shows the whole epoch */
+  if ((p->drawn || !p->tty) && now - p->last_draw < interval && !last)
     return;
   p->last_draw = now;
   char eta[32], line[256];

@@ -848,7 +848,9 @@ int rt_safetensors_load(const char *path, RtNamedTensor **out, int *nout, char *
     Entry *e = &es[i];
     int64_t numel = shape_numel(e->t.dims, e->t.rank);
     int size1 = dtypes[e->t.dtype].size;
-    e->t.values = malloc((size_t)(numel ? numel : 1) * sizeof(double));
+    /* numel is known to be valid here (check_layout); the bound restates it for the compiler. */
+    if (numel >= 0 && numel <= data_len)
+      e->t.values = malloc((size_t)(numel ? numel : 1) * sizeof(double));
     if (!e->t.values) {
       rt_errf(err, "%s: out of memory for tensor '%s'", path, e->t.name);
       goto fail;
