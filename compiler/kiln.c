@@ -106,7 +106,17 @@ static int parse_args(int argc, char **argv, Args *a) {
       NEED_VALUE();
       a->inputs = val;
     } else if (s[0] == '-' && s[1]) {
-      a->rest[a->nrest++] = argv[i];  /* a trainer option; rt_options_parse checks it */
+      /* A trainer option; rt_options_parse checks it. Those that take a value take the next
+       * argument with them (unless written --opt=value). */
+      static const char *const with_value[] = {"--data", "--epochs", "--lr", "--seed", "--save",
+                                               "--load", "--metrics", "--limit-train",
+                                               "--limit-test"};
+      a->rest[a->nrest++] = argv[i];
+      for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++)
+        if (!strcmp(s, with_value[k]) && val) {
+          a->rest[a->nrest++] = argv[++i];
+          break;
+        }
     } else if (!a->model) {
       a->model = s;
     } else {
