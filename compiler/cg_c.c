@@ -115,11 +115,10 @@ static bool cg_ident_ok(const char *s) {
 }
 
 /* A name that must reach the C (tensor names in the table): fails unless it validates. */
-static const char *checked_name(Cg *cg, const char *s, Loc loc, const char *what) {
+static void checked_name(Cg *cg, const char *s, Loc loc, const char *what) {
   (void)cg;
   if (!cg_ident_ok(s))
     kiln_fail(loc, "%s name is not a valid identifier ([A-Za-z_][A-Za-z0-9_.]*)", what);
-  return s;
 }
 
 /* "fc1.weight" -> "fc1_weight" (caller validated s). */
@@ -302,9 +301,8 @@ static const char *expand_template(Cg *cg, const char *tpl, const char *a, const
     }
     p++;
     if (*p == 'a' || *p == 'b') {
-      /* Element reads (a[i], a literal in parentheses) need no extra parentheses. */
-      const char *x = *p == 'a' ? a : b ? b : "0";
-      buf_printf(&o, strpbrk(x, " ") && x[0] != '(' ? "(%s)" : "%s", x);
+      /* Operands are element reads (a[i]) or parenthesised literals: primary expressions. */
+      buf_puts(&o, *p == 'a' ? a : b ? b : "0");
     }
     else if (*p == 'f')
       buf_puts(&o, mathsfx(t));
@@ -636,6 +634,25 @@ static void emit_call(Cg *cg, const Node *n) {
   buf_free(&b);
 }
 
+static void emit_update(Cg *cg, const Update *up) {
+  const Node *t = ir_at(cg->g, up->target), *v = ir_at(cg->g, up->value);
+  if (cg->plan->offset[t->id] == cg->plan->offset[v->id])
+    return;
+  Sz numel = sz_prod(cg, &t->shape, 0, t->shape.rank);
+  if (!in_arena(v)) {
+    line(cg, "{ %s *y = %s;", ctype(t->dtype), arena_ptr(cg, t, false));
+    line(cg, "  for (int64_t i = 0; i < %s; i++)", sz_c(cg, numel));
+    if (is_scalar_const(v))
+      line(cg, "    y[i] = %s; }", scalar_c(cg, v->attr.value, t->dtype));
+    else
+      line(cg, "    y[i] = (%s)%s[i]; }", ctype(t->dtype), lit_name(cg, v->data));
+    return;
+  }
+  line(cg, "memcpy(arena + %" PRId64 ", arena + %" PRId64 ", (size_t)%s * %zu); /* %s */",
+       cg->plan->offset[t->id], cg->plan->offset[v->id], sz_c(cg, numel), dtype_size(t->dtype),
+       t->name && cg_ident_ok(t->name) ? t->name : "update");
+}
+
 static void emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
   Graph *g = cg->g;
   const char *name = entry_names[e];
@@ -652,25 +669,28 @@ static void emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
       continue;
     emit_call(cg, n);
   }
-  /* Updates last: every value is computed before any target changes. */
+  /* Updates last: every value is computed before any target changes. A value that is itself a
+   * target of this entry (a <- b, b <- c) must be copied before it is overwritten, so updates go
+   * in an order where a target is written only once no pending update reads it; a cycle (a swap)
+   * would need scratch space the arena does not have. */
   const Entry *en = &g->entries[e];
-  for (int u = 0; u < en->nupdates; u++) {
-    const Node *t = ir_at(g, en->updates[u].target), *v = ir_at(g, en->updates[u].value);
-    if (cg->plan->offset[t->id] == cg->plan->offset[v->id])
-      continue;
-    Sz numel = sz_prod(cg, &t->shape, 0, t->shape.rank);
-    if (!in_arena(v)) {
-      line(cg, "{ %s *y = %s;", ctype(t->dtype), arena_ptr(cg, t, false));
-      line(cg, "  for (int64_t i = 0; i < %s; i++)", sz_c(cg, numel));
-      if (is_scalar_const(v))
-        line(cg, "    y[i] = %s; }", scalar_c(cg, v->attr.value, t->dtype));
-      else
-        line(cg, "    y[i] = (%s)%s[i]; }", ctype(t->dtype), lit_name(cg, v->data));
-      continue;
+  unsigned char *done = pool_alloc(g->pool, (size_t)en->nupdates + 1);
+  for (int left = en->nupdates; left > 0; left--) {
+    int u = -1;
+    for (int c = 0; c < en->nupdates && u < 0; c++) {
+      if (done[c])
+        continue;
+      bool read_later = false;
+      for (int o = 0; o < en->nupdates; o++)
+        read_later |= o != c && !done[o] && en->updates[o].value == en->updates[c].target;
+      if (!read_later)
+        u = c;
     }
-    line(cg, "memcpy(arena + %" PRId64 ", arena + %" PRId64 ", (size_t)%s * %zu); /* %s */",
-         cg->plan->offset[t->id], cg->plan->offset[v->id], sz_c(cg, numel), dtype_size(t->dtype),
-         t->name && cg_ident_ok(t->name) ? t->name : "update");
+    if (u < 0)
+      kiln_fail(ir_at(g, en->updates[0].target)->loc,
+                "the %s entry's updates read each other's targets in a cycle", name);
+    done[u] = 1;
+    emit_update(cg, &en->updates[u]);
   }
   cg->indent--;
   line(cg, "}");
@@ -682,6 +702,11 @@ static void emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
  */
 static void check_plan(Cg *cg) {
   Graph *g = cg->g;
+  for (int i = 0; i < cg->plan->ntensors; i++) {
+    const int node = cg->plan->tensor_node ? cg->plan->tensor_node[i] : -1;
+    checked_name(cg, cg->plan->tensors[i].name, node >= 0 ? ir_at(g, node)->loc : (Loc){0},
+                 "tensor");
+  }
   for (int s = 0; s < g->nsyms; s++)
     if (!cg_ident_ok(g->syms[s]) || strchr(g->syms[s], '.'))
       kiln_fail((Loc){0}, "symbol %d is not a valid identifier", s);
@@ -748,7 +773,7 @@ static void emit_tensors(Cg *cg) {
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
     const Node *n = p->tensor_node ? ir_at(g, p->tensor_node[i]) : NULL;
-    const char *name = checked_name(cg, t->name, n ? n->loc : (Loc){0}, "tensor");
+    const char *name = t->name; /* checked in check_plan */
     KILN_ASSERT(t->role >= 0 && t->role <= KILN_ROLE_OPT && t->dtype >= 0 && t->dtype <= 2);
     KILN_ASSERT(t->rank >= 0 && t->rank <= KILN_ABI_MAX_RANK);
     Buf dims = {0};

@@ -90,6 +90,9 @@ _Noreturn void kiln_vfail(Loc loc, const char *fmt, va_list ap);
 /* Formats "file:line:col: error: msg\n  source line\n  ^" into b (no location: "error: msg"). */
 void kiln_format_error(Buf *b, Loc loc, const char *msg);
 _Noreturn void kiln_bug(const char *file, int line, const char *what);
+/* Passes an error caught by an inner trap (already popped) on to the enclosing one: for code
+ * that must clean up before failing. */
+_Noreturn void kiln_rethrow(const Trap *caught);
 #define unreachable() kiln_bug(__FILE__, __LINE__, "unreachable")
 #define KILN_ASSERT(c) ((c) ? (void)0 : kiln_bug(__FILE__, __LINE__, #c))
 
@@ -126,12 +129,21 @@ typedef struct Shape {
 /* Operation attributes. One flat struct, zero-initialised, so two nodes with equal attributes
  * compare equal with memcmp (hash-consing). Which fields an op reads is said in ops.def. */
 typedef struct Attr {
-  double value;       /* CONST scalar value */
+  double value;       /* CONST scalar value; LEAKY_RELU* slope; DROPOUT probability */
   DType dtype;        /* CONST scalar element type */
   unsigned axes;      /* SUM/MEAN/NUMEL: bit i set = reduce axis i */
   bool keepdims;
   bool trans_a, trans_b;
   Shape shape;        /* RESHAPE target (may hold symbols) */
+  /* 2-D windows (CONV2D*, *POOL2D*): [h, w] pairs; pad is [top, bottom, left, right]. */
+  int64_t kernel[2], stride[2], dilation[2], pad[4];
+  int64_t groups;     /* CONV2D*: channel groups */
+  int64_t in_size[2]; /* CONV2D_BWD_DATA, AVGPOOL2D_GRAD: the forward input's H and W */
+  bool count_include_pad; /* AVGPOOL2D*: divide by the full window (PyTorch's default) */
+  int axis;           /* SOFTMAX, LOG_SOFTMAX, CONCAT, SLICE */
+  int64_t start, len; /* SLICE */
+  int perm[IR_MAX_RANK]; /* TRANSPOSE */
+  uint32_t salt;      /* DROPOUT: tells dropout sites apart (same counter, different masks) */
 } Attr;
 
 /* Roles of STATE and leaf nodes, matching the ABI's roles. */
@@ -247,6 +259,7 @@ int ir_binary(Graph *g, Op op, int a, int b, Loc loc);
 int ir_reduce(Graph *g, Op op, int x, unsigned axes, bool keepdims, Loc loc);
 int ir_reshape(Graph *g, int x, Shape s, Loc loc);
 int ir_matmul(Graph *g, int a, int b, bool ta, bool tb, Loc loc);
+int ir_transpose(Graph *g, int x, const int *perm, Loc loc);
 void ir_add_output(Graph *g, EntryKind e, const char *name, int node);
 void ir_add_update(Graph *g, EntryKind e, int target, int value);
 

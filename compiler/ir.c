@@ -256,6 +256,18 @@ int ir_matmul(Graph *g, int a, int b, bool ta, bool tb, Loc loc) {
   return ir_node(g, OP_MATMUL, 2, in, &at, loc);
 }
 
+int ir_transpose(Graph *g, int x, const int *perm, Loc loc) {
+  Attr a = {0};
+  int rank = g->nodes[x].shape.rank;
+  bool identity = true;
+  for (int i = 0; i < rank; i++) {
+    a.perm[i] = perm[i];
+    identity &= perm[i] == i;
+  }
+  if (identity) return x;
+  return ir_node(g, OP_TRANSPOSE, 1, &x, &a, loc);
+}
+
 void ir_add_output(Graph *g, EntryKind e, const char *name, int node) {
   Entry *en = &g->entries[e];
   en->outputs = grow(en->outputs, &en->capoutputs, en->noutputs + 1, sizeof(Output));

@@ -215,6 +215,225 @@ static void rule_relu_grad(Graph *g, Node *n) {
     kiln_fail(n->loc, "relu_grad: dy must have the shape of x");
 }
 
+
+/* ---- issue 3: activations, layout, windows ---- */
+
+static void rule_axis(Graph *g, Node *n) {
+  rule_unary(g, n);
+  if (n->attr.axis < 0 || n->attr.axis >= n->shape.rank) {
+    char s[96];
+    kiln_fail(n->loc, "%s: axis %d out of range for shape %s", op_names[n->op], n->attr.axis,
+              sh(g, &n->shape, s));
+  }
+}
+
+static void rule_dropout(Graph *g, Node *n) {
+  require_float(g, n, 0);
+  Node *c = in_node(g, n, 1);
+  if (c->dtype != DT_F64 || c->shape.rank != 0)
+    kiln_fail(n->loc, "dropout: the step counter must be an f64 scalar");
+  if (!(n->attr.value >= 0 && n->attr.value < 1))
+    kiln_fail(n->loc, "dropout probability must be in [0, 1), got %g", n->attr.value);
+  n->dtype = in_node(g, n, 0)->dtype;
+  n->shape = in_node(g, n, 0)->shape;
+}
+
+static void rule_transpose(Graph *g, Node *n) {
+  Node *x = in_node(g, n, 0);
+  int seen = 0;
+  for (int i = 0; i < x->shape.rank; i++) {
+    int p = n->attr.perm[i];
+    if (p < 0 || p >= x->shape.rank || (seen & (1 << p))) {
+      char s[96];
+      kiln_fail(n->loc, "transpose: the axes must be a permutation of 0..%d for shape %s",
+                x->shape.rank - 1, sh(g, &x->shape, s));
+    }
+    seen |= 1 << p;
+  }
+  n->dtype = x->dtype;
+  n->shape.rank = x->shape.rank;
+  for (int i = 0; i < x->shape.rank; i++) n->shape.d[i] = x->shape.d[n->attr.perm[i]];
+}
+
+static void rule_concat(Graph *g, Node *n) {
+  Node *a = in_node(g, n, 0), *b = in_node(g, n, 1);
+  require_same_dtype(g, n);
+  int ax = n->attr.axis;
+  char s1[96], s2[96];
+  bool ok = a->shape.rank == b->shape.rank && ax >= 0 && ax < a->shape.rank;
+  for (int i = 0; ok && i < a->shape.rank; i++)
+    if (i != ax && !dim_eq(a->shape.d[i], b->shape.d[i])) ok = false;
+  if (ok && a->shape.d[ax].sym != b->shape.d[ax].sym) ok = false;
+  if (!ok)
+    kiln_fail(n->loc, "cannot concatenate %s and %s along axis %d", sh(g, &a->shape, s1),
+              sh(g, &b->shape, s2), ax);
+  n->dtype = a->dtype;
+  n->shape = a->shape;
+  n->shape.d[ax].n = a->shape.d[ax].n + b->shape.d[ax].n;
+}
+
+static void rule_slice(Graph *g, Node *n) {
+  Node *x = in_node(g, n, 0);
+  int ax = n->attr.axis;
+  char s[96];
+  if (ax < 0 || ax >= x->shape.rank || x->shape.d[ax].sym >= 0 || n->attr.start < 0 ||
+      n->attr.len <= 0 || n->attr.start + n->attr.len > x->shape.d[ax].n)
+    kiln_fail(n->loc, "slice [%lld, %lld) along axis %d is out of range for shape %s",
+              (long long)n->attr.start, (long long)(n->attr.start + n->attr.len), ax,
+              sh(g, &x->shape, s));
+  n->dtype = x->dtype;
+  n->shape = x->shape;
+  n->shape.d[ax].n = n->attr.len;
+}
+
+/* Output extent of a window along one axis (seed 000 eq. 2.2); fails with the sizes involved. */
+static int64_t window_out(Graph *g, Node *n, const Shape *xs, int axis) {
+  const Attr *a = &n->attr;
+  int64_t in = xs->d[2 + axis].n;
+  int64_t padded = in + a->pad[2 * axis] + a->pad[2 * axis + 1];
+  int64_t span = a->dilation[axis] * (a->kernel[axis] - 1) + 1;
+  char s[96];
+  if (a->kernel[axis] <= 0 || a->stride[axis] <= 0 || a->dilation[axis] <= 0 ||
+      a->pad[2 * axis] < 0 || a->pad[2 * axis + 1] < 0)
+    kiln_fail(n->loc, "%s: kernel, stride and dilation must be positive and padding >= 0",
+              op_names[n->op]);
+  if (span > padded)
+    kiln_fail(n->loc, "%s: the %s window (%lld with dilation) is larger than the padded input "
+              "(%lld) of shape %s", op_names[n->op], axis ? "horizontal" : "vertical",
+              (long long)span, (long long)padded, sh(g, xs, s));
+  return (padded - span) / a->stride[axis] + 1;
+}
+
+static void require_nchw(Graph *g, Node *n, const Node *x, const char *what) {
+  char s[96];
+  if (x->shape.rank != 4 || x->shape.d[1].sym >= 0 || x->shape.d[2].sym >= 0 ||
+      x->shape.d[3].sym >= 0)
+    kiln_fail(n->loc, "%s needs %s of shape [N, C, H, W], got %s", op_names[n->op], what,
+              sh(g, &x->shape, s));
+}
+
+/* Shape of a conv2d's output from x and w, checking channels and groups. */
+static Shape conv_out(Graph *g, Node *n, const Node *x, const Node *w) {
+  char s1[96], s2[96];
+  require_nchw(g, n, x, "an input");
+  if (w->shape.rank != 4)
+    kiln_fail(n->loc, "conv2d needs a weight of shape [O, C/groups, kh, kw], got %s",
+              sh(g, &w->shape, s1));
+  int64_t groups = n->attr.groups, c = x->shape.d[1].n, o = w->shape.d[0].n;
+  if (groups <= 0 || c % groups || o % groups)
+    kiln_fail(n->loc, "conv2d: %lld input and %lld output channels do not divide into %lld groups",
+              (long long)c, (long long)o, (long long)groups);
+  if (w->shape.d[1].n != c / groups)
+    kiln_fail(n->loc, "conv2d: weight %s expects %lld input channels per group, but the input %s "
+              "has %lld in each of %lld groups", sh(g, &w->shape, s1), (long long)w->shape.d[1].n,
+              sh(g, &x->shape, s2), (long long)(c / groups), (long long)groups);
+  if (n->attr.kernel[0] != w->shape.d[2].n || n->attr.kernel[1] != w->shape.d[3].n)
+    kiln_fail(n->loc, "conv2d: attr.kernel does not match the weight %s", sh(g, &w->shape, s1));
+  Shape r = {0};
+  r.rank = 4;
+  r.d[0] = x->shape.d[0];
+  r.d[1] = (Dim){o, -1};
+  r.d[2] = (Dim){window_out(g, n, &x->shape, 0), -1};
+  r.d[3] = (Dim){window_out(g, n, &x->shape, 1), -1};
+  return r;
+}
+
+static void rule_conv2d(Graph *g, Node *n) {
+  Node *x = in_node(g, n, 0), *w = in_node(g, n, 1);
+  require_float(g, n, 0);
+  require_same_dtype(g, n);
+  n->dtype = x->dtype;
+  n->shape = conv_out(g, n, x, w);
+}
+
+/* The forward input an adjoint op reconstructs: [N, C, in_size] with N from dy. */
+static Shape input_like(const Node *dy, int64_t c, const int64_t *in_size) {
+  Shape r = {0};
+  r.rank = 4;
+  r.d[0] = dy->shape.d[0];
+  r.d[1] = (Dim){c, -1};
+  r.d[2] = (Dim){in_size[0], -1};
+  r.d[3] = (Dim){in_size[1], -1};
+  return r;
+}
+
+static void check_adjoint_output(Graph *g, Node *n, const Shape *fwd_out, const Node *dy) {
+  char s1[96], s2[96];
+  if (!shape_eq(fwd_out, &dy->shape))
+    kiln_fail(n->loc, "%s: dy has shape %s but the forward output would be %s", op_names[n->op],
+              sh(g, &dy->shape, s1), sh(g, fwd_out, s2));
+}
+
+static void rule_conv2d_bwd_data(Graph *g, Node *n) {
+  Node *dy = in_node(g, n, 0), *w = in_node(g, n, 1);
+  require_same_dtype(g, n);
+  require_nchw(g, n, dy, "dy");
+  Node x = {0};
+  x.shape = input_like(dy, w->shape.rank == 4 ? w->shape.d[1].n * n->attr.groups : 0, n->attr.in_size);
+  Shape fwd = conv_out(g, n, &x, w);
+  check_adjoint_output(g, n, &fwd, dy);
+  n->dtype = dy->dtype;
+  n->shape = x.shape;
+}
+
+static void rule_conv2d_bwd_filter(Graph *g, Node *n) {
+  Node *x = in_node(g, n, 0), *dy = in_node(g, n, 1);
+  require_same_dtype(g, n);
+  require_nchw(g, n, x, "an input");
+  require_nchw(g, n, dy, "dy");
+  int64_t groups = n->attr.groups;
+  Node w = {0};
+  w.shape.rank = 4;
+  w.shape.d[0] = (Dim){dy->shape.d[1].n, -1};
+  w.shape.d[1] = (Dim){groups > 0 ? x->shape.d[1].n / groups : 0, -1};
+  w.shape.d[2] = (Dim){n->attr.kernel[0], -1};
+  w.shape.d[3] = (Dim){n->attr.kernel[1], -1};
+  Shape fwd = conv_out(g, n, x, &w);
+  check_adjoint_output(g, n, &fwd, dy);
+  n->dtype = x->dtype;
+  n->shape = w.shape;
+}
+
+static Shape pool_out(Graph *g, Node *n, const Node *x) {
+  require_nchw(g, n, x, "an input");
+  Shape r = x->shape;
+  r.d[2] = (Dim){window_out(g, n, &x->shape, 0), -1};
+  r.d[3] = (Dim){window_out(g, n, &x->shape, 1), -1};
+  return r;
+}
+
+static void rule_pool(Graph *g, Node *n) {
+  Node *x = in_node(g, n, 0);
+  require_float(g, n, 0);
+  /* PyTorch: padding at most half the kernel, so every window sees at least one real element. */
+  for (int a = 0; a < 2; a++)
+    if (2 * n->attr.pad[2 * a] > n->attr.kernel[a] || 2 * n->attr.pad[2 * a + 1] > n->attr.kernel[a])
+      kiln_fail(n->loc, "%s: padding must be at most half the kernel size", op_names[n->op]);
+  n->dtype = x->dtype;
+  n->shape = pool_out(g, n, x);
+}
+
+static void rule_maxpool_grad(Graph *g, Node *n) {
+  Node *x = in_node(g, n, 0), *dy = in_node(g, n, 1);
+  require_same_dtype(g, n);
+  Shape fwd = pool_out(g, n, x);
+  check_adjoint_output(g, n, &fwd, dy);
+  n->dtype = x->dtype;
+  n->shape = x->shape;
+}
+
+static void rule_avgpool_grad(Graph *g, Node *n) {
+  Node *dy = in_node(g, n, 0);
+  require_float(g, n, 0);
+  require_nchw(g, n, dy, "dy");
+  Node x = {0};
+  x.shape = input_like(dy, dy->shape.d[1].n, n->attr.in_size);
+  Shape fwd = pool_out(g, n, &x);
+  check_adjoint_output(g, n, &fwd, dy);
+  n->dtype = dy->dtype;
+  n->shape = x.shape;
+}
+
 static const ShapeRule shape_rules[OP_COUNT] = {
     [OP_INPUT] = rule_leaf,         [OP_PARAM] = rule_leaf,     [OP_STATE] = rule_leaf,
     [OP_CONST] = rule_const,        [OP_ADD] = rule_binary,     [OP_SUB] = rule_binary,
@@ -225,6 +444,13 @@ static const ShapeRule shape_rules[OP_COUNT] = {
     [OP_SUM_TO] = rule_sum_to,      [OP_EXPAND] = rule_expand,  [OP_RESHAPE] = rule_reshape,
     [OP_MATMUL] = rule_matmul,      [OP_CROSS_ENTROPY] = rule_cross_entropy,
     [OP_CROSS_ENTROPY_GRAD] = rule_cross_entropy_grad,
+    [OP_SIGMOID] = rule_unary,      [OP_TANH] = rule_unary,     [OP_LEAKY_RELU] = rule_unary,
+    [OP_LEAKY_RELU_GRAD] = rule_relu_grad, [OP_SOFTMAX] = rule_axis, [OP_LOG_SOFTMAX] = rule_axis,
+    [OP_BCE_LOGITS] = rule_binary,  [OP_DROPOUT] = rule_dropout, [OP_TRANSPOSE] = rule_transpose,
+    [OP_CONCAT] = rule_concat,      [OP_SLICE] = rule_slice,    [OP_CONV2D] = rule_conv2d,
+    [OP_CONV2D_BWD_DATA] = rule_conv2d_bwd_data, [OP_CONV2D_BWD_FILTER] = rule_conv2d_bwd_filter,
+    [OP_MAXPOOL2D] = rule_pool,     [OP_MAXPOOL2D_GRAD] = rule_maxpool_grad,
+    [OP_AVGPOOL2D] = rule_pool,     [OP_AVGPOOL2D_GRAD] = rule_avgpool_grad,
 };
 
 void shape_infer(Graph *g, Node *n) {
@@ -262,6 +488,23 @@ static double flops_xent(const Graph *g, const Node *n, const int64_t *sv) {
   return 4.0 * numel_of(g, n->in[0], sv);
 }
 
+
+/* A convolution's multiply-adds: every output element sums C/groups * kh * kw products. Its two
+ * adjoints do the same work. */
+static double flops_conv(const Graph *g, const Node *n, const int64_t *sv) {
+  const Node *out = n->op == OP_CONV2D ? n : &g->nodes[n->op == OP_CONV2D_BWD_DATA ? n->in[0] : n->in[1]];
+  const Node *x = n->op == OP_CONV2D_BWD_DATA ? n : &g->nodes[n->in[0]];
+  double per = (double)(x->shape.d[1].n / (n->attr.groups ? n->attr.groups : 1)) *
+               (double)(n->attr.kernel[0] * n->attr.kernel[1]);
+  return 2.0 * per * (double)shape_numel(&out->shape, sv);
+}
+
+static double flops_pool(const Graph *g, const Node *n, const int64_t *sv) {
+  const Node *out = n->op == OP_MAXPOOL2D || n->op == OP_AVGPOOL2D ? n
+                    : n->op == OP_MAXPOOL2D_GRAD ? &g->nodes[n->in[1]] : &g->nodes[n->in[0]];
+  return (double)(n->attr.kernel[0] * n->attr.kernel[1]) * (double)shape_numel(&out->shape, sv);
+}
+
 static const FlopRule flop_rules[OP_COUNT] = {
     [OP_INPUT] = flops_none,  [OP_PARAM] = flops_none,   [OP_STATE] = flops_none,
     [OP_CONST] = flops_none,  [OP_ADD] = flops_out,      [OP_SUB] = flops_out,
@@ -272,6 +515,13 @@ static const FlopRule flop_rules[OP_COUNT] = {
     [OP_SUM_TO] = flops_in,   [OP_EXPAND] = flops_none,  [OP_RESHAPE] = flops_none,
     [OP_MATMUL] = flops_matmul, [OP_CROSS_ENTROPY] = flops_xent,
     [OP_CROSS_ENTROPY_GRAD] = flops_xent,
+    [OP_SIGMOID] = flops_out,  [OP_TANH] = flops_out,    [OP_LEAKY_RELU] = flops_out,
+    [OP_LEAKY_RELU_GRAD] = flops_out, [OP_SOFTMAX] = flops_xent, [OP_LOG_SOFTMAX] = flops_xent,
+    [OP_BCE_LOGITS] = flops_out, [OP_DROPOUT] = flops_out, [OP_TRANSPOSE] = flops_none,
+    [OP_CONCAT] = flops_none,  [OP_SLICE] = flops_none,  [OP_CONV2D] = flops_conv,
+    [OP_CONV2D_BWD_DATA] = flops_conv, [OP_CONV2D_BWD_FILTER] = flops_conv,
+    [OP_MAXPOOL2D] = flops_pool, [OP_MAXPOOL2D_GRAD] = flops_pool,
+    [OP_AVGPOOL2D] = flops_pool, [OP_AVGPOOL2D_GRAD] = flops_pool,
 };
 
 double shape_flops(const Graph *g, const Node *n, const int64_t *symvals) {

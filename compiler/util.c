@@ -122,27 +122,35 @@ void buf_free(Buf *b) {
 char *read_file(Pool *p, const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
-  Buf b = {0};
+  char *text = NULL;
+  size_t used = 0, cap = 0, n;
   char chunk[65536];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_printf(&b, "%.*s", (int)n, chunk);
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+    if (used + n + 1 > cap) {
+      cap = (used + n + 1) * 2;
+      char *t = realloc(text, cap);
+      if (!t) {
+        free(text);
+        fclose(f);
+        errno = ENOMEM;
+        return NULL;
+      }
+      text = t;
+    }
+    memcpy(text + used, chunk, n);
+    used += n;
+  }
   int bad = ferror(f);
   fclose(f);
-  if (bad) {
-    buf_free(&b);
-    errno = EIO;
+  /* A NUL byte inside the text would silently cut the model short: refuse such files. */
+  if (bad || (used && memchr(text, 0, used))) {
+    free(text);
+    errno = bad ? EIO : EILSEQ;
     return NULL;
   }
-  /* A NUL inside the file would silently truncate it; treat the text as ending there is wrong,
-   * so report it as unreadable text. */
-  if (b.p && strlen(b.p) != b.len) {
-    buf_free(&b);
-    errno = EILSEQ;
-    return NULL;
-  }
-  char *r = pool_strndup(p, b.p ? b.p : "", b.len);
-  if (len) *len = b.len;
-  buf_free(&b);
+  char *r = pool_strndup(p, text ? text : "", used);
+  if (len) *len = used;
+  free(text);
   return r;
 }
 
@@ -182,6 +190,17 @@ _Noreturn void kiln_vfail(Loc loc, const char *fmt, va_list ap) {
   }
   snprintf(t->msg, sizeof t->msg, "%s", b.p ? b.p : msg);
   buf_free(&b);
+  kiln_trap = t->prev;
+  longjmp(t->jb, 1);
+}
+
+_Noreturn void kiln_rethrow(const Trap *caught) {
+  Trap *t = kiln_trap;
+  if (!t) {
+    fputs(caught->msg, stderr);
+    abort();
+  }
+  if (t != caught) snprintf(t->msg, sizeof t->msg, "%s", caught->msg);
   kiln_trap = t->prev;
   longjmp(t->jb, 1);
 }

@@ -53,7 +53,8 @@ enum {
   KILN_INIT_HE_NORMAL = 7,      /* N(0, 2/fan_in) */
   KILN_INIT_HE_UNIFORM = 8,     /* U(+-sqrt(6/fan_in)) */
   KILN_INIT_TORCH_DEFAULT = 9,  /* PyTorch's Linear/Conv default: U(+-1/sqrt(fan_in)) */
-  KILN_INIT_DATA = 10           /* literal values from the model file, in `data` */
+  KILN_INIT_DATA = 10,          /* literal values from the model file, in `data` */
+  KILN_INIT_SEED = 11           /* a counter derived from the run seed: (seed mod 2^20) * 2^32 */
 };
 
 /* Entry points a tensor belongs to, as a bit set. */
@@ -77,6 +78,19 @@ typedef struct kiln_tensor {
   int source;            /* KILN_SRC_* */
   double scale;          /* images: value = pixel * scale */
 } kiln_tensor;
+
+/* The dropout mask, shared by generated code and the reference runtime so both drop exactly the
+ * same elements: a counter-based generator (splitmix64 finaliser) of the dropout site's salt, the
+ * step counter and the element's flat index, uniform in [0, 1). An element is kept when the value
+ * is >= p. */
+static inline double kiln_dropout_uniform(uint32_t salt, double counter, int64_t index) {
+  uint64_t z = (uint64_t)counter * 0x9E3779B97F4A7C15ull + ((uint64_t)salt << 32) +
+               (uint64_t)index * 0xD1B54A32D192ED03ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
 
 typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch);
 
