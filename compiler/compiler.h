@@ -359,4 +359,9 @@ const kiln_program *aot_load_shared(const char *c_source, void **handle, Buf *er
  * explicitly non-differentiable). */
 bool ad_has_vjp(Op op);
 
+/* ---- codegen requests ---- */
+
+/* Whether cg_c.c has an emitter for op; cg_emit_c fails at the node's line for one without. */
+bool cg_has_emitter(Op op);
+
 #endif

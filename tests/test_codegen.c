@@ -1,0 +1,716 @@
+/*
+ * test_codegen.c — the generated C against the reference interpreter, and the AOT driver.
+ *
+ * Every op is built into a tiny graph, compiled to a shared object (cg_emit_c + aot_load_shared)
+ * and run next to runtime/interp.c in f64 from the same random leaves; every output must agree
+ * within check_tolerance. Each graph runs at the batch it was specialised for (the `_full` code)
+ * and at smaller batches (the `_n` code with a run-time B). Also: a golden test of a 1-op
+ * program's text, the identifier rules (a name that is not an identifier never reaches the C),
+ * label errors, update ordering, and the AOT failure paths (no partial output files).
+ */
+#include <check.h>
+#include <dirent.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "compiler.h"
+#include "interp.h"
+#include "runtime.h"
+
+extern const char kiln_abi_h_text[];
+
+static const Loc L0 = {0};
+static Graph *g;
+
+static void setup(void) {
+  g = ir_new("t");
+  ir_sym(g, "B");
+}
+static void teardown(void) { ir_free(g); }
+
+/* Dims: n, or n*B. */
+static Dim C_(int64_t n) { return (Dim){n, -1}; }
+static Dim B_(int64_t n) { return (Dim){n, 0}; }
+static Shape sh(int rank, Dim a, Dim b, Dim c) {
+  Shape s = {rank, {a, b, c}};
+  return s;
+}
+#define S0() sh(0, C_(1), C_(1), C_(1))
+#define S1(a) sh(1, a, C_(1), C_(1))
+#define S2(a, b) sh(2, a, b, C_(1))
+#define S3(a, b, c) sh(3, a, b, c)
+
+static int input(const char *name, DType dt, Shape s) {
+  return ir_leaf(g, OP_INPUT, ROLE_INPUT, name, dt, s, L0);
+}
+static int param(const char *name, DType dt, Shape s) {
+  return ir_leaf(g, OP_PARAM, ROLE_PARAM, name, dt, s, L0);
+}
+static void out(const char *name, int node) { ir_add_output(g, ENTRY_GRAD, name, node); }
+
+/* ---- the harness ------------------------------------------------------------------------------ */
+
+typedef struct Run {
+  Plan plan;
+  Buf src;
+  void *handle;
+  const kiln_program *prog;
+  unsigned char *arena;
+  RtBackend cbe, rbe;
+  Interp *it;
+  kiln_program rprog;
+} Run;
+
+static void run_open(Run *r, int64_t batch) {
+  memset(r, 0, sizeof *r);
+  Trap t;
+  if (KILN_TRY(&t)) {
+    plan_build(g, batch, &r->plan);
+    cg_emit_c(g, &r->plan, &r->src);
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    ck_abort_msg("compile failed: %s", t.msg);
+  }
+  Buf err = {0};
+  r->prog = aot_load_shared(r->src.p, &r->handle, &err);
+  ck_assert_msg(r->prog != NULL, "aot_load_shared: %s\n--- source ---\n%s", err.p, r->src.p);
+  buf_free(&err);
+  size_t bytes = ((size_t)r->prog->arena_bytes + 63) / 64 * 64;
+  r->arena = aligned_alloc(64, bytes);
+  ck_assert_ptr_nonnull(r->arena);
+  memset(r->arena, 0xA5, bytes); /* garbage: kernels must not rely on a zeroed arena */
+  rt_arena_backend(r->prog, r->arena, &r->cbe);
+  r->it = interp_new(g, r->plan.batch, false);
+  ck_assert_ptr_nonnull(r->it);
+  interp_backend(r->it, &r->plan, &r->rprog, &r->rbe);
+}
+
+static void run_close(Run *r) {
+  rt_arena_backend_free(&r->cbe);
+  free(r->arena);
+  interp_free(r->it);
+  plan_free(&r->plan);
+  buf_free(&r->src);
+  if (r->handle)
+    dlclose(r->handle);
+}
+
+/* Random values for every leaf the driver writes: floats in [lo, hi) rounded to their dtype,
+ * labels in [0, 5). */
+static void randomise(Run *r, uint64_t seed, double lo, double hi) {
+  RtRng rng;
+  rt_rng_seed(&rng, seed);
+  for (int i = 0; i < r->plan.ntensors; i++) {
+    const kiln_tensor *t = &r->plan.tensors[i];
+    if (t->role == KILN_ROLE_OUTPUT)
+      continue;
+    int64_t n = rt_numel(t, r->plan.batch);
+    double *v = malloc((size_t)(n + 1) * sizeof *v);
+    for (int64_t k = 0; k < n; k++) {
+      if (t->dtype == KILN_I32)
+        v[k] = (double)rt_rng_below(&rng, 5);
+      else
+        v[k] = lo + (hi - lo) * rt_rng_uniform(&rng);
+      if (t->dtype == KILN_F32)
+        v[k] = (double)(float)v[k];
+    }
+    r->cbe.write(r->cbe.self, i, v, n);
+    r->rbe.write(r->rbe.self, i, v, n);
+    free(v);
+  }
+}
+
+/* Runs entry on both sides at batch and compares every output the entry writes. */
+static void run_compare(Run *r, int entry, int64_t batch) {
+  char err[RT_ERR_LEN];
+  ck_assert_msg(r->cbe.run(r->cbe.self, entry, batch, err) == 0, "compiled: %s", err);
+  ck_assert_msg(r->rbe.run(r->rbe.self, entry, batch, err) == 0, "reference: %s", err);
+  for (int i = 0; i < r->plan.ntensors; i++) {
+    const kiln_tensor *t = &r->plan.tensors[i];
+    bool written = t->role == KILN_ROLE_OUTPUT ? (t->entries & entry) != 0
+                                               : t->role == KILN_ROLE_PARAM ||
+                                                     t->role == KILN_ROLE_STATE;
+    if (!written)
+      continue;
+    int64_t n = rt_numel(t, batch);
+    double *x = malloc((size_t)(n + 1) * sizeof *x), *y = malloc((size_t)(n + 1) * sizeof *y);
+    r->cbe.read(r->cbe.self, i, x, n);
+    r->rbe.read(r->rbe.self, i, y, n);
+    CheckTol tol = check_tolerance(t->dtype == KILN_F32 ? DT_F32 : DT_F64);
+    double scale = 0;
+    for (int64_t k = 0; k < n; k++)
+      scale = isfinite(y[k]) && fabs(y[k]) > scale ? fabs(y[k]) : scale;
+    for (int64_t k = 0; k < n; k++)
+      ck_assert_msg(x[k] == y[k] || (isnan(x[k]) && isnan(y[k])) ||
+                        fabs(x[k] - y[k]) <= tol.abs + tol.rel * (fabs(y[k]) + scale),
+                    "%s[%lld] at batch %lld: compiled %.9g, reference %.9g\n--- source ---\n%s",
+                    t->name, (long long)k, (long long)batch, x[k], y[k], r->src.p);
+    free(x);
+    free(y);
+  }
+}
+
+/* The whole check of the grad entry: specialised batch, then run-time batches. */
+static void compare_grad(int64_t batch, double lo, double hi) {
+  Run r;
+  run_open(&r, batch);
+  randomise(&r, 42, lo, hi);
+  run_compare(&r, KILN_ENTRY_GRAD, batch);
+  if (batch > 2)
+    run_compare(&r, KILN_ENTRY_GRAD, batch - 1);
+  if (batch > 1)
+    run_compare(&r, KILN_ENTRY_GRAD, 1);
+  run_close(&r);
+}
+
+/* ---- every op --------------------------------------------------------------------------------- */
+
+START_TEST(binary_ops_broadcasting) {
+  static const Op ops[] = {OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_POW};
+  DType dt = _i ? DT_F64 : DT_F32;
+  int a = input("a", dt, S3(B_(1), C_(3), C_(4)));
+  int row = input("row", dt, S1(C_(4)));
+  int col = param("col", dt, S2(C_(3), C_(1)));
+  int mid = input("mid", dt, S3(B_(1), C_(1), C_(4)));
+  int same = input("same", dt, S3(B_(1), C_(3), C_(4)));
+  int k = ir_const(g, 1.25, dt, L0);
+  char name[32];
+  for (size_t i = 0; i < sizeof ops / sizeof *ops; i++) {
+    int ys[] = {ir_binary(g, ops[i], a, row, L0),  ir_binary(g, ops[i], row, a, L0),
+                ir_binary(g, ops[i], mid, col, L0), ir_binary(g, ops[i], a, same, L0),
+                ir_binary(g, ops[i], a, k, L0),    ir_binary(g, ops[i], k, col, L0)};
+    for (size_t j = 0; j < sizeof ys / sizeof *ys; j++) {
+      snprintf(name, sizeof name, "y_%s_%zu", op_names[ops[i]], j);
+      out(name, ys[j]);
+    }
+  }
+  compare_grad(5, 0.5, 1.5);
+}
+END_TEST
+
+START_TEST(unary_ops) {
+  static const Op ops[] = {OP_NEG, OP_EXP, OP_LOG, OP_SQRT, OP_RELU};
+  DType dt = _i ? DT_F64 : DT_F32;
+  int x = input("x", dt, S2(B_(2), C_(7)));
+  int p = param("p", dt, S1(C_(3)));
+  for (size_t i = 0; i < sizeof ops / sizeof *ops; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "y.%s", op_names[ops[i]]);
+    out(name, ir_unary(g, ops[i], x, L0));
+    snprintf(name, sizeof name, "p.%s", op_names[ops[i]]);
+    out(name, ir_unary(g, ops[i], p, L0));
+  }
+  compare_grad(4, 0.1, 2.0);
+}
+END_TEST
+
+START_TEST(relu_and_relu_grad_mixed_signs) {
+  int x = input("x", DT_F32, S2(B_(1), C_(9)));
+  int dy = input("dy", DT_F32, S2(B_(1), C_(9)));
+  out("relu", ir_unary(g, OP_RELU, x, L0));
+  out("relu_grad", ir_binary(g, OP_RELU_GRAD, x, dy, L0));
+  compare_grad(6, -1.0, 1.0);
+}
+END_TEST
+
+START_TEST(reductions) {
+  DType dt = _i ? DT_F64 : DT_F32;
+  int x = input("x", dt, S3(B_(1), C_(3), C_(4)));
+  static const unsigned axes[] = {1, 2, 4, 3, 5, 6, 7};
+  char name[32];
+  for (size_t i = 0; i < sizeof axes / sizeof *axes; i++)
+    for (int keep = 0; keep < 2; keep++) {
+      snprintf(name, sizeof name, "sum%u_%d", axes[i], keep);
+      out(name, ir_reduce(g, OP_SUM, x, axes[i], keep, L0));
+      snprintf(name, sizeof name, "mean%u_%d", axes[i], keep);
+      out(name, ir_reduce(g, OP_MEAN, x, axes[i], keep, L0));
+    }
+  /* NUMEL's value depends on the run-time batch: the input's only purpose is its shape. */
+  out("numel_b", ir_reduce(g, OP_NUMEL, x, 1u, false, L0));
+  out("numel_c", ir_reduce(g, OP_NUMEL, x, 6u, false, L0));
+  compare_grad(5, -1.0, 1.0);
+}
+END_TEST
+
+START_TEST(sum_to_and_expand) {
+  DType dt = _i ? DT_F64 : DT_F32;
+  int x = input("x", dt, S3(B_(1), C_(3), C_(4)));
+  int like_col = param("like_col", dt, S2(C_(3), C_(1)));
+  int like_row = param("like_row", dt, S1(C_(4)));
+  int like_s = param("like_s", dt, S0());
+  int like_b = input("like_b", dt, S3(B_(1), C_(1), C_(4)));
+  int sum_to[] = {like_col, like_row, like_s, like_b};
+  char name[32];
+  for (size_t i = 0; i < 4; i++) {
+    snprintf(name, sizeof name, "sum_to%zu", i);
+    out(name, ir_node(g, OP_SUM_TO, 2, (int[]){x, sum_to[i]}, NULL, L0));
+    snprintf(name, sizeof name, "expand%zu", i);
+    out(name, ir_node(g, OP_EXPAND, 2, (int[]){sum_to[i], x}, NULL, L0));
+  }
+  compare_grad(4, -1.0, 1.0);
+}
+END_TEST
+
+START_TEST(reshape_copies_in_order) {
+  int x = input("x", DT_F32, S2(B_(1), C_(12)));
+  int r = ir_reshape(g, x, S3(B_(1), C_(3), C_(4)), L0);
+  out("r", r);
+  out("r2", ir_reshape(g, ir_unary(g, OP_EXP, r, L0), S2(B_(3), C_(4)), L0));
+  compare_grad(3, -1.0, 1.0);
+}
+END_TEST
+
+START_TEST(matmul_all_transposes) {
+  DType dt = _i ? DT_F64 : DT_F32;
+  /* B in M, in K and in N; every transpose combination. */
+  int xb = input("xb", dt, S2(B_(1), C_(7)));     /* [B, 7] */
+  int xbt = input("xbt", dt, S2(C_(7), B_(1)));   /* [7, B] */
+  int w = param("w", dt, S2(C_(7), C_(5)));       /* [7, 5] */
+  int wt = param("wt", dt, S2(C_(5), C_(7)));     /* [5, 7] */
+  int yb = input("yb", dt, S2(B_(1), C_(5)));     /* [B, 5] */
+  out("m00", ir_matmul(g, xb, w, false, false, L0));   /* [B,5] */
+  out("m01", ir_matmul(g, xb, wt, false, true, L0));   /* [B,5] */
+  out("m10", ir_matmul(g, xbt, w, true, false, L0));   /* [B,5] */
+  out("m11", ir_matmul(g, xbt, wt, true, true, L0));   /* [B,5] */
+  out("k_b", ir_matmul(g, xb, yb, true, false, L0));   /* [7,5], K = B */
+  out("k_bt", ir_matmul(g, yb, xbt, true, true, L0));  /* [5,7], K = B */
+  out("n_b", ir_matmul(g, w, xbt, true, false, L0));   /* [5,B] */
+  compare_grad(6, -1.0, 1.0);
+}
+END_TEST
+
+START_TEST(cross_entropy_and_grad) {
+  DType dt = _i ? DT_F64 : DT_F32;
+  int z = input("z", dt, S2(B_(1), C_(5)));
+  int lab = input("label", DT_I32, S1(B_(1)));
+  int dy = param("dy", dt, S0());
+  int big = ir_binary(g, OP_MUL, z, ir_const(g, 300.0, dt, L0), L0); /* exp would overflow */
+  out("loss", ir_node(g, OP_CROSS_ENTROPY, 2, (int[]){z, lab}, NULL, L0));
+  out("loss_big", ir_node(g, OP_CROSS_ENTROPY, 2, (int[]){big, lab}, NULL, L0));
+  out("dz", ir_node(g, OP_CROSS_ENTROPY_GRAD, 3, (int[]){z, lab, dy}, NULL, L0));
+  out("dz_big", ir_node(g, OP_CROSS_ENTROPY_GRAD, 3, (int[]){big, lab, dy}, NULL, L0));
+  compare_grad(7, -2.0, 2.0);
+}
+END_TEST
+
+/* Literal data and scalar constants are printed into the code, never stored in the arena. */
+START_TEST(literal_constants) {
+  int x = input("x", DT_F64, S2(B_(1), C_(3)));
+  double v[3] = {0.1, -2.5, 1e300};
+  int c = ir_leaf(g, OP_CONST, ROLE_NONE, "table", DT_F64, S1(C_(3)), L0);
+  ir_at(g, c)->data = ir_literal(g, v, 3);
+  out("y", ir_binary(g, OP_MUL, x, c, L0));
+  out("z", ir_binary(g, OP_ADD, ir_const(g, INFINITY, DT_F64, L0), x, L0));
+  compare_grad(3, -1.0, 1.0);
+}
+END_TEST
+
+/* A small model through train_build: grad, several train steps (updates), eval, all batches. */
+START_TEST(train_entries_match) {
+  int x = input("image", DT_F32, S2(B_(1), C_(6)));
+  int lab = input("label", DT_I32, S1(B_(1)));
+  int w = param("fc.weight", DT_F32, S2(C_(5), C_(6)));
+  int b = param("fc.bias", DT_F32, S1(C_(5)));
+  int h = ir_binary(g, OP_ADD, ir_matmul(g, x, w, false, true, L0), b, L0);
+  int loss = ir_node(g, OP_CROSS_ENTROPY, 2, (int[]){ir_unary(g, OP_RELU, h, L0), lab}, NULL, L0);
+  g->loss_train = g->loss_eval = loss;
+  g->output_eval = h;
+  g->train.optimizer = _i ? OPT_ADAM : OPT_SGD;
+  g->train.lr = 0.05;
+  g->train.momentum = 0.9;
+  g->train.beta1 = 0.9;
+  g->train.beta2 = 0.999;
+  g->train.eps = 1e-8;
+  g->train.weight_decay = 0.01;
+  train_build(g);
+  Run r;
+  run_open(&r, 8);
+  randomise(&r, 7, -1.0, 1.0);
+  /* Optimizer state and the hyper-parameter from their initialisers, as a trainer would. */
+  for (int i = 0; i < r.plan.ntensors; i++) {
+    const kiln_tensor *t = &r.plan.tensors[i];
+    if (t->role != KILN_ROLE_OPT && t->role != KILN_ROLE_HYPER)
+      continue;
+    double v[64];
+    int64_t n = rt_numel(t, 8);
+    ck_assert_int_le(n, 64);
+    rt_init_tensor(t, 1, v, n);
+    r.cbe.write(r.cbe.self, i, v, n);
+    r.rbe.write(r.rbe.self, i, v, n);
+  }
+  run_compare(&r, KILN_ENTRY_GRAD, 8);
+  for (int step = 0; step < 3; step++)
+    run_compare(&r, KILN_ENTRY_TRAIN, 8);
+  run_compare(&r, KILN_ENTRY_TRAIN, 3); /* a final partial batch */
+  run_compare(&r, KILN_ENTRY_EVAL, 8);
+  run_compare(&r, KILN_ENTRY_EVAL, 5);
+  run_close(&r);
+}
+END_TEST
+
+/* An update chain a <- b, b <- c must copy b before overwriting it. */
+START_TEST(update_chain_order) {
+  int a = param("a", DT_F32, S1(C_(4)));
+  int b = param("b", DT_F32, S1(C_(4)));
+  int c = param("c", DT_F32, S1(C_(4)));
+  int y = ir_binary(g, OP_ADD, a, c, L0);
+  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, y, 1, false, L0));
+  ir_add_update(g, ENTRY_TRAIN, b, y);
+  ir_add_update(g, ENTRY_TRAIN, a, b);
+  Run r;
+  run_open(&r, 1);
+  randomise(&r, 3, -1.0, 1.0);
+  run_compare(&r, KILN_ENTRY_TRAIN, 1);
+  run_compare(&r, KILN_ENTRY_TRAIN, 1);
+  run_close(&r);
+}
+END_TEST
+
+START_TEST(update_cycle_is_an_error) {
+  int a = param("a", DT_F32, S1(C_(4)));
+  int b = param("b", DT_F32, S1(C_(4)));
+  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, a, 1, false, L0));
+  ir_add_update(g, ENTRY_TRAIN, a, b);
+  ir_add_update(g, ENTRY_TRAIN, b, a);
+  Plan p;
+  Buf src = {0};
+  Trap t;
+  bool failed = false;
+  if (KILN_TRY(&t)) {
+    plan_build(g, 1, &p);
+    cg_emit_c(g, &p, &src);
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    failed = true;
+    ck_assert_msg(strstr(t.msg, "cycle") != NULL, "%s", t.msg);
+  }
+  ck_assert(failed);
+  plan_free(&p);
+  buf_free(&src);
+}
+END_TEST
+
+/* A label outside [0, C) must not be used as an index: the loss becomes NaN, nothing crashes. */
+START_TEST(bad_labels_give_nan) {
+  int z = input("z", DT_F32, S2(B_(1), C_(5)));
+  int lab = input("label", DT_I32, S1(B_(1)));
+  int dy = param("dy", DT_F32, S0());
+  out("loss", ir_node(g, OP_CROSS_ENTROPY, 2, (int[]){z, lab}, NULL, L0));
+  out("dz", ir_node(g, OP_CROSS_ENTROPY_GRAD, 3, (int[]){z, lab, dy}, NULL, L0));
+  Run r;
+  run_open(&r, 3);
+  randomise(&r, 1, -1.0, 1.0);
+  double labels[3] = {1, 1000000, -7};
+  int li = rt_find_tensor(r.prog, "label");
+  r.cbe.write(r.cbe.self, li, labels, 3);
+  char err[RT_ERR_LEN];
+  ck_assert_int_eq(r.cbe.run(r.cbe.self, KILN_ENTRY_GRAD, 3, err), 0);
+  double loss, dz[15];
+  r.cbe.read(r.cbe.self, rt_find_tensor(r.prog, "loss"), &loss, 1);
+  r.cbe.read(r.cbe.self, rt_find_tensor(r.prog, "dz"), dz, 15);
+  ck_assert(isnan(loss));
+  ck_assert(!isnan(dz[0]) && isnan(dz[5]) && isnan(dz[14]));
+  run_close(&r);
+}
+END_TEST
+
+/* ---- text ------------------------------------------------------------------------------------- */
+
+/* The program for y = relu(x), x: f32[B, 4], batch 8, after the embedded ABI header. */
+static const char golden_relu[] =
+    "\n"
+    "\n"
+    "/* %1 = relu(%0)  f32 [B, 4]  h */\n"
+    "static void k1_relu_full(float *restrict y, const float *restrict a) {\n"
+    "  for (int64_t i0 = 0; i0 < 32; i0++) {\n"
+    "    y[i0] = a[i0] > 0 ? a[i0] : (float)0;\n"
+    "  }\n"
+    "}\n"
+    "\n"
+    "/* %1 = relu(%0)  f32 [B, 4]  h */\n"
+    "static void k1_relu_n(float *restrict y, const float *restrict a, int64_t B) {\n"
+    "  (void)B;\n"
+    "  for (int64_t i0 = 0; i0 < (4*B); i0++) {\n"
+    "    y[i0] = a[i0] > 0 ? a[i0] : (float)0;\n"
+    "  }\n"
+    "}\n"
+    "\n"
+    "static void train_full(unsigned char *arena) {\n"
+    "}\n"
+    "\n"
+    "static void eval_full(unsigned char *arena) {\n"
+    "  k1_relu_full((float *)(arena + 128), (const float *)(arena + 0));\n"
+    "}\n"
+    "\n"
+    "static void grad_full(unsigned char *arena) {\n"
+    "}\n"
+    "\n"
+    "static void train_n(unsigned char *arena, int64_t B) {\n"
+    "  (void)B;\n"
+    "}\n"
+    "\n"
+    "static void eval_n(unsigned char *arena, int64_t B) {\n"
+    "  (void)B;\n"
+    "  k1_relu_n((float *)(arena + 128), (const float *)(arena + 0), B);\n"
+    "}\n"
+    "\n"
+    "static void grad_n(unsigned char *arena, int64_t B) {\n"
+    "  (void)B;\n"
+    "}\n"
+    "\n"
+    "static void kiln_train(unsigned char *arena, int64_t batch) {\n"
+    "  if (batch == 8)\n"
+    "    train_full(arena);\n"
+    "  else if (batch >= 1 && batch < 8)\n"
+    "    train_n(arena, batch);\n"
+    "}\n"
+    "\n"
+    "static void kiln_eval(unsigned char *arena, int64_t batch) {\n"
+    "  if (batch == 8)\n"
+    "    eval_full(arena);\n"
+    "  else if (batch >= 1 && batch < 8)\n"
+    "    eval_n(arena, batch);\n"
+    "}\n"
+    "\n"
+    "static void kiln_grad(unsigned char *arena, int64_t batch) {\n"
+    "  if (batch == 8)\n"
+    "    grad_full(arena);\n"
+    "  else if (batch >= 1 && batch < 8)\n"
+    "    grad_n(arena, batch);\n"
+    "}\n"
+    "\n"
+    "static const kiln_tensor kiln_tensors[2] = {\n"
+    "  {.name = \"x\", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 2, .dims = {8, 4},\n"
+    "   .batch_axis = 0, .offset = 0, .entries = 2, .init = 0,\n"
+    "   .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,\n"
+    "   .data = NULL, .source = 0, .scale = 0},\n"
+    "  {.name = \"eval.output\", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, .dims = "
+    "{8, 4},\n"
+    "   .batch_axis = 0, .offset = 128, .entries = 2, .init = 0,\n"
+    "   .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,\n"
+    "   .data = NULL, .source = 0, .scale = 0},\n"
+    "};\n"
+    "\n"
+    "const kiln_program kiln_program_desc = {\n"
+    "  .abi_version = KILN_ABI_VERSION,\n"
+    "  .model = \"t\",\n"
+    "  .batch = 8,\n"
+    "  .arena_bytes = 256,\n"
+    "  .ntensors = 2,\n"
+    "  .tensors = kiln_tensors,\n"
+    "  .train = kiln_train,\n"
+    "  .eval = kiln_eval,\n"
+    "  .grad = kiln_grad,\n"
+    "  .epochs = 1,\n"
+    "  .steps = 0,\n"
+    "  .seed = UINT64_C(1),\n"
+    "};\n";
+
+START_TEST(golden_one_op_program) {
+  int x = input("x", DT_F32, S2(B_(1), C_(4)));
+  int y = ir_unary(g, OP_RELU, x, L0);
+  ir_at(g, y)->name = "h";
+  ir_add_output(g, ENTRY_EVAL, "eval.output", y);
+  Plan p;
+  Buf src = {0};
+  plan_build(g, 8, &p);
+  cg_emit_c(g, &p, &src);
+  const char *head = "/* Generated by kiln from model t: the training step, batch 8, arena 256 "
+                     "bytes. */\n#include <math.h>\n#include <stdint.h>\n#include <string.h>\n\n";
+  ck_assert_msg(!strncmp(src.p, head, strlen(head)), "header:\n%s", src.p);
+  const char *abi = src.p + strlen(head);
+  ck_assert_msg(!strncmp(abi, kiln_abi_h_text, strlen(kiln_abi_h_text)), "ABI text not verbatim");
+  const char *rest = abi + strlen(kiln_abi_h_text);
+  ck_assert_msg(!strcmp(rest, golden_relu), "emitted program differs from the golden text:\n%s",
+                rest);
+  plan_free(&p);
+  buf_free(&src);
+}
+END_TEST
+
+/* A tensor name that is not an identifier fails the compile and never reaches the C; a bad
+ * variable name is left out of comments; the model name is sanitised. */
+START_TEST(identifiers_are_validated) {
+  int x = input("x", DT_F32, S2(B_(1), C_(4)));
+  int y = ir_unary(g, OP_RELU, x, L0);
+  ir_at(g, y)->name = "h */ evil(); /*";
+  ir_add_output(g, ENTRY_EVAL, "eval.output", y);
+  g->name = "my model\"; evil(); \"";
+  Plan p;
+  Buf src = {0};
+  plan_build(g, 2, &p);
+  cg_emit_c(g, &p, &src);
+  /* The letters survive, the syntax does not. */
+  ck_assert_ptr_null(strstr(src.p, "evil()"));
+  ck_assert_ptr_null(strstr(src.p, "*/ evil"));
+  ck_assert_ptr_nonnull(strstr(src.p, ".model = \"my_model___evil_____\","));
+  buf_free(&src);
+  plan_free(&p);
+
+  /* Leaves are checked when created (ir.c); a name changed afterwards is caught again here. */
+  ir_at(g, x)->name = "x\\\"); system(\"rm";
+  plan_build(g, 2, &p);
+  Trap t;
+  bool failed = false;
+  if (KILN_TRY(&t)) {
+    cg_emit_c(g, &p, &src);
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    failed = true;
+    ck_assert_msg(strstr(t.msg, "not a valid identifier") != NULL, "%s", t.msg);
+  }
+  ck_assert(failed);
+  ck_assert(src.p == NULL || strstr(src.p, "system") == NULL);
+  buf_free(&src);
+  plan_free(&p);
+}
+END_TEST
+
+/* ---- aot -------------------------------------------------------------------------------------- */
+
+static int count_entries(const char *dir) {
+  DIR *d = opendir(dir);
+  ck_assert_ptr_nonnull(d);
+  int n = 0;
+  for (struct dirent *e; (e = readdir(d));)
+    n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+  closedir(d);
+  return n;
+}
+
+static void tiny_program(Buf *src) {
+  int x = input("x", DT_F32, S2(B_(1), C_(4)));
+  int lab = input("label", DT_I32, S1(B_(1)));
+  int w = param("w", DT_F32, S2(C_(4), C_(3)));
+  int loss = ir_node(g, OP_CROSS_ENTROPY, 2, (int[]){ir_matmul(g, x, w, false, false, L0), lab},
+                     NULL, L0);
+  g->loss_train = g->loss_eval = loss;
+  g->output_eval = -1;
+  g->train.optimizer = OPT_SGD;
+  g->train.lr = 0.1;
+  train_build(g);
+  Plan p;
+  plan_build(g, 4, &p);
+  cg_emit_c(g, &p, src);
+  plan_free(&p);
+}
+
+START_TEST(aot_bad_cc_leaves_nothing) {
+  Buf src = {0}, err = {0};
+  tiny_program(&src);
+  char dir[] = "/tmp/kiln-test-aot-XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  char outp[256];
+  snprintf(outp, sizeof outp, "%s/my trainer", dir);
+  const char *old = getenv("CC");
+  char *saved = old ? strdup(old) : NULL;
+
+  setenv("CC", "/nonexistent/kiln-no-such-cc", 1);
+  ck_assert_int_eq(aot_build_trainer(src.p, outp, &err), -1);
+  ck_assert_msg(err.p && strstr(err.p, "kiln-no-such-cc"), "%s", err.p);
+  ck_assert_int_eq(count_entries(dir), 0);
+  void *h = NULL;
+  buf_free(&err);
+  ck_assert_ptr_null(aot_load_shared(src.p, &h, &err));
+  ck_assert_ptr_null(h);
+
+  /* A compiler that runs and fails. */
+  setenv("CC", "false", 1);
+  buf_free(&err);
+  ck_assert_int_eq(aot_build_trainer(src.p, outp, &err), -1);
+  ck_assert_int_eq(count_entries(dir), 0);
+
+  if (saved) {
+    setenv("CC", saved, 1);
+    free(saved);
+  } else {
+    unsetenv("CC");
+  }
+  /* Broken C: the compiler's message comes back. */
+  buf_free(&err);
+  ck_assert_int_eq(aot_build_trainer("this is not C;\n", outp, &err), -1);
+  ck_assert_msg(err.p && strstr(err.p, "error"), "%s", err.p);
+  ck_assert_int_eq(count_entries(dir), 0);
+  rmdir(dir);
+  buf_free(&src);
+  buf_free(&err);
+}
+END_TEST
+
+/* A real trainer: builds next to a path with a space, and runs (--help needs no data). */
+START_TEST(aot_builds_a_trainer) {
+  Buf src = {0}, err = {0};
+  tiny_program(&src);
+  char dir[] = "/tmp/kiln-test-aot-XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  char outp[256];
+  snprintf(outp, sizeof outp, "%s/my trainer", dir);
+  ck_assert_msg(aot_build_trainer(src.p, outp, &err) == 0, "%s", err.p);
+  ck_assert_int_eq(count_entries(dir), 1);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    if (!freopen("/dev/null", "w", stdout))
+      _exit(126);
+    execl(outp, outp, "--help", (char *)NULL);
+    _exit(127);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  unlink(outp);
+  rmdir(dir);
+  buf_free(&src);
+  buf_free(&err);
+}
+END_TEST
+
+static Suite *suite(void) {
+  Suite *s = suite_create("codegen");
+  TCase *tc = tcase_create("ops");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 300);
+  tcase_add_loop_test(tc, binary_ops_broadcasting, 0, 2);
+  tcase_add_loop_test(tc, unary_ops, 0, 2);
+  tcase_add_test(tc, relu_and_relu_grad_mixed_signs);
+  tcase_add_loop_test(tc, reductions, 0, 2);
+  tcase_add_loop_test(tc, sum_to_and_expand, 0, 2);
+  tcase_add_test(tc, reshape_copies_in_order);
+  tcase_add_loop_test(tc, matmul_all_transposes, 0, 2);
+  tcase_add_loop_test(tc, cross_entropy_and_grad, 0, 2);
+  tcase_add_test(tc, literal_constants);
+  tcase_add_loop_test(tc, train_entries_match, 0, 2);
+  tcase_add_test(tc, update_chain_order);
+  tcase_add_test(tc, update_cycle_is_an_error);
+  tcase_add_test(tc, bad_labels_give_nan);
+  suite_add_tcase(s, tc);
+  TCase *tt = tcase_create("text");
+  tcase_add_checked_fixture(tt, setup, teardown);
+  tcase_add_test(tt, golden_one_op_program);
+  tcase_add_test(tt, identifiers_are_validated);
+  suite_add_tcase(s, tt);
+  TCase *ta = tcase_create("aot");
+  tcase_add_checked_fixture(ta, setup, teardown);
+  tcase_set_timeout(ta, 300);
+  tcase_add_test(ta, aot_bad_cc_leaves_nothing);
+  tcase_add_test(ta, aot_builds_a_trainer);
+  suite_add_tcase(s, ta);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
