@@ -275,7 +275,7 @@ static void nest_close(Cg *cg, int depth) {
 typedef void (*CgEmit)(Cg *cg, const Node *n);
 
 /* The C spelling of each elementwise op, tinygrad-renderer style: $a, $b are the operands, $f
- * the math.h suffix of the result type, $t its C type. */
+ * the math.h suffix of the result type, $t its C type, $v the node's attr.value in that type. */
 static const char *const op_c[OP_COUNT] = {
     [OP_ADD] = "$a + $b",
     [OP_SUB] = "$a - $b",
@@ -289,10 +289,15 @@ static const char *const op_c[OP_COUNT] = {
     [OP_SQRT] = "sqrt$f($a)",
     [OP_RELU] = "$a > 0 ? $a : ($t)0",
     [OP_EXPAND] = "$a",
+    [OP_SIGMOID] = "($t)1 / (($t)1 + exp$f(-$a))",
+    [OP_TANH] = "tanh$f($a)",
+    [OP_LEAKY_RELU] = "$a > 0 ? $a : $v * $a",
+    [OP_LEAKY_RELU_GRAD] = "$a > 0 ? $b : $v * $b",
+    [OP_BCE_LOGITS] = "($a > 0 ? $a : ($t)0) - $a * $b + log1p$f(exp$f(-fabs$f($a)))",
 };
 
 static const char *expand_template(Cg *cg, const char *tpl, const char *a, const char *b,
-                                   DType t) {
+                                   DType t, double v) {
   Buf o = {0};
   for (const char *p = tpl; *p; p++) {
     if (*p != '$' || !p[1]) {
@@ -308,6 +313,8 @@ static const char *expand_template(Cg *cg, const char *tpl, const char *a, const
       buf_puts(&o, mathsfx(t));
     else if (*p == 't')
       buf_puts(&o, ctype(t));
+    else if (*p == 'v')
+      buf_puts(&o, scalar_c(cg, v, t));
     else
       unreachable();
   }
@@ -334,8 +341,27 @@ static void emit_map(Cg *cg, const Node *n) {
   }
   int depth = nest_open(cg, n->shape.rank, dims, nread + 1, ops);
   const char *e = expand_template(cg, op_c[n->op], ops[1].elem, nread > 1 ? ops[2].elem : NULL,
-                                  n->dtype);
+                                  n->dtype, n->attr.value);
   line(cg, "%s = %s;", ops[0].elem, e);
+  nest_close(cg, depth);
+}
+
+/* TRANSPOSE: out axis i is input axis perm[i]; one strided nest over the output. */
+static void emit_transpose(Cg *cg, const Node *n) {
+  const Shape *xs = &ir_at(cg->g, n->in[0])->shape;
+  Sz dims[IR_MAX_RANK];
+  Opnd ops[2];
+  memset(ops, 0, sizeof ops);
+  ops[0].k = -1;
+  broadcast_strides(cg, &n->shape, &n->shape, ops[0].stride);
+  ops[1].n = n;
+  ops[1].k = 0;
+  for (int i = 0; i < n->shape.rank; i++) {
+    dims[i] = sz_dim(cg, n->shape.d[i]);
+    ops[1].stride[i] = stride_of(cg, xs, n->attr.perm[i]);
+  }
+  int depth = nest_open(cg, n->shape.rank, dims, 2, ops);
+  line(cg, "%s = %s;", ops[0].elem, ops[1].elem);
   nest_close(cg, depth);
 }
 
@@ -534,6 +560,14 @@ static const CgEmit emitters[OP_COUNT] = {
     [OP_MATMUL] = emit_matmul,
     [OP_CROSS_ENTROPY] = emit_cross_entropy,
     [OP_CROSS_ENTROPY_GRAD] = emit_cross_entropy_grad,
+    [OP_SIGMOID] = emit_map,
+    [OP_TANH] = emit_map,
+    [OP_LEAKY_RELU] = emit_map,
+    [OP_LEAKY_RELU_GRAD] = emit_map,
+    [OP_BCE_LOGITS] = emit_map,
+    [OP_TRANSPOSE] = emit_transpose,
+    /* Still to come (issue 3): DROPOUT, SOFTMAX, LOG_SOFTMAX, CONCAT, SLICE, CONV2D and its
+     * adjoints, the pools and theirs. cg_emit_c names the op at the model line meanwhile. */
 };
 
 bool cg_has_emitter(Op op) { return op >= 0 && op < OP_COUNT && emitters[op] != NULL; }
