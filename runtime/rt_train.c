@@ -626,7 +626,7 @@ static int train_literal(Run *r) {
   }
   if (o->save_path && rt_save_checkpoint(r->be, o->save_path, r->err))
     return -1;
-  printf("final steps=%lld loss=%.6f\n", (long long)steps, loss);
+  printf("final steps=%lld loss=%.6g\n", (long long)steps, loss);
   fflush(stdout);
   return 0;
 }

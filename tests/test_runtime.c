@@ -1473,7 +1473,7 @@ START_TEST(train_literal_model) {
   ck_assert_str_eq(err, "");
   ck_assert_str_eq(out, "w = 0.125000 0.250000\n"
                         "output = 0.125000 0.250000 0.375000\n"
-                        "final steps=3 loss=0.375000\n");
+                        "final steps=3 loss=0.375\n");
   ck_assert_int_eq(l.trains, 3);
   ck_assert_int_eq(l.evals, 1);
   ck_assert_int_eq(l.bad, 0);
@@ -1486,14 +1486,14 @@ START_TEST(train_literal_model) {
   c.o.save_path = NULL;
   ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
   ck_assert_str_eq(out, "w = 0.500000 1.000000\noutput = 0.500000 1.000000 1.500000\n"
-                        "final steps=1 loss=1.500000\n");
+                        "final steps=1 loss=1.5\n");
   free(out), free(err);
   memset(&l, 0, sizeof l);
   c.o.epochs = 0;
   p.steps = 0;
   p.epochs = 2;
   ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
-  ck_assert_ptr_nonnull(strstr(out, "final steps=2 loss=0.750000\n"));
+  ck_assert_ptr_nonnull(strstr(out, "final steps=2 loss=0.75\n"));
   free(out), free(err);
   /* With --data given anyway, nothing changes: the model reads no files. */
 }
