@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "crosscheck.h"
 #include "compiler.h"
 #include "frontend.h"
 #include "interp.h"
@@ -345,6 +345,7 @@ static int train_compiled(Graph *g, const Args *a, RtOptions *o) {
       RtBackend be;
       rt_arena_backend(prog, arena, &be);
       rc = rt_train(&be, o);
+      rt_arena_backend_free(&be);
       free(arena);
     }
   }

@@ -18,7 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "check.h"
+#include "crosscheck.h"
 #include "compiler.h"
 #include "interp.h"
 #include "runtime.h"

@@ -1,5 +1,5 @@
 /*
- * check.c — `kiln check` and `kiln grad`: the generated code held against the reference runtime.
+ * crosscheck.c — `kiln check` and `kiln grad`: the generated code held against the reference runtime.
  *
  * check_model compiles the model's C into a shared object and runs it side by side with the
  * reference interpreter in f64 (the exact meaning of the graph), both behind the RtBackend
@@ -27,7 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "check.h"
+#include "crosscheck.h"
 #include "interp.h"
 #include "runtime.h"
 

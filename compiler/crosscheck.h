@@ -1,21 +1,12 @@
 /*
- * check.h — `kiln check` and `kiln grad`: the generated code against the reference runtime.
+ * crosscheck.h — `kiln check` and `kiln grad`: the generated code against the reference runtime.
  *
  * Both compile the model's C (cg_c.c) into a shared object (aot.c) and drive it through the
  * same RtBackend interface as the reference interpreter (runtime/interp.h), so a disagreement
  * is between the two meanings of the same graph, not between two drivers.
  */
-#ifndef KILN_CHECK_H
-#define KILN_CHECK_H
-
-/* This file shares its name with the Check unit-test framework's <check.h>, and compiler/ is on
- * the include path of every test: a test asking for <check.h> lands here, so pass the request
- * on to the framework's header (GNU #include_next; gcc and clang). */
-#if defined(__has_include_next)
-#if __has_include_next(<check.h>)
-#include_next <check.h>
-#endif
-#endif
+#ifndef KILN_CROSSCHECK_H
+#define KILN_CROSSCHECK_H
 
 #include <stdbool.h>
 #include <stdint.h>

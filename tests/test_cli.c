@@ -1,0 +1,315 @@
+/*
+ * test_cli.c — the kiln executable end to end, as a user runs it.
+ *
+ * Each test runs the built `kiln` (and the trainers it builds) as a child process and asserts on
+ * exact output, exit codes and files: shapes and parameter counts, the seed's worked example,
+ * a trainer trained on a slice of Fashion-MNIST whose loss must fall, checkpoints and gradients
+ * that agree between the compiled and the reference runtime, and errors that leave no output.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "runtime.h"
+
+#define KILN KILN_BINARY_DIR "/kiln"
+#define EX KILN_SOURCE_DIR "/examples/"
+#define DATA "/usr/share/datasets/fashion-mnist"
+
+static char tmpdir[256];
+
+static void make_tmpdir(void) {
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/kiln_cli_XXXXXX");
+  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+}
+
+static void remove_tmpdir(void) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+  ck_assert_int_eq(system(cmd), 0);
+}
+
+/* Runs a shell command line, capturing stdout and stderr; returns the exit status. */
+static int run(const char *cmdline, char **out, char **err) {
+  char cmd[4096], outp[300], errp[300];
+  snprintf(outp, sizeof outp, "%s/stdout", tmpdir);
+  snprintf(errp, sizeof errp, "%s/stderr", tmpdir);
+  snprintf(cmd, sizeof cmd, "%s >'%s' 2>'%s'", cmdline, outp, errp);
+  int st = system(cmd);
+  ck_assert(WIFEXITED(st));
+  const char *paths[2] = {outp, errp};
+  char **dst[2] = {out, err};
+  for (int i = 0; i < 2; i++) {
+    if (!dst[i]) continue;
+    FILE *f = fopen(paths[i], "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *dst[i] = calloc((size_t)n + 1, 1);
+    ck_assert_int_eq(fread(*dst[i], 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+  }
+  return WEXITSTATUS(st);
+}
+
+static bool exists(const char *path) {
+  struct stat st;
+  return stat(path, &st) == 0;
+}
+
+START_TEST(shapes_of_the_mlp) {
+  char *out, *err;
+  ck_assert_int_eq(run(KILN " shapes " EX "mlp.kiln", &out, &err), 0);
+  ck_assert_ptr_nonnull(strstr(out, "  fc1.weight               f32[256, 784]            200,704\n"));
+  ck_assert_ptr_nonnull(strstr(out, "  fc2.bias                 f32[10]                       10\n"));
+  ck_assert_ptr_nonnull(strstr(out, "total parameters: 203,530\n"));
+  ck_assert_ptr_nonnull(strstr(out, "logits             add            f32[B, 10]\n"));
+  /* fc1: 2*784*256 + 256 bias adds + 256 relu; fc2: 2*256*10 + 10; loss 4*10/example. */
+  ck_assert_ptr_nonnull(strstr(out, "forward FLOPs per example: 4.071e+05"));
+  ck_assert_str_eq(err, "");
+  free(out);
+  free(err);
+}
+END_TEST
+
+START_TEST(graph_is_dot) {
+  char *out;
+  ck_assert_int_eq(run(KILN " graph " EX "mlp.kiln", &out, NULL), 0);
+  ck_assert_ptr_nonnull(strstr(out, "digraph \"mlp\" {"));
+  ck_assert_ptr_nonnull(strstr(out, "fc1.weight\\nparam\\nf32 [256, 784]"));
+  ck_assert_ptr_null(strstr(out, "update"));
+  free(out);
+  ck_assert_int_eq(run(KILN " graph " EX "mlp.kiln --train", &out, NULL), 0);
+  ck_assert_ptr_nonnull(strstr(out, "label=\"update\""));
+  ck_assert_ptr_nonnull(strstr(out, "fc1.weight.exp_avg"));
+  free(out);
+}
+END_TEST
+
+/* Seed 001 §1.2.1, computed in float64: the values the issue fixes. */
+START_TEST(linear_toy_reference) {
+  char *out;
+  ck_assert_int_eq(run(KILN " train " EX "linear_toy.kiln --runtime reference", &out, NULL), 0);
+  ck_assert_str_eq(out,
+                   "w = 0.370367 1.296285\n"
+                   "b = 1.185184\n"
+                   "output = 10.999913\n"
+                   "final steps=15 loss=1.8038e-08\n");  /* the loss the 15th step saw */
+  free(out);
+  /* The compiled runtime takes the same fifteen steps. */
+  ck_assert_int_eq(run(KILN " train " EX "linear_toy.kiln --runtime compiled", &out, NULL), 0);
+  ck_assert_ptr_nonnull(strstr(out, "w = 0.370367 1.296285\nb = 1.185184\noutput = 10.999913\n"));
+  free(out);
+}
+END_TEST
+
+START_TEST(check_mlp_passes) {
+  char *out;
+  ck_assert_int_eq(run(KILN " check " EX "mlp.kiln --steps 2", &out, NULL), 0);
+  ck_assert_ptr_nonnull(strstr(out, "grad.fc1.weight"));
+  ck_assert_ptr_nonnull(strstr(out, "check: OK"));
+  free(out);
+}
+END_TEST
+
+/* Reads column `col` (0-based) of CSV row `row` (1-based, after the header). */
+static double csv_field(const char *path, int row, int col) {
+  FILE *f = fopen(path, "r");
+  ck_assert_ptr_nonnull(f);
+  char line[512];
+  double v = NAN;
+  for (int r = 0; fgets(line, sizeof line, f); r++) {
+    if (r != row) continue;
+    char *p = line;
+    for (int c = 0; c < col; c++) p = strchr(p, ',') + 1;
+    v = strtod(p, NULL);
+  }
+  fclose(f);
+  return v;
+}
+
+START_TEST(trainer_learns_on_a_slice) {
+  char cmd[2048], trainer[300], csv[300], ckpt[300], *out, *err;
+  snprintf(trainer, sizeof trainer, "%s/trainer", tmpdir);
+  snprintf(csv, sizeof csv, "%s/metrics.csv", tmpdir);
+  snprintf(ckpt, sizeof ckpt, "%s/mlp.safetensors", tmpdir);
+  snprintf(cmd, sizeof cmd, KILN " build " EX "mlp.kiln -o '%s'", trainer);
+  ck_assert_int_eq(run(cmd, NULL, &err), 0);
+  ck_assert(exists(trainer));
+  free(err);
+  snprintf(cmd, sizeof cmd,
+           "'%s' --data " DATA " --epochs 3 --limit-train 3000 --limit-test 1000 --seed 7 "
+           "--metrics '%s' --save '%s' --quiet",
+           trainer, csv, ckpt);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_str_eq(err, "");
+  ck_assert_ptr_nonnull(strstr(out, "final epochs=3 train_loss="));
+  double l1 = csv_field(csv, 1, 1), l3 = csv_field(csv, 3, 1), acc = csv_field(csv, 3, 3);
+  ck_assert_msg(l3 < 0.8 * l1, "training loss did not fall: %g -> %g", l1, l3);
+  ck_assert_msg(acc > 0.65, "test accuracy after 3 epochs on 3000 images: %g", acc);
+  free(out);
+  free(err);
+
+  /* The checkpoint has PyTorch names and layouts and nothing else. */
+  RtNamedTensor *ts;
+  int n;
+  char e[RT_ERR_LEN];
+  ck_assert_int_eq(rt_safetensors_load(ckpt, &ts, &n, e), 0);
+  ck_assert_int_eq(n, 4);
+  bool seen = false;
+  for (int i = 0; i < n; i++)
+    if (!strcmp(ts[i].name, "fc1.weight")) {
+      seen = true;
+      ck_assert_int_eq(ts[i].rank, 2);
+      ck_assert_int_eq(ts[i].dims[0], 256);
+      ck_assert_int_eq(ts[i].dims[1], 784);
+    }
+  ck_assert(seen);
+  rt_safetensors_free(ts, n);
+
+  /* Resuming from the checkpoint: the first epoch starts where the last one ended. */
+  snprintf(cmd, sizeof cmd,
+           "'%s' --data " DATA " --epochs 1 --limit-train 3000 --limit-test 1000 --load '%s' --quiet",
+           trainer, ckpt);
+  ck_assert_int_eq(run(cmd, &out, NULL), 0);
+  double resumed = strtod(strstr(out, "train_loss=") + 11, NULL);
+  ck_assert_msg(resumed < 0.9 * l1, "resumed loss %g vs first epoch %g", resumed, l1);
+  free(out);
+}
+END_TEST
+
+/* kiln grad at the same point, compiled and reference: the same loss and gradients. */
+START_TEST(grad_agrees_between_runtimes) {
+  char cmd[2048], params[300], inputs[300], g1[300], g2[300], e[RT_ERR_LEN];
+  snprintf(params, sizeof params, "%s/p.safetensors", tmpdir);
+  snprintf(inputs, sizeof inputs, "%s/i.safetensors", tmpdir);
+  snprintf(g1, sizeof g1, "%s/g1.safetensors", tmpdir);
+  snprintf(g2, sizeof g2, "%s/g2.safetensors", tmpdir);
+  /* Parameters and inputs: deterministic values. */
+  static double w1[256 * 784], b1[256], w2[10 * 256], b2[10], img[5 * 784], lab[5];
+  for (int i = 0; i < 256 * 784; i++) w1[i] = 0.01 * sin(i * 0.37);
+  for (int i = 0; i < 256; i++) b1[i] = 0.01 * cos(i);
+  for (int i = 0; i < 2560; i++) w2[i] = 0.05 * sin(i * 1.3);
+  for (int i = 0; i < 10; i++) b2[i] = 0.1 * i;
+  for (int i = 0; i < 5 * 784; i++) img[i] = (i % 255) / 255.0;
+  for (int i = 0; i < 5; i++) lab[i] = (i * 3) % 10;
+  RtNamedTensor p[4] = {{"fc1.weight", KILN_F32, 2, {256, 784}, w1},
+                        {"fc1.bias", KILN_F32, 1, {256}, b1},
+                        {"fc2.weight", KILN_F32, 2, {10, 256}, w2},
+                        {"fc2.bias", KILN_F32, 1, {10}, b2}};
+  RtNamedTensor in[2] = {{"image", KILN_F32, 4, {5, 1, 28, 28}, img}, {"label", KILN_I32, 1, {5}, lab}};
+  ck_assert_int_eq(rt_safetensors_save(params, p, 4, e), 0);
+  ck_assert_int_eq(rt_safetensors_save(inputs, in, 2, e), 0);
+  snprintf(cmd, sizeof cmd, KILN " grad " EX "mlp.kiln --params '%s' --inputs '%s' -o '%s'", params, inputs, g1);
+  ck_assert_int_eq(run(cmd, NULL, NULL), 0);
+  snprintf(cmd, sizeof cmd, KILN " grad " EX "mlp.kiln --params '%s' --inputs '%s' -o '%s' --runtime reference",
+           params, inputs, g2);
+  ck_assert_int_eq(run(cmd, NULL, NULL), 0);
+  RtNamedTensor *a, *b;
+  int na, nb;
+  ck_assert_int_eq(rt_safetensors_load(g1, &a, &na, e), 0);
+  ck_assert_int_eq(rt_safetensors_load(g2, &b, &nb, e), 0);
+  ck_assert_int_eq(na, 5);
+  ck_assert_int_eq(nb, 5);
+  for (int i = 0; i < na; i++) {
+    ck_assert_str_eq(a[i].name, b[i].name);
+    int64_t numel = 1;
+    for (int d = 0; d < a[i].rank; d++) numel *= a[i].dims[d];
+    double scale = 0;
+    for (int64_t k = 0; k < numel; k++) scale = fmax(scale, fabs(b[i].values[k]));
+    for (int64_t k = 0; k < numel; k++)
+      ck_assert_msg(fabs(a[i].values[k] - b[i].values[k]) <= 1e-4 * scale + 1e-6,
+                    "%s[%lld]: %g vs %g", a[i].name, (long long)k, a[i].values[k], b[i].values[k]);
+  }
+  rt_safetensors_free(a, na);
+  rt_safetensors_free(b, nb);
+}
+END_TEST
+
+START_TEST(bad_model_leaves_no_output) {
+  char model[300], outc[300], cmd[1024], *err;
+  snprintf(model, sizeof model, "%s/bad.kiln", tmpdir);
+  snprintf(outc, sizeof outc, "%s/step.c", tmpdir);
+  FILE *f = fopen(model, "w");
+  fputs("input x: f32[B, 4]\ny = relu(x) + foo\nminimize y\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " emit '%s' -o '%s'", model, outc);
+  ck_assert_int_eq(run(cmd, NULL, &err), 1);
+  char expect[1024];
+  snprintf(expect, sizeof expect,
+           "%s:2:15: error: 'foo' is not defined\n  y = relu(x) + foo\n                ^\n", model);
+  ck_assert_str_eq(err, expect);
+  ck_assert(!exists(outc));
+  free(err);
+  /* A shape mismatch names both shapes at the line. */
+  f = fopen(model, "w");
+  fputs("input x: f32[B, 4]\nparam w: f32[3, 2]\ny = matmul(x, w)\nl = sum(y)\nminimize l\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " build '%s' -o '%s/t'", model, tmpdir);
+  ck_assert_int_eq(run(cmd, NULL, &err), 1);
+  ck_assert_ptr_nonnull(strstr(err, "bad.kiln:3:5: error: matmul of [B, 4] and [3, 2]: inner dimensions differ"));
+  free(err);
+}
+END_TEST
+
+START_TEST(usage_errors) {
+  char *err;
+  ck_assert_int_eq(run(KILN " frobnicate x.kiln", NULL, &err), 2);
+  ck_assert_ptr_nonnull(strstr(err, "kiln: error: unknown command 'frobnicate'"));
+  free(err);
+  ck_assert_int_eq(run(KILN " shapes /nonexistent.kiln", NULL, &err), 1);
+  ck_assert_str_eq(err, "error: cannot read '/nonexistent.kiln': No such file or directory\n");
+  free(err);
+  ck_assert_int_eq(run(KILN " build " EX "mlp.kiln", NULL, &err), 2);
+  ck_assert_ptr_nonnull(strstr(err, "build needs -o TRAINER"));
+  free(err);
+}
+END_TEST
+
+START_TEST(trainer_data_errors) {
+  char cmd[1024], trainer[300], *err;
+  snprintf(trainer, sizeof trainer, "%s/trainer", tmpdir);
+  snprintf(cmd, sizeof cmd, KILN " build " EX "mlp.kiln -o '%s'", trainer);
+  ck_assert_int_eq(run(cmd, NULL, NULL), 0);
+  snprintf(cmd, sizeof cmd, "'%s' --data /nonexistent --quiet", trainer);
+  ck_assert_int_eq(run(cmd, NULL, &err), 1);
+  ck_assert_ptr_nonnull(strstr(err, "/nonexistent/train-images-idx3-ubyte"));
+  free(err);
+  snprintf(cmd, sizeof cmd, "'%s' --quiet", trainer);
+  ck_assert_int_eq(run(cmd, NULL, &err), 1);
+  ck_assert_ptr_nonnull(strstr(err, "--data"));
+  free(err);
+}
+END_TEST
+
+static Suite *cli_suite(void) {
+  Suite *s = suite_create("cli");
+  TCase *tc = tcase_create("cli");
+  tcase_add_checked_fixture(tc, make_tmpdir, remove_tmpdir);
+  tcase_set_timeout(tc, 900);
+  tcase_add_test(tc, shapes_of_the_mlp);
+  tcase_add_test(tc, graph_is_dot);
+  tcase_add_test(tc, linear_toy_reference);
+  tcase_add_test(tc, check_mlp_passes);
+  tcase_add_test(tc, trainer_learns_on_a_slice);
+  tcase_add_test(tc, grad_agrees_between_runtimes);
+  tcase_add_test(tc, bad_model_leaves_no_output);
+  tcase_add_test(tc, usage_errors);
+  tcase_add_test(tc, trainer_data_errors);
+  suite_add_tcase(s, tc);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(cli_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
