@@ -328,6 +328,8 @@ typedef struct Plan {
   kiln_tensor *tensors;     /* the ABI table: params, state, hypers, inputs, outputs */
   int ntensors;
   int *tensor_node;         /* node id of each table entry */
+  int64_t scratch_offset;   /* one scratch region shared by all kernels (they run one at a time): */
+  int64_t scratch_bytes;    /* packing buffers, im2col; the max of cg_scratch_bytes over nodes */
 } Plan;
 
 /* Binds every symbol: the batch symbol to batch, others fail (they must be given in the model).
@@ -340,6 +342,9 @@ void plan_free(Plan *p);
 /* Writes the whole program as one C11 translation unit: the ABI header, literal data, one static
  * kernel per node, the train / eval / grad entry points and `kiln_program_desc`. */
 void cg_emit_c(Graph *g, const Plan *plan, Buf *out);
+/* Bytes of scratch memory n's kernel needs (packing buffers, im2col), 0 for most ops. plan.c
+ * reserves the maximum at Plan.scratch_offset. */
+int64_t cg_scratch_bytes(const Graph *g, const Node *n, const int64_t *symvals);
 
 /* ================================ aot.c ================================ */
 

@@ -176,6 +176,18 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
     placed[nplaced++] = i;
     if (off + size[i] > arena_end) arena_end = off + size[i];
   }
+  /* Scratch for kernels that pack or unfold their operands: one region, as kernels run one at
+   * a time. */
+  int64_t scratch = 0;
+  for (int i = 0; i < nn; i++) {
+    Node *n = ir_at(g, i);
+    if (op_is_leaf(n->op) || !in_entries[i]) continue;
+    int64_t need = cg_scratch_bytes(g, n, p->symvals);
+    if (need > scratch) scratch = need;
+  }
+  p->scratch_offset = arena_end;
+  p->scratch_bytes = align_up(scratch);
+  arena_end += p->scratch_bytes;
   p->arena_bytes = arena_end > 0 ? arena_end : ALIGN;
 
   /* The ABI table: params, state, hypers, inputs, then each entry's outputs. */
