@@ -53,22 +53,35 @@ typedef struct Lower {
   InitSpec init;              /* the train block's `init` */
   const char **explicit_layers; /* names given by `as` or by assignment: auto names avoid them */
   int nexplicit;
-  int layer_count[32];        /* per function: auto-named layers so far (linear1, linear2, ...) */
+  int layer_count[64];        /* per function: auto-named layers so far (linear1, linear2, ...) */
+  const char **sites;         /* dropout sites named so far (training pass): names must differ */
+  int nsites, capsites;
   bool have_output, have_minimize;
 } Lower;
 
 typedef struct Func Func;
 typedef Val (*LowerFn)(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer);
 
+/* Whether and how a call is named. A name prefixes a layer's parameters and buffers (so it is
+ * what a checkpoint calls them), or seeds a random site's masks. */
+typedef enum Naming {
+  NAMED_NO,     /* a plain function: `as` is an error */
+  NAMED_LAYER,  /* makes parameters: named by `as`, its variable, or <function><n> */
+  NAMED_SITE    /* draws random numbers (dropout): named by `as` or <function><n>, never by its
+                   variable, since `h = dropout(h)` written twice must draw two different masks */
+} Naming;
+
 /* One function callable in a model file. Arguments are params[0..nparams); the first nrequired
- * must be given; the rest have defaults the lowering function supplies. */
+ * must be given; the rest have defaults the lowering function supplies. A first parameter
+ * written "*x" (as in Python) takes every positional argument: such a variadic function binds
+ * its arguments itself. */
 struct Func {
   const char *name;
   LowerFn lower;
-  Op op;                      /* the primitive for the 1:1 functions */
-  bool layer;                 /* makes parameters: named by `as`, its variable, or <name><n> */
+  Op op;                      /* the primitive for the 1:1 functions (the main one otherwise) */
+  Naming naming;
   int nrequired, nparams;
-  const char *params[6];
+  const char *params[8];
 };
 
 static const char *fmt_num(Lower *L, double v) { return pool_printf(L->tmp, "%.15g", v); }
@@ -670,28 +683,510 @@ static Val fn_linear(Lower *L, const Func *f, Expr *call, Expr **args, const cha
   return (Val){y, 0};
 }
 
+/* ---- issue 3: activations, layout, losses ---- */
+
+/* One axis, negative counting from the end. */
+static int axis_arg(Lower *L, const Func *f, const Expr *e, int rank) {
+  int64_t a = int_arg(L, e, -IR_MAX_RANK, IR_MAX_RANK, pool_printf(L->tmp, "%s: 'axis'", f->name));
+  if (a < -rank || a >= rank)
+    kiln_fail(e->loc, "%s: axis %lld is out of range for a tensor with %d axes", f->name,
+              (long long)a, rank);
+  return (int)(a < 0 ? a + rank : a);
+}
+
+/* leaky_relu(x, slope=0.01): x > 0 ? x : slope * x */
+static Val fn_leaky_relu(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = tensor(L, args[0]);
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.value = args[1] ? num_arg(L, args[1], "leaky_relu: 'slope'") : 0.01;
+  return (Val){ir_node(L->g, f->op, 1, &x, &a, call->loc), 0};
+}
+
+/* softmax / log_softmax(x, axis=-1) */
+static Val fn_softmax(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = tensor(L, args[0]);
+  int rank = node(L, x)->shape.rank;
+  if (rank == 0)
+    kiln_fail(call->loc, "%s needs a tensor with at least 1 axis, got a scalar", f->name);
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.axis = args[1] ? axis_arg(L, f, args[1], rank) : rank - 1;
+  return (Val){ir_node(L->g, f->op, 1, &x, &a, call->loc), 0};
+}
+
+/* transpose(x, axes=[..]): result axis i is x's axis axes[i]; no axes: reversed (NumPy's) */
+static Val fn_transpose(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = tensor(L, args[0]);
+  int rank = node(L, x)->shape.rank;
+  int perm[IR_MAX_RANK];
+  if (!args[1]) {
+    for (int i = 0; i < rank; i++)
+      perm[i] = rank - 1 - i;
+  } else {
+    Expr *e = args[1];
+    if (e->kind != EX_LIST || e->nitems != rank)
+      kiln_fail(e->loc, "transpose: 'axes' must be a list of all %d axes of %s in their new order",
+                rank, shape_text(L, &node(L, x)->shape));
+    for (int i = 0; i < rank; i++)
+      perm[i] = axis_arg(L, f, e->items[i], rank);
+  }
+  return (Val){ir_transpose(L->g, x, perm, call->loc), 0};
+}
+
+/* concat(a, b, ..., axis=1): joined along axis, pairwise left to right. Variadic: binds its own
+ * arguments (every positional one is a tensor). */
+static Val fn_concat(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)args, (void)layer;
+  const Expr *axis = NULL;
+  int n = 0;
+  for (int i = 0; i < call->nargs; i++) {
+    const Arg *a = &call->args[i];
+    if (!a->name) {
+      n++;
+    } else if (strcmp(a->name, "axis")) {
+      kiln_fail(a->loc, "unknown argument '%s' to concat", a->name);
+    } else {
+      if (axis)
+        kiln_fail(a->loc, "concat: argument 'axis' is given twice");
+      axis = a->value;
+    }
+  }
+  if (n == 0)
+    kiln_fail(call->loc, "concat needs at least one tensor");
+  int r = tensor(L, call->args[0].value);
+  int rank = node(L, r)->shape.rank;
+  Attr at;
+  memset(&at, 0, sizeof at);
+  at.axis = axis ? axis_arg(L, f, axis, rank) : 1;
+  if (!axis && rank < 2)
+    kiln_fail(call->loc, "concat joins along axis 1 by default, but %s has %d axis%s: give 'axis'",
+              shape_text(L, &node(L, r)->shape), rank, rank == 1 ? "" : "es");
+  for (int i = 1; i < n; i++) {
+    int in[2] = {r, tensor(L, call->args[i].value)};
+    r = ir_node(L->g, OP_CONCAT, 2, in, &at, call->loc);
+  }
+  return (Val){r, 0};
+}
+
+/* bce_with_logits(x, t) = mean over all elements of max(x,0) - x*t + log(1 + e^-|x|) */
+static Val fn_bce_with_logits(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int in[2] = {tensor(L, args[0]), tensor(L, args[1])};
+  int e = ir_node(L->g, f->op, 2, in, NULL, call->loc);
+  int rank = node(L, e)->shape.rank;
+  return (Val){rank ? ir_reduce(L->g, OP_MEAN, e, all_axes(rank), false, call->loc) : e, 0};
+}
+
+/* ---- issue 3: convolutional layers ---- */
+
+/* A persistent non-learnable tensor (running statistics): made by the training pass, found by
+ * the evaluation pass, like param_leaf. */
+static int state_leaf(Lower *L, const char *name, DType dt, Shape s, Loc loc, int init) {
+  if (L->mode == 1) {
+    int id = ir_find_leaf(L->g, name);
+    KILN_ASSERT(id >= 0 && node(L, id)->op == OP_STATE);
+    return id;
+  }
+  int id = ir_leaf(L->g, OP_STATE, ROLE_STATE, name, dt, s, loc);
+  node(L, id)->leaf.init = init;
+  return id;
+}
+
+/* The input of a 2-D window function: [N, C, H, W] with C, H and W numbers, floating-point. */
+static int image_arg(Lower *L, const Func *f, Expr *call, Expr *e) {
+  int x = tensor(L, e);
+  const Node *xn = node(L, x);
+  const Shape *s = &xn->shape;
+  if (s->rank != 4 || s->d[1].sym >= 0 || s->d[2].sym >= 0 || s->d[3].sym >= 0)
+    kiln_fail(call->loc, "%s needs an input of shape [N, C, H, W], got %s", f->name,
+              shape_text(L, s));
+  if (!dtype_is_float(xn->dtype))
+    kiln_fail(call->loc, "%s needs a floating-point input, got %s", f->name,
+              dtype_name(xn->dtype));
+  return x;
+}
+
+/* kernel=3 or kernel=[3, 5]: one integer for both axes, or [h, w]. */
+static void pair_arg(Lower *L, const Func *f, const Expr *e, const char *arg, int64_t lo,
+                     int64_t out[2]) {
+  const char *what = pool_printf(L->tmp, "%s: '%s'", f->name, arg);
+  if (e->kind != EX_LIST) {
+    out[0] = out[1] = int_arg(L, e, lo, INT32_MAX, what);
+    return;
+  }
+  if (e->nitems != 2)
+    kiln_fail(e->loc, "%s must be one integer or a list [h, w], got a list of %d", what,
+              e->nitems);
+  for (int i = 0; i < 2; i++)
+    out[i] = int_arg(L, e->items[i], lo, INT32_MAX, what);
+}
+
+/* conv2d's padding modes (seed 003): `same` (the seed's half padding) keeps the size at stride 1,
+ * `full` lets the kernel overlap the input by one element, `valid` pads nothing. */
+typedef enum PadMode { PAD_SAME, PAD_FULL, PAD_VALID, PAD_MODES } PadMode;
+static const char *const pad_modes[PAD_MODES] = {
+    [PAD_SAME] = "same", [PAD_FULL] = "full", [PAD_VALID] = "valid",
+};
+
+/* Fills a->pad ([top, bottom, left, right]) from pad=P | [ph, pw] | same | full | valid, once
+ * a->kernel, a->stride and a->dilation are set. The modes are conv2d's only (modes = true).
+ * The span a kernel adds is total = dilation*(k-1): same pads total/2 before and the rest after
+ * (PyTorch's padding='same', the extra element going to the bottom/right), full pads total on
+ * both sides. */
+static void pad_arg(Lower *L, const Func *f, const Expr *e, bool modes, Attr *a) {
+  if (!e)
+    return;
+  if (e->kind == EX_NAME) {
+    int m = 0;
+    while (m < PAD_MODES && strcmp(pad_modes[m], e->name))
+      m++;
+    if (m < PAD_MODES && modes) {
+      if (m == PAD_SAME && (a->stride[0] != 1 || a->stride[1] != 1))
+        kiln_fail(e->loc, "%s: pad=same needs stride 1 (as in PyTorch), but the stride is "
+                  "[%lld, %lld]", f->name, (long long)a->stride[0], (long long)a->stride[1]);
+      for (int ax = 0; ax < 2; ax++) {
+        int64_t total = a->dilation[ax] * (a->kernel[ax] - 1);
+        int64_t before = m == PAD_SAME ? total / 2 : m == PAD_FULL ? total : 0;
+        int64_t after = m == PAD_SAME ? total - before : before;
+        a->pad[2 * ax] = before;
+        a->pad[2 * ax + 1] = after;
+      }
+      return;
+    }
+    if (!find_var(L, e->name))
+      kiln_fail(e->loc, modes ? "%s: unknown padding '%s'; expected an integer, [ph, pw], same, "
+                "full or valid" : "%s: unknown padding '%s'; expected an integer or [ph, pw]",
+                f->name, e->name);
+  }
+  int64_t hw[2];
+  pair_arg(L, f, e, "pad", 0, hw);
+  a->pad[0] = a->pad[1] = hw[0];
+  a->pad[2] = a->pad[3] = hw[1];
+}
+
+/* conv2d(x [N, C, H, W], out=O, kernel=K, stride=1, pad=0, dilation=1, groups=1, bias=true):
+ * weight [O, C/groups, kh, kw] and bias [O] (PyTorch's nn.Conv2d layout); the bias is added as
+ * [O, 1, 1] so it broadcasts over H and W. */
+static Val fn_conv2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  int x = image_arg(L, f, call, args[0]);
+  Shape xs = node(L, x)->shape;
+  DType dt = node(L, x)->dtype;
+  int64_t c = xs.d[1].n;
+  int64_t out = int_arg(L, args[1], 1, INT32_MAX, "conv2d: 'out'");
+  Attr a;
+  memset(&a, 0, sizeof a);
+  pair_arg(L, f, args[2], "kernel", 1, a.kernel);
+  a.stride[0] = a.stride[1] = a.dilation[0] = a.dilation[1] = 1;
+  if (args[3])
+    pair_arg(L, f, args[3], "stride", 1, a.stride);
+  if (args[5])
+    pair_arg(L, f, args[5], "dilation", 1, a.dilation);
+  pad_arg(L, f, args[4], true, &a);
+  a.groups = args[6] ? int_arg(L, args[6], 1, INT32_MAX, "conv2d: 'groups'") : 1;
+  if (c % a.groups || out % a.groups)
+    kiln_fail(args[6]->loc, "conv2d: %lld input channels (of %s) and %lld output channels do not "
+              "both divide into %lld groups", (long long)c, shape_text(L, &xs), (long long)out,
+              (long long)a.groups);
+  bool bias = args[7] ? bool_arg(args[7], "conv2d: 'bias'") : true;
+  Loc at = call->as ? call->as_loc : call->loc;
+  InitSpec wi = L->init, bi = L->init;
+  if (bi.kind >= 0)
+    bi = (InitSpec){KILN_INIT_ZEROS, 0};
+  Shape ws = {.rank = 4, .d = {{out, -1}, {c / a.groups, -1}, {a.kernel[0], -1}, {a.kernel[1], -1}}};
+  int64_t fan_in, fan_out;
+  fans(&ws, &fan_in, &fan_out);
+  int w = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, ws, at, wi, fan_in, fan_out);
+  int in[2] = {x, w};
+  int y = ir_node(L->g, OP_CONV2D, 2, in, &a, call->loc);
+  if (bias) {
+    Shape bs = {.rank = 1, .d = {{out, -1}}};
+    int b = param_leaf(L, pool_printf(L->tmp, "%s.bias", layer), dt, bs, at, bi, fan_in, fan_out);
+    Shape b3 = {.rank = 3, .d = {{out, -1}, {1, -1}, {1, -1}}};
+    y = ir_binary(L->g, OP_ADD, y, ir_reshape(L->g, b, b3, call->loc), call->loc);
+  }
+  return (Val){y, 0};
+}
+
+/* The window of a pooling function: kernel, stride (default: the kernel), pad (default 0). */
+static Attr pool_attr(Lower *L, const Func *f, Expr **args) {
+  Attr a;
+  memset(&a, 0, sizeof a);
+  pair_arg(L, f, args[1], "kernel", 1, a.kernel);
+  a.stride[0] = a.kernel[0];
+  a.stride[1] = a.kernel[1];
+  if (args[2])
+    pair_arg(L, f, args[2], "stride", 1, a.stride);
+  a.dilation[0] = a.dilation[1] = 1;
+  pad_arg(L, f, args[3], false, &a);
+  return a;
+}
+
+/* maxpool2d(x, kernel, stride=kernel, pad=0, dilation=1) */
+static Val fn_maxpool2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = image_arg(L, f, call, args[0]);
+  Attr a = pool_attr(L, f, args);
+  if (args[4])
+    pair_arg(L, f, args[4], "dilation", 1, a.dilation);
+  return (Val){ir_node(L->g, OP_MAXPOOL2D, 1, &x, &a, call->loc), 0};
+}
+
+/* avgpool2d(x, kernel, stride=kernel, pad=0, count_include_pad=true) */
+static Val fn_avgpool2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = image_arg(L, f, call, args[0]);
+  Attr a = pool_attr(L, f, args);
+  a.count_include_pad =
+      args[4] ? bool_arg(args[4], "avgpool2d: 'count_include_pad'") : true;
+  return (Val){ir_node(L->g, OP_AVGPOOL2D, 1, &x, &a, call->loc), 0};
+}
+
+/* l2pool2d(x, kernel, stride=kernel, pad=0) = sqrt of the sum of squares over each window (seed
+ * 001 eq. 31b), composed as sqrt(avgpool2d(x*x, count_include_pad=true) * kh*kw): padding adds
+ * zeros to the sum, as in PyTorch's LPPool2d with norm_type 2. */
+static Val fn_l2pool2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = image_arg(L, f, call, args[0]);
+  Attr a = pool_attr(L, f, args);
+  a.count_include_pad = true;
+  Graph *g = L->g;
+  int sq = ir_binary(g, OP_MUL, x, x, call->loc);
+  int avg = ir_node(g, OP_AVGPOOL2D, 1, &sq, &a, call->loc);
+  int area = ir_const(g, (double)(a.kernel[0] * a.kernel[1]), node(L, x)->dtype, call->loc);
+  return (Val){ir_unary(g, OP_SQRT, ir_binary(g, OP_MUL, avg, area, call->loc), call->loc), 0};
+}
+
+/* eps=..: a positive number (default 1e-5) */
+static double eps_arg(Lower *L, const Func *f, const Expr *e) {
+  if (!e)
+    return 1e-5;
+  double v = num_arg(L, e, pool_printf(L->tmp, "%s: 'eps'", f->name));
+  if (v <= 0)
+    kiln_fail(e->loc, "%s: 'eps' must be positive, got %s", f->name, fmt_num(L, v));
+  return v;
+}
+
+/* (x - mean) / sqrt(var + eps) over axes, with the biased variance mean((x - mean)^2): the
+ * normalisation shared by batch (training mode), layer and instance norm. *mu and *var receive
+ * the statistics (keepdims). */
+static int normalize(Lower *L, int x, unsigned axes, double eps, Loc loc, int *mu, int *var) {
+  Graph *g = L->g;
+  DType dt = node(L, x)->dtype;
+  *mu = ir_reduce(g, OP_MEAN, x, axes, true, loc);
+  int d = ir_binary(g, OP_SUB, x, *mu, loc);
+  *var = ir_reduce(g, OP_MEAN, ir_binary(g, OP_MUL, d, d, loc), axes, true, loc);
+  int sd = ir_unary(g, OP_SQRT, ir_binary(g, OP_ADD, *var, ir_const(g, eps, dt, loc), loc), loc);
+  return ir_binary(g, OP_DIV, d, sd, loc);
+}
+
+/* (1 - m) * running + m * batch: PyTorch's running-statistics update. */
+static int running_update(Lower *L, int running, int batch, double m, Loc loc) {
+  Graph *g = L->g;
+  DType dt = node(L, running)->dtype;
+  int keep = ir_binary(g, OP_MUL, ir_const(g, 1 - m, dt, loc), running, loc);
+  return ir_binary(g, OP_ADD, keep, ir_binary(g, OP_MUL, ir_const(g, m, dt, loc), batch, loc), loc);
+}
+
+/* batchnorm(x [N, C, H, W] or [N, C], eps=1e-5, momentum=0.1, affine=true): PyTorch's
+ * BatchNorm2d / BatchNorm1d. Per channel over (N, H, W). Training mode normalises with the batch
+ * statistics and registers the running-statistics updates (train entry only; the variance kept
+ * is unbiased, var * n/(n-1) with n = N*H*W symbolic in the batch); evaluation mode normalises
+ * with the running statistics. weight (gamma) and bias (beta) broadcast as [C, 1, 1]. */
+static Val fn_batchnorm(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  int x = tensor(L, args[0]);
+  Graph *g = L->g;
+  Shape xs = node(L, x)->shape;
+  DType dt = node(L, x)->dtype;
+  if ((xs.rank != 2 && xs.rank != 4) || xs.d[1].sym >= 0)
+    kiln_fail(call->loc, "batchnorm needs an input of shape [N, C, H, W] or [N, C], got %s",
+              shape_text(L, &xs));
+  if (!dtype_is_float(dt))
+    kiln_fail(call->loc, "batchnorm needs a floating-point input, got %s", dtype_name(dt));
+  double eps = eps_arg(L, f, args[1]);
+  double m = args[2] ? num_arg(L, args[2], "batchnorm: 'momentum'") : 0.1;
+  if (m < 0 || m > 1)
+    kiln_fail(args[2]->loc, "batchnorm: 'momentum' must be in [0, 1], got %s", fmt_num(L, m));
+  bool affine = args[3] ? bool_arg(args[3], "batchnorm: 'affine'") : true;
+  int64_t c = xs.d[1].n;
+  Loc at = call->as ? call->as_loc : call->loc, loc = call->loc;
+  Shape cs = {.rank = 1, .d = {{c, -1}}};
+  Shape bc = xs.rank == 4 ? (Shape){.rank = 3, .d = {{c, -1}, {1, -1}, {1, -1}}} : cs;
+  unsigned axes = xs.rank == 4 ? 1u | 4u | 8u : 1u;
+  int gamma = -1, beta = -1;
+  if (affine) {
+    gamma = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, cs, at,
+                       (InitSpec){KILN_INIT_ONES, 0}, c, c);
+    beta = param_leaf(L, pool_printf(L->tmp, "%s.bias", layer), dt, cs, at,
+                      (InitSpec){KILN_INIT_ZEROS, 0}, c, c);
+  }
+  int rm = state_leaf(L, pool_printf(L->tmp, "%s.running_mean", layer), dt, cs, at, KILN_INIT_ZEROS);
+  int rv = state_leaf(L, pool_printf(L->tmp, "%s.running_var", layer), dt, cs, at, KILN_INIT_ONES);
+  int nbt = state_leaf(L, pool_printf(L->tmp, "%s.num_batches_tracked", layer), DT_F64,
+                       (Shape){0}, at, KILN_INIT_ZEROS);
+  int y;
+  if (L->mode == 0) {
+    int mu, var;
+    y = normalize(L, x, axes, eps, loc, &mu, &var);
+    int n = ir_reduce(g, OP_NUMEL, x, axes, false, loc);
+    int n1 = ir_binary(g, OP_SUB, n, ir_const(g, 1, dt, loc), loc);
+    int unbiased = ir_binary(g, OP_MUL, ir_reshape(g, var, cs, loc),
+                             ir_binary(g, OP_DIV, n, n1, loc), loc);
+    ir_add_update(g, ENTRY_TRAIN, rm, running_update(L, rm, ir_reshape(g, mu, cs, loc), m, loc));
+    ir_add_update(g, ENTRY_TRAIN, rv, running_update(L, rv, unbiased, m, loc));
+    ir_add_update(g, ENTRY_TRAIN, nbt,
+                  ir_binary(g, OP_ADD, nbt, ir_const(g, 1, DT_F64, loc), loc));
+  } else {
+    int d = ir_binary(g, OP_SUB, x, ir_reshape(g, rm, bc, loc), loc);
+    int v = ir_binary(g, OP_ADD, ir_reshape(g, rv, bc, loc), ir_const(g, eps, dt, loc), loc);
+    y = ir_binary(g, OP_DIV, d, ir_unary(g, OP_SQRT, v, loc), loc);
+  }
+  if (affine) {
+    y = ir_binary(g, OP_MUL, y, ir_reshape(g, gamma, bc, loc), loc);
+    y = ir_binary(g, OP_ADD, y, ir_reshape(g, beta, bc, loc), loc);
+  }
+  return (Val){y, 0};
+}
+
+/* layernorm(x [N, ...], eps=1e-5, affine=true): over every axis but the first, with weight and
+ * bias of shape x.shape[1:] (PyTorch's nn.LayerNorm(x.shape[1:])). Same in both modes. */
+static Val fn_layernorm(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  int x = tensor(L, args[0]);
+  Shape xs = node(L, x)->shape;
+  DType dt = node(L, x)->dtype;
+  bool fixed = xs.rank >= 2;
+  for (int i = 1; i < xs.rank; i++)
+    fixed &= xs.d[i].sym < 0;
+  if (!fixed)
+    kiln_fail(call->loc, "layernorm needs an input [N, ...] with at least 2 axes and numbers "
+              "after the first, got %s", shape_text(L, &xs));
+  if (!dtype_is_float(dt))
+    kiln_fail(call->loc, "layernorm needs a floating-point input, got %s", dtype_name(dt));
+  double eps = eps_arg(L, f, args[1]);
+  bool affine = args[2] ? bool_arg(args[2], "layernorm: 'affine'") : true;
+  int mu, var;
+  int y = normalize(L, x, all_axes(xs.rank) & ~1u, eps, call->loc, &mu, &var);
+  if (affine) {
+    Shape ps = {.rank = xs.rank - 1};
+    for (int i = 1; i < xs.rank; i++)
+      ps.d[i - 1] = xs.d[i];
+    Loc at = call->as ? call->as_loc : call->loc;
+    int64_t numel = shape_numel(&ps, NULL);
+    int w = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, ps, at,
+                       (InitSpec){KILN_INIT_ONES, 0}, numel, numel);
+    int b = param_leaf(L, pool_printf(L->tmp, "%s.bias", layer), dt, ps, at,
+                       (InitSpec){KILN_INIT_ZEROS, 0}, numel, numel);
+    y = ir_binary(L->g, OP_ADD, ir_binary(L->g, OP_MUL, y, w, call->loc), b, call->loc);
+  }
+  return (Val){y, 0};
+}
+
+/* instancenorm(x [N, C, H, W], eps=1e-5): over (H, W) per example and channel, no affine and no
+ * running statistics (PyTorch's nn.InstanceNorm2d defaults). */
+static Val fn_instancenorm(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = image_arg(L, f, call, args[0]);
+  int mu, var;
+  return (Val){normalize(L, x, 4u | 8u, eps_arg(L, f, args[1]), call->loc, &mu, &var), 0};
+}
+
+/* A stable 32-bit hash of a dropout site's name (FNV-1a): the site's salt. */
+static uint32_t site_salt(const char *name) {
+  uint32_t h = 2166136261u;
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+    h = (h ^ *p) * 16777619u;
+  return h;
+}
+
+/* The model's one dropout step counter (an f64 scalar, role OPT, seeded from the run seed),
+ * advanced by 1 per training step: made at the first dropout site. */
+static int dropout_counter(Lower *L, Loc loc) {
+  Graph *g = L->g;
+  int id = ir_find_leaf(g, "dropout.step");
+  if (id >= 0)
+    return id;
+  id = ir_leaf(g, OP_STATE, ROLE_OPT, "dropout.step", DT_F64, (Shape){0}, loc);
+  node(L, id)->leaf.init = KILN_INIT_SEED;
+  ir_add_update(g, ENTRY_TRAIN, id, ir_binary(g, OP_ADD, id, ir_const(g, 1, DT_F64, loc), loc));
+  return id;
+}
+
+/* dropout(x, p=0.5): training mode keeps each element with probability 1 - p and scales it by
+ * 1/(1 - p) (PyTorch's inverted dropout); the mask depends on the site's name, the step counter
+ * and the element's index. Evaluation mode (and p = 0): x itself. */
+static Val fn_dropout(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  int x = tensor(L, args[0]);
+  double p = args[1] ? num_arg(L, args[1], "dropout: 'p'") : 0.5;
+  if (!(p >= 0 && p < 1))
+    kiln_fail(args[1]->loc, "dropout: 'p' must be in [0, 1), got %s", fmt_num(L, p));
+  if (L->mode == 1)
+    return (Val){x, 0};
+  for (int i = 0; i < L->nsites; i++)
+    if (!strcmp(L->sites[i], layer))
+      kiln_fail(call->as ? call->as_loc : call->loc,
+                "dropout site '%s' is named twice: each site needs its own name", layer);
+  if (L->nsites == L->capsites) {
+    L->capsites = L->capsites ? 2 * L->capsites : 8;
+    const char **s = pool_alloc(L->tmp, (size_t)L->capsites * sizeof *s);
+    if (L->nsites)
+      memcpy(s, L->sites, (size_t)L->nsites * sizeof *s);
+    L->sites = s;
+  }
+  L->sites[L->nsites++] = layer;
+  if (p == 0)
+    return (Val){x, 0};
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.value = p;
+  a.salt = site_salt(layer);
+  int in[2] = {x, dropout_counter(L, call->loc)};
+  return (Val){ir_node(L->g, f->op, 2, in, &a, call->loc), 0};
+}
+
 static const Func funcs[] = {
-    {"add", fn_binary, OP_ADD, false, 2, 2, {"a", "b"}},
-    {"sub", fn_binary, OP_SUB, false, 2, 2, {"a", "b"}},
-    {"mul", fn_binary, OP_MUL, false, 2, 2, {"a", "b"}},
-    {"div", fn_binary, OP_DIV, false, 2, 2, {"a", "b"}},
-    {"pow", fn_binary, OP_POW, false, 2, 2, {"a", "b"}},
-    {"matmul", fn_matmul, OP_MATMUL, false, 2, 2, {"a", "b"}},
-    {"exp", fn_unary, OP_EXP, false, 1, 1, {"x"}},
-    {"log", fn_unary, OP_LOG, false, 1, 1, {"x"}},
-    {"neg", fn_unary, OP_NEG, false, 1, 1, {"x"}},
-    {"sqrt", fn_unary, OP_SQRT, false, 1, 1, {"x"}},
-    {"relu", fn_unary, OP_RELU, false, 1, 1, {"x"}},
-    {"sum", fn_reduce, OP_SUM, false, 1, 3, {"x", "axes", "keepdims"}},
-    {"mean", fn_reduce, OP_MEAN, false, 1, 3, {"x", "axes", "keepdims"}},
-    {"reshape", fn_reshape, OP_RESHAPE, false, 2, 2, {"x", "shape"}},
-    {"flatten", fn_flatten, OP_RESHAPE, false, 1, 1, {"x"}},
-    {"cross_entropy", fn_cross_entropy, OP_CROSS_ENTROPY, false, 2, 2, {"logits", "labels"}},
-    {"mse", fn_mse, OP_SUB, false, 2, 2, {"a", "b"}},
-    {"linear", fn_linear, OP_MATMUL, true, 2, 3, {"x", "out", "bias"}},
+    {"add", fn_binary, OP_ADD, NAMED_NO, 2, 2, {"a", "b"}},
+    {"sub", fn_binary, OP_SUB, NAMED_NO, 2, 2, {"a", "b"}},
+    {"mul", fn_binary, OP_MUL, NAMED_NO, 2, 2, {"a", "b"}},
+    {"div", fn_binary, OP_DIV, NAMED_NO, 2, 2, {"a", "b"}},
+    {"pow", fn_binary, OP_POW, NAMED_NO, 2, 2, {"a", "b"}},
+    {"matmul", fn_matmul, OP_MATMUL, NAMED_NO, 2, 2, {"a", "b"}},
+    {"exp", fn_unary, OP_EXP, NAMED_NO, 1, 1, {"x"}},
+    {"log", fn_unary, OP_LOG, NAMED_NO, 1, 1, {"x"}},
+    {"neg", fn_unary, OP_NEG, NAMED_NO, 1, 1, {"x"}},
+    {"sqrt", fn_unary, OP_SQRT, NAMED_NO, 1, 1, {"x"}},
+    {"relu", fn_unary, OP_RELU, NAMED_NO, 1, 1, {"x"}},
+    {"sigmoid", fn_unary, OP_SIGMOID, NAMED_NO, 1, 1, {"x"}},
+    {"tanh", fn_unary, OP_TANH, NAMED_NO, 1, 1, {"x"}},
+    {"leaky_relu", fn_leaky_relu, OP_LEAKY_RELU, NAMED_NO, 1, 2, {"x", "slope"}},
+    {"softmax", fn_softmax, OP_SOFTMAX, NAMED_NO, 1, 2, {"x", "axis"}},
+    {"log_softmax", fn_softmax, OP_LOG_SOFTMAX, NAMED_NO, 1, 2, {"x", "axis"}},
+    {"sum", fn_reduce, OP_SUM, NAMED_NO, 1, 3, {"x", "axes", "keepdims"}},
+    {"mean", fn_reduce, OP_MEAN, NAMED_NO, 1, 3, {"x", "axes", "keepdims"}},
+    {"reshape", fn_reshape, OP_RESHAPE, NAMED_NO, 2, 2, {"x", "shape"}},
+    {"flatten", fn_flatten, OP_RESHAPE, NAMED_NO, 1, 1, {"x"}},
+    {"transpose", fn_transpose, OP_TRANSPOSE, NAMED_NO, 1, 2, {"x", "axes"}},
+    {"concat", fn_concat, OP_CONCAT, NAMED_NO, 1, 2, {"*x", "axis"}},
+    {"cross_entropy", fn_cross_entropy, OP_CROSS_ENTROPY, NAMED_NO, 2, 2, {"logits", "labels"}},
+    {"mse", fn_mse, OP_SUB, NAMED_NO, 2, 2, {"a", "b"}},
+    {"bce_with_logits", fn_bce_with_logits, OP_BCE_LOGITS, NAMED_NO, 2, 2, {"x", "t"}},
+    {"linear", fn_linear, OP_MATMUL, NAMED_LAYER, 2, 3, {"x", "out", "bias"}},
+    {"conv2d", fn_conv2d, OP_CONV2D, NAMED_LAYER, 3, 8,
+     {"x", "out", "kernel", "stride", "pad", "dilation", "groups", "bias"}},
+    {"maxpool2d", fn_maxpool2d, OP_MAXPOOL2D, NAMED_NO, 2, 5,
+     {"x", "kernel", "stride", "pad", "dilation"}},
+    {"avgpool2d", fn_avgpool2d, OP_AVGPOOL2D, NAMED_NO, 2, 5,
+     {"x", "kernel", "stride", "pad", "count_include_pad"}},
+    {"l2pool2d", fn_l2pool2d, OP_AVGPOOL2D, NAMED_NO, 2, 4, {"x", "kernel", "stride", "pad"}},
+    {"batchnorm", fn_batchnorm, OP_MEAN, NAMED_LAYER, 1, 4, {"x", "eps", "momentum", "affine"}},
+    {"layernorm", fn_layernorm, OP_MEAN, NAMED_LAYER, 1, 3, {"x", "eps", "affine"}},
+    {"instancenorm", fn_instancenorm, OP_MEAN, NAMED_NO, 1, 2, {"x", "eps"}},
+    {"dropout", fn_dropout, OP_DROPOUT, NAMED_SITE, 1, 2, {"x", "p"}},
 };
 enum { NFUNCS = sizeof funcs / sizeof *funcs };
-_Static_assert(NFUNCS <= 32, "Lower.layer_count needs one slot per function");
+_Static_assert(NFUNCS <= 64, "Lower.layer_count needs one slot per function");
 
 static const Func *find_func(const char *name) {
   for (int i = 0; i < NFUNCS; i++)
@@ -700,11 +1195,19 @@ static const Func *find_func(const char *name) {
   return NULL;
 }
 
+/* Whether a layer name is used: named explicitly somewhere in the file, or the prefix of an
+ * existing leaf (`bn.running_mean` takes `bn` even without a weight). */
 static bool name_taken(Lower *L, const char *name) {
   for (int i = 0; i < L->nexplicit; i++)
     if (!strcmp(L->explicit_layers[i], name))
       return true;
-  return ir_find_leaf(L->g, pool_printf(L->tmp, "%s.weight", name)) >= 0;
+  size_t n = strlen(name);
+  for (int i = 0; i < L->g->nnodes; i++) {
+    const char *leaf = L->g->nodes[i].name;
+    if (op_is_leaf(L->g->nodes[i].op) && leaf && !strncmp(leaf, name, n) && leaf[n] == '.')
+      return true;
+  }
+  return false;
 }
 
 /* A layer's name: `as NAME`; else the variable it is assigned to when it is the whole
@@ -715,7 +1218,7 @@ static const char *layer_name(Lower *L, const Func *f, Expr *call, const char *a
     return call->layer;
   if (call->as) {
     call->layer = call->as;
-  } else if (assigned) {
+  } else if (assigned && f->naming == NAMED_LAYER) {
     call->layer = assigned;
   } else {
     int k = (int)(f - funcs);
@@ -732,11 +1235,12 @@ static Val lower_call(Lower *L, Expr *e, const char *assigned) {
   const Func *f = find_func(e->name);
   if (!f)
     kiln_fail(e->loc, "unknown function '%s'", e->name);
-  if (e->as && !f->layer)
+  if (e->as && f->naming == NAMED_NO)
     kiln_fail(e->as_loc, "'as' names a layer, but %s is not a layer", f->name);
-  Expr *args[6];
-  bind_args(f->name, f->params, f->nparams, f->nrequired, e, args);
-  const char *layer = f->layer ? layer_name(L, f, e, assigned) : NULL;
+  Expr *args[8] = {0};
+  if (f->params[0][0] != '*')
+    bind_args(f->name, f->params, f->nparams, f->nrequired, e, args);
+  const char *layer = f->naming != NAMED_NO ? layer_name(L, f, e, assigned) : NULL;
   return f->lower(L, f, e, args, layer);
 }
 
@@ -944,8 +1448,8 @@ static void collect_explicit(Lower *L, const Expr *e, const char *assigned, int 
     return;
   if (e->kind == EX_CALL) {
     const Func *f = find_func(e->name);
-    const char *name = e->as ? e->as : assigned;
-    if (f && f->layer && name) {
+    const char *name = e->as ? e->as : f && f->naming == NAMED_LAYER ? assigned : NULL;
+    if (f && f->naming != NAMED_NO && name) {
       if (L->nexplicit == *cap) {
         *cap = *cap ? 2 * *cap : 8;
         const char **p = pool_alloc(L->tmp, (size_t)*cap * sizeof *p);
