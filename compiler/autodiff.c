@@ -184,8 +184,194 @@ static void vjp_cross_entropy(AdCtx *c, const Node *n, int dy) {
     give(c, n, 0, ir_node(c->g, OP_CROSS_ENTROPY_GRAD, 3, in, NULL, n->loc));
 }
 
-/* Leaves have no inputs; CROSS_ENTROPY_GRAD has no rule (no second derivatives of the loss):
- * reaching it with a gradient that must flow on is an error. */
+/* ---- issue 3: activations, layout, windows ---- */
+
+/* dy * y * (1 - y) */
+static void vjp_sigmoid(AdCtx *c, const Node *n, int dy) {
+  give(c, n, 0, mul(c, n, dy, mul(c, n, n->id, sub(c, n, cnst(c, n, 1.0), n->id))));
+}
+
+/* dy * (1 - y^2) */
+static void vjp_tanh(AdCtx *c, const Node *n, int dy) {
+  give(c, n, 0, mul(c, n, dy, sub(c, n, cnst(c, n, 1.0), mul(c, n, n->id, n->id))));
+}
+
+static int leaky_relu_grad(AdCtx *c, const Node *n, int x, int dy) {
+  Attr a = {0};
+  a.value = n->attr.value;
+  int in[2] = {x, dy};
+  return ir_node(c->g, OP_LEAKY_RELU_GRAD, 2, in, &a, n->loc);
+}
+
+static void vjp_leaky_relu(AdCtx *c, const Node *n, int dy) {
+  give(c, n, 0, leaky_relu_grad(c, n, n->in[0], dy));
+}
+
+/* Like relu_grad: linear in dy', piecewise constant in x. */
+static void vjp_leaky_relu_grad(AdCtx *c, const Node *n, int dy) {
+  if (wants(c, n, 1))
+    give(c, n, 1, leaky_relu_grad(c, n, n->in[0], dy));
+}
+
+static int sum_axis(AdCtx *c, const Node *n, int x) {
+  return ir_reduce(c->g, OP_SUM, x, 1u << n->attr.axis, true, n->loc);
+}
+
+/* y * (dy - sum(dy * y)) along the axis */
+static void vjp_softmax(AdCtx *c, const Node *n, int dy) {
+  int s = sum_axis(c, n, mul(c, n, dy, n->id));
+  give(c, n, 0, mul(c, n, n->id, sub(c, n, dy, s)));
+}
+
+/* dy - softmax(x) * sum(dy), softmax(x) = exp(y) */
+static void vjp_log_softmax(AdCtx *c, const Node *n, int dy) {
+  int p = ir_unary(c->g, OP_EXP, n->id, n->loc);
+  give(c, n, 0, sub(c, n, dy, mul(c, n, p, sum_axis(c, n, dy))));
+}
+
+/* d/dx = sigmoid(x) - t, d/dt = -x; give() sums either away where it was broadcast. */
+static void vjp_bce_logits(AdCtx *c, const Node *n, int dy) {
+  int x = n->in[0], t = n->in[1];
+  if (wants(c, n, 0))
+    give(c, n, 0, mul(c, n, dy, sub(c, n, ir_unary(c->g, OP_SIGMOID, x, n->loc), t)));
+  if (wants(c, n, 1))
+    give(c, n, 1, neg(c, n, mul(c, n, dy, x)));
+}
+
+/* The same op on dy: identical attributes and counter give the identical mask and scale. The
+ * counter gets nothing (the output is piecewise constant in it). */
+static void vjp_dropout(AdCtx *c, const Node *n, int dy) {
+  int in[2] = {dy, n->in[1]};
+  give(c, n, 0, ir_node(c->g, OP_DROPOUT, 2, in, &n->attr, n->loc));
+}
+
+static void vjp_transpose(AdCtx *c, const Node *n, int dy) {
+  int inv[IR_MAX_RANK] = {0};
+  for (int i = 0; i < n->shape.rank; i++)
+    inv[n->attr.perm[i]] = i;
+  give(c, n, 0, ir_transpose(c->g, dy, inv, n->loc));
+}
+
+static int slice(AdCtx *c, const Node *n, int x, int axis, int64_t start, int64_t len) {
+  Attr a = {0};
+  a.axis = axis;
+  a.start = start;
+  a.len = len;
+  return ir_node(c->g, OP_SLICE, 1, &x, &a, n->loc);
+}
+
+static int concat(AdCtx *c, const Node *n, int a, int b, int axis) {
+  Attr at = {0};
+  at.axis = axis;
+  int in[2] = {a, b};
+  return ir_node(c->g, OP_CONCAT, 2, in, &at, n->loc);
+}
+
+/* dy split back into a's part and b's part. */
+static void vjp_concat(AdCtx *c, const Node *n, int dy) {
+  int ax = n->attr.axis;
+  Dim da = in_node(c, n, 0)->shape.d[ax], db = in_node(c, n, 1)->shape.d[ax];
+  if (da.sym >= 0)
+    kiln_fail(n->loc, "cannot differentiate concat along an axis that depends on the batch");
+  if (wants(c, n, 0))
+    give(c, n, 0, slice(c, n, dy, ax, 0, da.n));
+  if (wants(c, n, 1))
+    give(c, n, 1, slice(c, n, dy, ax, da.n, db.n));
+}
+
+/* dy put back in place between zeros: concat(0[before], dy, 0[after]). The zero blocks are a
+ * scalar expanded to the shape of the matching slice of x (only its shape is read). */
+static void vjp_slice(AdCtx *c, const Node *n, int dy) {
+  int x = n->in[0], ax = n->attr.axis;
+  int64_t start = n->attr.start, end = start + n->attr.len, size = in_node(c, n, 0)->shape.d[ax].n;
+  int d = dy;
+  if (start > 0)
+    d = concat(c, n, expand(c, n, cnst(c, n, 0.0), slice(c, n, x, ax, 0, start)), d, ax);
+  if (end < size)
+    d = concat(c, n, d, expand(c, n, cnst(c, n, 0.0), slice(c, n, x, ax, end, size - end)), ax);
+  give(c, n, 0, d);
+}
+
+/* The window attributes of a forward op, and nothing else: the gradient ops then hash-cons
+ * with each other (double backward meets the forward nodes again) whatever else the forward
+ * node's Attr held. */
+static Attr window_attr(const Node *n) {
+  Attr a = {0};
+  memcpy(a.kernel, n->attr.kernel, sizeof a.kernel);
+  memcpy(a.stride, n->attr.stride, sizeof a.stride);
+  memcpy(a.dilation, n->attr.dilation, sizeof a.dilation);
+  memcpy(a.pad, n->attr.pad, sizeof a.pad);
+  a.groups = n->attr.groups;
+  a.count_include_pad = n->attr.count_include_pad;
+  return a;
+}
+
+static int window_op(AdCtx *c, const Node *n, Op op, int a, int b, const int64_t *in_size) {
+  Attr at = window_attr(n);
+  if (in_size) {
+    at.in_size[0] = in_size[0];
+    at.in_size[1] = in_size[1];
+  }
+  int in[2] = {a, b};
+  return ir_node(c->g, op, op_arity[op], in, &at, n->loc);
+}
+
+/* H and W of a forward input (constant: shape.c requires it). */
+static const int64_t *hw(AdCtx *c, int x, int64_t *buf) {
+  buf[0] = c->g->nodes[x].shape.d[2].n;
+  buf[1] = c->g->nodes[x].shape.d[3].n;
+  return buf;
+}
+
+/* y = conv2d(x, w): dx = bwd_data(dy, w), dw = bwd_filter(x, dy). */
+static void vjp_conv2d(AdCtx *c, const Node *n, int dy) {
+  int x = n->in[0], w = n->in[1];
+  int64_t s[2];
+  if (wants(c, n, 0))
+    give(c, n, 0, window_op(c, n, OP_CONV2D_BWD_DATA, dy, w, hw(c, x, s)));
+  if (wants(c, n, 1))
+    give(c, n, 1, window_op(c, n, OP_CONV2D_BWD_FILTER, x, dy, NULL));
+}
+
+/* dx = bwd_data(dy, w) is bilinear, dx[xi] = sum dy[yi] w[wi] over the conv's index triples;
+ * with ddx its adjoint: d/ddy = conv2d(ddx, w), d/dw = bwd_filter(ddx, dy). */
+static void vjp_conv2d_bwd_data(AdCtx *c, const Node *n, int ddx) {
+  int dyn = n->in[0], w = n->in[1];
+  if (wants(c, n, 0))
+    give(c, n, 0, window_op(c, n, OP_CONV2D, ddx, w, NULL));
+  if (wants(c, n, 1))
+    give(c, n, 1, window_op(c, n, OP_CONV2D_BWD_FILTER, ddx, dyn, NULL));
+}
+
+/* dw = bwd_filter(x, dy), dw[wi] = sum x[xi] dy[yi]; with ddw its adjoint:
+ * d/dx = bwd_data(dy, ddw), d/ddy = conv2d(x, ddw). */
+static void vjp_conv2d_bwd_filter(AdCtx *c, const Node *n, int ddw) {
+  int x = n->in[0], dyn = n->in[1];
+  int64_t s[2];
+  if (wants(c, n, 0))
+    give(c, n, 0, window_op(c, n, OP_CONV2D_BWD_DATA, dyn, ddw, hw(c, x, s)));
+  if (wants(c, n, 1))
+    give(c, n, 1, window_op(c, n, OP_CONV2D, x, ddw, NULL));
+}
+
+static void vjp_maxpool2d(AdCtx *c, const Node *n, int dy) {
+  give(c, n, 0, window_op(c, n, OP_MAXPOOL2D_GRAD, n->in[0], dy, NULL));
+}
+
+static void vjp_avgpool2d(AdCtx *c, const Node *n, int dy) {
+  int64_t s[2];
+  give(c, n, 0, window_op(c, n, OP_AVGPOOL2D_GRAD, dy, -1, hw(c, n->in[0], s)));
+}
+
+/* avgpool2d_grad is linear: its adjoint is avgpool2d itself. */
+static void vjp_avgpool2d_grad(AdCtx *c, const Node *n, int ddx) {
+  give(c, n, 0, window_op(c, n, OP_AVGPOOL2D, ddx, -1, NULL));
+}
+
+/* Leaves have no inputs; CROSS_ENTROPY_GRAD has no rule (no second derivatives of the loss),
+ * nor has MAXPOOL2D_GRAD (its adjoint in dy gathers ddx at each window's maximum, which no op
+ * expresses yet; in x it is piecewise constant): reaching one with a gradient that must flow on
+ * is an error. */
 static const VjpRule vjp_rules[OP_COUNT] = {
     [OP_ADD] = vjp_add,
     [OP_SUB] = vjp_sub,
@@ -206,6 +392,23 @@ static const VjpRule vjp_rules[OP_COUNT] = {
     [OP_RESHAPE] = vjp_reshape,
     [OP_MATMUL] = vjp_matmul,
     [OP_CROSS_ENTROPY] = vjp_cross_entropy,
+    [OP_SIGMOID] = vjp_sigmoid,
+    [OP_TANH] = vjp_tanh,
+    [OP_LEAKY_RELU] = vjp_leaky_relu,
+    [OP_LEAKY_RELU_GRAD] = vjp_leaky_relu_grad,
+    [OP_SOFTMAX] = vjp_softmax,
+    [OP_LOG_SOFTMAX] = vjp_log_softmax,
+    [OP_BCE_LOGITS] = vjp_bce_logits,
+    [OP_DROPOUT] = vjp_dropout,
+    [OP_TRANSPOSE] = vjp_transpose,
+    [OP_CONCAT] = vjp_concat,
+    [OP_SLICE] = vjp_slice,
+    [OP_CONV2D] = vjp_conv2d,
+    [OP_CONV2D_BWD_DATA] = vjp_conv2d_bwd_data,
+    [OP_CONV2D_BWD_FILTER] = vjp_conv2d_bwd_filter,
+    [OP_MAXPOOL2D] = vjp_maxpool2d,
+    [OP_AVGPOOL2D] = vjp_avgpool2d,
+    [OP_AVGPOOL2D_GRAD] = vjp_avgpool2d_grad,
 };
 
 bool ad_has_vjp(Op op) { return op >= 0 && op < OP_COUNT && vjp_rules[op] != NULL; }

@@ -12,6 +12,12 @@
  * right) or of size 1 gets stride 0 (bcast_strides / bcast_offset). SUM_TO is the same map run
  * backwards: each input element is added into the output element it maps to.
  *
+ * The window ops write each forward sum once and read it several ways: conv_walk is the 7-loop
+ * cross-correlation that CONV2D, CONV2D_BWD_DATA and CONV2D_BWD_FILTER all run (each accumulates
+ * a different one of the three operands), avgpool_walk serves AVGPOOL2D and its adjoint, and
+ * window_argmax serves MAXPOOL2D and its gradient; so an adjoint cannot disagree with its forward
+ * op about an index.
+ *
  * Errors (a label outside [0, C), a batch larger than the storage) are reported through the
  * caller's err buffer, never by crashing, so a driver can print them and stop.
  */
@@ -339,6 +345,342 @@ static int k_cross_entropy_grad(Interp *it, const Node *n) {
   return 0;
 }
 
+/* ---- activations and normalised exponentials ------------------------------------------------ */
+
+/* Written so that neither branch's exp can overflow. */
+static double f_sigmoid(double x) {
+  if (x >= 0)
+    return 1.0 / (1.0 + exp(-x));
+  double e = exp(x);
+  return e / (1.0 + e);
+}
+
+/* max(x,0) - x t + log(1 + e^-|x|): the loss of logit x against target t, stable for any x. */
+static double f_bce_logits(double x, double t) {
+  return (x > 0 ? x : 0.0) - x * t + log1p(exp(-fabs(x)));
+}
+
+static int k_sigmoid(Interp *it, const Node *n) { return unary(it, n, f_sigmoid); }
+static int k_tanh(Interp *it, const Node *n) { return unary(it, n, tanh); }
+static int k_bce_logits(Interp *it, const Node *n) { return binary(it, n, f_bce_logits); }
+
+static int k_leaky_relu(Interp *it, const Node *n) {
+  const double *x = val(it, n->in[0]);
+  double *y = val(it, n->id), slope = n->attr.value;
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] = x[o] > 0 ? x[o] : slope * x[o];
+  return 0;
+}
+
+/* dy may be broadcast against x (shape.c only requires the result to have x's shape). */
+static int k_leaky_relu_grad(Interp *it, const Node *n) {
+  int r = n->shape.rank;
+  const int64_t *d = dims(it, n->id);
+  int64_t sx[IR_MAX_RANK], sd[IR_MAX_RANK];
+  bcast_strides(it, n->in[0], r, sx);
+  bcast_strides(it, n->in[1], r, sd);
+  const double *x = val(it, n->in[0]), *dy = val(it, n->in[1]);
+  double *y = val(it, n->id), slope = n->attr.value;
+  for (int64_t o = 0; o < it->numel[n->id]; o++) {
+    double g = dy[bcast_offset(o, r, d, sd)];
+    y[o] = x[bcast_offset(o, r, d, sx)] > 0 ? g : slope * g;
+  }
+  return 0;
+}
+
+/* A tensor seen as [outer, len, inner] around one axis: element (a, k, b) is at
+ * (a * len + k) * inner + b. Softmax, concat and slice all work on rows of this form. */
+static void split_at_axis(Interp *it, int node, int axis, int64_t *outer, int64_t *len,
+                          int64_t *inner) {
+  const int64_t *d = dims(it, node);
+  *outer = *inner = 1;
+  for (int k = 0; k < axis; k++)
+    *outer *= d[k];
+  *len = d[axis];
+  for (int k = axis + 1; k < rank(it, node); k++)
+    *inner *= d[k];
+}
+
+/* softmax, or log_softmax when log_out, along attr.axis; each row shifted by its maximum so
+ * that exp cannot overflow. */
+static int softmax_rows(Interp *it, const Node *n, bool log_out) {
+  int64_t outer, len, inner;
+  split_at_axis(it, n->in[0], n->attr.axis, &outer, &len, &inner);
+  const double *x = val(it, n->in[0]);
+  double *y = val(it, n->id);
+  for (int64_t a = 0; a < outer; a++)
+    for (int64_t b = 0; b < inner; b++) {
+      const double *xr = x + a * len * inner + b;
+      double *yr = y + a * len * inner + b;
+      double m = -INFINITY, s = 0.0;
+      for (int64_t k = 0; k < len; k++)
+        m = xr[k * inner] > m ? xr[k * inner] : m;
+      for (int64_t k = 0; k < len; k++)
+        s += exp(xr[k * inner] - m);
+      for (int64_t k = 0; k < len; k++)
+        yr[k * inner] = log_out ? xr[k * inner] - m - log(s) : exp(xr[k * inner] - m) / s;
+    }
+  return 0;
+}
+
+static int k_softmax(Interp *it, const Node *n) { return softmax_rows(it, n, false); }
+static int k_log_softmax(Interp *it, const Node *n) { return softmax_rows(it, n, true); }
+
+/* Inverted dropout. The mask is a pure function of (salt, counter, flat index), so the backward
+ * node (the same op applied to dy) drops exactly the same elements; p = 0 keeps everything and
+ * divides by 1, the identity. */
+static int k_dropout(Interp *it, const Node *n) {
+  const double *x = val(it, n->in[0]);
+  double *y = val(it, n->id), p = n->attr.value, counter = val(it, n->in[1])[0];
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] = kiln_dropout_uniform(n->attr.salt, counter, o) >= p ? x[o] / (1.0 - p) : 0.0;
+  return 0;
+}
+
+/* ---- layout ---------------------------------------------------------------------------------- */
+
+/* Walks y in row-major order and reads x through its strides permuted: y's axis k is x's axis
+ * perm[k]. */
+static int k_transpose(Interp *it, const Node *n) {
+  int x = n->in[0], r = rank(it, x);
+  const int64_t *xd = dims(it, x);
+  int64_t xs[IR_MAX_RANK], ps[IR_MAX_RANK], s = 1;
+  for (int k = r - 1; k >= 0; k--) {
+    xs[k] = s;
+    s *= xd[k];
+  }
+  for (int k = 0; k < r; k++)
+    ps[k] = xs[n->attr.perm[k]];
+  const double *xv = val(it, x);
+  double *y = val(it, n->id);
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] = xv[bcast_offset(o, r, dims(it, n->id), ps)];
+  return 0;
+}
+
+/* Each outer row of y is a's row followed by b's. */
+static int k_concat(Interp *it, const Node *n) {
+  int64_t outer, la, lb, inner;
+  split_at_axis(it, n->in[0], n->attr.axis, &outer, &la, &inner);
+  split_at_axis(it, n->in[1], n->attr.axis, &outer, &lb, &inner);
+  const double *a = val(it, n->in[0]), *b = val(it, n->in[1]);
+  double *y = val(it, n->id);
+  for (int64_t o = 0; o < outer; o++) {
+    for (int64_t k = 0; k < la * inner; k++)
+      *y++ = a[o * la * inner + k];
+    for (int64_t k = 0; k < lb * inner; k++)
+      *y++ = b[o * lb * inner + k];
+  }
+  return 0;
+}
+
+static int k_slice(Interp *it, const Node *n) {
+  int64_t outer, len, inner;
+  split_at_axis(it, n->in[0], n->attr.axis, &outer, &len, &inner);
+  const double *x = val(it, n->in[0]);
+  double *y = val(it, n->id);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t k = 0; k < n->attr.len * inner; k++)
+      *y++ = x[(o * len + n->attr.start) * inner + k];
+  return 0;
+}
+
+/* ---- 2-D windows ----------------------------------------------------------------------------- */
+
+/* A window op between a forward input x [N, C, H, W] and a forward output y [N, O, Ho, Wo]
+ * (O = C for pools). Which nodes play x and y depends on the op: for an adjoint, one of them is
+ * the node itself. */
+typedef struct Win {
+  int64_t N, C, H, W, O, Ho, Wo;
+  const Attr *a;
+} Win;
+
+static Win window(Interp *it, const Node *n, int x, int y) {
+  const int64_t *xd = dims(it, x), *yd = dims(it, y);
+  return (Win){xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], &n->attr};
+}
+
+/* The input row (axis 0) or column (axis 1) that tap p of output position i reads,
+ * i * stride - pad_before + p * dilation, or -1 when that falls in the padding. */
+static int64_t tap(const Win *w, int axis, int64_t i, int64_t p) {
+  int64_t r = i * w->a->stride[axis] - w->a->pad[2 * axis] + p * w->a->dilation[axis];
+  return r >= 0 && r < (axis ? w->W : w->H) ? r : -1;
+}
+
+static int64_t x_index(const Win *w, int64_t n, int64_t c, int64_t r, int64_t s) {
+  return ((n * w->C + c) * w->H + r) * w->W + s;
+}
+
+static int64_t y_index(const Win *w, int64_t n, int64_t o, int64_t i, int64_t j) {
+  return ((n * w->O + o) * w->Ho + i) * w->Wo + j;
+}
+
+static void zero(Interp *it, int node) {
+  memset(val(it, node), 0, (size_t)it->numel[node] * sizeof(double));
+}
+
+typedef enum ConvRole { CONV_FORWARD, CONV_DATA, CONV_FILTER } ConvRole;
+
+/* The one sum behind the three convolution ops: each output element (n, o, i, j) and each tap
+ * (c, p, q) of its group g = o / (O/G) pair an input element with a weight,
+ *     y[n,o,i,j] += x[n, g*C/G + c, tap(i,p), tap(j,q)] * w[o,c,p,q],
+ * taps in the zero padding contributing nothing. CONV2D accumulates x*w into y, BWD_DATA dy*w
+ * into x, BWD_FILTER x*dy into w: the same index triples read three ways, so the two adjoints
+ * are the forward op's transposes by construction. The accumulated array starts zeroed. */
+static void conv_walk(const Win *w, ConvRole role, double *x, double *wt, double *y) {
+  int64_t G = w->a->groups, Cg = w->C / G, Og = w->O / G;
+  int64_t kh = w->a->kernel[0], kw = w->a->kernel[1];
+  for (int64_t n = 0; n < w->N; n++)
+    for (int64_t o = 0; o < w->O; o++)
+      for (int64_t i = 0; i < w->Ho; i++)
+        for (int64_t j = 0; j < w->Wo; j++)
+          for (int64_t c = 0; c < Cg; c++)
+            for (int64_t p = 0; p < kh; p++)
+              for (int64_t q = 0; q < kw; q++) {
+                int64_t r = tap(w, 0, i, p), s = tap(w, 1, j, q);
+                if (r < 0 || s < 0)
+                  continue;
+                int64_t xi = x_index(w, n, (o / Og) * Cg + c, r, s);
+                int64_t wi = ((o * Cg + c) * kh + p) * kw + q;
+                int64_t yi = y_index(w, n, o, i, j);
+                if (role == CONV_FORWARD)
+                  y[yi] += x[xi] * wt[wi];
+                else if (role == CONV_DATA)
+                  x[xi] += y[yi] * wt[wi];
+                else
+                  wt[wi] += x[xi] * y[yi];
+              }
+}
+
+/* (x, w) -> y */
+static int k_conv2d(Interp *it, const Node *n) {
+  Win w = window(it, n, n->in[0], n->id);
+  zero(it, n->id);
+  conv_walk(&w, CONV_FORWARD, val(it, n->in[0]), val(it, n->in[1]), val(it, n->id));
+  return 0;
+}
+
+/* (dy, w) -> dx */
+static int k_conv2d_bwd_data(Interp *it, const Node *n) {
+  Win w = window(it, n, n->id, n->in[0]);
+  zero(it, n->id);
+  conv_walk(&w, CONV_DATA, val(it, n->id), val(it, n->in[1]), val(it, n->in[0]));
+  return 0;
+}
+
+/* (x, dy) -> dw */
+static int k_conv2d_bwd_filter(Interp *it, const Node *n) {
+  Win w = window(it, n, n->in[0], n->in[1]);
+  zero(it, n->id);
+  conv_walk(&w, CONV_FILTER, val(it, n->in[0]), val(it, n->id), val(it, n->in[1]));
+  return 0;
+}
+
+/* Flat index into x of the maximum of window (n, c, i, j), or -1 if no tap is in bounds.
+ * PyTorch's rule: start from the first in-bounds element with max = -inf, scan the taps in
+ * row-major order and take a value that is strictly greater (so the first of equal maxima
+ * wins) or NaN (so NaN propagates). Padding is -inf: it is never read. */
+static int64_t window_argmax(const Win *w, const double *x, int64_t n, int64_t c, int64_t i,
+                             int64_t j) {
+  int64_t best = -1;
+  double m = -INFINITY;
+  for (int64_t p = 0; p < w->a->kernel[0]; p++)
+    for (int64_t q = 0; q < w->a->kernel[1]; q++) {
+      int64_t r = tap(w, 0, i, p), s = tap(w, 1, j, q);
+      if (r < 0 || s < 0)
+        continue;
+      int64_t xi = x_index(w, n, c, r, s);
+      if (best < 0)
+        best = xi;
+      if (x[xi] > m || isnan(x[xi])) {
+        m = x[xi];
+        best = xi;
+      }
+    }
+  return best;
+}
+
+static int k_maxpool2d(Interp *it, const Node *n) {
+  Win w = window(it, n, n->in[0], n->id);
+  const double *x = val(it, n->in[0]);
+  double *y = val(it, n->id);
+  for (int64_t b = 0; b < w.N; b++)
+    for (int64_t c = 0; c < w.C; c++)
+      for (int64_t i = 0; i < w.Ho; i++)
+        for (int64_t j = 0; j < w.Wo; j++) {
+          int64_t k = window_argmax(&w, x, b, c, i, j);
+          y[y_index(&w, b, c, i, j)] = k < 0 ? -INFINITY : x[k];
+        }
+  return 0;
+}
+
+/* (x, dy) -> dx: each dy goes to its window's maximum; overlapping windows add up. */
+static int k_maxpool2d_grad(Interp *it, const Node *n) {
+  Win w = window(it, n, n->in[0], n->in[1]);
+  const double *x = val(it, n->in[0]), *dy = val(it, n->in[1]);
+  double *dx = val(it, n->id);
+  zero(it, n->id);
+  for (int64_t b = 0; b < w.N; b++)
+    for (int64_t c = 0; c < w.C; c++)
+      for (int64_t i = 0; i < w.Ho; i++)
+        for (int64_t j = 0; j < w.Wo; j++) {
+          int64_t k = window_argmax(&w, x, b, c, i, j);
+          if (k >= 0)
+            dx[k] += dy[y_index(&w, b, c, i, j)];
+        }
+  return 0;
+}
+
+/* What avgpool2d divides window (i, j) by: kh*kw when the padding counts (PyTorch's
+ * count_include_pad=True, whose divisor is the window clipped to the padded input — the whole
+ * window, since windows never leave the padded input here), else the in-bounds taps. */
+static double avg_divisor(const Win *w, int64_t i, int64_t j) {
+  if (w->a->count_include_pad)
+    return (double)(w->a->kernel[0] * w->a->kernel[1]);
+  int64_t cnt = 0;
+  for (int64_t p = 0; p < w->a->kernel[0]; p++)
+    for (int64_t q = 0; q < w->a->kernel[1]; q++)
+      cnt += tap(w, 0, i, p) >= 0 && tap(w, 1, j, q) >= 0;
+  return (double)cnt;
+}
+
+/* AVGPOOL2D (x -> y) and its adjoint AVGPOOL2D_GRAD (dy -> dx) walk the same window taps: one
+ * gathers sums and divides, the other scatters dy / divisor. */
+static void avgpool_walk(const Win *w, bool adjoint, double *x, double *y) {
+  for (int64_t b = 0; b < w->N; b++)
+    for (int64_t c = 0; c < w->C; c++)
+      for (int64_t i = 0; i < w->Ho; i++)
+        for (int64_t j = 0; j < w->Wo; j++) {
+          int64_t yi = y_index(w, b, c, i, j);
+          double div = avg_divisor(w, i, j), acc = 0.0;
+          for (int64_t p = 0; p < w->a->kernel[0]; p++)
+            for (int64_t q = 0; q < w->a->kernel[1]; q++) {
+              int64_t r = tap(w, 0, i, p), s = tap(w, 1, j, q);
+              if (r < 0 || s < 0)
+                continue;
+              if (adjoint)
+                x[x_index(w, b, c, r, s)] += y[yi] / div;
+              else
+                acc += x[x_index(w, b, c, r, s)];
+            }
+          if (!adjoint)
+            y[yi] = acc / div;
+        }
+}
+
+static int k_avgpool2d(Interp *it, const Node *n) {
+  Win w = window(it, n, n->in[0], n->id);
+  avgpool_walk(&w, false, val(it, n->in[0]), val(it, n->id));
+  return 0;
+}
+
+static int k_avgpool2d_grad(Interp *it, const Node *n) {
+  Win w = window(it, n, n->id, n->in[0]);
+  zero(it, n->id);
+  avgpool_walk(&w, true, val(it, n->id), val(it, n->in[0]));
+  return 0;
+}
+
 static const RefKernel ref_kernels[OP_COUNT] = {
     [OP_INPUT] = k_leaf,
     [OP_PARAM] = k_leaf,
@@ -364,6 +706,24 @@ static const RefKernel ref_kernels[OP_COUNT] = {
     [OP_MATMUL] = k_matmul,
     [OP_CROSS_ENTROPY] = k_cross_entropy,
     [OP_CROSS_ENTROPY_GRAD] = k_cross_entropy_grad,
+    [OP_SIGMOID] = k_sigmoid,
+    [OP_TANH] = k_tanh,
+    [OP_LEAKY_RELU] = k_leaky_relu,
+    [OP_LEAKY_RELU_GRAD] = k_leaky_relu_grad,
+    [OP_SOFTMAX] = k_softmax,
+    [OP_LOG_SOFTMAX] = k_log_softmax,
+    [OP_BCE_LOGITS] = k_bce_logits,
+    [OP_DROPOUT] = k_dropout,
+    [OP_TRANSPOSE] = k_transpose,
+    [OP_CONCAT] = k_concat,
+    [OP_SLICE] = k_slice,
+    [OP_CONV2D] = k_conv2d,
+    [OP_CONV2D_BWD_DATA] = k_conv2d_bwd_data,
+    [OP_CONV2D_BWD_FILTER] = k_conv2d_bwd_filter,
+    [OP_MAXPOOL2D] = k_maxpool2d,
+    [OP_MAXPOOL2D_GRAD] = k_maxpool2d_grad,
+    [OP_AVGPOOL2D] = k_avgpool2d,
+    [OP_AVGPOOL2D_GRAD] = k_avgpool2d_grad,
 };
 
 bool interp_has_kernel(Op op) { return op >= 0 && op < OP_COUNT && ref_kernels[op] != NULL; }
