@@ -5,7 +5,10 @@
  * numbers worked out by hand (or closed forms such as log(3)), not another implementation:
  * every kernel on a small example, broadcasting in each direction, reductions with and without
  * keepdims, all four matmul transposes, the cross-entropy loss and its gradient, label errors,
- * f32 rounding, entry points with updates, a symbolic batch, and the RtBackend view.
+ * the issue-3 ops (activations, softmax both ways round, stable bce, the dropout mask, layout,
+ * convolutions with padding, stride, dilation and groups and their two adjoints, max pooling
+ * with ties and -inf padding, average pooling with both divisors), f32 rounding, entry points
+ * with updates, a symbolic batch, and the RtBackend view.
  */
 #include <check.h>
 #include <math.h>
@@ -358,6 +361,349 @@ START_TEST(cross_entropy_grad_label_error) {
 }
 END_TEST
 
+/* ---- activations and normalised exponentials (issue 3) ---- */
+
+static int op1(Op op, int x, const Attr *a) { return ir_node(g, op, 1, &x, a, L0); }
+static int op2(Op op, int a, int b, const Attr *at) {
+  return ir_node(g, op, 2, (int[]){a, b}, at, L0);
+}
+
+START_TEST(sigmoid_and_tanh) {
+  int x = input("x", DT_F64, SHAPE(5));
+  int sg = ir_unary(g, OP_SIGMOID, x, L0), th = ir_unary(g, OP_TANH, x, L0);
+  start();
+  SET(x, 0, 2, -2, 800, -800);
+  eval(sg), eval(th);
+  double e = exp(-2.0), t2 = (1 - e * e) / (1 + e * e);
+  expect_near(sg, (double[]){0.5, 1 / (1 + e), e / (1 + e), 1, 0}, 5, 1e-16);
+  ck_assert(interp_data(it, sg)[0] == 0.5);
+  ck_assert(interp_data(it, sg)[3] == 1.0 && interp_data(it, sg)[4] == 0.0);  /* no NaN */
+  expect_near(th, (double[]){0, t2, -t2, 1, -1}, 5, 1e-15);
+}
+END_TEST
+
+/* Slope 0.25 keeps every product exact; dy of leaky_relu_grad broadcasts over rows. */
+START_TEST(leaky_relu_and_grad) {
+  int x = input("x", DT_F64, SHAPE(2, 3)), d = input("d", DT_F64, SHAPE(3));
+  int y = op1(OP_LEAKY_RELU, x, &(Attr){.value = 0.25});
+  int gr = op2(OP_LEAKY_RELU_GRAD, x, d, &(Attr){.value = 0.25});
+  start();
+  SET(x, -4, 0, 2, 8, -1, -0.5);
+  SET(d, 10, 20, 40);
+  eval(y), eval(gr);
+  EXPECT(y, -1, 0, 2, 8, -0.25, -0.125);
+  EXPECT(gr, 2.5, 5, 40, 10, 5, 10);  /* x = 0 takes the slope, as relu_grad gives 0 there */
+}
+END_TEST
+
+/* Rows (0, log 2, log 3) and columns hold softmax weights 1/6, 2/6, 3/6. */
+START_TEST(softmax_both_axes) {
+  int x = input("x", DT_F64, SHAPE(2, 3)), xt = input("xt", DT_F64, SHAPE(3, 2));
+  int s1 = op1(OP_SOFTMAX, x, &(Attr){.axis = 1}), s0 = op1(OP_SOFTMAX, xt, &(Attr){.axis = 0});
+  int l1 = op1(OP_LOG_SOFTMAX, x, &(Attr){.axis = 1});
+  start();
+  SET(x, 0, log(2.0), log(3.0), 5, 5, 5);
+  SET(xt, 0, 5, log(2.0), 5, log(3.0), 5);
+  eval(s1), eval(s0), eval(l1);
+  double third = 1.0 / 3;
+  expect_near(s1, (double[]){1.0 / 6, 2.0 / 6, 3.0 / 6, third, third, third}, 6, 1e-15);
+  expect_near(s0, (double[]){1.0 / 6, third, 2.0 / 6, third, 3.0 / 6, third}, 6, 1e-15);
+  expect_near(l1, (double[]){-log(6.0), log(2.0) - log(6.0), log(3.0) - log(6.0), -log(3.0),
+                             -log(3.0), -log(3.0)}, 6, 1e-15);
+}
+END_TEST
+
+/* Logits of ±1000 must not overflow: each row is shifted by its maximum. */
+START_TEST(softmax_stable) {
+  int x = input("x", DT_F64, SHAPE(2, 2));
+  int s = op1(OP_SOFTMAX, x, &(Attr){.axis = 1}), l = op1(OP_LOG_SOFTMAX, x, &(Attr){.axis = 1});
+  start();
+  SET(x, 1000, 1000, -1000, 0);
+  eval(s), eval(l);
+  expect_near(s, (double[]){0.5, 0.5, 0, 1}, 4, 1e-15);
+  EXPECT(l, -log(2.0), -log(2.0), -1000, 0);
+}
+END_TEST
+
+/* Moderate logits: the stable formula agrees with -(t log s + (1 - t) log(1 - s)), s = sigmoid.
+ * Targets broadcast along rows. */
+START_TEST(bce_logits_matches_naive) {
+  int x = input("x", DT_F64, SHAPE(2, 3)), t = input("t", DT_F64, SHAPE(3));
+  int y = ir_binary(g, OP_BCE_LOGITS, x, t, L0);
+  start();
+  double xv[6] = {-2, 0.5, 3, 0, -0.25, 1.5}, tv[3] = {0, 0.3, 1}, want[6];
+  set(x, xv, 6), set(t, tv, 3);
+  for (int i = 0; i < 6; i++) {
+    double s = 1 / (1 + exp(-xv[i])), tt = tv[i % 3];
+    want[i] = -(tt * log(s) + (1 - tt) * log(1 - s));
+  }
+  eval(y);
+  expect_near(y, want, 6, 1e-14);
+}
+END_TEST
+
+/* At ±100 the naive formula takes log(0); the stable one gives 100 or about e^-100. */
+START_TEST(bce_logits_stable) {
+  int x = input("x", DT_F64, SHAPE(4)), t = input("t", DT_F64, SHAPE(4));
+  int y = ir_binary(g, OP_BCE_LOGITS, x, t, L0);
+  start();
+  SET(x, 100, 100, -100, -100);
+  SET(t, 1, 0, 0, 1);
+  eval(y);
+  const double *v = interp_data(it, y);
+  ck_assert(v[1] == 100 && v[3] == 100);
+  ck_assert(v[0] > 0 && v[0] < 1e-43 && v[2] == v[0]);  /* log1p(e^-100) = 3.72e-44 */
+  ck_assert_double_eq_tol(v[0], 3.720075976020836e-44, 1e-58);
+}
+END_TEST
+
+/* 10000 ones at p = 0.25: about 7500 kept (a binomial's sd is 43), each exactly 4/3; the mask
+ * depends on (salt, counter) only, and p = 0 is the identity. */
+START_TEST(dropout_mask) {
+  int x = input("x", DT_F64, SHAPE(100, 100));
+  int step = input("step", DT_F64, shape_of(0, NULL));
+  int d1 = op2(OP_DROPOUT, x, step, &(Attr){.value = 0.25, .salt = 1});
+  int d2 = op2(OP_DROPOUT, x, step, &(Attr){.value = 0.25, .salt = 2});
+  int d0 = op2(OP_DROPOUT, x, step, &(Attr){.value = 0, .salt = 1});
+  start();
+  double *xv = interp_data(it, x);
+  for (int i = 0; i < 10000; i++) xv[i] = 1;
+  SET(step, 3);
+  eval(d1);
+  double *first = malloc(10000 * sizeof *first);
+  memcpy(first, interp_data(it, d1), 10000 * sizeof *first);
+  int kept = 0;
+  for (int i = 0; i < 10000; i++) {
+    ck_assert(first[i] == 0 || first[i] == 1 / 0.75);
+    ck_assert((first[i] != 0) == (kiln_dropout_uniform(1, 3, i) >= 0.25));
+    kept += first[i] != 0;
+  }
+  ck_assert_int_ge(kept, 7300);
+  ck_assert_int_le(kept, 7700);
+  eval(d1);  /* same counter: the same mask */
+  ck_assert(memcmp(first, interp_data(it, d1), 10000 * sizeof *first) == 0);
+  eval(d2);  /* another salt: another mask */
+  int same = 0;
+  for (int i = 0; i < 10000; i++) same += (first[i] != 0) == (interp_data(it, d2)[i] != 0);
+  ck_assert_int_lt(same, 9000);  /* independent masks agree on about 62.5% */
+  SET(step, 4);  /* another step: another mask */
+  eval(d1);
+  same = 0;
+  for (int i = 0; i < 10000; i++) same += (first[i] != 0) == (interp_data(it, d1)[i] != 0);
+  ck_assert_int_lt(same, 9000);
+  for (int i = 0; i < 10000; i++) xv[i] = i * 0.1;
+  eval(d0);
+  ck_assert(memcmp(xv, interp_data(it, d0), 10000 * sizeof *xv) == 0);
+  free(first);
+}
+END_TEST
+
+/* ---- layout (issue 3) ---- */
+
+START_TEST(transpose_values) {
+  int a = input("a", DT_F64, SHAPE(2, 3));
+  int at = ir_transpose(g, a, (int[]){1, 0}, L0);
+  int x = iota234();
+  int y = ir_transpose(g, x, (int[]){2, 0, 1}, L0);
+  start();
+  SET(a, 1, 2, 3, 4, 5, 6);
+  fill_iota(x);
+  eval(at), eval(y);
+  EXPECT(at, 1, 4, 2, 5, 3, 6);
+  int64_t d[3];
+  interp_shape(it, y, d);
+  ck_assert(d[0] == 4 && d[1] == 2 && d[2] == 3);
+  const double *v = interp_data(it, y);
+  for (int k = 0; k < 4; k++)
+    for (int i = 0; i < 2; i++)
+      for (int j = 0; j < 3; j++)
+        ck_assert(v[(k * 2 + i) * 3 + j] == 12 * i + 4 * j + k);  /* y[k,i,j] = x[i,j,k] */
+}
+END_TEST
+
+START_TEST(concat_and_slice_values) {
+  int a = input("a", DT_F64, SHAPE(2, 2)), b = input("b", DT_F64, SHAPE(2, 1));
+  int c = input("c", DT_F64, SHAPE(1, 2));
+  int ab = op2(OP_CONCAT, a, b, &(Attr){.axis = 1}), ac = op2(OP_CONCAT, a, c, &(Attr){.axis = 0});
+  int x = input("x", DT_F64, SHAPE(2, 4));
+  int s1 = op1(OP_SLICE, x, &(Attr){.axis = 1, .start = 1, .len = 2});
+  int s0 = op1(OP_SLICE, x, &(Attr){.axis = 0, .start = 1, .len = 1});
+  start();
+  SET(a, 1, 2, 3, 4);
+  SET(b, 9, 8);
+  SET(c, 5, 6);
+  SET(x, 1, 2, 3, 4, 5, 6, 7, 8);
+  eval(ab), eval(ac), eval(s1), eval(s0);
+  EXPECT(ab, 1, 2, 9, 3, 4, 8);
+  EXPECT(ac, 1, 2, 3, 4, 5, 6);
+  EXPECT(s1, 2, 3, 6, 7);
+  EXPECT(s0, 5, 6, 7, 8);
+}
+END_TEST
+
+/* ---- 2-D windows (issue 3) ---- */
+
+/* kernel kh x kw, stride s, padding [top, bottom, left, right], dilation d, groups. */
+static Attr win(int64_t kh, int64_t kw, int64_t s, const int64_t pad[4], int64_t d,
+                int64_t groups) {
+  Attr a = {0};
+  a.kernel[0] = kh, a.kernel[1] = kw;
+  a.stride[0] = a.stride[1] = s;
+  a.dilation[0] = a.dilation[1] = d;
+  if (pad)
+    memcpy(a.pad, pad, sizeof a.pad);
+  a.groups = groups;
+  return a;
+}
+
+static const int64_t PAD1[4] = {1, 1, 1, 1};
+
+/* x = 1..9 as 3x3, w = [[1,2],[3,4]] (not symmetric: a flipped kernel would show). */
+static int x33, w22;
+static void build_x33(void) {
+  x33 = input("x", DT_F64, SHAPE(1, 1, 3, 3));
+  w22 = input("w", DT_F64, SHAPE(1, 1, 2, 2));
+}
+static void fill_x33(void) {
+  SET(x33, 1, 2, 3, 4, 5, 6, 7, 8, 9);
+  SET(w22, 1, 2, 3, 4);
+}
+
+/* Cross-correlation: y[0,0] = 1*1 + 2*2 + 4*3 + 5*4 = 37, and so on. */
+START_TEST(conv2d_values) {
+  build_x33();
+  Attr plain = win(2, 2, 1, NULL, 1, 1), padded = win(2, 2, 2, PAD1, 1, 1);
+  Attr dil = win(2, 2, 1, NULL, 2, 1), asym = win(2, 2, 1, (int64_t[]){0, 1, 1, 0}, 1, 1);
+  int y = op2(OP_CONV2D, x33, w22, &plain), yp = op2(OP_CONV2D, x33, w22, &padded);
+  int yd = op2(OP_CONV2D, x33, w22, &dil), ya = op2(OP_CONV2D, x33, w22, &asym);
+  start();
+  fill_x33();
+  eval(y), eval(yp), eval(yd), eval(ya);
+  EXPECT(y, 37, 47, 67, 77);
+  /* stride 2, pad 1: windows at (-1,-1), (-1,1), (1,-1), (1,1) see 1, 2 3, 4 7, 5 6 8 9. */
+  EXPECT(yp, 4, 6 + 12, 8 + 28, 77);
+  EXPECT(yd, 1 + 6 + 21 + 36);  /* dilation 2 reads the corners 1, 3, 7, 9 */
+  /* pad bottom 1, left 1: 3x3 out; the left column sees only w's right half, the bottom row
+   * only w's top row. */
+  EXPECT(ya, 18, 37, 47, 36, 67, 77, 14, 23, 26);
+}
+END_TEST
+
+/* groups = 2: outputs 0-1 read input channel 0, outputs 2-3 channel 1 (1x1 kernels); and with
+ * two channels per group, each output sums its own group's pair. */
+START_TEST(conv2d_groups) {
+  int x = input("x", DT_F64, SHAPE(1, 2, 2, 2)), w = input("w", DT_F64, SHAPE(4, 1, 1, 1));
+  int x4 = input("x4", DT_F64, SHAPE(1, 4, 1, 1)), w4 = input("w4", DT_F64, SHAPE(2, 2, 1, 1));
+  Attr a = win(1, 1, 1, NULL, 1, 2);
+  int y = op2(OP_CONV2D, x, w, &a), y4 = op2(OP_CONV2D, x4, w4, &a);
+  start();
+  SET(x, 1, 2, 3, 4, 5, 6, 7, 8);
+  SET(w, 1, 2, 3, 4);
+  SET(x4, 1, 2, 3, 4);
+  SET(w4, 1, 10, 100, 1000);
+  eval(y), eval(y4);
+  EXPECT(y, 1, 2, 3, 4, 2, 4, 6, 8, 15, 18, 21, 24, 20, 24, 28, 32);
+  EXPECT(y4, 1 * 1 + 10 * 2, 100 * 3 + 1000 * 4);
+}
+END_TEST
+
+/* The adjoints on the same example: bwd_data spreads each dy over its window (a "full"
+ * correlation with the flipped kernel), bwd_filter sums the windows. */
+START_TEST(conv2d_adjoint_values) {
+  build_x33();
+  int dy = input("dy", DT_F64, SHAPE(1, 1, 2, 2));
+  Attr a = win(2, 2, 1, NULL, 1, 1), ap = win(2, 2, 2, PAD1, 1, 1);
+  a.in_size[0] = a.in_size[1] = ap.in_size[0] = ap.in_size[1] = 3;
+  int dx = op2(OP_CONV2D_BWD_DATA, dy, w22, &a), dxp = op2(OP_CONV2D_BWD_DATA, dy, w22, &ap);
+  Attr f = win(2, 2, 1, NULL, 1, 1);
+  int dw = op2(OP_CONV2D_BWD_FILTER, x33, dy, &f);
+  start();
+  fill_x33();
+  SET(dy, 1, 1, 1, 1);
+  eval(dx), eval(dxp), eval(dw);
+  EXPECT(dx, 1, 3, 2, 4, 10, 6, 3, 7, 4);
+  EXPECT(dxp, 4, 3, 4, 2, 1, 2, 4, 3, 4);  /* each element in exactly one stride-2 window */
+  EXPECT(dw, 12, 16, 24, 28);
+}
+END_TEST
+
+/* Overlapping 2x2 windows at stride 1: 9 is the maximum of two windows and collects both dy. */
+START_TEST(maxpool_values_and_grad) {
+  int x = input("x", DT_F64, SHAPE(1, 1, 3, 3)), dy = input("dy", DT_F64, SHAPE(1, 1, 2, 2));
+  Attr a = win(2, 2, 1, NULL, 1, 1), a3 = win(3, 3, 2, PAD1, 1, 1);
+  int y = op1(OP_MAXPOOL2D, x, &a), gx = op2(OP_MAXPOOL2D_GRAD, x, dy, &a);
+  int y3 = op1(OP_MAXPOOL2D, x, &a3), g3 = op2(OP_MAXPOOL2D_GRAD, x, dy, &a3);
+  start();
+  SET(x, 1, 9, 2, 3, 4, 8, 7, 5, 6);
+  SET(dy, 1, 2, 3, 4);
+  eval(y), eval(gx), eval(y3), eval(g3);
+  EXPECT(y, 9, 9, 7, 8);
+  EXPECT(gx, 0, 3, 0, 0, 0, 4, 3, 0, 0);
+  /* kernel 3, stride 2, pad 1: the same four windows clipped to the input. */
+  EXPECT(y3, 9, 9, 7, 8);
+  EXPECT(g3, 0, 3, 0, 0, 0, 4, 3, 0, 0);
+}
+END_TEST
+
+/* Equal maxima: dy goes to the first in row-major order, wherever it is. */
+START_TEST(maxpool_tie_picks_first) {
+  int x = input("x", DT_F64, SHAPE(1, 2, 2, 2)), dy = input("dy", DT_F64, SHAPE(1, 2, 1, 1));
+  Attr a = win(2, 2, 1, NULL, 1, 1);
+  int y = op1(OP_MAXPOOL2D, x, &a), gx = op2(OP_MAXPOOL2D_GRAD, x, dy, &a);
+  start();
+  SET(x, 3, 1, 3, 3, 1, 3, 2, 3);
+  SET(dy, 5, 7);
+  eval(y), eval(gx);
+  EXPECT(y, 3, 3);
+  EXPECT(gx, 5, 0, 0, 0, 0, 7, 0, 0);
+}
+END_TEST
+
+/* Padding is -inf, not 0: negative inputs stay the maxima of their corner windows. */
+START_TEST(maxpool_padding_is_minus_infinity) {
+  int x = input("x", DT_F64, SHAPE(1, 1, 2, 2));
+  Attr a = win(2, 2, 2, PAD1, 1, 1);
+  int y = op1(OP_MAXPOOL2D, x, &a);
+  start();
+  SET(x, -1, -2, -3, -4);
+  eval(y);
+  EXPECT(y, -1, -2, -3, -4);
+}
+END_TEST
+
+/* 2x2 windows at stride 2 with padding 1 on x = 1..9 see {1}, {2,3}, {4,7}, {5,6,8,9}. Counting
+ * the padding divides by 4 everywhere; not counting it divides by 1, 2, 2, 4. */
+START_TEST(avgpool_values_and_grad) {
+  int x = input("x", DT_F64, SHAPE(1, 1, 3, 3)), dy = input("dy", DT_F64, SHAPE(1, 1, 2, 2));
+  Attr inc = win(2, 2, 2, PAD1, 1, 1), exc = inc;
+  inc.count_include_pad = true;
+  int yi = op1(OP_AVGPOOL2D, x, &inc), ye = op1(OP_AVGPOOL2D, x, &exc);
+  inc.in_size[0] = inc.in_size[1] = exc.in_size[0] = exc.in_size[1] = 3;
+  int gi = op1(OP_AVGPOOL2D_GRAD, dy, &inc), ge = op1(OP_AVGPOOL2D_GRAD, dy, &exc);
+  start();
+  SET(x, 1, 2, 3, 4, 5, 6, 7, 8, 9);
+  SET(dy, 1, 1, 1, 1);
+  eval(yi), eval(ye), eval(gi), eval(ge);
+  EXPECT(yi, 0.25, 1.25, 2.75, 7);
+  EXPECT(ye, 1, 2.5, 5.5, 7);
+  EXPECT(gi, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25, 0.25);
+  EXPECT(ge, 1, 0.5, 0.5, 0.5, 0.25, 0.25, 0.5, 0.25, 0.25);
+}
+END_TEST
+
+/* Overlapping 2x2 windows at stride 1: the adjoint adds every window's share. */
+START_TEST(avgpool_grad_overlapping) {
+  int dy = input("dy", DT_F64, SHAPE(1, 1, 2, 2));
+  Attr a = win(2, 2, 1, NULL, 1, 1);
+  a.in_size[0] = a.in_size[1] = 3;
+  int gx = op1(OP_AVGPOOL2D_GRAD, dy, &a);
+  start();
+  SET(dy, 4, 8, 12, 16);
+  eval(gx);
+  EXPECT(gx, 1, 3, 2, 4, 10, 6, 3, 7, 4);
+}
+END_TEST
+
 /* ---- precision ---- */
 
 /* f32 mode rounds every f32 result to float; f64 mode computes the same graph exactly. */
@@ -556,6 +902,23 @@ static Suite *suite(void) {
   tcase_add_test(tc, cross_entropy_label_negative);
   tcase_add_test(tc, cross_entropy_label_not_integer);
   tcase_add_test(tc, cross_entropy_grad_label_error);
+  tcase_add_test(tc, sigmoid_and_tanh);
+  tcase_add_test(tc, leaky_relu_and_grad);
+  tcase_add_test(tc, softmax_both_axes);
+  tcase_add_test(tc, softmax_stable);
+  tcase_add_test(tc, bce_logits_matches_naive);
+  tcase_add_test(tc, bce_logits_stable);
+  tcase_add_test(tc, dropout_mask);
+  tcase_add_test(tc, transpose_values);
+  tcase_add_test(tc, concat_and_slice_values);
+  tcase_add_test(tc, conv2d_values);
+  tcase_add_test(tc, conv2d_groups);
+  tcase_add_test(tc, conv2d_adjoint_values);
+  tcase_add_test(tc, maxpool_values_and_grad);
+  tcase_add_test(tc, maxpool_tie_picks_first);
+  tcase_add_test(tc, maxpool_padding_is_minus_infinity);
+  tcase_add_test(tc, avgpool_values_and_grad);
+  tcase_add_test(tc, avgpool_grad_overlapping);
   tcase_add_test(tc, f32_rounding);
   tcase_add_test(tc, f32_mode_leaves_f64_alone);
   suite_add_tcase(s, tc);
