@@ -844,7 +844,10 @@ static void pad_arg(Lower *L, const Func *f, const Expr *e, bool modes, Attr *a)
     int m = 0;
     while (m < PAD_MODES && strcmp(pad_modes[m], e->name))
       m++;
-    if (m < PAD_MODES && modes) {
+    if (m < PAD_MODES && !modes)
+      kiln_fail(e->loc, "%s: pad=%s is for conv2d only; expected an integer or [ph, pw]",
+                f->name, pad_modes[m]);
+    if (m < PAD_MODES) {
       if (m == PAD_SAME && (a->stride[0] != 1 || a->stride[1] != 1))
         kiln_fail(e->loc, "%s: pad=same needs stride 1 (as in PyTorch), but the stride is "
                   "[%lld, %lld]", f->name, (long long)a->stride[0], (long long)a->stride[1]);

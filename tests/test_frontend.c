@@ -572,6 +572,415 @@ START_TEST(compile_error_restores_trap) {
 }
 END_TEST
 
+/* ---- issue 3: convolutional networks ---- */
+
+/* The node a statement assigned to `name` (the last one when reassigned). */
+static Node *named(Graph *g, const char *name) {
+  Node *found = NULL;
+  for (int i = 0; i < g->nnodes; i++)
+    if (!op_is_leaf(g->nodes[i].op) && g->nodes[i].name && !strcmp(g->nodes[i].name, name))
+      found = &g->nodes[i];
+  ck_assert_msg(found != NULL, "no node '%s'", name);
+  return found;
+}
+
+static bool has_update(Graph *g, EntryKind e, const char *target) {
+  for (int i = 0; i < g->entries[e].nupdates; i++)
+    if (!strcmp(ir_at(g, g->entries[e].updates[i].target)->name, target)) return true;
+  return false;
+}
+
+/* How many nodes of op the entry runs. */
+static int count_reachable(Graph *g, EntryKind e, Op op) {
+  unsigned char *mark = calloc((size_t)g->nnodes, 1);
+  ck_assert_ptr_nonnull(mark);
+  ir_reachable(g, e, mark);
+  int n = 0;
+  for (int i = 0; i < g->nnodes; i++) n += mark[i] && g->nodes[i].op == op;
+  free(mark);
+  return n;
+}
+
+/* Runs train_build, failing the test on an error. */
+static void build_entries(Graph *g) {
+  Trap t;
+  if (KILN_TRY(&t)) {
+    train_build(g);
+    kiln_trap_end(&t);
+    return;
+  }
+  kiln_trap_end(&t);
+  ck_abort_msg("train_build: %s", t.msg);
+}
+
+START_TEST(lower_mnist_cnn_example) {
+  Trap t;
+  Graph *g = NULL;
+  if (KILN_TRY(&t)) {
+    g = fe_compile_file(KILN_SOURCE_DIR "/examples/mnist_cnn.kiln");
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    ck_abort_msg("%s", t.msg);
+  }
+  ck_assert_str_eq(g->name, "mnist_cnn");
+  /* PyTorch's names, layouts and initialisers (seed 003's network). */
+  static const struct { const char *name, *shape; int init; int64_t fan_in, fan_out, count; }
+      params[] = {
+          {"conv1.weight", "[8, 1, 3, 3]", KILN_INIT_TORCH_DEFAULT, 9, 72, 72},
+          {"conv1.bias", "[8]", KILN_INIT_TORCH_DEFAULT, 9, 72, 8},
+          {"bn1.weight", "[8]", KILN_INIT_ONES, 8, 8, 8},
+          {"bn1.bias", "[8]", KILN_INIT_ZEROS, 8, 8, 8},
+          {"conv2.weight", "[32, 8, 5, 5]", KILN_INIT_TORCH_DEFAULT, 200, 800, 6400},
+          {"conv2.bias", "[32]", KILN_INIT_TORCH_DEFAULT, 200, 800, 32},
+          {"bn2.weight", "[32]", KILN_INIT_ONES, 32, 32, 32},
+          {"bn2.bias", "[32]", KILN_INIT_ZEROS, 32, 32, 32},
+          {"fc1.weight", "[600, 1568]", KILN_INIT_TORCH_DEFAULT, 1568, 600, 940800},
+          {"fc1.bias", "[600]", KILN_INIT_TORCH_DEFAULT, 1568, 600, 600},
+          {"fc2.weight", "[10, 600]", KILN_INIT_TORCH_DEFAULT, 600, 10, 6000},
+          {"fc2.bias", "[10]", KILN_INIT_TORCH_DEFAULT, 600, 10, 10},
+      };
+  ck_assert_int_eq(g->nparams, 12);
+  int64_t total = 0;
+  for (int i = 0; i < 12; i++) {
+    Node *n = ir_at(g, g->params[i]);
+    ck_assert_str_eq(n->name, params[i].name);
+    ck_assert_int_eq(n->role, ROLE_PARAM);
+    ck_assert_int_eq(n->dtype, DT_F32);
+    ck_assert_str_eq(shape_of_node(g, n), params[i].shape);
+    ck_assert_int_eq(n->leaf.init, params[i].init);
+    ck_assert_int_eq(n->leaf.fan_in, params[i].fan_in);
+    ck_assert_int_eq(n->leaf.fan_out, params[i].fan_out);
+    ck_assert_int_eq(shape_numel(&n->shape, NULL), params[i].count);
+    total += shape_numel(&n->shape, NULL);
+  }
+  ck_assert_int_eq(total, 954002);
+  /* Buffers: saved (role STATE), in PyTorch's state_dict order after the layer's parameters. */
+  static const struct { const char *name, *shape; DType dt; int init; } buffers[] = {
+      {"bn1.running_mean", "[8]", DT_F32, KILN_INIT_ZEROS},
+      {"bn1.running_var", "[8]", DT_F32, KILN_INIT_ONES},
+      {"bn1.num_batches_tracked", "[]", DT_F64, KILN_INIT_ZEROS},
+      {"bn2.running_mean", "[32]", DT_F32, KILN_INIT_ZEROS},
+      {"bn2.running_var", "[32]", DT_F32, KILN_INIT_ONES},
+      {"bn2.num_batches_tracked", "[]", DT_F64, KILN_INIT_ZEROS},
+  };
+  int nstate = 0;
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *n = ir_at(g, i);
+    if (n->op != OP_STATE) continue;
+    ck_assert_int_lt(nstate, 6);
+    ck_assert_str_eq(n->name, buffers[nstate].name);
+    ck_assert_int_eq(n->role, ROLE_STATE);
+    ck_assert_int_eq(n->dtype, buffers[nstate].dt);
+    ck_assert_str_eq(shape_of_node(g, n), buffers[nstate].shape);
+    ck_assert_int_eq(n->leaf.init, buffers[nstate].init);
+    nstate++;
+  }
+  ck_assert_int_eq(nstate, 6);
+  /* The seed's sizes: 28x28x8 -> 14x14x8 -> 14x14x32 -> 7x7x32 -> 1568 -> 600 -> 10. */
+  static const struct { const char *name, *shape; Op op; } chain[] = {
+      {"conv1", "[B, 8, 28, 28]", OP_ADD},      {"bn1", "[B, 8, 28, 28]", OP_ADD},
+      {"h1", "[B, 8, 14, 14]", OP_MAXPOOL2D},   {"conv2", "[B, 32, 14, 14]", OP_ADD},
+      {"h2", "[B, 32, 7, 7]", OP_MAXPOOL2D},    {"x", "[B, 1568]", OP_RESHAPE},
+      {"fc1", "[B, 600]", OP_ADD},              {"logits", "[B, 10]", OP_ADD},
+  };
+  for (size_t i = 0; i < sizeof chain / sizeof *chain; i++) {
+    Node *n = named(g, chain[i].name);
+    ck_assert_msg(!strcmp(shape_of_node(g, n), chain[i].shape), "%s: %s", chain[i].name,
+                  shape_of_node(g, n));
+    ck_assert_int_eq(n->op, chain[i].op);
+  }
+  /* conv1 = conv2d(...) + bias as [8, 1, 1]; padding 1 on every side, stride 1. */
+  Node *conv = ir_at(g, named(g, "conv1")->in[0]);
+  ck_assert_int_eq(conv->op, OP_CONV2D);
+  ck_assert_int_eq(conv->loc.line, 10);
+  ck_assert(conv->attr.pad[0] == 1 && conv->attr.pad[1] == 1 && conv->attr.pad[2] == 1 &&
+            conv->attr.pad[3] == 1 && conv->attr.stride[0] == 1 && conv->attr.groups == 1);
+  ck_assert_str_eq(shape_of_node(g, ir_at(g, named(g, "conv1")->in[1])), "[8, 1, 1]");
+  Node *pool = named(g, "h1");
+  ck_assert(pool->attr.kernel[0] == 2 && pool->attr.stride[1] == 2 && pool->attr.pad[3] == 0);
+  /* Batch norm makes the modes differ: two losses. */
+  ck_assert_int_ne(g->loss_train, g->loss_eval);
+  ck_assert_int_eq(g->train.epochs, 2);
+  ck_assert_int_eq(g->train.batch, 64);
+  build_entries(g);
+  const char *stats[] = {"bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked",
+                         "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked"};
+  for (int i = 0; i < 6; i++) {
+    ck_assert_msg(has_update(g, ENTRY_TRAIN, stats[i]), "no train update of %s", stats[i]);
+    ck_assert(!has_update(g, ENTRY_EVAL, stats[i]) && !has_update(g, ENTRY_GRAD, stats[i]));
+  }
+  ck_assert_int_eq(g->entries[ENTRY_EVAL].nupdates, 0);
+  ck_assert_int_eq(g->entries[ENTRY_GRAD].nupdates, 0);
+  /* The eval entry normalises with the running statistics only: no batch means, no numel. */
+  ck_assert_int_eq(count_reachable(g, ENTRY_EVAL, OP_NUMEL), 0);
+  ck_assert_int_eq(count_reachable(g, ENTRY_EVAL, OP_MEAN), 0);
+  ir_free(g);
+}
+END_TEST
+
+/* Padding modes (seed 003: same = half, full) for odd and even kernels, with dilation; input
+ * [B, 2, 9, 10]. */
+static const struct { const char *args; int64_t pad[4]; const char *out; } pad_cases[] = {
+    {"kernel=3, pad=same", {1, 1, 1, 1}, "[B, 4, 9, 10]"},
+    {"kernel=4, pad=same", {1, 2, 1, 2}, "[B, 4, 9, 10]"},               /* total 3: extra after */
+    {"kernel=[4, 3], dilation=[1, 2], pad=same", {1, 2, 2, 2}, "[B, 4, 9, 10]"}, /* 3 and 4 */
+    {"kernel=2, dilation=3, pad=same", {1, 2, 1, 2}, "[B, 4, 9, 10]"},   /* total 3 */
+    {"kernel=3, pad=full", {2, 2, 2, 2}, "[B, 4, 11, 12]"},              /* H + k - 1 */
+    {"kernel=4, dilation=2, pad=full", {6, 6, 6, 6}, "[B, 4, 15, 16]"},
+    {"kernel=2, pad=valid", {0, 0, 0, 0}, "[B, 4, 8, 9]"},
+    {"kernel=[3, 5], stride=2, pad=[1, 2]", {1, 1, 2, 2}, "[B, 4, 5, 5]"},
+    {"kernel=3, stride=[2, 3], pad=1", {1, 1, 1, 1}, "[B, 4, 5, 4]"},
+};
+
+START_TEST(lower_conv_padding) {
+  char src[256];
+  snprintf(src, sizeof src, "input x: f32[B, 2, 9, 10]\nh = conv2d(x, out=4, %s, bias=false)\n"
+           "loss = mean(h)\nminimize loss\n", pad_cases[_i].args);
+  Graph *g = compile_ok(src);
+  Node *h = named(g, "h");
+  ck_assert_int_eq(h->op, OP_CONV2D);
+  for (int k = 0; k < 4; k++)
+    ck_assert_msg(h->attr.pad[k] == pad_cases[_i].pad[k], "%s: pad[%d] = %lld",
+                  pad_cases[_i].args, k, (long long)h->attr.pad[k]);
+  ck_assert_str_eq(shape_of_node(g, h), pad_cases[_i].out);
+  ck_assert_int_eq(ir_find_leaf(g, "h.bias"), -1);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_conv_groups_and_init) {
+  Graph *g = compile_ok("input x: f64[B, 4, 6, 6]\n"
+                        "h = conv2d(x, out=6, kernel=[3, 2], groups=2, dilation=[1, 2]) as c\n"
+                        "p = conv2d(h, out=6, kernel=1)\n"   /* pointwise */
+                        "loss = mean(p)\nminimize loss\ntrain { init = he }\n");
+  Node *w = leaf(g, "c.weight"), *b = leaf(g, "c.bias");
+  ck_assert_str_eq(shape_of_node(g, w), "[6, 2, 3, 2]");
+  ck_assert_int_eq(w->dtype, DT_F64);
+  ck_assert_int_eq(w->leaf.init, KILN_INIT_HE_NORMAL);
+  ck_assert_int_eq(w->leaf.fan_in, 12);    /* size(1) * kh * kw */
+  ck_assert_int_eq(w->leaf.fan_out, 36);   /* size(0) * kh * kw */
+  ck_assert_int_eq(b->leaf.init, KILN_INIT_ZEROS);
+  Node *conv = ir_at(g, named(g, "h")->in[0]);
+  ck_assert_int_eq(conv->attr.groups, 2);
+  ck_assert(conv->attr.dilation[0] == 1 && conv->attr.dilation[1] == 2);
+  ck_assert_str_eq(shape_of_node(g, conv), "[B, 6, 4, 4]");
+  ck_assert_str_eq(shape_of_node(g, leaf(g, "p.weight")), "[6, 6, 1, 1]");
+  ck_assert_str_eq(shape_of_node(g, named(g, "p")), "[B, 6, 4, 4]");
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_pools) {
+  Graph *g = compile_ok("input x: f32[B, 3, 9, 9]\n"
+                        "m = maxpool2d(x, 3, stride=2, pad=1, dilation=2)\n"
+                        "a = avgpool2d(x, kernel=[2, 3], count_include_pad=false, pad=[1, 1])\n"
+                        "l = l2pool2d(x, kernel=2, stride=1)\n"
+                        "loss = mean(m) + mean(a) + mean(l)\nminimize loss\n");
+  Node *m = named(g, "m");
+  ck_assert_int_eq(m->op, OP_MAXPOOL2D);
+  ck_assert(m->attr.kernel[0] == 3 && m->attr.stride[0] == 2 && m->attr.pad[0] == 1 &&
+            m->attr.dilation[1] == 2);
+  ck_assert_str_eq(shape_of_node(g, m), "[B, 3, 4, 4]");   /* (9 + 2 - 5)/2 + 1 */
+  Node *a = named(g, "a");
+  ck_assert_int_eq(a->op, OP_AVGPOOL2D);
+  ck_assert(!a->attr.count_include_pad && a->attr.stride[0] == 2 && a->attr.stride[1] == 3);
+  ck_assert(a->attr.dilation[0] == 1 && a->attr.dilation[1] == 1);
+  ck_assert_str_eq(shape_of_node(g, a), "[B, 3, 5, 3]");
+  /* l2pool2d = sqrt(avgpool2d(x * x, count_include_pad) * kh*kw) (seed 001 eq. 31b). */
+  Node *l = named(g, "l");
+  ck_assert_int_eq(l->op, OP_SQRT);
+  ck_assert_str_eq(shape_of_node(g, l), "[B, 3, 8, 8]");
+  Node *scaled = ir_at(g, l->in[0]);
+  ck_assert_int_eq(scaled->op, OP_MUL);
+  ck_assert(ir_at(g, scaled->in[1])->op == OP_CONST && ir_at(g, scaled->in[1])->attr.value == 4);
+  Node *avg = ir_at(g, scaled->in[0]);
+  ck_assert_int_eq(avg->op, OP_AVGPOOL2D);
+  ck_assert(avg->attr.count_include_pad && avg->attr.stride[0] == 1);
+  Node *sq = ir_at(g, avg->in[0]);
+  ck_assert(sq->op == OP_MUL && sq->in[0] == leaf(g, "x")->id && sq->in[1] == sq->in[0]);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_batchnorm_1d_and_options) {
+  Graph *g = compile_ok("input x: f32[B, 5]\n"
+                        "h = batchnorm(x, eps=1e-3, momentum=0.25)\n"
+                        "n = batchnorm(h, affine=false) as plain\n"
+                        "loss = mean(n)\nminimize loss\n");
+  ck_assert_int_eq(g->nparams, 2);
+  ck_assert_str_eq(shape_of_node(g, leaf(g, "h.weight")), "[5]");
+  ck_assert_int_eq(ir_find_leaf(g, "plain.weight"), -1);
+  ck_assert_str_eq(shape_of_node(g, leaf(g, "plain.running_var")), "[5]");
+  /* The statistics are over the batch axis only (BatchNorm1d), and updates are registered once. */
+  int rm = leaf(g, "h.running_mean")->id, rv = leaf(g, "h.running_var")->id;
+  Entry *tr = &g->entries[ENTRY_TRAIN];
+  ck_assert_int_eq(tr->nupdates, 6);
+  const Update *u = &tr->updates[0];
+  ck_assert_int_eq(u->target, rm);
+  /* (1 - m) * running + m * batch */
+  Node *upd = ir_at(g, u->value), *keep = ir_at(g, upd->in[0]), *take = ir_at(g, upd->in[1]);
+  ck_assert(upd->op == OP_ADD && keep->op == OP_MUL && take->op == OP_MUL);
+  ck_assert(ir_at(g, keep->in[0])->attr.value == 0.75 && keep->in[1] == rm);
+  ck_assert(ir_at(g, take->in[0])->attr.value == 0.25);
+  Node *mu = ir_at(g, ir_at(g, take->in[1])->in[0]);
+  ck_assert(mu->op == OP_MEAN && mu->attr.axes == 1u && mu->attr.keepdims);
+  /* running_var takes the unbiased variance: var * n / (n - 1), n = numel over the axes. */
+  ck_assert_int_eq(tr->updates[1].target, rv);
+  Node *unb = ir_at(g, ir_at(g, ir_at(g, tr->updates[1].value)->in[1])->in[1]);
+  ck_assert_int_eq(unb->op, OP_MUL);
+  Node *ratio = ir_at(g, unb->in[1]);
+  ck_assert_int_eq(ratio->op, OP_DIV);
+  Node *numel = ir_at(g, ratio->in[0]);
+  ck_assert(numel->op == OP_NUMEL && numel->attr.axes == 1u && numel->in[0] == leaf(g, "x")->id);
+  ck_assert_int_eq(ir_at(g, ratio->in[1])->op, OP_SUB);
+  ck_assert_int_eq(tr->updates[2].target, leaf(g, "h.num_batches_tracked")->id);
+  /* eps reaches the graph; the eval pass normalises with the running statistics. */
+  bool eps = false;
+  for (int i = 0; i < g->nnodes; i++)
+    eps |= g->nodes[i].op == OP_CONST && g->nodes[i].attr.value == 1e-3;
+  ck_assert(eps);
+  ck_assert_int_ne(g->loss_train, g->loss_eval);
+  build_entries(g);
+  ck_assert_int_eq(count_reachable(g, ENTRY_EVAL, OP_MEAN), 1); /* only the loss's mean */
+  ck_assert_int_eq(g->entries[ENTRY_EVAL].nupdates, 0);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_layernorm_instancenorm) {
+  Graph *g = compile_ok("input x: f32[B, 3, 4, 5]\n"
+                        "ln = layernorm(x)\n"
+                        "i = instancenorm(ln, eps=0.01)\n"
+                        "loss = mean(i)\nminimize loss\n");
+  Node *w = leaf(g, "ln.weight"), *b = leaf(g, "ln.bias");
+  ck_assert_str_eq(shape_of_node(g, w), "[3, 4, 5]");
+  ck_assert_int_eq(w->leaf.init, KILN_INIT_ONES);
+  ck_assert_int_eq(b->leaf.init, KILN_INIT_ZEROS);
+  ck_assert_int_eq(g->nparams, 2);
+  /* Same in both modes: one loss. */
+  ck_assert_int_eq(g->loss_train, g->loss_eval);
+  Node *in = named(g, "i");
+  ck_assert_int_eq(in->op, OP_DIV);
+  Node *mu = ir_at(g, ir_at(g, in->in[0])->in[1]);
+  ck_assert(mu->op == OP_MEAN && mu->attr.axes == 12u);
+  Node *lmu = NULL;
+  for (int k = 0; k < g->nnodes; k++)
+    if (g->nodes[k].op == OP_MEAN && g->nodes[k].in[0] == leaf(g, "x")->id) lmu = &g->nodes[k];
+  ck_assert(lmu && lmu->attr.axes == 14u && lmu->attr.keepdims);
+  for (int k = 0; k < g->nnodes; k++)
+    ck_assert(g->nodes[k].op != OP_STATE);
+  ir_free(g);
+}
+END_TEST
+
+static uint32_t fnv1a(const char *s) {
+  uint32_t h = 2166136261u;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+START_TEST(lower_dropout_modes) {
+  Graph *g = compile_ok("input x: f32[B, 8]\nparam w: f32[8]\n"
+                        "h = dropout(x)\n"
+                        "h = dropout(h, p=0.25)\n"
+                        "k = dropout(h, 0.1) as drop\n"
+                        "z = dropout(k, p=0)\n"
+                        "loss = mean(z * w)\nminimize loss\n");
+  /* Sites are named by `as` or dropout<n>, never by the variable: `h = dropout(h)` twice draws
+   * two different masks. */
+  Node *d1 = named(g, "h");
+  ck_assert_int_eq(d1->op, OP_DROPOUT);
+  ck_assert(d1->attr.value == 0.25 && d1->attr.salt == fnv1a("dropout2"));
+  Node *d0 = ir_at(g, d1->in[0]);
+  ck_assert(d0->op == OP_DROPOUT && d0->attr.value == 0.5 && d0->attr.salt == fnv1a("dropout1"));
+  Node *dk = named(g, "k");
+  ck_assert(dk->op == OP_DROPOUT && dk->attr.salt == fnv1a("drop"));
+  ck_assert_int_eq(ir_at(g, ir_at(g, g->loss_train)->in[0])->in[0], dk->id); /* p = 0: k */
+  /* One counter per model: f64 scalar, role OPT, seeded, one update. */
+  Node *c = leaf(g, "dropout.step");
+  ck_assert(d0->in[1] == c->id && d1->in[1] == c->id && dk->in[1] == c->id);
+  ck_assert_int_eq(c->op, OP_STATE);
+  ck_assert_int_eq(c->role, ROLE_OPT);
+  ck_assert_int_eq(c->dtype, DT_F64);
+  ck_assert_int_eq(c->shape.rank, 0);
+  ck_assert_int_eq(c->leaf.init, KILN_INIT_SEED);
+  ck_assert_int_eq(g->entries[ENTRY_TRAIN].nupdates, 1);
+  Node *inc = ir_at(g, g->entries[ENTRY_TRAIN].updates[0].value);
+  ck_assert(inc->op == OP_ADD && inc->in[0] == c->id && ir_at(g, inc->in[1])->attr.value == 1);
+  /* Evaluation mode: no dropout at all. */
+  Node *eloss = ir_at(g, g->loss_eval);
+  ck_assert_int_eq(ir_at(g, eloss->in[0])->in[0], leaf(g, "x")->id);
+  build_entries(g);
+  ck_assert_int_eq(count_reachable(g, ENTRY_EVAL, OP_DROPOUT), 0);
+  ck_assert_int_eq(count_reachable(g, ENTRY_TRAIN, OP_DROPOUT), 3);
+  ck_assert(has_update(g, ENTRY_TRAIN, "dropout.step"));
+  ck_assert(!has_update(g, ENTRY_GRAD, "dropout.step"));
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_activations_and_layout) {
+  Graph *g = compile_ok("input x: f32[B, 4]\ninput t: f32[B, 4]\ninput im: f32[B, 2, 3, 3]\n"
+                        "a = sigmoid(x) + tanh(x) + leaky_relu(x) + leaky_relu(x, slope=0.2)\n"
+                        "s = softmax(x)\n"
+                        "ls = log_softmax(x, axis=0)\n"
+                        "tr = transpose(x)\n"
+                        "tp = transpose(im, axes=[0, 2, 3, -3])\n"
+                        "c = concat(im, im, relu(im))\n"
+                        "c0 = concat(x, t, axis=-2)\n"
+                        "b = bce_with_logits(x, t)\n"
+                        "loss = b + mean(a) + mean(s) + mean(ls) + mean(tr) + mean(tp) + mean(c)"
+                        " + mean(c0)\nminimize loss\n");
+  int x = leaf(g, "x")->id;
+  int slope_default = 0, slope_given = 0, other = 0;
+  for (int i = 0; i < g->nnodes; i++) {
+    Node *n = ir_at(g, i);
+    if (n->op == OP_LEAKY_RELU) {
+      ck_assert_int_eq(n->in[0], x);
+      slope_default += n->attr.value == 0.01;
+      slope_given += n->attr.value == 0.2;
+    }
+    if (n->op == OP_SIGMOID || n->op == OP_TANH) {
+      ck_assert_int_eq(n->in[0], x);
+      other++;
+    }
+  }
+  ck_assert(slope_default == 1 && slope_given == 1 && other == 2);
+  ck_assert(named(g, "s")->op == OP_SOFTMAX && named(g, "s")->attr.axis == 1);
+  ck_assert(named(g, "ls")->op == OP_LOG_SOFTMAX && named(g, "ls")->attr.axis == 0);
+  Node *tr = named(g, "tr");
+  ck_assert(tr->op == OP_TRANSPOSE && tr->attr.perm[0] == 1 && tr->attr.perm[1] == 0);
+  ck_assert_str_eq(shape_of_node(g, tr), "[4, B]");
+  Node *tp = named(g, "tp");
+  ck_assert_str_eq(shape_of_node(g, tp), "[B, 3, 3, 2]");
+  ck_assert(tp->attr.perm[3] == 1);
+  Node *c = named(g, "c");   /* ((im, im), relu(im)) along axis 1 */
+  ck_assert(c->op == OP_CONCAT && c->attr.axis == 1);
+  ck_assert_str_eq(shape_of_node(g, c), "[B, 6, 3, 3]");
+  ck_assert_int_eq(ir_at(g, c->in[0])->op, OP_CONCAT);
+  ck_assert_str_eq(shape_of_node(g, ir_at(g, c->in[0])), "[B, 4, 3, 3]");
+  ck_assert_str_eq(shape_of_node(g, named(g, "c0")), "[2*B, 4]");
+  Node *b = named(g, "b");
+  ck_assert(b->op == OP_MEAN && b->attr.axes == 3u && b->shape.rank == 0);
+  ck_assert_int_eq(ir_at(g, b->in[0])->op, OP_BCE_LOGITS);
+  ir_free(g);
+}
+END_TEST
+
+START_TEST(lower_auto_names_skip_buffers) {
+  /* An unnamed batchnorm without affine has no weight; its buffers still take the name. */
+  Graph *g = compile_ok("input x: f32[B, 3]\n"
+                        "h = relu(batchnorm(x, affine=false))\n"
+                        "k = relu(batchnorm(h))\n"
+                        "loss = mean(k)\nminimize loss\n");
+  leaf(g, "batchnorm1.running_mean");
+  leaf(g, "batchnorm2.weight");
+  leaf(g, "batchnorm2.running_mean");
+  ir_free(g);
+}
+END_TEST
+
 /* ---- every error message ---- */
 
 static const struct { const char *what, *src, *msg; } errors[] = {
@@ -1020,6 +1429,254 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:1:7: error: expected a name after 'model', got '3'\n"
      "  model 3\n"
      "        ^\n"},
+    {"conv kernel too big",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(x, out=4, kernel=11)\n",
+     "t.kiln:3:5: error: conv2d: the vertical window (11 with dilation) is larger than the padded input (8) of shape [B, 3, 8, 8]\n"
+     "  h = conv2d(x, out=4, kernel=11)\n"
+     "      ^\n"},
+    {"conv groups",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(x, out=4, kernel=3, groups=2)\n",
+     "t.kiln:3:39: error: conv2d: 3 input channels (of [B, 3, 8, 8]) and 4 output channels do not both divide into 2 groups\n"
+     "  h = conv2d(x, out=4, kernel=3, groups=2)\n"
+     "                                        ^\n"},
+    {"conv groups 0",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(x, out=4, kernel=3, groups=0)\n",
+     "t.kiln:3:39: error: conv2d: 'groups' must be at least 1, got 0\n"
+     "  h = conv2d(x, out=4, kernel=3, groups=0)\n"
+     "                                        ^\n"},
+    {"conv pad string",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(x, out=4, kernel=3, pad=half)\n",
+     "t.kiln:3:36: error: conv2d: unknown padding 'half'; expected an integer, [ph, pw], same, full or valid\n"
+     "  h = conv2d(x, out=4, kernel=3, pad=half)\n"
+     "                                     ^\n"},
+    {"conv same stride",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(x, out=4, kernel=3, stride=2, pad=same)\n",
+     "t.kiln:3:46: error: conv2d: pad=same needs stride 1 (as in PyTorch), but the stride is [2, 2]\n"
+     "  h = conv2d(x, out=4, kernel=3, stride=2, pad=same)\n"
+     "                                               ^\n"},
+    {"conv input rank",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(flatten(x), out=4, kernel=3)\n",
+     "t.kiln:3:5: error: conv2d needs an input of shape [N, C, H, W], got [B, 192]\n"
+     "  h = conv2d(flatten(x), out=4, kernel=3)\n"
+     "      ^\n"},
+    {"conv int input",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(reshape(y, shape=[B, 1, 1, 1]), out=4, kernel=1)\n",
+     "t.kiln:3:5: error: conv2d needs a floating-point input, got i32\n"
+     "  h = conv2d(reshape(y, shape=[B, 1, 1, 1]), out=4, kernel=1)\n"
+     "      ^\n"},
+    {"conv kernel list",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(x, out=4, kernel=[3, 3, 3])\n",
+     "t.kiln:3:29: error: conv2d: 'kernel' must be one integer or a list [h, w], got a list of 3\n"
+     "  h = conv2d(x, out=4, kernel=[3, 3, 3])\n"
+     "                              ^\n"},
+    {"conv stride 0",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(x, out=4, kernel=3, stride=[1, 0])\n",
+     "t.kiln:3:43: error: conv2d: 'stride' must be at least 1, got 0\n"
+     "  h = conv2d(x, out=4, kernel=3, stride=[1, 0])\n"
+     "                                            ^\n"},
+    {"conv missing kernel",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = conv2d(x, out=4)\n",
+     "t.kiln:3:5: error: conv2d: missing argument 'kernel'\n"
+     "  h = conv2d(x, out=4)\n"
+     "      ^\n"},
+    {"flatten mismatch",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "param w: f32[100, 10]\n"
+     "h = matmul(flatten(maxpool2d(x, kernel=2)), w)\n",
+     "t.kiln:4:5: error: matmul of [B, 48] and [100, 10]: inner dimensions differ\n"
+     "  h = matmul(flatten(maxpool2d(x, kernel=2)), w)\n"
+     "      ^\n"},
+    {"dropout p",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = dropout(x, p=1)\n",
+     "t.kiln:3:18: error: dropout: 'p' must be in [0, 1), got 1\n"
+     "  h = dropout(x, p=1)\n"
+     "                   ^\n"},
+    {"dropout p neg",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = dropout(x, p=-0.5)\n",
+     "t.kiln:3:18: error: dropout: 'p' must be in [0, 1), got -0.5\n"
+     "  h = dropout(x, p=-0.5)\n"
+     "                   ^\n"},
+    {"dropout twice",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "a = dropout(x) as d\n"
+     "b = dropout(x) as d\n",
+     "t.kiln:4:19: error: dropout site 'd' is named twice: each site needs its own name\n"
+     "  b = dropout(x) as d\n"
+     "                    ^\n"},
+    {"pool pad mode",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = maxpool2d(x, kernel=2, pad=same)\n",
+     "t.kiln:3:32: error: maxpool2d: pad=same is for conv2d only; expected an integer or [ph, pw]\n"
+     "  h = maxpool2d(x, kernel=2, pad=same)\n"
+     "                                 ^\n"},
+    {"pool pad big",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = maxpool2d(x, kernel=2, pad=2)\n",
+     "t.kiln:3:5: error: maxpool2d: padding must be at most half the kernel size\n"
+     "  h = maxpool2d(x, kernel=2, pad=2)\n"
+     "      ^\n"},
+    {"pool too big",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = avgpool2d(x, kernel=[2, 9])\n",
+     "t.kiln:3:5: error: avgpool2d: the horizontal window (9 with dilation) is larger than the padded input (8) of shape [B, 3, 8, 8]\n"
+     "  h = avgpool2d(x, kernel=[2, 9])\n"
+     "      ^\n"},
+    {"l2pool too big",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = l2pool2d(x, kernel=9)\n",
+     "t.kiln:3:5: error: avgpool2d: the vertical window (9 with dilation) is larger than the padded input (8) of shape [B, 3, 8, 8]\n"
+     "  h = l2pool2d(x, kernel=9)\n"
+     "      ^\n"},
+    {"pool cip",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = avgpool2d(x, 2, count_include_pad=1)\n",
+     "t.kiln:3:39: error: avgpool2d: 'count_include_pad' must be true or false\n"
+     "  h = avgpool2d(x, 2, count_include_pad=1)\n"
+     "                                        ^\n"},
+    {"bn momentum",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = batchnorm(flatten(x), momentum=2)\n",
+     "t.kiln:3:36: error: batchnorm: 'momentum' must be in [0, 1], got 2\n"
+     "  h = batchnorm(flatten(x), momentum=2)\n"
+     "                                     ^\n"},
+    {"bn rank",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = batchnorm(y)\n",
+     "t.kiln:3:5: error: batchnorm needs an input of shape [N, C, H, W] or [N, C], got [B]\n"
+     "  h = batchnorm(y)\n"
+     "      ^\n"},
+    {"bn dup",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "bn = batchnorm(x)\n"
+     "bn = batchnorm(x)\n",
+     "t.kiln:4:6: error: parameter 'bn.weight' is defined twice\n"
+     "  bn = batchnorm(x)\n"
+     "       ^\n"},
+    {"ln eps",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = layernorm(x, eps=0)\n",
+     "t.kiln:3:22: error: layernorm: 'eps' must be positive, got 0\n"
+     "  h = layernorm(x, eps=0)\n"
+     "                       ^\n"},
+    {"ln rank",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = layernorm(sum(x))\n",
+     "t.kiln:3:5: error: layernorm needs an input [N, ...] with at least 2 axes and numbers after the first, got []\n"
+     "  h = layernorm(sum(x))\n"
+     "      ^\n"},
+    {"in rank",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = instancenorm(flatten(x))\n",
+     "t.kiln:3:5: error: instancenorm needs an input of shape [N, C, H, W], got [B, 192]\n"
+     "  h = instancenorm(flatten(x))\n"
+     "      ^\n"},
+    {"transpose len",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = transpose(x, axes=[0, 1])\n",
+     "t.kiln:3:23: error: transpose: 'axes' must be a list of all 4 axes of [B, 3, 8, 8] in their new order\n"
+     "  h = transpose(x, axes=[0, 1])\n"
+     "                        ^\n"},
+    {"transpose perm",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = transpose(x, axes=[0, 1, 1, 2])\n",
+     "t.kiln:3:5: error: transpose: the axes must be a permutation of 0..3 for shape [B, 3, 8, 8]\n"
+     "  h = transpose(x, axes=[0, 1, 1, 2])\n"
+     "      ^\n"},
+    {"concat dtype",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = concat(x, y)\n",
+     "t.kiln:3:5: error: concat of f32 and i32: element types differ\n"
+     "  h = concat(x, y)\n"
+     "      ^\n"},
+    {"concat shapes",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = concat(x, flatten(x))\n",
+     "t.kiln:3:5: error: cannot concatenate [B, 3, 8, 8] and [B, 192] along axis 1\n"
+     "  h = concat(x, flatten(x))\n"
+     "      ^\n"},
+    {"concat arg",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = concat(x, x, dim=1)\n",
+     "t.kiln:3:18: error: unknown argument 'dim' to concat\n"
+     "  h = concat(x, x, dim=1)\n"
+     "                   ^\n"},
+    {"concat none",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = concat(axis=0)\n",
+     "t.kiln:3:5: error: concat needs at least one tensor\n"
+     "  h = concat(axis=0)\n"
+     "      ^\n"},
+    {"concat rank",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = concat(sum(x, axes=[1, 2, 3]), y)\n",
+     "t.kiln:3:5: error: concat joins along axis 1 by default, but [B] has 1 axis: give 'axis'\n"
+     "  h = concat(sum(x, axes=[1, 2, 3]), y)\n"
+     "      ^\n"},
+    {"softmax axis",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = softmax(x, axis=4)\n",
+     "t.kiln:3:21: error: softmax: axis 4 is out of range for a tensor with 4 axes\n"
+     "  h = softmax(x, axis=4)\n"
+     "                      ^\n"},
+    {"softmax scalar",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = softmax(sum(x))\n",
+     "t.kiln:3:5: error: softmax needs a tensor with at least 1 axis, got a scalar\n"
+     "  h = softmax(sum(x))\n"
+     "      ^\n"},
+    {"bce shapes",
+     "input x: f32[B, 3, 8, 8]\n"
+     "input y: i32[B]\n"
+     "h = bce_with_logits(flatten(x), x)\n",
+     "t.kiln:3:5: error: cannot bce_logits shapes [B, 192] and [B, 3, 8, 8]: dimension 2 differs\n"
+     "  h = bce_with_logits(flatten(x), x)\n"
+     "      ^\n"},
 };
 
 START_TEST(error_messages) {
@@ -1055,6 +1712,15 @@ static Suite *frontend_suite(void) {
   tcase_add_test(lower, lower_locations);
   tcase_add_test(lower, compile_file_missing);
   tcase_add_test(lower, compile_error_restores_trap);
+  tcase_add_test(lower, lower_mnist_cnn_example);
+  tcase_add_loop_test(lower, lower_conv_padding, 0, (int)(sizeof pad_cases / sizeof *pad_cases));
+  tcase_add_test(lower, lower_conv_groups_and_init);
+  tcase_add_test(lower, lower_pools);
+  tcase_add_test(lower, lower_batchnorm_1d_and_options);
+  tcase_add_test(lower, lower_layernorm_instancenorm);
+  tcase_add_test(lower, lower_dropout_modes);
+  tcase_add_test(lower, lower_activations_and_layout);
+  tcase_add_test(lower, lower_auto_names_skip_buffers);
   suite_add_tcase(s, lower);
   TCase *err = tcase_create("errors");
   tcase_add_loop_test(err, error_messages, 0, (int)(sizeof errors / sizeof *errors));
