@@ -1,0 +1,368 @@
+/*
+ * test_ir.c — the graph IR, shape inference, the training graph and the memory plan.
+ *
+ * Shape rules are tested directly through the builders: symbolic dimensions, broadcasting,
+ * reshape counting symbols exactly, window arithmetic (seed 000 eq. 2.2) and every error message
+ * as exact text. The plan is tested by its invariants (alignment, persistent tensors never
+ * shared, no two tensors alive at once in any entry overlapping) rather than by fixed offsets.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+#include "frontend.h"
+
+#define SHAPE(...) \
+  shape_of((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
+
+static Graph *g;
+static SrcFile file = {"m.kiln", "y = op(x)\n"};
+static Loc at = {&file, 1, 5};
+
+static void setup(void) { g = ir_new("t"); }
+static void teardown(void) { ir_free(g); }
+
+static int f32(const char *name, Shape s) { return ir_leaf(g, OP_INPUT, ROLE_INPUT, name, DT_F32, s, at); }
+
+/* Shape with the batch symbol in dimension 0: [n0*B, rest...]. */
+static Shape batched(Shape s) {
+  s.d[0].sym = ir_sym(g, "B");
+  return s;
+}
+
+static char *shape_text(int id) {
+  static char buf[128];
+  return shape_str(g, &ir_at(g, id)->shape, buf, sizeof buf);
+}
+
+/* Runs fn under a trap and returns the error message, or NULL when nothing failed. */
+static const char *error_of(void (*fn)(void)) {
+  static Trap t;
+  if (KILN_TRY(&t)) {
+    fn();
+    kiln_trap_end(&t);
+    return NULL;
+  }
+  kiln_trap_end(&t);
+  return t.msg;
+}
+
+START_TEST(broadcasting_with_symbols) {
+  int a = f32("a", batched(SHAPE(1, 1, 4)));
+  int b = f32("b", SHAPE(3, 1));
+  int c = ir_binary(g, OP_ADD, a, b, at);
+  ck_assert_str_eq(shape_text(c), "[B, 3, 4]");
+  int d = ir_binary(g, OP_MUL, c, ir_const(g, 2, DT_F32, at), at);
+  ck_assert_str_eq(shape_text(d), "[B, 3, 4]");
+  /* Hash-consing: the same computation is the same node. */
+  ck_assert_int_eq(ir_binary(g, OP_ADD, a, b, at), c);
+  ck_assert_int_ne(ir_binary(g, OP_ADD, b, a, at), c);
+  ck_assert_int_eq(ir_const(g, 2, DT_F32, at), ir_const(g, 2, DT_F32, at));
+  ck_assert_int_ne(ir_const(g, 2, DT_F32, at), ir_const(g, 2, DT_F64, at));
+}
+END_TEST
+
+static void bad_broadcast(void) {
+  int a = f32("a", batched(SHAPE(1, 256)));
+  int b = f32("b", batched(SHAPE(1, 10)));
+  ir_binary(g, OP_ADD, a, b, at);
+}
+
+static void bad_symbolic_broadcast(void) {
+  int a = f32("a", batched(SHAPE(1, 4)));
+  int b = f32("b", SHAPE(3, 4));
+  ir_binary(g, OP_SUB, a, b, at);
+}
+
+START_TEST(broadcast_errors) {
+  ck_assert_str_eq(error_of(bad_broadcast),
+                   "m.kiln:1:5: error: cannot add shapes [B, 256] and [B, 10]: dimension 1 differs\n"
+                   "  y = op(x)\n"
+                   "      ^\n");
+  teardown();
+  setup();
+  /* B might be 3 at run time, but shapes must agree for every batch. */
+  ck_assert_ptr_nonnull(strstr(error_of(bad_symbolic_broadcast),
+                               "cannot sub shapes [B, 4] and [3, 4]: dimension 0 differs"));
+}
+END_TEST
+
+START_TEST(reductions_and_reshape) {
+  int x = f32("x", batched(SHAPE(1, 3, 4)));
+  ck_assert_str_eq(shape_text(ir_reduce(g, OP_SUM, x, 1u << 1, false, at)), "[B, 4]");
+  ck_assert_str_eq(shape_text(ir_reduce(g, OP_MEAN, x, 1u << 0 | 1u << 2, true, at)), "[1, 3, 1]");
+  ck_assert_str_eq(shape_text(ir_reduce(g, OP_NUMEL, x, 1u << 0, false, at)), "[]");
+  Shape flat = batched(SHAPE(1, 12));
+  ck_assert_str_eq(shape_text(ir_reshape(g, x, flat, at)), "[B, 12]");
+  Shape merged = SHAPE(12, 1);
+  merged.d[0].sym = 0;  /* [12*B, 1] */
+  ck_assert_str_eq(shape_text(ir_reshape(g, x, merged, at)), "[12*B, 1]");
+  /* The identity reshape is no node at all. */
+  ck_assert_int_eq(ir_reshape(g, x, ir_at(g, x)->shape, at), x);
+}
+END_TEST
+
+static void reshape_loses_symbol(void) {
+  int x = f32("x", batched(SHAPE(1, 12)));
+  ir_reshape(g, x, SHAPE(64, 12), at);
+}
+
+static void bad_axes(void) {
+  int x = f32("x", SHAPE(2, 3));
+  ir_reduce(g, OP_SUM, x, 1u << 2, false, at);
+}
+
+static void matmul_mismatch(void) {
+  int a = f32("a", batched(SHAPE(1, 4)));
+  int b = f32("b", SHAPE(3, 2));
+  ir_matmul(g, a, b, false, false, at);
+}
+
+static void labels_not_int(void) {
+  int l = f32("l", batched(SHAPE(1, 10)));
+  int y = f32("y", batched(SHAPE(1)));
+  ir_binary(g, OP_CROSS_ENTROPY, l, y, at);
+}
+
+START_TEST(shape_error_messages) {
+  ck_assert_ptr_nonnull(strstr(error_of(reshape_loses_symbol),
+                               "error: cannot reshape [B, 12] to [64, 12]: element counts differ"));
+  teardown();
+  setup();
+  ck_assert_ptr_nonnull(strstr(error_of(bad_axes),
+                               "error: sum: axis out of range for a tensor of shape [2, 3]"));
+  teardown();
+  setup();
+  ck_assert_ptr_nonnull(strstr(error_of(matmul_mismatch),
+                               "error: matmul of [B, 4] and [3, 2]: inner dimensions differ"));
+  teardown();
+  setup();
+  ck_assert_ptr_nonnull(strstr(error_of(labels_not_int),
+                               "error: cross_entropy needs integer (i32) labels, got f32"));
+}
+END_TEST
+
+START_TEST(matmul_transposes) {
+  int a = f32("a", SHAPE(5, 3)), b = f32("b", SHAPE(4, 3));
+  ck_assert_str_eq(shape_text(ir_matmul(g, a, b, false, true, at)), "[5, 4]");
+  ck_assert_str_eq(shape_text(ir_matmul(g, b, a, false, true, at)), "[4, 5]");
+  int c = f32("c", SHAPE(5, 7));
+  ck_assert_str_eq(shape_text(ir_matmul(g, a, c, true, false, at)), "[3, 7]");
+}
+END_TEST
+
+/* Builds conv2d with the given window on x and returns its node. */
+static int conv(int x, int w, int64_t stride, int64_t pad0, int64_t pad1, int64_t dil, int64_t groups) {
+  Attr a = {0};
+  Node *wn = ir_at(g, w);
+  a.kernel[0] = wn->shape.d[2].n;
+  a.kernel[1] = wn->shape.d[3].n;
+  a.stride[0] = a.stride[1] = stride;
+  a.pad[0] = a.pad[2] = pad0;
+  a.pad[1] = a.pad[3] = pad1;
+  a.dilation[0] = a.dilation[1] = dil;
+  a.groups = groups;
+  int in[2] = {x, w};
+  return ir_node(g, OP_CONV2D, 2, in, &a, at);
+}
+
+START_TEST(conv_output_sizes) {
+  /* Seed 000 eq. 2.2: Ho = floor((H + 2p - d(k-1) - 1)/s) + 1. */
+  int x = f32("x", batched(SHAPE(1, 8, 14, 14)));
+  int w5 = f32("w5", SHAPE(32, 8, 5, 5));
+  ck_assert_str_eq(shape_text(conv(x, w5, 1, 2, 2, 1, 1)), "[B, 32, 14, 14]");  /* same */
+  ck_assert_str_eq(shape_text(conv(x, w5, 1, 0, 0, 1, 1)), "[B, 32, 10, 10]");  /* valid */
+  ck_assert_str_eq(shape_text(conv(x, w5, 1, 4, 4, 1, 1)), "[B, 32, 18, 18]");  /* full */
+  ck_assert_str_eq(shape_text(conv(x, w5, 2, 1, 1, 1, 1)), "[B, 32, 6, 6]");    /* (14+2-5)/2+1 */
+  ck_assert_str_eq(shape_text(conv(x, w5, 3, 0, 1, 2, 1)), "[B, 32, 3, 3]");    /* (15-9)/3+1 */
+  int wg = f32("wg", SHAPE(16, 2, 3, 3));
+  ck_assert_str_eq(shape_text(conv(x, wg, 1, 1, 1, 1, 4)), "[B, 16, 14, 14]");
+  int w1 = f32("w1", SHAPE(4, 8, 1, 1));
+  ck_assert_str_eq(shape_text(conv(x, w1, 1, 0, 0, 1, 1)), "[B, 4, 14, 14]");   /* pointwise */
+}
+END_TEST
+
+static int conv_x, conv_w;
+static void conv_too_big(void) {
+  conv_x = f32("x", batched(SHAPE(1, 1, 4, 4)));
+  conv_w = f32("w", SHAPE(2, 1, 5, 5));
+  conv(conv_x, conv_w, 1, 0, 0, 1, 1);
+}
+static void conv_groups(void) {
+  conv_x = f32("x", batched(SHAPE(1, 6, 8, 8)));
+  conv_w = f32("w", SHAPE(4, 2, 3, 3));
+  conv(conv_x, conv_w, 1, 0, 0, 1, 4);
+}
+static void conv_channels(void) {
+  conv_x = f32("x", batched(SHAPE(1, 3, 8, 8)));
+  conv_w = f32("w", SHAPE(4, 2, 3, 3));
+  conv(conv_x, conv_w, 1, 0, 0, 1, 1);
+}
+
+START_TEST(conv_errors) {
+  ck_assert_ptr_nonnull(strstr(error_of(conv_too_big),
+                               "error: conv2d: the vertical window (5 with dilation) is larger than "
+                               "the padded input (4) of shape [B, 1, 4, 4]"));
+  teardown();
+  setup();
+  ck_assert_ptr_nonnull(strstr(error_of(conv_groups),
+                               "error: conv2d: 6 input and 4 output channels do not divide into 4 groups"));
+  teardown();
+  setup();
+  ck_assert_ptr_nonnull(strstr(error_of(conv_channels),
+                               "error: conv2d: weight [4, 2, 3, 3] expects 2 input channels per group, "
+                               "but the input [B, 3, 8, 8] has 3 in each of 1 groups"));
+}
+END_TEST
+
+START_TEST(pool_and_layout_shapes) {
+  int x = f32("x", batched(SHAPE(1, 8, 7, 5)));
+  Attr a = {0};
+  a.kernel[0] = a.kernel[1] = 3;
+  a.stride[0] = a.stride[1] = 2;
+  a.dilation[0] = a.dilation[1] = 1;
+  ck_assert_str_eq(shape_text(ir_node(g, OP_MAXPOOL2D, 1, &x, &a, at)), "[B, 8, 3, 2]");
+  a.pad[0] = a.pad[1] = a.pad[2] = a.pad[3] = 1;
+  ck_assert_str_eq(shape_text(ir_node(g, OP_AVGPOOL2D, 1, &x, &a, at)), "[B, 8, 4, 3]");
+  int perm[4] = {0, 2, 3, 1};
+  ck_assert_str_eq(shape_text(ir_transpose(g, x, perm, at)), "[B, 7, 5, 8]");
+  int y = f32("y", batched(SHAPE(1, 4, 7, 5)));
+  Attr c = {0};
+  c.axis = 1;
+  int in[2] = {x, y};
+  int cat = ir_node(g, OP_CONCAT, 2, in, &c, at);
+  ck_assert_str_eq(shape_text(cat), "[B, 12, 7, 5]");
+  Attr s = {0};
+  s.axis = 1;
+  s.start = 8;
+  s.len = 4;
+  ck_assert_str_eq(shape_text(ir_node(g, OP_SLICE, 1, &cat, &s, at)), "[B, 4, 7, 5]");
+}
+END_TEST
+
+/* ---- training graph and plan on the MLP ---- */
+
+static Graph *compile(const char *path) {
+  Trap t;
+  Graph *volatile r = NULL;
+  if (KILN_TRY(&t)) {
+    r = fe_compile_file(path);
+    train_build(r);
+    kiln_trap_end(&t);
+    return r;
+  }
+  kiln_trap_end(&t);
+  ck_abort_msg("%s", t.msg);
+  return NULL;
+}
+
+START_TEST(training_graph_entries) {
+  Graph *m = compile(KILN_SOURCE_DIR "/examples/mlp.kiln");
+  /* grad: loss + 4 gradients; train: the loss, 4 params + 8 moments + step updated. */
+  ck_assert_int_eq(m->entries[ENTRY_GRAD].noutputs, 5);
+  ck_assert_str_eq(m->entries[ENTRY_GRAD].outputs[1].name, "grad.fc1.weight");
+  ck_assert_int_eq(m->entries[ENTRY_TRAIN].nupdates, 13);
+  ck_assert_int_eq(m->entries[ENTRY_EVAL].noutputs, 2);
+  /* Gradients have their parameter's shape. */
+  for (int i = 0; i < m->nparams; i++)
+    ck_assert(shape_eq(&ir_at(m, m->grads[i])->shape, &ir_at(m, m->params[i])->shape));
+  /* The forward pass is shared between train and eval: same loss node. */
+  ck_assert_int_eq(m->loss_train, m->loss_eval);
+  ck_assert_int_ge(ir_find_leaf(m, "fc2.bias.exp_avg_sq"), 0);
+  ck_assert_int_eq(ir_at(m, ir_find_leaf(m, "lr"))->role, ROLE_HYPER);
+  ir_free(m);
+}
+END_TEST
+
+START_TEST(plan_invariants) {
+  Graph *m = compile(KILN_SOURCE_DIR "/examples/mlp.kiln");
+  Plan p;
+  plan_build(m, 64, &p);
+  ck_assert_int_eq(p.arena_bytes % 64, 0);
+  /* Every stored node is aligned and inside the arena. */
+  int64_t symvals[IR_MAX_SYMS] = {64};
+  for (int i = 0; i < m->nnodes; i++) {
+    if (p.offset[i] < 0) continue;
+    ck_assert_int_eq(p.offset[i] % 64, 0);
+    int64_t bytes = shape_numel(&ir_at(m, i)->shape, symvals) * (int64_t)dtype_size(ir_at(m, i)->dtype);
+    ck_assert_int_le(p.offset[i] + bytes, p.arena_bytes);
+  }
+  /* Within each entry, nodes alive at the same time never overlap: simulate each entry and
+   * check every node's inputs still own their 64-byte blocks when it runs. */
+  for (int e = 0; e < ENTRY_COUNT; e++) {
+    unsigned char *mark = calloc((size_t)m->nnodes, 1);
+    ir_reachable(m, e, mark);
+    int *owner = malloc((size_t)p.arena_bytes / 64 * sizeof(int));
+    for (int64_t k = 0; k < p.arena_bytes / 64; k++) owner[k] = -1;
+    for (int i = 0; i < m->nnodes; i++) {
+      if (!mark[i] || p.offset[i] < 0) continue;
+      Node *n = ir_at(m, i);
+      for (int k = 0; k < n->nin; k++) {
+        int in = n->in[k];
+        if (p.offset[in] < 0 || op_is_leaf(ir_at(m, in)->op)) continue;
+        int64_t blocks = (shape_numel(&ir_at(m, in)->shape, symvals) * (int64_t)dtype_size(ir_at(m, in)->dtype) + 63) / 64;
+        for (int64_t w = 0; w < blocks; w++)
+          ck_assert_msg(owner[p.offset[in] / 64 + w] == in, "entry %s: input %%%d of %%%d was overwritten",
+                        entry_names[e], in, i);
+      }
+      if (op_is_leaf(n->op)) continue;
+      int64_t blocks = (shape_numel(&n->shape, symvals) * (int64_t)dtype_size(n->dtype) + 63) / 64;
+      for (int64_t w = 0; w < blocks; w++) owner[p.offset[i] / 64 + w] = i;
+    }
+    /* Outputs and update values survive to the end of the entry. */
+    const Entry *en = &m->entries[e];
+    for (int o = 0; o < en->noutputs; o++) {
+      int id = en->outputs[o].node;
+      ck_assert_int_eq(owner[p.offset[id] / 64], id);
+    }
+    for (int u = 0; u < en->nupdates; u++) ck_assert_int_eq(owner[p.offset[en->updates[u].value] / 64], en->updates[u].value);
+    free(owner);
+    free(mark);
+  }
+  /* The ABI table names every parameter, input and output once. */
+  int params = 0, outputs = 0;
+  for (int t = 0; t < p.ntensors; t++) {
+    params += p.tensors[t].role == KILN_ROLE_PARAM;
+    outputs += p.tensors[t].role == KILN_ROLE_OUTPUT;
+    if (!strcmp(p.tensors[t].name, "image")) {
+      ck_assert_int_eq(p.tensors[t].batch_axis, 0);
+      ck_assert_int_eq(p.tensors[t].dims[0], 64);
+      ck_assert_int_eq(p.tensors[t].source, KILN_SRC_IMAGES);
+    }
+  }
+  ck_assert_int_eq(params, 4);
+  ck_assert_int_eq(outputs, 1 + 2 + 4);  /* loss (train+grad), eval.loss, eval.output, 4 grads */
+  plan_free(&p);
+  ir_free(m);
+}
+END_TEST
+
+static Suite *ir_suite(void) {
+  Suite *s = suite_create("ir");
+  TCase *tc = tcase_create("shapes");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_test(tc, broadcasting_with_symbols);
+  tcase_add_test(tc, broadcast_errors);
+  tcase_add_test(tc, reductions_and_reshape);
+  tcase_add_test(tc, shape_error_messages);
+  tcase_add_test(tc, matmul_transposes);
+  tcase_add_test(tc, conv_output_sizes);
+  tcase_add_test(tc, conv_errors);
+  tcase_add_test(tc, pool_and_layout_shapes);
+  suite_add_tcase(s, tc);
+  TCase *tm = tcase_create("model");
+  tcase_set_timeout(tm, 120);
+  tcase_add_test(tm, training_graph_entries);
+  tcase_add_test(tm, plan_invariants);
+  suite_add_tcase(s, tm);
+  return s;
+}
+
+int main(void) {
+  SRunner *sr = srunner_create(ir_suite());
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
