@@ -286,27 +286,33 @@ static void write_c(Graph *g, const Args *a, FILE *out) {
 
 /* ---- kiln build ---- */
 
-static int cmd_build(Graph *g, const Args *a) {
-  if (!a->out) return usage_error("%s", "build needs -o TRAINER");
+/* Plans and generates the program's C into src; on error prints it and returns 1. */
+static int generate(Graph *g, const Args *a, Buf *src) {
   Trap t;
-  Buf src = {0}, err = {0};
   Plan plan = {0};
   int rc = 0;
   if (KILN_TRY(&t)) {
     plan_build(g, batch_of(g, a), &plan);
-    cg_emit_c(g, &plan, &src);
+    cg_emit_c(g, &plan, src);
     kiln_trap_end(&t);
   } else {
     kiln_trap_end(&t);
     fputs(t.msg, stderr);
     rc = 1;
   }
+  plan_free(&plan);
+  return rc;
+}
+
+static int cmd_build(Graph *g, const Args *a) {
+  if (!a->out) return usage_error("%s", "build needs -o TRAINER");
+  Buf src = {0}, err = {0};
+  int rc = generate(g, a, &src);
   if (!rc && aot_build_trainer(src.p, a->out, &err) != 0) {
     fprintf(stderr, "kiln: error: building '%s' failed:\n%s", a->out, err.p ? err.p : "");
     rc = 1;
   }
   if (!rc) fprintf(stderr, "kiln: wrote trainer %s\n", a->out);
-  plan_free(&plan);
   buf_free(&src);
   buf_free(&err);
   return rc;
@@ -317,19 +323,9 @@ static int cmd_build(Graph *g, const Args *a) {
 /* The compiled runtime for `kiln train`: the generated C built as a shared object and loaded
  * (the JIT will replace the system compiler here). */
 static int train_compiled(Graph *g, const Args *a, RtOptions *o) {
-  Trap t;
   Buf src = {0}, err = {0};
-  Plan plan = {0};
   int rc = 0;
-  if (KILN_TRY(&t)) {
-    plan_build(g, batch_of(g, a), &plan);
-    cg_emit_c(g, &plan, &src);
-    kiln_trap_end(&t);
-  } else {
-    kiln_trap_end(&t);
-    fputs(t.msg, stderr);
-    return 1;
-  }
+  if (generate(g, a, &src)) return 1;
   void *handle = NULL;
   const kiln_program *prog = aot_load_shared(src.p, &handle, &err);
   if (!prog) {
@@ -349,7 +345,6 @@ static int train_compiled(Graph *g, const Args *a, RtOptions *o) {
       free(arena);
     }
   }
-  plan_free(&plan);
   buf_free(&src);
   buf_free(&err);
   (void)handle;  /* stays loaded until exit: the program table points into it */
