@@ -3,15 +3,18 @@
  *
  * Everything goes through the ir_* builders, which check shapes as nodes are made, so a shape
  * error points at the model line that caused it. The statements are lowered twice into the same
- * Graph, once in training mode and once in evaluation mode: ops such as dropout or batchnorm
- * will differ between the two, everything else merges by hash-consing, and leaves (inputs,
- * parameters, constants) are created by the first pass and looked up by the second.
+ * Graph, once in training mode and once in evaluation mode: batchnorm (batch statistics and
+ * running-statistics updates vs running statistics) and dropout (masks vs identity) differ
+ * between the two, everything else merges by hash-consing, and leaves (inputs, parameters,
+ * buffers, constants) are created by the first pass and looked up by the second. Updates of
+ * running statistics and of the dropout counter are registered by the training pass only.
  *
  * Numbers in expressions stay compile-time values (and fold: `0.5 * 2` is 1) until they meet a
  * tensor, where they become a scalar constant of that tensor's element type, so `0.5 * x` works
- * for f32 and f64 alike. Layers are sugar: `linear` makes its parameters and primitive ops here,
- * and no later phase knows it existed. Per-function behaviour is a table (funcs[]) of argument
- * names and one lowering function each.
+ * for f32 and f64 alike. Layers are sugar: `linear`, `conv2d`, `batchnorm`, `layernorm` make
+ * their parameters and primitive ops here (as do composites such as l2pool2d), and no later
+ * phase knows they existed, so their gradients come exactly from the primitives' rules.
+ * Per-function behaviour is a table (funcs[]) of argument names and one lowering function each.
  */
 #include <errno.h>
 #include <math.h>
@@ -899,7 +902,8 @@ static Val fn_conv2d(Lower *L, const Func *f, Expr *call, Expr **args, const cha
   InitSpec wi = L->init, bi = L->init;
   if (bi.kind >= 0)
     bi = (InitSpec){KILN_INIT_ZEROS, 0};
-  Shape ws = {.rank = 4, .d = {{out, -1}, {c / a.groups, -1}, {a.kernel[0], -1}, {a.kernel[1], -1}}};
+  Shape ws = {.rank = 4,
+              .d = {{out, -1}, {c / a.groups, -1}, {a.kernel[0], -1}, {a.kernel[1], -1}}};
   int64_t fan_in, fan_out;
   fans(&ws, &fan_in, &fan_out);
   int w = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, ws, at, wi, fan_in, fan_out);
@@ -1026,8 +1030,10 @@ static Val fn_batchnorm(Lower *L, const Func *f, Expr *call, Expr **args, const 
     beta = param_leaf(L, pool_printf(L->tmp, "%s.bias", layer), dt, cs, at,
                       (InitSpec){KILN_INIT_ZEROS, 0}, c, c);
   }
-  int rm = state_leaf(L, pool_printf(L->tmp, "%s.running_mean", layer), dt, cs, at, KILN_INIT_ZEROS);
-  int rv = state_leaf(L, pool_printf(L->tmp, "%s.running_var", layer), dt, cs, at, KILN_INIT_ONES);
+  int rm = state_leaf(L, pool_printf(L->tmp, "%s.running_mean", layer), dt, cs, at,
+                      KILN_INIT_ZEROS);
+  int rv = state_leaf(L, pool_printf(L->tmp, "%s.running_var", layer), dt, cs, at,
+                      KILN_INIT_ONES);
   int nbt = state_leaf(L, pool_printf(L->tmp, "%s.num_batches_tracked", layer), DT_F64,
                        (Shape){0}, at, KILN_INIT_ZEROS);
   int y;

@@ -3,10 +3,12 @@
  * message, compared as the full text the user sees (file:line:col, message, source line, caret).
  */
 #include <check.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "frontend.h"
+#include "interp.h"
 
 #ifndef KILN_SOURCE_DIR
 #define KILN_SOURCE_DIR "."
@@ -844,6 +846,54 @@ START_TEST(lower_batchnorm_1d_and_options) {
   build_entries(g);
   ck_assert_int_eq(count_reachable(g, ENTRY_EVAL, OP_MEAN), 1); /* only the loss's mean */
   ck_assert_int_eq(g->entries[ENTRY_EVAL].nupdates, 0);
+  ir_free(g);
+}
+END_TEST
+
+/* The batch-norm composition computes PyTorch's numbers (reference interpreter, f64): batch
+ * statistics and running-statistics updates in a training step, running statistics in eval. */
+START_TEST(lower_batchnorm_values) {
+  Graph *g = compile_ok("input x: f64[B, 2]\nconst c: f64[2] = [1, 2]\n"
+                        "h = batchnorm(x, eps=0.01, momentum=0.1)\n"
+                        "loss = sum(h * c)\noutput h\nminimize loss\n"
+                        "train { optimizer = sgd(lr=0) }\n");
+  build_entries(g);
+  Interp *it = interp_new(g, 4, false);
+  ck_assert_ptr_nonnull(it);
+  for (int i = 0; i < g->nnodes; i++) {  /* the initialisers rt_init would apply */
+    Node *n = ir_at(g, i);
+    if (n->op != OP_STATE && n->op != OP_PARAM) continue;
+    double v = n->leaf.init == KILN_INIT_ONES    ? 1
+               : n->leaf.init == KILN_INIT_CONST ? n->leaf.init_a
+                                                 : 0;
+    for (int64_t k = 0; k < interp_numel(it, i); k++) interp_data(it, i)[k] = v;
+  }
+  /* channel 0: 1 2 3 4 (mean 2.5, biased var 1.25); channel 1: 0 0 2 2 (mean 1, var 1) */
+  const double x[8] = {1, 0, 2, 0, 3, 2, 4, 2};
+  memcpy(interp_data(it, leaf(g, "x")->id), x, sizeof x);
+  char err[RT_ERR_LEN];
+  ck_assert_msg(interp_run(it, ENTRY_TRAIN, 4, err) == 0, "%s", err);
+  double *rm = interp_data(it, leaf(g, "h.running_mean")->id);
+  double *rv = interp_data(it, leaf(g, "h.running_var")->id);
+  ck_assert(fabs(rm[0] - 0.25) < 1e-12 && fabs(rm[1] - 0.1) < 1e-12);
+  /* 0.9 * 1 + 0.1 * unbiased var (n = 4: var * 4/3) */
+  ck_assert(fabs(rv[0] - (0.9 + 0.1 * 1.25 * 4 / 3)) < 1e-12);
+  ck_assert(fabs(rv[1] - (0.9 + 0.1 * 4.0 / 3)) < 1e-12);
+  ck_assert(interp_data(it, leaf(g, "h.num_batches_tracked")->id)[0] == 1);
+  /* training-mode loss: sum over channels of c * sum((x - mean) / sqrt(var + eps)) = 0 */
+  ck_assert(fabs(interp_data(it, g->loss_train)[0]) < 1e-12);
+  int ht = -1;
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i].name && !strcmp(g->nodes[i].name, "h") && i != g->output_eval) ht = i;
+  ck_assert_int_ge(ht, 0);
+  ck_assert(fabs(interp_data(it, ht)[0] - (1 - 2.5) / sqrt(1.25 + 0.01)) < 1e-12);
+  ck_assert(fabs(interp_data(it, ht)[5] - (2 - 1) / sqrt(1 + 0.01)) < 1e-12);
+  /* evaluation: the running statistics just updated */
+  ck_assert_msg(interp_run(it, ENTRY_EVAL, 4, err) == 0, "%s", err);
+  double *y = interp_data(it, g->output_eval);
+  ck_assert(fabs(y[0] - (1 - rm[0]) / sqrt(rv[0] + 0.01)) < 1e-12);
+  ck_assert(fabs(y[7] - (2 - rm[1]) / sqrt(rv[1] + 0.01)) < 1e-12);
+  interp_free(it);
   ir_free(g);
 }
 END_TEST
@@ -1717,6 +1767,7 @@ static Suite *frontend_suite(void) {
   tcase_add_test(lower, lower_conv_groups_and_init);
   tcase_add_test(lower, lower_pools);
   tcase_add_test(lower, lower_batchnorm_1d_and_options);
+  tcase_add_test(lower, lower_batchnorm_values);
   tcase_add_test(lower, lower_layernorm_instancenorm);
   tcase_add_test(lower, lower_dropout_modes);
   tcase_add_test(lower, lower_activations_and_layout);
