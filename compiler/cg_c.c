@@ -15,8 +15,11 @@
  * The default schedule is the plain loop nest: elementwise ops, broadcasts and reductions all go
  * through one strided loop-nest printer that merges contiguous axes (so the common same-shape
  * case is one flat loop). Matmul is an i-k-j (or i-j-k when b is transposed) loop nest over
- * `restrict` pointers. The reference interpreter (runtime/interp.c) is the meaning every kernel
- * is checked against.
+ * `restrict` pointers. Convolutions are direct loop nests with the kernel columns unrolled, each
+ * with its constant range of valid output columns, so padding costs no test in the inner loop,
+ * which runs along a row and vectorises; the weight gradient sums into rows of partial sums in
+ * the shared scratch region (cg_scratch_bytes). The reference interpreter (runtime/interp.c) is
+ * the meaning every kernel is checked against.
  *
  * Safety: the only text from a model file that can reach the output is numbers (printed with
  * %.17g, non-finite values as INFINITY/NAN) and identifiers validated here again
@@ -441,7 +444,19 @@ static void emit_reshape(Cg *cg, const Node *n) {
   line(cg, "  y[i] = %s;", in_at(cg, n, 0, "i"));
 }
 
-/* MATMUL: y[M,N] = op(a)[M,K] @ op(b)[K,N]. The plain schedule: i-k-j, so the inner loop runs
+/* MATMUL's scratch: the GEMM routine's packing buffers when cg_gemm.c judges the shape (at the
+ * planned batch, so both kernel variants agree) worth blocking and both operands are arena
+ * tensors of the node's type; 0 selects the plain loop nest. */
+static int64_t matmul_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
+  const Node *a = &g->nodes[n->in[0]], *b = &g->nodes[n->in[1]];
+  if (!in_arena(a) || !in_arena(b) || a->dtype != n->dtype || b->dtype != n->dtype)
+    return 0;
+  int64_t K = dim_value(a->shape.d[n->attr.trans_a ? 0 : 1], symvals);
+  return cg_gemm_scratch_bytes(dim_value(n->shape.d[0], symvals),
+                               dim_value(n->shape.d[1], symvals), K, n->dtype);
+}
+
+/* MATMUL: y[M,N] = op(a)[M,K] @ op(b)[K,N]. Large products call the blocked GEMM. The plain schedule: i-k-j, so the inner loop runs
  * along contiguous rows of b and y and vectorises; i-j-k with a running sum when b is
  * transposed (then both a row and b's "column" are contiguous in k). */
 static void emit_matmul(Cg *cg, const Node *n) {
@@ -450,6 +465,13 @@ static void emit_matmul(Cg *cg, const Node *n) {
   Sz M = sz_dim(cg, n->shape.d[0]), N = sz_dim(cg, n->shape.d[1]);
   Sz K = sz_dim(cg, a->shape.d[ta ? 0 : 1]);
   const char *m = sz_c(cg, M), *nn = sz_c(cg, N), *k = sz_c(cg, K);
+  if (matmul_scratch(cg->g, n, cg->plan->symvals) > 0) {
+    /* The blocked GEMM (cg_gemm.c); rows of a and b are their second dimension apart. */
+    line(cg, "%s(%s, %s, %s, a, %s, %d, b, %s, %d, y, %s, scratch);", cg_gemm_name(n->dtype), m,
+         nn, k, sz_c(cg, sz_dim(cg, a->shape.d[1])), ta, sz_c(cg, sz_dim(cg, b->shape.d[1])), tb,
+         nn);
+    return;
+  }
   const char *aik = in_at(cg, n, 0, ta ? pool_printf(cg->g->pool, "p*%s + i", m)
                                         : pool_printf(cg->g->pool, "i*%s + p", k));
   const char *bkj = in_at(cg, n, 1, tb ? pool_printf(cg->g->pool, "j*%s + p", k)
@@ -530,6 +552,406 @@ static void emit_cross_entropy_grad(Cg *cg, const Node *n) {
   line(cg, "}");
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Issue-3 ops: normalised exponentials, dropout, layout, and the 2-D window ops.
+ */
+
+/* "k" when s is one, else "k*s": a loop index scaled by a stride. */
+static const char *scaled(const Cg *cg, const char *k, Sz s) {
+  if (sz_is_one(s))
+    return k;
+  return pool_printf(cg->g->pool, "%s*%s", k, sz_c(cg, s));
+}
+
+/* SOFTMAX / LOG_SOFTMAX along attr.axis: x seen as rows [outer, len, inner] (element (o, k, b)
+ * at (o*len + k)*inner + b). Like the reference, each row is shifted by its maximum and summed
+ * in double, so an f32 result is the reference's rounded to float. */
+static void emit_softmax(Cg *cg, const Node *n) {
+  const Shape *xs = &ir_at(cg->g, n->in[0])->shape;
+  int ax = n->attr.axis;
+  Sz outer = sz_prod(cg, xs, 0, ax), len = sz_dim(cg, xs->d[ax]);
+  Sz inner = sz_prod(cg, xs, ax + 1, xs->rank);
+  const char *T = ctype(n->dtype);
+  const char *at = pool_printf(cg->g->pool, "base + %s", scaled(cg, "k", inner));
+  const char *xk = in_at(cg, n, 0, at);
+  line(cg, "for (int64_t o = 0; o < %s; o++)", sz_c(cg, outer));
+  line(cg, "  for (int64_t b = 0; b < %s; b++) {", sz_c(cg, inner));
+  cg->indent += 2;
+  line(cg, "const int64_t base = %s + b;", scaled(cg, "o", sz_mul(len, inner)));
+  line(cg, "double m = -INFINITY, s = 0;");
+  line(cg, "for (int64_t k = 0; k < %s; k++)", sz_c(cg, len));
+  line(cg, "  m = (double)%s > m ? (double)%s : m;", xk, xk);
+  line(cg, "for (int64_t k = 0; k < %s; k++)", sz_c(cg, len));
+  line(cg, "  s += exp((double)%s - m);", xk);
+  if (n->op == OP_LOG_SOFTMAX) {
+    line(cg, "const double ls = log(s);");
+    line(cg, "for (int64_t k = 0; k < %s; k++)", sz_c(cg, len));
+    line(cg, "  y[%s] = (%s)((double)%s - m - ls);", at, T, xk);
+  } else {
+    line(cg, "for (int64_t k = 0; k < %s; k++)", sz_c(cg, len));
+    line(cg, "  y[%s] = (%s)(exp((double)%s - m) / s);", at, T, xk);
+  }
+  cg->indent -= 2;
+  line(cg, "  }");
+}
+
+/* DROPOUT(x, counter): the reference's mask, kiln_dropout_uniform(salt, counter, flat index)
+ * >= p, and its scaling done in double, so both sides drop and scale the same elements
+ * bit for bit. The flat index of an element does not depend on the batch, so the `_n` variant's
+ * mask is the leading part of the full one. */
+static void emit_dropout(Cg *cg, const Node *n) {
+  const char *p = dbl_c(cg, n->attr.value);
+  line(cg, "const double counter = (double)%s;", in_at(cg, n, 1, "0"));
+  line(cg, "for (int64_t i = 0; i < %s; i++)", sz_c(cg, sz_prod(cg, &n->shape, 0, n->shape.rank)));
+  line(cg, "  y[i] = kiln_dropout_uniform(%" PRIu32 "u, counter, i) >= %s ? (%s)((double)%s / (1.0 - %s)) : (%s)0;",
+       n->attr.salt, p, ctype(n->dtype), in_at(cg, n, 0, "i"), p, ctype(n->dtype));
+}
+
+/* CONCAT(a, b) along attr.axis: each outer row of y is a's row followed by b's. */
+static void emit_concat(Cg *cg, const Node *n) {
+  int ax = n->attr.axis;
+  const Shape *as = &ir_at(cg->g, n->in[0])->shape, *bs = &ir_at(cg->g, n->in[1])->shape;
+  Sz outer = sz_prod(cg, &n->shape, 0, ax), inner = sz_prod(cg, &n->shape, ax + 1, n->shape.rank);
+  Sz ra = sz_mul(sz_dim(cg, as->d[ax]), inner), rb = sz_mul(sz_dim(cg, bs->d[ax]), inner);
+  Sz ry = sz_mul(sz_dim(cg, n->shape.d[ax]), inner);
+  line(cg, "for (int64_t o = 0; o < %s; o++) {", sz_c(cg, outer));
+  line(cg, "  for (int64_t k = 0; k < %s; k++)", sz_c(cg, ra));
+  line(cg, "    y[%s + k] = %s;", scaled(cg, "o", ry),
+       in_at(cg, n, 0, pool_printf(cg->g->pool, "%s + k", scaled(cg, "o", ra))));
+  line(cg, "  for (int64_t k = 0; k < %s; k++)", sz_c(cg, rb));
+  line(cg, "    y[%s + %s + k] = %s;", scaled(cg, "o", ry), sz_c(cg, ra),
+       in_at(cg, n, 1, pool_printf(cg->g->pool, "%s + k", scaled(cg, "o", rb))));
+  line(cg, "}");
+}
+
+/* SLICE: attr.len entries from attr.start along attr.axis (a constant axis). */
+static void emit_slice(Cg *cg, const Node *n) {
+  int ax = n->attr.axis;
+  const Shape *xs = &ir_at(cg->g, n->in[0])->shape;
+  Sz outer = sz_prod(cg, xs, 0, ax), inner = sz_prod(cg, xs, ax + 1, xs->rank);
+  Sz rx = sz_mul(sz_dim(cg, xs->d[ax]), inner), ry = sz_mul((Sz){n->attr.len, 0}, inner);
+  Sz off = sz_mul((Sz){n->attr.start, 0}, inner);
+  line(cg, "for (int64_t o = 0; o < %s; o++)", sz_c(cg, outer));
+  line(cg, "  for (int64_t k = 0; k < %s; k++)", sz_c(cg, ry));
+  line(cg, "    y[%s + k] = %s;", scaled(cg, "o", ry),
+       in_at(cg, n, 0, pool_printf(cg->g->pool, "%s + %s + k", scaled(cg, "o", rx),
+                                   sz_c(cg, off))));
+}
+
+/* A 2-D window op between its forward input x [N, C, H, W] and forward output y [N, O, Ho, Wo]
+ * (O = C for pools). For an adjoint, one of the two is the node itself. Everything but N is a
+ * constant. Tap (p, q) of output (i, j) reads input row i*SH - PT + p*DH and column
+ * j*SW - PL + q*DW, nothing when that is in the padding. */
+typedef struct CgWin {
+  Sz N;
+  int64_t C, H, W, O, Ho, Wo, G;
+  int64_t KH, KW, SH, SW, DH, DW, PT, PL;
+} CgWin;
+
+static CgWin cg_win(const Cg *cg, const Shape *xs, const Shape *ys, const Attr *a) {
+  return (CgWin){.N = sz_dim(cg, xs->d[0]), .C = xs->d[1].n, .H = xs->d[2].n, .W = xs->d[3].n,
+                 .O = ys->d[1].n, .Ho = ys->d[2].n, .Wo = ys->d[3].n,
+                 .G = a->groups > 0 ? a->groups : 1, .KH = a->kernel[0], .KW = a->kernel[1],
+                 .SH = a->stride[0], .SW = a->stride[1], .DH = a->dilation[0],
+                 .DW = a->dilation[1], .PT = a->pad[0], .PL = a->pad[2]};
+}
+
+/* The output columns [*j0, *j1) whose tap q lands inside the input: the padding test hoisted
+ * out of the inner loop (the range is a compile-time constant per q). Empty: *j0 == *j1. */
+static void win_cols(const CgWin *w, int64_t q, int64_t *j0, int64_t *j1) {
+  int64_t lo = w->PL - q * w->DW;             /* j*SW >= lo */
+  int64_t hi = w->W - 1 + w->PL - q * w->DW;  /* j*SW <= hi */
+  *j0 = lo <= 0 ? 0 : (lo + w->SW - 1) / w->SW;
+  *j1 = hi < 0 ? 0 : hi / w->SW + 1;
+  if (*j1 > w->Wo)
+    *j1 = w->Wo;
+  if (*j1 < *j0)
+    *j1 = *j0;
+}
+
+/* "xo + j" or "xo + j*2": the input column of output column j for the current tap. */
+static const char *win_xj(const Cg *cg, const CgWin *w) {
+  return w->SW == 1 ? "xo + j" : pool_printf(cg->g->pool, "xo + j*%" PRId64, w->SW);
+}
+
+/* Opens the loops shared by the three convolutions, n, o, i, p (the input row r, rows in the
+ * padding skipped) and sets yo, the start of y's row (n, o, i), and cb, the first input channel
+ * of o's group. Closed by conv_close. */
+static void conv_open(Cg *cg, const CgWin *w, bool zero_yrow) {
+  int64_t Cg_ = w->C / w->G, Og = w->O / w->G;
+  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
+  line(cg, "  for (int64_t o = 0; o < %" PRId64 "; o++) {", w->O);
+  cg->indent += 2;
+  if (w->G == 1)
+    line(cg, "const int64_t cb = 0;");
+  else
+    line(cg, "const int64_t cb = o / %" PRId64 " * %" PRId64 ";", Og, Cg_);
+  line(cg, "for (int64_t i = 0; i < %" PRId64 "; i++) {", w->Ho);
+  cg->indent++;
+  line(cg, "const int64_t yo = ((n*%" PRId64 " + o)*%" PRId64 " + i)*%" PRId64 ";", w->O, w->Ho,
+       w->Wo);
+  if (zero_yrow) {
+    line(cg, "for (int64_t j = 0; j < %" PRId64 "; j++)", w->Wo);
+    line(cg, "  y[yo + j] = 0;");
+  }
+  line(cg, "for (int64_t p = 0; p < %" PRId64 "; p++) {", w->KH);
+  cg->indent++;
+  line(cg, "const int64_t r = i*%" PRId64 " - %" PRId64 " + p*%" PRId64 ";", w->SH, w->PT, w->DH);
+  line(cg, "if (r < 0 || r >= %" PRId64 ")", w->H);
+  line(cg, "  continue;");
+}
+
+static void conv_close(Cg *cg) {
+  for (int k = 0; k < 2; k++) {
+    cg->indent--;
+    line(cg, "}");
+  }
+  cg->indent--;
+  line(cg, "  }");
+  cg->indent--;
+}
+
+/* One kernel column q inside conv_open's loops: its c loop with the constant column range, xo
+ * the input element of column 0 (maybe in the padding, never read there) and wv the weight
+ * w[o, c, p, q]; `body` is the inner statement over j. */
+static void conv_tap(Cg *cg, const Node *n, const CgWin *w, int64_t q, int wk, const char *body) {
+  int64_t j0, j1, Cg_ = w->C / w->G;
+  win_cols(w, q, &j0, &j1);
+  if (j0 == j1)
+    return;
+  line(cg, "for (int64_t c = 0; c < %" PRId64 "; c++) { /* q = %" PRId64 " */", Cg_, q);
+  cg->indent++;
+  line(cg, "const %s wv = %s;", ctype(n->dtype),
+       in_at(cg, n, wk,
+             pool_printf(cg->g->pool, "((o*%" PRId64 " + c)*%" PRId64 " + p)*%" PRId64 " + %" PRId64,
+                         Cg_, w->KH, w->KW, q)));
+  line(cg, "const int64_t xo = ((n*%" PRId64 " + cb + c)*%" PRId64 " + r)*%" PRId64 " + (%" PRId64 ");",
+       w->C, w->H, w->W, q * w->DW - w->PL);
+  line(cg, "for (int64_t j = %" PRId64 "; j < %" PRId64 "; j++)", j0, j1);
+  line(cg, "  %s", body);
+  cg->indent--;
+  line(cg, "}");
+}
+
+/* CONV2D(x, w) -> y: direct convolution, loops n, o, i, p, q (unrolled: each kernel column
+ * gets its own constant range of output columns, so no padding test is left inside), c, j.
+ * The innermost loop runs along a row of y and a row of x (strided by SW) and vectorises;
+ * y's row is the accumulator. */
+static void emit_conv2d(Cg *cg, const Node *n) {
+  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &n->shape, &n->attr);
+  conv_open(cg, &w, true);
+  const char *body =
+      pool_printf(cg->g->pool, "y[yo + j] += wv * %s;", in_at(cg, n, 0, win_xj(cg, &w)));
+  for (int64_t q = 0; q < w.KW; q++)
+    conv_tap(cg, n, &w, q, 1, body);
+  conv_close(cg);
+}
+
+/* CONV2D_BWD_DATA(dy, w) -> dx: the forward's loops with the roles swapped, each dy element
+ * scattered into the dx row it came from (dx zeroed first). Within one j loop the targets are
+ * distinct, so it vectorises like the forward (a strided store when SW > 1). */
+static void emit_conv2d_bwd_data(Cg *cg, const Node *n) {
+  CgWin w = cg_win(cg, &n->shape, &ir_at(cg->g, n->in[0])->shape, &n->attr);
+  emit_zero(cg, n);
+  conv_open(cg, &w, false);
+  const char *body = pool_printf(cg->g->pool, "y[%s] += wv * %s;", win_xj(cg, &w),
+                                 in_at(cg, n, 0, "yo + j"));
+  for (int64_t q = 0; q < w.KW; q++)
+    conv_tap(cg, n, &w, q, 1, body);
+  conv_close(cg);
+}
+
+/* Scratch of CONV2D_BWD_FILTER: one row of partial sums per weight of an output channel. */
+static int64_t conv_filter_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
+  (void)symvals;
+  const Shape *xs = &g->nodes[n->in[0]].shape, *ys = &g->nodes[n->in[1]].shape;
+  int64_t groups = n->attr.groups > 0 ? n->attr.groups : 1;
+  return xs->d[1].n / groups * n->attr.kernel[0] * n->attr.kernel[1] * ys->d[3].n *
+         (int64_t)dtype_size(n->dtype);
+}
+
+/* CONV2D_BWD_FILTER(x, dy) -> dw: per output channel o, the forward's loops (o outermost so
+ * that o's partial sums stay in cache) accumulate x * dy elementwise into a row of Wo partial
+ * sums per weight (c, p, q) in scratch, so the inner loop has no reduction to reassociate and
+ * vectorises; each row is summed into dw[o, c, p, q] at the end. */
+static void emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
+  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &ir_at(cg->g, n->in[1])->shape, &n->attr);
+  int64_t Cg_ = w.C / w.G, Og = w.O / w.G, taps = Cg_ * w.KH * w.KW;
+  const char *T = ctype(n->dtype);
+  line(cg, "%s *restrict acc = (%s *)scratch; /* [C/G, KH, KW, Wo] */", T, T);
+  line(cg, "for (int64_t o = 0; o < %" PRId64 "; o++) {", w.O);
+  cg->indent++;
+  if (w.G == 1)
+    line(cg, "const int64_t cb = 0;");
+  else
+    line(cg, "const int64_t cb = o / %" PRId64 " * %" PRId64 ";", Og, Cg_);
+  line(cg, "for (int64_t t = 0; t < %" PRId64 "; t++)", taps * w.Wo);
+  line(cg, "  acc[t] = 0;");
+  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w.N));
+  line(cg, "  for (int64_t i = 0; i < %" PRId64 "; i++) {", w.Ho);
+  cg->indent += 2;
+  line(cg, "const int64_t yo = ((n*%" PRId64 " + o)*%" PRId64 " + i)*%" PRId64 ";", w.O, w.Ho,
+       w.Wo);
+  line(cg, "for (int64_t p = 0; p < %" PRId64 "; p++) {", w.KH);
+  cg->indent++;
+  line(cg, "const int64_t r = i*%" PRId64 " - %" PRId64 " + p*%" PRId64 ";", w.SH, w.PT, w.DH);
+  line(cg, "if (r < 0 || r >= %" PRId64 ")", w.H);
+  line(cg, "  continue;");
+  const char *xj = in_at(cg, n, 0, win_xj(cg, &w)), *dyj = in_at(cg, n, 1, "yo + j");
+  for (int64_t q = 0; q < w.KW; q++) {
+    int64_t j0, j1;
+    win_cols(&w, q, &j0, &j1);
+    if (j0 == j1)
+      continue;
+    line(cg, "for (int64_t c = 0; c < %" PRId64 "; c++) { /* q = %" PRId64 " */", Cg_, q);
+    cg->indent++;
+    line(cg, "%s *restrict s = acc + ((c*%" PRId64 " + p)*%" PRId64 " + %" PRId64 ")*%" PRId64 ";",
+         T, w.KH, w.KW, q, w.Wo);
+    line(cg, "const int64_t xo = ((n*%" PRId64 " + cb + c)*%" PRId64 " + r)*%" PRId64 " + (%" PRId64 ");",
+         w.C, w.H, w.W, q * w.DW - w.PL);
+    line(cg, "for (int64_t j = %" PRId64 "; j < %" PRId64 "; j++)", j0, j1);
+    line(cg, "  s[j] += %s * %s;", xj, dyj);
+    cg->indent--;
+    line(cg, "}");
+  }
+  cg->indent--;
+  line(cg, "}");
+  cg->indent -= 2;
+  line(cg, "  }");
+  line(cg, "for (int64_t t = 0; t < %" PRId64 "; t++) {", taps);
+  line(cg, "  %s sum = 0;", T);
+  line(cg, "  for (int64_t j = 0; j < %" PRId64 "; j++)", w.Wo);
+  line(cg, "    sum += acc[t*%" PRId64 " + j];", w.Wo);
+  line(cg, "  y[o*%" PRId64 " + t] = sum;", taps);
+  line(cg, "}");
+  cg->indent--;
+  line(cg, "}");
+}
+
+/* Opens the loops over every pool window (n, c, i, j), with yi the output element, and the
+ * taps of the window (p, q), padding skipped, with xi the input element. Six loops to close
+ * with pool_close, the last two with pool_close_taps first. */
+static void pool_open_windows(Cg *cg, const CgWin *w) {
+  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
+  line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
+  line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
+  line(cg, "      for (int64_t j = 0; j < %" PRId64 "; j++) {", w->Wo);
+  cg->indent += 4;
+  line(cg, "const int64_t yi = ((n*%" PRId64 " + c)*%" PRId64 " + i)*%" PRId64 " + j;", w->C,
+       w->Ho, w->Wo);
+}
+
+static void pool_open_taps(Cg *cg, const CgWin *w) {
+  line(cg, "for (int64_t p = 0; p < %" PRId64 "; p++) {", w->KH);
+  line(cg, "  const int64_t r = i*%" PRId64 " - %" PRId64 " + p*%" PRId64 ";", w->SH, w->PT,
+       w->DH);
+  line(cg, "  if (r < 0 || r >= %" PRId64 ")", w->H);
+  line(cg, "    continue;");
+  line(cg, "  for (int64_t q = 0; q < %" PRId64 "; q++) {", w->KW);
+  line(cg, "    const int64_t s = j*%" PRId64 " - %" PRId64 " + q*%" PRId64 ";", w->SW, w->PL,
+       w->DW);
+  line(cg, "    if (s < 0 || s >= %" PRId64 ")", w->W);
+  line(cg, "      continue;");
+  line(cg, "    const int64_t xi = ((n*%" PRId64 " + c)*%" PRId64 " + r)*%" PRId64 " + s;", w->C,
+       w->H, w->W);
+  cg->indent += 2;
+}
+
+static void pool_close_taps(Cg *cg) {
+  cg->indent -= 2;
+  line(cg, "  }");
+  line(cg, "}");
+}
+
+static void pool_close(Cg *cg) {
+  cg->indent -= 4;
+  line(cg, "      }");
+}
+
+/* The first maximum of window (n, c, i, j) into best, as the reference's window_argmax:
+ * padding is -inf and never read, a later tap wins only when strictly greater (PyTorch's
+ * row-major first maximum) or NaN; -1 when no tap is in bounds. */
+static void maxpool_argmax(Cg *cg, const Node *n, const CgWin *w) {
+  const char *T = ctype(n->dtype);
+  line(cg, "int64_t best = -1;");
+  line(cg, "%s m = -INFINITY;", T);
+  pool_open_taps(cg, w);
+  line(cg, "const %s v = %s;", T, in_at(cg, n, 0, "xi"));
+  line(cg, "if (best < 0)");
+  line(cg, "  best = xi;");
+  line(cg, "if (v > m || isnan(v)) {");
+  line(cg, "  m = v;");
+  line(cg, "  best = xi;");
+  line(cg, "}");
+  pool_close_taps(cg);
+}
+
+static void emit_maxpool2d(Cg *cg, const Node *n) {
+  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &n->shape, &n->attr);
+  pool_open_windows(cg, &w);
+  maxpool_argmax(cg, n, &w);
+  line(cg, "y[yi] = best < 0 ? (%s)-INFINITY : %s;", ctype(n->dtype), in_at(cg, n, 0, "best"));
+  pool_close(cg);
+}
+
+/* MAXPOOL2D_GRAD(x, dy) -> dx: each dy to its window's first maximum; overlapping windows add. */
+static void emit_maxpool2d_grad(Cg *cg, const Node *n) {
+  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &ir_at(cg->g, n->in[1])->shape, &n->attr);
+  emit_zero(cg, n);
+  pool_open_windows(cg, &w);
+  maxpool_argmax(cg, n, &w);
+  line(cg, "if (best >= 0)");
+  line(cg, "  y[best] += %s;", in_at(cg, n, 1, "yi"));
+  pool_close(cg);
+}
+
+/* The divisor of window (i, j): the whole window when the padding counts, else its in-bounds
+ * taps (rows in bounds times columns in bounds). */
+static void avgpool_divisor(Cg *cg, const Node *n, const CgWin *w) {
+  const char *T = ctype(n->dtype);
+  if (n->attr.count_include_pad) {
+    line(cg, "const %s div = (%s)%" PRId64 ";", T, T, w->KH * w->KW);
+    return;
+  }
+  line(cg, "int64_t rows = 0, cols = 0;");
+  line(cg, "for (int64_t p = 0; p < %" PRId64 "; p++) {", w->KH);
+  line(cg, "  const int64_t r = i*%" PRId64 " - %" PRId64 " + p*%" PRId64 ";", w->SH, w->PT,
+       w->DH);
+  line(cg, "  rows += r >= 0 && r < %" PRId64 ";", w->H);
+  line(cg, "}");
+  line(cg, "for (int64_t q = 0; q < %" PRId64 "; q++) {", w->KW);
+  line(cg, "  const int64_t s = j*%" PRId64 " - %" PRId64 " + q*%" PRId64 ";", w->SW, w->PL,
+       w->DW);
+  line(cg, "  cols += s >= 0 && s < %" PRId64 ";", w->W);
+  line(cg, "}");
+  line(cg, "const %s div = (%s)(rows * cols);", T, T);
+}
+
+static void emit_avgpool2d(Cg *cg, const Node *n) {
+  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &n->shape, &n->attr);
+  pool_open_windows(cg, &w);
+  avgpool_divisor(cg, n, &w);
+  line(cg, "%s sum = 0;", ctype(n->dtype));
+  pool_open_taps(cg, &w);
+  line(cg, "sum += %s;", in_at(cg, n, 0, "xi"));
+  pool_close_taps(cg);
+  line(cg, "y[yi] = sum / div;");
+  pool_close(cg);
+}
+
+/* AVGPOOL2D_GRAD(dy) -> dx: each dy / divisor added to every in-bounds tap of its window. */
+static void emit_avgpool2d_grad(Cg *cg, const Node *n) {
+  CgWin w = cg_win(cg, &n->shape, &ir_at(cg->g, n->in[0])->shape, &n->attr);
+  emit_zero(cg, n);
+  pool_open_windows(cg, &w);
+  avgpool_divisor(cg, n, &w);
+  line(cg, "const %s gv = %s / div;", ctype(n->dtype), in_at(cg, n, 0, "yi"));
+  pool_open_taps(cg, &w);
+  line(cg, "y[xi] += gv;");
+  pool_close_taps(cg);
+  pool_close(cg);
+}
+
 static void emit_leaf(Cg *cg, const Node *n) {
   (void)cg;
   (void)n;
@@ -566,13 +988,32 @@ static const CgEmit emitters[OP_COUNT] = {
     [OP_LEAKY_RELU_GRAD] = emit_map,
     [OP_BCE_LOGITS] = emit_map,
     [OP_TRANSPOSE] = emit_transpose,
-    /* Still to come (issue 3): DROPOUT, SOFTMAX, LOG_SOFTMAX, CONCAT, SLICE, CONV2D and its
-     * adjoints, the pools and theirs. cg_emit_c names the op at the model line meanwhile. */
+    [OP_SOFTMAX] = emit_softmax,
+    [OP_LOG_SOFTMAX] = emit_softmax,
+    [OP_DROPOUT] = emit_dropout,
+    [OP_CONCAT] = emit_concat,
+    [OP_SLICE] = emit_slice,
+    [OP_CONV2D] = emit_conv2d,
+    [OP_CONV2D_BWD_DATA] = emit_conv2d_bwd_data,
+    [OP_CONV2D_BWD_FILTER] = emit_conv2d_bwd_filter,
+    [OP_MAXPOOL2D] = emit_maxpool2d,
+    [OP_MAXPOOL2D_GRAD] = emit_maxpool2d_grad,
+    [OP_AVGPOOL2D] = emit_avgpool2d,
+    [OP_AVGPOOL2D_GRAD] = emit_avgpool2d_grad,
+};
+
+/* Bytes of scratch a kernel needs, per op (most need none). The kernel gets it as its last
+ * pointer parameter, `scratch`, at Plan.scratch_offset. */
+typedef int64_t (*CgScratch)(const Graph *g, const Node *n, const int64_t *symvals);
+static const CgScratch scratch_rules[OP_COUNT] = {
+    [OP_CONV2D_BWD_FILTER] = conv_filter_scratch,
+    [OP_MATMUL] = matmul_scratch,
 };
 
 int64_t cg_scratch_bytes(const Graph *g, const Node *n, const int64_t *symvals) {
-  (void)g, (void)n, (void)symvals;
-  return 0;
+  if (n->op < 0 || n->op >= OP_COUNT || !scratch_rules[n->op])
+    return 0;
+  return scratch_rules[n->op](g, n, symvals);
 }
 
 bool cg_has_emitter(Op op) { return op >= 0 && op < OP_COUNT && emitters[op] != NULL; }
@@ -638,6 +1079,8 @@ static void emit_kernel(Cg *cg, const Node *n) {
     if ((rd & (1u << k)) && in_arena(x))
       buf_printf(&sig, ", const %s *%s%s", ctype(x->dtype), res, param_names[k]);
   }
+  if (cg_scratch_bytes(g, n, cg->plan->symvals) > 0)
+    buf_puts(&sig, ", unsigned char *restrict scratch");
   if (cg->var[n->id] && !cg->full)
     buf_puts(&sig, ", int64_t B");
   buf_puts(&sig, ") {");
@@ -667,6 +1110,10 @@ static void emit_call(Cg *cg, const Node *n) {
     const Node *x = ir_at(g, n->in[k]);
     if ((rd & (1u << k)) && in_arena(x))
       buf_printf(&b, ", %s", arena_ptr(cg, x, true));
+  }
+  if (cg_scratch_bytes(g, n, cg->plan->symvals) > 0) {
+    KILN_ASSERT(cg->plan->scratch_bytes >= cg_scratch_bytes(g, n, cg->plan->symvals));
+    buf_printf(&b, ", arena + %" PRId64, cg->plan->scratch_offset);
   }
   if (cg->var[n->id] && !cg->full)
     buf_puts(&b, ", B");
@@ -907,6 +1354,16 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
   buf_puts(out, kiln_abi_h_text);
   buf_puts(out, "\n");
   emit_literals(&cg);
+  /* The GEMM routines the matmul kernels call, once per element type. */
+  for (int t = 0; t < 2; t++)
+    for (int i = 0; i < g->nnodes; i++) {
+      const Node *n = ir_at(g, i);
+      if (cg.used[i] && n->op == OP_MATMUL && n->dtype == (t ? DT_F64 : DT_F32) &&
+          matmul_scratch(g, n, plan->symvals) > 0) {
+        cg_gemm_emit(n->dtype, out);
+        break;
+      }
+    }
 
   /* Kernels: batch-independent ones once, the others in both variants. */
   for (int v = 0; v < 2; v++) {

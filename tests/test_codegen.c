@@ -343,6 +343,252 @@ START_TEST(activations_and_transpose) {
 }
 END_TEST
 
+/* ---- issue-3 ops ------------------------------------------------------------------------------ */
+
+static Shape S4(Dim a, Dim b, Dim c, Dim d) {
+  Shape s = {4, {a, b, c, d}};
+  return s;
+}
+
+/* Writes v(k) into a tensor on both sides (e.g. values with ties, or a dropout counter). */
+static void write_both(Run *r, const char *name, int64_t batch, double (*v)(int64_t k)) {
+  int i = rt_find_tensor(r->prog, name);
+  ck_assert_int_ge(i, 0);
+  int64_t n = rt_numel(&r->plan.tensors[i], batch);
+  double *d = malloc((size_t)(n + 1) * sizeof *d);
+  for (int64_t k = 0; k < n; k++)
+    d[k] = v(k);
+  r->cbe.write(r->cbe.self, i, d, n);
+  r->rbe.write(r->rbe.self, i, d, n);
+  free(d);
+}
+
+START_TEST(softmax_each_axis) {
+  DType dt = _i ? DT_F64 : DT_F32;
+  int x = input("x", dt, S3(B_(1), C_(3), C_(5)));
+  int xt = input("xt", dt, S2(C_(4), B_(1))); /* the batch inside a row: inner = B */
+  int big = ir_binary(g, OP_MUL, x, ir_const(g, 300.0, dt, L0), L0);
+  char name[32];
+  for (int ax = 0; ax < 3; ax++) {
+    Attr a = {0};
+    a.axis = ax;
+    snprintf(name, sizeof name, "softmax%d", ax);
+    out(name, ir_node(g, OP_SOFTMAX, 1, &x, &a, L0));
+    snprintf(name, sizeof name, "log_softmax%d", ax);
+    out(name, ir_node(g, OP_LOG_SOFTMAX, 1, &x, &a, L0));
+    snprintf(name, sizeof name, "log_softmax_big%d", ax);
+    out(name, ir_node(g, OP_LOG_SOFTMAX, 1, &big, &a, L0));
+    snprintf(name, sizeof name, "softmax_big%d", ax);
+    out(name, ir_node(g, OP_SOFTMAX, 1, &big, &a, L0));
+    if (ax < 2) {
+      snprintf(name, sizeof name, "softmax_t%d", ax);
+      out(name, ir_node(g, OP_SOFTMAX, 1, &xt, &a, L0));
+    }
+  }
+  compare_grad(4, -2.0, 2.0);
+}
+END_TEST
+
+static double counter_value(int64_t k) { return 12345.0 + (double)k; }
+
+/* Dropout against the reference: the same elements dropped (compared exactly, not within a
+ * tolerance), at several rates and salts, full and run-time batches. */
+START_TEST(dropout_masks_match_reference) {
+  DType dt = _i ? DT_F64 : DT_F32;
+  int x = input("x", dt, S3(B_(1), C_(3), C_(7)));
+  int counter = ir_leaf(g, OP_STATE, ROLE_STATE, "counter", DT_F64, S0(), L0);
+  static const double ps[] = {0.0, 0.25, 0.5, 0.9, 0.999};
+  char name[32];
+  for (size_t i = 0; i < sizeof ps / sizeof *ps; i++)
+    for (uint32_t salt = 1; salt <= 2; salt++) {
+      Attr a = {0};
+      a.value = ps[i];
+      a.salt = salt;
+      snprintf(name, sizeof name, "drop%zu_%u", i, salt);
+      out(name, ir_node(g, OP_DROPOUT, 2, (int[]){x, counter}, &a, L0));
+    }
+  Run r;
+  run_open(&r, 5);
+  randomise(&r, 9, 0.5, 1.5); /* nonzero, so a zero means dropped */
+  write_both(&r, "counter", 5, counter_value);
+  static const int64_t batches[] = {5, 4, 1};
+  for (size_t bi = 0; bi < 3; bi++) {
+    int64_t b = batches[bi];
+    run_compare(&r, KILN_ENTRY_GRAD, b);
+    for (int i = 0; i < r.plan.ntensors; i++) {
+      const kiln_tensor *t = &r.plan.tensors[i];
+      if (t->role != KILN_ROLE_OUTPUT)
+        continue;
+      int64_t n = rt_numel(t, b);
+      double cv[128], rv[128];
+      ck_assert_int_le(n, 128);
+      r.cbe.read(r.cbe.self, i, cv, n);
+      r.rbe.read(r.rbe.self, i, rv, n);
+      int64_t dropped = 0;
+      for (int64_t k = 0; k < n; k++) {
+        ck_assert_msg((cv[k] == 0) == (rv[k] == 0), "%s[%lld]: mask differs", t->name,
+                      (long long)k);
+        if (dt == DT_F64)
+          ck_assert_msg(cv[k] == rv[k], "%s[%lld]: %.17g vs %.17g", t->name, (long long)k, cv[k],
+                        rv[k]);
+        dropped += rv[k] == 0;
+      }
+      if (strncmp(t->name, "drop0_", 6) == 0)
+        ck_assert_int_eq(dropped, 0);
+    }
+  }
+  run_close(&r);
+}
+END_TEST
+
+START_TEST(concat_and_slice) {
+  DType dt = _i ? DT_F64 : DT_F32;
+  int a = input("a", dt, S3(B_(1), C_(2), C_(3)));
+  int b = input("b", dt, S3(B_(1), C_(4), C_(3)));
+  int c = input("c", dt, S3(B_(1), C_(2), C_(5)));
+  int t = input("t", dt, S2(C_(6), B_(1)));
+  int u = param("u", dt, S2(C_(2), C_(3)));
+  Attr ax = {0};
+  ax.axis = 1;
+  out("cat1", ir_node(g, OP_CONCAT, 2, (int[]){a, b}, &ax, L0));
+  out("cat1_ba", ir_node(g, OP_CONCAT, 2, (int[]){b, a}, &ax, L0));
+  ax.axis = 2;
+  out("cat2", ir_node(g, OP_CONCAT, 2, (int[]){a, c}, &ax, L0));
+  ax.axis = 0;
+  out("cat0", ir_node(g, OP_CONCAT, 2, (int[]){a, a}, &ax, L0)); /* [2*B, 2, 3] */
+  out("cat0c", ir_node(g, OP_CONCAT, 2, (int[]){u, u}, &ax, L0)); /* no batch at all */
+  Attr sl = {0};
+  sl.axis = 1, sl.start = 1, sl.len = 2;
+  out("slice1", ir_node(g, OP_SLICE, 1, &b, &sl, L0));
+  sl.axis = 2, sl.start = 0, sl.len = 1;
+  out("slice2", ir_node(g, OP_SLICE, 1, &c, &sl, L0));
+  sl.axis = 0, sl.start = 2, sl.len = 3;
+  out("slice0", ir_node(g, OP_SLICE, 1, &t, &sl, L0));
+  compare_grad(4, -1.0, 1.0);
+}
+END_TEST
+
+/* A convolution: input [B, C, H, W], O outputs, groups, kernel, stride, dilation, padding
+ * [top, bottom, left, right]. */
+typedef struct ConvCase {
+  int64_t C, H, W, O, G, kh, kw, sh, sw, dh, dw, pad[4];
+} ConvCase;
+
+static const ConvCase conv_cases[] = {
+    {3, 5, 6, 4, 1, 1, 1, 1, 1, 1, 1, {0, 0, 0, 0}},  /* 1x1 pointwise */
+    {2, 7, 6, 3, 1, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},  /* "same", as conv1 */
+    {3, 6, 6, 4, 1, 5, 5, 1, 1, 1, 1, {2, 2, 2, 2}},  /* as conv2 */
+    {2, 8, 7, 3, 1, 3, 3, 2, 2, 1, 1, {0, 1, 1, 0}},  /* stride 2, asymmetric padding */
+    {2, 10, 11, 2, 1, 2, 3, 3, 3, 1, 1, {0, 0, 0, 0}}, /* stride 3, windows do not tile */
+    {2, 9, 8, 3, 1, 3, 3, 1, 1, 2, 2, {2, 2, 2, 2}},  /* dilation 2 */
+    {1, 7, 9, 2, 1, 3, 2, 1, 2, 2, 1, {1, 0, 0, 2}},  /* mixed stride/dilation, non-square */
+    {4, 6, 5, 6, 2, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}},  /* groups 2 */
+    {3, 7, 7, 6, 3, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}},  /* depthwise, channel multiplier 2 */
+    {3, 5, 5, 3, 3, 3, 3, 1, 1, 1, 1, {2, 2, 2, 2}},  /* depthwise, full padding */
+    {1, 3, 2, 2, 1, 3, 3, 1, 1, 1, 2, {1, 1, 2, 2}},  /* kernel columns that see no input */
+};
+
+static void conv_attr(const ConvCase *k, Attr *a) {
+  memset(a, 0, sizeof *a);
+  a->kernel[0] = k->kh, a->kernel[1] = k->kw;
+  a->stride[0] = k->sh, a->stride[1] = k->sw;
+  a->dilation[0] = k->dh, a->dilation[1] = k->dw;
+  memcpy(a->pad, k->pad, sizeof a->pad);
+  a->groups = k->G;
+  a->in_size[0] = k->H, a->in_size[1] = k->W;
+}
+
+/* The three convolution ops of one case against the reference (_i: case * 2 + f64). */
+START_TEST(conv2d_and_adjoints) {
+  const ConvCase *k = &conv_cases[_i / 2];
+  DType dt = _i % 2 ? DT_F64 : DT_F32;
+  int x = input("x", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
+  int w = param("w", dt, S4(C_(k->O), C_(k->C / k->G), C_(k->kh), C_(k->kw)));
+  Attr a;
+  conv_attr(k, &a);
+  int y = ir_node(g, OP_CONV2D, 2, (int[]){x, w}, &a, L0);
+  out("y", y);
+  int dy = input("dy", dt, ir_at(g, y)->shape);
+  out("dx", ir_node(g, OP_CONV2D_BWD_DATA, 2, (int[]){dy, w}, &a, L0));
+  out("dw", ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0));
+  compare_grad(3, -1.0, 1.0);
+}
+END_TEST
+
+/* A pool: input [B, C, H, W], kernel, stride, dilation, padding [top, bottom, left, right]. */
+typedef struct PoolCase {
+  int64_t C, H, W, kh, kw, sh, sw, dh, dw, pad[4];
+} PoolCase;
+
+static const PoolCase pool_cases[] = {
+    {2, 6, 6, 2, 2, 2, 2, 1, 1, {0, 0, 0, 0}}, /* tiling, as in the MNIST CNN */
+    {2, 7, 5, 2, 2, 2, 2, 1, 1, {0, 0, 0, 0}}, /* odd sizes: the last row/column unused */
+    {1, 7, 7, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}}, /* overlapping, padded */
+    {2, 5, 6, 3, 2, 1, 1, 1, 1, {0, 0, 0, 0}}, /* overlapping, stride 1, non-square kernel */
+    {1, 8, 7, 3, 3, 3, 2, 1, 1, {0, 1, 1, 0}}, /* asymmetric padding, stride 3 / 2 */
+    {1, 9, 9, 3, 3, 2, 2, 2, 2, {1, 1, 1, 1}}, /* dilation 2 */
+};
+
+/* Values with many ties (to test first-maximum selection) and negatives (so -inf padding
+ * matters). */
+static double tied_value(int64_t k) { return (double)((k * 7 + k / 5) % 4) - 2.0; }
+
+/* maxpool2d, avgpool2d (both divisors) and their adjoints for one case (_i: case * 2 + f64). */
+START_TEST(pools_and_adjoints) {
+  const PoolCase *k = &pool_cases[_i / 2];
+  DType dt = _i % 2 ? DT_F64 : DT_F32;
+  int x = input("x", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
+  int xt = input("xt", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
+  Attr a = {0};
+  a.kernel[0] = k->kh, a.kernel[1] = k->kw;
+  a.stride[0] = k->sh, a.stride[1] = k->sw;
+  a.dilation[0] = k->dh, a.dilation[1] = k->dw;
+  memcpy(a.pad, k->pad, sizeof a.pad);
+  a.in_size[0] = k->H, a.in_size[1] = k->W;
+  int y = ir_node(g, OP_MAXPOOL2D, 1, &x, &a, L0);
+  out("max", y);
+  out("max_tied", ir_node(g, OP_MAXPOOL2D, 1, &xt, &a, L0));
+  int dy = input("dy", dt, ir_at(g, y)->shape);
+  out("dmax", ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){x, dy}, &a, L0));
+  out("dmax_tied", ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){xt, dy}, &a, L0));
+  for (int inc = 0; inc < 2; inc++) {
+    a.count_include_pad = inc;
+    out(inc ? "avg_inc" : "avg_exc", ir_node(g, OP_AVGPOOL2D, 1, &x, &a, L0));
+    out(inc ? "davg_inc" : "davg_exc", ir_node(g, OP_AVGPOOL2D_GRAD, 1, &dy, &a, L0));
+  }
+  Run r;
+  run_open(&r, 3);
+  randomise(&r, 11, -1.0, 1.0);
+  write_both(&r, "xt", 3, tied_value);
+  run_compare(&r, KILN_ENTRY_GRAD, 3);
+  run_compare(&r, KILN_ENTRY_GRAD, 2);
+  run_compare(&r, KILN_ENTRY_GRAD, 1);
+  run_close(&r);
+}
+END_TEST
+
+/* Convolution's weight gradient unfolds into the shared scratch region: the plan reserves it and
+ * the kernel receives it. */
+START_TEST(conv_filter_uses_scratch) {
+  int x = input("x", DT_F32, S4(B_(1), C_(3), C_(6), C_(5)));
+  int dy = input("dy", DT_F32, S4(B_(1), C_(4), C_(6), C_(5)));
+  Attr a;
+  conv_attr(&(ConvCase){3, 6, 5, 4, 1, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}}, &a);
+  int dw = ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0);
+  out("dw", dw);
+  Plan p;
+  plan_build(g, 2, &p);
+  ck_assert_int_eq(cg_scratch_bytes(g, ir_at(g, dw), p.symvals), 3 * 3 * 3 * 5 * 4);
+  ck_assert_int_ge(p.scratch_bytes, 3 * 3 * 3 * 5 * 4);
+  ck_assert_int_eq(cg_scratch_bytes(g, ir_at(g, x), p.symvals), 0);
+  Buf src = {0};
+  cg_emit_c(g, &p, &src);
+  ck_assert_ptr_nonnull(strstr(src.p, "unsigned char *restrict scratch"));
+  buf_free(&src);
+  plan_free(&p);
+}
+END_TEST
+
 /* Every op the reference runtime can run, the code generator can compile (pending issue-3 ops
  * are listed in cg_c.c's emitter table until both sides have them). */
 START_TEST(emitters_cover_the_reference) {
@@ -742,6 +988,14 @@ static Suite *suite(void) {
   tcase_add_test(tc, literal_constants);
   tcase_add_test(tc, activations_and_transpose);
   tcase_add_test(tc, emitters_cover_the_reference);
+  tcase_add_loop_test(tc, softmax_each_axis, 0, 2);
+  tcase_add_loop_test(tc, dropout_masks_match_reference, 0, 2);
+  tcase_add_loop_test(tc, concat_and_slice, 0, 2);
+  tcase_add_loop_test(tc, conv2d_and_adjoints, 0,
+                      (int)(2 * sizeof conv_cases / sizeof *conv_cases));
+  tcase_add_loop_test(tc, pools_and_adjoints, 0,
+                      (int)(2 * sizeof pool_cases / sizeof *pool_cases));
+  tcase_add_test(tc, conv_filter_uses_scratch);
   tcase_add_loop_test(tc, train_entries_match, 0, 2);
   tcase_add_test(tc, update_chain_order);
   tcase_add_test(tc, update_cycle_is_an_error);
