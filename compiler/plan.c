@@ -113,7 +113,24 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
     }
   int64_t temp_base = top;
 
-  /* Live intervals of computed nodes, per entry. */
+  /* A reshape is the same bytes as its input, so it shares its input's storage: root[i] is the
+   * node whose storage i uses. Not for leaves that an entry updates, whose bytes change at the
+   * end of the entry while an output aliasing them might still be read. */
+  bool *updated = xcalloc((size_t)nn, sizeof(bool));
+  for (int e = 0; e < ENTRY_COUNT; e++)
+    for (int i = 0; i < g->entries[e].nupdates; i++) updated[g->entries[e].updates[i].target] = true;
+  int *root = xcalloc((size_t)nn, sizeof(int));
+  for (int i = 0; i < nn; i++) {
+    Node *n = ir_at(g, i);
+    root[i] = i;
+    if (n->op != OP_RESHAPE) continue;
+    int r = root[n->in[0]];
+    Node *rn = ir_at(g, r);
+    if (rn->op == OP_CONST || (op_is_leaf(rn->op) && (updated[r] || p->offset[r] < 0))) continue;
+    root[i] = r;
+  }
+
+  /* Live intervals of computed storage roots, per entry. */
   Interval *live[ENTRY_COUNT];
   for (int e = 0; e < ENTRY_COUNT; e++) {
     live[e] = xcalloc((size_t)nn, sizeof(Interval));
@@ -122,16 +139,16 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
     for (int i = 0; i < nn; i++) {
       if (!mark[e][i]) continue;
       Node *n = ir_at(g, i);
-      if (!op_is_leaf(n->op)) live[e][i] = (Interval){pos, pos};
+      if (!op_is_leaf(n->op) && root[i] == i) live[e][i] = (Interval){pos, pos};
       for (int k = 0; k < n->nin; k++)
-        if (live[e][n->in[k]].first >= 0) live[e][n->in[k]].last = pos;
+        if (live[e][root[n->in[k]]].first >= 0) live[e][root[n->in[k]]].last = pos;
       pos++;
     }
     const Entry *en = &g->entries[e];
     for (int i = 0; i < en->noutputs; i++)
-      if (live[e][en->outputs[i].node].first >= 0) live[e][en->outputs[i].node].last = end;
+      if (live[e][root[en->outputs[i].node]].first >= 0) live[e][root[en->outputs[i].node]].last = end;
     for (int i = 0; i < en->nupdates; i++)
-      if (live[e][en->updates[i].value].first >= 0) live[e][en->updates[i].value].last = end;
+      if (live[e][root[en->updates[i].value]].first >= 0) live[e][root[en->updates[i].value]].last = end;
   }
 
   /* Temporaries, largest first, each at the lowest offset clear of every interfering node. */
@@ -140,7 +157,7 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
   int ntemp = 0;
   for (int i = 0; i < nn; i++) {
     Node *n = ir_at(g, i);
-    if (op_is_leaf(n->op) || !needs_storage(n) || !in_entries[i]) continue;
+    if (op_is_leaf(n->op) || !needs_storage(n) || !in_entries[i] || root[i] != i) continue;
     size[i] = node_bytes(n, p->symvals);
     order[ntemp++] = i;
   }
@@ -176,6 +193,9 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
     placed[nplaced++] = i;
     if (off + size[i] > arena_end) arena_end = off + size[i];
   }
+  for (int i = 0; i < nn; i++)
+    if (root[i] != i && in_entries[i]) p->offset[i] = p->offset[root[i]];
+
   /* Scratch for kernels that pack or unfold their operands: one region, as kernels run one at
    * a time. */
   int64_t scratch = 0;
@@ -226,6 +246,8 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
     free(live[e]);
   }
   free(in_entries);
+  free(updated);
+  free(root);
   free(order);
   free(size);
   free(placed);

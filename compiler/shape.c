@@ -212,7 +212,7 @@ static void rule_cross_entropy_grad(Graph *g, Node *n) {
 static void rule_relu_grad(Graph *g, Node *n) {
   rule_binary(g, n);
   if (!shape_eq(&n->shape, &in_node(g, n, 0)->shape))
-    kiln_fail(n->loc, "relu_grad: dy must have the shape of x");
+    kiln_fail(n->loc, "%s: dy must have the shape of x", op_names[n->op]);
 }
 
 

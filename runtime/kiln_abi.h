@@ -84,7 +84,10 @@ typedef struct kiln_tensor {
  * step counter and the element's flat index, uniform in [0, 1). An element is kept when the value
  * is >= p. */
 static inline double kiln_dropout_uniform(uint32_t salt, double counter, int64_t index) {
-  uint64_t z = (uint64_t)counter * 0x9E3779B97F4A7C15ull + ((uint64_t)salt << 32) +
+  /* The counter is a whole number >= 0 kept in a double; anything else maps to 0 rather than
+   * to an undefined conversion. */
+  uint64_t c = counter >= 0 && counter < 18446744073709551616.0 ? (uint64_t)counter : 0;
+  uint64_t z = c * 0x9E3779B97F4A7C15ull + ((uint64_t)salt << 32) +
                (uint64_t)index * 0xD1B54A32D192ED03ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
