@@ -297,10 +297,15 @@ static int64_t window_out(Graph *g, Node *n, const Shape *xs, int axis) {
       a->pad[2 * axis] < 0 || a->pad[2 * axis + 1] < 0)
     kiln_fail(n->loc, "%s: kernel, stride and dilation must be positive and padding >= 0",
               op_names[n->op]);
-  if (span > padded)
-    kiln_fail(n->loc, "%s: the %s window (%lld with dilation) is larger than the padded input "
-              "(%lld) of shape %s", op_names[n->op], axis ? "horizontal" : "vertical",
-              (long long)span, (long long)padded, sh(g, xs, s));
+  if (span > padded) {
+    char dil[48] = "";
+    if (a->dilation[axis] > 1)
+      snprintf(dil, sizeof dil, ", %lld with dilation %lld", (long long)a->kernel[axis],
+               (long long)a->dilation[axis]);
+    kiln_fail(n->loc, "%s: the %s window (%lld%s) is larger than the padded input (%lld) of "
+              "shape %s", op_names[n->op], axis ? "horizontal" : "vertical", (long long)span, dil,
+              (long long)padded, sh(g, xs, s));
+  }
   return (padded - span) / a->stride[axis] + 1;
 }
 
@@ -408,7 +413,10 @@ static void rule_pool(Graph *g, Node *n) {
   /* PyTorch: padding at most half the kernel, so every window sees at least one real element. */
   for (int a = 0; a < 2; a++)
     if (2 * n->attr.pad[2 * a] > n->attr.kernel[a] || 2 * n->attr.pad[2 * a + 1] > n->attr.kernel[a])
-      kiln_fail(n->loc, "%s: padding must be at most half the kernel size", op_names[n->op]);
+      kiln_fail(n->loc, "%s: padding [%lld, %lld, %lld, %lld] is more than half the kernel "
+                "[%lld, %lld]", op_names[n->op], (long long)n->attr.pad[0],
+                (long long)n->attr.pad[1], (long long)n->attr.pad[2], (long long)n->attr.pad[3],
+                (long long)n->attr.kernel[0], (long long)n->attr.kernel[1]);
   n->dtype = x->dtype;
   n->shape = pool_out(g, n, x);
 }

@@ -1483,7 +1483,7 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "input x: f32[B, 3, 8, 8]\n"
      "input y: i32[B]\n"
      "h = conv2d(x, out=4, kernel=11)\n",
-     "t.kiln:3:5: error: conv2d: the vertical window (11 with dilation) is larger than the padded input (8) of shape [B, 3, 8, 8]\n"
+     "t.kiln:3:5: error: conv2d: the vertical window (11) is larger than the padded input (8) of shape [B, 3, 8, 8]\n"
      "  h = conv2d(x, out=4, kernel=11)\n"
      "      ^\n"},
     {"conv groups",
@@ -1590,21 +1590,21 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "input x: f32[B, 3, 8, 8]\n"
      "input y: i32[B]\n"
      "h = maxpool2d(x, kernel=2, pad=2)\n",
-     "t.kiln:3:5: error: maxpool2d: padding must be at most half the kernel size\n"
+     "t.kiln:3:5: error: maxpool2d: padding [2, 2, 2, 2] is more than half the kernel [2, 2]\n"
      "  h = maxpool2d(x, kernel=2, pad=2)\n"
      "      ^\n"},
     {"pool too big",
      "input x: f32[B, 3, 8, 8]\n"
      "input y: i32[B]\n"
      "h = avgpool2d(x, kernel=[2, 9])\n",
-     "t.kiln:3:5: error: avgpool2d: the horizontal window (9 with dilation) is larger than the padded input (8) of shape [B, 3, 8, 8]\n"
+     "t.kiln:3:5: error: avgpool2d: the horizontal window (9) is larger than the padded input (8) of shape [B, 3, 8, 8]\n"
      "  h = avgpool2d(x, kernel=[2, 9])\n"
      "      ^\n"},
     {"l2pool too big",
      "input x: f32[B, 3, 8, 8]\n"
      "input y: i32[B]\n"
      "h = l2pool2d(x, kernel=9)\n",
-     "t.kiln:3:5: error: avgpool2d: the vertical window (9 with dilation) is larger than the padded input (8) of shape [B, 3, 8, 8]\n"
+     "t.kiln:3:5: error: avgpool2d: the vertical window (9) is larger than the padded input (8) of shape [B, 3, 8, 8]\n"
      "  h = l2pool2d(x, kernel=9)\n"
      "      ^\n"},
     {"pool cip",

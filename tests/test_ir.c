@@ -189,6 +189,11 @@ static void conv_too_big(void) {
   conv_w = f32("w", SHAPE(2, 1, 5, 5));
   conv(conv_x, conv_w, 1, 0, 0, 1, 1);
 }
+static void conv_dilated_too_big(void) {
+  conv_x = f32("x", batched(SHAPE(1, 1, 4, 4)));
+  conv_w = f32("w", SHAPE(2, 1, 3, 3));
+  conv(conv_x, conv_w, 1, 0, 0, 2, 1);
+}
 static void conv_groups(void) {
   conv_x = f32("x", batched(SHAPE(1, 6, 8, 8)));
   conv_w = f32("w", SHAPE(4, 2, 3, 3));
@@ -202,8 +207,13 @@ static void conv_channels(void) {
 
 START_TEST(conv_errors) {
   ck_assert_ptr_nonnull(strstr(error_of(conv_too_big),
-                               "error: conv2d: the vertical window (5 with dilation) is larger than "
+                               "error: conv2d: the vertical window (5) is larger than "
                                "the padded input (4) of shape [B, 1, 4, 4]"));
+  teardown();
+  setup();
+  ck_assert_ptr_nonnull(strstr(error_of(conv_dilated_too_big),
+                               "error: conv2d: the vertical window (5, 3 with dilation 2) is larger "
+                               "than the padded input (4) of shape [B, 1, 4, 4]"));
   teardown();
   setup();
   ck_assert_ptr_nonnull(strstr(error_of(conv_groups),
