@@ -290,18 +290,17 @@ static void write_c(Graph *g, const Args *a, FILE *out) {
 static int generate(Graph *g, const Args *a, Buf *src) {
   Trap t;
   Plan plan = {0};
-  int rc = 0;
   if (KILN_TRY(&t)) {
     plan_build(g, batch_of(g, a), &plan);
     cg_emit_c(g, &plan, src);
     kiln_trap_end(&t);
-  } else {
-    kiln_trap_end(&t);
-    fputs(t.msg, stderr);
-    rc = 1;
+    plan_free(&plan);
+    return 0;
   }
+  kiln_trap_end(&t);
+  fputs(t.msg, stderr);
   plan_free(&plan);
-  return rc;
+  return 1;
 }
 
 static int cmd_build(Graph *g, const Args *a) {

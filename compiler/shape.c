@@ -298,7 +298,7 @@ static int64_t window_out(Graph *g, Node *n, const Shape *xs, int axis) {
     kiln_fail(n->loc, "%s: kernel, stride and dilation must be positive and padding >= 0",
               op_names[n->op]);
   if (span > padded) {
-    char dil[48] = "";
+    char dil[96] = "";
     if (a->dilation[axis] > 1)
       snprintf(dil, sizeof dil, ", %lld with dilation %lld", (long long)a->kernel[axis],
                (long long)a->dilation[axis]);
