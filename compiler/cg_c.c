@@ -456,9 +456,10 @@ static int64_t matmul_scratch(const Graph *g, const Node *n, const int64_t *symv
                                dim_value(n->shape.d[1], symvals), K, n->dtype);
 }
 
-/* MATMUL: y[M,N] = op(a)[M,K] @ op(b)[K,N]. Large products call the blocked GEMM. The plain schedule: i-k-j, so the inner loop runs
- * along contiguous rows of b and y and vectorises; i-j-k with a running sum when b is
- * transposed (then both a row and b's "column" are contiguous in k). */
+/* MATMUL: y[M,N] = op(a)[M,K] @ op(b)[K,N]. Large products call the blocked GEMM of cg_gemm.c.
+ * Small ones keep the plain schedule: i-k-j, so the inner loop runs along contiguous rows of b
+ * and y and vectorises; i-j-k with a running sum when b is transposed (then both a row and b's
+ * "column" are contiguous in k). */
 static void emit_matmul(Cg *cg, const Node *n) {
   const Node *a = ir_at(cg->g, n->in[0]), *b = ir_at(cg->g, n->in[1]);
   bool ta = n->attr.trans_a, tb = n->attr.trans_b;

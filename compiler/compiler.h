@@ -369,4 +369,19 @@ bool ad_has_vjp(Op op);
 /* Whether cg_c.c has an emitter for op; cg_emit_c fails at the node's line for one without. */
 bool cg_has_emitter(Op op);
 
+/* ---- cg_gemm.c ---- */
+
+/* Scratch bytes kiln_sgemm / kiln_dgemm need for C[M,N] = op(A)[M,K] op(B)[K,N] (packed panels,
+ * 64-byte aligned, for any vector width the C compiler picks); 0 when the plain loop nest is the
+ * better schedule for that shape (tiny products) or dt is not floating point. */
+int64_t cg_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, DType dt);
+/* The routine's name for dt: "kiln_sgemm" (f32) or "kiln_dgemm" (f64). */
+const char *cg_gemm_name(DType dt);
+/* Prints the static routine for dt (f32 or f64) into out, once per program:
+ *   void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int ta,
+ *                   const float *B, int64_t ldb, int tb, float *C, int64_t ldc,
+ *                   unsigned char *ws);
+ * C = op(A) op(B) with C's rows ldc apart, op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p]. */
+void cg_gemm_emit(DType dt, Buf *out);
+
 #endif

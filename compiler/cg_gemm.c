@@ -1,0 +1,280 @@
+/*
+ * cg_gemm.c — the blocked matrix multiply that generated matmul kernels call.
+ *
+ * cg_c.c prints a MATMUL kernel as one call to a static routine this file writes into the program
+ * once per element type: `kiln_sgemm` (float) or `kiln_dgemm` (double), computing
+ *     C[M,N] = op(A)[M,K] · op(B)[K,N]        (op = transpose or not, chosen at run time)
+ * with sizes, leading dimensions and transposes as arguments (a `_n` kernel passes its run-time
+ * batch). The schedule is BLIS's (see PERF-NOTES.md, "How"): loops over N-blocks, then K-blocks of
+ * about 256 (so a packed B micro-panel stays in L1), then M-blocks; each K×N block of B and M×K
+ * block of A is packed, zero-padded, into the scratch region plan.c reserves, in the order the
+ * micro-kernel reads it; the micro-kernel keeps an MR×NR block of C in vector registers.
+ *
+ * Everything is portable C: the vectors are GCC vector types (gcc and clang), whose width the
+ * generated text picks from the target's feature macros, because -march=native on gcc 12 does
+ * not recognise Zen 5 and would not choose 512-bit vectors by itself. The micro-kernel is written
+ * out fully unrolled over its register block (never over k) into its own noinline function with
+ * restrict pointers: inlined into the tiling loops, gcc spilled accumulators. A compiler without
+ * GNU extensions gets a plain loop nest with the same signature.
+ *
+ * The plan reserves the packing buffers' worst case over every vector width (cg_gemm_scratch_bytes),
+ * so the C compiler's choice of width never outgrows the arena.
+ */
+#include <inttypes.h>
+#include <string.h>
+
+#include "compiler.h"
+
+/* Cache blocking, the same for every element type and vector width. KC bounds the reduction
+ * depth of one packed panel (a 32-float × 256 micro-panel of B is 32 KB, inside the 48 KB L1);
+ * MC × KC of A stays in L2; NC × KC of B in L2/L3. */
+enum { GEMM_KC = 256, GEMM_MC = 128, GEMM_NC = 2048 };
+/* Largest MR and NR any variant below uses: the scratch bound covers all of them. */
+enum { GEMM_MR_MAX = 16, GEMM_NR_MAX = 64 };
+/* Below this many multiply-adds the packing and call overhead is not worth it: the plain loop. */
+enum { GEMM_MIN_MACS = 32768 };
+
+/* One register-block shape: vector bytes, rows, vectors per row. */
+typedef struct UkrShape {
+  const char *cond;   /* preprocessor condition selecting it, NULL for the last */
+  int vbytes, mr, nv;
+} UkrShape;
+
+/* 512-bit: 8 rows × 2 vectors (16 accumulators; 8×32 floats); 32 vector registers leave room.
+ * 256- and 128-bit targets have 16 registers: 6 × 2 (12 accumulators). */
+static const UkrShape ukr_shapes[] = {
+    {"defined(__AVX512F__)", 64, 8, 2},
+    {"defined(__AVX__)", 32, 6, 2},
+    {NULL, 16, 6, 2},
+};
+
+/* The K block used for depth K: K split into equal parts of at most GEMM_KC, so K = 600 gives
+ * three blocks of 200 rather than 256 + 256 + 88. The generated driver computes the same. */
+static int64_t gemm_kc(int64_t K) {
+  int64_t nb = (K + GEMM_KC - 1) / GEMM_KC;
+  return (K + nb - 1) / nb;
+}
+
+static int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+int64_t cg_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, DType dt) {
+  if ((dt != DT_F32 && dt != DT_F64) || M <= 0 || N <= 0 || K <= 0)
+    return 0;
+  /* Saturating: huge shapes are the plan's business, not a reason to overflow here. */
+  if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX ||
+      (double)M * (double)N * (double)K < GEMM_MIN_MACS)
+    return 0;
+  int64_t es = (int64_t)dtype_size(dt), kc = gemm_kc(K);
+  int64_t mc = M < GEMM_MC ? M : GEMM_MC, nc = N < GEMM_NC ? N : GEMM_NC;
+  /* ceil(x / MR) * MR <= x + MR - 1 for any MR <= GEMM_MR_MAX; same for NR. */
+  int64_t a = round_up((mc + GEMM_MR_MAX) * kc * es, 64);
+  int64_t b = round_up((nc + GEMM_NR_MAX) * kc * es, 64);
+  return 64 /* aligning the base */ + a + b;
+}
+
+const char *cg_gemm_name(DType dt) { return dt == DT_F64 ? "kiln_dgemm" : "kiln_sgemm"; }
+
+/* ---------------------------------------------------------------------------------------------
+ * Printing. Templates use $G for the routine's name (kiln_sgemm) and $T for the element type.
+ */
+static void put(Buf *o, DType dt, const char *tpl) {
+  const char *g = cg_gemm_name(dt), *t = dt == DT_F64 ? "double" : "float";
+  for (const char *p = tpl; *p; p++) {
+    if (*p == '$' && (p[1] == 'G' || p[1] == 'T')) {
+      buf_puts(o, p[1] == 'G' ? g : t);
+      p++;
+    } else {
+      buf_printf(o, "%c", *p);
+    }
+  }
+}
+
+/* The micro-kernel for one register-block shape: c[MR×NR] (+)= a-panel · b-panel over kc, with
+ * a packed as kc rows of MR and b as kc rows of NR (both 64-byte aligned). beta = 0 overwrites c,
+ * so C needs no zeroing before the first K block. Unrolled here over the block only. */
+static void emit_ukr(Buf *o, DType dt, const UkrShape *s) {
+  int es = (int)dtype_size(dt), lanes = s->vbytes / es, nr = s->nv * lanes;
+  const char *t = dt == DT_F64 ? "double" : "float", *g = cg_gemm_name(dt);
+  buf_printf(o, "typedef %s %s_v __attribute__((vector_size(%d)));\n", t, g, s->vbytes);
+  /* The M block is a multiple of MR, so only the last one has an edge tile. */
+  buf_printf(o, "enum { %s_mr = %d, %s_nr = %d, %s_mcb = %d };\n", g, s->mr, g, nr, g,
+             GEMM_MC / s->mr * s->mr);
+  /* gcc does not contract a * b + c into an FMA in ISO C mode (-std=c11, as aot.c compiles):
+   * ask for it on this function; clang contracts within an expression by default. */
+  buf_puts(o, "#if defined(__clang__)\n__attribute__((noinline))\n#else\n"
+              "__attribute__((noinline, optimize(\"fp-contract=fast\")))\n#endif\n");
+  buf_printf(o, "static void %s_ukr(int64_t kc, const %s *restrict a, "
+                "const %s *restrict b, %s *restrict c, int64_t ldc, int beta) {\n",
+             g, t, t, t);
+  for (int i = 0; i < s->mr; i++) {
+    buf_puts(o, "  ");
+    for (int v = 0; v < s->nv; v++)
+      buf_printf(o, "%s_v c%d_%d = {0};%s", g, i, v, v + 1 < s->nv ? " " : "\n");
+  }
+  buf_printf(o, "  for (int64_t p = 0; p < kc; p++, a += %d, b += %d) {\n", s->mr, nr);
+  for (int v = 0; v < s->nv; v++) {
+    buf_printf(o, "    %s_v b%d;\n", g, v);
+    buf_printf(o, "    memcpy(&b%d, b + %d, sizeof b%d);\n", v, v * lanes, v);
+  }
+  for (int i = 0; i < s->mr; i++) {
+    buf_printf(o, "    { const %s a%d = a[%d];", t, i, i);
+    for (int v = 0; v < s->nv; v++)
+      buf_printf(o, " c%d_%d += a%d * b%d;", i, v, i, v);
+    buf_puts(o, " }\n");
+  }
+  buf_puts(o, "  }\n");
+  for (int i = 0; i < s->mr; i++)
+    for (int v = 0; v < s->nv; v++) {
+      buf_printf(o, "  { %s *q = c + %d * ldc + %d; %s_v t;", t, i, v * lanes, g);
+      buf_printf(o, " if (beta) { memcpy(&t, q, sizeof t); c%d_%d += t; }", i, v);
+      buf_printf(o, " memcpy(q, &c%d_%d, sizeof t); }\n", i, v);
+    }
+  buf_puts(o, "}\n");
+}
+
+/* Packing and the blocked driver, written once in terms of $G_mr / $G_nr / $G_ukr. */
+static const char gemm_driver[] =
+    "/* Packs rows [0, mc) x depth [0, kc) of op(A) (A points at its block's first element) into\n"
+    " * micro-panels of $G_mr rows: ap[ir*kc + p*$G_mr + i] = op(A)[ir+i][p], zero past mc. */\n"
+    "static void $G_pack_a(int64_t mc, int64_t kc, const $T *restrict A, int64_t lda, int ta,\n"
+    "                      $T *restrict ap) {\n"
+    "  for (int64_t ir = 0; ir < mc; ir += $G_mr) {\n"
+    "    $T *restrict d = ap + ir * kc;\n"
+    "    const int64_t mr = mc - ir < $G_mr ? mc - ir : $G_mr;\n"
+    "    if (ta) {\n"
+    "      for (int64_t p = 0; p < kc; p++) {\n"
+    "        const $T *s = A + p * lda + ir;\n"
+    "        for (int64_t i = 0; i < mr; i++) d[p * $G_mr + i] = s[i];\n"
+    "        for (int64_t i = mr; i < $G_mr; i++) d[p * $G_mr + i] = 0;\n"
+    "      }\n"
+    "    } else {\n"
+    "      for (int64_t i = 0; i < mr; i++) {\n"
+    "        const $T *s = A + (ir + i) * lda;\n"
+    "        for (int64_t p = 0; p < kc; p++) d[p * $G_mr + i] = s[p];\n"
+    "      }\n"
+    "      for (int64_t i = mr; i < $G_mr; i++)\n"
+    "        for (int64_t p = 0; p < kc; p++) d[p * $G_mr + i] = 0;\n"
+    "    }\n"
+    "  }\n"
+    "}\n"
+    "\n"
+    "/* Packs depth [0, kc) x columns [0, nc) of op(B) into micro-panels of $G_nr columns:\n"
+    " * bp[jr*kc + p*$G_nr + j] = op(B)[p][jr+j], zero past nc. */\n"
+    "static void $G_pack_b(int64_t nc, int64_t kc, const $T *restrict B, int64_t ldb, int tb,\n"
+    "                      $T *restrict bp) {\n"
+    "  for (int64_t jr = 0; jr < nc; jr += $G_nr) {\n"
+    "    $T *restrict d = bp + jr * kc;\n"
+    "    const int64_t nr = nc - jr < $G_nr ? nc - jr : $G_nr;\n"
+    "    if (!tb && nr == $G_nr) {\n"
+    "      for (int64_t p = 0; p < kc; p++)\n"
+    "        memcpy(d + p * $G_nr, B + p * ldb + jr, sizeof(*d) * $G_nr);\n"
+    "    } else if (!tb) {\n"
+    "      for (int64_t p = 0; p < kc; p++) {\n"
+    "        for (int64_t j = 0; j < nr; j++) d[p * $G_nr + j] = B[p * ldb + jr + j];\n"
+    "        for (int64_t j = nr; j < $G_nr; j++) d[p * $G_nr + j] = 0;\n"
+    "      }\n"
+    "    } else {\n"
+    "      /* Columns of op(B) are rows of B: read them contiguously, write the panel (in L1)\n"
+    "       * with stride $G_nr, four at a time. */\n"
+    "      int64_t j = 0;\n"
+    "      for (; j + 4 <= nr; j += 4) {\n"
+    "        const $T *s0 = B + (jr + j) * ldb, *s1 = s0 + ldb, *s2 = s1 + ldb, *s3 = s2 + ldb;\n"
+    "        for (int64_t p = 0; p < kc; p++) {\n"
+    "          $T *q = d + p * $G_nr + j;\n"
+    "          q[0] = s0[p]; q[1] = s1[p]; q[2] = s2[p]; q[3] = s3[p];\n"
+    "        }\n"
+    "      }\n"
+    "      for (; j < nr; j++) {\n"
+    "        const $T *s = B + (jr + j) * ldb;\n"
+    "        for (int64_t p = 0; p < kc; p++) d[p * $G_nr + j] = s[p];\n"
+    "      }\n"
+    "      for (j = nr; j < $G_nr; j++)\n"
+    "        for (int64_t p = 0; p < kc; p++) d[p * $G_nr + j] = 0;\n"
+    "    }\n"
+    "  }\n"
+    "}\n"
+    "\n"
+    "/* C[M,N] = op(A)[M,K] op(B)[K,N]; op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p], likewise B.\n"
+    " * ws: scratch of at least cg_gemm_scratch_bytes(M, N, K) bytes. */\n"
+    "static void $G(int64_t M, int64_t N, int64_t K, const $T *A, int64_t lda, int ta,\n"
+    "               const $T *B, int64_t ldb, int tb, $T *C, int64_t ldc, unsigned char *ws) {\n"
+    "  if (M <= 0 || N <= 0)\n"
+    "    return;\n"
+    "  if (K <= 0) {\n"
+    "    for (int64_t i = 0; i < M; i++)\n"
+    "      for (int64_t j = 0; j < N; j++) C[i * ldc + j] = 0;\n"
+    "    return;\n"
+    "  }\n"
+    "  const int64_t nkb = (K + $G_kcb - 1) / $G_kcb, kcmax = (K + nkb - 1) / nkb;\n"
+    "  const int64_t mcmax = M < $G_mcb ? M : $G_mcb;\n"
+    "  const int64_t abytes = ((mcmax + $G_mr - 1) / $G_mr * $G_mr * kcmax * (int64_t)sizeof($T)\n"
+    "                          + 63) / 64 * 64;\n"
+    "  ws += (64 - (uintptr_t)ws % 64) % 64;\n"
+    "  $T *ap = ($T *)(void *)ws, *bp = ($T *)(void *)(ws + abytes);\n"
+    "  for (int64_t jc = 0; jc < N; jc += $G_ncb) {\n"
+    "    const int64_t nc = N - jc < $G_ncb ? N - jc : $G_ncb;\n"
+    "    for (int64_t pc = 0; pc < K; pc += kcmax) {\n"
+    "      const int64_t kc = K - pc < kcmax ? K - pc : kcmax;\n"
+    "      $G_pack_b(nc, kc, tb ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, tb, bp);\n"
+    "      for (int64_t ic = 0; ic < M; ic += $G_mcb) {\n"
+    "        const int64_t mc = M - ic < $G_mcb ? M - ic : $G_mcb;\n"
+    "        $G_pack_a(mc, kc, ta ? A + pc * lda + ic : A + ic * lda + pc, lda, ta, ap);\n"
+    "        for (int64_t jr = 0; jr < nc; jr += $G_nr) {\n"
+    "          const int64_t nr = nc - jr < $G_nr ? nc - jr : $G_nr;\n"
+    "          for (int64_t ir = 0; ir < mc; ir += $G_mr) {\n"
+    "            const int64_t mr = mc - ir < $G_mr ? mc - ir : $G_mr;\n"
+    "            $T *c = C + (ic + ir) * ldc + jc + jr;\n"
+    "            if (mr == $G_mr && nr == $G_nr) {\n"
+    "              $G_ukr(kc, ap + ir * kc, bp + jr * kc, c, ldc, pc > 0);\n"
+    "            } else {\n"
+    "              /* Edge tile: the full block into a buffer, the valid part into C. */\n"
+    "              $T t[$G_mr * $G_nr] __attribute__((aligned(64)));\n"
+    "              $G_ukr(kc, ap + ir * kc, bp + jr * kc, t, $G_nr, 0);\n"
+    "              for (int64_t i = 0; i < mr; i++)\n"
+    "                for (int64_t j = 0; j < nr; j++)\n"
+    "                  c[i * ldc + j] = (pc > 0 ? c[i * ldc + j] : 0) + t[i * $G_nr + j];\n"
+    "            }\n"
+    "          }\n"
+    "        }\n"
+    "      }\n"
+    "    }\n"
+    "  }\n"
+    "}\n";
+
+/* Without GNU vector extensions: the plain loop nest, same signature. */
+static const char gemm_plain[] =
+    "static void $G(int64_t M, int64_t N, int64_t K, const $T *A, int64_t lda, int ta,\n"
+    "               const $T *B, int64_t ldb, int tb, $T *C, int64_t ldc, unsigned char *ws) {\n"
+    "  (void)ws;\n"
+    "  for (int64_t i = 0; i < M; i++) {\n"
+    "    for (int64_t j = 0; j < N; j++) C[i * ldc + j] = 0;\n"
+    "    for (int64_t p = 0; p < K; p++) {\n"
+    "      const $T s = ta ? A[p * lda + i] : A[i * lda + p];\n"
+    "      for (int64_t j = 0; j < N; j++) C[i * ldc + j] += s * (tb ? B[j * ldb + p] : B[p * ldb + j]);\n"
+    "    }\n"
+    "  }\n"
+    "}\n";
+
+void cg_gemm_emit(DType dt, Buf *out) {
+  const char *g = cg_gemm_name(dt);
+  KILN_ASSERT(dt == DT_F32 || dt == DT_F64);
+  buf_printf(out, "/* %s: the blocked matrix multiply the matmul kernels call (kiln cg_gemm.c). */\n",
+             g);
+  buf_puts(out, "#if defined(__GNUC__)\n");
+  buf_printf(out, "enum { %s_kcb = %d, %s_ncb = %d };\n", g, GEMM_KC, g, GEMM_NC);
+  size_t n = sizeof ukr_shapes / sizeof *ukr_shapes;
+  for (size_t i = 0; i < n; i++) {
+    const UkrShape *s = &ukr_shapes[i];
+    KILN_ASSERT(s->mr <= GEMM_MR_MAX && s->nv * s->vbytes / (int)dtype_size(dt) <= GEMM_NR_MAX);
+    if (s->cond)
+      buf_printf(out, "#%s %s\n", i == 0 ? "if" : "elif", s->cond);
+    else
+      buf_puts(out, "#else\n");
+    emit_ukr(out, dt, s);
+  }
+  buf_puts(out, "#endif\n");
+  put(out, dt, gemm_driver);
+  buf_puts(out, "#else\n");
+  put(out, dt, gemm_plain);
+  buf_puts(out, "#endif\n\n");
+}
