@@ -953,8 +953,10 @@ static Val fn_avgpool2d(Lower *L, const Func *f, Expr *call, Expr **args, const 
 }
 
 /* l2pool2d(x, kernel, stride=kernel, pad=0) = sqrt of the sum of squares over each window (seed
- * 001 eq. 31b), composed as sqrt(avgpool2d(x*x, count_include_pad=true) * kh*kw): padding adds
- * zeros to the sum, as in PyTorch's LPPool2d with norm_type 2. */
+ * 001 eq. 31b), composed as sqrt(relu(avgpool2d(x*x, count_include_pad=true)) * kh*kw): padding
+ * adds zeros to the sum, as in PyTorch's LPPool2d with norm_type 2. The relu changes no value
+ * (the mean of squares is >= 0) but, like PyTorch's, its gradient selects 0 where a window is all
+ * zero, so sqrt's infinite slope at 0 gives a zero gradient there instead of NaN. */
 static Val fn_l2pool2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)layer;
   int x = image_arg(L, f, call, args[0]);
@@ -962,7 +964,7 @@ static Val fn_l2pool2d(Lower *L, const Func *f, Expr *call, Expr **args, const c
   a.count_include_pad = true;
   Graph *g = L->g;
   int sq = ir_binary(g, OP_MUL, x, x, call->loc);
-  int avg = ir_node(g, OP_AVGPOOL2D, 1, &sq, &a, call->loc);
+  int avg = ir_unary(g, OP_RELU, ir_node(g, OP_AVGPOOL2D, 1, &sq, &a, call->loc), call->loc);
   int area = ir_const(g, (double)(a.kernel[0] * a.kernel[1]), node(L, x)->dtype, call->loc);
   return (Val){ir_unary(g, OP_SQRT, ir_binary(g, OP_MUL, avg, area, call->loc), call->loc), 0};
 }

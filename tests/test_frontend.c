@@ -789,18 +789,43 @@ START_TEST(lower_pools) {
   ck_assert(!a->attr.count_include_pad && a->attr.stride[0] == 2 && a->attr.stride[1] == 3);
   ck_assert(a->attr.dilation[0] == 1 && a->attr.dilation[1] == 1);
   ck_assert_str_eq(shape_of_node(g, a), "[B, 3, 5, 3]");
-  /* l2pool2d = sqrt(avgpool2d(x * x, count_include_pad) * kh*kw) (seed 001 eq. 31b). */
+  /* l2pool2d = sqrt(relu(avgpool2d(x * x, count_include_pad)) * kh*kw) (seed 001 eq. 31b). */
   Node *l = named(g, "l");
   ck_assert_int_eq(l->op, OP_SQRT);
   ck_assert_str_eq(shape_of_node(g, l), "[B, 3, 8, 8]");
   Node *scaled = ir_at(g, l->in[0]);
   ck_assert_int_eq(scaled->op, OP_MUL);
   ck_assert(ir_at(g, scaled->in[1])->op == OP_CONST && ir_at(g, scaled->in[1])->attr.value == 4);
-  Node *avg = ir_at(g, scaled->in[0]);
+  ck_assert_int_eq(ir_at(g, scaled->in[0])->op, OP_RELU);
+  Node *avg = ir_at(g, ir_at(g, scaled->in[0])->in[0]);
   ck_assert_int_eq(avg->op, OP_AVGPOOL2D);
   ck_assert(avg->attr.count_include_pad && avg->attr.stride[0] == 1);
   Node *sq = ir_at(g, avg->in[0]);
   ck_assert(sq->op == OP_MUL && sq->in[0] == leaf(g, "x")->id && sq->in[1] == sq->in[0]);
+  ir_free(g);
+}
+END_TEST
+
+/* An all-zero window (common after relu) has gradient 0 through l2pool2d, as in PyTorch, not the
+ * NaN of sqrt's infinite slope times zero. */
+START_TEST(l2pool_gradient_at_zero) {
+  Graph *g = compile_ok("input x: f64[B, 1, 2, 2]\n"
+                        "param w: f64[1] = [1]\n"
+                        "l = l2pool2d(x * w, kernel=2)\n"
+                        "loss = sum(l)\nminimize loss\n");
+  train_build(g);
+  Interp *it = interp_new(g, 1, false);
+  double *x = interp_data(it, leaf(g, "x")->id);
+  for (int i = 0; i < 4; i++) x[i] = 0;
+  interp_data(it, leaf(g, "w")->id)[0] = 1;
+  char err[RT_ERR_LEN];
+  ck_assert_msg(interp_run(it, ENTRY_GRAD, 1, err) == 0, "%s", err);
+  ck_assert(interp_data(it, g->grads[0])[0] == 0.0);
+  /* Away from zero: d/dw sqrt(sum (w x)^2) = sqrt(sum x^2) at w = 1; 3-4-0-0 gives 5. */
+  x[0] = 3, x[1] = 4;
+  ck_assert_msg(interp_run(it, ENTRY_GRAD, 1, err) == 0, "%s", err);
+  ck_assert_double_eq_tol(interp_data(it, g->grads[0])[0], 5.0, 1e-12);
+  interp_free(it);
   ir_free(g);
 }
 END_TEST
@@ -1766,6 +1791,7 @@ static Suite *frontend_suite(void) {
   tcase_add_loop_test(lower, lower_conv_padding, 0, (int)(sizeof pad_cases / sizeof *pad_cases));
   tcase_add_test(lower, lower_conv_groups_and_init);
   tcase_add_test(lower, lower_pools);
+  tcase_add_test(lower, l2pool_gradient_at_zero);
   tcase_add_test(lower, lower_batchnorm_1d_and_options);
   tcase_add_test(lower, lower_batchnorm_values);
   tcase_add_test(lower, lower_layernorm_instancenorm);
