@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds kiln with AddressSanitizer and UndefinedBehaviorSanitizer,
-# and runs every test through CTest.
+# and runs every test through CTest (including the comparison with PyTorch, python3-torch).
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/deps.sh
+KILN_EXTRA_PACKAGES="python3-torch" bash scripts/deps.sh
 cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
 cmake --build build-test -j"$(nproc)"
 # Generated trainers and shared objects are built by the system compiler without sanitizers;

@@ -1,0 +1,139 @@
+"""kiln against PyTorch on the same networks (run by CTest when python3-torch is installed).
+
+1. Gradients: `kiln grad` (compiled and reference runtime) at parameters and inputs written by
+   PyTorch equals the loss and every parameter gradient of the equivalent torch.nn module.
+2. Checkpoints: a trainer built by `kiln build` saves a safetensors file that loads into the
+   equivalent module with load_state_dict(strict=True), and the loaded module classifies the
+   test images exactly as the trainer reported.
+
+Usage: torch_compat.py KILN_BINARY SOURCE_DIR
+"""
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+from torch_peer import MLP, MnistCNN, split  # noqa: E402  the peer networks, defined once
+
+KILN, SRC = sys.argv[1], sys.argv[2]
+DATA = "/usr/share/datasets/fashion-mnist"
+DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int32: "I32", torch.int64: "I64"}
+NP = {"F32": torch.float32, "F64": torch.float64, "I32": torch.int32, "I64": torch.int64}
+
+
+def save_safetensors(path, tensors):
+    """A minimal safetensors writer, independent of kiln's."""
+    header, blobs, offset = {}, [], 0
+    for name, t in tensors.items():
+        b = t.contiguous().numpy().tobytes()
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def load_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    n, = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        t = torch.frombuffer(bytearray(data[8 + n + a:8 + n + b]), dtype=NP[info["dtype"]])
+        out[name] = t.reshape(info["shape"]).clone()
+    return out
+
+
+def run(*args):
+    r = subprocess.run([KILN, *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"kiln {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
+    return r.stdout
+
+
+failures = 0
+
+
+def close(what, a, b, rtol, atol):
+    global failures
+    err = (a - b).abs().max().item()
+    scale = b.abs().max().item()
+    ok = err <= atol + rtol * scale
+    print(f"{'ok  ' if ok else 'FAIL'} {what:28s} max|diff| {err:.3g}  (scale {scale:.3g})")
+    failures += not ok
+
+
+def check_gradients(model_name, module, batch, tmp):
+    torch.manual_seed(3)
+    for p in module.parameters():  # move away from the init so biases matter too
+        p.data.add_(0.05 * torch.randn_like(p))
+    images = torch.rand(batch, 1, 28, 28)
+    labels = torch.randint(0, 10, (batch,), dtype=torch.int32)
+    params = {k: v for k, v in module.state_dict().items()}
+    save_safetensors(f"{tmp}/p.safetensors", params)
+    save_safetensors(f"{tmp}/i.safetensors", {"image": images, "label": labels})
+    module.train()
+    module.zero_grad()
+    loss = F.cross_entropy(module(images), labels.long())
+    loss.backward()
+    model = os.path.join(SRC, "examples", model_name + ".kiln")
+    for runtime in ("compiled", "reference"):
+        out = f"{tmp}/g_{runtime}.safetensors"
+        run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs", f"{tmp}/i.safetensors",
+            "-o", out, "--runtime", runtime)
+        g = load_safetensors(out)
+        close(f"{model_name} {runtime} loss", g["loss"].double(), loss.detach().double(), 1e-5, 1e-6)
+        for name, p in module.named_parameters():
+            close(f"{model_name} {runtime} {name}", g[name].double(), p.grad.double(), 1e-3, 1e-6)
+
+
+def check_checkpoint(model_name, module, tmp):
+    global failures
+    model = os.path.join(SRC, "examples", model_name + ".kiln")
+    trainer = f"{tmp}/trainer_{model_name}"
+    run("build", model, "-o", trainer)
+    ckpt = f"{tmp}/{model_name}.safetensors"
+    r = subprocess.run([trainer, "--data", DATA, "--epochs", "1", "--limit-train", "1280",
+                        "--limit-test", "1000", "--save", ckpt, "--quiet"],
+                       capture_output=True, text=True, check=True)
+    reported = float(r.stdout.split("test_accuracy=")[1].split()[0])
+    state = load_safetensors(ckpt)
+    module.load_state_dict(state, strict=True)  # PyTorch names, layouts and buffers
+    module.eval()
+    x, y = split(DATA, "t10k")
+    with torch.no_grad():
+        acc = (module(x[:1000]).argmax(1) == y[:1000]).float().mean().item()
+    ok = abs(acc - reported) <= 0.0021  # a tie at the last ulp may flip one or two images
+    print(f"{'ok  ' if ok else 'FAIL'} {model_name} checkpoint in torch: accuracy {acc:.4f}, "
+          f"trainer reported {reported:.4f}")
+    failures += not ok
+
+
+def main():
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        check_gradients("mlp", MLP(), 16, tmp)
+        check_gradients("mnist_cnn", MnistCNN(), 8, tmp)
+        check_checkpoint("mlp", MLP(), tmp)
+        check_checkpoint("mnist_cnn", MnistCNN(), tmp)
+    if failures:
+        sys.exit(f"{failures} comparison(s) with PyTorch failed")
+    print("kiln agrees with PyTorch")
+
+
+if __name__ == "__main__":
+    main()
