@@ -374,8 +374,12 @@ static void emit_zero(Cg *cg, const Node *n) {
   line(cg, "  y[i] = 0;");
 }
 
-/* Accumulates x = input 0 into y over x's shape, y's stride per x axis given. */
-static void emit_accumulate(Cg *cg, const Node *n, const Sz *ystride) {
+/* Accumulates x = input 0 into y over x's shape, y's stride per x axis given, and divides by
+ * div (a C expression) when it is not NULL. An f32 sum is kept in double in scratch (see
+ * reduce_scratch) and rounded once at the end, as the reference does: batch norm sums tens of
+ * thousands of terms per channel, and a float running sum loses ~n*eps of them, which its
+ * backward pass then turns into errors far above the check's tolerance. */
+static void emit_accumulate(Cg *cg, const Node *n, const Sz *ystride, const char *div) {
   const Shape *xs = &ir_at(cg->g, n->in[0])->shape;
   Sz dims[IR_MAX_RANK];
   for (int k = 0; k < xs->rank; k++)
@@ -387,10 +391,31 @@ static void emit_accumulate(Cg *cg, const Node *n, const Sz *ystride) {
   ops[1].n = n;
   ops[1].k = 0;
   broadcast_strides(cg, xs, xs, ops[1].stride);
-  emit_zero(cg, n);
+  const char *numel = sz_c(cg, sz_prod(cg, &n->shape, 0, n->shape.rank));
+  bool wide = n->dtype == DT_F32;
+  if (wide) {
+    line(cg, "double *restrict acc = (double *)scratch;");
+    line(cg, "for (int64_t i = 0; i < %s; i++)", numel);
+    line(cg, "  acc[i] = 0;");
+  } else {
+    emit_zero(cg, n);
+  }
   int depth = nest_open(cg, xs->rank, dims, 2, ops);
-  line(cg, "%s += %s;", ops[0].elem, ops[1].elem);
+  if (wide)
+    line(cg, "acc%s += (double)%s;", ops[0].elem + 1, ops[1].elem); /* y[i] -> acc[i] */
+  else
+    line(cg, "%s += %s;", ops[0].elem, ops[1].elem);
   nest_close(cg, depth);
+  if (wide) {
+    line(cg, "for (int64_t i = 0; i < %s; i++)", numel);
+    if (div)
+      line(cg, "  y[i] = (%s)(acc[i] / (double)%s);", ctype(n->dtype), div);
+    else
+      line(cg, "  y[i] = (%s)acc[i];", ctype(n->dtype));
+  } else if (div) {
+    line(cg, "for (int64_t i = 0; i < %s; i++)", numel);
+    line(cg, "  y[i] /= (%s)%s;", ctype(n->dtype), div);
+  }
 }
 
 /* SUM and MEAN over attr.axes. */
@@ -407,11 +432,7 @@ static void emit_reduce(Cg *cg, const Node *n) {
       acc = sz_mul(acc, sz_dim(cg, xs->d[k]));
     }
   }
-  emit_accumulate(cg, n, yst);
-  if (n->op == OP_MEAN) {
-    line(cg, "for (int64_t i = 0; i < %s; i++)", sz_c(cg, acc));
-    line(cg, "  y[i] /= (%s)%s;", ctype(n->dtype), sz_c(cg, count));
-  }
+  emit_accumulate(cg, n, yst, n->op == OP_MEAN ? sz_c(cg, count) : NULL);
 }
 
 /* SUM_TO(x, like): sums x down to like's shape (n->shape), undoing a broadcast. */
@@ -419,7 +440,7 @@ static void emit_sum_to(Cg *cg, const Node *n) {
   const Shape *xs = &ir_at(cg->g, n->in[0])->shape;
   Sz yst[IR_MAX_RANK];
   broadcast_strides(cg, &n->shape, xs, yst);
-  emit_accumulate(cg, n, yst);
+  emit_accumulate(cg, n, yst, NULL);
 }
 
 /* NUMEL(x): a number known from the shape alone. */
@@ -1006,7 +1027,16 @@ static const CgEmit emitters[OP_COUNT] = {
 /* Bytes of scratch a kernel needs, per op (most need none). The kernel gets it as its last
  * pointer parameter, `scratch`, at Plan.scratch_offset. */
 typedef int64_t (*CgScratch)(const Graph *g, const Node *n, const int64_t *symvals);
+/* f32 sums accumulate in double (emit_accumulate). */
+static int64_t reduce_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
+  (void)g;
+  return n->dtype == DT_F32 ? shape_numel(&n->shape, symvals) * (int64_t)sizeof(double) : 0;
+}
+
 static const CgScratch scratch_rules[OP_COUNT] = {
+    [OP_SUM] = reduce_scratch,
+    [OP_MEAN] = reduce_scratch,
+    [OP_SUM_TO] = reduce_scratch,
     [OP_CONV2D_BWD_FILTER] = conv_filter_scratch,
     [OP_MATMUL] = matmul_scratch,
 };
