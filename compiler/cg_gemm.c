@@ -104,14 +104,14 @@ static void emit_ukr(Buf *o, DType dt, const UkrShape *s) {
   buf_puts(o, "#if defined(__clang__)\n__attribute__((noinline))\n#else\n"
               "__attribute__((noinline, optimize(\"fp-contract=fast\")))\n#endif\n");
   buf_printf(o, "static void %s_ukr(int64_t kc, const %s *restrict a, "
-                "const %s *restrict b, %s *restrict c, int64_t ldc, int beta) {\n",
+                "const %s *restrict b, int64_t ldb, %s *restrict c, int64_t ldc, int beta) {\n",
              g, t, t, t);
   for (int i = 0; i < s->mr; i++) {
     buf_puts(o, "  ");
     for (int v = 0; v < s->nv; v++)
       buf_printf(o, "%s_v c%d_%d = {0};%s", g, i, v, v + 1 < s->nv ? " " : "\n");
   }
-  buf_printf(o, "  for (int64_t p = 0; p < kc; p++, a += %d, b += %d) {\n", s->mr, nr);
+  buf_printf(o, "  for (int64_t p = 0; p < kc; p++, a += %d, b += ldb) {\n", s->mr);
   for (int v = 0; v < s->nv; v++) {
     buf_printf(o, "    %s_v b%d;\n", g, v);
     buf_printf(o, "    memcpy(&b%d, b + %d, sizeof b%d);\n", v, v * lanes, v);
@@ -161,13 +161,12 @@ static const char gemm_driver[] =
     "/* Packs depth [0, kc) x columns [0, nc) of op(B) into micro-panels of $G_nr columns:\n"
     " * bp[jr*kc + p*$G_nr + j] = op(B)[p][jr+j], zero past nc. */\n"
     "static void $G_pack_b(int64_t nc, int64_t kc, const $T *restrict B, int64_t ldb, int tb,\n"
-    "                      $T *restrict bp) {\n"
+    "                      int direct, $T *restrict bp) {\n"
     "  for (int64_t jr = 0; jr < nc; jr += $G_nr) {\n"
     "    $T *restrict d = bp + jr * kc;\n"
     "    const int64_t nr = nc - jr < $G_nr ? nc - jr : $G_nr;\n"
-    "    if (!tb && nr == $G_nr) {\n"
-    "      for (int64_t p = 0; p < kc; p++)\n"
-    "        memcpy(d + p * $G_nr, B + p * ldb + jr, sizeof(*d) * $G_nr);\n"
+    "    if (!tb && nr == $G_nr && direct) {\n"
+    "      /* Read in place by the micro-kernel (see $G). */\n"
     "    } else if (!tb) {\n"
     "      for (int64_t p = 0; p < kc; p++) {\n"
     "        for (int64_t j = 0; j < nr; j++) d[p * $G_nr + j] = B[p * ldb + jr + j];\n"
@@ -175,13 +174,15 @@ static const char gemm_driver[] =
     "      }\n"
     "    } else {\n"
     "      /* Columns of op(B) are rows of B: read them contiguously, write the panel (in L1)\n"
-    "       * with stride $G_nr, four at a time. */\n"
+    "       * with stride $G_nr, eight at a time. */\n"
     "      int64_t j = 0;\n"
-    "      for (; j + 4 <= nr; j += 4) {\n"
+    "      for (; j + 8 <= nr; j += 8) {\n"
     "        const $T *s0 = B + (jr + j) * ldb, *s1 = s0 + ldb, *s2 = s1 + ldb, *s3 = s2 + ldb;\n"
+    "        const $T *s4 = s3 + ldb, *s5 = s4 + ldb, *s6 = s5 + ldb, *s7 = s6 + ldb;\n"
     "        for (int64_t p = 0; p < kc; p++) {\n"
     "          $T *q = d + p * $G_nr + j;\n"
     "          q[0] = s0[p]; q[1] = s1[p]; q[2] = s2[p]; q[3] = s3[p];\n"
+    "          q[4] = s4[p]; q[5] = s5[p]; q[6] = s6[p]; q[7] = s7[p];\n"
     "        }\n"
     "      }\n"
     "      for (; j < nr; j++) {\n"
@@ -215,21 +216,26 @@ static const char gemm_driver[] =
     "    const int64_t nc = N - jc < $G_ncb ? N - jc : $G_ncb;\n"
     "    for (int64_t pc = 0; pc < K; pc += kcmax) {\n"
     "      const int64_t kc = K - pc < kcmax ? K - pc : kcmax;\n"
-    "      $G_pack_b(nc, kc, tb ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, tb, bp);\n"
+    "      $G_pack_b(nc, kc, tb ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, tb, M <= $G_mcb, bp);\n"
     "      for (int64_t ic = 0; ic < M; ic += $G_mcb) {\n"
     "        const int64_t mc = M - ic < $G_mcb ? M - ic : $G_mcb;\n"
     "        $G_pack_a(mc, kc, ta ? A + pc * lda + ic : A + ic * lda + pc, lda, ta, ap);\n"
     "        for (int64_t jr = 0; jr < nc; jr += $G_nr) {\n"
     "          const int64_t nr = nc - jr < $G_nr ? nc - jr : $G_nr;\n"
+    "          /* Full panels of an untransposed B are read where they are, rows ldb apart: at\n"
+    "           * small M a packed B is used too few times to repay the copy. */\n"
+    "          const int direct = !tb && nr == $G_nr && M <= $G_mcb;\n"
+    "          const $T *bq = direct ? B + pc * ldb + jc + jr : bp + jr * kc;\n"
+    "          const int64_t bs = direct ? ldb : $G_nr;\n"
     "          for (int64_t ir = 0; ir < mc; ir += $G_mr) {\n"
     "            const int64_t mr = mc - ir < $G_mr ? mc - ir : $G_mr;\n"
     "            $T *c = C + (ic + ir) * ldc + jc + jr;\n"
     "            if (mr == $G_mr && nr == $G_nr) {\n"
-    "              $G_ukr(kc, ap + ir * kc, bp + jr * kc, c, ldc, pc > 0);\n"
+    "              $G_ukr(kc, ap + ir * kc, bq, bs, c, ldc, pc > 0);\n"
     "            } else {\n"
     "              /* Edge tile: the full block into a buffer, the valid part into C. */\n"
     "              $T t[$G_mr * $G_nr] __attribute__((aligned(64)));\n"
-    "              $G_ukr(kc, ap + ir * kc, bp + jr * kc, t, $G_nr, 0);\n"
+    "              $G_ukr(kc, ap + ir * kc, bq, bs, t, $G_nr, 0);\n"
     "              for (int64_t i = 0; i < mr; i++)\n"
     "                for (int64_t j = 0; j < nr; j++)\n"
     "                  c[i * ldc + j] = (pc > 0 ? c[i * ldc + j] : 0) + t[i * $G_nr + j];\n"
