@@ -762,8 +762,8 @@ static void conv_tap(Cg *cg, const Node *n, const CgWin *w, int64_t q, int wk, c
 static void emit_conv2d(Cg *cg, const Node *n) {
   CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &n->shape, &n->attr);
   conv_open(cg, &w, true);
-  const char *body =
-      pool_printf(cg->g->pool, "y[yo + j] += wv * %s;", in_at(cg, n, 0, win_xj(cg, &w)));
+  const char *body = pool_printf(cg->g->pool, "y[yo + j] = fma%s(wv, %s, y[yo + j]);",
+                                 mathsfx(n->dtype), in_at(cg, n, 0, win_xj(cg, &w)));
   for (int64_t q = 0; q < w.KW; q++)
     conv_tap(cg, n, &w, q, 1, body);
   conv_close(cg);
@@ -776,8 +776,9 @@ static void emit_conv2d_bwd_data(Cg *cg, const Node *n) {
   CgWin w = cg_win(cg, &n->shape, &ir_at(cg->g, n->in[0])->shape, &n->attr);
   emit_zero(cg, n);
   conv_open(cg, &w, false);
-  const char *body = pool_printf(cg->g->pool, "y[%s] += wv * %s;", win_xj(cg, &w),
-                                 in_at(cg, n, 0, "yo + j"));
+  const char *xj = win_xj(cg, &w);
+  const char *body = pool_printf(cg->g->pool, "y[%s] = fma%s(wv, %s, y[%s]);", xj,
+                                 mathsfx(n->dtype), in_at(cg, n, 0, "yo + j"), xj);
   for (int64_t q = 0; q < w.KW; q++)
     conv_tap(cg, n, &w, q, 1, body);
   conv_close(cg);
@@ -832,7 +833,7 @@ static void emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
     line(cg, "const int64_t xo = ((n*%" PRId64 " + cb + c)*%" PRId64 " + r)*%" PRId64 " + (%" PRId64 ");",
          w.C, w.H, w.W, q * w.DW - w.PL);
     line(cg, "for (int64_t j = %" PRId64 "; j < %" PRId64 "; j++)", j0, j1);
-    line(cg, "  s[j] += %s * %s;", xj, dyj);
+    line(cg, "  s[j] = fma%s(%s, %s, s[j]);", mathsfx(n->dtype), xj, dyj);
     cg->indent--;
     line(cg, "}");
   }
@@ -1024,6 +1025,13 @@ static const CgEmit emitters[OP_COUNT] = {
     [OP_AVGPOOL2D_GRAD] = emit_avgpool2d_grad,
 };
 
+/* Kernels whose inner loops are worth the vectoriser's full cost model. */
+static const bool vectorise[OP_COUNT] = {
+    [OP_CONV2D] = true,
+    [OP_CONV2D_BWD_DATA] = true,
+    [OP_CONV2D_BWD_FILTER] = true,
+};
+
 /* Bytes of scratch a kernel needs, per op (most need none). The kernel gets it as its last
  * pointer parameter, `scratch`, at Plan.scratch_offset. */
 typedef int64_t (*CgScratch)(const Graph *g, const Node *n, const int64_t *symvals);
@@ -1116,6 +1124,13 @@ static void emit_kernel(Cg *cg, const Node *n) {
     buf_puts(&sig, ", int64_t B");
   buf_puts(&sig, ") {");
   kernel_comment(cg, n);
+  if (vectorise[n->op]) {
+    /* gcc's -O2 vectoriser ("very cheap" cost model) gives up on loops whose constant trip
+     * count is not a multiple of the vector width, such as a 14-wide image row. */
+    line(cg, "#if defined(__GNUC__) && !defined(__clang__)");
+    line(cg, "__attribute__((optimize(\"tree-vectorize\", \"vect-cost-model=dynamic\")))");
+    line(cg, "#endif");
+  }
   line(cg, "%s", sig.p);
   buf_free(&sig);
   cg->indent++;
