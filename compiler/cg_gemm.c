@@ -8,7 +8,11 @@
  * batch). The schedule is BLIS's (see PERF-NOTES.md, "How"): loops over N-blocks, then K-blocks of
  * about 256 (so a packed B micro-panel stays in L1), then M-blocks; each K×N block of B and M×K
  * block of A is packed, zero-padded, into the scratch region plan.c reserves, in the order the
- * micro-kernel reads it; the micro-kernel keeps an MR×NR block of C in vector registers.
+ * micro-kernel reads it; the micro-kernel keeps an MR×NR block of C in vector registers. When M
+ * fits one M block (the batch-64 layers), full panels of an untransposed B are read in place:
+ * each B element is then used only M times, too few to repay copying it. Products below
+ * GEMM_MIN_MACS keep cg_c.c's plain loop (bench/gemm.sh: the GEMM wins from there up, even at
+ * N = 10, where the plain dot-product loop is a scalar dependency chain).
  *
  * Everything is portable C: the vectors are GCC vector types (gcc and clang), whose width the
  * generated text picks from the target's feature macros, because -march=native on gcc 12 does
@@ -17,8 +21,8 @@
  * restrict pointers: inlined into the tiling loops, gcc spilled accumulators. A compiler without
  * GNU extensions gets a plain loop nest with the same signature.
  *
- * The plan reserves the packing buffers' worst case over every vector width (cg_gemm_scratch_bytes),
- * so the C compiler's choice of width never outgrows the arena.
+ * The plan reserves the packing buffers' worst case over every vector width
+ * (cg_gemm_scratch_bytes), so the C compiler's choice of width never outgrows the arena.
  */
 #include <inttypes.h>
 #include <string.h>
@@ -195,7 +199,8 @@ static const char gemm_driver[] =
     "  }\n"
     "}\n"
     "\n"
-    "/* C[M,N] = op(A)[M,K] op(B)[K,N]; op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p], likewise B.\n"
+    "/* C[M,N] = op(A)[M,K] op(B)[K,N]; op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p],\n"
+    " * likewise B.\n"
     " * ws: scratch of at least cg_gemm_scratch_bytes(M, N, K) bytes. */\n"
     "static void $G(int64_t M, int64_t N, int64_t K, const $T *A, int64_t lda, int ta,\n"
     "               const $T *B, int64_t ldb, int tb, $T *C, int64_t ldc, unsigned char *ws) {\n"
@@ -216,7 +221,8 @@ static const char gemm_driver[] =
     "    const int64_t nc = N - jc < $G_ncb ? N - jc : $G_ncb;\n"
     "    for (int64_t pc = 0; pc < K; pc += kcmax) {\n"
     "      const int64_t kc = K - pc < kcmax ? K - pc : kcmax;\n"
-    "      $G_pack_b(nc, kc, tb ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, tb, M <= $G_mcb, bp);\n"
+    "      $G_pack_b(nc, kc, tb ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, tb,\n"
+    "                M <= $G_mcb, bp);\n"
     "      for (int64_t ic = 0; ic < M; ic += $G_mcb) {\n"
     "        const int64_t mc = M - ic < $G_mcb ? M - ic : $G_mcb;\n"
     "        $G_pack_a(mc, kc, ta ? A + pc * lda + ic : A + ic * lda + pc, lda, ta, ap);\n"
@@ -256,7 +262,8 @@ static const char gemm_plain[] =
     "    for (int64_t j = 0; j < N; j++) C[i * ldc + j] = 0;\n"
     "    for (int64_t p = 0; p < K; p++) {\n"
     "      const $T s = ta ? A[p * lda + i] : A[i * lda + p];\n"
-    "      for (int64_t j = 0; j < N; j++) C[i * ldc + j] += s * (tb ? B[j * ldb + p] : B[p * ldb + j]);\n"
+    "      for (int64_t j = 0; j < N; j++)\n"
+    "        C[i * ldc + j] += s * (tb ? B[j * ldb + p] : B[p * ldb + j]);\n"
     "    }\n"
     "  }\n"
     "}\n";
