@@ -8,6 +8,7 @@
  *   util.c      memory pool, string buffers, the error trap (kiln_fail)
  *   ir.c        the graph: nodes, builder functions (with hash-consing = CSE), entries, printing
  *   shape.c     shape and type rules per op, FLOP counts
+ *   opt.c       algebraic rewrites, applied by ir_node as nodes are built
  *   autodiff.c  reverse mode: vector-Jacobian rules per op, the gradient graph transform
  *   train.c     optimizer updates and the train / eval / grad entry points
  *   plan.c      the static memory plan and the kiln_tensor table shared with the runtime
@@ -302,6 +303,12 @@ void shape_infer(Graph *g, Node *n);
 Shape shape_broadcast(Graph *g, const Shape *a, const Shape *b, Loc loc, const char *what);
 /* Floating-point operations of one execution of n with symbols bound to symvals. */
 double shape_flops(const Graph *g, const Node *n, const int64_t *symvals);
+
+/* ================================ opt.c ================================ */
+
+/* An exactly equivalent, simpler node for op(in) with attributes a, built through the builders,
+ * or -1 when no rule applies. ir_node calls it for every node it is asked to build. */
+int opt_rewrite(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc);
 
 /* ================================ autodiff.c ================================ */
 

@@ -210,6 +210,8 @@ int ir_node(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc) {
   probe.role = ROLE_NONE;
   probe.loc = loc;
   shape_infer(g, &probe);  /* fails at loc on a type or shape error */
+  int simpler = opt_rewrite(g, op, nin, probe.in, &probe.attr, loc);
+  if (simpler >= 0) return simpler;
   int found = hash_find(g, &probe);
   if (found >= 0) return found;
   Node *n = new_node(g, op, loc);

@@ -251,6 +251,26 @@ START_TEST(pool_and_layout_shapes) {
 }
 END_TEST
 
+/* (y + c) - mean(y + c) is built as y - mean(y) when c is constant along the averaged axes. */
+START_TEST(centre_shift_rewrite) {
+  int y = f32("y", batched(SHAPE(1, 8, 5, 5)));
+  int c = f32("c", SHAPE(8, 1, 1));
+  unsigned axes = 1u << 0 | 1u << 2 | 1u << 3;
+  int a = ir_binary(g, OP_ADD, y, c, at);
+  int centred = ir_binary(g, OP_SUB, a, ir_reduce(g, OP_MEAN, a, axes, true, at), at);
+  Node *n = ir_at(g, centred);
+  ck_assert_int_eq(n->op, OP_SUB);
+  ck_assert_int_eq(n->in[0], y);
+  ck_assert_int_eq(ir_at(g, n->in[1])->op, OP_MEAN);
+  ck_assert_int_eq(ir_at(g, n->in[1])->in[0], y);
+  /* Along axis 1 the shift varies: nothing to cancel. */
+  int across = ir_binary(g, OP_SUB, a, ir_reduce(g, OP_MEAN, a, 1u << 1, true, at), at);
+  ck_assert_int_eq(ir_at(g, across)->in[0], a);
+  /* Without keepdims the mean is not a centring of a. */
+  ck_assert_int_eq(ir_at(g, ir_binary(g, OP_SUB, a, ir_reduce(g, OP_MEAN, a, axes | 1u << 1, false, at), at))->in[0], a);
+}
+END_TEST
+
 /* ---- training graph and plan on the MLP ---- */
 
 static Graph *compile(const char *path) {
@@ -360,6 +380,7 @@ static Suite *ir_suite(void) {
   tcase_add_test(tc, conv_output_sizes);
   tcase_add_test(tc, conv_errors);
   tcase_add_test(tc, pool_and_layout_shapes);
+  tcase_add_test(tc, centre_shift_rewrite);
   suite_add_tcase(s, tc);
   TCase *tm = tcase_create("model");
   tcase_set_timeout(tm, 120);

@@ -97,8 +97,10 @@ def check_gradients(model_name, module, batch, tmp):
             "-o", out, "--runtime", runtime)
         g = load_safetensors(out)
         close(f"{model_name} {runtime} loss", g["loss"].double(), loss.detach().double(), 1e-5, 1e-6)
+        # A conv bias before batch norm has a true gradient of 0: kiln computes exactly 0
+        # (opt.c cancels the shift), PyTorch f32 rounding noise of ~1e-6; hence atol 1e-5.
         for name, p in module.named_parameters():
-            close(f"{model_name} {runtime} {name}", g[name].double(), p.grad.double(), 1e-3, 1e-6)
+            close(f"{model_name} {runtime} {name}", g[name].double(), p.grad.double(), 1e-3, 1e-5)
 
 
 def check_checkpoint(model_name, module, tmp):
