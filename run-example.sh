@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 bash scripts/deps.sh
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)"
-MODEL=${MODEL:-examples/mlp.kiln}
+MODEL=${MODEL:-examples/mnist_cnn.kiln}
 ./build/kiln shapes "$MODEL"
 ./build/kiln build "$MODEL" -o build/trainer
 ./build/trainer --data /usr/share/datasets/fashion-mnist --metrics build/metrics.csv \

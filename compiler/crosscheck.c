@@ -337,14 +337,6 @@ static const RtNamedTensor *find_named(const RtNamedTensor *ts, int n, const cha
   return NULL;
 }
 
-static void dims_str(char *b, size_t cap, int rank, const int64_t *d) {
-  size_t len = (size_t)snprintf(b, cap, "[");
-  for (int k = 0; k < rank && len < cap; k++)
-    len += (size_t)snprintf(b + len, cap - len, "%s%lld", k ? ", " : "", (long long)d[k]);
-  if (len < cap)
-    snprintf(b + len, cap - len, "]");
-}
-
 /* The batch the inputs file implies: from the first model input with a batch dimension. */
 static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *path,
                       int64_t *batch, FILE *out) {
@@ -363,7 +355,7 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
         if (t->rank != n->shape.rank || t->dims[k] <= 0 || t->dims[k] % n->shape.d[k].n) {
           char want[160], have[160];
           shape_str(g, &n->shape, want, sizeof want);
-          dims_str(have, sizeof have, t->rank, t->dims);
+          rt_format_dims(have, sizeof have, t->rank, t->dims);
           fprintf(out, "kiln: error: %s: tensor '%s' has shape %s but the model needs %s\n",
                   path, n->name, have, want);
           return -1;
@@ -395,8 +387,8 @@ static int load_role(const Plan *p, RtBackend *be, int role, const RtNamedTensor
       same = f->dims[k] == t->dims[k];
     if (!same) {
       char want[160], have[160];
-      dims_str(want, sizeof want, t->rank, t->dims);
-      dims_str(have, sizeof have, f->rank, f->dims);
+      rt_format_dims(want, sizeof want, t->rank, t->dims);
+      rt_format_dims(have, sizeof have, f->rank, f->dims);
       fprintf(out, "kiln: error: %s: tensor '%s' has shape %s but the model needs %s\n", path,
               t->name, have, want);
       return -1;

@@ -171,7 +171,7 @@ int64_t rt_numel(const kiln_tensor *t, int64_t batch) {
   return n;
 }
 
-static void fmt_shape(char *buf, size_t len, int rank, const int64_t *dims) {
+void rt_format_dims(char *buf, size_t len, int rank, const int64_t *dims) {
   size_t at = (size_t)snprintf(buf, len, "[");
   for (int i = 0; i < rank && at < len; i++)
     at += (size_t)snprintf(buf + at, len - at, "%s%lld", i ? ", " : "", (long long)dims[i]);
@@ -282,7 +282,7 @@ int rt_load_checkpoint(RtBackend *be, const char *path, char *err) {
     memcpy(dims, t->dims, sizeof dims);
     if (t->batch_axis >= 0)
       dims[t->batch_axis] = p->batch;
-    fmt_shape(want, sizeof want, t->rank, dims);
+    rt_format_dims(want, sizeof want, t->rank, dims);
     match[i] = -1;
     for (int k = 0; k < n; k++)
       if (!strcmp(ts[k].name, t->name))
@@ -293,7 +293,7 @@ int rt_load_checkpoint(RtBackend *be, const char *path, char *err) {
     }
     const RtNamedTensor *f = &ts[match[i]];
     if (f->rank != t->rank || memcmp(f->dims, dims, (size_t)t->rank * sizeof *dims)) {
-      fmt_shape(got, sizeof got, f->rank, f->dims);
+      rt_format_dims(got, sizeof got, f->rank, f->dims);
       rt_errf(err, "%s: tensor '%s' has shape %s, but the model's has shape %s", path, t->name,
               got, want);
       goto done;
@@ -414,9 +414,9 @@ static int check_data_inputs(Run *r, const RtDataset *ds, const char *dir) {
       continue;
     if (t->batch_axis != 0)
       return rt_errf(r->err, "data input '%s' must have the batch as its first axis", t->name);
-    fmt_shape(want, sizeof want, t->rank, t->dims);
+    rt_format_dims(want, sizeof want, t->rank, t->dims);
     if (t->source == KILN_SRC_IMAGES && rt_numel(t, 1) != ds->images.item) {
-      fmt_shape(got, sizeof got, ds->images.rank - 1, ds->images.dims + 1);
+      rt_format_dims(got, sizeof got, ds->images.rank - 1, ds->images.dims + 1);
       return rt_errf(r->err, "input '%s' has shape %s (%lld values per example), but the images "
                      "in %s are %s (%lld values)", t->name, want, (long long)rt_numel(t, 1), dir,
                      got, (long long)ds->images.item);

@@ -145,6 +145,9 @@ int rt_train(RtBackend *be, const RtOptions *o);
  * (present, unique), role, dtype, rank, dims and batch axis, and a "loss" output. */
 int rt_check_program(const kiln_program *p, char *err);
 
+/* "[64, 1, 28, 28]" into buf (len bytes), for messages naming a tensor's shape. */
+void rt_format_dims(char *buf, size_t len, int rank, const int64_t *dims);
+
 /* Index of the tensor named `name`, or -1. */
 int rt_find_tensor(const kiln_program *p, const char *name);
 int64_t rt_numel(const kiln_tensor *t, int64_t batch);
