@@ -7,11 +7,13 @@
  * shared, no two tensors alive at once in any entry overlapping) rather than by fixed offsets.
  */
 #include <check.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "compiler.h"
 #include "frontend.h"
+#include "interp.h"
 
 #define SHAPE(...) \
   shape_of((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
@@ -368,6 +370,79 @@ START_TEST(plan_invariants) {
 }
 END_TEST
 
+/* ---- optimizer updates against their closed forms ---- */
+
+/* loss = sum(w * c) has the constant gradient c, so each optimizer's trajectory has a closed
+ * form. Runs `steps` train steps in f64 and returns w. */
+static double train_linear(const char *optimizer, int steps, double w0, double c) {
+  char text[512];
+  snprintf(text, sizeof text,
+           "const c: f64[1] = [%.17g]\nparam w: f64[1] = [%.17g]\nloss = sum(w * c)\n"
+           "minimize loss\ntrain { optimizer = %s }\n", c, w0, optimizer);
+  Trap t;
+  Graph *volatile m = NULL;
+  if (KILN_TRY(&t)) {
+    m = fe_compile_string("opt.kiln", text);
+    train_build(m);
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    ck_abort_msg("%s", t.msg);
+  }
+  Plan p;
+  plan_build(m, 1, &p);
+  Interp *it = interp_new(m, 1, false);
+  kiln_program prog;
+  RtBackend be;
+  interp_backend(it, &p, &prog, &be);
+  char err[RT_ERR_LEN];
+  /* Initialise leaves as the driver would. */
+  for (int i = 0; i < p.ntensors; i++) {
+    const kiln_tensor *kt = &p.tensors[i];
+    if (kt->role == KILN_ROLE_INPUT || kt->role == KILN_ROLE_OUTPUT) continue;
+    int64_t n = rt_numel(kt, 1);
+    double *v = calloc((size_t)n, sizeof *v);
+    if (kt->role != KILN_ROLE_OPT) rt_init_tensor(kt, 1, v, n);
+    be.write(be.self, i, v, n);
+    free(v);
+  }
+  for (int s = 0; s < steps; s++) ck_assert_int_eq(be.run(be.self, KILN_ENTRY_TRAIN, 1, err), 0);
+  double w = interp_data(it, ir_find_leaf(m, "w"))[0];
+  interp_free(it);
+  plan_free(&p);
+  ir_free(m);
+  return w;
+}
+
+START_TEST(sgd_closed_forms) {
+  double lr = 0.1, mu = 0.9, c = 2, w0 = 1;
+  ck_assert_double_eq_tol(train_linear("sgd(lr=0.1)", 5, w0, c), w0 - 5 * lr * c, 1e-14);
+  /* Momentum: buf_t = c (1 - mu^t) / (1 - mu); w_T = w0 - lr sum_t buf_t. */
+  double w = w0, buf = 0, wn = w0, bufn = 0;
+  for (int t = 0; t < 6; t++) {
+    buf = mu * buf + c;
+    w -= lr * buf;
+    bufn = mu * bufn + c;
+    wn -= lr * (c + mu * bufn);  /* Nesterov: g + mu * buf */
+  }
+  ck_assert_double_eq_tol(train_linear("sgd(lr=0.1, momentum=0.9)", 6, w0, c), w, 1e-13);
+  ck_assert_double_eq_tol(train_linear("sgd(lr=0.1, momentum=0.9, nesterov=true)", 6, w0, c), wn, 1e-13);
+  /* Weight decay adds wd * w to the gradient. */
+  double wd = w0;
+  for (int t = 0; t < 3; t++) wd -= lr * (c + 0.01 * wd);
+  ck_assert_double_eq_tol(train_linear("sgd(lr=0.1, weight_decay=0.01)", 3, w0, c), wd, 1e-14);
+}
+END_TEST
+
+START_TEST(adam_closed_form) {
+  /* With a constant gradient c, Adam's bias-corrected m̂ = c and v̂ = c², so every step moves w
+   * by lr * c / (|c| + eps) exactly as torch.optim.Adam computes it. */
+  double lr = 1e-3, c = -0.5, eps = 1e-8, w0 = 0.25;
+  double expect = w0 - 7 * lr * c / (fabs(c) + eps);
+  ck_assert_double_eq_tol(train_linear("adam(lr=1e-3)", 7, w0, c), expect, 1e-12);
+}
+END_TEST
+
 static Suite *ir_suite(void) {
   Suite *s = suite_create("ir");
   TCase *tc = tcase_create("shapes");
@@ -386,6 +461,8 @@ static Suite *ir_suite(void) {
   tcase_set_timeout(tm, 120);
   tcase_add_test(tm, training_graph_entries);
   tcase_add_test(tm, plan_invariants);
+  tcase_add_test(tm, sgd_closed_forms);
+  tcase_add_test(tm, adam_closed_form);
   suite_add_tcase(s, tm);
   return s;
 }
