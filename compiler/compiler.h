@@ -61,6 +61,15 @@ char *pool_strdup(Pool *p, const char *s);
 char *pool_strndup(Pool *p, const char *s, size_t n);
 char *pool_printf(Pool *p, const char *fmt, ...) KILN_PRINTF(2, 3);
 
+/* The compiler's allocator: kiln_fail("out of memory") instead of returning NULL (the try
+ * variant returns NULL). kiln_test_fail_alloc_after(n) makes every allocation after the next n
+ * fail on this thread (n < 0: none), for fault-injection tests. */
+void *kiln_malloc(size_t n);
+void *kiln_calloc(size_t n, size_t size);
+void *kiln_realloc(void *p, size_t n);
+void *kiln_try_realloc(void *p, size_t n);
+void kiln_test_fail_alloc_after(long n);
+
 /* A growable string, used to build generated C and messages. */
 typedef struct Buf {
   char *p;
@@ -88,8 +97,9 @@ extern _Thread_local Trap *kiln_trap;
 void kiln_trap_end(Trap *t);   /* pops t; call on both paths */
 _Noreturn void kiln_fail(Loc loc, const char *fmt, ...) KILN_PRINTF(2, 3);
 _Noreturn void kiln_vfail(Loc loc, const char *fmt, va_list ap);
-/* Formats "file:line:col: error: msg\n  source line\n  ^" into b (no location: "error: msg"). */
-void kiln_format_error(Buf *b, Loc loc, const char *msg);
+/* Formats "file:line:col: error: msg\n  source line\n  ^\n" into out (no location: "error: msg\n"),
+ * truncating at cap bytes; never allocates. */
+void kiln_format_error(char *out, size_t cap, Loc loc, const char *msg);
 _Noreturn void kiln_bug(const char *file, int line, const char *what);
 /* Passes an error caught by an inner trap (already popped) on to the enclosing one: for code
  * that must clean up before failing. */

@@ -29,12 +29,18 @@ const char *const entry_names[ENTRY_COUNT] = {"train", "eval", "grad"};
 
 Graph *ir_new(const char *name) {
   Pool *pool = pool_new();
+  Trap t;
+  if (!KILN_TRY(&t)) {
+    pool_free(pool);
+    kiln_rethrow(&t);
+  }
   Graph *g = pool_alloc(pool, sizeof *g);
   g->pool = pool;
   g->name = pool_strdup(pool, name ? name : "model");
   g->loss_train = g->loss_eval = g->output_eval = -1;
   g->train = (TrainSpec){.optimizer = OPT_ADAM, .lr = 1e-3, .beta1 = 0.9, .beta2 = 0.999,
                          .eps = 1e-8, .epochs = 1, .seed = 1, .init = -1};
+  kiln_trap_end(&t);
   return g;
 }
 
@@ -56,8 +62,7 @@ static void *grow(void *p, int *cap, int need, size_t elem) {
   if (need <= *cap) return p;
   int n = *cap ? *cap : 16;
   while (n < need) n *= 2;
-  void *r = realloc(p, (size_t)n * elem);
-  if (!r) kiln_fail((Loc){0}, "out of memory");
+  void *r = kiln_realloc(p, (size_t)n * elem);
   *cap = n;
   return r;
 }
@@ -80,6 +85,26 @@ static Node *new_node(Graph *g, Op op, Loc loc) {
   n->data = -1;
   n->loc = loc;
   return n;
+}
+
+/* The most elements one tensor may hold, counting the batch symbol as 1: 2^40, 4 TiB of f32 —
+ * beyond any machine kiln targets, and small enough that element counts, byte sizes and index
+ * arithmetic stay exact in int64 everywhere. plan.c checks again once the batch is bound. */
+#define IR_MAX_NUMEL ((int64_t)1 << 40)
+
+/* Every node passes here when it is made, so no later phase can overflow a size. */
+static void check_numel(Graph *g, const Shape *s, Loc loc, const char *leaf_name, Op op) {
+  int64_t n = 1;
+  for (int i = 0; i < s->rank; i++) {
+    int64_t d = s->d[i].n;
+    if (d > 0 && n > IR_MAX_NUMEL / d) {
+      char sb[192];
+      kiln_fail(loc, "%s%s%s of shape %s would have more than 2^40 elements (the most one tensor "
+                "may have)", leaf_name ? "'" : "the result of ", leaf_name ? leaf_name : op_names[op],
+                leaf_name ? "'" : "", shape_str(g, s, sb, sizeof sb));
+    }
+    if (d > 0) n *= d;
+  }
 }
 
 /* Checked identifiers are the only text from a model file that may reach generated C. */
@@ -107,15 +132,14 @@ int ir_leaf(Graph *g, Op op, Role role, const char *name, DType dt, Shape s, Loc
   if (name && ir_find_leaf(g, name) >= 0) kiln_fail(loc, "tensor '%s' is defined twice", name);
   for (int i = 0; i < s.rank; i++)
     if (s.d[i].n <= 0) kiln_fail(loc, "dimension %d of '%s' must be positive", i, name ? name : "?");
+  check_numel(g, &s, loc, name ? name : "?", op);
   Node *n = new_node(g, op, loc);
   n->role = role;
   n->name = name ? pool_strdup(g->pool, name) : NULL;
   n->dtype = dt;
   n->shape = s;
   if (op == OP_PARAM) {
-    int *p = realloc(g->params, (size_t)(g->nparams + 1) * sizeof(int));
-    if (!p) kiln_fail((Loc){0}, "out of memory");
-    g->params = p;
+    g->params = kiln_realloc(g->params, (size_t)(g->nparams + 1) * sizeof(int));
     g->params[g->nparams++] = n->id;
   }
   return n->id;
@@ -165,8 +189,7 @@ static void hash_insert(Graph *g, int id) {
   if ((g->nnodes + 1) * 2 > g->hashcap) {
     int cap = g->hashcap ? g->hashcap * 2 : 1024;
     while (cap < g->nnodes * 4) cap *= 2;
-    int *t = malloc((size_t)cap * sizeof(int));
-    if (!t) kiln_fail((Loc){0}, "out of memory");
+    int *t = kiln_malloc((size_t)cap * sizeof(int));
     for (int i = 0; i < cap; i++) t[i] = -1;
     free(g->hash);
     g->hash = t;
@@ -210,6 +233,7 @@ int ir_node(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc) {
   probe.role = ROLE_NONE;
   probe.loc = loc;
   shape_infer(g, &probe);  /* fails at loc on a type or shape error */
+  check_numel(g, &probe.shape, loc, NULL, op);
   int simpler = opt_rewrite(g, op, nin, probe.in, &probe.attr, loc);
   if (simpler >= 0) return simpler;
   int found = hash_find(g, &probe);
@@ -383,8 +407,7 @@ void ir_print(Graph *g, FILE *out) {
 }
 
 void ir_print_dot(Graph *g, FILE *out, bool training) {
-  unsigned char *mark = calloc((size_t)g->nnodes + 1, 1);
-  if (!mark) kiln_fail((Loc){0}, "out of memory");
+  unsigned char *mark = pool_alloc(g->pool, (size_t)g->nnodes + 1);
   EntryKind e = training ? ENTRY_TRAIN : ENTRY_EVAL;
   ir_reachable(g, e, mark);
   char sb[128];
@@ -410,5 +433,4 @@ void ir_print_dot(Graph *g, FILE *out, bool training) {
     fprintf(out, "  n%d -> n%d [style=dashed, color=red, label=\"update\"];\n",
             en->updates[i].value, en->updates[i].target);
   fprintf(out, "}\n");
-  free(mark);
 }

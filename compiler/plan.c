@@ -20,10 +20,37 @@
 
 static int64_t align_up(int64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
 
+/* Working arrays of one plan_build live in a pool freed on both paths. */
+static _Thread_local Pool *scratch_pool;
+
 static void *xcalloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size);
-  if (!p) kiln_fail((Loc){0}, "out of memory");
-  return p;
+  if (size && n > SIZE_MAX / size) kiln_fail((Loc){0}, "out of memory");
+  return pool_alloc(scratch_pool, n * size);
+}
+
+/* The most bytes one program's arena may need: 2^46 (64 TiB). Together with the per-tensor
+ * bound of ir.c it keeps every offset and size exact in int64. */
+#define PLAN_MAX_BYTES ((int64_t)1 << 46)
+
+/* n's size in bytes with the batch bound, or -1 if it exceeds PLAN_MAX_BYTES. */
+static int64_t checked_bytes(const Node *n, const int64_t *symvals) {
+  int64_t b = (int64_t)dtype_size(n->dtype);
+  for (int i = 0; i < n->shape.rank; i++) {
+    Dim d = n->shape.d[i];
+    int64_t v = d.n;
+    if ((d.sym >= 0 && __builtin_mul_overflow(v, symvals[d.sym], &v)) ||
+        __builtin_mul_overflow(b, v, &b) || b > PLAN_MAX_BYTES)
+      return -1;
+  }
+  return b;
+}
+
+/* Adds size to *top (an arena position), failing when the arena grows past PLAN_MAX_BYTES. */
+static void arena_grow(int64_t *top, int64_t size, int64_t batch) {
+  if (size > PLAN_MAX_BYTES - *top)
+    kiln_fail((Loc){0}, "the program needs more than 64 TiB of memory for batch %lld",
+              (long long)batch);
+  *top += size;
 }
 
 static bool needs_storage(const Node *n) {
@@ -65,16 +92,35 @@ typedef struct Interval {
   int first, last;  /* positions in one entry's schedule; first < 0: not in the entry */
 } Interval;
 
+static void plan_arena(Graph *g, int64_t batch, Plan *p);
+
 void plan_build(Graph *g, int64_t batch, Plan *p) {
   memset(p, 0, sizeof *p);
+  Pool *tmp = pool_new();
+  Trap t;
+  if (!KILN_TRY(&t)) {
+    pool_free(tmp);
+    scratch_pool = NULL;
+    kiln_rethrow(&t);
+  }
+  scratch_pool = tmp;
+  plan_arena(g, batch, p);
+  kiln_trap_end(&t);
+  scratch_pool = NULL;
+  pool_free(tmp);
+}
+
+static void plan_arena(Graph *g, int64_t batch, Plan *p) {
   if (g->nsyms > 1)
     kiln_fail((Loc){0}, "the model uses %d dimension symbols; only one (the batch) is allowed",
               g->nsyms);
   if (batch <= 0) batch = 1;
+  if (batch > INT32_MAX)
+    kiln_fail((Loc){0}, "the batch must be from 1 to %d, got %lld", INT32_MAX, (long long)batch);
   p->batch = batch;
   p->symvals[0] = batch;
   int nn = g->nnodes;
-  p->offset = xcalloc((size_t)nn, sizeof(int64_t));
+  p->offset = kiln_calloc((size_t)nn, sizeof(int64_t));
   for (int i = 0; i < nn; i++) p->offset[i] = -1;
 
   /* Which nodes each entry touches. */
@@ -90,6 +136,13 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
   }
   for (int i = 0; i < nn; i++) {
     Node *n = ir_at(g, i);
+    /* ir.c bounds every tensor with the batch as 1; the bound batch can still make it huge. */
+    if ((in_entries[i] || op_is_leaf(n->op)) && checked_bytes(n, p->symvals) < 0) {
+      char sb[192];
+      kiln_fail(n->loc, "tensor %s of shape %s needs more than 64 TiB for batch %lld",
+                n->name ? n->name : op_names[n->op], shape_str(g, &n->shape, sb, sizeof sb),
+                (long long)batch);
+    }
     for (int d = 0; d < n->shape.rank; d++)
       if (dim_value(n->shape.d[d], p->symvals) <= 0 && in_entries[i]) {
         char sb[128];
@@ -109,7 +162,7 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
       if ((pass == 0 && !persistent) || (pass == 1 && !input)) continue;
       if (!persistent && !in_entries[i]) continue;
       p->offset[i] = top;
-      top += node_bytes(n, p->symvals);
+      arena_grow(&top, node_bytes(n, p->symvals), batch);
     }
   int64_t temp_base = top;
 
@@ -192,6 +245,7 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
     p->offset[i] = off;
     placed[nplaced++] = i;
     if (off + size[i] > arena_end) arena_end = off + size[i];
+    if (arena_end > PLAN_MAX_BYTES) arena_grow(&arena_end, 0, batch);
   }
   for (int i = 0; i < nn; i++)
     if (root[i] != i && in_entries[i]) p->offset[i] = p->offset[root[i]];
@@ -206,15 +260,16 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
     if (need > scratch) scratch = need;
   }
   p->scratch_offset = arena_end;
+  if (scratch > PLAN_MAX_BYTES) arena_grow(&arena_end, PLAN_MAX_BYTES + 1, batch);
   p->scratch_bytes = align_up(scratch);
-  arena_end += p->scratch_bytes;
+  arena_grow(&arena_end, p->scratch_bytes, batch);
   p->arena_bytes = arena_end > 0 ? arena_end : ALIGN;
 
   /* The ABI table: params, state, hypers, inputs, then each entry's outputs. */
   int cap = nn;
   for (int e = 0; e < ENTRY_COUNT; e++) cap += g->entries[e].noutputs;
-  p->tensors = xcalloc((size_t)cap, sizeof(kiln_tensor));
-  p->tensor_node = xcalloc((size_t)cap, sizeof(int));
+  p->tensors = kiln_calloc((size_t)cap, sizeof(kiln_tensor));
+  p->tensor_node = kiln_calloc((size_t)cap, sizeof(int));
   for (int i = 0; i < nn; i++) {
     Node *n = ir_at(g, i);
     if ((n->op == OP_PARAM || n->op == OP_STATE || n->op == OP_INPUT) && p->offset[i] >= 0)
@@ -240,17 +295,6 @@ void plan_build(Graph *g, int64_t batch, Plan *p) {
       add_tensor(p, g, node, en->outputs[o].name, KILN_ROLE_OUTPUT, 1 << e);
     }
   }
-
-  for (int e = 0; e < ENTRY_COUNT; e++) {
-    free(mark[e]);
-    free(live[e]);
-  }
-  free(in_entries);
-  free(updated);
-  free(root);
-  free(order);
-  free(size);
-  free(placed);
 }
 
 void plan_free(Plan *p) {

@@ -102,8 +102,7 @@ void train_build(Graph *g) {
 
   /* grad: the loss and d loss / d param for every parameter. */
   int nparams = g->nparams;  /* optimizer leaves below are STATE, so this stays fixed */
-  g->grads = malloc((size_t)nparams * sizeof(int));
-  if (!g->grads) kiln_fail((Loc){0}, "out of memory");
+  g->grads = kiln_malloc((size_t)nparams * sizeof(int));
   ad_reverse(g, g->loss_train, g->params, nparams, g->grads);
   ir_add_output(g, ENTRY_GRAD, "loss", g->loss_train);
   for (int i = 0; i < nparams; i++)

@@ -28,11 +28,46 @@ static _Noreturn void out_of_memory(void) {
   kiln_fail((Loc){0}, "out of memory");
 }
 
-Pool *pool_new(void) {
-  Pool *p = calloc(1, sizeof *p);
+/* ---- allocation, with fault injection ----
+ * Every allocation of the compiler goes through here, so a test can make the n-th one fail and
+ * check that each failure point unwinds to a clean error with nothing leaked (SQLite's habit). */
+
+static _Thread_local long alloc_countdown = -1;
+
+void kiln_test_fail_alloc_after(long n) { alloc_countdown = n; }
+
+static bool injected_failure(void) {
+  if (alloc_countdown < 0) return false;
+  if (alloc_countdown == 0) return true;  /* stays failing until reset, like real exhaustion */
+  alloc_countdown--;
+  return false;
+}
+
+void *kiln_try_realloc(void *p, size_t n) {
+  if (injected_failure()) return NULL;
+  return realloc(p, n ? n : 1);
+}
+
+void *kiln_malloc(size_t n) {
+  void *p = kiln_try_realloc(NULL, n);
   if (!p) out_of_memory();
   return p;
 }
+
+void *kiln_calloc(size_t n, size_t size) {
+  if (size && n > SIZE_MAX / size) out_of_memory();
+  void *p = kiln_malloc(n * size);
+  memset(p, 0, n * size);
+  return p;
+}
+
+void *kiln_realloc(void *p, size_t n) {
+  void *r = kiln_try_realloc(p, n);
+  if (!r) out_of_memory();
+  return r;
+}
+
+Pool *pool_new(void) { return kiln_calloc(1, sizeof(Pool)); }
 
 void pool_free(Pool *p) {
   if (!p) return;
@@ -44,12 +79,14 @@ void pool_free(Pool *p) {
 }
 
 void *pool_alloc(Pool *p, size_t n) {
+  /* Every request counts for fault injection, even one a chunk can serve, so that each call
+   * site's failure path is exercised. */
+  if (injected_failure()) out_of_memory();
   n = (n + 15) & ~(size_t)15;
   Chunk *c = p->head;
   if (!c || c->cap - c->used < n) {
     size_t cap = n > 65536 ? n : 65536;
-    c = malloc(sizeof *c + cap);
-    if (!c) out_of_memory();
+    c = kiln_malloc(sizeof *c + cap);
     c->used = 0;
     c->cap = cap;
     c->next = p->head;
@@ -93,8 +130,7 @@ void buf_vprintf(Buf *b, const char *fmt, va_list ap) {
   if (b->len + (size_t)n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + (size_t)n + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) out_of_memory();
+    char *p = kiln_realloc(b->p, cap);
     b->p = p;
     b->cap = cap;
   }
@@ -128,7 +164,7 @@ char *read_file(Pool *p, const char *path, size_t *len) {
   while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
     if (used + n + 1 > cap) {
       cap = (used + n + 1) * 2;
-      char *t = realloc(text, cap);
+      char *t = kiln_try_realloc(text, cap);
       if (!t) {
         free(text);
         fclose(f);
@@ -148,7 +184,13 @@ char *read_file(Pool *p, const char *path, size_t *len) {
     errno = bad ? EIO : EILSEQ;
     return NULL;
   }
+  Trap t;
+  if (!KILN_TRY(&t)) {
+    free(text);
+    kiln_rethrow(&t);
+  }
   char *r = pool_strndup(p, text ? text : "", used);
+  kiln_trap_end(&t);
   if (len) *len = used;
   free(text);
   return r;
@@ -160,36 +202,49 @@ _Thread_local Trap *kiln_trap;
 
 void kiln_trap_end(Trap *t) { kiln_trap = t->prev; }
 
-void kiln_format_error(Buf *b, Loc loc, const char *msg) {
+/* Appends to out (cap bytes, always NUL-terminated); returns the new length. */
+static size_t append(char *out, size_t cap, size_t len, const char *fmt, ...) KILN_PRINTF(4, 5);
+static size_t append(char *out, size_t cap, size_t len, const char *fmt, ...) {
+  if (len + 1 >= cap) return len;
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(out + len, cap - len, fmt, ap);
+  va_end(ap);
+  if (n < 0) return len;
+  return len + (size_t)n < cap ? len + (size_t)n : cap - 1;
+}
+
+/* Formats into a fixed buffer, never the heap: this runs while reporting "out of memory". */
+void kiln_format_error(char *out, size_t cap, Loc loc, const char *msg) {
+  out[0] = 0;
   if (!loc.file) {
-    buf_printf(b, "error: %s\n", msg);
+    append(out, cap, 0, "error: %s\n", msg);
     return;
   }
-  buf_printf(b, "%s:%d:%d: error: %s\n", loc.file->path, loc.line, loc.col, msg);
+  size_t len = append(out, cap, 0, "%s:%d:%d: error: %s\n", loc.file->path, loc.line, loc.col, msg);
   /* Find the source line and print it with a caret under the column. */
   const char *s = loc.file->text;
   for (int line = 1; line < loc.line && *s; s++)
     if (*s == '\n') line++;
   const char *e = s;
   while (*e && *e != '\n') e++;
-  buf_printf(b, "  %.*s\n  ", (int)(e - s), s);
-  for (int i = 1; i < loc.col && s + i - 1 < e; i++) buf_puts(b, s[i - 1] == '\t' ? "\t" : " ");
-  buf_puts(b, "^\n");
+  len = append(out, cap, len, "  %.*s\n  ", (int)(e - s), s);
+  for (int i = 1; i < loc.col && s + i - 1 < e; i++) len = append(out, cap, len, "%c", s[i - 1] == '\t' ? '\t' : ' ');
+  append(out, cap, len, "^\n");
 }
 
 _Noreturn void kiln_vfail(Loc loc, const char *fmt, va_list ap) {
   char msg[2048];
   vsnprintf(msg, sizeof msg, fmt, ap);
-  Buf b = {0};
-  kiln_format_error(&b, loc, msg);
   Trap *t = kiln_trap;
   if (!t) {
     /* No API boundary set a trap: this is a programming error in kiln itself. */
-    fputs(b.p ? b.p : msg, stderr);
+    char text[4096];
+    kiln_format_error(text, sizeof text, loc, msg);
+    fputs(text, stderr);
     abort();
   }
-  snprintf(t->msg, sizeof t->msg, "%s", b.p ? b.p : msg);
-  buf_free(&b);
+  kiln_format_error(t->msg, sizeof t->msg, loc, msg);
   kiln_trap = t->prev;
   longjmp(t->jb, 1);
 }

@@ -1530,15 +1530,20 @@ static const char *file_stem(Pool *p, const char *path) {
   return s;
 }
 
-/* Parses and lowers text (len bytes, NUL-terminated) already in g's pool. On an error the graph
+/* Parses and lowers text (len bytes, NUL-terminated), kept in g's pool. On an error the graph
  * and scratch memory are freed and the error is passed on to the caller's trap unchanged. */
 static Graph *compile(Graph *g, const char *path, const char *text, size_t len) {
-  Pool *tmp = pool_new();
   Trap t;
+  if (!KILN_TRY(&t)) {
+    ir_free(g);
+    kiln_rethrow(&t);
+  }
+  Pool *tmp = pool_new();
+  kiln_trap_end(&t);
   if (KILN_TRY(&t)) {
     SrcFile *f = pool_alloc(g->pool, sizeof *f);
     f->path = pool_strdup(g->pool, path);
-    f->text = text;
+    f->text = pool_strndup(g->pool, text, len);  /* tokens and locations point into it */
     Program *prog = parse_program(tmp, f, len);
     fe_lower(g, prog, tmp);
     kiln_trap_end(&t);
@@ -1548,34 +1553,36 @@ static Graph *compile(Graph *g, const char *path, const char *text, size_t len) 
   kiln_trap_end(&t);
   pool_free(tmp);
   ir_free(g);
-  Trap *outer = kiln_trap;
-  if (!outer) {
-    fputs(t.msg, stderr);
-    abort();
+  kiln_rethrow(&t);
+}
+
+/* A new graph named after the file, freed again if that fails. */
+static Graph *new_graph(const char *path) {
+  Graph *g = ir_new(NULL);
+  Trap t;
+  if (!KILN_TRY(&t)) {
+    ir_free(g);
+    kiln_rethrow(&t);
   }
-  memcpy(outer->msg, t.msg, sizeof outer->msg);
-  kiln_trap = outer->prev;
-  longjmp(outer->jb, 1);
+  g->name = file_stem(g->pool, path);
+  kiln_trap_end(&t);
+  return g;
 }
 
 Graph *fe_compile_string(const char *path_for_messages, const char *text) {
-  Graph *g = ir_new(NULL);
-  Pool *p = g->pool;
-  g->name = file_stem(p, path_for_messages);
-  size_t len = strlen(text);
-  return compile(g, path_for_messages, pool_strndup(p, text, len), len);
+  return compile(new_graph(path_for_messages), path_for_messages, text, strlen(text));
 }
 
 Graph *fe_compile_file(const char *path) {
-  Graph *g = ir_new(NULL);
-  Pool *p = g->pool;
-  g->name = file_stem(p, path);
-  size_t len;
-  char *text = read_file(p, path, &len);
-  if (!text) {
-    int err = errno;
+  Graph *g = new_graph(path);
+  Trap t;
+  if (!KILN_TRY(&t)) {
     ir_free(g);
-    kiln_fail((Loc){0}, "cannot read '%s': %s", path, strerror(err));
+    kiln_rethrow(&t);
   }
+  size_t len;
+  char *text = read_file(g->pool, path, &len);
+  if (!text) kiln_fail((Loc){0}, "cannot read '%s': %s", path, strerror(errno));
+  kiln_trap_end(&t);
   return compile(g, path, text, len);
 }

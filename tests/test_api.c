@@ -3,6 +3,7 @@
  * read its parameters, get its training step as C, and get errors back as values.
  */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,6 +91,41 @@ START_TEST(many_models) {
 }
 END_TEST
 
+void kiln_test_fail_alloc_after(long n);  /* compiler/util.c: fault injection */
+
+/* SQLite's habit: make the 1st, 2nd, 3rd ... allocation fail in turn. Every failure must come
+ * back as the error "out of memory" with nothing leaked (LeakSanitizer in CI) and no crash,
+ * until the budget is large enough for the compile to succeed. */
+static void fail_each_allocation(const char *text) {
+  long n;
+  for (n = 0; n < 100000; n++) {
+    kiln_model *m = NULL;
+    kiln_test_fail_alloc_after(n);
+    kiln_status st = kiln_model_from_string("net.kiln", text, &m);
+    kiln_test_fail_alloc_after(-1);
+    if (st == KILN_OK) {
+      kiln_model_free(m);
+      break;
+    }
+    ck_assert_ptr_null(m);
+    ck_assert_str_eq(kiln_last_error(), "error: out of memory\n");
+  }
+  ck_assert_msg(n > 10 && n < 100000, "compile needed %ld allocations", n);
+}
+
+START_TEST(allocation_failures_unwind) {
+  fail_each_allocation(mlp);
+  fail_each_allocation("input image: f32[B, 1, 12, 12] from images / 255\n"
+                       "input label: i32[B] from labels\n"
+                       "c = conv2d(image, out=4, kernel=3, pad=same)\n"
+                       "h = maxpool2d(relu(batchnorm(c) as bn), kernel=2)\n"
+                       "logits = linear(flatten(dropout(h, p=0.25)), out=10)\n"
+                       "loss = cross_entropy(logits, label)\n"
+                       "output logits\nminimize loss\n"
+                       "train { optimizer = adam(lr=1e-3) }\n");
+}
+END_TEST
+
 static Suite *api_suite(void) {
   Suite *s = suite_create("api");
   TCase *tc = tcase_create("api");
@@ -98,6 +134,7 @@ static Suite *api_suite(void) {
   tcase_add_test(tc, emit_specialises_the_batch);
   tcase_add_test(tc, errors_are_values);
   tcase_add_test(tc, many_models);
+  tcase_add_test(tc, allocation_failures_unwind);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -370,6 +370,32 @@ START_TEST(plan_invariants) {
 }
 END_TEST
 
+/* plan_build under allocation failure at every point: a clean "out of memory", nothing leaked. */
+START_TEST(plan_allocation_failures) {
+  Graph *m = compile(KILN_SOURCE_DIR "/examples/mnist_cnn.kiln");
+  long n;
+  for (n = 0; n < 10000; n++) {
+    Plan p;
+    Trap t;
+    kiln_test_fail_alloc_after(n);
+    if (KILN_TRY(&t)) {
+      plan_build(m, 64, &p);
+      kiln_trap_end(&t);
+      kiln_test_fail_alloc_after(-1);
+      plan_free(&p);
+      break;
+    }
+    kiln_trap_end(&t);
+    kiln_test_fail_alloc_after(-1);
+    ck_assert_str_eq(t.msg, "error: out of memory\n");
+    plan_free(&p);
+  }
+  ck_assert_int_gt(n, 5);
+  ck_assert_int_lt(n, 10000);
+  ir_free(m);
+}
+END_TEST
+
 /* ---- optimizer updates against their closed forms ---- */
 
 /* loss = sum(w * c) has the constant gradient c, so each optimizer's trajectory has a closed
@@ -461,6 +487,7 @@ static Suite *ir_suite(void) {
   tcase_set_timeout(tm, 120);
   tcase_add_test(tm, training_graph_entries);
   tcase_add_test(tm, plan_invariants);
+  tcase_add_test(tm, plan_allocation_failures);
   tcase_add_test(tm, sgd_closed_forms);
   tcase_add_test(tm, adam_closed_form);
   suite_add_tcase(s, tm);
