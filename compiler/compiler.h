@@ -14,6 +14,8 @@
  *   plan.c      the static memory plan and the kiln_tensor table shared with the runtime
  *   cg_c.c      the C code generator
  *   aot.c       driving the system C compiler: trainers and shared objects
+ *   ad_forward.c  forward mode: tangent rules per op, JVP and Hessian-vector product graphs
+ *                 (declared in the last section, "forward mode")
  *
  * A tensor's life: the frontend calls ir_node() for `h = relu(x)`; shape.c gives it a shape on
  * creation (so errors point at the model line); autodiff.c adds its gradient nodes; plan.c gives
@@ -400,5 +402,26 @@ const char *cg_gemm_name(DType dt);
  *                   unsigned char *ws);
  * C = op(A) op(B) with C's rows ldc apart, op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p]. */
 void cg_gemm_emit(DType dt, Buf *out);
+
+/* ---- forward mode ---- */
+
+/* ad_forward.c. Forward mode as a graph transform: jvps[i] = the derivative of outs[i] in the
+ * direction that moves wrt[j] along tangents[j] (a node of wrt[j]'s shape and dtype) for every j,
+ * built from the per-op tangent rules. An output that does not depend on any wrt gets a zero
+ * tensor. Fails at a node's location only where a tangent has to flow through an op it cannot
+ * differentiate (max pooling with overlapping windows). */
+void ad_forward(Graph *g, const int *wrt, const int *tangents, int nwrt, const int *outs,
+                int nouts, int *jvps);
+/* Whether ad_forward.c has a tangent rule for op (every non-leaf op has one). */
+bool ad_has_jvp(Op op);
+
+/* train.c, on demand after train_build (for `kiln jvp` / `kiln hvp`): one INPUT leaf
+ * "tangent.<param>" per parameter, shaped like it, and more outputs of the grad entry —
+ * train_build_jvp: "jvp.loss" and, with a declared output, "output" and "jvp.output" (the
+ * directional derivatives of the training loss and of the evaluation-mode output);
+ * train_build_hvp: "hvp.<param>", the Hessian of the training loss times the tangents, by
+ * forward mode over the gradient graph. Both may be called on one graph. */
+void train_build_jvp(Graph *g);
+void train_build_hvp(Graph *g);
 
 #endif

@@ -6,6 +6,10 @@
  * update is ordinary nodes that autodiff, the planner, the code generator and the reference
  * interpreter treat like any other. Formulas follow PyTorch's torch.optim so that a kiln run
  * and a PyTorch run from the same parameters take the same steps.
+ *
+ * On demand (kiln jvp / kiln hvp), the grad entry also gets directional derivatives: tangent
+ * inputs per parameter and forward-mode nodes (ad_forward.c) over the loss, the output or the
+ * gradient itself (Hessian-vector products).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -129,4 +133,43 @@ void train_build(Graph *g) {
   /* eval: evaluation-mode loss and the declared output. */
   if (g->loss_eval >= 0) ir_add_output(g, ENTRY_EVAL, "eval.loss", g->loss_eval);
   if (g->output_eval >= 0) ir_add_output(g, ENTRY_EVAL, "eval.output", g->output_eval);
+}
+
+/* ---- forward mode on demand: kiln jvp, kiln hvp ---- */
+
+/* The tangent leaf of every parameter ("tangent.<param>", an INPUT shaped like it), created on
+ * the first call; ids in parameter order, in the pool. */
+static int *tangent_leaves(Graph *g) {
+  if (!g->grads) kiln_fail((Loc){0}, "forward mode needs the grad entry: call train_build first");
+  int *t = pool_alloc(g->pool, (size_t)g->nparams * sizeof(int));
+  for (int i = 0; i < g->nparams; i++) {
+    Node p = *ir_at(g, g->params[i]);
+    const char *name = pool_printf(g->pool, "tangent.%s", p.name);
+    t[i] = ir_find_leaf(g, name);
+    if (t[i] < 0) t[i] = ir_leaf(g, OP_INPUT, ROLE_INPUT, name, p.dtype, p.shape, p.loc);
+  }
+  return t;
+}
+
+void train_build_jvp(Graph *g) {
+  int *t = tangent_leaves(g);
+  int outs[2] = {g->loss_train, g->output_eval}, jvps[2];
+  int nouts = g->output_eval >= 0 ? 2 : 1;
+  ad_forward(g, g->params, t, g->nparams, outs, nouts, jvps);
+  ir_add_output(g, ENTRY_GRAD, "jvp.loss", jvps[0]);
+  if (nouts == 2) {
+    ir_add_output(g, ENTRY_GRAD, "output", g->output_eval);
+    ir_add_output(g, ENTRY_GRAD, "jvp.output", jvps[1]);
+  }
+}
+
+/* H v = d/dε grad(θ + ε v) at ε = 0: forward mode over the gradient nodes (forward over
+ * reverse), so the cost is a small multiple of one gradient and H is never formed. */
+void train_build_hvp(Graph *g) {
+  int *t = tangent_leaves(g);
+  int *hv = pool_alloc(g->pool, (size_t)g->nparams * sizeof(int));
+  ad_forward(g, g->params, t, g->nparams, g->grads, g->nparams, hv);
+  for (int i = 0; i < g->nparams; i++)
+    ir_add_output(g, ENTRY_GRAD, pool_printf(g->pool, "hvp.%s", ir_at(g, g->params[i])->name),
+                  hv[i]);
 }
