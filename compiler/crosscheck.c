@@ -22,6 +22,8 @@
  *
  * grad_model evaluates the grad entry at given parameters and inputs (safetensors in and out),
  * on the compiled program or on the reference: the piece a PyTorch comparison script calls.
+ * forward_model does the same for a grad entry extended by train_build_jvp / train_build_hvp,
+ * with a third file holding the direction (one tensor per parameter, under its name).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -337,13 +339,19 @@ static const RtNamedTensor *find_named(const RtNamedTensor *ts, int n, const cha
   return NULL;
 }
 
+/* Tangent inputs ("tangent.<param>", train_build_jvp / train_build_hvp) come from the tangents
+ * file, under the parameter's name, not from the inputs file. */
+static const char *tangent_of(const char *name) {
+  return name && !strncmp(name, "tangent.", 8) ? name + 8 : NULL;
+}
+
 /* The batch the inputs file implies: from the first model input with a batch dimension. */
 static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *path,
                       int64_t *batch, FILE *out) {
   *batch = 0;
   for (int i = 0; i < g->nnodes && *batch == 0; i++) {
     const Node *n = ir_at(g, i);
-    if (n->op != OP_INPUT)
+    if (n->op != OP_INPUT || tangent_of(n->name))
       continue;
     const RtNamedTensor *t = find_named(in, nin, n->name);
     if (!t) {
@@ -369,17 +377,25 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
   return 0;
 }
 
-/* Writes every tensor of `role` from the file into the backend, each with exactly its shape. */
-static int load_role(const Plan *p, RtBackend *be, int role, const RtNamedTensor *ts, int n,
-                     const char *path, FILE *out) {
+/* Writes every tensor of `role` from the file into the backend, each with exactly its shape.
+ * With `tangents`, only the tangent inputs, each from the tensor named after its parameter;
+ * without, every tensor of the role but those. */
+static int load_role(const Plan *p, RtBackend *be, int role, bool tangents,
+                     const RtNamedTensor *ts, int n, const char *path, FILE *out) {
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
-    if (t->role != role)
+    const char *param = tangent_of(t->name);
+    if (t->role != role || tangents != (param != NULL))
       continue;
-    const RtNamedTensor *f = find_named(ts, n, t->name);
+    const char *name = param ? param : t->name;
+    const RtNamedTensor *f = find_named(ts, n, name);
     if (!f) {
-      fprintf(out, "kiln: error: %s: no tensor '%s' (a model %s)\n", path, t->name,
-              role == KILN_ROLE_INPUT ? "input" : "parameter");
+      if (param)
+        fprintf(out, "kiln: error: %s: no tensor '%s' (the direction for parameter '%s')\n",
+                path, name, name);
+      else
+        fprintf(out, "kiln: error: %s: no tensor '%s' (a model %s)\n", path, name,
+                role == KILN_ROLE_INPUT ? "input" : "parameter");
       return -1;
     }
     bool same = f->rank == t->rank;
@@ -389,8 +405,8 @@ static int load_role(const Plan *p, RtBackend *be, int role, const RtNamedTensor
       char want[160], have[160];
       rt_format_dims(want, sizeof want, t->rank, t->dims);
       rt_format_dims(have, sizeof have, f->rank, f->dims);
-      fprintf(out, "kiln: error: %s: tensor '%s' has shape %s but the model needs %s\n", path,
-              t->name, have, want);
+      fprintf(out, "kiln: error: %s: tensor '%s' has shape %s but %s %s\n", path, name, have,
+              param ? "the parameter is" : "the model needs", want);
       return -1;
     }
     be->write(be->self, i, f->values, rt_numel(t, p->batch));
@@ -398,15 +414,34 @@ static int load_role(const Plan *p, RtBackend *be, int role, const RtNamedTensor
   return 0;
 }
 
-int grad_model(Graph *g, const char *params_path, const char *inputs_path, const char *out_path,
-               bool use_reference, FILE *out) {
+/* Which outputs of the grad entry a command writes, and under what name (NULL: not written). */
+typedef enum Deriv { DERIV_GRAD, DERIV_JVP, DERIV_HVP } Deriv;
+
+static const char *written_name(Deriv d, const char *name) {
+  static const char *const prefix[] = {[DERIV_GRAD] = "grad.", [DERIV_HVP] = "hvp."};
+  if (!strcmp(name, "loss"))
+    return name;
+  if (d == DERIV_JVP)
+    return !strcmp(name, "jvp.loss") || !strcmp(name, "output") || !strcmp(name, "jvp.output")
+               ? name
+               : NULL;
+  size_t k = strlen(prefix[d]);
+  return strncmp(name, prefix[d], k) ? NULL : name + k;
+}
+
+/* kiln grad / jvp / hvp: one run of the grad entry (which train_build_jvp / train_build_hvp
+ * extended) at the given values. */
+static int derivatives(Graph *g, Deriv d, const char *params_path, const char *inputs_path,
+                       const char *tangents_path, const char *out_path, bool use_reference,
+                       FILE *out) {
   Sides s = {0};
-  RtNamedTensor *pt = NULL, *it = NULL, *ot = NULL;
-  int np = 0, ni = 0, no = 0, rc = 1;
+  RtNamedTensor *pt = NULL, *it = NULL, *tt = NULL, *ot = NULL;
+  int np = 0, ni = 0, nt = 0, no = 0, rc = 1;
   double *buf = NULL;
   char err[RT_ERR_LEN];
   if (rt_safetensors_load(params_path, &pt, &np, err) ||
-      rt_safetensors_load(inputs_path, &it, &ni, err)) {
+      rt_safetensors_load(inputs_path, &it, &ni, err) ||
+      (tangents_path && rt_safetensors_load(tangents_path, &tt, &nt, err))) {
     fprintf(out, "kiln: error: %s\n", err);
     goto done;
   }
@@ -447,21 +482,22 @@ int grad_model(Graph *g, const char *params_path, const char *inputs_path, const
       }
     }
   }
-  if (load_role(&s.plan, be, KILN_ROLE_PARAM, pt, np, params_path, out) ||
-      load_role(&s.plan, be, KILN_ROLE_INPUT, it, ni, inputs_path, out))
+  if (load_role(&s.plan, be, KILN_ROLE_PARAM, false, pt, np, params_path, out) ||
+      load_role(&s.plan, be, KILN_ROLE_INPUT, false, it, ni, inputs_path, out) ||
+      (tangents_path &&
+       load_role(&s.plan, be, KILN_ROLE_INPUT, true, tt, nt, tangents_path, out)))
     goto done;
   if (run(be, KILN_ENTRY_GRAD, s.plan.batch, use_reference ? "reference" : "compiled", out))
     goto done;
 
-  /* "loss", then each gradient under its parameter's name. */
+  /* "loss", then each gradient (or H v) under its parameter's name; jvp: the loss, the output
+   * and their directional derivatives. */
   for (int i = 0; i < s.plan.ntensors; i++) {
     const kiln_tensor *t = &s.plan.tensors[i];
     if (t->role != KILN_ROLE_OUTPUT || !(t->entries & KILN_ENTRY_GRAD))
       continue;
-    const char *name = t->name;
-    if (!strncmp(name, "grad.", 5))
-      name += 5;
-    else if (strcmp(name, "loss"))
+    const char *name = written_name(d, t->name);
+    if (!name)
       continue;
     RtNamedTensor *o = &ot[no];
     int64_t n = rt_numel(t, s.plan.batch);
@@ -484,7 +520,12 @@ int grad_model(Graph *g, const char *params_path, const char *inputs_path, const
     fprintf(out, "kiln: error: %s\n", err);
     goto done;
   }
-  fprintf(out, "wrote the loss and %d gradients to %s\n", no - 1, out_path);
+  if (d == DERIV_JVP)
+    fprintf(out, "wrote %d tensors (loss, jvp.loss%s) to %s\n", no,
+            no > 2 ? ", output, jvp.output" : "", out_path);
+  else
+    fprintf(out, "wrote the loss and %d %s to %s\n", no - 1,
+            d == DERIV_GRAD ? "gradients" : "Hessian-vector products", out_path);
   rc = 0;
 done:
   if (ot)
@@ -496,6 +537,19 @@ done:
     rt_safetensors_free(pt, np);
   if (it)
     rt_safetensors_free(it, ni);
+  if (tt)
+    rt_safetensors_free(tt, nt);
   sides_free(&s);
   return rc;
+}
+
+int grad_model(Graph *g, const char *params_path, const char *inputs_path, const char *out_path,
+               bool use_reference, FILE *out) {
+  return derivatives(g, DERIV_GRAD, params_path, inputs_path, NULL, out_path, use_reference, out);
+}
+
+int forward_model(Graph *g, bool hvp, const char *params_path, const char *inputs_path,
+                  const char *tangents_path, const char *out_path, bool use_reference, FILE *out) {
+  return derivatives(g, hvp ? DERIV_HVP : DERIV_JVP, params_path, inputs_path, tangents_path,
+                     out_path, use_reference, out);
 }

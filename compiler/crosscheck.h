@@ -39,4 +39,12 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out);
 int grad_model(Graph *g, const char *params_path, const char *inputs_path, const char *out_path,
                bool use_reference, FILE *out);
 
+/* `kiln jvp` / `kiln hvp`: as grad_model on a graph that train_build_jvp (hvp false) or
+ * train_build_hvp (hvp true) extended, with the direction read from tangents_path (one tensor
+ * per parameter, named and shaped like it). Writes "loss" and then, for jvp, "jvp.loss" and
+ * (with a declared output) "output" and "jvp.output"; for hvp, H·v per parameter under the
+ * parameter's name. Returns 0 or 1 (message on out). */
+int forward_model(Graph *g, bool hvp, const char *params_path, const char *inputs_path,
+                  const char *tangents_path, const char *out_path, bool use_reference, FILE *out);
+
 #endif

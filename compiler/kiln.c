@@ -28,6 +28,10 @@ static const char usage[] =
     "  check MODEL [--steps N]       generated code against the reference runtime\n"
     "  grad MODEL --params P.safetensors --inputs I.safetensors -o G.safetensors\n"
     "                                [--runtime compiled|reference]  loss and gradients\n"
+    "  jvp MODEL --params P --inputs I --tangents T -o OUT [--runtime ...]\n"
+    "                                directional derivatives of the loss and the output\n"
+    "  hvp MODEL --params P --inputs I --tangents T -o OUT [--runtime ...]\n"
+    "                                Hessian of the loss times T, per parameter\n"
     "\n"
     "common options:\n"
     "  --batch N       batch size to specialise for (default: the model's train block)\n"
@@ -38,7 +42,7 @@ static const char usage[] =
     "  --limit-train N --limit-test N --quiet\n";
 
 typedef struct Args {
-  const char *cmd, *model, *out, *params, *inputs;
+  const char *cmd, *model, *out, *params, *inputs, *tangents;
   int64_t batch;
   int steps;
   bool train_graph, reference;
@@ -105,6 +109,9 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (!strcmp(s, "--inputs")) {
       NEED_VALUE();
       a->inputs = val;
+    } else if (!strcmp(s, "--tangents")) {
+      NEED_VALUE();
+      a->tangents = val;
     } else if (s[0] == '-' && s[1]) {
       /* A trainer option; rt_options_parse checks it. Those that take a value take the next
        * argument with them (unless written --opt=value). */
@@ -128,13 +135,16 @@ static int parse_args(int argc, char **argv, Args *a) {
   return 0;
 }
 
-/* Compiles the model through train_build; on error prints the message and returns NULL. */
-static Graph *compile_model(const char *path) {
+/* Compiles the model through train_build (and, for jvp / hvp, the forward-mode outputs of the
+ * grad entry); on error prints the message and returns NULL. */
+static Graph *compile_model(const char *path, const char *cmd) {
   Trap t;
   Graph *volatile g = NULL;
   if (KILN_TRY(&t)) {
     g = fe_compile_file(path);
     train_build(g);
+    if (!strcmp(cmd, "jvp")) train_build_jvp(g);
+    if (!strcmp(cmd, "hvp")) train_build_hvp(g);
     kiln_trap_end(&t);
     return g;
   }
@@ -402,12 +412,22 @@ static int cmd_grad(Graph *g, const Args *a) {
   return grad_model(g, a->params, a->inputs, a->out, a->reference, stdout);
 }
 
+/* ---- kiln jvp / hvp ---- */
+
+static int cmd_forward(Graph *g, const Args *a, bool hvp) {
+  if (!a->params || !a->inputs || !a->tangents || !a->out)
+    return usage_error("%s needs --params P.safetensors --inputs I.safetensors --tangents "
+                       "T.safetensors -o OUT.safetensors", a->cmd);
+  return forward_model(g, hvp, a->params, a->inputs, a->tangents, a->out, a->reference, stdout);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  static const char *const commands[] = {"shapes", "graph", "ir", "emit", "build", "train", "check", "grad"};
+  static const char *const commands[] = {"shapes", "graph", "ir", "emit", "build", "train", "check", "grad",
+                                         "jvp", "hvp"};
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
   if (!known) return usage_error("unknown command '%s'", argv[1]);
@@ -417,13 +437,17 @@ int main(int argc, char **argv) {
     free(a.rest);
     return rc;
   }
+  if (a.tangents && strcmp(a.cmd, "jvp") && strcmp(a.cmd, "hvp")) {
+    free(a.rest);
+    return usage_error("%s", "--tangents belongs to jvp and hvp");
+  }
   /* Trainer options belong to `train` only. */
   if (a.nrest && strcmp(a.cmd, "train")) {
     rc = usage_error("unknown option '%s'", a.rest[0]);
     free(a.rest);
     return rc;
   }
-  Graph *g = compile_model(a.model);
+  Graph *g = compile_model(a.model, a.cmd);
   if (!g) {
     free(a.rest);
     return 1;
@@ -436,6 +460,8 @@ int main(int argc, char **argv) {
   else if (!strcmp(cmd, "build")) rc = cmd_build(g, &a);
   else if (!strcmp(cmd, "train")) rc = cmd_train(g, &a);
   else if (!strcmp(cmd, "check")) rc = cmd_check(g, &a);
+  else if (!strcmp(cmd, "jvp")) rc = cmd_forward(g, &a, false);
+  else if (!strcmp(cmd, "hvp")) rc = cmd_forward(g, &a, true);
   else rc = cmd_grad(g, &a);
   ir_free(g);
   free(a.rest);

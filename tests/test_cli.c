@@ -233,6 +233,73 @@ START_TEST(grad_agrees_between_runtimes) {
 }
 END_TEST
 
+/* kiln hvp / jvp on the linear toy, whose loss 0.5 (y - x·w - b)² has the Hessian a aᵀ with
+ * a = (x1, x2, 1) = (2, 7, 1): at w = 0, b = 1 along v = (w: [1, 0], b: 2), a·v = 4, so
+ * H v = 4 a; the loss's derivative is -(y - z) a·v = -10 · 4 and the output's a·v = 4. Exact in
+ * f64 on both runtimes. Then a tangent of the wrong shape and a missing one. */
+START_TEST(hvp_and_jvp_closed_form) {
+  char cmd[2048], params[300], inputs[300], tans[300], bad[300], out[300], e[RT_ERR_LEN], *err;
+  snprintf(params, sizeof params, "%s/p.safetensors", tmpdir);
+  snprintf(inputs, sizeof inputs, "%s/i.safetensors", tmpdir);
+  snprintf(tans, sizeof tans, "%s/t.safetensors", tmpdir);
+  snprintf(bad, sizeof bad, "%s/bad.safetensors", tmpdir);
+  snprintf(out, sizeof out, "%s/o.safetensors", tmpdir);
+  double w[2] = {0, 0}, b[1] = {1}, vw[2] = {1, 0}, vb[1] = {2};
+  RtNamedTensor p[2] = {{"w", KILN_F64, 2, {2, 1}, w}, {"b", KILN_F64, 1, {1}, b}};
+  RtNamedTensor t[2] = {{"w", KILN_F64, 2, {2, 1}, vw}, {"b", KILN_F64, 1, {1}, vb}};
+  RtNamedTensor tb[1] = {{"w", KILN_F64, 2, {1, 2}, vw}};
+  ck_assert_int_eq(rt_safetensors_save(params, p, 2, e), 0);
+  ck_assert_int_eq(rt_safetensors_save(inputs, p, 0, e), 0);
+  ck_assert_int_eq(rt_safetensors_save(tans, t, 2, e), 0);
+  ck_assert_int_eq(rt_safetensors_save(bad, tb, 1, e), 0);
+  static const char *const runtimes[2] = {"compiled", "reference"};
+  for (int r = 0; r < 2; r++) {
+    snprintf(cmd, sizeof cmd, KILN " hvp " EX "linear_toy.kiln --params '%s' --inputs '%s' "
+             "--tangents '%s' -o '%s' --runtime %s", params, inputs, tans, out, runtimes[r]);
+    ck_assert_int_eq(run(cmd, NULL, NULL), 0);
+    RtNamedTensor *h;
+    int nh;
+    ck_assert_int_eq(rt_safetensors_load(out, &h, &nh, e), 0);
+    ck_assert_int_eq(nh, 3);
+    ck_assert_str_eq(h[0].name, "loss");
+    ck_assert(h[0].values[0] == 50);
+    ck_assert_str_eq(h[1].name, "w");
+    ck_assert(h[1].values[0] == 8 && h[1].values[1] == 28);
+    ck_assert_str_eq(h[2].name, "b");
+    ck_assert(h[2].values[0] == 4);
+    rt_safetensors_free(h, nh);
+
+    snprintf(cmd, sizeof cmd, KILN " jvp " EX "linear_toy.kiln --params '%s' --inputs '%s' "
+             "--tangents '%s' -o '%s' --runtime %s", params, inputs, tans, out, runtimes[r]);
+    ck_assert_int_eq(run(cmd, NULL, NULL), 0);
+    ck_assert_int_eq(rt_safetensors_load(out, &h, &nh, e), 0);
+    ck_assert_int_eq(nh, 4);
+    static const char *const names[4] = {"loss", "jvp.loss", "output", "jvp.output"};
+    static const double values[4] = {50, -40, 1, 4};
+    for (int i = 0; i < 4; i++) {
+      ck_assert_str_eq(h[i].name, names[i]);
+      ck_assert_msg(h[i].values[0] == values[i], "%s = %g", names[i], h[i].values[0]);
+    }
+    rt_safetensors_free(h, nh);
+  }
+  snprintf(cmd, sizeof cmd, KILN " hvp " EX "linear_toy.kiln --params '%s' --inputs '%s' "
+           "--tangents '%s' -o '%s'", params, inputs, bad, out);
+  ck_assert_int_eq(run(cmd, &err, NULL), 1);  /* like kiln grad: messages on stdout */
+  ck_assert_msg(strstr(err, "bad.safetensors: tensor 'w' has shape [1, 2] but the parameter is "
+                            "[2, 1]\n") != NULL, "%s", err);
+  free(err);
+  snprintf(cmd, sizeof cmd, KILN " hvp " EX "linear_toy.kiln --params '%s' --inputs '%s' "
+           "--tangents '%s' -o '%s'", params, inputs, inputs, out);
+  ck_assert_int_eq(run(cmd, &err, NULL), 1);
+  ck_assert_msg(strstr(err, "i.safetensors: no tensor 'w' (the direction for parameter 'w')\n") !=
+                NULL, "%s", err);
+  free(err);
+  snprintf(cmd, sizeof cmd, KILN " hvp " EX "linear_toy.kiln --params '%s' --inputs '%s' -o '%s'",
+           params, inputs, out);
+  ck_assert_int_eq(run(cmd, NULL, NULL), 2);
+}
+END_TEST
+
 START_TEST(bad_model_leaves_no_output) {
   char model[300], outc[300], cmd[1024], *err;
   snprintf(model, sizeof model, "%s/bad.kiln", tmpdir);
@@ -300,6 +367,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, check_mlp_passes);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
+  tcase_add_test(tc, hvp_and_jvp_closed_form);
   tcase_add_test(tc, bad_model_leaves_no_output);
   tcase_add_test(tc, usage_errors);
   tcase_add_test(tc, trainer_data_errors);
