@@ -47,6 +47,8 @@ static Token *push(Lexer *L, TokKind kind, const char *s, int len) {
   return t;
 }
 
+#define LEX_MAX_IDENT 128
+
 static bool is_ident_start(int c) { return isalpha(c) || c == '_'; }
 static bool is_ident_char(int c) { return isalnum(c) || c == '_'; }
 
@@ -129,6 +131,11 @@ Token *lex_tokens(Pool *p, const SrcFile *f, size_t len, int *ntok) {
       const char *s = L.p;
       while (L.p < L.end && is_ident_char((unsigned char)*L.p))
         L.p++;
+      /* Names reach the generated C with suffixes (".exp_avg_sq", "grad."), whose identifiers
+       * the code generator caps at 200 characters: a bound here leaves room for them. */
+      if (L.p - s > LEX_MAX_IDENT)
+        kiln_fail(loc_at(&L, s), "name is too long (%lld characters; at most %d)",
+                  (long long)(L.p - s), LEX_MAX_IDENT);
       push(&L, TK_IDENT, s, (int)(L.p - s));
     } else if (isdigit(c) || (c == '.' && L.p + 1 < L.end && isdigit((unsigned char)L.p[1]))) {
       lex_number(&L);

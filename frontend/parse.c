@@ -18,7 +18,13 @@ typedef struct Parser {
   Token *toks;
   int ntok;
   int pos;
+  int depth;          /* nesting of the expression being parsed (see nest) */
 } Parser;
+
+/* How deep an expression may nest: brackets, calls, unary minus, '^', and each further operand
+ * of a chain like `a + b + c` (which builds a left-deep tree) count one level. Lowering walks
+ * the tree recursively, so this keeps every later phase well inside the stack. */
+#define PARSE_MAX_DEPTH 256
 
 static Token *peek(Parser *P) { return &P->toks[P->pos]; }
 static Token *peek_at(Parser *P, int k) {
@@ -79,6 +85,13 @@ static bool accept_after_newlines(Parser *P, char c) {
     return false;
   P->pos += k + 1;
   return true;
+}
+
+/* Enters one level of nesting at t; the caller restores P->depth when it returns. */
+static void nest(Parser *P, const Token *t) {
+  if (++P->depth > PARSE_MAX_DEPTH)
+    kiln_fail(t->loc, "expression nested too deeply (more than %d levels of brackets, calls "
+              "or operators)", PARSE_MAX_DEPTH);
 }
 
 static Expr *new_expr(Parser *P, ExprKind kind, Loc loc) {
@@ -231,22 +244,31 @@ static Expr *power(Parser *P) {
 /* unary = "-" unary | power */
 static Expr *unary(Parser *P) {
   Token *t = peek(P);
+  int depth = P->depth;
+  nest(P, t);
+  Expr *e;
   if (is_punct(t, '-')) {
     next(P);
-    Expr *e = new_expr(P, EX_NEG, t->loc);
+    e = new_expr(P, EX_NEG, t->loc);
     e->lhs = unary(P);
-    return e;
+  } else {
+    e = power(P);
   }
-  return power(P);
+  P->depth = depth;
+  return e;
 }
 
 /* mul = unary (("*" | "/") unary)* */
 static Expr *mul(Parser *P) {
+  int depth = P->depth;
   Expr *e = unary(P);
   for (;;) {
     Token *t = peek(P);
-    if (!is_punct(t, '*') && !is_punct(t, '/'))
+    if (!is_punct(t, '*') && !is_punct(t, '/')) {
+      P->depth = depth;
       return e;
+    }
+    nest(P, t);
     next(P);
     Expr *b = new_expr(P, EX_BINARY, t->loc);
     b->op = t->s[0];
@@ -258,11 +280,15 @@ static Expr *mul(Parser *P) {
 
 /* expr = mul (("+" | "-") mul)* */
 static Expr *expr(Parser *P) {
+  int depth = P->depth;
   Expr *e = mul(P);
   for (;;) {
     Token *t = peek(P);
-    if (!is_punct(t, '+') && !is_punct(t, '-'))
+    if (!is_punct(t, '+') && !is_punct(t, '-')) {
+      P->depth = depth;
       return e;
+    }
+    nest(P, t);
     next(P);
     Expr *b = new_expr(P, EX_BINARY, t->loc);
     b->op = t->s[0];
