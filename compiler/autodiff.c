@@ -458,8 +458,10 @@ void ad_reverse(Graph *g, int loss, const int *wrt, int nwrt, int *grads) {
       if (!dtype_is_float(wn.dtype))
         kiln_fail(wn.loc, "cannot differentiate with respect to %s tensor '%s'",
                   dtype_name(wn.dtype), wn.name ? wn.name : "?");
+      /* Expanded even for a scalar: a gradient is an entry output, which needs storage, and
+       * a bare constant has none. */
       int zero = ir_const(g, 0.0, wn.dtype, wn.loc);
-      grads[i] = wn.shape.rank ? ir_binary(g, OP_EXPAND, zero, w, wn.loc) : zero;
+      grads[i] = ir_binary(g, OP_EXPAND, zero, w, wn.loc);
     }
   }
 }
