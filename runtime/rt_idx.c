@@ -114,8 +114,14 @@ static int idx_parse(Reader *r, RtIdx *out) {
   out->count = out->dims[0];
   out->item = out->count ? total / out->count : 1;
   if (!out->count)
-    for (int i = 1; i < rank; i++)
+    for (int i = 1; i < rank; i++) {
+      /* No data, but the item size is still used: the same bound as above. */
+      if (out->dims[i] != 0 && out->item > INT64_MAX / 2 / out->dims[i]) {
+        rt_errf(err, "%s: header dimensions are impossibly large", path);
+        return -1;
+      }
       out->item *= out->dims[i];
+    }
 
   /* Read the elements in chunks that double, up to the size the header promises. */
   int64_t cap = 0, got = 0;
