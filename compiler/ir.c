@@ -100,8 +100,9 @@ static void check_numel(Graph *g, const Shape *s, Loc loc, const char *leaf_name
     if (d > 0 && n > IR_MAX_NUMEL / d) {
       char sb[192];
       kiln_fail(loc, "%s%s%s of shape %s would have more than 2^40 elements (the most one tensor "
-                "may have)", leaf_name ? "'" : "the result of ", leaf_name ? leaf_name : op_names[op],
-                leaf_name ? "'" : "", shape_str(g, s, sb, sizeof sb));
+                "may have)", leaf_name ? "'" : "the result of ",
+                leaf_name ? leaf_name : op_names[op], leaf_name ? "'" : "",
+                shape_str(g, s, sb, sizeof sb));
     }
     if (d > 0) n *= d;
   }
