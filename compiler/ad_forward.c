@@ -50,9 +50,15 @@ static int plus(FwdCtx *c, const Node *n, int acc, int d) {
 }
 
 /* Shorthands; every node built for n's tangent gets n's location. */
-static int sub(FwdCtx *c, const Node *n, int a, int b) { return ir_binary(c->g, OP_SUB, a, b, n->loc); }
-static int mul(FwdCtx *c, const Node *n, int a, int b) { return ir_binary(c->g, OP_MUL, a, b, n->loc); }
-static int dvd(FwdCtx *c, const Node *n, int a, int b) { return ir_binary(c->g, OP_DIV, a, b, n->loc); }
+static int sub(FwdCtx *c, const Node *n, int a, int b) {
+  return ir_binary(c->g, OP_SUB, a, b, n->loc);
+}
+static int mul(FwdCtx *c, const Node *n, int a, int b) {
+  return ir_binary(c->g, OP_MUL, a, b, n->loc);
+}
+static int dvd(FwdCtx *c, const Node *n, int a, int b) {
+  return ir_binary(c->g, OP_DIV, a, b, n->loc);
+}
 static int neg(FwdCtx *c, const Node *n, int a) { return ir_unary(c->g, OP_NEG, a, n->loc); }
 static int cnst(FwdCtx *c, const Node *n, double v) { return ir_const(c->g, v, n->dtype, n->loc); }
 /* n's own op (same attributes) applied to other inputs: the tangent of every op linear in
@@ -62,11 +68,15 @@ static int same_op(FwdCtx *c, const Node *n, int a, int b, int d) {
   return ir_node(c->g, n->op, n->nin, in, &n->attr, n->loc);
 }
 /* ẋ * f, or zero. */
-static int scaled(FwdCtx *c, const Node *n, int dx, int f) { return dx < 0 ? -1 : mul(c, n, dx, f); }
+static int scaled(FwdCtx *c, const Node *n, int dx, int f) {
+  return dx < 0 ? -1 : mul(c, n, dx, f);
+}
 
 /* ---- rules: one per op; a = in[0], b = in[1], y = the node; ȧ, ḃ their tangents ---- */
 
-static int jvp_add(FwdCtx *c, const Node *n) { return plus(c, n, plus(c, n, -1, td(c, n, 0)), td(c, n, 1)); }
+static int jvp_add(FwdCtx *c, const Node *n) {
+  return plus(c, n, plus(c, n, -1, td(c, n, 0)), td(c, n, 1));
+}
 
 static int jvp_sub(FwdCtx *c, const Node *n) {
   int db = td(c, n, 1);
@@ -93,7 +103,8 @@ static int jvp_pow(FwdCtx *c, const Node *n) {
   int a = n->in[0], b = n->in[1], t = -1;
   if (td(c, n, 0) >= 0) {
     int bm1 = sub(c, n, b, ir_const(c->g, 1.0, c->g->nodes[b].dtype, n->loc));
-    t = plus(c, n, t, mul(c, n, td(c, n, 0), mul(c, n, b, ir_binary(c->g, OP_POW, a, bm1, n->loc))));
+    int d = mul(c, n, b, ir_binary(c->g, OP_POW, a, bm1, n->loc));
+    t = plus(c, n, t, mul(c, n, td(c, n, 0), d));
   }
   if (td(c, n, 1) >= 0)
     t = plus(c, n, t, mul(c, n, td(c, n, 1), mul(c, n, ir_unary(c->g, OP_LOG, a, n->loc), n->id)));
@@ -239,8 +250,8 @@ static int jvp_maxpool2d(FwdCtx *c, const Node *n) {
   for (int i = 0; i < 2; i++)
     if (a->stride[i] < a->kernel[i] || a->dilation[i] > 1)
       kiln_fail(n->loc, "cannot differentiate maxpool2d in forward mode with overlapping or "
-                "dilated windows (kernel [%lld, %lld], stride [%lld, %lld], dilation [%lld, %lld]): "
-                "only non-overlapping windows are supported",
+                "dilated windows (kernel [%lld, %lld], stride [%lld, %lld], dilation "
+                "[%lld, %lld]): only non-overlapping windows are supported",
                 (long long)a->kernel[0], (long long)a->kernel[1], (long long)a->stride[0],
                 (long long)a->stride[1], (long long)a->dilation[0], (long long)a->dilation[1]);
   int x = n->in[0];
@@ -325,7 +336,8 @@ void ad_forward(Graph *g, const int *wrt, const int *tangents, int nwrt, const i
         need[g->nodes[id].in[k]] = 1;
 
   for (int i = 0; i < nwrt; i++) {
-    KILN_ASSERT(wrt[i] >= 0 && wrt[i] < g->nnodes && tangents[i] >= 0 && tangents[i] < g->nnodes);
+    KILN_ASSERT(wrt[i] >= 0 && wrt[i] < g->nnodes);
+    KILN_ASSERT(tangents[i] >= 0 && tangents[i] < g->nnodes);
     Node wn = g->nodes[wrt[i]], tn = g->nodes[tangents[i]];
     const char *name = wn.name ? wn.name : op_names[wn.op];
     if (!dtype_is_float(wn.dtype))

@@ -1,5 +1,5 @@
 /*
- * crosscheck.h — `kiln check` and `kiln grad`: the generated code against the reference runtime.
+ * crosscheck.h — `kiln check`, `grad`, `jvp` and `hvp`: generated code against the reference.
  *
  * Both compile the model's C (cg_c.c) into a shared object (aot.c) and drive it through the
  * same RtBackend interface as the reference interpreter (runtime/interp.h), so a disagreement

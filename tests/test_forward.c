@@ -15,7 +15,8 @@
  * conv + batch norm + max pool + avg pool network), H·v from the grad entry after
  * train_build_hvp against central differences of the gradient, (∇L(θ + h v) − ∇L(θ − h v)) / 2h;
  * symmetry vᵀ(H w) = wᵀ(H v); and train_build_jvp's directional derivative of the loss against
- * ∇L · v from reverse mode. Then structure: every op has a tangent rule, errors point at the
+ * ∇L · v from reverse mode; the generated C against the reference on the extended entry (kiln
+ * check). Then structure: every op has a tangent rule, errors point at the
  * model line, and an op is only asked for a tangent where one flows.
  */
 #include <check.h>
@@ -24,6 +25,7 @@
 #include <string.h>
 
 #include "compiler.h"
+#include "crosscheck.h"
 #include "frontend.h"
 #include "interp.h"
 
@@ -106,7 +108,8 @@ static void jvpcheck(int y, const Fill *wrt, int nwrt, const Fill *fixed, int nf
     snprintf(name, sizeof name, "tangent%d", i);
     if (ir_find_leaf(g, name) >= 0)  /* a second check in one graph */
       snprintf(name, sizeof name, "tangent%d_%d", i, g->nnodes);
-    tans[i] = ir_leaf(g, OP_INPUT, ROLE_INPUT, name, ir_at(g, w[i])->dtype, ir_at(g, w[i])->shape, L0);
+    Node wn = *ir_at(g, w[i]);
+    tans[i] = ir_leaf(g, OP_INPUT, ROLE_INPUT, name, wn.dtype, wn.shape, L0);
   }
   forward(w, tans, nwrt, &y, 1, &jvp);
   ck_assert(shape_eq(&ir_at(g, jvp)->shape, &ir_at(g, y)->shape));
@@ -461,7 +464,9 @@ static void check_maxpool(Shape xs, Win w, bool forward_op) {
   free(v);
 }
 
-START_TEST(jvp_maxpool2d_tiling) { check_maxpool(SHAPE(1, 2, 4, 6), WIN(.k = {2, 2}, .s = {2, 2}), true); }
+START_TEST(jvp_maxpool2d_tiling) {
+  check_maxpool(SHAPE(1, 2, 4, 6), WIN(.k = {2, 2}, .s = {2, 2}), true);
+}
 END_TEST
 START_TEST(jvp_maxpool2d_ragged_padded) {
   check_maxpool(SHAPE(2, 2, 7, 5), WIN(.k = {2, 3}, .s = {2, 3}, .p = {1, 0, 1, 1}), true);
@@ -490,7 +495,8 @@ static void check_avgpool(Shape xs, Win w) {
 START_TEST(jvp_avgpool2d) {
   for (int inc = 0; inc < 2; inc++) {
     teardown(), setup();
-    check_avgpool(SHAPE(1, 2, 7, 5), WIN(.k = {3, 3}, .s = {2, 2}, .p = {1, 1, 1, 1}, .include_pad = inc));
+    check_avgpool(SHAPE(1, 2, 7, 5),
+                  WIN(.k = {3, 3}, .s = {2, 2}, .p = {1, 1, 1, 1}, .include_pad = inc));
   }
 }
 END_TEST
@@ -685,7 +691,8 @@ START_TEST(jvp_of_model_loss_and_output) {
     for (int64_t k = 0; k < interp_numel(it, m->params[i]); k++) dot += v[k] * gr[k];
   }
   double jl = interp_data(it, output_node(m, "jvp.loss"))[0];
-  ck_assert_msg(fabs(jl - dot) <= 1e-12 * fmax(1.0, fabs(dot)), "jvp.loss %.17g, ∇L·v %.17g", jl, dot);
+  ck_assert_msg(fabs(jl - dot) <= 1e-12 * fmax(1.0, fabs(dot)), "jvp.loss %.17g, ∇L·v %.17g", jl,
+                dot);
   int out = output_node(m, "output"), jout = output_node(m, "jvp.output");
   int64_t n = interp_numel(it, out);
   double *an = malloc((size_t)n * sizeof *an), *yp = malloc((size_t)n * sizeof *yp);
@@ -709,6 +716,24 @@ START_TEST(jvp_of_model_loss_and_output) {
   free(an);
   free(yp);
   interp_free(it);
+  ir_free(m);
+}
+END_TEST
+
+/* The generated C runs the extended grad entry too: kiln check compares its H v, jvp.loss and
+ * jvp.output (with every gradient, train step and eval output) against the reference. */
+START_TEST(compiled_hvp_matches_reference) {
+  Graph *m = compile(cnn_src, true, true);
+  FILE *log = tmpfile();
+  ck_assert_ptr_nonnull(log);
+  int rc = check_model(m, 3, 1, 7, log);
+  char text[1 << 15] = "";
+  rewind(log);
+  size_t n = fread(text, 1, sizeof text - 1, log);
+  text[n] = 0;
+  fclose(log);
+  ck_assert_msg(rc == 0, "%s", text);
+  ck_assert_msg(strstr(text, "hvp.conv1.weight") && strstr(text, "jvp.output"), "%s", text);
   ir_free(m);
 }
 END_TEST
@@ -739,7 +764,8 @@ START_TEST(overlapping_maxpool_fails_at_its_line) {
   ck_assert_ptr_nonnull(msg);
   ck_assert_msg(strstr(msg, "m.kiln:2:5: error: cannot differentiate maxpool2d in forward mode "
                             "with overlapping") != NULL, "%s", msg);
-  ck_assert_msg(strstr(msg, "  y = maxpool2d(x, kernel=3, stride=2)\n      ^\n") != NULL, "%s", msg);
+  ck_assert_msg(strstr(msg, "  y = maxpool2d(x, kernel=3, stride=2)\n      ^\n") != NULL, "%s",
+                msg);
 }
 END_TEST
 
@@ -860,6 +886,7 @@ static Suite *suite(void) {
   tcase_add_test(th, hvp_symmetric_mlp);
   tcase_add_test(th, hvp_symmetric_cnn);
   tcase_add_test(th, jvp_of_model_loss_and_output);
+  tcase_add_test(th, compiled_hvp_matches_reference);
   suite_add_tcase(s, th);
   TCase *ts = tcase_create("structure");
   tcase_add_checked_fixture(ts, setup, teardown);
