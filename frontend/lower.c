@@ -138,6 +138,22 @@ static void set_var(Lower *L, const char *name, Loc loc, VarKind kind, Val v) {
 
 /* ---- compile-time values: numbers, integers, booleans, lists ---- */
 
+static const Op binary_ops[128] = {['+'] = OP_ADD, ['-'] = OP_SUB, ['*'] = OP_MUL,
+                                   ['/'] = OP_DIV, ['^'] = OP_POW};
+
+/* x op y for two numbers known at compile time. Folding must not smuggle an infinity or a NaN
+ * past the checks on literals. */
+static double fold(Lower *L, Op op, double x, double y, Loc at) {
+  static const char symbol[OP_COUNT] = {[OP_ADD] = '+', [OP_SUB] = '-', [OP_MUL] = '*',
+                                        [OP_DIV] = '/', [OP_POW] = '^'};
+  double r = op == OP_ADD ? x + y : op == OP_SUB ? x - y : op == OP_MUL ? x * y
+           : op == OP_DIV ? x / y : pow(x, y);
+  if (!isfinite(r))
+    kiln_fail(at, "the constant %s %c %s is not a finite number", fmt_num(L, x), symbol[op],
+              fmt_num(L, y));
+  return r;
+}
+
 /* Folds an expression made only of numbers (and names bound to numbers); false otherwise. */
 static bool const_num(Lower *L, const Expr *e, double *out) {
   double a, b;
@@ -160,8 +176,7 @@ static bool const_num(Lower *L, const Expr *e, double *out) {
   case EX_BINARY:
     if (!const_num(L, e->lhs, &a) || !const_num(L, e->rhs, &b))
       return false;
-    *out = e->op == '+' ? a + b : e->op == '-' ? a - b : e->op == '*' ? a * b
-         : e->op == '/' ? a / b : pow(a, b);
+    *out = fold(L, binary_ops[(unsigned char)e->op], a, b, e->loc);
     return true;
   default:
     return false;
@@ -477,19 +492,12 @@ static int as_tensor(Lower *L, Val v, DType like, Loc loc) {
 }
 
 static Val binop(Lower *L, Op op, Val a, Loc la, Val b, Loc lb, Loc at) {
-  if (a.node < 0 && b.node < 0) {
-    double x = a.num, y = b.num;
-    double r = op == OP_ADD ? x + y : op == OP_SUB ? x - y : op == OP_MUL ? x * y
-             : op == OP_DIV ? x / y : pow(x, y);
-    return (Val){-1, r};
-  }
+  if (a.node < 0 && b.node < 0)
+    return (Val){-1, fold(L, op, a.num, b.num, at)};
   DType dt = node(L, a.node >= 0 ? a.node : b.node)->dtype;
   int x = as_tensor(L, a, dt, la), y = as_tensor(L, b, dt, lb);
   return (Val){ir_binary(L->g, op, x, y, at), 0};
 }
-
-static const Op binary_ops[128] = {['+'] = OP_ADD, ['-'] = OP_SUB, ['*'] = OP_MUL,
-                                   ['/'] = OP_DIV, ['^'] = OP_POW};
 
 static unsigned all_axes(int rank) { return rank ? (1u << rank) - 1 : 0; }
 

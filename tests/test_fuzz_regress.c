@@ -199,6 +199,17 @@ END_TEST
 
 /* Found by fuzz_loaders: an IDX header with no items (dims[0] = 0) skipped the overflow check
  * on the item size, and 0xFFFFFFFF * 0xFFFFFF07 overflowed int64 (UBSan). */
+/* Folding numbers could make an infinity or a NaN that no literal check sees. */
+START_TEST(folded_constants_are_finite) {
+  expect_model_error("param w: f32[2] = [-0, 0/0]\nloss = sum(w)\nminimize loss\n",
+                     "fuzz.kiln:1:25: error: the constant 0 / 0 is not a finite number");
+  expect_model_error("param w: f32[2]\nloss = sum(w) * (1e308 * 10)\nminimize loss\n",
+                     "fuzz.kiln:2:24: error: the constant 1e+308 * 10 is not a finite number");
+  expect_model_error("param w: f32[2]\nloss = sum(w) * 10 ^ 400\nminimize loss\n",
+                     "fuzz.kiln:2:20: error: the constant 10 ^ 400 is not a finite number");
+}
+END_TEST
+
 START_TEST(idx_empty_with_huge_items) {
   static const unsigned char file[] = {0x00, 0x00, 0x08, 0x03, 0x00, 0x00, 0x00, 0x00,
                                        0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x07};
@@ -228,6 +239,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, element_count_overflow);
   tcase_add_test(tc, batch_makes_it_too_large);
   tcase_add_test(tc, unused_scalar_param);
+  tcase_add_test(tc, folded_constants_are_finite);
   tcase_add_test(tc, idx_empty_with_huge_items);
   suite_add_tcase(s, tc);
   return s;
