@@ -11,6 +11,11 @@
  * which is renamed over the target only on success, so a failed build never leaves a partial
  * or stale-looking trainer behind.
  *
+ * Generated kernels that split work across threads carry `#pragma omp` lines: such a source is
+ * compiled with -fopenmp. The code is written to give the same results without OpenMP (the
+ * pragmas are then ignored), so when the compiler cannot do OpenMP (clang without libomp) the
+ * build is retried without it rather than failing.
+ *
  * The runtime directory ($KILN_HOME, else KILN_RUNTIME_DIR from the build) must hold
  * kiln_abi.h, runtime.h, libkilnrt.a and trainer_main.o or trainer_main.c.
  */
@@ -217,6 +222,24 @@ static int temp_output(const char *out, char *path, size_t cap, Buf *err) {
 
 static bool file_exists(const char *path) { return access(path, R_OK) == 0; }
 
+/* Whether the generated source has kernels that want OpenMP. */
+static bool wants_openmp(const char *c_source) { return strstr(c_source, "#pragma omp ") != NULL; }
+
+/* Runs the compiler with argv a; when that fails with -fopenmp at a->v[omp_at], once more
+ * without it, reporting only the second attempt's output. */
+static int run_compile(Argv *a, int omp_at, Buf *err) {
+  Buf first = {0};
+  int st = run(a, omp_at > 0 ? &first : err);
+  if (st != 0 && omp_at > 0) {
+    free(a->v[omp_at]);
+    memmove(a->v + omp_at, a->v + omp_at + 1, (size_t)(a->n - omp_at) * sizeof *a->v);
+    a->n--;
+    st = run(a, err);
+  }
+  buf_free(&first);
+  return st;
+}
+
 int aot_build_trainer(const char *c_source, const char *out_path, Buf *err) {
   const char *rt = aot_runtime_dir();
   char dir[4096], src[4096 + 16], tmp[4096], main_o[4096], lib[4096], inc[4096 + 2];
@@ -239,9 +262,14 @@ int aot_build_trainer(const char *c_source, const char *out_path, Buf *err) {
   }
   Argv a = {0};
   int rc = argv_push_cc(&a);
-  static const char *const flags[] = {"-std=c11", "-O2", "-march=native", "-o"};
+  static const char *const flags[] = {"-std=c11", "-O2", "-march=native", "-fno-math-errno"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);
+  int omp_at = wants_openmp(c_source) ? a.n : 0;
+  if (omp_at && !rc)
+    rc = argv_push(&a, "-fopenmp");
+  if (!rc)
+    rc = argv_push(&a, "-o");
   const char *rest[] = {tmp, inc, src, main_o, lib, "-lz", "-lm",
 #ifdef AOT_SANITIZE
                         "-fsanitize=address,undefined",
@@ -252,7 +280,7 @@ int aot_build_trainer(const char *c_source, const char *out_path, Buf *err) {
   if (rc) {
     buf_printf(err, "out of memory\n");
   } else {
-    int st = run(&a, err);
+    int st = run_compile(&a, omp_at, err);
     if (st != 0) {
       describe(err, &a);
       rc = -1;
@@ -277,14 +305,23 @@ const kiln_program *aot_load_shared(const char *c_source, void **handle, Buf *er
   snprintf(so, sizeof so, "%s/step.so", dir);
   Argv a = {0};
   int rc = argv_push_cc(&a);
-  const char *flags[] = {"-std=c11", "-O2", "-march=native", "-shared", "-fPIC",
+  int omp_at = 0;
+  if (!rc && wants_openmp(c_source)) {
+    /* OpenMP's idle worker threads outlive the parallel regions: the object (and with it
+     * libgomp) must stay mapped after dlclose, or they wake up in unmapped code. */
+    rc = argv_push(&a, "-Wl,-z,nodelete");
+    omp_at = a.n;
+    if (!rc)
+      rc = argv_push(&a, "-fopenmp");
+  }
+  const char *flags[] = {"-std=c11", "-O2", "-march=native", "-fno-math-errno", "-shared", "-fPIC",
                          "-o", so, src, "-lm"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);
   const kiln_program *prog = NULL;
   if (rc) {
     buf_printf(err, "out of memory\n");
-  } else if (run(&a, err) != 0) {
+  } else if (run_compile(&a, omp_at, err) != 0) {
     describe(err, &a);
   } else {
     void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);

@@ -18,8 +18,17 @@
  * `restrict` pointers. Convolutions are direct loop nests with the kernel columns unrolled, each
  * with its constant range of valid output columns, so padding costs no test in the inner loop,
  * which runs along a row and vectorises; the weight gradient sums into rows of partial sums in
- * the shared scratch region (cg_scratch_bytes). The reference interpreter (runtime/interp.c) is
- * the meaning every kernel is checked against.
+ * the shared scratch region (cg_scratch_bytes). Convolutions with enough channels instead unfold
+ * each image (im2col) and call the blocked GEMM (conv_gemm). The reference interpreter
+ * (runtime/interp.c) is the meaning every kernel is checked against.
+ *
+ * Threads: with cg_threads() > 1 ($KILN_THREADS, default the machine's cores) the GEMM
+ * convolutions split the batch into that many fixed chunks, each with its own scratch slot, and
+ * large elementwise, pool and direct-convolution loops get `#pragma omp parallel for` on loops
+ * whose iterations write disjoint elements. Nothing is summed across threads except the weight
+ * gradient's per-chunk partial sums, which are added in chunk order, so a program's results do
+ * not depend on thread timing, nor on whether it was compiled with OpenMP at all (aot.c adds
+ * -fopenmp when the source has a pragma).
  *
  * Safety: the only text from a model file that can reach the output is numbers (printed with
  * %.17g, non-finite values as INFINITY/NAN) and identifiers validated here again
@@ -27,7 +36,9 @@
  */
 #include <inttypes.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "compiler.h"
 
@@ -64,6 +75,7 @@ typedef struct Cg {
   unsigned char *litused;  /* g->data arrays referenced */
   unsigned char *nores;    /* kernel output overlaps an input: no restrict (elementwise only) */
   const char **litname;    /* C name of each g->data array: lit3, or lit3_fc1_weight */
+  bool par_next;           /* nest_open puts an OpenMP pragma on its outermost loop */
 } Cg;
 
 static Sz sz_dim(const Cg *cg, Dim d) {
@@ -214,6 +226,27 @@ static void broadcast_strides(const Cg *cg, const Shape *in, const Shape *it, Sz
   }
 }
 
+static int cg_threads(void);
+
+/* Elements (at the planned batch) from which a loop nest is split across threads: below it the
+ * wake-up of the other threads (a few microseconds) costs more than the loop. */
+enum { CG_PAR_MIN = 1 << 18 };
+
+/* Whether a kernel doing `work` elements is worth splitting across threads. */
+static bool par_worth(const Cg *cg, Sz work) {
+  double v = (double)work.c;
+  for (int i = 0; i < work.p; i++)
+    v *= (double)cg->plan->batch;
+  return cg_threads() > 1 && v >= CG_PAR_MIN;
+}
+
+/* Splits the loop that follows across the threads. Only for loops whose iterations write
+ * disjoint elements and read nothing another iteration writes, so the result does not depend on
+ * the split; without OpenMP the line is ignored. */
+static void par_pragma(Cg *cg) {
+  line(cg, "#pragma omp parallel for num_threads(%d) schedule(static)", cg_threads());
+}
+
 /* Opens loops over dims[0..rank) and sets each operand's element expression. Axes of size one are
  * dropped and neighbouring axes merged when every operand is contiguous across them, so equal
  * shapes give one flat loop. Returns the number of loops to close. */
@@ -238,6 +271,9 @@ static int nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops) {
       st[o][r] = ops[o].stride[k];
     r++;
   }
+  if (cg->par_next && r > 0)
+    par_pragma(cg);
+  cg->par_next = false;
   for (int k = 0; k < r; k++) {
     line(cg, "for (int64_t i%d = 0; i%d < %s; i%d++) {", k, k, sz_c(cg, d[k]), k);
     cg->indent++;
@@ -342,6 +378,7 @@ static void emit_map(Cg *cg, const Node *n) {
     ops[i + 1].k = i;
     broadcast_strides(cg, &ir_at(g, n->in[i])->shape, &n->shape, ops[i + 1].stride);
   }
+  cg->par_next = par_worth(cg, sz_prod(cg, &n->shape, 0, n->shape.rank));
   int depth = nest_open(cg, n->shape.rank, dims, nread + 1, ops);
   const char *e = expand_template(cg, op_c[n->op], ops[1].elem, nread > 1 ? ops[2].elem : NULL,
                                   n->dtype, n->attr.value);
@@ -400,12 +437,43 @@ static void emit_accumulate(Cg *cg, const Node *n, const Sz *ystride, const char
   } else {
     emit_zero(cg, n);
   }
-  int depth = nest_open(cg, xs->rank, dims, 2, ops);
-  if (wide)
-    line(cg, "acc%s += (double)%s;", ops[0].elem + 1, ops[1].elem); /* y[i] -> acc[i] */
-  else
-    line(cg, "%s += %s;", ops[0].elem, ops[1].elem);
-  nest_close(cg, depth);
+  /* The trailing axes that are all summed over form one contiguous run of x per output: it is
+   * summed into 16 partial sums (one 512-bit vector of doubles twice), added up in a fixed
+   * order, instead of one running sum whose 4-cycle add latency bounds the loop (batch norm's
+   * statistics sum Ho*Wo elements per channel and image). */
+  int k0 = xs->rank;
+  while (k0 > 0 && ystride[k0 - 1].c == 0)
+    k0--;
+  Sz run = sz_prod(cg, xs, k0, xs->rank);
+  if (wide && in_arena(ir_at(cg->g, n->in[0])) && k0 < xs->rank && (run.p > 0 || run.c >= 32)) {
+    int depth = nest_open(cg, k0, dims, 2, ops);
+    const char *xe = ops[1].elem; /* "a[idx]" */
+    const char *L = sz_c(cg, run);
+    line(cg, "{");
+    cg->indent++;
+    line(cg, "const float *restrict xr = a + %.*s;", (int)strlen(xe) - 3, xe + 2);
+    line(cg, "double ps[16] = {0};");
+    line(cg, "int64_t j = 0;");
+    line(cg, "for (; j + 16 <= %s; j += 16)", L);
+    line(cg, "  for (int u = 0; u < 16; u++)");
+    line(cg, "    ps[u] += (double)xr[j + u];");
+    line(cg, "for (int u = 0; u < 8; u++)");
+    line(cg, "  ps[u] += ps[u + 8];");
+    line(cg, "double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));");
+    line(cg, "for (; j < %s; j++)", L);
+    line(cg, "  s += (double)xr[j];");
+    line(cg, "acc%s += s;", ops[0].elem + 1);
+    cg->indent--;
+    line(cg, "}");
+    nest_close(cg, depth);
+  } else {
+    int depth = nest_open(cg, xs->rank, dims, 2, ops);
+    if (wide)
+      line(cg, "acc%s += (double)%s;", ops[0].elem + 1, ops[1].elem); /* y[i] -> acc[i] */
+    else
+      line(cg, "%s += %s;", ops[0].elem, ops[1].elem);
+    nest_close(cg, depth);
+  }
   if (wide) {
     line(cg, "for (int64_t i = 0; i < %s; i++)", numel);
     if (div)
@@ -701,6 +769,9 @@ static const char *win_xj(const Cg *cg, const CgWin *w) {
  * of o's group. Closed by conv_close. */
 static void conv_open(Cg *cg, const CgWin *w, bool zero_yrow) {
   int64_t Cg_ = w->C / w->G, Og = w->O / w->G;
+  /* Images are independent: the forward writes y's image n, the adjoint dx's image n. */
+  if (par_worth(cg, sz_mul(w->N, (Sz){w->O * w->Ho * w->Wo, 0})))
+    par_pragma(cg);
   line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
   line(cg, "  for (int64_t o = 0; o < %" PRId64 "; o++) {", w->O);
   cg->indent += 2;
@@ -755,11 +826,19 @@ static void conv_tap(Cg *cg, const Node *n, const CgWin *w, int64_t q, int wk, c
   line(cg, "}");
 }
 
+/* The GEMM schedule of the three convolutions, chosen per node (below the direct loops). */
+static bool conv_gemm(const Graph *g, const Node *n);
+static void emit_conv_gemm(Cg *cg, const Node *n);
+
 /* CONV2D(x, w) -> y: direct convolution, loops n, o, i, p, q (unrolled: each kernel column
  * gets its own constant range of output columns, so no padding test is left inside), c, j.
  * The innermost loop runs along a row of y and a row of x (strided by SW) and vectorises;
  * y's row is the accumulator. */
 static void emit_conv2d(Cg *cg, const Node *n) {
+  if (conv_gemm(cg->g, n)) {
+    emit_conv_gemm(cg, n);
+    return;
+  }
   CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &n->shape, &n->attr);
   conv_open(cg, &w, true);
   const char *body = pool_printf(cg->g->pool, "y[yo + j] = fma%s(wv, %s, y[yo + j]);",
@@ -773,6 +852,10 @@ static void emit_conv2d(Cg *cg, const Node *n) {
  * scattered into the dx row it came from (dx zeroed first). Within one j loop the targets are
  * distinct, so it vectorises like the forward (a strided store when SW > 1). */
 static void emit_conv2d_bwd_data(Cg *cg, const Node *n) {
+  if (conv_gemm(cg->g, n)) {
+    emit_conv_gemm(cg, n);
+    return;
+  }
   CgWin w = cg_win(cg, &n->shape, &ir_at(cg->g, n->in[0])->shape, &n->attr);
   emit_zero(cg, n);
   conv_open(cg, &w, false);
@@ -798,6 +881,10 @@ static int64_t conv_filter_scratch(const Graph *g, const Node *n, const int64_t 
  * sums per weight (c, p, q) in scratch, so the inner loop has no reduction to reassociate and
  * vectorises; each row is summed into dw[o, c, p, q] at the end. */
 static void emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
+  if (conv_gemm(cg->g, n)) {
+    emit_conv_gemm(cg, n);
+    return;
+  }
   CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &ir_at(cg->g, n->in[1])->shape, &n->attr);
   int64_t Cg_ = w.C / w.G, Og = w.O / w.G, taps = Cg_ * w.KH * w.KW;
   const char *T = ctype(n->dtype);
@@ -851,10 +938,245 @@ static void emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
   line(cg, "}");
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Convolutions through the GEMM. Per image, the input is unfolded (im2col) into
+ * col[(c*KH + p)*KW + q][i*Wo + j] = x[c][i*SH - PT + p*DH][j*SW - PL + q*DW] (0 in the padding),
+ * so per group g, with K = C/G*KH*KW rows of col per group:
+ *   forward        y_n[g]  = w[g] · col_g                  (M = O/G, N = Ho*Wo, K)
+ *   input grad     dcol_g  = w[g]ᵀ · dy_n[g], then col2im  (M = K, N = Ho*Wo, K = O/G)
+ *   weight grad    dw[g]  += dy_n[g] · col_gᵀ              (M = O/G, N = K, K = Ho*Wo)
+ * each a call of kiln_sgemm (cg_gemm.c). The batch is split into cg_threads() fixed chunks of
+ * images, chunk t using slot t of the scratch region (its col buffer, GEMM packing buffers and,
+ * for the weight gradient, its own partial sums, added up in chunk order at the end), so results
+ * depend neither on which thread runs a chunk nor on whether OpenMP is on at all: without it the
+ * `omp` pragma is ignored and the chunks run one after another.
+ */
+
+/* Threads the generated kernels split work over: $KILN_THREADS, else the machine's cores. Fixed
+ * when the program is generated (it sizes the scratch region and the reductions' split). */
+static int cg_threads(void) {
+  const char *e = getenv("KILN_THREADS");
+  long t = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+  return t < 1 ? 1 : t > 64 ? 64 : (int)t;
+}
+
+/* The constant part of a conv node's window: x [N, C, H, W] against y [N, O, Ho, Wo]. */
+static CgWin conv_win(const Graph *g, const Node *n) {
+  const Shape *xs, *ys;
+  if (n->op == OP_CONV2D)
+    xs = &g->nodes[n->in[0]].shape, ys = &n->shape;
+  else if (n->op == OP_CONV2D_BWD_DATA)
+    xs = &n->shape, ys = &g->nodes[n->in[0]].shape;
+  else
+    xs = &g->nodes[n->in[0]].shape, ys = &g->nodes[n->in[1]].shape;
+  const Attr *a = &n->attr;
+  return (CgWin){.C = xs->d[1].n, .H = xs->d[2].n, .W = xs->d[3].n, .O = ys->d[1].n,
+                 .Ho = ys->d[2].n, .Wo = ys->d[3].n, .G = a->groups > 0 ? a->groups : 1,
+                 .KH = a->kernel[0], .KW = a->kernel[1], .SH = a->stride[0], .SW = a->stride[1],
+                 .DH = a->dilation[0], .DW = a->dilation[1], .PT = a->pad[0], .PL = a->pad[2]};
+}
+
+/* Scratch bytes kiln_sgemm needs for M×N×K, even below the size where matmul nodes keep their
+ * plain loop: the bound grows with M and N, and with K up to one K block. */
+static int64_t gemm_ws(int64_t M, int64_t N, int64_t K, DType dt) {
+  return cg_gemm_scratch_bytes(M < 64 ? 64 : M, N < 64 ? 64 : N, K < 8 ? 8 : K, dt);
+}
+
+static int64_t align64(int64_t b) { return (b + 63) / 64 * 64; }
+
+/* Whether conv node n runs as im2col + GEMM rather than the direct loops. Both operands must be
+ * arena tensors of n's floating type. The direct loops win when a GEMM dimension is tiny (conv1
+ * of the MNIST CNN: one input channel, K = 9); $KILN_CONV=gemm or =direct overrides the choice
+ * (the tests run every case both ways). */
+static bool conv_gemm(const Graph *g, const Node *n) {
+  const Node *a = &g->nodes[n->in[0]], *b = &g->nodes[n->in[1]];
+  if ((n->dtype != DT_F32 && n->dtype != DT_F64) || !in_arena(a) || !in_arena(b) ||
+      a->dtype != n->dtype || b->dtype != n->dtype)
+    return false;
+  const char *e = getenv("KILN_CONV");
+  if (e && !strcmp(e, "gemm"))
+    return true;
+  if (e && !strcmp(e, "direct"))
+    return false;
+  CgWin w = conv_win(g, n);
+  int64_t k = w.C / w.G * w.KH * w.KW, og = w.O / w.G;
+  return k >= 16 && og >= 8 && w.Ho * w.Wo >= 16;
+}
+
+/* One scratch slot (64-byte multiple): col, the weight gradient's partial sums, GEMM buffers. */
+static int64_t conv_slot_bytes(const Graph *g, const Node *n) {
+  CgWin w = conv_win(g, n);
+  int64_t es = (int64_t)dtype_size(n->dtype), K = w.C / w.G * w.KH * w.KW, Og = w.O / w.G;
+  int64_t HW = w.Ho * w.Wo, col = align64(w.G * K * HW * es), ws;
+  if (n->op == OP_CONV2D)
+    ws = gemm_ws(Og, HW, K, n->dtype);
+  else if (n->op == OP_CONV2D_BWD_DATA)
+    ws = gemm_ws(K, HW, Og, n->dtype);
+  else
+    ws = gemm_ws(Og, K, HW, n->dtype) + align64(w.O * K * es);
+  return col + align64(ws);
+}
+
+static int64_t conv_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
+  if (conv_gemm(g, n))
+    return 64 + cg_threads() * conv_slot_bytes(g, n);
+  return n->op == OP_CONV2D_BWD_FILTER ? conv_filter_scratch(g, n, symvals) : 0;
+}
+
+/* Opens the loop over chunks of the batch: `t` the chunk, [n0, n1) its images, `ws` its slot
+ * (base 64-byte aligned) and `col` the slot's unfolded image. Closed by conv_close_chunks. */
+static void conv_open_chunks(Cg *cg, const Node *n, int threads, Sz batch) {
+  const char *T = ctype(n->dtype);
+  line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
+  if (threads > 1)
+    line(cg, "#pragma omp parallel for num_threads(%d) schedule(static, 1)", threads);
+  line(cg, "for (int64_t t = 0; t < %d; t++) {", threads);
+  cg->indent++;
+  line(cg, "unsigned char *ws = scratch + t*%" PRId64 ";", conv_slot_bytes(cg->g, n));
+  line(cg, "%s *restrict col = (%s *)(void *)ws;", T, T);
+  line(cg, "const int64_t n0 = %s*t/%d, n1 = %s*(t + 1)/%d;", sz_c(cg, batch), threads,
+       sz_c(cg, batch), threads);
+}
+
+static void conv_close_chunks(Cg *cg) {
+  cg->indent--;
+  line(cg, "}");
+}
+
+/* Unfolds image n of x (input k of the node) into col, or with `back` folds col back into image
+ * n of y (col2im: y's image zeroed, then every col element added to the input element it was
+ * taken from). Kernel columns are unrolled, each with its constant range of valid output
+ * columns; rows in the padding are zero rows of col. */
+static void conv_im2col(Cg *cg, const Node *n, const CgWin *w, int k, bool back) {
+  int64_t HW = w->Ho * w->Wo;
+  const char *T = ctype(n->dtype);
+  const char *xs = w->SW == 1 ? "xn[xo + j]" : pool_printf(cg->g->pool, "xn[xo + j*%" PRId64 "]", w->SW);
+  if (back) {
+    line(cg, "%s *restrict xn = y + n*%" PRId64 ";", T, w->C * w->H * w->W);
+    line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++)", w->C * w->H * w->W);
+    line(cg, "  xn[e] = 0;");
+  } else {
+    line(cg, "const %s *restrict xn = %s + n*%" PRId64 ";", T, param_names[k],
+         w->C * w->H * w->W);
+  }
+  line(cg, "for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
+  line(cg, "  for (int64_t p = 0; p < %" PRId64 "; p++) {", w->KH);
+  cg->indent += 2;
+  for (int64_t q = 0; q < w->KW; q++) {
+    int64_t j0, j1;
+    win_cols(w, q, &j0, &j1);
+    if (back && j0 == j1)
+      continue;
+    line(cg, "{ /* q = %" PRId64 " */", q);
+    cg->indent++;
+    line(cg, "%s%s *restrict d = col + ((c*%" PRId64 " + p)*%" PRId64 " + %" PRId64 ")*%" PRId64 ";",
+         back ? "const " : "", T, w->KH, w->KW, q, HW);
+    line(cg, "for (int64_t i = 0; i < %" PRId64 "; i++) {", w->Ho);
+    cg->indent++;
+    line(cg, "const int64_t r = i*%" PRId64 " - %" PRId64 " + p*%" PRId64 ";", w->SH, w->PT,
+         w->DH);
+    if (back) {
+      line(cg, "if (r < 0 || r >= %" PRId64 ")", w->H);
+      line(cg, "  continue;");
+      line(cg, "const int64_t xo = (c*%" PRId64 " + r)*%" PRId64 " + (%" PRId64 ");", w->H, w->W,
+           q * w->DW - w->PL);
+      line(cg, "for (int64_t j = %" PRId64 "; j < %" PRId64 "; j++)", j0, j1);
+      line(cg, "  %s += d[i*%" PRId64 " + j];", xs, w->Wo);
+    } else {
+      line(cg, "%s *restrict di = d + i*%" PRId64 ";", T, w->Wo);
+      line(cg, "if (r < 0 || r >= %" PRId64 ") {", w->H);
+      line(cg, "  for (int64_t j = 0; j < %" PRId64 "; j++)", w->Wo);
+      line(cg, "    di[j] = 0;");
+      line(cg, "  continue;");
+      line(cg, "}");
+      line(cg, "const int64_t xo = (c*%" PRId64 " + r)*%" PRId64 " + (%" PRId64 ");", w->H,
+           w->W, q * w->DW - w->PL);
+      if (j0 > 0) {
+        line(cg, "for (int64_t j = 0; j < %" PRId64 "; j++)", j0);
+        line(cg, "  di[j] = 0;");
+      }
+      if (j1 > j0) {
+        line(cg, "for (int64_t j = %" PRId64 "; j < %" PRId64 "; j++)", j0, j1);
+        line(cg, "  di[j] = %s;", xs);
+      }
+      if (j1 < w->Wo) {
+        line(cg, "for (int64_t j = %" PRId64 "; j < %" PRId64 "; j++)", j1, w->Wo);
+        line(cg, "  di[j] = 0;");
+      }
+    }
+    cg->indent--;
+    line(cg, "}");
+    cg->indent--;
+    line(cg, "}");
+  }
+  cg->indent -= 2;
+  line(cg, "  }");
+}
+
+/* The three convolutions as im2col + GEMM (see above). */
+static void emit_conv_gemm(Cg *cg, const Node *n) {
+  CgWin w = conv_win(cg->g, n);
+  int threads = cg_threads();
+  int64_t K = w.C / w.G * w.KH * w.KW, Og = w.O / w.G, HW = w.Ho * w.Wo;
+  int64_t ysz = w.O * HW;
+  int64_t colb = align64(w.G * K * HW * (int64_t)dtype_size(n->dtype));
+  const char *gm = cg_gemm_name(n->dtype), *T = ctype(n->dtype);
+  /* Every operand's batch is its first dimension; dx's is the node's own. */
+  Sz N = sz_dim(cg, (n->op == OP_CONV2D_BWD_DATA ? &n->shape : &ir_at(cg->g, n->in[0])->shape)->d[0]);
+  conv_open_chunks(cg, n, threads, N);
+  if (n->op == OP_CONV2D_BWD_FILTER) {
+    line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, colb);
+    line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++)", w.O * K);
+    line(cg, "  part[e] = 0;");
+    line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb + align64(w.O * K * (int64_t)dtype_size(n->dtype)));
+  } else {
+    line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb);
+  }
+  line(cg, "for (int64_t n = n0; n < n1; n++) {");
+  cg->indent++;
+  if (n->op == OP_CONV2D) {
+    conv_im2col(cg, n, &w, 0, false);
+    line(cg, "for (int64_t g = 0; g < %" PRId64 "; g++)", w.G);
+    line(cg, "  %s(%" PRId64 ", %" PRId64 ", %" PRId64 ", b + g*%" PRId64 ", %" PRId64
+             ", 0, col + g*%" PRId64 ", %" PRId64 ", 0, y + n*%" PRId64 " + g*%" PRId64
+             ", %" PRId64 ", gws);",
+         gm, Og, HW, K, Og * K, K, K * HW, HW, ysz, Og * HW, HW);
+  } else if (n->op == OP_CONV2D_BWD_DATA) {
+    line(cg, "for (int64_t g = 0; g < %" PRId64 "; g++)", w.G);
+    line(cg, "  %s(%" PRId64 ", %" PRId64 ", %" PRId64 ", b + g*%" PRId64 ", %" PRId64
+             ", 1, a + n*%" PRId64 " + g*%" PRId64 ", %" PRId64 ", 0, col + g*%" PRId64
+             ", %" PRId64 ", gws);",
+         gm, K, HW, Og, Og * K, K, ysz, Og * HW, HW, K * HW, HW);
+    conv_im2col(cg, n, &w, 0, true);
+  } else {
+    conv_im2col(cg, n, &w, 0, false);
+    line(cg, "for (int64_t g = 0; g < %" PRId64 "; g++)", w.G);
+    line(cg, "  %s_acc(%" PRId64 ", %" PRId64 ", %" PRId64 ", b + n*%" PRId64 " + g*%" PRId64
+             ", %" PRId64 ", 0, col + g*%" PRId64 ", %" PRId64 ", 1, part + g*%" PRId64
+             ", %" PRId64 ", 1, gws);",
+         gm, Og, K, HW, ysz, Og * HW, HW, K * HW, HW, Og * K, K);
+  }
+  cg->indent--;
+  line(cg, "}");
+  conv_close_chunks(cg);
+  if (n->op == OP_CONV2D_BWD_FILTER) {
+    /* The chunks' partial sums, added in chunk order. */
+    line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++) {", w.O * K);
+    line(cg, "  %s s = 0;", T);
+    line(cg, "  for (int64_t t = 0; t < %d; t++)", threads);
+    line(cg, "    s += ((const %s *)(void *)(scratch + t*%" PRId64 " + %" PRId64 "))[e];", T,
+         conv_slot_bytes(cg->g, n), colb);
+    line(cg, "  y[e] = s;");
+    line(cg, "}");
+  }
+}
+
 /* Opens the loops over every pool window (n, c, i, j), with yi the output element, and the
  * taps of the window (p, q), padding skipped, with xi the input element. Six loops to close
  * with pool_close, the last two with pool_close_taps first. */
 static void pool_open_windows(Cg *cg, const CgWin *w) {
+  if (par_worth(cg, sz_mul(w->N, (Sz){w->C * w->H * w->W, 0})))
+    par_pragma(cg);
   line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
   line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
   line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
@@ -909,8 +1231,58 @@ static void maxpool_argmax(Cg *cg, const Node *n, const CgWin *w) {
   pool_close_taps(cg);
 }
 
+/* Whether the pool's windows tile the input without overlap or padding (kernel = stride, the
+ * MNIST CNN's 2×2 pools): every tap is in bounds and every input element is in at most one
+ * window, so the taps can be unrolled with no test and the adjoint needs no accumulation. */
+static bool pool_tiles(const CgWin *w) {
+  return w->KH == w->SH && w->KW == w->SW && w->DH == 1 && w->DW == 1 && w->PT == 0 &&
+         w->PL == 0 && w->KH * w->KW <= 16 && w->Ho * w->SH <= w->H && w->Wo * w->SW <= w->W;
+}
+
+/* Opens the loops over rows of tiling windows: n, c, i, j, with xw the input element of tap
+ * (0, 0) of window (i, j) and yi the output element. Closed by pool_close. */
+static void pool_open_tiles(Cg *cg, const CgWin *w) {
+  if (par_worth(cg, sz_mul(w->N, (Sz){w->C * w->H * w->W, 0})))
+    par_pragma(cg);
+  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
+  line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
+  line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
+  line(cg, "      for (int64_t j = 0; j < %" PRId64 "; j++) {", w->Wo);
+  cg->indent += 4;
+  line(cg, "const int64_t yi = ((n*%" PRId64 " + c)*%" PRId64 " + i)*%" PRId64 " + j;", w->C,
+       w->Ho, w->Wo);
+  line(cg, "const int64_t xw = ((n*%" PRId64 " + c)*%" PRId64 " + i*%" PRId64 ")*%" PRId64
+           " + j*%" PRId64 ";",
+       w->C, w->H, w->SH, w->W, w->SW);
+}
+
+/* The first maximum of a tiling window, taps unrolled as selects (so the j loop vectorises):
+ * m its value, bt its tap number, with the reference's rule (a later tap wins when strictly
+ * greater, or NaN). */
+static void maxpool_tile_argmax(Cg *cg, const Node *n, const CgWin *w, bool want_tap) {
+  const char *T = ctype(n->dtype);
+  line(cg, "%s m = %s;", T, in_at(cg, n, 0, "xw"));
+  if (want_tap)
+    line(cg, "int bt = 0;");
+  for (int64_t t = 1; t < w->KH * w->KW; t++) {
+    int64_t off = t / w->KW * w->W + t % w->KW;
+    line(cg, "{ const %s v = %s; const int gt = v > m || v != v;", T,
+         in_at(cg, n, 0, pool_printf(cg->g->pool, "xw + %" PRId64, off)));
+    if (want_tap)
+      line(cg, "  bt = gt ? %" PRId64 " : bt;", t);
+    line(cg, "  m = gt ? v : m; }");
+  }
+}
+
 static void emit_maxpool2d(Cg *cg, const Node *n) {
   CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &n->shape, &n->attr);
+  if (pool_tiles(&w)) {
+    pool_open_tiles(cg, &w);
+    maxpool_tile_argmax(cg, n, &w, false);
+    line(cg, "y[yi] = m;");
+    pool_close(cg);
+    return;
+  }
   pool_open_windows(cg, &w);
   maxpool_argmax(cg, n, &w);
   line(cg, "y[yi] = best < 0 ? (%s)-INFINITY : %s;", ctype(n->dtype), in_at(cg, n, 0, "best"));
@@ -920,6 +1292,20 @@ static void emit_maxpool2d(Cg *cg, const Node *n) {
 /* MAXPOOL2D_GRAD(x, dy) -> dx: each dy to its window's first maximum; overlapping windows add. */
 static void emit_maxpool2d_grad(Cg *cg, const Node *n) {
   CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &ir_at(cg->g, n->in[1])->shape, &n->attr);
+  if (pool_tiles(&w)) {
+    /* Each tap of a window is written once: dy at the first maximum, 0 elsewhere; only rows
+     * and columns no window covers need zeroing beforehand. */
+    if (w.Ho * w.SH != w.H || w.Wo * w.SW != w.W)
+      emit_zero(cg, n);
+    pool_open_tiles(cg, &w);
+    maxpool_tile_argmax(cg, n, &w, true);
+    line(cg, "const %s gv = %s;", ctype(n->dtype), in_at(cg, n, 1, "yi"));
+    for (int64_t t = 0; t < w.KH * w.KW; t++)
+      line(cg, "y[xw + %" PRId64 "] = bt == %" PRId64 " ? gv : (%s)0;",
+           t / w.KW * w.W + t % w.KW, t, ctype(n->dtype));
+    pool_close(cg);
+    return;
+  }
   emit_zero(cg, n);
   pool_open_windows(cg, &w);
   maxpool_argmax(cg, n, &w);
@@ -1045,7 +1431,9 @@ static const CgScratch scratch_rules[OP_COUNT] = {
     [OP_SUM] = reduce_scratch,
     [OP_MEAN] = reduce_scratch,
     [OP_SUM_TO] = reduce_scratch,
-    [OP_CONV2D_BWD_FILTER] = conv_filter_scratch,
+    [OP_CONV2D] = conv_scratch,
+    [OP_CONV2D_BWD_DATA] = conv_scratch,
+    [OP_CONV2D_BWD_FILTER] = conv_scratch,
     [OP_MATMUL] = matmul_scratch,
 };
 
@@ -1404,8 +1792,10 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
   for (int t = 0; t < 2; t++)
     for (int i = 0; i < g->nnodes; i++) {
       const Node *n = ir_at(g, i);
-      if (cg.used[i] && n->op == OP_MATMUL && n->dtype == (t ? DT_F64 : DT_F32) &&
-          matmul_scratch(g, n, plan->symvals) > 0) {
+      bool gemm = n->op == OP_MATMUL ? matmul_scratch(g, n, plan->symvals) > 0
+                  : n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA ||
+                          n->op == OP_CONV2D_BWD_FILTER ? conv_gemm(g, n) : false;
+      if (cg.used[i] && gemm && n->dtype == (t ? DT_F64 : DT_F32)) {
         cg_gemm_emit(n->dtype, out);
         break;
       }

@@ -515,6 +515,105 @@ START_TEST(conv2d_and_adjoints) {
 }
 END_TEST
 
+/* The same cases through im2col + GEMM (cg_c.c's conv_gemm, forced on), the batch split into
+ * three chunks so that some are empty at batches 2 and 1. */
+START_TEST(conv2d_and_adjoints_gemm) {
+  setenv("KILN_CONV", "gemm", 1);
+  setenv("KILN_THREADS", "3", 1);
+  const ConvCase *k = &conv_cases[_i / 2];
+  DType dt = _i % 2 ? DT_F64 : DT_F32;
+  int x = input("x", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
+  int w = param("w", dt, S4(C_(k->O), C_(k->C / k->G), C_(k->kh), C_(k->kw)));
+  Attr a;
+  conv_attr(k, &a);
+  int y = ir_node(g, OP_CONV2D, 2, (int[]){x, w}, &a, L0);
+  out("y", y);
+  int dy = input("dy", dt, ir_at(g, y)->shape);
+  out("dx", ir_node(g, OP_CONV2D_BWD_DATA, 2, (int[]){dy, w}, &a, L0));
+  out("dw", ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0));
+  Run r;
+  run_open(&r, 3);
+  ck_assert_ptr_nonnull(strstr(r.src.p, dt == DT_F64 ? "kiln_dgemm_acc(" : "kiln_sgemm_acc("));
+  ck_assert_ptr_nonnull(strstr(r.src.p, "#pragma omp parallel for num_threads(3)"));
+  randomise(&r, 42, -1.0, 1.0);
+  run_compare(&r, KILN_ENTRY_GRAD, 3);
+  run_compare(&r, KILN_ENTRY_GRAD, 2);
+  run_compare(&r, KILN_ENTRY_GRAD, 1);
+  run_close(&r);
+}
+END_TEST
+
+/* Every f32 output of the grad entry at batch, as raw bytes. */
+static unsigned char *grad_outputs(const char *src, int64_t batch, size_t *len) {
+  Buf err = {0};
+  void *h;
+  const kiln_program *p = aot_load_shared(src, &h, &err);
+  ck_assert_msg(p != NULL, "%s", err.p);
+  buf_free(&err);
+  size_t bytes = ((size_t)p->arena_bytes + 63) / 64 * 64;
+  unsigned char *arena = aligned_alloc(64, bytes);
+  memset(arena, 0, bytes);
+  RtRng rng;
+  rt_rng_seed(&rng, 7);
+  for (int i = 0; i < p->ntensors; i++)
+    if (p->tensors[i].role != KILN_ROLE_OUTPUT)
+      for (int64_t k = 0; k < rt_numel(&p->tensors[i], p->batch); k++)
+        ((float *)(arena + p->tensors[i].offset))[k] = (float)rt_rng_uniform(&rng) - 0.5f;
+  p->grad(arena, batch);
+  Buf o = {0};
+  for (int i = 0; i < p->ntensors; i++)
+    if (p->tensors[i].role == KILN_ROLE_OUTPUT) {
+      size_t n = (size_t)rt_numel(&p->tensors[i], batch) * sizeof(float);
+      for (size_t k = 0; k < n; k++)
+        buf_printf(&o, "%02x", arena[p->tensors[i].offset + (int64_t)k]);
+    }
+  free(arena);
+  dlclose(h);
+  *len = o.len;
+  return (unsigned char *)o.p;
+}
+
+/* Threaded convolutions split the batch into fixed chunks with private scratch and add the
+ * weight gradient's partial sums in chunk order: the results are bit-identical from run to run
+ * and with OpenMP off (the pragmas stripped, so aot.c compiles without -fopenmp). */
+START_TEST(conv_threads_deterministic) {
+  setenv("KILN_CONV", "gemm", 1);
+  setenv("KILN_THREADS", "2", 1);
+  int x = input("x", DT_F32, S4(B_(1), C_(8), C_(14), C_(14)));
+  int w = param("w", DT_F32, S4(C_(32), C_(8), C_(5), C_(5)));
+  Attr a;
+  conv_attr(&(ConvCase){8, 14, 14, 32, 1, 5, 5, 1, 1, 1, 1, {2, 2, 2, 2}}, &a);
+  int y = ir_node(g, OP_CONV2D, 2, (int[]){x, w}, &a, L0);
+  out("y", y);
+  int dy = input("dy", DT_F32, ir_at(g, y)->shape);
+  out("dx", ir_node(g, OP_CONV2D_BWD_DATA, 2, (int[]){dy, w}, &a, L0));
+  out("dw", ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0));
+  Plan p;
+  Buf src = {0};
+  plan_build(g, 16, &p);
+  cg_emit_c(g, &p, &src);
+  ck_assert_ptr_nonnull(strstr(src.p, "#pragma omp parallel for num_threads(2)"));
+  for (int64_t batch = 16; batch > 0; batch -= 9) {
+    size_t n1, n2, n3;
+    unsigned char *r1 = grad_outputs(src.p, batch, &n1);
+    unsigned char *r2 = grad_outputs(src.p, batch, &n2);
+    char *plain = strdup(src.p);
+    for (char *q = plain; (q = strstr(q, "#pragma omp ")) != NULL;)
+      q[0] = q[1] = '/'; /* the line becomes a comment */
+    unsigned char *r3 = grad_outputs(plain, batch, &n3);
+    ck_assert(n1 == n2 && n1 == n3 && n1 > 0);
+    ck_assert_msg(!memcmp(r1, r2, n1), "threaded results differ from run to run");
+    ck_assert_msg(!memcmp(r1, r3, n1), "threaded results differ from the unthreaded build");
+    free(r1);
+    free(r2);
+    free(r3);
+    free(plain);
+  }
+  buf_free(&src);
+  plan_free(&p);
+}
+END_TEST
+
 /* A pool: input [B, C, H, W], kernel, stride, dilation, padding [top, bottom, left, right]. */
 typedef struct PoolCase {
   int64_t C, H, W, kh, kw, sh, sw, dh, dw, pad[4];
@@ -993,6 +1092,9 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, concat_and_slice, 0, 2);
   tcase_add_loop_test(tc, conv2d_and_adjoints, 0,
                       (int)(2 * sizeof conv_cases / sizeof *conv_cases));
+  tcase_add_loop_test(tc, conv2d_and_adjoints_gemm, 0,
+                      (int)(2 * sizeof conv_cases / sizeof *conv_cases));
+  tcase_add_test(tc, conv_threads_deterministic);
   tcase_add_loop_test(tc, pools_and_adjoints, 0,
                       (int)(2 * sizeof pool_cases / sizeof *pool_cases));
   tcase_add_test(tc, conv_filter_uses_scratch);
