@@ -69,7 +69,7 @@ static void sides_free(Sides *s) {
 }
 
 /* Plans g at batch and emits its C, failing with the compiler's message on out. */
-static int plan_and_emit(Graph *g, int64_t batch, Sides *s, bool emit, FILE *out) {
+static int plan_and_emit(Graph *g, int64_t batch, Sides *s, bool emit) {
   Trap t;
   if (KILN_TRY(&t)) {
     plan_build(g, batch, &s->plan);
@@ -80,28 +80,28 @@ static int plan_and_emit(Graph *g, int64_t batch, Sides *s, bool emit, FILE *out
     return 0;
   }
   kiln_trap_end(&t);
-  fputs(t.msg, out);
+  fputs(t.msg, stderr);
   return -1;
 }
 
-static int make_compiled(Sides *s, FILE *out) {
+static int make_compiled(Sides *s) {
   Buf err = {0};
   s->prog = aot_load_shared(s->src.p, &s->handle, &err);
   if (!s->prog) {
-    fprintf(out, "kiln: error: compiling the generated code failed:\n%s", err.p ? err.p : "");
+    fprintf(stderr, "kiln: error: compiling the generated code failed:\n%s", err.p ? err.p : "");
     buf_free(&err);
     return -1;
   }
   buf_free(&err);
   if (s->prog->ntensors != s->plan.ntensors) {
-    fprintf(out, "kiln: error: the compiled program has %d tensors, the plan %d\n",
+    fprintf(stderr, "kiln: error: the compiled program has %d tensors, the plan %d\n",
             s->prog->ntensors, s->plan.ntensors);
     return -1;
   }
   size_t bytes = ((size_t)s->prog->arena_bytes + 63) / 64 * 64;
   s->arena = aligned_alloc(64, bytes ? bytes : 64);
   if (!s->arena) {
-    fprintf(out, "kiln: error: out of memory for a %lld-byte arena\n",
+    fprintf(stderr, "kiln: error: out of memory for a %lld-byte arena\n",
             (long long)s->prog->arena_bytes);
     return -1;
   }
@@ -111,21 +111,21 @@ static int make_compiled(Sides *s, FILE *out) {
   return 0;
 }
 
-static int make_reference(Graph *g, Sides *s, FILE *out) {
+static int make_reference(Graph *g, Sides *s) {
   s->it = interp_new(g, s->plan.batch, false);
   if (!s->it) {
-    fprintf(out, "kiln: error: cannot create the reference runtime\n");
+    fprintf(stderr, "kiln: error: cannot create the reference runtime\n");
     return -1;
   }
   interp_backend(s->it, &s->plan, &s->rprog, &s->rbe);
   return 0;
 }
 
-static int run(RtBackend *be, int entry, int64_t batch, const char *side, FILE *out) {
+static int run(RtBackend *be, int entry, int64_t batch, const char *side) {
   char err[RT_ERR_LEN] = "";
   if (be->run(be->self, entry, batch, err) == 0)
     return 0;
-  fprintf(out, "kiln: error: %s runtime: %s\n", side, err);
+  fprintf(stderr, "kiln: error: %s runtime: %s\n", side, err);
   return -1;
 }
 
@@ -248,7 +248,7 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
   Sides s = {0};
   int rc = 1;
   double *buf = NULL, *x = NULL, *r = NULL;
-  if (plan_and_emit(g, batch, &s, true, out) || make_compiled(&s, out) || make_reference(g, &s, out))
+  if (plan_and_emit(g, batch, &s, true) || make_compiled(&s) || make_reference(g, &s))
     goto done;
 
   int64_t maxn = 1;
@@ -261,7 +261,7 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
   x = malloc((size_t)maxn * sizeof *x);
   r = malloc((size_t)maxn * sizeof *r);
   if (!buf || !x || !r) {
-    fprintf(out, "kiln: error: out of memory\n");
+    fprintf(stderr, "kiln: error: out of memory\n");
     goto done;
   }
   DType dt = g->nparams > 0 ? ir_at(g, g->params[0])->dtype : DT_F32;
@@ -282,8 +282,8 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
       (1u << KILN_ROLE_PARAM) | (1u << KILN_ROLE_STATE) | (1u << KILN_ROLE_OPT);
 
   /* 1. Gradients. */
-  if (run(&s.cbe, KILN_ENTRY_GRAD, s.plan.batch, "compiled", out) ||
-      run(&s.rbe, KILN_ENTRY_GRAD, s.plan.batch, "reference", out))
+  if (run(&s.cbe, KILN_ENTRY_GRAD, s.plan.batch, "compiled") ||
+      run(&s.rbe, KILN_ENTRY_GRAD, s.plan.batch, "reference"))
     goto done;
   compare_all(&s, out_role, KILN_ENTRY_GRAD, s.plan.batch, "grad", x, r, &ty, out);
 
@@ -292,16 +292,16 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
     char phase[32];
     snprintf(phase, sizeof phase, "train %d", step);
     random_inputs(g, &s, &rng, buf);
-    if (run(&s.cbe, KILN_ENTRY_TRAIN, s.plan.batch, "compiled", out) ||
-        run(&s.rbe, KILN_ENTRY_TRAIN, s.plan.batch, "reference", out))
+    if (run(&s.cbe, KILN_ENTRY_TRAIN, s.plan.batch, "compiled") ||
+        run(&s.rbe, KILN_ENTRY_TRAIN, s.plan.batch, "reference"))
       goto done;
     compare_all(&s, out_role, KILN_ENTRY_TRAIN, s.plan.batch, phase, x, r, &ty, out);
     compare_all(&s, persistent, KILN_ENTRY_TRAIN, s.plan.batch, phase, x, r, &ty, out);
   }
 
   /* 3. Evaluation. */
-  if (run(&s.cbe, KILN_ENTRY_EVAL, s.plan.batch, "compiled", out) ||
-      run(&s.rbe, KILN_ENTRY_EVAL, s.plan.batch, "reference", out))
+  if (run(&s.cbe, KILN_ENTRY_EVAL, s.plan.batch, "compiled") ||
+      run(&s.rbe, KILN_ENTRY_EVAL, s.plan.batch, "reference"))
     goto done;
   compare_all(&s, out_role, KILN_ENTRY_EVAL, s.plan.batch, "eval", x, r, &ty, out);
 
@@ -310,8 +310,8 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
     int64_t small = s.plan.batch / 2;
     char phase[32];
     snprintf(phase, sizeof phase, "grad @%lld", (long long)small);
-    if (run(&s.cbe, KILN_ENTRY_GRAD, small, "compiled", out) ||
-        run(&s.rbe, KILN_ENTRY_GRAD, small, "reference", out))
+    if (run(&s.cbe, KILN_ENTRY_GRAD, small, "compiled") ||
+        run(&s.rbe, KILN_ENTRY_GRAD, small, "reference"))
       goto done;
     compare_all(&s, out_role, KILN_ENTRY_GRAD, small, phase, x, r, &ty, out);
   }
@@ -347,7 +347,7 @@ static const char *tangent_of(const char *name) {
 
 /* The batch the inputs file implies: from the first model input with a batch dimension. */
 static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *path,
-                      int64_t *batch, FILE *out) {
+                      int64_t *batch) {
   *batch = 0;
   for (int i = 0; i < g->nnodes && *batch == 0; i++) {
     const Node *n = ir_at(g, i);
@@ -355,7 +355,7 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
       continue;
     const RtNamedTensor *t = find_named(in, nin, n->name);
     if (!t) {
-      fprintf(out, "kiln: error: %s: no tensor '%s' (a model input)\n", path, n->name);
+      fprintf(stderr, "kiln: error: %s: no tensor '%s' (a model input)\n", path, n->name);
       return -1;
     }
     for (int k = 0; k < n->shape.rank; k++)
@@ -364,7 +364,7 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
           char want[160], have[160];
           shape_str(g, &n->shape, want, sizeof want);
           rt_format_dims(have, sizeof have, t->rank, t->dims);
-          fprintf(out, "kiln: error: %s: tensor '%s' has shape %s but the model needs %s\n",
+          fprintf(stderr, "kiln: error: %s: tensor '%s' has shape %s but the model needs %s\n",
                   path, n->name, have, want);
           return -1;
         }
@@ -381,7 +381,7 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
  * With `tangents`, only the tangent inputs, each from the tensor named after its parameter;
  * without, every tensor of the role but those. */
 static int load_role(const Plan *p, RtBackend *be, int role, bool tangents,
-                     const RtNamedTensor *ts, int n, const char *path, FILE *out) {
+                     const RtNamedTensor *ts, int n, const char *path) {
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
     const char *param = tangent_of(t->name);
@@ -391,10 +391,10 @@ static int load_role(const Plan *p, RtBackend *be, int role, bool tangents,
     const RtNamedTensor *f = find_named(ts, n, name);
     if (!f) {
       if (param)
-        fprintf(out, "kiln: error: %s: no tensor '%s' (the direction for parameter '%s')\n",
+        fprintf(stderr, "kiln: error: %s: no tensor '%s' (the direction for parameter '%s')\n",
                 path, name, name);
       else
-        fprintf(out, "kiln: error: %s: no tensor '%s' (a model %s)\n", path, name,
+        fprintf(stderr, "kiln: error: %s: no tensor '%s' (a model %s)\n", path, name,
                 role == KILN_ROLE_INPUT ? "input" : "parameter");
       return -1;
     }
@@ -405,7 +405,7 @@ static int load_role(const Plan *p, RtBackend *be, int role, bool tangents,
       char want[160], have[160];
       rt_format_dims(want, sizeof want, t->rank, t->dims);
       rt_format_dims(have, sizeof have, f->rank, f->dims);
-      fprintf(out, "kiln: error: %s: tensor '%s' has shape %s but %s %s\n", path, name, have,
+      fprintf(stderr, "kiln: error: %s: tensor '%s' has shape %s but %s %s\n", path, name, have,
               param ? "the parameter is" : "the model needs", want);
       return -1;
     }
@@ -442,14 +442,14 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
   if (rt_safetensors_load(params_path, &pt, &np, err) ||
       rt_safetensors_load(inputs_path, &it, &ni, err) ||
       (tangents_path && rt_safetensors_load(tangents_path, &tt, &nt, err))) {
-    fprintf(out, "kiln: error: %s\n", err);
+    fprintf(stderr, "kiln: error: %s\n", err);
     goto done;
   }
   int64_t batch;
-  if (grad_batch(g, it, ni, inputs_path, &batch, out) ||
-      plan_and_emit(g, batch, &s, !use_reference, out))
+  if (grad_batch(g, it, ni, inputs_path, &batch) ||
+      plan_and_emit(g, batch, &s, !use_reference))
     goto done;
-  if (use_reference ? make_reference(g, &s, out) : make_compiled(&s, out))
+  if (use_reference ? make_reference(g, &s) : make_compiled(&s))
     goto done;
   RtBackend *be = use_reference ? &s.rbe : &s.cbe;
 
@@ -463,7 +463,7 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
   buf = malloc((size_t)maxn * sizeof *buf);
   ot = calloc((size_t)s.plan.ntensors + 1, sizeof *ot);
   if (!buf || !ot) {
-    fprintf(out, "kiln: error: out of memory\n");
+    fprintf(stderr, "kiln: error: out of memory\n");
     goto done;
   }
   for (int i = 0; i < s.plan.ntensors; i++) {
@@ -482,12 +482,12 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
       }
     }
   }
-  if (load_role(&s.plan, be, KILN_ROLE_PARAM, false, pt, np, params_path, out) ||
-      load_role(&s.plan, be, KILN_ROLE_INPUT, false, it, ni, inputs_path, out) ||
+  if (load_role(&s.plan, be, KILN_ROLE_PARAM, false, pt, np, params_path) ||
+      load_role(&s.plan, be, KILN_ROLE_INPUT, false, it, ni, inputs_path) ||
       (tangents_path &&
-       load_role(&s.plan, be, KILN_ROLE_INPUT, true, tt, nt, tangents_path, out)))
+       load_role(&s.plan, be, KILN_ROLE_INPUT, true, tt, nt, tangents_path)))
     goto done;
-  if (run(be, KILN_ENTRY_GRAD, s.plan.batch, use_reference ? "reference" : "compiled", out))
+  if (run(be, KILN_ENTRY_GRAD, s.plan.batch, use_reference ? "reference" : "compiled"))
     goto done;
 
   /* "loss", then each gradient (or H v) under its parameter's name; jvp: the loss, the output
@@ -503,7 +503,7 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
     int64_t n = rt_numel(t, s.plan.batch);
     o->values = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
     if (!o->values) {
-      fprintf(out, "kiln: error: out of memory\n");
+      fprintf(stderr, "kiln: error: out of memory\n");
       goto done;
     }
     no++;
@@ -517,7 +517,7 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
               use_reference ? "reference" : "compiled");
   }
   if (rt_safetensors_save(out_path, ot, no, err)) {
-    fprintf(out, "kiln: error: %s\n", err);
+    fprintf(stderr, "kiln: error: %s\n", err);
     goto done;
   }
   if (d == DERIV_JVP)
