@@ -27,51 +27,7 @@
 #include "compiler.h"
 #include "interp.h"
 
-#define SHAPE(...) \
-  shape_of((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
-
-static const Loc L0 = {0};
-static Graph *g;
-static char err[RT_ERR_LEN];
-
-static void setup(void) { g = ir_new("t"); }
-static void teardown(void) { ir_free(g); }
-
-/* A fixed-seed generator local to the tests, so their inputs never change. */
-static uint64_t rng_state;
-static double uniform(double lo, double hi) {
-  rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
-  return lo + (hi - lo) * (double)(rng_state >> 11) * (1.0 / 9007199254740992.0);
-}
-
-/* How to fill a leaf: uniform in [lo, hi]; `kinkfree` keeps |x| >= 0.2 so relu is smooth near
- * every sample; `values` gives exact values instead (labels). */
-typedef struct Fill {
-  int node;
-  double lo, hi;
-  bool kinkfree;
-  const double *values;
-} Fill;
-
-static int leaf(const char *name, Shape s) {
-  return ir_leaf(g, OP_PARAM, ROLE_PARAM, name, DT_F64, s, L0);
-}
-static int input(const char *name, DType dt, Shape s) {
-  return ir_leaf(g, OP_INPUT, ROLE_INPUT, name, dt, s, L0);
-}
-
-static void fill(Interp *it, const Fill *f) {
-  double *v = interp_data(it, f->node);
-  for (int64_t i = 0; i < interp_numel(it, f->node); i++) {
-    if (f->values) {
-      v[i] = f->values[i];
-      continue;
-    }
-    v[i] = uniform(f->lo, f->hi);
-    if (f->kinkfree && fabs(v[i]) < 0.2)
-      v[i] = v[i] < 0 ? v[i] - 0.2 : v[i] + 0.2;
-  }
-}
+#include "graph_harness.h"
 
 /* loss = sum(y * R), R a literal constant of y's shape. */
 static int weighted_sum(int y) {
@@ -149,9 +105,6 @@ static void gradcheck(int y, const Fill *wrt, int nwrt, const Fill *fixed, int n
   gradcheck_loss(weighted_sum(y), wrt, nwrt, fixed, nfixed);
 }
 
-#define ANY(x) {x, -1, 1, false, NULL}
-#define POS(x) {x, 0.5, 2, false, NULL}
-#define KINKFREE(x) {x, -1, 1, true, NULL}
 
 static void check_binary(Op op, Shape sa, Shape sb, bool positive_b) {
   rng_state = 42;
@@ -348,10 +301,6 @@ END_TEST
 START_TEST(vjp_tanh) { check_unary(OP_TANH, (Fill){0, -2, 2, false, NULL}); }
 END_TEST
 
-static int op1(Op op, int x, const Attr *a) { return ir_node(g, op, 1, &x, a, L0); }
-static int op2(Op op, int a, int b, const Attr *at) {
-  return ir_node(g, op, 2, (int[]){a, b}, at, L0);
-}
 
 START_TEST(vjp_leaky_relu) {
   rng_state = 30;
@@ -489,23 +438,6 @@ END_TEST
 /* ---- issue 3: 2-D windows ---- */
 
 /* Window attributes: kernel [kh, kw], stride, padding [top, bottom, left, right], dilation. */
-typedef struct Win {
-  int64_t k[2], s[2], p[4], d[2], groups;
-  bool include_pad;
-} Win;
-
-static Attr win_attr(const Win *w) {
-  Attr a = {0};
-  for (int i = 0; i < 2; i++) {
-    a.kernel[i] = w->k[i];
-    a.stride[i] = w->s[i] ? w->s[i] : 1;
-    a.dilation[i] = w->d[i] ? w->d[i] : 1;
-  }
-  memcpy(a.pad, w->p, sizeof a.pad);
-  a.groups = w->groups ? w->groups : 1;
-  a.count_include_pad = w->include_pad;
-  return a;
-}
 
 /* conv2d in x and w; then its two adjoints on their own, in both of their inputs: the
  * second-order rules that double backward goes through. */
@@ -528,7 +460,6 @@ static void check_conv(Shape xs, int64_t out_ch, Win w) {
   gradcheck(op2(OP_CONV2D_BWD_FILTER, x, dy, &a), ff, 2, NULL, 0);
 }
 
-#define WIN(...) ((Win){__VA_ARGS__})
 
 START_TEST(vjp_conv2d_plain) { check_conv(SHAPE(2, 3, 5, 5), 4, WIN(.k = {3, 3})); }
 END_TEST
@@ -595,22 +526,6 @@ START_TEST(conv2d_double_backward) {
 }
 END_TEST
 
-/* Distinct inputs at least 0.05 apart in shuffled order, so that no window has two maxima
- * within the finite-difference step. */
-static double *distinct_values(int64_t n) {
-  double *v = malloc((size_t)n * sizeof *v);
-  for (int64_t i = 0; i < n; i++)
-    v[i] = 0.05 * (double)i - 0.025 * (double)n;
-  for (int64_t i = n - 1; i > 0; i--) {
-    int64_t j = (int64_t)uniform(0, (double)i + 1);
-    if (j > i)
-      j = i;
-    double t = v[i];
-    v[i] = v[j];
-    v[j] = t;
-  }
-  return v;
-}
 
 static void check_maxpool(Shape xs, Win w) {
   rng_state = 70 + (uint64_t)(xs.d[2].n + w.k[1]);
