@@ -23,12 +23,13 @@
  * (runtime/interp.c) is the meaning every kernel is checked against.
  *
  * Threads: with cg_threads() > 1 ($KILN_THREADS, default the machine's cores) the GEMM
- * convolutions split the batch into that many fixed chunks, each with its own scratch slot, and
- * large elementwise, pool and direct-convolution loops get `#pragma omp parallel for` on loops
- * whose iterations write disjoint elements. Nothing is summed across threads except the weight
- * gradient's per-chunk partial sums, which are added in chunk order, so a program's results do
- * not depend on thread timing, nor on whether it was compiled with OpenMP at all (aot.c adds
- * -fopenmp when the source has a pragma).
+ * convolutions split the batch into that many fixed chunks, each with its own scratch slot.
+ * Nothing is summed across threads except the weight gradient's per-chunk partial sums, which
+ * are added in chunk order, so a program's results do not depend on thread timing, nor on
+ * whether it was compiled with OpenMP at all (aot.c adds -fopenmp when the source has a pragma).
+ * Only these few large kernels are parallel: splitting the memory-bound elementwise loops too
+ * gained nothing measurable, and each parallel region waits for every thread, which on a busy
+ * machine (another process on a core) costs a scheduler time slice per region.
  *
  * Safety: the only text from a model file that can reach the output is numbers (printed with
  * %.17g, non-finite values as INFINITY/NAN) and identifiers validated here again
@@ -75,7 +76,6 @@ typedef struct Cg {
   unsigned char *litused;  /* g->data arrays referenced */
   unsigned char *nores;    /* kernel output overlaps an input: no restrict (elementwise only) */
   const char **litname;    /* C name of each g->data array: lit3, or lit3_fc1_weight */
-  bool par_next;           /* nest_open puts an OpenMP pragma on its outermost loop */
 } Cg;
 
 static Sz sz_dim(const Cg *cg, Dim d) {
@@ -226,27 +226,6 @@ static void broadcast_strides(const Cg *cg, const Shape *in, const Shape *it, Sz
   }
 }
 
-static int cg_threads(void);
-
-/* Elements (at the planned batch) from which a loop nest is split across threads: below it the
- * wake-up of the other threads (a few microseconds) costs more than the loop. */
-enum { CG_PAR_MIN = 1 << 18 };
-
-/* Whether a kernel doing `work` elements is worth splitting across threads. */
-static bool par_worth(const Cg *cg, Sz work) {
-  double v = (double)work.c;
-  for (int i = 0; i < work.p; i++)
-    v *= (double)cg->plan->batch;
-  return cg_threads() > 1 && v >= CG_PAR_MIN;
-}
-
-/* Splits the loop that follows across the threads. Only for loops whose iterations write
- * disjoint elements and read nothing another iteration writes, so the result does not depend on
- * the split; without OpenMP the line is ignored. */
-static void par_pragma(Cg *cg) {
-  line(cg, "#pragma omp parallel for num_threads(%d) schedule(static)", cg_threads());
-}
-
 /* Opens loops over dims[0..rank) and sets each operand's element expression. Axes of size one are
  * dropped and neighbouring axes merged when every operand is contiguous across them, so equal
  * shapes give one flat loop. Returns the number of loops to close. */
@@ -271,9 +250,6 @@ static int nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops) {
       st[o][r] = ops[o].stride[k];
     r++;
   }
-  if (cg->par_next && r > 0)
-    par_pragma(cg);
-  cg->par_next = false;
   for (int k = 0; k < r; k++) {
     line(cg, "for (int64_t i%d = 0; i%d < %s; i%d++) {", k, k, sz_c(cg, d[k]), k);
     cg->indent++;
@@ -378,7 +354,6 @@ static void emit_map(Cg *cg, const Node *n) {
     ops[i + 1].k = i;
     broadcast_strides(cg, &ir_at(g, n->in[i])->shape, &n->shape, ops[i + 1].stride);
   }
-  cg->par_next = par_worth(cg, sz_prod(cg, &n->shape, 0, n->shape.rank));
   int depth = nest_open(cg, n->shape.rank, dims, nread + 1, ops);
   const char *e = expand_template(cg, op_c[n->op], ops[1].elem, nread > 1 ? ops[2].elem : NULL,
                                   n->dtype, n->attr.value);
@@ -769,9 +744,6 @@ static const char *win_xj(const Cg *cg, const CgWin *w) {
  * of o's group. Closed by conv_close. */
 static void conv_open(Cg *cg, const CgWin *w, bool zero_yrow) {
   int64_t Cg_ = w->C / w->G, Og = w->O / w->G;
-  /* Images are independent: the forward writes y's image n, the adjoint dx's image n. */
-  if (par_worth(cg, sz_mul(w->N, (Sz){w->O * w->Ho * w->Wo, 0})))
-    par_pragma(cg);
   line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
   line(cg, "  for (int64_t o = 0; o < %" PRId64 "; o++) {", w->O);
   cg->indent += 2;
@@ -1175,8 +1147,6 @@ static void emit_conv_gemm(Cg *cg, const Node *n) {
  * taps of the window (p, q), padding skipped, with xi the input element. Six loops to close
  * with pool_close, the last two with pool_close_taps first. */
 static void pool_open_windows(Cg *cg, const CgWin *w) {
-  if (par_worth(cg, sz_mul(w->N, (Sz){w->C * w->H * w->W, 0})))
-    par_pragma(cg);
   line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
   line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
   line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
@@ -1242,8 +1212,6 @@ static bool pool_tiles(const CgWin *w) {
 /* Opens the loops over rows of tiling windows: n, c, i, j, with xw the input element of tap
  * (0, 0) of window (i, j) and yi the output element. Closed by pool_close. */
 static void pool_open_tiles(Cg *cg, const CgWin *w) {
-  if (par_worth(cg, sz_mul(w->N, (Sz){w->C * w->H * w->W, 0})))
-    par_pragma(cg);
   line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
   line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
   line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
