@@ -35,6 +35,8 @@ static const char usage[] =
     "\n"
     "common options:\n"
     "  --batch N       batch size to specialise for (default: the model's train block)\n"
+    "  --threads N     threads the generated code splits each batch over (default: the cores;\n"
+    "                  also $KILN_THREADS); the split is fixed, so runs are reproducible\n"
     "  -o FILE         output file ('-' for stdout where text)\n"
     "\n"
     "trainer options (train, and every built trainer):\n"
@@ -91,6 +93,11 @@ static int parse_args(int argc, char **argv, Args *a) {
       NEED_VALUE();
       if (!parse_int(val, 0, &n) || n > 1000000) return usage_error("--steps needs an integer >= 0, got '%s'", val);
       a->steps = (int)n;
+    } else if (!strcmp(s, "--threads")) {
+      NEED_VALUE();
+      if (!parse_int(val, 1, &n) || n > 256) return usage_error("--threads needs an integer in 1..256, got '%s'", val);
+      /* The code generator reads it (cg_threads): the number of batch chunks compiled in. */
+      setenv("KILN_THREADS", val, 1);
     } else if (!strcmp(s, "--train")) {
       a->train_graph = true;
     } else if (!strcmp(s, "--runtime")) {

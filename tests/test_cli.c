@@ -326,6 +326,21 @@ START_TEST(bad_model_leaves_no_output) {
 }
 END_TEST
 
+/* --threads fixes how many batch chunks the generated code is split into. */
+START_TEST(threads_option) {
+  char *one, *two, *err;
+  ck_assert_int_eq(run(KILN " emit " EX "mnist_cnn.kiln --threads 1", &one, NULL), 0);
+  ck_assert_int_eq(run(KILN " emit " EX "mnist_cnn.kiln --threads 2", &two, NULL), 0);
+  ck_assert_ptr_null(strstr(one, "#pragma omp"));
+  ck_assert_ptr_nonnull(strstr(two, "#pragma omp"));
+  free(one);
+  free(two);
+  ck_assert_int_eq(run(KILN " emit " EX "mlp.kiln --threads 0", NULL, &err), 2);
+  ck_assert_ptr_nonnull(strstr(err, "--threads needs an integer in 1..256, got '0'"));
+  free(err);
+}
+END_TEST
+
 START_TEST(usage_errors) {
   char *err;
   ck_assert_int_eq(run(KILN " frobnicate x.kiln", NULL, &err), 2);
@@ -369,6 +384,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, hvp_and_jvp_closed_form);
   tcase_add_test(tc, bad_model_leaves_no_output);
+  tcase_add_test(tc, threads_option);
   tcase_add_test(tc, usage_errors);
   tcase_add_test(tc, trainer_data_errors);
   suite_add_tcase(s, tc);
