@@ -22,6 +22,10 @@
  * each image (im2col) and call the blocked GEMM (conv_gemm). The reference interpreter
  * (runtime/interp.c) is the meaning every kernel is checked against.
  *
+ * Elementwise fusion (cg_fusion, a schedule decision the plan follows): trees of elementwise ops
+ * whose inner nodes have one consumer are one loop computing the inner nodes in registers, and
+ * an update whose value is such a loop may write the target directly instead of being copied.
+ *
  * Threads: with cg_threads() > 1 ($KILN_THREADS, default the machine's cores) the GEMM
  * convolutions split the batch into that many fixed chunks, each with its own scratch slot.
  * Nothing is summed across threads except the weight gradient's per-chunk partial sums, which
@@ -76,6 +80,8 @@ typedef struct Cg {
   unsigned char *litused;  /* g->data arrays referenced */
   unsigned char *nores;    /* kernel output overlaps an input: no restrict (elementwise only) */
   const char **litname;    /* C name of each g->data array: lit3, or lit3_fc1_weight */
+  unsigned char *fused;    /* computed inside its consumer's loop, never stored (cg_fusion) */
+  int *into;               /* update value written straight into this target, or -1 */
 } Cg;
 
 static Sz sz_dim(const Cg *cg, Dim d) {
@@ -1423,6 +1429,254 @@ static unsigned reads_mask(const Node *n) {
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * Elementwise fusion, a schedule decision (the graph, its meaning and the interpreter do not
+ * change). A tree of elementwise ops whose inner nodes each have exactly one consumer, have the
+ * root's shape and are neither an entry's output nor an update's value, is printed as ONE flat
+ * loop over the root's elements that computes the inner nodes in registers (`const float tN`)
+ * and stores only the root; the plan gives the inner nodes no storage. Operands left in the
+ * arena ("leaves" of the tree) have the root's shape or hold a single element.
+ *
+ * Updates without copies: an update target <- value normally copies the value at the end of
+ * the entry. When the value is such a flat kernel, computed only by one entry, and no kernel of
+ * that entry after it reads the target, the plan places the value in the target's storage, so
+ * the kernel writes the new parameter directly (reading the old one through y, element by
+ * element, before writing it) and the copy disappears. $KILN_FUSE=0 turns both off.
+ */
+
+/* Ops a fused loop computes in registers: the elementwise ops with a C spelling in op_c. */
+static const bool fusible[OP_COUNT] = {
+    [OP_ADD] = true,        [OP_SUB] = true,         [OP_MUL] = true,
+    [OP_DIV] = true,        [OP_POW] = true,         [OP_NEG] = true,
+    [OP_EXP] = true,        [OP_LOG] = true,         [OP_SQRT] = true,
+    [OP_RELU] = true,       [OP_RELU_GRAD] = true,   [OP_SIGMOID] = true,
+    [OP_TANH] = true,       [OP_LEAKY_RELU] = true,  [OP_LEAKY_RELU_GRAD] = true,
+};
+
+/* Nodes per fused tree at most: keeps the loop body (and the plan's walk over it) small. */
+#define FUSE_MAX_NODES 32
+
+static bool fuse_enabled(void) {
+  const char *s = getenv("KILN_FUSE");
+  return !(s && strcmp(s, "0") == 0);
+}
+
+/* A shape of one element whatever the batch: read at index 0 by a flat loop. */
+static bool is_single(const Shape *s) {
+  for (int k = 0; k < s->rank; k++)
+    if (s->d[k].sym >= 0 || s->d[k].n != 1)
+      return false;
+  return true;
+}
+
+/* Whether n's kernel can be one flat loop over its elements: a fusible op whose operands have
+ * its shape and type (scalar constants: any type, cast as emit_map does) or hold one element. */
+static bool flat_map(const Graph *g, const Node *n) {
+  if (!fusible[n->op])
+    return false;
+  for (int k = 0; k < n->nin; k++) {
+    const Node *x = &g->nodes[n->in[k]];
+    if (x->dtype != n->dtype && x->op != OP_CONST)
+      return false;
+    if (!shape_eq(&x->shape, &n->shape) && !is_single(&x->shape))
+      return false;
+  }
+  return true;
+}
+
+/* Calls fn(x, arg) for every stored operand x of the kernel computing n (through fused inner
+ * nodes); a leaf read twice is reported twice. */
+static void kernel_operands(const Graph *g, const unsigned char *fused, int n,
+                            void (*fn)(int x, void *arg), void *arg) {
+  const Node *nd = &g->nodes[n];
+  for (int k = 0; k < nd->nin; k++) {
+    int x = nd->in[k];
+    if (fused[x])
+      kernel_operands(g, fused, x, fn, arg);
+    else
+      fn(x, arg);
+  }
+}
+
+typedef struct LastRead {
+  int *last;  /* per node: the last kernel (node id) of the entry reading it */
+  int kernel;
+} LastRead;
+
+static void note_read(int x, void *arg) {
+  LastRead *lr = arg;
+  lr->last[x] = lr->kernel;
+}
+
+void cg_fusion(const Graph *g, unsigned char *fused, int *into) {
+  int nn = g->nnodes;
+  memset(fused, 0, (size_t)nn);
+  for (int i = 0; i < nn; i++)
+    into[i] = -1;
+  if (!fuse_enabled() || nn == 0)
+    return;
+  /* Working arrays in the graph's pool, so an error unwinding the compile leaks nothing. */
+  int *entries = pool_alloc(g->pool, (size_t)nn * sizeof(int));  /* bit e: entry e runs node i */
+  int *uses = pool_alloc(g->pool, (size_t)nn * sizeof(int));     /* input slots reading i, any entry */
+  int *pinned = pool_alloc(g->pool, (size_t)nn * sizeof(int));   /* output or update value somewhere */
+  int *size = pool_alloc(g->pool, (size_t)nn * sizeof(int));     /* nodes in i's fused tree */
+  int *last = pool_alloc(g->pool, (size_t)nn * sizeof(int));
+  unsigned char *mark = pool_alloc(g->pool, (size_t)nn);
+  for (int e = 0; e < ENTRY_COUNT; e++) {
+    ir_reachable(g, (EntryKind)e, mark);
+    for (int i = 0; i < nn; i++)
+      if (mark[i])
+        entries[i] |= 1 << e;
+    const Entry *en = &g->entries[e];
+    for (int o = 0; o < en->noutputs; o++)
+      pinned[en->outputs[o].node]++;
+    for (int u = 0; u < en->nupdates; u++)
+      pinned[en->updates[u].value]++;
+  }
+  for (int i = 0; i < nn; i++)
+    if (entries[i])
+      for (int k = 0; k < g->nodes[i].nin; k++)
+        uses[g->nodes[i].in[k]]++;
+
+  /* Consumers in id order, so an input's own tree is complete when it is considered. */
+  for (int c = 0; c < nn; c++) {
+    const Node *cn = &g->nodes[c];
+    if (!entries[c] || !flat_map(g, cn))
+      continue;
+    size[c] = 1;
+    for (int k = 0; k < cn->nin; k++) {
+      int x = cn->in[k];
+      const Node *xn = &g->nodes[x];
+      if (uses[x] == 1 && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn) &&
+          shape_eq(&xn->shape, &cn->shape) && xn->dtype == cn->dtype &&
+          size[c] + size[x] <= FUSE_MAX_NODES) {
+        fused[x] = 1;
+        size[c] += size[x];
+      }
+    }
+  }
+
+  /* Updates written in place (see above). */
+  for (int e = 0; e < ENTRY_COUNT; e++) {
+    const Entry *en = &g->entries[e];
+    LastRead lr = {.last = last};
+    for (int i = 0; i < nn; i++)
+      last[i] = -1;
+    for (int j = 0; j < nn; j++)
+      if ((entries[j] & (1 << e)) && !op_is_leaf(g->nodes[j].op) && !fused[j]) {
+        lr.kernel = j;
+        kernel_operands(g, fused, j, note_read, &lr);
+      }
+    for (int u = 0; u < en->nupdates; u++) {
+      int t = en->updates[u].target, v = en->updates[u].value;
+      const Node *tn = &g->nodes[t], *vn = &g->nodes[v];
+      if (op_is_leaf(vn->op) || !flat_map(g, vn) || entries[v] != (1 << e) || pinned[v] != 1 ||
+          (tn->op != OP_PARAM && tn->op != OP_STATE) || !shape_eq(&tn->shape, &vn->shape) ||
+          tn->dtype != vn->dtype || last[t] > v || pinned[t])
+        continue;
+      bool alone = true;  /* t is the target of this update only (pinned: no update's value) */
+      for (int o = 0; o < en->nupdates; o++)
+        if (o != u && en->updates[o].target == t)
+          alone = false;
+      if (alone)
+        into[v] = t;
+    }
+  }
+}
+
+/* Whether n's kernel is a flat fused loop: it computes fused inner nodes, or it writes an
+ * update's new value in place. */
+static bool is_tree(const Cg *cg, const Node *n) {
+  if (op_is_leaf(n->op) || cg->fused[n->id])
+    return false;
+  if (cg->into[n->id] >= 0)
+    return true;
+  for (int k = 0; k < n->nin; k++)
+    if (cg->fused[n->in[k]])
+      return true;
+  return false;
+}
+
+/* The pointer parameters x0, x1, ... of tree kernel `root`: its distinct stored operands,
+ * except those in root's own storage (an in-place update's old value, read through y). */
+typedef struct TreeArgs {
+  Cg *cg;
+  const Node *root;
+  bool all;  /* collect the operands in root's storage too (for check_plan) */
+  int n;
+  int id[2 * FUSE_MAX_NODES + 2];
+} TreeArgs;
+
+static void tree_arg(int x, void *arg) {
+  TreeArgs *ta = arg;
+  if (!in_arena(ir_at(ta->cg->g, x)) ||
+      (!ta->all && ta->cg->plan->offset[x] == ta->cg->plan->offset[ta->root->id]))
+    return;
+  for (int i = 0; i < ta->n; i++)
+    if (ta->id[i] == x)
+      return;
+  KILN_ASSERT(ta->n < (int)(sizeof ta->id / sizeof ta->id[0]));
+  ta->id[ta->n++] = x;
+}
+
+static void tree_args(Cg *cg, const Node *root, TreeArgs *ta) {
+  ta->cg = cg;
+  ta->root = root;
+  ta->all = false;
+  ta->n = 0;
+  kernel_operands(cg->g, cg->fused, root->id, tree_arg, ta);
+}
+
+/* Operand x of a node in the tree, as a primary expression at element i. */
+static const char *tree_opnd(Cg *cg, const TreeArgs *ta, int x) {
+  const Node *xn = ir_at(cg->g, x);
+  if (cg->fused[x])
+    return pool_printf(cg->g->pool, "t%d", x);
+  if (is_scalar_const(xn))
+    return scalar_c(cg, xn->attr.value, xn->dtype);
+  const char *idx = is_single(&xn->shape) ? "0" : "i";
+  if (is_data_const(xn))
+    return pool_printf(cg->g->pool, "((%s)%s[%s])", ctype(xn->dtype), lit_name(cg, xn->data), idx);
+  if (cg->plan->offset[x] == cg->plan->offset[ta->root->id])
+    return pool_printf(cg->g->pool, "y[%s]", idx);
+  for (int i = 0; i < ta->n; i++)
+    if (ta->id[i] == x)
+      return pool_printf(cg->g->pool, "x%d[%s]", i, idx);
+  unreachable();
+}
+
+/* Inner nodes first (post-order), each into a register; the root into y[i]. */
+static void tree_node(Cg *cg, const TreeArgs *ta, const Node *n) {
+  for (int k = 0; k < n->nin; k++)
+    if (cg->fused[n->in[k]])
+      tree_node(cg, ta, ir_at(cg->g, n->in[k]));
+  const char *a = tree_opnd(cg, ta, n->in[0]);
+  const char *b = n->nin > 1 ? tree_opnd(cg, ta, n->in[1]) : NULL;
+  const char *e = expand_template(cg, op_c[n->op], a, b, n->dtype, n->attr.value);
+  if (n == ta->root)
+    line(cg, "y[i] = %s;", e);
+  else
+    line(cg, "const %s t%d = %s;", ctype(n->dtype), n->id, e);
+}
+
+/* " %5 = mul %6 = sqrt ...": the fused inner nodes of n's tree, for the kernel's comment. */
+static void tree_comment(Cg *cg, const Node *n, Buf *b) {
+  for (int k = 0; k < n->nin; k++)
+    if (cg->fused[n->in[k]]) {
+      const Node *x = ir_at(cg->g, n->in[k]);
+      tree_comment(cg, x, b);
+      buf_printf(b, " %%%d = %s", x->id, op_names[x->op]);
+    }
+}
+
+static void emit_tree(Cg *cg, const Node *n, const TreeArgs *ta) {
+  line(cg, "for (int64_t i = 0; i < %s; i++) {", sz_c(cg, sz_prod(cg, &n->shape, 0, n->shape.rank)));
+  cg->indent++;
+  tree_node(cg, ta, n);
+  cg->indent--;
+  line(cg, "}");
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Kernels and entries.
  */
 
@@ -1458,6 +1712,15 @@ static void kernel_comment(Cg *cg, const Node *n) {
   buf_printf(&b, ")  %s %s", dtype_name(n->dtype), shape_str(cg->g, &n->shape, sh, sizeof sh));
   if (n->name && cg_ident_ok(n->name))
     buf_printf(&b, "  %s", n->name);
+  if (is_tree(cg, n)) {
+    Buf f = {0};
+    tree_comment(cg, n, &f);
+    if (f.len)
+      buf_printf(&b, "  fused:%s", f.p);
+    buf_free(&f);
+    if (cg->into[n->id] >= 0)
+      buf_printf(&b, "  (written in place of %%%d)", cg->into[n->id]);
+  }
   buf_puts(&b, " */");
   line(cg, "%s", b.p);
   buf_free(&b);
@@ -1466,10 +1729,18 @@ static void kernel_comment(Cg *cg, const Node *n) {
 static void emit_kernel(Cg *cg, const Node *n) {
   Graph *g = cg->g;
   const char *res = cg->nores[n->id] ? "" : "restrict ";
+  bool tree = is_tree(cg, n);
+  TreeArgs ta;
   Buf sig = {0};
   buf_printf(&sig, "static void %s(%s *%sy", kernel_name(cg, n), ctype(n->dtype), res);
   unsigned rd = reads_mask(n);
-  for (int k = 0; k < n->nin; k++) {
+  if (tree) {
+    /* No operand shares y's bytes (that one is read through y), so all stay restrict. */
+    tree_args(cg, n, &ta);
+    for (int i = 0; i < ta.n; i++)
+      buf_printf(&sig, ", const %s *restrict x%d", ctype(ir_at(g, ta.id[i])->dtype), i);
+  }
+  for (int k = 0; k < n->nin && !tree; k++) {
     const Node *x = ir_at(g, n->in[k]);
     if ((rd & (1u << k)) && in_arena(x))
       buf_printf(&sig, ", const %s *%s%s", ctype(x->dtype), res, param_names[k]);
@@ -1480,7 +1751,7 @@ static void emit_kernel(Cg *cg, const Node *n) {
     buf_puts(&sig, ", int64_t B");
   buf_puts(&sig, ") {");
   kernel_comment(cg, n);
-  if (vectorise[n->op]) {
+  if (vectorise[n->op] || tree) {
     /* gcc's -O2 vectoriser ("very cheap" cost model) gives up on loops whose constant trip
      * count is not a multiple of the vector width, such as a 14-wide image row. */
     line(cg, "#if defined(__GNUC__) && !defined(__clang__)");
@@ -1492,7 +1763,10 @@ static void emit_kernel(Cg *cg, const Node *n) {
   cg->indent++;
   if (cg->var[n->id] && !cg->full)
     line(cg, "(void)B;");
-  emitters[n->op](cg, n);
+  if (tree)
+    emit_tree(cg, n, &ta);
+  else
+    emitters[n->op](cg, n);
   cg->indent--;
   line(cg, "}");
   line(cg, "%s", "");
@@ -1508,7 +1782,14 @@ static void emit_call(Cg *cg, const Node *n) {
   Buf b = {0};
   buf_printf(&b, "%s(%s", kernel_name(cg, n), arena_ptr(cg, n, false));
   unsigned rd = reads_mask(n);
-  for (int k = 0; k < n->nin; k++) {
+  bool tree = is_tree(cg, n);
+  if (tree) {
+    TreeArgs ta;
+    tree_args(cg, n, &ta);
+    for (int i = 0; i < ta.n; i++)
+      buf_printf(&b, ", %s", arena_ptr(cg, ir_at(g, ta.id[i]), true));
+  }
+  for (int k = 0; k < n->nin && !tree; k++) {
     const Node *x = ir_at(g, n->in[k]);
     if ((rd & (1u << k)) && in_arena(x))
       buf_printf(&b, ", %s", arena_ptr(cg, x, true));
@@ -1555,7 +1836,7 @@ static void emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
     line(cg, "(void)B;");
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
-    if (!mark[i] || op_is_leaf(n->op) || is_alias(cg, n))
+    if (!mark[i] || op_is_leaf(n->op) || is_alias(cg, n) || cg->fused[i])
       continue;
     emit_call(cg, n);
   }
@@ -1606,10 +1887,31 @@ static void check_plan(Cg *cg) {
       continue;
     if (!emitters[n->op])
       kiln_fail(n->loc, "the C code generator cannot compile %s yet", op_names[n->op]);
-    if (cg->plan->offset[i] < 0)
-      kiln_bug(__FILE__, __LINE__, "node used by an entry has no arena offset");
-    if (op_is_leaf(n->op) || is_alias(cg, n))
+    /* The plan must have followed cg_fusion: no storage for fused nodes, the target's for an
+     * update value written in place. */
+    if (cg->fused[i] != (cg->plan->offset[i] < 0) ||
+        (cg->into[i] >= 0 && cg->plan->offset[i] != cg->plan->offset[cg->into[i]]))
+      kiln_bug(__FILE__, __LINE__, "the plan's storage disagrees with the fusion schedule");
+    if (cg->fused[i] || op_is_leaf(n->op) || is_alias(cg, n))
       continue;
+    if (is_tree(cg, n)) {
+      /* A tree kernel may share bytes only with an operand of its own shape at its own offset
+       * (read through y, element before element). */
+      TreeArgs ta = {.cg = cg, .root = n, .all = true};
+      kernel_operands(g, cg->fused, i, tree_arg, &ta);
+      int64_t y0 = cg->plan->offset[i], y1 = y0 + node_bytes(cg, n);
+      for (int a = 0; a < ta.n; a++) {
+        const Node *x = ir_at(g, ta.id[a]);
+        int64_t x0 = cg->plan->offset[x->id], x1 = x0 + node_bytes(cg, x);
+        bool same = x0 == y0 && (shape_eq(&x->shape, &n->shape) ||
+                                 (is_single(&x->shape) && is_single(&n->shape)));
+        if (x0 < y1 && y0 < x1 && !same)
+          kiln_bug(__FILE__, __LINE__, "plan overlaps a fused kernel's output with its input");
+      }
+      if (cg->into[i] >= 0 && !shape_eq(&ir_at(g, cg->into[i])->shape, &n->shape))
+        kiln_bug(__FILE__, __LINE__, "an in-place update changes shape");
+      continue;
+    }
     /* An output sharing bytes with an input is fine only for elementwise kernels (each element
      * read before it is written), and then the pointers must not be restrict. */
     int64_t y0 = cg->plan->offset[i], y1 = y0 + node_bytes(cg, n);
@@ -1709,6 +2011,9 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
   cg.var = pool_alloc(g->pool, (size_t)nn);
   cg.nores = pool_alloc(g->pool, (size_t)nn);
   cg.litused = pool_alloc(g->pool, (size_t)(g->ndata > 0 ? g->ndata : 1));
+  cg.fused = pool_alloc(g->pool, (size_t)nn);
+  cg.into = pool_alloc(g->pool, sizeof(int) * (size_t)nn);
+  cg_fusion(g, cg.fused, cg.into);
   unsigned char *marks[ENTRY_COUNT];
   for (int e = 0; e < ENTRY_COUNT; e++) {
     marks[e] = pool_alloc(g->pool, (size_t)nn);
@@ -1774,7 +2079,7 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
     cg.full = v == 0;
     for (int i = 0; i < g->nnodes; i++) {
       const Node *n = ir_at(g, i);
-      if (!cg.used[i] || op_is_leaf(n->op) || is_alias(&cg, n))
+      if (!cg.used[i] || op_is_leaf(n->op) || is_alias(&cg, n) || cg.fused[i])
         continue;
       if (!cg.var[i] && !cg.full)
         continue;

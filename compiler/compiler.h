@@ -364,6 +364,12 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out);
 /* Bytes of scratch memory n's kernel needs (packing buffers, im2col), 0 for most ops. plan.c
  * reserves the maximum at Plan.scratch_offset. */
 int64_t cg_scratch_bytes(const Graph *g, const Node *n, const int64_t *symvals);
+/* The code generator's storage decisions, which plan.c follows (a schedule choice: every node
+ * keeps its meaning). fused[i]: node i is an elementwise op computed in registers inside its one
+ * consumer's loop, never stored. into[i] >= 0: node i, an update's value, is written straight
+ * into that update's target, whose storage it takes (no copy at the end of the entry); -1
+ * otherwise. Both arrays hold g->nnodes entries. $KILN_FUSE=0 turns both off. */
+void cg_fusion(const Graph *g, unsigned char *fused, int *into);
 
 /* ================================ aot.c ================================ */
 

@@ -94,6 +94,18 @@ typedef struct Interval {
 
 static void plan_arena(Graph *g, int64_t batch, Plan *p);
 
+/* Node x is read at pos: its storage root lives until then. A fused node is no storage; its
+ * kernel is its consumer's, so its own inputs are read at the consumer's position (trees are
+ * at most a few dozen nodes, so the recursion stays shallow). */
+static void live_read(const Graph *g, const unsigned char *fused, const int *root,
+                      Interval *live, int x, int pos) {
+  if (fused[x]) {
+    for (int k = 0; k < g->nodes[x].nin; k++) live_read(g, fused, root, live, g->nodes[x].in[k], pos);
+    return;
+  }
+  if (live[root[x]].first >= 0) live[root[x]].last = pos;
+}
+
 void plan_build(Graph *g, int64_t batch, Plan *p) {
   memset(p, 0, sizeof *p);
   Pool *tmp = pool_new();
@@ -166,6 +178,12 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
     }
   int64_t temp_base = top;
 
+  /* The code generator's schedule decides two storage questions (cg_fusion): fused nodes get no
+   * storage, and an update value written in place shares its target's (like a reshape, below). */
+  unsigned char *fused = xcalloc((size_t)nn, 1);
+  int *into = xcalloc((size_t)nn, sizeof(int));
+  cg_fusion(g, fused, into);
+
   /* A reshape is the same bytes as its input, so it shares its input's storage: root[i] is the
    * node whose storage i uses. Not for leaves that an entry updates, whose bytes change at the
    * end of the entry while an output aliasing them might still be read. */
@@ -175,7 +193,7 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
   int *root = xcalloc((size_t)nn, sizeof(int));
   for (int i = 0; i < nn; i++) {
     Node *n = ir_at(g, i);
-    root[i] = i;
+    root[i] = into[i] >= 0 ? into[i] : i;
     if (n->op != OP_RESHAPE) continue;
     int r = root[n->in[0]];
     Node *rn = ir_at(g, r);
@@ -192,9 +210,9 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
     for (int i = 0; i < nn; i++) {
       if (!mark[e][i]) continue;
       Node *n = ir_at(g, i);
+      if (fused[i]) continue;  /* runs (reads its inputs) inside its consumer's kernel */
       if (!op_is_leaf(n->op) && root[i] == i) live[e][i] = (Interval){pos, pos};
-      for (int k = 0; k < n->nin; k++)
-        if (live[e][root[n->in[k]]].first >= 0) live[e][root[n->in[k]]].last = pos;
+      for (int k = 0; k < n->nin; k++) live_read(g, fused, root, live[e], n->in[k], pos);
       pos++;
     }
     const Entry *en = &g->entries[e];
@@ -210,7 +228,8 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
   int ntemp = 0;
   for (int i = 0; i < nn; i++) {
     Node *n = ir_at(g, i);
-    if (op_is_leaf(n->op) || !needs_storage(n) || !in_entries[i] || root[i] != i) continue;
+    if (op_is_leaf(n->op) || !needs_storage(n) || !in_entries[i] || root[i] != i || fused[i])
+      continue;
     size[i] = node_bytes(n, p->symvals);
     order[ntemp++] = i;
   }

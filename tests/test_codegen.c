@@ -752,6 +752,163 @@ START_TEST(train_entries_match) {
 }
 END_TEST
 
+/* ---- elementwise fusion and in-place updates (cg_fusion) ------------------------------------- */
+
+/* A chain of elementwise ops with single consumers is one kernel; its inner nodes have no arena
+ * storage; with KILN_FUSE=0 every node is its own kernel again. Both agree with the reference. */
+START_TEST(fused_chain_is_one_kernel) {
+  int x = input("x", DT_F32, S2(C_(4), C_(5)));
+  int s = input("s", DT_F32, S0());
+  int a = ir_binary(g, OP_MUL, x, ir_const(g, 0.5, DT_F32, L0), L0);
+  int b = ir_binary(g, OP_ADD, a, s, L0);
+  int c = ir_unary(g, OP_TANH, b, L0);
+  int d = ir_unary(g, OP_SIGMOID, ir_unary(g, OP_NEG, x, L0), L0);
+  int y = ir_binary(g, OP_SUB, c, d, L0);
+  out("y", y);
+  const int inner[] = {a, b, c, d, ir_at(g, d)->in[0]};
+  for (int fuse = 1; fuse >= 0; fuse--) {
+    setenv("KILN_FUSE", fuse ? "1" : "0", 1);
+    Run r;
+    run_open(&r, 2);
+    for (size_t k = 0; k < sizeof inner / sizeof inner[0]; k++)
+      ck_assert_msg((r.plan.offset[inner[k]] < 0) == (fuse == 1), "node %d, fuse %d", inner[k],
+                    fuse);
+    ck_assert_int_ge(r.plan.offset[y], 0);
+    int kernels = 0;
+    for (const char *p = r.src.p; (p = strstr(p, "static void k")) != NULL; p++)
+      kernels += p[13] >= '0' && p[13] <= '9'; /* k12_sub, not kiln_train */
+    ck_assert_msg(kernels == (fuse ? 1 : 6), "%d kernels\n%s", kernels, r.src.p);
+    randomise(&r, 5, -2.0, 2.0);
+    run_compare(&r, KILN_ENTRY_GRAD, 2);
+    run_close(&r);
+  }
+  unsetenv("KILN_FUSE");
+}
+END_TEST
+
+/* An update whose value is a fused tree and whose target nothing later reads is written in
+ * place (no copy); one whose target a later kernel still reads keeps its copy. Several steps
+ * against the reference, so reading a half-updated parameter would show. */
+START_TEST(update_in_place_only_when_safe) {
+  int p = param("p", DT_F32, S1(C_(6)));
+  int q = param("q", DT_F32, S1(C_(6)));
+  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, p, 1, false, L0));
+  /* p <- p - 0.1*p*p: nothing after it reads p. */
+  int pv = ir_binary(g, OP_SUB, p,
+                     ir_binary(g, OP_MUL, ir_const(g, 0.1, DT_F32, L0),
+                               ir_binary(g, OP_MUL, p, p, L0), L0), L0);
+  ir_add_update(g, ENTRY_TRAIN, p, pv);
+  /* q <- exp(-q)*0.5, but the output z, computed after it, still reads q. */
+  int qv = ir_binary(g, OP_MUL, ir_unary(g, OP_EXP, ir_unary(g, OP_NEG, q, L0), L0),
+                     ir_const(g, 0.5, DT_F32, L0), L0);
+  ir_add_update(g, ENTRY_TRAIN, q, qv);
+  int z = ir_binary(g, OP_ADD, q, ir_unary(g, OP_SQRT, qv, L0), L0);
+  ck_assert_int_gt(z, qv);
+  ir_add_output(g, ENTRY_TRAIN, "z", z);
+  Run r;
+  run_open(&r, 1);
+  ck_assert_int_eq(r.plan.offset[pv], r.plan.offset[p]);
+  ck_assert_int_ne(r.plan.offset[qv], r.plan.offset[q]);
+  ck_assert_msg(strstr(r.src.p, "/* p */") == NULL, "p is still copied\n%s", r.src.p);
+  ck_assert_msg(strstr(r.src.p, "/* q */") != NULL, "q is not copied\n%s", r.src.p);
+  randomise(&r, 11, 0.1, 1.0);
+  for (int step = 0; step < 3; step++)
+    run_compare(&r, KILN_ENTRY_TRAIN, 1);
+  run_close(&r);
+}
+END_TEST
+
+/* Reads every tensor the driver can see (outputs of `entry`, parameters and state). */
+static double *snapshot(Run *r, int entry, int64_t batch, int64_t *total) {
+  int64_t n = 0;
+  for (int i = 0; i < r->plan.ntensors; i++)
+    n += rt_numel(&r->plan.tensors[i], batch);
+  double *v = malloc((size_t)(n + 1) * sizeof *v), *at = v;
+  for (int i = 0; i < r->plan.ntensors; i++) {
+    const kiln_tensor *t = &r->plan.tensors[i];
+    int64_t k = rt_numel(t, batch);
+    bool seen = t->role == KILN_ROLE_OUTPUT ? (t->entries & entry) != 0
+                                            : t->role != KILN_ROLE_INPUT;
+    if (seen)
+      r->cbe.read(r->cbe.self, i, at, k);
+    else
+      for (int64_t j = 0; j < k; j++)
+        at[j] = 0;
+    at += k;
+  }
+  *total = n;
+  return v;
+}
+
+/* A small trainer (Adam, leaky relu, sigmoid) compiled with fusion on and off: after every
+ * step, every output, parameter and optimizer state agree up to float rounding (they should be
+ * bit-identical: C evaluates each float op in float either way, without contraction in ISO C). */
+START_TEST(fusion_matches_unfused) {
+  int x = input("image", DT_F32, S2(B_(1), C_(6)));
+  int lab = input("label", DT_I32, S1(B_(1)));
+  int w = param("fc.weight", DT_F32, S2(C_(5), C_(6)));
+  int b = param("fc.bias", DT_F32, S1(C_(5)));
+  int h = ir_binary(g, OP_ADD, ir_matmul(g, x, w, false, true, L0), b, L0);
+  Attr la = {.value = 0.1};
+  int a1 = ir_node(g, OP_LEAKY_RELU, 1, (int[]){h}, &la, L0);
+  int a2 = ir_binary(g, OP_MUL, ir_unary(g, OP_SIGMOID, h, L0), a1, L0);
+  int loss = ir_node(g, OP_CROSS_ENTROPY, 2, (int[]){a2, lab}, NULL, L0);
+  g->loss_train = g->loss_eval = loss;
+  g->output_eval = a2;
+  g->train.optimizer = _i ? OPT_ADAM : OPT_SGD;
+  g->train.lr = 0.05;
+  g->train.momentum = 0.9;
+  g->train.nesterov = true;
+  g->train.beta1 = 0.9;
+  g->train.beta2 = 0.999;
+  g->train.eps = 1e-8;
+  g->train.weight_decay = 0.01;
+  train_build(g);
+  Run r[2];
+  for (int f = 0; f < 2; f++) {
+    setenv("KILN_FUSE", f ? "1" : "0", 1);
+    run_open(&r[f], 8);
+    randomise(&r[f], 7, -1.0, 1.0);
+    for (int i = 0; i < r[f].plan.ntensors; i++) {
+      const kiln_tensor *t = &r[f].plan.tensors[i];
+      if (t->role != KILN_ROLE_OPT && t->role != KILN_ROLE_HYPER)
+        continue;
+      double v[64];
+      int64_t n = rt_numel(t, 8);
+      ck_assert_int_le(n, 64);
+      rt_init_tensor(t, 1, v, n);
+      r[f].cbe.write(r[f].cbe.self, i, v, n);
+      r[f].rbe.write(r[f].rbe.self, i, v, n);
+    }
+  }
+  unsetenv("KILN_FUSE");
+  ck_assert_int_eq(r[0].plan.ntensors, r[1].plan.ntensors);
+  ck_assert_msg(strcmp(r[0].src.p, r[1].src.p) != 0, "fusion changed nothing");
+  const struct {
+    int entry;
+    int64_t batch;
+  } steps[] = {{KILN_ENTRY_GRAD, 8},  {KILN_ENTRY_TRAIN, 8}, {KILN_ENTRY_TRAIN, 8},
+               {KILN_ENTRY_TRAIN, 8}, {KILN_ENTRY_TRAIN, 3}, {KILN_ENTRY_EVAL, 8},
+               {KILN_ENTRY_EVAL, 5}};
+  for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
+    int64_t n0, n1;
+    for (int f = 0; f < 2; f++)
+      run_compare(&r[f], steps[s].entry, steps[s].batch); /* each against the reference */
+    double *v0 = snapshot(&r[0], steps[s].entry, steps[s].batch, &n0);
+    double *v1 = snapshot(&r[1], steps[s].entry, steps[s].batch, &n1);
+    ck_assert_int_eq(n0, n1);
+    for (int64_t k = 0; k < n0; k++)
+      ck_assert_msg(v0[k] == v1[k] || fabs(v0[k] - v1[k]) <= 1e-6 * (1 + fabs(v0[k])),
+                    "step %zu element %lld: unfused %.9g, fused %.9g", s, (long long)k, v0[k],
+                    v1[k]);
+    free(v0);
+    free(v1);
+  }
+  run_close(&r[0]);
+  run_close(&r[1]);
+}
+END_TEST
+
 /* An update chain a <- b, b <- c must copy b before overwriting it. */
 START_TEST(update_chain_order) {
   int a = param("a", DT_F32, S1(C_(4)));
@@ -1100,6 +1257,9 @@ static Suite *suite(void) {
   tcase_add_test(tc, conv_filter_uses_scratch);
   tcase_add_loop_test(tc, train_entries_match, 0, 2);
   tcase_add_test(tc, update_chain_order);
+  tcase_add_test(tc, fused_chain_is_one_kernel);
+  tcase_add_test(tc, update_in_place_only_when_safe);
+  tcase_add_loop_test(tc, fusion_matches_unfused, 0, 2);
   tcase_add_test(tc, update_cycle_is_an_error);
   tcase_add_test(tc, bad_labels_give_nan);
   suite_add_tcase(s, tc);
