@@ -451,8 +451,13 @@ static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, doub
     write_batch(r, KILN_ENTRY_EVAL, test, NULL, first, b);
     if (run_entry(r, KILN_ENTRY_EVAL, b))
       return -1;
-    if (tl >= 0)
-      loss_sum += read_scalar(r, tl, b) * (double)b;
+    if (tl >= 0) {
+      double l = read_scalar(r, tl, b);
+      if (isnan(l))
+        return rt_errf(r->err, "test examples %lld to %lld: the loss is NaN (a label outside "
+                       "the model's classes?)", (long long)first, (long long)(first + b - 1));
+      loss_sum += l * (double)b;
+    }
     if (can_score) {
       r->be->read(r->be->self, to, r->buf, rt_numel(out, b));
       for (int64_t k = 0; k < b; k++) {
@@ -469,6 +474,36 @@ static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, doub
     *loss = loss_sum / (double)n;
   if (can_score)
     *acc = (double)correct / (double)n;
+  return 0;
+}
+
+/* A NaN loss is the compiled program's flag for a label outside [0, C) (cg_c.c), and a NaN
+ * running statistic is what batch norm's unbiased variance n/(n - 1) gives for a batch with one
+ * value per channel, which PyTorch refuses ("Expected more than 1 value per channel when
+ * training"). Either way the run is over: stop with the step rather than train on NaN. */
+static int check_step(Run *r, int epoch, int64_t step, int64_t b, int loss_t) {
+  const kiln_program *p = r->prog;
+  if (isnan(read_scalar(r, loss_t, b)))
+    return rt_errf(r->err, "epoch %d, step %lld: the training loss is NaN (a label outside the "
+                   "model's classes, or a diverging run)", epoch, (long long)step);
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (t->role != KILN_ROLE_STATE)
+      continue;
+    int64_t n = rt_numel(t, p->batch);
+    r->be->read(r->be->self, i, r->buf, n);
+    for (int64_t k = 0; k < n; k++)
+      if (isnan(r->buf[k])) {
+        size_t len = strlen(t->name);
+        if (b == 1 && len >= 12 && !strcmp(t->name + len - 12, ".running_var"))
+          return rt_errf(r->err, "epoch %d, step %lld: a batch of 1 example has no unbiased "
+                         "variance for '%s' (batchnorm needs more than 1 value per channel "
+                         "when training): choose --limit-train or the batch so that no batch "
+                         "holds a single example", epoch, (long long)step, t->name);
+        return rt_errf(r->err, "epoch %d, step %lld: '%s' became NaN", epoch, (long long)step,
+                       t->name);
+      }
+  }
   return 0;
 }
 
@@ -526,7 +561,7 @@ static int train_data(Run *r) {
     for (int64_t step = 1; step <= steps; step++) {
       int64_t b = ntrain - seen < p->batch ? ntrain - seen : p->batch;
       write_batch(r, KILN_ENTRY_TRAIN, &train, order, seen, b);
-      if (run_entry(r, KILN_ENTRY_TRAIN, b))
+      if (run_entry(r, KILN_ENTRY_TRAIN, b) || check_step(r, epoch, step, b, loss_t))
         goto done;
       loss_sum += read_scalar(r, loss_t, b) * (double)b;
       seen += b;

@@ -1060,6 +1060,9 @@ typedef struct Fake {
   int eval_next;             /* the test example the next eval batch must start with */
   double first_w, first_lr;  /* what the first train call saw */
   int fail_at;               /* >0: the nth run fails */
+  int nan_loss_at;           /* >0: the nth train call returns a NaN loss (bad-label flag) */
+  int nan_state_at;          /* >0: the nth train call makes bn.running_var NaN */
+  int nan_eval;              /* the eval loss is NaN (bad-label flag) */
   int runs;
 } Fake;
 
@@ -1107,6 +1110,10 @@ static int fake_run(void *self, int entry, int64_t batch, char *err) {
     f->vals[T_W][0] -= f->vals[T_LR][0] * (f->vals[T_W][0] - 1); /* w drifts toward 1 */
     f->vals[T_RUNNING][1] += 1;
     f->vals[T_STEPS][0] += 1;
+    if (f->nan_loss_at == f->nbatches)
+      f->vals[T_LOSS][0] = NAN;
+    if (f->nan_state_at == f->nbatches)
+      f->vals[T_RUNNING][0] = NAN;
     return 0;
   }
   if (entry != KILN_ENTRY_EVAL) {
@@ -1132,7 +1139,7 @@ static int fake_run(void *self, int entry, int64_t batch, char *err) {
     for (int c = 0; c < 3; c++)
       f->vals[T_EVAL_OUT][k * 3 + c] = c == pred ? 2.0 : -1.0;
   }
-  f->vals[T_EVAL_LOSS][0] = sum / (double)batch;
+  f->vals[T_EVAL_LOSS][0] = f->nan_eval ? NAN : sum / (double)batch;
   return 0;
 }
 
@@ -1377,7 +1384,16 @@ START_TEST(train_errors) {
                                            "example), but the images in"},
                                           {"no \"loss\" output"},
                                           {"batch size 0"},
-                                          {"two tensors are named 'w'"}};
+                                          {"two tensors are named 'w'"},
+                                          {"epoch 1, step 2: the training loss is NaN (a label "
+                                           "outside the model's classes, or a diverging run)"},
+                                          {"epoch 1, step 2: 'bn.running_var' became NaN"},
+                                          {"epoch 1, step 2: a batch of 1 example has no "
+                                           "unbiased variance for 'bn.running_var' (batchnorm "
+                                           "needs more than 1 value per channel when "
+                                           "training)"},
+                                          {"test examples 0 to 3: the loss is NaN (a label "
+                                           "outside the model's classes?)"}};
   kiln_tensor ts[NT];
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     default_opts(&o);
@@ -1393,9 +1409,13 @@ START_TEST(train_errors) {
     case 5: ts[T_LOSS].name = "loss2"; break;
     case 6: p.batch = 0; break;
     case 7: ts[T_RUNNING].name = "w"; break;
+    case 10: o.limit_train = 5; break; /* batches of 4 and 1 */
     }
     fake_init(&f, &p);
     f.fail_at = i == 2 ? 3 : 0;
+    f.nan_loss_at = i == 8 ? 2 : 0;
+    f.nan_state_at = i == 9 || i == 10 ? 2 : 0;
+    f.nan_eval = i == 11;
     TrainCall c = {{&p, &f, fake_run, fake_read, fake_write}, o};
     ck_assert_int_eq(capture(do_train, &c, &out, &err), 1);
     ck_assert_msg(!strncmp(err, "trainer: error: ", 16) && strstr(err, cases[i].want) &&
