@@ -377,6 +377,33 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
   return 0;
 }
 
+/* Labels from the inputs file must lie in [0, C) of the cross_entropy that reads them: the
+ * reference runtime refuses others, and the compiled program only flags them with a NaN loss
+ * (cg_c.c), which must not reach the output file as if it were a result. */
+static int check_labels(Graph *g, const RtNamedTensor *in, int nin, const char *path) {
+  for (int i = 0; i < g->nnodes; i++) {
+    const Node *n = ir_at(g, i);
+    if (n->op != OP_CROSS_ENTROPY)
+      continue;
+    const Node *lab = ir_at(g, n->in[1]), *logits = ir_at(g, n->in[0]);
+    const RtNamedTensor *t = lab->op == OP_INPUT ? find_named(in, nin, lab->name) : NULL;
+    if (!t)
+      continue;
+    int64_t c = logits->shape.d[logits->shape.rank - 1].n, numel = 1;
+    for (int k = 0; k < t->rank; k++)
+      numel *= t->dims[k];
+    for (int64_t k = 0; k < numel; k++) {
+      double v = t->values[k];
+      if (!(v >= 0 && v < (double)c && v == floor(v))) {
+        fprintf(stderr, "kiln: error: %s: cross_entropy: label tensor '%s' has value %g at index "
+                "%lld, outside [0, %lld)\n", path, t->name, v, (long long)k, (long long)c);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
 /* Writes every tensor of `role` from the file into the backend, each with exactly its shape.
  * With `tangents`, only the tangent inputs, each from the tensor named after its parameter;
  * without, every tensor of the role but those. */
@@ -446,7 +473,7 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
     goto done;
   }
   int64_t batch;
-  if (grad_batch(g, it, ni, inputs_path, &batch) ||
+  if (grad_batch(g, it, ni, inputs_path, &batch) || check_labels(g, it, ni, inputs_path) ||
       plan_and_emit(g, batch, &s, !use_reference))
     goto done;
   if (use_reference ? make_reference(g, &s) : make_compiled(&s))

@@ -233,6 +233,37 @@ START_TEST(grad_agrees_between_runtimes) {
 }
 END_TEST
 
+/* A label outside [0, C) fed to kiln grad: the compiled program would only flag it with a NaN
+ * loss, so the command refuses it, as the reference runtime does, and writes nothing. */
+START_TEST(grad_refuses_bad_labels) {
+  char cmd[2048], params[300], inputs[300], g1[300], e[RT_ERR_LEN], *out, *err;
+  snprintf(params, sizeof params, "%s/p.safetensors", tmpdir);
+  snprintf(inputs, sizeof inputs, "%s/i.safetensors", tmpdir);
+  snprintf(g1, sizeof g1, "%s/g1.safetensors", tmpdir);
+  static double w1[256 * 784], b1[256], w2[10 * 256], b2[10], img[3 * 784];
+  double lab[3] = {0, 9, 10};
+  RtNamedTensor p[4] = {{"fc1.weight", KILN_F32, 2, {256, 784}, w1},
+                        {"fc1.bias", KILN_F32, 1, {256}, b1},
+                        {"fc2.weight", KILN_F32, 2, {10, 256}, w2},
+                        {"fc2.bias", KILN_F32, 1, {10}, b2}};
+  RtNamedTensor in[2] = {{"image", KILN_F32, 4, {3, 1, 28, 28}, img}, {"label", KILN_I32, 1, {3}, lab}};
+  ck_assert_int_eq(rt_safetensors_save(params, p, 4, e), 0);
+  ck_assert_int_eq(rt_safetensors_save(inputs, in, 2, e), 0);
+  for (int ref = 0; ref < 2; ref++) {
+    snprintf(cmd, sizeof cmd, KILN " grad " EX "mlp.kiln --params '%s' --inputs '%s' -o '%s'%s",
+             params, inputs, g1, ref ? " --runtime reference" : "");
+    ck_assert_int_eq(run(cmd, &out, &err), 1);
+    char want[600];
+    snprintf(want, sizeof want, "kiln: error: %s: cross_entropy: label tensor 'label' has value "
+             "10 at index 2, outside [0, 10)\n", inputs);
+    ck_assert_str_eq(err, want);
+    ck_assert_str_eq(out, "");
+    ck_assert(!exists(g1));
+    free(out), free(err);
+  }
+}
+END_TEST
+
 /* kiln hvp / jvp on the linear toy, whose loss 0.5 (y - x·w - b)² has the Hessian a aᵀ with
  * a = (x1, x2, 1) = (2, 7, 1): at w = 0, b = 1 along v = (w: [1, 0], b: 2), a·v = 4, so
  * H v = 4 a; the loss's derivative is -(y - z) a·v = -10 · 4 and the output's a·v = 4. Exact in
@@ -382,6 +413,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, check_mlp_passes);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
+  tcase_add_test(tc, grad_refuses_bad_labels);
   tcase_add_test(tc, hvp_and_jvp_closed_form);
   tcase_add_test(tc, bad_model_leaves_no_output);
   tcase_add_test(tc, threads_option);
