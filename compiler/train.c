@@ -40,6 +40,7 @@ typedef struct OptCtx {
   Loc loc;
   int lr;    /* hyper-parameter leaf */
   int step;  /* Adam's step count after this update (t + 1) */
+  int started; /* SGD with dampening: 0 before the first update, then 1 */
 } OptCtx;
 
 static int k(OptCtx *c, double v) { return ir_const(c->g, v, c->dt, c->loc); }
@@ -49,15 +50,17 @@ static int mul(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_MUL, a, b, c
 static int dvd(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_DIV, a, b, c->loc); }
 
 /* torch.optim.SGD: g += wd·p; buf = μ·buf + (1−dampening)·g; g = nesterov ? g + μ·buf : buf;
- * p −= lr·g. (PyTorch seeds buf with g on the first step; with zero-initialised buf and
- * dampening 0 — the default — the two agree.) */
+ * p −= lr·g. PyTorch seeds buf with the undamped g on the first step; buf starts at zero here,
+ * so with dampening the first step's factor is 1 instead, through c->started (0, then 1). */
 static void update_sgd(OptCtx *c, int p, int grad) {
   const TrainSpec *ts = c->ts;
   Graph *g = c->g;
   if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
   if (ts->momentum != 0) {
     int buf = opt_state(g, p, "momentum_buffer");
-    int nbuf = add(c, mul(c, k(c, ts->momentum), buf), mul(c, k(c, 1 - ts->dampening), grad));
+    int damp = ts->dampening == 0 ? k(c, 1)
+                                  : sub(c, k(c, 1), mul(c, k(c, ts->dampening), c->started));
+    int nbuf = add(c, mul(c, k(c, ts->momentum), buf), mul(c, damp, grad));
     ir_add_update(g, ENTRY_TRAIN, buf, nbuf);
     grad = ts->nesterov ? add(c, grad, mul(c, k(c, ts->momentum), nbuf)) : nbuf;
   }
@@ -122,6 +125,9 @@ void train_build(Graph *g) {
     int t = scalar_state(g, ROLE_OPT, "adam.step", dt, 0, ts->loc);
     c.step = add(&c, t, k(&c, 1));
     ir_add_update(g, ENTRY_TRAIN, t, c.step);
+  } else if (ts->momentum != 0 && ts->dampening != 0) {
+    c.started = scalar_state(g, ROLE_OPT, "sgd.started", dt, 0, ts->loc);
+    ir_add_update(g, ENTRY_TRAIN, c.started, k(&c, 1));
   }
   for (int i = 0; i < nparams; i++) {
     if (ts->optimizer == OPT_ADAM)

@@ -110,6 +110,27 @@ START_TEST(linear_toy_reference) {
 }
 END_TEST
 
+/* SGD with momentum 0.9 and dampening 0.5 on loss w²/2 from w = 1, lr 0.1: torch.optim.SGD seeds
+ * the buffer with the undamped gradient, so buf = 1, w = 0.9, then buf = 0.9 + 0.5·0.9 = 1.35,
+ * w = 0.9 − 0.135 = 0.765 (with a damped first step it would be 0.8575). */
+START_TEST(sgd_dampening_first_step) {
+  char path[300], cmd[600], *out;
+  snprintf(path, sizeof path, "%s/damp.kiln", tmpdir);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("param w: f64[1] = [1]\nloss = sum(0.5 * w * w)\nminimize loss\n"
+        "train { optimizer = sgd(lr=0.1, momentum=0.9, dampening=0.5)  steps = 2 }\n", f);
+  fclose(f);
+  for (int ref = 0; ref < 2; ref++) {
+    snprintf(cmd, sizeof cmd, KILN " train '%s' --quiet --runtime %s", path,
+             ref ? "reference" : "compiled");
+    ck_assert_int_eq(run(cmd, &out, NULL), 0);
+    ck_assert_str_eq(out, "w = 0.765000\nfinal steps=2 loss=0.405\n");
+    free(out);
+  }
+}
+END_TEST
+
 START_TEST(check_mlp_passes) {
   char *out;
   ck_assert_int_eq(run(KILN " check " EX "mlp.kiln --steps 2", &out, NULL), 0);
@@ -414,6 +435,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);
+  tcase_add_test(tc, sgd_dampening_first_step);
   tcase_add_test(tc, hvp_and_jvp_closed_form);
   tcase_add_test(tc, bad_model_leaves_no_output);
   tcase_add_test(tc, threads_option);
