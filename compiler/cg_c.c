@@ -214,8 +214,13 @@ typedef struct Opnd {
   const Node *n;           /* the node read (for constants), NULL for the output */
   int k;                   /* input index, or -1 for the output y */
   Sz stride[IR_MAX_RANK];  /* per iteration axis, 0 = broadcast / reduced */
+  const char *name;        /* if set, element = name[idx] (a fused loop's operands), */
+  const char *cast;        /* or ((cast)name[idx]) with this set */
   const char *elem;        /* set by nest_open */
 } Opnd;
+
+/* Operands of one loop nest at most: a fused tree's output and its leaves. */
+#define NEST_MAX_OPS 72
 
 /* Contiguous (row-major) stride of axis k of s. */
 static Sz stride_of(const Cg *cg, const Shape *s, int k) { return sz_prod(cg, s, k + 1, s->rank); }
@@ -236,9 +241,9 @@ static void broadcast_strides(const Cg *cg, const Shape *in, const Shape *it, Sz
  * dropped and neighbouring axes merged when every operand is contiguous across them, so equal
  * shapes give one flat loop. Returns the number of loops to close. */
 static int nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops) {
-  Sz d[IR_MAX_RANK], st[IR_MAX_IN + 1][IR_MAX_RANK];
+  Sz d[IR_MAX_RANK], st[NEST_MAX_OPS][IR_MAX_RANK];
   int r = 0;
-  KILN_ASSERT(nop <= IR_MAX_IN + 1);
+  KILN_ASSERT(nop <= NEST_MAX_OPS);
   for (int k = 0; k < rank; k++) {
     if (sz_is_one(dims[k]))
       continue;
@@ -273,7 +278,11 @@ static int nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops) {
         buf_printf(&b, "i%d*%s", k, sz_c(cg, st[o][k]));
     }
     const char *idx = b.len ? b.p : "0";
-    if (ops[o].k < 0)
+    if (ops[o].name && ops[o].cast)
+      ops[o].elem = pool_printf(cg->g->pool, "((%s)%s[%s])", ops[o].cast, ops[o].name, idx);
+    else if (ops[o].name)
+      ops[o].elem = pool_printf(cg->g->pool, "%s[%s]", ops[o].name, idx);
+    else if (ops[o].k < 0)
       ops[o].elem = pool_printf(cg->g->pool, "y[%s]", idx);
     else
       ops[o].elem = in_at(cg, ops[o].n, ops[o].k, idx);
@@ -1433,8 +1442,9 @@ static unsigned reads_mask(const Node *n) {
  * change). A tree of elementwise ops whose inner nodes each have exactly one consumer, have the
  * root's shape and are neither an entry's output nor an update's value, is printed as ONE flat
  * loop over the root's elements that computes the inner nodes in registers (`const float tN`)
- * and stores only the root; the plan gives the inner nodes no storage. Operands left in the
- * arena ("leaves" of the tree) have the root's shape or hold a single element.
+ * and stores only the root; the plan gives the inner nodes no storage. Operands left in memory
+ * ("leaves" of the tree) are broadcast to the root's shape by the strided loop-nest printer, so
+ * a batch norm's per-channel scale fuses like a scalar.
  *
  * Updates without copies: an update target <- value normally copies the value at the end of
  * the entry. When the value is such a flat kernel, computed only by one entry, and no kernel of
@@ -1460,7 +1470,7 @@ static bool fuse_enabled(void) {
   return !(s && strcmp(s, "0") == 0);
 }
 
-/* A shape of one element whatever the batch: read at index 0 by a flat loop. */
+/* A shape of one element whatever the batch. */
 static bool is_single(const Shape *s) {
   for (int k = 0; k < s->rank; k++)
     if (s->d[k].sym >= 0 || s->d[k].n != 1)
@@ -1468,16 +1478,14 @@ static bool is_single(const Shape *s) {
   return true;
 }
 
-/* Whether n's kernel can be one flat loop over its elements: a fusible op whose operands have
- * its shape and type (scalar constants: any type, cast as emit_map does) or hold one element. */
+/* Whether n can be part of a fused loop nest over its elements: a fusible op whose operands
+ * have its type (scalar constants: any type, cast as emit_map does); they may be broadcast. */
 static bool flat_map(const Graph *g, const Node *n) {
   if (!fusible[n->op])
     return false;
   for (int k = 0; k < n->nin; k++) {
     const Node *x = &g->nodes[n->in[k]];
     if (x->dtype != n->dtype && x->op != OP_CONST)
-      return false;
-    if (!shape_eq(&x->shape, &n->shape) && !is_single(&x->shape))
       return false;
   }
   return true;
@@ -1596,55 +1604,65 @@ static bool is_tree(const Cg *cg, const Node *n) {
   return false;
 }
 
-/* The pointer parameters x0, x1, ... of tree kernel `root`: its distinct stored operands,
- * except those in root's own storage (an in-place update's old value, read through y). */
+/* The operands of tree kernel `root` left in memory: its distinct arena operands, passed as
+ * pointer parameters x0, x1, ... (except those in root's own storage: an in-place update's old
+ * value, read through y), and its literal arrays. */
 typedef struct TreeArgs {
   Cg *cg;
   const Node *root;
   bool all;  /* collect the operands in root's storage too (for check_plan) */
-  int n;
+  int n, ndc;
   int id[2 * FUSE_MAX_NODES + 2];
+  int dc[2 * FUSE_MAX_NODES + 2];            /* literal arrays (CONST with data) */
+  const char *elem[2 * FUSE_MAX_NODES + 2];  /* element expressions, set by emit_tree */
+  const char *dcelem[2 * FUSE_MAX_NODES + 2];
+  const char *yelem;
 } TreeArgs;
 
 static void tree_arg(int x, void *arg) {
   TreeArgs *ta = arg;
-  if (!in_arena(ir_at(ta->cg->g, x)) ||
-      (!ta->all && ta->cg->plan->offset[x] == ta->cg->plan->offset[ta->root->id]))
+  const Node *xn = ir_at(ta->cg->g, x);
+  int *list = ta->id, *count = &ta->n;
+  if (is_data_const(xn)) {
+    list = ta->dc;
+    count = &ta->ndc;
+  } else if (!in_arena(xn) ||
+             (!ta->all && ta->cg->plan->offset[x] == ta->cg->plan->offset[ta->root->id])) {
     return;
-  for (int i = 0; i < ta->n; i++)
-    if (ta->id[i] == x)
+  }
+  for (int i = 0; i < *count; i++)
+    if (list[i] == x)
       return;
-  KILN_ASSERT(ta->n < (int)(sizeof ta->id / sizeof ta->id[0]));
-  ta->id[ta->n++] = x;
+  KILN_ASSERT(*count < (int)(sizeof ta->id / sizeof ta->id[0]));
+  list[(*count)++] = x;
 }
 
 static void tree_args(Cg *cg, const Node *root, TreeArgs *ta) {
+  memset(ta, 0, sizeof *ta);
   ta->cg = cg;
   ta->root = root;
-  ta->all = false;
-  ta->n = 0;
   kernel_operands(cg->g, cg->fused, root->id, tree_arg, ta);
 }
 
-/* Operand x of a node in the tree, as a primary expression at element i. */
+/* Operand x of a node in the tree, as a primary expression at the current element. */
 static const char *tree_opnd(Cg *cg, const TreeArgs *ta, int x) {
   const Node *xn = ir_at(cg->g, x);
   if (cg->fused[x])
     return pool_printf(cg->g->pool, "t%d", x);
   if (is_scalar_const(xn))
     return scalar_c(cg, xn->attr.value, xn->dtype);
-  const char *idx = is_single(&xn->shape) ? "0" : "i";
-  if (is_data_const(xn))
-    return pool_printf(cg->g->pool, "((%s)%s[%s])", ctype(xn->dtype), lit_name(cg, xn->data), idx);
+  for (int i = 0; i < ta->ndc; i++)
+    if (ta->dc[i] == x)
+      return ta->dcelem[i];
   if (cg->plan->offset[x] == cg->plan->offset[ta->root->id])
-    return pool_printf(cg->g->pool, "y[%s]", idx);
+    return ta->yelem;  /* same shape as y (check_plan) */
   for (int i = 0; i < ta->n; i++)
     if (ta->id[i] == x)
-      return pool_printf(cg->g->pool, "x%d[%s]", i, idx);
+      return ta->elem[i];
   unreachable();
 }
 
-/* Inner nodes first (post-order), each into a register; the root into y[i]. */
+/* Inner nodes first (post-order), each into a register; the root into y. */
 static void tree_node(Cg *cg, const TreeArgs *ta, const Node *n) {
   for (int k = 0; k < n->nin; k++)
     if (cg->fused[n->in[k]])
@@ -1653,7 +1671,7 @@ static void tree_node(Cg *cg, const TreeArgs *ta, const Node *n) {
   const char *b = n->nin > 1 ? tree_opnd(cg, ta, n->in[1]) : NULL;
   const char *e = expand_template(cg, op_c[n->op], a, b, n->dtype, n->attr.value);
   if (n == ta->root)
-    line(cg, "y[i] = %s;", e);
+    line(cg, "%s = %s;", ta->yelem, e);
   else
     line(cg, "const %s t%d = %s;", ctype(n->dtype), n->id, e);
 }
@@ -1668,12 +1686,36 @@ static void tree_comment(Cg *cg, const Node *n, Buf *b) {
     }
 }
 
-static void emit_tree(Cg *cg, const Node *n, const TreeArgs *ta) {
-  line(cg, "for (int64_t i = 0; i < %s; i++) {", sz_c(cg, sz_prod(cg, &n->shape, 0, n->shape.rank)));
-  cg->indent++;
+/* One loop nest over the root's elements (the strided printer: every inner node has the root's
+ * shape, leaves are broadcast to it), the tree's body inside. */
+static void emit_tree(Cg *cg, const Node *n, TreeArgs *ta) {
+  Graph *g = cg->g;
+  Sz dims[IR_MAX_RANK];
+  for (int k = 0; k < n->shape.rank; k++)
+    dims[k] = sz_dim(cg, n->shape.d[k]);
+  Opnd ops[NEST_MAX_OPS];
+  int nop = 1 + ta->n + ta->ndc;
+  KILN_ASSERT(nop <= NEST_MAX_OPS);
+  memset(ops, 0, sizeof ops);
+  ops[0].k = -1;
+  broadcast_strides(cg, &n->shape, &n->shape, ops[0].stride);
+  for (int i = 0; i < ta->n + ta->ndc; i++) {
+    bool lit = i >= ta->n;
+    const Node *x = ir_at(g, lit ? ta->dc[i - ta->n] : ta->id[i]);
+    Opnd *o = &ops[1 + i];
+    o->k = 0;
+    o->name = lit ? lit_name(cg, x->data) : pool_printf(g->pool, "x%d", i);
+    o->cast = lit ? ctype(x->dtype) : NULL;
+    broadcast_strides(cg, &x->shape, &n->shape, o->stride);
+  }
+  int depth = nest_open(cg, n->shape.rank, dims, nop, ops);
+  ta->yelem = ops[0].elem;
+  for (int i = 0; i < ta->n; i++)
+    ta->elem[i] = ops[1 + i].elem;
+  for (int i = 0; i < ta->ndc; i++)
+    ta->dcelem[i] = ops[1 + ta->n + i].elem;
   tree_node(cg, ta, n);
-  cg->indent--;
-  line(cg, "}");
+  nest_close(cg, depth);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1897,7 +1939,11 @@ static void check_plan(Cg *cg) {
     if (is_tree(cg, n)) {
       /* A tree kernel may share bytes only with an operand of its own shape at its own offset
        * (read through y, element before element). */
-      TreeArgs ta = {.cg = cg, .root = n, .all = true};
+      TreeArgs ta;
+      memset(&ta, 0, sizeof ta);
+      ta.cg = cg;
+      ta.root = n;
+      ta.all = true;
       kernel_operands(g, cg->fused, i, tree_arg, &ta);
       int64_t y0 = cg->plan->offset[i], y1 = y0 + node_bytes(cg, n);
       for (int a = 0; a < ta.n; a++) {
