@@ -1280,12 +1280,18 @@ static void emit_maxpool2d_grad(Cg *cg, const Node *n) {
      * and columns no window covers need zeroing beforehand. */
     if (w.Ho * w.SH != w.H || w.Wo * w.SW != w.W)
       emit_zero(cg, n);
+    /* The stores select dy's bits or +0's with an integer mask: written as `bt == t ? gv : 0`
+     * gcc branched on every tap, mispredicting on real data (1.2 ms per pass at batch 64 on
+     * the MNIST CNN, 0.16 ms without branches). Bit for bit the same values. */
+    const char *U = dtype_size(n->dtype) == 4 ? "uint32_t" : "uint64_t";
     pool_open_tiles(cg, &w);
     maxpool_tile_argmax(cg, n, &w, true);
     line(cg, "const %s gv = %s;", ctype(n->dtype), in_at(cg, n, 1, "yi"));
+    line(cg, "%s gb;", U);
+    line(cg, "memcpy(&gb, &gv, sizeof gb);");
     for (int64_t t = 0; t < w.KH * w.KW; t++)
-      line(cg, "y[xw + %" PRId64 "] = bt == %" PRId64 " ? gv : (%s)0;",
-           t / w.KW * w.W + t % w.KW, t, ctype(n->dtype));
+      line(cg, "{ const %s o = gb & -(%s)(bt == %" PRId64 "); memcpy(&y[xw + %" PRId64 "], &o, sizeof o); }",
+           U, U, t, t / w.KW * w.W + t % w.KW);
     pool_close(cg);
     return;
   }
@@ -1768,6 +1774,19 @@ static void kernel_comment(Cg *cg, const Node *n) {
   buf_free(&b);
 }
 
+/* A tiling max pool (or its adjoint) with an odd number of windows per row: gcc's cheap cost
+ * model vectorises an even row two lanes at a time, branch-free, but leaves an odd one scalar,
+ * where the first-maximum selects become mispredicted branches (1.4 ms against 0.2 ms for the
+ * MNIST CNN's 7-window rows); the full cost model vectorises it. */
+static bool pool_odd_rows(const Cg *cg, const Node *n) {
+  if (n->op != OP_MAXPOOL2D && n->op != OP_MAXPOOL2D_GRAD)
+    return false;
+  const Node *x = ir_at(cg->g, n->in[0]);
+  const Shape *ys = n->op == OP_MAXPOOL2D ? &n->shape : &ir_at(cg->g, n->in[1])->shape;
+  CgWin w = cg_win(cg, &x->shape, ys, &n->attr);
+  return pool_tiles(&w) && w.Wo % 2 == 1;
+}
+
 static void emit_kernel(Cg *cg, const Node *n) {
   Graph *g = cg->g;
   const char *res = cg->nores[n->id] ? "" : "restrict ";
@@ -1793,7 +1812,7 @@ static void emit_kernel(Cg *cg, const Node *n) {
     buf_puts(&sig, ", int64_t B");
   buf_puts(&sig, ") {");
   kernel_comment(cg, n);
-  if (vectorise[n->op] || tree) {
+  if (vectorise[n->op] || tree || pool_odd_rows(cg, n)) {
     /* gcc's -O2 vectoriser ("very cheap" cost model) gives up on loops whose constant trip
      * count is not a multiple of the vector width, such as a 14-wide image row. */
     line(cg, "#if defined(__GNUC__) && !defined(__clang__)");
