@@ -258,13 +258,13 @@ static Expr *unary(Parser *P) {
   return e;
 }
 
-/* mul = unary (("*" | "/") unary)* */
-static Expr *mul(Parser *P) {
+/* One left-associative level: operand (op operand)* with op one of the characters in ops. */
+static Expr *left_assoc(Parser *P, const char *ops, Expr *(*operand)(Parser *)) {
   int depth = P->depth;
-  Expr *e = unary(P);
+  Expr *e = operand(P);
   for (;;) {
     Token *t = peek(P);
-    if (!is_punct(t, '*') && !is_punct(t, '/')) {
+    if (t->kind != TK_PUNCT || !strchr(ops, t->s[0])) {
       P->depth = depth;
       return e;
     }
@@ -273,30 +273,16 @@ static Expr *mul(Parser *P) {
     Expr *b = new_expr(P, EX_BINARY, t->loc);
     b->op = t->s[0];
     b->lhs = e;
-    b->rhs = unary(P);
+    b->rhs = operand(P);
     e = b;
   }
 }
 
+/* mul = unary (("*" | "/") unary)* */
+static Expr *mul(Parser *P) { return left_assoc(P, "*/", unary); }
+
 /* expr = mul (("+" | "-") mul)* */
-static Expr *expr(Parser *P) {
-  int depth = P->depth;
-  Expr *e = mul(P);
-  for (;;) {
-    Token *t = peek(P);
-    if (!is_punct(t, '+') && !is_punct(t, '-')) {
-      P->depth = depth;
-      return e;
-    }
-    nest(P, t);
-    next(P);
-    Expr *b = new_expr(P, EX_BINARY, t->loc);
-    b->op = t->s[0];
-    b->lhs = e;
-    b->rhs = mul(P);
-    e = b;
-  }
-}
+static Expr *expr(Parser *P) { return left_assoc(P, "+-", mul); }
 
 /* type = ("f32" | "f64" | "i32") ["[" [dim ("," dim)*] "]"]
  * dim  = INTEGER | IDENT                 (no brackets, or "[]": a scalar) */
