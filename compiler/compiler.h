@@ -176,6 +176,8 @@ typedef struct LeafInfo {
   int64_t fan_in, fan_out;
   int source;         /* KILN_SRC_* for inputs */
   double scale;       /* images: value = pixel * scale */
+  bool weight;        /* PARAM: a weight that `regularize` penalises and max_norm projects
+                         (linear and conv2d weights, `param` declarations of rank >= 2) */
 } LeafInfo;
 
 typedef struct Node {
@@ -220,13 +222,22 @@ typedef struct Entry {
   int nupdates, capupdates;
 } Entry;
 
-typedef enum OptKind { OPT_SGD, OPT_ADAM } OptKind;
+typedef enum OptKind { OPT_SGD, OPT_ADAM, OPT_ADAGRAD, OPT_RMSPROP, OPT_ADADELTA } OptKind;
 
 /* The model file's train block. */
 typedef struct TrainSpec {
   OptKind optimizer;
   double lr, momentum, dampening, weight_decay, beta1, beta2, eps;
+  double lr_decay, initial_accumulator_value;  /* adagrad */
+  double alpha;       /* rmsprop's smoothing constant */
+  double rho;         /* adadelta's smoothing constant */
   bool nesterov;
+  bool centered;      /* rmsprop */
+  /* Regularization (train.c): l1·Σ|w| + (l2/2)·Σw² over the weights (parameters of rank >= 2)
+   * is added to the minimised loss; max_norm > 0 projects each output unit's incoming weight
+   * vector onto the ball of that radius after every update. */
+  double reg_l1, reg_l2, max_norm;
+  int patience;       /* early stopping: epochs without a better test loss; 0 = off */
   int64_t batch;      /* 0: not given */
   int epochs;
   int64_t steps;      /* full-batch updates for in-file data */

@@ -86,6 +86,112 @@ static void update_adam(OptCtx *c, int p, int grad) {
   ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, step_size, dvd(c, nm, denom))));
 }
 
+/* torch.optim.Adagrad: g += wd·p; clr = lr / (1 + (t−1)·lr_decay); sum += g²;
+ * p −= clr · g / (sqrt(sum) + ε). torch seeds sum with initial_accumulator_value; optimizer
+ * state starts at zero here, so "<param>.sum" holds the accumulated squares and the update
+ * adds the initial value back: the same steps. */
+static void update_adagrad(OptCtx *c, int p, int grad) {
+  const TrainSpec *ts = c->ts;
+  Graph *g = c->g;
+  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  int sum = opt_state(g, p, "sum");
+  int nsum = add(c, sum, mul(c, grad, grad));
+  ir_add_update(g, ENTRY_TRAIN, sum, nsum);
+  int acc = ts->initial_accumulator_value != 0 ? add(c, nsum, k(c, ts->initial_accumulator_value))
+                                               : nsum;
+  int clr = c->lr;
+  if (ts->lr_decay != 0) /* c->step is t − 1 here: the count before this update */
+    clr = dvd(c, c->lr, add(c, k(c, 1), mul(c, c->step, k(c, ts->lr_decay))));
+  int denom = add(c, ir_unary(g, OP_SQRT, acc, c->loc), k(c, ts->eps));
+  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, clr, dvd(c, grad, denom))));
+}
+
+/* torch.optim.RMSprop: g += wd·p; v = α·v + (1−α)·g²; centered: ḡ = α·ḡ + (1−α)·g,
+ * ṽ = v − ḡ², else ṽ = v; momentum μ > 0: b = μ·b + g/(sqrt(ṽ) + ε), p −= lr·b;
+ * otherwise p −= lr · g/(sqrt(ṽ) + ε). */
+static void update_rmsprop(OptCtx *c, int p, int grad) {
+  const TrainSpec *ts = c->ts;
+  Graph *g = c->g;
+  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  int v = opt_state(g, p, "square_avg");
+  int nv = add(c, mul(c, k(c, ts->alpha), v), mul(c, k(c, 1 - ts->alpha), mul(c, grad, grad)));
+  ir_add_update(g, ENTRY_TRAIN, v, nv);
+  int avg = nv;
+  if (ts->centered) {
+    int ga = opt_state(g, p, "grad_avg");
+    int nga = add(c, mul(c, k(c, ts->alpha), ga), mul(c, k(c, 1 - ts->alpha), grad));
+    ir_add_update(g, ENTRY_TRAIN, ga, nga);
+    avg = sub(c, nv, mul(c, nga, nga));
+  }
+  int step = dvd(c, grad, add(c, ir_unary(g, OP_SQRT, avg, c->loc), k(c, ts->eps)));
+  if (ts->momentum > 0) {
+    int buf = opt_state(g, p, "momentum_buffer");
+    step = add(c, mul(c, k(c, ts->momentum), buf), step);
+    ir_add_update(g, ENTRY_TRAIN, buf, step);
+  }
+  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, c->lr, step)));
+}
+
+/* torch.optim.Adadelta: g += wd·p; v = ρ·v + (1−ρ)·g²; Δ = sqrt(u + ε)/sqrt(v + ε) · g;
+ * u = ρ·u + (1−ρ)·Δ²; p −= lr·Δ. */
+static void update_adadelta(OptCtx *c, int p, int grad) {
+  const TrainSpec *ts = c->ts;
+  Graph *g = c->g;
+  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  int v = opt_state(g, p, "square_avg"), u = opt_state(g, p, "acc_delta");
+  int nv = add(c, mul(c, k(c, ts->rho), v), mul(c, k(c, 1 - ts->rho), mul(c, grad, grad)));
+  int eps = k(c, ts->eps);
+  int delta = mul(c, dvd(c, ir_unary(g, OP_SQRT, add(c, u, eps), c->loc),
+                         ir_unary(g, OP_SQRT, add(c, nv, eps), c->loc)),
+                  grad);
+  int nu = add(c, mul(c, k(c, ts->rho), u), mul(c, k(c, 1 - ts->rho), mul(c, delta, delta)));
+  ir_add_update(g, ENTRY_TRAIN, v, nv);
+  ir_add_update(g, ENTRY_TRAIN, u, nu);
+  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, c->lr, delta)));
+}
+
+/* The regularization penalty l1·Σ|w| + (l2/2)·Σw² over every weight (LeafInfo.weight), or -1
+ * when there is none. |w| is relu(w) + relu(−w), whose gradient is sign(w) with 0 at 0 like
+ * torch.abs's. */
+static int penalty(OptCtx *c) {
+  const TrainSpec *ts = c->ts;
+  Graph *g = c->g;
+  int pen = -1;
+  for (int i = 0; i < g->nparams; i++) {
+    int p = g->params[i];
+    Node *pn = ir_at(g, p);
+    if (!pn->leaf.weight) continue;
+    unsigned all = (1u << pn->shape.rank) - 1;
+    int term = -1;
+    if (ts->reg_l1 > 0) {
+      int abs = add(c, ir_unary(g, OP_RELU, p, c->loc),
+                    ir_unary(g, OP_RELU, ir_unary(g, OP_NEG, p, c->loc), c->loc));
+      term = mul(c, k(c, ts->reg_l1), ir_reduce(g, OP_SUM, abs, all, false, c->loc));
+    }
+    if (ts->reg_l2 > 0) {
+      int sq = mul(c, k(c, ts->reg_l2 / 2), ir_reduce(g, OP_SUM, mul(c, p, p), all, false, c->loc));
+      term = term < 0 ? sq : add(c, term, sq);
+    }
+    if (term >= 0) pen = pen < 0 ? term : add(c, pen, term);
+  }
+  return pen;
+}
+
+/* max_norm(c): after the update, each output unit's incoming weight vector (a weight's slice
+ * along its first axis: a row of linear's [out, in], a filter of conv2d's [O, C, kh, kw]) is
+ * scaled by c / max(‖w‖, c), i.e. projected onto the ball of radius c. Rank-1 weights do not
+ * exist (LeafInfo.weight needs rank >= 2). */
+static int project_max_norm(OptCtx *c, int p, int updated) {
+  Graph *g = c->g;
+  Node *pn = ir_at(g, p);
+  unsigned rest = ((1u << pn->shape.rank) - 1) & ~1u;
+  int norm = ir_unary(g, OP_SQRT, ir_reduce(g, OP_SUM, mul(c, updated, updated), rest, true,
+                                            c->loc), c->loc);
+  int cap = k(c, c->ts->max_norm);
+  int excess = ir_unary(g, OP_RELU, sub(c, norm, cap), c->loc);
+  return mul(c, updated, dvd(c, cap, add(c, cap, excess)));
+}
+
 void train_build(Graph *g) {
   const TrainSpec *ts = &g->train;
   if (g->loss_train < 0) kiln_fail(ts->loc, "the model has no loss to minimize");
@@ -109,31 +215,47 @@ void train_build(Graph *g) {
 
   /* grad: the loss and d loss / d param for every parameter. */
   int nparams = g->nparams;  /* optimizer leaves below are STATE, so this stays fixed */
+  OptCtx c = {.g = g, .ts = ts, .dt = dt, .loc = ts->loc};
+  /* The minimised objective: the model's loss plus the regularization penalty, built before
+   * autodiff so its gradient comes from the ordinary rules. grad and train report it as
+   * "loss", and the penalty alone as "penalty"; the eval entry's loss has no penalty. */
+  int pen = penalty(&c), objective = g->loss_train;
+  if (pen >= 0) objective = add(&c, g->loss_train, pen);
   g->grads = kiln_malloc((size_t)nparams * sizeof(int));
-  ad_reverse(g, g->loss_train, g->params, nparams, g->grads);
-  ir_add_output(g, ENTRY_GRAD, "loss", g->loss_train);
+  ad_reverse(g, objective, g->params, nparams, g->grads);
+  ir_add_output(g, ENTRY_GRAD, "loss", objective);
   for (int i = 0; i < nparams; i++)
     ir_add_output(g, ENTRY_GRAD, pool_printf(g->pool, "grad.%s", ir_at(g, g->params[i])->name),
                   g->grads[i]);
 
   /* train: the loss, then every parameter's update (running statistics were added by the
    * frontend). */
-  ir_add_output(g, ENTRY_TRAIN, "loss", g->loss_train);
-  OptCtx c = {.g = g, .ts = ts, .dt = dt, .loc = ts->loc};
+  ir_add_output(g, ENTRY_TRAIN, "loss", objective);
+  if (pen >= 0) ir_add_output(g, ENTRY_TRAIN, "penalty", pen);
   c.lr = scalar_state(g, ROLE_HYPER, "lr", dt, ts->lr, ts->loc);
   if (ts->optimizer == OPT_ADAM) {
     int t = scalar_state(g, ROLE_OPT, "adam.step", dt, 0, ts->loc);
     c.step = add(&c, t, k(&c, 1));
     ir_add_update(g, ENTRY_TRAIN, t, c.step);
-  } else if (ts->momentum != 0 && ts->dampening != 0) {
+  } else if (ts->optimizer == OPT_ADAGRAD && ts->lr_decay != 0) {
+    c.step = scalar_state(g, ROLE_OPT, "adagrad.step", dt, 0, ts->loc);
+    ir_add_update(g, ENTRY_TRAIN, c.step, add(&c, c.step, k(&c, 1)));
+  } else if (ts->optimizer == OPT_SGD && ts->momentum != 0 && ts->dampening != 0) {
     c.started = scalar_state(g, ROLE_OPT, "sgd.started", dt, 0, ts->loc);
     ir_add_update(g, ENTRY_TRAIN, c.started, k(&c, 1));
   }
-  for (int i = 0; i < nparams; i++) {
-    if (ts->optimizer == OPT_ADAM)
-      update_adam(&c, g->params[i], g->grads[i]);
-    else
-      update_sgd(&c, g->params[i], g->grads[i]);
+  static void (*const updates[])(OptCtx *, int, int) = {
+      [OPT_SGD] = update_sgd, [OPT_ADAM] = update_adam, [OPT_ADAGRAD] = update_adagrad,
+      [OPT_RMSPROP] = update_rmsprop, [OPT_ADADELTA] = update_adadelta};
+  for (int i = 0; i < nparams; i++) updates[ts->optimizer](&c, g->params[i], g->grads[i]);
+  if (ts->max_norm > 0) { /* project the new value of every weight: rewrite its update */
+    Entry *en = &g->entries[ENTRY_TRAIN];
+    for (int u = 0; u < en->nupdates; u++) {
+      Update *up = &en->updates[u];
+      Node *tn = ir_at(g, up->target);
+      if (tn->op == OP_PARAM && tn->leaf.weight)
+        up->value = project_max_norm(&c, up->target, up->value);
+    }
   }
 
   /* eval: evaluation-mode loss and the declared output. */

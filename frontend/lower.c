@@ -469,6 +469,7 @@ static void lower_param(Lower *L, const Stmt *s) {
   if (s->value)
     init = (InitSpec){KILN_INIT_DATA, 0};
   int id = param_leaf(L, s->name, s->type.dtype, shape, s->name_loc, init, fan_in, fan_out);
+  node(L, id)->leaf.weight = shape.rank >= 2;
   if (L->mode == 0 && s->value)
     node(L, id)->data = literal_data(L, s);
   set_var(L, s->name, s->name_loc, VAR_PARAM, (Val){id, 0});
@@ -684,6 +685,7 @@ static Val fn_linear(Lower *L, const Func *f, Expr *call, Expr **args, const cha
     bi = (InitSpec){KILN_INIT_ZEROS, 0};
   Shape ws = {.rank = 2, .d = {{out, -1}, {in, -1}}};
   int w = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, ws, at, wi, in, out);
+  node(L, w)->leaf.weight = true;
   int y = ir_matmul(L->g, x, w, false, true, call->loc);
   if (bias) {
     Shape bs = {.rank = 1, .d = {{out, -1}}};
@@ -915,6 +917,7 @@ static Val fn_conv2d(Lower *L, const Func *f, Expr *call, Expr **args, const cha
   int64_t fan_in, fan_out;
   fans(&ws, &fan_in, &fan_out);
   int w = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, ws, at, wi, fan_in, fan_out);
+  node(L, w)->leaf.weight = true;
   int in[2] = {x, w};
   int y = ir_node(L->g, OP_CONV2D, 2, in, &a, call->loc);
   if (bias) {
@@ -1361,66 +1364,169 @@ static void lower_stmt(Lower *L, Stmt *s) {
 
 /* ---- the train block ---- */
 
-static const char *const opt_params[][5] = {
-    [OPT_ADAM] = {"lr", "beta1", "beta2", "eps", "weight_decay"},
-    [OPT_SGD] = {"lr", "momentum", "dampening", "nesterov", "weight_decay"},
-};
+/* Each optimizer's arguments in torch.optim's order, and its defaults (torch.optim's, except
+ * that sgd requires lr as torch does). */
+typedef struct OptName {
+  const char *name;
+  OptKind kind;
+  int nrequired;
+  const char *params[6];
+} OptName;
 
-/* optimizer = "adam" "(" args ")" | "sgd" "(" args ")" */
+static const OptName opt_names[] = {
+    {"sgd", OPT_SGD, 1, {"lr", "momentum", "dampening", "nesterov", "weight_decay"}},
+    {"adam", OPT_ADAM, 0, {"lr", "beta1", "beta2", "eps", "weight_decay"}},
+    {"adagrad", OPT_ADAGRAD, 0,
+     {"lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"}},
+    {"rmsprop", OPT_RMSPROP, 0, {"lr", "alpha", "eps", "weight_decay", "momentum", "centered"}},
+    {"adadelta", OPT_ADADELTA, 0, {"lr", "rho", "eps", "weight_decay"}},
+};
+#define OPT_LIST "sgd, adam, adagrad, rmsprop or adadelta"
+
+/* A numeric optimizer argument checked against [lo, hi] (hi_open: hi excluded; lo_open: lo
+ * excluded), stored through *out when given. */
+static void opt_num(Lower *L, const char *opt, const char *key, const Expr *e, double lo,
+                    bool lo_open, double hi, bool hi_open, double *out) {
+  if (!e)
+    return;
+  double v = num_arg(L, e, pool_printf(L->tmp, "%s: '%s'", opt, key));
+  bool bad = v < lo || (lo_open && v == lo) || v > hi || (hi_open && v == hi);
+  if (bad) {
+    if (hi == INFINITY)
+      kiln_fail(e->loc, "%s: '%s' must %s, got %s", opt, key,
+                lo_open ? "be positive" : "not be negative", fmt_num(L, v));
+    kiln_fail(e->loc, "%s: '%s' must be in %c%s, %s%c, got %s", opt, key, lo_open ? '(' : '[',
+              fmt_num(L, lo), fmt_num(L, hi), hi_open ? ')' : ']', fmt_num(L, v));
+  }
+  *out = v;
+}
+
+/* optimizer = name "(" args ")", name one of opt_names */
 static void train_optimizer(Lower *L, TrainSpec *t, const Expr *e) {
   if (e->kind != EX_CALL && e->kind != EX_NAME)
-    kiln_fail(e->loc, "expected an optimizer: adam(lr=...) or sgd(lr=...)");
-  bool adam = !strcmp(e->name, "adam");
-  if (!adam && strcmp(e->name, "sgd"))
-    kiln_fail(e->loc, "unknown optimizer '%s'; expected adam or sgd", e->name);
+    kiln_fail(e->loc, "expected an optimizer: " OPT_LIST ", e.g. adam(lr=1e-3)");
+  const OptName *o = NULL;
+  for (size_t i = 0; i < sizeof opt_names / sizeof *opt_names; i++)
+    if (!strcmp(e->name, opt_names[i].name))
+      o = &opt_names[i];
+  if (!o)
+    kiln_fail(e->loc, "unknown optimizer '%s'; expected " OPT_LIST, e->name);
   if (e->kind == EX_NAME)
     kiln_fail(e->loc, "%s needs its arguments: write %s(lr=...)", e->name, e->name);
-  OptKind k = adam ? OPT_ADAM : OPT_SGD;
-  Expr *a[5];
-  bind_args(e->name, opt_params[k], 5, adam ? 0 : 1, e, a);
-  const char *n = e->name;
-  t->optimizer = k;
-  if (a[0]) {
-    t->lr = num_arg(L, a[0], pool_printf(L->tmp, "%s: 'lr'", n));
-    if (t->lr < 0)
-      kiln_fail(a[0]->loc, "%s: 'lr' must not be negative", n);
+  int np = 0;
+  while (np < 6 && o->params[np])
+    np++;
+  Expr *a[6] = {0}, *arg[6] = {0};
+  bind_args(e->name, o->params, np, o->nrequired, e, arg);
+  /* a[] by meaning, whatever the position in the optimizer's signature */
+  enum { A_LR, A_WD, A_EPS, A_MOM, A_X, A_Y };
+  const char *n = o->name;
+  for (int i = 0; i < np; i++) {
+    const char *p = o->params[i];
+    int slot = !strcmp(p, "lr") ? A_LR : !strcmp(p, "weight_decay") ? A_WD
+             : !strcmp(p, "eps") ? A_EPS : !strcmp(p, "momentum") ? A_MOM
+             : !strcmp(p, "beta1") || !strcmp(p, "lr_decay") || !strcmp(p, "alpha")
+                     || !strcmp(p, "rho") || !strcmp(p, "dampening") ? A_X : A_Y;
+    a[slot] = arg[i];
   }
-  if (a[4]) {
-    t->weight_decay = num_arg(L, a[4], pool_printf(L->tmp, "%s: 'weight_decay'", n));
+  t->optimizer = o->kind;
+  /* torch.optim's defaults */
+  switch (o->kind) {
+  case OPT_ADAGRAD: t->lr = 0.01, t->eps = 1e-10; break;
+  case OPT_RMSPROP: t->lr = 0.01, t->eps = 1e-8, t->alpha = 0.99; break;
+  case OPT_ADADELTA: t->lr = 1.0, t->eps = 1e-6, t->rho = 0.9; break;
+  default: break;
+  }
+  opt_num(L, n, "lr", a[A_LR], 0, false, INFINITY, false, &t->lr);
+  if (a[A_WD]) {
+    t->weight_decay = num_arg(L, a[A_WD], pool_printf(L->tmp, "%s: 'weight_decay'", n));
     if (t->weight_decay < 0)
-      kiln_fail(a[4]->loc, "%s: 'weight_decay' must not be negative", n);
+      kiln_fail(a[A_WD]->loc, "%s: 'weight_decay' must not be negative", n);
   }
-  if (adam) {
-    for (int i = 1; i <= 2; i++) {
-      if (!a[i])
-        continue;
-      double b = num_arg(L, a[i], pool_printf(L->tmp, "adam: '%s'", opt_params[k][i]));
-      if (b < 0 || b >= 1)
-        kiln_fail(a[i]->loc, "adam: '%s' must be in [0, 1), got %s", opt_params[k][i],
-                  fmt_num(L, b));
-      *(i == 1 ? &t->beta1 : &t->beta2) = b;
-    }
-    if (a[3]) {
-      t->eps = num_arg(L, a[3], "adam: 'eps'");
-      if (t->eps <= 0)
-        kiln_fail(a[3]->loc, "adam: 'eps' must be positive");
-    }
-  } else {
-    if (a[1]) {
-      t->momentum = num_arg(L, a[1], "sgd: 'momentum'");
+  if (o->kind != OPT_SGD && a[A_EPS]) {
+    t->eps = num_arg(L, a[A_EPS], pool_printf(L->tmp, "%s: 'eps'", n));
+    if (t->eps <= 0)
+      kiln_fail(a[A_EPS]->loc, "%s: 'eps' must be positive", n);
+  }
+  switch (o->kind) {
+  case OPT_ADAM:
+    opt_num(L, n, "beta1", a[A_X], 0, false, 1, true, &t->beta1);
+    opt_num(L, n, "beta2", a[A_Y], 0, false, 1, true, &t->beta2);
+    break;
+  case OPT_ADAGRAD:
+    opt_num(L, n, "lr_decay", a[A_X], 0, false, INFINITY, false, &t->lr_decay);
+    opt_num(L, n, "initial_accumulator_value", a[A_Y], 0, false, INFINITY, false,
+            &t->initial_accumulator_value);
+    break;
+  case OPT_RMSPROP:
+    opt_num(L, n, "alpha", a[A_X], 0, false, 1, false, &t->alpha);
+    opt_num(L, n, "momentum", a[A_MOM], 0, false, INFINITY, false, &t->momentum);
+    if (a[A_Y])
+      t->centered = bool_arg(a[A_Y], "rmsprop: 'centered'");
+    break;
+  case OPT_ADADELTA:
+    opt_num(L, n, "rho", a[A_X], 0, false, 1, false, &t->rho);
+    break;
+  case OPT_SGD:
+    if (a[A_MOM]) {
+      t->momentum = num_arg(L, a[A_MOM], "sgd: 'momentum'");
       if (t->momentum < 0)
-        kiln_fail(a[1]->loc, "sgd: 'momentum' must not be negative");
+        kiln_fail(a[A_MOM]->loc, "sgd: 'momentum' must not be negative");
     }
-    if (a[2])
-      t->dampening = num_arg(L, a[2], "sgd: 'dampening'");
-    if (a[3])
-      t->nesterov = bool_arg(a[3], "sgd: 'nesterov'");
+    if (a[A_X])
+      t->dampening = num_arg(L, a[A_X], "sgd: 'dampening'");
+    if (a[A_Y])
+      t->nesterov = bool_arg(a[A_Y], "sgd: 'nesterov'");
     if (t->nesterov && (t->momentum <= 0 || t->dampening != 0))
-      kiln_fail(a[3]->loc, "sgd: nesterov needs a positive momentum and zero dampening");
+      kiln_fail(a[A_Y]->loc, "sgd: nesterov needs a positive momentum and zero dampening");
+    break;
   }
 }
 
-static const char *const train_keys[] = {"optimizer", "batch", "epochs", "steps", "seed", "init"};
+/* regularizer = "l1" "(" λ ")" | "l2" "(" λ ")" | "elastic_net" "(" "l1" "=" λ "," "l2" "=" λ ")"
+ *             | "max_norm" "(" c ")" */
+static void train_regularizer(Lower *L, TrainSpec *t, const Expr *e) {
+  static const char *const expect =
+      "expected a regularizer: l1(lambda), l2(lambda), elastic_net(l1=..., l2=...) or max_norm(c)";
+  if (e->kind != EX_CALL && e->kind != EX_NAME)
+    kiln_fail(e->loc, "%s", expect);
+  const char *n = e->name;
+  bool l1 = !strcmp(n, "l1"), l2 = !strcmp(n, "l2"), en = !strcmp(n, "elastic_net"),
+       mn = !strcmp(n, "max_norm");
+  if (!l1 && !l2 && !en && !mn)
+    kiln_fail(e->loc, "unknown regularizer '%s'; %s", n, expect);
+  if (e->kind == EX_NAME)
+    kiln_fail(e->loc, "%s needs its argument%s: write %s", n, en ? "s" : "",
+              en ? "elastic_net(l1=..., l2=...)" : pool_printf(L->tmp, "%s(...)", n));
+  static const char *const one[] = {"lambda"}, *const two[] = {"l1", "l2"},
+                           *const c[] = {"c"};
+  Expr *a[2] = {0};
+  bind_args(n, en ? two : mn ? c : one, en ? 2 : 1, en ? 2 : 1, e, a);
+  double *dst[2] = {l1 ? &t->reg_l1 : l2 ? &t->reg_l2 : en ? &t->reg_l1 : &t->max_norm,
+                    en ? &t->reg_l2 : NULL};
+  for (int i = 0; i < (en ? 2 : 1); i++) {
+    if (*dst[i] != 0)
+      kiln_fail(e->loc, "regularize: %s penalty is given twice",
+                dst[i] == &t->reg_l1 ? "the l1" : dst[i] == &t->reg_l2 ? "the l2" : "max_norm");
+    opt_num(L, n, en ? two[i] : mn ? "c" : "lambda", a[i], 0, true, INFINITY, false, dst[i]);
+  }
+}
+
+/* early_stop = "patience" "(" N ")" */
+static int train_early_stop(Lower *L, const Expr *e) {
+  if (!((e->kind == EX_CALL || e->kind == EX_NAME) && !strcmp(e->name, "patience")))
+    kiln_fail(e->loc, "expected 'early_stop = patience(N)': stop after N epochs without a "
+                      "better test loss");
+  if (e->kind == EX_NAME)
+    kiln_fail(e->loc, "patience needs its argument: write patience(N)");
+  static const char *const p[] = {"n"};
+  Expr *a[1];
+  bind_args("patience", p, 1, 1, e, a);
+  return (int)int_arg(L, a[0], 1, INT32_MAX, "patience");
+}
+
+static const char *const train_keys[] = {"optimizer", "batch", "epochs", "steps", "seed", "init",
+                                         "regularize", "early_stop"};
 
 static void read_train(Lower *L, const Stmt *s) {
   TrainSpec *t = &L->g->train;
@@ -1454,9 +1560,20 @@ static void read_train(Lower *L, const Stmt *s) {
       L->init = init_spec(L, st->value);
       t->init = L->init.kind;
       break;
+    case 6:
+      if (st->value->kind == EX_LIST) {
+        for (int j = 0; j < st->value->nitems; j++)
+          train_regularizer(L, t, st->value->items[j]);
+      } else {
+        train_regularizer(L, t, st->value);
+      }
+      break;
+    case 7:
+      t->patience = train_early_stop(L, st->value);
+      break;
     default:
       kiln_fail(st->loc, "unknown train setting '%s'; expected optimizer, batch, epochs, steps, "
-                         "seed or init", st->key);
+                         "seed, init, regularize or early_stop", st->key);
     }
   }
 }

@@ -478,6 +478,33 @@ START_TEST(lower_train_settings) {
             g->train.eps == 1e-6);
   ck_assert_str_eq(g->name, "t");  /* no model statement: the file stem */
   ir_free(g);
+  /* torch.optim's defaults when only the optimizer is named */
+  static char buf[512];
+#define TRAIN_WITH(body) \
+  (snprintf(buf, sizeof buf, "input x: f32[B, 2]\nloss = mean(x)\nminimize loss\ntrain { %s",  \
+            body), buf)
+  g = compile_ok(TRAIN_WITH("optimizer = adagrad() }\n"));
+  ck_assert(g->train.optimizer == OPT_ADAGRAD && g->train.lr == 0.01 && g->train.eps == 1e-10 &&
+            g->train.lr_decay == 0 && g->train.initial_accumulator_value == 0);
+  ir_free(g);
+  g = compile_ok(TRAIN_WITH("optimizer = adagrad(0.1, 0.01, 1e-4, 0.5, 1e-9) }\n"));
+  ck_assert(g->train.lr == 0.1 && g->train.lr_decay == 0.01 && g->train.weight_decay == 1e-4 &&
+            g->train.initial_accumulator_value == 0.5 && g->train.eps == 1e-9);
+  ir_free(g);
+  g = compile_ok(TRAIN_WITH("optimizer = rmsprop(momentum=0.9, centered=true) }\n"));
+  ck_assert(g->train.optimizer == OPT_RMSPROP && g->train.lr == 0.01 && g->train.alpha == 0.99 &&
+            g->train.eps == 1e-8 && g->train.momentum == 0.9 && g->train.centered);
+  ir_free(g);
+  g = compile_ok(TRAIN_WITH("optimizer = adadelta(rho=0.95) }\n"));
+  ck_assert(g->train.optimizer == OPT_ADADELTA && g->train.lr == 1.0 && g->train.rho == 0.95 &&
+            g->train.eps == 1e-6);
+  ir_free(g);
+  g = compile_ok(TRAIN_WITH("regularize = [elastic_net(l1=1e-5, l2=1e-4), max_norm(3)]"
+                                   "\n early_stop = patience(4) }\n"));
+  ck_assert(g->train.reg_l1 == 1e-5 && g->train.reg_l2 == 1e-4 && g->train.max_norm == 3 &&
+            g->train.patience == 4);
+  ir_free(g);
+#undef TRAIN_WITH
 }
 END_TEST
 
@@ -1336,7 +1363,7 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "         ^\n"},
     {"train unknown",
      "train { foo = 3 }\n",
-     "t.kiln:1:9: error: unknown train setting 'foo'; expected optimizer, batch, epochs, steps, seed or init\n"
+     "t.kiln:1:9: error: unknown train setting 'foo'; expected optimizer, batch, epochs, steps, seed, init, regularize or early_stop\n"
      "  train { foo = 3 }\n"
      "          ^\n"},
     {"train twice",
@@ -1360,10 +1387,80 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "  train { batch = 1e12 }\n"
      "                  ^\n"},
     {"train opt",
-     "train { optimizer = rmsprop(lr=1) }\n",
-     "t.kiln:1:21: error: unknown optimizer 'rmsprop'; expected adam or sgd\n"
-     "  train { optimizer = rmsprop(lr=1) }\n"
+     "train { optimizer = lbfgs(lr=1) }\n",
+     "t.kiln:1:21: error: unknown optimizer 'lbfgs'; expected sgd, adam, adagrad, rmsprop or adadelta\n"
+     "  train { optimizer = lbfgs(lr=1) }\n"
      "                      ^\n"},
+    {"train rmsprop alpha",
+     "train { optimizer = rmsprop(alpha=1.5) }\n",
+     "t.kiln:1:35: error: rmsprop: 'alpha' must be in [0, 1], got 1.5\n"
+     "  train { optimizer = rmsprop(alpha=1.5) }\n"
+     "                                    ^\n"},
+    {"train rmsprop arg",
+     "train { optimizer = rmsprop(beta1=0.9) }\n",
+     "t.kiln:1:29: error: unknown argument 'beta1' to rmsprop\n"
+     "  train { optimizer = rmsprop(beta1=0.9) }\n"
+     "                              ^\n"},
+    {"train rmsprop centered",
+     "train { optimizer = rmsprop(centered=1) }\n",
+     "t.kiln:1:38: error: rmsprop: 'centered' must be true or false\n"
+     "  train { optimizer = rmsprop(centered=1) }\n"
+     "                                       ^\n"},
+    {"train adagrad eps",
+     "train { optimizer = adagrad(eps=0) }\n",
+     "t.kiln:1:33: error: adagrad: 'eps' must be positive\n"
+     "  train { optimizer = adagrad(eps=0) }\n"
+     "                                  ^\n"},
+    {"train adagrad decay",
+     "train { optimizer = adagrad(lr_decay=-1) }\n",
+     "t.kiln:1:38: error: adagrad: 'lr_decay' must not be negative, got -1\n"
+     "  train { optimizer = adagrad(lr_decay=-1) }\n"
+     "                                       ^\n"},
+    {"train adadelta rho",
+     "train { optimizer = adadelta(rho=-0.1) }\n",
+     "t.kiln:1:34: error: adadelta: 'rho' must be in [0, 1], got -0.1\n"
+     "  train { optimizer = adadelta(rho=-0.1) }\n"
+     "                                   ^\n"},
+    {"train adadelta lr",
+     "train { optimizer = adadelta(lr=-1) }\n",
+     "t.kiln:1:33: error: adadelta: 'lr' must not be negative, got -1\n"
+     "  train { optimizer = adadelta(lr=-1) }\n"
+     "                                  ^\n"},
+    {"train reg unknown",
+     "train { regularize = l3(1) }\n",
+     "t.kiln:1:22: error: unknown regularizer 'l3'; expected a regularizer: l1(lambda), l2(lambda), elastic_net(l1=..., l2=...) or max_norm(c)\n"
+     "  train { regularize = l3(1) }\n"
+     "                       ^\n"},
+    {"train reg l2",
+     "train { regularize = l2(-1) }\n",
+     "t.kiln:1:25: error: l2: 'lambda' must be positive, got -1\n"
+     "  train { regularize = l2(-1) }\n"
+     "                          ^\n"},
+    {"train reg elastic",
+     "train { regularize = elastic_net(l1=0.1) }\n",
+     "t.kiln:1:22: error: elastic_net: missing argument 'l2'\n"
+     "  train { regularize = elastic_net(l1=0.1) }\n"
+     "                       ^\n"},
+    {"train reg twice",
+     "train { regularize = [l2(0.1), l2(0.2)] }\n",
+     "t.kiln:1:32: error: regularize: the l2 penalty is given twice\n"
+     "  train { regularize = [l2(0.1), l2(0.2)] }\n"
+     "                                 ^\n"},
+    {"train reg name",
+     "train { regularize = max_norm }\n",
+     "t.kiln:1:22: error: max_norm needs its argument: write max_norm(...)\n"
+     "  train { regularize = max_norm }\n"
+     "                       ^\n"},
+    {"train early",
+     "train { early_stop = 3 }\n",
+     "t.kiln:1:22: error: expected 'early_stop = patience(N)': stop after N epochs without a better test loss\n"
+     "  train { early_stop = 3 }\n"
+     "                       ^\n"},
+    {"train patience",
+     "train { early_stop = patience(0) }\n",
+     "t.kiln:1:31: error: patience must be at least 1, got 0\n"
+     "  train { early_stop = patience(0) }\n"
+     "                                ^\n"},
     {"train sgd lr",
      "train { optimizer = sgd() }\n",
      "t.kiln:1:21: error: sgd: missing argument 'lr'\n"

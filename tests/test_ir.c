@@ -404,11 +404,14 @@ END_TEST
 
 /* loss = sum(w * c) has the constant gradient c, so each optimizer's trajectory has a closed
  * form. Runs `steps` train steps in f64 and returns w. */
-static double train_linear(const char *optimizer, int steps, double w0, double c) {
+/* w after `steps` updates of loss = sum(w * c) (a constant gradient c) with the given optimizer;
+ * w is [1, 1], so it is a weight for `regularize`, which `extra` may set. */
+static double train_linear_reg(const char *optimizer, const char *extra, int steps, double w0,
+                               double c) {
   char text[512];
   snprintf(text, sizeof text,
-           "const c: f64[1] = [%.17g]\nparam w: f64[1] = [%.17g]\nloss = sum(w * c)\n"
-           "minimize loss\ntrain { optimizer = %s }\n", c, w0, optimizer);
+           "const c: f64[1] = [%.17g]\nparam w: f64[1, 1] = [[%.17g]]\nloss = sum(w * c)\n"
+           "minimize loss\ntrain { optimizer = %s %s }\n", c, w0, optimizer, extra);
   Trap t;
   Graph *volatile m = NULL;
   if (KILN_TRY(&t)) {
@@ -444,6 +447,10 @@ static double train_linear(const char *optimizer, int steps, double w0, double c
   return w;
 }
 
+static double train_linear(const char *optimizer, int steps, double w0, double c) {
+  return train_linear_reg(optimizer, "", steps, w0, c);
+}
+
 START_TEST(sgd_closed_forms) {
   double lr = 0.1, mu = 0.9, c = 2, w0 = 1;
   ck_assert_double_eq_tol(train_linear("sgd(lr=0.1)", 5, w0, c), w0 - 5 * lr * c, 1e-14);
@@ -473,6 +480,86 @@ START_TEST(adam_closed_form) {
 }
 END_TEST
 
+START_TEST(adaptive_closed_forms) {
+  /* The torch.optim update formulas (1.13 docs' pseudo-code) stepped in double precision for a
+   * constant gradient c; kiln's graph must land on the same w. */
+  double c = 0.7, w0 = 0.3;
+  /* adagrad(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.2, eps=1e-10) */
+  double w = w0, sum = 0.2;
+  for (int t = 1; t <= 6; t++) {
+    sum += c * c;
+    w -= 0.1 / (1 + (t - 1) * 0.05) * c / (sqrt(sum) + 1e-10);
+  }
+  ck_assert_double_eq_tol(
+      train_linear("adagrad(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.2)", 6, w0, c), w,
+      1e-13);
+  w = w0, sum = 0;
+  for (int t = 1; t <= 4; t++) {
+    double g = c + 0.1 * w;  /* weight_decay */
+    sum += g * g;
+    w -= 0.01 * g / (sqrt(sum) + 1e-10);
+  }
+  ck_assert_double_eq_tol(train_linear("adagrad(weight_decay=0.1)", 4, w0, c), w, 1e-13);
+  /* rmsprop in its four shapes: plain, momentum, centered, both */
+  for (int shape = 0; shape < 4; shape++) {
+    double mu = shape & 1 ? 0.9 : 0, alpha = 0.9, v = 0, ga = 0, buf = 0;
+    bool centered = shape & 2;
+    w = w0;
+    for (int t = 1; t <= 5; t++) {
+      v = alpha * v + (1 - alpha) * c * c;
+      double avg = v;
+      if (centered) {
+        ga = alpha * ga + (1 - alpha) * c;
+        avg = v - ga * ga;
+      }
+      double step = c / (sqrt(avg) + 1e-8);
+      if (mu > 0) step = buf = mu * buf + step;
+      w -= 0.01 * step;
+    }
+    char opt[128];
+    snprintf(opt, sizeof opt, "rmsprop(alpha=0.9, momentum=%g, centered=%s)", mu,
+             centered ? "true" : "false");
+    ck_assert_double_eq_tol(train_linear(opt, 5, w0, c), w, 1e-12);
+  }
+  /* adadelta(lr=1, rho=0.9, eps=1e-6) */
+  double v = 0, u = 0;
+  w = w0;
+  for (int t = 1; t <= 5; t++) {
+    v = 0.9 * v + 0.1 * c * c;
+    double d = sqrt(u + 1e-6) / sqrt(v + 1e-6) * c;
+    u = 0.9 * u + 0.1 * d * d;
+    w -= d;
+  }
+  ck_assert_double_eq_tol(train_linear("adadelta()", 5, w0, c), w, 1e-13);
+}
+END_TEST
+
+START_TEST(regularizer_closed_forms) {
+  /* l2(λ) adds λ·w to the gradient, l1(λ) adds λ·sign(w), elastic_net both. */
+  double c = 0.5, w0 = 0.8, lr = 0.1, w = w0;
+  for (int t = 0; t < 4; t++) w -= lr * (c + 0.2 * w);
+  ck_assert_double_eq_tol(train_linear_reg("sgd(lr=0.1)", "regularize = l2(0.2)", 4, w0, c), w,
+                          1e-14);
+  w = w0;
+  for (int t = 0; t < 4; t++) w -= lr * (c + 0.3 * (w > 0 ? 1 : w < 0 ? -1 : 0));
+  ck_assert_double_eq_tol(train_linear_reg("sgd(lr=0.1)", "regularize = l1(0.3)", 4, w0, c), w,
+                          1e-14);
+  w = -w0;
+  for (int t = 0; t < 4; t++) w -= lr * (c + 0.3 * (w > 0 ? 1 : w < 0 ? -1 : 0) + 0.2 * w);
+  ck_assert_double_eq_tol(train_linear_reg("sgd(lr=0.1)", "regularize = elastic_net(l1=0.3, l2=0.2)",
+                                           4, -w0, c), w, 1e-14);
+  /* max_norm: w = 0.8 − 0.1·(−5) = 1.3 per step before projection, clipped to 1 each time */
+  ck_assert_double_eq_tol(
+      train_linear_reg("sgd(lr=0.1)", "regularize = max_norm(1)", 3, w0, -5), 1, 1e-14);
+  ck_assert_double_eq_tol(
+      train_linear_reg("sgd(lr=0.1)", "regularize = max_norm(2)", 1, w0, -5), 1.3, 1e-14);
+  ck_assert_double_eq_tol(
+      train_linear_reg("sgd(lr=0.1)", "regularize = max_norm(1)", 1, w0, 5), 0.3, 1e-14);
+  ck_assert_double_eq_tol(
+      train_linear_reg("sgd(lr=0.1)", "regularize = max_norm(1)", 1, -w0, 5), -1, 1e-14);
+}
+END_TEST
+
 static Suite *ir_suite(void) {
   Suite *s = suite_create("ir");
   TCase *tc = tcase_create("shapes");
@@ -494,6 +581,8 @@ static Suite *ir_suite(void) {
   tcase_add_test(tm, plan_allocation_failures);
   tcase_add_test(tm, sgd_closed_forms);
   tcase_add_test(tm, adam_closed_form);
+  tcase_add_test(tm, adaptive_closed_forms);
+  tcase_add_test(tm, regularizer_closed_forms);
   suite_add_tcase(s, tm);
   return s;
 }
