@@ -2182,5 +2182,6 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
   line(&cg, "  .epochs = %d,", g->train.epochs);
   line(&cg, "  .steps = %" PRId64 ",", g->train.steps);
   line(&cg, "  .seed = UINT64_C(%" PRIu64 "),", g->train.seed);
+  line(&cg, "  .patience = %d,", g->train.patience);
   line(&cg, "};");
 }

@@ -41,7 +41,7 @@ static const char usage[] =
     "\n"
     "trainer options (train, and every built trainer):\n"
     "  --data DIR --epochs N --lr X --seed S --save FILE --load FILE --metrics FILE.csv\n"
-    "  --limit-train N --limit-test N --quiet\n";
+    "  --limit-train N --limit-test N --patience N --quiet\n";
 
 typedef struct Args {
   const char *cmd, *model, *out, *params, *inputs, *tangents;
@@ -124,7 +124,7 @@ static int parse_args(int argc, char **argv, Args *a) {
        * argument with them (unless written --opt=value). */
       static const char *const with_value[] = {"--data", "--epochs", "--lr", "--seed", "--save",
                                                "--load", "--metrics", "--limit-train",
-                                               "--limit-test"};
+                                               "--limit-test", "--patience"};
       a->rest[a->nrest++] = argv[i];
       for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++)
         if (!strcmp(s, with_value[k]) && val) {

@@ -918,6 +918,7 @@ void interp_backend(Interp *it, const Plan *plan, kiln_program *prog, RtBackend 
   prog->epochs = it->g->train.epochs;
   prog->steps = it->g->train.steps;
   prog->seed = it->g->train.seed;
+  prog->patience = it->g->train.patience;
   memset(be, 0, sizeof *be);
   be->prog = prog;
   be->self = it;

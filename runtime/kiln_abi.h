@@ -22,7 +22,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 1
+#define KILN_ABI_VERSION 2
 #define KILN_ABI_MAX_RANK 6
 
 /* Element types. */
@@ -111,6 +111,7 @@ typedef struct kiln_program {
   int epochs;
   int64_t steps;         /* >0: number of full-batch updates for models whose data is in the file */
   uint64_t seed;
+  int patience;          /* >0: early stopping after this many epochs without a better test loss */
 } kiln_program;
 
 #endif

@@ -43,6 +43,8 @@ static void usage(FILE *f, const char *name) {
           "  --metrics FILE      write one CSV row per epoch to FILE\n"
           "  --limit-train N     use only the first N training examples\n"
           "  --limit-test N      use only the first N test examples\n"
+          "  --patience N        stop after N epochs without a better test loss and keep the\n"
+          "                      best epoch's parameters (overrides the model's early_stop)\n"
           "  --quiet             no progress output on stderr\n"
           "  --help              show this message\n",
           name);
@@ -104,7 +106,8 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
     memcpy(key, arg, klen);
     key[klen] = 0;
     static const char *const known[] = {"--data", "--epochs", "--lr", "--seed", "--save",
-                                        "--load", "--metrics", "--limit-train", "--limit-test"};
+                                        "--load", "--metrics", "--limit-train", "--limit-test",
+                                        "--patience"};
     int k = -1;
     for (int j = 0; j < (int)(sizeof known / sizeof known[0]); j++)
       if (!strcmp(key, known[j]))
@@ -149,6 +152,11 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       if (parse_i64(val, &n))
         return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
       *(k == 7 ? &o->limit_train : &o->limit_test) = n;
+      break;
+    case 9:
+      if (parse_i64(val, &n) || n > 1000000000)
+        return opt_error(name, "%s: expected a positive number of epochs, got '%s'", key, val);
+      o->patience = (int)n;
       break;
     }
   }
@@ -507,12 +515,43 @@ static int check_step(Run *r, int epoch, int64_t step, int64_t b, int loss_t) {
   return 0;
 }
 
+/* Early stopping keeps a copy of every saved tensor (parameters, running statistics) from the
+ * epoch with the best test loss, and writes it back when training stops. */
+typedef struct Best {
+  double *vals;           /* the saved tensors, one after the other, in table order */
+  int epoch;              /* 0: none yet */
+  double test_loss, train_loss, acc;
+} Best;
+
+static int best_copy(Run *r, Best *b, int restore) {
+  const kiln_program *p = r->prog;
+  int64_t total = 0;
+  for (int i = 0; i < p->ntensors; i++)
+    if (saved(&p->tensors[i]))
+      total += rt_numel(&p->tensors[i], -1);
+  if (!b->vals && !(b->vals = malloc((size_t)(total > 0 ? total : 1) * sizeof *b->vals)))
+    return rt_errf(r->err, "out of memory");
+  double *at = b->vals;
+  for (int i = 0; i < p->ntensors; i++) {
+    if (!saved(&p->tensors[i]))
+      continue;
+    int64_t n = rt_numel(&p->tensors[i], -1);
+    if (restore)
+      r->be->write(r->be->self, i, at, n);
+    else
+      r->be->read(r->be->self, i, at, n);
+    at += n;
+  }
+  return 0;
+}
+
 static int train_data(Run *r) {
   const kiln_program *p = r->prog;
   const RtOptions *o = r->o;
   RtDataset train = {0}, test = {0};
   RtCsv csv = {0};
   int64_t *order = NULL;
+  Best best = {0};
   int rc = -1;
   if (!o->data_dir)
     return rt_errf(r->err, "model '%s' reads images and labels: pass --data DIR (e.g. "
@@ -552,7 +591,12 @@ static int train_data(Run *r) {
   rt_rng_seed(&rng, rt_hash_name(r->seed, "kiln.shuffle"));
   double train_time = 0, train_loss = NAN, test_loss = NAN, acc = NAN;
   int64_t train_images = 0;
-  for (int epoch = 1; epoch <= epochs; epoch++) {
+  int patience = o->patience > 0 ? o->patience : p->patience > 0 ? p->patience : 0;
+  int ran = 0, stopped = 0;
+  /* The loss the train step reports includes the regularization penalty when there is one. */
+  const char *train_name = rt_find_tensor(p, "penalty") >= 0 ? "train_loss(+penalty)" : "train_loss";
+  for (int epoch = 1; epoch <= epochs && !stopped; epoch++) {
+    ran = epoch;
     double t0 = rt_now(), loss_sum = 0;
     int64_t seen = 0;
     for (int64_t i = 0; i < ntrain; i++)
@@ -582,19 +626,44 @@ static int train_data(Run *r) {
     if (evaluate(r, &test, ntest, &test_loss, &acc))
       goto done;
     double rate = epoch_train > 0 ? (double)seen / epoch_train : 0;
+    const char *note = "";
+    if (patience > 0) {
+      /* NaN never improves; the first epoch always sets the best */
+      if (best.epoch == 0 || test_loss < best.test_loss) {
+        if (best_copy(r, &best, 0))
+          goto done;
+        best = (Best){best.vals, epoch, test_loss, train_loss, acc};
+        note = "  (best)";
+      } else if (epoch - best.epoch >= patience) {
+        stopped = 1;
+        note = "  (no better test loss for the patience: stopping)";
+      }
+    }
     if (!o->quiet)
-      fprintf(stderr, "epoch %d/%d  train_loss %.4f  test_loss %.4f  test_accuracy %.4f  "
-              "%.0f img/s\n", epoch, epochs, train_loss, test_loss, acc, rate);
+      fprintf(stderr, "epoch %d/%d  %s %.4f  test_loss %.4f  test_accuracy %.4f  "
+              "%.0f img/s%s\n", epoch, epochs, train_name, train_loss, test_loss, acc, rate, note);
     rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f", epoch, train_loss, test_loss, acc, rate,
                rt_now() - t0);
   }
   if (rt_csv_close(&csv, r->err))
     goto done;
+  if (best.epoch > 0) {
+    /* early stopping: go back to the best epoch's parameters, and report that epoch */
+    if (best_copy(r, &best, 1))
+      goto done;
+    train_loss = best.train_loss, test_loss = best.test_loss, acc = best.acc;
+    if (!o->quiet)
+      fprintf(stderr, "early stopping: %s after epoch %d; keeping epoch %d (best test_loss "
+              "%.4f)\n", stopped ? "stopped" : "ran all epochs", ran, best.epoch, test_loss);
+  }
   if (o->save_path && rt_save_checkpoint(r->be, o->save_path, r->err))
     goto done;
-  printf("final epochs=%d train_loss=%.4f test_loss=%.4f test_accuracy=%.4f images_per_s=%.0f\n",
-         epochs, train_loss, test_loss, acc,
+  printf("final epochs=%d train_loss=%.4f test_loss=%.4f test_accuracy=%.4f images_per_s=%.0f",
+         ran, train_loss, test_loss, acc,
          train_time > 0 ? (double)train_images / train_time : 0.0);
+  if (patience > 0)
+    printf(" early_stop=%s best_epoch=%d", stopped ? "yes" : "no", best.epoch);
+  printf("\n");
   fflush(stdout);
   rc = 0;
 done:
@@ -603,6 +672,7 @@ done:
     rt_csv_close(&csv, ignored);
   }
   free(order);
+  free(best.vals);
   rt_dataset_free(&train);
   rt_dataset_free(&test);
   return rc;
@@ -694,6 +764,11 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   for (int i = 0; i < p->ntensors; i++)
     if (p->tensors[i].role == KILN_ROLE_INPUT && p->tensors[i].source != KILN_SRC_NONE)
       data = 1;
+  if (!data && (o->patience > 0 || p->patience > 0)) {
+    rt_errf(r.err, "early stopping needs a test set, but model '%s' has its data in the file "
+            "(no --data)", p->model ? p->model : "?");
+    goto done;
+  }
   rc = data ? train_data(&r) : train_literal(&r);
 done:
   free(r.buf);

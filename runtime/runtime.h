@@ -130,6 +130,7 @@ typedef struct RtOptions {
   int64_t limit_train;    /* >0: use only the first N training examples (tests) */
   int64_t limit_test;
   int quiet;              /* no progress line */
+  int patience;           /* >0: early stopping (overrides the program's); 0: the program's */
   const char *prog_name;  /* prefix of messages on stderr ("trainer: error: ..."); set by
                              rt_options_parse, "trainer" by default */
 } RtOptions;

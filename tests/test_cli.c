@@ -131,6 +131,47 @@ START_TEST(sgd_dampening_first_step) {
 }
 END_TEST
 
+/* `kiln check` (generated code against the reference runtime, gradients against finite
+ * differences) on a small model with each optimizer and regularizer. */
+START_TEST(check_every_optimizer) {
+  static const char *const blocks[] = {
+      "optimizer = sgd(lr=0.1, momentum=0.9, nesterov=true)",
+      "optimizer = adam(lr=0.01, weight_decay=1e-3)",
+      "optimizer = adagrad(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1)",
+      "optimizer = rmsprop(momentum=0.9, centered=true)",
+      "optimizer = adadelta(weight_decay=0.01)",
+      "optimizer = sgd(lr=0.1) regularize = [elastic_net(l1=1e-3, l2=1e-2), max_norm(1)]",
+  };
+  char path[300], cmd[600], *out, *err;
+  snprintf(path, sizeof path, "%s/opt.kiln", tmpdir);
+  for (size_t i = 0; i < sizeof blocks / sizeof *blocks; i++) {
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "const x: f64[4, 3] = [[0.5, -1, 2], [1.5, 0.25, -0.5], [-1, 2, 1], [0, 1, -2]]\n"
+               "const y: f64[4, 2] = [[1, -1], [0.5, 2], [-1.5, 0], [2, 1]]\n"
+               "param w: f64[3, 2] = [[0.3, -0.7], [0.9, 0.1], [-0.4, 0.6]]\n"
+               "param b: f64[2] = [0.2, -0.1]\n"
+               "loss = mean((matmul(x, w) + b - y) ^ 2)\nminimize loss\ntrain { %s }\n",
+            blocks[i]);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, KILN " check '%s' --steps 3", path);
+    int rc = run(cmd, &out, &err);
+    ck_assert_msg(rc == 0 && strstr(out, "check: OK"), "%s\n%s%s", blocks[i], out, err);
+    free(out), free(err);
+  }
+  /* early stopping needs a test set */
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("param w: f64[1] = [1]\nloss = sum(w * w)\nminimize loss\n"
+        "train { optimizer = sgd(lr=0.1) early_stop = patience(2) }\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " train '%s' --quiet", path);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  ck_assert_msg(strstr(err, "early stopping needs a test set"), "%s", err);
+  free(out), free(err);
+}
+END_TEST
+
 START_TEST(check_mlp_passes) {
   char *out;
   ck_assert_int_eq(run(KILN " check " EX "mlp.kiln --steps 2", &out, NULL), 0);
@@ -432,6 +473,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, graph_is_dot);
   tcase_add_test(tc, linear_toy_reference);
   tcase_add_test(tc, check_mlp_passes);
+  tcase_add_test(tc, check_every_optimizer);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);

@@ -1074,6 +1074,7 @@ static const char golden_relu[] =
     "  .epochs = 1,\n"
     "  .steps = 0,\n"
     "  .seed = UINT64_C(1),\n"
+    "  .patience = 0,\n"
     "};\n";
 
 START_TEST(golden_one_op_program) {

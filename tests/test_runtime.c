@@ -962,7 +962,7 @@ START_TEST(options) {
   char *out, *err;
   ck_assert_int_eq(parse(&c, &out, &err, "--data", "/d", "--epochs", "3", "--lr=0.05", "--seed",
                          "18446744073709551615", "--save", "s.st", "--load", "l.st", "--metrics",
-                         "m.csv", "--limit-train", "100", "--limit-test=50", "--quiet", NULL), 0);
+                         "m.csv", "--limit-train", "100", "--limit-test=50", "--quiet", "--patience", "4", NULL), 0);
   ck_assert_str_eq(out, "");
   ck_assert_str_eq(err, "");
   free(out), free(err);
@@ -977,6 +977,7 @@ START_TEST(options) {
   ck_assert_int_eq(c.o.limit_train, 100);
   ck_assert_int_eq(c.o.limit_test, 50);
   ck_assert_int_eq(c.o.quiet, 1);
+  ck_assert_int_eq(c.o.patience, 4);
   ck_assert_str_eq(c.o.prog_name, "trainer");
 
   ck_assert_int_eq(parse(&c, &out, &err, NULL), 0);
@@ -1001,6 +1002,7 @@ START_TEST(options) {
       {"--seed", "-5", "expected an unsigned 64-bit seed, got '-5'"},
       {"--seed", "18446744073709551616", "unsigned 64-bit seed"},
       {"--limit-test", "x", "--limit-test: expected a positive count, got 'x'"},
+      {"--patience", "0", "--patience: expected a positive number of epochs, got '0'"},
       {"--data", "", "option --data needs a non-empty value"},
       {"--frobnicate", "1", "trainer: error: unknown option '--frobnicate' (see --help)\n"},
       {"stray", NULL, "trainer: error: unexpected argument 'stray' (see --help)\n"},
@@ -1064,6 +1066,8 @@ typedef struct Fake {
   int nan_state_at;          /* >0: the nth train call makes bn.running_var NaN */
   int nan_eval;              /* the eval loss is NaN (bad-label flag) */
   int runs;
+  const double *eval_curve;  /* non-NULL: the eval loss of epoch e is eval_curve[e - 1] */
+  double w_at_epoch[16];     /* w when epoch e was evaluated (e < 16) */
 } Fake;
 
 static void fake_problem(Fake *f, const char *msg, int a, int b) {
@@ -1124,6 +1128,8 @@ static int fake_run(void *self, int entry, int64_t batch, char *err) {
     int ex = fake_example(f, k);
     if (ex == 0 && k == 0) { /* a new evaluation pass: every example seen once per epoch */
       f->epochs_done++;
+      if (f->epochs_done < 16)
+        f->w_at_epoch[f->epochs_done] = f->vals[T_W][0];
       for (int i = 0; i < MAXEX; i++)
         if (f->train_visits[i] && f->train_visits[i] != f->epochs_done)
           fake_problem(f, "example visited the wrong number of times", i, f->train_visits[i]);
@@ -1140,6 +1146,8 @@ static int fake_run(void *self, int entry, int64_t batch, char *err) {
       f->vals[T_EVAL_OUT][k * 3 + c] = c == pred ? 2.0 : -1.0;
   }
   f->vals[T_EVAL_LOSS][0] = f->nan_eval ? NAN : sum / (double)batch;
+  if (f->eval_curve)
+    f->vals[T_EVAL_LOSS][0] = f->eval_curve[f->epochs_done - 1];
   return 0;
 }
 
@@ -1246,6 +1254,58 @@ START_TEST(train_visits_every_example) {
   ck_assert_ptr_nonnull(strstr(csv, "\n2,4.500000,3.000000,0.714286,"));
   ck_assert_ptr_nonnull(strstr(csv, "\n3,4.500000,3.000000,0.714286,"));
   free(csv);
+  fake_free(&f);
+}
+END_TEST
+
+/* Early stopping: the test loss goes down, then up; training stops `patience` epochs after the
+ * best one and leaves the best epoch's parameters and running statistics in place. */
+START_TEST(train_early_stopping) {
+  write_split(tmpdir, "train", 6, 2, 0);
+  write_split(tmpdir, "t10k", 3, 2, 0);
+  static const double curve[] = {5, 3, 2, 2, 4, 1, 1, 1, 1, 1};
+  kiln_program p = data_program();
+  RtOptions o;
+  default_opts(&o);
+  o.epochs = 10;
+  o.patience = 2;
+  o.quiet = 0;
+  Fake f;
+  char *out, *err;
+  fake_init(&f, &p);
+  f.eval_curve = curve;
+  TrainCall c = {{&p, &f, fake_run, fake_read, fake_write}, o};
+  ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
+  ck_assert_msg(f.problems == 0, "%s", f.problem);
+  /* best at epoch 3 (a tie at 4 is no improvement), stop after 5 */
+  ck_assert_int_eq(f.epochs_done, 5);
+  ck_assert_int_eq(f.train_visits[0], 5);
+  ck_assert_msg(!strncmp(out, "final epochs=5 train_loss=2.5000 test_loss=2.0000 ", 50), "%s",
+                out);
+  ck_assert_msg(strstr(out, " early_stop=yes best_epoch=3\n"), "%s", out);
+  ck_assert_msg(strstr(err, "epoch 3/10") && strstr(err, "(best)"), "%s", err);
+  ck_assert_msg(strstr(err, "stopping") &&
+                strstr(err, "early stopping: stopped after epoch 5; keeping epoch 3"), "%s", err);
+  ck_assert(f.w_at_epoch[3] != f.w_at_epoch[5]);
+  ck_assert_double_eq(f.vals[T_W][0], f.w_at_epoch[3]);   /* restored */
+  ck_assert_double_eq(f.vals[T_RUNNING][1], 1 + 3 * 2);  /* STATE: 1, then +1 per step, 3 epochs */
+  ck_assert_double_eq(f.vals[T_STEPS][0], 5 * 2);          /* OPT state is not restored */
+  free(out), free(err);
+  fake_free(&f);
+
+  /* From the program (the train block's early_stop), never triggered: all epochs, the best kept */
+  p.patience = 3;
+  default_opts(&o);
+  o.epochs = 6;
+  fake_init(&f, &p);
+  f.eval_curve = curve;
+  c = (TrainCall){{&p, &f, fake_run, fake_read, fake_write}, o};
+  ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
+  ck_assert_int_eq(f.epochs_done, 6);
+  ck_assert_msg(strstr(out, "final epochs=6 ") && strstr(out, "test_loss=1.0000") &&
+                strstr(out, " early_stop=no best_epoch=6\n"), "%s", out);
+  ck_assert_double_eq(f.vals[T_W][0], f.w_at_epoch[6]);
+  free(out), free(err);
   fake_free(&f);
 }
 END_TEST
@@ -1558,6 +1618,7 @@ static Suite *runtime_suite(void) {
   tcase_add_test(tc, options);
   tcase_add_test(tc, train_visits_every_example);
   tcase_add_test(tc, train_seed_limits_and_lr);
+  tcase_add_test(tc, train_early_stopping);
   tcase_add_test(tc, train_checkpoints);
   tcase_add_test(tc, train_errors);
   tcase_add_test(tc, train_literal_model);
