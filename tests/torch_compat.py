@@ -8,6 +8,9 @@
 3. Second order: `kiln hvp` (forward over reverse) equals PyTorch's Hessian-vector product by
    double backward, and `kiln jvp` the directional derivatives of the loss and (evaluation
    mode) of the logits from torch.autograd.functional.jvp, along the same random direction.
+4. Optimizers and regularizers: five steps of `kiln train` (both runtimes) on a small quadratic
+   with its data in the model file end at the parameters torch.optim reaches from the same start
+   with the same optimizer, penalty and max-norm projection.
 
 Usage: torch_compat.py KILN_BINARY SOURCE_DIR
 """
@@ -156,6 +159,88 @@ def check_second_order(model_name, module, batch, tmp):
               1e-3, 1e-5)
 
 
+OPT_X = [[0.5, -1.0, 2.0], [1.5, 0.25, -0.5], [-1.0, 2.0, 1.0], [0.0, 1.0, -2.0]]
+OPT_Y = [[1.0, -1.0], [0.5, 2.0], [-1.5, 0.0], [2.0, 1.0]]
+OPT_W = [[0.3, -0.7], [0.9, 0.1], [-0.4, 0.6]]
+OPT_B = [0.2, -0.1]
+
+
+def l1(w):
+    return w.abs().sum()
+
+
+def l2(w):
+    return 0.5 * (w * w).sum()
+
+
+# (kiln train block, torch optimizer factory, penalty on w, max-norm c or None)
+OPTIMIZERS = [
+    ("optimizer = sgd(lr=0.05)", lambda p: torch.optim.SGD(p, lr=0.05), None, None),
+    ("optimizer = sgd(lr=0.05, momentum=0.9, nesterov=true, weight_decay=0.01)",
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+     None, None),
+    ("optimizer = adam(lr=0.05, beta1=0.8, weight_decay=0.01)",
+     lambda p: torch.optim.Adam(p, lr=0.05, betas=(0.8, 0.999), weight_decay=0.01), None, None),
+    ("optimizer = adagrad()", lambda p: torch.optim.Adagrad(p), None, None),
+    ("optimizer = adagrad(lr=0.1, lr_decay=0.05, weight_decay=0.01, "
+     "initial_accumulator_value=0.2, eps=1e-9)",
+     lambda p: torch.optim.Adagrad(p, lr=0.1, lr_decay=0.05, weight_decay=0.01,
+                                   initial_accumulator_value=0.2, eps=1e-9), None, None),
+    ("optimizer = rmsprop()", lambda p: torch.optim.RMSprop(p), None, None),
+    ("optimizer = rmsprop(lr=0.02, alpha=0.9, weight_decay=0.01, momentum=0.9, centered=true)",
+     lambda p: torch.optim.RMSprop(p, lr=0.02, alpha=0.9, weight_decay=0.01, momentum=0.9,
+                                   centered=True), None, None),
+    ("optimizer = rmsprop(momentum=0.5)", lambda p: torch.optim.RMSprop(p, momentum=0.5),
+     None, None),
+    ("optimizer = adadelta()", lambda p: torch.optim.Adadelta(p), None, None),
+    ("optimizer = adadelta(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.01)",
+     lambda p: torch.optim.Adadelta(p, lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.01), None, None),
+    ("optimizer = sgd(lr=0.05) regularize = l2(0.3)", lambda p: torch.optim.SGD(p, lr=0.05),
+     lambda w: 0.3 * l2(w), None),
+    ("optimizer = sgd(lr=0.05) regularize = l1(0.2)", lambda p: torch.optim.SGD(p, lr=0.05),
+     lambda w: 0.2 * l1(w), None),
+    ("optimizer = adam(lr=0.05) regularize = elastic_net(l1=0.2, l2=0.3)",
+     lambda p: torch.optim.Adam(p, lr=0.05), lambda w: 0.2 * l1(w) + 0.3 * l2(w), None),
+    ("optimizer = sgd(lr=0.2, momentum=0.9) regularize = max_norm(0.8)",
+     lambda p: torch.optim.SGD(p, lr=0.2, momentum=0.9), None, 0.8),
+    ("optimizer = rmsprop(lr=0.05) regularize = [l2(0.1), max_norm(0.7)]",
+     lambda p: torch.optim.RMSprop(p, lr=0.05), lambda w: 0.1 * l2(w), 0.7),
+]
+
+
+def check_optimizers(tmp):
+    """Five steps of every optimizer and regularizer on loss = mean((x w + b − y)²)."""
+    x, y = torch.tensor(OPT_X, dtype=torch.float64), torch.tensor(OPT_Y, dtype=torch.float64)
+    for i, (block, make, penalty, max_norm) in enumerate(OPTIMIZERS):
+        w = torch.tensor(OPT_W, dtype=torch.float64, requires_grad=True)
+        b = torch.tensor(OPT_B, dtype=torch.float64, requires_grad=True)
+        opt = make([w, b])
+        for _ in range(5):
+            opt.zero_grad()
+            loss = ((x @ w + b - y) ** 2).mean()
+            if penalty:
+                loss = loss + penalty(w)  # w is [3, 2]: a weight; b is a bias
+            loss.backward()
+            opt.step()
+            if max_norm:  # each slice w[i, :] onto the ball of radius c
+                with torch.no_grad():
+                    norms = w.norm(dim=1, keepdim=True)
+                    w.mul_(max_norm / norms.clamp(min=max_norm))
+        model = f"{tmp}/opt{i}.kiln"
+        with open(model, "w") as f:
+            f.write(f"const x: f64[4, 3] = {OPT_X}\nconst y: f64[4, 2] = {OPT_Y}\n"
+                    f"param w: f64[3, 2] = {OPT_W}\nparam b: f64[2] = {OPT_B}\n"
+                    "loss = mean((matmul(x, w) + b - y) ^ 2)\nminimize loss\n"
+                    f"train {{ {block} }}\n")
+        run("check", model)
+        for runtime in ("reference", "compiled"):
+            out = f"{tmp}/opt{i}_{runtime}.safetensors"
+            run("train", model, "--runtime", runtime, "--epochs", "5", "--save", out, "--quiet")
+            got = load_safetensors(out)
+            close(f"{block[12:40]} {runtime[:3]} w", got["w"], w.detach(), 1e-10, 1e-12)
+            close(f"{block[12:40]} {runtime[:3]} b", got["b"], b.detach(), 1e-10, 1e-12)
+
+
 def check_checkpoint(model_name, module, tmp):
     global failures
     model = os.path.join(SRC, "examples", model_name + ".kiln")
@@ -181,6 +266,7 @@ def check_checkpoint(model_name, module, tmp):
 def main():
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
+        check_optimizers(tmp)
         check_gradients("mlp", MLP(), 16, tmp)
         check_gradients("mnist_cnn", MnistCNN(), 8, tmp)
         check_second_order("mlp", MLP(), 16, tmp)
