@@ -626,17 +626,18 @@ static int train_data(Run *r) {
     if (evaluate(r, &test, ntest, &test_loss, &acc))
       goto done;
     double rate = epoch_train > 0 ? (double)seen / epoch_train : 0;
-    const char *note = "";
+    char note[80] = "";
     if (patience > 0) {
       /* NaN never improves; the first epoch always sets the best */
       if (best.epoch == 0 || test_loss < best.test_loss) {
         if (best_copy(r, &best, 0))
           goto done;
         best = (Best){best.vals, epoch, test_loss, train_loss, acc};
-        note = "  (best)";
+        snprintf(note, sizeof note, "  (best)");
       } else if (epoch - best.epoch >= patience) {
         stopped = 1;
-        note = "  (no better test loss for the patience: stopping)";
+        snprintf(note, sizeof note, "  (no better test loss for %d epoch%s: stopping)", patience,
+                 patience == 1 ? "" : "s");
       }
     }
     if (!o->quiet)

@@ -1284,7 +1284,8 @@ START_TEST(train_early_stopping) {
                 out);
   ck_assert_msg(strstr(out, " early_stop=yes best_epoch=3\n"), "%s", out);
   ck_assert_msg(strstr(err, "epoch 3/10") && strstr(err, "(best)"), "%s", err);
-  ck_assert_msg(strstr(err, "stopping") &&
+  ck_assert_msg(strstr(err, "epoch 5/10") &&
+                strstr(err, "(no better test loss for 2 epochs: stopping)") &&
                 strstr(err, "early stopping: stopped after epoch 5; keeping epoch 3"), "%s", err);
   ck_assert(f.w_at_epoch[3] != f.w_at_epoch[5]);
   ck_assert_double_eq(f.vals[T_W][0], f.w_at_epoch[3]);   /* restored */
