@@ -247,6 +247,49 @@ START_TEST(trainer_learns_on_a_slice) {
 }
 END_TEST
 
+/* Regularization and early stopping end to end on a data set: the progress lines say the
+ * training loss includes the penalty, the summary reports early stopping, and every row of the
+ * saved weight has norm <= max_norm's c. */
+START_TEST(regularized_early_stopping_on_data) {
+  char path[300], ckpt[300], cmd[1024], *out, *err;
+  snprintf(path, sizeof path, "%s/reg.kiln", tmpdir);
+  snprintf(ckpt, sizeof ckpt, "%s/reg.safetensors", tmpdir);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("input image: f32[B, 1, 28, 28] from images / 255\ninput label: i32[B] from labels\n"
+        "logits = linear(flatten(image), out=10) as fc\nloss = cross_entropy(logits, label)\n"
+        "output logits\nminimize loss\n"
+        "train { optimizer = sgd(lr=0.5, momentum=0.9) batch = 32\n"
+        "  regularize = [l2(1e-3), max_norm(0.5)] early_stop = patience(2) }\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " train '%s' --data " DATA " --epochs 3 --limit-train 256 "
+           "--limit-test 128 --save '%s'", path, ckpt);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(err, "epoch 1/3  train_loss(+penalty) "), "%s", err);
+  ck_assert_msg(strstr(out, " early_stop=") && strstr(out, " best_epoch="), "%s", out);
+  free(out), free(err);
+  RtNamedTensor *ts;
+  int n;
+  char e[RT_ERR_LEN];
+  ck_assert_int_eq(rt_safetensors_load(ckpt, &ts, &n, e), 0);
+  bool seen = false;
+  for (int i = 0; i < n; i++) {
+    if (strcmp(ts[i].name, "fc.weight")) continue;
+    seen = true;
+    ck_assert_int_eq(ts[i].dims[0], 10);
+    double top = 0;
+    for (int r = 0; r < 10; r++) {
+      double s = 0;
+      for (int c = 0; c < 784; c++) s += ts[i].values[r * 784 + c] * ts[i].values[r * 784 + c];
+      top = fmax(top, sqrt(s));
+    }
+    ck_assert_msg(top <= 0.5 * (1 + 1e-6) && top > 0.4, "largest row norm %g", top);
+  }
+  ck_assert(seen);
+  rt_safetensors_free(ts, n);
+}
+END_TEST
+
 /* kiln grad at the same point, compiled and reference: the same loss and gradients. */
 START_TEST(grad_agrees_between_runtimes) {
   char cmd[2048], params[300], inputs[300], g1[300], g2[300], e[RT_ERR_LEN];
@@ -474,6 +517,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, linear_toy_reference);
   tcase_add_test(tc, check_mlp_passes);
   tcase_add_test(tc, check_every_optimizer);
+  tcase_add_test(tc, regularized_early_stopping_on_data);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);
