@@ -49,13 +49,24 @@ static int sub(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_SUB, a, b, c
 static int mul(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_MUL, a, b, c->loc); }
 static int dvd(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_DIV, a, b, c->loc); }
 
+/* torch.optim's L2 weight decay: the gradient plus wd·p (nothing when wd is 0). */
+static int decayed(OptCtx *c, int p, int grad) {
+  double wd = c->ts->weight_decay;
+  return wd != 0 ? add(c, grad, mul(c, k(c, wd), p)) : grad;
+}
+
+/* An exponential moving average: beta·avg + (1 − beta)·x. */
+static int ema(OptCtx *c, double beta, int avg, int x) {
+  return add(c, mul(c, k(c, beta), avg), mul(c, k(c, 1 - beta), x));
+}
+
 /* torch.optim.SGD: g += wd·p; buf = μ·buf + (1−dampening)·g; g = nesterov ? g + μ·buf : buf;
  * p −= lr·g. PyTorch seeds buf with the undamped g on the first step; buf starts at zero here,
  * so with dampening the first step's factor is 1 instead, through c->started (0, then 1). */
 static void update_sgd(OptCtx *c, int p, int grad) {
   const TrainSpec *ts = c->ts;
   Graph *g = c->g;
-  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  grad = decayed(c, p, grad);
   if (ts->momentum != 0) {
     int buf = opt_state(g, p, "momentum_buffer");
     int damp = ts->dampening == 0 ? k(c, 1)
@@ -72,10 +83,10 @@ static void update_sgd(OptCtx *c, int p, int grad) {
 static void update_adam(OptCtx *c, int p, int grad) {
   const TrainSpec *ts = c->ts;
   Graph *g = c->g;
-  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  grad = decayed(c, p, grad);
   int m = opt_state(g, p, "exp_avg"), v = opt_state(g, p, "exp_avg_sq");
-  int nm = add(c, mul(c, k(c, ts->beta1), m), mul(c, k(c, 1 - ts->beta1), grad));
-  int nv = add(c, mul(c, k(c, ts->beta2), v), mul(c, k(c, 1 - ts->beta2), mul(c, grad, grad)));
+  int nm = ema(c, ts->beta1, m, grad);
+  int nv = ema(c, ts->beta2, v, mul(c, grad, grad));
   int bc1 = sub(c, k(c, 1), ir_binary(g, OP_POW, k(c, ts->beta1), c->step, c->loc));
   int bc2 = sub(c, k(c, 1), ir_binary(g, OP_POW, k(c, ts->beta2), c->step, c->loc));
   int step_size = dvd(c, c->lr, bc1);
@@ -93,7 +104,7 @@ static void update_adam(OptCtx *c, int p, int grad) {
 static void update_adagrad(OptCtx *c, int p, int grad) {
   const TrainSpec *ts = c->ts;
   Graph *g = c->g;
-  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  grad = decayed(c, p, grad);
   int sum = opt_state(g, p, "sum");
   int nsum = add(c, sum, mul(c, grad, grad));
   ir_add_update(g, ENTRY_TRAIN, sum, nsum);
@@ -112,14 +123,14 @@ static void update_adagrad(OptCtx *c, int p, int grad) {
 static void update_rmsprop(OptCtx *c, int p, int grad) {
   const TrainSpec *ts = c->ts;
   Graph *g = c->g;
-  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  grad = decayed(c, p, grad);
   int v = opt_state(g, p, "square_avg");
-  int nv = add(c, mul(c, k(c, ts->alpha), v), mul(c, k(c, 1 - ts->alpha), mul(c, grad, grad)));
+  int nv = ema(c, ts->alpha, v, mul(c, grad, grad));
   ir_add_update(g, ENTRY_TRAIN, v, nv);
   int avg = nv;
   if (ts->centered) {
     int ga = opt_state(g, p, "grad_avg");
-    int nga = add(c, mul(c, k(c, ts->alpha), ga), mul(c, k(c, 1 - ts->alpha), grad));
+    int nga = ema(c, ts->alpha, ga, grad);
     ir_add_update(g, ENTRY_TRAIN, ga, nga);
     avg = sub(c, nv, mul(c, nga, nga));
   }
@@ -137,14 +148,14 @@ static void update_rmsprop(OptCtx *c, int p, int grad) {
 static void update_adadelta(OptCtx *c, int p, int grad) {
   const TrainSpec *ts = c->ts;
   Graph *g = c->g;
-  if (ts->weight_decay != 0) grad = add(c, grad, mul(c, k(c, ts->weight_decay), p));
+  grad = decayed(c, p, grad);
   int v = opt_state(g, p, "square_avg"), u = opt_state(g, p, "acc_delta");
-  int nv = add(c, mul(c, k(c, ts->rho), v), mul(c, k(c, 1 - ts->rho), mul(c, grad, grad)));
+  int nv = ema(c, ts->rho, v, mul(c, grad, grad));
   int eps = k(c, ts->eps);
   int delta = mul(c, dvd(c, ir_unary(g, OP_SQRT, add(c, u, eps), c->loc),
                          ir_unary(g, OP_SQRT, add(c, nv, eps), c->loc)),
                   grad);
-  int nu = add(c, mul(c, k(c, ts->rho), u), mul(c, k(c, 1 - ts->rho), mul(c, delta, delta)));
+  int nu = ema(c, ts->rho, u, mul(c, delta, delta));
   ir_add_update(g, ENTRY_TRAIN, v, nv);
   ir_add_update(g, ENTRY_TRAIN, u, nu);
   ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, c->lr, delta)));
