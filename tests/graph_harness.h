@@ -105,4 +105,45 @@ static double *distinct_values(int64_t n) {
   return v;
 }
 
+/* The derivative check each including test file defines (gradcheck against finite differences
+ * in test_autodiff.c, jvpcheck in test_forward.c): y with respect to the leaves in wrt, the
+ * leaves in fixed held still. The window cases below run through it. */
+static void derivative_check(int y, const Fill *wrt, int nwrt, const Fill *fixed, int nfixed);
+
+/* conv2d in x and w, then its two adjoints on their own in both of their inputs (bilinear; the
+ * second-order rules that double backward goes through). */
+static void check_conv(Shape xs, int64_t out_ch, Win w) {
+  rng_state = 50 + (uint64_t)(xs.d[2].n * 7 + w.k[0] * 3 + w.groups);
+  Attr a = win_attr(&w);
+  int x = leaf("x", xs);
+  int wt = leaf("w", SHAPE(out_ch, xs.d[1].n / a.groups, w.k[0], w.k[1]));
+  int y = op2(OP_CONV2D, x, wt, &a);
+  Fill f[2] = {ANY(x), ANY(wt)};
+  derivative_check(y, f, 2, NULL, 0);
+  int dy = leaf("dy", ir_at(g, y)->shape);
+  Attr ad = a;
+  ad.in_size[0] = xs.d[2].n;
+  ad.in_size[1] = xs.d[3].n;
+  Fill fd[2] = {ANY(dy), ANY(wt)};
+  derivative_check(op2(OP_CONV2D_BWD_DATA, dy, wt, &ad), fd, 2, NULL, 0);
+  Fill ff[2] = {ANY(x), ANY(dy)};
+  derivative_check(op2(OP_CONV2D_BWD_FILTER, x, dy, &a), ff, 2, NULL, 0);
+}
+
+/* avgpool2d, then its adjoint avgpool2d_grad on its own. */
+static void check_avgpool(Shape xs, Win w) {
+  rng_state = 80 + (uint64_t)(xs.d[2].n + w.k[1] + w.include_pad);
+  Attr a = win_attr(&w);
+  int x = leaf("x", xs);
+  int y = op1(OP_AVGPOOL2D, x, &a);
+  Fill f[1] = {ANY(x)};
+  derivative_check(y, f, 1, NULL, 0);
+  int dy = leaf("dy", ir_at(g, y)->shape);
+  Attr ag = a;
+  ag.in_size[0] = xs.d[2].n;
+  ag.in_size[1] = xs.d[3].n;
+  Fill fd[1] = {ANY(dy)};
+  derivative_check(op1(OP_AVGPOOL2D_GRAD, dy, &ag), fd, 1, NULL, 0);
+}
+
 #endif
