@@ -37,14 +37,14 @@ typedef int (*JvpRule)(FwdCtx *c, const Node *n);
 /* Tangent of input i of n, -1 when it is zero (or the input is not a float tensor). */
 static int td(FwdCtx *c, const Node *n, int i) {
   int x = n->in[i];
-  return dtype_is_float(c->g->nodes[x].dtype) ? c->tan[x] : -1;
+  return dtype_is_float(ir_at(c->g, x)->dtype) ? c->tan[x] : -1;
 }
 
 /* acc + d with d broadcast up to n's shape; -1 stands for zero on either side. */
 static int plus(FwdCtx *c, const Node *n, int acc, int d) {
   if (d < 0)
     return acc;
-  if (!shape_eq(&c->g->nodes[d].shape, &n->shape))
+  if (!shape_eq(&ir_at(c->g, d)->shape, &n->shape))
     d = ir_binary(c->g, OP_EXPAND, d, n->id, n->loc);
   return acc < 0 ? d : ir_binary(c->g, OP_ADD, acc, d, n->loc);
 }
@@ -102,7 +102,7 @@ static int jvp_div(FwdCtx *c, const Node *n) {
 static int jvp_pow(FwdCtx *c, const Node *n) {
   int a = n->in[0], b = n->in[1], t = -1;
   if (td(c, n, 0) >= 0) {
-    int bm1 = sub(c, n, b, ir_const(c->g, 1.0, c->g->nodes[b].dtype, n->loc));
+    int bm1 = sub(c, n, b, ir_const(c->g, 1.0, ir_at(c->g, b)->dtype, n->loc));
     int d = mul(c, n, b, ir_binary(c->g, OP_POW, a, bm1, n->loc));
     t = plus(c, n, t, mul(c, n, td(c, n, 0), d));
   }
@@ -332,58 +332,58 @@ void ad_forward(Graph *g, const int *wrt, const int *tangents, int nwrt, const i
     need[outs[i]] = 1;
   for (int id = nfwd - 1; id >= 0; id--)
     if (need[id])
-      for (int k = 0; k < g->nodes[id].nin; k++)
-        need[g->nodes[id].in[k]] = 1;
+      for (int k = 0; k < ir_at(g, id)->nin; k++)
+        need[ir_at(g, id)->in[k]] = 1;
 
   for (int i = 0; i < nwrt; i++) {
     KILN_ASSERT(wrt[i] >= 0 && wrt[i] < g->nnodes);
     KILN_ASSERT(tangents[i] >= 0 && tangents[i] < g->nnodes);
-    Node wn = g->nodes[wrt[i]], tn = g->nodes[tangents[i]];
-    const char *name = wn.name ? wn.name : op_names[wn.op];
-    if (!dtype_is_float(wn.dtype))
-      kiln_fail(wn.loc, "cannot differentiate with respect to %s tensor '%s'",
-                dtype_name(wn.dtype), name);
-    if (!shape_eq(&wn.shape, &tn.shape) || wn.dtype != tn.dtype) {
+    const Node *wn = ir_at(g, wrt[i]), *tn = ir_at(g, tangents[i]);
+    const char *name = wn->name ? wn->name : op_names[wn->op];
+    if (!dtype_is_float(wn->dtype))
+      kiln_fail(wn->loc, "cannot differentiate with respect to %s tensor '%s'",
+                dtype_name(wn->dtype), name);
+    if (!shape_eq(&wn->shape, &tn->shape) || wn->dtype != tn->dtype) {
       char s1[128], s2[128];
-      kiln_fail(tn.loc, "the tangent of '%s' is %s%s, but '%s' is %s%s", name,
-                dtype_name(tn.dtype), shape_str(g, &tn.shape, s1, sizeof s1), name,
-                dtype_name(wn.dtype), shape_str(g, &wn.shape, s2, sizeof s2));
+      kiln_fail(tn->loc, "the tangent of '%s' is %s%s, but '%s' is %s%s", name,
+                dtype_name(tn->dtype), shape_str(g, &tn->shape, s1, sizeof s1), name,
+                dtype_name(wn->dtype), shape_str(g, &wn->shape, s2, sizeof s2));
     }
     int w = wrt[i];
     if (w >= nfwd || !need[w])
       continue;
-    c.tan[w] = c.tan[w] < 0 ? tangents[i] : ir_binary(g, OP_ADD, c.tan[w], tangents[i], wn.loc);
+    c.tan[w] = c.tan[w] < 0 ? tangents[i] : ir_binary(g, OP_ADD, c.tan[w], tangents[i], wn->loc);
     seeded[w] = 1;
   }
 
   for (int id = 0; id < nfwd; id++) {
     if (!need[id] || seeded[id])
       continue;
-    Node n = g->nodes[id];  /* a copy: rules append nodes, which may move g->nodes */
-    if (op_is_leaf(n.op) || !dtype_is_float(n.dtype))
+    const Node *n = ir_at(g, id);
+    if (op_is_leaf(n->op) || !dtype_is_float(n->dtype))
       continue;
     bool flows = false;
-    for (int k = 0; k < n.nin; k++)
-      flows |= dtype_is_float(g->nodes[n.in[k]].dtype) && c.tan[n.in[k]] >= 0;
+    for (int k = 0; k < n->nin; k++)
+      flows |= dtype_is_float(ir_at(g, n->in[k])->dtype) && c.tan[n->in[k]] >= 0;
     if (!flows)
       continue;
-    if (!jvp_rules[n.op])
-      kiln_fail(n.loc, "cannot differentiate through %s in forward mode", op_names[n.op]);
-    int t = jvp_rules[n.op](&c, &n);
-    KILN_ASSERT(t < 0 || (shape_eq(&g->nodes[t].shape, &n.shape) && g->nodes[t].dtype == n.dtype));
+    if (!jvp_rules[n->op])
+      kiln_fail(n->loc, "cannot differentiate through %s in forward mode", op_names[n->op]);
+    int t = jvp_rules[n->op](&c, n);
+    KILN_ASSERT(t < 0 || (shape_eq(&ir_at(g, t)->shape, &n->shape) && ir_at(g, t)->dtype == n->dtype));
     c.tan[id] = t;
   }
 
   for (int i = 0; i < nouts; i++) {
-    Node on = g->nodes[outs[i]];
-    if (!dtype_is_float(on.dtype))
-      kiln_fail(on.loc, "cannot differentiate a %s value", dtype_name(on.dtype));
+    const Node *on = ir_at(g, outs[i]);
+    if (!dtype_is_float(on->dtype))
+      kiln_fail(on->loc, "cannot differentiate a %s value", dtype_name(on->dtype));
     if (c.tan[outs[i]] >= 0) {
       jvps[i] = c.tan[outs[i]];
     } else {
       /* Expanded even for a scalar: a JVP is an entry output, which needs storage. */
-      int zero = ir_const(g, 0.0, on.dtype, on.loc);
-      jvps[i] = ir_binary(g, OP_EXPAND, zero, outs[i], on.loc);
+      int zero = ir_const(g, 0.0, on->dtype, on->loc);
+      jvps[i] = ir_binary(g, OP_EXPAND, zero, outs[i], on->loc);
     }
   }
 }

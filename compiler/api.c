@@ -64,7 +64,7 @@ int64_t kiln_param_count(const kiln_model *m) {
   int64_t total = 0;
   int64_t symvals[IR_MAX_SYMS] = {1};
   for (int i = 0; i < m->g->nparams; i++)
-    total += shape_numel(&m->g->nodes[m->g->params[i]].shape, symvals);
+    total += shape_numel(&ir_at(m->g, m->g->params[i])->shape, symvals);
   return total;
 }
 
@@ -72,7 +72,7 @@ int kiln_param_tensors(const kiln_model *m) { return m->g->nparams; }
 
 int kiln_param_info(const kiln_model *m, int i, const char **name, int64_t *dims) {
   if (i < 0 || i >= m->g->nparams) return -1;
-  const Node *n = &m->g->nodes[m->g->params[i]];
+  const Node *n = ir_at(m->g, m->g->params[i]);
   int64_t symvals[IR_MAX_SYMS] = {1};
   if (name) *name = n->name;
   for (int d = 0; d < n->shape.rank && dims; d++) dims[d] = dim_value(n->shape.d[d], symvals);

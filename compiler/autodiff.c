@@ -30,7 +30,7 @@ typedef struct AdCtx {
 /* n is a copy: building nodes may move g->nodes. */
 typedef void (*VjpRule)(AdCtx *c, const Node *n, int dy);
 
-static const Node *in_node(AdCtx *c, const Node *n, int i) { return &c->g->nodes[n->in[i]]; }
+static const Node *in_node(AdCtx *c, const Node *n, int i) { return ir_at(c->g, n->in[i]); }
 
 /* Whether input i of n should receive an adjoint. */
 static bool wants(AdCtx *c, const Node *n, int i) {
@@ -43,7 +43,7 @@ static void give(AdCtx *c, const Node *n, int i, int d) {
   if (!wants(c, n, i))
     return;
   int x = n->in[i];
-  if (!shape_eq(&c->g->nodes[d].shape, &c->g->nodes[x].shape))
+  if (!shape_eq(&ir_at(c->g, d)->shape, &ir_at(c->g, x)->shape))
     d = ir_binary(c->g, OP_SUM_TO, d, x, n->loc);
   c->adj[x] = c->adj[x] < 0 ? d : ir_binary(c->g, OP_ADD, c->adj[x], d, n->loc);
 }
@@ -58,7 +58,7 @@ static int matmul(AdCtx *c, const Node *n, int a, int b, bool ta, bool tb) {
   return ir_matmul(c->g, a, b, ta, tb, n->loc);
 }
 static int expand(AdCtx *c, const Node *n, int x, int like) {
-  return shape_eq(&c->g->nodes[x].shape, &c->g->nodes[like].shape)
+  return shape_eq(&ir_at(c->g, x)->shape, &ir_at(c->g, like)->shape)
              ? x
              : ir_binary(c->g, OP_EXPAND, x, like, n->loc);
 }
@@ -318,8 +318,8 @@ static int window_op(AdCtx *c, const Node *n, Op op, int a, int b, const int64_t
 
 /* H and W of a forward input (constant: shape.c requires it). */
 static const int64_t *hw(AdCtx *c, int x, int64_t *buf) {
-  buf[0] = c->g->nodes[x].shape.d[2].n;
-  buf[1] = c->g->nodes[x].shape.d[3].n;
+  buf[0] = ir_at(c->g, x)->shape.d[2].n;
+  buf[1] = ir_at(c->g, x)->shape.d[3].n;
   return buf;
 }
 
@@ -428,25 +428,25 @@ void ad_reverse(Graph *g, int loss, const int *wrt, int nwrt, int *grads) {
       c.dep[wrt[i]] = 1;
   }
   for (int id = 0; id < nfwd; id++) {
-    const Node *n = &g->nodes[id];
+    const Node *n = ir_at(g, id);
     for (int k = 0; k < n->nin && !c.dep[id]; k++)
       c.dep[id] = c.dep[n->in[k]];
   }
 
   /* The seed: d loss / d loss = 1 (ones of the loss's shape for a non-scalar "loss"). */
-  Node lossn = g->nodes[loss];
-  if (!dtype_is_float(lossn.dtype))
-    kiln_fail(lossn.loc, "cannot differentiate a %s loss", dtype_name(lossn.dtype));
-  int one = ir_const(g, 1.0, lossn.dtype, lossn.loc);
-  c.adj[loss] = lossn.shape.rank ? ir_binary(g, OP_EXPAND, one, loss, lossn.loc) : one;
+  const Node *lossn = ir_at(g, loss);
+  if (!dtype_is_float(lossn->dtype))
+    kiln_fail(lossn->loc, "cannot differentiate a %s loss", dtype_name(lossn->dtype));
+  int one = ir_const(g, 1.0, lossn->dtype, lossn->loc);
+  c.adj[loss] = lossn->shape.rank ? ir_binary(g, OP_EXPAND, one, loss, lossn->loc) : one;
 
   for (int id = loss; id >= 0; id--) {
-    if (c.adj[id] < 0 || !c.dep[id] || op_is_leaf(g->nodes[id].op))
+    if (c.adj[id] < 0 || !c.dep[id] || op_is_leaf(ir_at(g, id)->op))
       continue;
-    Node n = g->nodes[id];  /* a copy: rules append nodes, which may move g->nodes */
-    if (!vjp_rules[n.op])
-      kiln_fail(n.loc, "cannot differentiate through %s", op_names[n.op]);
-    vjp_rules[n.op](&c, &n, c.adj[id]);
+    const Node *n = ir_at(g, id);
+    if (!vjp_rules[n->op])
+      kiln_fail(n->loc, "cannot differentiate through %s", op_names[n->op]);
+    vjp_rules[n->op](&c, n, c.adj[id]);
   }
 
   for (int i = 0; i < nwrt; i++) {
@@ -454,14 +454,14 @@ void ad_reverse(Graph *g, int loss, const int *wrt, int nwrt, int *grads) {
     if (w < nfwd && c.adj[w] >= 0) {
       grads[i] = c.adj[w];
     } else {
-      Node wn = g->nodes[w];
-      if (!dtype_is_float(wn.dtype))
-        kiln_fail(wn.loc, "cannot differentiate with respect to %s tensor '%s'",
-                  dtype_name(wn.dtype), wn.name ? wn.name : "?");
+      const Node *wn = ir_at(g, w);
+      if (!dtype_is_float(wn->dtype))
+        kiln_fail(wn->loc, "cannot differentiate with respect to %s tensor '%s'",
+                  dtype_name(wn->dtype), wn->name ? wn->name : "?");
       /* Expanded even for a scalar: a gradient is an entry output, which needs storage, and
        * a bare constant has none. */
-      int zero = ir_const(g, 0.0, wn.dtype, wn.loc);
-      grads[i] = ir_binary(g, OP_EXPAND, zero, w, wn.loc);
+      int zero = ir_const(g, 0.0, wn->dtype, wn->loc);
+      grads[i] = ir_binary(g, OP_EXPAND, zero, w, wn->loc);
     }
   }
 }

@@ -527,7 +527,7 @@ static void emit_reshape(Cg *cg, const Node *n) {
  * planned batch, so both kernel variants agree) worth blocking and both operands are arena
  * tensors of the node's type; 0 selects the plain loop nest. */
 static int64_t matmul_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
-  const Node *a = &g->nodes[n->in[0]], *b = &g->nodes[n->in[1]];
+  const Node *a = ir_at(g, n->in[0]), *b = ir_at(g, n->in[1]);
   if (!in_arena(a) || !in_arena(b) || a->dtype != n->dtype || b->dtype != n->dtype)
     return 0;
   int64_t K = dim_value(a->shape.d[n->attr.trans_a ? 0 : 1], symvals);
@@ -857,7 +857,7 @@ static void emit_conv2d_bwd_data(Cg *cg, const Node *n) {
 /* Scratch of CONV2D_BWD_FILTER: one row of partial sums per weight of an output channel. */
 static int64_t conv_filter_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
   (void)symvals;
-  const Shape *xs = &g->nodes[n->in[0]].shape, *ys = &g->nodes[n->in[1]].shape;
+  const Shape *xs = &ir_at(g, n->in[0])->shape, *ys = &ir_at(g, n->in[1])->shape;
   int64_t groups = n->attr.groups > 0 ? n->attr.groups : 1;
   return xs->d[1].n / groups * n->attr.kernel[0] * n->attr.kernel[1] * ys->d[3].n *
          (int64_t)dtype_size(n->dtype);
@@ -951,11 +951,11 @@ static int cg_threads(void) {
 static CgWin conv_win(const Graph *g, const Node *n) {
   const Shape *xs, *ys;
   if (n->op == OP_CONV2D)
-    xs = &g->nodes[n->in[0]].shape, ys = &n->shape;
+    xs = &ir_at(g, n->in[0])->shape, ys = &n->shape;
   else if (n->op == OP_CONV2D_BWD_DATA)
-    xs = &n->shape, ys = &g->nodes[n->in[0]].shape;
+    xs = &n->shape, ys = &ir_at(g, n->in[0])->shape;
   else
-    xs = &g->nodes[n->in[0]].shape, ys = &g->nodes[n->in[1]].shape;
+    xs = &ir_at(g, n->in[0])->shape, ys = &ir_at(g, n->in[1])->shape;
   const Attr *a = &n->attr;
   return (CgWin){.C = xs->d[1].n, .H = xs->d[2].n, .W = xs->d[3].n, .O = ys->d[1].n,
                  .Ho = ys->d[2].n, .Wo = ys->d[3].n, .G = a->groups > 0 ? a->groups : 1,
@@ -976,7 +976,7 @@ static int64_t align64(int64_t b) { return (b + 63) / 64 * 64; }
  * of the MNIST CNN: one input channel, K = 9); $KILN_CONV=gemm or =direct overrides the choice
  * (the tests run every case both ways). */
 static bool conv_gemm(const Graph *g, const Node *n) {
-  const Node *a = &g->nodes[n->in[0]], *b = &g->nodes[n->in[1]];
+  const Node *a = ir_at(g, n->in[0]), *b = ir_at(g, n->in[1]);
   if ((n->dtype != DT_F32 && n->dtype != DT_F64) || !in_arena(a) || !in_arena(b) ||
       a->dtype != n->dtype || b->dtype != n->dtype)
     return false;
@@ -1490,7 +1490,7 @@ static bool flat_map(const Graph *g, const Node *n) {
   if (!fusible[n->op])
     return false;
   for (int k = 0; k < n->nin; k++) {
-    const Node *x = &g->nodes[n->in[k]];
+    const Node *x = ir_at(g, n->in[k]);
     if (x->dtype != n->dtype && x->op != OP_CONST)
       return false;
   }
@@ -1501,7 +1501,7 @@ static bool flat_map(const Graph *g, const Node *n) {
  * nodes); a leaf read twice is reported twice. */
 static void kernel_operands(const Graph *g, const unsigned char *fused, int n,
                             void (*fn)(int x, void *arg), void *arg) {
-  const Node *nd = &g->nodes[n];
+  const Node *nd = ir_at(g, n);
   for (int k = 0; k < nd->nin; k++) {
     int x = nd->in[k];
     if (fused[x])
@@ -1548,18 +1548,18 @@ void cg_fusion(const Graph *g, unsigned char *fused, int *into) {
   }
   for (int i = 0; i < nn; i++)
     if (entries[i])
-      for (int k = 0; k < g->nodes[i].nin; k++)
-        uses[g->nodes[i].in[k]]++;
+      for (int k = 0; k < ir_at(g, i)->nin; k++)
+        uses[ir_at(g, i)->in[k]]++;
 
   /* Consumers in id order, so an input's own tree is complete when it is considered. */
   for (int c = 0; c < nn; c++) {
-    const Node *cn = &g->nodes[c];
+    const Node *cn = ir_at(g, c);
     if (!entries[c] || !flat_map(g, cn))
       continue;
     size[c] = 1;
     for (int k = 0; k < cn->nin; k++) {
       int x = cn->in[k];
-      const Node *xn = &g->nodes[x];
+      const Node *xn = ir_at(g, x);
       if (uses[x] == 1 && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn) &&
           shape_eq(&xn->shape, &cn->shape) && xn->dtype == cn->dtype &&
           size[c] + size[x] <= FUSE_MAX_NODES) {
@@ -1576,13 +1576,13 @@ void cg_fusion(const Graph *g, unsigned char *fused, int *into) {
     for (int i = 0; i < nn; i++)
       last[i] = -1;
     for (int j = 0; j < nn; j++)
-      if ((entries[j] & (1 << e)) && !op_is_leaf(g->nodes[j].op) && !fused[j]) {
+      if ((entries[j] & (1 << e)) && !op_is_leaf(ir_at(g, j)->op) && !fused[j]) {
         lr.kernel = j;
         kernel_operands(g, fused, j, note_read, &lr);
       }
     for (int u = 0; u < en->nupdates; u++) {
       int t = en->updates[u].target, v = en->updates[u].value;
-      const Node *tn = &g->nodes[t], *vn = &g->nodes[v];
+      const Node *tn = ir_at(g, t), *vn = ir_at(g, v);
       if (op_is_leaf(vn->op) || !flat_map(g, vn) || entries[v] != (1 << e) || pinned[v] != 1 ||
           (tn->op != OP_PARAM && tn->op != OP_STATE) || !shape_eq(&tn->shape, &vn->shape) ||
           tn->dtype != vn->dtype || last[t] > v || pinned[t])

@@ -181,7 +181,7 @@ typedef struct LeafInfo {
 } LeafInfo;
 
 typedef struct Node {
-  int id;             /* index in Graph.nodes; inputs always have smaller ids (SSA order) */
+  int id;             /* ir_at(g, id) is this node; inputs always have smaller ids (SSA order) */
   Op op;
   DType dtype;
   Shape shape;
@@ -249,8 +249,10 @@ typedef struct TrainSpec {
 typedef struct Graph {
   Pool *pool;
   const char *name;   /* model name */
-  Node *nodes;
-  int nnodes, capnodes;
+  /* Nodes live in blocks of IR_BLOCK that never move once allocated, so a Node * stays valid
+   * while the graph grows (builders may be called while a caller holds one). */
+  Node **blocks;
+  int nnodes, nblocks, capblocks;
   const char *syms[IR_MAX_SYMS];
   int nsyms;
   Literal *data;
@@ -288,7 +290,10 @@ void ir_add_output(Graph *g, EntryKind e, const char *name, int node);
 void ir_add_update(Graph *g, EntryKind e, int target, int value);
 
 /* Node lookup. */
-static inline Node *ir_at(Graph *g, int id) { return &g->nodes[id]; }
+#define IR_BLOCK 256
+static inline Node *ir_at(const Graph *g, int id) {
+  return &g->blocks[id / IR_BLOCK][id % IR_BLOCK];
+}
 int ir_find_leaf(Graph *g, const char *name);            /* -1 if none */
 
 /* Shapes. */

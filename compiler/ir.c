@@ -46,7 +46,8 @@ Graph *ir_new(const char *name) {
 
 void ir_free(Graph *g) {
   if (!g) return;
-  free(g->nodes);
+  for (int b = 0; b < g->nblocks; b++) free(g->blocks[b]);
+  free(g->blocks);
   free(g->hash);
   for (int e = 0; e < ENTRY_COUNT; e++) {
     free(g->entries[e].outputs);
@@ -76,8 +77,11 @@ int ir_sym(Graph *g, const char *name) {
 }
 
 static Node *new_node(Graph *g, Op op, Loc loc) {
-  g->nodes = grow(g->nodes, &g->capnodes, g->nnodes + 1, sizeof(Node));
-  Node *n = &g->nodes[g->nnodes];
+  if (g->nnodes == g->nblocks * IR_BLOCK) {
+    g->blocks = grow(g->blocks, &g->capblocks, g->nblocks + 1, sizeof(Node *));
+    g->blocks[g->nblocks++] = kiln_malloc(IR_BLOCK * sizeof(Node));
+  }
+  Node *n = ir_at(g, g->nnodes);
   memset(n, 0, sizeof *n);
   n->id = g->nnodes++;
   n->op = op;
@@ -157,7 +161,7 @@ int ir_literal(Graph *g, const double *v, int64_t n) {
 
 int ir_find_leaf(Graph *g, const char *name) {
   for (int i = 0; i < g->nnodes; i++)
-    if (op_is_leaf(g->nodes[i].op) && g->nodes[i].name && !strcmp(g->nodes[i].name, name))
+    if (op_is_leaf(ir_at(g, i)->op) && ir_at(g, i)->name && !strcmp(ir_at(g, i)->name, name))
       return i;
   return -1;
 }
@@ -196,9 +200,9 @@ static void hash_insert(Graph *g, int id) {
     g->hash = t;
     g->hashcap = cap;
     for (int i = 0; i < g->nnodes; i++)
-      if (!op_is_leaf(g->nodes[i].op) && i != id) hash_insert(g, i);
+      if (!op_is_leaf(ir_at(g, i)->op) && i != id) hash_insert(g, i);
   }
-  uint64_t h = node_key(&g->nodes[id]);
+  uint64_t h = node_key(ir_at(g, id));
   int mask = g->hashcap - 1;
   for (int i = (int)(h & (uint64_t)mask);; i = (i + 1) & mask)
     if (g->hash[i] < 0) {
@@ -212,7 +216,7 @@ static int hash_find(Graph *g, const Node *n) {
   uint64_t h = node_key(n);
   int mask = g->hashcap - 1;
   for (int i = (int)(h & (uint64_t)mask); g->hash[i] >= 0; i = (i + 1) & mask)
-    if (same_computation(&g->nodes[g->hash[i]], n)) return g->hash[i];
+    if (same_computation(ir_at(g, g->hash[i]), n)) return g->hash[i];
   return -1;
 }
 
@@ -269,7 +273,7 @@ int ir_reduce(Graph *g, Op op, int x, unsigned axes, bool keepdims, Loc loc) {
 }
 
 int ir_reshape(Graph *g, int x, Shape s, Loc loc) {
-  if (shape_eq(&g->nodes[x].shape, &s)) return x;
+  if (shape_eq(&ir_at(g, x)->shape, &s)) return x;
   Attr a = {0};
   a.shape = s;
   return ir_node(g, OP_RESHAPE, 1, &x, &a, loc);
@@ -285,7 +289,7 @@ int ir_matmul(Graph *g, int a, int b, bool ta, bool tb, Loc loc) {
 
 int ir_transpose(Graph *g, int x, const int *perm, Loc loc) {
   Attr a = {0};
-  int rank = g->nodes[x].shape.rank;
+  int rank = ir_at(g, x)->shape.rank;
   bool identity = true;
   for (int i = 0; i < rank; i++) {
     a.perm[i] = perm[i];
@@ -303,7 +307,7 @@ void ir_add_output(Graph *g, EntryKind e, const char *name, int node) {
 
 void ir_add_update(Graph *g, EntryKind e, int target, int value) {
   Entry *en = &g->entries[e];
-  KILN_ASSERT(op_is_leaf(g->nodes[target].op));
+  KILN_ASSERT(op_is_leaf(ir_at(g, target)->op));
   en->updates = grow(en->updates, &en->capupdates, en->nupdates + 1, sizeof(Update));
   en->updates[en->nupdates++] = (Update){target, value};
 }
@@ -317,7 +321,7 @@ int ir_reachable(const Graph *g, EntryKind e, unsigned char *mark) {
   for (int id = g->nnodes - 1; id >= 0; id--) {
     if (!mark[id]) continue;
     count++;
-    const Node *n = &g->nodes[id];
+    const Node *n = ir_at(g, id);
     for (int k = 0; k < n->nin; k++) mark[n->in[k]] = 1;
   }
   return count;
@@ -386,7 +390,7 @@ static const char *role_names[] = {[ROLE_PARAM] = "param", [ROLE_STATE] = "state
 void ir_print(Graph *g, FILE *out) {
   char sb[128];
   for (int i = 0; i < g->nnodes; i++) {
-    Node *n = &g->nodes[i];
+    Node *n = ir_at(g, i);
     fprintf(out, "%%%-4d %-18s %s%-16s", n->id, op_names[n->op], dtype_name(n->dtype),
             shape_str(g, &n->shape, sb, sizeof sb));
     for (int k = 0; k < n->nin; k++) fprintf(out, " %%%d", n->in[k]);
@@ -402,7 +406,7 @@ void ir_print(Graph *g, FILE *out) {
     for (int i = 0; i < en->noutputs; i++)
       fprintf(out, " %s=%%%d", en->outputs[i].name, en->outputs[i].node);
     for (int i = 0; i < en->nupdates; i++)
-      fprintf(out, " %s<-%%%d", g->nodes[en->updates[i].target].name, en->updates[i].value);
+      fprintf(out, " %s<-%%%d", ir_at(g, en->updates[i].target)->name, en->updates[i].value);
     fputc('\n', out);
   }
 }
@@ -416,7 +420,7 @@ void ir_print_dot(Graph *g, FILE *out, bool training) {
           g->name);
   for (int i = 0; i < g->nnodes; i++) {
     if (!mark[i]) continue;
-    Node *n = &g->nodes[i];
+    Node *n = ir_at(g, i);
     const char *style = n->role == ROLE_PARAM   ? ", shape=box, style=filled, fillcolor=\"#cfe8ff\""
                         : n->role == ROLE_INPUT ? ", shape=box, style=filled, fillcolor=\"#d8f5d0\""
                         : op_is_leaf(n->op) && n->op != OP_CONST ? ", shape=box"

@@ -100,7 +100,7 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p);
 static void live_read(const Graph *g, const unsigned char *fused, const int *root,
                       Interval *live, int x, int pos) {
   if (fused[x]) {
-    for (int k = 0; k < g->nodes[x].nin; k++) live_read(g, fused, root, live, g->nodes[x].in[k], pos);
+    for (int k = 0; k < ir_at(g, x)->nin; k++) live_read(g, fused, root, live, ir_at(g, x)->in[k], pos);
     return;
   }
   if (live[root[x]].first >= 0) live[root[x]].last = pos;

@@ -13,7 +13,7 @@
 typedef void (*ShapeRule)(Graph *g, Node *n);
 typedef double (*FlopRule)(const Graph *g, const Node *n, const int64_t *symvals);
 
-static Node *in_node(Graph *g, const Node *n, int i) { return &g->nodes[n->in[i]]; }
+static Node *in_node(Graph *g, const Node *n, int i) { return ir_at(g, n->in[i]); }
 
 static const char *sh(Graph *g, const Shape *s, char *buf) { return shape_str(g, s, buf, 96); }
 
@@ -469,7 +469,7 @@ void shape_infer(Graph *g, Node *n) {
 /* ---- FLOPs: multiply-adds count 2, everything elementwise 1 ---- */
 
 static double numel_of(const Graph *g, int id, const int64_t *sv) {
-  return (double)shape_numel(&g->nodes[id].shape, sv);
+  return (double)shape_numel(&ir_at(g, id)->shape, sv);
 }
 
 static double flops_none(const Graph *g, const Node *n, const int64_t *sv) {
@@ -486,7 +486,7 @@ static double flops_in(const Graph *g, const Node *n, const int64_t *sv) {
 }
 
 static double flops_matmul(const Graph *g, const Node *n, const int64_t *sv) {
-  const Node *a = &g->nodes[n->in[0]];
+  const Node *a = ir_at(g, n->in[0]);
   double k = (double)dim_value(a->shape.d[n->attr.trans_a ? 0 : 1], sv);
   return 2.0 * k * numel_of(g, n->id, sv);
 }
@@ -500,8 +500,8 @@ static double flops_xent(const Graph *g, const Node *n, const int64_t *sv) {
 /* A convolution's multiply-adds: every output element sums C/groups * kh * kw products. Its two
  * adjoints do the same work. */
 static double flops_conv(const Graph *g, const Node *n, const int64_t *sv) {
-  const Node *out = n->op == OP_CONV2D ? n : &g->nodes[n->op == OP_CONV2D_BWD_DATA ? n->in[0] : n->in[1]];
-  const Node *x = n->op == OP_CONV2D_BWD_DATA ? n : &g->nodes[n->in[0]];
+  const Node *out = n->op == OP_CONV2D ? n : ir_at(g, n->op == OP_CONV2D_BWD_DATA ? n->in[0] : n->in[1]);
+  const Node *x = n->op == OP_CONV2D_BWD_DATA ? n : ir_at(g, n->in[0]);
   double per = (double)(x->shape.d[1].n / (n->attr.groups ? n->attr.groups : 1)) *
                (double)(n->attr.kernel[0] * n->attr.kernel[1]);
   return 2.0 * per * (double)shape_numel(&out->shape, sv);
@@ -509,7 +509,7 @@ static double flops_conv(const Graph *g, const Node *n, const int64_t *sv) {
 
 static double flops_pool(const Graph *g, const Node *n, const int64_t *sv) {
   const Node *out = n->op == OP_MAXPOOL2D || n->op == OP_AVGPOOL2D ? n
-                    : n->op == OP_MAXPOOL2D_GRAD ? &g->nodes[n->in[1]] : &g->nodes[n->in[0]];
+                    : n->op == OP_MAXPOOL2D_GRAD ? ir_at(g, n->in[1]) : ir_at(g, n->in[0]);
   return (double)(n->attr.kernel[0] * n->attr.kernel[1]) * (double)shape_numel(&out->shape, sv);
 }
 

@@ -1225,8 +1225,8 @@ static bool name_taken(Lower *L, const char *name) {
       return true;
   size_t n = strlen(name);
   for (int i = 0; i < L->g->nnodes; i++) {
-    const char *leaf = L->g->nodes[i].name;
-    if (op_is_leaf(L->g->nodes[i].op) && leaf && !strncmp(leaf, name, n) && leaf[n] == '.')
+    const char *leaf = ir_at(L->g, i)->name;
+    if (op_is_leaf(ir_at(L->g, i)->op) && leaf && !strncmp(leaf, name, n) && leaf[n] == '.')
       return true;
   }
   return false;

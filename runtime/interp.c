@@ -56,14 +56,14 @@ static int fail(Interp *it, const char *fmt, ...) {
 
 static double *val(Interp *it, int id) { return it->val[id]; }
 static const int64_t *dims(Interp *it, int id) { return it->dims[id]; }
-static int rank(Interp *it, int id) { return it->g->nodes[id].shape.rank; }
+static int rank(Interp *it, int id) { return ir_at(it->g, id)->shape.rank; }
 
 /* Binds the batch symbol and computes every node's concrete dims. */
 static void bind_batch(Interp *it, int64_t batch) {
   int64_t symvals[IR_MAX_SYMS] = {batch};
   it->batch = batch;
   for (int id = 0; id < it->nnodes; id++) {
-    const Shape *s = &it->g->nodes[id].shape;
+    const Shape *s = &ir_at(it->g, id)->shape;
     int64_t n = 1;
     for (int k = 0; k < s->rank; k++) {
       it->dims[id][k] = dim_value(s->d[k], symvals);
@@ -290,7 +290,7 @@ static int k_matmul(Interp *it, const Node *n) {
 
 /* Labels must be whole numbers in [0, C); data from a file can hold anything. */
 static int check_labels(Interp *it, const Node *n, int64_t N, int64_t C) {
-  const Node *ln = &it->g->nodes[n->in[1]];
+  const Node *ln = ir_at(it->g, n->in[1]);
   const double *lab = val(it, ln->id);
   for (int64_t i = 0; i < N; i++)
     if (!(lab[i] >= 0 && lab[i] < (double)C && lab[i] == floor(lab[i])))
@@ -792,7 +792,7 @@ static int run_marked(Interp *it, int64_t batch) {
   for (int id = 0; id < it->nnodes; id++) {
     if (!it->mark[id])
       continue;
-    const Node *n = &it->g->nodes[id];
+    const Node *n = ir_at(it->g, id);
     if (it->numel[id] < 0 || it->numel[id] > it->cap[id])
       return fail(it, "node %d (%s) has %lld elements at batch %lld", id, op_names[n->op],
                   (long long)it->numel[id], (long long)batch);
@@ -816,8 +816,8 @@ int interp_eval(Interp *it, const int *roots, int nroots, int64_t batch, char *e
   }
   for (int id = it->nnodes - 1; id >= 0; id--)
     if (it->mark[id])
-      for (int k = 0; k < it->g->nodes[id].nin; k++)
-        it->mark[it->g->nodes[id].in[k]] = 1;
+      for (int k = 0; k < ir_at(it->g, id)->nin; k++)
+        it->mark[ir_at(it->g, id)->in[k]] = 1;
   return run_marked(it, batch);
 }
 
@@ -839,7 +839,7 @@ int interp_run(Interp *it, EntryKind e, int64_t batch, char *err) {
     const Update *up = &en->updates[u];
     if (it->numel[up->value] != it->numel[up->target]) {
       rc = fail(it, "update of %s: %lld values for %lld elements",
-                it->g->nodes[up->target].name ? it->g->nodes[up->target].name : "?",
+                ir_at(it->g, up->target)->name ? ir_at(it->g, up->target)->name : "?",
                 (long long)it->numel[up->value], (long long)it->numel[up->target]);
       break;
     }

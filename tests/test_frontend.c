@@ -524,7 +524,7 @@ START_TEST(lower_reductions_reshape_and_numbers) {
   const char *names[] = {"s", "m", "r", "q", "e"};
   for (int i = 0; i < g->nnodes; i++)
     for (int k = 0; k < 5; k++)
-      if (g->nodes[i].name && !strcmp(g->nodes[i].name, names[k])) ids[k] = i;
+      if (ir_at(g, i)->name && !strcmp(ir_at(g, i)->name, names[k])) ids[k] = i;
   ck_assert_str_eq(shape_of_node(g, ir_at(g, ids[0])), "[B, 2, 1]");
   ck_assert_str_eq(shape_of_node(g, ir_at(g, ids[1])), "[2]");
   ck_assert_str_eq(shape_of_node(g, ir_at(g, ids[2])), "[B, 6]");
@@ -536,7 +536,7 @@ START_TEST(lower_reductions_reshape_and_numbers) {
   /* The folded number 2 * 3 - 1 reaches the graph as one constant 5. */
   bool five = false;
   for (int i = 0; i < g->nnodes; i++)
-    five |= g->nodes[i].op == OP_CONST && g->nodes[i].data < 0 && g->nodes[i].attr.value == 5;
+    five |= ir_at(g, i)->op == OP_CONST && ir_at(g, i)->data < 0 && ir_at(g, i)->attr.value == 5;
   ck_assert(five);
   ir_free(g);
 }
@@ -607,8 +607,8 @@ END_TEST
 static Node *named(Graph *g, const char *name) {
   Node *found = NULL;
   for (int i = 0; i < g->nnodes; i++)
-    if (!op_is_leaf(g->nodes[i].op) && g->nodes[i].name && !strcmp(g->nodes[i].name, name))
-      found = &g->nodes[i];
+    if (!op_is_leaf(ir_at(g, i)->op) && ir_at(g, i)->name && !strcmp(ir_at(g, i)->name, name))
+      found = ir_at(g, i);
   ck_assert_msg(found != NULL, "no node '%s'", name);
   return found;
 }
@@ -625,7 +625,7 @@ static int count_reachable(Graph *g, EntryKind e, Op op) {
   ck_assert_ptr_nonnull(mark);
   ir_reachable(g, e, mark);
   int n = 0;
-  for (int i = 0; i < g->nnodes; i++) n += mark[i] && g->nodes[i].op == op;
+  for (int i = 0; i < g->nnodes; i++) n += mark[i] && ir_at(g, i)->op == op;
   free(mark);
   return n;
 }
@@ -892,7 +892,7 @@ START_TEST(lower_batchnorm_1d_and_options) {
   /* eps reaches the graph; the eval pass normalises with the running statistics. */
   bool eps = false;
   for (int i = 0; i < g->nnodes; i++)
-    eps |= g->nodes[i].op == OP_CONST && g->nodes[i].attr.value == 1e-3;
+    eps |= ir_at(g, i)->op == OP_CONST && ir_at(g, i)->attr.value == 1e-3;
   ck_assert(eps);
   ck_assert_int_ne(g->loss_train, g->loss_eval);
   build_entries(g);
@@ -936,7 +936,7 @@ START_TEST(lower_batchnorm_values) {
   ck_assert(fabs(interp_data(it, g->loss_train)[0]) < 1e-12);
   int ht = -1;
   for (int i = 0; i < g->nnodes; i++)
-    if (g->nodes[i].name && !strcmp(g->nodes[i].name, "h") && i != g->output_eval) ht = i;
+    if (ir_at(g, i)->name && !strcmp(ir_at(g, i)->name, "h") && i != g->output_eval) ht = i;
   ck_assert_int_ge(ht, 0);
   ck_assert(fabs(interp_data(it, ht)[0] - (1 - 2.5) / sqrt(1.25 + 0.01)) < 1e-12);
   ck_assert(fabs(interp_data(it, ht)[5] - (2 - 1) / sqrt(1 + 0.01)) < 1e-12);
@@ -968,10 +968,10 @@ START_TEST(lower_layernorm_instancenorm) {
   ck_assert(mu->op == OP_MEAN && mu->attr.axes == 12u);
   Node *lmu = NULL;
   for (int k = 0; k < g->nnodes; k++)
-    if (g->nodes[k].op == OP_MEAN && g->nodes[k].in[0] == leaf(g, "x")->id) lmu = &g->nodes[k];
+    if (ir_at(g, k)->op == OP_MEAN && ir_at(g, k)->in[0] == leaf(g, "x")->id) lmu = ir_at(g, k);
   ck_assert(lmu && lmu->attr.axes == 14u && lmu->attr.keepdims);
   for (int k = 0; k < g->nnodes; k++)
-    ck_assert(g->nodes[k].op != OP_STATE);
+    ck_assert(ir_at(g, k)->op != OP_STATE);
   ir_free(g);
 }
 END_TEST

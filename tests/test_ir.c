@@ -560,6 +560,63 @@ START_TEST(regularizer_closed_forms) {
 }
 END_TEST
 
+
+/* A chain of r relus, then a convolution, batch norm, a linear layer and a loss. The batch-norm
+ * rewrite and autodiff build nodes while the code building them holds pointers to earlier ones;
+ * sweeping r moves those nodes across every block and table boundary of the graph up to 2304
+ * nodes, so under ASan a pointer invalidated by growth is caught wherever it is held. */
+static char *relu_chain_model(int r) {
+  Buf b = {0};
+  buf_puts(&b, "input image: f32[B, 1, 6, 6] from images\ninput label: i32[B] from labels\n"
+               "h0 = image\n");
+  for (int i = 0; i < r; i++)
+    buf_printf(&b, "h%d = relu(h%d)\n", i + 1, i);
+  buf_printf(&b, "c = conv2d(h%d, out=3, kernel=3, pad=1)\nb = batchnorm(c)\n"
+                 "logits = linear(flatten(b), out=10)\nloss = cross_entropy(logits, label)\n"
+                 "minimize loss\ntrain {\n  batch = 4\n}\n", r);
+  return b.p;
+}
+
+/* Compiles text through emission; returns the node count, or fails the test with the error. */
+static int compile_through_emit(const char *text) {
+  Trap t;
+  Graph *volatile m = NULL;
+  Buf c = {0};
+  Plan plan = {0};
+  if (!KILN_TRY(&t)) {
+    kiln_trap_end(&t);
+    ck_abort_msg("%s", t.msg);
+  }
+  m = fe_compile_string("chain.kiln", text);
+  train_build(m);
+  plan_build(m, 4, &plan);
+  cg_emit_c(m, &plan, &c);
+  kiln_trap_end(&t);
+  ck_assert_ptr_nonnull(strstr(c.p, "kiln_program_desc"));
+  int n = m->nnodes;
+  buf_free(&c);
+  plan_free(&plan);
+  ir_free(m);
+  return n;
+}
+
+START_TEST(graph_growth_keeps_nodes_in_place) {
+  /* The forward graph has r + 13 nodes when batch norm starts building (r = 243 put its first
+   * node at id 256); each window puts it on both sides of a power of two and a block end. */
+  static const int boundaries[] = {256, 512, 1024, 2048};
+  int max_nodes = 0;
+  for (int k = 0; k < 4; k++) {
+    for (int r = boundaries[k] - 40; r < boundaries[k] + 8; r += 2) {
+      char *text = relu_chain_model(r);
+      int n = compile_through_emit(text);
+      max_nodes = n > max_nodes ? n : max_nodes;
+      free(text);
+    }
+  }
+  ck_assert_int_gt(max_nodes, 8 * IR_BLOCK);
+}
+END_TEST
+
 static Suite *ir_suite(void) {
   Suite *s = suite_create("ir");
   TCase *tc = tcase_create("shapes");
@@ -583,6 +640,7 @@ static Suite *ir_suite(void) {
   tcase_add_test(tm, adam_closed_form);
   tcase_add_test(tm, adaptive_closed_forms);
   tcase_add_test(tm, regularizer_closed_forms);
+  tcase_add_test(tm, graph_growth_keeps_nodes_in_place);
   suite_add_tcase(s, tm);
   return s;
 }
