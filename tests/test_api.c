@@ -91,7 +91,7 @@ START_TEST(many_models) {
 }
 END_TEST
 
-void kiln_test_fail_alloc_after(long n);  /* compiler/util.c: fault injection */
+void kiln_test_fail_alloc_after(long n);  /* src/base/util.c: fault injection */
 
 /* SQLite's habit: make the 1st, 2nd, 3rd ... allocation fail in turn. Every failure must come
  * back as the error "out of memory" with nothing leaked (LeakSanitizer in CI) and no crash,

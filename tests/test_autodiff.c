@@ -24,8 +24,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compiler.h"
-#include "interp.h"
+#include "ir/ir.h"
+#include "xform/xform.h"
+#include "plan/plan.h"
+#include "cg/cg.h"
+#include "backend/backend.h"
+#include "ref/ref.h"
 
 #include "graph_harness.h"
 

@@ -2,7 +2,7 @@
  * test_codegen.c — the generated C against the reference interpreter, and the AOT driver.
  *
  * Every op is built into a tiny graph, compiled to a shared object (cg_emit_c + aot_load_shared)
- * and run next to runtime/interp.c in f64 from the same random leaves; every output must agree
+ * and run next to src/ref/interp.c in f64 from the same random leaves; every output must agree
  * within check_tolerance. Each graph runs at the batch it was specialised for (the `_full` code)
  * and at smaller batches (the `_n` code with a run-time B). Also: a golden test of a 1-op
  * program's text, the identifier rules (a name that is not an identifier never reaches the C),
@@ -18,9 +18,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "crosscheck.h"
-#include "compiler.h"
-#include "interp.h"
+#include "driver/driver.h"
+#include "ir/ir.h"
+#include "xform/xform.h"
+#include "plan/plan.h"
+#include "cg/cg.h"
+#include "backend/backend.h"
+#include "ref/ref.h"
 #include "runtime.h"
 
 extern const char kiln_abi_h_text[];

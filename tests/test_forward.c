@@ -24,10 +24,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compiler.h"
-#include "crosscheck.h"
-#include "frontend.h"
-#include "interp.h"
+#include "ir/ir.h"
+#include "xform/xform.h"
+#include "plan/plan.h"
+#include "cg/cg.h"
+#include "backend/backend.h"
+#include "driver/driver.h"
+#include "front/front.h"
+#include "ref/ref.h"
 
 #include "graph_harness.h"
 

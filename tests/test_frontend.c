@@ -7,8 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "frontend.h"
-#include "interp.h"
+#include "front/front.h"
+#include "xform/xform.h"
+#include "ref/ref.h"
 
 #ifndef KILN_SOURCE_DIR
 #define KILN_SOURCE_DIR "."

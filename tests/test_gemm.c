@@ -1,5 +1,5 @@
 /*
- * test_gemm.c — the GEMM routine generated matmul kernels call (compiler/cg_gemm.c).
+ * test_gemm.c — the GEMM routine generated matmul kernels call (src/cg/cg_gemm.c).
  *
  * The routine's text is compiled by the system C compiler into a shared object, for each vector
  * width it selects (AVX-512 via -march=native on this machine, AVX2, SSE, and the plain-loop
@@ -17,7 +17,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "compiler.h"
+#include "ir/ir.h"
+#include "xform/xform.h"
+#include "plan/plan.h"
+#include "cg/cg.h"
+#include "backend/backend.h"
 
 typedef void (*SGemm)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int ta,
                       const float *B, int64_t ldb, int tb, float *C, int64_t ldc,

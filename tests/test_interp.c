@@ -15,8 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compiler.h"
-#include "interp.h"
+#include "ir/ir.h"
+#include "xform/xform.h"
+#include "plan/plan.h"
+#include "cg/cg.h"
+#include "backend/backend.h"
+#include "ref/ref.h"
 
 #define NV(...) (sizeof((double[]){__VA_ARGS__}) / sizeof(double))
 #define SHAPE(...) \

@@ -11,9 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compiler.h"
-#include "frontend.h"
-#include "interp.h"
+#include "ir/ir.h"
+#include "xform/xform.h"
+#include "plan/plan.h"
+#include "cg/cg.h"
+#include "backend/backend.h"
+#include "front/front.h"
+#include "ref/ref.h"
 
 #define SHAPE(...) \
   shape_of((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})

@@ -5,9 +5,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../include/kiln.h"
-#include "compiler.h"
-#include "frontend.h"
+#include "kiln.h"
+#include "front/front.h"
+#include "plan/plan.h"
+#include "cg/cg.h"
+#include "xform/xform.h"
 
 struct kiln_model {
   Graph *g;

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "frontend.h"
+#include "front/front.h"
 
 /* A value during lowering: a tensor (node >= 0) or a compile-time number. */
 typedef struct Val {

@@ -10,7 +10,7 @@
  */
 #include <string.h>
 
-#include "frontend.h"
+#include "front/front.h"
 
 typedef struct Parser {
   Pool *pool;

@@ -29,7 +29,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "compiler.h"
+#include "backend/backend.h"
 
 #ifndef KILN_RUNTIME_DIR
 #define KILN_RUNTIME_DIR "."

@@ -1,5 +1,5 @@
 /*
- * crosscheck.c — `kiln check` and `kiln grad`: the generated code held against the reference runtime.
+ * check.c — `kiln check` and `kiln grad`: the generated code held against the reference runtime.
  *
  * check_model compiles the model's C into a shared object and runs it side by side with the
  * reference interpreter in f64 (the exact meaning of the graph), both behind the RtBackend
@@ -29,8 +29,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "crosscheck.h"
-#include "interp.h"
+#include "driver/driver.h"
+#include "backend/backend.h"
+#include "cg/cg.h"
+#include "ref/ref.h"
 #include "runtime.h"
 
 CheckTol check_tolerance(DType t) {

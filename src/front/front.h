@@ -14,7 +14,7 @@
 #ifndef KILN_FRONTEND_H
 #define KILN_FRONTEND_H
 
-#include "../compiler/compiler.h"
+#include "ir/ir.h"
 
 /* ================================ lex.c ================================ */
 

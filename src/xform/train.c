@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compiler.h"
+#include "xform/xform.h"
 
 /* A persistent optimizer tensor shaped like param p, named "<param>.<suffix>". */
 static int opt_state(Graph *g, int p, const char *suffix) {

@@ -1,10 +1,10 @@
 /*
- * interp.h — the reference runtime: kiln's graph IR evaluated op by op.
+ * ref.h — the reference runtime: kiln's graph IR evaluated op by op (interp.c).
  *
- * This is the one runtime file that includes the compiler's header: the interpreter reads the
- * typed Graph itself instead of a generated program, so that it can be the living definition of
- * every op and the oracle that `kiln check` and the tests compare compiled code against. It is
- * built into the compiler library (lib kiln), never into a standalone trainer.
+ * The interpreter reads the typed Graph itself instead of a generated program, so that it is the
+ * living definition of every op and the oracle that `kiln check` and the tests compare compiled
+ * code against. It is part of the compiler library, never of a standalone trainer; it shares
+ * runtime/'s RtBackend interface so one training driver serves both.
  *
  * Values are held as double whatever the dtype (i32 labels too). Two precisions:
  *   - f32 = false: every op is computed and stored in double, also for f32 tensors — the exact
@@ -15,13 +15,13 @@
  * The driver (or rt_init through the backend) writes INPUT / PARAM / STATE leaves; they keep
  * their values between runs. CONST leaves are filled from the graph.
  */
-#ifndef KILN_INTERP_H
-#define KILN_INTERP_H
+#ifndef KILN_REF_H
+#define KILN_REF_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../compiler/compiler.h"
+#include "plan/plan.h"
 #include "runtime.h"
 
 typedef struct Interp Interp;

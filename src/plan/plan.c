@@ -14,7 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compiler.h"
+#include "plan/plan.h"
+#include "cg/cg.h"
 
 #define ALIGN 64
 

@@ -8,7 +8,7 @@
  */
 #include <string.h>
 
-#include "compiler.h"
+#include "ir/ir.h"
 
 typedef void (*ShapeRule)(Graph *g, Node *n);
 typedef double (*FlopRule)(const Graph *g, const Node *n, const int64_t *symvals);

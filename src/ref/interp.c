@@ -21,7 +21,7 @@
  * Errors (a label outside [0, C), a batch larger than the storage) are reported through the
  * caller's err buffer, never by crashing, so a driver can print them and stop.
  */
-#include "interp.h"
+#include "ref/ref.h"
 
 #include <math.h>
 #include <stdarg.h>

@@ -27,7 +27,7 @@
 #include <inttypes.h>
 #include <string.h>
 
-#include "compiler.h"
+#include "cg/cg.h"
 
 /* Cache blocking, the same for every element type and vector width. KC bounds the reduction
  * depth of one packed panel (a 32-float × 256 micro-panel of B is 32 KB, inside the 48 KB L1);

@@ -9,10 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "crosscheck.h"
-#include "compiler.h"
-#include "frontend.h"
-#include "interp.h"
+#include "driver/driver.h"
+#include "backend/backend.h"
+#include "cg/cg.h"
+#include "front/front.h"
+#include "ref/ref.h"
+#include "xform/xform.h"
 #include "runtime.h"
 
 static const char usage[] =

@@ -14,7 +14,7 @@
  *                  noise that Adam (which divides by the gradient's own size) would turn into
  *                  full-size random steps.
  */
-#include "compiler.h"
+#include "ir/ir.h"
 
 /* Does c, broadcast against a tensor of shape `full`, take one value along every axis in axes? */
 static bool constant_along(const Shape *c, const Shape *full, unsigned axes) {

@@ -16,7 +16,7 @@
  * Broadcasting is undone in one place (give): an adjoint whose shape differs from its input's
  * is reduced with SUM_TO before it is accumulated with ADD.
  */
-#include "compiler.h"
+#include "xform/xform.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +27,6 @@ typedef struct AdCtx {
   unsigned char *dep;       /* forward node depends on a wrt leaf */
 } AdCtx;
 
-/* n is a copy: building nodes may move g->nodes. */
 typedef void (*VjpRule)(AdCtx *c, const Node *n, int dy);
 
 static const Node *in_node(AdCtx *c, const Node *n, int i) { return ir_at(c->g, n->in[i]); }

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "frontend.h"
+#include "front/front.h"
 
 typedef struct Lexer {
   Pool *pool;

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compiler.h"
+#include "base/base.h"
 
 /* ---- pool ---- */
 

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "compiler.h"
+#include "ir/ir.h"
 
 const char *const op_names[OP_COUNT] = {
 #define OP(id, name, arity) [OP_##id] = name,
@@ -79,7 +79,8 @@ int ir_sym(Graph *g, const char *name) {
 static Node *new_node(Graph *g, Op op, Loc loc) {
   if (g->nnodes == g->nblocks * IR_BLOCK) {
     g->blocks = grow(g->blocks, &g->capblocks, g->nblocks + 1, sizeof(Node *));
-    g->blocks[g->nblocks++] = kiln_malloc(IR_BLOCK * sizeof(Node));
+    Node *block = kiln_malloc(IR_BLOCK * sizeof(Node));
+    g->blocks[g->nblocks++] = block;
   }
   Node *n = ir_at(g, g->nnodes);
   memset(n, 0, sizeof *n);

@@ -22,7 +22,7 @@
  * Broadcasting is the mirror of reverse mode's too: a contribution smaller than the node (the
  * tangent of a broadcast bias) is EXPANDed up to the node's shape (plus()).
  */
-#include "compiler.h"
+#include "xform/xform.h"
 
 #include <string.h>
 
@@ -31,7 +31,7 @@ typedef struct FwdCtx {
   int *tan;                 /* tangent node of each node below the outputs, -1 = zero */
 } FwdCtx;
 
-/* n is a copy: building nodes may move g->nodes. Returns n's tangent node, or -1 for zero. */
+/* Returns n's tangent node, or -1 for zero. */
 typedef int (*JvpRule)(FwdCtx *c, const Node *n);
 
 /* Tangent of input i of n, -1 when it is zero (or the input is not a float tensor). */

@@ -1,8 +1,8 @@
 /*
- * crosscheck.h — `kiln check`, `grad`, `jvp` and `hvp`: generated code against the reference.
+ * driver.h — `kiln check`, `grad`, `jvp` and `hvp`: generated code against the reference.
  *
  * Both compile the model's C (cg_c.c) into a shared object (aot.c) and drive it through the
- * same RtBackend interface as the reference interpreter (runtime/interp.h), so a disagreement
+ * same RtBackend interface as the reference interpreter (ref/ref.h), so a disagreement
  * is between the two meanings of the same graph, not between two drivers.
  */
 #ifndef KILN_CROSSCHECK_H
@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "compiler.h"
+#include "ir/ir.h"
 
 /* Tolerance of a comparison of a value computed in the program's dtype against the f64
  * reference: |x - r| <= abs + rel * (|r| + S), S the largest |r| in the tensor (so elements

@@ -1,0 +1,243 @@
+/*
+ * ir.h — the graph IR: ops (ops.def), nodes with symbolic shapes and source locations,
+ * entries, and the rules that hold for every node.
+ *
+ *   ir.c     nodes, builders (hash-consing = CSE), entries, printing
+ *   shape.c  shape and type rules per op, FLOP counts
+ *   opt.c    algebraic rewrites, applied by ir_node as nodes are built
+ *
+ * A tensor's life: the frontend calls ir_node() for `h = relu(x)`; shape.c gives it a shape on
+ * creation (so errors point at the model line); xform/ adds its gradient nodes; plan/ gives it an
+ * arena offset; cg/ prints its loop nest; ref/ is its reference meaning.
+ */
+#ifndef KILN_IR_H
+#define KILN_IR_H
+
+#include "base/base.h"
+#include "kiln_abi.h"
+
+typedef enum Op {
+#define OP(id, name, arity) OP_##id,
+#include "ops.def"
+#undef OP
+  OP_COUNT
+} Op;
+
+typedef enum DType { DT_F32 = KILN_F32, DT_F64 = KILN_F64, DT_I32 = KILN_I32 } DType;
+
+#define IR_MAX_RANK KILN_ABI_MAX_RANK
+#define IR_MAX_IN 4
+#define IR_MAX_SYMS 8
+
+/* One dimension: n, or n * symbol when sym >= 0 (symbols are names like the batch size B,
+ * bound to a number only when code is specialised or a graph is run). */
+typedef struct Dim {
+  int64_t n;
+  int sym;            /* index into Graph.syms, or -1 */
+} Dim;
+
+typedef struct Shape {
+  int rank;
+  Dim d[IR_MAX_RANK];
+} Shape;
+
+/* Operation attributes. One flat struct, zero-initialised, so two nodes with equal attributes
+ * compare equal with memcmp (hash-consing). Which fields an op reads is said in ops.def. */
+typedef struct Attr {
+  double value;       /* CONST scalar value; LEAKY_RELU* slope; DROPOUT probability */
+  DType dtype;        /* CONST scalar element type */
+  unsigned axes;      /* SUM/MEAN/NUMEL: bit i set = reduce axis i */
+  bool keepdims;
+  bool trans_a, trans_b;
+  Shape shape;        /* RESHAPE target (may hold symbols) */
+  /* 2-D windows (CONV2D*, *POOL2D*): [h, w] pairs; pad is [top, bottom, left, right]. */
+  int64_t kernel[2], stride[2], dilation[2], pad[4];
+  int64_t groups;     /* CONV2D*: channel groups */
+  int64_t in_size[2]; /* CONV2D_BWD_DATA, AVGPOOL2D_GRAD: the forward input's H and W */
+  bool count_include_pad; /* AVGPOOL2D*: divide by the full window (PyTorch's default) */
+  int axis;           /* SOFTMAX, LOG_SOFTMAX, CONCAT, SLICE */
+  int64_t start, len; /* SLICE */
+  int perm[IR_MAX_RANK]; /* TRANSPOSE */
+  uint32_t salt;      /* DROPOUT: tells dropout sites apart (same counter, different masks) */
+} Attr;
+
+/* Roles of STATE and leaf nodes, matching the ABI's roles. */
+typedef enum Role {
+  ROLE_NONE = -1,
+  ROLE_PARAM = KILN_ROLE_PARAM,
+  ROLE_STATE = KILN_ROLE_STATE,
+  ROLE_HYPER = KILN_ROLE_HYPER,
+  ROLE_INPUT = KILN_ROLE_INPUT,
+  ROLE_OPT = KILN_ROLE_OPT
+} Role;
+
+/* How a leaf gets its value (PARAM/STATE: initialiser; INPUT: data source). */
+typedef struct LeafInfo {
+  int init;           /* KILN_INIT_* */
+  double init_a, init_b;
+  int64_t fan_in, fan_out;
+  int source;         /* KILN_SRC_* for inputs */
+  double scale;       /* images: value = pixel * scale */
+  bool weight;        /* PARAM: a weight that `regularize` penalises and max_norm projects
+                         (linear and conv2d weights, `param` declarations of rank >= 2) */
+} LeafInfo;
+
+typedef struct Node {
+  int id;             /* ir_at(g, id) is this node; inputs always have smaller ids (SSA order) */
+  Op op;
+  DType dtype;
+  Shape shape;
+  int nin;
+  int in[IR_MAX_IN];  /* input node ids */
+  Attr attr;
+  Role role;          /* leaves only */
+  const char *name;   /* leaves: checked identifier ("fc1.weight"); others: the model's variable
+                         name when it has one, for printing (may be NULL) */
+  LeafInfo leaf;
+  int data;           /* CONST/PARAM with literal values: index into Graph.data, else -1 */
+  Loc loc;            /* model-file text this node came from (gradient nodes: their forward op's) */
+} Node;
+
+/* One array of literal values (model-file constants). */
+typedef struct Literal {
+  int64_t n;
+  double *v;
+} Literal;
+
+typedef enum EntryKind { ENTRY_TRAIN = 0, ENTRY_EVAL = 1, ENTRY_GRAD = 2, ENTRY_COUNT } EntryKind;
+
+/* A value an entry point makes visible under a fixed name (see kiln_abi.h). */
+typedef struct Output {
+  const char *name;
+  int node;
+} Output;
+
+/* At the end of an entry, target (a PARAM or STATE leaf) takes value's value. */
+typedef struct Update {
+  int target, value;
+} Update;
+
+typedef struct Entry {
+  Output *outputs;
+  int noutputs, capoutputs;
+  Update *updates;
+  int nupdates, capupdates;
+} Entry;
+
+typedef enum OptKind { OPT_SGD, OPT_ADAM, OPT_ADAGRAD, OPT_RMSPROP, OPT_ADADELTA } OptKind;
+
+/* The model file's train block. */
+typedef struct TrainSpec {
+  OptKind optimizer;
+  double lr, momentum, dampening, weight_decay, beta1, beta2, eps;
+  double lr_decay, initial_accumulator_value;  /* adagrad */
+  double alpha;       /* rmsprop's smoothing constant */
+  double rho;         /* adadelta's smoothing constant */
+  bool nesterov;
+  bool centered;      /* rmsprop */
+  /* Regularization (train.c): l1·Σ|w| + (l2/2)·Σw² over the weights (parameters of rank >= 2)
+   * is added to the minimised loss; max_norm > 0 projects each output unit's incoming weight
+   * vector onto the ball of that radius after every update. */
+  double reg_l1, reg_l2, max_norm;
+  int patience;       /* early stopping: epochs without a better test loss; 0 = off */
+  int64_t batch;      /* 0: not given */
+  int epochs;
+  int64_t steps;      /* full-batch updates for in-file data */
+  uint64_t seed;
+  int init;           /* KILN_INIT_* override for weights, or -1 for each layer's default */
+  Loc loc;
+} TrainSpec;
+
+typedef struct Graph {
+  Pool *pool;
+  const char *name;   /* model name */
+  /* Nodes live in blocks of IR_BLOCK that never move once allocated, so a Node * stays valid
+   * while the graph grows (builders may be called while a caller holds one). */
+  Node **blocks;
+  int nnodes, nblocks, capblocks;
+  const char *syms[IR_MAX_SYMS];
+  int nsyms;
+  Literal *data;
+  int ndata, capdata;
+  int *hash;          /* open-addressing table of node ids for hash-consing, -1 = empty */
+  int hashcap;
+  /* Set by the frontend. */
+  int loss_train;     /* scalar loss, training-mode graph (-1 if none) */
+  int loss_eval;      /* scalar loss, evaluation-mode graph */
+  int output_eval;    /* the model's declared output in evaluation mode, or -1 */
+  TrainSpec train;
+  /* Set by train_build. */
+  Entry entries[ENTRY_COUNT];
+  int *grads;         /* grads[i] = gradient node of the i-th PARAM (order of params[]) */
+  int *params;        /* PARAM node ids in creation order */
+  int nparams;
+} Graph;
+
+Graph *ir_new(const char *name);
+void ir_free(Graph *g);
+
+/* Builders. All of them check types and shapes (shape.c) and fail at loc on a mismatch. */
+int ir_sym(Graph *g, const char *name);                  /* index of symbol, created on demand */
+int ir_leaf(Graph *g, Op op, Role role, const char *name, DType dt, Shape s, Loc loc);
+int ir_literal(Graph *g, const double *v, int64_t n);    /* copies v into Graph.data */
+int ir_node(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc);
+int ir_const(Graph *g, double value, DType dt, Loc loc); /* scalar */
+int ir_unary(Graph *g, Op op, int x, Loc loc);
+int ir_binary(Graph *g, Op op, int a, int b, Loc loc);
+int ir_reduce(Graph *g, Op op, int x, unsigned axes, bool keepdims, Loc loc);
+int ir_reshape(Graph *g, int x, Shape s, Loc loc);
+int ir_matmul(Graph *g, int a, int b, bool ta, bool tb, Loc loc);
+int ir_transpose(Graph *g, int x, const int *perm, Loc loc);
+void ir_add_output(Graph *g, EntryKind e, const char *name, int node);
+void ir_add_update(Graph *g, EntryKind e, int target, int value);
+
+/* Node lookup. */
+#define IR_BLOCK 256
+static inline Node *ir_at(const Graph *g, int id) {
+  return &g->blocks[id / IR_BLOCK][id % IR_BLOCK];
+}
+int ir_find_leaf(Graph *g, const char *name);            /* -1 if none */
+
+/* Shapes. */
+Shape shape_of(int rank, const int64_t *dims);           /* all-constant shape */
+bool shape_eq(const Shape *a, const Shape *b);
+bool dim_eq(Dim a, Dim b);
+int64_t dim_value(Dim d, const int64_t *symvals);        /* symvals[sym] for each symbol */
+int64_t shape_numel(const Shape *s, const int64_t *symvals);
+/* "[B, 784]", "[2*B, 3]", "[]". Returns buf. */
+char *shape_str(const Graph *g, const Shape *s, char *buf, size_t n);
+const char *dtype_name(DType t);                         /* "f32" */
+size_t dtype_size(DType t);
+bool dtype_is_float(DType t);
+
+/* Op metadata from ops.def. */
+extern const char *const op_names[OP_COUNT];
+extern const int op_arity[OP_COUNT];
+static inline bool op_is_leaf(Op op) { return op_arity[op] < 0; }
+
+/* The nodes an entry needs, in execution (id) order. mark[id] is set for each; returns count.
+ * mark must hold g->nnodes bytes. */
+int ir_reachable(const Graph *g, EntryKind e, unsigned char *mark);
+
+/* Printing (kiln shapes, kiln graph, --dump-ir). */
+void ir_print(Graph *g, FILE *out);
+void ir_print_dot(Graph *g, FILE *out, bool training);
+extern const char *const entry_names[ENTRY_COUNT];      /* "train", "eval", "grad" */
+
+/* ================================ shape.c ================================ */
+
+/* Computes n->dtype and n->shape from its inputs and attributes; kiln_fail at n->loc with both
+ * shapes written out on a mismatch. Called by ir_node for every node it creates. */
+void shape_infer(Graph *g, Node *n);
+/* Result shape of broadcasting a with b; fails at loc naming both shapes. */
+Shape shape_broadcast(Graph *g, const Shape *a, const Shape *b, Loc loc, const char *what);
+/* Floating-point operations of one execution of n with symbols bound to symvals. */
+double shape_flops(const Graph *g, const Node *n, const int64_t *symvals);
+
+/* ================================ opt.c ================================ */
+
+/* An exactly equivalent, simpler node for op(in) with attributes a, built through the builders,
+ * or -1 when no rule applies. ir_node calls it for every node it is asked to build. */
+int opt_rewrite(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc);
+
+#endif
