@@ -483,7 +483,7 @@ START_TEST(usage_errors) {
   ck_assert_ptr_nonnull(strstr(err, "kiln: error: unknown command 'frobnicate'"));
   free(err);
   ck_assert_int_eq(run(KILN " shapes /nonexistent.kiln", NULL, &err), 1);
-  ck_assert_str_eq(err, "error: cannot read '/nonexistent.kiln': No such file or directory\n");
+  ck_assert_str_eq(err, "kiln: error: cannot read '/nonexistent.kiln': No such file or directory\n");
   free(err);
   ck_assert_int_eq(run(KILN " build " EX "mlp.kiln", NULL, &err), 2);
   ck_assert_ptr_nonnull(strstr(err, "build needs -o TRAINER"));

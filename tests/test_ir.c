@@ -18,6 +18,7 @@
 #include "backend/backend.h"
 #include "front/front.h"
 #include "ref/ref.h"
+#include "driver/driver.h"
 
 #define SHAPE(...) \
   shape_of((int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__})
@@ -583,24 +584,12 @@ static char *relu_chain_model(int r) {
 
 /* Compiles text through emission; returns the node count, or fails the test with the error. */
 static int compile_through_emit(const char *text) {
-  Trap t;
-  Graph *volatile m = NULL;
-  Buf c = {0};
-  Plan plan = {0};
-  if (!KILN_TRY(&t)) {
-    kiln_trap_end(&t);
-    ck_abort_msg("%s", t.msg);
-  }
-  m = fe_compile_string("chain.kiln", text);
-  train_build(m);
-  plan_build(m, 4, &plan);
-  cg_emit_c(m, &plan, &c);
-  kiln_trap_end(&t);
-  ck_assert_ptr_nonnull(strstr(c.p, "kiln_program_desc"));
-  int n = m->nnodes;
-  buf_free(&c);
-  plan_free(&plan);
-  ir_free(m);
+  Session s;
+  if (session_open_text(&s, "chain.kiln", text, NULL) || session_emit(&s))
+    ck_abort_msg("%s", s.error);
+  ck_assert_ptr_nonnull(strstr(s.c.p, "kiln_program_desc"));
+  int n = s.g->nnodes;
+  session_close(&s);
   return n;
 }
 

@@ -1,6 +1,8 @@
 /*
- * kiln.c — the command-line driver: one function per subcommand, each a thin sequence of
- * phase calls (frontend → train_build → plan → cg / interp), so reading it shows the pipeline.
+ * kiln.c — the command-line driver: one function per subcommand over the library's pipeline
+ * (src/driver/session.c). This is the only place that reads kiln's environment variables and asks
+ * the machine about itself: it turns flags, $KILN_THREADS, $KILN_FUSE and $KILN_CONV into the
+ * session's options, and prints the session's diagnostics on stderr.
  *
  * Exit codes: 0 success, 1 bad input or a failed check (message on stderr), 2 bad usage.
  */
@@ -47,12 +49,12 @@ static const char usage[] =
 
 typedef struct Args {
   const char *cmd, *model, *out, *params, *inputs, *tangents;
-  int64_t batch;
   int steps;
   bool train_graph, reference;
   int precision;          /* 0: model's, 32, 64 (reference runtime) */
   int nrest;              /* options passed on to the trainer */
   char **rest;
+  Options opt;            /* the session's */
 } Args;
 
 static int usage_error(const char *fmt, const char *arg) {
@@ -71,9 +73,40 @@ static bool parse_int(const char *s, int64_t lo, int64_t *out) {
   return true;
 }
 
+/* The schedule's defaults on this machine, before flags: every core, unless $KILN_THREADS says
+ * otherwise; $KILN_FUSE=0 turns fusion off; $KILN_CONV=direct|gemm forces one convolution
+ * algorithm (for comparisons). */
+static int options_from_environment(Options *o) {
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  o->sched.threads = cores < 1 ? 1 : cores > 64 ? 64 : (int)cores;
+  o->sched.target.cores = o->sched.threads;
+  const char *e = getenv("KILN_THREADS");
+  int64_t n;
+  if (e && *e) {
+    if (!parse_int(e, 1, &n) || n > 256)
+      return usage_error("$KILN_THREADS needs an integer in 1..256, got '%s'", e);
+    o->sched.threads = (int)n;
+  }
+  e = getenv("KILN_FUSE");
+  if (e && !strcmp(e, "0"))
+    o->sched.fuse = false;
+  e = getenv("KILN_CONV");
+  if (e && *e) {
+    if (!strcmp(e, "gemm"))
+      o->sched.conv = CONV_GEMM;
+    else if (!strcmp(e, "direct"))
+      o->sched.conv = CONV_DIRECT;
+    else
+      return usage_error("$KILN_CONV is 'direct' or 'gemm', not '%s'", e);
+  }
+  return 0;
+}
+
 static int parse_args(int argc, char **argv, Args *a) {
   memset(a, 0, sizeof *a);
   a->steps = 3;
+  session_default_options(&a->opt);
+  if (options_from_environment(&a->opt)) return 2;
   a->rest = calloc((size_t)argc + 1, sizeof(char *));
   if (!a->rest) return usage_error("%s", "out of memory");
   a->cmd = argv[1];
@@ -90,7 +123,7 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (!strcmp(s, "--batch")) {
       NEED_VALUE();
       if (!parse_int(val, 1, &n)) return usage_error("--batch needs a positive integer, got '%s'", val);
-      a->batch = n;
+      a->opt.batch = n;
     } else if (!strcmp(s, "--steps")) {
       NEED_VALUE();
       if (!parse_int(val, 0, &n) || n > 1000000) return usage_error("--steps needs an integer >= 0, got '%s'", val);
@@ -98,7 +131,7 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (!strcmp(s, "--threads")) {
       NEED_VALUE();
       if (!parse_int(val, 1, &n) || n > 256) return usage_error("--threads needs an integer in 1..256, got '%s'", val);
-      /* The code generator reads it (cg_threads): the number of batch chunks compiled in. */
+      a->opt.sched.threads = (int)n;
       setenv("KILN_THREADS", val, 1);
     } else if (!strcmp(s, "--train")) {
       a->train_graph = true;
@@ -144,52 +177,42 @@ static int parse_args(int argc, char **argv, Args *a) {
   return 0;
 }
 
-/* Compiles the model through train_build (and, for jvp / hvp, the forward-mode outputs of the
- * grad entry); on error prints the message and returns NULL. */
-static Graph *compile_model(const char *path, const char *cmd) {
-  Trap t;
-  Graph *volatile g = NULL;
-  if (KILN_TRY(&t)) {
-    g = fe_compile_file(path);
-    train_build(g);
-    if (!strcmp(cmd, "jvp")) train_build_jvp(g);
-    if (!strcmp(cmd, "hvp")) train_build_hvp(g);
-    kiln_trap_end(&t);
-    return g;
-  }
-  kiln_trap_end(&t);
-  fputs(t.msg, stderr);
-  ir_free(g);
-  return NULL;
+/* Library diagnostics say "error: ..." (or "file:line:col: error: ..."); on the command line,
+ * those without a location name the program. */
+static void report(const Session *s) {
+  if (!strncmp(s->error, "error: ", 7))
+    fputs("kiln: ", stderr);
+  fputs(s->error, stderr);
 }
 
-static int64_t batch_of(Graph *g, const Args *a) {
-  if (a->batch) return a->batch;
-  if (g->train.batch) return g->train.batch;
-  return g->nsyms ? 64 : 1;
-}
+/* Runs fn(s, a, out) under a trap, writing to a fresh temporary file in the output's directory
+ * that replaces a->out only on success, so a failed command never leaves a partial output file
+ * (and a name planted beside it is never followed). */
+typedef void (*Writer)(Session *s, const Args *a, FILE *out);
 
-/* Runs fn(g, a, out) under a trap, writing to a temporary file that replaces a->out only on
- * success, so a failed command never leaves a partial output file. */
-typedef void (*Writer)(Graph *g, const Args *a, FILE *out);
-
-static int write_output(Graph *g, const Args *a, Writer fn, const char *default_out) {
-  const char *path = a->out ? a->out : default_out;
+static int write_output(Session *s, const Args *a, Writer fn) {
+  const char *path = a->out;
   bool to_stdout = !path || !strcmp(path, "-");
   char tmp[4096];
   FILE *volatile f = stdout;
   if (!to_stdout) {
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    f = fopen(tmp, "w");
+    int fd = -1;
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) < sizeof tmp)
+      fd = mkstemp(tmp);
+    f = fd < 0 ? NULL : fdopen(fd, "w");
     if (!f) {
       fprintf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
+      if (fd >= 0) {
+        close(fd);
+        remove(tmp);
+      }
       return 1;
     }
   }
   Trap t;
   int rc = 0;
   if (KILN_TRY(&t)) {
-    fn(g, a, f);
+    fn(s, a, f);
     kiln_trap_end(&t);
   } else {
     kiln_trap_end(&t);
@@ -234,7 +257,9 @@ static double entry_flops(Graph *g, EntryKind e, const int64_t *symvals) {
   return total;
 }
 
-static void write_shapes(Graph *g, const Args *a, FILE *out) {
+static void write_shapes(Session *s, const Args *a, FILE *out) {
+  (void)a;
+  Graph *g = s->g;
   char sb[128], nb[32];
   unsigned char *used = calloc((size_t)g->nnodes, 1), *m = calloc((size_t)g->nnodes, 1);
   if (!used || !m) kiln_fail((Loc){0}, "out of memory");
@@ -272,7 +297,7 @@ static void write_shapes(Graph *g, const Args *a, FILE *out) {
   }
   group_digits(total, nb, sizeof nb);
   fprintf(out, "\ntotal parameters: %s\n", nb);
-  int64_t batch = batch_of(g, a);
+  int64_t batch = session_batch(s);
   int64_t symvals[IR_MAX_SYMS] = {batch};
   double per = g->nsyms ? (double)batch : 1.0;
   double fwd = entry_flops(g, ENTRY_EVAL, symvals) / per;
@@ -286,117 +311,84 @@ static void write_shapes(Graph *g, const Args *a, FILE *out) {
 
 /* ---- kiln graph / ir / emit ---- */
 
-static void write_dot(Graph *g, const Args *a, FILE *out) { ir_print_dot(g, out, a->train_graph); }
-
-static void write_ir(Graph *g, const Args *a, FILE *out) {
-  (void)a;
-  ir_print(g, out);
+static void write_dot(Session *s, const Args *a, FILE *out) {
+  ir_print_dot(s->g, out, a->train_graph);
 }
 
-static void write_c(Graph *g, const Args *a, FILE *out) {
-  Plan plan;
-  plan_build(g, batch_of(g, a), &plan);
-  Buf b = {0};
-  cg_emit_c(g, &plan, &b);
-  fwrite(b.p, 1, b.len, out);
-  buf_free(&b);
-  plan_free(&plan);
+static void write_ir(Session *s, const Args *a, FILE *out) {
+  (void)a;
+  ir_print(s->g, out);
+}
+
+static void write_c(Session *s, const Args *a, FILE *out) {
+  (void)a;
+  fwrite(s->c.p, 1, s->c.len, out);
+}
+
+static int cmd_emit(Session *s, const Args *a) {
+  if (session_emit(s)) {
+    report(s);
+    return 1;
+  }
+  return write_output(s, a, write_c);
 }
 
 /* ---- kiln build ---- */
 
-/* Plans and generates the program's C into src; on error prints it and returns 1. */
-static int generate(Graph *g, const Args *a, Buf *src) {
-  Trap t;
-  Plan plan = {0};
-  if (KILN_TRY(&t)) {
-    plan_build(g, batch_of(g, a), &plan);
-    cg_emit_c(g, &plan, src);
-    kiln_trap_end(&t);
-    plan_free(&plan);
-    return 0;
-  }
-  kiln_trap_end(&t);
-  fputs(t.msg, stderr);
-  plan_free(&plan);
-  return 1;
-}
-
-static int cmd_build(Graph *g, const Args *a) {
+static int cmd_build(Session *s, const Args *a) {
   if (!a->out) return usage_error("%s", "build needs -o TRAINER");
-  Buf src = {0}, err = {0};
-  int rc = generate(g, a, &src);
-  if (!rc && aot_build_trainer(src.p, a->out, &err) != 0) {
-    fprintf(stderr, "kiln: error: building '%s' failed:\n%s", a->out, err.p ? err.p : "");
-    rc = 1;
+  if (session_build_trainer(s, a->out)) {
+    report(s);
+    return 1;
   }
-  if (!rc) fprintf(stderr, "kiln: wrote trainer %s\n", a->out);
-  buf_free(&src);
-  buf_free(&err);
-  return rc;
+  fprintf(stderr, "kiln: wrote trainer %s\n", a->out);
+  return 0;
 }
 
 /* ---- kiln train ---- */
 
-/* The compiled runtime for `kiln train`: the generated C built as a shared object and loaded
- * (the JIT will replace the system compiler here). */
-static int train_compiled(Graph *g, const Args *a, RtOptions *o) {
-  Buf src = {0}, err = {0};
-  int rc = 0;
-  if (generate(g, a, &src)) return 1;
-  void *handle = NULL;
-  const kiln_program *prog = aot_load_shared(src.p, &handle, &err);
-  if (!prog) {
-    fprintf(stderr, "kiln: error: compiling the generated code failed:\n%s", err.p ? err.p : "");
-    rc = 1;
-  } else {
-    unsigned char *arena = aligned_alloc(64, (size_t)(prog->arena_bytes + 63) / 64 * 64);
-    if (!arena) {
-      fprintf(stderr, "kiln: error: out of memory for a %lld-byte arena\n", (long long)prog->arena_bytes);
-      rc = 1;
-    } else {
-      memset(arena, 0, (size_t)prog->arena_bytes);
-      RtBackend be;
-      rt_arena_backend(prog, arena, &be);
-      rc = rt_train(&be, o);
-      rt_arena_backend_free(&be);
-      free(arena);
-    }
+/* The compiled runtime for `kiln train`: the generated C compiled and loaded in process. */
+static int train_compiled(Session *s, RtOptions *o) {
+  if (session_load(s)) {
+    report(s);
+    return 1;
   }
-  buf_free(&src);
-  buf_free(&err);
-  (void)handle;  /* stays loaded until exit: the program table points into it */
+  const kiln_program *prog = s->prog;
+  unsigned char *arena = aligned_alloc(64, (size_t)(prog->arena_bytes + 63) / 64 * 64);
+  if (!arena) {
+    fprintf(stderr, "kiln: error: out of memory for a %lld-byte arena\n", (long long)prog->arena_bytes);
+    return 1;
+  }
+  memset(arena, 0, (size_t)prog->arena_bytes);
+  RtBackend be;
+  rt_arena_backend(prog, arena, &be);
+  int rc = rt_train(&be, o);
+  rt_arena_backend_free(&be);
+  free(arena);
   return rc;
 }
 
-static int train_reference(Graph *g, const Args *a, RtOptions *o) {
-  Trap t;
-  Plan plan = {0};
-  if (KILN_TRY(&t)) {
-    plan_build(g, batch_of(g, a), &plan);
-    kiln_trap_end(&t);
-  } else {
-    kiln_trap_end(&t);
-    fputs(t.msg, stderr);
+static int train_reference(Session *s, const Args *a, RtOptions *o) {
+  if (session_plan(s)) {
+    report(s);
     return 1;
   }
+  Graph *g = s->g;
   bool f32 = a->precision ? a->precision == 32 : ir_at(g, g->params[0])->dtype == DT_F32;
-  Interp *it = interp_new(g, plan.batch, f32);
+  Interp *it = interp_new(g, s->plan.batch, f32);
   if (!it) {
     fprintf(stderr, "kiln: error: cannot create the reference runtime (out of memory)\n");
-    plan_free(&plan);
     return 1;
   }
   kiln_program prog;
   RtBackend be;
-  interp_backend(it, &plan, &prog, &be);
+  interp_backend(it, &s->plan, &prog, &be);
   int rc = rt_train(&be, o);
   interp_free(it);
-  plan_free(&plan);
   return rc;
 }
 
-static int cmd_train(Graph *g, const Args *a) {
+static int cmd_train(Session *s, const Args *a) {
   RtOptions o;
   rt_options_default(&o);
   char **argv = calloc((size_t)a->nrest + 2, sizeof(char *));
@@ -406,28 +398,34 @@ static int cmd_train(Graph *g, const Args *a) {
   int rc = rt_options_parse(&o, a->nrest + 1, argv, "kiln train");
   free(argv);
   if (rc) return rc > 0 ? 0 : 2;
-  return a->reference ? train_reference(g, a, &o) : train_compiled(g, a, &o);
+  return a->reference ? train_reference(s, a, &o) : train_compiled(s, &o);
 }
 
-/* ---- kiln check / grad ---- */
+/* ---- kiln check / grad / jvp / hvp ---- */
 
-static int cmd_check(Graph *g, const Args *a) {
-  return check_model(g, batch_of(g, a), a->steps, g->train.seed, stdout);
+/* The checks print their results on stdout; a failure that is not a disagreement (a file, the
+ * compiler) leaves a diagnostic. */
+static int checked(Session *s, int rc) {
+  if (rc && s->error[0]) report(s);
+  return rc;
 }
 
-static int cmd_grad(Graph *g, const Args *a) {
+static int cmd_check(Session *s, const Args *a) {
+  return checked(s, check_model(s, a->steps, s->g->train.seed, stdout));
+}
+
+static int cmd_grad(Session *s, const Args *a) {
   if (!a->params || !a->inputs || !a->out)
     return usage_error("%s", "grad needs --params P.safetensors --inputs I.safetensors -o G.safetensors");
-  return grad_model(g, a->params, a->inputs, a->out, a->reference, stdout);
+  return checked(s, grad_model(s, a->params, a->inputs, a->out, a->reference, stdout));
 }
 
-/* ---- kiln jvp / hvp ---- */
-
-static int cmd_forward(Graph *g, const Args *a, bool hvp) {
+static int cmd_forward(Session *s, const Args *a, bool hvp) {
   if (!a->params || !a->inputs || !a->tangents || !a->out)
     return usage_error("%s needs --params P.safetensors --inputs I.safetensors --tangents "
                        "T.safetensors -o OUT.safetensors", a->cmd);
-  return forward_model(g, hvp, a->params, a->inputs, a->tangents, a->out, a->reference, stdout);
+  return checked(s, forward_model(s, hvp, a->params, a->inputs, a->tangents, a->out,
+                                  a->reference, stdout));
 }
 
 int main(int argc, char **argv) {
@@ -456,23 +454,27 @@ int main(int argc, char **argv) {
     free(a.rest);
     return rc;
   }
-  Graph *g = compile_model(a.model, a.cmd);
-  if (!g) {
+  const char *cmd = a.cmd;
+  a.opt.jvp = !strcmp(cmd, "jvp");
+  a.opt.hvp = !strcmp(cmd, "hvp");
+  Session s;
+  if (session_open_file(&s, a.model, &a.opt)) {
+    report(&s);
+    session_close(&s);
     free(a.rest);
     return 1;
   }
-  const char *cmd = a.cmd;
-  if (!strcmp(cmd, "shapes")) rc = write_output(g, &a, write_shapes, NULL);
-  else if (!strcmp(cmd, "graph")) rc = write_output(g, &a, write_dot, NULL);
-  else if (!strcmp(cmd, "ir")) rc = write_output(g, &a, write_ir, NULL);
-  else if (!strcmp(cmd, "emit")) rc = write_output(g, &a, write_c, NULL);
-  else if (!strcmp(cmd, "build")) rc = cmd_build(g, &a);
-  else if (!strcmp(cmd, "train")) rc = cmd_train(g, &a);
-  else if (!strcmp(cmd, "check")) rc = cmd_check(g, &a);
-  else if (!strcmp(cmd, "jvp")) rc = cmd_forward(g, &a, false);
-  else if (!strcmp(cmd, "hvp")) rc = cmd_forward(g, &a, true);
-  else rc = cmd_grad(g, &a);
-  ir_free(g);
+  if (!strcmp(cmd, "shapes")) rc = write_output(&s, &a, write_shapes);
+  else if (!strcmp(cmd, "graph")) rc = write_output(&s, &a, write_dot);
+  else if (!strcmp(cmd, "ir")) rc = write_output(&s, &a, write_ir);
+  else if (!strcmp(cmd, "emit")) rc = cmd_emit(&s, &a);
+  else if (!strcmp(cmd, "build")) rc = cmd_build(&s, &a);
+  else if (!strcmp(cmd, "train")) rc = cmd_train(&s, &a);
+  else if (!strcmp(cmd, "check")) rc = cmd_check(&s, &a);
+  else if (!strcmp(cmd, "jvp")) rc = cmd_forward(&s, &a, false);
+  else if (!strcmp(cmd, "hvp")) rc = cmd_forward(&s, &a, true);
+  else rc = cmd_grad(&s, &a);
+  session_close(&s);
   free(a.rest);
   return rc;
 }

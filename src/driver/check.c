@@ -26,6 +26,7 @@
  * with a third file holding the direction (one tensor per parameter, under its name).
  */
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,13 +44,10 @@ CheckTol check_tolerance(DType t) {
 
 /* ---- the two sides ------------------------------------------------------------------------ */
 
-/* Everything a check run holds, released by side_free on every path. */
+/* Everything a check run holds besides the session, released by sides_free on every path. */
 typedef struct Sides {
-  Plan plan;
-  bool planned;
-  Buf src;
-  void *handle;
-  const kiln_program *prog;   /* compiled */
+  Session *ss;                /* the model, its plan and the compiled program */
+  const Plan *plan;
   unsigned char *arena;
   RtBackend cbe;              /* compiled */
   bool have_cbe;
@@ -58,77 +56,59 @@ typedef struct Sides {
   RtBackend rbe;              /* reference */
 } Sides;
 
+/* Reports a failure that is not the model's (a file, memory) into the session's diagnostic. */
+static int diag(Session *ss, const char *fmt, ...) KILN_PRINTF(2, 3);
+static int diag(Session *ss, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = snprintf(ss->error, sizeof ss->error, "error: ");
+  vsnprintf(ss->error + n, sizeof ss->error - (size_t)n, fmt, ap);
+  va_end(ap);
+  size_t len = strlen(ss->error);
+  if (len + 1 < sizeof ss->error && (len == 0 || ss->error[len - 1] != '\n'))
+    memcpy(ss->error + len, "\n", 2);
+  return -1;
+}
+
 static void sides_free(Sides *s) {
   if (s->have_cbe)
     rt_arena_backend_free(&s->cbe);
   free(s->arena);
   interp_free(s->it);
-  buf_free(&s->src);
-  if (s->planned)
-    plan_free(&s->plan);
-  /* The shared object stays loaded: unloading it while anything might still point into it (the
-   * tensor table's names) is not worth the few pages. */
 }
 
-/* Plans g at batch and emits its C, failing with the compiler's message on out. */
-static int plan_and_emit(Graph *g, int64_t batch, Sides *s, bool emit) {
-  Trap t;
-  if (KILN_TRY(&t)) {
-    plan_build(g, batch, &s->plan);
-    s->planned = true;
-    if (emit)
-      cg_emit_c(g, &s->plan, &s->src);
-    kiln_trap_end(&t);
-    return 0;
-  }
-  kiln_trap_end(&t);
-  fputs(t.msg, stderr);
-  return -1;
-}
-
+/* The compiled side: the session's program (emitted, compiled and loaded) over a fresh arena. */
 static int make_compiled(Sides *s) {
-  Buf err = {0};
-  s->prog = aot_load_shared(s->src.p, &s->handle, &err);
-  if (!s->prog) {
-    fprintf(stderr, "kiln: error: compiling the generated code failed:\n%s", err.p ? err.p : "");
-    buf_free(&err);
+  if (session_load(s->ss))
     return -1;
-  }
-  buf_free(&err);
-  if (s->prog->ntensors != s->plan.ntensors) {
-    fprintf(stderr, "kiln: error: the compiled program has %d tensors, the plan %d\n",
-            s->prog->ntensors, s->plan.ntensors);
-    return -1;
-  }
-  size_t bytes = ((size_t)s->prog->arena_bytes + 63) / 64 * 64;
+  s->plan = &s->ss->plan;
+  const kiln_program *prog = s->ss->prog;
+  size_t bytes = ((size_t)prog->arena_bytes + 63) / 64 * 64;
   s->arena = aligned_alloc(64, bytes ? bytes : 64);
-  if (!s->arena) {
-    fprintf(stderr, "kiln: error: out of memory for a %lld-byte arena\n",
-            (long long)s->prog->arena_bytes);
-    return -1;
-  }
+  if (!s->arena)
+    return diag(s->ss, "out of memory for a %lld-byte arena", (long long)prog->arena_bytes);
   memset(s->arena, 0, bytes ? bytes : 64);
-  rt_arena_backend(s->prog, s->arena, &s->cbe);
+  rt_arena_backend(prog, s->arena, &s->cbe);
   s->have_cbe = true;
   return 0;
 }
 
-static int make_reference(Graph *g, Sides *s) {
-  s->it = interp_new(g, s->plan.batch, false);
-  if (!s->it) {
-    fprintf(stderr, "kiln: error: cannot create the reference runtime\n");
+static int make_reference(Sides *s) {
+  if (session_plan(s->ss))
     return -1;
-  }
-  interp_backend(s->it, &s->plan, &s->rprog, &s->rbe);
+  s->plan = &s->ss->plan;
+  s->it = interp_new(s->ss->g, s->plan->batch, false);
+  if (!s->it)
+    return diag(s->ss, "cannot create the reference runtime (out of memory)");
+  interp_backend(s->it, s->plan, &s->rprog, &s->rbe);
   return 0;
 }
 
-static int run(RtBackend *be, int entry, int64_t batch, const char *side) {
+static int run(Sides *s, RtBackend *be, int entry, int64_t batch) {
   char err[RT_ERR_LEN] = "";
   if (be->run(be->self, entry, batch, err) == 0)
     return 0;
-  fprintf(stderr, "kiln: error: %s runtime: %s\n", side, err);
-  return -1;
+  return diag(s->ss, "%s runtime: %s", be == &s->rbe ? "reference" : "compiled", err);
 }
 
 /* ---- values ----------------------------------------------------------------------------------- */
@@ -146,7 +126,7 @@ static int64_t label_classes(Graph *g, const Plan *p, int node) {
 /* Both sides get identical values: rounded to float first for f32 tensors, so the comparison
  * measures computation, not the rounding of the inputs. */
 static void write_both(Sides *s, int t, double *v, int64_t n) {
-  if (s->plan.tensors[t].dtype == KILN_F32)
+  if (s->plan->tensors[t].dtype == KILN_F32)
     for (int64_t i = 0; i < n; i++)
       v[i] = (double)(float)v[i];
   s->cbe.write(s->cbe.self, t, v, n);
@@ -155,11 +135,11 @@ static void write_both(Sides *s, int t, double *v, int64_t n) {
 
 /* Parameters, state, hyper-parameters and optimizer state from their initialisers. */
 static void init_persistent(Sides *s, uint64_t seed, double *buf) {
-  for (int i = 0; i < s->plan.ntensors; i++) {
-    const kiln_tensor *t = &s->plan.tensors[i];
+  for (int i = 0; i < s->plan->ntensors; i++) {
+    const kiln_tensor *t = &s->plan->tensors[i];
     if (t->role == KILN_ROLE_INPUT || t->role == KILN_ROLE_OUTPUT)
       continue;
-    int64_t n = rt_numel(t, s->plan.batch);
+    int64_t n = rt_numel(t, s->plan->batch);
     rt_init_tensor(t, seed, buf, n);
     write_both(s, i, buf, n);
   }
@@ -167,13 +147,13 @@ static void init_persistent(Sides *s, uint64_t seed, double *buf) {
 
 /* Fresh random inputs: floats uniform in [0, 1), labels uniform in [0, C). */
 static void random_inputs(Graph *g, Sides *s, RtRng *r, double *buf) {
-  for (int i = 0; i < s->plan.ntensors; i++) {
-    const kiln_tensor *t = &s->plan.tensors[i];
+  for (int i = 0; i < s->plan->ntensors; i++) {
+    const kiln_tensor *t = &s->plan->tensors[i];
     if (t->role != KILN_ROLE_INPUT)
       continue;
-    int64_t n = rt_numel(t, s->plan.batch);
+    int64_t n = rt_numel(t, s->plan->batch);
     if (t->dtype == KILN_I32) {
-      uint64_t c = (uint64_t)label_classes(g, &s->plan, s->plan.tensor_node[i]);
+      uint64_t c = (uint64_t)label_classes(g, s->plan, s->plan->tensor_node[i]);
       for (int64_t k = 0; k < n; k++)
         buf[k] = (double)rt_rng_below(r, c);
     } else {
@@ -194,7 +174,7 @@ typedef struct Tally {
 /* Compares tensor t of both sides at batch, prints one line, returns whether it passed. */
 static bool compare(Sides *s, int t, int64_t batch, const char *phase, double *x, double *r,
                     Tally *ty, FILE *out) {
-  const kiln_tensor *kt = &s->plan.tensors[t];
+  const kiln_tensor *kt = &s->plan->tensors[t];
   int64_t n = rt_numel(kt, batch);
   s->cbe.read(s->cbe.self, t, x, n);
   s->rbe.read(s->rbe.self, t, r, n);
@@ -236,8 +216,8 @@ static bool compare(Sides *s, int t, int64_t batch, const char *phase, double *x
 /* Compares every tensor of `roles` (bit set of 1 << role) that entry writes. */
 static void compare_all(Sides *s, unsigned roles, int entry, int64_t batch, const char *phase,
                         double *x, double *r, Tally *ty, FILE *out) {
-  for (int i = 0; i < s->plan.ntensors; i++) {
-    const kiln_tensor *t = &s->plan.tensors[i];
+  for (int i = 0; i < s->plan->ntensors; i++) {
+    const kiln_tensor *t = &s->plan->tensors[i];
     if (!(roles & (1u << t->role)))
       continue;
     if (t->role == KILN_ROLE_OUTPUT && !(t->entries & entry))
@@ -246,16 +226,17 @@ static void compare_all(Sides *s, unsigned roles, int entry, int64_t batch, cons
   }
 }
 
-int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
-  Sides s = {0};
+int check_model(Session *ss, int steps, uint64_t seed, FILE *out) {
+  Sides s = {.ss = ss};
+  Graph *g = ss->g;
   int rc = 1;
   double *buf = NULL, *x = NULL, *r = NULL;
-  if (plan_and_emit(g, batch, &s, true) || make_compiled(&s) || make_reference(g, &s))
+  if (make_compiled(&s) || make_reference(&s))
     goto done;
 
   int64_t maxn = 1;
-  for (int i = 0; i < s.plan.ntensors; i++) {
-    int64_t n = rt_numel(&s.plan.tensors[i], s.plan.batch);
+  for (int i = 0; i < s.plan->ntensors; i++) {
+    int64_t n = rt_numel(&s.plan->tensors[i], s.plan->batch);
     if (n > maxn)
       maxn = n;
   }
@@ -263,13 +244,13 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
   x = malloc((size_t)maxn * sizeof *x);
   r = malloc((size_t)maxn * sizeof *r);
   if (!buf || !x || !r) {
-    fprintf(stderr, "kiln: error: out of memory\n");
+    diag(ss, "out of memory");
     goto done;
   }
   DType dt = g->nparams > 0 ? ir_at(g, g->params[0])->dtype : DT_F32;
   CheckTol tol = check_tolerance(dt);
   fprintf(out, "check %s: batch %lld, seed %llu, compiled %s against the f64 reference\n",
-          s.prog->model, (long long)s.plan.batch, (unsigned long long)seed, dtype_name(dt));
+          ss->prog->model, (long long)s.plan->batch, (unsigned long long)seed, dtype_name(dt));
   fprintf(out, "tolerance: |x - ref| <= %g + %g * (|ref| + max|ref|), per tensor\n", tol.abs,
           tol.rel);
   fprintf(out, "%-10s %-40s %11s %11s %8s\n", "phase", "tensor", "max abs", "max rel", "/ tol");
@@ -284,36 +265,36 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
       (1u << KILN_ROLE_PARAM) | (1u << KILN_ROLE_STATE) | (1u << KILN_ROLE_OPT);
 
   /* 1. Gradients. */
-  if (run(&s.cbe, KILN_ENTRY_GRAD, s.plan.batch, "compiled") ||
-      run(&s.rbe, KILN_ENTRY_GRAD, s.plan.batch, "reference"))
+  if (run(&s, &s.cbe, KILN_ENTRY_GRAD, s.plan->batch) ||
+      run(&s, &s.rbe, KILN_ENTRY_GRAD, s.plan->batch))
     goto done;
-  compare_all(&s, out_role, KILN_ENTRY_GRAD, s.plan.batch, "grad", x, r, &ty, out);
+  compare_all(&s, out_role, KILN_ENTRY_GRAD, s.plan->batch, "grad", x, r, &ty, out);
 
   /* 2. Train steps, fresh inputs each time; both sides carry their own state forward. */
   for (int step = 1; step <= steps; step++) {
     char phase[32];
     snprintf(phase, sizeof phase, "train %d", step);
     random_inputs(g, &s, &rng, buf);
-    if (run(&s.cbe, KILN_ENTRY_TRAIN, s.plan.batch, "compiled") ||
-        run(&s.rbe, KILN_ENTRY_TRAIN, s.plan.batch, "reference"))
+    if (run(&s, &s.cbe, KILN_ENTRY_TRAIN, s.plan->batch) ||
+        run(&s, &s.rbe, KILN_ENTRY_TRAIN, s.plan->batch))
       goto done;
-    compare_all(&s, out_role, KILN_ENTRY_TRAIN, s.plan.batch, phase, x, r, &ty, out);
-    compare_all(&s, persistent, KILN_ENTRY_TRAIN, s.plan.batch, phase, x, r, &ty, out);
+    compare_all(&s, out_role, KILN_ENTRY_TRAIN, s.plan->batch, phase, x, r, &ty, out);
+    compare_all(&s, persistent, KILN_ENTRY_TRAIN, s.plan->batch, phase, x, r, &ty, out);
   }
 
   /* 3. Evaluation. */
-  if (run(&s.cbe, KILN_ENTRY_EVAL, s.plan.batch, "compiled") ||
-      run(&s.rbe, KILN_ENTRY_EVAL, s.plan.batch, "reference"))
+  if (run(&s, &s.cbe, KILN_ENTRY_EVAL, s.plan->batch) ||
+      run(&s, &s.rbe, KILN_ENTRY_EVAL, s.plan->batch))
     goto done;
-  compare_all(&s, out_role, KILN_ENTRY_EVAL, s.plan.batch, "eval", x, r, &ty, out);
+  compare_all(&s, out_role, KILN_ENTRY_EVAL, s.plan->batch, "eval", x, r, &ty, out);
 
   /* 4. A smaller batch runs the code specialised for a run-time batch. */
-  if (s.plan.batch > 1 && g->nsyms > 0) {
-    int64_t small = s.plan.batch / 2;
+  if (s.plan->batch > 1 && g->nsyms > 0) {
+    int64_t small = s.plan->batch / 2;
     char phase[32];
     snprintf(phase, sizeof phase, "grad @%lld", (long long)small);
-    if (run(&s.cbe, KILN_ENTRY_GRAD, small, "compiled") ||
-        run(&s.rbe, KILN_ENTRY_GRAD, small, "reference"))
+    if (run(&s, &s.cbe, KILN_ENTRY_GRAD, small) ||
+        run(&s, &s.rbe, KILN_ENTRY_GRAD, small))
       goto done;
     compare_all(&s, out_role, KILN_ENTRY_GRAD, small, phase, x, r, &ty, out);
   }
@@ -348,8 +329,9 @@ static const char *tangent_of(const char *name) {
 }
 
 /* The batch the inputs file implies: from the first model input with a batch dimension. */
-static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *path,
+static int grad_batch(Session *ss, const RtNamedTensor *in, int nin, const char *path,
                       int64_t *batch) {
+  Graph *g = ss->g;
   *batch = 0;
   for (int i = 0; i < g->nnodes && *batch == 0; i++) {
     const Node *n = ir_at(g, i);
@@ -357,8 +339,7 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
       continue;
     const RtNamedTensor *t = find_named(in, nin, n->name);
     if (!t) {
-      fprintf(stderr, "kiln: error: %s: no tensor '%s' (a model input)\n", path, n->name);
-      return -1;
+      return diag(ss, "%s: no tensor '%s' (a model input)", path, n->name);
     }
     for (int k = 0; k < n->shape.rank; k++)
       if (n->shape.d[k].sym == 0) {
@@ -366,9 +347,8 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
           char want[160], have[160];
           shape_str(g, &n->shape, want, sizeof want);
           rt_format_dims(have, sizeof have, t->rank, t->dims);
-          fprintf(stderr, "kiln: error: %s: tensor '%s' has shape %s but the model needs %s\n",
-                  path, n->name, have, want);
-          return -1;
+          return diag(ss, "%s: tensor '%s' has shape %s but the model needs %s", path, n->name,
+                      have, want);
         }
         *batch = t->dims[k] / n->shape.d[k].n;
         break;
@@ -382,7 +362,8 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
 /* Labels from the inputs file must lie in [0, C) of the cross_entropy that reads them: the
  * reference runtime refuses others, and the compiled program only flags them with a NaN loss
  * (cg_c.c), which must not reach the output file as if it were a result. */
-static int check_labels(Graph *g, const RtNamedTensor *in, int nin, const char *path) {
+static int check_labels(Session *ss, const RtNamedTensor *in, int nin, const char *path) {
+  Graph *g = ss->g;
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
     if (n->op != OP_CROSS_ENTROPY)
@@ -397,9 +378,8 @@ static int check_labels(Graph *g, const RtNamedTensor *in, int nin, const char *
     for (int64_t k = 0; k < numel; k++) {
       double v = t->values[k];
       if (!(v >= 0 && v < (double)c && v == floor(v))) {
-        fprintf(stderr, "kiln: error: %s: cross_entropy: label tensor '%s' has value %g at index "
-                "%lld, outside [0, %lld)\n", path, t->name, v, (long long)k, (long long)c);
-        return -1;
+        return diag(ss, "%s: cross_entropy: label tensor '%s' has value %g at index %lld, "
+                    "outside [0, %lld)", path, t->name, v, (long long)k, (long long)c);
       }
     }
   }
@@ -409,7 +389,7 @@ static int check_labels(Graph *g, const RtNamedTensor *in, int nin, const char *
 /* Writes every tensor of `role` from the file into the backend, each with exactly its shape.
  * With `tangents`, only the tangent inputs, each from the tensor named after its parameter;
  * without, every tensor of the role but those. */
-static int load_role(const Plan *p, RtBackend *be, int role, bool tangents,
+static int load_role(Session *ss, const Plan *p, RtBackend *be, int role, bool tangents,
                      const RtNamedTensor *ts, int n, const char *path) {
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
@@ -420,12 +400,10 @@ static int load_role(const Plan *p, RtBackend *be, int role, bool tangents,
     const RtNamedTensor *f = find_named(ts, n, name);
     if (!f) {
       if (param)
-        fprintf(stderr, "kiln: error: %s: no tensor '%s' (the direction for parameter '%s')\n",
-                path, name, name);
-      else
-        fprintf(stderr, "kiln: error: %s: no tensor '%s' (a model %s)\n", path, name,
-                role == KILN_ROLE_INPUT ? "input" : "parameter");
-      return -1;
+        return diag(ss, "%s: no tensor '%s' (the direction for parameter '%s')", path, name,
+                    name);
+      return diag(ss, "%s: no tensor '%s' (a model %s)", path, name,
+                  role == KILN_ROLE_INPUT ? "input" : "parameter");
     }
     bool same = f->rank == t->rank;
     for (int k = 0; same && k < t->rank; k++)
@@ -434,9 +412,8 @@ static int load_role(const Plan *p, RtBackend *be, int role, bool tangents,
       char want[160], have[160];
       rt_format_dims(want, sizeof want, t->rank, t->dims);
       rt_format_dims(have, sizeof have, f->rank, f->dims);
-      fprintf(stderr, "kiln: error: %s: tensor '%s' has shape %s but %s %s\n", path, name, have,
-              param ? "the parameter is" : "the model needs", want);
-      return -1;
+      return diag(ss, "%s: tensor '%s' has shape %s but %s %s", path, name, have,
+                  param ? "the parameter is" : "the model needs", want);
     }
     be->write(be->self, i, f->values, rt_numel(t, p->batch));
   }
@@ -460,10 +437,11 @@ static const char *written_name(Deriv d, const char *name) {
 
 /* kiln grad / jvp / hvp: one run of the grad entry (which train_build_jvp / train_build_hvp
  * extended) at the given values. */
-static int derivatives(Graph *g, Deriv d, const char *params_path, const char *inputs_path,
+static int derivatives(Session *ss, Deriv d, const char *params_path, const char *inputs_path,
                        const char *tangents_path, const char *out_path, bool use_reference,
                        FILE *out) {
-  Sides s = {0};
+  Sides s = {.ss = ss};
+  Graph *g = ss->g;
   RtNamedTensor *pt = NULL, *it = NULL, *tt = NULL, *ot = NULL;
   int np = 0, ni = 0, nt = 0, no = 0, rc = 1;
   double *buf = NULL;
@@ -471,35 +449,35 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
   if (rt_safetensors_load(params_path, &pt, &np, err) ||
       rt_safetensors_load(inputs_path, &it, &ni, err) ||
       (tangents_path && rt_safetensors_load(tangents_path, &tt, &nt, err))) {
-    fprintf(stderr, "kiln: error: %s\n", err);
+    diag(ss, "%s", err);
     goto done;
   }
   int64_t batch;
-  if (grad_batch(g, it, ni, inputs_path, &batch) || check_labels(g, it, ni, inputs_path) ||
-      plan_and_emit(g, batch, &s, !use_reference))
+  if (grad_batch(ss, it, ni, inputs_path, &batch) || check_labels(ss, it, ni, inputs_path))
     goto done;
-  if (use_reference ? make_reference(g, &s) : make_compiled(&s))
+  ss->opt.batch = batch;
+  if (use_reference ? make_reference(&s) : make_compiled(&s))
     goto done;
   RtBackend *be = use_reference ? &s.rbe : &s.cbe;
 
   /* State the grad entry reads but the file need not hold (running statistics) starts from its
    * initialiser, then the file wins where it has the tensor. */
   int64_t maxn = 1;
-  for (int i = 0; i < s.plan.ntensors; i++) {
-    int64_t n = rt_numel(&s.plan.tensors[i], s.plan.batch);
+  for (int i = 0; i < s.plan->ntensors; i++) {
+    int64_t n = rt_numel(&s.plan->tensors[i], s.plan->batch);
     maxn = n > maxn ? n : maxn;
   }
   buf = malloc((size_t)maxn * sizeof *buf);
-  ot = calloc((size_t)s.plan.ntensors + 1, sizeof *ot);
+  ot = calloc((size_t)s.plan->ntensors + 1, sizeof *ot);
   if (!buf || !ot) {
-    fprintf(stderr, "kiln: error: out of memory\n");
+    diag(ss, "out of memory");
     goto done;
   }
-  for (int i = 0; i < s.plan.ntensors; i++) {
-    const kiln_tensor *t = &s.plan.tensors[i];
+  for (int i = 0; i < s.plan->ntensors; i++) {
+    const kiln_tensor *t = &s.plan->tensors[i];
     if (t->role == KILN_ROLE_STATE || t->role == KILN_ROLE_HYPER || t->role == KILN_ROLE_OPT) {
       const RtNamedTensor *f = find_named(pt, np, t->name);
-      int64_t n = rt_numel(t, s.plan.batch);
+      int64_t n = rt_numel(t, s.plan->batch);
       bool same = f && f->rank == t->rank;
       for (int k = 0; same && k < t->rank; k++)
         same = f->dims[k] == t->dims[k];
@@ -511,28 +489,28 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
       }
     }
   }
-  if (load_role(&s.plan, be, KILN_ROLE_PARAM, false, pt, np, params_path) ||
-      load_role(&s.plan, be, KILN_ROLE_INPUT, false, it, ni, inputs_path) ||
+  if (load_role(ss, s.plan, be, KILN_ROLE_PARAM, false, pt, np, params_path) ||
+      load_role(ss, s.plan, be, KILN_ROLE_INPUT, false, it, ni, inputs_path) ||
       (tangents_path &&
-       load_role(&s.plan, be, KILN_ROLE_INPUT, true, tt, nt, tangents_path)))
+       load_role(ss, s.plan, be, KILN_ROLE_INPUT, true, tt, nt, tangents_path)))
     goto done;
-  if (run(be, KILN_ENTRY_GRAD, s.plan.batch, use_reference ? "reference" : "compiled"))
+  if (run(&s, be, KILN_ENTRY_GRAD, s.plan->batch))
     goto done;
 
   /* "loss", then each gradient (or H v) under its parameter's name; jvp: the loss, the output
    * and their directional derivatives. */
-  for (int i = 0; i < s.plan.ntensors; i++) {
-    const kiln_tensor *t = &s.plan.tensors[i];
+  for (int i = 0; i < s.plan->ntensors; i++) {
+    const kiln_tensor *t = &s.plan->tensors[i];
     if (t->role != KILN_ROLE_OUTPUT || !(t->entries & KILN_ENTRY_GRAD))
       continue;
     const char *name = written_name(d, t->name);
     if (!name)
       continue;
     RtNamedTensor *o = &ot[no];
-    int64_t n = rt_numel(t, s.plan.batch);
+    int64_t n = rt_numel(t, s.plan->batch);
     o->values = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
     if (!o->values) {
-      fprintf(stderr, "kiln: error: out of memory\n");
+      diag(ss, "out of memory");
       goto done;
     }
     no++;
@@ -542,11 +520,11 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
     memcpy(o->dims, t->dims, sizeof o->dims);
     be->read(be->self, i, o->values, n);
     if (!strcmp(name, "loss"))
-      fprintf(out, "loss %.9g (batch %lld, %s)\n", o->values[0], (long long)s.plan.batch,
+      fprintf(out, "loss %.9g (batch %lld, %s)\n", o->values[0], (long long)s.plan->batch,
               use_reference ? "reference" : "compiled");
   }
   if (rt_safetensors_save(out_path, ot, no, err)) {
-    fprintf(stderr, "kiln: error: %s\n", err);
+    diag(ss, "%s", err);
     goto done;
   }
   if (d == DERIV_JVP)
@@ -572,13 +550,13 @@ done:
   return rc;
 }
 
-int grad_model(Graph *g, const char *params_path, const char *inputs_path, const char *out_path,
+int grad_model(Session *ss, const char *params_path, const char *inputs_path, const char *out_path,
                bool use_reference, FILE *out) {
-  return derivatives(g, DERIV_GRAD, params_path, inputs_path, NULL, out_path, use_reference, out);
+  return derivatives(ss, DERIV_GRAD, params_path, inputs_path, NULL, out_path, use_reference, out);
 }
 
-int forward_model(Graph *g, bool hvp, const char *params_path, const char *inputs_path,
+int forward_model(Session *ss, bool hvp, const char *params_path, const char *inputs_path,
                   const char *tangents_path, const char *out_path, bool use_reference, FILE *out) {
-  return derivatives(g, hvp ? DERIV_HVP : DERIV_JVP, params_path, inputs_path, tangents_path,
+  return derivatives(ss, hvp ? DERIV_HVP : DERIV_JVP, params_path, inputs_path, tangents_path,
                      out_path, use_reference, out);
 }

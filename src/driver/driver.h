@@ -1,18 +1,59 @@
 /*
- * driver.h — `kiln check`, `grad`, `jvp` and `hvp`: generated code against the reference.
+ * driver.h — the compiler as a library: the one pipeline (session.c), `kiln check`, `grad`, `jvp`
+ * and `hvp` (check.c), and the public API of include/kiln.h on top of them (api.c).
  *
- * Both compile the model's C (cg_c.c) into a shared object (aot.c) and drive it through the
- * same RtBackend interface as the reference interpreter (ref/ref.h), so a disagreement
- * is between the two meanings of the same graph, not between two drivers.
+ * check.c compiles the model's C (cg/) into a shared object (backend/) and drives it through the
+ * same RtBackend interface as the reference interpreter (ref/ref.h), so a disagreement is between
+ * the two meanings of the same graph, not between two drivers.
  */
-#ifndef KILN_CROSSCHECK_H
-#define KILN_CROSSCHECK_H
+#ifndef KILN_DRIVER_H
+#define KILN_DRIVER_H
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
-#include "ir/ir.h"
+#include "plan/plan.h"
+#include "sched/sched.h"
+
+/* ================================ session.c ================================ */
+
+/* Everything a compile depends on besides the model. Drivers fill it from their flags and
+ * environment; the library reads neither. */
+typedef struct Options {
+  int64_t batch;          /* to specialise for; 0: the train block's, else 64 (batched models) or 1 */
+  SchedOptions sched;
+  bool jvp, hvp;          /* extend the grad entry with forward-mode outputs (kiln jvp / hvp) */
+} Options;
+void session_default_options(Options *o);
+
+/* One model on its way down the pipeline. Each stage runs the earlier ones it needs; each returns
+ * 0, or -1 with the diagnostic in error ("file:line:col: error: ..." with the source line and a
+ * caret, or the tensor and its shapes), after which the session may only be closed. */
+typedef struct Session {
+  Options opt;
+  Graph *g;               /* the training graph (session_open_*) */
+  Plan plan;              /* session_plan */
+  Buf c;                  /* the generated C (session_emit) */
+  void *so;               /* session_load: the shared object and its program */
+  const kiln_program *prog;
+  bool planned, emitted, borrowed;
+  char error[4096];
+} Session;
+
+/* Parse, lower and build the training graph of a model file or of text (name: for messages). */
+int session_open_file(Session *s, const char *path, const Options *o);
+int session_open_text(Session *s, const char *name, const char *text, const Options *o);
+/* Starts from a graph built by hand (tests, builders); the caller keeps ownership of g. */
+void session_adopt(Session *s, Graph *g, const Options *o);
+int64_t session_batch(const Session *s);   /* the batch the session specialises for */
+int session_plan(Session *s);              /* schedule and memory plan */
+int session_emit(Session *s);              /* the whole step as one C11 translation unit */
+int session_load(Session *s);              /* compiled and loaded into this process */
+int session_build_trainer(Session *s, const char *out_path);  /* a standalone trainer */
+void session_close(Session *s);            /* frees everything; NULL and closed sessions are fine */
+
+/* ================================ check.c ================================ */
 
 /* Tolerance of a comparison of a value computed in the program's dtype against the f64
  * reference: |x - r| <= abs + rel * (|r| + S), S the largest |r| in the tensor (so elements
@@ -23,28 +64,30 @@ typedef struct CheckTol {
 } CheckTol;
 CheckTol check_tolerance(DType t);
 
-/* Plans and compiles g for `batch`, initialises the compiled program and the f64 reference from
+/* The three report on out (results) and put a failure that is not a disagreement — a file, the
+ * compiler, memory — into s->error; they return 0, or 1 on any failure.
+ *
+ * Plans and compiles the session's model, initialises the compiled program and the f64 reference from
  * the same random parameters (seed) and inputs, and compares: the grad entry (loss and every
  * gradient), then `steps` train steps (loss, every parameter and state after each), then the eval
  * entry, then the grad entry again at a smaller batch (the run-time batch code path). Prints a
- * table of max absolute / relative differences to out. Returns 0 if everything is within
- * tolerance, 1 otherwise (also on any error, with the message on out). */
-int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out);
+ * table of max absolute / relative differences to out. */
+int check_model(Session *s, int steps, uint64_t seed, FILE *out);
 
 /* Loads parameters and inputs from safetensors files (every parameter and input of the model,
  * with exactly its shape), runs the grad entry with batch = the inputs' leading dimension on the
  * compiled program (or the f64 reference with use_reference) and writes "loss" and one tensor
- * per gradient, named after its parameter ("fc1.weight"), to out_path. Returns 0 or 1 (message
- * on stderr... and on out). */
-int grad_model(Graph *g, const char *params_path, const char *inputs_path, const char *out_path,
+ * per gradient, named after its parameter ("fc1.weight"), to out_path. The session's batch
+ * option is set to the inputs' batch. */
+int grad_model(Session *s, const char *params_path, const char *inputs_path, const char *out_path,
                bool use_reference, FILE *out);
 
 /* `kiln jvp` / `kiln hvp`: as grad_model on a graph that train_build_jvp (hvp false) or
  * train_build_hvp (hvp true) extended, with the direction read from tangents_path (one tensor
  * per parameter, named and shaped like it). Writes "loss" and then, for jvp, "jvp.loss" and
  * (with a declared output) "output" and "jvp.output"; for hvp, H·v per parameter under the
- * parameter's name. Returns 0 or 1 (message on out). */
-int forward_model(Graph *g, bool hvp, const char *params_path, const char *inputs_path,
+ * parameter's name. */
+int forward_model(Session *s, bool hvp, const char *params_path, const char *inputs_path,
                   const char *tangents_path, const char *out_path, bool use_reference, FILE *out);
 
 #endif

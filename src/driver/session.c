@@ -1,0 +1,171 @@
+/*
+ * session.c — the one pipeline: model text → graph → training graph → plan → C → loaded program.
+ *
+ * Every user of the compiler goes through here: the kiln command, `kiln check`, the public API in
+ * api.c and the tests. A Session holds one model on its way down the pipeline together with the
+ * options that shape it; each stage runs the stages before it that have not run yet, so a caller
+ * asks for what it wants ("the C source", "a loaded program") and never spells out the sequence.
+ *
+ * This is the library's error boundary. Below it phases fail by unwinding (kiln_fail); here each
+ * stage sets a trap and turns a failure into -1 with the diagnostic in Session.error — the model
+ * line with a caret, or the tensor and its shapes — and the session stays valid (closing it frees
+ * everything). Nothing here prints: drivers decide where diagnostics go.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "driver/driver.h"
+#include "backend/backend.h"
+#include "cg/cg.h"
+#include "front/front.h"
+#include "xform/xform.h"
+
+void session_default_options(Options *o) {
+  memset(o, 0, sizeof *o);
+  sched_default_options(&o->sched);
+}
+
+static int failed(Session *s, const char *msg) {
+  snprintf(s->error, sizeof s->error, "%s", msg);
+  return -1;
+}
+
+/* Parses and lowers the model (text, or the file at path when text is NULL) and builds its
+ * training graph with the entries the options ask for. */
+static int open_model(Session *s, const char *path, const char *text, const Options *o) {
+  memset(s, 0, sizeof *s);
+  if (o)
+    s->opt = *o;
+  else
+    session_default_options(&s->opt);
+  Trap t;
+  Graph *volatile g = NULL;
+  if (!KILN_TRY(&t)) {
+    kiln_trap_end(&t);
+    ir_free(g);
+    return failed(s, t.msg);
+  }
+  g = text ? fe_compile_string(path, text) : fe_compile_file(path);
+  train_build(g);
+  if (s->opt.jvp)
+    train_build_jvp(g);
+  if (s->opt.hvp)
+    train_build_hvp(g);
+  kiln_trap_end(&t);
+  s->g = g;
+  return 0;
+}
+
+int session_open_file(Session *s, const char *path, const Options *o) {
+  return open_model(s, path, NULL, o);
+}
+
+int session_open_text(Session *s, const char *name, const char *text, const Options *o) {
+  return open_model(s, name ? name : "<string>", text, o);
+}
+
+void session_adopt(Session *s, Graph *g, const Options *o) {
+  memset(s, 0, sizeof *s);
+  if (o)
+    s->opt = *o;
+  else
+    session_default_options(&s->opt);
+  s->g = g;
+  s->borrowed = true;
+}
+
+int64_t session_batch(const Session *s) {
+  if (s->opt.batch > 0)
+    return s->opt.batch;
+  if (s->g->train.batch > 0)
+    return s->g->train.batch;
+  return s->g->nsyms ? 64 : 1;
+}
+
+int session_plan(Session *s) {
+  if (s->planned)
+    return 0;
+  Trap t;
+  if (!KILN_TRY(&t)) {
+    kiln_trap_end(&t);
+    plan_free(&s->plan);
+    memset(&s->plan, 0, sizeof s->plan);
+    return failed(s, t.msg);
+  }
+  plan_build(s->g, session_batch(s), &s->plan);
+  kiln_trap_end(&t);
+  s->planned = true;
+  return 0;
+}
+
+int session_emit(Session *s) {
+  if (s->emitted)
+    return 0;
+  if (session_plan(s))
+    return -1;
+  Trap t;
+  if (!KILN_TRY(&t)) {
+    kiln_trap_end(&t);
+    buf_free(&s->c);
+    return failed(s, t.msg);
+  }
+  cg_emit_c(s->g, &s->plan, &s->c);
+  kiln_trap_end(&t);
+  s->emitted = true;
+  return 0;
+}
+
+/* A compiler failure on generated code is kiln's bug, not the user's: say so, with the
+ * compiler's own words. */
+static int compiler_failed(Session *s, const char *what, Buf *err) {
+  snprintf(s->error, sizeof s->error, "error: %s failed (a bug in kiln's code generator):\n%s",
+           what, err->p ? err->p : "");
+  buf_free(err);
+  return -1;
+}
+
+int session_load(Session *s) {
+  if (s->prog)
+    return 0;
+  if (session_emit(s))
+    return -1;
+  Buf err = {0};
+  s->prog = aot_load_shared(s->c.p, &s->so, &err);
+  if (!s->prog)
+    return compiler_failed(s, "compiling the generated code", &err);
+  buf_free(&err);
+  if (s->prog->ntensors != s->plan.ntensors) {
+    snprintf(s->error, sizeof s->error,
+             "error: the compiled program has %d tensors, the plan %d\n", s->prog->ntensors,
+             s->plan.ntensors);
+    s->prog = NULL;
+    return -1;
+  }
+  return 0;
+}
+
+int session_build_trainer(Session *s, const char *out_path) {
+  if (session_emit(s))
+    return -1;
+  Buf err = {0};
+  if (aot_build_trainer(s->c.p, out_path, &err) != 0) {
+    char what[512];
+    snprintf(what, sizeof what, "building '%s'", out_path);
+    return compiler_failed(s, what, &err);
+  }
+  buf_free(&err);
+  return 0;
+}
+
+void session_close(Session *s) {
+  if (!s)
+    return;
+  buf_free(&s->c);
+  if (s->planned)
+    plan_free(&s->plan);
+  if (!s->borrowed)
+    ir_free(s->g);
+  /* A loaded program stays mapped: its tensor table's names may still be referenced by the
+   * caller, and unloading is not worth the few pages. */
+  memset(s, 0, sizeof *s);
+}
