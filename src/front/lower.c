@@ -25,7 +25,6 @@
 #include "front/front.h"
 #include "nn/nn.h"
 
-
 typedef struct Func Func;
 typedef Val (*LowerFn)(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer);
 
@@ -256,7 +255,6 @@ NnInit fe_init_spec(Lower *L, const Expr *e) {
   kiln_fail(e->loc, "unknown initialisation; expected default, he, he_uniform, xavier, "
                     "xavier_normal, zeros, ones, normal(std=...) or uniform(a=...)");
 }
-
 
 /* ---- leaves ---- */
 
@@ -589,14 +587,13 @@ static Val fn_linear(Lower *L, const Func *f, Expr *call, Expr **args, const cha
   (void)f;
   int x = tensor(L, args[0]);
   nn_check_linear(L->g, x, call->loc);
-  NnLinear o = {.out = fe_int_arg(L, args[1], 1, INT32_MAX, "linear: 'out'"),
-                .bias = args[2] ? fe_bool_arg(args[2], "linear: 'bias'") : true,
-                .init = L->init};
+  NnLinear o = {.out = fe_int_arg(L, args[1], 1, INT32_MAX, "linear: 'out'"), .init = L->init};
+  o.bias = args[2] ? fe_bool_arg(args[2], "linear: 'bias'") : true;
   NnLayer l = layer_of(L, call, layer);
   return (Val){nn_linear(L->g, &l, x, &o), 0};
 }
 
-/* ---- issue 3: activations, layout, losses ---- */
+/* ---- activations, layout, losses ---- */
 
 /* One axis, negative counting from the end. */
 static int axis_arg(Lower *L, const Func *f, const Expr *e, int rank) {
@@ -688,8 +685,7 @@ static Val fn_bce_with_logits(Lower *L, const Func *f, Expr *call, Expr **args, 
   return (Val){nn_bce_with_logits(L->g, x, t, call->loc), 0};
 }
 
-/* ---- issue 3: convolutional layers ---- */
-
+/* ---- convolutional layers ---- */
 
 /* The input of a 2-D window function: [N, C, H, W] with C, H and W numbers, floating-point. */
 static int image_arg(Lower *L, const Func *f, Expr *call, Expr *e) {
@@ -821,8 +817,6 @@ static double eps_arg(Lower *L, const Func *f, const Expr *e) {
   return v;
 }
 
-
-
 /* batchnorm(x [N, C, H, W] or [N, C], eps=1e-5, momentum=0.1, affine=true): PyTorch's
  * BatchNorm2d / BatchNorm1d, batch statistics in the training pass and running statistics in the
  * evaluation pass (nn_batchnorm). */
@@ -857,8 +851,6 @@ static Val fn_instancenorm(Lower *L, const Func *f, Expr *call, Expr **args, con
   int x = image_arg(L, f, call, args[0]);
   return (Val){nn_instancenorm(L->g, x, eps_arg(L, f, args[1]), call->loc), 0};
 }
-
-
 
 /* dropout(x, p=0.5): PyTorch's inverted dropout in the training pass (nn_dropout), x itself in
  * the evaluation pass. Each site's name must differ: it seeds the site's masks. */
