@@ -1,11 +1,14 @@
 /*
- * frontend.h — the one internal header of kiln's frontend: model text -> tokens -> AST -> Graph.
+ * front.h — the one internal header of kiln's frontend: model text -> tokens -> AST -> Graph.
  *
  * Sections are named after the .c file that owns them, in pipeline order:
  *
- *   lex.c     tokens with file:line:col (newlines are tokens: statements end at a line's end)
- *   parse.c   the AST: one Stmt per statement, Expr trees for right-hand sides and values
- *   lower.c   AST -> Graph through the ir_* builders only; the public entry points fe_compile_*
+ *   lex.c       tokens with file:line:col (newlines are tokens: statements end at a line's end)
+ *   parse.c     the AST: one Stmt per statement, Expr trees for right-hand sides and values
+ *   lower.c     statements and expressions -> Graph: checks each call's arguments and builds
+ *               through nn/ (layers, composites) and the ir_* builders; the public entry points
+ *               fe_compile_*
+ *   settings.c  the train block -> TrainSpec (optimizer, regularizers, early stopping, ...)
  *
  * The language itself is documented in docs/language.md; each parse function carries its
  * grammar rule. Every error goes through kiln_fail(loc, ...) at the token or expression that is
@@ -15,6 +18,7 @@
 #define KILN_FRONTEND_H
 
 #include "ir/ir.h"
+#include "nn/nn.h"
 
 /* ================================ lex.c ================================ */
 
@@ -139,9 +143,64 @@ Program *parse_program(Pool *p, const SrcFile *f, size_t len);
 
 /* ================================ lower.c ================================ */
 
+/* A value during lowering: a tensor (node >= 0) or a compile-time number. */
+typedef struct Val {
+  int node;
+  double num;
+} Val;
+
+typedef enum VarKind { VAR_COMPUTED, VAR_INPUT, VAR_CONST, VAR_PARAM } VarKind;
+
+typedef struct Var {
+  const char *name;
+  Val v;
+  VarKind kind;
+  Loc loc;            /* where it was defined */
+} Var;
+
+/* The state of one lowering (both passes). */
+typedef struct Lower {
+  Graph *g;
+  Program *prog;
+  Pool *tmp;
+  NnMode mode;                /* the pass: NN_TRAIN, then NN_EVAL */
+  Var *vars;
+  int nvars, capvars;
+  int sym;                    /* the model's one dimension symbol (the batch), or -1 */
+  const char *symname;
+  NnInit init;                /* the train block's `init` */
+  const char **explicit_layers; /* names given by `as` or by assignment: auto names avoid them */
+  int nexplicit;
+  int layer_count[64];        /* per function: auto-named layers so far (linear1, linear2, ...) */
+  const char **sites;         /* dropout sites named so far (training pass): names must differ */
+  int nsites, capsites;
+  bool have_output, have_minimize;
+} Lower;
+
+/* Compile-time arguments, shared with settings.c. `what` names the argument in messages
+ * ("linear: 'out'"); each fails at the expression that is wrong. */
+const char *fe_fmt_num(Lower *L, double v);                      /* "%.15g" */
+double fe_num_arg(Lower *L, const Expr *e, const char *what);   /* a finite number */
+int64_t fe_int_arg(Lower *L, const Expr *e, int64_t lo, int64_t hi, const char *what);
+bool fe_bool_arg(const Expr *e, const char *what);              /* true or false */
+/* Matches a call's arguments to params: args[i] is the expression for params[i] or NULL. */
+void fe_bind_args(const char *fname, const char *const *params, int nparams, int nrequired,
+                  const Expr *call, Expr **args);
+/* An initialisation scheme as written (`he`, `normal(std=0.01)`); `default` is NN_INIT_DEFAULT. */
+NnInit fe_init_spec(Lower *L, const Expr *e);
+
+
 /* Lowers prog into g (twice: training mode, then evaluation mode) and fills g->loss_train,
  * g->loss_eval, g->output_eval, g->train and g->name. tmp holds scratch memory. */
 void fe_lower(Graph *g, Program *prog, Pool *tmp);
+
+/* ================================ settings.c ================================ */
+
+/* Reads the train block s into t (t->loc included) and returns its `init` (NN_INIT_DEFAULT when
+ * not given), which the layers' weights use. */
+NnInit fe_read_train(Lower *L, const Stmt *s, TrainSpec *t);
+
+/* ================================ lower.c ================================ */
 
 /* The frontend's public entry points: parse and lower a model into a new Graph (train_build is
  * not yet run). Errors kiln_fail to the caller's KILN_TRY; the partly built graph is freed

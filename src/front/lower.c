@@ -11,10 +11,11 @@
  *
  * Numbers in expressions stay compile-time values (and fold: `0.5 * 2` is 1) until they meet a
  * tensor, where they become a scalar constant of that tensor's element type, so `0.5 * x` works
- * for f32 and f64 alike. Layers are sugar: `linear`, `conv2d`, `batchnorm`, `layernorm` make
- * their parameters and primitive ops here (as do composites such as l2pool2d), and no later
- * phase knows they existed, so their gradients come exactly from the primitives' rules.
- * Per-function behaviour is a table (funcs[]) of argument names and one lowering function each.
+ * for f32 and f64 alike. Layers and composites (`linear`, `conv2d`, `batchnorm`, l2pool2d, ...)
+ * are built by the layer library (nn/): here a call's arguments are bound, checked where they
+ * are written and turned into typed options, and the layer's name is chosen. Per-function
+ * behaviour is a table (funcs[]) of argument names and one lowering function each. The train
+ * block is read by settings.c.
  */
 #include <errno.h>
 #include <math.h>
@@ -22,45 +23,7 @@
 #include <string.h>
 
 #include "front/front.h"
-
-/* A value during lowering: a tensor (node >= 0) or a compile-time number. */
-typedef struct Val {
-  int node;
-  double num;
-} Val;
-
-typedef enum VarKind { VAR_COMPUTED, VAR_INPUT, VAR_CONST, VAR_PARAM } VarKind;
-
-typedef struct Var {
-  const char *name;
-  Val v;
-  VarKind kind;
-  Loc loc;            /* where it was defined */
-} Var;
-
-/* An initialisation scheme as written (`he`, `normal(std=0.01)`); kind -1 is `default`. */
-typedef struct InitSpec {
-  int kind;
-  double a;
-} InitSpec;
-
-typedef struct Lower {
-  Graph *g;
-  Program *prog;
-  Pool *tmp;
-  int mode;                   /* 0: training, 1: evaluation */
-  Var *vars;
-  int nvars, capvars;
-  int sym;                    /* the model's one dimension symbol (the batch), or -1 */
-  const char *symname;
-  InitSpec init;              /* the train block's `init` */
-  const char **explicit_layers; /* names given by `as` or by assignment: auto names avoid them */
-  int nexplicit;
-  int layer_count[64];        /* per function: auto-named layers so far (linear1, linear2, ...) */
-  const char **sites;         /* dropout sites named so far (training pass): names must differ */
-  int nsites, capsites;
-  bool have_output, have_minimize;
-} Lower;
+#include "nn/nn.h"
 
 typedef struct Func Func;
 typedef Val (*LowerFn)(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer);
@@ -87,7 +50,7 @@ struct Func {
   const char *params[8];
 };
 
-static const char *fmt_num(Lower *L, double v) { return pool_printf(L->tmp, "%.15g", v); }
+const char *fe_fmt_num(Lower *L, double v) { return pool_printf(L->tmp, "%.15g", v); }
 
 static const char *shape_text(Lower *L, const Shape *s) {
   char buf[256];
@@ -149,8 +112,8 @@ static double fold(Lower *L, Op op, double x, double y, Loc at) {
   double r = op == OP_ADD ? x + y : op == OP_SUB ? x - y : op == OP_MUL ? x * y
            : op == OP_DIV ? x / y : pow(x, y);
   if (!isfinite(r))
-    kiln_fail(at, "the constant %s %c %s is not a finite number", fmt_num(L, x), symbol[op],
-              fmt_num(L, y));
+    kiln_fail(at, "the constant %s %c %s is not a finite number", fe_fmt_num(L, x), symbol[op],
+              fe_fmt_num(L, y));
   return r;
 }
 
@@ -183,27 +146,28 @@ static bool const_num(Lower *L, const Expr *e, double *out) {
   }
 }
 
-static double num_arg(Lower *L, const Expr *e, const char *what) {
+double fe_num_arg(Lower *L, const Expr *e, const char *what) {
   double v;
   if (!const_num(L, e, &v))
     kiln_fail(e->loc, "%s must be a number", what);
   if (!isfinite(v))
-    kiln_fail(e->loc, "%s must be finite, got %s", what, fmt_num(L, v));
+    kiln_fail(e->loc, "%s must be finite, got %s", what, fe_fmt_num(L, v));
   return v;
 }
 
-static int64_t int_arg(Lower *L, const Expr *e, int64_t lo, int64_t hi, const char *what) {
-  double v = num_arg(L, e, what);
+int64_t fe_int_arg(Lower *L, const Expr *e, int64_t lo, int64_t hi, const char *what) {
+  double v = fe_num_arg(L, e, what);
   if (v != floor(v))
-    kiln_fail(e->loc, "%s must be an integer, got %s", what, fmt_num(L, v));
+    kiln_fail(e->loc, "%s must be an integer, got %s", what, fe_fmt_num(L, v));
   if (v < (double)lo)
-    kiln_fail(e->loc, "%s must be at least %lld, got %s", what, (long long)lo, fmt_num(L, v));
+    kiln_fail(e->loc, "%s must be at least %lld, got %s", what, (long long)lo, fe_fmt_num(L, v));
   if (v > (double)hi)
-    kiln_fail(e->loc, "%s is out of range: %s (at most %lld)", what, fmt_num(L, v), (long long)hi);
+    kiln_fail(e->loc, "%s is out of range: %s (at most %lld)", what, fe_fmt_num(L, v),
+              (long long)hi);
   return (int64_t)v;
 }
 
-static bool bool_arg(const Expr *e, const char *what) {
+bool fe_bool_arg(const Expr *e, const char *what) {
   if (e->kind == EX_NAME && !strcmp(e->name, "true"))
     return true;
   if (e->kind == EX_NAME && !strcmp(e->name, "false"))
@@ -214,8 +178,8 @@ static bool bool_arg(const Expr *e, const char *what) {
 /* ---- argument binding ---- */
 
 /* Matches a call's arguments to params: args[i] is the expression for params[i] or NULL. */
-static void bind_args(const char *fname, const char *const *params, int nparams, int nrequired,
-                      const Expr *call, Expr **args) {
+void fe_bind_args(const char *fname, const char *const *params, int nparams, int nrequired,
+                  const Expr *call, Expr **args) {
   int npos = 0;
   while (npos < call->nargs && !call->args[npos].name)
     npos++;
@@ -267,7 +231,7 @@ static const InitName init_names[] = {
 
 /* init = "default" | "he" | "he_uniform" | "xavier" | "xavier_normal" | "zeros" | "ones"
  *      | "normal" "(" ["std" "="] NUMBER ")" | "uniform" "(" ["a" "="] NUMBER ")" */
-static InitSpec init_spec(Lower *L, const Expr *e) {
+NnInit fe_init_spec(Lower *L, const Expr *e) {
   const char *name = e->kind == EX_NAME || e->kind == EX_CALL ? e->name : NULL;
   for (size_t i = 0; name && i < sizeof init_names / sizeof *init_names; i++) {
     const InitName *in = &init_names[i];
@@ -276,59 +240,23 @@ static InitSpec init_spec(Lower *L, const Expr *e) {
     if (!in->param) {
       if (e->kind == EX_CALL)
         kiln_fail(e->loc, "%s takes no arguments: write 'init = %s'", name, name);
-      return (InitSpec){in->kind, 0};
+      return (NnInit){in->kind, 0};
     }
     if (e->kind != EX_CALL)
       kiln_fail(e->loc, "%s needs its argument: write 'init = %s(%s=...)'", name, name,
                 in->param);
     Expr *arg;
-    bind_args(name, &in->param, 1, 1, e, &arg);
-    double a = num_arg(L, arg, pool_printf(L->tmp, "%s: '%s'", name, in->param));
+    fe_bind_args(name, &in->param, 1, 1, e, &arg);
+    double a = fe_num_arg(L, arg, pool_printf(L->tmp, "%s: '%s'", name, in->param));
     if (a < 0)
       kiln_fail(arg->loc, "%s: '%s' must not be negative", name, in->param);
-    return (InitSpec){in->kind, a};
+    return (NnInit){in->kind, a};
   }
   kiln_fail(e->loc, "unknown initialisation; expected default, he, he_uniform, xavier, "
                     "xavier_normal, zeros, ones, normal(std=...) or uniform(a=...)");
 }
 
-/* PyTorch's _calculate_fan_in_and_fan_out: fan_in = size(1) * receptive field, fan_out =
- * size(0) * receptive field; a vector counts its length for both. */
-static void fans(const Shape *s, int64_t *fan_in, int64_t *fan_out) {
-  if (s->rank == 0) {
-    *fan_in = *fan_out = 1;
-  } else if (s->rank == 1) {
-    *fan_in = *fan_out = s->d[0].n;
-  } else {
-    int64_t rf = 1;
-    for (int i = 2; i < s->rank; i++)
-      rf *= s->d[i].n;
-    *fan_in = s->d[1].n * rf;
-    *fan_out = s->d[0].n * rf;
-  }
-}
-
 /* ---- leaves ---- */
-
-/* A parameter: made by the training pass, found by the evaluation pass. */
-static int param_leaf(Lower *L, const char *name, DType dt, Shape s, Loc loc, InitSpec init,
-                      int64_t fan_in, int64_t fan_out) {
-  Graph *g = L->g;
-  if (L->mode == 1) {
-    int id = ir_find_leaf(g, name);
-    KILN_ASSERT(id >= 0 && node(L, id)->op == OP_PARAM);
-    return id;
-  }
-  if (ir_find_leaf(g, name) >= 0)
-    kiln_fail(loc, "parameter '%s' is defined twice", name);
-  int id = ir_leaf(g, OP_PARAM, ROLE_PARAM, name, dt, s, loc);
-  Node *n = node(L, id);
-  n->leaf.init = init.kind < 0 ? KILN_INIT_TORCH_DEFAULT : init.kind;
-  n->leaf.init_a = init.a;
-  n->leaf.fan_in = fan_in;
-  n->leaf.fan_out = fan_out;
-  return id;
-}
 
 static Dim type_dim(Lower *L, const TypeDim *td) {
   if (!td->sym)
@@ -376,7 +304,7 @@ static void fill_literal(Lower *L, const Stmt *s, const Expr *e, int depth, doub
     if (!const_num(L, e, &v))
       kiln_fail(e->loc, "expected a number in the literal");
     if (ts->dtype == DT_I32 && (v != floor(v) || fabs(v) > INT32_MAX))
-      kiln_fail(e->loc, "i32 value %s is not a 32-bit integer", fmt_num(L, v));
+      kiln_fail(e->loc, "i32 value %s is not a 32-bit integer", fe_fmt_num(L, v));
     out[(*pos)++] = v;
     return;
   }
@@ -404,7 +332,7 @@ static int literal_data(Lower *L, const Stmt *s) {
   double one;
   if (s->value->kind != EX_LIST && const_num(L, s->value, &one)) {
     if (s->type.dtype == DT_I32 && one != floor(one))
-      kiln_fail(s->value->loc, "i32 value %s is not an integer", fmt_num(L, one));
+      kiln_fail(s->value->loc, "i32 value %s is not an integer", fe_fmt_num(L, one));
     for (int64_t i = 0; i < n; i++)
       v[i] = one;
   } else {
@@ -423,7 +351,7 @@ static void lower_input(Lower *L, const Stmt *s) {
     kiln_fail(s->type.loc, "images are read as floating-point: declare '%s' as f32[...] or "
                            "f64[...]", s->name);
   int id;
-  if (L->mode == 0) {
+  if (L->mode == NN_TRAIN) {
     if (find_var(L, s->name))
       set_var(L, s->name, s->name_loc, VAR_INPUT, (Val){-1, 0}); /* reports the clash */
     id = ir_leaf(L->g, OP_INPUT, ROLE_INPUT, s->name, s->type.dtype, shape, s->name_loc);
@@ -440,7 +368,7 @@ static void lower_input(Lower *L, const Stmt *s) {
 static void lower_const(Lower *L, const Stmt *s) {
   require_fixed_shape(L, s, "a constant");
   int id;
-  if (L->mode == 0) {
+  if (L->mode == NN_TRAIN) {
     if (find_var(L, s->name))
       set_var(L, s->name, s->name_loc, VAR_CONST, (Val){-1, 0});
     Shape shape = type_shape(L, &s->type);
@@ -460,17 +388,18 @@ static void lower_param(Lower *L, const Stmt *s) {
   if (!dtype_is_float(s->type.dtype))
     kiln_fail(s->type.loc, "a parameter must be floating-point (f32 or f64), not %s",
               dtype_name(s->type.dtype));
-  if (L->mode == 0 && find_var(L, s->name))
+  if (L->mode == NN_TRAIN && find_var(L, s->name))
     set_var(L, s->name, s->name_loc, VAR_PARAM, (Val){-1, 0});
   Shape shape = type_shape(L, &s->type);
   int64_t fan_in, fan_out;
-  fans(&shape, &fan_in, &fan_out);
-  InitSpec init = s->init ? init_spec(L, s->init) : L->init;
+  nn_fans(&shape, &fan_in, &fan_out);
+  NnInit init = s->init ? fe_init_spec(L, s->init) : L->init;
   if (s->value)
-    init = (InitSpec){KILN_INIT_DATA, 0};
-  int id = param_leaf(L, s->name, s->type.dtype, shape, s->name_loc, init, fan_in, fan_out);
+    init = (NnInit){KILN_INIT_DATA, 0};
+  int id = nn_param(L->g, L->mode, s->name, s->type.dtype, shape, init, fan_in, fan_out,
+                    s->name_loc);
   node(L, id)->leaf.weight = shape.rank >= 2;
-  if (L->mode == 0 && s->value)
+  if (L->mode == NN_TRAIN && s->value)
     node(L, id)->data = literal_data(L, s);
   set_var(L, s->name, s->name_loc, VAR_PARAM, (Val){id, 0});
 }
@@ -483,7 +412,7 @@ static Val lower_expr(Lower *L, Expr *e, const char *assigned);
 static int tensor(Lower *L, Expr *e) {
   Val v = lower_expr(L, e, NULL);
   if (v.node < 0)
-    kiln_fail(e->loc, "expected a tensor here, got the number %s", fmt_num(L, v.num));
+    kiln_fail(e->loc, "expected a tensor here, got the number %s", fe_fmt_num(L, v.num));
   return v.node;
 }
 
@@ -531,8 +460,8 @@ static unsigned axes_arg(Lower *L, const Func *f, Expr *e, int rank) {
   int n = e->kind == EX_LIST ? e->nitems : 1;
   unsigned axes = 0;
   for (int i = 0; i < n; i++) {
-    int64_t a = int_arg(L, items[i], -IR_MAX_RANK, IR_MAX_RANK,
-                        pool_printf(L->tmp, "%s: an axis", f->name));
+    int64_t a = fe_int_arg(L, items[i], -IR_MAX_RANK, IR_MAX_RANK,
+                           pool_printf(L->tmp, "%s: an axis", f->name));
     if (a < -rank || a >= rank)
       kiln_fail(items[i]->loc, "%s: axis %lld is out of range for a tensor with %d axes",
                 f->name, (long long)a, rank);
@@ -551,7 +480,8 @@ static Val fn_reduce(Lower *L, const Func *f, Expr *call, Expr **args, const cha
   int x = tensor(L, args[0]);
   int rank = node(L, x)->shape.rank;
   unsigned axes = args[1] ? axes_arg(L, f, args[1], rank) : all_axes(rank);
-  bool keep = args[2] ? bool_arg(args[2], pool_printf(L->tmp, "%s: 'keepdims'", f->name)) : false;
+  bool keep =
+      args[2] ? fe_bool_arg(args[2], pool_printf(L->tmp, "%s: 'keepdims'", f->name)) : false;
   if (!axes)
     return (Val){x, 0};  /* nothing to reduce */
   return (Val){ir_reduce(L->g, f->op, x, axes, keep, call->loc), 0};
@@ -608,7 +538,7 @@ static Val fn_reshape(Lower *L, const Func *f, Expr *call, Expr **args, const ch
         target = pool_printf(L->tmp, "%s%s-1", target, sep);
         continue;
       }
-      to.d[i] = (Dim){int_arg(L, it, 1, INT32_MAX, "reshape: a dimension"), -1};
+      to.d[i] = (Dim){fe_int_arg(L, it, 1, INT32_MAX, "reshape: a dimension"), -1};
       target = pool_printf(L->tmp, "%s%s%lld", target, sep, (long long)to.d[i].n);
     }
     mono_mul(&want, to.d[i], it->loc);
@@ -630,77 +560,45 @@ static Val fn_reshape(Lower *L, const Func *f, Expr *call, Expr **args, const ch
 /* flatten(x): [N, d1, d2, ...] -> [N, d1*d2*...] */
 static Val fn_flatten(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)f, (void)layer;
-  int x = tensor(L, args[0]);
-  Shape s = node(L, x)->shape;
-  if (s.rank < 2)
-    kiln_fail(call->loc, "flatten needs a tensor with at least 2 axes, got %s",
-              shape_text(L, &s));
-  Mono m = {1, 0};
-  for (int i = 1; i < s.rank; i++)
-    mono_mul(&m, s.d[i], call->loc);
-  if (m.power > 1)
-    kiln_fail(call->loc, "flatten of %s would multiply the batch symbol by itself",
-              shape_text(L, &s));
-  Shape to = {.rank = 2, .d = {s.d[0], {m.coef, m.power ? L->sym : -1}}};
-  return (Val){ir_reshape(L->g, x, to, call->loc), 0};
+  return (Val){nn_flatten(L->g, tensor(L, args[0]), call->loc), 0};
 }
 
 /* cross_entropy(logits [N, C], labels i32[N]) -> scalar mean over N */
 static Val fn_cross_entropy(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
-  (void)layer;
-  int in[2] = {tensor(L, args[0]), tensor(L, args[1])};
-  return (Val){ir_node(L->g, f->op, 2, in, NULL, call->loc), 0};
+  (void)f, (void)layer;
+  int logits = tensor(L, args[0]), labels = tensor(L, args[1]);
+  return (Val){nn_cross_entropy(L->g, logits, labels, call->loc), 0};
 }
 
 /* mse(a, b) = mean((a - b)^2) over all axes */
 static Val fn_mse(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)f, (void)layer;
   int a = tensor(L, args[0]), b = tensor(L, args[1]);
-  int d = ir_binary(L->g, OP_SUB, a, b, call->loc);
-  int two = ir_const(L->g, 2, node(L, d)->dtype, call->loc);
-  int sq = ir_binary(L->g, OP_POW, d, two, call->loc);
-  int rank = node(L, sq)->shape.rank;
-  return (Val){rank ? ir_reduce(L->g, OP_MEAN, sq, all_axes(rank), false, call->loc) : sq, 0};
+  return (Val){nn_mse(L->g, a, b, call->loc), 0};
+}
+
+/* The layer a call builds: named `layer`, its leaves made at the `as` name when there is one. */
+static NnLayer layer_of(const Lower *L, const Expr *call, const char *layer) {
+  return (NnLayer){L->mode, layer, call->loc, call->as ? call->as_loc : call->loc};
 }
 
 /* linear(x [N, in], out=M, bias=true): x @ weight^T + bias, weight [M, in], bias [M] */
 static Val fn_linear(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
-  int x = tensor(L, args[0]);
-  Node *xn = node(L, x);
-  Shape xs = xn->shape;
-  DType dt = xn->dtype;
-  if (xs.rank != 2)
-    kiln_fail(call->loc, "linear needs an input of shape [N, in], got %s", shape_text(L, &xs));
-  if (!dtype_is_float(dt))
-    kiln_fail(call->loc, "linear needs a floating-point input, got %s", dtype_name(dt));
-  if (xs.d[1].sym >= 0)
-    kiln_fail(call->loc, "linear: the input's feature dimension must be a number, got %s",
-              shape_text(L, &xs));
-  int64_t in = xs.d[1].n;
-  int64_t out = int_arg(L, args[1], 1, INT32_MAX, "linear: 'out'");
-  bool bias = args[2] ? bool_arg(args[2], "linear: 'bias'") : true;
-  Loc at = call->as ? call->as_loc : call->loc;
-  InitSpec wi = L->init, bi = L->init;
-  if (bi.kind >= 0)
-    bi = (InitSpec){KILN_INIT_ZEROS, 0};
-  Shape ws = {.rank = 2, .d = {{out, -1}, {in, -1}}};
-  int w = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, ws, at, wi, in, out);
-  node(L, w)->leaf.weight = true;
-  int y = ir_matmul(L->g, x, w, false, true, call->loc);
-  if (bias) {
-    Shape bs = {.rank = 1, .d = {{out, -1}}};
-    int b = param_leaf(L, pool_printf(L->tmp, "%s.bias", layer), dt, bs, at, bi, in, out);
-    y = ir_binary(L->g, OP_ADD, y, b, call->loc);
-  }
   (void)f;
-  return (Val){y, 0};
+  int x = tensor(L, args[0]);
+  nn_check_linear(L->g, x, call->loc);
+  NnLinear o = {.out = fe_int_arg(L, args[1], 1, INT32_MAX, "linear: 'out'"), .init = L->init};
+  o.bias = args[2] ? fe_bool_arg(args[2], "linear: 'bias'") : true;
+  NnLayer l = layer_of(L, call, layer);
+  return (Val){nn_linear(L->g, &l, x, &o), 0};
 }
 
-/* ---- issue 3: activations, layout, losses ---- */
+/* ---- activations, layout, losses ---- */
 
 /* One axis, negative counting from the end. */
 static int axis_arg(Lower *L, const Func *f, const Expr *e, int rank) {
-  int64_t a = int_arg(L, e, -IR_MAX_RANK, IR_MAX_RANK, pool_printf(L->tmp, "%s: 'axis'", f->name));
+  int64_t a = fe_int_arg(L, e, -IR_MAX_RANK, IR_MAX_RANK,
+                         pool_printf(L->tmp, "%s: 'axis'", f->name));
   if (a < -rank || a >= rank)
     kiln_fail(e->loc, "%s: axis %lld is out of range for a tensor with %d axes", f->name,
               (long long)a, rank);
@@ -709,12 +607,10 @@ static int axis_arg(Lower *L, const Func *f, const Expr *e, int rank) {
 
 /* leaky_relu(x, slope=0.01): x > 0 ? x : slope * x */
 static Val fn_leaky_relu(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
-  (void)layer;
+  (void)f, (void)layer;
   int x = tensor(L, args[0]);
-  Attr a;
-  memset(&a, 0, sizeof a);
-  a.value = args[1] ? num_arg(L, args[1], "leaky_relu: 'slope'") : 0.01;
-  return (Val){ir_node(L->g, f->op, 1, &x, &a, call->loc), 0};
+  double slope = args[1] ? fe_num_arg(L, args[1], "leaky_relu: 'slope'") : 0.01;
+  return (Val){nn_leaky_relu(L->g, x, slope, call->loc), 0};
 }
 
 /* softmax / log_softmax(x, axis=-1) */
@@ -724,10 +620,8 @@ static Val fn_softmax(Lower *L, const Func *f, Expr *call, Expr **args, const ch
   int rank = node(L, x)->shape.rank;
   if (rank == 0)
     kiln_fail(call->loc, "%s needs a tensor with at least 1 axis, got a scalar", f->name);
-  Attr a;
-  memset(&a, 0, sizeof a);
-  a.axis = args[1] ? axis_arg(L, f, args[1], rank) : rank - 1;
-  return (Val){ir_node(L->g, f->op, 1, &x, &a, call->loc), 0};
+  int axis = args[1] ? axis_arg(L, f, args[1], rank) : rank - 1;
+  return (Val){nn_softmax(L->g, x, axis, f->op == OP_LOG_SOFTMAX, call->loc), 0};
 }
 
 /* transpose(x, axes=[..]): result axis i is x's axis axes[i]; no axes: reversed (NumPy's) */
@@ -772,54 +666,31 @@ static Val fn_concat(Lower *L, const Func *f, Expr *call, Expr **args, const cha
     kiln_fail(call->loc, "concat needs at least one tensor");
   int r = tensor(L, call->args[0].value);
   int rank = node(L, r)->shape.rank;
-  Attr at;
-  memset(&at, 0, sizeof at);
-  at.axis = axis ? axis_arg(L, f, axis, rank) : 1;
+  int ax = axis ? axis_arg(L, f, axis, rank) : 1;
   if (!axis && rank < 2)
     kiln_fail(call->loc, "concat joins along axis 1 by default, but %s has %d axis%s: give 'axis'",
               shape_text(L, &node(L, r)->shape), rank, rank == 1 ? "" : "es");
+  /* one argument at a time, so its nodes come after the join of the ones before it */
   for (int i = 1; i < n; i++) {
     int in[2] = {r, tensor(L, call->args[i].value)};
-    r = ir_node(L->g, OP_CONCAT, 2, in, &at, call->loc);
+    r = nn_concat(L->g, 2, in, ax, call->loc);
   }
   return (Val){r, 0};
 }
 
 /* bce_with_logits(x, t) = mean over all elements of max(x,0) - x*t + log(1 + e^-|x|) */
 static Val fn_bce_with_logits(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
-  (void)layer;
-  int in[2] = {tensor(L, args[0]), tensor(L, args[1])};
-  int e = ir_node(L->g, f->op, 2, in, NULL, call->loc);
-  int rank = node(L, e)->shape.rank;
-  return (Val){rank ? ir_reduce(L->g, OP_MEAN, e, all_axes(rank), false, call->loc) : e, 0};
+  (void)f, (void)layer;
+  int x = tensor(L, args[0]), t = tensor(L, args[1]);
+  return (Val){nn_bce_with_logits(L->g, x, t, call->loc), 0};
 }
 
-/* ---- issue 3: convolutional layers ---- */
-
-/* A persistent non-learnable tensor (running statistics): made by the training pass, found by
- * the evaluation pass, like param_leaf. */
-static int state_leaf(Lower *L, const char *name, DType dt, Shape s, Loc loc, int init) {
-  if (L->mode == 1) {
-    int id = ir_find_leaf(L->g, name);
-    KILN_ASSERT(id >= 0 && node(L, id)->op == OP_STATE);
-    return id;
-  }
-  int id = ir_leaf(L->g, OP_STATE, ROLE_STATE, name, dt, s, loc);
-  node(L, id)->leaf.init = init;
-  return id;
-}
+/* ---- convolutional layers ---- */
 
 /* The input of a 2-D window function: [N, C, H, W] with C, H and W numbers, floating-point. */
 static int image_arg(Lower *L, const Func *f, Expr *call, Expr *e) {
   int x = tensor(L, e);
-  const Node *xn = node(L, x);
-  const Shape *s = &xn->shape;
-  if (s->rank != 4 || s->d[1].sym >= 0 || s->d[2].sym >= 0 || s->d[3].sym >= 0)
-    kiln_fail(call->loc, "%s needs an input of shape [N, C, H, W], got %s", f->name,
-              shape_text(L, s));
-  if (!dtype_is_float(xn->dtype))
-    kiln_fail(call->loc, "%s needs a floating-point input, got %s", f->name,
-              dtype_name(xn->dtype));
+  nn_check_image(L->g, x, f->name, call->loc);
   return x;
 }
 
@@ -828,29 +699,26 @@ static void pair_arg(Lower *L, const Func *f, const Expr *e, const char *arg, in
                      int64_t out[2]) {
   const char *what = pool_printf(L->tmp, "%s: '%s'", f->name, arg);
   if (e->kind != EX_LIST) {
-    out[0] = out[1] = int_arg(L, e, lo, INT32_MAX, what);
+    out[0] = out[1] = fe_int_arg(L, e, lo, INT32_MAX, what);
     return;
   }
   if (e->nitems != 2)
     kiln_fail(e->loc, "%s must be one integer or a list [h, w], got a list of %d", what,
               e->nitems);
   for (int i = 0; i < 2; i++)
-    out[i] = int_arg(L, e->items[i], lo, INT32_MAX, what);
+    out[i] = fe_int_arg(L, e->items[i], lo, INT32_MAX, what);
 }
 
-/* conv2d's padding modes (seed 003): `same` (the seed's half padding) keeps the size at stride 1,
- * `full` lets the kernel overlap the input by one element, `valid` pads nothing. */
-typedef enum PadMode { PAD_SAME, PAD_FULL, PAD_VALID, PAD_MODES } PadMode;
-static const char *const pad_modes[PAD_MODES] = {
-    [PAD_SAME] = "same", [PAD_FULL] = "full", [PAD_VALID] = "valid",
+/* conv2d's padding modes (seed 003), by the names a model file writes. */
+static const char *const pad_modes[] = {
+    [NN_PAD_SAME] = "same", [NN_PAD_FULL] = "full", [NN_PAD_VALID] = "valid",
 };
+enum { PAD_MODES = sizeof pad_modes / sizeof *pad_modes };
 
-/* Fills a->pad ([top, bottom, left, right]) from pad=P | [ph, pw] | same | full | valid, once
- * a->kernel, a->stride and a->dilation are set. The modes are conv2d's only (modes = true).
- * The span a kernel adds is total = dilation*(k-1): same pads total/2 before and the rest after
- * (PyTorch's padding='same', the extra element going to the bottom/right), full pads total on
- * both sides. */
-static void pad_arg(Lower *L, const Func *f, const Expr *e, bool modes, Attr *a) {
+/* Fills pad ([top, bottom, left, right]) from pad=P | [ph, pw] | same | full | valid, once
+ * kernel, stride and dilation are known. The modes are conv2d's only (modes = true). */
+static void pad_arg(Lower *L, const Func *f, const Expr *e, bool modes, const int64_t kernel[2],
+                    const int64_t stride[2], const int64_t dilation[2], int64_t pad[4]) {
   if (!e)
     return;
   if (e->kind == EX_NAME) {
@@ -861,16 +729,10 @@ static void pad_arg(Lower *L, const Func *f, const Expr *e, bool modes, Attr *a)
       kiln_fail(e->loc, "%s: pad=%s is for conv2d only; expected an integer or [ph, pw]",
                 f->name, pad_modes[m]);
     if (m < PAD_MODES) {
-      if (m == PAD_SAME && (a->stride[0] != 1 || a->stride[1] != 1))
+      if (m == NN_PAD_SAME && (stride[0] != 1 || stride[1] != 1))
         kiln_fail(e->loc, "%s: pad=same needs stride 1 (as in PyTorch), but the stride is "
-                  "[%lld, %lld]", f->name, (long long)a->stride[0], (long long)a->stride[1]);
-      for (int ax = 0; ax < 2; ax++) {
-        int64_t total = a->dilation[ax] * (a->kernel[ax] - 1);
-        int64_t before = m == PAD_SAME ? total / 2 : m == PAD_FULL ? total : 0;
-        int64_t after = m == PAD_SAME ? total - before : before;
-        a->pad[2 * ax] = before;
-        a->pad[2 * ax + 1] = after;
-      }
+                  "[%lld, %lld]", f->name, (long long)stride[0], (long long)stride[1]);
+      nn_pad_mode((NnPadMode)m, kernel, dilation, pad);
       return;
     }
     if (!find_var(L, e->name))
@@ -880,230 +742,106 @@ static void pad_arg(Lower *L, const Func *f, const Expr *e, bool modes, Attr *a)
   }
   int64_t hw[2];
   pair_arg(L, f, e, "pad", 0, hw);
-  a->pad[0] = a->pad[1] = hw[0];
-  a->pad[2] = a->pad[3] = hw[1];
+  pad[0] = pad[1] = hw[0];
+  pad[2] = pad[3] = hw[1];
 }
 
-/* conv2d(x [N, C, H, W], out=O, kernel=K, stride=1, pad=0, dilation=1, groups=1, bias=true):
- * weight [O, C/groups, kh, kw] and bias [O] (PyTorch's nn.Conv2d layout); the bias is added as
- * [O, 1, 1] so it broadcasts over H and W. */
+/* conv2d(x [N, C, H, W], out=O, kernel=K, stride=1, pad=0, dilation=1, groups=1, bias=true) */
 static Val fn_conv2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   int x = image_arg(L, f, call, args[0]);
-  Shape xs = node(L, x)->shape;
-  DType dt = node(L, x)->dtype;
-  int64_t c = xs.d[1].n;
-  int64_t out = int_arg(L, args[1], 1, INT32_MAX, "conv2d: 'out'");
-  Attr a;
-  memset(&a, 0, sizeof a);
-  pair_arg(L, f, args[2], "kernel", 1, a.kernel);
-  a.stride[0] = a.stride[1] = a.dilation[0] = a.dilation[1] = 1;
+  NnConv2d o = {.out = fe_int_arg(L, args[1], 1, INT32_MAX, "conv2d: 'out'"),
+                .stride = {1, 1}, .dilation = {1, 1}};
+  pair_arg(L, f, args[2], "kernel", 1, o.kernel);
   if (args[3])
-    pair_arg(L, f, args[3], "stride", 1, a.stride);
+    pair_arg(L, f, args[3], "stride", 1, o.stride);
   if (args[5])
-    pair_arg(L, f, args[5], "dilation", 1, a.dilation);
-  pad_arg(L, f, args[4], true, &a);
-  a.groups = args[6] ? int_arg(L, args[6], 1, INT32_MAX, "conv2d: 'groups'") : 1;
-  if (c % a.groups || out % a.groups)
-    kiln_fail(args[6]->loc, "conv2d: %lld input channels (of %s) and %lld output channels do not "
-              "both divide into %lld groups", (long long)c, shape_text(L, &xs), (long long)out,
-              (long long)a.groups);
-  bool bias = args[7] ? bool_arg(args[7], "conv2d: 'bias'") : true;
-  Loc at = call->as ? call->as_loc : call->loc;
-  InitSpec wi = L->init, bi = L->init;
-  if (bi.kind >= 0)
-    bi = (InitSpec){KILN_INIT_ZEROS, 0};
-  Shape ws = {.rank = 4,
-              .d = {{out, -1}, {c / a.groups, -1}, {a.kernel[0], -1}, {a.kernel[1], -1}}};
-  int64_t fan_in, fan_out;
-  fans(&ws, &fan_in, &fan_out);
-  int w = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, ws, at, wi, fan_in, fan_out);
-  node(L, w)->leaf.weight = true;
-  int in[2] = {x, w};
-  int y = ir_node(L->g, OP_CONV2D, 2, in, &a, call->loc);
-  if (bias) {
-    Shape bs = {.rank = 1, .d = {{out, -1}}};
-    int b = param_leaf(L, pool_printf(L->tmp, "%s.bias", layer), dt, bs, at, bi, fan_in, fan_out);
-    Shape b3 = {.rank = 3, .d = {{out, -1}, {1, -1}, {1, -1}}};
-    y = ir_binary(L->g, OP_ADD, y, ir_reshape(L->g, b, b3, call->loc), call->loc);
-  }
-  return (Val){y, 0};
+    pair_arg(L, f, args[5], "dilation", 1, o.dilation);
+  pad_arg(L, f, args[4], true, o.kernel, o.stride, o.dilation, o.pad);
+  o.groups = args[6] ? fe_int_arg(L, args[6], 1, INT32_MAX, "conv2d: 'groups'") : 1;
+  if (args[6])
+    nn_check_groups(L->g, x, o.out, o.groups, args[6]->loc);
+  o.bias = args[7] ? fe_bool_arg(args[7], "conv2d: 'bias'") : true;
+  o.init = L->init;
+  NnLayer l = layer_of(L, call, layer);
+  return (Val){nn_conv2d(L->g, &l, x, &o), 0};
 }
 
 /* The window of a pooling function: kernel, stride (default: the kernel), pad (default 0). */
-static Attr pool_attr(Lower *L, const Func *f, Expr **args) {
-  Attr a;
-  memset(&a, 0, sizeof a);
-  pair_arg(L, f, args[1], "kernel", 1, a.kernel);
-  a.stride[0] = a.kernel[0];
-  a.stride[1] = a.kernel[1];
+static NnPool2d pool_window(Lower *L, const Func *f, Expr **args) {
+  NnPool2d o = {.dilation = {1, 1}};
+  pair_arg(L, f, args[1], "kernel", 1, o.kernel);
+  o.stride[0] = o.kernel[0];
+  o.stride[1] = o.kernel[1];
   if (args[2])
-    pair_arg(L, f, args[2], "stride", 1, a.stride);
-  a.dilation[0] = a.dilation[1] = 1;
-  pad_arg(L, f, args[3], false, &a);
-  return a;
+    pair_arg(L, f, args[2], "stride", 1, o.stride);
+  pad_arg(L, f, args[3], false, o.kernel, o.stride, o.dilation, o.pad);
+  return o;
 }
 
 /* maxpool2d(x, kernel, stride=kernel, pad=0, dilation=1) */
 static Val fn_maxpool2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)layer;
   int x = image_arg(L, f, call, args[0]);
-  Attr a = pool_attr(L, f, args);
+  NnPool2d o = pool_window(L, f, args);
   if (args[4])
-    pair_arg(L, f, args[4], "dilation", 1, a.dilation);
-  return (Val){ir_node(L->g, OP_MAXPOOL2D, 1, &x, &a, call->loc), 0};
+    pair_arg(L, f, args[4], "dilation", 1, o.dilation);
+  return (Val){nn_maxpool2d(L->g, x, &o, call->loc), 0};
 }
 
 /* avgpool2d(x, kernel, stride=kernel, pad=0, count_include_pad=true) */
 static Val fn_avgpool2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)layer;
   int x = image_arg(L, f, call, args[0]);
-  Attr a = pool_attr(L, f, args);
-  a.count_include_pad =
-      args[4] ? bool_arg(args[4], "avgpool2d: 'count_include_pad'") : true;
-  return (Val){ir_node(L->g, OP_AVGPOOL2D, 1, &x, &a, call->loc), 0};
+  NnPool2d o = pool_window(L, f, args);
+  o.count_include_pad =
+      args[4] ? fe_bool_arg(args[4], "avgpool2d: 'count_include_pad'") : true;
+  return (Val){nn_avgpool2d(L->g, x, &o, call->loc), 0};
 }
 
 /* l2pool2d(x, kernel, stride=kernel, pad=0) = sqrt of the sum of squares over each window (seed
- * 001 eq. 31b), composed as sqrt(relu(avgpool2d(x*x, count_include_pad=true)) * kh*kw): padding
- * adds zeros to the sum, as in PyTorch's LPPool2d with norm_type 2. The relu changes no value
- * (the mean of squares is >= 0) but, like PyTorch's, its gradient selects 0 where a window is all
- * zero, so sqrt's infinite slope at 0 gives a zero gradient there instead of NaN. */
+ * 001 eq. 31b), as PyTorch's LPPool2d with norm_type 2 (nn_l2pool2d says how). */
 static Val fn_l2pool2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)layer;
   int x = image_arg(L, f, call, args[0]);
-  Attr a = pool_attr(L, f, args);
-  a.count_include_pad = true;
-  Graph *g = L->g;
-  int sq = ir_binary(g, OP_MUL, x, x, call->loc);
-  int avg = ir_unary(g, OP_RELU, ir_node(g, OP_AVGPOOL2D, 1, &sq, &a, call->loc), call->loc);
-  int area = ir_const(g, (double)(a.kernel[0] * a.kernel[1]), node(L, x)->dtype, call->loc);
-  return (Val){ir_unary(g, OP_SQRT, ir_binary(g, OP_MUL, avg, area, call->loc), call->loc), 0};
+  NnPool2d o = pool_window(L, f, args);
+  return (Val){nn_l2pool2d(L->g, x, &o, call->loc), 0};
 }
 
 /* eps=..: a positive number (default 1e-5) */
 static double eps_arg(Lower *L, const Func *f, const Expr *e) {
   if (!e)
     return 1e-5;
-  double v = num_arg(L, e, pool_printf(L->tmp, "%s: 'eps'", f->name));
+  double v = fe_num_arg(L, e, pool_printf(L->tmp, "%s: 'eps'", f->name));
   if (v <= 0)
-    kiln_fail(e->loc, "%s: 'eps' must be positive, got %s", f->name, fmt_num(L, v));
+    kiln_fail(e->loc, "%s: 'eps' must be positive, got %s", f->name, fe_fmt_num(L, v));
   return v;
 }
 
-/* (x - mean) / sqrt(var + eps) over axes, with the biased variance mean((x - mean)^2): the
- * normalisation shared by batch (training mode), layer and instance norm. *mu and *var receive
- * the statistics (keepdims). */
-static int normalize(Lower *L, int x, unsigned axes, double eps, Loc loc, int *mu, int *var) {
-  Graph *g = L->g;
-  DType dt = node(L, x)->dtype;
-  *mu = ir_reduce(g, OP_MEAN, x, axes, true, loc);
-  int d = ir_binary(g, OP_SUB, x, *mu, loc);
-  *var = ir_reduce(g, OP_MEAN, ir_binary(g, OP_MUL, d, d, loc), axes, true, loc);
-  int sd = ir_unary(g, OP_SQRT, ir_binary(g, OP_ADD, *var, ir_const(g, eps, dt, loc), loc), loc);
-  return ir_binary(g, OP_DIV, d, sd, loc);
-}
-
-/* (1 - m) * running + m * batch: PyTorch's running-statistics update. */
-static int running_update(Lower *L, int running, int batch, double m, Loc loc) {
-  Graph *g = L->g;
-  DType dt = node(L, running)->dtype;
-  int keep = ir_binary(g, OP_MUL, ir_const(g, 1 - m, dt, loc), running, loc);
-  return ir_binary(g, OP_ADD, keep, ir_binary(g, OP_MUL, ir_const(g, m, dt, loc), batch, loc), loc);
-}
-
 /* batchnorm(x [N, C, H, W] or [N, C], eps=1e-5, momentum=0.1, affine=true): PyTorch's
- * BatchNorm2d / BatchNorm1d. Per channel over (N, H, W). Training mode normalises with the batch
- * statistics and registers the running-statistics updates (train entry only; the variance kept
- * is unbiased, var * n/(n-1) with n = N*H*W symbolic in the batch); evaluation mode normalises
- * with the running statistics. weight (gamma) and bias (beta) broadcast as [C, 1, 1]. */
+ * BatchNorm2d / BatchNorm1d, batch statistics in the training pass and running statistics in the
+ * evaluation pass (nn_batchnorm). */
 static Val fn_batchnorm(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   int x = tensor(L, args[0]);
-  Graph *g = L->g;
-  Shape xs = node(L, x)->shape;
-  DType dt = node(L, x)->dtype;
-  if ((xs.rank != 2 && xs.rank != 4) || xs.d[1].sym >= 0)
-    kiln_fail(call->loc, "batchnorm needs an input of shape [N, C, H, W] or [N, C], got %s",
-              shape_text(L, &xs));
-  if (!dtype_is_float(dt))
-    kiln_fail(call->loc, "batchnorm needs a floating-point input, got %s", dtype_name(dt));
-  double eps = eps_arg(L, f, args[1]);
-  double m = args[2] ? num_arg(L, args[2], "batchnorm: 'momentum'") : 0.1;
-  if (m < 0 || m > 1)
-    kiln_fail(args[2]->loc, "batchnorm: 'momentum' must be in [0, 1], got %s", fmt_num(L, m));
-  bool affine = args[3] ? bool_arg(args[3], "batchnorm: 'affine'") : true;
-  int64_t c = xs.d[1].n;
-  Loc at = call->as ? call->as_loc : call->loc, loc = call->loc;
-  Shape cs = {.rank = 1, .d = {{c, -1}}};
-  Shape bc = xs.rank == 4 ? (Shape){.rank = 3, .d = {{c, -1}, {1, -1}, {1, -1}}} : cs;
-  unsigned axes = xs.rank == 4 ? 1u | 4u | 8u : 1u;
-  int gamma = -1, beta = -1;
-  if (affine) {
-    gamma = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, cs, at,
-                       (InitSpec){KILN_INIT_ONES, 0}, c, c);
-    beta = param_leaf(L, pool_printf(L->tmp, "%s.bias", layer), dt, cs, at,
-                      (InitSpec){KILN_INIT_ZEROS, 0}, c, c);
-  }
-  int rm = state_leaf(L, pool_printf(L->tmp, "%s.running_mean", layer), dt, cs, at,
-                      KILN_INIT_ZEROS);
-  int rv = state_leaf(L, pool_printf(L->tmp, "%s.running_var", layer), dt, cs, at,
-                      KILN_INIT_ONES);
-  int nbt = state_leaf(L, pool_printf(L->tmp, "%s.num_batches_tracked", layer), DT_F64,
-                       (Shape){0}, at, KILN_INIT_ZEROS);
-  int y;
-  if (L->mode == 0) {
-    int mu, var;
-    y = normalize(L, x, axes, eps, loc, &mu, &var);
-    int n = ir_reduce(g, OP_NUMEL, x, axes, false, loc);
-    int n1 = ir_binary(g, OP_SUB, n, ir_const(g, 1, dt, loc), loc);
-    int unbiased = ir_binary(g, OP_MUL, ir_reshape(g, var, cs, loc),
-                             ir_binary(g, OP_DIV, n, n1, loc), loc);
-    ir_add_update(g, ENTRY_TRAIN, rm, running_update(L, rm, ir_reshape(g, mu, cs, loc), m, loc));
-    ir_add_update(g, ENTRY_TRAIN, rv, running_update(L, rv, unbiased, m, loc));
-    ir_add_update(g, ENTRY_TRAIN, nbt,
-                  ir_binary(g, OP_ADD, nbt, ir_const(g, 1, DT_F64, loc), loc));
-  } else {
-    int d = ir_binary(g, OP_SUB, x, ir_reshape(g, rm, bc, loc), loc);
-    int v = ir_binary(g, OP_ADD, ir_reshape(g, rv, bc, loc), ir_const(g, eps, dt, loc), loc);
-    y = ir_binary(g, OP_DIV, d, ir_unary(g, OP_SQRT, v, loc), loc);
-  }
-  if (affine) {
-    y = ir_binary(g, OP_MUL, y, ir_reshape(g, gamma, bc, loc), loc);
-    y = ir_binary(g, OP_ADD, y, ir_reshape(g, beta, bc, loc), loc);
-  }
-  return (Val){y, 0};
+  nn_check_batchnorm(L->g, x, call->loc);
+  NnBatchnorm o = {.eps = eps_arg(L, f, args[1])};
+  o.momentum = args[2] ? fe_num_arg(L, args[2], "batchnorm: 'momentum'") : 0.1;
+  if (o.momentum < 0 || o.momentum > 1)
+    kiln_fail(args[2]->loc, "batchnorm: 'momentum' must be in [0, 1], got %s",
+              fe_fmt_num(L, o.momentum));
+  o.affine = args[3] ? fe_bool_arg(args[3], "batchnorm: 'affine'") : true;
+  NnLayer l = layer_of(L, call, layer);
+  return (Val){nn_batchnorm(L->g, &l, x, &o), 0};
 }
 
 /* layernorm(x [N, ...], eps=1e-5, affine=true): over every axis but the first, with weight and
  * bias of shape x.shape[1:] (PyTorch's nn.LayerNorm(x.shape[1:])). Same in both modes. */
 static Val fn_layernorm(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   int x = tensor(L, args[0]);
-  Shape xs = node(L, x)->shape;
-  DType dt = node(L, x)->dtype;
-  bool fixed = xs.rank >= 2;
-  for (int i = 1; i < xs.rank; i++)
-    fixed &= xs.d[i].sym < 0;
-  if (!fixed)
-    kiln_fail(call->loc, "layernorm needs an input [N, ...] with at least 2 axes and numbers "
-              "after the first, got %s", shape_text(L, &xs));
-  if (!dtype_is_float(dt))
-    kiln_fail(call->loc, "layernorm needs a floating-point input, got %s", dtype_name(dt));
+  nn_check_layernorm(L->g, x, call->loc);
   double eps = eps_arg(L, f, args[1]);
-  bool affine = args[2] ? bool_arg(args[2], "layernorm: 'affine'") : true;
-  int mu, var;
-  int y = normalize(L, x, all_axes(xs.rank) & ~1u, eps, call->loc, &mu, &var);
-  if (affine) {
-    Shape ps = {.rank = xs.rank - 1};
-    for (int i = 1; i < xs.rank; i++)
-      ps.d[i - 1] = xs.d[i];
-    Loc at = call->as ? call->as_loc : call->loc;
-    int64_t numel = shape_numel(&ps, NULL);
-    int w = param_leaf(L, pool_printf(L->tmp, "%s.weight", layer), dt, ps, at,
-                       (InitSpec){KILN_INIT_ONES, 0}, numel, numel);
-    int b = param_leaf(L, pool_printf(L->tmp, "%s.bias", layer), dt, ps, at,
-                       (InitSpec){KILN_INIT_ZEROS, 0}, numel, numel);
-    y = ir_binary(L->g, OP_ADD, ir_binary(L->g, OP_MUL, y, w, call->loc), b, call->loc);
-  }
-  return (Val){y, 0};
+  bool affine = args[2] ? fe_bool_arg(args[2], "layernorm: 'affine'") : true;
+  NnLayer l = layer_of(L, call, layer);
+  return (Val){nn_layernorm(L->g, &l, x, eps, affine), 0};
 }
 
 /* instancenorm(x [N, C, H, W], eps=1e-5): over (H, W) per example and channel, no affine and no
@@ -1111,40 +849,18 @@ static Val fn_layernorm(Lower *L, const Func *f, Expr *call, Expr **args, const 
 static Val fn_instancenorm(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)layer;
   int x = image_arg(L, f, call, args[0]);
-  int mu, var;
-  return (Val){normalize(L, x, 4u | 8u, eps_arg(L, f, args[1]), call->loc, &mu, &var), 0};
+  return (Val){nn_instancenorm(L->g, x, eps_arg(L, f, args[1]), call->loc), 0};
 }
 
-/* A stable 32-bit hash of a dropout site's name (FNV-1a): the site's salt. */
-static uint32_t site_salt(const char *name) {
-  uint32_t h = 2166136261u;
-  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-    h = (h ^ *p) * 16777619u;
-  return h;
-}
-
-/* The model's one dropout step counter (an f64 scalar, role OPT, seeded from the run seed),
- * advanced by 1 per training step: made at the first dropout site. */
-static int dropout_counter(Lower *L, Loc loc) {
-  Graph *g = L->g;
-  int id = ir_find_leaf(g, "dropout.step");
-  if (id >= 0)
-    return id;
-  id = ir_leaf(g, OP_STATE, ROLE_OPT, "dropout.step", DT_F64, (Shape){0}, loc);
-  node(L, id)->leaf.init = KILN_INIT_SEED;
-  ir_add_update(g, ENTRY_TRAIN, id, ir_binary(g, OP_ADD, id, ir_const(g, 1, DT_F64, loc), loc));
-  return id;
-}
-
-/* dropout(x, p=0.5): training mode keeps each element with probability 1 - p and scales it by
- * 1/(1 - p) (PyTorch's inverted dropout); the mask depends on the site's name, the step counter
- * and the element's index. Evaluation mode (and p = 0): x itself. */
+/* dropout(x, p=0.5): PyTorch's inverted dropout in the training pass (nn_dropout), x itself in
+ * the evaluation pass. Each site's name must differ: it seeds the site's masks. */
 static Val fn_dropout(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)f;
   int x = tensor(L, args[0]);
-  double p = args[1] ? num_arg(L, args[1], "dropout: 'p'") : 0.5;
+  double p = args[1] ? fe_num_arg(L, args[1], "dropout: 'p'") : 0.5;
   if (!(p >= 0 && p < 1))
-    kiln_fail(args[1]->loc, "dropout: 'p' must be in [0, 1), got %s", fmt_num(L, p));
-  if (L->mode == 1)
+    kiln_fail(args[1]->loc, "dropout: 'p' must be in [0, 1), got %s", fe_fmt_num(L, p));
+  if (L->mode == NN_EVAL)
     return (Val){x, 0};
   for (int i = 0; i < L->nsites; i++)
     if (!strcmp(L->sites[i], layer))
@@ -1158,14 +874,8 @@ static Val fn_dropout(Lower *L, const Func *f, Expr *call, Expr **args, const ch
     L->sites = s;
   }
   L->sites[L->nsites++] = layer;
-  if (p == 0)
-    return (Val){x, 0};
-  Attr a;
-  memset(&a, 0, sizeof a);
-  a.value = p;
-  a.salt = site_salt(layer);
-  int in[2] = {x, dropout_counter(L, call->loc)};
-  return (Val){ir_node(L->g, f->op, 2, in, &a, call->loc), 0};
+  NnLayer l = layer_of(L, call, layer);
+  return (Val){nn_dropout(L->g, &l, x, p), 0};
 }
 
 static const Func funcs[] = {
@@ -1261,7 +971,7 @@ static Val lower_call(Lower *L, Expr *e, const char *assigned) {
     kiln_fail(e->as_loc, "'as' names a layer, but %s is not a layer", f->name);
   Expr *args[8] = {0};
   if (f->params[0][0] != '*')
-    bind_args(f->name, f->params, f->nparams, f->nrequired, e, args);
+    fe_bind_args(f->name, f->params, f->nparams, f->nrequired, e, args);
   const char *layer = f->naming != NAMED_NO ? layer_name(L, f, e, assigned) : NULL;
   return f->lower(L, f, e, args, layer);
 }
@@ -1337,7 +1047,7 @@ static void lower_stmt(Lower *L, Stmt *s) {
       kiln_fail(s->loc, "a model has one 'output' statement; this is a second one");
     L->have_output = true;
     Node *n = named_tensor(L, s);
-    if (L->mode == 1)
+    if (L->mode == NN_EVAL)
       g->output_eval = n->id;
     return;
   }
@@ -1352,7 +1062,7 @@ static void lower_stmt(Lower *L, Stmt *s) {
     if (!dtype_is_float(n->dtype))
       kiln_fail(s->name_loc, "'%s' must be floating-point to minimize, but it is %s", s->name,
                 dtype_name(n->dtype));
-    if (L->mode == 0)
+    if (L->mode == NN_TRAIN)
       g->loss_train = n->id;
     else
       g->loss_eval = n->id;
@@ -1360,222 +1070,6 @@ static void lower_stmt(Lower *L, Stmt *s) {
   }
   }
   unreachable();
-}
-
-/* ---- the train block ---- */
-
-/* Each optimizer's arguments in torch.optim's order, and its defaults (torch.optim's, except
- * that sgd requires lr as torch does). */
-typedef struct OptName {
-  const char *name;
-  OptKind kind;
-  int nrequired;
-  const char *params[6];
-} OptName;
-
-static const OptName opt_names[] = {
-    {"sgd", OPT_SGD, 1, {"lr", "momentum", "dampening", "nesterov", "weight_decay"}},
-    {"adam", OPT_ADAM, 0, {"lr", "beta1", "beta2", "eps", "weight_decay"}},
-    {"adagrad", OPT_ADAGRAD, 0,
-     {"lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"}},
-    {"rmsprop", OPT_RMSPROP, 0, {"lr", "alpha", "eps", "weight_decay", "momentum", "centered"}},
-    {"adadelta", OPT_ADADELTA, 0, {"lr", "rho", "eps", "weight_decay"}},
-};
-#define OPT_LIST "sgd, adam, adagrad, rmsprop or adadelta"
-
-/* A numeric optimizer argument checked against [lo, hi] (hi_open: hi excluded; lo_open: lo
- * excluded), stored through *out when given. */
-static void opt_num(Lower *L, const char *opt, const char *key, const Expr *e, double lo,
-                    bool lo_open, double hi, bool hi_open, double *out) {
-  if (!e)
-    return;
-  double v = num_arg(L, e, pool_printf(L->tmp, "%s: '%s'", opt, key));
-  bool bad = v < lo || (lo_open && v == lo) || v > hi || (hi_open && v == hi);
-  if (bad) {
-    if (hi == INFINITY)
-      kiln_fail(e->loc, "%s: '%s' must %s, got %s", opt, key,
-                lo_open ? "be positive" : "not be negative", fmt_num(L, v));
-    kiln_fail(e->loc, "%s: '%s' must be in %c%s, %s%c, got %s", opt, key, lo_open ? '(' : '[',
-              fmt_num(L, lo), fmt_num(L, hi), hi_open ? ')' : ']', fmt_num(L, v));
-  }
-  *out = v;
-}
-
-/* optimizer = name "(" args ")", name one of opt_names */
-static void train_optimizer(Lower *L, TrainSpec *t, const Expr *e) {
-  if (e->kind != EX_CALL && e->kind != EX_NAME)
-    kiln_fail(e->loc, "expected an optimizer: " OPT_LIST ", e.g. adam(lr=1e-3)");
-  const OptName *o = NULL;
-  for (size_t i = 0; i < sizeof opt_names / sizeof *opt_names; i++)
-    if (!strcmp(e->name, opt_names[i].name))
-      o = &opt_names[i];
-  if (!o)
-    kiln_fail(e->loc, "unknown optimizer '%s'; expected " OPT_LIST, e->name);
-  if (e->kind == EX_NAME)
-    kiln_fail(e->loc, "%s needs its arguments: write %s(lr=...)", e->name, e->name);
-  int np = 0;
-  while (np < 6 && o->params[np])
-    np++;
-  Expr *a[6] = {0}, *arg[6] = {0};
-  bind_args(e->name, o->params, np, o->nrequired, e, arg);
-  /* a[] by meaning, whatever the position in the optimizer's signature */
-  enum { A_LR, A_WD, A_EPS, A_MOM, A_X, A_Y };
-  const char *n = o->name;
-  for (int i = 0; i < np; i++) {
-    const char *p = o->params[i];
-    int slot = !strcmp(p, "lr") ? A_LR : !strcmp(p, "weight_decay") ? A_WD
-             : !strcmp(p, "eps") ? A_EPS : !strcmp(p, "momentum") ? A_MOM
-             : !strcmp(p, "beta1") || !strcmp(p, "lr_decay") || !strcmp(p, "alpha")
-                     || !strcmp(p, "rho") || !strcmp(p, "dampening") ? A_X : A_Y;
-    a[slot] = arg[i];
-  }
-  t->optimizer = o->kind;
-  /* torch.optim's defaults */
-  switch (o->kind) {
-  case OPT_ADAGRAD: t->lr = 0.01, t->eps = 1e-10; break;
-  case OPT_RMSPROP: t->lr = 0.01, t->eps = 1e-8, t->alpha = 0.99; break;
-  case OPT_ADADELTA: t->lr = 1.0, t->eps = 1e-6, t->rho = 0.9; break;
-  default: break;
-  }
-  opt_num(L, n, "lr", a[A_LR], 0, false, INFINITY, false, &t->lr);
-  if (a[A_WD]) {
-    t->weight_decay = num_arg(L, a[A_WD], pool_printf(L->tmp, "%s: 'weight_decay'", n));
-    if (t->weight_decay < 0)
-      kiln_fail(a[A_WD]->loc, "%s: 'weight_decay' must not be negative", n);
-  }
-  if (o->kind != OPT_SGD && a[A_EPS]) {
-    t->eps = num_arg(L, a[A_EPS], pool_printf(L->tmp, "%s: 'eps'", n));
-    if (t->eps <= 0)
-      kiln_fail(a[A_EPS]->loc, "%s: 'eps' must be positive", n);
-  }
-  switch (o->kind) {
-  case OPT_ADAM:
-    opt_num(L, n, "beta1", a[A_X], 0, false, 1, true, &t->beta1);
-    opt_num(L, n, "beta2", a[A_Y], 0, false, 1, true, &t->beta2);
-    break;
-  case OPT_ADAGRAD:
-    opt_num(L, n, "lr_decay", a[A_X], 0, false, INFINITY, false, &t->lr_decay);
-    opt_num(L, n, "initial_accumulator_value", a[A_Y], 0, false, INFINITY, false,
-            &t->initial_accumulator_value);
-    break;
-  case OPT_RMSPROP:
-    opt_num(L, n, "alpha", a[A_X], 0, false, 1, false, &t->alpha);
-    opt_num(L, n, "momentum", a[A_MOM], 0, false, INFINITY, false, &t->momentum);
-    if (a[A_Y])
-      t->centered = bool_arg(a[A_Y], "rmsprop: 'centered'");
-    break;
-  case OPT_ADADELTA:
-    opt_num(L, n, "rho", a[A_X], 0, false, 1, false, &t->rho);
-    break;
-  case OPT_SGD:
-    if (a[A_MOM]) {
-      t->momentum = num_arg(L, a[A_MOM], "sgd: 'momentum'");
-      if (t->momentum < 0)
-        kiln_fail(a[A_MOM]->loc, "sgd: 'momentum' must not be negative");
-    }
-    if (a[A_X])
-      t->dampening = num_arg(L, a[A_X], "sgd: 'dampening'");
-    if (a[A_Y])
-      t->nesterov = bool_arg(a[A_Y], "sgd: 'nesterov'");
-    if (t->nesterov && (t->momentum <= 0 || t->dampening != 0))
-      kiln_fail(a[A_Y]->loc, "sgd: nesterov needs a positive momentum and zero dampening");
-    break;
-  }
-}
-
-/* regularizer = "l1" "(" λ ")" | "l2" "(" λ ")" | "elastic_net" "(" "l1" "=" λ "," "l2" "=" λ ")"
- *             | "max_norm" "(" c ")" */
-static void train_regularizer(Lower *L, TrainSpec *t, const Expr *e) {
-  static const char *const expect =
-      "expected a regularizer: l1(lambda), l2(lambda), elastic_net(l1=..., l2=...) or max_norm(c)";
-  if (e->kind != EX_CALL && e->kind != EX_NAME)
-    kiln_fail(e->loc, "%s", expect);
-  const char *n = e->name;
-  bool l1 = !strcmp(n, "l1"), l2 = !strcmp(n, "l2"), en = !strcmp(n, "elastic_net"),
-       mn = !strcmp(n, "max_norm");
-  if (!l1 && !l2 && !en && !mn)
-    kiln_fail(e->loc, "unknown regularizer '%s'; %s", n, expect);
-  if (e->kind == EX_NAME)
-    kiln_fail(e->loc, "%s needs its argument%s: write %s", n, en ? "s" : "",
-              en ? "elastic_net(l1=..., l2=...)" : pool_printf(L->tmp, "%s(...)", n));
-  static const char *const one[] = {"lambda"}, *const two[] = {"l1", "l2"},
-                           *const c[] = {"c"};
-  Expr *a[2] = {0};
-  bind_args(n, en ? two : mn ? c : one, en ? 2 : 1, en ? 2 : 1, e, a);
-  double *dst[2] = {l1 ? &t->reg_l1 : l2 ? &t->reg_l2 : en ? &t->reg_l1 : &t->max_norm,
-                    en ? &t->reg_l2 : NULL};
-  for (int i = 0; i < (en ? 2 : 1); i++) {
-    if (*dst[i] != 0)
-      kiln_fail(e->loc, "regularize: %s penalty is given twice",
-                dst[i] == &t->reg_l1 ? "the l1" : dst[i] == &t->reg_l2 ? "the l2" : "max_norm");
-    opt_num(L, n, en ? two[i] : mn ? "c" : "lambda", a[i], 0, true, INFINITY, false, dst[i]);
-  }
-}
-
-/* early_stop = "patience" "(" N ")" */
-static int train_early_stop(Lower *L, const Expr *e) {
-  if (!((e->kind == EX_CALL || e->kind == EX_NAME) && !strcmp(e->name, "patience")))
-    kiln_fail(e->loc, "expected 'early_stop = patience(N)': stop after N epochs without a "
-                      "better test loss");
-  if (e->kind == EX_NAME)
-    kiln_fail(e->loc, "patience needs its argument: write patience(N)");
-  static const char *const p[] = {"n"};
-  Expr *a[1];
-  bind_args("patience", p, 1, 1, e, a);
-  return (int)int_arg(L, a[0], 1, INT32_MAX, "patience");
-}
-
-static const char *const train_keys[] = {"optimizer", "batch", "epochs", "steps", "seed", "init",
-                                         "regularize", "early_stop"};
-
-static void read_train(Lower *L, const Stmt *s) {
-  TrainSpec *t = &L->g->train;
-  t->loc = s->loc;
-  for (int i = 0; i < s->nsettings; i++) {
-    const Setting *st = &s->settings[i];
-    for (int j = 0; j < i; j++)
-      if (!strcmp(s->settings[j].key, st->key))
-        kiln_fail(st->loc, "train setting '%s' is given twice", st->key);
-    const char *what = pool_printf(L->tmp, "'%s'", st->key);
-    size_t k = 0;
-    while (k < sizeof train_keys / sizeof *train_keys && strcmp(train_keys[k], st->key))
-      k++;
-    switch (k) {
-    case 0:
-      train_optimizer(L, t, st->value);
-      break;
-    case 1:
-      t->batch = int_arg(L, st->value, 1, INT32_MAX, what);
-      break;
-    case 2:
-      t->epochs = (int)int_arg(L, st->value, 1, INT32_MAX, what);
-      break;
-    case 3:
-      t->steps = int_arg(L, st->value, 0, INT64_C(1) << 40, what);
-      break;
-    case 4:
-      t->seed = (uint64_t)int_arg(L, st->value, 0, INT64_C(1) << 53, what);
-      break;
-    case 5:
-      L->init = init_spec(L, st->value);
-      t->init = L->init.kind;
-      break;
-    case 6:
-      if (st->value->kind == EX_LIST) {
-        for (int j = 0; j < st->value->nitems; j++)
-          train_regularizer(L, t, st->value->items[j]);
-      } else {
-        train_regularizer(L, t, st->value);
-      }
-      break;
-    case 7:
-      t->patience = train_early_stop(L, st->value);
-      break;
-    default:
-      kiln_fail(st->loc, "unknown train setting '%s'; expected optimizer, batch, epochs, steps, "
-                         "seed, init, regularize or early_stop", st->key);
-    }
-  }
 }
 
 /* Layer names the file gives explicitly (by `as`, or by assignment of a layer call). */
@@ -1624,7 +1118,7 @@ void fe_lower(Graph *g, Program *prog, Pool *tmp) {
     }
   }
   if (train)
-    read_train(&L, train);
+    L.init = fe_read_train(&L, train, &g->train);
   for (L.mode = 0; L.mode < 2; L.mode++) {
     L.nvars = 0;
     L.have_output = L.have_minimize = false;

@@ -1,0 +1,440 @@
+/*
+ * nn.c — the layer library: each layer or composite op as primitive nodes built through the ir_*
+ * builders, from typed arguments (nn.h says what each one means).
+ *
+ * Nothing here reads model text: the DSL's lowering checks and converts its call arguments and
+ * calls these functions, and any other front end can do the same. What a layer builds, in which
+ * order, and the names, initialisers and fans of its leaves are what checkpoints, the generated
+ * code and PyTorch compatibility depend on, so they are written once, here.
+ */
+#include <string.h>
+
+#include "nn/nn.h"
+
+static const char *shape_text(Graph *g, const Shape *s, char *buf, size_t n) {
+  return shape_str(g, s, buf, n);
+}
+
+static unsigned all_axes(int rank) { return rank ? (1u << rank) - 1 : 0; }
+
+/* ---- leaves ---- */
+
+void nn_fans(const Shape *s, int64_t *fan_in, int64_t *fan_out) {
+  if (s->rank == 0) {
+    *fan_in = *fan_out = 1;
+  } else if (s->rank == 1) {
+    *fan_in = *fan_out = s->d[0].n;
+  } else {
+    int64_t rf = 1;
+    for (int i = 2; i < s->rank; i++)
+      rf *= s->d[i].n;
+    *fan_in = s->d[1].n * rf;
+    *fan_out = s->d[0].n * rf;
+  }
+}
+
+int nn_param(Graph *g, NnMode mode, const char *name, DType dt, Shape s, NnInit init,
+             int64_t fan_in, int64_t fan_out, Loc loc) {
+  if (mode == NN_EVAL) {
+    int id = ir_find_leaf(g, name);
+    KILN_ASSERT(id >= 0 && ir_at(g, id)->op == OP_PARAM);
+    return id;
+  }
+  if (ir_find_leaf(g, name) >= 0)
+    kiln_fail(loc, "parameter '%s' is defined twice", name);
+  int id = ir_leaf(g, OP_PARAM, ROLE_PARAM, name, dt, s, loc);
+  Node *n = ir_at(g, id);
+  n->leaf.init = init.kind == NN_INIT_DEFAULT ? KILN_INIT_TORCH_DEFAULT : init.kind;
+  n->leaf.init_a = init.a;
+  n->leaf.fan_in = fan_in;
+  n->leaf.fan_out = fan_out;
+  return id;
+}
+
+int nn_state(Graph *g, NnMode mode, const char *name, DType dt, Shape s, int init, Loc loc) {
+  if (mode == NN_EVAL) {
+    int id = ir_find_leaf(g, name);
+    KILN_ASSERT(id >= 0 && ir_at(g, id)->op == OP_STATE);
+    return id;
+  }
+  int id = ir_leaf(g, OP_STATE, ROLE_STATE, name, dt, s, loc);
+  ir_at(g, id)->leaf.init = init;
+  return id;
+}
+
+/* "<layer>.<leaf>", in the graph's pool (ir_leaf copies it; a lookup needs it only briefly). */
+static const char *leaf_name(Graph *g, const NnLayer *l, const char *leaf) {
+  return pool_printf(g->pool, "%s.%s", l->name, leaf);
+}
+
+/* A layer's weight and bias as linear and conv2d make them: the weight with the given scheme,
+ * the bias with PyTorch's default unless a scheme is given, which zeroes it. */
+static int layer_weight(Graph *g, const NnLayer *l, DType dt, Shape s, NnInit init,
+                        int64_t fan_in, int64_t fan_out) {
+  int w = nn_param(g, l->mode, leaf_name(g, l, "weight"), dt, s, init, fan_in, fan_out,
+                   l->name_loc);
+  ir_at(g, w)->leaf.weight = true;
+  return w;
+}
+
+static int layer_bias(Graph *g, const NnLayer *l, DType dt, int64_t n, NnInit init,
+                      int64_t fan_in, int64_t fan_out) {
+  NnInit bi = init.kind == NN_INIT_DEFAULT ? init : (NnInit){KILN_INIT_ZEROS, 0};
+  Shape bs = {.rank = 1, .d = {{n, -1}}};
+  return nn_param(g, l->mode, leaf_name(g, l, "bias"), dt, bs, bi, fan_in, fan_out, l->name_loc);
+}
+
+/* ---- input checks ---- */
+
+void nn_check_image(Graph *g, int x, const char *fn, Loc loc) {
+  const Node *xn = ir_at(g, x);
+  const Shape *s = &xn->shape;
+  char buf[256];
+  if (s->rank != 4 || s->d[1].sym >= 0 || s->d[2].sym >= 0 || s->d[3].sym >= 0)
+    kiln_fail(loc, "%s needs an input of shape [N, C, H, W], got %s", fn,
+              shape_text(g, s, buf, sizeof buf));
+  if (!dtype_is_float(xn->dtype))
+    kiln_fail(loc, "%s needs a floating-point input, got %s", fn, dtype_name(xn->dtype));
+}
+
+void nn_check_linear(Graph *g, int x, Loc loc) {
+  const Node *xn = ir_at(g, x);
+  const Shape *xs = &xn->shape;
+  char buf[256];
+  if (xs->rank != 2)
+    kiln_fail(loc, "linear needs an input of shape [N, in], got %s",
+              shape_text(g, xs, buf, sizeof buf));
+  if (!dtype_is_float(xn->dtype))
+    kiln_fail(loc, "linear needs a floating-point input, got %s", dtype_name(xn->dtype));
+  if (xs->d[1].sym >= 0)
+    kiln_fail(loc, "linear: the input's feature dimension must be a number, got %s",
+              shape_text(g, xs, buf, sizeof buf));
+}
+
+void nn_check_batchnorm(Graph *g, int x, Loc loc) {
+  const Node *xn = ir_at(g, x);
+  const Shape *xs = &xn->shape;
+  char buf[256];
+  if ((xs->rank != 2 && xs->rank != 4) || xs->d[1].sym >= 0)
+    kiln_fail(loc, "batchnorm needs an input of shape [N, C, H, W] or [N, C], got %s",
+              shape_text(g, xs, buf, sizeof buf));
+  if (!dtype_is_float(xn->dtype))
+    kiln_fail(loc, "batchnorm needs a floating-point input, got %s", dtype_name(xn->dtype));
+}
+
+void nn_check_layernorm(Graph *g, int x, Loc loc) {
+  const Node *xn = ir_at(g, x);
+  const Shape *xs = &xn->shape;
+  char buf[256];
+  bool fixed = xs->rank >= 2;
+  for (int i = 1; i < xs->rank; i++)
+    fixed &= xs->d[i].sym < 0;
+  if (!fixed)
+    kiln_fail(loc, "layernorm needs an input [N, ...] with at least 2 axes and numbers after the "
+              "first, got %s", shape_text(g, xs, buf, sizeof buf));
+  if (!dtype_is_float(xn->dtype))
+    kiln_fail(loc, "layernorm needs a floating-point input, got %s", dtype_name(xn->dtype));
+}
+
+void nn_check_groups(Graph *g, int x, int64_t out, int64_t groups, Loc loc) {
+  const Shape *xs = &ir_at(g, x)->shape;
+  int64_t c = xs->d[1].n;
+  char buf[256];
+  if (groups < 1 || c % groups || out % groups)
+    kiln_fail(loc, "conv2d: %lld input channels (of %s) and %lld output channels do not both "
+              "divide into %lld groups", (long long)c, shape_text(g, xs, buf, sizeof buf),
+              (long long)out, (long long)groups);
+}
+
+/* ---- layers with parameters ---- */
+
+int nn_linear(Graph *g, const NnLayer *l, int x, const NnLinear *o) {
+  nn_check_linear(g, x, l->loc);
+  DType dt = ir_at(g, x)->dtype;
+  int64_t in = ir_at(g, x)->shape.d[1].n;
+  Shape ws = {.rank = 2, .d = {{o->out, -1}, {in, -1}}};
+  int w = layer_weight(g, l, dt, ws, o->init, in, o->out);
+  int y = ir_matmul(g, x, w, false, true, l->loc);
+  if (o->bias)
+    y = ir_binary(g, OP_ADD, y, layer_bias(g, l, dt, o->out, o->init, in, o->out), l->loc);
+  return y;
+}
+
+int nn_conv2d(Graph *g, const NnLayer *l, int x, const NnConv2d *o) {
+  nn_check_image(g, x, "conv2d", l->loc);
+  nn_check_groups(g, x, o->out, o->groups, l->loc);
+  DType dt = ir_at(g, x)->dtype;
+  int64_t c = ir_at(g, x)->shape.d[1].n;
+  Attr a;
+  memset(&a, 0, sizeof a);
+  memcpy(a.kernel, o->kernel, sizeof a.kernel);
+  memcpy(a.stride, o->stride, sizeof a.stride);
+  memcpy(a.dilation, o->dilation, sizeof a.dilation);
+  memcpy(a.pad, o->pad, sizeof a.pad);
+  a.groups = o->groups;
+  Shape ws = {.rank = 4,
+              .d = {{o->out, -1}, {c / o->groups, -1}, {o->kernel[0], -1}, {o->kernel[1], -1}}};
+  int64_t fan_in, fan_out;
+  nn_fans(&ws, &fan_in, &fan_out);
+  int in[2] = {x, layer_weight(g, l, dt, ws, o->init, fan_in, fan_out)};
+  int y = ir_node(g, OP_CONV2D, 2, in, &a, l->loc);
+  if (o->bias) {
+    int b = layer_bias(g, l, dt, o->out, o->init, fan_in, fan_out);
+    Shape b3 = {.rank = 3, .d = {{o->out, -1}, {1, -1}, {1, -1}}};
+    y = ir_binary(g, OP_ADD, y, ir_reshape(g, b, b3, l->loc), l->loc);
+  }
+  return y;
+}
+
+void nn_pad_mode(NnPadMode m, const int64_t kernel[2], const int64_t dilation[2], int64_t pad[4]) {
+  for (int ax = 0; ax < 2; ax++) {
+    int64_t total = dilation[ax] * (kernel[ax] - 1);
+    int64_t before = m == NN_PAD_SAME ? total / 2 : m == NN_PAD_FULL ? total : 0;
+    int64_t after = m == NN_PAD_SAME ? total - before : before;
+    pad[2 * ax] = before;
+    pad[2 * ax + 1] = after;
+  }
+}
+
+/* (x - mean) / sqrt(var + eps) over axes, with the biased variance mean((x - mean)^2): the
+ * normalisation shared by batch (training mode), layer and instance norm. *mu and *var receive
+ * the statistics (keepdims). */
+static int normalize(Graph *g, int x, unsigned axes, double eps, Loc loc, int *mu, int *var) {
+  DType dt = ir_at(g, x)->dtype;
+  *mu = ir_reduce(g, OP_MEAN, x, axes, true, loc);
+  int d = ir_binary(g, OP_SUB, x, *mu, loc);
+  *var = ir_reduce(g, OP_MEAN, ir_binary(g, OP_MUL, d, d, loc), axes, true, loc);
+  int sd = ir_unary(g, OP_SQRT, ir_binary(g, OP_ADD, *var, ir_const(g, eps, dt, loc), loc), loc);
+  return ir_binary(g, OP_DIV, d, sd, loc);
+}
+
+/* (1 - m) * running + m * batch: PyTorch's running-statistics update. */
+static int running_update(Graph *g, int running, int batch, double m, Loc loc) {
+  DType dt = ir_at(g, running)->dtype;
+  int keep = ir_binary(g, OP_MUL, ir_const(g, 1 - m, dt, loc), running, loc);
+  return ir_binary(g, OP_ADD, keep, ir_binary(g, OP_MUL, ir_const(g, m, dt, loc), batch, loc), loc);
+}
+
+int nn_batchnorm(Graph *g, const NnLayer *l, int x, const NnBatchnorm *o) {
+  nn_check_batchnorm(g, x, l->loc);
+  KILN_ASSERT(o->eps > 0 && o->momentum >= 0 && o->momentum <= 1);
+  Shape xs = ir_at(g, x)->shape;
+  DType dt = ir_at(g, x)->dtype;
+  int64_t c = xs.d[1].n;
+  Loc at = l->name_loc, loc = l->loc;
+  double m = o->momentum;
+  Shape cs = {.rank = 1, .d = {{c, -1}}};
+  Shape bc = xs.rank == 4 ? (Shape){.rank = 3, .d = {{c, -1}, {1, -1}, {1, -1}}} : cs;
+  unsigned axes = xs.rank == 4 ? 1u | 4u | 8u : 1u;
+  int gamma = -1, beta = -1;
+  if (o->affine) {
+    gamma = nn_param(g, l->mode, leaf_name(g, l, "weight"), dt, cs, (NnInit){KILN_INIT_ONES, 0},
+                     c, c, at);
+    beta = nn_param(g, l->mode, leaf_name(g, l, "bias"), dt, cs, (NnInit){KILN_INIT_ZEROS, 0},
+                    c, c, at);
+  }
+  int rm = nn_state(g, l->mode, leaf_name(g, l, "running_mean"), dt, cs, KILN_INIT_ZEROS, at);
+  int rv = nn_state(g, l->mode, leaf_name(g, l, "running_var"), dt, cs, KILN_INIT_ONES, at);
+  int nbt = nn_state(g, l->mode, leaf_name(g, l, "num_batches_tracked"), DT_F64, (Shape){0},
+                     KILN_INIT_ZEROS, at);
+  int y;
+  if (l->mode == NN_TRAIN) {
+    int mu, var;
+    y = normalize(g, x, axes, o->eps, loc, &mu, &var);
+    int n = ir_reduce(g, OP_NUMEL, x, axes, false, loc);
+    int n1 = ir_binary(g, OP_SUB, n, ir_const(g, 1, dt, loc), loc);
+    int unbiased = ir_binary(g, OP_MUL, ir_reshape(g, var, cs, loc),
+                             ir_binary(g, OP_DIV, n, n1, loc), loc);
+    ir_add_update(g, ENTRY_TRAIN, rm, running_update(g, rm, ir_reshape(g, mu, cs, loc), m, loc));
+    ir_add_update(g, ENTRY_TRAIN, rv, running_update(g, rv, unbiased, m, loc));
+    ir_add_update(g, ENTRY_TRAIN, nbt,
+                  ir_binary(g, OP_ADD, nbt, ir_const(g, 1, DT_F64, loc), loc));
+  } else {
+    int d = ir_binary(g, OP_SUB, x, ir_reshape(g, rm, bc, loc), loc);
+    int v = ir_binary(g, OP_ADD, ir_reshape(g, rv, bc, loc), ir_const(g, o->eps, dt, loc), loc);
+    y = ir_binary(g, OP_DIV, d, ir_unary(g, OP_SQRT, v, loc), loc);
+  }
+  if (o->affine) {
+    y = ir_binary(g, OP_MUL, y, ir_reshape(g, gamma, bc, loc), loc);
+    y = ir_binary(g, OP_ADD, y, ir_reshape(g, beta, bc, loc), loc);
+  }
+  return y;
+}
+
+int nn_layernorm(Graph *g, const NnLayer *l, int x, double eps, bool affine) {
+  nn_check_layernorm(g, x, l->loc);
+  KILN_ASSERT(eps > 0);
+  Shape xs = ir_at(g, x)->shape;
+  DType dt = ir_at(g, x)->dtype;
+  int mu, var;
+  int y = normalize(g, x, all_axes(xs.rank) & ~1u, eps, l->loc, &mu, &var);
+  if (affine) {
+    Shape ps = {.rank = xs.rank - 1};
+    for (int i = 1; i < xs.rank; i++)
+      ps.d[i - 1] = xs.d[i];
+    int64_t numel = shape_numel(&ps, NULL);
+    int w = nn_param(g, l->mode, leaf_name(g, l, "weight"), dt, ps, (NnInit){KILN_INIT_ONES, 0},
+                     numel, numel, l->name_loc);
+    int b = nn_param(g, l->mode, leaf_name(g, l, "bias"), dt, ps, (NnInit){KILN_INIT_ZEROS, 0},
+                     numel, numel, l->name_loc);
+    y = ir_binary(g, OP_ADD, ir_binary(g, OP_MUL, y, w, l->loc), b, l->loc);
+  }
+  return y;
+}
+
+/* ---- layers without parameters ---- */
+
+int nn_instancenorm(Graph *g, int x, double eps, Loc loc) {
+  nn_check_image(g, x, "instancenorm", loc);
+  KILN_ASSERT(eps > 0);
+  int mu, var;
+  return normalize(g, x, 4u | 8u, eps, loc, &mu, &var);
+}
+
+/* A stable 32-bit hash of a dropout site's name (FNV-1a): the site's salt. */
+static uint32_t site_salt(const char *name) {
+  uint32_t h = 2166136261u;
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+    h = (h ^ *p) * 16777619u;
+  return h;
+}
+
+/* The model's one dropout step counter (an f64 scalar, role OPT, seeded from the run seed),
+ * advanced by 1 per training step: made at the first dropout site. */
+static int dropout_counter(Graph *g, Loc loc) {
+  int id = ir_find_leaf(g, "dropout.step");
+  if (id >= 0)
+    return id;
+  id = ir_leaf(g, OP_STATE, ROLE_OPT, "dropout.step", DT_F64, (Shape){0}, loc);
+  ir_at(g, id)->leaf.init = KILN_INIT_SEED;
+  ir_add_update(g, ENTRY_TRAIN, id, ir_binary(g, OP_ADD, id, ir_const(g, 1, DT_F64, loc), loc));
+  return id;
+}
+
+int nn_dropout(Graph *g, const NnLayer *l, int x, double p) {
+  KILN_ASSERT(p >= 0 && p < 1);
+  if (l->mode == NN_EVAL || p == 0)
+    return x;
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.value = p;
+  a.salt = site_salt(l->name);
+  int in[2] = {x, dropout_counter(g, l->loc)};
+  return ir_node(g, OP_DROPOUT, 2, in, &a, l->loc);
+}
+
+/* The attributes of a pooling window; what each pooling reads is set by its function. */
+static Attr pool_attr(const NnPool2d *o) {
+  Attr a;
+  memset(&a, 0, sizeof a);
+  memcpy(a.kernel, o->kernel, sizeof a.kernel);
+  memcpy(a.stride, o->stride, sizeof a.stride);
+  memcpy(a.pad, o->pad, sizeof a.pad);
+  a.dilation[0] = a.dilation[1] = 1;
+  return a;
+}
+
+int nn_maxpool2d(Graph *g, int x, const NnPool2d *o, Loc loc) {
+  nn_check_image(g, x, "maxpool2d", loc);
+  Attr a = pool_attr(o);
+  memcpy(a.dilation, o->dilation, sizeof a.dilation);
+  return ir_node(g, OP_MAXPOOL2D, 1, &x, &a, loc);
+}
+
+int nn_avgpool2d(Graph *g, int x, const NnPool2d *o, Loc loc) {
+  nn_check_image(g, x, "avgpool2d", loc);
+  Attr a = pool_attr(o);
+  a.count_include_pad = o->count_include_pad;
+  return ir_node(g, OP_AVGPOOL2D, 1, &x, &a, loc);
+}
+
+/* Composed as sqrt(relu(avgpool2d(x*x, count_include_pad=true)) * kh*kw): padding adds zeros to
+ * the sum. The relu changes no value (the mean of squares is >= 0) but, like PyTorch's, its
+ * gradient selects 0 where a window is all zero, so sqrt's infinite slope at 0 gives a zero
+ * gradient there instead of NaN. */
+int nn_l2pool2d(Graph *g, int x, const NnPool2d *o, Loc loc) {
+  nn_check_image(g, x, "l2pool2d", loc);
+  Attr a = pool_attr(o);
+  a.count_include_pad = true;
+  int sq = ir_binary(g, OP_MUL, x, x, loc);
+  int avg = ir_unary(g, OP_RELU, ir_node(g, OP_AVGPOOL2D, 1, &sq, &a, loc), loc);
+  int area = ir_const(g, (double)(a.kernel[0] * a.kernel[1]), ir_at(g, x)->dtype, loc);
+  return ir_unary(g, OP_SQRT, ir_binary(g, OP_MUL, avg, area, loc), loc);
+}
+
+int nn_flatten(Graph *g, int x, Loc loc) {
+  Shape s = ir_at(g, x)->shape;
+  char buf[256];
+  if (s.rank < 2)
+    kiln_fail(loc, "flatten needs a tensor with at least 2 axes, got %s",
+              shape_text(g, &s, buf, sizeof buf));
+  /* The product of the trailing dimensions as coef * symbol^power. */
+  int64_t coef = 1;
+  int power = 0, sym = -1;
+  for (int i = 1; i < s.rank; i++) {
+    if (__builtin_mul_overflow(coef, s.d[i].n, &coef))
+      kiln_fail(loc, "the tensor is too large");
+    if (s.d[i].sym >= 0)
+      power++, sym = s.d[i].sym;
+  }
+  if (power > 1)
+    kiln_fail(loc, "flatten of %s would multiply the batch symbol by itself",
+              shape_text(g, &s, buf, sizeof buf));
+  /* Field by field into zeroed memory: the shape lands in the node's attributes, which
+   * hash-consing compares bytewise, padding included. */
+  Shape to;
+  memset(&to, 0, sizeof to);
+  to.rank = 2;
+  to.d[0].n = s.d[0].n, to.d[0].sym = s.d[0].sym;
+  to.d[1].n = coef, to.d[1].sym = sym;
+  return ir_reshape(g, x, to, loc);
+}
+
+int nn_softmax(Graph *g, int x, int axis, bool log, Loc loc) {
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.axis = axis;
+  return ir_node(g, log ? OP_LOG_SOFTMAX : OP_SOFTMAX, 1, &x, &a, loc);
+}
+
+int nn_leaky_relu(Graph *g, int x, double slope, Loc loc) {
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.value = slope;
+  return ir_node(g, OP_LEAKY_RELU, 1, &x, &a, loc);
+}
+
+int nn_concat(Graph *g, int n, const int *xs, int axis, Loc loc) {
+  KILN_ASSERT(n >= 1);
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.axis = axis;
+  int r = xs[0];
+  for (int i = 1; i < n; i++) {
+    int in[2] = {r, xs[i]};
+    r = ir_node(g, OP_CONCAT, 2, in, &a, loc);
+  }
+  return r;
+}
+
+/* ---- losses ---- */
+
+int nn_cross_entropy(Graph *g, int logits, int labels, Loc loc) {
+  int in[2] = {logits, labels};
+  return ir_node(g, OP_CROSS_ENTROPY, 2, in, NULL, loc);
+}
+
+int nn_mse(Graph *g, int a, int b, Loc loc) {
+  int d = ir_binary(g, OP_SUB, a, b, loc);
+  int two = ir_const(g, 2, ir_at(g, d)->dtype, loc);
+  int sq = ir_binary(g, OP_POW, d, two, loc);
+  int rank = ir_at(g, sq)->shape.rank;
+  return rank ? ir_reduce(g, OP_MEAN, sq, all_axes(rank), false, loc) : sq;
+}
+
+int nn_bce_with_logits(Graph *g, int x, int t, Loc loc) {
+  int in[2] = {x, t};
+  int e = ir_node(g, OP_BCE_LOGITS, 2, in, NULL, loc);
+  int rank = ir_at(g, e)->shape.rank;
+  return rank ? ir_reduce(g, OP_MEAN, e, all_axes(rank), false, loc) : e;
+}
