@@ -169,26 +169,54 @@ int ir_find_leaf(Graph *g, const char *name) {
 
 /* ---- hash-consing ---- */
 
+/* Attributes are compared and hashed field by field, never as bytes: Attr has padding (after
+ * the bools, inside every Dim of the reshape target) that a struct copy may fill with anything,
+ * and two equal computations must find each other. A field added to Attr goes in attr_same.
+ * Constants compare by their bits, so -0.0 stays apart from 0.0. */
+static bool attr_same(const Attr *a, const Attr *b) {
+  bool same = !memcmp(&a->value, &b->value, sizeof a->value) && a->dtype == b->dtype && a->axes == b->axes &&
+              a->keepdims == b->keepdims && a->trans_a == b->trans_a &&
+              a->trans_b == b->trans_b && a->shape.rank == b->shape.rank &&
+              a->groups == b->groups && a->count_include_pad == b->count_include_pad &&
+              a->axis == b->axis && a->start == b->start && a->len == b->len &&
+              a->salt == b->salt && !memcmp(a->perm, b->perm, sizeof a->perm) &&
+              !memcmp(a->kernel, b->kernel, sizeof a->kernel) &&
+              !memcmp(a->stride, b->stride, sizeof a->stride) &&
+              !memcmp(a->dilation, b->dilation, sizeof a->dilation) &&
+              !memcmp(a->pad, b->pad, sizeof a->pad) &&
+              !memcmp(a->in_size, b->in_size, sizeof a->in_size);
+  for (int k = 0; same && k < a->shape.rank; k++)
+    same = a->shape.d[k].n == b->shape.d[k].n && a->shape.d[k].sym == b->shape.d[k].sym;
+  return same;
+}
+
 static uint64_t node_key(const Node *n) {
-  /* FNV-1a over the fields that define a computation. Attr is zero-initialised by every
-   * builder, so hashing its bytes is well defined. */
+  /* FNV-1a over the fields that define a computation (attributes: the ones most ops set). */
   uint64_t h = 1469598103934665603u;
   const unsigned char *p;
 #define MIX(ptr, len) \
   for (p = (const unsigned char *)(ptr); p < (const unsigned char *)(ptr) + (len); p++) \
     h = (h ^ *p) * 1099511628211u;
+  const Attr *a = &n->attr;
   MIX(&n->op, sizeof n->op);
   MIX(&n->nin, sizeof n->nin);
   MIX(n->in, sizeof n->in);
-  MIX(&n->attr, sizeof n->attr);
   MIX(&n->dtype, sizeof n->dtype);
+  MIX(&a->value, sizeof a->value);
+  MIX(&a->axes, sizeof a->axes);
+  MIX(a->kernel, sizeof a->kernel);
+  MIX(a->stride, sizeof a->stride);
+  MIX(&a->axis, sizeof a->axis);
+  MIX(&a->shape.rank, sizeof a->shape.rank);
+  for (int k = 0; k < a->shape.rank; k++)
+    MIX(&a->shape.d[k].n, sizeof a->shape.d[k].n);
 #undef MIX
   return h;
 }
 
 static bool same_computation(const Node *a, const Node *b) {
   return a->op == b->op && a->nin == b->nin && !memcmp(a->in, b->in, sizeof a->in) &&
-         !memcmp(&a->attr, &b->attr, sizeof a->attr) && a->dtype == b->dtype;
+         a->dtype == b->dtype && attr_same(&a->attr, &b->attr);
 }
 
 static void hash_insert(Graph *g, int id) {
