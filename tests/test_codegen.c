@@ -131,16 +131,22 @@ static void randomise(Run *r, uint64_t seed, double lo, double hi) {
   }
 }
 
-/* Runs entry on both sides at batch and compares every output the entry writes. */
-static void run_compare(Run *r, int entry, int64_t batch) {
+/* Whether tensor t holds a result of entry e: an output or a gradient the entry writes. */
+static bool result_of(const kiln_tensor *t, int e) {
+  return (t->role == KILN_ROLE_OUTPUT || t->role == KILN_ROLE_GRAD) && rt_tensor_in_entry(t, e);
+}
+
+/* Runs the entry named `name` on both sides at batch and compares every output and gradient the
+ * entry writes, and every parameter and state. */
+static void run_compare(Run *r, const char *name, int64_t batch) {
   char err[RT_ERR_LEN];
+  int entry = rt_find_entry(r->prog, name);
+  ck_assert_int_ge(entry, 0);
   ck_assert_msg(r->cbe.run(r->cbe.self, entry, batch, err) == 0, "compiled: %s", err);
   ck_assert_msg(r->rbe.run(r->rbe.self, entry, batch, err) == 0, "reference: %s", err);
   for (int i = 0; i < r->plan.ntensors; i++) {
     const kiln_tensor *t = &r->plan.tensors[i];
-    bool written = t->role == KILN_ROLE_OUTPUT ? (t->entries & entry) != 0
-                                               : t->role == KILN_ROLE_PARAM ||
-                                                     t->role == KILN_ROLE_STATE;
+    bool written = result_of(t, entry) || t->role == KILN_ROLE_PARAM || t->role == KILN_ROLE_STATE;
     if (!written)
       continue;
     int64_t n = rt_numel(t, batch);
@@ -166,11 +172,11 @@ static void compare_grad(int64_t batch, double lo, double hi) {
   Run r;
   run_open(&r, batch);
   randomise(&r, 42, lo, hi);
-  run_compare(&r, KILN_ENTRY_GRAD, batch);
+  run_compare(&r, "grad", batch);
   if (batch > 2)
-    run_compare(&r, KILN_ENTRY_GRAD, batch - 1);
+    run_compare(&r, "grad", batch - 1);
   if (batch > 1)
-    run_compare(&r, KILN_ENTRY_GRAD, 1);
+    run_compare(&r, "grad", 1);
   run_close(&r);
 }
 
@@ -331,10 +337,10 @@ START_TEST(activations_and_transpose) {
   run_open(&r, 4);
   randomise(&r, 5, -2.0, 2.0);
   char err[RT_ERR_LEN];
-  ck_assert_int_eq(r.cbe.run(r.cbe.self, KILN_ENTRY_GRAD, 3, err), 0);
+  ck_assert_int_eq(r.cbe.run(r.cbe.self, rt_find_entry(r.prog, "grad"), 3, err), 0);
   for (int i = 0; i < r.plan.ntensors; i++) {
     const kiln_tensor *kt = &r.plan.tensors[i];
-    if (kt->role != KILN_ROLE_OUTPUT)
+    if (kt->role != KILN_ROLE_OUTPUT && kt->role != KILN_ROLE_GRAD)
       continue;
     double v[64];
     int64_t n = rt_numel(kt, 3);
@@ -418,7 +424,7 @@ START_TEST(dropout_masks_match_reference) {
   static const int64_t batches[] = {5, 4, 1};
   for (size_t bi = 0; bi < 3; bi++) {
     int64_t b = batches[bi];
-    run_compare(&r, KILN_ENTRY_GRAD, b);
+    run_compare(&r, "grad", b);
     for (int i = 0; i < r.plan.ntensors; i++) {
       const kiln_tensor *t = &r.plan.tensors[i];
       if (t->role != KILN_ROLE_OUTPUT)
@@ -540,9 +546,9 @@ START_TEST(conv2d_and_adjoints_gemm) {
   ck_assert_ptr_nonnull(strstr(r.src.p, dt == DT_F64 ? "kiln_dgemm_acc(" : "kiln_sgemm_acc("));
   ck_assert_ptr_nonnull(strstr(r.src.p, "#pragma omp parallel for num_threads(3)"));
   randomise(&r, 42, -1.0, 1.0);
-  run_compare(&r, KILN_ENTRY_GRAD, 3);
-  run_compare(&r, KILN_ENTRY_GRAD, 2);
-  run_compare(&r, KILN_ENTRY_GRAD, 1);
+  run_compare(&r, "grad", 3);
+  run_compare(&r, "grad", 2);
+  run_compare(&r, "grad", 1);
   run_close(&r);
 }
 END_TEST
@@ -563,10 +569,10 @@ static unsigned char *grad_outputs(const char *src, int64_t batch, size_t *len) 
     if (p->tensors[i].role != KILN_ROLE_OUTPUT)
       for (int64_t k = 0; k < rt_numel(&p->tensors[i], p->batch); k++)
         ((float *)(arena + p->tensors[i].offset))[k] = (float)rt_rng_uniform(&rng) - 0.5f;
-  p->grad(arena, batch);
+  p->entries[rt_find_entry(p, "grad")].fn(arena, batch);
   Buf o = {0};
   for (int i = 0; i < p->ntensors; i++)
-    if (p->tensors[i].role == KILN_ROLE_OUTPUT) {
+    if (p->tensors[i].role == KILN_ROLE_OUTPUT || p->tensors[i].role == KILN_ROLE_GRAD) {
       size_t n = (size_t)rt_numel(&p->tensors[i], batch) * sizeof(float);
       for (size_t k = 0; k < n; k++)
         buf_printf(&o, "%02x", arena[p->tensors[i].offset + (int64_t)k]);
@@ -663,9 +669,9 @@ START_TEST(pools_and_adjoints) {
   run_open(&r, 3);
   randomise(&r, 11, -1.0, 1.0);
   write_both(&r, "xt", 3, tied_value);
-  run_compare(&r, KILN_ENTRY_GRAD, 3);
-  run_compare(&r, KILN_ENTRY_GRAD, 2);
-  run_compare(&r, KILN_ENTRY_GRAD, 1);
+  run_compare(&r, "grad", 3);
+  run_compare(&r, "grad", 2);
+  run_compare(&r, "grad", 1);
   run_close(&r);
 }
 END_TEST
@@ -746,12 +752,12 @@ START_TEST(train_entries_match) {
     r.cbe.write(r.cbe.self, i, v, n);
     r.rbe.write(r.rbe.self, i, v, n);
   }
-  run_compare(&r, KILN_ENTRY_GRAD, 8);
+  run_compare(&r, "grad", 8);
   for (int step = 0; step < 3; step++)
-    run_compare(&r, KILN_ENTRY_TRAIN, 8);
-  run_compare(&r, KILN_ENTRY_TRAIN, 3); /* a final partial batch */
-  run_compare(&r, KILN_ENTRY_EVAL, 8);
-  run_compare(&r, KILN_ENTRY_EVAL, 5);
+    run_compare(&r, "train", 8);
+  run_compare(&r, "train", 3); /* a final partial batch */
+  run_compare(&r, "eval", 8);
+  run_compare(&r, "eval", 5);
   run_close(&r);
 }
 END_TEST
@@ -790,8 +796,8 @@ START_TEST(fused_chain_is_one_kernel) {
       kernels += p[13] >= '0' && p[13] <= '9';
     ck_assert_msg(kernels == 2 * (fuse ? 1 : 8), "%d kernels\n%s", kernels, r.src.p);
     randomise(&r, 5, -2.0, 2.0);
-    run_compare(&r, KILN_ENTRY_GRAD, 3);
-    run_compare(&r, KILN_ENTRY_GRAD, 2);
+    run_compare(&r, "grad", 3);
+    run_compare(&r, "grad", 2);
     run_close(&r);
   }
   unsetenv("KILN_FUSE");
@@ -825,13 +831,14 @@ START_TEST(update_in_place_only_when_safe) {
   ck_assert_msg(strstr(r.src.p, "/* q */") != NULL, "q is not copied\n%s", r.src.p);
   randomise(&r, 11, 0.1, 1.0);
   for (int step = 0; step < 3; step++)
-    run_compare(&r, KILN_ENTRY_TRAIN, 1);
+    run_compare(&r, "train", 1);
   run_close(&r);
 }
 END_TEST
 
 /* Reads every tensor the driver can see (outputs of `entry`, parameters and state). */
-static double *snapshot(Run *r, int entry, int64_t batch, int64_t *total) {
+static double *snapshot(Run *r, const char *name, int64_t batch, int64_t *total) {
+  int entry = rt_find_entry(r->prog, name);
   int64_t n = 0;
   for (int i = 0; i < r->plan.ntensors; i++)
     n += rt_numel(&r->plan.tensors[i], batch);
@@ -839,8 +846,9 @@ static double *snapshot(Run *r, int entry, int64_t batch, int64_t *total) {
   for (int i = 0; i < r->plan.ntensors; i++) {
     const kiln_tensor *t = &r->plan.tensors[i];
     int64_t k = rt_numel(t, batch);
-    bool seen = t->role == KILN_ROLE_OUTPUT ? (t->entries & entry) != 0
-                                            : t->role != KILN_ROLE_INPUT;
+    bool seen = t->role == KILN_ROLE_OUTPUT || t->role == KILN_ROLE_GRAD
+                    ? rt_tensor_in_entry(t, entry)
+                    : t->role != KILN_ROLE_INPUT;
     if (seen)
       r->cbe.read(r->cbe.self, i, at, k);
     else
@@ -897,11 +905,10 @@ START_TEST(fusion_matches_unfused) {
   ck_assert_int_eq(r[0].plan.ntensors, r[1].plan.ntensors);
   ck_assert_msg(strcmp(r[0].src.p, r[1].src.p) != 0, "fusion changed nothing");
   const struct {
-    int entry;
+    const char *entry;
     int64_t batch;
-  } steps[] = {{KILN_ENTRY_GRAD, 8},  {KILN_ENTRY_TRAIN, 8}, {KILN_ENTRY_TRAIN, 8},
-               {KILN_ENTRY_TRAIN, 8}, {KILN_ENTRY_TRAIN, 3}, {KILN_ENTRY_EVAL, 8},
-               {KILN_ENTRY_EVAL, 5}};
+  } steps[] = {{"grad", 8},  {"train", 8}, {"train", 8}, {"train", 8},
+               {"train", 3}, {"eval", 8},  {"eval", 5}};
   for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
     int64_t n0, n1;
     for (int f = 0; f < 2; f++)
@@ -933,8 +940,8 @@ START_TEST(update_chain_order) {
   Run r;
   run_open(&r, 1);
   randomise(&r, 3, -1.0, 1.0);
-  run_compare(&r, KILN_ENTRY_TRAIN, 1);
-  run_compare(&r, KILN_ENTRY_TRAIN, 1);
+  run_compare(&r, "train", 1);
+  run_compare(&r, "train", 1);
   run_close(&r);
 }
 END_TEST
@@ -978,7 +985,7 @@ START_TEST(bad_labels_give_nan) {
   int li = rt_find_tensor(r.prog, "label");
   r.cbe.write(r.cbe.self, li, labels, 3);
   char err[RT_ERR_LEN];
-  ck_assert_int_eq(r.cbe.run(r.cbe.self, KILN_ENTRY_GRAD, 3, err), 0);
+  ck_assert_int_eq(r.cbe.run(r.cbe.self, rt_find_entry(r.prog, "grad"), 3, err), 0);
   double loss, dz[15];
   r.cbe.read(r.cbe.self, rt_find_tensor(r.prog, "loss"), &loss, 1);
   r.cbe.read(r.cbe.self, rt_find_tensor(r.prog, "dz"), dz, 15);
@@ -1019,6 +1026,9 @@ static const char golden_relu[] =
     "static void grad_full(unsigned char *arena) {\n"
     "}\n"
     "\n"
+    "static void apply_full(unsigned char *arena) {\n"
+    "}\n"
+    "\n"
     "static void train_n(unsigned char *arena, int64_t B) {\n"
     "  (void)B;\n"
     "}\n"
@@ -1029,6 +1039,10 @@ static const char golden_relu[] =
     "}\n"
     "\n"
     "static void grad_n(unsigned char *arena, int64_t B) {\n"
+    "  (void)B;\n"
+    "}\n"
+    "\n"
+    "static void apply_n(unsigned char *arena, int64_t B) {\n"
     "  (void)B;\n"
     "}\n"
     "\n"
@@ -1053,16 +1067,36 @@ static const char golden_relu[] =
     "    grad_n(arena, batch);\n"
     "}\n"
     "\n"
+    "static void kiln_apply(unsigned char *arena, int64_t batch) {\n"
+    "  if (batch == 8)\n"
+    "    apply_full(arena);\n"
+    "  else if (batch >= 1 && batch < 8)\n"
+    "    apply_n(arena, batch);\n"
+    "}\n"
+    "\n"
     "static const kiln_tensor kiln_tensors[2] = {\n"
     "  {.name = \"x\", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 2, .dims = {8, 4},\n"
     "   .batch_axis = 0, .offset = 0, .entries = 2, .init = 0,\n"
     "   .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,\n"
-    "   .data = NULL, .source = 0, .scale = 0},\n"
-    "  {.name = \"eval.output\", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, .dims = "
-    "{8, 4},\n"
+    "   .data = NULL, .feed = NULL, .scale = 0},\n"
+    "  {.name = \"eval.output\", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, "
+    ".dims = {8, 4},\n"
     "   .batch_axis = 0, .offset = 128, .entries = 2, .init = 0,\n"
     "   .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,\n"
-    "   .data = NULL, .source = 0, .scale = 0},\n"
+    "   .data = NULL, .feed = NULL, .scale = 0},\n"
+    "};\n"
+    "\n"
+    "static const kiln_entry kiln_entries[4] = {\n"
+    "  {\"train\", kiln_train},\n"
+    "  {\"eval\", kiln_eval},\n"
+    "  {\"grad\", kiln_grad},\n"
+    "  {\"apply\", kiln_apply},\n"
+    "};\n"
+    "static const kiln_setting kiln_settings[4] = {\n"
+    "  {\"epochs\", \"1\"},\n"
+    "  {\"steps\", \"0\"},\n"
+    "  {\"seed\", \"1\"},\n"
+    "  {\"patience\", \"0\"},\n"
     "};\n"
     "\n"
     "const kiln_program kiln_program_desc = {\n"
@@ -1072,13 +1106,10 @@ static const char golden_relu[] =
     "  .arena_bytes = 256,\n"
     "  .ntensors = 2,\n"
     "  .tensors = kiln_tensors,\n"
-    "  .train = kiln_train,\n"
-    "  .eval = kiln_eval,\n"
-    "  .grad = kiln_grad,\n"
-    "  .epochs = 1,\n"
-    "  .steps = 0,\n"
-    "  .seed = UINT64_C(1),\n"
-    "  .patience = 0,\n"
+    "  .nentries = 4,\n"
+    "  .entries = kiln_entries,\n"
+    "  .nsettings = 4,\n"
+    "  .settings = kiln_settings,\n"
     "};\n";
 
 START_TEST(golden_one_op_program) {

@@ -5,7 +5,7 @@
  * reference interpreter in f64 (the exact meaning of the graph), both behind the RtBackend
  * interface and both fed the same random parameters (rt_init_tensor with one seed: each
  * tensor's values depend only on the seed and its name) and the same random inputs. It compares
- * the grad entry, a few train steps, the eval entry, and the grad entry again at a smaller batch
+ * the grad entry (the loss and the gradient tensors), a few train steps, the eval entry, and the grad entry again at a smaller batch
  * (the code path specialised for a run-time batch), printing one line per tensor.
  *
  * Tolerance rule (check_tolerance): an element x of the program against the reference r passes
@@ -123,9 +123,12 @@ static int make_reference(Graph *g, Sides *s) {
   return 0;
 }
 
-static int run(RtBackend *be, int entry, int64_t batch, const char *side) {
+static int run(RtBackend *be, const char *entry, int64_t batch, const char *side) {
   char err[RT_ERR_LEN] = "";
-  if (be->run(be->self, entry, batch, err) == 0)
+  int e = rt_find_entry(be->prog, entry);
+  if (e < 0)
+    snprintf(err, sizeof err, "the program has no \"%s\" entry", entry);
+  else if (be->run(be->self, e, batch, err) == 0)
     return 0;
   fprintf(stderr, "kiln: error: %s runtime: %s\n", side, err);
   return -1;
@@ -233,14 +236,16 @@ static bool compare(Sides *s, int t, int64_t batch, const char *phase, double *x
   return ok;
 }
 
-/* Compares every tensor of `roles` (bit set of 1 << role) that entry writes. */
-static void compare_all(Sides *s, unsigned roles, int entry, int64_t batch, const char *phase,
-                        double *x, double *r, Tally *ty, FILE *out) {
+/* Compares every tensor of `roles` (bit set of 1 << role) that entry writes (outputs and
+ * gradients: only the entry's own). */
+static void compare_all(Sides *s, unsigned roles, const char *entry, int64_t batch,
+                        const char *phase, double *x, double *r, Tally *ty, FILE *out) {
+  int e = rt_find_entry(s->cbe.prog, entry);
   for (int i = 0; i < s->plan.ntensors; i++) {
     const kiln_tensor *t = &s->plan.tensors[i];
     if (!(roles & (1u << t->role)))
       continue;
-    if (t->role == KILN_ROLE_OUTPUT && !(t->entries & entry))
+    if ((t->role == KILN_ROLE_OUTPUT || t->role == KILN_ROLE_GRAD) && !rt_tensor_in_entry(t, e))
       continue;
     compare(s, i, batch, phase, x, r, ty, out);
   }
@@ -280,42 +285,43 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
   init_persistent(&s, seed, buf);
   random_inputs(g, &s, &rng, buf);
   const unsigned out_role = 1u << KILN_ROLE_OUTPUT;
+  const unsigned grads = out_role | (1u << KILN_ROLE_GRAD);
   const unsigned persistent =
       (1u << KILN_ROLE_PARAM) | (1u << KILN_ROLE_STATE) | (1u << KILN_ROLE_OPT);
 
   /* 1. Gradients. */
-  if (run(&s.cbe, KILN_ENTRY_GRAD, s.plan.batch, "compiled") ||
-      run(&s.rbe, KILN_ENTRY_GRAD, s.plan.batch, "reference"))
+  if (run(&s.cbe, "grad", s.plan.batch, "compiled") ||
+      run(&s.rbe, "grad", s.plan.batch, "reference"))
     goto done;
-  compare_all(&s, out_role, KILN_ENTRY_GRAD, s.plan.batch, "grad", x, r, &ty, out);
+  compare_all(&s, grads, "grad", s.plan.batch, "grad", x, r, &ty, out);
 
   /* 2. Train steps, fresh inputs each time; both sides carry their own state forward. */
   for (int step = 1; step <= steps; step++) {
     char phase[32];
     snprintf(phase, sizeof phase, "train %d", step);
     random_inputs(g, &s, &rng, buf);
-    if (run(&s.cbe, KILN_ENTRY_TRAIN, s.plan.batch, "compiled") ||
-        run(&s.rbe, KILN_ENTRY_TRAIN, s.plan.batch, "reference"))
+    if (run(&s.cbe, "train", s.plan.batch, "compiled") ||
+        run(&s.rbe, "train", s.plan.batch, "reference"))
       goto done;
-    compare_all(&s, out_role, KILN_ENTRY_TRAIN, s.plan.batch, phase, x, r, &ty, out);
-    compare_all(&s, persistent, KILN_ENTRY_TRAIN, s.plan.batch, phase, x, r, &ty, out);
+    compare_all(&s, out_role, "train", s.plan.batch, phase, x, r, &ty, out);
+    compare_all(&s, persistent, "train", s.plan.batch, phase, x, r, &ty, out);
   }
 
   /* 3. Evaluation. */
-  if (run(&s.cbe, KILN_ENTRY_EVAL, s.plan.batch, "compiled") ||
-      run(&s.rbe, KILN_ENTRY_EVAL, s.plan.batch, "reference"))
+  if (run(&s.cbe, "eval", s.plan.batch, "compiled") ||
+      run(&s.rbe, "eval", s.plan.batch, "reference"))
     goto done;
-  compare_all(&s, out_role, KILN_ENTRY_EVAL, s.plan.batch, "eval", x, r, &ty, out);
+  compare_all(&s, out_role, "eval", s.plan.batch, "eval", x, r, &ty, out);
 
   /* 4. A smaller batch runs the code specialised for a run-time batch. */
   if (s.plan.batch > 1 && g->nsyms > 0) {
     int64_t small = s.plan.batch / 2;
     char phase[32];
     snprintf(phase, sizeof phase, "grad @%lld", (long long)small);
-    if (run(&s.cbe, KILN_ENTRY_GRAD, small, "compiled") ||
-        run(&s.rbe, KILN_ENTRY_GRAD, small, "reference"))
+    if (run(&s.cbe, "grad", small, "compiled") ||
+        run(&s.rbe, "grad", small, "reference"))
       goto done;
-    compare_all(&s, out_role, KILN_ENTRY_GRAD, small, phase, x, r, &ty, out);
+    compare_all(&s, grads, "grad", small, phase, x, r, &ty, out);
   }
 
   if (ty.failed)
@@ -516,14 +522,16 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
       (tangents_path &&
        load_role(&s.plan, be, KILN_ROLE_INPUT, true, tt, nt, tangents_path)))
     goto done;
-  if (run(be, KILN_ENTRY_GRAD, s.plan.batch, use_reference ? "reference" : "compiled"))
+  if (run(be, "grad", s.plan.batch, use_reference ? "reference" : "compiled"))
     goto done;
 
-  /* "loss", then each gradient (or H v) under its parameter's name; jvp: the loss, the output
-   * and their directional derivatives. */
+  /* "loss" and each gradient (the GRAD tensors "grad.<param>") or H v under its parameter's name;
+   * jvp: the loss, the output and their directional derivatives. */
+  int grad_e = rt_find_entry(be->prog, "grad");
   for (int i = 0; i < s.plan.ntensors; i++) {
     const kiln_tensor *t = &s.plan.tensors[i];
-    if (t->role != KILN_ROLE_OUTPUT || !(t->entries & KILN_ENTRY_GRAD))
+    if ((t->role != KILN_ROLE_OUTPUT && t->role != KILN_ROLE_GRAD) ||
+        !rt_tensor_in_entry(t, grad_e))
       continue;
     const char *name = written_name(d, t->name);
     if (!name)
