@@ -5,8 +5,9 @@
  * reference interpreter in f64 (the exact meaning of the graph), both behind the RtBackend
  * interface and both fed the same random parameters (rt_init_tensor with one seed: each
  * tensor's values depend only on the seed and its name) and the same random inputs. It compares
- * the grad entry (the loss and the gradient tensors), a few train steps, the eval entry, and the grad entry again at a smaller batch
- * (the code path specialised for a run-time batch), printing one line per tensor.
+ * the grad entry (the loss and the gradient tensors), a few train steps, one step cut in two
+ * (grad, then apply), the eval entry, and the grad entry again at a smaller batch (the code path
+ * specialised for a run-time batch), printing one line per tensor.
  *
  * Tolerance rule (check_tolerance): an element x of the program against the reference r passes
  * when |x - r| <= abs + rel * (|r| + S), where S is the largest |r| in the tensor. For f32
@@ -306,6 +307,15 @@ int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
     compare_all(&s, out_role, "train", s.plan.batch, phase, x, r, &ty, out);
     compare_all(&s, persistent, "train", s.plan.batch, phase, x, r, &ty, out);
   }
+
+  /* 2b. The same step cut in two: grad, then apply from the gradient tensors. */
+  random_inputs(g, &s, &rng, buf);
+  if (run(&s.cbe, "grad", s.plan.batch, "compiled") ||
+      run(&s.rbe, "grad", s.plan.batch, "reference") ||
+      run(&s.cbe, "apply", s.plan.batch, "compiled") ||
+      run(&s.rbe, "apply", s.plan.batch, "reference"))
+    goto done;
+  compare_all(&s, persistent, "apply", s.plan.batch, "apply", x, r, &ty, out);
 
   /* 3. Evaluation. */
   if (run(&s.cbe, "eval", s.plan.batch, "compiled") ||
