@@ -2,9 +2,11 @@
  * kiln_abi.h — the contract between a generated training step and the code that drives it.
  *
  * A generated translation unit (kiln emit) defines one `const kiln_program kiln_program_desc`
- * describing every tensor that lives in its arena, plus the entry points. The trainer runtime
- * (runtime/trainer.c), `kiln check` and the JIT read only this description: they never see the
- * compiler's IR. The generated file embeds this header verbatim (see cg_c.c), so a trainer needs
+ * describing every tensor that lives in its arena, the entry points (a table of named functions)
+ * and the model's training defaults (a table of key/value settings). The trainer runtime
+ * (runtime/rt_train.c), `kiln check` and the JIT read only this description: they never see the
+ * compiler's IR. Drivers look entries, tensors and settings up by name, so a new entry point or a
+ * new training option adds a row to a table and leaves this layout alone. The generated file embeds this header verbatim (see cg_c.c), so a trainer needs
  * nothing from kiln at run time and the two copies can never disagree.
  *
  * Layout: one arena of `arena_bytes` bytes, 64-byte aligned. Persistent tensors (parameters,
@@ -13,17 +15,34 @@
  * the batch (batch_axis >= 0) are laid out for the maximum batch `batch`; an entry point called
  * with a smaller batch uses the leading part of each such buffer.
  *
+ * Entries of a trained model:
+ *   "train"  forward in training mode, backward and the optimizer update, fused (the fast path);
+ *   "grad"   forward in training mode and backward: writes "loss" and d loss / d param into the
+ *            persistent gradient tensor "grad.<param>" (role GRAD) of every parameter, and
+ *            updates running statistics and the dropout counter as "train" does;
+ *   "apply"  the optimizer update from the "grad.<param>" tensors: parameters, optimizer state;
+ *   "eval"   forward in evaluation mode.
+ * "grad" then "apply" leaves bit-identical parameters, state and loss to "train"; between the two
+ * the host may read and overwrite the gradient tensors (accumulate, average, all-reduce).
+ *
  * Output names are fixed: "loss" (written by train and grad: the mean loss of the batch),
- * "eval.loss" and "eval.output" (eval entry: the loss and the model's declared output, e.g. the
- * logits, absent if the model declares none) and "grad.<param>" (grad entry: d loss / d param).
+ * "penalty" (train and grad, when the model regularizes), "eval.loss" and "eval.output" (eval
+ * entry: the loss and the model's declared output, e.g. the logits, absent if the model declares
+ * none).
+ *
+ * Settings are the model's training defaults, each value a number printed by kiln: "epochs",
+ * "steps" (full-batch updates for models whose data is in the file), "seed" and "patience"
+ * (early stopping after this many epochs without a better test loss; 0 = off). A driver ignores
+ * keys it does not know.
  */
 #ifndef KILN_ABI_H
 #define KILN_ABI_H
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 2
+#define KILN_ABI_VERSION 3
 #define KILN_ABI_MAX_RANK 6
+#define KILN_ABI_MAX_ENTRIES 31 /* bit i of kiln_tensor.entries is entry i */
 
 /* Element types. */
 enum { KILN_F32 = 0, KILN_F64 = 1, KILN_I32 = 2 };
@@ -35,11 +54,10 @@ enum {
   KILN_ROLE_HYPER = 2,  /* scalar hyper-parameter (lr, ...) the driver may override */
   KILN_ROLE_INPUT = 3,  /* written by the driver before an entry runs */
   KILN_ROLE_OUTPUT = 4, /* read by the driver after an entry runs */
-  KILN_ROLE_OPT = 5     /* optimizer-private state (moments, step count): zeroed, not saved */
+  KILN_ROLE_OPT = 5,    /* optimizer-private state (moments, step count): zeroed, not saved */
+  KILN_ROLE_GRAD = 6    /* a parameter's gradient, written by grad and read by apply; the host
+                           may read and overwrite it in between. Zeroed, not saved */
 };
-
-/* Where a data input comes from. */
-enum { KILN_SRC_NONE = 0, KILN_SRC_IMAGES = 1, KILN_SRC_LABELS = 2 };
 
 /* Parameter initialisers. Values a and b are the scheme's parameters (see runtime/rt_init.c). */
 enum {
@@ -57,9 +75,6 @@ enum {
   KILN_INIT_SEED = 11           /* a counter derived from the run seed: (seed mod 2^20) * 2^32 */
 };
 
-/* Entry points a tensor belongs to, as a bit set. */
-enum { KILN_ENTRY_TRAIN = 1, KILN_ENTRY_EVAL = 2, KILN_ENTRY_GRAD = 4 };
-
 typedef struct kiln_tensor {
   const char *name;      /* PyTorch-style name: "fc1.weight", "image", "loss", "grad.fc1.weight" */
   int role;              /* KILN_ROLE_* */
@@ -68,15 +83,17 @@ typedef struct kiln_tensor {
   int64_t dims[KILN_ABI_MAX_RANK]; /* for the maximum batch */
   int batch_axis;        /* index of the batch dimension in dims, or -1 */
   int64_t offset;        /* byte offset in the arena */
-  int entries;           /* KILN_ENTRY_* bits: which entry points read (inputs) or write it */
+  int entries;           /* bit i set: entry i of kiln_program.entries reads (inputs) or writes
+                            (outputs, gradients) it; 0: any entry may */
   /* Initialisation (params and state). */
   int init;              /* KILN_INIT_* */
   double init_a, init_b;
   int64_t fan_in, fan_out;
   const double *data;    /* KILN_INIT_DATA: numel values */
   /* Data inputs. */
-  int source;            /* KILN_SRC_* */
-  double scale;          /* images: value = pixel * scale */
+  const char *feed;      /* the data field the driver fills it from ("images", "labels"), or
+                            NULL when the driver does not feed it */
+  double scale;          /* a fed value is the field's value * scale (images / 255) */
 } kiln_tensor;
 
 /* The dropout mask, shared by generated code and the reference runtime so both drop exactly the
@@ -97,6 +114,19 @@ static inline double kiln_dropout_uniform(uint32_t salt, double counter, int64_t
 
 typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch);
 
+/* An entry point under its name ("train", "eval", "grad", "apply"). */
+typedef struct kiln_entry {
+  const char *name;
+  kiln_entry_fn fn;      /* NULL in descriptions of programs that are not compiled (the reference
+                            runtime runs entries by index through its own backend) */
+} kiln_entry;
+
+/* One training default: a key and a number, as text. */
+typedef struct kiln_setting {
+  const char *key;
+  const char *value;
+} kiln_setting;
+
 typedef struct kiln_program {
   int abi_version;       /* KILN_ABI_VERSION */
   const char *model;     /* model name (file stem) */
@@ -104,14 +134,10 @@ typedef struct kiln_program {
   int64_t arena_bytes;
   int ntensors;
   const kiln_tensor *tensors;
-  kiln_entry_fn train;   /* forward + backward + optimizer update; writes the loss */
-  kiln_entry_fn eval;    /* evaluation-mode forward; writes the loss and the prediction */
-  kiln_entry_fn grad;    /* forward + backward without update; writes loss and every gradient */
-  /* Defaults from the model file's train block. */
-  int epochs;
-  int64_t steps;         /* >0: number of full-batch updates for models whose data is in the file */
-  uint64_t seed;
-  int patience;          /* >0: early stopping after this many epochs without a better test loss */
+  int nentries;          /* at most KILN_ABI_MAX_ENTRIES */
+  const kiln_entry *entries;
+  int nsettings;
+  const kiln_setting *settings; /* defaults from the model file's train block */
 } kiln_program;
 
 #endif

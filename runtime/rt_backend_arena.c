@@ -3,7 +3,7 @@
  *
  * The generated code keeps every tensor at `arena + offset` in its own dtype; drivers (rt_train,
  * `kiln check`, `kiln grad`) exchange values as doubles. This file is the conversion between the
- * two, plus the entry-point call with the batch checked, so no caller pokes at the arena itself.
+ * two, plus the call of an entry (by its index in the program's table) with the batch checked, so no caller pokes at the arena itself.
  * Counts are clamped to the tensor's size at the maximum batch: a wrong count from a driver must
  * not read or write outside the tensor.
  */
@@ -22,12 +22,12 @@ static int arena_run(void *self, int entry, int64_t batch, char *err) {
   ArenaBe *a = self;
   if (!a)
     return rt_errf(err, "out of memory creating the arena backend");
-  kiln_entry_fn fn = entry == KILN_ENTRY_TRAIN  ? a->prog->train
-                     : entry == KILN_ENTRY_EVAL ? a->prog->eval
-                     : entry == KILN_ENTRY_GRAD ? a->prog->grad
-                                                : NULL;
+  if (entry < 0 || entry >= a->prog->nentries)
+    return rt_errf(err, "the program has no entry %d", entry);
+  kiln_entry_fn fn = a->prog->entries[entry].fn;
   if (!fn)
-    return rt_errf(err, "the program has no entry point %d", entry);
+    return rt_errf(err, "entry '%s' has no function",
+                   a->prog->entries[entry].name ? a->prog->entries[entry].name : "?");
   if (batch < 1 || batch > a->prog->batch)
     return rt_errf(err, "batch %lld is outside 1..%lld", (long long)batch,
                    (long long)a->prog->batch);

@@ -257,3 +257,13 @@ void rt_dataset_free(RtDataset *d) {
   rt_idx_free(&d->images);
   rt_idx_free(&d->labels);
 }
+
+const RtIdx *rt_dataset_field(const RtDataset *d, const char *name) {
+  if (!name)
+    return NULL;
+  if (!strcmp(name, "images"))
+    return &d->images;
+  if (!strcmp(name, "labels"))
+    return &d->labels;
+  return NULL;
+}

@@ -7,10 +7,13 @@
  * and print comparable lines.
  *
  * Two kinds of model:
- *  - data models read IMAGES/LABELS inputs: each epoch shuffles the training set, walks all of it
+ *  - data models have inputs fed from named data fields ("images", "labels" of an IDX dataset): each epoch shuffles the training set, walks all of it
  *    in batches (the last one smaller), then evaluates on the whole test set in order;
  *  - literal models carry their data in the model file: `steps` full-batch updates, then the
  *    parameters and the output are printed, for comparison against a hand or PyTorch computation.
+ *
+ * The model's defaults (epochs, steps, seed, patience) come from the program's settings table,
+ * looked up by key, so a new training option is a new key rather than a new ABI.
  *
  * Errors are collected in one buffer and printed once by rt_train, as "NAME: error: MESSAGE".
  */
@@ -172,6 +175,54 @@ int rt_find_tensor(const kiln_program *p, const char *name) {
   return -1;
 }
 
+int rt_find_entry(const kiln_program *p, const char *name) {
+  for (int i = 0; i < p->nentries; i++)
+    if (p->entries[i].name && !strcmp(p->entries[i].name, name))
+      return i;
+  return -1;
+}
+
+int rt_tensor_in_entry(const kiln_tensor *t, int entry) {
+  return !t->entries || (entry >= 0 && entry < KILN_ABI_MAX_ENTRIES && (t->entries >> entry & 1));
+}
+
+const char *rt_setting(const kiln_program *p, const char *key) {
+  for (int i = 0; i < p->nsettings; i++)
+    if (p->settings[i].key && !strcmp(p->settings[i].key, key))
+      return p->settings[i].value;
+  return NULL;
+}
+
+/* A setting's value is a number written in full: "12", "0.5", "1e-3". */
+static int is_number(const char *s) {
+  char *end;
+  if (!s || !*s)
+    return 0;
+  errno = 0;
+  double v = strtod(s, &end);
+  return !*end && !errno && isfinite(v);
+}
+
+int64_t rt_setting_int(const kiln_program *p, const char *key, int64_t dflt) {
+  const char *v = rt_setting(p, key);
+  char *end;
+  if (!v || !*v)
+    return dflt;
+  errno = 0;
+  long long n = strtoll(v, &end, 10);
+  return *end || errno ? dflt : (int64_t)n;
+}
+
+uint64_t rt_setting_u64(const kiln_program *p, const char *key, uint64_t dflt) {
+  const char *v = rt_setting(p, key);
+  char *end;
+  if (!v || !(*v >= '0' && *v <= '9'))
+    return dflt;
+  errno = 0;
+  unsigned long long n = strtoull(v, &end, 10);
+  return *end || errno ? dflt : (uint64_t)n;
+}
+
 int64_t rt_numel(const kiln_tensor *t, int64_t batch) {
   int64_t n = 1;
   for (int i = 0; i < t->rank; i++)
@@ -197,6 +248,29 @@ int rt_check_program(const kiln_program *p, char *err) {
     return rt_errf(err, "program has batch size %lld; it must be at least 1", (long long)p->batch);
   if (p->ntensors < 0 || (p->ntensors && !p->tensors))
     return rt_errf(err, "program has a bad tensor table");
+  if (p->nentries < 0 || p->nentries > KILN_ABI_MAX_ENTRIES || (p->nentries && !p->entries))
+    return rt_errf(err, "program has a bad entry table (%d entries, at most %d)", p->nentries,
+                   KILN_ABI_MAX_ENTRIES);
+  for (int i = 0; i < p->nentries; i++) {
+    if (!p->entries[i].name || !*p->entries[i].name)
+      return rt_errf(err, "entry %d has no name", i);
+    for (int j = 0; j < i; j++)
+      if (!strcmp(p->entries[j].name, p->entries[i].name))
+        return rt_errf(err, "two entries are named '%s'", p->entries[i].name);
+  }
+  if (p->nsettings < 0 || (p->nsettings && !p->settings))
+    return rt_errf(err, "program has a bad settings table");
+  for (int i = 0; i < p->nsettings; i++) {
+    const kiln_setting *st = &p->settings[i];
+    if (!st->key || !*st->key)
+      return rt_errf(err, "setting %d has no key", i);
+    for (int j = 0; j < i; j++)
+      if (!strcmp(p->settings[j].key, st->key))
+        return rt_errf(err, "two settings are named '%s'", st->key);
+    if (!is_number(st->value))
+      return rt_errf(err, "setting '%s' has value '%s', which is not a number", st->key,
+                     st->value ? st->value : "(null)");
+  }
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
     if (!t->name || !*t->name)
@@ -204,7 +278,7 @@ int rt_check_program(const kiln_program *p, char *err) {
     for (int j = 0; j < i; j++)
       if (!strcmp(p->tensors[j].name, t->name))
         return rt_errf(err, "two tensors are named '%s'", t->name);
-    if (t->role < KILN_ROLE_PARAM || t->role > KILN_ROLE_OPT)
+    if (t->role < KILN_ROLE_PARAM || t->role > KILN_ROLE_GRAD)
       return rt_errf(err, "tensor '%s' has unknown role %d", t->name, t->role);
     if (t->dtype < KILN_F32 || t->dtype > KILN_I32)
       return rt_errf(err, "tensor '%s' has unknown dtype %d", t->name, t->dtype);
@@ -220,8 +294,12 @@ int rt_check_program(const kiln_program *p, char *err) {
     if (t->batch_axis >= 0 && t->dims[t->batch_axis] < p->batch)
       return rt_errf(err, "tensor '%s' has room for %lld examples, the batch is %lld", t->name,
                      (long long)t->dims[t->batch_axis], (long long)p->batch);
-    if (t->role == KILN_ROLE_INPUT && t->source == KILN_SRC_IMAGES && !(t->scale != 0))
-      return rt_errf(err, "image input '%s' has scale 0: every pixel would read as 0", t->name);
+    if (t->entries < 0 || (p->nentries < KILN_ABI_MAX_ENTRIES && t->entries >> p->nentries))
+      return rt_errf(err, "tensor '%s' belongs to entries 0x%x, but the program has %d", t->name,
+                     (unsigned)t->entries, p->nentries);
+    if (t->role == KILN_ROLE_INPUT && t->feed && !(t->scale != 0))
+      return rt_errf(err, "input '%s' fed from '%s' has scale 0: every value would read as 0",
+                     t->name, t->feed);
   }
   int loss = rt_find_tensor(p, "loss");
   if (loss < 0 || p->tensors[loss].role != KILN_ROLE_OUTPUT)
@@ -334,6 +412,7 @@ typedef struct Run {
   double *buf;        /* scratch, room for the largest tensor */
   int64_t buf_n;
   uint64_t seed;
+  int train_e, eval_e;  /* entry indices; eval_e is -1 when the program has none */
   RtProgress progress;
 } Run;
 
@@ -357,6 +436,7 @@ static int init_tensors(Run *r) {
       }
       break;
     case KILN_ROLE_OPT:
+    case KILN_ROLE_GRAD:
       memset(r->buf, 0, (size_t)n * sizeof *r->buf);
       break;
     default:
@@ -383,55 +463,52 @@ static double read_scalar(Run *r, int t, int64_t batch) {
   return r->buf[0];
 }
 
-static int reads(const kiln_tensor *t, int entry) { return !t->entries || (t->entries & entry); }
-
 /* Writes examples order[first..first+b) (or first..first+b when order is NULL) of ds into every
- * data input read by `entry`. */
+ * fed input read by `entry`: each value is the field's value times the input's scale. */
 static void write_batch(Run *r, int entry, const RtDataset *ds, const int64_t *order,
                         int64_t first, int64_t b) {
   const kiln_program *p = r->prog;
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
-    if (t->role != KILN_ROLE_INPUT || !reads(t, entry))
+    const RtIdx *f = t->role == KILN_ROLE_INPUT ? rt_dataset_field(ds, t->feed) : NULL;
+    if (!f || !rt_tensor_in_entry(t, entry))
       continue;
-    if (t->source == KILN_SRC_IMAGES) {
-      int64_t item = ds->images.item;
-      for (int64_t k = 0; k < b; k++) {
-        const uint8_t *px = ds->images.data + (order ? order[first + k] : first + k) * item;
-        double *dst = r->buf + k * item;
-        for (int64_t j = 0; j < item; j++)
-          dst[j] = px[j] * t->scale;
-      }
-    } else if (t->source == KILN_SRC_LABELS) {
-      for (int64_t k = 0; k < b; k++)
-        r->buf[k] = ds->labels.data[order ? order[first + k] : first + k];
-    } else {
-      continue;
+    int64_t item = f->item;
+    for (int64_t k = 0; k < b; k++) {
+      const uint8_t *src = f->data + (order ? order[first + k] : first + k) * item;
+      double *dst = r->buf + k * item;
+      for (int64_t j = 0; j < item; j++)
+        dst[j] = src[j] * t->scale;
     }
     r->be->write(r->be->self, i, r->buf, rt_numel(t, b));
   }
 }
 
-/* Every data input must hold whole examples along axis 0, of the size the files provide. */
+/* Every fed input must name a field the dataset has and hold whole examples along axis 0, of
+ * the size the files provide. */
 static int check_data_inputs(Run *r, const RtDataset *ds, const char *dir) {
   const kiln_program *p = r->prog;
   char want[128], got[128];
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
-    if (t->role != KILN_ROLE_INPUT || t->source == KILN_SRC_NONE)
+    if (t->role != KILN_ROLE_INPUT || !t->feed)
       continue;
+    const RtIdx *f = rt_dataset_field(ds, t->feed);
+    if (!f)
+      return rt_errf(r->err, "input '%s' is fed from '%s', which the dataset in %s does not "
+                     "have (it has images and labels)", t->name, t->feed, dir);
     if (t->batch_axis != 0)
       return rt_errf(r->err, "data input '%s' must have the batch as its first axis", t->name);
     rt_format_dims(want, sizeof want, t->rank, t->dims);
-    if (t->source == KILN_SRC_IMAGES && rt_numel(t, 1) != ds->images.item) {
-      rt_format_dims(got, sizeof got, ds->images.rank - 1, ds->images.dims + 1);
-      return rt_errf(r->err, "input '%s' has shape %s (%lld values per example), but the images "
-                     "in %s are %s (%lld values)", t->name, want, (long long)rt_numel(t, 1), dir,
-                     got, (long long)ds->images.item);
-    }
-    if (t->source == KILN_SRC_LABELS && rt_numel(t, 1) != 1)
+    if (f == &ds->labels && rt_numel(t, 1) != 1)
       return rt_errf(r->err, "label input '%s' has shape %s: expected one label per example",
                      t->name, want);
+    if (rt_numel(t, 1) != f->item) {
+      rt_format_dims(got, sizeof got, f->rank - 1, f->dims + 1);
+      return rt_errf(r->err, "input '%s' has shape %s (%lld values per example), but the %s "
+                     "in %s are %s (%lld values)", t->name, want, (long long)rt_numel(t, 1),
+                     t->feed, dir, got, (long long)f->item);
+    }
   }
   return 0;
 }
@@ -444,20 +521,21 @@ static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, doub
   int tl = rt_find_tensor(p, "eval.loss"), to = rt_find_tensor(p, "eval.output");
   int have_labels = 0;
   for (int i = 0; i < p->ntensors; i++)
-    if (p->tensors[i].role == KILN_ROLE_INPUT && p->tensors[i].source == KILN_SRC_LABELS)
+    if (p->tensors[i].role == KILN_ROLE_INPUT && p->tensors[i].feed &&
+        !strcmp(p->tensors[i].feed, "labels"))
       have_labels = 1;
   const kiln_tensor *out = to >= 0 ? &p->tensors[to] : NULL;
   int64_t classes = out && out->rank >= 2 && out->batch_axis == 0 ? out->dims[out->rank - 1] : 0;
   int can_score = have_labels && classes > 0 && rt_numel(out, 1) == classes;
   *loss = *acc = NAN;
-  if ((tl < 0 && !can_score) || n <= 0)
+  if ((tl < 0 && !can_score) || n <= 0 || r->eval_e < 0)
     return 0;
   double loss_sum = 0;
   int64_t correct = 0;
   for (int64_t first = 0; first < n; first += p->batch) {
     int64_t b = n - first < p->batch ? n - first : p->batch;
-    write_batch(r, KILN_ENTRY_EVAL, test, NULL, first, b);
-    if (run_entry(r, KILN_ENTRY_EVAL, b))
+    write_batch(r, r->eval_e, test, NULL, first, b);
+    if (run_entry(r, r->eval_e, b))
       return -1;
     if (tl >= 0) {
       double l = read_scalar(r, tl, b);
@@ -545,6 +623,12 @@ static int best_copy(Run *r, Best *b, int restore) {
   return 0;
 }
 
+/* Early stopping's default from the model: epochs without a better test loss, 0 = off. */
+static int model_patience(const kiln_program *p) {
+  int64_t n = rt_setting_int(p, "patience", 0);
+  return n > 0 && n <= 1000000000 ? (int)n : 0;
+}
+
 static int train_data(Run *r) {
   const kiln_program *p = r->prog;
   const RtOptions *o = r->o;
@@ -584,14 +668,17 @@ static int train_data(Run *r) {
     goto done;
   }
 
-  int epochs = o->epochs > 0 ? o->epochs : p->epochs > 0 ? p->epochs : 1;
+  int64_t model_epochs = rt_setting_int(p, "epochs", 1);
+  int epochs = o->epochs > 0                                    ? o->epochs
+               : model_epochs > 0 && model_epochs <= 1000000000 ? (int)model_epochs
+                                                                : 1;
   int64_t steps = (ntrain + p->batch - 1) / p->batch;
   int loss_t = rt_find_tensor(p, "loss");
   RtRng rng;
   rt_rng_seed(&rng, rt_hash_name(r->seed, "kiln.shuffle"));
   double train_time = 0, train_loss = NAN, test_loss = NAN, acc = NAN;
   int64_t train_images = 0;
-  int patience = o->patience > 0 ? o->patience : p->patience > 0 ? p->patience : 0;
+  int patience = o->patience > 0 ? o->patience : model_patience(p);
   int ran = 0, stopped = 0;
   /* The loss the train step reports includes the regularization penalty when there is one. */
   const char *train_name = rt_find_tensor(p, "penalty") >= 0 ? "train_loss(+penalty)" : "train_loss";
@@ -604,8 +691,8 @@ static int train_data(Run *r) {
     rt_shuffle(&rng, order, ntrain);
     for (int64_t step = 1; step <= steps; step++) {
       int64_t b = ntrain - seen < p->batch ? ntrain - seen : p->batch;
-      write_batch(r, KILN_ENTRY_TRAIN, &train, order, seen, b);
-      if (run_entry(r, KILN_ENTRY_TRAIN, b) || check_step(r, epoch, step, b, loss_t))
+      write_batch(r, r->train_e, &train, order, seen, b);
+      if (run_entry(r, r->train_e, b) || check_step(r, epoch, step, b, loss_t))
         goto done;
       loss_sum += read_scalar(r, loss_t, b) * (double)b;
       seen += b;
@@ -685,8 +772,8 @@ static void write_literal_inputs(Run *r, int entry) {
   const kiln_program *p = r->prog;
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
-    if (t->role == KILN_ROLE_INPUT && t->source == KILN_SRC_NONE && t->init == KILN_INIT_DATA &&
-        t->data && reads(t, entry))
+    if (t->role == KILN_ROLE_INPUT && !t->feed && t->init == KILN_INIT_DATA && t->data &&
+        rt_tensor_in_entry(t, entry))
       r->be->write(r->be->self, i, t->data, rt_numel(t, p->batch));
   }
 }
@@ -704,12 +791,14 @@ static int train_literal(Run *r) {
   const kiln_program *p = r->prog;
   const RtOptions *o = r->o;
   /* An explicit --epochs counts steps here; otherwise the model's steps, else its epochs. */
-  int64_t steps = o->epochs > 0 ? o->epochs : p->steps > 0 ? p->steps : p->epochs > 0 ? p->epochs : 1;
+  int64_t model_steps = rt_setting_int(p, "steps", 0), model_epochs = rt_setting_int(p, "epochs", 1);
+  int64_t steps = o->epochs > 0 ? o->epochs : model_steps > 0 ? model_steps
+                                            : model_epochs > 0 ? model_epochs : 1;
   int loss_t = rt_find_tensor(p, "loss");
   double loss = NAN, t0 = rt_now();
   for (int64_t s = 1; s <= steps; s++) {
-    write_literal_inputs(r, KILN_ENTRY_TRAIN);
-    if (run_entry(r, KILN_ENTRY_TRAIN, p->batch))
+    write_literal_inputs(r, r->train_e);
+    if (run_entry(r, r->train_e, p->batch))
       return -1;
     loss = read_scalar(r, loss_t, p->batch);
     if (!o->quiet) {
@@ -724,9 +813,9 @@ static int train_literal(Run *r) {
     if (p->tensors[i].role == KILN_ROLE_PARAM)
       print_values(r, p->tensors[i].name, i, p->batch);
   int out = rt_find_tensor(p, "eval.output");
-  if (out >= 0) {
-    write_literal_inputs(r, KILN_ENTRY_EVAL);
-    if (run_entry(r, KILN_ENTRY_EVAL, p->batch))
+  if (out >= 0 && r->eval_e >= 0) {
+    write_literal_inputs(r, r->eval_e);
+    if (run_entry(r, r->eval_e, p->batch))
       return -1;
     print_values(r, "output", out, p->batch);
   }
@@ -744,7 +833,13 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   if (rt_check_program(r.prog, r.err))
     goto done;
   const kiln_program *p = r.prog;
-  r.seed = o->have_seed ? o->seed : p->seed;
+  r.seed = o->have_seed ? o->seed : rt_setting_u64(p, "seed", 1);
+  r.train_e = rt_find_entry(p, "train");
+  r.eval_e = rt_find_entry(p, "eval");
+  if (r.train_e < 0) {
+    rt_errf(r.err, "program '%s' has no \"train\" entry", p->model ? p->model : "?");
+    goto done;
+  }
   r.buf_n = 1;
   for (int i = 0; i < p->ntensors; i++) {
     int64_t n = rt_numel(&p->tensors[i], p->batch);
@@ -763,9 +858,9 @@ int rt_train(RtBackend *be, const RtOptions *o) {
     goto done;
   int data = 0;
   for (int i = 0; i < p->ntensors; i++)
-    if (p->tensors[i].role == KILN_ROLE_INPUT && p->tensors[i].source != KILN_SRC_NONE)
+    if (p->tensors[i].role == KILN_ROLE_INPUT && p->tensors[i].feed)
       data = 1;
-  if (!data && (o->patience > 0 || p->patience > 0)) {
+  if (!data && (o->patience > 0 || model_patience(p) > 0)) {
     rt_errf(r.err, "early stopping needs a test set, but model '%s' has its data in the file "
             "(no --data)", p->model ? p->model : "?");
     goto done;

@@ -60,6 +60,9 @@ typedef struct RtDataset { RtIdx images, labels; } RtDataset;
 int rt_dataset_load(const char *dir, const char *split /* "train" or "t10k" */, RtDataset *out,
                     char *err);
 void rt_dataset_free(RtDataset *d);
+/* The dataset as a provider of named fields, each holding one item per example: "images" (the
+ * pixels) and "labels"; NULL for a field it does not have. */
+const RtIdx *rt_dataset_field(const RtDataset *d, const char *name);
 
 /* ---- rt_safetensors.c: checkpoints ---------------------------------------------------------- */
 
@@ -113,7 +116,8 @@ int rt_csv_close(RtCsv *c, char *err);
 typedef struct RtBackend {
   const kiln_program *prog;
   void *self;
-  /* entry: KILN_ENTRY_TRAIN / EVAL / GRAD; batch <= prog->batch. Returns 0, or -1 with err. */
+  /* entry: an index into prog->entries (rt_find_entry); batch <= prog->batch. Returns 0, or -1
+   * with err. */
   int (*run)(void *self, int entry, int64_t batch, char *err);
   void (*read)(void *self, int tensor, double *out, int64_t n);
   void (*write)(void *self, int tensor, const double *in, int64_t n);
@@ -143,7 +147,8 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
 int rt_train(RtBackend *be, const RtOptions *o);
 
 /* Checks what the driver relies on: the ABI version, a positive batch, every tensor's name
- * (present, unique), role, dtype, rank, dims and batch axis, and a "loss" output. */
+ * (present, unique), role, dtype, rank, dims, batch axis and entry bits, a "loss" output, entry
+ * names (present, unique) and settings (keys present and unique, values numbers). */
 int rt_check_program(const kiln_program *p, char *err);
 
 /* "[64, 1, 28, 28]" into buf (len bytes), for messages naming a tensor's shape. */
@@ -152,6 +157,17 @@ void rt_format_dims(char *buf, size_t len, int rank, const int64_t *dims);
 /* Index of the tensor named `name`, or -1. */
 int rt_find_tensor(const kiln_program *p, const char *name);
 int64_t rt_numel(const kiln_tensor *t, int64_t batch);
+/* Index of the entry named `name` ("train", "grad", ...) in p->entries, or -1. */
+int rt_find_entry(const kiln_program *p, const char *name);
+/* Whether tensor t is read or written by entry `entry` (an index; a tensor without entry bits
+ * belongs to every entry). */
+int rt_tensor_in_entry(const kiln_tensor *t, int entry);
+/* The value of setting `key`, or NULL. */
+const char *rt_setting(const kiln_program *p, const char *key);
+/* Setting `key` as a whole number; dflt when it is absent or not one (rt_check_program refuses
+ * values that are not numbers). */
+int64_t rt_setting_int(const kiln_program *p, const char *key, int64_t dflt);
+uint64_t rt_setting_u64(const kiln_program *p, const char *key, uint64_t dflt);
 
 /* Saving and loading the checkpoint of a backend: params and saved state under their names. */
 int rt_save_checkpoint(RtBackend *be, const char *path, char *err);

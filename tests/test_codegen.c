@@ -26,6 +26,7 @@
 #include "backend/backend.h"
 #include "ref/ref.h"
 #include "runtime.h"
+#include "front/front.h"
 
 extern const char kiln_abi_h_text[];
 
@@ -131,16 +132,22 @@ static void randomise(Run *r, uint64_t seed, double lo, double hi) {
   }
 }
 
-/* Runs entry on both sides at batch and compares every output the entry writes. */
-static void run_compare(Run *r, int entry, int64_t batch) {
+/* Whether tensor t holds a result of entry e: an output or a gradient the entry writes. */
+static bool result_of(const kiln_tensor *t, int e) {
+  return (t->role == KILN_ROLE_OUTPUT || t->role == KILN_ROLE_GRAD) && rt_tensor_in_entry(t, e);
+}
+
+/* Runs the entry named `name` on both sides at batch and compares every output and gradient the
+ * entry writes, and every parameter and state. */
+static void run_compare(Run *r, const char *name, int64_t batch) {
   char err[RT_ERR_LEN];
+  int entry = rt_find_entry(r->prog, name);
+  ck_assert_int_ge(entry, 0);
   ck_assert_msg(r->cbe.run(r->cbe.self, entry, batch, err) == 0, "compiled: %s", err);
   ck_assert_msg(r->rbe.run(r->rbe.self, entry, batch, err) == 0, "reference: %s", err);
   for (int i = 0; i < r->plan.ntensors; i++) {
     const kiln_tensor *t = &r->plan.tensors[i];
-    bool written = t->role == KILN_ROLE_OUTPUT ? (t->entries & entry) != 0
-                                               : t->role == KILN_ROLE_PARAM ||
-                                                     t->role == KILN_ROLE_STATE;
+    bool written = result_of(t, entry) || t->role == KILN_ROLE_PARAM || t->role == KILN_ROLE_STATE;
     if (!written)
       continue;
     int64_t n = rt_numel(t, batch);
@@ -166,11 +173,11 @@ static void compare_grad(int64_t batch, double lo, double hi) {
   Run r;
   run_open(&r, batch);
   randomise(&r, 42, lo, hi);
-  run_compare(&r, KILN_ENTRY_GRAD, batch);
+  run_compare(&r, "grad", batch);
   if (batch > 2)
-    run_compare(&r, KILN_ENTRY_GRAD, batch - 1);
+    run_compare(&r, "grad", batch - 1);
   if (batch > 1)
-    run_compare(&r, KILN_ENTRY_GRAD, 1);
+    run_compare(&r, "grad", 1);
   run_close(&r);
 }
 
@@ -331,10 +338,10 @@ START_TEST(activations_and_transpose) {
   run_open(&r, 4);
   randomise(&r, 5, -2.0, 2.0);
   char err[RT_ERR_LEN];
-  ck_assert_int_eq(r.cbe.run(r.cbe.self, KILN_ENTRY_GRAD, 3, err), 0);
+  ck_assert_int_eq(r.cbe.run(r.cbe.self, rt_find_entry(r.prog, "grad"), 3, err), 0);
   for (int i = 0; i < r.plan.ntensors; i++) {
     const kiln_tensor *kt = &r.plan.tensors[i];
-    if (kt->role != KILN_ROLE_OUTPUT)
+    if (kt->role != KILN_ROLE_OUTPUT && kt->role != KILN_ROLE_GRAD)
       continue;
     double v[64];
     int64_t n = rt_numel(kt, 3);
@@ -418,7 +425,7 @@ START_TEST(dropout_masks_match_reference) {
   static const int64_t batches[] = {5, 4, 1};
   for (size_t bi = 0; bi < 3; bi++) {
     int64_t b = batches[bi];
-    run_compare(&r, KILN_ENTRY_GRAD, b);
+    run_compare(&r, "grad", b);
     for (int i = 0; i < r.plan.ntensors; i++) {
       const kiln_tensor *t = &r.plan.tensors[i];
       if (t->role != KILN_ROLE_OUTPUT)
@@ -540,9 +547,9 @@ START_TEST(conv2d_and_adjoints_gemm) {
   ck_assert_ptr_nonnull(strstr(r.src.p, dt == DT_F64 ? "kiln_dgemm_acc(" : "kiln_sgemm_acc("));
   ck_assert_ptr_nonnull(strstr(r.src.p, "#pragma omp parallel for num_threads(3)"));
   randomise(&r, 42, -1.0, 1.0);
-  run_compare(&r, KILN_ENTRY_GRAD, 3);
-  run_compare(&r, KILN_ENTRY_GRAD, 2);
-  run_compare(&r, KILN_ENTRY_GRAD, 1);
+  run_compare(&r, "grad", 3);
+  run_compare(&r, "grad", 2);
+  run_compare(&r, "grad", 1);
   run_close(&r);
 }
 END_TEST
@@ -563,10 +570,10 @@ static unsigned char *grad_outputs(const char *src, int64_t batch, size_t *len) 
     if (p->tensors[i].role != KILN_ROLE_OUTPUT)
       for (int64_t k = 0; k < rt_numel(&p->tensors[i], p->batch); k++)
         ((float *)(arena + p->tensors[i].offset))[k] = (float)rt_rng_uniform(&rng) - 0.5f;
-  p->grad(arena, batch);
+  p->entries[rt_find_entry(p, "grad")].fn(arena, batch);
   Buf o = {0};
   for (int i = 0; i < p->ntensors; i++)
-    if (p->tensors[i].role == KILN_ROLE_OUTPUT) {
+    if (p->tensors[i].role == KILN_ROLE_OUTPUT || p->tensors[i].role == KILN_ROLE_GRAD) {
       size_t n = (size_t)rt_numel(&p->tensors[i], batch) * sizeof(float);
       for (size_t k = 0; k < n; k++)
         buf_printf(&o, "%02x", arena[p->tensors[i].offset + (int64_t)k]);
@@ -663,9 +670,9 @@ START_TEST(pools_and_adjoints) {
   run_open(&r, 3);
   randomise(&r, 11, -1.0, 1.0);
   write_both(&r, "xt", 3, tied_value);
-  run_compare(&r, KILN_ENTRY_GRAD, 3);
-  run_compare(&r, KILN_ENTRY_GRAD, 2);
-  run_compare(&r, KILN_ENTRY_GRAD, 1);
+  run_compare(&r, "grad", 3);
+  run_compare(&r, "grad", 2);
+  run_compare(&r, "grad", 1);
   run_close(&r);
 }
 END_TEST
@@ -746,12 +753,12 @@ START_TEST(train_entries_match) {
     r.cbe.write(r.cbe.self, i, v, n);
     r.rbe.write(r.rbe.self, i, v, n);
   }
-  run_compare(&r, KILN_ENTRY_GRAD, 8);
+  run_compare(&r, "grad", 8);
   for (int step = 0; step < 3; step++)
-    run_compare(&r, KILN_ENTRY_TRAIN, 8);
-  run_compare(&r, KILN_ENTRY_TRAIN, 3); /* a final partial batch */
-  run_compare(&r, KILN_ENTRY_EVAL, 8);
-  run_compare(&r, KILN_ENTRY_EVAL, 5);
+    run_compare(&r, "train", 8);
+  run_compare(&r, "train", 3); /* a final partial batch */
+  run_compare(&r, "eval", 8);
+  run_compare(&r, "eval", 5);
   run_close(&r);
 }
 END_TEST
@@ -790,8 +797,8 @@ START_TEST(fused_chain_is_one_kernel) {
       kernels += p[13] >= '0' && p[13] <= '9';
     ck_assert_msg(kernels == 2 * (fuse ? 1 : 8), "%d kernels\n%s", kernels, r.src.p);
     randomise(&r, 5, -2.0, 2.0);
-    run_compare(&r, KILN_ENTRY_GRAD, 3);
-    run_compare(&r, KILN_ENTRY_GRAD, 2);
+    run_compare(&r, "grad", 3);
+    run_compare(&r, "grad", 2);
     run_close(&r);
   }
   unsetenv("KILN_FUSE");
@@ -825,13 +832,14 @@ START_TEST(update_in_place_only_when_safe) {
   ck_assert_msg(strstr(r.src.p, "/* q */") != NULL, "q is not copied\n%s", r.src.p);
   randomise(&r, 11, 0.1, 1.0);
   for (int step = 0; step < 3; step++)
-    run_compare(&r, KILN_ENTRY_TRAIN, 1);
+    run_compare(&r, "train", 1);
   run_close(&r);
 }
 END_TEST
 
 /* Reads every tensor the driver can see (outputs of `entry`, parameters and state). */
-static double *snapshot(Run *r, int entry, int64_t batch, int64_t *total) {
+static double *snapshot(Run *r, const char *name, int64_t batch, int64_t *total) {
+  int entry = rt_find_entry(r->prog, name);
   int64_t n = 0;
   for (int i = 0; i < r->plan.ntensors; i++)
     n += rt_numel(&r->plan.tensors[i], batch);
@@ -839,8 +847,9 @@ static double *snapshot(Run *r, int entry, int64_t batch, int64_t *total) {
   for (int i = 0; i < r->plan.ntensors; i++) {
     const kiln_tensor *t = &r->plan.tensors[i];
     int64_t k = rt_numel(t, batch);
-    bool seen = t->role == KILN_ROLE_OUTPUT ? (t->entries & entry) != 0
-                                            : t->role != KILN_ROLE_INPUT;
+    bool seen = t->role == KILN_ROLE_OUTPUT || t->role == KILN_ROLE_GRAD
+                    ? rt_tensor_in_entry(t, entry)
+                    : t->role != KILN_ROLE_INPUT;
     if (seen)
       r->cbe.read(r->cbe.self, i, at, k);
     else
@@ -897,11 +906,10 @@ START_TEST(fusion_matches_unfused) {
   ck_assert_int_eq(r[0].plan.ntensors, r[1].plan.ntensors);
   ck_assert_msg(strcmp(r[0].src.p, r[1].src.p) != 0, "fusion changed nothing");
   const struct {
-    int entry;
+    const char *entry;
     int64_t batch;
-  } steps[] = {{KILN_ENTRY_GRAD, 8},  {KILN_ENTRY_TRAIN, 8}, {KILN_ENTRY_TRAIN, 8},
-               {KILN_ENTRY_TRAIN, 8}, {KILN_ENTRY_TRAIN, 3}, {KILN_ENTRY_EVAL, 8},
-               {KILN_ENTRY_EVAL, 5}};
+  } steps[] = {{"grad", 8},  {"train", 8}, {"train", 8}, {"train", 8},
+               {"train", 3}, {"eval", 8},  {"eval", 5}};
   for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
     int64_t n0, n1;
     for (int f = 0; f < 2; f++)
@@ -933,8 +941,8 @@ START_TEST(update_chain_order) {
   Run r;
   run_open(&r, 1);
   randomise(&r, 3, -1.0, 1.0);
-  run_compare(&r, KILN_ENTRY_TRAIN, 1);
-  run_compare(&r, KILN_ENTRY_TRAIN, 1);
+  run_compare(&r, "train", 1);
+  run_compare(&r, "train", 1);
   run_close(&r);
 }
 END_TEST
@@ -978,7 +986,7 @@ START_TEST(bad_labels_give_nan) {
   int li = rt_find_tensor(r.prog, "label");
   r.cbe.write(r.cbe.self, li, labels, 3);
   char err[RT_ERR_LEN];
-  ck_assert_int_eq(r.cbe.run(r.cbe.self, KILN_ENTRY_GRAD, 3, err), 0);
+  ck_assert_int_eq(r.cbe.run(r.cbe.self, rt_find_entry(r.prog, "grad"), 3, err), 0);
   double loss, dz[15];
   r.cbe.read(r.cbe.self, rt_find_tensor(r.prog, "loss"), &loss, 1);
   r.cbe.read(r.cbe.self, rt_find_tensor(r.prog, "dz"), dz, 15);
@@ -1019,6 +1027,9 @@ static const char golden_relu[] =
     "static void grad_full(unsigned char *arena) {\n"
     "}\n"
     "\n"
+    "static void apply_full(unsigned char *arena) {\n"
+    "}\n"
+    "\n"
     "static void train_n(unsigned char *arena, int64_t B) {\n"
     "  (void)B;\n"
     "}\n"
@@ -1029,6 +1040,10 @@ static const char golden_relu[] =
     "}\n"
     "\n"
     "static void grad_n(unsigned char *arena, int64_t B) {\n"
+    "  (void)B;\n"
+    "}\n"
+    "\n"
+    "static void apply_n(unsigned char *arena, int64_t B) {\n"
     "  (void)B;\n"
     "}\n"
     "\n"
@@ -1053,16 +1068,36 @@ static const char golden_relu[] =
     "    grad_n(arena, batch);\n"
     "}\n"
     "\n"
+    "static void kiln_apply(unsigned char *arena, int64_t batch) {\n"
+    "  if (batch == 8)\n"
+    "    apply_full(arena);\n"
+    "  else if (batch >= 1 && batch < 8)\n"
+    "    apply_n(arena, batch);\n"
+    "}\n"
+    "\n"
     "static const kiln_tensor kiln_tensors[2] = {\n"
     "  {.name = \"x\", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 2, .dims = {8, 4},\n"
     "   .batch_axis = 0, .offset = 0, .entries = 2, .init = 0,\n"
     "   .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,\n"
-    "   .data = NULL, .source = 0, .scale = 0},\n"
-    "  {.name = \"eval.output\", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, .dims = "
-    "{8, 4},\n"
+    "   .data = NULL, .feed = NULL, .scale = 0},\n"
+    "  {.name = \"eval.output\", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, "
+    ".dims = {8, 4},\n"
     "   .batch_axis = 0, .offset = 128, .entries = 2, .init = 0,\n"
     "   .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,\n"
-    "   .data = NULL, .source = 0, .scale = 0},\n"
+    "   .data = NULL, .feed = NULL, .scale = 0},\n"
+    "};\n"
+    "\n"
+    "static const kiln_entry kiln_entries[4] = {\n"
+    "  {\"train\", kiln_train},\n"
+    "  {\"eval\", kiln_eval},\n"
+    "  {\"grad\", kiln_grad},\n"
+    "  {\"apply\", kiln_apply},\n"
+    "};\n"
+    "static const kiln_setting kiln_settings[4] = {\n"
+    "  {\"epochs\", \"1\"},\n"
+    "  {\"steps\", \"0\"},\n"
+    "  {\"seed\", \"1\"},\n"
+    "  {\"patience\", \"0\"},\n"
     "};\n"
     "\n"
     "const kiln_program kiln_program_desc = {\n"
@@ -1072,13 +1107,10 @@ static const char golden_relu[] =
     "  .arena_bytes = 256,\n"
     "  .ntensors = 2,\n"
     "  .tensors = kiln_tensors,\n"
-    "  .train = kiln_train,\n"
-    "  .eval = kiln_eval,\n"
-    "  .grad = kiln_grad,\n"
-    "  .epochs = 1,\n"
-    "  .steps = 0,\n"
-    "  .seed = UINT64_C(1),\n"
-    "  .patience = 0,\n"
+    "  .nentries = 4,\n"
+    "  .entries = kiln_entries,\n"
+    "  .nsettings = 4,\n"
+    "  .settings = kiln_settings,\n"
     "};\n";
 
 START_TEST(golden_one_op_program) {
@@ -1241,6 +1273,227 @@ START_TEST(aot_builds_a_trainer) {
 }
 END_TEST
 
+/* ---- grad and apply against train ------------------------------------------------------------ */
+
+/* Replaces the fixture's graph by a model compiled from text, with its entries built. */
+static void use_model(const char *src) {
+  Trap t;
+  Graph *volatile m = NULL;
+  if (KILN_TRY(&t)) {
+    m = fe_compile_string("split.kiln", src);
+    train_build(m);
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    ir_free(m);
+    ck_abort_msg("compile failed: %s", t.msg);
+  }
+  ir_free(g);
+  g = m;
+}
+
+/* What a driver does before training, on both sides: persistent tensors from their initialisers
+ * (seeded by name, so two Runs start equal), zeros for optimizer state and gradients. */
+static void init_persistent(Run *r, uint64_t seed) {
+  for (int i = 0; i < r->plan.ntensors; i++) {
+    const kiln_tensor *t = &r->plan.tensors[i];
+    if (t->role == KILN_ROLE_INPUT || t->role == KILN_ROLE_OUTPUT)
+      continue;
+    int64_t n = rt_numel(t, r->plan.batch);
+    double *v = calloc((size_t)n + 1, sizeof *v);
+    if (t->role != KILN_ROLE_OPT && t->role != KILN_ROLE_GRAD)
+      rt_init_tensor(t, seed, v, n);
+    r->cbe.write(r->cbe.self, i, v, n);
+    r->rbe.write(r->rbe.self, i, v, n);
+    free(v);
+  }
+}
+
+/* Random inputs for rows [first, first + rows) of a batch drawn from seed, written as a batch of
+ * `rows` into both sides of r: floats in [-1, 1), labels in [0, 5). */
+static void feed_rows(Run *r, uint64_t seed, int64_t first, int64_t rows) {
+  RtRng rng;
+  rt_rng_seed(&rng, seed);
+  for (int i = 0; i < r->plan.ntensors; i++) {
+    const kiln_tensor *t = &r->plan.tensors[i];
+    if (t->role != KILN_ROLE_INPUT)
+      continue;
+    int64_t n = rt_numel(t, r->plan.batch), item = rt_numel(t, 1);
+    double *v = malloc((size_t)(n + 1) * sizeof *v);
+    for (int64_t k = 0; k < n; k++) {
+      v[k] = t->dtype == KILN_I32 ? (double)rt_rng_below(&rng, 5) : 2 * rt_rng_uniform(&rng) - 1;
+      if (t->dtype == KILN_F32)
+        v[k] = (double)(float)v[k];
+    }
+    r->cbe.write(r->cbe.self, i, v + first * item, rows * item);
+    r->rbe.write(r->rbe.self, i, v + first * item, rows * item);
+    free(v);
+  }
+}
+
+static void run_both(Run *r, const char *entry, int64_t batch) {
+  char err[RT_ERR_LEN];
+  int e = rt_find_entry(r->prog, entry);
+  ck_assert_int_ge(e, 0);
+  ck_assert_int_eq(rt_find_entry(&r->rprog, entry), e);
+  ck_assert_msg(r->cbe.run(r->cbe.self, e, batch, err) == 0, "compiled %s: %s", entry, err);
+  ck_assert_msg(r->rbe.run(r->rbe.self, e, batch, err) == 0, "reference %s: %s", entry, err);
+}
+
+/* Every parameter, state and optimizer state (and with `outputs`, the loss and the penalty) of a
+ * and b, on one side: equal bit for bit (tol 0) or within tol of the tensor's magnitude. */
+static void same_state(Run *a, Run *b, bool compiled, bool outputs, double tol, const char *when) {
+  RtBackend *ba = compiled ? &a->cbe : &a->rbe, *bb = compiled ? &b->cbe : &b->rbe;
+  int compared = 0;
+  for (int i = 0; i < a->plan.ntensors; i++) {
+    const kiln_tensor *t = &a->plan.tensors[i];
+    if (t->role == KILN_ROLE_INPUT || t->role == KILN_ROLE_HYPER || t->role == KILN_ROLE_GRAD ||
+        (t->role == KILN_ROLE_OUTPUT &&
+         (!outputs || (strcmp(t->name, "loss") && strcmp(t->name, "penalty")))))
+      continue;
+    int64_t n = rt_numel(t, 1);
+    double *x = malloc((size_t)(n + 1) * sizeof *x), *y = malloc((size_t)(n + 1) * sizeof *y);
+    ba->read(ba->self, i, x, n);
+    bb->read(bb->self, i, y, n);
+    double scale = 0;
+    for (int64_t k = 0; k < n; k++)
+      scale = fmax(scale, fabs(y[k]));
+    for (int64_t k = 0; k < n; k++)
+      ck_assert_msg(tol == 0 ? !memcmp(&x[k], &y[k], sizeof x[k])
+                             : fabs(x[k] - y[k]) <= tol * (1 + scale),
+                    "%s, %s: %s[%lld] = %.17g, expected %.17g", when,
+                    compiled ? "compiled" : "reference", t->name, (long long)k, x[k], y[k]);
+    compared++;
+    free(x);
+    free(y);
+  }
+  ck_assert_int_ge(compared, 9);
+}
+
+/* Batch norm (running statistics), dropout (the step counter), Adam with weight decay (moments,
+ * step count) and both regularizations (the penalty, max_norm's projection). */
+static const char split_src[] =
+    "input image: f32[B, 1, 6, 6]\n"
+    "input label: i32[B]\n"
+    "c = conv2d(image, out=3, kernel=3, pad=1) as conv1\n"
+    "h = maxpool2d(relu(batchnorm(c) as bn1), kernel=2)\n"
+    "d = dropout(flatten(h), p=0.3)\n"
+    "logits = linear(d, out=5) as fc\n"
+    "loss = cross_entropy(logits, label)\n"
+    "output logits\n"
+    "minimize loss\n"
+    "train {\n"
+    "  optimizer = adam(lr=0.01, weight_decay=0.05)\n"
+    "  regularize = [elastic_net(l1=1e-3, l2=1e-2), max_norm(0.6)]\n"
+    "  batch = 4\n"
+    "}\n";
+
+/* grad then apply leaves bit-identical parameters, state and loss to train, on the compiled
+ * program and on the reference runtime, step after step; apply reads only the gradient tensors
+ * (grad, an entry that changes no parameter, then apply is the whole step). */
+START_TEST(grad_then_apply_is_train) {
+  use_model(split_src);
+  Run fused, split;
+  run_open(&fused, 4);
+  run_open(&split, 4);
+  init_persistent(&fused, 3);
+  init_persistent(&split, 3);
+  for (int step = 1; step <= 3; step++) {
+    int64_t b = step == 3 ? 3 : 4; /* and a final partial batch */
+    feed_rows(&fused, 100 + (uint64_t)step, 0, b);
+    feed_rows(&split, 100 + (uint64_t)step, 0, b);
+    run_both(&fused, "train", b);
+    run_both(&split, "grad", b);
+    run_both(&split, "apply", b);
+    char when[32];
+    snprintf(when, sizeof when, "step %d", step);
+    same_state(&split, &fused, true, true, 0, when);
+    same_state(&split, &fused, false, true, 0, when);
+  }
+  run_close(&fused);
+  run_close(&split);
+}
+END_TEST
+
+static const char accum_src[] =
+    "input x: f64[B, 6]\n"
+    "input label: i32[B]\n"
+    "h = relu(linear(x, out=7) as fc1)\n"
+    "logits = linear(h, out=5) as fc2\n"
+    "loss = cross_entropy(logits, label)\n"
+    "minimize loss\n"
+    "train { optimizer = adam(lr=0.01, weight_decay=0.05) batch = 4 }\n";
+
+/* Gradient accumulation by the host: grad on each half of a batch, the gradient tensors averaged
+ * and written back, then apply, is one train step on the whole batch (the mean loss of equal
+ * halves is the mean of their means), up to rounding. */
+START_TEST(accumulated_halves_are_one_step) {
+  use_model(accum_src);
+  Run whole, halves;
+  run_open(&whole, 4);
+  run_open(&halves, 4);
+  init_persistent(&whole, 5);
+  init_persistent(&halves, 5);
+  int ngrads = 0;
+  for (int step = 1; step <= 2; step++) {
+    feed_rows(&whole, 200 + (uint64_t)step, 0, 4);
+    run_both(&whole, "train", 4);
+    /* Per side (compiled, reference): the mean loss and the mean of each gradient element. */
+    double sum[2][128] = {{0}}, lsum[2] = {0};
+    int loss = rt_find_tensor(halves.prog, "loss");
+    for (int half = 0; half < 2; half++) {
+      feed_rows(&halves, 200 + (uint64_t)step, 2 * half, 2);
+      run_both(&halves, "grad", 2);
+      for (int side = 0; side < 2; side++) {
+        RtBackend *be = side ? &halves.rbe : &halves.cbe;
+        double l, v[128];
+        be->read(be->self, loss, &l, 1);
+        lsum[side] += l / 2;
+        int64_t at = 0;
+        for (int i = 0; i < halves.plan.ntensors; i++) {
+          const kiln_tensor *t = &halves.plan.tensors[i];
+          if (t->role != KILN_ROLE_GRAD)
+            continue;
+          ck_assert(!strncmp(t->name, "grad.", 5) && rt_find_tensor(halves.prog, t->name + 5) >= 0);
+          int64_t n = rt_numel(t, 1);
+          ck_assert_int_le(at + n, 128);
+          be->read(be->self, i, v, n);
+          for (int64_t k = 0; k < n; k++)
+            sum[side][at + k] += v[k] / 2;
+          at += n;
+        }
+      }
+    }
+    for (int side = 0; side < 2; side++) {
+      RtBackend *be = side ? &halves.rbe : &halves.cbe, *wbe = side ? &whole.rbe : &whole.cbe;
+      double lw;
+      wbe->read(wbe->self, rt_find_tensor(whole.prog, "loss"), &lw, 1);
+      ck_assert_msg(fabs(lsum[side] - lw) <= 1e-12 * (1 + fabs(lw)),
+                    "loss %.17g, whole batch %.17g", lsum[side], lw);
+      /* The host's average replaces the gradient of the last half. */
+      int64_t at = 0;
+      ngrads = 0;
+      for (int i = 0; i < halves.plan.ntensors; i++) {
+        const kiln_tensor *t = &halves.plan.tensors[i];
+        if (t->role != KILN_ROLE_GRAD)
+          continue;
+        be->write(be->self, i, sum[side] + at, rt_numel(t, 1));
+        at += rt_numel(t, 1);
+        ngrads++;
+      }
+    }
+    run_both(&halves, "apply", 4);
+    char when[32];
+    snprintf(when, sizeof when, "step %d", step);
+    same_state(&halves, &whole, false, false, 1e-11, when);
+    same_state(&halves, &whole, true, false, 1e-11, when);
+  }
+  ck_assert_int_eq(ngrads, 4);
+  run_close(&whole);
+  run_close(&halves);
+}
+END_TEST
+
 static Suite *suite(void) {
   Suite *s = suite_create("codegen");
   TCase *tc = tcase_create("ops");
@@ -1281,6 +1534,12 @@ static Suite *suite(void) {
   tcase_add_test(tt, golden_one_op_program);
   tcase_add_test(tt, identifiers_are_validated);
   suite_add_tcase(s, tt);
+  TCase *tsplit = tcase_create("split");
+  tcase_add_checked_fixture(tsplit, setup, teardown);
+  tcase_set_timeout(tsplit, 120);
+  tcase_add_test(tsplit, grad_then_apply_is_train);
+  tcase_add_test(tsplit, accumulated_halves_are_one_step);
+  suite_add_tcase(s, tsplit);
   TCase *ta = tcase_create("aot");
   tcase_add_checked_fixture(ta, setup, teardown);
   tcase_set_timeout(ta, 300);

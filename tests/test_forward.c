@@ -432,10 +432,13 @@ static Graph *compile(const char *src, bool hvp, bool jvp) {
   return m;
 }
 
+/* An output of the grad entry, or the value it stores into the GRAD leaf of that name. */
 static int output_node(Graph *m, const char *name) {
   const Entry *e = &m->entries[ENTRY_GRAD];
   for (int i = 0; i < e->noutputs; i++)
     if (!strcmp(e->outputs[i].name, name)) return e->outputs[i].node;
+  for (int i = 0; i < e->nupdates; i++)
+    if (!strcmp(ir_at(m, e->updates[i].target)->name, name)) return e->updates[i].value;
   ck_abort_msg("no output %s", name);
   return -1;
 }
@@ -456,8 +459,24 @@ static Interp *model_interp(Graph *m, int64_t batch) {
   return it;
 }
 
-static void run_grad(Interp *it, int64_t batch) {
+/* One run of the grad entry as a function of the parameters: grad also advances the running
+ * statistics and the dropout counter (as train does), which finite differences must not see, so
+ * the STATE leaves are put back afterwards. */
+static void run_grad(Graph *m, Interp *it, int64_t batch) {
+  double **saved = calloc((size_t)m->nnodes, sizeof *saved);
+  for (int i = 0; i < m->nnodes; i++)
+    if (ir_at(m, i)->role == ROLE_STATE) {
+      size_t bytes = (size_t)interp_numel(it, i) * sizeof(double);
+      saved[i] = malloc(bytes + sizeof(double));
+      memcpy(saved[i], interp_data(it, i), bytes);
+    }
   ck_assert_msg(interp_run(it, ENTRY_GRAD, batch, err) == 0, "%s", err);
+  for (int i = 0; i < m->nnodes; i++)
+    if (saved[i]) {
+      memcpy(interp_data(it, i), saved[i], (size_t)interp_numel(it, i) * sizeof(double));
+      free(saved[i]);
+    }
+  free(saved);
 }
 
 /* H v from the grad entry against (∇L(θ + h v) - ∇L(θ - h v)) / 2h for every parameter. */
@@ -467,7 +486,7 @@ static void hvp_against_fd(const char *src, int64_t batch, uint64_t seed) {
   Interp *it = model_interp(m, batch);
   int np = m->nparams;
   double **hv = calloc((size_t)np, sizeof *hv), **gp = calloc((size_t)np, sizeof *gp);
-  run_grad(it, batch);
+  run_grad(m, it, batch);
   for (int i = 0; i < np; i++) {
     int64_t n = interp_numel(it, m->params[i]);
     const char *pn = ir_at(m, m->params[i])->name;
@@ -485,7 +504,7 @@ static void hvp_against_fd(const char *src, int64_t batch, uint64_t seed) {
       for (int64_t k = 0; k < interp_numel(it, m->params[i]); k++)
         p[k] += (s == 0 ? h : -2 * h) * v[k];
     }
-    run_grad(it, batch);
+    run_grad(m, it, batch);
     for (int i = 0; i < np; i++) {
       const char *pn = ir_at(m, m->params[i])->name;
       const double *gr = interp_data(it, output_node(m, pool_printf(m->pool, "grad.%s", pn)));
@@ -526,7 +545,7 @@ static void hvp_symmetry(const char *src, int64_t batch, uint64_t seed) {
   int np = m->nparams;
   double vhw = 0, whv = 0, norm = 0;
   double **v = calloc((size_t)np, sizeof *v), **hv = calloc((size_t)np, sizeof *hv);
-  run_grad(it, batch);
+  run_grad(m, it, batch);
   for (int i = 0; i < np; i++) {
     const char *pn = ir_at(m, m->params[i])->name;
     int t = ir_find_leaf(m, pool_printf(m->pool, "tangent.%s", pn));
@@ -538,7 +557,7 @@ static void hvp_symmetry(const char *src, int64_t batch, uint64_t seed) {
            (size_t)n * sizeof(double));
     for (int64_t k = 0; k < n; k++) interp_data(it, t)[k] = uniform(-1, 1);  /* w */
   }
-  run_grad(it, batch);
+  run_grad(m, it, batch);
   for (int i = 0; i < np; i++) {
     const char *pn = ir_at(m, m->params[i])->name;
     const double *w = interp_data(it, ir_find_leaf(m, pool_printf(m->pool, "tangent.%s", pn)));
@@ -571,7 +590,7 @@ START_TEST(jvp_of_model_loss_and_output) {
   rng_state = 5;
   Graph *m = compile(cnn_src, true, true);  /* both on one graph: the tangent leaves are shared */
   Interp *it = model_interp(m, 3);
-  run_grad(it, 3);
+  run_grad(m, it, 3);
   double dot = 0;
   for (int i = 0; i < m->nparams; i++) {
     const char *pn = ir_at(m, m->params[i])->name;
@@ -595,7 +614,7 @@ START_TEST(jvp_of_model_loss_and_output) {
       for (int64_t k = 0; k < interp_numel(it, m->params[i]); k++)
         p[k] += (s == 0 ? h : -2 * h) * v[k];
     }
-    run_grad(it, 3);
+    run_grad(m, it, 3);
     for (int64_t k = 0; k < n; k++)
       yp[k] = s == 0 ? interp_data(it, out)[k] : (yp[k] - interp_data(it, out)[k]) / (2 * h);
   }

@@ -738,10 +738,12 @@ START_TEST(lower_mnist_cnn_example) {
                          "bn2.running_mean", "bn2.running_var", "bn2.num_batches_tracked"};
   for (int i = 0; i < 6; i++) {
     ck_assert_msg(has_update(g, ENTRY_TRAIN, stats[i]), "no train update of %s", stats[i]);
-    ck_assert(!has_update(g, ENTRY_EVAL, stats[i]) && !has_update(g, ENTRY_GRAD, stats[i]));
+    /* grad updates them too, as PyTorch's forward does, so grad then apply is train */
+    ck_assert(!has_update(g, ENTRY_EVAL, stats[i]) && has_update(g, ENTRY_GRAD, stats[i]));
+    ck_assert(!has_update(g, ENTRY_APPLY, stats[i]));
   }
   ck_assert_int_eq(g->entries[ENTRY_EVAL].nupdates, 0);
-  ck_assert_int_eq(g->entries[ENTRY_GRAD].nupdates, 0);
+  ck_assert_int_eq(g->entries[ENTRY_GRAD].nupdates, 6 + g->nparams); /* + the gradients */
   /* The eval entry normalises with the running statistics only: no batch means, no numel. */
   ck_assert_int_eq(count_reachable(g, ENTRY_EVAL, OP_NUMEL), 0);
   ck_assert_int_eq(count_reachable(g, ENTRY_EVAL, OP_MEAN), 0);
@@ -1018,7 +1020,8 @@ START_TEST(lower_dropout_modes) {
   ck_assert_int_eq(count_reachable(g, ENTRY_EVAL, OP_DROPOUT), 0);
   ck_assert_int_eq(count_reachable(g, ENTRY_TRAIN, OP_DROPOUT), 3);
   ck_assert(has_update(g, ENTRY_TRAIN, "dropout.step"));
-  ck_assert(!has_update(g, ENTRY_GRAD, "dropout.step"));
+  ck_assert(has_update(g, ENTRY_GRAD, "dropout.step"));  /* each grad draws new masks */
+  ck_assert(!has_update(g, ENTRY_APPLY, "dropout.step"));
   ir_free(g);
 }
 END_TEST

@@ -866,19 +866,21 @@ START_TEST(backend_matches_plan_table) {
   be.write(be.self, tw, (double[]){1, 2, 0.1}, 3);
   ck_assert(interp_data(it, w)[2] == (double)0.1f);  /* f32 tensor: stored as float */
   be.write(be.self, tx, (double[]){1, 1, 1, 2, 2, 2}, 6);
-  ck_assert_int_eq(be.run(be.self, KILN_ENTRY_GRAD, 2, err), 0);
+  ck_assert_int_eq(be.run(be.self, rt_find_entry(&prog, "grad"), 2, err), 0);
   double l;
   be.read(be.self, tl, &l, 1);
   ck_assert(l == (double)(float)(3 * (3 + (double)0.1f)));
-  ck_assert_int_eq(be.run(be.self, KILN_ENTRY_GRAD, 1, err), 0);  /* batch 1: first row */
+  ck_assert_int_eq(be.run(be.self, rt_find_entry(&prog, "grad"), 1, err), 0);  /* batch 1: first row */
   be.read(be.self, tl, &l, 1);
   ck_assert(l == (double)(float)(3 + (double)0.1f));
-  ck_assert_int_eq(be.run(be.self, KILN_ENTRY_TRAIN, 2, err), 0);
+  ck_assert_int_eq(be.run(be.self, rt_find_entry(&prog, "train"), 2, err), 0);
   double wv[3];
   be.read(be.self, tw, wv, 3);
   ck_assert(wv[0] == 2 && wv[1] == 3 && wv[2] == (double)(float)(1 + (double)0.1f));
-  ck_assert_int_eq(be.run(be.self, 3, 2, err), -1);
-  ck_assert_str_eq(err, "no entry point 3");
+  ck_assert_int_eq(prog.nentries, 4);
+  ck_assert_str_eq(prog.entries[3].name, "apply");
+  ck_assert_int_eq(be.run(be.self, 4, 2, err), -1);
+  ck_assert_str_eq(err, "no entry point 4");
   plan_free(&plan);
 }
 END_TEST

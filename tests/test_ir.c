@@ -296,10 +296,20 @@ static Graph *compile(const char *path) {
 
 START_TEST(training_graph_entries) {
   Graph *m = compile(KILN_SOURCE_DIR "/examples/mlp.kiln");
-  /* grad: loss + 4 gradients; train: the loss, 4 params + 8 moments + step updated. */
-  ck_assert_int_eq(m->entries[ENTRY_GRAD].noutputs, 5);
-  ck_assert_str_eq(m->entries[ENTRY_GRAD].outputs[1].name, "grad.fc1.weight");
+  /* grad: the loss, 4 gradients stored; train and apply: 4 params + 8 moments + step updated. */
+  ck_assert_int_eq(m->entries[ENTRY_GRAD].noutputs, 1);
+  ck_assert_int_eq(m->entries[ENTRY_GRAD].nupdates, 4);
+  const Node *g0 = ir_at(m, m->entries[ENTRY_GRAD].updates[0].target);
+  ck_assert_str_eq(g0->name, "grad.fc1.weight");
+  ck_assert_int_eq(g0->role, ROLE_GRAD);
+  ck_assert_int_eq(m->entries[ENTRY_GRAD].updates[0].value, m->grads[0]);
   ck_assert_int_eq(m->entries[ENTRY_TRAIN].nupdates, 13);
+  ck_assert_int_eq(m->entries[ENTRY_APPLY].nupdates, 13);
+  ck_assert_int_eq(m->entries[ENTRY_APPLY].noutputs, 0);
+  /* apply updates the same targets as train, reading the GRAD leaves instead of the gradients */
+  for (int u = 0; u < 13; u++)
+    ck_assert_int_eq(m->entries[ENTRY_APPLY].updates[u].target,
+                     m->entries[ENTRY_TRAIN].updates[u].target);
   ck_assert_int_eq(m->entries[ENTRY_EVAL].noutputs, 2);
   /* Gradients have their parameter's shape. */
   for (int i = 0; i < m->nparams; i++)
@@ -358,18 +368,23 @@ START_TEST(plan_invariants) {
     free(mark);
   }
   /* The ABI table names every parameter, input and output once. */
-  int params = 0, outputs = 0;
+  int params = 0, outputs = 0, grads = 0;
   for (int t = 0; t < p.ntensors; t++) {
     params += p.tensors[t].role == KILN_ROLE_PARAM;
     outputs += p.tensors[t].role == KILN_ROLE_OUTPUT;
+    if (p.tensors[t].role == KILN_ROLE_GRAD) {
+      grads++;  /* written by grad (entry 2), read by apply (entry 3) */
+      ck_assert_int_eq(p.tensors[t].entries, 1 << ENTRY_GRAD | 1 << ENTRY_APPLY);
+    }
     if (!strcmp(p.tensors[t].name, "image")) {
       ck_assert_int_eq(p.tensors[t].batch_axis, 0);
       ck_assert_int_eq(p.tensors[t].dims[0], 64);
-      ck_assert_int_eq(p.tensors[t].source, KILN_SRC_IMAGES);
+      ck_assert_str_eq(p.tensors[t].feed, "images");
     }
   }
   ck_assert_int_eq(params, 4);
-  ck_assert_int_eq(outputs, 1 + 2 + 4);  /* loss (train+grad), eval.loss, eval.output, 4 grads */
+  ck_assert_int_eq(outputs, 1 + 2);  /* loss (train+grad), eval.loss, eval.output */
+  ck_assert_int_eq(grads, 4);
   plan_free(&p);
   ir_free(m);
 }
@@ -444,7 +459,7 @@ static double train_linear_reg(const char *optimizer, const char *extra, int ste
     be.write(be.self, i, v, n);
     free(v);
   }
-  for (int s = 0; s < steps; s++) ck_assert_int_eq(be.run(be.self, KILN_ENTRY_TRAIN, 1, err), 0);
+  for (int s = 0; s < steps; s++) ck_assert_int_eq(be.run(be.self, rt_find_entry(&prog, "train"), 1, err), 0);
   double w = interp_data(it, ir_find_leaf(m, "w"))[0];
   interp_free(it);
   plan_free(&p);

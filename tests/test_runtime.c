@@ -1023,6 +1023,10 @@ END_TEST
  * learning rate, optimizer state, image and label inputs, and the three outputs. Batch 4. */
 enum { T_W, T_RUNNING, T_LR, T_STEPS, T_IMAGE, T_LABEL, T_LOSS, T_EVAL_LOSS, T_EVAL_OUT, NT };
 #define B 4
+/* The fake's entries: looked up by name, so their order here is the fake's own. */
+enum { E_EVAL, E_TRAIN, NE };
+static const kiln_entry fake_entries[NE] = {[E_EVAL] = {"eval", NULL}, [E_TRAIN] = {"train", NULL}};
+static const kiln_setting fake_settings[] = {{"epochs", "1"}, {"seed", "1"}};
 static const kiln_tensor data_tensors[NT] = {
     [T_W] = {.name = "w", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {1},
              .batch_axis = -1, .init = KILN_INIT_CONST, .init_a = 0.5},
@@ -1033,17 +1037,17 @@ static const kiln_tensor data_tensors[NT] = {
     [T_STEPS] = {.name = "adam.t", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 0,
                  .batch_axis = -1},
     [T_IMAGE] = {.name = "image", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 4,
-                 .dims = {B, 1, 2, 2}, .batch_axis = 0, .source = KILN_SRC_IMAGES, .scale = 1.0,
-                 .entries = KILN_ENTRY_TRAIN | KILN_ENTRY_EVAL},
+                 .dims = {B, 1, 2, 2}, .batch_axis = 0, .feed = "images", .scale = 1.0,
+                 .entries = 1 << E_TRAIN | 1 << E_EVAL},
     [T_LABEL] = {.name = "label", .role = KILN_ROLE_INPUT, .dtype = KILN_I32, .rank = 1,
-                 .dims = {B}, .batch_axis = 0, .source = KILN_SRC_LABELS,
-                 .entries = KILN_ENTRY_TRAIN | KILN_ENTRY_EVAL},
+                 .dims = {B}, .batch_axis = 0, .feed = "labels",
+                 .scale = 1.0, .entries = 1 << E_TRAIN | 1 << E_EVAL},
     [T_LOSS] = {.name = "loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 0,
-                .batch_axis = -1, .entries = KILN_ENTRY_TRAIN},
+                .batch_axis = -1, .entries = 1 << E_TRAIN},
     [T_EVAL_LOSS] = {.name = "eval.loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 0,
-                     .batch_axis = -1, .entries = KILN_ENTRY_EVAL},
+                     .batch_axis = -1, .entries = 1 << E_EVAL},
     [T_EVAL_OUT] = {.name = "eval.output", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32,
-                    .rank = 2, .dims = {B, 3}, .batch_axis = 0, .entries = KILN_ENTRY_EVAL},
+                    .rank = 2, .dims = {B, 3}, .batch_axis = 0, .entries = 1 << E_EVAL},
 };
 
 enum { MAXEX = 64, MAXLOG = 256 };
@@ -1090,7 +1094,7 @@ static int fake_run(void *self, int entry, int64_t batch, char *err) {
   if (batch < 1 || batch > B)
     fake_problem(f, "batch out of range", (int)batch, B);
   double sum = 0;
-  if (entry == KILN_ENTRY_TRAIN) {
+  if (entry == E_TRAIN) {
     if (!f->nbatches) {
       f->first_w = f->vals[T_W][0];
       f->first_lr = f->vals[T_LR][0];
@@ -1120,7 +1124,7 @@ static int fake_run(void *self, int entry, int64_t batch, char *err) {
       f->vals[T_RUNNING][0] = NAN;
     return 0;
   }
-  if (entry != KILN_ENTRY_EVAL) {
+  if (entry != E_EVAL) {
     fake_problem(f, "unexpected entry", entry, 0);
     return 0;
   }
@@ -1188,7 +1192,8 @@ static int do_train(void *arg) {
 
 static kiln_program data_program(void) {
   kiln_program p = {.abi_version = KILN_ABI_VERSION, .model = "fake", .batch = B,
-                    .ntensors = NT, .tensors = data_tensors, .epochs = 1, .seed = 1};
+                    .ntensors = NT, .tensors = data_tensors, .nentries = NE,
+                    .entries = fake_entries, .nsettings = 2, .settings = fake_settings};
   return p;
 }
 
@@ -1295,7 +1300,9 @@ START_TEST(train_early_stopping) {
   fake_free(&f);
 
   /* From the program (the train block's early_stop), never triggered: all epochs, the best kept */
-  p.patience = 3;
+  const kiln_setting patient[] = {{"epochs", "1"}, {"seed", "1"}, {"patience", "3"}};
+  p.nsettings = 3;
+  p.settings = patient;
   default_opts(&o);
   o.epochs = 6;
   fake_init(&f, &p);
@@ -1454,7 +1461,19 @@ START_TEST(train_errors) {
                                            "needs more than 1 value per channel when "
                                            "training)"},
                                           {"test examples 0 to 3: the loss is NaN (a label "
-                                           "outside the model's classes?)"}};
+                                           "outside the model's classes?)"},
+                                          {"program 'fake' has no \"train\" entry"},
+                                          {"setting 'epochs' has value 'many', which is not a "
+                                           "number"},
+                                          {"input 'image' is fed from 'pixels', which the "
+                                           "dataset in"},
+                                          {"two entries are named 'eval'"},
+                                          {"tensor 'loss' belongs to entries 0x4, but the "
+                                           "program has 2"},
+                                          {"input 'label' fed from 'labels' has scale 0"}};
+  static const kiln_entry no_train[] = {{"eval", NULL}, {"valid", NULL}};
+  static const kiln_entry two_evals[] = {{"eval", NULL}, {"eval", NULL}};
+  static const kiln_setting bad_setting[] = {{"epochs", "many"}};
   kiln_tensor ts[NT];
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     default_opts(&o);
@@ -1471,6 +1490,12 @@ START_TEST(train_errors) {
     case 6: p.batch = 0; break;
     case 7: ts[T_RUNNING].name = "w"; break;
     case 10: o.limit_train = 5; break; /* batches of 4 and 1 */
+    case 12: p.entries = no_train; break;
+    case 13: p.settings = bad_setting, p.nsettings = 1; break;
+    case 14: ts[T_IMAGE].feed = "pixels"; break;
+    case 15: p.entries = two_evals; break;
+    case 16: ts[T_LOSS].entries = 4; break;
+    case 17: ts[T_LABEL].scale = 0; break;
     }
     fake_init(&f, &p);
     f.fail_at = i == 2 ? 3 : 0;
@@ -1517,7 +1542,7 @@ static int lit_run(void *self, int entry, int64_t batch, char *err) {
   Lit *l = self;
   (void)err;
   l->bad += batch != 3 || memcmp(l->x, lit_x, sizeof l->x);
-  if (entry == KILN_ENTRY_TRAIN) {
+  if (entry == 0) { /* lit_entries: train, eval */
     l->trains++;
     l->w[0] *= 0.5, l->w[1] *= 0.5;
     l->loss = l->w[0] + l->w[1];
@@ -1541,8 +1566,11 @@ static void lit_write(void *self, int t, const double *in, int64_t n) {
 }
 
 START_TEST(train_literal_model) {
+  static const kiln_entry lit_entries[] = {{"train", NULL}, {"eval", NULL}};
+  kiln_setting settings[] = {{"epochs", "1"}, {"steps", "3"}};
   kiln_program p = {.abi_version = KILN_ABI_VERSION, .model = "lit", .batch = 3, .ntensors = 4,
-                    .tensors = lit_tensors, .epochs = 1, .steps = 3};
+                    .tensors = lit_tensors, .nentries = 2, .entries = lit_entries,
+                    .nsettings = 2, .settings = settings};
   Lit l = {0};
   RtOptions o;
   rt_options_default(&o);
@@ -1571,8 +1599,8 @@ START_TEST(train_literal_model) {
   free(out), free(err);
   memset(&l, 0, sizeof l);
   c.o.epochs = 0;
-  p.steps = 0;
-  p.epochs = 2;
+  settings[0].value = "2";
+  settings[1].value = "0";
   ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
   ck_assert_ptr_nonnull(strstr(out, "final steps=2 loss=0.75\n"));
   free(out), free(err);

@@ -2021,7 +2021,7 @@ static void emit_literals(Cg *cg) {
   line(cg, "%s", "");
 }
 
-static const char *const role_names[] = {"PARAM", "STATE", "HYPER", "INPUT", "OUTPUT", "OPT"};
+static const char *const role_names[] = {"PARAM", "STATE", "HYPER", "INPUT", "OUTPUT", "OPT", "GRAD"};
 static const char *const dtype_enum[] = {"KILN_F32", "KILN_F64", "KILN_I32"};
 
 static void emit_tensors(Cg *cg) {
@@ -2033,7 +2033,7 @@ static void emit_tensors(Cg *cg) {
     const kiln_tensor *t = &p->tensors[i];
     const Node *n = p->tensor_node ? ir_at(g, p->tensor_node[i]) : NULL;
     const char *name = t->name; /* checked in check_plan */
-    KILN_ASSERT(t->role >= 0 && t->role <= KILN_ROLE_OPT && t->dtype >= 0 && t->dtype <= 2);
+    KILN_ASSERT(t->role >= 0 && t->role <= KILN_ROLE_GRAD && t->dtype >= 0 && t->dtype <= 2);
     KILN_ASSERT(t->rank >= 0 && t->rank <= KILN_ABI_MAX_RANK);
     Buf dims = {0};
     for (int k = 0; k < t->rank; k++)
@@ -2047,7 +2047,9 @@ static void emit_tensors(Cg *cg) {
          t->offset, t->entries, t->init);
     line(cg, " .init_a = %s, .init_b = %s, .fan_in = %" PRId64 ", .fan_out = %" PRId64 ",",
          dbl_c(cg, t->init_a), dbl_c(cg, t->init_b), t->fan_in, t->fan_out);
-    line(cg, " .data = %s, .source = %d, .scale = %s},", data, t->source, dbl_c(cg, t->scale));
+    /* Feed names are fixed words (ir_feed_name), never model text. */
+    const char *feed = t->feed ? pool_printf(g->pool, "\"%s\"", t->feed) : "NULL";
+    line(cg, " .data = %s, .feed = %s, .scale = %s},", data, feed, dbl_c(cg, t->scale));
     buf_free(&dims);
   }
   if (p->ntensors == 0)
@@ -2169,6 +2171,22 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
     line(&cg, "%s", "");
   }
   emit_tensors(&cg);
+  /* The entries in EntryKind order, which plan.c's tensor entry bits index. */
+  line(&cg, "static const kiln_entry kiln_entries[%d] = {", ENTRY_COUNT);
+  for (int e = 0; e < ENTRY_COUNT; e++)
+    line(&cg, "  {\"%s\", kiln_%s},", entry_names[e], entry_names[e]);
+  line(&cg, "};");
+  /* Settings are numbers printed by ir_settings, never model text. */
+  IrSettings settings;
+  ir_settings(g, &settings);
+  int nsettings = settings.n;
+  line(&cg, "static const kiln_setting kiln_settings[%d] = {", nsettings > 0 ? nsettings : 1);
+  for (int i = 0; i < nsettings; i++)
+    line(&cg, "  {\"%s\", \"%s\"},", settings.s[i].key, settings.s[i].value);
+  if (nsettings == 0)
+    line(&cg, "  {0, 0},");
+  line(&cg, "};");
+  line(&cg, "%s", "");
   line(&cg, "const kiln_program kiln_program_desc = {");
   line(&cg, "  .abi_version = KILN_ABI_VERSION,");
   line(&cg, "  .model = \"%s\",", model);
@@ -2176,12 +2194,9 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
   line(&cg, "  .arena_bytes = %" PRId64 ",", plan->arena_bytes);
   line(&cg, "  .ntensors = %d,", plan->ntensors);
   line(&cg, "  .tensors = kiln_tensors,");
-  line(&cg, "  .train = kiln_train,");
-  line(&cg, "  .eval = kiln_eval,");
-  line(&cg, "  .grad = kiln_grad,");
-  line(&cg, "  .epochs = %d,", g->train.epochs);
-  line(&cg, "  .steps = %" PRId64 ",", g->train.steps);
-  line(&cg, "  .seed = UINT64_C(%" PRIu64 "),", g->train.seed);
-  line(&cg, "  .patience = %d,", g->train.patience);
+  line(&cg, "  .nentries = %d,", ENTRY_COUNT);
+  line(&cg, "  .entries = kiln_entries,");
+  line(&cg, "  .nsettings = %d,", nsettings);
+  line(&cg, "  .settings = kiln_settings,");
   line(&cg, "};");
 }

@@ -5,8 +5,9 @@
  * reference interpreter in f64 (the exact meaning of the graph), both behind the RtBackend
  * interface and both fed the same random parameters (rt_init_tensor with one seed: each
  * tensor's values depend only on the seed and its name) and the same random inputs. It compares
- * the grad entry, a few train steps, the eval entry, and the grad entry again at a smaller batch
- * (the code path specialised for a run-time batch), printing one line per tensor.
+ * the grad entry (the loss and the gradient tensors), a few train steps, one step cut in two
+ * (grad, then apply), the eval entry, and the grad entry again at a smaller batch (the code path
+ * specialised for a run-time batch), printing one line per tensor.
  *
  * Tolerance rule (check_tolerance): an element x of the program against the reference r passes
  * when |x - r| <= abs + rel * (|r| + S), where S is the largest |r| in the tensor. For f32
@@ -104,9 +105,12 @@ static int make_reference(Sides *s) {
   return 0;
 }
 
-static int run(Sides *s, RtBackend *be, int entry, int64_t batch) {
+static int run(Sides *s, RtBackend *be, const char *entry, int64_t batch) {
   char err[RT_ERR_LEN] = "";
-  if (be->run(be->self, entry, batch, err) == 0)
+  int e = rt_find_entry(be->prog, entry);
+  if (e < 0)
+    snprintf(err, sizeof err, "the program has no \"%s\" entry", entry);
+  else if (be->run(be->self, e, batch, err) == 0)
     return 0;
   return diag(s->ss, "%s runtime: %s", be == &s->rbe ? "reference" : "compiled", err);
 }
@@ -213,14 +217,16 @@ static bool compare(Sides *s, int t, int64_t batch, const char *phase, double *x
   return ok;
 }
 
-/* Compares every tensor of `roles` (bit set of 1 << role) that entry writes. */
-static void compare_all(Sides *s, unsigned roles, int entry, int64_t batch, const char *phase,
-                        double *x, double *r, Tally *ty, FILE *out) {
+/* Compares every tensor of `roles` (bit set of 1 << role) that entry writes (outputs and
+ * gradients: only the entry's own). */
+static void compare_all(Sides *s, unsigned roles, const char *entry, int64_t batch,
+                        const char *phase, double *x, double *r, Tally *ty, FILE *out) {
+  int e = rt_find_entry(s->cbe.prog, entry);
   for (int i = 0; i < s->plan->ntensors; i++) {
     const kiln_tensor *t = &s->plan->tensors[i];
     if (!(roles & (1u << t->role)))
       continue;
-    if (t->role == KILN_ROLE_OUTPUT && !(t->entries & entry))
+    if ((t->role == KILN_ROLE_OUTPUT || t->role == KILN_ROLE_GRAD) && !rt_tensor_in_entry(t, e))
       continue;
     compare(s, i, batch, phase, x, r, ty, out);
   }
@@ -261,42 +267,52 @@ int check_model(Session *ss, int steps, uint64_t seed, FILE *out) {
   init_persistent(&s, seed, buf);
   random_inputs(g, &s, &rng, buf);
   const unsigned out_role = 1u << KILN_ROLE_OUTPUT;
+  const unsigned grads = out_role | (1u << KILN_ROLE_GRAD);
   const unsigned persistent =
       (1u << KILN_ROLE_PARAM) | (1u << KILN_ROLE_STATE) | (1u << KILN_ROLE_OPT);
 
   /* 1. Gradients. */
-  if (run(&s, &s.cbe, KILN_ENTRY_GRAD, s.plan->batch) ||
-      run(&s, &s.rbe, KILN_ENTRY_GRAD, s.plan->batch))
+  if (run(&s, &s.cbe, "grad", s.plan->batch) ||
+      run(&s, &s.rbe, "grad", s.plan->batch))
     goto done;
-  compare_all(&s, out_role, KILN_ENTRY_GRAD, s.plan->batch, "grad", x, r, &ty, out);
+  compare_all(&s, grads, "grad", s.plan->batch, "grad", x, r, &ty, out);
 
   /* 2. Train steps, fresh inputs each time; both sides carry their own state forward. */
   for (int step = 1; step <= steps; step++) {
     char phase[32];
     snprintf(phase, sizeof phase, "train %d", step);
     random_inputs(g, &s, &rng, buf);
-    if (run(&s, &s.cbe, KILN_ENTRY_TRAIN, s.plan->batch) ||
-        run(&s, &s.rbe, KILN_ENTRY_TRAIN, s.plan->batch))
+    if (run(&s, &s.cbe, "train", s.plan->batch) ||
+        run(&s, &s.rbe, "train", s.plan->batch))
       goto done;
-    compare_all(&s, out_role, KILN_ENTRY_TRAIN, s.plan->batch, phase, x, r, &ty, out);
-    compare_all(&s, persistent, KILN_ENTRY_TRAIN, s.plan->batch, phase, x, r, &ty, out);
+    compare_all(&s, out_role, "train", s.plan->batch, phase, x, r, &ty, out);
+    compare_all(&s, persistent, "train", s.plan->batch, phase, x, r, &ty, out);
   }
 
-  /* 3. Evaluation. */
-  if (run(&s, &s.cbe, KILN_ENTRY_EVAL, s.plan->batch) ||
-      run(&s, &s.rbe, KILN_ENTRY_EVAL, s.plan->batch))
+  /* 2b. The same step cut in two: grad, then apply from the gradient tensors. */
+  random_inputs(g, &s, &rng, buf);
+  if (run(&s, &s.cbe, "grad", s.plan->batch) ||
+      run(&s, &s.rbe, "grad", s.plan->batch) ||
+      run(&s, &s.cbe, "apply", s.plan->batch) ||
+      run(&s, &s.rbe, "apply", s.plan->batch))
     goto done;
-  compare_all(&s, out_role, KILN_ENTRY_EVAL, s.plan->batch, "eval", x, r, &ty, out);
+  compare_all(&s, persistent, "apply", s.plan->batch, "apply", x, r, &ty, out);
+
+  /* 3. Evaluation. */
+  if (run(&s, &s.cbe, "eval", s.plan->batch) ||
+      run(&s, &s.rbe, "eval", s.plan->batch))
+    goto done;
+  compare_all(&s, out_role, "eval", s.plan->batch, "eval", x, r, &ty, out);
 
   /* 4. A smaller batch runs the code specialised for a run-time batch. */
   if (s.plan->batch > 1 && g->nsyms > 0) {
     int64_t small = s.plan->batch / 2;
     char phase[32];
     snprintf(phase, sizeof phase, "grad @%lld", (long long)small);
-    if (run(&s, &s.cbe, KILN_ENTRY_GRAD, small) ||
-        run(&s, &s.rbe, KILN_ENTRY_GRAD, small))
+    if (run(&s, &s.cbe, "grad", small) ||
+        run(&s, &s.rbe, "grad", small))
       goto done;
-    compare_all(&s, out_role, KILN_ENTRY_GRAD, small, phase, x, r, &ty, out);
+    compare_all(&s, grads, "grad", small, phase, x, r, &ty, out);
   }
 
   if (ty.failed)
@@ -494,14 +510,16 @@ static int derivatives(Session *ss, Deriv d, const char *params_path, const char
       (tangents_path &&
        load_role(ss, s.plan, be, KILN_ROLE_INPUT, true, tt, nt, tangents_path)))
     goto done;
-  if (run(&s, be, KILN_ENTRY_GRAD, s.plan->batch))
+  if (run(&s, be, "grad", s.plan->batch))
     goto done;
 
-  /* "loss", then each gradient (or H v) under its parameter's name; jvp: the loss, the output
-   * and their directional derivatives. */
+  /* "loss" and each gradient (the GRAD tensors "grad.<param>") or H v under its parameter's name;
+   * jvp: the loss, the output and their directional derivatives. */
+  int grad_e = rt_find_entry(be->prog, "grad");
   for (int i = 0; i < s.plan->ntensors; i++) {
     const kiln_tensor *t = &s.plan->tensors[i];
-    if (t->role != KILN_ROLE_OUTPUT || !(t->entries & KILN_ENTRY_GRAD))
+    if ((t->role != KILN_ROLE_OUTPUT && t->role != KILN_ROLE_GRAD) ||
+        !rt_tensor_in_entry(t, grad_e))
       continue;
     const char *name = written_name(d, t->name);
     if (!name)

@@ -8,6 +8,8 @@
  * lets the frontend lower a model once per mode (train, eval) without duplicating the parts
  * that do not differ.
  */
+#include <inttypes.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +27,31 @@ const int op_arity[OP_COUNT] = {
 #undef OP
 };
 
-const char *const entry_names[ENTRY_COUNT] = {"train", "eval", "grad"};
+const char *const entry_names[ENTRY_COUNT] = {"train", "eval", "grad", "apply"};
+
+const char *ir_feed_name(int source) {
+  return source == KILN_SRC_IMAGES ? "images" : source == KILN_SRC_LABELS ? "labels" : NULL;
+}
+
+static void setting(IrSettings *o, const char *key, const char *fmt, ...) KILN_PRINTF(3, 4);
+static void setting(IrSettings *o, const char *key, const char *fmt, ...) {
+  KILN_ASSERT(o->n < IR_MAX_SETTINGS);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(o->text[o->n], sizeof o->text[o->n], fmt, ap);
+  va_end(ap);
+  o->s[o->n] = (kiln_setting){key, o->text[o->n]};
+  o->n++;
+}
+
+void ir_settings(const Graph *g, IrSettings *o) {
+  const TrainSpec *t = &g->train;
+  o->n = 0;
+  setting(o, "epochs", "%d", t->epochs);
+  setting(o, "steps", "%" PRId64, t->steps);
+  setting(o, "seed", "%" PRIu64, t->seed);
+  setting(o, "patience", "%d", t->patience);
+}
 
 Graph *ir_new(const char *name) {
   Pool *pool = pool_new();
@@ -414,7 +440,7 @@ bool dtype_is_float(DType t) { return t == DT_F32 || t == DT_F64; }
 
 static const char *role_names[] = {[ROLE_PARAM] = "param", [ROLE_STATE] = "state",
                                    [ROLE_HYPER] = "hyper", [ROLE_INPUT] = "input",
-                                   [ROLE_OPT] = "optimizer state"};
+                                   [ROLE_OPT] = "optimizer state", [ROLE_GRAD] = "gradient"};
 
 void ir_print(Graph *g, FILE *out) {
   char sb[128];

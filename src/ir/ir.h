@@ -68,8 +68,14 @@ typedef enum Role {
   ROLE_STATE = KILN_ROLE_STATE,
   ROLE_HYPER = KILN_ROLE_HYPER,
   ROLE_INPUT = KILN_ROLE_INPUT,
-  ROLE_OPT = KILN_ROLE_OPT
+  ROLE_OPT = KILN_ROLE_OPT,
+  ROLE_GRAD = KILN_ROLE_GRAD
 } Role;
+
+/* The data field an input is fed from (`input x: ... from images`), as the frontend parses it;
+ * the ABI names the field by text (kiln_tensor.feed, see ir_feed_name). */
+enum { KILN_SRC_NONE = 0, KILN_SRC_IMAGES = 1, KILN_SRC_LABELS = 2 };
+const char *ir_feed_name(int source);                    /* "images", "labels", or NULL */
 
 /* How a leaf gets its value (PARAM/STATE: initialiser; INPUT: data source). */
 typedef struct LeafInfo {
@@ -77,7 +83,7 @@ typedef struct LeafInfo {
   double init_a, init_b;
   int64_t fan_in, fan_out;
   int source;         /* KILN_SRC_* for inputs */
-  double scale;       /* images: value = pixel * scale */
+  double scale;       /* fed value = the field's value * scale (images / 255) */
   bool weight;        /* PARAM: a weight that `regularize` penalises and max_norm projects
                          (linear and conv2d weights, `param` declarations of rank >= 2) */
 } LeafInfo;
@@ -104,7 +110,14 @@ typedef struct Literal {
   double *v;
 } Literal;
 
-typedef enum EntryKind { ENTRY_TRAIN = 0, ENTRY_EVAL = 1, ENTRY_GRAD = 2, ENTRY_COUNT } EntryKind;
+/* The entry points, in the order of the program's entries table (kiln_abi.h). */
+typedef enum EntryKind {
+  ENTRY_TRAIN = 0,  /* forward, backward and optimizer update in one step */
+  ENTRY_EVAL = 1,   /* evaluation-mode forward */
+  ENTRY_GRAD = 2,   /* forward and backward into the GRAD leaves, running statistics updated */
+  ENTRY_APPLY = 3,  /* the optimizer update from the GRAD leaves */
+  ENTRY_COUNT
+} EntryKind;
 
 /* A value an entry point makes visible under a fixed name (see kiln_abi.h). */
 typedef struct Output {
@@ -169,6 +182,7 @@ typedef struct Graph {
   /* Set by train_build. */
   Entry entries[ENTRY_COUNT];
   int *grads;         /* grads[i] = gradient node of the i-th PARAM (order of params[]) */
+  int *grad_leaves;   /* grad_leaves[i] = the i-th PARAM's GRAD leaf "grad.<param>" (pool) */
   int *params;        /* PARAM node ids in creation order */
   int nparams;
 } Graph;
@@ -222,7 +236,17 @@ int ir_reachable(const Graph *g, EntryKind e, unsigned char *mark);
 /* Printing (kiln shapes, kiln graph, --dump-ir). */
 void ir_print(Graph *g, FILE *out);
 void ir_print_dot(Graph *g, FILE *out, bool training);
-extern const char *const entry_names[ENTRY_COUNT];      /* "train", "eval", "grad" */
+extern const char *const entry_names[ENTRY_COUNT];      /* "train", "eval", "grad", "apply" */
+
+/* The train block's defaults as the ABI's settings (kiln_abi.h): keys with numbers as text, in
+ * the caller's storage (no allocation, so it cannot fail). */
+#define IR_MAX_SETTINGS 8
+typedef struct IrSettings {
+  kiln_setting s[IR_MAX_SETTINGS];
+  char text[IR_MAX_SETTINGS][24];
+  int n;
+} IrSettings;
+void ir_settings(const Graph *g, IrSettings *out);
 
 /* ================================ shape.c ================================ */
 

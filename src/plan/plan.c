@@ -84,7 +84,7 @@ static void add_tensor(Plan *p, Graph *g, int node, const char *name, int role, 
   t->fan_in = n->leaf.fan_in;
   t->fan_out = n->leaf.fan_out;
   t->data = n->data >= 0 ? g->data[n->data].v : NULL;
-  t->source = n->leaf.source;
+  t->feed = n->op == OP_INPUT ? ir_feed_name(n->leaf.source) : NULL;
   t->scale = n->leaf.scale;
   p->tensor_node[p->ntensors++] = node;
 }

@@ -41,6 +41,8 @@ struct Interp {
   unsigned char *mark; /* scratch: nodes to evaluate */
   char *err;           /* the current run's message buffer (RT_ERR_LEN bytes) */
   const Plan *plan;    /* set by interp_backend */
+  kiln_entry entries[ENTRY_COUNT]; /* the backend's entries table: names, no functions */
+  IrSettings settings;             /* the backend's settings table */
 };
 
 typedef int (*RefKernel)(Interp *it, const Node *n);
@@ -873,14 +875,12 @@ int64_t interp_numel(Interp *it, int node) { return it->numel[node]; }
 
 static int be_run(void *self, int entry, int64_t batch, char *err) {
   Interp *it = self;
-  EntryKind e = entry == KILN_ENTRY_TRAIN  ? ENTRY_TRAIN
-                : entry == KILN_ENTRY_EVAL ? ENTRY_EVAL
-                : entry == KILN_ENTRY_GRAD ? ENTRY_GRAD
-                                           : ENTRY_COUNT;
-  if (e == ENTRY_COUNT) {
+  /* The backend's entries table lists the EntryKinds in order (interp_backend). */
+  if (entry < 0 || entry >= ENTRY_COUNT) {
     snprintf(err, RT_ERR_LEN, "no entry point %d", entry);
     return -1;
   }
+  EntryKind e = (EntryKind)entry;
   return interp_run(it, e, batch, err);
 }
 
@@ -915,10 +915,13 @@ void interp_backend(Interp *it, const Plan *plan, kiln_program *prog, RtBackend 
   prog->arena_bytes = plan->arena_bytes;
   prog->ntensors = plan->ntensors;
   prog->tensors = plan->tensors;
-  prog->epochs = it->g->train.epochs;
-  prog->steps = it->g->train.steps;
-  prog->seed = it->g->train.seed;
-  prog->patience = it->g->train.patience;
+  for (int e = 0; e < ENTRY_COUNT; e++)
+    it->entries[e] = (kiln_entry){entry_names[e], NULL};
+  prog->nentries = ENTRY_COUNT;
+  prog->entries = it->entries;
+  ir_settings(it->g, &it->settings);
+  prog->nsettings = it->settings.n;
+  prog->settings = it->settings.s;
   memset(be, 0, sizeof *be);
   be->prog = prog;
   be->self = it;

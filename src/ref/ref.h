@@ -53,8 +53,9 @@ int64_t interp_numel(Interp *it, int node);
 bool interp_has_kernel(Op op);
 
 /* An RtBackend over the interpreter, using the kiln_tensor table of a Plan (plan_build) so names
- * and roles are identical to the compiled program's; offsets and arena_bytes are ignored and the
- * entry function pointers of *prog_out are NULL (run goes through be_out->run). plan, it and
+ * and roles are identical to the compiled program's; offsets and arena_bytes are ignored, and
+ * *prog_out's entries table names the entries in EntryKind order without functions (run goes
+ * through be_out->run, with the entry's index). plan, it and
  * prog_out must outlive be_out. Writes into f32 tensors are rounded in f32 mode. */
 void interp_backend(Interp *it, const Plan *plan, kiln_program *prog_out, RtBackend *be_out);
 

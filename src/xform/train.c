@@ -1,11 +1,17 @@
 /*
- * train.c — turns a model into its three entry points: grad, train and eval.
+ * train.c — turns a model into its entry points: train, eval, grad and apply.
  *
  * The optimizer is part of the graph: its moments and step count are persistent leaves (role
  * OPT), the learning rate is a hyper-parameter leaf the driver can override (--lr), and the
  * update is ordinary nodes that autodiff, the planner, the code generator and the reference
  * interpreter treat like any other. Formulas follow PyTorch's torch.optim so that a kiln run
  * and a PyTorch run from the same parameters take the same steps.
+ *
+ * train is the fused step; grad and apply are the same step cut in two at the gradients, which
+ * grad stores in persistent GRAD leaves ("grad.<param>") and apply reads, so that a host can
+ * accumulate or all-reduce them in between. The optimizer is built twice, once from the
+ * gradient nodes and once from the GRAD leaves; hash-consing shares everything else, and both
+ * entries compute every value the same way, so grad then apply is bit-identical to train.
  *
  * On demand (kiln jvp / kiln hvp), the grad entry also gets directional derivatives: tangent
  * inputs per parameter and forward-mode nodes (ad_forward.c) over the loss, the output or the
@@ -16,18 +22,28 @@
 
 #include "xform/xform.h"
 
+/* The leaf of an optimizer built a second time (apply after train) already exists. */
+static int existing(Graph *g, const char *name, Role role) {
+  int id = ir_find_leaf(g, name);
+  return id >= 0 && ir_at(g, id)->role == role ? id : -1;
+}
+
 /* A persistent optimizer tensor shaped like param p, named "<param>.<suffix>". */
 static int opt_state(Graph *g, int p, const char *suffix) {
   Node *pn = ir_at(g, p);
   const char *name = pool_printf(g->pool, "%s.%s", pn->name, suffix);
-  int id = ir_leaf(g, OP_STATE, ROLE_OPT, name, pn->dtype, pn->shape, pn->loc);
+  int id = existing(g, name, ROLE_OPT);
+  if (id >= 0) return id;
+  id = ir_leaf(g, OP_STATE, ROLE_OPT, name, pn->dtype, pn->shape, pn->loc);
   ir_at(g, id)->leaf.init = KILN_INIT_ZEROS;
   return id;
 }
 
 static int scalar_state(Graph *g, Role role, const char *name, DType dt, double init, Loc loc) {
   Shape s = {0};
-  int id = ir_leaf(g, OP_STATE, role, name, dt, s, loc);
+  int id = existing(g, name, role);
+  if (id >= 0) return id;
+  id = ir_leaf(g, OP_STATE, role, name, dt, s, loc);
   ir_at(g, id)->leaf.init = KILN_INIT_CONST;
   ir_at(g, id)->leaf.init_a = init;
   return id;
@@ -38,6 +54,7 @@ typedef struct OptCtx {
   const TrainSpec *ts;
   DType dt;
   Loc loc;
+  EntryKind entry; /* the entry the updates go to: train or apply */
   int lr;    /* hyper-parameter leaf */
   int step;  /* Adam's step count after this update (t + 1) */
   int started; /* SGD with dampening: 0 before the first update, then 1 */
@@ -48,6 +65,7 @@ static int add(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_ADD, a, b, c
 static int sub(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_SUB, a, b, c->loc); }
 static int mul(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_MUL, a, b, c->loc); }
 static int dvd(OptCtx *c, int a, int b) { return ir_binary(c->g, OP_DIV, a, b, c->loc); }
+static void upd(OptCtx *c, int target, int value) { ir_add_update(c->g, c->entry, target, value); }
 
 /* torch.optim's L2 weight decay: the gradient plus wd·p (nothing when wd is 0). */
 static int decayed(OptCtx *c, int p, int grad) {
@@ -72,10 +90,10 @@ static void update_sgd(OptCtx *c, int p, int grad) {
     int damp = ts->dampening == 0 ? k(c, 1)
                                   : sub(c, k(c, 1), mul(c, k(c, ts->dampening), c->started));
     int nbuf = add(c, mul(c, k(c, ts->momentum), buf), mul(c, damp, grad));
-    ir_add_update(g, ENTRY_TRAIN, buf, nbuf);
+    upd(c, buf, nbuf);
     grad = ts->nesterov ? add(c, grad, mul(c, k(c, ts->momentum), nbuf)) : nbuf;
   }
-  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, c->lr, grad)));
+  upd(c, p, sub(c, p, mul(c, c->lr, grad)));
 }
 
 /* torch.optim.Adam: m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;
@@ -92,9 +110,9 @@ static void update_adam(OptCtx *c, int p, int grad) {
   int step_size = dvd(c, c->lr, bc1);
   int denom = add(c, dvd(c, ir_unary(g, OP_SQRT, nv, c->loc), ir_unary(g, OP_SQRT, bc2, c->loc)),
                   k(c, ts->eps));
-  ir_add_update(g, ENTRY_TRAIN, m, nm);
-  ir_add_update(g, ENTRY_TRAIN, v, nv);
-  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, step_size, dvd(c, nm, denom))));
+  upd(c, m, nm);
+  upd(c, v, nv);
+  upd(c, p, sub(c, p, mul(c, step_size, dvd(c, nm, denom))));
 }
 
 /* torch.optim.Adagrad: g += wd·p; clr = lr / (1 + (t−1)·lr_decay); sum += g²;
@@ -107,14 +125,14 @@ static void update_adagrad(OptCtx *c, int p, int grad) {
   grad = decayed(c, p, grad);
   int sum = opt_state(g, p, "sum");
   int nsum = add(c, sum, mul(c, grad, grad));
-  ir_add_update(g, ENTRY_TRAIN, sum, nsum);
+  upd(c, sum, nsum);
   int acc = ts->initial_accumulator_value != 0 ? add(c, nsum, k(c, ts->initial_accumulator_value))
                                                : nsum;
   int clr = c->lr;
   if (ts->lr_decay != 0) /* c->step is t − 1 here: the count before this update */
     clr = dvd(c, c->lr, add(c, k(c, 1), mul(c, c->step, k(c, ts->lr_decay))));
   int denom = add(c, ir_unary(g, OP_SQRT, acc, c->loc), k(c, ts->eps));
-  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, clr, dvd(c, grad, denom))));
+  upd(c, p, sub(c, p, mul(c, clr, dvd(c, grad, denom))));
 }
 
 /* torch.optim.RMSprop: g += wd·p; v = α·v + (1−α)·g²; centered: ḡ = α·ḡ + (1−α)·g,
@@ -126,21 +144,21 @@ static void update_rmsprop(OptCtx *c, int p, int grad) {
   grad = decayed(c, p, grad);
   int v = opt_state(g, p, "square_avg");
   int nv = ema(c, ts->alpha, v, mul(c, grad, grad));
-  ir_add_update(g, ENTRY_TRAIN, v, nv);
+  upd(c, v, nv);
   int avg = nv;
   if (ts->centered) {
     int ga = opt_state(g, p, "grad_avg");
     int nga = ema(c, ts->alpha, ga, grad);
-    ir_add_update(g, ENTRY_TRAIN, ga, nga);
+    upd(c, ga, nga);
     avg = sub(c, nv, mul(c, nga, nga));
   }
   int step = dvd(c, grad, add(c, ir_unary(g, OP_SQRT, avg, c->loc), k(c, ts->eps)));
   if (ts->momentum > 0) {
     int buf = opt_state(g, p, "momentum_buffer");
     step = add(c, mul(c, k(c, ts->momentum), buf), step);
-    ir_add_update(g, ENTRY_TRAIN, buf, step);
+    upd(c, buf, step);
   }
-  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, c->lr, step)));
+  upd(c, p, sub(c, p, mul(c, c->lr, step)));
 }
 
 /* torch.optim.Adadelta: g += wd·p; v = ρ·v + (1−ρ)·g²; Δ = sqrt(u + ε)/sqrt(v + ε) · g;
@@ -156,9 +174,9 @@ static void update_adadelta(OptCtx *c, int p, int grad) {
                          ir_unary(g, OP_SQRT, add(c, nv, eps), c->loc)),
                   grad);
   int nu = ema(c, ts->rho, u, mul(c, delta, delta));
-  ir_add_update(g, ENTRY_TRAIN, v, nv);
-  ir_add_update(g, ENTRY_TRAIN, u, nu);
-  ir_add_update(g, ENTRY_TRAIN, p, sub(c, p, mul(c, c->lr, delta)));
+  upd(c, v, nv);
+  upd(c, u, nu);
+  upd(c, p, sub(c, p, mul(c, c->lr, delta)));
 }
 
 /* The regularization penalty l1·Σ|w| + (l2/2)·Σw² over every weight (LeafInfo.weight), or -1
@@ -203,6 +221,41 @@ static int project_max_norm(OptCtx *c, int p, int updated) {
   return mul(c, updated, dvd(c, cap, add(c, cap, excess)));
 }
 
+/* The optimizer's updates into entry e, from grads[i], the gradient of the i-th parameter. Built
+ * once from the gradient nodes (train) and once from the GRAD leaves (apply): the second time the
+ * optimizer's leaves are found by name and hash-consing returns every node that does not read a
+ * gradient, so both entries compute each value with the same nodes. */
+static void optimizer_step(OptCtx *c, EntryKind e, const int *grads) {
+  Graph *g = c->g;
+  const TrainSpec *ts = c->ts;
+  c->entry = e;
+  c->lr = scalar_state(g, ROLE_HYPER, "lr", c->dt, ts->lr, ts->loc);
+  if (ts->optimizer == OPT_ADAM) {
+    int t = scalar_state(g, ROLE_OPT, "adam.step", c->dt, 0, ts->loc);
+    c->step = add(c, t, k(c, 1));
+    upd(c, t, c->step);
+  } else if (ts->optimizer == OPT_ADAGRAD && ts->lr_decay != 0) {
+    c->step = scalar_state(g, ROLE_OPT, "adagrad.step", c->dt, 0, ts->loc);
+    upd(c, c->step, add(c, c->step, k(c, 1)));
+  } else if (ts->optimizer == OPT_SGD && ts->momentum != 0 && ts->dampening != 0) {
+    c->started = scalar_state(g, ROLE_OPT, "sgd.started", c->dt, 0, ts->loc);
+    upd(c, c->started, k(c, 1));
+  }
+  static void (*const updates[])(OptCtx *, int, int) = {
+      [OPT_SGD] = update_sgd, [OPT_ADAM] = update_adam, [OPT_ADAGRAD] = update_adagrad,
+      [OPT_RMSPROP] = update_rmsprop, [OPT_ADADELTA] = update_adadelta};
+  for (int i = 0; i < g->nparams; i++) updates[ts->optimizer](c, g->params[i], grads[i]);
+  if (ts->max_norm > 0) { /* project the new value of every weight: rewrite its update */
+    Entry *en = &g->entries[e];
+    for (int u = 0; u < en->nupdates; u++) {
+      Update *up = &en->updates[u];
+      Node *tn = ir_at(g, up->target);
+      if (tn->op == OP_PARAM && tn->leaf.weight)
+        up->value = project_max_norm(c, up->target, up->value);
+    }
+  }
+}
+
 void train_build(Graph *g) {
   const TrainSpec *ts = &g->train;
   if (g->loss_train < 0) kiln_fail(ts->loc, "the model has no loss to minimize");
@@ -235,39 +288,31 @@ void train_build(Graph *g) {
   g->grads = kiln_malloc((size_t)nparams * sizeof(int));
   ad_reverse(g, objective, g->params, nparams, g->grads);
   ir_add_output(g, ENTRY_GRAD, "loss", objective);
-  for (int i = 0; i < nparams; i++)
-    ir_add_output(g, ENTRY_GRAD, pool_printf(g->pool, "grad.%s", ir_at(g, g->params[i])->name),
-                  g->grads[i]);
+
+  /* grad also does what the frontend's train updates do (running statistics, the dropout
+   * counter), so that grad then apply is train; then it stores each gradient in its GRAD leaf. */
+  int nfront = g->entries[ENTRY_TRAIN].nupdates;
+  for (int u = 0; u < nfront; u++) {
+    Update up = g->entries[ENTRY_TRAIN].updates[u];
+    ir_add_update(g, ENTRY_GRAD, up.target, up.value);
+  }
+  if (pen >= 0) ir_add_output(g, ENTRY_GRAD, "penalty", pen);
+  g->grad_leaves = pool_alloc(g->pool, (size_t)nparams * sizeof(int));
+  for (int i = 0; i < nparams; i++) {
+    Node p = *ir_at(g, g->params[i]);
+    const char *name = pool_printf(g->pool, "grad.%s", p.name);
+    int id = ir_leaf(g, OP_STATE, ROLE_GRAD, name, p.dtype, p.shape, p.loc);
+    ir_at(g, id)->leaf.init = KILN_INIT_ZEROS;
+    g->grad_leaves[i] = id;
+    ir_add_update(g, ENTRY_GRAD, id, g->grads[i]);
+  }
 
   /* train: the loss, then every parameter's update (running statistics were added by the
-   * frontend). */
+   * frontend); apply: the same updates from the GRAD leaves. */
   ir_add_output(g, ENTRY_TRAIN, "loss", objective);
   if (pen >= 0) ir_add_output(g, ENTRY_TRAIN, "penalty", pen);
-  c.lr = scalar_state(g, ROLE_HYPER, "lr", dt, ts->lr, ts->loc);
-  if (ts->optimizer == OPT_ADAM) {
-    int t = scalar_state(g, ROLE_OPT, "adam.step", dt, 0, ts->loc);
-    c.step = add(&c, t, k(&c, 1));
-    ir_add_update(g, ENTRY_TRAIN, t, c.step);
-  } else if (ts->optimizer == OPT_ADAGRAD && ts->lr_decay != 0) {
-    c.step = scalar_state(g, ROLE_OPT, "adagrad.step", dt, 0, ts->loc);
-    ir_add_update(g, ENTRY_TRAIN, c.step, add(&c, c.step, k(&c, 1)));
-  } else if (ts->optimizer == OPT_SGD && ts->momentum != 0 && ts->dampening != 0) {
-    c.started = scalar_state(g, ROLE_OPT, "sgd.started", dt, 0, ts->loc);
-    ir_add_update(g, ENTRY_TRAIN, c.started, k(&c, 1));
-  }
-  static void (*const updates[])(OptCtx *, int, int) = {
-      [OPT_SGD] = update_sgd, [OPT_ADAM] = update_adam, [OPT_ADAGRAD] = update_adagrad,
-      [OPT_RMSPROP] = update_rmsprop, [OPT_ADADELTA] = update_adadelta};
-  for (int i = 0; i < nparams; i++) updates[ts->optimizer](&c, g->params[i], g->grads[i]);
-  if (ts->max_norm > 0) { /* project the new value of every weight: rewrite its update */
-    Entry *en = &g->entries[ENTRY_TRAIN];
-    for (int u = 0; u < en->nupdates; u++) {
-      Update *up = &en->updates[u];
-      Node *tn = ir_at(g, up->target);
-      if (tn->op == OP_PARAM && tn->leaf.weight)
-        up->value = project_max_norm(&c, up->target, up->value);
-    }
-  }
+  optimizer_step(&c, ENTRY_TRAIN, g->grads);
+  optimizer_step(&c, ENTRY_APPLY, g->grad_leaves);
 
   /* eval: evaluation-mode loss and the declared output. */
   if (g->loss_eval >= 0) ir_add_output(g, ENTRY_EVAL, "eval.loss", g->loss_eval);
