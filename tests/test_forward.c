@@ -616,7 +616,7 @@ START_TEST(compiled_hvp_matches_reference) {
   Graph *m = compile(cnn_src, true, true);
   FILE *log = tmpfile();
   ck_assert_ptr_nonnull(log);
-  int rc = check_model(m, 3, 1, 7, log);
+  int rc = check_model(m, 3, 1, 7, log, NULL);
   char text[1 << 15] = "";
   rewind(log);
   size_t n = fread(text, 1, sizeof text - 1, log);

@@ -314,7 +314,7 @@ END_TEST
 START_TEST(plan_invariants) {
   Graph *m = compile(KILN_SOURCE_DIR "/examples/mlp.kiln");
   Plan p;
-  plan_build(m, 64, &p);
+  plan_build(m, 64, NULL, &p);
   ck_assert_int_eq(p.arena_bytes % 64, 0);
   /* Every stored node is aligned and inside the arena. */
   int64_t symvals[IR_MAX_SYMS] = {64};
@@ -381,7 +381,7 @@ static bool plan_within(Graph *m, long n) {
   Trap t;
   kiln_test_fail_alloc_after(n);
   if (KILN_TRY(&t)) {
-    plan_build(m, 64, &p);
+    plan_build(m, 64, NULL, &p);
     kiln_trap_end(&t);
     kiln_test_fail_alloc_after(-1);
     plan_free(&p);
@@ -427,7 +427,7 @@ static double train_linear_reg(const char *optimizer, const char *extra, int ste
     ck_abort_msg("%s", t.msg);
   }
   Plan p;
-  plan_build(m, 1, &p);
+  plan_build(m, 1, NULL, &p);
   Interp *it = interp_new(m, 1, false);
   kiln_program prog;
   RtBackend be;
@@ -593,7 +593,7 @@ static int compile_through_emit(const char *text) {
   }
   m = fe_compile_string("chain.kiln", text);
   train_build(m);
-  plan_build(m, 4, &plan);
+  plan_build(m, 4, NULL, &plan);
   cg_emit_c(m, &plan, &c);
   kiln_trap_end(&t);
   ck_assert_ptr_nonnull(strstr(c.p, "kiln_program_desc"));

@@ -25,6 +25,7 @@ static const char usage[] =
     "  graph MODEL [--train]         the forward (or whole training) graph as Graphviz DOT\n"
     "  ir MODEL                      the typed IR with all entry points (train, eval, grad)\n"
     "  emit MODEL [-o step.c]        the whole training step as one C11 translation unit\n"
+    "  schedule MODEL                how each kernel is computed, and the memory plan\n"
     "  build MODEL -o TRAINER        a standalone trainer executable (system C compiler)\n"
     "  train MODEL [trainer options] train inside kiln (--runtime compiled|reference)\n"
     "  check MODEL [--steps N]       generated code against the reference runtime\n"
@@ -39,6 +40,8 @@ static const char usage[] =
     "  --batch N       batch size to specialise for (default: the model's train block)\n"
     "  --threads N     threads the generated code splits each batch over (default: the cores;\n"
     "                  also $KILN_THREADS); the split is fixed, so runs are reproducible\n"
+    "                  ($KILN_CONV=gemm|direct forces a convolution algorithm, $KILN_FUSE=0\n"
+    "                  turns elementwise fusion off)\n"
     "  -o FILE         output file ('-' for stdout where text)\n"
     "\n"
     "trainer options (train, and every built trainer):\n"
@@ -53,6 +56,7 @@ typedef struct Args {
   int precision;          /* 0: model's, 32, 64 (reference runtime) */
   int nrest;              /* options passed on to the trainer */
   char **rest;
+  SchedOptions sched;     /* from --threads and $KILN_THREADS, $KILN_CONV, $KILN_FUSE */
 } Args;
 
 static int usage_error(const char *fmt, const char *arg) {
@@ -76,6 +80,16 @@ static int parse_args(int argc, char **argv, Args *a) {
   a->steps = 3;
   a->rest = calloc((size_t)argc + 1, sizeof(char *));
   if (!a->rest) return usage_error("%s", "out of memory");
+  /* The library reads no environment and asks the machine nothing: the CLI decides for it. */
+  sched_default_options(&a->sched);
+  const char *env = getenv("KILN_THREADS");
+  long threads = env && *env ? strtol(env, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+  a->sched.threads = threads < 1 ? 1 : threads > 64 ? 64 : (int)threads;
+  env = getenv("KILN_CONV");
+  if (env && !strcmp(env, "gemm")) a->sched.conv = CONV_GEMM;
+  else if (env && !strcmp(env, "direct")) a->sched.conv = CONV_DIRECT;
+  env = getenv("KILN_FUSE");
+  a->sched.fuse = !(env && !strcmp(env, "0"));
   a->cmd = argv[1];
   for (int i = 2; i < argc; i++) {
     const char *s = argv[i];
@@ -98,8 +112,8 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (!strcmp(s, "--threads")) {
       NEED_VALUE();
       if (!parse_int(val, 1, &n) || n > 256) return usage_error("--threads needs an integer in 1..256, got '%s'", val);
-      /* The code generator reads it (cg_threads): the number of batch chunks compiled in. */
-      setenv("KILN_THREADS", val, 1);
+      /* The number of batch chunks compiled into the parallel kernels. */
+      a->sched.threads = n > 64 ? 64 : (int)n;
     } else if (!strcmp(s, "--train")) {
       a->train_graph = true;
     } else if (!strcmp(s, "--runtime")) {
@@ -295,11 +309,22 @@ static void write_ir(Graph *g, const Args *a, FILE *out) {
 
 static void write_c(Graph *g, const Args *a, FILE *out) {
   Plan plan;
-  plan_build(g, batch_of(g, a), &plan);
+  plan_build(g, batch_of(g, a), &a->sched, &plan);
   Buf b = {0};
   cg_emit_c(g, &plan, &b);
   fwrite(b.p, 1, b.len, out);
   buf_free(&b);
+  plan_free(&plan);
+}
+
+/* ---- kiln schedule ---- */
+
+static void write_schedule(Graph *g, const Args *a, FILE *out) {
+  Plan plan;
+  plan_build(g, batch_of(g, a), &a->sched, &plan);
+  sched_print(g, plan.sched, out);
+  fputc('\n', out);
+  plan_print(g, &plan, out);
   plan_free(&plan);
 }
 
@@ -310,7 +335,7 @@ static int generate(Graph *g, const Args *a, Buf *src) {
   Trap t;
   Plan plan = {0};
   if (KILN_TRY(&t)) {
-    plan_build(g, batch_of(g, a), &plan);
+    plan_build(g, batch_of(g, a), &a->sched, &plan);
     cg_emit_c(g, &plan, src);
     kiln_trap_end(&t);
     plan_free(&plan);
@@ -373,7 +398,7 @@ static int train_reference(Graph *g, const Args *a, RtOptions *o) {
   Trap t;
   Plan plan = {0};
   if (KILN_TRY(&t)) {
-    plan_build(g, batch_of(g, a), &plan);
+    plan_build(g, batch_of(g, a), &a->sched, &plan);
     kiln_trap_end(&t);
   } else {
     kiln_trap_end(&t);
@@ -412,13 +437,13 @@ static int cmd_train(Graph *g, const Args *a) {
 /* ---- kiln check / grad ---- */
 
 static int cmd_check(Graph *g, const Args *a) {
-  return check_model(g, batch_of(g, a), a->steps, g->train.seed, stdout);
+  return check_model(g, batch_of(g, a), a->steps, g->train.seed, stdout, &a->sched);
 }
 
 static int cmd_grad(Graph *g, const Args *a) {
   if (!a->params || !a->inputs || !a->out)
     return usage_error("%s", "grad needs --params P.safetensors --inputs I.safetensors -o G.safetensors");
-  return grad_model(g, a->params, a->inputs, a->out, a->reference, stdout);
+  return grad_model(g, a->params, a->inputs, a->out, a->reference, stdout, &a->sched);
 }
 
 /* ---- kiln jvp / hvp ---- */
@@ -427,7 +452,8 @@ static int cmd_forward(Graph *g, const Args *a, bool hvp) {
   if (!a->params || !a->inputs || !a->tangents || !a->out)
     return usage_error("%s needs --params P.safetensors --inputs I.safetensors --tangents "
                        "T.safetensors -o OUT.safetensors", a->cmd);
-  return forward_model(g, hvp, a->params, a->inputs, a->tangents, a->out, a->reference, stdout);
+  return forward_model(g, hvp, a->params, a->inputs, a->tangents, a->out, a->reference, stdout,
+                       &a->sched);
 }
 
 int main(int argc, char **argv) {
@@ -435,7 +461,8 @@ int main(int argc, char **argv) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  static const char *const commands[] = {"shapes", "graph", "ir", "emit", "build", "train", "check", "grad",
+  static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build",
+                                         "train", "check", "grad",
                                          "jvp", "hvp"};
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
@@ -466,6 +493,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(cmd, "graph")) rc = write_output(g, &a, write_dot, NULL);
   else if (!strcmp(cmd, "ir")) rc = write_output(g, &a, write_ir, NULL);
   else if (!strcmp(cmd, "emit")) rc = write_output(g, &a, write_c, NULL);
+  else if (!strcmp(cmd, "schedule")) rc = write_output(g, &a, write_schedule, NULL);
   else if (!strcmp(cmd, "build")) rc = cmd_build(g, &a);
   else if (!strcmp(cmd, "train")) rc = cmd_train(g, &a);
   else if (!strcmp(cmd, "check")) rc = cmd_check(g, &a);

@@ -43,7 +43,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cg/cg.h"
 
@@ -70,8 +69,10 @@ static const Sz SZ_ONE = {1, 0};
 static const Sz SZ_ZERO = {0, 0};
 
 typedef struct Cg {
-  Graph *g;
+  const Graph *g;
   const Plan *plan;
+  const Schedule *s;       /* plan->sched: every choice of how a node is computed */
+  Pool *pool;              /* this emit's strings and arrays, freed at its end */
   Buf *out;
   int indent;
   bool full;               /* printing a _full variant: B is folded to plan->batch */
@@ -80,8 +81,6 @@ typedef struct Cg {
   unsigned char *litused;  /* g->data arrays referenced */
   unsigned char *nores;    /* kernel output overlaps an input: no restrict (elementwise only) */
   const char **litname;    /* C name of each g->data array: lit3, or lit3_fc1_weight */
-  unsigned char *fused;    /* computed inside its consumer's loop, never stored (cg_fusion) */
-  int *into;               /* update value written straight into this target, or -1 */
 } Cg;
 
 static Sz sz_dim(const Cg *cg, Dim d) {
@@ -100,10 +99,10 @@ static Sz sz_prod(const Cg *cg, const Shape *s, int from, int to) {
   return r;
 }
 
-/* Strings printed into the generated code live in the graph's pool (a few bytes each). */
+/* Strings printed into the generated code live in the emit's pool (a few bytes each). */
 static const char *sz_c(const Cg *cg, Sz s) {
   if (s.p == 0)
-    return pool_printf(cg->g->pool, "%" PRId64, s.c);
+    return pool_printf(cg->pool, "%" PRId64, s.c);
   Buf b = {0};
   if (s.c == 1 && s.p == 1)
     buf_puts(&b, "B");
@@ -115,7 +114,7 @@ static const char *sz_c(const Cg *cg, Sz s) {
       buf_puts(&b, i ? "*B" : "B");
     buf_puts(&b, ")");
   }
-  const char *r = pool_strdup(cg->g->pool, b.p);
+  const char *r = pool_strdup(cg->pool, b.p);
   buf_free(&b);
   return r;
 }
@@ -144,7 +143,7 @@ static void checked_name(Cg *cg, const char *s, Loc loc, const char *what) {
 
 /* "fc1.weight" -> "fc1_weight" (caller validated s). */
 static const char *c_ident(Cg *cg, const char *s) {
-  char *r = pool_strdup(cg->g->pool, s);
+  char *r = pool_strdup(cg->pool, s);
   for (char *p = r; *p; p++)
     if (*p == '.')
       *p = '_';
@@ -157,7 +156,7 @@ static const char *dbl_c(Cg *cg, double v) {
     return "NAN";
   if (isinf(v))
     return v > 0 ? "INFINITY" : "-INFINITY";
-  return pool_printf(cg->g->pool, "%.17g", v);
+  return pool_printf(cg->pool, "%.17g", v);
 }
 
 static const char *ctype(DType t) {
@@ -196,7 +195,7 @@ static bool in_arena(const Node *x) { return x->op != OP_CONST; }
 static const char *lit_name(Cg *cg, int data) { return cg->litname[data]; }
 
 static const char *scalar_c(Cg *cg, double v, DType t) {
-  return pool_printf(cg->g->pool, "((%s)%s)", ctype(t), dbl_c(cg, v));
+  return pool_printf(cg->pool, "((%s)%s)", ctype(t), dbl_c(cg, v));
 }
 
 /* Element `idx` (a C expression) of input k of n, in the input's own type. */
@@ -205,8 +204,8 @@ static const char *in_at(Cg *cg, const Node *n, int k, const char *idx) {
   if (is_scalar_const(x))
     return scalar_c(cg, x->attr.value, x->dtype);
   if (is_data_const(x))
-    return pool_printf(cg->g->pool, "((%s)%s[%s])", ctype(x->dtype), lit_name(cg, x->data), idx);
-  return pool_printf(cg->g->pool, "%s[%s]", param_names[k], idx);
+    return pool_printf(cg->pool, "((%s)%s[%s])", ctype(x->dtype), lit_name(cg, x->data), idx);
+  return pool_printf(cg->pool, "%s[%s]", param_names[k], idx);
 }
 
 /* A strided operand of a loop nest: element = base[sum_k i_k * stride[k]]. */
@@ -279,11 +278,11 @@ static int nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops) {
     }
     const char *idx = b.len ? b.p : "0";
     if (ops[o].name && ops[o].cast)
-      ops[o].elem = pool_printf(cg->g->pool, "((%s)%s[%s])", ops[o].cast, ops[o].name, idx);
+      ops[o].elem = pool_printf(cg->pool, "((%s)%s[%s])", ops[o].cast, ops[o].name, idx);
     else if (ops[o].name)
-      ops[o].elem = pool_printf(cg->g->pool, "%s[%s]", ops[o].name, idx);
+      ops[o].elem = pool_printf(cg->pool, "%s[%s]", ops[o].name, idx);
     else if (ops[o].k < 0)
-      ops[o].elem = pool_printf(cg->g->pool, "y[%s]", idx);
+      ops[o].elem = pool_printf(cg->pool, "y[%s]", idx);
     else
       ops[o].elem = in_at(cg, ops[o].n, ops[o].k, idx);
     buf_free(&b);
@@ -348,14 +347,14 @@ static const char *expand_template(Cg *cg, const char *tpl, const char *a, const
     else
       unreachable();
   }
-  const char *r = pool_strdup(cg->g->pool, o.p);
+  const char *r = pool_strdup(cg->pool, o.p);
   buf_free(&o);
   return r;
 }
 
 /* Elementwise ops with broadcasting (and EXPAND, which is the identity broadcast). */
 static void emit_map(Cg *cg, const Node *n) {
-  Graph *g = cg->g;
+  const Graph *g = cg->g;
   int nread = n->op == OP_EXPAND ? 1 : n->nin;
   Sz dims[IR_MAX_RANK];
   for (int k = 0; k < n->shape.rank; k++)
@@ -523,18 +522,6 @@ static void emit_reshape(Cg *cg, const Node *n) {
   line(cg, "  y[i] = %s;", in_at(cg, n, 0, "i"));
 }
 
-/* MATMUL's scratch: the GEMM routine's packing buffers when cg_gemm.c judges the shape (at the
- * planned batch, so both kernel variants agree) worth blocking and both operands are arena
- * tensors of the node's type; 0 selects the plain loop nest. */
-static int64_t matmul_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
-  const Node *a = ir_at(g, n->in[0]), *b = ir_at(g, n->in[1]);
-  if (!in_arena(a) || !in_arena(b) || a->dtype != n->dtype || b->dtype != n->dtype)
-    return 0;
-  int64_t K = dim_value(a->shape.d[n->attr.trans_a ? 0 : 1], symvals);
-  return cg_gemm_scratch_bytes(dim_value(n->shape.d[0], symvals),
-                               dim_value(n->shape.d[1], symvals), K, n->dtype);
-}
-
 /* MATMUL: y[M,N] = op(a)[M,K] @ op(b)[K,N]. Large products call the blocked GEMM of cg_gemm.c.
  * Small ones keep the plain schedule: i-k-j, so the inner loop runs along contiguous rows of b
  * and y and vectorises; i-j-k with a running sum when b is transposed (then both a row and b's
@@ -545,17 +532,17 @@ static void emit_matmul(Cg *cg, const Node *n) {
   Sz M = sz_dim(cg, n->shape.d[0]), N = sz_dim(cg, n->shape.d[1]);
   Sz K = sz_dim(cg, a->shape.d[ta ? 0 : 1]);
   const char *m = sz_c(cg, M), *nn = sz_c(cg, N), *k = sz_c(cg, K);
-  if (matmul_scratch(cg->g, n, cg->plan->symvals) > 0) {
+  if (cg->s->node[n->id].gemm) {
     /* The blocked GEMM (cg_gemm.c); rows of a and b are their second dimension apart. */
     line(cg, "%s(%s, %s, %s, a, %s, %d, b, %s, %d, y, %s, scratch);", cg_gemm_name(n->dtype), m,
          nn, k, sz_c(cg, sz_dim(cg, a->shape.d[1])), ta, sz_c(cg, sz_dim(cg, b->shape.d[1])), tb,
          nn);
     return;
   }
-  const char *aik = in_at(cg, n, 0, ta ? pool_printf(cg->g->pool, "p*%s + i", m)
-                                        : pool_printf(cg->g->pool, "i*%s + p", k));
-  const char *bkj = in_at(cg, n, 1, tb ? pool_printf(cg->g->pool, "j*%s + p", k)
-                                        : pool_printf(cg->g->pool, "p*%s + j", nn));
+  const char *aik = in_at(cg, n, 0, ta ? pool_printf(cg->pool, "p*%s + i", m)
+                                        : pool_printf(cg->pool, "i*%s + p", k));
+  const char *bkj = in_at(cg, n, 1, tb ? pool_printf(cg->pool, "j*%s + p", k)
+                                        : pool_printf(cg->pool, "p*%s + j", nn));
   (void)b;
   if (!tb) {
     line(cg, "for (int64_t i = 0; i < %s; i++) {", m);
@@ -581,8 +568,8 @@ static void emit_matmul(Cg *cg, const Node *n) {
 /* The per-row part shared by the loss and its gradient: m = max of row i, s = sum exp(x - m),
  * both in double, and t = the label. */
 static void emit_ce_row(Cg *cg, const Node *n, const char *C) {
-  const char *xi0 = in_at(cg, n, 0, pool_printf(cg->g->pool, "i*%s", C));
-  const char *xij = in_at(cg, n, 0, pool_printf(cg->g->pool, "i*%s + j", C));
+  const char *xi0 = in_at(cg, n, 0, pool_printf(cg->pool, "i*%s", C));
+  const char *xij = in_at(cg, n, 0, pool_printf(cg->pool, "i*%s + j", C));
   line(cg, "double m = (double)%s;", xi0);
   line(cg, "for (int64_t j = 1; j < %s; j++)", C);
   line(cg, "  if ((double)%s > m) m = (double)%s;", xij, xij);
@@ -608,7 +595,7 @@ static void emit_cross_entropy(Cg *cg, const Node *n) {
   line(cg, "  continue;");
   line(cg, "}");
   line(cg, "total += m + log(s) - (double)%s;",
-       in_at(cg, n, 0, pool_printf(cg->g->pool, "i*%s + t", C)));
+       in_at(cg, n, 0, pool_printf(cg->pool, "i*%s + t", C)));
   cg->indent--;
   line(cg, "}");
   line(cg, "y[0] = bad ? (%s)NAN : (%s)(total / (double)%s);", ctype(n->dtype), ctype(n->dtype), N);
@@ -627,7 +614,7 @@ static void emit_cross_entropy_grad(Cg *cg, const Node *n) {
   line(cg, "const int ok = t >= 0 && t < %s;", C);
   line(cg, "for (int64_t j = 0; j < %s; j++)", C);
   line(cg, "  y[i*%s + j] = ok ? (%s)(g * (exp((double)%s - m) / s - (double)(j == t))) : (%s)NAN;",
-       C, T, in_at(cg, n, 0, pool_printf(cg->g->pool, "i*%s + j", C)), T);
+       C, T, in_at(cg, n, 0, pool_printf(cg->pool, "i*%s + j", C)), T);
   cg->indent--;
   line(cg, "}");
 }
@@ -640,7 +627,7 @@ static void emit_cross_entropy_grad(Cg *cg, const Node *n) {
 static const char *scaled(const Cg *cg, const char *k, Sz s) {
   if (sz_is_one(s))
     return k;
-  return pool_printf(cg->g->pool, "%s*%s", k, sz_c(cg, s));
+  return pool_printf(cg->pool, "%s*%s", k, sz_c(cg, s));
 }
 
 /* SOFTMAX / LOG_SOFTMAX along attr.axis: x seen as rows [outer, len, inner] (element (o, k, b)
@@ -652,7 +639,7 @@ static void emit_softmax(Cg *cg, const Node *n) {
   Sz outer = sz_prod(cg, xs, 0, ax), len = sz_dim(cg, xs->d[ax]);
   Sz inner = sz_prod(cg, xs, ax + 1, xs->rank);
   const char *T = ctype(n->dtype);
-  const char *at = pool_printf(cg->g->pool, "base + %s", scaled(cg, "k", inner));
+  const char *at = pool_printf(cg->pool, "base + %s", scaled(cg, "k", inner));
   const char *xk = in_at(cg, n, 0, at);
   line(cg, "for (int64_t o = 0; o < %s; o++)", sz_c(cg, outer));
   line(cg, "  for (int64_t b = 0; b < %s; b++) {", sz_c(cg, inner));
@@ -697,10 +684,10 @@ static void emit_concat(Cg *cg, const Node *n) {
   line(cg, "for (int64_t o = 0; o < %s; o++) {", sz_c(cg, outer));
   line(cg, "  for (int64_t k = 0; k < %s; k++)", sz_c(cg, ra));
   line(cg, "    y[%s + k] = %s;", scaled(cg, "o", ry),
-       in_at(cg, n, 0, pool_printf(cg->g->pool, "%s + k", scaled(cg, "o", ra))));
+       in_at(cg, n, 0, pool_printf(cg->pool, "%s + k", scaled(cg, "o", ra))));
   line(cg, "  for (int64_t k = 0; k < %s; k++)", sz_c(cg, rb));
   line(cg, "    y[%s + %s + k] = %s;", scaled(cg, "o", ry), sz_c(cg, ra),
-       in_at(cg, n, 1, pool_printf(cg->g->pool, "%s + k", scaled(cg, "o", rb))));
+       in_at(cg, n, 1, pool_printf(cg->pool, "%s + k", scaled(cg, "o", rb))));
   line(cg, "}");
 }
 
@@ -714,52 +701,21 @@ static void emit_slice(Cg *cg, const Node *n) {
   line(cg, "for (int64_t o = 0; o < %s; o++)", sz_c(cg, outer));
   line(cg, "  for (int64_t k = 0; k < %s; k++)", sz_c(cg, ry));
   line(cg, "    y[%s + k] = %s;", scaled(cg, "o", ry),
-       in_at(cg, n, 0, pool_printf(cg->g->pool, "%s + %s + k", scaled(cg, "o", rx),
+       in_at(cg, n, 0, pool_printf(cg->pool, "%s + %s + k", scaled(cg, "o", rx),
                                    sz_c(cg, off))));
 }
 
-/* A 2-D window op between its forward input x [N, C, H, W] and forward output y [N, O, Ho, Wo]
- * (O = C for pools). For an adjoint, one of the two is the node itself. Everything but N is a
- * constant. Tap (p, q) of output (i, j) reads input row i*SH - PT + p*DH and column
- * j*SW - PL + q*DW, nothing when that is in the padding. */
-typedef struct CgWin {
-  Sz N;
-  int64_t C, H, W, O, Ho, Wo, G;
-  int64_t KH, KW, SH, SW, DH, DW, PT, PL;
-} CgWin;
-
-static CgWin cg_win(const Cg *cg, const Shape *xs, const Shape *ys, const Attr *a) {
-  return (CgWin){.N = sz_dim(cg, xs->d[0]), .C = xs->d[1].n, .H = xs->d[2].n, .W = xs->d[3].n,
-                 .O = ys->d[1].n, .Ho = ys->d[2].n, .Wo = ys->d[3].n,
-                 .G = a->groups > 0 ? a->groups : 1, .KH = a->kernel[0], .KW = a->kernel[1],
-                 .SH = a->stride[0], .SW = a->stride[1], .DH = a->dilation[0],
-                 .DW = a->dilation[1], .PT = a->pad[0], .PL = a->pad[2]};
-}
-
-/* The output columns [*j0, *j1) whose tap q lands inside the input: the padding test hoisted
- * out of the inner loop (the range is a compile-time constant per q). Empty: *j0 == *j1. */
-static void win_cols(const CgWin *w, int64_t q, int64_t *j0, int64_t *j1) {
-  int64_t lo = w->PL - q * w->DW;             /* j*SW >= lo */
-  int64_t hi = w->W - 1 + w->PL - q * w->DW;  /* j*SW <= hi */
-  *j0 = lo <= 0 ? 0 : (lo + w->SW - 1) / w->SW;
-  *j1 = hi < 0 ? 0 : hi / w->SW + 1;
-  if (*j1 > w->Wo)
-    *j1 = w->Wo;
-  if (*j1 < *j0)
-    *j1 = *j0;
-}
-
 /* "xo + j" or "xo + j*2": the input column of output column j for the current tap. */
-static const char *win_xj(const Cg *cg, const CgWin *w) {
-  return w->SW == 1 ? "xo + j" : pool_printf(cg->g->pool, "xo + j*%" PRId64, w->SW);
+static const char *win_xj(const Cg *cg, const Window *w) {
+  return w->SW == 1 ? "xo + j" : pool_printf(cg->pool, "xo + j*%" PRId64, w->SW);
 }
 
 /* Opens the loops shared by the three convolutions, n, o, i, p (the input row r, rows in the
  * padding skipped) and sets yo, the start of y's row (n, o, i), and cb, the first input channel
  * of o's group. Closed by conv_close. */
-static void conv_open(Cg *cg, const CgWin *w, bool zero_yrow) {
+static void conv_open(Cg *cg, const Window *w, bool zero_yrow) {
   int64_t Cg_ = w->C / w->G, Og = w->O / w->G;
-  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
+  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, sz_dim(cg, w->N)));
   line(cg, "  for (int64_t o = 0; o < %" PRId64 "; o++) {", w->O);
   cg->indent += 2;
   if (w->G == 1)
@@ -794,7 +750,7 @@ static void conv_close(Cg *cg) {
 /* One kernel column q inside conv_open's loops: its c loop with the constant column range, xo
  * the input element of column 0 (maybe in the padding, never read there) and wv the weight
  * w[o, c, p, q]; `body` is the inner statement over j. */
-static void conv_tap(Cg *cg, const Node *n, const CgWin *w, int64_t q, int wk, const char *body) {
+static void conv_tap(Cg *cg, const Node *n, const Window *w, int64_t q, int wk, const char *body) {
   int64_t j0, j1, Cg_ = w->C / w->G;
   win_cols(w, q, &j0, &j1);
   if (j0 == j1)
@@ -803,7 +759,7 @@ static void conv_tap(Cg *cg, const Node *n, const CgWin *w, int64_t q, int wk, c
   cg->indent++;
   line(cg, "const %s wv = %s;", ctype(n->dtype),
        in_at(cg, n, wk,
-             pool_printf(cg->g->pool, "((o*%" PRId64 " + c)*%" PRId64 " + p)*%" PRId64 " + %" PRId64,
+             pool_printf(cg->pool, "((o*%" PRId64 " + c)*%" PRId64 " + p)*%" PRId64 " + %" PRId64,
                          Cg_, w->KH, w->KW, q)));
   line(cg, "const int64_t xo = ((n*%" PRId64 " + cb + c)*%" PRId64 " + r)*%" PRId64 " + (%" PRId64 ");",
        w->C, w->H, w->W, q * w->DW - w->PL);
@@ -813,22 +769,23 @@ static void conv_tap(Cg *cg, const Node *n, const CgWin *w, int64_t q, int wk, c
   line(cg, "}");
 }
 
-/* The GEMM schedule of the three convolutions, chosen per node (below the direct loops). */
-static bool conv_gemm(const Graph *g, const Node *n);
+/* The GEMM schedule of the three convolutions (below the direct loops). */
 static void emit_conv_gemm(Cg *cg, const Node *n);
+
+static bool conv_gemm(const Cg *cg, const Node *n) { return cg->s->node[n->id].conv == CONV_GEMM; }
 
 /* CONV2D(x, w) -> y: direct convolution, loops n, o, i, p, q (unrolled: each kernel column
  * gets its own constant range of output columns, so no padding test is left inside), c, j.
  * The innermost loop runs along a row of y and a row of x (strided by SW) and vectorises;
  * y's row is the accumulator. */
 static void emit_conv2d(Cg *cg, const Node *n) {
-  if (conv_gemm(cg->g, n)) {
+  if (conv_gemm(cg, n)) {
     emit_conv_gemm(cg, n);
     return;
   }
-  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &n->shape, &n->attr);
+  Window w = win_of(cg->g, n);
   conv_open(cg, &w, true);
-  const char *body = pool_printf(cg->g->pool, "y[yo + j] = fma%s(wv, %s, y[yo + j]);",
+  const char *body = pool_printf(cg->pool, "y[yo + j] = fma%s(wv, %s, y[yo + j]);",
                                  mathsfx(n->dtype), in_at(cg, n, 0, win_xj(cg, &w)));
   for (int64_t q = 0; q < w.KW; q++)
     conv_tap(cg, n, &w, q, 1, body);
@@ -839,28 +796,19 @@ static void emit_conv2d(Cg *cg, const Node *n) {
  * scattered into the dx row it came from (dx zeroed first). Within one j loop the targets are
  * distinct, so it vectorises like the forward (a strided store when SW > 1). */
 static void emit_conv2d_bwd_data(Cg *cg, const Node *n) {
-  if (conv_gemm(cg->g, n)) {
+  if (conv_gemm(cg, n)) {
     emit_conv_gemm(cg, n);
     return;
   }
-  CgWin w = cg_win(cg, &n->shape, &ir_at(cg->g, n->in[0])->shape, &n->attr);
+  Window w = win_of(cg->g, n);
   emit_zero(cg, n);
   conv_open(cg, &w, false);
   const char *xj = win_xj(cg, &w);
-  const char *body = pool_printf(cg->g->pool, "y[%s] = fma%s(wv, %s, y[%s]);", xj,
+  const char *body = pool_printf(cg->pool, "y[%s] = fma%s(wv, %s, y[%s]);", xj,
                                  mathsfx(n->dtype), in_at(cg, n, 0, "yo + j"), xj);
   for (int64_t q = 0; q < w.KW; q++)
     conv_tap(cg, n, &w, q, 1, body);
   conv_close(cg);
-}
-
-/* Scratch of CONV2D_BWD_FILTER: one row of partial sums per weight of an output channel. */
-static int64_t conv_filter_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
-  (void)symvals;
-  const Shape *xs = &ir_at(g, n->in[0])->shape, *ys = &ir_at(g, n->in[1])->shape;
-  int64_t groups = n->attr.groups > 0 ? n->attr.groups : 1;
-  return xs->d[1].n / groups * n->attr.kernel[0] * n->attr.kernel[1] * ys->d[3].n *
-         (int64_t)dtype_size(n->dtype);
 }
 
 /* CONV2D_BWD_FILTER(x, dy) -> dw: per output channel o, the forward's loops (o outermost so
@@ -868,11 +816,11 @@ static int64_t conv_filter_scratch(const Graph *g, const Node *n, const int64_t 
  * sums per weight (c, p, q) in scratch, so the inner loop has no reduction to reassociate and
  * vectorises; each row is summed into dw[o, c, p, q] at the end. */
 static void emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
-  if (conv_gemm(cg->g, n)) {
+  if (conv_gemm(cg, n)) {
     emit_conv_gemm(cg, n);
     return;
   }
-  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &ir_at(cg->g, n->in[1])->shape, &n->attr);
+  Window w = win_of(cg->g, n);
   int64_t Cg_ = w.C / w.G, Og = w.O / w.G, taps = Cg_ * w.KH * w.KW;
   const char *T = ctype(n->dtype);
   line(cg, "%s *restrict acc = (%s *)scratch; /* [C/G, KH, KW, Wo] */", T, T);
@@ -884,7 +832,7 @@ static void emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
     line(cg, "const int64_t cb = o / %" PRId64 " * %" PRId64 ";", Og, Cg_);
   line(cg, "for (int64_t t = 0; t < %" PRId64 "; t++)", taps * w.Wo);
   line(cg, "  acc[t] = 0;");
-  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w.N));
+  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, sz_dim(cg, w.N)));
   line(cg, "  for (int64_t i = 0; i < %" PRId64 "; i++) {", w.Ho);
   cg->indent += 2;
   line(cg, "const int64_t yo = ((n*%" PRId64 " + o)*%" PRId64 " + i)*%" PRId64 ";", w.O, w.Ho,
@@ -932,83 +880,14 @@ static void emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
  *   forward        y_n[g]  = w[g] · col_g                  (M = O/G, N = Ho*Wo, K)
  *   input grad     dcol_g  = w[g]ᵀ · dy_n[g], then col2im  (M = K, N = Ho*Wo, K = O/G)
  *   weight grad    dw[g]  += dy_n[g] · col_gᵀ              (M = O/G, N = K, K = Ho*Wo)
- * each a call of kiln_sgemm (cg_gemm.c). The batch is split into cg_threads() fixed chunks of
+ * each a call of kiln_sgemm (cg_gemm.c). The batch is split into the schedule's fixed chunks of
  * images, chunk t using slot t of the scratch region (its col buffer, GEMM packing buffers and,
  * for the weight gradient, its own partial sums, added up in chunk order at the end), so results
  * depend neither on which thread runs a chunk nor on whether OpenMP is on at all: without it the
  * `omp` pragma is ignored and the chunks run one after another.
  */
 
-/* Threads the generated kernels split work over: $KILN_THREADS, else the machine's cores. Fixed
- * when the program is generated (it sizes the scratch region and the reductions' split). */
-static int cg_threads(void) {
-  const char *e = getenv("KILN_THREADS");
-  long t = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
-  return t < 1 ? 1 : t > 64 ? 64 : (int)t;
-}
-
-/* The constant part of a conv node's window: x [N, C, H, W] against y [N, O, Ho, Wo]. */
-static CgWin conv_win(const Graph *g, const Node *n) {
-  const Shape *xs, *ys;
-  if (n->op == OP_CONV2D)
-    xs = &ir_at(g, n->in[0])->shape, ys = &n->shape;
-  else if (n->op == OP_CONV2D_BWD_DATA)
-    xs = &n->shape, ys = &ir_at(g, n->in[0])->shape;
-  else
-    xs = &ir_at(g, n->in[0])->shape, ys = &ir_at(g, n->in[1])->shape;
-  const Attr *a = &n->attr;
-  return (CgWin){.C = xs->d[1].n, .H = xs->d[2].n, .W = xs->d[3].n, .O = ys->d[1].n,
-                 .Ho = ys->d[2].n, .Wo = ys->d[3].n, .G = a->groups > 0 ? a->groups : 1,
-                 .KH = a->kernel[0], .KW = a->kernel[1], .SH = a->stride[0], .SW = a->stride[1],
-                 .DH = a->dilation[0], .DW = a->dilation[1], .PT = a->pad[0], .PL = a->pad[2]};
-}
-
-/* Scratch bytes kiln_sgemm needs for M×N×K, even below the size where matmul nodes keep their
- * plain loop: the bound grows with M and N, and with K up to one K block. */
-static int64_t gemm_ws(int64_t M, int64_t N, int64_t K, DType dt) {
-  return cg_gemm_scratch_bytes(M < 64 ? 64 : M, N < 64 ? 64 : N, K < 8 ? 8 : K, dt);
-}
-
 static int64_t align64(int64_t b) { return (b + 63) / 64 * 64; }
-
-/* Whether conv node n runs as im2col + GEMM rather than the direct loops. Both operands must be
- * arena tensors of n's floating type. The direct loops win when a GEMM dimension is tiny (conv1
- * of the MNIST CNN: one input channel, K = 9); $KILN_CONV=gemm or =direct overrides the choice
- * (the tests run every case both ways). */
-static bool conv_gemm(const Graph *g, const Node *n) {
-  const Node *a = ir_at(g, n->in[0]), *b = ir_at(g, n->in[1]);
-  if ((n->dtype != DT_F32 && n->dtype != DT_F64) || !in_arena(a) || !in_arena(b) ||
-      a->dtype != n->dtype || b->dtype != n->dtype)
-    return false;
-  const char *e = getenv("KILN_CONV");
-  if (e && !strcmp(e, "gemm"))
-    return true;
-  if (e && !strcmp(e, "direct"))
-    return false;
-  CgWin w = conv_win(g, n);
-  int64_t k = w.C / w.G * w.KH * w.KW, og = w.O / w.G;
-  return k >= 16 && og >= 8 && w.Ho * w.Wo >= 16;
-}
-
-/* One scratch slot (64-byte multiple): col, the weight gradient's partial sums, GEMM buffers. */
-static int64_t conv_slot_bytes(const Graph *g, const Node *n) {
-  CgWin w = conv_win(g, n);
-  int64_t es = (int64_t)dtype_size(n->dtype), K = w.C / w.G * w.KH * w.KW, Og = w.O / w.G;
-  int64_t HW = w.Ho * w.Wo, col = align64(w.G * K * HW * es), ws;
-  if (n->op == OP_CONV2D)
-    ws = gemm_ws(Og, HW, K, n->dtype);
-  else if (n->op == OP_CONV2D_BWD_DATA)
-    ws = gemm_ws(K, HW, Og, n->dtype);
-  else
-    ws = gemm_ws(Og, K, HW, n->dtype) + align64(w.O * K * es);
-  return col + align64(ws);
-}
-
-static int64_t conv_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
-  if (conv_gemm(g, n))
-    return 64 + cg_threads() * conv_slot_bytes(g, n);
-  return n->op == OP_CONV2D_BWD_FILTER ? conv_filter_scratch(g, n, symvals) : 0;
-}
 
 /* Opens the loop over chunks of the batch: `t` the chunk, [n0, n1) its images, `ws` its slot
  * (base 64-byte aligned) and `col` the slot's unfolded image. Closed by conv_close_chunks. */
@@ -1019,7 +898,7 @@ static void conv_open_chunks(Cg *cg, const Node *n, int threads, Sz batch) {
     line(cg, "#pragma omp parallel for num_threads(%d) schedule(static, 1)", threads);
   line(cg, "for (int64_t t = 0; t < %d; t++) {", threads);
   cg->indent++;
-  line(cg, "unsigned char *ws = scratch + t*%" PRId64 ";", conv_slot_bytes(cg->g, n));
+  line(cg, "unsigned char *ws = scratch + t*%" PRId64 ";", sched_conv_slot_bytes(cg->s, cg->g, n));
   line(cg, "%s *restrict col = (%s *)(void *)ws;", T, T);
   line(cg, "const int64_t n0 = %s*t/%d, n1 = %s*(t + 1)/%d;", sz_c(cg, batch), threads,
        sz_c(cg, batch), threads);
@@ -1034,10 +913,10 @@ static void conv_close_chunks(Cg *cg) {
  * n of y (col2im: y's image zeroed, then every col element added to the input element it was
  * taken from). Kernel columns are unrolled, each with its constant range of valid output
  * columns; rows in the padding are zero rows of col. */
-static void conv_im2col(Cg *cg, const Node *n, const CgWin *w, int k, bool back) {
+static void conv_im2col(Cg *cg, const Node *n, const Window *w, int k, bool back) {
   int64_t HW = w->Ho * w->Wo;
   const char *T = ctype(n->dtype);
-  const char *xs = w->SW == 1 ? "xn[xo + j]" : pool_printf(cg->g->pool, "xn[xo + j*%" PRId64 "]", w->SW);
+  const char *xs = w->SW == 1 ? "xn[xo + j]" : pool_printf(cg->pool, "xn[xo + j*%" PRId64 "]", w->SW);
   if (back) {
     line(cg, "%s *restrict xn = y + n*%" PRId64 ";", T, w->C * w->H * w->W);
     line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++)", w->C * w->H * w->W);
@@ -1102,8 +981,8 @@ static void conv_im2col(Cg *cg, const Node *n, const CgWin *w, int k, bool back)
 
 /* The three convolutions as im2col + GEMM (see above). */
 static void emit_conv_gemm(Cg *cg, const Node *n) {
-  CgWin w = conv_win(cg->g, n);
-  int threads = cg_threads();
+  Window w = win_of(cg->g, n);
+  int threads = cg->s->node[n->id].chunks;
   int64_t K = w.C / w.G * w.KH * w.KW, Og = w.O / w.G, HW = w.Ho * w.Wo;
   int64_t ysz = w.O * HW;
   int64_t colb = align64(w.G * K * HW * (int64_t)dtype_size(n->dtype));
@@ -1152,7 +1031,7 @@ static void emit_conv_gemm(Cg *cg, const Node *n) {
     line(cg, "  %s s = 0;", T);
     line(cg, "  for (int64_t t = 0; t < %d; t++)", threads);
     line(cg, "    s += ((const %s *)(void *)(scratch + t*%" PRId64 " + %" PRId64 "))[e];", T,
-         conv_slot_bytes(cg->g, n), colb);
+         sched_conv_slot_bytes(cg->s, cg->g, n), colb);
     line(cg, "  y[e] = s;");
     line(cg, "}");
   }
@@ -1161,8 +1040,8 @@ static void emit_conv_gemm(Cg *cg, const Node *n) {
 /* Opens the loops over every pool window (n, c, i, j), with yi the output element, and the
  * taps of the window (p, q), padding skipped, with xi the input element. Six loops to close
  * with pool_close, the last two with pool_close_taps first. */
-static void pool_open_windows(Cg *cg, const CgWin *w) {
-  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
+static void pool_open_windows(Cg *cg, const Window *w) {
+  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, sz_dim(cg, w->N)));
   line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
   line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
   line(cg, "      for (int64_t j = 0; j < %" PRId64 "; j++) {", w->Wo);
@@ -1171,7 +1050,7 @@ static void pool_open_windows(Cg *cg, const CgWin *w) {
        w->Ho, w->Wo);
 }
 
-static void pool_open_taps(Cg *cg, const CgWin *w) {
+static void pool_open_taps(Cg *cg, const Window *w) {
   line(cg, "for (int64_t p = 0; p < %" PRId64 "; p++) {", w->KH);
   line(cg, "  const int64_t r = i*%" PRId64 " - %" PRId64 " + p*%" PRId64 ";", w->SH, w->PT,
        w->DH);
@@ -1201,7 +1080,7 @@ static void pool_close(Cg *cg) {
 /* The first maximum of window (n, c, i, j) into best, as the reference's window_argmax:
  * padding is -inf and never read, a later tap wins only when strictly greater (PyTorch's
  * row-major first maximum) or NaN; -1 when no tap is in bounds. */
-static void maxpool_argmax(Cg *cg, const Node *n, const CgWin *w) {
+static void maxpool_argmax(Cg *cg, const Node *n, const Window *w) {
   const char *T = ctype(n->dtype);
   line(cg, "int64_t best = -1;");
   line(cg, "%s m = -INFINITY;", T);
@@ -1216,18 +1095,10 @@ static void maxpool_argmax(Cg *cg, const Node *n, const CgWin *w) {
   pool_close_taps(cg);
 }
 
-/* Whether the pool's windows tile the input without overlap or padding (kernel = stride, the
- * MNIST CNN's 2×2 pools): every tap is in bounds and every input element is in at most one
- * window, so the taps can be unrolled with no test and the adjoint needs no accumulation. */
-static bool pool_tiles(const CgWin *w) {
-  return w->KH == w->SH && w->KW == w->SW && w->DH == 1 && w->DW == 1 && w->PT == 0 &&
-         w->PL == 0 && w->KH * w->KW <= 16 && w->Ho * w->SH <= w->H && w->Wo * w->SW <= w->W;
-}
-
 /* Opens the loops over rows of tiling windows: n, c, i, j, with xw the input element of tap
  * (0, 0) of window (i, j) and yi the output element. Closed by pool_close. */
-static void pool_open_tiles(Cg *cg, const CgWin *w) {
-  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, w->N));
+static void pool_open_tiles(Cg *cg, const Window *w) {
+  line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, sz_dim(cg, w->N)));
   line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
   line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
   line(cg, "      for (int64_t j = 0; j < %" PRId64 "; j++) {", w->Wo);
@@ -1242,7 +1113,7 @@ static void pool_open_tiles(Cg *cg, const CgWin *w) {
 /* The first maximum of a tiling window, taps unrolled as selects (so the j loop vectorises):
  * m its value, bt its tap number, with the reference's rule (a later tap wins when strictly
  * greater, or NaN). */
-static void maxpool_tile_argmax(Cg *cg, const Node *n, const CgWin *w, bool want_tap) {
+static void maxpool_tile_argmax(Cg *cg, const Node *n, const Window *w, bool want_tap) {
   const char *T = ctype(n->dtype);
   line(cg, "%s m = %s;", T, in_at(cg, n, 0, "xw"));
   if (want_tap)
@@ -1250,7 +1121,7 @@ static void maxpool_tile_argmax(Cg *cg, const Node *n, const CgWin *w, bool want
   for (int64_t t = 1; t < w->KH * w->KW; t++) {
     int64_t off = t / w->KW * w->W + t % w->KW;
     line(cg, "{ const %s v = %s; const int gt = v > m || v != v;", T,
-         in_at(cg, n, 0, pool_printf(cg->g->pool, "xw + %" PRId64, off)));
+         in_at(cg, n, 0, pool_printf(cg->pool, "xw + %" PRId64, off)));
     if (want_tap)
       line(cg, "  bt = gt ? %" PRId64 " : bt;", t);
     line(cg, "  m = gt ? v : m; }");
@@ -1258,8 +1129,8 @@ static void maxpool_tile_argmax(Cg *cg, const Node *n, const CgWin *w, bool want
 }
 
 static void emit_maxpool2d(Cg *cg, const Node *n) {
-  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &n->shape, &n->attr);
-  if (pool_tiles(&w)) {
+  Window w = win_of(cg->g, n);
+  if (cg->s->node[n->id].tiles) {
     pool_open_tiles(cg, &w);
     maxpool_tile_argmax(cg, n, &w, false);
     line(cg, "y[yi] = m;");
@@ -1274,8 +1145,8 @@ static void emit_maxpool2d(Cg *cg, const Node *n) {
 
 /* MAXPOOL2D_GRAD(x, dy) -> dx: each dy to its window's first maximum; overlapping windows add. */
 static void emit_maxpool2d_grad(Cg *cg, const Node *n) {
-  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &ir_at(cg->g, n->in[1])->shape, &n->attr);
-  if (pool_tiles(&w)) {
+  Window w = win_of(cg->g, n);
+  if (cg->s->node[n->id].tiles) {
     /* Each tap of a window is written once: dy at the first maximum, 0 elsewhere; only rows
      * and columns no window covers need zeroing beforehand. */
     if (w.Ho * w.SH != w.H || w.Wo * w.SW != w.W)
@@ -1305,7 +1176,7 @@ static void emit_maxpool2d_grad(Cg *cg, const Node *n) {
 
 /* The divisor of window (i, j): the whole window when the padding counts, else its in-bounds
  * taps (rows in bounds times columns in bounds). */
-static void avgpool_divisor(Cg *cg, const Node *n, const CgWin *w) {
+static void avgpool_divisor(Cg *cg, const Node *n, const Window *w) {
   const char *T = ctype(n->dtype);
   if (n->attr.count_include_pad) {
     line(cg, "const %s div = (%s)%" PRId64 ";", T, T, w->KH * w->KW);
@@ -1326,7 +1197,7 @@ static void avgpool_divisor(Cg *cg, const Node *n, const CgWin *w) {
 }
 
 static void emit_avgpool2d(Cg *cg, const Node *n) {
-  CgWin w = cg_win(cg, &ir_at(cg->g, n->in[0])->shape, &n->shape, &n->attr);
+  Window w = win_of(cg->g, n);
   pool_open_windows(cg, &w);
   avgpool_divisor(cg, n, &w);
   line(cg, "%s sum = 0;", ctype(n->dtype));
@@ -1339,7 +1210,7 @@ static void emit_avgpool2d(Cg *cg, const Node *n) {
 
 /* AVGPOOL2D_GRAD(dy) -> dx: each dy / divisor added to every in-bounds tap of its window. */
 static void emit_avgpool2d_grad(Cg *cg, const Node *n) {
-  CgWin w = cg_win(cg, &n->shape, &ir_at(cg->g, n->in[0])->shape, &n->attr);
+  Window w = win_of(cg->g, n);
   emit_zero(cg, n);
   pool_open_windows(cg, &w);
   avgpool_divisor(cg, n, &w);
@@ -1400,38 +1271,6 @@ static const CgEmit emitters[OP_COUNT] = {
     [OP_AVGPOOL2D_GRAD] = emit_avgpool2d_grad,
 };
 
-/* Kernels whose inner loops are worth the vectoriser's full cost model. */
-static const bool vectorise[OP_COUNT] = {
-    [OP_CONV2D] = true,
-    [OP_CONV2D_BWD_DATA] = true,
-    [OP_CONV2D_BWD_FILTER] = true,
-};
-
-/* Bytes of scratch a kernel needs, per op (most need none). The kernel gets it as its last
- * pointer parameter, `scratch`, at Plan.scratch_offset. */
-typedef int64_t (*CgScratch)(const Graph *g, const Node *n, const int64_t *symvals);
-/* f32 sums accumulate in double (emit_accumulate). */
-static int64_t reduce_scratch(const Graph *g, const Node *n, const int64_t *symvals) {
-  (void)g;
-  return n->dtype == DT_F32 ? shape_numel(&n->shape, symvals) * (int64_t)sizeof(double) : 0;
-}
-
-static const CgScratch scratch_rules[OP_COUNT] = {
-    [OP_SUM] = reduce_scratch,
-    [OP_MEAN] = reduce_scratch,
-    [OP_SUM_TO] = reduce_scratch,
-    [OP_CONV2D] = conv_scratch,
-    [OP_CONV2D_BWD_DATA] = conv_scratch,
-    [OP_CONV2D_BWD_FILTER] = conv_scratch,
-    [OP_MATMUL] = matmul_scratch,
-};
-
-int64_t cg_scratch_bytes(const Graph *g, const Node *n, const int64_t *symvals) {
-  if (n->op < 0 || n->op >= OP_COUNT || !scratch_rules[n->op])
-    return 0;
-  return scratch_rules[n->op](g, n, symvals);
-}
-
 bool cg_has_emitter(Op op) { return op >= 0 && op < OP_COUNT && emitters[op] != NULL; }
 
 /* Which inputs a kernel reads (the others only give a shape): bit k = input k. */
@@ -1444,37 +1283,14 @@ static unsigned reads_mask(const Node *n) {
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise fusion, a schedule decision (the graph, its meaning and the interpreter do not
- * change). A tree of elementwise ops whose inner nodes each have exactly one consumer, have the
- * root's shape and are neither an entry's output nor an update's value, is printed as ONE flat
- * loop over the root's elements that computes the inner nodes in registers (`const float tN`)
- * and stores only the root; the plan gives the inner nodes no storage. Operands left in memory
- * ("leaves" of the tree) are broadcast to the root's shape by the strided loop-nest printer, so
- * a batch norm's per-channel scale fuses like a scalar.
- *
- * Updates without copies: an update target <- value normally copies the value at the end of
- * the entry. When the value is such a flat kernel, computed only by one entry, and no kernel of
- * that entry after it reads the target, the plan places the value in the target's storage, so
- * the kernel writes the new parameter directly (reading the old one through y, element by
- * element, before writing it) and the copy disappears. $KILN_FUSE=0 turns both off.
+ * Fused trees (sched.c decides them): one loop nest over the root's elements computing the inner
+ * nodes in registers (`const float tN`) and storing only the root. An in-place update's kernel
+ * reads the old value of its target through y, element before element.
  */
 
-/* Ops a fused loop computes in registers: the elementwise ops with a C spelling in op_c. */
-static const bool fusible[OP_COUNT] = {
-    [OP_ADD] = true,        [OP_SUB] = true,         [OP_MUL] = true,
-    [OP_DIV] = true,        [OP_POW] = true,         [OP_NEG] = true,
-    [OP_EXP] = true,        [OP_LOG] = true,         [OP_SQRT] = true,
-    [OP_RELU] = true,       [OP_RELU_GRAD] = true,   [OP_SIGMOID] = true,
-    [OP_TANH] = true,       [OP_LEAKY_RELU] = true,  [OP_LEAKY_RELU_GRAD] = true,
-};
-
-/* Nodes per fused tree at most: keeps the loop body (and the plan's walk over it) small. */
-#define FUSE_MAX_NODES 32
-
-static bool fuse_enabled(void) {
-  const char *s = getenv("KILN_FUSE");
-  return !(s && strcmp(s, "0") == 0);
-}
+static bool is_tree(const Cg *cg, const Node *n) { return sched_is_tree(cg->g, cg->s, n->id); }
+static bool is_fused(const Cg *cg, int id) { return cg->s->node[id].fused; }
+static int into_of(const Cg *cg, int id) { return cg->s->node[id].into; }
 
 /* A shape of one element whatever the batch. */
 static bool is_single(const Shape *s) {
@@ -1482,132 +1298,6 @@ static bool is_single(const Shape *s) {
     if (s->d[k].sym >= 0 || s->d[k].n != 1)
       return false;
   return true;
-}
-
-/* Whether n can be part of a fused loop nest over its elements: a fusible op whose operands
- * have its type (scalar constants: any type, cast as emit_map does); they may be broadcast. */
-static bool flat_map(const Graph *g, const Node *n) {
-  if (!fusible[n->op])
-    return false;
-  for (int k = 0; k < n->nin; k++) {
-    const Node *x = ir_at(g, n->in[k]);
-    if (x->dtype != n->dtype && x->op != OP_CONST)
-      return false;
-  }
-  return true;
-}
-
-/* Calls fn(x, arg) for every stored operand x of the kernel computing n (through fused inner
- * nodes); a leaf read twice is reported twice. */
-static void kernel_operands(const Graph *g, const unsigned char *fused, int n,
-                            void (*fn)(int x, void *arg), void *arg) {
-  const Node *nd = ir_at(g, n);
-  for (int k = 0; k < nd->nin; k++) {
-    int x = nd->in[k];
-    if (fused[x])
-      kernel_operands(g, fused, x, fn, arg);
-    else
-      fn(x, arg);
-  }
-}
-
-typedef struct LastRead {
-  int *last;  /* per node: the last kernel (node id) of the entry reading it */
-  int kernel;
-} LastRead;
-
-static void note_read(int x, void *arg) {
-  LastRead *lr = arg;
-  lr->last[x] = lr->kernel;
-}
-
-void cg_fusion(const Graph *g, unsigned char *fused, int *into) {
-  int nn = g->nnodes;
-  memset(fused, 0, (size_t)nn);
-  for (int i = 0; i < nn; i++)
-    into[i] = -1;
-  if (!fuse_enabled() || nn == 0)
-    return;
-  /* Working arrays in the graph's pool, so an error unwinding the compile leaks nothing. */
-  int *entries = pool_alloc(g->pool, (size_t)nn * sizeof(int));  /* bit e: entry e runs node i */
-  int *uses = pool_alloc(g->pool, (size_t)nn * sizeof(int));     /* input slots reading i, any entry */
-  int *pinned = pool_alloc(g->pool, (size_t)nn * sizeof(int));   /* output or update value somewhere */
-  int *size = pool_alloc(g->pool, (size_t)nn * sizeof(int));     /* nodes in i's fused tree */
-  int *last = pool_alloc(g->pool, (size_t)nn * sizeof(int));
-  unsigned char *mark = pool_alloc(g->pool, (size_t)nn);
-  for (int e = 0; e < ENTRY_COUNT; e++) {
-    ir_reachable(g, (EntryKind)e, mark);
-    for (int i = 0; i < nn; i++)
-      if (mark[i])
-        entries[i] |= 1 << e;
-    const Entry *en = &g->entries[e];
-    for (int o = 0; o < en->noutputs; o++)
-      pinned[en->outputs[o].node]++;
-    for (int u = 0; u < en->nupdates; u++)
-      pinned[en->updates[u].value]++;
-  }
-  for (int i = 0; i < nn; i++)
-    if (entries[i])
-      for (int k = 0; k < ir_at(g, i)->nin; k++)
-        uses[ir_at(g, i)->in[k]]++;
-
-  /* Consumers in id order, so an input's own tree is complete when it is considered. */
-  for (int c = 0; c < nn; c++) {
-    const Node *cn = ir_at(g, c);
-    if (!entries[c] || !flat_map(g, cn))
-      continue;
-    size[c] = 1;
-    for (int k = 0; k < cn->nin; k++) {
-      int x = cn->in[k];
-      const Node *xn = ir_at(g, x);
-      if (uses[x] == 1 && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn) &&
-          shape_eq(&xn->shape, &cn->shape) && xn->dtype == cn->dtype &&
-          size[c] + size[x] <= FUSE_MAX_NODES) {
-        fused[x] = 1;
-        size[c] += size[x];
-      }
-    }
-  }
-
-  /* Updates written in place (see above). */
-  for (int e = 0; e < ENTRY_COUNT; e++) {
-    const Entry *en = &g->entries[e];
-    LastRead lr = {.last = last};
-    for (int i = 0; i < nn; i++)
-      last[i] = -1;
-    for (int j = 0; j < nn; j++)
-      if ((entries[j] & (1 << e)) && !op_is_leaf(ir_at(g, j)->op) && !fused[j]) {
-        lr.kernel = j;
-        kernel_operands(g, fused, j, note_read, &lr);
-      }
-    for (int u = 0; u < en->nupdates; u++) {
-      int t = en->updates[u].target, v = en->updates[u].value;
-      const Node *tn = ir_at(g, t), *vn = ir_at(g, v);
-      if (op_is_leaf(vn->op) || !flat_map(g, vn) || entries[v] != (1 << e) || pinned[v] != 1 ||
-          (tn->op != OP_PARAM && tn->op != OP_STATE) || !shape_eq(&tn->shape, &vn->shape) ||
-          tn->dtype != vn->dtype || last[t] > v || pinned[t])
-        continue;
-      bool alone = true;  /* t is the target of this update only (pinned: no update's value) */
-      for (int o = 0; o < en->nupdates; o++)
-        if (o != u && en->updates[o].target == t)
-          alone = false;
-      if (alone)
-        into[v] = t;
-    }
-  }
-}
-
-/* Whether n's kernel is a flat fused loop: it computes fused inner nodes, or it writes an
- * update's new value in place. */
-static bool is_tree(const Cg *cg, const Node *n) {
-  if (op_is_leaf(n->op) || cg->fused[n->id])
-    return false;
-  if (cg->into[n->id] >= 0)
-    return true;
-  for (int k = 0; k < n->nin; k++)
-    if (cg->fused[n->in[k]])
-      return true;
-  return false;
 }
 
 /* The operands of tree kernel `root` left in memory: its distinct arena operands, passed as
@@ -1618,10 +1308,10 @@ typedef struct TreeArgs {
   const Node *root;
   bool all;  /* collect the operands in root's storage too (for check_plan) */
   int n, ndc;
-  int id[2 * FUSE_MAX_NODES + 2];
-  int dc[2 * FUSE_MAX_NODES + 2];            /* literal arrays (CONST with data) */
-  const char *elem[2 * FUSE_MAX_NODES + 2];  /* element expressions, set by emit_tree */
-  const char *dcelem[2 * FUSE_MAX_NODES + 2];
+  int id[2 * SCHED_FUSE_MAX_NODES + 2];
+  int dc[2 * SCHED_FUSE_MAX_NODES + 2];            /* literal arrays (CONST with data) */
+  const char *elem[2 * SCHED_FUSE_MAX_NODES + 2];  /* element expressions, set by emit_tree */
+  const char *dcelem[2 * SCHED_FUSE_MAX_NODES + 2];
   const char *yelem;
 } TreeArgs;
 
@@ -1647,14 +1337,14 @@ static void tree_args(Cg *cg, const Node *root, TreeArgs *ta) {
   memset(ta, 0, sizeof *ta);
   ta->cg = cg;
   ta->root = root;
-  kernel_operands(cg->g, cg->fused, root->id, tree_arg, ta);
+  sched_kernel_operands(cg->g, cg->s, root->id, tree_arg, ta);
 }
 
 /* Operand x of a node in the tree, as a primary expression at the current element. */
 static const char *tree_opnd(Cg *cg, const TreeArgs *ta, int x) {
   const Node *xn = ir_at(cg->g, x);
-  if (cg->fused[x])
-    return pool_printf(cg->g->pool, "t%d", x);
+  if (is_fused(cg, x))
+    return pool_printf(cg->pool, "t%d", x);
   if (is_scalar_const(xn))
     return scalar_c(cg, xn->attr.value, xn->dtype);
   for (int i = 0; i < ta->ndc; i++)
@@ -1671,7 +1361,7 @@ static const char *tree_opnd(Cg *cg, const TreeArgs *ta, int x) {
 /* Inner nodes first (post-order), each into a register; the root into y. */
 static void tree_node(Cg *cg, const TreeArgs *ta, const Node *n) {
   for (int k = 0; k < n->nin; k++)
-    if (cg->fused[n->in[k]])
+    if (is_fused(cg, n->in[k]))
       tree_node(cg, ta, ir_at(cg->g, n->in[k]));
   const char *a = tree_opnd(cg, ta, n->in[0]);
   const char *b = n->nin > 1 ? tree_opnd(cg, ta, n->in[1]) : NULL;
@@ -1685,7 +1375,7 @@ static void tree_node(Cg *cg, const TreeArgs *ta, const Node *n) {
 /* " %5 = mul %6 = sqrt ...": the fused inner nodes of n's tree, for the kernel's comment. */
 static void tree_comment(Cg *cg, const Node *n, Buf *b) {
   for (int k = 0; k < n->nin; k++)
-    if (cg->fused[n->in[k]]) {
+    if (is_fused(cg, n->in[k])) {
       const Node *x = ir_at(cg->g, n->in[k]);
       tree_comment(cg, x, b);
       buf_printf(b, " %%%d = %s", x->id, op_names[x->op]);
@@ -1695,7 +1385,7 @@ static void tree_comment(Cg *cg, const Node *n, Buf *b) {
 /* One loop nest over the root's elements (the strided printer: every inner node has the root's
  * shape, leaves are broadcast to it), the tree's body inside. */
 static void emit_tree(Cg *cg, const Node *n, TreeArgs *ta) {
-  Graph *g = cg->g;
+  const Graph *g = cg->g;
   Sz dims[IR_MAX_RANK];
   for (int k = 0; k < n->shape.rank; k++)
     dims[k] = sz_dim(cg, n->shape.d[k]);
@@ -1710,7 +1400,7 @@ static void emit_tree(Cg *cg, const Node *n, TreeArgs *ta) {
     const Node *x = ir_at(g, lit ? ta->dc[i - ta->n] : ta->id[i]);
     Opnd *o = &ops[1 + i];
     o->k = 0;
-    o->name = lit ? lit_name(cg, x->data) : pool_printf(g->pool, "x%d", i);
+    o->name = lit ? lit_name(cg, x->data) : pool_printf(cg->pool, "x%d", i);
     o->cast = lit ? ctype(x->dtype) : NULL;
     broadcast_strides(cg, &x->shape, &n->shape, o->stride);
   }
@@ -1747,7 +1437,7 @@ static bool has_batch(const Shape *s) {
 
 static const char *kernel_name(Cg *cg, const Node *n) {
   const char *sfx = !cg->var[n->id] ? "" : cg->full ? "_full" : "_n";
-  return pool_printf(cg->g->pool, "k%d_%s%s", n->id, op_names[n->op], sfx);
+  return pool_printf(cg->pool, "k%d_%s%s", n->id, op_names[n->op], sfx);
 }
 
 /* "%12 = matmul(%10, %11)  f32 [B, 600]  h1" */
@@ -1766,29 +1456,16 @@ static void kernel_comment(Cg *cg, const Node *n) {
     if (f.len)
       buf_printf(&b, "  fused:%s", f.p);
     buf_free(&f);
-    if (cg->into[n->id] >= 0)
-      buf_printf(&b, "  (written in place of %%%d)", cg->into[n->id]);
+    if (into_of(cg, n->id) >= 0)
+      buf_printf(&b, "  (written in place of %%%d)", into_of(cg, n->id));
   }
   buf_puts(&b, " */");
   line(cg, "%s", b.p);
   buf_free(&b);
 }
 
-/* A tiling max pool (or its adjoint) with an odd number of windows per row: gcc's cheap cost
- * model vectorises an even row two lanes at a time, branch-free, but leaves an odd one scalar,
- * where the first-maximum selects become mispredicted branches (1.4 ms against 0.2 ms for the
- * MNIST CNN's 7-window rows); the full cost model vectorises it. */
-static bool pool_odd_rows(const Cg *cg, const Node *n) {
-  if (n->op != OP_MAXPOOL2D && n->op != OP_MAXPOOL2D_GRAD)
-    return false;
-  const Node *x = ir_at(cg->g, n->in[0]);
-  const Shape *ys = n->op == OP_MAXPOOL2D ? &n->shape : &ir_at(cg->g, n->in[1])->shape;
-  CgWin w = cg_win(cg, &x->shape, ys, &n->attr);
-  return pool_tiles(&w) && w.Wo % 2 == 1;
-}
-
 static void emit_kernel(Cg *cg, const Node *n) {
-  Graph *g = cg->g;
+  const Graph *g = cg->g;
   const char *res = cg->nores[n->id] ? "" : "restrict ";
   bool tree = is_tree(cg, n);
   TreeArgs ta;
@@ -1806,13 +1483,13 @@ static void emit_kernel(Cg *cg, const Node *n) {
     if ((rd & (1u << k)) && in_arena(x))
       buf_printf(&sig, ", const %s *%s%s", ctype(x->dtype), res, param_names[k]);
   }
-  if (cg_scratch_bytes(g, n, cg->plan->symvals) > 0)
+  if (cg->s->node[n->id].scratch > 0)
     buf_puts(&sig, ", unsigned char *restrict scratch");
   if (cg->var[n->id] && !cg->full)
     buf_puts(&sig, ", int64_t B");
   buf_puts(&sig, ") {");
   kernel_comment(cg, n);
-  if (vectorise[n->op] || tree || pool_odd_rows(cg, n)) {
+  if (cg->s->node[n->id].vectorise) {
     /* gcc's -O2 vectoriser ("very cheap" cost model) gives up on loops whose constant trip
      * count is not a multiple of the vector width, such as a 14-wide image row. */
     line(cg, "#if defined(__GNUC__) && !defined(__clang__)");
@@ -1834,12 +1511,12 @@ static void emit_kernel(Cg *cg, const Node *n) {
 }
 
 static const char *arena_ptr(Cg *cg, const Node *x, bool is_const) {
-  return pool_printf(cg->g->pool, "(%s%s *)(arena + %" PRId64 ")", is_const ? "const " : "",
+  return pool_printf(cg->pool, "(%s%s *)(arena + %" PRId64 ")", is_const ? "const " : "",
                      ctype(x->dtype), cg->plan->offset[x->id]);
 }
 
 static void emit_call(Cg *cg, const Node *n) {
-  Graph *g = cg->g;
+  const Graph *g = cg->g;
   Buf b = {0};
   buf_printf(&b, "%s(%s", kernel_name(cg, n), arena_ptr(cg, n, false));
   unsigned rd = reads_mask(n);
@@ -1855,8 +1532,8 @@ static void emit_call(Cg *cg, const Node *n) {
     if ((rd & (1u << k)) && in_arena(x))
       buf_printf(&b, ", %s", arena_ptr(cg, x, true));
   }
-  if (cg_scratch_bytes(g, n, cg->plan->symvals) > 0) {
-    KILN_ASSERT(cg->plan->scratch_bytes >= cg_scratch_bytes(g, n, cg->plan->symvals));
+  if (cg->s->node[n->id].scratch > 0) {
+    KILN_ASSERT(cg->plan->scratch_bytes >= cg->s->node[n->id].scratch);
     buf_printf(&b, ", arena + %" PRId64, cg->plan->scratch_offset);
   }
   if (cg->var[n->id] && !cg->full)
@@ -1886,7 +1563,7 @@ static void emit_update(Cg *cg, const Update *up) {
 }
 
 static void emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
-  Graph *g = cg->g;
+  const Graph *g = cg->g;
   const char *name = entry_names[e];
   if (cg->full)
     line(cg, "static void %s_full(unsigned char *arena) {", name);
@@ -1897,7 +1574,7 @@ static void emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
     line(cg, "(void)B;");
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
-    if (!mark[i] || op_is_leaf(n->op) || is_alias(cg, n) || cg->fused[i])
+    if (!mark[i] || op_is_leaf(n->op) || is_alias(cg, n) || is_fused(cg, i))
       continue;
     emit_call(cg, n);
   }
@@ -1906,7 +1583,7 @@ static void emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
    * in an order where a target is written only once no pending update reads it; a cycle (a swap)
    * would need scratch space the arena does not have. */
   const Entry *en = &g->entries[e];
-  unsigned char *done = pool_alloc(g->pool, (size_t)en->nupdates + 1);
+  unsigned char *done = pool_alloc(cg->pool, (size_t)en->nupdates + 1);
   for (int left = en->nupdates; left > 0; left--) {
     int u = -1;
     for (int c = 0; c < en->nupdates && u < 0; c++) {
@@ -1933,7 +1610,7 @@ static void emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
  * Checks done before printing anything.
  */
 static void check_plan(Cg *cg) {
-  Graph *g = cg->g;
+  const Graph *g = cg->g;
   for (int i = 0; i < cg->plan->ntensors; i++) {
     const int node = cg->plan->tensor_node ? cg->plan->tensor_node[i] : -1;
     checked_name(cg, cg->plan->tensors[i].name, node >= 0 ? ir_at(g, node)->loc : (Loc){0},
@@ -1948,12 +1625,12 @@ static void check_plan(Cg *cg) {
       continue;
     if (!emitters[n->op])
       kiln_fail(n->loc, "the C code generator cannot compile %s yet", op_names[n->op]);
-    /* The plan must have followed cg_fusion: no storage for fused nodes, the target's for an
+    /* The plan must have followed the schedule: no storage for fused nodes, the target's for an
      * update value written in place. */
-    if (cg->fused[i] != (cg->plan->offset[i] < 0) ||
-        (cg->into[i] >= 0 && cg->plan->offset[i] != cg->plan->offset[cg->into[i]]))
+    if (is_fused(cg, i) != (cg->plan->offset[i] < 0) ||
+        (into_of(cg, i) >= 0 && cg->plan->offset[i] != cg->plan->offset[into_of(cg, i)]))
       kiln_bug(__FILE__, __LINE__, "the plan's storage disagrees with the fusion schedule");
-    if (cg->fused[i] || op_is_leaf(n->op) || is_alias(cg, n))
+    if (is_fused(cg, i) || op_is_leaf(n->op) || is_alias(cg, n))
       continue;
     if (is_tree(cg, n)) {
       /* A tree kernel may share bytes only with an operand of its own shape at its own offset
@@ -1963,7 +1640,7 @@ static void check_plan(Cg *cg) {
       ta.cg = cg;
       ta.root = n;
       ta.all = true;
-      kernel_operands(g, cg->fused, i, tree_arg, &ta);
+      sched_kernel_operands(g, cg->s, i, tree_arg, &ta);
       int64_t y0 = cg->plan->offset[i], y1 = y0 + node_bytes(cg, n);
       for (int a = 0; a < ta.n; a++) {
         const Node *x = ir_at(g, ta.id[a]);
@@ -1973,7 +1650,7 @@ static void check_plan(Cg *cg) {
         if (x0 < y1 && y0 < x1 && !same)
           kiln_bug(__FILE__, __LINE__, "plan overlaps a fused kernel's output with its input");
       }
-      if (cg->into[i] >= 0 && !shape_eq(&ir_at(g, cg->into[i])->shape, &n->shape))
+      if (into_of(cg, i) >= 0 && !shape_eq(&ir_at(g, into_of(cg, i))->shape, &n->shape))
         kiln_bug(__FILE__, __LINE__, "an in-place update changes shape");
       continue;
     }
@@ -1998,7 +1675,7 @@ static void check_plan(Cg *cg) {
  * The translation unit.
  */
 static void emit_literals(Cg *cg) {
-  Graph *g = cg->g;
+  const Graph *g = cg->g;
   for (int d = 0; d < g->ndata; d++) {
     if (!cg->litused[d])
       continue;
@@ -2025,7 +1702,7 @@ static const char *const role_names[] = {"PARAM", "STATE", "HYPER", "INPUT", "OU
 static const char *const dtype_enum[] = {"KILN_F32", "KILN_F64", "KILN_I32"};
 
 static void emit_tensors(Cg *cg) {
-  Graph *g = cg->g;
+  const Graph *g = cg->g;
   const Plan *p = cg->plan;
   line(cg, "static const kiln_tensor kiln_tensors[%d] = {", p->ntensors > 0 ? p->ntensors : 1);
   cg->indent++;
@@ -2061,7 +1738,7 @@ static void emit_tensors(Cg *cg) {
  * identifier set become '_' rather than failing the compile. */
 static const char *model_name(Cg *cg) {
   const char *s = cg->g->name ? cg->g->name : "model";
-  char *r = pool_strndup(cg->g->pool, s, strnlen(s, 200));
+  char *r = pool_strndup(cg->pool, s, strnlen(s, 200));
   for (char *q = r; *q; q++)
     if (!((*q >= 'A' && *q <= 'Z') || (*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') ||
           *q == '_' || *q == '.' || *q == '-'))
@@ -2069,19 +1746,16 @@ static const char *model_name(Cg *cg) {
   return r;
 }
 
-void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
-  Cg cg = {.g = g, .plan = plan, .out = out};
+static void emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool) {
+  Cg cg = {.g = g, .plan = plan, .s = plan->sched, .pool = pool, .out = out};
   int nn = g->nnodes > 0 ? g->nnodes : 1;
-  cg.used = pool_alloc(g->pool, (size_t)nn);
-  cg.var = pool_alloc(g->pool, (size_t)nn);
-  cg.nores = pool_alloc(g->pool, (size_t)nn);
-  cg.litused = pool_alloc(g->pool, (size_t)(g->ndata > 0 ? g->ndata : 1));
-  cg.fused = pool_alloc(g->pool, (size_t)nn);
-  cg.into = pool_alloc(g->pool, sizeof(int) * (size_t)nn);
-  cg_fusion(g, cg.fused, cg.into);
+  cg.used = pool_alloc(pool, (size_t)nn);
+  cg.var = pool_alloc(pool, (size_t)nn);
+  cg.nores = pool_alloc(pool, (size_t)nn);
+  cg.litused = pool_alloc(pool, (size_t)(g->ndata > 0 ? g->ndata : 1));
   unsigned char *marks[ENTRY_COUNT];
   for (int e = 0; e < ENTRY_COUNT; e++) {
-    marks[e] = pool_alloc(g->pool, (size_t)nn);
+    marks[e] = pool_alloc(pool, (size_t)nn);
     ir_reachable(g, (EntryKind)e, marks[e]);
     for (int i = 0; i < g->nnodes; i++)
       cg.used[i] |= marks[e][i];
@@ -2108,13 +1782,13 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
         cg.litused[n->data] = 1;
     }
   /* Literal arrays are named after the leaf holding them when it has a (checked) name. */
-  cg.litname = pool_alloc(g->pool, sizeof(char *) * (size_t)(g->ndata > 0 ? g->ndata : 1));
+  cg.litname = pool_alloc(pool, sizeof(char *) * (size_t)(g->ndata > 0 ? g->ndata : 1));
   for (int d = 0; d < g->ndata; d++)
-    cg.litname[d] = pool_printf(g->pool, "lit%d", d);
+    cg.litname[d] = pool_printf(pool, "lit%d", d);
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
     if (op_is_leaf(n->op) && n->data >= 0 && n->data < g->ndata && cg_ident_ok(n->name))
-      cg.litname[n->data] = pool_printf(g->pool, "lit%d_%s", n->data, c_ident(&cg, n->name));
+      cg.litname[n->data] = pool_printf(pool, "lit%d_%s", n->data, c_ident(&cg, n->name));
   }
   check_plan(&cg);
 
@@ -2130,11 +1804,9 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
   for (int t = 0; t < 2; t++)
     for (int i = 0; i < g->nnodes; i++) {
       const Node *n = ir_at(g, i);
-      bool gemm = n->op == OP_MATMUL ? matmul_scratch(g, n, plan->symvals) > 0
-                  : n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA ||
-                          n->op == OP_CONV2D_BWD_FILTER ? conv_gemm(g, n) : false;
+      bool gemm = cg.s->node[i].gemm || cg.s->node[i].conv == CONV_GEMM;
       if (cg.used[i] && gemm && n->dtype == (t ? DT_F64 : DT_F32)) {
-        cg_gemm_emit(n->dtype, out);
+        cg_gemm_emit(n->dtype, &cg.s->tiles, out);
         break;
       }
     }
@@ -2144,7 +1816,7 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
     cg.full = v == 0;
     for (int i = 0; i < g->nnodes; i++) {
       const Node *n = ir_at(g, i);
-      if (!cg.used[i] || op_is_leaf(n->op) || is_alias(&cg, n) || cg.fused[i])
+      if (!cg.used[i] || op_is_leaf(n->op) || is_alias(&cg, n) || is_fused(&cg, i))
         continue;
       if (!cg.var[i] && !cg.full)
         continue;
@@ -2184,4 +1856,16 @@ void cg_emit_c(Graph *g, const Plan *plan, Buf *out) {
   line(&cg, "  .seed = UINT64_C(%" PRIu64 "),", g->train.seed);
   line(&cg, "  .patience = %d,", g->train.patience);
   line(&cg, "};");
+}
+
+void cg_emit_c(const Graph *g, const Plan *plan, Buf *out) {
+  Pool *pool = pool_new();
+  Trap t;
+  if (!KILN_TRY(&t)) {
+    pool_free(pool);
+    kiln_rethrow(&t);
+  }
+  emit_unit(g, plan, out, pool);
+  kiln_trap_end(&t);
+  pool_free(pool);
 }

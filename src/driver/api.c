@@ -90,7 +90,7 @@ kiln_status kiln_emit_c(kiln_model *m, int64_t batch, char **source) {
   if (KILN_TRY(&t)) {
     Graph *g = m->g;
     int64_t bsz = batch > 0 ? batch : g->train.batch > 0 ? g->train.batch : (g->nsyms ? 64 : 1);
-    plan_build(g, bsz, &plan);
+    plan_build(g, bsz, NULL, &plan);
     cg_emit_c(g, &plan, &b);
     kiln_trap_end(&t);
   } else {

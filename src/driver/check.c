@@ -71,10 +71,10 @@ static void sides_free(Sides *s) {
 }
 
 /* Plans g at batch and emits its C, failing with the compiler's message on out. */
-static int plan_and_emit(Graph *g, int64_t batch, Sides *s, bool emit) {
+static int plan_and_emit(Graph *g, int64_t batch, const SchedOptions *so, Sides *s, bool emit) {
   Trap t;
   if (KILN_TRY(&t)) {
-    plan_build(g, batch, &s->plan);
+    plan_build(g, batch, so, &s->plan);
     s->planned = true;
     if (emit)
       cg_emit_c(g, &s->plan, &s->src);
@@ -246,11 +246,12 @@ static void compare_all(Sides *s, unsigned roles, int entry, int64_t batch, cons
   }
 }
 
-int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out) {
+int check_model(Graph *g, int64_t batch, int steps, uint64_t seed, FILE *out,
+                const SchedOptions *so) {
   Sides s = {0};
   int rc = 1;
   double *buf = NULL, *x = NULL, *r = NULL;
-  if (plan_and_emit(g, batch, &s, true) || make_compiled(&s) || make_reference(g, &s))
+  if (plan_and_emit(g, batch, so, &s, true) || make_compiled(&s) || make_reference(g, &s))
     goto done;
 
   int64_t maxn = 1;
@@ -462,7 +463,7 @@ static const char *written_name(Deriv d, const char *name) {
  * extended) at the given values. */
 static int derivatives(Graph *g, Deriv d, const char *params_path, const char *inputs_path,
                        const char *tangents_path, const char *out_path, bool use_reference,
-                       FILE *out) {
+                       FILE *out, const SchedOptions *so) {
   Sides s = {0};
   RtNamedTensor *pt = NULL, *it = NULL, *tt = NULL, *ot = NULL;
   int np = 0, ni = 0, nt = 0, no = 0, rc = 1;
@@ -476,7 +477,7 @@ static int derivatives(Graph *g, Deriv d, const char *params_path, const char *i
   }
   int64_t batch;
   if (grad_batch(g, it, ni, inputs_path, &batch) || check_labels(g, it, ni, inputs_path) ||
-      plan_and_emit(g, batch, &s, !use_reference))
+      plan_and_emit(g, batch, so, &s, !use_reference))
     goto done;
   if (use_reference ? make_reference(g, &s) : make_compiled(&s))
     goto done;
@@ -573,12 +574,14 @@ done:
 }
 
 int grad_model(Graph *g, const char *params_path, const char *inputs_path, const char *out_path,
-               bool use_reference, FILE *out) {
-  return derivatives(g, DERIV_GRAD, params_path, inputs_path, NULL, out_path, use_reference, out);
+               bool use_reference, FILE *out, const SchedOptions *so) {
+  return derivatives(g, DERIV_GRAD, params_path, inputs_path, NULL, out_path, use_reference, out,
+                     so);
 }
 
 int forward_model(Graph *g, bool hvp, const char *params_path, const char *inputs_path,
-                  const char *tangents_path, const char *out_path, bool use_reference, FILE *out) {
+                  const char *tangents_path, const char *out_path, bool use_reference, FILE *out,
+                  const SchedOptions *so) {
   return derivatives(g, hvp ? DERIV_HVP : DERIV_JVP, params_path, inputs_path, tangents_path,
-                     out_path, use_reference, out);
+                     out_path, use_reference, out, so);
 }
