@@ -522,7 +522,7 @@ START_TEST(conv2d_and_adjoints) {
 }
 END_TEST
 
-/* The same cases through im2col + GEMM (cg_c.c's conv_gemm, forced on), the batch split into
+/* The same cases through im2col + GEMM (the schedule's conv = CONV_GEMM), the batch split into
  * three chunks so that some are empty at batches 2 and 1. */
 START_TEST(conv2d_and_adjoints_gemm) {
   opts.conv = CONV_GEMM;
@@ -696,7 +696,7 @@ START_TEST(conv_filter_uses_scratch) {
 END_TEST
 
 /* Every op the reference runtime can run, the code generator can compile (pending issue-3 ops
- * are listed in cg_c.c's emitter table until both sides have them). */
+ * are listed in cg_file.c's emitter table until both sides have them). */
 START_TEST(emitters_cover_the_reference) {
   for (int op = 0; op < OP_COUNT; op++)
     if (interp_has_kernel((Op)op))

@@ -1,8 +1,8 @@
 /*
  * cg_gemm.c — the blocked matrix multiply that generated matmul kernels call.
  *
- * cg_c.c prints a MATMUL kernel as one call to a static routine this file writes into the program
- * once per element type: `kiln_sgemm` (float) or `kiln_dgemm` (double), computing
+ * cg_elem.c prints a MATMUL kernel as one call to a static routine this file writes into the
+ * program once per element type: `kiln_sgemm` (float) or `kiln_dgemm` (double), computing
  *     C[M,N] = op(A)[M,K] · op(B)[K,N]        (op = transpose or not, chosen at run time)
  * with sizes, leading dimensions and transposes as arguments (a `_n` kernel passes its run-time
  * batch). The schedule is BLIS's (see PERF-NOTES.md, "How"): loops over N-blocks, then K-blocks of
@@ -10,9 +10,9 @@
  * block of A is packed, zero-padded, into the scratch region plan.c reserves, in the order the
  * micro-kernel reads it; the micro-kernel keeps an MR×NR block of C in vector registers. When M
  * fits one M block (the batch-64 layers), full panels of an untransposed B are read in place:
- * each B element is then used only M times, too few to repay copying it. Products below
- * the schedule's threshold (sched.c) keep cg_c.c's plain loop (bench/gemm.sh: the GEMM wins from there up, even at
- * N = 10, where the plain dot-product loop is a scalar dependency chain).
+ * each B element is then used only M times, too few to repay copying it. Products below the
+ * schedule's threshold (sched.c) keep cg_elem.c's plain loop (bench/gemm.sh: the GEMM wins from
+ * there up, even at N = 10, where the plain dot-product loop is a scalar dependency chain).
  *
  * Everything is portable C: the vectors are GCC vector types (gcc and clang), whose width the
  * generated text picks from the target's feature macros, because -march=native on gcc 12 does

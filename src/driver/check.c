@@ -382,7 +382,7 @@ static int grad_batch(Graph *g, const RtNamedTensor *in, int nin, const char *pa
 
 /* Labels from the inputs file must lie in [0, C) of the cross_entropy that reads them: the
  * reference runtime refuses others, and the compiled program only flags them with a NaN loss
- * (cg_c.c), which must not reach the output file as if it were a result. */
+ * (src/cg/), which must not reach the output file as if it were a result. */
 static int check_labels(Graph *g, const RtNamedTensor *in, int nin, const char *path) {
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);

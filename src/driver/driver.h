@@ -1,7 +1,7 @@
 /*
  * driver.h — `kiln check`, `grad`, `jvp` and `hvp`: generated code against the reference.
  *
- * Both compile the model's C (cg_c.c) into a shared object (aot.c) and drive it through the
+ * Both compile the model's C (src/cg/) into a shared object (aot.c) and drive it through the
  * same RtBackend interface as the reference interpreter (ref/ref.h), so a disagreement
  * is between the two meanings of the same graph, not between two drivers.
  */
