@@ -115,16 +115,39 @@ static const char *kernel_name(Cg *cg, const Node *n) {
   return pool_printf(cg->pool, "k%d_%s%s", n->id, op_names[n->op], sfx);
 }
 
-/* "%12 = matmul(%10, %11)  f32 [B, 600]  h1" */
+/* The model-file position of loc as "mnist_cnn.kiln:10": the file's base name with anything
+ * outside [A-Za-z0-9_.-] replaced, so no path can end the comment it is printed into. */
+static void model_line(Buf *b, Loc loc) {
+  if (!loc.file || !loc.file->path)
+    return;
+  const char *p = loc.file->path, *base = strrchr(p, '/');
+  base = base ? base + 1 : p;
+  buf_puts(b, "  ");
+  for (size_t i = 0; base[i] && i < 100; i++) {
+    char ch = base[i];
+    bool ok = (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '.' || ch == '-';
+    buf_printf(b, "%c", ok ? ch : '_');
+  }
+  buf_printf(b, ":%d", loc.line);
+}
+
+/* "%12 = matmul(%10 h1, %11 fc1.weight)  f32 [B, 600]  h2  mnist_cnn.kiln:17": the node, what it
+ * reads and writes (by name where they have one) and the model line it came from. */
 static void kernel_comment(Cg *cg, const Node *n) {
   char sh[256];
   Buf b = {0};
   buf_printf(&b, "/* %%%d = %s(", n->id, op_names[n->op]);
-  for (int k = 0; k < n->nin; k++)
+  for (int k = 0; k < n->nin; k++) {
+    const Node *x = ir_at(cg->g, n->in[k]);
     buf_printf(&b, "%s%%%d", k ? ", " : "", n->in[k]);
+    if (x->name && cg_ident_ok(x->name))
+      buf_printf(&b, " %s", x->name);
+  }
   buf_printf(&b, ")  %s %s", dtype_name(n->dtype), shape_str(cg->g, &n->shape, sh, sizeof sh));
   if (n->name && cg_ident_ok(n->name))
     buf_printf(&b, "  %s", n->name);
+  model_line(&b, n->loc);
   if (cg_is_tree(cg, n)) {
     Buf f = {0};
     cg_tree_comment(cg, n, &f);
@@ -374,6 +397,10 @@ static void cg_emit_literals(Cg *cg) {
 }
 
 static const char *const role_names[] = {"PARAM", "STATE", "HYPER", "INPUT", "OUTPUT", "OPT"};
+static const char *const init_names[] = {"ZEROS", "ONES", "CONST", "NORMAL", "UNIFORM",
+                                         "XAVIER_NORMAL", "XAVIER_UNIFORM", "HE_NORMAL",
+                                         "HE_UNIFORM", "TORCH_DEFAULT", "DATA", "SEED"};
+static const char *const source_names[] = {"NONE", "IMAGES", "LABELS"};
 static const char *const dtype_enum[] = {"KILN_F32", "KILN_F64", "KILN_I32"};
 
 static void cg_emit_tensors(Cg *cg) {
@@ -395,11 +422,14 @@ static void cg_emit_tensors(Cg *cg) {
       data = lit_name(cg, n->data);
     cg_line(cg, "{.name = \"%s\", .role = KILN_ROLE_%s, .dtype = %s, .rank = %d, .dims = {%s},", name,
          role_names[t->role], dtype_enum[t->dtype], t->rank, dims.len ? dims.p : "0");
-    cg_line(cg, " .batch_axis = %d, .offset = %" PRId64 ", .entries = %d, .init = %d,", t->batch_axis,
-         t->offset, t->entries, t->init);
+    KILN_ASSERT(t->init >= 0 && t->init <= KILN_INIT_SEED && t->source >= 0 &&
+                t->source <= KILN_SRC_LABELS);
+    cg_line(cg, " .batch_axis = %d, .offset = %" PRId64 ", .entries = %d, .init = KILN_INIT_%s,",
+            t->batch_axis, t->offset, t->entries, init_names[t->init]);
     cg_line(cg, " .init_a = %s, .init_b = %s, .fan_in = %" PRId64 ", .fan_out = %" PRId64 ",",
          cg_dbl(cg, t->init_a), cg_dbl(cg, t->init_b), t->fan_in, t->fan_out);
-    cg_line(cg, " .data = %s, .source = %d, .scale = %s},", data, t->source, cg_dbl(cg, t->scale));
+    cg_line(cg, " .data = %s, .source = KILN_SRC_%s, .scale = %s},", data, source_names[t->source],
+            cg_dbl(cg, t->scale));
     buf_free(&dims);
   }
   if (p->ntensors == 0)
