@@ -32,8 +32,11 @@ extern const char kiln_abi_h_text[];
 
 static const Loc L0 = {0};
 static Graph *g;
+/* The schedule options of the next run_open (setup: the defaults). */
+static SchedOptions opts;
 
 static void setup(void) {
+  sched_default_options(&opts);
   g = ir_new("t");
   ir_sym(g, "B");
 }
@@ -76,7 +79,7 @@ static void run_open(Run *r, int64_t batch) {
   memset(r, 0, sizeof *r);
   Trap t;
   if (KILN_TRY(&t)) {
-    plan_build(g, batch, &r->plan);
+    plan_build(g, batch, &opts, &r->plan);
     cg_emit_c(g, &r->plan, &r->src);
     kiln_trap_end(&t);
   } else {
@@ -354,7 +357,7 @@ START_TEST(activations_and_transpose) {
 }
 END_TEST
 
-/* ---- issue-3 ops ------------------------------------------------------------------------------ */
+/* ---- softmax, dropout, pooling, normalisation ----------------------------------------------- */
 
 static Shape S4(Dim a, Dim b, Dim c, Dim d) {
   Shape s = {4, {a, b, c, d}};
@@ -526,11 +529,11 @@ START_TEST(conv2d_and_adjoints) {
 }
 END_TEST
 
-/* The same cases through im2col + GEMM (cg_c.c's conv_gemm, forced on), the batch split into
+/* The same cases through im2col + GEMM (the schedule's conv = CONV_GEMM), the batch split into
  * three chunks so that some are empty at batches 2 and 1. */
 START_TEST(conv2d_and_adjoints_gemm) {
-  setenv("KILN_CONV", "gemm", 1);
-  setenv("KILN_THREADS", "3", 1);
+  opts.conv = CONV_GEMM;
+  opts.threads = 3;
   const ConvCase *k = &conv_cases[_i / 2];
   DType dt = _i % 2 ? DT_F64 : DT_F32;
   int x = input("x", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
@@ -588,8 +591,8 @@ static unsigned char *grad_outputs(const char *src, int64_t batch, size_t *len) 
  * weight gradient's partial sums in chunk order: the results are bit-identical from run to run
  * and with OpenMP off (the pragmas stripped, so aot.c compiles without -fopenmp). */
 START_TEST(conv_threads_deterministic) {
-  setenv("KILN_CONV", "gemm", 1);
-  setenv("KILN_THREADS", "2", 1);
+  opts.conv = CONV_GEMM;
+  opts.threads = 2;
   int x = input("x", DT_F32, S4(B_(1), C_(8), C_(14), C_(14)));
   int w = param("w", DT_F32, S4(C_(32), C_(8), C_(5), C_(5)));
   Attr a;
@@ -601,7 +604,7 @@ START_TEST(conv_threads_deterministic) {
   out("dw", ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0));
   Plan p;
   Buf src = {0};
-  plan_build(g, 16, &p);
+  plan_build(g, 16, &opts, &p);
   cg_emit_c(g, &p, &src);
   ck_assert_ptr_nonnull(strstr(src.p, "#pragma omp parallel for num_threads(2)"));
   for (int64_t batch = 16; batch > 0; batch -= 9) {
@@ -687,10 +690,10 @@ START_TEST(conv_filter_uses_scratch) {
   int dw = ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0);
   out("dw", dw);
   Plan p;
-  plan_build(g, 2, &p);
-  ck_assert_int_eq(cg_scratch_bytes(g, ir_at(g, dw), p.symvals), 3 * 3 * 3 * 5 * 4);
+  plan_build(g, 2, &opts, &p);
+  ck_assert_int_eq(p.sched->node[dw].scratch, 3 * 3 * 3 * 5 * 4);
   ck_assert_int_ge(p.scratch_bytes, 3 * 3 * 3 * 5 * 4);
-  ck_assert_int_eq(cg_scratch_bytes(g, ir_at(g, x), p.symvals), 0);
+  ck_assert_int_eq(p.sched->node[x].scratch, 0);
   Buf src = {0};
   cg_emit_c(g, &p, &src);
   ck_assert_ptr_nonnull(strstr(src.p, "unsigned char *restrict scratch"));
@@ -700,7 +703,7 @@ START_TEST(conv_filter_uses_scratch) {
 END_TEST
 
 /* Every op the reference runtime can run, the code generator can compile (pending issue-3 ops
- * are listed in cg_c.c's emitter table until both sides have them). */
+ * are listed in cg_file.c's emitter table until both sides have them). */
 START_TEST(emitters_cover_the_reference) {
   for (int op = 0; op < OP_COUNT; op++)
     if (interp_has_kernel((Op)op))
@@ -763,11 +766,11 @@ START_TEST(train_entries_match) {
 }
 END_TEST
 
-/* ---- elementwise fusion and in-place updates (cg_fusion) ------------------------------------- */
+/* ---- elementwise fusion and in-place updates (sched.c) ---------------------------------------- */
 
 /* A tree of elementwise ops with single consumers, with scalar, broadcast (per-column, as a
  * batch norm's scale) and literal operands, is one kernel; its inner nodes have no arena
- * storage; with KILN_FUSE=0 every node is its own kernel again. Both agree with the reference,
+ * storage; with fusion off every node is its own kernel again. Both agree with the reference,
  * at the planned batch and a smaller one. */
 START_TEST(fused_chain_is_one_kernel) {
   int x = input("x", DT_F32, S2(B_(1), C_(5)));
@@ -785,7 +788,7 @@ START_TEST(fused_chain_is_one_kernel) {
   out("y", y);
   const int inner[] = {a, b, ir_at(g, c)->in[0], c, d, ir_at(g, d)->in[0], e};
   for (int fuse = 1; fuse >= 0; fuse--) {
-    setenv("KILN_FUSE", fuse ? "1" : "0", 1);
+    opts.fuse = fuse;
     Run r;
     run_open(&r, 3);
     for (size_t k = 0; k < sizeof inner / sizeof inner[0]; k++)
@@ -801,7 +804,6 @@ START_TEST(fused_chain_is_one_kernel) {
     run_compare(&r, "grad", 2);
     run_close(&r);
   }
-  unsetenv("KILN_FUSE");
 }
 END_TEST
 
@@ -887,7 +889,7 @@ START_TEST(fusion_matches_unfused) {
   train_build(g);
   Run r[2];
   for (int f = 0; f < 2; f++) {
-    setenv("KILN_FUSE", f ? "1" : "0", 1);
+    opts.fuse = f;
     run_open(&r[f], 8);
     randomise(&r[f], 7, -1.0, 1.0);
     for (int i = 0; i < r[f].plan.ntensors; i++) {
@@ -902,7 +904,6 @@ START_TEST(fusion_matches_unfused) {
       r[f].rbe.write(r[f].rbe.self, i, v, n);
     }
   }
-  unsetenv("KILN_FUSE");
   ck_assert_int_eq(r[0].plan.ntensors, r[1].plan.ntensors);
   ck_assert_msg(strcmp(r[0].src.p, r[1].src.p) != 0, "fusion changed nothing");
   const struct {
@@ -958,7 +959,7 @@ START_TEST(update_cycle_is_an_error) {
   Trap t;
   bool failed = false;
   if (KILN_TRY(&t)) {
-    plan_build(g, 1, &p);
+    plan_build(g, 1, &opts, &p);
     cg_emit_c(g, &p, &src);
     kiln_trap_end(&t);
   } else {
@@ -1002,14 +1003,14 @@ END_TEST
 static const char golden_relu[] =
     "\n"
     "\n"
-    "/* %1 = relu(%0)  f32 [B, 4]  h */\n"
+    "/* %1 = relu(%0 x)  f32 [B, 4]  h */\n"
     "static void k1_relu_full(float *restrict y, const float *restrict a) {\n"
     "  for (int64_t i0 = 0; i0 < 32; i0++) {\n"
     "    y[i0] = a[i0] > 0 ? a[i0] : (float)0;\n"
     "  }\n"
     "}\n"
     "\n"
-    "/* %1 = relu(%0)  f32 [B, 4]  h */\n"
+    "/* %1 = relu(%0 x)  f32 [B, 4]  h */\n"
     "static void k1_relu_n(float *restrict y, const float *restrict a, int64_t B) {\n"
     "  (void)B;\n"
     "  for (int64_t i0 = 0; i0 < (4*B); i0++) {\n"
@@ -1077,12 +1078,11 @@ static const char golden_relu[] =
     "\n"
     "static const kiln_tensor kiln_tensors[2] = {\n"
     "  {.name = \"x\", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 2, .dims = {8, 4},\n"
-    "   .batch_axis = 0, .offset = 0, .entries = 2, .init = 0,\n"
+    "   .batch_axis = 0, .offset = 0, .entries = 2, .init = KILN_INIT_ZEROS,\n"
     "   .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,\n"
     "   .data = NULL, .feed = NULL, .scale = 0},\n"
-    "  {.name = \"eval.output\", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, "
-    ".dims = {8, 4},\n"
-    "   .batch_axis = 0, .offset = 128, .entries = 2, .init = 0,\n"
+    "  {.name = \"eval.output\", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, .dims = {8, 4},\n"
+    "   .batch_axis = 0, .offset = 128, .entries = 2, .init = KILN_INIT_ZEROS,\n"
     "   .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,\n"
     "   .data = NULL, .feed = NULL, .scale = 0},\n"
     "};\n"
@@ -1120,7 +1120,7 @@ START_TEST(golden_one_op_program) {
   ir_add_output(g, ENTRY_EVAL, "eval.output", y);
   Plan p;
   Buf src = {0};
-  plan_build(g, 8, &p);
+  plan_build(g, 8, &opts, &p);
   cg_emit_c(g, &p, &src);
   const char *head = "/* Generated by kiln from model t: the training step, batch 8, arena 256 "
                      "bytes. */\n#include <math.h>\n#include <stdint.h>\n#include <string.h>\n\n";
@@ -1145,7 +1145,7 @@ START_TEST(identifiers_are_validated) {
   g->name = "my model\"; evil(); \"";
   Plan p;
   Buf src = {0};
-  plan_build(g, 2, &p);
+  plan_build(g, 2, &opts, &p);
   cg_emit_c(g, &p, &src);
   /* The letters survive, the syntax does not. */
   ck_assert_ptr_null(strstr(src.p, "evil()"));
@@ -1156,7 +1156,7 @@ START_TEST(identifiers_are_validated) {
 
   /* Leaves are checked when created (ir.c); a name changed afterwards is caught again here. */
   ir_at(g, x)->name = "x\\\"); system(\"rm";
-  plan_build(g, 2, &p);
+  plan_build(g, 2, &opts, &p);
   Trap t;
   bool failed = false;
   if (KILN_TRY(&t)) {
@@ -1198,7 +1198,7 @@ static void tiny_program(Buf *src) {
   g->train.lr = 0.1;
   train_build(g);
   Plan p;
-  plan_build(g, 4, &p);
+  plan_build(g, 4, &opts, &p);
   cg_emit_c(g, &p, src);
   plan_free(&p);
 }

@@ -23,6 +23,13 @@
 #include "cg/cg.h"
 #include "backend/backend.h"
 
+/* The default schedule's GEMM tiles. */
+static const GemmTiles *tiles(void) {
+  static _Thread_local SchedOptions o;
+  sched_default_options(&o);
+  return &o.gemm;
+}
+
 typedef void (*SGemm)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int ta,
                       const float *B, int64_t ldb, int tb, float *C, int64_t ldc,
                       unsigned char *ws);
@@ -44,8 +51,8 @@ static bool lib_open(Lib *lib, const char *cc, const char *flags) {
   memset(lib, 0, sizeof *lib);
   Buf src = {0};
   buf_puts(&src, "#include <stdint.h>\n#include <string.h>\n");
-  cg_gemm_emit(DT_F32, &src);
-  cg_gemm_emit(DT_F64, &src);
+  cg_gemm_emit(DT_F32, tiles(), &src);
+  cg_gemm_emit(DT_F64, tiles(), &src);
   static const char *const wrap[2][2] = {{"float", "kiln_sgemm"}, {"double", "kiln_dgemm"}};
   for (int t = 0; t < 2; t++)
     buf_printf(&src,
@@ -144,9 +151,9 @@ static void check_shape(const Lib *lib, bool dbl, int64_t M, int64_t N, int64_t 
   /* Shapes below the GEMM threshold never call the routine from generated code; give them the
    * bound of a shape above it (the bound grows with each size). */
   DType dt = dbl ? DT_F64 : DT_F32;
-  int64_t wsb = cg_gemm_scratch_bytes(M, N, K, dt);
+  int64_t wsb = sched_gemm_scratch(tiles(), M, N, K, dt);
   if (wsb == 0)
-    wsb = cg_gemm_scratch_bytes(M + 64, N + 64, K + 64, dt);
+    wsb = sched_gemm_scratch(tiles(), M + 64, N + 64, K + 64, dt);
   ck_assert_int_gt(wsb, 0);
   unsigned char *wsmem = malloc((size_t)(wsb + mis + GUARD));
   memset(wsmem, 0x5A, (size_t)(wsb + mis + GUARD));
@@ -261,16 +268,16 @@ END_TEST
 /* The scratch bound: positive exactly when the GEMM is chosen, never for i32, growing with every
  * size, and the choice is the plain loop for tiny products. */
 START_TEST(scratch_bound) {
-  ck_assert_int_eq(cg_gemm_scratch_bytes(2, 3, 4, DT_F32), 0);
-  ck_assert_int_eq(cg_gemm_scratch_bytes(64, 600, 1568, DT_I32), 0);
-  ck_assert_int_eq(cg_gemm_scratch_bytes(0, 600, 1568, DT_F32), 0);
-  int64_t s = cg_gemm_scratch_bytes(64, 600, 1568, DT_F32);
+  ck_assert_int_eq(sched_gemm_scratch(tiles(), 2, 3, 4, DT_F32), 0);
+  ck_assert_int_eq(sched_gemm_scratch(tiles(), 64, 600, 1568, DT_I32), 0);
+  ck_assert_int_eq(sched_gemm_scratch(tiles(), 0, 600, 1568, DT_F32), 0);
+  int64_t s = sched_gemm_scratch(tiles(), 64, 600, 1568, DT_F32);
   ck_assert_int_gt(s, 0);
   ck_assert_int_le(s, 4 << 20); /* blocks, not whole operands */
-  ck_assert_int_gt(cg_gemm_scratch_bytes(64, 600, 1568, DT_F64), s);
+  ck_assert_int_gt(sched_gemm_scratch(tiles(), 64, 600, 1568, DT_F64), s);
   for (int64_t m = 32; m < 600; m += 37)
-    ck_assert_int_le(cg_gemm_scratch_bytes(m, 300, 300, DT_F32),
-                     cg_gemm_scratch_bytes(m + 1, 300, 300, DT_F32));
+    ck_assert_int_le(sched_gemm_scratch(tiles(), m, 300, 300, DT_F32),
+                     sched_gemm_scratch(tiles(), m + 1, 300, 300, DT_F32));
   ck_assert_str_eq(cg_gemm_name(DT_F32), "kiln_sgemm");
   ck_assert_str_eq(cg_gemm_name(DT_F64), "kiln_dgemm");
 }
@@ -325,7 +332,7 @@ START_TEST(program_matmuls) {
   Buf src = {0};
   Trap tr;
   if (KILN_TRY(&tr)) {
-    plan_build(g, batch, &plan);
+    plan_build(g, batch, NULL, &plan);
     cg_emit_c(g, &plan, &src);
     kiln_trap_end(&tr);
   } else {
@@ -407,7 +414,7 @@ START_TEST(program_tiny_matmul_stays_plain) {
   Buf src = {0};
   Trap tr;
   if (KILN_TRY(&tr)) {
-    plan_build(g, 6, &plan);
+    plan_build(g, 6, NULL, &plan);
     cg_emit_c(g, &plan, &src);
     kiln_trap_end(&tr);
   } else {

@@ -843,7 +843,7 @@ START_TEST(backend_matches_plan_table) {
   Plan plan;
   Trap t;
   if (KILN_TRY(&t)) {
-    plan_build(g, 2, &plan);
+    plan_build(g, 2, NULL, &plan);
     kiln_trap_end(&t);
   } else {
     ck_abort_msg("plan_build failed: %s", t.msg);

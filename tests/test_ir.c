@@ -8,6 +8,7 @@
  */
 #include <check.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -325,7 +326,7 @@ END_TEST
 START_TEST(plan_invariants) {
   Graph *m = compile(KILN_SOURCE_DIR "/examples/mlp.kiln");
   Plan p;
-  plan_build(m, 64, &p);
+  plan_build(m, 64, NULL, &p);
   ck_assert_int_eq(p.arena_bytes % 64, 0);
   /* Every stored node is aligned and inside the arena. */
   int64_t symvals[IR_MAX_SYMS] = {64};
@@ -397,7 +398,7 @@ static bool plan_within(Graph *m, long n) {
   Trap t;
   kiln_test_fail_alloc_after(n);
   if (KILN_TRY(&t)) {
-    plan_build(m, 64, &p);
+    plan_build(m, 64, NULL, &p);
     kiln_trap_end(&t);
     kiln_test_fail_alloc_after(-1);
     plan_free(&p);
@@ -443,7 +444,7 @@ static double train_linear_reg(const char *optimizer, const char *extra, int ste
     ck_abort_msg("%s", t.msg);
   }
   Plan p;
-  plan_build(m, 1, &p);
+  plan_build(m, 1, NULL, &p);
   Interp *it = interp_new(m, 1, false);
   kiln_program prog;
   RtBackend be;
@@ -625,6 +626,82 @@ START_TEST(graph_growth_keeps_nodes_in_place) {
 }
 END_TEST
 
+/* ---- emitting leaves the model as it was ---- */
+
+/* The C of m under the given options (fails the test on an error). */
+static char *emit_with(const Graph *m, int threads, bool fuse) {
+  SchedOptions o;
+  sched_default_options(&o);
+  o.threads = threads;
+  o.fuse = fuse;
+  Plan p = {0};
+  Buf b = {0};
+  Trap t;
+  if (KILN_TRY(&t)) {
+    plan_build(m, 64, &o, &p);
+    cg_emit_c(m, &p, &b);
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    ck_abort_msg("%s", t.msg);
+  }
+  plan_free(&p);
+  return b.p;
+}
+
+START_TEST(emits_do_not_grow_the_model) {
+  Graph *m = compile(KILN_SOURCE_DIR "/examples/mnist_cnn.kiln");
+  size_t before = pool_bytes(m->pool);
+  int nodes = m->nnodes;
+  char *first = emit_with(m, 2, true);
+  for (int i = 0; i < 99; i++) {
+    char *again = emit_with(m, 2, true);
+    ck_assert_str_eq(again, first);
+    free(again);
+  }
+  ck_assert_uint_eq(pool_bytes(m->pool), before);
+  ck_assert_int_eq(m->nnodes, nodes);
+  free(first);
+  ir_free(m);
+}
+END_TEST
+
+typedef struct EmitJob {
+  const Graph *m;
+  int threads;
+  bool fuse;
+  const char *want;
+  int mismatches;
+} EmitJob;
+
+static void *emit_job(void *arg) {
+  EmitJob *j = arg;
+  for (int i = 0; i < 5; i++) {
+    char *c = emit_with(j->m, j->threads, j->fuse);
+    j->mismatches += strcmp(c, j->want) != 0;
+    free(c);
+  }
+  return NULL;
+}
+
+/* Two threads emit the same model at once with different options (what an autotuner does): each
+ * gets exactly what a sequential emit with its options gives. */
+START_TEST(concurrent_emits_agree_with_sequential) {
+  Graph *m = compile(KILN_SOURCE_DIR "/examples/mnist_cnn.kiln");
+  char *one = emit_with(m, 1, true), *two = emit_with(m, 2, false);
+  ck_assert_str_ne(one, two);
+  EmitJob jobs[2] = {{m, 1, true, one, 0}, {m, 2, false, two, 0}};
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++) ck_assert_int_eq(pthread_create(&th[i], NULL, emit_job, &jobs[i]), 0);
+  for (int i = 0; i < 2; i++) ck_assert_int_eq(pthread_join(th[i], NULL), 0);
+  ck_assert_int_eq(jobs[0].mismatches, 0);
+  ck_assert_int_eq(jobs[1].mismatches, 0);
+  free(one);
+  free(two);
+  ir_free(m);
+}
+END_TEST
+
 static Suite *ir_suite(void) {
   Suite *s = suite_create("ir");
   TCase *tc = tcase_create("shapes");
@@ -649,6 +726,8 @@ static Suite *ir_suite(void) {
   tcase_add_test(tm, adaptive_closed_forms);
   tcase_add_test(tm, regularizer_closed_forms);
   tcase_add_test(tm, graph_growth_keeps_nodes_in_place);
+  tcase_add_test(tm, emits_do_not_grow_the_model);
+  tcase_add_test(tm, concurrent_emits_agree_with_sequential);
   suite_add_tcase(s, tm);
   return s;
 }

@@ -27,6 +27,7 @@ static const char usage[] =
     "  graph MODEL [--train]         the forward (or whole training) graph as Graphviz DOT\n"
     "  ir MODEL                      the typed IR with all entry points (train, eval, grad)\n"
     "  emit MODEL [-o step.c]        the whole training step as one C11 translation unit\n"
+    "  schedule MODEL                how each kernel is computed, and the memory plan\n"
     "  build MODEL -o TRAINER        a standalone trainer executable (system C compiler)\n"
     "  train MODEL [trainer options] train inside kiln (--runtime compiled|reference)\n"
     "  check MODEL [--steps N]       generated code against the reference runtime\n"
@@ -132,7 +133,6 @@ static int parse_args(int argc, char **argv, Args *a) {
       NEED_VALUE();
       if (!parse_int(val, 1, &n) || n > 256) return usage_error("--threads needs an integer in 1..256, got '%s'", val);
       a->opt.sched.threads = (int)n;
-      setenv("KILN_THREADS", val, 1);
     } else if (!strcmp(s, "--train")) {
       a->train_graph = true;
     } else if (!strcmp(s, "--runtime")) {
@@ -333,6 +333,23 @@ static int cmd_emit(Session *s, const Args *a) {
   return write_output(s, a, write_c);
 }
 
+/* ---- kiln schedule ---- */
+
+static void write_schedule(Session *s, const Args *a, FILE *out) {
+  (void)a;
+  sched_print(s->g, s->plan.sched, out);
+  fputc('\n', out);
+  plan_print(s->g, &s->plan, out);
+}
+
+static int cmd_schedule(Session *s, const Args *a) {
+  if (session_plan(s)) {
+    report(s);
+    return 1;
+  }
+  return write_output(s, a, write_schedule);
+}
+
 /* ---- kiln build ---- */
 
 static int cmd_build(Session *s, const Args *a) {
@@ -433,7 +450,7 @@ int main(int argc, char **argv) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
-  static const char *const commands[] = {"shapes", "graph", "ir", "emit", "build", "train", "check", "grad",
+  static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
                                          "jvp", "hvp"};
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
@@ -468,6 +485,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(cmd, "graph")) rc = write_output(&s, &a, write_dot);
   else if (!strcmp(cmd, "ir")) rc = write_output(&s, &a, write_ir);
   else if (!strcmp(cmd, "emit")) rc = cmd_emit(&s, &a);
+  else if (!strcmp(cmd, "schedule")) rc = cmd_schedule(&s, &a);
   else if (!strcmp(cmd, "build")) rc = cmd_build(&s, &a);
   else if (!strcmp(cmd, "train")) rc = cmd_train(&s, &a);
   else if (!strcmp(cmd, "check")) rc = cmd_check(&s, &a);

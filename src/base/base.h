@@ -43,6 +43,7 @@ void *pool_alloc(Pool *p, size_t n);              /* zeroed, 16-byte aligned */
 char *pool_strdup(Pool *p, const char *s);
 char *pool_strndup(Pool *p, const char *s, size_t n);
 char *pool_printf(Pool *p, const char *fmt, ...) KILN_PRINTF(2, 3);
+size_t pool_bytes(const Pool *p);                 /* memory the pool holds, for tests */
 
 /* The compiler's allocator: kiln_fail("out of memory") instead of returning NULL (the try
  * variant returns NULL). kiln_test_fail_alloc_after(n) makes every allocation after the next n

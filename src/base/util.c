@@ -78,6 +78,12 @@ void pool_free(Pool *p) {
   free(p);
 }
 
+size_t pool_bytes(const Pool *p) {
+  size_t n = 0;
+  for (const Chunk *c = p ? p->head : NULL; c; c = c->next) n += sizeof *c + c->cap;
+  return n;
+}
+
 void *pool_alloc(Pool *p, size_t n) {
   /* Every request counts for fault injection, even one a chunk can serve, so that each call
    * site's failure path is exercised. */

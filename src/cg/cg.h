@@ -1,44 +1,191 @@
 /*
- * cg.h — the C code generator: a planned graph to one C11 translation unit (cg_c.c), with the
- * blocked GEMM routine its matrix products and convolutions call (cg_gemm.c).
+ * cg.h — the C code generator: a planned, scheduled graph to one C11 translation unit.
+ *
+ *   cg_file.c    the translation unit: the emitter table, kernels, entries, tensor table,
+ *                program description, and the checks before anything is printed
+ *   cg_loop.c    sizes known up to the batch, identifiers and literals, operands, the strided
+ *                loop-nest printer
+ *   cg_elem.c    elementwise, reductions, matmul, losses, softmax, dropout, layout
+ *   cg_window.c  convolutions (direct, im2col + GEMM) and pools
+ *   cg_fuse.c    fused elementwise trees (which nodes fuse is sched.c's decision)
+ *   cg_gemm.c    the blocked GEMM routine matmuls and convolutions call
+ *
+ * Every choice of how a node is computed comes from the schedule (plan->sched); the code
+ * generator decides nothing of its own. The reference interpreter (src/ref/interp.c) is the
+ * meaning every kernel is checked against.
  */
 #ifndef KILN_CG_H
 #define KILN_CG_H
 
 #include "plan/plan.h"
 
-/* ================================ cg_c.c ================================ */
+/* ================================ cg_file.c ================================ */
 
 /* Writes the whole program as one C11 translation unit: the ABI header, literal data, one static
- * kernel per node, the train / eval / grad entry points and `kiln_program_desc`. */
-void cg_emit_c(Graph *g, const Plan *plan, Buf *out);
-/* Bytes of scratch memory n's kernel needs (packing buffers, im2col), 0 for most ops. plan.c
- * reserves the maximum at Plan.scratch_offset. */
-int64_t cg_scratch_bytes(const Graph *g, const Node *n, const int64_t *symvals);
-/* The code generator's storage decisions, which plan.c follows (a schedule choice: every node
- * keeps its meaning). fused[i]: node i is an elementwise op computed in registers inside its one
- * consumer's loop, never stored. into[i] >= 0: node i, an update's value, is written straight
- * into that update's target, whose storage it takes (no copy at the end of the entry); -1
- * otherwise. Both arrays hold g->nnodes entries. $KILN_FUSE=0 turns both off. */
-void cg_fusion(const Graph *g, unsigned char *fused, int *into);
+ * kernel per node, the train / eval / grad entry points and `kiln_program_desc`. Follows
+ * plan->sched; allocates from a pool of its own (freed on return), so the graph does not change
+ * and emits may run concurrently. */
+void cg_emit_c(const Graph *g, const Plan *plan, Buf *out);
 
-/* Whether cg_c.c has an emitter for op; cg_emit_c fails at the node's line for one without. */
+/* Whether the emitter table (cg_file.c) has op; cg_emit_c fails at the node's line for one
+ * without. */
 bool cg_has_emitter(Op op);
 
+/* ======================= internal: shared by the cg_*.c files ======================= */
+
+/* Sizes known up to the batch: c * B^p. */
+typedef struct Sz {
+  int64_t c;
+  int p;
+} Sz;
+
+static inline Sz sz_mul(Sz a, Sz b) {
+  Sz r = {a.c * b.c, a.p + b.p};
+  if (r.c == 0)
+    r.p = 0;
+  return r;
+}
+static inline bool sz_eq(Sz a, Sz b) { return a.c == b.c && a.p == b.p; }
+static inline bool sz_is_one(Sz a) { return a.c == 1 && a.p == 0; }
+static const Sz SZ_ONE = {1, 0};
+static const Sz SZ_ZERO = {0, 0};
+
+/* The generator's state while printing one translation unit. */
+typedef struct Cg {
+  const Graph *g;
+  const Plan *plan;
+  const Schedule *s;       /* plan->sched: every choice of how a node is computed */
+  Pool *pool;              /* this emit's strings and arrays, freed at its end */
+  Buf *out;
+  int indent;
+  bool full;               /* printing a _full variant: B is folded to plan->batch */
+  unsigned char *used;     /* nodes some entry runs */
+  unsigned char *var;      /* node's kernel depends on the batch symbol */
+  unsigned char *litused;  /* g->data arrays referenced */
+  unsigned char *nores;    /* kernel output overlaps an input: no restrict (elementwise only) */
+  const char **litname;    /* C name of each g->data array: lit3, or lit3_fc1_weight */
+} Cg;
+
+/* Element types: the C type and the suffix of its math.h functions (expf, exp). */
+static inline const char *ctype(DType t) {
+  static const char *const names[] = {[DT_F32] = "float", [DT_F64] = "double",
+                                      [DT_I32] = "int32_t"};
+  return names[t];
+}
+
+/* Suffix of math.h functions for a type: expf, exp. */
+static inline const char *mathsfx(DType t) { return t == DT_F32 ? "f" : ""; }
+
+/* A kernel's input is an arena tensor (a pointer parameter a, b, c, ...), a scalar constant
+ * (printed as a literal) or a literal array (read from a static double array). */
+static inline bool is_scalar_const(const Node *x) { return x->op == OP_CONST && x->data < 0; }
+static inline bool is_data_const(const Node *x) { return x->op == OP_CONST && x->data >= 0; }
+static inline bool in_arena(const Node *x) { return x->op != OP_CONST; }
+
+static inline const char *lit_name(const Cg *cg, int data) { return cg->litname[data]; }
+
+/* A strided operand of a loop nest: element = base[sum_k i_k * stride[k]]. */
+typedef struct Opnd {
+  const Node *n;           /* the node read (for constants), NULL for the output */
+  int k;                   /* input index, or -1 for the output y */
+  Sz stride[IR_MAX_RANK];  /* per iteration axis, 0 = broadcast / reduced */
+  const char *name;        /* if set, element = name[idx] (a fused loop's operands), */
+  const char *cast;        /* or ((cast)name[idx]) with this set */
+  const char *elem;        /* set by cg_nest_open */
+} Opnd;
+
+/* Operands of one loop nest at most: a fused tree's output and its leaves. */
+#define NEST_MAX_OPS 72
+
+/* An emitter prints the body of node n's kernel: y (the output) and a, b, c, d for the inputs
+ * held in the arena. One per op, in cg_file.c's table. */
+typedef void (*CgEmit)(Cg *cg, const Node *n);
+
+/* Fusion as the schedule decided it. */
+static inline bool is_fused(const Cg *cg, int id) { return cg->s->node[id].fused; }
+static inline int into_of(const Cg *cg, int id) { return cg->s->node[id].into; }
+
+/* The operands of tree kernel `root` left in memory: its distinct arena operands, passed as
+ * pointer parameters x0, x1, ... (except those in root's own storage: an in-place update's old
+ * value, read through y), and its literal arrays. */
+typedef struct CgTreeArgs {
+  Cg *cg;
+  const Node *root;
+  bool all;  /* collect the operands in root's storage too (for check_plan) */
+  int n, ndc;
+  int id[2 * SCHED_FUSE_MAX_NODES + 2];
+  int dc[2 * SCHED_FUSE_MAX_NODES + 2];            /* literal arrays (CONST with data) */
+  const char *elem[2 * SCHED_FUSE_MAX_NODES + 2];  /* element expressions, set by cg_emit_tree */
+  const char *dcelem[2 * SCHED_FUSE_MAX_NODES + 2];
+  const char *yelem;
+} CgTreeArgs;
+
+/* ---- cg_loop.c: sizes, identifiers, operands, the strided loop-nest printer ---- */
+extern const char *const cg_param_names[IR_MAX_IN];
+Sz sz_dim(const Cg *cg, Dim d);
+Sz sz_prod(const Cg *cg, const Shape *s, int from, int to);
+const char *sz_c(const Cg *cg, Sz s);
+bool cg_ident_ok(const char *s);
+void cg_checked_name(Cg *cg, const char *s, Loc loc, const char *what);
+const char *cg_c_ident(Cg *cg, const char *s);
+const char *cg_dbl(Cg *cg, double v);
+void cg_line(Cg *cg, const char *fmt, ...) KILN_PRINTF(2, 3);
+const char *cg_scalar(Cg *cg, double v, DType t);
+const char *cg_in_at(Cg *cg, const Node *n, int k, const char *idx);
+Sz cg_stride_of(const Cg *cg, const Shape *s, int k);
+void cg_broadcast_strides(const Cg *cg, const Shape *in, const Shape *it, Sz *st);
+int cg_nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops);
+void cg_nest_close(Cg *cg, int depth);
+
+/* ---- cg_elem.c: elementwise, reductions, matmul, losses, softmax, layout ---- */
+/* The C spelling of each elementwise op: $a, $b the operands, $f the math.h suffix, $t the C
+ * type, $v attr.value. */
+extern const char *const cg_op_c[OP_COUNT];
+const char *cg_expand_template(Cg *cg, const char *tpl, const char *a, const char *b, DType t,
+                               double v);
+void cg_emit_map(Cg *cg, const Node *n);
+void cg_emit_transpose(Cg *cg, const Node *n);
+void cg_emit_zero(Cg *cg, const Node *n);
+void cg_emit_reduce(Cg *cg, const Node *n);
+void cg_emit_sum_to(Cg *cg, const Node *n);
+void cg_emit_numel(Cg *cg, const Node *n);
+void cg_emit_reshape(Cg *cg, const Node *n);
+void cg_emit_matmul(Cg *cg, const Node *n);
+void cg_emit_cross_entropy(Cg *cg, const Node *n);
+void cg_emit_cross_entropy_grad(Cg *cg, const Node *n);
+void cg_emit_softmax(Cg *cg, const Node *n);
+void cg_emit_dropout(Cg *cg, const Node *n);
+void cg_emit_concat(Cg *cg, const Node *n);
+void cg_emit_slice(Cg *cg, const Node *n);
+void cg_emit_leaf(Cg *cg, const Node *n);
+
+/* ---- cg_window.c: convolutions (direct and im2col + GEMM) and pools ---- */
+void cg_emit_conv2d(Cg *cg, const Node *n);
+void cg_emit_conv2d_bwd_data(Cg *cg, const Node *n);
+void cg_emit_conv2d_bwd_filter(Cg *cg, const Node *n);
+void cg_emit_maxpool2d(Cg *cg, const Node *n);
+void cg_emit_maxpool2d_grad(Cg *cg, const Node *n);
+void cg_emit_avgpool2d(Cg *cg, const Node *n);
+void cg_emit_avgpool2d_grad(Cg *cg, const Node *n);
+
+/* ---- cg_fuse.c: fused elementwise trees (the analysis is sched.c's) ---- */
+bool cg_is_tree(const Cg *cg, const Node *n);
+bool cg_is_single(const Shape *s);
+void cg_tree_arg(int x, void *arg);
+void cg_tree_args(Cg *cg, const Node *root, CgTreeArgs *ta);
+void cg_tree_comment(Cg *cg, const Node *n, Buf *b);
+void cg_emit_tree(Cg *cg, const Node *n, CgTreeArgs *ta);
 
 /* ================================ cg_gemm.c ================================ */
 
-/* Scratch bytes kiln_sgemm / kiln_dgemm need for C[M,N] = op(A)[M,K] op(B)[K,N] (packed panels,
- * 64-byte aligned, for any vector width the C compiler picks); 0 when the plain loop nest is the
- * better schedule for that shape (tiny products) or dt is not floating point. */
-int64_t cg_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, DType dt);
 /* The routine's name for dt: "kiln_sgemm" (f32) or "kiln_dgemm" (f64). */
 const char *cg_gemm_name(DType dt);
-/* Prints the static routine for dt (f32 or f64) into out, once per program:
+/* Prints the static routine for dt (f32 or f64) with cache tiles t into out, once per program
+ * (its scratch need: sched_gemm_scratch):
  *   void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int ta,
  *                   const float *B, int64_t ldb, int tb, float *C, int64_t ldc,
  *                   unsigned char *ws);
  * C = op(A) op(B) with C's rows ldc apart, op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p]. */
-void cg_gemm_emit(DType dt, Buf *out);
+void cg_gemm_emit(DType dt, const GemmTiles *t, Buf *out);
 
 #endif

@@ -1,8 +1,8 @@
 /*
  * cg_gemm.c — the blocked matrix multiply that generated matmul kernels call.
  *
- * cg_c.c prints a MATMUL kernel as one call to a static routine this file writes into the program
- * once per element type: `kiln_sgemm` (float) or `kiln_dgemm` (double), computing
+ * cg_elem.c prints a MATMUL kernel as one call to a static routine this file writes into the
+ * program once per element type: `kiln_sgemm` (float) or `kiln_dgemm` (double), computing
  *     C[M,N] = op(A)[M,K] · op(B)[K,N]        (op = transpose or not, chosen at run time)
  * with sizes, leading dimensions and transposes as arguments (a `_n` kernel passes its run-time
  * batch). The schedule is BLIS's (see PERF-NOTES.md, "How"): loops over N-blocks, then K-blocks of
@@ -10,9 +10,9 @@
  * block of A is packed, zero-padded, into the scratch region plan.c reserves, in the order the
  * micro-kernel reads it; the micro-kernel keeps an MR×NR block of C in vector registers. When M
  * fits one M block (the batch-64 layers), full panels of an untransposed B are read in place:
- * each B element is then used only M times, too few to repay copying it. Products below
- * GEMM_MIN_MACS keep cg_c.c's plain loop (bench/gemm.sh: the GEMM wins from there up, even at
- * N = 10, where the plain dot-product loop is a scalar dependency chain).
+ * each B element is then used only M times, too few to repay copying it. Products below the
+ * schedule's threshold (sched.c) keep cg_elem.c's plain loop (bench/gemm.sh: the GEMM wins from
+ * there up, even at N = 10, where the plain dot-product loop is a scalar dependency chain).
  *
  * Everything is portable C: the vectors are GCC vector types (gcc and clang), whose width the
  * generated text picks from the target's feature macros, because -march=native on gcc 12 does
@@ -22,21 +22,12 @@
  * GNU extensions gets a plain loop nest with the same signature.
  *
  * The plan reserves the packing buffers' worst case over every vector width
- * (cg_gemm_scratch_bytes), so the C compiler's choice of width never outgrows the arena.
+ * (sched_gemm_scratch), so the C compiler's choice of width never outgrows the arena.
  */
 #include <inttypes.h>
 #include <string.h>
 
 #include "cg/cg.h"
-
-/* Cache blocking, the same for every element type and vector width. KC bounds the reduction
- * depth of one packed panel (a 32-float × 256 micro-panel of B is 32 KB, inside the 48 KB L1);
- * MC × KC of A stays in L2; NC × KC of B in L2/L3. */
-enum { GEMM_KC = 256, GEMM_MC = 128, GEMM_NC = 2048 };
-/* Largest MR and NR any variant below uses: the scratch bound covers all of them. */
-enum { GEMM_MR_MAX = 16, GEMM_NR_MAX = 64 };
-/* Below this many multiply-adds the packing and call overhead is not worth it: the plain loop. */
-enum { GEMM_MIN_MACS = 32768 };
 
 /* One register-block shape: vector bytes, rows, vectors per row. */
 typedef struct UkrShape {
@@ -51,30 +42,6 @@ static const UkrShape ukr_shapes[] = {
     {"defined(__AVX__)", 32, 6, 2},
     {NULL, 16, 6, 2},
 };
-
-/* The K block used for depth K: K split into equal parts of at most GEMM_KC, so K = 600 gives
- * three blocks of 200 rather than 256 + 256 + 88. The generated driver computes the same. */
-static int64_t gemm_kc(int64_t K) {
-  int64_t nb = (K + GEMM_KC - 1) / GEMM_KC;
-  return (K + nb - 1) / nb;
-}
-
-static int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-int64_t cg_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, DType dt) {
-  if ((dt != DT_F32 && dt != DT_F64) || M <= 0 || N <= 0 || K <= 0)
-    return 0;
-  /* Saturating: huge shapes are the plan's business, not a reason to overflow here. */
-  if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX ||
-      (double)M * (double)N * (double)K < GEMM_MIN_MACS)
-    return 0;
-  int64_t es = (int64_t)dtype_size(dt), kc = gemm_kc(K);
-  int64_t mc = M < GEMM_MC ? M : GEMM_MC, nc = N < GEMM_NC ? N : GEMM_NC;
-  /* ceil(x / MR) * MR <= x + MR - 1 for any MR <= GEMM_MR_MAX; same for NR. */
-  int64_t a = round_up((mc + GEMM_MR_MAX) * kc * es, 64);
-  int64_t b = round_up((nc + GEMM_NR_MAX) * kc * es, 64);
-  return 64 /* aligning the base */ + a + b;
-}
 
 const char *cg_gemm_name(DType dt) { return dt == DT_F64 ? "kiln_dgemm" : "kiln_sgemm"; }
 
@@ -96,13 +63,13 @@ static void put(Buf *o, DType dt, const char *tpl) {
 /* The micro-kernel for one register-block shape: c[MR×NR] (+)= a-panel · b-panel over kc, with
  * a packed as kc rows of MR and b as kc rows of NR (both 64-byte aligned). beta = 0 overwrites c,
  * so C needs no zeroing before the first K block. Unrolled here over the block only. */
-static void emit_ukr(Buf *o, DType dt, const UkrShape *s) {
+static void emit_ukr(Buf *o, DType dt, const GemmTiles *tiles, const UkrShape *s) {
   int es = (int)dtype_size(dt), lanes = s->vbytes / es, nr = s->nv * lanes;
   const char *t = dt == DT_F64 ? "double" : "float", *g = cg_gemm_name(dt);
   buf_printf(o, "typedef %s %s_v __attribute__((vector_size(%d)));\n", t, g, s->vbytes);
   /* The M block is a multiple of MR, so only the last one has an edge tile. */
   buf_printf(o, "enum { %s_mr = %d, %s_nr = %d, %s_mcb = %d };\n", g, s->mr, g, nr, g,
-             GEMM_MC / s->mr * s->mr);
+             (int)(tiles->mc / s->mr * s->mr));
   /* gcc does not contract a * b + c into an FMA in ISO C mode (-std=c11, as aot.c compiles):
    * ask for it on this function; clang contracts within an expression by default. */
   buf_puts(o, "#if defined(__clang__)\n__attribute__((noinline))\n#else\n"
@@ -202,7 +169,7 @@ static const char gemm_driver[] =
     "/* C[M,N] (+)= op(A)[M,K] op(B)[K,N]; op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p],\n"
     " * likewise B; acc: add to C instead of overwriting it (the convolutions' weight gradient\n"
     " * sums one product per image).\n"
-    " * ws: scratch of at least cg_gemm_scratch_bytes(M, N, K) bytes. */\n"
+    " * ws: scratch of at least sched_gemm_scratch(M, N, K) bytes. */\n"
     "static void $G_acc(int64_t M, int64_t N, int64_t K, const $T *A, int64_t lda, int ta,\n"
     "                   const $T *B, int64_t ldb, int tb, $T *C, int64_t ldc, int acc,\n"
     "                   unsigned char *ws) {\n"
@@ -284,22 +251,23 @@ static const char gemm_plain[] =
     "  $G_acc(M, N, K, A, lda, ta, B, ldb, tb, C, ldc, 0, ws);\n"
     "}\n";
 
-void cg_gemm_emit(DType dt, Buf *out) {
+void cg_gemm_emit(DType dt, const GemmTiles *t, Buf *out) {
   const char *g = cg_gemm_name(dt);
   KILN_ASSERT(dt == DT_F32 || dt == DT_F64);
   buf_printf(out, "/* %s: the blocked matrix multiply the matmul kernels call (kiln cg_gemm.c). */\n",
              g);
   buf_puts(out, "#if defined(__GNUC__)\n");
-  buf_printf(out, "enum { %s_kcb = %d, %s_ncb = %d };\n", g, GEMM_KC, g, GEMM_NC);
+  buf_printf(out, "enum { %s_kcb = %d, %s_ncb = %d };\n", g, (int)t->kc, g, (int)t->nc);
   size_t n = sizeof ukr_shapes / sizeof *ukr_shapes;
   for (size_t i = 0; i < n; i++) {
     const UkrShape *s = &ukr_shapes[i];
-    KILN_ASSERT(s->mr <= GEMM_MR_MAX && s->nv * s->vbytes / (int)dtype_size(dt) <= GEMM_NR_MAX);
+    KILN_ASSERT(s->mr <= SCHED_GEMM_MR_MAX &&
+                s->nv * s->vbytes / (int)dtype_size(dt) <= SCHED_GEMM_NR_MAX);
     if (s->cond)
       buf_printf(out, "#%s %s\n", i == 0 ? "if" : "elif", s->cond);
     else
       buf_puts(out, "#else\n");
-    emit_ukr(out, dt, s);
+    emit_ukr(out, dt, t, s);
   }
   buf_puts(out, "#endif\n");
   put(out, dt, gemm_driver);

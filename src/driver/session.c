@@ -92,7 +92,7 @@ int session_plan(Session *s) {
     memset(&s->plan, 0, sizeof s->plan);
     return failed(s, t.msg);
   }
-  plan_build(s->g, session_batch(s), &s->plan);
+  plan_build(s->g, session_batch(s), &s->opt.sched, &s->plan);
   kiln_trap_end(&t);
   s->planned = true;
   return 0;

@@ -264,4 +264,31 @@ double shape_flops(const Graph *g, const Node *n, const int64_t *symvals);
  * or -1 when no rule applies. ir_node calls it for every node it is asked to build. */
 int opt_rewrite(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc);
 
+/* ================================ window.c ================================ */
+
+/* A 2-D window op's geometry: forward input x [N, C, H, W], forward output y [N, O, Ho, Wo]
+ * (O = C for pools), G channel groups, kernel KH×KW, stride SH×SW, dilation DH×DW, padding
+ * top/bottom/left/right. Tap (p, q) of output (i, j) reads input row i*SH - PT + p*DH and column
+ * j*SW - PL + q*DW (nothing in the padding). */
+typedef struct Window {
+  Dim N;
+  int64_t C, H, W, O, Ho, Wo, G;
+  int64_t KH, KW, SH, SW, DH, DW, PT, PB, PL, PR;
+} Window;
+
+/* Whether op is a convolution, a pool or one of their adjoints. */
+bool op_is_window(Op op);
+/* The geometry of window op n (its shapes already inferred). */
+Window win_of(const Graph *g, const Node *n);
+/* Output extent along one axis of an input extent `in`: (in + pads - span) / stride + 1 with
+ * span = dilation*(kernel-1) + 1; -1 when an argument is out of range or the window is larger
+ * than the padded input. */
+int64_t win_extent(int64_t in, int64_t kernel, int64_t stride, int64_t dilation, int64_t pad_lo,
+                   int64_t pad_hi);
+/* The output columns [*j0, *j1) whose tap column q lands inside the input (empty: j0 == j1). */
+void win_cols(const Window *w, int64_t q, int64_t *j0, int64_t *j1);
+/* Whether the windows tile the input without overlap or padding (kernel = stride, at most 16
+ * taps): every tap in bounds, every input element in at most one window. */
+bool win_tiles(const Window *w);
+
 #endif

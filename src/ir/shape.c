@@ -306,7 +306,8 @@ static int64_t window_out(Graph *g, Node *n, const Shape *xs, int axis) {
               "shape %s", op_names[n->op], axis ? "horizontal" : "vertical", (long long)span, dil,
               (long long)padded, sh(g, xs, s));
   }
-  return (padded - span) / a->stride[axis] + 1;
+  return win_extent(in, a->kernel[axis], a->stride[axis], a->dilation[axis], a->pad[2 * axis],
+                    a->pad[2 * axis + 1]);
 }
 
 static void require_nchw(Graph *g, Node *n, const Node *x, const char *what) {

@@ -14,37 +14,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <inttypes.h>
+
 #include "plan/plan.h"
-#include "cg/cg.h"
 
 #define ALIGN 64
 
 static int64_t align_up(int64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
 
-/* Working arrays of one plan_build live in a pool freed on both paths. */
-static _Thread_local Pool *scratch_pool;
-
-static void *xcalloc(size_t n, size_t size) {
+/* n objects of size bytes each from pool, zeroed. */
+static void *xcalloc(Pool *pool, size_t n, size_t size) {
   if (size && n > SIZE_MAX / size) kiln_fail((Loc){0}, "out of memory");
-  return pool_alloc(scratch_pool, n * size);
+  return pool_alloc(pool, (n ? n : 1) * size);
 }
 
 /* The most bytes one program's arena may need: 2^46 (64 TiB). Together with the per-tensor
  * bound of ir.c it keeps every offset and size exact in int64. */
 #define PLAN_MAX_BYTES ((int64_t)1 << 46)
-
-/* n's size in bytes with the batch bound, or -1 if it exceeds PLAN_MAX_BYTES. */
-static int64_t checked_bytes(const Node *n, const int64_t *symvals) {
-  int64_t b = (int64_t)dtype_size(n->dtype);
-  for (int i = 0; i < n->shape.rank; i++) {
-    Dim d = n->shape.d[i];
-    int64_t v = d.n;
-    if ((d.sym >= 0 && __builtin_mul_overflow(v, symvals[d.sym], &v)) ||
-        __builtin_mul_overflow(b, v, &b) || b > PLAN_MAX_BYTES)
-      return -1;
-  }
-  return b;
-}
 
 /* Adds size to *top (an arena position), failing when the arena grows past PLAN_MAX_BYTES. */
 static void arena_grow(int64_t *top, int64_t size, int64_t batch) {
@@ -63,8 +49,8 @@ static int64_t node_bytes(const Node *n, const int64_t *symvals) {
   return align_up(shape_numel(&n->shape, symvals) * (int64_t)dtype_size(n->dtype));
 }
 
-static void add_tensor(Plan *p, Graph *g, int node, const char *name, int role, int entries) {
-  Node *n = ir_at(g, node);
+static void add_tensor(Plan *p, const Graph *g, int node, const char *name, int role, int entries) {
+  const Node *n = ir_at(g, node);
   kiln_tensor *t = &p->tensors[p->ntensors];
   memset(t, 0, sizeof *t);
   t->name = name;
@@ -93,83 +79,72 @@ typedef struct Interval {
   int first, last;  /* positions in one entry's schedule; first < 0: not in the entry */
 } Interval;
 
-static void plan_arena(Graph *g, int64_t batch, Plan *p);
+static void plan_arena(const Graph *g, const Schedule *s, Plan *p);
 
 /* Node x is read at pos: its storage root lives until then. A fused node is no storage; its
  * kernel is its consumer's, so its own inputs are read at the consumer's position (trees are
  * at most a few dozen nodes, so the recursion stays shallow). */
-static void live_read(const Graph *g, const unsigned char *fused, const int *root,
-                      Interval *live, int x, int pos) {
-  if (fused[x]) {
-    for (int k = 0; k < ir_at(g, x)->nin; k++) live_read(g, fused, root, live, ir_at(g, x)->in[k], pos);
+static void live_read(const Graph *g, const Schedule *s, const int *root, Interval *live,
+                      int x, int pos) {
+  if (s->node[x].fused) {
+    for (int k = 0; k < ir_at(g, x)->nin; k++) live_read(g, s, root, live, ir_at(g, x)->in[k], pos);
     return;
   }
   if (live[root[x]].first >= 0) live[root[x]].last = pos;
 }
 
-void plan_build(Graph *g, int64_t batch, Plan *p) {
+/* Plans g under schedule s, or one built for batch and o, in a fresh p->pool; on an error frees
+ * it and passes the error on. */
+static void plan_in_pool(const Graph *g, int64_t batch, const SchedOptions *o, const Schedule *s,
+                         Plan *p) {
   memset(p, 0, sizeof *p);
-  Pool *tmp = pool_new();
+  Pool *pool = pool_new();
   Trap t;
   if (!KILN_TRY(&t)) {
-    pool_free(tmp);
-    scratch_pool = NULL;
+    pool_free(pool);
+    memset(p, 0, sizeof *p);
     kiln_rethrow(&t);
   }
-  scratch_pool = tmp;
-  plan_arena(g, batch, p);
+  p->pool = pool;
+  plan_arena(g, s ? s : sched_build(g, batch, o, pool), p);
   kiln_trap_end(&t);
-  scratch_pool = NULL;
-  pool_free(tmp);
 }
 
-static void plan_arena(Graph *g, int64_t batch, Plan *p) {
-  if (g->nsyms > 1)
-    kiln_fail((Loc){0}, "the model uses %d dimension symbols; only one (the batch) is allowed",
-              g->nsyms);
-  if (batch <= 0) batch = 1;
-  if (batch > INT32_MAX)
-    kiln_fail((Loc){0}, "the batch must be from 1 to %d, got %lld", INT32_MAX, (long long)batch);
+void plan_build(const Graph *g, int64_t batch, const SchedOptions *o, Plan *p) {
+  plan_in_pool(g, batch, o, NULL, p);
+}
+
+void plan_build_sched(const Graph *g, const Schedule *s, Plan *p) {
+  plan_in_pool(g, s->batch, NULL, s, p);
+}
+
+static void plan_arena(const Graph *g, const Schedule *s, Plan *p) {
+  Pool *pool = p->pool;
+  int64_t batch = s->batch;
+  p->sched = s;
   p->batch = batch;
-  p->symvals[0] = batch;
+  memcpy(p->symvals, s->symvals, sizeof p->symvals);
   int nn = g->nnodes;
-  p->offset = kiln_calloc((size_t)nn, sizeof(int64_t));
+  KILN_ASSERT(s->nnodes == nn);
+  p->offset = xcalloc(pool, (size_t)nn, sizeof(int64_t));
   for (int i = 0; i < nn; i++) p->offset[i] = -1;
 
   /* Which nodes each entry touches. */
   unsigned char *mark[ENTRY_COUNT];
-  int *in_entries = xcalloc((size_t)nn, sizeof(int));
+  int *in_entries = xcalloc(pool, (size_t)nn, sizeof(int));
   for (int e = 0; e < ENTRY_COUNT; e++) {
-    mark[e] = xcalloc((size_t)nn, 1);
+    mark[e] = xcalloc(pool, (size_t)nn, 1);
     ir_reachable(g, e, mark[e]);
     for (int i = 0; i < nn; i++)
       if (mark[e][i]) in_entries[i] |= 1 << e;
     for (int i = 0; i < g->entries[e].nupdates; i++)
       in_entries[g->entries[e].updates[i].target] |= 1 << e;
   }
-  for (int i = 0; i < nn; i++) {
-    Node *n = ir_at(g, i);
-    /* ir.c bounds every tensor with the batch as 1; the bound batch can still make it huge. */
-    if ((in_entries[i] || op_is_leaf(n->op)) && checked_bytes(n, p->symvals) < 0) {
-      char sb[192];
-      kiln_fail(n->loc, "tensor %s of shape %s needs more than 64 TiB for batch %lld",
-                n->name ? n->name : op_names[n->op], shape_str(g, &n->shape, sb, sizeof sb),
-                (long long)batch);
-    }
-    for (int d = 0; d < n->shape.rank; d++)
-      if (dim_value(n->shape.d[d], p->symvals) <= 0 && in_entries[i]) {
-        char sb[128];
-        kiln_fail(n->loc, "tensor %s has shape %s, which is empty for batch %lld",
-                  n->name ? n->name : op_names[n->op], shape_str(g, &n->shape, sb, sizeof sb),
-                  (long long)batch);
-      }
-  }
-
   /* Persistent leaves (in creation order, so the table reads like the model), then inputs. */
   int64_t top = 0;
   for (int pass = 0; pass < 2; pass++)
     for (int i = 0; i < nn; i++) {
-      Node *n = ir_at(g, i);
+      const Node *n = ir_at(g, i);
       bool persistent = n->op == OP_PARAM || n->op == OP_STATE;
       bool input = n->op == OP_INPUT;
       if ((pass == 0 && !persistent) || (pass == 1 && !input)) continue;
@@ -179,25 +154,22 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
     }
   int64_t temp_base = top;
 
-  /* The code generator's schedule decides two storage questions (cg_fusion): fused nodes get no
-   * storage, and an update value written in place shares its target's (like a reshape, below). */
-  unsigned char *fused = xcalloc((size_t)nn, 1);
-  int *into = xcalloc((size_t)nn, sizeof(int));
-  cg_fusion(g, fused, into);
-
+  /* The schedule decides two storage questions: fused nodes get no storage, and an update
+   * value written in place shares its target's (like a reshape, below). */
   /* A reshape is the same bytes as its input, so it shares its input's storage: root[i] is the
    * node whose storage i uses. Not for leaves that an entry updates, whose bytes change at the
    * end of the entry while an output aliasing them might still be read. */
-  bool *updated = xcalloc((size_t)nn, sizeof(bool));
+  bool *updated = xcalloc(pool, (size_t)nn, sizeof(bool));
   for (int e = 0; e < ENTRY_COUNT; e++)
     for (int i = 0; i < g->entries[e].nupdates; i++) updated[g->entries[e].updates[i].target] = true;
-  int *root = xcalloc((size_t)nn, sizeof(int));
+  int *root = xcalloc(pool, (size_t)nn, sizeof(int));
+  p->root = root;
   for (int i = 0; i < nn; i++) {
-    Node *n = ir_at(g, i);
-    root[i] = into[i] >= 0 ? into[i] : i;
+    const Node *n = ir_at(g, i);
+    root[i] = s->node[i].into >= 0 ? s->node[i].into : i;
     if (n->op != OP_RESHAPE) continue;
     int r = root[n->in[0]];
-    Node *rn = ir_at(g, r);
+    const Node *rn = ir_at(g, r);
     if (rn->op == OP_CONST || (op_is_leaf(rn->op) && (updated[r] || p->offset[r] < 0))) continue;
     root[i] = r;
   }
@@ -205,15 +177,15 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
   /* Live intervals of computed storage roots, per entry. */
   Interval *live[ENTRY_COUNT];
   for (int e = 0; e < ENTRY_COUNT; e++) {
-    live[e] = xcalloc((size_t)nn, sizeof(Interval));
+    live[e] = xcalloc(pool, (size_t)nn, sizeof(Interval));
     int pos = 0, end = nn + 1;
     for (int i = 0; i < nn; i++) live[e][i].first = -1;
     for (int i = 0; i < nn; i++) {
       if (!mark[e][i]) continue;
-      Node *n = ir_at(g, i);
-      if (fused[i]) continue;  /* runs (reads its inputs) inside its consumer's kernel */
+      const Node *n = ir_at(g, i);
+      if (s->node[i].fused) continue;  /* runs (reads its inputs) inside its consumer's kernel */
       if (!op_is_leaf(n->op) && root[i] == i) live[e][i] = (Interval){pos, pos};
-      for (int k = 0; k < n->nin; k++) live_read(g, fused, root, live[e], n->in[k], pos);
+      for (int k = 0; k < n->nin; k++) live_read(g, s, root, live[e], n->in[k], pos);
       pos++;
     }
     const Entry *en = &g->entries[e];
@@ -223,13 +195,21 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
       if (live[e][root[en->updates[i].value]].first >= 0) live[e][root[en->updates[i].value]].last = end;
   }
 
+  p->life = xcalloc(pool, (size_t)nn, sizeof(PlanLife));
+  for (int i = 0; i < nn; i++)
+    for (int e = 0; e < ENTRY_COUNT; e++) {
+      p->life[i].first[e] = live[e][i].first;
+      p->life[i].last[e] = live[e][i].last;
+    }
+
   /* Temporaries, largest first, each at the lowest offset clear of every interfering node. */
-  int *order = xcalloc((size_t)nn, sizeof(int));
-  int64_t *size = xcalloc((size_t)nn, sizeof(int64_t));
+  int *order = xcalloc(pool, (size_t)nn, sizeof(int));
+  int64_t *size = xcalloc(pool, (size_t)nn, sizeof(int64_t));
   int ntemp = 0;
   for (int i = 0; i < nn; i++) {
-    Node *n = ir_at(g, i);
-    if (op_is_leaf(n->op) || !needs_storage(n) || !in_entries[i] || root[i] != i || fused[i])
+    const Node *n = ir_at(g, i);
+    if (op_is_leaf(n->op) || !needs_storage(n) || !in_entries[i] || root[i] != i ||
+        s->node[i].fused)
       continue;
     size[i] = node_bytes(n, p->symvals);
     order[ntemp++] = i;
@@ -240,7 +220,7 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
       order[b] = order[b - 1];
       order[b - 1] = t;
     }
-  int *placed = xcalloc((size_t)ntemp, sizeof(int));
+  int *placed = xcalloc(pool, (size_t)ntemp, sizeof(int));
   int nplaced = 0;
   int64_t arena_end = temp_base;
   for (int a = 0; a < ntemp; a++) {
@@ -272,13 +252,7 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
 
   /* Scratch for kernels that pack or unfold their operands: one region, as kernels run one at
    * a time. */
-  int64_t scratch = 0;
-  for (int i = 0; i < nn; i++) {
-    Node *n = ir_at(g, i);
-    if (op_is_leaf(n->op) || !in_entries[i]) continue;
-    int64_t need = cg_scratch_bytes(g, n, p->symvals);
-    if (need > scratch) scratch = need;
-  }
+  int64_t scratch = s->scratch_bytes;
   p->scratch_offset = arena_end;
   if (scratch > PLAN_MAX_BYTES) arena_grow(&arena_end, PLAN_MAX_BYTES + 1, batch);
   p->scratch_bytes = align_up(scratch);
@@ -288,10 +262,10 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
   /* The ABI table: params, state, hypers, inputs, then each entry's outputs. */
   int cap = nn;
   for (int e = 0; e < ENTRY_COUNT; e++) cap += g->entries[e].noutputs;
-  p->tensors = kiln_calloc((size_t)cap, sizeof(kiln_tensor));
-  p->tensor_node = kiln_calloc((size_t)cap, sizeof(int));
+  p->tensors = xcalloc(pool, (size_t)cap, sizeof(kiln_tensor));
+  p->tensor_node = xcalloc(pool, (size_t)cap, sizeof(int));
   for (int i = 0; i < nn; i++) {
-    Node *n = ir_at(g, i);
+    const Node *n = ir_at(g, i);
     if ((n->op == OP_PARAM || n->op == OP_STATE || n->op == OP_INPUT) && p->offset[i] >= 0)
       add_tensor(p, g, i, n->name, (int)n->role, in_entries[i]);
   }
@@ -318,8 +292,40 @@ static void plan_arena(Graph *g, int64_t batch, Plan *p) {
 }
 
 void plan_free(Plan *p) {
-  free(p->offset);
-  free(p->tensors);
-  free(p->tensor_node);
+  pool_free(p->pool);
   memset(p, 0, sizeof *p);
+}
+
+void plan_print(const Graph *g, const Plan *p, FILE *out) {
+  fprintf(out, "memory plan: batch %" PRId64 ", arena %" PRId64 " bytes, scratch %" PRId64
+               " bytes at %" PRId64 "\n", p->batch, p->arena_bytes, p->scratch_bytes,
+          p->scratch_offset);
+  fprintf(out, "%-6s %-28s %12s %12s  %s\n", "node", "tensor", "offset", "bytes", "lifetime");
+  for (int i = 0; i < g->nnodes; i++) {
+    const Node *n = ir_at(g, i);
+    if (p->offset[i] < 0) continue;
+    char sh[128];
+    const char *name = n->name ? n->name : op_names[n->op];
+    fprintf(out, "%%%-5d %-28s %12" PRId64 " %12" PRId64 "  ", i, name, p->offset[i],
+            node_bytes(n, p->symvals));
+    if (n->op == OP_PARAM || n->op == OP_STATE) {
+      fprintf(out, "persistent");
+    } else if (n->op == OP_INPUT) {
+      fprintf(out, "input");
+    } else if (p->root[i] != i) {
+      fprintf(out, "shares %%%d", p->root[i]);
+    } else {
+      /* Positions count the kernels of the entry; "end": read after its last kernel. */
+      int64_t end = g->nnodes + 1;
+      for (int e = 0; e < ENTRY_COUNT; e++) {
+        const PlanLife *l = &p->life[i];
+        if (l->first[e] < 0) continue;
+        if (l->last[e] == end)
+          fprintf(out, " %s %d..end", entry_names[e], l->first[e]);
+        else
+          fprintf(out, " %s %d..%d", entry_names[e], l->first[e], l->last[e]);
+      }
+    }
+    fprintf(out, "  %s\n", shape_str(g, &n->shape, sh, sizeof sh));
+  }
 }

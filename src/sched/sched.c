@@ -1,6 +1,32 @@
 /*
- * sched.c — the schedule's options.
+ * sched.c — the schedule: per node, how it is computed, decided once from the graph, the batch,
+ * a target description and explicit options. Plan (storage) and code generator (loops) only read
+ * it; the reference interpreter ignores it, so `kiln check` holds every schedule against the
+ * meaning.
+ *
+ * The decisions:
+ * - Elementwise fusion. A tree of elementwise ops whose inner nodes each have exactly one
+ *   consumer, have the root's shape and are neither an entry's output nor an update's value is
+ *   one flat loop over the root's elements computing the inner nodes in registers; the plan gives
+ *   the inner nodes no storage. Operands left in memory are broadcast to the root's shape, so a
+ *   batch norm's per-channel scale fuses like a scalar.
+ * - Updates without copies. An update target <- value normally copies the value at the end of
+ *   the entry. When the value is such a flat kernel, computed by one entry only, and no kernel of
+ *   that entry after it reads the target, the plan places the value in the target's storage and
+ *   the copy disappears. `fuse = false` turns both off.
+ * - Convolution algorithm: direct loop nests, or per image im2col + the blocked GEMM when the
+ *   GEMM's dimensions are large enough (K >= 16, >= 8 output channels per group); the MNIST CNN's
+ *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there.
+ * - Threads: a GEMM convolution splits the batch into `threads` fixed chunks, each with its own
+ *   scratch slot. Only these large kernels are parallel: splitting memory-bound elementwise loops
+ *   gained nothing measurable, and each parallel region waits for every thread.
+ * - GEMM for matmuls above a size where packing pays, and its cache tiles.
+ * - Pools whose windows tile the input are unrolled; tiling max pools with an odd number of
+ *   windows per row, the convolutions and fused trees ask gcc for its full vectoriser cost model.
+ * - Scratch bytes per kernel (packing buffers, im2col, f32 sums accumulated in double); the plan
+ *   reserves the maximum once, since kernels run one at a time.
  */
+#include <inttypes.h>
 #include <string.h>
 
 #include "sched/sched.h"
@@ -12,4 +38,426 @@ void sched_default_options(SchedOptions *o) {
   o->threads = 1;
   o->fuse = true;
   o->conv = CONV_AUTO;
+  o->gemm = (GemmTiles){.kc = 256, .mc = 128, .nc = 2048};
+}
+
+/* Tiles are printed into the generated C as int: keep them small and positive. */
+static int64_t clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* ---------------------------------------------------------------------------------------------
+ * GEMM tiles and scratch.
+ */
+
+/* Products below this many multiply-adds keep the plain loop nest: packing and the call do not
+ * pay (bench/gemm.sh: the GEMM wins from there up, even at N = 10). */
+enum { GEMM_MIN_MACS = 32768 };
+
+static int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+int64_t sched_gemm_kc(const GemmTiles *t, int64_t K) {
+  int64_t nb = (K + t->kc - 1) / t->kc;
+  return (K + nb - 1) / nb;
+}
+
+int64_t sched_gemm_scratch(const GemmTiles *t, int64_t M, int64_t N, int64_t K, DType dt) {
+  if ((dt != DT_F32 && dt != DT_F64) || M <= 0 || N <= 0 || K <= 0)
+    return 0;
+  /* Saturating: huge shapes are the plan's business, not a reason to overflow here. */
+  if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX ||
+      (double)M * (double)N * (double)K < GEMM_MIN_MACS)
+    return 0;
+  int64_t es = (int64_t)dtype_size(dt), kc = sched_gemm_kc(t, K);
+  int64_t mc = M < t->mc ? M : t->mc, nc = N < t->nc ? N : t->nc;
+  /* ceil(x / MR) * MR <= x + MR - 1 for any MR <= the maximum; same for NR. */
+  int64_t a = round_up((mc + SCHED_GEMM_MR_MAX) * kc * es, 64);
+  int64_t b = round_up((nc + SCHED_GEMM_NR_MAX) * kc * es, 64);
+  return 64 /* aligning the base */ + a + b;
+}
+
+/* Scratch the GEMM needs for M×N×K as a convolution's inner product, even below the size where
+ * matmul nodes keep their plain loop: the bound grows with M and N, and with K up to one block. */
+static int64_t conv_gemm_ws(const GemmTiles *t, int64_t M, int64_t N, int64_t K, DType dt) {
+  return sched_gemm_scratch(t, M < 64 ? 64 : M, N < 64 ? 64 : N, K < 8 ? 8 : K, dt);
+}
+
+static bool in_arena(const Node *x) { return x->op != OP_CONST; }
+
+/* Whether both operands of n are arena tensors of n's type (what the GEMM routines read). */
+static bool gemm_operands(const Graph *g, const Node *n) {
+  const Node *a = ir_at(g, n->in[0]), *b = ir_at(g, n->in[1]);
+  return (n->dtype == DT_F32 || n->dtype == DT_F64) && in_arena(a) && in_arena(b) &&
+         a->dtype == n->dtype && b->dtype == n->dtype;
+}
+
+static bool is_conv(Op op) {
+  return op == OP_CONV2D || op == OP_CONV2D_BWD_DATA || op == OP_CONV2D_BWD_FILTER;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Per-op decisions.
+ */
+
+static ConvAlgo conv_algo(const Graph *g, const Node *n, ConvAlgo want) {
+  if (!gemm_operands(g, n))
+    return CONV_DIRECT;
+  if (want != CONV_AUTO)
+    return want;
+  Window w = win_of(g, n);
+  int64_t k = w.C / w.G * w.KH * w.KW, og = w.O / w.G;
+  return k >= 16 && og >= 8 && w.Ho * w.Wo >= 16 ? CONV_GEMM : CONV_DIRECT;
+}
+
+int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n) {
+  Window w = win_of(g, n);
+  int64_t es = (int64_t)dtype_size(n->dtype), K = w.C / w.G * w.KH * w.KW, Og = w.O / w.G;
+  int64_t HW = w.Ho * w.Wo, col = round_up(w.G * K * HW * es, 64), ws;
+  if (n->op == OP_CONV2D)
+    ws = conv_gemm_ws(&s->tiles, Og, HW, K, n->dtype);
+  else if (n->op == OP_CONV2D_BWD_DATA)
+    ws = conv_gemm_ws(&s->tiles, K, HW, Og, n->dtype);
+  else
+    ws = conv_gemm_ws(&s->tiles, Og, K, HW, n->dtype) + round_up(w.O * K * es, 64);
+  return col + round_up(ws, 64);
+}
+
+/* The scratch bytes of n's kernel under the decisions already made in ns. */
+static int64_t node_scratch(const Schedule *s, const Graph *g, const Node *n, const NodeSched *ns) {
+  switch (n->op) {
+  case OP_SUM:
+  case OP_MEAN:
+  case OP_SUM_TO:
+    /* f32 sums accumulate in double. */
+    return n->dtype == DT_F32 ? shape_numel(&n->shape, s->symvals) * (int64_t)sizeof(double) : 0;
+  case OP_MATMUL: {
+    if (!ns->gemm)
+      return 0;
+    const Node *a = ir_at(g, n->in[0]);
+    int64_t K = dim_value(a->shape.d[n->attr.trans_a ? 0 : 1], s->symvals);
+    return sched_gemm_scratch(&s->tiles, dim_value(n->shape.d[0], s->symvals),
+                              dim_value(n->shape.d[1], s->symvals), K, n->dtype);
+  }
+  case OP_CONV2D:
+  case OP_CONV2D_BWD_DATA:
+  case OP_CONV2D_BWD_FILTER:
+    if (ns->conv == CONV_GEMM)
+      return 64 + ns->chunks * sched_conv_slot_bytes(s, g, n);
+    if (n->op == OP_CONV2D_BWD_FILTER) {
+      /* One row of partial sums per weight of an output channel. */
+      Window w = win_of(g, n);
+      return w.C / w.G * w.KH * w.KW * w.Wo * (int64_t)dtype_size(n->dtype);
+    }
+    return 0;
+  default:
+    return 0;
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Fusion.
+ */
+
+/* Ops a fused loop computes in registers: the elementwise ops cg spells as C expressions. */
+static const bool fusible[OP_COUNT] = {
+    [OP_ADD] = true,        [OP_SUB] = true,         [OP_MUL] = true,
+    [OP_DIV] = true,        [OP_POW] = true,         [OP_NEG] = true,
+    [OP_EXP] = true,        [OP_LOG] = true,         [OP_SQRT] = true,
+    [OP_RELU] = true,       [OP_RELU_GRAD] = true,   [OP_SIGMOID] = true,
+    [OP_TANH] = true,       [OP_LEAKY_RELU] = true,  [OP_LEAKY_RELU_GRAD] = true,
+};
+
+
+/* Whether n can be part of a fused loop nest over its elements: a fusible op whose operands
+ * have its type (scalar constants: any type, cast when read); they may be broadcast. */
+static bool flat_map(const Graph *g, const Node *n) {
+  if (!fusible[n->op])
+    return false;
+  for (int k = 0; k < n->nin; k++) {
+    const Node *x = ir_at(g, n->in[k]);
+    if (x->dtype != n->dtype && x->op != OP_CONST)
+      return false;
+  }
+  return true;
+}
+
+void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(int x, void *arg),
+                           void *arg) {
+  const Node *nd = ir_at(g, n);
+  for (int k = 0; k < nd->nin; k++) {
+    int x = nd->in[k];
+    if (s->node[x].fused)
+      sched_kernel_operands(g, s, x, fn, arg);
+    else
+      fn(x, arg);
+  }
+}
+
+typedef struct LastRead {
+  int *last;  /* per node: the last kernel (node id) of the entry reading it */
+  int kernel;
+} LastRead;
+
+static void note_read(int x, void *arg) {
+  LastRead *lr = arg;
+  lr->last[x] = lr->kernel;
+}
+
+/* Fills fused, into and group; entries[i] has bit e set when entry e runs node i. */
+static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
+  int nn = g->nnodes;
+  for (int i = 0; i < nn; i++) {
+    s->node[i].into = -1;
+    s->node[i].group = i;
+  }
+  if (!s->opt.fuse || nn == 0)
+    return;
+  int *uses = pool_alloc(pool, (size_t)nn * sizeof(int));    /* input slots reading i, any entry */
+  int *pinned = pool_alloc(pool, (size_t)nn * sizeof(int));  /* output or update value somewhere */
+  int *size = pool_alloc(pool, (size_t)nn * sizeof(int));    /* nodes in i's fused tree */
+  int *last = pool_alloc(pool, (size_t)nn * sizeof(int));
+  for (int e = 0; e < ENTRY_COUNT; e++) {
+    const Entry *en = &g->entries[e];
+    for (int o = 0; o < en->noutputs; o++)
+      pinned[en->outputs[o].node]++;
+    for (int u = 0; u < en->nupdates; u++)
+      pinned[en->updates[u].value]++;
+  }
+  for (int i = 0; i < nn; i++)
+    if (entries[i])
+      for (int k = 0; k < ir_at(g, i)->nin; k++)
+        uses[ir_at(g, i)->in[k]]++;
+
+  /* Consumers in id order, so an input's own tree is complete when it is considered. */
+  for (int c = 0; c < nn; c++) {
+    const Node *cn = ir_at(g, c);
+    if (!entries[c] || !flat_map(g, cn))
+      continue;
+    size[c] = 1;
+    for (int k = 0; k < cn->nin; k++) {
+      int x = cn->in[k];
+      const Node *xn = ir_at(g, x);
+      if (uses[x] == 1 && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn) &&
+          shape_eq(&xn->shape, &cn->shape) && xn->dtype == cn->dtype &&
+          size[c] + size[x] <= SCHED_FUSE_MAX_NODES) {
+        s->node[x].fused = true;
+        size[c] += size[x];
+      }
+    }
+  }
+  /* A consumer has a larger id than its inputs: walking down, each fused node's consumer already
+   * knows its group. */
+  for (int c = nn - 1; c >= 0; c--)
+    for (int k = 0; k < ir_at(g, c)->nin; k++) {
+      int x = ir_at(g, c)->in[k];
+      if (s->node[x].fused && entries[c])
+        s->node[x].group = s->node[c].group;
+    }
+
+  /* Updates written in place. */
+  for (int e = 0; e < ENTRY_COUNT; e++) {
+    const Entry *en = &g->entries[e];
+    LastRead lr = {.last = last};
+    for (int i = 0; i < nn; i++)
+      last[i] = -1;
+    for (int j = 0; j < nn; j++)
+      if ((entries[j] & (1 << e)) && !op_is_leaf(ir_at(g, j)->op) && !s->node[j].fused) {
+        lr.kernel = j;
+        sched_kernel_operands(g, s, j, note_read, &lr);
+      }
+    for (int u = 0; u < en->nupdates; u++) {
+      int t = en->updates[u].target, v = en->updates[u].value;
+      const Node *tn = ir_at(g, t), *vn = ir_at(g, v);
+      if (op_is_leaf(vn->op) || !flat_map(g, vn) || entries[v] != (1 << e) || pinned[v] != 1 ||
+          (tn->op != OP_PARAM && tn->op != OP_STATE) || !shape_eq(&tn->shape, &vn->shape) ||
+          tn->dtype != vn->dtype || last[t] > v || pinned[t])
+        continue;
+      bool alone = true;  /* t is the target of this update only (pinned: no update's value) */
+      for (int o = 0; o < en->nupdates; o++)
+        if (o != u && en->updates[o].target == t)
+          alone = false;
+      if (alone)
+        s->node[v].into = t;
+    }
+  }
+}
+
+bool sched_is_tree(const Graph *g, const Schedule *s, int id) {
+  const Node *n = ir_at(g, id);
+  if (op_is_leaf(n->op) || s->node[id].fused)
+    return false;
+  if (s->node[id].into >= 0)
+    return true;
+  for (int k = 0; k < n->nin; k++)
+    if (s->node[n->in[k]].fused)
+      return true;
+  return false;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The whole schedule.
+ */
+
+/* The most bytes one program's arena may need: 2^46 (64 TiB). Together with the per-tensor
+ * bound of ir.c it keeps every offset and size exact in int64. */
+#define SCHED_MAX_BYTES ((int64_t)1 << 46)
+
+/* n's size in bytes with the batch bound, or -1 if it exceeds SCHED_MAX_BYTES. */
+static int64_t checked_bytes(const Node *n, const int64_t *symvals) {
+  int64_t b = (int64_t)dtype_size(n->dtype);
+  for (int i = 0; i < n->shape.rank; i++) {
+    Dim d = n->shape.d[i];
+    int64_t v = d.n;
+    if ((d.sym >= 0 && __builtin_mul_overflow(v, symvals[d.sym], &v)) ||
+        __builtin_mul_overflow(b, v, &b) || b > SCHED_MAX_BYTES)
+      return -1;
+  }
+  return b;
+}
+
+Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool *pool) {
+  if (g->nsyms > 1)
+    kiln_fail((Loc){0}, "the model uses %d dimension symbols; only one (the batch) is allowed",
+              g->nsyms);
+  if (batch <= 0)
+    batch = 1;
+  if (batch > INT32_MAX)
+    kiln_fail((Loc){0}, "the batch must be from 1 to %d, got %lld", INT32_MAX, (long long)batch);
+  Schedule *s = pool_alloc(pool, sizeof *s);
+  if (o)
+    s->opt = *o;
+  else
+    sched_default_options(&s->opt);
+  s->opt.threads = s->opt.threads < 1 ? 1 : s->opt.threads > 64 ? 64 : s->opt.threads;
+  s->batch = batch;
+  s->symvals[0] = batch;
+  s->tiles = (GemmTiles){.kc = clamp(s->opt.gemm.kc, 1, 4096), .mc = clamp(s->opt.gemm.mc, 1, 4096),
+                         .nc = clamp(s->opt.gemm.nc, 1, 1 << 20)};
+  int nn = g->nnodes;
+  s->nnodes = nn;
+  s->node = pool_alloc(pool, (size_t)(nn > 0 ? nn : 1) * sizeof(NodeSched));
+  s->used = pool_alloc(pool, (size_t)(nn > 0 ? nn : 1));
+
+  /* Which entries run each node; update targets count as touched. */
+  int *entries = pool_alloc(pool, (size_t)(nn > 0 ? nn : 1) * sizeof(int));
+  unsigned char *mark = pool_alloc(pool, (size_t)(nn > 0 ? nn : 1));
+  for (int e = 0; e < ENTRY_COUNT; e++) {
+    ir_reachable(g, (EntryKind)e, mark);
+    for (int i = 0; i < nn; i++)
+      if (mark[i]) {
+        entries[i] |= 1 << e;
+        s->used[i] = 1;
+      }
+  }
+  for (int i = 0; i < nn; i++) {
+    const Node *n = ir_at(g, i);
+    bool touched = entries[i] != 0;
+    for (int e = 0; e < ENTRY_COUNT && !touched; e++)
+      for (int u = 0; u < g->entries[e].nupdates; u++)
+        touched |= g->entries[e].updates[u].target == i;
+    /* ir.c bounds every tensor with the batch as 1; the bound batch can still make it huge. */
+    if ((touched || op_is_leaf(n->op)) && checked_bytes(n, s->symvals) < 0) {
+      char sb[192];
+      kiln_fail(n->loc, "tensor %s of shape %s needs more than 64 TiB for batch %lld",
+                n->name ? n->name : op_names[n->op], shape_str(g, &n->shape, sb, sizeof sb),
+                (long long)batch);
+    }
+    for (int d = 0; d < n->shape.rank; d++)
+      if (dim_value(n->shape.d[d], s->symvals) <= 0 && touched) {
+        char sb[128];
+        kiln_fail(n->loc, "tensor %s has shape %s, which is empty for batch %lld",
+                  n->name ? n->name : op_names[n->op], shape_str(g, &n->shape, sb, sizeof sb),
+                  (long long)batch);
+      }
+  }
+
+  fuse(g, s, entries, pool);
+  for (int i = 0; i < nn; i++) {
+    const Node *n = ir_at(g, i);
+    NodeSched *ns = &s->node[i];
+    ns->conv = CONV_DIRECT;
+    ns->chunks = 1;
+    if (!s->used[i] || op_is_leaf(n->op))
+      continue;
+    if (is_conv(n->op)) {
+      ns->conv = conv_algo(g, n, s->opt.conv);
+      if (ns->conv == CONV_GEMM)
+        ns->chunks = s->opt.threads;
+      ns->vectorise = true;
+    }
+    if (n->op == OP_MATMUL && gemm_operands(g, n)) {
+      const Node *a = ir_at(g, n->in[0]);
+      int64_t K = dim_value(a->shape.d[n->attr.trans_a ? 0 : 1], s->symvals);
+      ns->gemm = sched_gemm_scratch(&s->tiles, dim_value(n->shape.d[0], s->symvals),
+                                    dim_value(n->shape.d[1], s->symvals), K, n->dtype) > 0;
+    }
+    if (op_is_window(n->op) && !is_conv(n->op)) {
+      Window w = win_of(g, n);
+      ns->tiles = win_tiles(&w);
+      /* gcc's cheap cost model vectorises an even row of tiling max-pool windows two lanes at a
+       * time, branch-free, but leaves an odd one scalar, where the first-maximum selects become
+       * mispredicted branches (1.4 ms against 0.2 ms for the MNIST CNN's 7-window rows). Only
+       * max pools use the unrolled tiling code. */
+      if ((n->op == OP_MAXPOOL2D || n->op == OP_MAXPOOL2D_GRAD) && ns->tiles && w.Wo % 2 == 1)
+        ns->vectorise = true;
+    }
+    if (sched_is_tree(g, s, i))
+      ns->vectorise = true;
+    ns->scratch = node_scratch(s, g, n, ns);
+    if (ns->scratch > s->scratch_bytes)
+      s->scratch_bytes = ns->scratch;
+  }
+  return s;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Printing (kiln schedule).
+ */
+
+static const char *const conv_names[] = {[CONV_AUTO] = "auto", [CONV_DIRECT] = "direct",
+                                         [CONV_GEMM] = "gemm"};
+
+void sched_print(const Graph *g, const Schedule *s, FILE *out) {
+  fprintf(out, "schedule: batch %" PRId64 ", threads %d, fuse %s, conv %s, gemm tiles kc %" PRId64
+               " mc %" PRId64 " nc %" PRId64 ", scratch %" PRId64 " bytes\n",
+          s->batch, s->opt.threads, s->opt.fuse ? "on" : "off", conv_names[s->opt.conv],
+          s->tiles.kc, s->tiles.mc, s->tiles.nc, s->scratch_bytes);
+  fprintf(out, "%-6s %-20s %-24s %s\n", "node", "op", "line", "schedule");
+  for (int i = 0; i < s->nnodes; i++) {
+    const Node *n = ir_at(g, i);
+    const NodeSched *ns = &s->node[i];
+    if (!s->used[i] || op_is_leaf(n->op))
+      continue;
+    char where[64] = "-";
+    if (n->loc.file) {
+      const char *path = n->loc.file->path, *base = strrchr(path, '/');
+      snprintf(where, sizeof where, "%s:%d", base ? base + 1 : path, n->loc.line);
+    }
+    fprintf(out, "%%%-5d %-20s %-24s", i, op_names[n->op], where);
+    if (ns->fused) {
+      fprintf(out, " fused into %%%d\n", ns->group);
+      continue;
+    }
+    fprintf(out, " kernel");
+    if (sched_is_tree(g, s, i)) {
+      int members = 0;
+      for (int j = 0; j < s->nnodes; j++)
+        members += s->node[j].fused && s->node[j].group == i;
+      if (members)
+        fprintf(out, " fused(%d)", members);
+    }
+    if (ns->into >= 0)
+      fprintf(out, " in-place(%%%d)", ns->into);
+    if (is_conv(n->op))
+      fprintf(out, " conv=%s", conv_names[ns->conv]);
+    if (n->op == OP_MATMUL)
+      fprintf(out, " %s", ns->gemm ? "gemm" : "loops");
+    if (ns->tiles)
+      fprintf(out, " tiles");
+    if (ns->chunks > 1)
+      fprintf(out, " chunks=%d", ns->chunks);
+    if (ns->vectorise)
+      fprintf(out, " vectorise");
+    if (ns->scratch)
+      fprintf(out, " scratch=%" PRId64, ns->scratch);
+    fputc('\n', out);
+  }
 }

@@ -23,16 +23,83 @@ typedef enum ConvAlgo {
   CONV_GEMM                  /* im2col + the blocked GEMM */
 } ConvAlgo;
 
+/* The blocked GEMM's cache tiles (cg_gemm.c prints them into the routine): KC bounds the depth
+ * of one packed panel (a 32-float × 256 micro-panel of B is 32 KB, inside L1), MC × KC of A
+ * stays in L2, NC × KC of B in L2/L3. */
+typedef struct GemmTiles {
+  int64_t kc, mc, nc;
+} GemmTiles;
+
 typedef struct SchedOptions {
   Target target;
   int threads;               /* batch chunks compiled into parallel kernels, >= 1 */
   bool fuse;                 /* elementwise fusion and in-place updates */
   ConvAlgo conv;
+  GemmTiles gemm;            /* kc 256, mc 128, nc 2048 by default */
 } SchedOptions;
 
 /* One thread, fusion on, the cost model's convolutions, and a fixed generic x86-64 target
  * (32-byte vectors, 32 KiB / 1 MiB / 32 MiB caches, 1 core), so the same call emits the same
  * code on every machine. */
 void sched_default_options(SchedOptions *o);
+
+/* The largest register block (rows MR, columns NR) any micro-kernel cg_gemm.c prints may use:
+ * the scratch bound covers every vector width the C compiler may pick. */
+enum { SCHED_GEMM_MR_MAX = 16, SCHED_GEMM_NR_MAX = 64 };
+
+/* Nodes per fused tree at most: keeps the loop body (and the plan's walk over it) small. */
+enum { SCHED_FUSE_MAX_NODES = 32 };
+
+/* How one node is computed. Every field has its plain-loop default for nodes no rule applies
+ * to (conv = CONV_DIRECT, chunks = 1, the rest 0 / false / -1). */
+typedef struct NodeSched {
+  bool fused;        /* an elementwise node computed in registers inside its one consumer's
+                        loop, never stored */
+  int into;          /* update value written straight into this update target's storage (no
+                        copy at the end of the entry), or -1 */
+  int group;         /* the node whose kernel computes this one: itself unless fused */
+  ConvAlgo conv;     /* convolutions: CONV_DIRECT or CONV_GEMM (im2col + the blocked GEMM) */
+  bool gemm;         /* matmul: the blocked GEMM rather than the plain loop nest */
+  bool tiles;        /* pools: windows tile the input (taps unrolled, no bounds tests) */
+  bool vectorise;    /* ask gcc for its full vectoriser cost model on this kernel */
+  int chunks;        /* the batch is split into this many fixed chunks, one parallel iteration
+                        each (1: serial) */
+  int64_t scratch;   /* bytes of the shared scratch region the kernel needs at the full batch */
+} NodeSched;
+
+/* The schedule of one graph at one batch: what plan and code generator read. */
+typedef struct Schedule {
+  SchedOptions opt;
+  int64_t batch;
+  int64_t symvals[IR_MAX_SYMS];  /* the batch bound to symbol 0 */
+  int nnodes;
+  NodeSched *node;               /* per node id */
+  unsigned char *used;           /* per node: some entry runs it */
+  GemmTiles tiles;               /* opt.gemm, each at least 1 (at most 4096 for kc and mc) */
+  int64_t scratch_bytes;         /* max of node[].scratch: the region plan.c reserves */
+} Schedule;
+
+/* Decides the schedule of every node of g that an entry runs, for `batch` (symbol 0; <= 0: 1) and
+ * options o (NULL: sched_default_options). Everything is allocated from pool. */
+Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool *pool);
+/* Bytes of scratch the blocked GEMM needs for C[M,N] = op(A)[M,K] op(B)[K,N] with tiles t
+ * (packed panels, 64-byte aligned); 0 when the plain loop nest is the better schedule for that
+ * shape (tiny products) or dt is not floating point. */
+int64_t sched_gemm_scratch(const GemmTiles *t, int64_t M, int64_t N, int64_t K, DType dt);
+/* The K block used for depth K: K split into equal parts of at most t->kc (K = 600 with kc 256:
+ * three blocks of 200). The generated routine computes the same. */
+int64_t sched_gemm_kc(const GemmTiles *t, int64_t K);
+/* Bytes of one batch chunk's slot of a GEMM convolution's scratch (64-byte multiple): its
+ * unfolded image, its weight-gradient partial sums, the GEMM's packing buffers. */
+int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
+/* Calls fn(x, arg) for every stored operand x of the kernel computing node n, looking through
+ * fused inner nodes; an operand read twice is reported twice. */
+void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(int x, void *arg),
+                           void *arg);
+/* Whether node id's kernel is a flat fused loop: it computes fused inner nodes, or writes an
+ * update's new value in place. */
+bool sched_is_tree(const Graph *g, const Schedule *s, int id);
+/* One line per kernel: node, op, model line, fused group, convolution algorithm, chunks, scratch. */
+void sched_print(const Graph *g, const Schedule *s, FILE *out);
 
 #endif

@@ -315,10 +315,11 @@ static int window_op(AdCtx *c, const Node *n, Op op, int a, int b, const int64_t
   return ir_node(c->g, op, op_arity[op], in, &at, n->loc);
 }
 
-/* H and W of a forward input (constant: shape.c requires it). */
-static const int64_t *hw(AdCtx *c, int x, int64_t *buf) {
-  buf[0] = ir_at(c->g, x)->shape.d[2].n;
-  buf[1] = ir_at(c->g, x)->shape.d[3].n;
+/* H and W of window op n's forward input (constant: shape.c requires it). */
+static const int64_t *in_hw(AdCtx *c, const Node *n, int64_t *buf) {
+  Window w = win_of(c->g, n);
+  buf[0] = w.H;
+  buf[1] = w.W;
   return buf;
 }
 
@@ -327,7 +328,7 @@ static void vjp_conv2d(AdCtx *c, const Node *n, int dy) {
   int x = n->in[0], w = n->in[1];
   int64_t s[2];
   if (wants(c, n, 0))
-    give(c, n, 0, window_op(c, n, OP_CONV2D_BWD_DATA, dy, w, hw(c, x, s)));
+    give(c, n, 0, window_op(c, n, OP_CONV2D_BWD_DATA, dy, w, in_hw(c, n, s)));
   if (wants(c, n, 1))
     give(c, n, 1, window_op(c, n, OP_CONV2D_BWD_FILTER, x, dy, NULL));
 }
@@ -348,7 +349,7 @@ static void vjp_conv2d_bwd_filter(AdCtx *c, const Node *n, int ddw) {
   int x = n->in[0], dyn = n->in[1];
   int64_t s[2];
   if (wants(c, n, 0))
-    give(c, n, 0, window_op(c, n, OP_CONV2D_BWD_DATA, dyn, ddw, hw(c, x, s)));
+    give(c, n, 0, window_op(c, n, OP_CONV2D_BWD_DATA, dyn, ddw, in_hw(c, n, s)));
   if (wants(c, n, 1))
     give(c, n, 1, window_op(c, n, OP_CONV2D, x, ddw, NULL));
 }
@@ -359,7 +360,7 @@ static void vjp_maxpool2d(AdCtx *c, const Node *n, int dy) {
 
 static void vjp_avgpool2d(AdCtx *c, const Node *n, int dy) {
   int64_t s[2];
-  give(c, n, 0, window_op(c, n, OP_AVGPOOL2D_GRAD, dy, -1, hw(c, n->in[0], s)));
+  give(c, n, 0, window_op(c, n, OP_AVGPOOL2D_GRAD, dy, -1, in_hw(c, n, s)));
 }
 
 /* avgpool2d_grad is linear: its adjoint is avgpool2d itself. */

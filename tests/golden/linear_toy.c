@@ -160,7 +160,7 @@ static const double lit3_b[1] = {
   1,
 };
 
-/* %4 = matmul(%0, %2)  f64 [1, 1] */
+/* %4 = matmul(%0 x, %2 w)  f64 [1, 1]  linear_toy.kiln:15 */
 static void k4_matmul(double *restrict y, const double *restrict b) {
   for (int64_t i = 0; i < 1; i++) {
     for (int64_t j = 0; j < 1; j++)
@@ -173,17 +173,17 @@ static void k4_matmul(double *restrict y, const double *restrict b) {
   }
 }
 
-/* %5 = add(%4, %3)  f64 [1, 1]  z */
+/* %5 = add(%4, %3 b)  f64 [1, 1]  z  linear_toy.kiln:15 */
 static void k5_add(double *restrict y, const double *restrict a, const double *restrict b) {
   y[0] = a[0] + b[0];
 }
 
-/* %6 = sub(%1, %5)  f64 [1, 1] */
+/* %6 = sub(%1 y, %5 z)  f64 [1, 1]  linear_toy.kiln:16 */
 static void k6_sub(double *restrict y, const double *restrict b) {
   y[0] = ((double)lit1_y[0]) - b[0];
 }
 
-/* %10 = mul(%9, %8)  f64 [1, 1]  fused: %8 = pow */
+/* %10 = mul(%9, %8)  f64 [1, 1]  linear_toy.kiln:16  fused: %8 = pow */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -192,25 +192,25 @@ static void k10_mul(double *restrict y, const double *restrict x0) {
   y[0] = ((double)0.5) * t8;
 }
 
-/* %11 = sum(%10)  f64 []  loss */
+/* %11 = sum(%10)  f64 []  loss  linear_toy.kiln:16 */
 static void k11_sum(double *restrict y, const double *restrict a) {
   for (int64_t i = 0; i < 1; i++)
     y[i] = 0;
   y[0] += a[0];
 }
 
-/* %13 = reshape(%12)  f64 [1, 1] */
+/* %13 = reshape(%12)  f64 [1, 1]  linear_toy.kiln:16 */
 static void k13_reshape(double *restrict y) {
   for (int64_t i = 0; i < 1; i++)
     y[i] = ((double)1);
 }
 
-/* %15 = sub(%7, %12)  f64 [] */
+/* %15 = sub(%7, %12)  f64 []  linear_toy.kiln:16 */
 static void k15_sub(double *restrict y) {
   y[0] = ((double)2) - ((double)1);
 }
 
-/* %19 = neg(%18)  f64 [1, 1]  fused: %14 = mul %16 = pow %17 = mul %18 = mul */
+/* %19 = neg(%18)  f64 [1, 1]  linear_toy.kiln:16  fused: %14 = mul %16 = pow %17 = mul %18 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -222,14 +222,14 @@ static void k19_neg(double *restrict y, const double *restrict x0, const double 
   y[0] = -t18;
 }
 
-/* %20 = sum_to(%19, %3)  f64 [1] */
+/* %20 = sum_to(%19, %3 b)  f64 [1]  linear_toy.kiln:15 */
 static void k20_sum_to(double *restrict y, const double *restrict a) {
   for (int64_t i = 0; i < 1; i++)
     y[i] = 0;
   y[0] += a[0];
 }
 
-/* %21 = matmul(%0, %19)  f64 [2, 1] */
+/* %21 = matmul(%0 x, %19)  f64 [2, 1]  linear_toy.kiln:15 */
 static void k21_matmul(double *restrict y, const double *restrict b) {
   for (int64_t i = 0; i < 2; i++) {
     for (int64_t j = 0; j < 1; j++)
@@ -242,7 +242,7 @@ static void k21_matmul(double *restrict y, const double *restrict b) {
   }
 }
 
-/* %26 = sub(%2, %25)  f64 [2, 1]  fused: %25 = mul  (written in place of %2) */
+/* %26 = sub(%2 w, %25)  f64 [2, 1]  linear_toy.kiln:21  fused: %25 = mul  (written in place of %2) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -253,7 +253,7 @@ static void k26_sub(double *restrict y, const double *restrict x0, const double 
   }
 }
 
-/* %28 = sub(%3, %27)  f64 [1]  fused: %27 = mul  (written in place of %3) */
+/* %28 = sub(%3 b, %27)  f64 [1]  linear_toy.kiln:21  fused: %27 = mul  (written in place of %3) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -262,7 +262,7 @@ static void k28_sub(double *restrict y, const double *restrict x0, const double 
   y[0] = y[0] - t27;
 }
 
-/* %30 = sub(%2, %29)  f64 [2, 1]  fused: %29 = mul  (written in place of %2) */
+/* %30 = sub(%2 w, %29)  f64 [2, 1]  linear_toy.kiln:21  fused: %29 = mul  (written in place of %2) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -273,7 +273,7 @@ static void k30_sub(double *restrict y, const double *restrict x0, const double 
   }
 }
 
-/* %32 = sub(%3, %31)  f64 [1]  fused: %31 = mul  (written in place of %3) */
+/* %32 = sub(%3 b, %31)  f64 [1]  linear_toy.kiln:21  fused: %31 = mul  (written in place of %3) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -402,35 +402,35 @@ static void kiln_apply(unsigned char *arena, int64_t batch) {
 
 static const kiln_tensor kiln_tensors[8] = {
   {.name = "w", .role = KILN_ROLE_PARAM, .dtype = KILN_F64, .rank = 2, .dims = {2, 1},
-   .batch_axis = -1, .offset = 0, .entries = 15, .init = 10,
+   .batch_axis = -1, .offset = 0, .entries = 15, .init = KILN_INIT_DATA,
    .init_a = 0, .init_b = 0, .fan_in = 1, .fan_out = 2,
    .data = lit2_w, .feed = NULL, .scale = 0},
   {.name = "b", .role = KILN_ROLE_PARAM, .dtype = KILN_F64, .rank = 1, .dims = {1},
-   .batch_axis = -1, .offset = 64, .entries = 15, .init = 10,
+   .batch_axis = -1, .offset = 64, .entries = 15, .init = KILN_INIT_DATA,
    .init_a = 0, .init_b = 0, .fan_in = 1, .fan_out = 1,
    .data = lit3_b, .feed = NULL, .scale = 0},
   {.name = "grad.w", .role = KILN_ROLE_GRAD, .dtype = KILN_F64, .rank = 2, .dims = {2, 1},
-   .batch_axis = -1, .offset = 128, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 128, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.b", .role = KILN_ROLE_GRAD, .dtype = KILN_F64, .rank = 1, .dims = {1},
-   .batch_axis = -1, .offset = 192, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 192, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "lr", .role = KILN_ROLE_HYPER, .dtype = KILN_F64, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 256, .entries = 9, .init = 2,
+   .batch_axis = -1, .offset = 256, .entries = 9, .init = KILN_INIT_CONST,
    .init_a = 0.01, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 512, .entries = 5, .init = 0,
+   .batch_axis = -1, .offset = 512, .entries = 5, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 512, .entries = 2, .init = 0,
+   .batch_axis = -1, .offset = 512, .entries = 2, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.output", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 2, .dims = {1, 1},
-   .batch_axis = -1, .offset = 384, .entries = 2, .init = 0,
+   .batch_axis = -1, .offset = 384, .entries = 2, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
 };

@@ -344,7 +344,7 @@ static void kiln_sgemm_pack_b(int64_t nc, int64_t kc, const float *restrict B, i
 /* C[M,N] (+)= op(A)[M,K] op(B)[K,N]; op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p],
  * likewise B; acc: add to C instead of overwriting it (the convolutions' weight gradient
  * sums one product per image).
- * ws: scratch of at least cg_gemm_scratch_bytes(M, N, K) bytes. */
+ * ws: scratch of at least sched_gemm_scratch(M, N, K) bytes. */
 static void kiln_sgemm_acc(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int ta,
                    const float *B, int64_t ldb, int tb, float *C, int64_t ldc, int acc,
                    unsigned char *ws) {
@@ -425,12 +425,12 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 }
 #endif
 
-/* %4 = matmul(%2, %3)  f32 [B, 256] */
+/* %4 = matmul(%2 x, %3 fc1.weight)  f32 [B, 256]  mlp.kiln:8 */
 static void k4_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(64, 256, 784, a, 784, 0, b, 784, 1, y, 256, scratch);
 }
 
-/* %6 = add(%4, %5)  f32 [B, 256]  fc1 */
+/* %6 = add(%4, %5 fc1.bias)  f32 [B, 256]  fc1  mlp.kiln:8 */
 static void k6_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 256; i1++) {
@@ -439,19 +439,19 @@ static void k6_add_full(float *restrict y, const float *restrict a, const float 
   }
 }
 
-/* %7 = relu(%6)  f32 [B, 256]  h */
+/* %7 = relu(%6 fc1)  f32 [B, 256]  h  mlp.kiln:9 */
 static void k7_relu_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 16384; i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %9 = matmul(%7, %8)  f32 [B, 10] */
+/* %9 = matmul(%7 h, %8 fc2.weight)  f32 [B, 10]  mlp.kiln:10 */
 static void k9_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(64, 10, 256, a, 256, 0, b, 256, 1, y, 10, scratch);
 }
 
-/* %11 = add(%9, %10)  f32 [B, 10]  logits */
+/* %11 = add(%9, %10 fc2.bias)  f32 [B, 10]  logits  mlp.kiln:10 */
 static void k11_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
@@ -460,7 +460,7 @@ static void k11_add_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %12 = cross_entropy(%11, %1)  f32 []  loss */
+/* %12 = cross_entropy(%11 logits, %1 label)  f32 []  loss  mlp.kiln:11 */
 static void k12_cross_entropy_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
   double total = 0;
   int bad = 0;
@@ -481,7 +481,7 @@ static void k12_cross_entropy_full(float *restrict y, const float *restrict a, c
   y[0] = bad ? (float)NAN : (float)(total / (double)64);
 }
 
-/* %14 = cross_entropy_grad(%11, %1, %13)  f32 [B, 10] */
+/* %14 = cross_entropy_grad(%11 logits, %1 label, %13)  f32 [B, 10]  mlp.kiln:11 */
 static void k14_cross_entropy_grad_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
   const double g = (double)((float)1) / (double)64;
   for (int64_t i = 0; i < 64; i++) {
@@ -498,7 +498,7 @@ static void k14_cross_entropy_grad_full(float *restrict y, const float *restrict
   }
 }
 
-/* %15 = sum_to(%14, %10)  f32 [10] */
+/* %15 = sum_to(%14, %10 fc2.bias)  f32 [10]  mlp.kiln:10 */
 static void k15_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 10; i++)
@@ -512,24 +512,24 @@ static void k15_sum_to_full(float *restrict y, const float *restrict a, unsigned
     y[i] = (float)acc[i];
 }
 
-/* %16 = matmul(%14, %8)  f32 [B, 256] */
+/* %16 = matmul(%14, %8 fc2.weight)  f32 [B, 256]  mlp.kiln:10 */
 static void k16_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(64, 256, 10, a, 10, 0, b, 256, 0, y, 256, scratch);
 }
 
-/* %17 = matmul(%14, %7)  f32 [10, 256] */
+/* %17 = matmul(%14, %7 h)  f32 [10, 256]  mlp.kiln:10 */
 static void k17_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(10, 256, 64, a, 10, 1, b, 256, 0, y, 256, scratch);
 }
 
-/* %18 = relu_grad(%6, %16)  f32 [B, 256] */
+/* %18 = relu_grad(%6 fc1, %16)  f32 [B, 256]  mlp.kiln:9 */
 static void k18_relu_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 16384; i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
-/* %19 = sum_to(%18, %5)  f32 [256] */
+/* %19 = sum_to(%18, %5 fc1.bias)  f32 [256]  mlp.kiln:8 */
 static void k19_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 256; i++)
@@ -543,24 +543,24 @@ static void k19_sum_to_full(float *restrict y, const float *restrict a, unsigned
     y[i] = (float)acc[i];
 }
 
-/* %20 = matmul(%18, %2)  f32 [256, 784] */
+/* %20 = matmul(%18, %2 x)  f32 [256, 784]  mlp.kiln:8 */
 static void k20_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(256, 784, 64, a, 256, 1, b, 784, 0, y, 784, scratch);
 }
 
-/* %27 = add(%26, %13)  f32 [] */
+/* %27 = add(%26 adam.step, %13)  f32 []  mlp.kiln:16 */
 static void k27_add(float *restrict y, const float *restrict a) {
   y[0] = a[0] + ((float)1);
 }
 
-/* %33 = mul(%32, %28)  f32 [256, 784] */
+/* %33 = mul(%32, %28 fc1.weight.exp_avg)  f32 [256, 784]  mlp.kiln:16 */
 static void k33_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 200704; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %34 = add(%33, %31)  f32 [256, 784]  fused: %31 = mul  (written in place of %28) */
+/* %34 = add(%33, %31)  f32 [256, 784]  mlp.kiln:16  fused: %31 = mul  (written in place of %28) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -571,14 +571,14 @@ static void k34_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %39 = mul(%38, %29)  f32 [256, 784] */
+/* %39 = mul(%38, %29 fc1.weight.exp_avg_sq)  f32 [256, 784]  mlp.kiln:16 */
 static void k39_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 200704; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %40 = add(%39, %37)  f32 [256, 784]  fused: %35 = mul %37 = mul  (written in place of %29) */
+/* %40 = add(%39, %37)  f32 [256, 784]  mlp.kiln:16  fused: %35 = mul %37 = mul  (written in place of %29) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -590,7 +590,7 @@ static void k40_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %45 = div(%25, %42)  f32 []  fused: %41 = pow %42 = sub */
+/* %45 = div(%25 lr, %42)  f32 []  mlp.kiln:16  fused: %41 = pow %42 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -600,7 +600,7 @@ static void k45_div(float *restrict y, const float *restrict x0, const float *re
   y[0] = x0[0] / t42;
 }
 
-/* %47 = sqrt(%44)  f32 []  fused: %43 = pow %44 = sub */
+/* %47 = sqrt(%44)  f32 []  mlp.kiln:16  fused: %43 = pow %44 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -610,7 +610,7 @@ static void k47_sqrt(float *restrict y, const float *restrict x0) {
   y[0] = sqrtf(t44);
 }
 
-/* %53 = sub(%3, %52)  f32 [256, 784]  fused: %48 = sqrt %49 = div %50 = add %51 = div %52 = mul  (written in place of %3) */
+/* %53 = sub(%3 fc1.weight, %52)  f32 [256, 784]  mlp.kiln:16  fused: %48 = sqrt %49 = div %50 = add %51 = div %52 = mul  (written in place of %3) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -625,14 +625,14 @@ static void k53_sub(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %57 = mul(%32, %54)  f32 [256] */
+/* %57 = mul(%32, %54 fc1.bias.exp_avg)  f32 [256]  mlp.kiln:16 */
 static void k57_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 256; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %58 = add(%57, %56)  f32 [256]  fused: %56 = mul  (written in place of %54) */
+/* %58 = add(%57, %56)  f32 [256]  mlp.kiln:16  fused: %56 = mul  (written in place of %54) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -643,14 +643,14 @@ static void k58_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %61 = mul(%38, %55)  f32 [256] */
+/* %61 = mul(%38, %55 fc1.bias.exp_avg_sq)  f32 [256]  mlp.kiln:16 */
 static void k61_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 256; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %62 = add(%61, %60)  f32 [256]  fused: %59 = mul %60 = mul  (written in place of %55) */
+/* %62 = add(%61, %60)  f32 [256]  mlp.kiln:16  fused: %59 = mul %60 = mul  (written in place of %55) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -662,7 +662,7 @@ static void k62_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %68 = sub(%5, %67)  f32 [256]  fused: %63 = sqrt %64 = div %65 = add %66 = div %67 = mul  (written in place of %5) */
+/* %68 = sub(%5 fc1.bias, %67)  f32 [256]  mlp.kiln:16  fused: %63 = sqrt %64 = div %65 = add %66 = div %67 = mul  (written in place of %5) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -677,14 +677,14 @@ static void k68_sub(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %72 = mul(%32, %69)  f32 [10, 256] */
+/* %72 = mul(%32, %69 fc2.weight.exp_avg)  f32 [10, 256]  mlp.kiln:16 */
 static void k72_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 2560; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %73 = add(%72, %71)  f32 [10, 256]  fused: %71 = mul  (written in place of %69) */
+/* %73 = add(%72, %71)  f32 [10, 256]  mlp.kiln:16  fused: %71 = mul  (written in place of %69) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -695,14 +695,14 @@ static void k73_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %76 = mul(%38, %70)  f32 [10, 256] */
+/* %76 = mul(%38, %70 fc2.weight.exp_avg_sq)  f32 [10, 256]  mlp.kiln:16 */
 static void k76_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 2560; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %77 = add(%76, %75)  f32 [10, 256]  fused: %74 = mul %75 = mul  (written in place of %70) */
+/* %77 = add(%76, %75)  f32 [10, 256]  mlp.kiln:16  fused: %74 = mul %75 = mul  (written in place of %70) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -714,7 +714,7 @@ static void k77_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %83 = sub(%8, %82)  f32 [10, 256]  fused: %78 = sqrt %79 = div %80 = add %81 = div %82 = mul  (written in place of %8) */
+/* %83 = sub(%8 fc2.weight, %82)  f32 [10, 256]  mlp.kiln:16  fused: %78 = sqrt %79 = div %80 = add %81 = div %82 = mul  (written in place of %8) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -729,14 +729,14 @@ static void k83_sub(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %87 = mul(%32, %84)  f32 [10] */
+/* %87 = mul(%32, %84 fc2.bias.exp_avg)  f32 [10]  mlp.kiln:16 */
 static void k87_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %88 = add(%87, %86)  f32 [10]  fused: %86 = mul  (written in place of %84) */
+/* %88 = add(%87, %86)  f32 [10]  mlp.kiln:16  fused: %86 = mul  (written in place of %84) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -747,14 +747,14 @@ static void k88_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %91 = mul(%38, %85)  f32 [10] */
+/* %91 = mul(%38, %85 fc2.bias.exp_avg_sq)  f32 [10]  mlp.kiln:16 */
 static void k91_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %92 = add(%91, %90)  f32 [10]  fused: %89 = mul %90 = mul  (written in place of %85) */
+/* %92 = add(%91, %90)  f32 [10]  mlp.kiln:16  fused: %89 = mul %90 = mul  (written in place of %85) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -766,7 +766,7 @@ static void k92_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %98 = sub(%10, %97)  f32 [10]  fused: %93 = sqrt %94 = div %95 = add %96 = div %97 = mul  (written in place of %10) */
+/* %98 = sub(%10 fc2.bias, %97)  f32 [10]  mlp.kiln:16  fused: %93 = sqrt %94 = div %95 = add %96 = div %97 = mul  (written in place of %10) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -781,7 +781,7 @@ static void k98_sub(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %100 = add(%33, %99)  f32 [256, 784]  fused: %99 = mul  (written in place of %28) */
+/* %100 = add(%33, %99)  f32 [256, 784]  mlp.kiln:16  fused: %99 = mul  (written in place of %28) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -792,7 +792,7 @@ static void k100_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %103 = add(%39, %102)  f32 [256, 784]  fused: %101 = mul %102 = mul  (written in place of %29) */
+/* %103 = add(%39, %102)  f32 [256, 784]  mlp.kiln:16  fused: %101 = mul %102 = mul  (written in place of %29) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -804,7 +804,7 @@ static void k103_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %109 = sub(%3, %108)  f32 [256, 784]  fused: %104 = sqrt %105 = div %106 = add %107 = div %108 = mul  (written in place of %3) */
+/* %109 = sub(%3 fc1.weight, %108)  f32 [256, 784]  mlp.kiln:16  fused: %104 = sqrt %105 = div %106 = add %107 = div %108 = mul  (written in place of %3) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -819,7 +819,7 @@ static void k109_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %111 = add(%57, %110)  f32 [256]  fused: %110 = mul  (written in place of %54) */
+/* %111 = add(%57, %110)  f32 [256]  mlp.kiln:16  fused: %110 = mul  (written in place of %54) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -830,7 +830,7 @@ static void k111_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %114 = add(%61, %113)  f32 [256]  fused: %112 = mul %113 = mul  (written in place of %55) */
+/* %114 = add(%61, %113)  f32 [256]  mlp.kiln:16  fused: %112 = mul %113 = mul  (written in place of %55) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -842,7 +842,7 @@ static void k114_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %120 = sub(%5, %119)  f32 [256]  fused: %115 = sqrt %116 = div %117 = add %118 = div %119 = mul  (written in place of %5) */
+/* %120 = sub(%5 fc1.bias, %119)  f32 [256]  mlp.kiln:16  fused: %115 = sqrt %116 = div %117 = add %118 = div %119 = mul  (written in place of %5) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -857,7 +857,7 @@ static void k120_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %122 = add(%72, %121)  f32 [10, 256]  fused: %121 = mul  (written in place of %69) */
+/* %122 = add(%72, %121)  f32 [10, 256]  mlp.kiln:16  fused: %121 = mul  (written in place of %69) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -868,7 +868,7 @@ static void k122_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %125 = add(%76, %124)  f32 [10, 256]  fused: %123 = mul %124 = mul  (written in place of %70) */
+/* %125 = add(%76, %124)  f32 [10, 256]  mlp.kiln:16  fused: %123 = mul %124 = mul  (written in place of %70) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -880,7 +880,7 @@ static void k125_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %131 = sub(%8, %130)  f32 [10, 256]  fused: %126 = sqrt %127 = div %128 = add %129 = div %130 = mul  (written in place of %8) */
+/* %131 = sub(%8 fc2.weight, %130)  f32 [10, 256]  mlp.kiln:16  fused: %126 = sqrt %127 = div %128 = add %129 = div %130 = mul  (written in place of %8) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -895,7 +895,7 @@ static void k131_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %133 = add(%87, %132)  f32 [10]  fused: %132 = mul  (written in place of %84) */
+/* %133 = add(%87, %132)  f32 [10]  mlp.kiln:16  fused: %132 = mul  (written in place of %84) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -906,7 +906,7 @@ static void k133_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %136 = add(%91, %135)  f32 [10]  fused: %134 = mul %135 = mul  (written in place of %85) */
+/* %136 = add(%91, %135)  f32 [10]  mlp.kiln:16  fused: %134 = mul %135 = mul  (written in place of %85) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -918,7 +918,7 @@ static void k136_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %142 = sub(%10, %141)  f32 [10]  fused: %137 = sqrt %138 = div %139 = add %140 = div %141 = mul  (written in place of %10) */
+/* %142 = sub(%10 fc2.bias, %141)  f32 [10]  mlp.kiln:16  fused: %137 = sqrt %138 = div %139 = add %140 = div %141 = mul  (written in place of %10) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -933,13 +933,13 @@ static void k142_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %4 = matmul(%2, %3)  f32 [B, 256] */
+/* %4 = matmul(%2 x, %3 fc1.weight)  f32 [B, 256]  mlp.kiln:8 */
 static void k4_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(B, 256, 784, a, 784, 0, b, 784, 1, y, 256, scratch);
 }
 
-/* %6 = add(%4, %5)  f32 [B, 256]  fc1 */
+/* %6 = add(%4, %5 fc1.bias)  f32 [B, 256]  fc1  mlp.kiln:8 */
 static void k6_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -949,7 +949,7 @@ static void k6_add_n(float *restrict y, const float *restrict a, const float *re
   }
 }
 
-/* %7 = relu(%6)  f32 [B, 256]  h */
+/* %7 = relu(%6 fc1)  f32 [B, 256]  h  mlp.kiln:9 */
 static void k7_relu_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (256*B); i0++) {
@@ -957,13 +957,13 @@ static void k7_relu_n(float *restrict y, const float *restrict a, int64_t B) {
   }
 }
 
-/* %9 = matmul(%7, %8)  f32 [B, 10] */
+/* %9 = matmul(%7 h, %8 fc2.weight)  f32 [B, 10]  mlp.kiln:10 */
 static void k9_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(B, 10, 256, a, 256, 0, b, 256, 1, y, 10, scratch);
 }
 
-/* %11 = add(%9, %10)  f32 [B, 10]  logits */
+/* %11 = add(%9, %10 fc2.bias)  f32 [B, 10]  logits  mlp.kiln:10 */
 static void k11_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -973,7 +973,7 @@ static void k11_add_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %12 = cross_entropy(%11, %1)  f32 []  loss */
+/* %12 = cross_entropy(%11 logits, %1 label)  f32 []  loss  mlp.kiln:11 */
 static void k12_cross_entropy_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   (void)B;
   double total = 0;
@@ -995,7 +995,7 @@ static void k12_cross_entropy_n(float *restrict y, const float *restrict a, cons
   y[0] = bad ? (float)NAN : (float)(total / (double)B);
 }
 
-/* %14 = cross_entropy_grad(%11, %1, %13)  f32 [B, 10] */
+/* %14 = cross_entropy_grad(%11 logits, %1 label, %13)  f32 [B, 10]  mlp.kiln:11 */
 static void k14_cross_entropy_grad_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   (void)B;
   const double g = (double)((float)1) / (double)B;
@@ -1013,7 +1013,7 @@ static void k14_cross_entropy_grad_n(float *restrict y, const float *restrict a,
   }
 }
 
-/* %15 = sum_to(%14, %10)  f32 [10] */
+/* %15 = sum_to(%14, %10 fc2.bias)  f32 [10]  mlp.kiln:10 */
 static void k15_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -1028,19 +1028,19 @@ static void k15_sum_to_n(float *restrict y, const float *restrict a, unsigned ch
     y[i] = (float)acc[i];
 }
 
-/* %16 = matmul(%14, %8)  f32 [B, 256] */
+/* %16 = matmul(%14, %8 fc2.weight)  f32 [B, 256]  mlp.kiln:10 */
 static void k16_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(B, 256, 10, a, 10, 0, b, 256, 0, y, 256, scratch);
 }
 
-/* %17 = matmul(%14, %7)  f32 [10, 256] */
+/* %17 = matmul(%14, %7 h)  f32 [10, 256]  mlp.kiln:10 */
 static void k17_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(10, 256, B, a, 10, 1, b, 256, 0, y, 256, scratch);
 }
 
-/* %18 = relu_grad(%6, %16)  f32 [B, 256] */
+/* %18 = relu_grad(%6 fc1, %16)  f32 [B, 256]  mlp.kiln:9 */
 static void k18_relu_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (256*B); i0++) {
@@ -1048,7 +1048,7 @@ static void k18_relu_grad_n(float *restrict y, const float *restrict a, const fl
   }
 }
 
-/* %19 = sum_to(%18, %5)  f32 [256] */
+/* %19 = sum_to(%18, %5 fc1.bias)  f32 [256]  mlp.kiln:8 */
 static void k19_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -1063,7 +1063,7 @@ static void k19_sum_to_n(float *restrict y, const float *restrict a, unsigned ch
     y[i] = (float)acc[i];
 }
 
-/* %20 = matmul(%18, %2)  f32 [256, 784] */
+/* %20 = matmul(%18, %2 x)  f32 [256, 784]  mlp.kiln:8 */
 static void k20_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(256, 784, B, a, 256, 1, b, 784, 0, y, 784, scratch);
@@ -1295,95 +1295,95 @@ static void kiln_apply(unsigned char *arena, int64_t batch) {
 
 static const kiln_tensor kiln_tensors[23] = {
   {.name = "image", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 4, .dims = {64, 1, 28, 28},
-   .batch_axis = 0, .offset = 3256704, .entries = 7, .init = 0,
+   .batch_axis = 0, .offset = 3256704, .entries = 7, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = "images", .scale = 0.0039215686274509803},
   {.name = "label", .role = KILN_ROLE_INPUT, .dtype = KILN_I32, .rank = 1, .dims = {64},
-   .batch_axis = 0, .offset = 3457408, .entries = 7, .init = 0,
+   .batch_axis = 0, .offset = 3457408, .entries = 7, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = "labels", .scale = 1},
   {.name = "fc1.weight", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 2, .dims = {256, 784},
-   .batch_axis = -1, .offset = 0, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 0, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 784, .fan_out = 256,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.bias", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {256},
-   .batch_axis = -1, .offset = 802816, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 802816, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 784, .fan_out = 256,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.weight", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 2, .dims = {10, 256},
-   .batch_axis = -1, .offset = 803840, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 803840, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 256, .fan_out = 10,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.bias", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {10},
-   .batch_axis = -1, .offset = 814080, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 814080, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 256, .fan_out = 10,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.fc1.weight", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 2, .dims = {256, 784},
-   .batch_axis = -1, .offset = 814144, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 814144, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.fc1.bias", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {256},
-   .batch_axis = -1, .offset = 1616960, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 1616960, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.fc2.weight", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 2, .dims = {10, 256},
-   .batch_axis = -1, .offset = 1617984, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 1617984, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.fc2.bias", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {10},
-   .batch_axis = -1, .offset = 1628224, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 1628224, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "lr", .role = KILN_ROLE_HYPER, .dtype = KILN_F32, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 1628288, .entries = 9, .init = 2,
+   .batch_axis = -1, .offset = 1628288, .entries = 9, .init = KILN_INIT_CONST,
    .init_a = 0.001, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "adam.step", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 1628352, .entries = 9, .init = 2,
+   .batch_axis = -1, .offset = 1628352, .entries = 9, .init = KILN_INIT_CONST,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.weight.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 2, .dims = {256, 784},
-   .batch_axis = -1, .offset = 1628416, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 1628416, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.weight.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 2, .dims = {256, 784},
-   .batch_axis = -1, .offset = 2431232, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 2431232, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.bias.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {256},
-   .batch_axis = -1, .offset = 3234048, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 3234048, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.bias.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {256},
-   .batch_axis = -1, .offset = 3235072, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 3235072, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.weight.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 2, .dims = {10, 256},
-   .batch_axis = -1, .offset = 3236096, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 3236096, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.weight.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 2, .dims = {10, 256},
-   .batch_axis = -1, .offset = 3246336, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 3246336, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.bias.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {10},
-   .batch_axis = -1, .offset = 3256576, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 3256576, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.bias.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {10},
-   .batch_axis = -1, .offset = 3256640, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 3256640, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 5877376, .entries = 5, .init = 0,
+   .batch_axis = -1, .offset = 5877376, .entries = 5, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 5877376, .entries = 2, .init = 0,
+   .batch_axis = -1, .offset = 5877376, .entries = 2, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.output", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, .dims = {64, 10},
-   .batch_axis = 0, .offset = 3591296, .entries = 2, .init = 0,
+   .batch_axis = 0, .offset = 3591296, .entries = 2, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
 };

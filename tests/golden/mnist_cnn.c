@@ -344,7 +344,7 @@ static void kiln_sgemm_pack_b(int64_t nc, int64_t kc, const float *restrict B, i
 /* C[M,N] (+)= op(A)[M,K] op(B)[K,N]; op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p],
  * likewise B; acc: add to C instead of overwriting it (the convolutions' weight gradient
  * sums one product per image).
- * ws: scratch of at least cg_gemm_scratch_bytes(M, N, K) bytes. */
+ * ws: scratch of at least sched_gemm_scratch(M, N, K) bytes. */
 static void kiln_sgemm_acc(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int ta,
                    const float *B, int64_t ldb, int tb, float *C, int64_t ldc, int acc,
                    unsigned char *ws) {
@@ -425,7 +425,7 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 }
 #endif
 
-/* %3 = conv2d(%0, %2)  f32 [B, 8, 28, 28] */
+/* %3 = conv2d(%0 image, %2 conv1.weight)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -464,12 +464,12 @@ static void k3_conv2d_full(float *restrict y, const float *restrict a, const flo
       }
 }
 
-/* %5 = reshape(%4)  f32 [8, 1, 1] */
+/* %5 = reshape(%4 conv1.bias)  f32 [8, 1, 1]  mnist_cnn.kiln:10 */
 static void k5_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %6 = add(%3, %5)  f32 [B, 8, 28, 28]  conv1 */
+/* %6 = add(%3, %5)  f32 [B, 8, 28, 28]  conv1  mnist_cnn.kiln:10 */
 static void k6_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
@@ -480,7 +480,7 @@ static void k6_add_full(float *restrict y, const float *restrict a, const float 
   }
 }
 
-/* %12 = mean(%6)  f32 [1, 8, 1, 1] */
+/* %12 = mean(%6 conv1)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k12_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -507,7 +507,7 @@ static void k12_mean_full(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)(acc[i] / (double)50176);
 }
 
-/* %13 = mean(%3)  f32 [1, 8, 1, 1] */
+/* %13 = mean(%3)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k13_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -534,7 +534,7 @@ static void k13_mean_full(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)(acc[i] / (double)50176);
 }
 
-/* %14 = sub(%3, %13)  f32 [B, 8, 28, 28] */
+/* %14 = sub(%3, %13)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k14_sub_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
@@ -545,14 +545,14 @@ static void k14_sub_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %15 = mul(%14, %14)  f32 [B, 8, 28, 28] */
+/* %15 = mul(%14, %14)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k15_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %16 = mean(%15)  f32 [1, 8, 1, 1] */
+/* %16 = mean(%15)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k16_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -579,7 +579,7 @@ static void k16_mean_full(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)(acc[i] / (double)50176);
 }
 
-/* %19 = sqrt(%18)  f32 [1, 8, 1, 1]  fused: %18 = add */
+/* %19 = sqrt(%18)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: %18 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -590,7 +590,7 @@ static void k19_sqrt(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %20 = div(%14, %19)  f32 [B, 8, 28, 28] */
+/* %20 = div(%14, %19)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k20_div_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
@@ -601,12 +601,12 @@ static void k20_div_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %21 = numel(%6)  f32 [] */
+/* %21 = numel(%6 conv1)  f32 []  mnist_cnn.kiln:11 */
 static void k21_numel_full(float *restrict y) {
   y[0] = (float)50176;
 }
 
-/* %24 = div(%21, %23)  f32 []  fused: %23 = sub */
+/* %24 = div(%21, %23)  f32 []  mnist_cnn.kiln:11  fused: %23 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -615,7 +615,7 @@ static void k24_div(float *restrict y, const float *restrict x0) {
   y[0] = x0[0] / t23;
 }
 
-/* %32 = add(%29, %31)  f32 [8]  fused: %29 = mul %31 = mul */
+/* %32 = add(%29, %31)  f32 [8]  mnist_cnn.kiln:11  fused: %29 = mul %31 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -627,7 +627,7 @@ static void k32_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %35 = add(%33, %34)  f32 [8]  fused: %33 = mul %26 = mul %34 = mul */
+/* %35 = add(%33, %34)  f32 [8]  mnist_cnn.kiln:11  fused: %33 = mul %26 = mul %34 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -640,22 +640,22 @@ static void k35_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %37 = add(%11, %36)  f64 [] */
+/* %37 = add(%11 bn1.num_batches_tracked, %36)  f64 []  mnist_cnn.kiln:11 */
 static void k37_add(double *restrict y, const double *restrict a) {
   y[0] = a[0] + ((double)1);
 }
 
-/* %38 = reshape(%7)  f32 [8, 1, 1] */
+/* %38 = reshape(%7 bn1.weight)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k38_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %40 = reshape(%8)  f32 [8, 1, 1] */
+/* %40 = reshape(%8 bn1.bias)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k40_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %41 = add(%39, %40)  f32 [B, 8, 28, 28]  bn1  fused: %39 = mul */
+/* %41 = add(%39, %40)  f32 [B, 8, 28, 28]  bn1  mnist_cnn.kiln:11  fused: %39 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -670,14 +670,14 @@ static void k41_add_full(float *restrict y, const float *restrict x0, const floa
   }
 }
 
-/* %42 = relu(%41)  f32 [B, 8, 28, 28] */
+/* %42 = relu(%41 bn1)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
 static void k42_relu_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %43 = maxpool2d(%42)  f32 [B, 8, 14, 14]  h1 */
+/* %43 = maxpool2d(%42)  f32 [B, 8, 14, 14]  h1  mnist_cnn.kiln:12 */
 static void k43_maxpool2d_full(float *restrict y, const float *restrict a) {
   for (int64_t n = 0; n < 64; n++)
     for (int64_t c = 0; c < 8; c++)
@@ -696,7 +696,7 @@ static void k43_maxpool2d_full(float *restrict y, const float *restrict a) {
         }
 }
 
-/* %45 = conv2d(%43, %44)  f32 [B, 32, 14, 14] */
+/* %45 = conv2d(%43 h1, %44 conv2.weight)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -801,12 +801,12 @@ static void k45_conv2d_full(float *restrict y, const float *restrict a, const fl
   }
 }
 
-/* %47 = reshape(%46)  f32 [32, 1, 1] */
+/* %47 = reshape(%46 conv2.bias)  f32 [32, 1, 1]  mnist_cnn.kiln:13 */
 static void k47_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %48 = add(%45, %47)  f32 [B, 32, 14, 14]  conv2 */
+/* %48 = add(%45, %47)  f32 [B, 32, 14, 14]  conv2  mnist_cnn.kiln:13 */
 static void k48_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
@@ -817,7 +817,7 @@ static void k48_add_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %54 = mean(%48)  f32 [1, 32, 1, 1] */
+/* %54 = mean(%48 conv2)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k54_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -844,7 +844,7 @@ static void k54_mean_full(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)(acc[i] / (double)12544);
 }
 
-/* %55 = mean(%45)  f32 [1, 32, 1, 1] */
+/* %55 = mean(%45)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k55_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -871,7 +871,7 @@ static void k55_mean_full(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)(acc[i] / (double)12544);
 }
 
-/* %56 = sub(%45, %55)  f32 [B, 32, 14, 14] */
+/* %56 = sub(%45, %55)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k56_sub_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
@@ -882,14 +882,14 @@ static void k56_sub_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %57 = mul(%56, %56)  f32 [B, 32, 14, 14] */
+/* %57 = mul(%56, %56)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k57_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %58 = mean(%57)  f32 [1, 32, 1, 1] */
+/* %58 = mean(%57)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k58_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -916,7 +916,7 @@ static void k58_mean_full(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)(acc[i] / (double)12544);
 }
 
-/* %60 = sqrt(%59)  f32 [1, 32, 1, 1]  fused: %59 = add */
+/* %60 = sqrt(%59)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: %59 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -927,7 +927,7 @@ static void k60_sqrt(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %61 = div(%56, %60)  f32 [B, 32, 14, 14] */
+/* %61 = div(%56, %60)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k61_div_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
@@ -938,12 +938,12 @@ static void k61_div_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %62 = numel(%48)  f32 [] */
+/* %62 = numel(%48 conv2)  f32 []  mnist_cnn.kiln:14 */
 static void k62_numel_full(float *restrict y) {
   y[0] = (float)12544;
 }
 
-/* %64 = div(%62, %63)  f32 []  fused: %63 = sub */
+/* %64 = div(%62, %63)  f32 []  mnist_cnn.kiln:14  fused: %63 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -952,7 +952,7 @@ static void k64_div(float *restrict y, const float *restrict x0) {
   y[0] = x0[0] / t63;
 }
 
-/* %70 = add(%68, %69)  f32 [32]  fused: %68 = mul %69 = mul */
+/* %70 = add(%68, %69)  f32 [32]  mnist_cnn.kiln:14  fused: %68 = mul %69 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -964,7 +964,7 @@ static void k70_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %73 = add(%71, %72)  f32 [32]  fused: %71 = mul %66 = mul %72 = mul */
+/* %73 = add(%71, %72)  f32 [32]  mnist_cnn.kiln:14  fused: %71 = mul %66 = mul %72 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -977,22 +977,22 @@ static void k73_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %74 = add(%53, %36)  f64 [] */
+/* %74 = add(%53 bn2.num_batches_tracked, %36)  f64 []  mnist_cnn.kiln:14 */
 static void k74_add(double *restrict y, const double *restrict a) {
   y[0] = a[0] + ((double)1);
 }
 
-/* %75 = reshape(%49)  f32 [32, 1, 1] */
+/* %75 = reshape(%49 bn2.weight)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k75_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %77 = reshape(%50)  f32 [32, 1, 1] */
+/* %77 = reshape(%50 bn2.bias)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k77_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %78 = add(%76, %77)  f32 [B, 32, 14, 14]  bn2  fused: %76 = mul */
+/* %78 = add(%76, %77)  f32 [B, 32, 14, 14]  bn2  mnist_cnn.kiln:14  fused: %76 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1007,14 +1007,14 @@ static void k78_add_full(float *restrict y, const float *restrict x0, const floa
   }
 }
 
-/* %79 = relu(%78)  f32 [B, 32, 14, 14] */
+/* %79 = relu(%78 bn2)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
 static void k79_relu_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %80 = maxpool2d(%79)  f32 [B, 32, 7, 7]  h2 */
+/* %80 = maxpool2d(%79)  f32 [B, 32, 7, 7]  h2  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1036,12 +1036,12 @@ static void k80_maxpool2d_full(float *restrict y, const float *restrict a) {
         }
 }
 
-/* %83 = matmul(%81, %82)  f32 [B, 600] */
+/* %83 = matmul(%81 x, %82 fc1.weight)  f32 [B, 600]  mnist_cnn.kiln:17 */
 static void k83_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(64, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
 }
 
-/* %85 = add(%83, %84)  f32 [B, 600]  fc1 */
+/* %85 = add(%83, %84 fc1.bias)  f32 [B, 600]  fc1  mnist_cnn.kiln:17 */
 static void k85_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 600; i1++) {
@@ -1050,19 +1050,19 @@ static void k85_add_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %86 = relu(%85)  f32 [B, 600] */
+/* %86 = relu(%85 fc1)  f32 [B, 600]  mnist_cnn.kiln:18 */
 static void k86_relu_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 38400; i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %88 = matmul(%86, %87)  f32 [B, 10] */
+/* %88 = matmul(%86, %87 fc2.weight)  f32 [B, 10]  mnist_cnn.kiln:18 */
 static void k88_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(64, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
 }
 
-/* %90 = add(%88, %89)  f32 [B, 10]  logits */
+/* %90 = add(%88, %89 fc2.bias)  f32 [B, 10]  logits  mnist_cnn.kiln:18 */
 static void k90_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
@@ -1071,7 +1071,7 @@ static void k90_add_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %91 = cross_entropy(%90, %1)  f32 []  loss */
+/* %91 = cross_entropy(%90 logits, %1 label)  f32 []  loss  mnist_cnn.kiln:19 */
 static void k91_cross_entropy_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
   double total = 0;
   int bad = 0;
@@ -1092,17 +1092,17 @@ static void k91_cross_entropy_full(float *restrict y, const float *restrict a, c
   y[0] = bad ? (float)NAN : (float)(total / (double)64);
 }
 
-/* %92 = reshape(%9)  f32 [8, 1, 1] */
+/* %92 = reshape(%9 bn1.running_mean)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k92_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %94 = reshape(%10)  f32 [8, 1, 1] */
+/* %94 = reshape(%10 bn1.running_var)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k94_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %96 = sqrt(%95)  f32 [8, 1, 1]  fused: %95 = add */
+/* %96 = sqrt(%95)  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: %95 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1113,7 +1113,7 @@ static void k96_sqrt(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %100 = relu(%99)  f32 [B, 8, 28, 28]  fused: %93 = sub %97 = div %98 = mul %99 = add */
+/* %100 = relu(%99 bn1)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12  fused: %93 = sub %97 = div %98 = mul %99 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1131,7 +1131,7 @@ static void k100_relu_full(float *restrict y, const float *restrict x0, const fl
   }
 }
 
-/* %101 = maxpool2d(%100)  f32 [B, 8, 14, 14]  h1 */
+/* %101 = maxpool2d(%100)  f32 [B, 8, 14, 14]  h1  mnist_cnn.kiln:12 */
 static void k101_maxpool2d_full(float *restrict y, const float *restrict a) {
   for (int64_t n = 0; n < 64; n++)
     for (int64_t c = 0; c < 8; c++)
@@ -1150,7 +1150,7 @@ static void k101_maxpool2d_full(float *restrict y, const float *restrict a) {
         }
 }
 
-/* %102 = conv2d(%101, %44)  f32 [B, 32, 14, 14] */
+/* %102 = conv2d(%101 h1, %44 conv2.weight)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1255,17 +1255,17 @@ static void k102_conv2d_full(float *restrict y, const float *restrict a, const f
   }
 }
 
-/* %104 = reshape(%51)  f32 [32, 1, 1] */
+/* %104 = reshape(%51 bn2.running_mean)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k104_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %106 = reshape(%52)  f32 [32, 1, 1] */
+/* %106 = reshape(%52 bn2.running_var)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k106_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %108 = sqrt(%107)  f32 [32, 1, 1]  fused: %107 = add */
+/* %108 = sqrt(%107)  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: %107 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1276,7 +1276,7 @@ static void k108_sqrt(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %112 = relu(%111)  f32 [B, 32, 14, 14]  fused: %103 = add %105 = sub %109 = div %110 = mul %111 = add */
+/* %112 = relu(%111 bn2)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  fused: %103 = add %105 = sub %109 = div %110 = mul %111 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1295,7 +1295,7 @@ static void k112_relu_full(float *restrict y, const float *restrict x0, const fl
   }
 }
 
-/* %113 = maxpool2d(%112)  f32 [B, 32, 7, 7]  h2 */
+/* %113 = maxpool2d(%112)  f32 [B, 32, 7, 7]  h2  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1317,12 +1317,12 @@ static void k113_maxpool2d_full(float *restrict y, const float *restrict a) {
         }
 }
 
-/* %115 = matmul(%114, %82)  f32 [B, 600] */
+/* %115 = matmul(%114 x, %82 fc1.weight)  f32 [B, 600]  mnist_cnn.kiln:17 */
 static void k115_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(64, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
 }
 
-/* %117 = relu(%116)  f32 [B, 600]  fused: %116 = add */
+/* %117 = relu(%116 fc1)  f32 [B, 600]  mnist_cnn.kiln:18  fused: %116 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1335,12 +1335,12 @@ static void k117_relu_full(float *restrict y, const float *restrict x0, const fl
   }
 }
 
-/* %118 = matmul(%117, %87)  f32 [B, 10] */
+/* %118 = matmul(%117, %87 fc2.weight)  f32 [B, 10]  mnist_cnn.kiln:18 */
 static void k118_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(64, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
 }
 
-/* %119 = add(%118, %89)  f32 [B, 10]  logits */
+/* %119 = add(%118, %89 fc2.bias)  f32 [B, 10]  logits  mnist_cnn.kiln:18 */
 static void k119_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
@@ -1349,7 +1349,7 @@ static void k119_add_full(float *restrict y, const float *restrict a, const floa
   }
 }
 
-/* %120 = cross_entropy(%119, %1)  f32 []  loss */
+/* %120 = cross_entropy(%119 logits, %1 label)  f32 []  loss  mnist_cnn.kiln:19 */
 static void k120_cross_entropy_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
   double total = 0;
   int bad = 0;
@@ -1370,7 +1370,7 @@ static void k120_cross_entropy_full(float *restrict y, const float *restrict a, 
   y[0] = bad ? (float)NAN : (float)(total / (double)64);
 }
 
-/* %121 = cross_entropy_grad(%90, %1, %22)  f32 [B, 10] */
+/* %121 = cross_entropy_grad(%90 logits, %1 label, %22)  f32 [B, 10]  mnist_cnn.kiln:19 */
 static void k121_cross_entropy_grad_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
   const double g = (double)((float)1) / (double)64;
   for (int64_t i = 0; i < 64; i++) {
@@ -1387,7 +1387,7 @@ static void k121_cross_entropy_grad_full(float *restrict y, const float *restric
   }
 }
 
-/* %122 = sum_to(%121, %89)  f32 [10] */
+/* %122 = sum_to(%121, %89 fc2.bias)  f32 [10]  mnist_cnn.kiln:18 */
 static void k122_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 10; i++)
@@ -1401,24 +1401,24 @@ static void k122_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %123 = matmul(%121, %87)  f32 [B, 600] */
+/* %123 = matmul(%121, %87 fc2.weight)  f32 [B, 600]  mnist_cnn.kiln:18 */
 static void k123_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(64, 600, 10, a, 10, 0, b, 600, 0, y, 600, scratch);
 }
 
-/* %124 = matmul(%121, %86)  f32 [10, 600] */
+/* %124 = matmul(%121, %86)  f32 [10, 600]  mnist_cnn.kiln:18 */
 static void k124_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(10, 600, 64, a, 10, 1, b, 600, 0, y, 600, scratch);
 }
 
-/* %125 = relu_grad(%85, %123)  f32 [B, 600] */
+/* %125 = relu_grad(%85 fc1, %123)  f32 [B, 600]  mnist_cnn.kiln:18 */
 static void k125_relu_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 38400; i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
-/* %126 = sum_to(%125, %84)  f32 [600] */
+/* %126 = sum_to(%125, %84 fc1.bias)  f32 [600]  mnist_cnn.kiln:17 */
 static void k126_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 600; i++)
@@ -1432,17 +1432,17 @@ static void k126_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %127 = matmul(%125, %82)  f32 [B, 1568] */
+/* %127 = matmul(%125, %82 fc1.weight)  f32 [B, 1568]  mnist_cnn.kiln:17 */
 static void k127_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(64, 1568, 600, a, 600, 0, b, 1568, 0, y, 1568, scratch);
 }
 
-/* %128 = matmul(%125, %81)  f32 [600, 1568] */
+/* %128 = matmul(%125, %81 x)  f32 [600, 1568]  mnist_cnn.kiln:17 */
 static void k128_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
   kiln_sgemm(600, 1568, 64, a, 600, 1, b, 1568, 0, y, 1568, scratch);
 }
 
-/* %130 = maxpool2d_grad(%79, %129)  f32 [B, 32, 14, 14] */
+/* %130 = maxpool2d_grad(%79, %129)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1474,14 +1474,14 @@ static void k130_maxpool2d_grad_full(float *restrict y, const float *restrict a,
         }
 }
 
-/* %131 = relu_grad(%78, %130)  f32 [B, 32, 14, 14] */
+/* %131 = relu_grad(%78 bn2, %130)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
 static void k131_relu_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
-/* %132 = sum_to(%131, %77)  f32 [32, 1, 1] */
+/* %132 = sum_to(%131, %77)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k132_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -1508,7 +1508,7 @@ static void k132_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %134 = mul(%131, %75)  f32 [B, 32, 14, 14] */
+/* %134 = mul(%131, %75)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k134_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
@@ -1519,14 +1519,14 @@ static void k134_mul_full(float *restrict y, const float *restrict a, const floa
   }
 }
 
-/* %135 = mul(%131, %61)  f32 [B, 32, 14, 14] */
+/* %135 = mul(%131, %61)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k135_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %136 = sum_to(%135, %75)  f32 [32, 1, 1] */
+/* %136 = sum_to(%135, %75)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k136_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -1553,7 +1553,7 @@ static void k136_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %141 = neg(%140)  f32 [B, 32, 14, 14]  fused: %139 = div %140 = mul */
+/* %141 = neg(%140)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %139 = div %140 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1569,7 +1569,7 @@ static void k141_neg_full(float *restrict y, const float *restrict x0, const flo
   }
 }
 
-/* %142 = sum_to(%141, %60)  f32 [1, 32, 1, 1] */
+/* %142 = sum_to(%141, %60)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k142_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -1596,12 +1596,12 @@ static void k142_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %146 = numel(%57)  f32 [] */
+/* %146 = numel(%57)  f32 []  mnist_cnn.kiln:14 */
 static void k146_numel_full(float *restrict y) {
   y[0] = (float)12544;
 }
 
-/* %147 = div(%145, %146)  f32 [1, 32, 1, 1]  fused: %144 = mul %145 = div */
+/* %147 = div(%145, %146)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: %144 = mul %145 = div */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1613,7 +1613,7 @@ static void k147_div(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %148 = expand(%147, %57)  f32 [B, 32, 14, 14] */
+/* %148 = expand(%147, %57)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k148_expand_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
@@ -1624,14 +1624,14 @@ static void k148_expand_full(float *restrict y, const float *restrict a) {
   }
 }
 
-/* %149 = mul(%148, %56)  f32 [B, 32, 14, 14] */
+/* %149 = mul(%148, %56)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k149_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %151 = add(%150, %149)  f32 [B, 32, 14, 14]  fused: %138 = div %150 = add */
+/* %151 = add(%150, %149)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %138 = div %150 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1647,14 +1647,14 @@ static void k151_add_full(float *restrict y, const float *restrict x0, const flo
   }
 }
 
-/* %152 = neg(%151)  f32 [B, 32, 14, 14] */
+/* %152 = neg(%151)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k152_neg_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = -a[i0];
   }
 }
 
-/* %153 = sum_to(%152, %55)  f32 [1, 32, 1, 1] */
+/* %153 = sum_to(%152, %55)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k153_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -1681,19 +1681,19 @@ static void k153_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %154 = numel(%45)  f32 [] */
+/* %154 = numel(%45)  f32 []  mnist_cnn.kiln:14 */
 static void k154_numel_full(float *restrict y) {
   y[0] = (float)12544;
 }
 
-/* %155 = div(%153, %154)  f32 [1, 32, 1, 1] */
+/* %155 = div(%153, %154)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k155_div(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = a[i0] / b[0];
   }
 }
 
-/* %156 = expand(%155, %45)  f32 [B, 32, 14, 14] */
+/* %156 = expand(%155, %45)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k156_expand_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
@@ -1704,14 +1704,14 @@ static void k156_expand_full(float *restrict y, const float *restrict a) {
   }
 }
 
-/* %157 = add(%151, %156)  f32 [B, 32, 14, 14] */
+/* %157 = add(%151, %156)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k157_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] + b[i0];
   }
 }
 
-/* %158 = conv2d_bwd_data(%157, %44)  f32 [B, 8, 14, 14] */
+/* %158 = conv2d_bwd_data(%157, %44 conv2.weight)  f32 [B, 8, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1790,7 +1790,7 @@ static void k158_conv2d_bwd_data_full(float *restrict y, const float *restrict a
   }
 }
 
-/* %159 = conv2d_bwd_filter(%43, %157)  f32 [32, 8, 5, 5] */
+/* %159 = conv2d_bwd_filter(%43 h1, %157)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1904,7 +1904,7 @@ static void k159_conv2d_bwd_filter_full(float *restrict y, const float *restrict
   }
 }
 
-/* %160 = maxpool2d_grad(%42, %158)  f32 [B, 8, 28, 28] */
+/* %160 = maxpool2d_grad(%42, %158)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
 static void k160_maxpool2d_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t n = 0; n < 64; n++)
     for (int64_t c = 0; c < 8; c++)
@@ -1933,14 +1933,14 @@ static void k160_maxpool2d_grad_full(float *restrict y, const float *restrict a,
         }
 }
 
-/* %161 = relu_grad(%41, %160)  f32 [B, 8, 28, 28] */
+/* %161 = relu_grad(%41 bn1, %160)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
 static void k161_relu_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
-/* %162 = sum_to(%161, %40)  f32 [8, 1, 1] */
+/* %162 = sum_to(%161, %40)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k162_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -1967,7 +1967,7 @@ static void k162_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %164 = mul(%161, %38)  f32 [B, 8, 28, 28] */
+/* %164 = mul(%161, %38)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k164_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
@@ -1978,14 +1978,14 @@ static void k164_mul_full(float *restrict y, const float *restrict a, const floa
   }
 }
 
-/* %165 = mul(%161, %20)  f32 [B, 8, 28, 28] */
+/* %165 = mul(%161, %20)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k165_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %166 = sum_to(%165, %38)  f32 [8, 1, 1] */
+/* %166 = sum_to(%165, %38)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k166_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -2012,7 +2012,7 @@ static void k166_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %171 = neg(%170)  f32 [B, 8, 28, 28]  fused: %169 = div %170 = mul */
+/* %171 = neg(%170)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %169 = div %170 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2028,7 +2028,7 @@ static void k171_neg_full(float *restrict y, const float *restrict x0, const flo
   }
 }
 
-/* %172 = sum_to(%171, %19)  f32 [1, 8, 1, 1] */
+/* %172 = sum_to(%171, %19)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k172_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -2055,12 +2055,12 @@ static void k172_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %175 = numel(%15)  f32 [] */
+/* %175 = numel(%15)  f32 []  mnist_cnn.kiln:11 */
 static void k175_numel_full(float *restrict y) {
   y[0] = (float)50176;
 }
 
-/* %176 = div(%174, %175)  f32 [1, 8, 1, 1]  fused: %173 = mul %174 = div */
+/* %176 = div(%174, %175)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: %173 = mul %174 = div */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2072,7 +2072,7 @@ static void k176_div(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %177 = expand(%176, %15)  f32 [B, 8, 28, 28] */
+/* %177 = expand(%176, %15)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k177_expand_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
@@ -2083,14 +2083,14 @@ static void k177_expand_full(float *restrict y, const float *restrict a) {
   }
 }
 
-/* %178 = mul(%177, %14)  f32 [B, 8, 28, 28] */
+/* %178 = mul(%177, %14)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k178_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %180 = add(%179, %178)  f32 [B, 8, 28, 28]  fused: %168 = div %179 = add */
+/* %180 = add(%179, %178)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %168 = div %179 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2106,14 +2106,14 @@ static void k180_add_full(float *restrict y, const float *restrict x0, const flo
   }
 }
 
-/* %181 = neg(%180)  f32 [B, 8, 28, 28] */
+/* %181 = neg(%180)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k181_neg_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = -a[i0];
   }
 }
 
-/* %182 = sum_to(%181, %13)  f32 [1, 8, 1, 1] */
+/* %182 = sum_to(%181, %13)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k182_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -2140,19 +2140,19 @@ static void k182_sum_to_full(float *restrict y, const float *restrict a, unsigne
     y[i] = (float)acc[i];
 }
 
-/* %183 = numel(%3)  f32 [] */
+/* %183 = numel(%3)  f32 []  mnist_cnn.kiln:11 */
 static void k183_numel_full(float *restrict y) {
   y[0] = (float)50176;
 }
 
-/* %184 = div(%182, %183)  f32 [1, 8, 1, 1] */
+/* %184 = div(%182, %183)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k184_div(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = a[i0] / b[0];
   }
 }
 
-/* %185 = expand(%184, %3)  f32 [B, 8, 28, 28] */
+/* %185 = expand(%184, %3)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k185_expand_full(float *restrict y, const float *restrict a) {
   for (int64_t i0 = 0; i0 < 64; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
@@ -2163,14 +2163,14 @@ static void k185_expand_full(float *restrict y, const float *restrict a) {
   }
 }
 
-/* %186 = add(%180, %185)  f32 [B, 8, 28, 28] */
+/* %186 = add(%180, %185)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k186_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 401408; i0++) {
     y[i0] = a[i0] + b[i0];
   }
 }
 
-/* %187 = conv2d_bwd_filter(%0, %186)  f32 [8, 1, 3, 3] */
+/* %187 = conv2d_bwd_filter(%0 image, %186)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2216,33 +2216,33 @@ static void k187_conv2d_bwd_filter_full(float *restrict y, const float *restrict
   }
 }
 
-/* %189 = expand(%188, %4)  f32 [8] */
+/* %189 = expand(%188, %4 conv1.bias)  f32 [8]  mnist_cnn.kiln:10 */
 static void k189_expand(float *restrict y) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = ((float)0);
   }
 }
 
-/* %190 = expand(%188, %46)  f32 [32] */
+/* %190 = expand(%188, %46 conv2.bias)  f32 [32]  mnist_cnn.kiln:13 */
 static void k190_expand(float *restrict y) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = ((float)0);
   }
 }
 
-/* %205 = add(%204, %22)  f32 [] */
+/* %205 = add(%204 adam.step, %22)  f32 []  mnist_cnn.kiln:24 */
 static void k205_add(float *restrict y, const float *restrict a) {
   y[0] = a[0] + ((float)1);
 }
 
-/* %210 = mul(%28, %206)  f32 [8, 1, 3, 3] */
+/* %210 = mul(%28, %206 conv1.weight.exp_avg)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24 */
 static void k210_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 72; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %211 = add(%210, %209)  f32 [8, 1, 3, 3]  fused: %209 = mul  (written in place of %206) */
+/* %211 = add(%210, %209)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %209 = mul  (written in place of %206) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2253,14 +2253,14 @@ static void k211_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %216 = mul(%215, %207)  f32 [8, 1, 3, 3] */
+/* %216 = mul(%215, %207 conv1.weight.exp_avg_sq)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24 */
 static void k216_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 72; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %217 = add(%216, %214)  f32 [8, 1, 3, 3]  fused: %212 = mul %214 = mul  (written in place of %207) */
+/* %217 = add(%216, %214)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %212 = mul %214 = mul  (written in place of %207) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2272,7 +2272,7 @@ static void k217_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %222 = div(%203, %219)  f32 []  fused: %218 = pow %219 = sub */
+/* %222 = div(%203 lr, %219)  f32 []  mnist_cnn.kiln:24  fused: %218 = pow %219 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2282,7 +2282,7 @@ static void k222_div(float *restrict y, const float *restrict x0, const float *r
   y[0] = x0[0] / t219;
 }
 
-/* %224 = sqrt(%221)  f32 []  fused: %220 = pow %221 = sub */
+/* %224 = sqrt(%221)  f32 []  mnist_cnn.kiln:24  fused: %220 = pow %221 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2292,7 +2292,7 @@ static void k224_sqrt(float *restrict y, const float *restrict x0) {
   y[0] = sqrtf(t221);
 }
 
-/* %230 = sub(%2, %229)  f32 [8, 1, 3, 3]  fused: %225 = sqrt %226 = div %227 = add %228 = div %229 = mul  (written in place of %2) */
+/* %230 = sub(%2 conv1.weight, %229)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %225 = sqrt %226 = div %227 = add %228 = div %229 = mul  (written in place of %2) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2307,14 +2307,14 @@ static void k230_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %234 = mul(%28, %231)  f32 [8] */
+/* %234 = mul(%28, %231 conv1.bias.exp_avg)  f32 [8]  mnist_cnn.kiln:24 */
 static void k234_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %235 = add(%234, %233)  f32 [8]  fused: %233 = mul  (written in place of %231) */
+/* %235 = add(%234, %233)  f32 [8]  mnist_cnn.kiln:24  fused: %233 = mul  (written in place of %231) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2325,14 +2325,14 @@ static void k235_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %238 = mul(%215, %232)  f32 [8] */
+/* %238 = mul(%215, %232 conv1.bias.exp_avg_sq)  f32 [8]  mnist_cnn.kiln:24 */
 static void k238_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %239 = add(%238, %237)  f32 [8]  fused: %236 = mul %237 = mul  (written in place of %232) */
+/* %239 = add(%238, %237)  f32 [8]  mnist_cnn.kiln:24  fused: %236 = mul %237 = mul  (written in place of %232) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2344,7 +2344,7 @@ static void k239_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %245 = sub(%4, %244)  f32 [8]  fused: %240 = sqrt %241 = div %242 = add %243 = div %244 = mul  (written in place of %4) */
+/* %245 = sub(%4 conv1.bias, %244)  f32 [8]  mnist_cnn.kiln:24  fused: %240 = sqrt %241 = div %242 = add %243 = div %244 = mul  (written in place of %4) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2359,14 +2359,14 @@ static void k245_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %249 = mul(%28, %246)  f32 [8] */
+/* %249 = mul(%28, %246 bn1.weight.exp_avg)  f32 [8]  mnist_cnn.kiln:24 */
 static void k249_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %250 = add(%249, %248)  f32 [8]  fused: %248 = mul  (written in place of %246) */
+/* %250 = add(%249, %248)  f32 [8]  mnist_cnn.kiln:24  fused: %248 = mul  (written in place of %246) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2377,14 +2377,14 @@ static void k250_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %253 = mul(%215, %247)  f32 [8] */
+/* %253 = mul(%215, %247 bn1.weight.exp_avg_sq)  f32 [8]  mnist_cnn.kiln:24 */
 static void k253_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %254 = add(%253, %252)  f32 [8]  fused: %251 = mul %252 = mul  (written in place of %247) */
+/* %254 = add(%253, %252)  f32 [8]  mnist_cnn.kiln:24  fused: %251 = mul %252 = mul  (written in place of %247) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2396,7 +2396,7 @@ static void k254_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %260 = sub(%7, %259)  f32 [8]  fused: %255 = sqrt %256 = div %257 = add %258 = div %259 = mul  (written in place of %7) */
+/* %260 = sub(%7 bn1.weight, %259)  f32 [8]  mnist_cnn.kiln:24  fused: %255 = sqrt %256 = div %257 = add %258 = div %259 = mul  (written in place of %7) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2411,14 +2411,14 @@ static void k260_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %264 = mul(%28, %261)  f32 [8] */
+/* %264 = mul(%28, %261 bn1.bias.exp_avg)  f32 [8]  mnist_cnn.kiln:24 */
 static void k264_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %265 = add(%264, %263)  f32 [8]  fused: %263 = mul  (written in place of %261) */
+/* %265 = add(%264, %263)  f32 [8]  mnist_cnn.kiln:24  fused: %263 = mul  (written in place of %261) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2429,14 +2429,14 @@ static void k265_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %268 = mul(%215, %262)  f32 [8] */
+/* %268 = mul(%215, %262 bn1.bias.exp_avg_sq)  f32 [8]  mnist_cnn.kiln:24 */
 static void k268_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %269 = add(%268, %267)  f32 [8]  fused: %266 = mul %267 = mul  (written in place of %262) */
+/* %269 = add(%268, %267)  f32 [8]  mnist_cnn.kiln:24  fused: %266 = mul %267 = mul  (written in place of %262) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2448,7 +2448,7 @@ static void k269_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %275 = sub(%8, %274)  f32 [8]  fused: %270 = sqrt %271 = div %272 = add %273 = div %274 = mul  (written in place of %8) */
+/* %275 = sub(%8 bn1.bias, %274)  f32 [8]  mnist_cnn.kiln:24  fused: %270 = sqrt %271 = div %272 = add %273 = div %274 = mul  (written in place of %8) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2463,14 +2463,14 @@ static void k275_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %279 = mul(%28, %276)  f32 [32, 8, 5, 5] */
+/* %279 = mul(%28, %276 conv2.weight.exp_avg)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24 */
 static void k279_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 6400; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %280 = add(%279, %278)  f32 [32, 8, 5, 5]  fused: %278 = mul  (written in place of %276) */
+/* %280 = add(%279, %278)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %278 = mul  (written in place of %276) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2481,14 +2481,14 @@ static void k280_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %283 = mul(%215, %277)  f32 [32, 8, 5, 5] */
+/* %283 = mul(%215, %277 conv2.weight.exp_avg_sq)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24 */
 static void k283_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 6400; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %284 = add(%283, %282)  f32 [32, 8, 5, 5]  fused: %281 = mul %282 = mul  (written in place of %277) */
+/* %284 = add(%283, %282)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %281 = mul %282 = mul  (written in place of %277) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2500,7 +2500,7 @@ static void k284_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %290 = sub(%44, %289)  f32 [32, 8, 5, 5]  fused: %285 = sqrt %286 = div %287 = add %288 = div %289 = mul  (written in place of %44) */
+/* %290 = sub(%44 conv2.weight, %289)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %285 = sqrt %286 = div %287 = add %288 = div %289 = mul  (written in place of %44) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2515,14 +2515,14 @@ static void k290_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %294 = mul(%28, %291)  f32 [32] */
+/* %294 = mul(%28, %291 conv2.bias.exp_avg)  f32 [32]  mnist_cnn.kiln:24 */
 static void k294_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %295 = add(%294, %293)  f32 [32]  fused: %293 = mul  (written in place of %291) */
+/* %295 = add(%294, %293)  f32 [32]  mnist_cnn.kiln:24  fused: %293 = mul  (written in place of %291) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2533,14 +2533,14 @@ static void k295_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %298 = mul(%215, %292)  f32 [32] */
+/* %298 = mul(%215, %292 conv2.bias.exp_avg_sq)  f32 [32]  mnist_cnn.kiln:24 */
 static void k298_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %299 = add(%298, %297)  f32 [32]  fused: %296 = mul %297 = mul  (written in place of %292) */
+/* %299 = add(%298, %297)  f32 [32]  mnist_cnn.kiln:24  fused: %296 = mul %297 = mul  (written in place of %292) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2552,7 +2552,7 @@ static void k299_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %305 = sub(%46, %304)  f32 [32]  fused: %300 = sqrt %301 = div %302 = add %303 = div %304 = mul  (written in place of %46) */
+/* %305 = sub(%46 conv2.bias, %304)  f32 [32]  mnist_cnn.kiln:24  fused: %300 = sqrt %301 = div %302 = add %303 = div %304 = mul  (written in place of %46) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2567,14 +2567,14 @@ static void k305_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %309 = mul(%28, %306)  f32 [32] */
+/* %309 = mul(%28, %306 bn2.weight.exp_avg)  f32 [32]  mnist_cnn.kiln:24 */
 static void k309_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %310 = add(%309, %308)  f32 [32]  fused: %308 = mul  (written in place of %306) */
+/* %310 = add(%309, %308)  f32 [32]  mnist_cnn.kiln:24  fused: %308 = mul  (written in place of %306) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2585,14 +2585,14 @@ static void k310_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %313 = mul(%215, %307)  f32 [32] */
+/* %313 = mul(%215, %307 bn2.weight.exp_avg_sq)  f32 [32]  mnist_cnn.kiln:24 */
 static void k313_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %314 = add(%313, %312)  f32 [32]  fused: %311 = mul %312 = mul  (written in place of %307) */
+/* %314 = add(%313, %312)  f32 [32]  mnist_cnn.kiln:24  fused: %311 = mul %312 = mul  (written in place of %307) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2604,7 +2604,7 @@ static void k314_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %320 = sub(%49, %319)  f32 [32]  fused: %315 = sqrt %316 = div %317 = add %318 = div %319 = mul  (written in place of %49) */
+/* %320 = sub(%49 bn2.weight, %319)  f32 [32]  mnist_cnn.kiln:24  fused: %315 = sqrt %316 = div %317 = add %318 = div %319 = mul  (written in place of %49) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2619,14 +2619,14 @@ static void k320_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %324 = mul(%28, %321)  f32 [32] */
+/* %324 = mul(%28, %321 bn2.bias.exp_avg)  f32 [32]  mnist_cnn.kiln:24 */
 static void k324_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %325 = add(%324, %323)  f32 [32]  fused: %323 = mul  (written in place of %321) */
+/* %325 = add(%324, %323)  f32 [32]  mnist_cnn.kiln:24  fused: %323 = mul  (written in place of %321) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2637,14 +2637,14 @@ static void k325_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %328 = mul(%215, %322)  f32 [32] */
+/* %328 = mul(%215, %322 bn2.bias.exp_avg_sq)  f32 [32]  mnist_cnn.kiln:24 */
 static void k328_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %329 = add(%328, %327)  f32 [32]  fused: %326 = mul %327 = mul  (written in place of %322) */
+/* %329 = add(%328, %327)  f32 [32]  mnist_cnn.kiln:24  fused: %326 = mul %327 = mul  (written in place of %322) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2656,7 +2656,7 @@ static void k329_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %335 = sub(%50, %334)  f32 [32]  fused: %330 = sqrt %331 = div %332 = add %333 = div %334 = mul  (written in place of %50) */
+/* %335 = sub(%50 bn2.bias, %334)  f32 [32]  mnist_cnn.kiln:24  fused: %330 = sqrt %331 = div %332 = add %333 = div %334 = mul  (written in place of %50) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2671,14 +2671,14 @@ static void k335_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %339 = mul(%28, %336)  f32 [600, 1568] */
+/* %339 = mul(%28, %336 fc1.weight.exp_avg)  f32 [600, 1568]  mnist_cnn.kiln:24 */
 static void k339_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 940800; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %340 = add(%339, %338)  f32 [600, 1568]  fused: %338 = mul  (written in place of %336) */
+/* %340 = add(%339, %338)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %338 = mul  (written in place of %336) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2689,14 +2689,14 @@ static void k340_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %343 = mul(%215, %337)  f32 [600, 1568] */
+/* %343 = mul(%215, %337 fc1.weight.exp_avg_sq)  f32 [600, 1568]  mnist_cnn.kiln:24 */
 static void k343_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 940800; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %344 = add(%343, %342)  f32 [600, 1568]  fused: %341 = mul %342 = mul  (written in place of %337) */
+/* %344 = add(%343, %342)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %341 = mul %342 = mul  (written in place of %337) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2708,7 +2708,7 @@ static void k344_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %350 = sub(%82, %349)  f32 [600, 1568]  fused: %345 = sqrt %346 = div %347 = add %348 = div %349 = mul  (written in place of %82) */
+/* %350 = sub(%82 fc1.weight, %349)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %345 = sqrt %346 = div %347 = add %348 = div %349 = mul  (written in place of %82) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2723,14 +2723,14 @@ static void k350_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %354 = mul(%28, %351)  f32 [600] */
+/* %354 = mul(%28, %351 fc1.bias.exp_avg)  f32 [600]  mnist_cnn.kiln:24 */
 static void k354_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 600; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %355 = add(%354, %353)  f32 [600]  fused: %353 = mul  (written in place of %351) */
+/* %355 = add(%354, %353)  f32 [600]  mnist_cnn.kiln:24  fused: %353 = mul  (written in place of %351) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2741,14 +2741,14 @@ static void k355_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %358 = mul(%215, %352)  f32 [600] */
+/* %358 = mul(%215, %352 fc1.bias.exp_avg_sq)  f32 [600]  mnist_cnn.kiln:24 */
 static void k358_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 600; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %359 = add(%358, %357)  f32 [600]  fused: %356 = mul %357 = mul  (written in place of %352) */
+/* %359 = add(%358, %357)  f32 [600]  mnist_cnn.kiln:24  fused: %356 = mul %357 = mul  (written in place of %352) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2760,7 +2760,7 @@ static void k359_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %365 = sub(%84, %364)  f32 [600]  fused: %360 = sqrt %361 = div %362 = add %363 = div %364 = mul  (written in place of %84) */
+/* %365 = sub(%84 fc1.bias, %364)  f32 [600]  mnist_cnn.kiln:24  fused: %360 = sqrt %361 = div %362 = add %363 = div %364 = mul  (written in place of %84) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2775,14 +2775,14 @@ static void k365_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %369 = mul(%28, %366)  f32 [10, 600] */
+/* %369 = mul(%28, %366 fc2.weight.exp_avg)  f32 [10, 600]  mnist_cnn.kiln:24 */
 static void k369_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 6000; i0++) {
     y[i0] = ((float)0.90000000000000002) * b[i0];
   }
 }
 
-/* %370 = add(%369, %368)  f32 [10, 600]  fused: %368 = mul  (written in place of %366) */
+/* %370 = add(%369, %368)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %368 = mul  (written in place of %366) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2793,14 +2793,14 @@ static void k370_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %373 = mul(%215, %367)  f32 [10, 600] */
+/* %373 = mul(%215, %367 fc2.weight.exp_avg_sq)  f32 [10, 600]  mnist_cnn.kiln:24 */
 static void k373_mul(float *restrict y, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 6000; i0++) {
     y[i0] = ((float)0.999) * b[i0];
   }
 }
 
-/* %374 = add(%373, %372)  f32 [10, 600]  fused: %371 = mul %372 = mul  (written in place of %367) */
+/* %374 = add(%373, %372)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %371 = mul %372 = mul  (written in place of %367) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2812,7 +2812,7 @@ static void k374_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %380 = sub(%87, %379)  f32 [10, 600]  fused: %375 = sqrt %376 = div %377 = add %378 = div %379 = mul  (written in place of %87) */
+/* %380 = sub(%87 fc2.weight, %379)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %375 = sqrt %376 = div %377 = add %378 = div %379 = mul  (written in place of %87) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2827,7 +2827,7 @@ static void k380_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %385 = add(%384, %383)  f32 [10]  fused: %384 = mul %383 = mul  (written in place of %381) */
+/* %385 = add(%384, %383)  f32 [10]  mnist_cnn.kiln:24  fused: %384 = mul %383 = mul  (written in place of %381) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2839,7 +2839,7 @@ static void k385_add(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %389 = add(%388, %387)  f32 [10]  fused: %388 = mul %386 = mul %387 = mul  (written in place of %382) */
+/* %389 = add(%388, %387)  f32 [10]  mnist_cnn.kiln:24  fused: %388 = mul %386 = mul %387 = mul  (written in place of %382) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2852,7 +2852,7 @@ static void k389_add(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %395 = sub(%89, %394)  f32 [10]  fused: %390 = sqrt %391 = div %392 = add %393 = div %394 = mul  (written in place of %89) */
+/* %395 = sub(%89 fc2.bias, %394)  f32 [10]  mnist_cnn.kiln:24  fused: %390 = sqrt %391 = div %392 = add %393 = div %394 = mul  (written in place of %89) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2867,7 +2867,7 @@ static void k395_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %397 = add(%210, %396)  f32 [8, 1, 3, 3]  fused: %396 = mul  (written in place of %206) */
+/* %397 = add(%210, %396)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %396 = mul  (written in place of %206) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2878,7 +2878,7 @@ static void k397_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %400 = add(%216, %399)  f32 [8, 1, 3, 3]  fused: %398 = mul %399 = mul  (written in place of %207) */
+/* %400 = add(%216, %399)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %398 = mul %399 = mul  (written in place of %207) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2890,7 +2890,7 @@ static void k400_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %406 = sub(%2, %405)  f32 [8, 1, 3, 3]  fused: %401 = sqrt %402 = div %403 = add %404 = div %405 = mul  (written in place of %2) */
+/* %406 = sub(%2 conv1.weight, %405)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %401 = sqrt %402 = div %403 = add %404 = div %405 = mul  (written in place of %2) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2905,7 +2905,7 @@ static void k406_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %408 = add(%234, %407)  f32 [8]  fused: %407 = mul  (written in place of %231) */
+/* %408 = add(%234, %407)  f32 [8]  mnist_cnn.kiln:24  fused: %407 = mul  (written in place of %231) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2916,7 +2916,7 @@ static void k408_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %411 = add(%238, %410)  f32 [8]  fused: %409 = mul %410 = mul  (written in place of %232) */
+/* %411 = add(%238, %410)  f32 [8]  mnist_cnn.kiln:24  fused: %409 = mul %410 = mul  (written in place of %232) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2928,7 +2928,7 @@ static void k411_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %417 = sub(%4, %416)  f32 [8]  fused: %412 = sqrt %413 = div %414 = add %415 = div %416 = mul  (written in place of %4) */
+/* %417 = sub(%4 conv1.bias, %416)  f32 [8]  mnist_cnn.kiln:24  fused: %412 = sqrt %413 = div %414 = add %415 = div %416 = mul  (written in place of %4) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2943,7 +2943,7 @@ static void k417_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %419 = add(%249, %418)  f32 [8]  fused: %418 = mul  (written in place of %246) */
+/* %419 = add(%249, %418)  f32 [8]  mnist_cnn.kiln:24  fused: %418 = mul  (written in place of %246) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2954,7 +2954,7 @@ static void k419_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %422 = add(%253, %421)  f32 [8]  fused: %420 = mul %421 = mul  (written in place of %247) */
+/* %422 = add(%253, %421)  f32 [8]  mnist_cnn.kiln:24  fused: %420 = mul %421 = mul  (written in place of %247) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2966,7 +2966,7 @@ static void k422_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %428 = sub(%7, %427)  f32 [8]  fused: %423 = sqrt %424 = div %425 = add %426 = div %427 = mul  (written in place of %7) */
+/* %428 = sub(%7 bn1.weight, %427)  f32 [8]  mnist_cnn.kiln:24  fused: %423 = sqrt %424 = div %425 = add %426 = div %427 = mul  (written in place of %7) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2981,7 +2981,7 @@ static void k428_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %430 = add(%264, %429)  f32 [8]  fused: %429 = mul  (written in place of %261) */
+/* %430 = add(%264, %429)  f32 [8]  mnist_cnn.kiln:24  fused: %429 = mul  (written in place of %261) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -2992,7 +2992,7 @@ static void k430_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %433 = add(%268, %432)  f32 [8]  fused: %431 = mul %432 = mul  (written in place of %262) */
+/* %433 = add(%268, %432)  f32 [8]  mnist_cnn.kiln:24  fused: %431 = mul %432 = mul  (written in place of %262) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3004,7 +3004,7 @@ static void k433_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %439 = sub(%8, %438)  f32 [8]  fused: %434 = sqrt %435 = div %436 = add %437 = div %438 = mul  (written in place of %8) */
+/* %439 = sub(%8 bn1.bias, %438)  f32 [8]  mnist_cnn.kiln:24  fused: %434 = sqrt %435 = div %436 = add %437 = div %438 = mul  (written in place of %8) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3019,7 +3019,7 @@ static void k439_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %441 = add(%279, %440)  f32 [32, 8, 5, 5]  fused: %440 = mul  (written in place of %276) */
+/* %441 = add(%279, %440)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %440 = mul  (written in place of %276) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3030,7 +3030,7 @@ static void k441_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %444 = add(%283, %443)  f32 [32, 8, 5, 5]  fused: %442 = mul %443 = mul  (written in place of %277) */
+/* %444 = add(%283, %443)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %442 = mul %443 = mul  (written in place of %277) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3042,7 +3042,7 @@ static void k444_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %450 = sub(%44, %449)  f32 [32, 8, 5, 5]  fused: %445 = sqrt %446 = div %447 = add %448 = div %449 = mul  (written in place of %44) */
+/* %450 = sub(%44 conv2.weight, %449)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %445 = sqrt %446 = div %447 = add %448 = div %449 = mul  (written in place of %44) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3057,7 +3057,7 @@ static void k450_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %452 = add(%294, %451)  f32 [32]  fused: %451 = mul  (written in place of %291) */
+/* %452 = add(%294, %451)  f32 [32]  mnist_cnn.kiln:24  fused: %451 = mul  (written in place of %291) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3068,7 +3068,7 @@ static void k452_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %455 = add(%298, %454)  f32 [32]  fused: %453 = mul %454 = mul  (written in place of %292) */
+/* %455 = add(%298, %454)  f32 [32]  mnist_cnn.kiln:24  fused: %453 = mul %454 = mul  (written in place of %292) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3080,7 +3080,7 @@ static void k455_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %461 = sub(%46, %460)  f32 [32]  fused: %456 = sqrt %457 = div %458 = add %459 = div %460 = mul  (written in place of %46) */
+/* %461 = sub(%46 conv2.bias, %460)  f32 [32]  mnist_cnn.kiln:24  fused: %456 = sqrt %457 = div %458 = add %459 = div %460 = mul  (written in place of %46) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3095,7 +3095,7 @@ static void k461_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %463 = add(%309, %462)  f32 [32]  fused: %462 = mul  (written in place of %306) */
+/* %463 = add(%309, %462)  f32 [32]  mnist_cnn.kiln:24  fused: %462 = mul  (written in place of %306) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3106,7 +3106,7 @@ static void k463_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %466 = add(%313, %465)  f32 [32]  fused: %464 = mul %465 = mul  (written in place of %307) */
+/* %466 = add(%313, %465)  f32 [32]  mnist_cnn.kiln:24  fused: %464 = mul %465 = mul  (written in place of %307) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3118,7 +3118,7 @@ static void k466_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %472 = sub(%49, %471)  f32 [32]  fused: %467 = sqrt %468 = div %469 = add %470 = div %471 = mul  (written in place of %49) */
+/* %472 = sub(%49 bn2.weight, %471)  f32 [32]  mnist_cnn.kiln:24  fused: %467 = sqrt %468 = div %469 = add %470 = div %471 = mul  (written in place of %49) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3133,7 +3133,7 @@ static void k472_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %474 = add(%324, %473)  f32 [32]  fused: %473 = mul  (written in place of %321) */
+/* %474 = add(%324, %473)  f32 [32]  mnist_cnn.kiln:24  fused: %473 = mul  (written in place of %321) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3144,7 +3144,7 @@ static void k474_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %477 = add(%328, %476)  f32 [32]  fused: %475 = mul %476 = mul  (written in place of %322) */
+/* %477 = add(%328, %476)  f32 [32]  mnist_cnn.kiln:24  fused: %475 = mul %476 = mul  (written in place of %322) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3156,7 +3156,7 @@ static void k477_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %483 = sub(%50, %482)  f32 [32]  fused: %478 = sqrt %479 = div %480 = add %481 = div %482 = mul  (written in place of %50) */
+/* %483 = sub(%50 bn2.bias, %482)  f32 [32]  mnist_cnn.kiln:24  fused: %478 = sqrt %479 = div %480 = add %481 = div %482 = mul  (written in place of %50) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3171,7 +3171,7 @@ static void k483_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %485 = add(%339, %484)  f32 [600, 1568]  fused: %484 = mul  (written in place of %336) */
+/* %485 = add(%339, %484)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %484 = mul  (written in place of %336) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3182,7 +3182,7 @@ static void k485_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %488 = add(%343, %487)  f32 [600, 1568]  fused: %486 = mul %487 = mul  (written in place of %337) */
+/* %488 = add(%343, %487)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %486 = mul %487 = mul  (written in place of %337) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3194,7 +3194,7 @@ static void k488_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %494 = sub(%82, %493)  f32 [600, 1568]  fused: %489 = sqrt %490 = div %491 = add %492 = div %493 = mul  (written in place of %82) */
+/* %494 = sub(%82 fc1.weight, %493)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %489 = sqrt %490 = div %491 = add %492 = div %493 = mul  (written in place of %82) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3209,7 +3209,7 @@ static void k494_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %496 = add(%354, %495)  f32 [600]  fused: %495 = mul  (written in place of %351) */
+/* %496 = add(%354, %495)  f32 [600]  mnist_cnn.kiln:24  fused: %495 = mul  (written in place of %351) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3220,7 +3220,7 @@ static void k496_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %499 = add(%358, %498)  f32 [600]  fused: %497 = mul %498 = mul  (written in place of %352) */
+/* %499 = add(%358, %498)  f32 [600]  mnist_cnn.kiln:24  fused: %497 = mul %498 = mul  (written in place of %352) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3232,7 +3232,7 @@ static void k499_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %505 = sub(%84, %504)  f32 [600]  fused: %500 = sqrt %501 = div %502 = add %503 = div %504 = mul  (written in place of %84) */
+/* %505 = sub(%84 fc1.bias, %504)  f32 [600]  mnist_cnn.kiln:24  fused: %500 = sqrt %501 = div %502 = add %503 = div %504 = mul  (written in place of %84) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3247,7 +3247,7 @@ static void k505_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %507 = add(%369, %506)  f32 [10, 600]  fused: %506 = mul  (written in place of %366) */
+/* %507 = add(%369, %506)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %506 = mul  (written in place of %366) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3258,7 +3258,7 @@ static void k507_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %510 = add(%373, %509)  f32 [10, 600]  fused: %508 = mul %509 = mul  (written in place of %367) */
+/* %510 = add(%373, %509)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %508 = mul %509 = mul  (written in place of %367) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3270,7 +3270,7 @@ static void k510_add(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %516 = sub(%87, %515)  f32 [10, 600]  fused: %511 = sqrt %512 = div %513 = add %514 = div %515 = mul  (written in place of %87) */
+/* %516 = sub(%87 fc2.weight, %515)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %511 = sqrt %512 = div %513 = add %514 = div %515 = mul  (written in place of %87) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3285,7 +3285,7 @@ static void k516_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %521 = add(%520, %518)  f32 [10]  fused: %520 = mul %518 = mul  (written in place of %381) */
+/* %521 = add(%520, %518)  f32 [10]  mnist_cnn.kiln:24  fused: %520 = mul %518 = mul  (written in place of %381) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3297,7 +3297,7 @@ static void k521_add(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %527 = add(%526, %524)  f32 [10]  fused: %526 = mul %522 = mul %524 = mul  (written in place of %382) */
+/* %527 = add(%526, %524)  f32 [10]  mnist_cnn.kiln:24  fused: %526 = mul %522 = mul %524 = mul  (written in place of %382) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3310,7 +3310,7 @@ static void k527_add(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %533 = div(%203, %530)  f32 []  fused: %528 = pow %530 = sub */
+/* %533 = div(%203 lr, %530)  f32 []  mnist_cnn.kiln:24  fused: %528 = pow %530 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3320,7 +3320,7 @@ static void k533_div(float *restrict y, const float *restrict x0, const float *r
   y[0] = x0[0] / t530;
 }
 
-/* %535 = sqrt(%532)  f32 []  fused: %531 = pow %532 = sub */
+/* %535 = sqrt(%532)  f32 []  mnist_cnn.kiln:24  fused: %531 = pow %532 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3330,7 +3330,7 @@ static void k535_sqrt(float *restrict y, const float *restrict x0) {
   y[0] = sqrtf(t532);
 }
 
-/* %541 = sub(%89, %540)  f32 [10]  fused: %536 = sqrt %537 = div %538 = add %539 = div %540 = mul  (written in place of %89) */
+/* %541 = sub(%89 fc2.bias, %540)  f32 [10]  mnist_cnn.kiln:24  fused: %536 = sqrt %537 = div %538 = add %539 = div %540 = mul  (written in place of %89) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3345,7 +3345,7 @@ static void k541_sub(float *restrict y, const float *restrict x0, const float *r
   }
 }
 
-/* %3 = conv2d(%0, %2)  f32 [B, 8, 28, 28] */
+/* %3 = conv2d(%0 image, %2 conv1.weight)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3385,7 +3385,7 @@ static void k3_conv2d_n(float *restrict y, const float *restrict a, const float 
       }
 }
 
-/* %6 = add(%3, %5)  f32 [B, 8, 28, 28]  conv1 */
+/* %6 = add(%3, %5)  f32 [B, 8, 28, 28]  conv1  mnist_cnn.kiln:10 */
 static void k6_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -3397,7 +3397,7 @@ static void k6_add_n(float *restrict y, const float *restrict a, const float *re
   }
 }
 
-/* %12 = mean(%6)  f32 [1, 8, 1, 1] */
+/* %12 = mean(%6 conv1)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k12_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -3425,7 +3425,7 @@ static void k12_mean_n(float *restrict y, const float *restrict a, unsigned char
     y[i] = (float)(acc[i] / (double)(784*B));
 }
 
-/* %13 = mean(%3)  f32 [1, 8, 1, 1] */
+/* %13 = mean(%3)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k13_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -3453,7 +3453,7 @@ static void k13_mean_n(float *restrict y, const float *restrict a, unsigned char
     y[i] = (float)(acc[i] / (double)(784*B));
 }
 
-/* %14 = sub(%3, %13)  f32 [B, 8, 28, 28] */
+/* %14 = sub(%3, %13)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k14_sub_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -3465,7 +3465,7 @@ static void k14_sub_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %15 = mul(%14, %14)  f32 [B, 8, 28, 28] */
+/* %15 = mul(%14, %14)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k15_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -3473,7 +3473,7 @@ static void k15_mul_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %16 = mean(%15)  f32 [1, 8, 1, 1] */
+/* %16 = mean(%15)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k16_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -3501,7 +3501,7 @@ static void k16_mean_n(float *restrict y, const float *restrict a, unsigned char
     y[i] = (float)(acc[i] / (double)(784*B));
 }
 
-/* %20 = div(%14, %19)  f32 [B, 8, 28, 28] */
+/* %20 = div(%14, %19)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k20_div_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -3513,13 +3513,13 @@ static void k20_div_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %21 = numel(%6)  f32 [] */
+/* %21 = numel(%6 conv1)  f32 []  mnist_cnn.kiln:11 */
 static void k21_numel_n(float *restrict y, int64_t B) {
   (void)B;
   y[0] = (float)(784*B);
 }
 
-/* %41 = add(%39, %40)  f32 [B, 8, 28, 28]  bn1  fused: %39 = mul */
+/* %41 = add(%39, %40)  f32 [B, 8, 28, 28]  bn1  mnist_cnn.kiln:11  fused: %39 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3535,7 +3535,7 @@ static void k41_add_n(float *restrict y, const float *restrict x0, const float *
   }
 }
 
-/* %42 = relu(%41)  f32 [B, 8, 28, 28] */
+/* %42 = relu(%41 bn1)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
 static void k42_relu_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -3543,7 +3543,7 @@ static void k42_relu_n(float *restrict y, const float *restrict a, int64_t B) {
   }
 }
 
-/* %43 = maxpool2d(%42)  f32 [B, 8, 14, 14]  h1 */
+/* %43 = maxpool2d(%42)  f32 [B, 8, 14, 14]  h1  mnist_cnn.kiln:12 */
 static void k43_maxpool2d_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t n = 0; n < B; n++)
@@ -3563,7 +3563,7 @@ static void k43_maxpool2d_n(float *restrict y, const float *restrict a, int64_t 
         }
 }
 
-/* %45 = conv2d(%43, %44)  f32 [B, 32, 14, 14] */
+/* %45 = conv2d(%43 h1, %44 conv2.weight)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3669,7 +3669,7 @@ static void k45_conv2d_n(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %48 = add(%45, %47)  f32 [B, 32, 14, 14]  conv2 */
+/* %48 = add(%45, %47)  f32 [B, 32, 14, 14]  conv2  mnist_cnn.kiln:13 */
 static void k48_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -3681,7 +3681,7 @@ static void k48_add_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %54 = mean(%48)  f32 [1, 32, 1, 1] */
+/* %54 = mean(%48 conv2)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k54_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -3709,7 +3709,7 @@ static void k54_mean_n(float *restrict y, const float *restrict a, unsigned char
     y[i] = (float)(acc[i] / (double)(196*B));
 }
 
-/* %55 = mean(%45)  f32 [1, 32, 1, 1] */
+/* %55 = mean(%45)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k55_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -3737,7 +3737,7 @@ static void k55_mean_n(float *restrict y, const float *restrict a, unsigned char
     y[i] = (float)(acc[i] / (double)(196*B));
 }
 
-/* %56 = sub(%45, %55)  f32 [B, 32, 14, 14] */
+/* %56 = sub(%45, %55)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k56_sub_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -3749,7 +3749,7 @@ static void k56_sub_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %57 = mul(%56, %56)  f32 [B, 32, 14, 14] */
+/* %57 = mul(%56, %56)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k57_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -3757,7 +3757,7 @@ static void k57_mul_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %58 = mean(%57)  f32 [1, 32, 1, 1] */
+/* %58 = mean(%57)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k58_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -3785,7 +3785,7 @@ static void k58_mean_n(float *restrict y, const float *restrict a, unsigned char
     y[i] = (float)(acc[i] / (double)(196*B));
 }
 
-/* %61 = div(%56, %60)  f32 [B, 32, 14, 14] */
+/* %61 = div(%56, %60)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k61_div_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -3797,13 +3797,13 @@ static void k61_div_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %62 = numel(%48)  f32 [] */
+/* %62 = numel(%48 conv2)  f32 []  mnist_cnn.kiln:14 */
 static void k62_numel_n(float *restrict y, int64_t B) {
   (void)B;
   y[0] = (float)(196*B);
 }
 
-/* %78 = add(%76, %77)  f32 [B, 32, 14, 14]  bn2  fused: %76 = mul */
+/* %78 = add(%76, %77)  f32 [B, 32, 14, 14]  bn2  mnist_cnn.kiln:14  fused: %76 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3819,7 +3819,7 @@ static void k78_add_n(float *restrict y, const float *restrict x0, const float *
   }
 }
 
-/* %79 = relu(%78)  f32 [B, 32, 14, 14] */
+/* %79 = relu(%78 bn2)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
 static void k79_relu_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -3827,7 +3827,7 @@ static void k79_relu_n(float *restrict y, const float *restrict a, int64_t B) {
   }
 }
 
-/* %80 = maxpool2d(%79)  f32 [B, 32, 7, 7]  h2 */
+/* %80 = maxpool2d(%79)  f32 [B, 32, 7, 7]  h2  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3850,13 +3850,13 @@ static void k80_maxpool2d_n(float *restrict y, const float *restrict a, int64_t 
         }
 }
 
-/* %83 = matmul(%81, %82)  f32 [B, 600] */
+/* %83 = matmul(%81 x, %82 fc1.weight)  f32 [B, 600]  mnist_cnn.kiln:17 */
 static void k83_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(B, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
 }
 
-/* %85 = add(%83, %84)  f32 [B, 600]  fc1 */
+/* %85 = add(%83, %84 fc1.bias)  f32 [B, 600]  fc1  mnist_cnn.kiln:17 */
 static void k85_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -3866,7 +3866,7 @@ static void k85_add_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %86 = relu(%85)  f32 [B, 600] */
+/* %86 = relu(%85 fc1)  f32 [B, 600]  mnist_cnn.kiln:18 */
 static void k86_relu_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (600*B); i0++) {
@@ -3874,13 +3874,13 @@ static void k86_relu_n(float *restrict y, const float *restrict a, int64_t B) {
   }
 }
 
-/* %88 = matmul(%86, %87)  f32 [B, 10] */
+/* %88 = matmul(%86, %87 fc2.weight)  f32 [B, 10]  mnist_cnn.kiln:18 */
 static void k88_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(B, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
 }
 
-/* %90 = add(%88, %89)  f32 [B, 10]  logits */
+/* %90 = add(%88, %89 fc2.bias)  f32 [B, 10]  logits  mnist_cnn.kiln:18 */
 static void k90_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -3890,7 +3890,7 @@ static void k90_add_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %91 = cross_entropy(%90, %1)  f32 []  loss */
+/* %91 = cross_entropy(%90 logits, %1 label)  f32 []  loss  mnist_cnn.kiln:19 */
 static void k91_cross_entropy_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   (void)B;
   double total = 0;
@@ -3912,7 +3912,7 @@ static void k91_cross_entropy_n(float *restrict y, const float *restrict a, cons
   y[0] = bad ? (float)NAN : (float)(total / (double)B);
 }
 
-/* %100 = relu(%99)  f32 [B, 8, 28, 28]  fused: %93 = sub %97 = div %98 = mul %99 = add */
+/* %100 = relu(%99 bn1)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12  fused: %93 = sub %97 = div %98 = mul %99 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -3931,7 +3931,7 @@ static void k100_relu_n(float *restrict y, const float *restrict x0, const float
   }
 }
 
-/* %101 = maxpool2d(%100)  f32 [B, 8, 14, 14]  h1 */
+/* %101 = maxpool2d(%100)  f32 [B, 8, 14, 14]  h1  mnist_cnn.kiln:12 */
 static void k101_maxpool2d_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t n = 0; n < B; n++)
@@ -3951,7 +3951,7 @@ static void k101_maxpool2d_n(float *restrict y, const float *restrict a, int64_t
         }
 }
 
-/* %102 = conv2d(%101, %44)  f32 [B, 32, 14, 14] */
+/* %102 = conv2d(%101 h1, %44 conv2.weight)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4057,7 +4057,7 @@ static void k102_conv2d_n(float *restrict y, const float *restrict a, const floa
   }
 }
 
-/* %112 = relu(%111)  f32 [B, 32, 14, 14]  fused: %103 = add %105 = sub %109 = div %110 = mul %111 = add */
+/* %112 = relu(%111 bn2)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  fused: %103 = add %105 = sub %109 = div %110 = mul %111 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4077,7 +4077,7 @@ static void k112_relu_n(float *restrict y, const float *restrict x0, const float
   }
 }
 
-/* %113 = maxpool2d(%112)  f32 [B, 32, 7, 7]  h2 */
+/* %113 = maxpool2d(%112)  f32 [B, 32, 7, 7]  h2  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4100,13 +4100,13 @@ static void k113_maxpool2d_n(float *restrict y, const float *restrict a, int64_t
         }
 }
 
-/* %115 = matmul(%114, %82)  f32 [B, 600] */
+/* %115 = matmul(%114 x, %82 fc1.weight)  f32 [B, 600]  mnist_cnn.kiln:17 */
 static void k115_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(B, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
 }
 
-/* %117 = relu(%116)  f32 [B, 600]  fused: %116 = add */
+/* %117 = relu(%116 fc1)  f32 [B, 600]  mnist_cnn.kiln:18  fused: %116 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4120,13 +4120,13 @@ static void k117_relu_n(float *restrict y, const float *restrict x0, const float
   }
 }
 
-/* %118 = matmul(%117, %87)  f32 [B, 10] */
+/* %118 = matmul(%117, %87 fc2.weight)  f32 [B, 10]  mnist_cnn.kiln:18 */
 static void k118_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(B, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
 }
 
-/* %119 = add(%118, %89)  f32 [B, 10]  logits */
+/* %119 = add(%118, %89 fc2.bias)  f32 [B, 10]  logits  mnist_cnn.kiln:18 */
 static void k119_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -4136,7 +4136,7 @@ static void k119_add_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %120 = cross_entropy(%119, %1)  f32 []  loss */
+/* %120 = cross_entropy(%119 logits, %1 label)  f32 []  loss  mnist_cnn.kiln:19 */
 static void k120_cross_entropy_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   (void)B;
   double total = 0;
@@ -4158,7 +4158,7 @@ static void k120_cross_entropy_n(float *restrict y, const float *restrict a, con
   y[0] = bad ? (float)NAN : (float)(total / (double)B);
 }
 
-/* %121 = cross_entropy_grad(%90, %1, %22)  f32 [B, 10] */
+/* %121 = cross_entropy_grad(%90 logits, %1 label, %22)  f32 [B, 10]  mnist_cnn.kiln:19 */
 static void k121_cross_entropy_grad_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   (void)B;
   const double g = (double)((float)1) / (double)B;
@@ -4176,7 +4176,7 @@ static void k121_cross_entropy_grad_n(float *restrict y, const float *restrict a
   }
 }
 
-/* %122 = sum_to(%121, %89)  f32 [10] */
+/* %122 = sum_to(%121, %89 fc2.bias)  f32 [10]  mnist_cnn.kiln:18 */
 static void k122_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4191,19 +4191,19 @@ static void k122_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %123 = matmul(%121, %87)  f32 [B, 600] */
+/* %123 = matmul(%121, %87 fc2.weight)  f32 [B, 600]  mnist_cnn.kiln:18 */
 static void k123_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(B, 600, 10, a, 10, 0, b, 600, 0, y, 600, scratch);
 }
 
-/* %124 = matmul(%121, %86)  f32 [10, 600] */
+/* %124 = matmul(%121, %86)  f32 [10, 600]  mnist_cnn.kiln:18 */
 static void k124_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(10, 600, B, a, 10, 1, b, 600, 0, y, 600, scratch);
 }
 
-/* %125 = relu_grad(%85, %123)  f32 [B, 600] */
+/* %125 = relu_grad(%85 fc1, %123)  f32 [B, 600]  mnist_cnn.kiln:18 */
 static void k125_relu_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (600*B); i0++) {
@@ -4211,7 +4211,7 @@ static void k125_relu_grad_n(float *restrict y, const float *restrict a, const f
   }
 }
 
-/* %126 = sum_to(%125, %84)  f32 [600] */
+/* %126 = sum_to(%125, %84 fc1.bias)  f32 [600]  mnist_cnn.kiln:17 */
 static void k126_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4226,19 +4226,19 @@ static void k126_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %127 = matmul(%125, %82)  f32 [B, 1568] */
+/* %127 = matmul(%125, %82 fc1.weight)  f32 [B, 1568]  mnist_cnn.kiln:17 */
 static void k127_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(B, 1568, 600, a, 600, 0, b, 1568, 0, y, 1568, scratch);
 }
 
-/* %128 = matmul(%125, %81)  f32 [600, 1568] */
+/* %128 = matmul(%125, %81 x)  f32 [600, 1568]  mnist_cnn.kiln:17 */
 static void k128_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   kiln_sgemm(600, 1568, B, a, 600, 1, b, 1568, 0, y, 1568, scratch);
 }
 
-/* %130 = maxpool2d_grad(%79, %129)  f32 [B, 32, 14, 14] */
+/* %130 = maxpool2d_grad(%79, %129)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4271,7 +4271,7 @@ static void k130_maxpool2d_grad_n(float *restrict y, const float *restrict a, co
         }
 }
 
-/* %131 = relu_grad(%78, %130)  f32 [B, 32, 14, 14] */
+/* %131 = relu_grad(%78 bn2, %130)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
 static void k131_relu_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4279,7 +4279,7 @@ static void k131_relu_grad_n(float *restrict y, const float *restrict a, const f
   }
 }
 
-/* %132 = sum_to(%131, %77)  f32 [32, 1, 1] */
+/* %132 = sum_to(%131, %77)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k132_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4307,7 +4307,7 @@ static void k132_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %134 = mul(%131, %75)  f32 [B, 32, 14, 14] */
+/* %134 = mul(%131, %75)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k134_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -4319,7 +4319,7 @@ static void k134_mul_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %135 = mul(%131, %61)  f32 [B, 32, 14, 14] */
+/* %135 = mul(%131, %61)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k135_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4327,7 +4327,7 @@ static void k135_mul_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %136 = sum_to(%135, %75)  f32 [32, 1, 1] */
+/* %136 = sum_to(%135, %75)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k136_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4355,7 +4355,7 @@ static void k136_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %141 = neg(%140)  f32 [B, 32, 14, 14]  fused: %139 = div %140 = mul */
+/* %141 = neg(%140)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %139 = div %140 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4372,7 +4372,7 @@ static void k141_neg_n(float *restrict y, const float *restrict x0, const float 
   }
 }
 
-/* %142 = sum_to(%141, %60)  f32 [1, 32, 1, 1] */
+/* %142 = sum_to(%141, %60)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k142_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4400,13 +4400,13 @@ static void k142_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %146 = numel(%57)  f32 [] */
+/* %146 = numel(%57)  f32 []  mnist_cnn.kiln:14 */
 static void k146_numel_n(float *restrict y, int64_t B) {
   (void)B;
   y[0] = (float)(196*B);
 }
 
-/* %148 = expand(%147, %57)  f32 [B, 32, 14, 14] */
+/* %148 = expand(%147, %57)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k148_expand_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -4418,7 +4418,7 @@ static void k148_expand_n(float *restrict y, const float *restrict a, int64_t B)
   }
 }
 
-/* %149 = mul(%148, %56)  f32 [B, 32, 14, 14] */
+/* %149 = mul(%148, %56)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k149_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4426,7 +4426,7 @@ static void k149_mul_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %151 = add(%150, %149)  f32 [B, 32, 14, 14]  fused: %138 = div %150 = add */
+/* %151 = add(%150, %149)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %138 = div %150 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4443,7 +4443,7 @@ static void k151_add_n(float *restrict y, const float *restrict x0, const float 
   }
 }
 
-/* %152 = neg(%151)  f32 [B, 32, 14, 14] */
+/* %152 = neg(%151)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k152_neg_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4451,7 +4451,7 @@ static void k152_neg_n(float *restrict y, const float *restrict a, int64_t B) {
   }
 }
 
-/* %153 = sum_to(%152, %55)  f32 [1, 32, 1, 1] */
+/* %153 = sum_to(%152, %55)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
 static void k153_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4479,13 +4479,13 @@ static void k153_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %154 = numel(%45)  f32 [] */
+/* %154 = numel(%45)  f32 []  mnist_cnn.kiln:14 */
 static void k154_numel_n(float *restrict y, int64_t B) {
   (void)B;
   y[0] = (float)(196*B);
 }
 
-/* %156 = expand(%155, %45)  f32 [B, 32, 14, 14] */
+/* %156 = expand(%155, %45)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k156_expand_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -4497,7 +4497,7 @@ static void k156_expand_n(float *restrict y, const float *restrict a, int64_t B)
   }
 }
 
-/* %157 = add(%151, %156)  f32 [B, 32, 14, 14] */
+/* %157 = add(%151, %156)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static void k157_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4505,7 +4505,7 @@ static void k157_add_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %158 = conv2d_bwd_data(%157, %44)  f32 [B, 8, 14, 14] */
+/* %158 = conv2d_bwd_data(%157, %44 conv2.weight)  f32 [B, 8, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4585,7 +4585,7 @@ static void k158_conv2d_bwd_data_n(float *restrict y, const float *restrict a, c
   }
 }
 
-/* %159 = conv2d_bwd_filter(%43, %157)  f32 [32, 8, 5, 5] */
+/* %159 = conv2d_bwd_filter(%43 h1, %157)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4700,7 +4700,7 @@ static void k159_conv2d_bwd_filter_n(float *restrict y, const float *restrict a,
   }
 }
 
-/* %160 = maxpool2d_grad(%42, %158)  f32 [B, 8, 28, 28] */
+/* %160 = maxpool2d_grad(%42, %158)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
 static void k160_maxpool2d_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t n = 0; n < B; n++)
@@ -4730,7 +4730,7 @@ static void k160_maxpool2d_grad_n(float *restrict y, const float *restrict a, co
         }
 }
 
-/* %161 = relu_grad(%41, %160)  f32 [B, 8, 28, 28] */
+/* %161 = relu_grad(%41 bn1, %160)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
 static void k161_relu_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4738,7 +4738,7 @@ static void k161_relu_grad_n(float *restrict y, const float *restrict a, const f
   }
 }
 
-/* %162 = sum_to(%161, %40)  f32 [8, 1, 1] */
+/* %162 = sum_to(%161, %40)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k162_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4766,7 +4766,7 @@ static void k162_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %164 = mul(%161, %38)  f32 [B, 8, 28, 28] */
+/* %164 = mul(%161, %38)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k164_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -4778,7 +4778,7 @@ static void k164_mul_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %165 = mul(%161, %20)  f32 [B, 8, 28, 28] */
+/* %165 = mul(%161, %20)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k165_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4786,7 +4786,7 @@ static void k165_mul_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %166 = sum_to(%165, %38)  f32 [8, 1, 1] */
+/* %166 = sum_to(%165, %38)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k166_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4814,7 +4814,7 @@ static void k166_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %171 = neg(%170)  f32 [B, 8, 28, 28]  fused: %169 = div %170 = mul */
+/* %171 = neg(%170)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %169 = div %170 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4831,7 +4831,7 @@ static void k171_neg_n(float *restrict y, const float *restrict x0, const float 
   }
 }
 
-/* %172 = sum_to(%171, %19)  f32 [1, 8, 1, 1] */
+/* %172 = sum_to(%171, %19)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k172_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4859,13 +4859,13 @@ static void k172_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %175 = numel(%15)  f32 [] */
+/* %175 = numel(%15)  f32 []  mnist_cnn.kiln:11 */
 static void k175_numel_n(float *restrict y, int64_t B) {
   (void)B;
   y[0] = (float)(784*B);
 }
 
-/* %177 = expand(%176, %15)  f32 [B, 8, 28, 28] */
+/* %177 = expand(%176, %15)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k177_expand_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -4877,7 +4877,7 @@ static void k177_expand_n(float *restrict y, const float *restrict a, int64_t B)
   }
 }
 
-/* %178 = mul(%177, %14)  f32 [B, 8, 28, 28] */
+/* %178 = mul(%177, %14)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k178_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4885,7 +4885,7 @@ static void k178_mul_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %180 = add(%179, %178)  f32 [B, 8, 28, 28]  fused: %168 = div %179 = add */
+/* %180 = add(%179, %178)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %168 = div %179 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -4902,7 +4902,7 @@ static void k180_add_n(float *restrict y, const float *restrict x0, const float 
   }
 }
 
-/* %181 = neg(%180)  f32 [B, 8, 28, 28] */
+/* %181 = neg(%180)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k181_neg_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4910,7 +4910,7 @@ static void k181_neg_n(float *restrict y, const float *restrict a, int64_t B) {
   }
 }
 
-/* %182 = sum_to(%181, %13)  f32 [1, 8, 1, 1] */
+/* %182 = sum_to(%181, %13)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
 static void k182_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   (void)B;
   double *restrict acc = (double *)scratch;
@@ -4938,13 +4938,13 @@ static void k182_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %183 = numel(%3)  f32 [] */
+/* %183 = numel(%3)  f32 []  mnist_cnn.kiln:11 */
 static void k183_numel_n(float *restrict y, int64_t B) {
   (void)B;
   y[0] = (float)(784*B);
 }
 
-/* %185 = expand(%184, %3)  f32 [B, 8, 28, 28] */
+/* %185 = expand(%184, %3)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k185_expand_n(float *restrict y, const float *restrict a, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < B; i0++) {
@@ -4956,7 +4956,7 @@ static void k185_expand_n(float *restrict y, const float *restrict a, int64_t B)
   }
 }
 
-/* %186 = add(%180, %185)  f32 [B, 8, 28, 28] */
+/* %186 = add(%180, %185)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static void k186_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   (void)B;
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
@@ -4964,7 +4964,7 @@ static void k186_add_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %187 = conv2d_bwd_filter(%0, %186)  f32 [8, 1, 3, 3] */
+/* %187 = conv2d_bwd_filter(%0 image, %186)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -5805,247 +5805,247 @@ static void kiln_apply(unsigned char *arena, int64_t batch) {
 
 static const kiln_tensor kiln_tensors[61] = {
   {.name = "image", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 4, .dims = {64, 1, 28, 28},
-   .batch_axis = 0, .offset = 15265408, .entries = 7, .init = 0,
+   .batch_axis = 0, .offset = 15265408, .entries = 7, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = "images", .scale = 0.0039215686274509803},
   {.name = "label", .role = KILN_ROLE_INPUT, .dtype = KILN_I32, .rank = 1, .dims = {64},
-   .batch_axis = 0, .offset = 15466112, .entries = 7, .init = 0,
+   .batch_axis = 0, .offset = 15466112, .entries = 7, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = "labels", .scale = 1},
   {.name = "conv1.weight", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 4, .dims = {8, 1, 3, 3},
-   .batch_axis = -1, .offset = 0, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 0, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 9, .fan_out = 72,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv1.bias", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 320, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 320, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 9, .fan_out = 72,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn1.weight", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 384, .entries = 15, .init = 1,
+   .batch_axis = -1, .offset = 384, .entries = 15, .init = KILN_INIT_ONES,
    .init_a = 0, .init_b = 0, .fan_in = 8, .fan_out = 8,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn1.bias", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 448, .entries = 15, .init = 0,
+   .batch_axis = -1, .offset = 448, .entries = 15, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 8, .fan_out = 8,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn1.running_mean", .role = KILN_ROLE_STATE, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 512, .entries = 7, .init = 0,
+   .batch_axis = -1, .offset = 512, .entries = 7, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn1.running_var", .role = KILN_ROLE_STATE, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 576, .entries = 7, .init = 1,
+   .batch_axis = -1, .offset = 576, .entries = 7, .init = KILN_INIT_ONES,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn1.num_batches_tracked", .role = KILN_ROLE_STATE, .dtype = KILN_F64, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 640, .entries = 5, .init = 0,
+   .batch_axis = -1, .offset = 640, .entries = 5, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv2.weight", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 4, .dims = {32, 8, 5, 5},
-   .batch_axis = -1, .offset = 704, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 704, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 200, .fan_out = 800,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv2.bias", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 26304, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 26304, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 200, .fan_out = 800,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn2.weight", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 26432, .entries = 15, .init = 1,
+   .batch_axis = -1, .offset = 26432, .entries = 15, .init = KILN_INIT_ONES,
    .init_a = 0, .init_b = 0, .fan_in = 32, .fan_out = 32,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn2.bias", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 26560, .entries = 15, .init = 0,
+   .batch_axis = -1, .offset = 26560, .entries = 15, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 32, .fan_out = 32,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn2.running_mean", .role = KILN_ROLE_STATE, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 26688, .entries = 7, .init = 0,
+   .batch_axis = -1, .offset = 26688, .entries = 7, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn2.running_var", .role = KILN_ROLE_STATE, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 26816, .entries = 7, .init = 1,
+   .batch_axis = -1, .offset = 26816, .entries = 7, .init = KILN_INIT_ONES,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn2.num_batches_tracked", .role = KILN_ROLE_STATE, .dtype = KILN_F64, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 26944, .entries = 5, .init = 0,
+   .batch_axis = -1, .offset = 26944, .entries = 5, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.weight", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 2, .dims = {600, 1568},
-   .batch_axis = -1, .offset = 27008, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 27008, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 1568, .fan_out = 600,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.bias", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {600},
-   .batch_axis = -1, .offset = 3790208, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 3790208, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 1568, .fan_out = 600,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.weight", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 2, .dims = {10, 600},
-   .batch_axis = -1, .offset = 3792640, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 3792640, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 600, .fan_out = 10,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.bias", .role = KILN_ROLE_PARAM, .dtype = KILN_F32, .rank = 1, .dims = {10},
-   .batch_axis = -1, .offset = 3816640, .entries = 15, .init = 9,
+   .batch_axis = -1, .offset = 3816640, .entries = 15, .init = KILN_INIT_TORCH_DEFAULT,
    .init_a = 0, .init_b = 0, .fan_in = 600, .fan_out = 10,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.conv1.weight", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 4, .dims = {8, 1, 3, 3},
-   .batch_axis = -1, .offset = 3816704, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 3816704, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.conv1.bias", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 3817024, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 3817024, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.bn1.weight", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 3817088, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 3817088, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.bn1.bias", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 3817152, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 3817152, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.conv2.weight", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 4, .dims = {32, 8, 5, 5},
-   .batch_axis = -1, .offset = 3817216, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 3817216, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.conv2.bias", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 3842816, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 3842816, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.bn2.weight", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 3842944, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 3842944, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.bn2.bias", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 3843072, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 3843072, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.fc1.weight", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 2, .dims = {600, 1568},
-   .batch_axis = -1, .offset = 3843200, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 3843200, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.fc1.bias", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {600},
-   .batch_axis = -1, .offset = 7606400, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 7606400, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.fc2.weight", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 2, .dims = {10, 600},
-   .batch_axis = -1, .offset = 7608832, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 7608832, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "grad.fc2.bias", .role = KILN_ROLE_GRAD, .dtype = KILN_F32, .rank = 1, .dims = {10},
-   .batch_axis = -1, .offset = 7632832, .entries = 12, .init = 0,
+   .batch_axis = -1, .offset = 7632832, .entries = 12, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "lr", .role = KILN_ROLE_HYPER, .dtype = KILN_F32, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 7632896, .entries = 9, .init = 2,
+   .batch_axis = -1, .offset = 7632896, .entries = 9, .init = KILN_INIT_CONST,
    .init_a = 0.001, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "adam.step", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 7632960, .entries = 9, .init = 2,
+   .batch_axis = -1, .offset = 7632960, .entries = 9, .init = KILN_INIT_CONST,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv1.weight.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 4, .dims = {8, 1, 3, 3},
-   .batch_axis = -1, .offset = 7633024, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7633024, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv1.weight.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 4, .dims = {8, 1, 3, 3},
-   .batch_axis = -1, .offset = 7633344, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7633344, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv1.bias.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 7633664, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7633664, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv1.bias.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 7633728, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7633728, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn1.weight.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 7633792, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7633792, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn1.weight.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 7633856, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7633856, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn1.bias.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 7633920, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7633920, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn1.bias.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {8},
-   .batch_axis = -1, .offset = 7633984, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7633984, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv2.weight.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 4, .dims = {32, 8, 5, 5},
-   .batch_axis = -1, .offset = 7634048, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7634048, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv2.weight.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 4, .dims = {32, 8, 5, 5},
-   .batch_axis = -1, .offset = 7659648, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7659648, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv2.bias.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 7685248, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7685248, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "conv2.bias.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 7685376, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7685376, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn2.weight.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 7685504, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7685504, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn2.weight.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 7685632, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7685632, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn2.bias.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 7685760, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7685760, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "bn2.bias.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {32},
-   .batch_axis = -1, .offset = 7685888, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7685888, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.weight.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 2, .dims = {600, 1568},
-   .batch_axis = -1, .offset = 7686016, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 7686016, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.weight.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 2, .dims = {600, 1568},
-   .batch_axis = -1, .offset = 11449216, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 11449216, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.bias.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {600},
-   .batch_axis = -1, .offset = 15212416, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 15212416, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc1.bias.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {600},
-   .batch_axis = -1, .offset = 15214848, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 15214848, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.weight.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 2, .dims = {10, 600},
-   .batch_axis = -1, .offset = 15217280, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 15217280, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.weight.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 2, .dims = {10, 600},
-   .batch_axis = -1, .offset = 15241280, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 15241280, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.bias.exp_avg", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {10},
-   .batch_axis = -1, .offset = 15265280, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 15265280, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "fc2.bias.exp_avg_sq", .role = KILN_ROLE_OPT, .dtype = KILN_F32, .rank = 1, .dims = {10},
-   .batch_axis = -1, .offset = 15265344, .entries = 9, .init = 0,
+   .batch_axis = -1, .offset = 15265344, .entries = 9, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 40933312, .entries = 5, .init = 0,
+   .batch_axis = -1, .offset = 40933312, .entries = 5, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 15468928, .entries = 2, .init = 0,
+   .batch_axis = -1, .offset = 15468928, .entries = 2, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.output", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, .dims = {64, 10},
-   .batch_axis = 0, .offset = 15466368, .entries = 2, .init = 0,
+   .batch_axis = 0, .offset = 15466368, .entries = 2, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
 };
