@@ -65,9 +65,9 @@ static void out(const char *name, int node) { ir_add_output(g, ENTRY_GRAD, name,
 /* ---- the harness ------------------------------------------------------------------------------ */
 
 typedef struct Run {
-  Plan plan;
-  Buf src;
-  void *handle;
+  Session s;                  /* the graph g through the pipeline, compiled and loaded */
+  const Plan *plan;
+  const char *src;            /* the generated C */
   const kiln_program *prog;
   unsigned char *arena;
   RtBackend cbe, rbe;
@@ -77,37 +77,31 @@ typedef struct Run {
 
 static void run_open(Run *r, int64_t batch) {
   memset(r, 0, sizeof *r);
-  Trap t;
-  if (KILN_TRY(&t)) {
-    plan_build(g, batch, &opts, &r->plan);
-    cg_emit_c(g, &r->plan, &r->src);
-    kiln_trap_end(&t);
-  } else {
-    kiln_trap_end(&t);
-    ck_abort_msg("compile failed: %s", t.msg);
-  }
-  Buf err = {0};
-  r->prog = aot_load_shared(r->src.p, &r->handle, &err);
-  ck_assert_msg(r->prog != NULL, "aot_load_shared: %s\n--- source ---\n%s", err.p, r->src.p);
-  buf_free(&err);
+  Options o;
+  session_default_options(&o);
+  o.batch = batch;
+  o.sched = opts;
+  session_adopt(&r->s, g, &o);
+  ck_assert_msg(session_load(&r->s) == 0, "%s\n--- source ---\n%s", r->s.error,
+                r->s.c.p ? r->s.c.p : "");
+  r->plan = &r->s.plan;
+  r->src = r->s.c.p;
+  r->prog = r->s.prog;
   size_t bytes = ((size_t)r->prog->arena_bytes + 63) / 64 * 64;
   r->arena = aligned_alloc(64, bytes);
   ck_assert_ptr_nonnull(r->arena);
   memset(r->arena, 0xA5, bytes); /* garbage: kernels must not rely on a zeroed arena */
   rt_arena_backend(r->prog, r->arena, &r->cbe);
-  r->it = interp_new(g, r->plan.batch, false);
+  r->it = interp_new(g, r->plan->batch, false);
   ck_assert_ptr_nonnull(r->it);
-  interp_backend(r->it, &r->plan, &r->rprog, &r->rbe);
+  interp_backend(r->it, r->plan, &r->rprog, &r->rbe);
 }
 
 static void run_close(Run *r) {
   rt_arena_backend_free(&r->cbe);
   free(r->arena);
   interp_free(r->it);
-  plan_free(&r->plan);
-  buf_free(&r->src);
-  if (r->handle)
-    dlclose(r->handle);
+  session_close(&r->s);
 }
 
 /* Random values for every leaf the driver writes: floats in [lo, hi) rounded to their dtype,
@@ -115,11 +109,11 @@ static void run_close(Run *r) {
 static void randomise(Run *r, uint64_t seed, double lo, double hi) {
   RtRng rng;
   rt_rng_seed(&rng, seed);
-  for (int i = 0; i < r->plan.ntensors; i++) {
-    const kiln_tensor *t = &r->plan.tensors[i];
+  for (int i = 0; i < r->plan->ntensors; i++) {
+    const kiln_tensor *t = &r->plan->tensors[i];
     if (t->role == KILN_ROLE_OUTPUT)
       continue;
-    int64_t n = rt_numel(t, r->plan.batch);
+    int64_t n = rt_numel(t, r->plan->batch);
     double *v = malloc((size_t)(n + 1) * sizeof *v);
     for (int64_t k = 0; k < n; k++) {
       if (t->dtype == KILN_I32)
@@ -148,8 +142,8 @@ static void run_compare(Run *r, const char *name, int64_t batch) {
   ck_assert_int_ge(entry, 0);
   ck_assert_msg(r->cbe.run(r->cbe.self, entry, batch, err) == 0, "compiled: %s", err);
   ck_assert_msg(r->rbe.run(r->rbe.self, entry, batch, err) == 0, "reference: %s", err);
-  for (int i = 0; i < r->plan.ntensors; i++) {
-    const kiln_tensor *t = &r->plan.tensors[i];
+  for (int i = 0; i < r->plan->ntensors; i++) {
+    const kiln_tensor *t = &r->plan->tensors[i];
     bool written = result_of(t, entry) || t->role == KILN_ROLE_PARAM || t->role == KILN_ROLE_STATE;
     if (!written)
       continue;
@@ -165,7 +159,7 @@ static void run_compare(Run *r, const char *name, int64_t batch) {
       ck_assert_msg(x[k] == y[k] || (isnan(x[k]) && isnan(y[k])) ||
                         fabs(x[k] - y[k]) <= tol.abs + tol.rel * (fabs(y[k]) + scale),
                     "%s[%lld] at batch %lld: compiled %.9g, reference %.9g\n--- source ---\n%s",
-                    t->name, (long long)k, (long long)batch, x[k], y[k], r->src.p);
+                    t->name, (long long)k, (long long)batch, x[k], y[k], r->src);
     free(x);
     free(y);
   }
@@ -342,8 +336,8 @@ START_TEST(activations_and_transpose) {
   randomise(&r, 5, -2.0, 2.0);
   char err[RT_ERR_LEN];
   ck_assert_int_eq(r.cbe.run(r.cbe.self, rt_find_entry(r.prog, "grad"), 3, err), 0);
-  for (int i = 0; i < r.plan.ntensors; i++) {
-    const kiln_tensor *kt = &r.plan.tensors[i];
+  for (int i = 0; i < r.plan->ntensors; i++) {
+    const kiln_tensor *kt = &r.plan->tensors[i];
     if (kt->role != KILN_ROLE_OUTPUT && kt->role != KILN_ROLE_GRAD)
       continue;
     double v[64];
@@ -368,7 +362,7 @@ static Shape S4(Dim a, Dim b, Dim c, Dim d) {
 static void write_both(Run *r, const char *name, int64_t batch, double (*v)(int64_t k)) {
   int i = rt_find_tensor(r->prog, name);
   ck_assert_int_ge(i, 0);
-  int64_t n = rt_numel(&r->plan.tensors[i], batch);
+  int64_t n = rt_numel(&r->plan->tensors[i], batch);
   double *d = malloc((size_t)(n + 1) * sizeof *d);
   for (int64_t k = 0; k < n; k++)
     d[k] = v(k);
@@ -429,8 +423,8 @@ START_TEST(dropout_masks_match_reference) {
   for (size_t bi = 0; bi < 3; bi++) {
     int64_t b = batches[bi];
     run_compare(&r, "grad", b);
-    for (int i = 0; i < r.plan.ntensors; i++) {
-      const kiln_tensor *t = &r.plan.tensors[i];
+    for (int i = 0; i < r.plan->ntensors; i++) {
+      const kiln_tensor *t = &r.plan->tensors[i];
       if (t->role != KILN_ROLE_OUTPUT)
         continue;
       int64_t n = rt_numel(t, b);
@@ -547,8 +541,8 @@ START_TEST(conv2d_and_adjoints_gemm) {
   out("dw", ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0));
   Run r;
   run_open(&r, 3);
-  ck_assert_ptr_nonnull(strstr(r.src.p, dt == DT_F64 ? "kiln_dgemm_acc(" : "kiln_sgemm_acc("));
-  ck_assert_ptr_nonnull(strstr(r.src.p, "#pragma omp parallel for num_threads(3)"));
+  ck_assert_ptr_nonnull(strstr(r.src, dt == DT_F64 ? "kiln_dgemm_acc(" : "kiln_sgemm_acc("));
+  ck_assert_ptr_nonnull(strstr(r.src, "#pragma omp parallel for num_threads(3)"));
   randomise(&r, 42, -1.0, 1.0);
   run_compare(&r, "grad", 3);
   run_compare(&r, "grad", 2);
@@ -561,7 +555,7 @@ END_TEST
 static unsigned char *grad_outputs(const char *src, int64_t batch, size_t *len) {
   Buf err = {0};
   void *h;
-  const kiln_program *p = aot_load_shared(src, &h, &err);
+  const kiln_program *p = aot_load_shared(NULL, src, &h, &err);
   ck_assert_msg(p != NULL, "%s", err.p);
   buf_free(&err);
   size_t bytes = ((size_t)p->arena_bytes + 63) / 64 * 64;
@@ -745,8 +739,8 @@ START_TEST(train_entries_match) {
   run_open(&r, 8);
   randomise(&r, 7, -1.0, 1.0);
   /* Optimizer state and the hyper-parameter from their initialisers, as a trainer would. */
-  for (int i = 0; i < r.plan.ntensors; i++) {
-    const kiln_tensor *t = &r.plan.tensors[i];
+  for (int i = 0; i < r.plan->ntensors; i++) {
+    const kiln_tensor *t = &r.plan->tensors[i];
     if (t->role != KILN_ROLE_OPT && t->role != KILN_ROLE_HYPER)
       continue;
     double v[64];
@@ -792,13 +786,13 @@ START_TEST(fused_chain_is_one_kernel) {
     Run r;
     run_open(&r, 3);
     for (size_t k = 0; k < sizeof inner / sizeof inner[0]; k++)
-      ck_assert_msg((r.plan.offset[inner[k]] < 0) == (fuse == 1), "node %d, fuse %d", inner[k],
+      ck_assert_msg((r.plan->offset[inner[k]] < 0) == (fuse == 1), "node %d, fuse %d", inner[k],
                     fuse);
-    ck_assert_int_ge(r.plan.offset[y], 0);
+    ck_assert_int_ge(r.plan->offset[y], 0);
     int kernels = 0; /* k12_sub_full and k12_sub_n, not kiln_train */
-    for (const char *p = r.src.p; (p = strstr(p, "static void k")) != NULL; p++)
+    for (const char *p = r.src; (p = strstr(p, "static void k")) != NULL; p++)
       kernels += p[13] >= '0' && p[13] <= '9';
-    ck_assert_msg(kernels == 2 * (fuse ? 1 : 8), "%d kernels\n%s", kernels, r.src.p);
+    ck_assert_msg(kernels == 2 * (fuse ? 1 : 8), "%d kernels\n%s", kernels, r.src);
     randomise(&r, 5, -2.0, 2.0);
     run_compare(&r, "grad", 3);
     run_compare(&r, "grad", 2);
@@ -828,10 +822,10 @@ START_TEST(update_in_place_only_when_safe) {
   ir_add_output(g, ENTRY_TRAIN, "z", z);
   Run r;
   run_open(&r, 1);
-  ck_assert_int_eq(r.plan.offset[pv], r.plan.offset[p]);
-  ck_assert_int_ne(r.plan.offset[qv], r.plan.offset[q]);
-  ck_assert_msg(strstr(r.src.p, "/* p */") == NULL, "p is still copied\n%s", r.src.p);
-  ck_assert_msg(strstr(r.src.p, "/* q */") != NULL, "q is not copied\n%s", r.src.p);
+  ck_assert_int_eq(r.plan->offset[pv], r.plan->offset[p]);
+  ck_assert_int_ne(r.plan->offset[qv], r.plan->offset[q]);
+  ck_assert_msg(strstr(r.src, "/* p */") == NULL, "p is still copied\n%s", r.src);
+  ck_assert_msg(strstr(r.src, "/* q */") != NULL, "q is not copied\n%s", r.src);
   randomise(&r, 11, 0.1, 1.0);
   for (int step = 0; step < 3; step++)
     run_compare(&r, "train", 1);
@@ -843,11 +837,11 @@ END_TEST
 static double *snapshot(Run *r, const char *name, int64_t batch, int64_t *total) {
   int entry = rt_find_entry(r->prog, name);
   int64_t n = 0;
-  for (int i = 0; i < r->plan.ntensors; i++)
-    n += rt_numel(&r->plan.tensors[i], batch);
+  for (int i = 0; i < r->plan->ntensors; i++)
+    n += rt_numel(&r->plan->tensors[i], batch);
   double *v = malloc((size_t)(n + 1) * sizeof *v), *at = v;
-  for (int i = 0; i < r->plan.ntensors; i++) {
-    const kiln_tensor *t = &r->plan.tensors[i];
+  for (int i = 0; i < r->plan->ntensors; i++) {
+    const kiln_tensor *t = &r->plan->tensors[i];
     int64_t k = rt_numel(t, batch);
     bool seen = t->role == KILN_ROLE_OUTPUT || t->role == KILN_ROLE_GRAD
                     ? rt_tensor_in_entry(t, entry)
@@ -892,8 +886,8 @@ START_TEST(fusion_matches_unfused) {
     opts.fuse = f;
     run_open(&r[f], 8);
     randomise(&r[f], 7, -1.0, 1.0);
-    for (int i = 0; i < r[f].plan.ntensors; i++) {
-      const kiln_tensor *t = &r[f].plan.tensors[i];
+    for (int i = 0; i < r[f].plan->ntensors; i++) {
+      const kiln_tensor *t = &r[f].plan->tensors[i];
       if (t->role != KILN_ROLE_OPT && t->role != KILN_ROLE_HYPER)
         continue;
       double v[64];
@@ -904,8 +898,8 @@ START_TEST(fusion_matches_unfused) {
       r[f].rbe.write(r[f].rbe.self, i, v, n);
     }
   }
-  ck_assert_int_eq(r[0].plan.ntensors, r[1].plan.ntensors);
-  ck_assert_msg(strcmp(r[0].src.p, r[1].src.p) != 0, "fusion changed nothing");
+  ck_assert_int_eq(r[0].plan->ntensors, r[1].plan->ntensors);
+  ck_assert_msg(strcmp(r[0].src, r[1].src) != 0, "fusion changed nothing");
   const struct {
     const char *entry;
     int64_t batch;
@@ -1210,33 +1204,26 @@ START_TEST(aot_bad_cc_leaves_nothing) {
   ck_assert_ptr_nonnull(mkdtemp(dir));
   char outp[256];
   snprintf(outp, sizeof outp, "%s/my trainer", dir);
-  const char *old = getenv("CC");
-  char *saved = old ? strdup(old) : NULL;
-
-  setenv("CC", "/nonexistent/kiln-no-such-cc", 1);
-  ck_assert_int_eq(aot_build_trainer(src.p, outp, &err), -1);
+  BackendOptions o;
+  aot_default_options(&o);
+  o.cc = "/nonexistent/kiln-no-such-cc";
+  ck_assert_int_eq(aot_build_trainer(&o, src.p, outp, &err), -1);
   ck_assert_msg(err.p && strstr(err.p, "kiln-no-such-cc"), "%s", err.p);
   ck_assert_int_eq(count_entries(dir), 0);
   void *h = NULL;
   buf_free(&err);
-  ck_assert_ptr_null(aot_load_shared(src.p, &h, &err));
+  ck_assert_ptr_null(aot_load_shared(&o, src.p, &h, &err));
   ck_assert_ptr_null(h);
 
   /* A compiler that runs and fails. */
-  setenv("CC", "false", 1);
+  o.cc = "false";
   buf_free(&err);
-  ck_assert_int_eq(aot_build_trainer(src.p, outp, &err), -1);
+  ck_assert_int_eq(aot_build_trainer(&o, src.p, outp, &err), -1);
   ck_assert_int_eq(count_entries(dir), 0);
 
-  if (saved) {
-    setenv("CC", saved, 1);
-    free(saved);
-  } else {
-    unsetenv("CC");
-  }
   /* Broken C: the compiler's message comes back. */
   buf_free(&err);
-  ck_assert_int_eq(aot_build_trainer("this is not C;\n", outp, &err), -1);
+  ck_assert_int_eq(aot_build_trainer(NULL, "this is not C;\n", outp, &err), -1);
   ck_assert_msg(err.p && strstr(err.p, "error"), "%s", err.p);
   ck_assert_int_eq(count_entries(dir), 0);
   rmdir(dir);
@@ -1253,7 +1240,7 @@ START_TEST(aot_builds_a_trainer) {
   ck_assert_ptr_nonnull(mkdtemp(dir));
   char outp[256];
   snprintf(outp, sizeof outp, "%s/my trainer", dir);
-  ck_assert_msg(aot_build_trainer(src.p, outp, &err) == 0, "%s", err.p);
+  ck_assert_msg(aot_build_trainer(NULL, src.p, outp, &err) == 0, "%s", err.p);
   ck_assert_int_eq(count_entries(dir), 1);
   pid_t pid = fork();
   ck_assert_int_ge(pid, 0);
@@ -1295,11 +1282,11 @@ static void use_model(const char *src) {
 /* What a driver does before training, on both sides: persistent tensors from their initialisers
  * (seeded by name, so two Runs start equal), zeros for optimizer state and gradients. */
 static void init_persistent(Run *r, uint64_t seed) {
-  for (int i = 0; i < r->plan.ntensors; i++) {
-    const kiln_tensor *t = &r->plan.tensors[i];
+  for (int i = 0; i < r->plan->ntensors; i++) {
+    const kiln_tensor *t = &r->plan->tensors[i];
     if (t->role == KILN_ROLE_INPUT || t->role == KILN_ROLE_OUTPUT)
       continue;
-    int64_t n = rt_numel(t, r->plan.batch);
+    int64_t n = rt_numel(t, r->plan->batch);
     double *v = calloc((size_t)n + 1, sizeof *v);
     if (t->role != KILN_ROLE_OPT && t->role != KILN_ROLE_GRAD)
       rt_init_tensor(t, seed, v, n);
@@ -1314,11 +1301,11 @@ static void init_persistent(Run *r, uint64_t seed) {
 static void feed_rows(Run *r, uint64_t seed, int64_t first, int64_t rows) {
   RtRng rng;
   rt_rng_seed(&rng, seed);
-  for (int i = 0; i < r->plan.ntensors; i++) {
-    const kiln_tensor *t = &r->plan.tensors[i];
+  for (int i = 0; i < r->plan->ntensors; i++) {
+    const kiln_tensor *t = &r->plan->tensors[i];
     if (t->role != KILN_ROLE_INPUT)
       continue;
-    int64_t n = rt_numel(t, r->plan.batch), item = rt_numel(t, 1);
+    int64_t n = rt_numel(t, r->plan->batch), item = rt_numel(t, 1);
     double *v = malloc((size_t)(n + 1) * sizeof *v);
     for (int64_t k = 0; k < n; k++) {
       v[k] = t->dtype == KILN_I32 ? (double)rt_rng_below(&rng, 5) : 2 * rt_rng_uniform(&rng) - 1;
@@ -1345,8 +1332,8 @@ static void run_both(Run *r, const char *entry, int64_t batch) {
 static void same_state(Run *a, Run *b, bool compiled, bool outputs, double tol, const char *when) {
   RtBackend *ba = compiled ? &a->cbe : &a->rbe, *bb = compiled ? &b->cbe : &b->rbe;
   int compared = 0;
-  for (int i = 0; i < a->plan.ntensors; i++) {
-    const kiln_tensor *t = &a->plan.tensors[i];
+  for (int i = 0; i < a->plan->ntensors; i++) {
+    const kiln_tensor *t = &a->plan->tensors[i];
     if (t->role == KILN_ROLE_INPUT || t->role == KILN_ROLE_HYPER || t->role == KILN_ROLE_GRAD ||
         (t->role == KILN_ROLE_OUTPUT &&
          (!outputs || (strcmp(t->name, "loss") && strcmp(t->name, "penalty")))))
@@ -1450,8 +1437,8 @@ START_TEST(accumulated_halves_are_one_step) {
         be->read(be->self, loss, &l, 1);
         lsum[side] += l / 2;
         int64_t at = 0;
-        for (int i = 0; i < halves.plan.ntensors; i++) {
-          const kiln_tensor *t = &halves.plan.tensors[i];
+        for (int i = 0; i < halves.plan->ntensors; i++) {
+          const kiln_tensor *t = &halves.plan->tensors[i];
           if (t->role != KILN_ROLE_GRAD)
             continue;
           ck_assert(!strncmp(t->name, "grad.", 5) && rt_find_tensor(halves.prog, t->name + 5) >= 0);
@@ -1473,8 +1460,8 @@ START_TEST(accumulated_halves_are_one_step) {
       /* The host's average replaces the gradient of the last half. */
       int64_t at = 0;
       ngrads = 0;
-      for (int i = 0; i < halves.plan.ntensors; i++) {
-        const kiln_tensor *t = &halves.plan.tensors[i];
+      for (int i = 0; i < halves.plan->ntensors; i++) {
+        const kiln_tensor *t = &halves.plan->tensors[i];
         if (t->role != KILN_ROLE_GRAD)
           continue;
         be->write(be->self, i, sum[side] + at, rt_numel(t, 1));

@@ -1,8 +1,8 @@
 /*
  * kiln.c — the command-line driver: one function per subcommand over the library's pipeline
- * (src/driver/session.c). This is the only place that reads kiln's environment variables and asks
- * the machine about itself: it turns flags, $KILN_THREADS, $KILN_FUSE and $KILN_CONV into the
- * session's options, and prints the session's diagnostics on stderr.
+ * (src/driver/session.c). This is the only place that reads the environment and asks the machine
+ * about itself: it turns flags, $KILN_THREADS, $KILN_FUSE, $KILN_CONV, $CC, $KILN_HOME and $TMPDIR
+ * into the session's options, and prints the session's diagnostics on stderr.
  *
  * Exit codes: 0 success, 1 bad input or a failed check (message on stderr), 2 bad usage.
  */
@@ -74,9 +74,10 @@ static bool parse_int(const char *s, int64_t lo, int64_t *out) {
   return true;
 }
 
-/* The schedule's defaults on this machine, before flags: every core, unless $KILN_THREADS says
+/* The session's defaults on this machine, before flags: every core, unless $KILN_THREADS says
  * otherwise; $KILN_FUSE=0 turns fusion off; $KILN_CONV=direct|gemm forces one convolution
- * algorithm (for comparisons). */
+ * algorithm (for comparisons); $CC, $KILN_HOME and $TMPDIR locate the compiler, the trainer
+ * runtime and temporary files. */
 static int options_from_environment(Options *o) {
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   o->sched.threads = cores < 1 ? 1 : cores > 64 ? 64 : (int)cores;
@@ -88,6 +89,10 @@ static int options_from_environment(Options *o) {
       return usage_error("$KILN_THREADS needs an integer in 1..256, got '%s'", e);
     o->sched.threads = (int)n;
   }
+  /* Where the backend finds its compiler, the trainer runtime and room for temporary files. */
+  o->backend.cc = getenv("CC");
+  o->backend.runtime_dir = getenv("KILN_HOME");
+  o->backend.tmp_dir = getenv("TMPDIR");
   e = getenv("KILN_FUSE");
   if (e && !strcmp(e, "0"))
     o->sched.fuse = false;

@@ -16,8 +16,10 @@
  * pragmas are then ignored), so when the compiler cannot do OpenMP (clang without libomp) the
  * build is retried without it rather than failing.
  *
- * The runtime directory ($KILN_HOME, else KILN_RUNTIME_DIR from the build) must hold
- * kiln_abi.h, runtime.h, libkilnrt.a and trainer_main.o or trainer_main.c.
+ * Which compiler, runtime directory and temporary directory are options (BackendOptions); the
+ * driver fills them from $CC, $KILN_HOME and $TMPDIR. The runtime directory (by default the
+ * build's, KILN_RUNTIME_DIR) must hold kiln_abi.h, runtime.h, libkilnrt.a and trainer_main.o or
+ * trainer_main.c.
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -45,14 +47,23 @@
 #endif
 #endif
 
-const char *aot_runtime_dir(void) {
-  const char *h = getenv("KILN_HOME");
-  return h && *h ? h : KILN_RUNTIME_DIR;
+void aot_default_options(BackendOptions *o) {
+  o->cc = "cc";
+  o->runtime_dir = KILN_RUNTIME_DIR;
+  o->tmp_dir = "/tmp";
 }
 
-const char *aot_cc(void) {
-  const char *cc = getenv("CC");
-  return cc && *cc ? cc : "cc";
+/* Unset or empty fields fall back to the defaults. */
+static BackendOptions resolved(const BackendOptions *o) {
+  BackendOptions r;
+  aot_default_options(&r);
+  if (o && o->cc && *o->cc)
+    r.cc = o->cc;
+  if (o && o->runtime_dir && *o->runtime_dir)
+    r.runtime_dir = o->runtime_dir;
+  if (o && o->tmp_dir && *o->tmp_dir)
+    r.tmp_dir = o->tmp_dir;
+  return r;
 }
 
 /* An argument vector that owns its strings. */
@@ -85,9 +96,9 @@ static void argv_free(Argv *a) {
   memset(a, 0, sizeof *a);
 }
 
-/* $CC may carry arguments ("ccache gcc", "gcc -m64"), as make allows: split on blanks. */
-static int argv_push_cc(Argv *a) {
-  const char *cc = aot_cc();
+/* The compiler command may carry arguments ("ccache gcc", "gcc -m64"), as make's $CC does:
+ * split on blanks. */
+static int argv_push_cc(Argv *a, const char *cc) {
   char *copy = strdup(cc);
   if (!copy)
     return -1;
@@ -170,10 +181,7 @@ static int write_all(int fd, const char *p, size_t n) {
 
 /* Makes a private temporary directory "<tmpdir>/kiln-XXXXXX" (path: PATH_MAX bytes) holding
  * step.c with src in it. remove_temp deletes what the builds put there. */
-static int write_temp_source(const char *src, char *dir, size_t cap, Buf *err) {
-  const char *tmp = getenv("TMPDIR");
-  if (!tmp || !*tmp)
-    tmp = "/tmp";
+static int write_temp_source(const char *tmp, const char *src, char *dir, size_t cap, Buf *err) {
   if ((size_t)snprintf(dir, cap, "%s/kiln-XXXXXX", tmp) >= cap - 16) {
     buf_printf(err, "temporary directory path too long\n");
     return -1;
@@ -240,8 +248,10 @@ static int run_compile(Argv *a, int omp_at, Buf *err) {
   return st;
 }
 
-int aot_build_trainer(const char *c_source, const char *out_path, Buf *err) {
-  const char *rt = aot_runtime_dir();
+int aot_build_trainer(const BackendOptions *opt, const char *c_source, const char *out_path,
+                      Buf *err) {
+  BackendOptions o = resolved(opt);
+  const char *rt = o.runtime_dir;
   char dir[4096], src[4096 + 16], tmp[4096], main_o[4096], lib[4096], inc[4096 + 2];
   snprintf(main_o, sizeof main_o, "%s/trainer_main.o", rt);
   if (!file_exists(main_o))
@@ -249,11 +259,10 @@ int aot_build_trainer(const char *c_source, const char *out_path, Buf *err) {
   snprintf(lib, sizeof lib, "%s/libkilnrt.a", rt);
   snprintf(inc, sizeof inc, "-I%s", rt);
   if (!file_exists(main_o) || !file_exists(lib)) {
-    buf_printf(err, "the runtime directory %s lacks trainer_main.o/.c or libkilnrt.a "
-                    "(set KILN_HOME)\n", rt);
+    buf_printf(err, "the runtime directory %s lacks trainer_main.o/.c or libkilnrt.a\n", rt);
     return -1;
   }
-  if (write_temp_source(c_source, dir, sizeof dir, err))
+  if (write_temp_source(o.tmp_dir, c_source, dir, sizeof dir, err))
     return -1;
   snprintf(src, sizeof src, "%s/step.c", dir);
   if (temp_output(out_path, tmp, sizeof tmp, err)) {
@@ -261,7 +270,7 @@ int aot_build_trainer(const char *c_source, const char *out_path, Buf *err) {
     return -1;
   }
   Argv a = {0};
-  int rc = argv_push_cc(&a);
+  int rc = argv_push_cc(&a, o.cc);
   static const char *const flags[] = {"-std=c11", "-O2", "-march=native", "-fno-math-errno"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);
@@ -296,15 +305,17 @@ int aot_build_trainer(const char *c_source, const char *out_path, Buf *err) {
   return rc;
 }
 
-const kiln_program *aot_load_shared(const char *c_source, void **handle, Buf *err) {
+const kiln_program *aot_load_shared(const BackendOptions *opt, const char *c_source,
+                                   void **handle, Buf *err) {
+  BackendOptions o = resolved(opt);
   *handle = NULL;
   char dir[4096], src[4096 + 16], so[4096 + 16];
-  if (write_temp_source(c_source, dir, sizeof dir, err))
+  if (write_temp_source(o.tmp_dir, c_source, dir, sizeof dir, err))
     return NULL;
   snprintf(src, sizeof src, "%s/step.c", dir);
   snprintf(so, sizeof so, "%s/step.so", dir);
   Argv a = {0};
-  int rc = argv_push_cc(&a);
+  int rc = argv_push_cc(&a, o.cc);
   int omp_at = 0;
   if (!rc && wants_openmp(c_source)) {
     /* OpenMP's idle worker threads outlive the parallel regions: the object (and with it
@@ -345,4 +356,9 @@ const kiln_program *aot_load_shared(const char *c_source, void **handle, Buf *er
   remove_temp(dir);
   argv_free(&a);
   return prog;
+}
+
+void aot_unload(void *handle) {
+  if (handle)
+    dlclose(handle);
 }

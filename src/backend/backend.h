@@ -10,14 +10,22 @@
 
 /* ================================ aot.c ================================ */
 
-/* Directory of kiln's runtime files (headers and libkilnrt.a), from $KILN_HOME or the build. */
-const char *aot_runtime_dir(void);
-/* The C compiler: $CC or "cc". */
-const char *aot_cc(void);
-/* Compiles c_source with the runtime into a standalone trainer at out_path. Returns 0 or -1 with
- * the compiler's output in err. */
-int aot_build_trainer(const char *c_source, const char *out_path, Buf *err);
+/* Where the system compiler and the runtime are. NULL or empty fields take the defaults. */
+typedef struct BackendOptions {
+  const char *cc;           /* the compiler command, may carry arguments ("ccache gcc"); "cc" */
+  const char *runtime_dir;  /* headers, libkilnrt.a and trainer_main for trainers; the build's */
+  const char *tmp_dir;      /* where private build directories are made; "/tmp" */
+} BackendOptions;
+void aot_default_options(BackendOptions *o);
+
+/* Compiles c_source with the runtime into a standalone trainer at out_path (atomically). Returns
+ * 0 or -1 with the compiler's output in err. */
+int aot_build_trainer(const BackendOptions *o, const char *c_source, const char *out_path,
+                      Buf *err);
 /* Compiles c_source to a shared object and loads it; returns the kiln_program or NULL. */
-const kiln_program *aot_load_shared(const char *c_source, void **handle, Buf *err);
+const kiln_program *aot_load_shared(const BackendOptions *o, const char *c_source, void **handle,
+                                   Buf *err);
+/* Unloads what aot_load_shared loaded (NULL is fine); its kiln_program is gone afterwards. */
+void aot_unload(void *handle);
 
 #endif

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend/backend.h"
 #include "plan/plan.h"
 #include "sched/sched.h"
 
@@ -23,6 +24,7 @@
 typedef struct Options {
   int64_t batch;          /* to specialise for; 0: the train block's, else 64 (batched models) or 1 */
   SchedOptions sched;
+  BackendOptions backend; /* the system compiler, the runtime directory, temporary files */
   bool jvp, hvp;          /* extend the grad entry with forward-mode outputs (kiln jvp / hvp) */
 } Options;
 void session_default_options(Options *o);
@@ -51,7 +53,9 @@ int session_plan(Session *s);              /* schedule and memory plan */
 int session_emit(Session *s);              /* the whole step as one C11 translation unit */
 int session_load(Session *s);              /* compiled and loaded into this process */
 int session_build_trainer(Session *s, const char *out_path);  /* a standalone trainer */
-void session_close(Session *s);            /* frees everything; NULL and closed sessions are fine */
+/* Frees everything, unloading the program: nothing of it may be used afterwards. NULL and closed
+ * sessions are fine. */
+void session_close(Session *s);
 
 /* ================================ check.c ================================ */
 

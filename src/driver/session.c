@@ -23,6 +23,7 @@
 void session_default_options(Options *o) {
   memset(o, 0, sizeof *o);
   sched_default_options(&o->sched);
+  aot_default_options(&o->backend);
 }
 
 static int failed(Session *s, const char *msg) {
@@ -130,7 +131,7 @@ int session_load(Session *s) {
   if (session_emit(s))
     return -1;
   Buf err = {0};
-  s->prog = aot_load_shared(s->c.p, &s->so, &err);
+  s->prog = aot_load_shared(&s->opt.backend, s->c.p, &s->so, &err);
   if (!s->prog)
     return compiler_failed(s, "compiling the generated code", &err);
   buf_free(&err);
@@ -139,6 +140,8 @@ int session_load(Session *s) {
              "error: the compiled program has %d tensors, the plan %d\n", s->prog->ntensors,
              s->plan.ntensors);
     s->prog = NULL;
+    aot_unload(s->so);
+    s->so = NULL;
     return -1;
   }
   return 0;
@@ -148,7 +151,7 @@ int session_build_trainer(Session *s, const char *out_path) {
   if (session_emit(s))
     return -1;
   Buf err = {0};
-  if (aot_build_trainer(s->c.p, out_path, &err) != 0) {
+  if (aot_build_trainer(&s->opt.backend, s->c.p, out_path, &err) != 0) {
     char what[512];
     snprintf(what, sizeof what, "building '%s'", out_path);
     return compiler_failed(s, what, &err);
@@ -165,7 +168,6 @@ void session_close(Session *s) {
     plan_free(&s->plan);
   if (!s->borrowed)
     ir_free(s->g);
-  /* A loaded program stays mapped: its tensor table's names may still be referenced by the
-   * caller, and unloading is not worth the few pages. */
+  aot_unload(s->so);
   memset(s, 0, sizeof *s);
 }
