@@ -3,7 +3,8 @@
  *
  * The library is built with hidden visibility and include/kiln.h marks the API; this reads the
  * shared library's dynamic symbol table with nm and requires every defined symbol to be a
- * kiln_* function declared in kiln.h, and every function of kiln.h to be there.
+ * kiln_* function declared in kiln.h, and every function of kiln.h to be there; and the
+ * functions it imports to exclude the environment and the machine's description.
  */
 #include <check.h>
 #include <ctype.h>
@@ -69,10 +70,32 @@ START_TEST(only_the_api_is_exported) {
 }
 END_TEST
 
+/* The library takes everything as options: drivers read the environment and ask the machine,
+ * libkiln never does (so the same call gives the same code everywhere). */
+START_TEST(reads_no_environment) {
+  static const char *const banned[] = {"getenv", "secure_getenv", "sysconf", "get_nprocs"};
+  FILE *p = popen("nm -D --undefined-only '" KILN_SHARED_LIBRARY "'", "r");
+  ck_assert_ptr_nonnull(p);
+  char line[512];
+  int symbols = 0;
+  while (fgets(line, sizeof line, p)) {
+    char type[8], name[256];
+    if (sscanf(line, "%7s %255s", type, name) != 2) continue;
+    symbols++;
+    name[strcspn(name, "@")] = 0;
+    for (size_t i = 0; i < sizeof banned / sizeof *banned; i++)
+      ck_assert_msg(strcmp(name, banned[i]) != 0, "libkiln calls %s", name);
+  }
+  ck_assert_int_eq(pclose(p), 0);
+  ck_assert_int_gt(symbols, 10);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("symbols");
   TCase *tc = tcase_create("symbols");
   tcase_add_test(tc, only_the_api_is_exported);
+  tcase_add_test(tc, reads_no_environment);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
