@@ -680,6 +680,103 @@ START_TEST(pools_and_adjoints) {
 }
 END_TEST
 
+/* Larger convolutions whose GEMM sizes are multiples of no tile and of no register block. */
+static const ConvCase odd_convs[] = {
+    {5, 11, 13, 37, 1, 3, 3, 1, 1, 1, 1, {1, 1, 1, 1}}, /* M 37, K 45, N 143 */
+    {6, 9, 7, 21, 3, 3, 2, 2, 1, 1, 1, {1, 0, 1, 0}},  /* groups 3, stride 2 */
+};
+
+/* Every convolution case (its three ops) and every pool case (max, average both ways, and their
+ * adjoints) as outputs of the grad entry. */
+static void all_windows(void) {
+  char name[32];
+  for (size_t i = 0; i < sizeof conv_cases / sizeof *conv_cases + 2; i++) {
+    const ConvCase *k = i < 2 ? &odd_convs[i] : &conv_cases[i - 2];
+    snprintf(name, sizeof name, "cx%zu", i);
+    int x = input(name, DT_F32, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
+    snprintf(name, sizeof name, "cw%zu", i);
+    int w = param(name, DT_F32, S4(C_(k->O), C_(k->C / k->G), C_(k->kh), C_(k->kw)));
+    Attr a;
+    conv_attr(k, &a);
+    int y = ir_node(g, OP_CONV2D, 2, (int[]){x, w}, &a, L0);
+    snprintf(name, sizeof name, "cy%zu", i);
+    out(name, y);
+    snprintf(name, sizeof name, "cdy%zu", i);
+    int dy = input(name, DT_F32, ir_at(g, y)->shape);
+    snprintf(name, sizeof name, "cdx%zu", i);
+    out(name, ir_node(g, OP_CONV2D_BWD_DATA, 2, (int[]){dy, w}, &a, L0));
+    snprintf(name, sizeof name, "cdw%zu", i);
+    out(name, ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0));
+  }
+  for (size_t i = 0; i < sizeof pool_cases / sizeof *pool_cases; i++) {
+    const PoolCase *k = &pool_cases[i];
+    snprintf(name, sizeof name, "px%zu", i);
+    int x = input(name, DT_F32, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
+    Attr a = {0};
+    a.kernel[0] = k->kh, a.kernel[1] = k->kw;
+    a.stride[0] = k->sh, a.stride[1] = k->sw;
+    a.dilation[0] = k->dh, a.dilation[1] = k->dw;
+    memcpy(a.pad, k->pad, sizeof a.pad);
+    a.in_size[0] = k->H, a.in_size[1] = k->W;
+    int y = ir_node(g, OP_MAXPOOL2D, 1, &x, &a, L0);
+    snprintf(name, sizeof name, "pmax%zu", i);
+    out(name, y);
+    snprintf(name, sizeof name, "pdy%zu", i);
+    int dy = input(name, DT_F32, ir_at(g, y)->shape);
+    snprintf(name, sizeof name, "pdmax%zu", i);
+    out(name, ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){x, dy}, &a, L0));
+    for (int inc = 0; inc < 2; inc++) {
+      a.count_include_pad = inc;
+      snprintf(name, sizeof name, "pavg%d_%zu", inc, i);
+      out(name, ir_node(g, OP_AVGPOOL2D, 1, &x, &a, L0));
+      snprintf(name, sizeof name, "pdavg%d_%zu", inc, i);
+      out(name, ir_node(g, OP_AVGPOOL2D_GRAD, 1, &dy, &a, L0));
+    }
+  }
+}
+
+/* Every convolution and pool case with threads = 3 on a batch of 5 (chunks of 1, 2 and 2 images;
+ * at batch 1 two chunks are empty) and GEMM tiles that divide none of the sizes: against the
+ * reference, and bit-identical to the same program with threads = 1. (_i: 0 every convolution
+ * through the GEMM, 1 the cost model's choice.) */
+START_TEST(threads_match_one_thread) {
+  all_windows();
+  opts.conv = _i ? CONV_AUTO : CONV_GEMM;
+  opts.gemm = (GemmTiles){.kc = 40, .mc = 20, .nc = 100};
+  Run one, three;
+  opts.threads = 1;
+  run_open(&one, 5);
+  opts.threads = 3;
+  run_open(&three, 5);
+  ck_assert_ptr_nonnull(strstr(three.src.p, "#pragma omp parallel for num_threads(3)"));
+  randomise(&one, 23, -1.0, 1.0);
+  randomise(&three, 23, -1.0, 1.0);
+  char err[RT_ERR_LEN];
+  int entry = rt_find_entry(one.prog, "grad");
+  for (int64_t batch = 5; batch >= 1; batch -= 2) {
+    run_compare(&three, "grad", batch);
+    ck_assert_msg(one.cbe.run(one.cbe.self, entry, batch, err) == 0, "%s", err);
+    for (int i = 0; i < three.plan.ntensors; i++) {
+      const kiln_tensor *t = &three.plan.tensors[i];
+      if (!result_of(t, entry))
+        continue;
+      int64_t n = rt_numel(t, batch);
+      double *a = malloc((size_t)n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
+      one.cbe.read(one.cbe.self, i, a, n);
+      three.cbe.read(three.cbe.self, i, b, n);
+      for (int64_t k = 0; k < n; k++)
+        ck_assert_msg(memcmp(&a[k], &b[k], sizeof a[k]) == 0,
+                      "%s[%lld] at batch %lld: %.9g with 1 thread, %.9g with 3", t->name,
+                      (long long)k, (long long)batch, a[k], b[k]);
+      free(a);
+      free(b);
+    }
+  }
+  run_close(&one);
+  run_close(&three);
+}
+END_TEST
+
 /* Convolution's weight gradient unfolds into the shared scratch region: the plan reserves it and
  * the kernel receives it. */
 START_TEST(conv_filter_uses_scratch) {
@@ -1512,6 +1609,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, pools_and_adjoints, 0,
                       (int)(2 * sizeof pool_cases / sizeof *pool_cases));
   tcase_add_test(tc, conv_filter_uses_scratch);
+  tcase_add_loop_test(tc, threads_match_one_thread, 0, 2);
   tcase_add_loop_test(tc, train_entries_match, 0, 2);
   tcase_add_test(tc, update_chain_order);
   tcase_add_test(tc, fused_chain_is_one_kernel);

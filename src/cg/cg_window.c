@@ -186,12 +186,13 @@ void cg_emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
  * so per group g, with K = C/G*KH*KW rows of col per group:
  *   forward        y_n[g]  = w[g] · col_g                  (M = O/G, N = Ho*Wo, K)
  *   input grad     dcol_g  = w[g]ᵀ · dy_n[g], then col2im  (M = K, N = Ho*Wo, K = O/G)
- *   weight grad    dw[g]  += dy_n[g] · col_gᵀ              (M = O/G, N = K, K = Ho*Wo)
+ *   weight grad    dw_n[g] = dy_n[g] · col_gᵀ              (M = O/G, N = K, K = Ho*Wo)
  * each a call of kiln_sgemm (cg_gemm.c). The batch is split into the schedule's fixed chunks of
- * images, chunk t using slot t of the scratch region (its col buffer, GEMM packing buffers and,
- * for the weight gradient, its own partial sums, added up in chunk order at the end), so results
- * depend neither on which thread runs a chunk nor on whether OpenMP is on at all: without it the
- * `omp` pragma is ignored and the chunks run one after another.
+ * images, chunk t using slot t of the scratch region (its col buffer and GEMM packing buffers).
+ * The weight gradient writes each image's own dw_n into scratch after the slots and adds them
+ * up in image order at the end, so results depend neither on which thread runs a chunk, nor on
+ * the number of chunks, nor on whether OpenMP is on at all: without it the `omp` pragma is
+ * ignored and the chunks run one after another.
  */
 
 static int64_t align64(int64_t b) { return (b + 63) / 64 * 64; }
@@ -297,16 +298,13 @@ static void cg_emit_conv_gemm(Cg *cg, const Node *n) {
   /* Every operand's batch is its first dimension; dx's is the node's own. */
   Sz N = sz_dim(cg, (n->op == OP_CONV2D_BWD_DATA ? &n->shape : &ir_at(cg->g, n->in[0])->shape)->d[0]);
   conv_open_chunks(cg, n, threads, N);
-  if (n->op == OP_CONV2D_BWD_FILTER) {
-    cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, colb);
-    cg_line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++)", w.O * K);
-    cg_line(cg, "  part[e] = 0;");
-    cg_line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb + align64(w.O * K * (int64_t)dtype_size(n->dtype)));
-  } else {
-    cg_line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb);
-  }
+  int64_t parts = threads * sched_conv_slot_bytes(cg->s, cg->g, n); /* after the slots */
+  cg_line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb);
   cg_line(cg, "for (int64_t n = n0; n < n1; n++) {");
   cg->indent++;
+  if (n->op == OP_CONV2D_BWD_FILTER)
+    cg_line(cg, "%s *restrict part = (%s *)(void *)(scratch + %" PRId64 ") + n*%" PRId64 ";", T, T,
+            parts, w.O * K);
   if (n->op == OP_CONV2D) {
     conv_im2col(cg, n, &w, 0, false);
     cg_line(cg, "for (int64_t g = 0; g < %" PRId64 "; g++)", w.G);
@@ -324,22 +322,23 @@ static void cg_emit_conv_gemm(Cg *cg, const Node *n) {
   } else {
     conv_im2col(cg, n, &w, 0, false);
     cg_line(cg, "for (int64_t g = 0; g < %" PRId64 "; g++)", w.G);
-    cg_line(cg, "  %s_acc(%" PRId64 ", %" PRId64 ", %" PRId64 ", b + n*%" PRId64 " + g*%" PRId64
+    cg_line(cg, "  %s(%" PRId64 ", %" PRId64 ", %" PRId64 ", b + n*%" PRId64 " + g*%" PRId64
              ", %" PRId64 ", 0, col + g*%" PRId64 ", %" PRId64 ", 1, part + g*%" PRId64
-             ", %" PRId64 ", 1, gws);",
+             ", %" PRId64 ", gws);",
          gm, Og, K, HW, ysz, Og * HW, HW, K * HW, HW, Og * K, K);
   }
   cg->indent--;
   cg_line(cg, "}");
   conv_close_chunks(cg);
   if (n->op == OP_CONV2D_BWD_FILTER) {
-    /* The chunks' partial sums, added in chunk order. */
-    cg_line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++) {", w.O * K);
-    cg_line(cg, "  %s s = 0;", T);
-    cg_line(cg, "  for (int64_t t = 0; t < %d; t++)", threads);
-    cg_line(cg, "    s += ((const %s *)(void *)(scratch + t*%" PRId64 " + %" PRId64 "))[e];", T,
-         sched_conv_slot_bytes(cg->s, cg->g, n), colb);
-    cg_line(cg, "  y[e] = s;");
+    /* The images' weight gradients, added in image order whatever the chunks. */
+    cg_line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++)", w.O * K);
+    cg_line(cg, "  y[e] = 0;");
+    cg_line(cg, "for (int64_t n = 0; n < %s; n++) {", sz_c(cg, N));
+    cg_line(cg, "  const %s *restrict part = (const %s *)(void *)(scratch + %" PRId64 ") + n*%" PRId64
+                ";", T, T, parts, w.O * K);
+    cg_line(cg, "  for (int64_t e = 0; e < %" PRId64 "; e++)", w.O * K);
+    cg_line(cg, "    y[e] += part[e];");
     cg_line(cg, "}");
   }
 }
