@@ -163,10 +163,11 @@ static void entry_refs(Cg *cg, EntryKind e, const unsigned char *mark, unsigned 
   }
 }
 
-/* Whether a tensor may not be called s in an entry's body: C keywords, what the body names
- * besides its tensors, object-like macros of the included headers and GNU C's predefined ones
- * (every all-caps name is taken as one), and the patterns of the file's own names (kernels k12_,
- * literals lit3, kiln_*, t12 for unnamed tensors; _t types; leading underscores). */
+/* Whether a tensor may not be called s in an entry's body: C keywords (C11, GNU and C23's),
+ * what the body names besides its tensors, object-like macros of the included headers and GNU
+ * C's predefined ones (every all-caps name is taken as one), and the patterns of the file's own
+ * names (kernels k12_, literals lit3, kiln_*, t12 for unnamed tensors; _t types; leading
+ * underscores). */
 static bool c_reserved(const char *s) {
   static const char *const words[] = {
       "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
@@ -174,7 +175,8 @@ static bool c_reserved(const char *s) {
       "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch",
       "typedef", "union", "unsigned", "void", "volatile", "while", "arena", "scratch", "i", "y",
       "memcpy", "memset", "main", "math_errhandling", "linux", "unix", "i386", "bool", "true",
-      "false", "errno", "assert"};
+      "false", "errno", "assert", "asm", "typeof", "typeof_unqual", "nullptr", "constexpr",
+      "static_assert", "alignas", "alignof", "thread_local"};
   for (size_t w = 0; w < sizeof words / sizeof *words; w++)
     if (!strcmp(s, words[w]))
       return true;
