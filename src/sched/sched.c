@@ -18,8 +18,8 @@
  *   GEMM's dimensions are large enough (K >= 16, >= 8 output channels per group); the MNIST CNN's
  *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there.
  * - Threads: a GEMM convolution splits the batch into `threads` fixed chunks, each with its own
- *   scratch slot; the weight gradient sums per-image gradients in image order, so the result is
- *   the same for every thread count. Only these large kernels are parallel: splitting
+ *   scratch slot; the weight gradient adds its images' gradients in image order, so the result
+ *   is the same for every thread count. Only these large kernels are parallel: splitting
  *   memory-bound elementwise loops gained nothing measurable, and each parallel region waits for
  *   every thread.
  * - GEMM for matmuls above a size where packing pays, and its cache tiles, derived from the
@@ -151,7 +151,7 @@ int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n) 
   else if (n->op == OP_CONV2D_BWD_DATA)
     ws = conv_gemm_ws(&s->tiles, K, HW, Og, n->dtype);
   else
-    ws = conv_gemm_ws(&s->tiles, Og, K, HW, n->dtype);
+    ws = conv_gemm_ws(&s->tiles, Og, K, HW, n->dtype) + round_up(w.O * K * es, 64);
   return col + round_up(ws, 64);
 }
 
@@ -174,13 +174,6 @@ static int64_t node_scratch(const Schedule *s, const Graph *g, const Node *n, co
   case OP_CONV2D:
   case OP_CONV2D_BWD_DATA:
   case OP_CONV2D_BWD_FILTER:
-    if (ns->conv == CONV_GEMM && n->op == OP_CONV2D_BWD_FILTER) {
-      /* Each image's weight gradient after the slots, summed in image order. */
-      Window w = win_of(g, n);
-      return 64 + ns->chunks * sched_conv_slot_bytes(s, g, n) +
-             dim_value(ir_at(g, n->in[0])->shape.d[0], s->symvals) * w.O * (w.C / w.G) * w.KH *
-                 w.KW * (int64_t)dtype_size(n->dtype);
-    }
     if (ns->conv == CONV_GEMM)
       return 64 + ns->chunks * sched_conv_slot_bytes(s, g, n);
     if (n->op == OP_CONV2D_BWD_FILTER) {

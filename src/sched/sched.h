@@ -97,8 +97,7 @@ int64_t sched_gemm_scratch(const GemmTiles *t, int64_t M, int64_t N, int64_t K, 
  * three blocks of 200). The generated routine computes the same. */
 int64_t sched_gemm_kc(const GemmTiles *t, int64_t K);
 /* Bytes of one batch chunk's slot of a GEMM convolution's scratch (64-byte multiple): its
- * unfolded image and the GEMM's packing buffers. (The weight gradient keeps each image's own
- * gradient after the slots.) */
+ * unfolded image, the weight gradient of its image, the GEMM's packing buffers. */
 int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
 /* Calls fn(x, arg) for every stored operand x of the kernel computing node n, looking through
  * fused inner nodes; an operand read twice is reported twice. */
