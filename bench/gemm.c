@@ -17,7 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "compiler.h"
+#include "backend/backend.h"
+#include "cg/cg.h"
 
 typedef void (*GemmFn)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int ta,
                        const float *B, int64_t ldb, int tb, float *C, int64_t ldc,
@@ -147,10 +148,18 @@ static double time_it(GemmFn g, PlainFn p, const Shape3 *s, const float *A, cons
   return best;
 }
 
-int main(void) {
+/* Usage: bench_gemm [kc mc nc]; the tiles default to what the schedule derives for the default
+ * target (sched_default_options). */
+int main(int argc, char **argv) {
+  SchedOptions o;
+  sched_default_options(&o);
+  if (argc == 4)
+    o.gemm = (GemmTiles){atoll(argv[1]), atoll(argv[2]), atoll(argv[3])};
+  GemmTiles t;
+  sched_gemm_tiles(&o, &t);
   Buf src = {0};
   buf_puts(&src, "#include <stdint.h>\n#include <string.h>\n");
-  cg_gemm_emit(DT_F32, &src);
+  cg_gemm_emit(DT_F32, &t, &src);
   buf_puts(&src, "void gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, "
                  "int ta, const float *B, int64_t ldb, int tb, float *C, int64_t ldc, "
                  "unsigned char *ws) { kiln_sgemm(M, N, K, A, lda, ta, B, ldb, tb, C, ldc, ws); }\n");
@@ -162,15 +171,16 @@ int main(void) {
     return 1;
   }
   GemmFn gemm = (GemmFn)(uintptr_t)dlsym(h, "gemm");
-  printf("kiln_sgemm, 1 thread, peak %.0f GFLOP/s per core (PERF-NOTES.md)\n", PEAK_1CORE);
+  printf("kiln_sgemm, 1 thread, tiles kc %lld mc %lld nc %lld, peak %.0f GFLOP/s per core "
+         "(PERF-NOTES.md)\n", (long long)t.kc, (long long)t.mc, (long long)t.nc, PEAK_1CORE);
   printf("%-26s %5s %5s %5s  %8s %6s  %8s  %s\n", "shape", "M", "N", "K", "gemm", "%peak",
          "plain", "scratch");
   for (size_t i = 0; i < NSHAPES; i++) {
     const Shape3 *s = &shapes[i];
     float *A = randv(s->M * s->K), *B = randv(s->K * s->N), *C = randv(s->M * s->N);
-    int64_t wsb = cg_gemm_scratch_bytes(s->M, s->N, s->K, DT_F32);
+    int64_t wsb = sched_gemm_scratch(&t, s->M, s->N, s->K, DT_F32);
     if (wsb == 0) /* the compiler would pick the plain loop; time the routine anyway */
-      wsb = cg_gemm_scratch_bytes(s->M + 64, s->N + 64, s->K + 64, DT_F32);
+      wsb = sched_gemm_scratch(&t, s->M + 64, s->N + 64, s->K + 64, DT_F32);
     unsigned char *ws = malloc((size_t)wsb + 1) + 1; /* deliberately misaligned */
     char name[32];
     snprintf(name, sizeof name, "plain%zu", i);
@@ -183,7 +193,7 @@ int main(void) {
     double tp = time_it(NULL, plain, s, A, B, C, ws);
     printf("%-26s %5lld %5lld %5lld  %8.1f %5.0f%%  %8.1f  %s%s\n", s->what, (long long)s->M,
            (long long)s->N, (long long)s->K, flop / tg * 1e-9, 100 * flop / tg * 1e-9 / PEAK_1CORE,
-           flop / tp * 1e-9, cg_gemm_scratch_bytes(s->M, s->N, s->K, DT_F32) ? "gemm" : "plain",
+           flop / tp * 1e-9, sched_gemm_scratch(&t, s->M, s->N, s->K, DT_F32) ? "gemm" : "plain",
            err > 1e-5 ? "  WRONG" : "");
     free(ws - 1);
     free(A);

@@ -79,6 +79,25 @@ START_TEST(shapes_of_the_mlp) {
 }
 END_TEST
 
+/* kiln schedule prints the target and the GEMM tiles it gives: the library's fixed target with
+ * $KILN_TARGET=generic, otherwise this machine's caches (some tiles, whatever they are). */
+START_TEST(schedule_prints_target_and_tiles) {
+  char *out, *err;
+  ck_assert_int_eq(run("KILN_TARGET=generic " KILN " schedule " EX "mnist_cnn.kiln --threads 1",
+                       &out, &err), 0);
+  ck_assert_msg(strstr(out, "target: vectors 32 bytes, L1 32768 bytes, L2 262144 bytes, "
+                            "L3 8388608 bytes, cores 1\n") != NULL, "%s", out);
+  ck_assert_msg(strstr(out, "gemm tiles kc 256 mc 128 nc 2048,") != NULL, "%s", out);
+  free(out);
+  free(err);
+  ck_assert_int_eq(run("env -u KILN_TARGET " KILN " schedule " EX "mnist_cnn.kiln", &out, &err), 0);
+  ck_assert_msg(strstr(out, "target: vectors ") != NULL && strstr(out, "gemm tiles kc ") != NULL,
+                "%s", out);
+  free(out);
+  free(err);
+}
+END_TEST
+
 START_TEST(graph_is_dot) {
   char *out;
   ck_assert_int_eq(run(KILN " graph " EX "mlp.kiln", &out, NULL), 0);
@@ -513,6 +532,7 @@ static Suite *cli_suite(void) {
   tcase_add_checked_fixture(tc, make_tmpdir, remove_tmpdir);
   tcase_set_timeout(tc, 900);
   tcase_add_test(tc, shapes_of_the_mlp);
+  tcase_add_test(tc, schedule_prints_target_and_tiles);
   tcase_add_test(tc, graph_is_dot);
   tcase_add_test(tc, linear_toy_reference);
   tcase_add_test(tc, check_mlp_passes);

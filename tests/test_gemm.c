@@ -25,9 +25,11 @@
 
 /* The default schedule's GEMM tiles. */
 static const GemmTiles *tiles(void) {
-  static _Thread_local SchedOptions o;
+  static _Thread_local GemmTiles t;
+  SchedOptions o;
   sched_default_options(&o);
-  return &o.gemm;
+  sched_gemm_tiles(&o, &t);
+  return &t;
 }
 
 typedef void (*SGemm)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int ta,
@@ -289,6 +291,42 @@ START_TEST(scratch_bound) {
 }
 END_TEST
 
+/* The tiles follow the target: the default one gives kc 256, mc 128, nc 2048; a larger L1 and
+ * wider vectors change kc, L2 mc (at most 512), L3 and the cores sharing it nc; unknown sizes
+ * (0) count as the default's; an explicit tile overrides only itself. */
+START_TEST(tiles_follow_the_target) {
+  SchedOptions o;
+  GemmTiles t;
+  sched_default_options(&o);
+  sched_gemm_tiles(&o, &t);
+  ck_assert(t.kc == 256 && t.mc == 128 && t.nc == 2048);
+  o.target = (Target){.vector_bytes = 64, .l1_bytes = 48 << 10, .l2_bytes = 2 << 20,
+                      .l3_bytes = 260 << 20, .cores = 2};
+  sched_gemm_tiles(&o, &t);
+  ck_assert_msg(t.kc == 224 && t.mc == 512 && t.nc == 8192, "%lld %lld %lld", (long long)t.kc,
+                (long long)t.mc, (long long)t.nc);
+  o.target = (Target){.vector_bytes = 16, .l1_bytes = 16 << 10, .l2_bytes = 256 << 10,
+                      .l3_bytes = 8 << 20, .cores = 4};
+  sched_gemm_tiles(&o, &t);
+  ck_assert_msg(t.kc == 192 && t.mc == 160 && t.nc == 640, "%lld %lld %lld", (long long)t.kc,
+                (long long)t.mc, (long long)t.nc);
+  o.target = (Target){0};
+  sched_gemm_tiles(&o, &t);
+  ck_assert(t.kc == 256 && t.mc == 128 && t.nc == 2048);
+  o.gemm.kc = 100;
+  sched_gemm_tiles(&o, &t);
+  ck_assert(t.kc == 100 && t.mc == 128 && t.nc == 2048);
+  for (int64_t l1 = 8 << 10; l1 <= 1 << 20; l1 *= 2) {
+    GemmTiles a, b;
+    o = (SchedOptions){.target = {.vector_bytes = 32, .l1_bytes = l1}};
+    sched_gemm_tiles(&o, &a);
+    o.target.l1_bytes = 2 * l1;
+    sched_gemm_tiles(&o, &b);
+    ck_assert(a.kc >= 32 && a.kc <= b.kc && b.kc <= 1024 && a.mc >= 16 && a.nc >= 64);
+  }
+}
+END_TEST
+
 /* ---- whole programs --------------------------------------------------------------------------- */
 
 static const Loc L0 = {0};
@@ -443,6 +481,7 @@ int main(void) {
   tcase_add_test(tc, routine_with_clang);
   tcase_add_test(tc, routine_fc1_shapes);
   tcase_add_test(tc, scratch_bound);
+  tcase_add_test(tc, tiles_follow_the_target);
   suite_add_tcase(s, tc);
   TCase *tp = tcase_create("program");
   tcase_set_timeout(tp, 600);

@@ -66,7 +66,8 @@ static void each_example(const char *args, const char *suffix) {
     if (len < 6 || strcmp(e->d_name + len - 5, ".kiln") != 0)
       continue;
     char cmd[1024], path[1024];
-    snprintf(cmd, sizeof cmd, "env -u KILN_THREADS -u KILN_FUSE -u KILN_CONV %s %s %s/%s", KILN,
+    snprintf(cmd, sizeof cmd,
+             "env -u KILN_THREADS -u KILN_FUSE -u KILN_CONV KILN_TARGET=generic %s %s %s/%s", KILN,
              args, EXAMPLES, e->d_name);
     snprintf(path, sizeof path, "%s/%.*s%s", GOLDEN, (int)(len - 5), e->d_name, suffix);
     FILE *p = popen(cmd, "r");

@@ -74,6 +74,31 @@ static bool parse_int(const char *s, int64_t lo, int64_t *out) {
   return true;
 }
 
+/* The target the schedule derives its tiles from, asked of this machine: the data cache sizes the
+ * C library reports (those it does not keep the library's default) and the widest vectors the CPU
+ * has. $KILN_TARGET=generic keeps the library's fixed target, so that `kiln emit` prints the
+ * same file on every machine (the golden tests). */
+static void target_from_machine(Target *t) {
+  const char *e = getenv("KILN_TARGET");
+  if (e && !strcmp(e, "generic")) {
+    SchedOptions d;
+    sched_default_options(&d);
+    *t = d.target;
+    return;
+  }
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+  long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE), l2 = sysconf(_SC_LEVEL2_CACHE_SIZE),
+       l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  if (l1 > 0) t->l1_bytes = l1;
+  if (l2 > 0) t->l2_bytes = l2;
+  if (l3 > 0) t->l3_bytes = l3;
+#endif
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  t->vector_bytes = __builtin_cpu_supports("avx512f") ? 64 : __builtin_cpu_supports("avx") ? 32 : 16;
+#endif
+}
+
 /* The session's defaults on this machine, before flags: every core, unless $KILN_THREADS says
  * otherwise; $KILN_FUSE=0 turns fusion off; $KILN_CONV=direct|gemm forces one convolution
  * algorithm (for comparisons); $CC, $KILN_HOME and $TMPDIR locate the compiler, the trainer
@@ -82,6 +107,7 @@ static int options_from_environment(Options *o) {
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   o->sched.threads = cores < 1 ? 1 : cores > 64 ? 64 : (int)cores;
   o->sched.target.cores = o->sched.threads;
+  target_from_machine(&o->sched.target);
   const char *e = getenv("KILN_THREADS");
   int64_t n;
   if (e && *e) {

@@ -58,12 +58,12 @@ typedef struct Cg {
   Pool *pool;              /* this emit's strings and arrays, freed at its end */
   Buf *out;
   int indent;
-  bool full;               /* printing a _full variant: B is folded to plan->batch */
   unsigned char *used;     /* nodes some entry runs */
   unsigned char *var;      /* node's kernel depends on the batch symbol */
   unsigned char *litused;  /* g->data arrays referenced */
   unsigned char *nores;    /* kernel output overlaps an input: no restrict (elementwise only) */
   const char **litname;    /* C name of each g->data array: lit3, or lit3_fc1_weight */
+  const char **tname;      /* C name of each arena tensor an entry passes: conv1_weight, t12 */
 } Cg;
 
 /* Element types: the C type and the suffix of its math.h functions (expf, exp). */

@@ -371,7 +371,7 @@ void cg_emit_softmax(Cg *cg, const Node *n) {
 
 /* DROPOUT(x, counter): the reference's mask, kiln_dropout_uniform(salt, counter, flat index)
  * >= p, and its scaling done in double, so both sides drop and scale the same elements
- * bit for bit. The flat index of an element does not depend on the batch, so the `_n` variant's
+ * bit for bit. The flat index of an element does not depend on the batch, so a smaller batch's
  * mask is the leading part of the full one. */
 void cg_emit_dropout(Cg *cg, const Node *n) {
   const char *p = cg_dbl(cg, n->attr.value);

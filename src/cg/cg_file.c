@@ -8,9 +8,11 @@
  * `kiln_program_desc` table the runtime drives it through.
  *
  * Shapes are specialised: every dimension is printed as a constant, except the batch symbol
- * (symbol 0), which must also work with a smaller batch at run time. So each kernel whose shape
- * involves the batch is printed twice, `kN_op_full` with B folded to the plan's batch and
- * `kN_op_n` taking `int64_t B`, and each entry likewise (`train_full` / `train_n`).
+ * (symbol 0), which must also work with a smaller batch at run time. So a kernel whose shape
+ * involves the batch takes it as `int64_t B`, printed once (a copy with B folded to a constant
+ * measured no faster; see docs/design.md), and each entry `kiln_train(arena, B)` passes it on.
+ * An entry opens with a named pointer into the arena for each tensor it passes
+ * (`float *const conv1_weight = (float *)(arena + 0);`), so its calls read like the model.
  *
  * Threads: GEMM convolutions split the batch into the schedule's fixed chunks. Nothing is summed
  * across threads except the weight gradient's per-chunk partial sums, which are added in chunk
@@ -110,9 +112,143 @@ static bool has_batch(const Shape *s) {
   return false;
 }
 
+/* The tensor whose storage holds node x: an update value written in place is its target. */
+static int storage_of(const Cg *cg, int x) { return into_of(cg, x) >= 0 ? into_of(cg, x) : x; }
+
+/* The arena tensors a call of n's kernel passes, in order: its output, then the operands it
+ * reads (a tree kernel's distinct operands), each named by its storage. Returns how many. */
+enum { CALL_ARGS_MAX = 2 * SCHED_FUSE_MAX_NODES + 3 };
+static int call_args(Cg *cg, const Node *n, int *ids) {
+  int k = 0;
+  ids[k++] = storage_of(cg, n->id);
+  if (cg_is_tree(cg, n)) {
+    CgTreeArgs ta;
+    cg_tree_args(cg, n, &ta);
+    for (int i = 0; i < ta.n; i++)
+      ids[k++] = storage_of(cg, ta.id[i]);
+    return k;
+  }
+  unsigned rd = reads_mask(n);
+  for (int j = 0; j < n->nin; j++)
+    if ((rd & (1u << j)) && in_arena(ir_at(cg->g, n->in[j])))
+      ids[k++] = storage_of(cg, n->in[j]);
+  return k;
+}
+
+/* Whether a computed node has a kernel of its own that entries call. */
+static bool has_kernel(const Cg *cg, const Node *n) {
+  return !op_is_leaf(n->op) && !is_alias(cg, n) && !is_fused(cg, n->id);
+}
+
+/* Marks in refs the arena tensors entry e names: every kernel's arguments, the updates' targets
+ * and stored values. */
+static void entry_refs(Cg *cg, EntryKind e, const unsigned char *mark, unsigned char *refs) {
+  const Graph *g = cg->g;
+  int ids[CALL_ARGS_MAX];
+  for (int i = 0; i < g->nnodes; i++) {
+    if (!mark[i] || !has_kernel(cg, ir_at(g, i)))
+      continue;
+    int k = call_args(cg, ir_at(g, i), ids);
+    while (k-- > 0)
+      refs[ids[k]] = 1;
+  }
+  const Entry *en = &g->entries[e];
+  for (int u = 0; u < en->nupdates; u++) {
+    int t = en->updates[u].target, v = en->updates[u].value;
+    if (cg->plan->offset[t] == cg->plan->offset[v])
+      continue;
+    refs[t] = 1;
+    if (in_arena(ir_at(g, v)))
+      refs[v] = 1;
+  }
+}
+
+/* Whether a tensor may not be called s in an entry's body: C keywords (C11, GNU and C23's),
+ * what the body names besides its tensors, object-like macros of the included headers and GNU
+ * C's predefined ones (every all-caps name is taken as one), and the patterns of the file's own
+ * names (kernels k12_, literals lit3, kiln_*, t12 for unnamed tensors; _t types; leading
+ * underscores). */
+static bool c_reserved(const char *s) {
+  static const char *const words[] = {
+      "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
+      "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
+      "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch",
+      "typedef", "union", "unsigned", "void", "volatile", "while", "arena", "scratch", "i", "y",
+      "memcpy", "memset", "main", "math_errhandling", "linux", "unix", "i386", "bool", "true",
+      "false", "errno", "assert", "asm", "typeof", "typeof_unqual", "nullptr", "constexpr",
+      "static_assert", "alignas", "alignof", "thread_local"};
+  for (size_t w = 0; w < sizeof words / sizeof *words; w++)
+    if (!strcmp(s, words[w]))
+      return true;
+  size_t len = strlen(s);
+  bool lower = false;
+  for (const char *p = s; *p; p++)
+    lower |= *p >= 'a' && *p <= 'z';
+  bool digit1 = s[0] && s[1] >= '0' && s[1] <= '9';
+  return !lower || s[0] == '_' || !strncmp(s, "kiln_", 5) || !strncmp(s, "KILN_", 5) ||
+         ((s[0] == 'k' || s[0] == 't') && digit1) ||
+         (!strncmp(s, "lit", 3) && s[3] >= '0' && s[3] <= '9') ||
+         (len >= 2 && !strcmp(s + len - 2, "_t"));
+}
+
+/* A set of names: open addressing over a power-of-two table in the emit's pool. */
+typedef struct NameSet {
+  const char **slot;
+  size_t cap;
+} NameSet;
+
+/* Adds s unless it is there already; returns whether it was added. */
+static bool name_claim(NameSet *set, const char *s) {
+  uint64_t h = 1469598103934665603u;
+  for (const char *p = s; *p; p++)
+    h = (h ^ (unsigned char)*p) * 1099511628211u;
+  size_t i = (size_t)h & (set->cap - 1);
+  for (; set->slot[i]; i = (i + 1) & (set->cap - 1))
+    if (!strcmp(set->slot[i], s))
+      return false;
+  set->slot[i] = s;
+  return true;
+}
+
+/* Gives every tensor some entry names a C identifier: its model name with '.' as '_'
+ * (conv1.weight -> conv1_weight) for the first tensor of that name; a later one, or one whose name
+ * is reserved, gets its id appended (bn1_301), else t<id>. Ids end the names of the second kind,
+ * so they differ from one another, and t<digit> is reserved, so t<id> is never a model name. Only
+ * names cg_ident_ok validates are used. */
+static void name_tensors(Cg *cg, const unsigned char *refd) {
+  const Graph *g = cg->g;
+  size_t cap = 16;
+  while (cap < 2 * (size_t)g->nnodes + 2)
+    cap *= 2;
+  NameSet set = {pool_alloc(cg->pool, cap * sizeof(char *)), cap};
+  cg->tname = pool_alloc(cg->pool, sizeof(char *) * (size_t)(g->nnodes > 0 ? g->nnodes : 1));
+  for (int i = 0; i < g->nnodes; i++) {
+    const Node *n = ir_at(g, i);
+    if (!refd[i] || !cg_ident_ok(n->name))
+      continue;
+    const char *c = cg_c_ident(cg, n->name);
+    if (!c_reserved(c) && name_claim(&set, c))
+      cg->tname[i] = c;
+  }
+  for (int i = 0; i < g->nnodes; i++) {
+    const Node *n = ir_at(g, i);
+    if (!refd[i] || cg->tname[i])
+      continue;
+    const char *c = NULL;
+    if (cg_ident_ok(n->name)) {
+      c = pool_printf(cg->pool, "%s_%d", cg_c_ident(cg, n->name), i);
+      if (c_reserved(c) || !name_claim(&set, c))
+        c = NULL;
+    }
+    cg->tname[i] = c ? c : pool_printf(cg->pool, "t%d", i);
+  }
+}
+
+/* A tensor's C name, or NULL when no entry passes it. */
+static const char *tensor_name(const Cg *cg, int id) { return cg->tname ? cg->tname[id] : NULL; }
+
 static const char *kernel_name(Cg *cg, const Node *n) {
-  const char *sfx = !cg->var[n->id] ? "" : cg->full ? "_full" : "_n";
-  return pool_printf(cg->pool, "k%d_%s%s", n->id, op_names[n->op], sfx);
+  return pool_printf(cg->pool, "k%d_%s", n->id, op_names[n->op]);
 }
 
 /* The model-file position of loc as "mnist_cnn.kiln:10": the file's base name with anything
@@ -132,8 +268,9 @@ static void model_line(Buf *b, Loc loc) {
   buf_printf(b, ":%d", loc.line);
 }
 
-/* "%12 = matmul(%10 h1, %11 fc1.weight)  f32 [B, 600]  h2  mnist_cnn.kiln:17": the node, what it
- * reads and writes (by name where they have one) and the model line it came from. */
+/* "%12 = matmul(%10 h1, %11 fc1_weight) -> fc1  f32 [B, 600]  mnist_cnn.kiln:17": the node, what
+ * it reads (by name where the model gave one) and writes, under the names the entries pass them
+ * by, and the model line it came from. */
 static void kernel_comment(Cg *cg, const Node *n) {
   char sh[256];
   Buf b = {0};
@@ -141,12 +278,12 @@ static void kernel_comment(Cg *cg, const Node *n) {
   for (int k = 0; k < n->nin; k++) {
     const Node *x = ir_at(cg->g, n->in[k]);
     buf_printf(&b, "%s%%%d", k ? ", " : "", n->in[k]);
-    if (x->name && cg_ident_ok(x->name))
-      buf_printf(&b, " %s", x->name);
+    const char *c = tensor_name(cg, storage_of(cg, x->id));
+    if (cg_ident_ok(x->name) || (c && storage_of(cg, x->id) != x->id))
+      buf_printf(&b, " %s", c ? c : cg_c_ident(cg, x->name));
   }
-  buf_printf(&b, ")  %s %s", dtype_name(n->dtype), shape_str(cg->g, &n->shape, sh, sizeof sh));
-  if (n->name && cg_ident_ok(n->name))
-    buf_printf(&b, "  %s", n->name);
+  buf_printf(&b, ") -> %s  %s %s", tensor_name(cg, storage_of(cg, n->id)), dtype_name(n->dtype),
+             shape_str(cg->g, &n->shape, sh, sizeof sh));
   model_line(&b, n->loc);
   if (cg_is_tree(cg, n)) {
     Buf f = {0};
@@ -160,6 +297,19 @@ static void kernel_comment(Cg *cg, const Node *n) {
   buf_puts(&b, " */");
   cg_line(cg, "%s", b.p);
   buf_free(&b);
+}
+
+/* Whether C text s names the identifier B. */
+static bool uses_b(const char *s) {
+  for (const char *p = s; (p = strchr(p, 'B')) != NULL; p++) {
+    bool before = p > s && (p[-1] == '_' || (p[-1] >= '0' && p[-1] <= '9') ||
+                            (p[-1] >= 'A' && p[-1] <= 'Z') || (p[-1] >= 'a' && p[-1] <= 'z'));
+    bool after = p[1] == '_' || (p[1] >= '0' && p[1] <= '9') || (p[1] >= 'A' && p[1] <= 'Z') ||
+                 (p[1] >= 'a' && p[1] <= 'z');
+    if (!before && !after)
+      return true;
+  }
+  return false;
 }
 
 static void cg_emit_kernel(Cg *cg, const Node *n) {
@@ -183,7 +333,7 @@ static void cg_emit_kernel(Cg *cg, const Node *n) {
   }
   if (cg->s->node[n->id].scratch > 0)
     buf_puts(&sig, ", unsigned char *restrict scratch");
-  if (cg->var[n->id] && !cg->full)
+  if (cg->var[n->id])
     buf_puts(&sig, ", int64_t B");
   buf_puts(&sig, ") {");
   kernel_comment(cg, n);
@@ -197,44 +347,35 @@ static void cg_emit_kernel(Cg *cg, const Node *n) {
   cg_line(cg, "%s", sig.p);
   buf_free(&sig);
   cg->indent++;
-  if (cg->var[n->id] && !cg->full)
-    cg_line(cg, "(void)B;");
+  size_t at = cg->out->len;
   if (tree)
     cg_emit_tree(cg, n, &ta);
   else
     emitters[n->op](cg, n);
+  if (cg->var[n->id] && !uses_b(cg->out->p + at)) {
+    /* A body that does not read B gets `(void)B;` in front of it. */
+    const char *vb = pool_printf(cg->pool, "%*s(void)B;\n", 2 * cg->indent, "");
+    size_t k = strlen(vb), end = cg->out->len;
+    buf_puts(cg->out, vb);
+    memmove(cg->out->p + at + k, cg->out->p + at, end - at);
+    memcpy(cg->out->p + at, vb, k);
+  }
   cg->indent--;
   cg_line(cg, "}");
   cg_line(cg, "%s", "");
 }
 
-static const char *arena_ptr(Cg *cg, const Node *x, bool is_const) {
-  return pool_printf(cg->pool, "(%s%s *)(arena + %" PRId64 ")", is_const ? "const " : "",
-                     ctype(x->dtype), cg->plan->offset[x->id]);
-}
-
 static void cg_emit_call(Cg *cg, const Node *n) {
-  const Graph *g = cg->g;
+  int ids[CALL_ARGS_MAX], k = call_args(cg, n, ids);
   Buf b = {0};
-  buf_printf(&b, "%s(%s", kernel_name(cg, n), arena_ptr(cg, n, false));
-  unsigned rd = reads_mask(n);
-  bool tree = cg_is_tree(cg, n);
-  if (tree) {
-    CgTreeArgs ta;
-    cg_tree_args(cg, n, &ta);
-    for (int i = 0; i < ta.n; i++)
-      buf_printf(&b, ", %s", arena_ptr(cg, ir_at(g, ta.id[i]), true));
-  }
-  for (int k = 0; k < n->nin && !tree; k++) {
-    const Node *x = ir_at(g, n->in[k]);
-    if ((rd & (1u << k)) && in_arena(x))
-      buf_printf(&b, ", %s", arena_ptr(cg, x, true));
-  }
+  buf_printf(&b, "%s(", kernel_name(cg, n));
+  for (int i = 0; i < k; i++)
+    buf_printf(&b, "%s%s", i ? ", " : "", tensor_name(cg, ids[i]));
   if (cg->s->node[n->id].scratch > 0) {
     KILN_ASSERT(cg->plan->scratch_bytes >= cg->s->node[n->id].scratch);
-    buf_printf(&b, ", arena + %" PRId64, cg->plan->scratch_offset);
+    buf_puts(&b, ", scratch");
   }
-  if (cg->var[n->id] && !cg->full)
+  if (cg->var[n->id])
     buf_puts(&b, ", B");
   buf_puts(&b, ");");
   cg_line(cg, "%s", b.p);
@@ -246,36 +387,44 @@ static void cg_emit_update(Cg *cg, const Update *up) {
   if (cg->plan->offset[t->id] == cg->plan->offset[v->id])
     return;
   Sz numel = sz_prod(cg, &t->shape, 0, t->shape.rank);
+  const char *y = tensor_name(cg, t->id);
   if (!in_arena(v)) {
-    cg_line(cg, "{ %s *y = %s;", ctype(t->dtype), arena_ptr(cg, t, false));
-    cg_line(cg, "  for (int64_t i = 0; i < %s; i++)", sz_c(cg, numel));
+    cg_line(cg, "for (int64_t i = 0; i < %s; i++)", sz_c(cg, numel));
     if (is_scalar_const(v))
-      cg_line(cg, "    y[i] = %s; }", cg_scalar(cg, v->attr.value, t->dtype));
+      cg_line(cg, "  %s[i] = %s;", y, cg_scalar(cg, v->attr.value, t->dtype));
     else
-      cg_line(cg, "    y[i] = (%s)%s[i]; }", ctype(t->dtype), lit_name(cg, v->data));
+      cg_line(cg, "  %s[i] = (%s)%s[i];", y, ctype(t->dtype), lit_name(cg, v->data));
     return;
   }
-  cg_line(cg, "memcpy(arena + %" PRId64 ", arena + %" PRId64 ", (size_t)%s * %zu); /* %s */",
-       cg->plan->offset[t->id], cg->plan->offset[v->id], sz_c(cg, numel), dtype_size(t->dtype),
-       t->name && cg_ident_ok(t->name) ? t->name : "update");
+  cg_line(cg, "memcpy(%s, %s, (size_t)%s * %zu);", y, tensor_name(cg, v->id), sz_c(cg, numel),
+          dtype_size(t->dtype));
 }
 
-static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
+/* An entry: the batch check, a named pointer into the arena for every tensor it passes (refs),
+ * the kernel calls in node order, then the updates. */
+static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark,
+                          const unsigned char *refs) {
   const Graph *g = cg->g;
   const char *name = entry_names[e];
-  if (cg->full)
-    cg_line(cg, "static void %s_full(unsigned char *arena) {", name);
-  else
-    cg_line(cg, "static void %s_n(unsigned char *arena, int64_t B) {", name);
+  /* Offsets are planned for the full batch; a smaller one uses the leading part of each
+   * buffer. A batch outside [1, full] would read past the arena: it does nothing. */
+  cg_line(cg, "static void kiln_%s(unsigned char *arena, int64_t B) {", name);
   cg->indent++;
-  if (!cg->full)
-    cg_line(cg, "(void)B;");
+  cg_line(cg, "if (B < 1 || B > %" PRId64 ")", cg->plan->batch);
+  cg_line(cg, "  return;");
+  bool scratch = false;
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
-    if (!mark[i] || op_is_leaf(n->op) || is_alias(cg, n) || is_fused(cg, i))
-      continue;
-    cg_emit_call(cg, n);
+    if (refs[i])
+      cg_line(cg, "%s *const %s = (%s *)(arena + %" PRId64 ");", ctype(n->dtype),
+              tensor_name(cg, i), ctype(n->dtype), cg->plan->offset[i]);
+    scratch |= mark[i] && has_kernel(cg, n) && cg->s->node[i].scratch > 0;
   }
+  if (scratch)
+    cg_line(cg, "unsigned char *const scratch = arena + %" PRId64 ";", cg->plan->scratch_offset);
+  for (int i = 0; i < g->nnodes; i++)
+    if (mark[i] && has_kernel(cg, ir_at(g, i)))
+      cg_emit_call(cg, ir_at(g, i));
   /* Updates last: every value is computed before any target changes. A value that is itself a
    * target of this entry (a <- b, b <- c) must be copied before it is overwritten, so updates go
    * in an order where a target is written only once no pending update reads it; a cycle (a swap)
@@ -496,6 +645,14 @@ static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool)
       cg.litname[n->data] = pool_printf(pool, "lit%d_%s", n->data, cg_c_ident(&cg, n->name));
   }
   check_plan(&cg);
+  unsigned char *refs[ENTRY_COUNT], *refd = pool_alloc(pool, (size_t)nn);
+  for (int e = 0; e < ENTRY_COUNT; e++) {
+    refs[e] = pool_alloc(pool, (size_t)nn);
+    entry_refs(&cg, (EntryKind)e, marks[e], refs[e]);
+    for (int i = 0; i < g->nnodes; i++)
+      refd[i] |= refs[e][i];
+  }
+  name_tensors(&cg, refd);
 
   const char *model = model_name(&cg);
   buf_printf(out, "/* Generated by kiln from model %s: the training step, batch %" PRId64
@@ -516,35 +673,15 @@ static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool)
       }
     }
 
-  /* Kernels: batch-independent ones once, the others in both variants. */
-  for (int v = 0; v < 2; v++) {
-    cg.full = v == 0;
-    for (int i = 0; i < g->nnodes; i++) {
-      const Node *n = ir_at(g, i);
-      if (!cg.used[i] || op_is_leaf(n->op) || is_alias(&cg, n) || is_fused(&cg, i))
-        continue;
-      if (!cg.var[i] && !cg.full)
-        continue;
-      cg_emit_kernel(&cg, n);
-    }
+  /* Kernels, each once: those whose shape involves the batch take it as `int64_t B`. */
+  for (int i = 0; i < g->nnodes; i++) {
+    const Node *n = ir_at(g, i);
+    if (!cg.used[i] || op_is_leaf(n->op) || is_alias(&cg, n) || is_fused(&cg, i))
+      continue;
+    cg_emit_kernel(&cg, n);
   }
-  for (int v = 0; v < 2; v++) {
-    cg.full = v == 0;
-    for (int e = 0; e < ENTRY_COUNT; e++)
-      cg_emit_entry(&cg, (EntryKind)e, marks[e]);
-  }
-  /* Public entries: the specialised code for the usual batch, the general one for a final
-   * partial batch. A batch outside [1, FULL] would read past the arena: it does nothing. */
-  for (int e = 0; e < ENTRY_COUNT; e++) {
-    const char *name = entry_names[e];
-    cg_line(&cg, "static void kiln_%s(unsigned char *arena, int64_t batch) {", name);
-    cg_line(&cg, "  if (batch == %" PRId64 ")", plan->batch);
-    cg_line(&cg, "    %s_full(arena);", name);
-    cg_line(&cg, "  else if (batch >= 1 && batch < %" PRId64 ")", plan->batch);
-    cg_line(&cg, "    %s_n(arena, batch);", name);
-    cg_line(&cg, "}");
-    cg_line(&cg, "%s", "");
-  }
+  for (int e = 0; e < ENTRY_COUNT; e++)
+    cg_emit_entry(&cg, (EntryKind)e, marks[e], refs[e]);
   cg_emit_tensors(&cg);
   /* The entries in EntryKind order, which plan.c's tensor entry bits index. */
   cg_line(&cg, "static const kiln_entry kiln_entries[%d] = {", ENTRY_COUNT);

@@ -4,7 +4,7 @@
  * cg_elem.c prints a MATMUL kernel as one call to a static routine this file writes into the
  * program once per element type: `kiln_sgemm` (float) or `kiln_dgemm` (double), computing
  *     C[M,N] = op(A)[M,K] · op(B)[K,N]        (op = transpose or not, chosen at run time)
- * with sizes, leading dimensions and transposes as arguments (a `_n` kernel passes its run-time
+ * with sizes, leading dimensions and transposes as arguments (a kernel passes its run-time
  * batch). The schedule is BLIS's (see PERF-NOTES.md, "How"): loops over N-blocks, then K-blocks of
  * about 256 (so a packed B micro-panel stays in L1), then M-blocks; each K×N block of B and M×K
  * block of A is packed, zero-padded, into the scratch region plan.c reserves, in the order the

@@ -19,7 +19,7 @@
 Sz sz_dim(const Cg *cg, Dim d) {
   if (d.sym < 0)
     return (Sz){d.n, 0};
-  if (d.sym == 0 && !cg->full)
+  if (d.sym == 0)
     return (Sz){d.n, 1};
   return (Sz){d.n * cg->plan->symvals[d.sym], 0};
 }

@@ -186,12 +186,13 @@ void cg_emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
  * so per group g, with K = C/G*KH*KW rows of col per group:
  *   forward        y_n[g]  = w[g] · col_g                  (M = O/G, N = Ho*Wo, K)
  *   input grad     dcol_g  = w[g]ᵀ · dy_n[g], then col2im  (M = K, N = Ho*Wo, K = O/G)
- *   weight grad    dw[g]  += dy_n[g] · col_gᵀ              (M = O/G, N = K, K = Ho*Wo)
+ *   weight grad    dw_n[g] = dy_n[g] · col_gᵀ              (M = O/G, N = K, K = Ho*Wo)
  * each a call of kiln_sgemm (cg_gemm.c). The batch is split into the schedule's fixed chunks of
- * images, chunk t using slot t of the scratch region (its col buffer, GEMM packing buffers and,
- * for the weight gradient, its own partial sums, added up in chunk order at the end), so results
- * depend neither on which thread runs a chunk nor on whether OpenMP is on at all: without it the
- * `omp` pragma is ignored and the chunks run one after another.
+ * images, chunk t using slot t of the scratch region (its col buffer and GEMM packing buffers);
+ * the weight gradient runs the batch in waves of one image per slot, each image's dw_n in its
+ * slot, added to dw in image order after the wave (conv_gemm_filter). So results depend neither
+ * on which thread runs a chunk, nor on the number of threads, nor on whether OpenMP is on at all:
+ * without it the `omp` pragma is ignored and the chunks run one after another.
  */
 
 static int64_t align64(int64_t b) { return (b + 63) / 64 * 64; }
@@ -286,6 +287,49 @@ static void conv_im2col(Cg *cg, const Node *n, const Window *w, int k, bool back
   cg_line(cg, "  }");
 }
 
+/* The weight gradient through the GEMM: the batch in waves of `threads` images, image n0 + t of a
+ * wave in slot t with its own dw_n (col, then the slot's dw buffer, then the GEMM's); after each
+ * wave its images' dw_n are added to y in image order. So every element of y is
+ * 0 + dw_0 + dw_1 + ... whatever the thread count, with scratch for `threads` images only. */
+static void conv_gemm_filter(Cg *cg, const Node *n, const Window *w, int threads, Sz N,
+                             int64_t colb) {
+  int64_t K = w->C / w->G * w->KH * w->KW, Og = w->O / w->G, HW = w->Ho * w->Wo;
+  int64_t es = (int64_t)dtype_size(n->dtype), slot = sched_conv_slot_bytes(cg->s, cg->g, n);
+  const char *gm = cg_gemm_name(n->dtype), *T = ctype(n->dtype), *B = sz_c(cg, N);
+  cg_line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
+  cg_line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++)", w->O * K);
+  cg_line(cg, "  y[e] = 0;");
+  cg_line(cg, "for (int64_t n0 = 0; n0 < %s; n0 += %d) {", B, threads);
+  cg->indent++;
+  if (threads > 1)
+    cg_line(cg, "#pragma omp parallel for num_threads(%d) schedule(static, 1)", threads);
+  cg_line(cg, "for (int64_t t = 0; t < %d; t++) {", threads);
+  cg->indent++;
+  cg_line(cg, "const int64_t n = n0 + t;");
+  cg_line(cg, "if (n >= %s)", B);
+  cg_line(cg, "  continue;");
+  cg_line(cg, "unsigned char *ws = scratch + t*%" PRId64 ";", slot);
+  cg_line(cg, "%s *restrict col = (%s *)(void *)ws;", T, T);
+  cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, colb);
+  cg_line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb + align64(w->O * K * es));
+  conv_im2col(cg, n, w, 0, false);
+  cg_line(cg, "for (int64_t g = 0; g < %" PRId64 "; g++)", w->G);
+  cg_line(cg, "  %s(%" PRId64 ", %" PRId64 ", %" PRId64 ", b + n*%" PRId64 " + g*%" PRId64
+              ", %" PRId64 ", 0, col + g*%" PRId64 ", %" PRId64 ", 1, part + g*%" PRId64
+              ", %" PRId64 ", gws);",
+          gm, Og, K, HW, w->O * HW, Og * HW, HW, K * HW, HW, Og * K, K);
+  cg->indent--;
+  cg_line(cg, "}");
+  cg_line(cg, "for (int64_t t = 0; t < %d && n0 + t < %s; t++) {", threads, B);
+  cg_line(cg, "  const %s *restrict part = (const %s *)(void *)(scratch + t*%" PRId64 " + %" PRId64
+              ");", T, T, slot, colb);
+  cg_line(cg, "  for (int64_t e = 0; e < %" PRId64 "; e++)", w->O * K);
+  cg_line(cg, "    y[e] += part[e];");
+  cg_line(cg, "}");
+  cg->indent--;
+  cg_line(cg, "}");
+}
+
 /* The three convolutions as im2col + GEMM (see above). */
 static void cg_emit_conv_gemm(Cg *cg, const Node *n) {
   Window w = win_of(cg->g, n);
@@ -293,18 +337,15 @@ static void cg_emit_conv_gemm(Cg *cg, const Node *n) {
   int64_t K = w.C / w.G * w.KH * w.KW, Og = w.O / w.G, HW = w.Ho * w.Wo;
   int64_t ysz = w.O * HW;
   int64_t colb = align64(w.G * K * HW * (int64_t)dtype_size(n->dtype));
-  const char *gm = cg_gemm_name(n->dtype), *T = ctype(n->dtype);
+  const char *gm = cg_gemm_name(n->dtype);
   /* Every operand's batch is its first dimension; dx's is the node's own. */
   Sz N = sz_dim(cg, (n->op == OP_CONV2D_BWD_DATA ? &n->shape : &ir_at(cg->g, n->in[0])->shape)->d[0]);
-  conv_open_chunks(cg, n, threads, N);
   if (n->op == OP_CONV2D_BWD_FILTER) {
-    cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, colb);
-    cg_line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++)", w.O * K);
-    cg_line(cg, "  part[e] = 0;");
-    cg_line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb + align64(w.O * K * (int64_t)dtype_size(n->dtype)));
-  } else {
-    cg_line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb);
+    conv_gemm_filter(cg, n, &w, threads, N, colb);
+    return;
   }
+  conv_open_chunks(cg, n, threads, N);
+  cg_line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb);
   cg_line(cg, "for (int64_t n = n0; n < n1; n++) {");
   cg->indent++;
   if (n->op == OP_CONV2D) {
@@ -321,27 +362,10 @@ static void cg_emit_conv_gemm(Cg *cg, const Node *n) {
              ", %" PRId64 ", gws);",
          gm, K, HW, Og, Og * K, K, ysz, Og * HW, HW, K * HW, HW);
     conv_im2col(cg, n, &w, 0, true);
-  } else {
-    conv_im2col(cg, n, &w, 0, false);
-    cg_line(cg, "for (int64_t g = 0; g < %" PRId64 "; g++)", w.G);
-    cg_line(cg, "  %s_acc(%" PRId64 ", %" PRId64 ", %" PRId64 ", b + n*%" PRId64 " + g*%" PRId64
-             ", %" PRId64 ", 0, col + g*%" PRId64 ", %" PRId64 ", 1, part + g*%" PRId64
-             ", %" PRId64 ", 1, gws);",
-         gm, Og, K, HW, ysz, Og * HW, HW, K * HW, HW, Og * K, K);
   }
   cg->indent--;
   cg_line(cg, "}");
   conv_close_chunks(cg);
-  if (n->op == OP_CONV2D_BWD_FILTER) {
-    /* The chunks' partial sums, added in chunk order. */
-    cg_line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++) {", w.O * K);
-    cg_line(cg, "  %s s = 0;", T);
-    cg_line(cg, "  for (int64_t t = 0; t < %d; t++)", threads);
-    cg_line(cg, "    s += ((const %s *)(void *)(scratch + t*%" PRId64 " + %" PRId64 "))[e];", T,
-         sched_conv_slot_bytes(cg->s, cg->g, n), colb);
-    cg_line(cg, "  y[e] = s;");
-    cg_line(cg, "}");
-  }
 }
 
 /* Opens the loops over every pool window (n, c, i, j), with yi the output element, and the

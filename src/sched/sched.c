@@ -18,9 +18,12 @@
  *   GEMM's dimensions are large enough (K >= 16, >= 8 output channels per group); the MNIST CNN's
  *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there.
  * - Threads: a GEMM convolution splits the batch into `threads` fixed chunks, each with its own
- *   scratch slot. Only these large kernels are parallel: splitting memory-bound elementwise loops
- *   gained nothing measurable, and each parallel region waits for every thread.
- * - GEMM for matmuls above a size where packing pays, and its cache tiles.
+ *   scratch slot; the weight gradient adds its images' gradients in image order, so the result
+ *   is the same for every thread count. Only these large kernels are parallel: splitting
+ *   memory-bound elementwise loops gained nothing measurable, and each parallel region waits for
+ *   every thread.
+ * - GEMM for matmuls above a size where packing pays, and its cache tiles, derived from the
+ *   target's caches and vector width (sched_gemm_tiles).
  * - Pools whose windows tile the input are unrolled; tiling max pools with an odd number of
  *   windows per row, the convolutions and fused trees ask gcc for its full vectoriser cost model.
  * - Scratch bytes per kernel (packing buffers, im2col, f32 sums accumulated in double); the plan
@@ -33,12 +36,11 @@
 
 void sched_default_options(SchedOptions *o) {
   memset(o, 0, sizeof *o);
-  o->target = (Target){.vector_bytes = 32, .l1_bytes = 32 << 10, .l2_bytes = 1 << 20,
-                       .l3_bytes = 32 << 20, .cores = 1};
+  o->target = (Target){.vector_bytes = 32, .l1_bytes = 32 << 10, .l2_bytes = 256 << 10,
+                       .l3_bytes = 8 << 20, .cores = 1};
   o->threads = 1;
   o->fuse = true;
   o->conv = CONV_AUTO;
-  o->gemm = (GemmTiles){.kc = 256, .mc = 128, .nc = 2048};
 }
 
 /* Tiles are printed into the generated C as int: keep them small and positive. */
@@ -47,6 +49,39 @@ static int64_t clamp(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v
 /* ---------------------------------------------------------------------------------------------
  * GEMM tiles and scratch.
  */
+
+/* BLIS's analytical model (Low et al., "Analytical modeling is enough for high-performance
+ * BLIS", 2016), for the register block cg_gemm.c's micro-kernel uses at the target's vector
+ * width (MR rows × NR floats: 8 × 32 with 64-byte vectors, else 6 × two vectors):
+ * - kc: the micro-kernel streams a kc × NR micro-panel of B and an MR × kc sliver of A; both stay
+ *   in three quarters of L1 (the rest holds C's block and lines in flight); a multiple of 32;
+ * - mc: the packed mc × kc block of A stays in half of L2 (B's micro-panels stream through the
+ *   other half); a multiple of 16, at most 512: on the 2-core Zen 5 test machine, which reports a
+ *   2 MiB L2 (likely twice a core's own), mc 1168 ran a 1024² product at 92 GFLOP/s against 135-148
+ *   for mc 128 to 512 (bench/gemm.sh);
+ * - nc: the packed kc × nc block of B stays in a quarter of L3, shared by the cores (each thread
+ *   packs its own); a multiple of 64, at most 8192 (the scratch grows with it).
+ * Sizes are computed for f32, which every kiln model trains in; f64 products use the same tiles.
+ * Cache sizes of 0 (unknown) count as the default target's. */
+void sched_gemm_tiles(const SchedOptions *o, GemmTiles *t) {
+  SchedOptions d;
+  sched_default_options(&d);
+  const Target *tg = &o->target;
+  int64_t vb = tg->vector_bytes > 0 ? tg->vector_bytes : d.target.vector_bytes;
+  int64_t l1 = tg->l1_bytes > 0 ? tg->l1_bytes : d.target.l1_bytes;
+  int64_t l2 = tg->l2_bytes > 0 ? tg->l2_bytes : d.target.l2_bytes;
+  int64_t l3 = tg->l3_bytes > 0 ? tg->l3_bytes : d.target.l3_bytes;
+  int64_t cores = tg->cores > 0 ? tg->cores : 1, es = 4;
+  int64_t mr = vb >= 64 ? 8 : 6, nr = vb >= 64 ? 32 : 2 * (vb >= 32 ? vb : 16) / es;
+  int64_t kc = clamp(l1 * 3 / 4 / ((mr + nr) * es) / 32 * 32, 32, 1024);
+  int64_t mc = clamp(l2 / 2 / (kc * es) / 16 * 16, 16, 512);
+  int64_t nc = clamp(l3 / 4 / cores / (kc * es) / 64 * 64, 64, 8192);
+  *t = (GemmTiles){.kc = o->gemm.kc > 0 ? o->gemm.kc : kc, .mc = o->gemm.mc > 0 ? o->gemm.mc : mc,
+                   .nc = o->gemm.nc > 0 ? o->gemm.nc : nc};
+  t->kc = clamp(t->kc, 1, 4096);
+  t->mc = clamp(t->mc, 1, 4096);
+  t->nc = clamp(t->nc, 1, 1 << 20);
+}
 
 /* Products below this many multiply-adds keep the plain loop nest: packing and the call do not
  * pay (bench/gemm.sh: the GEMM wins from there up, even at N = 10). */
@@ -329,8 +364,7 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
   s->opt.threads = s->opt.threads < 1 ? 1 : s->opt.threads > 64 ? 64 : s->opt.threads;
   s->batch = batch;
   s->symvals[0] = batch;
-  s->tiles = (GemmTiles){.kc = clamp(s->opt.gemm.kc, 1, 4096), .mc = clamp(s->opt.gemm.mc, 1, 4096),
-                         .nc = clamp(s->opt.gemm.nc, 1, 1 << 20)};
+  sched_gemm_tiles(&s->opt, &s->tiles);
   int nn = g->nnodes;
   s->nnodes = nn;
   s->node = pool_alloc(pool, (size_t)(nn > 0 ? nn : 1) * sizeof(NodeSched));
@@ -416,10 +450,16 @@ static const char *const conv_names[] = {[CONV_AUTO] = "auto", [CONV_DIRECT] = "
                                          [CONV_GEMM] = "gemm"};
 
 void sched_print(const Graph *g, const Schedule *s, FILE *out) {
+  const Target *t = &s->opt.target;
+  const GemmTiles *set = &s->opt.gemm;
+  fprintf(out, "target: vectors %d bytes, L1 %" PRId64 " bytes, L2 %" PRId64 " bytes, L3 %" PRId64
+               " bytes, cores %d\n",
+          t->vector_bytes, t->l1_bytes, t->l2_bytes, t->l3_bytes, t->cores);
   fprintf(out, "schedule: batch %" PRId64 ", threads %d, fuse %s, conv %s, gemm tiles kc %" PRId64
-               " mc %" PRId64 " nc %" PRId64 ", scratch %" PRId64 " bytes\n",
+               "%s mc %" PRId64 "%s nc %" PRId64 "%s, scratch %" PRId64 " bytes\n",
           s->batch, s->opt.threads, s->opt.fuse ? "on" : "off", conv_names[s->opt.conv],
-          s->tiles.kc, s->tiles.mc, s->tiles.nc, s->scratch_bytes);
+          s->tiles.kc, set->kc > 0 ? " (set)" : "", s->tiles.mc, set->mc > 0 ? " (set)" : "",
+          s->tiles.nc, set->nc > 0 ? " (set)" : "", s->scratch_bytes);
   fprintf(out, "%-6s %-20s %-24s %s\n", "node", "op", "line", "schedule");
   for (int i = 0; i < s->nnodes; i++) {
     const Node *n = ir_at(g, i);

@@ -24,8 +24,8 @@ typedef enum ConvAlgo {
 } ConvAlgo;
 
 /* The blocked GEMM's cache tiles (cg_gemm.c prints them into the routine): KC bounds the depth
- * of one packed panel (a 32-float × 256 micro-panel of B is 32 KB, inside L1), MC × KC of A
- * stays in L2, NC × KC of B in L2/L3. */
+ * of one packed panel (a kc × NR micro-panel of B and an MR × kc sliver of A stay in L1), MC × KC
+ * of A stays in L2, KC × NC of B in L3. */
 typedef struct GemmTiles {
   int64_t kc, mc, nc;
 } GemmTiles;
@@ -35,13 +35,20 @@ typedef struct SchedOptions {
   int threads;               /* batch chunks compiled into parallel kernels, >= 1 */
   bool fuse;                 /* elementwise fusion and in-place updates */
   ConvAlgo conv;
-  GemmTiles gemm;            /* kc 256, mc 128, nc 2048 by default */
+  GemmTiles gemm;            /* a field > 0 overrides the tile sched_gemm_tiles derives from the
+                                target; 0 (the default) derives it */
 } SchedOptions;
 
-/* One thread, fusion on, the cost model's convolutions, and a fixed generic x86-64 target
- * (32-byte vectors, 32 KiB / 1 MiB / 32 MiB caches, 1 core), so the same call emits the same
- * code on every machine. */
+/* One thread, fusion on, the cost model's convolutions, tiles from the target, and a fixed
+ * generic x86-64 target (32-byte vectors, 32 KiB / 256 KiB / 8 MiB caches, 1 core), so the same
+ * call emits the same code on every machine. */
 void sched_default_options(SchedOptions *o);
+
+/* The GEMM tiles a schedule with options o uses: BLIS's analytical derivation from o->target
+ * (kc from L1, mc from L2, nc from L3 and the cores sharing it, for the micro-kernel the vector
+ * width selects), each field of o->gemm > 0 overriding; clamped to what the routine accepts.
+ * The default target gives kc 256, mc 128, nc 2048. */
+void sched_gemm_tiles(const SchedOptions *o, GemmTiles *t);
 
 /* The largest register block (rows MR, columns NR) any micro-kernel cg_gemm.c prints may use:
  * the scratch bound covers every vector width the C compiler may pick. */
@@ -75,7 +82,7 @@ typedef struct Schedule {
   int nnodes;
   NodeSched *node;               /* per node id */
   unsigned char *used;           /* per node: some entry runs it */
-  GemmTiles tiles;               /* opt.gemm, each at least 1 (at most 4096 for kc and mc) */
+  GemmTiles tiles;               /* sched_gemm_tiles(&opt) */
   int64_t scratch_bytes;         /* max of node[].scratch: the region plan.c reserves */
 } Schedule;
 
@@ -90,7 +97,7 @@ int64_t sched_gemm_scratch(const GemmTiles *t, int64_t M, int64_t N, int64_t K, 
  * three blocks of 200). The generated routine computes the same. */
 int64_t sched_gemm_kc(const GemmTiles *t, int64_t K);
 /* Bytes of one batch chunk's slot of a GEMM convolution's scratch (64-byte multiple): its
- * unfolded image, its weight-gradient partial sums, the GEMM's packing buffers. */
+ * unfolded image, the weight gradient of its image, the GEMM's packing buffers. */
 int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
 /* Calls fn(x, arg) for every stored operand x of the kernel computing node n, looking through
  * fused inner nodes; an operand read twice is reported twice. */

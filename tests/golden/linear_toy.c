@@ -160,7 +160,7 @@ static const double lit3_b[1] = {
   1,
 };
 
-/* %4 = matmul(%0 x, %2 w)  f64 [1, 1]  linear_toy.kiln:15 */
+/* %4 = matmul(%0 x, %2 w) -> t4  f64 [1, 1]  linear_toy.kiln:15 */
 static void k4_matmul(double *restrict y, const double *restrict b) {
   for (int64_t i = 0; i < 1; i++) {
     for (int64_t j = 0; j < 1; j++)
@@ -173,17 +173,17 @@ static void k4_matmul(double *restrict y, const double *restrict b) {
   }
 }
 
-/* %5 = add(%4, %3 b)  f64 [1, 1]  z  linear_toy.kiln:15 */
+/* %5 = add(%4, %3 b) -> z  f64 [1, 1]  linear_toy.kiln:15 */
 static void k5_add(double *restrict y, const double *restrict a, const double *restrict b) {
   y[0] = a[0] + b[0];
 }
 
-/* %6 = sub(%1 y, %5 z)  f64 [1, 1]  linear_toy.kiln:16 */
+/* %6 = sub(%1 y, %5 z) -> t6  f64 [1, 1]  linear_toy.kiln:16 */
 static void k6_sub(double *restrict y, const double *restrict b) {
   y[0] = ((double)lit1_y[0]) - b[0];
 }
 
-/* %10 = mul(%9, %8)  f64 [1, 1]  linear_toy.kiln:16  fused: %8 = pow */
+/* %10 = mul(%9, %8) -> t10  f64 [1, 1]  linear_toy.kiln:16  fused: %8 = pow */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -192,25 +192,25 @@ static void k10_mul(double *restrict y, const double *restrict x0) {
   y[0] = ((double)0.5) * t8;
 }
 
-/* %11 = sum(%10)  f64 []  loss  linear_toy.kiln:16 */
+/* %11 = sum(%10) -> loss  f64 []  linear_toy.kiln:16 */
 static void k11_sum(double *restrict y, const double *restrict a) {
   for (int64_t i = 0; i < 1; i++)
     y[i] = 0;
   y[0] += a[0];
 }
 
-/* %13 = reshape(%12)  f64 [1, 1]  linear_toy.kiln:16 */
+/* %13 = reshape(%12) -> t13  f64 [1, 1]  linear_toy.kiln:16 */
 static void k13_reshape(double *restrict y) {
   for (int64_t i = 0; i < 1; i++)
     y[i] = ((double)1);
 }
 
-/* %15 = sub(%7, %12)  f64 []  linear_toy.kiln:16 */
+/* %15 = sub(%7, %12) -> t15  f64 []  linear_toy.kiln:16 */
 static void k15_sub(double *restrict y) {
   y[0] = ((double)2) - ((double)1);
 }
 
-/* %19 = neg(%18)  f64 [1, 1]  linear_toy.kiln:16  fused: %14 = mul %16 = pow %17 = mul %18 = mul */
+/* %19 = neg(%18) -> t19  f64 [1, 1]  linear_toy.kiln:16  fused: %14 = mul %16 = pow %17 = mul %18 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -222,14 +222,14 @@ static void k19_neg(double *restrict y, const double *restrict x0, const double 
   y[0] = -t18;
 }
 
-/* %20 = sum_to(%19, %3 b)  f64 [1]  linear_toy.kiln:15 */
+/* %20 = sum_to(%19, %3 b) -> t20  f64 [1]  linear_toy.kiln:15 */
 static void k20_sum_to(double *restrict y, const double *restrict a) {
   for (int64_t i = 0; i < 1; i++)
     y[i] = 0;
   y[0] += a[0];
 }
 
-/* %21 = matmul(%0 x, %19)  f64 [2, 1]  linear_toy.kiln:15 */
+/* %21 = matmul(%0 x, %19) -> t21  f64 [2, 1]  linear_toy.kiln:15 */
 static void k21_matmul(double *restrict y, const double *restrict b) {
   for (int64_t i = 0; i < 2; i++) {
     for (int64_t j = 0; j < 1; j++)
@@ -242,7 +242,7 @@ static void k21_matmul(double *restrict y, const double *restrict b) {
   }
 }
 
-/* %26 = sub(%2 w, %25)  f64 [2, 1]  linear_toy.kiln:21  fused: %25 = mul  (written in place of %2) */
+/* %26 = sub(%2 w, %25) -> w  f64 [2, 1]  linear_toy.kiln:21  fused: %25 = mul  (written in place of %2) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -253,7 +253,7 @@ static void k26_sub(double *restrict y, const double *restrict x0, const double 
   }
 }
 
-/* %28 = sub(%3 b, %27)  f64 [1]  linear_toy.kiln:21  fused: %27 = mul  (written in place of %3) */
+/* %28 = sub(%3 b, %27) -> b  f64 [1]  linear_toy.kiln:21  fused: %27 = mul  (written in place of %3) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -262,7 +262,7 @@ static void k28_sub(double *restrict y, const double *restrict x0, const double 
   y[0] = y[0] - t27;
 }
 
-/* %30 = sub(%2 w, %29)  f64 [2, 1]  linear_toy.kiln:21  fused: %29 = mul  (written in place of %2) */
+/* %30 = sub(%2 w, %29) -> w  f64 [2, 1]  linear_toy.kiln:21  fused: %29 = mul  (written in place of %2) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -273,7 +273,7 @@ static void k30_sub(double *restrict y, const double *restrict x0, const double 
   }
 }
 
-/* %32 = sub(%3 b, %31)  f64 [1]  linear_toy.kiln:21  fused: %31 = mul  (written in place of %3) */
+/* %32 = sub(%3 b, %31) -> b  f64 [1]  linear_toy.kiln:21  fused: %31 = mul  (written in place of %3) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -282,122 +282,94 @@ static void k32_sub(double *restrict y, const double *restrict x0, const double 
   y[0] = y[0] - t31;
 }
 
-static void train_full(unsigned char *arena) {
-  k4_matmul((double *)(arena + 320), (const double *)(arena + 0));
-  k5_add((double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 64));
-  k6_sub((double *)(arena + 320), (const double *)(arena + 384));
-  k10_mul((double *)(arena + 448), (const double *)(arena + 320));
-  k11_sum((double *)(arena + 512), (const double *)(arena + 448));
-  k13_reshape((double *)(arena + 384));
-  k15_sub((double *)(arena + 448));
-  k19_neg((double *)(arena + 576), (const double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 448));
-  k20_sum_to((double *)(arena + 320), (const double *)(arena + 576));
-  k21_matmul((double *)(arena + 384), (const double *)(arena + 576));
-  k26_sub((double *)(arena + 0), (const double *)(arena + 256), (const double *)(arena + 384));
-  k28_sub((double *)(arena + 64), (const double *)(arena + 256), (const double *)(arena + 320));
+static void kiln_train(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 1)
+    return;
+  double *const w = (double *)(arena + 0);
+  double *const b = (double *)(arena + 64);
+  double *const t4 = (double *)(arena + 320);
+  double *const z = (double *)(arena + 384);
+  double *const t6 = (double *)(arena + 320);
+  double *const t10 = (double *)(arena + 448);
+  double *const loss = (double *)(arena + 512);
+  double *const t13 = (double *)(arena + 384);
+  double *const t15 = (double *)(arena + 448);
+  double *const t19 = (double *)(arena + 576);
+  double *const t20 = (double *)(arena + 320);
+  double *const t21 = (double *)(arena + 384);
+  double *const lr = (double *)(arena + 256);
+  k4_matmul(t4, w);
+  k5_add(z, t4, b);
+  k6_sub(t6, z);
+  k10_mul(t10, t6);
+  k11_sum(loss, t10);
+  k13_reshape(t13);
+  k15_sub(t15);
+  k19_neg(t19, t13, t6, t15);
+  k20_sum_to(t20, t19);
+  k21_matmul(t21, t19);
+  k26_sub(w, lr, t21);
+  k28_sub(b, lr, t20);
 }
 
-static void eval_full(unsigned char *arena) {
-  k4_matmul((double *)(arena + 320), (const double *)(arena + 0));
-  k5_add((double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 64));
-  k6_sub((double *)(arena + 320), (const double *)(arena + 384));
-  k10_mul((double *)(arena + 448), (const double *)(arena + 320));
-  k11_sum((double *)(arena + 512), (const double *)(arena + 448));
+static void kiln_eval(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 1)
+    return;
+  double *const w = (double *)(arena + 0);
+  double *const b = (double *)(arena + 64);
+  double *const t4 = (double *)(arena + 320);
+  double *const z = (double *)(arena + 384);
+  double *const t6 = (double *)(arena + 320);
+  double *const t10 = (double *)(arena + 448);
+  double *const loss = (double *)(arena + 512);
+  k4_matmul(t4, w);
+  k5_add(z, t4, b);
+  k6_sub(t6, z);
+  k10_mul(t10, t6);
+  k11_sum(loss, t10);
 }
 
-static void grad_full(unsigned char *arena) {
-  k4_matmul((double *)(arena + 320), (const double *)(arena + 0));
-  k5_add((double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 64));
-  k6_sub((double *)(arena + 320), (const double *)(arena + 384));
-  k10_mul((double *)(arena + 448), (const double *)(arena + 320));
-  k11_sum((double *)(arena + 512), (const double *)(arena + 448));
-  k13_reshape((double *)(arena + 384));
-  k15_sub((double *)(arena + 448));
-  k19_neg((double *)(arena + 576), (const double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 448));
-  k20_sum_to((double *)(arena + 320), (const double *)(arena + 576));
-  k21_matmul((double *)(arena + 384), (const double *)(arena + 576));
-  memcpy(arena + 128, arena + 384, (size_t)2 * 8); /* grad.w */
-  memcpy(arena + 192, arena + 320, (size_t)1 * 8); /* grad.b */
+static void kiln_grad(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 1)
+    return;
+  double *const w = (double *)(arena + 0);
+  double *const b = (double *)(arena + 64);
+  double *const t4 = (double *)(arena + 320);
+  double *const z = (double *)(arena + 384);
+  double *const t6 = (double *)(arena + 320);
+  double *const t10 = (double *)(arena + 448);
+  double *const loss = (double *)(arena + 512);
+  double *const t13 = (double *)(arena + 384);
+  double *const t15 = (double *)(arena + 448);
+  double *const t19 = (double *)(arena + 576);
+  double *const t20 = (double *)(arena + 320);
+  double *const t21 = (double *)(arena + 384);
+  double *const grad_w = (double *)(arena + 128);
+  double *const grad_b = (double *)(arena + 192);
+  k4_matmul(t4, w);
+  k5_add(z, t4, b);
+  k6_sub(t6, z);
+  k10_mul(t10, t6);
+  k11_sum(loss, t10);
+  k13_reshape(t13);
+  k15_sub(t15);
+  k19_neg(t19, t13, t6, t15);
+  k20_sum_to(t20, t19);
+  k21_matmul(t21, t19);
+  memcpy(grad_w, t21, (size_t)2 * 8);
+  memcpy(grad_b, t20, (size_t)1 * 8);
 }
 
-static void apply_full(unsigned char *arena) {
-  k30_sub((double *)(arena + 0), (const double *)(arena + 256), (const double *)(arena + 128));
-  k32_sub((double *)(arena + 64), (const double *)(arena + 256), (const double *)(arena + 192));
-}
-
-static void train_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k4_matmul((double *)(arena + 320), (const double *)(arena + 0));
-  k5_add((double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 64));
-  k6_sub((double *)(arena + 320), (const double *)(arena + 384));
-  k10_mul((double *)(arena + 448), (const double *)(arena + 320));
-  k11_sum((double *)(arena + 512), (const double *)(arena + 448));
-  k13_reshape((double *)(arena + 384));
-  k15_sub((double *)(arena + 448));
-  k19_neg((double *)(arena + 576), (const double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 448));
-  k20_sum_to((double *)(arena + 320), (const double *)(arena + 576));
-  k21_matmul((double *)(arena + 384), (const double *)(arena + 576));
-  k26_sub((double *)(arena + 0), (const double *)(arena + 256), (const double *)(arena + 384));
-  k28_sub((double *)(arena + 64), (const double *)(arena + 256), (const double *)(arena + 320));
-}
-
-static void eval_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k4_matmul((double *)(arena + 320), (const double *)(arena + 0));
-  k5_add((double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 64));
-  k6_sub((double *)(arena + 320), (const double *)(arena + 384));
-  k10_mul((double *)(arena + 448), (const double *)(arena + 320));
-  k11_sum((double *)(arena + 512), (const double *)(arena + 448));
-}
-
-static void grad_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k4_matmul((double *)(arena + 320), (const double *)(arena + 0));
-  k5_add((double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 64));
-  k6_sub((double *)(arena + 320), (const double *)(arena + 384));
-  k10_mul((double *)(arena + 448), (const double *)(arena + 320));
-  k11_sum((double *)(arena + 512), (const double *)(arena + 448));
-  k13_reshape((double *)(arena + 384));
-  k15_sub((double *)(arena + 448));
-  k19_neg((double *)(arena + 576), (const double *)(arena + 384), (const double *)(arena + 320), (const double *)(arena + 448));
-  k20_sum_to((double *)(arena + 320), (const double *)(arena + 576));
-  k21_matmul((double *)(arena + 384), (const double *)(arena + 576));
-  memcpy(arena + 128, arena + 384, (size_t)2 * 8); /* grad.w */
-  memcpy(arena + 192, arena + 320, (size_t)1 * 8); /* grad.b */
-}
-
-static void apply_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k30_sub((double *)(arena + 0), (const double *)(arena + 256), (const double *)(arena + 128));
-  k32_sub((double *)(arena + 64), (const double *)(arena + 256), (const double *)(arena + 192));
-}
-
-static void kiln_train(unsigned char *arena, int64_t batch) {
-  if (batch == 1)
-    train_full(arena);
-  else if (batch >= 1 && batch < 1)
-    train_n(arena, batch);
-}
-
-static void kiln_eval(unsigned char *arena, int64_t batch) {
-  if (batch == 1)
-    eval_full(arena);
-  else if (batch >= 1 && batch < 1)
-    eval_n(arena, batch);
-}
-
-static void kiln_grad(unsigned char *arena, int64_t batch) {
-  if (batch == 1)
-    grad_full(arena);
-  else if (batch >= 1 && batch < 1)
-    grad_n(arena, batch);
-}
-
-static void kiln_apply(unsigned char *arena, int64_t batch) {
-  if (batch == 1)
-    apply_full(arena);
-  else if (batch >= 1 && batch < 1)
-    apply_n(arena, batch);
+static void kiln_apply(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 1)
+    return;
+  double *const w = (double *)(arena + 0);
+  double *const b = (double *)(arena + 64);
+  double *const grad_w = (double *)(arena + 128);
+  double *const grad_b = (double *)(arena + 192);
+  double *const lr = (double *)(arena + 256);
+  k30_sub(w, lr, grad_w);
+  k32_sub(b, lr, grad_b);
 }
 
 static const kiln_tensor kiln_tensors[8] = {

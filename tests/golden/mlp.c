@@ -425,523 +425,13 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 }
 #endif
 
-/* %4 = matmul(%2 x, %3 fc1.weight)  f32 [B, 256]  mlp.kiln:8 */
-static void k4_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(64, 256, 784, a, 784, 0, b, 784, 1, y, 256, scratch);
-}
-
-/* %6 = add(%4, %5 fc1.bias)  f32 [B, 256]  fc1  mlp.kiln:8 */
-static void k6_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 256; i1++) {
-      y[i0*256 + i1] = a[i0*256 + i1] + b[i1];
-    }
-  }
-}
-
-/* %7 = relu(%6 fc1)  f32 [B, 256]  h  mlp.kiln:9 */
-static void k7_relu_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 16384; i0++) {
-    y[i0] = a[i0] > 0 ? a[i0] : (float)0;
-  }
-}
-
-/* %9 = matmul(%7 h, %8 fc2.weight)  f32 [B, 10]  mlp.kiln:10 */
-static void k9_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(64, 10, 256, a, 256, 0, b, 256, 1, y, 10, scratch);
-}
-
-/* %11 = add(%9, %10 fc2.bias)  f32 [B, 10]  logits  mlp.kiln:10 */
-static void k11_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 10; i1++) {
-      y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
-    }
-  }
-}
-
-/* %12 = cross_entropy(%11 logits, %1 label)  f32 []  loss  mlp.kiln:11 */
-static void k12_cross_entropy_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
-  double total = 0;
-  int bad = 0;
-  for (int64_t i = 0; i < 64; i++) {
-    double m = (double)a[i*10];
-    for (int64_t j = 1; j < 10; j++)
-      if ((double)a[i*10 + j] > m) m = (double)a[i*10 + j];
-    double s = 0;
-    for (int64_t j = 0; j < 10; j++)
-      s += exp((double)a[i*10 + j] - m);
-    const int64_t t = (int64_t)b[i];
-    if (t < 0 || t >= 10) {
-      bad = 1;
-      continue;
-    }
-    total += m + log(s) - (double)a[i*10 + t];
-  }
-  y[0] = bad ? (float)NAN : (float)(total / (double)64);
-}
-
-/* %14 = cross_entropy_grad(%11 logits, %1 label, %13)  f32 [B, 10]  mlp.kiln:11 */
-static void k14_cross_entropy_grad_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
-  const double g = (double)((float)1) / (double)64;
-  for (int64_t i = 0; i < 64; i++) {
-    double m = (double)a[i*10];
-    for (int64_t j = 1; j < 10; j++)
-      if ((double)a[i*10 + j] > m) m = (double)a[i*10 + j];
-    double s = 0;
-    for (int64_t j = 0; j < 10; j++)
-      s += exp((double)a[i*10 + j] - m);
-    const int64_t t = (int64_t)b[i];
-    const int ok = t >= 0 && t < 10;
-    for (int64_t j = 0; j < 10; j++)
-      y[i*10 + j] = ok ? (float)(g * (exp((double)a[i*10 + j] - m) / s - (double)(j == t))) : (float)NAN;
-  }
-}
-
-/* %15 = sum_to(%14, %10 fc2.bias)  f32 [10]  mlp.kiln:10 */
-static void k15_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 10; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 10; i1++) {
-      acc[i1] += (double)a[i0*10 + i1];
-    }
-  }
-  for (int64_t i = 0; i < 10; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %16 = matmul(%14, %8 fc2.weight)  f32 [B, 256]  mlp.kiln:10 */
-static void k16_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(64, 256, 10, a, 10, 0, b, 256, 0, y, 256, scratch);
-}
-
-/* %17 = matmul(%14, %7 h)  f32 [10, 256]  mlp.kiln:10 */
-static void k17_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(10, 256, 64, a, 10, 1, b, 256, 0, y, 256, scratch);
-}
-
-/* %18 = relu_grad(%6 fc1, %16)  f32 [B, 256]  mlp.kiln:9 */
-static void k18_relu_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 16384; i0++) {
-    y[i0] = a[i0] > 0 ? b[i0] : (float)0;
-  }
-}
-
-/* %19 = sum_to(%18, %5 fc1.bias)  f32 [256]  mlp.kiln:8 */
-static void k19_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 256; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 256; i1++) {
-      acc[i1] += (double)a[i0*256 + i1];
-    }
-  }
-  for (int64_t i = 0; i < 256; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %20 = matmul(%18, %2 x)  f32 [256, 784]  mlp.kiln:8 */
-static void k20_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(256, 784, 64, a, 256, 1, b, 784, 0, y, 784, scratch);
-}
-
-/* %27 = add(%26 adam.step, %13)  f32 []  mlp.kiln:16 */
-static void k27_add(float *restrict y, const float *restrict a) {
-  y[0] = a[0] + ((float)1);
-}
-
-/* %33 = mul(%32, %28 fc1.weight.exp_avg)  f32 [256, 784]  mlp.kiln:16 */
-static void k33_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %34 = add(%33, %31)  f32 [256, 784]  mlp.kiln:16  fused: %31 = mul  (written in place of %28) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k34_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t31 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t31;
-  }
-}
-
-/* %39 = mul(%38, %29 fc1.weight.exp_avg_sq)  f32 [256, 784]  mlp.kiln:16 */
-static void k39_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %40 = add(%39, %37)  f32 [256, 784]  mlp.kiln:16  fused: %35 = mul %37 = mul  (written in place of %29) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k40_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t35 = x1[i0] * x1[i0];
-    const float t37 = ((float)0.0010000000000000009) * t35;
-    y[i0] = x0[i0] + t37;
-  }
-}
-
-/* %45 = div(%25 lr, %42)  f32 []  mlp.kiln:16  fused: %41 = pow %42 = sub */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k45_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  const float t41 = powf(((float)0.90000000000000002), x1[0]);
-  const float t42 = ((float)1) - t41;
-  y[0] = x0[0] / t42;
-}
-
-/* %47 = sqrt(%44)  f32 []  mlp.kiln:16  fused: %43 = pow %44 = sub */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k47_sqrt(float *restrict y, const float *restrict x0) {
-  const float t43 = powf(((float)0.999), x0[0]);
-  const float t44 = ((float)1) - t43;
-  y[0] = sqrtf(t44);
-}
-
-/* %53 = sub(%3 fc1.weight, %52)  f32 [256, 784]  mlp.kiln:16  fused: %48 = sqrt %49 = div %50 = add %51 = div %52 = mul  (written in place of %3) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k53_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t48 = sqrtf(x2[i0]);
-    const float t49 = t48 / x3[0];
-    const float t50 = t49 + ((float)1e-08);
-    const float t51 = x1[i0] / t50;
-    const float t52 = x0[0] * t51;
-    y[i0] = y[i0] - t52;
-  }
-}
-
-/* %57 = mul(%32, %54 fc1.bias.exp_avg)  f32 [256]  mlp.kiln:16 */
-static void k57_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %58 = add(%57, %56)  f32 [256]  mlp.kiln:16  fused: %56 = mul  (written in place of %54) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k58_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t56 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t56;
-  }
-}
-
-/* %61 = mul(%38, %55 fc1.bias.exp_avg_sq)  f32 [256]  mlp.kiln:16 */
-static void k61_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %62 = add(%61, %60)  f32 [256]  mlp.kiln:16  fused: %59 = mul %60 = mul  (written in place of %55) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k62_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t59 = x1[i0] * x1[i0];
-    const float t60 = ((float)0.0010000000000000009) * t59;
-    y[i0] = x0[i0] + t60;
-  }
-}
-
-/* %68 = sub(%5 fc1.bias, %67)  f32 [256]  mlp.kiln:16  fused: %63 = sqrt %64 = div %65 = add %66 = div %67 = mul  (written in place of %5) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k68_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t63 = sqrtf(x2[i0]);
-    const float t64 = t63 / x3[0];
-    const float t65 = t64 + ((float)1e-08);
-    const float t66 = x1[i0] / t65;
-    const float t67 = x0[0] * t66;
-    y[i0] = y[i0] - t67;
-  }
-}
-
-/* %72 = mul(%32, %69 fc2.weight.exp_avg)  f32 [10, 256]  mlp.kiln:16 */
-static void k72_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %73 = add(%72, %71)  f32 [10, 256]  mlp.kiln:16  fused: %71 = mul  (written in place of %69) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k73_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t71 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t71;
-  }
-}
-
-/* %76 = mul(%38, %70 fc2.weight.exp_avg_sq)  f32 [10, 256]  mlp.kiln:16 */
-static void k76_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %77 = add(%76, %75)  f32 [10, 256]  mlp.kiln:16  fused: %74 = mul %75 = mul  (written in place of %70) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k77_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t74 = x1[i0] * x1[i0];
-    const float t75 = ((float)0.0010000000000000009) * t74;
-    y[i0] = x0[i0] + t75;
-  }
-}
-
-/* %83 = sub(%8 fc2.weight, %82)  f32 [10, 256]  mlp.kiln:16  fused: %78 = sqrt %79 = div %80 = add %81 = div %82 = mul  (written in place of %8) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k83_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t78 = sqrtf(x2[i0]);
-    const float t79 = t78 / x3[0];
-    const float t80 = t79 + ((float)1e-08);
-    const float t81 = x1[i0] / t80;
-    const float t82 = x0[0] * t81;
-    y[i0] = y[i0] - t82;
-  }
-}
-
-/* %87 = mul(%32, %84 fc2.bias.exp_avg)  f32 [10]  mlp.kiln:16 */
-static void k87_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %88 = add(%87, %86)  f32 [10]  mlp.kiln:16  fused: %86 = mul  (written in place of %84) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k88_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t86 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t86;
-  }
-}
-
-/* %91 = mul(%38, %85 fc2.bias.exp_avg_sq)  f32 [10]  mlp.kiln:16 */
-static void k91_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %92 = add(%91, %90)  f32 [10]  mlp.kiln:16  fused: %89 = mul %90 = mul  (written in place of %85) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k92_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t89 = x1[i0] * x1[i0];
-    const float t90 = ((float)0.0010000000000000009) * t89;
-    y[i0] = x0[i0] + t90;
-  }
-}
-
-/* %98 = sub(%10 fc2.bias, %97)  f32 [10]  mlp.kiln:16  fused: %93 = sqrt %94 = div %95 = add %96 = div %97 = mul  (written in place of %10) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k98_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t93 = sqrtf(x2[i0]);
-    const float t94 = t93 / x3[0];
-    const float t95 = t94 + ((float)1e-08);
-    const float t96 = x1[i0] / t95;
-    const float t97 = x0[0] * t96;
-    y[i0] = y[i0] - t97;
-  }
-}
-
-/* %100 = add(%33, %99)  f32 [256, 784]  mlp.kiln:16  fused: %99 = mul  (written in place of %28) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k100_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t99 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t99;
-  }
-}
-
-/* %103 = add(%39, %102)  f32 [256, 784]  mlp.kiln:16  fused: %101 = mul %102 = mul  (written in place of %29) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k103_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t101 = x1[i0] * x1[i0];
-    const float t102 = ((float)0.0010000000000000009) * t101;
-    y[i0] = x0[i0] + t102;
-  }
-}
-
-/* %109 = sub(%3 fc1.weight, %108)  f32 [256, 784]  mlp.kiln:16  fused: %104 = sqrt %105 = div %106 = add %107 = div %108 = mul  (written in place of %3) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k109_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t104 = sqrtf(x2[i0]);
-    const float t105 = t104 / x3[0];
-    const float t106 = t105 + ((float)1e-08);
-    const float t107 = x1[i0] / t106;
-    const float t108 = x0[0] * t107;
-    y[i0] = y[i0] - t108;
-  }
-}
-
-/* %111 = add(%57, %110)  f32 [256]  mlp.kiln:16  fused: %110 = mul  (written in place of %54) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k111_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t110 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t110;
-  }
-}
-
-/* %114 = add(%61, %113)  f32 [256]  mlp.kiln:16  fused: %112 = mul %113 = mul  (written in place of %55) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k114_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t112 = x1[i0] * x1[i0];
-    const float t113 = ((float)0.0010000000000000009) * t112;
-    y[i0] = x0[i0] + t113;
-  }
-}
-
-/* %120 = sub(%5 fc1.bias, %119)  f32 [256]  mlp.kiln:16  fused: %115 = sqrt %116 = div %117 = add %118 = div %119 = mul  (written in place of %5) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k120_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t115 = sqrtf(x2[i0]);
-    const float t116 = t115 / x3[0];
-    const float t117 = t116 + ((float)1e-08);
-    const float t118 = x1[i0] / t117;
-    const float t119 = x0[0] * t118;
-    y[i0] = y[i0] - t119;
-  }
-}
-
-/* %122 = add(%72, %121)  f32 [10, 256]  mlp.kiln:16  fused: %121 = mul  (written in place of %69) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k122_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t121 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t121;
-  }
-}
-
-/* %125 = add(%76, %124)  f32 [10, 256]  mlp.kiln:16  fused: %123 = mul %124 = mul  (written in place of %70) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k125_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t123 = x1[i0] * x1[i0];
-    const float t124 = ((float)0.0010000000000000009) * t123;
-    y[i0] = x0[i0] + t124;
-  }
-}
-
-/* %131 = sub(%8 fc2.weight, %130)  f32 [10, 256]  mlp.kiln:16  fused: %126 = sqrt %127 = div %128 = add %129 = div %130 = mul  (written in place of %8) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k131_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t126 = sqrtf(x2[i0]);
-    const float t127 = t126 / x3[0];
-    const float t128 = t127 + ((float)1e-08);
-    const float t129 = x1[i0] / t128;
-    const float t130 = x0[0] * t129;
-    y[i0] = y[i0] - t130;
-  }
-}
-
-/* %133 = add(%87, %132)  f32 [10]  mlp.kiln:16  fused: %132 = mul  (written in place of %84) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k133_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t132 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t132;
-  }
-}
-
-/* %136 = add(%91, %135)  f32 [10]  mlp.kiln:16  fused: %134 = mul %135 = mul  (written in place of %85) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k136_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t134 = x1[i0] * x1[i0];
-    const float t135 = ((float)0.0010000000000000009) * t134;
-    y[i0] = x0[i0] + t135;
-  }
-}
-
-/* %142 = sub(%10 fc2.bias, %141)  f32 [10]  mlp.kiln:16  fused: %137 = sqrt %138 = div %139 = add %140 = div %141 = mul  (written in place of %10) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k142_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t137 = sqrtf(x2[i0]);
-    const float t138 = t137 / x3[0];
-    const float t139 = t138 + ((float)1e-08);
-    const float t140 = x1[i0] / t139;
-    const float t141 = x0[0] * t140;
-    y[i0] = y[i0] - t141;
-  }
-}
-
-/* %4 = matmul(%2 x, %3 fc1.weight)  f32 [B, 256]  mlp.kiln:8 */
-static void k4_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %4 = matmul(%2 x, %3 fc1_weight) -> t4  f32 [B, 256]  mlp.kiln:8 */
+static void k4_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(B, 256, 784, a, 784, 0, b, 784, 1, y, 256, scratch);
 }
 
-/* %6 = add(%4, %5 fc1.bias)  f32 [B, 256]  fc1  mlp.kiln:8 */
-static void k6_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %6 = add(%4, %5 fc1_bias) -> fc1  f32 [B, 256]  mlp.kiln:8 */
+static void k6_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 256; i1++) {
       y[i0*256 + i1] = a[i0*256 + i1] + b[i1];
@@ -949,23 +439,20 @@ static void k6_add_n(float *restrict y, const float *restrict a, const float *re
   }
 }
 
-/* %7 = relu(%6 fc1)  f32 [B, 256]  h  mlp.kiln:9 */
-static void k7_relu_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
+/* %7 = relu(%6 fc1) -> h  f32 [B, 256]  mlp.kiln:9 */
+static void k7_relu(float *restrict y, const float *restrict a, int64_t B) {
   for (int64_t i0 = 0; i0 < (256*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %9 = matmul(%7 h, %8 fc2.weight)  f32 [B, 10]  mlp.kiln:10 */
-static void k9_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %9 = matmul(%7 h, %8 fc2_weight) -> t9  f32 [B, 10]  mlp.kiln:10 */
+static void k9_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(B, 10, 256, a, 256, 0, b, 256, 1, y, 10, scratch);
 }
 
-/* %11 = add(%9, %10 fc2.bias)  f32 [B, 10]  logits  mlp.kiln:10 */
-static void k11_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %11 = add(%9, %10 fc2_bias) -> logits  f32 [B, 10]  mlp.kiln:10 */
+static void k11_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
       y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
@@ -973,9 +460,8 @@ static void k11_add_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %12 = cross_entropy(%11 logits, %1 label)  f32 []  loss  mlp.kiln:11 */
-static void k12_cross_entropy_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
-  (void)B;
+/* %12 = cross_entropy(%11 logits, %1 label) -> loss  f32 []  mlp.kiln:11 */
+static void k12_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   double total = 0;
   int bad = 0;
   for (int64_t i = 0; i < B; i++) {
@@ -995,9 +481,8 @@ static void k12_cross_entropy_n(float *restrict y, const float *restrict a, cons
   y[0] = bad ? (float)NAN : (float)(total / (double)B);
 }
 
-/* %14 = cross_entropy_grad(%11 logits, %1 label, %13)  f32 [B, 10]  mlp.kiln:11 */
-static void k14_cross_entropy_grad_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
-  (void)B;
+/* %14 = cross_entropy_grad(%11 logits, %1 label, %13) -> t14  f32 [B, 10]  mlp.kiln:11 */
+static void k14_cross_entropy_grad(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   const double g = (double)((float)1) / (double)B;
   for (int64_t i = 0; i < B; i++) {
     double m = (double)a[i*10];
@@ -1013,9 +498,8 @@ static void k14_cross_entropy_grad_n(float *restrict y, const float *restrict a,
   }
 }
 
-/* %15 = sum_to(%14, %10 fc2.bias)  f32 [10]  mlp.kiln:10 */
-static void k15_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %15 = sum_to(%14, %10 fc2_bias) -> t15  f32 [10]  mlp.kiln:10 */
+static void k15_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 10; i++)
     acc[i] = 0;
@@ -1028,29 +512,25 @@ static void k15_sum_to_n(float *restrict y, const float *restrict a, unsigned ch
     y[i] = (float)acc[i];
 }
 
-/* %16 = matmul(%14, %8 fc2.weight)  f32 [B, 256]  mlp.kiln:10 */
-static void k16_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %16 = matmul(%14, %8 fc2_weight) -> t16  f32 [B, 256]  mlp.kiln:10 */
+static void k16_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(B, 256, 10, a, 10, 0, b, 256, 0, y, 256, scratch);
 }
 
-/* %17 = matmul(%14, %7 h)  f32 [10, 256]  mlp.kiln:10 */
-static void k17_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %17 = matmul(%14, %7 h) -> t17  f32 [10, 256]  mlp.kiln:10 */
+static void k17_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(10, 256, B, a, 10, 1, b, 256, 0, y, 256, scratch);
 }
 
-/* %18 = relu_grad(%6 fc1, %16)  f32 [B, 256]  mlp.kiln:9 */
-static void k18_relu_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %18 = relu_grad(%6 fc1, %16) -> t18  f32 [B, 256]  mlp.kiln:9 */
+static void k18_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (256*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
-/* %19 = sum_to(%18, %5 fc1.bias)  f32 [256]  mlp.kiln:8 */
-static void k19_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %19 = sum_to(%18, %5 fc1_bias) -> t19  f32 [256]  mlp.kiln:8 */
+static void k19_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 256; i++)
     acc[i] = 0;
@@ -1063,234 +543,605 @@ static void k19_sum_to_n(float *restrict y, const float *restrict a, unsigned ch
     y[i] = (float)acc[i];
 }
 
-/* %20 = matmul(%18, %2 x)  f32 [256, 784]  mlp.kiln:8 */
-static void k20_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %20 = matmul(%18, %2 x) -> t20  f32 [256, 784]  mlp.kiln:8 */
+static void k20_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(256, 784, B, a, 256, 1, b, 784, 0, y, 784, scratch);
 }
 
-static void train_full(unsigned char *arena) {
-  k4_matmul_full((float *)(arena + 3457664), (const float *)(arena + 3256704), (const float *)(arena + 0), arena + 5877568);
-  k6_add_full((float *)(arena + 3523200), (const float *)(arena + 3457664), (const float *)(arena + 802816));
-  k7_relu_full((float *)(arena + 3457664), (const float *)(arena + 3523200));
-  k9_matmul_full((float *)(arena + 3588736), (const float *)(arena + 3457664), (const float *)(arena + 803840), arena + 5877568);
-  k11_add_full((float *)(arena + 3591296), (const float *)(arena + 3588736), (const float *)(arena + 814080));
-  k12_cross_entropy_full((float *)(arena + 5877376), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408));
-  k14_cross_entropy_grad_full((float *)(arena + 3654272), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408));
-  k15_sum_to_full((float *)(arena + 5877440), (const float *)(arena + 3654272), arena + 5877568);
-  k16_matmul_full((float *)(arena + 3588736), (const float *)(arena + 3654272), (const float *)(arena + 803840), arena + 5877568);
-  k17_matmul_full((float *)(arena + 5866112), (const float *)(arena + 3654272), (const float *)(arena + 3457664), arena + 5877568);
-  k18_relu_grad_full((float *)(arena + 4260480), (const float *)(arena + 3523200), (const float *)(arena + 3588736));
-  k19_sum_to_full((float *)(arena + 5876352), (const float *)(arena + 4260480), arena + 5877568);
-  k20_matmul_full((float *)(arena + 3457664), (const float *)(arena + 4260480), (const float *)(arena + 3256704), arena + 5877568);
-  k27_add((float *)(arena + 5877504), (const float *)(arena + 1628352));
-  k33_mul((float *)(arena + 4260480), (const float *)(arena + 1628416));
-  k34_add((float *)(arena + 1628416), (const float *)(arena + 4260480), (const float *)(arena + 3457664));
-  k39_mul((float *)(arena + 5063296), (const float *)(arena + 2431232));
-  k40_add((float *)(arena + 2431232), (const float *)(arena + 5063296), (const float *)(arena + 3457664));
-  k45_div((float *)(arena + 3480192), (const float *)(arena + 1628288), (const float *)(arena + 5877504));
-  k47_sqrt((float *)(arena + 3480256), (const float *)(arena + 5877504));
-  k53_sub((float *)(arena + 0), (const float *)(arena + 3480192), (const float *)(arena + 1628416), (const float *)(arena + 2431232), (const float *)(arena + 3480256));
-  k57_mul((float *)(arena + 3478144), (const float *)(arena + 3234048));
-  k58_add((float *)(arena + 3234048), (const float *)(arena + 3478144), (const float *)(arena + 5876352));
-  k61_mul((float *)(arena + 3479168), (const float *)(arena + 3235072));
-  k62_add((float *)(arena + 3235072), (const float *)(arena + 3479168), (const float *)(arena + 5876352));
-  k68_sub((float *)(arena + 802816), (const float *)(arena + 3480192), (const float *)(arena + 3234048), (const float *)(arena + 3235072), (const float *)(arena + 3480256));
-  k72_mul((float *)(arena + 3457664), (const float *)(arena + 3236096));
-  k73_add((float *)(arena + 3236096), (const float *)(arena + 3457664), (const float *)(arena + 5866112));
-  k76_mul((float *)(arena + 3467904), (const float *)(arena + 3246336));
-  k77_add((float *)(arena + 3246336), (const float *)(arena + 3467904), (const float *)(arena + 5866112));
-  k83_sub((float *)(arena + 803840), (const float *)(arena + 3480192), (const float *)(arena + 3236096), (const float *)(arena + 3246336), (const float *)(arena + 3480256));
-  k87_mul((float *)(arena + 3480320), (const float *)(arena + 3256576));
-  k88_add((float *)(arena + 3256576), (const float *)(arena + 3480320), (const float *)(arena + 5877440));
-  k91_mul((float *)(arena + 3480384), (const float *)(arena + 3256640));
-  k92_add((float *)(arena + 3256640), (const float *)(arena + 3480384), (const float *)(arena + 5877440));
-  k98_sub((float *)(arena + 814080), (const float *)(arena + 3480192), (const float *)(arena + 3256576), (const float *)(arena + 3256640), (const float *)(arena + 3480256));
-  memcpy(arena + 1628352, arena + 5877504, (size_t)1 * 4); /* adam.step */
+/* %27 = add(%26 adam_step, %13) -> t27  f32 []  mlp.kiln:16 */
+static void k27_add(float *restrict y, const float *restrict a) {
+  y[0] = a[0] + ((float)1);
 }
 
-static void eval_full(unsigned char *arena) {
-  k4_matmul_full((float *)(arena + 3457664), (const float *)(arena + 3256704), (const float *)(arena + 0), arena + 5877568);
-  k6_add_full((float *)(arena + 3523200), (const float *)(arena + 3457664), (const float *)(arena + 802816));
-  k7_relu_full((float *)(arena + 3457664), (const float *)(arena + 3523200));
-  k9_matmul_full((float *)(arena + 3588736), (const float *)(arena + 3457664), (const float *)(arena + 803840), arena + 5877568);
-  k11_add_full((float *)(arena + 3591296), (const float *)(arena + 3588736), (const float *)(arena + 814080));
-  k12_cross_entropy_full((float *)(arena + 5877376), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408));
+/* %33 = mul(%32, %28 fc1_weight_exp_avg) -> t33  f32 [256, 784]  mlp.kiln:16 */
+static void k33_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 200704; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
 }
 
-static void grad_full(unsigned char *arena) {
-  k4_matmul_full((float *)(arena + 3457664), (const float *)(arena + 3256704), (const float *)(arena + 0), arena + 5877568);
-  k6_add_full((float *)(arena + 3523200), (const float *)(arena + 3457664), (const float *)(arena + 802816));
-  k7_relu_full((float *)(arena + 3457664), (const float *)(arena + 3523200));
-  k9_matmul_full((float *)(arena + 3588736), (const float *)(arena + 3457664), (const float *)(arena + 803840), arena + 5877568);
-  k11_add_full((float *)(arena + 3591296), (const float *)(arena + 3588736), (const float *)(arena + 814080));
-  k12_cross_entropy_full((float *)(arena + 5877376), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408));
-  k14_cross_entropy_grad_full((float *)(arena + 3654272), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408));
-  k15_sum_to_full((float *)(arena + 5877440), (const float *)(arena + 3654272), arena + 5877568);
-  k16_matmul_full((float *)(arena + 3588736), (const float *)(arena + 3654272), (const float *)(arena + 803840), arena + 5877568);
-  k17_matmul_full((float *)(arena + 5866112), (const float *)(arena + 3654272), (const float *)(arena + 3457664), arena + 5877568);
-  k18_relu_grad_full((float *)(arena + 4260480), (const float *)(arena + 3523200), (const float *)(arena + 3588736));
-  k19_sum_to_full((float *)(arena + 5876352), (const float *)(arena + 4260480), arena + 5877568);
-  k20_matmul_full((float *)(arena + 3457664), (const float *)(arena + 4260480), (const float *)(arena + 3256704), arena + 5877568);
-  memcpy(arena + 814144, arena + 3457664, (size_t)200704 * 4); /* grad.fc1.weight */
-  memcpy(arena + 1616960, arena + 5876352, (size_t)256 * 4); /* grad.fc1.bias */
-  memcpy(arena + 1617984, arena + 5866112, (size_t)2560 * 4); /* grad.fc2.weight */
-  memcpy(arena + 1628224, arena + 5877440, (size_t)10 * 4); /* grad.fc2.bias */
+/* %34 = add(%33, %31) -> fc1_weight_exp_avg  f32 [256, 784]  mlp.kiln:16  fused: %31 = mul  (written in place of %28) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k34_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 200704; i0++) {
+    const float t31 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t31;
+  }
 }
 
-static void apply_full(unsigned char *arena) {
-  k27_add((float *)(arena + 5877504), (const float *)(arena + 1628352));
-  k33_mul((float *)(arena + 4260480), (const float *)(arena + 1628416));
-  k39_mul((float *)(arena + 5063296), (const float *)(arena + 2431232));
-  k45_div((float *)(arena + 3480192), (const float *)(arena + 1628288), (const float *)(arena + 5877504));
-  k47_sqrt((float *)(arena + 3480256), (const float *)(arena + 5877504));
-  k57_mul((float *)(arena + 3478144), (const float *)(arena + 3234048));
-  k61_mul((float *)(arena + 3479168), (const float *)(arena + 3235072));
-  k72_mul((float *)(arena + 3457664), (const float *)(arena + 3236096));
-  k76_mul((float *)(arena + 3467904), (const float *)(arena + 3246336));
-  k87_mul((float *)(arena + 3480320), (const float *)(arena + 3256576));
-  k91_mul((float *)(arena + 3480384), (const float *)(arena + 3256640));
-  k100_add((float *)(arena + 1628416), (const float *)(arena + 4260480), (const float *)(arena + 814144));
-  k103_add((float *)(arena + 2431232), (const float *)(arena + 5063296), (const float *)(arena + 814144));
-  k109_sub((float *)(arena + 0), (const float *)(arena + 3480192), (const float *)(arena + 1628416), (const float *)(arena + 2431232), (const float *)(arena + 3480256));
-  k111_add((float *)(arena + 3234048), (const float *)(arena + 3478144), (const float *)(arena + 1616960));
-  k114_add((float *)(arena + 3235072), (const float *)(arena + 3479168), (const float *)(arena + 1616960));
-  k120_sub((float *)(arena + 802816), (const float *)(arena + 3480192), (const float *)(arena + 3234048), (const float *)(arena + 3235072), (const float *)(arena + 3480256));
-  k122_add((float *)(arena + 3236096), (const float *)(arena + 3457664), (const float *)(arena + 1617984));
-  k125_add((float *)(arena + 3246336), (const float *)(arena + 3467904), (const float *)(arena + 1617984));
-  k131_sub((float *)(arena + 803840), (const float *)(arena + 3480192), (const float *)(arena + 3236096), (const float *)(arena + 3246336), (const float *)(arena + 3480256));
-  k133_add((float *)(arena + 3256576), (const float *)(arena + 3480320), (const float *)(arena + 1628224));
-  k136_add((float *)(arena + 3256640), (const float *)(arena + 3480384), (const float *)(arena + 1628224));
-  k142_sub((float *)(arena + 814080), (const float *)(arena + 3480192), (const float *)(arena + 3256576), (const float *)(arena + 3256640), (const float *)(arena + 3480256));
-  memcpy(arena + 1628352, arena + 5877504, (size_t)1 * 4); /* adam.step */
+/* %39 = mul(%38, %29 fc1_weight_exp_avg_sq) -> t39  f32 [256, 784]  mlp.kiln:16 */
+static void k39_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 200704; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
 }
 
-static void train_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k4_matmul_n((float *)(arena + 3457664), (const float *)(arena + 3256704), (const float *)(arena + 0), arena + 5877568, B);
-  k6_add_n((float *)(arena + 3523200), (const float *)(arena + 3457664), (const float *)(arena + 802816), B);
-  k7_relu_n((float *)(arena + 3457664), (const float *)(arena + 3523200), B);
-  k9_matmul_n((float *)(arena + 3588736), (const float *)(arena + 3457664), (const float *)(arena + 803840), arena + 5877568, B);
-  k11_add_n((float *)(arena + 3591296), (const float *)(arena + 3588736), (const float *)(arena + 814080), B);
-  k12_cross_entropy_n((float *)(arena + 5877376), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408), B);
-  k14_cross_entropy_grad_n((float *)(arena + 3654272), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408), B);
-  k15_sum_to_n((float *)(arena + 5877440), (const float *)(arena + 3654272), arena + 5877568, B);
-  k16_matmul_n((float *)(arena + 3588736), (const float *)(arena + 3654272), (const float *)(arena + 803840), arena + 5877568, B);
-  k17_matmul_n((float *)(arena + 5866112), (const float *)(arena + 3654272), (const float *)(arena + 3457664), arena + 5877568, B);
-  k18_relu_grad_n((float *)(arena + 4260480), (const float *)(arena + 3523200), (const float *)(arena + 3588736), B);
-  k19_sum_to_n((float *)(arena + 5876352), (const float *)(arena + 4260480), arena + 5877568, B);
-  k20_matmul_n((float *)(arena + 3457664), (const float *)(arena + 4260480), (const float *)(arena + 3256704), arena + 5877568, B);
-  k27_add((float *)(arena + 5877504), (const float *)(arena + 1628352));
-  k33_mul((float *)(arena + 4260480), (const float *)(arena + 1628416));
-  k34_add((float *)(arena + 1628416), (const float *)(arena + 4260480), (const float *)(arena + 3457664));
-  k39_mul((float *)(arena + 5063296), (const float *)(arena + 2431232));
-  k40_add((float *)(arena + 2431232), (const float *)(arena + 5063296), (const float *)(arena + 3457664));
-  k45_div((float *)(arena + 3480192), (const float *)(arena + 1628288), (const float *)(arena + 5877504));
-  k47_sqrt((float *)(arena + 3480256), (const float *)(arena + 5877504));
-  k53_sub((float *)(arena + 0), (const float *)(arena + 3480192), (const float *)(arena + 1628416), (const float *)(arena + 2431232), (const float *)(arena + 3480256));
-  k57_mul((float *)(arena + 3478144), (const float *)(arena + 3234048));
-  k58_add((float *)(arena + 3234048), (const float *)(arena + 3478144), (const float *)(arena + 5876352));
-  k61_mul((float *)(arena + 3479168), (const float *)(arena + 3235072));
-  k62_add((float *)(arena + 3235072), (const float *)(arena + 3479168), (const float *)(arena + 5876352));
-  k68_sub((float *)(arena + 802816), (const float *)(arena + 3480192), (const float *)(arena + 3234048), (const float *)(arena + 3235072), (const float *)(arena + 3480256));
-  k72_mul((float *)(arena + 3457664), (const float *)(arena + 3236096));
-  k73_add((float *)(arena + 3236096), (const float *)(arena + 3457664), (const float *)(arena + 5866112));
-  k76_mul((float *)(arena + 3467904), (const float *)(arena + 3246336));
-  k77_add((float *)(arena + 3246336), (const float *)(arena + 3467904), (const float *)(arena + 5866112));
-  k83_sub((float *)(arena + 803840), (const float *)(arena + 3480192), (const float *)(arena + 3236096), (const float *)(arena + 3246336), (const float *)(arena + 3480256));
-  k87_mul((float *)(arena + 3480320), (const float *)(arena + 3256576));
-  k88_add((float *)(arena + 3256576), (const float *)(arena + 3480320), (const float *)(arena + 5877440));
-  k91_mul((float *)(arena + 3480384), (const float *)(arena + 3256640));
-  k92_add((float *)(arena + 3256640), (const float *)(arena + 3480384), (const float *)(arena + 5877440));
-  k98_sub((float *)(arena + 814080), (const float *)(arena + 3480192), (const float *)(arena + 3256576), (const float *)(arena + 3256640), (const float *)(arena + 3480256));
-  memcpy(arena + 1628352, arena + 5877504, (size_t)1 * 4); /* adam.step */
+/* %40 = add(%39, %37) -> fc1_weight_exp_avg_sq  f32 [256, 784]  mlp.kiln:16  fused: %35 = mul %37 = mul  (written in place of %29) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k40_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 200704; i0++) {
+    const float t35 = x1[i0] * x1[i0];
+    const float t37 = ((float)0.0010000000000000009) * t35;
+    y[i0] = x0[i0] + t37;
+  }
 }
 
-static void eval_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k4_matmul_n((float *)(arena + 3457664), (const float *)(arena + 3256704), (const float *)(arena + 0), arena + 5877568, B);
-  k6_add_n((float *)(arena + 3523200), (const float *)(arena + 3457664), (const float *)(arena + 802816), B);
-  k7_relu_n((float *)(arena + 3457664), (const float *)(arena + 3523200), B);
-  k9_matmul_n((float *)(arena + 3588736), (const float *)(arena + 3457664), (const float *)(arena + 803840), arena + 5877568, B);
-  k11_add_n((float *)(arena + 3591296), (const float *)(arena + 3588736), (const float *)(arena + 814080), B);
-  k12_cross_entropy_n((float *)(arena + 5877376), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408), B);
+/* %45 = div(%25 lr, %42) -> t45  f32 []  mlp.kiln:16  fused: %41 = pow %42 = sub */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k45_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  const float t41 = powf(((float)0.90000000000000002), x1[0]);
+  const float t42 = ((float)1) - t41;
+  y[0] = x0[0] / t42;
 }
 
-static void grad_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k4_matmul_n((float *)(arena + 3457664), (const float *)(arena + 3256704), (const float *)(arena + 0), arena + 5877568, B);
-  k6_add_n((float *)(arena + 3523200), (const float *)(arena + 3457664), (const float *)(arena + 802816), B);
-  k7_relu_n((float *)(arena + 3457664), (const float *)(arena + 3523200), B);
-  k9_matmul_n((float *)(arena + 3588736), (const float *)(arena + 3457664), (const float *)(arena + 803840), arena + 5877568, B);
-  k11_add_n((float *)(arena + 3591296), (const float *)(arena + 3588736), (const float *)(arena + 814080), B);
-  k12_cross_entropy_n((float *)(arena + 5877376), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408), B);
-  k14_cross_entropy_grad_n((float *)(arena + 3654272), (const float *)(arena + 3591296), (const int32_t *)(arena + 3457408), B);
-  k15_sum_to_n((float *)(arena + 5877440), (const float *)(arena + 3654272), arena + 5877568, B);
-  k16_matmul_n((float *)(arena + 3588736), (const float *)(arena + 3654272), (const float *)(arena + 803840), arena + 5877568, B);
-  k17_matmul_n((float *)(arena + 5866112), (const float *)(arena + 3654272), (const float *)(arena + 3457664), arena + 5877568, B);
-  k18_relu_grad_n((float *)(arena + 4260480), (const float *)(arena + 3523200), (const float *)(arena + 3588736), B);
-  k19_sum_to_n((float *)(arena + 5876352), (const float *)(arena + 4260480), arena + 5877568, B);
-  k20_matmul_n((float *)(arena + 3457664), (const float *)(arena + 4260480), (const float *)(arena + 3256704), arena + 5877568, B);
-  memcpy(arena + 814144, arena + 3457664, (size_t)200704 * 4); /* grad.fc1.weight */
-  memcpy(arena + 1616960, arena + 5876352, (size_t)256 * 4); /* grad.fc1.bias */
-  memcpy(arena + 1617984, arena + 5866112, (size_t)2560 * 4); /* grad.fc2.weight */
-  memcpy(arena + 1628224, arena + 5877440, (size_t)10 * 4); /* grad.fc2.bias */
+/* %47 = sqrt(%44) -> t47  f32 []  mlp.kiln:16  fused: %43 = pow %44 = sub */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k47_sqrt(float *restrict y, const float *restrict x0) {
+  const float t43 = powf(((float)0.999), x0[0]);
+  const float t44 = ((float)1) - t43;
+  y[0] = sqrtf(t44);
 }
 
-static void apply_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k27_add((float *)(arena + 5877504), (const float *)(arena + 1628352));
-  k33_mul((float *)(arena + 4260480), (const float *)(arena + 1628416));
-  k39_mul((float *)(arena + 5063296), (const float *)(arena + 2431232));
-  k45_div((float *)(arena + 3480192), (const float *)(arena + 1628288), (const float *)(arena + 5877504));
-  k47_sqrt((float *)(arena + 3480256), (const float *)(arena + 5877504));
-  k57_mul((float *)(arena + 3478144), (const float *)(arena + 3234048));
-  k61_mul((float *)(arena + 3479168), (const float *)(arena + 3235072));
-  k72_mul((float *)(arena + 3457664), (const float *)(arena + 3236096));
-  k76_mul((float *)(arena + 3467904), (const float *)(arena + 3246336));
-  k87_mul((float *)(arena + 3480320), (const float *)(arena + 3256576));
-  k91_mul((float *)(arena + 3480384), (const float *)(arena + 3256640));
-  k100_add((float *)(arena + 1628416), (const float *)(arena + 4260480), (const float *)(arena + 814144));
-  k103_add((float *)(arena + 2431232), (const float *)(arena + 5063296), (const float *)(arena + 814144));
-  k109_sub((float *)(arena + 0), (const float *)(arena + 3480192), (const float *)(arena + 1628416), (const float *)(arena + 2431232), (const float *)(arena + 3480256));
-  k111_add((float *)(arena + 3234048), (const float *)(arena + 3478144), (const float *)(arena + 1616960));
-  k114_add((float *)(arena + 3235072), (const float *)(arena + 3479168), (const float *)(arena + 1616960));
-  k120_sub((float *)(arena + 802816), (const float *)(arena + 3480192), (const float *)(arena + 3234048), (const float *)(arena + 3235072), (const float *)(arena + 3480256));
-  k122_add((float *)(arena + 3236096), (const float *)(arena + 3457664), (const float *)(arena + 1617984));
-  k125_add((float *)(arena + 3246336), (const float *)(arena + 3467904), (const float *)(arena + 1617984));
-  k131_sub((float *)(arena + 803840), (const float *)(arena + 3480192), (const float *)(arena + 3236096), (const float *)(arena + 3246336), (const float *)(arena + 3480256));
-  k133_add((float *)(arena + 3256576), (const float *)(arena + 3480320), (const float *)(arena + 1628224));
-  k136_add((float *)(arena + 3256640), (const float *)(arena + 3480384), (const float *)(arena + 1628224));
-  k142_sub((float *)(arena + 814080), (const float *)(arena + 3480192), (const float *)(arena + 3256576), (const float *)(arena + 3256640), (const float *)(arena + 3480256));
-  memcpy(arena + 1628352, arena + 5877504, (size_t)1 * 4); /* adam.step */
+/* %53 = sub(%3 fc1_weight, %52) -> fc1_weight  f32 [256, 784]  mlp.kiln:16  fused: %48 = sqrt %49 = div %50 = add %51 = div %52 = mul  (written in place of %3) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k53_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 200704; i0++) {
+    const float t48 = sqrtf(x2[i0]);
+    const float t49 = t48 / x3[0];
+    const float t50 = t49 + ((float)1e-08);
+    const float t51 = x1[i0] / t50;
+    const float t52 = x0[0] * t51;
+    y[i0] = y[i0] - t52;
+  }
 }
 
-static void kiln_train(unsigned char *arena, int64_t batch) {
-  if (batch == 64)
-    train_full(arena);
-  else if (batch >= 1 && batch < 64)
-    train_n(arena, batch);
+/* %57 = mul(%32, %54 fc1_bias_exp_avg) -> t57  f32 [256]  mlp.kiln:16 */
+static void k57_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 256; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
 }
 
-static void kiln_eval(unsigned char *arena, int64_t batch) {
-  if (batch == 64)
-    eval_full(arena);
-  else if (batch >= 1 && batch < 64)
-    eval_n(arena, batch);
+/* %58 = add(%57, %56) -> fc1_bias_exp_avg  f32 [256]  mlp.kiln:16  fused: %56 = mul  (written in place of %54) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k58_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 256; i0++) {
+    const float t56 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t56;
+  }
 }
 
-static void kiln_grad(unsigned char *arena, int64_t batch) {
-  if (batch == 64)
-    grad_full(arena);
-  else if (batch >= 1 && batch < 64)
-    grad_n(arena, batch);
+/* %61 = mul(%38, %55 fc1_bias_exp_avg_sq) -> t61  f32 [256]  mlp.kiln:16 */
+static void k61_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 256; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
 }
 
-static void kiln_apply(unsigned char *arena, int64_t batch) {
-  if (batch == 64)
-    apply_full(arena);
-  else if (batch >= 1 && batch < 64)
-    apply_n(arena, batch);
+/* %62 = add(%61, %60) -> fc1_bias_exp_avg_sq  f32 [256]  mlp.kiln:16  fused: %59 = mul %60 = mul  (written in place of %55) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k62_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 256; i0++) {
+    const float t59 = x1[i0] * x1[i0];
+    const float t60 = ((float)0.0010000000000000009) * t59;
+    y[i0] = x0[i0] + t60;
+  }
+}
+
+/* %68 = sub(%5 fc1_bias, %67) -> fc1_bias  f32 [256]  mlp.kiln:16  fused: %63 = sqrt %64 = div %65 = add %66 = div %67 = mul  (written in place of %5) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k68_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 256; i0++) {
+    const float t63 = sqrtf(x2[i0]);
+    const float t64 = t63 / x3[0];
+    const float t65 = t64 + ((float)1e-08);
+    const float t66 = x1[i0] / t65;
+    const float t67 = x0[0] * t66;
+    y[i0] = y[i0] - t67;
+  }
+}
+
+/* %72 = mul(%32, %69 fc2_weight_exp_avg) -> t72  f32 [10, 256]  mlp.kiln:16 */
+static void k72_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 2560; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %73 = add(%72, %71) -> fc2_weight_exp_avg  f32 [10, 256]  mlp.kiln:16  fused: %71 = mul  (written in place of %69) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k73_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 2560; i0++) {
+    const float t71 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t71;
+  }
+}
+
+/* %76 = mul(%38, %70 fc2_weight_exp_avg_sq) -> t76  f32 [10, 256]  mlp.kiln:16 */
+static void k76_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 2560; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %77 = add(%76, %75) -> fc2_weight_exp_avg_sq  f32 [10, 256]  mlp.kiln:16  fused: %74 = mul %75 = mul  (written in place of %70) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k77_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 2560; i0++) {
+    const float t74 = x1[i0] * x1[i0];
+    const float t75 = ((float)0.0010000000000000009) * t74;
+    y[i0] = x0[i0] + t75;
+  }
+}
+
+/* %83 = sub(%8 fc2_weight, %82) -> fc2_weight  f32 [10, 256]  mlp.kiln:16  fused: %78 = sqrt %79 = div %80 = add %81 = div %82 = mul  (written in place of %8) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k83_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 2560; i0++) {
+    const float t78 = sqrtf(x2[i0]);
+    const float t79 = t78 / x3[0];
+    const float t80 = t79 + ((float)1e-08);
+    const float t81 = x1[i0] / t80;
+    const float t82 = x0[0] * t81;
+    y[i0] = y[i0] - t82;
+  }
+}
+
+/* %87 = mul(%32, %84 fc2_bias_exp_avg) -> t87  f32 [10]  mlp.kiln:16 */
+static void k87_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %88 = add(%87, %86) -> fc2_bias_exp_avg  f32 [10]  mlp.kiln:16  fused: %86 = mul  (written in place of %84) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k88_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t86 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t86;
+  }
+}
+
+/* %91 = mul(%38, %85 fc2_bias_exp_avg_sq) -> t91  f32 [10]  mlp.kiln:16 */
+static void k91_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %92 = add(%91, %90) -> fc2_bias_exp_avg_sq  f32 [10]  mlp.kiln:16  fused: %89 = mul %90 = mul  (written in place of %85) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k92_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t89 = x1[i0] * x1[i0];
+    const float t90 = ((float)0.0010000000000000009) * t89;
+    y[i0] = x0[i0] + t90;
+  }
+}
+
+/* %98 = sub(%10 fc2_bias, %97) -> fc2_bias  f32 [10]  mlp.kiln:16  fused: %93 = sqrt %94 = div %95 = add %96 = div %97 = mul  (written in place of %10) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k98_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t93 = sqrtf(x2[i0]);
+    const float t94 = t93 / x3[0];
+    const float t95 = t94 + ((float)1e-08);
+    const float t96 = x1[i0] / t95;
+    const float t97 = x0[0] * t96;
+    y[i0] = y[i0] - t97;
+  }
+}
+
+/* %100 = add(%33, %99) -> fc1_weight_exp_avg  f32 [256, 784]  mlp.kiln:16  fused: %99 = mul  (written in place of %28) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k100_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 200704; i0++) {
+    const float t99 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t99;
+  }
+}
+
+/* %103 = add(%39, %102) -> fc1_weight_exp_avg_sq  f32 [256, 784]  mlp.kiln:16  fused: %101 = mul %102 = mul  (written in place of %29) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k103_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 200704; i0++) {
+    const float t101 = x1[i0] * x1[i0];
+    const float t102 = ((float)0.0010000000000000009) * t101;
+    y[i0] = x0[i0] + t102;
+  }
+}
+
+/* %109 = sub(%3 fc1_weight, %108) -> fc1_weight  f32 [256, 784]  mlp.kiln:16  fused: %104 = sqrt %105 = div %106 = add %107 = div %108 = mul  (written in place of %3) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k109_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 200704; i0++) {
+    const float t104 = sqrtf(x2[i0]);
+    const float t105 = t104 / x3[0];
+    const float t106 = t105 + ((float)1e-08);
+    const float t107 = x1[i0] / t106;
+    const float t108 = x0[0] * t107;
+    y[i0] = y[i0] - t108;
+  }
+}
+
+/* %111 = add(%57, %110) -> fc1_bias_exp_avg  f32 [256]  mlp.kiln:16  fused: %110 = mul  (written in place of %54) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k111_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 256; i0++) {
+    const float t110 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t110;
+  }
+}
+
+/* %114 = add(%61, %113) -> fc1_bias_exp_avg_sq  f32 [256]  mlp.kiln:16  fused: %112 = mul %113 = mul  (written in place of %55) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k114_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 256; i0++) {
+    const float t112 = x1[i0] * x1[i0];
+    const float t113 = ((float)0.0010000000000000009) * t112;
+    y[i0] = x0[i0] + t113;
+  }
+}
+
+/* %120 = sub(%5 fc1_bias, %119) -> fc1_bias  f32 [256]  mlp.kiln:16  fused: %115 = sqrt %116 = div %117 = add %118 = div %119 = mul  (written in place of %5) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k120_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 256; i0++) {
+    const float t115 = sqrtf(x2[i0]);
+    const float t116 = t115 / x3[0];
+    const float t117 = t116 + ((float)1e-08);
+    const float t118 = x1[i0] / t117;
+    const float t119 = x0[0] * t118;
+    y[i0] = y[i0] - t119;
+  }
+}
+
+/* %122 = add(%72, %121) -> fc2_weight_exp_avg  f32 [10, 256]  mlp.kiln:16  fused: %121 = mul  (written in place of %69) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k122_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 2560; i0++) {
+    const float t121 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t121;
+  }
+}
+
+/* %125 = add(%76, %124) -> fc2_weight_exp_avg_sq  f32 [10, 256]  mlp.kiln:16  fused: %123 = mul %124 = mul  (written in place of %70) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k125_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 2560; i0++) {
+    const float t123 = x1[i0] * x1[i0];
+    const float t124 = ((float)0.0010000000000000009) * t123;
+    y[i0] = x0[i0] + t124;
+  }
+}
+
+/* %131 = sub(%8 fc2_weight, %130) -> fc2_weight  f32 [10, 256]  mlp.kiln:16  fused: %126 = sqrt %127 = div %128 = add %129 = div %130 = mul  (written in place of %8) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k131_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 2560; i0++) {
+    const float t126 = sqrtf(x2[i0]);
+    const float t127 = t126 / x3[0];
+    const float t128 = t127 + ((float)1e-08);
+    const float t129 = x1[i0] / t128;
+    const float t130 = x0[0] * t129;
+    y[i0] = y[i0] - t130;
+  }
+}
+
+/* %133 = add(%87, %132) -> fc2_bias_exp_avg  f32 [10]  mlp.kiln:16  fused: %132 = mul  (written in place of %84) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k133_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t132 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t132;
+  }
+}
+
+/* %136 = add(%91, %135) -> fc2_bias_exp_avg_sq  f32 [10]  mlp.kiln:16  fused: %134 = mul %135 = mul  (written in place of %85) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k136_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t134 = x1[i0] * x1[i0];
+    const float t135 = ((float)0.0010000000000000009) * t134;
+    y[i0] = x0[i0] + t135;
+  }
+}
+
+/* %142 = sub(%10 fc2_bias, %141) -> fc2_bias  f32 [10]  mlp.kiln:16  fused: %137 = sqrt %138 = div %139 = add %140 = div %141 = mul  (written in place of %10) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k142_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t137 = sqrtf(x2[i0]);
+    const float t138 = t137 / x3[0];
+    const float t139 = t138 + ((float)1e-08);
+    const float t140 = x1[i0] / t139;
+    const float t141 = x0[0] * t140;
+    y[i0] = y[i0] - t141;
+  }
+}
+
+static void kiln_train(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 64)
+    return;
+  int32_t *const label = (int32_t *)(arena + 3457408);
+  float *const x = (float *)(arena + 3256704);
+  float *const fc1_weight = (float *)(arena + 0);
+  float *const t4 = (float *)(arena + 3457664);
+  float *const fc1_bias = (float *)(arena + 802816);
+  float *const fc1 = (float *)(arena + 3523200);
+  float *const h = (float *)(arena + 3457664);
+  float *const fc2_weight = (float *)(arena + 803840);
+  float *const t9 = (float *)(arena + 3588736);
+  float *const fc2_bias = (float *)(arena + 814080);
+  float *const logits = (float *)(arena + 3591296);
+  float *const loss = (float *)(arena + 5877376);
+  float *const t14 = (float *)(arena + 3654272);
+  float *const t15 = (float *)(arena + 5877440);
+  float *const t16 = (float *)(arena + 3588736);
+  float *const t17 = (float *)(arena + 5866112);
+  float *const t18 = (float *)(arena + 4260480);
+  float *const t19 = (float *)(arena + 5876352);
+  float *const t20 = (float *)(arena + 3457664);
+  float *const lr = (float *)(arena + 1628288);
+  float *const adam_step = (float *)(arena + 1628352);
+  float *const t27 = (float *)(arena + 5877504);
+  float *const fc1_weight_exp_avg = (float *)(arena + 1628416);
+  float *const fc1_weight_exp_avg_sq = (float *)(arena + 2431232);
+  float *const t33 = (float *)(arena + 4260480);
+  float *const t39 = (float *)(arena + 5063296);
+  float *const t45 = (float *)(arena + 3480192);
+  float *const t47 = (float *)(arena + 3480256);
+  float *const fc1_bias_exp_avg = (float *)(arena + 3234048);
+  float *const fc1_bias_exp_avg_sq = (float *)(arena + 3235072);
+  float *const t57 = (float *)(arena + 3478144);
+  float *const t61 = (float *)(arena + 3479168);
+  float *const fc2_weight_exp_avg = (float *)(arena + 3236096);
+  float *const fc2_weight_exp_avg_sq = (float *)(arena + 3246336);
+  float *const t72 = (float *)(arena + 3457664);
+  float *const t76 = (float *)(arena + 3467904);
+  float *const fc2_bias_exp_avg = (float *)(arena + 3256576);
+  float *const fc2_bias_exp_avg_sq = (float *)(arena + 3256640);
+  float *const t87 = (float *)(arena + 3480320);
+  float *const t91 = (float *)(arena + 3480384);
+  unsigned char *const scratch = arena + 5877568;
+  k4_matmul(t4, x, fc1_weight, scratch, B);
+  k6_add(fc1, t4, fc1_bias, B);
+  k7_relu(h, fc1, B);
+  k9_matmul(t9, h, fc2_weight, scratch, B);
+  k11_add(logits, t9, fc2_bias, B);
+  k12_cross_entropy(loss, logits, label, B);
+  k14_cross_entropy_grad(t14, logits, label, B);
+  k15_sum_to(t15, t14, scratch, B);
+  k16_matmul(t16, t14, fc2_weight, scratch, B);
+  k17_matmul(t17, t14, h, scratch, B);
+  k18_relu_grad(t18, fc1, t16, B);
+  k19_sum_to(t19, t18, scratch, B);
+  k20_matmul(t20, t18, x, scratch, B);
+  k27_add(t27, adam_step);
+  k33_mul(t33, fc1_weight_exp_avg);
+  k34_add(fc1_weight_exp_avg, t33, t20);
+  k39_mul(t39, fc1_weight_exp_avg_sq);
+  k40_add(fc1_weight_exp_avg_sq, t39, t20);
+  k45_div(t45, lr, t27);
+  k47_sqrt(t47, t27);
+  k53_sub(fc1_weight, t45, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t47);
+  k57_mul(t57, fc1_bias_exp_avg);
+  k58_add(fc1_bias_exp_avg, t57, t19);
+  k61_mul(t61, fc1_bias_exp_avg_sq);
+  k62_add(fc1_bias_exp_avg_sq, t61, t19);
+  k68_sub(fc1_bias, t45, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t47);
+  k72_mul(t72, fc2_weight_exp_avg);
+  k73_add(fc2_weight_exp_avg, t72, t17);
+  k76_mul(t76, fc2_weight_exp_avg_sq);
+  k77_add(fc2_weight_exp_avg_sq, t76, t17);
+  k83_sub(fc2_weight, t45, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t47);
+  k87_mul(t87, fc2_bias_exp_avg);
+  k88_add(fc2_bias_exp_avg, t87, t15);
+  k91_mul(t91, fc2_bias_exp_avg_sq);
+  k92_add(fc2_bias_exp_avg_sq, t91, t15);
+  k98_sub(fc2_bias, t45, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t47);
+  memcpy(adam_step, t27, (size_t)1 * 4);
+}
+
+static void kiln_eval(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 64)
+    return;
+  int32_t *const label = (int32_t *)(arena + 3457408);
+  float *const x = (float *)(arena + 3256704);
+  float *const fc1_weight = (float *)(arena + 0);
+  float *const t4 = (float *)(arena + 3457664);
+  float *const fc1_bias = (float *)(arena + 802816);
+  float *const fc1 = (float *)(arena + 3523200);
+  float *const h = (float *)(arena + 3457664);
+  float *const fc2_weight = (float *)(arena + 803840);
+  float *const t9 = (float *)(arena + 3588736);
+  float *const fc2_bias = (float *)(arena + 814080);
+  float *const logits = (float *)(arena + 3591296);
+  float *const loss = (float *)(arena + 5877376);
+  unsigned char *const scratch = arena + 5877568;
+  k4_matmul(t4, x, fc1_weight, scratch, B);
+  k6_add(fc1, t4, fc1_bias, B);
+  k7_relu(h, fc1, B);
+  k9_matmul(t9, h, fc2_weight, scratch, B);
+  k11_add(logits, t9, fc2_bias, B);
+  k12_cross_entropy(loss, logits, label, B);
+}
+
+static void kiln_grad(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 64)
+    return;
+  int32_t *const label = (int32_t *)(arena + 3457408);
+  float *const x = (float *)(arena + 3256704);
+  float *const fc1_weight = (float *)(arena + 0);
+  float *const t4 = (float *)(arena + 3457664);
+  float *const fc1_bias = (float *)(arena + 802816);
+  float *const fc1 = (float *)(arena + 3523200);
+  float *const h = (float *)(arena + 3457664);
+  float *const fc2_weight = (float *)(arena + 803840);
+  float *const t9 = (float *)(arena + 3588736);
+  float *const fc2_bias = (float *)(arena + 814080);
+  float *const logits = (float *)(arena + 3591296);
+  float *const loss = (float *)(arena + 5877376);
+  float *const t14 = (float *)(arena + 3654272);
+  float *const t15 = (float *)(arena + 5877440);
+  float *const t16 = (float *)(arena + 3588736);
+  float *const t17 = (float *)(arena + 5866112);
+  float *const t18 = (float *)(arena + 4260480);
+  float *const t19 = (float *)(arena + 5876352);
+  float *const t20 = (float *)(arena + 3457664);
+  float *const grad_fc1_weight = (float *)(arena + 814144);
+  float *const grad_fc1_bias = (float *)(arena + 1616960);
+  float *const grad_fc2_weight = (float *)(arena + 1617984);
+  float *const grad_fc2_bias = (float *)(arena + 1628224);
+  unsigned char *const scratch = arena + 5877568;
+  k4_matmul(t4, x, fc1_weight, scratch, B);
+  k6_add(fc1, t4, fc1_bias, B);
+  k7_relu(h, fc1, B);
+  k9_matmul(t9, h, fc2_weight, scratch, B);
+  k11_add(logits, t9, fc2_bias, B);
+  k12_cross_entropy(loss, logits, label, B);
+  k14_cross_entropy_grad(t14, logits, label, B);
+  k15_sum_to(t15, t14, scratch, B);
+  k16_matmul(t16, t14, fc2_weight, scratch, B);
+  k17_matmul(t17, t14, h, scratch, B);
+  k18_relu_grad(t18, fc1, t16, B);
+  k19_sum_to(t19, t18, scratch, B);
+  k20_matmul(t20, t18, x, scratch, B);
+  memcpy(grad_fc1_weight, t20, (size_t)200704 * 4);
+  memcpy(grad_fc1_bias, t19, (size_t)256 * 4);
+  memcpy(grad_fc2_weight, t17, (size_t)2560 * 4);
+  memcpy(grad_fc2_bias, t15, (size_t)10 * 4);
+}
+
+static void kiln_apply(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 64)
+    return;
+  float *const fc1_weight = (float *)(arena + 0);
+  float *const fc1_bias = (float *)(arena + 802816);
+  float *const fc2_weight = (float *)(arena + 803840);
+  float *const fc2_bias = (float *)(arena + 814080);
+  float *const grad_fc1_weight = (float *)(arena + 814144);
+  float *const grad_fc1_bias = (float *)(arena + 1616960);
+  float *const grad_fc2_weight = (float *)(arena + 1617984);
+  float *const grad_fc2_bias = (float *)(arena + 1628224);
+  float *const lr = (float *)(arena + 1628288);
+  float *const adam_step = (float *)(arena + 1628352);
+  float *const t27 = (float *)(arena + 5877504);
+  float *const fc1_weight_exp_avg = (float *)(arena + 1628416);
+  float *const fc1_weight_exp_avg_sq = (float *)(arena + 2431232);
+  float *const t33 = (float *)(arena + 4260480);
+  float *const t39 = (float *)(arena + 5063296);
+  float *const t45 = (float *)(arena + 3480192);
+  float *const t47 = (float *)(arena + 3480256);
+  float *const fc1_bias_exp_avg = (float *)(arena + 3234048);
+  float *const fc1_bias_exp_avg_sq = (float *)(arena + 3235072);
+  float *const t57 = (float *)(arena + 3478144);
+  float *const t61 = (float *)(arena + 3479168);
+  float *const fc2_weight_exp_avg = (float *)(arena + 3236096);
+  float *const fc2_weight_exp_avg_sq = (float *)(arena + 3246336);
+  float *const t72 = (float *)(arena + 3457664);
+  float *const t76 = (float *)(arena + 3467904);
+  float *const fc2_bias_exp_avg = (float *)(arena + 3256576);
+  float *const fc2_bias_exp_avg_sq = (float *)(arena + 3256640);
+  float *const t87 = (float *)(arena + 3480320);
+  float *const t91 = (float *)(arena + 3480384);
+  k27_add(t27, adam_step);
+  k33_mul(t33, fc1_weight_exp_avg);
+  k39_mul(t39, fc1_weight_exp_avg_sq);
+  k45_div(t45, lr, t27);
+  k47_sqrt(t47, t27);
+  k57_mul(t57, fc1_bias_exp_avg);
+  k61_mul(t61, fc1_bias_exp_avg_sq);
+  k72_mul(t72, fc2_weight_exp_avg);
+  k76_mul(t76, fc2_weight_exp_avg_sq);
+  k87_mul(t87, fc2_bias_exp_avg);
+  k91_mul(t91, fc2_bias_exp_avg_sq);
+  k100_add(fc1_weight_exp_avg, t33, grad_fc1_weight);
+  k103_add(fc1_weight_exp_avg_sq, t39, grad_fc1_weight);
+  k109_sub(fc1_weight, t45, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t47);
+  k111_add(fc1_bias_exp_avg, t57, grad_fc1_bias);
+  k114_add(fc1_bias_exp_avg_sq, t61, grad_fc1_bias);
+  k120_sub(fc1_bias, t45, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t47);
+  k122_add(fc2_weight_exp_avg, t72, grad_fc2_weight);
+  k125_add(fc2_weight_exp_avg_sq, t76, grad_fc2_weight);
+  k131_sub(fc2_weight, t45, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t47);
+  k133_add(fc2_bias_exp_avg, t87, grad_fc2_bias);
+  k136_add(fc2_bias_exp_avg_sq, t91, grad_fc2_bias);
+  k142_sub(fc2_bias, t45, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t47);
+  memcpy(adam_step, t27, (size_t)1 * 4);
 }
 
 static const kiln_tensor kiln_tensors[23] = {

@@ -425,12 +425,12 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 }
 #endif
 
-/* %3 = conv2d(%0 image, %2 conv1.weight)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
+/* %3 = conv2d(%0 image, %2 conv1_weight) -> t3  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k3_conv2d_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t n = 0; n < 64; n++)
+static void k3_conv2d(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t n = 0; n < B; n++)
     for (int64_t o = 0; o < 8; o++) {
       const int64_t cb = 0;
       for (int64_t i = 0; i < 28; i++) {
@@ -464,14 +464,14 @@ static void k3_conv2d_full(float *restrict y, const float *restrict a, const flo
       }
 }
 
-/* %5 = reshape(%4 conv1.bias)  f32 [8, 1, 1]  mnist_cnn.kiln:10 */
+/* %5 = reshape(%4 conv1_bias) -> t5  f32 [8, 1, 1]  mnist_cnn.kiln:10 */
 static void k5_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %6 = add(%3, %5)  f32 [B, 8, 28, 28]  conv1  mnist_cnn.kiln:10 */
-static void k6_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+/* %6 = add(%3, %5) -> conv1  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
+static void k6_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
         y[i0*6272 + i1*784 + i2] = a[i0*6272 + i1*784 + i2] + b[i1];
@@ -480,12 +480,12 @@ static void k6_add_full(float *restrict y, const float *restrict a, const float 
   }
 }
 
-/* %12 = mean(%6 conv1)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k12_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
+/* %12 = mean(%6 conv1) -> t12  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
+static void k12_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       {
         const float *restrict xr = a + i0*6272 + i1*784;
@@ -504,15 +504,15 @@ static void k12_mean_full(float *restrict y, const float *restrict a, unsigned c
     }
   }
   for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)(acc[i] / (double)50176);
+    y[i] = (float)(acc[i] / (double)(784*B));
 }
 
-/* %13 = mean(%3)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k13_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
+/* %13 = mean(%3) -> t13  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
+static void k13_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       {
         const float *restrict xr = a + i0*6272 + i1*784;
@@ -531,12 +531,12 @@ static void k13_mean_full(float *restrict y, const float *restrict a, unsigned c
     }
   }
   for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)(acc[i] / (double)50176);
+    y[i] = (float)(acc[i] / (double)(784*B));
 }
 
-/* %14 = sub(%3, %13)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k14_sub_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+/* %14 = sub(%3, %13) -> t14  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k14_sub(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
         y[i0*6272 + i1*784 + i2] = a[i0*6272 + i1*784 + i2] - b[i1];
@@ -545,19 +545,19 @@ static void k14_sub_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %15 = mul(%14, %14)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k15_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
+/* %15 = mul(%14, %14) -> t15  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k15_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %16 = mean(%15)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k16_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
+/* %16 = mean(%15) -> t16  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
+static void k16_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       {
         const float *restrict xr = a + i0*6272 + i1*784;
@@ -576,10 +576,10 @@ static void k16_mean_full(float *restrict y, const float *restrict a, unsigned c
     }
   }
   for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)(acc[i] / (double)50176);
+    y[i] = (float)(acc[i] / (double)(784*B));
 }
 
-/* %19 = sqrt(%18)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: %18 = add */
+/* %19 = sqrt(%18) -> t19  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: %18 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -590,9 +590,9 @@ static void k19_sqrt(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %20 = div(%14, %19)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k20_div_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+/* %20 = div(%14, %19) -> t20  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k20_div(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
         y[i0*6272 + i1*784 + i2] = a[i0*6272 + i1*784 + i2] / b[i1];
@@ -601,12 +601,12 @@ static void k20_div_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %21 = numel(%6 conv1)  f32 []  mnist_cnn.kiln:11 */
-static void k21_numel_full(float *restrict y) {
-  y[0] = (float)50176;
+/* %21 = numel(%6 conv1) -> t21  f32 []  mnist_cnn.kiln:11 */
+static void k21_numel(float *restrict y, int64_t B) {
+  y[0] = (float)(784*B);
 }
 
-/* %24 = div(%21, %23)  f32 []  mnist_cnn.kiln:11  fused: %23 = sub */
+/* %24 = div(%21, %23) -> t24  f32 []  mnist_cnn.kiln:11  fused: %23 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -615,7 +615,7 @@ static void k24_div(float *restrict y, const float *restrict x0) {
   y[0] = x0[0] / t23;
 }
 
-/* %32 = add(%29, %31)  f32 [8]  mnist_cnn.kiln:11  fused: %29 = mul %31 = mul */
+/* %32 = add(%29, %31) -> t32  f32 [8]  mnist_cnn.kiln:11  fused: %29 = mul %31 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -627,7 +627,7 @@ static void k32_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %35 = add(%33, %34)  f32 [8]  mnist_cnn.kiln:11  fused: %33 = mul %26 = mul %34 = mul */
+/* %35 = add(%33, %34) -> t35  f32 [8]  mnist_cnn.kiln:11  fused: %33 = mul %26 = mul %34 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -640,27 +640,27 @@ static void k35_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %37 = add(%11 bn1.num_batches_tracked, %36)  f64 []  mnist_cnn.kiln:11 */
+/* %37 = add(%11 bn1_num_batches_tracked, %36) -> t37  f64 []  mnist_cnn.kiln:11 */
 static void k37_add(double *restrict y, const double *restrict a) {
   y[0] = a[0] + ((double)1);
 }
 
-/* %38 = reshape(%7 bn1.weight)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
+/* %38 = reshape(%7 bn1_weight) -> t38  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k38_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %40 = reshape(%8 bn1.bias)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
+/* %40 = reshape(%8 bn1_bias) -> t40  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k40_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %41 = add(%39, %40)  f32 [B, 8, 28, 28]  bn1  mnist_cnn.kiln:11  fused: %39 = mul */
+/* %41 = add(%39, %40) -> bn1  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %39 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k41_add_full(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+static void k41_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
         const float t39 = x0[i0*6272 + i1*784 + i2] * x1[i1];
@@ -670,16 +670,16 @@ static void k41_add_full(float *restrict y, const float *restrict x0, const floa
   }
 }
 
-/* %42 = relu(%41 bn1)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
-static void k42_relu_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
+/* %42 = relu(%41 bn1) -> t42  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
+static void k42_relu(float *restrict y, const float *restrict a, int64_t B) {
+  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %43 = maxpool2d(%42)  f32 [B, 8, 14, 14]  h1  mnist_cnn.kiln:12 */
-static void k43_maxpool2d_full(float *restrict y, const float *restrict a) {
-  for (int64_t n = 0; n < 64; n++)
+/* %43 = maxpool2d(%42) -> h1  f32 [B, 8, 14, 14]  mnist_cnn.kiln:12 */
+static void k43_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+  for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 8; c++)
       for (int64_t i = 0; i < 14; i++)
         for (int64_t j = 0; j < 14; j++) {
@@ -696,16 +696,16 @@ static void k43_maxpool2d_full(float *restrict y, const float *restrict a) {
         }
 }
 
-/* %45 = conv2d(%43 h1, %44 conv2.weight)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
+/* %45 = conv2d(%43 h1, %44 conv2_weight) -> t45  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k45_conv2d_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
+static void k45_conv2d(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t t = 0; t < 1; t++) {
     unsigned char *ws = scratch + t*428864;
     float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = 64*t/1, n1 = 64*(t + 1)/1;
+    const int64_t n0 = B*t/1, n1 = B*(t + 1)/1;
     unsigned char *gws = ws + 156800;
     for (int64_t n = n0; n < n1; n++) {
       const float *restrict xn = a + n*1568;
@@ -801,14 +801,14 @@ static void k45_conv2d_full(float *restrict y, const float *restrict a, const fl
   }
 }
 
-/* %47 = reshape(%46 conv2.bias)  f32 [32, 1, 1]  mnist_cnn.kiln:13 */
+/* %47 = reshape(%46 conv2_bias) -> t47  f32 [32, 1, 1]  mnist_cnn.kiln:13 */
 static void k47_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %48 = add(%45, %47)  f32 [B, 32, 14, 14]  conv2  mnist_cnn.kiln:13 */
-static void k48_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+/* %48 = add(%45, %47) -> conv2  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
+static void k48_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
         y[i0*6272 + i1*196 + i2] = a[i0*6272 + i1*196 + i2] + b[i1];
@@ -817,12 +817,12 @@ static void k48_add_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %54 = mean(%48 conv2)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k54_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
+/* %54 = mean(%48 conv2) -> t54  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
+static void k54_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       {
         const float *restrict xr = a + i0*6272 + i1*196;
@@ -841,15 +841,15 @@ static void k54_mean_full(float *restrict y, const float *restrict a, unsigned c
     }
   }
   for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)(acc[i] / (double)12544);
+    y[i] = (float)(acc[i] / (double)(196*B));
 }
 
-/* %55 = mean(%45)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k55_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
+/* %55 = mean(%45) -> t55  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
+static void k55_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       {
         const float *restrict xr = a + i0*6272 + i1*196;
@@ -868,12 +868,12 @@ static void k55_mean_full(float *restrict y, const float *restrict a, unsigned c
     }
   }
   for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)(acc[i] / (double)12544);
+    y[i] = (float)(acc[i] / (double)(196*B));
 }
 
-/* %56 = sub(%45, %55)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k56_sub_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+/* %56 = sub(%45, %55) -> t56  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k56_sub(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
         y[i0*6272 + i1*196 + i2] = a[i0*6272 + i1*196 + i2] - b[i1];
@@ -882,19 +882,19 @@ static void k56_sub_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %57 = mul(%56, %56)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k57_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
+/* %57 = mul(%56, %56) -> t57  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k57_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %58 = mean(%57)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k58_mean_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
+/* %58 = mean(%57) -> t58  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
+static void k58_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       {
         const float *restrict xr = a + i0*6272 + i1*196;
@@ -913,10 +913,10 @@ static void k58_mean_full(float *restrict y, const float *restrict a, unsigned c
     }
   }
   for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)(acc[i] / (double)12544);
+    y[i] = (float)(acc[i] / (double)(196*B));
 }
 
-/* %60 = sqrt(%59)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: %59 = add */
+/* %60 = sqrt(%59) -> t60  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: %59 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -927,9 +927,9 @@ static void k60_sqrt(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %61 = div(%56, %60)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k61_div_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+/* %61 = div(%56, %60) -> t61  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k61_div(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
         y[i0*6272 + i1*196 + i2] = a[i0*6272 + i1*196 + i2] / b[i1];
@@ -938,12 +938,12 @@ static void k61_div_full(float *restrict y, const float *restrict a, const float
   }
 }
 
-/* %62 = numel(%48 conv2)  f32 []  mnist_cnn.kiln:14 */
-static void k62_numel_full(float *restrict y) {
-  y[0] = (float)12544;
+/* %62 = numel(%48 conv2) -> t62  f32 []  mnist_cnn.kiln:14 */
+static void k62_numel(float *restrict y, int64_t B) {
+  y[0] = (float)(196*B);
 }
 
-/* %64 = div(%62, %63)  f32 []  mnist_cnn.kiln:14  fused: %63 = sub */
+/* %64 = div(%62, %63) -> t64  f32 []  mnist_cnn.kiln:14  fused: %63 = sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -952,7 +952,7 @@ static void k64_div(float *restrict y, const float *restrict x0) {
   y[0] = x0[0] / t63;
 }
 
-/* %70 = add(%68, %69)  f32 [32]  mnist_cnn.kiln:14  fused: %68 = mul %69 = mul */
+/* %70 = add(%68, %69) -> t70  f32 [32]  mnist_cnn.kiln:14  fused: %68 = mul %69 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -964,7 +964,7 @@ static void k70_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %73 = add(%71, %72)  f32 [32]  mnist_cnn.kiln:14  fused: %71 = mul %66 = mul %72 = mul */
+/* %73 = add(%71, %72) -> t73  f32 [32]  mnist_cnn.kiln:14  fused: %71 = mul %66 = mul %72 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -977,27 +977,27 @@ static void k73_add(float *restrict y, const float *restrict x0, const float *re
   }
 }
 
-/* %74 = add(%53 bn2.num_batches_tracked, %36)  f64 []  mnist_cnn.kiln:14 */
+/* %74 = add(%53 bn2_num_batches_tracked, %36) -> t74  f64 []  mnist_cnn.kiln:14 */
 static void k74_add(double *restrict y, const double *restrict a) {
   y[0] = a[0] + ((double)1);
 }
 
-/* %75 = reshape(%49 bn2.weight)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
+/* %75 = reshape(%49 bn2_weight) -> t75  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k75_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %77 = reshape(%50 bn2.bias)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
+/* %77 = reshape(%50 bn2_bias) -> t77  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k77_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %78 = add(%76, %77)  f32 [B, 32, 14, 14]  bn2  mnist_cnn.kiln:14  fused: %76 = mul */
+/* %78 = add(%76, %77) -> bn2  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %76 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k78_add_full(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+static void k78_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
         const float t76 = x0[i0*6272 + i1*196 + i2] * x1[i1];
@@ -1007,19 +1007,19 @@ static void k78_add_full(float *restrict y, const float *restrict x0, const floa
   }
 }
 
-/* %79 = relu(%78 bn2)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
-static void k79_relu_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
+/* %79 = relu(%78 bn2) -> t79  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
+static void k79_relu(float *restrict y, const float *restrict a, int64_t B) {
+  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %80 = maxpool2d(%79)  f32 [B, 32, 7, 7]  h2  mnist_cnn.kiln:15 */
+/* %80 = maxpool2d(%79) -> h2  f32 [B, 32, 7, 7]  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k80_maxpool2d_full(float *restrict y, const float *restrict a) {
-  for (int64_t n = 0; n < 64; n++)
+static void k80_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+  for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 32; c++)
       for (int64_t i = 0; i < 7; i++)
         for (int64_t j = 0; j < 7; j++) {
@@ -1036,46 +1036,46 @@ static void k80_maxpool2d_full(float *restrict y, const float *restrict a) {
         }
 }
 
-/* %83 = matmul(%81 x, %82 fc1.weight)  f32 [B, 600]  mnist_cnn.kiln:17 */
-static void k83_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(64, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
+/* %83 = matmul(%81 x, %82 fc1_weight) -> t83  f32 [B, 600]  mnist_cnn.kiln:17 */
+static void k83_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  kiln_sgemm(B, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
 }
 
-/* %85 = add(%83, %84 fc1.bias)  f32 [B, 600]  fc1  mnist_cnn.kiln:17 */
-static void k85_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+/* %85 = add(%83, %84 fc1_bias) -> fc1  f32 [B, 600]  mnist_cnn.kiln:17 */
+static void k85_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 600; i1++) {
       y[i0*600 + i1] = a[i0*600 + i1] + b[i1];
     }
   }
 }
 
-/* %86 = relu(%85 fc1)  f32 [B, 600]  mnist_cnn.kiln:18 */
-static void k86_relu_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 38400; i0++) {
+/* %86 = relu(%85 fc1) -> t86  f32 [B, 600]  mnist_cnn.kiln:18 */
+static void k86_relu(float *restrict y, const float *restrict a, int64_t B) {
+  for (int64_t i0 = 0; i0 < (600*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %88 = matmul(%86, %87 fc2.weight)  f32 [B, 10]  mnist_cnn.kiln:18 */
-static void k88_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(64, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
+/* %88 = matmul(%86, %87 fc2_weight) -> t88  f32 [B, 10]  mnist_cnn.kiln:18 */
+static void k88_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  kiln_sgemm(B, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
 }
 
-/* %90 = add(%88, %89 fc2.bias)  f32 [B, 10]  logits  mnist_cnn.kiln:18 */
-static void k90_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+/* %90 = add(%88, %89 fc2_bias) -> logits  f32 [B, 10]  mnist_cnn.kiln:18 */
+static void k90_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
       y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
     }
   }
 }
 
-/* %91 = cross_entropy(%90 logits, %1 label)  f32 []  loss  mnist_cnn.kiln:19 */
-static void k91_cross_entropy_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
+/* %91 = cross_entropy(%90 logits, %1 label) -> loss  f32 []  mnist_cnn.kiln:19 */
+static void k91_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   double total = 0;
   int bad = 0;
-  for (int64_t i = 0; i < 64; i++) {
+  for (int64_t i = 0; i < B; i++) {
     double m = (double)a[i*10];
     for (int64_t j = 1; j < 10; j++)
       if ((double)a[i*10 + j] > m) m = (double)a[i*10 + j];
@@ -1089,20 +1089,20 @@ static void k91_cross_entropy_full(float *restrict y, const float *restrict a, c
     }
     total += m + log(s) - (double)a[i*10 + t];
   }
-  y[0] = bad ? (float)NAN : (float)(total / (double)64);
+  y[0] = bad ? (float)NAN : (float)(total / (double)B);
 }
 
-/* %92 = reshape(%9 bn1.running_mean)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
+/* %92 = reshape(%9 bn1_running_mean) -> t92  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k92_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %94 = reshape(%10 bn1.running_var)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
+/* %94 = reshape(%10 bn1_running_var) -> t94  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
 static void k94_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
-/* %96 = sqrt(%95)  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: %95 = add */
+/* %96 = sqrt(%95) -> t96  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: %95 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1113,12 +1113,12 @@ static void k96_sqrt(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %100 = relu(%99 bn1)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12  fused: %93 = sub %97 = div %98 = mul %99 = add */
+/* %100 = relu(%99 bn1) -> t100  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12  fused: %93 = sub %97 = div %98 = mul %99 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k100_relu_full(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+static void k100_relu(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
         const float t93 = x0[i0*6272 + i1*784 + i2] - x1[i1];
@@ -1131,9 +1131,9 @@ static void k100_relu_full(float *restrict y, const float *restrict x0, const fl
   }
 }
 
-/* %101 = maxpool2d(%100)  f32 [B, 8, 14, 14]  h1  mnist_cnn.kiln:12 */
-static void k101_maxpool2d_full(float *restrict y, const float *restrict a) {
-  for (int64_t n = 0; n < 64; n++)
+/* %101 = maxpool2d(%100) -> h1_101  f32 [B, 8, 14, 14]  mnist_cnn.kiln:12 */
+static void k101_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+  for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 8; c++)
       for (int64_t i = 0; i < 14; i++)
         for (int64_t j = 0; j < 14; j++) {
@@ -1150,16 +1150,16 @@ static void k101_maxpool2d_full(float *restrict y, const float *restrict a) {
         }
 }
 
-/* %102 = conv2d(%101 h1, %44 conv2.weight)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
+/* %102 = conv2d(%101 h1_101, %44 conv2_weight) -> t102  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k102_conv2d_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
+static void k102_conv2d(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t t = 0; t < 1; t++) {
     unsigned char *ws = scratch + t*428864;
     float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = 64*t/1, n1 = 64*(t + 1)/1;
+    const int64_t n0 = B*t/1, n1 = B*(t + 1)/1;
     unsigned char *gws = ws + 156800;
     for (int64_t n = n0; n < n1; n++) {
       const float *restrict xn = a + n*1568;
@@ -1255,17 +1255,17 @@ static void k102_conv2d_full(float *restrict y, const float *restrict a, const f
   }
 }
 
-/* %104 = reshape(%51 bn2.running_mean)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
+/* %104 = reshape(%51 bn2_running_mean) -> t104  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k104_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %106 = reshape(%52 bn2.running_var)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
+/* %106 = reshape(%52 bn2_running_var) -> t106  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
 static void k106_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %108 = sqrt(%107)  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: %107 = add */
+/* %108 = sqrt(%107) -> t108  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: %107 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
@@ -1276,12 +1276,12 @@ static void k108_sqrt(float *restrict y, const float *restrict x0) {
   }
 }
 
-/* %112 = relu(%111 bn2)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  fused: %103 = add %105 = sub %109 = div %110 = mul %111 = add */
+/* %112 = relu(%111 bn2) -> t112  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  fused: %103 = add %105 = sub %109 = div %110 = mul %111 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k112_relu_full(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, const float *restrict x5) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+static void k112_relu(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, const float *restrict x5, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
         const float t103 = x0[i0*6272 + i1*196 + i2] + x1[i1];
@@ -1295,12 +1295,12 @@ static void k112_relu_full(float *restrict y, const float *restrict x0, const fl
   }
 }
 
-/* %113 = maxpool2d(%112)  f32 [B, 32, 7, 7]  h2  mnist_cnn.kiln:15 */
+/* %113 = maxpool2d(%112) -> h2_113  f32 [B, 32, 7, 7]  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k113_maxpool2d_full(float *restrict y, const float *restrict a) {
-  for (int64_t n = 0; n < 64; n++)
+static void k113_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+  for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 32; c++)
       for (int64_t i = 0; i < 7; i++)
         for (int64_t j = 0; j < 7; j++) {
@@ -1317,17 +1317,17 @@ static void k113_maxpool2d_full(float *restrict y, const float *restrict a) {
         }
 }
 
-/* %115 = matmul(%114 x, %82 fc1.weight)  f32 [B, 600]  mnist_cnn.kiln:17 */
-static void k115_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(64, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
+/* %115 = matmul(%114 x_114, %82 fc1_weight) -> t115  f32 [B, 600]  mnist_cnn.kiln:17 */
+static void k115_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  kiln_sgemm(B, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
 }
 
-/* %117 = relu(%116 fc1)  f32 [B, 600]  mnist_cnn.kiln:18  fused: %116 = add */
+/* %117 = relu(%116 fc1) -> t117  f32 [B, 600]  mnist_cnn.kiln:18  fused: %116 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k117_relu_full(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
+static void k117_relu(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
+  for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 600; i1++) {
       const float t116 = x0[i0*600 + i1] + x1[i1];
       y[i0*600 + i1] = t116 > 0 ? t116 : (float)0;
@@ -1335,2554 +1335,13 @@ static void k117_relu_full(float *restrict y, const float *restrict x0, const fl
   }
 }
 
-/* %118 = matmul(%117, %87 fc2.weight)  f32 [B, 10]  mnist_cnn.kiln:18 */
-static void k118_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(64, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
-}
-
-/* %119 = add(%118, %89 fc2.bias)  f32 [B, 10]  logits  mnist_cnn.kiln:18 */
-static void k119_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 10; i1++) {
-      y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
-    }
-  }
-}
-
-/* %120 = cross_entropy(%119 logits, %1 label)  f32 []  loss  mnist_cnn.kiln:19 */
-static void k120_cross_entropy_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
-  double total = 0;
-  int bad = 0;
-  for (int64_t i = 0; i < 64; i++) {
-    double m = (double)a[i*10];
-    for (int64_t j = 1; j < 10; j++)
-      if ((double)a[i*10 + j] > m) m = (double)a[i*10 + j];
-    double s = 0;
-    for (int64_t j = 0; j < 10; j++)
-      s += exp((double)a[i*10 + j] - m);
-    const int64_t t = (int64_t)b[i];
-    if (t < 0 || t >= 10) {
-      bad = 1;
-      continue;
-    }
-    total += m + log(s) - (double)a[i*10 + t];
-  }
-  y[0] = bad ? (float)NAN : (float)(total / (double)64);
-}
-
-/* %121 = cross_entropy_grad(%90 logits, %1 label, %22)  f32 [B, 10]  mnist_cnn.kiln:19 */
-static void k121_cross_entropy_grad_full(float *restrict y, const float *restrict a, const int32_t *restrict b) {
-  const double g = (double)((float)1) / (double)64;
-  for (int64_t i = 0; i < 64; i++) {
-    double m = (double)a[i*10];
-    for (int64_t j = 1; j < 10; j++)
-      if ((double)a[i*10 + j] > m) m = (double)a[i*10 + j];
-    double s = 0;
-    for (int64_t j = 0; j < 10; j++)
-      s += exp((double)a[i*10 + j] - m);
-    const int64_t t = (int64_t)b[i];
-    const int ok = t >= 0 && t < 10;
-    for (int64_t j = 0; j < 10; j++)
-      y[i*10 + j] = ok ? (float)(g * (exp((double)a[i*10 + j] - m) / s - (double)(j == t))) : (float)NAN;
-  }
-}
-
-/* %122 = sum_to(%121, %89 fc2.bias)  f32 [10]  mnist_cnn.kiln:18 */
-static void k122_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 10; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 10; i1++) {
-      acc[i1] += (double)a[i0*10 + i1];
-    }
-  }
-  for (int64_t i = 0; i < 10; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %123 = matmul(%121, %87 fc2.weight)  f32 [B, 600]  mnist_cnn.kiln:18 */
-static void k123_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(64, 600, 10, a, 10, 0, b, 600, 0, y, 600, scratch);
-}
-
-/* %124 = matmul(%121, %86)  f32 [10, 600]  mnist_cnn.kiln:18 */
-static void k124_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(10, 600, 64, a, 10, 1, b, 600, 0, y, 600, scratch);
-}
-
-/* %125 = relu_grad(%85 fc1, %123)  f32 [B, 600]  mnist_cnn.kiln:18 */
-static void k125_relu_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 38400; i0++) {
-    y[i0] = a[i0] > 0 ? b[i0] : (float)0;
-  }
-}
-
-/* %126 = sum_to(%125, %84 fc1.bias)  f32 [600]  mnist_cnn.kiln:17 */
-static void k126_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 600; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 600; i1++) {
-      acc[i1] += (double)a[i0*600 + i1];
-    }
-  }
-  for (int64_t i = 0; i < 600; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %127 = matmul(%125, %82 fc1.weight)  f32 [B, 1568]  mnist_cnn.kiln:17 */
-static void k127_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(64, 1568, 600, a, 600, 0, b, 1568, 0, y, 1568, scratch);
-}
-
-/* %128 = matmul(%125, %81 x)  f32 [600, 1568]  mnist_cnn.kiln:17 */
-static void k128_matmul_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  kiln_sgemm(600, 1568, 64, a, 600, 1, b, 1568, 0, y, 1568, scratch);
-}
-
-/* %130 = maxpool2d_grad(%79, %129)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k130_maxpool2d_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t n = 0; n < 64; n++)
-    for (int64_t c = 0; c < 32; c++)
-      for (int64_t i = 0; i < 7; i++)
-        for (int64_t j = 0; j < 7; j++) {
-          const int64_t yi = ((n*32 + c)*7 + i)*7 + j;
-          const int64_t xw = ((n*32 + c)*14 + i*2)*14 + j*2;
-          float m = a[xw];
-          int bt = 0;
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            bt = gt ? 1 : bt;
-            m = gt ? v : m; }
-          { const float v = a[xw + 14]; const int gt = v > m || v != v;
-            bt = gt ? 2 : bt;
-            m = gt ? v : m; }
-          { const float v = a[xw + 15]; const int gt = v > m || v != v;
-            bt = gt ? 3 : bt;
-            m = gt ? v : m; }
-          const float gv = b[yi];
-          uint32_t gb;
-          memcpy(&gb, &gv, sizeof gb);
-          { const uint32_t o = gb & -(uint32_t)(bt == 0); memcpy(&y[xw + 0], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 1); memcpy(&y[xw + 1], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 2); memcpy(&y[xw + 14], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 3); memcpy(&y[xw + 15], &o, sizeof o); }
-        }
-}
-
-/* %131 = relu_grad(%78 bn2, %130)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
-static void k131_relu_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = a[i0] > 0 ? b[i0] : (float)0;
-  }
-}
-
-/* %132 = sum_to(%131, %77)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k132_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %134 = mul(%131, %75)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k134_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        y[i0*6272 + i1*196 + i2] = a[i0*6272 + i1*196 + i2] * b[i1];
-      }
-    }
-  }
-}
-
-/* %135 = mul(%131, %61)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k135_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %136 = sum_to(%135, %75)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k136_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %141 = neg(%140)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %139 = div %140 = mul */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k141_neg_full(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float t139 = x1[i0*6272 + i1*196 + i2] / x2[i1];
-        const float t140 = x0[i0*6272 + i1*196 + i2] * t139;
-        y[i0*6272 + i1*196 + i2] = -t140;
-      }
-    }
-  }
-}
-
-/* %142 = sum_to(%141, %60)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k142_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %146 = numel(%57)  f32 []  mnist_cnn.kiln:14 */
-static void k146_numel_full(float *restrict y) {
-  y[0] = (float)12544;
-}
-
-/* %147 = div(%145, %146)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: %144 = mul %145 = div */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k147_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t144 = ((float)2) * x1[i0];
-    const float t145 = x0[i0] / t144;
-    y[i0] = t145 / x2[0];
-  }
-}
-
-/* %148 = expand(%147, %57)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k148_expand_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        y[i0*6272 + i1*196 + i2] = a[i1];
-      }
-    }
-  }
-}
-
-/* %149 = mul(%148, %56)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k149_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %151 = add(%150, %149)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %138 = div %150 = add */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k151_add_full(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float t138 = x0[i0*6272 + i1*196 + i2] / x1[i1];
-        const float t150 = t138 + x2[i0*6272 + i1*196 + i2];
-        y[i0*6272 + i1*196 + i2] = t150 + x2[i0*6272 + i1*196 + i2];
-      }
-    }
-  }
-}
-
-/* %152 = neg(%151)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k152_neg_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = -a[i0];
-  }
-}
-
-/* %153 = sum_to(%152, %55)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k153_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %154 = numel(%45)  f32 []  mnist_cnn.kiln:14 */
-static void k154_numel_full(float *restrict y) {
-  y[0] = (float)12544;
-}
-
-/* %155 = div(%153, %154)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k155_div(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    y[i0] = a[i0] / b[0];
-  }
-}
-
-/* %156 = expand(%155, %45)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k156_expand_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        y[i0*6272 + i1*196 + i2] = a[i1];
-      }
-    }
-  }
-}
-
-/* %157 = add(%151, %156)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k157_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = a[i0] + b[i0];
-  }
-}
-
-/* %158 = conv2d_bwd_data(%157, %44 conv2.weight)  f32 [B, 8, 14, 14]  mnist_cnn.kiln:13 */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k158_conv2d_bwd_data_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  for (int64_t t = 0; t < 1; t++) {
-    unsigned char *ws = scratch + t*208576;
-    float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = 64*t/1, n1 = 64*(t + 1)/1;
-    unsigned char *gws = ws + 156800;
-    for (int64_t n = n0; n < n1; n++) {
-      for (int64_t g = 0; g < 1; g++)
-        kiln_sgemm(200, 196, 32, b + g*6400, 200, 1, a + n*6272 + g*6272, 196, 0, col + g*39200, 196, gws);
-      float *restrict xn = y + n*1568;
-      for (int64_t e = 0; e < 1568; e++)
-        xn[e] = 0;
-      for (int64_t c = 0; c < 8; c++)
-        for (int64_t p = 0; p < 5; p++) {
-          { /* q = 0 */
-            const float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (-2);
-              for (int64_t j = 2; j < 14; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
-          }
-          { /* q = 1 */
-            const float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (-1);
-              for (int64_t j = 1; j < 14; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
-          }
-          { /* q = 2 */
-            const float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (0);
-              for (int64_t j = 0; j < 14; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
-          }
-          { /* q = 3 */
-            const float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (1);
-              for (int64_t j = 0; j < 13; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
-          }
-          { /* q = 4 */
-            const float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (2);
-              for (int64_t j = 0; j < 12; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
-          }
-        }
-    }
-  }
-}
-
-/* %159 = conv2d_bwd_filter(%43 h1, %157)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:13 */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k159_conv2d_bwd_filter_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  for (int64_t t = 0; t < 1; t++) {
-    unsigned char *ws = scratch + t*452160;
-    float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = 64*t/1, n1 = 64*(t + 1)/1;
-    float *restrict part = (float *)(void *)(ws + 156800);
-    for (int64_t e = 0; e < 6400; e++)
-      part[e] = 0;
-    unsigned char *gws = ws + 182400;
-    for (int64_t n = n0; n < n1; n++) {
-      const float *restrict xn = a + n*1568;
-      for (int64_t c = 0; c < 8; c++)
-        for (int64_t p = 0; p < 5; p++) {
-          { /* q = 0 */
-            float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-2);
-              for (int64_t j = 0; j < 2; j++)
-                di[j] = 0;
-              for (int64_t j = 2; j < 14; j++)
-                di[j] = xn[xo + j];
-            }
-          }
-          { /* q = 1 */
-            float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-1);
-              for (int64_t j = 0; j < 1; j++)
-                di[j] = 0;
-              for (int64_t j = 1; j < 14; j++)
-                di[j] = xn[xo + j];
-            }
-          }
-          { /* q = 2 */
-            float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (0);
-              for (int64_t j = 0; j < 14; j++)
-                di[j] = xn[xo + j];
-            }
-          }
-          { /* q = 3 */
-            float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (1);
-              for (int64_t j = 0; j < 13; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 13; j < 14; j++)
-                di[j] = 0;
-            }
-          }
-          { /* q = 4 */
-            float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (2);
-              for (int64_t j = 0; j < 12; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 12; j < 14; j++)
-                di[j] = 0;
-            }
-          }
-        }
-      for (int64_t g = 0; g < 1; g++)
-        kiln_sgemm_acc(32, 200, 196, b + n*6272 + g*6272, 196, 0, col + g*39200, 196, 1, part + g*6400, 200, 1, gws);
-    }
-  }
-  for (int64_t e = 0; e < 6400; e++) {
-    float s = 0;
-    for (int64_t t = 0; t < 1; t++)
-      s += ((const float *)(void *)(scratch + t*452160 + 156800))[e];
-    y[e] = s;
-  }
-}
-
-/* %160 = maxpool2d_grad(%42, %158)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
-static void k160_maxpool2d_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t n = 0; n < 64; n++)
-    for (int64_t c = 0; c < 8; c++)
-      for (int64_t i = 0; i < 14; i++)
-        for (int64_t j = 0; j < 14; j++) {
-          const int64_t yi = ((n*8 + c)*14 + i)*14 + j;
-          const int64_t xw = ((n*8 + c)*28 + i*2)*28 + j*2;
-          float m = a[xw];
-          int bt = 0;
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            bt = gt ? 1 : bt;
-            m = gt ? v : m; }
-          { const float v = a[xw + 28]; const int gt = v > m || v != v;
-            bt = gt ? 2 : bt;
-            m = gt ? v : m; }
-          { const float v = a[xw + 29]; const int gt = v > m || v != v;
-            bt = gt ? 3 : bt;
-            m = gt ? v : m; }
-          const float gv = b[yi];
-          uint32_t gb;
-          memcpy(&gb, &gv, sizeof gb);
-          { const uint32_t o = gb & -(uint32_t)(bt == 0); memcpy(&y[xw + 0], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 1); memcpy(&y[xw + 1], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 2); memcpy(&y[xw + 28], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 3); memcpy(&y[xw + 29], &o, sizeof o); }
-        }
-}
-
-/* %161 = relu_grad(%41 bn1, %160)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
-static void k161_relu_grad_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = a[i0] > 0 ? b[i0] : (float)0;
-  }
-}
-
-/* %162 = sum_to(%161, %40)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k162_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %164 = mul(%161, %38)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k164_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        y[i0*6272 + i1*784 + i2] = a[i0*6272 + i1*784 + i2] * b[i1];
-      }
-    }
-  }
-}
-
-/* %165 = mul(%161, %20)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k165_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %166 = sum_to(%165, %38)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k166_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %171 = neg(%170)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %169 = div %170 = mul */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k171_neg_full(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float t169 = x1[i0*6272 + i1*784 + i2] / x2[i1];
-        const float t170 = x0[i0*6272 + i1*784 + i2] * t169;
-        y[i0*6272 + i1*784 + i2] = -t170;
-      }
-    }
-  }
-}
-
-/* %172 = sum_to(%171, %19)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k172_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %175 = numel(%15)  f32 []  mnist_cnn.kiln:11 */
-static void k175_numel_full(float *restrict y) {
-  y[0] = (float)50176;
-}
-
-/* %176 = div(%174, %175)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: %173 = mul %174 = div */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k176_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t173 = ((float)2) * x1[i0];
-    const float t174 = x0[i0] / t173;
-    y[i0] = t174 / x2[0];
-  }
-}
-
-/* %177 = expand(%176, %15)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k177_expand_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        y[i0*6272 + i1*784 + i2] = a[i1];
-      }
-    }
-  }
-}
-
-/* %178 = mul(%177, %14)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k178_mul_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %180 = add(%179, %178)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %168 = div %179 = add */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k180_add_full(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float t168 = x0[i0*6272 + i1*784 + i2] / x1[i1];
-        const float t179 = t168 + x2[i0*6272 + i1*784 + i2];
-        y[i0*6272 + i1*784 + i2] = t179 + x2[i0*6272 + i1*784 + i2];
-      }
-    }
-  }
-}
-
-/* %181 = neg(%180)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k181_neg_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = -a[i0];
-  }
-}
-
-/* %182 = sum_to(%181, %13)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k182_sum_to_full(float *restrict y, const float *restrict a, unsigned char *restrict scratch) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %183 = numel(%3)  f32 []  mnist_cnn.kiln:11 */
-static void k183_numel_full(float *restrict y) {
-  y[0] = (float)50176;
-}
-
-/* %184 = div(%182, %183)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k184_div(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    y[i0] = a[i0] / b[0];
-  }
-}
-
-/* %185 = expand(%184, %3)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k185_expand_full(float *restrict y, const float *restrict a) {
-  for (int64_t i0 = 0; i0 < 64; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        y[i0*6272 + i1*784 + i2] = a[i1];
-      }
-    }
-  }
-}
-
-/* %186 = add(%180, %185)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k186_add_full(float *restrict y, const float *restrict a, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 401408; i0++) {
-    y[i0] = a[i0] + b[i0];
-  }
-}
-
-/* %187 = conv2d_bwd_filter(%0 image, %186)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:10 */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k187_conv2d_bwd_filter_full(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch) {
-  float *restrict acc = (float *)scratch; /* [C/G, KH, KW, Wo] */
-  for (int64_t o = 0; o < 8; o++) {
-    const int64_t cb = 0;
-    for (int64_t t = 0; t < 252; t++)
-      acc[t] = 0;
-    for (int64_t n = 0; n < 64; n++)
-      for (int64_t i = 0; i < 28; i++) {
-        const int64_t yo = ((n*8 + o)*28 + i)*28;
-        for (int64_t p = 0; p < 3; p++) {
-          const int64_t r = i*1 - 1 + p*1;
-          if (r < 0 || r >= 28)
-            continue;
-          for (int64_t c = 0; c < 1; c++) { /* q = 0 */
-            float *restrict s = acc + ((c*3 + p)*3 + 0)*28;
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (-1);
-            for (int64_t j = 1; j < 28; j++)
-              s[j] = fmaf(a[xo + j], b[yo + j], s[j]);
-          }
-          for (int64_t c = 0; c < 1; c++) { /* q = 1 */
-            float *restrict s = acc + ((c*3 + p)*3 + 1)*28;
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (0);
-            for (int64_t j = 0; j < 28; j++)
-              s[j] = fmaf(a[xo + j], b[yo + j], s[j]);
-          }
-          for (int64_t c = 0; c < 1; c++) { /* q = 2 */
-            float *restrict s = acc + ((c*3 + p)*3 + 2)*28;
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (1);
-            for (int64_t j = 0; j < 27; j++)
-              s[j] = fmaf(a[xo + j], b[yo + j], s[j]);
-          }
-        }
-      }
-    for (int64_t t = 0; t < 9; t++) {
-      float sum = 0;
-      for (int64_t j = 0; j < 28; j++)
-        sum += acc[t*28 + j];
-      y[o*9 + t] = sum;
-    }
-  }
-}
-
-/* %189 = expand(%188, %4 conv1.bias)  f32 [8]  mnist_cnn.kiln:10 */
-static void k189_expand(float *restrict y) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    y[i0] = ((float)0);
-  }
-}
-
-/* %190 = expand(%188, %46 conv2.bias)  f32 [32]  mnist_cnn.kiln:13 */
-static void k190_expand(float *restrict y) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    y[i0] = ((float)0);
-  }
-}
-
-/* %205 = add(%204 adam.step, %22)  f32 []  mnist_cnn.kiln:24 */
-static void k205_add(float *restrict y, const float *restrict a) {
-  y[0] = a[0] + ((float)1);
-}
-
-/* %210 = mul(%28, %206 conv1.weight.exp_avg)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24 */
-static void k210_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %211 = add(%210, %209)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %209 = mul  (written in place of %206) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k211_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t209 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t209;
-  }
-}
-
-/* %216 = mul(%215, %207 conv1.weight.exp_avg_sq)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24 */
-static void k216_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %217 = add(%216, %214)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %212 = mul %214 = mul  (written in place of %207) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k217_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t212 = x1[i0] * x1[i0];
-    const float t214 = ((float)0.0010000000000000009) * t212;
-    y[i0] = x0[i0] + t214;
-  }
-}
-
-/* %222 = div(%203 lr, %219)  f32 []  mnist_cnn.kiln:24  fused: %218 = pow %219 = sub */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k222_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  const float t218 = powf(((float)0.90000000000000002), x1[0]);
-  const float t219 = ((float)1) - t218;
-  y[0] = x0[0] / t219;
-}
-
-/* %224 = sqrt(%221)  f32 []  mnist_cnn.kiln:24  fused: %220 = pow %221 = sub */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k224_sqrt(float *restrict y, const float *restrict x0) {
-  const float t220 = powf(((float)0.999), x0[0]);
-  const float t221 = ((float)1) - t220;
-  y[0] = sqrtf(t221);
-}
-
-/* %230 = sub(%2 conv1.weight, %229)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %225 = sqrt %226 = div %227 = add %228 = div %229 = mul  (written in place of %2) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k230_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t225 = sqrtf(x2[i0]);
-    const float t226 = t225 / x3[0];
-    const float t227 = t226 + ((float)1e-08);
-    const float t228 = x1[i0] / t227;
-    const float t229 = x0[0] * t228;
-    y[i0] = y[i0] - t229;
-  }
-}
-
-/* %234 = mul(%28, %231 conv1.bias.exp_avg)  f32 [8]  mnist_cnn.kiln:24 */
-static void k234_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %235 = add(%234, %233)  f32 [8]  mnist_cnn.kiln:24  fused: %233 = mul  (written in place of %231) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k235_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t233 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t233;
-  }
-}
-
-/* %238 = mul(%215, %232 conv1.bias.exp_avg_sq)  f32 [8]  mnist_cnn.kiln:24 */
-static void k238_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %239 = add(%238, %237)  f32 [8]  mnist_cnn.kiln:24  fused: %236 = mul %237 = mul  (written in place of %232) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k239_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t236 = x1[i0] * x1[i0];
-    const float t237 = ((float)0.0010000000000000009) * t236;
-    y[i0] = x0[i0] + t237;
-  }
-}
-
-/* %245 = sub(%4 conv1.bias, %244)  f32 [8]  mnist_cnn.kiln:24  fused: %240 = sqrt %241 = div %242 = add %243 = div %244 = mul  (written in place of %4) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k245_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t240 = sqrtf(x2[i0]);
-    const float t241 = t240 / x3[0];
-    const float t242 = t241 + ((float)1e-08);
-    const float t243 = x1[i0] / t242;
-    const float t244 = x0[0] * t243;
-    y[i0] = y[i0] - t244;
-  }
-}
-
-/* %249 = mul(%28, %246 bn1.weight.exp_avg)  f32 [8]  mnist_cnn.kiln:24 */
-static void k249_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %250 = add(%249, %248)  f32 [8]  mnist_cnn.kiln:24  fused: %248 = mul  (written in place of %246) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k250_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t248 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t248;
-  }
-}
-
-/* %253 = mul(%215, %247 bn1.weight.exp_avg_sq)  f32 [8]  mnist_cnn.kiln:24 */
-static void k253_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %254 = add(%253, %252)  f32 [8]  mnist_cnn.kiln:24  fused: %251 = mul %252 = mul  (written in place of %247) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k254_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t251 = x1[i0] * x1[i0];
-    const float t252 = ((float)0.0010000000000000009) * t251;
-    y[i0] = x0[i0] + t252;
-  }
-}
-
-/* %260 = sub(%7 bn1.weight, %259)  f32 [8]  mnist_cnn.kiln:24  fused: %255 = sqrt %256 = div %257 = add %258 = div %259 = mul  (written in place of %7) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k260_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t255 = sqrtf(x2[i0]);
-    const float t256 = t255 / x3[0];
-    const float t257 = t256 + ((float)1e-08);
-    const float t258 = x1[i0] / t257;
-    const float t259 = x0[0] * t258;
-    y[i0] = y[i0] - t259;
-  }
-}
-
-/* %264 = mul(%28, %261 bn1.bias.exp_avg)  f32 [8]  mnist_cnn.kiln:24 */
-static void k264_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %265 = add(%264, %263)  f32 [8]  mnist_cnn.kiln:24  fused: %263 = mul  (written in place of %261) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k265_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t263 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t263;
-  }
-}
-
-/* %268 = mul(%215, %262 bn1.bias.exp_avg_sq)  f32 [8]  mnist_cnn.kiln:24 */
-static void k268_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %269 = add(%268, %267)  f32 [8]  mnist_cnn.kiln:24  fused: %266 = mul %267 = mul  (written in place of %262) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k269_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t266 = x1[i0] * x1[i0];
-    const float t267 = ((float)0.0010000000000000009) * t266;
-    y[i0] = x0[i0] + t267;
-  }
-}
-
-/* %275 = sub(%8 bn1.bias, %274)  f32 [8]  mnist_cnn.kiln:24  fused: %270 = sqrt %271 = div %272 = add %273 = div %274 = mul  (written in place of %8) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k275_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t270 = sqrtf(x2[i0]);
-    const float t271 = t270 / x3[0];
-    const float t272 = t271 + ((float)1e-08);
-    const float t273 = x1[i0] / t272;
-    const float t274 = x0[0] * t273;
-    y[i0] = y[i0] - t274;
-  }
-}
-
-/* %279 = mul(%28, %276 conv2.weight.exp_avg)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24 */
-static void k279_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %280 = add(%279, %278)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %278 = mul  (written in place of %276) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k280_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t278 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t278;
-  }
-}
-
-/* %283 = mul(%215, %277 conv2.weight.exp_avg_sq)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24 */
-static void k283_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %284 = add(%283, %282)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %281 = mul %282 = mul  (written in place of %277) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k284_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t281 = x1[i0] * x1[i0];
-    const float t282 = ((float)0.0010000000000000009) * t281;
-    y[i0] = x0[i0] + t282;
-  }
-}
-
-/* %290 = sub(%44 conv2.weight, %289)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %285 = sqrt %286 = div %287 = add %288 = div %289 = mul  (written in place of %44) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k290_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t285 = sqrtf(x2[i0]);
-    const float t286 = t285 / x3[0];
-    const float t287 = t286 + ((float)1e-08);
-    const float t288 = x1[i0] / t287;
-    const float t289 = x0[0] * t288;
-    y[i0] = y[i0] - t289;
-  }
-}
-
-/* %294 = mul(%28, %291 conv2.bias.exp_avg)  f32 [32]  mnist_cnn.kiln:24 */
-static void k294_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %295 = add(%294, %293)  f32 [32]  mnist_cnn.kiln:24  fused: %293 = mul  (written in place of %291) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k295_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t293 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t293;
-  }
-}
-
-/* %298 = mul(%215, %292 conv2.bias.exp_avg_sq)  f32 [32]  mnist_cnn.kiln:24 */
-static void k298_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %299 = add(%298, %297)  f32 [32]  mnist_cnn.kiln:24  fused: %296 = mul %297 = mul  (written in place of %292) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k299_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t296 = x1[i0] * x1[i0];
-    const float t297 = ((float)0.0010000000000000009) * t296;
-    y[i0] = x0[i0] + t297;
-  }
-}
-
-/* %305 = sub(%46 conv2.bias, %304)  f32 [32]  mnist_cnn.kiln:24  fused: %300 = sqrt %301 = div %302 = add %303 = div %304 = mul  (written in place of %46) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k305_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t300 = sqrtf(x2[i0]);
-    const float t301 = t300 / x3[0];
-    const float t302 = t301 + ((float)1e-08);
-    const float t303 = x1[i0] / t302;
-    const float t304 = x0[0] * t303;
-    y[i0] = y[i0] - t304;
-  }
-}
-
-/* %309 = mul(%28, %306 bn2.weight.exp_avg)  f32 [32]  mnist_cnn.kiln:24 */
-static void k309_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %310 = add(%309, %308)  f32 [32]  mnist_cnn.kiln:24  fused: %308 = mul  (written in place of %306) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k310_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t308 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t308;
-  }
-}
-
-/* %313 = mul(%215, %307 bn2.weight.exp_avg_sq)  f32 [32]  mnist_cnn.kiln:24 */
-static void k313_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %314 = add(%313, %312)  f32 [32]  mnist_cnn.kiln:24  fused: %311 = mul %312 = mul  (written in place of %307) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k314_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t311 = x1[i0] * x1[i0];
-    const float t312 = ((float)0.0010000000000000009) * t311;
-    y[i0] = x0[i0] + t312;
-  }
-}
-
-/* %320 = sub(%49 bn2.weight, %319)  f32 [32]  mnist_cnn.kiln:24  fused: %315 = sqrt %316 = div %317 = add %318 = div %319 = mul  (written in place of %49) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k320_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t315 = sqrtf(x2[i0]);
-    const float t316 = t315 / x3[0];
-    const float t317 = t316 + ((float)1e-08);
-    const float t318 = x1[i0] / t317;
-    const float t319 = x0[0] * t318;
-    y[i0] = y[i0] - t319;
-  }
-}
-
-/* %324 = mul(%28, %321 bn2.bias.exp_avg)  f32 [32]  mnist_cnn.kiln:24 */
-static void k324_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %325 = add(%324, %323)  f32 [32]  mnist_cnn.kiln:24  fused: %323 = mul  (written in place of %321) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k325_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t323 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t323;
-  }
-}
-
-/* %328 = mul(%215, %322 bn2.bias.exp_avg_sq)  f32 [32]  mnist_cnn.kiln:24 */
-static void k328_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %329 = add(%328, %327)  f32 [32]  mnist_cnn.kiln:24  fused: %326 = mul %327 = mul  (written in place of %322) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k329_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t326 = x1[i0] * x1[i0];
-    const float t327 = ((float)0.0010000000000000009) * t326;
-    y[i0] = x0[i0] + t327;
-  }
-}
-
-/* %335 = sub(%50 bn2.bias, %334)  f32 [32]  mnist_cnn.kiln:24  fused: %330 = sqrt %331 = div %332 = add %333 = div %334 = mul  (written in place of %50) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k335_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t330 = sqrtf(x2[i0]);
-    const float t331 = t330 / x3[0];
-    const float t332 = t331 + ((float)1e-08);
-    const float t333 = x1[i0] / t332;
-    const float t334 = x0[0] * t333;
-    y[i0] = y[i0] - t334;
-  }
-}
-
-/* %339 = mul(%28, %336 fc1.weight.exp_avg)  f32 [600, 1568]  mnist_cnn.kiln:24 */
-static void k339_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %340 = add(%339, %338)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %338 = mul  (written in place of %336) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k340_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t338 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t338;
-  }
-}
-
-/* %343 = mul(%215, %337 fc1.weight.exp_avg_sq)  f32 [600, 1568]  mnist_cnn.kiln:24 */
-static void k343_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %344 = add(%343, %342)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %341 = mul %342 = mul  (written in place of %337) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k344_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t341 = x1[i0] * x1[i0];
-    const float t342 = ((float)0.0010000000000000009) * t341;
-    y[i0] = x0[i0] + t342;
-  }
-}
-
-/* %350 = sub(%82 fc1.weight, %349)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %345 = sqrt %346 = div %347 = add %348 = div %349 = mul  (written in place of %82) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k350_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t345 = sqrtf(x2[i0]);
-    const float t346 = t345 / x3[0];
-    const float t347 = t346 + ((float)1e-08);
-    const float t348 = x1[i0] / t347;
-    const float t349 = x0[0] * t348;
-    y[i0] = y[i0] - t349;
-  }
-}
-
-/* %354 = mul(%28, %351 fc1.bias.exp_avg)  f32 [600]  mnist_cnn.kiln:24 */
-static void k354_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %355 = add(%354, %353)  f32 [600]  mnist_cnn.kiln:24  fused: %353 = mul  (written in place of %351) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k355_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t353 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t353;
-  }
-}
-
-/* %358 = mul(%215, %352 fc1.bias.exp_avg_sq)  f32 [600]  mnist_cnn.kiln:24 */
-static void k358_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %359 = add(%358, %357)  f32 [600]  mnist_cnn.kiln:24  fused: %356 = mul %357 = mul  (written in place of %352) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k359_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t356 = x1[i0] * x1[i0];
-    const float t357 = ((float)0.0010000000000000009) * t356;
-    y[i0] = x0[i0] + t357;
-  }
-}
-
-/* %365 = sub(%84 fc1.bias, %364)  f32 [600]  mnist_cnn.kiln:24  fused: %360 = sqrt %361 = div %362 = add %363 = div %364 = mul  (written in place of %84) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k365_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t360 = sqrtf(x2[i0]);
-    const float t361 = t360 / x3[0];
-    const float t362 = t361 + ((float)1e-08);
-    const float t363 = x1[i0] / t362;
-    const float t364 = x0[0] * t363;
-    y[i0] = y[i0] - t364;
-  }
-}
-
-/* %369 = mul(%28, %366 fc2.weight.exp_avg)  f32 [10, 600]  mnist_cnn.kiln:24 */
-static void k369_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    y[i0] = ((float)0.90000000000000002) * b[i0];
-  }
-}
-
-/* %370 = add(%369, %368)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %368 = mul  (written in place of %366) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k370_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t368 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t368;
-  }
-}
-
-/* %373 = mul(%215, %367 fc2.weight.exp_avg_sq)  f32 [10, 600]  mnist_cnn.kiln:24 */
-static void k373_mul(float *restrict y, const float *restrict b) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    y[i0] = ((float)0.999) * b[i0];
-  }
-}
-
-/* %374 = add(%373, %372)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %371 = mul %372 = mul  (written in place of %367) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k374_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t371 = x1[i0] * x1[i0];
-    const float t372 = ((float)0.0010000000000000009) * t371;
-    y[i0] = x0[i0] + t372;
-  }
-}
-
-/* %380 = sub(%87 fc2.weight, %379)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %375 = sqrt %376 = div %377 = add %378 = div %379 = mul  (written in place of %87) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k380_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t375 = sqrtf(x2[i0]);
-    const float t376 = t375 / x3[0];
-    const float t377 = t376 + ((float)1e-08);
-    const float t378 = x1[i0] / t377;
-    const float t379 = x0[0] * t378;
-    y[i0] = y[i0] - t379;
-  }
-}
-
-/* %385 = add(%384, %383)  f32 [10]  mnist_cnn.kiln:24  fused: %384 = mul %383 = mul  (written in place of %381) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k385_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t384 = ((float)0.90000000000000002) * y[i0];
-    const float t383 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t384 + t383;
-  }
-}
-
-/* %389 = add(%388, %387)  f32 [10]  mnist_cnn.kiln:24  fused: %388 = mul %386 = mul %387 = mul  (written in place of %382) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k389_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t388 = ((float)0.999) * y[i0];
-    const float t386 = x0[i0] * x0[i0];
-    const float t387 = ((float)0.0010000000000000009) * t386;
-    y[i0] = t388 + t387;
-  }
-}
-
-/* %395 = sub(%89 fc2.bias, %394)  f32 [10]  mnist_cnn.kiln:24  fused: %390 = sqrt %391 = div %392 = add %393 = div %394 = mul  (written in place of %89) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k395_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t390 = sqrtf(x2[i0]);
-    const float t391 = t390 / x3[0];
-    const float t392 = t391 + ((float)1e-08);
-    const float t393 = x1[i0] / t392;
-    const float t394 = x0[0] * t393;
-    y[i0] = y[i0] - t394;
-  }
-}
-
-/* %397 = add(%210, %396)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %396 = mul  (written in place of %206) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k397_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t396 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t396;
-  }
-}
-
-/* %400 = add(%216, %399)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %398 = mul %399 = mul  (written in place of %207) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k400_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t398 = x1[i0] * x1[i0];
-    const float t399 = ((float)0.0010000000000000009) * t398;
-    y[i0] = x0[i0] + t399;
-  }
-}
-
-/* %406 = sub(%2 conv1.weight, %405)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %401 = sqrt %402 = div %403 = add %404 = div %405 = mul  (written in place of %2) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k406_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t401 = sqrtf(x2[i0]);
-    const float t402 = t401 / x3[0];
-    const float t403 = t402 + ((float)1e-08);
-    const float t404 = x1[i0] / t403;
-    const float t405 = x0[0] * t404;
-    y[i0] = y[i0] - t405;
-  }
-}
-
-/* %408 = add(%234, %407)  f32 [8]  mnist_cnn.kiln:24  fused: %407 = mul  (written in place of %231) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k408_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t407 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t407;
-  }
-}
-
-/* %411 = add(%238, %410)  f32 [8]  mnist_cnn.kiln:24  fused: %409 = mul %410 = mul  (written in place of %232) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k411_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t409 = x1[i0] * x1[i0];
-    const float t410 = ((float)0.0010000000000000009) * t409;
-    y[i0] = x0[i0] + t410;
-  }
-}
-
-/* %417 = sub(%4 conv1.bias, %416)  f32 [8]  mnist_cnn.kiln:24  fused: %412 = sqrt %413 = div %414 = add %415 = div %416 = mul  (written in place of %4) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k417_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t412 = sqrtf(x2[i0]);
-    const float t413 = t412 / x3[0];
-    const float t414 = t413 + ((float)1e-08);
-    const float t415 = x1[i0] / t414;
-    const float t416 = x0[0] * t415;
-    y[i0] = y[i0] - t416;
-  }
-}
-
-/* %419 = add(%249, %418)  f32 [8]  mnist_cnn.kiln:24  fused: %418 = mul  (written in place of %246) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k419_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t418 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t418;
-  }
-}
-
-/* %422 = add(%253, %421)  f32 [8]  mnist_cnn.kiln:24  fused: %420 = mul %421 = mul  (written in place of %247) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k422_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t420 = x1[i0] * x1[i0];
-    const float t421 = ((float)0.0010000000000000009) * t420;
-    y[i0] = x0[i0] + t421;
-  }
-}
-
-/* %428 = sub(%7 bn1.weight, %427)  f32 [8]  mnist_cnn.kiln:24  fused: %423 = sqrt %424 = div %425 = add %426 = div %427 = mul  (written in place of %7) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k428_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t423 = sqrtf(x2[i0]);
-    const float t424 = t423 / x3[0];
-    const float t425 = t424 + ((float)1e-08);
-    const float t426 = x1[i0] / t425;
-    const float t427 = x0[0] * t426;
-    y[i0] = y[i0] - t427;
-  }
-}
-
-/* %430 = add(%264, %429)  f32 [8]  mnist_cnn.kiln:24  fused: %429 = mul  (written in place of %261) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k430_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t429 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t429;
-  }
-}
-
-/* %433 = add(%268, %432)  f32 [8]  mnist_cnn.kiln:24  fused: %431 = mul %432 = mul  (written in place of %262) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k433_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t431 = x1[i0] * x1[i0];
-    const float t432 = ((float)0.0010000000000000009) * t431;
-    y[i0] = x0[i0] + t432;
-  }
-}
-
-/* %439 = sub(%8 bn1.bias, %438)  f32 [8]  mnist_cnn.kiln:24  fused: %434 = sqrt %435 = div %436 = add %437 = div %438 = mul  (written in place of %8) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k439_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t434 = sqrtf(x2[i0]);
-    const float t435 = t434 / x3[0];
-    const float t436 = t435 + ((float)1e-08);
-    const float t437 = x1[i0] / t436;
-    const float t438 = x0[0] * t437;
-    y[i0] = y[i0] - t438;
-  }
-}
-
-/* %441 = add(%279, %440)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %440 = mul  (written in place of %276) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k441_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t440 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t440;
-  }
-}
-
-/* %444 = add(%283, %443)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %442 = mul %443 = mul  (written in place of %277) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k444_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t442 = x1[i0] * x1[i0];
-    const float t443 = ((float)0.0010000000000000009) * t442;
-    y[i0] = x0[i0] + t443;
-  }
-}
-
-/* %450 = sub(%44 conv2.weight, %449)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %445 = sqrt %446 = div %447 = add %448 = div %449 = mul  (written in place of %44) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k450_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t445 = sqrtf(x2[i0]);
-    const float t446 = t445 / x3[0];
-    const float t447 = t446 + ((float)1e-08);
-    const float t448 = x1[i0] / t447;
-    const float t449 = x0[0] * t448;
-    y[i0] = y[i0] - t449;
-  }
-}
-
-/* %452 = add(%294, %451)  f32 [32]  mnist_cnn.kiln:24  fused: %451 = mul  (written in place of %291) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k452_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t451 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t451;
-  }
-}
-
-/* %455 = add(%298, %454)  f32 [32]  mnist_cnn.kiln:24  fused: %453 = mul %454 = mul  (written in place of %292) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k455_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t453 = x1[i0] * x1[i0];
-    const float t454 = ((float)0.0010000000000000009) * t453;
-    y[i0] = x0[i0] + t454;
-  }
-}
-
-/* %461 = sub(%46 conv2.bias, %460)  f32 [32]  mnist_cnn.kiln:24  fused: %456 = sqrt %457 = div %458 = add %459 = div %460 = mul  (written in place of %46) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k461_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t456 = sqrtf(x2[i0]);
-    const float t457 = t456 / x3[0];
-    const float t458 = t457 + ((float)1e-08);
-    const float t459 = x1[i0] / t458;
-    const float t460 = x0[0] * t459;
-    y[i0] = y[i0] - t460;
-  }
-}
-
-/* %463 = add(%309, %462)  f32 [32]  mnist_cnn.kiln:24  fused: %462 = mul  (written in place of %306) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k463_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t462 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t462;
-  }
-}
-
-/* %466 = add(%313, %465)  f32 [32]  mnist_cnn.kiln:24  fused: %464 = mul %465 = mul  (written in place of %307) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k466_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t464 = x1[i0] * x1[i0];
-    const float t465 = ((float)0.0010000000000000009) * t464;
-    y[i0] = x0[i0] + t465;
-  }
-}
-
-/* %472 = sub(%49 bn2.weight, %471)  f32 [32]  mnist_cnn.kiln:24  fused: %467 = sqrt %468 = div %469 = add %470 = div %471 = mul  (written in place of %49) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k472_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t467 = sqrtf(x2[i0]);
-    const float t468 = t467 / x3[0];
-    const float t469 = t468 + ((float)1e-08);
-    const float t470 = x1[i0] / t469;
-    const float t471 = x0[0] * t470;
-    y[i0] = y[i0] - t471;
-  }
-}
-
-/* %474 = add(%324, %473)  f32 [32]  mnist_cnn.kiln:24  fused: %473 = mul  (written in place of %321) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k474_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t473 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t473;
-  }
-}
-
-/* %477 = add(%328, %476)  f32 [32]  mnist_cnn.kiln:24  fused: %475 = mul %476 = mul  (written in place of %322) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k477_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t475 = x1[i0] * x1[i0];
-    const float t476 = ((float)0.0010000000000000009) * t475;
-    y[i0] = x0[i0] + t476;
-  }
-}
-
-/* %483 = sub(%50 bn2.bias, %482)  f32 [32]  mnist_cnn.kiln:24  fused: %478 = sqrt %479 = div %480 = add %481 = div %482 = mul  (written in place of %50) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k483_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t478 = sqrtf(x2[i0]);
-    const float t479 = t478 / x3[0];
-    const float t480 = t479 + ((float)1e-08);
-    const float t481 = x1[i0] / t480;
-    const float t482 = x0[0] * t481;
-    y[i0] = y[i0] - t482;
-  }
-}
-
-/* %485 = add(%339, %484)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %484 = mul  (written in place of %336) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k485_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t484 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t484;
-  }
-}
-
-/* %488 = add(%343, %487)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %486 = mul %487 = mul  (written in place of %337) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k488_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t486 = x1[i0] * x1[i0];
-    const float t487 = ((float)0.0010000000000000009) * t486;
-    y[i0] = x0[i0] + t487;
-  }
-}
-
-/* %494 = sub(%82 fc1.weight, %493)  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %489 = sqrt %490 = div %491 = add %492 = div %493 = mul  (written in place of %82) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k494_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t489 = sqrtf(x2[i0]);
-    const float t490 = t489 / x3[0];
-    const float t491 = t490 + ((float)1e-08);
-    const float t492 = x1[i0] / t491;
-    const float t493 = x0[0] * t492;
-    y[i0] = y[i0] - t493;
-  }
-}
-
-/* %496 = add(%354, %495)  f32 [600]  mnist_cnn.kiln:24  fused: %495 = mul  (written in place of %351) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k496_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t495 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t495;
-  }
-}
-
-/* %499 = add(%358, %498)  f32 [600]  mnist_cnn.kiln:24  fused: %497 = mul %498 = mul  (written in place of %352) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k499_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t497 = x1[i0] * x1[i0];
-    const float t498 = ((float)0.0010000000000000009) * t497;
-    y[i0] = x0[i0] + t498;
-  }
-}
-
-/* %505 = sub(%84 fc1.bias, %504)  f32 [600]  mnist_cnn.kiln:24  fused: %500 = sqrt %501 = div %502 = add %503 = div %504 = mul  (written in place of %84) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k505_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t500 = sqrtf(x2[i0]);
-    const float t501 = t500 / x3[0];
-    const float t502 = t501 + ((float)1e-08);
-    const float t503 = x1[i0] / t502;
-    const float t504 = x0[0] * t503;
-    y[i0] = y[i0] - t504;
-  }
-}
-
-/* %507 = add(%369, %506)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %506 = mul  (written in place of %366) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k507_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t506 = ((float)0.099999999999999978) * x1[i0];
-    y[i0] = x0[i0] + t506;
-  }
-}
-
-/* %510 = add(%373, %509)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %508 = mul %509 = mul  (written in place of %367) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k510_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t508 = x1[i0] * x1[i0];
-    const float t509 = ((float)0.0010000000000000009) * t508;
-    y[i0] = x0[i0] + t509;
-  }
-}
-
-/* %516 = sub(%87 fc2.weight, %515)  f32 [10, 600]  mnist_cnn.kiln:24  fused: %511 = sqrt %512 = div %513 = add %514 = div %515 = mul  (written in place of %87) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k516_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t511 = sqrtf(x2[i0]);
-    const float t512 = t511 / x3[0];
-    const float t513 = t512 + ((float)1e-08);
-    const float t514 = x1[i0] / t513;
-    const float t515 = x0[0] * t514;
-    y[i0] = y[i0] - t515;
-  }
-}
-
-/* %521 = add(%520, %518)  f32 [10]  mnist_cnn.kiln:24  fused: %520 = mul %518 = mul  (written in place of %381) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k521_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t520 = ((float)0.90000000000000002) * y[i0];
-    const float t518 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t520 + t518;
-  }
-}
-
-/* %527 = add(%526, %524)  f32 [10]  mnist_cnn.kiln:24  fused: %526 = mul %522 = mul %524 = mul  (written in place of %382) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k527_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t526 = ((float)0.999) * y[i0];
-    const float t522 = x0[i0] * x0[i0];
-    const float t524 = ((float)0.0010000000000000009) * t522;
-    y[i0] = t526 + t524;
-  }
-}
-
-/* %533 = div(%203 lr, %530)  f32 []  mnist_cnn.kiln:24  fused: %528 = pow %530 = sub */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k533_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  const float t528 = powf(((float)0.90000000000000002), x1[0]);
-  const float t530 = ((float)1) - t528;
-  y[0] = x0[0] / t530;
-}
-
-/* %535 = sqrt(%532)  f32 []  mnist_cnn.kiln:24  fused: %531 = pow %532 = sub */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k535_sqrt(float *restrict y, const float *restrict x0) {
-  const float t531 = powf(((float)0.999), x0[0]);
-  const float t532 = ((float)1) - t531;
-  y[0] = sqrtf(t532);
-}
-
-/* %541 = sub(%89 fc2.bias, %540)  f32 [10]  mnist_cnn.kiln:24  fused: %536 = sqrt %537 = div %538 = add %539 = div %540 = mul  (written in place of %89) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k541_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t536 = sqrtf(x2[i0]);
-    const float t537 = t536 / x3[0];
-    const float t538 = t537 + ((float)1e-08);
-    const float t539 = x1[i0] / t538;
-    const float t540 = x0[0] * t539;
-    y[i0] = y[i0] - t540;
-  }
-}
-
-/* %3 = conv2d(%0 image, %2 conv1.weight)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k3_conv2d_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t o = 0; o < 8; o++) {
-      const int64_t cb = 0;
-      for (int64_t i = 0; i < 28; i++) {
-        const int64_t yo = ((n*8 + o)*28 + i)*28;
-        for (int64_t j = 0; j < 28; j++)
-          y[yo + j] = 0;
-        for (int64_t p = 0; p < 3; p++) {
-          const int64_t r = i*1 - 1 + p*1;
-          if (r < 0 || r >= 28)
-            continue;
-          for (int64_t c = 0; c < 1; c++) { /* q = 0 */
-            const float wv = b[((o*1 + c)*3 + p)*3 + 0];
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (-1);
-            for (int64_t j = 1; j < 28; j++)
-              y[yo + j] = fmaf(wv, a[xo + j], y[yo + j]);
-          }
-          for (int64_t c = 0; c < 1; c++) { /* q = 1 */
-            const float wv = b[((o*1 + c)*3 + p)*3 + 1];
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (0);
-            for (int64_t j = 0; j < 28; j++)
-              y[yo + j] = fmaf(wv, a[xo + j], y[yo + j]);
-          }
-          for (int64_t c = 0; c < 1; c++) { /* q = 2 */
-            const float wv = b[((o*1 + c)*3 + p)*3 + 2];
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (1);
-            for (int64_t j = 0; j < 27; j++)
-              y[yo + j] = fmaf(wv, a[xo + j], y[yo + j]);
-          }
-        }
-      }
-      }
-}
-
-/* %6 = add(%3, %5)  f32 [B, 8, 28, 28]  conv1  mnist_cnn.kiln:10 */
-static void k6_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        y[i0*6272 + i1*784 + i2] = a[i0*6272 + i1*784 + i2] + b[i1];
-      }
-    }
-  }
-}
-
-/* %12 = mean(%6 conv1)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k12_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)(acc[i] / (double)(784*B));
-}
-
-/* %13 = mean(%3)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k13_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)(acc[i] / (double)(784*B));
-}
-
-/* %14 = sub(%3, %13)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k14_sub_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        y[i0*6272 + i1*784 + i2] = a[i0*6272 + i1*784 + i2] - b[i1];
-      }
-    }
-  }
-}
-
-/* %15 = mul(%14, %14)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k15_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %16 = mean(%15)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k16_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)(acc[i] / (double)(784*B));
-}
-
-/* %20 = div(%14, %19)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k20_div_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        y[i0*6272 + i1*784 + i2] = a[i0*6272 + i1*784 + i2] / b[i1];
-      }
-    }
-  }
-}
-
-/* %21 = numel(%6 conv1)  f32 []  mnist_cnn.kiln:11 */
-static void k21_numel_n(float *restrict y, int64_t B) {
-  (void)B;
-  y[0] = (float)(784*B);
-}
-
-/* %41 = add(%39, %40)  f32 [B, 8, 28, 28]  bn1  mnist_cnn.kiln:11  fused: %39 = mul */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k41_add_n(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float t39 = x0[i0*6272 + i1*784 + i2] * x1[i1];
-        y[i0*6272 + i1*784 + i2] = t39 + x2[i1];
-      }
-    }
-  }
-}
-
-/* %42 = relu(%41 bn1)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
-static void k42_relu_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] > 0 ? a[i0] : (float)0;
-  }
-}
-
-/* %43 = maxpool2d(%42)  f32 [B, 8, 14, 14]  h1  mnist_cnn.kiln:12 */
-static void k43_maxpool2d_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 8; c++)
-      for (int64_t i = 0; i < 14; i++)
-        for (int64_t j = 0; j < 14; j++) {
-          const int64_t yi = ((n*8 + c)*14 + i)*14 + j;
-          const int64_t xw = ((n*8 + c)*28 + i*2)*28 + j*2;
-          float m = a[xw];
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 28]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 29]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          y[yi] = m;
-        }
-}
-
-/* %45 = conv2d(%43 h1, %44 conv2.weight)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k45_conv2d_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  for (int64_t t = 0; t < 1; t++) {
-    unsigned char *ws = scratch + t*428864;
-    float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = B*t/1, n1 = B*(t + 1)/1;
-    unsigned char *gws = ws + 156800;
-    for (int64_t n = n0; n < n1; n++) {
-      const float *restrict xn = a + n*1568;
-      for (int64_t c = 0; c < 8; c++)
-        for (int64_t p = 0; p < 5; p++) {
-          { /* q = 0 */
-            float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-2);
-              for (int64_t j = 0; j < 2; j++)
-                di[j] = 0;
-              for (int64_t j = 2; j < 14; j++)
-                di[j] = xn[xo + j];
-            }
-          }
-          { /* q = 1 */
-            float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-1);
-              for (int64_t j = 0; j < 1; j++)
-                di[j] = 0;
-              for (int64_t j = 1; j < 14; j++)
-                di[j] = xn[xo + j];
-            }
-          }
-          { /* q = 2 */
-            float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (0);
-              for (int64_t j = 0; j < 14; j++)
-                di[j] = xn[xo + j];
-            }
-          }
-          { /* q = 3 */
-            float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (1);
-              for (int64_t j = 0; j < 13; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 13; j < 14; j++)
-                di[j] = 0;
-            }
-          }
-          { /* q = 4 */
-            float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (2);
-              for (int64_t j = 0; j < 12; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 12; j < 14; j++)
-                di[j] = 0;
-            }
-          }
-        }
-      for (int64_t g = 0; g < 1; g++)
-        kiln_sgemm(32, 196, 200, b + g*6400, 200, 0, col + g*39200, 196, 0, y + n*6272 + g*6272, 196, gws);
-    }
-  }
-}
-
-/* %48 = add(%45, %47)  f32 [B, 32, 14, 14]  conv2  mnist_cnn.kiln:13 */
-static void k48_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        y[i0*6272 + i1*196 + i2] = a[i0*6272 + i1*196 + i2] + b[i1];
-      }
-    }
-  }
-}
-
-/* %54 = mean(%48 conv2)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k54_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)(acc[i] / (double)(196*B));
-}
-
-/* %55 = mean(%45)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k55_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)(acc[i] / (double)(196*B));
-}
-
-/* %56 = sub(%45, %55)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k56_sub_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        y[i0*6272 + i1*196 + i2] = a[i0*6272 + i1*196 + i2] - b[i1];
-      }
-    }
-  }
-}
-
-/* %57 = mul(%56, %56)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k57_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %58 = mean(%57)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k58_mean_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)(acc[i] / (double)(196*B));
-}
-
-/* %61 = div(%56, %60)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k61_div_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        y[i0*6272 + i1*196 + i2] = a[i0*6272 + i1*196 + i2] / b[i1];
-      }
-    }
-  }
-}
-
-/* %62 = numel(%48 conv2)  f32 []  mnist_cnn.kiln:14 */
-static void k62_numel_n(float *restrict y, int64_t B) {
-  (void)B;
-  y[0] = (float)(196*B);
-}
-
-/* %78 = add(%76, %77)  f32 [B, 32, 14, 14]  bn2  mnist_cnn.kiln:14  fused: %76 = mul */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k78_add_n(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float t76 = x0[i0*6272 + i1*196 + i2] * x1[i1];
-        y[i0*6272 + i1*196 + i2] = t76 + x2[i1];
-      }
-    }
-  }
-}
-
-/* %79 = relu(%78 bn2)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
-static void k79_relu_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] > 0 ? a[i0] : (float)0;
-  }
-}
-
-/* %80 = maxpool2d(%79)  f32 [B, 32, 7, 7]  h2  mnist_cnn.kiln:15 */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k80_maxpool2d_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 32; c++)
-      for (int64_t i = 0; i < 7; i++)
-        for (int64_t j = 0; j < 7; j++) {
-          const int64_t yi = ((n*32 + c)*7 + i)*7 + j;
-          const int64_t xw = ((n*32 + c)*14 + i*2)*14 + j*2;
-          float m = a[xw];
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 14]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 15]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          y[yi] = m;
-        }
-}
-
-/* %83 = matmul(%81 x, %82 fc1.weight)  f32 [B, 600]  mnist_cnn.kiln:17 */
-static void k83_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  kiln_sgemm(B, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
-}
-
-/* %85 = add(%83, %84 fc1.bias)  f32 [B, 600]  fc1  mnist_cnn.kiln:17 */
-static void k85_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 600; i1++) {
-      y[i0*600 + i1] = a[i0*600 + i1] + b[i1];
-    }
-  }
-}
-
-/* %86 = relu(%85 fc1)  f32 [B, 600]  mnist_cnn.kiln:18 */
-static void k86_relu_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < (600*B); i0++) {
-    y[i0] = a[i0] > 0 ? a[i0] : (float)0;
-  }
-}
-
-/* %88 = matmul(%86, %87 fc2.weight)  f32 [B, 10]  mnist_cnn.kiln:18 */
-static void k88_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %118 = matmul(%117, %87 fc2_weight) -> t118  f32 [B, 10]  mnist_cnn.kiln:18 */
+static void k118_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(B, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
 }
 
-/* %90 = add(%88, %89 fc2.bias)  f32 [B, 10]  logits  mnist_cnn.kiln:18 */
-static void k90_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %119 = add(%118, %89 fc2_bias) -> logits_119  f32 [B, 10]  mnist_cnn.kiln:18 */
+static void k119_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
       y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
@@ -3890,9 +1349,8 @@ static void k90_add_n(float *restrict y, const float *restrict a, const float *r
   }
 }
 
-/* %91 = cross_entropy(%90 logits, %1 label)  f32 []  loss  mnist_cnn.kiln:19 */
-static void k91_cross_entropy_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
-  (void)B;
+/* %120 = cross_entropy(%119 logits_119, %1 label) -> loss_120  f32 []  mnist_cnn.kiln:19 */
+static void k120_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   double total = 0;
   int bad = 0;
   for (int64_t i = 0; i < B; i++) {
@@ -3912,255 +1370,8 @@ static void k91_cross_entropy_n(float *restrict y, const float *restrict a, cons
   y[0] = bad ? (float)NAN : (float)(total / (double)B);
 }
 
-/* %100 = relu(%99 bn1)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12  fused: %93 = sub %97 = div %98 = mul %99 = add */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k100_relu_n(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float t93 = x0[i0*6272 + i1*784 + i2] - x1[i1];
-        const float t97 = t93 / x2[i1];
-        const float t98 = t97 * x3[i1];
-        const float t99 = t98 + x4[i1];
-        y[i0*6272 + i1*784 + i2] = t99 > 0 ? t99 : (float)0;
-      }
-    }
-  }
-}
-
-/* %101 = maxpool2d(%100)  f32 [B, 8, 14, 14]  h1  mnist_cnn.kiln:12 */
-static void k101_maxpool2d_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 8; c++)
-      for (int64_t i = 0; i < 14; i++)
-        for (int64_t j = 0; j < 14; j++) {
-          const int64_t yi = ((n*8 + c)*14 + i)*14 + j;
-          const int64_t xw = ((n*8 + c)*28 + i*2)*28 + j*2;
-          float m = a[xw];
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 28]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 29]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          y[yi] = m;
-        }
-}
-
-/* %102 = conv2d(%101 h1, %44 conv2.weight)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k102_conv2d_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  for (int64_t t = 0; t < 1; t++) {
-    unsigned char *ws = scratch + t*428864;
-    float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = B*t/1, n1 = B*(t + 1)/1;
-    unsigned char *gws = ws + 156800;
-    for (int64_t n = n0; n < n1; n++) {
-      const float *restrict xn = a + n*1568;
-      for (int64_t c = 0; c < 8; c++)
-        for (int64_t p = 0; p < 5; p++) {
-          { /* q = 0 */
-            float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-2);
-              for (int64_t j = 0; j < 2; j++)
-                di[j] = 0;
-              for (int64_t j = 2; j < 14; j++)
-                di[j] = xn[xo + j];
-            }
-          }
-          { /* q = 1 */
-            float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-1);
-              for (int64_t j = 0; j < 1; j++)
-                di[j] = 0;
-              for (int64_t j = 1; j < 14; j++)
-                di[j] = xn[xo + j];
-            }
-          }
-          { /* q = 2 */
-            float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (0);
-              for (int64_t j = 0; j < 14; j++)
-                di[j] = xn[xo + j];
-            }
-          }
-          { /* q = 3 */
-            float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (1);
-              for (int64_t j = 0; j < 13; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 13; j < 14; j++)
-                di[j] = 0;
-            }
-          }
-          { /* q = 4 */
-            float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (2);
-              for (int64_t j = 0; j < 12; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 12; j < 14; j++)
-                di[j] = 0;
-            }
-          }
-        }
-      for (int64_t g = 0; g < 1; g++)
-        kiln_sgemm(32, 196, 200, b + g*6400, 200, 0, col + g*39200, 196, 0, y + n*6272 + g*6272, 196, gws);
-    }
-  }
-}
-
-/* %112 = relu(%111 bn2)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  fused: %103 = add %105 = sub %109 = div %110 = mul %111 = add */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k112_relu_n(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, const float *restrict x5, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float t103 = x0[i0*6272 + i1*196 + i2] + x1[i1];
-        const float t105 = t103 - x2[i1];
-        const float t109 = t105 / x3[i1];
-        const float t110 = t109 * x4[i1];
-        const float t111 = t110 + x5[i1];
-        y[i0*6272 + i1*196 + i2] = t111 > 0 ? t111 : (float)0;
-      }
-    }
-  }
-}
-
-/* %113 = maxpool2d(%112)  f32 [B, 32, 7, 7]  h2  mnist_cnn.kiln:15 */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k113_maxpool2d_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 32; c++)
-      for (int64_t i = 0; i < 7; i++)
-        for (int64_t j = 0; j < 7; j++) {
-          const int64_t yi = ((n*32 + c)*7 + i)*7 + j;
-          const int64_t xw = ((n*32 + c)*14 + i*2)*14 + j*2;
-          float m = a[xw];
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 14]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 15]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          y[yi] = m;
-        }
-}
-
-/* %115 = matmul(%114 x, %82 fc1.weight)  f32 [B, 600]  mnist_cnn.kiln:17 */
-static void k115_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  kiln_sgemm(B, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
-}
-
-/* %117 = relu(%116 fc1)  f32 [B, 600]  mnist_cnn.kiln:18  fused: %116 = add */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k117_relu_n(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 600; i1++) {
-      const float t116 = x0[i0*600 + i1] + x1[i1];
-      y[i0*600 + i1] = t116 > 0 ? t116 : (float)0;
-    }
-  }
-}
-
-/* %118 = matmul(%117, %87 fc2.weight)  f32 [B, 10]  mnist_cnn.kiln:18 */
-static void k118_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
-  kiln_sgemm(B, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
-}
-
-/* %119 = add(%118, %89 fc2.bias)  f32 [B, 10]  logits  mnist_cnn.kiln:18 */
-static void k119_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 10; i1++) {
-      y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
-    }
-  }
-}
-
-/* %120 = cross_entropy(%119 logits, %1 label)  f32 []  loss  mnist_cnn.kiln:19 */
-static void k120_cross_entropy_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
-  (void)B;
-  double total = 0;
-  int bad = 0;
-  for (int64_t i = 0; i < B; i++) {
-    double m = (double)a[i*10];
-    for (int64_t j = 1; j < 10; j++)
-      if ((double)a[i*10 + j] > m) m = (double)a[i*10 + j];
-    double s = 0;
-    for (int64_t j = 0; j < 10; j++)
-      s += exp((double)a[i*10 + j] - m);
-    const int64_t t = (int64_t)b[i];
-    if (t < 0 || t >= 10) {
-      bad = 1;
-      continue;
-    }
-    total += m + log(s) - (double)a[i*10 + t];
-  }
-  y[0] = bad ? (float)NAN : (float)(total / (double)B);
-}
-
-/* %121 = cross_entropy_grad(%90 logits, %1 label, %22)  f32 [B, 10]  mnist_cnn.kiln:19 */
-static void k121_cross_entropy_grad_n(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
-  (void)B;
+/* %121 = cross_entropy_grad(%90 logits, %1 label, %22) -> t121  f32 [B, 10]  mnist_cnn.kiln:19 */
+static void k121_cross_entropy_grad(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
   const double g = (double)((float)1) / (double)B;
   for (int64_t i = 0; i < B; i++) {
     double m = (double)a[i*10];
@@ -4176,9 +1387,8 @@ static void k121_cross_entropy_grad_n(float *restrict y, const float *restrict a
   }
 }
 
-/* %122 = sum_to(%121, %89 fc2.bias)  f32 [10]  mnist_cnn.kiln:18 */
-static void k122_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %122 = sum_to(%121, %89 fc2_bias) -> t122  f32 [10]  mnist_cnn.kiln:18 */
+static void k122_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 10; i++)
     acc[i] = 0;
@@ -4191,29 +1401,25 @@ static void k122_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %123 = matmul(%121, %87 fc2.weight)  f32 [B, 600]  mnist_cnn.kiln:18 */
-static void k123_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %123 = matmul(%121, %87 fc2_weight) -> t123  f32 [B, 600]  mnist_cnn.kiln:18 */
+static void k123_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(B, 600, 10, a, 10, 0, b, 600, 0, y, 600, scratch);
 }
 
-/* %124 = matmul(%121, %86)  f32 [10, 600]  mnist_cnn.kiln:18 */
-static void k124_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %124 = matmul(%121, %86) -> t124  f32 [10, 600]  mnist_cnn.kiln:18 */
+static void k124_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(10, 600, B, a, 10, 1, b, 600, 0, y, 600, scratch);
 }
 
-/* %125 = relu_grad(%85 fc1, %123)  f32 [B, 600]  mnist_cnn.kiln:18 */
-static void k125_relu_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %125 = relu_grad(%85 fc1, %123) -> t125  f32 [B, 600]  mnist_cnn.kiln:18 */
+static void k125_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (600*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
-/* %126 = sum_to(%125, %84 fc1.bias)  f32 [600]  mnist_cnn.kiln:17 */
-static void k126_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %126 = sum_to(%125, %84 fc1_bias) -> t126  f32 [600]  mnist_cnn.kiln:17 */
+static void k126_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 600; i++)
     acc[i] = 0;
@@ -4226,24 +1432,21 @@ static void k126_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %127 = matmul(%125, %82 fc1.weight)  f32 [B, 1568]  mnist_cnn.kiln:17 */
-static void k127_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %127 = matmul(%125, %82 fc1_weight) -> t127  f32 [B, 1568]  mnist_cnn.kiln:17 */
+static void k127_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(B, 1568, 600, a, 600, 0, b, 1568, 0, y, 1568, scratch);
 }
 
-/* %128 = matmul(%125, %81 x)  f32 [600, 1568]  mnist_cnn.kiln:17 */
-static void k128_matmul_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %128 = matmul(%125, %81 x) -> t128  f32 [600, 1568]  mnist_cnn.kiln:17 */
+static void k128_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   kiln_sgemm(600, 1568, B, a, 600, 1, b, 1568, 0, y, 1568, scratch);
 }
 
-/* %130 = maxpool2d_grad(%79, %129)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
+/* %130 = maxpool2d_grad(%79, %129) -> t130  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k130_maxpool2d_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+static void k130_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 32; c++)
       for (int64_t i = 0; i < 7; i++)
@@ -4271,17 +1474,15 @@ static void k130_maxpool2d_grad_n(float *restrict y, const float *restrict a, co
         }
 }
 
-/* %131 = relu_grad(%78 bn2, %130)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
-static void k131_relu_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %131 = relu_grad(%78 bn2, %130) -> t131  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
+static void k131_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
-/* %132 = sum_to(%131, %77)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k132_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %132 = sum_to(%131, %77) -> t132  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
+static void k132_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
@@ -4307,9 +1508,8 @@ static void k132_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %134 = mul(%131, %75)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k134_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %134 = mul(%131, %75) -> t134  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k134_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -4319,17 +1519,15 @@ static void k134_mul_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %135 = mul(%131, %61)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k135_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %135 = mul(%131, %61) -> t135  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k135_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %136 = sum_to(%135, %75)  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k136_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %136 = sum_to(%135, %75) -> t136  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
+static void k136_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
@@ -4355,12 +1553,11 @@ static void k136_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %141 = neg(%140)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %139 = div %140 = mul */
+/* %141 = neg(%140) -> t141  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %139 = div %140 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k141_neg_n(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
-  (void)B;
+static void k141_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -4372,9 +1569,8 @@ static void k141_neg_n(float *restrict y, const float *restrict x0, const float 
   }
 }
 
-/* %142 = sum_to(%141, %60)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k142_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %142 = sum_to(%141, %60) -> t142  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
+static void k142_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
@@ -4400,15 +1596,25 @@ static void k142_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %146 = numel(%57)  f32 []  mnist_cnn.kiln:14 */
-static void k146_numel_n(float *restrict y, int64_t B) {
-  (void)B;
+/* %146 = numel(%57) -> t146  f32 []  mnist_cnn.kiln:14 */
+static void k146_numel(float *restrict y, int64_t B) {
   y[0] = (float)(196*B);
 }
 
-/* %148 = expand(%147, %57)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k148_expand_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
+/* %147 = div(%145, %146) -> t147  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: %144 = mul %145 = div */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k147_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t144 = ((float)2) * x1[i0];
+    const float t145 = x0[i0] / t144;
+    y[i0] = t145 / x2[0];
+  }
+}
+
+/* %148 = expand(%147, %57) -> t148  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k148_expand(float *restrict y, const float *restrict a, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -4418,20 +1624,18 @@ static void k148_expand_n(float *restrict y, const float *restrict a, int64_t B)
   }
 }
 
-/* %149 = mul(%148, %56)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k149_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %149 = mul(%148, %56) -> t149  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k149_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %151 = add(%150, %149)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %138 = div %150 = add */
+/* %151 = add(%150, %149) -> t151  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %138 = div %150 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k151_add_n(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
-  (void)B;
+static void k151_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -4443,17 +1647,15 @@ static void k151_add_n(float *restrict y, const float *restrict x0, const float 
   }
 }
 
-/* %152 = neg(%151)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k152_neg_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
+/* %152 = neg(%151) -> t152  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k152_neg(float *restrict y, const float *restrict a, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = -a[i0];
   }
 }
 
-/* %153 = sum_to(%152, %55)  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k153_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %153 = sum_to(%152, %55) -> t153  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
+static void k153_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
@@ -4479,15 +1681,20 @@ static void k153_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %154 = numel(%45)  f32 []  mnist_cnn.kiln:14 */
-static void k154_numel_n(float *restrict y, int64_t B) {
-  (void)B;
+/* %154 = numel(%45) -> t154  f32 []  mnist_cnn.kiln:14 */
+static void k154_numel(float *restrict y, int64_t B) {
   y[0] = (float)(196*B);
 }
 
-/* %156 = expand(%155, %45)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k156_expand_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
+/* %155 = div(%153, %154) -> t155  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
+static void k155_div(float *restrict y, const float *restrict a, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    y[i0] = a[i0] / b[0];
+  }
+}
+
+/* %156 = expand(%155, %45) -> t156  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k156_expand(float *restrict y, const float *restrict a, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -4497,20 +1704,18 @@ static void k156_expand_n(float *restrict y, const float *restrict a, int64_t B)
   }
 }
 
-/* %157 = add(%151, %156)  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k157_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %157 = add(%151, %156) -> t157  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
+static void k157_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] + b[i0];
   }
 }
 
-/* %158 = conv2d_bwd_data(%157, %44 conv2.weight)  f32 [B, 8, 14, 14]  mnist_cnn.kiln:13 */
+/* %158 = conv2d_bwd_data(%157, %44 conv2_weight) -> t158  f32 [B, 8, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k158_conv2d_bwd_data_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+static void k158_conv2d_bwd_data(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t t = 0; t < 1; t++) {
     unsigned char *ws = scratch + t*208576;
@@ -4585,22 +1790,23 @@ static void k158_conv2d_bwd_data_n(float *restrict y, const float *restrict a, c
   }
 }
 
-/* %159 = conv2d_bwd_filter(%43 h1, %157)  f32 [32, 8, 5, 5]  mnist_cnn.kiln:13 */
+/* %159 = conv2d_bwd_filter(%43 h1, %157) -> t159  f32 [32, 8, 5, 5]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k159_conv2d_bwd_filter_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+static void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  for (int64_t t = 0; t < 1; t++) {
-    unsigned char *ws = scratch + t*452160;
-    float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = B*t/1, n1 = B*(t + 1)/1;
-    float *restrict part = (float *)(void *)(ws + 156800);
-    for (int64_t e = 0; e < 6400; e++)
-      part[e] = 0;
-    unsigned char *gws = ws + 182400;
-    for (int64_t n = n0; n < n1; n++) {
+  for (int64_t e = 0; e < 6400; e++)
+    y[e] = 0;
+  for (int64_t n0 = 0; n0 < B; n0 += 1) {
+    for (int64_t t = 0; t < 1; t++) {
+      const int64_t n = n0 + t;
+      if (n >= B)
+        continue;
+      unsigned char *ws = scratch + t*452160;
+      float *restrict col = (float *)(void *)ws;
+      float *restrict part = (float *)(void *)(ws + 156800);
+      unsigned char *gws = ws + 182400;
       const float *restrict xn = a + n*1568;
       for (int64_t c = 0; c < 8; c++)
         for (int64_t p = 0; p < 5; p++) {
@@ -4689,20 +1895,18 @@ static void k159_conv2d_bwd_filter_n(float *restrict y, const float *restrict a,
           }
         }
       for (int64_t g = 0; g < 1; g++)
-        kiln_sgemm_acc(32, 200, 196, b + n*6272 + g*6272, 196, 0, col + g*39200, 196, 1, part + g*6400, 200, 1, gws);
+        kiln_sgemm(32, 200, 196, b + n*6272 + g*6272, 196, 0, col + g*39200, 196, 1, part + g*6400, 200, gws);
     }
-  }
-  for (int64_t e = 0; e < 6400; e++) {
-    float s = 0;
-    for (int64_t t = 0; t < 1; t++)
-      s += ((const float *)(void *)(scratch + t*452160 + 156800))[e];
-    y[e] = s;
+    for (int64_t t = 0; t < 1 && n0 + t < B; t++) {
+      const float *restrict part = (const float *)(void *)(scratch + t*452160 + 156800);
+      for (int64_t e = 0; e < 6400; e++)
+        y[e] += part[e];
+    }
   }
 }
 
-/* %160 = maxpool2d_grad(%42, %158)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
-static void k160_maxpool2d_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %160 = maxpool2d_grad(%42, %158) -> t160  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
+static void k160_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 8; c++)
       for (int64_t i = 0; i < 14; i++)
@@ -4730,17 +1934,15 @@ static void k160_maxpool2d_grad_n(float *restrict y, const float *restrict a, co
         }
 }
 
-/* %161 = relu_grad(%41 bn1, %160)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
-static void k161_relu_grad_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %161 = relu_grad(%41 bn1, %160) -> t161  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
+static void k161_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
-/* %162 = sum_to(%161, %40)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k162_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %162 = sum_to(%161, %40) -> t162  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
+static void k162_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
@@ -4766,9 +1968,8 @@ static void k162_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %164 = mul(%161, %38)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k164_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %164 = mul(%161, %38) -> t164  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k164_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -4778,17 +1979,15 @@ static void k164_mul_n(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %165 = mul(%161, %20)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k165_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %165 = mul(%161, %20) -> t165  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k165_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %166 = sum_to(%165, %38)  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k166_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %166 = sum_to(%165, %38) -> t166  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
+static void k166_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
@@ -4814,12 +2013,11 @@ static void k166_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %171 = neg(%170)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %169 = div %170 = mul */
+/* %171 = neg(%170) -> t171  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %169 = div %170 = mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k171_neg_n(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
-  (void)B;
+static void k171_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -4831,9 +2029,8 @@ static void k171_neg_n(float *restrict y, const float *restrict x0, const float 
   }
 }
 
-/* %172 = sum_to(%171, %19)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k172_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %172 = sum_to(%171, %19) -> t172  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
+static void k172_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
@@ -4859,15 +2056,25 @@ static void k172_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %175 = numel(%15)  f32 []  mnist_cnn.kiln:11 */
-static void k175_numel_n(float *restrict y, int64_t B) {
-  (void)B;
+/* %175 = numel(%15) -> t175  f32 []  mnist_cnn.kiln:11 */
+static void k175_numel(float *restrict y, int64_t B) {
   y[0] = (float)(784*B);
 }
 
-/* %177 = expand(%176, %15)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k177_expand_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
+/* %176 = div(%174, %175) -> t176  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: %173 = mul %174 = div */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k176_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t173 = ((float)2) * x1[i0];
+    const float t174 = x0[i0] / t173;
+    y[i0] = t174 / x2[0];
+  }
+}
+
+/* %177 = expand(%176, %15) -> t177  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k177_expand(float *restrict y, const float *restrict a, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -4877,20 +2084,18 @@ static void k177_expand_n(float *restrict y, const float *restrict a, int64_t B)
   }
 }
 
-/* %178 = mul(%177, %14)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k178_mul_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %178 = mul(%177, %14) -> t178  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k178_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %180 = add(%179, %178)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %168 = div %179 = add */
+/* %180 = add(%179, %178) -> t180  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %168 = div %179 = add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k180_add_n(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
-  (void)B;
+static void k180_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -4902,17 +2107,15 @@ static void k180_add_n(float *restrict y, const float *restrict x0, const float 
   }
 }
 
-/* %181 = neg(%180)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k181_neg_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
+/* %181 = neg(%180) -> t181  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k181_neg(float *restrict y, const float *restrict a, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = -a[i0];
   }
 }
 
-/* %182 = sum_to(%181, %13)  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k182_sum_to_n(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+/* %182 = sum_to(%181, %13) -> t182  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
+static void k182_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
@@ -4938,15 +2141,20 @@ static void k182_sum_to_n(float *restrict y, const float *restrict a, unsigned c
     y[i] = (float)acc[i];
 }
 
-/* %183 = numel(%3)  f32 []  mnist_cnn.kiln:11 */
-static void k183_numel_n(float *restrict y, int64_t B) {
-  (void)B;
+/* %183 = numel(%3) -> t183  f32 []  mnist_cnn.kiln:11 */
+static void k183_numel(float *restrict y, int64_t B) {
   y[0] = (float)(784*B);
 }
 
-/* %185 = expand(%184, %3)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k185_expand_n(float *restrict y, const float *restrict a, int64_t B) {
-  (void)B;
+/* %184 = div(%182, %183) -> t184  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
+static void k184_div(float *restrict y, const float *restrict a, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    y[i0] = a[i0] / b[0];
+  }
+}
+
+/* %185 = expand(%184, %3) -> t185  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k185_expand(float *restrict y, const float *restrict a, int64_t B) {
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -4956,20 +2164,18 @@ static void k185_expand_n(float *restrict y, const float *restrict a, int64_t B)
   }
 }
 
-/* %186 = add(%180, %185)  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k186_add_n(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  (void)B;
+/* %186 = add(%180, %185) -> t186  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
+static void k186_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] + b[i0];
   }
 }
 
-/* %187 = conv2d_bwd_filter(%0 image, %186)  f32 [8, 1, 3, 3]  mnist_cnn.kiln:10 */
+/* %187 = conv2d_bwd_filter(%0 image, %186) -> t187  f32 [8, 1, 3, 3]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k187_conv2d_bwd_filter_n(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  (void)B;
+static void k187_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   float *restrict acc = (float *)scratch; /* [C/G, KH, KW, Wo] */
   for (int64_t o = 0; o < 8; o++) {
     const int64_t cb = 0;
@@ -5011,796 +2217,1961 @@ static void k187_conv2d_bwd_filter_n(float *restrict y, const float *restrict a,
   }
 }
 
-static void train_full(unsigned char *arena) {
-  k3_conv2d_full((float *)(arena + 19229568), (const float *)(arena + 15265408), (const float *)(arena + 0));
-  k5_reshape((float *)(arena + 17072000), (const float *)(arena + 320));
-  k6_add_full((float *)(arena + 15466368), (const float *)(arena + 19229568), (const float *)(arena + 17072000));
-  k12_mean_full((float *)(arena + 17072000), (const float *)(arena + 15466368), arena + 40933440);
-  k13_mean_full((float *)(arena + 40932800), (const float *)(arena + 19229568), arena + 40933440);
-  k14_sub_full((float *)(arena + 20835200), (const float *)(arena + 19229568), (const float *)(arena + 40932800));
-  k15_mul_full((float *)(arena + 22440832), (const float *)(arena + 20835200), (const float *)(arena + 20835200));
-  k16_mean_full((float *)(arena + 17072064), (const float *)(arena + 22440832), arena + 40933440);
-  k19_sqrt((float *)(arena + 40932864), (const float *)(arena + 17072064));
-  k20_div_full((float *)(arena + 24046464), (const float *)(arena + 20835200), (const float *)(arena + 40932864));
-  k21_numel_full((float *)(arena + 17072128));
-  k24_div((float *)(arena + 15466368), (const float *)(arena + 17072128));
-  k32_add((float *)(arena + 40932928), (const float *)(arena + 512), (const float *)(arena + 17072000));
-  k35_add((float *)(arena + 40932992), (const float *)(arena + 576), (const float *)(arena + 17072064), (const float *)(arena + 15466368));
-  k37_add((double *)(arena + 40933056), (const double *)(arena + 640));
-  k38_reshape((float *)(arena + 40933120), (const float *)(arena + 384));
-  k40_reshape((float *)(arena + 40933184), (const float *)(arena + 448));
-  k41_add_full((float *)(arena + 25652096), (const float *)(arena + 24046464), (const float *)(arena + 40933120), (const float *)(arena + 40933184));
-  k42_relu_full((float *)(arena + 27257728), (const float *)(arena + 25652096));
-  k43_maxpool2d_full((float *)(arena + 40102784), (const float *)(arena + 27257728));
-  k45_conv2d_full((float *)(arena + 28863360), (const float *)(arena + 40102784), (const float *)(arena + 704), arena + 40933440);
-  k47_reshape((float *)(arena + 19079040), (const float *)(arena + 26304));
-  k48_add_full((float *)(arena + 15466368), (const float *)(arena + 28863360), (const float *)(arena + 19079040));
-  k54_mean_full((float *)(arena + 17072000), (const float *)(arena + 15466368), arena + 40933440);
-  k55_mean_full((float *)(arena + 40932032), (const float *)(arena + 28863360), arena + 40933440);
-  k56_sub_full((float *)(arena + 30468992), (const float *)(arena + 28863360), (const float *)(arena + 40932032));
-  k57_mul_full((float *)(arena + 32074624), (const float *)(arena + 30468992), (const float *)(arena + 30468992));
-  k58_mean_full((float *)(arena + 17072128), (const float *)(arena + 32074624), arena + 40933440);
-  k60_sqrt((float *)(arena + 40932160), (const float *)(arena + 17072128));
-  k61_div_full((float *)(arena + 33680256), (const float *)(arena + 30468992), (const float *)(arena + 40932160));
-  k62_numel_full((float *)(arena + 17072256));
-  k64_div((float *)(arena + 15466368), (const float *)(arena + 17072256));
-  k70_add((float *)(arena + 40932288), (const float *)(arena + 26688), (const float *)(arena + 17072000));
-  k73_add((float *)(arena + 40932416), (const float *)(arena + 26816), (const float *)(arena + 17072128), (const float *)(arena + 15466368));
-  k74_add((double *)(arena + 40933248), (const double *)(arena + 26944));
-  k75_reshape((float *)(arena + 40932544), (const float *)(arena + 26432));
-  k77_reshape((float *)(arena + 40932672), (const float *)(arena + 26560));
-  k78_add_full((float *)(arena + 35285888), (const float *)(arena + 33680256), (const float *)(arena + 40932544), (const float *)(arena + 40932672));
-  k79_relu_full((float *)(arena + 36891520), (const float *)(arena + 35285888));
-  k80_maxpool2d_full((float *)(arena + 38497152), (const float *)(arena + 36891520));
-  k83_matmul_full((float *)(arena + 15466368), (const float *)(arena + 38497152), (const float *)(arena + 27008), arena + 40933440);
-  k85_add_full((float *)(arena + 15619968), (const float *)(arena + 15466368), (const float *)(arena + 3790208));
-  k86_relu_full((float *)(arena + 15466368), (const float *)(arena + 15619968));
-  k88_matmul_full((float *)(arena + 15773568), (const float *)(arena + 15466368), (const float *)(arena + 3792640), arena + 40933440);
-  k90_add_full((float *)(arena + 15776128), (const float *)(arena + 15773568), (const float *)(arena + 3816640));
-  k91_cross_entropy_full((float *)(arena + 40933312), (const float *)(arena + 15776128), (const int32_t *)(arena + 15466112));
-  k121_cross_entropy_grad_full((float *)(arena + 15927168), (const float *)(arena + 15776128), (const int32_t *)(arena + 15466112));
-  k122_sum_to_full((float *)(arena + 40933376), (const float *)(arena + 15927168), arena + 40933440);
-  k123_matmul_full((float *)(arena + 15773568), (const float *)(arena + 15927168), (const float *)(arena + 3792640), arena + 40933440);
-  k124_matmul_full((float *)(arena + 40905600), (const float *)(arena + 15927168), (const float *)(arena + 15466368), arena + 40933440);
-  k125_relu_grad_full((float *)(arena + 38898560), (const float *)(arena + 15619968), (const float *)(arena + 15773568));
-  k126_sum_to_full((float *)(arena + 40929600), (const float *)(arena + 38898560), arena + 40933440);
-  k127_matmul_full((float *)(arena + 40504192), (const float *)(arena + 38898560), (const float *)(arena + 27008), arena + 40933440);
-  k128_matmul_full((float *)(arena + 15466368), (const float *)(arena + 38898560), (const float *)(arena + 38497152), arena + 40933440);
-  k130_maxpool2d_grad_full((float *)(arena + 38497152), (const float *)(arena + 36891520), (const float *)(arena + 40504192));
-  k131_relu_grad_full((float *)(arena + 36891520), (const float *)(arena + 35285888), (const float *)(arena + 38497152));
-  k132_sum_to_full((float *)(arena + 40504192), (const float *)(arena + 36891520), arena + 40933440);
-  k134_mul_full((float *)(arena + 35285888), (const float *)(arena + 36891520), (const float *)(arena + 40932544));
-  k135_mul_full((float *)(arena + 38497152), (const float *)(arena + 36891520), (const float *)(arena + 33680256));
-  k136_sum_to_full((float *)(arena + 40504320), (const float *)(arena + 38497152), arena + 40933440);
-  k141_neg_full((float *)(arena + 36891520), (const float *)(arena + 35285888), (const float *)(arena + 33680256), (const float *)(arena + 40932160));
-  k142_sum_to_full((float *)(arena + 33680256), (const float *)(arena + 36891520), arena + 40933440);
-  k146_numel_full((float *)(arena + 33680384));
-  k147_div((float *)(arena + 36891520), (const float *)(arena + 33680256), (const float *)(arena + 40932160), (const float *)(arena + 33680384));
-  k148_expand_full((float *)(arena + 33680256), (const float *)(arena + 36891520));
-  k149_mul_full((float *)(arena + 32074624), (const float *)(arena + 33680256), (const float *)(arena + 30468992));
-  k151_add_full((float *)(arena + 30468992), (const float *)(arena + 35285888), (const float *)(arena + 40932160), (const float *)(arena + 32074624));
-  k152_neg_full((float *)(arena + 32074624), (const float *)(arena + 30468992));
-  k153_sum_to_full((float *)(arena + 33680256), (const float *)(arena + 32074624), arena + 40933440);
-  k154_numel_full((float *)(arena + 32074624));
-  k155_div((float *)(arena + 33680384), (const float *)(arena + 33680256), (const float *)(arena + 32074624));
-  k156_expand_full((float *)(arena + 32074624), (const float *)(arena + 33680384));
-  k157_add_full((float *)(arena + 28863360), (const float *)(arena + 30468992), (const float *)(arena + 32074624));
-  k158_conv2d_bwd_data_full((float *)(arena + 30468992), (const float *)(arena + 28863360), (const float *)(arena + 704), arena + 40933440);
-  k159_conv2d_bwd_filter_full((float *)(arena + 30870400), (const float *)(arena + 40102784), (const float *)(arena + 28863360), arena + 40933440);
-  k160_maxpool2d_grad_full((float *)(arena + 28863360), (const float *)(arena + 27257728), (const float *)(arena + 30468992));
-  k161_relu_grad_full((float *)(arena + 27257728), (const float *)(arena + 25652096), (const float *)(arena + 28863360));
-  k162_sum_to_full((float *)(arena + 30468992), (const float *)(arena + 27257728), arena + 40933440);
-  k164_mul_full((float *)(arena + 25652096), (const float *)(arena + 27257728), (const float *)(arena + 40933120));
-  k165_mul_full((float *)(arena + 28863360), (const float *)(arena + 27257728), (const float *)(arena + 24046464));
-  k166_sum_to_full((float *)(arena + 30469056), (const float *)(arena + 28863360), arena + 40933440);
-  k171_neg_full((float *)(arena + 27257728), (const float *)(arena + 25652096), (const float *)(arena + 24046464), (const float *)(arena + 40932864));
-  k172_sum_to_full((float *)(arena + 24046464), (const float *)(arena + 27257728), arena + 40933440);
-  k175_numel_full((float *)(arena + 24046528));
-  k176_div((float *)(arena + 27257728), (const float *)(arena + 24046464), (const float *)(arena + 40932864), (const float *)(arena + 24046528));
-  k177_expand_full((float *)(arena + 24046464), (const float *)(arena + 27257728));
-  k178_mul_full((float *)(arena + 22440832), (const float *)(arena + 24046464), (const float *)(arena + 20835200));
-  k180_add_full((float *)(arena + 20835200), (const float *)(arena + 25652096), (const float *)(arena + 40932864), (const float *)(arena + 22440832));
-  k181_neg_full((float *)(arena + 22440832), (const float *)(arena + 20835200));
-  k182_sum_to_full((float *)(arena + 24046464), (const float *)(arena + 22440832), arena + 40933440);
-  k183_numel_full((float *)(arena + 22440832));
-  k184_div((float *)(arena + 24046528), (const float *)(arena + 24046464), (const float *)(arena + 22440832));
-  k185_expand_full((float *)(arena + 22440832), (const float *)(arena + 24046528));
-  k186_add_full((float *)(arena + 19229568), (const float *)(arena + 20835200), (const float *)(arena + 22440832));
-  k187_conv2d_bwd_filter_full((float *)(arena + 20835200), (const float *)(arena + 15265408), (const float *)(arena + 19229568), arena + 40933440);
-  k189_expand((float *)(arena + 19229696));
-  k190_expand((float *)(arena + 19229568));
-  k205_add((float *)(arena + 26808576), (const float *)(arena + 7632960));
-  k210_mul((float *)(arena + 26807168), (const float *)(arena + 7633024));
-  k211_add((float *)(arena + 7633024), (const float *)(arena + 26807168), (const float *)(arena + 20835200));
-  k216_mul((float *)(arena + 26807488), (const float *)(arena + 7633344));
-  k217_add((float *)(arena + 7633344), (const float *)(arena + 26807488), (const float *)(arena + 20835200));
-  k222_div((float *)(arena + 26808640), (const float *)(arena + 7632896), (const float *)(arena + 26808576));
-  k224_sqrt((float *)(arena + 26808704), (const float *)(arena + 26808576));
-  k230_sub((float *)(arena + 0), (const float *)(arena + 26808640), (const float *)(arena + 7633024), (const float *)(arena + 7633344), (const float *)(arena + 26808704));
-  k234_mul((float *)(arena + 26808768), (const float *)(arena + 7633664));
-  k235_add((float *)(arena + 7633664), (const float *)(arena + 26808768), (const float *)(arena + 19229696));
-  k238_mul((float *)(arena + 26808832), (const float *)(arena + 7633728));
-  k239_add((float *)(arena + 7633728), (const float *)(arena + 26808832), (const float *)(arena + 19229696));
-  k245_sub((float *)(arena + 320), (const float *)(arena + 26808640), (const float *)(arena + 7633664), (const float *)(arena + 7633728), (const float *)(arena + 26808704));
-  k249_mul((float *)(arena + 26808896), (const float *)(arena + 7633792));
-  k250_add((float *)(arena + 7633792), (const float *)(arena + 26808896), (const float *)(arena + 30469056));
-  k253_mul((float *)(arena + 26808960), (const float *)(arena + 7633856));
-  k254_add((float *)(arena + 7633856), (const float *)(arena + 26808960), (const float *)(arena + 30469056));
-  k260_sub((float *)(arena + 384), (const float *)(arena + 26808640), (const float *)(arena + 7633792), (const float *)(arena + 7633856), (const float *)(arena + 26808704));
-  k264_mul((float *)(arena + 26809024), (const float *)(arena + 7633920));
-  k265_add((float *)(arena + 7633920), (const float *)(arena + 26809024), (const float *)(arena + 30468992));
-  k268_mul((float *)(arena + 26809088), (const float *)(arena + 7633984));
-  k269_add((float *)(arena + 7633984), (const float *)(arena + 26809088), (const float *)(arena + 30468992));
-  k275_sub((float *)(arena + 448), (const float *)(arena + 26808640), (const float *)(arena + 7633920), (const float *)(arena + 7633984), (const float *)(arena + 26808704));
-  k279_mul((float *)(arena + 26755968), (const float *)(arena + 7634048));
-  k280_add((float *)(arena + 7634048), (const float *)(arena + 26755968), (const float *)(arena + 30870400));
-  k283_mul((float *)(arena + 26781568), (const float *)(arena + 7659648));
-  k284_add((float *)(arena + 7659648), (const float *)(arena + 26781568), (const float *)(arena + 30870400));
-  k290_sub((float *)(arena + 704), (const float *)(arena + 26808640), (const float *)(arena + 7634048), (const float *)(arena + 7659648), (const float *)(arena + 26808704));
-  k294_mul((float *)(arena + 26807808), (const float *)(arena + 7685248));
-  k295_add((float *)(arena + 7685248), (const float *)(arena + 26807808), (const float *)(arena + 19229568));
-  k298_mul((float *)(arena + 26807936), (const float *)(arena + 7685376));
-  k299_add((float *)(arena + 7685376), (const float *)(arena + 26807936), (const float *)(arena + 19229568));
-  k305_sub((float *)(arena + 26304), (const float *)(arena + 26808640), (const float *)(arena + 7685248), (const float *)(arena + 7685376), (const float *)(arena + 26808704));
-  k309_mul((float *)(arena + 26808064), (const float *)(arena + 7685504));
-  k310_add((float *)(arena + 7685504), (const float *)(arena + 26808064), (const float *)(arena + 40504320));
-  k313_mul((float *)(arena + 26808192), (const float *)(arena + 7685632));
-  k314_add((float *)(arena + 7685632), (const float *)(arena + 26808192), (const float *)(arena + 40504320));
-  k320_sub((float *)(arena + 26432), (const float *)(arena + 26808640), (const float *)(arena + 7685504), (const float *)(arena + 7685632), (const float *)(arena + 26808704));
-  k324_mul((float *)(arena + 26808320), (const float *)(arena + 7685760));
-  k325_add((float *)(arena + 7685760), (const float *)(arena + 26808320), (const float *)(arena + 40504192));
-  k328_mul((float *)(arena + 26808448), (const float *)(arena + 7685888));
-  k329_add((float *)(arena + 7685888), (const float *)(arena + 26808448), (const float *)(arena + 40504192));
-  k335_sub((float *)(arena + 26560), (const float *)(arena + 26808640), (const float *)(arena + 7685760), (const float *)(arena + 7685888), (const float *)(arena + 26808704));
-  k339_mul((float *)(arena + 19229568), (const float *)(arena + 7686016));
-  k340_add((float *)(arena + 7686016), (const float *)(arena + 19229568), (const float *)(arena + 15466368));
-  k343_mul((float *)(arena + 22992768), (const float *)(arena + 11449216));
-  k344_add((float *)(arena + 11449216), (const float *)(arena + 22992768), (const float *)(arena + 15466368));
-  k350_sub((float *)(arena + 27008), (const float *)(arena + 26808640), (const float *)(arena + 7686016), (const float *)(arena + 11449216), (const float *)(arena + 26808704));
-  k354_mul((float *)(arena + 15514368), (const float *)(arena + 15212416));
-  k355_add((float *)(arena + 15212416), (const float *)(arena + 15514368), (const float *)(arena + 40929600));
-  k358_mul((float *)(arena + 15516800), (const float *)(arena + 15214848));
-  k359_add((float *)(arena + 15214848), (const float *)(arena + 15516800), (const float *)(arena + 40929600));
-  k365_sub((float *)(arena + 3790208), (const float *)(arena + 26808640), (const float *)(arena + 15212416), (const float *)(arena + 15214848), (const float *)(arena + 26808704));
-  k369_mul((float *)(arena + 15466368), (const float *)(arena + 15217280));
-  k370_add((float *)(arena + 15217280), (const float *)(arena + 15466368), (const float *)(arena + 40905600));
-  k373_mul((float *)(arena + 15490368), (const float *)(arena + 15241280));
-  k374_add((float *)(arena + 15241280), (const float *)(arena + 15490368), (const float *)(arena + 40905600));
-  k380_sub((float *)(arena + 3792640), (const float *)(arena + 26808640), (const float *)(arena + 15217280), (const float *)(arena + 15241280), (const float *)(arena + 26808704));
-  k385_add((float *)(arena + 15265280), (const float *)(arena + 40933376));
-  k389_add((float *)(arena + 15265344), (const float *)(arena + 40933376));
-  k395_sub((float *)(arena + 3816640), (const float *)(arena + 26808640), (const float *)(arena + 15265280), (const float *)(arena + 15265344), (const float *)(arena + 26808704));
-  memcpy(arena + 512, arena + 40932928, (size_t)8 * 4); /* bn1.running_mean */
-  memcpy(arena + 576, arena + 40932992, (size_t)8 * 4); /* bn1.running_var */
-  memcpy(arena + 640, arena + 40933056, (size_t)1 * 8); /* bn1.num_batches_tracked */
-  memcpy(arena + 26688, arena + 40932288, (size_t)32 * 4); /* bn2.running_mean */
-  memcpy(arena + 26816, arena + 40932416, (size_t)32 * 4); /* bn2.running_var */
-  memcpy(arena + 26944, arena + 40933248, (size_t)1 * 8); /* bn2.num_batches_tracked */
-  memcpy(arena + 7632960, arena + 26808576, (size_t)1 * 4); /* adam.step */
+/* %189 = expand(%188, %4 conv1_bias) -> t189  f32 [8]  mnist_cnn.kiln:10 */
+static void k189_expand(float *restrict y) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    y[i0] = ((float)0);
+  }
 }
 
-static void eval_full(unsigned char *arena) {
-  k3_conv2d_full((float *)(arena + 19229568), (const float *)(arena + 15265408), (const float *)(arena + 0));
-  k5_reshape((float *)(arena + 17072000), (const float *)(arena + 320));
-  k6_add_full((float *)(arena + 15466368), (const float *)(arena + 19229568), (const float *)(arena + 17072000));
-  k38_reshape((float *)(arena + 40933120), (const float *)(arena + 384));
-  k40_reshape((float *)(arena + 40933184), (const float *)(arena + 448));
-  k47_reshape((float *)(arena + 19079040), (const float *)(arena + 26304));
-  k75_reshape((float *)(arena + 40932544), (const float *)(arena + 26432));
-  k77_reshape((float *)(arena + 40932672), (const float *)(arena + 26560));
-  k92_reshape((float *)(arena + 18677632), (const float *)(arena + 512));
-  k94_reshape((float *)(arena + 17072000), (const float *)(arena + 576));
-  k96_sqrt((float *)(arena + 18677696), (const float *)(arena + 17072000));
-  k100_relu_full((float *)(arena + 17072000), (const float *)(arena + 15466368), (const float *)(arena + 18677632), (const float *)(arena + 18677696), (const float *)(arena + 40933120), (const float *)(arena + 40933184));
-  k101_maxpool2d_full((float *)(arena + 18677632), (const float *)(arena + 17072000));
-  k102_conv2d_full((float *)(arena + 15466368), (const float *)(arena + 18677632), (const float *)(arena + 704), arena + 40933440);
-  k104_reshape((float *)(arena + 18677632), (const float *)(arena + 26688));
-  k106_reshape((float *)(arena + 17072000), (const float *)(arena + 26816));
-  k108_sqrt((float *)(arena + 18677760), (const float *)(arena + 17072000));
-  k112_relu_full((float *)(arena + 17072000), (const float *)(arena + 15466368), (const float *)(arena + 19079040), (const float *)(arena + 18677632), (const float *)(arena + 18677760), (const float *)(arena + 40932544), (const float *)(arena + 40932672));
-  k113_maxpool2d_full((float *)(arena + 15466368), (const float *)(arena + 17072000));
-  k115_matmul_full((float *)(arena + 15867776), (const float *)(arena + 15466368), (const float *)(arena + 27008), arena + 40933440);
-  k117_relu_full((float *)(arena + 15466368), (const float *)(arena + 15867776), (const float *)(arena + 3790208));
-  k118_matmul_full((float *)(arena + 15619968), (const float *)(arena + 15466368), (const float *)(arena + 3792640), arena + 40933440);
-  k119_add_full((float *)(arena + 15466368), (const float *)(arena + 15619968), (const float *)(arena + 3816640));
-  k120_cross_entropy_full((float *)(arena + 15468928), (const float *)(arena + 15466368), (const int32_t *)(arena + 15466112));
+/* %190 = expand(%188, %46 conv2_bias) -> t190  f32 [32]  mnist_cnn.kiln:13 */
+static void k190_expand(float *restrict y) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    y[i0] = ((float)0);
+  }
 }
 
-static void grad_full(unsigned char *arena) {
-  k3_conv2d_full((float *)(arena + 19229568), (const float *)(arena + 15265408), (const float *)(arena + 0));
-  k5_reshape((float *)(arena + 17072000), (const float *)(arena + 320));
-  k6_add_full((float *)(arena + 15466368), (const float *)(arena + 19229568), (const float *)(arena + 17072000));
-  k12_mean_full((float *)(arena + 17072000), (const float *)(arena + 15466368), arena + 40933440);
-  k13_mean_full((float *)(arena + 40932800), (const float *)(arena + 19229568), arena + 40933440);
-  k14_sub_full((float *)(arena + 20835200), (const float *)(arena + 19229568), (const float *)(arena + 40932800));
-  k15_mul_full((float *)(arena + 22440832), (const float *)(arena + 20835200), (const float *)(arena + 20835200));
-  k16_mean_full((float *)(arena + 17072064), (const float *)(arena + 22440832), arena + 40933440);
-  k19_sqrt((float *)(arena + 40932864), (const float *)(arena + 17072064));
-  k20_div_full((float *)(arena + 24046464), (const float *)(arena + 20835200), (const float *)(arena + 40932864));
-  k21_numel_full((float *)(arena + 17072128));
-  k24_div((float *)(arena + 15466368), (const float *)(arena + 17072128));
-  k32_add((float *)(arena + 40932928), (const float *)(arena + 512), (const float *)(arena + 17072000));
-  k35_add((float *)(arena + 40932992), (const float *)(arena + 576), (const float *)(arena + 17072064), (const float *)(arena + 15466368));
-  k37_add((double *)(arena + 40933056), (const double *)(arena + 640));
-  k38_reshape((float *)(arena + 40933120), (const float *)(arena + 384));
-  k40_reshape((float *)(arena + 40933184), (const float *)(arena + 448));
-  k41_add_full((float *)(arena + 25652096), (const float *)(arena + 24046464), (const float *)(arena + 40933120), (const float *)(arena + 40933184));
-  k42_relu_full((float *)(arena + 27257728), (const float *)(arena + 25652096));
-  k43_maxpool2d_full((float *)(arena + 40102784), (const float *)(arena + 27257728));
-  k45_conv2d_full((float *)(arena + 28863360), (const float *)(arena + 40102784), (const float *)(arena + 704), arena + 40933440);
-  k47_reshape((float *)(arena + 19079040), (const float *)(arena + 26304));
-  k48_add_full((float *)(arena + 15466368), (const float *)(arena + 28863360), (const float *)(arena + 19079040));
-  k54_mean_full((float *)(arena + 17072000), (const float *)(arena + 15466368), arena + 40933440);
-  k55_mean_full((float *)(arena + 40932032), (const float *)(arena + 28863360), arena + 40933440);
-  k56_sub_full((float *)(arena + 30468992), (const float *)(arena + 28863360), (const float *)(arena + 40932032));
-  k57_mul_full((float *)(arena + 32074624), (const float *)(arena + 30468992), (const float *)(arena + 30468992));
-  k58_mean_full((float *)(arena + 17072128), (const float *)(arena + 32074624), arena + 40933440);
-  k60_sqrt((float *)(arena + 40932160), (const float *)(arena + 17072128));
-  k61_div_full((float *)(arena + 33680256), (const float *)(arena + 30468992), (const float *)(arena + 40932160));
-  k62_numel_full((float *)(arena + 17072256));
-  k64_div((float *)(arena + 15466368), (const float *)(arena + 17072256));
-  k70_add((float *)(arena + 40932288), (const float *)(arena + 26688), (const float *)(arena + 17072000));
-  k73_add((float *)(arena + 40932416), (const float *)(arena + 26816), (const float *)(arena + 17072128), (const float *)(arena + 15466368));
-  k74_add((double *)(arena + 40933248), (const double *)(arena + 26944));
-  k75_reshape((float *)(arena + 40932544), (const float *)(arena + 26432));
-  k77_reshape((float *)(arena + 40932672), (const float *)(arena + 26560));
-  k78_add_full((float *)(arena + 35285888), (const float *)(arena + 33680256), (const float *)(arena + 40932544), (const float *)(arena + 40932672));
-  k79_relu_full((float *)(arena + 36891520), (const float *)(arena + 35285888));
-  k80_maxpool2d_full((float *)(arena + 38497152), (const float *)(arena + 36891520));
-  k83_matmul_full((float *)(arena + 15466368), (const float *)(arena + 38497152), (const float *)(arena + 27008), arena + 40933440);
-  k85_add_full((float *)(arena + 15619968), (const float *)(arena + 15466368), (const float *)(arena + 3790208));
-  k86_relu_full((float *)(arena + 15466368), (const float *)(arena + 15619968));
-  k88_matmul_full((float *)(arena + 15773568), (const float *)(arena + 15466368), (const float *)(arena + 3792640), arena + 40933440);
-  k90_add_full((float *)(arena + 15776128), (const float *)(arena + 15773568), (const float *)(arena + 3816640));
-  k91_cross_entropy_full((float *)(arena + 40933312), (const float *)(arena + 15776128), (const int32_t *)(arena + 15466112));
-  k121_cross_entropy_grad_full((float *)(arena + 15927168), (const float *)(arena + 15776128), (const int32_t *)(arena + 15466112));
-  k122_sum_to_full((float *)(arena + 40933376), (const float *)(arena + 15927168), arena + 40933440);
-  k123_matmul_full((float *)(arena + 15773568), (const float *)(arena + 15927168), (const float *)(arena + 3792640), arena + 40933440);
-  k124_matmul_full((float *)(arena + 40905600), (const float *)(arena + 15927168), (const float *)(arena + 15466368), arena + 40933440);
-  k125_relu_grad_full((float *)(arena + 38898560), (const float *)(arena + 15619968), (const float *)(arena + 15773568));
-  k126_sum_to_full((float *)(arena + 40929600), (const float *)(arena + 38898560), arena + 40933440);
-  k127_matmul_full((float *)(arena + 40504192), (const float *)(arena + 38898560), (const float *)(arena + 27008), arena + 40933440);
-  k128_matmul_full((float *)(arena + 15466368), (const float *)(arena + 38898560), (const float *)(arena + 38497152), arena + 40933440);
-  k130_maxpool2d_grad_full((float *)(arena + 38497152), (const float *)(arena + 36891520), (const float *)(arena + 40504192));
-  k131_relu_grad_full((float *)(arena + 36891520), (const float *)(arena + 35285888), (const float *)(arena + 38497152));
-  k132_sum_to_full((float *)(arena + 40504192), (const float *)(arena + 36891520), arena + 40933440);
-  k134_mul_full((float *)(arena + 35285888), (const float *)(arena + 36891520), (const float *)(arena + 40932544));
-  k135_mul_full((float *)(arena + 38497152), (const float *)(arena + 36891520), (const float *)(arena + 33680256));
-  k136_sum_to_full((float *)(arena + 40504320), (const float *)(arena + 38497152), arena + 40933440);
-  k141_neg_full((float *)(arena + 36891520), (const float *)(arena + 35285888), (const float *)(arena + 33680256), (const float *)(arena + 40932160));
-  k142_sum_to_full((float *)(arena + 33680256), (const float *)(arena + 36891520), arena + 40933440);
-  k146_numel_full((float *)(arena + 33680384));
-  k147_div((float *)(arena + 36891520), (const float *)(arena + 33680256), (const float *)(arena + 40932160), (const float *)(arena + 33680384));
-  k148_expand_full((float *)(arena + 33680256), (const float *)(arena + 36891520));
-  k149_mul_full((float *)(arena + 32074624), (const float *)(arena + 33680256), (const float *)(arena + 30468992));
-  k151_add_full((float *)(arena + 30468992), (const float *)(arena + 35285888), (const float *)(arena + 40932160), (const float *)(arena + 32074624));
-  k152_neg_full((float *)(arena + 32074624), (const float *)(arena + 30468992));
-  k153_sum_to_full((float *)(arena + 33680256), (const float *)(arena + 32074624), arena + 40933440);
-  k154_numel_full((float *)(arena + 32074624));
-  k155_div((float *)(arena + 33680384), (const float *)(arena + 33680256), (const float *)(arena + 32074624));
-  k156_expand_full((float *)(arena + 32074624), (const float *)(arena + 33680384));
-  k157_add_full((float *)(arena + 28863360), (const float *)(arena + 30468992), (const float *)(arena + 32074624));
-  k158_conv2d_bwd_data_full((float *)(arena + 30468992), (const float *)(arena + 28863360), (const float *)(arena + 704), arena + 40933440);
-  k159_conv2d_bwd_filter_full((float *)(arena + 30870400), (const float *)(arena + 40102784), (const float *)(arena + 28863360), arena + 40933440);
-  k160_maxpool2d_grad_full((float *)(arena + 28863360), (const float *)(arena + 27257728), (const float *)(arena + 30468992));
-  k161_relu_grad_full((float *)(arena + 27257728), (const float *)(arena + 25652096), (const float *)(arena + 28863360));
-  k162_sum_to_full((float *)(arena + 30468992), (const float *)(arena + 27257728), arena + 40933440);
-  k164_mul_full((float *)(arena + 25652096), (const float *)(arena + 27257728), (const float *)(arena + 40933120));
-  k165_mul_full((float *)(arena + 28863360), (const float *)(arena + 27257728), (const float *)(arena + 24046464));
-  k166_sum_to_full((float *)(arena + 30469056), (const float *)(arena + 28863360), arena + 40933440);
-  k171_neg_full((float *)(arena + 27257728), (const float *)(arena + 25652096), (const float *)(arena + 24046464), (const float *)(arena + 40932864));
-  k172_sum_to_full((float *)(arena + 24046464), (const float *)(arena + 27257728), arena + 40933440);
-  k175_numel_full((float *)(arena + 24046528));
-  k176_div((float *)(arena + 27257728), (const float *)(arena + 24046464), (const float *)(arena + 40932864), (const float *)(arena + 24046528));
-  k177_expand_full((float *)(arena + 24046464), (const float *)(arena + 27257728));
-  k178_mul_full((float *)(arena + 22440832), (const float *)(arena + 24046464), (const float *)(arena + 20835200));
-  k180_add_full((float *)(arena + 20835200), (const float *)(arena + 25652096), (const float *)(arena + 40932864), (const float *)(arena + 22440832));
-  k181_neg_full((float *)(arena + 22440832), (const float *)(arena + 20835200));
-  k182_sum_to_full((float *)(arena + 24046464), (const float *)(arena + 22440832), arena + 40933440);
-  k183_numel_full((float *)(arena + 22440832));
-  k184_div((float *)(arena + 24046528), (const float *)(arena + 24046464), (const float *)(arena + 22440832));
-  k185_expand_full((float *)(arena + 22440832), (const float *)(arena + 24046528));
-  k186_add_full((float *)(arena + 19229568), (const float *)(arena + 20835200), (const float *)(arena + 22440832));
-  k187_conv2d_bwd_filter_full((float *)(arena + 20835200), (const float *)(arena + 15265408), (const float *)(arena + 19229568), arena + 40933440);
-  k189_expand((float *)(arena + 19229696));
-  k190_expand((float *)(arena + 19229568));
-  memcpy(arena + 512, arena + 40932928, (size_t)8 * 4); /* bn1.running_mean */
-  memcpy(arena + 576, arena + 40932992, (size_t)8 * 4); /* bn1.running_var */
-  memcpy(arena + 640, arena + 40933056, (size_t)1 * 8); /* bn1.num_batches_tracked */
-  memcpy(arena + 26688, arena + 40932288, (size_t)32 * 4); /* bn2.running_mean */
-  memcpy(arena + 26816, arena + 40932416, (size_t)32 * 4); /* bn2.running_var */
-  memcpy(arena + 26944, arena + 40933248, (size_t)1 * 8); /* bn2.num_batches_tracked */
-  memcpy(arena + 3816704, arena + 20835200, (size_t)72 * 4); /* grad.conv1.weight */
-  memcpy(arena + 3817024, arena + 19229696, (size_t)8 * 4); /* grad.conv1.bias */
-  memcpy(arena + 3817088, arena + 30469056, (size_t)8 * 4); /* grad.bn1.weight */
-  memcpy(arena + 3817152, arena + 30468992, (size_t)8 * 4); /* grad.bn1.bias */
-  memcpy(arena + 3817216, arena + 30870400, (size_t)6400 * 4); /* grad.conv2.weight */
-  memcpy(arena + 3842816, arena + 19229568, (size_t)32 * 4); /* grad.conv2.bias */
-  memcpy(arena + 3842944, arena + 40504320, (size_t)32 * 4); /* grad.bn2.weight */
-  memcpy(arena + 3843072, arena + 40504192, (size_t)32 * 4); /* grad.bn2.bias */
-  memcpy(arena + 3843200, arena + 15466368, (size_t)940800 * 4); /* grad.fc1.weight */
-  memcpy(arena + 7606400, arena + 40929600, (size_t)600 * 4); /* grad.fc1.bias */
-  memcpy(arena + 7608832, arena + 40905600, (size_t)6000 * 4); /* grad.fc2.weight */
-  memcpy(arena + 7632832, arena + 40933376, (size_t)10 * 4); /* grad.fc2.bias */
+/* %205 = add(%204 adam_step, %22) -> t205  f32 []  mnist_cnn.kiln:24 */
+static void k205_add(float *restrict y, const float *restrict a) {
+  y[0] = a[0] + ((float)1);
 }
 
-static void apply_full(unsigned char *arena) {
-  k205_add((float *)(arena + 26808576), (const float *)(arena + 7632960));
-  k210_mul((float *)(arena + 26807168), (const float *)(arena + 7633024));
-  k216_mul((float *)(arena + 26807488), (const float *)(arena + 7633344));
-  k222_div((float *)(arena + 26808640), (const float *)(arena + 7632896), (const float *)(arena + 26808576));
-  k224_sqrt((float *)(arena + 26808704), (const float *)(arena + 26808576));
-  k234_mul((float *)(arena + 26808768), (const float *)(arena + 7633664));
-  k238_mul((float *)(arena + 26808832), (const float *)(arena + 7633728));
-  k249_mul((float *)(arena + 26808896), (const float *)(arena + 7633792));
-  k253_mul((float *)(arena + 26808960), (const float *)(arena + 7633856));
-  k264_mul((float *)(arena + 26809024), (const float *)(arena + 7633920));
-  k268_mul((float *)(arena + 26809088), (const float *)(arena + 7633984));
-  k279_mul((float *)(arena + 26755968), (const float *)(arena + 7634048));
-  k283_mul((float *)(arena + 26781568), (const float *)(arena + 7659648));
-  k294_mul((float *)(arena + 26807808), (const float *)(arena + 7685248));
-  k298_mul((float *)(arena + 26807936), (const float *)(arena + 7685376));
-  k309_mul((float *)(arena + 26808064), (const float *)(arena + 7685504));
-  k313_mul((float *)(arena + 26808192), (const float *)(arena + 7685632));
-  k324_mul((float *)(arena + 26808320), (const float *)(arena + 7685760));
-  k328_mul((float *)(arena + 26808448), (const float *)(arena + 7685888));
-  k339_mul((float *)(arena + 19229568), (const float *)(arena + 7686016));
-  k343_mul((float *)(arena + 22992768), (const float *)(arena + 11449216));
-  k354_mul((float *)(arena + 15514368), (const float *)(arena + 15212416));
-  k358_mul((float *)(arena + 15516800), (const float *)(arena + 15214848));
-  k369_mul((float *)(arena + 15466368), (const float *)(arena + 15217280));
-  k373_mul((float *)(arena + 15490368), (const float *)(arena + 15241280));
-  k397_add((float *)(arena + 7633024), (const float *)(arena + 26807168), (const float *)(arena + 3816704));
-  k400_add((float *)(arena + 7633344), (const float *)(arena + 26807488), (const float *)(arena + 3816704));
-  k406_sub((float *)(arena + 0), (const float *)(arena + 26808640), (const float *)(arena + 7633024), (const float *)(arena + 7633344), (const float *)(arena + 26808704));
-  k408_add((float *)(arena + 7633664), (const float *)(arena + 26808768), (const float *)(arena + 3817024));
-  k411_add((float *)(arena + 7633728), (const float *)(arena + 26808832), (const float *)(arena + 3817024));
-  k417_sub((float *)(arena + 320), (const float *)(arena + 26808640), (const float *)(arena + 7633664), (const float *)(arena + 7633728), (const float *)(arena + 26808704));
-  k419_add((float *)(arena + 7633792), (const float *)(arena + 26808896), (const float *)(arena + 3817088));
-  k422_add((float *)(arena + 7633856), (const float *)(arena + 26808960), (const float *)(arena + 3817088));
-  k428_sub((float *)(arena + 384), (const float *)(arena + 26808640), (const float *)(arena + 7633792), (const float *)(arena + 7633856), (const float *)(arena + 26808704));
-  k430_add((float *)(arena + 7633920), (const float *)(arena + 26809024), (const float *)(arena + 3817152));
-  k433_add((float *)(arena + 7633984), (const float *)(arena + 26809088), (const float *)(arena + 3817152));
-  k439_sub((float *)(arena + 448), (const float *)(arena + 26808640), (const float *)(arena + 7633920), (const float *)(arena + 7633984), (const float *)(arena + 26808704));
-  k441_add((float *)(arena + 7634048), (const float *)(arena + 26755968), (const float *)(arena + 3817216));
-  k444_add((float *)(arena + 7659648), (const float *)(arena + 26781568), (const float *)(arena + 3817216));
-  k450_sub((float *)(arena + 704), (const float *)(arena + 26808640), (const float *)(arena + 7634048), (const float *)(arena + 7659648), (const float *)(arena + 26808704));
-  k452_add((float *)(arena + 7685248), (const float *)(arena + 26807808), (const float *)(arena + 3842816));
-  k455_add((float *)(arena + 7685376), (const float *)(arena + 26807936), (const float *)(arena + 3842816));
-  k461_sub((float *)(arena + 26304), (const float *)(arena + 26808640), (const float *)(arena + 7685248), (const float *)(arena + 7685376), (const float *)(arena + 26808704));
-  k463_add((float *)(arena + 7685504), (const float *)(arena + 26808064), (const float *)(arena + 3842944));
-  k466_add((float *)(arena + 7685632), (const float *)(arena + 26808192), (const float *)(arena + 3842944));
-  k472_sub((float *)(arena + 26432), (const float *)(arena + 26808640), (const float *)(arena + 7685504), (const float *)(arena + 7685632), (const float *)(arena + 26808704));
-  k474_add((float *)(arena + 7685760), (const float *)(arena + 26808320), (const float *)(arena + 3843072));
-  k477_add((float *)(arena + 7685888), (const float *)(arena + 26808448), (const float *)(arena + 3843072));
-  k483_sub((float *)(arena + 26560), (const float *)(arena + 26808640), (const float *)(arena + 7685760), (const float *)(arena + 7685888), (const float *)(arena + 26808704));
-  k485_add((float *)(arena + 7686016), (const float *)(arena + 19229568), (const float *)(arena + 3843200));
-  k488_add((float *)(arena + 11449216), (const float *)(arena + 22992768), (const float *)(arena + 3843200));
-  k494_sub((float *)(arena + 27008), (const float *)(arena + 26808640), (const float *)(arena + 7686016), (const float *)(arena + 11449216), (const float *)(arena + 26808704));
-  k496_add((float *)(arena + 15212416), (const float *)(arena + 15514368), (const float *)(arena + 7606400));
-  k499_add((float *)(arena + 15214848), (const float *)(arena + 15516800), (const float *)(arena + 7606400));
-  k505_sub((float *)(arena + 3790208), (const float *)(arena + 26808640), (const float *)(arena + 15212416), (const float *)(arena + 15214848), (const float *)(arena + 26808704));
-  k507_add((float *)(arena + 15217280), (const float *)(arena + 15466368), (const float *)(arena + 7608832));
-  k510_add((float *)(arena + 15241280), (const float *)(arena + 15490368), (const float *)(arena + 7608832));
-  k516_sub((float *)(arena + 3792640), (const float *)(arena + 26808640), (const float *)(arena + 15217280), (const float *)(arena + 15241280), (const float *)(arena + 26808704));
-  k521_add((float *)(arena + 15265280), (const float *)(arena + 7632832));
-  k527_add((float *)(arena + 15265344), (const float *)(arena + 7632832));
-  k533_div((float *)(arena + 15466368), (const float *)(arena + 7632896), (const float *)(arena + 26808576));
-  k535_sqrt((float *)(arena + 15466432), (const float *)(arena + 26808576));
-  k541_sub((float *)(arena + 3816640), (const float *)(arena + 15466368), (const float *)(arena + 15265280), (const float *)(arena + 15265344), (const float *)(arena + 15466432));
-  memcpy(arena + 7632960, arena + 26808576, (size_t)1 * 4); /* adam.step */
+/* %210 = mul(%28, %206 conv1_weight_exp_avg) -> t210  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24 */
+static void k210_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 72; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
 }
 
-static void train_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k3_conv2d_n((float *)(arena + 19229568), (const float *)(arena + 15265408), (const float *)(arena + 0), B);
-  k5_reshape((float *)(arena + 17072000), (const float *)(arena + 320));
-  k6_add_n((float *)(arena + 15466368), (const float *)(arena + 19229568), (const float *)(arena + 17072000), B);
-  k12_mean_n((float *)(arena + 17072000), (const float *)(arena + 15466368), arena + 40933440, B);
-  k13_mean_n((float *)(arena + 40932800), (const float *)(arena + 19229568), arena + 40933440, B);
-  k14_sub_n((float *)(arena + 20835200), (const float *)(arena + 19229568), (const float *)(arena + 40932800), B);
-  k15_mul_n((float *)(arena + 22440832), (const float *)(arena + 20835200), (const float *)(arena + 20835200), B);
-  k16_mean_n((float *)(arena + 17072064), (const float *)(arena + 22440832), arena + 40933440, B);
-  k19_sqrt((float *)(arena + 40932864), (const float *)(arena + 17072064));
-  k20_div_n((float *)(arena + 24046464), (const float *)(arena + 20835200), (const float *)(arena + 40932864), B);
-  k21_numel_n((float *)(arena + 17072128), B);
-  k24_div((float *)(arena + 15466368), (const float *)(arena + 17072128));
-  k32_add((float *)(arena + 40932928), (const float *)(arena + 512), (const float *)(arena + 17072000));
-  k35_add((float *)(arena + 40932992), (const float *)(arena + 576), (const float *)(arena + 17072064), (const float *)(arena + 15466368));
-  k37_add((double *)(arena + 40933056), (const double *)(arena + 640));
-  k38_reshape((float *)(arena + 40933120), (const float *)(arena + 384));
-  k40_reshape((float *)(arena + 40933184), (const float *)(arena + 448));
-  k41_add_n((float *)(arena + 25652096), (const float *)(arena + 24046464), (const float *)(arena + 40933120), (const float *)(arena + 40933184), B);
-  k42_relu_n((float *)(arena + 27257728), (const float *)(arena + 25652096), B);
-  k43_maxpool2d_n((float *)(arena + 40102784), (const float *)(arena + 27257728), B);
-  k45_conv2d_n((float *)(arena + 28863360), (const float *)(arena + 40102784), (const float *)(arena + 704), arena + 40933440, B);
-  k47_reshape((float *)(arena + 19079040), (const float *)(arena + 26304));
-  k48_add_n((float *)(arena + 15466368), (const float *)(arena + 28863360), (const float *)(arena + 19079040), B);
-  k54_mean_n((float *)(arena + 17072000), (const float *)(arena + 15466368), arena + 40933440, B);
-  k55_mean_n((float *)(arena + 40932032), (const float *)(arena + 28863360), arena + 40933440, B);
-  k56_sub_n((float *)(arena + 30468992), (const float *)(arena + 28863360), (const float *)(arena + 40932032), B);
-  k57_mul_n((float *)(arena + 32074624), (const float *)(arena + 30468992), (const float *)(arena + 30468992), B);
-  k58_mean_n((float *)(arena + 17072128), (const float *)(arena + 32074624), arena + 40933440, B);
-  k60_sqrt((float *)(arena + 40932160), (const float *)(arena + 17072128));
-  k61_div_n((float *)(arena + 33680256), (const float *)(arena + 30468992), (const float *)(arena + 40932160), B);
-  k62_numel_n((float *)(arena + 17072256), B);
-  k64_div((float *)(arena + 15466368), (const float *)(arena + 17072256));
-  k70_add((float *)(arena + 40932288), (const float *)(arena + 26688), (const float *)(arena + 17072000));
-  k73_add((float *)(arena + 40932416), (const float *)(arena + 26816), (const float *)(arena + 17072128), (const float *)(arena + 15466368));
-  k74_add((double *)(arena + 40933248), (const double *)(arena + 26944));
-  k75_reshape((float *)(arena + 40932544), (const float *)(arena + 26432));
-  k77_reshape((float *)(arena + 40932672), (const float *)(arena + 26560));
-  k78_add_n((float *)(arena + 35285888), (const float *)(arena + 33680256), (const float *)(arena + 40932544), (const float *)(arena + 40932672), B);
-  k79_relu_n((float *)(arena + 36891520), (const float *)(arena + 35285888), B);
-  k80_maxpool2d_n((float *)(arena + 38497152), (const float *)(arena + 36891520), B);
-  k83_matmul_n((float *)(arena + 15466368), (const float *)(arena + 38497152), (const float *)(arena + 27008), arena + 40933440, B);
-  k85_add_n((float *)(arena + 15619968), (const float *)(arena + 15466368), (const float *)(arena + 3790208), B);
-  k86_relu_n((float *)(arena + 15466368), (const float *)(arena + 15619968), B);
-  k88_matmul_n((float *)(arena + 15773568), (const float *)(arena + 15466368), (const float *)(arena + 3792640), arena + 40933440, B);
-  k90_add_n((float *)(arena + 15776128), (const float *)(arena + 15773568), (const float *)(arena + 3816640), B);
-  k91_cross_entropy_n((float *)(arena + 40933312), (const float *)(arena + 15776128), (const int32_t *)(arena + 15466112), B);
-  k121_cross_entropy_grad_n((float *)(arena + 15927168), (const float *)(arena + 15776128), (const int32_t *)(arena + 15466112), B);
-  k122_sum_to_n((float *)(arena + 40933376), (const float *)(arena + 15927168), arena + 40933440, B);
-  k123_matmul_n((float *)(arena + 15773568), (const float *)(arena + 15927168), (const float *)(arena + 3792640), arena + 40933440, B);
-  k124_matmul_n((float *)(arena + 40905600), (const float *)(arena + 15927168), (const float *)(arena + 15466368), arena + 40933440, B);
-  k125_relu_grad_n((float *)(arena + 38898560), (const float *)(arena + 15619968), (const float *)(arena + 15773568), B);
-  k126_sum_to_n((float *)(arena + 40929600), (const float *)(arena + 38898560), arena + 40933440, B);
-  k127_matmul_n((float *)(arena + 40504192), (const float *)(arena + 38898560), (const float *)(arena + 27008), arena + 40933440, B);
-  k128_matmul_n((float *)(arena + 15466368), (const float *)(arena + 38898560), (const float *)(arena + 38497152), arena + 40933440, B);
-  k130_maxpool2d_grad_n((float *)(arena + 38497152), (const float *)(arena + 36891520), (const float *)(arena + 40504192), B);
-  k131_relu_grad_n((float *)(arena + 36891520), (const float *)(arena + 35285888), (const float *)(arena + 38497152), B);
-  k132_sum_to_n((float *)(arena + 40504192), (const float *)(arena + 36891520), arena + 40933440, B);
-  k134_mul_n((float *)(arena + 35285888), (const float *)(arena + 36891520), (const float *)(arena + 40932544), B);
-  k135_mul_n((float *)(arena + 38497152), (const float *)(arena + 36891520), (const float *)(arena + 33680256), B);
-  k136_sum_to_n((float *)(arena + 40504320), (const float *)(arena + 38497152), arena + 40933440, B);
-  k141_neg_n((float *)(arena + 36891520), (const float *)(arena + 35285888), (const float *)(arena + 33680256), (const float *)(arena + 40932160), B);
-  k142_sum_to_n((float *)(arena + 33680256), (const float *)(arena + 36891520), arena + 40933440, B);
-  k146_numel_n((float *)(arena + 33680384), B);
-  k147_div((float *)(arena + 36891520), (const float *)(arena + 33680256), (const float *)(arena + 40932160), (const float *)(arena + 33680384));
-  k148_expand_n((float *)(arena + 33680256), (const float *)(arena + 36891520), B);
-  k149_mul_n((float *)(arena + 32074624), (const float *)(arena + 33680256), (const float *)(arena + 30468992), B);
-  k151_add_n((float *)(arena + 30468992), (const float *)(arena + 35285888), (const float *)(arena + 40932160), (const float *)(arena + 32074624), B);
-  k152_neg_n((float *)(arena + 32074624), (const float *)(arena + 30468992), B);
-  k153_sum_to_n((float *)(arena + 33680256), (const float *)(arena + 32074624), arena + 40933440, B);
-  k154_numel_n((float *)(arena + 32074624), B);
-  k155_div((float *)(arena + 33680384), (const float *)(arena + 33680256), (const float *)(arena + 32074624));
-  k156_expand_n((float *)(arena + 32074624), (const float *)(arena + 33680384), B);
-  k157_add_n((float *)(arena + 28863360), (const float *)(arena + 30468992), (const float *)(arena + 32074624), B);
-  k158_conv2d_bwd_data_n((float *)(arena + 30468992), (const float *)(arena + 28863360), (const float *)(arena + 704), arena + 40933440, B);
-  k159_conv2d_bwd_filter_n((float *)(arena + 30870400), (const float *)(arena + 40102784), (const float *)(arena + 28863360), arena + 40933440, B);
-  k160_maxpool2d_grad_n((float *)(arena + 28863360), (const float *)(arena + 27257728), (const float *)(arena + 30468992), B);
-  k161_relu_grad_n((float *)(arena + 27257728), (const float *)(arena + 25652096), (const float *)(arena + 28863360), B);
-  k162_sum_to_n((float *)(arena + 30468992), (const float *)(arena + 27257728), arena + 40933440, B);
-  k164_mul_n((float *)(arena + 25652096), (const float *)(arena + 27257728), (const float *)(arena + 40933120), B);
-  k165_mul_n((float *)(arena + 28863360), (const float *)(arena + 27257728), (const float *)(arena + 24046464), B);
-  k166_sum_to_n((float *)(arena + 30469056), (const float *)(arena + 28863360), arena + 40933440, B);
-  k171_neg_n((float *)(arena + 27257728), (const float *)(arena + 25652096), (const float *)(arena + 24046464), (const float *)(arena + 40932864), B);
-  k172_sum_to_n((float *)(arena + 24046464), (const float *)(arena + 27257728), arena + 40933440, B);
-  k175_numel_n((float *)(arena + 24046528), B);
-  k176_div((float *)(arena + 27257728), (const float *)(arena + 24046464), (const float *)(arena + 40932864), (const float *)(arena + 24046528));
-  k177_expand_n((float *)(arena + 24046464), (const float *)(arena + 27257728), B);
-  k178_mul_n((float *)(arena + 22440832), (const float *)(arena + 24046464), (const float *)(arena + 20835200), B);
-  k180_add_n((float *)(arena + 20835200), (const float *)(arena + 25652096), (const float *)(arena + 40932864), (const float *)(arena + 22440832), B);
-  k181_neg_n((float *)(arena + 22440832), (const float *)(arena + 20835200), B);
-  k182_sum_to_n((float *)(arena + 24046464), (const float *)(arena + 22440832), arena + 40933440, B);
-  k183_numel_n((float *)(arena + 22440832), B);
-  k184_div((float *)(arena + 24046528), (const float *)(arena + 24046464), (const float *)(arena + 22440832));
-  k185_expand_n((float *)(arena + 22440832), (const float *)(arena + 24046528), B);
-  k186_add_n((float *)(arena + 19229568), (const float *)(arena + 20835200), (const float *)(arena + 22440832), B);
-  k187_conv2d_bwd_filter_n((float *)(arena + 20835200), (const float *)(arena + 15265408), (const float *)(arena + 19229568), arena + 40933440, B);
-  k189_expand((float *)(arena + 19229696));
-  k190_expand((float *)(arena + 19229568));
-  k205_add((float *)(arena + 26808576), (const float *)(arena + 7632960));
-  k210_mul((float *)(arena + 26807168), (const float *)(arena + 7633024));
-  k211_add((float *)(arena + 7633024), (const float *)(arena + 26807168), (const float *)(arena + 20835200));
-  k216_mul((float *)(arena + 26807488), (const float *)(arena + 7633344));
-  k217_add((float *)(arena + 7633344), (const float *)(arena + 26807488), (const float *)(arena + 20835200));
-  k222_div((float *)(arena + 26808640), (const float *)(arena + 7632896), (const float *)(arena + 26808576));
-  k224_sqrt((float *)(arena + 26808704), (const float *)(arena + 26808576));
-  k230_sub((float *)(arena + 0), (const float *)(arena + 26808640), (const float *)(arena + 7633024), (const float *)(arena + 7633344), (const float *)(arena + 26808704));
-  k234_mul((float *)(arena + 26808768), (const float *)(arena + 7633664));
-  k235_add((float *)(arena + 7633664), (const float *)(arena + 26808768), (const float *)(arena + 19229696));
-  k238_mul((float *)(arena + 26808832), (const float *)(arena + 7633728));
-  k239_add((float *)(arena + 7633728), (const float *)(arena + 26808832), (const float *)(arena + 19229696));
-  k245_sub((float *)(arena + 320), (const float *)(arena + 26808640), (const float *)(arena + 7633664), (const float *)(arena + 7633728), (const float *)(arena + 26808704));
-  k249_mul((float *)(arena + 26808896), (const float *)(arena + 7633792));
-  k250_add((float *)(arena + 7633792), (const float *)(arena + 26808896), (const float *)(arena + 30469056));
-  k253_mul((float *)(arena + 26808960), (const float *)(arena + 7633856));
-  k254_add((float *)(arena + 7633856), (const float *)(arena + 26808960), (const float *)(arena + 30469056));
-  k260_sub((float *)(arena + 384), (const float *)(arena + 26808640), (const float *)(arena + 7633792), (const float *)(arena + 7633856), (const float *)(arena + 26808704));
-  k264_mul((float *)(arena + 26809024), (const float *)(arena + 7633920));
-  k265_add((float *)(arena + 7633920), (const float *)(arena + 26809024), (const float *)(arena + 30468992));
-  k268_mul((float *)(arena + 26809088), (const float *)(arena + 7633984));
-  k269_add((float *)(arena + 7633984), (const float *)(arena + 26809088), (const float *)(arena + 30468992));
-  k275_sub((float *)(arena + 448), (const float *)(arena + 26808640), (const float *)(arena + 7633920), (const float *)(arena + 7633984), (const float *)(arena + 26808704));
-  k279_mul((float *)(arena + 26755968), (const float *)(arena + 7634048));
-  k280_add((float *)(arena + 7634048), (const float *)(arena + 26755968), (const float *)(arena + 30870400));
-  k283_mul((float *)(arena + 26781568), (const float *)(arena + 7659648));
-  k284_add((float *)(arena + 7659648), (const float *)(arena + 26781568), (const float *)(arena + 30870400));
-  k290_sub((float *)(arena + 704), (const float *)(arena + 26808640), (const float *)(arena + 7634048), (const float *)(arena + 7659648), (const float *)(arena + 26808704));
-  k294_mul((float *)(arena + 26807808), (const float *)(arena + 7685248));
-  k295_add((float *)(arena + 7685248), (const float *)(arena + 26807808), (const float *)(arena + 19229568));
-  k298_mul((float *)(arena + 26807936), (const float *)(arena + 7685376));
-  k299_add((float *)(arena + 7685376), (const float *)(arena + 26807936), (const float *)(arena + 19229568));
-  k305_sub((float *)(arena + 26304), (const float *)(arena + 26808640), (const float *)(arena + 7685248), (const float *)(arena + 7685376), (const float *)(arena + 26808704));
-  k309_mul((float *)(arena + 26808064), (const float *)(arena + 7685504));
-  k310_add((float *)(arena + 7685504), (const float *)(arena + 26808064), (const float *)(arena + 40504320));
-  k313_mul((float *)(arena + 26808192), (const float *)(arena + 7685632));
-  k314_add((float *)(arena + 7685632), (const float *)(arena + 26808192), (const float *)(arena + 40504320));
-  k320_sub((float *)(arena + 26432), (const float *)(arena + 26808640), (const float *)(arena + 7685504), (const float *)(arena + 7685632), (const float *)(arena + 26808704));
-  k324_mul((float *)(arena + 26808320), (const float *)(arena + 7685760));
-  k325_add((float *)(arena + 7685760), (const float *)(arena + 26808320), (const float *)(arena + 40504192));
-  k328_mul((float *)(arena + 26808448), (const float *)(arena + 7685888));
-  k329_add((float *)(arena + 7685888), (const float *)(arena + 26808448), (const float *)(arena + 40504192));
-  k335_sub((float *)(arena + 26560), (const float *)(arena + 26808640), (const float *)(arena + 7685760), (const float *)(arena + 7685888), (const float *)(arena + 26808704));
-  k339_mul((float *)(arena + 19229568), (const float *)(arena + 7686016));
-  k340_add((float *)(arena + 7686016), (const float *)(arena + 19229568), (const float *)(arena + 15466368));
-  k343_mul((float *)(arena + 22992768), (const float *)(arena + 11449216));
-  k344_add((float *)(arena + 11449216), (const float *)(arena + 22992768), (const float *)(arena + 15466368));
-  k350_sub((float *)(arena + 27008), (const float *)(arena + 26808640), (const float *)(arena + 7686016), (const float *)(arena + 11449216), (const float *)(arena + 26808704));
-  k354_mul((float *)(arena + 15514368), (const float *)(arena + 15212416));
-  k355_add((float *)(arena + 15212416), (const float *)(arena + 15514368), (const float *)(arena + 40929600));
-  k358_mul((float *)(arena + 15516800), (const float *)(arena + 15214848));
-  k359_add((float *)(arena + 15214848), (const float *)(arena + 15516800), (const float *)(arena + 40929600));
-  k365_sub((float *)(arena + 3790208), (const float *)(arena + 26808640), (const float *)(arena + 15212416), (const float *)(arena + 15214848), (const float *)(arena + 26808704));
-  k369_mul((float *)(arena + 15466368), (const float *)(arena + 15217280));
-  k370_add((float *)(arena + 15217280), (const float *)(arena + 15466368), (const float *)(arena + 40905600));
-  k373_mul((float *)(arena + 15490368), (const float *)(arena + 15241280));
-  k374_add((float *)(arena + 15241280), (const float *)(arena + 15490368), (const float *)(arena + 40905600));
-  k380_sub((float *)(arena + 3792640), (const float *)(arena + 26808640), (const float *)(arena + 15217280), (const float *)(arena + 15241280), (const float *)(arena + 26808704));
-  k385_add((float *)(arena + 15265280), (const float *)(arena + 40933376));
-  k389_add((float *)(arena + 15265344), (const float *)(arena + 40933376));
-  k395_sub((float *)(arena + 3816640), (const float *)(arena + 26808640), (const float *)(arena + 15265280), (const float *)(arena + 15265344), (const float *)(arena + 26808704));
-  memcpy(arena + 512, arena + 40932928, (size_t)8 * 4); /* bn1.running_mean */
-  memcpy(arena + 576, arena + 40932992, (size_t)8 * 4); /* bn1.running_var */
-  memcpy(arena + 640, arena + 40933056, (size_t)1 * 8); /* bn1.num_batches_tracked */
-  memcpy(arena + 26688, arena + 40932288, (size_t)32 * 4); /* bn2.running_mean */
-  memcpy(arena + 26816, arena + 40932416, (size_t)32 * 4); /* bn2.running_var */
-  memcpy(arena + 26944, arena + 40933248, (size_t)1 * 8); /* bn2.num_batches_tracked */
-  memcpy(arena + 7632960, arena + 26808576, (size_t)1 * 4); /* adam.step */
+/* %211 = add(%210, %209) -> conv1_weight_exp_avg  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %209 = mul  (written in place of %206) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k211_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 72; i0++) {
+    const float t209 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t209;
+  }
 }
 
-static void eval_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k3_conv2d_n((float *)(arena + 19229568), (const float *)(arena + 15265408), (const float *)(arena + 0), B);
-  k5_reshape((float *)(arena + 17072000), (const float *)(arena + 320));
-  k6_add_n((float *)(arena + 15466368), (const float *)(arena + 19229568), (const float *)(arena + 17072000), B);
-  k38_reshape((float *)(arena + 40933120), (const float *)(arena + 384));
-  k40_reshape((float *)(arena + 40933184), (const float *)(arena + 448));
-  k47_reshape((float *)(arena + 19079040), (const float *)(arena + 26304));
-  k75_reshape((float *)(arena + 40932544), (const float *)(arena + 26432));
-  k77_reshape((float *)(arena + 40932672), (const float *)(arena + 26560));
-  k92_reshape((float *)(arena + 18677632), (const float *)(arena + 512));
-  k94_reshape((float *)(arena + 17072000), (const float *)(arena + 576));
-  k96_sqrt((float *)(arena + 18677696), (const float *)(arena + 17072000));
-  k100_relu_n((float *)(arena + 17072000), (const float *)(arena + 15466368), (const float *)(arena + 18677632), (const float *)(arena + 18677696), (const float *)(arena + 40933120), (const float *)(arena + 40933184), B);
-  k101_maxpool2d_n((float *)(arena + 18677632), (const float *)(arena + 17072000), B);
-  k102_conv2d_n((float *)(arena + 15466368), (const float *)(arena + 18677632), (const float *)(arena + 704), arena + 40933440, B);
-  k104_reshape((float *)(arena + 18677632), (const float *)(arena + 26688));
-  k106_reshape((float *)(arena + 17072000), (const float *)(arena + 26816));
-  k108_sqrt((float *)(arena + 18677760), (const float *)(arena + 17072000));
-  k112_relu_n((float *)(arena + 17072000), (const float *)(arena + 15466368), (const float *)(arena + 19079040), (const float *)(arena + 18677632), (const float *)(arena + 18677760), (const float *)(arena + 40932544), (const float *)(arena + 40932672), B);
-  k113_maxpool2d_n((float *)(arena + 15466368), (const float *)(arena + 17072000), B);
-  k115_matmul_n((float *)(arena + 15867776), (const float *)(arena + 15466368), (const float *)(arena + 27008), arena + 40933440, B);
-  k117_relu_n((float *)(arena + 15466368), (const float *)(arena + 15867776), (const float *)(arena + 3790208), B);
-  k118_matmul_n((float *)(arena + 15619968), (const float *)(arena + 15466368), (const float *)(arena + 3792640), arena + 40933440, B);
-  k119_add_n((float *)(arena + 15466368), (const float *)(arena + 15619968), (const float *)(arena + 3816640), B);
-  k120_cross_entropy_n((float *)(arena + 15468928), (const float *)(arena + 15466368), (const int32_t *)(arena + 15466112), B);
+/* %216 = mul(%215, %207 conv1_weight_exp_avg_sq) -> t216  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24 */
+static void k216_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 72; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
 }
 
-static void grad_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k3_conv2d_n((float *)(arena + 19229568), (const float *)(arena + 15265408), (const float *)(arena + 0), B);
-  k5_reshape((float *)(arena + 17072000), (const float *)(arena + 320));
-  k6_add_n((float *)(arena + 15466368), (const float *)(arena + 19229568), (const float *)(arena + 17072000), B);
-  k12_mean_n((float *)(arena + 17072000), (const float *)(arena + 15466368), arena + 40933440, B);
-  k13_mean_n((float *)(arena + 40932800), (const float *)(arena + 19229568), arena + 40933440, B);
-  k14_sub_n((float *)(arena + 20835200), (const float *)(arena + 19229568), (const float *)(arena + 40932800), B);
-  k15_mul_n((float *)(arena + 22440832), (const float *)(arena + 20835200), (const float *)(arena + 20835200), B);
-  k16_mean_n((float *)(arena + 17072064), (const float *)(arena + 22440832), arena + 40933440, B);
-  k19_sqrt((float *)(arena + 40932864), (const float *)(arena + 17072064));
-  k20_div_n((float *)(arena + 24046464), (const float *)(arena + 20835200), (const float *)(arena + 40932864), B);
-  k21_numel_n((float *)(arena + 17072128), B);
-  k24_div((float *)(arena + 15466368), (const float *)(arena + 17072128));
-  k32_add((float *)(arena + 40932928), (const float *)(arena + 512), (const float *)(arena + 17072000));
-  k35_add((float *)(arena + 40932992), (const float *)(arena + 576), (const float *)(arena + 17072064), (const float *)(arena + 15466368));
-  k37_add((double *)(arena + 40933056), (const double *)(arena + 640));
-  k38_reshape((float *)(arena + 40933120), (const float *)(arena + 384));
-  k40_reshape((float *)(arena + 40933184), (const float *)(arena + 448));
-  k41_add_n((float *)(arena + 25652096), (const float *)(arena + 24046464), (const float *)(arena + 40933120), (const float *)(arena + 40933184), B);
-  k42_relu_n((float *)(arena + 27257728), (const float *)(arena + 25652096), B);
-  k43_maxpool2d_n((float *)(arena + 40102784), (const float *)(arena + 27257728), B);
-  k45_conv2d_n((float *)(arena + 28863360), (const float *)(arena + 40102784), (const float *)(arena + 704), arena + 40933440, B);
-  k47_reshape((float *)(arena + 19079040), (const float *)(arena + 26304));
-  k48_add_n((float *)(arena + 15466368), (const float *)(arena + 28863360), (const float *)(arena + 19079040), B);
-  k54_mean_n((float *)(arena + 17072000), (const float *)(arena + 15466368), arena + 40933440, B);
-  k55_mean_n((float *)(arena + 40932032), (const float *)(arena + 28863360), arena + 40933440, B);
-  k56_sub_n((float *)(arena + 30468992), (const float *)(arena + 28863360), (const float *)(arena + 40932032), B);
-  k57_mul_n((float *)(arena + 32074624), (const float *)(arena + 30468992), (const float *)(arena + 30468992), B);
-  k58_mean_n((float *)(arena + 17072128), (const float *)(arena + 32074624), arena + 40933440, B);
-  k60_sqrt((float *)(arena + 40932160), (const float *)(arena + 17072128));
-  k61_div_n((float *)(arena + 33680256), (const float *)(arena + 30468992), (const float *)(arena + 40932160), B);
-  k62_numel_n((float *)(arena + 17072256), B);
-  k64_div((float *)(arena + 15466368), (const float *)(arena + 17072256));
-  k70_add((float *)(arena + 40932288), (const float *)(arena + 26688), (const float *)(arena + 17072000));
-  k73_add((float *)(arena + 40932416), (const float *)(arena + 26816), (const float *)(arena + 17072128), (const float *)(arena + 15466368));
-  k74_add((double *)(arena + 40933248), (const double *)(arena + 26944));
-  k75_reshape((float *)(arena + 40932544), (const float *)(arena + 26432));
-  k77_reshape((float *)(arena + 40932672), (const float *)(arena + 26560));
-  k78_add_n((float *)(arena + 35285888), (const float *)(arena + 33680256), (const float *)(arena + 40932544), (const float *)(arena + 40932672), B);
-  k79_relu_n((float *)(arena + 36891520), (const float *)(arena + 35285888), B);
-  k80_maxpool2d_n((float *)(arena + 38497152), (const float *)(arena + 36891520), B);
-  k83_matmul_n((float *)(arena + 15466368), (const float *)(arena + 38497152), (const float *)(arena + 27008), arena + 40933440, B);
-  k85_add_n((float *)(arena + 15619968), (const float *)(arena + 15466368), (const float *)(arena + 3790208), B);
-  k86_relu_n((float *)(arena + 15466368), (const float *)(arena + 15619968), B);
-  k88_matmul_n((float *)(arena + 15773568), (const float *)(arena + 15466368), (const float *)(arena + 3792640), arena + 40933440, B);
-  k90_add_n((float *)(arena + 15776128), (const float *)(arena + 15773568), (const float *)(arena + 3816640), B);
-  k91_cross_entropy_n((float *)(arena + 40933312), (const float *)(arena + 15776128), (const int32_t *)(arena + 15466112), B);
-  k121_cross_entropy_grad_n((float *)(arena + 15927168), (const float *)(arena + 15776128), (const int32_t *)(arena + 15466112), B);
-  k122_sum_to_n((float *)(arena + 40933376), (const float *)(arena + 15927168), arena + 40933440, B);
-  k123_matmul_n((float *)(arena + 15773568), (const float *)(arena + 15927168), (const float *)(arena + 3792640), arena + 40933440, B);
-  k124_matmul_n((float *)(arena + 40905600), (const float *)(arena + 15927168), (const float *)(arena + 15466368), arena + 40933440, B);
-  k125_relu_grad_n((float *)(arena + 38898560), (const float *)(arena + 15619968), (const float *)(arena + 15773568), B);
-  k126_sum_to_n((float *)(arena + 40929600), (const float *)(arena + 38898560), arena + 40933440, B);
-  k127_matmul_n((float *)(arena + 40504192), (const float *)(arena + 38898560), (const float *)(arena + 27008), arena + 40933440, B);
-  k128_matmul_n((float *)(arena + 15466368), (const float *)(arena + 38898560), (const float *)(arena + 38497152), arena + 40933440, B);
-  k130_maxpool2d_grad_n((float *)(arena + 38497152), (const float *)(arena + 36891520), (const float *)(arena + 40504192), B);
-  k131_relu_grad_n((float *)(arena + 36891520), (const float *)(arena + 35285888), (const float *)(arena + 38497152), B);
-  k132_sum_to_n((float *)(arena + 40504192), (const float *)(arena + 36891520), arena + 40933440, B);
-  k134_mul_n((float *)(arena + 35285888), (const float *)(arena + 36891520), (const float *)(arena + 40932544), B);
-  k135_mul_n((float *)(arena + 38497152), (const float *)(arena + 36891520), (const float *)(arena + 33680256), B);
-  k136_sum_to_n((float *)(arena + 40504320), (const float *)(arena + 38497152), arena + 40933440, B);
-  k141_neg_n((float *)(arena + 36891520), (const float *)(arena + 35285888), (const float *)(arena + 33680256), (const float *)(arena + 40932160), B);
-  k142_sum_to_n((float *)(arena + 33680256), (const float *)(arena + 36891520), arena + 40933440, B);
-  k146_numel_n((float *)(arena + 33680384), B);
-  k147_div((float *)(arena + 36891520), (const float *)(arena + 33680256), (const float *)(arena + 40932160), (const float *)(arena + 33680384));
-  k148_expand_n((float *)(arena + 33680256), (const float *)(arena + 36891520), B);
-  k149_mul_n((float *)(arena + 32074624), (const float *)(arena + 33680256), (const float *)(arena + 30468992), B);
-  k151_add_n((float *)(arena + 30468992), (const float *)(arena + 35285888), (const float *)(arena + 40932160), (const float *)(arena + 32074624), B);
-  k152_neg_n((float *)(arena + 32074624), (const float *)(arena + 30468992), B);
-  k153_sum_to_n((float *)(arena + 33680256), (const float *)(arena + 32074624), arena + 40933440, B);
-  k154_numel_n((float *)(arena + 32074624), B);
-  k155_div((float *)(arena + 33680384), (const float *)(arena + 33680256), (const float *)(arena + 32074624));
-  k156_expand_n((float *)(arena + 32074624), (const float *)(arena + 33680384), B);
-  k157_add_n((float *)(arena + 28863360), (const float *)(arena + 30468992), (const float *)(arena + 32074624), B);
-  k158_conv2d_bwd_data_n((float *)(arena + 30468992), (const float *)(arena + 28863360), (const float *)(arena + 704), arena + 40933440, B);
-  k159_conv2d_bwd_filter_n((float *)(arena + 30870400), (const float *)(arena + 40102784), (const float *)(arena + 28863360), arena + 40933440, B);
-  k160_maxpool2d_grad_n((float *)(arena + 28863360), (const float *)(arena + 27257728), (const float *)(arena + 30468992), B);
-  k161_relu_grad_n((float *)(arena + 27257728), (const float *)(arena + 25652096), (const float *)(arena + 28863360), B);
-  k162_sum_to_n((float *)(arena + 30468992), (const float *)(arena + 27257728), arena + 40933440, B);
-  k164_mul_n((float *)(arena + 25652096), (const float *)(arena + 27257728), (const float *)(arena + 40933120), B);
-  k165_mul_n((float *)(arena + 28863360), (const float *)(arena + 27257728), (const float *)(arena + 24046464), B);
-  k166_sum_to_n((float *)(arena + 30469056), (const float *)(arena + 28863360), arena + 40933440, B);
-  k171_neg_n((float *)(arena + 27257728), (const float *)(arena + 25652096), (const float *)(arena + 24046464), (const float *)(arena + 40932864), B);
-  k172_sum_to_n((float *)(arena + 24046464), (const float *)(arena + 27257728), arena + 40933440, B);
-  k175_numel_n((float *)(arena + 24046528), B);
-  k176_div((float *)(arena + 27257728), (const float *)(arena + 24046464), (const float *)(arena + 40932864), (const float *)(arena + 24046528));
-  k177_expand_n((float *)(arena + 24046464), (const float *)(arena + 27257728), B);
-  k178_mul_n((float *)(arena + 22440832), (const float *)(arena + 24046464), (const float *)(arena + 20835200), B);
-  k180_add_n((float *)(arena + 20835200), (const float *)(arena + 25652096), (const float *)(arena + 40932864), (const float *)(arena + 22440832), B);
-  k181_neg_n((float *)(arena + 22440832), (const float *)(arena + 20835200), B);
-  k182_sum_to_n((float *)(arena + 24046464), (const float *)(arena + 22440832), arena + 40933440, B);
-  k183_numel_n((float *)(arena + 22440832), B);
-  k184_div((float *)(arena + 24046528), (const float *)(arena + 24046464), (const float *)(arena + 22440832));
-  k185_expand_n((float *)(arena + 22440832), (const float *)(arena + 24046528), B);
-  k186_add_n((float *)(arena + 19229568), (const float *)(arena + 20835200), (const float *)(arena + 22440832), B);
-  k187_conv2d_bwd_filter_n((float *)(arena + 20835200), (const float *)(arena + 15265408), (const float *)(arena + 19229568), arena + 40933440, B);
-  k189_expand((float *)(arena + 19229696));
-  k190_expand((float *)(arena + 19229568));
-  memcpy(arena + 512, arena + 40932928, (size_t)8 * 4); /* bn1.running_mean */
-  memcpy(arena + 576, arena + 40932992, (size_t)8 * 4); /* bn1.running_var */
-  memcpy(arena + 640, arena + 40933056, (size_t)1 * 8); /* bn1.num_batches_tracked */
-  memcpy(arena + 26688, arena + 40932288, (size_t)32 * 4); /* bn2.running_mean */
-  memcpy(arena + 26816, arena + 40932416, (size_t)32 * 4); /* bn2.running_var */
-  memcpy(arena + 26944, arena + 40933248, (size_t)1 * 8); /* bn2.num_batches_tracked */
-  memcpy(arena + 3816704, arena + 20835200, (size_t)72 * 4); /* grad.conv1.weight */
-  memcpy(arena + 3817024, arena + 19229696, (size_t)8 * 4); /* grad.conv1.bias */
-  memcpy(arena + 3817088, arena + 30469056, (size_t)8 * 4); /* grad.bn1.weight */
-  memcpy(arena + 3817152, arena + 30468992, (size_t)8 * 4); /* grad.bn1.bias */
-  memcpy(arena + 3817216, arena + 30870400, (size_t)6400 * 4); /* grad.conv2.weight */
-  memcpy(arena + 3842816, arena + 19229568, (size_t)32 * 4); /* grad.conv2.bias */
-  memcpy(arena + 3842944, arena + 40504320, (size_t)32 * 4); /* grad.bn2.weight */
-  memcpy(arena + 3843072, arena + 40504192, (size_t)32 * 4); /* grad.bn2.bias */
-  memcpy(arena + 3843200, arena + 15466368, (size_t)940800 * 4); /* grad.fc1.weight */
-  memcpy(arena + 7606400, arena + 40929600, (size_t)600 * 4); /* grad.fc1.bias */
-  memcpy(arena + 7608832, arena + 40905600, (size_t)6000 * 4); /* grad.fc2.weight */
-  memcpy(arena + 7632832, arena + 40933376, (size_t)10 * 4); /* grad.fc2.bias */
+/* %217 = add(%216, %214) -> conv1_weight_exp_avg_sq  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %212 = mul %214 = mul  (written in place of %207) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k217_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 72; i0++) {
+    const float t212 = x1[i0] * x1[i0];
+    const float t214 = ((float)0.0010000000000000009) * t212;
+    y[i0] = x0[i0] + t214;
+  }
 }
 
-static void apply_n(unsigned char *arena, int64_t B) {
-  (void)B;
-  k205_add((float *)(arena + 26808576), (const float *)(arena + 7632960));
-  k210_mul((float *)(arena + 26807168), (const float *)(arena + 7633024));
-  k216_mul((float *)(arena + 26807488), (const float *)(arena + 7633344));
-  k222_div((float *)(arena + 26808640), (const float *)(arena + 7632896), (const float *)(arena + 26808576));
-  k224_sqrt((float *)(arena + 26808704), (const float *)(arena + 26808576));
-  k234_mul((float *)(arena + 26808768), (const float *)(arena + 7633664));
-  k238_mul((float *)(arena + 26808832), (const float *)(arena + 7633728));
-  k249_mul((float *)(arena + 26808896), (const float *)(arena + 7633792));
-  k253_mul((float *)(arena + 26808960), (const float *)(arena + 7633856));
-  k264_mul((float *)(arena + 26809024), (const float *)(arena + 7633920));
-  k268_mul((float *)(arena + 26809088), (const float *)(arena + 7633984));
-  k279_mul((float *)(arena + 26755968), (const float *)(arena + 7634048));
-  k283_mul((float *)(arena + 26781568), (const float *)(arena + 7659648));
-  k294_mul((float *)(arena + 26807808), (const float *)(arena + 7685248));
-  k298_mul((float *)(arena + 26807936), (const float *)(arena + 7685376));
-  k309_mul((float *)(arena + 26808064), (const float *)(arena + 7685504));
-  k313_mul((float *)(arena + 26808192), (const float *)(arena + 7685632));
-  k324_mul((float *)(arena + 26808320), (const float *)(arena + 7685760));
-  k328_mul((float *)(arena + 26808448), (const float *)(arena + 7685888));
-  k339_mul((float *)(arena + 19229568), (const float *)(arena + 7686016));
-  k343_mul((float *)(arena + 22992768), (const float *)(arena + 11449216));
-  k354_mul((float *)(arena + 15514368), (const float *)(arena + 15212416));
-  k358_mul((float *)(arena + 15516800), (const float *)(arena + 15214848));
-  k369_mul((float *)(arena + 15466368), (const float *)(arena + 15217280));
-  k373_mul((float *)(arena + 15490368), (const float *)(arena + 15241280));
-  k397_add((float *)(arena + 7633024), (const float *)(arena + 26807168), (const float *)(arena + 3816704));
-  k400_add((float *)(arena + 7633344), (const float *)(arena + 26807488), (const float *)(arena + 3816704));
-  k406_sub((float *)(arena + 0), (const float *)(arena + 26808640), (const float *)(arena + 7633024), (const float *)(arena + 7633344), (const float *)(arena + 26808704));
-  k408_add((float *)(arena + 7633664), (const float *)(arena + 26808768), (const float *)(arena + 3817024));
-  k411_add((float *)(arena + 7633728), (const float *)(arena + 26808832), (const float *)(arena + 3817024));
-  k417_sub((float *)(arena + 320), (const float *)(arena + 26808640), (const float *)(arena + 7633664), (const float *)(arena + 7633728), (const float *)(arena + 26808704));
-  k419_add((float *)(arena + 7633792), (const float *)(arena + 26808896), (const float *)(arena + 3817088));
-  k422_add((float *)(arena + 7633856), (const float *)(arena + 26808960), (const float *)(arena + 3817088));
-  k428_sub((float *)(arena + 384), (const float *)(arena + 26808640), (const float *)(arena + 7633792), (const float *)(arena + 7633856), (const float *)(arena + 26808704));
-  k430_add((float *)(arena + 7633920), (const float *)(arena + 26809024), (const float *)(arena + 3817152));
-  k433_add((float *)(arena + 7633984), (const float *)(arena + 26809088), (const float *)(arena + 3817152));
-  k439_sub((float *)(arena + 448), (const float *)(arena + 26808640), (const float *)(arena + 7633920), (const float *)(arena + 7633984), (const float *)(arena + 26808704));
-  k441_add((float *)(arena + 7634048), (const float *)(arena + 26755968), (const float *)(arena + 3817216));
-  k444_add((float *)(arena + 7659648), (const float *)(arena + 26781568), (const float *)(arena + 3817216));
-  k450_sub((float *)(arena + 704), (const float *)(arena + 26808640), (const float *)(arena + 7634048), (const float *)(arena + 7659648), (const float *)(arena + 26808704));
-  k452_add((float *)(arena + 7685248), (const float *)(arena + 26807808), (const float *)(arena + 3842816));
-  k455_add((float *)(arena + 7685376), (const float *)(arena + 26807936), (const float *)(arena + 3842816));
-  k461_sub((float *)(arena + 26304), (const float *)(arena + 26808640), (const float *)(arena + 7685248), (const float *)(arena + 7685376), (const float *)(arena + 26808704));
-  k463_add((float *)(arena + 7685504), (const float *)(arena + 26808064), (const float *)(arena + 3842944));
-  k466_add((float *)(arena + 7685632), (const float *)(arena + 26808192), (const float *)(arena + 3842944));
-  k472_sub((float *)(arena + 26432), (const float *)(arena + 26808640), (const float *)(arena + 7685504), (const float *)(arena + 7685632), (const float *)(arena + 26808704));
-  k474_add((float *)(arena + 7685760), (const float *)(arena + 26808320), (const float *)(arena + 3843072));
-  k477_add((float *)(arena + 7685888), (const float *)(arena + 26808448), (const float *)(arena + 3843072));
-  k483_sub((float *)(arena + 26560), (const float *)(arena + 26808640), (const float *)(arena + 7685760), (const float *)(arena + 7685888), (const float *)(arena + 26808704));
-  k485_add((float *)(arena + 7686016), (const float *)(arena + 19229568), (const float *)(arena + 3843200));
-  k488_add((float *)(arena + 11449216), (const float *)(arena + 22992768), (const float *)(arena + 3843200));
-  k494_sub((float *)(arena + 27008), (const float *)(arena + 26808640), (const float *)(arena + 7686016), (const float *)(arena + 11449216), (const float *)(arena + 26808704));
-  k496_add((float *)(arena + 15212416), (const float *)(arena + 15514368), (const float *)(arena + 7606400));
-  k499_add((float *)(arena + 15214848), (const float *)(arena + 15516800), (const float *)(arena + 7606400));
-  k505_sub((float *)(arena + 3790208), (const float *)(arena + 26808640), (const float *)(arena + 15212416), (const float *)(arena + 15214848), (const float *)(arena + 26808704));
-  k507_add((float *)(arena + 15217280), (const float *)(arena + 15466368), (const float *)(arena + 7608832));
-  k510_add((float *)(arena + 15241280), (const float *)(arena + 15490368), (const float *)(arena + 7608832));
-  k516_sub((float *)(arena + 3792640), (const float *)(arena + 26808640), (const float *)(arena + 15217280), (const float *)(arena + 15241280), (const float *)(arena + 26808704));
-  k521_add((float *)(arena + 15265280), (const float *)(arena + 7632832));
-  k527_add((float *)(arena + 15265344), (const float *)(arena + 7632832));
-  k533_div((float *)(arena + 15466368), (const float *)(arena + 7632896), (const float *)(arena + 26808576));
-  k535_sqrt((float *)(arena + 15466432), (const float *)(arena + 26808576));
-  k541_sub((float *)(arena + 3816640), (const float *)(arena + 15466368), (const float *)(arena + 15265280), (const float *)(arena + 15265344), (const float *)(arena + 15466432));
-  memcpy(arena + 7632960, arena + 26808576, (size_t)1 * 4); /* adam.step */
+/* %222 = div(%203 lr, %219) -> t222  f32 []  mnist_cnn.kiln:24  fused: %218 = pow %219 = sub */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k222_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  const float t218 = powf(((float)0.90000000000000002), x1[0]);
+  const float t219 = ((float)1) - t218;
+  y[0] = x0[0] / t219;
 }
 
-static void kiln_train(unsigned char *arena, int64_t batch) {
-  if (batch == 64)
-    train_full(arena);
-  else if (batch >= 1 && batch < 64)
-    train_n(arena, batch);
+/* %224 = sqrt(%221) -> t224  f32 []  mnist_cnn.kiln:24  fused: %220 = pow %221 = sub */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k224_sqrt(float *restrict y, const float *restrict x0) {
+  const float t220 = powf(((float)0.999), x0[0]);
+  const float t221 = ((float)1) - t220;
+  y[0] = sqrtf(t221);
 }
 
-static void kiln_eval(unsigned char *arena, int64_t batch) {
-  if (batch == 64)
-    eval_full(arena);
-  else if (batch >= 1 && batch < 64)
-    eval_n(arena, batch);
+/* %230 = sub(%2 conv1_weight, %229) -> conv1_weight  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %225 = sqrt %226 = div %227 = add %228 = div %229 = mul  (written in place of %2) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k230_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 72; i0++) {
+    const float t225 = sqrtf(x2[i0]);
+    const float t226 = t225 / x3[0];
+    const float t227 = t226 + ((float)1e-08);
+    const float t228 = x1[i0] / t227;
+    const float t229 = x0[0] * t228;
+    y[i0] = y[i0] - t229;
+  }
 }
 
-static void kiln_grad(unsigned char *arena, int64_t batch) {
-  if (batch == 64)
-    grad_full(arena);
-  else if (batch >= 1 && batch < 64)
-    grad_n(arena, batch);
+/* %234 = mul(%28, %231 conv1_bias_exp_avg) -> t234  f32 [8]  mnist_cnn.kiln:24 */
+static void k234_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
 }
 
-static void kiln_apply(unsigned char *arena, int64_t batch) {
-  if (batch == 64)
-    apply_full(arena);
-  else if (batch >= 1 && batch < 64)
-    apply_n(arena, batch);
+/* %235 = add(%234, %233) -> conv1_bias_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %233 = mul  (written in place of %231) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k235_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t233 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t233;
+  }
+}
+
+/* %238 = mul(%215, %232 conv1_bias_exp_avg_sq) -> t238  f32 [8]  mnist_cnn.kiln:24 */
+static void k238_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %239 = add(%238, %237) -> conv1_bias_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %236 = mul %237 = mul  (written in place of %232) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k239_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t236 = x1[i0] * x1[i0];
+    const float t237 = ((float)0.0010000000000000009) * t236;
+    y[i0] = x0[i0] + t237;
+  }
+}
+
+/* %245 = sub(%4 conv1_bias, %244) -> conv1_bias  f32 [8]  mnist_cnn.kiln:24  fused: %240 = sqrt %241 = div %242 = add %243 = div %244 = mul  (written in place of %4) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k245_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t240 = sqrtf(x2[i0]);
+    const float t241 = t240 / x3[0];
+    const float t242 = t241 + ((float)1e-08);
+    const float t243 = x1[i0] / t242;
+    const float t244 = x0[0] * t243;
+    y[i0] = y[i0] - t244;
+  }
+}
+
+/* %249 = mul(%28, %246 bn1_weight_exp_avg) -> t249  f32 [8]  mnist_cnn.kiln:24 */
+static void k249_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %250 = add(%249, %248) -> bn1_weight_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %248 = mul  (written in place of %246) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k250_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t248 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t248;
+  }
+}
+
+/* %253 = mul(%215, %247 bn1_weight_exp_avg_sq) -> t253  f32 [8]  mnist_cnn.kiln:24 */
+static void k253_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %254 = add(%253, %252) -> bn1_weight_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %251 = mul %252 = mul  (written in place of %247) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k254_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t251 = x1[i0] * x1[i0];
+    const float t252 = ((float)0.0010000000000000009) * t251;
+    y[i0] = x0[i0] + t252;
+  }
+}
+
+/* %260 = sub(%7 bn1_weight, %259) -> bn1_weight  f32 [8]  mnist_cnn.kiln:24  fused: %255 = sqrt %256 = div %257 = add %258 = div %259 = mul  (written in place of %7) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k260_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t255 = sqrtf(x2[i0]);
+    const float t256 = t255 / x3[0];
+    const float t257 = t256 + ((float)1e-08);
+    const float t258 = x1[i0] / t257;
+    const float t259 = x0[0] * t258;
+    y[i0] = y[i0] - t259;
+  }
+}
+
+/* %264 = mul(%28, %261 bn1_bias_exp_avg) -> t264  f32 [8]  mnist_cnn.kiln:24 */
+static void k264_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %265 = add(%264, %263) -> bn1_bias_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %263 = mul  (written in place of %261) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k265_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t263 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t263;
+  }
+}
+
+/* %268 = mul(%215, %262 bn1_bias_exp_avg_sq) -> t268  f32 [8]  mnist_cnn.kiln:24 */
+static void k268_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %269 = add(%268, %267) -> bn1_bias_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %266 = mul %267 = mul  (written in place of %262) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k269_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t266 = x1[i0] * x1[i0];
+    const float t267 = ((float)0.0010000000000000009) * t266;
+    y[i0] = x0[i0] + t267;
+  }
+}
+
+/* %275 = sub(%8 bn1_bias, %274) -> bn1_bias  f32 [8]  mnist_cnn.kiln:24  fused: %270 = sqrt %271 = div %272 = add %273 = div %274 = mul  (written in place of %8) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k275_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t270 = sqrtf(x2[i0]);
+    const float t271 = t270 / x3[0];
+    const float t272 = t271 + ((float)1e-08);
+    const float t273 = x1[i0] / t272;
+    const float t274 = x0[0] * t273;
+    y[i0] = y[i0] - t274;
+  }
+}
+
+/* %279 = mul(%28, %276 conv2_weight_exp_avg) -> t279  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24 */
+static void k279_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 6400; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %280 = add(%279, %278) -> conv2_weight_exp_avg  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %278 = mul  (written in place of %276) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k280_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 6400; i0++) {
+    const float t278 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t278;
+  }
+}
+
+/* %283 = mul(%215, %277 conv2_weight_exp_avg_sq) -> t283  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24 */
+static void k283_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 6400; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %284 = add(%283, %282) -> conv2_weight_exp_avg_sq  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %281 = mul %282 = mul  (written in place of %277) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k284_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 6400; i0++) {
+    const float t281 = x1[i0] * x1[i0];
+    const float t282 = ((float)0.0010000000000000009) * t281;
+    y[i0] = x0[i0] + t282;
+  }
+}
+
+/* %290 = sub(%44 conv2_weight, %289) -> conv2_weight  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %285 = sqrt %286 = div %287 = add %288 = div %289 = mul  (written in place of %44) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k290_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 6400; i0++) {
+    const float t285 = sqrtf(x2[i0]);
+    const float t286 = t285 / x3[0];
+    const float t287 = t286 + ((float)1e-08);
+    const float t288 = x1[i0] / t287;
+    const float t289 = x0[0] * t288;
+    y[i0] = y[i0] - t289;
+  }
+}
+
+/* %294 = mul(%28, %291 conv2_bias_exp_avg) -> t294  f32 [32]  mnist_cnn.kiln:24 */
+static void k294_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %295 = add(%294, %293) -> conv2_bias_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %293 = mul  (written in place of %291) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k295_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t293 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t293;
+  }
+}
+
+/* %298 = mul(%215, %292 conv2_bias_exp_avg_sq) -> t298  f32 [32]  mnist_cnn.kiln:24 */
+static void k298_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %299 = add(%298, %297) -> conv2_bias_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %296 = mul %297 = mul  (written in place of %292) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k299_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t296 = x1[i0] * x1[i0];
+    const float t297 = ((float)0.0010000000000000009) * t296;
+    y[i0] = x0[i0] + t297;
+  }
+}
+
+/* %305 = sub(%46 conv2_bias, %304) -> conv2_bias  f32 [32]  mnist_cnn.kiln:24  fused: %300 = sqrt %301 = div %302 = add %303 = div %304 = mul  (written in place of %46) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k305_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t300 = sqrtf(x2[i0]);
+    const float t301 = t300 / x3[0];
+    const float t302 = t301 + ((float)1e-08);
+    const float t303 = x1[i0] / t302;
+    const float t304 = x0[0] * t303;
+    y[i0] = y[i0] - t304;
+  }
+}
+
+/* %309 = mul(%28, %306 bn2_weight_exp_avg) -> t309  f32 [32]  mnist_cnn.kiln:24 */
+static void k309_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %310 = add(%309, %308) -> bn2_weight_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %308 = mul  (written in place of %306) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k310_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t308 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t308;
+  }
+}
+
+/* %313 = mul(%215, %307 bn2_weight_exp_avg_sq) -> t313  f32 [32]  mnist_cnn.kiln:24 */
+static void k313_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %314 = add(%313, %312) -> bn2_weight_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %311 = mul %312 = mul  (written in place of %307) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k314_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t311 = x1[i0] * x1[i0];
+    const float t312 = ((float)0.0010000000000000009) * t311;
+    y[i0] = x0[i0] + t312;
+  }
+}
+
+/* %320 = sub(%49 bn2_weight, %319) -> bn2_weight  f32 [32]  mnist_cnn.kiln:24  fused: %315 = sqrt %316 = div %317 = add %318 = div %319 = mul  (written in place of %49) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k320_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t315 = sqrtf(x2[i0]);
+    const float t316 = t315 / x3[0];
+    const float t317 = t316 + ((float)1e-08);
+    const float t318 = x1[i0] / t317;
+    const float t319 = x0[0] * t318;
+    y[i0] = y[i0] - t319;
+  }
+}
+
+/* %324 = mul(%28, %321 bn2_bias_exp_avg) -> t324  f32 [32]  mnist_cnn.kiln:24 */
+static void k324_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %325 = add(%324, %323) -> bn2_bias_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %323 = mul  (written in place of %321) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k325_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t323 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t323;
+  }
+}
+
+/* %328 = mul(%215, %322 bn2_bias_exp_avg_sq) -> t328  f32 [32]  mnist_cnn.kiln:24 */
+static void k328_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %329 = add(%328, %327) -> bn2_bias_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %326 = mul %327 = mul  (written in place of %322) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k329_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t326 = x1[i0] * x1[i0];
+    const float t327 = ((float)0.0010000000000000009) * t326;
+    y[i0] = x0[i0] + t327;
+  }
+}
+
+/* %335 = sub(%50 bn2_bias, %334) -> bn2_bias  f32 [32]  mnist_cnn.kiln:24  fused: %330 = sqrt %331 = div %332 = add %333 = div %334 = mul  (written in place of %50) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k335_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t330 = sqrtf(x2[i0]);
+    const float t331 = t330 / x3[0];
+    const float t332 = t331 + ((float)1e-08);
+    const float t333 = x1[i0] / t332;
+    const float t334 = x0[0] * t333;
+    y[i0] = y[i0] - t334;
+  }
+}
+
+/* %339 = mul(%28, %336 fc1_weight_exp_avg) -> t339  f32 [600, 1568]  mnist_cnn.kiln:24 */
+static void k339_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 940800; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %340 = add(%339, %338) -> fc1_weight_exp_avg  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %338 = mul  (written in place of %336) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k340_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 940800; i0++) {
+    const float t338 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t338;
+  }
+}
+
+/* %343 = mul(%215, %337 fc1_weight_exp_avg_sq) -> t343  f32 [600, 1568]  mnist_cnn.kiln:24 */
+static void k343_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 940800; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %344 = add(%343, %342) -> fc1_weight_exp_avg_sq  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %341 = mul %342 = mul  (written in place of %337) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k344_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 940800; i0++) {
+    const float t341 = x1[i0] * x1[i0];
+    const float t342 = ((float)0.0010000000000000009) * t341;
+    y[i0] = x0[i0] + t342;
+  }
+}
+
+/* %350 = sub(%82 fc1_weight, %349) -> fc1_weight  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %345 = sqrt %346 = div %347 = add %348 = div %349 = mul  (written in place of %82) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k350_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 940800; i0++) {
+    const float t345 = sqrtf(x2[i0]);
+    const float t346 = t345 / x3[0];
+    const float t347 = t346 + ((float)1e-08);
+    const float t348 = x1[i0] / t347;
+    const float t349 = x0[0] * t348;
+    y[i0] = y[i0] - t349;
+  }
+}
+
+/* %354 = mul(%28, %351 fc1_bias_exp_avg) -> t354  f32 [600]  mnist_cnn.kiln:24 */
+static void k354_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 600; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %355 = add(%354, %353) -> fc1_bias_exp_avg  f32 [600]  mnist_cnn.kiln:24  fused: %353 = mul  (written in place of %351) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k355_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 600; i0++) {
+    const float t353 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t353;
+  }
+}
+
+/* %358 = mul(%215, %352 fc1_bias_exp_avg_sq) -> t358  f32 [600]  mnist_cnn.kiln:24 */
+static void k358_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 600; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %359 = add(%358, %357) -> fc1_bias_exp_avg_sq  f32 [600]  mnist_cnn.kiln:24  fused: %356 = mul %357 = mul  (written in place of %352) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k359_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 600; i0++) {
+    const float t356 = x1[i0] * x1[i0];
+    const float t357 = ((float)0.0010000000000000009) * t356;
+    y[i0] = x0[i0] + t357;
+  }
+}
+
+/* %365 = sub(%84 fc1_bias, %364) -> fc1_bias  f32 [600]  mnist_cnn.kiln:24  fused: %360 = sqrt %361 = div %362 = add %363 = div %364 = mul  (written in place of %84) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k365_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 600; i0++) {
+    const float t360 = sqrtf(x2[i0]);
+    const float t361 = t360 / x3[0];
+    const float t362 = t361 + ((float)1e-08);
+    const float t363 = x1[i0] / t362;
+    const float t364 = x0[0] * t363;
+    y[i0] = y[i0] - t364;
+  }
+}
+
+/* %369 = mul(%28, %366 fc2_weight_exp_avg) -> t369  f32 [10, 600]  mnist_cnn.kiln:24 */
+static void k369_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 6000; i0++) {
+    y[i0] = ((float)0.90000000000000002) * b[i0];
+  }
+}
+
+/* %370 = add(%369, %368) -> fc2_weight_exp_avg  f32 [10, 600]  mnist_cnn.kiln:24  fused: %368 = mul  (written in place of %366) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k370_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 6000; i0++) {
+    const float t368 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t368;
+  }
+}
+
+/* %373 = mul(%215, %367 fc2_weight_exp_avg_sq) -> t373  f32 [10, 600]  mnist_cnn.kiln:24 */
+static void k373_mul(float *restrict y, const float *restrict b) {
+  for (int64_t i0 = 0; i0 < 6000; i0++) {
+    y[i0] = ((float)0.999) * b[i0];
+  }
+}
+
+/* %374 = add(%373, %372) -> fc2_weight_exp_avg_sq  f32 [10, 600]  mnist_cnn.kiln:24  fused: %371 = mul %372 = mul  (written in place of %367) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k374_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 6000; i0++) {
+    const float t371 = x1[i0] * x1[i0];
+    const float t372 = ((float)0.0010000000000000009) * t371;
+    y[i0] = x0[i0] + t372;
+  }
+}
+
+/* %380 = sub(%87 fc2_weight, %379) -> fc2_weight  f32 [10, 600]  mnist_cnn.kiln:24  fused: %375 = sqrt %376 = div %377 = add %378 = div %379 = mul  (written in place of %87) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k380_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 6000; i0++) {
+    const float t375 = sqrtf(x2[i0]);
+    const float t376 = t375 / x3[0];
+    const float t377 = t376 + ((float)1e-08);
+    const float t378 = x1[i0] / t377;
+    const float t379 = x0[0] * t378;
+    y[i0] = y[i0] - t379;
+  }
+}
+
+/* %385 = add(%384, %383) -> fc2_bias_exp_avg  f32 [10]  mnist_cnn.kiln:24  fused: %384 = mul %383 = mul  (written in place of %381) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k385_add(float *restrict y, const float *restrict x0) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t384 = ((float)0.90000000000000002) * y[i0];
+    const float t383 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = t384 + t383;
+  }
+}
+
+/* %389 = add(%388, %387) -> fc2_bias_exp_avg_sq  f32 [10]  mnist_cnn.kiln:24  fused: %388 = mul %386 = mul %387 = mul  (written in place of %382) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k389_add(float *restrict y, const float *restrict x0) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t388 = ((float)0.999) * y[i0];
+    const float t386 = x0[i0] * x0[i0];
+    const float t387 = ((float)0.0010000000000000009) * t386;
+    y[i0] = t388 + t387;
+  }
+}
+
+/* %395 = sub(%89 fc2_bias, %394) -> fc2_bias  f32 [10]  mnist_cnn.kiln:24  fused: %390 = sqrt %391 = div %392 = add %393 = div %394 = mul  (written in place of %89) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k395_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t390 = sqrtf(x2[i0]);
+    const float t391 = t390 / x3[0];
+    const float t392 = t391 + ((float)1e-08);
+    const float t393 = x1[i0] / t392;
+    const float t394 = x0[0] * t393;
+    y[i0] = y[i0] - t394;
+  }
+}
+
+/* %397 = add(%210, %396) -> conv1_weight_exp_avg  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %396 = mul  (written in place of %206) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k397_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 72; i0++) {
+    const float t396 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t396;
+  }
+}
+
+/* %400 = add(%216, %399) -> conv1_weight_exp_avg_sq  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %398 = mul %399 = mul  (written in place of %207) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k400_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 72; i0++) {
+    const float t398 = x1[i0] * x1[i0];
+    const float t399 = ((float)0.0010000000000000009) * t398;
+    y[i0] = x0[i0] + t399;
+  }
+}
+
+/* %406 = sub(%2 conv1_weight, %405) -> conv1_weight  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %401 = sqrt %402 = div %403 = add %404 = div %405 = mul  (written in place of %2) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k406_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 72; i0++) {
+    const float t401 = sqrtf(x2[i0]);
+    const float t402 = t401 / x3[0];
+    const float t403 = t402 + ((float)1e-08);
+    const float t404 = x1[i0] / t403;
+    const float t405 = x0[0] * t404;
+    y[i0] = y[i0] - t405;
+  }
+}
+
+/* %408 = add(%234, %407) -> conv1_bias_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %407 = mul  (written in place of %231) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k408_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t407 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t407;
+  }
+}
+
+/* %411 = add(%238, %410) -> conv1_bias_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %409 = mul %410 = mul  (written in place of %232) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k411_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t409 = x1[i0] * x1[i0];
+    const float t410 = ((float)0.0010000000000000009) * t409;
+    y[i0] = x0[i0] + t410;
+  }
+}
+
+/* %417 = sub(%4 conv1_bias, %416) -> conv1_bias  f32 [8]  mnist_cnn.kiln:24  fused: %412 = sqrt %413 = div %414 = add %415 = div %416 = mul  (written in place of %4) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k417_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t412 = sqrtf(x2[i0]);
+    const float t413 = t412 / x3[0];
+    const float t414 = t413 + ((float)1e-08);
+    const float t415 = x1[i0] / t414;
+    const float t416 = x0[0] * t415;
+    y[i0] = y[i0] - t416;
+  }
+}
+
+/* %419 = add(%249, %418) -> bn1_weight_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %418 = mul  (written in place of %246) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k419_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t418 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t418;
+  }
+}
+
+/* %422 = add(%253, %421) -> bn1_weight_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %420 = mul %421 = mul  (written in place of %247) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k422_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t420 = x1[i0] * x1[i0];
+    const float t421 = ((float)0.0010000000000000009) * t420;
+    y[i0] = x0[i0] + t421;
+  }
+}
+
+/* %428 = sub(%7 bn1_weight, %427) -> bn1_weight  f32 [8]  mnist_cnn.kiln:24  fused: %423 = sqrt %424 = div %425 = add %426 = div %427 = mul  (written in place of %7) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k428_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t423 = sqrtf(x2[i0]);
+    const float t424 = t423 / x3[0];
+    const float t425 = t424 + ((float)1e-08);
+    const float t426 = x1[i0] / t425;
+    const float t427 = x0[0] * t426;
+    y[i0] = y[i0] - t427;
+  }
+}
+
+/* %430 = add(%264, %429) -> bn1_bias_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %429 = mul  (written in place of %261) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k430_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t429 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t429;
+  }
+}
+
+/* %433 = add(%268, %432) -> bn1_bias_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %431 = mul %432 = mul  (written in place of %262) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k433_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t431 = x1[i0] * x1[i0];
+    const float t432 = ((float)0.0010000000000000009) * t431;
+    y[i0] = x0[i0] + t432;
+  }
+}
+
+/* %439 = sub(%8 bn1_bias, %438) -> bn1_bias  f32 [8]  mnist_cnn.kiln:24  fused: %434 = sqrt %435 = div %436 = add %437 = div %438 = mul  (written in place of %8) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k439_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 8; i0++) {
+    const float t434 = sqrtf(x2[i0]);
+    const float t435 = t434 / x3[0];
+    const float t436 = t435 + ((float)1e-08);
+    const float t437 = x1[i0] / t436;
+    const float t438 = x0[0] * t437;
+    y[i0] = y[i0] - t438;
+  }
+}
+
+/* %441 = add(%279, %440) -> conv2_weight_exp_avg  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %440 = mul  (written in place of %276) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k441_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 6400; i0++) {
+    const float t440 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t440;
+  }
+}
+
+/* %444 = add(%283, %443) -> conv2_weight_exp_avg_sq  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %442 = mul %443 = mul  (written in place of %277) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k444_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 6400; i0++) {
+    const float t442 = x1[i0] * x1[i0];
+    const float t443 = ((float)0.0010000000000000009) * t442;
+    y[i0] = x0[i0] + t443;
+  }
+}
+
+/* %450 = sub(%44 conv2_weight, %449) -> conv2_weight  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %445 = sqrt %446 = div %447 = add %448 = div %449 = mul  (written in place of %44) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k450_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 6400; i0++) {
+    const float t445 = sqrtf(x2[i0]);
+    const float t446 = t445 / x3[0];
+    const float t447 = t446 + ((float)1e-08);
+    const float t448 = x1[i0] / t447;
+    const float t449 = x0[0] * t448;
+    y[i0] = y[i0] - t449;
+  }
+}
+
+/* %452 = add(%294, %451) -> conv2_bias_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %451 = mul  (written in place of %291) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k452_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t451 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t451;
+  }
+}
+
+/* %455 = add(%298, %454) -> conv2_bias_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %453 = mul %454 = mul  (written in place of %292) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k455_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t453 = x1[i0] * x1[i0];
+    const float t454 = ((float)0.0010000000000000009) * t453;
+    y[i0] = x0[i0] + t454;
+  }
+}
+
+/* %461 = sub(%46 conv2_bias, %460) -> conv2_bias  f32 [32]  mnist_cnn.kiln:24  fused: %456 = sqrt %457 = div %458 = add %459 = div %460 = mul  (written in place of %46) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k461_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t456 = sqrtf(x2[i0]);
+    const float t457 = t456 / x3[0];
+    const float t458 = t457 + ((float)1e-08);
+    const float t459 = x1[i0] / t458;
+    const float t460 = x0[0] * t459;
+    y[i0] = y[i0] - t460;
+  }
+}
+
+/* %463 = add(%309, %462) -> bn2_weight_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %462 = mul  (written in place of %306) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k463_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t462 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t462;
+  }
+}
+
+/* %466 = add(%313, %465) -> bn2_weight_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %464 = mul %465 = mul  (written in place of %307) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k466_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t464 = x1[i0] * x1[i0];
+    const float t465 = ((float)0.0010000000000000009) * t464;
+    y[i0] = x0[i0] + t465;
+  }
+}
+
+/* %472 = sub(%49 bn2_weight, %471) -> bn2_weight  f32 [32]  mnist_cnn.kiln:24  fused: %467 = sqrt %468 = div %469 = add %470 = div %471 = mul  (written in place of %49) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k472_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t467 = sqrtf(x2[i0]);
+    const float t468 = t467 / x3[0];
+    const float t469 = t468 + ((float)1e-08);
+    const float t470 = x1[i0] / t469;
+    const float t471 = x0[0] * t470;
+    y[i0] = y[i0] - t471;
+  }
+}
+
+/* %474 = add(%324, %473) -> bn2_bias_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %473 = mul  (written in place of %321) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k474_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t473 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t473;
+  }
+}
+
+/* %477 = add(%328, %476) -> bn2_bias_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %475 = mul %476 = mul  (written in place of %322) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k477_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t475 = x1[i0] * x1[i0];
+    const float t476 = ((float)0.0010000000000000009) * t475;
+    y[i0] = x0[i0] + t476;
+  }
+}
+
+/* %483 = sub(%50 bn2_bias, %482) -> bn2_bias  f32 [32]  mnist_cnn.kiln:24  fused: %478 = sqrt %479 = div %480 = add %481 = div %482 = mul  (written in place of %50) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k483_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 32; i0++) {
+    const float t478 = sqrtf(x2[i0]);
+    const float t479 = t478 / x3[0];
+    const float t480 = t479 + ((float)1e-08);
+    const float t481 = x1[i0] / t480;
+    const float t482 = x0[0] * t481;
+    y[i0] = y[i0] - t482;
+  }
+}
+
+/* %485 = add(%339, %484) -> fc1_weight_exp_avg  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %484 = mul  (written in place of %336) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k485_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 940800; i0++) {
+    const float t484 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t484;
+  }
+}
+
+/* %488 = add(%343, %487) -> fc1_weight_exp_avg_sq  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %486 = mul %487 = mul  (written in place of %337) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k488_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 940800; i0++) {
+    const float t486 = x1[i0] * x1[i0];
+    const float t487 = ((float)0.0010000000000000009) * t486;
+    y[i0] = x0[i0] + t487;
+  }
+}
+
+/* %494 = sub(%82 fc1_weight, %493) -> fc1_weight  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %489 = sqrt %490 = div %491 = add %492 = div %493 = mul  (written in place of %82) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k494_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 940800; i0++) {
+    const float t489 = sqrtf(x2[i0]);
+    const float t490 = t489 / x3[0];
+    const float t491 = t490 + ((float)1e-08);
+    const float t492 = x1[i0] / t491;
+    const float t493 = x0[0] * t492;
+    y[i0] = y[i0] - t493;
+  }
+}
+
+/* %496 = add(%354, %495) -> fc1_bias_exp_avg  f32 [600]  mnist_cnn.kiln:24  fused: %495 = mul  (written in place of %351) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k496_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 600; i0++) {
+    const float t495 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t495;
+  }
+}
+
+/* %499 = add(%358, %498) -> fc1_bias_exp_avg_sq  f32 [600]  mnist_cnn.kiln:24  fused: %497 = mul %498 = mul  (written in place of %352) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k499_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 600; i0++) {
+    const float t497 = x1[i0] * x1[i0];
+    const float t498 = ((float)0.0010000000000000009) * t497;
+    y[i0] = x0[i0] + t498;
+  }
+}
+
+/* %505 = sub(%84 fc1_bias, %504) -> fc1_bias  f32 [600]  mnist_cnn.kiln:24  fused: %500 = sqrt %501 = div %502 = add %503 = div %504 = mul  (written in place of %84) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k505_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 600; i0++) {
+    const float t500 = sqrtf(x2[i0]);
+    const float t501 = t500 / x3[0];
+    const float t502 = t501 + ((float)1e-08);
+    const float t503 = x1[i0] / t502;
+    const float t504 = x0[0] * t503;
+    y[i0] = y[i0] - t504;
+  }
+}
+
+/* %507 = add(%369, %506) -> fc2_weight_exp_avg  f32 [10, 600]  mnist_cnn.kiln:24  fused: %506 = mul  (written in place of %366) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k507_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 6000; i0++) {
+    const float t506 = ((float)0.099999999999999978) * x1[i0];
+    y[i0] = x0[i0] + t506;
+  }
+}
+
+/* %510 = add(%373, %509) -> fc2_weight_exp_avg_sq  f32 [10, 600]  mnist_cnn.kiln:24  fused: %508 = mul %509 = mul  (written in place of %367) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k510_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  for (int64_t i0 = 0; i0 < 6000; i0++) {
+    const float t508 = x1[i0] * x1[i0];
+    const float t509 = ((float)0.0010000000000000009) * t508;
+    y[i0] = x0[i0] + t509;
+  }
+}
+
+/* %516 = sub(%87 fc2_weight, %515) -> fc2_weight  f32 [10, 600]  mnist_cnn.kiln:24  fused: %511 = sqrt %512 = div %513 = add %514 = div %515 = mul  (written in place of %87) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k516_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 6000; i0++) {
+    const float t511 = sqrtf(x2[i0]);
+    const float t512 = t511 / x3[0];
+    const float t513 = t512 + ((float)1e-08);
+    const float t514 = x1[i0] / t513;
+    const float t515 = x0[0] * t514;
+    y[i0] = y[i0] - t515;
+  }
+}
+
+/* %521 = add(%520, %518) -> fc2_bias_exp_avg  f32 [10]  mnist_cnn.kiln:24  fused: %520 = mul %518 = mul  (written in place of %381) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k521_add(float *restrict y, const float *restrict x0) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t520 = ((float)0.90000000000000002) * y[i0];
+    const float t518 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = t520 + t518;
+  }
+}
+
+/* %527 = add(%526, %524) -> fc2_bias_exp_avg_sq  f32 [10]  mnist_cnn.kiln:24  fused: %526 = mul %522 = mul %524 = mul  (written in place of %382) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k527_add(float *restrict y, const float *restrict x0) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t526 = ((float)0.999) * y[i0];
+    const float t522 = x0[i0] * x0[i0];
+    const float t524 = ((float)0.0010000000000000009) * t522;
+    y[i0] = t526 + t524;
+  }
+}
+
+/* %533 = div(%203 lr, %530) -> t533  f32 []  mnist_cnn.kiln:24  fused: %528 = pow %530 = sub */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k533_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  const float t528 = powf(((float)0.90000000000000002), x1[0]);
+  const float t530 = ((float)1) - t528;
+  y[0] = x0[0] / t530;
+}
+
+/* %535 = sqrt(%532) -> t535  f32 []  mnist_cnn.kiln:24  fused: %531 = pow %532 = sub */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k535_sqrt(float *restrict y, const float *restrict x0) {
+  const float t531 = powf(((float)0.999), x0[0]);
+  const float t532 = ((float)1) - t531;
+  y[0] = sqrtf(t532);
+}
+
+/* %541 = sub(%89 fc2_bias, %540) -> fc2_bias  f32 [10]  mnist_cnn.kiln:24  fused: %536 = sqrt %537 = div %538 = add %539 = div %540 = mul  (written in place of %89) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static void k541_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+  for (int64_t i0 = 0; i0 < 10; i0++) {
+    const float t536 = sqrtf(x2[i0]);
+    const float t537 = t536 / x3[0];
+    const float t538 = t537 + ((float)1e-08);
+    const float t539 = x1[i0] / t538;
+    const float t540 = x0[0] * t539;
+    y[i0] = y[i0] - t540;
+  }
+}
+
+static void kiln_train(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 64)
+    return;
+  float *const image = (float *)(arena + 15265408);
+  int32_t *const label = (int32_t *)(arena + 15466112);
+  float *const conv1_weight = (float *)(arena + 0);
+  float *const t3 = (float *)(arena + 19229568);
+  float *const conv1_bias = (float *)(arena + 320);
+  float *const t5 = (float *)(arena + 17072000);
+  float *const conv1 = (float *)(arena + 15466368);
+  float *const bn1_weight = (float *)(arena + 384);
+  float *const bn1_bias = (float *)(arena + 448);
+  float *const bn1_running_mean = (float *)(arena + 512);
+  float *const bn1_running_var = (float *)(arena + 576);
+  double *const bn1_num_batches_tracked = (double *)(arena + 640);
+  float *const t12 = (float *)(arena + 17072000);
+  float *const t13 = (float *)(arena + 40932800);
+  float *const t14 = (float *)(arena + 20835200);
+  float *const t15 = (float *)(arena + 22440832);
+  float *const t16 = (float *)(arena + 17072064);
+  float *const t19 = (float *)(arena + 40932864);
+  float *const t20 = (float *)(arena + 24046464);
+  float *const t21 = (float *)(arena + 17072128);
+  float *const t24 = (float *)(arena + 15466368);
+  float *const t25 = (float *)(arena + 17072064);
+  float *const t27 = (float *)(arena + 17072000);
+  float *const t32 = (float *)(arena + 40932928);
+  float *const t35 = (float *)(arena + 40932992);
+  double *const t37 = (double *)(arena + 40933056);
+  float *const t38 = (float *)(arena + 40933120);
+  float *const t40 = (float *)(arena + 40933184);
+  float *const bn1 = (float *)(arena + 25652096);
+  float *const t42 = (float *)(arena + 27257728);
+  float *const h1 = (float *)(arena + 40102784);
+  float *const conv2_weight = (float *)(arena + 704);
+  float *const t45 = (float *)(arena + 28863360);
+  float *const conv2_bias = (float *)(arena + 26304);
+  float *const t47 = (float *)(arena + 19079040);
+  float *const conv2 = (float *)(arena + 15466368);
+  float *const bn2_weight = (float *)(arena + 26432);
+  float *const bn2_bias = (float *)(arena + 26560);
+  float *const bn2_running_mean = (float *)(arena + 26688);
+  float *const bn2_running_var = (float *)(arena + 26816);
+  double *const bn2_num_batches_tracked = (double *)(arena + 26944);
+  float *const t54 = (float *)(arena + 17072000);
+  float *const t55 = (float *)(arena + 40932032);
+  float *const t56 = (float *)(arena + 30468992);
+  float *const t57 = (float *)(arena + 32074624);
+  float *const t58 = (float *)(arena + 17072128);
+  float *const t60 = (float *)(arena + 40932160);
+  float *const t61 = (float *)(arena + 33680256);
+  float *const t62 = (float *)(arena + 17072256);
+  float *const t64 = (float *)(arena + 15466368);
+  float *const t65 = (float *)(arena + 17072128);
+  float *const t67 = (float *)(arena + 17072000);
+  float *const t70 = (float *)(arena + 40932288);
+  float *const t73 = (float *)(arena + 40932416);
+  double *const t74 = (double *)(arena + 40933248);
+  float *const t75 = (float *)(arena + 40932544);
+  float *const t77 = (float *)(arena + 40932672);
+  float *const bn2 = (float *)(arena + 35285888);
+  float *const t79 = (float *)(arena + 36891520);
+  float *const h2 = (float *)(arena + 38497152);
+  float *const x = (float *)(arena + 38497152);
+  float *const fc1_weight = (float *)(arena + 27008);
+  float *const t83 = (float *)(arena + 15466368);
+  float *const fc1_bias = (float *)(arena + 3790208);
+  float *const fc1 = (float *)(arena + 15619968);
+  float *const t86 = (float *)(arena + 15466368);
+  float *const fc2_weight = (float *)(arena + 3792640);
+  float *const t88 = (float *)(arena + 15773568);
+  float *const fc2_bias = (float *)(arena + 3816640);
+  float *const logits = (float *)(arena + 15776128);
+  float *const loss = (float *)(arena + 40933312);
+  float *const t121 = (float *)(arena + 15927168);
+  float *const t122 = (float *)(arena + 40933376);
+  float *const t123 = (float *)(arena + 15773568);
+  float *const t124 = (float *)(arena + 40905600);
+  float *const t125 = (float *)(arena + 38898560);
+  float *const t126 = (float *)(arena + 40929600);
+  float *const t127 = (float *)(arena + 40504192);
+  float *const t128 = (float *)(arena + 15466368);
+  float *const t129 = (float *)(arena + 40504192);
+  float *const t130 = (float *)(arena + 38497152);
+  float *const t131 = (float *)(arena + 36891520);
+  float *const t132 = (float *)(arena + 40504192);
+  float *const t133 = (float *)(arena + 40504192);
+  float *const t134 = (float *)(arena + 35285888);
+  float *const t135 = (float *)(arena + 38497152);
+  float *const t136 = (float *)(arena + 40504320);
+  float *const t137 = (float *)(arena + 40504320);
+  float *const t141 = (float *)(arena + 36891520);
+  float *const t142 = (float *)(arena + 33680256);
+  float *const t146 = (float *)(arena + 33680384);
+  float *const t147 = (float *)(arena + 36891520);
+  float *const t148 = (float *)(arena + 33680256);
+  float *const t149 = (float *)(arena + 32074624);
+  float *const t151 = (float *)(arena + 30468992);
+  float *const t152 = (float *)(arena + 32074624);
+  float *const t153 = (float *)(arena + 33680256);
+  float *const t154 = (float *)(arena + 32074624);
+  float *const t155 = (float *)(arena + 33680384);
+  float *const t156 = (float *)(arena + 32074624);
+  float *const t157 = (float *)(arena + 28863360);
+  float *const t158 = (float *)(arena + 30468992);
+  float *const t159 = (float *)(arena + 30870400);
+  float *const t160 = (float *)(arena + 28863360);
+  float *const t161 = (float *)(arena + 27257728);
+  float *const t162 = (float *)(arena + 30468992);
+  float *const t163 = (float *)(arena + 30468992);
+  float *const t164 = (float *)(arena + 25652096);
+  float *const t165 = (float *)(arena + 28863360);
+  float *const t166 = (float *)(arena + 30469056);
+  float *const t167 = (float *)(arena + 30469056);
+  float *const t171 = (float *)(arena + 27257728);
+  float *const t172 = (float *)(arena + 24046464);
+  float *const t175 = (float *)(arena + 24046528);
+  float *const t176 = (float *)(arena + 27257728);
+  float *const t177 = (float *)(arena + 24046464);
+  float *const t178 = (float *)(arena + 22440832);
+  float *const t180 = (float *)(arena + 20835200);
+  float *const t181 = (float *)(arena + 22440832);
+  float *const t182 = (float *)(arena + 24046464);
+  float *const t183 = (float *)(arena + 22440832);
+  float *const t184 = (float *)(arena + 24046528);
+  float *const t185 = (float *)(arena + 22440832);
+  float *const t186 = (float *)(arena + 19229568);
+  float *const t187 = (float *)(arena + 20835200);
+  float *const t189 = (float *)(arena + 19229696);
+  float *const t190 = (float *)(arena + 19229568);
+  float *const lr = (float *)(arena + 7632896);
+  float *const adam_step = (float *)(arena + 7632960);
+  float *const t205 = (float *)(arena + 26808576);
+  float *const conv1_weight_exp_avg = (float *)(arena + 7633024);
+  float *const conv1_weight_exp_avg_sq = (float *)(arena + 7633344);
+  float *const t210 = (float *)(arena + 26807168);
+  float *const t216 = (float *)(arena + 26807488);
+  float *const t222 = (float *)(arena + 26808640);
+  float *const t224 = (float *)(arena + 26808704);
+  float *const conv1_bias_exp_avg = (float *)(arena + 7633664);
+  float *const conv1_bias_exp_avg_sq = (float *)(arena + 7633728);
+  float *const t234 = (float *)(arena + 26808768);
+  float *const t238 = (float *)(arena + 26808832);
+  float *const bn1_weight_exp_avg = (float *)(arena + 7633792);
+  float *const bn1_weight_exp_avg_sq = (float *)(arena + 7633856);
+  float *const t249 = (float *)(arena + 26808896);
+  float *const t253 = (float *)(arena + 26808960);
+  float *const bn1_bias_exp_avg = (float *)(arena + 7633920);
+  float *const bn1_bias_exp_avg_sq = (float *)(arena + 7633984);
+  float *const t264 = (float *)(arena + 26809024);
+  float *const t268 = (float *)(arena + 26809088);
+  float *const conv2_weight_exp_avg = (float *)(arena + 7634048);
+  float *const conv2_weight_exp_avg_sq = (float *)(arena + 7659648);
+  float *const t279 = (float *)(arena + 26755968);
+  float *const t283 = (float *)(arena + 26781568);
+  float *const conv2_bias_exp_avg = (float *)(arena + 7685248);
+  float *const conv2_bias_exp_avg_sq = (float *)(arena + 7685376);
+  float *const t294 = (float *)(arena + 26807808);
+  float *const t298 = (float *)(arena + 26807936);
+  float *const bn2_weight_exp_avg = (float *)(arena + 7685504);
+  float *const bn2_weight_exp_avg_sq = (float *)(arena + 7685632);
+  float *const t309 = (float *)(arena + 26808064);
+  float *const t313 = (float *)(arena + 26808192);
+  float *const bn2_bias_exp_avg = (float *)(arena + 7685760);
+  float *const bn2_bias_exp_avg_sq = (float *)(arena + 7685888);
+  float *const t324 = (float *)(arena + 26808320);
+  float *const t328 = (float *)(arena + 26808448);
+  float *const fc1_weight_exp_avg = (float *)(arena + 7686016);
+  float *const fc1_weight_exp_avg_sq = (float *)(arena + 11449216);
+  float *const t339 = (float *)(arena + 19229568);
+  float *const t343 = (float *)(arena + 22992768);
+  float *const fc1_bias_exp_avg = (float *)(arena + 15212416);
+  float *const fc1_bias_exp_avg_sq = (float *)(arena + 15214848);
+  float *const t354 = (float *)(arena + 15514368);
+  float *const t358 = (float *)(arena + 15516800);
+  float *const fc2_weight_exp_avg = (float *)(arena + 15217280);
+  float *const fc2_weight_exp_avg_sq = (float *)(arena + 15241280);
+  float *const t369 = (float *)(arena + 15466368);
+  float *const t373 = (float *)(arena + 15490368);
+  float *const fc2_bias_exp_avg = (float *)(arena + 15265280);
+  float *const fc2_bias_exp_avg_sq = (float *)(arena + 15265344);
+  unsigned char *const scratch = arena + 40933440;
+  k3_conv2d(t3, image, conv1_weight, B);
+  k5_reshape(t5, conv1_bias);
+  k6_add(conv1, t3, t5, B);
+  k12_mean(t12, conv1, scratch, B);
+  k13_mean(t13, t3, scratch, B);
+  k14_sub(t14, t3, t13, B);
+  k15_mul(t15, t14, t14, B);
+  k16_mean(t16, t15, scratch, B);
+  k19_sqrt(t19, t16);
+  k20_div(t20, t14, t19, B);
+  k21_numel(t21, B);
+  k24_div(t24, t21);
+  k32_add(t32, bn1_running_mean, t27);
+  k35_add(t35, bn1_running_var, t25, t24);
+  k37_add(t37, bn1_num_batches_tracked);
+  k38_reshape(t38, bn1_weight);
+  k40_reshape(t40, bn1_bias);
+  k41_add(bn1, t20, t38, t40, B);
+  k42_relu(t42, bn1, B);
+  k43_maxpool2d(h1, t42, B);
+  k45_conv2d(t45, h1, conv2_weight, scratch, B);
+  k47_reshape(t47, conv2_bias);
+  k48_add(conv2, t45, t47, B);
+  k54_mean(t54, conv2, scratch, B);
+  k55_mean(t55, t45, scratch, B);
+  k56_sub(t56, t45, t55, B);
+  k57_mul(t57, t56, t56, B);
+  k58_mean(t58, t57, scratch, B);
+  k60_sqrt(t60, t58);
+  k61_div(t61, t56, t60, B);
+  k62_numel(t62, B);
+  k64_div(t64, t62);
+  k70_add(t70, bn2_running_mean, t67);
+  k73_add(t73, bn2_running_var, t65, t64);
+  k74_add(t74, bn2_num_batches_tracked);
+  k75_reshape(t75, bn2_weight);
+  k77_reshape(t77, bn2_bias);
+  k78_add(bn2, t61, t75, t77, B);
+  k79_relu(t79, bn2, B);
+  k80_maxpool2d(h2, t79, B);
+  k83_matmul(t83, x, fc1_weight, scratch, B);
+  k85_add(fc1, t83, fc1_bias, B);
+  k86_relu(t86, fc1, B);
+  k88_matmul(t88, t86, fc2_weight, scratch, B);
+  k90_add(logits, t88, fc2_bias, B);
+  k91_cross_entropy(loss, logits, label, B);
+  k121_cross_entropy_grad(t121, logits, label, B);
+  k122_sum_to(t122, t121, scratch, B);
+  k123_matmul(t123, t121, fc2_weight, scratch, B);
+  k124_matmul(t124, t121, t86, scratch, B);
+  k125_relu_grad(t125, fc1, t123, B);
+  k126_sum_to(t126, t125, scratch, B);
+  k127_matmul(t127, t125, fc1_weight, scratch, B);
+  k128_matmul(t128, t125, x, scratch, B);
+  k130_maxpool2d_grad(t130, t79, t129, B);
+  k131_relu_grad(t131, bn2, t130, B);
+  k132_sum_to(t132, t131, scratch, B);
+  k134_mul(t134, t131, t75, B);
+  k135_mul(t135, t131, t61, B);
+  k136_sum_to(t136, t135, scratch, B);
+  k141_neg(t141, t134, t61, t60, B);
+  k142_sum_to(t142, t141, scratch, B);
+  k146_numel(t146, B);
+  k147_div(t147, t142, t60, t146);
+  k148_expand(t148, t147, B);
+  k149_mul(t149, t148, t56, B);
+  k151_add(t151, t134, t60, t149, B);
+  k152_neg(t152, t151, B);
+  k153_sum_to(t153, t152, scratch, B);
+  k154_numel(t154, B);
+  k155_div(t155, t153, t154);
+  k156_expand(t156, t155, B);
+  k157_add(t157, t151, t156, B);
+  k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
+  k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
+  k160_maxpool2d_grad(t160, t42, t158, B);
+  k161_relu_grad(t161, bn1, t160, B);
+  k162_sum_to(t162, t161, scratch, B);
+  k164_mul(t164, t161, t38, B);
+  k165_mul(t165, t161, t20, B);
+  k166_sum_to(t166, t165, scratch, B);
+  k171_neg(t171, t164, t20, t19, B);
+  k172_sum_to(t172, t171, scratch, B);
+  k175_numel(t175, B);
+  k176_div(t176, t172, t19, t175);
+  k177_expand(t177, t176, B);
+  k178_mul(t178, t177, t14, B);
+  k180_add(t180, t164, t19, t178, B);
+  k181_neg(t181, t180, B);
+  k182_sum_to(t182, t181, scratch, B);
+  k183_numel(t183, B);
+  k184_div(t184, t182, t183);
+  k185_expand(t185, t184, B);
+  k186_add(t186, t180, t185, B);
+  k187_conv2d_bwd_filter(t187, image, t186, scratch, B);
+  k189_expand(t189);
+  k190_expand(t190);
+  k205_add(t205, adam_step);
+  k210_mul(t210, conv1_weight_exp_avg);
+  k211_add(conv1_weight_exp_avg, t210, t187);
+  k216_mul(t216, conv1_weight_exp_avg_sq);
+  k217_add(conv1_weight_exp_avg_sq, t216, t187);
+  k222_div(t222, lr, t205);
+  k224_sqrt(t224, t205);
+  k230_sub(conv1_weight, t222, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t224);
+  k234_mul(t234, conv1_bias_exp_avg);
+  k235_add(conv1_bias_exp_avg, t234, t189);
+  k238_mul(t238, conv1_bias_exp_avg_sq);
+  k239_add(conv1_bias_exp_avg_sq, t238, t189);
+  k245_sub(conv1_bias, t222, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t224);
+  k249_mul(t249, bn1_weight_exp_avg);
+  k250_add(bn1_weight_exp_avg, t249, t167);
+  k253_mul(t253, bn1_weight_exp_avg_sq);
+  k254_add(bn1_weight_exp_avg_sq, t253, t167);
+  k260_sub(bn1_weight, t222, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t224);
+  k264_mul(t264, bn1_bias_exp_avg);
+  k265_add(bn1_bias_exp_avg, t264, t163);
+  k268_mul(t268, bn1_bias_exp_avg_sq);
+  k269_add(bn1_bias_exp_avg_sq, t268, t163);
+  k275_sub(bn1_bias, t222, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t224);
+  k279_mul(t279, conv2_weight_exp_avg);
+  k280_add(conv2_weight_exp_avg, t279, t159);
+  k283_mul(t283, conv2_weight_exp_avg_sq);
+  k284_add(conv2_weight_exp_avg_sq, t283, t159);
+  k290_sub(conv2_weight, t222, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t224);
+  k294_mul(t294, conv2_bias_exp_avg);
+  k295_add(conv2_bias_exp_avg, t294, t190);
+  k298_mul(t298, conv2_bias_exp_avg_sq);
+  k299_add(conv2_bias_exp_avg_sq, t298, t190);
+  k305_sub(conv2_bias, t222, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t224);
+  k309_mul(t309, bn2_weight_exp_avg);
+  k310_add(bn2_weight_exp_avg, t309, t137);
+  k313_mul(t313, bn2_weight_exp_avg_sq);
+  k314_add(bn2_weight_exp_avg_sq, t313, t137);
+  k320_sub(bn2_weight, t222, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t224);
+  k324_mul(t324, bn2_bias_exp_avg);
+  k325_add(bn2_bias_exp_avg, t324, t133);
+  k328_mul(t328, bn2_bias_exp_avg_sq);
+  k329_add(bn2_bias_exp_avg_sq, t328, t133);
+  k335_sub(bn2_bias, t222, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t224);
+  k339_mul(t339, fc1_weight_exp_avg);
+  k340_add(fc1_weight_exp_avg, t339, t128);
+  k343_mul(t343, fc1_weight_exp_avg_sq);
+  k344_add(fc1_weight_exp_avg_sq, t343, t128);
+  k350_sub(fc1_weight, t222, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t224);
+  k354_mul(t354, fc1_bias_exp_avg);
+  k355_add(fc1_bias_exp_avg, t354, t126);
+  k358_mul(t358, fc1_bias_exp_avg_sq);
+  k359_add(fc1_bias_exp_avg_sq, t358, t126);
+  k365_sub(fc1_bias, t222, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t224);
+  k369_mul(t369, fc2_weight_exp_avg);
+  k370_add(fc2_weight_exp_avg, t369, t124);
+  k373_mul(t373, fc2_weight_exp_avg_sq);
+  k374_add(fc2_weight_exp_avg_sq, t373, t124);
+  k380_sub(fc2_weight, t222, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t224);
+  k385_add(fc2_bias_exp_avg, t122);
+  k389_add(fc2_bias_exp_avg_sq, t122);
+  k395_sub(fc2_bias, t222, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t224);
+  memcpy(bn1_running_mean, t32, (size_t)8 * 4);
+  memcpy(bn1_running_var, t35, (size_t)8 * 4);
+  memcpy(bn1_num_batches_tracked, t37, (size_t)1 * 8);
+  memcpy(bn2_running_mean, t70, (size_t)32 * 4);
+  memcpy(bn2_running_var, t73, (size_t)32 * 4);
+  memcpy(bn2_num_batches_tracked, t74, (size_t)1 * 8);
+  memcpy(adam_step, t205, (size_t)1 * 4);
+}
+
+static void kiln_eval(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 64)
+    return;
+  float *const image = (float *)(arena + 15265408);
+  int32_t *const label = (int32_t *)(arena + 15466112);
+  float *const conv1_weight = (float *)(arena + 0);
+  float *const t3 = (float *)(arena + 19229568);
+  float *const conv1_bias = (float *)(arena + 320);
+  float *const t5 = (float *)(arena + 17072000);
+  float *const conv1 = (float *)(arena + 15466368);
+  float *const bn1_weight = (float *)(arena + 384);
+  float *const bn1_bias = (float *)(arena + 448);
+  float *const bn1_running_mean = (float *)(arena + 512);
+  float *const bn1_running_var = (float *)(arena + 576);
+  float *const t38 = (float *)(arena + 40933120);
+  float *const t40 = (float *)(arena + 40933184);
+  float *const conv2_weight = (float *)(arena + 704);
+  float *const conv2_bias = (float *)(arena + 26304);
+  float *const t47 = (float *)(arena + 19079040);
+  float *const bn2_weight = (float *)(arena + 26432);
+  float *const bn2_bias = (float *)(arena + 26560);
+  float *const bn2_running_mean = (float *)(arena + 26688);
+  float *const bn2_running_var = (float *)(arena + 26816);
+  float *const t75 = (float *)(arena + 40932544);
+  float *const t77 = (float *)(arena + 40932672);
+  float *const fc1_weight = (float *)(arena + 27008);
+  float *const fc1_bias = (float *)(arena + 3790208);
+  float *const fc2_weight = (float *)(arena + 3792640);
+  float *const fc2_bias = (float *)(arena + 3816640);
+  float *const t92 = (float *)(arena + 18677632);
+  float *const t94 = (float *)(arena + 17072000);
+  float *const t96 = (float *)(arena + 18677696);
+  float *const t100 = (float *)(arena + 17072000);
+  float *const h1_101 = (float *)(arena + 18677632);
+  float *const t102 = (float *)(arena + 15466368);
+  float *const t104 = (float *)(arena + 18677632);
+  float *const t106 = (float *)(arena + 17072000);
+  float *const t108 = (float *)(arena + 18677760);
+  float *const t112 = (float *)(arena + 17072000);
+  float *const h2_113 = (float *)(arena + 15466368);
+  float *const x_114 = (float *)(arena + 15466368);
+  float *const t115 = (float *)(arena + 15867776);
+  float *const t117 = (float *)(arena + 15466368);
+  float *const t118 = (float *)(arena + 15619968);
+  float *const logits_119 = (float *)(arena + 15466368);
+  float *const loss_120 = (float *)(arena + 15468928);
+  unsigned char *const scratch = arena + 40933440;
+  k3_conv2d(t3, image, conv1_weight, B);
+  k5_reshape(t5, conv1_bias);
+  k6_add(conv1, t3, t5, B);
+  k38_reshape(t38, bn1_weight);
+  k40_reshape(t40, bn1_bias);
+  k47_reshape(t47, conv2_bias);
+  k75_reshape(t75, bn2_weight);
+  k77_reshape(t77, bn2_bias);
+  k92_reshape(t92, bn1_running_mean);
+  k94_reshape(t94, bn1_running_var);
+  k96_sqrt(t96, t94);
+  k100_relu(t100, conv1, t92, t96, t38, t40, B);
+  k101_maxpool2d(h1_101, t100, B);
+  k102_conv2d(t102, h1_101, conv2_weight, scratch, B);
+  k104_reshape(t104, bn2_running_mean);
+  k106_reshape(t106, bn2_running_var);
+  k108_sqrt(t108, t106);
+  k112_relu(t112, t102, t47, t104, t108, t75, t77, B);
+  k113_maxpool2d(h2_113, t112, B);
+  k115_matmul(t115, x_114, fc1_weight, scratch, B);
+  k117_relu(t117, t115, fc1_bias, B);
+  k118_matmul(t118, t117, fc2_weight, scratch, B);
+  k119_add(logits_119, t118, fc2_bias, B);
+  k120_cross_entropy(loss_120, logits_119, label, B);
+}
+
+static void kiln_grad(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 64)
+    return;
+  float *const image = (float *)(arena + 15265408);
+  int32_t *const label = (int32_t *)(arena + 15466112);
+  float *const conv1_weight = (float *)(arena + 0);
+  float *const t3 = (float *)(arena + 19229568);
+  float *const conv1_bias = (float *)(arena + 320);
+  float *const t5 = (float *)(arena + 17072000);
+  float *const conv1 = (float *)(arena + 15466368);
+  float *const bn1_weight = (float *)(arena + 384);
+  float *const bn1_bias = (float *)(arena + 448);
+  float *const bn1_running_mean = (float *)(arena + 512);
+  float *const bn1_running_var = (float *)(arena + 576);
+  double *const bn1_num_batches_tracked = (double *)(arena + 640);
+  float *const t12 = (float *)(arena + 17072000);
+  float *const t13 = (float *)(arena + 40932800);
+  float *const t14 = (float *)(arena + 20835200);
+  float *const t15 = (float *)(arena + 22440832);
+  float *const t16 = (float *)(arena + 17072064);
+  float *const t19 = (float *)(arena + 40932864);
+  float *const t20 = (float *)(arena + 24046464);
+  float *const t21 = (float *)(arena + 17072128);
+  float *const t24 = (float *)(arena + 15466368);
+  float *const t25 = (float *)(arena + 17072064);
+  float *const t27 = (float *)(arena + 17072000);
+  float *const t32 = (float *)(arena + 40932928);
+  float *const t35 = (float *)(arena + 40932992);
+  double *const t37 = (double *)(arena + 40933056);
+  float *const t38 = (float *)(arena + 40933120);
+  float *const t40 = (float *)(arena + 40933184);
+  float *const bn1 = (float *)(arena + 25652096);
+  float *const t42 = (float *)(arena + 27257728);
+  float *const h1 = (float *)(arena + 40102784);
+  float *const conv2_weight = (float *)(arena + 704);
+  float *const t45 = (float *)(arena + 28863360);
+  float *const conv2_bias = (float *)(arena + 26304);
+  float *const t47 = (float *)(arena + 19079040);
+  float *const conv2 = (float *)(arena + 15466368);
+  float *const bn2_weight = (float *)(arena + 26432);
+  float *const bn2_bias = (float *)(arena + 26560);
+  float *const bn2_running_mean = (float *)(arena + 26688);
+  float *const bn2_running_var = (float *)(arena + 26816);
+  double *const bn2_num_batches_tracked = (double *)(arena + 26944);
+  float *const t54 = (float *)(arena + 17072000);
+  float *const t55 = (float *)(arena + 40932032);
+  float *const t56 = (float *)(arena + 30468992);
+  float *const t57 = (float *)(arena + 32074624);
+  float *const t58 = (float *)(arena + 17072128);
+  float *const t60 = (float *)(arena + 40932160);
+  float *const t61 = (float *)(arena + 33680256);
+  float *const t62 = (float *)(arena + 17072256);
+  float *const t64 = (float *)(arena + 15466368);
+  float *const t65 = (float *)(arena + 17072128);
+  float *const t67 = (float *)(arena + 17072000);
+  float *const t70 = (float *)(arena + 40932288);
+  float *const t73 = (float *)(arena + 40932416);
+  double *const t74 = (double *)(arena + 40933248);
+  float *const t75 = (float *)(arena + 40932544);
+  float *const t77 = (float *)(arena + 40932672);
+  float *const bn2 = (float *)(arena + 35285888);
+  float *const t79 = (float *)(arena + 36891520);
+  float *const h2 = (float *)(arena + 38497152);
+  float *const x = (float *)(arena + 38497152);
+  float *const fc1_weight = (float *)(arena + 27008);
+  float *const t83 = (float *)(arena + 15466368);
+  float *const fc1_bias = (float *)(arena + 3790208);
+  float *const fc1 = (float *)(arena + 15619968);
+  float *const t86 = (float *)(arena + 15466368);
+  float *const fc2_weight = (float *)(arena + 3792640);
+  float *const t88 = (float *)(arena + 15773568);
+  float *const fc2_bias = (float *)(arena + 3816640);
+  float *const logits = (float *)(arena + 15776128);
+  float *const loss = (float *)(arena + 40933312);
+  float *const t121 = (float *)(arena + 15927168);
+  float *const t122 = (float *)(arena + 40933376);
+  float *const t123 = (float *)(arena + 15773568);
+  float *const t124 = (float *)(arena + 40905600);
+  float *const t125 = (float *)(arena + 38898560);
+  float *const t126 = (float *)(arena + 40929600);
+  float *const t127 = (float *)(arena + 40504192);
+  float *const t128 = (float *)(arena + 15466368);
+  float *const t129 = (float *)(arena + 40504192);
+  float *const t130 = (float *)(arena + 38497152);
+  float *const t131 = (float *)(arena + 36891520);
+  float *const t132 = (float *)(arena + 40504192);
+  float *const t133 = (float *)(arena + 40504192);
+  float *const t134 = (float *)(arena + 35285888);
+  float *const t135 = (float *)(arena + 38497152);
+  float *const t136 = (float *)(arena + 40504320);
+  float *const t137 = (float *)(arena + 40504320);
+  float *const t141 = (float *)(arena + 36891520);
+  float *const t142 = (float *)(arena + 33680256);
+  float *const t146 = (float *)(arena + 33680384);
+  float *const t147 = (float *)(arena + 36891520);
+  float *const t148 = (float *)(arena + 33680256);
+  float *const t149 = (float *)(arena + 32074624);
+  float *const t151 = (float *)(arena + 30468992);
+  float *const t152 = (float *)(arena + 32074624);
+  float *const t153 = (float *)(arena + 33680256);
+  float *const t154 = (float *)(arena + 32074624);
+  float *const t155 = (float *)(arena + 33680384);
+  float *const t156 = (float *)(arena + 32074624);
+  float *const t157 = (float *)(arena + 28863360);
+  float *const t158 = (float *)(arena + 30468992);
+  float *const t159 = (float *)(arena + 30870400);
+  float *const t160 = (float *)(arena + 28863360);
+  float *const t161 = (float *)(arena + 27257728);
+  float *const t162 = (float *)(arena + 30468992);
+  float *const t163 = (float *)(arena + 30468992);
+  float *const t164 = (float *)(arena + 25652096);
+  float *const t165 = (float *)(arena + 28863360);
+  float *const t166 = (float *)(arena + 30469056);
+  float *const t167 = (float *)(arena + 30469056);
+  float *const t171 = (float *)(arena + 27257728);
+  float *const t172 = (float *)(arena + 24046464);
+  float *const t175 = (float *)(arena + 24046528);
+  float *const t176 = (float *)(arena + 27257728);
+  float *const t177 = (float *)(arena + 24046464);
+  float *const t178 = (float *)(arena + 22440832);
+  float *const t180 = (float *)(arena + 20835200);
+  float *const t181 = (float *)(arena + 22440832);
+  float *const t182 = (float *)(arena + 24046464);
+  float *const t183 = (float *)(arena + 22440832);
+  float *const t184 = (float *)(arena + 24046528);
+  float *const t185 = (float *)(arena + 22440832);
+  float *const t186 = (float *)(arena + 19229568);
+  float *const t187 = (float *)(arena + 20835200);
+  float *const t189 = (float *)(arena + 19229696);
+  float *const t190 = (float *)(arena + 19229568);
+  float *const grad_conv1_weight = (float *)(arena + 3816704);
+  float *const grad_conv1_bias = (float *)(arena + 3817024);
+  float *const grad_bn1_weight = (float *)(arena + 3817088);
+  float *const grad_bn1_bias = (float *)(arena + 3817152);
+  float *const grad_conv2_weight = (float *)(arena + 3817216);
+  float *const grad_conv2_bias = (float *)(arena + 3842816);
+  float *const grad_bn2_weight = (float *)(arena + 3842944);
+  float *const grad_bn2_bias = (float *)(arena + 3843072);
+  float *const grad_fc1_weight = (float *)(arena + 3843200);
+  float *const grad_fc1_bias = (float *)(arena + 7606400);
+  float *const grad_fc2_weight = (float *)(arena + 7608832);
+  float *const grad_fc2_bias = (float *)(arena + 7632832);
+  unsigned char *const scratch = arena + 40933440;
+  k3_conv2d(t3, image, conv1_weight, B);
+  k5_reshape(t5, conv1_bias);
+  k6_add(conv1, t3, t5, B);
+  k12_mean(t12, conv1, scratch, B);
+  k13_mean(t13, t3, scratch, B);
+  k14_sub(t14, t3, t13, B);
+  k15_mul(t15, t14, t14, B);
+  k16_mean(t16, t15, scratch, B);
+  k19_sqrt(t19, t16);
+  k20_div(t20, t14, t19, B);
+  k21_numel(t21, B);
+  k24_div(t24, t21);
+  k32_add(t32, bn1_running_mean, t27);
+  k35_add(t35, bn1_running_var, t25, t24);
+  k37_add(t37, bn1_num_batches_tracked);
+  k38_reshape(t38, bn1_weight);
+  k40_reshape(t40, bn1_bias);
+  k41_add(bn1, t20, t38, t40, B);
+  k42_relu(t42, bn1, B);
+  k43_maxpool2d(h1, t42, B);
+  k45_conv2d(t45, h1, conv2_weight, scratch, B);
+  k47_reshape(t47, conv2_bias);
+  k48_add(conv2, t45, t47, B);
+  k54_mean(t54, conv2, scratch, B);
+  k55_mean(t55, t45, scratch, B);
+  k56_sub(t56, t45, t55, B);
+  k57_mul(t57, t56, t56, B);
+  k58_mean(t58, t57, scratch, B);
+  k60_sqrt(t60, t58);
+  k61_div(t61, t56, t60, B);
+  k62_numel(t62, B);
+  k64_div(t64, t62);
+  k70_add(t70, bn2_running_mean, t67);
+  k73_add(t73, bn2_running_var, t65, t64);
+  k74_add(t74, bn2_num_batches_tracked);
+  k75_reshape(t75, bn2_weight);
+  k77_reshape(t77, bn2_bias);
+  k78_add(bn2, t61, t75, t77, B);
+  k79_relu(t79, bn2, B);
+  k80_maxpool2d(h2, t79, B);
+  k83_matmul(t83, x, fc1_weight, scratch, B);
+  k85_add(fc1, t83, fc1_bias, B);
+  k86_relu(t86, fc1, B);
+  k88_matmul(t88, t86, fc2_weight, scratch, B);
+  k90_add(logits, t88, fc2_bias, B);
+  k91_cross_entropy(loss, logits, label, B);
+  k121_cross_entropy_grad(t121, logits, label, B);
+  k122_sum_to(t122, t121, scratch, B);
+  k123_matmul(t123, t121, fc2_weight, scratch, B);
+  k124_matmul(t124, t121, t86, scratch, B);
+  k125_relu_grad(t125, fc1, t123, B);
+  k126_sum_to(t126, t125, scratch, B);
+  k127_matmul(t127, t125, fc1_weight, scratch, B);
+  k128_matmul(t128, t125, x, scratch, B);
+  k130_maxpool2d_grad(t130, t79, t129, B);
+  k131_relu_grad(t131, bn2, t130, B);
+  k132_sum_to(t132, t131, scratch, B);
+  k134_mul(t134, t131, t75, B);
+  k135_mul(t135, t131, t61, B);
+  k136_sum_to(t136, t135, scratch, B);
+  k141_neg(t141, t134, t61, t60, B);
+  k142_sum_to(t142, t141, scratch, B);
+  k146_numel(t146, B);
+  k147_div(t147, t142, t60, t146);
+  k148_expand(t148, t147, B);
+  k149_mul(t149, t148, t56, B);
+  k151_add(t151, t134, t60, t149, B);
+  k152_neg(t152, t151, B);
+  k153_sum_to(t153, t152, scratch, B);
+  k154_numel(t154, B);
+  k155_div(t155, t153, t154);
+  k156_expand(t156, t155, B);
+  k157_add(t157, t151, t156, B);
+  k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
+  k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
+  k160_maxpool2d_grad(t160, t42, t158, B);
+  k161_relu_grad(t161, bn1, t160, B);
+  k162_sum_to(t162, t161, scratch, B);
+  k164_mul(t164, t161, t38, B);
+  k165_mul(t165, t161, t20, B);
+  k166_sum_to(t166, t165, scratch, B);
+  k171_neg(t171, t164, t20, t19, B);
+  k172_sum_to(t172, t171, scratch, B);
+  k175_numel(t175, B);
+  k176_div(t176, t172, t19, t175);
+  k177_expand(t177, t176, B);
+  k178_mul(t178, t177, t14, B);
+  k180_add(t180, t164, t19, t178, B);
+  k181_neg(t181, t180, B);
+  k182_sum_to(t182, t181, scratch, B);
+  k183_numel(t183, B);
+  k184_div(t184, t182, t183);
+  k185_expand(t185, t184, B);
+  k186_add(t186, t180, t185, B);
+  k187_conv2d_bwd_filter(t187, image, t186, scratch, B);
+  k189_expand(t189);
+  k190_expand(t190);
+  memcpy(bn1_running_mean, t32, (size_t)8 * 4);
+  memcpy(bn1_running_var, t35, (size_t)8 * 4);
+  memcpy(bn1_num_batches_tracked, t37, (size_t)1 * 8);
+  memcpy(bn2_running_mean, t70, (size_t)32 * 4);
+  memcpy(bn2_running_var, t73, (size_t)32 * 4);
+  memcpy(bn2_num_batches_tracked, t74, (size_t)1 * 8);
+  memcpy(grad_conv1_weight, t187, (size_t)72 * 4);
+  memcpy(grad_conv1_bias, t189, (size_t)8 * 4);
+  memcpy(grad_bn1_weight, t167, (size_t)8 * 4);
+  memcpy(grad_bn1_bias, t163, (size_t)8 * 4);
+  memcpy(grad_conv2_weight, t159, (size_t)6400 * 4);
+  memcpy(grad_conv2_bias, t190, (size_t)32 * 4);
+  memcpy(grad_bn2_weight, t137, (size_t)32 * 4);
+  memcpy(grad_bn2_bias, t133, (size_t)32 * 4);
+  memcpy(grad_fc1_weight, t128, (size_t)940800 * 4);
+  memcpy(grad_fc1_bias, t126, (size_t)600 * 4);
+  memcpy(grad_fc2_weight, t124, (size_t)6000 * 4);
+  memcpy(grad_fc2_bias, t122, (size_t)10 * 4);
+}
+
+static void kiln_apply(unsigned char *arena, int64_t B) {
+  if (B < 1 || B > 64)
+    return;
+  float *const conv1_weight = (float *)(arena + 0);
+  float *const conv1_bias = (float *)(arena + 320);
+  float *const bn1_weight = (float *)(arena + 384);
+  float *const bn1_bias = (float *)(arena + 448);
+  float *const conv2_weight = (float *)(arena + 704);
+  float *const conv2_bias = (float *)(arena + 26304);
+  float *const bn2_weight = (float *)(arena + 26432);
+  float *const bn2_bias = (float *)(arena + 26560);
+  float *const fc1_weight = (float *)(arena + 27008);
+  float *const fc1_bias = (float *)(arena + 3790208);
+  float *const fc2_weight = (float *)(arena + 3792640);
+  float *const fc2_bias = (float *)(arena + 3816640);
+  float *const grad_conv1_weight = (float *)(arena + 3816704);
+  float *const grad_conv1_bias = (float *)(arena + 3817024);
+  float *const grad_bn1_weight = (float *)(arena + 3817088);
+  float *const grad_bn1_bias = (float *)(arena + 3817152);
+  float *const grad_conv2_weight = (float *)(arena + 3817216);
+  float *const grad_conv2_bias = (float *)(arena + 3842816);
+  float *const grad_bn2_weight = (float *)(arena + 3842944);
+  float *const grad_bn2_bias = (float *)(arena + 3843072);
+  float *const grad_fc1_weight = (float *)(arena + 3843200);
+  float *const grad_fc1_bias = (float *)(arena + 7606400);
+  float *const grad_fc2_weight = (float *)(arena + 7608832);
+  float *const grad_fc2_bias = (float *)(arena + 7632832);
+  float *const lr = (float *)(arena + 7632896);
+  float *const adam_step = (float *)(arena + 7632960);
+  float *const t205 = (float *)(arena + 26808576);
+  float *const conv1_weight_exp_avg = (float *)(arena + 7633024);
+  float *const conv1_weight_exp_avg_sq = (float *)(arena + 7633344);
+  float *const t210 = (float *)(arena + 26807168);
+  float *const t216 = (float *)(arena + 26807488);
+  float *const t222 = (float *)(arena + 26808640);
+  float *const t224 = (float *)(arena + 26808704);
+  float *const conv1_bias_exp_avg = (float *)(arena + 7633664);
+  float *const conv1_bias_exp_avg_sq = (float *)(arena + 7633728);
+  float *const t234 = (float *)(arena + 26808768);
+  float *const t238 = (float *)(arena + 26808832);
+  float *const bn1_weight_exp_avg = (float *)(arena + 7633792);
+  float *const bn1_weight_exp_avg_sq = (float *)(arena + 7633856);
+  float *const t249 = (float *)(arena + 26808896);
+  float *const t253 = (float *)(arena + 26808960);
+  float *const bn1_bias_exp_avg = (float *)(arena + 7633920);
+  float *const bn1_bias_exp_avg_sq = (float *)(arena + 7633984);
+  float *const t264 = (float *)(arena + 26809024);
+  float *const t268 = (float *)(arena + 26809088);
+  float *const conv2_weight_exp_avg = (float *)(arena + 7634048);
+  float *const conv2_weight_exp_avg_sq = (float *)(arena + 7659648);
+  float *const t279 = (float *)(arena + 26755968);
+  float *const t283 = (float *)(arena + 26781568);
+  float *const conv2_bias_exp_avg = (float *)(arena + 7685248);
+  float *const conv2_bias_exp_avg_sq = (float *)(arena + 7685376);
+  float *const t294 = (float *)(arena + 26807808);
+  float *const t298 = (float *)(arena + 26807936);
+  float *const bn2_weight_exp_avg = (float *)(arena + 7685504);
+  float *const bn2_weight_exp_avg_sq = (float *)(arena + 7685632);
+  float *const t309 = (float *)(arena + 26808064);
+  float *const t313 = (float *)(arena + 26808192);
+  float *const bn2_bias_exp_avg = (float *)(arena + 7685760);
+  float *const bn2_bias_exp_avg_sq = (float *)(arena + 7685888);
+  float *const t324 = (float *)(arena + 26808320);
+  float *const t328 = (float *)(arena + 26808448);
+  float *const fc1_weight_exp_avg = (float *)(arena + 7686016);
+  float *const fc1_weight_exp_avg_sq = (float *)(arena + 11449216);
+  float *const t339 = (float *)(arena + 19229568);
+  float *const t343 = (float *)(arena + 22992768);
+  float *const fc1_bias_exp_avg = (float *)(arena + 15212416);
+  float *const fc1_bias_exp_avg_sq = (float *)(arena + 15214848);
+  float *const t354 = (float *)(arena + 15514368);
+  float *const t358 = (float *)(arena + 15516800);
+  float *const fc2_weight_exp_avg = (float *)(arena + 15217280);
+  float *const fc2_weight_exp_avg_sq = (float *)(arena + 15241280);
+  float *const t369 = (float *)(arena + 15466368);
+  float *const t373 = (float *)(arena + 15490368);
+  float *const fc2_bias_exp_avg = (float *)(arena + 15265280);
+  float *const fc2_bias_exp_avg_sq = (float *)(arena + 15265344);
+  float *const t533 = (float *)(arena + 15466368);
+  float *const t535 = (float *)(arena + 15466432);
+  k205_add(t205, adam_step);
+  k210_mul(t210, conv1_weight_exp_avg);
+  k216_mul(t216, conv1_weight_exp_avg_sq);
+  k222_div(t222, lr, t205);
+  k224_sqrt(t224, t205);
+  k234_mul(t234, conv1_bias_exp_avg);
+  k238_mul(t238, conv1_bias_exp_avg_sq);
+  k249_mul(t249, bn1_weight_exp_avg);
+  k253_mul(t253, bn1_weight_exp_avg_sq);
+  k264_mul(t264, bn1_bias_exp_avg);
+  k268_mul(t268, bn1_bias_exp_avg_sq);
+  k279_mul(t279, conv2_weight_exp_avg);
+  k283_mul(t283, conv2_weight_exp_avg_sq);
+  k294_mul(t294, conv2_bias_exp_avg);
+  k298_mul(t298, conv2_bias_exp_avg_sq);
+  k309_mul(t309, bn2_weight_exp_avg);
+  k313_mul(t313, bn2_weight_exp_avg_sq);
+  k324_mul(t324, bn2_bias_exp_avg);
+  k328_mul(t328, bn2_bias_exp_avg_sq);
+  k339_mul(t339, fc1_weight_exp_avg);
+  k343_mul(t343, fc1_weight_exp_avg_sq);
+  k354_mul(t354, fc1_bias_exp_avg);
+  k358_mul(t358, fc1_bias_exp_avg_sq);
+  k369_mul(t369, fc2_weight_exp_avg);
+  k373_mul(t373, fc2_weight_exp_avg_sq);
+  k397_add(conv1_weight_exp_avg, t210, grad_conv1_weight);
+  k400_add(conv1_weight_exp_avg_sq, t216, grad_conv1_weight);
+  k406_sub(conv1_weight, t222, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t224);
+  k408_add(conv1_bias_exp_avg, t234, grad_conv1_bias);
+  k411_add(conv1_bias_exp_avg_sq, t238, grad_conv1_bias);
+  k417_sub(conv1_bias, t222, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t224);
+  k419_add(bn1_weight_exp_avg, t249, grad_bn1_weight);
+  k422_add(bn1_weight_exp_avg_sq, t253, grad_bn1_weight);
+  k428_sub(bn1_weight, t222, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t224);
+  k430_add(bn1_bias_exp_avg, t264, grad_bn1_bias);
+  k433_add(bn1_bias_exp_avg_sq, t268, grad_bn1_bias);
+  k439_sub(bn1_bias, t222, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t224);
+  k441_add(conv2_weight_exp_avg, t279, grad_conv2_weight);
+  k444_add(conv2_weight_exp_avg_sq, t283, grad_conv2_weight);
+  k450_sub(conv2_weight, t222, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t224);
+  k452_add(conv2_bias_exp_avg, t294, grad_conv2_bias);
+  k455_add(conv2_bias_exp_avg_sq, t298, grad_conv2_bias);
+  k461_sub(conv2_bias, t222, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t224);
+  k463_add(bn2_weight_exp_avg, t309, grad_bn2_weight);
+  k466_add(bn2_weight_exp_avg_sq, t313, grad_bn2_weight);
+  k472_sub(bn2_weight, t222, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t224);
+  k474_add(bn2_bias_exp_avg, t324, grad_bn2_bias);
+  k477_add(bn2_bias_exp_avg_sq, t328, grad_bn2_bias);
+  k483_sub(bn2_bias, t222, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t224);
+  k485_add(fc1_weight_exp_avg, t339, grad_fc1_weight);
+  k488_add(fc1_weight_exp_avg_sq, t343, grad_fc1_weight);
+  k494_sub(fc1_weight, t222, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t224);
+  k496_add(fc1_bias_exp_avg, t354, grad_fc1_bias);
+  k499_add(fc1_bias_exp_avg_sq, t358, grad_fc1_bias);
+  k505_sub(fc1_bias, t222, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t224);
+  k507_add(fc2_weight_exp_avg, t369, grad_fc2_weight);
+  k510_add(fc2_weight_exp_avg_sq, t373, grad_fc2_weight);
+  k516_sub(fc2_weight, t222, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t224);
+  k521_add(fc2_bias_exp_avg, grad_fc2_bias);
+  k527_add(fc2_bias_exp_avg_sq, grad_fc2_bias);
+  k533_div(t533, lr, t205);
+  k535_sqrt(t535, t205);
+  k541_sub(fc2_bias, t533, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t535);
+  memcpy(adam_step, t205, (size_t)1 * 4);
 }
 
 static const kiln_tensor kiln_tensors[61] = {
