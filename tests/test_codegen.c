@@ -898,6 +898,48 @@ START_TEST(fused_chain_is_one_kernel) {
 }
 END_TEST
 
+/* The train and apply entries share the optimizer's terms that do not depend on the gradient
+ * (β1·m, β2·v). They must still fuse into each entry's update loop, and the parameters, moments
+ * and running statistics still be written in place: the fused step must not pay for the split
+ * one with stored temporaries and copies. */
+START_TEST(train_entry_unaffected_by_apply) {
+  Session s;
+  const char *text = "input x: f32[B, 3, 6, 6] from images\ninput label: i32[B] from labels\n"
+                     "c = conv2d(x, out=4, kernel=3, pad=1)\nh = relu(batchnorm(c) as bn)\n"
+                     "logits = linear(flatten(h), out=5) as fc\n"
+                     "loss = cross_entropy(logits, label)\nminimize loss\n"
+                     "train {\n  optimizer = adam(lr=1e-3)\n}\n";
+  Options o;
+  session_default_options(&o);
+  o.batch = 4;
+  ck_assert_msg(session_open_text(&s, "m.kiln", text, &o) == 0 && session_emit(&s) == 0, "%s",
+                s.error);
+  const Graph *m = s.g;
+  int moments = 0;
+  for (int i = 0; i < m->nnodes; i++) {
+    const Node *n = ir_at(m, i);
+    for (int k = 0; k < n->nin && n->op == OP_MUL; k++) {
+      const char *name = ir_at(m, n->in[k])->name;
+      size_t len = name ? strlen(name) : 0;
+      if ((len > 8 && !strcmp(name + len - 8, ".exp_avg")) ||
+          (len > 11 && !strcmp(name + len - 11, ".exp_avg_sq"))) {
+        ck_assert_msg(s.plan.offset[i] < 0, "%%%d (a multiple of %s) is stored", i, name);
+        moments++;
+      }
+    }
+  }
+  ck_assert_int_eq(moments, 2 * m->nparams);
+  const char *train = strstr(s.c.p, "static void kiln_train(");
+  ck_assert_ptr_nonnull(train);
+  const char *end = strstr(train, "\n}\n");
+  ck_assert_ptr_nonnull(end);
+  const char *copy = strstr(train, "memcpy(");
+  ck_assert_msg(copy == NULL || copy > end, "the train entry copies an update:\n%.*s",
+                (int)(end - train), train);
+  session_close(&s);
+}
+END_TEST
+
 /* An update whose value is a fused tree and whose target nothing later reads is written in
  * place (no copy); one whose target a later kernel still reads keeps its copy. Several steps
  * against the reference, so reading a half-updated parameter would show. */
@@ -1601,6 +1643,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, update_chain_order);
   tcase_add_test(tc, fused_chain_is_one_kernel);
   tcase_add_test(tc, update_in_place_only_when_safe);
+  tcase_add_test(tc, train_entry_unaffected_by_apply);
   tcase_add_loop_test(tc, fusion_matches_unfused, 0, 2);
   tcase_add_test(tc, update_cycle_is_an_error);
   tcase_add_test(tc, bad_labels_give_nan);

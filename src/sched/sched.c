@@ -5,15 +5,15 @@
  * meaning.
  *
  * The decisions:
- * - Elementwise fusion. A tree of elementwise ops whose inner nodes each have exactly one
- *   consumer, have the root's shape and are neither an entry's output nor an update's value is
- *   one flat loop over the root's elements computing the inner nodes in registers; the plan gives
- *   the inner nodes no storage. Operands left in memory are broadcast to the root's shape, so a
- *   batch norm's per-channel scale fuses like a scalar.
+ * - Elementwise fusion. A tree of elementwise ops whose inner nodes each have one consumer in
+ *   each entry that runs them, have the root's shape and are neither an entry's output nor an
+ *   update's value is one flat loop over the root's elements computing the inner nodes in
+ *   registers; the plan gives the inner nodes no storage. Operands left in memory are broadcast
+ *   to the root's shape, so a batch norm's per-channel scale fuses like a scalar.
  * - Updates without copies. An update target <- value normally copies the value at the end of
- *   the entry. When the value is such a flat kernel, computed by one entry only, and no kernel of
- *   that entry after it reads the target, the plan places the value in the target's storage and
- *   the copy disappears. `fuse = false` turns both off.
+ *   the entry. When the value is such a flat kernel and, in every entry computing it, no kernel
+ *   after it reads the target, the plan places the value in the target's storage and the copy
+ *   disappears. `fuse = false` turns both off.
  * - Convolution algorithm: direct loop nests, or per image im2col + the blocked GEMM when the
  *   GEMM's dimensions are large enough (K >= 16, >= 8 output channels per group); the MNIST CNN's
  *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there.
@@ -236,6 +236,17 @@ static void note_read(int x, void *arg) {
   lr->last[x] = lr->kernel;
 }
 
+/* Whether x may be computed in registers inside each of its consumers' loops: an elementwise
+ * node that is no entry's output or update value, read by exactly one consumer in each entry
+ * that runs it (the train and apply entries share the optimizer's gradient-free terms, such as
+ * β·m: each entry's loop computes its own copy), every consumer an elementwise node of x's shape
+ * and type. */
+static bool fusible_everywhere(const Graph *g, const int *pinned, int x, const int *seen_in,
+                               const bool *bad) {
+  const Node *xn = ir_at(g, x);
+  return seen_in[x] && !bad[x] && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn);
+}
+
 /* Fills fused, into and group; entries[i] has bit e set when entry e runs node i. */
 static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
   int nn = g->nnodes;
@@ -245,23 +256,40 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
   }
   if (!s->opt.fuse || nn == 0)
     return;
-  int *uses = pool_alloc(pool, (size_t)nn * sizeof(int));    /* input slots reading i, any entry */
+  int *seen_in = pool_alloc(pool, (size_t)nn * sizeof(int)); /* entries with a consumer of i */
+  bool *bad = pool_alloc(pool, (size_t)nn * sizeof(bool));   /* a consumer that cannot fuse i */
+  bool *decided = pool_alloc(pool, (size_t)nn * sizeof(bool));
   int *pinned = pool_alloc(pool, (size_t)nn * sizeof(int));  /* output or update value somewhere */
+  int *outputs = pool_alloc(pool, (size_t)nn * sizeof(int)); /* output of some entry */
   int *size = pool_alloc(pool, (size_t)nn * sizeof(int));    /* nodes in i's fused tree */
   int *last = pool_alloc(pool, (size_t)nn * sizeof(int));
+  int *into = pool_alloc(pool, (size_t)nn * sizeof(int));    /* -2: no update has i as value */
+  int *into_entries = pool_alloc(pool, (size_t)nn * sizeof(int));
   for (int e = 0; e < ENTRY_COUNT; e++) {
     const Entry *en = &g->entries[e];
-    for (int o = 0; o < en->noutputs; o++)
+    for (int o = 0; o < en->noutputs; o++) {
       pinned[en->outputs[o].node]++;
+      outputs[en->outputs[o].node]++;
+    }
     for (int u = 0; u < en->nupdates; u++)
       pinned[en->updates[u].value]++;
   }
-  for (int i = 0; i < nn; i++)
-    if (entries[i])
-      for (int k = 0; k < ir_at(g, i)->nin; k++)
-        uses[ir_at(g, i)->in[k]]++;
+  for (int c = 0; c < nn; c++) {
+    const Node *cn = ir_at(g, c);
+    if (!entries[c])
+      continue;
+    for (int k = 0; k < cn->nin; k++) {
+      int x = cn->in[k];
+      const Node *xn = ir_at(g, x);
+      if ((seen_in[x] & entries[c]) || !flat_map(g, cn) || !shape_eq(&xn->shape, &cn->shape) ||
+          xn->dtype != cn->dtype)
+        bad[x] = true;
+      seen_in[x] |= entries[c];
+    }
+  }
 
-  /* Consumers in id order, so an input's own tree is complete when it is considered. */
+  /* Consumers in id order, so an input's own tree is complete when it is considered. The first
+   * consumer to see a shared input decides for all (its size bound is the only choice left). */
   for (int c = 0; c < nn; c++) {
     const Node *cn = ir_at(g, c);
     if (!entries[c] || !flat_map(g, cn))
@@ -269,17 +297,16 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
     size[c] = 1;
     for (int k = 0; k < cn->nin; k++) {
       int x = cn->in[k];
-      const Node *xn = ir_at(g, x);
-      if (uses[x] == 1 && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn) &&
-          shape_eq(&xn->shape, &cn->shape) && xn->dtype == cn->dtype &&
-          size[c] + size[x] <= SCHED_FUSE_MAX_NODES) {
-        s->node[x].fused = true;
-        size[c] += size[x];
+      if (!decided[x] && fusible_everywhere(g, pinned, x, seen_in, bad)) {
+        decided[x] = true;
+        s->node[x].fused = size[c] + size[x] <= SCHED_FUSE_MAX_NODES;
       }
+      if (s->node[x].fused)
+        size[c] += size[x];
     }
   }
   /* A consumer has a larger id than its inputs: walking down, each fused node's consumer already
-   * knows its group. */
+   * knows its group (a node fused into several entries' loops is printed with the last). */
   for (int c = nn - 1; c >= 0; c--)
     for (int k = 0; k < ir_at(g, c)->nin; k++) {
       int x = ir_at(g, c)->in[k];
@@ -287,7 +314,11 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
         s->node[x].group = s->node[c].group;
     }
 
-  /* Updates written in place. */
+  /* Updates written in place: value v takes target t's storage when, in every entry that runs v,
+   * v is the value of exactly one update, to t, t is the target of no other update and no kernel
+   * of that entry after v reads t; v is no output and t no update's value. */
+  for (int i = 0; i < nn; i++)
+    into[i] = -2;
   for (int e = 0; e < ENTRY_COUNT; e++) {
     const Entry *en = &g->entries[e];
     LastRead lr = {.last = last};
@@ -301,18 +332,20 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
     for (int u = 0; u < en->nupdates; u++) {
       int t = en->updates[u].target, v = en->updates[u].value;
       const Node *tn = ir_at(g, t), *vn = ir_at(g, v);
-      if (op_is_leaf(vn->op) || !flat_map(g, vn) || entries[v] != (1 << e) || pinned[v] != 1 ||
-          (tn->op != OP_PARAM && tn->op != OP_STATE) || !shape_eq(&tn->shape, &vn->shape) ||
-          tn->dtype != vn->dtype || last[t] > v || pinned[t])
-        continue;
-      bool alone = true;  /* t is the target of this update only (pinned: no update's value) */
-      for (int o = 0; o < en->nupdates; o++)
-        if (o != u && en->updates[o].target == t)
-          alone = false;
-      if (alone)
-        s->node[v].into = t;
+      bool ok = !op_is_leaf(vn->op) && flat_map(g, vn) && (entries[v] & (1 << e)) &&
+                !outputs[v] && !s->node[v].fused && (tn->op == OP_PARAM || tn->op == OP_STATE) &&
+                shape_eq(&tn->shape, &vn->shape) && tn->dtype == vn->dtype && last[t] <= v &&
+                !pinned[t];
+      for (int o = 0; o < en->nupdates && ok; o++)
+        if (o != u && (en->updates[o].target == t || en->updates[o].value == v))
+          ok = false;
+      into[v] = !ok || (into[v] != -2 && into[v] != t) ? -1 : t;
+      into_entries[v] |= 1 << e;
     }
   }
+  for (int v = 0; v < nn; v++)
+    if (into[v] >= 0 && into_entries[v] == entries[v])
+      s->node[v].into = into[v];
 }
 
 bool sched_is_tree(const Graph *g, const Schedule *s, int id) {
