@@ -1,6 +1,6 @@
 /*
  * bench/gemm.c — GFLOP/s of the GEMM routine kiln writes into generated programs (cg_gemm.c),
- * on the matmul shapes of the seed networks, next to the plain loop nest cg_c.c prints for small
+ * on the matmul shapes of the seed networks, next to the plain loop nest src/cg/cg_elem.c prints for small
  * products and against the FP32 peak in PERF-NOTES.md.
  *
  * It emits kiln_sgemm exactly as a program gets it, plus one plain-loop kernel per shape with
@@ -54,7 +54,7 @@ static double now(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* The plain schedule of cg_c.c's emit_matmul, specialised to one shape. */
+/* The plain schedule of cg_elem.c's cg_emit_matmul, specialised to one shape. */
 static void emit_plain(Buf *b, int i, const Shape3 *s) {
   long long M = s->M, N = s->N, K = s->K;
   const char *aik = s->ta ? "A[p*%lld + i]" : "A[i*%lld + p]";

@@ -563,7 +563,7 @@ static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, doub
   return 0;
 }
 
-/* A NaN loss is the compiled program's flag for a label outside [0, C) (cg_c.c), and a NaN
+/* A NaN loss is the compiled program's flag for a label outside [0, C) (cg_elem.c), and a NaN
  * running statistic is what batch norm's unbiased variance n/(n - 1) gives for a batch with one
  * value per channel, which PyTorch refuses ("Expected more than 1 value per channel when
  * training"). Either way the run is over: stop with the step rather than train on NaN. */

@@ -377,7 +377,7 @@ static int grad_batch(Session *ss, const RtNamedTensor *in, int nin, const char 
 
 /* Labels from the inputs file must lie in [0, C) of the cross_entropy that reads them: the
  * reference runtime refuses others, and the compiled program only flags them with a NaN loss
- * (cg_c.c), which must not reach the output file as if it were a result. */
+ * (cg/cg_elem.c), which must not reach the output file as if it were a result. */
 static int check_labels(Session *ss, const RtNamedTensor *in, int nin, const char *path) {
   Graph *g = ss->g;
   for (int i = 0; i < g->nnodes; i++) {

@@ -1,5 +1,5 @@
 /*
- * parse.c — recursive-descent parser from tokens to the AST (frontend.h).
+ * parse.c — recursive-descent parser from tokens to the AST (front.h).
  *
  * A model file is a list of statements, one per line. The parser knows the statement forms, the
  * element types and the expression grammar; it does not know which functions exist or what
