@@ -12,11 +12,6 @@
 #include <unistd.h>
 
 #include "driver/driver.h"
-#include "backend/backend.h"
-#include "cg/cg.h"
-#include "front/front.h"
-#include "ref/ref.h"
-#include "xform/xform.h"
 #include "runtime.h"
 
 static const char usage[] =
@@ -417,23 +412,12 @@ static int train_compiled(Session *s, RtOptions *o) {
 }
 
 static int train_reference(Session *s, const Args *a, RtOptions *o) {
-  if (session_plan(s)) {
+  RtBackend be;
+  if (session_reference(s, a->precision, &be)) {
     report(s);
     return 1;
   }
-  Graph *g = s->g;
-  bool f32 = a->precision ? a->precision == 32 : ir_at(g, g->params[0])->dtype == DT_F32;
-  Interp *it = interp_new(g, s->plan.batch, f32);
-  if (!it) {
-    fprintf(stderr, "kiln: error: cannot create the reference runtime (out of memory)\n");
-    return 1;
-  }
-  kiln_program prog;
-  RtBackend be;
-  interp_backend(it, &s->plan, &prog, &be);
-  int rc = rt_train(&be, o);
-  interp_free(it);
-  return rc;
+  return rt_train(&be, o);
 }
 
 static int cmd_train(Session *s, const Args *a) {

@@ -52,9 +52,7 @@ typedef struct Sides {
   unsigned char *arena;
   RtBackend cbe;              /* compiled */
   bool have_cbe;
-  Interp *it;
-  kiln_program rprog;
-  RtBackend rbe;              /* reference */
+  RtBackend rbe;              /* reference (the session's interpreter) */
 } Sides;
 
 /* Reports a failure that is not the model's (a file, memory) into the session's diagnostic. */
@@ -75,7 +73,6 @@ static void sides_free(Sides *s) {
   if (s->have_cbe)
     rt_arena_backend_free(&s->cbe);
   free(s->arena);
-  interp_free(s->it);
 }
 
 /* The compiled side: the session's program (emitted, compiled and loaded) over a fresh arena. */
@@ -94,14 +91,11 @@ static int make_compiled(Sides *s) {
   return 0;
 }
 
+/* The reference side: the interpreter in f64, the exact meaning of the graph. */
 static int make_reference(Sides *s) {
-  if (session_plan(s->ss))
+  if (session_reference(s->ss, 64, &s->rbe))
     return -1;
   s->plan = &s->ss->plan;
-  s->it = interp_new(s->ss->g, s->plan->batch, false);
-  if (!s->it)
-    return diag(s->ss, "cannot create the reference runtime (out of memory)");
-  interp_backend(s->it, s->plan, &s->rprog, &s->rbe);
   return 0;
 }
 

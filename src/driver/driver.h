@@ -15,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "plan/plan.h"
+#include "ref/ref.h"
 #include "sched/sched.h"
 
 /* ================================ session.c ================================ */
@@ -39,6 +40,8 @@ typedef struct Session {
   Buf c;                  /* the generated C (session_emit) */
   void *so;               /* session_load: the shared object and its program */
   const kiln_program *prog;
+  Interp *ref;            /* session_reference: the interpreter and its program table */
+  kiln_program ref_prog;
   bool planned, emitted, borrowed;
   char error[4096];
 } Session;
@@ -53,6 +56,10 @@ int session_plan(Session *s);              /* schedule and memory plan */
 int session_emit(Session *s);              /* the whole step as one C11 translation unit */
 int session_load(Session *s);              /* compiled and loaded into this process */
 int session_build_trainer(Session *s, const char *out_path);  /* a standalone trainer */
+/* The reference interpreter over the session's plan behind the RtBackend interface (the same
+ * tensor table as the compiled program). precision 32 rounds every f32 value as a float32
+ * program stores it, 64 computes in double, 0 follows the model's parameters. */
+int session_reference(Session *s, int precision, RtBackend *be);
 /* Frees everything, unloading the program: nothing of it may be used afterwards. NULL and closed
  * sessions are fine. */
 void session_close(Session *s);

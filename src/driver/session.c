@@ -160,10 +160,25 @@ int session_build_trainer(Session *s, const char *out_path) {
   return 0;
 }
 
+int session_reference(Session *s, int precision, RtBackend *be) {
+  if (session_plan(s))
+    return -1;
+  const Graph *g = s->g;
+  bool f32 = precision ? precision == 32
+                       : g->nparams == 0 || ir_at(g, g->params[0])->dtype == DT_F32;
+  interp_free(s->ref);
+  s->ref = interp_new(s->g, s->plan.batch, f32);
+  if (!s->ref)
+    return failed(s, "error: cannot create the reference runtime (out of memory)\n");
+  interp_backend(s->ref, &s->plan, &s->ref_prog, be);
+  return 0;
+}
+
 void session_close(Session *s) {
   if (!s)
     return;
   buf_free(&s->c);
+  interp_free(s->ref);
   if (s->planned)
     plan_free(&s->plan);
   if (!s->borrowed)

@@ -11,8 +11,9 @@
  * and the model's training defaults (a table of key/value settings). The trainer runtime
  * (runtime/rt_train.c), `kiln check` and the JIT read only this description: they never see the
  * compiler's IR. Drivers look entries, tensors and settings up by name, so a new entry point or a
- * new training option adds a row to a table and leaves this layout alone. The generated file embeds this header verbatim (see cg_c.c), so a trainer needs
- * nothing from kiln at run time and the two copies can never disagree.
+ * new training option adds a row to a table and leaves this layout alone. The generated file
+ * embeds this header verbatim (src/cg/cg_file.c), so a trainer needs nothing from kiln at run
+ * time and the two copies can never disagree.
  *
  * Layout: one arena of `arena_bytes` bytes, 64-byte aligned. Persistent tensors (parameters,
  * optimizer state, running statistics, hyper-parameters) come first; inputs, outputs and
