@@ -7,7 +7,7 @@
  * around every blocking boundary, all four transpose combinations and leading dimensions longer
  * than the rows, against a double-precision reference. It must write only C's valid part and
  * only the scratch it asked for. Then whole programs: matmul nodes large enough to take the GEMM
- * path, through plan, cg_emit_c and aot_load_shared, at the planned and at smaller batches.
+ * path, through the session's pipeline, at the planned and at smaller batches.
  */
 #include <check.h>
 #include <dlfcn.h>
@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "driver/driver.h"
 #include "ir/ir.h"
 #include "xform/xform.h"
 #include "plan/plan.h"
@@ -372,26 +373,18 @@ START_TEST(program_matmuls) {
   ir_add_output(g, ENTRY_GRAD, "gw", ir_matmul(g, x, y2, true, false, L0));
   ir_add_output(g, ENTRY_GRAD, "h", ir_matmul(g, w, x, false, true, L0));
   ir_add_output(g, ENTRY_GRAD, "small", ir_matmul(g, t, t, true, false, L0));
-  Plan plan;
-  Buf src = {0};
-  Trap tr;
-  if (KILN_TRY(&tr)) {
-    plan_build(g, batch, NULL, &plan);
-    cg_emit_c(g, &plan, &src);
-    kiln_trap_end(&tr);
-  } else {
-    kiln_trap_end(&tr);
-    ck_abort_msg("compile failed: %s", tr.msg);
-  }
+  Options o;
+  session_default_options(&o);
+  o.batch = batch;
+  Session s;
+  session_adopt(&s, g, &o);
+  ck_assert_msg(session_load(&s) == 0, "%s", s.error);
   const char *name = cg_gemm_name(dt);
   char call[64];
   snprintf(call, sizeof call, "%s(", name);
-  ck_assert_msg(strstr(src.p, call) != NULL, "no %s call in the program", name);
-  ck_assert_int_gt(plan.scratch_bytes, 0);
-  Buf err = {0};
-  void *handle;
-  const kiln_program *p = aot_load_shared(NULL, src.p, &handle, &err);
-  ck_assert_msg(p != NULL, "aot_load_shared: %s", err.p);
+  ck_assert_msg(strstr(s.c.p, call) != NULL, "no %s call in the program", name);
+  ck_assert_int_gt(s.plan.scratch_bytes, 0);
+  const kiln_program *p = s.prog;
   size_t bytes = ((size_t)p->arena_bytes + 63) / 64 * 64;
   unsigned char *arena = aligned_alloc(64, bytes);
   memset(arena, 0xA5, bytes);
@@ -438,10 +431,7 @@ START_TEST(program_matmuls) {
       }
   }
   free(arena);
-  dlclose(handle);
-  buf_free(&err);
-  buf_free(&src);
-  plan_free(&plan);
+  session_close(&s);
   ir_free(g);
 }
 END_TEST

@@ -281,18 +281,15 @@ END_TEST
 
 /* ---- training graph and plan on the MLP ---- */
 
+/* The session's pipeline up to the training graph; the caller owns the graph. */
 static Graph *compile(const char *path) {
-  Trap t;
-  Graph *volatile r = NULL;
-  if (KILN_TRY(&t)) {
-    r = fe_compile_file(path);
-    train_build(r);
-    kiln_trap_end(&t);
-    return r;
-  }
-  kiln_trap_end(&t);
-  ck_abort_msg("%s", t.msg);
-  return NULL;
+  Session s;
+  if (session_open_file(&s, path, NULL))
+    ck_abort_msg("%s", s.error);
+  Graph *r = s.g;
+  s.g = NULL;
+  session_close(&s);
+  return r;
 }
 
 START_TEST(training_graph_entries) {
