@@ -429,13 +429,7 @@ static void maxpool_argmax(Cg *cg, const Node *n, const Window *w) {
 /* Opens the loops over rows of tiling windows: n, c, i, j, with xw the input element of tap
  * (0, 0) of window (i, j) and yi the output element. Closed by pool_close. */
 static void pool_open_tiles(Cg *cg, const Window *w) {
-  cg_line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, sz_dim(cg, w->N)));
-  cg_line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
-  cg_line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
-  cg_line(cg, "      for (int64_t j = 0; j < %" PRId64 "; j++) {", w->Wo);
-  cg->indent += 4;
-  cg_line(cg, "const int64_t yi = ((n*%" PRId64 " + c)*%" PRId64 " + i)*%" PRId64 " + j;", w->C,
-       w->Ho, w->Wo);
+  pool_open_windows(cg, w);
   cg_line(cg, "const int64_t xw = ((n*%" PRId64 " + c)*%" PRId64 " + i*%" PRId64 ")*%" PRId64
            " + j*%" PRId64 ";",
        w->C, w->H, w->SH, w->W, w->SW);
