@@ -51,7 +51,11 @@ void aot_default_options(BackendOptions *o) {
   o->cc = "cc";
   o->runtime_dir = KILN_RUNTIME_DIR;
   o->tmp_dir = "/tmp";
+  o->opt_level = 0;
 }
+
+/* "-O1" to "-O3" for a resolved level. */
+static const char *opt_flag(int level) { return level == 1 ? "-O1" : level == 3 ? "-O3" : "-O2"; }
 
 /* Unset or empty fields fall back to the defaults. */
 static BackendOptions resolved(const BackendOptions *o) {
@@ -63,6 +67,7 @@ static BackendOptions resolved(const BackendOptions *o) {
     r.runtime_dir = o->runtime_dir;
   if (o && o->tmp_dir && *o->tmp_dir)
     r.tmp_dir = o->tmp_dir;
+  r.opt_level = o && o->opt_level >= 1 && o->opt_level <= 3 ? o->opt_level : 2;
   return r;
 }
 
@@ -271,7 +276,7 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
   }
   Argv a = {0};
   int rc = argv_push_cc(&a, o.cc);
-  static const char *const flags[] = {"-std=c11", "-O2", "-march=native", "-fno-math-errno"};
+  const char *flags[] = {"-std=c11", opt_flag(o.opt_level), "-march=native", "-fno-math-errno"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);
   int omp_at = wants_openmp(c_source) ? a.n : 0;
@@ -325,7 +330,8 @@ const kiln_program *aot_load_shared(const BackendOptions *opt, const char *c_sou
     if (!rc)
       rc = argv_push(&a, "-fopenmp");
   }
-  const char *flags[] = {"-std=c11", "-O2", "-march=native", "-fno-math-errno", "-shared", "-fPIC",
+  const char *flags[] = {"-std=c11", opt_flag(o.opt_level), "-march=native", "-fno-math-errno",
+                         "-shared", "-fPIC",
                          "-o", so, src, "-lm"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);

@@ -15,6 +15,7 @@ typedef struct BackendOptions {
   const char *cc;           /* the compiler command, may carry arguments ("ccache gcc"); "cc" */
   const char *runtime_dir;  /* headers, libkilnrt.a and trainer_main for trainers; the build's */
   const char *tmp_dir;      /* where private build directories are made; "/tmp" */
+  int opt_level;            /* the compiler's -O level, 1 to 3; 0: 2 */
 } BackendOptions;
 void aot_default_options(BackendOptions *o);
 

@@ -257,26 +257,28 @@ static void conv_im2col(Cg *cg, const Node *n, const Window *w, int k, bool back
       cg_line(cg, "for (int64_t j = %" PRId64 "; j < %" PRId64 "; j++)", j0, j1);
       cg_line(cg, "  %s += d[i*%" PRId64 " + j];", xs, w->Wo);
     } else {
+      /* Rows and runs of padding are memset and contiguous runs of the input memcpy'd: gcc 12
+       * at -O3 with AVX2 or AVX-512 vectorises the equivalent loops (a zero row, `continue`, a
+       * copy loop) into code that leaves copied rows zero. Reduced, that is a 15-line loop nest
+       * with no undefined behaviour; the library calls are as fast and do not trigger it. */
       cg_line(cg, "%s *restrict di = d + i*%" PRId64 ";", T, w->Wo);
       cg_line(cg, "if (r < 0 || r >= %" PRId64 ") {", w->H);
-      cg_line(cg, "  for (int64_t j = 0; j < %" PRId64 "; j++)", w->Wo);
-      cg_line(cg, "    di[j] = 0;");
+      cg_line(cg, "  memset(di, 0, %" PRId64 " * sizeof *di);", w->Wo);
       cg_line(cg, "  continue;");
       cg_line(cg, "}");
       cg_line(cg, "const int64_t xo = (c*%" PRId64 " + r)*%" PRId64 " + (%" PRId64 ");", w->H,
            w->W, q * w->DW - w->PL);
-      if (j0 > 0) {
-        cg_line(cg, "for (int64_t j = 0; j < %" PRId64 "; j++)", j0);
-        cg_line(cg, "  di[j] = 0;");
-      }
-      if (j1 > j0) {
+      if (j0 > 0)
+        cg_line(cg, "memset(di, 0, %" PRId64 " * sizeof *di);", j0);
+      if (j1 > j0 && w->SW == 1) {
+        cg_line(cg, "memcpy(di + %" PRId64 ", xn + xo + %" PRId64 ", %" PRId64 " * sizeof *di);",
+                j0, j0, j1 - j0);
+      } else if (j1 > j0) {
         cg_line(cg, "for (int64_t j = %" PRId64 "; j < %" PRId64 "; j++)", j0, j1);
         cg_line(cg, "  di[j] = %s;", xs);
       }
-      if (j1 < w->Wo) {
-        cg_line(cg, "for (int64_t j = %" PRId64 "; j < %" PRId64 "; j++)", j1, w->Wo);
-        cg_line(cg, "  di[j] = 0;");
-      }
+      if (j1 < w->Wo)
+        cg_line(cg, "memset(di + %" PRId64 ", 0, %" PRId64 " * sizeof *di);", j1, w->Wo - j1);
     }
     cg->indent--;
     cg_line(cg, "}");

@@ -721,15 +721,12 @@ static void k45_conv2d(float *restrict y, const float *restrict a, const float *
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (-2);
-              for (int64_t j = 0; j < 2; j++)
-                di[j] = 0;
-              for (int64_t j = 2; j < 14; j++)
-                di[j] = xn[xo + j];
+              memset(di, 0, 2 * sizeof *di);
+              memcpy(di + 2, xn + xo + 2, 12 * sizeof *di);
             }
           }
           { /* q = 1 */
@@ -738,15 +735,12 @@ static void k45_conv2d(float *restrict y, const float *restrict a, const float *
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (-1);
-              for (int64_t j = 0; j < 1; j++)
-                di[j] = 0;
-              for (int64_t j = 1; j < 14; j++)
-                di[j] = xn[xo + j];
+              memset(di, 0, 1 * sizeof *di);
+              memcpy(di + 1, xn + xo + 1, 13 * sizeof *di);
             }
           }
           { /* q = 2 */
@@ -755,13 +749,11 @@ static void k45_conv2d(float *restrict y, const float *restrict a, const float *
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (0);
-              for (int64_t j = 0; j < 14; j++)
-                di[j] = xn[xo + j];
+              memcpy(di + 0, xn + xo + 0, 14 * sizeof *di);
             }
           }
           { /* q = 3 */
@@ -770,15 +762,12 @@ static void k45_conv2d(float *restrict y, const float *restrict a, const float *
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (1);
-              for (int64_t j = 0; j < 13; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 13; j < 14; j++)
-                di[j] = 0;
+              memcpy(di + 0, xn + xo + 0, 13 * sizeof *di);
+              memset(di + 13, 0, 1 * sizeof *di);
             }
           }
           { /* q = 4 */
@@ -787,15 +776,12 @@ static void k45_conv2d(float *restrict y, const float *restrict a, const float *
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (2);
-              for (int64_t j = 0; j < 12; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 12; j < 14; j++)
-                di[j] = 0;
+              memcpy(di + 0, xn + xo + 0, 12 * sizeof *di);
+              memset(di + 12, 0, 2 * sizeof *di);
             }
           }
         }
@@ -1178,15 +1164,12 @@ static void k102_conv2d(float *restrict y, const float *restrict a, const float 
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (-2);
-              for (int64_t j = 0; j < 2; j++)
-                di[j] = 0;
-              for (int64_t j = 2; j < 14; j++)
-                di[j] = xn[xo + j];
+              memset(di, 0, 2 * sizeof *di);
+              memcpy(di + 2, xn + xo + 2, 12 * sizeof *di);
             }
           }
           { /* q = 1 */
@@ -1195,15 +1178,12 @@ static void k102_conv2d(float *restrict y, const float *restrict a, const float 
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (-1);
-              for (int64_t j = 0; j < 1; j++)
-                di[j] = 0;
-              for (int64_t j = 1; j < 14; j++)
-                di[j] = xn[xo + j];
+              memset(di, 0, 1 * sizeof *di);
+              memcpy(di + 1, xn + xo + 1, 13 * sizeof *di);
             }
           }
           { /* q = 2 */
@@ -1212,13 +1192,11 @@ static void k102_conv2d(float *restrict y, const float *restrict a, const float 
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (0);
-              for (int64_t j = 0; j < 14; j++)
-                di[j] = xn[xo + j];
+              memcpy(di + 0, xn + xo + 0, 14 * sizeof *di);
             }
           }
           { /* q = 3 */
@@ -1227,15 +1205,12 @@ static void k102_conv2d(float *restrict y, const float *restrict a, const float 
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (1);
-              for (int64_t j = 0; j < 13; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 13; j < 14; j++)
-                di[j] = 0;
+              memcpy(di + 0, xn + xo + 0, 13 * sizeof *di);
+              memset(di + 13, 0, 1 * sizeof *di);
             }
           }
           { /* q = 4 */
@@ -1244,15 +1219,12 @@ static void k102_conv2d(float *restrict y, const float *restrict a, const float 
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (2);
-              for (int64_t j = 0; j < 12; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 12; j < 14; j++)
-                di[j] = 0;
+              memcpy(di + 0, xn + xo + 0, 12 * sizeof *di);
+              memset(di + 12, 0, 2 * sizeof *di);
             }
           }
         }
@@ -1823,15 +1795,12 @@ static void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, c
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (-2);
-              for (int64_t j = 0; j < 2; j++)
-                di[j] = 0;
-              for (int64_t j = 2; j < 14; j++)
-                di[j] = xn[xo + j];
+              memset(di, 0, 2 * sizeof *di);
+              memcpy(di + 2, xn + xo + 2, 12 * sizeof *di);
             }
           }
           { /* q = 1 */
@@ -1840,15 +1809,12 @@ static void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, c
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (-1);
-              for (int64_t j = 0; j < 1; j++)
-                di[j] = 0;
-              for (int64_t j = 1; j < 14; j++)
-                di[j] = xn[xo + j];
+              memset(di, 0, 1 * sizeof *di);
+              memcpy(di + 1, xn + xo + 1, 13 * sizeof *di);
             }
           }
           { /* q = 2 */
@@ -1857,13 +1823,11 @@ static void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, c
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (0);
-              for (int64_t j = 0; j < 14; j++)
-                di[j] = xn[xo + j];
+              memcpy(di + 0, xn + xo + 0, 14 * sizeof *di);
             }
           }
           { /* q = 3 */
@@ -1872,15 +1836,12 @@ static void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, c
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (1);
-              for (int64_t j = 0; j < 13; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 13; j < 14; j++)
-                di[j] = 0;
+              memcpy(di + 0, xn + xo + 0, 13 * sizeof *di);
+              memset(di + 13, 0, 1 * sizeof *di);
             }
           }
           { /* q = 4 */
@@ -1889,15 +1850,12 @@ static void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, c
               const int64_t r = i*1 - 2 + p*1;
               float *restrict di = d + i*14;
               if (r < 0 || r >= 14) {
-                for (int64_t j = 0; j < 14; j++)
-                  di[j] = 0;
+                memset(di, 0, 14 * sizeof *di);
                 continue;
               }
               const int64_t xo = (c*14 + r)*14 + (2);
-              for (int64_t j = 0; j < 12; j++)
-                di[j] = xn[xo + j];
-              for (int64_t j = 12; j < 14; j++)
-                di[j] = 0;
+              memcpy(di + 0, xn + xo + 0, 12 * sizeof *di);
+              memset(di + 12, 0, 2 * sizeof *di);
             }
           }
         }
