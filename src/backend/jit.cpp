@@ -179,6 +179,7 @@ static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool 
                                                    llvm::LLVMContext &ctx, std::string &diag) {
   llvm::raw_string_ostream dos(diag);
   auto diagopts = llvm::makeIntrusiveRefCnt<clang::DiagnosticOptions>();
+  diagopts->ShowPresumedLoc = true; /* lines as #line numbers them: the generated file's own */
   clang::TextDiagnosticPrinter printer(dos, diagopts.get());
   clang::CompilerInstance ci;
   ci.createDiagnostics(&printer, /*ShouldOwnClient=*/false);
@@ -203,6 +204,9 @@ static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool 
     args.insert(args.begin(), "-fopenmp");
   if (!clang::CompilerInvocation::CreateFromArgs(ci.getInvocation(), args, ci.getDiagnostics()))
     return nullptr;
+  /* ExecuteAction prints "N errors generated" to stderr when carets are on; our printer keeps
+   * its own options, carets included. */
+  ci.getDiagnosticOpts().ShowCarets = false;
   /* The buffer refers to src, which outlives the compile; the source manager frees the buffer. */
   ci.getPreprocessorOpts().addRemappedFile(
       "step.c", llvm::MemoryBuffer::getMemBuffer(src, "step.c").release());
