@@ -3,7 +3,9 @@
 # and runs every test through CTest (including the comparison with PyTorch, python3-torch).
 set -euo pipefail
 cd "$(dirname "$0")"
-KILN_EXTRA_PACKAGES="python3-torch" bash scripts/deps.sh
+KILN_JIT_PACKAGES="llvm-14-dev libclang-cpp14-dev libclang-14-dev libomp-14-dev g++"
+# The LLVM packages build the in-process JIT backend (src/backend/jit.cpp).
+KILN_EXTRA_PACKAGES="python3-torch $KILN_JIT_PACKAGES" bash scripts/deps.sh
 cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
 cmake --build build-test -j"$(nproc)"
 # Generated trainers and shared objects are built by the system compiler without sanitizers;

@@ -14,6 +14,8 @@
 #include "driver/driver.h"
 #include "runtime.h"
 
+#define KILN_VERSION "0.1"
+
 static const char usage[] =
     "usage: kiln <command> MODEL [options]\n"
     "\n"
@@ -37,6 +39,9 @@ static const char usage[] =
     "  --batch N       batch size to specialise for (default: the model's train block)\n"
     "  --threads N     threads the generated code splits each batch over (default: the cores;\n"
     "                  also $KILN_THREADS); the split is fixed, so runs are reproducible\n"
+    "  --backend B     what compiles the step in process (train, check, grad, jvp, hvp): 'jit'\n"
+    "                  (Clang/LLVM inside kiln, the default when built in) or 'cc' (the system\n"
+    "                  compiler and dlopen); also $KILN_BACKEND. `kiln --version` lists them\n"
     "  -o FILE         output file ('-' for stdout where text)\n"
     "\n"
     "trainer options (train, and every built trainer):\n"
@@ -94,6 +99,17 @@ static void target_from_machine(Target *t) {
 #endif
 }
 
+/* "jit" or "cc" into kind; -1 for anything else (or jit in a build without it). */
+static int parse_backend(const char *name, BackendKind *kind) {
+  if (!strcmp(name, "jit") && backend_has_jit())
+    *kind = BACKEND_JIT;
+  else if (!strcmp(name, "cc"))
+    *kind = BACKEND_CC;
+  else
+    return -1;
+  return 0;
+}
+
 /* The session's defaults on this machine, before flags: every core, unless $KILN_THREADS says
  * otherwise; $KILN_FUSE=0 turns fusion off; $KILN_CONV=direct|gemm forces one convolution
  * algorithm (for comparisons); $CC, $KILN_HOME and $TMPDIR locate the compiler, the trainer
@@ -114,6 +130,9 @@ static int options_from_environment(Options *o) {
   o->backend.cc = getenv("CC");
   o->backend.runtime_dir = getenv("KILN_HOME");
   o->backend.tmp_dir = getenv("TMPDIR");
+  e = getenv("KILN_BACKEND");
+  if (e && *e && parse_backend(e, &o->backend.kind))
+    return usage_error("$KILN_BACKEND is 'jit' or 'cc', not '%s'", e);
   e = getenv("KILN_FUSE");
   if (e && !strcmp(e, "0"))
     o->sched.fuse = false;
@@ -159,6 +178,11 @@ static int parse_args(int argc, char **argv, Args *a) {
       NEED_VALUE();
       if (!parse_int(val, 1, &n) || n > 256) return usage_error("--threads needs an integer in 1..256, got '%s'", val);
       a->opt.sched.threads = (int)n;
+    } else if (!strcmp(s, "--backend")) {
+      NEED_VALUE();
+      if (parse_backend(val, &a->opt.backend.kind))
+        return usage_error(backend_has_jit() ? "--backend is 'jit' or 'cc', not '%s'"
+                                             : "--backend is 'cc' (built without LLVM), not '%s'", val);
     } else if (!strcmp(s, "--train")) {
       a->train_graph = true;
     } else if (!strcmp(s, "--runtime")) {
@@ -464,6 +488,10 @@ int main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
+  }
+  if (!strcmp(argv[1], "--version")) {
+    printf("kiln %s (backends: %s)\n", KILN_VERSION, backend_list());
+    return 0;
   }
   static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
                                          "jvp", "hvp"};

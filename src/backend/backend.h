@@ -1,6 +1,8 @@
 /*
- * backend.h — turning generated C into something that runs: the system C compiler into a
- * standalone trainer, or into a shared object loaded in process (aot.c).
+ * backend.h — turning generated C into something that runs: a program loaded in this process
+ * through one interface (backend.c) over two backends, the in-process JIT (jit.cpp, Clang and
+ * LLVM ORC) and the system C compiler into a shared object (aot.c); and a standalone trainer,
+ * always through the system compiler (aot.c).
  */
 #ifndef KILN_BACKEND_H
 #define KILN_BACKEND_H
@@ -10,8 +12,17 @@
 
 /* ================================ aot.c ================================ */
 
-/* Where the system compiler and the runtime are. NULL or empty fields take the defaults. */
+/* Which backend loads a program into the process. */
+typedef enum BackendKind {
+  BACKEND_DEFAULT = 0, /* the JIT when built in, else the system compiler */
+  BACKEND_JIT,         /* Clang and LLVM in process (jit.cpp) */
+  BACKEND_CC           /* the system compiler into a temporary shared object, then dlopen */
+} BackendKind;
+
+/* Which backend, and where the system compiler and the runtime are. NULL or empty fields take
+ * the defaults. */
 typedef struct BackendOptions {
+  BackendKind kind;
   const char *cc;           /* the compiler command, may carry arguments ("ccache gcc"); "cc" */
   const char *runtime_dir;  /* headers, libkilnrt.a and trainer_main for trainers; the build's */
   const char *tmp_dir;      /* where private build directories are made; "/tmp" */
@@ -28,5 +39,32 @@ const kiln_program *aot_load_shared(const BackendOptions *o, const char *c_sourc
                                    Buf *err);
 /* Unloads what aot_load_shared loaded (NULL is fine); its kiln_program is gone afterwards. */
 void aot_unload(void *handle);
+
+
+/* ================================ backend.c ================================ */
+
+/* A program compiled and loaded by some backend. */
+typedef struct BackendProgram BackendProgram;
+
+bool backend_has_jit(void);
+/* The backends built in, for `kiln --version`: "jit (LLVM 14.0.6), cc" or "cc". */
+const char *backend_list(void);
+/* Compiles source with the backend o->kind names and loads it; 0 and *out, or -1 with the
+ * compiler's diagnostics (the offending generated line included) in err. */
+int backend_load(const BackendOptions *o, const char *source, BackendProgram **out, Buf *err);
+const kiln_program *backend_program(const BackendProgram *p);
+/* Frees everything of p (NULL is fine); its kiln_program is gone afterwards. */
+void backend_unload(BackendProgram *p);
+
+/* ================================ jit.cpp ================================ */
+
+/* The C face of the C++ shim (which repeats these declarations: it cannot include this C11
+ * header). Only in builds with KILN_JIT. */
+typedef struct JitProgram JitProgram;
+/* Compiles c_source in memory and looks up symbol; returns the program and *address, or NULL
+ * with a malloc'd message in *err (Clang's diagnostics with the generated line). */
+JitProgram *jit_compile(const char *c_source, const char *symbol, void **address, char **err);
+void jit_free(JitProgram *p); /* frees the code and everything LLVM held for it */
+const char *jit_version(void); /* "LLVM 14.0.6" */
 
 #endif

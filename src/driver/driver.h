@@ -25,7 +25,7 @@
 typedef struct Options {
   int64_t batch;          /* to specialise for; 0: the train block's, else 64 (batched models) or 1 */
   SchedOptions sched;
-  BackendOptions backend; /* the system compiler, the runtime directory, temporary files */
+  BackendOptions backend; /* JIT or cc; the system compiler, the runtime, temporary files */
   bool jvp, hvp;          /* extend the grad entry with forward-mode outputs (kiln jvp / hvp) */
 } Options;
 void session_default_options(Options *o);
@@ -38,7 +38,7 @@ typedef struct Session {
   Graph *g;               /* the training graph (session_open_*) */
   Plan plan;              /* session_plan */
   Buf c;                  /* the generated C (session_emit) */
-  void *so;               /* session_load: the shared object and its program */
+  BackendProgram *loaded; /* session_load: the compiled program and its description */
   const kiln_program *prog;
   Interp *ref;            /* session_reference: the interpreter and its program table */
   kiln_program ref_prog;

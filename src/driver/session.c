@@ -131,17 +131,17 @@ int session_load(Session *s) {
   if (session_emit(s))
     return -1;
   Buf err = {0};
-  s->prog = aot_load_shared(&s->opt.backend, s->c.p, &s->so, &err);
-  if (!s->prog)
+  if (backend_load(&s->opt.backend, s->c.p, &s->loaded, &err) != 0)
     return compiler_failed(s, "compiling the generated code", &err);
   buf_free(&err);
+  s->prog = backend_program(s->loaded);
   if (s->prog->ntensors != s->plan.ntensors) {
     snprintf(s->error, sizeof s->error,
              "error: the compiled program has %d tensors, the plan %d\n", s->prog->ntensors,
              s->plan.ntensors);
     s->prog = NULL;
-    aot_unload(s->so);
-    s->so = NULL;
+    backend_unload(s->loaded);
+    s->loaded = NULL;
     return -1;
   }
   return 0;
@@ -183,6 +183,6 @@ void session_close(Session *s) {
     plan_free(&s->plan);
   if (!s->borrowed)
     ir_free(s->g);
-  aot_unload(s->so);
+  backend_unload(s->loaded);
   memset(s, 0, sizeof *s);
 }

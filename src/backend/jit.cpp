@@ -1,0 +1,291 @@
+/*
+ * jit.cpp — the in-process JIT: generated C held in memory → Clang's frontend → LLVM IR at -O2 →
+ * ORC LLJIT machine code for this CPU, without running a process, writing a file or reading a
+ * header.
+ *
+ * This is the project's only C++: libclang's C API can parse but not emit code, so the frontend is
+ * driven through Clang's C++ API. Everything above it sees four C functions (backend.h, section
+ * jit.cpp) and plain C types.
+ *
+ * Hermetic: the generated code includes only <math.h>, <stdint.h> and <string.h>, for a handful
+ * of types, macros and libm/libc declarations. Clang runs with -nostdsysteminc -nobuiltininc;
+ * those #include lines are blanked (keeping line numbers) and a prelude standing in for the three
+ * headers is put in front, followed by `#line 1 "step.c"` so diagnostics name generated lines.
+ * Any other #include is refused. The libm functions are resolved in the process by ORC.
+ *
+ * Target: LLVM 14 does not know every host CPU by name (Zen 5 comes out as generic x86-64), so
+ * Clang and the JIT's target machine both get the host's feature list, AVX-512 included.
+ *
+ * OpenMP: Clang's -fopenmp calls libomp (__kmpc_*). libomp is loaded once into the process with
+ * RTLD_GLOBAL before the first lookup so the process symbol generator finds it, and stays loaded
+ * (its worker threads outlive every program). Without libomp the code is compiled without
+ * -fopenmp; the generated code gives identical results serially.
+ *
+ * Errors: Clang's diagnostics go into a string (with the offending generated line and a caret),
+ * ORC's into another through the session's error reporter; nothing is printed.
+ */
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <clang/Basic/Diagnostic.h>
+#include <clang/Basic/DiagnosticOptions.h>
+#include <clang/CodeGen/CodeGenAction.h>
+#include <clang/Frontend/CompilerInstance.h>
+#include <clang/Frontend/CompilerInvocation.h>
+#include <clang/Frontend/TextDiagnosticPrinter.h>
+#include <clang/Lex/PreprocessorOptions.h>
+#include <llvm/ADT/StringMap.h>
+#include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
+#include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
+#include <llvm/ExecutionEngine/Orc/LLJIT.h>
+#include <llvm/ExecutionEngine/Orc/ThreadSafeModule.h>
+#include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/Module.h>
+#include <llvm/Support/Host.h>
+#include <llvm/Support/MemoryBuffer.h>
+#include <llvm/Support/TargetSelect.h>
+#include <llvm/Support/raw_ostream.h>
+
+#ifndef KILN_LLVM_VERSION
+#define KILN_LLVM_VERSION "14"
+#endif
+#ifndef KILN_LIBOMP
+#define KILN_LIBOMP ""
+#endif
+
+/* The same declarations as backend.h's jit.cpp section, which C++ cannot include (base.h is
+ * C11). Only plain C types cross. */
+extern "C" {
+typedef struct JitProgram JitProgram;
+JitProgram *jit_compile(const char *c_source, const char *symbol, void **address, char **err);
+void jit_free(JitProgram *p);
+const char *jit_version(void);
+}
+
+/* What the generated code takes from <stdint.h>, <math.h> and <string.h>. */
+static const char prelude[] =
+    "typedef signed char int8_t; typedef unsigned char uint8_t;\n"
+    "typedef short int16_t; typedef unsigned short uint16_t;\n"
+    "typedef int int32_t; typedef unsigned int uint32_t;\n"
+    "typedef long int64_t; typedef unsigned long uint64_t;\n"
+    "typedef long intptr_t; typedef unsigned long uintptr_t;\n"
+    "typedef unsigned long size_t; typedef long ptrdiff_t;\n"
+    "#define NULL ((void *)0)\n"
+    "#define INT32_C(c) c\n#define UINT32_C(c) c##U\n"
+    "#define INT64_C(c) c##L\n#define UINT64_C(c) c##UL\n"
+    "#define INT32_MAX 2147483647\n#define INT32_MIN (-INT32_MAX - 1)\n"
+    "#define UINT32_MAX 4294967295U\n"
+    "#define INT64_MAX 9223372036854775807L\n#define INT64_MIN (-INT64_MAX - 1)\n"
+    "#define UINT64_MAX 18446744073709551615UL\n#define SIZE_MAX UINT64_MAX\n"
+    "#define INFINITY (__builtin_inff())\n#define NAN (__builtin_nanf(\"\"))\n"
+    "#define HUGE_VAL (__builtin_huge_val())\n"
+    "#define isnan(x) __builtin_isnan(x)\n#define isinf(x) __builtin_isinf(x)\n"
+    "#define isfinite(x) __builtin_isfinite(x)\n#define signbit(x) __builtin_signbit(x)\n"
+#define KILN_LIBM1(f) "double " #f "(double); float " #f "f(float);\n"
+#define KILN_LIBM2(f) "double " #f "(double, double); float " #f "f(float, float);\n"
+    KILN_LIBM1(exp) KILN_LIBM1(expm1) KILN_LIBM1(log) KILN_LIBM1(log1p) KILN_LIBM1(sqrt)
+    KILN_LIBM1(tanh) KILN_LIBM1(fabs) KILN_LIBM1(round) KILN_LIBM1(floor) KILN_LIBM1(ceil)
+    KILN_LIBM1(sin) KILN_LIBM1(cos) KILN_LIBM1(erf) KILN_LIBM2(pow) KILN_LIBM2(fmax)
+    KILN_LIBM2(fmin)
+    "double fma(double, double, double); float fmaf(float, float, float);\n"
+    "void *memcpy(void *restrict, const void *restrict, size_t);\n"
+    "void *memmove(void *, const void *, size_t);\n"
+    "void *memset(void *, int, size_t);\n"
+    "int memcmp(const void *, const void *, size_t);\n"
+    "#line 1 \"step.c\"\n";
+#undef KILN_LIBM1
+#undef KILN_LIBM2
+
+struct JitProgram {
+  std::string errors;                    /* ORC's reports; outlives the JIT that writes it */
+  std::unique_ptr<llvm::orc::LLJIT> jit;
+};
+
+static char *dup_message(const std::string &s) {
+  char *p = static_cast<char *>(std::malloc(s.size() + 1));
+  if (p)
+    std::memcpy(p, s.c_str(), s.size() + 1);
+  return p;
+}
+
+static bool fail(char **err, const std::string &msg) {
+  *err = dup_message(msg);
+  return false;
+}
+
+/* The prelude, then the source with its (known) system #include lines blanked. */
+static bool hermetic_source(const char *src, std::string &out, std::string &why) {
+  out = prelude;
+  int line = 1;
+  for (const char *p = src; *p; line++) {
+    const char *e = std::strchr(p, '\n');
+    size_t n = e ? (size_t)(e - p) : std::strlen(p);
+    std::string l(p, n);
+    size_t i = l.find_first_not_of(" \t");
+    if (i != std::string::npos && l[i] == '#' &&
+        l.find_first_not_of(" \t", i + 1) != std::string::npos &&
+        l.compare(l.find_first_not_of(" \t", i + 1), 7, "include") == 0) {
+      if (l.find("<math.h>") == std::string::npos && l.find("<stdint.h>") == std::string::npos &&
+          l.find("<string.h>") == std::string::npos) {
+        why = "step.c:" + std::to_string(line) +
+              ": error: the JIT gives generated code no header but <math.h>, <stdint.h> and "
+              "<string.h>\n" + l + "\n";
+        return false;
+      }
+      l.clear();
+    }
+    out += l;
+    out += '\n';
+    p += n + (e ? 1 : 0);
+  }
+  return true;
+}
+
+static std::once_flag init_once;
+static bool have_openmp;
+
+static void init_llvm() {
+  llvm::InitializeNativeTarget();
+  llvm::InitializeNativeTargetAsmPrinter();
+  llvm::InitializeNativeTargetAsmParser();
+  /* Loaded for good: libomp's worker threads outlive the programs that started them. Not under
+   * AddressSanitizer: LeakSanitizer's tracer crashes at exit on libomp's threads, and the code
+   * gives the same results serially. */
+  void *omp = nullptr;
+#ifdef __SANITIZE_ADDRESS__
+  if (false)
+#else
+  if (*KILN_LIBOMP)
+#endif
+    omp = dlopen(KILN_LIBOMP, RTLD_NOW | RTLD_GLOBAL);
+#ifndef __SANITIZE_ADDRESS__
+  if (!omp)
+    omp = dlopen("libomp.so.5", RTLD_NOW | RTLD_GLOBAL);
+#endif
+  have_openmp = omp != nullptr;
+}
+
+/* "+avx2", "-avx512f", ... for every feature the host CPU reports. */
+static std::vector<std::string> host_features() {
+  std::vector<std::string> v;
+  llvm::StringMap<bool> m;
+  if (llvm::sys::getHostCPUFeatures(m))
+    for (auto &f : m)
+      v.push_back((f.second ? "+" : "-") + f.first().str());
+  return v;
+}
+
+/* Clang's frontend and -O2 pipeline over the in-memory source. */
+static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool openmp,
+                                                   const std::vector<std::string> &features,
+                                                   llvm::LLVMContext &ctx, std::string &diag) {
+  llvm::raw_string_ostream dos(diag);
+  auto diagopts = llvm::makeIntrusiveRefCnt<clang::DiagnosticOptions>();
+  diagopts->ShowPresumedLoc = true; /* lines as #line numbers them: the generated file's own */
+  clang::TextDiagnosticPrinter printer(dos, diagopts.get());
+  clang::CompilerInstance ci;
+  ci.createDiagnostics(&printer, /*ShouldOwnClient=*/false);
+
+  std::string triple = llvm::sys::getProcessTriple();
+  std::string cpu = llvm::sys::getHostCPUName().str();
+  std::vector<const char *> args = {
+      "-triple", triple.c_str(), "-target-cpu", cpu.c_str(),
+      /* Clang contracts a * b + c within an expression, as the driver does by default; the
+       * generated GEMM kernel counts on it (cg_gemm.c). */
+      "-ffp-contract=on",
+      "-O2", "-vectorize-loops", "-vectorize-slp",
+      /* The generated code picks its vector-type kernels under __GNUC__. */
+      "-fgnuc-version=4.2.1", "-std=c11",
+      "-nostdsysteminc", "-nobuiltininc", "-mrelocation-model", "pic", "-pic-level", "2",
+      "-main-file-name", "step.c", "-x", "c", "step.c"};
+  for (auto &f : features) {
+    args.insert(args.begin() + 4, f.c_str());
+    args.insert(args.begin() + 4, "-target-feature");
+  }
+  if (openmp)
+    args.insert(args.begin(), "-fopenmp");
+  if (!clang::CompilerInvocation::CreateFromArgs(ci.getInvocation(), args, ci.getDiagnostics()))
+    return nullptr;
+  /* ExecuteAction prints "N errors generated" to stderr when carets are on; our printer keeps
+   * its own options, carets included. */
+  ci.getDiagnosticOpts().ShowCarets = false;
+  /* The buffer refers to src, which outlives the compile; the source manager frees the buffer. */
+  ci.getPreprocessorOpts().addRemappedFile(
+      "step.c", llvm::MemoryBuffer::getMemBuffer(src, "step.c").release());
+  clang::EmitLLVMOnlyAction act(&ctx);
+  if (!ci.ExecuteAction(act))
+    return nullptr;
+  return act.takeModule();
+}
+
+static bool compile(JitProgram *p, const char *c_source, const char *symbol, void **address,
+                    char **err) {
+  std::call_once(init_once, init_llvm);
+  std::string src, why;
+  if (!hermetic_source(c_source, src, why))
+    return fail(err, why);
+  bool openmp = have_openmp && std::strstr(c_source, "#pragma omp ") != nullptr;
+  std::vector<std::string> features = host_features();
+
+  auto ctx = std::make_unique<llvm::LLVMContext>();
+  std::string diag;
+  std::unique_ptr<llvm::Module> mod = compile_to_ir(src, openmp, features, *ctx, diag);
+  if (!mod)
+    return fail(err, diag.empty() ? "clang failed without a message\n" : diag);
+
+  auto jtmb = llvm::orc::JITTargetMachineBuilder::detectHost();
+  if (!jtmb)
+    return fail(err, llvm::toString(jtmb.takeError()) + "\n");
+  jtmb->setCPU(llvm::sys::getHostCPUName().str());
+  jtmb->getFeatures() = llvm::SubtargetFeatures();
+  jtmb->addFeatures(features);
+  jtmb->setRelocationModel(llvm::Reloc::PIC_);
+  jtmb->setCodeGenOptLevel(llvm::CodeGenOpt::Default);
+  auto jit = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(std::move(*jtmb)).create();
+  if (!jit)
+    return fail(err, llvm::toString(jit.takeError()) + "\n");
+  p->jit = std::move(*jit);
+  /* Errors met while materialising would go to stderr; they come back through the lookup. */
+  std::string *session_errors = &p->errors;
+  p->jit->getExecutionSession().setErrorReporter([session_errors](llvm::Error e) {
+    *session_errors += llvm::toString(std::move(e)) + "\n";
+  });
+  auto gen = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
+      p->jit->getDataLayout().getGlobalPrefix());
+  if (!gen)
+    return fail(err, llvm::toString(gen.takeError()) + "\n");
+  p->jit->getMainJITDylib().addGenerator(std::move(*gen));
+  if (auto e = p->jit->addIRModule(llvm::orc::ThreadSafeModule(std::move(mod), std::move(ctx))))
+    return fail(err, llvm::toString(std::move(e)) + "\n");
+  auto sym = p->jit->lookup(symbol);
+  if (!sym)
+    return fail(err, p->errors + llvm::toString(sym.takeError()) + "\n");
+  *address = reinterpret_cast<void *>(static_cast<uintptr_t>(sym->getAddress()));
+  return true;
+}
+
+extern "C" JitProgram *jit_compile(const char *c_source, const char *symbol, void **address,
+                                   char **err) {
+  *address = nullptr;
+  *err = nullptr;
+  JitProgram *p = new (std::nothrow) JitProgram;
+  if (!p) {
+    *err = dup_message("out of memory\n");
+    return nullptr;
+  }
+  if (!compile(p, c_source, symbol, address, err)) {
+    delete p;
+    return nullptr;
+  }
+  return p;
+}
+
+extern "C" void jit_free(JitProgram *p) { delete p; }
+
+extern "C" const char *jit_version(void) { return "LLVM " KILN_LLVM_VERSION; }
