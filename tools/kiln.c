@@ -42,6 +42,7 @@ static const char usage[] =
     "  --backend B     what compiles the step in process (train, check, grad, jvp, hvp): 'jit'\n"
     "                  (Clang/LLVM inside kiln, the default when built in) or 'cc' (the system\n"
     "                  compiler and dlopen); also $KILN_BACKEND. `kiln --version` lists them\n"
+    "  -O1, -O2, -O3   the optimisation level of either backend (and of `build`); default -O2\n"
     "  -o FILE         output file ('-' for stdout where text)\n"
     "\n"
     "trainer options (train, and every built trainer):\n"
@@ -183,6 +184,8 @@ static int parse_args(int argc, char **argv, Args *a) {
       if (parse_backend(val, &a->opt.backend.kind))
         return usage_error(backend_has_jit() ? "--backend is 'jit' or 'cc', not '%s'"
                                              : "--backend is 'cc' (built without LLVM), not '%s'", val);
+    } else if (!strcmp(s, "-O1") || !strcmp(s, "-O2") || !strcmp(s, "-O3")) {
+      a->opt.backend.opt_level = s[2] - '0';
     } else if (!strcmp(s, "--train")) {
       a->train_graph = true;
     } else if (!strcmp(s, "--runtime")) {

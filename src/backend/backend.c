@@ -55,7 +55,7 @@ int backend_load(const BackendOptions *o, const char *source, BackendProgram **o
 #ifdef KILN_JIT
     char *msg = NULL;
     void *addr = NULL;
-    handle = jit_compile(source, "kiln_program_desc", &addr, &msg);
+    handle = jit_compile(source, o ? o->opt_level : 0, "kiln_program_desc", &addr, &msg);
     if (!handle) {
       buf_puts(err, msg ? msg : "out of memory\n");
       free(msg);

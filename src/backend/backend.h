@@ -61,9 +61,11 @@ void backend_unload(BackendProgram *p);
 /* The C face of the C++ shim (which repeats these declarations: it cannot include this C11
  * header). Only in builds with KILN_JIT. */
 typedef struct JitProgram JitProgram;
-/* Compiles c_source in memory and looks up symbol; returns the program and *address, or NULL
- * with a malloc'd message in *err (Clang's diagnostics with the generated line). */
-JitProgram *jit_compile(const char *c_source, const char *symbol, void **address, char **err);
+/* Compiles c_source in memory at -O<opt_level> (1 to 3; else 2) and looks up symbol; returns the
+ * program and *address, or NULL with a malloc'd message in *err (Clang's diagnostics with the
+ * generated line). */
+JitProgram *jit_compile(const char *c_source, int opt_level, const char *symbol, void **address,
+                        char **err);
 void jit_free(JitProgram *p); /* frees the code and everything LLVM held for it */
 const char *jit_version(void); /* "LLVM 14.0.6" */
 

@@ -63,7 +63,8 @@
  * C11). Only plain C types cross. */
 extern "C" {
 typedef struct JitProgram JitProgram;
-JitProgram *jit_compile(const char *c_source, const char *symbol, void **address, char **err);
+JitProgram *jit_compile(const char *c_source, int opt_level, const char *symbol, void **address,
+                        char **err);
 void jit_free(JitProgram *p);
 const char *jit_version(void);
 }
@@ -183,6 +184,7 @@ static std::vector<std::string> host_features() {
 
 /* Clang's frontend and -O2 pipeline over the in-memory source. */
 static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool openmp,
+                                                   const char *level,
                                                    const std::vector<std::string> &features,
                                                    llvm::LLVMContext &ctx, std::string &diag) {
   llvm::raw_string_ostream dos(diag);
@@ -199,7 +201,7 @@ static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool 
       /* Clang contracts a * b + c within an expression, as the driver does by default; the
        * generated GEMM kernel counts on it (cg_gemm.c). */
       "-ffp-contract=on",
-      "-O2", "-vectorize-loops", "-vectorize-slp",
+      level, "-vectorize-loops", "-vectorize-slp",
       /* The generated code picks its vector-type kernels under __GNUC__. */
       "-fgnuc-version=4.2.1", "-std=c11",
       "-nostdsysteminc", "-nobuiltininc", "-mrelocation-model", "pic", "-pic-level", "2",
@@ -224,8 +226,8 @@ static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool 
   return act.takeModule();
 }
 
-static bool compile(JitProgram *p, const char *c_source, const char *symbol, void **address,
-                    char **err) {
+static bool compile(JitProgram *p, const char *c_source, int opt_level, const char *symbol,
+                    void **address, char **err) {
   std::call_once(init_once, init_llvm);
   std::string src, why;
   if (!hermetic_source(c_source, src, why))
@@ -235,7 +237,10 @@ static bool compile(JitProgram *p, const char *c_source, const char *symbol, voi
 
   auto ctx = std::make_unique<llvm::LLVMContext>();
   std::string diag;
-  std::unique_ptr<llvm::Module> mod = compile_to_ir(src, openmp, features, *ctx, diag);
+  std::unique_ptr<llvm::Module> mod = compile_to_ir(src, openmp, opt_level == 1   ? "-O1"
+                                                                : opt_level == 3 ? "-O3"
+                                                                                 : "-O2",
+                    features, *ctx, diag);
   if (!mod)
     return fail(err, diag.empty() ? "clang failed without a message\n" : diag);
 
@@ -270,8 +275,8 @@ static bool compile(JitProgram *p, const char *c_source, const char *symbol, voi
   return true;
 }
 
-extern "C" JitProgram *jit_compile(const char *c_source, const char *symbol, void **address,
-                                   char **err) {
+extern "C" JitProgram *jit_compile(const char *c_source, int opt_level, const char *symbol,
+                                   void **address, char **err) {
   *address = nullptr;
   *err = nullptr;
   JitProgram *p = new (std::nothrow) JitProgram;
@@ -279,7 +284,7 @@ extern "C" JitProgram *jit_compile(const char *c_source, const char *symbol, voi
     *err = dup_message("out of memory\n");
     return nullptr;
   }
-  if (!compile(p, c_source, symbol, address, err)) {
+  if (!compile(p, c_source, opt_level, symbol, address, err)) {
     delete p;
     return nullptr;
   }
