@@ -426,8 +426,7 @@ static Graph *compile(const char *src, bool hvp, bool jvp) {
   Session s;
   if (session_open_text(&s, "m.kiln", src, &o))
     ck_abort_msg("compile failed: %s", s.error);
-  Graph *m = s.g;
-  s.g = NULL;
+  Graph *m = session_take_graph(&s);
   session_close(&s);
   return m;
 }

@@ -286,8 +286,7 @@ static Graph *compile(const char *path) {
   Session s;
   if (session_open_file(&s, path, NULL))
     ck_abort_msg("%s", s.error);
-  Graph *r = s.g;
-  s.g = NULL;
+  Graph *r = session_take_graph(&s);
   session_close(&s);
   return r;
 }

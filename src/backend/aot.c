@@ -48,14 +48,12 @@
 #endif
 
 void aot_default_options(BackendOptions *o) {
+  o->kind = BACKEND_DEFAULT;
   o->cc = "cc";
   o->runtime_dir = KILN_RUNTIME_DIR;
   o->tmp_dir = "/tmp";
   o->opt_level = 0;
 }
-
-/* "-O1" to "-O3" for a resolved level. */
-static const char *opt_flag(int level) { return level == 1 ? "-O1" : level == 3 ? "-O3" : "-O2"; }
 
 /* Unset or empty fields fall back to the defaults. */
 static BackendOptions resolved(const BackendOptions *o) {
@@ -67,7 +65,7 @@ static BackendOptions resolved(const BackendOptions *o) {
     r.runtime_dir = o->runtime_dir;
   if (o && o->tmp_dir && *o->tmp_dir)
     r.tmp_dir = o->tmp_dir;
-  r.opt_level = o && o->opt_level >= 1 && o->opt_level <= 3 ? o->opt_level : 2;
+  r.opt_level = o ? o->opt_level : 0;  /* backend_opt_flag maps it */
   return r;
 }
 
@@ -276,7 +274,8 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
   }
   Argv a = {0};
   int rc = argv_push_cc(&a, o.cc);
-  const char *flags[] = {"-std=c11", opt_flag(o.opt_level), "-march=native", "-fno-math-errno"};
+  const char *flags[] = {"-std=c11", backend_opt_flag(o.opt_level), "-march=native",
+                         "-fno-math-errno"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);
   int omp_at = wants_openmp(c_source) ? a.n : 0;
@@ -330,8 +329,8 @@ const kiln_program *aot_load_shared(const BackendOptions *opt, const char *c_sou
     if (!rc)
       rc = argv_push(&a, "-fopenmp");
   }
-  const char *flags[] = {"-std=c11", opt_flag(o.opt_level), "-march=native", "-fno-math-errno",
-                         "-shared", "-fPIC",
+  const char *flags[] = {"-std=c11", backend_opt_flag(o.opt_level), "-march=native",
+                         "-fno-math-errno", "-shared", "-fPIC",
                          "-o", so, src, "-lm"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);
@@ -348,10 +347,6 @@ const kiln_program *aot_load_shared(const BackendOptions *opt, const char *c_sou
       prog = dlsym(h, "kiln_program_desc");
       if (!prog) {
         buf_printf(err, "the generated code defines no kiln_program_desc\n");
-        dlclose(h);
-      } else if (prog->abi_version != KILN_ABI_VERSION) {
-        buf_printf(err, "ABI version %d, expected %d\n", prog->abi_version, KILN_ABI_VERSION);
-        prog = NULL;
         dlclose(h);
       } else {
         *handle = h;

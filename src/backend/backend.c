@@ -22,6 +22,10 @@ bool backend_has_jit(void) {
 #endif
 }
 
+const char *backend_opt_flag(int opt_level) {
+  return opt_level == 1 ? "-O1" : opt_level == 3 ? "-O3" : "-O2";
+}
+
 const char *backend_list(void) {
 #ifdef KILN_JIT
   static char list[64];
@@ -55,7 +59,8 @@ int backend_load(const BackendOptions *o, const char *source, BackendProgram **o
 #ifdef KILN_JIT
     char *msg = NULL;
     void *addr = NULL;
-    handle = jit_compile(source, o ? o->opt_level : 0, "kiln_program_desc", &addr, &msg);
+    handle = jit_compile(source, backend_opt_flag(o ? o->opt_level : 0), "kiln_program_desc",
+                         &addr, &msg);
     if (!handle) {
       buf_puts(err, msg ? msg : "out of memory\n");
       free(msg);

@@ -34,7 +34,6 @@ void aot_default_options(BackendOptions *o);
  * 0 or -1 with the compiler's output in err. */
 int aot_build_trainer(const BackendOptions *o, const char *c_source, const char *out_path,
                       Buf *err);
-/* Compiles c_source to a shared object and loads it; returns the kiln_program or NULL. */
 const kiln_program *aot_load_shared(const BackendOptions *o, const char *c_source, void **handle,
                                    Buf *err);
 /* Unloads what aot_load_shared loaded (NULL is fine); its kiln_program is gone afterwards. */
@@ -47,6 +46,9 @@ void aot_unload(void *handle);
 typedef struct BackendProgram BackendProgram;
 
 bool backend_has_jit(void);
+/* "-O1", "-O2" or "-O3" for BackendOptions.opt_level (0 and anything else: "-O2"), the flag
+ * both backends pass to their compiler. */
+const char *backend_opt_flag(int opt_level);
 /* The backends built in, for `kiln --version`: "jit (LLVM 14.0.6), cc" or "cc". */
 const char *backend_list(void);
 /* Compiles source with the backend o->kind names and loads it; 0 and *out, or -1 with the
@@ -61,11 +63,11 @@ void backend_unload(BackendProgram *p);
 /* The C face of the C++ shim (which repeats these declarations: it cannot include this C11
  * header). Only in builds with KILN_JIT. */
 typedef struct JitProgram JitProgram;
-/* Compiles c_source in memory at -O<opt_level> (1 to 3; else 2) and looks up symbol; returns the
+/* Compiles c_source in memory with Clang's level opt_flag ("-O2") and looks up symbol; returns the
  * program and *address, or NULL with a malloc'd message in *err (Clang's diagnostics with the
  * generated line). */
-JitProgram *jit_compile(const char *c_source, int opt_level, const char *symbol, void **address,
-                        char **err);
+JitProgram *jit_compile(const char *c_source, const char *opt_flag, const char *symbol,
+                        void **address, char **err);
 void jit_free(JitProgram *p); /* frees the code and everything LLVM held for it */
 const char *jit_version(void); /* "LLVM 14.0.6" */
 

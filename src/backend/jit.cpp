@@ -63,8 +63,8 @@
  * C11). Only plain C types cross. */
 extern "C" {
 typedef struct JitProgram JitProgram;
-JitProgram *jit_compile(const char *c_source, int opt_level, const char *symbol, void **address,
-                        char **err);
+JitProgram *jit_compile(const char *c_source, const char *opt_flag, const char *symbol,
+                        void **address, char **err);
 void jit_free(JitProgram *p);
 const char *jit_version(void);
 }
@@ -226,7 +226,7 @@ static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool 
   return act.takeModule();
 }
 
-static bool compile(JitProgram *p, const char *c_source, int opt_level, const char *symbol,
+static bool compile(JitProgram *p, const char *c_source, const char *opt_flag, const char *symbol,
                     void **address, char **err) {
   std::call_once(init_once, init_llvm);
   std::string src, why;
@@ -237,10 +237,7 @@ static bool compile(JitProgram *p, const char *c_source, int opt_level, const ch
 
   auto ctx = std::make_unique<llvm::LLVMContext>();
   std::string diag;
-  std::unique_ptr<llvm::Module> mod = compile_to_ir(src, openmp, opt_level == 1   ? "-O1"
-                                                                : opt_level == 3 ? "-O3"
-                                                                                 : "-O2",
-                    features, *ctx, diag);
+  std::unique_ptr<llvm::Module> mod = compile_to_ir(src, openmp, opt_flag, features, *ctx, diag);
   if (!mod)
     return fail(err, diag.empty() ? "clang failed without a message\n" : diag);
 
@@ -275,7 +272,7 @@ static bool compile(JitProgram *p, const char *c_source, int opt_level, const ch
   return true;
 }
 
-extern "C" JitProgram *jit_compile(const char *c_source, int opt_level, const char *symbol,
+extern "C" JitProgram *jit_compile(const char *c_source, const char *opt_flag, const char *symbol,
                                    void **address, char **err) {
   *address = nullptr;
   *err = nullptr;
@@ -284,7 +281,7 @@ extern "C" JitProgram *jit_compile(const char *c_source, int opt_level, const ch
     *err = dup_message("out of memory\n");
     return nullptr;
   }
-  if (!compile(p, c_source, opt_level, symbol, address, err)) {
+  if (!compile(p, c_source, opt_flag, symbol, address, err)) {
     delete p;
     return nullptr;
   }

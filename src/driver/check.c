@@ -27,7 +27,6 @@
  * with a third file holding the direction (one tensor per parameter, under its name).
  */
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,20 +54,6 @@ typedef struct Sides {
   RtBackend rbe;              /* reference (the session's interpreter) */
 } Sides;
 
-/* Reports a failure that is not the model's (a file, memory) into the session's diagnostic. */
-static int diag(Session *ss, const char *fmt, ...) KILN_PRINTF(2, 3);
-static int diag(Session *ss, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  int n = snprintf(ss->error, sizeof ss->error, "error: ");
-  vsnprintf(ss->error + n, sizeof ss->error - (size_t)n, fmt, ap);
-  va_end(ap);
-  size_t len = strlen(ss->error);
-  if (len + 1 < sizeof ss->error && (len == 0 || ss->error[len - 1] != '\n'))
-    memcpy(ss->error + len, "\n", 2);
-  return -1;
-}
-
 static void sides_free(Sides *s) {
   if (s->have_cbe)
     rt_arena_backend_free(&s->cbe);
@@ -84,7 +69,8 @@ static int make_compiled(Sides *s) {
   size_t bytes = ((size_t)prog->arena_bytes + 63) / 64 * 64;
   s->arena = aligned_alloc(64, bytes ? bytes : 64);
   if (!s->arena)
-    return diag(s->ss, "out of memory for a %lld-byte arena", (long long)prog->arena_bytes);
+    return session_fail(s->ss, "out of memory for a %lld-byte arena",
+                        (long long)prog->arena_bytes);
   memset(s->arena, 0, bytes ? bytes : 64);
   rt_arena_backend(prog, s->arena, &s->cbe);
   s->have_cbe = true;
@@ -106,7 +92,7 @@ static int run(Sides *s, RtBackend *be, const char *entry, int64_t batch) {
     snprintf(err, sizeof err, "the program has no \"%s\" entry", entry);
   else if (be->run(be->self, e, batch, err) == 0)
     return 0;
-  return diag(s->ss, "%s runtime: %s", be == &s->rbe ? "reference" : "compiled", err);
+  return session_fail(s->ss, "%s runtime: %s", be == &s->rbe ? "reference" : "compiled", err);
 }
 
 /* ---- values ----------------------------------------------------------------------------------- */
@@ -244,7 +230,7 @@ int check_model(Session *ss, int steps, uint64_t seed, FILE *out) {
   x = malloc((size_t)maxn * sizeof *x);
   r = malloc((size_t)maxn * sizeof *r);
   if (!buf || !x || !r) {
-    diag(ss, "out of memory");
+    session_fail(ss, "out of memory");
     goto done;
   }
   DType dt = g->nparams > 0 ? ir_at(g, g->params[0])->dtype : DT_F32;
@@ -349,7 +335,7 @@ static int grad_batch(Session *ss, const RtNamedTensor *in, int nin, const char 
       continue;
     const RtNamedTensor *t = find_named(in, nin, n->name);
     if (!t) {
-      return diag(ss, "%s: no tensor '%s' (a model input)", path, n->name);
+      return session_fail(ss, "%s: no tensor '%s' (a model input)", path, n->name);
     }
     for (int k = 0; k < n->shape.rank; k++)
       if (n->shape.d[k].sym == 0) {
@@ -357,8 +343,8 @@ static int grad_batch(Session *ss, const RtNamedTensor *in, int nin, const char 
           char want[160], have[160];
           shape_str(g, &n->shape, want, sizeof want);
           rt_format_dims(have, sizeof have, t->rank, t->dims);
-          return diag(ss, "%s: tensor '%s' has shape %s but the model needs %s", path, n->name,
-                      have, want);
+          return session_fail(ss, "%s: tensor '%s' has shape %s but the model needs %s", path,
+                              n->name, have, want);
         }
         *batch = t->dims[k] / n->shape.d[k].n;
         break;
@@ -388,8 +374,9 @@ static int check_labels(Session *ss, const RtNamedTensor *in, int nin, const cha
     for (int64_t k = 0; k < numel; k++) {
       double v = t->values[k];
       if (!(v >= 0 && v < (double)c && v == floor(v))) {
-        return diag(ss, "%s: cross_entropy: label tensor '%s' has value %g at index %lld, "
-                    "outside [0, %lld)", path, t->name, v, (long long)k, (long long)c);
+        return session_fail(ss, "%s: cross_entropy: label tensor '%s' has value %g at index "
+                            "%lld, outside [0, %lld)", path, t->name, v, (long long)k,
+                            (long long)c);
       }
     }
   }
@@ -410,10 +397,10 @@ static int load_role(Session *ss, const Plan *p, RtBackend *be, int role, bool t
     const RtNamedTensor *f = find_named(ts, n, name);
     if (!f) {
       if (param)
-        return diag(ss, "%s: no tensor '%s' (the direction for parameter '%s')", path, name,
-                    name);
-      return diag(ss, "%s: no tensor '%s' (a model %s)", path, name,
-                  role == KILN_ROLE_INPUT ? "input" : "parameter");
+        return session_fail(ss, "%s: no tensor '%s' (the direction for parameter '%s')", path,
+                            name, name);
+      return session_fail(ss, "%s: no tensor '%s' (a model %s)", path, name,
+                          role == KILN_ROLE_INPUT ? "input" : "parameter");
     }
     bool same = f->rank == t->rank;
     for (int k = 0; same && k < t->rank; k++)
@@ -422,8 +409,8 @@ static int load_role(Session *ss, const Plan *p, RtBackend *be, int role, bool t
       char want[160], have[160];
       rt_format_dims(want, sizeof want, t->rank, t->dims);
       rt_format_dims(have, sizeof have, f->rank, f->dims);
-      return diag(ss, "%s: tensor '%s' has shape %s but %s %s", path, name, have,
-                  param ? "the parameter is" : "the model needs", want);
+      return session_fail(ss, "%s: tensor '%s' has shape %s but %s %s", path, name, have,
+                          param ? "the parameter is" : "the model needs", want);
     }
     be->write(be->self, i, f->values, rt_numel(t, p->batch));
   }
@@ -459,7 +446,7 @@ static int derivatives(Session *ss, Deriv d, const char *params_path, const char
   if (rt_safetensors_load(params_path, &pt, &np, err) ||
       rt_safetensors_load(inputs_path, &it, &ni, err) ||
       (tangents_path && rt_safetensors_load(tangents_path, &tt, &nt, err))) {
-    diag(ss, "%s", err);
+    session_fail(ss, "%s", err);
     goto done;
   }
   int64_t batch;
@@ -480,7 +467,7 @@ static int derivatives(Session *ss, Deriv d, const char *params_path, const char
   buf = malloc((size_t)maxn * sizeof *buf);
   ot = calloc((size_t)s.plan->ntensors + 1, sizeof *ot);
   if (!buf || !ot) {
-    diag(ss, "out of memory");
+    session_fail(ss, "out of memory");
     goto done;
   }
   for (int i = 0; i < s.plan->ntensors; i++) {
@@ -522,7 +509,7 @@ static int derivatives(Session *ss, Deriv d, const char *params_path, const char
     int64_t n = rt_numel(t, s.plan->batch);
     o->values = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
     if (!o->values) {
-      diag(ss, "out of memory");
+      session_fail(ss, "out of memory");
       goto done;
     }
     no++;
@@ -536,7 +523,7 @@ static int derivatives(Session *ss, Deriv d, const char *params_path, const char
               use_reference ? "reference" : "compiled");
   }
   if (rt_safetensors_save(out_path, ot, no, err)) {
-    diag(ss, "%s", err);
+    session_fail(ss, "%s", err);
     goto done;
   }
   if (d == DERIV_JVP)

@@ -23,7 +23,7 @@
 /* Everything a compile depends on besides the model. Drivers fill it from their flags and
  * environment; the library reads neither. */
 typedef struct Options {
-  int64_t batch;          /* to specialise for; 0: the train block's, else 64 (batched models) or 1 */
+  int64_t batch;          /* to specialise for; 0: the train block's, else 64 (batched) or 1 */
   SchedOptions sched;
   BackendOptions backend; /* JIT or cc; the system compiler, the runtime, temporary files */
   bool jvp, hvp;          /* extend the grad entry with forward-mode outputs (kiln jvp / hvp) */
@@ -60,6 +60,11 @@ int session_build_trainer(Session *s, const char *out_path);  /* a standalone tr
  * tensor table as the compiled program). precision 32 rounds every f32 value as a float32
  * program stores it, 64 computes in double, 0 follows the model's parameters. */
 int session_reference(Session *s, int precision, RtBackend *be);
+/* The caller takes the graph: closing the session no longer frees it. */
+Graph *session_take_graph(Session *s);
+/* Sets error to "error: <message>\n" (a failure that is not the model's: a file, the compiler,
+ * memory) and returns -1. */
+int session_fail(Session *s, const char *fmt, ...) KILN_PRINTF(2, 3);
 /* Frees everything, unloading the program: nothing of it may be used afterwards. NULL and closed
  * sessions are fine. */
 void session_close(Session *s);
@@ -78,11 +83,11 @@ CheckTol check_tolerance(DType t);
 /* The three report on out (results) and put a failure that is not a disagreement — a file, the
  * compiler, memory — into s->error; they return 0, or 1 on any failure.
  *
- * Plans and compiles the session's model, initialises the compiled program and the f64 reference from
- * the same random parameters (seed) and inputs, and compares: the grad entry (loss and every
- * gradient), then `steps` train steps (loss, every parameter and state after each), then the eval
- * entry, then the grad entry again at a smaller batch (the run-time batch code path). Prints a
- * table of max absolute / relative differences to out. */
+ * Plans and compiles the session's model, initialises the compiled program and the f64
+ * reference from the same random parameters (seed) and inputs, and compares: the grad entry
+ * (loss and every gradient), then `steps` train steps (loss, every parameter and state after
+ * each), a grad + apply step, the eval entry, then the grad entry again at a smaller batch (the
+ * run-time batch code path). Prints a table of max absolute / relative differences to out. */
 int check_model(Session *s, int steps, uint64_t seed, FILE *out);
 
 /* Loads parameters and inputs from safetensors files (every parameter and input of the model,

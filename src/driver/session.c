@@ -11,6 +11,7 @@
  * line with a caret, or the tensor and its shapes — and the session stays valid (closing it frees
  * everything). Nothing here prints: drivers decide where diagnostics go.
  */
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,19 +27,36 @@ void session_default_options(Options *o) {
   aot_default_options(&o->backend);
 }
 
+/* A diagnostic already formatted (a trap's message). */
 static int failed(Session *s, const char *msg) {
   snprintf(s->error, sizeof s->error, "%s", msg);
   return -1;
 }
 
-/* Parses and lowers the model (text, or the file at path when text is NULL) and builds its
- * training graph with the entries the options ask for. */
-static int open_model(Session *s, const char *path, const char *text, const Options *o) {
+int session_fail(Session *s, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = snprintf(s->error, sizeof s->error, "error: ");
+  vsnprintf(s->error + n, sizeof s->error - (size_t)n, fmt, ap);
+  va_end(ap);
+  size_t len = strlen(s->error);
+  if (len + 1 < sizeof s->error && s->error[len - 1] != '\n')
+    memcpy(s->error + len, "\n", 2);
+  return -1;
+}
+
+static void begin(Session *s, const Options *o) {
   memset(s, 0, sizeof *s);
   if (o)
     s->opt = *o;
   else
     session_default_options(&s->opt);
+}
+
+/* Parses and lowers the model (text, or the file at path when text is NULL) and builds its
+ * training graph with the entries the options ask for. */
+static int open_model(Session *s, const char *path, const char *text, const Options *o) {
+  begin(s, o);
   Trap t;
   Graph *volatile g = NULL;
   if (!KILN_TRY(&t)) {
@@ -66,11 +84,7 @@ int session_open_text(Session *s, const char *name, const char *text, const Opti
 }
 
 void session_adopt(Session *s, Graph *g, const Options *o) {
-  memset(s, 0, sizeof *s);
-  if (o)
-    s->opt = *o;
-  else
-    session_default_options(&s->opt);
+  begin(s, o);
   s->g = g;
   s->borrowed = true;
 }
@@ -119,8 +133,7 @@ int session_emit(Session *s) {
 /* A compiler failure on generated code is kiln's bug, not the user's: say so, with the
  * compiler's own words. */
 static int compiler_failed(Session *s, const char *what, Buf *err) {
-  snprintf(s->error, sizeof s->error, "error: %s failed (a bug in kiln's code generator):\n%s",
-           what, err->p ? err->p : "");
+  session_fail(s, "%s failed (a bug in kiln's code generator):\n%s", what, err->p ? err->p : "");
   buf_free(err);
   return -1;
 }
@@ -136,9 +149,8 @@ int session_load(Session *s) {
   buf_free(&err);
   s->prog = backend_program(s->loaded);
   if (s->prog->ntensors != s->plan.ntensors) {
-    snprintf(s->error, sizeof s->error,
-             "error: the compiled program has %d tensors, the plan %d\n", s->prog->ntensors,
-             s->plan.ntensors);
+    session_fail(s, "the compiled program has %d tensors, the plan %d", s->prog->ntensors,
+                 s->plan.ntensors);
     s->prog = NULL;
     backend_unload(s->loaded);
     s->loaded = NULL;
@@ -169,9 +181,15 @@ int session_reference(Session *s, int precision, RtBackend *be) {
   interp_free(s->ref);
   s->ref = interp_new(s->g, s->plan.batch, f32);
   if (!s->ref)
-    return failed(s, "error: cannot create the reference runtime (out of memory)\n");
+    return session_fail(s, "cannot create the reference runtime (out of memory)");
   interp_backend(s->ref, &s->plan, &s->ref_prog, be);
   return 0;
+}
+
+Graph *session_take_graph(Session *s) {
+  Graph *g = s->g;
+  s->g = NULL;
+  return g;
 }
 
 void session_close(Session *s) {
