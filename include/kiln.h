@@ -1,17 +1,32 @@
 /*
  * kiln.h — kiln's public library API.
  *
- * A C program compiles a model (from a file or from text it built at run time), inspects it and
- * gets the generated C for its whole training step. Every function returns KILN_OK or
- * KILN_ERROR; after an error, kiln_last_error() gives the message (for model errors:
- * "file:line:col: error: ...", the source line and a caret). Handles are opaque; nothing here
- * exposes kiln's internal structures.
+ * A C program gets a model (from a model file, from text, or built with the calls of the builder
+ * section), compiles its whole training step inside its own process into a trainer that owns
+ * its memory, and trains it on its own buffers:
+ *
+ *     kiln_model *m;   kiln_trainer *t;   kiln_options o;   double loss;
+ *     kiln_model_from_file("mnist_cnn.kiln", &m);
+ *     kiln_options_init(&o);
+ *     kiln_compile(m, &o, &t);                      // parameters initialised from the seed
+ *     kiln_feed in[] = {{"image", pixels, 64 * 784 * sizeof(float)},
+ *                       {"label", labels, 64 * sizeof(int32_t)}};
+ *     kiln_train_step(t, 64, in, 2, &loss);
+ *     kiln_save(t, "model.safetensors");
+ *
+ * Every function that can fail returns KILN_OK or KILN_ERROR; after an error kiln_last_error()
+ * gives the message (for model errors "file:line:col: error: ...", the source line and a caret;
+ * for buffers the tensor and its shapes). Handles are opaque. There is no global mutable state:
+ * models and trainers are independent of each other, and each may be used by one thread at a
+ * time.
  */
 #ifndef KILN_H
 #define KILN_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "kiln_abi.h" /* element types KILN_F32 / KILN_F64 / KILN_I32 and roles KILN_ROLE_* */
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,6 +61,108 @@ KILN_API int kiln_param_info(const kiln_model *m, int i, const char **name, int6
 /* The whole training step as one C11 translation unit specialised to `batch` (0: the model's).
  * *source is malloc'd; free it with free(). */
 KILN_API kiln_status kiln_emit_c(kiln_model *m, int64_t batch, char **source);
+
+/* ---- compiling a trainer ----------------------------------------------------------------- */
+
+typedef enum kiln_backend {
+  KILN_BACKEND_DEFAULT = 0, /* the JIT when this kiln has it, else the system compiler */
+  KILN_BACKEND_JIT = 1,     /* Clang and LLVM inside this process: no file, no process */
+  KILN_BACKEND_CC = 2       /* the system C compiler into a private directory, then dlopen */
+} kiln_backend;
+
+/* Everything a compile depends on besides the model. kiln_options_init fills the defaults; kiln
+ * asks the machine nothing, so the same options give the same program everywhere. */
+typedef struct kiln_options {
+  kiln_backend backend;
+  int threads;            /* threads the step splits each batch over; 0: 1 */
+  int64_t batch;          /* largest batch a step takes; 0: the model's train block, else 64 */
+  int opt_level;          /* the compiler's -O level, 1..3; 0: 2 */
+  int64_t seed;           /* parameter initialisation; < 0: the model's train block, else 1 */
+  int vector_bytes;       /* widest SIMD register to plan for: 16, 32 or 64; 0: 32 */
+  int64_t l1_bytes, l2_bytes, l3_bytes; /* data caches per core, to tile for; 0: 32K/256K/8M */
+  const char *cache_dir;  /* compiled programs are kept here and reused; NULL: no cache */
+  const char *cc;         /* cc backend: the compiler command; NULL: "cc" */
+  const char *tmp_dir;    /* cc backend: where its private directory is made; NULL: "/tmp" */
+} kiln_options;
+KILN_API void kiln_options_init(kiln_options *o);
+/* Whether this kiln has backend b built in (KILN_BACKEND_DEFAULT: always). */
+KILN_API int kiln_has_backend(kiln_backend b);
+
+/* A compiled training step and the memory it runs in: parameters, optimizer state, inputs,
+ * outputs and temporaries, in one arena. */
+typedef struct kiln_trainer kiln_trainer;
+
+/* Compiles the model's training step (entries train, grad, apply, eval) and initialises every
+ * parameter, running statistic, optimizer state and hyper-parameter exactly as `kiln train` and
+ * a standalone trainer do. The trainer does not refer to the model afterwards. */
+KILN_API kiln_status kiln_compile(const kiln_model *m, const kiln_options *o, kiln_trainer **out);
+KILN_API void kiln_trainer_free(kiln_trainer *t);
+/* The largest batch a step of t takes. */
+KILN_API int64_t kiln_trainer_batch(const kiln_trainer *t);
+
+/* ---- tensors by name ------------------------------------------------------------------------- */
+
+typedef struct kiln_tensor_info {
+  const char *name;       /* "conv1.weight", "conv1.weight.exp_avg", "lr", "image", "loss" */
+  int role;               /* KILN_ROLE_PARAM, _STATE, _HYPER, _INPUT, _OUTPUT, _OPT, _GRAD */
+  int dtype;              /* KILN_F32, KILN_F64, KILN_I32 */
+  int rank;
+  int64_t dims[KILN_ABI_MAX_RANK]; /* at the largest batch */
+  int batch_axis;         /* the axis that is the batch, or -1 */
+  size_t bytes;           /* the whole tensor at the largest batch */
+} kiln_tensor_info;
+
+KILN_API int kiln_tensor_count(const kiln_trainer *t);
+/* The i-th tensor (0 <= i < kiln_tensor_count) or the one named name. */
+KILN_API kiln_status kiln_tensor_at(const kiln_trainer *t, int i, kiln_tensor_info *info);
+KILN_API kiln_status kiln_tensor_find(const kiln_trainer *t, const char *name,
+                                      kiln_tensor_info *info);
+
+/* Copies a tensor's values out of / into the trainer, in the tensor's own element type. bytes
+ * must be the tensor's size, or for a tensor with a batch axis first, the size of a whole
+ * number of examples (the leading ones). */
+KILN_API kiln_status kiln_get(const kiln_trainer *t, const char *name, void *dst, size_t bytes);
+KILN_API kiln_status kiln_set(kiln_trainer *t, const char *name, const void *src, size_t bytes);
+/* A scalar tensor ("lr", "loss", "adam.step") as a double, converted from its element type. */
+KILN_API kiln_status kiln_get_scalar(const kiln_trainer *t, const char *name, double *value);
+KILN_API kiln_status kiln_set_scalar(kiln_trainer *t, const char *name, double value);
+
+/* ---- steps ----------------------------------------------------------------------------------- */
+
+/* One input of a step: the tensor's values (already scaled: what the model computes with, not
+ * raw pixels) for `batch` examples, in its element type. */
+typedef struct kiln_feed {
+  const char *name;
+  const void *data;
+  size_t bytes;
+} kiln_feed;
+
+/* Each step takes 1 <= batch <= kiln_trainer_batch(t) examples and every input the step reads,
+ * once each, with their sizes checked (kiln_tensor_info's role KILN_ROLE_INPUT lists them). The loss is the batch's mean (NULL: not wanted).
+ *
+ * train: forward, backward and the optimizer update.
+ * grad:  forward and backward; leaves d loss / d p in the tensor "grad.<p>" of every parameter
+ *        p, for the host to read, combine or overwrite before apply.
+ * apply: the optimizer update from the "grad.<p>" tensors; grad then apply is bit-identical to
+ *        train.
+ * eval:  forward in evaluation mode (running statistics, no dropout); the model's declared
+ *        output ("output NAME") goes to output (output_bytes for `batch` examples; NULL: not
+ *        wanted). */
+KILN_API kiln_status kiln_train_step(kiln_trainer *t, int64_t batch, const kiln_feed *inputs,
+                                     int ninputs, double *loss);
+KILN_API kiln_status kiln_grad_step(kiln_trainer *t, int64_t batch, const kiln_feed *inputs,
+                                    int ninputs, double *loss);
+KILN_API kiln_status kiln_apply_step(kiln_trainer *t);
+KILN_API kiln_status kiln_eval_step(kiln_trainer *t, int64_t batch, const kiln_feed *inputs,
+                                    int ninputs, double *loss, void *output,
+                                    size_t output_bytes);
+
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+
+/* Parameters and saved state (running statistics) as a safetensors file under their PyTorch
+ * names, written atomically; load checks every name and shape before changing anything. */
+KILN_API kiln_status kiln_save(const kiln_trainer *t, const char *path);
+KILN_API kiln_status kiln_load(kiln_trainer *t, const char *path);
 
 #ifdef __cplusplus
 }

@@ -16,6 +16,7 @@
 typedef struct ArenaBe {
   const kiln_program *prog;
   unsigned char *base;
+  int owned;          /* base was allocated by rt_arena_backend_new */
 } ArenaBe;
 
 static int arena_run(void *self, int entry, int64_t batch, char *err) {
@@ -89,10 +90,8 @@ static void arena_write(void *self, int tensor, const double *in, int64_t n) {
 void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be) {
   memset(be, 0, sizeof *be);
   ArenaBe *a = malloc(sizeof *a);
-  if (a) {
-    a->prog = p;
-    a->base = arena;
-  }
+  if (a)
+    *a = (ArenaBe){p, arena, 0};
   be->prog = p;
   be->self = a;
   be->run = arena_run;
@@ -100,9 +99,34 @@ void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be
   be->write = arena_write;
 }
 
+int rt_arena_backend_new(const kiln_program *p, RtBackend *be, char *err) {
+  memset(be, 0, sizeof *be);
+  /* aligned_alloc wants a multiple of the alignment, and something to allocate. */
+  size_t bytes = p->arena_bytes > 0 ? ((size_t)p->arena_bytes + 63) / 64 * 64 : 64;
+  unsigned char *arena = aligned_alloc(64, bytes);
+  if (!arena)
+    return rt_errf(err, "out of memory for a %lld-byte arena", (long long)p->arena_bytes);
+  memset(arena, 0, bytes);
+  rt_arena_backend(p, arena, be);
+  if (!be->self) {
+    free(arena);
+    return rt_errf(err, "out of memory creating the arena backend");
+  }
+  ((ArenaBe *)be->self)->owned = 1;
+  return 0;
+}
+
+unsigned char *rt_arena_base(const RtBackend *be) {
+  const ArenaBe *a = be->self;
+  return a ? a->base : NULL;
+}
+
 void rt_arena_backend_free(RtBackend *be) {
   if (!be)
     return;
-  free(be->self);
+  ArenaBe *a = be->self;
+  if (a && a->owned)
+    free(a->base);
+  free(a);
   be->self = NULL;
 }

@@ -416,10 +416,15 @@ typedef struct Run {
   RtProgress progress;
 } Run;
 
-/* Fills every persistent tensor: params and state by their initialisers, optimizer state with
- * zeros, hyper-parameters with their values (lr possibly overridden). */
-static int init_tensors(Run *r) {
-  const kiln_program *p = r->prog;
+int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err) {
+  const kiln_program *p = be->prog;
+  int64_t most = 1;
+  for (int i = 0; i < p->ntensors; i++)
+    if (rt_numel(&p->tensors[i], p->batch) > most)
+      most = rt_numel(&p->tensors[i], p->batch);
+  double *buf = malloc((size_t)most * sizeof *buf);
+  if (!buf)
+    return rt_errf(err, "out of memory");
   int lr_used = 0;
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
@@ -428,24 +433,25 @@ static int init_tensors(Run *r) {
     case KILN_ROLE_PARAM:
     case KILN_ROLE_STATE:
     case KILN_ROLE_HYPER:
-      rt_init_tensor(t, r->seed, r->buf, n);
-      if (t->role == KILN_ROLE_HYPER && !strcmp(t->name, "lr") && r->o->lr >= 0) {
+      rt_init_tensor(t, seed, buf, n);
+      if (t->role == KILN_ROLE_HYPER && !strcmp(t->name, "lr") && lr >= 0) {
         for (int64_t k = 0; k < n; k++)
-          r->buf[k] = r->o->lr;
+          buf[k] = lr;
         lr_used = 1;
       }
       break;
     case KILN_ROLE_OPT:
     case KILN_ROLE_GRAD:
-      memset(r->buf, 0, (size_t)n * sizeof *r->buf);
+      memset(buf, 0, (size_t)n * sizeof *buf);
       break;
     default:
       continue;
     }
-    r->be->write(r->be->self, i, r->buf, n);
+    be->write(be->self, i, buf, n);
   }
-  if (r->o->lr >= 0 && !lr_used)
-    return rt_errf(r->err, "--lr given, but model '%s' has no hyper-parameter named \"lr\"",
+  free(buf);
+  if (lr >= 0 && !lr_used)
+    return rt_errf(err, "--lr given, but model '%s' has no hyper-parameter named \"lr\"",
                    p->model ? p->model : "?");
   return 0;
 }
@@ -852,7 +858,7 @@ int rt_train(RtBackend *be, const RtOptions *o) {
     goto done;
   }
   rt_progress_init(&r.progress, stderr);
-  if (init_tensors(&r))
+  if (rt_init_persistent(be, r.seed, o->lr, r.err))
     goto done;
   if (o->load_path && rt_load_checkpoint(be, o->load_path, r.err))
     goto done;

@@ -169,6 +169,12 @@ const char *rt_setting(const kiln_program *p, const char *key);
 int64_t rt_setting_int(const kiln_program *p, const char *key, int64_t dflt);
 uint64_t rt_setting_u64(const kiln_program *p, const char *key, uint64_t dflt);
 
+/* Fills every persistent tensor as a trainer starts: parameters, state and hyper-parameters by
+ * their initialisers from `seed` (the program's "seed" setting is the usual one), optimizer state
+ * and gradients with zeros; lr >= 0 overrides the hyper-parameter "lr" (an error if there is
+ * none). Returns 0, or -1 with err. */
+int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err);
+
 /* Saving and loading the checkpoint of a backend: params and saved state under their names. */
 int rt_save_checkpoint(RtBackend *be, const char *path, char *err);
 int rt_load_checkpoint(RtBackend *be, const char *path, char *err);
@@ -181,6 +187,11 @@ int rt_load_checkpoint(RtBackend *be, const char *path, char *err);
  * writes round and saturate). The backend holds a small allocation: release it with
  * rt_arena_backend_free. If that allocation fails, run reports it and read / write do nothing. */
 void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be);
+/* The same over an arena of its own: zeroed, 64-byte aligned, freed by rt_arena_backend_free.
+ * Returns 0, or -1 with err (and nothing to free). */
+int rt_arena_backend_new(const kiln_program *p, RtBackend *be, char *err);
+/* The arena a backend of this file runs on (NULL if its allocation failed). */
+unsigned char *rt_arena_base(const RtBackend *be);
 void rt_arena_backend_free(RtBackend *be);
 
 #endif

@@ -423,18 +423,14 @@ static int train_compiled(Session *s, RtOptions *o) {
     report(s);
     return 1;
   }
-  const kiln_program *prog = s->prog;
-  unsigned char *arena = aligned_alloc(64, (size_t)(prog->arena_bytes + 63) / 64 * 64);
-  if (!arena) {
-    fprintf(stderr, "kiln: error: out of memory for a %lld-byte arena\n", (long long)prog->arena_bytes);
+  RtBackend be;
+  char err[RT_ERR_LEN];
+  if (rt_arena_backend_new(s->prog, &be, err)) {
+    fprintf(stderr, "kiln: error: %s\n", err);
     return 1;
   }
-  memset(arena, 0, (size_t)prog->arena_bytes);
-  RtBackend be;
-  rt_arena_backend(prog, arena, &be);
   int rc = rt_train(&be, o);
   rt_arena_backend_free(&be);
-  free(arena);
   return rc;
 }
 

@@ -239,7 +239,7 @@ static bool wants_openmp(const char *c_source) { return strstr(c_source, "#pragm
 /* Runs the compiler with argv a; when that fails with -fopenmp at a->v[omp_at], once more
  * without it, reporting only the second attempt's output. */
 static int run_compile(Argv *a, int omp_at, Buf *err) {
-  Buf first = {0};
+  Buf first = {.lossy = true};
   int st = run(a, omp_at > 0 ? &first : err);
   if (st != 0 && omp_at > 0) {
     free(a->v[omp_at]);
@@ -275,7 +275,7 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
   Argv a = {0};
   int rc = argv_push_cc(&a, o.cc);
   const char *flags[] = {"-std=c11", backend_opt_flag(o.opt_level), "-march=native",
-                         "-fno-math-errno"};
+                         "-fno-math-errno", "-ffp-contract=off"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);
   int omp_at = wants_openmp(c_source) ? a.n : 0;
@@ -330,7 +330,7 @@ const kiln_program *aot_load_shared(const BackendOptions *opt, const char *c_sou
       rc = argv_push(&a, "-fopenmp");
   }
   const char *flags[] = {"-std=c11", backend_opt_flag(o.opt_level), "-march=native",
-                         "-fno-math-errno", "-shared", "-fPIC",
+                         "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC",
                          "-o", so, src, "-lm"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);

@@ -136,7 +136,11 @@ void buf_vprintf(Buf *b, const char *fmt, va_list ap) {
   if (b->len + (size_t)n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + (size_t)n + 1) cap *= 2;
-    char *p = kiln_realloc(b->p, cap);
+    char *p = b->lossy ? kiln_try_realloc(b->p, cap) : kiln_realloc(b->p, cap);
+    if (!p) {
+      b->lost = true;
+      return;
+    }
     b->p = p;
     b->cap = cap;
   }
@@ -157,6 +161,7 @@ void buf_free(Buf *b) {
   free(b->p);
   b->p = NULL;
   b->len = b->cap = 0;
+  b->lost = false;
 }
 
 /* ---- files ---- */

@@ -70,13 +70,15 @@ static void emit_ukr(Buf *o, DType dt, const GemmTiles *tiles, const UkrShape *s
   /* The M block is a multiple of MR, so only the last one has an edge tile. */
   buf_printf(o, "enum { %s_mr = %d, %s_nr = %d, %s_mcb = %d };\n", g, s->mr, g, nr, g,
              (int)(tiles->mc / s->mr * s->mr));
-  /* gcc does not contract a * b + c into an FMA in ISO C mode (-std=c11, as aot.c compiles):
-   * ask for it on this function; clang contracts within an expression by default. */
+  /* Both backends compile with contraction off (-ffp-contract=off), so gcc and clang round every
+   * other expression alike and give the same bits; the micro-kernel alone asks for FMAs, in each
+   * compiler's own way. */
   buf_puts(o, "#if defined(__clang__)\n__attribute__((noinline))\n#else\n"
               "__attribute__((noinline, optimize(\"fp-contract=fast\")))\n#endif\n");
   buf_printf(o, "static void %s_ukr(int64_t kc, const %s *restrict a, "
                 "const %s *restrict b, int64_t ldb, %s *restrict c, int64_t ldc, int beta) {\n",
              g, t, t, t);
+  buf_puts(o, "#if defined(__clang__)\n#pragma clang fp contract(fast)\n#endif\n");
   for (int i = 0; i < s->mr; i++) {
     buf_puts(o, "  ");
     for (int v = 0; v < s->nv; v++)

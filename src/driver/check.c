@@ -48,7 +48,6 @@ CheckTol check_tolerance(DType t) {
 typedef struct Sides {
   Session *ss;                /* the model, its plan and the compiled program */
   const Plan *plan;
-  unsigned char *arena;
   RtBackend cbe;              /* compiled */
   bool have_cbe;
   RtBackend rbe;              /* reference (the session's interpreter) */
@@ -57,7 +56,6 @@ typedef struct Sides {
 static void sides_free(Sides *s) {
   if (s->have_cbe)
     rt_arena_backend_free(&s->cbe);
-  free(s->arena);
 }
 
 /* The compiled side: the session's program (emitted, compiled and loaded) over a fresh arena. */
@@ -65,14 +63,9 @@ static int make_compiled(Sides *s) {
   if (session_load(s->ss))
     return -1;
   s->plan = &s->ss->plan;
-  const kiln_program *prog = s->ss->prog;
-  size_t bytes = ((size_t)prog->arena_bytes + 63) / 64 * 64;
-  s->arena = aligned_alloc(64, bytes ? bytes : 64);
-  if (!s->arena)
-    return session_fail(s->ss, "out of memory for a %lld-byte arena",
-                        (long long)prog->arena_bytes);
-  memset(s->arena, 0, bytes ? bytes : 64);
-  rt_arena_backend(prog, s->arena, &s->cbe);
+  char err[RT_ERR_LEN];
+  if (rt_arena_backend_new(s->ss->prog, &s->cbe, err))
+    return session_fail(s->ss, "%s", err);
   s->have_cbe = true;
   return 0;
 }

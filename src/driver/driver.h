@@ -60,6 +60,9 @@ int session_build_trainer(Session *s, const char *out_path);  /* a standalone tr
  * tensor table as the compiled program). precision 32 rounds every f32 value as a float32
  * program stores it, 64 computes in double, 0 follows the model's parameters. */
 int session_reference(Session *s, int precision, RtBackend *be);
+/* The caller takes the loaded program (session_load): closing the session no longer unloads it;
+ * free it with backend_unload. */
+BackendProgram *session_take_program(Session *s);
 /* The caller takes the graph: closing the session no longer frees it. */
 Graph *session_take_graph(Session *s);
 /* Sets error to "error: <message>\n" (a failure that is not the model's: a file, the compiler,

@@ -133,6 +133,10 @@ int session_emit(Session *s) {
 /* A compiler failure on generated code is kiln's bug, not the user's: say so, with the
  * compiler's own words. */
 static int compiler_failed(Session *s, const char *what, Buf *err) {
+  if (err->lost || (err->p && !strcmp(err->p, "out of memory\n"))) {
+    buf_free(err);
+    return session_fail(s, "out of memory");
+  }
   session_fail(s, "%s failed (a bug in kiln's code generator):\n%s", what, err->p ? err->p : "");
   buf_free(err);
   return -1;
@@ -143,7 +147,7 @@ int session_load(Session *s) {
     return 0;
   if (session_emit(s))
     return -1;
-  Buf err = {0};
+  Buf err = {.lossy = true};
   if (backend_load(&s->opt.backend, s->c.p, &s->loaded, &err) != 0)
     return compiler_failed(s, "compiling the generated code", &err);
   buf_free(&err);
@@ -162,7 +166,7 @@ int session_load(Session *s) {
 int session_build_trainer(Session *s, const char *out_path) {
   if (session_emit(s))
     return -1;
-  Buf err = {0};
+  Buf err = {.lossy = true};
   if (aot_build_trainer(&s->opt.backend, s->c.p, out_path, &err) != 0) {
     char what[512];
     snprintf(what, sizeof what, "building '%s'", out_path);
@@ -184,6 +188,13 @@ int session_reference(Session *s, int precision, RtBackend *be) {
     return session_fail(s, "cannot create the reference runtime (out of memory)");
   interp_backend(s->ref, &s->plan, &s->ref_prog, be);
   return 0;
+}
+
+BackendProgram *session_take_program(Session *s) {
+  BackendProgram *p = s->loaded;
+  s->loaded = NULL;
+  s->prog = NULL;
+  return p;
 }
 
 Graph *session_take_graph(Session *s) {

@@ -161,6 +161,9 @@ __attribute__((noinline))
 __attribute__((noinline, optimize("fp-contract=fast")))
 #endif
 static void kiln_sgemm_ukr(int64_t kc, const float *restrict a, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int beta) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
   kiln_sgemm_v c0_0 = {0}; kiln_sgemm_v c0_1 = {0};
   kiln_sgemm_v c1_0 = {0}; kiln_sgemm_v c1_1 = {0};
   kiln_sgemm_v c2_0 = {0}; kiln_sgemm_v c2_1 = {0};
@@ -209,6 +212,9 @@ __attribute__((noinline))
 __attribute__((noinline, optimize("fp-contract=fast")))
 #endif
 static void kiln_sgemm_ukr(int64_t kc, const float *restrict a, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int beta) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
   kiln_sgemm_v c0_0 = {0}; kiln_sgemm_v c0_1 = {0};
   kiln_sgemm_v c1_0 = {0}; kiln_sgemm_v c1_1 = {0};
   kiln_sgemm_v c2_0 = {0}; kiln_sgemm_v c2_1 = {0};
@@ -249,6 +255,9 @@ __attribute__((noinline))
 __attribute__((noinline, optimize("fp-contract=fast")))
 #endif
 static void kiln_sgemm_ukr(int64_t kc, const float *restrict a, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int beta) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
   kiln_sgemm_v c0_0 = {0}; kiln_sgemm_v c0_1 = {0};
   kiln_sgemm_v c1_0 = {0}; kiln_sgemm_v c1_1 = {0};
   kiln_sgemm_v c2_0 = {0}; kiln_sgemm_v c2_1 = {0};
