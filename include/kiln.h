@@ -62,6 +62,78 @@ KILN_API int kiln_param_info(const kiln_model *m, int i, const char **name, int6
  * *source is malloc'd; free it with free(). */
 KILN_API kiln_status kiln_emit_c(kiln_model *m, int64_t batch, char **source);
 
+/* ---- building a model with C calls ------------------------------------------------------------ */
+
+/* A model under construction, one call a statement. The builder writes the model in kiln's
+ * language, one line per call (kiln_builder_source), and kiln_builder_finish compiles that text
+ * through the same front end as a model file: every check, shape rule and layer of the language
+ * applies unchanged, an error names the call's line and shows it with a caret, and the model
+ * can be saved and later used as a model file by `kiln train`. Calls check their arguments
+ * (names, handles, numbers) at once; after the first failure every later call fails with the same
+ * message, so a host may check only the last status. */
+typedef struct kiln_builder kiln_builder;
+typedef int32_t kiln_var;   /* a tensor of the model being built */
+
+#define KILN_BATCH (-1)     /* a dimension that is the batch, in kiln_input's dims */
+
+/* A keyword option of a call: a number, or (word != NULL) a word such as `same` or `true`. */
+typedef struct kiln_option {
+  const char *key;
+  double number;
+  const char *word;
+} kiln_option;
+
+/* name: the model's name, an identifier. */
+KILN_API kiln_status kiln_builder_new(const char *name, kiln_builder **out);
+KILN_API void kiln_builder_free(kiln_builder *b);
+/* The model text the calls so far make (owned by b, valid until its next call). */
+KILN_API const char *kiln_builder_source(const kiln_builder *b);
+
+/* `input NAME: DTYPE[dims] [from FEED * scale]`: a tensor fed at every step. dtype KILN_F32,
+ * KILN_F64 or KILN_I32; dims[i] > 0 or KILN_BATCH. feed: "images" (bytes times scale), "labels",
+ * or NULL when the host feeds it only through the C API. */
+KILN_API kiln_status kiln_input(kiln_builder *b, const char *name, int dtype, int rank,
+                                const int64_t *dims, const char *feed, double scale,
+                                kiln_var *out);
+
+/* Any function of the language (docs/language.md) applied to args with keyword options:
+ * kiln_call(b, "leaky_relu", NULL, &x, 1, (kiln_option[]){{"slope", 0.2}}, 1, &y). A layer with
+ * parameters takes its name from `name` ("conv1" makes conv1.weight and conv1.bias); NULL gives
+ * a generated one. */
+KILN_API kiln_status kiln_call(kiln_builder *b, const char *fn, const char *name,
+                               const kiln_var *args, int nargs, const kiln_option *options,
+                               int noptions, kiln_var *out);
+
+/* The layers a CNN is made of, as typed shorthands of kiln_call. stride 0 means the default
+ * (1 for convolutions, the kernel for pooling). */
+KILN_API kiln_status kiln_conv2d(kiln_builder *b, const char *name, kiln_var x, int64_t out,
+                                 int64_t kernel, int64_t stride, int64_t pad, kiln_var *y);
+KILN_API kiln_status kiln_linear(kiln_builder *b, const char *name, kiln_var x, int64_t out,
+                                 kiln_var *y);
+KILN_API kiln_status kiln_batchnorm(kiln_builder *b, const char *name, kiln_var x, kiln_var *y);
+KILN_API kiln_status kiln_maxpool2d(kiln_builder *b, kiln_var x, int64_t kernel, int64_t stride,
+                                    kiln_var *y);
+KILN_API kiln_status kiln_relu(kiln_builder *b, kiln_var x, kiln_var *y);
+KILN_API kiln_status kiln_flatten(kiln_builder *b, kiln_var x, kiln_var *y);
+KILN_API kiln_status kiln_dropout(kiln_builder *b, const char *name, kiln_var x, double p,
+                                  kiln_var *y);
+KILN_API kiln_status kiln_cross_entropy(kiln_builder *b, kiln_var logits, kiln_var labels,
+                                        kiln_var *loss);
+
+/* `output` (the prediction eval computes) and `minimize` (the loss; exactly once). */
+KILN_API kiln_status kiln_output(kiln_builder *b, kiln_var x);
+KILN_API kiln_status kiln_minimize(kiln_builder *b, kiln_var loss);
+
+/* The train block: `key = number` (batch, epochs, seed, steps) and `key = fn(options)`
+ * (optimizer = adam(lr=1e-3), init = he(), early_stop = patience(3); regularize may be given
+ * several times and collects a list). */
+KILN_API kiln_status kiln_train_number(kiln_builder *b, const char *key, double value);
+KILN_API kiln_status kiln_train_call(kiln_builder *b, const char *key, const char *fn,
+                                     const kiln_option *options, int noptions);
+
+/* Compiles the statements into a model (the builder stays usable: add more and finish again). */
+KILN_API kiln_status kiln_builder_finish(kiln_builder *b, kiln_model **out);
+
 /* ---- compiling a trainer ----------------------------------------------------------------- */
 
 typedef enum kiln_backend {

@@ -126,6 +126,168 @@ START_TEST(allocation_failures_unwind) {
 }
 END_TEST
 
+
+/* s without its C comments (which name model lines), in place. */
+static void drop_comments(char *s) {
+  char *w = s;
+  for (const char *r = s; *r;) {
+    if (r[0] == '/' && r[1] == '*') {
+      const char *e = strstr(r + 2, "*/");
+      r = e ? e + 2 : r + strlen(r);
+    } else {
+      *w++ = *r++;
+    }
+  }
+  *w = 0;
+}
+
+/* The seed's CNN built with C calls is examples/mnist_cnn.kiln: the same parameters, in the same
+ * order, under the same names, and the same tensors in the same places of the arena. */
+START_TEST(builder_makes_the_cnn) {
+  kiln_builder *b;
+  ck_assert_int_eq(kiln_builder_new("mnist_cnn", &b), KILN_OK);
+  kiln_var image, label, x, logits, loss;
+  ck_assert_int_eq(kiln_input(b, "image", KILN_F32, 4, (int64_t[]){KILN_BATCH, 1, 28, 28},
+                              "images", 1.0 / 255, &image), KILN_OK);
+  ck_assert_int_eq(kiln_input(b, "label", KILN_I32, 1, (int64_t[]){KILN_BATCH}, "labels", 1,
+                              &label), KILN_OK);
+  kiln_conv2d(b, "conv1", image, 8, 3, 0, 1, &x);
+  kiln_batchnorm(b, "bn1", x, &x);
+  kiln_relu(b, x, &x);
+  kiln_maxpool2d(b, x, 2, 0, &x);
+  kiln_conv2d(b, "conv2", x, 32, 5, 0, 2, &x);
+  kiln_batchnorm(b, "bn2", x, &x);
+  kiln_relu(b, x, &x);
+  kiln_maxpool2d(b, x, 2, 0, &x);
+  kiln_flatten(b, x, &x);
+  kiln_linear(b, "fc1", x, 600, &x);
+  kiln_relu(b, x, &x);
+  kiln_linear(b, "fc2", x, 10, &logits);
+  kiln_cross_entropy(b, logits, label, &loss);
+  kiln_output(b, logits);
+  kiln_minimize(b, loss);
+  kiln_train_call(b, "optimizer", "adam", (kiln_option[]){{"lr", 1e-3, NULL}}, 1);
+  kiln_train_number(b, "batch", 64);
+  kiln_train_number(b, "epochs", 2);
+  ck_assert_int_eq(kiln_train_number(b, "seed", 1), KILN_OK);
+  kiln_model *built, *file;
+  ck_assert_msg(kiln_builder_finish(b, &built) == KILN_OK, "%s", kiln_last_error());
+  ck_assert_int_eq(kiln_model_from_file(KILN_SOURCE_DIR "/examples/mnist_cnn.kiln", &file),
+                   KILN_OK);
+  ck_assert_int_eq(kiln_param_count(built), 954002);
+  ck_assert_int_eq(kiln_param_tensors(built), kiln_param_tensors(file));
+  for (int i = 0; i < kiln_param_tensors(file); i++) {
+    const char *nb, *nf;
+    int64_t db[6], df[6];
+    ck_assert_int_eq(kiln_param_info(built, i, &nb, db), kiln_param_info(file, i, &nf, df));
+    ck_assert_str_eq(nb, nf);
+  }
+  char *cb, *cf;
+  ck_assert_int_eq(kiln_emit_c(built, 0, &cb), KILN_OK);
+  ck_assert_int_eq(kiln_emit_c(file, 0, &cf), KILN_OK);
+  drop_comments(cb);
+  drop_comments(cf);
+  /* Temporaries are named after the variables that hold them, so compare the program's tensor
+   * table (every tensor a driver sees, with its offset) and its description. */
+  const char *tb = strstr(cb, "static const kiln_tensor kiln_tensors["),
+             *tf = strstr(cf, "static const kiln_tensor kiln_tensors[");
+  ck_assert_ptr_nonnull(tb);
+  ck_assert_ptr_nonnull(tf);
+  ck_assert_msg(strcmp(tb, tf) == 0, "the built model's tensors differ from the model file's");
+  free(cb);
+  free(cf);
+  kiln_model_free(built);
+  kiln_model_free(file);
+  kiln_builder_free(b);
+}
+END_TEST
+
+START_TEST(builder_writes_the_language) {
+  kiln_builder *b;
+  ck_assert_int_eq(kiln_builder_new("tiny", &b), KILN_OK);
+  kiln_var x, y, loss;
+  kiln_input(b, "x", KILN_F64, 2, (int64_t[]){KILN_BATCH, 3}, NULL, 1, &x);
+  kiln_linear(b, "fc", x, 2, &y);
+  kiln_call(b, "leaky_relu", NULL, &y, 1, (kiln_option[]){{"slope", 0.25, NULL}}, 1, &y);
+  kiln_call(b, "mean", NULL, &y, 1, NULL, 0, &loss);
+  kiln_minimize(b, loss);
+  kiln_train_call(b, "optimizer", "sgd", (kiln_option[]){{"lr", 0.1, NULL},
+                  {"nesterov", 0, "true"}, {"momentum", 0.9, NULL}}, 3);
+  kiln_train_call(b, "early_stop", "patience", (kiln_option[]){{NULL, 3, NULL}}, 1);
+  kiln_train_call(b, "init", "he", NULL, 0);
+  kiln_train_call(b, "regularize", "l2", (kiln_option[]){{NULL, 1e-4, NULL}}, 1);
+  ck_assert_int_eq(kiln_train_call(b, "regularize", "max_norm", (kiln_option[]){{NULL, 3, NULL}},
+                                   1), KILN_OK);
+  ck_assert_str_eq(kiln_builder_source(b),
+                   "model tiny\n"
+                   "input x: f64[B, 3]\n"
+                   "_0 = x\n"
+                   "_1 = linear(_0, out=2) as fc\n"
+                   "_2 = leaky_relu(_1, slope=0.25)\n"
+                   "_3 = mean(_2)\n"
+                   "minimize _3\n"
+                   "train {\n"
+                   "  optimizer = sgd(lr=0.10000000000000001, nesterov=true, momentum=0.90000000000000002)\n"
+                   "  early_stop = patience(3)\n"
+                   "  init = he\n"
+                   "  regularize = [l2(0.0001), max_norm(3)]\n"
+                   "}\n");
+  kiln_model *m;
+  ck_assert_msg(kiln_builder_finish(b, &m) == KILN_OK, "%s", kiln_last_error());
+  kiln_model_free(m);
+  kiln_builder_free(b);
+}
+END_TEST
+
+/* Arguments are checked at the call; the first failure sticks; shape errors show the call's line. */
+START_TEST(builder_errors) {
+  kiln_builder *b;
+  ck_assert_int_eq(kiln_builder_new("bad name", &b), KILN_ERROR);
+  ck_assert_ptr_null(b);
+  ck_assert_ptr_nonnull(strstr(kiln_last_error(), "'bad name' is not an identifier"));
+  ck_assert_int_eq(kiln_builder_new("net", &b), KILN_OK);
+  kiln_var x, y;
+  ck_assert_int_eq(kiln_input(b, "x", KILN_F32, 2, (int64_t[]){KILN_BATCH, 0}, NULL, 1, &x),
+                   KILN_ERROR);
+  ck_assert_str_eq(kiln_last_error(),
+                   "error: kiln_input 'x': dimension 1 is 0 (> 0, or KILN_BATCH)\n");
+  /* Sticky: a correct call after a failure fails with the first message. */
+  ck_assert_int_eq(kiln_input(b, "x", KILN_F32, 2, (int64_t[]){KILN_BATCH, 4}, NULL, 1, &x),
+                   KILN_ERROR);
+  ck_assert_str_eq(kiln_last_error(),
+                   "error: kiln_input 'x': dimension 1 is 0 (> 0, or KILN_BATCH)\n");
+  kiln_builder_free(b);
+
+  kiln_builder_new("net", &b);
+  kiln_input(b, "x", KILN_F32, 2, (int64_t[]){KILN_BATCH, 4}, NULL, 1, &x);
+  ck_assert_int_eq(kiln_relu(b, 7, &y), KILN_ERROR);
+  ck_assert_str_eq(kiln_last_error(), "error: no tensor 7 in this builder (it has made 1)\n");
+  kiln_builder_free(b);
+
+  kiln_builder_new("net", &b);
+  kiln_input(b, "x", KILN_F32, 2, (int64_t[]){KILN_BATCH, 4}, NULL, 1, &x);
+  ck_assert_int_eq(kiln_call(b, "relu); system(\"x", NULL, &x, 1, NULL, 0, &y), KILN_ERROR);
+  ck_assert_ptr_nonnull(strstr(kiln_last_error(), "is not an identifier"));
+  kiln_builder_free(b);
+
+  kiln_builder_new("net", &b);
+  kiln_input(b, "x", KILN_F32, 2, (int64_t[]){KILN_BATCH, 4}, NULL, 1, &x);
+  ck_assert_int_eq(kiln_linear(b, "fc", x, 3, &y), KILN_OK);
+  ck_assert_int_eq(kiln_conv2d(b, "conv", y, 8, 3, 0, 1, &y), KILN_OK);
+  kiln_var loss;
+  kiln_call(b, "mean", NULL, &y, 1, NULL, 0, &loss);
+  kiln_minimize(b, loss);
+  kiln_model *m = (kiln_model *)1;
+  ck_assert_int_eq(kiln_builder_finish(b, &m), KILN_ERROR);
+  ck_assert_ptr_null(m);
+  const char *e = kiln_last_error();
+  ck_assert_msg(strncmp(e, "<net>:5:", 8) == 0 && strstr(e, "conv2d") &&
+                    strstr(e, "_2 = conv2d(_1, out=8, kernel=3, pad=1) as conv\n"),
+                "%s", e);
+  kiln_builder_free(b);
+}
+END_TEST
+
 static Suite *api_suite(void) {
   Suite *s = suite_create("api");
   TCase *tc = tcase_create("api");
@@ -135,6 +297,9 @@ static Suite *api_suite(void) {
   tcase_add_test(tc, errors_are_values);
   tcase_add_test(tc, many_models);
   tcase_add_test(tc, allocation_failures_unwind);
+  tcase_add_test(tc, builder_makes_the_cnn);
+  tcase_add_test(tc, builder_writes_the_language);
+  tcase_add_test(tc, builder_errors);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -20,6 +20,11 @@ static _Thread_local char last_error[4096];
 
 const char *kiln_last_error(void) { return last_error; }
 
+int api_set_error(const char *msg) {
+  snprintf(last_error, sizeof last_error, "%s", msg ? msg : "");
+  return msg ? KILN_ERROR : KILN_OK;
+}
+
 static kiln_status fail_with(const char *msg) {
   snprintf(last_error, sizeof last_error, "%s", msg);
   return KILN_ERROR;

@@ -109,4 +109,10 @@ int grad_model(Session *s, const char *params_path, const char *inputs_path, con
 int forward_model(Session *s, bool hvp, const char *params_path, const char *inputs_path,
                   const char *tangents_path, const char *out_path, bool use_reference, FILE *out);
 
+/* ================================ api.c ================================ */
+
+/* Sets this thread's kiln_last_error to msg and returns KILN_ERROR; NULL clears it and returns
+ * KILN_OK. For builder.c, the other half of include/kiln.h. */
+int api_set_error(const char *msg);
+
 #endif
