@@ -1,7 +1,7 @@
 """The peer a kiln user would otherwise pick: the same network and optimizer in PyTorch.
 
 Trains on Fashion-MNIST from the same IDX files for a number of steps and prints
-`torch images_per_s=N test_accuracy=A` so bench/run.sh can print kiln's ratio against it.
+`torch images_per_s=N test_accuracy=A` so bench/run can print kiln's ratio against it.
 """
 import argparse, gzip, os, struct, sys, time
 
