@@ -56,6 +56,19 @@ done:
   return data;
 }
 
+/* How many of n rows of `classes` logits have their largest value at the row's label. */
+static int64_t count_right(const float *logits, const int32_t *labels, int64_t n, int classes) {
+  int64_t right = 0;
+  for (int64_t k = 0; k < n; k++) {
+    int best = 0;
+    for (int c = 1; c < classes; c++)
+      if (logits[k * classes + c] > logits[k * classes + best])
+        best = c;
+    right += best == labels[k];
+  }
+  return right;
+}
+
 static void dataset_free(Dataset *d) {
   free(d->images);
   free(d->labels);

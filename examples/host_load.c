@@ -38,13 +38,7 @@ static int evaluate(kiln_trainer *t, const Dataset *test, double *loss, double *
       return -1;
     }
     sum += l * (double)n;
-    for (int64_t k = 0; k < n; k++) {
-      int best = 0;
-      for (int c = 1; c < CLASSES; c++)
-        if (logits[k * CLASSES + c] > logits[k * CLASSES + best])
-          best = c;
-      right += best == test->labels[first + k];
-    }
+    right += count_right(logits, test->labels + first, n, CLASSES);
   }
   free(logits);
   *loss = sum / (double)test->count;

@@ -70,13 +70,7 @@ static int evaluate(kiln_trainer *t, const Dataset *test, double *accuracy) {
                        {"label", test->labels + first, (size_t)n * sizeof(int32_t)}};
     if (kiln_eval_step(t, n, in, 2, NULL, logits, (size_t)n * CLASSES * sizeof(float)))
       return -1;
-    for (int64_t k = 0; k < n; k++) {
-      int best = 0;
-      for (int c = 1; c < CLASSES; c++)
-        if (logits[k * CLASSES + c] > logits[k * CLASSES + best])
-          best = c;
-      right += best == test->labels[first + k];
-    }
+    right += count_right(logits, test->labels + first, n, CLASSES);
   }
   *accuracy = (double)right / (double)test->count;
   return 0;

@@ -87,6 +87,9 @@ _Noreturn void kiln_vfail(Loc loc, const char *fmt, va_list ap);
 /* Formats "file:line:col: error: msg\n  source line\n  ^\n" into out (no location: "error: msg\n"),
  * truncating at cap bytes; never allocates. */
 void kiln_format_error(char *out, size_t cap, Loc loc, const char *msg);
+/* "error: <fmt ...>\n" into out (cap bytes) for failures that are not at a model line (a file,
+ * a buffer, memory); never allocates. */
+void kiln_vformat_error(char *out, size_t cap, const char *fmt, va_list ap);
 _Noreturn void kiln_bug(const char *file, int line, const char *what);
 /* Passes an error caught by an inner trap (already popped) on to the enclosing one: for code
  * that must clean up before failing. */

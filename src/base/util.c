@@ -225,6 +225,15 @@ static size_t append(char *out, size_t cap, size_t len, const char *fmt, ...) {
   return len + (size_t)n < cap ? len + (size_t)n : cap - 1;
 }
 
+void kiln_vformat_error(char *out, size_t cap, const char *fmt, va_list ap) {
+  char msg[2048];
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  size_t n = strlen(msg);
+  if (n && msg[n - 1] == '\n')
+    msg[n - 1] = 0;
+  kiln_format_error(out, cap, (Loc){0}, msg);
+}
+
 /* Formats into a fixed buffer, never the heap: this runs while reporting "out of memory". */
 void kiln_format_error(char *out, size_t cap, Loc loc, const char *msg) {
   out[0] = 0;

@@ -115,12 +115,8 @@ static kiln_status failf(const char *fmt, ...) KILN_PRINTF(1, 2);
 static kiln_status failf(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  int n = snprintf(last_error, sizeof last_error, "error: ");
-  vsnprintf(last_error + n, sizeof last_error - (size_t)n, fmt, ap);
+  kiln_vformat_error(last_error, sizeof last_error, fmt, ap);
   va_end(ap);
-  size_t len = strlen(last_error);
-  if (len + 1 < sizeof last_error && last_error[len - 1] != '\n')
-    memcpy(last_error + len, "\n", 2);
   return KILN_ERROR;
 }
 

@@ -33,12 +33,8 @@ static kiln_status fail(kiln_builder *b, const char *fmt, ...) {
   if (b && !b->error[0]) {
     va_list ap;
     va_start(ap, fmt);
-    int n = snprintf(b->error, sizeof b->error, "error: ");
-    vsnprintf(b->error + n, sizeof b->error - (size_t)n, fmt, ap);
+    kiln_vformat_error(b->error, sizeof b->error, fmt, ap);
     va_end(ap);
-    size_t len = strlen(b->error);
-    if (len + 1 < sizeof b->error && b->error[len - 1] != '\n')
-      memcpy(b->error + len, "\n", 2);
   }
   return api_set_error(b ? b->error : "error: NULL builder\n");
 }

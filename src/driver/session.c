@@ -36,12 +36,8 @@ static int failed(Session *s, const char *msg) {
 int session_fail(Session *s, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  int n = snprintf(s->error, sizeof s->error, "error: ");
-  vsnprintf(s->error + n, sizeof s->error - (size_t)n, fmt, ap);
+  kiln_vformat_error(s->error, sizeof s->error, fmt, ap);
   va_end(ap);
-  size_t len = strlen(s->error);
-  if (len + 1 < sizeof s->error && s->error[len - 1] != '\n')
-    memcpy(s->error + len, "\n", 2);
   return -1;
 }
 
