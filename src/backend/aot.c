@@ -7,6 +7,11 @@
  * a temporary file and runs the compiler with fork/execvp — never a shell string, so paths with
  * spaces or quotes are just arguments — capturing its output for the error message.
  *
+ * The shared object is compiled into bytes and loaded from bytes, apart, so that backend.c can
+ * keep the bytes in the cache. Loading writes them to a private file of their own: the dynamic
+ * loader hands back an already loaded object for a known path or inode, so two programs must
+ * never share either.
+ *
  * Outputs appear atomically: the compiler writes a temporary name in the output's directory,
  * which is renamed over the target only on success, so a failed build never leaves a partial
  * or stale-looking trainer behind.
