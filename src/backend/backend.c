@@ -132,6 +132,75 @@ static const kiln_program *load_payload(BackendKind kind, const BackendOptions *
   return aot_load_shared(o, bytes, size, name, handle, err);
 }
 
+/* The cache's side of one load: its key, once the directory could be used. */
+typedef struct Lookup {
+  bool usable;
+  CacheKey key;
+  char name[2 * SHA256_BYTES + 1]; /* the key in hex */
+} Lookup;
+
+/* Loads the program from the cache when it holds a valid entry that loads; otherwise NULL, with
+ * r->cache and r->warning or r->note saying why. */
+static const kiln_program *from_cache(BackendKind kind, const BackendOptions *o,
+                                      const char *source, const char *suffix, Lookup *c,
+                                      void **handle, BackendReport *r) {
+  double t0 = kiln_now();
+  Buf why = {0};
+  c->usable = cache_open_dir(o->cache_dir, &why) == 0 &&
+              compose_key(kind, o, source, &c->key, &why) == 0;
+  if (!c->usable) {
+    keep_line(r->warning, sizeof r->warning, why.p ? why.p : "cache not used");
+    buf_free(&why);
+    return NULL;
+  }
+  sha256_hex(c->key.digest, c->name);
+  void *bytes = NULL;
+  size_t size = 0;
+  CacheRead found = cache_read(o->cache_dir, &c->key, suffix, &bytes, &size, &why);
+  r->key = kiln_now() - t0;
+  r->cache = found == CACHE_READ_ABSENT ? CACHE_MISS : CACHE_REPLACED;
+  const kiln_program *prog = NULL;
+  if (found == CACHE_READ_FOUND) {
+    t0 = kiln_now();
+    Buf load_err = {0};
+    prog = load_payload(kind, o, bytes, size, c->name, handle, &load_err);
+    r->load = kiln_now() - t0;
+    if (prog)
+      r->cache = CACHE_HIT;
+    else /* a valid entry that does not load (a library gone from the system): compile again */
+      buf_printf(&why, "the cached program does not load: %s", load_err.p ? load_err.p : "");
+    buf_free(&load_err);
+    free(bytes);
+  }
+  if (r->cache == CACHE_REPLACED)
+    keep_line(r->note, sizeof r->note, why.p ? why.p : "invalid entry");
+  buf_free(&why);
+  return prog;
+}
+
+/* Compiles source, stores the result when the cache is usable, and loads it. */
+static const kiln_program *compile_and_load(BackendKind kind, const BackendOptions *o,
+                                            const char *source, const char *suffix,
+                                            const Lookup *c, void **handle, BackendReport *r,
+                                            Buf *err) {
+  void *bytes = NULL;
+  size_t size = 0;
+  if (compile_payload(kind, o, source, &bytes, &size, r, err))
+    return NULL;
+  if (c->usable) {
+    Buf why = {0};
+    if (cache_write(o->cache_dir, &c->key, suffix, bytes, size, &why))
+      keep_line(r->warning, sizeof r->warning, why.p ? why.p : "cannot write the cache");
+    buf_free(&why);
+  }
+  double t0 = kiln_now();
+  const kiln_program *prog =
+      load_payload(kind, o, bytes, size, c->usable ? c->name : NULL, handle, err);
+  r->load = kiln_now() - t0;
+  free(bytes);
+  return prog;
+}
+
 int backend_load(const BackendOptions *opt, const char *source, BackendProgram **out, Buf *err) {
   *out = NULL;
   BackendOptions o;
@@ -146,66 +215,15 @@ int backend_load(const BackendOptions *opt, const char *source, BackendProgram *
   }
   BackendReport r = {.kind = kind, .cache = CACHE_UNUSED};
   const char *suffix = kind == BACKEND_JIT ? "o" : "so";
+  Lookup c = {0};
+  void *handle = NULL;
   const kiln_program *prog = NULL;
-  void *handle = NULL, *bytes = NULL;
-  size_t size = 0;
-  char name[2 * SHA256_BYTES + 1] = "";
-  Buf why = {0};
-  CacheKey key;
-
-  /* A valid entry is loaded; anything else about the cache only costs a compile. */
-  bool cached = o.cache_dir && *o.cache_dir;
-  if (cached) {
-    double t0 = kiln_now();
-    cached = cache_open_dir(o.cache_dir, &why) == 0 && compose_key(kind, &o, source, &key, &why) == 0;
-    if (!cached) {
-      keep_line(r.warning, sizeof r.warning, why.p ? why.p : "cache not used");
-    } else {
-      sha256_hex(key.digest, name);
-      CacheRead found = cache_read(o.cache_dir, &key, suffix, &bytes, &size, &why);
-      r.key = kiln_now() - t0;
-      r.cache = found == CACHE_READ_ABSENT ? CACHE_MISS : CACHE_REPLACED;
-      if (found == CACHE_READ_FOUND) {
-        t0 = kiln_now();
-        Buf load_err = {0};
-        prog = load_payload(kind, &o, bytes, size, name, &handle, &load_err);
-        r.load = kiln_now() - t0;
-        if (prog) {
-          r.cache = CACHE_HIT;
-        } else {
-          /* A valid entry that does not load (a library gone from the system): recompile. */
-          buf_printf(&why, "the cached program does not load: %s", load_err.p ? load_err.p : "");
-        }
-        buf_free(&load_err);
-        free(bytes);
-        bytes = NULL;
-      }
-      if (r.cache == CACHE_REPLACED)
-        keep_line(r.note, sizeof r.note, why.p ? why.p : "invalid entry");
-    }
-  }
-
-  if (!prog) {
-    if (compile_payload(kind, &o, source, &bytes, &size, &r, err)) {
-      buf_free(&why);
-      return -1;
-    }
-    if (cached) {
-      buf_free(&why);
-      if (cache_write(o.cache_dir, &key, suffix, bytes, size, &why))
-        keep_line(r.warning, sizeof r.warning, why.p ? why.p : "cannot write the cache");
-    }
-    double t0 = kiln_now();
-    prog = load_payload(kind, &o, bytes, size, cached ? name : NULL, &handle, err);
-    r.load = kiln_now() - t0;
-    free(bytes);
-    if (!prog) {
-      buf_free(&why);
-      return -1;
-    }
-  }
-  buf_free(&why);
-
+  if (o.cache_dir && *o.cache_dir)
+    prog = from_cache(kind, &o, source, suffix, &c, &handle, &r);
+  if (!prog)
+    prog = compile_and_load(kind, &o, source, suffix, &c, &handle, &r, err);
+  if (!prog)
+    return -1;
   if (prog->abi_version != KILN_ABI_VERSION) {
     buf_printf(err, "ABI version %d, expected %d\n", prog->abi_version, KILN_ABI_VERSION);
     release(kind, handle);
