@@ -8,8 +8,14 @@
  *
  * The data is read in growing chunks rather than allocated from the header's dims up front: a
  * corrupt header claiming terabytes then fails as "truncated" instead of exhausting memory.
+ *
+ * A load may stop after the first N items (--limit-train, --limit-test): inflating all of
+ * Fashion-MNIST's 60,000 training images takes a quarter of a second, which dominated starting a
+ * short run once the compiled step came from the cache. The rest of such a file is then neither
+ * read nor checked.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -70,7 +76,8 @@ static uint32_t be32(const unsigned char *p) {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static int idx_parse(Reader *r, RtIdx *out) {
+/* The header, then the first max_items items (all when max_items < 0). */
+static int idx_parse(Reader *r, int64_t max_items, RtIdx *out) {
   const char *path = r->path;
   char *err = r->err;
   unsigned char h[4 + 4 * 4];
@@ -113,7 +120,12 @@ static int idx_parse(Reader *r, RtIdx *out) {
   }
   out->count = out->dims[0];
   out->item = out->count ? total / out->count : 1;
-  if (!out->count)
+  bool limited = max_items >= 0 && max_items < out->count;
+  if (limited) {
+    out->count = max_items;
+    total = max_items * out->item;
+  }
+  if (!out->dims[0])
     for (int i = 1; i < rank; i++) {
       /* No data, but the item size is still used: the same bound as above. */
       if (out->dims[i] != 0 && out->item > INT64_MAX / 2 / out->dims[i]) {
@@ -156,7 +168,7 @@ static int idx_parse(Reader *r, RtIdx *out) {
     return -1;
   }
   unsigned char extra;
-  k = rd_read(r, &extra, 1);
+  k = limited ? 0 : rd_read(r, &extra, 1);
   if (k != 0) {
     free(data);
     if (k > 0)
@@ -175,6 +187,10 @@ static int idx_parse(Reader *r, RtIdx *out) {
 }
 
 int rt_idx_load(const char *path, RtIdx *out, char *err) {
+  return rt_idx_load_first(path, -1, out, err);
+}
+
+int rt_idx_load_first(const char *path, int64_t max_items, RtIdx *out, char *err) {
   memset(out, 0, sizeof *out);
   Reader r = {.path = path, .err = err};
   r.f = fopen(path, "rb");
@@ -196,7 +212,7 @@ int rt_idx_load(const char *path, RtIdx *out, char *err) {
   } else {
     rewind(r.f);
   }
-  int rc = idx_parse(&r, out);
+  int rc = idx_parse(&r, max_items, out);
   if (r.gz)
     gzclose(r.gz);
   else
@@ -223,7 +239,8 @@ static int find_file(const char *dir, const char *name, char *path, size_t len, 
   return -1;
 }
 
-int rt_dataset_load(const char *dir, const char *split, RtDataset *out, char *err) {
+int rt_dataset_load(const char *dir, const char *split, int64_t max_items, RtDataset *out,
+                    char *err) {
   memset(out, 0, sizeof *out);
   char name[64], ipath[4096], lpath[4096];
   snprintf(name, sizeof name, "%s-images-idx3-ubyte", split);
@@ -232,9 +249,9 @@ int rt_dataset_load(const char *dir, const char *split, RtDataset *out, char *er
   snprintf(name, sizeof name, "%s-labels-idx1-ubyte", split);
   if (find_file(dir, name, lpath, sizeof lpath, err))
     return -1;
-  if (rt_idx_load(ipath, &out->images, err))
+  if (rt_idx_load_first(ipath, max_items, &out->images, err))
     return -1;
-  if (rt_idx_load(lpath, &out->labels, err)) {
+  if (rt_idx_load_first(lpath, max_items, &out->labels, err)) {
     rt_idx_free(&out->images);
     return -1;
   }
@@ -244,9 +261,9 @@ int rt_dataset_load(const char *dir, const char *split, RtDataset *out, char *er
   else if (out->labels.rank != 1)
     rt_errf(err, "%s: expected labels (rank 1), found rank %d", lpath,
              out->labels.rank);
-  else if (out->images.count != out->labels.count)
+  else if (out->images.dims[0] != out->labels.dims[0])
     rt_errf(err, "%s: %lld labels, but %s has %lld images", lpath,
-             (long long)out->labels.count, ipath, (long long)out->images.count);
+             (long long)out->labels.dims[0], ipath, (long long)out->images.dims[0]);
   else
     return 0;
   rt_dataset_free(out);

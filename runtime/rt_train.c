@@ -646,8 +646,11 @@ static int train_data(Run *r) {
   if (!o->data_dir)
     return rt_errf(r->err, "model '%s' reads images and labels: pass --data DIR (e.g. "
                    "/usr/share/datasets/fashion-mnist)", p->model ? p->model : "?");
-  if (rt_dataset_load(o->data_dir, "train", &train, r->err) ||
-      rt_dataset_load(o->data_dir, "t10k", &test, r->err) ||
+  /* Only the examples the run uses are read (--limit-train, --limit-test). */
+  if (rt_dataset_load(o->data_dir, "train", o->limit_train > 0 ? o->limit_train : -1, &train,
+                      r->err) ||
+      rt_dataset_load(o->data_dir, "t10k", o->limit_test > 0 ? o->limit_test : -1, &test,
+                      r->err) ||
       check_data_inputs(r, &train, o->data_dir))
     goto done;
   if (test.images.item != train.images.item) {

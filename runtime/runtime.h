@@ -46,19 +46,25 @@ void rt_init_tensor(const kiln_tensor *t, uint64_t seed, double *out, int64_t n)
 
 typedef struct RtIdx {
   int rank;
-  int64_t dims[4];
-  int64_t count;     /* dims[0] */
+  int64_t dims[4];   /* as the header gives them: dims[0] is the file's item count */
+  int64_t count;     /* items held: dims[0], or fewer when the load was limited */
   int64_t item;      /* product of dims[1..] */
   uint8_t *data;     /* count * item unsigned bytes (type 0x08 only) */
 } RtIdx;
+/* The whole file, every byte checked (nothing missing, nothing after the data). */
 int rt_idx_load(const char *path, RtIdx *out, char *err);
+/* The header and only the first max_items items (all when max_items < 0); the rest of the file
+ * is not read. */
+int rt_idx_load_first(const char *path, int64_t max_items, RtIdx *out, char *err);
 void rt_idx_free(RtIdx *x);
 
 /* A dataset split as stored by Debian's dataset-fashion-mnist (or MNIST): DIR holds
  * {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]. */
 typedef struct RtDataset { RtIdx images, labels; } RtDataset;
-int rt_dataset_load(const char *dir, const char *split /* "train" or "t10k" */, RtDataset *out,
-                    char *err);
+/* Loads the first max_items examples (all when max_items < 0); images and labels files must
+ * agree on their counts. */
+int rt_dataset_load(const char *dir, const char *split /* "train" or "t10k" */, int64_t max_items,
+                    RtDataset *out, char *err);
 void rt_dataset_free(RtDataset *d);
 /* The dataset as a provider of named fields, each holding one item per example: "images" (the
  * pixels) and "labels"; NULL for a field it does not have. */

@@ -4,7 +4,9 @@
  * Each test runs the built `kiln` (and the trainers it builds) as a child process and asserts on
  * exact output, exit codes and files: shapes and parameter counts, the seed's worked example,
  * a trainer trained on a slice of Fashion-MNIST whose loss must fall, checkpoints and gradients
- * that agree between the compiled and the reference runtime, and errors that leave no output.
+ * that agree between the compiled and the reference runtime, errors that leave no output, and the
+ * compiled-program cache and --verbose as the command uses them. The whole run keeps its cache in
+ * a directory of its own ($XDG_CACHE_HOME), never the user's.
  */
 #include <check.h>
 #include <math.h>
@@ -510,6 +512,61 @@ START_TEST(usage_errors) {
 }
 END_TEST
 
+/* The cache from the command line: a miss, then a hit that compiles nothing, --no-cache, and the
+ * phases --verbose prints. */
+START_TEST(cache_and_verbose) {
+  char cmd[1024], cache[300], entries[320], *out, *err;
+  snprintf(cache, sizeof cache, "%s/cache", tmpdir);
+  snprintf(entries, sizeof entries, "%s/kiln", cache);
+  const char *train = KILN " --verbose train " EX "linear_toy.kiln --runtime compiled --quiet";
+  snprintf(cmd, sizeof cmd, "XDG_CACHE_HOME='%s' %s", cache, train);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(err, "kiln: frontend (parse, lower, autodiff)") &&
+                    strstr(err, "kiln: schedule and memory plan") && strstr(err, "kiln: emit C") &&
+                    strstr(err, "(cache miss)") && strstr(err, "model to loaded program"),
+                "%s", err);
+  ck_assert_msg(strstr(err, "jit: LLVM optimisation") || strstr(err, "cc: compile and link"), "%s",
+                err);
+  ck_assert_ptr_nonnull(strstr(out, "final "));
+  char *first = out;
+  free(err);
+  struct stat st;
+  ck_assert_int_eq(stat(entries, &st), 0);
+  ck_assert_int_eq(st.st_mode & 0777, 0700);
+
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(err, "(cache hit)") && strstr(err, "cache hit: nothing compiled") &&
+                    !strstr(err, "jit: LLVM optimisation") && !strstr(err, "cc: compile and link"),
+                "%s", err);
+  ck_assert_str_eq(out, first);
+  free(out);
+  free(err);
+
+  /* --no-cache, before or after the command: compiled, and nothing about a cache. */
+  snprintf(cmd, sizeof cmd, "XDG_CACHE_HOME='%s' %s --no-cache", cache, train);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(!strstr(err, "cache") && strstr(err, "model to loaded program"), "%s", err);
+  ck_assert_str_eq(out, first);
+  free(out);
+  free(err);
+  free(first);
+
+  /* A cache directory that cannot be made: one warning, and training goes on. */
+  snprintf(cmd, sizeof cmd, "XDG_CACHE_HOME=/dev/null %s", train);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(err, "kiln: warning: cannot create the cache directory /dev/null/kiln"),
+                "%s", err);
+  ck_assert_ptr_nonnull(strstr(out, "final "));
+  free(out);
+  free(err);
+
+  ck_assert_int_eq(run(KILN " --help", &out, NULL), 0);
+  ck_assert_ptr_nonnull(strstr(out, "--no-cache"));
+  ck_assert_ptr_nonnull(strstr(out, "--verbose"));
+  free(out);
+}
+END_TEST
+
 START_TEST(trainer_data_errors) {
   char cmd[1024], trainer[300], *err;
   snprintf(trainer, sizeof trainer, "%s/trainer", tmpdir);
@@ -547,14 +604,23 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, threads_option);
   tcase_add_test(tc, usage_errors);
   tcase_add_test(tc, trainer_data_errors);
+  tcase_add_test(tc, cache_and_verbose);
   suite_add_tcase(s, tc);
   return s;
 }
 
 int main(void) {
+  /* Every kiln this run starts keeps its compiled programs here, not in the user's cache. */
+  char cache[] = "/tmp/kiln_cli_cache_XXXXXX";
+  if (!mkdtemp(cache) || setenv("XDG_CACHE_HOME", cache, 1) != 0)
+    return EXIT_FAILURE;
   SRunner *sr = srunner_create(cli_suite());
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);
   srunner_free(sr);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
+  if (system(cmd) != 0)
+    failed++;
   return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -1,7 +1,7 @@
 /*
  * test_codegen.c — the generated C against the reference interpreter, and the AOT driver.
  *
- * Every op is built into a tiny graph, compiled to a shared object (cg_emit_c + aot_load_shared)
+ * Every op is built into a tiny graph, compiled to a shared object (cg_emit_c + the cc backend)
  * and run next to src/ref/interp.c in f64 from the same random leaves; every output must agree
  * within check_tolerance. Each graph runs at the batch it was planned for and at smaller batches
  * (every kernel takes the batch B at run time). Also: a golden test of a 1-op
@@ -551,11 +551,24 @@ START_TEST(conv2d_and_adjoints_gemm) {
 }
 END_TEST
 
+/* The system compiler's shared object of src, loaded: its program and *handle. */
+static const kiln_program *compile_and_load(const BackendOptions *o, const char *src, void **handle,
+                                            Buf *err) {
+  void *so = NULL;
+  size_t size = 0;
+  *handle = NULL;
+  if (aot_compile_shared(o, src, &so, &size, err))
+    return NULL;
+  const kiln_program *p = aot_load_shared(o, so, size, NULL, handle, err);
+  free(so);
+  return p;
+}
+
 /* Every f32 output of the grad entry at batch, as raw bytes. */
 static unsigned char *grad_outputs(const char *src, int64_t batch, size_t *len) {
   Buf err = {0};
   void *h;
-  const kiln_program *p = aot_load_shared(NULL, src, &h, &err);
+  const kiln_program *p = compile_and_load(NULL, src, &h, &err);
   ck_assert_msg(p != NULL, "%s", err.p);
   buf_free(&err);
   size_t bytes = ((size_t)p->arena_bytes + 63) / 64 * 64;
@@ -1389,7 +1402,7 @@ START_TEST(aot_bad_cc_leaves_nothing) {
   ck_assert_int_eq(count_entries(dir), 0);
   void *h = NULL;
   buf_free(&err);
-  ck_assert_ptr_null(aot_load_shared(&o, src.p, &h, &err));
+  ck_assert_ptr_null(compile_and_load(&o, src.p, &h, &err));
   ck_assert_ptr_null(h);
 
   /* A compiler that runs and fails. */

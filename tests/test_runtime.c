@@ -402,6 +402,36 @@ START_TEST(idx_plain_and_gz) {
 }
 END_TEST
 
+/* The first items of a file: the rest is not read, so a file cut short after them still loads. */
+START_TEST(idx_load_first) {
+  uint8_t pix[40];
+  for (int i = 0; i < 40; i++)
+    pix[i] = (uint8_t)i;
+  unsigned char buf[256];
+  size_t n = make_idx(buf, 2, (uint32_t[]){5, 8}, pix);
+  write_bytes(tpath("cut.idx"), buf, n - 3);
+  write_gz(tpath("cut.idx.gz"), buf, n - 3);
+  const char *paths[] = {tpath("cut.idx"), tpath("cut.idx.gz")};
+  for (int k = 0; k < 2; k++) {
+    RtIdx x;
+    char err[RT_ERR_LEN] = "";
+    ck_assert_int_eq(rt_idx_load(paths[k], &x, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "truncated"));
+    ck_assert_msg(rt_idx_load_first(paths[k], 2, &x, err) == 0, "%s", err);
+    ck_assert_int_eq(x.count, 2);
+    ck_assert_int_eq(x.dims[0], 5);
+    ck_assert_int_eq(x.item, 8);
+    ck_assert_mem_eq(x.data, pix, 16);
+    rt_idx_free(&x);
+    ck_assert_int_eq(rt_idx_load_first(paths[k], 0, &x, err), 0);
+    ck_assert_int_eq(x.count, 0);
+    ck_assert_ptr_nonnull(x.data);
+    rt_idx_free(&x);
+    ck_assert_int_eq(rt_idx_load_first(paths[k], 5, &x, err), -1);
+  }
+}
+END_TEST
+
 /* Loads path, expects failure with a message that starts with the path and contains `want`. */
 static void expect_idx_error(const char *path, const char *want) {
   RtIdx x;
@@ -499,14 +529,14 @@ START_TEST(dataset_load_small) {
   write_split(tmpdir, "t10k", 7, 2, 1);
   RtDataset d;
   char err[RT_ERR_LEN] = "";
-  ck_assert_msg(rt_dataset_load(tmpdir, "train", &d, err) == 0, "%s", err);
+  ck_assert_msg(rt_dataset_load(tmpdir, "train", -1, &d, err) == 0, "%s", err);
   ck_assert_int_eq(d.images.count, 10);
   ck_assert_int_eq(d.images.item, 4);
   ck_assert_int_eq(d.labels.count, 10);
   ck_assert_int_eq(d.labels.data[5], 2);
   ck_assert_int_eq(d.images.data[4 * 9], 9);
   rt_dataset_free(&d);
-  ck_assert_msg(rt_dataset_load(tmpdir, "t10k", &d, err) == 0, "%s", err);
+  ck_assert_msg(rt_dataset_load(tmpdir, "t10k", -1, &d, err) == 0, "%s", err);
   ck_assert_int_eq(d.images.count, 7);
   rt_dataset_free(&d);
 
@@ -515,14 +545,28 @@ START_TEST(dataset_load_small) {
   uint8_t lab[9] = {0};
   size_t len = make_idx(buf, 1, (uint32_t[]){9}, lab);
   write_gz(tpath("train-labels-idx1-ubyte.gz"), buf, len);
-  ck_assert_int_eq(rt_dataset_load(tmpdir, "train", &d, err), -1);
+  ck_assert_int_eq(rt_dataset_load(tmpdir, "train", -1, &d, err), -1);
   ck_assert_msg(strstr(err, "train-labels-idx1-ubyte.gz: 9 labels, but ") &&
                     strstr(err, "train-images-idx3-ubyte has 10 images"), "%s", err);
   ck_assert_ptr_null(d.images.data);
 
-  ck_assert_int_eq(rt_dataset_load(tmpdir, "nope", &d, err), -1);
+  /* The first items only: the counts still come from both headers. */
+  ck_assert_int_eq(rt_dataset_load(tmpdir, "train", 3, &d, err), -1);
+  ck_assert_msg(strstr(err, "9 labels, but "), "%s", err);
+  write_split(tmpdir, "train", 10, 2, 0);
+  ck_assert_msg(rt_dataset_load(tmpdir, "train", 3, &d, err) == 0, "%s", err);
+  ck_assert_int_eq(d.images.count, 3);
+  ck_assert_int_eq(d.images.dims[0], 10);
+  ck_assert_int_eq(d.labels.count, 3);
+  ck_assert_int_eq(d.images.data[4 * 2], 2);
+  rt_dataset_free(&d);
+  ck_assert_msg(rt_dataset_load(tmpdir, "train", 50, &d, err) == 0, "%s", err);
+  ck_assert_int_eq(d.images.count, 10);
+  rt_dataset_free(&d);
+
+  ck_assert_int_eq(rt_dataset_load(tmpdir, "nope", -1, &d, err), -1);
   ck_assert_msg(strstr(err, "nope-images-idx3-ubyte.gz: no such file (nor "), "%s", err);
-  ck_assert_int_eq(rt_dataset_load("/nonexistent/dir", "train", &d, err), -1);
+  ck_assert_int_eq(rt_dataset_load("/nonexistent/dir", "train", -1, &d, err), -1);
   ck_assert_msg(strstr(err, "/nonexistent/dir/train-images-idx3-ubyte.gz: no such file"), "%s",
                 err);
 }
@@ -532,7 +576,7 @@ START_TEST(dataset_fashion_mnist) {
   const char *dir = "/usr/share/datasets/fashion-mnist";
   RtDataset d;
   char err[RT_ERR_LEN] = "";
-  ck_assert_msg(rt_dataset_load(dir, "train", &d, err) == 0, "%s", err);
+  ck_assert_msg(rt_dataset_load(dir, "train", -1, &d, err) == 0, "%s", err);
   ck_assert_int_eq(d.images.count, 60000);
   ck_assert_int_eq(d.images.rank, 3);
   ck_assert_int_eq(d.images.dims[1], 28);
@@ -548,7 +592,7 @@ START_TEST(dataset_fashion_mnist) {
   for (int c = 0; c < 10; c++)
     ck_assert_int_eq(hist[c], 6000);
   rt_dataset_free(&d);
-  ck_assert_msg(rt_dataset_load(dir, "t10k", &d, err) == 0, "%s", err);
+  ck_assert_msg(rt_dataset_load(dir, "t10k", -1, &d, err) == 0, "%s", err);
   ck_assert_int_eq(d.images.count, 10000);
   ck_assert_int_eq(d.images.item, 784);
   ck_assert_int_eq(d.labels.count, 10000);
@@ -1630,6 +1674,7 @@ static Suite *runtime_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, idx_plain_and_gz);
   tcase_add_test(tc, idx_errors);
+  tcase_add_test(tc, idx_load_first);
   tcase_add_test(tc, dataset_load_small);
   tcase_add_test(tc, dataset_fashion_mnist);
   tcase_add_test(tc, st_round_trip);

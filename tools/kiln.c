@@ -1,12 +1,14 @@
 /*
  * kiln.c — the command-line driver: one function per subcommand over the library's pipeline
  * (src/driver/session.c). This is the only place that reads the environment and asks the machine
- * about itself: it turns flags, $KILN_THREADS, $KILN_FUSE, $KILN_CONV, $CC, $KILN_HOME and $TMPDIR
- * into the session's options, and prints the session's diagnostics on stderr.
+ * about itself: it turns flags, $KILN_THREADS, $KILN_FUSE, $KILN_CONV, $CC, $KILN_HOME, $TMPDIR,
+ * $XDG_CACHE_HOME and $HOME into the session's options, and prints the session's diagnostics (and
+ * with --verbose its phase times) on stderr.
  *
  * Exit codes: 0 success, 1 bad input or a failed check (message on stderr), 2 bad usage.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -17,7 +19,7 @@
 #define KILN_VERSION "0.1"
 
 static const char usage[] =
-    "usage: kiln <command> MODEL [options]\n"
+    "usage: kiln [--verbose] [--no-cache] <command> MODEL [options]\n"
     "\n"
     "commands:\n"
     "  shapes MODEL                  every node's shape, the parameters and FLOPs per example\n"
@@ -43,6 +45,9 @@ static const char usage[] =
     "                  (Clang/LLVM inside kiln, the default when built in) or 'cc' (the system\n"
     "                  compiler and dlopen); also $KILN_BACKEND. `kiln --version` lists them\n"
     "  -O1, -O2, -O3   the optimisation level of either backend (and of `build`); default -O2\n"
+    "  --no-cache      compile even when the cache holds this program, and store nothing; the\n"
+    "                  cache is $XDG_CACHE_HOME/kiln, else $HOME/.cache/kiln\n"
+    "  --verbose       print how long each phase took (parse to emit, compile or cache, load)\n"
     "  -o FILE         output file ('-' for stdout where text)\n"
     "\n"
     "trainer options (train, and every built trainer):\n"
@@ -56,6 +61,9 @@ typedef struct Args {
   int precision;          /* 0: model's, 32, 64 (reference runtime) */
   int nrest;              /* options passed on to the trainer */
   char **rest;
+  bool verbose;           /* --verbose: phase times on stderr */
+  bool no_cache;          /* --no-cache */
+  char cache_dir[4096];   /* from $XDG_CACHE_HOME or $HOME */
   Options opt;            /* the session's */
 } Args;
 
@@ -111,6 +119,17 @@ static int parse_backend(const char *name, BackendKind *kind) {
   return 0;
 }
 
+/* The cache of compiled programs: $XDG_CACHE_HOME/kiln, else $HOME/.cache/kiln (the XDG base
+ * directory rules: a relative $XDG_CACHE_HOME is ignored); none without either. */
+static void cache_dir_from_environment(char *dir, size_t cap) {
+  const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+  dir[0] = 0;
+  if (xdg && xdg[0] == '/')
+    snprintf(dir, cap, "%s/kiln", xdg);
+  else if (home && home[0] == '/')
+    snprintf(dir, cap, "%s/.cache/kiln", home);
+}
+
 /* The session's defaults on this machine, before flags: every core, unless $KILN_THREADS says
  * otherwise; $KILN_FUSE=0 turns fusion off; $KILN_CONV=direct|gemm forces one convolution
  * algorithm (for comparisons); $CC, $KILN_HOME and $TMPDIR locate the compiler, the trainer
@@ -150,7 +169,10 @@ static int options_from_environment(Options *o) {
 }
 
 static int parse_args(int argc, char **argv, Args *a) {
+  bool verbose = a->verbose, no_cache = a->no_cache;  /* given before the command */
   memset(a, 0, sizeof *a);
+  a->verbose = verbose;
+  a->no_cache = no_cache;
   a->steps = 3;
   session_default_options(&a->opt);
   if (options_from_environment(&a->opt)) return 2;
@@ -188,6 +210,10 @@ static int parse_args(int argc, char **argv, Args *a) {
       a->opt.backend.opt_level = s[2] - '0';
     } else if (!strcmp(s, "--train")) {
       a->train_graph = true;
+    } else if (!strcmp(s, "--verbose")) {
+      a->verbose = true;
+    } else if (!strcmp(s, "--no-cache")) {
+      a->no_cache = true;
     } else if (!strcmp(s, "--runtime")) {
       NEED_VALUE();
       if (!strcmp(val, "reference")) a->reference = true;
@@ -227,6 +253,10 @@ static int parse_args(int argc, char **argv, Args *a) {
 #undef NEED_VALUE
   }
   if (!a->model) return usage_error("'%s' needs a MODEL file", a->cmd);
+  if (!a->no_cache) {
+    cache_dir_from_environment(a->cache_dir, sizeof a->cache_dir);
+    a->opt.backend.cache_dir = a->cache_dir;
+  }
   return 0;
 }
 
@@ -236,6 +266,49 @@ static void report(const Session *s) {
   if (!strncmp(s->error, "error: ", 7))
     fputs("kiln: ", stderr);
   fputs(s->error, stderr);
+}
+
+/* After a compile: the cache's warning (a directory it could not use or write: compiling went on
+ * without it) always, the phase times with --verbose. */
+static void report_phases(const Session *s, const Args *a) {
+  const SessionTimes *t = &s->times;
+  const BackendReport *b = &t->backend;
+  if (t->loaded && b->warning[0])
+    fprintf(stderr, "kiln: warning: %s\n", b->warning);
+  if (!a->verbose)
+    return;
+  const double ms = 1e3;
+  fprintf(stderr, "kiln: %-34s %9.1f ms\n", "frontend (parse, lower, autodiff)", t->frontend * ms);
+  if (t->plan > 0)
+    fprintf(stderr, "kiln: %-34s %9.1f ms\n", "schedule and memory plan", t->plan * ms);
+  if (t->emit > 0)
+    fprintf(stderr, "kiln: %-34s %9.1f ms\n", "emit C", t->emit * ms);
+  if (t->build > 0)
+    fprintf(stderr, "kiln: %-34s %9.1f ms\n", "cc: compile and link the trainer", t->build * ms);
+  if (!t->loaded)
+    return;
+  bool jit = b->kind == BACKEND_JIT;
+  static const char *const cache_use[] = {"no cache", "cache hit", "cache miss",
+                                          "cache entry invalid, replaced"};
+  if (b->cache != CACHE_UNUSED)
+    fprintf(stderr, "kiln: %-34s %9.1f ms  (%s)\n", "cache key and lookup", b->key * ms,
+            cache_use[b->cache]);
+  if (b->cache == CACHE_REPLACED && b->note[0])
+    fprintf(stderr, "kiln: cache: %s\n", b->note);
+  if (b->cache != CACHE_HIT) {
+    if (jit) {
+      fprintf(stderr, "kiln: %-34s %9.1f ms\n", "jit: clang (C to LLVM IR)", b->clang * ms);
+      fprintf(stderr, "kiln: %-34s %9.1f ms\n", "jit: LLVM optimisation", b->optimise * ms);
+      fprintf(stderr, "kiln: %-34s %9.1f ms\n", "jit: code generation", b->codegen * ms);
+    } else {
+      fprintf(stderr, "kiln: %-34s %9.1f ms\n", "cc: compile and link", b->cc * ms);
+    }
+  }
+  fprintf(stderr, "kiln: %-34s %9.1f ms\n", jit ? "jit: loading and linking" : "cc: loading (dlopen)",
+          b->load * ms);
+  fprintf(stderr, "kiln: %-34s %9.1f ms%s\n", "model to loaded program",
+          (t->frontend + t->plan + t->emit + t->load) * ms,
+          b->cache == CACHE_HIT ? "  (cache hit: nothing compiled)" : "");
 }
 
 /* Runs fn(s, a, out) under a trap, writing to a fresh temporary file in the output's directory
@@ -418,11 +491,12 @@ static int cmd_build(Session *s, const Args *a) {
 /* ---- kiln train ---- */
 
 /* The compiled runtime for `kiln train`: the generated C compiled and loaded in process. */
-static int train_compiled(Session *s, RtOptions *o) {
+static int train_compiled(Session *s, const Args *a, RtOptions *o) {
   if (session_load(s)) {
     report(s);
     return 1;
   }
+  report_phases(s, a);
   RtBackend be;
   char err[RT_ERR_LEN];
   if (rt_arena_backend_new(s->prog, &be, err)) {
@@ -453,7 +527,7 @@ static int cmd_train(Session *s, const Args *a) {
   int rc = rt_options_parse(&o, a->nrest + 1, argv, "kiln train");
   free(argv);
   if (rc) return rc > 0 ? 0 : 2;
-  return a->reference ? train_reference(s, a, &o) : train_compiled(s, &o);
+  return a->reference ? train_reference(s, a, &o) : train_compiled(s, a, &o);
 }
 
 /* ---- kiln check / grad / jvp / hvp ---- */
@@ -484,6 +558,18 @@ static int cmd_forward(Session *s, const Args *a, bool hvp) {
 }
 
 int main(int argc, char **argv) {
+  Args a;
+  memset(&a, 0, sizeof a);
+  /* Global flags may come before the command too. */
+  while (argc > 1 && (!strcmp(argv[1], "--verbose") || !strcmp(argv[1], "--no-cache"))) {
+    if (!strcmp(argv[1], "--verbose"))
+      a.verbose = true;
+    else
+      a.no_cache = true;
+    argv[1] = argv[0];
+    argv++;
+    argc--;
+  }
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     fputs(usage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
@@ -497,7 +583,6 @@ int main(int argc, char **argv) {
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
   if (!known) return usage_error("unknown command '%s'", argv[1]);
-  Args a;
   int rc = parse_args(argc, argv, &a);
   if (rc) {
     free(a.rest);
@@ -534,6 +619,9 @@ int main(int argc, char **argv) {
   else if (!strcmp(cmd, "jvp")) rc = cmd_forward(&s, &a, false);
   else if (!strcmp(cmd, "hvp")) rc = cmd_forward(&s, &a, true);
   else rc = cmd_grad(&s, &a);
+  /* train reported before training started. */
+  if (strcmp(cmd, "train") || a.reference)
+    report_phases(&s, &a);
   session_close(&s);
   free(a.rest);
   return rc;

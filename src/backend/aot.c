@@ -7,6 +7,11 @@
  * a temporary file and runs the compiler with fork/execvp — never a shell string, so paths with
  * spaces or quotes are just arguments — capturing its output for the error message.
  *
+ * The shared object is compiled into bytes and loaded from bytes, apart, so that backend.c can
+ * keep the bytes in the cache. Loading writes them to a private file of their own: the dynamic
+ * loader hands back an already loaded object for a known path or inode, so two programs must
+ * never share either.
+ *
  * Outputs appear atomically: the compiler writes a temporary name in the output's directory,
  * which is renamed over the target only on success, so a failed build never leaves a partial
  * or stale-looking trainer behind.
@@ -24,6 +29,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -52,6 +58,7 @@ void aot_default_options(BackendOptions *o) {
   o->cc = "cc";
   o->runtime_dir = KILN_RUNTIME_DIR;
   o->tmp_dir = "/tmp";
+  o->cache_dir = NULL;
   o->opt_level = 0;
 }
 
@@ -309,36 +316,183 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
   return rc;
 }
 
-const kiln_program *aot_load_shared(const BackendOptions *opt, const char *c_source,
-                                   void **handle, Buf *err) {
-  BackendOptions o = resolved(opt);
-  *handle = NULL;
-  char dir[4096], src[4096 + 16], so[4096 + 16];
-  if (write_temp_source(o.tmp_dir, c_source, dir, sizeof dir, err))
-    return NULL;
-  snprintf(src, sizeof src, "%s/step.c", dir);
-  snprintf(so, sizeof so, "%s/step.so", dir);
-  Argv a = {0};
-  int rc = argv_push_cc(&a, o.cc);
-  int omp_at = 0;
+/* The command that compiles the shared object of c_source from src into so; *omp_at is the
+ * index of -fopenmp (0: none). One function for the compile and for the cache key's flags. */
+static int shared_command(const BackendOptions *o, const char *c_source, const char *so,
+                          const char *src, Argv *a, int *omp_at) {
+  *omp_at = 0;
+  int rc = argv_push_cc(a, o->cc);
   if (!rc && wants_openmp(c_source)) {
     /* OpenMP's idle worker threads outlive the parallel regions: the object (and with it
      * libgomp) must stay mapped after dlclose, or they wake up in unmapped code. */
-    rc = argv_push(&a, "-Wl,-z,nodelete");
-    omp_at = a.n;
+    rc = argv_push(a, "-Wl,-z,nodelete");
+    *omp_at = a->n;
     if (!rc)
-      rc = argv_push(&a, "-fopenmp");
+      rc = argv_push(a, "-fopenmp");
   }
-  const char *flags[] = {"-std=c11", backend_opt_flag(o.opt_level), "-march=native",
+  const char *flags[] = {"-std=c11", backend_opt_flag(o->opt_level), "-march=native",
                          "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC",
                          "-o", so, src, "-lm"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
-    rc = argv_push(&a, flags[i]);
-  const kiln_program *prog = NULL;
+    rc = argv_push(a, flags[i]);
+  return rc;
+}
+
+void aot_shared_flags(const BackendOptions *opt, const char *c_source, Buf *out) {
+  BackendOptions o = resolved(opt);
+  Argv a = {0};
+  int omp_at;
+  if (shared_command(&o, c_source, "OUT", "IN", &a, &omp_at) == 0)
+    for (int i = 0; i < a.n; i++)
+      buf_printf(out, "%s%s", i ? " " : "", a.v[i]);
+  else
+    buf_puts(out, "(out of memory)");
+  argv_free(&a);
+}
+
+/* Identities of the compiler commands this process asked, kept until exit: the compiler stays
+ * the same while the process runs, and asking it costs two process starts. */
+typedef struct Identity {
+  struct Identity *next;
+  char *cc, *text;
+} Identity;
+static pthread_mutex_t identities_lock = PTHREAD_MUTEX_INITIALIZER;
+static Identity *identities;
+
+/* Runs the compiler with extra arguments, its output appended to out; the exit status. */
+static int ask_compiler(const char *cc, const char *const *args, size_t nargs, Buf *out) {
+  Argv a = {0};
+  int rc = argv_push_cc(&a, cc);
+  for (size_t i = 0; i < nargs && !rc; i++)
+    rc = argv_push(&a, args[i]);
+  if (!rc)
+    rc = run(&a, out);
+  argv_free(&a);
+  return rc;
+}
+
+int aot_identity(const BackendOptions *opt, const char **identity, Buf *err) {
+  BackendOptions o = resolved(opt);
+  *identity = NULL;
+  pthread_mutex_lock(&identities_lock);
+  Identity *id = identities;
+  while (id && strcmp(id->cc, o.cc) != 0)
+    id = id->next;
+  if (!id) {
+    Buf text = {.lossy = true};
+    buf_printf(&text, "cc 1; command %s\n--version:\n", o.cc);
+    static const char *const version[] = {"--version"};
+    /* -march=native's instruction sets, as the compiler sees this CPU: an entry compiled on
+     * another machine sharing the cache directory must not be loaded here. */
+    static const char *const native[] = {"-march=native", "-dM", "-E", "-x", "c", "/dev/null"};
+    int bad = ask_compiler(o.cc, version, 1, &text) != 0;
+    if (!bad) {
+      buf_puts(&text, "native macros:\n");
+      bad = ask_compiler(o.cc, native, sizeof native / sizeof *native, &text) != 0;
+    }
+    bad = bad || text.lost;
+    id = bad ? NULL : malloc(sizeof *id);
+    char *cc = id ? strdup(o.cc) : NULL;
+    if (!cc) {
+      free(id);
+      id = NULL;
+      buf_free(&text);
+      if (bad)
+        buf_printf(err, "'%s --version' or '%s -march=native -dM -E' failed", o.cc, o.cc);
+      else
+        buf_printf(err, "out of memory identifying '%s'", o.cc);
+    } else {
+      *id = (Identity){identities, cc, text.p};
+      identities = id;
+    }
+  }
+  pthread_mutex_unlock(&identities_lock);
+  if (!id)
+    return -1;
+  *identity = id->text;
+  return 0;
+}
+
+/* Reads the whole file at path into a malloc'd buffer. */
+static int read_whole(const char *path, void **bytes, size_t *size, Buf *err) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  unsigned char *p = NULL;
+  size_t got = 0;
+  if (fd >= 0 && fstat(fd, &st) == 0 && (p = malloc(st.st_size > 0 ? (size_t)st.st_size : 1))) {
+    while (got < (size_t)st.st_size) {
+      ssize_t r = read(fd, p + got, (size_t)st.st_size - got);
+      if (r < 0 && errno == EINTR)
+        continue;
+      if (r <= 0)
+        break;
+      got += (size_t)r;
+    }
+    if (got == (size_t)st.st_size) {
+      close(fd);
+      *bytes = p;
+      *size = got;
+      return 0;
+    }
+  }
+  buf_printf(err, "cannot read %s: %s\n", path, p && got ? "short read" : strerror(errno));
+  free(p);
+  if (fd >= 0)
+    close(fd);
+  return -1;
+}
+
+int aot_compile_shared(const BackendOptions *opt, const char *c_source, void **so_bytes,
+                       size_t *size, Buf *err) {
+  BackendOptions o = resolved(opt);
+  *so_bytes = NULL;
+  *size = 0;
+  char dir[4096], src[4096 + 16], so[4096 + 16];
+  if (write_temp_source(o.tmp_dir, c_source, dir, sizeof dir, err))
+    return -1;
+  snprintf(src, sizeof src, "%s/step.c", dir);
+  snprintf(so, sizeof so, "%s/step.so", dir);
+  Argv a = {0};
+  int omp_at;
+  int rc = shared_command(&o, c_source, so, src, &a, &omp_at);
   if (rc) {
     buf_printf(err, "out of memory\n");
   } else if (run_compile(&a, omp_at, err) != 0) {
     describe(err, &a);
+    rc = -1;
+  } else {
+    rc = read_whole(so, so_bytes, size, err);
+  }
+  remove_temp(dir);
+  argv_free(&a);
+  return rc;
+}
+
+const kiln_program *aot_load_shared(const BackendOptions *opt, const void *so_bytes, size_t size,
+                                   const char *name, void **handle, Buf *err) {
+  BackendOptions o = resolved(opt);
+  *handle = NULL;
+  /* The dynamic loader returns an object already loaded under the same path, or from the same
+   * device and inode, instead of loading the file: each load gets a fresh directory (mkdtemp) and
+   * a fresh file, and the mapping keeps the file's inode from being reused while the object is
+   * loaded. The file is named after the program (its cache key), so even a directory name that
+   * came round again could only meet the same program. */
+  char dir[4096], so[4096 + 80];
+  if ((size_t)snprintf(dir, sizeof dir, "%s/kiln-XXXXXX", o.tmp_dir) >= sizeof dir - 80) {
+    buf_printf(err, "temporary directory path too long\n");
+    return NULL;
+  }
+  if (!mkdtemp(dir)) {
+    buf_printf(err, "cannot create a temporary directory in %s: %s\n", o.tmp_dir, strerror(errno));
+    return NULL;
+  }
+  snprintf(so, sizeof so, "%s/%.64s.so", dir, name && *name ? name : "step");
+  int fd = open(so, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  const kiln_program *prog = NULL;
+  if (fd < 0 || write_all(fd, so_bytes, size) != 0 || close(fd) != 0) {
+    buf_printf(err, "cannot write %s: %s\n", so, strerror(errno));
+    if (fd >= 0)
+      close(fd);
   } else {
     void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
@@ -354,8 +508,8 @@ const kiln_program *aot_load_shared(const BackendOptions *opt, const char *c_sou
     }
   }
   /* The mapping outlives the file. */
-  remove_temp(dir);
-  argv_free(&a);
+  unlink(so);
+  rmdir(dir);
   return prog;
 }
 

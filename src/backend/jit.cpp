@@ -1,10 +1,12 @@
 /*
- * jit.cpp — the in-process JIT: generated C held in memory → Clang's frontend → LLVM IR at -O2 →
- * ORC LLJIT machine code for this CPU, without running a process, writing a file or reading a
- * header.
+ * jit.cpp — the in-process JIT, in two halves. Compiling: generated C held in memory → Clang's
+ * frontend → LLVM IR → Clang's -O2 pipeline → machine code for this CPU as an object file in
+ * memory. Loading: that object file → ORC LLJIT → the program's address. Neither runs a process,
+ * writes a file or reads a header. The halves are apart so that the object file can be kept in
+ * the compiled-program cache (cache.c) and a later process only loads it.
  *
  * This is the project's only C++: libclang's C API can parse but not emit code, so the frontend is
- * driven through Clang's C++ API. Everything above it sees four C functions (backend.h, section
+ * driven through Clang's C++ API. Everything above it sees a few C functions (backend.h, section
  * jit.cpp) and plain C types.
  *
  * Hermetic: the generated code includes only <math.h>, <stdint.h> and <string.h>, for a handful
@@ -22,7 +24,12 @@
  * -fopenmp; the generated code gives identical results serially.
  *
  * Errors: Clang's diagnostics go into a string (with the offending generated line and a caret),
- * ORC's into another through the session's error reporter; nothing is printed.
+ * LLVM's (optimiser, code generator) into another through the context's diagnostic handler, ORC's
+ * through the session's error reporter; nothing is printed.
+ *
+ * The object file is exactly what LLJIT would have compiled itself: the target machine comes from
+ * the same JITTargetMachineBuilder (host CPU and features, PIC, CodeGenOpt::Default, the JIT's
+ * code model), so caching it changes neither the code nor the step's speed.
  */
 #include <dlfcn.h>
 
@@ -33,24 +40,35 @@
 #include <string>
 #include <vector>
 
+#include <algorithm>
+#include <chrono>
+
 #include <clang/Basic/Diagnostic.h>
 #include <clang/Basic/DiagnosticOptions.h>
+#include <clang/Basic/TargetInfo.h>
+#include <clang/CodeGen/BackendUtil.h>
 #include <clang/CodeGen/CodeGenAction.h>
 #include <clang/Frontend/CompilerInstance.h>
 #include <clang/Frontend/CompilerInvocation.h>
 #include <clang/Frontend/TextDiagnosticPrinter.h>
 #include <clang/Lex/PreprocessorOptions.h>
+#include <llvm/ADT/SmallVector.h>
 #include <llvm/ADT/StringMap.h>
 #include <llvm/ExecutionEngine/Orc/ExecutionUtils.h>
 #include <llvm/ExecutionEngine/Orc/JITTargetMachineBuilder.h>
 #include <llvm/ExecutionEngine/Orc/LLJIT.h>
 #include <llvm/ExecutionEngine/Orc/ThreadSafeModule.h>
+#include <llvm/IR/DiagnosticHandler.h>
+#include <llvm/IR/DiagnosticInfo.h>
+#include <llvm/IR/DiagnosticPrinter.h>
 #include <llvm/IR/LLVMContext.h>
+#include <llvm/IR/LegacyPassManager.h>
 #include <llvm/IR/Module.h>
 #include <llvm/Support/Host.h>
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/TargetSelect.h>
 #include <llvm/Support/raw_ostream.h>
+#include <llvm/Target/TargetMachine.h>
 
 #ifndef KILN_LLVM_VERSION
 #define KILN_LLVM_VERSION "14"
@@ -63,8 +81,14 @@
  * C11). Only plain C types cross. */
 extern "C" {
 typedef struct JitProgram JitProgram;
-JitProgram *jit_compile(const char *c_source, const char *opt_flag, const char *symbol,
-                        void **address, char **err);
+typedef struct JitTimes {
+  double clang, optimise, codegen;
+} JitTimes;
+const char *jit_identity(void);
+int jit_compile_object(const char *c_source, const char *opt_flag, void **object, size_t *size,
+                       JitTimes *times, char **err);
+JitProgram *jit_load_object(const void *object, size_t size, const char *symbol, void **address,
+                            char **err);
 void jit_free(JitProgram *p);
 const char *jit_version(void);
 }
@@ -118,6 +142,10 @@ static char *dup_message(const std::string &s) {
 static bool fail(char **err, const std::string &msg) {
   *err = dup_message(msg);
   return false;
+}
+
+static double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 /* The prelude, then the source with its (known) system #include lines blanked. */
@@ -182,11 +210,47 @@ static std::vector<std::string> host_features() {
   return v;
 }
 
-/* Clang's frontend and -O2 pipeline over the in-memory source. */
+/* The target machine both the compiling and the loading half use: this CPU by name and by
+ * features, PIC, CodeGenOpt::Default. The object file is compiled for exactly the machine that
+ * LLJIT would have compiled the IR for. */
+static llvm::Expected<llvm::orc::JITTargetMachineBuilder>
+host_machine(const std::vector<std::string> &features) {
+  auto jtmb = llvm::orc::JITTargetMachineBuilder::detectHost();
+  if (!jtmb)
+    return jtmb.takeError();
+  jtmb->setCPU(llvm::sys::getHostCPUName().str());
+  jtmb->getFeatures() = llvm::SubtargetFeatures();
+  jtmb->addFeatures(features);
+  jtmb->setRelocationModel(llvm::Reloc::PIC_);
+  jtmb->setCodeGenOptLevel(llvm::CodeGenOpt::Default);
+  return jtmb;
+}
+
+/* LLVM's own diagnostics (optimiser, code generator) would go to stderr, and an error would end
+ * the process: errors are kept for the message, warnings and remarks dropped (Clang's driver
+ * shows none of them without -R or -W flags either). */
+struct KeepErrors : llvm::DiagnosticHandler {
+  std::string *errors;
+  explicit KeepErrors(std::string *e) : errors(e) {}
+  bool handleDiagnostics(const llvm::DiagnosticInfo &di) override {
+    if (di.getSeverity() == llvm::DS_Error) {
+      llvm::raw_string_ostream os(*errors);
+      llvm::DiagnosticPrinterRawOStream printer(os);
+      di.print(printer);
+      os << "\n";
+    }
+    return true;
+  }
+};
+
+/* Clang's frontend (without LLVM passes), then the optimisation pipeline Clang would have run
+ * over the module for this opt level, timed apart. */
 static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool openmp,
                                                    const char *level,
                                                    const std::vector<std::string> &features,
-                                                   llvm::LLVMContext &ctx, std::string &diag) {
+                                                   llvm::LLVMContext &ctx, std::string &diag,
+                                                   JitTimes *times) {
+  auto t0 = std::chrono::steady_clock::now();
   llvm::raw_string_ostream dos(diag);
   auto diagopts = llvm::makeIntrusiveRefCnt<clang::DiagnosticOptions>();
   diagopts->ShowPresumedLoc = true; /* lines as #line numbers them: the generated file's own */
@@ -220,14 +284,59 @@ static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool 
   /* The buffer refers to src, which outlives the compile; the source manager frees the buffer. */
   ci.getPreprocessorOpts().addRemappedFile(
       "step.c", llvm::MemoryBuffer::getMemBuffer(src, "step.c").release());
+  /* Clang's code generation alone: the -O level still shapes the IR (TBAA, lifetime markers,
+   * inlining attributes), but the passes run below, where they can be timed. */
+  ci.getCodeGenOpts().DisableLLVMPasses = true;
   clang::EmitLLVMOnlyAction act(&ctx);
   if (!ci.ExecuteAction(act))
     return nullptr;
-  return act.takeModule();
+  std::unique_ptr<llvm::Module> mod = act.takeModule();
+  if (!mod)
+    return nullptr;
+  times->clang = seconds_since(t0);
+
+  /* The pipeline EmitLLVMOnlyAction would have run: Clang's own, with nothing emitted. The
+   * printer takes diagnostics only inside a source file. */
+  t0 = std::chrono::steady_clock::now();
+  ci.getCodeGenOpts().DisableLLVMPasses = false;
+  printer.BeginSourceFile(ci.getLangOpts(), nullptr);
+  clang::EmitBackendOutput(ci.getDiagnostics(), ci.getHeaderSearchOpts(), ci.getCodeGenOpts(),
+                           ci.getTargetOpts(), ci.getLangOpts(),
+                           ci.getTarget().getDataLayoutString(), mod.get(),
+                           clang::Backend_EmitNothing, nullptr);
+  printer.EndSourceFile();
+  times->optimise = seconds_since(t0);
+  if (ci.getDiagnostics().hasErrorOccurred())
+    return nullptr;
+  return mod;
 }
 
-static bool compile(JitProgram *p, const char *c_source, const char *opt_flag, const char *symbol,
-                    void **address, char **err) {
+/* Machine code for mod as a relocatable object file, through the target machine LLJIT's own
+ * compiler would use. */
+static bool emit_object(llvm::Module &mod, const std::vector<std::string> &features,
+                        llvm::SmallVectorImpl<char> &object, std::string &why) {
+  auto jtmb = host_machine(features);
+  if (!jtmb) {
+    why = llvm::toString(jtmb.takeError()) + "\n";
+    return false;
+  }
+  auto tm = jtmb->createTargetMachine();
+  if (!tm) {
+    why = llvm::toString(tm.takeError()) + "\n";
+    return false;
+  }
+  llvm::raw_svector_ostream os(object);
+  llvm::legacy::PassManager pm;
+  if ((*tm)->addPassesToEmitFile(pm, os, nullptr, llvm::CGFT_ObjectFile)) {
+    why = "the target cannot emit object files\n";
+    return false;
+  }
+  pm.run(mod);
+  return true;
+}
+
+static bool compile(const char *c_source, const char *opt_flag, void **object, size_t *size,
+                    JitTimes *times, char **err) {
   std::call_once(init_once, init_llvm);
   std::string src, why;
   if (!hermetic_source(c_source, src, why))
@@ -235,20 +344,38 @@ static bool compile(JitProgram *p, const char *c_source, const char *opt_flag, c
   bool openmp = have_openmp && std::strstr(c_source, "#pragma omp ") != nullptr;
   std::vector<std::string> features = host_features();
 
-  auto ctx = std::make_unique<llvm::LLVMContext>();
+  std::string llvm_errors; /* declared first: the context's handler writes here until its end */
+  llvm::LLVMContext ctx;
+  ctx.setDiagnosticHandler(std::make_unique<KeepErrors>(&llvm_errors));
   std::string diag;
-  std::unique_ptr<llvm::Module> mod = compile_to_ir(src, openmp, opt_flag, features, *ctx, diag);
-  if (!mod)
+  std::unique_ptr<llvm::Module> mod =
+      compile_to_ir(src, openmp, opt_flag, features, ctx, diag, times);
+  if (!mod) {
+    diag += llvm_errors;
     return fail(err, diag.empty() ? "clang failed without a message\n" : diag);
+  }
 
-  auto jtmb = llvm::orc::JITTargetMachineBuilder::detectHost();
+  auto t0 = std::chrono::steady_clock::now();
+  llvm::SmallVector<char, 0> obj;
+  if (!emit_object(*mod, features, obj, why))
+    return fail(err, why);
+  times->codegen = seconds_since(t0);
+  if (!llvm_errors.empty())
+    return fail(err, llvm_errors);
+  *object = std::malloc(obj.size());
+  if (!*object)
+    return fail(err, "out of memory\n");
+  std::memcpy(*object, obj.data(), obj.size());
+  *size = obj.size();
+  return true;
+}
+
+static bool load(JitProgram *p, const void *object, size_t size, const char *symbol,
+                 void **address, char **err) {
+  std::call_once(init_once, init_llvm);
+  auto jtmb = host_machine(host_features());
   if (!jtmb)
     return fail(err, llvm::toString(jtmb.takeError()) + "\n");
-  jtmb->setCPU(llvm::sys::getHostCPUName().str());
-  jtmb->getFeatures() = llvm::SubtargetFeatures();
-  jtmb->addFeatures(features);
-  jtmb->setRelocationModel(llvm::Reloc::PIC_);
-  jtmb->setCodeGenOptLevel(llvm::CodeGenOpt::Default);
   auto jit = llvm::orc::LLJITBuilder().setJITTargetMachineBuilder(std::move(*jtmb)).create();
   if (!jit)
     return fail(err, llvm::toString(jit.takeError()) + "\n");
@@ -263,7 +390,10 @@ static bool compile(JitProgram *p, const char *c_source, const char *opt_flag, c
   if (!gen)
     return fail(err, llvm::toString(gen.takeError()) + "\n");
   p->jit->getMainJITDylib().addGenerator(std::move(*gen));
-  if (auto e = p->jit->addIRModule(llvm::orc::ThreadSafeModule(std::move(mod), std::move(ctx))))
+  /* A copy: the caller keeps its bytes, the linking layer owns these. */
+  auto buffer = llvm::MemoryBuffer::getMemBufferCopy(
+      llvm::StringRef(static_cast<const char *>(object), size), "step.o");
+  if (auto e = p->jit->addObjectFile(std::move(buffer)))
     return fail(err, llvm::toString(std::move(e)) + "\n");
   auto sym = p->jit->lookup(symbol);
   if (!sym)
@@ -272,8 +402,41 @@ static bool compile(JitProgram *p, const char *c_source, const char *opt_flag, c
   return true;
 }
 
-extern "C" JitProgram *jit_compile(const char *c_source, const char *opt_flag, const char *symbol,
-                                   void **address, char **err) {
+/* Everything besides the source and the -O level that decides the object file's bytes and
+ * whether it links here: LLVM's version, the target (triple, CPU name, features), OpenMP or not,
+ * the code generator's settings, the prelude. A change to any gives a different cache key. */
+static std::string identity;
+
+static void compute_identity() {
+  std::call_once(init_once, init_llvm);
+  std::vector<std::string> features = host_features();
+  std::sort(features.begin(), features.end());
+  identity = "jit 1; LLVM " KILN_LLVM_VERSION "; triple " + llvm::sys::getProcessTriple() +
+             "; cpu " + llvm::sys::getHostCPUName().str() + "; features";
+  for (auto &f : features)
+    identity += " " + f;
+  identity += have_openmp ? "; openmp libomp" : "; openmp none";
+  identity += "; codegen default pic jit-code-model; prelude\n";
+  identity += prelude;
+}
+
+extern "C" const char *jit_identity(void) {
+  static std::once_flag once;
+  std::call_once(once, compute_identity);
+  return identity.c_str();
+}
+
+extern "C" int jit_compile_object(const char *c_source, const char *opt_flag, void **object,
+                                  size_t *size, JitTimes *times, char **err) {
+  *object = nullptr;
+  *size = 0;
+  *err = nullptr;
+  *times = JitTimes{0, 0, 0};
+  return compile(c_source, opt_flag, object, size, times, err) ? 0 : -1;
+}
+
+extern "C" JitProgram *jit_load_object(const void *object, size_t size, const char *symbol,
+                                       void **address, char **err) {
   *address = nullptr;
   *err = nullptr;
   JitProgram *p = new (std::nothrow) JitProgram;
@@ -281,7 +444,7 @@ extern "C" JitProgram *jit_compile(const char *c_source, const char *opt_flag, c
     *err = dup_message("out of memory\n");
     return nullptr;
   }
-  if (!compile(p, c_source, opt_flag, symbol, address, err)) {
+  if (!load(p, object, size, symbol, address, err)) {
     delete p;
     return nullptr;
   }

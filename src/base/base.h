@@ -1,6 +1,7 @@
 /*
  * base.h — what every part of the compiler library uses: source locations, a memory pool,
- * growable strings, the allocator with fault injection and the error trap (util.c).
+ * growable strings, the allocator with fault injection and the error trap (util.c); SHA-256
+ * (sha256.c).
  *
  * Errors unwind: a public entry point sets a trap with KILN_TRY, anything below it that finds bad
  * input calls kiln_fail(), and everything a compile allocates lives in a pool freed on the way
@@ -99,5 +100,23 @@ _Noreturn void kiln_rethrow(const Trap *caught);
 
 /* Reads a whole file into the pool; NULL with errno set on failure. */
 char *read_file(Pool *p, const char *path, size_t *len);
+
+/* Seconds on a monotonic clock, for the phase times a session reports. */
+double kiln_now(void);
+
+/* SHA-256 (sha256.c): names and checks entries of the compiled-program cache. */
+#define SHA256_BYTES 32
+typedef struct Sha256 {
+  uint32_t h[8];
+  uint64_t bytes;
+  unsigned char block[64];
+  size_t fill;
+} Sha256;
+void sha256_init(Sha256 *s);
+void sha256_update(Sha256 *s, const void *data, size_t n);
+void sha256_final(Sha256 *s, unsigned char digest[SHA256_BYTES]);
+void sha256(const void *data, size_t n, unsigned char digest[SHA256_BYTES]);
+/* 64 lowercase hex digits and a NUL. */
+void sha256_hex(const unsigned char digest[SHA256_BYTES], char hex[2 * SHA256_BYTES + 1]);
 
 #endif

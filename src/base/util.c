@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/base.h"
 
@@ -205,6 +206,12 @@ char *read_file(Pool *p, const char *path, size_t *len) {
   if (len) *len = used;
   free(text);
   return r;
+}
+
+double kiln_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ---- errors ---- */

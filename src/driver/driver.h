@@ -30,6 +30,18 @@ typedef struct Options {
 } Options;
 void session_default_options(Options *o);
 
+/* How long each stage took, in seconds (0: it did not run), for `kiln --verbose`: the library
+ * measures, drivers print. */
+typedef struct SessionTimes {
+  double frontend;        /* parse, lower, training graph (autodiff, optimizer) */
+  double plan;            /* schedule and memory plan */
+  double emit;            /* the C source */
+  double build;           /* session_build_trainer: the system compiler into a trainer */
+  double load;            /* session_load, all of it */
+  bool loaded;            /* session_load ran: backend holds its phases and the cache's use */
+  BackendReport backend;
+} SessionTimes;
+
 /* One model on its way down the pipeline. Each stage runs the earlier ones it needs; each returns
  * 0, or -1 with the diagnostic in error ("file:line:col: error: ..." with the source line and a
  * caret, or the tensor and its shapes), after which the session may only be closed. */
@@ -43,6 +55,7 @@ typedef struct Session {
   Interp *ref;            /* session_reference: the interpreter and its program table */
   kiln_program ref_prog;
   bool planned, emitted, borrowed;
+  SessionTimes times;
   char error[4096];
 } Session;
 

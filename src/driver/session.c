@@ -53,6 +53,7 @@ static void begin(Session *s, const Options *o) {
  * training graph with the entries the options ask for. */
 static int open_model(Session *s, const char *path, const char *text, const Options *o) {
   begin(s, o);
+  double t0 = kiln_now();
   Trap t;
   Graph *volatile g = NULL;
   if (!KILN_TRY(&t)) {
@@ -68,6 +69,7 @@ static int open_model(Session *s, const char *path, const char *text, const Opti
     train_build_hvp(g);
   kiln_trap_end(&t);
   s->g = g;
+  s->times.frontend = kiln_now() - t0;
   return 0;
 }
 
@@ -96,6 +98,7 @@ int64_t session_batch(const Session *s) {
 int session_plan(Session *s) {
   if (s->planned)
     return 0;
+  double t0 = kiln_now();
   Trap t;
   if (!KILN_TRY(&t)) {
     kiln_trap_end(&t);
@@ -106,6 +109,7 @@ int session_plan(Session *s) {
   plan_build(s->g, session_batch(s), &s->opt.sched, &s->plan);
   kiln_trap_end(&t);
   s->planned = true;
+  s->times.plan = kiln_now() - t0;
   return 0;
 }
 
@@ -114,6 +118,7 @@ int session_emit(Session *s) {
     return 0;
   if (session_plan(s))
     return -1;
+  double t0 = kiln_now();
   Trap t;
   if (!KILN_TRY(&t)) {
     kiln_trap_end(&t);
@@ -123,6 +128,7 @@ int session_emit(Session *s) {
   cg_emit_c(s->g, &s->plan, &s->c);
   kiln_trap_end(&t);
   s->emitted = true;
+  s->times.emit = kiln_now() - t0;
   return 0;
 }
 
@@ -143,10 +149,14 @@ int session_load(Session *s) {
     return 0;
   if (session_emit(s))
     return -1;
+  double t0 = kiln_now();
   Buf err = {.lossy = true};
   if (backend_load(&s->opt.backend, s->c.p, &s->loaded, &err) != 0)
     return compiler_failed(s, "compiling the generated code", &err);
   buf_free(&err);
+  s->times.load = kiln_now() - t0;
+  s->times.loaded = true;
+  s->times.backend = *backend_report(s->loaded);
   s->prog = backend_program(s->loaded);
   if (s->prog->ntensors != s->plan.ntensors) {
     session_fail(s, "the compiled program has %d tensors, the plan %d", s->prog->ntensors,
@@ -162,6 +172,7 @@ int session_load(Session *s) {
 int session_build_trainer(Session *s, const char *out_path) {
   if (session_emit(s))
     return -1;
+  double t0 = kiln_now();
   Buf err = {.lossy = true};
   if (aot_build_trainer(&s->opt.backend, s->c.p, out_path, &err) != 0) {
     char what[512];
@@ -169,6 +180,7 @@ int session_build_trainer(Session *s, const char *out_path) {
     return compiler_failed(s, what, &err);
   }
   buf_free(&err);
+  s->times.build = kiln_now() - t0;
   return 0;
 }
 
