@@ -217,15 +217,15 @@ typedef struct Run {
   RtBackend be;
 } Run;
 
-static void run_open(Run *r, const char *model, BackendKind kind, const char *cache_dir,
-                     const char *tmp_dir, int opt_level) {
+static void run_open_threads(Run *r, const char *model, BackendKind kind, const char *cache_dir,
+                             const char *tmp_dir, int opt_level, int threads) {
   Options o;
   session_default_options(&o);
   o.backend.kind = kind;
   o.backend.cache_dir = cache_dir;
   o.backend.tmp_dir = tmp_dir;
   o.backend.opt_level = opt_level;
-  o.sched.threads = 1;
+  o.sched.threads = threads;
   ck_assert_msg(session_open_file(&r->s, model, &o) == 0, "%s", r->s.error);
   ck_assert_msg(session_load(&r->s) == 0, "%s", r->s.error);
   const kiln_program *p = r->s.prog;
@@ -234,6 +234,11 @@ static void run_open(Run *r, const char *model, BackendKind kind, const char *ca
   ck_assert_ptr_nonnull(r->arena);
   memset(r->arena, 0, bytes);
   rt_arena_backend(p, r->arena, &r->be);
+}
+
+static void run_open(Run *r, const char *model, BackendKind kind, const char *cache_dir,
+                     const char *tmp_dir, int opt_level) {
+  run_open_threads(r, model, kind, cache_dir, tmp_dir, opt_level, 1);
 }
 
 static void run_close(Run *r) {
@@ -546,6 +551,24 @@ START_TEST(shared_objects_never_alias) {
 }
 END_TEST
 
+/* Programs with parallel regions unload too (no -z nodelete): the OpenMP runtime stays, its
+ * idle workers with it, and the next program's regions run on them. */
+START_TEST(openmp_programs_unload) {
+  char tmp[64];
+  make_dir(tmp, sizeof tmp);
+  for (int k = 0; k < 3; k++) {
+    Run r;
+    run_open_threads(&r, KILN_SOURCE_DIR "/examples/mnist_cnn.kiln", BACKEND_CC, NULL, tmp, 0, 2);
+    ck_assert_ptr_nonnull(strstr(r.s.c.p, "#pragma omp parallel"));
+    ck_assert_int_eq(mapped_from(tmp), 1);
+    run_step(&r);
+    run_close(&r);
+    ck_assert_int_eq(mapped_from(tmp), 0);
+  }
+  remove_dir(tmp);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("cache");
   TCase *tc = tcase_create("cache");
@@ -560,6 +583,7 @@ int main(void) {
   tcase_add_loop_test(tc, unusable_cache_is_a_warning, 0, backends);
   tcase_add_loop_test(tc, two_processes_fill_one_entry, 0, backends);
   tcase_add_test(tc, shared_objects_never_alias);
+  tcase_add_test(tc, openmp_programs_unload);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

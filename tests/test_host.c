@@ -255,6 +255,34 @@ START_TEST(checkpoints_round_trip) {
 }
 END_TEST
 
+/* With a cache directory, the second compile of a model loads what the first stored, and trains
+ * to the same bits. */
+START_TEST(cache_dir_option) {
+  make_data();
+  char dir[] = "/tmp/kiln-host-cache-XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  kiln_model *m = model();
+  kiln_options o;
+  kiln_options_init(&o);
+  o.cache_dir = dir;
+  kiln_trainer *a, *b;
+  ck_assert_msg(kiln_compile(m, &o, &a) == KILN_OK, "%s", kiln_last_error());
+  ck_assert_msg(kiln_compile(m, &o, &b) == KILN_OK, "%s", kiln_last_error());
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "test $(ls %s | wc -l) = 1", dir);
+  ck_assert_int_eq(system(cmd), 0); /* one entry, no temporary left */
+  double la, lb;
+  ck_assert_int_eq(kiln_train_step(a, BATCH, batch_of(BATCH), 2, &la), KILN_OK);
+  ck_assert_int_eq(kiln_train_step(b, BATCH, batch_of(BATCH), 2, &lb), KILN_OK);
+  ck_assert(la == lb);
+  kiln_trainer_free(a);
+  kiln_trainer_free(b);
+  kiln_model_free(m);
+  snprintf(cmd, sizeof cmd, "rm -r %s", dir);
+  ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(mistakes_are_values) {
   make_data();
   kiln_model *m = model();
@@ -343,6 +371,7 @@ static Suite *host_suite(void) {
   tcase_add_test(tc, two_trainers_are_independent);
   tcase_add_test(tc, backends_agree);
   tcase_add_test(tc, checkpoints_round_trip);
+  tcase_add_test(tc, cache_dir_option);
   tcase_add_test(tc, mistakes_are_values);
   tcase_add_test(tc, allocation_failures_unwind);
   suite_add_tcase(s, tc);

@@ -323,12 +323,8 @@ static int shared_command(const BackendOptions *o, const char *c_source, const c
   *omp_at = 0;
   int rc = argv_push_cc(a, o->cc);
   if (!rc && wants_openmp(c_source)) {
-    /* OpenMP's idle worker threads outlive the parallel regions: the object (and with it
-     * libgomp) must stay mapped after dlclose, or they wake up in unmapped code. */
-    rc = argv_push(a, "-Wl,-z,nodelete");
     *omp_at = a->n;
-    if (!rc)
-      rc = argv_push(a, "-fopenmp");
+    rc = argv_push(a, "-fopenmp");
   }
   const char *flags[] = {"-std=c11", backend_opt_flag(o->opt_level), "-march=native",
                          "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC",
@@ -468,6 +464,20 @@ int aot_compile_shared(const BackendOptions *opt, const char *c_source, void **s
   return rc;
 }
 
+/* OpenMP's idle workers wait inside the OpenMP runtime (libgomp, or libomp when the compiler is
+ * clang) between parallel regions, so the runtime must stay mapped when the last program that
+ * linked it is unloaded, or they wake up in unmapped code. The programs themselves may go: no
+ * worker runs their code outside a region. RTLD_NOLOAD finds a runtime only if one is loaded;
+ * RTLD_NODELETE keeps it. */
+static void keep_openmp_runtime(void) {
+  static const char *const runtimes[] = {"libgomp.so.1", "libomp.so.5", "libomp.so"};
+  for (size_t i = 0; i < sizeof runtimes / sizeof *runtimes; i++) {
+    void *h = dlopen(runtimes[i], RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+    if (h)
+      dlclose(h);
+  }
+}
+
 const kiln_program *aot_load_shared(const BackendOptions *opt, const void *so_bytes, size_t size,
                                    const char *name, void **handle, Buf *err) {
   BackendOptions o = resolved(opt);
@@ -503,6 +513,7 @@ const kiln_program *aot_load_shared(const BackendOptions *opt, const void *so_by
         buf_printf(err, "the generated code defines no kiln_program_desc\n");
         dlclose(h);
       } else {
+        keep_openmp_runtime();
         *handle = h;
       }
     }

@@ -167,6 +167,7 @@ static kiln_status session_options(const kiln_options *ko, Options *o) {
     o->backend.cc = ko->cc;
   if (ko->tmp_dir)
     o->backend.tmp_dir = ko->tmp_dir;
+  o->backend.cache_dir = ko->cache_dir;
   return KILN_OK;
 }
 
