@@ -498,6 +498,33 @@ START_TEST(threads_option) {
 }
 END_TEST
 
+/* A trainer built for the baseline x86-64 has no AVX instruction (no ymm or zmm register) and
+ * learns; a target kiln does not know is a usage error. */
+START_TEST(target_option) {
+  char cmd[1024], *out, *err;
+  snprintf(cmd, sizeof cmd, KILN " build " EX "mlp.kiln --target x86-64 -o '%s/t'", tmpdir);
+  ck_assert_int_eq(run(cmd, NULL, NULL), 0);
+  snprintf(cmd, sizeof cmd, "objdump -d '%s/t' | grep -cE 'ymm|zmm'", tmpdir);
+  ck_assert_int_eq(run(cmd, &out, NULL), 1); /* grep found nothing */
+  ck_assert_str_eq(out, "0\n");
+  free(out);
+  snprintf(cmd, sizeof cmd, "'%s/t' --data " DATA " --epochs 1 --limit-train 3200 "
+           "--limit-test 500 --quiet", tmpdir);
+  ck_assert_int_eq(run(cmd, &out, NULL), 0);
+  double acc = 0;
+  const char *p = strstr(out, "test_accuracy=");
+  ck_assert_ptr_nonnull(p);
+  sscanf(p, "test_accuracy=%lf", &acc);
+  ck_assert_msg(acc > 0.6, "%s", out);
+  free(out);
+  ck_assert_int_eq(run(KILN " build " EX "mlp.kiln --target pentium4 -o /dev/null", NULL, &err),
+                   2);
+  ck_assert_ptr_nonnull(strstr(err, "--target is native, x86-64, x86-64-v2, x86-64-v3 or "
+                                    "x86-64-v4, not 'pentium4'"));
+  free(err);
+}
+END_TEST
+
 START_TEST(usage_errors) {
   char *err;
   ck_assert_int_eq(run(KILN " frobnicate x.kiln", NULL, &err), 2);
@@ -603,6 +630,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, bad_model_leaves_no_output);
   tcase_add_test(tc, threads_option);
   tcase_add_test(tc, usage_errors);
+  tcase_add_test(tc, target_option);
   tcase_add_test(tc, trainer_data_errors);
   tcase_add_test(tc, cache_and_verbose);
   suite_add_tcase(s, tc);

@@ -45,6 +45,8 @@ static const char usage[] =
     "                  (Clang/LLVM inside kiln, the default when built in) or 'cc' (the system\n"
     "                  compiler and dlopen); also $KILN_BACKEND. `kiln --version` lists them\n"
     "  -O1, -O2, -O3   the optimisation level of either backend (and of `build`); default -O2\n"
+    "  --target T      build: the CPU a trainer is for (x86-64, x86-64-v2, -v3, -v4; default\n"
+    "                  native, this machine), so a trainer copied to an older CPU runs\n"
     "  --no-cache      compile even when the cache holds this program, and store nothing; the\n"
     "                  cache is $XDG_CACHE_HOME/kiln, else $HOME/.cache/kiln\n"
     "  --verbose       print how long each phase took (parse to emit, compile or cache, load)\n"
@@ -106,6 +108,25 @@ static void target_from_machine(Target *t) {
   __builtin_cpu_init();
   t->vector_bytes = __builtin_cpu_supports("avx512f") ? 64 : __builtin_cpu_supports("avx") ? 32 : 16;
 #endif
+}
+
+/* --target NAME: the x86-64 microarchitecture levels gcc and clang know as -march values, and the
+ * widest vectors each guarantees (the schedule's vector width); "native" is this machine. */
+static int parse_target(const char *name, Options *o) {
+  static const struct { const char *name; int vector_bytes; } levels[] = {
+      {"x86-64", 16}, {"x86-64-v2", 16}, {"x86-64-v3", 32}, {"x86-64-v4", 64}};
+  if (!strcmp(name, "native")) {
+    o->backend.march = "native";
+    target_from_machine(&o->sched.target);
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof levels / sizeof *levels; i++)
+    if (!strcmp(name, levels[i].name)) {
+      o->backend.march = levels[i].name;
+      o->sched.target.vector_bytes = levels[i].vector_bytes;
+      return 0;
+    }
+  return -1;
 }
 
 /* "jit" or "cc" into kind; -1 for anything else (or jit in a build without it). */
@@ -206,6 +227,11 @@ static int parse_args(int argc, char **argv, Args *a) {
       if (parse_backend(val, &a->opt.backend.kind))
         return usage_error(backend_has_jit() ? "--backend is 'jit' or 'cc', not '%s'"
                                              : "--backend is 'cc' (built without LLVM), not '%s'", val);
+    } else if (!strcmp(s, "--target")) {
+      NEED_VALUE();
+      if (parse_target(val, &a->opt))
+        return usage_error("--target is native, x86-64, x86-64-v2, x86-64-v3 or x86-64-v4, not "
+                           "'%s'", val);
     } else if (!strcmp(s, "-O1") || !strcmp(s, "-O2") || !strcmp(s, "-O3")) {
       a->opt.backend.opt_level = s[2] - '0';
     } else if (!strcmp(s, "--train")) {

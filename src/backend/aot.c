@@ -60,6 +60,7 @@ void aot_default_options(BackendOptions *o) {
   o->tmp_dir = "/tmp";
   o->cache_dir = NULL;
   o->opt_level = 0;
+  o->march = "native";
 }
 
 /* Unset or empty fields fall back to the defaults. */
@@ -73,6 +74,8 @@ static BackendOptions resolved(const BackendOptions *o) {
   if (o && o->tmp_dir && *o->tmp_dir)
     r.tmp_dir = o->tmp_dir;
   r.opt_level = o ? o->opt_level : 0;  /* backend_opt_flag maps it */
+  if (o && o->march && *o->march)
+    r.march = o->march;
   return r;
 }
 
@@ -281,8 +284,10 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
   }
   Argv a = {0};
   int rc = argv_push_cc(&a, o.cc);
-  const char *flags[] = {"-std=c11", backend_opt_flag(o.opt_level), "-march=native",
-                         "-fno-math-errno", "-ffp-contract=off"};
+  char march[128];
+  snprintf(march, sizeof march, "-march=%s", o.march);
+  const char *flags[] = {"-std=c11", backend_opt_flag(o.opt_level), march, "-fno-math-errno",
+                         "-ffp-contract=off"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);
   int omp_at = wants_openmp(c_source) ? a.n : 0;

@@ -29,6 +29,9 @@ typedef struct BackendOptions {
   const char *tmp_dir;      /* where private build directories are made; "/tmp" */
   const char *cache_dir;    /* compiled programs kept between processes (cache.c); none */
   int opt_level;            /* the compiler's -O level, 1 to 3; 0: 2 */
+  const char *march;        /* trainers: the CPU they are built for, the compiler's -march value
+                               ("x86-64-v3"); "native" (this machine). Programs loaded into this
+                               process are always built for this machine */
 } BackendOptions;
 void aot_default_options(BackendOptions *o);
 
