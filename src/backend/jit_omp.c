@@ -8,13 +8,16 @@
  * so two threads running programs never share a thread or wait for each other. They are stopped
  * and joined when that thread exits (a pthread key's destructor); at process exit they are
  * asleep or spinning and end with the process. A fork inside a region runs serially as a team of
- * one, as libomp does without nested parallelism. num_threads applies to the next fork only.
- * libomp's global thread ids are ignored: a thread's place in its team is thread-local.
+ * one, as libomp does without nested parallelism. num_threads applies to the next fork only; a
+ * fork without it is a team of one (libomp's default, a thread per core, would mean asking the
+ * machine, which the library never does). libomp's global thread ids are ignored: a thread's
+ * place in its team is thread-local.
  *
  * Waking: a fork publishes the job, then bumps each needed worker's word; the host then runs its
  * own share and waits for the count of running workers to reach zero. Every wait spins first
- * (the generated step forks dozens of times per step, microseconds apart) and then sleeps on a
- * condition variable, so idle workers cost nothing for long.
+ * (the generated step forks dozens of times per step, microseconds apart), yielding the core to
+ * any thread with work after the first few spins, and then sleeps on a condition variable, so
+ * idle workers cost nothing for long.
  *
  * Scheduling: __kmpc_for_static_init_* give each thread the bounds libomp 14 gives it (static
  * with a chunk: chunks round robin; static: one block per thread, the first ones an iteration
@@ -29,13 +32,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "backend/backend.h"
 
 /* How long a waiting thread spins before it sleeps: longer than the gaps between the generated
  * step's regions, short enough that idle workers do not hold a core. The first spins only pause;
- * later ones yield the core, to whatever else the machine runs. */
+ * later ones yield the core to whatever else wants it: other programs, or the other threads of a
+ * team larger than the machine. */
 #define SPIN_NS 200000u
 #define SPINS_BEFORE_YIELDING 100u
 
@@ -72,9 +75,6 @@ typedef struct Team {
   int32_t nworkers;
   Worker *workers[JIT_OMP_MAX_THREADS - 1];
   atomic_bool stopping;
-  int32_t cores;
-  atomic_bool spin; /* whether waits spin: the last region's team had a core per thread (a hint,
-                     * so relaxed: idle workers read it while the host sets it) */
   alignas(64) atomic_uint running; /* workers still in the current region */
   Sleepers host;
   alignas(64) atomic_uint barrier_arrived;
@@ -134,8 +134,8 @@ static bool spin_until(atomic_uint *word, unsigned value, bool until_equal) {
  * itself before its last look at the word. So either the sleeper sees the change or the waker
  * sees the sleeper, and then signals under the lock the sleeper holds until it waits. */
 static void wait_until(atomic_uint *word, unsigned value, bool until_equal, Sleepers *s,
-                       pthread_mutex_t *lock, bool spin) {
-  if (reached(word, value, until_equal) || (spin && spin_until(word, value, until_equal)))
+                       pthread_mutex_t *lock) {
+  if (reached(word, value, until_equal) || spin_until(word, value, until_equal))
     return;
   pthread_mutex_lock(lock);
   atomic_fetch_add(&s->count, 1);
@@ -152,8 +152,6 @@ static void wake(Sleepers *s, pthread_mutex_t *lock) {
   pthread_cond_broadcast(&s->cond);
   pthread_mutex_unlock(lock);
 }
-
-static bool spins(Team *t) { return atomic_load_explicit(&t->spin, memory_order_relaxed); }
 
 /* ---- regions ---- */
 
@@ -233,7 +231,7 @@ static void *worker_main(void *arg) {
   Team *team = w->team;
   unsigned seen = 0;
   for (;;) {
-    wait_until(&w->go, seen, false, &w->sleepers, &team->lock, spins(team));
+    wait_until(&w->go, seen, false, &w->sleepers, &team->lock);
     seen = atomic_load(&w->go);
     if (atomic_load(&team->stopping))
       return NULL;
@@ -286,11 +284,6 @@ static void make_team_key(void) {
                   pthread_atfork(NULL, NULL, forget_team_in_child) == 0;
 }
 
-static int32_t online_cores(void) {
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  return cores < 1 ? 1 : cores > JIT_OMP_MAX_THREADS ? JIT_OMP_MAX_THREADS : (int32_t)cores;
-}
-
 static Team *new_team(void) {
   size_t bytes = (sizeof(Team) + 63) / 64 * 64;
   Team *t = aligned_alloc(64, bytes);
@@ -306,8 +299,6 @@ static Team *new_team(void) {
   if (pthread_setspecific(team_key, t) != 0)
     goto no_key;
   atomic_init(&t->stopping, false);
-  atomic_init(&t->spin, true);
-  t->cores = online_cores();
   atomic_init(&t->running, 0);
   atomic_init(&t->host.count, 0);
   atomic_init(&t->barrier_arrived, 0);
@@ -383,8 +374,9 @@ void jit_omp_fork_call(void *loc, int32_t argc, JitOmpMicrotask fn, ...) {
   for (int32_t i = 0; i < argc; i++)
     job.args[i] = va_arg(ap, void *);
   va_end(ap);
-  /* Without num_threads, a thread per core, as libomp by default. */
-  int32_t want = next_team_size > 0 ? next_team_size : online_cores();
+  /* Without num_threads (which the generated code always gives) a team of one: the library asks
+   * the machine nothing, not even its cores. */
+  int32_t want = next_team_size;
   next_team_size = 0;
   Team *team = NULL;
   if (self.depth == 0 && want > 1)
@@ -394,15 +386,13 @@ void jit_omp_fork_call(void *loc, int32_t argc, JitOmpMicrotask fn, ...) {
     return;
   }
   team->job = job;
-  /* More threads than cores: a spinning thread would hold a core another one needs. */
-  atomic_store_explicit(&team->spin, job.nth <= team->cores, memory_order_relaxed);
   atomic_store(&team->running, (unsigned)job.nth - 1);
   for (int32_t i = 0; i < job.nth - 1; i++) {
     atomic_fetch_add(&team->workers[i]->go, 1);
     wake(&team->workers[i]->sleepers, &team->lock);
   }
   run_as_member(team, 0, job.nth, &team->job);
-  wait_until(&team->running, 0, true, &team->host, &team->lock, spins(team));
+  wait_until(&team->running, 0, true, &team->host, &team->lock);
 }
 
 void jit_omp_push_num_threads(void *loc, int32_t gtid, int32_t num_threads) {
@@ -428,7 +418,7 @@ void jit_omp_barrier(void *loc, int32_t gtid) {
     atomic_store(&t->barrier_generation, generation + 1);
     wake(&t->barrier, &t->lock);
   } else {
-    wait_until(&t->barrier_generation, generation, false, &t->barrier, &t->lock, spins(t));
+    wait_until(&t->barrier_generation, generation, false, &t->barrier, &t->lock);
   }
 }
 
