@@ -558,7 +558,7 @@ END_TEST
 
 /* Phases separated by barriers: in phase k every thread writes its slot, and after the barrier
  * every thread must see every slot of phase k. */
-enum { PHASES = 2000 };
+enum { PHASES = 500 };
 
 typedef struct Phases {
   int32_t nth;
@@ -612,7 +612,7 @@ static long many_regions(int regions) {
   return atomic_load(&t.runs) - want; /* 0 when right */
 }
 
-START_TEST(many_short_regions) { ck_assert_int_eq(many_regions(20000), 0); }
+START_TEST(many_short_regions) { ck_assert_int_eq(many_regions(5000), 0); }
 END_TEST
 
 /* ---- host threads ---- */
@@ -624,7 +624,7 @@ typedef struct HostRun {
 
 static void *host_main(void *arg) {
   HostRun *h = arg;
-  h->right = many_regions(5000) == 0;
+  h->right = many_regions(1000) == 0;
   Seen s;
   fork_seen(3, &s);
   for (int t = 1; t < 3; t++)
