@@ -3,7 +3,7 @@
 # and runs every test through CTest (including the comparison with PyTorch, python3-torch).
 set -euo pipefail
 cd "$(dirname "$0")"
-KILN_JIT_PACKAGES="llvm-14-dev libclang-cpp14-dev libclang-14-dev libomp-14-dev g++"
+KILN_JIT_PACKAGES="llvm-14-dev libclang-cpp14-dev libclang-14-dev g++"
 # The LLVM packages build the in-process JIT backend (src/backend/jit.cpp).
 KILN_EXTRA_PACKAGES="python3-torch $KILN_JIT_PACKAGES" bash scripts/deps.sh
 cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null

@@ -1,12 +1,18 @@
 /*
  * test_jit.c — the in-process JIT (src/backend/jit.cpp) against the system compiler: the MNIST
  * CNN compiled by both backends gives bit-identical gradients, parameters and optimizer state
- * from identical starting points, at one and two threads; a compile error comes back as a message
- * naming the generated line and prints nothing; programs load and unload repeatedly without
- * leaking (ASan's leak checker runs in CI). Built only when kiln has the JIT.
+ * from identical starting points, at one and two threads, and the JIT's gives the same bits at
+ * one, two and three threads, also with two host threads running programs at once (the parallel
+ * regions on kiln's own OpenMP runtime, jit_omp.c, under the sanitizers too); OpenMP runtime
+ * symbols kiln lacks fail the lookup by name even with libomp and libgomp in the process; a
+ * compile error comes back as a message naming the generated line and prints nothing; programs
+ * load and unload repeatedly without leaking (ASan's leak checker runs in CI). Built only when
+ * kiln has the JIT.
  */
 #include <check.h>
+#include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -48,12 +54,13 @@ static void run_close(Run *r) {
 }
 
 /* The same starting point on every backend: parameters, state and hyper-parameters from their
- * initialisers (seed 7), optimizer state and gradients zero, inputs from a fixed stream. */
-static void run_reset(Run *r) {
+ * initialisers (seed 7), optimizer state and gradients zero, inputs from the stream of
+ * input_seed. */
+static void run_reset_inputs(Run *r, uint64_t input_seed) {
   const kiln_program *p = r->s.prog;
   memset(r->arena, 0, (size_t)p->arena_bytes);
   RtRng rng;
-  rt_rng_seed(&rng, 42);
+  rt_rng_seed(&rng, input_seed);
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
     int64_t n = rt_numel(t, p->batch);
@@ -71,6 +78,8 @@ static void run_reset(Run *r) {
   }
 }
 
+static void run_reset(Run *r) { run_reset_inputs(r, 42); }
+
 static void run_entry(Run *r, const char *name) {
   char err[512] = "";
   int e = rt_find_entry(r->s.prog, name);
@@ -78,24 +87,29 @@ static void run_entry(Run *r, const char *name) {
   ck_assert_msg(r->be.run(r->be.self, e, r->s.prog->batch, err) == 0, "%s", err);
 }
 
-/* Every tensor a step writes or keeps must agree to the bit. */
-static void require_identical(const Run *a, const Run *b, const char *after) {
-  const kiln_program *p = a->s.prog;
-  ck_assert_int_eq(p->ntensors, b->s.prog->ntensors);
+/* Every tensor a step writes or keeps must agree to the bit: the arenas a and b of programs p and
+ * q. */
+static void require_same_arenas(const kiln_program *p, const unsigned char *a,
+                                const kiln_program *q, const unsigned char *b, const char *after) {
+  ck_assert_int_eq(p->ntensors, q->ntensors);
   int compared = 0;
   for (int i = 0; i < p->ntensors; i++) {
-    const kiln_tensor *t = &p->tensors[i], *u = &b->s.prog->tensors[i];
+    const kiln_tensor *t = &p->tensors[i], *u = &q->tensors[i];
     ck_assert_str_eq(t->name, u->name);
     if (t->role == KILN_ROLE_INPUT)
       continue;
     if (t->role != KILN_ROLE_PARAM && t->role != KILN_ROLE_STATE && t->role != KILN_ROLE_OPT &&
         t->role != KILN_ROLE_GRAD && t->role != KILN_ROLE_OUTPUT)
       continue;
-    ck_assert_msg(memcmp(a->arena + t->offset, b->arena + u->offset, tensor_bytes(p, t)) == 0,
-                  "%s differs between the backends after %s", t->name, after);
+    ck_assert_msg(memcmp(a + t->offset, b + u->offset, tensor_bytes(p, t)) == 0,
+                  "%s differs after %s", t->name, after);
     compared++;
   }
   ck_assert_int_gt(compared, 10);
+}
+
+static void require_identical(const Run *a, const Run *b, const char *after) {
+  require_same_arenas(a->s.prog, a->arena, b->s.prog, b->arena, after);
 }
 
 START_TEST(cnn_bit_identical_to_cc) {
@@ -125,6 +139,77 @@ START_TEST(cnn_bit_identical_to_cc) {
   require_identical(&jit, &cc, "three train steps");
   run_close(&jit);
   run_close(&cc);
+}
+END_TEST
+
+/* The generated code at every thread count is written to give the same bits (cg_window.c): the
+ * JIT's programs at one, two and three threads, the last two forking regions. */
+START_TEST(cnn_same_bits_at_every_thread_count) {
+  Run runs[3];
+  for (int k = 0; k < 3; k++) {
+    run_open(&runs[k], KILN_SOURCE_DIR "/examples/mnist_cnn.kiln", BACKEND_JIT, k + 1);
+    ck_assert_int_eq(strstr(runs[k].s.c.p, "#pragma omp parallel for") != NULL, k > 0);
+  }
+  for (int k = 0; k < 3; k++) {
+    run_reset(&runs[k]);
+    run_entry(&runs[k], "grad");
+  }
+  require_identical(&runs[0], &runs[1], "a grad step at 1 and 2 threads");
+  require_identical(&runs[0], &runs[2], "a grad step at 1 and 3 threads");
+  for (int k = 0; k < 3; k++) {
+    run_reset(&runs[k]);
+    for (int step = 0; step < 3; step++)
+      run_entry(&runs[k], "train");
+  }
+  require_identical(&runs[0], &runs[1], "three train steps at 1 and 2 threads");
+  require_identical(&runs[0], &runs[2], "three train steps at 1 and 3 threads");
+  for (int k = 0; k < 3; k++)
+    run_close(&runs[k]);
+}
+END_TEST
+
+enum { HOST_STEPS = 3 };
+
+/* HOST_STEPS train steps of r; NULL or the first failure. */
+static void *train_steps(void *arg) {
+  Run *r = arg;
+  static _Thread_local char err[512];
+  int e = rt_find_entry(r->s.prog, "train");
+  for (int k = 0; k < HOST_STEPS; k++)
+    if (r->be.run(r->be.self, e, r->s.prog->batch, err) != 0)
+      return err;
+  return NULL;
+}
+
+/* Two host threads, each training its own JIT'd program with its own inputs at the same time,
+ * get what each got alone: every host thread has its own workers. */
+START_TEST(two_host_threads_at_once) {
+  Run runs[2];
+  unsigned char *alone[2];
+  for (int h = 0; h < 2; h++) {
+    run_open(&runs[h], KILN_SOURCE_DIR "/examples/mnist_cnn.kiln", BACKEND_JIT, 2);
+    run_reset_inputs(&runs[h], 42 + (uint64_t)h);
+    ck_assert_ptr_null(train_steps(&runs[h]));
+    alone[h] = malloc((size_t)runs[h].s.prog->arena_bytes);
+    ck_assert_ptr_nonnull(alone[h]);
+    memcpy(alone[h], runs[h].arena, (size_t)runs[h].s.prog->arena_bytes);
+  }
+  pthread_t hosts[2];
+  for (int h = 0; h < 2; h++) {
+    run_reset_inputs(&runs[h], 42 + (uint64_t)h);
+    ck_assert_int_eq(pthread_create(&hosts[h], NULL, train_steps, &runs[h]), 0);
+  }
+  for (int h = 0; h < 2; h++) {
+    void *failed;
+    ck_assert_int_eq(pthread_join(hosts[h], &failed), 0);
+    ck_assert_msg(!failed, "%s", (char *)failed);
+  }
+  for (int h = 0; h < 2; h++) {
+    require_same_arenas(runs[h].s.prog, alone[h], runs[h].s.prog, runs[h].arena,
+                        "train steps alone and beside another host thread");
+    free(alone[h]);
+    run_close(&runs[h]);
+  }
 }
 END_TEST
 
@@ -180,6 +265,56 @@ START_TEST(compile_error_names_the_line) {
 }
 END_TEST
 
+/* OpenMP runtime functions kiln does not provide are not taken from an OpenMP library someone
+ * else loaded into the process: the lookup fails naming them. */
+START_TEST(openmp_runtime_only_kilns) {
+  ck_assert_ptr_nonnull(dlopen("libgomp.so.1", RTLD_NOW | RTLD_GLOBAL));
+  bool have_libomp = dlopen("libomp.so.5", RTLD_NOW | RTLD_GLOBAL) != NULL;
+  Buf err = {0};
+  int rc;
+  const char *printed = load_quietly("#include <stdint.h>\nint omp_get_thread_num(void);\n"
+                                     "int kiln_program_desc;\nvoid f(int *x) {\n"
+                                     "#pragma omp parallel num_threads(2)\n"
+                                     "  x[omp_get_thread_num()] = 1;\n}\n", &rc, &err);
+  ck_assert_int_eq(rc, -1);
+  ck_assert_msg(err.p && strstr(err.p, "does not provide: omp_get_thread_num"), "%s",
+                err.p ? err.p : "(none)");
+  ck_assert_msg(printed[0] == 0, "printed: %s", printed);
+  buf_free(&err);
+
+  printed = load_quietly("#include <stdint.h>\nint kiln_program_desc;\nvoid f(int *x) {\n"
+                         "#pragma omp parallel num_threads(2)\n#pragma omp single\n"
+                         "  x[0] = 1;\n}\n", &rc, &err);
+  ck_assert_int_eq(rc, -1);
+  ck_assert_msg(err.p && strstr(err.p, "does not provide: __kmpc_single"), "%s (libomp: %d)",
+                err.p ? err.p : "(none)", have_libomp);
+  ck_assert_msg(printed[0] == 0, "printed: %s", printed);
+  buf_free(&err);
+}
+END_TEST
+
+/* A region sharing more variables than the runtime forwards is refused when compiling. */
+START_TEST(region_sharing_too_much_is_refused) {
+  Buf src = {0};
+  buf_puts(&src, "#include <stdint.h>\nint kiln_program_desc;\nvoid f(int *a0");
+  for (int i = 1; i <= JIT_OMP_MAX_ARGS; i++)
+    buf_printf(&src, ", int *a%d", i);
+  buf_puts(&src, ") {\n#pragma omp parallel num_threads(2)\n  {\n");
+  for (int i = 0; i <= JIT_OMP_MAX_ARGS; i++)
+    buf_printf(&src, "    *a%d = %d;\n", i, i);
+  buf_puts(&src, "  }\n}\n");
+  Buf err = {0};
+  int rc;
+  const char *printed = load_quietly(src.p, &rc, &err);
+  ck_assert_int_eq(rc, -1);
+  ck_assert_msg(err.p && strstr(err.p, "shares 16 variables") && strstr(err.p, "at most 15"),
+                "%s", err.p ? err.p : "(none)");
+  ck_assert_msg(printed[0] == 0, "printed: %s", printed);
+  buf_free(&err);
+  buf_free(&src);
+}
+END_TEST
+
 /* Compile, run and free five times: LeakSanitizer (CI's sanitizer build) sees any leak. */
 START_TEST(load_unload_cycles) {
   for (int k = 0; k < 5; k++) {
@@ -205,7 +340,11 @@ int main(void) {
   tcase_add_test(tc, default_backend_is_the_jit);
   tcase_add_test(tc, compile_error_names_the_line);
   tcase_add_test(tc, load_unload_cycles);
+  tcase_add_test(tc, openmp_runtime_only_kilns);
+  tcase_add_test(tc, region_sharing_too_much_is_refused);
   tcase_add_loop_test(tc, cnn_bit_identical_to_cc, 0, 2);
+  tcase_add_test(tc, cnn_same_bits_at_every_thread_count);
+  tcase_add_test(tc, two_host_threads_at_once);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -18,10 +18,12 @@
  * Target: LLVM 14 does not know every host CPU by name (Zen 5 comes out as generic x86-64), so
  * Clang and the JIT's target machine both get the host's feature list, AVX-512 included.
  *
- * OpenMP: Clang's -fopenmp calls libomp (__kmpc_*). libomp is loaded once into the process with
- * RTLD_GLOBAL before the first lookup so the process symbol generator finds it, and stays loaded
- * (its worker threads outlive every program). Without libomp the code is compiled without
- * -fopenmp; the generated code gives identical results serially.
+ * OpenMP: source with `#pragma omp` is compiled with -fopenmp, whose code calls libomp's entry
+ * points (__kmpc_*). kiln loads no OpenMP library: every program's JITDylib defines those names
+ * as kiln's own runtime (jit_omp.c, its thread pool), and an OpenMP runtime symbol kiln lacks
+ * fails the lookup by name before the process is searched, so it never binds to a libomp or
+ * libgomp someone else loaded. A region sharing more variables than jit_omp.c forwards is
+ * refused when compiling.
  *
  * Errors: Clang's diagnostics go into a string (with the offending generated line and a caret),
  * LLVM's (optimiser, code generator) into another through the context's diagnostic handler, ORC's
@@ -31,8 +33,7 @@
  * the same JITTargetMachineBuilder (host CPU and features, PIC, CodeGenOpt::Default, the JIT's
  * code model), so caching it changes neither the code nor the step's speed.
  */
-#include <dlfcn.h>
-
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -61,6 +62,8 @@
 #include <llvm/IR/DiagnosticHandler.h>
 #include <llvm/IR/DiagnosticInfo.h>
 #include <llvm/IR/DiagnosticPrinter.h>
+#include <llvm/IR/Constants.h>
+#include <llvm/IR/InstrTypes.h>
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/LegacyPassManager.h>
 #include <llvm/IR/Module.h>
@@ -73,12 +76,9 @@
 #ifndef KILN_LLVM_VERSION
 #define KILN_LLVM_VERSION "14"
 #endif
-#ifndef KILN_LIBOMP
-#define KILN_LIBOMP ""
-#endif
 
-/* The same declarations as backend.h's jit.cpp section, which C++ cannot include (base.h is
- * C11). Only plain C types cross. */
+/* The same declarations as backend.h's jit.cpp and jit_omp.c sections, which C++ cannot include
+ * (base.h is C11). Only plain C types cross. */
 extern "C" {
 typedef struct JitProgram JitProgram;
 typedef struct JitTimes {
@@ -91,6 +91,12 @@ JitProgram *jit_load_object(const void *object, size_t size, const char *symbol,
                             char **err);
 void jit_free(JitProgram *p);
 const char *jit_version(void);
+typedef struct JitOmpSymbol {
+  const char *name;
+  void (*address)(void);
+} JitOmpSymbol;
+extern const JitOmpSymbol jit_omp_symbols[];
+extern const int32_t jit_omp_max_fork_args;
 }
 
 /* What the generated code takes from <stdint.h>, <math.h> and <string.h>. */
@@ -177,27 +183,79 @@ static bool hermetic_source(const char *src, std::string &out, std::string &why)
 }
 
 static std::once_flag init_once;
-static bool have_openmp;
 
 static void init_llvm() {
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
   llvm::InitializeNativeTargetAsmParser();
-  /* Loaded for good: libomp's worker threads outlive the programs that started them. Not under
-   * AddressSanitizer: LeakSanitizer's tracer crashes at exit on libomp's threads, and the code
-   * gives the same results serially. */
-  void *omp = nullptr;
-#ifdef __SANITIZE_ADDRESS__
-  if (false)
-#else
-  if (*KILN_LIBOMP)
-#endif
-    omp = dlopen(KILN_LIBOMP, RTLD_NOW | RTLD_GLOBAL);
-#ifndef __SANITIZE_ADDRESS__
-  if (!omp)
-    omp = dlopen("libomp.so.5", RTLD_NOW | RTLD_GLOBAL);
-#endif
-  have_openmp = omp != nullptr;
+}
+
+/* Asked before the process for what the program lacks: fails the lookup of any OpenMP runtime
+ * symbol (libomp's, libgomp's) that kiln's runtime does not define, rather than let the process
+ * generator find it in an OpenMP library someone else loaded. */
+class RefuseOtherOpenMP : public llvm::orc::DefinitionGenerator {
+public:
+  explicit RefuseOtherOpenMP(char global_prefix) : prefix(global_prefix) {}
+  llvm::Error tryToGenerate(llvm::orc::LookupState &, llvm::orc::LookupKind, llvm::orc::JITDylib &,
+                            llvm::orc::JITDylibLookupFlags,
+                            const llvm::orc::SymbolLookupSet &names) override {
+    std::string missing;
+    for (auto &name : names) {
+      llvm::StringRef n = *name.first;
+      if (prefix)
+        n = n.drop_front();
+      for (const char *openmp : {"__kmp", "kmp_", "omp_", "ompt_", "GOMP_"})
+        if (n.startswith(openmp))
+          missing += (missing.empty() ? "" : ", ") + n.str();
+    }
+    if (missing.empty())
+      return llvm::Error::success();
+    return llvm::make_error<llvm::StringError>(
+        "the generated code calls OpenMP runtime functions the JIT does not provide: " + missing,
+        llvm::inconvertibleErrorCode());
+  }
+
+private:
+  char prefix;
+};
+
+/* Where the program's undefined symbols come from: the OpenMP runtime entry points from kiln's
+ * (jit_omp.c), everything else (libm, mem*) from the process. */
+static llvm::Error add_symbol_sources(llvm::orc::LLJIT &jit) {
+  llvm::orc::JITDylib &jd = jit.getMainJITDylib();
+  llvm::orc::MangleAndInterner mangle(jit.getExecutionSession(), jit.getDataLayout());
+  llvm::orc::SymbolMap omp;
+  for (const JitOmpSymbol *s = jit_omp_symbols; s->name; s++)
+    omp[mangle(s->name)] = llvm::JITEvaluatedSymbol(
+        llvm::pointerToJITTargetAddress(s->address),
+        llvm::JITSymbolFlags::Exported | llvm::JITSymbolFlags::Callable);
+  if (auto e = jd.define(llvm::orc::absoluteSymbols(std::move(omp))))
+    return e;
+  char prefix = jit.getDataLayout().getGlobalPrefix();
+  jd.addGenerator(std::make_unique<RefuseOtherOpenMP>(prefix));
+  auto gen = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(prefix);
+  if (!gen)
+    return gen.takeError();
+  jd.addGenerator(std::move(*gen));
+  return llvm::Error::success();
+}
+
+/* jit_omp_fork_call forwards a bounded number of shared variables to a region's threads. */
+static bool forks_supported(const llvm::Module &m, std::string &why) {
+  const llvm::Function *fork = m.getFunction("__kmpc_fork_call");
+  if (!fork)
+    return true;
+  for (const llvm::User *u : fork->users()) {
+    auto *call = llvm::dyn_cast<llvm::CallBase>(u);
+    auto *argc = call ? llvm::dyn_cast<llvm::ConstantInt>(call->getArgOperand(1)) : nullptr;
+    if (argc && argc->getSExtValue() > jit_omp_max_fork_args) {
+      why = "step.c: error: a parallel region in " + call->getFunction()->getName().str() + " shares " +
+            std::to_string(argc->getSExtValue()) + " variables; the JIT's OpenMP runtime " +
+            "forwards at most " + std::to_string(jit_omp_max_fork_args) + "\n";
+      return false;
+    }
+  }
+  return true;
 }
 
 /* "+avx2", "-avx512f", ... for every feature the host CPU reports. */
@@ -341,7 +399,7 @@ static bool compile(const char *c_source, const char *opt_flag, void **object, s
   std::string src, why;
   if (!hermetic_source(c_source, src, why))
     return fail(err, why);
-  bool openmp = have_openmp && std::strstr(c_source, "#pragma omp ") != nullptr;
+  bool openmp = std::strstr(c_source, "#pragma omp ") != nullptr;
   std::vector<std::string> features = host_features();
 
   std::string llvm_errors; /* declared first: the context's handler writes here until its end */
@@ -354,6 +412,8 @@ static bool compile(const char *c_source, const char *opt_flag, void **object, s
     diag += llvm_errors;
     return fail(err, diag.empty() ? "clang failed without a message\n" : diag);
   }
+  if (!forks_supported(*mod, why))
+    return fail(err, why);
 
   auto t0 = std::chrono::steady_clock::now();
   llvm::SmallVector<char, 0> obj;
@@ -385,11 +445,8 @@ static bool load(JitProgram *p, const void *object, size_t size, const char *sym
   p->jit->getExecutionSession().setErrorReporter([session_errors](llvm::Error e) {
     *session_errors += llvm::toString(std::move(e)) + "\n";
   });
-  auto gen = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(
-      p->jit->getDataLayout().getGlobalPrefix());
-  if (!gen)
-    return fail(err, llvm::toString(gen.takeError()) + "\n");
-  p->jit->getMainJITDylib().addGenerator(std::move(*gen));
+  if (auto e = add_symbol_sources(*p->jit))
+    return fail(err, llvm::toString(std::move(e)) + "\n");
   /* A copy: the caller keeps its bytes, the linking layer owns these. */
   auto buffer = llvm::MemoryBuffer::getMemBufferCopy(
       llvm::StringRef(static_cast<const char *>(object), size), "step.o");
@@ -415,7 +472,7 @@ static void compute_identity() {
              "; cpu " + llvm::sys::getHostCPUName().str() + "; features";
   for (auto &f : features)
     identity += " " + f;
-  identity += have_openmp ? "; openmp libomp" : "; openmp none";
+  identity += "; openmp kiln";  /* parallel regions call jit_omp.c */
   identity += "; codegen default pic jit-code-model; prelude\n";
   identity += prelude;
 }
