@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 KILN_JIT_PACKAGES="llvm-14-dev libclang-cpp14-dev libclang-14-dev g++"
 # The LLVM packages build the in-process JIT backend (src/backend/jit.cpp).
-KILN_EXTRA_PACKAGES="python3-torch $KILN_JIT_PACKAGES" bash scripts/deps.sh
+# strace: test_cli checks that JIT training starts no process and writes no file.
+KILN_EXTRA_PACKAGES="python3-torch strace $KILN_JIT_PACKAGES" bash scripts/deps.sh
 cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
 cmake --build build-test -j"$(nproc)"
 # Generated trainers and shared objects are built by the system compiler without sanitizers;

@@ -541,6 +541,33 @@ END_TEST
 
 /* The cache from the command line: a miss, then a hit that compiles nothing, --no-cache, and the
  * phases --verbose prints. */
+/* Training through the JIT with --no-cache starts no process (no execve but kiln's own) and opens
+ * no file for writing: no compiler, no temporary file, no OpenMP registration file. strace is
+ * one of the test dependencies (run-tests.sh). */
+START_TEST(jit_training_writes_nothing) {
+  char cmd[2048], log[320], *out;
+  ck_assert_int_eq(run(KILN " --version", &out, NULL), 0);
+  bool jit = strstr(out, "jit (") != NULL;
+  free(out);
+  if (!jit) /* a build without LLVM: the cc backend runs the compiler by design */
+    return;
+  snprintf(log, sizeof log, "%s/strace.log", tmpdir);
+  snprintf(cmd, sizeof cmd, "strace -f -e trace=execve,openat -o '%s' " KILN " train " EX
+           "mnist_cnn.kiln --backend jit --threads 2 --data " DATA " --epochs 1 --limit-train 640 "
+           "--limit-test 100 --no-cache --quiet", log);
+  ck_assert_msg(run(cmd, &out, NULL) == 0, "is strace installed? %s", out);
+  ck_assert_ptr_nonnull(strstr(out, "final "));
+  free(out);
+  snprintf(cmd, sizeof cmd, "grep -c 'execve(' '%s'", log);
+  ck_assert_int_eq(run(cmd, &out, NULL), 0);
+  ck_assert_str_eq(out, "1\n");
+  free(out);
+  snprintf(cmd, sizeof cmd, "grep -E 'openat\\(.*(O_WRONLY|O_RDWR|O_CREAT)' '%s'", log);
+  ck_assert_int_eq(run(cmd, &out, NULL), 1); /* grep found no such line */
+  free(out);
+}
+END_TEST
+
 START_TEST(cache_and_verbose) {
   char cmd[1024], cache[300], entries[320], *out, *err;
   snprintf(cache, sizeof cache, "%s/cache", tmpdir);
@@ -633,6 +660,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, target_option);
   tcase_add_test(tc, trainer_data_errors);
   tcase_add_test(tc, cache_and_verbose);
+  tcase_add_test(tc, jit_training_writes_nothing);
   suite_add_tcase(s, tc);
   return s;
 }
