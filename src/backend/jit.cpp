@@ -27,12 +27,15 @@
  *
  * Errors: Clang's diagnostics go into a string (with the offending generated line and a caret),
  * LLVM's (optimiser, code generator) into another through the context's diagnostic handler, ORC's
- * through the session's error reporter; nothing is printed.
+ * through the session's error reporter; nothing is printed. An internal LLVM error, which ends the
+ * process, is reported as kiln's bug rather than as "LLVM ERROR".
  *
  * The object file is exactly what LLJIT would have compiled itself: the target machine comes from
  * the same JITTargetMachineBuilder (host CPU and features, PIC, CodeGenOpt::Default, the JIT's
  * code model), so caching it changes neither the code nor the step's speed.
  */
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -67,6 +70,7 @@
 #include <llvm/IR/LLVMContext.h>
 #include <llvm/IR/LegacyPassManager.h>
 #include <llvm/IR/Module.h>
+#include <llvm/Support/ErrorHandling.h>
 #include <llvm/Support/Host.h>
 #include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/TargetSelect.h>
@@ -393,9 +397,19 @@ static bool emit_object(llvm::Module &mod, const std::vector<std::string> &featu
   return true;
 }
 
+/* LLVM ends the process on an internal error (report_fatal_error), which no caller can recover
+ * from; while kiln compiles, the last words are kiln's, saying whose bug it is, not "LLVM ERROR". */
+static void llvm_fatal(void *, const char *reason, bool) {
+  std::string msg = std::string("kiln: internal error: LLVM failed on generated code (a bug in "
+                                "kiln's code generator): ") + reason + "\n";
+  ssize_t n = write(2, msg.data(), msg.size());
+  (void)n;
+}
+
 static bool compile(const char *c_source, const char *opt_flag, void **object, size_t *size,
                     JitTimes *times, char **err) {
   std::call_once(init_once, init_llvm);
+  llvm::ScopedFatalErrorHandler last_words(llvm_fatal, nullptr);
   std::string src, why;
   if (!hermetic_source(c_source, src, why))
     return fail(err, why);
