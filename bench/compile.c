@@ -1,0 +1,122 @@
+/*
+ * bench/compile.c — how long a model takes from its file to a program loaded in process, cold:
+ * kiln's own work (parse, differentiate, schedule, plan, emit) and the backends' (the JIT, the
+ * system compiler and dlopen), each in a fresh session, with the size of the generated C.
+ *
+ * It drives the session (src/driver) rather than the kiln command so that nothing else is timed:
+ * `kiln train` would add reading the data set, about half a second. Every compile starts from
+ * nothing (a new session, a new LLJIT or a new compiler process); a compile cache, if kiln gets
+ * one, must stay off here. Wall-clock times (the compiler is another process), median of the
+ * runs. Built by bench/compile.sh, which also writes the models it is usually given.
+ *
+ *   bench_compile [--threads N] [--runs R] MODEL...
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "driver/driver.h"
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int by_value(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, by_value);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Kernel definitions in generated C: lines starting "static void k" (entries are kiln_*). */
+static int count_kernels(const char *c) {
+  int n = strncmp(c, "static void k", 13) == 0;
+  for (const char *p = c; (p = strstr(p, "\nstatic void k")) != NULL; p++)
+    n++;
+  return n;
+}
+
+/* One cold compile of path: kiln alone, up to the C (backend < 0), or emit and load with that backend. Returns
+ * the seconds taken, or -1 with the diagnostic printed. */
+static double compile_once(const char *path, const Options *base, int backend, size_t *bytes,
+                           int *kernels) {
+  Options o = *base;
+  if (backend >= 0)
+    o.backend.kind = (BackendKind)backend;
+  Session s;
+  double t0 = now();
+  int rc = session_open_file(&s, path, &o);
+  if (!rc)
+    rc = backend < 0 ? session_emit(&s) : session_load(&s);
+  double t = now() - t0;
+  if (rc) {
+    fprintf(stderr, "bench_compile: %s: %s", path, s.error);
+    t = -1;
+  } else if (bytes) {
+    *bytes = s.c.len;
+    *kernels = count_kernels(s.c.p);
+  }
+  session_close(&s);
+  return t;
+}
+
+int main(int argc, char **argv) {
+  Options o;
+  session_default_options(&o);
+  o.sched.threads = 1;
+  int runs = 3, first = 1;
+  for (; first + 1 < argc && argv[first][0] == '-'; first += 2) {
+    int v = atoi(argv[first + 1]);
+    if (!strcmp(argv[first], "--threads") && v >= 1 && v <= 64)
+      o.sched.threads = o.sched.target.cores = v;
+    else if (!strcmp(argv[first], "--runs") && v >= 1 && v <= 100)
+      runs = v;
+    else
+      break;
+  }
+  if (first >= argc || argv[first][0] == '-') {
+    fprintf(stderr, "usage: bench_compile [--threads N] [--runs R] MODEL...\n");
+    return 2;
+  }
+  static const struct {
+    const char *name;
+    int kind; /* -1: emit only */
+  } columns[] = {{"kiln", -1}, {"jit", BACKEND_JIT}, {"cc", BACKEND_CC}};
+  enum { NCOL = sizeof columns / sizeof columns[0] };
+  printf("%-24s %10s %8s", "model", "C bytes", "kernels");
+  for (int c = 0; c < NCOL; c++)
+    printf(" %8s s", columns[c].name);
+  printf("\n");
+  for (int m = first; m < argc; m++) {
+    size_t bytes = 0;
+    int kernels = 0;
+    double sec[NCOL];
+    for (int c = 0; c < NCOL; c++) {
+      if (columns[c].kind == BACKEND_JIT && !backend_has_jit()) {
+        sec[c] = -1;
+        continue;
+      }
+      double t[100];
+      for (int r = 0; r < runs; r++)
+        if ((t[r] = compile_once(argv[m], &o, columns[c].kind, &bytes, &kernels)) < 0)
+          return 1;
+      sec[c] = median(t, runs);
+    }
+    const char *base = strrchr(argv[m], '/');
+    printf("%-24s %10zu %8d", base ? base + 1 : argv[m], bytes, kernels);
+    for (int c = 0; c < NCOL; c++)
+      if (sec[c] < 0)
+        printf(" %10s", "-");
+      else
+        printf(" %10.3f", sec[c]);
+    printf("\n");
+    fflush(stdout);
+  }
+  return 0;
+}
