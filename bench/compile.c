@@ -34,16 +34,17 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* Kernel definitions in generated C: lines starting "static void k" (entries are kiln_*). */
+/* Kernel definitions in generated C (not the GEMM routine's functions, not the entries). */
+#define KERNEL_DEF "static KILN_NOINLINE void k"
 static int count_kernels(const char *c) {
-  int n = strncmp(c, "static void k", 13) == 0;
-  for (const char *p = c; (p = strstr(p, "\nstatic void k")) != NULL; p++)
+  int n = strncmp(c, KERNEL_DEF, strlen(KERNEL_DEF)) == 0;
+  for (const char *p = c; (p = strstr(p, "\n" KERNEL_DEF)) != NULL; p++)
     n++;
   return n;
 }
 
-/* One cold compile of path: kiln alone, up to the C (backend < 0), or emit and load with that backend. Returns
- * the seconds taken, or -1 with the diagnostic printed. */
+/* One cold compile of path: kiln alone, up to the C (backend < 0), or up to the program loaded
+ * by that backend. Returns the seconds taken, or -1 with the diagnostic printed. */
 static double compile_once(const char *path, const Options *base, int backend, size_t *bytes,
                            int *kernels) {
   Options o = *base;

@@ -64,6 +64,8 @@ typedef struct Cg {
   unsigned char *nores;    /* kernel output overlaps an input: no restrict (elementwise only) */
   const char **litname;    /* C name of each g->data array: lit3, or lit3_fc1_weight */
   const char **tname;      /* C name of each arena tensor an entry passes: conv1_weight, t12 */
+  int *shared;             /* the node whose kernel a node's call uses: itself, or an earlier
+                              node whose kernel prints the same (cg_emit_kernels) */
 } Cg;
 
 /* Element types: the C type and the suffix of its math.h functions (expf, exp). */
@@ -118,6 +120,7 @@ typedef struct CgTreeArgs {
   const char *elem[2 * SCHED_FUSE_MAX_NODES + 2];  /* element expressions, set by cg_emit_tree */
   const char *dcelem[2 * SCHED_FUSE_MAX_NODES + 2];
   const char *yelem;
+  int nlocal, local[SCHED_FUSE_MAX_NODES];  /* inner nodes in registers v0, v1, ... */
 } CgTreeArgs;
 
 /* ---- cg_loop.c: sizes, identifiers, operands, the strided loop-nest printer ---- */

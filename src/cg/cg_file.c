@@ -191,23 +191,34 @@ static bool c_reserved(const char *s) {
          (len >= 2 && !strcmp(s + len - 2, "_t"));
 }
 
-/* A set of names: open addressing over a power-of-two table in the emit's pool. */
-typedef struct NameSet {
-  const char **slot;
+/* Strings to numbers (tensor names, kernel texts): open addressing over a power-of-two table in
+ * the emit's pool, with room for n strings. */
+typedef struct StrMap {
+  const char **key;
+  int *value;
   size_t cap;
-} NameSet;
+} StrMap;
 
-/* Adds s unless it is there already; returns whether it was added. */
-static bool name_claim(NameSet *set, const char *s) {
+static StrMap strmap_new(Cg *cg, int n) {
+  size_t cap = 16;
+  while (cap < 2 * (size_t)n + 2)
+    cap *= 2;
+  return (StrMap){.key = pool_alloc(cg->pool, cap * sizeof(char *)),
+                  .value = pool_alloc(cg->pool, cap * sizeof(int)), .cap = cap};
+}
+
+/* The value of s, after adding it with value v if it was not there. */
+static int strmap_intern(StrMap *m, const char *s, int v) {
   uint64_t h = 1469598103934665603u;
   for (const char *p = s; *p; p++)
     h = (h ^ (unsigned char)*p) * 1099511628211u;
-  size_t i = (size_t)h & (set->cap - 1);
-  for (; set->slot[i]; i = (i + 1) & (set->cap - 1))
-    if (!strcmp(set->slot[i], s))
-      return false;
-  set->slot[i] = s;
-  return true;
+  size_t i = (size_t)h & (m->cap - 1);
+  for (; m->key[i]; i = (i + 1) & (m->cap - 1))
+    if (!strcmp(m->key[i], s))
+      return m->value[i];
+  m->key[i] = s;
+  m->value[i] = v;
+  return v;
 }
 
 /* Gives every tensor some entry names a C identifier: its model name with '.' as '_'
@@ -217,17 +228,14 @@ static bool name_claim(NameSet *set, const char *s) {
  * names cg_ident_ok validates are used. */
 static void name_tensors(Cg *cg, const unsigned char *refd) {
   const Graph *g = cg->g;
-  size_t cap = 16;
-  while (cap < 2 * (size_t)g->nnodes + 2)
-    cap *= 2;
-  NameSet set = {pool_alloc(cg->pool, cap * sizeof(char *)), cap};
+  StrMap set = strmap_new(cg, g->nnodes);
   cg->tname = pool_alloc(cg->pool, sizeof(char *) * (size_t)(g->nnodes > 0 ? g->nnodes : 1));
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
     if (!refd[i] || !cg_ident_ok(n->name))
       continue;
     const char *c = cg_c_ident(cg, n->name);
-    if (!c_reserved(c) && name_claim(&set, c))
+    if (!c_reserved(c) && strmap_intern(&set, c, i) == i)
       cg->tname[i] = c;
   }
   for (int i = 0; i < g->nnodes; i++) {
@@ -237,7 +245,7 @@ static void name_tensors(Cg *cg, const unsigned char *refd) {
     const char *c = NULL;
     if (cg_ident_ok(n->name)) {
       c = pool_printf(cg->pool, "%s_%d", cg_c_ident(cg, n->name), i);
-      if (c_reserved(c) || !name_claim(&set, c))
+      if (c_reserved(c) || strmap_intern(&set, c, i) != i)
         c = NULL;
     }
     cg->tname[i] = c ? c : pool_printf(cg->pool, "t%d", i);
@@ -247,6 +255,7 @@ static void name_tensors(Cg *cg, const unsigned char *refd) {
 /* A tensor's C name, or NULL when no entry passes it. */
 static const char *tensor_name(const Cg *cg, int id) { return cg->tname ? cg->tname[id] : NULL; }
 
+/* A kernel is named after the first node that uses it: k12_mean. */
 static const char *kernel_name(Cg *cg, const Node *n) {
   return pool_printf(cg->pool, "k%d_%s", n->id, op_names[n->op]);
 }
@@ -268,9 +277,48 @@ static void model_line(Buf *b, Loc loc) {
   buf_printf(b, ":%d", loc.line);
 }
 
+static int by_int(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+/* " also %13 %16 %55 (lines 11, 14)": the other nodes whose calls use first's kernel (the first
+ * few by id, then how many more) and their model lines as ranges ("lines 9-40"). */
+static void kernel_users(Cg *cg, const Node *first, Buf *b) {
+  enum { LISTED = 8 };
+  const Graph *g = cg->g;
+  int n = 0, *lines = pool_alloc(cg->pool, sizeof(int) * (size_t)(g->nnodes > 0 ? g->nnodes : 1));
+  int nlines = 0;
+  for (int i = first->id + 1; i < g->nnodes; i++) {
+    if (cg->shared[i] != first->id)
+      continue;
+    if (n < LISTED)
+      buf_printf(b, "%s%%%d", n ? " " : "  also ", i);
+    n++;
+    if (ir_at(g, i)->loc.file)
+      lines[nlines++] = ir_at(g, i)->loc.line;
+  }
+  if (n > LISTED)
+    buf_printf(b, " and %d more", n - LISTED);
+  if (nlines == 0)
+    return;
+  qsort(lines, (size_t)nlines, sizeof *lines, by_int);
+  buf_puts(b, lines[nlines - 1] == lines[0] ? " (line " : " (lines ");
+  for (int i = 0; i < nlines;) {
+    int j = i; /* lines[i..j] are consecutive or repeated */
+    while (j + 1 < nlines && lines[j + 1] <= lines[j] + 1)
+      j++;
+    buf_printf(b, "%s%d", i ? ", " : "", lines[i]);
+    if (lines[j] != lines[i])
+      buf_printf(b, "-%d", lines[j]);
+    i = j + 1;
+  }
+  buf_puts(b, ")");
+}
+
 /* "%12 = matmul(%10 h1, %11 fc1_weight) -> fc1  f32 [B, 600]  mnist_cnn.kiln:17": the node, what
  * it reads (by name where the model gave one) and writes, under the names the entries pass them
- * by, and the model line it came from. */
+ * by, and the model line it came from; then the other nodes that share its kernel. */
 static void kernel_comment(Cg *cg, const Node *n) {
   char sh[256];
   Buf b = {0};
@@ -294,6 +342,7 @@ static void kernel_comment(Cg *cg, const Node *n) {
     if (into_of(cg, n->id) >= 0)
       buf_printf(&b, "  (written in place of %%%d)", into_of(cg, n->id));
   }
+  kernel_users(cg, n, &b);
   buf_puts(&b, " */");
   cg_line(cg, "%s", b.p);
   buf_free(&b);
@@ -312,31 +361,18 @@ static bool uses_b(const char *s) {
   return false;
 }
 
-static void cg_emit_kernel(Cg *cg, const Node *n) {
+/* A kernel's definition without its comment and its name, which goes at name_at: everything two
+ * nodes' kernels must agree on to be one function, since its operands are parameters. */
+typedef struct KernelText {
+  const char *text;
+  size_t name_at;
+} KernelText;
+
+/* n's kernel as cg_emit_unit prints it, into the pool. */
+static KernelText kernel_text(Cg *cg, const Node *n) {
   const Graph *g = cg->g;
-  const char *res = cg->nores[n->id] ? "" : "restrict ";
-  bool tree = cg_is_tree(cg, n);
-  CgTreeArgs ta;
-  Buf sig = {0};
-  buf_printf(&sig, "static void %s(%s *%sy", kernel_name(cg, n), ctype(n->dtype), res);
-  unsigned rd = reads_mask(n);
-  if (tree) {
-    /* No operand shares y's bytes (that one is read through y), so all stay restrict. */
-    cg_tree_args(cg, n, &ta);
-    for (int i = 0; i < ta.n; i++)
-      buf_printf(&sig, ", const %s *restrict x%d", ctype(ir_at(g, ta.id[i])->dtype), i);
-  }
-  for (int k = 0; k < n->nin && !tree; k++) {
-    const Node *x = ir_at(g, n->in[k]);
-    if ((rd & (1u << k)) && in_arena(x))
-      buf_printf(&sig, ", const %s *%s%s", ctype(x->dtype), res, cg_param_names[k]);
-  }
-  if (cg->s->node[n->id].scratch > 0)
-    buf_puts(&sig, ", unsigned char *restrict scratch");
-  if (cg->var[n->id])
-    buf_puts(&sig, ", int64_t B");
-  buf_puts(&sig, ") {");
-  kernel_comment(cg, n);
+  Buf text = {0}, *out = cg->out;
+  cg->out = &text;
   if (cg->s->node[n->id].vectorise) {
     /* gcc's -O2 vectoriser ("very cheap" cost model) gives up on loops whose constant trip
      * count is not a multiple of the vector width, such as a 14-wide image row. */
@@ -344,31 +380,93 @@ static void cg_emit_kernel(Cg *cg, const Node *n) {
     cg_line(cg, "__attribute__((optimize(\"tree-vectorize\", \"vect-cost-model=dynamic\")))");
     cg_line(cg, "#endif");
   }
-  cg_line(cg, "%s", sig.p);
-  buf_free(&sig);
+  buf_puts(&text, "static KILN_NOINLINE void ");
+  size_t name_at = text.len;
+  const char *res = cg->nores[n->id] ? "" : "restrict ";
+  bool tree = cg_is_tree(cg, n);
+  CgTreeArgs ta;
+  buf_printf(&text, "(%s *%sy", ctype(n->dtype), res);
+  unsigned rd = reads_mask(n);
+  if (tree) {
+    /* No operand shares y's bytes (that one is read through y), so all stay restrict. */
+    cg_tree_args(cg, n, &ta);
+    for (int i = 0; i < ta.n; i++)
+      buf_printf(&text, ", const %s *restrict x%d", ctype(ir_at(g, ta.id[i])->dtype), i);
+  }
+  for (int k = 0; k < n->nin && !tree; k++) {
+    const Node *x = ir_at(g, n->in[k]);
+    if ((rd & (1u << k)) && in_arena(x))
+      buf_printf(&text, ", const %s *%s%s", ctype(x->dtype), res, cg_param_names[k]);
+  }
+  if (cg->s->node[n->id].scratch > 0)
+    buf_puts(&text, ", unsigned char *restrict scratch");
+  if (cg->var[n->id])
+    buf_puts(&text, ", int64_t B");
+  buf_puts(&text, ") {\n");
   cg->indent++;
-  size_t at = cg->out->len;
+  size_t at = text.len;
   if (tree)
     cg_emit_tree(cg, n, &ta);
   else
     emitters[n->op](cg, n);
-  if (cg->var[n->id] && !uses_b(cg->out->p + at)) {
+  if (cg->var[n->id] && !uses_b(text.p + at)) {
     /* A body that does not read B gets `(void)B;` in front of it. */
     const char *vb = pool_printf(cg->pool, "%*s(void)B;\n", 2 * cg->indent, "");
-    size_t k = strlen(vb), end = cg->out->len;
-    buf_puts(cg->out, vb);
-    memmove(cg->out->p + at + k, cg->out->p + at, end - at);
-    memcpy(cg->out->p + at, vb, k);
+    size_t k = strlen(vb), end = text.len;
+    buf_puts(&text, vb);
+    memmove(text.p + at + k, text.p + at, end - at);
+    memcpy(text.p + at, vb, k);
   }
   cg->indent--;
   cg_line(cg, "}");
-  cg_line(cg, "%s", "");
+  cg->out = out;
+  KernelText kt = {pool_strdup(cg->pool, text.p), name_at};
+  buf_free(&text);
+  return kt;
 }
 
+/* Gives every node with a kernel the one its calls use (cg->shared) and prints each distinct
+ * kernel once, named after its first node, with a comment listing the nodes that share it. Two
+ * nodes share a kernel when their kernels print the same text apart from the name: the same op,
+ * element types, sizes, strides, attributes, literal values, schedule (threads, algorithm,
+ * scratch layout, fusion) and restrict qualifiers, since every tensor is a parameter. */
+static void cg_emit_kernels(Cg *cg) {
+  const Graph *g = cg->g;
+  int nn = g->nnodes > 0 ? g->nnodes : 1;
+  KernelText *texts = pool_alloc(cg->pool, sizeof(KernelText) * (size_t)nn);
+  StrMap seen = strmap_new(cg, g->nnodes);
+  cg->shared = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
+  for (int i = 0; i < g->nnodes; i++) {
+    cg->shared[i] = -1;
+    if (cg->used[i] && has_kernel(cg, ir_at(g, i))) {
+      texts[i] = kernel_text(cg, ir_at(g, i));
+      cg->shared[i] = strmap_intern(&seen, texts[i].text, i);
+    }
+  }
+  /* Inlined, kernels made the entries, which call hundreds of them, functions too large for the
+   * compilers' optimisers: most of a compile went into a few passes superlinear in a function's
+   * size, for no faster code. */
+  cg_line(cg, "#if defined(__GNUC__)");
+  cg_line(cg, "#define KILN_NOINLINE __attribute__((noinline))");
+  cg_line(cg, "#else");
+  cg_line(cg, "#define KILN_NOINLINE");
+  cg_line(cg, "#endif");
+  cg_line(cg, "%s", "");
+  for (int i = 0; i < g->nnodes; i++) {
+    if (cg->shared[i] != i)
+      continue;
+    const Node *n = ir_at(g, i);
+    kernel_comment(cg, n);
+    buf_printf(cg->out, "%.*s%s%s\n", (int)texts[i].name_at, texts[i].text, kernel_name(cg, n),
+               texts[i].text + texts[i].name_at);
+  }
+}
+
+/* A call of n's kernel; one shared with an earlier node says which node it computes. */
 static void cg_emit_call(Cg *cg, const Node *n) {
   int ids[CALL_ARGS_MAX], k = call_args(cg, n, ids);
   Buf b = {0};
-  buf_printf(&b, "%s(", kernel_name(cg, n));
+  buf_printf(&b, "%s(", kernel_name(cg, ir_at(cg->g, cg->shared[n->id])));
   for (int i = 0; i < k; i++)
     buf_printf(&b, "%s%s", i ? ", " : "", tensor_name(cg, ids[i]));
   if (cg->s->node[n->id].scratch > 0) {
@@ -378,6 +476,8 @@ static void cg_emit_call(Cg *cg, const Node *n) {
   if (cg->var[n->id])
     buf_puts(&b, ", B");
   buf_puts(&b, ");");
+  if (cg->shared[n->id] != n->id)
+    buf_printf(&b, "  /* %%%d */", n->id);
   cg_line(cg, "%s", b.p);
   buf_free(&b);
 }
@@ -674,12 +774,7 @@ static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool)
     }
 
   /* Kernels, each once: those whose shape involves the batch take it as `int64_t B`. */
-  for (int i = 0; i < g->nnodes; i++) {
-    const Node *n = ir_at(g, i);
-    if (!cg.used[i] || op_is_leaf(n->op) || is_alias(&cg, n) || is_fused(&cg, i))
-      continue;
-    cg_emit_kernel(&cg, n);
-  }
+  cg_emit_kernels(&cg);
   for (int e = 0; e < ENTRY_COUNT; e++)
     cg_emit_entry(&cg, (EntryKind)e, marks[e], refs[e]);
   cg_emit_tensors(&cg);
