@@ -163,8 +163,10 @@ static const double lit3_b[1] = {
 
 #if defined(__GNUC__)
 #define KILN_NOINLINE __attribute__((noinline))
+#define KILN_ASSUME(c) ((c) ? (void)0 : __builtin_unreachable())
 #else
 #define KILN_NOINLINE
+#define KILN_ASSUME(c) ((void)(c))
 #endif
 
 /* %4 = matmul(%0 x, %2 w) -> t4  f64 [1, 1]  linear_toy.kiln:15 */

@@ -437,17 +437,21 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 
 #if defined(__GNUC__)
 #define KILN_NOINLINE __attribute__((noinline))
+#define KILN_ASSUME(c) ((c) ? (void)0 : __builtin_unreachable())
 #else
 #define KILN_NOINLINE
+#define KILN_ASSUME(c) ((void)(c))
 #endif
 
 /* %4 = matmul(%2 x, %3 fc1_weight) -> t4  f32 [B, 256]  mlp.kiln:8 */
 static KILN_NOINLINE void k4_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 256, 784, a, 784, 0, b, 784, 1, y, 256, scratch);
 }
 
 /* %6 = add(%4, %5 fc1_bias) -> fc1  f32 [B, 256]  mlp.kiln:8 */
 static KILN_NOINLINE void k6_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 256; i1++) {
       y[i0*256 + i1] = a[i0*256 + i1] + b[i1];
@@ -457,6 +461,7 @@ static KILN_NOINLINE void k6_add(float *restrict y, const float *restrict a, con
 
 /* %7 = relu(%6 fc1) -> h  f32 [B, 256]  mlp.kiln:9 */
 static KILN_NOINLINE void k7_relu(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (256*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
@@ -464,11 +469,13 @@ static KILN_NOINLINE void k7_relu(float *restrict y, const float *restrict a, in
 
 /* %9 = matmul(%7 h, %8 fc2_weight) -> t9  f32 [B, 10]  mlp.kiln:10 */
 static KILN_NOINLINE void k9_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 10, 256, a, 256, 0, b, 256, 1, y, 10, scratch);
 }
 
 /* %11 = add(%9, %10 fc2_bias) -> logits  f32 [B, 10]  mlp.kiln:10 */
 static KILN_NOINLINE void k11_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
       y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
@@ -478,6 +485,7 @@ static KILN_NOINLINE void k11_add(float *restrict y, const float *restrict a, co
 
 /* %12 = cross_entropy(%11 logits, %1 label) -> loss  f32 []  mlp.kiln:11 */
 static KILN_NOINLINE void k12_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double total = 0;
   int bad = 0;
   for (int64_t i = 0; i < B; i++) {
@@ -499,6 +507,7 @@ static KILN_NOINLINE void k12_cross_entropy(float *restrict y, const float *rest
 
 /* %14 = cross_entropy_grad(%11 logits, %1 label, %13) -> t14  f32 [B, 10]  mlp.kiln:11 */
 static KILN_NOINLINE void k14_cross_entropy_grad(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   const double g = (double)((float)1) / (double)B;
   for (int64_t i = 0; i < B; i++) {
     double m = (double)a[i*10];
@@ -516,6 +525,7 @@ static KILN_NOINLINE void k14_cross_entropy_grad(float *restrict y, const float 
 
 /* %15 = sum_to(%14, %10 fc2_bias) -> t15  f32 [10]  mlp.kiln:10 */
 static KILN_NOINLINE void k15_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 10; i++)
     acc[i] = 0;
@@ -530,16 +540,19 @@ static KILN_NOINLINE void k15_sum_to(float *restrict y, const float *restrict a,
 
 /* %16 = matmul(%14, %8 fc2_weight) -> t16  f32 [B, 256]  mlp.kiln:10 */
 static KILN_NOINLINE void k16_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 256, 10, a, 10, 0, b, 256, 0, y, 256, scratch);
 }
 
 /* %17 = matmul(%14, %7 h) -> t17  f32 [10, 256]  mlp.kiln:10 */
 static KILN_NOINLINE void k17_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(10, 256, B, a, 10, 1, b, 256, 0, y, 256, scratch);
 }
 
 /* %18 = relu_grad(%6 fc1, %16) -> t18  f32 [B, 256]  mlp.kiln:9 */
 static KILN_NOINLINE void k18_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (256*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
@@ -547,6 +560,7 @@ static KILN_NOINLINE void k18_relu_grad(float *restrict y, const float *restrict
 
 /* %19 = sum_to(%18, %5 fc1_bias) -> t19  f32 [256]  mlp.kiln:8 */
 static KILN_NOINLINE void k19_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 256; i++)
     acc[i] = 0;
@@ -561,6 +575,7 @@ static KILN_NOINLINE void k19_sum_to(float *restrict y, const float *restrict a,
 
 /* %20 = matmul(%18, %2 x) -> t20  f32 [256, 784]  mlp.kiln:8 */
 static KILN_NOINLINE void k20_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(256, 784, B, a, 256, 1, b, 784, 0, y, 784, scratch);
 }
 

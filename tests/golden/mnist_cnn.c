@@ -437,8 +437,10 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 
 #if defined(__GNUC__)
 #define KILN_NOINLINE __attribute__((noinline))
+#define KILN_ASSUME(c) ((c) ? (void)0 : __builtin_unreachable())
 #else
 #define KILN_NOINLINE
+#define KILN_ASSUME(c) ((void)(c))
 #endif
 
 /* %3 = conv2d(%0 image, %2 conv1_weight) -> t3  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
@@ -446,6 +448,7 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k3_conv2d(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t o = 0; o < 8; o++) {
       const int64_t cb = 0;
@@ -487,6 +490,7 @@ static KILN_NOINLINE void k5_reshape(float *restrict y, const float *restrict a)
 
 /* %6 = add(%3, %5) -> conv1  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
 static KILN_NOINLINE void k6_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -498,6 +502,7 @@ static KILN_NOINLINE void k6_add(float *restrict y, const float *restrict a, con
 
 /* %12 = mean(%6 conv1) -> t12  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  also %13 %16 (line 11) */
 static KILN_NOINLINE void k12_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
@@ -525,6 +530,7 @@ static KILN_NOINLINE void k12_mean(float *restrict y, const float *restrict a, u
 
 /* %14 = sub(%3, %13) -> t14  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static KILN_NOINLINE void k14_sub(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -536,6 +542,7 @@ static KILN_NOINLINE void k14_sub(float *restrict y, const float *restrict a, co
 
 /* %15 = mul(%14, %14) -> t15  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  also %57 %135 %149 %165 %178 (lines 11, 14) */
 static KILN_NOINLINE void k15_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] * b[i0];
   }
@@ -554,6 +561,7 @@ static KILN_NOINLINE void k19_sqrt(float *restrict y, const float *restrict x0) 
 
 /* %20 = div(%14, %19) -> t20  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static KILN_NOINLINE void k20_div(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -565,6 +573,7 @@ static KILN_NOINLINE void k20_div(float *restrict y, const float *restrict a, co
 
 /* %21 = numel(%6 conv1) -> t21  f32 []  mnist_cnn.kiln:11  also %175 %183 (line 11) */
 static KILN_NOINLINE void k21_numel(float *restrict y, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   y[0] = (float)(784*B);
 }
 
@@ -615,6 +624,7 @@ static KILN_NOINLINE void k37_add(double *restrict y) {
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k41_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -627,6 +637,7 @@ static KILN_NOINLINE void k41_add(float *restrict y, const float *restrict x0, c
 
 /* %42 = relu(%41 bn1) -> t42  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12  also %79 (line 15) */
 static KILN_NOINLINE void k42_relu(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
@@ -634,6 +645,7 @@ static KILN_NOINLINE void k42_relu(float *restrict y, const float *restrict a, i
 
 /* %43 = maxpool2d(%42) -> h1  f32 [B, 8, 14, 14]  mnist_cnn.kiln:12  also %101 (line 12) */
 static KILN_NOINLINE void k43_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 8; c++)
       for (int64_t i = 0; i < 14; i++)
@@ -656,6 +668,7 @@ static KILN_NOINLINE void k43_maxpool2d(float *restrict y, const float *restrict
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k45_conv2d(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t t = 0; t < 1; t++) {
     unsigned char *ws = scratch + t*428864;
@@ -749,6 +762,7 @@ static KILN_NOINLINE void k47_reshape(float *restrict y, const float *restrict a
 
 /* %48 = add(%45, %47) -> conv2  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
 static KILN_NOINLINE void k48_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -760,6 +774,7 @@ static KILN_NOINLINE void k48_add(float *restrict y, const float *restrict a, co
 
 /* %54 = mean(%48 conv2) -> t54  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  also %55 %58 (line 14) */
 static KILN_NOINLINE void k54_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
@@ -787,6 +802,7 @@ static KILN_NOINLINE void k54_mean(float *restrict y, const float *restrict a, u
 
 /* %56 = sub(%45, %55) -> t56  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static KILN_NOINLINE void k56_sub(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -809,6 +825,7 @@ static KILN_NOINLINE void k60_sqrt(float *restrict y, const float *restrict x0) 
 
 /* %61 = div(%56, %60) -> t61  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static KILN_NOINLINE void k61_div(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -820,6 +837,7 @@ static KILN_NOINLINE void k61_div(float *restrict y, const float *restrict a, co
 
 /* %62 = numel(%48 conv2) -> t62  f32 []  mnist_cnn.kiln:14  also %146 %154 (line 14) */
 static KILN_NOINLINE void k62_numel(float *restrict y, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   y[0] = (float)(196*B);
 }
 
@@ -853,6 +871,7 @@ static KILN_NOINLINE void k73_add(float *restrict y, const float *restrict x0, c
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k78_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -868,6 +887,7 @@ static KILN_NOINLINE void k78_add(float *restrict y, const float *restrict x0, c
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k80_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 32; c++)
       for (int64_t i = 0; i < 7; i++)
@@ -887,11 +907,13 @@ static KILN_NOINLINE void k80_maxpool2d(float *restrict y, const float *restrict
 
 /* %83 = matmul(%81 x, %82 fc1_weight) -> t83  f32 [B, 600]  mnist_cnn.kiln:17  also %115 (line 17) */
 static KILN_NOINLINE void k83_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
 }
 
 /* %85 = add(%83, %84 fc1_bias) -> fc1  f32 [B, 600]  mnist_cnn.kiln:17 */
 static KILN_NOINLINE void k85_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 600; i1++) {
       y[i0*600 + i1] = a[i0*600 + i1] + b[i1];
@@ -901,6 +923,7 @@ static KILN_NOINLINE void k85_add(float *restrict y, const float *restrict a, co
 
 /* %86 = relu(%85 fc1) -> t86  f32 [B, 600]  mnist_cnn.kiln:18 */
 static KILN_NOINLINE void k86_relu(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (600*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
@@ -908,11 +931,13 @@ static KILN_NOINLINE void k86_relu(float *restrict y, const float *restrict a, i
 
 /* %88 = matmul(%86, %87 fc2_weight) -> t88  f32 [B, 10]  mnist_cnn.kiln:18  also %118 (line 18) */
 static KILN_NOINLINE void k88_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
 }
 
 /* %90 = add(%88, %89 fc2_bias) -> logits  f32 [B, 10]  mnist_cnn.kiln:18  also %119 (line 18) */
 static KILN_NOINLINE void k90_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
       y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
@@ -922,6 +947,7 @@ static KILN_NOINLINE void k90_add(float *restrict y, const float *restrict a, co
 
 /* %91 = cross_entropy(%90 logits, %1 label) -> loss  f32 []  mnist_cnn.kiln:19  also %120 (line 19) */
 static KILN_NOINLINE void k91_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double total = 0;
   int bad = 0;
   for (int64_t i = 0; i < B; i++) {
@@ -946,6 +972,7 @@ static KILN_NOINLINE void k91_cross_entropy(float *restrict y, const float *rest
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k100_relu(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -964,6 +991,7 @@ static KILN_NOINLINE void k100_relu(float *restrict y, const float *restrict x0,
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k112_relu(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, const float *restrict x5, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -983,6 +1011,7 @@ static KILN_NOINLINE void k112_relu(float *restrict y, const float *restrict x0,
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k117_relu(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 600; i1++) {
       const float v0 = x0[i0*600 + i1] + x1[i1];
@@ -993,6 +1022,7 @@ static KILN_NOINLINE void k117_relu(float *restrict y, const float *restrict x0,
 
 /* %121 = cross_entropy_grad(%90 logits, %1 label, %22) -> t121  f32 [B, 10]  mnist_cnn.kiln:19 */
 static KILN_NOINLINE void k121_cross_entropy_grad(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   const double g = (double)((float)1) / (double)B;
   for (int64_t i = 0; i < B; i++) {
     double m = (double)a[i*10];
@@ -1010,6 +1040,7 @@ static KILN_NOINLINE void k121_cross_entropy_grad(float *restrict y, const float
 
 /* %122 = sum_to(%121, %89 fc2_bias) -> t122  f32 [10]  mnist_cnn.kiln:18 */
 static KILN_NOINLINE void k122_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 10; i++)
     acc[i] = 0;
@@ -1024,16 +1055,19 @@ static KILN_NOINLINE void k122_sum_to(float *restrict y, const float *restrict a
 
 /* %123 = matmul(%121, %87 fc2_weight) -> t123  f32 [B, 600]  mnist_cnn.kiln:18 */
 static KILN_NOINLINE void k123_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 600, 10, a, 10, 0, b, 600, 0, y, 600, scratch);
 }
 
 /* %124 = matmul(%121, %86) -> t124  f32 [10, 600]  mnist_cnn.kiln:18 */
 static KILN_NOINLINE void k124_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(10, 600, B, a, 10, 1, b, 600, 0, y, 600, scratch);
 }
 
 /* %125 = relu_grad(%85 fc1, %123) -> t125  f32 [B, 600]  mnist_cnn.kiln:18 */
 static KILN_NOINLINE void k125_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (600*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
@@ -1041,6 +1075,7 @@ static KILN_NOINLINE void k125_relu_grad(float *restrict y, const float *restric
 
 /* %126 = sum_to(%125, %84 fc1_bias) -> t126  f32 [600]  mnist_cnn.kiln:17 */
 static KILN_NOINLINE void k126_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 600; i++)
     acc[i] = 0;
@@ -1055,11 +1090,13 @@ static KILN_NOINLINE void k126_sum_to(float *restrict y, const float *restrict a
 
 /* %127 = matmul(%125, %82 fc1_weight) -> t127  f32 [B, 1568]  mnist_cnn.kiln:17 */
 static KILN_NOINLINE void k127_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 1568, 600, a, 600, 0, b, 1568, 0, y, 1568, scratch);
 }
 
 /* %128 = matmul(%125, %81 x) -> t128  f32 [600, 1568]  mnist_cnn.kiln:17 */
 static KILN_NOINLINE void k128_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(600, 1568, B, a, 600, 1, b, 1568, 0, y, 1568, scratch);
 }
 
@@ -1068,6 +1105,7 @@ static KILN_NOINLINE void k128_matmul(float *restrict y, const float *restrict a
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k130_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 32; c++)
       for (int64_t i = 0; i < 7; i++)
@@ -1097,6 +1135,7 @@ static KILN_NOINLINE void k130_maxpool2d_grad(float *restrict y, const float *re
 
 /* %131 = relu_grad(%78 bn2, %130) -> t131  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  also %161 (line 12) */
 static KILN_NOINLINE void k131_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
@@ -1104,6 +1143,7 @@ static KILN_NOINLINE void k131_relu_grad(float *restrict y, const float *restric
 
 /* %132 = sum_to(%131, %77) -> t132  f32 [32, 1, 1]  mnist_cnn.kiln:14  also %136 %142 %153 (line 14) */
 static KILN_NOINLINE void k132_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
@@ -1131,6 +1171,7 @@ static KILN_NOINLINE void k132_sum_to(float *restrict y, const float *restrict a
 
 /* %134 = mul(%131, %75) -> t134  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
 static KILN_NOINLINE void k134_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -1145,6 +1186,7 @@ static KILN_NOINLINE void k134_mul(float *restrict y, const float *restrict a, c
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k141_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -1170,6 +1212,7 @@ static KILN_NOINLINE void k147_div(float *restrict y, const float *restrict x0, 
 
 /* %148 = expand(%147, %57) -> t148  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  also %156 (line 14) */
 static KILN_NOINLINE void k148_expand(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -1184,6 +1227,7 @@ static KILN_NOINLINE void k148_expand(float *restrict y, const float *restrict a
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k151_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -1197,6 +1241,7 @@ static KILN_NOINLINE void k151_add(float *restrict y, const float *restrict x0, 
 
 /* %152 = neg(%151) -> t152  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  also %181 (line 11) */
 static KILN_NOINLINE void k152_neg(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = -a[i0];
   }
@@ -1211,6 +1256,7 @@ static KILN_NOINLINE void k155_div(float *restrict y, const float *restrict a, c
 
 /* %157 = add(%151, %156) -> t157  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  also %186 (line 11) */
 static KILN_NOINLINE void k157_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] + b[i0];
   }
@@ -1221,6 +1267,7 @@ static KILN_NOINLINE void k157_add(float *restrict y, const float *restrict a, c
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k158_conv2d_bwd_data(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t t = 0; t < 1; t++) {
     unsigned char *ws = scratch + t*208576;
@@ -1300,6 +1347,7 @@ static KILN_NOINLINE void k158_conv2d_bwd_data(float *restrict y, const float *r
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t e = 0; e < 6400; e++)
     y[e] = 0;
@@ -1398,6 +1446,7 @@ static KILN_NOINLINE void k159_conv2d_bwd_filter(float *restrict y, const float 
 
 /* %160 = maxpool2d_grad(%42, %158) -> t160  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
 static KILN_NOINLINE void k160_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 8; c++)
       for (int64_t i = 0; i < 14; i++)
@@ -1427,6 +1476,7 @@ static KILN_NOINLINE void k160_maxpool2d_grad(float *restrict y, const float *re
 
 /* %162 = sum_to(%161, %40) -> t162  f32 [8, 1, 1]  mnist_cnn.kiln:11  also %166 %172 %182 (line 11) */
 static KILN_NOINLINE void k162_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
@@ -1454,6 +1504,7 @@ static KILN_NOINLINE void k162_sum_to(float *restrict y, const float *restrict a
 
 /* %164 = mul(%161, %38) -> t164  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
 static KILN_NOINLINE void k164_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -1468,6 +1519,7 @@ static KILN_NOINLINE void k164_mul(float *restrict y, const float *restrict a, c
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k171_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -1493,6 +1545,7 @@ static KILN_NOINLINE void k176_div(float *restrict y, const float *restrict x0, 
 
 /* %177 = expand(%176, %15) -> t177  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  also %185 (line 11) */
 static KILN_NOINLINE void k177_expand(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -1507,6 +1560,7 @@ static KILN_NOINLINE void k177_expand(float *restrict y, const float *restrict a
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k180_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -1530,6 +1584,7 @@ static KILN_NOINLINE void k184_div(float *restrict y, const float *restrict a, c
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k187_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   float *restrict acc = (float *)scratch; /* [C/G, KH, KW, Wo] */
   for (int64_t o = 0; o < 8; o++) {
     const int64_t cb = 0;
