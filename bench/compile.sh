@@ -15,7 +15,7 @@ cmake --build "$BUILD" -j2 --target bench_compile >/dev/null
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 for n in 4 32; do scripts/conv_stack.sh "$n" >"$dir/conv_stack$n.kiln"; done
-echo "cold compiles, median of $RUNS, --threads $THREADS, load average $(cut -d' ' -f1 /proc/loadavg)"
+echo "cold compiles, CPU seconds (the compiler's included), median of $RUNS, --threads $THREADS, load average $(cut -d' ' -f1 /proc/loadavg)"
 "$BUILD/bench_compile" --threads "$THREADS" --runs "$RUNS" examples/mnist_cnn.kiln \
   "$dir/conv_stack4.kiln" "$dir/conv_stack32.kiln" | tee "$dir/table"
 # Columns: model, C bytes, kernels, kiln s (up to the C), jit s, cc s (up to a loaded program).

@@ -140,27 +140,44 @@ static bool has_kernel(const Cg *cg, const Node *n) {
   return !op_is_leaf(n->op) && !is_alias(cg, n) && !is_fused(cg, n->id);
 }
 
-/* Marks in refs the arena tensors entry e names: every kernel's arguments, the updates' targets
- * and stored values. */
-static void entry_refs(Cg *cg, EntryKind e, const unsigned char *mark, unsigned char *refs) {
-  const Graph *g = cg->g;
+/* Marks in refs the arena tensors calls of the kernels of nodes[0..n) pass. */
+static void calls_refs(Cg *cg, const int *nodes, int n, unsigned char *refs) {
   int ids[CALL_ARGS_MAX];
-  for (int i = 0; i < g->nnodes; i++) {
-    if (!mark[i] || !has_kernel(cg, ir_at(g, i)))
-      continue;
-    int k = call_args(cg, ir_at(g, i), ids);
+  for (int i = 0; i < n; i++) {
+    int k = call_args(cg, ir_at(cg->g, nodes[i]), ids);
     while (k-- > 0)
       refs[ids[k]] = 1;
   }
-  const Entry *en = &g->entries[e];
+}
+
+/* Marks in refs the tensors entry e's updates name: targets and stored values. */
+static void updates_refs(Cg *cg, EntryKind e, unsigned char *refs) {
+  const Entry *en = &cg->g->entries[e];
   for (int u = 0; u < en->nupdates; u++) {
     int t = en->updates[u].target, v = en->updates[u].value;
     if (cg->plan->offset[t] == cg->plan->offset[v])
       continue;
     refs[t] = 1;
-    if (in_arena(ir_at(g, v)))
+    if (in_arena(ir_at(cg->g, v)))
       refs[v] = 1;
   }
+}
+
+/* The nodes whose kernels entry e calls, in node order, into nodes; returns how many. */
+static int entry_calls(Cg *cg, const unsigned char *mark, int *nodes) {
+  int n = 0;
+  for (int i = 0; i < cg->g->nnodes; i++)
+    if (mark[i] && has_kernel(cg, ir_at(cg->g, i)))
+      nodes[n++] = i;
+  return n;
+}
+
+/* Marks in refs the arena tensors entry e names: every kernel's arguments, the updates' targets
+ * and stored values. */
+static void entry_refs(Cg *cg, EntryKind e, const unsigned char *mark, unsigned char *refs) {
+  int *nodes = pool_alloc(cg->pool, sizeof(int) * (size_t)(cg->g->nnodes + 1));
+  calls_refs(cg, nodes, entry_calls(cg, mark, nodes), refs);
+  updates_refs(cg, e, refs);
 }
 
 /* Whether a tensor may not be called s in an entry's body: C keywords (C11, GNU and C23's),
@@ -428,13 +445,25 @@ static void cg_emit_kernels(Cg *cg) {
   }
   /* Inlined, kernels made the entries, which call hundreds of them, functions too large for the
    * compilers' optimisers: most of a compile went into a few passes superlinear in a function's
-   * size. KILN_ASSUME tells a kernel what it knew inlined (the batch's range). */
+   * size. KILN_ASSUME tells a kernel what it knew inlined (the batch's range). KILN_CALLS marks
+   * the parts of long entries (cg_emit_part), which only pass pointers: optimising them took as
+   * long as compiling the kernels, and runs no faster. KILN_NO_UNROLL: see cg_nest_open. */
   cg_line(cg, "#if defined(__GNUC__)");
   cg_line(cg, "#define KILN_NOINLINE __attribute__((noinline))");
   cg_line(cg, "#define KILN_ASSUME(c) ((c) ? (void)0 : __builtin_unreachable())");
   cg_line(cg, "#else");
   cg_line(cg, "#define KILN_NOINLINE");
   cg_line(cg, "#define KILN_ASSUME(c) ((void)(c))");
+  cg_line(cg, "#endif");
+  cg_line(cg, "#if defined(__clang__)");
+  cg_line(cg, "#define KILN_CALLS __attribute__((noinline, optnone))");
+  cg_line(cg, "#define KILN_NO_UNROLL _Pragma(\"clang loop unroll(disable)\")");
+  cg_line(cg, "#elif defined(__GNUC__)");
+  cg_line(cg, "#define KILN_CALLS __attribute__((noinline, optimize(\"O0\")))");
+  cg_line(cg, "#define KILN_NO_UNROLL");
+  cg_line(cg, "#else");
+  cg_line(cg, "#define KILN_CALLS");
+  cg_line(cg, "#define KILN_NO_UNROLL");
   cg_line(cg, "#endif");
   cg_line(cg, "%s", "");
   for (int i = 0; i < g->nnodes; i++) {
@@ -485,31 +514,82 @@ static void cg_emit_update(Cg *cg, const Update *up) {
           dtype_size(t->dtype));
 }
 
-/* An entry: the batch check, a named pointer into the arena for every tensor it passes (refs),
- * the kernel calls in node order, then the updates. */
-static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark,
-                          const unsigned char *refs) {
+/* A named pointer into the arena for every tensor refs marks, and `scratch` when the kernel of
+ * one of nodes[0..n) needs it. */
+static void cg_emit_pointers(Cg *cg, const unsigned char *refs, const int *nodes, int n) {
+  for (int i = 0; i < cg->g->nnodes; i++) {
+    if (!refs[i])
+      continue;
+    const char *t = ctype(ir_at(cg->g, i)->dtype);
+    cg_line(cg, "%s *const %s = (%s *)(arena + %" PRId64 ");", t, tensor_name(cg, i), t,
+            cg->plan->offset[i]);
+  }
+  for (int i = 0; i < n; i++)
+    if (cg->s->node[nodes[i]].scratch > 0) {
+      cg_line(cg, "unsigned char *const scratch = arena + %" PRId64 ";", cg->plan->scratch_offset);
+      return;
+    }
+}
+
+static bool calls_use_b(const Cg *cg, const int *nodes, int n) {
+  for (int i = 0; i < n; i++)
+    if (cg->var[nodes[i]])
+      return true;
+  return false;
+}
+
+/* Kernel calls per function at most. An entry of thousands of calls (a deep network's) is cut into
+ * parts, functions of their own that only pass pointers, compiled without optimisation
+ * (KILN_CALLS): gcc and LLVM took time superlinear in the length of one block of calls to optimise
+ * code that runs no faster. Shorter entries stay one function. */
+enum { ENTRY_PART_CALLS = 200 };
+
+/* kiln_train_part2: the calls of nodes[0..n), one part of an entry. Returns whether it takes B. */
+static bool cg_emit_part(Cg *cg, const char *entry, int part, const int *nodes, int n) {
+  bool b = calls_use_b(cg, nodes, n);
+  cg_line(cg, "static KILN_CALLS void kiln_%s_part%d(unsigned char *arena%s) {", entry, part,
+          b ? ", int64_t B" : "");
+  cg->indent++;
+  unsigned char *refs = pool_alloc(cg->pool, (size_t)cg->g->nnodes + 1);
+  calls_refs(cg, nodes, n, refs);
+  cg_emit_pointers(cg, refs, nodes, n);
+  for (int i = 0; i < n; i++)
+    cg_emit_call(cg, ir_at(cg->g, nodes[i]));
+  cg->indent--;
+  cg_line(cg, "}");
+  cg_line(cg, "%s", "");
+  return b;
+}
+
+/* An entry: the batch check, a named pointer into the arena for every tensor it passes, the
+ * kernel calls in node order (or its parts' calls, each part with its own pointers), then the
+ * updates. */
+static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
   const Graph *g = cg->g;
   const char *name = entry_names[e];
+  int *nodes = pool_alloc(cg->pool, sizeof(int) * (size_t)(g->nnodes + 1));
+  int n = entry_calls(cg, mark, nodes);
+  int parts = n > ENTRY_PART_CALLS ? (n + ENTRY_PART_CALLS - 1) / ENTRY_PART_CALLS : 0;
+  bool *part_b = pool_alloc(cg->pool, sizeof(bool) * (size_t)(parts + 1));
+  for (int p = 0; p < parts; p++) {
+    int from = n * p / parts, to = n * (p + 1) / parts; /* parts of equal size, give or take 1 */
+    part_b[p] = cg_emit_part(cg, name, p + 1, nodes + from, to - from);
+  }
   /* Offsets are planned for the full batch; a smaller one uses the leading part of each
    * buffer. A batch outside [1, full] would read past the arena: it does nothing. */
   cg_line(cg, "static void kiln_%s(unsigned char *arena, int64_t B) {", name);
   cg->indent++;
   cg_line(cg, "if (B < 1 || B > %" PRId64 ")", cg->plan->batch);
   cg_line(cg, "  return;");
-  bool scratch = false;
-  for (int i = 0; i < g->nnodes; i++) {
-    const Node *n = ir_at(g, i);
-    if (refs[i])
-      cg_line(cg, "%s *const %s = (%s *)(arena + %" PRId64 ");", ctype(n->dtype),
-              tensor_name(cg, i), ctype(n->dtype), cg->plan->offset[i]);
-    scratch |= mark[i] && has_kernel(cg, n) && cg->s->node[i].scratch > 0;
-  }
-  if (scratch)
-    cg_line(cg, "unsigned char *const scratch = arena + %" PRId64 ";", cg->plan->scratch_offset);
-  for (int i = 0; i < g->nnodes; i++)
-    if (mark[i] && has_kernel(cg, ir_at(g, i)))
-      cg_emit_call(cg, ir_at(g, i));
+  unsigned char *refs = pool_alloc(cg->pool, (size_t)g->nnodes + 1);
+  updates_refs(cg, e, refs);
+  if (!parts)
+    calls_refs(cg, nodes, n, refs);
+  cg_emit_pointers(cg, refs, nodes, parts ? 0 : n);
+  for (int p = 0; p < parts; p++)
+    cg_line(cg, "kiln_%s_part%d(arena%s);", name, p + 1, part_b[p] ? ", B" : "");
+  for (int i = 0; i < n && !parts; i++)
+    cg_emit_call(cg, ir_at(g, nodes[i]));
   /* Updates last: every value is computed before any target changes. A value that is itself a
    * target of this entry (a <- b, b <- c) must be copied before it is overwritten, so updates go
    * in an order where a target is written only once no pending update reads it; a cycle (a swap)
@@ -761,7 +841,7 @@ static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool)
   /* Kernels, each once: those whose shape involves the batch take it as `int64_t B`. */
   cg_emit_kernels(&cg);
   for (int e = 0; e < ENTRY_COUNT; e++)
-    cg_emit_entry(&cg, (EntryKind)e, marks[e], refs[e]);
+    cg_emit_entry(&cg, (EntryKind)e, marks[e]);
   cg_emit_tensors(&cg);
   /* The entries in EntryKind order, which plan.c's tensor entry bits index. */
   cg_line(&cg, "static const kiln_entry kiln_entries[%d] = {", ENTRY_COUNT);

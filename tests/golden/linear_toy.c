@@ -168,6 +168,16 @@ static const double lit3_b[1] = {
 #define KILN_NOINLINE
 #define KILN_ASSUME(c) ((void)(c))
 #endif
+#if defined(__clang__)
+#define KILN_CALLS __attribute__((noinline, optnone))
+#define KILN_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define KILN_CALLS __attribute__((noinline, optimize("O0")))
+#define KILN_NO_UNROLL
+#else
+#define KILN_CALLS
+#define KILN_NO_UNROLL
+#endif
 
 /* %4 = matmul(%0 x, %2 w) -> t4  f64 [1, 1]  linear_toy.kiln:15 */
 static KILN_NOINLINE void k4_matmul(double *restrict y, const double *restrict b) {

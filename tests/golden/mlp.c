@@ -442,6 +442,16 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 #define KILN_NOINLINE
 #define KILN_ASSUME(c) ((void)(c))
 #endif
+#if defined(__clang__)
+#define KILN_CALLS __attribute__((noinline, optnone))
+#define KILN_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define KILN_CALLS __attribute__((noinline, optimize("O0")))
+#define KILN_NO_UNROLL
+#else
+#define KILN_CALLS
+#define KILN_NO_UNROLL
+#endif
 
 /* %4 = matmul(%2 x, %3 fc1_weight) -> t4  f32 [B, 256]  mlp.kiln:8 */
 static KILN_NOINLINE void k4_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {

@@ -442,6 +442,16 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 #define KILN_NOINLINE
 #define KILN_ASSUME(c) ((void)(c))
 #endif
+#if defined(__clang__)
+#define KILN_CALLS __attribute__((noinline, optnone))
+#define KILN_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define KILN_CALLS __attribute__((noinline, optimize("O0")))
+#define KILN_NO_UNROLL
+#else
+#define KILN_CALLS
+#define KILN_NO_UNROLL
+#endif
 
 /* %3 = conv2d(%0 image, %2 conv1_weight) -> t3  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -1214,6 +1224,7 @@ static KILN_NOINLINE void k147_div(float *restrict y, const float *restrict x0, 
 static KILN_NOINLINE void k148_expand(float *restrict y, const float *restrict a, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
+    KILN_NO_UNROLL
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
         y[i0*6272 + i1*196 + i2] = a[i1];
@@ -1547,6 +1558,7 @@ static KILN_NOINLINE void k176_div(float *restrict y, const float *restrict x0, 
 static KILN_NOINLINE void k177_expand(float *restrict y, const float *restrict a, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
+    KILN_NO_UNROLL
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
         y[i0*6272 + i1*784 + i2] = a[i1];
