@@ -22,7 +22,8 @@
 /* ================================ cg_file.c ================================ */
 
 /* Writes the whole program as one C11 translation unit: the ABI header, literal data, one static
- * kernel per node, the train / eval / grad entry points and `kiln_program_desc`. Follows
+ * kernel per distinct kernel text (nodes whose kernels print the same share it), the train / eval /
+ * grad / apply entry points and `kiln_program_desc`. Follows
  * plan->sched; allocates from a pool of its own (freed on return), so the graph does not change
  * and emits may run concurrently. */
 void cg_emit_c(const Graph *g, const Plan *plan, Buf *out);

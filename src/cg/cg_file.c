@@ -3,8 +3,9 @@
  *
  * Turns a graph with its entries, a memory plan and its schedule into one self-contained C11
  * translation unit: the ABI header (embedded verbatim), the model's literal data as
- * `static const double` arrays, one static kernel per computed node (its body printed by the
- * op's emitter, or by cg_fuse.c for a fused tree), the train / eval / grad entry points and the
+ * `static const double` arrays, the kernels (a function's body printed by the op's emitter, or by
+ * cg_fuse.c for a fused tree; one function for all the nodes whose kernels print the same, since
+ * tensors are parameters), the train / eval / grad / apply entry points calling them and the
  * `kiln_program_desc` table the runtime drives it through.
  *
  * Shapes are specialised: every dimension is printed as a constant, except the batch symbol
