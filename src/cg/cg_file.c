@@ -301,18 +301,18 @@ static int by_int(const void *a, const void *b) {
 }
 
 /* " also %13 %16 %55 (lines 11, 14)": the other nodes whose calls use first's kernel (the first
- * few by id, then how many more) and their model lines as ranges ("lines 9-40"). */
-static void kernel_users(Cg *cg, const Node *first, Buf *b) {
+ * few by id, then how many more) and their model lines as ranges ("lines 9-40"); next[i] is the
+ * node after i that calls the same kernel, or -1. */
+static void kernel_users(Cg *cg, const Node *first, const int *next, Buf *b) {
   enum { LISTED = 8 };
   const Graph *g = cg->g;
-  int n = 0, *lines = pool_alloc(cg->pool, sizeof(int) * (size_t)(g->nnodes > 0 ? g->nnodes : 1));
-  int nlines = 0;
-  for (int i = first->id + 1; i < g->nnodes; i++) {
-    if (cg->shared[i] != first->id)
-      continue;
-    if (n < LISTED)
-      buf_printf(b, "%s%%%d", n ? " " : "  also ", i);
+  int n = 0, nlines = 0;
+  for (int i = next[first->id]; i >= 0; i = next[i])
     n++;
+  int *lines = pool_alloc(cg->pool, sizeof(int) * (size_t)(n + 1));
+  for (int i = next[first->id], k = 0; i >= 0; i = next[i], k++) {
+    if (k < LISTED)
+      buf_printf(b, "%s%%%d", k ? " " : "  also ", i);
     if (ir_at(g, i)->loc.file)
       lines[nlines++] = ir_at(g, i)->loc.line;
   }
@@ -337,7 +337,7 @@ static void kernel_users(Cg *cg, const Node *first, Buf *b) {
 /* "%12 = matmul(%10 h1, %11 fc1_weight) -> fc1  f32 [B, 600]  mnist_cnn.kiln:17": the node, what
  * it reads (by name where the model gave one) and writes, under the names the entries pass them
  * by, and the model line it came from; then the other nodes that share its kernel. */
-static void kernel_comment(Cg *cg, const Node *n) {
+static void kernel_comment(Cg *cg, const Node *n, const int *next) {
   char sh[256];
   Buf b = {0};
   buf_printf(&b, "/* %%%d = %s(", n->id, op_names[n->op]);
@@ -360,7 +360,7 @@ static void kernel_comment(Cg *cg, const Node *n) {
     if (into_of(cg, n->id) >= 0)
       buf_printf(&b, "  (written in place of %%%d)", into_of(cg, n->id));
   }
-  kernel_users(cg, n, &b);
+  kernel_users(cg, n, next, &b);
   buf_puts(&b, " */");
   cg_line(cg, "%s", b.p);
   buf_free(&b);
@@ -437,12 +437,18 @@ static void cg_emit_kernels(Cg *cg) {
   KernelText *texts = pool_alloc(cg->pool, sizeof(KernelText) * (size_t)nn);
   StrMap seen = strmap_new(cg, g->nnodes);
   cg->shared = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
+  /* next[i]: the next node calling i's kernel; last[f]: the last one so far calling f's. */
+  int *next = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
+  int *last = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
   for (int i = 0; i < g->nnodes; i++) {
-    cg->shared[i] = -1;
-    if (cg->used[i] && has_kernel(cg, ir_at(g, i))) {
-      texts[i] = kernel_text(cg, ir_at(g, i));
-      cg->shared[i] = strmap_intern(&seen, texts[i].text, i);
-    }
+    cg->shared[i] = next[i] = -1;
+    if (!cg->used[i] || !has_kernel(cg, ir_at(g, i)))
+      continue;
+    texts[i] = kernel_text(cg, ir_at(g, i));
+    int f = cg->shared[i] = strmap_intern(&seen, texts[i].text, i);
+    if (f != i)
+      next[last[f]] = i;
+    last[f] = i;
   }
   /* Inlined, kernels made the entries, which call hundreds of them, functions too large for the
    * compilers' optimisers: most of a compile went into a few passes superlinear in a function's
@@ -471,7 +477,7 @@ static void cg_emit_kernels(Cg *cg) {
     if (cg->shared[i] != i)
       continue;
     const Node *n = ir_at(g, i);
-    kernel_comment(cg, n);
+    kernel_comment(cg, n, next);
     buf_printf(cg->out, "%.*s%s%s\n", (int)texts[i].name_at, texts[i].text, kernel_name(cg, n),
                texts[i].text + texts[i].name_at);
   }
