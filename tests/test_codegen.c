@@ -872,6 +872,25 @@ END_TEST
 
 /* ---- elementwise fusion and in-place updates (sched.c) ---------------------------------------- */
 
+/* Kernel definitions in generated C (k12_sub, not kiln_train nor the GEMM routine's): how many,
+ * and into *bytes (if not NULL) their length from the signature to the closing brace. */
+static int kernel_defs(const char *src, size_t *bytes) {
+  static const char def[] = "static KILN_NOINLINE void k";
+  int n = 0;
+  if (bytes)
+    *bytes = 0;
+  for (const char *p = src; (p = strstr(p, def)) != NULL; p++) {
+    if (p[sizeof def - 1] < '0' || p[sizeof def - 1] > '9')
+      continue;
+    const char *end = strstr(p, "\n}\n");
+    ck_assert_ptr_nonnull(end);
+    if (bytes)
+      *bytes += (size_t)(end + 3 - p);
+    n++;
+  }
+  return n;
+}
+
 /* A tree of elementwise ops with single consumers, with scalar, broadcast (per-column, as a
  * batch norm's scale) and literal operands, is one kernel; its inner nodes have no arena
  * storage; with fusion off every node is its own kernel again. Both agree with the reference,
@@ -899,9 +918,7 @@ START_TEST(fused_chain_is_one_kernel) {
       ck_assert_msg((r.plan->offset[inner[k]] < 0) == (fuse == 1), "node %d, fuse %d", inner[k],
                     fuse);
     ck_assert_int_ge(r.plan->offset[y], 0);
-    int kernels = 0; /* k12_sub, not kiln_train */
-    for (const char *p = r.src; (p = strstr(p, "static void k")) != NULL; p++)
-      kernels += p[13] >= '0' && p[13] <= '9';
+    int kernels = kernel_defs(r.src, NULL);
     ck_assert_msg(kernels == (fuse ? 1 : 8), "%d kernels\n%s", kernels, r.src);
     randomise(&r, 5, -2.0, 2.0);
     run_compare(&r, "grad", 3);
@@ -910,6 +927,21 @@ START_TEST(fused_chain_is_one_kernel) {
   }
 }
 END_TEST
+
+/* check_model on s (one train step); on a disagreement, fails with what and the report's failing
+ * lines (Check's messages are limited to a few kilobytes). */
+static void check_passes(Session *s, const char *what) {
+  FILE *log = tmpfile();
+  ck_assert_ptr_nonnull(log);
+  int rc = check_model(s, 1, 3, log);
+  char line[256], failing[2048] = "";
+  rewind(log);
+  while (fgets(line, sizeof line, log))
+    if (strstr(line, "EXCEEDS") || strstr(line, "MISMATCH") || strstr(line, "check: "))
+      strncat(failing, line, sizeof failing - strlen(failing) - 1);
+  fclose(log);
+  ck_assert_msg(rc == 0, "%s: %s%.1500s", what, s->error, failing);
+}
 
 /* Generated code is checked under every compiler and level it may meet: a convolutional network
  * (GEMM convolutions with padding, both thread counts' code) built by gcc and by clang (when
@@ -941,17 +973,9 @@ START_TEST(every_compiler_and_level) {
       o.backend.opt_level = level;
       Session s;
       ck_assert_msg(session_open_text(&s, "levels.kiln", text, &o) == 0, "%s", s.error);
-      FILE *log = tmpfile();
-      ck_assert_ptr_nonnull(log);
-      int rc = check_model(&s, 1, 3, log);
-      /* The report's failing lines (Check's messages are limited to a few kilobytes). */
-      char line[256], failing[2048] = "";
-      rewind(log);
-      while (fgets(line, sizeof line, log))
-        if (strstr(line, "EXCEEDS") || strstr(line, "MISMATCH") || strstr(line, "check: "))
-          strncat(failing, line, sizeof failing - strlen(failing) - 1);
-      fclose(log);
-      ck_assert_msg(rc == 0, "%s -O%d: %s%.1500s", compilers[c], level, s.error, failing);
+      char what[32];
+      snprintf(what, sizeof what, "%s -O%d", compilers[c], level);
+      check_passes(&s, what);
       session_close(&s);
     }
   }
@@ -1190,14 +1214,97 @@ START_TEST(bad_labels_give_nan) {
 }
 END_TEST
 
+/* ---- kernels shared across layers ---------------------------------------------------------- */
+
+/* scripts/conv_stack.sh's model: a stack of conv-batchnorm-ReLU layers, into text. */
+static void conv_stack(int layers, Buf *text) {
+  char cmd[1024], line[256];
+  snprintf(cmd, sizeof cmd, "bash '%s/scripts/conv_stack.sh' %d", KILN_SOURCE_DIR, layers);
+  FILE *p = popen(cmd, "r");
+  ck_assert_ptr_nonnull(p);
+  while (fgets(line, sizeof line, p))
+    buf_puts(text, line);
+  ck_assert_int_eq(pclose(p), 0);
+}
+
+/* Layers of the same shapes share their kernels, so the code grows with the number of distinct
+ * layers, not with depth: 32 layers have the 4-layer stack's kernels, and their definitions take
+ * at most 1.2 times the bytes (their comments list more users). What still grows with depth is
+ * one call per node in each entry and one tensor table row per tensor. */
+START_TEST(kernels_do_not_grow_with_depth) {
+  static const int depth[2] = {4, 32};
+  size_t bytes[2], total[2];
+  int kernels[2];
+  for (int i = 0; i < 2; i++) {
+    Buf text = {0};
+    conv_stack(depth[i], &text);
+    Session s;
+    ck_assert_msg(session_open_text(&s, "conv_stack.kiln", text.p, NULL) == 0 &&
+                      session_emit(&s) == 0,
+                  "%s", s.error);
+    kernels[i] = kernel_defs(s.c.p, &bytes[i]);
+    total[i] = s.c.len;
+    session_close(&s);
+    buf_free(&text);
+  }
+  ck_assert_msg(kernels[1] == kernels[0] && 10 * bytes[1] <= 12 * bytes[0],
+                "4 layers: %d kernels, %zu bytes of %zu; 32 layers: %d kernels, %zu bytes of %zu",
+                kernels[0], bytes[0], total[0], kernels[1], bytes[1], total[1]);
+}
+END_TEST
+
+/* The 4-layer stack against the reference, through the JIT (when built in) and the system
+ * compiler: kernels shared by several layers, and a train entry long enough to be cut into
+ * parts (cg_emit_part). */
+START_TEST(conv_stack_checks) {
+  Buf text = {0};
+  conv_stack(4, &text);
+  for (int c = 0; c < 2; c++) {
+    if (c == 0 && !backend_has_jit())
+      continue;
+    Options o;
+    session_default_options(&o);
+    o.batch = 3;
+    o.backend.kind = c == 0 ? BACKEND_JIT : BACKEND_CC;
+    Session s;
+    ck_assert_msg(session_open_text(&s, "conv_stack4.kiln", text.p, &o) == 0 &&
+                      session_emit(&s) == 0,
+                  "%s", s.error);
+    ck_assert_msg(strstr(s.c.p, "kiln_train_part2(") != NULL, "the train entry is one function");
+    check_passes(&s, c == 0 ? "jit" : "cc");
+    session_close(&s);
+  }
+  buf_free(&text);
+}
+END_TEST
+
 /* ---- text ------------------------------------------------------------------------------------- */
 
 /* The program for y = relu(x), x: f32[B, 4], batch 8, after the embedded ABI header. */
 static const char golden_relu[] =
     "\n"
     "\n"
+    "#if defined(__GNUC__)\n"
+    "#define KILN_NOINLINE __attribute__((noinline))\n"
+    "#define KILN_ASSUME(c) ((c) ? (void)0 : __builtin_unreachable())\n"
+    "#else\n"
+    "#define KILN_NOINLINE\n"
+    "#define KILN_ASSUME(c) ((void)(c))\n"
+    "#endif\n"
+    "#if defined(__clang__)\n"
+    "#define KILN_CALLS __attribute__((noinline, optnone))\n"
+    "#define KILN_NO_UNROLL _Pragma(\"clang loop unroll(disable)\")\n"
+    "#elif defined(__GNUC__)\n"
+    "#define KILN_CALLS __attribute__((noinline, optimize(\"O0\")))\n"
+    "#define KILN_NO_UNROLL\n"
+    "#else\n"
+    "#define KILN_CALLS\n"
+    "#define KILN_NO_UNROLL\n"
+    "#endif\n"
+    "\n"
     "/* %1 = relu(%0 x) -> h  f32 [B, 4] */\n"
-    "static void k1_relu(float *restrict y, const float *restrict a, int64_t B) {\n"
+    "static KILN_NOINLINE void k1_relu(float *restrict y, const float *restrict a, int64_t B) {\n"
+    "  KILN_ASSUME(B >= 1 && B <= 8);\n"
     "  for (int64_t i0 = 0; i0 < (4*B); i0++) {\n"
     "    y[i0] = a[i0] > 0 ? a[i0] : (float)0;\n"
     "  }\n"
@@ -1710,6 +1817,11 @@ static Suite *suite(void) {
   tcase_add_test(tc, bad_labels_give_nan);
   tcase_add_test(tc, tensor_names_in_entries);
   suite_add_tcase(s, tc);
+  TCase *td = tcase_create("depth");
+  tcase_set_timeout(td, 600);
+  tcase_add_test(td, kernels_do_not_grow_with_depth);
+  tcase_add_test(td, conv_stack_checks);
+  suite_add_tcase(s, td);
   TCase *tt = tcase_create("text");
   tcase_add_checked_fixture(tt, setup, teardown);
   tcase_add_test(tt, golden_one_op_program);

@@ -22,7 +22,8 @@
 /* ================================ cg_file.c ================================ */
 
 /* Writes the whole program as one C11 translation unit: the ABI header, literal data, one static
- * kernel per node, the train / eval / grad entry points and `kiln_program_desc`. Follows
+ * kernel per distinct kernel text (nodes whose kernels print the same share it), the train / eval /
+ * grad / apply entry points and `kiln_program_desc`. Follows
  * plan->sched; allocates from a pool of its own (freed on return), so the graph does not change
  * and emits may run concurrently. */
 void cg_emit_c(const Graph *g, const Plan *plan, Buf *out);
@@ -64,6 +65,8 @@ typedef struct Cg {
   unsigned char *nores;    /* kernel output overlaps an input: no restrict (elementwise only) */
   const char **litname;    /* C name of each g->data array: lit3, or lit3_fc1_weight */
   const char **tname;      /* C name of each arena tensor an entry passes: conv1_weight, t12 */
+  int *shared;             /* the node whose kernel a node's call uses: itself, or an earlier
+                              node whose kernel prints the same (cg_emit_kernels) */
 } Cg;
 
 /* Element types: the C type and the suffix of its math.h functions (expf, exp). */
@@ -118,6 +121,7 @@ typedef struct CgTreeArgs {
   const char *elem[2 * SCHED_FUSE_MAX_NODES + 2];  /* element expressions, set by cg_emit_tree */
   const char *dcelem[2 * SCHED_FUSE_MAX_NODES + 2];
   const char *yelem;
+  int nlocal, local[SCHED_FUSE_MAX_NODES];  /* inner nodes in registers v0, v1, ... */
 } CgTreeArgs;
 
 /* ---- cg_loop.c: sizes, identifiers, operands, the strided loop-nest printer ---- */

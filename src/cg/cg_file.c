@@ -3,8 +3,9 @@
  *
  * Turns a graph with its entries, a memory plan and its schedule into one self-contained C11
  * translation unit: the ABI header (embedded verbatim), the model's literal data as
- * `static const double` arrays, one static kernel per computed node (its body printed by the
- * op's emitter, or by cg_fuse.c for a fused tree), the train / eval / grad entry points and the
+ * `static const double` arrays, the kernels (a function's body printed by the op's emitter, or by
+ * cg_fuse.c for a fused tree; one function for all the nodes whose kernels print the same, since
+ * tensors are parameters), the train / eval / grad / apply entry points calling them and the
  * `kiln_program_desc` table the runtime drives it through.
  *
  * Shapes are specialised: every dimension is printed as a constant, except the batch symbol
@@ -140,27 +141,44 @@ static bool has_kernel(const Cg *cg, const Node *n) {
   return !op_is_leaf(n->op) && !is_alias(cg, n) && !is_fused(cg, n->id);
 }
 
-/* Marks in refs the arena tensors entry e names: every kernel's arguments, the updates' targets
- * and stored values. */
-static void entry_refs(Cg *cg, EntryKind e, const unsigned char *mark, unsigned char *refs) {
-  const Graph *g = cg->g;
+/* Marks in refs the arena tensors calls of the kernels of nodes[0..n) pass. */
+static void calls_refs(Cg *cg, const int *nodes, int n, unsigned char *refs) {
   int ids[CALL_ARGS_MAX];
-  for (int i = 0; i < g->nnodes; i++) {
-    if (!mark[i] || !has_kernel(cg, ir_at(g, i)))
-      continue;
-    int k = call_args(cg, ir_at(g, i), ids);
+  for (int i = 0; i < n; i++) {
+    int k = call_args(cg, ir_at(cg->g, nodes[i]), ids);
     while (k-- > 0)
       refs[ids[k]] = 1;
   }
-  const Entry *en = &g->entries[e];
+}
+
+/* Marks in refs the tensors entry e's updates name: targets and stored values. */
+static void updates_refs(Cg *cg, EntryKind e, unsigned char *refs) {
+  const Entry *en = &cg->g->entries[e];
   for (int u = 0; u < en->nupdates; u++) {
     int t = en->updates[u].target, v = en->updates[u].value;
     if (cg->plan->offset[t] == cg->plan->offset[v])
       continue;
     refs[t] = 1;
-    if (in_arena(ir_at(g, v)))
+    if (in_arena(ir_at(cg->g, v)))
       refs[v] = 1;
   }
+}
+
+/* The nodes whose kernels entry e calls, in node order, into nodes; returns how many. */
+static int entry_calls(Cg *cg, const unsigned char *mark, int *nodes) {
+  int n = 0;
+  for (int i = 0; i < cg->g->nnodes; i++)
+    if (mark[i] && has_kernel(cg, ir_at(cg->g, i)))
+      nodes[n++] = i;
+  return n;
+}
+
+/* Marks in refs the arena tensors entry e names: every kernel's arguments, the updates' targets
+ * and stored values. */
+static void entry_refs(Cg *cg, EntryKind e, const unsigned char *mark, unsigned char *refs) {
+  int *nodes = pool_alloc(cg->pool, sizeof(int) * (size_t)(cg->g->nnodes + 1));
+  calls_refs(cg, nodes, entry_calls(cg, mark, nodes), refs);
+  updates_refs(cg, e, refs);
 }
 
 /* Whether a tensor may not be called s in an entry's body: C keywords (C11, GNU and C23's),
@@ -191,23 +209,34 @@ static bool c_reserved(const char *s) {
          (len >= 2 && !strcmp(s + len - 2, "_t"));
 }
 
-/* A set of names: open addressing over a power-of-two table in the emit's pool. */
-typedef struct NameSet {
-  const char **slot;
+/* Strings to numbers (tensor names, kernel texts): open addressing over a power-of-two table in
+ * the emit's pool, with room for n strings. */
+typedef struct StrMap {
+  const char **key;
+  int *value;
   size_t cap;
-} NameSet;
+} StrMap;
 
-/* Adds s unless it is there already; returns whether it was added. */
-static bool name_claim(NameSet *set, const char *s) {
+static StrMap strmap_new(Cg *cg, int n) {
+  size_t cap = 16;
+  while (cap < 2 * (size_t)n + 2)
+    cap *= 2;
+  return (StrMap){.key = pool_alloc(cg->pool, cap * sizeof(char *)),
+                  .value = pool_alloc(cg->pool, cap * sizeof(int)), .cap = cap};
+}
+
+/* The value of s, after adding it with value v if it was not there. */
+static int strmap_intern(StrMap *m, const char *s, int v) {
   uint64_t h = 1469598103934665603u;
   for (const char *p = s; *p; p++)
     h = (h ^ (unsigned char)*p) * 1099511628211u;
-  size_t i = (size_t)h & (set->cap - 1);
-  for (; set->slot[i]; i = (i + 1) & (set->cap - 1))
-    if (!strcmp(set->slot[i], s))
-      return false;
-  set->slot[i] = s;
-  return true;
+  size_t i = (size_t)h & (m->cap - 1);
+  for (; m->key[i]; i = (i + 1) & (m->cap - 1))
+    if (!strcmp(m->key[i], s))
+      return m->value[i];
+  m->key[i] = s;
+  m->value[i] = v;
+  return v;
 }
 
 /* Gives every tensor some entry names a C identifier: its model name with '.' as '_'
@@ -217,17 +246,14 @@ static bool name_claim(NameSet *set, const char *s) {
  * names cg_ident_ok validates are used. */
 static void name_tensors(Cg *cg, const unsigned char *refd) {
   const Graph *g = cg->g;
-  size_t cap = 16;
-  while (cap < 2 * (size_t)g->nnodes + 2)
-    cap *= 2;
-  NameSet set = {pool_alloc(cg->pool, cap * sizeof(char *)), cap};
+  StrMap set = strmap_new(cg, g->nnodes);
   cg->tname = pool_alloc(cg->pool, sizeof(char *) * (size_t)(g->nnodes > 0 ? g->nnodes : 1));
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
     if (!refd[i] || !cg_ident_ok(n->name))
       continue;
     const char *c = cg_c_ident(cg, n->name);
-    if (!c_reserved(c) && name_claim(&set, c))
+    if (!c_reserved(c) && strmap_intern(&set, c, i) == i)
       cg->tname[i] = c;
   }
   for (int i = 0; i < g->nnodes; i++) {
@@ -237,7 +263,7 @@ static void name_tensors(Cg *cg, const unsigned char *refd) {
     const char *c = NULL;
     if (cg_ident_ok(n->name)) {
       c = pool_printf(cg->pool, "%s_%d", cg_c_ident(cg, n->name), i);
-      if (c_reserved(c) || !name_claim(&set, c))
+      if (c_reserved(c) || strmap_intern(&set, c, i) != i)
         c = NULL;
     }
     cg->tname[i] = c ? c : pool_printf(cg->pool, "t%d", i);
@@ -247,6 +273,7 @@ static void name_tensors(Cg *cg, const unsigned char *refd) {
 /* A tensor's C name, or NULL when no entry passes it. */
 static const char *tensor_name(const Cg *cg, int id) { return cg->tname ? cg->tname[id] : NULL; }
 
+/* A kernel is named after the first node that uses it: k12_mean. */
 static const char *kernel_name(Cg *cg, const Node *n) {
   return pool_printf(cg->pool, "k%d_%s", n->id, op_names[n->op]);
 }
@@ -268,10 +295,49 @@ static void model_line(Buf *b, Loc loc) {
   buf_printf(b, ":%d", loc.line);
 }
 
+static int by_int(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x > y) - (x < y);
+}
+
+/* " also %13 %16 %55 (lines 11, 14)": the other nodes whose calls use first's kernel (the first
+ * few by id, then how many more) and their model lines as ranges ("lines 9-40"); next[i] is the
+ * node after i that calls the same kernel, or -1. */
+static void kernel_users(Cg *cg, const Node *first, const int *next, Buf *b) {
+  enum { LISTED = 8 };
+  const Graph *g = cg->g;
+  int n = 0, nlines = 0;
+  for (int i = next[first->id]; i >= 0; i = next[i])
+    n++;
+  int *lines = pool_alloc(cg->pool, sizeof(int) * (size_t)(n + 1));
+  for (int i = next[first->id], k = 0; i >= 0; i = next[i], k++) {
+    if (k < LISTED)
+      buf_printf(b, "%s%%%d", k ? " " : "  also ", i);
+    if (ir_at(g, i)->loc.file)
+      lines[nlines++] = ir_at(g, i)->loc.line;
+  }
+  if (n > LISTED)
+    buf_printf(b, " and %d more", n - LISTED);
+  if (nlines == 0)
+    return;
+  qsort(lines, (size_t)nlines, sizeof *lines, by_int);
+  buf_puts(b, lines[nlines - 1] == lines[0] ? " (line " : " (lines ");
+  for (int i = 0; i < nlines;) {
+    int j = i; /* lines[i..j] are consecutive or repeated */
+    while (j + 1 < nlines && lines[j + 1] <= lines[j] + 1)
+      j++;
+    buf_printf(b, "%s%d", i ? ", " : "", lines[i]);
+    if (lines[j] != lines[i])
+      buf_printf(b, "-%d", lines[j]);
+    i = j + 1;
+  }
+  buf_puts(b, ")");
+}
+
 /* "%12 = matmul(%10 h1, %11 fc1_weight) -> fc1  f32 [B, 600]  mnist_cnn.kiln:17": the node, what
  * it reads (by name where the model gave one) and writes, under the names the entries pass them
- * by, and the model line it came from. */
-static void kernel_comment(Cg *cg, const Node *n) {
+ * by, and the model line it came from; then the other nodes that share its kernel. */
+static void kernel_comment(Cg *cg, const Node *n, const int *next) {
   char sh[256];
   Buf b = {0};
   buf_printf(&b, "/* %%%d = %s(", n->id, op_names[n->op]);
@@ -294,49 +360,24 @@ static void kernel_comment(Cg *cg, const Node *n) {
     if (into_of(cg, n->id) >= 0)
       buf_printf(&b, "  (written in place of %%%d)", into_of(cg, n->id));
   }
+  kernel_users(cg, n, next, &b);
   buf_puts(&b, " */");
   cg_line(cg, "%s", b.p);
   buf_free(&b);
 }
 
-/* Whether C text s names the identifier B. */
-static bool uses_b(const char *s) {
-  for (const char *p = s; (p = strchr(p, 'B')) != NULL; p++) {
-    bool before = p > s && (p[-1] == '_' || (p[-1] >= '0' && p[-1] <= '9') ||
-                            (p[-1] >= 'A' && p[-1] <= 'Z') || (p[-1] >= 'a' && p[-1] <= 'z'));
-    bool after = p[1] == '_' || (p[1] >= '0' && p[1] <= '9') || (p[1] >= 'A' && p[1] <= 'Z') ||
-                 (p[1] >= 'a' && p[1] <= 'z');
-    if (!before && !after)
-      return true;
-  }
-  return false;
-}
+/* A kernel's definition without its comment and its name, which goes at name_at: everything two
+ * nodes' kernels must agree on to be one function, since its operands are parameters. */
+typedef struct KernelText {
+  const char *text;
+  size_t name_at;
+} KernelText;
 
-static void cg_emit_kernel(Cg *cg, const Node *n) {
+/* n's kernel as cg_emit_unit prints it, into the pool. */
+static KernelText kernel_text(Cg *cg, const Node *n) {
   const Graph *g = cg->g;
-  const char *res = cg->nores[n->id] ? "" : "restrict ";
-  bool tree = cg_is_tree(cg, n);
-  CgTreeArgs ta;
-  Buf sig = {0};
-  buf_printf(&sig, "static void %s(%s *%sy", kernel_name(cg, n), ctype(n->dtype), res);
-  unsigned rd = reads_mask(n);
-  if (tree) {
-    /* No operand shares y's bytes (that one is read through y), so all stay restrict. */
-    cg_tree_args(cg, n, &ta);
-    for (int i = 0; i < ta.n; i++)
-      buf_printf(&sig, ", const %s *restrict x%d", ctype(ir_at(g, ta.id[i])->dtype), i);
-  }
-  for (int k = 0; k < n->nin && !tree; k++) {
-    const Node *x = ir_at(g, n->in[k]);
-    if ((rd & (1u << k)) && in_arena(x))
-      buf_printf(&sig, ", const %s *%s%s", ctype(x->dtype), res, cg_param_names[k]);
-  }
-  if (cg->s->node[n->id].scratch > 0)
-    buf_puts(&sig, ", unsigned char *restrict scratch");
-  if (cg->var[n->id])
-    buf_puts(&sig, ", int64_t B");
-  buf_puts(&sig, ") {");
-  kernel_comment(cg, n);
+  Buf text = {0}, *out = cg->out;
+  cg->out = &text;
   if (cg->s->node[n->id].vectorise) {
     /* gcc's -O2 vectoriser ("very cheap" cost model) gives up on loops whose constant trip
      * count is not a multiple of the vector width, such as a 14-wide image row. */
@@ -344,31 +385,109 @@ static void cg_emit_kernel(Cg *cg, const Node *n) {
     cg_line(cg, "__attribute__((optimize(\"tree-vectorize\", \"vect-cost-model=dynamic\")))");
     cg_line(cg, "#endif");
   }
-  cg_line(cg, "%s", sig.p);
-  buf_free(&sig);
+  buf_puts(&text, "static KILN_NOINLINE void ");
+  size_t name_at = text.len;
+  const char *res = cg->nores[n->id] ? "" : "restrict ";
+  bool tree = cg_is_tree(cg, n);
+  CgTreeArgs ta;
+  buf_printf(&text, "(%s *%sy", ctype(n->dtype), res);
+  unsigned rd = reads_mask(n);
+  if (tree) {
+    /* No operand shares y's bytes (that one is read through y), so all stay restrict. */
+    cg_tree_args(cg, n, &ta);
+    for (int i = 0; i < ta.n; i++)
+      buf_printf(&text, ", const %s *restrict x%d", ctype(ir_at(g, ta.id[i])->dtype), i);
+  }
+  for (int k = 0; k < n->nin && !tree; k++) {
+    const Node *x = ir_at(g, n->in[k]);
+    if ((rd & (1u << k)) && in_arena(x))
+      buf_printf(&text, ", const %s *%s%s", ctype(x->dtype), res, cg_param_names[k]);
+  }
+  if (cg->s->node[n->id].scratch > 0)
+    buf_puts(&text, ", unsigned char *restrict scratch");
+  if (cg->var[n->id])
+    buf_puts(&text, ", int64_t B");
+  buf_puts(&text, ") {\n");
   cg->indent++;
-  size_t at = cg->out->len;
+  /* The entries call kernels with 1 <= B <= the planned batch. Said here, it lets gcc's -O2
+   * vectoriser take loops over (6272*B) elements, which it otherwise leaves scalar (it did so
+   * only in kernels inlined into an entry, below the entry's check). */
+  if (cg->var[n->id])
+    cg_line(cg, "KILN_ASSUME(B >= 1 && B <= %" PRId64 ");", cg->plan->batch);
   if (tree)
     cg_emit_tree(cg, n, &ta);
   else
     emitters[n->op](cg, n);
-  if (cg->var[n->id] && !uses_b(cg->out->p + at)) {
-    /* A body that does not read B gets `(void)B;` in front of it. */
-    const char *vb = pool_printf(cg->pool, "%*s(void)B;\n", 2 * cg->indent, "");
-    size_t k = strlen(vb), end = cg->out->len;
-    buf_puts(cg->out, vb);
-    memmove(cg->out->p + at + k, cg->out->p + at, end - at);
-    memcpy(cg->out->p + at, vb, k);
-  }
   cg->indent--;
   cg_line(cg, "}");
-  cg_line(cg, "%s", "");
+  cg->out = out;
+  KernelText kt = {pool_strdup(cg->pool, text.p), name_at};
+  buf_free(&text);
+  return kt;
 }
 
+/* Gives every node with a kernel the one its calls use (cg->shared) and prints each distinct
+ * kernel once, named after its first node, with a comment listing the nodes that share it. Two
+ * nodes share a kernel when their kernels print the same text apart from the name: the same op,
+ * element types, sizes, strides, attributes, literal values, schedule (threads, algorithm,
+ * scratch layout, fusion) and restrict qualifiers, since every tensor is a parameter. */
+static void cg_emit_kernels(Cg *cg) {
+  const Graph *g = cg->g;
+  int nn = g->nnodes > 0 ? g->nnodes : 1;
+  KernelText *texts = pool_alloc(cg->pool, sizeof(KernelText) * (size_t)nn);
+  StrMap seen = strmap_new(cg, g->nnodes);
+  cg->shared = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
+  /* next[i]: the next node calling i's kernel; last[f]: the last one so far calling f's. */
+  int *next = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
+  int *last = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
+  for (int i = 0; i < g->nnodes; i++) {
+    cg->shared[i] = next[i] = -1;
+    if (!cg->used[i] || !has_kernel(cg, ir_at(g, i)))
+      continue;
+    texts[i] = kernel_text(cg, ir_at(g, i));
+    int f = cg->shared[i] = strmap_intern(&seen, texts[i].text, i);
+    if (f != i)
+      next[last[f]] = i;
+    last[f] = i;
+  }
+  /* Inlined, kernels made the entries, which call hundreds of them, functions too large for the
+   * compilers' optimisers: most of a compile went into a few passes superlinear in a function's
+   * size. KILN_ASSUME tells a kernel what it knew inlined (the batch's range). KILN_CALLS marks
+   * the parts of long entries (cg_emit_part), which only pass pointers: optimising them took as
+   * long as compiling the kernels, and runs no faster. KILN_NO_UNROLL: see cg_nest_open. */
+  cg_line(cg, "#if defined(__GNUC__)");
+  cg_line(cg, "#define KILN_NOINLINE __attribute__((noinline))");
+  cg_line(cg, "#define KILN_ASSUME(c) ((c) ? (void)0 : __builtin_unreachable())");
+  cg_line(cg, "#else");
+  cg_line(cg, "#define KILN_NOINLINE");
+  cg_line(cg, "#define KILN_ASSUME(c) ((void)(c))");
+  cg_line(cg, "#endif");
+  cg_line(cg, "#if defined(__clang__)");
+  cg_line(cg, "#define KILN_CALLS __attribute__((noinline, optnone))");
+  cg_line(cg, "#define KILN_NO_UNROLL _Pragma(\"clang loop unroll(disable)\")");
+  cg_line(cg, "#elif defined(__GNUC__)");
+  cg_line(cg, "#define KILN_CALLS __attribute__((noinline, optimize(\"O0\")))");
+  cg_line(cg, "#define KILN_NO_UNROLL");
+  cg_line(cg, "#else");
+  cg_line(cg, "#define KILN_CALLS");
+  cg_line(cg, "#define KILN_NO_UNROLL");
+  cg_line(cg, "#endif");
+  cg_line(cg, "%s", "");
+  for (int i = 0; i < g->nnodes; i++) {
+    if (cg->shared[i] != i)
+      continue;
+    const Node *n = ir_at(g, i);
+    kernel_comment(cg, n, next);
+    buf_printf(cg->out, "%.*s%s%s\n", (int)texts[i].name_at, texts[i].text, kernel_name(cg, n),
+               texts[i].text + texts[i].name_at);
+  }
+}
+
+/* A call of n's kernel; one shared with an earlier node says which node it computes. */
 static void cg_emit_call(Cg *cg, const Node *n) {
   int ids[CALL_ARGS_MAX], k = call_args(cg, n, ids);
   Buf b = {0};
-  buf_printf(&b, "%s(", kernel_name(cg, n));
+  buf_printf(&b, "%s(", kernel_name(cg, ir_at(cg->g, cg->shared[n->id])));
   for (int i = 0; i < k; i++)
     buf_printf(&b, "%s%s", i ? ", " : "", tensor_name(cg, ids[i]));
   if (cg->s->node[n->id].scratch > 0) {
@@ -378,6 +497,8 @@ static void cg_emit_call(Cg *cg, const Node *n) {
   if (cg->var[n->id])
     buf_puts(&b, ", B");
   buf_puts(&b, ");");
+  if (cg->shared[n->id] != n->id)
+    buf_printf(&b, "  /* %%%d */", n->id);
   cg_line(cg, "%s", b.p);
   buf_free(&b);
 }
@@ -400,31 +521,82 @@ static void cg_emit_update(Cg *cg, const Update *up) {
           dtype_size(t->dtype));
 }
 
-/* An entry: the batch check, a named pointer into the arena for every tensor it passes (refs),
- * the kernel calls in node order, then the updates. */
-static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark,
-                          const unsigned char *refs) {
+/* A named pointer into the arena for every tensor refs marks, and `scratch` when the kernel of
+ * one of nodes[0..n) needs it. */
+static void cg_emit_pointers(Cg *cg, const unsigned char *refs, const int *nodes, int n) {
+  for (int i = 0; i < cg->g->nnodes; i++) {
+    if (!refs[i])
+      continue;
+    const char *t = ctype(ir_at(cg->g, i)->dtype);
+    cg_line(cg, "%s *const %s = (%s *)(arena + %" PRId64 ");", t, tensor_name(cg, i), t,
+            cg->plan->offset[i]);
+  }
+  for (int i = 0; i < n; i++)
+    if (cg->s->node[nodes[i]].scratch > 0) {
+      cg_line(cg, "unsigned char *const scratch = arena + %" PRId64 ";", cg->plan->scratch_offset);
+      return;
+    }
+}
+
+static bool calls_use_b(const Cg *cg, const int *nodes, int n) {
+  for (int i = 0; i < n; i++)
+    if (cg->var[nodes[i]])
+      return true;
+  return false;
+}
+
+/* Kernel calls per function at most. An entry of thousands of calls (a deep network's) is cut into
+ * parts, functions of their own that only pass pointers, compiled without optimisation
+ * (KILN_CALLS): gcc and LLVM took time superlinear in the length of one block of calls to optimise
+ * code that runs no faster. Shorter entries stay one function. */
+enum { ENTRY_PART_CALLS = 200 };
+
+/* kiln_train_part2: the calls of nodes[0..n), one part of an entry. Returns whether it takes B. */
+static bool cg_emit_part(Cg *cg, const char *entry, int part, const int *nodes, int n) {
+  bool b = calls_use_b(cg, nodes, n);
+  cg_line(cg, "static KILN_CALLS void kiln_%s_part%d(unsigned char *arena%s) {", entry, part,
+          b ? ", int64_t B" : "");
+  cg->indent++;
+  unsigned char *refs = pool_alloc(cg->pool, (size_t)cg->g->nnodes + 1);
+  calls_refs(cg, nodes, n, refs);
+  cg_emit_pointers(cg, refs, nodes, n);
+  for (int i = 0; i < n; i++)
+    cg_emit_call(cg, ir_at(cg->g, nodes[i]));
+  cg->indent--;
+  cg_line(cg, "}");
+  cg_line(cg, "%s", "");
+  return b;
+}
+
+/* An entry: the batch check, a named pointer into the arena for every tensor it passes, the
+ * kernel calls in node order (or its parts' calls, each part with its own pointers), then the
+ * updates. */
+static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
   const Graph *g = cg->g;
   const char *name = entry_names[e];
+  int *nodes = pool_alloc(cg->pool, sizeof(int) * (size_t)(g->nnodes + 1));
+  int n = entry_calls(cg, mark, nodes);
+  int parts = n > ENTRY_PART_CALLS ? (n + ENTRY_PART_CALLS - 1) / ENTRY_PART_CALLS : 0;
+  bool *part_b = pool_alloc(cg->pool, sizeof(bool) * (size_t)(parts + 1));
+  for (int p = 0; p < parts; p++) {
+    int from = n * p / parts, to = n * (p + 1) / parts; /* parts of equal size, give or take 1 */
+    part_b[p] = cg_emit_part(cg, name, p + 1, nodes + from, to - from);
+  }
   /* Offsets are planned for the full batch; a smaller one uses the leading part of each
    * buffer. A batch outside [1, full] would read past the arena: it does nothing. */
   cg_line(cg, "static void kiln_%s(unsigned char *arena, int64_t B) {", name);
   cg->indent++;
   cg_line(cg, "if (B < 1 || B > %" PRId64 ")", cg->plan->batch);
   cg_line(cg, "  return;");
-  bool scratch = false;
-  for (int i = 0; i < g->nnodes; i++) {
-    const Node *n = ir_at(g, i);
-    if (refs[i])
-      cg_line(cg, "%s *const %s = (%s *)(arena + %" PRId64 ");", ctype(n->dtype),
-              tensor_name(cg, i), ctype(n->dtype), cg->plan->offset[i]);
-    scratch |= mark[i] && has_kernel(cg, n) && cg->s->node[i].scratch > 0;
-  }
-  if (scratch)
-    cg_line(cg, "unsigned char *const scratch = arena + %" PRId64 ";", cg->plan->scratch_offset);
-  for (int i = 0; i < g->nnodes; i++)
-    if (mark[i] && has_kernel(cg, ir_at(g, i)))
-      cg_emit_call(cg, ir_at(g, i));
+  unsigned char *refs = pool_alloc(cg->pool, (size_t)g->nnodes + 1);
+  updates_refs(cg, e, refs);
+  if (!parts)
+    calls_refs(cg, nodes, n, refs);
+  cg_emit_pointers(cg, refs, nodes, parts ? 0 : n);
+  for (int p = 0; p < parts; p++)
+    cg_line(cg, "kiln_%s_part%d(arena%s);", name, p + 1, part_b[p] ? ", B" : "");
+  for (int i = 0; i < n && !parts; i++)
+    cg_emit_call(cg, ir_at(g, nodes[i]));
   /* Updates last: every value is computed before any target changes. A value that is itself a
    * target of this entry (a <- b, b <- c) must be copied before it is overwritten, so updates go
    * in an order where a target is written only once no pending update reads it; a cycle (a swap)
@@ -674,14 +846,9 @@ static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool)
     }
 
   /* Kernels, each once: those whose shape involves the batch take it as `int64_t B`. */
-  for (int i = 0; i < g->nnodes; i++) {
-    const Node *n = ir_at(g, i);
-    if (!cg.used[i] || op_is_leaf(n->op) || is_alias(&cg, n) || is_fused(&cg, i))
-      continue;
-    cg_emit_kernel(&cg, n);
-  }
+  cg_emit_kernels(&cg);
   for (int e = 0; e < ENTRY_COUNT; e++)
-    cg_emit_entry(&cg, (EntryKind)e, marks[e], refs[e]);
+    cg_emit_entry(&cg, (EntryKind)e, marks[e]);
   cg_emit_tensors(&cg);
   /* The entries in EntryKind order, which plan.c's tensor entry bits index. */
   cg_line(&cg, "static const kiln_entry kiln_entries[%d] = {", ENTRY_COUNT);

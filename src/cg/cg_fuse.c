@@ -11,8 +11,10 @@
 
 /* ---------------------------------------------------------------------------------------------
  * Fused trees (sched.c decides them): one loop nest over the root's elements computing the inner
- * nodes in registers (`const float tN`) and storing only the root. An in-place update's kernel
- * reads the old value of its target through y, element before element.
+ * nodes in registers and storing only the root. An in-place update's kernel reads the old value of
+ * its target through y, element before element. The registers are numbered in the order they are
+ * computed (`const float v0`), not after their nodes, so that trees of the same shape print the
+ * same kernel and share it (cg_file.c).
  */
 
 bool cg_is_tree(const Cg *cg, const Node *n) { return sched_is_tree(cg->g, cg->s, n->id); }
@@ -54,8 +56,9 @@ void cg_tree_args(Cg *cg, const Node *root, CgTreeArgs *ta) {
 /* Operand x of a node in the tree, as a primary expression at the current element. */
 static const char *tree_opnd(Cg *cg, const CgTreeArgs *ta, int x) {
   const Node *xn = ir_at(cg->g, x);
-  if (is_fused(cg, x))
-    return pool_printf(cg->pool, "t%d", x);
+  for (int i = 0; i < ta->nlocal; i++)
+    if (ta->local[i] == x)
+      return pool_printf(cg->pool, "v%d", i);
   if (is_scalar_const(xn))
     return cg_scalar(cg, xn->attr.value, xn->dtype);
   for (int i = 0; i < ta->ndc; i++)
@@ -69,28 +72,38 @@ static const char *tree_opnd(Cg *cg, const CgTreeArgs *ta, int x) {
   unreachable();
 }
 
-/* Inner nodes first (post-order), each into a register; the root into y. */
-static void tree_node(Cg *cg, const CgTreeArgs *ta, const Node *n) {
+/* Inner nodes first (post-order), each into the next register; the root into y. */
+static void tree_node(Cg *cg, CgTreeArgs *ta, const Node *n) {
   for (int k = 0; k < n->nin; k++)
     if (is_fused(cg, n->in[k]))
       tree_node(cg, ta, ir_at(cg->g, n->in[k]));
   const char *a = tree_opnd(cg, ta, n->in[0]);
   const char *b = n->nin > 1 ? tree_opnd(cg, ta, n->in[1]) : NULL;
   const char *e = cg_expand_template(cg, cg_op_c[n->op], a, b, n->dtype, n->attr.value);
-  if (n == ta->root)
+  if (n == ta->root) {
     cg_line(cg, "%s = %s;", ta->yelem, e);
-  else
-    cg_line(cg, "const %s t%d = %s;", ctype(n->dtype), n->id, e);
+    return;
+  }
+  KILN_ASSERT(ta->nlocal < SCHED_FUSE_MAX_NODES);
+  cg_line(cg, "const %s v%d = %s;", ctype(n->dtype), ta->nlocal, e);
+  ta->local[ta->nlocal++] = n->id;
 }
 
-/* " %5 = mul %6 = sqrt ...": the fused inner nodes of n's tree, for the kernel's comment. */
-void cg_tree_comment(Cg *cg, const Node *n, Buf *b) {
+/* " v0 = %5 mul, v1 = %6 sqrt": the fused inner nodes of n's tree in tree_node's order, for the
+ * kernel's comment; *count numbers them. */
+static void tree_comment(Cg *cg, const Node *n, Buf *b, int *count) {
   for (int k = 0; k < n->nin; k++)
     if (is_fused(cg, n->in[k])) {
       const Node *x = ir_at(cg->g, n->in[k]);
-      cg_tree_comment(cg, x, b);
-      buf_printf(b, " %%%d = %s", x->id, op_names[x->op]);
+      tree_comment(cg, x, b, count);
+      buf_printf(b, "%s v%d = %%%d %s", *count ? "," : "", *count, x->id, op_names[x->op]);
+      ++*count;
     }
+}
+
+void cg_tree_comment(Cg *cg, const Node *n, Buf *b) {
+  int count = 0;
+  tree_comment(cg, n, b, &count);
 }
 
 /* One loop nest over the root's elements (the strided printer: every inner node has the root's
@@ -121,6 +134,7 @@ void cg_emit_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
     ta->elem[i] = ops[1 + i].elem;
   for (int i = 0; i < ta->ndc; i++)
     ta->dcelem[i] = ops[1 + ta->n + i].elem;
+  ta->nlocal = 0;
   tree_node(cg, ta, n);
   cg_nest_close(cg, depth);
 }

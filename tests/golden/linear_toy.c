@@ -161,8 +161,26 @@ static const double lit3_b[1] = {
   1,
 };
 
+#if defined(__GNUC__)
+#define KILN_NOINLINE __attribute__((noinline))
+#define KILN_ASSUME(c) ((c) ? (void)0 : __builtin_unreachable())
+#else
+#define KILN_NOINLINE
+#define KILN_ASSUME(c) ((void)(c))
+#endif
+#if defined(__clang__)
+#define KILN_CALLS __attribute__((noinline, optnone))
+#define KILN_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define KILN_CALLS __attribute__((noinline, optimize("O0")))
+#define KILN_NO_UNROLL
+#else
+#define KILN_CALLS
+#define KILN_NO_UNROLL
+#endif
+
 /* %4 = matmul(%0 x, %2 w) -> t4  f64 [1, 1]  linear_toy.kiln:15 */
-static void k4_matmul(double *restrict y, const double *restrict b) {
+static KILN_NOINLINE void k4_matmul(double *restrict y, const double *restrict b) {
   for (int64_t i = 0; i < 1; i++) {
     for (int64_t j = 0; j < 1; j++)
       y[i*1 + j] = 0;
@@ -175,63 +193,56 @@ static void k4_matmul(double *restrict y, const double *restrict b) {
 }
 
 /* %5 = add(%4, %3 b) -> z  f64 [1, 1]  linear_toy.kiln:15 */
-static void k5_add(double *restrict y, const double *restrict a, const double *restrict b) {
+static KILN_NOINLINE void k5_add(double *restrict y, const double *restrict a, const double *restrict b) {
   y[0] = a[0] + b[0];
 }
 
 /* %6 = sub(%1 y, %5 z) -> t6  f64 [1, 1]  linear_toy.kiln:16 */
-static void k6_sub(double *restrict y, const double *restrict b) {
+static KILN_NOINLINE void k6_sub(double *restrict y, const double *restrict b) {
   y[0] = ((double)lit1_y[0]) - b[0];
 }
 
-/* %10 = mul(%9, %8) -> t10  f64 [1, 1]  linear_toy.kiln:16  fused: %8 = pow */
+/* %10 = mul(%9, %8) -> t10  f64 [1, 1]  linear_toy.kiln:16  fused: v0 = %8 pow */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k10_mul(double *restrict y, const double *restrict x0) {
-  const double t8 = pow(x0[0], ((double)2));
-  y[0] = ((double)0.5) * t8;
+static KILN_NOINLINE void k10_mul(double *restrict y, const double *restrict x0) {
+  const double v0 = pow(x0[0], ((double)2));
+  y[0] = ((double)0.5) * v0;
 }
 
-/* %11 = sum(%10) -> loss  f64 []  linear_toy.kiln:16 */
-static void k11_sum(double *restrict y, const double *restrict a) {
+/* %11 = sum(%10) -> loss  f64 []  linear_toy.kiln:16  also %20 (line 15) */
+static KILN_NOINLINE void k11_sum(double *restrict y, const double *restrict a) {
   for (int64_t i = 0; i < 1; i++)
     y[i] = 0;
   y[0] += a[0];
 }
 
 /* %13 = reshape(%12) -> t13  f64 [1, 1]  linear_toy.kiln:16 */
-static void k13_reshape(double *restrict y) {
+static KILN_NOINLINE void k13_reshape(double *restrict y) {
   for (int64_t i = 0; i < 1; i++)
     y[i] = ((double)1);
 }
 
 /* %15 = sub(%7, %12) -> t15  f64 []  linear_toy.kiln:16 */
-static void k15_sub(double *restrict y) {
+static KILN_NOINLINE void k15_sub(double *restrict y) {
   y[0] = ((double)2) - ((double)1);
 }
 
-/* %19 = neg(%18) -> t19  f64 [1, 1]  linear_toy.kiln:16  fused: %14 = mul %16 = pow %17 = mul %18 = mul */
+/* %19 = neg(%18) -> t19  f64 [1, 1]  linear_toy.kiln:16  fused: v0 = %14 mul, v1 = %16 pow, v2 = %17 mul, v3 = %18 mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k19_neg(double *restrict y, const double *restrict x0, const double *restrict x1, const double *restrict x2) {
-  const double t14 = x0[0] * ((double)0.5);
-  const double t16 = pow(x1[0], x2[0]);
-  const double t17 = ((double)2) * t16;
-  const double t18 = t14 * t17;
-  y[0] = -t18;
-}
-
-/* %20 = sum_to(%19, %3 b) -> t20  f64 [1]  linear_toy.kiln:15 */
-static void k20_sum_to(double *restrict y, const double *restrict a) {
-  for (int64_t i = 0; i < 1; i++)
-    y[i] = 0;
-  y[0] += a[0];
+static KILN_NOINLINE void k19_neg(double *restrict y, const double *restrict x0, const double *restrict x1, const double *restrict x2) {
+  const double v0 = x0[0] * ((double)0.5);
+  const double v1 = pow(x1[0], x2[0]);
+  const double v2 = ((double)2) * v1;
+  const double v3 = v0 * v2;
+  y[0] = -v3;
 }
 
 /* %21 = matmul(%0 x, %19) -> t21  f64 [2, 1]  linear_toy.kiln:15 */
-static void k21_matmul(double *restrict y, const double *restrict b) {
+static KILN_NOINLINE void k21_matmul(double *restrict y, const double *restrict b) {
   for (int64_t i = 0; i < 2; i++) {
     for (int64_t j = 0; j < 1; j++)
       y[i*1 + j] = 0;
@@ -243,44 +254,24 @@ static void k21_matmul(double *restrict y, const double *restrict b) {
   }
 }
 
-/* %26 = sub(%2 w, %25) -> w  f64 [2, 1]  linear_toy.kiln:21  fused: %25 = mul  (written in place of %2) */
+/* %26 = sub(%2 w, %25) -> w  f64 [2, 1]  linear_toy.kiln:21  fused: v0 = %25 mul  (written in place of %2)  also %30 (line 21) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k26_sub(double *restrict y, const double *restrict x0, const double *restrict x1) {
+static KILN_NOINLINE void k26_sub(double *restrict y, const double *restrict x0, const double *restrict x1) {
   for (int64_t i0 = 0; i0 < 2; i0++) {
-    const double t25 = x0[0] * x1[i0];
-    y[i0] = y[i0] - t25;
+    const double v0 = x0[0] * x1[i0];
+    y[i0] = y[i0] - v0;
   }
 }
 
-/* %28 = sub(%3 b, %27) -> b  f64 [1]  linear_toy.kiln:21  fused: %27 = mul  (written in place of %3) */
+/* %28 = sub(%3 b, %27) -> b  f64 [1]  linear_toy.kiln:21  fused: v0 = %27 mul  (written in place of %3)  also %32 (line 21) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k28_sub(double *restrict y, const double *restrict x0, const double *restrict x1) {
-  const double t27 = x0[0] * x1[0];
-  y[0] = y[0] - t27;
-}
-
-/* %30 = sub(%2 w, %29) -> w  f64 [2, 1]  linear_toy.kiln:21  fused: %29 = mul  (written in place of %2) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k30_sub(double *restrict y, const double *restrict x0, const double *restrict x1) {
-  for (int64_t i0 = 0; i0 < 2; i0++) {
-    const double t29 = x0[0] * x1[i0];
-    y[i0] = y[i0] - t29;
-  }
-}
-
-/* %32 = sub(%3 b, %31) -> b  f64 [1]  linear_toy.kiln:21  fused: %31 = mul  (written in place of %3) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k32_sub(double *restrict y, const double *restrict x0, const double *restrict x1) {
-  const double t31 = x0[0] * x1[0];
-  y[0] = y[0] - t31;
+static KILN_NOINLINE void k28_sub(double *restrict y, const double *restrict x0, const double *restrict x1) {
+  const double v0 = x0[0] * x1[0];
+  y[0] = y[0] - v0;
 }
 
 static void kiln_train(unsigned char *arena, int64_t B) {
@@ -307,7 +298,7 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k13_reshape(t13);
   k15_sub(t15);
   k19_neg(t19, t13, t6, t15);
-  k20_sum_to(t20, t19);
+  k11_sum(t20, t19);  /* %20 */
   k21_matmul(t21, t19);
   k26_sub(w, lr, t21);
   k28_sub(b, lr, t20);
@@ -355,7 +346,7 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k13_reshape(t13);
   k15_sub(t15);
   k19_neg(t19, t13, t6, t15);
-  k20_sum_to(t20, t19);
+  k11_sum(t20, t19);  /* %20 */
   k21_matmul(t21, t19);
   memcpy(grad_w, t21, (size_t)2 * 8);
   memcpy(grad_b, t20, (size_t)1 * 8);
@@ -369,8 +360,8 @@ static void kiln_apply(unsigned char *arena, int64_t B) {
   double *const grad_w = (double *)(arena + 128);
   double *const grad_b = (double *)(arena + 192);
   double *const lr = (double *)(arena + 256);
-  k30_sub(w, lr, grad_w);
-  k32_sub(b, lr, grad_b);
+  k26_sub(w, lr, grad_w);  /* %30 */
+  k28_sub(b, lr, grad_b);  /* %32 */
 }
 
 static const kiln_tensor kiln_tensors[8] = {

@@ -435,13 +435,33 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 }
 #endif
 
+#if defined(__GNUC__)
+#define KILN_NOINLINE __attribute__((noinline))
+#define KILN_ASSUME(c) ((c) ? (void)0 : __builtin_unreachable())
+#else
+#define KILN_NOINLINE
+#define KILN_ASSUME(c) ((void)(c))
+#endif
+#if defined(__clang__)
+#define KILN_CALLS __attribute__((noinline, optnone))
+#define KILN_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define KILN_CALLS __attribute__((noinline, optimize("O0")))
+#define KILN_NO_UNROLL
+#else
+#define KILN_CALLS
+#define KILN_NO_UNROLL
+#endif
+
 /* %4 = matmul(%2 x, %3 fc1_weight) -> t4  f32 [B, 256]  mlp.kiln:8 */
-static void k4_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k4_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 256, 784, a, 784, 0, b, 784, 1, y, 256, scratch);
 }
 
 /* %6 = add(%4, %5 fc1_bias) -> fc1  f32 [B, 256]  mlp.kiln:8 */
-static void k6_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k6_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 256; i1++) {
       y[i0*256 + i1] = a[i0*256 + i1] + b[i1];
@@ -450,19 +470,22 @@ static void k6_add(float *restrict y, const float *restrict a, const float *rest
 }
 
 /* %7 = relu(%6 fc1) -> h  f32 [B, 256]  mlp.kiln:9 */
-static void k7_relu(float *restrict y, const float *restrict a, int64_t B) {
+static KILN_NOINLINE void k7_relu(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (256*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
 /* %9 = matmul(%7 h, %8 fc2_weight) -> t9  f32 [B, 10]  mlp.kiln:10 */
-static void k9_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k9_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 10, 256, a, 256, 0, b, 256, 1, y, 10, scratch);
 }
 
 /* %11 = add(%9, %10 fc2_bias) -> logits  f32 [B, 10]  mlp.kiln:10 */
-static void k11_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k11_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
       y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
@@ -471,7 +494,8 @@ static void k11_add(float *restrict y, const float *restrict a, const float *res
 }
 
 /* %12 = cross_entropy(%11 logits, %1 label) -> loss  f32 []  mlp.kiln:11 */
-static void k12_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+static KILN_NOINLINE void k12_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double total = 0;
   int bad = 0;
   for (int64_t i = 0; i < B; i++) {
@@ -492,7 +516,8 @@ static void k12_cross_entropy(float *restrict y, const float *restrict a, const 
 }
 
 /* %14 = cross_entropy_grad(%11 logits, %1 label, %13) -> t14  f32 [B, 10]  mlp.kiln:11 */
-static void k14_cross_entropy_grad(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+static KILN_NOINLINE void k14_cross_entropy_grad(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   const double g = (double)((float)1) / (double)B;
   for (int64_t i = 0; i < B; i++) {
     double m = (double)a[i*10];
@@ -509,7 +534,8 @@ static void k14_cross_entropy_grad(float *restrict y, const float *restrict a, c
 }
 
 /* %15 = sum_to(%14, %10 fc2_bias) -> t15  f32 [10]  mlp.kiln:10 */
-static void k15_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k15_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 10; i++)
     acc[i] = 0;
@@ -523,24 +549,28 @@ static void k15_sum_to(float *restrict y, const float *restrict a, unsigned char
 }
 
 /* %16 = matmul(%14, %8 fc2_weight) -> t16  f32 [B, 256]  mlp.kiln:10 */
-static void k16_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k16_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 256, 10, a, 10, 0, b, 256, 0, y, 256, scratch);
 }
 
 /* %17 = matmul(%14, %7 h) -> t17  f32 [10, 256]  mlp.kiln:10 */
-static void k17_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k17_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(10, 256, B, a, 10, 1, b, 256, 0, y, 256, scratch);
 }
 
 /* %18 = relu_grad(%6 fc1, %16) -> t18  f32 [B, 256]  mlp.kiln:9 */
-static void k18_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k18_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (256*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
 /* %19 = sum_to(%18, %5 fc1_bias) -> t19  f32 [256]  mlp.kiln:8 */
-static void k19_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k19_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 256; i++)
     acc[i] = 0;
@@ -554,7 +584,8 @@ static void k19_sum_to(float *restrict y, const float *restrict a, unsigned char
 }
 
 /* %20 = matmul(%18, %2 x) -> t20  f32 [256, 784]  mlp.kiln:8 */
-static void k20_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k20_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(256, 784, B, a, 256, 1, b, 784, 0, y, 784, scratch);
 }
 
@@ -562,347 +593,187 @@ static void k20_matmul(float *restrict y, const float *restrict a, const float *
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k27_add(float *restrict y) {
+static KILN_NOINLINE void k27_add(float *restrict y) {
   y[0] = y[0] + ((float)1);
 }
 
-/* %34 = add(%33, %31) -> fc1_weight_exp_avg  f32 [256, 784]  mlp.kiln:16  fused: %33 = mul %31 = mul  (written in place of %28) */
+/* %34 = add(%33, %31) -> fc1_weight_exp_avg  f32 [256, 784]  mlp.kiln:16  fused: v0 = %33 mul, v1 = %31 mul  (written in place of %28)  also %100 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k34_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k34_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t33 = ((float)0.90000000000000002) * y[i0];
-    const float t31 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t33 + t31;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %40 = add(%39, %37) -> fc1_weight_exp_avg_sq  f32 [256, 784]  mlp.kiln:16  fused: %39 = mul %35 = mul %37 = mul  (written in place of %29) */
+/* %40 = add(%39, %37) -> fc1_weight_exp_avg_sq  f32 [256, 784]  mlp.kiln:16  fused: v0 = %39 mul, v1 = %35 mul, v2 = %37 mul  (written in place of %29)  also %103 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k40_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k40_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t39 = ((float)0.999) * y[i0];
-    const float t35 = x0[i0] * x0[i0];
-    const float t37 = ((float)0.0010000000000000009) * t35;
-    y[i0] = t39 + t37;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %45 = div(%25 lr, %42) -> t45  f32 []  mlp.kiln:16  fused: %41 = pow %42 = sub */
+/* %45 = div(%25 lr, %42) -> t45  f32 []  mlp.kiln:16  fused: v0 = %41 pow, v1 = %42 sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k45_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  const float t41 = powf(((float)0.90000000000000002), x1[0]);
-  const float t42 = ((float)1) - t41;
-  y[0] = x0[0] / t42;
+static KILN_NOINLINE void k45_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  const float v0 = powf(((float)0.90000000000000002), x1[0]);
+  const float v1 = ((float)1) - v0;
+  y[0] = x0[0] / v1;
 }
 
-/* %47 = sqrt(%44) -> t47  f32 []  mlp.kiln:16  fused: %43 = pow %44 = sub */
+/* %47 = sqrt(%44) -> t47  f32 []  mlp.kiln:16  fused: v0 = %43 pow, v1 = %44 sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k47_sqrt(float *restrict y, const float *restrict x0) {
-  const float t43 = powf(((float)0.999), x0[0]);
-  const float t44 = ((float)1) - t43;
-  y[0] = sqrtf(t44);
+static KILN_NOINLINE void k47_sqrt(float *restrict y, const float *restrict x0) {
+  const float v0 = powf(((float)0.999), x0[0]);
+  const float v1 = ((float)1) - v0;
+  y[0] = sqrtf(v1);
 }
 
-/* %53 = sub(%3 fc1_weight, %52) -> fc1_weight  f32 [256, 784]  mlp.kiln:16  fused: %48 = sqrt %49 = div %50 = add %51 = div %52 = mul  (written in place of %3) */
+/* %53 = sub(%3 fc1_weight, %52) -> fc1_weight  f32 [256, 784]  mlp.kiln:16  fused: v0 = %48 sqrt, v1 = %49 div, v2 = %50 add, v3 = %51 div, v4 = %52 mul  (written in place of %3)  also %109 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k53_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k53_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t48 = sqrtf(x2[i0]);
-    const float t49 = t48 / x3[0];
-    const float t50 = t49 + ((float)1e-08);
-    const float t51 = x1[i0] / t50;
-    const float t52 = x0[0] * t51;
-    y[i0] = y[i0] - t52;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %58 = add(%57, %56) -> fc1_bias_exp_avg  f32 [256]  mlp.kiln:16  fused: %57 = mul %56 = mul  (written in place of %54) */
+/* %58 = add(%57, %56) -> fc1_bias_exp_avg  f32 [256]  mlp.kiln:16  fused: v0 = %57 mul, v1 = %56 mul  (written in place of %54)  also %111 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k58_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k58_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t57 = ((float)0.90000000000000002) * y[i0];
-    const float t56 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t57 + t56;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %62 = add(%61, %60) -> fc1_bias_exp_avg_sq  f32 [256]  mlp.kiln:16  fused: %61 = mul %59 = mul %60 = mul  (written in place of %55) */
+/* %62 = add(%61, %60) -> fc1_bias_exp_avg_sq  f32 [256]  mlp.kiln:16  fused: v0 = %61 mul, v1 = %59 mul, v2 = %60 mul  (written in place of %55)  also %114 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k62_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k62_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t61 = ((float)0.999) * y[i0];
-    const float t59 = x0[i0] * x0[i0];
-    const float t60 = ((float)0.0010000000000000009) * t59;
-    y[i0] = t61 + t60;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %68 = sub(%5 fc1_bias, %67) -> fc1_bias  f32 [256]  mlp.kiln:16  fused: %63 = sqrt %64 = div %65 = add %66 = div %67 = mul  (written in place of %5) */
+/* %68 = sub(%5 fc1_bias, %67) -> fc1_bias  f32 [256]  mlp.kiln:16  fused: v0 = %63 sqrt, v1 = %64 div, v2 = %65 add, v3 = %66 div, v4 = %67 mul  (written in place of %5)  also %120 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k68_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k68_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t63 = sqrtf(x2[i0]);
-    const float t64 = t63 / x3[0];
-    const float t65 = t64 + ((float)1e-08);
-    const float t66 = x1[i0] / t65;
-    const float t67 = x0[0] * t66;
-    y[i0] = y[i0] - t67;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %73 = add(%72, %71) -> fc2_weight_exp_avg  f32 [10, 256]  mlp.kiln:16  fused: %72 = mul %71 = mul  (written in place of %69) */
+/* %73 = add(%72, %71) -> fc2_weight_exp_avg  f32 [10, 256]  mlp.kiln:16  fused: v0 = %72 mul, v1 = %71 mul  (written in place of %69)  also %122 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k73_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k73_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t72 = ((float)0.90000000000000002) * y[i0];
-    const float t71 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t72 + t71;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %77 = add(%76, %75) -> fc2_weight_exp_avg_sq  f32 [10, 256]  mlp.kiln:16  fused: %76 = mul %74 = mul %75 = mul  (written in place of %70) */
+/* %77 = add(%76, %75) -> fc2_weight_exp_avg_sq  f32 [10, 256]  mlp.kiln:16  fused: v0 = %76 mul, v1 = %74 mul, v2 = %75 mul  (written in place of %70)  also %125 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k77_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k77_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t76 = ((float)0.999) * y[i0];
-    const float t74 = x0[i0] * x0[i0];
-    const float t75 = ((float)0.0010000000000000009) * t74;
-    y[i0] = t76 + t75;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %83 = sub(%8 fc2_weight, %82) -> fc2_weight  f32 [10, 256]  mlp.kiln:16  fused: %78 = sqrt %79 = div %80 = add %81 = div %82 = mul  (written in place of %8) */
+/* %83 = sub(%8 fc2_weight, %82) -> fc2_weight  f32 [10, 256]  mlp.kiln:16  fused: v0 = %78 sqrt, v1 = %79 div, v2 = %80 add, v3 = %81 div, v4 = %82 mul  (written in place of %8)  also %131 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k83_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k83_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t78 = sqrtf(x2[i0]);
-    const float t79 = t78 / x3[0];
-    const float t80 = t79 + ((float)1e-08);
-    const float t81 = x1[i0] / t80;
-    const float t82 = x0[0] * t81;
-    y[i0] = y[i0] - t82;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %88 = add(%87, %86) -> fc2_bias_exp_avg  f32 [10]  mlp.kiln:16  fused: %87 = mul %86 = mul  (written in place of %84) */
+/* %88 = add(%87, %86) -> fc2_bias_exp_avg  f32 [10]  mlp.kiln:16  fused: v0 = %87 mul, v1 = %86 mul  (written in place of %84)  also %133 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k88_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k88_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t87 = ((float)0.90000000000000002) * y[i0];
-    const float t86 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t87 + t86;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %92 = add(%91, %90) -> fc2_bias_exp_avg_sq  f32 [10]  mlp.kiln:16  fused: %91 = mul %89 = mul %90 = mul  (written in place of %85) */
+/* %92 = add(%91, %90) -> fc2_bias_exp_avg_sq  f32 [10]  mlp.kiln:16  fused: v0 = %91 mul, v1 = %89 mul, v2 = %90 mul  (written in place of %85)  also %136 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k92_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k92_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t91 = ((float)0.999) * y[i0];
-    const float t89 = x0[i0] * x0[i0];
-    const float t90 = ((float)0.0010000000000000009) * t89;
-    y[i0] = t91 + t90;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %98 = sub(%10 fc2_bias, %97) -> fc2_bias  f32 [10]  mlp.kiln:16  fused: %93 = sqrt %94 = div %95 = add %96 = div %97 = mul  (written in place of %10) */
+/* %98 = sub(%10 fc2_bias, %97) -> fc2_bias  f32 [10]  mlp.kiln:16  fused: v0 = %93 sqrt, v1 = %94 div, v2 = %95 add, v3 = %96 div, v4 = %97 mul  (written in place of %10)  also %142 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k98_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k98_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t93 = sqrtf(x2[i0]);
-    const float t94 = t93 / x3[0];
-    const float t95 = t94 + ((float)1e-08);
-    const float t96 = x1[i0] / t95;
-    const float t97 = x0[0] * t96;
-    y[i0] = y[i0] - t97;
-  }
-}
-
-/* %100 = add(%33, %99) -> fc1_weight_exp_avg  f32 [256, 784]  mlp.kiln:16  fused: %33 = mul %99 = mul  (written in place of %28) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k100_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t33 = ((float)0.90000000000000002) * y[i0];
-    const float t99 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t33 + t99;
-  }
-}
-
-/* %103 = add(%39, %102) -> fc1_weight_exp_avg_sq  f32 [256, 784]  mlp.kiln:16  fused: %39 = mul %101 = mul %102 = mul  (written in place of %29) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k103_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t39 = ((float)0.999) * y[i0];
-    const float t101 = x0[i0] * x0[i0];
-    const float t102 = ((float)0.0010000000000000009) * t101;
-    y[i0] = t39 + t102;
-  }
-}
-
-/* %109 = sub(%3 fc1_weight, %108) -> fc1_weight  f32 [256, 784]  mlp.kiln:16  fused: %104 = sqrt %105 = div %106 = add %107 = div %108 = mul  (written in place of %3) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k109_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float t104 = sqrtf(x2[i0]);
-    const float t105 = t104 / x3[0];
-    const float t106 = t105 + ((float)1e-08);
-    const float t107 = x1[i0] / t106;
-    const float t108 = x0[0] * t107;
-    y[i0] = y[i0] - t108;
-  }
-}
-
-/* %111 = add(%57, %110) -> fc1_bias_exp_avg  f32 [256]  mlp.kiln:16  fused: %57 = mul %110 = mul  (written in place of %54) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k111_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t57 = ((float)0.90000000000000002) * y[i0];
-    const float t110 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t57 + t110;
-  }
-}
-
-/* %114 = add(%61, %113) -> fc1_bias_exp_avg_sq  f32 [256]  mlp.kiln:16  fused: %61 = mul %112 = mul %113 = mul  (written in place of %55) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k114_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t61 = ((float)0.999) * y[i0];
-    const float t112 = x0[i0] * x0[i0];
-    const float t113 = ((float)0.0010000000000000009) * t112;
-    y[i0] = t61 + t113;
-  }
-}
-
-/* %120 = sub(%5 fc1_bias, %119) -> fc1_bias  f32 [256]  mlp.kiln:16  fused: %115 = sqrt %116 = div %117 = add %118 = div %119 = mul  (written in place of %5) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k120_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float t115 = sqrtf(x2[i0]);
-    const float t116 = t115 / x3[0];
-    const float t117 = t116 + ((float)1e-08);
-    const float t118 = x1[i0] / t117;
-    const float t119 = x0[0] * t118;
-    y[i0] = y[i0] - t119;
-  }
-}
-
-/* %122 = add(%72, %121) -> fc2_weight_exp_avg  f32 [10, 256]  mlp.kiln:16  fused: %72 = mul %121 = mul  (written in place of %69) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k122_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t72 = ((float)0.90000000000000002) * y[i0];
-    const float t121 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t72 + t121;
-  }
-}
-
-/* %125 = add(%76, %124) -> fc2_weight_exp_avg_sq  f32 [10, 256]  mlp.kiln:16  fused: %76 = mul %123 = mul %124 = mul  (written in place of %70) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k125_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t76 = ((float)0.999) * y[i0];
-    const float t123 = x0[i0] * x0[i0];
-    const float t124 = ((float)0.0010000000000000009) * t123;
-    y[i0] = t76 + t124;
-  }
-}
-
-/* %131 = sub(%8 fc2_weight, %130) -> fc2_weight  f32 [10, 256]  mlp.kiln:16  fused: %126 = sqrt %127 = div %128 = add %129 = div %130 = mul  (written in place of %8) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k131_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float t126 = sqrtf(x2[i0]);
-    const float t127 = t126 / x3[0];
-    const float t128 = t127 + ((float)1e-08);
-    const float t129 = x1[i0] / t128;
-    const float t130 = x0[0] * t129;
-    y[i0] = y[i0] - t130;
-  }
-}
-
-/* %133 = add(%87, %132) -> fc2_bias_exp_avg  f32 [10]  mlp.kiln:16  fused: %87 = mul %132 = mul  (written in place of %84) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k133_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t87 = ((float)0.90000000000000002) * y[i0];
-    const float t132 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t87 + t132;
-  }
-}
-
-/* %136 = add(%91, %135) -> fc2_bias_exp_avg_sq  f32 [10]  mlp.kiln:16  fused: %91 = mul %134 = mul %135 = mul  (written in place of %85) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k136_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t91 = ((float)0.999) * y[i0];
-    const float t134 = x0[i0] * x0[i0];
-    const float t135 = ((float)0.0010000000000000009) * t134;
-    y[i0] = t91 + t135;
-  }
-}
-
-/* %142 = sub(%10 fc2_bias, %141) -> fc2_bias  f32 [10]  mlp.kiln:16  fused: %137 = sqrt %138 = div %139 = add %140 = div %141 = mul  (written in place of %10) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k142_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t137 = sqrtf(x2[i0]);
-    const float t138 = t137 / x3[0];
-    const float t139 = t138 + ((float)1e-08);
-    const float t140 = x1[i0] / t139;
-    const float t141 = x0[0] * t140;
-    y[i0] = y[i0] - t141;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
@@ -1067,18 +938,18 @@ static void kiln_apply(unsigned char *arena, int64_t B) {
   k27_add(adam_step);
   k45_div(t45, lr, adam_step);
   k47_sqrt(t47, adam_step);
-  k100_add(fc1_weight_exp_avg, grad_fc1_weight);
-  k103_add(fc1_weight_exp_avg_sq, grad_fc1_weight);
-  k109_sub(fc1_weight, t45, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t47);
-  k111_add(fc1_bias_exp_avg, grad_fc1_bias);
-  k114_add(fc1_bias_exp_avg_sq, grad_fc1_bias);
-  k120_sub(fc1_bias, t45, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t47);
-  k122_add(fc2_weight_exp_avg, grad_fc2_weight);
-  k125_add(fc2_weight_exp_avg_sq, grad_fc2_weight);
-  k131_sub(fc2_weight, t45, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t47);
-  k133_add(fc2_bias_exp_avg, grad_fc2_bias);
-  k136_add(fc2_bias_exp_avg_sq, grad_fc2_bias);
-  k142_sub(fc2_bias, t45, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t47);
+  k34_add(fc1_weight_exp_avg, grad_fc1_weight);  /* %100 */
+  k40_add(fc1_weight_exp_avg_sq, grad_fc1_weight);  /* %103 */
+  k53_sub(fc1_weight, t45, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t47);  /* %109 */
+  k58_add(fc1_bias_exp_avg, grad_fc1_bias);  /* %111 */
+  k62_add(fc1_bias_exp_avg_sq, grad_fc1_bias);  /* %114 */
+  k68_sub(fc1_bias, t45, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t47);  /* %120 */
+  k73_add(fc2_weight_exp_avg, grad_fc2_weight);  /* %122 */
+  k77_add(fc2_weight_exp_avg_sq, grad_fc2_weight);  /* %125 */
+  k83_sub(fc2_weight, t45, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t47);  /* %131 */
+  k88_add(fc2_bias_exp_avg, grad_fc2_bias);  /* %133 */
+  k92_add(fc2_bias_exp_avg_sq, grad_fc2_bias);  /* %136 */
+  k98_sub(fc2_bias, t45, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t47);  /* %142 */
 }
 
 static const kiln_tensor kiln_tensors[23] = {

@@ -435,11 +435,30 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 }
 #endif
 
+#if defined(__GNUC__)
+#define KILN_NOINLINE __attribute__((noinline))
+#define KILN_ASSUME(c) ((c) ? (void)0 : __builtin_unreachable())
+#else
+#define KILN_NOINLINE
+#define KILN_ASSUME(c) ((void)(c))
+#endif
+#if defined(__clang__)
+#define KILN_CALLS __attribute__((noinline, optnone))
+#define KILN_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#elif defined(__GNUC__)
+#define KILN_CALLS __attribute__((noinline, optimize("O0")))
+#define KILN_NO_UNROLL
+#else
+#define KILN_CALLS
+#define KILN_NO_UNROLL
+#endif
+
 /* %3 = conv2d(%0 image, %2 conv1_weight) -> t3  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k3_conv2d(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k3_conv2d(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t o = 0; o < 8; o++) {
       const int64_t cb = 0;
@@ -474,13 +493,14 @@ static void k3_conv2d(float *restrict y, const float *restrict a, const float *r
       }
 }
 
-/* %5 = reshape(%4 conv1_bias) -> t5  f32 [8, 1, 1]  mnist_cnn.kiln:10 */
-static void k5_reshape(float *restrict y, const float *restrict a) {
+/* %5 = reshape(%4 conv1_bias) -> t5  f32 [8, 1, 1]  mnist_cnn.kiln:10  also %38 %40 %92 %94 (line 11) */
+static KILN_NOINLINE void k5_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)8 * sizeof *y);
 }
 
 /* %6 = add(%3, %5) -> conv1  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
-static void k6_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k6_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -490,35 +510,9 @@ static void k6_add(float *restrict y, const float *restrict a, const float *rest
   }
 }
 
-/* %12 = mean(%6 conv1) -> t12  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k12_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)(acc[i] / (double)(784*B));
-}
-
-/* %13 = mean(%3) -> t13  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k13_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+/* %12 = mean(%6 conv1) -> t12  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  also %13 %16 (line 11) */
+static KILN_NOINLINE void k12_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
@@ -545,7 +539,8 @@ static void k13_mean(float *restrict y, const float *restrict a, unsigned char *
 }
 
 /* %14 = sub(%3, %13) -> t14  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k14_sub(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k14_sub(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -555,53 +550,28 @@ static void k14_sub(float *restrict y, const float *restrict a, const float *res
   }
 }
 
-/* %15 = mul(%14, %14) -> t15  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k15_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+/* %15 = mul(%14, %14) -> t15  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  also %57 %135 %149 %165 %178 (lines 11, 14) */
+static KILN_NOINLINE void k15_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] * b[i0];
   }
 }
 
-/* %16 = mean(%15) -> t16  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k16_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)(acc[i] / (double)(784*B));
-}
-
-/* %19 = sqrt(%18) -> t19  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: %18 = add */
+/* %19 = sqrt(%18) -> t19  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %18 add  also %96 (line 11) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k19_sqrt(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k19_sqrt(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t18 = x0[i0] + ((float)1.0000000000000001e-05);
-    y[i0] = sqrtf(t18);
+    const float v0 = x0[i0] + ((float)1.0000000000000001e-05);
+    y[i0] = sqrtf(v0);
   }
 }
 
 /* %20 = div(%14, %19) -> t20  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k20_div(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k20_div(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -611,87 +581,81 @@ static void k20_div(float *restrict y, const float *restrict a, const float *res
   }
 }
 
-/* %21 = numel(%6 conv1) -> t21  f32 []  mnist_cnn.kiln:11 */
-static void k21_numel(float *restrict y, int64_t B) {
+/* %21 = numel(%6 conv1) -> t21  f32 []  mnist_cnn.kiln:11  also %175 %183 (line 11) */
+static KILN_NOINLINE void k21_numel(float *restrict y, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   y[0] = (float)(784*B);
 }
 
-/* %24 = div(%21, %23) -> t24  f32 []  mnist_cnn.kiln:11  fused: %23 = sub */
+/* %24 = div(%21, %23) -> t24  f32 []  mnist_cnn.kiln:11  fused: v0 = %23 sub  also %64 (line 14) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k24_div(float *restrict y, const float *restrict x0) {
-  const float t23 = x0[0] - ((float)1);
-  y[0] = x0[0] / t23;
+static KILN_NOINLINE void k24_div(float *restrict y, const float *restrict x0) {
+  const float v0 = x0[0] - ((float)1);
+  y[0] = x0[0] / v0;
 }
 
-/* %32 = add(%29, %31) -> bn1_running_mean  f32 [8]  mnist_cnn.kiln:11  fused: %29 = mul %31 = mul  (written in place of %9) */
+/* %32 = add(%29, %31) -> bn1_running_mean  f32 [8]  mnist_cnn.kiln:11  fused: v0 = %29 mul, v1 = %31 mul  (written in place of %9) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k32_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k32_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t29 = ((float)0.90000000000000002) * y[i0];
-    const float t31 = ((float)0.10000000000000001) * x0[i0];
-    y[i0] = t29 + t31;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.10000000000000001) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %35 = add(%33, %34) -> bn1_running_var  f32 [8]  mnist_cnn.kiln:11  fused: %33 = mul %26 = mul %34 = mul  (written in place of %10) */
+/* %35 = add(%33, %34) -> bn1_running_var  f32 [8]  mnist_cnn.kiln:11  fused: v0 = %33 mul, v1 = %26 mul, v2 = %34 mul  (written in place of %10) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k35_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+static KILN_NOINLINE void k35_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t33 = ((float)0.90000000000000002) * y[i0];
-    const float t26 = x0[i0] * x1[0];
-    const float t34 = ((float)0.10000000000000001) * t26;
-    y[i0] = t33 + t34;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = x0[i0] * x1[0];
+    const float v2 = ((float)0.10000000000000001) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %37 = add(%11 bn1_num_batches_tracked, %36) -> bn1_num_batches_tracked  f64 []  mnist_cnn.kiln:11  (written in place of %11) */
+/* %37 = add(%11 bn1_num_batches_tracked, %36) -> bn1_num_batches_tracked  f64 []  mnist_cnn.kiln:11  (written in place of %11)  also %74 (line 14) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k37_add(double *restrict y) {
+static KILN_NOINLINE void k37_add(double *restrict y) {
   y[0] = y[0] + ((double)1);
 }
 
-/* %38 = reshape(%7 bn1_weight) -> t38  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k38_reshape(float *restrict y, const float *restrict a) {
-  memcpy(y, a, (size_t)8 * sizeof *y);
-}
-
-/* %40 = reshape(%8 bn1_bias) -> t40  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k40_reshape(float *restrict y, const float *restrict a) {
-  memcpy(y, a, (size_t)8 * sizeof *y);
-}
-
-/* %41 = add(%39, %40) -> bn1  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %39 = mul */
+/* %41 = add(%39, %40) -> bn1  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %39 mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k41_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k41_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float t39 = x0[i0*6272 + i1*784 + i2] * x1[i1];
-        y[i0*6272 + i1*784 + i2] = t39 + x2[i1];
+        const float v0 = x0[i0*6272 + i1*784 + i2] * x1[i1];
+        y[i0*6272 + i1*784 + i2] = v0 + x2[i1];
       }
     }
   }
 }
 
-/* %42 = relu(%41 bn1) -> t42  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
-static void k42_relu(float *restrict y, const float *restrict a, int64_t B) {
+/* %42 = relu(%41 bn1) -> t42  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12  also %79 (line 15) */
+static KILN_NOINLINE void k42_relu(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %43 = maxpool2d(%42) -> h1  f32 [B, 8, 14, 14]  mnist_cnn.kiln:12 */
-static void k43_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+/* %43 = maxpool2d(%42) -> h1  f32 [B, 8, 14, 14]  mnist_cnn.kiln:12  also %101 (line 12) */
+static KILN_NOINLINE void k43_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 8; c++)
       for (int64_t i = 0; i < 14; i++)
@@ -709,11 +673,12 @@ static void k43_maxpool2d(float *restrict y, const float *restrict a, int64_t B)
         }
 }
 
-/* %45 = conv2d(%43 h1, %44 conv2_weight) -> t45  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
+/* %45 = conv2d(%43 h1, %44 conv2_weight) -> t45  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13  also %102 (line 13) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k45_conv2d(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k45_conv2d(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t t = 0; t < 1; t++) {
     unsigned char *ws = scratch + t*428864;
@@ -800,13 +765,14 @@ static void k45_conv2d(float *restrict y, const float *restrict a, const float *
   }
 }
 
-/* %47 = reshape(%46 conv2_bias) -> t47  f32 [32, 1, 1]  mnist_cnn.kiln:13 */
-static void k47_reshape(float *restrict y, const float *restrict a) {
+/* %47 = reshape(%46 conv2_bias) -> t47  f32 [32, 1, 1]  mnist_cnn.kiln:13  also %75 %77 %104 %106 (line 14) */
+static KILN_NOINLINE void k47_reshape(float *restrict y, const float *restrict a) {
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
 /* %48 = add(%45, %47) -> conv2  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
-static void k48_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k48_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -816,35 +782,9 @@ static void k48_add(float *restrict y, const float *restrict a, const float *res
   }
 }
 
-/* %54 = mean(%48 conv2) -> t54  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k54_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)(acc[i] / (double)(196*B));
-}
-
-/* %55 = mean(%45) -> t55  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k55_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+/* %54 = mean(%48 conv2) -> t54  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  also %55 %58 (line 14) */
+static KILN_NOINLINE void k54_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
@@ -871,7 +811,8 @@ static void k55_mean(float *restrict y, const float *restrict a, unsigned char *
 }
 
 /* %56 = sub(%45, %55) -> t56  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k56_sub(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k56_sub(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -881,53 +822,20 @@ static void k56_sub(float *restrict y, const float *restrict a, const float *res
   }
 }
 
-/* %57 = mul(%56, %56) -> t57  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k57_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %58 = mean(%57) -> t58  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k58_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)(acc[i] / (double)(196*B));
-}
-
-/* %60 = sqrt(%59) -> t60  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: %59 = add */
+/* %60 = sqrt(%59) -> t60  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %59 add  also %108 (line 14) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k60_sqrt(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k60_sqrt(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t59 = x0[i0] + ((float)1.0000000000000001e-05);
-    y[i0] = sqrtf(t59);
+    const float v0 = x0[i0] + ((float)1.0000000000000001e-05);
+    y[i0] = sqrtf(v0);
   }
 }
 
 /* %61 = div(%56, %60) -> t61  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k61_div(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k61_div(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -937,90 +845,59 @@ static void k61_div(float *restrict y, const float *restrict a, const float *res
   }
 }
 
-/* %62 = numel(%48 conv2) -> t62  f32 []  mnist_cnn.kiln:14 */
-static void k62_numel(float *restrict y, int64_t B) {
+/* %62 = numel(%48 conv2) -> t62  f32 []  mnist_cnn.kiln:14  also %146 %154 (line 14) */
+static KILN_NOINLINE void k62_numel(float *restrict y, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   y[0] = (float)(196*B);
 }
 
-/* %64 = div(%62, %63) -> t64  f32 []  mnist_cnn.kiln:14  fused: %63 = sub */
+/* %70 = add(%68, %69) -> bn2_running_mean  f32 [32]  mnist_cnn.kiln:14  fused: v0 = %68 mul, v1 = %69 mul  (written in place of %51) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k64_div(float *restrict y, const float *restrict x0) {
-  const float t63 = x0[0] - ((float)1);
-  y[0] = x0[0] / t63;
-}
-
-/* %70 = add(%68, %69) -> bn2_running_mean  f32 [32]  mnist_cnn.kiln:14  fused: %68 = mul %69 = mul  (written in place of %51) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k70_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k70_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t68 = ((float)0.90000000000000002) * y[i0];
-    const float t69 = ((float)0.10000000000000001) * x0[i0];
-    y[i0] = t68 + t69;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.10000000000000001) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %73 = add(%71, %72) -> bn2_running_var  f32 [32]  mnist_cnn.kiln:14  fused: %71 = mul %66 = mul %72 = mul  (written in place of %52) */
+/* %73 = add(%71, %72) -> bn2_running_var  f32 [32]  mnist_cnn.kiln:14  fused: v0 = %71 mul, v1 = %66 mul, v2 = %72 mul  (written in place of %52) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k73_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
+static KILN_NOINLINE void k73_add(float *restrict y, const float *restrict x0, const float *restrict x1) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t71 = ((float)0.90000000000000002) * y[i0];
-    const float t66 = x0[i0] * x1[0];
-    const float t72 = ((float)0.10000000000000001) * t66;
-    y[i0] = t71 + t72;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = x0[i0] * x1[0];
+    const float v2 = ((float)0.10000000000000001) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %74 = add(%53 bn2_num_batches_tracked, %36) -> bn2_num_batches_tracked  f64 []  mnist_cnn.kiln:14  (written in place of %53) */
+/* %78 = add(%76, %77) -> bn2  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %76 mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k74_add(double *restrict y) {
-  y[0] = y[0] + ((double)1);
-}
-
-/* %75 = reshape(%49 bn2_weight) -> t75  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k75_reshape(float *restrict y, const float *restrict a) {
-  memcpy(y, a, (size_t)32 * sizeof *y);
-}
-
-/* %77 = reshape(%50 bn2_bias) -> t77  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k77_reshape(float *restrict y, const float *restrict a) {
-  memcpy(y, a, (size_t)32 * sizeof *y);
-}
-
-/* %78 = add(%76, %77) -> bn2  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %76 = mul */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k78_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k78_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float t76 = x0[i0*6272 + i1*196 + i2] * x1[i1];
-        y[i0*6272 + i1*196 + i2] = t76 + x2[i1];
+        const float v0 = x0[i0*6272 + i1*196 + i2] * x1[i1];
+        y[i0*6272 + i1*196 + i2] = v0 + x2[i1];
       }
     }
   }
 }
 
-/* %79 = relu(%78 bn2) -> t79  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
-static void k79_relu(float *restrict y, const float *restrict a, int64_t B) {
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] > 0 ? a[i0] : (float)0;
-  }
-}
-
-/* %80 = maxpool2d(%79) -> h2  f32 [B, 32, 7, 7]  mnist_cnn.kiln:15 */
+/* %80 = maxpool2d(%79) -> h2  f32 [B, 32, 7, 7]  mnist_cnn.kiln:15  also %113 (line 15) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k80_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+static KILN_NOINLINE void k80_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 32; c++)
       for (int64_t i = 0; i < 7; i++)
@@ -1038,13 +915,15 @@ static void k80_maxpool2d(float *restrict y, const float *restrict a, int64_t B)
         }
 }
 
-/* %83 = matmul(%81 x, %82 fc1_weight) -> t83  f32 [B, 600]  mnist_cnn.kiln:17 */
-static void k83_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+/* %83 = matmul(%81 x, %82 fc1_weight) -> t83  f32 [B, 600]  mnist_cnn.kiln:17  also %115 (line 17) */
+static KILN_NOINLINE void k83_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
 }
 
 /* %85 = add(%83, %84 fc1_bias) -> fc1  f32 [B, 600]  mnist_cnn.kiln:17 */
-static void k85_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k85_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 600; i1++) {
       y[i0*600 + i1] = a[i0*600 + i1] + b[i1];
@@ -1053,19 +932,22 @@ static void k85_add(float *restrict y, const float *restrict a, const float *res
 }
 
 /* %86 = relu(%85 fc1) -> t86  f32 [B, 600]  mnist_cnn.kiln:18 */
-static void k86_relu(float *restrict y, const float *restrict a, int64_t B) {
+static KILN_NOINLINE void k86_relu(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (600*B); i0++) {
     y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
-/* %88 = matmul(%86, %87 fc2_weight) -> t88  f32 [B, 10]  mnist_cnn.kiln:18 */
-static void k88_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+/* %88 = matmul(%86, %87 fc2_weight) -> t88  f32 [B, 10]  mnist_cnn.kiln:18  also %118 (line 18) */
+static KILN_NOINLINE void k88_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
 }
 
-/* %90 = add(%88, %89 fc2_bias) -> logits  f32 [B, 10]  mnist_cnn.kiln:18 */
-static void k90_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+/* %90 = add(%88, %89 fc2_bias) -> logits  f32 [B, 10]  mnist_cnn.kiln:18  also %119 (line 18) */
+static KILN_NOINLINE void k90_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 10; i1++) {
       y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
@@ -1073,8 +955,9 @@ static void k90_add(float *restrict y, const float *restrict a, const float *res
   }
 }
 
-/* %91 = cross_entropy(%90 logits, %1 label) -> loss  f32 []  mnist_cnn.kiln:19 */
-static void k91_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+/* %91 = cross_entropy(%90 logits, %1 label) -> loss  f32 []  mnist_cnn.kiln:19  also %120 (line 19) */
+static KILN_NOINLINE void k91_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double total = 0;
   int bad = 0;
   for (int64_t i = 0; i < B; i++) {
@@ -1094,272 +977,62 @@ static void k91_cross_entropy(float *restrict y, const float *restrict a, const 
   y[0] = bad ? (float)NAN : (float)(total / (double)B);
 }
 
-/* %92 = reshape(%9 bn1_running_mean) -> t92  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k92_reshape(float *restrict y, const float *restrict a) {
-  memcpy(y, a, (size_t)8 * sizeof *y);
-}
-
-/* %94 = reshape(%10 bn1_running_var) -> t94  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k94_reshape(float *restrict y, const float *restrict a) {
-  memcpy(y, a, (size_t)8 * sizeof *y);
-}
-
-/* %96 = sqrt(%95) -> t96  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: %95 = add */
+/* %100 = relu(%99 bn1) -> t100  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12  fused: v0 = %93 sub, v1 = %97 div, v2 = %98 mul, v3 = %99 add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k96_sqrt(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t95 = x0[i0] + ((float)1.0000000000000001e-05);
-    y[i0] = sqrtf(t95);
-  }
-}
-
-/* %100 = relu(%99 bn1) -> t100  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12  fused: %93 = sub %97 = div %98 = mul %99 = add */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k100_relu(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, int64_t B) {
+static KILN_NOINLINE void k100_relu(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float t93 = x0[i0*6272 + i1*784 + i2] - x1[i1];
-        const float t97 = t93 / x2[i1];
-        const float t98 = t97 * x3[i1];
-        const float t99 = t98 + x4[i1];
-        y[i0*6272 + i1*784 + i2] = t99 > 0 ? t99 : (float)0;
+        const float v0 = x0[i0*6272 + i1*784 + i2] - x1[i1];
+        const float v1 = v0 / x2[i1];
+        const float v2 = v1 * x3[i1];
+        const float v3 = v2 + x4[i1];
+        y[i0*6272 + i1*784 + i2] = v3 > 0 ? v3 : (float)0;
       }
     }
   }
 }
 
-/* %101 = maxpool2d(%100) -> h1_101  f32 [B, 8, 14, 14]  mnist_cnn.kiln:12 */
-static void k101_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 8; c++)
-      for (int64_t i = 0; i < 14; i++)
-        for (int64_t j = 0; j < 14; j++) {
-          const int64_t yi = ((n*8 + c)*14 + i)*14 + j;
-          const int64_t xw = ((n*8 + c)*28 + i*2)*28 + j*2;
-          float m = a[xw];
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 28]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 29]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          y[yi] = m;
-        }
-}
-
-/* %102 = conv2d(%101 h1_101, %44 conv2_weight) -> t102  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
+/* %112 = relu(%111 bn2) -> t112  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  fused: v0 = %103 add, v1 = %105 sub, v2 = %109 div, v3 = %110 mul, v4 = %111 add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k102_conv2d(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  for (int64_t t = 0; t < 1; t++) {
-    unsigned char *ws = scratch + t*428864;
-    float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = B*t/1, n1 = B*(t + 1)/1;
-    unsigned char *gws = ws + 156800;
-    for (int64_t n = n0; n < n1; n++) {
-      const float *restrict xn = a + n*1568;
-      for (int64_t c = 0; c < 8; c++)
-        for (int64_t p = 0; p < 5; p++) {
-          { /* q = 0 */
-            float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-2);
-              memset(di, 0, 2 * sizeof *di);
-              memcpy(di + 2, xn + xo + 2, 12 * sizeof *di);
-            }
-          }
-          { /* q = 1 */
-            float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-1);
-              memset(di, 0, 1 * sizeof *di);
-              memcpy(di + 1, xn + xo + 1, 13 * sizeof *di);
-            }
-          }
-          { /* q = 2 */
-            float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (0);
-              memcpy(di + 0, xn + xo + 0, 14 * sizeof *di);
-            }
-          }
-          { /* q = 3 */
-            float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (1);
-              memcpy(di + 0, xn + xo + 0, 13 * sizeof *di);
-              memset(di + 13, 0, 1 * sizeof *di);
-            }
-          }
-          { /* q = 4 */
-            float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (2);
-              memcpy(di + 0, xn + xo + 0, 12 * sizeof *di);
-              memset(di + 12, 0, 2 * sizeof *di);
-            }
-          }
-        }
-      for (int64_t g = 0; g < 1; g++)
-        kiln_sgemm(32, 196, 200, b + g*6400, 200, 0, col + g*39200, 196, 0, y + n*6272 + g*6272, 196, gws);
-    }
-  }
-}
-
-/* %104 = reshape(%51 bn2_running_mean) -> t104  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k104_reshape(float *restrict y, const float *restrict a) {
-  memcpy(y, a, (size_t)32 * sizeof *y);
-}
-
-/* %106 = reshape(%52 bn2_running_var) -> t106  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k106_reshape(float *restrict y, const float *restrict a) {
-  memcpy(y, a, (size_t)32 * sizeof *y);
-}
-
-/* %108 = sqrt(%107) -> t108  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: %107 = add */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k108_sqrt(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t107 = x0[i0] + ((float)1.0000000000000001e-05);
-    y[i0] = sqrtf(t107);
-  }
-}
-
-/* %112 = relu(%111 bn2) -> t112  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  fused: %103 = add %105 = sub %109 = div %110 = mul %111 = add */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k112_relu(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, const float *restrict x5, int64_t B) {
+static KILN_NOINLINE void k112_relu(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3, const float *restrict x4, const float *restrict x5, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float t103 = x0[i0*6272 + i1*196 + i2] + x1[i1];
-        const float t105 = t103 - x2[i1];
-        const float t109 = t105 / x3[i1];
-        const float t110 = t109 * x4[i1];
-        const float t111 = t110 + x5[i1];
-        y[i0*6272 + i1*196 + i2] = t111 > 0 ? t111 : (float)0;
+        const float v0 = x0[i0*6272 + i1*196 + i2] + x1[i1];
+        const float v1 = v0 - x2[i1];
+        const float v2 = v1 / x3[i1];
+        const float v3 = v2 * x4[i1];
+        const float v4 = v3 + x5[i1];
+        y[i0*6272 + i1*196 + i2] = v4 > 0 ? v4 : (float)0;
       }
     }
   }
 }
 
-/* %113 = maxpool2d(%112) -> h2_113  f32 [B, 32, 7, 7]  mnist_cnn.kiln:15 */
+/* %117 = relu(%116 fc1) -> t117  f32 [B, 600]  mnist_cnn.kiln:18  fused: v0 = %116 add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k113_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 32; c++)
-      for (int64_t i = 0; i < 7; i++)
-        for (int64_t j = 0; j < 7; j++) {
-          const int64_t yi = ((n*32 + c)*7 + i)*7 + j;
-          const int64_t xw = ((n*32 + c)*14 + i*2)*14 + j*2;
-          float m = a[xw];
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 14]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 15]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          y[yi] = m;
-        }
-}
-
-/* %115 = matmul(%114 x_114, %82 fc1_weight) -> t115  f32 [B, 600]  mnist_cnn.kiln:17 */
-static void k115_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  kiln_sgemm(B, 600, 1568, a, 1568, 0, b, 1568, 1, y, 600, scratch);
-}
-
-/* %117 = relu(%116 fc1) -> t117  f32 [B, 600]  mnist_cnn.kiln:18  fused: %116 = add */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k117_relu(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
+static KILN_NOINLINE void k117_relu(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 600; i1++) {
-      const float t116 = x0[i0*600 + i1] + x1[i1];
-      y[i0*600 + i1] = t116 > 0 ? t116 : (float)0;
+      const float v0 = x0[i0*600 + i1] + x1[i1];
+      y[i0*600 + i1] = v0 > 0 ? v0 : (float)0;
     }
   }
-}
-
-/* %118 = matmul(%117, %87 fc2_weight) -> t118  f32 [B, 10]  mnist_cnn.kiln:18 */
-static void k118_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
-  kiln_sgemm(B, 10, 600, a, 600, 0, b, 600, 1, y, 10, scratch);
-}
-
-/* %119 = add(%118, %89 fc2_bias) -> logits_119  f32 [B, 10]  mnist_cnn.kiln:18 */
-static void k119_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 10; i1++) {
-      y[i0*10 + i1] = a[i0*10 + i1] + b[i1];
-    }
-  }
-}
-
-/* %120 = cross_entropy(%119 logits_119, %1 label) -> loss_120  f32 []  mnist_cnn.kiln:19 */
-static void k120_cross_entropy(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
-  double total = 0;
-  int bad = 0;
-  for (int64_t i = 0; i < B; i++) {
-    double m = (double)a[i*10];
-    for (int64_t j = 1; j < 10; j++)
-      if ((double)a[i*10 + j] > m) m = (double)a[i*10 + j];
-    double s = 0;
-    for (int64_t j = 0; j < 10; j++)
-      s += exp((double)a[i*10 + j] - m);
-    const int64_t t = (int64_t)b[i];
-    if (t < 0 || t >= 10) {
-      bad = 1;
-      continue;
-    }
-    total += m + log(s) - (double)a[i*10 + t];
-  }
-  y[0] = bad ? (float)NAN : (float)(total / (double)B);
 }
 
 /* %121 = cross_entropy_grad(%90 logits, %1 label, %22) -> t121  f32 [B, 10]  mnist_cnn.kiln:19 */
-static void k121_cross_entropy_grad(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+static KILN_NOINLINE void k121_cross_entropy_grad(float *restrict y, const float *restrict a, const int32_t *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   const double g = (double)((float)1) / (double)B;
   for (int64_t i = 0; i < B; i++) {
     double m = (double)a[i*10];
@@ -1376,7 +1049,8 @@ static void k121_cross_entropy_grad(float *restrict y, const float *restrict a, 
 }
 
 /* %122 = sum_to(%121, %89 fc2_bias) -> t122  f32 [10]  mnist_cnn.kiln:18 */
-static void k122_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k122_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 10; i++)
     acc[i] = 0;
@@ -1390,24 +1064,28 @@ static void k122_sum_to(float *restrict y, const float *restrict a, unsigned cha
 }
 
 /* %123 = matmul(%121, %87 fc2_weight) -> t123  f32 [B, 600]  mnist_cnn.kiln:18 */
-static void k123_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k123_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 600, 10, a, 10, 0, b, 600, 0, y, 600, scratch);
 }
 
 /* %124 = matmul(%121, %86) -> t124  f32 [10, 600]  mnist_cnn.kiln:18 */
-static void k124_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k124_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(10, 600, B, a, 10, 1, b, 600, 0, y, 600, scratch);
 }
 
 /* %125 = relu_grad(%85 fc1, %123) -> t125  f32 [B, 600]  mnist_cnn.kiln:18 */
-static void k125_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k125_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (600*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
 /* %126 = sum_to(%125, %84 fc1_bias) -> t126  f32 [600]  mnist_cnn.kiln:17 */
-static void k126_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k126_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 600; i++)
     acc[i] = 0;
@@ -1421,12 +1099,14 @@ static void k126_sum_to(float *restrict y, const float *restrict a, unsigned cha
 }
 
 /* %127 = matmul(%125, %82 fc1_weight) -> t127  f32 [B, 1568]  mnist_cnn.kiln:17 */
-static void k127_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k127_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(B, 1568, 600, a, 600, 0, b, 1568, 0, y, 1568, scratch);
 }
 
 /* %128 = matmul(%125, %81 x) -> t128  f32 [600, 1568]  mnist_cnn.kiln:17 */
-static void k128_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k128_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   kiln_sgemm(600, 1568, B, a, 600, 1, b, 1568, 0, y, 1568, scratch);
 }
 
@@ -1434,7 +1114,8 @@ static void k128_matmul(float *restrict y, const float *restrict a, const float 
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k130_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k130_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 32; c++)
       for (int64_t i = 0; i < 7; i++)
@@ -1462,15 +1143,17 @@ static void k130_maxpool2d_grad(float *restrict y, const float *restrict a, cons
         }
 }
 
-/* %131 = relu_grad(%78 bn2, %130) -> t131  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
-static void k131_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+/* %131 = relu_grad(%78 bn2, %130) -> t131  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  also %161 (line 12) */
+static KILN_NOINLINE void k131_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] > 0 ? b[i0] : (float)0;
   }
 }
 
-/* %132 = sum_to(%131, %77) -> t132  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k132_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+/* %132 = sum_to(%131, %77) -> t132  f32 [32, 1, 1]  mnist_cnn.kiln:14  also %136 %142 %153 (line 14) */
+static KILN_NOINLINE void k132_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
     acc[i] = 0;
@@ -1497,7 +1180,8 @@ static void k132_sum_to(float *restrict y, const float *restrict a, unsigned cha
 }
 
 /* %134 = mul(%131, %75) -> t134  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k134_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k134_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
@@ -1507,103 +1191,40 @@ static void k134_mul(float *restrict y, const float *restrict a, const float *re
   }
 }
 
-/* %135 = mul(%131, %61) -> t135  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k135_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %136 = sum_to(%135, %75) -> t136  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
-static void k136_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %141 = neg(%140) -> t141  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %139 = div %140 = mul */
+/* %141 = neg(%140) -> t141  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %139 div, v1 = %140 mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k141_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k141_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float t139 = x1[i0*6272 + i1*196 + i2] / x2[i1];
-        const float t140 = x0[i0*6272 + i1*196 + i2] * t139;
-        y[i0*6272 + i1*196 + i2] = -t140;
+        const float v0 = x1[i0*6272 + i1*196 + i2] / x2[i1];
+        const float v1 = x0[i0*6272 + i1*196 + i2] * v0;
+        y[i0*6272 + i1*196 + i2] = -v1;
       }
     }
   }
 }
 
-/* %142 = sum_to(%141, %60) -> t142  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k142_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %146 = numel(%57) -> t146  f32 []  mnist_cnn.kiln:14 */
-static void k146_numel(float *restrict y, int64_t B) {
-  y[0] = (float)(196*B);
-}
-
-/* %147 = div(%145, %146) -> t147  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: %144 = mul %145 = div */
+/* %147 = div(%145, %146) -> t147  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %144 mul, v1 = %145 div */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k147_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k147_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t144 = ((float)2) * x1[i0];
-    const float t145 = x0[i0] / t144;
-    y[i0] = t145 / x2[0];
+    const float v0 = ((float)2) * x1[i0];
+    const float v1 = x0[i0] / v0;
+    y[i0] = v1 / x2[0];
   }
 }
 
-/* %148 = expand(%147, %57) -> t148  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k148_expand(float *restrict y, const float *restrict a, int64_t B) {
+/* %148 = expand(%147, %57) -> t148  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  also %156 (line 14) */
+static KILN_NOINLINE void k148_expand(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
+    KILN_NO_UNROLL
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
         y[i0*6272 + i1*196 + i2] = a[i1];
@@ -1612,88 +1233,41 @@ static void k148_expand(float *restrict y, const float *restrict a, int64_t B) {
   }
 }
 
-/* %149 = mul(%148, %56) -> t149  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k149_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %151 = add(%150, %149) -> t151  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: %138 = div %150 = add */
+/* %151 = add(%150, %149) -> t151  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %138 div, v1 = %150 add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k151_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k151_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float t138 = x0[i0*6272 + i1*196 + i2] / x1[i1];
-        const float t150 = t138 + x2[i0*6272 + i1*196 + i2];
-        y[i0*6272 + i1*196 + i2] = t150 + x2[i0*6272 + i1*196 + i2];
+        const float v0 = x0[i0*6272 + i1*196 + i2] / x1[i1];
+        const float v1 = v0 + x2[i0*6272 + i1*196 + i2];
+        y[i0*6272 + i1*196 + i2] = v1 + x2[i0*6272 + i1*196 + i2];
       }
     }
   }
 }
 
-/* %152 = neg(%151) -> t152  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k152_neg(float *restrict y, const float *restrict a, int64_t B) {
+/* %152 = neg(%151) -> t152  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  also %181 (line 11) */
+static KILN_NOINLINE void k152_neg(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = -a[i0];
   }
 }
 
-/* %153 = sum_to(%152, %55) -> t153  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k153_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 32; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*196;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 32; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %154 = numel(%45) -> t154  f32 []  mnist_cnn.kiln:14 */
-static void k154_numel(float *restrict y, int64_t B) {
-  y[0] = (float)(196*B);
-}
-
 /* %155 = div(%153, %154) -> t155  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static void k155_div(float *restrict y, const float *restrict a, const float *restrict b) {
+static KILN_NOINLINE void k155_div(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = a[i0] / b[0];
   }
 }
 
-/* %156 = expand(%155, %45) -> t156  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k156_expand(float *restrict y, const float *restrict a, int64_t B) {
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        y[i0*6272 + i1*196 + i2] = a[i1];
-      }
-    }
-  }
-}
-
-/* %157 = add(%151, %156) -> t157  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14 */
-static void k157_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+/* %157 = add(%151, %156) -> t157  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  also %186 (line 11) */
+static KILN_NOINLINE void k157_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (6272*B); i0++) {
     y[i0] = a[i0] + b[i0];
   }
@@ -1703,7 +1277,8 @@ static void k157_add(float *restrict y, const float *restrict a, const float *re
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k158_conv2d_bwd_data(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k158_conv2d_bwd_data(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t t = 0; t < 1; t++) {
     unsigned char *ws = scratch + t*208576;
@@ -1782,7 +1357,8 @@ static void k158_conv2d_bwd_data(float *restrict y, const float *restrict a, con
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t e = 0; e < 6400; e++)
     y[e] = 0;
@@ -1880,7 +1456,8 @@ static void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, c
 }
 
 /* %160 = maxpool2d_grad(%42, %158) -> t160  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
-static void k160_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k160_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++)
     for (int64_t c = 0; c < 8; c++)
       for (int64_t i = 0; i < 14; i++)
@@ -1908,15 +1485,9 @@ static void k160_maxpool2d_grad(float *restrict y, const float *restrict a, cons
         }
 }
 
-/* %161 = relu_grad(%41 bn1, %160) -> t161  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
-static void k161_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] > 0 ? b[i0] : (float)0;
-  }
-}
-
-/* %162 = sum_to(%161, %40) -> t162  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k162_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+/* %162 = sum_to(%161, %40) -> t162  f32 [8, 1, 1]  mnist_cnn.kiln:11  also %166 %172 %182 (line 11) */
+static KILN_NOINLINE void k162_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
     acc[i] = 0;
@@ -1943,7 +1514,8 @@ static void k162_sum_to(float *restrict y, const float *restrict a, unsigned cha
 }
 
 /* %164 = mul(%161, %38) -> t164  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k164_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k164_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
@@ -1953,103 +1525,40 @@ static void k164_mul(float *restrict y, const float *restrict a, const float *re
   }
 }
 
-/* %165 = mul(%161, %20) -> t165  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k165_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %166 = sum_to(%165, %38) -> t166  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
-static void k166_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %171 = neg(%170) -> t171  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %169 = div %170 = mul */
+/* %171 = neg(%170) -> t171  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %169 div, v1 = %170 mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k171_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k171_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float t169 = x1[i0*6272 + i1*784 + i2] / x2[i1];
-        const float t170 = x0[i0*6272 + i1*784 + i2] * t169;
-        y[i0*6272 + i1*784 + i2] = -t170;
+        const float v0 = x1[i0*6272 + i1*784 + i2] / x2[i1];
+        const float v1 = x0[i0*6272 + i1*784 + i2] * v0;
+        y[i0*6272 + i1*784 + i2] = -v1;
       }
     }
   }
 }
 
-/* %172 = sum_to(%171, %19) -> t172  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k172_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %175 = numel(%15) -> t175  f32 []  mnist_cnn.kiln:11 */
-static void k175_numel(float *restrict y, int64_t B) {
-  y[0] = (float)(784*B);
-}
-
-/* %176 = div(%174, %175) -> t176  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: %173 = mul %174 = div */
+/* %176 = div(%174, %175) -> t176  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %173 mul, v1 = %174 div */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k176_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k176_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t173 = ((float)2) * x1[i0];
-    const float t174 = x0[i0] / t173;
-    y[i0] = t174 / x2[0];
+    const float v0 = ((float)2) * x1[i0];
+    const float v1 = x0[i0] / v0;
+    y[i0] = v1 / x2[0];
   }
 }
 
-/* %177 = expand(%176, %15) -> t177  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k177_expand(float *restrict y, const float *restrict a, int64_t B) {
+/* %177 = expand(%176, %15) -> t177  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  also %185 (line 11) */
+static KILN_NOINLINE void k177_expand(float *restrict y, const float *restrict a, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
+    KILN_NO_UNROLL
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
         y[i0*6272 + i1*784 + i2] = a[i1];
@@ -2058,90 +1567,27 @@ static void k177_expand(float *restrict y, const float *restrict a, int64_t B) {
   }
 }
 
-/* %178 = mul(%177, %14) -> t178  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k178_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] * b[i0];
-  }
-}
-
-/* %180 = add(%179, %178) -> t180  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: %168 = div %179 = add */
+/* %180 = add(%179, %178) -> t180  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %168 div, v1 = %179 add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k180_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k180_add(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float t168 = x0[i0*6272 + i1*784 + i2] / x1[i1];
-        const float t179 = t168 + x2[i0*6272 + i1*784 + i2];
-        y[i0*6272 + i1*784 + i2] = t179 + x2[i0*6272 + i1*784 + i2];
+        const float v0 = x0[i0*6272 + i1*784 + i2] / x1[i1];
+        const float v1 = v0 + x2[i0*6272 + i1*784 + i2];
+        y[i0*6272 + i1*784 + i2] = v1 + x2[i0*6272 + i1*784 + i2];
       }
     }
   }
-}
-
-/* %181 = neg(%180) -> t181  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k181_neg(float *restrict y, const float *restrict a, int64_t B) {
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = -a[i0];
-  }
-}
-
-/* %182 = sum_to(%181, %13) -> t182  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k182_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
-  double *restrict acc = (double *)scratch;
-  for (int64_t i = 0; i < 8; i++)
-    acc[i] = 0;
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      {
-        const float *restrict xr = a + i0*6272 + i1*784;
-        double ps[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
-          for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
-        for (int u = 0; u < 8; u++)
-          ps[u] += ps[u + 8];
-        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
-        acc[i1] += s;
-      }
-    }
-  }
-  for (int64_t i = 0; i < 8; i++)
-    y[i] = (float)acc[i];
-}
-
-/* %183 = numel(%3) -> t183  f32 []  mnist_cnn.kiln:11 */
-static void k183_numel(float *restrict y, int64_t B) {
-  y[0] = (float)(784*B);
 }
 
 /* %184 = div(%182, %183) -> t184  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static void k184_div(float *restrict y, const float *restrict a, const float *restrict b) {
+static KILN_NOINLINE void k184_div(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = a[i0] / b[0];
-  }
-}
-
-/* %185 = expand(%184, %3) -> t185  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k185_expand(float *restrict y, const float *restrict a, int64_t B) {
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        y[i0*6272 + i1*784 + i2] = a[i1];
-      }
-    }
-  }
-}
-
-/* %186 = add(%180, %185) -> t186  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11 */
-static void k186_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] + b[i0];
   }
 }
 
@@ -2149,7 +1595,8 @@ static void k186_add(float *restrict y, const float *restrict a, const float *re
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k187_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k187_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
   float *restrict acc = (float *)scratch; /* [C/G, KH, KW, Wo] */
   for (int64_t o = 0; o < 8; o++) {
     const int64_t cb = 0;
@@ -2192,14 +1639,14 @@ static void k187_conv2d_bwd_filter(float *restrict y, const float *restrict a, c
 }
 
 /* %189 = expand(%188, %4 conv1_bias) -> t189  f32 [8]  mnist_cnn.kiln:10 */
-static void k189_expand(float *restrict y) {
+static KILN_NOINLINE void k189_expand(float *restrict y) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = ((float)0);
   }
 }
 
 /* %190 = expand(%188, %46 conv2_bias) -> t190  f32 [32]  mnist_cnn.kiln:13 */
-static void k190_expand(float *restrict y) {
+static KILN_NOINLINE void k190_expand(float *restrict y) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = ((float)0);
   }
@@ -2209,1007 +1656,347 @@ static void k190_expand(float *restrict y) {
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k205_add(float *restrict y) {
+static KILN_NOINLINE void k205_add(float *restrict y) {
   y[0] = y[0] + ((float)1);
 }
 
-/* %211 = add(%210, %209) -> conv1_weight_exp_avg  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %210 = mul %209 = mul  (written in place of %206) */
+/* %211 = add(%210, %209) -> conv1_weight_exp_avg  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: v0 = %210 mul, v1 = %209 mul  (written in place of %206)  also %397 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k211_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k211_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t210 = ((float)0.90000000000000002) * y[i0];
-    const float t209 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t210 + t209;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %217 = add(%216, %214) -> conv1_weight_exp_avg_sq  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %216 = mul %212 = mul %214 = mul  (written in place of %207) */
+/* %217 = add(%216, %214) -> conv1_weight_exp_avg_sq  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: v0 = %216 mul, v1 = %212 mul, v2 = %214 mul  (written in place of %207)  also %400 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k217_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k217_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t216 = ((float)0.999) * y[i0];
-    const float t212 = x0[i0] * x0[i0];
-    const float t214 = ((float)0.0010000000000000009) * t212;
-    y[i0] = t216 + t214;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %222 = div(%203 lr, %219) -> t222  f32 []  mnist_cnn.kiln:24  fused: %218 = pow %219 = sub */
+/* %222 = div(%203 lr, %219) -> t222  f32 []  mnist_cnn.kiln:24  fused: v0 = %218 pow, v1 = %219 sub  also %533 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k222_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  const float t218 = powf(((float)0.90000000000000002), x1[0]);
-  const float t219 = ((float)1) - t218;
-  y[0] = x0[0] / t219;
+static KILN_NOINLINE void k222_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
+  const float v0 = powf(((float)0.90000000000000002), x1[0]);
+  const float v1 = ((float)1) - v0;
+  y[0] = x0[0] / v1;
 }
 
-/* %224 = sqrt(%221) -> t224  f32 []  mnist_cnn.kiln:24  fused: %220 = pow %221 = sub */
+/* %224 = sqrt(%221) -> t224  f32 []  mnist_cnn.kiln:24  fused: v0 = %220 pow, v1 = %221 sub  also %535 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k224_sqrt(float *restrict y, const float *restrict x0) {
-  const float t220 = powf(((float)0.999), x0[0]);
-  const float t221 = ((float)1) - t220;
-  y[0] = sqrtf(t221);
+static KILN_NOINLINE void k224_sqrt(float *restrict y, const float *restrict x0) {
+  const float v0 = powf(((float)0.999), x0[0]);
+  const float v1 = ((float)1) - v0;
+  y[0] = sqrtf(v1);
 }
 
-/* %230 = sub(%2 conv1_weight, %229) -> conv1_weight  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %225 = sqrt %226 = div %227 = add %228 = div %229 = mul  (written in place of %2) */
+/* %230 = sub(%2 conv1_weight, %229) -> conv1_weight  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: v0 = %225 sqrt, v1 = %226 div, v2 = %227 add, v3 = %228 div, v4 = %229 mul  (written in place of %2)  also %406 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k230_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k230_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t225 = sqrtf(x2[i0]);
-    const float t226 = t225 / x3[0];
-    const float t227 = t226 + ((float)1e-08);
-    const float t228 = x1[i0] / t227;
-    const float t229 = x0[0] * t228;
-    y[i0] = y[i0] - t229;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %235 = add(%234, %233) -> conv1_bias_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %234 = mul %233 = mul  (written in place of %231) */
+/* %235 = add(%234, %233) -> conv1_bias_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: v0 = %234 mul, v1 = %233 mul  (written in place of %231)  also %250 %265 %408 %419 %430 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k235_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k235_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t234 = ((float)0.90000000000000002) * y[i0];
-    const float t233 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t234 + t233;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %239 = add(%238, %237) -> conv1_bias_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %238 = mul %236 = mul %237 = mul  (written in place of %232) */
+/* %239 = add(%238, %237) -> conv1_bias_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: v0 = %238 mul, v1 = %236 mul, v2 = %237 mul  (written in place of %232)  also %254 %269 %411 %422 %433 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k239_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k239_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t238 = ((float)0.999) * y[i0];
-    const float t236 = x0[i0] * x0[i0];
-    const float t237 = ((float)0.0010000000000000009) * t236;
-    y[i0] = t238 + t237;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %245 = sub(%4 conv1_bias, %244) -> conv1_bias  f32 [8]  mnist_cnn.kiln:24  fused: %240 = sqrt %241 = div %242 = add %243 = div %244 = mul  (written in place of %4) */
+/* %245 = sub(%4 conv1_bias, %244) -> conv1_bias  f32 [8]  mnist_cnn.kiln:24  fused: v0 = %240 sqrt, v1 = %241 div, v2 = %242 add, v3 = %243 div, v4 = %244 mul  (written in place of %4)  also %260 %275 %417 %428 %439 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k245_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k245_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t240 = sqrtf(x2[i0]);
-    const float t241 = t240 / x3[0];
-    const float t242 = t241 + ((float)1e-08);
-    const float t243 = x1[i0] / t242;
-    const float t244 = x0[0] * t243;
-    y[i0] = y[i0] - t244;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %250 = add(%249, %248) -> bn1_weight_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %249 = mul %248 = mul  (written in place of %246) */
+/* %280 = add(%279, %278) -> conv2_weight_exp_avg  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: v0 = %279 mul, v1 = %278 mul  (written in place of %276)  also %441 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k250_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t249 = ((float)0.90000000000000002) * y[i0];
-    const float t248 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t249 + t248;
-  }
-}
-
-/* %254 = add(%253, %252) -> bn1_weight_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %253 = mul %251 = mul %252 = mul  (written in place of %247) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k254_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t253 = ((float)0.999) * y[i0];
-    const float t251 = x0[i0] * x0[i0];
-    const float t252 = ((float)0.0010000000000000009) * t251;
-    y[i0] = t253 + t252;
-  }
-}
-
-/* %260 = sub(%7 bn1_weight, %259) -> bn1_weight  f32 [8]  mnist_cnn.kiln:24  fused: %255 = sqrt %256 = div %257 = add %258 = div %259 = mul  (written in place of %7) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k260_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t255 = sqrtf(x2[i0]);
-    const float t256 = t255 / x3[0];
-    const float t257 = t256 + ((float)1e-08);
-    const float t258 = x1[i0] / t257;
-    const float t259 = x0[0] * t258;
-    y[i0] = y[i0] - t259;
-  }
-}
-
-/* %265 = add(%264, %263) -> bn1_bias_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %264 = mul %263 = mul  (written in place of %261) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k265_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t264 = ((float)0.90000000000000002) * y[i0];
-    const float t263 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t264 + t263;
-  }
-}
-
-/* %269 = add(%268, %267) -> bn1_bias_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %268 = mul %266 = mul %267 = mul  (written in place of %262) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k269_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t268 = ((float)0.999) * y[i0];
-    const float t266 = x0[i0] * x0[i0];
-    const float t267 = ((float)0.0010000000000000009) * t266;
-    y[i0] = t268 + t267;
-  }
-}
-
-/* %275 = sub(%8 bn1_bias, %274) -> bn1_bias  f32 [8]  mnist_cnn.kiln:24  fused: %270 = sqrt %271 = div %272 = add %273 = div %274 = mul  (written in place of %8) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k275_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t270 = sqrtf(x2[i0]);
-    const float t271 = t270 / x3[0];
-    const float t272 = t271 + ((float)1e-08);
-    const float t273 = x1[i0] / t272;
-    const float t274 = x0[0] * t273;
-    y[i0] = y[i0] - t274;
-  }
-}
-
-/* %280 = add(%279, %278) -> conv2_weight_exp_avg  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %279 = mul %278 = mul  (written in place of %276) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k280_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k280_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t279 = ((float)0.90000000000000002) * y[i0];
-    const float t278 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t279 + t278;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %284 = add(%283, %282) -> conv2_weight_exp_avg_sq  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %283 = mul %281 = mul %282 = mul  (written in place of %277) */
+/* %284 = add(%283, %282) -> conv2_weight_exp_avg_sq  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: v0 = %283 mul, v1 = %281 mul, v2 = %282 mul  (written in place of %277)  also %444 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k284_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k284_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t283 = ((float)0.999) * y[i0];
-    const float t281 = x0[i0] * x0[i0];
-    const float t282 = ((float)0.0010000000000000009) * t281;
-    y[i0] = t283 + t282;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %290 = sub(%44 conv2_weight, %289) -> conv2_weight  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %285 = sqrt %286 = div %287 = add %288 = div %289 = mul  (written in place of %44) */
+/* %290 = sub(%44 conv2_weight, %289) -> conv2_weight  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: v0 = %285 sqrt, v1 = %286 div, v2 = %287 add, v3 = %288 div, v4 = %289 mul  (written in place of %44)  also %450 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k290_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k290_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t285 = sqrtf(x2[i0]);
-    const float t286 = t285 / x3[0];
-    const float t287 = t286 + ((float)1e-08);
-    const float t288 = x1[i0] / t287;
-    const float t289 = x0[0] * t288;
-    y[i0] = y[i0] - t289;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %295 = add(%294, %293) -> conv2_bias_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %294 = mul %293 = mul  (written in place of %291) */
+/* %295 = add(%294, %293) -> conv2_bias_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: v0 = %294 mul, v1 = %293 mul  (written in place of %291)  also %310 %325 %452 %463 %474 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k295_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k295_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t294 = ((float)0.90000000000000002) * y[i0];
-    const float t293 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t294 + t293;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %299 = add(%298, %297) -> conv2_bias_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %298 = mul %296 = mul %297 = mul  (written in place of %292) */
+/* %299 = add(%298, %297) -> conv2_bias_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: v0 = %298 mul, v1 = %296 mul, v2 = %297 mul  (written in place of %292)  also %314 %329 %455 %466 %477 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k299_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k299_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t298 = ((float)0.999) * y[i0];
-    const float t296 = x0[i0] * x0[i0];
-    const float t297 = ((float)0.0010000000000000009) * t296;
-    y[i0] = t298 + t297;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %305 = sub(%46 conv2_bias, %304) -> conv2_bias  f32 [32]  mnist_cnn.kiln:24  fused: %300 = sqrt %301 = div %302 = add %303 = div %304 = mul  (written in place of %46) */
+/* %305 = sub(%46 conv2_bias, %304) -> conv2_bias  f32 [32]  mnist_cnn.kiln:24  fused: v0 = %300 sqrt, v1 = %301 div, v2 = %302 add, v3 = %303 div, v4 = %304 mul  (written in place of %46)  also %320 %335 %461 %472 %483 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k305_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k305_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t300 = sqrtf(x2[i0]);
-    const float t301 = t300 / x3[0];
-    const float t302 = t301 + ((float)1e-08);
-    const float t303 = x1[i0] / t302;
-    const float t304 = x0[0] * t303;
-    y[i0] = y[i0] - t304;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %310 = add(%309, %308) -> bn2_weight_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %309 = mul %308 = mul  (written in place of %306) */
+/* %340 = add(%339, %338) -> fc1_weight_exp_avg  f32 [600, 1568]  mnist_cnn.kiln:24  fused: v0 = %339 mul, v1 = %338 mul  (written in place of %336)  also %485 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k310_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t309 = ((float)0.90000000000000002) * y[i0];
-    const float t308 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t309 + t308;
-  }
-}
-
-/* %314 = add(%313, %312) -> bn2_weight_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %313 = mul %311 = mul %312 = mul  (written in place of %307) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k314_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t313 = ((float)0.999) * y[i0];
-    const float t311 = x0[i0] * x0[i0];
-    const float t312 = ((float)0.0010000000000000009) * t311;
-    y[i0] = t313 + t312;
-  }
-}
-
-/* %320 = sub(%49 bn2_weight, %319) -> bn2_weight  f32 [32]  mnist_cnn.kiln:24  fused: %315 = sqrt %316 = div %317 = add %318 = div %319 = mul  (written in place of %49) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k320_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t315 = sqrtf(x2[i0]);
-    const float t316 = t315 / x3[0];
-    const float t317 = t316 + ((float)1e-08);
-    const float t318 = x1[i0] / t317;
-    const float t319 = x0[0] * t318;
-    y[i0] = y[i0] - t319;
-  }
-}
-
-/* %325 = add(%324, %323) -> bn2_bias_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %324 = mul %323 = mul  (written in place of %321) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k325_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t324 = ((float)0.90000000000000002) * y[i0];
-    const float t323 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t324 + t323;
-  }
-}
-
-/* %329 = add(%328, %327) -> bn2_bias_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %328 = mul %326 = mul %327 = mul  (written in place of %322) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k329_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t328 = ((float)0.999) * y[i0];
-    const float t326 = x0[i0] * x0[i0];
-    const float t327 = ((float)0.0010000000000000009) * t326;
-    y[i0] = t328 + t327;
-  }
-}
-
-/* %335 = sub(%50 bn2_bias, %334) -> bn2_bias  f32 [32]  mnist_cnn.kiln:24  fused: %330 = sqrt %331 = div %332 = add %333 = div %334 = mul  (written in place of %50) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k335_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t330 = sqrtf(x2[i0]);
-    const float t331 = t330 / x3[0];
-    const float t332 = t331 + ((float)1e-08);
-    const float t333 = x1[i0] / t332;
-    const float t334 = x0[0] * t333;
-    y[i0] = y[i0] - t334;
-  }
-}
-
-/* %340 = add(%339, %338) -> fc1_weight_exp_avg  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %339 = mul %338 = mul  (written in place of %336) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k340_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k340_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t339 = ((float)0.90000000000000002) * y[i0];
-    const float t338 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t339 + t338;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %344 = add(%343, %342) -> fc1_weight_exp_avg_sq  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %343 = mul %341 = mul %342 = mul  (written in place of %337) */
+/* %344 = add(%343, %342) -> fc1_weight_exp_avg_sq  f32 [600, 1568]  mnist_cnn.kiln:24  fused: v0 = %343 mul, v1 = %341 mul, v2 = %342 mul  (written in place of %337)  also %488 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k344_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k344_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t343 = ((float)0.999) * y[i0];
-    const float t341 = x0[i0] * x0[i0];
-    const float t342 = ((float)0.0010000000000000009) * t341;
-    y[i0] = t343 + t342;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %350 = sub(%82 fc1_weight, %349) -> fc1_weight  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %345 = sqrt %346 = div %347 = add %348 = div %349 = mul  (written in place of %82) */
+/* %350 = sub(%82 fc1_weight, %349) -> fc1_weight  f32 [600, 1568]  mnist_cnn.kiln:24  fused: v0 = %345 sqrt, v1 = %346 div, v2 = %347 add, v3 = %348 div, v4 = %349 mul  (written in place of %82)  also %494 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k350_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k350_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t345 = sqrtf(x2[i0]);
-    const float t346 = t345 / x3[0];
-    const float t347 = t346 + ((float)1e-08);
-    const float t348 = x1[i0] / t347;
-    const float t349 = x0[0] * t348;
-    y[i0] = y[i0] - t349;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %355 = add(%354, %353) -> fc1_bias_exp_avg  f32 [600]  mnist_cnn.kiln:24  fused: %354 = mul %353 = mul  (written in place of %351) */
+/* %355 = add(%354, %353) -> fc1_bias_exp_avg  f32 [600]  mnist_cnn.kiln:24  fused: v0 = %354 mul, v1 = %353 mul  (written in place of %351)  also %496 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k355_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k355_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t354 = ((float)0.90000000000000002) * y[i0];
-    const float t353 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t354 + t353;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %359 = add(%358, %357) -> fc1_bias_exp_avg_sq  f32 [600]  mnist_cnn.kiln:24  fused: %358 = mul %356 = mul %357 = mul  (written in place of %352) */
+/* %359 = add(%358, %357) -> fc1_bias_exp_avg_sq  f32 [600]  mnist_cnn.kiln:24  fused: v0 = %358 mul, v1 = %356 mul, v2 = %357 mul  (written in place of %352)  also %499 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k359_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k359_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t358 = ((float)0.999) * y[i0];
-    const float t356 = x0[i0] * x0[i0];
-    const float t357 = ((float)0.0010000000000000009) * t356;
-    y[i0] = t358 + t357;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %365 = sub(%84 fc1_bias, %364) -> fc1_bias  f32 [600]  mnist_cnn.kiln:24  fused: %360 = sqrt %361 = div %362 = add %363 = div %364 = mul  (written in place of %84) */
+/* %365 = sub(%84 fc1_bias, %364) -> fc1_bias  f32 [600]  mnist_cnn.kiln:24  fused: v0 = %360 sqrt, v1 = %361 div, v2 = %362 add, v3 = %363 div, v4 = %364 mul  (written in place of %84)  also %505 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k365_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k365_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t360 = sqrtf(x2[i0]);
-    const float t361 = t360 / x3[0];
-    const float t362 = t361 + ((float)1e-08);
-    const float t363 = x1[i0] / t362;
-    const float t364 = x0[0] * t363;
-    y[i0] = y[i0] - t364;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %370 = add(%369, %368) -> fc2_weight_exp_avg  f32 [10, 600]  mnist_cnn.kiln:24  fused: %369 = mul %368 = mul  (written in place of %366) */
+/* %370 = add(%369, %368) -> fc2_weight_exp_avg  f32 [10, 600]  mnist_cnn.kiln:24  fused: v0 = %369 mul, v1 = %368 mul  (written in place of %366)  also %507 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k370_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k370_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t369 = ((float)0.90000000000000002) * y[i0];
-    const float t368 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t369 + t368;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %374 = add(%373, %372) -> fc2_weight_exp_avg_sq  f32 [10, 600]  mnist_cnn.kiln:24  fused: %373 = mul %371 = mul %372 = mul  (written in place of %367) */
+/* %374 = add(%373, %372) -> fc2_weight_exp_avg_sq  f32 [10, 600]  mnist_cnn.kiln:24  fused: v0 = %373 mul, v1 = %371 mul, v2 = %372 mul  (written in place of %367)  also %510 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k374_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k374_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t373 = ((float)0.999) * y[i0];
-    const float t371 = x0[i0] * x0[i0];
-    const float t372 = ((float)0.0010000000000000009) * t371;
-    y[i0] = t373 + t372;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %380 = sub(%87 fc2_weight, %379) -> fc2_weight  f32 [10, 600]  mnist_cnn.kiln:24  fused: %375 = sqrt %376 = div %377 = add %378 = div %379 = mul  (written in place of %87) */
+/* %380 = sub(%87 fc2_weight, %379) -> fc2_weight  f32 [10, 600]  mnist_cnn.kiln:24  fused: v0 = %375 sqrt, v1 = %376 div, v2 = %377 add, v3 = %378 div, v4 = %379 mul  (written in place of %87)  also %516 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k380_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k380_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t375 = sqrtf(x2[i0]);
-    const float t376 = t375 / x3[0];
-    const float t377 = t376 + ((float)1e-08);
-    const float t378 = x1[i0] / t377;
-    const float t379 = x0[0] * t378;
-    y[i0] = y[i0] - t379;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
-/* %385 = add(%384, %383) -> fc2_bias_exp_avg  f32 [10]  mnist_cnn.kiln:24  fused: %384 = mul %383 = mul  (written in place of %381) */
+/* %385 = add(%384, %383) -> fc2_bias_exp_avg  f32 [10]  mnist_cnn.kiln:24  fused: v0 = %384 mul, v1 = %383 mul  (written in place of %381)  also %521 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k385_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k385_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t384 = ((float)0.90000000000000002) * y[i0];
-    const float t383 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t384 + t383;
+    const float v0 = ((float)0.90000000000000002) * y[i0];
+    const float v1 = ((float)0.099999999999999978) * x0[i0];
+    y[i0] = v0 + v1;
   }
 }
 
-/* %389 = add(%388, %387) -> fc2_bias_exp_avg_sq  f32 [10]  mnist_cnn.kiln:24  fused: %388 = mul %386 = mul %387 = mul  (written in place of %382) */
+/* %389 = add(%388, %387) -> fc2_bias_exp_avg_sq  f32 [10]  mnist_cnn.kiln:24  fused: v0 = %388 mul, v1 = %386 mul, v2 = %387 mul  (written in place of %382)  also %527 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k389_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k389_add(float *restrict y, const float *restrict x0) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t388 = ((float)0.999) * y[i0];
-    const float t386 = x0[i0] * x0[i0];
-    const float t387 = ((float)0.0010000000000000009) * t386;
-    y[i0] = t388 + t387;
+    const float v0 = ((float)0.999) * y[i0];
+    const float v1 = x0[i0] * x0[i0];
+    const float v2 = ((float)0.0010000000000000009) * v1;
+    y[i0] = v0 + v2;
   }
 }
 
-/* %395 = sub(%89 fc2_bias, %394) -> fc2_bias  f32 [10]  mnist_cnn.kiln:24  fused: %390 = sqrt %391 = div %392 = add %393 = div %394 = mul  (written in place of %89) */
+/* %395 = sub(%89 fc2_bias, %394) -> fc2_bias  f32 [10]  mnist_cnn.kiln:24  fused: v0 = %390 sqrt, v1 = %391 div, v2 = %392 add, v3 = %393 div, v4 = %394 mul  (written in place of %89)  also %541 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static void k395_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k395_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t390 = sqrtf(x2[i0]);
-    const float t391 = t390 / x3[0];
-    const float t392 = t391 + ((float)1e-08);
-    const float t393 = x1[i0] / t392;
-    const float t394 = x0[0] * t393;
-    y[i0] = y[i0] - t394;
-  }
-}
-
-/* %397 = add(%210, %396) -> conv1_weight_exp_avg  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %210 = mul %396 = mul  (written in place of %206) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k397_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t210 = ((float)0.90000000000000002) * y[i0];
-    const float t396 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t210 + t396;
-  }
-}
-
-/* %400 = add(%216, %399) -> conv1_weight_exp_avg_sq  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %216 = mul %398 = mul %399 = mul  (written in place of %207) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k400_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t216 = ((float)0.999) * y[i0];
-    const float t398 = x0[i0] * x0[i0];
-    const float t399 = ((float)0.0010000000000000009) * t398;
-    y[i0] = t216 + t399;
-  }
-}
-
-/* %406 = sub(%2 conv1_weight, %405) -> conv1_weight  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: %401 = sqrt %402 = div %403 = add %404 = div %405 = mul  (written in place of %2) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k406_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 72; i0++) {
-    const float t401 = sqrtf(x2[i0]);
-    const float t402 = t401 / x3[0];
-    const float t403 = t402 + ((float)1e-08);
-    const float t404 = x1[i0] / t403;
-    const float t405 = x0[0] * t404;
-    y[i0] = y[i0] - t405;
-  }
-}
-
-/* %408 = add(%234, %407) -> conv1_bias_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %234 = mul %407 = mul  (written in place of %231) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k408_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t234 = ((float)0.90000000000000002) * y[i0];
-    const float t407 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t234 + t407;
-  }
-}
-
-/* %411 = add(%238, %410) -> conv1_bias_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %238 = mul %409 = mul %410 = mul  (written in place of %232) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k411_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t238 = ((float)0.999) * y[i0];
-    const float t409 = x0[i0] * x0[i0];
-    const float t410 = ((float)0.0010000000000000009) * t409;
-    y[i0] = t238 + t410;
-  }
-}
-
-/* %417 = sub(%4 conv1_bias, %416) -> conv1_bias  f32 [8]  mnist_cnn.kiln:24  fused: %412 = sqrt %413 = div %414 = add %415 = div %416 = mul  (written in place of %4) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k417_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t412 = sqrtf(x2[i0]);
-    const float t413 = t412 / x3[0];
-    const float t414 = t413 + ((float)1e-08);
-    const float t415 = x1[i0] / t414;
-    const float t416 = x0[0] * t415;
-    y[i0] = y[i0] - t416;
-  }
-}
-
-/* %419 = add(%249, %418) -> bn1_weight_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %249 = mul %418 = mul  (written in place of %246) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k419_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t249 = ((float)0.90000000000000002) * y[i0];
-    const float t418 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t249 + t418;
-  }
-}
-
-/* %422 = add(%253, %421) -> bn1_weight_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %253 = mul %420 = mul %421 = mul  (written in place of %247) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k422_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t253 = ((float)0.999) * y[i0];
-    const float t420 = x0[i0] * x0[i0];
-    const float t421 = ((float)0.0010000000000000009) * t420;
-    y[i0] = t253 + t421;
-  }
-}
-
-/* %428 = sub(%7 bn1_weight, %427) -> bn1_weight  f32 [8]  mnist_cnn.kiln:24  fused: %423 = sqrt %424 = div %425 = add %426 = div %427 = mul  (written in place of %7) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k428_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t423 = sqrtf(x2[i0]);
-    const float t424 = t423 / x3[0];
-    const float t425 = t424 + ((float)1e-08);
-    const float t426 = x1[i0] / t425;
-    const float t427 = x0[0] * t426;
-    y[i0] = y[i0] - t427;
-  }
-}
-
-/* %430 = add(%264, %429) -> bn1_bias_exp_avg  f32 [8]  mnist_cnn.kiln:24  fused: %264 = mul %429 = mul  (written in place of %261) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k430_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t264 = ((float)0.90000000000000002) * y[i0];
-    const float t429 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t264 + t429;
-  }
-}
-
-/* %433 = add(%268, %432) -> bn1_bias_exp_avg_sq  f32 [8]  mnist_cnn.kiln:24  fused: %268 = mul %431 = mul %432 = mul  (written in place of %262) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k433_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t268 = ((float)0.999) * y[i0];
-    const float t431 = x0[i0] * x0[i0];
-    const float t432 = ((float)0.0010000000000000009) * t431;
-    y[i0] = t268 + t432;
-  }
-}
-
-/* %439 = sub(%8 bn1_bias, %438) -> bn1_bias  f32 [8]  mnist_cnn.kiln:24  fused: %434 = sqrt %435 = div %436 = add %437 = div %438 = mul  (written in place of %8) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k439_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 8; i0++) {
-    const float t434 = sqrtf(x2[i0]);
-    const float t435 = t434 / x3[0];
-    const float t436 = t435 + ((float)1e-08);
-    const float t437 = x1[i0] / t436;
-    const float t438 = x0[0] * t437;
-    y[i0] = y[i0] - t438;
-  }
-}
-
-/* %441 = add(%279, %440) -> conv2_weight_exp_avg  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %279 = mul %440 = mul  (written in place of %276) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k441_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t279 = ((float)0.90000000000000002) * y[i0];
-    const float t440 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t279 + t440;
-  }
-}
-
-/* %444 = add(%283, %443) -> conv2_weight_exp_avg_sq  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %283 = mul %442 = mul %443 = mul  (written in place of %277) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k444_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t283 = ((float)0.999) * y[i0];
-    const float t442 = x0[i0] * x0[i0];
-    const float t443 = ((float)0.0010000000000000009) * t442;
-    y[i0] = t283 + t443;
-  }
-}
-
-/* %450 = sub(%44 conv2_weight, %449) -> conv2_weight  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: %445 = sqrt %446 = div %447 = add %448 = div %449 = mul  (written in place of %44) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k450_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 6400; i0++) {
-    const float t445 = sqrtf(x2[i0]);
-    const float t446 = t445 / x3[0];
-    const float t447 = t446 + ((float)1e-08);
-    const float t448 = x1[i0] / t447;
-    const float t449 = x0[0] * t448;
-    y[i0] = y[i0] - t449;
-  }
-}
-
-/* %452 = add(%294, %451) -> conv2_bias_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %294 = mul %451 = mul  (written in place of %291) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k452_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t294 = ((float)0.90000000000000002) * y[i0];
-    const float t451 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t294 + t451;
-  }
-}
-
-/* %455 = add(%298, %454) -> conv2_bias_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %298 = mul %453 = mul %454 = mul  (written in place of %292) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k455_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t298 = ((float)0.999) * y[i0];
-    const float t453 = x0[i0] * x0[i0];
-    const float t454 = ((float)0.0010000000000000009) * t453;
-    y[i0] = t298 + t454;
-  }
-}
-
-/* %461 = sub(%46 conv2_bias, %460) -> conv2_bias  f32 [32]  mnist_cnn.kiln:24  fused: %456 = sqrt %457 = div %458 = add %459 = div %460 = mul  (written in place of %46) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k461_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t456 = sqrtf(x2[i0]);
-    const float t457 = t456 / x3[0];
-    const float t458 = t457 + ((float)1e-08);
-    const float t459 = x1[i0] / t458;
-    const float t460 = x0[0] * t459;
-    y[i0] = y[i0] - t460;
-  }
-}
-
-/* %463 = add(%309, %462) -> bn2_weight_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %309 = mul %462 = mul  (written in place of %306) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k463_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t309 = ((float)0.90000000000000002) * y[i0];
-    const float t462 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t309 + t462;
-  }
-}
-
-/* %466 = add(%313, %465) -> bn2_weight_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %313 = mul %464 = mul %465 = mul  (written in place of %307) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k466_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t313 = ((float)0.999) * y[i0];
-    const float t464 = x0[i0] * x0[i0];
-    const float t465 = ((float)0.0010000000000000009) * t464;
-    y[i0] = t313 + t465;
-  }
-}
-
-/* %472 = sub(%49 bn2_weight, %471) -> bn2_weight  f32 [32]  mnist_cnn.kiln:24  fused: %467 = sqrt %468 = div %469 = add %470 = div %471 = mul  (written in place of %49) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k472_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t467 = sqrtf(x2[i0]);
-    const float t468 = t467 / x3[0];
-    const float t469 = t468 + ((float)1e-08);
-    const float t470 = x1[i0] / t469;
-    const float t471 = x0[0] * t470;
-    y[i0] = y[i0] - t471;
-  }
-}
-
-/* %474 = add(%324, %473) -> bn2_bias_exp_avg  f32 [32]  mnist_cnn.kiln:24  fused: %324 = mul %473 = mul  (written in place of %321) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k474_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t324 = ((float)0.90000000000000002) * y[i0];
-    const float t473 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t324 + t473;
-  }
-}
-
-/* %477 = add(%328, %476) -> bn2_bias_exp_avg_sq  f32 [32]  mnist_cnn.kiln:24  fused: %328 = mul %475 = mul %476 = mul  (written in place of %322) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k477_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t328 = ((float)0.999) * y[i0];
-    const float t475 = x0[i0] * x0[i0];
-    const float t476 = ((float)0.0010000000000000009) * t475;
-    y[i0] = t328 + t476;
-  }
-}
-
-/* %483 = sub(%50 bn2_bias, %482) -> bn2_bias  f32 [32]  mnist_cnn.kiln:24  fused: %478 = sqrt %479 = div %480 = add %481 = div %482 = mul  (written in place of %50) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k483_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 32; i0++) {
-    const float t478 = sqrtf(x2[i0]);
-    const float t479 = t478 / x3[0];
-    const float t480 = t479 + ((float)1e-08);
-    const float t481 = x1[i0] / t480;
-    const float t482 = x0[0] * t481;
-    y[i0] = y[i0] - t482;
-  }
-}
-
-/* %485 = add(%339, %484) -> fc1_weight_exp_avg  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %339 = mul %484 = mul  (written in place of %336) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k485_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t339 = ((float)0.90000000000000002) * y[i0];
-    const float t484 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t339 + t484;
-  }
-}
-
-/* %488 = add(%343, %487) -> fc1_weight_exp_avg_sq  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %343 = mul %486 = mul %487 = mul  (written in place of %337) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k488_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t343 = ((float)0.999) * y[i0];
-    const float t486 = x0[i0] * x0[i0];
-    const float t487 = ((float)0.0010000000000000009) * t486;
-    y[i0] = t343 + t487;
-  }
-}
-
-/* %494 = sub(%82 fc1_weight, %493) -> fc1_weight  f32 [600, 1568]  mnist_cnn.kiln:24  fused: %489 = sqrt %490 = div %491 = add %492 = div %493 = mul  (written in place of %82) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k494_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 940800; i0++) {
-    const float t489 = sqrtf(x2[i0]);
-    const float t490 = t489 / x3[0];
-    const float t491 = t490 + ((float)1e-08);
-    const float t492 = x1[i0] / t491;
-    const float t493 = x0[0] * t492;
-    y[i0] = y[i0] - t493;
-  }
-}
-
-/* %496 = add(%354, %495) -> fc1_bias_exp_avg  f32 [600]  mnist_cnn.kiln:24  fused: %354 = mul %495 = mul  (written in place of %351) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k496_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t354 = ((float)0.90000000000000002) * y[i0];
-    const float t495 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t354 + t495;
-  }
-}
-
-/* %499 = add(%358, %498) -> fc1_bias_exp_avg_sq  f32 [600]  mnist_cnn.kiln:24  fused: %358 = mul %497 = mul %498 = mul  (written in place of %352) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k499_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t358 = ((float)0.999) * y[i0];
-    const float t497 = x0[i0] * x0[i0];
-    const float t498 = ((float)0.0010000000000000009) * t497;
-    y[i0] = t358 + t498;
-  }
-}
-
-/* %505 = sub(%84 fc1_bias, %504) -> fc1_bias  f32 [600]  mnist_cnn.kiln:24  fused: %500 = sqrt %501 = div %502 = add %503 = div %504 = mul  (written in place of %84) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k505_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 600; i0++) {
-    const float t500 = sqrtf(x2[i0]);
-    const float t501 = t500 / x3[0];
-    const float t502 = t501 + ((float)1e-08);
-    const float t503 = x1[i0] / t502;
-    const float t504 = x0[0] * t503;
-    y[i0] = y[i0] - t504;
-  }
-}
-
-/* %507 = add(%369, %506) -> fc2_weight_exp_avg  f32 [10, 600]  mnist_cnn.kiln:24  fused: %369 = mul %506 = mul  (written in place of %366) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k507_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t369 = ((float)0.90000000000000002) * y[i0];
-    const float t506 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t369 + t506;
-  }
-}
-
-/* %510 = add(%373, %509) -> fc2_weight_exp_avg_sq  f32 [10, 600]  mnist_cnn.kiln:24  fused: %373 = mul %508 = mul %509 = mul  (written in place of %367) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k510_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t373 = ((float)0.999) * y[i0];
-    const float t508 = x0[i0] * x0[i0];
-    const float t509 = ((float)0.0010000000000000009) * t508;
-    y[i0] = t373 + t509;
-  }
-}
-
-/* %516 = sub(%87 fc2_weight, %515) -> fc2_weight  f32 [10, 600]  mnist_cnn.kiln:24  fused: %511 = sqrt %512 = div %513 = add %514 = div %515 = mul  (written in place of %87) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k516_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 6000; i0++) {
-    const float t511 = sqrtf(x2[i0]);
-    const float t512 = t511 / x3[0];
-    const float t513 = t512 + ((float)1e-08);
-    const float t514 = x1[i0] / t513;
-    const float t515 = x0[0] * t514;
-    y[i0] = y[i0] - t515;
-  }
-}
-
-/* %521 = add(%520, %518) -> fc2_bias_exp_avg  f32 [10]  mnist_cnn.kiln:24  fused: %520 = mul %518 = mul  (written in place of %381) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k521_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t520 = ((float)0.90000000000000002) * y[i0];
-    const float t518 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = t520 + t518;
-  }
-}
-
-/* %527 = add(%526, %524) -> fc2_bias_exp_avg_sq  f32 [10]  mnist_cnn.kiln:24  fused: %526 = mul %522 = mul %524 = mul  (written in place of %382) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k527_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t526 = ((float)0.999) * y[i0];
-    const float t522 = x0[i0] * x0[i0];
-    const float t524 = ((float)0.0010000000000000009) * t522;
-    y[i0] = t526 + t524;
-  }
-}
-
-/* %533 = div(%203 lr, %530) -> t533  f32 []  mnist_cnn.kiln:24  fused: %528 = pow %530 = sub */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k533_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  const float t528 = powf(((float)0.90000000000000002), x1[0]);
-  const float t530 = ((float)1) - t528;
-  y[0] = x0[0] / t530;
-}
-
-/* %535 = sqrt(%532) -> t535  f32 []  mnist_cnn.kiln:24  fused: %531 = pow %532 = sub */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k535_sqrt(float *restrict y, const float *restrict x0) {
-  const float t531 = powf(((float)0.999), x0[0]);
-  const float t532 = ((float)1) - t531;
-  y[0] = sqrtf(t532);
-}
-
-/* %541 = sub(%89 fc2_bias, %540) -> fc2_bias  f32 [10]  mnist_cnn.kiln:24  fused: %536 = sqrt %537 = div %538 = add %539 = div %540 = mul  (written in place of %89) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static void k541_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float t536 = sqrtf(x2[i0]);
-    const float t537 = t536 / x3[0];
-    const float t538 = t537 + ((float)1e-08);
-    const float t539 = x1[i0] / t538;
-    const float t540 = x0[0] * t539;
-    y[i0] = y[i0] - t540;
+    const float v0 = sqrtf(x2[i0]);
+    const float v1 = v0 / x3[0];
+    const float v2 = v1 + ((float)1e-08);
+    const float v3 = x1[i0] / v2;
+    const float v4 = x0[0] * v3;
+    y[i0] = y[i0] - v4;
   }
 }
 
@@ -3370,10 +2157,10 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k5_reshape(t5, conv1_bias);
   k6_add(conv1, t3, t5, B);
   k12_mean(t12, conv1, scratch, B);
-  k13_mean(t13, t3, scratch, B);
+  k12_mean(t13, t3, scratch, B);  /* %13 */
   k14_sub(t14, t3, t13, B);
   k15_mul(t15, t14, t14, B);
-  k16_mean(t16, t15, scratch, B);
+  k12_mean(t16, t15, scratch, B);  /* %16 */
   k19_sqrt(t19, t16);
   k20_div(t20, t14, t19, B);
   k21_numel(t21, B);
@@ -3381,8 +2168,8 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k32_add(bn1_running_mean, t27);
   k35_add(bn1_running_var, t25, t24);
   k37_add(bn1_num_batches_tracked);
-  k38_reshape(t38, bn1_weight);
-  k40_reshape(t40, bn1_bias);
+  k5_reshape(t38, bn1_weight);  /* %38 */
+  k5_reshape(t40, bn1_bias);  /* %40 */
   k41_add(bn1, t20, t38, t40, B);
   k42_relu(t42, bn1, B);
   k43_maxpool2d(h1, t42, B);
@@ -3390,21 +2177,21 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k47_reshape(t47, conv2_bias);
   k48_add(conv2, t45, t47, B);
   k54_mean(t54, conv2, scratch, B);
-  k55_mean(t55, t45, scratch, B);
+  k54_mean(t55, t45, scratch, B);  /* %55 */
   k56_sub(t56, t45, t55, B);
-  k57_mul(t57, t56, t56, B);
-  k58_mean(t58, t57, scratch, B);
+  k15_mul(t57, t56, t56, B);  /* %57 */
+  k54_mean(t58, t57, scratch, B);  /* %58 */
   k60_sqrt(t60, t58);
   k61_div(t61, t56, t60, B);
   k62_numel(t62, B);
-  k64_div(t64, t62);
+  k24_div(t64, t62);  /* %64 */
   k70_add(bn2_running_mean, t67);
   k73_add(bn2_running_var, t65, t64);
-  k74_add(bn2_num_batches_tracked);
-  k75_reshape(t75, bn2_weight);
-  k77_reshape(t77, bn2_bias);
+  k37_add(bn2_num_batches_tracked);  /* %74 */
+  k47_reshape(t75, bn2_weight);  /* %75 */
+  k47_reshape(t77, bn2_bias);  /* %77 */
   k78_add(bn2, t61, t75, t77, B);
-  k79_relu(t79, bn2, B);
+  k42_relu(t79, bn2, B);  /* %79 */
   k80_maxpool2d(h2, t79, B);
   k83_matmul(t83, x, fc1_weight, scratch, B);
   k85_add(fc1, t83, fc1_bias, B);
@@ -3424,42 +2211,42 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k131_relu_grad(t131, bn2, t130, B);
   k132_sum_to(t132, t131, scratch, B);
   k134_mul(t134, t131, t75, B);
-  k135_mul(t135, t131, t61, B);
-  k136_sum_to(t136, t135, scratch, B);
+  k15_mul(t135, t131, t61, B);  /* %135 */
+  k132_sum_to(t136, t135, scratch, B);  /* %136 */
   k141_neg(t141, t134, t61, t60, B);
-  k142_sum_to(t142, t141, scratch, B);
-  k146_numel(t146, B);
+  k132_sum_to(t142, t141, scratch, B);  /* %142 */
+  k62_numel(t146, B);  /* %146 */
   k147_div(t147, t142, t60, t146);
   k148_expand(t148, t147, B);
-  k149_mul(t149, t148, t56, B);
+  k15_mul(t149, t148, t56, B);  /* %149 */
   k151_add(t151, t134, t60, t149, B);
   k152_neg(t152, t151, B);
-  k153_sum_to(t153, t152, scratch, B);
-  k154_numel(t154, B);
+  k132_sum_to(t153, t152, scratch, B);  /* %153 */
+  k62_numel(t154, B);  /* %154 */
   k155_div(t155, t153, t154);
-  k156_expand(t156, t155, B);
+  k148_expand(t156, t155, B);  /* %156 */
   k157_add(t157, t151, t156, B);
   k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
   k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
   k160_maxpool2d_grad(t160, t42, t158, B);
-  k161_relu_grad(t161, bn1, t160, B);
+  k131_relu_grad(t161, bn1, t160, B);  /* %161 */
   k162_sum_to(t162, t161, scratch, B);
   k164_mul(t164, t161, t38, B);
-  k165_mul(t165, t161, t20, B);
-  k166_sum_to(t166, t165, scratch, B);
+  k15_mul(t165, t161, t20, B);  /* %165 */
+  k162_sum_to(t166, t165, scratch, B);  /* %166 */
   k171_neg(t171, t164, t20, t19, B);
-  k172_sum_to(t172, t171, scratch, B);
-  k175_numel(t175, B);
+  k162_sum_to(t172, t171, scratch, B);  /* %172 */
+  k21_numel(t175, B);  /* %175 */
   k176_div(t176, t172, t19, t175);
   k177_expand(t177, t176, B);
-  k178_mul(t178, t177, t14, B);
+  k15_mul(t178, t177, t14, B);  /* %178 */
   k180_add(t180, t164, t19, t178, B);
-  k181_neg(t181, t180, B);
-  k182_sum_to(t182, t181, scratch, B);
-  k183_numel(t183, B);
+  k152_neg(t181, t180, B);  /* %181 */
+  k162_sum_to(t182, t181, scratch, B);  /* %182 */
+  k21_numel(t183, B);  /* %183 */
   k184_div(t184, t182, t183);
-  k185_expand(t185, t184, B);
-  k186_add(t186, t180, t185, B);
+  k177_expand(t185, t184, B);  /* %185 */
+  k157_add(t186, t180, t185, B);  /* %186 */
   k187_conv2d_bwd_filter(t187, image, t186, scratch, B);
   k189_expand(t189);
   k190_expand(t190);
@@ -3472,24 +2259,24 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k235_add(conv1_bias_exp_avg, t189);
   k239_add(conv1_bias_exp_avg_sq, t189);
   k245_sub(conv1_bias, t222, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t224);
-  k250_add(bn1_weight_exp_avg, t167);
-  k254_add(bn1_weight_exp_avg_sq, t167);
-  k260_sub(bn1_weight, t222, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t224);
-  k265_add(bn1_bias_exp_avg, t163);
-  k269_add(bn1_bias_exp_avg_sq, t163);
-  k275_sub(bn1_bias, t222, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t224);
+  k235_add(bn1_weight_exp_avg, t167);  /* %250 */
+  k239_add(bn1_weight_exp_avg_sq, t167);  /* %254 */
+  k245_sub(bn1_weight, t222, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t224);  /* %260 */
+  k235_add(bn1_bias_exp_avg, t163);  /* %265 */
+  k239_add(bn1_bias_exp_avg_sq, t163);  /* %269 */
+  k245_sub(bn1_bias, t222, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t224);  /* %275 */
   k280_add(conv2_weight_exp_avg, t159);
   k284_add(conv2_weight_exp_avg_sq, t159);
   k290_sub(conv2_weight, t222, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t224);
   k295_add(conv2_bias_exp_avg, t190);
   k299_add(conv2_bias_exp_avg_sq, t190);
   k305_sub(conv2_bias, t222, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t224);
-  k310_add(bn2_weight_exp_avg, t137);
-  k314_add(bn2_weight_exp_avg_sq, t137);
-  k320_sub(bn2_weight, t222, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t224);
-  k325_add(bn2_bias_exp_avg, t133);
-  k329_add(bn2_bias_exp_avg_sq, t133);
-  k335_sub(bn2_bias, t222, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t224);
+  k295_add(bn2_weight_exp_avg, t137);  /* %310 */
+  k299_add(bn2_weight_exp_avg_sq, t137);  /* %314 */
+  k305_sub(bn2_weight, t222, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t224);  /* %320 */
+  k295_add(bn2_bias_exp_avg, t133);  /* %325 */
+  k299_add(bn2_bias_exp_avg_sq, t133);  /* %329 */
+  k305_sub(bn2_bias, t222, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t224);  /* %335 */
   k340_add(fc1_weight_exp_avg, t128);
   k344_add(fc1_weight_exp_avg_sq, t128);
   k350_sub(fc1_weight, t222, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t224);
@@ -3554,27 +2341,27 @@ static void kiln_eval(unsigned char *arena, int64_t B) {
   k3_conv2d(t3, image, conv1_weight, B);
   k5_reshape(t5, conv1_bias);
   k6_add(conv1, t3, t5, B);
-  k38_reshape(t38, bn1_weight);
-  k40_reshape(t40, bn1_bias);
+  k5_reshape(t38, bn1_weight);  /* %38 */
+  k5_reshape(t40, bn1_bias);  /* %40 */
   k47_reshape(t47, conv2_bias);
-  k75_reshape(t75, bn2_weight);
-  k77_reshape(t77, bn2_bias);
-  k92_reshape(t92, bn1_running_mean);
-  k94_reshape(t94, bn1_running_var);
-  k96_sqrt(t96, t94);
+  k47_reshape(t75, bn2_weight);  /* %75 */
+  k47_reshape(t77, bn2_bias);  /* %77 */
+  k5_reshape(t92, bn1_running_mean);  /* %92 */
+  k5_reshape(t94, bn1_running_var);  /* %94 */
+  k19_sqrt(t96, t94);  /* %96 */
   k100_relu(t100, conv1, t92, t96, t38, t40, B);
-  k101_maxpool2d(h1_101, t100, B);
-  k102_conv2d(t102, h1_101, conv2_weight, scratch, B);
-  k104_reshape(t104, bn2_running_mean);
-  k106_reshape(t106, bn2_running_var);
-  k108_sqrt(t108, t106);
+  k43_maxpool2d(h1_101, t100, B);  /* %101 */
+  k45_conv2d(t102, h1_101, conv2_weight, scratch, B);  /* %102 */
+  k47_reshape(t104, bn2_running_mean);  /* %104 */
+  k47_reshape(t106, bn2_running_var);  /* %106 */
+  k60_sqrt(t108, t106);  /* %108 */
   k112_relu(t112, t102, t47, t104, t108, t75, t77, B);
-  k113_maxpool2d(h2_113, t112, B);
-  k115_matmul(t115, x_114, fc1_weight, scratch, B);
+  k80_maxpool2d(h2_113, t112, B);  /* %113 */
+  k83_matmul(t115, x_114, fc1_weight, scratch, B);  /* %115 */
   k117_relu(t117, t115, fc1_bias, B);
-  k118_matmul(t118, t117, fc2_weight, scratch, B);
-  k119_add(logits_119, t118, fc2_bias, B);
-  k120_cross_entropy(loss_120, logits_119, label, B);
+  k88_matmul(t118, t117, fc2_weight, scratch, B);  /* %118 */
+  k90_add(logits_119, t118, fc2_bias, B);  /* %119 */
+  k91_cross_entropy(loss_120, logits_119, label, B);  /* %120 */
 }
 
 static void kiln_grad(unsigned char *arena, int64_t B) {
@@ -3718,10 +2505,10 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k5_reshape(t5, conv1_bias);
   k6_add(conv1, t3, t5, B);
   k12_mean(t12, conv1, scratch, B);
-  k13_mean(t13, t3, scratch, B);
+  k12_mean(t13, t3, scratch, B);  /* %13 */
   k14_sub(t14, t3, t13, B);
   k15_mul(t15, t14, t14, B);
-  k16_mean(t16, t15, scratch, B);
+  k12_mean(t16, t15, scratch, B);  /* %16 */
   k19_sqrt(t19, t16);
   k20_div(t20, t14, t19, B);
   k21_numel(t21, B);
@@ -3729,8 +2516,8 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k32_add(bn1_running_mean, t27);
   k35_add(bn1_running_var, t25, t24);
   k37_add(bn1_num_batches_tracked);
-  k38_reshape(t38, bn1_weight);
-  k40_reshape(t40, bn1_bias);
+  k5_reshape(t38, bn1_weight);  /* %38 */
+  k5_reshape(t40, bn1_bias);  /* %40 */
   k41_add(bn1, t20, t38, t40, B);
   k42_relu(t42, bn1, B);
   k43_maxpool2d(h1, t42, B);
@@ -3738,21 +2525,21 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k47_reshape(t47, conv2_bias);
   k48_add(conv2, t45, t47, B);
   k54_mean(t54, conv2, scratch, B);
-  k55_mean(t55, t45, scratch, B);
+  k54_mean(t55, t45, scratch, B);  /* %55 */
   k56_sub(t56, t45, t55, B);
-  k57_mul(t57, t56, t56, B);
-  k58_mean(t58, t57, scratch, B);
+  k15_mul(t57, t56, t56, B);  /* %57 */
+  k54_mean(t58, t57, scratch, B);  /* %58 */
   k60_sqrt(t60, t58);
   k61_div(t61, t56, t60, B);
   k62_numel(t62, B);
-  k64_div(t64, t62);
+  k24_div(t64, t62);  /* %64 */
   k70_add(bn2_running_mean, t67);
   k73_add(bn2_running_var, t65, t64);
-  k74_add(bn2_num_batches_tracked);
-  k75_reshape(t75, bn2_weight);
-  k77_reshape(t77, bn2_bias);
+  k37_add(bn2_num_batches_tracked);  /* %74 */
+  k47_reshape(t75, bn2_weight);  /* %75 */
+  k47_reshape(t77, bn2_bias);  /* %77 */
   k78_add(bn2, t61, t75, t77, B);
-  k79_relu(t79, bn2, B);
+  k42_relu(t79, bn2, B);  /* %79 */
   k80_maxpool2d(h2, t79, B);
   k83_matmul(t83, x, fc1_weight, scratch, B);
   k85_add(fc1, t83, fc1_bias, B);
@@ -3772,42 +2559,42 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k131_relu_grad(t131, bn2, t130, B);
   k132_sum_to(t132, t131, scratch, B);
   k134_mul(t134, t131, t75, B);
-  k135_mul(t135, t131, t61, B);
-  k136_sum_to(t136, t135, scratch, B);
+  k15_mul(t135, t131, t61, B);  /* %135 */
+  k132_sum_to(t136, t135, scratch, B);  /* %136 */
   k141_neg(t141, t134, t61, t60, B);
-  k142_sum_to(t142, t141, scratch, B);
-  k146_numel(t146, B);
+  k132_sum_to(t142, t141, scratch, B);  /* %142 */
+  k62_numel(t146, B);  /* %146 */
   k147_div(t147, t142, t60, t146);
   k148_expand(t148, t147, B);
-  k149_mul(t149, t148, t56, B);
+  k15_mul(t149, t148, t56, B);  /* %149 */
   k151_add(t151, t134, t60, t149, B);
   k152_neg(t152, t151, B);
-  k153_sum_to(t153, t152, scratch, B);
-  k154_numel(t154, B);
+  k132_sum_to(t153, t152, scratch, B);  /* %153 */
+  k62_numel(t154, B);  /* %154 */
   k155_div(t155, t153, t154);
-  k156_expand(t156, t155, B);
+  k148_expand(t156, t155, B);  /* %156 */
   k157_add(t157, t151, t156, B);
   k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
   k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
   k160_maxpool2d_grad(t160, t42, t158, B);
-  k161_relu_grad(t161, bn1, t160, B);
+  k131_relu_grad(t161, bn1, t160, B);  /* %161 */
   k162_sum_to(t162, t161, scratch, B);
   k164_mul(t164, t161, t38, B);
-  k165_mul(t165, t161, t20, B);
-  k166_sum_to(t166, t165, scratch, B);
+  k15_mul(t165, t161, t20, B);  /* %165 */
+  k162_sum_to(t166, t165, scratch, B);  /* %166 */
   k171_neg(t171, t164, t20, t19, B);
-  k172_sum_to(t172, t171, scratch, B);
-  k175_numel(t175, B);
+  k162_sum_to(t172, t171, scratch, B);  /* %172 */
+  k21_numel(t175, B);  /* %175 */
   k176_div(t176, t172, t19, t175);
   k177_expand(t177, t176, B);
-  k178_mul(t178, t177, t14, B);
+  k15_mul(t178, t177, t14, B);  /* %178 */
   k180_add(t180, t164, t19, t178, B);
-  k181_neg(t181, t180, B);
-  k182_sum_to(t182, t181, scratch, B);
-  k183_numel(t183, B);
+  k152_neg(t181, t180, B);  /* %181 */
+  k162_sum_to(t182, t181, scratch, B);  /* %182 */
+  k21_numel(t183, B);  /* %183 */
   k184_div(t184, t182, t183);
-  k185_expand(t185, t184, B);
-  k186_add(t186, t180, t185, B);
+  k177_expand(t185, t184, B);  /* %185 */
+  k157_add(t186, t180, t185, B);  /* %186 */
   k187_conv2d_bwd_filter(t187, image, t186, scratch, B);
   k189_expand(t189);
   k190_expand(t190);
@@ -3885,44 +2672,44 @@ static void kiln_apply(unsigned char *arena, int64_t B) {
   k205_add(adam_step);
   k222_div(t222, lr, adam_step);
   k224_sqrt(t224, adam_step);
-  k397_add(conv1_weight_exp_avg, grad_conv1_weight);
-  k400_add(conv1_weight_exp_avg_sq, grad_conv1_weight);
-  k406_sub(conv1_weight, t222, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t224);
-  k408_add(conv1_bias_exp_avg, grad_conv1_bias);
-  k411_add(conv1_bias_exp_avg_sq, grad_conv1_bias);
-  k417_sub(conv1_bias, t222, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t224);
-  k419_add(bn1_weight_exp_avg, grad_bn1_weight);
-  k422_add(bn1_weight_exp_avg_sq, grad_bn1_weight);
-  k428_sub(bn1_weight, t222, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t224);
-  k430_add(bn1_bias_exp_avg, grad_bn1_bias);
-  k433_add(bn1_bias_exp_avg_sq, grad_bn1_bias);
-  k439_sub(bn1_bias, t222, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t224);
-  k441_add(conv2_weight_exp_avg, grad_conv2_weight);
-  k444_add(conv2_weight_exp_avg_sq, grad_conv2_weight);
-  k450_sub(conv2_weight, t222, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t224);
-  k452_add(conv2_bias_exp_avg, grad_conv2_bias);
-  k455_add(conv2_bias_exp_avg_sq, grad_conv2_bias);
-  k461_sub(conv2_bias, t222, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t224);
-  k463_add(bn2_weight_exp_avg, grad_bn2_weight);
-  k466_add(bn2_weight_exp_avg_sq, grad_bn2_weight);
-  k472_sub(bn2_weight, t222, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t224);
-  k474_add(bn2_bias_exp_avg, grad_bn2_bias);
-  k477_add(bn2_bias_exp_avg_sq, grad_bn2_bias);
-  k483_sub(bn2_bias, t222, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t224);
-  k485_add(fc1_weight_exp_avg, grad_fc1_weight);
-  k488_add(fc1_weight_exp_avg_sq, grad_fc1_weight);
-  k494_sub(fc1_weight, t222, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t224);
-  k496_add(fc1_bias_exp_avg, grad_fc1_bias);
-  k499_add(fc1_bias_exp_avg_sq, grad_fc1_bias);
-  k505_sub(fc1_bias, t222, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t224);
-  k507_add(fc2_weight_exp_avg, grad_fc2_weight);
-  k510_add(fc2_weight_exp_avg_sq, grad_fc2_weight);
-  k516_sub(fc2_weight, t222, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t224);
-  k521_add(fc2_bias_exp_avg, grad_fc2_bias);
-  k527_add(fc2_bias_exp_avg_sq, grad_fc2_bias);
-  k533_div(t533, lr, adam_step);
-  k535_sqrt(t535, adam_step);
-  k541_sub(fc2_bias, t533, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t535);
+  k211_add(conv1_weight_exp_avg, grad_conv1_weight);  /* %397 */
+  k217_add(conv1_weight_exp_avg_sq, grad_conv1_weight);  /* %400 */
+  k230_sub(conv1_weight, t222, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t224);  /* %406 */
+  k235_add(conv1_bias_exp_avg, grad_conv1_bias);  /* %408 */
+  k239_add(conv1_bias_exp_avg_sq, grad_conv1_bias);  /* %411 */
+  k245_sub(conv1_bias, t222, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t224);  /* %417 */
+  k235_add(bn1_weight_exp_avg, grad_bn1_weight);  /* %419 */
+  k239_add(bn1_weight_exp_avg_sq, grad_bn1_weight);  /* %422 */
+  k245_sub(bn1_weight, t222, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t224);  /* %428 */
+  k235_add(bn1_bias_exp_avg, grad_bn1_bias);  /* %430 */
+  k239_add(bn1_bias_exp_avg_sq, grad_bn1_bias);  /* %433 */
+  k245_sub(bn1_bias, t222, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t224);  /* %439 */
+  k280_add(conv2_weight_exp_avg, grad_conv2_weight);  /* %441 */
+  k284_add(conv2_weight_exp_avg_sq, grad_conv2_weight);  /* %444 */
+  k290_sub(conv2_weight, t222, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t224);  /* %450 */
+  k295_add(conv2_bias_exp_avg, grad_conv2_bias);  /* %452 */
+  k299_add(conv2_bias_exp_avg_sq, grad_conv2_bias);  /* %455 */
+  k305_sub(conv2_bias, t222, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t224);  /* %461 */
+  k295_add(bn2_weight_exp_avg, grad_bn2_weight);  /* %463 */
+  k299_add(bn2_weight_exp_avg_sq, grad_bn2_weight);  /* %466 */
+  k305_sub(bn2_weight, t222, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t224);  /* %472 */
+  k295_add(bn2_bias_exp_avg, grad_bn2_bias);  /* %474 */
+  k299_add(bn2_bias_exp_avg_sq, grad_bn2_bias);  /* %477 */
+  k305_sub(bn2_bias, t222, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t224);  /* %483 */
+  k340_add(fc1_weight_exp_avg, grad_fc1_weight);  /* %485 */
+  k344_add(fc1_weight_exp_avg_sq, grad_fc1_weight);  /* %488 */
+  k350_sub(fc1_weight, t222, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t224);  /* %494 */
+  k355_add(fc1_bias_exp_avg, grad_fc1_bias);  /* %496 */
+  k359_add(fc1_bias_exp_avg_sq, grad_fc1_bias);  /* %499 */
+  k365_sub(fc1_bias, t222, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t224);  /* %505 */
+  k370_add(fc2_weight_exp_avg, grad_fc2_weight);  /* %507 */
+  k374_add(fc2_weight_exp_avg_sq, grad_fc2_weight);  /* %510 */
+  k380_sub(fc2_weight, t222, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t224);  /* %516 */
+  k385_add(fc2_bias_exp_avg, grad_fc2_bias);  /* %521 */
+  k389_add(fc2_bias_exp_avg_sq, grad_fc2_bias);  /* %527 */
+  k222_div(t533, lr, adam_step);  /* %533 */
+  k224_sqrt(t535, adam_step);  /* %535 */
+  k395_sub(fc2_bias, t533, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t535);  /* %541 */
 }
 
 static const kiln_tensor kiln_tensors[61] = {
