@@ -103,7 +103,7 @@ kiln_status kiln_builder_new(const char *name, kiln_builder **out) {
   *out = NULL;
   api_set_error(NULL);
   if (!name || !lex_is_ident(name) || strlen(name) >= sizeof((kiln_builder *)0)->name) {
-    char msg[300];
+    char msg[512];
     snprintf(msg, sizeof msg, "error: kiln_builder_new: the model name '%.200s' is not an "
              "identifier (letters, digits, _) of at most 127 characters\n", name ? name : "");
     return api_set_error(msg);
