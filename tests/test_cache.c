@@ -22,8 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "driver/driver.h"
-#include "runtime.h"
+#include "program_harness.h"
 
 #define MLP KILN_SOURCE_DIR "/examples/mlp.kiln"
 
@@ -211,12 +210,6 @@ END_TEST
 
 static BackendKind backend_of(int i) { return i == 0 ? BACKEND_CC : BACKEND_JIT; }
 
-typedef struct Run {
-  Session s;
-  unsigned char *arena;
-  RtBackend be;
-} Run;
-
 static void run_open_threads(Run *r, const char *model, BackendKind kind, const char *cache_dir,
                              const char *tmp_dir, int opt_level, int threads) {
   Options o;
@@ -226,14 +219,7 @@ static void run_open_threads(Run *r, const char *model, BackendKind kind, const 
   o.backend.tmp_dir = tmp_dir;
   o.backend.opt_level = opt_level;
   o.sched.threads = threads;
-  ck_assert_msg(session_open_file(&r->s, model, &o) == 0, "%s", r->s.error);
-  ck_assert_msg(session_load(&r->s) == 0, "%s", r->s.error);
-  const kiln_program *p = r->s.prog;
-  size_t bytes = ((size_t)p->arena_bytes + 63) / 64 * 64;
-  r->arena = aligned_alloc(64, bytes);
-  ck_assert_ptr_nonnull(r->arena);
-  memset(r->arena, 0, bytes);
-  rt_arena_backend(p, r->arena, &r->be);
+  run_open_with(r, model, &o);
 }
 
 static void run_open(Run *r, const char *model, BackendKind kind, const char *cache_dir,
@@ -241,40 +227,13 @@ static void run_open(Run *r, const char *model, BackendKind kind, const char *ca
   run_open_threads(r, model, kind, cache_dir, tmp_dir, opt_level, 1);
 }
 
-static void run_close(Run *r) {
-  rt_arena_backend_free(&r->be);
-  free(r->arena);
-  session_close(&r->s);
-}
-
 static CacheUse cache_use(const Run *r) { return r->s.times.backend.cache; }
 
 /* Parameters and state from their initialisers, inputs from a fixed stream, then one train
  * step. */
 static void run_step(Run *r) {
-  const kiln_program *p = r->s.prog;
-  memset(r->arena, 0, (size_t)p->arena_bytes);
-  RtRng rng;
-  rt_rng_seed(&rng, 42);
-  for (int i = 0; i < p->ntensors; i++) {
-    const kiln_tensor *t = &p->tensors[i];
-    int64_t n = rt_numel(t, p->batch);
-    double *v = calloc((size_t)n, sizeof *v);
-    ck_assert_ptr_nonnull(v);
-    if (t->role == KILN_ROLE_PARAM || t->role == KILN_ROLE_STATE || t->role == KILN_ROLE_HYPER) {
-      rt_init_tensor(t, 7, v, n);
-      r->be.write(r->be.self, i, v, n);
-    } else if (t->role == KILN_ROLE_INPUT) {
-      for (int64_t k = 0; k < n; k++)
-        v[k] = t->dtype == KILN_I32 ? (double)rt_rng_below(&rng, 10) : rt_rng_uniform(&rng);
-      r->be.write(r->be.self, i, v, n);
-    }
-    free(v);
-  }
-  char err[512] = "";
-  int e = rt_find_entry(p, "train");
-  ck_assert_int_ge(e, 0);
-  ck_assert_msg(r->be.run(r->be.self, e, p->batch, err) == 0, "%s", err);
+  run_reset(r);
+  run_entry(r, "train");
 }
 
 /* The whole arena after one step, byte for byte. */

@@ -17,74 +17,19 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "driver/driver.h"
-#include "runtime.h"
+#include "program_harness.h"
 
 /* Bytes of tensor t at the program's batch. */
 static size_t tensor_bytes(const kiln_program *p, const kiln_tensor *t) {
   return (size_t)rt_numel(t, p->batch) * (t->dtype == KILN_F64 ? 8 : 4);
 }
 
-/* A loaded program with its own arena. */
-typedef struct Run {
-  Session s;
-  unsigned char *arena;
-  RtBackend be;
-} Run;
-
 static void run_open(Run *r, const char *model, BackendKind kind, int threads) {
   Options o;
   session_default_options(&o);
   o.backend.kind = kind;
   o.sched.threads = threads;
-  ck_assert_msg(session_open_file(&r->s, model, &o) == 0, "%s", r->s.error);
-  ck_assert_msg(session_load(&r->s) == 0, "%s", r->s.error);
-  const kiln_program *p = r->s.prog;
-  size_t bytes = ((size_t)p->arena_bytes + 63) / 64 * 64;
-  r->arena = aligned_alloc(64, bytes);
-  ck_assert_ptr_nonnull(r->arena);
-  memset(r->arena, 0, bytes);
-  rt_arena_backend(p, r->arena, &r->be);
-}
-
-static void run_close(Run *r) {
-  rt_arena_backend_free(&r->be);
-  free(r->arena);
-  session_close(&r->s);
-}
-
-/* The same starting point on every backend: parameters, state and hyper-parameters from their
- * initialisers (seed 7), optimizer state and gradients zero, inputs from the stream of
- * input_seed. */
-static void run_reset_inputs(Run *r, uint64_t input_seed) {
-  const kiln_program *p = r->s.prog;
-  memset(r->arena, 0, (size_t)p->arena_bytes);
-  RtRng rng;
-  rt_rng_seed(&rng, input_seed);
-  for (int i = 0; i < p->ntensors; i++) {
-    const kiln_tensor *t = &p->tensors[i];
-    int64_t n = rt_numel(t, p->batch);
-    double *v = calloc((size_t)n, sizeof *v);
-    ck_assert_ptr_nonnull(v);
-    if (t->role == KILN_ROLE_PARAM || t->role == KILN_ROLE_STATE || t->role == KILN_ROLE_HYPER) {
-      rt_init_tensor(t, 7, v, n);
-      r->be.write(r->be.self, i, v, n);
-    } else if (t->role == KILN_ROLE_INPUT) {
-      for (int64_t k = 0; k < n; k++)
-        v[k] = t->dtype == KILN_I32 ? (double)rt_rng_below(&rng, 10) : rt_rng_uniform(&rng);
-      r->be.write(r->be.self, i, v, n);
-    }
-    free(v);
-  }
-}
-
-static void run_reset(Run *r) { run_reset_inputs(r, 42); }
-
-static void run_entry(Run *r, const char *name) {
-  char err[512] = "";
-  int e = rt_find_entry(r->s.prog, name);
-  ck_assert_int_ge(e, 0);
-  ck_assert_msg(r->be.run(r->be.self, e, r->s.prog->batch, err) == 0, "%s", err);
+  run_open_with(r, model, &o);
 }
 
 /* Every tensor a step writes or keeps must agree to the bit: the arenas a and b of programs p and

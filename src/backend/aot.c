@@ -179,19 +179,6 @@ static int run(const Argv *a, Buf *out) {
   return -1;
 }
 
-static int write_all(int fd, const char *p, size_t n) {
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* Makes a private temporary directory "<tmpdir>/kiln-XXXXXX" (path: PATH_MAX bytes) holding
  * step.c with src in it. remove_temp deletes what the builds put there. */
 static int write_temp_source(const char *tmp, const char *src, char *dir, size_t cap, Buf *err) {
@@ -206,7 +193,7 @@ static int write_temp_source(const char *tmp, const char *src, char *dir, size_t
   char path[4096 + 16];
   snprintf(path, sizeof path, "%s/step.c", dir);
   int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
-  if (fd < 0 || write_all(fd, src, strlen(src)) != 0 || close(fd) != 0) {
+  if (fd < 0 || kiln_write_all(fd, src, strlen(src)) != 0 || close(fd) != 0) {
     buf_printf(err, "cannot write %s: %s\n", path, strerror(errno));
     if (fd >= 0)
       unlink(path);
@@ -504,7 +491,7 @@ const kiln_program *aot_load_shared(const BackendOptions *opt, const void *so_by
   snprintf(so, sizeof so, "%s/%.64s.so", dir, name && *name ? name : "step");
   int fd = open(so, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   const kiln_program *prog = NULL;
-  if (fd < 0 || write_all(fd, so_bytes, size) != 0 || close(fd) != 0) {
+  if (fd < 0 || kiln_write_all(fd, so_bytes, size) != 0 || close(fd) != 0) {
     buf_printf(err, "cannot write %s: %s\n", so, strerror(errno));
     if (fd >= 0)
       close(fd);

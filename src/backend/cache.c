@@ -124,34 +124,6 @@ static uint64_t get_u64(const unsigned char *p) {
   return v;
 }
 
-static int read_all(int fd, void *buf, size_t n) {
-  unsigned char *p = buf;
-  while (n > 0) {
-    ssize_t r = read(fd, p, n);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      return -1;
-    p += r;
-    n -= (size_t)r;
-  }
-  return 0;
-}
-
-static int write_all(int fd, const void *buf, size_t n) {
-  const unsigned char *p = buf;
-  while (n > 0) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR)
-      continue;
-    if (w <= 0)
-      return -1;
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 /* Checks the header against the key and the file's size; NULL or what is wrong. */
 static const char *bad_header(const unsigned char *h, const CacheKey *k, uint64_t file_bytes) {
   if (memcmp(h, magic, sizeof magic) != 0)
@@ -188,7 +160,7 @@ CacheRead cache_read(const char *dir, const CacheKey *k, const char *suffix, voi
   size_t n = 0;
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
     wrong = "not a regular file";
-  else if ((uint64_t)st.st_size < HEADER_BYTES || read_all(fd, header, HEADER_BYTES) != 0)
+  else if ((uint64_t)st.st_size < HEADER_BYTES || kiln_read_all(fd, header, HEADER_BYTES) != 0)
     wrong = "truncated";
   else
     wrong = bad_header(header, k, (uint64_t)st.st_size);
@@ -197,7 +169,7 @@ CacheRead cache_read(const char *dir, const CacheKey *k, const char *suffix, voi
     bytes = malloc(n ? n : 1);
     if (!bytes)
       wrong = "out of memory reading it";
-    else if (read_all(fd, bytes, n) != 0)
+    else if (kiln_read_all(fd, bytes, n) != 0)
       wrong = "truncated while being read";
   }
   close(fd);
@@ -239,7 +211,7 @@ int cache_write(const char *dir, const CacheKey *k, const char *suffix, const vo
   sha256(payload, size, header + 56);
   /* Durable before it is visible: after a crash the name holds the old entry or the whole new
    * one, never a prefix of it. */
-  int bad = write_all(fd, header, sizeof header) || write_all(fd, payload, size) || fsync(fd);
+  int bad = kiln_write_all(fd, header, sizeof header) || kiln_write_all(fd, payload, size) || fsync(fd);
   int saved = errno;
   if (close(fd) != 0 && !bad) {
     bad = 1;

@@ -119,4 +119,9 @@ void sha256(const void *data, size_t n, unsigned char digest[SHA256_BYTES]);
 /* 64 lowercase hex digits and a NUL. */
 void sha256_hex(const unsigned char digest[SHA256_BYTES], char hex[2 * SHA256_BYTES + 1]);
 
+/* Reads or writes exactly n bytes of fd, through short counts and EINTR; 0, or -1 (errno set; a
+ * read that meets the end of the file fails too). */
+int kiln_read_all(int fd, void *buf, size_t n);
+int kiln_write_all(int fd, const void *buf, size_t n);
+
 #endif

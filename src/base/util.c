@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "base/base.h"
 
@@ -295,4 +296,34 @@ _Noreturn void kiln_fail(Loc loc, const char *fmt, ...) {
 
 _Noreturn void kiln_bug(const char *file, int line, const char *what) {
   kiln_fail((Loc){0}, "internal error at %s:%d: %s (please report this)", file, line, what);
+}
+
+/* ---- whole reads and writes ---- */
+
+int kiln_read_all(int fd, void *buf, size_t n) {
+  unsigned char *p = buf;
+  while (n > 0) {
+    ssize_t r = read(fd, p, n);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return -1;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 0;
+}
+
+int kiln_write_all(int fd, const void *buf, size_t n) {
+  const unsigned char *p = buf;
+  while (n > 0) {
+    ssize_t w = write(fd, p, n);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return -1;
+    p += w;
+    n -= (size_t)w;
+  }
+  return 0;
 }
