@@ -57,11 +57,14 @@ void kiln_test_fail_alloc_after(long n);
 
 /* A growable string, used to build generated C and messages. Out of memory, a Buf fails through
  * kiln_fail, unless it is lossy: then it keeps what it has and sets lost. Code that holds
- * resources a trap cannot release (processes, files, loaded code: backend/) uses lossy Bufs. */
+ * resources a trap cannot release (processes, files, loaded code: backend/) uses lossy Bufs. A
+ * Buf with a pool grows in the pool's memory: a failure that unwinds past it leaks nothing, and
+ * buf_free need not be called (code generation's temporary strings). */
 typedef struct Buf {
   char *p;
   size_t len, cap;
   bool lossy, lost;
+  Pool *pool;
 } Buf;
 void buf_printf(Buf *b, const char *fmt, ...) KILN_PRINTF(2, 3);
 void buf_vprintf(Buf *b, const char *fmt, va_list ap);

@@ -138,7 +138,14 @@ void buf_vprintf(Buf *b, const char *fmt, va_list ap) {
   if (b->len + (size_t)n + 1 > b->cap) {
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + (size_t)n + 1) cap *= 2;
-    char *p = b->lossy ? kiln_try_realloc(b->p, cap) : kiln_realloc(b->p, cap);
+    char *p;
+    if (b->pool) { /* the old block stays in the pool until it is freed */
+      p = pool_alloc(b->pool, cap);
+      if (b->len)
+        memcpy(p, b->p, b->len + 1);
+    } else {
+      p = b->lossy ? kiln_try_realloc(b->p, cap) : kiln_realloc(b->p, cap);
+    }
     if (!p) {
       b->lost = true;
       return;
@@ -160,7 +167,8 @@ void buf_printf(Buf *b, const char *fmt, ...) {
 void buf_puts(Buf *b, const char *s) { buf_printf(b, "%s", s); }
 
 void buf_free(Buf *b) {
-  free(b->p);
+  if (!b->pool)
+    free(b->p);
   b->p = NULL;
   b->len = b->cap = 0;
   b->lost = false;

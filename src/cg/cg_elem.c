@@ -34,7 +34,7 @@ const char *const cg_op_c[OP_COUNT] = {
 
 const char *cg_expand_template(Cg *cg, const char *tpl, const char *a, const char *b,
                                    DType t, double v) {
-  Buf o = {0};
+  Buf o = {.pool = cg->pool};
   for (const char *p = tpl; *p; p++) {
     if (*p != '$' || !p[1]) {
       buf_printf(&o, "%c", *p);

@@ -339,7 +339,7 @@ static void kernel_users(Cg *cg, const Node *first, const int *next, Buf *b) {
  * by, and the model line it came from; then the other nodes that share its kernel. */
 static void kernel_comment(Cg *cg, const Node *n, const int *next) {
   char sh[256];
-  Buf b = {0};
+  Buf b = {.pool = cg->pool};
   buf_printf(&b, "/* %%%d = %s(", n->id, op_names[n->op]);
   for (int k = 0; k < n->nin; k++) {
     const Node *x = ir_at(cg->g, n->in[k]);
@@ -352,7 +352,7 @@ static void kernel_comment(Cg *cg, const Node *n, const int *next) {
              shape_str(cg->g, &n->shape, sh, sizeof sh));
   model_line(&b, n->loc);
   if (cg_is_tree(cg, n)) {
-    Buf f = {0};
+    Buf f = {.pool = cg->pool};
     cg_tree_comment(cg, n, &f);
     if (f.len)
       buf_printf(&b, "  fused:%s", f.p);
@@ -376,7 +376,7 @@ typedef struct KernelText {
 /* n's kernel as cg_emit_unit prints it, into the pool. */
 static KernelText kernel_text(Cg *cg, const Node *n) {
   const Graph *g = cg->g;
-  Buf text = {0}, *out = cg->out;
+  Buf text = {.pool = cg->pool}, *out = cg->out;
   cg->out = &text;
   if (cg->s->node[n->id].vectorise) {
     /* gcc's -O2 vectoriser ("very cheap" cost model) gives up on loops whose constant trip
@@ -486,7 +486,7 @@ static void cg_emit_kernels(Cg *cg) {
 /* A call of n's kernel; one shared with an earlier node says which node it computes. */
 static void cg_emit_call(Cg *cg, const Node *n) {
   int ids[CALL_ARGS_MAX], k = call_args(cg, n, ids);
-  Buf b = {0};
+  Buf b = {.pool = cg->pool};
   buf_printf(&b, "%s(", kernel_name(cg, ir_at(cg->g, cg->shared[n->id])));
   for (int i = 0; i < k; i++)
     buf_printf(&b, "%s%s", i ? ", " : "", tensor_name(cg, ids[i]));
@@ -700,7 +700,7 @@ static void cg_emit_literals(Cg *cg) {
       continue;
     const Literal *l = &g->data[d];
     cg_line(cg, "static const double %s[%" PRId64 "] = {", lit_name(cg, d), l->n > 0 ? l->n : 1);
-    Buf b = {0};
+    Buf b = {.pool = cg->pool};
     for (int64_t i = 0; i < l->n; i++) {
       buf_printf(&b, "%s%s,", (i % 6) ? " " : "  ", cg_dbl(cg, l->v[i]));
       if (i % 6 == 5 || i == l->n - 1) {
@@ -735,7 +735,7 @@ static void cg_emit_tensors(Cg *cg) {
     const char *name = t->name; /* checked in check_plan */
     KILN_ASSERT(t->role >= 0 && t->role <= KILN_ROLE_GRAD && t->dtype >= 0 && t->dtype <= 2);
     KILN_ASSERT(t->rank >= 0 && t->rank <= KILN_ABI_MAX_RANK);
-    Buf dims = {0};
+    Buf dims = {.pool = cg->pool};
     for (int k = 0; k < t->rank; k++)
       buf_printf(&dims, "%s%" PRId64, k ? ", " : "", t->dims[k]);
     const char *data = "NULL";

@@ -36,7 +36,7 @@ Sz sz_prod(const Cg *cg, const Shape *s, int from, int to) {
 const char *sz_c(const Cg *cg, Sz s) {
   if (s.p == 0)
     return pool_printf(cg->pool, "%" PRId64, s.c);
-  Buf b = {0};
+  Buf b = {.pool = cg->pool};
   if (s.c == 1 && s.p == 1)
     buf_puts(&b, "B");
   else {
@@ -181,7 +181,7 @@ int cg_nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops) {
     cg->indent++;
   }
   for (int o = 0; o < nop; o++) {
-    Buf b = {0};
+    Buf b = {.pool = cg->pool};
     for (int k = 0; k < r; k++) {
       if (st[o][k].c == 0)
         continue;
