@@ -25,19 +25,14 @@ int api_set_error(const char *msg) {
   return msg ? KILN_ERROR : KILN_OK;
 }
 
-static kiln_status fail_with(const char *msg) {
-  snprintf(last_error, sizeof last_error, "%s", msg);
-  return KILN_ERROR;
-}
-
 static kiln_status compile(const char *path, const char *text, kiln_model **out) {
   *out = NULL;
   last_error[0] = 0;
   kiln_model *m = calloc(1, sizeof *m);
-  if (!m) return fail_with("error: out of memory\n");
+  if (!m) return api_set_error("error: out of memory\n");
   int rc = text ? session_open_text(&m->s, path, text, NULL) : session_open_file(&m->s, path, NULL);
   if (rc) {
-    fail_with(m->s.error);
+    api_set_error(m->s.error);
     session_close(&m->s);
     free(m);
     return KILN_ERROR;
@@ -47,12 +42,12 @@ static kiln_status compile(const char *path, const char *text, kiln_model **out)
 }
 
 kiln_status kiln_model_from_file(const char *path, kiln_model **out) {
-  if (!path || !out) return fail_with("error: kiln_model_from_file: NULL argument\n");
+  if (!path || !out) return api_set_error("error: kiln_model_from_file: NULL argument\n");
   return compile(path, NULL, out);
 }
 
 kiln_status kiln_model_from_string(const char *name, const char *text, kiln_model **out) {
-  if (!text || !out) return fail_with("error: kiln_model_from_string: NULL argument\n");
+  if (!text || !out) return api_set_error("error: kiln_model_from_string: NULL argument\n");
   return compile(name ? name : "<string>", text, out);
 }
 
@@ -92,7 +87,7 @@ kiln_status kiln_emit_c(kiln_model *m, int64_t batch, char **source) {
   Session s;
   session_adopt(&s, m->s.g, &o);
   if (session_emit(&s)) {
-    fail_with(s.error);
+    api_set_error(s.error);
     session_close(&s);
     return KILN_ERROR;
   }
@@ -197,7 +192,7 @@ kiln_status kiln_compile(const kiln_model *m, const kiln_options *ko, kiln_train
   Session s;
   session_adopt(&s, m->s.g, &o);
   if (session_load(&s)) {
-    fail_with(s.error);
+    api_set_error(s.error);
     session_close(&s);
     free(t);
     return KILN_ERROR;
