@@ -146,7 +146,9 @@ typedef enum kiln_backend {
  * asks the machine nothing, so the same options give the same program everywhere. */
 typedef struct kiln_options {
   kiln_backend backend;
-  int threads;            /* threads the step splits each batch over; 0: 1 */
+  int threads;            /* the most threads a step may run on (the trainer starts with this
+                             many; kiln_set_threads changes it); 0: 1. Results are the same
+                             for every thread count */
   int64_t batch;          /* largest batch a step takes; 0: the model's train block, else 64 */
   int opt_level;          /* the compiler's -O level, 1..3; 0: 2 */
   int64_t seed;           /* parameter initialisation; < 0: the model's train block, else 1 */
@@ -171,6 +173,11 @@ KILN_API kiln_status kiln_compile(const kiln_model *m, const kiln_options *o, ki
 KILN_API void kiln_trainer_free(kiln_trainer *t);
 /* The largest batch a step of t takes. */
 KILN_API int64_t kiln_trainer_batch(const kiln_trainer *t);
+/* Runs t's steps on `threads` threads from now on, at most kiln_options.threads (more are
+ * clamped); threads <= 0: as many as that. Results do not change. */
+KILN_API kiln_status kiln_set_threads(kiln_trainer *t, int threads);
+/* The threads t's steps run on. */
+KILN_API int kiln_threads(const kiln_trainer *t);
 
 /* ---- tensors by name ------------------------------------------------------------------------- */
 

@@ -41,7 +41,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 3
+#define KILN_ABI_VERSION 4
 #define KILN_ABI_MAX_RANK 6
 #define KILN_ABI_MAX_ENTRIES 31 /* bit i of kiln_tensor.entries is entry i */
 
@@ -113,7 +113,20 @@ static inline double kiln_dropout_uniform(uint32_t salt, double counter, int64_t
   return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch);
+/* Threads. A program splits its large kernels into tasks whose number and contents depend only
+ * on the shapes, and hands them to the driver's scheduler: task(args, t, worker) for every t in
+ * [0, ntasks), each once, on workers numbered 0 .. kiln_program.threads - 1 (one task at a time
+ * per worker; the worker picks the task's scratch slot, so which worker runs a task never changes
+ * a result). run returns when every task has finished. A driver that passes no kiln_exec, or one
+ * without run, gets every task in order on worker 0: the same results on one thread. */
+typedef void (*kiln_task_fn)(void *args, int64_t task, int worker);
+
+typedef struct kiln_exec {
+  void (*run)(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
+  void *pool;
+} kiln_exec;
+
+typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch, const kiln_exec *exec);
 
 /* An entry point under its name ("train", "eval", "grad", "apply"). */
 typedef struct kiln_entry {
@@ -132,6 +145,7 @@ typedef struct kiln_program {
   int abi_version;       /* KILN_ABI_VERSION */
   const char *model;     /* model name (file stem) */
   int64_t batch;         /* maximum (and usual) batch size */
+  int threads;           /* workers the scratch has room for: a driver runs at most this many */
   int64_t arena_bytes;
   int ntensors;
   const kiln_tensor *tensors;

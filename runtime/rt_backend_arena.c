@@ -17,7 +17,11 @@ typedef struct ArenaBe {
   const kiln_program *prog;
   unsigned char *base;
   int owned;          /* base was allocated by rt_arena_backend_new */
+  RtPool *pool;       /* NULL: tasks run on the calling thread */
+  kiln_exec exec;
 } ArenaBe;
+
+static int arena_set_threads(void *self, int threads, char *err);
 
 static int arena_run(void *self, int entry, int64_t batch, char *err) {
   ArenaBe *a = self;
@@ -32,7 +36,7 @@ static int arena_run(void *self, int entry, int64_t batch, char *err) {
   if (batch < 1 || batch > a->prog->batch)
     return rt_errf(err, "batch %lld is outside 1..%lld", (long long)batch,
                    (long long)a->prog->batch);
-  fn(a->base, batch);
+  fn(a->base, batch, &a->exec);
   return 0;
 }
 
@@ -90,13 +94,16 @@ static void arena_write(void *self, int tensor, const double *in, int64_t n) {
 void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be) {
   memset(be, 0, sizeof *be);
   ArenaBe *a = malloc(sizeof *a);
-  if (a)
-    *a = (ArenaBe){p, arena, 0};
+  if (a) {
+    *a = (ArenaBe){p, arena, 0, NULL, {0}};
+    rt_exec_init(&a->exec, NULL);
+  }
   be->prog = p;
   be->self = a;
   be->run = arena_run;
   be->read = arena_read;
   be->write = arena_write;
+  be->set_threads = arena_set_threads;
 }
 
 int rt_arena_backend_new(const kiln_program *p, RtBackend *be, char *err) {
@@ -116,6 +123,32 @@ int rt_arena_backend_new(const kiln_program *p, RtBackend *be, char *err) {
   return 0;
 }
 
+static int arena_set_threads(void *self, int threads, char *err) {
+  ArenaBe *a = self;
+  if (!a)
+    return rt_errf(err, "out of memory creating the arena backend");
+  int most = a->prog->threads > 0 ? a->prog->threads : 1;
+  threads = threads <= 0 || threads > most ? most : threads;
+  if (threads == rt_pool_threads(a->pool))
+    return 0;
+  RtPool *p = NULL;
+  if (threads > 1 && !(p = rt_pool_new(threads, err)))
+    return -1;
+  rt_pool_free(a->pool);
+  a->pool = p;
+  rt_exec_init(&a->exec, p);
+  return 0;
+}
+
+int rt_arena_set_threads(RtBackend *be, int threads, char *err) {
+  return arena_set_threads(be->self, threads, err);
+}
+
+int rt_arena_threads(const RtBackend *be) {
+  const ArenaBe *a = be->self;
+  return a ? rt_pool_threads(a->pool) : 1;
+}
+
 unsigned char *rt_arena_base(const RtBackend *be) {
   const ArenaBe *a = be->self;
   return a ? a->base : NULL;
@@ -127,6 +160,8 @@ void rt_arena_backend_free(RtBackend *be) {
   ArenaBe *a = be->self;
   if (a && a->owned)
     free(a->base);
+  if (a)
+    rt_pool_free(a->pool);
   free(a);
   be->self = NULL;
 }

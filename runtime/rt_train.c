@@ -48,6 +48,9 @@ static void usage(FILE *f, const char *name) {
           "  --limit-test N      use only the first N test examples\n"
           "  --patience N        stop after N epochs without a better test loss and keep the\n"
           "                      best epoch's parameters (overrides the model's early_stop)\n"
+          "  --threads N         threads the step runs on (default: every core this process may\n"
+          "                      use, at most the number the trainer was built for); results\n"
+          "                      are the same for every thread count\n"
           "  --quiet             no progress output on stderr\n"
           "  --help              show this message\n",
           name);
@@ -110,7 +113,7 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
     key[klen] = 0;
     static const char *const known[] = {"--data", "--epochs", "--lr", "--seed", "--save",
                                         "--load", "--metrics", "--limit-train", "--limit-test",
-                                        "--patience"};
+                                        "--patience", "--threads"};
     int k = -1;
     for (int j = 0; j < (int)(sizeof known / sizeof known[0]); j++)
       if (!strcmp(key, known[j]))
@@ -160,6 +163,11 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       if (parse_i64(val, &n) || n > 1000000000)
         return opt_error(name, "%s: expected a positive number of epochs, got '%s'", key, val);
       o->patience = (int)n;
+      break;
+    case 10:
+      if (parse_i64(val, &n) || n > 256)
+        return opt_error(name, "%s: expected a number of threads in 1..256, got '%s'", key, val);
+      o->threads = (int)n;
       break;
     }
   }
@@ -861,6 +869,8 @@ int rt_train(RtBackend *be, const RtOptions *o) {
     goto done;
   }
   rt_progress_init(&r.progress, stderr);
+  if (be->set_threads && be->set_threads(be->self, o->threads, r.err))
+    goto done;
   if (rt_init_persistent(be, r.seed, o->lr, r.err))
     goto done;
   if (o->load_path && rt_load_checkpoint(be, o->load_path, r.err))

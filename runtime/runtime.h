@@ -127,6 +127,9 @@ typedef struct RtBackend {
   int (*run)(void *self, int entry, int64_t batch, char *err);
   void (*read)(void *self, int tensor, double *out, int64_t n);
   void (*write)(void *self, int tensor, const double *in, int64_t n);
+  /* Threads to run entries on from now on (<= 0: as many as the program allows); NULL for a
+   * backend that runs on the calling thread only. 0, or -1 with err. */
+  int (*set_threads)(void *self, int threads, char *err);
 } RtBackend;
 
 typedef struct RtOptions {
@@ -141,6 +144,7 @@ typedef struct RtOptions {
   int64_t limit_test;
   int quiet;              /* no progress line */
   int patience;           /* >0: early stopping (overrides the program's); 0: the program's */
+  int threads;            /* threads the step runs on (at most the program's bound); 0: that bound */
   const char *prog_name;  /* prefix of messages on stderr ("trainer: error: ..."); set by
                              rt_options_parse, "trainer" by default */
 } RtOptions;
@@ -185,6 +189,26 @@ int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err);
 int rt_save_checkpoint(RtBackend *be, const char *path, char *err);
 int rt_load_checkpoint(RtBackend *be, const char *path, char *err);
 
+/* ---- rt_pool.c: the threads a program's tasks run on ------------------------------------------ */
+
+typedef struct RtPool RtPool;
+/* A pool of `threads` workers: the thread calling rt_pool_run and threads - 1 of its own, which
+ * sleep between regions after a short spin. Returns NULL with err when a thread cannot start.
+ * One thread at a time may run tasks on a pool. */
+RtPool *rt_pool_new(int threads, char *err);
+void rt_pool_free(RtPool *p);
+int rt_pool_threads(const RtPool *p);
+/* kiln_exec.run: task(args, t, worker) for every t in [0, ntasks), claimed first come, first
+ * served; returns when all have finished. A NULL pool runs them in order on worker 0. */
+void rt_pool_run(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
+/* An exec running tasks on p (NULL: in order on the calling thread). */
+void rt_exec_init(kiln_exec *e, RtPool *p);
+
+/* ---- rt_cores.c ---- */
+
+/* The processors this process may run on (its affinity mask), at least 1. */
+int rt_available_cores(void);
+
 /* ---- rt_backend_arena.c: the compiled program's arena as an RtBackend (codegen) -------------- */
 
 /* A backend over a generated program and its arena (arena_bytes, 64-byte aligned, owned by the
@@ -196,6 +220,12 @@ void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be
 /* The same over an arena of its own: zeroed, 64-byte aligned, freed by rt_arena_backend_free.
  * Returns 0, or -1 with err (and nothing to free). */
 int rt_arena_backend_new(const kiln_program *p, RtBackend *be, char *err);
+/* Runs the program's tasks on `threads` threads from now on (clamped to 1 .. prog->threads;
+ * <= 0: prog->threads). Returns 0, or -1 with err when the threads cannot start (the backend
+ * then stays as it was). */
+int rt_arena_set_threads(RtBackend *be, int threads, char *err);
+/* The threads the backend runs tasks on. */
+int rt_arena_threads(const RtBackend *be);
 /* The arena a backend of this file runs on (NULL if its allocation failed). */
 unsigned char *rt_arena_base(const RtBackend *be);
 void rt_arena_backend_free(RtBackend *be);

@@ -43,6 +43,8 @@ int main(int argc, char **argv) {
   int rc = rt_options_parse(&o, argc, argv, name);
   if (rc)
     return rc > 0 ? 0 : 1;
+  if (!o.threads)
+    o.threads = rt_available_cores();
 
   char err[RT_ERR_LEN];
   if (rt_check_program(prog, err) || arena_check(prog, err)) {

@@ -27,6 +27,8 @@ static void run_open_with(Run *r, const char *model, const Options *o) {
   ck_assert_msg(session_load(&r->s) == 0, "%s", r->s.error);
   char err[RT_ERR_LEN];
   ck_assert_msg(rt_arena_backend_new(r->s.prog, &r->be, err) == 0, "%s", err);
+  /* As many threads as the program was compiled for. */
+  ck_assert_msg(rt_arena_set_threads(&r->be, r->s.prog->threads, err) == 0, "%s", err);
   r->arena = rt_arena_base(&r->be);
 }
 

@@ -483,13 +483,16 @@ START_TEST(bad_model_leaves_no_output) {
 }
 END_TEST
 
-/* --threads fixes how many batch chunks the generated code is split into. */
+/* --threads bounds the threads the generated code may run on: one means no tasks at all. */
 START_TEST(threads_option) {
   char *one, *two, *err;
   ck_assert_int_eq(run(KILN " emit " EX "mnist_cnn.kiln --threads 1", &one, NULL), 0);
   ck_assert_int_eq(run(KILN " emit " EX "mnist_cnn.kiln --threads 2", &two, NULL), 0);
-  ck_assert_ptr_null(strstr(one, "#pragma omp"));
-  ck_assert_ptr_nonnull(strstr(two, "#pragma omp"));
+  ck_assert_ptr_null(strstr(one, "kiln_run_tasks"));
+  ck_assert_ptr_nonnull(strstr(one, ".threads = 1,"));
+  ck_assert_ptr_nonnull(strstr(two, "kiln_run_tasks(ex"));
+  ck_assert_ptr_nonnull(strstr(two, ".threads = 2,"));
+  ck_assert_ptr_null(strstr(two, "#pragma omp"));
   free(one);
   free(two);
   ck_assert_int_eq(run(KILN " emit " EX "mlp.kiln --threads 0", NULL, &err), 2);
@@ -639,6 +642,54 @@ START_TEST(trainer_data_errors) {
 }
 END_TEST
 
+/* The bytes of a binary file (malloc'd), *len its size. */
+static char *file_bytes(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  ck_assert_msg(f != NULL, "cannot open %s", path);
+  ck_assert_int_eq(fseek(f, 0, SEEK_END), 0);
+  long n = ftell(f);
+  ck_assert_int_gt(n, 0);
+  rewind(f);
+  char *b = malloc((size_t)n);
+  ck_assert_ptr_nonnull(b);
+  ck_assert_uint_eq(fread(b, 1, (size_t)n, f), (size_t)n);
+  fclose(f);
+  *len = (size_t)n;
+  return b;
+}
+
+/* A trainer's thread count is a run-time choice that changes no bit: the CNN trainer built for
+ * three threads ends a seeded run with byte-identical checkpoints on 1, 2 and 3 threads (with a
+ * last batch smaller than the rest), and refuses a bad --threads. */
+START_TEST(trainer_same_bytes_on_every_thread_count) {
+  char cmd[2048], trainer[300], ckpt[3][300], *err;
+  snprintf(trainer, sizeof trainer, "%s/cnn", tmpdir);
+  snprintf(cmd, sizeof cmd, KILN " build " EX "mnist_cnn.kiln --threads 3 -o '%s'", trainer);
+  ck_assert_int_eq(run(cmd, NULL, NULL), 0);
+  char *bytes[3];
+  size_t len[3];
+  for (int t = 0; t < 3; t++) {
+    snprintf(ckpt[t], sizeof ckpt[t], "%s/cnn%d.safetensors", tmpdir, t + 1);
+    snprintf(cmd, sizeof cmd,
+             "'%s' --data " DATA " --epochs 1 --limit-train 200 --limit-test 50 --seed 3 "
+             "--threads %d --save '%s' --quiet",
+             trainer, t + 1, ckpt[t]);
+    ck_assert_int_eq(run(cmd, NULL, NULL), 0);
+    bytes[t] = file_bytes(ckpt[t], &len[t]);
+    ck_assert(len[t] > 100000);
+  }
+  for (int t = 1; t < 3; t++)
+    ck_assert_msg(len[t] == len[0] && !memcmp(bytes[0], bytes[t], len[0]),
+                  "checkpoints on 1 and %d threads differ", t + 1);
+  for (int t = 0; t < 3; t++)
+    free(bytes[t]);
+  snprintf(cmd, sizeof cmd, "'%s' --data " DATA " --threads 0 --quiet", trainer);
+  ck_assert_int_eq(run(cmd, NULL, &err), 1);
+  ck_assert_ptr_nonnull(strstr(err, "--threads: expected a number of threads in 1..256, got '0'"));
+  free(err);
+}
+END_TEST
+
 static Suite *cli_suite(void) {
   Suite *s = suite_create("cli");
   TCase *tc = tcase_create("cli");
@@ -661,6 +712,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, usage_errors);
   tcase_add_test(tc, target_option);
   tcase_add_test(tc, trainer_data_errors);
+  tcase_add_test(tc, trainer_same_bytes_on_every_thread_count);
   tcase_add_test(tc, cache_and_verbose);
   tcase_add_test(tc, jit_training_writes_nothing);
   suite_add_tcase(s, tc);

@@ -92,6 +92,8 @@ static void run_open(Run *r, int64_t batch) {
   ck_assert_ptr_nonnull(r->arena);
   memset(r->arena, 0xA5, bytes); /* garbage: kernels must not rely on a zeroed arena */
   rt_arena_backend(r->prog, r->arena, &r->cbe);
+  char terr[RT_ERR_LEN];
+  ck_assert_msg(rt_arena_set_threads(&r->cbe, r->prog->threads, terr) == 0, "%s", terr);
   r->it = interp_new(g, r->plan->batch, false);
   ck_assert_ptr_nonnull(r->it);
   interp_backend(r->it, r->plan, &r->rprog, &r->rbe);
@@ -523,8 +525,8 @@ START_TEST(conv2d_and_adjoints) {
 }
 END_TEST
 
-/* The same cases through im2col + GEMM (the schedule's conv = CONV_GEMM), the batch split into
- * three chunks so that some are empty at batches 2 and 1. */
+/* The same cases through im2col + GEMM (the schedule's conv = CONV_GEMM), as tasks on three
+ * threads, more than there are images at batches 2 and 1. */
 START_TEST(conv2d_and_adjoints_gemm) {
   opts.conv = CONV_GEMM;
   opts.threads = 3;
@@ -542,7 +544,7 @@ START_TEST(conv2d_and_adjoints_gemm) {
   Run r;
   run_open(&r, 3);
   ck_assert_ptr_nonnull(strstr(r.src, dt == DT_F64 ? "kiln_dgemm_acc(" : "kiln_sgemm_acc("));
-  ck_assert_ptr_nonnull(strstr(r.src, "#pragma omp parallel for num_threads(3)"));
+  ck_assert_ptr_nonnull(strstr(r.src, "kiln_run_tasks(ex"));
   randomise(&r, 42, -1.0, 1.0);
   run_compare(&r, "grad", 3);
   run_compare(&r, "grad", 2);
@@ -564,8 +566,9 @@ static const kiln_program *compile_and_load(const BackendOptions *o, const char 
   return p;
 }
 
-/* Every f32 output of the grad entry at batch, as raw bytes. */
-static unsigned char *grad_outputs(const char *src, int64_t batch, size_t *len) {
+/* Every f32 output of the grad entry at batch, run on `threads` threads (0: no exec, the
+ * program's own serial loop), as raw bytes. */
+static unsigned char *grad_outputs(const char *src, int64_t batch, int threads, size_t *len) {
   Buf err = {0};
   void *h;
   const kiln_program *p = compile_and_load(NULL, src, &h, &err);
@@ -580,7 +583,14 @@ static unsigned char *grad_outputs(const char *src, int64_t batch, size_t *len) 
     if (p->tensors[i].role != KILN_ROLE_OUTPUT)
       for (int64_t k = 0; k < rt_numel(&p->tensors[i], p->batch); k++)
         ((float *)(arena + p->tensors[i].offset))[k] = (float)rt_rng_uniform(&rng) - 0.5f;
-  p->entries[rt_find_entry(p, "grad")].fn(arena, batch);
+  char perr[RT_ERR_LEN];
+  RtPool *pool = threads > 0 ? rt_pool_new(threads, perr) : NULL;
+  ck_assert_msg(threads == 0 || pool, "%s", perr);
+  ck_assert_int_eq(rt_pool_threads(pool), threads > 0 ? threads : 1);
+  kiln_exec ex;
+  rt_exec_init(&ex, pool);
+  p->entries[rt_find_entry(p, "grad")].fn(arena, batch, threads > 0 ? &ex : NULL);
+  rt_pool_free(pool);
   Buf o = {0};
   for (int i = 0; i < p->ntensors; i++)
     if (p->tensors[i].role == KILN_ROLE_OUTPUT || p->tensors[i].role == KILN_ROLE_GRAD) {
@@ -594,12 +604,12 @@ static unsigned char *grad_outputs(const char *src, int64_t batch, size_t *len) 
   return (unsigned char *)o.p;
 }
 
-/* Threaded convolutions split the batch into fixed chunks with private scratch and add the
- * weight gradient's partial sums in chunk order: the results are bit-identical from run to run
- * and with OpenMP off (the pragmas stripped, so aot.c compiles without -fopenmp). */
+/* Threaded convolutions run tasks fixed by the shapes with per-worker scratch and add the
+ * weight gradient's per-image sums in image order: the results are bit-identical from run to run,
+ * on 2 or 3 threads, and with no exec (the program's own serial loop). */
 START_TEST(conv_threads_deterministic) {
   opts.conv = CONV_GEMM;
-  opts.threads = 2;
+  opts.threads = 3;
   int x = input("x", DT_F32, S4(B_(1), C_(8), C_(14), C_(14)));
   int w = param("w", DT_F32, S4(C_(32), C_(8), C_(5), C_(5)));
   Attr a;
@@ -613,22 +623,21 @@ START_TEST(conv_threads_deterministic) {
   Buf src = {0};
   plan_build(g, 16, &opts, &p);
   cg_emit_c(g, &p, &src);
-  ck_assert_ptr_nonnull(strstr(src.p, "#pragma omp parallel for num_threads(2)"));
+  ck_assert_ptr_nonnull(strstr(src.p, "kiln_run_tasks(ex"));
+  ck_assert_ptr_nonnull(strstr(src.p, ".threads = 3,"));
   for (int64_t batch = 16; batch > 0; batch -= 9) {
-    size_t n1, n2, n3;
-    unsigned char *r1 = grad_outputs(src.p, batch, &n1);
-    unsigned char *r2 = grad_outputs(src.p, batch, &n2);
-    char *plain = strdup(src.p);
-    for (char *q = plain; (q = strstr(q, "#pragma omp ")) != NULL;)
-      q[0] = q[1] = '/'; /* the line becomes a comment */
-    unsigned char *r3 = grad_outputs(plain, batch, &n3);
-    ck_assert(n1 == n2 && n1 == n3 && n1 > 0);
-    ck_assert_msg(!memcmp(r1, r2, n1), "threaded results differ from run to run");
-    ck_assert_msg(!memcmp(r1, r3, n1), "threaded results differ from the unthreaded build");
-    free(r1);
-    free(r2);
-    free(r3);
-    free(plain);
+    size_t n[4];
+    unsigned char *r[4];
+    static const int threads[4] = {2, 2, 3, 0};
+    for (int k = 0; k < 4; k++)
+      r[k] = grad_outputs(src.p, batch, threads[k], &n[k]);
+    for (int k = 1; k < 4; k++) {
+      ck_assert(n[0] == n[k] && n[0] > 0);
+      ck_assert_msg(!memcmp(r[0], r[k], n[0]), "2 threads and %d differ at batch %lld",
+                    threads[k], (long long)batch);
+    }
+    for (int k = 0; k < 4; k++)
+      free(r[k]);
   }
   buf_free(&src);
   plan_free(&p);
@@ -742,9 +751,9 @@ static void all_windows(void) {
   }
 }
 
-/* Every convolution and pool case with threads = 3 on a batch of 5 (chunks of 1, 2 and 2 images;
- * at batch 1 two chunks are empty) and GEMM tiles that divide none of the sizes: against the
- * reference, and bit-identical to the same program with threads = 1. (_i: 0 every convolution
+/* Every convolution and pool case with threads = 3 on a batch of 5 (the weight gradient's waves
+ * of 3 and 2 images; at batch 1 two workers idle) and GEMM tiles that divide none of the sizes:
+ * against the reference, and bit-identical to the same program with threads = 1. (_i: 0 every convolution
  * through the GEMM, 1 the cost model's choice.) */
 START_TEST(threads_match_one_thread) {
   all_windows();
@@ -755,7 +764,8 @@ START_TEST(threads_match_one_thread) {
   run_open(&one, 5);
   opts.threads = 3;
   run_open(&three, 5);
-  ck_assert_ptr_nonnull(strstr(three.src, "#pragma omp parallel for num_threads(3)"));
+  ck_assert_ptr_nonnull(strstr(three.src, "kiln_run_tasks(ex"));
+  ck_assert_int_eq(rt_arena_threads(&three.cbe), 3);
   randomise(&one, 23, -1.0, 1.0);
   randomise(&three, 23, -1.0, 1.0);
   char err[RT_ERR_LEN];
@@ -1310,12 +1320,14 @@ static const char golden_relu[] =
     "  }\n"
     "}\n"
     "\n"
-    "static void kiln_train(unsigned char *arena, int64_t B) {\n"
+    "static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {\n"
+    "  (void)ex;\n"
     "  if (B < 1 || B > 8)\n"
     "    return;\n"
     "}\n"
     "\n"
-    "static void kiln_eval(unsigned char *arena, int64_t B) {\n"
+    "static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {\n"
+    "  (void)ex;\n"
     "  if (B < 1 || B > 8)\n"
     "    return;\n"
     "  float *const x = (float *)(arena + 0);\n"
@@ -1323,12 +1335,14 @@ static const char golden_relu[] =
     "  k1_relu(h, x, B);\n"
     "}\n"
     "\n"
-    "static void kiln_grad(unsigned char *arena, int64_t B) {\n"
+    "static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {\n"
+    "  (void)ex;\n"
     "  if (B < 1 || B > 8)\n"
     "    return;\n"
     "}\n"
     "\n"
-    "static void kiln_apply(unsigned char *arena, int64_t B) {\n"
+    "static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {\n"
+    "  (void)ex;\n"
     "  if (B < 1 || B > 8)\n"
     "    return;\n"
     "}\n"
@@ -1361,6 +1375,7 @@ static const char golden_relu[] =
     "  .abi_version = KILN_ABI_VERSION,\n"
     "  .model = \"t\",\n"
     "  .batch = 8,\n"
+    "  .threads = 1,\n"
     "  .arena_bytes = 256,\n"
     "  .ntensors = 2,\n"
     "  .tensors = kiln_tensors,\n"

@@ -398,7 +398,7 @@ START_TEST(program_matmuls) {
     const int64_t nb = batches[bi];
     fill(arena, tx, nb * F, dt);
     fill(arena, ty2, nb * O, dt);
-    entry_fn(p, "grad")(arena, nb);
+    entry_fn(p, "grad")(arena, nb, NULL);
     double rel = dt == DT_F64 ? 1e-13 : 1e-6 * (double)F;
     for (int64_t i = 0; i < nb; i++)
       for (int64_t j = 0; j < O; j++) {

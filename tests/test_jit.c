@@ -2,10 +2,9 @@
  * test_jit.c — the in-process JIT (src/backend/jit.cpp) against the system compiler: the MNIST
  * CNN compiled by both backends gives bit-identical gradients, parameters and optimizer state
  * from identical starting points, at one and two threads, and the JIT's gives the same bits at
- * one, two and three threads, also with two host threads running programs at once (the parallel
- * regions on kiln's own OpenMP runtime, jit_omp.c, under the sanitizers too); OpenMP runtime
- * symbols kiln lacks fail the lookup by name even with libomp and libgomp in the process; a
- * compile error comes back as a message naming the generated line and prints nothing; programs
+ * one, two and three threads, also with two host threads running programs at once (the tasks on
+ * runtime/rt_pool.c's threads, under the sanitizers too); a compile error comes back as a
+ * message naming the generated line and prints nothing; programs
  * load and unload repeatedly without leaking (ASan's leak checker runs in CI). Built only when
  * kiln has the JIT.
  */
@@ -87,28 +86,36 @@ START_TEST(cnn_bit_identical_to_cc) {
 }
 END_TEST
 
-/* The generated code at every thread count is written to give the same bits (cg_window.c): the
- * JIT's programs at one, two and three threads, the last two forking regions. */
+/* The generated code is written to give the same bits whatever runs its tasks (cg_window.c):
+ * the JIT's program without tasks (one worker), and one with tasks for three workers run on
+ * one, two and three threads. */
 START_TEST(cnn_same_bits_at_every_thread_count) {
-  Run runs[3];
-  for (int k = 0; k < 3; k++) {
-    run_open(&runs[k], KILN_SOURCE_DIR "/examples/mnist_cnn.kiln", BACKEND_JIT, k + 1);
-    ck_assert_int_eq(strstr(runs[k].s.c.p, "#pragma omp parallel for") != NULL, k > 0);
+  Run runs[4];
+  run_open(&runs[0], KILN_SOURCE_DIR "/examples/mnist_cnn.kiln", BACKEND_JIT, 1);
+  ck_assert_ptr_null(strstr(runs[0].s.c.p, "kiln_run_tasks(ex"));
+  for (int k = 1; k < 4; k++) {
+    run_open(&runs[k], KILN_SOURCE_DIR "/examples/mnist_cnn.kiln", BACKEND_JIT, 3);
+    ck_assert_ptr_nonnull(strstr(runs[k].s.c.p, "kiln_run_tasks(ex"));
+    char err[RT_ERR_LEN];
+    ck_assert_msg(rt_arena_set_threads(&runs[k].be, k, err) == 0, "%s", err);
+    ck_assert_int_eq(rt_arena_threads(&runs[k].be), k);
   }
-  for (int k = 0; k < 3; k++) {
+  static const char *const what[] = {"", "tasks on 1 thread", "tasks on 2 threads",
+                                     "tasks on 3 threads"};
+  for (int k = 0; k < 4; k++) {
     run_reset(&runs[k]);
     run_entry(&runs[k], "grad");
   }
-  require_identical(&runs[0], &runs[1], "a grad step at 1 and 2 threads");
-  require_identical(&runs[0], &runs[2], "a grad step at 1 and 3 threads");
-  for (int k = 0; k < 3; k++) {
+  for (int k = 1; k < 4; k++)
+    require_identical(&runs[0], &runs[k], what[k]);
+  for (int k = 0; k < 4; k++) {
     run_reset(&runs[k]);
     for (int step = 0; step < 3; step++)
       run_entry(&runs[k], "train");
   }
-  require_identical(&runs[0], &runs[1], "three train steps at 1 and 2 threads");
-  require_identical(&runs[0], &runs[2], "three train steps at 1 and 3 threads");
-  for (int k = 0; k < 3; k++)
+  for (int k = 1; k < 4; k++)
+    require_identical(&runs[0], &runs[k], what[k]);
+  for (int k = 0; k < 4; k++)
     run_close(&runs[k]);
 }
 END_TEST
@@ -127,7 +134,7 @@ static void *train_steps(void *arg) {
 }
 
 /* Two host threads, each training its own JIT'd program with its own inputs at the same time,
- * get what each got alone: every host thread has its own workers. */
+ * get what each got alone: every program has its own pool. */
 START_TEST(two_host_threads_at_once) {
   Run runs[2];
   unsigned char *alone[2];
@@ -210,56 +217,6 @@ START_TEST(compile_error_names_the_line) {
 }
 END_TEST
 
-/* OpenMP runtime functions kiln does not provide are not taken from an OpenMP library someone
- * else loaded into the process: the lookup fails naming them. */
-START_TEST(openmp_runtime_only_kilns) {
-  ck_assert_ptr_nonnull(dlopen("libgomp.so.1", RTLD_NOW | RTLD_GLOBAL));
-  bool have_libomp = dlopen("libomp.so.5", RTLD_NOW | RTLD_GLOBAL) != NULL;
-  Buf err = {0};
-  int rc;
-  const char *printed = load_quietly("#include <stdint.h>\nint omp_get_thread_num(void);\n"
-                                     "int kiln_program_desc;\nvoid f(int *x) {\n"
-                                     "#pragma omp parallel num_threads(2)\n"
-                                     "  x[omp_get_thread_num()] = 1;\n}\n", &rc, &err);
-  ck_assert_int_eq(rc, -1);
-  ck_assert_msg(err.p && strstr(err.p, "does not provide: omp_get_thread_num"), "%s",
-                err.p ? err.p : "(none)");
-  ck_assert_msg(printed[0] == 0, "printed: %s", printed);
-  buf_free(&err);
-
-  printed = load_quietly("#include <stdint.h>\nint kiln_program_desc;\nvoid f(int *x) {\n"
-                         "#pragma omp parallel num_threads(2)\n#pragma omp single\n"
-                         "  x[0] = 1;\n}\n", &rc, &err);
-  ck_assert_int_eq(rc, -1);
-  ck_assert_msg(err.p && strstr(err.p, "does not provide: __kmpc_single"), "%s (libomp: %d)",
-                err.p ? err.p : "(none)", have_libomp);
-  ck_assert_msg(printed[0] == 0, "printed: %s", printed);
-  buf_free(&err);
-}
-END_TEST
-
-/* A region sharing more variables than the runtime forwards is refused when compiling. */
-START_TEST(region_sharing_too_much_is_refused) {
-  Buf src = {0};
-  buf_puts(&src, "#include <stdint.h>\nint kiln_program_desc;\nvoid f(int *a0");
-  for (int i = 1; i <= JIT_OMP_MAX_ARGS; i++)
-    buf_printf(&src, ", int *a%d", i);
-  buf_puts(&src, ") {\n#pragma omp parallel num_threads(2)\n  {\n");
-  for (int i = 0; i <= JIT_OMP_MAX_ARGS; i++)
-    buf_printf(&src, "    *a%d = %d;\n", i, i);
-  buf_puts(&src, "  }\n}\n");
-  Buf err = {0};
-  int rc;
-  const char *printed = load_quietly(src.p, &rc, &err);
-  ck_assert_int_eq(rc, -1);
-  ck_assert_msg(err.p && strstr(err.p, "shares 16 variables") && strstr(err.p, "at most 15"),
-                "%s", err.p ? err.p : "(none)");
-  ck_assert_msg(printed[0] == 0, "printed: %s", printed);
-  buf_free(&err);
-  buf_free(&src);
-}
-END_TEST
-
 /* Compile, run and free five times: LeakSanitizer (CI's sanitizer build) sees any leak. */
 START_TEST(load_unload_cycles) {
   for (int k = 0; k < 5; k++) {
@@ -285,8 +242,6 @@ int main(void) {
   tcase_add_test(tc, default_backend_is_the_jit);
   tcase_add_test(tc, compile_error_names_the_line);
   tcase_add_test(tc, load_unload_cycles);
-  tcase_add_test(tc, openmp_runtime_only_kilns);
-  tcase_add_test(tc, region_sharing_too_much_is_refused);
   tcase_add_loop_test(tc, cnn_bit_identical_to_cc, 0, 2);
   tcase_add_test(tc, cnn_same_bits_at_every_thread_count);
   tcase_add_test(tc, two_host_threads_at_once);

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1244,7 +1245,7 @@ static kiln_program data_program(void) {
 /* Trains the fake with the given options; returns the exit code, output in out/err. */
 static int train_fake(Fake *f, const kiln_program *p, RtOptions *o, char **out, char **err) {
   fake_init(f, p);
-  TrainCall c = {{p, f, fake_run, fake_read, fake_write}, *o};
+  TrainCall c = {{p, f, fake_run, fake_read, fake_write, NULL}, *o};
   return capture(do_train, &c, out, err);
 }
 
@@ -1323,7 +1324,7 @@ START_TEST(train_early_stopping) {
   char *out, *err;
   fake_init(&f, &p);
   f.eval_curve = curve;
-  TrainCall c = {{&p, &f, fake_run, fake_read, fake_write}, o};
+  TrainCall c = {{&p, &f, fake_run, fake_read, fake_write, NULL}, o};
   ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
   ck_assert_msg(f.problems == 0, "%s", f.problem);
   /* best at epoch 3 (a tie at 4 is no improvement), stop after 5 */
@@ -1351,7 +1352,7 @@ START_TEST(train_early_stopping) {
   o.epochs = 6;
   fake_init(&f, &p);
   f.eval_curve = curve;
-  c = (TrainCall){{&p, &f, fake_run, fake_read, fake_write}, o};
+  c = (TrainCall){{&p, &f, fake_run, fake_read, fake_write, NULL}, o};
   ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
   ck_assert_int_eq(f.epochs_done, 6);
   ck_assert_msg(strstr(out, "final epochs=6 ") && strstr(out, "test_loss=1.0000") &&
@@ -1546,7 +1547,7 @@ START_TEST(train_errors) {
     f.nan_loss_at = i == 8 ? 2 : 0;
     f.nan_state_at = i == 9 || i == 10 ? 2 : 0;
     f.nan_eval = i == 11;
-    TrainCall c = {{&p, &f, fake_run, fake_read, fake_write}, o};
+    TrainCall c = {{&p, &f, fake_run, fake_read, fake_write, NULL}, o};
     ck_assert_int_eq(capture(do_train, &c, &out, &err), 1);
     ck_assert_msg(!strncmp(err, "trainer: error: ", 16) && strstr(err, cases[i].want) &&
                       strchr(err, '\n') == err + strlen(err) - 1,
@@ -1620,7 +1621,7 @@ START_TEST(train_literal_model) {
   rt_options_default(&o);
   o.quiet = 1;
   o.save_path = tpath("lit.st");
-  TrainCall c = {{&p, &l, lit_run, lit_read, lit_write}, o};
+  TrainCall c = {{&p, &l, lit_run, lit_read, lit_write, NULL}, o};
   char *out, *err;
   ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
   ck_assert_str_eq(err, "");
@@ -1649,6 +1650,90 @@ START_TEST(train_literal_model) {
   ck_assert_ptr_nonnull(strstr(out, "final steps=2 loss=0.75\n"));
   free(out), free(err);
   /* With --data given anyway, nothing changes: the model reads no files. */
+}
+END_TEST
+
+/* ---- the thread pool ---- */
+
+enum { POOL_MAX_TASKS = 1000 };
+
+typedef struct PoolRegion {
+  atomic_int runs[POOL_MAX_TASKS]; /* per task, how often it ran */
+  atomic_int workers[8];           /* per worker, how many tasks it ran */
+  atomic_int bad_worker;
+  int threads;
+} PoolRegion;
+
+static void count_task(void *args, int64_t task, int worker) {
+  PoolRegion *r = args;
+  if (worker < 0 || worker >= r->threads)
+    atomic_fetch_add(&r->bad_worker, 1);
+  else
+    atomic_fetch_add(&r->workers[worker], 1);
+  /* Some work, longer for some tasks, so that both threads take part. */
+  volatile double x = 0;
+  for (int64_t k = 0; k < 2000 * (task % 7 + 1); k++)
+    x += (double)k;
+  atomic_fetch_add(&r->runs[task], 1);
+}
+
+/* Every task of every region runs exactly once, on a worker in range, and all have finished when
+ * rt_pool_run returns; regions back to back and after the workers fell asleep, with more threads
+ * than tasks, one task, none; a NULL pool runs them in order on worker 0. */
+START_TEST(pool_runs_every_task_once) {
+  static const int64_t sizes[] = {0, 1, 2, 3, 64, 999, 5, 1000};
+  char err[RT_ERR_LEN];
+  for (int threads = 1; threads <= 4; threads++) {
+    RtPool *pool = threads == 4 ? NULL : rt_pool_new(threads, err);
+    int nthreads = pool ? threads : 1;
+    ck_assert_msg(threads == 4 || pool, "%s", err);
+    ck_assert_int_eq(rt_pool_threads(pool), nthreads);
+    kiln_exec ex;
+    rt_exec_init(&ex, pool);
+    for (int rep = 0; rep < 3; rep++) {
+      for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        PoolRegion *r = calloc(1, sizeof *r);
+        ck_assert_ptr_nonnull(r);
+        r->threads = nthreads;
+        ex.run(ex.pool, count_task, r, sizes[k]);
+        for (int64_t t = 0; t < POOL_MAX_TASKS; t++)
+          ck_assert_msg(atomic_load(&r->runs[t]) == (t < sizes[k]),
+                        "%d threads, %lld tasks: task %lld ran %d times", nthreads,
+                        (long long)sizes[k], (long long)t, atomic_load(&r->runs[t]));
+        ck_assert_int_eq(atomic_load(&r->bad_worker), 0);
+        int total = 0;
+        for (int w = 0; w < nthreads; w++)
+          total += atomic_load(&r->workers[w]);
+        ck_assert_int_eq(total, (int)sizes[k]);
+        free(r);
+      }
+      /* Past the spin: the workers are asleep when the next region starts. */
+      nanosleep(&(struct timespec){0, 2000000}, NULL);
+    }
+    rt_pool_free(pool);
+  }
+}
+END_TEST
+
+/* Pools of 1 to 4 threads start and stop cleanly, many times over, with and without a region
+ * run (every worker is joined; LeakSanitizer sees what is left). */
+START_TEST(pool_start_stop) {
+  char err[RT_ERR_LEN];
+  for (int k = 0; k < 20; k++) {
+    RtPool *pool = rt_pool_new(1 + k % 4, err);
+    ck_assert_msg(pool != NULL, "%s", err);
+    if (k % 2) {
+      PoolRegion *r = calloc(1, sizeof *r);
+      ck_assert_ptr_nonnull(r);
+      r->threads = 1 + k % 4;
+      rt_pool_run(pool, count_task, r, 17);
+      ck_assert_int_eq(atomic_load(&r->runs[16]), 1);
+      free(r);
+    }
+    rt_pool_free(pool);
+  }
+  rt_pool_free(NULL);
+  ck_assert_int_ge(rt_available_cores(), 1);
 }
 END_TEST
 
@@ -1685,6 +1770,12 @@ static Suite *runtime_suite(void) {
   tcase_add_test(tc, st_atomic_write);
   tcase_add_test(tc, progress_lines);
   tcase_add_test(tc, progress_clock_and_csv);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("pool");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, pool_runs_every_task_once);
+  tcase_add_test(tc, pool_start_stop);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("train");

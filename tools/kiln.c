@@ -39,8 +39,9 @@ static const char usage[] =
     "\n"
     "common options:\n"
     "  --batch N       batch size to specialise for (default: the model's train block)\n"
-    "  --threads N     threads the generated code splits each batch over (default: the cores;\n"
-    "                  also $KILN_THREADS); the split is fixed, so runs are reproducible\n"
+    "  --threads N     threads the step runs on (default: every core this process may use;\n"
+    "                  also $KILN_THREADS); a built trainer runs on at most this many and\n"
+    "                  takes --threads itself. Results are the same for every count\n"
     "  --backend B     what compiles the step in process (train, check, grad, jvp, hvp): 'jit'\n"
     "                  (Clang/LLVM inside kiln, the default when built in) or 'cc' (the system\n"
     "                  compiler and dlopen); also $KILN_BACKEND. `kiln --version` lists them\n"
@@ -156,8 +157,8 @@ static void cache_dir_from_environment(char *dir, size_t cap) {
  * algorithm (for comparisons); $CC, $KILN_HOME and $TMPDIR locate the compiler, the trainer
  * runtime and temporary files. */
 static int options_from_environment(Options *o) {
-  long cores = sysconf(_SC_NPROCESSORS_ONLN);
-  o->sched.threads = cores < 1 ? 1 : cores > 64 ? 64 : (int)cores;
+  int cores = rt_available_cores();
+  o->sched.threads = cores > 64 ? 64 : cores;
   o->sched.target.cores = o->sched.threads;
   target_from_machine(&o->sched.target);
   const char *e = getenv("KILN_THREADS");
@@ -553,6 +554,8 @@ static int cmd_train(Session *s, const Args *a) {
   int rc = rt_options_parse(&o, a->nrest + 1, argv, "kiln train");
   free(argv);
   if (rc) return rc > 0 ? 0 : 2;
+  if (!o.threads)
+    o.threads = a->opt.sched.threads;
   return a->reference ? train_reference(s, a, &o) : train_compiled(s, a, &o);
 }
 

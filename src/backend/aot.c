@@ -16,10 +16,8 @@
  * which is renamed over the target only on success, so a failed build never leaves a partial
  * or stale-looking trainer behind.
  *
- * Generated kernels that split work across threads carry `#pragma omp` lines: such a source is
- * compiled with -fopenmp. The code is written to give the same results without OpenMP (the
- * pragmas are then ignored), so when the compiler cannot do OpenMP (clang without libomp) the
- * build is retried without it rather than failing.
+ * Generated code is plain C11: its threads are the driver's (kiln_exec, runtime/rt_pool.c), so
+ * no OpenMP flag or runtime is involved, and a trainer links libpthread for the pool.
  *
  * Which compiler, runtime directory and temporary directory are options (BackendOptions); the
  * driver fills them from $CC, $KILN_HOME and $TMPDIR. The runtime directory (by default the
@@ -230,24 +228,6 @@ static int temp_output(const char *out, char *path, size_t cap, Buf *err) {
 
 static bool file_exists(const char *path) { return access(path, R_OK) == 0; }
 
-/* Whether the generated source has kernels that want OpenMP. */
-static bool wants_openmp(const char *c_source) { return strstr(c_source, "#pragma omp ") != NULL; }
-
-/* Runs the compiler with argv a; when that fails with -fopenmp at a->v[omp_at], once more
- * without it, reporting only the second attempt's output. */
-static int run_compile(Argv *a, int omp_at, Buf *err) {
-  Buf first = {.lossy = true};
-  int st = run(a, omp_at > 0 ? &first : err);
-  if (st != 0 && omp_at > 0) {
-    free(a->v[omp_at]);
-    memmove(a->v + omp_at, a->v + omp_at + 1, (size_t)(a->n - omp_at) * sizeof *a->v);
-    a->n--;
-    st = run(a, err);
-  }
-  buf_free(&first);
-  return st;
-}
-
 int aot_build_trainer(const BackendOptions *opt, const char *c_source, const char *out_path,
                       Buf *err) {
   BackendOptions o = resolved(opt);
@@ -277,12 +257,9 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
                          "-ffp-contract=off"};
   for (size_t i = 0; i < sizeof flags / sizeof *flags && !rc; i++)
     rc = argv_push(&a, flags[i]);
-  int omp_at = wants_openmp(c_source) ? a.n : 0;
-  if (omp_at && !rc)
-    rc = argv_push(&a, "-fopenmp");
   if (!rc)
     rc = argv_push(&a, "-o");
-  const char *rest[] = {tmp, inc, src, main_o, lib, "-lz", "-lm",
+  const char *rest[] = {tmp, inc, src, main_o, lib, "-lz", "-lm", "-pthread",
 #ifdef AOT_SANITIZE
                         "-fsanitize=address,undefined",
 #endif
@@ -292,7 +269,7 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
   if (rc) {
     buf_printf(err, "out of memory\n");
   } else {
-    int st = run_compile(&a, omp_at, err);
+    int st = run(&a, err);
     if (st != 0) {
       describe(err, &a);
       rc = -1;
@@ -308,16 +285,10 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
   return rc;
 }
 
-/* The command that compiles the shared object of c_source from src into so; *omp_at is the
- * index of -fopenmp (0: none). One function for the compile and for the cache key's flags. */
-static int shared_command(const BackendOptions *o, const char *c_source, const char *so,
-                          const char *src, Argv *a, int *omp_at) {
-  *omp_at = 0;
+/* The command that compiles the shared object from src into so. One function for
+ * the compile and for the cache key's flags. */
+static int shared_command(const BackendOptions *o, const char *so, const char *src, Argv *a) {
   int rc = argv_push_cc(a, o->cc);
-  if (!rc && wants_openmp(c_source)) {
-    *omp_at = a->n;
-    rc = argv_push(a, "-fopenmp");
-  }
   const char *flags[] = {"-std=c11", backend_opt_flag(o->opt_level), "-march=native",
                          "-fno-math-errno", "-ffp-contract=off", "-shared", "-fPIC",
                          "-o", so, src, "-lm"};
@@ -326,11 +297,10 @@ static int shared_command(const BackendOptions *o, const char *c_source, const c
   return rc;
 }
 
-void aot_shared_flags(const BackendOptions *opt, const char *c_source, Buf *out) {
+void aot_shared_flags(const BackendOptions *opt, Buf *out) {
   BackendOptions o = resolved(opt);
   Argv a = {0};
-  int omp_at;
-  if (shared_command(&o, c_source, "OUT", "IN", &a, &omp_at) == 0)
+  if (shared_command(&o, "OUT", "IN", &a) == 0)
     for (int i = 0; i < a.n; i++)
       buf_printf(out, "%s%s", i ? " " : "", a.v[i]);
   else
@@ -441,11 +411,10 @@ int aot_compile_shared(const BackendOptions *opt, const char *c_source, void **s
   snprintf(src, sizeof src, "%s/step.c", dir);
   snprintf(so, sizeof so, "%s/step.so", dir);
   Argv a = {0};
-  int omp_at;
-  int rc = shared_command(&o, c_source, so, src, &a, &omp_at);
+  int rc = shared_command(&o, so, src, &a);
   if (rc) {
     buf_printf(err, "out of memory\n");
-  } else if (run_compile(&a, omp_at, err) != 0) {
+  } else if (run(&a, err) != 0) {
     describe(err, &a);
     rc = -1;
   } else {
@@ -454,20 +423,6 @@ int aot_compile_shared(const BackendOptions *opt, const char *c_source, void **s
   remove_temp(dir);
   argv_free(&a);
   return rc;
-}
-
-/* OpenMP's idle workers wait inside the OpenMP runtime (libgomp, or libomp when the compiler is
- * clang) between parallel regions, so the runtime must stay mapped when the last program that
- * linked it is unloaded, or they wake up in unmapped code. The programs themselves may go: no
- * worker runs their code outside a region. RTLD_NOLOAD finds a runtime only if one is loaded;
- * RTLD_NODELETE keeps it. */
-static void keep_openmp_runtime(void) {
-  static const char *const runtimes[] = {"libgomp.so.1", "libomp.so.5", "libomp.so"};
-  for (size_t i = 0; i < sizeof runtimes / sizeof *runtimes; i++) {
-    void *h = dlopen(runtimes[i], RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
-    if (h)
-      dlclose(h);
-  }
 }
 
 const kiln_program *aot_load_shared(const BackendOptions *opt, const void *so_bytes, size_t size,
@@ -505,7 +460,6 @@ const kiln_program *aot_load_shared(const BackendOptions *opt, const void *so_by
         buf_printf(err, "the generated code defines no kiln_program_desc\n");
         dlclose(h);
       } else {
-        keep_openmp_runtime();
         *handle = h;
       }
     }

@@ -77,7 +77,7 @@ static int compose_key(BackendKind kind, const BackendOptions *o, const char *so
     if (aot_identity(o, &identity, why))
       return -1;
     Buf flags = {.lossy = true};
-    aot_shared_flags(o, source, &flags);
+    aot_shared_flags(o, &flags);
     cache_key_add_string(k, "cc");
     cache_key_add_string(k, identity);
     cache_key_add_string(k, flags.p ? flags.p : "");

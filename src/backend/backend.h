@@ -1,9 +1,9 @@
 /*
  * backend.h — turning generated C into something that runs: a program loaded in this process
  * through one interface (backend.c) over two backends, the in-process JIT (jit.cpp, Clang and
- * LLVM ORC, with its own OpenMP runtime in jit_omp.c) and the system C compiler into a shared
- * object (aot.c), with compiled programs kept on disk between processes (cache.c); and a
- * standalone trainer, always through the system compiler (aot.c).
+ * LLVM ORC) and the system C compiler into a shared object (aot.c), with compiled programs kept
+ * on disk between processes (cache.c); and a standalone trainer, always through the system
+ * compiler (aot.c).
  */
 #ifndef KILN_BACKEND_H
 #define KILN_BACKEND_H
@@ -43,8 +43,8 @@ int aot_build_trainer(const BackendOptions *o, const char *c_source, const char 
  * macros it predefines for -march=native (the host's instruction sets), asked once per process
  * and command. 0 and *identity (kept until exit), or -1 with the reason in err. */
 int aot_identity(const BackendOptions *o, const char **identity, Buf *err);
-/* The flags a shared object of c_source is compiled with, one string (part of the cache key). */
-void aot_shared_flags(const BackendOptions *o, const char *c_source, Buf *out);
+/* The flags a shared object is compiled with, one string (part of the cache key). */
+void aot_shared_flags(const BackendOptions *o, Buf *out);
 /* Compiles c_source into a shared object and returns its bytes (*so, malloc'd); 0, or -1 with
  * the compiler's output in err. */
 int aot_compile_shared(const BackendOptions *o, const char *c_source, void **so, size_t *size,
@@ -140,7 +140,7 @@ typedef struct JitTimes {
   double clang, optimise, codegen;
 } JitTimes;
 /* Everything besides the source and the -O level that decides the object file (LLVM's version,
- * triple, host CPU and features, OpenMP, code generator settings, the prelude): for cache keys. */
+ * triple, host CPU and features, code generator settings, the prelude): for cache keys. */
 const char *jit_identity(void);
 /* Compiles c_source in memory with Clang's level opt_flag ("-O2") into an object file for this
  * CPU: 0 and *object (malloc'd) / *size, or -1 with a malloc'd message in *err (Clang's
@@ -153,47 +153,5 @@ JitProgram *jit_load_object(const void *object, size_t size, const char *symbol,
                             char **err);
 void jit_free(JitProgram *p); /* frees the code and everything LLVM held for it */
 const char *jit_version(void); /* "LLVM 14.0.6" */
-
-/* ================================ jit_omp.c ================================ */
-
-/* The OpenMP runtime of JIT'd code: libomp's entry points for what Clang emits for the generated
- * `#pragma omp parallel for` (and `parallel` with `for` and barriers), over threads of kiln's
- * own, with libomp's semantics for those. jit.cpp defines each __kmpc_NAME of jit_omp_symbols
- * in every program as jit_omp_NAME. Plain C: built with or without the JIT. */
-
-/* A region forwards at most this many shared variables (jit.cpp refuses code with more when it
- * compiles); a team has at most this many threads (larger num_threads get this many). */
-enum { JIT_OMP_MAX_ARGS = 15, JIT_OMP_MAX_THREADS = 256 };
-extern const int32_t jit_omp_max_fork_args; /* JIT_OMP_MAX_ARGS, for jit.cpp */
-
-/* The outlined body of a region: called with pointers to the thread's id, then the fork's
- * arguments. */
-typedef void (*JitOmpMicrotask)(int32_t *gtid, int32_t *btid, ...);
-
-typedef struct JitOmpSymbol {
-  const char *name;       /* "__kmpc_fork_call" */
-  void (*address)(void);  /* jit_omp_fork_call */
-} JitOmpSymbol;
-extern const JitOmpSymbol jit_omp_symbols[]; /* ends with a NULL name */
-
-/* libomp's ABI, ident_t * as void * (unused); the thread ids passed in are ignored. */
-void jit_omp_fork_call(void *loc, int32_t argc, JitOmpMicrotask fn, ...);
-void jit_omp_push_num_threads(void *loc, int32_t gtid, int32_t num_threads);
-int32_t jit_omp_global_thread_num(void *loc);
-void jit_omp_barrier(void *loc, int32_t gtid);
-/* Bounds of the calling thread's iterations of a static schedule (33: chunked, else plain). */
-void jit_omp_for_static_init_4(void *loc, int32_t gtid, int32_t schedule, int32_t *plast,
-                               int32_t *plower, int32_t *pupper, int32_t *pstride, int32_t incr,
-                               int32_t chunk);
-void jit_omp_for_static_init_4u(void *loc, int32_t gtid, int32_t schedule, int32_t *plast,
-                                uint32_t *plower, uint32_t *pupper, int32_t *pstride,
-                                int32_t incr, int32_t chunk);
-void jit_omp_for_static_init_8(void *loc, int32_t gtid, int32_t schedule, int32_t *plast,
-                               int64_t *plower, int64_t *pupper, int64_t *pstride, int64_t incr,
-                               int64_t chunk);
-void jit_omp_for_static_init_8u(void *loc, int32_t gtid, int32_t schedule, int32_t *plast,
-                                uint64_t *plower, uint64_t *pupper, int64_t *pstride,
-                                int64_t incr, int64_t chunk);
-void jit_omp_for_static_fini(void *loc, int32_t gtid);
 
 #endif

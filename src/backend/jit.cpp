@@ -18,12 +18,8 @@
  * Target: LLVM 14 does not know every host CPU by name (Zen 5 comes out as generic x86-64), so
  * Clang and the JIT's target machine both get the host's feature list, AVX-512 included.
  *
- * OpenMP: source with `#pragma omp` is compiled with -fopenmp, whose code calls libomp's entry
- * points (__kmpc_*). kiln loads no OpenMP library: every program's JITDylib defines those names
- * as kiln's own runtime (jit_omp.c, its thread pool), and an OpenMP runtime symbol kiln lacks
- * fails the lookup by name before the process is searched, so it never binds to a libomp or
- * libgomp someone else loaded. A region sharing more variables than jit_omp.c forwards is
- * refused when compiling.
+ * Threads: the generated code runs its parallel tasks through the kiln_exec its driver passes
+ * (runtime/rt_pool.c), so there is no OpenMP here: no -fopenmp and no OpenMP runtime to bind.
  *
  * Errors: Clang's diagnostics go into a string (with the offending generated line and a caret),
  * LLVM's (optimiser, code generator) into another through the context's diagnostic handler, ORC's
@@ -81,7 +77,7 @@
 #define KILN_LLVM_VERSION "14"
 #endif
 
-/* The same declarations as backend.h's jit.cpp and jit_omp.c sections, which C++ cannot include
+/* The same declarations as backend.h's jit.cpp section, which C++ cannot include
  * (base.h is C11). Only plain C types cross. */
 extern "C" {
 typedef struct JitProgram JitProgram;
@@ -95,12 +91,6 @@ JitProgram *jit_load_object(const void *object, size_t size, const char *symbol,
                             char **err);
 void jit_free(JitProgram *p);
 const char *jit_version(void);
-typedef struct JitOmpSymbol {
-  const char *name;
-  void (*address)(void);
-} JitOmpSymbol;
-extern const JitOmpSymbol jit_omp_symbols[];
-extern const int32_t jit_omp_max_fork_args;
 }
 
 /* What the generated code takes from <stdint.h>, <math.h> and <string.h>. */
@@ -194,72 +184,15 @@ static void init_llvm() {
   llvm::InitializeNativeTargetAsmParser();
 }
 
-/* Asked before the process for what the program lacks: fails the lookup of any OpenMP runtime
- * symbol (libomp's, libgomp's) that kiln's runtime does not define, rather than let the process
- * generator find it in an OpenMP library someone else loaded. */
-class RefuseOtherOpenMP : public llvm::orc::DefinitionGenerator {
-public:
-  explicit RefuseOtherOpenMP(char global_prefix) : prefix(global_prefix) {}
-  llvm::Error tryToGenerate(llvm::orc::LookupState &, llvm::orc::LookupKind, llvm::orc::JITDylib &,
-                            llvm::orc::JITDylibLookupFlags,
-                            const llvm::orc::SymbolLookupSet &names) override {
-    std::string missing;
-    for (auto &name : names) {
-      llvm::StringRef n = *name.first;
-      if (prefix)
-        n = n.drop_front();
-      for (const char *openmp : {"__kmp", "kmp_", "omp_", "ompt_", "GOMP_"})
-        if (n.startswith(openmp))
-          missing += (missing.empty() ? "" : ", ") + n.str();
-    }
-    if (missing.empty())
-      return llvm::Error::success();
-    return llvm::make_error<llvm::StringError>(
-        "the generated code calls OpenMP runtime functions the JIT does not provide: " + missing,
-        llvm::inconvertibleErrorCode());
-  }
-
-private:
-  char prefix;
-};
-
-/* Where the program's undefined symbols come from: the OpenMP runtime entry points from kiln's
- * (jit_omp.c), everything else (libm, mem*) from the process. */
+/* Where the program's undefined symbols (libm, mem*) come from: the process. */
 static llvm::Error add_symbol_sources(llvm::orc::LLJIT &jit) {
   llvm::orc::JITDylib &jd = jit.getMainJITDylib();
-  llvm::orc::MangleAndInterner mangle(jit.getExecutionSession(), jit.getDataLayout());
-  llvm::orc::SymbolMap omp;
-  for (const JitOmpSymbol *s = jit_omp_symbols; s->name; s++)
-    omp[mangle(s->name)] = llvm::JITEvaluatedSymbol(
-        llvm::pointerToJITTargetAddress(s->address),
-        llvm::JITSymbolFlags::Exported | llvm::JITSymbolFlags::Callable);
-  if (auto e = jd.define(llvm::orc::absoluteSymbols(std::move(omp))))
-    return e;
   char prefix = jit.getDataLayout().getGlobalPrefix();
-  jd.addGenerator(std::make_unique<RefuseOtherOpenMP>(prefix));
   auto gen = llvm::orc::DynamicLibrarySearchGenerator::GetForCurrentProcess(prefix);
   if (!gen)
     return gen.takeError();
   jd.addGenerator(std::move(*gen));
   return llvm::Error::success();
-}
-
-/* jit_omp_fork_call forwards a bounded number of shared variables to a region's threads. */
-static bool forks_supported(const llvm::Module &m, std::string &why) {
-  const llvm::Function *fork = m.getFunction("__kmpc_fork_call");
-  if (!fork)
-    return true;
-  for (const llvm::User *u : fork->users()) {
-    auto *call = llvm::dyn_cast<llvm::CallBase>(u);
-    auto *argc = call ? llvm::dyn_cast<llvm::ConstantInt>(call->getArgOperand(1)) : nullptr;
-    if (argc && argc->getSExtValue() > jit_omp_max_fork_args) {
-      why = "step.c: error: a parallel region in " + call->getFunction()->getName().str() + " shares " +
-            std::to_string(argc->getSExtValue()) + " variables; the JIT's OpenMP runtime " +
-            "forwards at most " + std::to_string(jit_omp_max_fork_args) + "\n";
-      return false;
-    }
-  }
-  return true;
 }
 
 /* "+avx2", "-avx512f", ... for every feature the host CPU reports. */
@@ -307,8 +240,7 @@ struct KeepErrors : llvm::DiagnosticHandler {
 
 /* Clang's frontend (without LLVM passes), then the optimisation pipeline Clang would have run
  * over the module for this opt level, timed apart. */
-static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool openmp,
-                                                   const char *level,
+static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, const char *level,
                                                    const std::vector<std::string> &features,
                                                    llvm::LLVMContext &ctx, std::string &diag,
                                                    JitTimes *times) {
@@ -336,8 +268,6 @@ static std::unique_ptr<llvm::Module> compile_to_ir(const std::string &src, bool 
     args.insert(args.begin() + 4, f.c_str());
     args.insert(args.begin() + 4, "-target-feature");
   }
-  if (openmp)
-    args.insert(args.begin(), "-fopenmp");
   if (!clang::CompilerInvocation::CreateFromArgs(ci.getInvocation(), args, ci.getDiagnostics()))
     return nullptr;
   /* ExecuteAction prints "N errors generated" to stderr when carets are on; our printer keeps
@@ -413,7 +343,6 @@ static bool compile(const char *c_source, const char *opt_flag, void **object, s
   std::string src, why;
   if (!hermetic_source(c_source, src, why))
     return fail(err, why);
-  bool openmp = std::strstr(c_source, "#pragma omp ") != nullptr;
   std::vector<std::string> features = host_features();
 
   std::string llvm_errors; /* declared first: the context's handler writes here until its end */
@@ -421,13 +350,11 @@ static bool compile(const char *c_source, const char *opt_flag, void **object, s
   ctx.setDiagnosticHandler(std::make_unique<KeepErrors>(&llvm_errors));
   std::string diag;
   std::unique_ptr<llvm::Module> mod =
-      compile_to_ir(src, openmp, opt_flag, features, ctx, diag, times);
+      compile_to_ir(src, opt_flag, features, ctx, diag, times);
   if (!mod) {
     diag += llvm_errors;
     return fail(err, diag.empty() ? "clang failed without a message\n" : diag);
   }
-  if (!forks_supported(*mod, why))
-    return fail(err, why);
 
   auto t0 = std::chrono::steady_clock::now();
   llvm::SmallVector<char, 0> obj;
@@ -474,7 +401,7 @@ static bool load(JitProgram *p, const void *object, size_t size, const char *sym
 }
 
 /* Everything besides the source and the -O level that decides the object file's bytes and
- * whether it links here: LLVM's version, the target (triple, CPU name, features), OpenMP or not,
+ * whether it links here: LLVM's version, the target (triple, CPU name, features),
  * the code generator's settings, the prelude. A change to any gives a different cache key. */
 static std::string identity;
 
@@ -486,7 +413,6 @@ static void compute_identity() {
              "; cpu " + llvm::sys::getHostCPUName().str() + "; features";
   for (auto &f : features)
     identity += " " + f;
-  identity += "; openmp kiln";  /* parallel regions call jit_omp.c */
   identity += "; codegen default pic jit-code-model; prelude\n";
   identity += prelude;
 }

@@ -51,6 +51,16 @@ static inline bool sz_is_one(Sz a) { return a.c == 1 && a.p == 0; }
 static const Sz SZ_ONE = {1, 0};
 static const Sz SZ_ZERO = {0, 0};
 
+/* In a kernel's text, its name (substituted when the kernel is printed, so nodes whose kernels
+ * print the same share one function): a byte no generated text otherwise contains. */
+#define CG_KERNEL_NAME "\x01"
+
+/* A parameter of the kernel being printed: "const float *restrict " and "a". */
+typedef struct CgParam {
+  const char *type, *name;
+} CgParam;
+#define CG_MAX_PARAMS (2 * SCHED_FUSE_MAX_NODES + IR_MAX_IN + 8)
+
 /* The generator's state while printing one translation unit. */
 typedef struct Cg {
   const Graph *g;
@@ -67,6 +77,15 @@ typedef struct Cg {
   const char **tname;      /* C name of each arena tensor an entry passes: conv1_weight, t12 */
   int *shared;             /* the node whose kernel a node's call uses: itself, or an earlier
                               node whose kernel prints the same (cg_emit_kernels) */
+  /* The kernel being printed: its parameters, the task functions printed before it, and the
+   * open task's saved output and indentation (cg_tasks_open). */
+  const Node *knode;
+  CgParam params[CG_MAX_PARAMS];
+  int nparams;
+  Buf *pre;
+  int ntasks;
+  Buf *task_out;
+  int task_indent;
 } Cg;
 
 /* Element types: the C type and the suffix of its math.h functions (expf, exp). */
@@ -123,6 +142,16 @@ typedef struct CgTreeArgs {
   const char *yelem;
   int nlocal, local[SCHED_FUSE_MAX_NODES];  /* inner nodes in registers v0, v1, ... */
 } CgTreeArgs;
+
+/* ---- cg_file.c: tasks ---- */
+
+/* Parallel tasks (kiln_abi.h). The lines printed between cg_tasks_open and cg_tasks_close become
+ * the body of a task function, where `task_var` is the task's number and `worker` its worker's
+ * (0 .. the node's schedule's workers - 1), with the kernel's parameters and the int64_t
+ * `locals` of the kernel in scope; the kernel then runs `ntasks` (a C expression) of them through
+ * its `ex` and continues when all have finished. Only in kernels whose node has workers > 1. */
+void cg_tasks_open(Cg *cg, const char *task_var);
+void cg_tasks_close(Cg *cg, const char *ntasks, const char *const *locals, int nlocals);
 
 /* ---- cg_loop.c: sizes, identifiers, operands, the strided loop-nest printer ---- */
 extern const char *const cg_param_names[IR_MAX_IN];

@@ -11,19 +11,20 @@
  * Shapes are specialised: every dimension is printed as a constant, except the batch symbol
  * (symbol 0), which must also work with a smaller batch at run time. So a kernel whose shape
  * involves the batch takes it as `int64_t B`, printed once (a copy with B folded to a constant
- * measured no faster; see docs/design.md), and each entry `kiln_train(arena, B)` passes it on.
+ * measured no faster; see docs/design.md), and each entry `kiln_train(arena, B, ex)` passes it on.
  * An entry opens with a named pointer into the arena for each tensor it passes
  * (`float *const conv1_weight = (float *)(arena + 0);`), so its calls read like the model.
  *
- * Threads: GEMM convolutions split the batch into the schedule's fixed chunks. Nothing is summed
- * across threads except the weight gradient's per-chunk partial sums, which are added in chunk
- * order, so a program's results do not depend on thread timing, nor on whether it was compiled
- * with OpenMP at all (aot.c adds -fopenmp when the source has a pragma).
+ * Threads: a kernel with workers runs tasks fixed by the shapes (cg_tasks_open), each an outlined
+ * function, through the kiln_exec the entry was given (kiln_abi.h); plain C, no OpenMP. Nothing
+ * is summed across tasks except the weight gradient's per-image partial sums, added in image
+ * order, so a program's results depend neither on thread timing nor on the thread count.
  *
  * Safety: the only text from a model file that can reach the output is numbers (printed with
  * %.17g, non-finite values as INFINITY/NAN) and identifiers validated here again
  * ([A-Za-z_][A-Za-z0-9_.]*), so a hostile model cannot inject C.
  */
+#include <ctype.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -366,47 +367,135 @@ static void kernel_comment(Cg *cg, const Node *n, const int *next) {
   buf_free(&b);
 }
 
-/* A kernel's definition without its comment and its name, which goes at name_at: everything two
- * nodes' kernels must agree on to be one function, since its operands are parameters. */
-typedef struct KernelText {
-  const char *text;
-  size_t name_at;
-} KernelText;
+/* gcc's -O2 vectoriser ("very cheap" cost model) gives up on loops whose constant trip count is
+ * not a multiple of the vector width, such as a 14-wide image row: the kernel's functions ask for
+ * the full cost model where the schedule says so. */
+static void vectorise_attribute(Cg *cg, Buf *out) {
+  if (cg->s->node[cg->knode->id].vectorise)
+    buf_puts(out, "#if defined(__GNUC__) && !defined(__clang__)\n"
+                  "__attribute__((optimize(\"tree-vectorize\", \"vect-cost-model=dynamic\")))\n"
+                  "#endif\n");
+}
 
-/* n's kernel as cg_emit_unit prints it, into the pool. */
-static KernelText kernel_text(Cg *cg, const Node *n) {
+static void kernel_param(Cg *cg, const char *type, const char *name) {
+  if (cg->nparams >= CG_MAX_PARAMS)
+    kiln_bug(__FILE__, __LINE__, "a kernel with more parameters than CG_MAX_PARAMS");
+  cg->params[cg->nparams++] = (CgParam){type, name};
+}
+
+/* Whether C text `body` uses identifier `name` (as a whole word). */
+static bool uses_ident(const char *body, const char *name) {
+  size_t len = strlen(name);
+  for (const char *p = strstr(body, name); p; p = strstr(p + 1, name)) {
+    bool before = p > body && (isalnum((unsigned char)p[-1]) || p[-1] == '_');
+    bool after = isalnum((unsigned char)p[len]) || p[len] == '_';
+    if (!before && !after)
+      return true;
+  }
+  return false;
+}
+
+void cg_tasks_open(Cg *cg, const char *task_var) {
+  if (!cg->pre || cg->task_out)
+    kiln_bug(__FILE__, __LINE__, "tasks opened outside a kernel, or inside a task");
+  cg->task_out = cg->out;
+  cg->task_indent = cg->indent;
+  cg->out = pool_alloc(cg->pool, sizeof(Buf));
+  *cg->out = (Buf){.pool = cg->pool};
+  cg->indent = 1;
+  /* The task variable's name rides in the body's first line, read back by cg_tasks_close. */
+  buf_puts(cg->out, task_var);
+  buf_puts(cg->out, "\n");
+}
+
+/* The task function (and its arguments' struct) goes to cg->pre, the call to the kernel:
+ *   typedef struct { float *restrict y; ...; int64_t n0; } K_args1;
+ *   static void K_task1(void *args_, int64_t n, int worker) { unpacked parameters; body }
+ * with only the parameters the body uses unpacked. */
+void cg_tasks_close(Cg *cg, const char *ntasks, const char *const *locals, int nlocals) {
+  Buf *body = cg->out;
+  const char *nl = strchr(body->p, '\n');
+  const char *task_var = pool_printf(cg->pool, "%.*s", (int)(nl - body->p), body->p);
+  const char *code = nl + 1;
+  int k = ++cg->ntasks;
+  Buf *pre = cg->pre;
+  buf_puts(pre, "typedef struct {\n");
+  for (int i = 0; i < cg->nparams; i++)
+    buf_printf(pre, "  %s%s;\n", cg->params[i].type, cg->params[i].name);
+  for (int i = 0; i < nlocals; i++)
+    buf_printf(pre, "  int64_t %s;\n", locals[i]);
+  buf_printf(pre, "} " CG_KERNEL_NAME "_args%d;\n", k);
+  vectorise_attribute(cg, pre);
+  buf_printf(pre, "static void " CG_KERNEL_NAME "_task%d(void *args_, int64_t %s, int worker) {\n",
+             k, task_var);
+  buf_printf(pre, "  const " CG_KERNEL_NAME "_args%d *args = args_;\n", k);
+  for (int i = 0; i < cg->nparams; i++)
+    if (uses_ident(code, cg->params[i].name))
+      buf_printf(pre, "  %sconst %s = args->%s;\n", cg->params[i].type, cg->params[i].name,
+                 cg->params[i].name);
+  for (int i = 0; i < nlocals; i++)
+    if (uses_ident(code, locals[i]))
+      buf_printf(pre, "  const int64_t %s = args->%s;\n", locals[i], locals[i]);
+  if (!uses_ident(code, "worker"))
+    buf_puts(pre, "  (void)worker;\n");
+  if (!uses_ident(code, task_var))
+    buf_printf(pre, "  (void)%s;\n", task_var);
+  buf_printf(pre, "%s}\n", code);
+  cg->out = cg->task_out;
+  cg->indent = cg->task_indent;
+  cg->task_out = NULL;
+  Buf call = {.pool = cg->pool};
+  buf_printf(&call, CG_KERNEL_NAME "_args%d args%d = {", k, k);
+  for (int i = 0; i < cg->nparams; i++)
+    buf_printf(&call, "%s%s", i ? ", " : "", cg->params[i].name);
+  for (int i = 0; i < nlocals; i++)
+    buf_printf(&call, ", %s", locals[i]);
+  buf_puts(&call, "};");
+  cg_line(cg, "%s", call.p);
+  cg_line(cg, "kiln_run_tasks(ex, " CG_KERNEL_NAME "_task%d, &args%d, %s);", k, k, ntasks);
+  buf_free(&call);
+}
+
+/* A kernel's definition (with the task functions it runs, before it) without its comment;
+ * CG_KERNEL_NAME stands for its name: everything two nodes' kernels must agree on to be one
+ * function, since its operands are parameters. */
+static const char *kernel_text(Cg *cg, const Node *n) {
   const Graph *g = cg->g;
   Buf text = {.pool = cg->pool}, *out = cg->out;
+  Buf pre = {.pool = cg->pool};
   cg->out = &text;
-  if (cg->s->node[n->id].vectorise) {
-    /* gcc's -O2 vectoriser ("very cheap" cost model) gives up on loops whose constant trip
-     * count is not a multiple of the vector width, such as a 14-wide image row. */
-    cg_line(cg, "#if defined(__GNUC__) && !defined(__clang__)");
-    cg_line(cg, "__attribute__((optimize(\"tree-vectorize\", \"vect-cost-model=dynamic\")))");
-    cg_line(cg, "#endif");
-  }
-  buf_puts(&text, "static KILN_NOINLINE void ");
-  size_t name_at = text.len;
+  cg->pre = &pre;
+  cg->ntasks = 0;
+  cg->nparams = 0;
+  cg->knode = n;
+  vectorise_attribute(cg, &text);
   const char *res = cg->nores[n->id] ? "" : "restrict ";
   bool tree = cg_is_tree(cg, n);
   CgTreeArgs ta;
-  buf_printf(&text, "(%s *%sy", ctype(n->dtype), res);
+  kernel_param(cg, pool_printf(cg->pool, "%s *%s", ctype(n->dtype), res), "y");
   unsigned rd = reads_mask(n);
   if (tree) {
     /* No operand shares y's bytes (that one is read through y), so all stay restrict. */
     cg_tree_args(cg, n, &ta);
     for (int i = 0; i < ta.n; i++)
-      buf_printf(&text, ", const %s *restrict x%d", ctype(ir_at(g, ta.id[i])->dtype), i);
+      kernel_param(cg, pool_printf(cg->pool, "const %s *restrict ", ctype(ir_at(g, ta.id[i])->dtype)),
+                   pool_printf(cg->pool, "x%d", i));
   }
   for (int k = 0; k < n->nin && !tree; k++) {
     const Node *x = ir_at(g, n->in[k]);
     if ((rd & (1u << k)) && in_arena(x))
-      buf_printf(&text, ", const %s *%s%s", ctype(x->dtype), res, cg_param_names[k]);
+      kernel_param(cg, pool_printf(cg->pool, "const %s *%s", ctype(x->dtype), res),
+                   cg_param_names[k]);
   }
   if (cg->s->node[n->id].scratch > 0)
-    buf_puts(&text, ", unsigned char *restrict scratch");
+    kernel_param(cg, "unsigned char *restrict ", "scratch");
   if (cg->var[n->id])
-    buf_puts(&text, ", int64_t B");
+    kernel_param(cg, "int64_t ", "B");
+  buf_puts(&text, "static KILN_NOINLINE void " CG_KERNEL_NAME "(");
+  for (int i = 0; i < cg->nparams; i++)
+    buf_printf(&text, "%s%s%s", i ? ", " : "", cg->params[i].type, cg->params[i].name);
+  if (cg->s->node[n->id].workers > 1)
+    buf_puts(&text, ", const kiln_exec *ex");
   buf_puts(&text, ") {\n");
   cg->indent++;
   /* The entries call kernels with 1 <= B <= the planned batch. Said here, it lets gcc's -O2
@@ -421,9 +510,21 @@ static KernelText kernel_text(Cg *cg, const Node *n) {
   cg->indent--;
   cg_line(cg, "}");
   cg->out = out;
-  KernelText kt = {pool_strdup(cg->pool, text.p), name_at};
+  cg->pre = NULL;
+  buf_puts(&pre, text.p);
+  const char *kt = pool_strdup(cg->pool, pre.p);
   buf_free(&text);
+  buf_free(&pre);
   return kt;
+}
+
+static bool uses_tasks(const Cg *cg, int id) { return cg->s->node[id].workers > 1; }
+
+static bool any_tasks(const Cg *cg) {
+  for (int i = 0; i < cg->g->nnodes; i++)
+    if (cg->used[i] && has_kernel(cg, ir_at(cg->g, i)) && uses_tasks(cg, i))
+      return true;
+  return false;
 }
 
 /* Gives every node with a kernel the one its calls use (cg->shared) and prints each distinct
@@ -434,7 +535,7 @@ static KernelText kernel_text(Cg *cg, const Node *n) {
 static void cg_emit_kernels(Cg *cg) {
   const Graph *g = cg->g;
   int nn = g->nnodes > 0 ? g->nnodes : 1;
-  KernelText *texts = pool_alloc(cg->pool, sizeof(KernelText) * (size_t)nn);
+  const char **texts = pool_alloc(cg->pool, sizeof(char *) * (size_t)nn);
   StrMap seen = strmap_new(cg, g->nnodes);
   cg->shared = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
   /* next[i]: the next node calling i's kernel; last[f]: the last one so far calling f's. */
@@ -445,7 +546,7 @@ static void cg_emit_kernels(Cg *cg) {
     if (!cg->used[i] || !has_kernel(cg, ir_at(g, i)))
       continue;
     texts[i] = kernel_text(cg, ir_at(g, i));
-    int f = cg->shared[i] = strmap_intern(&seen, texts[i].text, i);
+    int f = cg->shared[i] = strmap_intern(&seen, texts[i], i);
     if (f != i)
       next[last[f]] = i;
     last[f] = i;
@@ -472,14 +573,33 @@ static void cg_emit_kernels(Cg *cg) {
   cg_line(cg, "#define KILN_CALLS");
   cg_line(cg, "#define KILN_NO_UNROLL");
   cg_line(cg, "#endif");
+  if (any_tasks(cg)) {
+    cg_line(cg, "static inline void kiln_run_tasks(const kiln_exec *ex, kiln_task_fn task, void *args,");
+    cg_line(cg, "                                  int64_t ntasks) {");
+    cg_line(cg, "  if (ex && ex->run) {");
+    cg_line(cg, "    ex->run(ex->pool, task, args, ntasks);");
+    cg_line(cg, "    return;");
+    cg_line(cg, "  }");
+    cg_line(cg, "  for (int64_t t = 0; t < ntasks; t++)");
+    cg_line(cg, "    task(args, t, 0);");
+    cg_line(cg, "}");
+  }
   cg_line(cg, "%s", "");
   for (int i = 0; i < g->nnodes; i++) {
     if (cg->shared[i] != i)
       continue;
     const Node *n = ir_at(g, i);
     kernel_comment(cg, n, next);
-    buf_printf(cg->out, "%.*s%s%s\n", (int)texts[i].name_at, texts[i].text, kernel_name(cg, n),
-               texts[i].text + texts[i].name_at);
+    const char *name = kernel_name(cg, n);
+    for (const char *t = texts[i], *at; *t; t = at + 1) {
+      at = strchr(t, CG_KERNEL_NAME[0]);
+      if (!at) {
+        buf_puts(cg->out, t);
+        break;
+      }
+      buf_printf(cg->out, "%.*s%s", (int)(at - t), t, name);
+    }
+    buf_puts(cg->out, "\n");
   }
 }
 
@@ -496,6 +616,8 @@ static void cg_emit_call(Cg *cg, const Node *n) {
   }
   if (cg->var[n->id])
     buf_puts(&b, ", B");
+  if (uses_tasks(cg, n->id))
+    buf_puts(&b, ", ex");
   buf_puts(&b, ");");
   if (cg->shared[n->id] != n->id)
     buf_printf(&b, "  /* %%%d */", n->id);
@@ -545,17 +667,25 @@ static bool calls_use_b(const Cg *cg, const int *nodes, int n) {
   return false;
 }
 
+static bool calls_use_ex(const Cg *cg, const int *nodes, int n) {
+  for (int i = 0; i < n; i++)
+    if (uses_tasks(cg, nodes[i]))
+      return true;
+  return false;
+}
+
 /* Kernel calls per function at most. An entry of thousands of calls (a deep network's) is cut into
  * parts, functions of their own that only pass pointers, compiled without optimisation
  * (KILN_CALLS): gcc and LLVM took time superlinear in the length of one block of calls to optimise
  * code that runs no faster. Shorter entries stay one function. */
 enum { ENTRY_PART_CALLS = 200 };
 
-/* kiln_train_part2: the calls of nodes[0..n), one part of an entry. Returns whether it takes B. */
-static bool cg_emit_part(Cg *cg, const char *entry, int part, const int *nodes, int n) {
-  bool b = calls_use_b(cg, nodes, n);
-  cg_line(cg, "static KILN_CALLS void kiln_%s_part%d(unsigned char *arena%s) {", entry, part,
-          b ? ", int64_t B" : "");
+/* kiln_train_part2: the calls of nodes[0..n), one part of an entry. Returns the arguments after
+ * arena it takes: ", B, ex", ", B", ", ex" or "". */
+static const char *cg_emit_part(Cg *cg, const char *entry, int part, const int *nodes, int n) {
+  bool b = calls_use_b(cg, nodes, n), ex = calls_use_ex(cg, nodes, n);
+  cg_line(cg, "static KILN_CALLS void kiln_%s_part%d(unsigned char *arena%s%s) {", entry, part,
+          b ? ", int64_t B" : "", ex ? ", const kiln_exec *ex" : "");
   cg->indent++;
   unsigned char *refs = pool_alloc(cg->pool, (size_t)cg->g->nnodes + 1);
   calls_refs(cg, nodes, n, refs);
@@ -565,7 +695,7 @@ static bool cg_emit_part(Cg *cg, const char *entry, int part, const int *nodes, 
   cg->indent--;
   cg_line(cg, "}");
   cg_line(cg, "%s", "");
-  return b;
+  return b && ex ? ", B, ex" : b ? ", B" : ex ? ", ex" : "";
 }
 
 /* An entry: the batch check, a named pointer into the arena for every tensor it passes, the
@@ -577,15 +707,17 @@ static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
   int *nodes = pool_alloc(cg->pool, sizeof(int) * (size_t)(g->nnodes + 1));
   int n = entry_calls(cg, mark, nodes);
   int parts = n > ENTRY_PART_CALLS ? (n + ENTRY_PART_CALLS - 1) / ENTRY_PART_CALLS : 0;
-  bool *part_b = pool_alloc(cg->pool, sizeof(bool) * (size_t)(parts + 1));
+  const char **part_args = pool_alloc(cg->pool, sizeof(char *) * (size_t)(parts + 1));
   for (int p = 0; p < parts; p++) {
     int from = n * p / parts, to = n * (p + 1) / parts; /* parts of equal size, give or take 1 */
-    part_b[p] = cg_emit_part(cg, name, p + 1, nodes + from, to - from);
+    part_args[p] = cg_emit_part(cg, name, p + 1, nodes + from, to - from);
   }
   /* Offsets are planned for the full batch; a smaller one uses the leading part of each
    * buffer. A batch outside [1, full] would read past the arena: it does nothing. */
-  cg_line(cg, "static void kiln_%s(unsigned char *arena, int64_t B) {", name);
+  cg_line(cg, "static void kiln_%s(unsigned char *arena, int64_t B, const kiln_exec *ex) {", name);
   cg->indent++;
+  if (!calls_use_ex(cg, nodes, n))
+    cg_line(cg, "(void)ex;");
   cg_line(cg, "if (B < 1 || B > %" PRId64 ")", cg->plan->batch);
   cg_line(cg, "  return;");
   unsigned char *refs = pool_alloc(cg->pool, (size_t)g->nnodes + 1);
@@ -594,7 +726,7 @@ static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
     calls_refs(cg, nodes, n, refs);
   cg_emit_pointers(cg, refs, nodes, parts ? 0 : n);
   for (int p = 0; p < parts; p++)
-    cg_line(cg, "kiln_%s_part%d(arena%s);", name, p + 1, part_b[p] ? ", B" : "");
+    cg_line(cg, "kiln_%s_part%d(arena%s);", name, p + 1, part_args[p]);
   for (int i = 0; i < n && !parts; i++)
     cg_emit_call(cg, ir_at(g, nodes[i]));
   /* Updates last: every value is computed before any target changes. A value that is itself a
@@ -870,6 +1002,7 @@ static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool)
   cg_line(&cg, "  .abi_version = KILN_ABI_VERSION,");
   cg_line(&cg, "  .model = \"%s\",", model);
   cg_line(&cg, "  .batch = %" PRId64 ",", plan->batch);
+  cg_line(&cg, "  .threads = %d,", any_tasks(&cg) ? plan->sched->opt.threads : 1);
   cg_line(&cg, "  .arena_bytes = %" PRId64 ",", plan->arena_bytes);
   cg_line(&cg, "  .ntensors = %d,", plan->ntensors);
   cg_line(&cg, "  .tensors = kiln_tensors,");

@@ -2,7 +2,7 @@
  * cg_window.c — convolutions and pools. Convolutions are direct loop nests with the kernel
  * columns unrolled, each with its constant range of valid output columns (so padding costs no
  * test in the inner loop, which runs along a row and vectorises), or, when the schedule says
- * so, im2col + the blocked GEMM per image with the batch split into the schedule's chunks.
+ * so, im2col + the blocked GEMM per image, each image a task when the kernel has workers.
  * Pools whose windows tile the input unroll their taps; others test each tap's bounds.
  */
 #include <inttypes.h>
@@ -187,32 +187,41 @@ void cg_emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
  *   forward        y_n[g]  = w[g] · col_g                  (M = O/G, N = Ho*Wo, K)
  *   input grad     dcol_g  = w[g]ᵀ · dy_n[g], then col2im  (M = K, N = Ho*Wo, K = O/G)
  *   weight grad    dw_n[g] = dy_n[g] · col_gᵀ              (M = O/G, N = K, K = Ho*Wo)
- * each a call of kiln_sgemm (cg_gemm.c). The batch is split into the schedule's fixed chunks of
- * images, chunk t using slot t of the scratch region (its col buffer and GEMM packing buffers);
- * the weight gradient runs the batch in waves of one image per slot, each image's dw_n in its
- * slot, added to dw in image order after the wave (conv_gemm_filter). So results depend neither
- * on which thread runs a chunk, nor on the number of threads, nor on whether OpenMP is on at all:
- * without it the `omp` pragma is ignored and the chunks run one after another.
+ * each a call of kiln_sgemm (cg_gemm.c). With several workers, each image is a task, run in
+ * the scratch slot of the worker that runs it (its col buffer and GEMM packing buffers); the
+ * weight gradient runs the batch in waves of one image per slot, each image's dw_n in its slot,
+ * added to dw in image order after the wave (conv_gemm_filter). So results depend neither on
+ * which thread runs a task nor on the number of threads.
  */
 
 static int64_t align64(int64_t b) { return (b + 63) / 64 * 64; }
 
-/* Opens the loop over chunks of the batch: `t` the chunk, [n0, n1) its images, `ws` its slot
- * (base 64-byte aligned) and `col` the slot's unfolded image. Closed by conv_close_chunks. */
-static void conv_open_chunks(Cg *cg, const Node *n, int threads, Sz batch) {
+/* Opens the loop over the images n of the batch: with several workers, one task per image,
+ * run by the kernel's `ex`; `ws` the running worker's slot of the scratch (base 64-byte
+ * aligned), `col` the slot's unfolded image. Closed by conv_close_images. */
+static void conv_open_images(Cg *cg, const Node *n, Sz batch) {
   const char *T = ctype(n->dtype);
+  int workers = cg->s->node[n->id].workers;
   cg_line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
-  if (threads > 1)
-    cg_line(cg, "#pragma omp parallel for num_threads(%d) schedule(static, 1)", threads);
-  cg_line(cg, "for (int64_t t = 0; t < %d; t++) {", threads);
-  cg->indent++;
-  cg_line(cg, "unsigned char *ws = scratch + t*%" PRId64 ";", sched_conv_slot_bytes(cg->s, cg->g, n));
+  if (workers > 1) {
+    cg_tasks_open(cg, "n");
+    cg_line(cg, "unsigned char *ws = scratch + worker*%" PRId64 ";",
+            sched_conv_slot_bytes(cg->s, cg->g, n));
+  } else {
+    cg_line(cg, "unsigned char *ws = scratch;");
+  }
   cg_line(cg, "%s *restrict col = (%s *)(void *)ws;", T, T);
-  cg_line(cg, "const int64_t n0 = %s*t/%d, n1 = %s*(t + 1)/%d;", sz_c(cg, batch), threads,
-       sz_c(cg, batch), threads);
+  if (workers == 1) {
+    cg_line(cg, "for (int64_t n = 0; n < %s; n++) {", sz_c(cg, batch));
+    cg->indent++;
+  }
 }
 
-static void conv_close_chunks(Cg *cg) {
+static void conv_close_images(Cg *cg, const Node *n, Sz batch) {
+  if (cg->s->node[n->id].workers > 1) {
+    cg_tasks_close(cg, sz_c(cg, batch), NULL, 0);
+    return;
+  }
   cg->indent--;
   cg_line(cg, "}");
 }
@@ -289,27 +298,29 @@ static void conv_im2col(Cg *cg, const Node *n, const Window *w, int k, bool back
   cg_line(cg, "  }");
 }
 
-/* The weight gradient through the GEMM: the batch in waves of `threads` images, image n0 + t of a
- * wave in slot t with its own dw_n (col, then the slot's dw buffer, then the GEMM's); after each
- * wave its images' dw_n are added to y in image order. So every element of y is
- * 0 + dw_0 + dw_1 + ... whatever the thread count, with scratch for `threads` images only. */
-static void conv_gemm_filter(Cg *cg, const Node *n, const Window *w, int threads, Sz N,
-                             int64_t colb) {
+/* The weight gradient through the GEMM: the batch in waves of `workers` images, image n0 + t of
+ * a wave (task t) in slot t with its own dw_n (col, then the slot's dw buffer, then the GEMM's);
+ * after each wave its images' dw_n are added to y in image order. So every element of y is
+ * 0 + dw_0 + dw_1 + ... whatever the number of workers or threads, with scratch for `workers`
+ * images only. */
+static void conv_gemm_filter(Cg *cg, const Node *n, const Window *w, Sz N, int64_t colb) {
   int64_t K = w->C / w->G * w->KH * w->KW, Og = w->O / w->G, HW = w->Ho * w->Wo;
   int64_t es = (int64_t)dtype_size(n->dtype), slot = sched_conv_slot_bytes(cg->s, cg->g, n);
+  int workers = cg->s->node[n->id].workers;
   const char *gm = cg_gemm_name(n->dtype), *T = ctype(n->dtype), *B = sz_c(cg, N);
   cg_line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
   cg_line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++)", w->O * K);
   cg_line(cg, "  y[e] = 0;");
-  cg_line(cg, "for (int64_t n0 = 0; n0 < %s; n0 += %d) {", B, threads);
+  cg_line(cg, "for (int64_t n0 = 0; n0 < %s; n0 += %d) {", B, workers);
   cg->indent++;
-  if (threads > 1)
-    cg_line(cg, "#pragma omp parallel for num_threads(%d) schedule(static, 1)", threads);
-  cg_line(cg, "for (int64_t t = 0; t < %d; t++) {", threads);
-  cg->indent++;
+  if (workers > 1) {
+    cg_tasks_open(cg, "t");
+  } else {
+    cg_line(cg, "{");
+    cg->indent++;
+    cg_line(cg, "const int64_t t = 0;");
+  }
   cg_line(cg, "const int64_t n = n0 + t;");
-  cg_line(cg, "if (n >= %s)", B);
-  cg_line(cg, "  continue;");
   cg_line(cg, "unsigned char *ws = scratch + t*%" PRId64 ";", slot);
   cg_line(cg, "%s *restrict col = (%s *)(void *)ws;", T, T);
   cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, colb);
@@ -320,9 +331,15 @@ static void conv_gemm_filter(Cg *cg, const Node *n, const Window *w, int threads
               ", %" PRId64 ", 0, col + g*%" PRId64 ", %" PRId64 ", 1, part + g*%" PRId64
               ", %" PRId64 ", gws);",
           gm, Og, K, HW, w->O * HW, Og * HW, HW, K * HW, HW, Og * K, K);
-  cg->indent--;
-  cg_line(cg, "}");
-  cg_line(cg, "for (int64_t t = 0; t < %d && n0 + t < %s; t++) {", threads, B);
+  if (workers > 1) {
+    static const char *const locals[] = {"n0"};
+    cg_tasks_close(cg, pool_printf(cg->pool, "%s - n0 < %d ? %s - n0 : %d", B, workers, B, workers),
+                   locals, 1);
+  } else {
+    cg->indent--;
+    cg_line(cg, "}");
+  }
+  cg_line(cg, "for (int64_t t = 0; t < %d && n0 + t < %s; t++) {", workers, B);
   cg_line(cg, "  const %s *restrict part = (const %s *)(void *)(scratch + t*%" PRId64 " + %" PRId64
               ");", T, T, slot, colb);
   cg_line(cg, "  for (int64_t e = 0; e < %" PRId64 "; e++)", w->O * K);
@@ -335,7 +352,6 @@ static void conv_gemm_filter(Cg *cg, const Node *n, const Window *w, int threads
 /* The three convolutions as im2col + GEMM (see above). */
 static void cg_emit_conv_gemm(Cg *cg, const Node *n) {
   Window w = win_of(cg->g, n);
-  int threads = cg->s->node[n->id].chunks;
   int64_t K = w.C / w.G * w.KH * w.KW, Og = w.O / w.G, HW = w.Ho * w.Wo;
   int64_t ysz = w.O * HW;
   int64_t colb = align64(w.G * K * HW * (int64_t)dtype_size(n->dtype));
@@ -343,13 +359,11 @@ static void cg_emit_conv_gemm(Cg *cg, const Node *n) {
   /* Every operand's batch is its first dimension; dx's is the node's own. */
   Sz N = sz_dim(cg, (n->op == OP_CONV2D_BWD_DATA ? &n->shape : &ir_at(cg->g, n->in[0])->shape)->d[0]);
   if (n->op == OP_CONV2D_BWD_FILTER) {
-    conv_gemm_filter(cg, n, &w, threads, N, colb);
+    conv_gemm_filter(cg, n, &w, N, colb);
     return;
   }
-  conv_open_chunks(cg, n, threads, N);
+  conv_open_images(cg, n, N);
   cg_line(cg, "unsigned char *gws = ws + %" PRId64 ";", colb);
-  cg_line(cg, "for (int64_t n = n0; n < n1; n++) {");
-  cg->indent++;
   if (n->op == OP_CONV2D) {
     conv_im2col(cg, n, &w, 0, false);
     cg_line(cg, "for (int64_t g = 0; g < %" PRId64 "; g++)", w.G);
@@ -365,9 +379,7 @@ static void cg_emit_conv_gemm(Cg *cg, const Node *n) {
          gm, K, HW, Og, Og * K, K, ysz, Og * HW, HW, K * HW, HW);
     conv_im2col(cg, n, &w, 0, true);
   }
-  cg->indent--;
-  cg_line(cg, "}");
-  conv_close_chunks(cg);
+  conv_close_images(cg, n, N);
 }
 
 /* Opens the loops over every pool window (n, c, i, j), with yi the output element, and the

@@ -206,6 +206,10 @@ kiln_status kiln_compile(const kiln_model *m, const kiln_options *ko, kiln_train
     free(t);
     return failf("%s", err);
   }
+  if (rt_arena_set_threads(&t->arena, t->prog->threads, err)) {
+    kiln_trainer_free(t);
+    return failf("%s", err);
+  }
   t->train = rt_find_entry(t->prog, "train");
   t->grad = rt_find_entry(t->prog, "grad");
   t->apply = rt_find_entry(t->prog, "apply");
@@ -220,6 +224,17 @@ kiln_status kiln_compile(const kiln_model *m, const kiln_options *ko, kiln_train
 }
 
 int64_t kiln_trainer_batch(const kiln_trainer *t) { return t ? t->prog->batch : 0; }
+
+kiln_status kiln_set_threads(kiln_trainer *t, int threads) {
+  if (!t)
+    return failf("kiln_set_threads: NULL trainer");
+  char err[RT_ERR_LEN];
+  if (rt_arena_set_threads(&t->arena, threads > 0 ? threads : t->prog->threads, err))
+    return failf("kiln_set_threads: %s", err);
+  return KILN_OK;
+}
+
+int kiln_threads(const kiln_trainer *t) { return t ? rt_arena_threads(&t->arena) : 0; }
 
 int kiln_tensor_count(const kiln_trainer *t) { return t ? t->prog->ntensors : 0; }
 

@@ -17,11 +17,12 @@
  * - Convolution algorithm: direct loop nests, or per image im2col + the blocked GEMM when the
  *   GEMM's dimensions are large enough (K >= 16, >= 8 output channels per group); the MNIST CNN's
  *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there.
- * - Threads: a GEMM convolution splits the batch into `threads` fixed chunks, each with its own
- *   scratch slot; the weight gradient adds its images' gradients in image order, so the result
- *   is the same for every thread count. Only these large kernels are parallel: splitting
- *   memory-bound elementwise loops gained nothing measurable, and each parallel region waits for
- *   every thread.
+ * - Threads: a GEMM convolution runs as tasks fixed by the shapes (one image each; the weight
+ *   gradient's in waves of `threads` images), on up to `threads` workers chosen when the program
+ *   runs, each with its own scratch slot; the weight gradient adds its images' gradients in image
+ *   order, so the result is the same for every thread count. Only these large kernels are
+ *   parallel: splitting memory-bound elementwise loops gained nothing measurable, and each
+ *   parallel region waits for its last task.
  * - GEMM for matmuls above a size where packing pays, and its cache tiles, derived from the
  *   target's caches and vector width (sched_gemm_tiles).
  * - Pools whose windows tile the input are unrolled; tiling max pools with an odd number of
@@ -175,7 +176,7 @@ static int64_t node_scratch(const Schedule *s, const Graph *g, const Node *n, co
   case OP_CONV2D_BWD_DATA:
   case OP_CONV2D_BWD_FILTER:
     if (ns->conv == CONV_GEMM)
-      return 64 + ns->chunks * sched_conv_slot_bytes(s, g, n);
+      return 64 + ns->workers * sched_conv_slot_bytes(s, g, n);
     if (n->op == OP_CONV2D_BWD_FILTER) {
       /* One row of partial sums per weight of an output channel. */
       Window w = win_of(g, n);
@@ -441,13 +442,13 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
     const Node *n = ir_at(g, i);
     NodeSched *ns = &s->node[i];
     ns->conv = CONV_DIRECT;
-    ns->chunks = 1;
+    ns->workers = 1;
     if (!s->used[i] || op_is_leaf(n->op))
       continue;
     if (is_conv(n->op)) {
       ns->conv = conv_algo(g, n, s->opt.conv);
       if (ns->conv == CONV_GEMM)
-        ns->chunks = s->opt.threads;
+        ns->workers = s->opt.threads;
       ns->vectorise = true;
     }
     if (n->op == OP_MATMUL && gemm_operands(g, n)) {
@@ -525,8 +526,8 @@ void sched_print(const Graph *g, const Schedule *s, FILE *out) {
       fprintf(out, " %s", ns->gemm ? "gemm" : "loops");
     if (ns->tiles)
       fprintf(out, " tiles");
-    if (ns->chunks > 1)
-      fprintf(out, " chunks=%d", ns->chunks);
+    if (ns->workers > 1)
+      fprintf(out, " workers=%d", ns->workers);
     if (ns->vectorise)
       fprintf(out, " vectorise");
     if (ns->scratch)

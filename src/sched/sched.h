@@ -32,7 +32,8 @@ typedef struct GemmTiles {
 
 typedef struct SchedOptions {
   Target target;
-  int threads;               /* batch chunks compiled into parallel kernels, >= 1 */
+  int threads;               /* the most threads parallel kernels run on (their scratch has a
+                                slot per worker), >= 1; 1: no parallel kernels */
   bool fuse;                 /* elementwise fusion and in-place updates */
   ConvAlgo conv;
   GemmTiles gemm;            /* a field > 0 overrides the tile sched_gemm_tiles derives from the
@@ -58,7 +59,7 @@ enum { SCHED_GEMM_MR_MAX = 16, SCHED_GEMM_NR_MAX = 64 };
 enum { SCHED_FUSE_MAX_NODES = 32 };
 
 /* How one node is computed. Every field has its plain-loop default for nodes no rule applies
- * to (conv = CONV_DIRECT, chunks = 1, the rest 0 / false / -1). */
+ * to (conv = CONV_DIRECT, workers = 1, the rest 0 / false / -1). */
 typedef struct NodeSched {
   bool fused;        /* an elementwise node computed in registers inside its one consumer's
                         loop, never stored */
@@ -69,8 +70,8 @@ typedef struct NodeSched {
   bool gemm;         /* matmul: the blocked GEMM rather than the plain loop nest */
   bool tiles;        /* pools: windows tile the input (taps unrolled, no bounds tests) */
   bool vectorise;    /* ask gcc for its full vectoriser cost model on this kernel */
-  int chunks;        /* the batch is split into this many fixed chunks, one parallel iteration
-                        each (1: serial) */
+  int workers;       /* > 1: the kernel runs as tasks fixed by the shapes (kiln_abi.h) on up to
+                        this many workers, each with a scratch slot; 1: serial loops */
   int64_t scratch;   /* bytes of the shared scratch region the kernel needs at the full batch */
 } NodeSched;
 
@@ -106,7 +107,7 @@ void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(
 /* Whether node id's kernel is a flat fused loop: it computes fused inner nodes, or writes an
  * update's new value in place. */
 bool sched_is_tree(const Graph *g, const Schedule *s, int id);
-/* One line per kernel: node, op, model line, fused group, convolution algorithm, chunks, scratch. */
+/* One line per kernel: node, op, model line, fused group, convolution algorithm, workers, scratch. */
 void sched_print(const Graph *g, const Schedule *s, FILE *out);
 
 #endif

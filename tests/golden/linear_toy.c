@@ -46,7 +46,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 3
+#define KILN_ABI_VERSION 4
 #define KILN_ABI_MAX_RANK 6
 #define KILN_ABI_MAX_ENTRIES 31 /* bit i of kiln_tensor.entries is entry i */
 
@@ -118,7 +118,20 @@ static inline double kiln_dropout_uniform(uint32_t salt, double counter, int64_t
   return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch);
+/* Threads. A program splits its large kernels into tasks whose number and contents depend only
+ * on the shapes, and hands them to the driver's scheduler: task(args, t, worker) for every t in
+ * [0, ntasks), each once, on workers numbered 0 .. kiln_program.threads - 1 (one task at a time
+ * per worker; the worker picks the task's scratch slot, so which worker runs a task never changes
+ * a result). run returns when every task has finished. A driver that passes no kiln_exec, or one
+ * without run, gets every task in order on worker 0: the same results on one thread. */
+typedef void (*kiln_task_fn)(void *args, int64_t task, int worker);
+
+typedef struct kiln_exec {
+  void (*run)(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
+  void *pool;
+} kiln_exec;
+
+typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch, const kiln_exec *exec);
 
 /* An entry point under its name ("train", "eval", "grad", "apply"). */
 typedef struct kiln_entry {
@@ -137,6 +150,7 @@ typedef struct kiln_program {
   int abi_version;       /* KILN_ABI_VERSION */
   const char *model;     /* model name (file stem) */
   int64_t batch;         /* maximum (and usual) batch size */
+  int threads;           /* workers the scratch has room for: a driver runs at most this many */
   int64_t arena_bytes;
   int ntensors;
   const kiln_tensor *tensors;
@@ -274,7 +288,8 @@ static KILN_NOINLINE void k28_sub(double *restrict y, const double *restrict x0,
   y[0] = y[0] - v0;
 }
 
-static void kiln_train(unsigned char *arena, int64_t B) {
+static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 1)
     return;
   double *const w = (double *)(arena + 0);
@@ -304,7 +319,8 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k28_sub(b, lr, t20);
 }
 
-static void kiln_eval(unsigned char *arena, int64_t B) {
+static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 1)
     return;
   double *const w = (double *)(arena + 0);
@@ -321,7 +337,8 @@ static void kiln_eval(unsigned char *arena, int64_t B) {
   k11_sum(loss, t10);
 }
 
-static void kiln_grad(unsigned char *arena, int64_t B) {
+static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 1)
     return;
   double *const w = (double *)(arena + 0);
@@ -352,7 +369,8 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   memcpy(grad_b, t20, (size_t)1 * 8);
 }
 
-static void kiln_apply(unsigned char *arena, int64_t B) {
+static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 1)
     return;
   double *const w = (double *)(arena + 0);
@@ -416,6 +434,7 @@ const kiln_program kiln_program_desc = {
   .abi_version = KILN_ABI_VERSION,
   .model = "linear_toy",
   .batch = 1,
+  .threads = 1,
   .arena_bytes = 640,
   .ntensors = 8,
   .tensors = kiln_tensors,

@@ -46,7 +46,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 3
+#define KILN_ABI_VERSION 4
 #define KILN_ABI_MAX_RANK 6
 #define KILN_ABI_MAX_ENTRIES 31 /* bit i of kiln_tensor.entries is entry i */
 
@@ -118,7 +118,20 @@ static inline double kiln_dropout_uniform(uint32_t salt, double counter, int64_t
   return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch);
+/* Threads. A program splits its large kernels into tasks whose number and contents depend only
+ * on the shapes, and hands them to the driver's scheduler: task(args, t, worker) for every t in
+ * [0, ntasks), each once, on workers numbered 0 .. kiln_program.threads - 1 (one task at a time
+ * per worker; the worker picks the task's scratch slot, so which worker runs a task never changes
+ * a result). run returns when every task has finished. A driver that passes no kiln_exec, or one
+ * without run, gets every task in order on worker 0: the same results on one thread. */
+typedef void (*kiln_task_fn)(void *args, int64_t task, int worker);
+
+typedef struct kiln_exec {
+  void (*run)(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
+  void *pool;
+} kiln_exec;
+
+typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch, const kiln_exec *exec);
 
 /* An entry point under its name ("train", "eval", "grad", "apply"). */
 typedef struct kiln_entry {
@@ -137,6 +150,7 @@ typedef struct kiln_program {
   int abi_version;       /* KILN_ABI_VERSION */
   const char *model;     /* model name (file stem) */
   int64_t batch;         /* maximum (and usual) batch size */
+  int threads;           /* workers the scratch has room for: a driver runs at most this many */
   int64_t arena_bytes;
   int ntensors;
   const kiln_tensor *tensors;
@@ -777,7 +791,8 @@ static KILN_NOINLINE void k98_sub(float *restrict y, const float *restrict x0, c
   }
 }
 
-static void kiln_train(unsigned char *arena, int64_t B) {
+static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 64)
     return;
   int32_t *const label = (int32_t *)(arena + 3457408);
@@ -842,7 +857,8 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k98_sub(fc2_bias, t45, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t47);
 }
 
-static void kiln_eval(unsigned char *arena, int64_t B) {
+static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 64)
     return;
   int32_t *const label = (int32_t *)(arena + 3457408);
@@ -866,7 +882,8 @@ static void kiln_eval(unsigned char *arena, int64_t B) {
   k12_cross_entropy(loss, logits, label, B);
 }
 
-static void kiln_grad(unsigned char *arena, int64_t B) {
+static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 64)
     return;
   int32_t *const label = (int32_t *)(arena + 3457408);
@@ -912,7 +929,8 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   memcpy(grad_fc2_bias, t15, (size_t)10 * 4);
 }
 
-static void kiln_apply(unsigned char *arena, int64_t B) {
+static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const fc1_weight = (float *)(arena + 0);
@@ -1064,6 +1082,7 @@ const kiln_program kiln_program_desc = {
   .abi_version = KILN_ABI_VERSION,
   .model = "mlp",
   .batch = 64,
+  .threads = 1,
   .arena_bytes = 4651072,
   .ntensors = 23,
   .tensors = kiln_tensors,

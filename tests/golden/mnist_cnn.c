@@ -46,7 +46,7 @@
 
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 3
+#define KILN_ABI_VERSION 4
 #define KILN_ABI_MAX_RANK 6
 #define KILN_ABI_MAX_ENTRIES 31 /* bit i of kiln_tensor.entries is entry i */
 
@@ -118,7 +118,20 @@ static inline double kiln_dropout_uniform(uint32_t salt, double counter, int64_t
   return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
-typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch);
+/* Threads. A program splits its large kernels into tasks whose number and contents depend only
+ * on the shapes, and hands them to the driver's scheduler: task(args, t, worker) for every t in
+ * [0, ntasks), each once, on workers numbered 0 .. kiln_program.threads - 1 (one task at a time
+ * per worker; the worker picks the task's scratch slot, so which worker runs a task never changes
+ * a result). run returns when every task has finished. A driver that passes no kiln_exec, or one
+ * without run, gets every task in order on worker 0: the same results on one thread. */
+typedef void (*kiln_task_fn)(void *args, int64_t task, int worker);
+
+typedef struct kiln_exec {
+  void (*run)(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
+  void *pool;
+} kiln_exec;
+
+typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch, const kiln_exec *exec);
 
 /* An entry point under its name ("train", "eval", "grad", "apply"). */
 typedef struct kiln_entry {
@@ -137,6 +150,7 @@ typedef struct kiln_program {
   int abi_version;       /* KILN_ABI_VERSION */
   const char *model;     /* model name (file stem) */
   int64_t batch;         /* maximum (and usual) batch size */
+  int threads;           /* workers the scratch has room for: a driver runs at most this many */
   int64_t arena_bytes;
   int ntensors;
   const kiln_tensor *tensors;
@@ -680,88 +694,85 @@ __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 static KILN_NOINLINE void k45_conv2d(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  for (int64_t t = 0; t < 1; t++) {
-    unsigned char *ws = scratch + t*428864;
-    float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = B*t/1, n1 = B*(t + 1)/1;
+  unsigned char *ws = scratch;
+  float *restrict col = (float *)(void *)ws;
+  for (int64_t n = 0; n < B; n++) {
     unsigned char *gws = ws + 156800;
-    for (int64_t n = n0; n < n1; n++) {
-      const float *restrict xn = a + n*1568;
-      for (int64_t c = 0; c < 8; c++)
-        for (int64_t p = 0; p < 5; p++) {
-          { /* q = 0 */
-            float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-2);
-              memset(di, 0, 2 * sizeof *di);
-              memcpy(di + 2, xn + xo + 2, 12 * sizeof *di);
+    const float *restrict xn = a + n*1568;
+    for (int64_t c = 0; c < 8; c++)
+      for (int64_t p = 0; p < 5; p++) {
+        { /* q = 0 */
+          float *restrict d = col + ((c*5 + p)*5 + 0)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            float *restrict di = d + i*14;
+            if (r < 0 || r >= 14) {
+              memset(di, 0, 14 * sizeof *di);
+              continue;
             }
-          }
-          { /* q = 1 */
-            float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-1);
-              memset(di, 0, 1 * sizeof *di);
-              memcpy(di + 1, xn + xo + 1, 13 * sizeof *di);
-            }
-          }
-          { /* q = 2 */
-            float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (0);
-              memcpy(di + 0, xn + xo + 0, 14 * sizeof *di);
-            }
-          }
-          { /* q = 3 */
-            float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (1);
-              memcpy(di + 0, xn + xo + 0, 13 * sizeof *di);
-              memset(di + 13, 0, 1 * sizeof *di);
-            }
-          }
-          { /* q = 4 */
-            float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (2);
-              memcpy(di + 0, xn + xo + 0, 12 * sizeof *di);
-              memset(di + 12, 0, 2 * sizeof *di);
-            }
+            const int64_t xo = (c*14 + r)*14 + (-2);
+            memset(di, 0, 2 * sizeof *di);
+            memcpy(di + 2, xn + xo + 2, 12 * sizeof *di);
           }
         }
-      for (int64_t g = 0; g < 1; g++)
-        kiln_sgemm(32, 196, 200, b + g*6400, 200, 0, col + g*39200, 196, 0, y + n*6272 + g*6272, 196, gws);
-    }
+        { /* q = 1 */
+          float *restrict d = col + ((c*5 + p)*5 + 1)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            float *restrict di = d + i*14;
+            if (r < 0 || r >= 14) {
+              memset(di, 0, 14 * sizeof *di);
+              continue;
+            }
+            const int64_t xo = (c*14 + r)*14 + (-1);
+            memset(di, 0, 1 * sizeof *di);
+            memcpy(di + 1, xn + xo + 1, 13 * sizeof *di);
+          }
+        }
+        { /* q = 2 */
+          float *restrict d = col + ((c*5 + p)*5 + 2)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            float *restrict di = d + i*14;
+            if (r < 0 || r >= 14) {
+              memset(di, 0, 14 * sizeof *di);
+              continue;
+            }
+            const int64_t xo = (c*14 + r)*14 + (0);
+            memcpy(di + 0, xn + xo + 0, 14 * sizeof *di);
+          }
+        }
+        { /* q = 3 */
+          float *restrict d = col + ((c*5 + p)*5 + 3)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            float *restrict di = d + i*14;
+            if (r < 0 || r >= 14) {
+              memset(di, 0, 14 * sizeof *di);
+              continue;
+            }
+            const int64_t xo = (c*14 + r)*14 + (1);
+            memcpy(di + 0, xn + xo + 0, 13 * sizeof *di);
+            memset(di + 13, 0, 1 * sizeof *di);
+          }
+        }
+        { /* q = 4 */
+          float *restrict d = col + ((c*5 + p)*5 + 4)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            float *restrict di = d + i*14;
+            if (r < 0 || r >= 14) {
+              memset(di, 0, 14 * sizeof *di);
+              continue;
+            }
+            const int64_t xo = (c*14 + r)*14 + (2);
+            memcpy(di + 0, xn + xo + 0, 12 * sizeof *di);
+            memset(di + 12, 0, 2 * sizeof *di);
+          }
+        }
+      }
+    for (int64_t g = 0; g < 1; g++)
+      kiln_sgemm(32, 196, 200, b + g*6400, 200, 0, col + g*39200, 196, 0, y + n*6272 + g*6272, 196, gws);
   }
 }
 
@@ -1280,76 +1291,73 @@ __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 static KILN_NOINLINE void k158_conv2d_bwd_data(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  for (int64_t t = 0; t < 1; t++) {
-    unsigned char *ws = scratch + t*208576;
-    float *restrict col = (float *)(void *)ws;
-    const int64_t n0 = B*t/1, n1 = B*(t + 1)/1;
+  unsigned char *ws = scratch;
+  float *restrict col = (float *)(void *)ws;
+  for (int64_t n = 0; n < B; n++) {
     unsigned char *gws = ws + 156800;
-    for (int64_t n = n0; n < n1; n++) {
-      for (int64_t g = 0; g < 1; g++)
-        kiln_sgemm(200, 196, 32, b + g*6400, 200, 1, a + n*6272 + g*6272, 196, 0, col + g*39200, 196, gws);
-      float *restrict xn = y + n*1568;
-      for (int64_t e = 0; e < 1568; e++)
-        xn[e] = 0;
-      for (int64_t c = 0; c < 8; c++)
-        for (int64_t p = 0; p < 5; p++) {
-          { /* q = 0 */
-            const float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (-2);
-              for (int64_t j = 2; j < 14; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
-          }
-          { /* q = 1 */
-            const float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (-1);
-              for (int64_t j = 1; j < 14; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
-          }
-          { /* q = 2 */
-            const float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (0);
-              for (int64_t j = 0; j < 14; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
-          }
-          { /* q = 3 */
-            const float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (1);
-              for (int64_t j = 0; j < 13; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
-          }
-          { /* q = 4 */
-            const float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              if (r < 0 || r >= 14)
-                continue;
-              const int64_t xo = (c*14 + r)*14 + (2);
-              for (int64_t j = 0; j < 12; j++)
-                xn[xo + j] += d[i*14 + j];
-            }
+    for (int64_t g = 0; g < 1; g++)
+      kiln_sgemm(200, 196, 32, b + g*6400, 200, 1, a + n*6272 + g*6272, 196, 0, col + g*39200, 196, gws);
+    float *restrict xn = y + n*1568;
+    for (int64_t e = 0; e < 1568; e++)
+      xn[e] = 0;
+    for (int64_t c = 0; c < 8; c++)
+      for (int64_t p = 0; p < 5; p++) {
+        { /* q = 0 */
+          const float *restrict d = col + ((c*5 + p)*5 + 0)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            if (r < 0 || r >= 14)
+              continue;
+            const int64_t xo = (c*14 + r)*14 + (-2);
+            for (int64_t j = 2; j < 14; j++)
+              xn[xo + j] += d[i*14 + j];
           }
         }
-    }
+        { /* q = 1 */
+          const float *restrict d = col + ((c*5 + p)*5 + 1)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            if (r < 0 || r >= 14)
+              continue;
+            const int64_t xo = (c*14 + r)*14 + (-1);
+            for (int64_t j = 1; j < 14; j++)
+              xn[xo + j] += d[i*14 + j];
+          }
+        }
+        { /* q = 2 */
+          const float *restrict d = col + ((c*5 + p)*5 + 2)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            if (r < 0 || r >= 14)
+              continue;
+            const int64_t xo = (c*14 + r)*14 + (0);
+            for (int64_t j = 0; j < 14; j++)
+              xn[xo + j] += d[i*14 + j];
+          }
+        }
+        { /* q = 3 */
+          const float *restrict d = col + ((c*5 + p)*5 + 3)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            if (r < 0 || r >= 14)
+              continue;
+            const int64_t xo = (c*14 + r)*14 + (1);
+            for (int64_t j = 0; j < 13; j++)
+              xn[xo + j] += d[i*14 + j];
+          }
+        }
+        { /* q = 4 */
+          const float *restrict d = col + ((c*5 + p)*5 + 4)*196;
+          for (int64_t i = 0; i < 14; i++) {
+            const int64_t r = i*1 - 2 + p*1;
+            if (r < 0 || r >= 14)
+              continue;
+            const int64_t xo = (c*14 + r)*14 + (2);
+            for (int64_t j = 0; j < 12; j++)
+              xn[xo + j] += d[i*14 + j];
+          }
+        }
+      }
   }
 }
 
@@ -1363,10 +1371,9 @@ static KILN_NOINLINE void k159_conv2d_bwd_filter(float *restrict y, const float 
   for (int64_t e = 0; e < 6400; e++)
     y[e] = 0;
   for (int64_t n0 = 0; n0 < B; n0 += 1) {
-    for (int64_t t = 0; t < 1; t++) {
+    {
+      const int64_t t = 0;
       const int64_t n = n0 + t;
-      if (n >= B)
-        continue;
       unsigned char *ws = scratch + t*452160;
       float *restrict col = (float *)(void *)ws;
       float *restrict part = (float *)(void *)(ws + 156800);
@@ -2000,7 +2007,8 @@ static KILN_NOINLINE void k395_sub(float *restrict y, const float *restrict x0, 
   }
 }
 
-static void kiln_train(unsigned char *arena, int64_t B) {
+static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const image = (float *)(arena + 15265408);
@@ -2291,7 +2299,8 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k395_sub(fc2_bias, t222, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t224);
 }
 
-static void kiln_eval(unsigned char *arena, int64_t B) {
+static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const image = (float *)(arena + 15265408);
@@ -2364,7 +2373,8 @@ static void kiln_eval(unsigned char *arena, int64_t B) {
   k91_cross_entropy(loss_120, logits_119, label, B);  /* %120 */
 }
 
-static void kiln_grad(unsigned char *arena, int64_t B) {
+static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const image = (float *)(arena + 15265408);
@@ -2612,7 +2622,8 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   memcpy(grad_fc2_bias, t122, (size_t)10 * 4);
 }
 
-static void kiln_apply(unsigned char *arena, int64_t B) {
+static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
+  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const conv1_weight = (float *)(arena + 0);
@@ -2976,6 +2987,7 @@ const kiln_program kiln_program_desc = {
   .abi_version = KILN_ABI_VERSION,
   .model = "mnist_cnn",
   .batch = 64,
+  .threads = 1,
   .arena_bytes = 42302592,
   .ntensors = 61,
   .tensors = kiln_tensors,
