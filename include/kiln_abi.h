@@ -124,6 +124,11 @@ typedef void (*kiln_task_fn)(void *args, int64_t task, int worker);
 typedef struct kiln_exec {
   void (*run)(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
   void *pool;
+  /* Profiling, NULL when off: mark(profiler, s) just before the kernel of call site s (an index
+   * into kiln_program.sites) runs, and mark(profiler, -1) once the entry's last kernel has
+   * returned (its updates follow), so each kernel's time is the time to the next mark. */
+  void (*mark)(void *profiler, int site);
+  void *profiler;
 } kiln_exec;
 
 typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch, const kiln_exec *exec);
@@ -134,6 +139,17 @@ typedef struct kiln_entry {
   kiln_entry_fn fn;      /* NULL in descriptions of programs that are not compiled (the reference
                             runtime runs entries by index through its own backend) */
 } kiln_entry;
+
+/* A call of a kernel in an entry, for profiles. */
+typedef struct kiln_site {
+  int entry;             /* index into kiln_program.entries */
+  const char *kernel;    /* the generated function: "k45_conv2d" */
+  const char *op;        /* what it computes: "conv2d", "fused add" */
+  const char *source;    /* the model line it came from: "mnist_cnn.kiln:13" ("" if none) */
+  double flops;          /* floating-point operations of one call at the full batch */
+  int per_example;       /* 1: the work scales with the batch of the call */
+  int tasks;             /* 1: runs as tasks on the driver's threads */
+} kiln_site;
 
 /* One training default: a key and a number, as text. */
 typedef struct kiln_setting {
@@ -153,6 +169,12 @@ typedef struct kiln_program {
   const kiln_entry *entries;
   int nsettings;
   const kiln_setting *settings; /* defaults from the model file's train block */
+  int nsites;
+  const kiln_site *sites;       /* every kernel call of every entry */
+  /* Runs `iters` rounds of independent fused multiply-adds on the widest vectors the program was
+   * compiled for and returns the floating-point operations done: this CPU's peak, as the
+   * program's own kernels could reach it. */
+  double (*fma_probe)(int64_t iters);
 } kiln_program;
 
 #endif

@@ -19,9 +19,12 @@ typedef struct ArenaBe {
   int owned;          /* base was allocated by rt_arena_backend_new */
   RtPool *pool;       /* NULL: tasks run on the calling thread */
   kiln_exec exec;
+  RtProfile *profile; /* NULL: not profiling */
 } ArenaBe;
 
 static int arena_set_threads(void *self, int threads, char *err);
+static int arena_profile_start(void *self, char *err);
+static void arena_profile_report(void *self, FILE *out);
 
 static int arena_run(void *self, int entry, int64_t batch, char *err) {
   ArenaBe *a = self;
@@ -36,7 +39,14 @@ static int arena_run(void *self, int entry, int64_t batch, char *err) {
   if (batch < 1 || batch > a->prog->batch)
     return rt_errf(err, "batch %lld is outside 1..%lld", (long long)batch,
                    (long long)a->prog->batch);
+  if (!a->profile) {
+    fn(a->base, batch, &a->exec);
+    return 0;
+  }
+  rt_profile_batch(a->profile, batch);
+  double t0 = rt_seconds();
   fn(a->base, batch, &a->exec);
+  rt_profile_entry(a->profile, entry, rt_seconds() - t0);
   return 0;
 }
 
@@ -95,7 +105,7 @@ void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be
   memset(be, 0, sizeof *be);
   ArenaBe *a = malloc(sizeof *a);
   if (a) {
-    *a = (ArenaBe){p, arena, 0, NULL, {0}};
+    *a = (ArenaBe){p, arena, 0, NULL, {0}, NULL};
     rt_exec_init(&a->exec, NULL);
   }
   be->prog = p;
@@ -104,6 +114,8 @@ void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be
   be->read = arena_read;
   be->write = arena_write;
   be->set_threads = arena_set_threads;
+  be->profile_start = arena_profile_start;
+  be->profile_report = arena_profile_report;
 }
 
 int rt_arena_backend_new(const kiln_program *p, RtBackend *be, char *err) {
@@ -137,7 +149,63 @@ static int arena_set_threads(void *self, int threads, char *err) {
   rt_pool_free(a->pool);
   a->pool = p;
   rt_exec_init(&a->exec, p);
+  if (a->profile) {
+    a->exec.mark = rt_profile_mark;
+    a->exec.profiler = a->profile;
+  }
   return 0;
+}
+
+static int arena_profile_start(void *self, char *err) {
+  ArenaBe *a = self;
+  if (!a)
+    return rt_errf(err, "out of memory creating the arena backend");
+  if (!a->prog->sites || !a->prog->fma_probe)
+    return rt_errf(err, "the program has no call sites to profile");
+  if (!a->profile && !(a->profile = rt_profile_new(a->prog, err)))
+    return -1;
+  a->exec.mark = rt_profile_mark;
+  a->exec.profiler = a->profile;
+  return 0;
+}
+
+/* The program's FMA probe on `threads` threads at once, each for about 0.1 s. */
+typedef struct Probe {
+  const kiln_program *prog;
+  int64_t iters;
+  double flops[256];
+} Probe;
+
+static void probe_task(void *args, int64_t task, int worker) {
+  Probe *p = args;
+  (void)worker;
+  p->flops[task] = p->prog->fma_probe(p->iters);
+}
+
+static double fma_peak(ArenaBe *a, int threads) {
+  Probe pr = {a->prog, 1 << 16, {0}};
+  double best = 0;
+  for (int rep = 0; rep < 5; rep++) {
+    double t0 = rt_seconds(), flops = 0;
+    rt_pool_run(threads > 1 ? a->pool : NULL, probe_task, &pr, threads);
+    double dt = rt_seconds() - t0;
+    for (int t = 0; t < threads; t++)
+      flops += pr.flops[t];
+    double g = dt > 0 ? flops / dt / 1e9 : 0;
+    best = g > best ? g : best;
+    if (dt < 0.05 && pr.iters < ((int64_t)1 << 40))
+      pr.iters *= 4;
+  }
+  return best;
+}
+
+static void arena_profile_report(void *self, FILE *out) {
+  ArenaBe *a = self;
+  if (!a || !a->profile)
+    return;
+  int threads = rt_pool_threads(a->pool);
+  double one = fma_peak(a, 1), all = threads > 1 ? fma_peak(a, threads) : one;
+  rt_profile_report(a->profile, out, one, all, threads, 25);
 }
 
 int rt_arena_set_threads(RtBackend *be, int threads, char *err) {
@@ -160,8 +228,10 @@ void rt_arena_backend_free(RtBackend *be) {
   ArenaBe *a = be->self;
   if (a && a->owned)
     free(a->base);
-  if (a)
+  if (a) {
     rt_pool_free(a->pool);
+    rt_profile_free(a->profile);
+  }
   free(a);
   be->self = NULL;
 }

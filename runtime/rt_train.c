@@ -51,6 +51,9 @@ static void usage(FILE *f, const char *name) {
           "  --threads N         threads the step runs on (default: every core this process may\n"
           "                      use, at most the number the trainer was built for); results\n"
           "                      are the same for every thread count\n"
+          "  --profile           at the end, print where the step's time went: per kernel call,\n"
+          "                      its share, GFLOP/s, percent of the measured FMA peak and the\n"
+          "                      model line it came from\n"
           "  --quiet             no progress output on stderr\n"
           "  --help              show this message\n",
           name);
@@ -99,6 +102,10 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
     }
     if (!strcmp(arg, "--quiet")) {
       o->quiet = 1;
+      continue;
+    }
+    if (!strcmp(arg, "--profile")) {
+      o->profile = 1;
       continue;
     }
     if (strncmp(arg, "--", 2))
@@ -871,6 +878,12 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   rt_progress_init(&r.progress, stderr);
   if (be->set_threads && be->set_threads(be->self, o->threads, r.err))
     goto done;
+  if (o->profile && !be->profile_start) {
+    rt_errf(r.err, "--profile needs compiled code; the reference runtime has no kernels to time");
+    goto done;
+  }
+  if (o->profile && be->profile_start(be->self, r.err))
+    goto done;
   if (rt_init_persistent(be, r.seed, o->lr, r.err))
     goto done;
   if (o->load_path && rt_load_checkpoint(be, o->load_path, r.err))
@@ -885,6 +898,10 @@ int rt_train(RtBackend *be, const RtOptions *o) {
     goto done;
   }
   rc = data ? train_data(&r) : train_literal(&r);
+  if (rc == 0 && o->profile) {
+    be->profile_report(be->self, stdout);
+    fflush(stdout);
+  }
 done:
   free(r.buf);
   if (rc) {

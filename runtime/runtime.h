@@ -130,6 +130,10 @@ typedef struct RtBackend {
   /* Threads to run entries on from now on (<= 0: as many as the program allows); NULL for a
    * backend that runs on the calling thread only. 0, or -1 with err. */
   int (*set_threads)(void *self, int threads, char *err);
+  /* Profiling, NULL for a backend that cannot: start counts every kernel call from now on
+   * (0, or -1 with err); report prints what was counted (rt_profile_report) to out. */
+  int (*profile_start)(void *self, char *err);
+  void (*profile_report)(void *self, FILE *out);
 } RtBackend;
 
 typedef struct RtOptions {
@@ -145,6 +149,7 @@ typedef struct RtOptions {
   int quiet;              /* no progress line */
   int patience;           /* >0: early stopping (overrides the program's); 0: the program's */
   int threads;            /* threads the step runs on (at most the program's bound); 0: that bound */
+  int profile;            /* print where the step's time went (the backend's profile_report) */
   const char *prog_name;  /* prefix of messages on stderr ("trainer: error: ..."); set by
                              rt_options_parse, "trainer" by default */
 } RtOptions;
@@ -203,6 +208,24 @@ int rt_pool_threads(const RtPool *p);
 void rt_pool_run(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
 /* An exec running tasks on p (NULL: in order on the calling thread). */
 void rt_exec_init(kiln_exec *e, RtPool *p);
+
+/* ---- rt_profile.c: where a compiled step's time goes ----------------------------------------- */
+
+typedef struct RtProfile RtProfile;
+RtProfile *rt_profile_new(const kiln_program *p, char *err);
+void rt_profile_free(RtProfile *r);
+/* kiln_exec.mark. */
+void rt_profile_mark(void *profiler, int site);
+/* The batch of the entry about to run, and after it, its time. */
+void rt_profile_batch(RtProfile *r, int64_t batch);
+void rt_profile_entry(RtProfile *r, int entry, double seconds);
+/* Per entry that ran: its time per call, then its `rows` longest call sites (share, time per
+ * call, GFLOP/s, percent of peak, kernel, op, model line) and what the rest took. peak1 and
+ * peak_all: the FMA peak in GFLOP/s of one thread and of `threads`. */
+void rt_profile_report(const RtProfile *r, FILE *out, double peak1, double peak_all, int threads,
+                       int rows);
+/* CLOCK_MONOTONIC in seconds. */
+double rt_seconds(void);
 
 /* ---- rt_cores.c ---- */
 

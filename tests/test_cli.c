@@ -690,6 +690,36 @@ START_TEST(trainer_same_bytes_on_every_thread_count) {
 }
 END_TEST
 
+/* --profile: after the summary, per entry the kernels by time with GFLOP/s, percent of the
+ * measured peak and their model lines; the reference runtime has no kernels to time. */
+START_TEST(profile_option) {
+  char cmd[2048], trainer[300], *out, *err;
+  snprintf(trainer, sizeof trainer, "%s/mlp", tmpdir);
+  snprintf(cmd, sizeof cmd, KILN " build " EX "mlp.kiln -o '%s'", trainer);
+  ck_assert_int_eq(run(cmd, NULL, NULL), 0);
+  snprintf(cmd, sizeof cmd,
+           "'%s' --data " DATA " --epochs 1 --limit-train 640 --limit-test 64 --profile --quiet",
+           trainer);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_str_eq(err, "");
+  const char *final = strstr(out, "final epochs=1"), *peak = strstr(out, "profile: FMA peak ");
+  const char *train = strstr(out, "\nentry train: 10 calls, ");
+  const char *eval = strstr(out, "\nentry eval: 1 calls, ");
+  ck_assert_msg(final && peak && train && eval && final < peak && peak < train && train < eval,
+                "%s", out);
+  /* fc1's forward product, its model line and a speed. */
+  const char *fc1 = strstr(train, "matmul                     mlp.kiln:8\n");
+  ck_assert_msg(fc1 && fc1 < eval, "%s", out);
+  ck_assert_ptr_nonnull(strstr(train, "(outside kernels: the entry's copies and calls)"));
+  free(out);
+  free(err);
+  ck_assert_int_eq(run(KILN " train " EX "linear_toy.kiln --runtime reference --profile", NULL,
+                       &err), 1);
+  ck_assert_ptr_nonnull(strstr(err, "--profile needs compiled code"));
+  free(err);
+}
+END_TEST
+
 static Suite *cli_suite(void) {
   Suite *s = suite_create("cli");
   TCase *tc = tcase_create("cli");
@@ -713,6 +743,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, target_option);
   tcase_add_test(tc, trainer_data_errors);
   tcase_add_test(tc, trainer_same_bytes_on_every_thread_count);
+  tcase_add_test(tc, profile_option);
   tcase_add_test(tc, cache_and_verbose);
   tcase_add_test(tc, jit_training_writes_nothing);
   suite_add_tcase(s, tc);

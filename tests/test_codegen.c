@@ -296,6 +296,59 @@ START_TEST(matmul_all_transposes) {
 }
 END_TEST
 
+/* The profile's view of a program: one site per kernel call in entry order, each with its exact
+ * FLOPs at the full batch; marks around every kernel of an entry, in order, ending with -1; the
+ * FMA probe's count of what it did. */
+typedef struct Marks {
+  int n, site[16];
+} Marks;
+
+static void record_mark(void *profiler, int site) {
+  Marks *m = profiler;
+  if (m->n < 16)
+    m->site[m->n++] = site;
+}
+
+START_TEST(profile_sites_and_marks) {
+  int x = input("x", DT_F32, S2(B_(1), C_(7)));
+  int w = param("w", DT_F32, S2(C_(7), C_(5)));
+  int y = ir_matmul(g, x, w, false, false, L0);
+  out("y", y);
+  out("r", ir_unary(g, OP_RELU, y, L0));
+  Run r;
+  run_open(&r, 6);
+  const kiln_program *p = r.prog;
+  int grad = rt_find_entry(p, "grad");
+  int n = 0;
+  for (int i = 0; i < p->nsites; i++)
+    if (p->sites[i].entry == grad) {
+      const kiln_site *s = &p->sites[i];
+      ck_assert_int_eq(s->per_example, 1);
+      ck_assert_int_eq(s->tasks, 0);
+      if (n++ == 0) {
+        ck_assert_str_eq(s->op, "matmul");
+        ck_assert(s->flops == 2.0 * 6 * 7 * 5);
+      } else {
+        ck_assert_str_eq(s->op, "relu");
+        ck_assert(s->flops == 6.0 * 5);
+      }
+    }
+  ck_assert_int_eq(n, 2);
+  Marks m = {0};
+  kiln_exec ex = {.mark = record_mark, .profiler = &m};
+  p->entries[grad].fn(r.arena, 6, &ex);
+  ck_assert_int_eq(m.n, 3);
+  ck_assert_int_eq(p->sites[m.site[0]].entry, grad);
+  ck_assert_str_eq(p->sites[m.site[0]].op, "matmul");
+  ck_assert_str_eq(p->sites[m.site[1]].op, "relu");
+  ck_assert_int_eq(m.site[2], -1);
+  double flops = p->fma_probe(1000);
+  ck_assert_msg(flops == 24000.0 * 4 || flops == 24000.0 * 8 || flops == 24000.0 * 16,
+                "the probe did %g FLOPs in 1000 rounds", flops);
+  run_close(&r);
+}
+END_TEST
+
 START_TEST(cross_entropy_and_grad) {
   DType dt = _i ? DT_F64 : DT_F32;
   int z = input("z", dt, S2(B_(1), C_(5)));
@@ -1311,6 +1364,7 @@ static const char golden_relu[] =
     "#define KILN_CALLS\n"
     "#define KILN_NO_UNROLL\n"
     "#endif\n"
+    "#define KILN_MARK(site) (ex && ex->mark ? ex->mark(ex->profiler, site) : (void)0)\n"
     "\n"
     "/* %1 = relu(%0 x) -> h  f32 [B, 4] */\n"
     "static KILN_NOINLINE void k1_relu(float *restrict y, const float *restrict a, int64_t B) {\n"
@@ -1320,32 +1374,82 @@ static const char golden_relu[] =
     "  }\n"
     "}\n"
     "\n"
+    "static volatile float kiln_fma_sink;\n"
+    "#if defined(__GNUC__)\n"
+    "#if defined(__AVX512F__)\n"
+    "typedef float kiln_fma_v __attribute__((vector_size(64)));\n"
+    "#elif defined(__AVX__)\n"
+    "typedef float kiln_fma_v __attribute__((vector_size(32)));\n"
+    "#else\n"
+    "typedef float kiln_fma_v __attribute__((vector_size(16)));\n"
+    "#endif\n"
+    "#if defined(__clang__)\n"
+    "__attribute__((noinline))\n"
+    "#else\n"
+    "__attribute__((noinline, optimize(\"fp-contract=fast\")))\n"
+    "#endif\n"
+    "static double kiln_fma_probe(int64_t iters) {\n"
+    "#if defined(__clang__)\n"
+    "#pragma clang fp contract(fast)\n"
+    "#endif\n"
+    "  kiln_fma_v a, b;\n"
+    "  for (int k = 0; k < (int)(sizeof a / sizeof a[0]); k++) {\n"
+    "    a[k] = 0.999999f;\n"
+    "    b[k] = 1e-7f;\n"
+    "  }\n"
+    "  kiln_fma_v c0 = a, c1 = a + b, c2 = a - b, c3 = a * a, c4 = b, c5 = a + a, c6 = b + b,\n"
+    "             c7 = a * b, c8 = a - a, c9 = b * b, c10 = a + b + b, c11 = a - b - b;\n"
+    "  for (int64_t i = 0; i < iters; i++) {\n"
+    "    c0 = c0 * a + b; c1 = c1 * a + b; c2 = c2 * a + b; c3 = c3 * a + b;\n"
+    "    c4 = c4 * a + b; c5 = c5 * a + b; c6 = c6 * a + b; c7 = c7 * a + b;\n"
+    "    c8 = c8 * a + b; c9 = c9 * a + b; c10 = c10 * a + b; c11 = c11 * a + b;\n"
+    "  }\n"
+    "  kiln_fma_v s = c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11;\n"
+    "  kiln_fma_sink = s[0];\n"
+    "  return 2.0 * 12 * (double)(sizeof a / sizeof a[0]) * (double)iters;\n"
+    "}\n"
+    "#else\n"
+    "static double kiln_fma_probe(int64_t iters) {\n"
+    "  float c[12] = {0}, a = 0.999999f, b = 1e-7f;\n"
+    "  for (int64_t i = 0; i < iters; i++)\n"
+    "    for (int k = 0; k < 12; k++)\n"
+    "      c[k] = c[k] * a + b;\n"
+    "  kiln_fma_sink = c[0] + c[11];\n"
+    "  return 2.0 * 12 * (double)iters;\n"
+    "}\n"
+    "#endif\n"
+    "\n"
     "static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {\n"
-    "  (void)ex;\n"
     "  if (B < 1 || B > 8)\n"
     "    return;\n"
+    "  KILN_MARK(-1);\n"
     "}\n"
     "\n"
     "static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {\n"
-    "  (void)ex;\n"
     "  if (B < 1 || B > 8)\n"
     "    return;\n"
     "  float *const x = (float *)(arena + 0);\n"
     "  float *const h = (float *)(arena + 128);\n"
+    "  KILN_MARK(0);\n"
     "  k1_relu(h, x, B);\n"
+    "  KILN_MARK(-1);\n"
     "}\n"
     "\n"
     "static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {\n"
-    "  (void)ex;\n"
     "  if (B < 1 || B > 8)\n"
     "    return;\n"
+    "  KILN_MARK(-1);\n"
     "}\n"
     "\n"
     "static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {\n"
-    "  (void)ex;\n"
     "  if (B < 1 || B > 8)\n"
     "    return;\n"
+    "  KILN_MARK(-1);\n"
     "}\n"
+    "\n"
+    "static const kiln_site kiln_sites[1] = {\n"
+    "  {1, \"k1_relu\", \"relu\", \"\", 32, 1, 0},\n"
+    "};\n"
     "\n"
     "static const kiln_tensor kiln_tensors[2] = {\n"
     "  {.name = \"x\", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 2, .dims = {8, 4},\n"
@@ -1383,6 +1487,9 @@ static const char golden_relu[] =
     "  .entries = kiln_entries,\n"
     "  .nsettings = 4,\n"
     "  .settings = kiln_settings,\n"
+    "  .nsites = 1,\n"
+    "  .sites = kiln_sites,\n"
+    "  .fma_probe = kiln_fma_probe,\n"
     "};\n";
 
 START_TEST(golden_one_op_program) {
@@ -1805,6 +1912,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, sum_to_and_expand, 0, 2);
   tcase_add_test(tc, reshape_copies_in_order);
   tcase_add_loop_test(tc, matmul_all_transposes, 0, 2);
+  tcase_add_test(tc, profile_sites_and_marks);
   tcase_add_loop_test(tc, cross_entropy_and_grad, 0, 2);
   tcase_add_test(tc, literal_constants);
   tcase_add_test(tc, activations_and_transpose);

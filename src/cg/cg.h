@@ -79,6 +79,9 @@ typedef struct Cg {
                               node whose kernel prints the same (cg_emit_kernels) */
   /* The kernel being printed: its parameters, the task functions printed before it, and the
    * open task's saved output and indentation (cg_tasks_open). */
+  /* Every kernel call of the entries so far (kiln_site), and the entry being printed. */
+  struct CgSite *sites;
+  int nsites, entry;
   const Node *knode;
   CgParam params[CG_MAX_PARAMS];
   int nparams;

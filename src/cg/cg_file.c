@@ -573,6 +573,7 @@ static void cg_emit_kernels(Cg *cg) {
   cg_line(cg, "#define KILN_CALLS");
   cg_line(cg, "#define KILN_NO_UNROLL");
   cg_line(cg, "#endif");
+  cg_line(cg, "#define KILN_MARK(site) (ex && ex->mark ? ex->mark(ex->profiler, site) : (void)0)");
   if (any_tasks(cg)) {
     cg_line(cg, "static inline void kiln_run_tasks(const kiln_exec *ex, kiln_task_fn task, void *args,");
     cg_line(cg, "                                  int64_t ntasks) {");
@@ -603,9 +604,17 @@ static void cg_emit_kernels(Cg *cg) {
   }
 }
 
-/* A call of n's kernel; one shared with an earlier node says which node it computes. */
+/* A row of the program's kiln_site table. */
+typedef struct CgSite {
+  int entry, node;
+} CgSite;
+
+/* A call of n's kernel, marked for profiles as the next call site; one shared with an earlier
+ * node says which node it computes. */
 static void cg_emit_call(Cg *cg, const Node *n) {
   int ids[CALL_ARGS_MAX], k = call_args(cg, n, ids);
+  cg->sites[cg->nsites] = (CgSite){cg->entry, n->id};
+  cg_line(cg, "KILN_MARK(%d);", cg->nsites++);
   Buf b = {.pool = cg->pool};
   buf_printf(&b, "%s(", kernel_name(cg, ir_at(cg->g, cg->shared[n->id])));
   for (int i = 0; i < k; i++)
@@ -667,12 +676,7 @@ static bool calls_use_b(const Cg *cg, const int *nodes, int n) {
   return false;
 }
 
-static bool calls_use_ex(const Cg *cg, const int *nodes, int n) {
-  for (int i = 0; i < n; i++)
-    if (uses_tasks(cg, nodes[i]))
-      return true;
-  return false;
-}
+
 
 /* Kernel calls per function at most. An entry of thousands of calls (a deep network's) is cut into
  * parts, functions of their own that only pass pointers, compiled without optimisation
@@ -680,12 +684,11 @@ static bool calls_use_ex(const Cg *cg, const int *nodes, int n) {
  * code that runs no faster. Shorter entries stay one function. */
 enum { ENTRY_PART_CALLS = 200 };
 
-/* kiln_train_part2: the calls of nodes[0..n), one part of an entry. Returns the arguments after
- * arena it takes: ", B, ex", ", B", ", ex" or "". */
-static const char *cg_emit_part(Cg *cg, const char *entry, int part, const int *nodes, int n) {
-  bool b = calls_use_b(cg, nodes, n), ex = calls_use_ex(cg, nodes, n);
-  cg_line(cg, "static KILN_CALLS void kiln_%s_part%d(unsigned char *arena%s%s) {", entry, part,
-          b ? ", int64_t B" : "", ex ? ", const kiln_exec *ex" : "");
+/* kiln_train_part2: the calls of nodes[0..n), one part of an entry. Returns whether it takes B. */
+static bool cg_emit_part(Cg *cg, const char *entry, int part, const int *nodes, int n) {
+  bool b = calls_use_b(cg, nodes, n);
+  cg_line(cg, "static KILN_CALLS void kiln_%s_part%d(unsigned char *arena%s, const kiln_exec *ex) {",
+          entry, part, b ? ", int64_t B" : "");
   cg->indent++;
   unsigned char *refs = pool_alloc(cg->pool, (size_t)cg->g->nnodes + 1);
   calls_refs(cg, nodes, n, refs);
@@ -695,7 +698,7 @@ static const char *cg_emit_part(Cg *cg, const char *entry, int part, const int *
   cg->indent--;
   cg_line(cg, "}");
   cg_line(cg, "%s", "");
-  return b && ex ? ", B, ex" : b ? ", B" : ex ? ", ex" : "";
+  return b;
 }
 
 /* An entry: the batch check, a named pointer into the arena for every tensor it passes, the
@@ -707,17 +710,16 @@ static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
   int *nodes = pool_alloc(cg->pool, sizeof(int) * (size_t)(g->nnodes + 1));
   int n = entry_calls(cg, mark, nodes);
   int parts = n > ENTRY_PART_CALLS ? (n + ENTRY_PART_CALLS - 1) / ENTRY_PART_CALLS : 0;
-  const char **part_args = pool_alloc(cg->pool, sizeof(char *) * (size_t)(parts + 1));
+  bool *part_b = pool_alloc(cg->pool, sizeof(bool) * (size_t)(parts + 1));
+  cg->entry = (int)e;
   for (int p = 0; p < parts; p++) {
     int from = n * p / parts, to = n * (p + 1) / parts; /* parts of equal size, give or take 1 */
-    part_args[p] = cg_emit_part(cg, name, p + 1, nodes + from, to - from);
+    part_b[p] = cg_emit_part(cg, name, p + 1, nodes + from, to - from);
   }
   /* Offsets are planned for the full batch; a smaller one uses the leading part of each
    * buffer. A batch outside [1, full] would read past the arena: it does nothing. */
   cg_line(cg, "static void kiln_%s(unsigned char *arena, int64_t B, const kiln_exec *ex) {", name);
   cg->indent++;
-  if (!calls_use_ex(cg, nodes, n))
-    cg_line(cg, "(void)ex;");
   cg_line(cg, "if (B < 1 || B > %" PRId64 ")", cg->plan->batch);
   cg_line(cg, "  return;");
   unsigned char *refs = pool_alloc(cg->pool, (size_t)g->nnodes + 1);
@@ -726,9 +728,10 @@ static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
     calls_refs(cg, nodes, n, refs);
   cg_emit_pointers(cg, refs, nodes, parts ? 0 : n);
   for (int p = 0; p < parts; p++)
-    cg_line(cg, "kiln_%s_part%d(arena%s);", name, p + 1, part_args[p]);
+    cg_line(cg, "kiln_%s_part%d(arena%s, ex);", name, p + 1, part_b[p] ? ", B" : "");
   for (int i = 0; i < n && !parts; i++)
     cg_emit_call(cg, ir_at(g, nodes[i]));
+  cg_line(cg, "KILN_MARK(-1);");
   /* Updates last: every value is computed before any target changes. A value that is itself a
    * target of this entry (a <- b, b <- c) must be copied before it is overwritten, so updates go
    * in an order where a target is written only once no pending update reads it; a cycle (a swap)
@@ -755,6 +758,84 @@ static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
   cg->indent--;
   cg_line(cg, "}");
   cg_line(cg, "%s", "");
+}
+
+/* The kiln_site table: per kernel call, its entry, function, op, model line and FLOPs (every
+ * node its kernel computes, at the full batch). */
+static void cg_emit_sites(Cg *cg) {
+  const Graph *g = cg->g;
+  cg_line(cg, "static const kiln_site kiln_sites[%d] = {", cg->nsites > 0 ? cg->nsites : 1);
+  for (int i = 0; i < cg->nsites; i++) {
+    const Node *n = ir_at(g, cg->sites[i].node);
+    double flops = 0;
+    for (int j = 0; j < g->nnodes; j++)
+      if (cg->s->node[j].group == n->id && !op_is_leaf(ir_at(g, j)->op))
+        flops += shape_flops(g, ir_at(g, j), cg->s->symvals);
+    Buf line = {.pool = cg->pool};
+    model_line(&line, n->loc);
+    cg_line(cg, "  {%d, \"%s\", \"%s%s\", \"%s\", %s, %d, %d},", cg->sites[i].entry,
+            kernel_name(cg, ir_at(g, cg->shared[n->id])), cg_is_tree(cg, n) ? "fused " : "",
+            op_names[n->op], line.p ? line.p + 2 : "", cg_dbl(cg, flops), cg->var[n->id] ? 1 : 0,
+            uses_tasks(cg, n->id) ? 1 : 0);
+    buf_free(&line);
+  }
+  if (cg->nsites == 0)
+    cg_line(cg, "  {0, 0, 0, 0, 0, 0, 0},");
+  cg_line(cg, "};");
+  cg_line(cg, "%s", "");
+}
+
+/* kiln_program.fma_probe: twelve independent chains of vector FMAs on the widest vectors the
+ * compiler targets (as the GEMM micro-kernel picks them), enough to cover the FMA latency of
+ * two units; contraction asked for as the micro-kernel does. */
+static void cg_emit_fma_probe(Cg *cg) {
+  static const char probe[] =
+      "static volatile float kiln_fma_sink;\n"
+      "#if defined(__GNUC__)\n"
+      "#if defined(__AVX512F__)\n"
+      "typedef float kiln_fma_v __attribute__((vector_size(64)));\n"
+      "#elif defined(__AVX__)\n"
+      "typedef float kiln_fma_v __attribute__((vector_size(32)));\n"
+      "#else\n"
+      "typedef float kiln_fma_v __attribute__((vector_size(16)));\n"
+      "#endif\n"
+      "#if defined(__clang__)\n"
+      "__attribute__((noinline))\n"
+      "#else\n"
+      "__attribute__((noinline, optimize(\"fp-contract=fast\")))\n"
+      "#endif\n"
+      "static double kiln_fma_probe(int64_t iters) {\n"
+      "#if defined(__clang__)\n"
+      "#pragma clang fp contract(fast)\n"
+      "#endif\n"
+      "  kiln_fma_v a, b;\n"
+      "  for (int k = 0; k < (int)(sizeof a / sizeof a[0]); k++) {\n"
+      "    a[k] = 0.999999f;\n"
+      "    b[k] = 1e-7f;\n"
+      "  }\n"
+      "  kiln_fma_v c0 = a, c1 = a + b, c2 = a - b, c3 = a * a, c4 = b, c5 = a + a, c6 = b + b,\n"
+      "             c7 = a * b, c8 = a - a, c9 = b * b, c10 = a + b + b, c11 = a - b - b;\n"
+      "  for (int64_t i = 0; i < iters; i++) {\n"
+      "    c0 = c0 * a + b; c1 = c1 * a + b; c2 = c2 * a + b; c3 = c3 * a + b;\n"
+      "    c4 = c4 * a + b; c5 = c5 * a + b; c6 = c6 * a + b; c7 = c7 * a + b;\n"
+      "    c8 = c8 * a + b; c9 = c9 * a + b; c10 = c10 * a + b; c11 = c11 * a + b;\n"
+      "  }\n"
+      "  kiln_fma_v s = c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11;\n"
+      "  kiln_fma_sink = s[0];\n"
+      "  return 2.0 * 12 * (double)(sizeof a / sizeof a[0]) * (double)iters;\n"
+      "}\n"
+      "#else\n"
+      "static double kiln_fma_probe(int64_t iters) {\n"
+      "  float c[12] = {0}, a = 0.999999f, b = 1e-7f;\n"
+      "  for (int64_t i = 0; i < iters; i++)\n"
+      "    for (int k = 0; k < 12; k++)\n"
+      "      c[k] = c[k] * a + b;\n"
+      "  kiln_fma_sink = c[0] + c[11];\n"
+      "  return 2.0 * 12 * (double)iters;\n"
+      "}\n"
+      "#endif\n"
+      "\n";
+  buf_puts(cg->out, probe);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -979,8 +1060,11 @@ static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool)
 
   /* Kernels, each once: those whose shape involves the batch take it as `int64_t B`. */
   cg_emit_kernels(&cg);
+  cg_emit_fma_probe(&cg);
+  cg.sites = pool_alloc(pool, sizeof(CgSite) * (size_t)(ENTRY_COUNT * nn + 1));
   for (int e = 0; e < ENTRY_COUNT; e++)
     cg_emit_entry(&cg, (EntryKind)e, marks[e]);
+  cg_emit_sites(&cg);
   cg_emit_tensors(&cg);
   /* The entries in EntryKind order, which plan.c's tensor entry bits index. */
   cg_line(&cg, "static const kiln_entry kiln_entries[%d] = {", ENTRY_COUNT);
@@ -1010,6 +1094,9 @@ static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool)
   cg_line(&cg, "  .entries = kiln_entries,");
   cg_line(&cg, "  .nsettings = %d,", nsettings);
   cg_line(&cg, "  .settings = kiln_settings,");
+  cg_line(&cg, "  .nsites = %d,", cg.nsites);
+  cg_line(&cg, "  .sites = kiln_sites,");
+  cg_line(&cg, "  .fma_probe = kiln_fma_probe,");
   cg_line(&cg, "};");
 }
 

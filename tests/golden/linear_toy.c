@@ -129,6 +129,11 @@ typedef void (*kiln_task_fn)(void *args, int64_t task, int worker);
 typedef struct kiln_exec {
   void (*run)(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
   void *pool;
+  /* Profiling, NULL when off: mark(profiler, s) just before the kernel of call site s (an index
+   * into kiln_program.sites) runs, and mark(profiler, -1) once the entry's last kernel has
+   * returned (its updates follow), so each kernel's time is the time to the next mark. */
+  void (*mark)(void *profiler, int site);
+  void *profiler;
 } kiln_exec;
 
 typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch, const kiln_exec *exec);
@@ -139,6 +144,17 @@ typedef struct kiln_entry {
   kiln_entry_fn fn;      /* NULL in descriptions of programs that are not compiled (the reference
                             runtime runs entries by index through its own backend) */
 } kiln_entry;
+
+/* A call of a kernel in an entry, for profiles. */
+typedef struct kiln_site {
+  int entry;             /* index into kiln_program.entries */
+  const char *kernel;    /* the generated function: "k45_conv2d" */
+  const char *op;        /* what it computes: "conv2d", "fused add" */
+  const char *source;    /* the model line it came from: "mnist_cnn.kiln:13" ("" if none) */
+  double flops;          /* floating-point operations of one call at the full batch */
+  int per_example;       /* 1: the work scales with the batch of the call */
+  int tasks;             /* 1: runs as tasks on the driver's threads */
+} kiln_site;
 
 /* One training default: a key and a number, as text. */
 typedef struct kiln_setting {
@@ -158,6 +174,12 @@ typedef struct kiln_program {
   const kiln_entry *entries;
   int nsettings;
   const kiln_setting *settings; /* defaults from the model file's train block */
+  int nsites;
+  const kiln_site *sites;       /* every kernel call of every entry */
+  /* Runs `iters` rounds of independent fused multiply-adds on the widest vectors the program was
+   * compiled for and returns the floating-point operations done: this CPU's peak, as the
+   * program's own kernels could reach it. */
+  double (*fma_probe)(int64_t iters);
 } kiln_program;
 
 #endif
@@ -192,6 +214,7 @@ static const double lit3_b[1] = {
 #define KILN_CALLS
 #define KILN_NO_UNROLL
 #endif
+#define KILN_MARK(site) (ex && ex->mark ? ex->mark(ex->profiler, site) : (void)0)
 
 /* %4 = matmul(%0 x, %2 w) -> t4  f64 [1, 1]  linear_toy.kiln:15 */
 static KILN_NOINLINE void k4_matmul(double *restrict y, const double *restrict b) {
@@ -288,8 +311,52 @@ static KILN_NOINLINE void k28_sub(double *restrict y, const double *restrict x0,
   y[0] = y[0] - v0;
 }
 
+static volatile float kiln_fma_sink;
+#if defined(__GNUC__)
+#if defined(__AVX512F__)
+typedef float kiln_fma_v __attribute__((vector_size(64)));
+#elif defined(__AVX__)
+typedef float kiln_fma_v __attribute__((vector_size(32)));
+#else
+typedef float kiln_fma_v __attribute__((vector_size(16)));
+#endif
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static double kiln_fma_probe(int64_t iters) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  kiln_fma_v a, b;
+  for (int k = 0; k < (int)(sizeof a / sizeof a[0]); k++) {
+    a[k] = 0.999999f;
+    b[k] = 1e-7f;
+  }
+  kiln_fma_v c0 = a, c1 = a + b, c2 = a - b, c3 = a * a, c4 = b, c5 = a + a, c6 = b + b,
+             c7 = a * b, c8 = a - a, c9 = b * b, c10 = a + b + b, c11 = a - b - b;
+  for (int64_t i = 0; i < iters; i++) {
+    c0 = c0 * a + b; c1 = c1 * a + b; c2 = c2 * a + b; c3 = c3 * a + b;
+    c4 = c4 * a + b; c5 = c5 * a + b; c6 = c6 * a + b; c7 = c7 * a + b;
+    c8 = c8 * a + b; c9 = c9 * a + b; c10 = c10 * a + b; c11 = c11 * a + b;
+  }
+  kiln_fma_v s = c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11;
+  kiln_fma_sink = s[0];
+  return 2.0 * 12 * (double)(sizeof a / sizeof a[0]) * (double)iters;
+}
+#else
+static double kiln_fma_probe(int64_t iters) {
+  float c[12] = {0}, a = 0.999999f, b = 1e-7f;
+  for (int64_t i = 0; i < iters; i++)
+    for (int k = 0; k < 12; k++)
+      c[k] = c[k] * a + b;
+  kiln_fma_sink = c[0] + c[11];
+  return 2.0 * 12 * (double)iters;
+}
+#endif
+
 static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 1)
     return;
   double *const w = (double *)(arena + 0);
@@ -305,22 +372,34 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const t20 = (double *)(arena + 320);
   double *const t21 = (double *)(arena + 384);
   double *const lr = (double *)(arena + 256);
+  KILN_MARK(0);
   k4_matmul(t4, w);
+  KILN_MARK(1);
   k5_add(z, t4, b);
+  KILN_MARK(2);
   k6_sub(t6, z);
+  KILN_MARK(3);
   k10_mul(t10, t6);
+  KILN_MARK(4);
   k11_sum(loss, t10);
+  KILN_MARK(5);
   k13_reshape(t13);
+  KILN_MARK(6);
   k15_sub(t15);
+  KILN_MARK(7);
   k19_neg(t19, t13, t6, t15);
+  KILN_MARK(8);
   k11_sum(t20, t19);  /* %20 */
+  KILN_MARK(9);
   k21_matmul(t21, t19);
+  KILN_MARK(10);
   k26_sub(w, lr, t21);
+  KILN_MARK(11);
   k28_sub(b, lr, t20);
+  KILN_MARK(-1);
 }
 
 static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 1)
     return;
   double *const w = (double *)(arena + 0);
@@ -330,15 +409,20 @@ static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const t6 = (double *)(arena + 320);
   double *const t10 = (double *)(arena + 448);
   double *const loss = (double *)(arena + 512);
+  KILN_MARK(12);
   k4_matmul(t4, w);
+  KILN_MARK(13);
   k5_add(z, t4, b);
+  KILN_MARK(14);
   k6_sub(t6, z);
+  KILN_MARK(15);
   k10_mul(t10, t6);
+  KILN_MARK(16);
   k11_sum(loss, t10);
+  KILN_MARK(-1);
 }
 
 static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 1)
     return;
   double *const w = (double *)(arena + 0);
@@ -355,22 +439,32 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const t21 = (double *)(arena + 384);
   double *const grad_w = (double *)(arena + 128);
   double *const grad_b = (double *)(arena + 192);
+  KILN_MARK(17);
   k4_matmul(t4, w);
+  KILN_MARK(18);
   k5_add(z, t4, b);
+  KILN_MARK(19);
   k6_sub(t6, z);
+  KILN_MARK(20);
   k10_mul(t10, t6);
+  KILN_MARK(21);
   k11_sum(loss, t10);
+  KILN_MARK(22);
   k13_reshape(t13);
+  KILN_MARK(23);
   k15_sub(t15);
+  KILN_MARK(24);
   k19_neg(t19, t13, t6, t15);
+  KILN_MARK(25);
   k11_sum(t20, t19);  /* %20 */
+  KILN_MARK(26);
   k21_matmul(t21, t19);
+  KILN_MARK(-1);
   memcpy(grad_w, t21, (size_t)2 * 8);
   memcpy(grad_b, t20, (size_t)1 * 8);
 }
 
 static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 1)
     return;
   double *const w = (double *)(arena + 0);
@@ -378,9 +472,44 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const grad_w = (double *)(arena + 128);
   double *const grad_b = (double *)(arena + 192);
   double *const lr = (double *)(arena + 256);
+  KILN_MARK(27);
   k26_sub(w, lr, grad_w);  /* %30 */
+  KILN_MARK(28);
   k28_sub(b, lr, grad_b);  /* %32 */
+  KILN_MARK(-1);
 }
+
+static const kiln_site kiln_sites[29] = {
+  {0, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {0, "k5_add", "add", "linear_toy.kiln:15", 1, 0, 0},
+  {0, "k6_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
+  {0, "k10_mul", "fused mul", "linear_toy.kiln:16", 2, 0, 0},
+  {0, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
+  {0, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0},
+  {0, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
+  {0, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0},
+  {0, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0},
+  {0, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {0, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0},
+  {0, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0},
+  {1, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {1, "k5_add", "add", "linear_toy.kiln:15", 1, 0, 0},
+  {1, "k6_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
+  {1, "k10_mul", "fused mul", "linear_toy.kiln:16", 2, 0, 0},
+  {1, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
+  {2, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {2, "k5_add", "add", "linear_toy.kiln:15", 1, 0, 0},
+  {2, "k6_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
+  {2, "k10_mul", "fused mul", "linear_toy.kiln:16", 2, 0, 0},
+  {2, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
+  {2, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0},
+  {2, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
+  {2, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0},
+  {2, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0},
+  {2, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {3, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0},
+  {3, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0},
+};
 
 static const kiln_tensor kiln_tensors[8] = {
   {.name = "w", .role = KILN_ROLE_PARAM, .dtype = KILN_F64, .rank = 2, .dims = {2, 1},
@@ -442,4 +571,7 @@ const kiln_program kiln_program_desc = {
   .entries = kiln_entries,
   .nsettings = 4,
   .settings = kiln_settings,
+  .nsites = 29,
+  .sites = kiln_sites,
+  .fma_probe = kiln_fma_probe,
 };

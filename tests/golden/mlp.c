@@ -129,6 +129,11 @@ typedef void (*kiln_task_fn)(void *args, int64_t task, int worker);
 typedef struct kiln_exec {
   void (*run)(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
   void *pool;
+  /* Profiling, NULL when off: mark(profiler, s) just before the kernel of call site s (an index
+   * into kiln_program.sites) runs, and mark(profiler, -1) once the entry's last kernel has
+   * returned (its updates follow), so each kernel's time is the time to the next mark. */
+  void (*mark)(void *profiler, int site);
+  void *profiler;
 } kiln_exec;
 
 typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch, const kiln_exec *exec);
@@ -139,6 +144,17 @@ typedef struct kiln_entry {
   kiln_entry_fn fn;      /* NULL in descriptions of programs that are not compiled (the reference
                             runtime runs entries by index through its own backend) */
 } kiln_entry;
+
+/* A call of a kernel in an entry, for profiles. */
+typedef struct kiln_site {
+  int entry;             /* index into kiln_program.entries */
+  const char *kernel;    /* the generated function: "k45_conv2d" */
+  const char *op;        /* what it computes: "conv2d", "fused add" */
+  const char *source;    /* the model line it came from: "mnist_cnn.kiln:13" ("" if none) */
+  double flops;          /* floating-point operations of one call at the full batch */
+  int per_example;       /* 1: the work scales with the batch of the call */
+  int tasks;             /* 1: runs as tasks on the driver's threads */
+} kiln_site;
 
 /* One training default: a key and a number, as text. */
 typedef struct kiln_setting {
@@ -158,6 +174,12 @@ typedef struct kiln_program {
   const kiln_entry *entries;
   int nsettings;
   const kiln_setting *settings; /* defaults from the model file's train block */
+  int nsites;
+  const kiln_site *sites;       /* every kernel call of every entry */
+  /* Runs `iters` rounds of independent fused multiply-adds on the widest vectors the program was
+   * compiled for and returns the floating-point operations done: this CPU's peak, as the
+   * program's own kernels could reach it. */
+  double (*fma_probe)(int64_t iters);
 } kiln_program;
 
 #endif
@@ -466,6 +488,7 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 #define KILN_CALLS
 #define KILN_NO_UNROLL
 #endif
+#define KILN_MARK(site) (ex && ex->mark ? ex->mark(ex->profiler, site) : (void)0)
 
 /* %4 = matmul(%2 x, %3 fc1_weight) -> t4  f32 [B, 256]  mlp.kiln:8 */
 static KILN_NOINLINE void k4_matmul(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
@@ -791,8 +814,52 @@ static KILN_NOINLINE void k98_sub(float *restrict y, const float *restrict x0, c
   }
 }
 
+static volatile float kiln_fma_sink;
+#if defined(__GNUC__)
+#if defined(__AVX512F__)
+typedef float kiln_fma_v __attribute__((vector_size(64)));
+#elif defined(__AVX__)
+typedef float kiln_fma_v __attribute__((vector_size(32)));
+#else
+typedef float kiln_fma_v __attribute__((vector_size(16)));
+#endif
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static double kiln_fma_probe(int64_t iters) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  kiln_fma_v a, b;
+  for (int k = 0; k < (int)(sizeof a / sizeof a[0]); k++) {
+    a[k] = 0.999999f;
+    b[k] = 1e-7f;
+  }
+  kiln_fma_v c0 = a, c1 = a + b, c2 = a - b, c3 = a * a, c4 = b, c5 = a + a, c6 = b + b,
+             c7 = a * b, c8 = a - a, c9 = b * b, c10 = a + b + b, c11 = a - b - b;
+  for (int64_t i = 0; i < iters; i++) {
+    c0 = c0 * a + b; c1 = c1 * a + b; c2 = c2 * a + b; c3 = c3 * a + b;
+    c4 = c4 * a + b; c5 = c5 * a + b; c6 = c6 * a + b; c7 = c7 * a + b;
+    c8 = c8 * a + b; c9 = c9 * a + b; c10 = c10 * a + b; c11 = c11 * a + b;
+  }
+  kiln_fma_v s = c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11;
+  kiln_fma_sink = s[0];
+  return 2.0 * 12 * (double)(sizeof a / sizeof a[0]) * (double)iters;
+}
+#else
+static double kiln_fma_probe(int64_t iters) {
+  float c[12] = {0}, a = 0.999999f, b = 1e-7f;
+  for (int64_t i = 0; i < iters; i++)
+    for (int k = 0; k < 12; k++)
+      c[k] = c[k] * a + b;
+  kiln_fma_sink = c[0] + c[11];
+  return 2.0 * 12 * (double)iters;
+}
+#endif
+
 static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 64)
     return;
   int32_t *const label = (int32_t *)(arena + 3457408);
@@ -827,38 +894,66 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const fc2_bias_exp_avg = (float *)(arena + 3256576);
   float *const fc2_bias_exp_avg_sq = (float *)(arena + 3256640);
   unsigned char *const scratch = arena + 4337408;
+  KILN_MARK(0);
   k4_matmul(t4, x, fc1_weight, scratch, B);
+  KILN_MARK(1);
   k6_add(fc1, t4, fc1_bias, B);
+  KILN_MARK(2);
   k7_relu(h, fc1, B);
+  KILN_MARK(3);
   k9_matmul(t9, h, fc2_weight, scratch, B);
+  KILN_MARK(4);
   k11_add(logits, t9, fc2_bias, B);
+  KILN_MARK(5);
   k12_cross_entropy(loss, logits, label, B);
+  KILN_MARK(6);
   k14_cross_entropy_grad(t14, logits, label, B);
+  KILN_MARK(7);
   k15_sum_to(t15, t14, scratch, B);
+  KILN_MARK(8);
   k16_matmul(t16, t14, fc2_weight, scratch, B);
+  KILN_MARK(9);
   k17_matmul(t17, t14, h, scratch, B);
+  KILN_MARK(10);
   k18_relu_grad(t18, fc1, t16, B);
+  KILN_MARK(11);
   k19_sum_to(t19, t18, scratch, B);
+  KILN_MARK(12);
   k20_matmul(t20, t18, x, scratch, B);
+  KILN_MARK(13);
   k27_add(adam_step);
+  KILN_MARK(14);
   k34_add(fc1_weight_exp_avg, t20);
+  KILN_MARK(15);
   k40_add(fc1_weight_exp_avg_sq, t20);
+  KILN_MARK(16);
   k45_div(t45, lr, adam_step);
+  KILN_MARK(17);
   k47_sqrt(t47, adam_step);
+  KILN_MARK(18);
   k53_sub(fc1_weight, t45, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t47);
+  KILN_MARK(19);
   k58_add(fc1_bias_exp_avg, t19);
+  KILN_MARK(20);
   k62_add(fc1_bias_exp_avg_sq, t19);
+  KILN_MARK(21);
   k68_sub(fc1_bias, t45, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t47);
+  KILN_MARK(22);
   k73_add(fc2_weight_exp_avg, t17);
+  KILN_MARK(23);
   k77_add(fc2_weight_exp_avg_sq, t17);
+  KILN_MARK(24);
   k83_sub(fc2_weight, t45, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t47);
+  KILN_MARK(25);
   k88_add(fc2_bias_exp_avg, t15);
+  KILN_MARK(26);
   k92_add(fc2_bias_exp_avg_sq, t15);
+  KILN_MARK(27);
   k98_sub(fc2_bias, t45, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t47);
+  KILN_MARK(-1);
 }
 
 static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 64)
     return;
   int32_t *const label = (int32_t *)(arena + 3457408);
@@ -874,16 +969,22 @@ static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const logits = (float *)(arena + 3591296);
   float *const loss = (float *)(arena + 4337280);
   unsigned char *const scratch = arena + 4337408;
+  KILN_MARK(28);
   k4_matmul(t4, x, fc1_weight, scratch, B);
+  KILN_MARK(29);
   k6_add(fc1, t4, fc1_bias, B);
+  KILN_MARK(30);
   k7_relu(h, fc1, B);
+  KILN_MARK(31);
   k9_matmul(t9, h, fc2_weight, scratch, B);
+  KILN_MARK(32);
   k11_add(logits, t9, fc2_bias, B);
+  KILN_MARK(33);
   k12_cross_entropy(loss, logits, label, B);
+  KILN_MARK(-1);
 }
 
 static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 64)
     return;
   int32_t *const label = (int32_t *)(arena + 3457408);
@@ -910,19 +1011,33 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const grad_fc2_weight = (float *)(arena + 1617984);
   float *const grad_fc2_bias = (float *)(arena + 1628224);
   unsigned char *const scratch = arena + 4337408;
+  KILN_MARK(34);
   k4_matmul(t4, x, fc1_weight, scratch, B);
+  KILN_MARK(35);
   k6_add(fc1, t4, fc1_bias, B);
+  KILN_MARK(36);
   k7_relu(h, fc1, B);
+  KILN_MARK(37);
   k9_matmul(t9, h, fc2_weight, scratch, B);
+  KILN_MARK(38);
   k11_add(logits, t9, fc2_bias, B);
+  KILN_MARK(39);
   k12_cross_entropy(loss, logits, label, B);
+  KILN_MARK(40);
   k14_cross_entropy_grad(t14, logits, label, B);
+  KILN_MARK(41);
   k15_sum_to(t15, t14, scratch, B);
+  KILN_MARK(42);
   k16_matmul(t16, t14, fc2_weight, scratch, B);
+  KILN_MARK(43);
   k17_matmul(t17, t14, h, scratch, B);
+  KILN_MARK(44);
   k18_relu_grad(t18, fc1, t16, B);
+  KILN_MARK(45);
   k19_sum_to(t19, t18, scratch, B);
+  KILN_MARK(46);
   k20_matmul(t20, t18, x, scratch, B);
+  KILN_MARK(-1);
   memcpy(grad_fc1_weight, t20, (size_t)200704 * 4);
   memcpy(grad_fc1_bias, t19, (size_t)256 * 4);
   memcpy(grad_fc2_weight, t17, (size_t)2560 * 4);
@@ -930,7 +1045,6 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
 }
 
 static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const fc1_weight = (float *)(arena + 0);
@@ -953,22 +1067,103 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const fc2_weight_exp_avg_sq = (float *)(arena + 3246336);
   float *const fc2_bias_exp_avg = (float *)(arena + 3256576);
   float *const fc2_bias_exp_avg_sq = (float *)(arena + 3256640);
+  KILN_MARK(47);
   k27_add(adam_step);
+  KILN_MARK(48);
   k45_div(t45, lr, adam_step);
+  KILN_MARK(49);
   k47_sqrt(t47, adam_step);
+  KILN_MARK(50);
   k34_add(fc1_weight_exp_avg, grad_fc1_weight);  /* %100 */
+  KILN_MARK(51);
   k40_add(fc1_weight_exp_avg_sq, grad_fc1_weight);  /* %103 */
+  KILN_MARK(52);
   k53_sub(fc1_weight, t45, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t47);  /* %109 */
+  KILN_MARK(53);
   k58_add(fc1_bias_exp_avg, grad_fc1_bias);  /* %111 */
+  KILN_MARK(54);
   k62_add(fc1_bias_exp_avg_sq, grad_fc1_bias);  /* %114 */
+  KILN_MARK(55);
   k68_sub(fc1_bias, t45, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t47);  /* %120 */
+  KILN_MARK(56);
   k73_add(fc2_weight_exp_avg, grad_fc2_weight);  /* %122 */
+  KILN_MARK(57);
   k77_add(fc2_weight_exp_avg_sq, grad_fc2_weight);  /* %125 */
+  KILN_MARK(58);
   k83_sub(fc2_weight, t45, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t47);  /* %131 */
+  KILN_MARK(59);
   k88_add(fc2_bias_exp_avg, grad_fc2_bias);  /* %133 */
+  KILN_MARK(60);
   k92_add(fc2_bias_exp_avg_sq, grad_fc2_bias);  /* %136 */
+  KILN_MARK(61);
   k98_sub(fc2_bias, t45, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t47);  /* %142 */
+  KILN_MARK(-1);
 }
+
+static const kiln_site kiln_sites[62] = {
+  {0, "k4_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {0, "k6_add", "add", "mlp.kiln:8", 16384, 1, 0},
+  {0, "k7_relu", "relu", "mlp.kiln:9", 16384, 1, 0},
+  {0, "k9_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {0, "k11_add", "add", "mlp.kiln:10", 640, 1, 0},
+  {0, "k12_cross_entropy", "cross_entropy", "mlp.kiln:11", 2560, 1, 0},
+  {0, "k14_cross_entropy_grad", "cross_entropy_grad", "mlp.kiln:11", 2560, 1, 0},
+  {0, "k15_sum_to", "sum_to", "mlp.kiln:10", 640, 1, 0},
+  {0, "k16_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {0, "k17_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {0, "k18_relu_grad", "relu_grad", "mlp.kiln:9", 16384, 1, 0},
+  {0, "k19_sum_to", "sum_to", "mlp.kiln:8", 16384, 1, 0},
+  {0, "k20_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {0, "k27_add", "fused add", "mlp.kiln:16", 1, 0, 0},
+  {0, "k34_add", "fused add", "mlp.kiln:16", 602112, 0, 0},
+  {0, "k40_add", "fused add", "mlp.kiln:16", 802816, 0, 0},
+  {0, "k45_div", "fused div", "mlp.kiln:16", 3, 0, 0},
+  {0, "k47_sqrt", "fused sqrt", "mlp.kiln:16", 3, 0, 0},
+  {0, "k53_sub", "fused sub", "mlp.kiln:16", 1204224, 0, 0},
+  {0, "k58_add", "fused add", "mlp.kiln:16", 768, 0, 0},
+  {0, "k62_add", "fused add", "mlp.kiln:16", 1024, 0, 0},
+  {0, "k68_sub", "fused sub", "mlp.kiln:16", 1536, 0, 0},
+  {0, "k73_add", "fused add", "mlp.kiln:16", 7680, 0, 0},
+  {0, "k77_add", "fused add", "mlp.kiln:16", 10240, 0, 0},
+  {0, "k83_sub", "fused sub", "mlp.kiln:16", 15360, 0, 0},
+  {0, "k88_add", "fused add", "mlp.kiln:16", 30, 0, 0},
+  {0, "k92_add", "fused add", "mlp.kiln:16", 40, 0, 0},
+  {0, "k98_sub", "fused sub", "mlp.kiln:16", 60, 0, 0},
+  {1, "k4_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {1, "k6_add", "add", "mlp.kiln:8", 16384, 1, 0},
+  {1, "k7_relu", "relu", "mlp.kiln:9", 16384, 1, 0},
+  {1, "k9_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {1, "k11_add", "add", "mlp.kiln:10", 640, 1, 0},
+  {1, "k12_cross_entropy", "cross_entropy", "mlp.kiln:11", 2560, 1, 0},
+  {2, "k4_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {2, "k6_add", "add", "mlp.kiln:8", 16384, 1, 0},
+  {2, "k7_relu", "relu", "mlp.kiln:9", 16384, 1, 0},
+  {2, "k9_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {2, "k11_add", "add", "mlp.kiln:10", 640, 1, 0},
+  {2, "k12_cross_entropy", "cross_entropy", "mlp.kiln:11", 2560, 1, 0},
+  {2, "k14_cross_entropy_grad", "cross_entropy_grad", "mlp.kiln:11", 2560, 1, 0},
+  {2, "k15_sum_to", "sum_to", "mlp.kiln:10", 640, 1, 0},
+  {2, "k16_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {2, "k17_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {2, "k18_relu_grad", "relu_grad", "mlp.kiln:9", 16384, 1, 0},
+  {2, "k19_sum_to", "sum_to", "mlp.kiln:8", 16384, 1, 0},
+  {2, "k20_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {3, "k27_add", "fused add", "mlp.kiln:16", 1, 0, 0},
+  {3, "k45_div", "fused div", "mlp.kiln:16", 3, 0, 0},
+  {3, "k47_sqrt", "fused sqrt", "mlp.kiln:16", 3, 0, 0},
+  {3, "k34_add", "fused add", "mlp.kiln:16", 401408, 0, 0},
+  {3, "k40_add", "fused add", "mlp.kiln:16", 602112, 0, 0},
+  {3, "k53_sub", "fused sub", "mlp.kiln:16", 1204224, 0, 0},
+  {3, "k58_add", "fused add", "mlp.kiln:16", 512, 0, 0},
+  {3, "k62_add", "fused add", "mlp.kiln:16", 768, 0, 0},
+  {3, "k68_sub", "fused sub", "mlp.kiln:16", 1536, 0, 0},
+  {3, "k73_add", "fused add", "mlp.kiln:16", 5120, 0, 0},
+  {3, "k77_add", "fused add", "mlp.kiln:16", 7680, 0, 0},
+  {3, "k83_sub", "fused sub", "mlp.kiln:16", 15360, 0, 0},
+  {3, "k88_add", "fused add", "mlp.kiln:16", 20, 0, 0},
+  {3, "k92_add", "fused add", "mlp.kiln:16", 30, 0, 0},
+  {3, "k98_sub", "fused sub", "mlp.kiln:16", 60, 0, 0},
+};
 
 static const kiln_tensor kiln_tensors[23] = {
   {.name = "image", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 4, .dims = {64, 1, 28, 28},
@@ -1090,4 +1285,7 @@ const kiln_program kiln_program_desc = {
   .entries = kiln_entries,
   .nsettings = 4,
   .settings = kiln_settings,
+  .nsites = 62,
+  .sites = kiln_sites,
+  .fma_probe = kiln_fma_probe,
 };

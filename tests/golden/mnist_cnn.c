@@ -129,6 +129,11 @@ typedef void (*kiln_task_fn)(void *args, int64_t task, int worker);
 typedef struct kiln_exec {
   void (*run)(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
   void *pool;
+  /* Profiling, NULL when off: mark(profiler, s) just before the kernel of call site s (an index
+   * into kiln_program.sites) runs, and mark(profiler, -1) once the entry's last kernel has
+   * returned (its updates follow), so each kernel's time is the time to the next mark. */
+  void (*mark)(void *profiler, int site);
+  void *profiler;
 } kiln_exec;
 
 typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch, const kiln_exec *exec);
@@ -139,6 +144,17 @@ typedef struct kiln_entry {
   kiln_entry_fn fn;      /* NULL in descriptions of programs that are not compiled (the reference
                             runtime runs entries by index through its own backend) */
 } kiln_entry;
+
+/* A call of a kernel in an entry, for profiles. */
+typedef struct kiln_site {
+  int entry;             /* index into kiln_program.entries */
+  const char *kernel;    /* the generated function: "k45_conv2d" */
+  const char *op;        /* what it computes: "conv2d", "fused add" */
+  const char *source;    /* the model line it came from: "mnist_cnn.kiln:13" ("" if none) */
+  double flops;          /* floating-point operations of one call at the full batch */
+  int per_example;       /* 1: the work scales with the batch of the call */
+  int tasks;             /* 1: runs as tasks on the driver's threads */
+} kiln_site;
 
 /* One training default: a key and a number, as text. */
 typedef struct kiln_setting {
@@ -158,6 +174,12 @@ typedef struct kiln_program {
   const kiln_entry *entries;
   int nsettings;
   const kiln_setting *settings; /* defaults from the model file's train block */
+  int nsites;
+  const kiln_site *sites;       /* every kernel call of every entry */
+  /* Runs `iters` rounds of independent fused multiply-adds on the widest vectors the program was
+   * compiled for and returns the floating-point operations done: this CPU's peak, as the
+   * program's own kernels could reach it. */
+  double (*fma_probe)(int64_t iters);
 } kiln_program;
 
 #endif
@@ -466,6 +488,7 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 #define KILN_CALLS
 #define KILN_NO_UNROLL
 #endif
+#define KILN_MARK(site) (ex && ex->mark ? ex->mark(ex->profiler, site) : (void)0)
 
 /* %3 = conv2d(%0 image, %2 conv1_weight) -> t3  f32 [B, 8, 28, 28]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -2007,8 +2030,52 @@ static KILN_NOINLINE void k395_sub(float *restrict y, const float *restrict x0, 
   }
 }
 
+static volatile float kiln_fma_sink;
+#if defined(__GNUC__)
+#if defined(__AVX512F__)
+typedef float kiln_fma_v __attribute__((vector_size(64)));
+#elif defined(__AVX__)
+typedef float kiln_fma_v __attribute__((vector_size(32)));
+#else
+typedef float kiln_fma_v __attribute__((vector_size(16)));
+#endif
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static double kiln_fma_probe(int64_t iters) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  kiln_fma_v a, b;
+  for (int k = 0; k < (int)(sizeof a / sizeof a[0]); k++) {
+    a[k] = 0.999999f;
+    b[k] = 1e-7f;
+  }
+  kiln_fma_v c0 = a, c1 = a + b, c2 = a - b, c3 = a * a, c4 = b, c5 = a + a, c6 = b + b,
+             c7 = a * b, c8 = a - a, c9 = b * b, c10 = a + b + b, c11 = a - b - b;
+  for (int64_t i = 0; i < iters; i++) {
+    c0 = c0 * a + b; c1 = c1 * a + b; c2 = c2 * a + b; c3 = c3 * a + b;
+    c4 = c4 * a + b; c5 = c5 * a + b; c6 = c6 * a + b; c7 = c7 * a + b;
+    c8 = c8 * a + b; c9 = c9 * a + b; c10 = c10 * a + b; c11 = c11 * a + b;
+  }
+  kiln_fma_v s = c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7 + c8 + c9 + c10 + c11;
+  kiln_fma_sink = s[0];
+  return 2.0 * 12 * (double)(sizeof a / sizeof a[0]) * (double)iters;
+}
+#else
+static double kiln_fma_probe(int64_t iters) {
+  float c[12] = {0}, a = 0.999999f, b = 1e-7f;
+  for (int64_t i = 0; i < iters; i++)
+    for (int k = 0; k < 12; k++)
+      c[k] = c[k] * a + b;
+  kiln_fma_sink = c[0] + c[11];
+  return 2.0 * 12 * (double)iters;
+}
+#endif
+
 static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const image = (float *)(arena + 15265408);
@@ -2161,146 +2228,282 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const fc2_bias_exp_avg = (float *)(arena + 15265280);
   float *const fc2_bias_exp_avg_sq = (float *)(arena + 15265344);
   unsigned char *const scratch = arena + 40932928;
+  KILN_MARK(0);
   k3_conv2d(t3, image, conv1_weight, B);
+  KILN_MARK(1);
   k5_reshape(t5, conv1_bias);
+  KILN_MARK(2);
   k6_add(conv1, t3, t5, B);
+  KILN_MARK(3);
   k12_mean(t12, conv1, scratch, B);
+  KILN_MARK(4);
   k12_mean(t13, t3, scratch, B);  /* %13 */
+  KILN_MARK(5);
   k14_sub(t14, t3, t13, B);
+  KILN_MARK(6);
   k15_mul(t15, t14, t14, B);
+  KILN_MARK(7);
   k12_mean(t16, t15, scratch, B);  /* %16 */
+  KILN_MARK(8);
   k19_sqrt(t19, t16);
+  KILN_MARK(9);
   k20_div(t20, t14, t19, B);
+  KILN_MARK(10);
   k21_numel(t21, B);
+  KILN_MARK(11);
   k24_div(t24, t21);
+  KILN_MARK(12);
   k32_add(bn1_running_mean, t27);
+  KILN_MARK(13);
   k35_add(bn1_running_var, t25, t24);
+  KILN_MARK(14);
   k37_add(bn1_num_batches_tracked);
+  KILN_MARK(15);
   k5_reshape(t38, bn1_weight);  /* %38 */
+  KILN_MARK(16);
   k5_reshape(t40, bn1_bias);  /* %40 */
+  KILN_MARK(17);
   k41_add(bn1, t20, t38, t40, B);
+  KILN_MARK(18);
   k42_relu(t42, bn1, B);
+  KILN_MARK(19);
   k43_maxpool2d(h1, t42, B);
+  KILN_MARK(20);
   k45_conv2d(t45, h1, conv2_weight, scratch, B);
+  KILN_MARK(21);
   k47_reshape(t47, conv2_bias);
+  KILN_MARK(22);
   k48_add(conv2, t45, t47, B);
+  KILN_MARK(23);
   k54_mean(t54, conv2, scratch, B);
+  KILN_MARK(24);
   k54_mean(t55, t45, scratch, B);  /* %55 */
+  KILN_MARK(25);
   k56_sub(t56, t45, t55, B);
+  KILN_MARK(26);
   k15_mul(t57, t56, t56, B);  /* %57 */
+  KILN_MARK(27);
   k54_mean(t58, t57, scratch, B);  /* %58 */
+  KILN_MARK(28);
   k60_sqrt(t60, t58);
+  KILN_MARK(29);
   k61_div(t61, t56, t60, B);
+  KILN_MARK(30);
   k62_numel(t62, B);
+  KILN_MARK(31);
   k24_div(t64, t62);  /* %64 */
+  KILN_MARK(32);
   k70_add(bn2_running_mean, t67);
+  KILN_MARK(33);
   k73_add(bn2_running_var, t65, t64);
+  KILN_MARK(34);
   k37_add(bn2_num_batches_tracked);  /* %74 */
+  KILN_MARK(35);
   k47_reshape(t75, bn2_weight);  /* %75 */
+  KILN_MARK(36);
   k47_reshape(t77, bn2_bias);  /* %77 */
+  KILN_MARK(37);
   k78_add(bn2, t61, t75, t77, B);
+  KILN_MARK(38);
   k42_relu(t79, bn2, B);  /* %79 */
+  KILN_MARK(39);
   k80_maxpool2d(h2, t79, B);
+  KILN_MARK(40);
   k83_matmul(t83, x, fc1_weight, scratch, B);
+  KILN_MARK(41);
   k85_add(fc1, t83, fc1_bias, B);
+  KILN_MARK(42);
   k86_relu(t86, fc1, B);
+  KILN_MARK(43);
   k88_matmul(t88, t86, fc2_weight, scratch, B);
+  KILN_MARK(44);
   k90_add(logits, t88, fc2_bias, B);
+  KILN_MARK(45);
   k91_cross_entropy(loss, logits, label, B);
+  KILN_MARK(46);
   k121_cross_entropy_grad(t121, logits, label, B);
+  KILN_MARK(47);
   k122_sum_to(t122, t121, scratch, B);
+  KILN_MARK(48);
   k123_matmul(t123, t121, fc2_weight, scratch, B);
+  KILN_MARK(49);
   k124_matmul(t124, t121, t86, scratch, B);
+  KILN_MARK(50);
   k125_relu_grad(t125, fc1, t123, B);
+  KILN_MARK(51);
   k126_sum_to(t126, t125, scratch, B);
+  KILN_MARK(52);
   k127_matmul(t127, t125, fc1_weight, scratch, B);
+  KILN_MARK(53);
   k128_matmul(t128, t125, x, scratch, B);
+  KILN_MARK(54);
   k130_maxpool2d_grad(t130, t79, t129, B);
+  KILN_MARK(55);
   k131_relu_grad(t131, bn2, t130, B);
+  KILN_MARK(56);
   k132_sum_to(t132, t131, scratch, B);
+  KILN_MARK(57);
   k134_mul(t134, t131, t75, B);
+  KILN_MARK(58);
   k15_mul(t135, t131, t61, B);  /* %135 */
+  KILN_MARK(59);
   k132_sum_to(t136, t135, scratch, B);  /* %136 */
+  KILN_MARK(60);
   k141_neg(t141, t134, t61, t60, B);
+  KILN_MARK(61);
   k132_sum_to(t142, t141, scratch, B);  /* %142 */
+  KILN_MARK(62);
   k62_numel(t146, B);  /* %146 */
+  KILN_MARK(63);
   k147_div(t147, t142, t60, t146);
+  KILN_MARK(64);
   k148_expand(t148, t147, B);
+  KILN_MARK(65);
   k15_mul(t149, t148, t56, B);  /* %149 */
+  KILN_MARK(66);
   k151_add(t151, t134, t60, t149, B);
+  KILN_MARK(67);
   k152_neg(t152, t151, B);
+  KILN_MARK(68);
   k132_sum_to(t153, t152, scratch, B);  /* %153 */
+  KILN_MARK(69);
   k62_numel(t154, B);  /* %154 */
+  KILN_MARK(70);
   k155_div(t155, t153, t154);
+  KILN_MARK(71);
   k148_expand(t156, t155, B);  /* %156 */
+  KILN_MARK(72);
   k157_add(t157, t151, t156, B);
+  KILN_MARK(73);
   k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
+  KILN_MARK(74);
   k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
+  KILN_MARK(75);
   k160_maxpool2d_grad(t160, t42, t158, B);
+  KILN_MARK(76);
   k131_relu_grad(t161, bn1, t160, B);  /* %161 */
+  KILN_MARK(77);
   k162_sum_to(t162, t161, scratch, B);
+  KILN_MARK(78);
   k164_mul(t164, t161, t38, B);
+  KILN_MARK(79);
   k15_mul(t165, t161, t20, B);  /* %165 */
+  KILN_MARK(80);
   k162_sum_to(t166, t165, scratch, B);  /* %166 */
+  KILN_MARK(81);
   k171_neg(t171, t164, t20, t19, B);
+  KILN_MARK(82);
   k162_sum_to(t172, t171, scratch, B);  /* %172 */
+  KILN_MARK(83);
   k21_numel(t175, B);  /* %175 */
+  KILN_MARK(84);
   k176_div(t176, t172, t19, t175);
+  KILN_MARK(85);
   k177_expand(t177, t176, B);
+  KILN_MARK(86);
   k15_mul(t178, t177, t14, B);  /* %178 */
+  KILN_MARK(87);
   k180_add(t180, t164, t19, t178, B);
+  KILN_MARK(88);
   k152_neg(t181, t180, B);  /* %181 */
+  KILN_MARK(89);
   k162_sum_to(t182, t181, scratch, B);  /* %182 */
+  KILN_MARK(90);
   k21_numel(t183, B);  /* %183 */
+  KILN_MARK(91);
   k184_div(t184, t182, t183);
+  KILN_MARK(92);
   k177_expand(t185, t184, B);  /* %185 */
+  KILN_MARK(93);
   k157_add(t186, t180, t185, B);  /* %186 */
+  KILN_MARK(94);
   k187_conv2d_bwd_filter(t187, image, t186, scratch, B);
+  KILN_MARK(95);
   k189_expand(t189);
+  KILN_MARK(96);
   k190_expand(t190);
+  KILN_MARK(97);
   k205_add(adam_step);
+  KILN_MARK(98);
   k211_add(conv1_weight_exp_avg, t187);
+  KILN_MARK(99);
   k217_add(conv1_weight_exp_avg_sq, t187);
+  KILN_MARK(100);
   k222_div(t222, lr, adam_step);
+  KILN_MARK(101);
   k224_sqrt(t224, adam_step);
+  KILN_MARK(102);
   k230_sub(conv1_weight, t222, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t224);
+  KILN_MARK(103);
   k235_add(conv1_bias_exp_avg, t189);
+  KILN_MARK(104);
   k239_add(conv1_bias_exp_avg_sq, t189);
+  KILN_MARK(105);
   k245_sub(conv1_bias, t222, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t224);
+  KILN_MARK(106);
   k235_add(bn1_weight_exp_avg, t167);  /* %250 */
+  KILN_MARK(107);
   k239_add(bn1_weight_exp_avg_sq, t167);  /* %254 */
+  KILN_MARK(108);
   k245_sub(bn1_weight, t222, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t224);  /* %260 */
+  KILN_MARK(109);
   k235_add(bn1_bias_exp_avg, t163);  /* %265 */
+  KILN_MARK(110);
   k239_add(bn1_bias_exp_avg_sq, t163);  /* %269 */
+  KILN_MARK(111);
   k245_sub(bn1_bias, t222, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t224);  /* %275 */
+  KILN_MARK(112);
   k280_add(conv2_weight_exp_avg, t159);
+  KILN_MARK(113);
   k284_add(conv2_weight_exp_avg_sq, t159);
+  KILN_MARK(114);
   k290_sub(conv2_weight, t222, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t224);
+  KILN_MARK(115);
   k295_add(conv2_bias_exp_avg, t190);
+  KILN_MARK(116);
   k299_add(conv2_bias_exp_avg_sq, t190);
+  KILN_MARK(117);
   k305_sub(conv2_bias, t222, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t224);
+  KILN_MARK(118);
   k295_add(bn2_weight_exp_avg, t137);  /* %310 */
+  KILN_MARK(119);
   k299_add(bn2_weight_exp_avg_sq, t137);  /* %314 */
+  KILN_MARK(120);
   k305_sub(bn2_weight, t222, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t224);  /* %320 */
+  KILN_MARK(121);
   k295_add(bn2_bias_exp_avg, t133);  /* %325 */
+  KILN_MARK(122);
   k299_add(bn2_bias_exp_avg_sq, t133);  /* %329 */
+  KILN_MARK(123);
   k305_sub(bn2_bias, t222, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t224);  /* %335 */
+  KILN_MARK(124);
   k340_add(fc1_weight_exp_avg, t128);
+  KILN_MARK(125);
   k344_add(fc1_weight_exp_avg_sq, t128);
+  KILN_MARK(126);
   k350_sub(fc1_weight, t222, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t224);
+  KILN_MARK(127);
   k355_add(fc1_bias_exp_avg, t126);
+  KILN_MARK(128);
   k359_add(fc1_bias_exp_avg_sq, t126);
+  KILN_MARK(129);
   k365_sub(fc1_bias, t222, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t224);
+  KILN_MARK(130);
   k370_add(fc2_weight_exp_avg, t124);
+  KILN_MARK(131);
   k374_add(fc2_weight_exp_avg_sq, t124);
+  KILN_MARK(132);
   k380_sub(fc2_weight, t222, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t224);
+  KILN_MARK(133);
   k385_add(fc2_bias_exp_avg, t122);
+  KILN_MARK(134);
   k389_add(fc2_bias_exp_avg_sq, t122);
+  KILN_MARK(135);
   k395_sub(fc2_bias, t222, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t224);
+  KILN_MARK(-1);
 }
 
 static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const image = (float *)(arena + 15265408);
@@ -2347,34 +2550,58 @@ static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const logits_119 = (float *)(arena + 15466368);
   float *const loss_120 = (float *)(arena + 15468928);
   unsigned char *const scratch = arena + 40932928;
+  KILN_MARK(136);
   k3_conv2d(t3, image, conv1_weight, B);
+  KILN_MARK(137);
   k5_reshape(t5, conv1_bias);
+  KILN_MARK(138);
   k6_add(conv1, t3, t5, B);
+  KILN_MARK(139);
   k5_reshape(t38, bn1_weight);  /* %38 */
+  KILN_MARK(140);
   k5_reshape(t40, bn1_bias);  /* %40 */
+  KILN_MARK(141);
   k47_reshape(t47, conv2_bias);
+  KILN_MARK(142);
   k47_reshape(t75, bn2_weight);  /* %75 */
+  KILN_MARK(143);
   k47_reshape(t77, bn2_bias);  /* %77 */
+  KILN_MARK(144);
   k5_reshape(t92, bn1_running_mean);  /* %92 */
+  KILN_MARK(145);
   k5_reshape(t94, bn1_running_var);  /* %94 */
+  KILN_MARK(146);
   k19_sqrt(t96, t94);  /* %96 */
+  KILN_MARK(147);
   k100_relu(t100, conv1, t92, t96, t38, t40, B);
+  KILN_MARK(148);
   k43_maxpool2d(h1_101, t100, B);  /* %101 */
+  KILN_MARK(149);
   k45_conv2d(t102, h1_101, conv2_weight, scratch, B);  /* %102 */
+  KILN_MARK(150);
   k47_reshape(t104, bn2_running_mean);  /* %104 */
+  KILN_MARK(151);
   k47_reshape(t106, bn2_running_var);  /* %106 */
+  KILN_MARK(152);
   k60_sqrt(t108, t106);  /* %108 */
+  KILN_MARK(153);
   k112_relu(t112, t102, t47, t104, t108, t75, t77, B);
+  KILN_MARK(154);
   k80_maxpool2d(h2_113, t112, B);  /* %113 */
+  KILN_MARK(155);
   k83_matmul(t115, x_114, fc1_weight, scratch, B);  /* %115 */
+  KILN_MARK(156);
   k117_relu(t117, t115, fc1_bias, B);
+  KILN_MARK(157);
   k88_matmul(t118, t117, fc2_weight, scratch, B);  /* %118 */
+  KILN_MARK(158);
   k90_add(logits_119, t118, fc2_bias, B);  /* %119 */
+  KILN_MARK(159);
   k91_cross_entropy(loss_120, logits_119, label, B);  /* %120 */
+  KILN_MARK(-1);
 }
 
 static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const image = (float *)(arena + 15265408);
@@ -2511,103 +2738,201 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const grad_fc2_weight = (float *)(arena + 7608832);
   float *const grad_fc2_bias = (float *)(arena + 7632832);
   unsigned char *const scratch = arena + 40932928;
+  KILN_MARK(160);
   k3_conv2d(t3, image, conv1_weight, B);
+  KILN_MARK(161);
   k5_reshape(t5, conv1_bias);
+  KILN_MARK(162);
   k6_add(conv1, t3, t5, B);
+  KILN_MARK(163);
   k12_mean(t12, conv1, scratch, B);
+  KILN_MARK(164);
   k12_mean(t13, t3, scratch, B);  /* %13 */
+  KILN_MARK(165);
   k14_sub(t14, t3, t13, B);
+  KILN_MARK(166);
   k15_mul(t15, t14, t14, B);
+  KILN_MARK(167);
   k12_mean(t16, t15, scratch, B);  /* %16 */
+  KILN_MARK(168);
   k19_sqrt(t19, t16);
+  KILN_MARK(169);
   k20_div(t20, t14, t19, B);
+  KILN_MARK(170);
   k21_numel(t21, B);
+  KILN_MARK(171);
   k24_div(t24, t21);
+  KILN_MARK(172);
   k32_add(bn1_running_mean, t27);
+  KILN_MARK(173);
   k35_add(bn1_running_var, t25, t24);
+  KILN_MARK(174);
   k37_add(bn1_num_batches_tracked);
+  KILN_MARK(175);
   k5_reshape(t38, bn1_weight);  /* %38 */
+  KILN_MARK(176);
   k5_reshape(t40, bn1_bias);  /* %40 */
+  KILN_MARK(177);
   k41_add(bn1, t20, t38, t40, B);
+  KILN_MARK(178);
   k42_relu(t42, bn1, B);
+  KILN_MARK(179);
   k43_maxpool2d(h1, t42, B);
+  KILN_MARK(180);
   k45_conv2d(t45, h1, conv2_weight, scratch, B);
+  KILN_MARK(181);
   k47_reshape(t47, conv2_bias);
+  KILN_MARK(182);
   k48_add(conv2, t45, t47, B);
+  KILN_MARK(183);
   k54_mean(t54, conv2, scratch, B);
+  KILN_MARK(184);
   k54_mean(t55, t45, scratch, B);  /* %55 */
+  KILN_MARK(185);
   k56_sub(t56, t45, t55, B);
+  KILN_MARK(186);
   k15_mul(t57, t56, t56, B);  /* %57 */
+  KILN_MARK(187);
   k54_mean(t58, t57, scratch, B);  /* %58 */
+  KILN_MARK(188);
   k60_sqrt(t60, t58);
+  KILN_MARK(189);
   k61_div(t61, t56, t60, B);
+  KILN_MARK(190);
   k62_numel(t62, B);
+  KILN_MARK(191);
   k24_div(t64, t62);  /* %64 */
+  KILN_MARK(192);
   k70_add(bn2_running_mean, t67);
+  KILN_MARK(193);
   k73_add(bn2_running_var, t65, t64);
+  KILN_MARK(194);
   k37_add(bn2_num_batches_tracked);  /* %74 */
+  KILN_MARK(195);
   k47_reshape(t75, bn2_weight);  /* %75 */
+  KILN_MARK(196);
   k47_reshape(t77, bn2_bias);  /* %77 */
+  KILN_MARK(197);
   k78_add(bn2, t61, t75, t77, B);
+  KILN_MARK(198);
   k42_relu(t79, bn2, B);  /* %79 */
+  KILN_MARK(199);
   k80_maxpool2d(h2, t79, B);
+  KILN_MARK(200);
   k83_matmul(t83, x, fc1_weight, scratch, B);
+  KILN_MARK(201);
   k85_add(fc1, t83, fc1_bias, B);
+  KILN_MARK(202);
   k86_relu(t86, fc1, B);
+  KILN_MARK(203);
   k88_matmul(t88, t86, fc2_weight, scratch, B);
+  KILN_MARK(204);
   k90_add(logits, t88, fc2_bias, B);
+  KILN_MARK(205);
   k91_cross_entropy(loss, logits, label, B);
+  KILN_MARK(206);
   k121_cross_entropy_grad(t121, logits, label, B);
+  KILN_MARK(207);
   k122_sum_to(t122, t121, scratch, B);
+  KILN_MARK(208);
   k123_matmul(t123, t121, fc2_weight, scratch, B);
+  KILN_MARK(209);
   k124_matmul(t124, t121, t86, scratch, B);
+  KILN_MARK(210);
   k125_relu_grad(t125, fc1, t123, B);
+  KILN_MARK(211);
   k126_sum_to(t126, t125, scratch, B);
+  KILN_MARK(212);
   k127_matmul(t127, t125, fc1_weight, scratch, B);
+  KILN_MARK(213);
   k128_matmul(t128, t125, x, scratch, B);
+  KILN_MARK(214);
   k130_maxpool2d_grad(t130, t79, t129, B);
+  KILN_MARK(215);
   k131_relu_grad(t131, bn2, t130, B);
+  KILN_MARK(216);
   k132_sum_to(t132, t131, scratch, B);
+  KILN_MARK(217);
   k134_mul(t134, t131, t75, B);
+  KILN_MARK(218);
   k15_mul(t135, t131, t61, B);  /* %135 */
+  KILN_MARK(219);
   k132_sum_to(t136, t135, scratch, B);  /* %136 */
+  KILN_MARK(220);
   k141_neg(t141, t134, t61, t60, B);
+  KILN_MARK(221);
   k132_sum_to(t142, t141, scratch, B);  /* %142 */
+  KILN_MARK(222);
   k62_numel(t146, B);  /* %146 */
+  KILN_MARK(223);
   k147_div(t147, t142, t60, t146);
+  KILN_MARK(224);
   k148_expand(t148, t147, B);
+  KILN_MARK(225);
   k15_mul(t149, t148, t56, B);  /* %149 */
+  KILN_MARK(226);
   k151_add(t151, t134, t60, t149, B);
+  KILN_MARK(227);
   k152_neg(t152, t151, B);
+  KILN_MARK(228);
   k132_sum_to(t153, t152, scratch, B);  /* %153 */
+  KILN_MARK(229);
   k62_numel(t154, B);  /* %154 */
+  KILN_MARK(230);
   k155_div(t155, t153, t154);
+  KILN_MARK(231);
   k148_expand(t156, t155, B);  /* %156 */
+  KILN_MARK(232);
   k157_add(t157, t151, t156, B);
+  KILN_MARK(233);
   k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
+  KILN_MARK(234);
   k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
+  KILN_MARK(235);
   k160_maxpool2d_grad(t160, t42, t158, B);
+  KILN_MARK(236);
   k131_relu_grad(t161, bn1, t160, B);  /* %161 */
+  KILN_MARK(237);
   k162_sum_to(t162, t161, scratch, B);
+  KILN_MARK(238);
   k164_mul(t164, t161, t38, B);
+  KILN_MARK(239);
   k15_mul(t165, t161, t20, B);  /* %165 */
+  KILN_MARK(240);
   k162_sum_to(t166, t165, scratch, B);  /* %166 */
+  KILN_MARK(241);
   k171_neg(t171, t164, t20, t19, B);
+  KILN_MARK(242);
   k162_sum_to(t172, t171, scratch, B);  /* %172 */
+  KILN_MARK(243);
   k21_numel(t175, B);  /* %175 */
+  KILN_MARK(244);
   k176_div(t176, t172, t19, t175);
+  KILN_MARK(245);
   k177_expand(t177, t176, B);
+  KILN_MARK(246);
   k15_mul(t178, t177, t14, B);  /* %178 */
+  KILN_MARK(247);
   k180_add(t180, t164, t19, t178, B);
+  KILN_MARK(248);
   k152_neg(t181, t180, B);  /* %181 */
+  KILN_MARK(249);
   k162_sum_to(t182, t181, scratch, B);  /* %182 */
+  KILN_MARK(250);
   k21_numel(t183, B);  /* %183 */
+  KILN_MARK(251);
   k184_div(t184, t182, t183);
+  KILN_MARK(252);
   k177_expand(t185, t184, B);  /* %185 */
+  KILN_MARK(253);
   k157_add(t186, t180, t185, B);  /* %186 */
+  KILN_MARK(254);
   k187_conv2d_bwd_filter(t187, image, t186, scratch, B);
+  KILN_MARK(255);
   k189_expand(t189);
+  KILN_MARK(256);
   k190_expand(t190);
+  KILN_MARK(-1);
   memcpy(grad_conv1_weight, t187, (size_t)72 * 4);
   memcpy(grad_conv1_bias, t189, (size_t)8 * 4);
   memcpy(grad_bn1_weight, t167, (size_t)8 * 4);
@@ -2623,7 +2948,6 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
 }
 
 static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
-  (void)ex;
   if (B < 1 || B > 64)
     return;
   float *const conv1_weight = (float *)(arena + 0);
@@ -2680,48 +3004,391 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const fc2_bias_exp_avg_sq = (float *)(arena + 15265344);
   float *const t533 = (float *)(arena + 15466368);
   float *const t535 = (float *)(arena + 15466432);
+  KILN_MARK(257);
   k205_add(adam_step);
+  KILN_MARK(258);
   k222_div(t222, lr, adam_step);
+  KILN_MARK(259);
   k224_sqrt(t224, adam_step);
+  KILN_MARK(260);
   k211_add(conv1_weight_exp_avg, grad_conv1_weight);  /* %397 */
+  KILN_MARK(261);
   k217_add(conv1_weight_exp_avg_sq, grad_conv1_weight);  /* %400 */
+  KILN_MARK(262);
   k230_sub(conv1_weight, t222, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t224);  /* %406 */
+  KILN_MARK(263);
   k235_add(conv1_bias_exp_avg, grad_conv1_bias);  /* %408 */
+  KILN_MARK(264);
   k239_add(conv1_bias_exp_avg_sq, grad_conv1_bias);  /* %411 */
+  KILN_MARK(265);
   k245_sub(conv1_bias, t222, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t224);  /* %417 */
+  KILN_MARK(266);
   k235_add(bn1_weight_exp_avg, grad_bn1_weight);  /* %419 */
+  KILN_MARK(267);
   k239_add(bn1_weight_exp_avg_sq, grad_bn1_weight);  /* %422 */
+  KILN_MARK(268);
   k245_sub(bn1_weight, t222, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t224);  /* %428 */
+  KILN_MARK(269);
   k235_add(bn1_bias_exp_avg, grad_bn1_bias);  /* %430 */
+  KILN_MARK(270);
   k239_add(bn1_bias_exp_avg_sq, grad_bn1_bias);  /* %433 */
+  KILN_MARK(271);
   k245_sub(bn1_bias, t222, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t224);  /* %439 */
+  KILN_MARK(272);
   k280_add(conv2_weight_exp_avg, grad_conv2_weight);  /* %441 */
+  KILN_MARK(273);
   k284_add(conv2_weight_exp_avg_sq, grad_conv2_weight);  /* %444 */
+  KILN_MARK(274);
   k290_sub(conv2_weight, t222, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t224);  /* %450 */
+  KILN_MARK(275);
   k295_add(conv2_bias_exp_avg, grad_conv2_bias);  /* %452 */
+  KILN_MARK(276);
   k299_add(conv2_bias_exp_avg_sq, grad_conv2_bias);  /* %455 */
+  KILN_MARK(277);
   k305_sub(conv2_bias, t222, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t224);  /* %461 */
+  KILN_MARK(278);
   k295_add(bn2_weight_exp_avg, grad_bn2_weight);  /* %463 */
+  KILN_MARK(279);
   k299_add(bn2_weight_exp_avg_sq, grad_bn2_weight);  /* %466 */
+  KILN_MARK(280);
   k305_sub(bn2_weight, t222, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t224);  /* %472 */
+  KILN_MARK(281);
   k295_add(bn2_bias_exp_avg, grad_bn2_bias);  /* %474 */
+  KILN_MARK(282);
   k299_add(bn2_bias_exp_avg_sq, grad_bn2_bias);  /* %477 */
+  KILN_MARK(283);
   k305_sub(bn2_bias, t222, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t224);  /* %483 */
+  KILN_MARK(284);
   k340_add(fc1_weight_exp_avg, grad_fc1_weight);  /* %485 */
+  KILN_MARK(285);
   k344_add(fc1_weight_exp_avg_sq, grad_fc1_weight);  /* %488 */
+  KILN_MARK(286);
   k350_sub(fc1_weight, t222, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t224);  /* %494 */
+  KILN_MARK(287);
   k355_add(fc1_bias_exp_avg, grad_fc1_bias);  /* %496 */
+  KILN_MARK(288);
   k359_add(fc1_bias_exp_avg_sq, grad_fc1_bias);  /* %499 */
+  KILN_MARK(289);
   k365_sub(fc1_bias, t222, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t224);  /* %505 */
+  KILN_MARK(290);
   k370_add(fc2_weight_exp_avg, grad_fc2_weight);  /* %507 */
+  KILN_MARK(291);
   k374_add(fc2_weight_exp_avg_sq, grad_fc2_weight);  /* %510 */
+  KILN_MARK(292);
   k380_sub(fc2_weight, t222, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t224);  /* %516 */
+  KILN_MARK(293);
   k385_add(fc2_bias_exp_avg, grad_fc2_bias);  /* %521 */
+  KILN_MARK(294);
   k389_add(fc2_bias_exp_avg_sq, grad_fc2_bias);  /* %527 */
+  KILN_MARK(295);
   k222_div(t533, lr, adam_step);  /* %533 */
+  KILN_MARK(296);
   k224_sqrt(t535, adam_step);  /* %535 */
+  KILN_MARK(297);
   k395_sub(fc2_bias, t533, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t535);  /* %541 */
+  KILN_MARK(-1);
 }
+
+static const kiln_site kiln_sites[298] = {
+  {0, "k3_conv2d", "conv2d", "mnist_cnn.kiln:10", 7225344, 1, 0},
+  {0, "k5_reshape", "reshape", "mnist_cnn.kiln:10", 0, 0, 0},
+  {0, "k6_add", "add", "mnist_cnn.kiln:10", 401408, 1, 0},
+  {0, "k12_mean", "mean", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k12_mean", "mean", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k14_sub", "sub", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k15_mul", "mul", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k12_mean", "mean", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k19_sqrt", "fused sqrt", "mnist_cnn.kiln:11", 16, 0, 0},
+  {0, "k20_div", "div", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k21_numel", "numel", "mnist_cnn.kiln:11", 0, 1, 0},
+  {0, "k24_div", "fused div", "mnist_cnn.kiln:11", 2, 0, 0},
+  {0, "k32_add", "fused add", "mnist_cnn.kiln:11", 24, 0, 0},
+  {0, "k35_add", "fused add", "mnist_cnn.kiln:11", 32, 0, 0},
+  {0, "k37_add", "fused add", "mnist_cnn.kiln:11", 1, 0, 0},
+  {0, "k5_reshape", "reshape", "mnist_cnn.kiln:11", 0, 0, 0},
+  {0, "k5_reshape", "reshape", "mnist_cnn.kiln:11", 0, 0, 0},
+  {0, "k41_add", "fused add", "mnist_cnn.kiln:11", 802816, 1, 0},
+  {0, "k42_relu", "relu", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {0, "k43_maxpool2d", "maxpool2d", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {0, "k45_conv2d", "conv2d", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {0, "k47_reshape", "reshape", "mnist_cnn.kiln:13", 0, 0, 0},
+  {0, "k48_add", "add", "mnist_cnn.kiln:13", 401408, 1, 0},
+  {0, "k54_mean", "mean", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k54_mean", "mean", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k56_sub", "sub", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k15_mul", "mul", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k54_mean", "mean", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k60_sqrt", "fused sqrt", "mnist_cnn.kiln:14", 64, 0, 0},
+  {0, "k61_div", "div", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k62_numel", "numel", "mnist_cnn.kiln:14", 0, 1, 0},
+  {0, "k24_div", "fused div", "mnist_cnn.kiln:14", 2, 0, 0},
+  {0, "k70_add", "fused add", "mnist_cnn.kiln:14", 96, 0, 0},
+  {0, "k73_add", "fused add", "mnist_cnn.kiln:14", 128, 0, 0},
+  {0, "k37_add", "fused add", "mnist_cnn.kiln:14", 1, 0, 0},
+  {0, "k47_reshape", "reshape", "mnist_cnn.kiln:14", 0, 0, 0},
+  {0, "k47_reshape", "reshape", "mnist_cnn.kiln:14", 0, 0, 0},
+  {0, "k78_add", "fused add", "mnist_cnn.kiln:14", 802816, 1, 0},
+  {0, "k42_relu", "relu", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {0, "k80_maxpool2d", "maxpool2d", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {0, "k83_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
+  {0, "k85_add", "add", "mnist_cnn.kiln:17", 38400, 1, 0},
+  {0, "k86_relu", "relu", "mnist_cnn.kiln:18", 38400, 1, 0},
+  {0, "k88_matmul", "matmul", "mnist_cnn.kiln:18", 768000, 1, 0},
+  {0, "k90_add", "add", "mnist_cnn.kiln:18", 640, 1, 0},
+  {0, "k91_cross_entropy", "cross_entropy", "mnist_cnn.kiln:19", 2560, 1, 0},
+  {0, "k121_cross_entropy_grad", "cross_entropy_grad", "mnist_cnn.kiln:19", 2560, 1, 0},
+  {0, "k122_sum_to", "sum_to", "mnist_cnn.kiln:18", 640, 1, 0},
+  {0, "k123_matmul", "matmul", "mnist_cnn.kiln:18", 768000, 1, 0},
+  {0, "k124_matmul", "matmul", "mnist_cnn.kiln:18", 768000, 1, 0},
+  {0, "k125_relu_grad", "relu_grad", "mnist_cnn.kiln:18", 38400, 1, 0},
+  {0, "k126_sum_to", "sum_to", "mnist_cnn.kiln:17", 38400, 1, 0},
+  {0, "k127_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
+  {0, "k128_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
+  {0, "k130_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {0, "k131_relu_grad", "relu_grad", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {0, "k132_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k134_mul", "mul", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k15_mul", "mul", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k132_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k141_neg", "fused neg", "mnist_cnn.kiln:14", 1204224, 1, 0},
+  {0, "k132_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k62_numel", "numel", "mnist_cnn.kiln:14", 0, 1, 0},
+  {0, "k147_div", "fused div", "mnist_cnn.kiln:14", 96, 0, 0},
+  {0, "k148_expand", "expand", "mnist_cnn.kiln:14", 0, 1, 0},
+  {0, "k15_mul", "mul", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k151_add", "fused add", "mnist_cnn.kiln:14", 1204224, 1, 0},
+  {0, "k152_neg", "neg", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k132_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k62_numel", "numel", "mnist_cnn.kiln:14", 0, 1, 0},
+  {0, "k155_div", "div", "mnist_cnn.kiln:14", 32, 0, 0},
+  {0, "k148_expand", "expand", "mnist_cnn.kiln:14", 0, 1, 0},
+  {0, "k157_add", "add", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, "k158_conv2d_bwd_data", "conv2d_bwd_data", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {0, "k159_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {0, "k160_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {0, "k131_relu_grad", "relu_grad", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {0, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k164_mul", "mul", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k15_mul", "mul", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k171_neg", "fused neg", "mnist_cnn.kiln:11", 1204224, 1, 0},
+  {0, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k21_numel", "numel", "mnist_cnn.kiln:11", 0, 1, 0},
+  {0, "k176_div", "fused div", "mnist_cnn.kiln:11", 24, 0, 0},
+  {0, "k177_expand", "expand", "mnist_cnn.kiln:11", 0, 1, 0},
+  {0, "k15_mul", "mul", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k180_add", "fused add", "mnist_cnn.kiln:11", 1204224, 1, 0},
+  {0, "k152_neg", "neg", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k21_numel", "numel", "mnist_cnn.kiln:11", 0, 1, 0},
+  {0, "k184_div", "div", "mnist_cnn.kiln:11", 8, 0, 0},
+  {0, "k177_expand", "expand", "mnist_cnn.kiln:11", 0, 1, 0},
+  {0, "k157_add", "add", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, "k187_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:10", 7225344, 1, 0},
+  {0, "k189_expand", "expand", "mnist_cnn.kiln:10", 0, 0, 0},
+  {0, "k190_expand", "expand", "mnist_cnn.kiln:13", 0, 0, 0},
+  {0, "k205_add", "fused add", "mnist_cnn.kiln:24", 1, 0, 0},
+  {0, "k211_add", "fused add", "mnist_cnn.kiln:24", 216, 0, 0},
+  {0, "k217_add", "fused add", "mnist_cnn.kiln:24", 288, 0, 0},
+  {0, "k222_div", "fused div", "mnist_cnn.kiln:24", 3, 0, 0},
+  {0, "k224_sqrt", "fused sqrt", "mnist_cnn.kiln:24", 3, 0, 0},
+  {0, "k230_sub", "fused sub", "mnist_cnn.kiln:24", 432, 0, 0},
+  {0, "k235_add", "fused add", "mnist_cnn.kiln:24", 24, 0, 0},
+  {0, "k239_add", "fused add", "mnist_cnn.kiln:24", 32, 0, 0},
+  {0, "k245_sub", "fused sub", "mnist_cnn.kiln:24", 48, 0, 0},
+  {0, "k235_add", "fused add", "mnist_cnn.kiln:24", 24, 0, 0},
+  {0, "k239_add", "fused add", "mnist_cnn.kiln:24", 32, 0, 0},
+  {0, "k245_sub", "fused sub", "mnist_cnn.kiln:24", 48, 0, 0},
+  {0, "k235_add", "fused add", "mnist_cnn.kiln:24", 24, 0, 0},
+  {0, "k239_add", "fused add", "mnist_cnn.kiln:24", 32, 0, 0},
+  {0, "k245_sub", "fused sub", "mnist_cnn.kiln:24", 48, 0, 0},
+  {0, "k280_add", "fused add", "mnist_cnn.kiln:24", 19200, 0, 0},
+  {0, "k284_add", "fused add", "mnist_cnn.kiln:24", 25600, 0, 0},
+  {0, "k290_sub", "fused sub", "mnist_cnn.kiln:24", 38400, 0, 0},
+  {0, "k295_add", "fused add", "mnist_cnn.kiln:24", 96, 0, 0},
+  {0, "k299_add", "fused add", "mnist_cnn.kiln:24", 128, 0, 0},
+  {0, "k305_sub", "fused sub", "mnist_cnn.kiln:24", 192, 0, 0},
+  {0, "k295_add", "fused add", "mnist_cnn.kiln:24", 96, 0, 0},
+  {0, "k299_add", "fused add", "mnist_cnn.kiln:24", 128, 0, 0},
+  {0, "k305_sub", "fused sub", "mnist_cnn.kiln:24", 192, 0, 0},
+  {0, "k295_add", "fused add", "mnist_cnn.kiln:24", 96, 0, 0},
+  {0, "k299_add", "fused add", "mnist_cnn.kiln:24", 128, 0, 0},
+  {0, "k305_sub", "fused sub", "mnist_cnn.kiln:24", 192, 0, 0},
+  {0, "k340_add", "fused add", "mnist_cnn.kiln:24", 2822400, 0, 0},
+  {0, "k344_add", "fused add", "mnist_cnn.kiln:24", 3763200, 0, 0},
+  {0, "k350_sub", "fused sub", "mnist_cnn.kiln:24", 5644800, 0, 0},
+  {0, "k355_add", "fused add", "mnist_cnn.kiln:24", 1800, 0, 0},
+  {0, "k359_add", "fused add", "mnist_cnn.kiln:24", 2400, 0, 0},
+  {0, "k365_sub", "fused sub", "mnist_cnn.kiln:24", 3600, 0, 0},
+  {0, "k370_add", "fused add", "mnist_cnn.kiln:24", 18000, 0, 0},
+  {0, "k374_add", "fused add", "mnist_cnn.kiln:24", 24000, 0, 0},
+  {0, "k380_sub", "fused sub", "mnist_cnn.kiln:24", 36000, 0, 0},
+  {0, "k385_add", "fused add", "mnist_cnn.kiln:24", 30, 0, 0},
+  {0, "k389_add", "fused add", "mnist_cnn.kiln:24", 40, 0, 0},
+  {0, "k395_sub", "fused sub", "mnist_cnn.kiln:24", 60, 0, 0},
+  {1, "k3_conv2d", "conv2d", "mnist_cnn.kiln:10", 7225344, 1, 0},
+  {1, "k5_reshape", "reshape", "mnist_cnn.kiln:10", 0, 0, 0},
+  {1, "k6_add", "add", "mnist_cnn.kiln:10", 401408, 1, 0},
+  {1, "k5_reshape", "reshape", "mnist_cnn.kiln:11", 0, 0, 0},
+  {1, "k5_reshape", "reshape", "mnist_cnn.kiln:11", 0, 0, 0},
+  {1, "k47_reshape", "reshape", "mnist_cnn.kiln:13", 0, 0, 0},
+  {1, "k47_reshape", "reshape", "mnist_cnn.kiln:14", 0, 0, 0},
+  {1, "k47_reshape", "reshape", "mnist_cnn.kiln:14", 0, 0, 0},
+  {1, "k5_reshape", "reshape", "mnist_cnn.kiln:11", 0, 0, 0},
+  {1, "k5_reshape", "reshape", "mnist_cnn.kiln:11", 0, 0, 0},
+  {1, "k19_sqrt", "fused sqrt", "mnist_cnn.kiln:11", 16, 0, 0},
+  {1, "k100_relu", "fused relu", "mnist_cnn.kiln:12", 2007040, 1, 0},
+  {1, "k43_maxpool2d", "maxpool2d", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {1, "k45_conv2d", "conv2d", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {1, "k47_reshape", "reshape", "mnist_cnn.kiln:14", 0, 0, 0},
+  {1, "k47_reshape", "reshape", "mnist_cnn.kiln:14", 0, 0, 0},
+  {1, "k60_sqrt", "fused sqrt", "mnist_cnn.kiln:14", 64, 0, 0},
+  {1, "k112_relu", "fused relu", "mnist_cnn.kiln:15", 2408448, 1, 0},
+  {1, "k80_maxpool2d", "maxpool2d", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {1, "k83_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
+  {1, "k117_relu", "fused relu", "mnist_cnn.kiln:18", 76800, 1, 0},
+  {1, "k88_matmul", "matmul", "mnist_cnn.kiln:18", 768000, 1, 0},
+  {1, "k90_add", "add", "mnist_cnn.kiln:18", 640, 1, 0},
+  {1, "k91_cross_entropy", "cross_entropy", "mnist_cnn.kiln:19", 2560, 1, 0},
+  {2, "k3_conv2d", "conv2d", "mnist_cnn.kiln:10", 7225344, 1, 0},
+  {2, "k5_reshape", "reshape", "mnist_cnn.kiln:10", 0, 0, 0},
+  {2, "k6_add", "add", "mnist_cnn.kiln:10", 401408, 1, 0},
+  {2, "k12_mean", "mean", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k12_mean", "mean", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k14_sub", "sub", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k15_mul", "mul", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k12_mean", "mean", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k19_sqrt", "fused sqrt", "mnist_cnn.kiln:11", 16, 0, 0},
+  {2, "k20_div", "div", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k21_numel", "numel", "mnist_cnn.kiln:11", 0, 1, 0},
+  {2, "k24_div", "fused div", "mnist_cnn.kiln:11", 2, 0, 0},
+  {2, "k32_add", "fused add", "mnist_cnn.kiln:11", 24, 0, 0},
+  {2, "k35_add", "fused add", "mnist_cnn.kiln:11", 32, 0, 0},
+  {2, "k37_add", "fused add", "mnist_cnn.kiln:11", 1, 0, 0},
+  {2, "k5_reshape", "reshape", "mnist_cnn.kiln:11", 0, 0, 0},
+  {2, "k5_reshape", "reshape", "mnist_cnn.kiln:11", 0, 0, 0},
+  {2, "k41_add", "fused add", "mnist_cnn.kiln:11", 802816, 1, 0},
+  {2, "k42_relu", "relu", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {2, "k43_maxpool2d", "maxpool2d", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {2, "k45_conv2d", "conv2d", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {2, "k47_reshape", "reshape", "mnist_cnn.kiln:13", 0, 0, 0},
+  {2, "k48_add", "add", "mnist_cnn.kiln:13", 401408, 1, 0},
+  {2, "k54_mean", "mean", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k54_mean", "mean", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k56_sub", "sub", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k15_mul", "mul", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k54_mean", "mean", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k60_sqrt", "fused sqrt", "mnist_cnn.kiln:14", 64, 0, 0},
+  {2, "k61_div", "div", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k62_numel", "numel", "mnist_cnn.kiln:14", 0, 1, 0},
+  {2, "k24_div", "fused div", "mnist_cnn.kiln:14", 2, 0, 0},
+  {2, "k70_add", "fused add", "mnist_cnn.kiln:14", 96, 0, 0},
+  {2, "k73_add", "fused add", "mnist_cnn.kiln:14", 128, 0, 0},
+  {2, "k37_add", "fused add", "mnist_cnn.kiln:14", 1, 0, 0},
+  {2, "k47_reshape", "reshape", "mnist_cnn.kiln:14", 0, 0, 0},
+  {2, "k47_reshape", "reshape", "mnist_cnn.kiln:14", 0, 0, 0},
+  {2, "k78_add", "fused add", "mnist_cnn.kiln:14", 802816, 1, 0},
+  {2, "k42_relu", "relu", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {2, "k80_maxpool2d", "maxpool2d", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {2, "k83_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
+  {2, "k85_add", "add", "mnist_cnn.kiln:17", 38400, 1, 0},
+  {2, "k86_relu", "relu", "mnist_cnn.kiln:18", 38400, 1, 0},
+  {2, "k88_matmul", "matmul", "mnist_cnn.kiln:18", 768000, 1, 0},
+  {2, "k90_add", "add", "mnist_cnn.kiln:18", 640, 1, 0},
+  {2, "k91_cross_entropy", "cross_entropy", "mnist_cnn.kiln:19", 2560, 1, 0},
+  {2, "k121_cross_entropy_grad", "cross_entropy_grad", "mnist_cnn.kiln:19", 2560, 1, 0},
+  {2, "k122_sum_to", "sum_to", "mnist_cnn.kiln:18", 640, 1, 0},
+  {2, "k123_matmul", "matmul", "mnist_cnn.kiln:18", 768000, 1, 0},
+  {2, "k124_matmul", "matmul", "mnist_cnn.kiln:18", 768000, 1, 0},
+  {2, "k125_relu_grad", "relu_grad", "mnist_cnn.kiln:18", 38400, 1, 0},
+  {2, "k126_sum_to", "sum_to", "mnist_cnn.kiln:17", 38400, 1, 0},
+  {2, "k127_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
+  {2, "k128_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
+  {2, "k130_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {2, "k131_relu_grad", "relu_grad", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {2, "k132_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k134_mul", "mul", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k15_mul", "mul", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k132_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k141_neg", "fused neg", "mnist_cnn.kiln:14", 1204224, 1, 0},
+  {2, "k132_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k62_numel", "numel", "mnist_cnn.kiln:14", 0, 1, 0},
+  {2, "k147_div", "fused div", "mnist_cnn.kiln:14", 96, 0, 0},
+  {2, "k148_expand", "expand", "mnist_cnn.kiln:14", 0, 1, 0},
+  {2, "k15_mul", "mul", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k151_add", "fused add", "mnist_cnn.kiln:14", 1204224, 1, 0},
+  {2, "k152_neg", "neg", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k132_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k62_numel", "numel", "mnist_cnn.kiln:14", 0, 1, 0},
+  {2, "k155_div", "div", "mnist_cnn.kiln:14", 32, 0, 0},
+  {2, "k148_expand", "expand", "mnist_cnn.kiln:14", 0, 1, 0},
+  {2, "k157_add", "add", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, "k158_conv2d_bwd_data", "conv2d_bwd_data", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {2, "k159_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {2, "k160_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {2, "k131_relu_grad", "relu_grad", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {2, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k164_mul", "mul", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k15_mul", "mul", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k171_neg", "fused neg", "mnist_cnn.kiln:11", 1204224, 1, 0},
+  {2, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k21_numel", "numel", "mnist_cnn.kiln:11", 0, 1, 0},
+  {2, "k176_div", "fused div", "mnist_cnn.kiln:11", 24, 0, 0},
+  {2, "k177_expand", "expand", "mnist_cnn.kiln:11", 0, 1, 0},
+  {2, "k15_mul", "mul", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k180_add", "fused add", "mnist_cnn.kiln:11", 1204224, 1, 0},
+  {2, "k152_neg", "neg", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k21_numel", "numel", "mnist_cnn.kiln:11", 0, 1, 0},
+  {2, "k184_div", "div", "mnist_cnn.kiln:11", 8, 0, 0},
+  {2, "k177_expand", "expand", "mnist_cnn.kiln:11", 0, 1, 0},
+  {2, "k157_add", "add", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, "k187_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:10", 7225344, 1, 0},
+  {2, "k189_expand", "expand", "mnist_cnn.kiln:10", 0, 0, 0},
+  {2, "k190_expand", "expand", "mnist_cnn.kiln:13", 0, 0, 0},
+  {3, "k205_add", "fused add", "mnist_cnn.kiln:24", 1, 0, 0},
+  {3, "k222_div", "fused div", "mnist_cnn.kiln:24", 3, 0, 0},
+  {3, "k224_sqrt", "fused sqrt", "mnist_cnn.kiln:24", 3, 0, 0},
+  {3, "k211_add", "fused add", "mnist_cnn.kiln:24", 144, 0, 0},
+  {3, "k217_add", "fused add", "mnist_cnn.kiln:24", 216, 0, 0},
+  {3, "k230_sub", "fused sub", "mnist_cnn.kiln:24", 432, 0, 0},
+  {3, "k235_add", "fused add", "mnist_cnn.kiln:24", 16, 0, 0},
+  {3, "k239_add", "fused add", "mnist_cnn.kiln:24", 24, 0, 0},
+  {3, "k245_sub", "fused sub", "mnist_cnn.kiln:24", 48, 0, 0},
+  {3, "k235_add", "fused add", "mnist_cnn.kiln:24", 16, 0, 0},
+  {3, "k239_add", "fused add", "mnist_cnn.kiln:24", 24, 0, 0},
+  {3, "k245_sub", "fused sub", "mnist_cnn.kiln:24", 48, 0, 0},
+  {3, "k235_add", "fused add", "mnist_cnn.kiln:24", 16, 0, 0},
+  {3, "k239_add", "fused add", "mnist_cnn.kiln:24", 24, 0, 0},
+  {3, "k245_sub", "fused sub", "mnist_cnn.kiln:24", 48, 0, 0},
+  {3, "k280_add", "fused add", "mnist_cnn.kiln:24", 12800, 0, 0},
+  {3, "k284_add", "fused add", "mnist_cnn.kiln:24", 19200, 0, 0},
+  {3, "k290_sub", "fused sub", "mnist_cnn.kiln:24", 38400, 0, 0},
+  {3, "k295_add", "fused add", "mnist_cnn.kiln:24", 64, 0, 0},
+  {3, "k299_add", "fused add", "mnist_cnn.kiln:24", 96, 0, 0},
+  {3, "k305_sub", "fused sub", "mnist_cnn.kiln:24", 192, 0, 0},
+  {3, "k295_add", "fused add", "mnist_cnn.kiln:24", 64, 0, 0},
+  {3, "k299_add", "fused add", "mnist_cnn.kiln:24", 96, 0, 0},
+  {3, "k305_sub", "fused sub", "mnist_cnn.kiln:24", 192, 0, 0},
+  {3, "k295_add", "fused add", "mnist_cnn.kiln:24", 64, 0, 0},
+  {3, "k299_add", "fused add", "mnist_cnn.kiln:24", 96, 0, 0},
+  {3, "k305_sub", "fused sub", "mnist_cnn.kiln:24", 192, 0, 0},
+  {3, "k340_add", "fused add", "mnist_cnn.kiln:24", 1881600, 0, 0},
+  {3, "k344_add", "fused add", "mnist_cnn.kiln:24", 2822400, 0, 0},
+  {3, "k350_sub", "fused sub", "mnist_cnn.kiln:24", 5644800, 0, 0},
+  {3, "k355_add", "fused add", "mnist_cnn.kiln:24", 1200, 0, 0},
+  {3, "k359_add", "fused add", "mnist_cnn.kiln:24", 1800, 0, 0},
+  {3, "k365_sub", "fused sub", "mnist_cnn.kiln:24", 3600, 0, 0},
+  {3, "k370_add", "fused add", "mnist_cnn.kiln:24", 12000, 0, 0},
+  {3, "k374_add", "fused add", "mnist_cnn.kiln:24", 18000, 0, 0},
+  {3, "k380_sub", "fused sub", "mnist_cnn.kiln:24", 36000, 0, 0},
+  {3, "k385_add", "fused add", "mnist_cnn.kiln:24", 30, 0, 0},
+  {3, "k389_add", "fused add", "mnist_cnn.kiln:24", 40, 0, 0},
+  {3, "k222_div", "fused div", "mnist_cnn.kiln:24", 3, 0, 0},
+  {3, "k224_sqrt", "fused sqrt", "mnist_cnn.kiln:24", 3, 0, 0},
+  {3, "k395_sub", "fused sub", "mnist_cnn.kiln:24", 60, 0, 0},
+};
 
 static const kiln_tensor kiln_tensors[61] = {
   {.name = "image", .role = KILN_ROLE_INPUT, .dtype = KILN_F32, .rank = 4, .dims = {64, 1, 28, 28},
@@ -2995,4 +3662,7 @@ const kiln_program kiln_program_desc = {
   .entries = kiln_entries,
   .nsettings = 4,
   .settings = kiln_settings,
+  .nsites = 298,
+  .sites = kiln_sites,
+  .fma_probe = kiln_fma_probe,
 };
