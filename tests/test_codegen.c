@@ -804,6 +804,71 @@ static void all_windows(void) {
   }
 }
 
+/* Every output and gradient entry `entry` wrote at batch, bit for bit the same in the program
+ * compiled for one thread and in the one for three (both already run). */
+static void require_same_results(Run *one, Run *three, int entry, int64_t batch) {
+  for (int i = 0; i < three->plan->ntensors; i++) {
+    const kiln_tensor *t = &three->plan->tensors[i];
+    if (!result_of(t, entry))
+      continue;
+    int64_t n = rt_numel(t, batch);
+    double *a = malloc((size_t)n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
+    one->cbe.read(one->cbe.self, i, a, n);
+    three->cbe.read(three->cbe.self, i, b, n);
+    for (int64_t k = 0; k < n; k++)
+      ck_assert_msg(memcmp(&a[k], &b[k], sizeof a[k]) == 0,
+                    "%s[%lld] at batch %lld: %.9g with 1 thread, %.9g with 3", t->name,
+                    (long long)k, (long long)batch, a[k], b[k]);
+    free(a);
+    free(b);
+  }
+}
+
+/* Large matmuls run as tasks of row or column blocks (every transpose, the batch in M, N or K,
+ * sizes no block divides, a smaller last batch): against the reference, and bit-identical to
+ * the serial program, since every element is summed over K as before. */
+START_TEST(matmul_tasks_match_one_thread) {
+  DType dt = _i ? DT_F64 : DT_F32;
+  int x = input("x", dt, S2(B_(1), C_(300)));     /* [B, 300] */
+  int xt = input("xt", dt, S2(C_(300), B_(1)));   /* [300, B] */
+  int w = param("w", dt, S2(C_(300), C_(150)));
+  int wt = param("wt", dt, S2(C_(150), C_(300)));
+  int p = param("p", dt, S2(C_(410), C_(300)));
+  int pt = param("pt", dt, S2(C_(300), C_(410)));
+  int q = param("q", dt, S2(C_(300), C_(41)));
+  int yb = input("yb", dt, S2(B_(1), C_(410)));   /* [B, 410] */
+  out("cols", ir_matmul(g, x, w, false, false, L0));        /* [B,150]: columns */
+  out("cols_tb", ir_matmul(g, x, wt, false, true, L0));     /* [B,150] */
+  out("cols_ta", ir_matmul(g, xt, w, true, false, L0));     /* [B,150] */
+  out("rows", ir_matmul(g, p, q, false, false, L0));        /* [410,41]: rows */
+  out("rows_ta", ir_matmul(g, pt, q, true, false, L0));     /* [410,41] */
+  out("k_b", ir_matmul(g, yb, x, true, false, L0));         /* [410,300], K = B */
+  Run one, three;
+  opts.threads = 1;
+  run_open(&one, 100);
+  opts.threads = 3;
+  run_open(&three, 100);
+  ck_assert_ptr_null(strstr(one.src, "kiln_run_tasks"));
+  ck_assert_ptr_nonnull(strstr(three.src, "kiln_run_tasks(ex"));
+  int parallel = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    if (ir_at(g, i)->op == OP_MATMUL && three.plan->sched->node[i].workers == 3)
+      parallel++;
+  ck_assert_int_eq(parallel, 6);
+  randomise(&one, 5, -1.0, 1.0);
+  randomise(&three, 5, -1.0, 1.0);
+  char err[RT_ERR_LEN];
+  int entry = rt_find_entry(one.prog, "grad");
+  for (int64_t batch = 100; batch >= 37; batch -= 63) {
+    run_compare(&three, "grad", batch);
+    ck_assert_msg(one.cbe.run(one.cbe.self, entry, batch, err) == 0, "%s", err);
+    require_same_results(&one, &three, entry, batch);
+  }
+  run_close(&one);
+  run_close(&three);
+}
+END_TEST
+
 /* Every convolution and pool case with threads = 3 on a batch of 5 (the weight gradient's waves
  * of 3 and 2 images; at batch 1 two workers idle) and GEMM tiles that divide none of the sizes:
  * against the reference, and bit-identical to the same program with threads = 1. (_i: 0 every convolution
@@ -826,21 +891,7 @@ START_TEST(threads_match_one_thread) {
   for (int64_t batch = 5; batch >= 1; batch -= 2) {
     run_compare(&three, "grad", batch);
     ck_assert_msg(one.cbe.run(one.cbe.self, entry, batch, err) == 0, "%s", err);
-    for (int i = 0; i < three.plan->ntensors; i++) {
-      const kiln_tensor *t = &three.plan->tensors[i];
-      if (!result_of(t, entry))
-        continue;
-      int64_t n = rt_numel(t, batch);
-      double *a = malloc((size_t)n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
-      one.cbe.read(one.cbe.self, i, a, n);
-      three.cbe.read(three.cbe.self, i, b, n);
-      for (int64_t k = 0; k < n; k++)
-        ck_assert_msg(memcmp(&a[k], &b[k], sizeof a[k]) == 0,
-                      "%s[%lld] at batch %lld: %.9g with 1 thread, %.9g with 3", t->name,
-                      (long long)k, (long long)batch, a[k], b[k]);
-      free(a);
-      free(b);
-    }
+    require_same_results(&one, &three, entry, batch);
   }
   run_close(&one);
   run_close(&three);
@@ -1913,6 +1964,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, reshape_copies_in_order);
   tcase_add_loop_test(tc, matmul_all_transposes, 0, 2);
   tcase_add_test(tc, profile_sites_and_marks);
+  tcase_add_loop_test(tc, matmul_tasks_match_one_thread, 0, 2);
   tcase_add_loop_test(tc, cross_entropy_and_grad, 0, 2);
   tcase_add_test(tc, literal_constants);
   tcase_add_test(tc, activations_and_transpose);

@@ -239,11 +239,34 @@ void cg_emit_matmul(Cg *cg, const Node *n) {
   Sz M = sz_dim(cg, n->shape.d[0]), N = sz_dim(cg, n->shape.d[1]);
   Sz K = sz_dim(cg, a->shape.d[ta ? 0 : 1]);
   const char *m = sz_c(cg, M), *nn = sz_c(cg, N), *k = sz_c(cg, K);
-  if (cg->s->node[n->id].gemm) {
+  const NodeSched *ns = &cg->s->node[n->id];
+  const char *lda = sz_c(cg, sz_dim(cg, a->shape.d[1])), *ldb = sz_c(cg, sz_dim(cg, b->shape.d[1]));
+  if (ns->gemm && ns->workers > 1) {
+    /* Tasks of `block` rows (of y and op(a)) or columns (of y and op(b)), each in its worker's
+     * slot of the scratch. */
+    const char *d = ns->split ? nn : m, *t0 = ns->split ? "j0" : "i0";
+    cg_line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
+    cg_tasks_open(cg, "t");
+    cg_line(cg, "const int64_t %s = t*%" PRId64 ", len = %s - %s < %" PRId64 " ? %s - %s : %" PRId64
+                ";", t0, ns->block, d, t0, ns->block, d, t0, ns->block);
+    if (ns->split)
+      cg_line(cg, "%s(%s, len, %s, a, %s, %d, b + %s, %s, %d, y + j0, %s, scratch + worker*%" PRId64
+                  ");", cg_gemm_name(n->dtype), m, k, lda, ta,
+              tb ? pool_printf(cg->pool, "j0*%s", ldb) : "j0", ldb, tb, nn,
+              sched_matmul_slot_bytes(cg->s, cg->g, n));
+    else
+      cg_line(cg, "%s(len, %s, %s, a + %s, %s, %d, b, %s, %d, y + i0*%s, %s, scratch + worker*%" PRId64
+                  ");", cg_gemm_name(n->dtype), nn, k,
+              ta ? "i0" : pool_printf(cg->pool, "i0*%s", lda), lda, ta, ldb, tb, nn, nn,
+              sched_matmul_slot_bytes(cg->s, cg->g, n));
+    cg_tasks_close(cg, pool_printf(cg->pool, "(%s + %" PRId64 ") / %" PRId64, d, ns->block - 1,
+                                   ns->block), NULL, 0);
+    return;
+  }
+  if (ns->gemm) {
     /* The blocked GEMM (cg_gemm.c); rows of a and b are their second dimension apart. */
     cg_line(cg, "%s(%s, %s, %s, a, %s, %d, b, %s, %d, y, %s, scratch);", cg_gemm_name(n->dtype), m,
-         nn, k, sz_c(cg, sz_dim(cg, a->shape.d[1])), ta, sz_c(cg, sz_dim(cg, b->shape.d[1])), tb,
-         nn);
+         nn, k, lda, ta, ldb, tb, nn);
     return;
   }
   const char *aik = cg_in_at(cg, n, 0, ta ? pool_printf(cg->pool, "p*%s + i", m)

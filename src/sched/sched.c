@@ -20,7 +20,8 @@
  * - Threads: a GEMM convolution runs as tasks fixed by the shapes (one image each; the weight
  *   gradient's in waves of `threads` images), on up to `threads` workers chosen when the program
  *   runs, each with its own scratch slot; the weight gradient adds its images' gradients in image
- *   order, so the result is the same for every thread count. Only these large kernels are
+ *   order, so the result is the same for every thread count. A large GEMM matmul runs as tasks
+ *   of row or column blocks (matmul_tasks), which leave every element's sum as it was. Only these large kernels are
  *   parallel: splitting memory-bound elementwise loops gained nothing measurable, and each
  *   parallel region waits for its last task.
  * - GEMM for matmuls above a size where packing pays, and its cache tiles, derived from the
@@ -156,6 +157,44 @@ int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n) 
   return col + round_up(ws, 64);
 }
 
+/* A matmul's M, N and K at the full batch. */
+static void matmul_dims(const Schedule *s, const Graph *g, const Node *n, int64_t *M, int64_t *N,
+                        int64_t *K) {
+  const Node *a = ir_at(g, n->in[0]);
+  *M = dim_value(n->shape.d[0], s->symvals);
+  *N = dim_value(n->shape.d[1], s->symvals);
+  *K = dim_value(a->shape.d[n->attr.trans_a ? 0 : 1], s->symvals);
+}
+
+int64_t sched_matmul_slot_bytes(const Schedule *s, const Graph *g, const Node *n) {
+  const NodeSched *ns = &s->node[n->id];
+  int64_t M, N, K;
+  matmul_dims(s, g, n, &M, &N, &K);
+  return round_up(sched_gemm_scratch(&s->tiles, ns->split ? M : ns->block,
+                                     ns->split ? ns->block : N, K, n->dtype), 64);
+}
+
+/* Matmuls of at least this many multiply-adds run as tasks when there are threads: the
+ * MNIST CNN's fc1 products (60 M) are; its fc2 (0.4 M) would spend more waking a thread. */
+enum { PARALLEL_MATMUL_MACS = 4 << 20 };
+
+/* Splits a large GEMM matmul into tasks of whole rows or columns, the longer side, in blocks
+ * aligned to the micro-kernel (8 rows, 32 columns) and about two per thread, so a thread that
+ * gets less of a core takes fewer. Every element is still summed over K in the same order, so
+ * the split changes no bit. */
+static void matmul_tasks(const Schedule *s, const Graph *g, const Node *n, NodeSched *ns) {
+  int64_t M, N, K;
+  matmul_dims(s, g, n, &M, &N, &K);
+  if (s->opt.threads < 2 || (double)M * (double)N * (double)K < PARALLEL_MATMUL_MACS)
+    return;
+  ns->split = N >= M;
+  int64_t d = ns->split ? N : M, align = ns->split ? 32 : 8, tasks = 2 * s->opt.threads;
+  ns->block = round_up((d + tasks - 1) / tasks, align);
+  if (ns->block >= d)
+    return;
+  ns->workers = s->opt.threads;
+}
+
 /* The scratch bytes of n's kernel under the decisions already made in ns. */
 static int64_t node_scratch(const Schedule *s, const Graph *g, const Node *n, const NodeSched *ns) {
   switch (n->op) {
@@ -167,6 +206,8 @@ static int64_t node_scratch(const Schedule *s, const Graph *g, const Node *n, co
   case OP_MATMUL: {
     if (!ns->gemm)
       return 0;
+    if (ns->workers > 1)
+      return 64 + ns->workers * sched_matmul_slot_bytes(s, g, n);
     const Node *a = ir_at(g, n->in[0]);
     int64_t K = dim_value(a->shape.d[n->attr.trans_a ? 0 : 1], s->symvals);
     return sched_gemm_scratch(&s->tiles, dim_value(n->shape.d[0], s->symvals),
@@ -456,6 +497,8 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
       int64_t K = dim_value(a->shape.d[n->attr.trans_a ? 0 : 1], s->symvals);
       ns->gemm = sched_gemm_scratch(&s->tiles, dim_value(n->shape.d[0], s->symvals),
                                     dim_value(n->shape.d[1], s->symvals), K, n->dtype) > 0;
+      if (ns->gemm)
+        matmul_tasks(s, g, n, ns);
     }
     if (op_is_window(n->op) && !is_conv(n->op)) {
       Window w = win_of(g, n);
@@ -528,6 +571,8 @@ void sched_print(const Graph *g, const Schedule *s, FILE *out) {
       fprintf(out, " tiles");
     if (ns->workers > 1)
       fprintf(out, " workers=%d", ns->workers);
+    if (ns->workers > 1 && n->op == OP_MATMUL)
+      fprintf(out, " tasks=%s/%" PRId64, ns->split ? "columns" : "rows", ns->block);
     if (ns->vectorise)
       fprintf(out, " vectorise");
     if (ns->scratch)

@@ -72,6 +72,8 @@ typedef struct NodeSched {
   bool vectorise;    /* ask gcc for its full vectoriser cost model on this kernel */
   int workers;       /* > 1: the kernel runs as tasks fixed by the shapes (kiln_abi.h) on up to
                         this many workers, each with a scratch slot; 1: serial loops */
+  int split;         /* a parallel matmul's tasks take blocks of its rows (0) or columns (1) */
+  int64_t block;     /* ... of this many rows or columns each */
   int64_t scratch;   /* bytes of the shared scratch region the kernel needs at the full batch */
 } NodeSched;
 
@@ -100,6 +102,9 @@ int64_t sched_gemm_kc(const GemmTiles *t, int64_t K);
 /* Bytes of one batch chunk's slot of a GEMM convolution's scratch (64-byte multiple): its
  * unfolded image, the weight gradient of its image, the GEMM's packing buffers. */
 int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
+/* Bytes of one worker's slot of a parallel matmul's scratch (64-byte multiple): the GEMM's
+ * packing buffers for one block. */
+int64_t sched_matmul_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
 /* Calls fn(x, arg) for every stored operand x of the kernel computing node n, looking through
  * fused inner nodes; an operand read twice is reported twice. */
 void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(int x, void *arg),
