@@ -17,14 +17,20 @@ static const char *win_xj(const Cg *cg, const Window *w) {
   return w->SW == 1 ? "xo + j" : pool_printf(cg->pool, "xo + j*%" PRId64, w->SW);
 }
 
-/* Opens the loops shared by the three convolutions, n, o, i, p (the input row r, rows in the
- * padding skipped) and sets yo, the start of y's row (n, o, i), and cb, the first input channel
- * of o's group. Closed by conv_close. */
-static void conv_open(Cg *cg, const Window *w, bool zero_yrow) {
+/* Opens the loops of the direct forward convolution and input gradient: n (one task per image
+ * when the kernel has workers), o, i, p (the input row r, rows in the padding skipped), and sets
+ * yo, the start of y's row (n, o, i), and cb, the first input channel of o's group. Closed by
+ * conv_close. */
+static void conv_open(Cg *cg, const Node *n, const Window *w, bool zero_yrow) {
   int64_t Cg_ = w->C / w->G, Og = w->O / w->G;
-  cg_line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, sz_dim(cg, w->N)));
-  cg_line(cg, "  for (int64_t o = 0; o < %" PRId64 "; o++) {", w->O);
-  cg->indent += 2;
+  if (cg->s->node[n->id].workers > 1) {
+    cg_tasks_open(cg, "n");
+  } else {
+    cg_line(cg, "for (int64_t n = 0; n < %s; n++) {", sz_c(cg, sz_dim(cg, w->N)));
+    cg->indent++;
+  }
+  cg_line(cg, "for (int64_t o = 0; o < %" PRId64 "; o++) {", w->O);
+  cg->indent++;
   if (w->G == 1)
     cg_line(cg, "const int64_t cb = 0;");
   else
@@ -44,14 +50,17 @@ static void conv_open(Cg *cg, const Window *w, bool zero_yrow) {
   cg_line(cg, "  continue;");
 }
 
-static void conv_close(Cg *cg) {
-  for (int k = 0; k < 2; k++) {
+static void conv_close(Cg *cg, const Node *n, const Window *w) {
+  for (int k = 0; k < 3; k++) {
     cg->indent--;
     cg_line(cg, "}");
   }
+  if (cg->s->node[n->id].workers > 1) {
+    cg_tasks_close(cg, sz_c(cg, sz_dim(cg, w->N)), NULL, 0);
+    return;
+  }
   cg->indent--;
-  cg_line(cg, "  }");
-  cg->indent--;
+  cg_line(cg, "}");
 }
 
 /* One kernel column q inside conv_open's loops: its c loop with the constant column range, xo
@@ -91,12 +100,12 @@ void cg_emit_conv2d(Cg *cg, const Node *n) {
     return;
   }
   Window w = win_of(cg->g, n);
-  conv_open(cg, &w, true);
+  conv_open(cg, n, &w, true);
   const char *body = pool_printf(cg->pool, "y[yo + j] = fma%s(wv, %s, y[yo + j]);",
                                  mathsfx(n->dtype), cg_in_at(cg, n, 0, win_xj(cg, &w)));
   for (int64_t q = 0; q < w.KW; q++)
     conv_tap(cg, n, &w, q, 1, body);
-  conv_close(cg);
+  conv_close(cg, n, &w);
 }
 
 /* CONV2D_BWD_DATA(dy, w) -> dx: the forward's loops with the roles swapped, each dy element
@@ -109,13 +118,13 @@ void cg_emit_conv2d_bwd_data(Cg *cg, const Node *n) {
   }
   Window w = win_of(cg->g, n);
   cg_emit_zero(cg, n);
-  conv_open(cg, &w, false);
+  conv_open(cg, n, &w, false);
   const char *xj = win_xj(cg, &w);
   const char *body = pool_printf(cg->pool, "y[%s] = fma%s(wv, %s, y[%s]);", xj,
                                  mathsfx(n->dtype), cg_in_at(cg, n, 0, "yo + j"), xj);
   for (int64_t q = 0; q < w.KW; q++)
     conv_tap(cg, n, &w, q, 1, body);
-  conv_close(cg);
+  conv_close(cg, n, &w);
 }
 
 /* CONV2D_BWD_FILTER(x, dy) -> dw: per output channel o, the forward's loops (o outermost so

@@ -17,13 +17,14 @@
  * - Convolution algorithm: direct loop nests, or per image im2col + the blocked GEMM when the
  *   GEMM's dimensions are large enough (K >= 16, >= 8 output channels per group); the MNIST CNN's
  *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there.
- * - Threads: a GEMM convolution runs as tasks fixed by the shapes (one image each; the weight
+ * - Threads: a convolution runs as tasks fixed by the shapes (one image each; the GEMM weight
  *   gradient's in waves of `threads` images), on up to `threads` workers chosen when the program
- *   runs, each with its own scratch slot; the weight gradient adds its images' gradients in image
- *   order, so the result is the same for every thread count. A large GEMM matmul runs as tasks
- *   of row or column blocks (matmul_tasks), which leave every element's sum as it was. Only these large kernels are
- *   parallel: splitting memory-bound elementwise loops gained nothing measurable, and each
- *   parallel region waits for its last task.
+ *   runs, each with its own scratch slot; the GEMM weight gradient adds its images' gradients in
+ *   image order, so the result is the same for every thread count, and the direct one stays
+ *   serial. A large GEMM matmul runs as tasks of row or column blocks (matmul_tasks), which
+ *   leave every element's sum as it was. Only these large kernels are parallel: splitting
+ *   memory-bound elementwise loops gained nothing measurable, and each parallel region waits for
+ *   its last task.
  * - GEMM for matmuls above a size where packing pays, and its cache tiles, derived from the
  *   target's caches and vector width (sched_gemm_tiles).
  * - Pools whose windows tile the input are unrolled; tiling max pools with an odd number of
@@ -488,7 +489,8 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
       continue;
     if (is_conv(n->op)) {
       ns->conv = conv_algo(g, n, s->opt.conv);
-      if (ns->conv == CONV_GEMM)
+      /* Images are tasks, except in the direct weight gradient, which sums over them. */
+      if (ns->conv == CONV_GEMM || n->op != OP_CONV2D_BWD_FILTER)
         ns->workers = s->opt.threads;
       ns->vectorise = true;
     }

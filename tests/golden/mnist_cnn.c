@@ -496,7 +496,7 @@ __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k3_conv2d(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t n = 0; n < B; n++)
+  for (int64_t n = 0; n < B; n++) {
     for (int64_t o = 0; o < 8; o++) {
       const int64_t cb = 0;
       for (int64_t i = 0; i < 28; i++) {
@@ -527,7 +527,8 @@ static KILN_NOINLINE void k3_conv2d(float *restrict y, const float *restrict a, 
           }
         }
       }
-      }
+    }
+  }
 }
 
 /* %5 = reshape(%4 conv1_bias) -> t5  f32 [8, 1, 1]  mnist_cnn.kiln:10  also %38 %40 %92 %94 (line 11) */
