@@ -143,6 +143,7 @@ typedef struct kiln_entry {
 /* A call of a kernel in an entry, for profiles. */
 typedef struct kiln_site {
   int entry;             /* index into kiln_program.entries */
+  int node;              /* the graph node it computes (%45 in kiln schedule) */
   const char *kernel;    /* the generated function: "k45_conv2d" */
   const char *op;        /* what it computes: "conv2d", "fused add" */
   const char *source;    /* the model line it came from: "mnist_cnn.kiln:13" ("" if none) */

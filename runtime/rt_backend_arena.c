@@ -212,6 +212,11 @@ int rt_arena_set_threads(RtBackend *be, int threads, char *err) {
   return arena_set_threads(be->self, threads, err);
 }
 
+const RtProfile *rt_arena_profile(const RtBackend *be) {
+  const ArenaBe *a = be->self;
+  return a ? a->profile : NULL;
+}
+
 int rt_arena_threads(const RtBackend *be) {
   const ArenaBe *a = be->self;
   return a ? rt_pool_threads(a->pool) : 1;

@@ -9,8 +9,9 @@
  * The thread calling rt_pool_run is worker 0 and works too; threads - 1 workers of the pool's own
  * wait between regions. A region is published as a generation number: `claim` holds it in its
  * high half and the next unclaimed task in its low half, so claiming a task is one compare-and-swap
- * that also proves the region is still the one whose task, args and count were read. The caller
- * waits until the count of finished tasks reaches the region's, then may publish the next.
+ * that also proves the region is still the one whose task, args and count were read (the caller
+ * closes the word before it writes the next region's). The caller waits until the count of
+ * finished tasks reaches the region's, then may publish the next.
  *
  * Waiting: spin, then sleep. In the MNIST CNN's step most waits end within microseconds and the
  * rest last milliseconds (the step's serial parts, which a spinning worker would sit through on a
@@ -31,6 +32,7 @@
 #include "runtime.h"
 
 #define SPIN_NS 200000u
+#define CLAIM_CLOSED 0xffffffffu /* the low half of a claim word whose region is being set up */
 #define YIELD_NS 10000u
 
 /* Threads sleeping on cond until a word changes; wake() finds them through count. */
@@ -120,8 +122,10 @@ static void wake(RtPool *p, Sleepers *s) {
 }
 
 /* Claims and runs tasks of region `generation` until none is left. task, args and ntasks are
- * read after a look at claim and used only when the claim's compare-and-swap proves the region
- * did not change in between (its tasks are not all finished, so the caller has not moved on). */
+ * read after a look at claim and used only when the claim's compare-and-swap proves the claim
+ * word did not change in between: the caller closes it (a new generation, CLAIM_CLOSED) before
+ * it writes the next region's task, args and count, and cannot get there before every task of
+ * this region is claimed and finished. */
 static void work(RtPool *p, unsigned generation, int worker) {
   for (;;) {
     uint64_t v = atomic_load(&p->claim);
@@ -210,12 +214,14 @@ void rt_pool_run(void *pool, kiln_task_fn task, void *args, int64_t ntasks) {
       task(args, t, 0);
     return;
   }
-  unsigned n = (unsigned)ntasks;
+  unsigned n = (unsigned)ntasks, generation = atomic_load(&p->generation) + 1;
+  /* Closed first: a worker still holding the last region's final claim word could otherwise
+   * read this region's count and claim a task past the last region's end. */
+  atomic_store(&p->claim, (uint64_t)generation << 32 | CLAIM_CLOSED);
   atomic_store(&p->done, 0);
   atomic_store_explicit(&p->task, task, memory_order_relaxed);
   atomic_store_explicit(&p->args, args, memory_order_relaxed);
   atomic_store_explicit(&p->ntasks, n, memory_order_relaxed);
-  unsigned generation = atomic_load(&p->generation) + 1;
   atomic_store(&p->claim, (uint64_t)generation << 32);
   atomic_store(&p->generation, generation);
   wake(p, &p->idle);

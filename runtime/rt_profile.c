@@ -88,6 +88,10 @@ void rt_profile_entry(RtProfile *r, int entry, double seconds) {
 
 void rt_profile_batch(RtProfile *r, int64_t batch) { r->batch = batch; }
 
+double rt_profile_seconds(const RtProfile *r, int site) {
+  return r && site >= 0 && site < r->prog->nsites ? r->seconds[site] : 0;
+}
+
 /* Sites of one entry, by time spent, longest first. */
 static const RtProfile *sorting;
 static int by_time(const void *a, const void *b) {

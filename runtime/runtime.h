@@ -224,6 +224,8 @@ void rt_profile_entry(RtProfile *r, int entry, double seconds);
  * peak_all: the FMA peak in GFLOP/s of one thread and of `threads`. */
 void rt_profile_report(const RtProfile *r, FILE *out, double peak1, double peak_all, int threads,
                        int rows);
+/* The time spent in site's kernel so far. */
+double rt_profile_seconds(const RtProfile *r, int site);
 /* CLOCK_MONOTONIC in seconds. */
 double rt_seconds(void);
 
@@ -249,6 +251,8 @@ int rt_arena_backend_new(const kiln_program *p, RtBackend *be, char *err);
 int rt_arena_set_threads(RtBackend *be, int threads, char *err);
 /* The threads the backend runs tasks on. */
 int rt_arena_threads(const RtBackend *be);
+/* The backend's profile since profile_start, or NULL. */
+const RtProfile *rt_arena_profile(const RtBackend *be);
 /* The arena a backend of this file runs on (NULL if its allocation failed). */
 unsigned char *rt_arena_base(const RtBackend *be);
 void rt_arena_backend_free(RtBackend *be);

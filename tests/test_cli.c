@@ -720,6 +720,83 @@ START_TEST(profile_option) {
 }
 END_TEST
 
+/* kiln tune: tries schedules, stores the winners in the cache under the model and options, and
+ * later commands use them (`kiln schedule` marks them) unless told --no-tune; a file that is not a
+ * tuning is ignored with a warning; tuning without a cache is a usage error. */
+START_TEST(tune_stores_and_builds_use_it) {
+  char cmd[2048], cache[300], *out, *err;
+  snprintf(cache, sizeof cache, "%s/cache", tmpdir);
+  snprintf(cmd, sizeof cmd,
+           "XDG_CACHE_HOME='%s' " KILN " tune " EX "mnist_cnn.kiln --batch 8 --threads 2 "
+           "--seconds 0.02", cache);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(out, "schedules tried") && strstr(out, "stored in"), "%s", out);
+  ck_assert_msg(strstr(err, "tune: default schedule") && strstr(err, "tune: tuned schedule"),
+                "%s", err);
+  const char *at = strstr(out, "stored in "), *end = at ? strchr(at, ';') : NULL;
+  ck_assert_ptr_nonnull(end);
+  char path[1024];
+  snprintf(path, sizeof path, "%.*s", (int)(end - at - 10), at + 10);
+  FILE *f = fopen(path, "r");
+  ck_assert_msg(f != NULL, "no tuning file %s", path);
+  char line[256];
+  ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+  ck_assert_msg(!strncmp(line, "# kiln tune ", 12), "%s", line);
+  fclose(f);
+  free(out);
+  free(err);
+
+  /* Used: said with --verbose, marked by kiln schedule when it changed something. */
+  snprintf(cmd, sizeof cmd,
+           "XDG_CACHE_HOME='%s' " KILN " --verbose schedule " EX "mnist_cnn.kiln --batch 8 "
+           "--threads 2", cache);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(err, "using the schedule kiln tune measured"), "%s", err);
+  free(out);
+  free(err);
+  snprintf(cmd, sizeof cmd,
+           "XDG_CACHE_HOME='%s' " KILN " --verbose schedule " EX "mnist_cnn.kiln --batch 8 "
+           "--threads 2 --no-tune", cache);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_ptr_null(strstr(err, "kiln tune"));
+  ck_assert_ptr_null(strstr(out, "(tuned)"));
+  free(out);
+  free(err);
+  /* Other options, another key: not used. */
+  snprintf(cmd, sizeof cmd,
+           "XDG_CACHE_HOME='%s' " KILN " --verbose schedule " EX "mnist_cnn.kiln --batch 16 "
+           "--threads 2", cache);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_ptr_null(strstr(err, "kiln tune"));
+  free(out);
+  free(err);
+  /* Every tuned schedule computes the same function. */
+  snprintf(cmd, sizeof cmd,
+           "XDG_CACHE_HOME='%s' " KILN " check " EX "mnist_cnn.kiln --batch 8 --threads 2", cache);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(out, "check: OK"), "%s%s", out, err);
+  free(out);
+  free(err);
+
+  f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("conv 3 sideways\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd,
+           "XDG_CACHE_HOME='%s' " KILN " schedule " EX "mnist_cnn.kiln --batch 8 --threads 2",
+           cache);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(err, "warning: ignoring ") && strstr(err, "not a tuning file"), "%s", err);
+  ck_assert_ptr_null(strstr(out, "(tuned)"));
+  free(out);
+  free(err);
+
+  ck_assert_int_eq(run(KILN " --no-cache tune " EX "mlp.kiln", NULL, &err), 2);
+  ck_assert_ptr_nonnull(strstr(err, "tune stores what it measures in the cache"));
+  free(err);
+}
+END_TEST
+
 static Suite *cli_suite(void) {
   Suite *s = suite_create("cli");
   TCase *tc = tcase_create("cli");
@@ -744,6 +821,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, trainer_data_errors);
   tcase_add_test(tc, trainer_same_bytes_on_every_thread_count);
   tcase_add_test(tc, profile_option);
+  tcase_add_test(tc, tune_stores_and_builds_use_it);
   tcase_add_test(tc, cache_and_verbose);
   tcase_add_test(tc, jit_training_writes_nothing);
   suite_add_tcase(s, tc);

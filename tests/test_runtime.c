@@ -1715,6 +1715,38 @@ START_TEST(pool_runs_every_task_once) {
 }
 END_TEST
 
+/* Regions back to back, as a step's kernels run them, with counts that change every region:
+ * every task runs exactly once in its own region (a worker still holding the last region's
+ * final claim once ran a task past its end with the next region's count, and the region
+ * after that waited forever). */
+static atomic_int region_runs[80];
+
+static void mark_run(void *args, int64_t task, int worker) {
+  (void)args;
+  (void)worker;
+  atomic_fetch_add(&region_runs[task], 1);
+}
+
+START_TEST(pool_regions_back_to_back) {
+  char err[RT_ERR_LEN];
+  for (int threads = 2; threads <= 3; threads++) {
+    RtPool *pool = rt_pool_new(threads, err);
+    ck_assert_msg(pool != NULL, "%s", err);
+    for (int r = 0; r < 40000; r++) {
+      int n = 2 + r % 70;
+      for (int t = 0; t < n + 8; t++)
+        atomic_store(&region_runs[t], 0);
+      rt_pool_run(pool, mark_run, NULL, n);
+      for (int t = 0; t < n + 8; t++)
+        ck_assert_msg(atomic_load(&region_runs[t]) == (t < n),
+                      "region %d of %d tasks on %d threads: task %d ran %d times", r, n,
+                      threads, t, atomic_load(&region_runs[t]));
+    }
+    rt_pool_free(pool);
+  }
+}
+END_TEST
+
 /* Pools of 1 to 4 threads start and stop cleanly, many times over, with and without a region
  * run (every worker is joined; LeakSanitizer sees what is left). */
 START_TEST(pool_start_stop) {
@@ -1776,6 +1808,7 @@ static Suite *runtime_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, pool_runs_every_task_once);
   tcase_add_test(tc, pool_start_stop);
+  tcase_add_test(tc, pool_regions_back_to_back);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("train");

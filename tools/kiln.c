@@ -29,6 +29,9 @@ static const char usage[] =
     "  schedule MODEL                how each kernel is computed, and the memory plan\n"
     "  build MODEL -o TRAINER        a standalone trainer executable (system C compiler)\n"
     "  train MODEL [trainer options] train inside kiln (--runtime compiled|reference)\n"
+    "  tune MODEL [--seconds S]      time candidate schedules (convolution algorithms, GEMM\n"
+    "                                tiles) on this machine and keep the fastest in the cache,\n"
+    "                                where build, train and check find them (--no-tune: not)\n"
     "  check MODEL [--steps N]       generated code against the reference runtime\n"
     "  grad MODEL --params P.safetensors --inputs I.safetensors -o G.safetensors\n"
     "                                [--runtime compiled|reference]  loss and gradients\n"
@@ -48,6 +51,8 @@ static const char usage[] =
     "  -O1, -O2, -O3   the optimisation level of either backend (and of `build`); default -O2\n"
     "  --target T      build: the CPU a trainer is for (x86-64, x86-64-v2, -v3, -v4; default\n"
     "                  native, this machine), so a trainer copied to an older CPU runs\n"
+    "  --no-tune       ignore what `kiln tune` measured for this model (the cost model decides)\n"
+    "  --seconds S     tune: how long each candidate schedule runs (default 0.3)\n"
     "  --no-cache      compile even when the cache holds this program, and store nothing; the\n"
     "                  cache is $XDG_CACHE_HOME/kiln, else $HOME/.cache/kiln\n"
     "  --verbose       print how long each phase took (parse to emit, compile or cache, load)\n"
@@ -66,6 +71,10 @@ typedef struct Args {
   char **rest;
   bool verbose;           /* --verbose: phase times on stderr */
   bool no_cache;          /* --no-cache */
+  bool no_tune;           /* --no-tune: ignore what kiln tune stored */
+  double seconds;         /* kiln tune: how long each schedule runs */
+  SchedTuning tuning;     /* loaded from the cache: a.opt.sched.tuning points here */
+  char tune_path[4200];
   char cache_dir[4096];   /* from $XDG_CACHE_HOME or $HOME */
   Options opt;            /* the session's */
 } Args;
@@ -196,6 +205,7 @@ static int parse_args(int argc, char **argv, Args *a) {
   a->verbose = verbose;
   a->no_cache = no_cache;
   a->steps = 3;
+  a->seconds = 0.3;
   session_default_options(&a->opt);
   if (options_from_environment(&a->opt)) return 2;
   a->rest = calloc((size_t)argc + 1, sizeof(char *));
@@ -241,6 +251,14 @@ static int parse_args(int argc, char **argv, Args *a) {
       a->verbose = true;
     } else if (!strcmp(s, "--no-cache")) {
       a->no_cache = true;
+    } else if (!strcmp(s, "--no-tune")) {
+      a->no_tune = true;
+    } else if (!strcmp(s, "--seconds")) {
+      NEED_VALUE();
+      char *end;
+      a->seconds = strtod(val, &end);
+      if (*end || !(a->seconds >= 0.01 && a->seconds <= 60))
+        return usage_error("--seconds needs a number from 0.01 to 60, got '%s'", val);
     } else if (!strcmp(s, "--runtime")) {
       NEED_VALUE();
       if (!strcmp(val, "reference")) a->reference = true;
@@ -559,6 +577,81 @@ static int cmd_train(Session *s, const Args *a) {
   return a->reference ? train_reference(s, a, &o) : train_compiled(s, a, &o);
 }
 
+/* ---- kiln tune ---- */
+
+/* The model's text, for the tuning file's key; NULL if it cannot be read (the session will say
+ * why). */
+static char *model_text(Pool *pool, const char *path) {
+  size_t len;
+  return read_file(pool, path, &len);
+}
+
+/* Points the options at what `kiln tune` stored for this model and these options, if anything. */
+static void use_tuning(Args *a) {
+  if (a->no_cache || a->no_tune)
+    return;
+  Pool *pool = pool_new();
+  const char *text = model_text(pool, a->model);
+  if (text && !tune_file_path(a->cache_dir, text, &a->opt, KILN_VERSION, a->tune_path,
+                              sizeof a->tune_path)) {
+    int got = tune_load(a->tune_path, &a->tuning);
+    if (got > 0) {
+      a->opt.sched.tuning = &a->tuning;
+      if (a->verbose)
+        fprintf(stderr, "kiln: using the schedule kiln tune measured: %s\n", a->tune_path);
+    } else if (got < 0) {
+      fprintf(stderr, "kiln: warning: ignoring %s: not a tuning file\n", a->tune_path);
+    }
+  }
+  pool_free(pool);
+}
+
+static int cmd_tune(Args *a) {
+  if (a->no_cache || !a->cache_dir[0])
+    return usage_error("%s", "tune stores what it measures in the cache: it needs one "
+                             "(no --no-cache; $XDG_CACHE_HOME or $HOME)");
+  Pool *pool = pool_new();
+  const char *text = model_text(pool, a->model);
+  char err[4096];
+  TuneResult r;
+  int rc = 1;
+  if (!text) {
+    fprintf(stderr, "kiln: error: cannot read %s: %s\n", a->model, strerror(errno));
+  } else if (tune_file_path(a->cache_dir, text, &a->opt, KILN_VERSION, a->tune_path,
+                            sizeof a->tune_path)) {
+    fprintf(stderr, "kiln: error: the cache directory path is too long\n");
+  } else if (tune_model(a->model, &a->opt, a->seconds, stderr, &r, err, sizeof err)) {
+    fputs(!strncmp(err, "error: ", 7) ? "kiln: " : "", stderr);
+    fprintf(stderr, "%s%s", err, err[0] && err[strlen(err) - 1] == '\n' ? "" : "\n");
+  } else {
+    char comment[512];
+    snprintf(comment, sizeof comment,
+             "kiln tune %s, %d thread(s): %.3f ms per train step tuned, %.3f default", a->model,
+             a->opt.sched.threads, r.tuned_ms, r.default_ms);
+    if (!tune_save(a->tune_path, &r.tuning, comment, err, sizeof err)) {
+      printf("tune: %s on %d thread(s), %d schedules tried: %.3f ms per train step tuned, "
+             "%.3f default (%+.1f%%)\n",
+             a->model, a->opt.sched.threads, r.candidates, r.tuned_ms, r.default_ms,
+             100 * (r.tuned_ms / r.default_ms - 1));
+      if (!r.kept)
+        printf("tune: the default schedule is as fast; kept it\n");
+      for (int k = 0; k < r.tuning.nconv; k++)
+        printf("  %%%d: %s\n", r.tuning.conv_node[k],
+               r.tuning.conv_algo[k] == CONV_GEMM ? "im2col + GEMM" : "direct");
+      if (r.tuning.gemm.kc > 0)
+        printf("  GEMM tiles: kc %lld, mc %lld, nc %lld\n", (long long)r.tuning.gemm.kc,
+               (long long)r.tuning.gemm.mc, (long long)r.tuning.gemm.nc);
+      printf("tune: stored in %s; build, train and check use it (--no-tune: not)\n",
+             a->tune_path);
+      rc = 0;
+    } else {
+      fprintf(stderr, "kiln: %s\n", err);
+    }
+  }
+  pool_free(pool);
+  return rc;
+}
+
 /* ---- kiln check / grad / jvp / hvp ---- */
 
 /* The checks print their results on stdout; a failure that is not a disagreement (a file, the
@@ -608,7 +701,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
-                                         "jvp", "hvp"};
+                                         "jvp", "hvp", "tune"};
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
   if (!known) return usage_error("unknown command '%s'", argv[1]);
@@ -630,6 +723,12 @@ int main(int argc, char **argv) {
   const char *cmd = a.cmd;
   a.opt.jvp = !strcmp(cmd, "jvp");
   a.opt.hvp = !strcmp(cmd, "hvp");
+  if (!strcmp(cmd, "tune")) {
+    rc = cmd_tune(&a);
+    free(a.rest);
+    return rc;
+  }
+  use_tuning(&a);
   Session s;
   if (session_open_file(&s, a.model, &a.opt)) {
     report(&s);

@@ -335,3 +335,29 @@ int kiln_write_all(int fd, const void *buf, size_t n) {
   }
   return 0;
 }
+
+int kiln_write_file_atomic(const char *path, const void *data, size_t n) {
+  char tmp[4096];
+  if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= sizeof tmp) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  int fd = mkstemp(tmp);
+  if (fd < 0)
+    return -1;
+  int bad = kiln_write_all(fd, data, n) || fsync(fd), saved = errno;
+  if (close(fd) != 0 && !bad) {
+    bad = 1;
+    saved = errno;
+  }
+  if (!bad && rename(tmp, path) != 0) {
+    bad = 1;
+    saved = errno;
+  }
+  if (bad) {
+    unlink(tmp);
+    errno = saved;
+    return -1;
+  }
+  return 0;
+}

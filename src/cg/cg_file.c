@@ -773,14 +773,14 @@ static void cg_emit_sites(Cg *cg) {
         flops += shape_flops(g, ir_at(g, j), cg->s->symvals);
     Buf line = {.pool = cg->pool};
     model_line(&line, n->loc);
-    cg_line(cg, "  {%d, \"%s\", \"%s%s\", \"%s\", %s, %d, %d},", cg->sites[i].entry,
+    cg_line(cg, "  {%d, %d, \"%s\", \"%s%s\", \"%s\", %s, %d, %d},", cg->sites[i].entry, n->id,
             kernel_name(cg, ir_at(g, cg->shared[n->id])), cg_is_tree(cg, n) ? "fused " : "",
             op_names[n->op], line.p ? line.p + 2 : "", cg_dbl(cg, flops), cg->var[n->id] ? 1 : 0,
             uses_tasks(cg, n->id) ? 1 : 0);
     buf_free(&line);
   }
   if (cg->nsites == 0)
-    cg_line(cg, "  {0, 0, 0, 0, 0, 0, 0},");
+    cg_line(cg, "  {0, 0, 0, 0, 0, 0, 0, 0},");
   cg_line(cg, "};");
   cg_line(cg, "%s", "");
 }

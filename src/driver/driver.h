@@ -128,4 +128,28 @@ int forward_model(Session *s, bool hvp, const char *params_path, const char *inp
  * KILN_OK. For builder.c, the other half of include/kiln.h. */
 int api_set_error(const char *msg);
 
+/* ================================ tune.c ================================ */
+
+/* What `kiln tune` found: the decisions (empty when the default schedule was as fast), the train
+ * step's time under the default and the tuned schedule, and how many schedules were tried. */
+typedef struct TuneResult {
+  SchedTuning tuning;
+  double default_ms, tuned_ms;
+  int candidates;
+  bool kept;
+} TuneResult;
+/* Compiles the model file at path under candidate schedules (options o otherwise), runs each
+ * one's train step for about `seconds` on o->sched.threads threads, and returns the winners;
+ * one progress line per candidate to log (NULL: none). 0, or -1 with the message in err. */
+int tune_model(const char *path, const Options *o, double seconds, FILE *log, TuneResult *out,
+               char *err, size_t cap);
+/* Where the tuning of this model text under o lives: <cache_dir>/tune/<hash>.txt, the hash over
+ * the text, kiln's version and every option the timings depend on. 0, or -1 (no cache dir). */
+int tune_file_path(const char *cache_dir, const char *model_text, const Options *o,
+                   const char *version, char *path, size_t cap);
+/* Saves t as text (one line per decision after a comment), atomically. */
+int tune_save(const char *path, const SchedTuning *t, const char *comment, char *err, size_t cap);
+/* Loads a tuning file: 1, 0 when there is none, -1 when it is not one (t is then empty). */
+int tune_load(const char *path, SchedTuning *t);
+
 #endif

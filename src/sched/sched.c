@@ -16,7 +16,8 @@
  *   disappears. `fuse = false` turns both off.
  * - Convolution algorithm: direct loop nests, or per image im2col + the blocked GEMM when the
  *   GEMM's dimensions are large enough (K >= 16, >= 8 output channels per group); the MNIST CNN's
- *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there.
+ *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there. `kiln tune`'s
+ *   measurements (SchedOptions.tuning) override this per node, and the GEMM tiles.
  * - Threads: a convolution runs as tasks fixed by the shapes (one image each; the GEMM weight
  *   gradient's in waves of `threads` images), on up to `threads` workers chosen when the program
  *   runs, each with its own scratch slot; the GEMM weight gradient adds its images' gradients in
@@ -440,6 +441,12 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
   s->opt.threads = s->opt.threads < 1 ? 1 : s->opt.threads > 64 ? 64 : s->opt.threads;
   s->batch = batch;
   s->symvals[0] = batch;
+  const SchedTuning *tuned = s->opt.tuning;
+  if (tuned) {
+    s->opt.gemm.kc = tuned->gemm.kc > 0 ? tuned->gemm.kc : s->opt.gemm.kc;
+    s->opt.gemm.mc = tuned->gemm.mc > 0 ? tuned->gemm.mc : s->opt.gemm.mc;
+    s->opt.gemm.nc = tuned->gemm.nc > 0 ? tuned->gemm.nc : s->opt.gemm.nc;
+  }
   sched_gemm_tiles(&s->opt, &s->tiles);
   int nn = g->nnodes;
   s->nnodes = nn;
@@ -488,7 +495,11 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
     if (!s->used[i] || op_is_leaf(n->op))
       continue;
     if (is_conv(n->op)) {
-      ns->conv = conv_algo(g, n, s->opt.conv);
+      ConvAlgo want = s->opt.conv;
+      for (int k = 0; tuned && k < tuned->nconv && k < SCHED_TUNED_MAX; k++)
+        if (tuned->conv_node[k] == i)
+          want = tuned->conv_algo[k];
+      ns->conv = conv_algo(g, n, want);
       /* Images are tasks, except in the direct weight gradient, which sums over them. */
       if (ns->conv == CONV_GEMM || n->op != OP_CONV2D_BWD_FILTER)
         ns->workers = s->opt.threads;
@@ -528,6 +539,21 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
 static const char *const conv_names[] = {[CONV_AUTO] = "auto", [CONV_DIRECT] = "direct",
                                          [CONV_GEMM] = "gemm"};
 
+/* " (tuned)" for a tile kiln tune measured, " (set)" for one the options gave, else "". */
+static const char *tile_note(const Schedule *s, int64_t set, int which) {
+  const SchedTuning *t = s->opt.tuning;
+  int64_t tuned = !t ? 0 : which == 0 ? t->gemm.kc : which == 1 ? t->gemm.mc : t->gemm.nc;
+  return tuned > 0 ? " (tuned)" : set > 0 ? " (set)" : "";
+}
+
+static bool conv_tuned(const Schedule *s, int id) {
+  const SchedTuning *t = s->opt.tuning;
+  for (int k = 0; t && k < t->nconv && k < SCHED_TUNED_MAX; k++)
+    if (t->conv_node[k] == id)
+      return true;
+  return false;
+}
+
 void sched_print(const Graph *g, const Schedule *s, FILE *out) {
   const Target *t = &s->opt.target;
   const GemmTiles *set = &s->opt.gemm;
@@ -537,8 +563,8 @@ void sched_print(const Graph *g, const Schedule *s, FILE *out) {
   fprintf(out, "schedule: batch %" PRId64 ", threads %d, fuse %s, conv %s, gemm tiles kc %" PRId64
                "%s mc %" PRId64 "%s nc %" PRId64 "%s, scratch %" PRId64 " bytes\n",
           s->batch, s->opt.threads, s->opt.fuse ? "on" : "off", conv_names[s->opt.conv],
-          s->tiles.kc, set->kc > 0 ? " (set)" : "", s->tiles.mc, set->mc > 0 ? " (set)" : "",
-          s->tiles.nc, set->nc > 0 ? " (set)" : "", s->scratch_bytes);
+          s->tiles.kc, tile_note(s, set->kc, 0), s->tiles.mc, tile_note(s, set->mc, 1),
+          s->tiles.nc, tile_note(s, set->nc, 2), s->scratch_bytes);
   fprintf(out, "%-6s %-20s %-24s %s\n", "node", "op", "line", "schedule");
   for (int i = 0; i < s->nnodes; i++) {
     const Node *n = ir_at(g, i);
@@ -566,7 +592,7 @@ void sched_print(const Graph *g, const Schedule *s, FILE *out) {
     if (ns->into >= 0)
       fprintf(out, " in-place(%%%d)", ns->into);
     if (is_conv(n->op))
-      fprintf(out, " conv=%s", conv_names[ns->conv]);
+      fprintf(out, " conv=%s%s", conv_names[ns->conv], conv_tuned(s, i) ? " (tuned)" : "");
     if (n->op == OP_MATMUL)
       fprintf(out, " %s", ns->gemm ? "gemm" : "loops");
     if (ns->tiles)

@@ -30,6 +30,16 @@ typedef struct GemmTiles {
   int64_t kc, mc, nc;
 } GemmTiles;
 
+/* Decisions `kiln tune` measured on this machine, overriding the cost model's: a convolution
+ * algorithm per node, and GEMM tiles (a field > 0 overrides). */
+enum { SCHED_TUNED_MAX = 256 };
+typedef struct SchedTuning {
+  int nconv;
+  int conv_node[SCHED_TUNED_MAX];
+  ConvAlgo conv_algo[SCHED_TUNED_MAX];
+  GemmTiles gemm;
+} SchedTuning;
+
 typedef struct SchedOptions {
   Target target;
   int threads;               /* the most threads parallel kernels run on (their scratch has a
@@ -38,6 +48,7 @@ typedef struct SchedOptions {
   ConvAlgo conv;
   GemmTiles gemm;            /* a field > 0 overrides the tile sched_gemm_tiles derives from the
                                 target; 0 (the default) derives it */
+  const SchedTuning *tuning; /* measured decisions (kiln tune), or NULL; overrides conv and gemm */
 } SchedOptions;
 
 /* One thread, fusion on, the cost model's convolutions, tiles from the target, and a fixed
