@@ -1036,11 +1036,11 @@ START_TEST(update_in_place_only_when_safe) {
                      ir_binary(g, OP_MUL, ir_const(g, 0.1, DT_F32, L0),
                                ir_binary(g, OP_MUL, p, p, L0), L0), L0);
   ir_add_update(g, ENTRY_TRAIN, p, pv);
-  /* q <- exp(-q)*0.5, but the output z, computed after it, still reads q. */
+  /* q <- exp(-q)*0.5, but the output z, a sum computed after it, still reads q. */
   int qv = ir_binary(g, OP_MUL, ir_unary(g, OP_EXP, ir_unary(g, OP_NEG, q, L0), L0),
                      ir_const(g, 0.5, DT_F32, L0), L0);
   ir_add_update(g, ENTRY_TRAIN, q, qv);
-  int z = ir_binary(g, OP_ADD, q, ir_unary(g, OP_SQRT, qv, L0), L0);
+  int z = ir_reduce(g, OP_SUM, q, 1, false, L0);
   ck_assert_int_gt(z, qv);
   ir_add_output(g, ENTRY_TRAIN, "z", z);
   Run r;
@@ -1049,6 +1049,30 @@ START_TEST(update_in_place_only_when_safe) {
   ck_assert_int_ne(r.plan->offset[qv], r.plan->offset[q]);
   ck_assert_msg(strstr(r.src, "memcpy(p, ") == NULL, "p is still copied\n%s", r.src);
   ck_assert_msg(strstr(r.src, "memcpy(q, ") != NULL, "q is not copied\n%s", r.src);
+  randomise(&r, 11, 0.1, 1.0);
+  for (int step = 0; step < 3; step++)
+    run_compare(&r, "train", 1);
+  run_close(&r);
+}
+END_TEST
+
+/* A later elementwise reader of an updated target joins the update's loop, which then has two
+ * outputs: the new value, written in place (it stores after computing everything, so the reader
+ * still sees the old value), and the reader's. One kernel, no copy, the reference's values. */
+START_TEST(update_in_place_in_shared_loop) {
+  int q = param("q", DT_F32, S1(C_(7)));
+  int qv = ir_binary(g, OP_MUL, ir_unary(g, OP_EXP, ir_unary(g, OP_NEG, q, L0), L0),
+                     ir_const(g, 0.5, DT_F32, L0), L0);
+  ir_add_update(g, ENTRY_TRAIN, q, qv);
+  int z = ir_binary(g, OP_ADD, q, ir_unary(g, OP_SQRT, qv, L0), L0);
+  ir_add_output(g, ENTRY_TRAIN, "z", z);
+  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, z, 1, false, L0));
+  Run r;
+  run_open(&r, 1);
+  ck_assert_int_eq(r.plan->offset[qv], r.plan->offset[q]);
+  ck_assert(r.plan->sched->node[qv].stored && r.plan->sched->node[qv].group == z);
+  ck_assert_msg(strstr(r.src, "memcpy(q, ") == NULL, "q is copied\n%s", r.src);
+  ck_assert_int_eq(kernel_defs(r.src, NULL), 2); /* the loop, the sum */
   randomise(&r, 11, 0.1, 1.0);
   for (int step = 0; step < 3; step++)
     run_compare(&r, "train", 1);
@@ -1253,12 +1277,12 @@ START_TEST(kernels_do_not_grow_with_depth) {
 }
 END_TEST
 
-/* The 4-layer stack against the reference, through the JIT (when built in) and the system
+/* The 5-layer stack against the reference, through the JIT (when built in) and the system
  * compiler: kernels shared by several layers, and a train entry long enough to be cut into
  * parts (cg_emit_part). */
 START_TEST(conv_stack_checks) {
   Buf text = {0};
-  conv_stack(4, &text);
+  conv_stack(5, &text);
   for (int c = 0; c < 2; c++) {
     if (c == 0 && !backend_has_jit())
       continue;
@@ -1267,7 +1291,7 @@ START_TEST(conv_stack_checks) {
     o.batch = 3;
     o.backend.kind = c == 0 ? BACKEND_JIT : BACKEND_CC;
     Session s;
-    ck_assert_msg(session_open_text(&s, "conv_stack4.kiln", text.p, &o) == 0 &&
+    ck_assert_msg(session_open_text(&s, "conv_stack5.kiln", text.p, &o) == 0 &&
                       session_emit(&s) == 0,
                   "%s", s.error);
     ck_assert_msg(strstr(s.c.p, "kiln_train_part2(") != NULL, "the train entry is one function");
@@ -1810,6 +1834,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, update_chain_order);
   tcase_add_test(tc, fused_chain_is_one_kernel);
   tcase_add_test(tc, update_in_place_only_when_safe);
+  tcase_add_test(tc, update_in_place_in_shared_loop);
   tcase_add_test(tc, train_entry_unaffected_by_apply);
   tcase_add_test(tc, every_compiler_and_level);
   tcase_add_loop_test(tc, fusion_matches_unfused, 0, 2);

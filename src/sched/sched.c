@@ -214,16 +214,66 @@ static bool flat_map(const Graph *g, const Node *n) {
   return true;
 }
 
-void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(int x, void *arg),
-                           void *arg) {
-  const Node *nd = ir_at(g, n);
+bool sched_reads(const Node *n, int k) {
+  if (n->op == OP_SUM_TO || n->op == OP_EXPAND)
+    return k == 0;
+  return n->op != OP_NUMEL;
+}
+
+/* A walk over what one kernel computes in registers, each node once. */
+typedef struct KernelWalk {
+  const Graph *g;
+  const Schedule *s;
+  int root;
+  void (*fn)(int x, void *arg);
+  void *arg;
+  int nseen, seen[4 * SCHED_FUSE_MAX_NODES];
+} KernelWalk;
+
+static bool walk_seen(KernelWalk *w, int x) {
+  for (int i = 0; i < w->nseen; i++)
+    if (w->seen[i] == x)
+      return true;
+  KILN_ASSERT(w->nseen < (int)(sizeof w->seen / sizeof w->seen[0]));
+  w->seen[w->nseen++] = x;
+  return false;
+}
+
+static void walk_operands(KernelWalk *w, int n) {
+  const Node *nd = ir_at(w->g, n);
   for (int k = 0; k < nd->nin; k++) {
     int x = nd->in[k];
-    if (s->node[x].fused)
-      sched_kernel_operands(g, s, x, fn, arg);
-    else
-      fn(x, arg);
+    if (!sched_reads(nd, k))
+      continue;
+    if (!sched_in_kernel(w->s, x, w->root))
+      w->fn(x, w->arg);
+    else if (!walk_seen(w, x))
+      walk_operands(w, x);
   }
+}
+
+void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(int x, void *arg),
+                           void *arg) {
+  KernelWalk w = {.g = g, .s = s, .root = n, .fn = fn, .arg = arg};
+  walk_operands(&w, n);
+}
+
+static void walk_outputs(KernelWalk *w, int n) {
+  const Node *nd = ir_at(w->g, n);
+  for (int k = 0; k < nd->nin; k++) {
+    int x = nd->in[k];
+    if (sched_reads(nd, k) && sched_in_kernel(w->s, x, w->root) && !walk_seen(w, x)) {
+      walk_outputs(w, x);
+      if (w->s->node[x].stored)
+        w->fn(x, w->arg);
+    }
+  }
+}
+
+void sched_kernel_outputs(const Graph *g, const Schedule *s, int root, void (*fn)(int x, void *arg),
+                          void *arg) {
+  KernelWalk w = {.g = g, .s = s, .root = root, .fn = fn, .arg = arg};
+  walk_outputs(&w, root);
 }
 
 typedef struct LastRead {
@@ -247,7 +297,51 @@ static bool fusible_everywhere(const Graph *g, const int *pinned, int x, const i
   return seen_in[x] && !bad[x] && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn);
 }
 
-/* Fills fused, into and group; entries[i] has bit e set when entry e runs node i. */
+/* The state of fusion while groups grow: consumers of each node (data reads in some entry, a
+ * compressed list), each kernel's members. */
+typedef struct Fuse {
+  const Graph *g;
+  Schedule *s;
+  const int *entries;
+  int *cstart, *cons;   /* consumers of i: cons[cstart[i] .. cstart[i + 1]) */
+  int *next;            /* members of a group as a list from its root: root, next[root], ... */
+  int *tail;            /* per root: the last node of its list */
+  int *size;            /* per root: nodes its loop computes (members and tree nodes) */
+} Fuse;
+
+/* Whether every consumer outside the group of roots a and b (merged, root c) of a member of either
+ * runs after c's kernel: a member is stored where c's loop runs, so an earlier reader would find
+ * it missing. A tree node reading a member counts as outside (its kernel may be elsewhere). */
+static bool readers_after(const Fuse *f, int a, int b, int c) {
+  for (int r = 0; r < 2; r++)
+    for (int m = r ? b : a; m >= 0; m = f->next[m])
+      for (int j = f->cstart[m]; j < f->cstart[m + 1]; j++) {
+        int e = f->cons[j], ge = f->s->node[e].group;
+        bool inside = !(f->s->node[e].fused && !f->s->node[e].member) && (ge == a || ge == b);
+        if (!inside && e < c)
+          return false;
+      }
+  return true;
+}
+
+/* Adds group `from` (a root) to group `to` (a root). */
+static void fuse_join(Fuse *f, int from, int to) {
+  for (int m = from; m >= 0; m = f->next[m]) {
+    f->s->node[m].group = to;
+    f->s->node[m].fused = f->s->node[m].member = true;
+  }
+  f->next[f->tail[to]] = from;
+  f->tail[to] = f->tail[from];
+  f->size[to] += f->size[from];
+}
+
+static void note_stored(int x, void *arg) {
+  Schedule *s = arg;
+  if (s->node[x].member)
+    s->node[x].stored = true;
+}
+
+/* Fills fused, member, stored, into and group; entries[i] has bit e set when entry e runs i. */
 static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
   int nn = g->nnodes;
   for (int i = 0; i < nn; i++) {
@@ -261,10 +355,14 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
   bool *decided = pool_alloc(pool, (size_t)nn * sizeof(bool));
   int *pinned = pool_alloc(pool, (size_t)nn * sizeof(int));  /* output or update value somewhere */
   int *outputs = pool_alloc(pool, (size_t)nn * sizeof(int)); /* output of some entry */
-  int *size = pool_alloc(pool, (size_t)nn * sizeof(int));    /* nodes in i's fused tree */
   int *last = pool_alloc(pool, (size_t)nn * sizeof(int));
   int *into = pool_alloc(pool, (size_t)nn * sizeof(int));    /* -2: no update has i as value */
   int *into_entries = pool_alloc(pool, (size_t)nn * sizeof(int));
+  Fuse f = {.g = g, .s = s, .entries = entries};
+  f.cstart = pool_alloc(pool, (size_t)(nn + 1) * sizeof(int));
+  f.next = pool_alloc(pool, (size_t)nn * sizeof(int));
+  f.tail = pool_alloc(pool, (size_t)nn * sizeof(int));
+  f.size = pool_alloc(pool, (size_t)nn * sizeof(int));
   for (int e = 0; e < ENTRY_COUNT; e++) {
     const Entry *en = &g->entries[e];
     for (int o = 0; o < en->noutputs; o++) {
@@ -274,49 +372,91 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
     for (int u = 0; u < en->nupdates; u++)
       pinned[en->updates[u].value]++;
   }
+  int ncons = 0;
   for (int c = 0; c < nn; c++) {
     const Node *cn = ir_at(g, c);
+    f.next[c] = -1;
+    f.tail[c] = c;
     if (!entries[c])
       continue;
     for (int k = 0; k < cn->nin; k++) {
       int x = cn->in[k];
       const Node *xn = ir_at(g, x);
+      if (!sched_reads(cn, k))
+        continue;
+      f.cstart[x + 1]++;
+      ncons++;
       if ((seen_in[x] & entries[c]) || !flat_map(g, cn) || !shape_eq(&xn->shape, &cn->shape) ||
           xn->dtype != cn->dtype)
         bad[x] = true;
       seen_in[x] |= entries[c];
     }
   }
+  for (int i = 0; i < nn; i++)
+    f.cstart[i + 1] += f.cstart[i];
+  f.cons = pool_alloc(pool, (size_t)(ncons + 1) * sizeof(int));
+  int *fill = pool_alloc(pool, (size_t)(nn + 1) * sizeof(int));
+  for (int c = 0; c < nn; c++)
+    for (int k = 0; k < ir_at(g, c)->nin && entries[c]; k++)
+      if (sched_reads(ir_at(g, c), k)) {
+        int x = ir_at(g, c)->in[k];
+        f.cons[f.cstart[x] + fill[x]++] = c;
+      }
 
-  /* Consumers in id order, so an input's own tree is complete when it is considered. The first
-   * consumer to see a shared input decides for all (its size bound is the only choice left). */
+  /* Consumers in id order, so an input's own group is complete when it is considered. An input
+   * that is a tree (one consumer per entry, no members) is computed inside each consumer's loop,
+   * as before; the first consumer to see a shared input decides for all (its size bound is the
+   * only choice left). Otherwise the input's group joins the consumer's when both run in the same
+   * entries, every reader outside runs after the consumer and the loop stays small: one loop
+   * then stores each member something outside reads (several outputs) and keeps the rest in
+   * registers. */
   for (int c = 0; c < nn; c++) {
     const Node *cn = ir_at(g, c);
     if (!entries[c] || !flat_map(g, cn))
       continue;
-    size[c] = 1;
+    f.size[c] = 1;
     for (int k = 0; k < cn->nin; k++) {
       int x = cn->in[k];
-      if (!decided[x] && fusible_everywhere(g, pinned, x, seen_in, bad)) {
+      const Node *xn = ir_at(g, x);
+      if (s->node[x].fused && s->node[x].member && s->node[x].group == c)
+        continue; /* read twice, or through another input */
+      if (!decided[x] && fusible_everywhere(g, pinned, x, seen_in, bad) && f.next[x] < 0) {
         decided[x] = true;
-        s->node[x].fused = size[c] + size[x] <= SCHED_FUSE_MAX_NODES;
+        s->node[x].fused = f.size[c] + f.size[x] <= SCHED_FUSE_MAX_NODES;
       }
-      if (s->node[x].fused)
-        size[c] += size[x];
+      if (s->node[x].fused && !s->node[x].member) {
+        f.size[c] += f.size[x];
+        continue;
+      }
+      if (s->node[x].fused || op_is_leaf(xn->op) || !flat_map(g, xn) || !entries[x] ||
+          entries[x] != entries[c] || !shape_eq(&xn->shape, &cn->shape) ||
+          xn->dtype != cn->dtype || f.size[c] + f.size[x] > SCHED_FUSE_MAX_NODES ||
+          !readers_after(&f, x, c, c))
+        continue;
+      fuse_join(&f, x, c);
     }
   }
-  /* A consumer has a larger id than its inputs: walking down, each fused node's consumer already
+  /* A consumer has a larger id than its inputs: walking down, each tree node's consumer already
    * knows its group (a node fused into several entries' loops is printed with the last). */
   for (int c = nn - 1; c >= 0; c--)
     for (int k = 0; k < ir_at(g, c)->nin; k++) {
       int x = ir_at(g, c)->in[k];
-      if (s->node[x].fused && entries[c])
+      if (s->node[x].fused && !s->node[x].member && entries[c])
         s->node[x].group = s->node[c].group;
     }
+  /* A member is stored when a kernel outside its group reads it, or it is pinned. */
+  for (int i = 0; i < nn; i++) {
+    if (s->node[i].member && pinned[i])
+      s->node[i].stored = true;
+    if (entries[i] && !op_is_leaf(ir_at(g, i)->op) && !s->node[i].fused)
+      sched_kernel_operands(g, s, i, note_stored, s);
+  }
 
   /* Updates written in place: value v takes target t's storage when, in every entry that runs v,
    * v is the value of exactly one update, to t, t is the target of no other update and no kernel
-   * of that entry after v reads t; v is no output and t no update's value. */
+   * of that entry after the one computing v reads t; v is no output and t no update's value. A
+   * loop with several outputs stores them after computing all of them, so its own reads of t
+   * see the old value. */
   for (int i = 0; i < nn; i++)
     into[i] = -2;
   for (int e = 0; e < ENTRY_COUNT; e++) {
@@ -333,9 +473,9 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
       int t = en->updates[u].target, v = en->updates[u].value;
       const Node *tn = ir_at(g, t), *vn = ir_at(g, v);
       bool ok = !op_is_leaf(vn->op) && flat_map(g, vn) && (entries[v] & (1 << e)) &&
-                !outputs[v] && !s->node[v].fused && (tn->op == OP_PARAM || tn->op == OP_STATE) &&
-                shape_eq(&tn->shape, &vn->shape) && tn->dtype == vn->dtype && last[t] <= v &&
-                !pinned[t];
+                !outputs[v] && (!s->node[v].fused || s->node[v].stored) &&
+                (tn->op == OP_PARAM || tn->op == OP_STATE) && shape_eq(&tn->shape, &vn->shape) &&
+                tn->dtype == vn->dtype && last[t] <= s->node[v].group && !pinned[t];
       for (int o = 0; o < en->nupdates && ok; o++)
         if (o != u && (en->updates[o].target == t || en->updates[o].value == v))
           ok = false;
@@ -355,7 +495,7 @@ bool sched_is_tree(const Graph *g, const Schedule *s, int id) {
   if (s->node[id].into >= 0)
     return true;
   for (int k = 0; k < n->nin; k++)
-    if (s->node[n->in[k]].fused)
+    if (sched_reads(n, k) && sched_in_kernel(s, n->in[k], id))
       return true;
   return false;
 }
@@ -506,7 +646,10 @@ void sched_print(const Graph *g, const Schedule *s, FILE *out) {
     }
     fprintf(out, "%%%-5d %-20s %-24s", i, op_names[n->op], where);
     if (ns->fused) {
-      fprintf(out, " fused into %%%d\n", ns->group);
+      fprintf(out, " fused into %%%d%s", ns->group, ns->stored ? " stored" : "");
+      if (ns->into >= 0)
+        fprintf(out, " in-place(%%%d)", ns->into);
+      fputc('\n', out);
       continue;
     }
     fprintf(out, " kernel");

@@ -192,23 +192,18 @@ static KILN_NOINLINE void k4_matmul(double *restrict y, const double *restrict b
   }
 }
 
-/* %5 = add(%4, %3 b) -> z  f64 [1, 1]  linear_toy.kiln:15 */
-static KILN_NOINLINE void k5_add(double *restrict y, const double *restrict a, const double *restrict b) {
-  y[0] = a[0] + b[0];
-}
-
-/* %6 = sub(%1 y, %5 z) -> t6  f64 [1, 1]  linear_toy.kiln:16 */
-static KILN_NOINLINE void k6_sub(double *restrict y, const double *restrict b) {
-  y[0] = ((double)lit1_y[0]) - b[0];
-}
-
-/* %10 = mul(%9, %8) -> t10  f64 [1, 1]  linear_toy.kiln:16  fused: v0 = %8 pow */
+/* %10 = mul(%9, %8) -> t10  f64 [1, 1]  linear_toy.kiln:16  fused: v0 = %5 add (stored), v1 = %6 sub (stored), v2 = %8 pow */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k10_mul(double *restrict y, const double *restrict x0) {
-  const double v0 = pow(x0[0], ((double)2));
-  y[0] = ((double)0.5) * v0;
+static KILN_NOINLINE void k10_mul(double *restrict y, double *restrict z0, double *restrict z1, const double *restrict x0, const double *restrict x1) {
+  const double v0 = x0[0] + x1[0];
+  const double v1 = ((double)lit1_y[0]) - v0;
+  const double v2 = pow(v1, ((double)2));
+  const double v3 = ((double)0.5) * v2;
+  z0[0] = v0;
+  z1[0] = v1;
+  y[0] = v3;
 }
 
 /* %11 = sum(%10) -> loss  f64 []  linear_toy.kiln:16  also %20 (line 15) */
@@ -281,19 +276,17 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   double *const b = (double *)(arena + 64);
   double *const t4 = (double *)(arena + 320);
   double *const z = (double *)(arena + 384);
-  double *const t6 = (double *)(arena + 320);
-  double *const t10 = (double *)(arena + 448);
-  double *const loss = (double *)(arena + 512);
+  double *const t6 = (double *)(arena + 448);
+  double *const t10 = (double *)(arena + 512);
+  double *const loss = (double *)(arena + 320);
   double *const t13 = (double *)(arena + 384);
-  double *const t15 = (double *)(arena + 448);
+  double *const t15 = (double *)(arena + 512);
   double *const t19 = (double *)(arena + 576);
-  double *const t20 = (double *)(arena + 320);
-  double *const t21 = (double *)(arena + 384);
+  double *const t20 = (double *)(arena + 384);
+  double *const t21 = (double *)(arena + 448);
   double *const lr = (double *)(arena + 256);
   k4_matmul(t4, w);
-  k5_add(z, t4, b);
-  k6_sub(t6, z);
-  k10_mul(t10, t6);
+  k10_mul(t10, z, t6, t4, b);
   k11_sum(loss, t10);
   k13_reshape(t13);
   k15_sub(t15);
@@ -311,13 +304,11 @@ static void kiln_eval(unsigned char *arena, int64_t B) {
   double *const b = (double *)(arena + 64);
   double *const t4 = (double *)(arena + 320);
   double *const z = (double *)(arena + 384);
-  double *const t6 = (double *)(arena + 320);
-  double *const t10 = (double *)(arena + 448);
-  double *const loss = (double *)(arena + 512);
+  double *const t6 = (double *)(arena + 448);
+  double *const t10 = (double *)(arena + 512);
+  double *const loss = (double *)(arena + 320);
   k4_matmul(t4, w);
-  k5_add(z, t4, b);
-  k6_sub(t6, z);
-  k10_mul(t10, t6);
+  k10_mul(t10, z, t6, t4, b);
   k11_sum(loss, t10);
 }
 
@@ -328,20 +319,18 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   double *const b = (double *)(arena + 64);
   double *const t4 = (double *)(arena + 320);
   double *const z = (double *)(arena + 384);
-  double *const t6 = (double *)(arena + 320);
-  double *const t10 = (double *)(arena + 448);
-  double *const loss = (double *)(arena + 512);
+  double *const t6 = (double *)(arena + 448);
+  double *const t10 = (double *)(arena + 512);
+  double *const loss = (double *)(arena + 320);
   double *const t13 = (double *)(arena + 384);
-  double *const t15 = (double *)(arena + 448);
+  double *const t15 = (double *)(arena + 512);
   double *const t19 = (double *)(arena + 576);
-  double *const t20 = (double *)(arena + 320);
-  double *const t21 = (double *)(arena + 384);
+  double *const t20 = (double *)(arena + 384);
+  double *const t21 = (double *)(arena + 448);
   double *const grad_w = (double *)(arena + 128);
   double *const grad_b = (double *)(arena + 192);
   k4_matmul(t4, w);
-  k5_add(z, t4, b);
-  k6_sub(t6, z);
-  k10_mul(t10, t6);
+  k10_mul(t10, z, t6, t4, b);
   k11_sum(loss, t10);
   k13_reshape(t13);
   k15_sub(t15);
@@ -386,11 +375,11 @@ static const kiln_tensor kiln_tensors[8] = {
    .init_a = 0.01, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 512, .entries = 5, .init = KILN_INIT_ZEROS,
+   .batch_axis = -1, .offset = 320, .entries = 5, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 512, .entries = 2, .init = KILN_INIT_ZEROS,
+   .batch_axis = -1, .offset = 320, .entries = 2, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.output", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 2, .dims = {1, 1},
