@@ -198,8 +198,11 @@ static const bool fusible[OP_COUNT] = {
     [OP_EXP] = true,        [OP_LOG] = true,         [OP_SQRT] = true,
     [OP_RELU] = true,       [OP_RELU_GRAD] = true,   [OP_SIGMOID] = true,
     [OP_TANH] = true,       [OP_LEAKY_RELU] = true,  [OP_LEAKY_RELU_GRAD] = true,
+    [OP_EXPAND] = true,     /* a broadcast read, such as batch norm's per-channel gradient terms */
 };
 
+
+bool sched_reads(const Node *n, int k);
 
 /* Whether n can be part of a fused loop nest over its elements: a fusible op whose operands
  * have its type (scalar constants: any type, cast when read); they may be broadcast. */
@@ -208,7 +211,7 @@ static bool flat_map(const Graph *g, const Node *n) {
     return false;
   for (int k = 0; k < n->nin; k++) {
     const Node *x = ir_at(g, n->in[k]);
-    if (x->dtype != n->dtype && x->op != OP_CONST)
+    if (sched_reads(n, k) && x->dtype != n->dtype && x->op != OP_CONST)
       return false;
   }
   return true;

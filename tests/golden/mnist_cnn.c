@@ -1214,32 +1214,24 @@ static KILN_NOINLINE void k147_div(float *restrict y, const float *restrict x0, 
   }
 }
 
-/* %148 = expand(%147, %57) -> t148  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  also %156 (line 14) */
-static KILN_NOINLINE void k148_expand(float *restrict y, const float *restrict a, int64_t B) {
-  KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t i0 = 0; i0 < B; i0++) {
-    KILN_NO_UNROLL
-    for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        y[i0*6272 + i1*196 + i2] = a[i1];
-      }
-    }
-  }
-}
-
-/* %152 = neg(%151) -> t152  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %149 mul, v1 = %150 add, v2 = %151 add (stored)  also %181 (line 11) */
+/* %152 = neg(%151) -> t152  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %148 expand, v1 = %149 mul, v2 = %150 add, v3 = %151 add (stored) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k152_neg(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    const float v0 = x1[i0] * x2[i0];
-    const float v1 = x0[i0] + v0;
-    const float v2 = v1 + v0;
-    const float v3 = -v2;
-    z0[i0] = v2;
-    y[i0] = v3;
+  for (int64_t i0 = 0; i0 < B; i0++) {
+    for (int64_t i1 = 0; i1 < 32; i1++) {
+      for (int64_t i2 = 0; i2 < 196; i2++) {
+        const float v0 = x1[i1];
+        const float v1 = v0 * x2[i0*6272 + i1*196 + i2];
+        const float v2 = x0[i0*6272 + i1*196 + i2] + v1;
+        const float v3 = v2 + v1;
+        const float v4 = -v3;
+        z0[i0*6272 + i1*196 + i2] = v3;
+        y[i0*6272 + i1*196 + i2] = v4;
+      }
+    }
   }
 }
 
@@ -1250,11 +1242,19 @@ static KILN_NOINLINE void k155_div(float *restrict y, const float *restrict a, c
   }
 }
 
-/* %157 = add(%151, %156) -> t157  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  also %186 (line 11) */
-static KILN_NOINLINE void k157_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+/* %157 = add(%151, %156) -> t157  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %156 expand */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static KILN_NOINLINE void k157_add(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] + b[i0];
+  for (int64_t i0 = 0; i0 < B; i0++) {
+    for (int64_t i1 = 0; i1 < 32; i1++) {
+      for (int64_t i2 = 0; i2 < 196; i2++) {
+        const float v0 = x1[i1];
+        y[i0*6272 + i1*196 + i2] = x0[i0*6272 + i1*196 + i2] + v0;
+      }
+    }
   }
 }
 
@@ -1545,14 +1545,22 @@ static KILN_NOINLINE void k176_div(float *restrict y, const float *restrict x0, 
   }
 }
 
-/* %177 = expand(%176, %15) -> t177  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  also %185 (line 11) */
-static KILN_NOINLINE void k177_expand(float *restrict y, const float *restrict a, int64_t B) {
+/* %181 = neg(%180) -> t181  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %177 expand, v1 = %178 mul, v2 = %179 add, v3 = %180 add (stored) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static KILN_NOINLINE void k181_neg(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
-    KILN_NO_UNROLL
     for (int64_t i1 = 0; i1 < 8; i1++) {
       for (int64_t i2 = 0; i2 < 784; i2++) {
-        y[i0*6272 + i1*784 + i2] = a[i1];
+        const float v0 = x1[i1];
+        const float v1 = v0 * x2[i0*6272 + i1*784 + i2];
+        const float v2 = x0[i0*6272 + i1*784 + i2] + v1;
+        const float v3 = v2 + v1;
+        const float v4 = -v3;
+        z0[i0*6272 + i1*784 + i2] = v3;
+        y[i0*6272 + i1*784 + i2] = v4;
       }
     }
   }
@@ -1562,6 +1570,22 @@ static KILN_NOINLINE void k177_expand(float *restrict y, const float *restrict a
 static KILN_NOINLINE void k184_div(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = a[i0] / b[0];
+  }
+}
+
+/* %186 = add(%180, %185) -> t186  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %185 expand */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static KILN_NOINLINE void k186_add(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
+  for (int64_t i0 = 0; i0 < B; i0++) {
+    for (int64_t i1 = 0; i1 < 8; i1++) {
+      for (int64_t i2 = 0; i2 < 784; i2++) {
+        const float v0 = x1[i1];
+        y[i0*6272 + i1*784 + i2] = x0[i0*6272 + i1*784 + i2] + v0;
+      }
+    }
   }
 }
 
@@ -1952,17 +1976,15 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   float *const t141 = (float *)(arena + 30468992);
   float *const t142 = (float *)(arena + 27257728);
   float *const t146 = (float *)(arena + 27257856);
-  float *const t147 = (float *)(arena + 28863360);
-  float *const t148 = (float *)(arena + 27257728);
-  float *const t151 = (float *)(arena + 28863360);
-  float *const t152 = (float *)(arena + 30468992);
+  float *const t147 = (float *)(arena + 30468992);
+  float *const t151 = (float *)(arena + 27257728);
+  float *const t152 = (float *)(arena + 28863360);
   float *const t153 = (float *)(arena + 25652096);
   float *const t154 = (float *)(arena + 25652224);
-  float *const t155 = (float *)(arena + 27257728);
-  float *const t156 = (float *)(arena + 25652096);
-  float *const t157 = (float *)(arena + 27257728);
-  float *const t158 = (float *)(arena + 28863360);
-  float *const t159 = (float *)(arena + 29264768);
+  float *const t155 = (float *)(arena + 28863360);
+  float *const t157 = (float *)(arena + 25652096);
+  float *const t158 = (float *)(arena + 27257728);
+  float *const t159 = (float *)(arena + 27659136);
   float *const t160 = (float *)(arena + 25652096);
   float *const t161 = (float *)(arena + 24046464);
   float *const t162 = (float *)(arena + 27257728);
@@ -1975,25 +1997,23 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   float *const t171 = (float *)(arena + 24046464);
   float *const t172 = (float *)(arena + 20835200);
   float *const t175 = (float *)(arena + 20835264);
-  float *const t176 = (float *)(arena + 22440832);
-  float *const t177 = (float *)(arena + 20835200);
-  float *const t180 = (float *)(arena + 22440832);
-  float *const t181 = (float *)(arena + 24046464);
+  float *const t176 = (float *)(arena + 24046464);
+  float *const t180 = (float *)(arena + 20835200);
+  float *const t181 = (float *)(arena + 22440832);
   float *const t182 = (float *)(arena + 19229568);
   float *const t183 = (float *)(arena + 19229632);
-  float *const t184 = (float *)(arena + 20835200);
-  float *const t185 = (float *)(arena + 19229568);
-  float *const t186 = (float *)(arena + 20835200);
-  float *const t187 = (float *)(arena + 19229568);
-  float *const t189 = (float *)(arena + 19230016);
-  float *const t190 = (float *)(arena + 19229888);
+  float *const t184 = (float *)(arena + 22440832);
+  float *const t186 = (float *)(arena + 19229568);
+  float *const t187 = (float *)(arena + 20835200);
+  float *const t189 = (float *)(arena + 19229696);
+  float *const t190 = (float *)(arena + 19229568);
   float *const lr = (float *)(arena + 7632896);
   float *const adam_step = (float *)(arena + 7632960);
   float *const conv1_weight_exp_avg = (float *)(arena + 7633024);
   float *const conv1_weight_exp_avg_sq = (float *)(arena + 7633344);
-  float *const t219 = (float *)(arena + 19230080);
-  float *const t222 = (float *)(arena + 19230144);
-  float *const t224 = (float *)(arena + 19230080);
+  float *const t219 = (float *)(arena + 19229760);
+  float *const t222 = (float *)(arena + 19229824);
+  float *const t224 = (float *)(arena + 19229760);
   float *const conv1_bias_exp_avg = (float *)(arena + 7633664);
   float *const conv1_bias_exp_avg_sq = (float *)(arena + 7633728);
   float *const bn1_weight_exp_avg = (float *)(arena + 7633792);
@@ -2074,13 +2094,11 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k132_sum_to(t142, t141, scratch, B);  /* %142 */
   k62_numel(t146, B);  /* %146 */
   k147_div(t147, t142, t60, t146);
-  k148_expand(t148, t147, B);
-  k152_neg(t152, t151, t138, t148, t56, B);
+  k152_neg(t152, t151, t138, t147, t56, B);
   k132_sum_to(t153, t152, scratch, B);  /* %153 */
   k62_numel(t154, B);  /* %154 */
   k155_div(t155, t153, t154);
-  k148_expand(t156, t155, B);  /* %156 */
-  k157_add(t157, t151, t156, B);
+  k157_add(t157, t151, t155, B);
   k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
   k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
   k160_maxpool2d_grad(t160, t42, t158, B);
@@ -2093,13 +2111,11 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k162_sum_to(t172, t171, scratch, B);  /* %172 */
   k21_numel(t175, B);  /* %175 */
   k176_div(t176, t172, t19, t175);
-  k177_expand(t177, t176, B);
-  k152_neg(t181, t180, t168, t177, t14, B);  /* %181 */
+  k181_neg(t181, t180, t168, t176, t14, B);
   k162_sum_to(t182, t181, scratch, B);  /* %182 */
   k21_numel(t183, B);  /* %183 */
   k184_div(t184, t182, t183);
-  k177_expand(t185, t184, B);  /* %185 */
-  k157_add(t186, t180, t185, B);  /* %186 */
+  k186_add(t186, t180, t184, B);
   k187_conv2d_bwd_filter(t187, image, t186, scratch, B);
   k189_expand(t189);
   k190_expand(t190);
@@ -2282,17 +2298,15 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   float *const t141 = (float *)(arena + 30468992);
   float *const t142 = (float *)(arena + 27257728);
   float *const t146 = (float *)(arena + 27257856);
-  float *const t147 = (float *)(arena + 28863360);
-  float *const t148 = (float *)(arena + 27257728);
-  float *const t151 = (float *)(arena + 28863360);
-  float *const t152 = (float *)(arena + 30468992);
+  float *const t147 = (float *)(arena + 30468992);
+  float *const t151 = (float *)(arena + 27257728);
+  float *const t152 = (float *)(arena + 28863360);
   float *const t153 = (float *)(arena + 25652096);
   float *const t154 = (float *)(arena + 25652224);
-  float *const t155 = (float *)(arena + 27257728);
-  float *const t156 = (float *)(arena + 25652096);
-  float *const t157 = (float *)(arena + 27257728);
-  float *const t158 = (float *)(arena + 28863360);
-  float *const t159 = (float *)(arena + 29264768);
+  float *const t155 = (float *)(arena + 28863360);
+  float *const t157 = (float *)(arena + 25652096);
+  float *const t158 = (float *)(arena + 27257728);
+  float *const t159 = (float *)(arena + 27659136);
   float *const t160 = (float *)(arena + 25652096);
   float *const t161 = (float *)(arena + 24046464);
   float *const t162 = (float *)(arena + 27257728);
@@ -2305,18 +2319,16 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   float *const t171 = (float *)(arena + 24046464);
   float *const t172 = (float *)(arena + 20835200);
   float *const t175 = (float *)(arena + 20835264);
-  float *const t176 = (float *)(arena + 22440832);
-  float *const t177 = (float *)(arena + 20835200);
-  float *const t180 = (float *)(arena + 22440832);
-  float *const t181 = (float *)(arena + 24046464);
+  float *const t176 = (float *)(arena + 24046464);
+  float *const t180 = (float *)(arena + 20835200);
+  float *const t181 = (float *)(arena + 22440832);
   float *const t182 = (float *)(arena + 19229568);
   float *const t183 = (float *)(arena + 19229632);
-  float *const t184 = (float *)(arena + 20835200);
-  float *const t185 = (float *)(arena + 19229568);
-  float *const t186 = (float *)(arena + 20835200);
-  float *const t187 = (float *)(arena + 19229568);
-  float *const t189 = (float *)(arena + 19230016);
-  float *const t190 = (float *)(arena + 19229888);
+  float *const t184 = (float *)(arena + 22440832);
+  float *const t186 = (float *)(arena + 19229568);
+  float *const t187 = (float *)(arena + 20835200);
+  float *const t189 = (float *)(arena + 19229696);
+  float *const t190 = (float *)(arena + 19229568);
   float *const grad_conv1_weight = (float *)(arena + 3816704);
   float *const grad_conv1_bias = (float *)(arena + 3817024);
   float *const grad_bn1_weight = (float *)(arena + 3817088);
@@ -2387,13 +2399,11 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k132_sum_to(t142, t141, scratch, B);  /* %142 */
   k62_numel(t146, B);  /* %146 */
   k147_div(t147, t142, t60, t146);
-  k148_expand(t148, t147, B);
-  k152_neg(t152, t151, t138, t148, t56, B);
+  k152_neg(t152, t151, t138, t147, t56, B);
   k132_sum_to(t153, t152, scratch, B);  /* %153 */
   k62_numel(t154, B);  /* %154 */
   k155_div(t155, t153, t154);
-  k148_expand(t156, t155, B);  /* %156 */
-  k157_add(t157, t151, t156, B);
+  k157_add(t157, t151, t155, B);
   k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
   k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
   k160_maxpool2d_grad(t160, t42, t158, B);
@@ -2406,13 +2416,11 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k162_sum_to(t172, t171, scratch, B);  /* %172 */
   k21_numel(t175, B);  /* %175 */
   k176_div(t176, t172, t19, t175);
-  k177_expand(t177, t176, B);
-  k152_neg(t181, t180, t168, t177, t14, B);  /* %181 */
+  k181_neg(t181, t180, t168, t176, t14, B);
   k162_sum_to(t182, t181, scratch, B);  /* %182 */
   k21_numel(t183, B);  /* %183 */
   k184_div(t184, t182, t183);
-  k177_expand(t185, t184, B);  /* %185 */
-  k157_add(t186, t180, t185, B);  /* %186 */
+  k186_add(t186, t180, t184, B);
   k187_conv2d_bwd_filter(t187, image, t186, scratch, B);
   k189_expand(t189);
   k190_expand(t190);
@@ -2461,9 +2469,9 @@ static void kiln_apply(unsigned char *arena, int64_t B) {
   float *const adam_step = (float *)(arena + 7632960);
   float *const conv1_weight_exp_avg = (float *)(arena + 7633024);
   float *const conv1_weight_exp_avg_sq = (float *)(arena + 7633344);
-  float *const t219 = (float *)(arena + 19230080);
-  float *const t222 = (float *)(arena + 19230144);
-  float *const t224 = (float *)(arena + 19230080);
+  float *const t219 = (float *)(arena + 19229760);
+  float *const t222 = (float *)(arena + 19229824);
+  float *const t224 = (float *)(arena + 19229760);
   float *const conv1_bias_exp_avg = (float *)(arena + 7633664);
   float *const conv1_bias_exp_avg_sq = (float *)(arena + 7633728);
   float *const bn1_weight_exp_avg = (float *)(arena + 7633792);
