@@ -182,6 +182,7 @@ void cg_tree_arg(int x, void *arg);
 void cg_tree_args(Cg *cg, const Node *root, CgTreeArgs *ta, bool all);
 void cg_tree_comment(Cg *cg, const Node *n, Buf *b);
 void cg_emit_tree(Cg *cg, const Node *n, CgTreeArgs *ta);
+void cg_emit_reduce_tree(Cg *cg, const Node *n, CgTreeArgs *ta);
 
 /* ================================ cg_gemm.c ================================ */
 

@@ -420,7 +420,9 @@ static KernelText kernel_text(Cg *cg, const Node *n) {
    * only in kernels inlined into an entry, below the entry's check). */
   if (cg->var[n->id])
     cg_line(cg, "KILN_ASSUME(B >= 1 && B <= %" PRId64 ");", cg->plan->batch);
-  if (tree)
+  if (tree && cg_op_c[n->op] == NULL)
+    cg_emit_reduce_tree(cg, n, &ta); /* a sum or mean computing its input's loop */
+  else if (tree)
     cg_emit_tree(cg, n, &ta);
   else
     emitters[n->op](cg, n);

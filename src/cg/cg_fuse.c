@@ -105,28 +105,44 @@ static bool in_loop(Cg *cg, const CgTreeArgs *ta, const Node *n, int k) {
   return sched_reads(n, k) && sched_in_kernel(cg->s, n->in[k], ta->root->id);
 }
 
-/* Inner nodes first (post-order, each once), each into the next register; the root into y. A
- * loop with several outputs computes every value before it stores any, so that an output written
- * in place of an operand never changes what another value of the same element reads. */
-static void tree_node(Cg *cg, CgTreeArgs *ta, const Node *n) {
+/* Computes n into the next register after its inputs in the loop (post-order, each once);
+ * returns the register. */
+static int tree_value(Cg *cg, CgTreeArgs *ta, const Node *n) {
   for (int k = 0; k < n->nin; k++)
     if (in_loop(cg, ta, n, k) && local_of(ta, n->in[k]) < 0)
-      tree_node(cg, ta, ir_at(cg->g, n->in[k]));
+      tree_value(cg, ta, ir_at(cg->g, n->in[k]));
   const char *a = tree_opnd(cg, ta, n->in[0]);
   const char *b = n->nin > 1 && sched_reads(n, 1) ? tree_opnd(cg, ta, n->in[1]) : NULL;
   const char *e = cg_expand_template(cg, cg_op_c[n->op], a, b, n->dtype, n->attr.value);
-  if (n == ta->root && ta->nout == 0) {
-    cg_line(cg, "%s = %s;", ta->yelem, e);
-    return;
-  }
   KILN_ASSERT(ta->nlocal < SCHED_FUSE_MAX_NODES);
   cg_line(cg, "const %s v%d = %s;", ctype(n->dtype), ta->nlocal, e);
   ta->local[ta->nlocal++] = n->id;
-  if (n != ta->root)
-    return;
+  return ta->nlocal - 1;
+}
+
+/* The stores of the members the loop writes besides its root. */
+static void tree_stores(Cg *cg, CgTreeArgs *ta) {
   for (int j = 0; j < ta->nout; j++)
     cg_line(cg, "%s = v%d;", ta->outelem[j], local_of(ta, ta->out[j]));
-  cg_line(cg, "%s = v%d;", ta->yelem, ta->nlocal - 1);
+}
+
+/* Inner nodes first, each into the next register; the root into y. A loop with several outputs
+ * computes every value before it stores any, so that an output written in place of an operand
+ * never changes what another value of the same element reads. */
+static void tree_node(Cg *cg, CgTreeArgs *ta, const Node *n) {
+  if (ta->nout == 0) {
+    for (int k = 0; k < n->nin; k++)
+      if (in_loop(cg, ta, n, k) && local_of(ta, n->in[k]) < 0)
+        tree_value(cg, ta, ir_at(cg->g, n->in[k]));
+    const char *a = tree_opnd(cg, ta, n->in[0]);
+    const char *b = n->nin > 1 && sched_reads(n, 1) ? tree_opnd(cg, ta, n->in[1]) : NULL;
+    cg_line(cg, "%s = %s;", ta->yelem,
+            cg_expand_template(cg, cg_op_c[n->op], a, b, n->dtype, n->attr.value));
+    return;
+  }
+  int v = tree_value(cg, ta, n);
+  tree_stores(cg, ta);
+  cg_line(cg, "%s = v%d;", ta->yelem, v);
 }
 
 /* " v0 = %5 mul, v1 = %6 sqrt": the nodes n's loop computes in registers in tree_node's order
@@ -190,4 +206,147 @@ void cg_emit_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
   ta->nlocal = 0;
   tree_node(cg, ta, n);
   cg_nest_close(cg, depth);
+}
+
+/* The index inside "name[idx]" or "((T)name[idx])". */
+static const char *elem_index(Cg *cg, const char *elem) {
+  const char *a = strchr(elem, '['), *b = strrchr(elem, ']');
+  KILN_ASSERT(a && b && b > a);
+  return pool_strndup(cg->pool, a + 1, (size_t)(b - a - 1));
+}
+
+/* The body of a reduction's run loop at element J of the run: the fused values, the stores, and
+ * what is done with the value (`last`, with %s for its register). */
+static void reduce_body(Cg *cg, CgTreeArgs *ta, const Node *x, const Sz *const *st, int k0,
+                        int rank, const char *J, const char *last) {
+  for (int j = 0; j < ta->nout; j++)
+    ta->outelem[j] = pool_printf(cg->pool, "w%d[%s]", j, J);
+  /* Elements of the run are loaded up front, unconditionally: a load inside a select (ReLU's
+   * gradient) kept gcc from vectorising the run loop. */
+  for (int i = 0; i < ta->n + ta->ndc; i++) {
+    bool run = false;
+    for (int k = k0; k < rank; k++)
+      run |= st[1 + ta->nout + i][k].c != 0;
+    const char *e = pool_printf(cg->pool, "h%d", i);
+    if (run) {
+      bool lit = i >= ta->n;
+      DType t = lit ? ir_at(cg->g, ta->dc[i - ta->n])->dtype : ir_at(cg->g, ta->id[i])->dtype;
+      cg_line(cg, "const %s e%d = %s%s%sr%d[%s]%s;", ctype(t), i, lit ? "((" : "",
+              lit ? ctype(t) : "", lit ? ")" : "", i, J, lit ? ")" : "");
+      e = pool_printf(cg->pool, "e%d", i);
+    }
+    if (i < ta->n)
+      ta->elem[i] = e;
+    else
+      ta->dcelem[i - ta->n] = e;
+  }
+  ta->nlocal = 0;
+  int v = tree_value(cg, ta, x);
+  tree_stores(cg, ta);
+  cg_line(cg, last, pool_printf(cg->pool, "v%d", v));
+}
+
+/* A sum, mean or sum_to of f32 whose input is a fused loop (sched.c): cg_emit_accumulate's run
+ * loop (16 partial sums per contiguous run, added in a fixed order, accumulated in double per
+ * output), with each element computed in registers instead of read, so the sums are the unfused
+ * program's bit for bit. Operands constant along a run (per-channel values) are read once per
+ * run; the others and the stored members through pointers to the run. */
+void cg_emit_reduce_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
+  const Graph *g = cg->g;
+  const Node *x = ir_at(g, n->in[0]);
+  const Shape *xs = &x->shape;
+  int rank = xs->rank, k0 = sched_reduce_k0(g, n);
+  Sz dims[IR_MAX_RANK], yst[IR_MAX_RANK], count = SZ_ONE;
+  for (int k = 0; k < rank; k++)
+    dims[k] = sz_dim(cg, xs->d[k]);
+  if (n->op == OP_SUM_TO) {
+    cg_broadcast_strides(cg, &n->shape, xs, yst);
+  } else {
+    Sz acc = SZ_ONE;
+    for (int k = rank - 1; k >= 0; k--) {
+      if (n->attr.axes & (1u << k)) {
+        yst[k] = SZ_ZERO;
+        count = sz_mul(count, dims[k]);
+      } else {
+        yst[k] = acc;
+        acc = sz_mul(acc, dims[k]);
+      }
+    }
+  }
+  Opnd ops[NEST_MAX_OPS];
+  int nop = 1 + ta->nout + ta->n + ta->ndc;
+  KILN_ASSERT(nop <= NEST_MAX_OPS);
+  memset(ops, 0, sizeof ops);
+  ops[0].k = -1;
+  memcpy(ops[0].stride, yst, sizeof(Sz) * (size_t)rank);
+  for (int j = 0; j < ta->nout; j++) {
+    ops[1 + j].k = -1;
+    ops[1 + j].name = pool_printf(cg->pool, "z%d", j);
+    cg_broadcast_strides(cg, xs, xs, ops[1 + j].stride);
+  }
+  for (int i = 0; i < ta->n + ta->ndc; i++) {
+    bool lit = i >= ta->n;
+    const Node *o = ir_at(g, lit ? ta->dc[i - ta->n] : ta->id[i]);
+    Opnd *op = &ops[1 + ta->nout + i];
+    op->k = 0;
+    op->name = lit ? lit_name(cg, o->data) : pool_printf(cg->pool, "x%d", i);
+    op->cast = lit ? ctype(o->dtype) : NULL;
+    cg_broadcast_strides(cg, &o->shape, xs, op->stride);
+  }
+  const Sz *st[NEST_MAX_OPS];
+  for (int o = 0; o < nop; o++)
+    st[o] = ops[o].stride;
+  const char *numel = sz_c(cg, sz_prod(cg, &n->shape, 0, n->shape.rank));
+  const char *L = sz_c(cg, sz_prod(cg, xs, k0, rank));
+  cg_line(cg, "double *restrict acc = (double *)scratch;");
+  cg_line(cg, "for (int64_t i = 0; i < %s; i++)", numel);
+  cg_line(cg, "  acc[i] = 0;");
+  int depth = cg_nest_open(cg, k0, dims, nop, ops);
+  cg_line(cg, "{");
+  cg->indent++;
+  for (int j = 0; j < ta->nout; j++)
+    cg_line(cg, "%s *restrict w%d = z%d + %s;", ctype(n->dtype), j, j,
+            elem_index(cg, ops[1 + j].elem));
+  for (int i = 0; i < ta->n + ta->ndc; i++) {
+    const Opnd *op = &ops[1 + ta->nout + i];
+    bool run = false;
+    for (int k = k0; k < rank; k++)
+      run |= op->stride[k].c != 0;
+    if (!run)
+      cg_line(cg, "const %s h%d = %s;", ctype(n->dtype), i, op->elem);
+    else
+      cg_line(cg, "const %s *restrict r%d = %s + %s;",
+              i < ta->n ? ctype(n->dtype) : "double", i, op->name, elem_index(cg, op->elem));
+  }
+  cg_line(cg, "double ps[16] = {0};");
+  cg_line(cg, "int64_t j = 0;");
+  /* Sixteen values into t, then into the partial sums: as one loop (a select, the stores and the
+   * sums together) gcc left it scalar. */
+  cg_line(cg, "for (; j + 16 <= %s; j += 16) {", L);
+  cg_line(cg, "  %s t[16];", ctype(n->dtype));
+  cg_line(cg, "  for (int u = 0; u < 16; u++) {");
+  cg->indent += 2;
+  reduce_body(cg, ta, x, st, k0, rank, "j + u", "t[u] = %s;");
+  cg->indent -= 2;
+  cg_line(cg, "  }");
+  cg_line(cg, "  for (int u = 0; u < 16; u++)");
+  cg_line(cg, "    ps[u] += (double)t[u];");
+  cg_line(cg, "}");
+  cg_line(cg, "for (int u = 0; u < 8; u++)");
+  cg_line(cg, "  ps[u] += ps[u + 8];");
+  cg_line(cg, "double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));");
+  cg_line(cg, "for (; j < %s; j++) {", L);
+  cg->indent++;
+  reduce_body(cg, ta, x, st, k0, rank, "j", "s += (double)%s;");
+  cg->indent--;
+  cg_line(cg, "}");
+  cg_line(cg, "acc%s += s;", ops[0].elem + 1);
+  cg->indent--;
+  cg_line(cg, "}");
+  cg_nest_close(cg, depth);
+  cg_line(cg, "for (int64_t i = 0; i < %s; i++)", numel);
+  if (n->op == OP_MEAN)
+    cg_line(cg, "  y[i] = (%s)(acc[i] / (double)%s);", ctype(n->dtype), sz_c(cg, count));
+  else
+    cg_line(cg, "  y[i] = (%s)acc[i];", ctype(n->dtype));
 }

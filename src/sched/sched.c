@@ -300,6 +300,62 @@ static bool fusible_everywhere(const Graph *g, const int *pinned, int x, const i
   return seen_in[x] && !bad[x] && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn);
 }
 
+static bool is_reduce(Op op) { return op == OP_SUM || op == OP_MEAN || op == OP_SUM_TO; }
+
+int sched_reduce_k0(const Graph *g, const Node *n) {
+  const Shape *xs = &ir_at(g, n->in[0])->shape;
+  int k0 = xs->rank, off = xs->rank - n->shape.rank;
+  while (k0 > 0) {
+    int k = k0 - 1;
+    bool summed = n->op == OP_SUM_TO ? k - off < 0 || !dim_eq(n->shape.d[k - off], xs->d[k])
+                                     : (n->attr.axes & (1u << k)) != 0;
+    if (!summed)
+      break;
+    k0--;
+  }
+  return k0;
+}
+
+bool sched_reduce_runs(const Graph *g, const Schedule *s, const Node *n) {
+  const Node *x = ir_at(g, n->in[0]);
+  if (!is_reduce(n->op) || n->dtype != DT_F32 || !in_arena(x))
+    return false;
+  int k0 = sched_reduce_k0(g, n);
+  bool batch = false;
+  int64_t run = 1;
+  for (int k = k0; k < x->shape.rank; k++) {
+    batch |= x->shape.d[k].sym == 0;
+    run *= dim_value(x->shape.d[k], s->symvals);
+  }
+  return k0 < x->shape.rank && (batch || run >= 32);
+}
+
+/* Whether every operand of a loop over shape d reads, along d's axes from k0 on, either one
+ * contiguous run of d's shape or one value (a per-channel scale): what a reduction's run loop
+ * indexes. */
+typedef struct RunCheck {
+  const Graph *g;
+  const Shape *d;
+  int k0;
+  bool ok;
+} RunCheck;
+
+static void run_operand(int x, void *arg) {
+  RunCheck *rc = arg;
+  const Shape *xs = &ir_at(rc->g, x)->shape;
+  int off = rc->d->rank - xs->rank;
+  bool all = true, none = true;
+  for (int k = rc->k0; k < rc->d->rank; k++) {
+    int kx = k - off;
+    bool same = kx >= 0 && dim_eq(xs->d[kx], rc->d->d[k]);
+    bool one = kx < 0 || (xs->d[kx].sym < 0 && xs->d[kx].n == 1);
+    all &= same;
+    none &= one;
+  }
+  /* Axes before k0 broadcast as the loop nest prints them; a run must be the operand's tail. */
+  rc->ok &= all || none;
+}
+
 /* The state of fusion while groups grow: consumers of each node (data reads in some entry, a
  * compressed list), each kernel's members. */
 typedef struct Fuse {
@@ -438,6 +494,26 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
         continue;
       fuse_join(&f, x, c);
     }
+  }
+  /* A sum or mean whose input is such a loop (run in the same entries, read after it only by
+   * later kernels) computes it: the run loop of its partial sums computes each element in
+   * registers, stores the members something else reads, and adds the value, so the summed
+   * tensor need not be written and read again (batch norm's (x - mean)^2). */
+  for (int r = 0; r < nn; r++) {
+    const Node *rn = ir_at(g, r);
+    int x = rn->in[0];
+    const Node *xn = ir_at(g, x);
+    if (!entries[r] || !sched_reduce_runs(g, s, rn) || s->node[x].fused || op_is_leaf(xn->op) ||
+        !flat_map(g, xn) || entries[x] != entries[r] || xn->dtype != rn->dtype ||
+        f.size[x] + 1 > SCHED_FUSE_MAX_NODES)
+      continue;
+    f.size[r] = 1;
+    if (!readers_after(&f, x, r, r))
+      continue;
+    RunCheck rc = {.g = g, .d = &xn->shape, .k0 = sched_reduce_k0(g, rn), .ok = true};
+    sched_kernel_operands(g, s, x, run_operand, &rc);
+    if (rc.ok)
+      fuse_join(&f, x, r);
   }
   /* A consumer has a larger id than its inputs: walking down, each tree node's consumer already
    * knows its group (a node fused into several entries' loops is printed with the last). */

@@ -111,6 +111,12 @@ bool sched_reads(const Node *n, int k);
 static inline bool sched_in_kernel(const Schedule *s, int x, int root) {
   return s->node[x].fused && (!s->node[x].member || s->node[x].group == root);
 }
+/* For a sum, mean or sum_to node n: the first axis k0 of the trailing axes of its input that it
+ * sums over, all of them (the input's shape from k0 on is one contiguous run per output). */
+int sched_reduce_k0(const Graph *g, const Node *n);
+/* Whether the sum over each run of n (sum, mean, sum_to of f32) goes through 16 partial sums
+ * (the run is at least 32 elements, or grows with the batch), the loop a fused input joins. */
+bool sched_reduce_runs(const Graph *g, const Schedule *s, const Node *n);
 /* Calls fn(x, arg) for every stored operand x of the kernel computing node n, looking through
  * the nodes it computes in registers; an operand read twice is reported twice. */
 void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(int x, void *arg),

@@ -510,7 +510,7 @@ static KILN_NOINLINE void k6_add(float *restrict y, const float *restrict a, con
   }
 }
 
-/* %12 = mean(%6 conv1) -> t12  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  also %13 %16 (line 11) */
+/* %12 = mean(%6 conv1) -> t12  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  also %13 (line 11) */
 static KILN_NOINLINE void k12_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
@@ -538,22 +538,51 @@ static KILN_NOINLINE void k12_mean(float *restrict y, const float *restrict a, u
     y[i] = (float)(acc[i] / (double)(784*B));
 }
 
-/* %15 = mul(%14, %14) -> t15  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %14 sub (stored) */
+/* %16 = mean(%15) -> t16  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %14 sub (stored), v1 = %15 mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k15_mul(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, int64_t B) {
+static KILN_NOINLINE void k16_mean(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
+  double *restrict acc = (double *)scratch;
+  for (int64_t i = 0; i < 8; i++)
+    acc[i] = 0;
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float v0 = x0[i0*6272 + i1*784 + i2] - x1[i1];
-        const float v1 = v0 * v0;
-        z0[i0*6272 + i1*784 + i2] = v0;
-        y[i0*6272 + i1*784 + i2] = v1;
+      {
+        float *restrict w0 = z0 + i0*6272 + i1*784;
+        const float *restrict r0 = x0 + i0*6272 + i1*784;
+        const float h1 = x1[i1];
+        double ps[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= 784; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float v0 = e0 - h1;
+            const float v1 = v0 * v0;
+            w0[j + u] = v0;
+            t[u] = v1;
+          }
+          for (int u = 0; u < 16; u++)
+            ps[u] += (double)t[u];
+        }
+        for (int u = 0; u < 8; u++)
+          ps[u] += ps[u + 8];
+        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
+        for (; j < 784; j++) {
+          const float e0 = r0[j];
+          const float v0 = e0 - h1;
+          const float v1 = v0 * v0;
+          w0[j] = v0;
+          s += (double)v1;
+        }
+        acc[i1] += s;
       }
     }
   }
+  for (int64_t i = 0; i < 8; i++)
+    y[i] = (float)(acc[i] / (double)(784*B));
 }
 
 /* %19 = sqrt(%18) -> t19  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %18 add  also %96 (line 11) */
@@ -753,20 +782,50 @@ static KILN_NOINLINE void k47_reshape(float *restrict y, const float *restrict a
   memcpy(y, a, (size_t)32 * sizeof *y);
 }
 
-/* %48 = add(%45, %47) -> conv2  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13 */
-static KILN_NOINLINE void k48_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+/* %54 = mean(%48 conv2) -> t54  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %48 add */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static KILN_NOINLINE void k54_mean(float *restrict y, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
+  double *restrict acc = (double *)scratch;
+  for (int64_t i = 0; i < 32; i++)
+    acc[i] = 0;
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        y[i0*6272 + i1*196 + i2] = a[i0*6272 + i1*196 + i2] + b[i1];
+      {
+        const float *restrict r0 = x0 + i0*6272 + i1*196;
+        const float h1 = x1[i1];
+        double ps[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= 196; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float v0 = e0 + h1;
+            t[u] = v0;
+          }
+          for (int u = 0; u < 16; u++)
+            ps[u] += (double)t[u];
+        }
+        for (int u = 0; u < 8; u++)
+          ps[u] += ps[u + 8];
+        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
+        for (; j < 196; j++) {
+          const float e0 = r0[j];
+          const float v0 = e0 + h1;
+          s += (double)v0;
+        }
+        acc[i1] += s;
       }
     }
   }
+  for (int64_t i = 0; i < 32; i++)
+    y[i] = (float)(acc[i] / (double)(196*B));
 }
 
-/* %54 = mean(%48 conv2) -> t54  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  also %55 %58 (line 14) */
-static KILN_NOINLINE void k54_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+/* %55 = mean(%45) -> t55  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
+static KILN_NOINLINE void k55_mean(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -793,22 +852,51 @@ static KILN_NOINLINE void k54_mean(float *restrict y, const float *restrict a, u
     y[i] = (float)(acc[i] / (double)(196*B));
 }
 
-/* %57 = mul(%56, %56) -> t57  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %56 sub (stored) */
+/* %58 = mean(%57) -> t58  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %56 sub (stored), v1 = %57 mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k57_mul(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, int64_t B) {
+static KILN_NOINLINE void k58_mean(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
+  double *restrict acc = (double *)scratch;
+  for (int64_t i = 0; i < 32; i++)
+    acc[i] = 0;
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float v0 = x0[i0*6272 + i1*196 + i2] - x1[i1];
-        const float v1 = v0 * v0;
-        z0[i0*6272 + i1*196 + i2] = v0;
-        y[i0*6272 + i1*196 + i2] = v1;
+      {
+        float *restrict w0 = z0 + i0*6272 + i1*196;
+        const float *restrict r0 = x0 + i0*6272 + i1*196;
+        const float h1 = x1[i1];
+        double ps[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= 196; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float v0 = e0 - h1;
+            const float v1 = v0 * v0;
+            w0[j + u] = v0;
+            t[u] = v1;
+          }
+          for (int u = 0; u < 16; u++)
+            ps[u] += (double)t[u];
+        }
+        for (int u = 0; u < 8; u++)
+          ps[u] += ps[u + 8];
+        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
+        for (; j < 196; j++) {
+          const float e0 = r0[j];
+          const float v0 = e0 - h1;
+          const float v1 = v0 * v0;
+          w0[j] = v0;
+          s += (double)v1;
+        }
+        acc[i1] += s;
       }
     }
   }
+  for (int64_t i = 0; i < 32; i++)
+    y[i] = (float)(acc[i] / (double)(196*B));
 }
 
 /* %60 = sqrt(%59) -> t60  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %59 add  also %108 (line 14) */
@@ -1123,16 +1211,11 @@ static KILN_NOINLINE void k130_maxpool2d_grad(float *restrict y, const float *re
         }
 }
 
-/* %131 = relu_grad(%78 bn2, %130) -> t131  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15  also %161 (line 12) */
-static KILN_NOINLINE void k131_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
-  KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] > 0 ? b[i0] : (float)0;
-  }
-}
-
-/* %132 = sum_to(%131, %77) -> t132  f32 [32, 1, 1]  mnist_cnn.kiln:14  also %136 %142 %153 (line 14) */
-static KILN_NOINLINE void k132_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+/* %132 = sum_to(%131, %77) -> t132  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %131 relu_grad (stored) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static KILN_NOINLINE void k132_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -1140,17 +1223,33 @@ static KILN_NOINLINE void k132_sum_to(float *restrict y, const float *restrict a
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       {
-        const float *restrict xr = a + i0*6272 + i1*196;
+        float *restrict w0 = z0 + i0*6272 + i1*196;
+        const float *restrict r0 = x0 + i0*6272 + i1*196;
+        const float *restrict r1 = x1 + i0*6272 + i1*196;
         double ps[16] = {0};
         int64_t j = 0;
-        for (; j + 16 <= 196; j += 16)
+        for (; j + 16 <= 196; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float e1 = r1[j + u];
+            const float v0 = e0 > 0 ? e1 : (float)0;
+            w0[j + u] = v0;
+            t[u] = v0;
+          }
           for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
+            ps[u] += (double)t[u];
+        }
         for (int u = 0; u < 8; u++)
           ps[u] += ps[u + 8];
         double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++)
-          s += (double)xr[j];
+        for (; j < 196; j++) {
+          const float e0 = r0[j];
+          const float e1 = r1[j];
+          const float v0 = e0 > 0 ? e1 : (float)0;
+          w0[j] = v0;
+          s += (double)v0;
+        }
         acc[i1] += s;
       }
     }
@@ -1159,12 +1258,48 @@ static KILN_NOINLINE void k132_sum_to(float *restrict y, const float *restrict a
     y[i] = (float)acc[i];
 }
 
-/* %135 = mul(%131, %61) -> t135  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  also %165 (line 11) */
-static KILN_NOINLINE void k135_mul(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+/* %136 = sum_to(%135, %75) -> t136  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %135 mul */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static KILN_NOINLINE void k136_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t i0 = 0; i0 < (6272*B); i0++) {
-    y[i0] = a[i0] * b[i0];
+  double *restrict acc = (double *)scratch;
+  for (int64_t i = 0; i < 32; i++)
+    acc[i] = 0;
+  for (int64_t i0 = 0; i0 < B; i0++) {
+    for (int64_t i1 = 0; i1 < 32; i1++) {
+      {
+        const float *restrict r0 = x0 + i0*6272 + i1*196;
+        const float *restrict r1 = x1 + i0*6272 + i1*196;
+        double ps[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= 196; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float e1 = r1[j + u];
+            const float v0 = e0 * e1;
+            t[u] = v0;
+          }
+          for (int u = 0; u < 16; u++)
+            ps[u] += (double)t[u];
+        }
+        for (int u = 0; u < 8; u++)
+          ps[u] += ps[u + 8];
+        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
+        for (; j < 196; j++) {
+          const float e0 = r0[j];
+          const float e1 = r1[j];
+          const float v0 = e0 * e1;
+          s += (double)v0;
+        }
+        acc[i1] += s;
+      }
+    }
   }
+  for (int64_t i = 0; i < 32; i++)
+    y[i] = (float)acc[i];
 }
 
 /* %138 = div(%134, %60) -> t138  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %134 mul (stored) */
@@ -1185,21 +1320,53 @@ static KILN_NOINLINE void k138_div(float *restrict y, float *restrict z0, const 
   }
 }
 
-/* %141 = neg(%140) -> t141  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %139 div, v1 = %140 mul */
+/* %142 = sum_to(%141, %60) -> t142  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %139 div, v1 = %140 mul, v2 = %141 neg */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k141_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k142_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
+  double *restrict acc = (double *)scratch;
+  for (int64_t i = 0; i < 32; i++)
+    acc[i] = 0;
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float v0 = x1[i0*6272 + i1*196 + i2] / x2[i1];
-        const float v1 = x0[i0*6272 + i1*196 + i2] * v0;
-        y[i0*6272 + i1*196 + i2] = -v1;
+      {
+        const float *restrict r0 = x0 + i0*6272 + i1*196;
+        const float *restrict r1 = x1 + i0*6272 + i1*196;
+        const float h2 = x2[i1];
+        double ps[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= 196; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float e1 = r1[j + u];
+            const float v0 = e1 / h2;
+            const float v1 = e0 * v0;
+            const float v2 = -v1;
+            t[u] = v2;
+          }
+          for (int u = 0; u < 16; u++)
+            ps[u] += (double)t[u];
+        }
+        for (int u = 0; u < 8; u++)
+          ps[u] += ps[u + 8];
+        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
+        for (; j < 196; j++) {
+          const float e0 = r0[j];
+          const float e1 = r1[j];
+          const float v0 = e1 / h2;
+          const float v1 = e0 * v0;
+          const float v2 = -v1;
+          s += (double)v2;
+        }
+        acc[i1] += s;
       }
     }
   }
+  for (int64_t i = 0; i < 32; i++)
+    y[i] = (float)acc[i];
 }
 
 /* %147 = div(%145, %146) -> t147  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %144 mul, v1 = %145 div */
@@ -1214,25 +1381,60 @@ static KILN_NOINLINE void k147_div(float *restrict y, const float *restrict x0, 
   }
 }
 
-/* %152 = neg(%151) -> t152  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %148 expand, v1 = %149 mul, v2 = %150 add, v3 = %151 add (stored) */
+/* %153 = sum_to(%152, %55) -> t153  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %148 expand, v1 = %149 mul, v2 = %150 add, v3 = %151 add (stored), v4 = %152 neg */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k152_neg(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k153_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
+  double *restrict acc = (double *)scratch;
+  for (int64_t i = 0; i < 32; i++)
+    acc[i] = 0;
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
-      for (int64_t i2 = 0; i2 < 196; i2++) {
-        const float v0 = x1[i1];
-        const float v1 = v0 * x2[i0*6272 + i1*196 + i2];
-        const float v2 = x0[i0*6272 + i1*196 + i2] + v1;
-        const float v3 = v2 + v1;
-        const float v4 = -v3;
-        z0[i0*6272 + i1*196 + i2] = v3;
-        y[i0*6272 + i1*196 + i2] = v4;
+      {
+        float *restrict w0 = z0 + i0*6272 + i1*196;
+        const float *restrict r0 = x0 + i0*6272 + i1*196;
+        const float h1 = x1[i1];
+        const float *restrict r2 = x2 + i0*6272 + i1*196;
+        double ps[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= 196; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float e2 = r2[j + u];
+            const float v0 = h1;
+            const float v1 = v0 * e2;
+            const float v2 = e0 + v1;
+            const float v3 = v2 + v1;
+            const float v4 = -v3;
+            w0[j + u] = v3;
+            t[u] = v4;
+          }
+          for (int u = 0; u < 16; u++)
+            ps[u] += (double)t[u];
+        }
+        for (int u = 0; u < 8; u++)
+          ps[u] += ps[u + 8];
+        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
+        for (; j < 196; j++) {
+          const float e0 = r0[j];
+          const float e2 = r2[j];
+          const float v0 = h1;
+          const float v1 = v0 * e2;
+          const float v2 = e0 + v1;
+          const float v3 = v2 + v1;
+          const float v4 = -v3;
+          w0[j] = v3;
+          s += (double)v4;
+        }
+        acc[i1] += s;
       }
     }
   }
+  for (int64_t i = 0; i < 32; i++)
+    y[i] = (float)acc[i];
 }
 
 /* %155 = div(%153, %154) -> t155  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
@@ -1470,8 +1672,11 @@ static KILN_NOINLINE void k160_maxpool2d_grad(float *restrict y, const float *re
         }
 }
 
-/* %162 = sum_to(%161, %40) -> t162  f32 [8, 1, 1]  mnist_cnn.kiln:11  also %166 %172 %182 (line 11) */
-static KILN_NOINLINE void k162_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
+/* %162 = sum_to(%161, %40) -> t162  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %161 relu_grad (stored) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static KILN_NOINLINE void k162_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -1479,17 +1684,77 @@ static KILN_NOINLINE void k162_sum_to(float *restrict y, const float *restrict a
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       {
-        const float *restrict xr = a + i0*6272 + i1*784;
+        float *restrict w0 = z0 + i0*6272 + i1*784;
+        const float *restrict r0 = x0 + i0*6272 + i1*784;
+        const float *restrict r1 = x1 + i0*6272 + i1*784;
         double ps[16] = {0};
         int64_t j = 0;
-        for (; j + 16 <= 784; j += 16)
+        for (; j + 16 <= 784; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float e1 = r1[j + u];
+            const float v0 = e0 > 0 ? e1 : (float)0;
+            w0[j + u] = v0;
+            t[u] = v0;
+          }
           for (int u = 0; u < 16; u++)
-            ps[u] += (double)xr[j + u];
+            ps[u] += (double)t[u];
+        }
         for (int u = 0; u < 8; u++)
           ps[u] += ps[u + 8];
         double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++)
-          s += (double)xr[j];
+        for (; j < 784; j++) {
+          const float e0 = r0[j];
+          const float e1 = r1[j];
+          const float v0 = e0 > 0 ? e1 : (float)0;
+          w0[j] = v0;
+          s += (double)v0;
+        }
+        acc[i1] += s;
+      }
+    }
+  }
+  for (int64_t i = 0; i < 8; i++)
+    y[i] = (float)acc[i];
+}
+
+/* %166 = sum_to(%165, %38) -> t166  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %165 mul */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static KILN_NOINLINE void k166_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
+  double *restrict acc = (double *)scratch;
+  for (int64_t i = 0; i < 8; i++)
+    acc[i] = 0;
+  for (int64_t i0 = 0; i0 < B; i0++) {
+    for (int64_t i1 = 0; i1 < 8; i1++) {
+      {
+        const float *restrict r0 = x0 + i0*6272 + i1*784;
+        const float *restrict r1 = x1 + i0*6272 + i1*784;
+        double ps[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= 784; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float e1 = r1[j + u];
+            const float v0 = e0 * e1;
+            t[u] = v0;
+          }
+          for (int u = 0; u < 16; u++)
+            ps[u] += (double)t[u];
+        }
+        for (int u = 0; u < 8; u++)
+          ps[u] += ps[u + 8];
+        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
+        for (; j < 784; j++) {
+          const float e0 = r0[j];
+          const float e1 = r1[j];
+          const float v0 = e0 * e1;
+          s += (double)v0;
+        }
         acc[i1] += s;
       }
     }
@@ -1516,21 +1781,53 @@ static KILN_NOINLINE void k168_div(float *restrict y, float *restrict z0, const 
   }
 }
 
-/* %171 = neg(%170) -> t171  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %169 div, v1 = %170 mul */
+/* %172 = sum_to(%171, %19) -> t172  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %169 div, v1 = %170 mul, v2 = %171 neg */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k171_neg(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k172_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
+  double *restrict acc = (double *)scratch;
+  for (int64_t i = 0; i < 8; i++)
+    acc[i] = 0;
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float v0 = x1[i0*6272 + i1*784 + i2] / x2[i1];
-        const float v1 = x0[i0*6272 + i1*784 + i2] * v0;
-        y[i0*6272 + i1*784 + i2] = -v1;
+      {
+        const float *restrict r0 = x0 + i0*6272 + i1*784;
+        const float *restrict r1 = x1 + i0*6272 + i1*784;
+        const float h2 = x2[i1];
+        double ps[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= 784; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float e1 = r1[j + u];
+            const float v0 = e1 / h2;
+            const float v1 = e0 * v0;
+            const float v2 = -v1;
+            t[u] = v2;
+          }
+          for (int u = 0; u < 16; u++)
+            ps[u] += (double)t[u];
+        }
+        for (int u = 0; u < 8; u++)
+          ps[u] += ps[u + 8];
+        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
+        for (; j < 784; j++) {
+          const float e0 = r0[j];
+          const float e1 = r1[j];
+          const float v0 = e1 / h2;
+          const float v1 = e0 * v0;
+          const float v2 = -v1;
+          s += (double)v2;
+        }
+        acc[i1] += s;
       }
     }
   }
+  for (int64_t i = 0; i < 8; i++)
+    y[i] = (float)acc[i];
 }
 
 /* %176 = div(%174, %175) -> t176  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %173 mul, v1 = %174 div */
@@ -1545,25 +1842,60 @@ static KILN_NOINLINE void k176_div(float *restrict y, const float *restrict x0, 
   }
 }
 
-/* %181 = neg(%180) -> t181  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %177 expand, v1 = %178 mul, v2 = %179 add, v3 = %180 add (stored) */
+/* %182 = sum_to(%181, %13) -> t182  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %177 expand, v1 = %178 mul, v2 = %179 add, v3 = %180 add (stored), v4 = %181 neg */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k181_neg(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k182_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
+  double *restrict acc = (double *)scratch;
+  for (int64_t i = 0; i < 8; i++)
+    acc[i] = 0;
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
-      for (int64_t i2 = 0; i2 < 784; i2++) {
-        const float v0 = x1[i1];
-        const float v1 = v0 * x2[i0*6272 + i1*784 + i2];
-        const float v2 = x0[i0*6272 + i1*784 + i2] + v1;
-        const float v3 = v2 + v1;
-        const float v4 = -v3;
-        z0[i0*6272 + i1*784 + i2] = v3;
-        y[i0*6272 + i1*784 + i2] = v4;
+      {
+        float *restrict w0 = z0 + i0*6272 + i1*784;
+        const float *restrict r0 = x0 + i0*6272 + i1*784;
+        const float h1 = x1[i1];
+        const float *restrict r2 = x2 + i0*6272 + i1*784;
+        double ps[16] = {0};
+        int64_t j = 0;
+        for (; j + 16 <= 784; j += 16) {
+          float t[16];
+          for (int u = 0; u < 16; u++) {
+            const float e0 = r0[j + u];
+            const float e2 = r2[j + u];
+            const float v0 = h1;
+            const float v1 = v0 * e2;
+            const float v2 = e0 + v1;
+            const float v3 = v2 + v1;
+            const float v4 = -v3;
+            w0[j + u] = v3;
+            t[u] = v4;
+          }
+          for (int u = 0; u < 16; u++)
+            ps[u] += (double)t[u];
+        }
+        for (int u = 0; u < 8; u++)
+          ps[u] += ps[u + 8];
+        double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
+        for (; j < 784; j++) {
+          const float e0 = r0[j];
+          const float e2 = r2[j];
+          const float v0 = h1;
+          const float v1 = v0 * e2;
+          const float v2 = e0 + v1;
+          const float v3 = v2 + v1;
+          const float v4 = -v3;
+          w0[j] = v3;
+          s += (double)v4;
+        }
+        acc[i1] += s;
       }
     }
   }
+  for (int64_t i = 0; i < 8; i++)
+    y[i] = (float)acc[i];
 }
 
 /* %184 = div(%182, %183) -> t184  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
@@ -1903,15 +2235,14 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   float *const bn1_running_var = (float *)(arena + 576);
   double *const bn1_num_batches_tracked = (double *)(arena + 640);
   float *const t12 = (float *)(arena + 18677632);
-  float *const t13 = (float *)(arena + 18677696);
+  float *const t13 = (float *)(arena + 17072000);
   float *const t14 = (float *)(arena + 19229568);
-  float *const t15 = (float *)(arena + 17072000);
-  float *const t16 = (float *)(arena + 15466368);
+  float *const t16 = (float *)(arena + 17072064);
   float *const t19 = (float *)(arena + 34509760);
   float *const t20 = (float *)(arena + 20835200);
-  float *const t21 = (float *)(arena + 15466432);
-  float *const t24 = (float *)(arena + 15466496);
-  float *const t25 = (float *)(arena + 15466368);
+  float *const t21 = (float *)(arena + 15466368);
+  float *const t24 = (float *)(arena + 15466432);
+  float *const t25 = (float *)(arena + 17072064);
   float *const t27 = (float *)(arena + 18677632);
   float *const t38 = (float *)(arena + 34509824);
   float *const t40 = (float *)(arena + 18677888);
@@ -1922,23 +2253,21 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   float *const t45 = (float *)(arena + 15466368);
   float *const conv2_bias = (float *)(arena + 26304);
   float *const t47 = (float *)(arena + 18677632);
-  float *const conv2 = (float *)(arena + 17072000);
   float *const bn2_weight = (float *)(arena + 26432);
   float *const bn2_bias = (float *)(arena + 26560);
   float *const bn2_running_mean = (float *)(arena + 26688);
   float *const bn2_running_var = (float *)(arena + 26816);
   double *const bn2_num_batches_tracked = (double *)(arena + 26944);
-  float *const t54 = (float *)(arena + 18677632);
-  float *const t55 = (float *)(arena + 18677760);
+  float *const t54 = (float *)(arena + 17072000);
+  float *const t55 = (float *)(arena + 17072128);
   float *const t56 = (float *)(arena + 25652096);
-  float *const t57 = (float *)(arena + 17072000);
-  float *const t58 = (float *)(arena + 15466368);
+  float *const t58 = (float *)(arena + 17072256);
   float *const t60 = (float *)(arena + 34509504);
   float *const t61 = (float *)(arena + 27257728);
-  float *const t62 = (float *)(arena + 15466496);
-  float *const t64 = (float *)(arena + 15466560);
-  float *const t65 = (float *)(arena + 15466368);
-  float *const t67 = (float *)(arena + 18677632);
+  float *const t62 = (float *)(arena + 15466368);
+  float *const t64 = (float *)(arena + 15466432);
+  float *const t65 = (float *)(arena + 17072256);
+  float *const t67 = (float *)(arena + 17072000);
   float *const t75 = (float *)(arena + 34509632);
   float *const t77 = (float *)(arena + 18677760);
   float *const bn2 = (float *)(arena + 28863360);
@@ -1969,18 +2298,15 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   float *const t132 = (float *)(arena + 34081664);
   float *const t133 = (float *)(arena + 34081664);
   float *const t134 = (float *)(arena + 28863360);
-  float *const t135 = (float *)(arena + 28863360);
   float *const t136 = (float *)(arena + 34081792);
   float *const t137 = (float *)(arena + 34081792);
   float *const t138 = (float *)(arena + 32074624);
-  float *const t141 = (float *)(arena + 30468992);
-  float *const t142 = (float *)(arena + 27257728);
-  float *const t146 = (float *)(arena + 27257856);
-  float *const t147 = (float *)(arena + 30468992);
+  float *const t142 = (float *)(arena + 30468992);
+  float *const t146 = (float *)(arena + 27257728);
+  float *const t147 = (float *)(arena + 28863360);
   float *const t151 = (float *)(arena + 27257728);
-  float *const t152 = (float *)(arena + 28863360);
-  float *const t153 = (float *)(arena + 25652096);
-  float *const t154 = (float *)(arena + 25652224);
+  float *const t153 = (float *)(arena + 28863488);
+  float *const t154 = (float *)(arena + 25652096);
   float *const t155 = (float *)(arena + 28863360);
   float *const t157 = (float *)(arena + 25652096);
   float *const t158 = (float *)(arena + 27257728);
@@ -1990,18 +2316,15 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   float *const t162 = (float *)(arena + 27257728);
   float *const t163 = (float *)(arena + 27257728);
   float *const t164 = (float *)(arena + 22440832);
-  float *const t165 = (float *)(arena + 22440832);
   float *const t166 = (float *)(arena + 27257792);
   float *const t167 = (float *)(arena + 27257792);
   float *const t168 = (float *)(arena + 25652096);
-  float *const t171 = (float *)(arena + 24046464);
-  float *const t172 = (float *)(arena + 20835200);
-  float *const t175 = (float *)(arena + 20835264);
-  float *const t176 = (float *)(arena + 24046464);
+  float *const t172 = (float *)(arena + 24046464);
+  float *const t175 = (float *)(arena + 20835200);
+  float *const t176 = (float *)(arena + 22440832);
   float *const t180 = (float *)(arena + 20835200);
-  float *const t181 = (float *)(arena + 22440832);
-  float *const t182 = (float *)(arena + 19229568);
-  float *const t183 = (float *)(arena + 19229632);
+  float *const t182 = (float *)(arena + 22440896);
+  float *const t183 = (float *)(arena + 19229568);
   float *const t184 = (float *)(arena + 22440832);
   float *const t186 = (float *)(arena + 19229568);
   float *const t187 = (float *)(arena + 20835200);
@@ -2042,8 +2365,7 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k6_add(conv1, t3, t5, B);
   k12_mean(t12, conv1, scratch, B);
   k12_mean(t13, t3, scratch, B);  /* %13 */
-  k15_mul(t15, t14, t3, t13, B);
-  k12_mean(t16, t15, scratch, B);  /* %16 */
+  k16_mean(t16, t14, t3, t13, scratch, B);
   k19_sqrt(t19, t16);
   k21_numel(t21, B);
   k24_div(t24, t21);
@@ -2056,11 +2378,9 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k43_maxpool2d(h1, t42, B);
   k45_conv2d(t45, h1, conv2_weight, scratch, B);
   k47_reshape(t47, conv2_bias);
-  k48_add(conv2, t45, t47, B);
-  k54_mean(t54, conv2, scratch, B);
-  k54_mean(t55, t45, scratch, B);  /* %55 */
-  k57_mul(t57, t56, t45, t55, B);
-  k54_mean(t58, t57, scratch, B);  /* %58 */
+  k54_mean(t54, t45, t47, scratch, B);
+  k55_mean(t55, t45, scratch, B);
+  k58_mean(t58, t56, t45, t55, scratch, B);
   k60_sqrt(t60, t58);
   k62_numel(t62, B);
   k24_div(t64, t62);  /* %64 */
@@ -2085,34 +2405,26 @@ static void kiln_train(unsigned char *arena, int64_t B) {
   k127_matmul(t127, t125, fc1_weight, scratch, B);
   k128_matmul(t128, t125, x, scratch, B);
   k130_maxpool2d_grad(t130, t79, t129, B);
-  k131_relu_grad(t131, bn2, t130, B);
-  k132_sum_to(t132, t131, scratch, B);
-  k135_mul(t135, t131, t61, B);
-  k132_sum_to(t136, t135, scratch, B);  /* %136 */
+  k132_sum_to(t132, t131, bn2, t130, scratch, B);
+  k136_sum_to(t136, t131, t61, scratch, B);
   k138_div(t138, t134, t131, t75, t60, B);
-  k141_neg(t141, t134, t61, t60, B);
-  k132_sum_to(t142, t141, scratch, B);  /* %142 */
+  k142_sum_to(t142, t134, t61, t60, scratch, B);
   k62_numel(t146, B);  /* %146 */
   k147_div(t147, t142, t60, t146);
-  k152_neg(t152, t151, t138, t147, t56, B);
-  k132_sum_to(t153, t152, scratch, B);  /* %153 */
+  k153_sum_to(t153, t151, t138, t147, t56, scratch, B);
   k62_numel(t154, B);  /* %154 */
   k155_div(t155, t153, t154);
   k157_add(t157, t151, t155, B);
   k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
   k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
   k160_maxpool2d_grad(t160, t42, t158, B);
-  k131_relu_grad(t161, bn1, t160, B);  /* %161 */
-  k162_sum_to(t162, t161, scratch, B);
-  k135_mul(t165, t161, t20, B);  /* %165 */
-  k162_sum_to(t166, t165, scratch, B);  /* %166 */
+  k162_sum_to(t162, t161, bn1, t160, scratch, B);
+  k166_sum_to(t166, t161, t20, scratch, B);
   k168_div(t168, t164, t161, t38, t19, B);
-  k171_neg(t171, t164, t20, t19, B);
-  k162_sum_to(t172, t171, scratch, B);  /* %172 */
+  k172_sum_to(t172, t164, t20, t19, scratch, B);
   k21_numel(t175, B);  /* %175 */
   k176_div(t176, t172, t19, t175);
-  k181_neg(t181, t180, t168, t176, t14, B);
-  k162_sum_to(t182, t181, scratch, B);  /* %182 */
+  k182_sum_to(t182, t180, t168, t176, t14, scratch, B);
   k21_numel(t183, B);  /* %183 */
   k184_div(t184, t182, t183);
   k186_add(t186, t180, t184, B);
@@ -2225,15 +2537,14 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   float *const bn1_running_var = (float *)(arena + 576);
   double *const bn1_num_batches_tracked = (double *)(arena + 640);
   float *const t12 = (float *)(arena + 18677632);
-  float *const t13 = (float *)(arena + 18677696);
+  float *const t13 = (float *)(arena + 17072000);
   float *const t14 = (float *)(arena + 19229568);
-  float *const t15 = (float *)(arena + 17072000);
-  float *const t16 = (float *)(arena + 15466368);
+  float *const t16 = (float *)(arena + 17072064);
   float *const t19 = (float *)(arena + 34509760);
   float *const t20 = (float *)(arena + 20835200);
-  float *const t21 = (float *)(arena + 15466432);
-  float *const t24 = (float *)(arena + 15466496);
-  float *const t25 = (float *)(arena + 15466368);
+  float *const t21 = (float *)(arena + 15466368);
+  float *const t24 = (float *)(arena + 15466432);
+  float *const t25 = (float *)(arena + 17072064);
   float *const t27 = (float *)(arena + 18677632);
   float *const t38 = (float *)(arena + 34509824);
   float *const t40 = (float *)(arena + 18677888);
@@ -2244,23 +2555,21 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   float *const t45 = (float *)(arena + 15466368);
   float *const conv2_bias = (float *)(arena + 26304);
   float *const t47 = (float *)(arena + 18677632);
-  float *const conv2 = (float *)(arena + 17072000);
   float *const bn2_weight = (float *)(arena + 26432);
   float *const bn2_bias = (float *)(arena + 26560);
   float *const bn2_running_mean = (float *)(arena + 26688);
   float *const bn2_running_var = (float *)(arena + 26816);
   double *const bn2_num_batches_tracked = (double *)(arena + 26944);
-  float *const t54 = (float *)(arena + 18677632);
-  float *const t55 = (float *)(arena + 18677760);
+  float *const t54 = (float *)(arena + 17072000);
+  float *const t55 = (float *)(arena + 17072128);
   float *const t56 = (float *)(arena + 25652096);
-  float *const t57 = (float *)(arena + 17072000);
-  float *const t58 = (float *)(arena + 15466368);
+  float *const t58 = (float *)(arena + 17072256);
   float *const t60 = (float *)(arena + 34509504);
   float *const t61 = (float *)(arena + 27257728);
-  float *const t62 = (float *)(arena + 15466496);
-  float *const t64 = (float *)(arena + 15466560);
-  float *const t65 = (float *)(arena + 15466368);
-  float *const t67 = (float *)(arena + 18677632);
+  float *const t62 = (float *)(arena + 15466368);
+  float *const t64 = (float *)(arena + 15466432);
+  float *const t65 = (float *)(arena + 17072256);
+  float *const t67 = (float *)(arena + 17072000);
   float *const t75 = (float *)(arena + 34509632);
   float *const t77 = (float *)(arena + 18677760);
   float *const bn2 = (float *)(arena + 28863360);
@@ -2291,18 +2600,15 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   float *const t132 = (float *)(arena + 34081664);
   float *const t133 = (float *)(arena + 34081664);
   float *const t134 = (float *)(arena + 28863360);
-  float *const t135 = (float *)(arena + 28863360);
   float *const t136 = (float *)(arena + 34081792);
   float *const t137 = (float *)(arena + 34081792);
   float *const t138 = (float *)(arena + 32074624);
-  float *const t141 = (float *)(arena + 30468992);
-  float *const t142 = (float *)(arena + 27257728);
-  float *const t146 = (float *)(arena + 27257856);
-  float *const t147 = (float *)(arena + 30468992);
+  float *const t142 = (float *)(arena + 30468992);
+  float *const t146 = (float *)(arena + 27257728);
+  float *const t147 = (float *)(arena + 28863360);
   float *const t151 = (float *)(arena + 27257728);
-  float *const t152 = (float *)(arena + 28863360);
-  float *const t153 = (float *)(arena + 25652096);
-  float *const t154 = (float *)(arena + 25652224);
+  float *const t153 = (float *)(arena + 28863488);
+  float *const t154 = (float *)(arena + 25652096);
   float *const t155 = (float *)(arena + 28863360);
   float *const t157 = (float *)(arena + 25652096);
   float *const t158 = (float *)(arena + 27257728);
@@ -2312,18 +2618,15 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   float *const t162 = (float *)(arena + 27257728);
   float *const t163 = (float *)(arena + 27257728);
   float *const t164 = (float *)(arena + 22440832);
-  float *const t165 = (float *)(arena + 22440832);
   float *const t166 = (float *)(arena + 27257792);
   float *const t167 = (float *)(arena + 27257792);
   float *const t168 = (float *)(arena + 25652096);
-  float *const t171 = (float *)(arena + 24046464);
-  float *const t172 = (float *)(arena + 20835200);
-  float *const t175 = (float *)(arena + 20835264);
-  float *const t176 = (float *)(arena + 24046464);
+  float *const t172 = (float *)(arena + 24046464);
+  float *const t175 = (float *)(arena + 20835200);
+  float *const t176 = (float *)(arena + 22440832);
   float *const t180 = (float *)(arena + 20835200);
-  float *const t181 = (float *)(arena + 22440832);
-  float *const t182 = (float *)(arena + 19229568);
-  float *const t183 = (float *)(arena + 19229632);
+  float *const t182 = (float *)(arena + 22440896);
+  float *const t183 = (float *)(arena + 19229568);
   float *const t184 = (float *)(arena + 22440832);
   float *const t186 = (float *)(arena + 19229568);
   float *const t187 = (float *)(arena + 20835200);
@@ -2347,8 +2650,7 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k6_add(conv1, t3, t5, B);
   k12_mean(t12, conv1, scratch, B);
   k12_mean(t13, t3, scratch, B);  /* %13 */
-  k15_mul(t15, t14, t3, t13, B);
-  k12_mean(t16, t15, scratch, B);  /* %16 */
+  k16_mean(t16, t14, t3, t13, scratch, B);
   k19_sqrt(t19, t16);
   k21_numel(t21, B);
   k24_div(t24, t21);
@@ -2361,11 +2663,9 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k43_maxpool2d(h1, t42, B);
   k45_conv2d(t45, h1, conv2_weight, scratch, B);
   k47_reshape(t47, conv2_bias);
-  k48_add(conv2, t45, t47, B);
-  k54_mean(t54, conv2, scratch, B);
-  k54_mean(t55, t45, scratch, B);  /* %55 */
-  k57_mul(t57, t56, t45, t55, B);
-  k54_mean(t58, t57, scratch, B);  /* %58 */
+  k54_mean(t54, t45, t47, scratch, B);
+  k55_mean(t55, t45, scratch, B);
+  k58_mean(t58, t56, t45, t55, scratch, B);
   k60_sqrt(t60, t58);
   k62_numel(t62, B);
   k24_div(t64, t62);  /* %64 */
@@ -2390,34 +2690,26 @@ static void kiln_grad(unsigned char *arena, int64_t B) {
   k127_matmul(t127, t125, fc1_weight, scratch, B);
   k128_matmul(t128, t125, x, scratch, B);
   k130_maxpool2d_grad(t130, t79, t129, B);
-  k131_relu_grad(t131, bn2, t130, B);
-  k132_sum_to(t132, t131, scratch, B);
-  k135_mul(t135, t131, t61, B);
-  k132_sum_to(t136, t135, scratch, B);  /* %136 */
+  k132_sum_to(t132, t131, bn2, t130, scratch, B);
+  k136_sum_to(t136, t131, t61, scratch, B);
   k138_div(t138, t134, t131, t75, t60, B);
-  k141_neg(t141, t134, t61, t60, B);
-  k132_sum_to(t142, t141, scratch, B);  /* %142 */
+  k142_sum_to(t142, t134, t61, t60, scratch, B);
   k62_numel(t146, B);  /* %146 */
   k147_div(t147, t142, t60, t146);
-  k152_neg(t152, t151, t138, t147, t56, B);
-  k132_sum_to(t153, t152, scratch, B);  /* %153 */
+  k153_sum_to(t153, t151, t138, t147, t56, scratch, B);
   k62_numel(t154, B);  /* %154 */
   k155_div(t155, t153, t154);
   k157_add(t157, t151, t155, B);
   k158_conv2d_bwd_data(t158, t157, conv2_weight, scratch, B);
   k159_conv2d_bwd_filter(t159, h1, t157, scratch, B);
   k160_maxpool2d_grad(t160, t42, t158, B);
-  k131_relu_grad(t161, bn1, t160, B);  /* %161 */
-  k162_sum_to(t162, t161, scratch, B);
-  k135_mul(t165, t161, t20, B);  /* %165 */
-  k162_sum_to(t166, t165, scratch, B);  /* %166 */
+  k162_sum_to(t162, t161, bn1, t160, scratch, B);
+  k166_sum_to(t166, t161, t20, scratch, B);
   k168_div(t168, t164, t161, t38, t19, B);
-  k171_neg(t171, t164, t20, t19, B);
-  k162_sum_to(t172, t171, scratch, B);  /* %172 */
+  k172_sum_to(t172, t164, t20, t19, scratch, B);
   k21_numel(t175, B);  /* %175 */
   k176_div(t176, t172, t19, t175);
-  k181_neg(t181, t180, t168, t176, t14, B);
-  k162_sum_to(t182, t181, scratch, B);  /* %182 */
+  k182_sum_to(t182, t180, t168, t176, t14, scratch, B);
   k21_numel(t183, B);  /* %183 */
   k184_div(t184, t182, t183);
   k186_add(t186, t180, t184, B);
