@@ -1422,12 +1422,12 @@ START_TEST(kernels_do_not_grow_with_depth) {
 }
 END_TEST
 
-/* The 5-layer stack against the reference, through the JIT (when built in) and the system
+/* The 7-layer stack against the reference, through the JIT (when built in) and the system
  * compiler: kernels shared by several layers, and a train entry long enough to be cut into
  * parts (cg_emit_part). */
 START_TEST(conv_stack_checks) {
   Buf text = {0};
-  conv_stack(5, &text);
+  conv_stack(7, &text);
   for (int c = 0; c < 2; c++) {
     if (c == 0 && !backend_has_jit())
       continue;
@@ -1436,7 +1436,7 @@ START_TEST(conv_stack_checks) {
     o.batch = 3;
     o.backend.kind = c == 0 ? BACKEND_JIT : BACKEND_CC;
     Session s;
-    ck_assert_msg(session_open_text(&s, "conv_stack5.kiln", text.p, &o) == 0 &&
+    ck_assert_msg(session_open_text(&s, "conv_stack7.kiln", text.p, &o) == 0 &&
                       session_emit(&s) == 0,
                   "%s", s.error);
     ck_assert_msg(strstr(s.c.p, "kiln_train_part2(") != NULL, "the train entry is one function");

@@ -5,15 +5,28 @@
  * meaning.
  *
  * The decisions:
- * - Elementwise fusion. A tree of elementwise ops whose inner nodes each have one consumer in
- *   each entry that runs them, have the root's shape and are neither an entry's output nor an
- *   update's value is one flat loop over the root's elements computing the inner nodes in
- *   registers; the plan gives the inner nodes no storage. Operands left in memory are broadcast
- *   to the root's shape, so a batch norm's per-channel scale fuses like a scalar.
+ * - Elementwise fusion. Loops grow in node order: an elementwise input of an elementwise node joins
+ *   the consumer's loop when it has the consumer's shape and type, runs in the same entries, and
+ *   every kernel outside the loop that reads one of the loop's nodes runs after it (kernels run in
+ *   node order, and the loop runs where its last node, the root, would). A joined node read only
+ *   inside the loop stays in registers; one read outside (or an update's value, or an output) is
+ *   also stored by the loop, which so has several outputs: Adam's new moments and parameter are
+ *   one loop writing all three, batch norm's normalised input, its scaled value and the ReLU of
+ *   it another. A node with one consumer in each entry that runs it (the train and apply entries
+ *   share the optimizer's gradient-free terms, such as β·m) is instead recomputed inside each
+ *   consumer's loop, as a tree. Operands left in memory are broadcast to the root's shape (an
+ *   expand is such a read), so a batch norm's per-channel scale fuses like a scalar.
+ * - Sums fed by loops. A sum, mean or sum_to of f32 whose input is such a loop and whose runs go
+ *   through 16 partial sums (sched_reduce_runs) computes the loop inside its run loop: (x - m)^2
+ *   for batch norm's variance, ReLU's gradient for the bias gradient, are summed from registers,
+ *   never written and read back. Operands must be constant along a run or contiguous with it. The
+ *   values and the order of the additions are the unfused program's, so the sums are too, bit
+ *   for bit.
  * - Updates without copies. An update target <- value normally copies the value at the end of
- *   the entry. When the value is such a flat kernel and, in every entry computing it, no kernel
- *   after it reads the target, the plan places the value in the target's storage and the copy
- *   disappears. `fuse = false` turns both off.
+ *   the entry. When the value is computed by a flat loop and, in every entry computing it, no
+ *   kernel after that loop reads the target, the plan places the value in the target's storage
+ *   and the copy disappears (the loop computes every value of an element before storing any, so
+ *   its own reads see the old one). `fuse = false` turns all of this off.
  * - Convolution algorithm: direct loop nests, or per image im2col + the blocked GEMM when the
  *   GEMM's dimensions are large enough (K >= 16, >= 8 output channels per group); the MNIST CNN's
  *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there.
