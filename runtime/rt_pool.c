@@ -27,6 +27,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "runtime.h"
@@ -230,6 +231,7 @@ void rt_pool_run(void *pool, kiln_task_fn task, void *args, int64_t ntasks) {
 }
 
 void rt_exec_init(kiln_exec *e, RtPool *p) {
+  memset(e, 0, sizeof *e);
   e->run = rt_pool_run;
   e->pool = p;
 }

@@ -206,7 +206,7 @@ int rt_pool_threads(const RtPool *p);
 /* kiln_exec.run: task(args, t, worker) for every t in [0, ntasks), claimed first come, first
  * served; returns when all have finished. A NULL pool runs them in order on worker 0. */
 void rt_pool_run(void *pool, kiln_task_fn task, void *args, int64_t ntasks);
-/* An exec running tasks on p (NULL: in order on the calling thread). */
+/* An exec running tasks on p (NULL: in order on the calling thread), without a profiler. */
 void rt_exec_init(kiln_exec *e, RtPool *p);
 
 /* ---- rt_profile.c: where a compiled step's time goes ----------------------------------------- */

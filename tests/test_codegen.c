@@ -1150,11 +1150,11 @@ START_TEST(update_in_place_only_when_safe) {
                      ir_binary(g, OP_MUL, ir_const(g, 0.1, DT_F32, L0),
                                ir_binary(g, OP_MUL, p, p, L0), L0), L0);
   ir_add_update(g, ENTRY_TRAIN, p, pv);
-  /* q <- exp(-q)*0.5, but the output z, computed after it, still reads q. */
+  /* q <- exp(-q)*0.5, but the output z, a sum computed after it, still reads q. */
   int qv = ir_binary(g, OP_MUL, ir_unary(g, OP_EXP, ir_unary(g, OP_NEG, q, L0), L0),
                      ir_const(g, 0.5, DT_F32, L0), L0);
   ir_add_update(g, ENTRY_TRAIN, q, qv);
-  int z = ir_binary(g, OP_ADD, q, ir_unary(g, OP_SQRT, qv, L0), L0);
+  int z = ir_reduce(g, OP_SUM, q, 1, false, L0);
   ck_assert_int_gt(z, qv);
   ir_add_output(g, ENTRY_TRAIN, "z", z);
   Run r;
@@ -1163,6 +1163,30 @@ START_TEST(update_in_place_only_when_safe) {
   ck_assert_int_ne(r.plan->offset[qv], r.plan->offset[q]);
   ck_assert_msg(strstr(r.src, "memcpy(p, ") == NULL, "p is still copied\n%s", r.src);
   ck_assert_msg(strstr(r.src, "memcpy(q, ") != NULL, "q is not copied\n%s", r.src);
+  randomise(&r, 11, 0.1, 1.0);
+  for (int step = 0; step < 3; step++)
+    run_compare(&r, "train", 1);
+  run_close(&r);
+}
+END_TEST
+
+/* A later elementwise reader of an updated target joins the update's loop, which then has two
+ * outputs: the new value, written in place (it stores after computing everything, so the reader
+ * still sees the old value), and the reader's. One kernel, no copy, the reference's values. */
+START_TEST(update_in_place_in_shared_loop) {
+  int q = param("q", DT_F32, S1(C_(7)));
+  int qv = ir_binary(g, OP_MUL, ir_unary(g, OP_EXP, ir_unary(g, OP_NEG, q, L0), L0),
+                     ir_const(g, 0.5, DT_F32, L0), L0);
+  ir_add_update(g, ENTRY_TRAIN, q, qv);
+  int z = ir_binary(g, OP_ADD, q, ir_unary(g, OP_SQRT, qv, L0), L0);
+  ir_add_output(g, ENTRY_TRAIN, "z", z);
+  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, z, 1, false, L0));
+  Run r;
+  run_open(&r, 1);
+  ck_assert_int_eq(r.plan->offset[qv], r.plan->offset[q]);
+  ck_assert(r.plan->sched->node[qv].stored && r.plan->sched->node[qv].group == z);
+  ck_assert_msg(strstr(r.src, "memcpy(q, ") == NULL, "q is copied\n%s", r.src);
+  ck_assert_int_eq(kernel_defs(r.src, NULL), 2); /* the loop, the sum */
   randomise(&r, 11, 0.1, 1.0);
   for (int step = 0; step < 3; step++)
     run_compare(&r, "train", 1);
@@ -1258,6 +1282,151 @@ START_TEST(fusion_matches_unfused) {
   }
   run_close(&r[0]);
   run_close(&r[1]);
+}
+END_TEST
+
+/* Adam on one parameter is one loop: the first and second moments are members of the
+ * parameter's update loop, each stored in place, and the loop reads the gradient once. */
+START_TEST(adam_is_one_loop_per_parameter) {
+  int x = input("image", DT_F32, S2(B_(1), C_(7)));
+  int lab = input("label", DT_I32, S1(B_(1)));
+  int w = param("fc.weight", DT_F32, S2(C_(5), C_(7)));
+  int h = ir_matmul(g, x, w, false, true, L0);
+  int loss = ir_node(g, OP_CROSS_ENTROPY, 2, (int[]){h, lab}, NULL, L0);
+  g->loss_train = g->loss_eval = loss;
+  g->output_eval = h;
+  g->train.optimizer = OPT_ADAM;
+  g->train.lr = 0.01;
+  g->train.beta1 = 0.9;
+  g->train.beta2 = 0.999;
+  g->train.eps = 1e-8;
+  train_build(g);
+  Run r;
+  run_open(&r, 5);
+  const Schedule *s = r.plan->sched;
+  const Entry *en = &g->entries[ENTRY_TRAIN];
+  int group = -1, updates = 0;
+  for (int u = 0; u < en->nupdates; u++) {
+    int t = en->updates[u].target, v = en->updates[u].value;
+    if (ir_at(g, t)->shape.rank != 2)
+      continue;
+    ck_assert_int_eq(r.plan->offset[v], r.plan->offset[t]);
+    if (group < 0)
+      group = s->node[v].group;
+    ck_assert_msg(s->node[v].group == group, "%s is updated in another loop", ir_at(g, t)->name);
+    updates++;
+  }
+  ck_assert_int_eq(updates, 3); /* the weight, exp_avg, exp_avg_sq */
+  ck_assert_msg(strstr(r.src, "memcpy(fc_weight") == NULL, "an update is copied\n%s", r.src);
+  randomise(&r, 5, -1.0, 1.0);
+  for (int step = 0; step < 3; step++)
+    run_compare(&r, "train", 5);
+  run_close(&r);
+}
+END_TEST
+
+/* A compiled model on its own arena, every tensor but the outputs set from one seed. */
+typedef struct TextRun {
+  Session s;
+  unsigned char *arena;
+  RtBackend be;
+} TextRun;
+
+static void text_run_open(TextRun *r, const char *text, int64_t batch, bool fuse) {
+  Options o;
+  session_default_options(&o);
+  o.batch = batch;
+  o.sched.fuse = fuse;
+  ck_assert_msg(session_open_text(&r->s, "fuse.kiln", text, &o) == 0 && session_load(&r->s) == 0,
+                "%s", r->s.error);
+  size_t bytes = ((size_t)r->s.prog->arena_bytes + 63) / 64 * 64;
+  r->arena = aligned_alloc(64, bytes);
+  memset(r->arena, 0xA5, bytes);
+  rt_arena_backend(r->s.prog, r->arena, &r->be);
+  RtRng rng;
+  rt_rng_seed(&rng, 17);
+  for (int i = 0; i < r->s.plan.ntensors; i++) {
+    const kiln_tensor *t = &r->s.plan.tensors[i];
+    if (t->role == KILN_ROLE_OUTPUT)
+      continue;
+    int64_t n = rt_numel(t, batch);
+    double *v = malloc((size_t)(n + 1) * sizeof *v);
+    for (int64_t k = 0; k < n; k++)
+      v[k] = t->dtype == KILN_I32 ? (double)rt_rng_below(&rng, 4)
+             : t->role == KILN_ROLE_OPT || t->role == KILN_ROLE_HYPER
+                 ? (double)(float)(0.01 + 0.001 * rt_rng_uniform(&rng))
+                 : (double)(float)(2 * rt_rng_uniform(&rng) - 1);
+    r->be.write(r->be.self, i, v, n);
+    free(v);
+  }
+}
+
+static void text_run_close(TextRun *r) {
+  rt_arena_backend_free(&r->be);
+  free(r->arena);
+  session_close(&r->s);
+}
+
+/* Batch norm's statistics and gradient sums computed by the loops that produce what they sum
+ * ((x - mean)^2, ReLU's gradient times the normalised input), with odd sizes (a 7×9 image, whose
+ * 63-element runs are no multiple of the 16 partial sums, 5 channels, batch 5 then 3): every
+ * parameter, moment and running statistic bit-identical to the unfused program's after each
+ * step, and the fused program has fewer kernels. */
+START_TEST(fused_reductions_bit_identical) {
+  static const char text[] =
+      "input x: f32[B, 3, 7, 9] from images\ninput label: i32[B] from labels\n"
+      "c = conv2d(x, out=5, kernel=3, pad=1)\nh = relu(batchnorm(c) as bn)\n"
+      "logits = linear(flatten(maxpool2d(h, kernel=2)), out=4) as fc\n"
+      "loss = cross_entropy(logits, label)\nminimize loss\n"
+      "train {\n  optimizer = adam(lr=1e-2)\n}\n";
+  TextRun r[2];
+  for (int f = 0; f < 2; f++)
+    text_run_open(&r[f], text, 5, f == 1);
+  const Graph *fg = r[1].s.g;
+  const Schedule *fs = r[1].s.plan.sched;
+  int fused_sums = 0;
+  for (int i = 0; i < fg->nnodes; i++) {
+    const Node *n = ir_at(fg, i);
+    if ((n->op == OP_MEAN || n->op == OP_SUM_TO) && fs->used[i] && sched_is_tree(fg, fs, i))
+      fused_sums++;
+  }
+  /* (x - m)^2 for the variance; the bias and scale gradients and the two sums of the input's */
+  ck_assert_msg(fused_sums >= 5, "%d fused sums", fused_sums);
+  ck_assert_int_lt(kernel_defs(r[1].s.c.p, NULL), kernel_defs(r[0].s.c.p, NULL));
+  ck_assert_int_eq(r[0].s.plan.ntensors, r[1].s.plan.ntensors);
+  const int64_t batches[] = {5, 5, 3, 5};
+  for (size_t step = 0; step < sizeof batches / sizeof batches[0]; step++) {
+    char err[RT_ERR_LEN];
+    for (int f = 0; f < 2; f++) {
+      int e = rt_find_entry(r[f].s.prog, "train");
+      ck_assert_msg(r[f].be.run(r[f].be.self, e, batches[step], err) == 0, "%s", err);
+    }
+    for (int i = 0; i < r[0].s.plan.ntensors; i++) {
+      const kiln_tensor *t = &r[0].s.plan.tensors[i];
+      if (t->role == KILN_ROLE_INPUT || t->role == KILN_ROLE_GRAD ||
+          (t->role == KILN_ROLE_OUTPUT && !rt_tensor_in_entry(t, ENTRY_TRAIN)))
+        continue;
+      int64_t n = rt_numel(t, batches[step]);
+      double *v0 = malloc((size_t)n * sizeof *v0), *v1 = malloc((size_t)n * sizeof *v1);
+      r[0].be.read(r[0].be.self, i, v0, n);
+      r[1].be.read(r[1].be.self, i, v1, n);
+      for (int64_t k = 0; k < n; k++)
+        ck_assert_msg(v0[k] == v1[k], "step %zu %s[%lld]: unfused %.9g, fused %.9g", step,
+                      t->name, (long long)k, v0[k], v1[k]);
+      free(v0);
+      free(v1);
+    }
+  }
+  for (int f = 0; f < 2; f++)
+    text_run_close(&r[f]);
+  /* And against the reference. */
+  Session s;
+  Options o;
+  session_default_options(&o);
+  o.batch = 5;
+  ck_assert_msg(session_open_text(&s, "fuse.kiln", text, &o) == 0, "%s", s.error);
+  check_passes(&s, "fused");
+  session_close(&s);
 }
 END_TEST
 
@@ -1367,12 +1536,12 @@ START_TEST(kernels_do_not_grow_with_depth) {
 }
 END_TEST
 
-/* The 4-layer stack against the reference, through the JIT (when built in) and the system
+/* The 7-layer stack against the reference, through the JIT (when built in) and the system
  * compiler: kernels shared by several layers, and a train entry long enough to be cut into
  * parts (cg_emit_part). */
 START_TEST(conv_stack_checks) {
   Buf text = {0};
-  conv_stack(4, &text);
+  conv_stack(7, &text);
   for (int c = 0; c < 2; c++) {
     if (c == 0 && !backend_has_jit())
       continue;
@@ -1381,7 +1550,7 @@ START_TEST(conv_stack_checks) {
     o.batch = 3;
     o.backend.kind = c == 0 ? BACKEND_JIT : BACKEND_CC;
     Session s;
-    ck_assert_msg(session_open_text(&s, "conv_stack4.kiln", text.p, &o) == 0 &&
+    ck_assert_msg(session_open_text(&s, "conv_stack7.kiln", text.p, &o) == 0 &&
                       session_emit(&s) == 0,
                   "%s", s.error);
     ck_assert_msg(strstr(s.c.p, "kiln_train_part2(") != NULL, "the train entry is one function");
@@ -1499,7 +1668,7 @@ static const char golden_relu[] =
     "}\n"
     "\n"
     "static const kiln_site kiln_sites[1] = {\n"
-    "  {1, \"k1_relu\", \"relu\", \"\", 32, 1, 0},\n"
+    "  {1, 1, \"k1_relu\", \"relu\", \"\", 32, 1, 0},\n"
     "};\n"
     "\n"
     "static const kiln_tensor kiln_tensors[2] = {\n"
@@ -1985,9 +2154,12 @@ static Suite *suite(void) {
   tcase_add_test(tc, update_chain_order);
   tcase_add_test(tc, fused_chain_is_one_kernel);
   tcase_add_test(tc, update_in_place_only_when_safe);
+  tcase_add_test(tc, update_in_place_in_shared_loop);
   tcase_add_test(tc, train_entry_unaffected_by_apply);
   tcase_add_test(tc, every_compiler_and_level);
   tcase_add_loop_test(tc, fusion_matches_unfused, 0, 2);
+  tcase_add_test(tc, adam_is_one_loop_per_parameter);
+  tcase_add_test(tc, fused_reductions_bit_identical);
   tcase_add_test(tc, update_cycle_is_an_error);
   tcase_add_test(tc, bad_labels_give_nan);
   tcase_add_test(tc, tensor_names_in_entries);

@@ -59,7 +59,7 @@ static const Sz SZ_ZERO = {0, 0};
 typedef struct CgParam {
   const char *type, *name;
 } CgParam;
-#define CG_MAX_PARAMS (2 * SCHED_FUSE_MAX_NODES + IR_MAX_IN + 8)
+#define CG_MAX_PARAMS (3 * SCHED_FUSE_MAX_NODES + IR_MAX_IN + 8)
 
 /* The generator's state while printing one translation unit. */
 typedef struct Cg {
@@ -119,8 +119,8 @@ typedef struct Opnd {
   const char *elem;        /* set by cg_nest_open */
 } Opnd;
 
-/* Operands of one loop nest at most: a fused tree's output and its leaves. */
-#define NEST_MAX_OPS 72
+/* Operands of one loop nest at most: a fused loop's outputs and its leaves. */
+#define NEST_MAX_OPS (3 * SCHED_FUSE_MAX_NODES + 8)
 
 /* An emitter prints the body of node n's kernel: y (the output) and a, b, c, d for the inputs
  * held in the arena. One per op, in cg_file.c's table. */
@@ -131,12 +131,15 @@ static inline bool is_fused(const Cg *cg, int id) { return cg->s->node[id].fused
 static inline int into_of(const Cg *cg, int id) { return cg->s->node[id].into; }
 
 /* The operands of tree kernel `root` left in memory: its distinct arena operands, passed as
- * pointer parameters x0, x1, ... (except those in root's own storage: an in-place update's old
- * value, read through y), and its literal arrays. */
+ * pointer parameters x0, x1, ... (except those in the storage of one of its outputs: an in-place
+ * update's old value, read through that output's pointer), and its literal arrays; and the members
+ * its loop stores besides root, passed as z0, z1, ... */
 typedef struct CgTreeArgs {
   Cg *cg;
   const Node *root;
-  bool all;  /* collect the operands in root's storage too (for check_plan) */
+  bool all;  /* collect the operands in its outputs' storage too (for check_plan) */
+  int nout, out[SCHED_FUSE_MAX_NODES];                /* stored members */
+  const char *outelem[SCHED_FUSE_MAX_NODES];
   int n, ndc;
   int id[2 * SCHED_FUSE_MAX_NODES + 2];
   int dc[2 * SCHED_FUSE_MAX_NODES + 2];            /* literal arrays (CONST with data) */
@@ -208,9 +211,10 @@ void cg_emit_avgpool2d_grad(Cg *cg, const Node *n);
 bool cg_is_tree(const Cg *cg, const Node *n);
 bool cg_is_single(const Shape *s);
 void cg_tree_arg(int x, void *arg);
-void cg_tree_args(Cg *cg, const Node *root, CgTreeArgs *ta);
+void cg_tree_args(Cg *cg, const Node *root, CgTreeArgs *ta, bool all);
 void cg_tree_comment(Cg *cg, const Node *n, Buf *b);
 void cg_emit_tree(Cg *cg, const Node *n, CgTreeArgs *ta);
+void cg_emit_reduce_tree(Cg *cg, const Node *n, CgTreeArgs *ta);
 
 /* ================================ cg_gemm.c ================================ */
 

@@ -117,15 +117,18 @@ static bool has_batch(const Shape *s) {
 /* The tensor whose storage holds node x: an update value written in place is its target. */
 static int storage_of(const Cg *cg, int x) { return into_of(cg, x) >= 0 ? into_of(cg, x) : x; }
 
-/* The arena tensors a call of n's kernel passes, in order: its output, then the operands it
- * reads (a tree kernel's distinct operands), each named by its storage. Returns how many. */
-enum { CALL_ARGS_MAX = 2 * SCHED_FUSE_MAX_NODES + 3 };
+/* The arena tensors a call of n's kernel passes, in order: its output, then a tree kernel's other
+ * outputs, then the operands it reads (a tree kernel's distinct operands), each named by its
+ * storage. Returns how many. */
+enum { CALL_ARGS_MAX = 3 * SCHED_FUSE_MAX_NODES + 3 };
 static int call_args(Cg *cg, const Node *n, int *ids) {
   int k = 0;
   ids[k++] = storage_of(cg, n->id);
   if (cg_is_tree(cg, n)) {
     CgTreeArgs ta;
-    cg_tree_args(cg, n, &ta);
+    cg_tree_args(cg, n, &ta, false);
+    for (int j = 0; j < ta.nout; j++)
+      ids[k++] = storage_of(cg, ta.out[j]);
     for (int i = 0; i < ta.n; i++)
       ids[k++] = storage_of(cg, ta.id[i]);
     return k;
@@ -475,8 +478,12 @@ static const char *kernel_text(Cg *cg, const Node *n) {
   kernel_param(cg, pool_printf(cg->pool, "%s *%s", ctype(n->dtype), res), "y");
   unsigned rd = reads_mask(n);
   if (tree) {
-    /* No operand shares y's bytes (that one is read through y), so all stay restrict. */
-    cg_tree_args(cg, n, &ta);
+    /* No operand shares an output's bytes (that one is read through the output), so all stay
+     * restrict. */
+    cg_tree_args(cg, n, &ta, false);
+    for (int j = 0; j < ta.nout; j++)
+      kernel_param(cg, pool_printf(cg->pool, "%s *restrict ", ctype(ir_at(g, ta.out[j])->dtype)),
+                   pool_printf(cg->pool, "z%d", j));
     for (int i = 0; i < ta.n; i++)
       kernel_param(cg, pool_printf(cg->pool, "const %s *restrict ", ctype(ir_at(g, ta.id[i])->dtype)),
                    pool_printf(cg->pool, "x%d", i));
@@ -503,7 +510,9 @@ static const char *kernel_text(Cg *cg, const Node *n) {
    * only in kernels inlined into an entry, below the entry's check). */
   if (cg->var[n->id])
     cg_line(cg, "KILN_ASSUME(B >= 1 && B <= %" PRId64 ");", cg->plan->batch);
-  if (tree)
+  if (tree && cg_op_c[n->op] == NULL)
+    cg_emit_reduce_tree(cg, n, &ta); /* a sum or mean computing its input's loop */
+  else if (tree)
     cg_emit_tree(cg, n, &ta);
   else
     emitters[n->op](cg, n);
@@ -859,31 +868,36 @@ static void check_plan(Cg *cg) {
       kiln_fail(n->loc, "the C code generator cannot compile %s yet", op_names[n->op]);
     /* The plan must have followed the schedule: no storage for fused nodes, the target's for an
      * update value written in place. */
-    if (is_fused(cg, i) != (cg->plan->offset[i] < 0) ||
+    if ((is_fused(cg, i) && !cg->s->node[i].stored) != (cg->plan->offset[i] < 0) ||
         (into_of(cg, i) >= 0 && cg->plan->offset[i] != cg->plan->offset[into_of(cg, i)]))
       kiln_bug(__FILE__, __LINE__, "the plan's storage disagrees with the fusion schedule");
     if (is_fused(cg, i) || op_is_leaf(n->op) || is_alias(cg, n))
       continue;
     if (cg_is_tree(cg, n)) {
-      /* A tree kernel may share bytes only with an operand of its own shape at its own offset
-       * (read through y, element before element). */
+      /* A tree kernel's output may share bytes only with an operand of its own shape at its own
+       * offset (read through that output, element before element), and its outputs none with
+       * each other. */
       CgTreeArgs ta;
-      memset(&ta, 0, sizeof ta);
-      ta.cg = cg;
-      ta.root = n;
-      ta.all = true;
-      sched_kernel_operands(g, cg->s, i, cg_tree_arg, &ta);
-      int64_t y0 = cg->plan->offset[i], y1 = y0 + node_bytes(cg, n);
-      for (int a = 0; a < ta.n; a++) {
-        const Node *x = ir_at(g, ta.id[a]);
-        int64_t x0 = cg->plan->offset[x->id], x1 = x0 + node_bytes(cg, x);
-        bool same = x0 == y0 && (shape_eq(&x->shape, &n->shape) ||
-                                 (cg_is_single(&x->shape) && cg_is_single(&n->shape)));
-        if (x0 < y1 && y0 < x1 && !same)
-          kiln_bug(__FILE__, __LINE__, "plan overlaps a fused kernel's output with its input");
+      cg_tree_args(cg, n, &ta, true);
+      for (int j = 0; j <= ta.nout; j++) {
+        const Node *o = j < ta.nout ? ir_at(g, ta.out[j]) : n;
+        int64_t y0 = cg->plan->offset[o->id], y1 = y0 + node_bytes(cg, o);
+        for (int a = 0; a < ta.n + ta.nout + 1; a++) {
+          const Node *x = a < ta.n              ? ir_at(g, ta.id[a])
+                          : a - ta.n < ta.nout ? ir_at(g, ta.out[a - ta.n])
+                                               : n;
+          if (x == o)
+            continue;
+          int64_t x0 = cg->plan->offset[x->id], x1 = x0 + node_bytes(cg, x);
+          bool same = a < ta.n && x0 == y0 &&
+                      (shape_eq(&x->shape, &o->shape) ||
+                       (cg_is_single(&x->shape) && cg_is_single(&o->shape)));
+          if (x0 < y1 && y0 < x1 && !same)
+            kiln_bug(__FILE__, __LINE__, "plan overlaps a fused kernel's output with its input");
+        }
+        if (into_of(cg, o->id) >= 0 && !shape_eq(&ir_at(g, into_of(cg, o->id))->shape, &o->shape))
+          kiln_bug(__FILE__, __LINE__, "an in-place update changes shape");
       }
-      if (into_of(cg, i) >= 0 && !shape_eq(&ir_at(g, into_of(cg, i))->shape, &n->shape))
-        kiln_bug(__FILE__, __LINE__, "an in-place update changes shape");
       continue;
     }
     /* An output sharing bytes with an input is fine only for elementwise kernels (each element

@@ -81,16 +81,22 @@ typedef struct Interval {
 
 static void plan_arena(const Graph *g, const Schedule *s, Plan *p);
 
-/* Node x is read at pos: its storage root lives until then. A fused node is no storage; its
- * kernel is its consumer's, so its own inputs are read at the consumer's position (trees are
- * at most a few dozen nodes, so the recursion stays shallow). */
-static void live_read(const Graph *g, const Schedule *s, const int *root, Interval *live,
-                      int x, int pos) {
-  if (s->node[x].fused) {
-    for (int k = 0; k < ir_at(g, x)->nin; k++) live_read(g, s, root, live, ir_at(g, x)->in[k], pos);
-    return;
-  }
-  if (live[root[x]].first >= 0) live[root[x]].last = pos;
+/* Storage roots read by the kernel being placed, at position pos. */
+typedef struct LiveRead {
+  const int *root;
+  Interval *live;
+  int pos;
+} LiveRead;
+
+static void live_read(int x, void *arg) {
+  LiveRead *lr = arg;
+  if (lr->live[lr->root[x]].first >= 0) lr->live[lr->root[x]].last = lr->pos;
+}
+
+/* A member a kernel stores is defined where that kernel runs. */
+static void live_def(int x, void *arg) {
+  LiveRead *lr = arg;
+  if (lr->root[x] == x) lr->live[x] = (Interval){lr->pos, lr->pos};
 }
 
 /* Plans g under schedule s, or one built for batch and o, in a fresh p->pool; on an error frees
@@ -154,8 +160,9 @@ static void plan_arena(const Graph *g, const Schedule *s, Plan *p) {
     }
   int64_t temp_base = top;
 
-  /* The schedule decides two storage questions: fused nodes get no storage, and an update
-   * value written in place shares its target's (like a reshape, below). */
+  /* The schedule decides two storage questions: fused nodes get no storage unless their loop
+   * stores them, and an update value written in place shares its target's (like a reshape,
+   * below). */
   /* A reshape is the same bytes as its input, so it shares its input's storage: root[i] is the
    * node whose storage i uses. Not for leaves that an entry updates, whose bytes change at the
    * end of the entry while an output aliasing them might still be read. */
@@ -183,9 +190,13 @@ static void plan_arena(const Graph *g, const Schedule *s, Plan *p) {
     for (int i = 0; i < nn; i++) {
       if (!mark[e][i]) continue;
       const Node *n = ir_at(g, i);
-      if (s->node[i].fused) continue;  /* runs (reads its inputs) inside its consumer's kernel */
+      if (s->node[i].fused) continue;  /* runs (reads its inputs) inside another node's kernel */
+      LiveRead lr = {.root = root, .live = live[e], .pos = pos};
       if (!op_is_leaf(n->op) && root[i] == i) live[e][i] = (Interval){pos, pos};
-      for (int k = 0; k < n->nin; k++) live_read(g, s, root, live[e], n->in[k], pos);
+      if (!op_is_leaf(n->op)) {
+        sched_kernel_outputs(g, s, i, live_def, &lr);
+        sched_kernel_operands(g, s, i, live_read, &lr);
+      }
       pos++;
     }
     const Entry *en = &g->entries[e];
@@ -209,7 +220,7 @@ static void plan_arena(const Graph *g, const Schedule *s, Plan *p) {
   for (int i = 0; i < nn; i++) {
     const Node *n = ir_at(g, i);
     if (op_is_leaf(n->op) || !needs_storage(n) || !in_entries[i] || root[i] != i ||
-        s->node[i].fused)
+        (s->node[i].fused && !s->node[i].stored))
       continue;
     size[i] = node_bytes(n, p->symvals);
     order[ntemp++] = i;

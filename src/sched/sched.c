@@ -5,15 +5,28 @@
  * meaning.
  *
  * The decisions:
- * - Elementwise fusion. A tree of elementwise ops whose inner nodes each have one consumer in
- *   each entry that runs them, have the root's shape and are neither an entry's output nor an
- *   update's value is one flat loop over the root's elements computing the inner nodes in
- *   registers; the plan gives the inner nodes no storage. Operands left in memory are broadcast
- *   to the root's shape, so a batch norm's per-channel scale fuses like a scalar.
+ * - Elementwise fusion. Loops grow in node order: an elementwise input of an elementwise node joins
+ *   the consumer's loop when it has the consumer's shape and type, runs in the same entries, and
+ *   every kernel outside the loop that reads one of the loop's nodes runs after it (kernels run in
+ *   node order, and the loop runs where its last node, the root, would). A joined node read only
+ *   inside the loop stays in registers; one read outside (or an update's value, or an output) is
+ *   also stored by the loop, which so has several outputs: Adam's new moments and parameter are
+ *   one loop writing all three, batch norm's normalised input, its scaled value and the ReLU of
+ *   it another. A node with one consumer in each entry that runs it (the train and apply entries
+ *   share the optimizer's gradient-free terms, such as β·m) is instead recomputed inside each
+ *   consumer's loop, as a tree. Operands left in memory are broadcast to the root's shape (an
+ *   expand is such a read), so a batch norm's per-channel scale fuses like a scalar.
+ * - Sums fed by loops. A sum, mean or sum_to of f32 whose input is such a loop and whose runs go
+ *   through 16 partial sums (sched_reduce_runs) computes the loop inside its run loop: (x - m)^2
+ *   for batch norm's variance, ReLU's gradient for the bias gradient, are summed from registers,
+ *   never written and read back. Operands must be constant along a run or contiguous with it. The
+ *   values and the order of the additions are the unfused program's, so the sums are too, bit
+ *   for bit.
  * - Updates without copies. An update target <- value normally copies the value at the end of
- *   the entry. When the value is such a flat kernel and, in every entry computing it, no kernel
- *   after it reads the target, the plan places the value in the target's storage and the copy
- *   disappears. `fuse = false` turns both off.
+ *   the entry. When the value is computed by a flat loop and, in every entry computing it, no
+ *   kernel after that loop reads the target, the plan places the value in the target's storage
+ *   and the copy disappears (the loop computes every value of an element before storing any, so
+ *   its own reads see the old one). `fuse = false` turns all of this off.
  * - Convolution algorithm: direct loop nests, or per image im2col + the blocked GEMM when the
  *   GEMM's dimensions are large enough (K >= 16, >= 8 output channels per group); the MNIST CNN's
  *   one-channel 3×3 first layer (K = 9) stays direct, which is faster there. `kiln tune`'s
@@ -242,8 +255,11 @@ static const bool fusible[OP_COUNT] = {
     [OP_EXP] = true,        [OP_LOG] = true,         [OP_SQRT] = true,
     [OP_RELU] = true,       [OP_RELU_GRAD] = true,   [OP_SIGMOID] = true,
     [OP_TANH] = true,       [OP_LEAKY_RELU] = true,  [OP_LEAKY_RELU_GRAD] = true,
+    [OP_EXPAND] = true,     /* a broadcast read, such as batch norm's per-channel gradient terms */
 };
 
+
+bool sched_reads(const Node *n, int k);
 
 /* Whether n can be part of a fused loop nest over its elements: a fusible op whose operands
  * have its type (scalar constants: any type, cast when read); they may be broadcast. */
@@ -252,22 +268,72 @@ static bool flat_map(const Graph *g, const Node *n) {
     return false;
   for (int k = 0; k < n->nin; k++) {
     const Node *x = ir_at(g, n->in[k]);
-    if (x->dtype != n->dtype && x->op != OP_CONST)
+    if (sched_reads(n, k) && x->dtype != n->dtype && x->op != OP_CONST)
       return false;
   }
   return true;
 }
 
-void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(int x, void *arg),
-                           void *arg) {
-  const Node *nd = ir_at(g, n);
+bool sched_reads(const Node *n, int k) {
+  if (n->op == OP_SUM_TO || n->op == OP_EXPAND)
+    return k == 0;
+  return n->op != OP_NUMEL;
+}
+
+/* A walk over what one kernel computes in registers, each node once. */
+typedef struct KernelWalk {
+  const Graph *g;
+  const Schedule *s;
+  int root;
+  void (*fn)(int x, void *arg);
+  void *arg;
+  int nseen, seen[4 * SCHED_FUSE_MAX_NODES];
+} KernelWalk;
+
+static bool walk_seen(KernelWalk *w, int x) {
+  for (int i = 0; i < w->nseen; i++)
+    if (w->seen[i] == x)
+      return true;
+  KILN_ASSERT(w->nseen < (int)(sizeof w->seen / sizeof w->seen[0]));
+  w->seen[w->nseen++] = x;
+  return false;
+}
+
+static void walk_operands(KernelWalk *w, int n) {
+  const Node *nd = ir_at(w->g, n);
   for (int k = 0; k < nd->nin; k++) {
     int x = nd->in[k];
-    if (s->node[x].fused)
-      sched_kernel_operands(g, s, x, fn, arg);
-    else
-      fn(x, arg);
+    if (!sched_reads(nd, k))
+      continue;
+    if (!sched_in_kernel(w->s, x, w->root))
+      w->fn(x, w->arg);
+    else if (!walk_seen(w, x))
+      walk_operands(w, x);
   }
+}
+
+void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(int x, void *arg),
+                           void *arg) {
+  KernelWalk w = {.g = g, .s = s, .root = n, .fn = fn, .arg = arg};
+  walk_operands(&w, n);
+}
+
+static void walk_outputs(KernelWalk *w, int n) {
+  const Node *nd = ir_at(w->g, n);
+  for (int k = 0; k < nd->nin; k++) {
+    int x = nd->in[k];
+    if (sched_reads(nd, k) && sched_in_kernel(w->s, x, w->root) && !walk_seen(w, x)) {
+      walk_outputs(w, x);
+      if (w->s->node[x].stored)
+        w->fn(x, w->arg);
+    }
+  }
+}
+
+void sched_kernel_outputs(const Graph *g, const Schedule *s, int root, void (*fn)(int x, void *arg),
+                          void *arg) {
+  KernelWalk w = {.g = g, .s = s, .root = root, .fn = fn, .arg = arg};
+  walk_outputs(&w, root);
 }
 
 typedef struct LastRead {
@@ -291,7 +357,107 @@ static bool fusible_everywhere(const Graph *g, const int *pinned, int x, const i
   return seen_in[x] && !bad[x] && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn);
 }
 
-/* Fills fused, into and group; entries[i] has bit e set when entry e runs node i. */
+static bool is_reduce(Op op) { return op == OP_SUM || op == OP_MEAN || op == OP_SUM_TO; }
+
+int sched_reduce_k0(const Graph *g, const Node *n) {
+  const Shape *xs = &ir_at(g, n->in[0])->shape;
+  int k0 = xs->rank, off = xs->rank - n->shape.rank;
+  while (k0 > 0) {
+    int k = k0 - 1;
+    bool summed = n->op == OP_SUM_TO ? k - off < 0 || !dim_eq(n->shape.d[k - off], xs->d[k])
+                                     : (n->attr.axes & (1u << k)) != 0;
+    if (!summed)
+      break;
+    k0--;
+  }
+  return k0;
+}
+
+bool sched_reduce_runs(const Graph *g, const Schedule *s, const Node *n) {
+  const Node *x = ir_at(g, n->in[0]);
+  if (!is_reduce(n->op) || n->dtype != DT_F32 || !in_arena(x))
+    return false;
+  int k0 = sched_reduce_k0(g, n);
+  bool batch = false;
+  int64_t run = 1;
+  for (int k = k0; k < x->shape.rank; k++) {
+    batch |= x->shape.d[k].sym == 0;
+    run *= dim_value(x->shape.d[k], s->symvals);
+  }
+  return k0 < x->shape.rank && (batch || run >= 32);
+}
+
+/* Whether every operand of a loop over shape d reads, along d's axes from k0 on, either one
+ * contiguous run of d's shape or one value (a per-channel scale): what a reduction's run loop
+ * indexes. */
+typedef struct RunCheck {
+  const Graph *g;
+  const Shape *d;
+  int k0;
+  bool ok;
+} RunCheck;
+
+static void run_operand(int x, void *arg) {
+  RunCheck *rc = arg;
+  const Shape *xs = &ir_at(rc->g, x)->shape;
+  int off = rc->d->rank - xs->rank;
+  bool all = true, none = true;
+  for (int k = rc->k0; k < rc->d->rank; k++) {
+    int kx = k - off;
+    bool same = kx >= 0 && dim_eq(xs->d[kx], rc->d->d[k]);
+    bool one = kx < 0 || (xs->d[kx].sym < 0 && xs->d[kx].n == 1);
+    all &= same;
+    none &= one;
+  }
+  /* Axes before k0 broadcast as the loop nest prints them; a run must be the operand's tail. */
+  rc->ok &= all || none;
+}
+
+/* The state of fusion while groups grow: consumers of each node (data reads in some entry, a
+ * compressed list), each kernel's members. */
+typedef struct Fuse {
+  const Graph *g;
+  Schedule *s;
+  const int *entries;
+  int *cstart, *cons;   /* consumers of i: cons[cstart[i] .. cstart[i + 1]) */
+  int *next;            /* members of a group as a list from its root: root, next[root], ... */
+  int *tail;            /* per root: the last node of its list */
+  int *size;            /* per root: nodes its loop computes (members and tree nodes) */
+} Fuse;
+
+/* Whether every consumer outside the group of roots a and b (merged, root c) of a member of either
+ * runs after c's kernel: a member is stored where c's loop runs, so an earlier reader would find
+ * it missing. A tree node reading a member counts as outside (its kernel may be elsewhere). */
+static bool readers_after(const Fuse *f, int a, int b, int c) {
+  for (int r = 0; r < 2; r++)
+    for (int m = r ? b : a; m >= 0; m = f->next[m])
+      for (int j = f->cstart[m]; j < f->cstart[m + 1]; j++) {
+        int e = f->cons[j], ge = f->s->node[e].group;
+        bool inside = !(f->s->node[e].fused && !f->s->node[e].member) && (ge == a || ge == b);
+        if (!inside && e < c)
+          return false;
+      }
+  return true;
+}
+
+/* Adds group `from` (a root) to group `to` (a root). */
+static void fuse_join(Fuse *f, int from, int to) {
+  for (int m = from; m >= 0; m = f->next[m]) {
+    f->s->node[m].group = to;
+    f->s->node[m].fused = f->s->node[m].member = true;
+  }
+  f->next[f->tail[to]] = from;
+  f->tail[to] = f->tail[from];
+  f->size[to] += f->size[from];
+}
+
+static void note_stored(int x, void *arg) {
+  Schedule *s = arg;
+  if (s->node[x].member)
+    s->node[x].stored = true;
+}
+
+/* Fills fused, member, stored, into and group; entries[i] has bit e set when entry e runs i. */
 static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
   int nn = g->nnodes;
   for (int i = 0; i < nn; i++) {
@@ -305,10 +471,14 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
   bool *decided = pool_alloc(pool, (size_t)nn * sizeof(bool));
   int *pinned = pool_alloc(pool, (size_t)nn * sizeof(int));  /* output or update value somewhere */
   int *outputs = pool_alloc(pool, (size_t)nn * sizeof(int)); /* output of some entry */
-  int *size = pool_alloc(pool, (size_t)nn * sizeof(int));    /* nodes in i's fused tree */
   int *last = pool_alloc(pool, (size_t)nn * sizeof(int));
   int *into = pool_alloc(pool, (size_t)nn * sizeof(int));    /* -2: no update has i as value */
   int *into_entries = pool_alloc(pool, (size_t)nn * sizeof(int));
+  Fuse f = {.g = g, .s = s, .entries = entries};
+  f.cstart = pool_alloc(pool, (size_t)(nn + 1) * sizeof(int));
+  f.next = pool_alloc(pool, (size_t)nn * sizeof(int));
+  f.tail = pool_alloc(pool, (size_t)nn * sizeof(int));
+  f.size = pool_alloc(pool, (size_t)nn * sizeof(int));
   for (int e = 0; e < ENTRY_COUNT; e++) {
     const Entry *en = &g->entries[e];
     for (int o = 0; o < en->noutputs; o++) {
@@ -318,49 +488,111 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
     for (int u = 0; u < en->nupdates; u++)
       pinned[en->updates[u].value]++;
   }
+  int ncons = 0;
   for (int c = 0; c < nn; c++) {
     const Node *cn = ir_at(g, c);
+    f.next[c] = -1;
+    f.tail[c] = c;
     if (!entries[c])
       continue;
     for (int k = 0; k < cn->nin; k++) {
       int x = cn->in[k];
       const Node *xn = ir_at(g, x);
+      if (!sched_reads(cn, k))
+        continue;
+      f.cstart[x + 1]++;
+      ncons++;
       if ((seen_in[x] & entries[c]) || !flat_map(g, cn) || !shape_eq(&xn->shape, &cn->shape) ||
           xn->dtype != cn->dtype)
         bad[x] = true;
       seen_in[x] |= entries[c];
     }
   }
+  for (int i = 0; i < nn; i++)
+    f.cstart[i + 1] += f.cstart[i];
+  f.cons = pool_alloc(pool, (size_t)(ncons + 1) * sizeof(int));
+  int *fill = pool_alloc(pool, (size_t)(nn + 1) * sizeof(int));
+  for (int c = 0; c < nn; c++)
+    for (int k = 0; k < ir_at(g, c)->nin && entries[c]; k++)
+      if (sched_reads(ir_at(g, c), k)) {
+        int x = ir_at(g, c)->in[k];
+        f.cons[f.cstart[x] + fill[x]++] = c;
+      }
 
-  /* Consumers in id order, so an input's own tree is complete when it is considered. The first
-   * consumer to see a shared input decides for all (its size bound is the only choice left). */
+  /* Consumers in id order, so an input's own group is complete when it is considered. An input
+   * that is a tree (one consumer per entry, no members) is computed inside each consumer's loop,
+   * as before; the first consumer to see a shared input decides for all (its size bound is the
+   * only choice left). Otherwise the input's group joins the consumer's when both run in the same
+   * entries, every reader outside runs after the consumer and the loop stays small: one loop
+   * then stores each member something outside reads (several outputs) and keeps the rest in
+   * registers. */
   for (int c = 0; c < nn; c++) {
     const Node *cn = ir_at(g, c);
     if (!entries[c] || !flat_map(g, cn))
       continue;
-    size[c] = 1;
+    f.size[c] = 1;
     for (int k = 0; k < cn->nin; k++) {
       int x = cn->in[k];
-      if (!decided[x] && fusible_everywhere(g, pinned, x, seen_in, bad)) {
+      const Node *xn = ir_at(g, x);
+      if (s->node[x].fused && s->node[x].member && s->node[x].group == c)
+        continue; /* read twice, or through another input */
+      if (!decided[x] && fusible_everywhere(g, pinned, x, seen_in, bad) && f.next[x] < 0) {
         decided[x] = true;
-        s->node[x].fused = size[c] + size[x] <= SCHED_FUSE_MAX_NODES;
+        s->node[x].fused = f.size[c] + f.size[x] <= SCHED_FUSE_MAX_NODES;
       }
-      if (s->node[x].fused)
-        size[c] += size[x];
+      if (s->node[x].fused && !s->node[x].member) {
+        f.size[c] += f.size[x];
+        continue;
+      }
+      if (s->node[x].fused || op_is_leaf(xn->op) || !flat_map(g, xn) || !entries[x] ||
+          entries[x] != entries[c] || !shape_eq(&xn->shape, &cn->shape) ||
+          xn->dtype != cn->dtype || f.size[c] + f.size[x] > SCHED_FUSE_MAX_NODES ||
+          !readers_after(&f, x, c, c))
+        continue;
+      fuse_join(&f, x, c);
     }
   }
-  /* A consumer has a larger id than its inputs: walking down, each fused node's consumer already
+  /* A sum or mean whose input is such a loop (run in the same entries, read after it only by
+   * later kernels) computes it: the run loop of its partial sums computes each element in
+   * registers, stores the members something else reads, and adds the value, so the summed
+   * tensor need not be written and read again (batch norm's (x - mean)^2). */
+  for (int r = 0; r < nn; r++) {
+    const Node *rn = ir_at(g, r);
+    int x = rn->in[0];
+    const Node *xn = ir_at(g, x);
+    if (!entries[r] || !sched_reduce_runs(g, s, rn) || s->node[x].fused || op_is_leaf(xn->op) ||
+        !flat_map(g, xn) || entries[x] != entries[r] || xn->dtype != rn->dtype ||
+        f.size[x] + 1 > SCHED_FUSE_MAX_NODES)
+      continue;
+    f.size[r] = 1;
+    if (!readers_after(&f, x, r, r))
+      continue;
+    RunCheck rc = {.g = g, .d = &xn->shape, .k0 = sched_reduce_k0(g, rn), .ok = true};
+    sched_kernel_operands(g, s, x, run_operand, &rc);
+    if (rc.ok)
+      fuse_join(&f, x, r);
+  }
+  /* A consumer has a larger id than its inputs: walking down, each tree node's consumer already
    * knows its group (a node fused into several entries' loops is printed with the last). */
   for (int c = nn - 1; c >= 0; c--)
     for (int k = 0; k < ir_at(g, c)->nin; k++) {
       int x = ir_at(g, c)->in[k];
-      if (s->node[x].fused && entries[c])
+      if (s->node[x].fused && !s->node[x].member && entries[c])
         s->node[x].group = s->node[c].group;
     }
+  /* A member is stored when a kernel outside its group reads it, or it is pinned. */
+  for (int i = 0; i < nn; i++) {
+    if (s->node[i].member && pinned[i])
+      s->node[i].stored = true;
+    if (entries[i] && !op_is_leaf(ir_at(g, i)->op) && !s->node[i].fused)
+      sched_kernel_operands(g, s, i, note_stored, s);
+  }
 
   /* Updates written in place: value v takes target t's storage when, in every entry that runs v,
    * v is the value of exactly one update, to t, t is the target of no other update and no kernel
-   * of that entry after v reads t; v is no output and t no update's value. */
+   * of that entry after the one computing v reads t; v is no output and t no update's value. A
+   * loop with several outputs stores them after computing all of them, so its own reads of t
+   * see the old value. */
   for (int i = 0; i < nn; i++)
     into[i] = -2;
   for (int e = 0; e < ENTRY_COUNT; e++) {
@@ -377,9 +609,9 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
       int t = en->updates[u].target, v = en->updates[u].value;
       const Node *tn = ir_at(g, t), *vn = ir_at(g, v);
       bool ok = !op_is_leaf(vn->op) && flat_map(g, vn) && (entries[v] & (1 << e)) &&
-                !outputs[v] && !s->node[v].fused && (tn->op == OP_PARAM || tn->op == OP_STATE) &&
-                shape_eq(&tn->shape, &vn->shape) && tn->dtype == vn->dtype && last[t] <= v &&
-                !pinned[t];
+                !outputs[v] && (!s->node[v].fused || s->node[v].stored) &&
+                (tn->op == OP_PARAM || tn->op == OP_STATE) && shape_eq(&tn->shape, &vn->shape) &&
+                tn->dtype == vn->dtype && last[t] <= s->node[v].group && !pinned[t];
       for (int o = 0; o < en->nupdates && ok; o++)
         if (o != u && (en->updates[o].target == t || en->updates[o].value == v))
           ok = false;
@@ -399,7 +631,7 @@ bool sched_is_tree(const Graph *g, const Schedule *s, int id) {
   if (s->node[id].into >= 0)
     return true;
   for (int k = 0; k < n->nin; k++)
-    if (s->node[n->in[k]].fused)
+    if (sched_reads(n, k) && sched_in_kernel(s, n->in[k], id))
       return true;
   return false;
 }
@@ -578,7 +810,10 @@ void sched_print(const Graph *g, const Schedule *s, FILE *out) {
     }
     fprintf(out, "%%%-5d %-20s %-24s", i, op_names[n->op], where);
     if (ns->fused) {
-      fprintf(out, " fused into %%%d\n", ns->group);
+      fprintf(out, " fused into %%%d%s", ns->group, ns->stored ? " stored" : "");
+      if (ns->into >= 0)
+        fprintf(out, " in-place(%%%d)", ns->into);
+      fputc('\n', out);
       continue;
     }
     fprintf(out, " kernel");

@@ -72,11 +72,15 @@ enum { SCHED_FUSE_MAX_NODES = 32 };
 /* How one node is computed. Every field has its plain-loop default for nodes no rule applies
  * to (conv = CONV_DIRECT, workers = 1, the rest 0 / false / -1). */
 typedef struct NodeSched {
-  bool fused;        /* an elementwise node computed in registers inside its one consumer's
-                        loop, never stored */
+  bool fused;        /* an elementwise node computed in registers inside another node's loop */
+  bool member;       /* fused into exactly one kernel, group's (a loop with several outputs),
+                        rather than into each consumer's (a tree node, recomputed per entry) */
+  bool stored;       /* a member the group's loop also writes to its own storage: a kernel
+                        outside the group, an update or an output reads it */
   int into;          /* update value written straight into this update target's storage (no
                         copy at the end of the entry), or -1 */
-  int group;         /* the node whose kernel computes this one: itself unless fused */
+  int group;         /* the node whose kernel computes this one: itself unless fused (a tree
+                        node recomputed in several entries' loops names the last) */
   ConvAlgo conv;     /* convolutions: CONV_DIRECT or CONV_GEMM (im2col + the blocked GEMM) */
   bool gemm;         /* matmul: the blocked GEMM rather than the plain loop nest */
   bool tiles;        /* pools: windows tile the input (taps unrolled, no bounds tests) */
@@ -116,10 +120,28 @@ int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
 /* Bytes of one worker's slot of a parallel matmul's scratch (64-byte multiple): the GEMM's
  * packing buffers for one block. */
 int64_t sched_matmul_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
+/* Whether node n reads input k's elements (expand and sum_to read only their first input, numel
+ * none: the others give a shape). */
+bool sched_reads(const Node *n, int k);
+/* Whether kernel `root` computes fused node x in registers: a tree node anywhere, a member only
+ * in its group's kernel. */
+static inline bool sched_in_kernel(const Schedule *s, int x, int root) {
+  return s->node[x].fused && (!s->node[x].member || s->node[x].group == root);
+}
+/* For a sum, mean or sum_to node n: the first axis k0 of the trailing axes of its input that it
+ * sums over, all of them (the input's shape from k0 on is one contiguous run per output). */
+int sched_reduce_k0(const Graph *g, const Node *n);
+/* Whether the sum over each run of n (sum, mean, sum_to of f32) goes through 16 partial sums
+ * (the run is at least 32 elements, or grows with the batch), the loop a fused input joins. */
+bool sched_reduce_runs(const Graph *g, const Schedule *s, const Node *n);
 /* Calls fn(x, arg) for every stored operand x of the kernel computing node n, looking through
- * fused inner nodes; an operand read twice is reported twice. */
+ * the nodes it computes in registers; an operand read twice is reported twice. */
 void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(int x, void *arg),
                            void *arg);
+/* Calls fn(x, arg) for every member of root's group the loop stores, in the order the loop
+ * computes them (post-order from root, each once). */
+void sched_kernel_outputs(const Graph *g, const Schedule *s, int root, void (*fn)(int x, void *arg),
+                          void *arg);
 /* Whether node id's kernel is a flat fused loop: it computes fused inner nodes, or writes an
  * update's new value in place. */
 bool sched_is_tree(const Graph *g, const Schedule *s, int id);

@@ -148,6 +148,7 @@ typedef struct kiln_entry {
 /* A call of a kernel in an entry, for profiles. */
 typedef struct kiln_site {
   int entry;             /* index into kiln_program.entries */
+  int node;              /* the graph node it computes (%45 in kiln schedule) */
   const char *kernel;    /* the generated function: "k45_conv2d" */
   const char *op;        /* what it computes: "conv2d", "fused add" */
   const char *source;    /* the model line it came from: "mnist_cnn.kiln:13" ("" if none) */
@@ -229,23 +230,18 @@ static KILN_NOINLINE void k4_matmul(double *restrict y, const double *restrict b
   }
 }
 
-/* %5 = add(%4, %3 b) -> z  f64 [1, 1]  linear_toy.kiln:15 */
-static KILN_NOINLINE void k5_add(double *restrict y, const double *restrict a, const double *restrict b) {
-  y[0] = a[0] + b[0];
-}
-
-/* %6 = sub(%1 y, %5 z) -> t6  f64 [1, 1]  linear_toy.kiln:16 */
-static KILN_NOINLINE void k6_sub(double *restrict y, const double *restrict b) {
-  y[0] = ((double)lit1_y[0]) - b[0];
-}
-
-/* %10 = mul(%9, %8) -> t10  f64 [1, 1]  linear_toy.kiln:16  fused: v0 = %8 pow */
+/* %10 = mul(%9, %8) -> t10  f64 [1, 1]  linear_toy.kiln:16  fused: v0 = %5 add (stored), v1 = %6 sub (stored), v2 = %8 pow */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k10_mul(double *restrict y, const double *restrict x0) {
-  const double v0 = pow(x0[0], ((double)2));
-  y[0] = ((double)0.5) * v0;
+static KILN_NOINLINE void k10_mul(double *restrict y, double *restrict z0, double *restrict z1, const double *restrict x0, const double *restrict x1) {
+  const double v0 = x0[0] + x1[0];
+  const double v1 = ((double)lit1_y[0]) - v0;
+  const double v2 = pow(v1, ((double)2));
+  const double v3 = ((double)0.5) * v2;
+  z0[0] = v0;
+  z1[0] = v1;
+  y[0] = v3;
 }
 
 /* %11 = sum(%10) -> loss  f64 []  linear_toy.kiln:16  also %20 (line 15) */
@@ -363,38 +359,34 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const b = (double *)(arena + 64);
   double *const t4 = (double *)(arena + 320);
   double *const z = (double *)(arena + 384);
-  double *const t6 = (double *)(arena + 320);
-  double *const t10 = (double *)(arena + 448);
-  double *const loss = (double *)(arena + 512);
+  double *const t6 = (double *)(arena + 448);
+  double *const t10 = (double *)(arena + 512);
+  double *const loss = (double *)(arena + 320);
   double *const t13 = (double *)(arena + 384);
-  double *const t15 = (double *)(arena + 448);
+  double *const t15 = (double *)(arena + 512);
   double *const t19 = (double *)(arena + 576);
-  double *const t20 = (double *)(arena + 320);
-  double *const t21 = (double *)(arena + 384);
+  double *const t20 = (double *)(arena + 384);
+  double *const t21 = (double *)(arena + 448);
   double *const lr = (double *)(arena + 256);
   KILN_MARK(0);
   k4_matmul(t4, w);
   KILN_MARK(1);
-  k5_add(z, t4, b);
+  k10_mul(t10, z, t6, t4, b);
   KILN_MARK(2);
-  k6_sub(t6, z);
-  KILN_MARK(3);
-  k10_mul(t10, t6);
-  KILN_MARK(4);
   k11_sum(loss, t10);
-  KILN_MARK(5);
+  KILN_MARK(3);
   k13_reshape(t13);
-  KILN_MARK(6);
+  KILN_MARK(4);
   k15_sub(t15);
-  KILN_MARK(7);
+  KILN_MARK(5);
   k19_neg(t19, t13, t6, t15);
-  KILN_MARK(8);
+  KILN_MARK(6);
   k11_sum(t20, t19);  /* %20 */
-  KILN_MARK(9);
+  KILN_MARK(7);
   k21_matmul(t21, t19);
-  KILN_MARK(10);
+  KILN_MARK(8);
   k26_sub(w, lr, t21);
-  KILN_MARK(11);
+  KILN_MARK(9);
   k28_sub(b, lr, t20);
   KILN_MARK(-1);
 }
@@ -406,18 +398,14 @@ static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const b = (double *)(arena + 64);
   double *const t4 = (double *)(arena + 320);
   double *const z = (double *)(arena + 384);
-  double *const t6 = (double *)(arena + 320);
-  double *const t10 = (double *)(arena + 448);
-  double *const loss = (double *)(arena + 512);
-  KILN_MARK(12);
+  double *const t6 = (double *)(arena + 448);
+  double *const t10 = (double *)(arena + 512);
+  double *const loss = (double *)(arena + 320);
+  KILN_MARK(10);
   k4_matmul(t4, w);
-  KILN_MARK(13);
-  k5_add(z, t4, b);
-  KILN_MARK(14);
-  k6_sub(t6, z);
-  KILN_MARK(15);
-  k10_mul(t10, t6);
-  KILN_MARK(16);
+  KILN_MARK(11);
+  k10_mul(t10, z, t6, t4, b);
+  KILN_MARK(12);
   k11_sum(loss, t10);
   KILN_MARK(-1);
 }
@@ -429,35 +417,31 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const b = (double *)(arena + 64);
   double *const t4 = (double *)(arena + 320);
   double *const z = (double *)(arena + 384);
-  double *const t6 = (double *)(arena + 320);
-  double *const t10 = (double *)(arena + 448);
-  double *const loss = (double *)(arena + 512);
+  double *const t6 = (double *)(arena + 448);
+  double *const t10 = (double *)(arena + 512);
+  double *const loss = (double *)(arena + 320);
   double *const t13 = (double *)(arena + 384);
-  double *const t15 = (double *)(arena + 448);
+  double *const t15 = (double *)(arena + 512);
   double *const t19 = (double *)(arena + 576);
-  double *const t20 = (double *)(arena + 320);
-  double *const t21 = (double *)(arena + 384);
+  double *const t20 = (double *)(arena + 384);
+  double *const t21 = (double *)(arena + 448);
   double *const grad_w = (double *)(arena + 128);
   double *const grad_b = (double *)(arena + 192);
-  KILN_MARK(17);
+  KILN_MARK(13);
   k4_matmul(t4, w);
-  KILN_MARK(18);
-  k5_add(z, t4, b);
-  KILN_MARK(19);
-  k6_sub(t6, z);
-  KILN_MARK(20);
-  k10_mul(t10, t6);
-  KILN_MARK(21);
+  KILN_MARK(14);
+  k10_mul(t10, z, t6, t4, b);
+  KILN_MARK(15);
   k11_sum(loss, t10);
-  KILN_MARK(22);
+  KILN_MARK(16);
   k13_reshape(t13);
-  KILN_MARK(23);
+  KILN_MARK(17);
   k15_sub(t15);
-  KILN_MARK(24);
+  KILN_MARK(18);
   k19_neg(t19, t13, t6, t15);
-  KILN_MARK(25);
+  KILN_MARK(19);
   k11_sum(t20, t19);  /* %20 */
-  KILN_MARK(26);
+  KILN_MARK(20);
   k21_matmul(t21, t19);
   KILN_MARK(-1);
   memcpy(grad_w, t21, (size_t)2 * 8);
@@ -472,43 +456,37 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const grad_w = (double *)(arena + 128);
   double *const grad_b = (double *)(arena + 192);
   double *const lr = (double *)(arena + 256);
-  KILN_MARK(27);
+  KILN_MARK(21);
   k26_sub(w, lr, grad_w);  /* %30 */
-  KILN_MARK(28);
+  KILN_MARK(22);
   k28_sub(b, lr, grad_b);  /* %32 */
   KILN_MARK(-1);
 }
 
-static const kiln_site kiln_sites[29] = {
-  {0, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {0, "k5_add", "add", "linear_toy.kiln:15", 1, 0, 0},
-  {0, "k6_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
-  {0, "k10_mul", "fused mul", "linear_toy.kiln:16", 2, 0, 0},
-  {0, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
-  {0, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0},
-  {0, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
-  {0, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0},
-  {0, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0},
-  {0, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {0, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0},
-  {0, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0},
-  {1, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {1, "k5_add", "add", "linear_toy.kiln:15", 1, 0, 0},
-  {1, "k6_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
-  {1, "k10_mul", "fused mul", "linear_toy.kiln:16", 2, 0, 0},
-  {1, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
-  {2, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {2, "k5_add", "add", "linear_toy.kiln:15", 1, 0, 0},
-  {2, "k6_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
-  {2, "k10_mul", "fused mul", "linear_toy.kiln:16", 2, 0, 0},
-  {2, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
-  {2, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0},
-  {2, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
-  {2, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0},
-  {2, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0},
-  {2, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {3, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0},
-  {3, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0},
+static const kiln_site kiln_sites[23] = {
+  {0, 4, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {0, 10, "k10_mul", "fused mul", "linear_toy.kiln:16", 4, 0, 0},
+  {0, 11, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
+  {0, 13, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0},
+  {0, 15, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
+  {0, 19, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0},
+  {0, 20, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0},
+  {0, 21, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {0, 26, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0},
+  {0, 28, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0},
+  {1, 4, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {1, 10, "k10_mul", "fused mul", "linear_toy.kiln:16", 4, 0, 0},
+  {1, 11, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
+  {2, 4, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {2, 10, "k10_mul", "fused mul", "linear_toy.kiln:16", 4, 0, 0},
+  {2, 11, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
+  {2, 13, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0},
+  {2, 15, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
+  {2, 19, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0},
+  {2, 20, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0},
+  {2, 21, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
+  {3, 30, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0},
+  {3, 32, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0},
 };
 
 static const kiln_tensor kiln_tensors[8] = {
@@ -533,11 +511,11 @@ static const kiln_tensor kiln_tensors[8] = {
    .init_a = 0.01, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 512, .entries = 5, .init = KILN_INIT_ZEROS,
+   .batch_axis = -1, .offset = 320, .entries = 5, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 0, .dims = {0},
-   .batch_axis = -1, .offset = 512, .entries = 2, .init = KILN_INIT_ZEROS,
+   .batch_axis = -1, .offset = 320, .entries = 2, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.output", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 2, .dims = {1, 1},
@@ -571,7 +549,7 @@ const kiln_program kiln_program_desc = {
   .entries = kiln_entries,
   .nsettings = 4,
   .settings = kiln_settings,
-  .nsites = 29,
+  .nsites = 23,
   .sites = kiln_sites,
   .fma_probe = kiln_fma_probe,
 };

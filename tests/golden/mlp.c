@@ -148,6 +148,7 @@ typedef struct kiln_entry {
 /* A call of a kernel in an entry, for profiles. */
 typedef struct kiln_site {
   int entry;             /* index into kiln_program.entries */
+  int node;              /* the graph node it computes (%45 in kiln schedule) */
   const char *kernel;    /* the generated function: "k45_conv2d" */
   const char *op;        /* what it computes: "conv2d", "fused add" */
   const char *source;    /* the model line it came from: "mnist_cnn.kiln:13" ("" if none) */
@@ -496,21 +497,19 @@ static KILN_NOINLINE void k4_matmul(float *restrict y, const float *restrict a, 
   kiln_sgemm(B, 256, 784, a, 784, 0, b, 784, 1, y, 256, scratch);
 }
 
-/* %6 = add(%4, %5 fc1_bias) -> fc1  f32 [B, 256]  mlp.kiln:8 */
-static KILN_NOINLINE void k6_add(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+/* %7 = relu(%6 fc1) -> h  f32 [B, 256]  mlp.kiln:9  fused: v0 = %6 add (stored) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
+static KILN_NOINLINE void k7_relu(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 256; i1++) {
-      y[i0*256 + i1] = a[i0*256 + i1] + b[i1];
+      const float v0 = x0[i0*256 + i1] + x1[i1];
+      const float v1 = v0 > 0 ? v0 : (float)0;
+      z0[i0*256 + i1] = v0;
+      y[i0*256 + i1] = v1;
     }
-  }
-}
-
-/* %7 = relu(%6 fc1) -> h  f32 [B, 256]  mlp.kiln:9 */
-static KILN_NOINLINE void k7_relu(float *restrict y, const float *restrict a, int64_t B) {
-  KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t i0 = 0; i0 < (256*B); i0++) {
-    y[i0] = a[i0] > 0 ? a[i0] : (float)0;
   }
 }
 
@@ -626,47 +625,21 @@ static KILN_NOINLINE void k20_matmul(float *restrict y, const float *restrict a,
   kiln_sgemm(256, 784, B, a, 256, 1, b, 784, 0, y, 784, scratch);
 }
 
-/* %27 = add(%26 adam_step, %13) -> adam_step  f32 []  mlp.kiln:16  (written in place of %26) */
+/* %42 = sub(%13, %41) -> t42  f32 []  mlp.kiln:16  fused: v0 = %27 add (stored), v1 = %41 pow */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k27_add(float *restrict y) {
-  y[0] = y[0] + ((float)1);
+static KILN_NOINLINE void k42_sub(float *restrict y, float *restrict z0) {
+  const float v0 = z0[0] + ((float)1);
+  const float v1 = powf(((float)0.90000000000000002), v0);
+  const float v2 = ((float)1) - v1;
+  z0[0] = v0;
+  y[0] = v2;
 }
 
-/* %34 = add(%33, %31) -> fc1_weight_exp_avg  f32 [256, 784]  mlp.kiln:16  fused: v0 = %33 mul, v1 = %31 mul  (written in place of %28)  also %100 (line 16) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k34_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float v0 = ((float)0.90000000000000002) * y[i0];
-    const float v1 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = v0 + v1;
-  }
-}
-
-/* %40 = add(%39, %37) -> fc1_weight_exp_avg_sq  f32 [256, 784]  mlp.kiln:16  fused: v0 = %39 mul, v1 = %35 mul, v2 = %37 mul  (written in place of %29)  also %103 (line 16) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k40_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float v0 = ((float)0.999) * y[i0];
-    const float v1 = x0[i0] * x0[i0];
-    const float v2 = ((float)0.0010000000000000009) * v1;
-    y[i0] = v0 + v2;
-  }
-}
-
-/* %45 = div(%25 lr, %42) -> t45  f32 []  mlp.kiln:16  fused: v0 = %41 pow, v1 = %42 sub */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k45_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
-  const float v0 = powf(((float)0.90000000000000002), x1[0]);
-  const float v1 = ((float)1) - v0;
-  y[0] = x0[0] / v1;
+/* %45 = div(%25 lr, %42) -> t45  f32 []  mlp.kiln:16 */
+static KILN_NOINLINE void k45_div(float *restrict y, const float *restrict a, const float *restrict b) {
+  y[0] = a[0] / b[0];
 }
 
 /* %47 = sqrt(%44) -> t47  f32 []  mlp.kiln:16  fused: v0 = %43 pow, v1 = %44 sub */
@@ -679,138 +652,103 @@ static KILN_NOINLINE void k47_sqrt(float *restrict y, const float *restrict x0) 
   y[0] = sqrtf(v1);
 }
 
-/* %53 = sub(%3 fc1_weight, %52) -> fc1_weight  f32 [256, 784]  mlp.kiln:16  fused: v0 = %48 sqrt, v1 = %49 div, v2 = %50 add, v3 = %51 div, v4 = %52 mul  (written in place of %3)  also %109 (line 16) */
+/* %53 = sub(%3 fc1_weight, %52) -> fc1_weight  f32 [256, 784]  mlp.kiln:16  fused: v0 = %33 mul, v1 = %31 mul, v2 = %34 add (stored), v3 = %39 mul, v4 = %35 mul, v5 = %37 mul, v6 = %40 add (stored), v7 = %48 sqrt, v8 = %49 div, v9 = %50 add, v10 = %51 div, v11 = %52 mul  (written in place of %3)  also %109 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k53_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
+static KILN_NOINLINE void k53_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 200704; i0++) {
-    const float v0 = sqrtf(x2[i0]);
-    const float v1 = v0 / x3[0];
-    const float v2 = v1 + ((float)1e-08);
-    const float v3 = x1[i0] / v2;
-    const float v4 = x0[0] * v3;
-    y[i0] = y[i0] - v4;
+    const float v0 = ((float)0.90000000000000002) * z0[i0];
+    const float v1 = ((float)0.099999999999999978) * x1[i0];
+    const float v2 = v0 + v1;
+    const float v3 = ((float)0.999) * z1[i0];
+    const float v4 = x1[i0] * x1[i0];
+    const float v5 = ((float)0.0010000000000000009) * v4;
+    const float v6 = v3 + v5;
+    const float v7 = sqrtf(v6);
+    const float v8 = v7 / x2[0];
+    const float v9 = v8 + ((float)1e-08);
+    const float v10 = v2 / v9;
+    const float v11 = x0[0] * v10;
+    const float v12 = y[i0] - v11;
+    z0[i0] = v2;
+    z1[i0] = v6;
+    y[i0] = v12;
   }
 }
 
-/* %58 = add(%57, %56) -> fc1_bias_exp_avg  f32 [256]  mlp.kiln:16  fused: v0 = %57 mul, v1 = %56 mul  (written in place of %54)  also %111 (line 16) */
+/* %68 = sub(%5 fc1_bias, %67) -> fc1_bias  f32 [256]  mlp.kiln:16  fused: v0 = %57 mul, v1 = %56 mul, v2 = %58 add (stored), v3 = %61 mul, v4 = %59 mul, v5 = %60 mul, v6 = %62 add (stored), v7 = %63 sqrt, v8 = %64 div, v9 = %65 add, v10 = %66 div, v11 = %67 mul  (written in place of %5)  also %120 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k58_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k68_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float v0 = ((float)0.90000000000000002) * y[i0];
-    const float v1 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = v0 + v1;
+    const float v0 = ((float)0.90000000000000002) * z0[i0];
+    const float v1 = ((float)0.099999999999999978) * x1[i0];
+    const float v2 = v0 + v1;
+    const float v3 = ((float)0.999) * z1[i0];
+    const float v4 = x1[i0] * x1[i0];
+    const float v5 = ((float)0.0010000000000000009) * v4;
+    const float v6 = v3 + v5;
+    const float v7 = sqrtf(v6);
+    const float v8 = v7 / x2[0];
+    const float v9 = v8 + ((float)1e-08);
+    const float v10 = v2 / v9;
+    const float v11 = x0[0] * v10;
+    const float v12 = y[i0] - v11;
+    z0[i0] = v2;
+    z1[i0] = v6;
+    y[i0] = v12;
   }
 }
 
-/* %62 = add(%61, %60) -> fc1_bias_exp_avg_sq  f32 [256]  mlp.kiln:16  fused: v0 = %61 mul, v1 = %59 mul, v2 = %60 mul  (written in place of %55)  also %114 (line 16) */
+/* %83 = sub(%8 fc2_weight, %82) -> fc2_weight  f32 [10, 256]  mlp.kiln:16  fused: v0 = %72 mul, v1 = %71 mul, v2 = %73 add (stored), v3 = %76 mul, v4 = %74 mul, v5 = %75 mul, v6 = %77 add (stored), v7 = %78 sqrt, v8 = %79 div, v9 = %80 add, v10 = %81 div, v11 = %82 mul  (written in place of %8)  also %131 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k62_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float v0 = ((float)0.999) * y[i0];
-    const float v1 = x0[i0] * x0[i0];
-    const float v2 = ((float)0.0010000000000000009) * v1;
-    y[i0] = v0 + v2;
-  }
-}
-
-/* %68 = sub(%5 fc1_bias, %67) -> fc1_bias  f32 [256]  mlp.kiln:16  fused: v0 = %63 sqrt, v1 = %64 div, v2 = %65 add, v3 = %66 div, v4 = %67 mul  (written in place of %5)  also %120 (line 16) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k68_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 256; i0++) {
-    const float v0 = sqrtf(x2[i0]);
-    const float v1 = v0 / x3[0];
-    const float v2 = v1 + ((float)1e-08);
-    const float v3 = x1[i0] / v2;
-    const float v4 = x0[0] * v3;
-    y[i0] = y[i0] - v4;
-  }
-}
-
-/* %73 = add(%72, %71) -> fc2_weight_exp_avg  f32 [10, 256]  mlp.kiln:16  fused: v0 = %72 mul, v1 = %71 mul  (written in place of %69)  also %122 (line 16) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k73_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k83_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float v0 = ((float)0.90000000000000002) * y[i0];
-    const float v1 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = v0 + v1;
+    const float v0 = ((float)0.90000000000000002) * z0[i0];
+    const float v1 = ((float)0.099999999999999978) * x1[i0];
+    const float v2 = v0 + v1;
+    const float v3 = ((float)0.999) * z1[i0];
+    const float v4 = x1[i0] * x1[i0];
+    const float v5 = ((float)0.0010000000000000009) * v4;
+    const float v6 = v3 + v5;
+    const float v7 = sqrtf(v6);
+    const float v8 = v7 / x2[0];
+    const float v9 = v8 + ((float)1e-08);
+    const float v10 = v2 / v9;
+    const float v11 = x0[0] * v10;
+    const float v12 = y[i0] - v11;
+    z0[i0] = v2;
+    z1[i0] = v6;
+    y[i0] = v12;
   }
 }
 
-/* %77 = add(%76, %75) -> fc2_weight_exp_avg_sq  f32 [10, 256]  mlp.kiln:16  fused: v0 = %76 mul, v1 = %74 mul, v2 = %75 mul  (written in place of %70)  also %125 (line 16) */
+/* %98 = sub(%10 fc2_bias, %97) -> fc2_bias  f32 [10]  mlp.kiln:16  fused: v0 = %87 mul, v1 = %86 mul, v2 = %88 add (stored), v3 = %91 mul, v4 = %89 mul, v5 = %90 mul, v6 = %92 add (stored), v7 = %93 sqrt, v8 = %94 div, v9 = %95 add, v10 = %96 div, v11 = %97 mul  (written in place of %10)  also %142 (line 16) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k77_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float v0 = ((float)0.999) * y[i0];
-    const float v1 = x0[i0] * x0[i0];
-    const float v2 = ((float)0.0010000000000000009) * v1;
-    y[i0] = v0 + v2;
-  }
-}
-
-/* %83 = sub(%8 fc2_weight, %82) -> fc2_weight  f32 [10, 256]  mlp.kiln:16  fused: v0 = %78 sqrt, v1 = %79 div, v2 = %80 add, v3 = %81 div, v4 = %82 mul  (written in place of %8)  also %131 (line 16) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k83_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 2560; i0++) {
-    const float v0 = sqrtf(x2[i0]);
-    const float v1 = v0 / x3[0];
-    const float v2 = v1 + ((float)1e-08);
-    const float v3 = x1[i0] / v2;
-    const float v4 = x0[0] * v3;
-    y[i0] = y[i0] - v4;
-  }
-}
-
-/* %88 = add(%87, %86) -> fc2_bias_exp_avg  f32 [10]  mlp.kiln:16  fused: v0 = %87 mul, v1 = %86 mul  (written in place of %84)  also %133 (line 16) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k88_add(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k98_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float v0 = ((float)0.90000000000000002) * y[i0];
-    const float v1 = ((float)0.099999999999999978) * x0[i0];
-    y[i0] = v0 + v1;
-  }
-}
-
-/* %92 = add(%91, %90) -> fc2_bias_exp_avg_sq  f32 [10]  mlp.kiln:16  fused: v0 = %91 mul, v1 = %89 mul, v2 = %90 mul  (written in place of %85)  also %136 (line 16) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k92_add(float *restrict y, const float *restrict x0) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float v0 = ((float)0.999) * y[i0];
-    const float v1 = x0[i0] * x0[i0];
-    const float v2 = ((float)0.0010000000000000009) * v1;
-    y[i0] = v0 + v2;
-  }
-}
-
-/* %98 = sub(%10 fc2_bias, %97) -> fc2_bias  f32 [10]  mlp.kiln:16  fused: v0 = %93 sqrt, v1 = %94 div, v2 = %95 add, v3 = %96 div, v4 = %97 mul  (written in place of %10)  also %142 (line 16) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k98_sub(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, const float *restrict x3) {
-  for (int64_t i0 = 0; i0 < 10; i0++) {
-    const float v0 = sqrtf(x2[i0]);
-    const float v1 = v0 / x3[0];
-    const float v2 = v1 + ((float)1e-08);
-    const float v3 = x1[i0] / v2;
-    const float v4 = x0[0] * v3;
-    y[i0] = y[i0] - v4;
+    const float v0 = ((float)0.90000000000000002) * z0[i0];
+    const float v1 = ((float)0.099999999999999978) * x1[i0];
+    const float v2 = v0 + v1;
+    const float v3 = ((float)0.999) * z1[i0];
+    const float v4 = x1[i0] * x1[i0];
+    const float v5 = ((float)0.0010000000000000009) * v4;
+    const float v6 = v3 + v5;
+    const float v7 = sqrtf(v6);
+    const float v8 = v7 / x2[0];
+    const float v9 = v8 + ((float)1e-08);
+    const float v10 = v2 / v9;
+    const float v11 = x0[0] * v10;
+    const float v12 = y[i0] - v11;
+    z0[i0] = v2;
+    z1[i0] = v6;
+    y[i0] = v12;
   }
 }
 
@@ -868,15 +806,15 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const t4 = (float *)(arena + 3457664);
   float *const fc1_bias = (float *)(arena + 802816);
   float *const fc1 = (float *)(arena + 3523200);
-  float *const h = (float *)(arena + 3457664);
+  float *const h = (float *)(arena + 3588736);
   float *const fc2_weight = (float *)(arena + 803840);
-  float *const t9 = (float *)(arena + 3588736);
+  float *const t9 = (float *)(arena + 3457664);
   float *const fc2_bias = (float *)(arena + 814080);
-  float *const logits = (float *)(arena + 3591296);
+  float *const logits = (float *)(arena + 3460224);
   float *const loss = (float *)(arena + 4337280);
   float *const t14 = (float *)(arena + 3654272);
   float *const t15 = (float *)(arena + 4337344);
-  float *const t16 = (float *)(arena + 3588736);
+  float *const t16 = (float *)(arena + 3457664);
   float *const t17 = (float *)(arena + 4326016);
   float *const t18 = (float *)(arena + 4260480);
   float *const t19 = (float *)(arena + 4336256);
@@ -885,8 +823,9 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const adam_step = (float *)(arena + 1628352);
   float *const fc1_weight_exp_avg = (float *)(arena + 1628416);
   float *const fc1_weight_exp_avg_sq = (float *)(arena + 2431232);
-  float *const t45 = (float *)(arena + 3457664);
-  float *const t47 = (float *)(arena + 3457728);
+  float *const t42 = (float *)(arena + 4260480);
+  float *const t45 = (float *)(arena + 4260544);
+  float *const t47 = (float *)(arena + 4260480);
   float *const fc1_bias_exp_avg = (float *)(arena + 3234048);
   float *const fc1_bias_exp_avg_sq = (float *)(arena + 3235072);
   float *const fc2_weight_exp_avg = (float *)(arena + 3236096);
@@ -897,59 +836,41 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   KILN_MARK(0);
   k4_matmul(t4, x, fc1_weight, scratch, B);
   KILN_MARK(1);
-  k6_add(fc1, t4, fc1_bias, B);
+  k7_relu(h, fc1, t4, fc1_bias, B);
   KILN_MARK(2);
-  k7_relu(h, fc1, B);
-  KILN_MARK(3);
   k9_matmul(t9, h, fc2_weight, scratch, B);
-  KILN_MARK(4);
+  KILN_MARK(3);
   k11_add(logits, t9, fc2_bias, B);
-  KILN_MARK(5);
+  KILN_MARK(4);
   k12_cross_entropy(loss, logits, label, B);
-  KILN_MARK(6);
+  KILN_MARK(5);
   k14_cross_entropy_grad(t14, logits, label, B);
-  KILN_MARK(7);
+  KILN_MARK(6);
   k15_sum_to(t15, t14, scratch, B);
-  KILN_MARK(8);
+  KILN_MARK(7);
   k16_matmul(t16, t14, fc2_weight, scratch, B);
-  KILN_MARK(9);
+  KILN_MARK(8);
   k17_matmul(t17, t14, h, scratch, B);
-  KILN_MARK(10);
+  KILN_MARK(9);
   k18_relu_grad(t18, fc1, t16, B);
-  KILN_MARK(11);
+  KILN_MARK(10);
   k19_sum_to(t19, t18, scratch, B);
-  KILN_MARK(12);
+  KILN_MARK(11);
   k20_matmul(t20, t18, x, scratch, B);
+  KILN_MARK(12);
+  k42_sub(t42, adam_step);
   KILN_MARK(13);
-  k27_add(adam_step);
+  k45_div(t45, lr, t42);
   KILN_MARK(14);
-  k34_add(fc1_weight_exp_avg, t20);
-  KILN_MARK(15);
-  k40_add(fc1_weight_exp_avg_sq, t20);
-  KILN_MARK(16);
-  k45_div(t45, lr, adam_step);
-  KILN_MARK(17);
   k47_sqrt(t47, adam_step);
+  KILN_MARK(15);
+  k53_sub(fc1_weight, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t45, t20, t47);
+  KILN_MARK(16);
+  k68_sub(fc1_bias, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t45, t19, t47);
+  KILN_MARK(17);
+  k83_sub(fc2_weight, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t45, t17, t47);
   KILN_MARK(18);
-  k53_sub(fc1_weight, t45, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t47);
-  KILN_MARK(19);
-  k58_add(fc1_bias_exp_avg, t19);
-  KILN_MARK(20);
-  k62_add(fc1_bias_exp_avg_sq, t19);
-  KILN_MARK(21);
-  k68_sub(fc1_bias, t45, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t47);
-  KILN_MARK(22);
-  k73_add(fc2_weight_exp_avg, t17);
-  KILN_MARK(23);
-  k77_add(fc2_weight_exp_avg_sq, t17);
-  KILN_MARK(24);
-  k83_sub(fc2_weight, t45, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t47);
-  KILN_MARK(25);
-  k88_add(fc2_bias_exp_avg, t15);
-  KILN_MARK(26);
-  k92_add(fc2_bias_exp_avg_sq, t15);
-  KILN_MARK(27);
-  k98_sub(fc2_bias, t45, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t47);
+  k98_sub(fc2_bias, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t45, t15, t47);
   KILN_MARK(-1);
 }
 
@@ -962,24 +883,22 @@ static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const t4 = (float *)(arena + 3457664);
   float *const fc1_bias = (float *)(arena + 802816);
   float *const fc1 = (float *)(arena + 3523200);
-  float *const h = (float *)(arena + 3457664);
+  float *const h = (float *)(arena + 3588736);
   float *const fc2_weight = (float *)(arena + 803840);
-  float *const t9 = (float *)(arena + 3588736);
+  float *const t9 = (float *)(arena + 3457664);
   float *const fc2_bias = (float *)(arena + 814080);
-  float *const logits = (float *)(arena + 3591296);
+  float *const logits = (float *)(arena + 3460224);
   float *const loss = (float *)(arena + 4337280);
   unsigned char *const scratch = arena + 4337408;
-  KILN_MARK(28);
+  KILN_MARK(19);
   k4_matmul(t4, x, fc1_weight, scratch, B);
-  KILN_MARK(29);
-  k6_add(fc1, t4, fc1_bias, B);
-  KILN_MARK(30);
-  k7_relu(h, fc1, B);
-  KILN_MARK(31);
+  KILN_MARK(20);
+  k7_relu(h, fc1, t4, fc1_bias, B);
+  KILN_MARK(21);
   k9_matmul(t9, h, fc2_weight, scratch, B);
-  KILN_MARK(32);
+  KILN_MARK(22);
   k11_add(logits, t9, fc2_bias, B);
-  KILN_MARK(33);
+  KILN_MARK(23);
   k12_cross_entropy(loss, logits, label, B);
   KILN_MARK(-1);
 }
@@ -993,15 +912,15 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const t4 = (float *)(arena + 3457664);
   float *const fc1_bias = (float *)(arena + 802816);
   float *const fc1 = (float *)(arena + 3523200);
-  float *const h = (float *)(arena + 3457664);
+  float *const h = (float *)(arena + 3588736);
   float *const fc2_weight = (float *)(arena + 803840);
-  float *const t9 = (float *)(arena + 3588736);
+  float *const t9 = (float *)(arena + 3457664);
   float *const fc2_bias = (float *)(arena + 814080);
-  float *const logits = (float *)(arena + 3591296);
+  float *const logits = (float *)(arena + 3460224);
   float *const loss = (float *)(arena + 4337280);
   float *const t14 = (float *)(arena + 3654272);
   float *const t15 = (float *)(arena + 4337344);
-  float *const t16 = (float *)(arena + 3588736);
+  float *const t16 = (float *)(arena + 3457664);
   float *const t17 = (float *)(arena + 4326016);
   float *const t18 = (float *)(arena + 4260480);
   float *const t19 = (float *)(arena + 4336256);
@@ -1011,31 +930,29 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const grad_fc2_weight = (float *)(arena + 1617984);
   float *const grad_fc2_bias = (float *)(arena + 1628224);
   unsigned char *const scratch = arena + 4337408;
-  KILN_MARK(34);
+  KILN_MARK(24);
   k4_matmul(t4, x, fc1_weight, scratch, B);
-  KILN_MARK(35);
-  k6_add(fc1, t4, fc1_bias, B);
-  KILN_MARK(36);
-  k7_relu(h, fc1, B);
-  KILN_MARK(37);
+  KILN_MARK(25);
+  k7_relu(h, fc1, t4, fc1_bias, B);
+  KILN_MARK(26);
   k9_matmul(t9, h, fc2_weight, scratch, B);
-  KILN_MARK(38);
+  KILN_MARK(27);
   k11_add(logits, t9, fc2_bias, B);
-  KILN_MARK(39);
+  KILN_MARK(28);
   k12_cross_entropy(loss, logits, label, B);
-  KILN_MARK(40);
+  KILN_MARK(29);
   k14_cross_entropy_grad(t14, logits, label, B);
-  KILN_MARK(41);
+  KILN_MARK(30);
   k15_sum_to(t15, t14, scratch, B);
-  KILN_MARK(42);
+  KILN_MARK(31);
   k16_matmul(t16, t14, fc2_weight, scratch, B);
-  KILN_MARK(43);
+  KILN_MARK(32);
   k17_matmul(t17, t14, h, scratch, B);
-  KILN_MARK(44);
+  KILN_MARK(33);
   k18_relu_grad(t18, fc1, t16, B);
-  KILN_MARK(45);
+  KILN_MARK(34);
   k19_sum_to(t19, t18, scratch, B);
-  KILN_MARK(46);
+  KILN_MARK(35);
   k20_matmul(t20, t18, x, scratch, B);
   KILN_MARK(-1);
   memcpy(grad_fc1_weight, t20, (size_t)200704 * 4);
@@ -1059,110 +976,76 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const adam_step = (float *)(arena + 1628352);
   float *const fc1_weight_exp_avg = (float *)(arena + 1628416);
   float *const fc1_weight_exp_avg_sq = (float *)(arena + 2431232);
-  float *const t45 = (float *)(arena + 3457664);
-  float *const t47 = (float *)(arena + 3457728);
+  float *const t42 = (float *)(arena + 4260480);
+  float *const t45 = (float *)(arena + 4260544);
+  float *const t47 = (float *)(arena + 4260480);
   float *const fc1_bias_exp_avg = (float *)(arena + 3234048);
   float *const fc1_bias_exp_avg_sq = (float *)(arena + 3235072);
   float *const fc2_weight_exp_avg = (float *)(arena + 3236096);
   float *const fc2_weight_exp_avg_sq = (float *)(arena + 3246336);
   float *const fc2_bias_exp_avg = (float *)(arena + 3256576);
   float *const fc2_bias_exp_avg_sq = (float *)(arena + 3256640);
-  KILN_MARK(47);
-  k27_add(adam_step);
-  KILN_MARK(48);
-  k45_div(t45, lr, adam_step);
-  KILN_MARK(49);
+  KILN_MARK(36);
+  k42_sub(t42, adam_step);
+  KILN_MARK(37);
+  k45_div(t45, lr, t42);
+  KILN_MARK(38);
   k47_sqrt(t47, adam_step);
-  KILN_MARK(50);
-  k34_add(fc1_weight_exp_avg, grad_fc1_weight);  /* %100 */
-  KILN_MARK(51);
-  k40_add(fc1_weight_exp_avg_sq, grad_fc1_weight);  /* %103 */
-  KILN_MARK(52);
-  k53_sub(fc1_weight, t45, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t47);  /* %109 */
-  KILN_MARK(53);
-  k58_add(fc1_bias_exp_avg, grad_fc1_bias);  /* %111 */
-  KILN_MARK(54);
-  k62_add(fc1_bias_exp_avg_sq, grad_fc1_bias);  /* %114 */
-  KILN_MARK(55);
-  k68_sub(fc1_bias, t45, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t47);  /* %120 */
-  KILN_MARK(56);
-  k73_add(fc2_weight_exp_avg, grad_fc2_weight);  /* %122 */
-  KILN_MARK(57);
-  k77_add(fc2_weight_exp_avg_sq, grad_fc2_weight);  /* %125 */
-  KILN_MARK(58);
-  k83_sub(fc2_weight, t45, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t47);  /* %131 */
-  KILN_MARK(59);
-  k88_add(fc2_bias_exp_avg, grad_fc2_bias);  /* %133 */
-  KILN_MARK(60);
-  k92_add(fc2_bias_exp_avg_sq, grad_fc2_bias);  /* %136 */
-  KILN_MARK(61);
-  k98_sub(fc2_bias, t45, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t47);  /* %142 */
+  KILN_MARK(39);
+  k53_sub(fc1_weight, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t45, grad_fc1_weight, t47);  /* %109 */
+  KILN_MARK(40);
+  k68_sub(fc1_bias, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t45, grad_fc1_bias, t47);  /* %120 */
+  KILN_MARK(41);
+  k83_sub(fc2_weight, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t45, grad_fc2_weight, t47);  /* %131 */
+  KILN_MARK(42);
+  k98_sub(fc2_bias, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t45, grad_fc2_bias, t47);  /* %142 */
   KILN_MARK(-1);
 }
 
-static const kiln_site kiln_sites[62] = {
-  {0, "k4_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
-  {0, "k6_add", "add", "mlp.kiln:8", 16384, 1, 0},
-  {0, "k7_relu", "relu", "mlp.kiln:9", 16384, 1, 0},
-  {0, "k9_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
-  {0, "k11_add", "add", "mlp.kiln:10", 640, 1, 0},
-  {0, "k12_cross_entropy", "cross_entropy", "mlp.kiln:11", 2560, 1, 0},
-  {0, "k14_cross_entropy_grad", "cross_entropy_grad", "mlp.kiln:11", 2560, 1, 0},
-  {0, "k15_sum_to", "sum_to", "mlp.kiln:10", 640, 1, 0},
-  {0, "k16_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
-  {0, "k17_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
-  {0, "k18_relu_grad", "relu_grad", "mlp.kiln:9", 16384, 1, 0},
-  {0, "k19_sum_to", "sum_to", "mlp.kiln:8", 16384, 1, 0},
-  {0, "k20_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
-  {0, "k27_add", "fused add", "mlp.kiln:16", 1, 0, 0},
-  {0, "k34_add", "fused add", "mlp.kiln:16", 602112, 0, 0},
-  {0, "k40_add", "fused add", "mlp.kiln:16", 802816, 0, 0},
-  {0, "k45_div", "fused div", "mlp.kiln:16", 3, 0, 0},
-  {0, "k47_sqrt", "fused sqrt", "mlp.kiln:16", 3, 0, 0},
-  {0, "k53_sub", "fused sub", "mlp.kiln:16", 1204224, 0, 0},
-  {0, "k58_add", "fused add", "mlp.kiln:16", 768, 0, 0},
-  {0, "k62_add", "fused add", "mlp.kiln:16", 1024, 0, 0},
-  {0, "k68_sub", "fused sub", "mlp.kiln:16", 1536, 0, 0},
-  {0, "k73_add", "fused add", "mlp.kiln:16", 7680, 0, 0},
-  {0, "k77_add", "fused add", "mlp.kiln:16", 10240, 0, 0},
-  {0, "k83_sub", "fused sub", "mlp.kiln:16", 15360, 0, 0},
-  {0, "k88_add", "fused add", "mlp.kiln:16", 30, 0, 0},
-  {0, "k92_add", "fused add", "mlp.kiln:16", 40, 0, 0},
-  {0, "k98_sub", "fused sub", "mlp.kiln:16", 60, 0, 0},
-  {1, "k4_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
-  {1, "k6_add", "add", "mlp.kiln:8", 16384, 1, 0},
-  {1, "k7_relu", "relu", "mlp.kiln:9", 16384, 1, 0},
-  {1, "k9_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
-  {1, "k11_add", "add", "mlp.kiln:10", 640, 1, 0},
-  {1, "k12_cross_entropy", "cross_entropy", "mlp.kiln:11", 2560, 1, 0},
-  {2, "k4_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
-  {2, "k6_add", "add", "mlp.kiln:8", 16384, 1, 0},
-  {2, "k7_relu", "relu", "mlp.kiln:9", 16384, 1, 0},
-  {2, "k9_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
-  {2, "k11_add", "add", "mlp.kiln:10", 640, 1, 0},
-  {2, "k12_cross_entropy", "cross_entropy", "mlp.kiln:11", 2560, 1, 0},
-  {2, "k14_cross_entropy_grad", "cross_entropy_grad", "mlp.kiln:11", 2560, 1, 0},
-  {2, "k15_sum_to", "sum_to", "mlp.kiln:10", 640, 1, 0},
-  {2, "k16_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
-  {2, "k17_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
-  {2, "k18_relu_grad", "relu_grad", "mlp.kiln:9", 16384, 1, 0},
-  {2, "k19_sum_to", "sum_to", "mlp.kiln:8", 16384, 1, 0},
-  {2, "k20_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
-  {3, "k27_add", "fused add", "mlp.kiln:16", 1, 0, 0},
-  {3, "k45_div", "fused div", "mlp.kiln:16", 3, 0, 0},
-  {3, "k47_sqrt", "fused sqrt", "mlp.kiln:16", 3, 0, 0},
-  {3, "k34_add", "fused add", "mlp.kiln:16", 401408, 0, 0},
-  {3, "k40_add", "fused add", "mlp.kiln:16", 602112, 0, 0},
-  {3, "k53_sub", "fused sub", "mlp.kiln:16", 1204224, 0, 0},
-  {3, "k58_add", "fused add", "mlp.kiln:16", 512, 0, 0},
-  {3, "k62_add", "fused add", "mlp.kiln:16", 768, 0, 0},
-  {3, "k68_sub", "fused sub", "mlp.kiln:16", 1536, 0, 0},
-  {3, "k73_add", "fused add", "mlp.kiln:16", 5120, 0, 0},
-  {3, "k77_add", "fused add", "mlp.kiln:16", 7680, 0, 0},
-  {3, "k83_sub", "fused sub", "mlp.kiln:16", 15360, 0, 0},
-  {3, "k88_add", "fused add", "mlp.kiln:16", 20, 0, 0},
-  {3, "k92_add", "fused add", "mlp.kiln:16", 30, 0, 0},
-  {3, "k98_sub", "fused sub", "mlp.kiln:16", 60, 0, 0},
+static const kiln_site kiln_sites[43] = {
+  {0, 4, "k4_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {0, 7, "k7_relu", "fused relu", "mlp.kiln:9", 32768, 1, 0},
+  {0, 9, "k9_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {0, 11, "k11_add", "add", "mlp.kiln:10", 640, 1, 0},
+  {0, 12, "k12_cross_entropy", "cross_entropy", "mlp.kiln:11", 2560, 1, 0},
+  {0, 14, "k14_cross_entropy_grad", "cross_entropy_grad", "mlp.kiln:11", 2560, 1, 0},
+  {0, 15, "k15_sum_to", "sum_to", "mlp.kiln:10", 640, 1, 0},
+  {0, 16, "k16_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {0, 17, "k17_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {0, 18, "k18_relu_grad", "relu_grad", "mlp.kiln:9", 16384, 1, 0},
+  {0, 19, "k19_sum_to", "sum_to", "mlp.kiln:8", 16384, 1, 0},
+  {0, 20, "k20_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {0, 42, "k42_sub", "fused sub", "mlp.kiln:16", 3, 0, 0},
+  {0, 45, "k45_div", "div", "mlp.kiln:16", 1, 0, 0},
+  {0, 47, "k47_sqrt", "fused sqrt", "mlp.kiln:16", 3, 0, 0},
+  {0, 53, "k53_sub", "fused sub", "mlp.kiln:16", 2609152, 0, 0},
+  {0, 68, "k68_sub", "fused sub", "mlp.kiln:16", 3328, 0, 0},
+  {0, 83, "k83_sub", "fused sub", "mlp.kiln:16", 33280, 0, 0},
+  {0, 98, "k98_sub", "fused sub", "mlp.kiln:16", 130, 0, 0},
+  {1, 4, "k4_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {1, 7, "k7_relu", "fused relu", "mlp.kiln:9", 32768, 1, 0},
+  {1, 9, "k9_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {1, 11, "k11_add", "add", "mlp.kiln:10", 640, 1, 0},
+  {1, 12, "k12_cross_entropy", "cross_entropy", "mlp.kiln:11", 2560, 1, 0},
+  {2, 4, "k4_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {2, 7, "k7_relu", "fused relu", "mlp.kiln:9", 32768, 1, 0},
+  {2, 9, "k9_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {2, 11, "k11_add", "add", "mlp.kiln:10", 640, 1, 0},
+  {2, 12, "k12_cross_entropy", "cross_entropy", "mlp.kiln:11", 2560, 1, 0},
+  {2, 14, "k14_cross_entropy_grad", "cross_entropy_grad", "mlp.kiln:11", 2560, 1, 0},
+  {2, 15, "k15_sum_to", "sum_to", "mlp.kiln:10", 640, 1, 0},
+  {2, 16, "k16_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {2, 17, "k17_matmul", "matmul", "mlp.kiln:10", 327680, 1, 0},
+  {2, 18, "k18_relu_grad", "relu_grad", "mlp.kiln:9", 16384, 1, 0},
+  {2, 19, "k19_sum_to", "sum_to", "mlp.kiln:8", 16384, 1, 0},
+  {2, 20, "k20_matmul", "matmul", "mlp.kiln:8", 25690112, 1, 0},
+  {3, 42, "k42_sub", "fused sub", "mlp.kiln:16", 3, 0, 0},
+  {3, 45, "k45_div", "div", "mlp.kiln:16", 1, 0, 0},
+  {3, 47, "k47_sqrt", "fused sqrt", "mlp.kiln:16", 3, 0, 0},
+  {3, 109, "k53_sub", "fused sub", "mlp.kiln:16", 2207744, 0, 0},
+  {3, 120, "k68_sub", "fused sub", "mlp.kiln:16", 2816, 0, 0},
+  {3, 131, "k83_sub", "fused sub", "mlp.kiln:16", 28160, 0, 0},
+  {3, 142, "k98_sub", "fused sub", "mlp.kiln:16", 110, 0, 0},
 };
 
 static const kiln_tensor kiln_tensors[23] = {
@@ -1255,7 +1138,7 @@ static const kiln_tensor kiln_tensors[23] = {
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
   {.name = "eval.output", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F32, .rank = 2, .dims = {64, 10},
-   .batch_axis = 0, .offset = 3591296, .entries = 2, .init = KILN_INIT_ZEROS,
+   .batch_axis = 0, .offset = 3460224, .entries = 2, .init = KILN_INIT_ZEROS,
    .init_a = 0, .init_b = 0, .fan_in = 0, .fan_out = 0,
    .data = NULL, .feed = NULL, .scale = 0},
 };
@@ -1285,7 +1168,7 @@ const kiln_program kiln_program_desc = {
   .entries = kiln_entries,
   .nsettings = 4,
   .settings = kiln_settings,
-  .nsites = 62,
+  .nsites = 43,
   .sites = kiln_sites,
   .fma_probe = kiln_fma_probe,
 };
