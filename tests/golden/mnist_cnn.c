@@ -495,40 +495,60 @@ static inline void kiln_sgemm(int64_t M, int64_t N, int64_t K, const float *A, i
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k3_conv2d(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k3_conv2d(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
+  scratch += (64 - (uintptr_t)scratch % 64) % 64;
+  unsigned char *ws = scratch;
+  float *restrict col = (float *)(void *)ws;
   for (int64_t n = 0; n < B; n++) {
-    for (int64_t o = 0; o < 8; o++) {
-      const int64_t cb = 0;
-      for (int64_t i = 0; i < 28; i++) {
-        const int64_t yo = ((n*8 + o)*28 + i)*28;
-        for (int64_t j = 0; j < 28; j++)
-          y[yo + j] = 0;
-        for (int64_t p = 0; p < 3; p++) {
-          const int64_t r = i*1 - 1 + p*1;
-          if (r < 0 || r >= 28)
-            continue;
-          for (int64_t c = 0; c < 1; c++) { /* q = 0 */
-            const float wv = b[((o*1 + c)*3 + p)*3 + 0];
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (-1);
-            for (int64_t j = 1; j < 28; j++)
-              y[yo + j] = fmaf(wv, a[xo + j], y[yo + j]);
+    unsigned char *gws = ws + 28224;
+    const float *restrict xn = a + n*784;
+    for (int64_t c = 0; c < 1; c++)
+      for (int64_t p = 0; p < 3; p++) {
+        { /* q = 0 */
+          float *restrict d = col + ((c*3 + p)*3 + 0)*784;
+          for (int64_t i = 0; i < 28; i++) {
+            const int64_t r = i*1 - 1 + p*1;
+            float *restrict di = d + i*28;
+            if (r < 0 || r >= 28) {
+              memset(di, 0, 28 * sizeof *di);
+              continue;
+            }
+            const int64_t xo = (c*28 + r)*28 + (-1);
+            memset(di, 0, 1 * sizeof *di);
+            memcpy(di + 1, xn + xo + 1, 27 * sizeof *di);
           }
-          for (int64_t c = 0; c < 1; c++) { /* q = 1 */
-            const float wv = b[((o*1 + c)*3 + p)*3 + 1];
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (0);
-            for (int64_t j = 0; j < 28; j++)
-              y[yo + j] = fmaf(wv, a[xo + j], y[yo + j]);
+        }
+        { /* q = 1 */
+          float *restrict d = col + ((c*3 + p)*3 + 1)*784;
+          for (int64_t i = 0; i < 28; i++) {
+            const int64_t r = i*1 - 1 + p*1;
+            float *restrict di = d + i*28;
+            if (r < 0 || r >= 28) {
+              memset(di, 0, 28 * sizeof *di);
+              continue;
+            }
+            const int64_t xo = (c*28 + r)*28 + (0);
+            memcpy(di + 0, xn + xo + 0, 28 * sizeof *di);
           }
-          for (int64_t c = 0; c < 1; c++) { /* q = 2 */
-            const float wv = b[((o*1 + c)*3 + p)*3 + 2];
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (1);
-            for (int64_t j = 0; j < 27; j++)
-              y[yo + j] = fmaf(wv, a[xo + j], y[yo + j]);
+        }
+        { /* q = 2 */
+          float *restrict d = col + ((c*3 + p)*3 + 2)*784;
+          for (int64_t i = 0; i < 28; i++) {
+            const int64_t r = i*1 - 1 + p*1;
+            float *restrict di = d + i*28;
+            if (r < 0 || r >= 28) {
+              memset(di, 0, 28 * sizeof *di);
+              continue;
+            }
+            const int64_t xo = (c*28 + r)*28 + (1);
+            memcpy(di + 0, xn + xo + 0, 27 * sizeof *di);
+            memset(di + 27, 0, 1 * sizeof *di);
           }
         }
       }
-    }
+    for (int64_t g = 0; g < 1; g++)
+      kiln_sgemm(8, 784, 9, b + g*72, 9, 0, col + g*7056, 784, 0, y + n*6272 + g*6272, 784, gws);
   }
 }
 
@@ -2438,7 +2458,7 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const fc2_bias_exp_avg_sq = (float *)(arena + 15265344);
   unsigned char *const scratch = arena + 34510016;
   KILN_MARK(0);
-  k3_conv2d(t3, image, conv1_weight, B);
+  k3_conv2d(t3, image, conv1_weight, scratch, B);
   KILN_MARK(1);
   k5_reshape(t5, conv1_bias);
   KILN_MARK(2);
@@ -2660,7 +2680,7 @@ static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const loss_120 = (float *)(arena + 15468928);
   unsigned char *const scratch = arena + 34510016;
   KILN_MARK(86);
-  k3_conv2d(t3, image, conv1_weight, B);
+  k3_conv2d(t3, image, conv1_weight, scratch, B);
   KILN_MARK(87);
   k5_reshape(t5, conv1_bias);
   KILN_MARK(88);
@@ -2835,7 +2855,7 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const grad_fc2_bias = (float *)(arena + 7632832);
   unsigned char *const scratch = arena + 34510016;
   KILN_MARK(110);
-  k3_conv2d(t3, image, conv1_weight, B);
+  k3_conv2d(t3, image, conv1_weight, scratch, B);
   KILN_MARK(111);
   k5_reshape(t5, conv1_bias);
   KILN_MARK(112);
