@@ -824,6 +824,62 @@ static void require_same_results(Run *one, Run *three, int entry, int64_t batch)
   }
 }
 
+/* Pools (an image per task) and large elementwise loops (blocks of their outer loop, with
+ * per-channel operands broadcast) on three threads: against the reference, and bit-identical to
+ * the serial program, at the full batch and a smaller one. */
+START_TEST(pools_and_loops_as_tasks_match_one_thread) {
+  int x = input("x", DT_F32, S4(B_(1), C_(16), C_(30), C_(29)));
+  int sc = param("scale", DT_F32, S4(C_(1), C_(16), C_(1), C_(1)));
+  int sh = param("shift", DT_F32, S4(C_(1), C_(16), C_(1), C_(1)));
+  int h = ir_unary(g, OP_RELU, ir_binary(g, OP_ADD, ir_binary(g, OP_MUL, x, sc, L0), sh, L0), L0);
+  out("h", h);
+  static const PoolCase pools[] = {{16, 30, 29, 2, 2, 2, 2, 1, 1, {0, 0, 0, 0}},
+                                   {16, 30, 29, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}}};
+  char name[32];
+  for (int i = 0; i < 2; i++) {
+    const PoolCase *k = &pools[i];
+    Attr a = {0};
+    a.kernel[0] = k->kh, a.kernel[1] = k->kw;
+    a.stride[0] = k->sh, a.stride[1] = k->sw;
+    a.dilation[0] = k->dh, a.dilation[1] = k->dw;
+    memcpy(a.pad, k->pad, sizeof a.pad);
+    a.in_size[0] = k->H, a.in_size[1] = k->W;
+    int y = ir_node(g, OP_MAXPOOL2D, 1, &h, &a, L0);
+    snprintf(name, sizeof name, "max%d", i);
+    out(name, y);
+    snprintf(name, sizeof name, "dy%d", i);
+    int dy = input(name, DT_F32, ir_at(g, y)->shape);
+    snprintf(name, sizeof name, "dmax%d", i);
+    out(name, ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){h, dy}, &a, L0));
+    snprintf(name, sizeof name, "avg%d", i);
+    out(name, ir_node(g, OP_AVGPOOL2D, 1, &h, &a, L0));
+    snprintf(name, sizeof name, "davg%d", i);
+    out(name, ir_node(g, OP_AVGPOOL2D_GRAD, 1, &dy, &a, L0));
+  }
+  Run one, three;
+  opts.threads = 1;
+  run_open(&one, 40);
+  opts.threads = 3;
+  run_open(&three, 40);
+  ck_assert_ptr_null(strstr(one.src, "kiln_run_tasks"));
+  int parallel = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    parallel += three.plan->sched->node[i].workers == 3;
+  ck_assert_int_ge(parallel, 9); /* the fused loop, 8 pools */
+  randomise(&one, 9, -1.0, 1.0);
+  randomise(&three, 9, -1.0, 1.0);
+  char err[RT_ERR_LEN];
+  int entry = rt_find_entry(one.prog, "grad");
+  for (int64_t batch = 40; batch >= 17; batch -= 23) {
+    run_compare(&three, "grad", batch);
+    ck_assert_msg(one.cbe.run(one.cbe.self, entry, batch, err) == 0, "%s", err);
+    require_same_results(&one, &three, entry, batch);
+  }
+  run_close(&one);
+  run_close(&three);
+}
+END_TEST
+
 /* Large matmuls run as tasks of row or column blocks (every transpose, the batch in M, N or K,
  * sizes no block divides, a smaller last batch): against the reference, and bit-identical to
  * the serial program, since every element is summed over K as before. */
@@ -2134,6 +2190,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, matmul_all_transposes, 0, 2);
   tcase_add_test(tc, profile_sites_and_marks);
   tcase_add_loop_test(tc, matmul_tasks_match_one_thread, 0, 2);
+  tcase_add_test(tc, pools_and_loops_as_tasks_match_one_thread);
   tcase_add_loop_test(tc, cross_entropy_and_grad, 0, 2);
   tcase_add_test(tc, literal_constants);
   tcase_add_test(tc, activations_and_transpose);

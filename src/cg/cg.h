@@ -89,7 +89,14 @@ typedef struct Cg {
   int ntasks;
   Buf *task_out;
   int task_indent;
+  /* cg_nest_open splits its outer loop into tasks (a large elementwise kernel with workers);
+   * nest_task_count is then the open tasks' count, for cg_nest_close. */
+  bool nest_tasks;
+  const char *nest_task_count;
 } Cg;
+
+/* Elements per task of a parallel elementwise loop. */
+enum { NEST_TASK_ELEMENTS = 16384 };
 
 /* Element types: the C type and the suffix of its math.h functions (expf, exp). */
 static inline const char *ctype(DType t) {

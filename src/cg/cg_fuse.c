@@ -195,7 +195,9 @@ void cg_emit_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
     o->cast = lit ? ctype(x->dtype) : NULL;
     cg_broadcast_strides(cg, &x->shape, &n->shape, o->stride);
   }
+  cg->nest_tasks = cg->s->node[n->id].workers > 1;
   int depth = cg_nest_open(cg, n->shape.rank, dims, nop, ops);
+  cg->nest_tasks = false;
   ta->yelem = ops[0].elem;
   for (int j = 0; j < ta->nout; j++)
     ta->outelem[j] = ops[1 + j].elem;

@@ -175,6 +175,24 @@ int cg_nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops) {
   for (int o = 1; o < nop; o++)
     invariant = invariant && st[o][r - 1].c == 0;
   for (int k = 0; k < r; k++) {
+    if (k == 0 && cg->nest_tasks && r > 0) {
+      /* Tasks of `block` outer iterations, about NEST_TASK_ELEMENTS elements each. */
+      int64_t inner = 1;
+      for (int j = 1; j < r; j++)
+        inner *= d[j].p ? d[j].c * cg->plan->batch : d[j].c;
+      int64_t block = NEST_TASK_ELEMENTS / (inner > 0 ? inner : 1);
+      block = block < 1 ? 1 : block > 64 ? block / 64 * 64 : block;
+      cg->nest_task_count = pool_printf(cg->pool, "(%s + %" PRId64 ") / %" PRId64, sz_c(cg, d[0]),
+                                        block - 1, block);
+      cg_tasks_open(cg, "t");
+      cg_line(cg, "const int64_t lo = t*%" PRId64 ", hi = %s - lo < %" PRId64 " ? %s : lo + %" PRId64
+                  ";", block, sz_c(cg, d[0]), block, sz_c(cg, d[0]), block);
+      if (invariant && k == r - 2)
+        cg_line(cg, "KILN_NO_UNROLL");
+      cg_line(cg, "for (int64_t i0 = lo; i0 < hi; i0++) {");
+      cg->indent++;
+      continue;
+    }
     if (invariant && k == r - 2)
       cg_line(cg, "KILN_NO_UNROLL");
     cg_line(cg, "for (int64_t i%d = 0; i%d < %s; i%d++) {", k, k, sz_c(cg, d[k]), k);
@@ -210,5 +228,9 @@ void cg_nest_close(Cg *cg, int depth) {
   while (depth-- > 0) {
     cg->indent--;
     cg_line(cg, "}");
+  }
+  if (cg->nest_task_count) {
+    cg_tasks_close(cg, cg->nest_task_count, NULL, 0);
+    cg->nest_task_count = NULL;
   }
 }

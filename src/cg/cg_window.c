@@ -391,11 +391,16 @@ static void cg_emit_conv_gemm(Cg *cg, const Node *n) {
   conv_close_images(cg, n, N);
 }
 
-/* Opens the loops over every pool window (n, c, i, j), with yi the output element, and the
- * taps of the window (p, q), padding skipped, with xi the input element. Six loops to close
- * with pool_close, the last two with pool_close_taps first. */
-static void pool_open_windows(Cg *cg, const Window *w) {
-  cg_line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, sz_dim(cg, w->N)));
+/* Opens the loops over every pool window (n, c, i, j; with workers, one task per image n), with yi
+ * the output element, and the taps of the window (p, q), padding skipped, with xi the input element.
+ * Six loops to close with pool_close, the last two with pool_close_taps first. */
+static void pool_open_windows(Cg *cg, const Node *node, const Window *w) {
+  if (cg->s->node[node->id].workers > 1) {
+    cg_tasks_open(cg, "n"); /* one task per image */
+    cg_line(cg, "{");
+  } else {
+    cg_line(cg, "for (int64_t n = 0; n < %s; n++)", sz_c(cg, sz_dim(cg, w->N)));
+  }
   cg_line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
   cg_line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
   cg_line(cg, "      for (int64_t j = 0; j < %" PRId64 "; j++) {", w->Wo);
@@ -426,9 +431,13 @@ static void pool_close_taps(Cg *cg) {
   cg_line(cg, "}");
 }
 
-static void pool_close(Cg *cg) {
+static void pool_close(Cg *cg, const Node *node, const Window *w) {
   cg->indent -= 4;
   cg_line(cg, "      }");
+  if (cg->s->node[node->id].workers > 1) {
+    cg_line(cg, "}");
+    cg_tasks_close(cg, sz_c(cg, sz_dim(cg, w->N)), NULL, 0);
+  }
 }
 
 /* The first maximum of window (n, c, i, j) into best, as the reference's window_argmax:
@@ -451,8 +460,8 @@ static void maxpool_argmax(Cg *cg, const Node *n, const Window *w) {
 
 /* Opens the loops over rows of tiling windows: n, c, i, j, with xw the input element of tap
  * (0, 0) of window (i, j) and yi the output element. Closed by pool_close. */
-static void pool_open_tiles(Cg *cg, const Window *w) {
-  pool_open_windows(cg, w);
+static void pool_open_tiles(Cg *cg, const Node *node, const Window *w) {
+  pool_open_windows(cg, node, w);
   cg_line(cg, "const int64_t xw = ((n*%" PRId64 " + c)*%" PRId64 " + i*%" PRId64 ")*%" PRId64
            " + j*%" PRId64 ";",
        w->C, w->H, w->SH, w->W, w->SW);
@@ -479,16 +488,16 @@ static void maxpool_tile_argmax(Cg *cg, const Node *n, const Window *w, bool wan
 void cg_emit_maxpool2d(Cg *cg, const Node *n) {
   Window w = win_of(cg->g, n);
   if (cg->s->node[n->id].tiles) {
-    pool_open_tiles(cg, &w);
+    pool_open_tiles(cg, n, &w);
     maxpool_tile_argmax(cg, n, &w, false);
     cg_line(cg, "y[yi] = m;");
-    pool_close(cg);
+    pool_close(cg, n, &w);
     return;
   }
-  pool_open_windows(cg, &w);
+  pool_open_windows(cg, n, &w);
   maxpool_argmax(cg, n, &w);
   cg_line(cg, "y[yi] = best < 0 ? (%s)-INFINITY : %s;", ctype(n->dtype), cg_in_at(cg, n, 0, "best"));
-  pool_close(cg);
+  pool_close(cg, n, &w);
 }
 
 /* MAXPOOL2D_GRAD(x, dy) -> dx: each dy to its window's first maximum; overlapping windows add. */
@@ -503,7 +512,7 @@ void cg_emit_maxpool2d_grad(Cg *cg, const Node *n) {
      * gcc branched on every tap, mispredicting on real data (1.2 ms per pass at batch 64 on
      * the MNIST CNN, 0.16 ms without branches). Bit for bit the same values. */
     const char *U = dtype_size(n->dtype) == 4 ? "uint32_t" : "uint64_t";
-    pool_open_tiles(cg, &w);
+    pool_open_tiles(cg, n, &w);
     maxpool_tile_argmax(cg, n, &w, true);
     cg_line(cg, "const %s gv = %s;", ctype(n->dtype), cg_in_at(cg, n, 1, "yi"));
     cg_line(cg, "%s gb;", U);
@@ -511,15 +520,15 @@ void cg_emit_maxpool2d_grad(Cg *cg, const Node *n) {
     for (int64_t t = 0; t < w.KH * w.KW; t++)
       cg_line(cg, "{ const %s o = gb & -(%s)(bt == %" PRId64 "); memcpy(&y[xw + %" PRId64 "], &o, sizeof o); }",
            U, U, t, t / w.KW * w.W + t % w.KW);
-    pool_close(cg);
+    pool_close(cg, n, &w);
     return;
   }
   cg_emit_zero(cg, n);
-  pool_open_windows(cg, &w);
+  pool_open_windows(cg, n, &w);
   maxpool_argmax(cg, n, &w);
   cg_line(cg, "if (best >= 0)");
   cg_line(cg, "  y[best] += %s;", cg_in_at(cg, n, 1, "yi"));
-  pool_close(cg);
+  pool_close(cg, n, &w);
 }
 
 /* The divisor of window (i, j): the whole window when the padding counts, else its in-bounds
@@ -546,25 +555,25 @@ static void avgpool_divisor(Cg *cg, const Node *n, const Window *w) {
 
 void cg_emit_avgpool2d(Cg *cg, const Node *n) {
   Window w = win_of(cg->g, n);
-  pool_open_windows(cg, &w);
+  pool_open_windows(cg, n, &w);
   avgpool_divisor(cg, n, &w);
   cg_line(cg, "%s sum = 0;", ctype(n->dtype));
   pool_open_taps(cg, &w);
   cg_line(cg, "sum += %s;", cg_in_at(cg, n, 0, "xi"));
   pool_close_taps(cg);
   cg_line(cg, "y[yi] = sum / div;");
-  pool_close(cg);
+  pool_close(cg, n, &w);
 }
 
 /* AVGPOOL2D_GRAD(dy) -> dx: each dy / divisor added to every in-bounds tap of its window. */
 void cg_emit_avgpool2d_grad(Cg *cg, const Node *n) {
   Window w = win_of(cg->g, n);
   cg_emit_zero(cg, n);
-  pool_open_windows(cg, &w);
+  pool_open_windows(cg, n, &w);
   avgpool_divisor(cg, n, &w);
   cg_line(cg, "const %s gv = %s / div;", ctype(n->dtype), cg_in_at(cg, n, 0, "yi"));
   pool_open_taps(cg, &w);
   cg_line(cg, "y[xi] += gv;");
   pool_close_taps(cg);
-  pool_close(cg);
+  pool_close(cg, n, &w);
 }

@@ -37,9 +37,8 @@
  *   runs, each with its own scratch slot; the GEMM weight gradient adds its images' gradients in
  *   image order, so the result is the same for every thread count, and the direct one stays
  *   serial. A large GEMM matmul runs as tasks of row or column blocks (matmul_tasks), which
- *   leave every element's sum as it was. Only these large kernels are parallel: splitting
- *   memory-bound elementwise loops gained nothing measurable, and each parallel region waits for
- *   its last task.
+ *   leave every element's sum as it was. Pools run an image per task and large elementwise loops
+ *   blocks of their outer loop (cg_nest_open); sums stay serial, keeping their order.
  * - GEMM for matmuls above a size where packing pays, and its cache tiles, derived from the
  *   target's caches and vector width (sched_gemm_tiles).
  * - Pools whose windows tile the input are unrolled; tiling max pools with an odd number of
@@ -193,6 +192,11 @@ int64_t sched_matmul_slot_bytes(const Schedule *s, const Graph *g, const Node *n
   return round_up(sched_gemm_scratch(&s->tiles, ns->split ? M : ns->block,
                                      ns->split ? ns->block : N, K, n->dtype), 64);
 }
+
+/* Elementwise loops and pools over at least this many elements run as tasks when there are
+ * threads: the MNIST CNN's activations (100,352 elements at batch 64 and more) and fc1's Adam
+ * update (940,800) do, its per-channel and fc2 loops do not. */
+enum { PARALLEL_ELEMENTS = 65536 };
 
 /* Matmuls of at least this many multiply-adds run as tasks when there are threads: the
  * MNIST CNN's fc1 products (60 M) are; its fc2 (0.4 M) would spend more waking a thread. */
@@ -759,9 +763,18 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
        * max pools use the unrolled tiling code. */
       if ((n->op == OP_MAXPOOL2D || n->op == OP_MAXPOOL2D_GRAD) && ns->tiles && w.Wo % 2 == 1)
         ns->vectorise = true;
+      /* One task per image. */
+      if (shape_numel(&n->shape, s->symvals) >= PARALLEL_ELEMENTS)
+        ns->workers = s->opt.threads;
     }
-    if (sched_is_tree(g, s, i))
+    if (sched_is_tree(g, s, i)) {
       ns->vectorise = true;
+      /* Elementwise loops over many elements run as tasks of whole blocks of their outer loop;
+       * a sum (computing its input's loop) keeps its one order of additions. */
+      bool sums = n->op == OP_SUM || n->op == OP_MEAN || n->op == OP_SUM_TO;
+      if (!sums && shape_numel(&n->shape, s->symvals) >= PARALLEL_ELEMENTS)
+        ns->workers = s->opt.threads;
+    }
     ns->scratch = node_scratch(s, g, n, ns);
     if (ns->scratch > s->scratch_bytes)
       s->scratch_bytes = ns->scratch;
