@@ -83,6 +83,54 @@ static size_t persistent(kiln_trainer *t, unsigned char *out, size_t cap) {
 
 enum { STATE_CAP = 1 << 16 };
 
+/* A small CNN: its convolutions run as tasks, so a trainer has threads to choose. */
+static const char cnn[] =
+    "model tinycnn\n"
+    "input image: f32[B, 1, 8, 8] from images / 255\n"
+    "input label: i32[B] from labels\n"
+    "c = conv2d(image, out=8, kernel=3, pad=1)\n"
+    "logits = linear(flatten(relu(c)), out=4) as out\n"
+    "loss = cross_entropy(logits, label)\n"
+    "minimize loss\n"
+    "train { optimizer = adam(lr=0.01)  batch = 16  seed = 7 }\n";
+
+/* The thread count is the host's to change between steps, within what the trainer was compiled
+ * for, and changes no bit: a trainer on one thread and one on two end three steps with the same
+ * parameters and optimizer state. */
+START_TEST(threads_change_no_result) {
+  make_data();
+  kiln_model *m;
+  ck_assert_msg(kiln_model_from_string("tinycnn.kiln", cnn, &m) == KILN_OK, "%s",
+                kiln_last_error());
+  kiln_options o;
+  kiln_options_init(&o);
+  o.threads = 2;
+  kiln_trainer *a, *b;
+  ck_assert_msg(kiln_compile(m, &o, &a) == KILN_OK, "%s", kiln_last_error());
+  ck_assert_msg(kiln_compile(m, &o, &b) == KILN_OK, "%s", kiln_last_error());
+  kiln_model_free(m);
+  ck_assert_int_eq(kiln_threads(a), 2);
+  ck_assert_int_eq(kiln_set_threads(a, 1), KILN_OK);
+  ck_assert_int_eq(kiln_threads(a), 1);
+  ck_assert_int_eq(kiln_set_threads(b, 7), KILN_OK); /* clamped to what it was compiled for */
+  ck_assert_int_eq(kiln_threads(b), 2);
+  ck_assert_int_eq(kiln_set_threads(NULL, 1), KILN_ERROR);
+  ck_assert_ptr_nonnull(strstr(kiln_last_error(), "kiln_set_threads"));
+  double la, lb;
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(kiln_train_step(a, BATCH, batch_of(BATCH), 2, &la), KILN_OK);
+    ck_assert_int_eq(kiln_train_step(b, BATCH, batch_of(BATCH), 2, &lb), KILN_OK);
+    ck_assert_msg(memcmp(&la, &lb, sizeof la) == 0, "step %d: loss %.17g on 1 thread, %.17g on 2",
+                  i, la, lb);
+  }
+  static unsigned char sa[STATE_CAP], sb[STATE_CAP];
+  size_t na = persistent(a, sa, sizeof sa), nb = persistent(b, sb, sizeof sb);
+  ck_assert(na == nb && na > 0 && memcmp(sa, sb, na) == 0);
+  kiln_trainer_free(a);
+  kiln_trainer_free(b);
+}
+END_TEST
+
 START_TEST(trains_on_host_buffers) {
   make_data();
   kiln_model *m = model();
@@ -366,6 +414,7 @@ static Suite *host_suite(void) {
   TCase *tc = tcase_create("host");
   tcase_set_timeout(tc, 600);
   tcase_add_test(tc, trains_on_host_buffers);
+  tcase_add_test(tc, threads_change_no_result);
   tcase_add_test(tc, initialised_from_the_seed);
   tcase_add_test(tc, grad_then_apply_is_train);
   tcase_add_test(tc, two_trainers_are_independent);
