@@ -146,7 +146,22 @@ static void work(RtPool *p, unsigned generation, int worker) {
   }
 }
 
+/* A worker's stack is touched once, as deep as tasks go (the GEMM's edge tile and the kernels'
+ * locals take a few KiB): otherwise whichever task first ran deepest on a worker took a page
+ * fault inside a step, at random, since tasks go to whichever thread is free. */
+enum { STACK_PREFAULT = 64 << 10 };
+
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static void prefault_stack(void) {
+  volatile unsigned char page[STACK_PREFAULT];
+  for (size_t i = 0; i < sizeof page; i += 1024)
+    page[i] = 0;
+}
+
 static void *worker_main(void *arg) {
+  prefault_stack();
   WorkerStart *start = arg;
   RtPool *p = start->pool;
   int index = start->index;
