@@ -124,7 +124,12 @@ START_TEST(steps_take_no_page_faults) {
   /* Zero, as a rule; the kernel's own memory management (this VM reclaims cold pages) now and
    * then adds a few, where a fault inside every step would add 80. */
   long faults = after.ru_minflt - before.ru_minflt + after.ru_majflt - before.ru_majflt;
+#if defined(__SANITIZE_ADDRESS__)
+  /* AddressSanitizer's own fake stack frames and shadow take fresh pages as threads move. */
+  (void)faults;
+#else
   ck_assert_msg(faults < 40, "%ld page faults in 40 train and 40 eval steps", faults);
+#endif
   kiln_trainer_free(t);
 }
 END_TEST
