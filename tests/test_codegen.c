@@ -824,6 +824,35 @@ static void require_same_results(Run *one, Run *three, int entry, int64_t batch)
   }
 }
 
+/* The graph g compiled for one thread and for three (at least `parallel` kernels with tasks),
+ * both randomised from `seed`; then, from the full batch down by `step` while positive, the
+ * three-thread program against the reference and bit-identical to the one-thread program. */
+static void one_and_three_threads(int64_t batch, int64_t step, uint64_t seed, int parallel) {
+  Run one, three;
+  opts.threads = 1;
+  run_open(&one, batch);
+  opts.threads = 3;
+  run_open(&three, batch);
+  ck_assert_ptr_null(strstr(one.src, "kiln_run_tasks"));
+  ck_assert_ptr_nonnull(strstr(three.src, "kiln_run_tasks(ex"));
+  ck_assert_int_eq(rt_arena_threads(&three.cbe), 3);
+  int tasks = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    tasks += three.plan->sched->node[i].workers == 3;
+  ck_assert_int_ge(tasks, parallel);
+  randomise(&one, seed, -1.0, 1.0);
+  randomise(&three, seed, -1.0, 1.0);
+  char err[RT_ERR_LEN];
+  int entry = rt_find_entry(one.prog, "grad");
+  for (int64_t b = batch; b >= 1; b -= step) {
+    run_compare(&three, "grad", b);
+    ck_assert_msg(one.cbe.run(one.cbe.self, entry, b, err) == 0, "%s", err);
+    require_same_results(&one, &three, entry, b);
+  }
+  run_close(&one);
+  run_close(&three);
+}
+
 /* Pools (an image per task) and large elementwise loops (blocks of their outer loop, with
  * per-channel operands broadcast) on three threads: against the reference, and bit-identical to
  * the serial program, at the full batch and a smaller one. */
@@ -856,27 +885,7 @@ START_TEST(pools_and_loops_as_tasks_match_one_thread) {
     snprintf(name, sizeof name, "davg%d", i);
     out(name, ir_node(g, OP_AVGPOOL2D_GRAD, 1, &dy, &a, L0));
   }
-  Run one, three;
-  opts.threads = 1;
-  run_open(&one, 40);
-  opts.threads = 3;
-  run_open(&three, 40);
-  ck_assert_ptr_null(strstr(one.src, "kiln_run_tasks"));
-  int parallel = 0;
-  for (int i = 0; i < g->nnodes; i++)
-    parallel += three.plan->sched->node[i].workers == 3;
-  ck_assert_int_ge(parallel, 9); /* the fused loop, 8 pools */
-  randomise(&one, 9, -1.0, 1.0);
-  randomise(&three, 9, -1.0, 1.0);
-  char err[RT_ERR_LEN];
-  int entry = rt_find_entry(one.prog, "grad");
-  for (int64_t batch = 40; batch >= 17; batch -= 23) {
-    run_compare(&three, "grad", batch);
-    ck_assert_msg(one.cbe.run(one.cbe.self, entry, batch, err) == 0, "%s", err);
-    require_same_results(&one, &three, entry, batch);
-  }
-  run_close(&one);
-  run_close(&three);
+  one_and_three_threads(40, 23, 9, 9); /* the fused loop, 8 pools */
 }
 END_TEST
 
@@ -899,29 +908,7 @@ START_TEST(matmul_tasks_match_one_thread) {
   out("rows", ir_matmul(g, p, q, false, false, L0));        /* [410,41]: rows */
   out("rows_ta", ir_matmul(g, pt, q, true, false, L0));     /* [410,41] */
   out("k_b", ir_matmul(g, yb, x, true, false, L0));         /* [410,300], K = B */
-  Run one, three;
-  opts.threads = 1;
-  run_open(&one, 100);
-  opts.threads = 3;
-  run_open(&three, 100);
-  ck_assert_ptr_null(strstr(one.src, "kiln_run_tasks"));
-  ck_assert_ptr_nonnull(strstr(three.src, "kiln_run_tasks(ex"));
-  int parallel = 0;
-  for (int i = 0; i < g->nnodes; i++)
-    if (ir_at(g, i)->op == OP_MATMUL && three.plan->sched->node[i].workers == 3)
-      parallel++;
-  ck_assert_int_eq(parallel, 6);
-  randomise(&one, 5, -1.0, 1.0);
-  randomise(&three, 5, -1.0, 1.0);
-  char err[RT_ERR_LEN];
-  int entry = rt_find_entry(one.prog, "grad");
-  for (int64_t batch = 100; batch >= 37; batch -= 63) {
-    run_compare(&three, "grad", batch);
-    ck_assert_msg(one.cbe.run(one.cbe.self, entry, batch, err) == 0, "%s", err);
-    require_same_results(&one, &three, entry, batch);
-  }
-  run_close(&one);
-  run_close(&three);
+  one_and_three_threads(100, 63, 5, 6);
 }
 END_TEST
 
@@ -933,24 +920,7 @@ START_TEST(threads_match_one_thread) {
   all_windows();
   opts.conv = _i ? CONV_AUTO : CONV_GEMM;
   opts.gemm = (GemmTiles){.kc = 40, .mc = 20, .nc = 100};
-  Run one, three;
-  opts.threads = 1;
-  run_open(&one, 5);
-  opts.threads = 3;
-  run_open(&three, 5);
-  ck_assert_ptr_nonnull(strstr(three.src, "kiln_run_tasks(ex"));
-  ck_assert_int_eq(rt_arena_threads(&three.cbe), 3);
-  randomise(&one, 23, -1.0, 1.0);
-  randomise(&three, 23, -1.0, 1.0);
-  char err[RT_ERR_LEN];
-  int entry = rt_find_entry(one.prog, "grad");
-  for (int64_t batch = 5; batch >= 1; batch -= 2) {
-    run_compare(&three, "grad", batch);
-    ck_assert_msg(one.cbe.run(one.cbe.self, entry, batch, err) == 0, "%s", err);
-    require_same_results(&one, &three, entry, batch);
-  }
-  run_close(&one);
-  run_close(&three);
+  one_and_three_threads(5, 2, 23, 1);
 }
 END_TEST
 

@@ -191,15 +191,9 @@ CacheRead cache_read(const char *dir, const CacheKey *k, const char *suffix, voi
 
 int cache_write(const char *dir, const CacheKey *k, const char *suffix, const void *payload,
                 size_t size, Buf *why) {
-  char path[4096], tmp[4096 + 16];
+  char path[4096];
   if (entry_path(dir, k, suffix, path, sizeof path)) {
     buf_printf(why, "cache directory path too long: %s", dir);
-    return -1;
-  }
-  snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path);
-  int fd = mkstemp(tmp);
-  if (fd < 0) {
-    buf_printf(why, "cannot write to the cache directory %s: %s", dir, strerror(errno));
     return -1;
   }
   unsigned char header[HEADER_BYTES] = {0};
@@ -209,21 +203,8 @@ int cache_write(const char *dir, const CacheKey *k, const char *suffix, const vo
   memcpy(header + 16, k->digest, SHA256_BYTES);
   put_u64(header + 48, size);
   sha256(payload, size, header + 56);
-  /* Durable before it is visible: after a crash the name holds the old entry or the whole new
-   * one, never a prefix of it. */
-  int bad = kiln_write_all(fd, header, sizeof header) || kiln_write_all(fd, payload, size) || fsync(fd);
-  int saved = errno;
-  if (close(fd) != 0 && !bad) {
-    bad = 1;
-    saved = errno;
-  }
-  if (!bad && rename(tmp, path) != 0) {
-    bad = 1;
-    saved = errno;
-  }
-  if (bad) {
-    unlink(tmp);
-    buf_printf(why, "cannot write the cache entry %s: %s", path, strerror(saved));
+  if (kiln_write_file_atomic(path, header, sizeof header, payload, size)) {
+    buf_printf(why, "cannot write the cache entry %s: %s", path, strerror(errno));
     return -1;
   }
   return 0;

@@ -126,8 +126,10 @@ void sha256_hex(const unsigned char digest[SHA256_BYTES], char hex[2 * SHA256_BY
  * read that meets the end of the file fails too). */
 int kiln_read_all(int fd, void *buf, size_t n);
 int kiln_write_all(int fd, const void *buf, size_t n);
-/* Writes path's whole contents atomically: a private temporary file beside it (mkstemp), fsync,
- * rename; nothing is left behind on failure. 0, or -1 with errno. */
-int kiln_write_file_atomic(const char *path, const void *data, size_t n);
+/* Writes path's whole contents, head then data (either may be empty), atomically: a private
+ * temporary file beside it (mkstemp), fsync, rename; nothing is left behind on failure. 0, or -1
+ * with errno. */
+int kiln_write_file_atomic(const char *path, const void *head, size_t head_n, const void *data,
+                           size_t n);
 
 #endif

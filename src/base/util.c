@@ -336,7 +336,8 @@ int kiln_write_all(int fd, const void *buf, size_t n) {
   return 0;
 }
 
-int kiln_write_file_atomic(const char *path, const void *data, size_t n) {
+int kiln_write_file_atomic(const char *path, const void *head, size_t head_n, const void *data,
+                           size_t n) {
   char tmp[4096];
   if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= sizeof tmp) {
     errno = ENAMETOOLONG;
@@ -345,7 +346,10 @@ int kiln_write_file_atomic(const char *path, const void *data, size_t n) {
   int fd = mkstemp(tmp);
   if (fd < 0)
     return -1;
-  int bad = kiln_write_all(fd, data, n) || fsync(fd), saved = errno;
+  /* Durable before it is visible: after a crash the name holds the old file or the whole new
+   * one, never a prefix of it. */
+  int bad = kiln_write_all(fd, head, head_n) || kiln_write_all(fd, data, n) || fsync(fd);
+  int saved = errno;
   if (close(fd) != 0 && !bad) {
     bad = 1;
     saved = errno;

@@ -327,7 +327,7 @@ int tune_save(const char *path, const SchedTuning *t, const char *comment, char 
     buf_free(&text);
     return tfail(err, cap, "error: out of memory");
   }
-  int rc = kiln_write_file_atomic(path, text.p, text.len);
+  int rc = kiln_write_file_atomic(path, NULL, 0, text.p, text.len);
   buf_free(&text);
   if (rc)
     return tfail(err, cap, "error: cannot write %s: %s", path, strerror(errno));
