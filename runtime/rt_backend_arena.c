@@ -44,9 +44,9 @@ static int arena_run(void *self, int entry, int64_t batch, char *err) {
     return 0;
   }
   rt_profile_batch(a->profile, batch);
-  double t0 = rt_seconds();
+  double t0 = rt_now();
   fn(a->base, batch, &a->exec);
-  rt_profile_entry(a->profile, entry, rt_seconds() - t0);
+  rt_profile_entry(a->profile, entry, rt_now() - t0);
   return 0;
 }
 
@@ -186,9 +186,9 @@ static double fma_peak(ArenaBe *a, int threads) {
   Probe pr = {a->prog, 1 << 16, {0}};
   double best = 0;
   for (int rep = 0; rep < 5; rep++) {
-    double t0 = rt_seconds(), flops = 0;
+    double t0 = rt_now(), flops = 0;
     rt_pool_run(threads > 1 ? a->pool : NULL, probe_task, &pr, threads);
-    double dt = rt_seconds() - t0;
+    double dt = rt_now() - t0;
     for (int t = 0; t < threads; t++)
       flops += pr.flops[t];
     double g = dt > 0 ? flops / dt / 1e9 : 0;

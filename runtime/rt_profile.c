@@ -16,7 +16,6 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "runtime.h"
 
@@ -31,12 +30,6 @@ struct RtProfile {
   int last;                 /* the site whose kernel runs, or -1 */
   double last_at;
 };
-
-double rt_seconds(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 RtProfile *rt_profile_new(const kiln_program *p, char *err) {
   RtProfile *r = calloc(1, sizeof *r);
@@ -67,7 +60,7 @@ void rt_profile_free(RtProfile *r) {
 
 void rt_profile_mark(void *profiler, int site) {
   RtProfile *r = profiler;
-  double now = rt_seconds();
+  double now = rt_now();
   if (r->last >= 0) {
     const kiln_site *s = &r->prog->sites[r->last];
     r->seconds[r->last] += now - r->last_at;

@@ -226,8 +226,6 @@ void rt_profile_report(const RtProfile *r, FILE *out, double peak1, double peak_
                        int rows);
 /* The time spent in site's kernel so far. */
 double rt_profile_seconds(const RtProfile *r, int site);
-/* CLOCK_MONOTONIC in seconds. */
-double rt_seconds(void);
 
 /* ---- rt_cores.c ---- */
 

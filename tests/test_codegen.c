@@ -757,6 +757,33 @@ static const ConvCase odd_convs[] = {
 
 /* Every convolution case (its three ops) and every pool case (max, average both ways, and their
  * adjoints) as outputs of the grad entry. */
+/* Every pool op of case k over x, as grad outputs named after tag: max pooling and its
+ * gradient (from a dy input of its own), average pooling with and without the padding counted,
+ * and their gradients. */
+static void pool_ops(int x, const PoolCase *k, const char *tag) {
+  char name[48];
+  Attr a = {0};
+  a.kernel[0] = k->kh, a.kernel[1] = k->kw;
+  a.stride[0] = k->sh, a.stride[1] = k->sw;
+  a.dilation[0] = k->dh, a.dilation[1] = k->dw;
+  memcpy(a.pad, k->pad, sizeof a.pad);
+  a.in_size[0] = k->H, a.in_size[1] = k->W;
+  int y = ir_node(g, OP_MAXPOOL2D, 1, &x, &a, L0);
+  snprintf(name, sizeof name, "%smax", tag);
+  out(name, y);
+  snprintf(name, sizeof name, "%sdy", tag);
+  int dy = input(name, DT_F32, ir_at(g, y)->shape);
+  snprintf(name, sizeof name, "%sdmax", tag);
+  out(name, ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){x, dy}, &a, L0));
+  for (int inc = 0; inc < 2; inc++) {
+    a.count_include_pad = inc;
+    snprintf(name, sizeof name, "%savg%d", tag, inc);
+    out(name, ir_node(g, OP_AVGPOOL2D, 1, &x, &a, L0));
+    snprintf(name, sizeof name, "%sdavg%d", tag, inc);
+    out(name, ir_node(g, OP_AVGPOOL2D_GRAD, 1, &dy, &a, L0));
+  }
+}
+
 static void all_windows(void) {
   char name[32];
   for (size_t i = 0; i < sizeof conv_cases / sizeof *conv_cases + 2; i++) {
@@ -781,26 +808,8 @@ static void all_windows(void) {
     const PoolCase *k = &pool_cases[i];
     snprintf(name, sizeof name, "px%zu", i);
     int x = input(name, DT_F32, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
-    Attr a = {0};
-    a.kernel[0] = k->kh, a.kernel[1] = k->kw;
-    a.stride[0] = k->sh, a.stride[1] = k->sw;
-    a.dilation[0] = k->dh, a.dilation[1] = k->dw;
-    memcpy(a.pad, k->pad, sizeof a.pad);
-    a.in_size[0] = k->H, a.in_size[1] = k->W;
-    int y = ir_node(g, OP_MAXPOOL2D, 1, &x, &a, L0);
-    snprintf(name, sizeof name, "pmax%zu", i);
-    out(name, y);
-    snprintf(name, sizeof name, "pdy%zu", i);
-    int dy = input(name, DT_F32, ir_at(g, y)->shape);
-    snprintf(name, sizeof name, "pdmax%zu", i);
-    out(name, ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){x, dy}, &a, L0));
-    for (int inc = 0; inc < 2; inc++) {
-      a.count_include_pad = inc;
-      snprintf(name, sizeof name, "pavg%d_%zu", inc, i);
-      out(name, ir_node(g, OP_AVGPOOL2D, 1, &x, &a, L0));
-      snprintf(name, sizeof name, "pdavg%d_%zu", inc, i);
-      out(name, ir_node(g, OP_AVGPOOL2D_GRAD, 1, &dy, &a, L0));
-    }
+    snprintf(name, sizeof name, "p%zu", i);
+    pool_ops(x, k, name);
   }
 }
 
@@ -864,28 +873,9 @@ START_TEST(pools_and_loops_as_tasks_match_one_thread) {
   out("h", h);
   static const PoolCase pools[] = {{16, 30, 29, 2, 2, 2, 2, 1, 1, {0, 0, 0, 0}},
                                    {16, 30, 29, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}}};
-  char name[32];
-  for (int i = 0; i < 2; i++) {
-    const PoolCase *k = &pools[i];
-    Attr a = {0};
-    a.kernel[0] = k->kh, a.kernel[1] = k->kw;
-    a.stride[0] = k->sh, a.stride[1] = k->sw;
-    a.dilation[0] = k->dh, a.dilation[1] = k->dw;
-    memcpy(a.pad, k->pad, sizeof a.pad);
-    a.in_size[0] = k->H, a.in_size[1] = k->W;
-    int y = ir_node(g, OP_MAXPOOL2D, 1, &h, &a, L0);
-    snprintf(name, sizeof name, "max%d", i);
-    out(name, y);
-    snprintf(name, sizeof name, "dy%d", i);
-    int dy = input(name, DT_F32, ir_at(g, y)->shape);
-    snprintf(name, sizeof name, "dmax%d", i);
-    out(name, ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){h, dy}, &a, L0));
-    snprintf(name, sizeof name, "avg%d", i);
-    out(name, ir_node(g, OP_AVGPOOL2D, 1, &h, &a, L0));
-    snprintf(name, sizeof name, "davg%d", i);
-    out(name, ir_node(g, OP_AVGPOOL2D_GRAD, 1, &dy, &a, L0));
-  }
-  one_and_three_threads(40, 23, 9, 9); /* the fused loop, 8 pools */
+  pool_ops(h, &pools[0], "tile");
+  pool_ops(h, &pools[1], "overlap");
+  one_and_three_threads(40, 23, 9, 13); /* the fused loop, 12 pools */
 }
 END_TEST
 

@@ -95,11 +95,8 @@ static const char cnn[] =
     "minimize loss\n"
     "train { optimizer = adam(lr=0.01)  batch = 16  seed = 7 }\n";
 
-/* A step after the first touches no new page: the arena, its scratch, the pool's threads (their
- * stacks prefaulted) and the program are all in place; no allocation or first touch inside the
- * step (a page fault costs microseconds, and the step was once 3.5% page faults). */
-START_TEST(steps_take_no_page_faults) {
-  make_data();
+/* The small CNN compiled for at most two threads. */
+static kiln_trainer *compile_cnn(void) {
   kiln_model *m;
   ck_assert_msg(kiln_model_from_string("tinycnn.kiln", cnn, &m) == KILN_OK, "%s",
                 kiln_last_error());
@@ -109,6 +106,15 @@ START_TEST(steps_take_no_page_faults) {
   kiln_trainer *t;
   ck_assert_msg(kiln_compile(m, &o, &t) == KILN_OK, "%s", kiln_last_error());
   kiln_model_free(m);
+  return t;
+}
+
+/* A step after the first touches no new page: the arena, its scratch, the pool's threads (their
+ * stacks prefaulted) and the program are all in place; no allocation or first touch inside the
+ * step (a page fault costs microseconds, and the step was once 3.5% page faults). */
+START_TEST(steps_take_no_page_faults) {
+  make_data();
+  kiln_trainer *t = compile_cnn();
   double loss;
   for (int i = 0; i < 2; i++) {
     ck_assert_int_eq(kiln_train_step(t, BATCH, batch_of(BATCH), 2, &loss), KILN_OK);
@@ -139,16 +145,7 @@ END_TEST
  * parameters and optimizer state. */
 START_TEST(threads_change_no_result) {
   make_data();
-  kiln_model *m;
-  ck_assert_msg(kiln_model_from_string("tinycnn.kiln", cnn, &m) == KILN_OK, "%s",
-                kiln_last_error());
-  kiln_options o;
-  kiln_options_init(&o);
-  o.threads = 2;
-  kiln_trainer *a, *b;
-  ck_assert_msg(kiln_compile(m, &o, &a) == KILN_OK, "%s", kiln_last_error());
-  ck_assert_msg(kiln_compile(m, &o, &b) == KILN_OK, "%s", kiln_last_error());
-  kiln_model_free(m);
+  kiln_trainer *a = compile_cnn(), *b = compile_cnn();
   ck_assert_int_eq(kiln_threads(a), 2);
   ck_assert_int_eq(kiln_set_threads(a, 1), KILN_OK);
   ck_assert_int_eq(kiln_threads(a), 1);

@@ -167,34 +167,41 @@ void cg_tree_comment(Cg *cg, const Node *n, Buf *b) {
   tree_comment(cg, n, b, &ta);
 }
 
-/* One loop nest over the root's elements (the strided printer: every member has the root's
- * shape, leaves are broadcast to it), the loop's body inside. */
-void cg_emit_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
-  const Graph *g = cg->g;
-  Sz dims[IR_MAX_RANK];
-  for (int k = 0; k < n->shape.rank; k++)
-    dims[k] = sz_dim(cg, n->shape.d[k]);
-  Opnd ops[NEST_MAX_OPS];
+/* A tree kernel's operands for a loop nest over shape `it`: ops[0] the root's output (strides
+ * left to the caller), then the other outputs z0, z1, ... (of shape it), then the operands in
+ * memory x0, x1, ... and the literal arrays, broadcast to it. Returns how many. */
+static int tree_operands(Cg *cg, const CgTreeArgs *ta, const Shape *it, Opnd *ops) {
   int nop = 1 + ta->nout + ta->n + ta->ndc;
   KILN_ASSERT(nop <= NEST_MAX_OPS);
-  memset(ops, 0, sizeof ops);
+  memset(ops, 0, sizeof(Opnd) * NEST_MAX_OPS);
   ops[0].k = -1;
-  cg_broadcast_strides(cg, &n->shape, &n->shape, ops[0].stride);
   for (int j = 0; j < ta->nout; j++) {
     Opnd *o = &ops[1 + j];
     o->k = -1;
     o->name = pool_printf(cg->pool, "z%d", j);
-    cg_broadcast_strides(cg, &n->shape, &n->shape, o->stride);
+    cg_broadcast_strides(cg, it, it, o->stride);
   }
   for (int i = 0; i < ta->n + ta->ndc; i++) {
     bool lit = i >= ta->n;
-    const Node *x = ir_at(g, lit ? ta->dc[i - ta->n] : ta->id[i]);
+    const Node *x = ir_at(cg->g, lit ? ta->dc[i - ta->n] : ta->id[i]);
     Opnd *o = &ops[1 + ta->nout + i];
     o->k = 0;
     o->name = lit ? lit_name(cg, x->data) : pool_printf(cg->pool, "x%d", i);
     o->cast = lit ? ctype(x->dtype) : NULL;
-    cg_broadcast_strides(cg, &x->shape, &n->shape, o->stride);
+    cg_broadcast_strides(cg, &x->shape, it, o->stride);
   }
+  return nop;
+}
+
+/* One loop nest over the root's elements (the strided printer: every member has the root's
+ * shape, leaves are broadcast to it), the loop's body inside. */
+void cg_emit_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
+  Sz dims[IR_MAX_RANK];
+  for (int k = 0; k < n->shape.rank; k++)
+    dims[k] = sz_dim(cg, n->shape.d[k]);
+  Opnd ops[NEST_MAX_OPS];
+  int nop = tree_operands(cg, ta, &n->shape, ops);
+  cg_broadcast_strides(cg, &n->shape, &n->shape, ops[0].stride);
   cg->nest_tasks = cg->s->node[n->id].workers > 1;
   int depth = cg_nest_open(cg, n->shape.rank, dims, nop, ops);
   cg->nest_tasks = false;
@@ -276,25 +283,8 @@ void cg_emit_reduce_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
     }
   }
   Opnd ops[NEST_MAX_OPS];
-  int nop = 1 + ta->nout + ta->n + ta->ndc;
-  KILN_ASSERT(nop <= NEST_MAX_OPS);
-  memset(ops, 0, sizeof ops);
-  ops[0].k = -1;
+  int nop = tree_operands(cg, ta, xs, ops);
   memcpy(ops[0].stride, yst, sizeof(Sz) * (size_t)rank);
-  for (int j = 0; j < ta->nout; j++) {
-    ops[1 + j].k = -1;
-    ops[1 + j].name = pool_printf(cg->pool, "z%d", j);
-    cg_broadcast_strides(cg, xs, xs, ops[1 + j].stride);
-  }
-  for (int i = 0; i < ta->n + ta->ndc; i++) {
-    bool lit = i >= ta->n;
-    const Node *o = ir_at(g, lit ? ta->dc[i - ta->n] : ta->id[i]);
-    Opnd *op = &ops[1 + ta->nout + i];
-    op->k = 0;
-    op->name = lit ? lit_name(cg, o->data) : pool_printf(cg->pool, "x%d", i);
-    op->cast = lit ? ctype(o->dtype) : NULL;
-    cg_broadcast_strides(cg, &o->shape, xs, op->stride);
-  }
   const Sz *st[NEST_MAX_OPS];
   for (int o = 0; o < nop; o++)
     st[o] = ops[o].stride;

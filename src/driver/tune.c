@@ -103,14 +103,14 @@ static int measure(const char *path, const Options *o, double seconds, Timing *t
     goto done;
   }
   int64_t steps = 0;
-  double t0 = rt_seconds(), elapsed = 0;
+  double t0 = rt_now(), elapsed = 0;
   while (elapsed < seconds || steps < 3) {
     if (be.run(be.self, train, s.prog->batch, rerr)) {
       tfail(err, cap, "error: %s", rerr);
       goto done;
     }
     steps++;
-    elapsed = rt_seconds() - t0;
+    elapsed = rt_now() - t0;
   }
   t->step = elapsed / (double)steps;
   t->nnodes = s.g->nnodes;
