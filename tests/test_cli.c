@@ -501,6 +501,45 @@ START_TEST(threads_option) {
 }
 END_TEST
 
+/* Convolutions whose sizes are multiples of no vector width or tile (20, 13 and 7 output
+ * channels, a stride and a dilation, batch 5) pass `kiln check` with the generated code compiled
+ * for every vector width its micro-kernels pick (AVX-512 where the machine has it, AVX2, SSE),
+ * for the plain C a compiler without GNU vector extensions gets, and by clang when installed. */
+START_TEST(every_vector_width_checks) {
+  static const char model[] =
+      "model convs\n"
+      "input image: f32[B, 3, 11, 9] from images\n"
+      "input label: i32[B] from labels\n"
+      "c1 = conv2d(image, out=20, kernel=3, pad=1)\n"
+      "c2 = conv2d(relu(c1), out=13, kernel=5, pad=2, stride=2)\n"
+      "c3 = conv2d(relu(c2), out=7, kernel=2, dilation=2)\n"
+      "logits = linear(flatten(c3), out=4)\n"
+      "loss = cross_entropy(logits, label)\n"
+      "minimize loss\n"
+      "train {\n  optimizer = sgd(lr=0.1)\n  batch = 5\n  seed = 3\n}\n";
+  static const char *const ccs[] = {"cc", "cc -mno-avx512f", "cc -mno-avx", "cc -DKILN_PLAIN_C",
+                                    "clang"};
+  char path[512], cmd[1024], *out;
+  snprintf(path, sizeof path, "%s/convs.kiln", tmpdir);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs(model, f);
+  fclose(f);
+  for (size_t i = 0; i < sizeof ccs / sizeof *ccs; i++) {
+    if (!strcmp(ccs[i], "clang") && access("/usr/bin/clang", X_OK) != 0)
+      continue;
+    snprintf(cmd, sizeof cmd, "CC='%s' " KILN " check '%s' --backend cc", ccs[i], path);
+    ck_assert_int_eq(run(cmd, &out, NULL), 0);
+    ck_assert_msg(strstr(out, "check: OK: 54 tensors within tolerance"), "%s:\n%s", ccs[i], out);
+    free(out);
+  }
+  snprintf(cmd, sizeof cmd, KILN " schedule '%s'", path);
+  ck_assert_int_eq(run(cmd, &out, NULL), 0);
+  ck_assert_ptr_nonnull(strstr(out, "conv2d_bwd_filter    convs.kiln:5             kernel conv=implicit"));
+  free(out);
+}
+END_TEST
+
 /* A trainer built for the baseline x86-64 has no AVX instruction (no ymm or zmm register) and
  * learns; a target kiln does not know is a usage error. */
 START_TEST(target_option) {
@@ -818,6 +857,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, threads_option);
   tcase_add_test(tc, usage_errors);
   tcase_add_test(tc, target_option);
+  tcase_add_test(tc, every_vector_width_checks);
   tcase_add_test(tc, trainer_data_errors);
   tcase_add_test(tc, trainer_same_bytes_on_every_thread_count);
   tcase_add_test(tc, profile_option);

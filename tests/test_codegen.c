@@ -561,10 +561,8 @@ static void conv_attr(const ConvCase *k, Attr *a) {
   a->in_size[0] = k->H, a->in_size[1] = k->W;
 }
 
-/* The three convolution ops of one case against the reference (_i: case * 2 + f64). */
-START_TEST(conv2d_and_adjoints) {
-  const ConvCase *k = &conv_cases[_i / 2];
-  DType dt = _i % 2 ? DT_F64 : DT_F32;
+/* The three convolution ops of conv case k in type dt, as outputs y, dx and dw. */
+static void conv_case_graph(const ConvCase *k, DType dt) {
   int x = input("x", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
   int w = param("w", dt, S4(C_(k->O), C_(k->C / k->G), C_(k->kh), C_(k->kw)));
   Attr a;
@@ -574,29 +572,40 @@ START_TEST(conv2d_and_adjoints) {
   int dy = input("dy", dt, ir_at(g, y)->shape);
   out("dx", ir_node(g, OP_CONV2D_BWD_DATA, 2, (int[]){dy, w}, &a, L0));
   out("dw", ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0));
+}
+
+/* The three convolution ops of one case against the reference, with the cost model's choices
+ * (_i: case * 2 + f64). */
+START_TEST(conv2d_and_adjoints) {
+  conv_case_graph(&conv_cases[_i / 2], _i % 2 ? DT_F64 : DT_F32);
   compare_grad(3, -1.0, 1.0);
 }
 END_TEST
 
-/* The same cases through im2col + GEMM (the schedule's conv = CONV_GEMM), as tasks on three
- * threads, more than there are images at batches 2 and 1. */
-START_TEST(conv2d_and_adjoints_gemm) {
-  opts.conv = CONV_GEMM;
+/* The same through the direct loop nests. */
+START_TEST(conv2d_and_adjoints_direct) {
+  opts.conv = CONV_DIRECT;
+  conv_case_graph(&conv_cases[_i / 2], _i % 2 ? DT_F64 : DT_F32);
+  compare_grad(3, -1.0, 1.0);
+}
+END_TEST
+
+/* The same cases through im2col + GEMM (the schedule's conv = CONV_GEMM), or with the implicit
+ * weight gradient where it applies (one group; the others then the cost model's), as tasks on three threads, more than there are
+ * images at batches 2 and 1 (_i: (case * 2 + f64) * 2 + implicit). */
+START_TEST(conv2d_and_adjoints_tasks) {
+  const ConvCase *k = &conv_cases[_i / 4];
+  DType dt = _i / 2 % 2 ? DT_F64 : DT_F32;
+  bool implicit = _i % 2;
+  opts.conv = implicit ? CONV_IMPLICIT : CONV_GEMM;
   opts.threads = 3;
-  const ConvCase *k = &conv_cases[_i / 2];
-  DType dt = _i % 2 ? DT_F64 : DT_F32;
-  int x = input("x", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
-  int w = param("w", dt, S4(C_(k->O), C_(k->C / k->G), C_(k->kh), C_(k->kw)));
-  Attr a;
-  conv_attr(k, &a);
-  int y = ir_node(g, OP_CONV2D, 2, (int[]){x, w}, &a, L0);
-  out("y", y);
-  int dy = input("dy", dt, ir_at(g, y)->shape);
-  out("dx", ir_node(g, OP_CONV2D_BWD_DATA, 2, (int[]){dy, w}, &a, L0));
-  out("dw", ir_node(g, OP_CONV2D_BWD_FILTER, 2, (int[]){x, dy}, &a, L0));
+  conv_case_graph(k, dt);
   Run r;
   run_open(&r, 3);
-  ck_assert_ptr_nonnull(strstr(r.src, dt == DT_F64 ? "kiln_dgemm_acc(" : "kiln_sgemm_acc("));
+  if (implicit)
+    ck_assert(!strstr(r.src, "_taps(xp + ") == (k->G > 1));
+  else
+    ck_assert_ptr_nonnull(strstr(r.src, dt == DT_F64 ? "kiln_dgemm_acc(" : "kiln_sgemm_acc("));
   ck_assert_ptr_nonnull(strstr(r.src, "kiln_run_tasks(ex"));
   randomise(&r, 42, -1.0, 1.0);
   run_compare(&r, "grad", 3);
@@ -658,10 +667,10 @@ static unsigned char *grad_outputs(const char *src, int64_t batch, int threads, 
 }
 
 /* Threaded convolutions run tasks fixed by the shapes with per-worker scratch and add the
- * weight gradient's per-image sums in image order: the results are bit-identical from run to run,
+ * weight gradient's per-image sums in image order (through the GEMM, or _i: implicit): the results are bit-identical from run to run,
  * on 2 or 3 threads, and with no exec (the program's own serial loop). */
 START_TEST(conv_threads_deterministic) {
-  opts.conv = CONV_GEMM;
+  opts.conv = _i ? CONV_IMPLICIT : CONV_GEMM;
   opts.threads = 3;
   int x = input("x", DT_F32, S4(B_(1), C_(8), C_(14), C_(14)));
   int w = param("w", DT_F32, S4(C_(32), C_(8), C_(5), C_(5)));
@@ -914,9 +923,10 @@ START_TEST(threads_match_one_thread) {
 }
 END_TEST
 
-/* Convolution's weight gradient unfolds into the shared scratch region: the plan reserves it and
- * the kernel receives it. */
+/* The direct weight gradient keeps its partial sums in the shared scratch region: the plan
+ * reserves it and the kernel receives it. */
 START_TEST(conv_filter_uses_scratch) {
+  opts.conv = CONV_DIRECT;
   int x = input("x", DT_F32, S4(B_(1), C_(3), C_(6), C_(5)));
   int dy = input("dy", DT_F32, S4(B_(1), C_(4), C_(6), C_(5)));
   Attr a;
@@ -2160,9 +2170,11 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, concat_and_slice, 0, 2);
   tcase_add_loop_test(tc, conv2d_and_adjoints, 0,
                       (int)(2 * sizeof conv_cases / sizeof *conv_cases));
-  tcase_add_loop_test(tc, conv2d_and_adjoints_gemm, 0,
+  tcase_add_loop_test(tc, conv2d_and_adjoints_direct, 0,
                       (int)(2 * sizeof conv_cases / sizeof *conv_cases));
-  tcase_add_test(tc, conv_threads_deterministic);
+  tcase_add_loop_test(tc, conv2d_and_adjoints_tasks, 0,
+                      (int)(4 * sizeof conv_cases / sizeof *conv_cases));
+  tcase_add_loop_test(tc, conv_threads_deterministic, 0, 2);
   tcase_add_loop_test(tc, pools_and_adjoints, 0,
                       (int)(2 * sizeof pool_cases / sizeof *pool_cases));
   tcase_add_test(tc, conv_filter_uses_scratch);

@@ -162,7 +162,7 @@ static void cache_dir_from_environment(char *dir, size_t cap) {
 }
 
 /* The session's defaults on this machine, before flags: every core, unless $KILN_THREADS says
- * otherwise; $KILN_FUSE=0 turns fusion off; $KILN_CONV=direct|gemm forces one convolution
+ * otherwise; $KILN_FUSE=0 turns fusion off; $KILN_CONV=direct|gemm|implicit forces one convolution
  * algorithm (for comparisons); $CC, $KILN_HOME and $TMPDIR locate the compiler, the trainer
  * runtime and temporary files. */
 static int options_from_environment(Options *o) {
@@ -189,12 +189,8 @@ static int options_from_environment(Options *o) {
     o->sched.fuse = false;
   e = getenv("KILN_CONV");
   if (e && *e) {
-    if (!strcmp(e, "gemm"))
-      o->sched.conv = CONV_GEMM;
-    else if (!strcmp(e, "direct"))
-      o->sched.conv = CONV_DIRECT;
-    else
-      return usage_error("$KILN_CONV is 'direct' or 'gemm', not '%s'", e);
+    if (!sched_conv_parse(e, &o->sched.conv))
+      return usage_error("$KILN_CONV is 'auto', 'direct', 'gemm' or 'implicit', not '%s'", e);
   }
   return 0;
 }
@@ -636,8 +632,7 @@ static int cmd_tune(Args *a) {
       if (!r.kept)
         printf("tune: the default schedule is as fast; kept it\n");
       for (int k = 0; k < r.tuning.nconv; k++)
-        printf("  %%%d: %s\n", r.tuning.conv_node[k],
-               r.tuning.conv_algo[k] == CONV_GEMM ? "im2col + GEMM" : "direct");
+        printf("  %%%d: %s\n", r.tuning.conv_node[k], sched_conv_name(r.tuning.conv_algo[k]));
       if (r.tuning.gemm.kc > 0)
         printf("  GEMM tiles: kc %lld, mc %lld, nc %lld\n", (long long)r.tuning.gemm.kc,
                (long long)r.tuning.gemm.mc, (long long)r.tuning.gemm.nc);

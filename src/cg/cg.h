@@ -9,6 +9,7 @@
  *   cg_window.c  convolutions (direct, im2col + GEMM) and pools
  *   cg_fuse.c    fused elementwise trees (which nodes fuse is sched.c's decision)
  *   cg_gemm.c    the blocked GEMM routine matmuls and convolutions call
+ *   cg_implicit.c  the weight gradient of a convolution as an implicit GEMM
  *
  * Every choice of how a node is computed comes from the schedule (plan->sched); the code
  * generator decides nothing of its own. The reference interpreter (src/ref/interp.c) is the
@@ -234,5 +235,15 @@ const char *cg_gemm_name(DType dt);
  *                   unsigned char *ws);
  * C = op(A) op(B) with C's rows ldc apart, op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p]. */
 void cg_gemm_emit(DType dt, const GemmTiles *t, Buf *out);
+/* Around a micro-kernel: the attribute before its definition (noinline, FMAs allowed) and the
+ * pragma opening its body (clang's way of allowing them). */
+void cg_fma_function(Buf *o);
+void cg_fma_pragma(Buf *o);
+
+/* ================================ cg_implicit.c ================================ */
+
+/* CONV2D_BWD_FILTER as an implicit GEMM vectorised along output channels (the schedule's
+ * CONV_IMPLICIT); its micro-kernels go before the kernel (cg->pre). */
+void cg_emit_conv_implicit_filter(Cg *cg, const Node *n);
 
 #endif

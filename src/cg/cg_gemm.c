@@ -19,7 +19,8 @@
  * not recognise Zen 5 and would not choose 512-bit vectors by itself. The micro-kernel is written
  * out fully unrolled over its register block (never over k) into its own noinline function with
  * restrict pointers: inlined into the tiling loops, gcc spilled accumulators. A compiler without
- * GNU extensions gets a plain loop nest with the same signature.
+ * GNU extensions gets a plain loop nest with the same signature (as does -DKILN_PLAIN_C, which
+ * the tests use to compile it).
  *
  * The plan reserves the packing buffers' worst case over every vector width
  * (sched_gemm_scratch), so the C compiler's choice of width never outgrows the arena.
@@ -60,6 +61,19 @@ static void put(Buf *o, DType dt, const char *tpl) {
   }
 }
 
+/* Both backends compile with contraction off (-ffp-contract=off), so gcc and clang round every
+ * other expression alike and give the same bits; micro-kernels alone ask for FMAs, in each
+ * compiler's own way: an attribute before the function (noinline, as a micro-kernel must stay)
+ * and a pragma opening its body. */
+void cg_fma_function(Buf *o) {
+  buf_puts(o, "#if defined(__clang__)\n__attribute__((noinline))\n#else\n"
+              "__attribute__((noinline, optimize(\"fp-contract=fast\")))\n#endif\n");
+}
+
+void cg_fma_pragma(Buf *o) {
+  buf_puts(o, "#if defined(__clang__)\n#pragma clang fp contract(fast)\n#endif\n");
+}
+
 /* The micro-kernel for one register-block shape: c[MR×NR] (+)= a-panel · b-panel over kc, with
  * a packed as kc rows of MR and b as kc rows of NR (both 64-byte aligned). beta = 0 overwrites c,
  * so C needs no zeroing before the first K block. Unrolled here over the block only. */
@@ -70,15 +84,11 @@ static void emit_ukr(Buf *o, DType dt, const GemmTiles *tiles, const UkrShape *s
   /* The M block is a multiple of MR, so only the last one has an edge tile. */
   buf_printf(o, "enum { %s_mr = %d, %s_nr = %d, %s_mcb = %d };\n", g, s->mr, g, nr, g,
              (int)(tiles->mc / s->mr * s->mr));
-  /* Both backends compile with contraction off (-ffp-contract=off), so gcc and clang round every
-   * other expression alike and give the same bits; the micro-kernel alone asks for FMAs, in each
-   * compiler's own way. */
-  buf_puts(o, "#if defined(__clang__)\n__attribute__((noinline))\n#else\n"
-              "__attribute__((noinline, optimize(\"fp-contract=fast\")))\n#endif\n");
+  cg_fma_function(o);
   buf_printf(o, "static void %s_ukr(int64_t kc, const %s *restrict a, "
                 "const %s *restrict b, int64_t ldb, %s *restrict c, int64_t ldc, int beta) {\n",
              g, t, t, t);
-  buf_puts(o, "#if defined(__clang__)\n#pragma clang fp contract(fast)\n#endif\n");
+  cg_fma_pragma(o);
   for (int i = 0; i < s->mr; i++) {
     buf_puts(o, "  ");
     for (int v = 0; v < s->nv; v++)
@@ -258,7 +268,7 @@ void cg_gemm_emit(DType dt, const GemmTiles *t, Buf *out) {
   KILN_ASSERT(dt == DT_F32 || dt == DT_F64);
   buf_printf(out, "/* %s: the blocked matrix multiply the matmul kernels call (kiln cg_gemm.c). */\n",
              g);
-  buf_puts(out, "#if defined(__GNUC__)\n");
+  buf_puts(out, "#if defined(__GNUC__) && !defined(KILN_PLAIN_C)\n");
   buf_printf(out, "enum { %s_kcb = %d, %s_ncb = %d };\n", g, (int)t->kc, g, (int)t->nc);
   size_t n = sizeof ukr_shapes / sizeof *ukr_shapes;
   for (size_t i = 0; i < n; i++) {

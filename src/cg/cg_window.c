@@ -132,6 +132,10 @@ void cg_emit_conv2d_bwd_data(Cg *cg, const Node *n) {
  * sums per weight (c, p, q) in scratch, so the inner loop has no reduction to reassociate and
  * vectorises; each row is summed into dw[o, c, p, q] at the end. */
 void cg_emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
+  if (cg->s->node[n->id].conv == CONV_IMPLICIT) {
+    cg_emit_conv_implicit_filter(cg, n);
+    return;
+  }
   if (conv_gemm(cg, n)) {
     cg_emit_conv_gemm(cg, n);
     return;

@@ -152,7 +152,8 @@ int tune_model(const char *path, const Options *base, double seconds, FILE *log,
   memset(out, 0, sizeof *out);
   Options o = *base;
   o.sched.tuning = NULL;
-  Timing def = {0}, direct = {0}, gemm = {0};
+  Timing def = {0}, direct = {0}, gemm = {0}, implicit = {0};
+  bool implicit_ok[SCHED_TUNED_MAX] = {false}, any_implicit = false;
   int rc = -1;
   if (measure(path, &o, seconds, &def, err, cap))
     return -1;
@@ -168,8 +169,11 @@ int tune_model(const char *path, const Options *base, double seconds, FILE *log,
   }
   SchedTuning *t = &out->tuning;
   for (int i = 0; i < s.g->nnodes && t->nconv < SCHED_TUNED_MAX; i++)
-    if (is_conv_node(ir_at(s.g, i)))
+    if (is_conv_node(ir_at(s.g, i))) {
+      implicit_ok[t->nconv] = sched_implicit_ok(s.g, ir_at(s.g, i));
+      any_implicit |= implicit_ok[t->nconv];
       t->conv_node[t->nconv++] = i;
+    }
   session_close(&s);
 
   if (t->nconv > 0) {
@@ -181,16 +185,27 @@ int tune_model(const char *path, const Options *base, double seconds, FILE *log,
     if (measure(path, &o, seconds, &gemm, err, cap))
       goto done;
     say(log, "every convolution through the GEMM", gemm.step);
-    o.sched.conv = base->sched.conv;
     out->candidates += 2;
+    if (any_implicit) {
+      o.sched.conv = CONV_IMPLICIT;
+      if (measure(path, &o, seconds, &implicit, err, cap))
+        goto done;
+      say(log, "every weight gradient implicit", implicit.step);
+      out->candidates++;
+    }
+    o.sched.conv = base->sched.conv;
     /* Nodes the train step does not run (the eval entry's) keep the cost model's choice. */
     int kept = 0;
     for (int k = 0; k < t->nconv; k++) {
       int id = t->conv_node[k];
       if (direct.node[id] == 0 && gemm.node[id] == 0)
         continue;
+      ConvAlgo a = direct.node[id] <= gemm.node[id] ? CONV_DIRECT : CONV_GEMM;
+      double at = a == CONV_DIRECT ? direct.node[id] : gemm.node[id];
+      if (implicit_ok[k] && implicit.node[id] < at)
+        a = CONV_IMPLICIT;
       t->conv_node[kept] = id;
-      t->conv_algo[kept++] = direct.node[id] <= gemm.node[id] ? CONV_DIRECT : CONV_GEMM;
+      t->conv_algo[kept++] = a;
     }
     t->nconv = kept;
   }
@@ -273,6 +288,7 @@ done:
   timing_free(&def);
   timing_free(&direct);
   timing_free(&gemm);
+  timing_free(&implicit);
   return rc;
 }
 
@@ -318,8 +334,7 @@ int tune_save(const char *path, const SchedTuning *t, const char *comment, char 
   Buf text = {.lossy = true};
   buf_printf(&text, "# %s\n", comment);
   for (int k = 0; k < t->nconv; k++)
-    buf_printf(&text, "conv %d %s\n", t->conv_node[k],
-               t->conv_algo[k] == CONV_GEMM ? "gemm" : "direct");
+    buf_printf(&text, "conv %d %s\n", t->conv_node[k], sched_conv_name(t->conv_algo[k]));
   if (t->gemm.kc > 0)
     buf_printf(&text, "gemm %" PRId64 " %" PRId64 " %" PRId64 "\n", t->gemm.kc, t->gemm.mc,
                t->gemm.nc);
@@ -347,10 +362,11 @@ int tune_load(const char *path, SchedTuning *t) {
     long long kc, mc, nc;
     if (line[0] == '#' || line[0] == '\n')
       continue;
+    ConvAlgo a;
     if (sscanf(line, "conv %d %15s", &node, algo) == 2 && node >= 0 &&
-        t->nconv < SCHED_TUNED_MAX && (!strcmp(algo, "gemm") || !strcmp(algo, "direct"))) {
+        t->nconv < SCHED_TUNED_MAX && sched_conv_parse(algo, &a) && a != CONV_AUTO) {
       t->conv_node[t->nconv] = node;
-      t->conv_algo[t->nconv++] = !strcmp(algo, "gemm") ? CONV_GEMM : CONV_DIRECT;
+      t->conv_algo[t->nconv++] = a;
     } else if (sscanf(line, "gemm %lld %lld %lld", &kc, &mc, &nc) == 3 && kc > 0 && kc <= 4096 &&
                mc > 0 && mc <= 4096 && nc > 0 && nc <= (1 << 20)) {
       t->gemm = (GemmTiles){kc, mc, nc};

@@ -20,8 +20,15 @@ typedef struct Target {
 typedef enum ConvAlgo {
   CONV_AUTO,                 /* the cost model picks per convolution */
   CONV_DIRECT,               /* direct loop nests */
-  CONV_GEMM                  /* im2col + the blocked GEMM */
+  CONV_GEMM,                 /* im2col + the blocked GEMM */
+  CONV_IMPLICIT              /* weight gradient: an implicit GEMM vectorised along the output
+                                channels, nothing unfolded (cg_implicit.c) */
 } ConvAlgo;
+
+/* A convolution algorithm's name ("auto", "direct", "gemm", "implicit"), and the algorithm a
+ * name gives (false for another name). */
+const char *sched_conv_name(ConvAlgo a);
+bool sched_conv_parse(const char *name, ConvAlgo *a);
 
 /* The blocked GEMM's cache tiles (cg_gemm.c prints them into the routine): KC bounds the depth
  * of one packed panel (a kc × NR micro-panel of B and an MR × kc sliver of A stay in L1), MC × KC
@@ -117,6 +124,36 @@ int64_t sched_gemm_kc(const GemmTiles *t, int64_t K);
 /* Bytes of one batch chunk's slot of a GEMM convolution's scratch (64-byte multiple): its
  * unfolded image, the weight gradient of its image, the GEMM's packing buffers. */
 int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
+/* The register block of an implicit weight gradient (cg_implicit.c) for vectors of `vbytes`
+ * (vbytes = the element size: the plain C kernel): each call of its micro-kernel accumulates
+ * cb input channels x pb kernel rows x all KW kernel columns x ow output channels over every
+ * output position of one image, in cb*pb*KW*(ow/lanes) vector registers. pb divides KH; the
+ * channels are padded with zeros to cpad, a multiple of cb, and the output channels to opad, a
+ * multiple of ow. Hp x Wp is the zero-padded image every tap reads without a bounds test. */
+typedef struct ImplicitBlock {
+  int lanes, cb, pb;
+  int64_t ow, cpad, opad, Hp, Wp;
+} ImplicitBlock;
+/* The vector widths GNU C may pick, widest first: the preprocessor condition selecting each
+ * (NULL: the rest) and how many accumulators a micro-kernel keeps in its registers (32 or 16).
+ * Without GNU vector extensions, {NULL, element size, 1} describes the plain kernel. */
+typedef struct VectorWidth {
+  const char *cond;
+  int vbytes, accumulators;
+} VectorWidth;
+extern const VectorWidth sched_vector_widths[3];
+/* Whether the implicit weight gradient computes node n (one group, kernel columns that fit a
+ * register block, floating point in the arena). */
+bool sched_implicit_ok(const Graph *g, const Node *n);
+void sched_implicit_block(const Window *w, DType dt, const VectorWidth *v, ImplicitBlock *b);
+/* The scratch of an implicit weight gradient, laid out for the largest block of any width
+ * (cpad, opad): the gradient summed over the images (sum_bytes, first), then per image slot
+ * (slot_bytes each) its frame at 0, dt at dt_at and part at part_at. */
+typedef struct ImplicitScratch {
+  ImplicitBlock max;
+  int64_t sum_bytes, slot_bytes, dt_at, part_at;
+} ImplicitScratch;
+void sched_implicit_scratch(const Window *w, DType dt, ImplicitScratch *s);
 /* Bytes of one worker's slot of a parallel matmul's scratch (64-byte multiple): the GEMM's
  * packing buffers for one block. */
 int64_t sched_matmul_slot_bytes(const Schedule *s, const Graph *g, const Node *n);

@@ -187,7 +187,7 @@ typedef struct kiln_program {
 
 
 /* kiln_sgemm: the blocked matrix multiply the matmul kernels call (kiln cg_gemm.c). */
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(KILN_PLAIN_C)
 enum { kiln_sgemm_kcb = 256, kiln_sgemm_ncb = 2048 };
 #if defined(__AVX512F__)
 typedef float kiln_sgemm_v __attribute__((vector_size(64)));

@@ -187,7 +187,7 @@ typedef struct kiln_program {
 
 
 /* kiln_sgemm: the blocked matrix multiply the matmul kernels call (kiln cg_gemm.c). */
-#if defined(__GNUC__)
+#if defined(__GNUC__) && !defined(KILN_PLAIN_C)
 enum { kiln_sgemm_kcb = 256, kiln_sgemm_ncb = 2048 };
 #if defined(__AVX512F__)
 typedef float kiln_sgemm_v __attribute__((vector_size(64)));
@@ -1594,104 +1594,187 @@ static KILN_NOINLINE void k158_conv2d_bwd_data(float *restrict y, const float *r
 }
 
 /* %159 = conv2d_bwd_filter(%43 h1, %157) -> t159  f32 [32, 8, 5, 5]  mnist_cnn.kiln:13 */
+#if defined(__GNUC__) && !defined(KILN_PLAIN_C)
+#if defined(__AVX512F__)
+typedef float k159_conv2d_bwd_filter_v __attribute__((vector_size(64)));
+enum { k159_conv2d_bwd_filter_cb = 2, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_ow = 32, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k159_conv2d_bwd_filter_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0}, a9 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0}, a14 = {0}, a15 = {0},
+    a16 = {0}, a17 = {0}, a18 = {0}, a19 = {0};
+  for (int64_t j = 0; j < 14; j++)
+    for (int64_t i = 0; i < 14; i++) {
+      const float *restrict xs = xr + i*18 + j*1;
+      const float *restrict ds = dt + (i*14 + j)*32;
+      k159_conv2d_bwd_filter_v d0; memcpy(&d0, ds + 0, sizeof d0);
+      k159_conv2d_bwd_filter_v d1; memcpy(&d1, ds + 16, sizeof d1);
+      { const float s = xs[0]; a0 += s * d0; a1 += s * d1; }
+      { const float s = xs[1]; a2 += s * d0; a3 += s * d1; }
+      { const float s = xs[2]; a4 += s * d0; a5 += s * d1; }
+      { const float s = xs[3]; a6 += s * d0; a7 += s * d1; }
+      { const float s = xs[4]; a8 += s * d0; a9 += s * d1; }
+      { const float s = xs[324]; a10 += s * d0; a11 += s * d1; }
+      { const float s = xs[325]; a12 += s * d0; a13 += s * d1; }
+      { const float s = xs[326]; a14 += s * d0; a15 += s * d1; }
+      { const float s = xs[327]; a16 += s * d0; a17 += s * d1; }
+      { const float s = xs[328]; a18 += s * d0; a19 += s * d1; }
+    }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 16, &a1, sizeof a1);
+  memcpy(out + 32, &a2, sizeof a2);
+  memcpy(out + 48, &a3, sizeof a3);
+  memcpy(out + 64, &a4, sizeof a4);
+  memcpy(out + 80, &a5, sizeof a5);
+  memcpy(out + 96, &a6, sizeof a6);
+  memcpy(out + 112, &a7, sizeof a7);
+  memcpy(out + 128, &a8, sizeof a8);
+  memcpy(out + 144, &a9, sizeof a9);
+  memcpy(out + 800, &a10, sizeof a10);
+  memcpy(out + 816, &a11, sizeof a11);
+  memcpy(out + 832, &a12, sizeof a12);
+  memcpy(out + 848, &a13, sizeof a13);
+  memcpy(out + 864, &a14, sizeof a14);
+  memcpy(out + 880, &a15, sizeof a15);
+  memcpy(out + 896, &a16, sizeof a16);
+  memcpy(out + 912, &a17, sizeof a17);
+  memcpy(out + 928, &a18, sizeof a18);
+  memcpy(out + 944, &a19, sizeof a19);
+}
+#elif defined(__AVX__)
+typedef float k159_conv2d_bwd_filter_v __attribute__((vector_size(32)));
+enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_ow = 16, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k159_conv2d_bwd_filter_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0}, a9 = {0};
+  for (int64_t j = 0; j < 14; j++)
+    for (int64_t i = 0; i < 14; i++) {
+      const float *restrict xs = xr + i*18 + j*1;
+      const float *restrict ds = dt + (i*14 + j)*32;
+      k159_conv2d_bwd_filter_v d0; memcpy(&d0, ds + 0, sizeof d0);
+      k159_conv2d_bwd_filter_v d1; memcpy(&d1, ds + 8, sizeof d1);
+      { const float s = xs[0]; a0 += s * d0; a1 += s * d1; }
+      { const float s = xs[1]; a2 += s * d0; a3 += s * d1; }
+      { const float s = xs[2]; a4 += s * d0; a5 += s * d1; }
+      { const float s = xs[3]; a6 += s * d0; a7 += s * d1; }
+      { const float s = xs[4]; a8 += s * d0; a9 += s * d1; }
+    }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 8, &a1, sizeof a1);
+  memcpy(out + 32, &a2, sizeof a2);
+  memcpy(out + 40, &a3, sizeof a3);
+  memcpy(out + 64, &a4, sizeof a4);
+  memcpy(out + 72, &a5, sizeof a5);
+  memcpy(out + 96, &a6, sizeof a6);
+  memcpy(out + 104, &a7, sizeof a7);
+  memcpy(out + 128, &a8, sizeof a8);
+  memcpy(out + 136, &a9, sizeof a9);
+}
+#else
+typedef float k159_conv2d_bwd_filter_v __attribute__((vector_size(16)));
+enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_ow = 8, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k159_conv2d_bwd_filter_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0}, a9 = {0};
+  for (int64_t j = 0; j < 14; j++)
+    for (int64_t i = 0; i < 14; i++) {
+      const float *restrict xs = xr + i*18 + j*1;
+      const float *restrict ds = dt + (i*14 + j)*32;
+      k159_conv2d_bwd_filter_v d0; memcpy(&d0, ds + 0, sizeof d0);
+      k159_conv2d_bwd_filter_v d1; memcpy(&d1, ds + 4, sizeof d1);
+      { const float s = xs[0]; a0 += s * d0; a1 += s * d1; }
+      { const float s = xs[1]; a2 += s * d0; a3 += s * d1; }
+      { const float s = xs[2]; a4 += s * d0; a5 += s * d1; }
+      { const float s = xs[3]; a6 += s * d0; a7 += s * d1; }
+      { const float s = xs[4]; a8 += s * d0; a9 += s * d1; }
+    }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 4, &a1, sizeof a1);
+  memcpy(out + 32, &a2, sizeof a2);
+  memcpy(out + 36, &a3, sizeof a3);
+  memcpy(out + 64, &a4, sizeof a4);
+  memcpy(out + 68, &a5, sizeof a5);
+  memcpy(out + 96, &a6, sizeof a6);
+  memcpy(out + 100, &a7, sizeof a7);
+  memcpy(out + 128, &a8, sizeof a8);
+  memcpy(out + 132, &a9, sizeof a9);
+}
+#endif
+#else
+enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_ow = 1, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32 };
+static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
+  for (int64_t q = 0; q < 5; q++) {
+    float s = 0;
+    for (int64_t i = 0; i < 14; i++)
+      for (int64_t j = 0; j < 14; j++)
+        s += xr[i*18 + j*1 + q*1] * dt[(i*14 + j)*32];
+    out[q*32] = s;
+  }
+}
+#endif
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k159_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  for (int64_t e = 0; e < 6400; e++)
-    y[e] = 0;
+  float *restrict sum = (float *)(void *)scratch;
+  memset(sum, 0, 200 * k159_conv2d_bwd_filter_opad * sizeof *sum);
   for (int64_t n0 = 0; n0 < B; n0 += 1) {
     {
       const int64_t t = 0;
       const int64_t n = n0 + t;
-      unsigned char *ws = scratch + t*452160;
-      float *restrict col = (float *)(void *)ws;
-      float *restrict part = (float *)(void *)(ws + 156800);
-      unsigned char *gws = ws + 182400;
-      const float *restrict xn = a + n*1568;
+      unsigned char *ws = scratch + 25600 + t*61056;
+      float *restrict xp = (float *)(void *)ws;
+      float *restrict dt = (float *)(void *)(ws + 10368);
+      float *restrict part = (float *)(void *)(ws + 35456);
+      memset(xp, 0, k159_conv2d_bwd_filter_cpad * 324 * sizeof *xp);
       for (int64_t c = 0; c < 8; c++)
-        for (int64_t p = 0; p < 5; p++) {
-          { /* q = 0 */
-            float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-2);
-              memset(di, 0, 2 * sizeof *di);
-              memcpy(di + 2, xn + xo + 2, 12 * sizeof *di);
-            }
-          }
-          { /* q = 1 */
-            float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (-1);
-              memset(di, 0, 1 * sizeof *di);
-              memcpy(di + 1, xn + xo + 1, 13 * sizeof *di);
-            }
-          }
-          { /* q = 2 */
-            float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (0);
-              memcpy(di + 0, xn + xo + 0, 14 * sizeof *di);
-            }
-          }
-          { /* q = 3 */
-            float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (1);
-              memcpy(di + 0, xn + xo + 0, 13 * sizeof *di);
-              memset(di + 13, 0, 1 * sizeof *di);
-            }
-          }
-          { /* q = 4 */
-            float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-            for (int64_t i = 0; i < 14; i++) {
-              const int64_t r = i*1 - 2 + p*1;
-              float *restrict di = d + i*14;
-              if (r < 0 || r >= 14) {
-                memset(di, 0, 14 * sizeof *di);
-                continue;
-              }
-              const int64_t xo = (c*14 + r)*14 + (2);
-              memcpy(di + 0, xn + xo + 0, 12 * sizeof *di);
-              memset(di + 12, 0, 2 * sizeof *di);
-            }
-          }
-        }
-      for (int64_t g = 0; g < 1; g++)
-        kiln_sgemm(32, 200, 196, b + n*6272 + g*6272, 196, 0, col + g*39200, 196, 1, part + g*6400, 200, gws);
+        for (int64_t r = 0; r < 14; r++)
+          memcpy(xp + (c*18 + r + 2)*18 + 2, a + ((n*8 + c)*14 + r)*14, 14 * sizeof *xp);
+      for (int64_t s = 0; s < 196; s++) {
+        for (int64_t o = 0; o < 32; o++)
+          dt[s*k159_conv2d_bwd_filter_opad + o] = b[(n*32 + o)*196 + s];
+        for (int64_t o = 32; o < k159_conv2d_bwd_filter_opad; o++)
+          dt[s*k159_conv2d_bwd_filter_opad + o] = 0;
+      }
+      for (int64_t c0 = 0; c0 < k159_conv2d_bwd_filter_cpad; c0 += k159_conv2d_bwd_filter_cb)
+        for (int64_t p0 = 0; p0 < 5; p0 += k159_conv2d_bwd_filter_pb)
+          for (int64_t o0 = 0; o0 < k159_conv2d_bwd_filter_opad; o0 += k159_conv2d_bwd_filter_ow)
+            k159_conv2d_bwd_filter_taps(xp + (c0*18 + p0*1)*18, dt + o0, part + (c0*25 + p0*5)*k159_conv2d_bwd_filter_opad + o0);
     }
     for (int64_t t = 0; t < 1 && n0 + t < B; t++) {
-      const float *restrict part = (const float *)(void *)(scratch + t*452160 + 156800);
-      for (int64_t e = 0; e < 6400; e++)
-        y[e] += part[e];
+      const float *restrict part = (const float *)(void *)(scratch + 25600 + t*61056 + 35456);
+      for (int64_t e = 0; e < 200 * k159_conv2d_bwd_filter_opad; e++)
+        sum[e] += part[e];
     }
   }
+  for (int64_t o = 0; o < 32; o++)
+    for (int64_t k = 0; k < 200; k++)
+      y[o*200 + k] = sum[k*k159_conv2d_bwd_filter_opad + o];
 }
 
 /* %160 = maxpool2d_grad(%42, %158) -> t160  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
@@ -1974,50 +2057,168 @@ static KILN_NOINLINE void k186_add(float *restrict y, const float *restrict x0, 
 }
 
 /* %187 = conv2d_bwd_filter(%0 image, %186) -> t187  f32 [8, 1, 3, 3]  mnist_cnn.kiln:10 */
+#if defined(__GNUC__) && !defined(KILN_PLAIN_C)
+#if defined(__AVX512F__)
+typedef float k187_conv2d_bwd_filter_v __attribute__((vector_size(64)));
+enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 3, k187_conv2d_bwd_filter_ow = 16, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 16 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k187_conv2d_bwd_filter_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0};
+  for (int64_t j = 0; j < 28; j++)
+    for (int64_t i = 0; i < 28; i++) {
+      const float *restrict xs = xr + i*30 + j*1;
+      const float *restrict ds = dt + (i*28 + j)*16;
+      k187_conv2d_bwd_filter_v d0; memcpy(&d0, ds + 0, sizeof d0);
+      { const float s = xs[0]; a0 += s * d0; }
+      { const float s = xs[1]; a1 += s * d0; }
+      { const float s = xs[2]; a2 += s * d0; }
+      { const float s = xs[30]; a3 += s * d0; }
+      { const float s = xs[31]; a4 += s * d0; }
+      { const float s = xs[32]; a5 += s * d0; }
+      { const float s = xs[60]; a6 += s * d0; }
+      { const float s = xs[61]; a7 += s * d0; }
+      { const float s = xs[62]; a8 += s * d0; }
+    }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 16, &a1, sizeof a1);
+  memcpy(out + 32, &a2, sizeof a2);
+  memcpy(out + 48, &a3, sizeof a3);
+  memcpy(out + 64, &a4, sizeof a4);
+  memcpy(out + 80, &a5, sizeof a5);
+  memcpy(out + 96, &a6, sizeof a6);
+  memcpy(out + 112, &a7, sizeof a7);
+  memcpy(out + 128, &a8, sizeof a8);
+}
+#elif defined(__AVX__)
+typedef float k187_conv2d_bwd_filter_v __attribute__((vector_size(32)));
+enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 3, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k187_conv2d_bwd_filter_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0};
+  for (int64_t j = 0; j < 28; j++)
+    for (int64_t i = 0; i < 28; i++) {
+      const float *restrict xs = xr + i*30 + j*1;
+      const float *restrict ds = dt + (i*28 + j)*8;
+      k187_conv2d_bwd_filter_v d0; memcpy(&d0, ds + 0, sizeof d0);
+      { const float s = xs[0]; a0 += s * d0; }
+      { const float s = xs[1]; a1 += s * d0; }
+      { const float s = xs[2]; a2 += s * d0; }
+      { const float s = xs[30]; a3 += s * d0; }
+      { const float s = xs[31]; a4 += s * d0; }
+      { const float s = xs[32]; a5 += s * d0; }
+      { const float s = xs[60]; a6 += s * d0; }
+      { const float s = xs[61]; a7 += s * d0; }
+      { const float s = xs[62]; a8 += s * d0; }
+    }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 8, &a1, sizeof a1);
+  memcpy(out + 16, &a2, sizeof a2);
+  memcpy(out + 24, &a3, sizeof a3);
+  memcpy(out + 32, &a4, sizeof a4);
+  memcpy(out + 40, &a5, sizeof a5);
+  memcpy(out + 48, &a6, sizeof a6);
+  memcpy(out + 56, &a7, sizeof a7);
+  memcpy(out + 64, &a8, sizeof a8);
+}
+#else
+typedef float k187_conv2d_bwd_filter_v __attribute__((vector_size(16)));
+enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k187_conv2d_bwd_filter_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};
+  for (int64_t j = 0; j < 28; j++)
+    for (int64_t i = 0; i < 28; i++) {
+      const float *restrict xs = xr + i*30 + j*1;
+      const float *restrict ds = dt + (i*28 + j)*8;
+      k187_conv2d_bwd_filter_v d0; memcpy(&d0, ds + 0, sizeof d0);
+      k187_conv2d_bwd_filter_v d1; memcpy(&d1, ds + 4, sizeof d1);
+      { const float s = xs[0]; a0 += s * d0; a1 += s * d1; }
+      { const float s = xs[1]; a2 += s * d0; a3 += s * d1; }
+      { const float s = xs[2]; a4 += s * d0; a5 += s * d1; }
+    }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 4, &a1, sizeof a1);
+  memcpy(out + 8, &a2, sizeof a2);
+  memcpy(out + 12, &a3, sizeof a3);
+  memcpy(out + 16, &a4, sizeof a4);
+  memcpy(out + 20, &a5, sizeof a5);
+}
+#endif
+#else
+enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_ow = 1, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8 };
+static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
+  for (int64_t q = 0; q < 3; q++) {
+    float s = 0;
+    for (int64_t i = 0; i < 28; i++)
+      for (int64_t j = 0; j < 28; j++)
+        s += xr[i*30 + j*1 + q*1] * dt[(i*28 + j)*8];
+    out[q*8] = s;
+  }
+}
+#endif
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k187_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
-  float *restrict acc = (float *)scratch; /* [C/G, KH, KW, Wo] */
-  for (int64_t o = 0; o < 8; o++) {
-    const int64_t cb = 0;
-    for (int64_t t = 0; t < 252; t++)
-      acc[t] = 0;
-    for (int64_t n = 0; n < B; n++)
-      for (int64_t i = 0; i < 28; i++) {
-        const int64_t yo = ((n*8 + o)*28 + i)*28;
-        for (int64_t p = 0; p < 3; p++) {
-          const int64_t r = i*1 - 1 + p*1;
-          if (r < 0 || r >= 28)
-            continue;
-          for (int64_t c = 0; c < 1; c++) { /* q = 0 */
-            float *restrict s = acc + ((c*3 + p)*3 + 0)*28;
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (-1);
-            for (int64_t j = 1; j < 28; j++)
-              s[j] = fmaf(a[xo + j], b[yo + j], s[j]);
-          }
-          for (int64_t c = 0; c < 1; c++) { /* q = 1 */
-            float *restrict s = acc + ((c*3 + p)*3 + 1)*28;
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (0);
-            for (int64_t j = 0; j < 28; j++)
-              s[j] = fmaf(a[xo + j], b[yo + j], s[j]);
-          }
-          for (int64_t c = 0; c < 1; c++) { /* q = 2 */
-            float *restrict s = acc + ((c*3 + p)*3 + 2)*28;
-            const int64_t xo = ((n*1 + cb + c)*28 + r)*28 + (1);
-            for (int64_t j = 0; j < 27; j++)
-              s[j] = fmaf(a[xo + j], b[yo + j], s[j]);
-          }
-        }
+  scratch += (64 - (uintptr_t)scratch % 64) % 64;
+  float *restrict sum = (float *)(void *)scratch;
+  memset(sum, 0, 9 * k187_conv2d_bwd_filter_opad * sizeof *sum);
+  for (int64_t n0 = 0; n0 < B; n0 += 1) {
+    {
+      const int64_t t = 0;
+      const int64_t n = n0 + t;
+      unsigned char *ws = scratch + 576 + t*54400;
+      float *restrict xp = (float *)(void *)ws;
+      float *restrict dt = (float *)(void *)(ws + 3648);
+      float *restrict part = (float *)(void *)(ws + 53824);
+      memset(xp, 0, k187_conv2d_bwd_filter_cpad * 900 * sizeof *xp);
+      for (int64_t c = 0; c < 1; c++)
+        for (int64_t r = 0; r < 28; r++)
+          memcpy(xp + (c*30 + r + 1)*30 + 1, a + ((n*1 + c)*28 + r)*28, 28 * sizeof *xp);
+      for (int64_t s = 0; s < 784; s++) {
+        for (int64_t o = 0; o < 8; o++)
+          dt[s*k187_conv2d_bwd_filter_opad + o] = b[(n*8 + o)*784 + s];
+        for (int64_t o = 8; o < k187_conv2d_bwd_filter_opad; o++)
+          dt[s*k187_conv2d_bwd_filter_opad + o] = 0;
       }
-    for (int64_t t = 0; t < 9; t++) {
-      float sum = 0;
-      for (int64_t j = 0; j < 28; j++)
-        sum += acc[t*28 + j];
-      y[o*9 + t] = sum;
+      for (int64_t c0 = 0; c0 < k187_conv2d_bwd_filter_cpad; c0 += k187_conv2d_bwd_filter_cb)
+        for (int64_t p0 = 0; p0 < 3; p0 += k187_conv2d_bwd_filter_pb)
+          for (int64_t o0 = 0; o0 < k187_conv2d_bwd_filter_opad; o0 += k187_conv2d_bwd_filter_ow)
+            k187_conv2d_bwd_filter_taps(xp + (c0*30 + p0*1)*30, dt + o0, part + (c0*9 + p0*3)*k187_conv2d_bwd_filter_opad + o0);
+    }
+    for (int64_t t = 0; t < 1 && n0 + t < B; t++) {
+      const float *restrict part = (const float *)(void *)(scratch + 576 + t*54400 + 53824);
+      for (int64_t e = 0; e < 9 * k187_conv2d_bwd_filter_opad; e++)
+        sum[e] += part[e];
     }
   }
+  for (int64_t o = 0; o < 8; o++)
+    for (int64_t k = 0; k < 9; k++)
+      y[o*9 + k] = sum[k*k187_conv2d_bwd_filter_opad + o];
 }
 
 /* %189 = expand(%188, %4 conv1_bias) -> t189  f32 [8]  mnist_cnn.kiln:10 */

@@ -1,0 +1,204 @@
+/*
+ * cg_implicit.c — a convolution's weight gradient as an implicit GEMM vectorised along the
+ * output channels. Per image n,
+ *     dw[o][c][p][q] += sum over (i, j) of x[c][i*SH - PT + p*DH][j*SW - PL + q*DW] * dy[o][i][j]
+ * with dy's image transposed to dt[i*Wo + j][o] (opad columns, zero past O), so that output
+ * channels are contiguous vector lanes, and x's image copied into a zero frame xp (cpad channels
+ * of Hp x Wp), so that every tap is a constant offset with no bounds test. A micro-kernel keeps
+ * cb channels x pb kernel rows x KW kernel columns x ow output channels in registers over all
+ * of the image's positions: per position it loads ow/lanes vectors of dt and broadcasts one x
+ * per tap. Nothing is unfolded: beyond the multiply-adds an image costs O(C*H*W + O*Ho*Wo),
+ * where im2col + GEMM writes and packs C*KH*KW*Ho*Wo elements, about as many as the FMAs they
+ * feed when O is 32.
+ *
+ * The register block depends on the vector width the C compiler picks (sched_implicit_block),
+ * so the micro-kernel and the block's sizes are printed once per width under the preprocessor
+ * conditions of sched_vector_widths; the driver is written once in terms of them, and the
+ * scratch is laid out for the largest.
+ *
+ * Images are tasks in waves of `workers`, as the GEMM weight gradient's (cg_window.c): image
+ * n's gradient, as part[c][p][q][o], in its slot, added after the wave into sum in image order,
+ * so the result is the same for every thread count; sum is transposed into dw at the end.
+ */
+#include <inttypes.h>
+
+#include "cg/cg.h"
+
+/* The sizes of one width's block, as the enum the driver reads. */
+static void put_block(Buf *o, const ImplicitBlock *b) {
+  buf_printf(o,
+             "enum { " CG_KERNEL_NAME "_cb = %d, " CG_KERNEL_NAME "_pb = %d, " CG_KERNEL_NAME
+             "_ow = %" PRId64 ", " CG_KERNEL_NAME "_cpad = %" PRId64 ", " CG_KERNEL_NAME
+             "_opad = %" PRId64 " };\n",
+             b->cb, b->pb, b->ow, b->cpad, b->opad);
+}
+
+/* The micro-kernel for block b with GNU vectors: out[(c*KH + p)*KW + q][o] (opad apart) for the
+ * block's c, p, q, o, from the frame at its first channel and row (xr) and dt at its first
+ * output channel. Unrolled over the block only, never over the positions. */
+static void put_vector_taps(Buf *o, const Window *w, DType dt, const VectorWidth *v,
+                            const ImplicitBlock *b) {
+  const char *T = ctype(dt);
+  int ov = (int)(b->ow / b->lanes);
+  buf_printf(o, "typedef %s " CG_KERNEL_NAME "_v __attribute__((vector_size(%d)));\n", T,
+             v->vbytes);
+  put_block(o, b);
+  cg_fma_function(o);
+  buf_printf(o,
+             "static void " CG_KERNEL_NAME "_taps(const %s *restrict xr, const %s *restrict dt, "
+             "%s *restrict out) {\n",
+             T, T, T);
+  cg_fma_pragma(o);
+  int nacc = b->cb * b->pb * (int)w->KW * ov;
+  buf_puts(o, "  " CG_KERNEL_NAME "_v");
+  for (int k = 0; k < nacc; k++)
+    buf_printf(o, "%s a%d = {0}%s", k && k % 8 == 0 ? "\n   " : "", k, k + 1 < nacc ? "," : ";\n");
+  /* Columns outside, rows inside: along a row, tap q of column j is tap q - 1 of column j + 1,
+   * and gcc then keeps the taps in registers and broadcasts them on the shuffle port, which
+   * AVX-512 FMAs also use (20% slower than a broadcast from memory, a load). */
+  buf_printf(o, "  for (int64_t j = 0; j < %" PRId64 "; j++)\n", w->Wo);
+  buf_printf(o, "    for (int64_t i = 0; i < %" PRId64 "; i++) {\n", w->Ho);
+  buf_printf(o, "      const %s *restrict xs = xr + i*%" PRId64 " + j*%" PRId64 ";\n", T,
+             w->SH * b->Wp, w->SW);
+  buf_printf(o, "      const %s *restrict ds = dt + (i*%" PRId64 " + j)*%" PRId64 ";\n", T, w->Wo,
+             b->opad);
+  for (int k = 0; k < ov; k++)
+    buf_printf(o, "      " CG_KERNEL_NAME "_v d%d; memcpy(&d%d, ds + %d, sizeof d%d);\n", k, k,
+               k * b->lanes, k);
+  int acc = 0;
+  for (int c = 0; c < b->cb; c++)
+    for (int p = 0; p < b->pb; p++)
+      for (int64_t q = 0; q < w->KW; q++) {
+        int64_t off = (c * b->Hp + p * w->DH) * b->Wp + q * w->DW;
+        buf_printf(o, "      { const %s s = xs[%" PRId64 "];", T, off);
+        for (int k = 0; k < ov; k++, acc++)
+          buf_printf(o, " a%d += s * d%d;", acc, k);
+        buf_puts(o, " }\n");
+      }
+  buf_puts(o, "    }\n");
+  acc = 0;
+  for (int c = 0; c < b->cb; c++)
+    for (int p = 0; p < b->pb; p++)
+      for (int64_t q = 0; q < w->KW; q++)
+        for (int k = 0; k < ov; k++, acc++)
+          buf_printf(o, "  memcpy(out + %" PRId64 ", &a%d, sizeof a%d);\n",
+                     ((c * w->KH + p) * w->KW + q) * b->opad + k * b->lanes, acc, acc);
+  buf_puts(o, "}\n");
+}
+
+/* The same contract without vector extensions: one channel, row and output channel a call. */
+static void put_plain_taps(Buf *o, const Window *w, DType dt, const ImplicitBlock *b) {
+  const char *T = ctype(dt);
+  put_block(o, b);
+  buf_printf(o,
+             "static void " CG_KERNEL_NAME "_taps(const %s *restrict xr, const %s *restrict dt, "
+             "%s *restrict out) {\n",
+             T, T, T);
+  buf_printf(o, "  for (int64_t q = 0; q < %" PRId64 "; q++) {\n", w->KW);
+  buf_printf(o, "    %s s = 0;\n", T);
+  buf_printf(o, "    for (int64_t i = 0; i < %" PRId64 "; i++)\n", w->Ho);
+  buf_printf(o, "      for (int64_t j = 0; j < %" PRId64 "; j++)\n", w->Wo);
+  buf_printf(o,
+             "        s += xr[i*%" PRId64 " + j*%" PRId64 " + q*%" PRId64 "] * dt[(i*%" PRId64
+             " + j)*%" PRId64 "];\n",
+             w->SH * b->Wp, w->SW, w->DW, w->Wo, b->opad);
+  buf_printf(o, "    out[q*%" PRId64 "] = s;\n", b->opad);
+  buf_puts(o, "  }\n}\n");
+}
+
+/* The micro-kernels of every width, before the kernel. */
+static void put_taps(Cg *cg, const Window *w, DType dt) {
+  Buf *o = cg->pre;
+  ImplicitBlock b;
+  buf_puts(o, "#if defined(__GNUC__) && !defined(KILN_PLAIN_C)\n");
+  for (int i = 0; i < 3; i++) {
+    const VectorWidth *v = &sched_vector_widths[i];
+    if (v->cond)
+      buf_printf(o, "#%s %s\n", i == 0 ? "if" : "elif", v->cond);
+    else
+      buf_puts(o, "#else\n");
+    sched_implicit_block(w, dt, v, &b);
+    put_vector_taps(o, w, dt, v, &b);
+  }
+  buf_puts(o, "#endif\n#else\n");
+  sched_implicit_block(w, dt, &(VectorWidth){NULL, (int)dtype_size(dt), 1}, &b);
+  put_plain_taps(o, w, dt, &b);
+  buf_puts(o, "#endif\n");
+}
+
+/* Image n into its slot's frame xp and transposed dt, then every block's micro-kernel into part. */
+static void put_image(Cg *cg, const Window *w, const ImplicitScratch *is) {
+  const char *T = ctype(cg->knode->dtype);
+  const ImplicitBlock *m = &is->max;
+  int64_t HW = w->Ho * w->Wo, K = w->KH * w->KW;
+  cg_line(cg, "%s *restrict xp = (%s *)(void *)ws;", T, T);
+  cg_line(cg, "%s *restrict dt = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->dt_at);
+  cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->part_at);
+  cg_line(cg, "memset(xp, 0, " CG_KERNEL_NAME "_cpad * %" PRId64 " * sizeof *xp);", m->Hp * m->Wp);
+  cg_line(cg, "for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
+  cg_line(cg, "  for (int64_t r = 0; r < %" PRId64 "; r++)", w->H);
+  cg_line(cg,
+          "    memcpy(xp + (c*%" PRId64 " + r + %" PRId64 ")*%" PRId64 " + %" PRId64
+          ", a + ((n*%" PRId64 " + c)*%" PRId64 " + r)*%" PRId64 ", %" PRId64 " * sizeof *xp);",
+          m->Hp, w->PT, m->Wp, w->PL, w->C, w->H, w->W, w->W);
+  cg_line(cg, "for (int64_t s = 0; s < %" PRId64 "; s++) {", HW);
+  cg_line(cg, "  for (int64_t o = 0; o < %" PRId64 "; o++)", w->O);
+  cg_line(cg, "    dt[s*" CG_KERNEL_NAME "_opad + o] = b[(n*%" PRId64 " + o)*%" PRId64 " + s];", w->O,
+          HW);
+  cg_line(cg, "  for (int64_t o = %" PRId64 "; o < " CG_KERNEL_NAME "_opad; o++)", w->O);
+  cg_line(cg, "    dt[s*" CG_KERNEL_NAME "_opad + o] = 0;");
+  cg_line(cg, "}");
+  cg_line(cg, "for (int64_t c0 = 0; c0 < " CG_KERNEL_NAME "_cpad; c0 += " CG_KERNEL_NAME "_cb)");
+  cg_line(cg, "  for (int64_t p0 = 0; p0 < %" PRId64 "; p0 += " CG_KERNEL_NAME "_pb)", w->KH);
+  cg_line(cg, "    for (int64_t o0 = 0; o0 < " CG_KERNEL_NAME "_opad; o0 += " CG_KERNEL_NAME "_ow)");
+  cg_line(cg,
+          "      " CG_KERNEL_NAME "_taps(xp + (c0*%" PRId64 " + p0*%" PRId64 ")*%" PRId64
+          ", dt + o0, part + (c0*%" PRId64 " + p0*%" PRId64 ")*" CG_KERNEL_NAME "_opad + o0);",
+          m->Hp, w->DH, m->Wp, K, w->KW);
+}
+
+void cg_emit_conv_implicit_filter(Cg *cg, const Node *n) {
+  Window w = win_of(cg->g, n);
+  int64_t rows = w.C * w.KH * w.KW;
+  ImplicitScratch is;
+  sched_implicit_scratch(&w, n->dtype, &is);
+  int workers = cg->s->node[n->id].workers;
+  const char *T = ctype(n->dtype), *B = sz_c(cg, sz_dim(cg, w.N));
+  put_taps(cg, &w, n->dtype);
+  cg_line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
+  cg_line(cg, "%s *restrict sum = (%s *)(void *)scratch;", T, T);
+  cg_line(cg, "memset(sum, 0, %" PRId64 " * " CG_KERNEL_NAME "_opad * sizeof *sum);", rows);
+  cg_line(cg, "for (int64_t n0 = 0; n0 < %s; n0 += %d) {", B, workers);
+  cg->indent++;
+  if (workers > 1) {
+    cg_tasks_open(cg, "t");
+  } else {
+    cg_line(cg, "{");
+    cg->indent++;
+    cg_line(cg, "const int64_t t = 0;");
+  }
+  cg_line(cg, "const int64_t n = n0 + t;");
+  cg_line(cg, "unsigned char *ws = scratch + %" PRId64 " + t*%" PRId64 ";", is.sum_bytes,
+          is.slot_bytes);
+  put_image(cg, &w, &is);
+  if (workers > 1) {
+    static const char *const locals[] = {"n0"};
+    cg_tasks_close(cg, pool_printf(cg->pool, "%s - n0 < %d ? %s - n0 : %d", B, workers, B, workers),
+                   locals, 1);
+  } else {
+    cg->indent--;
+    cg_line(cg, "}");
+  }
+  cg_line(cg, "for (int64_t t = 0; t < %d && n0 + t < %s; t++) {", workers, B);
+  cg_line(cg, "  const %s *restrict part = (const %s *)(void *)(scratch + %" PRId64 " + t*%" PRId64
+              " + %" PRId64 ");",
+          T, T, is.sum_bytes, is.slot_bytes, is.part_at);
+  cg_line(cg, "  for (int64_t e = 0; e < %" PRId64 " * " CG_KERNEL_NAME "_opad; e++)", rows);
+  cg_line(cg, "    sum[e] += part[e];");
+  cg_line(cg, "}");
+  cg->indent--;
+  cg_line(cg, "}");
+  cg_line(cg, "for (int64_t o = 0; o < %" PRId64 "; o++)", w.O);
+  cg_line(cg, "  for (int64_t k = 0; k < %" PRId64 "; k++)", rows);
+  cg_line(cg, "    y[o*%" PRId64 " + k] = sum[k*" CG_KERNEL_NAME "_opad + o];", rows);
+}
