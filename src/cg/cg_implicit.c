@@ -1,6 +1,8 @@
 /*
- * cg_implicit.c — a convolution's weight gradient as an implicit GEMM vectorised along the
- * output channels. Per image n,
+ * cg_implicit.c — a convolution's weight gradient and forward pass as implicit GEMMs vectorised
+ * along the output channels.
+ *
+ * The weight gradient. Per image n,
  *     dw[o][c][p][q] += sum over (i, j) of x[c][i*SH - PT + p*DH][j*SW - PL + q*DW] * dy[o][i][j]
  * with dy's image transposed to dt[i*Wo + j][o] (opad columns, zero past O), so that output
  * channels are contiguous vector lanes, and x's image copied into a zero frame xp (cpad channels
@@ -19,6 +21,13 @@
  * Images are tasks in waves of `workers`, as the GEMM weight gradient's (cg_window.c): image
  * n's gradient, as part[c][p][q][o], in its slot, added after the wave into sum in image order,
  * so the result is the same for every thread count; sum is transposed into dw at the end.
+ *
+ * The forward pass. The weights are transposed once per call to wt[(c*KH + p)*KW + q][o], and
+ * per image (a task each) a micro-kernel keeps pr x pc output positions x ow output channels in
+ * registers over every tap: per tap it loads ow/lanes vectors of wt and broadcasts one input
+ * per position, read from the frame at the tap's offset (a table). The results, part[i*Wo2 +
+ * j][o], are transposed into y. Each output is summed over the taps in one order, whatever the
+ * threads.
  */
 #include <inttypes.h>
 
@@ -28,49 +37,58 @@
 static void put_block(Buf *o, const ImplicitBlock *b) {
   buf_printf(o,
              "enum { " CG_KERNEL_NAME "_cb = %d, " CG_KERNEL_NAME "_pb = %d, " CG_KERNEL_NAME
-             "_ow = %" PRId64 ", " CG_KERNEL_NAME "_cpad = %" PRId64 ", " CG_KERNEL_NAME
-             "_opad = %" PRId64 " };\n",
-             b->cb, b->pb, b->ow, b->cpad, b->opad);
+             "_pr = %d, " CG_KERNEL_NAME "_pc = %d, " CG_KERNEL_NAME "_ow = %" PRId64 ", "
+             CG_KERNEL_NAME "_cpad = %" PRId64 ", " CG_KERNEL_NAME "_opad = %" PRId64 ", "
+             CG_KERNEL_NAME "_ho2 = %" PRId64 ", " CG_KERNEL_NAME "_wo2 = %" PRId64 " };\n",
+             b->cb, b->pb, b->pr, b->pc, b->ow, b->cpad, b->opad, b->Ho2, b->Wo2);
 }
 
-/* The micro-kernel for block b with GNU vectors: out[(c*KH + p)*KW + q][o] (opad apart) for the
- * block's c, p, q, o, from the frame at its first channel and row (xr) and dt at its first
- * output channel. Unrolled over the block only, never over the positions. */
-static void put_vector_taps(Buf *o, const Window *w, DType dt, const VectorWidth *v,
-                            const ImplicitBlock *b) {
+/* The micro-kernel's head: its signature (after the FMA attribute) and nacc zeroed vector
+ * accumulators a0, a1, ... */
+static void put_head(Buf *o, DType dt, const char *in2, int nacc) {
   const char *T = ctype(dt);
-  int ov = (int)(b->ow / b->lanes);
-  buf_printf(o, "typedef %s " CG_KERNEL_NAME "_v __attribute__((vector_size(%d)));\n", T,
-             v->vbytes);
-  put_block(o, b);
   cg_fma_function(o);
   buf_printf(o,
-             "static void " CG_KERNEL_NAME "_taps(const %s *restrict xr, const %s *restrict dt, "
+             "static void " CG_KERNEL_NAME "_taps(const %s *restrict xr, const %s *restrict %s, "
              "%s *restrict out) {\n",
-             T, T, T);
+             T, T, in2, T);
   cg_fma_pragma(o);
-  int nacc = b->cb * b->pb * (int)w->KW * ov;
   buf_puts(o, "  " CG_KERNEL_NAME "_v");
   for (int k = 0; k < nacc; k++)
     buf_printf(o, "%s a%d = {0}%s", k && k % 8 == 0 ? "\n   " : "", k, k + 1 < nacc ? "," : ";\n");
+}
+
+/* ov vectors d0, d1, ... loaded from `from`. */
+static void put_loads(Buf *o, const char *indent, int ov, int lanes, const char *from) {
+  for (int k = 0; k < ov; k++)
+    buf_printf(o, "%s" CG_KERNEL_NAME "_v d%d; memcpy(&d%d, %s + %d, sizeof d%d);\n", indent, k, k,
+               from, k * lanes, k);
+}
+
+/* The weight gradient's micro-kernel for block b: out[(c*KH + p)*KW + q][o] (opad apart) for
+ * the block's c, p, q, o, from the frame (Hp x Wp) at its first channel and row (xr) and dt at
+ * its first output channel. Unrolled over the block only, never over the positions. */
+static void put_filter_taps(Buf *o, const Window *w, DType dt, const ImplicitBlock *b, int64_t Hp,
+                            int64_t Wp) {
+  const char *T = ctype(dt);
+  int ov = (int)(b->ow / b->lanes);
+  put_head(o, dt, "dt", b->cb * b->pb * (int)w->KW * ov);
   /* Columns outside, rows inside: along a row, tap q of column j is tap q - 1 of column j + 1,
    * and gcc then keeps the taps in registers and broadcasts them on the shuffle port, which
    * AVX-512 FMAs also use (20% slower than a broadcast from memory, a load). */
   buf_printf(o, "  for (int64_t j = 0; j < %" PRId64 "; j++)\n", w->Wo);
   buf_printf(o, "    for (int64_t i = 0; i < %" PRId64 "; i++) {\n", w->Ho);
   buf_printf(o, "      const %s *restrict xs = xr + i*%" PRId64 " + j*%" PRId64 ";\n", T,
-             w->SH * b->Wp, w->SW);
+             w->SH * Wp, w->SW);
   buf_printf(o, "      const %s *restrict ds = dt + (i*%" PRId64 " + j)*%" PRId64 ";\n", T, w->Wo,
              b->opad);
-  for (int k = 0; k < ov; k++)
-    buf_printf(o, "      " CG_KERNEL_NAME "_v d%d; memcpy(&d%d, ds + %d, sizeof d%d);\n", k, k,
-               k * b->lanes, k);
+  put_loads(o, "      ", ov, b->lanes, "ds");
   int acc = 0;
   for (int c = 0; c < b->cb; c++)
     for (int p = 0; p < b->pb; p++)
       for (int64_t q = 0; q < w->KW; q++) {
-        int64_t off = (c * b->Hp + p * w->DH) * b->Wp + q * w->DW;
-        buf_printf(o, "      { const %s s = xs[%" PRId64 "];", T, off);
+        buf_printf(o, "      { const %s s = xs[%" PRId64 "];", T,
+                   (c * Hp + p * w->DH) * Wp + q * w->DW);
         for (int k = 0; k < ov; k++, acc++)
           buf_printf(o, " a%d += s * d%d;", acc, k);
         buf_puts(o, " }\n");
@@ -86,10 +104,52 @@ static void put_vector_taps(Buf *o, const Window *w, DType dt, const VectorWidth
   buf_puts(o, "}\n");
 }
 
-/* The same contract without vector extensions: one channel, row and output channel a call. */
-static void put_plain_taps(Buf *o, const Window *w, DType dt, const ImplicitBlock *b) {
+/* The forward's micro-kernel for block b: out[r*Wo2 + col][o] (opad apart) for the block's
+ * positions (r, col) and output channels, from the frame at its first position (xr) and wt at
+ * its first output channel, over every tap t (its input at xr + off[t]). */
+static void put_forward_taps(Buf *o, const Window *w, DType dt, const ImplicitBlock *b,
+                             int64_t Wp) {
   const char *T = ctype(dt);
-  put_block(o, b);
+  int ov = (int)(b->ow / b->lanes);
+  put_head(o, dt, "wt", b->pr * b->pc * ov);
+  buf_printf(o, "  for (int64_t t = 0; t < %" PRId64 "; t++) {\n", w->C * w->KH * w->KW);
+  buf_printf(o, "    const %s *restrict xs = xr + " CG_KERNEL_NAME "_off[t];\n", T);
+  buf_printf(o, "    const %s *restrict ws = wt + t*%" PRId64 ";\n", T, b->opad);
+  put_loads(o, "    ", ov, b->lanes, "ws");
+  int acc = 0;
+  for (int r = 0; r < b->pr; r++)
+    for (int c = 0; c < b->pc; c++) {
+      buf_printf(o, "    { const %s s = xs[%" PRId64 "];", T, r * w->SH * Wp + c * w->SW);
+      for (int k = 0; k < ov; k++, acc++)
+        buf_printf(o, " a%d += s * d%d;", acc, k);
+      buf_puts(o, " }\n");
+    }
+  buf_puts(o, "  }\n");
+  acc = 0;
+  for (int r = 0; r < b->pr; r++)
+    for (int c = 0; c < b->pc; c++)
+      for (int k = 0; k < ov; k++, acc++)
+        buf_printf(o, "  memcpy(out + %" PRId64 ", &a%d, sizeof a%d);\n",
+                   (r * b->Wo2 + c) * b->opad + k * b->lanes, acc, acc);
+  buf_puts(o, "}\n");
+}
+
+/* The same contracts without vector extensions, one output channel a call: the weight
+ * gradient's over one channel and row of taps, the forward's over one position. */
+static void put_plain_taps(Buf *o, const Window *w, Op op, DType dt, const ImplicitBlock *b,
+                           int64_t Wp) {
+  const char *T = ctype(dt);
+  if (op == OP_CONV2D) {
+    buf_printf(o,
+               "static void " CG_KERNEL_NAME "_taps(const %s *restrict xr, const %s *restrict wt, "
+               "%s *restrict out) {\n",
+               T, T, T);
+    buf_printf(o, "  %s s = 0;\n", T);
+    buf_printf(o, "  for (int64_t t = 0; t < %" PRId64 "; t++)\n", w->C * w->KH * w->KW);
+    buf_printf(o, "    s += xr[" CG_KERNEL_NAME "_off[t]] * wt[t*%" PRId64 "];\n", b->opad);
+    buf_puts(o, "  out[0] = s;\n}\n");
+    return;
+  }
   buf_printf(o,
              "static void " CG_KERNEL_NAME "_taps(const %s *restrict xr, const %s *restrict dt, "
              "%s *restrict out) {\n",
@@ -101,15 +161,27 @@ static void put_plain_taps(Buf *o, const Window *w, DType dt, const ImplicitBloc
   buf_printf(o,
              "        s += xr[i*%" PRId64 " + j*%" PRId64 " + q*%" PRId64 "] * dt[(i*%" PRId64
              " + j)*%" PRId64 "];\n",
-             w->SH * b->Wp, w->SW, w->DW, w->Wo, b->opad);
+             w->SH * Wp, w->SW, w->DW, w->Wo, b->opad);
   buf_printf(o, "    out[q*%" PRId64 "] = s;\n", b->opad);
   buf_puts(o, "  }\n}\n");
 }
 
-/* The micro-kernels of every width, before the kernel. */
-static void put_taps(Cg *cg, const Window *w, DType dt) {
+/* The micro-kernels of every width, before the kernel, with the forward's table of tap
+ * offsets into the frame. */
+static void put_taps(Cg *cg, const Window *w, Op op, DType dt, const ImplicitScratch *is) {
   Buf *o = cg->pre;
   ImplicitBlock b;
+  int64_t Hp = is->max.Hp, Wp = is->max.Wp;
+  if (op == OP_CONV2D) {
+    buf_printf(o, "static const int32_t " CG_KERNEL_NAME "_off[%" PRId64 "] = {",
+               w->C * w->KH * w->KW);
+    for (int64_t c = 0, t = 0; c < w->C; c++)
+      for (int64_t p = 0; p < w->KH; p++)
+        for (int64_t q = 0; q < w->KW; q++, t++)
+          buf_printf(o, "%s%s%" PRId64, t ? "," : "", t % 16 ? " " : "\n  ",
+                     (c * Hp + p * w->DH) * Wp + q * w->DW);
+    buf_puts(o, "};\n");
+  }
   buf_puts(o, "#if defined(__GNUC__) && !defined(KILN_PLAIN_C)\n");
   for (int i = 0; i < 3; i++) {
     const VectorWidth *v = &sched_vector_widths[i];
@@ -117,23 +189,27 @@ static void put_taps(Cg *cg, const Window *w, DType dt) {
       buf_printf(o, "#%s %s\n", i == 0 ? "if" : "elif", v->cond);
     else
       buf_puts(o, "#else\n");
-    sched_implicit_block(w, dt, v, &b);
-    put_vector_taps(o, w, dt, v, &b);
+    sched_implicit_block(w, op, dt, v, &b);
+    buf_printf(o, "typedef %s " CG_KERNEL_NAME "_v __attribute__((vector_size(%d)));\n",
+               ctype(dt), v->vbytes);
+    put_block(o, &b);
+    if (op == OP_CONV2D)
+      put_forward_taps(o, w, dt, &b, Wp);
+    else
+      put_filter_taps(o, w, dt, &b, Hp, Wp);
   }
   buf_puts(o, "#endif\n#else\n");
-  sched_implicit_block(w, dt, &(VectorWidth){NULL, (int)dtype_size(dt), 1}, &b);
-  put_plain_taps(o, w, dt, &b);
+  sched_implicit_block(w, op, dt, &(VectorWidth){NULL, (int)dtype_size(dt), 1}, &b);
+  put_block(o, &b);
+  put_plain_taps(o, w, op, dt, &b, Wp);
   buf_puts(o, "#endif\n");
 }
 
-/* Image n into its slot's frame xp and transposed dt, then every block's micro-kernel into part. */
-static void put_image(Cg *cg, const Window *w, const ImplicitScratch *is) {
+/* Input image n (input 0, `a`) into the slot's frame xp: channels up to the block's cpad, zero
+ * around the image. */
+static void put_frame(Cg *cg, const Window *w, const ImplicitBlock *m) {
   const char *T = ctype(cg->knode->dtype);
-  const ImplicitBlock *m = &is->max;
-  int64_t HW = w->Ho * w->Wo, K = w->KH * w->KW;
   cg_line(cg, "%s *restrict xp = (%s *)(void *)ws;", T, T);
-  cg_line(cg, "%s *restrict dt = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->dt_at);
-  cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->part_at);
   cg_line(cg, "memset(xp, 0, " CG_KERNEL_NAME "_cpad * %" PRId64 " * sizeof *xp);", m->Hp * m->Wp);
   cg_line(cg, "for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
   cg_line(cg, "  for (int64_t r = 0; r < %" PRId64 "; r++)", w->H);
@@ -141,6 +217,17 @@ static void put_image(Cg *cg, const Window *w, const ImplicitScratch *is) {
           "    memcpy(xp + (c*%" PRId64 " + r + %" PRId64 ")*%" PRId64 " + %" PRId64
           ", a + ((n*%" PRId64 " + c)*%" PRId64 " + r)*%" PRId64 ", %" PRId64 " * sizeof *xp);",
           m->Hp, w->PT, m->Wp, w->PL, w->C, w->H, w->W, w->W);
+}
+
+/* The weight gradient of image n: frame, transposed dy (input 1, `b`), every block's
+ * micro-kernel into part. */
+static void put_filter_image(Cg *cg, const Window *w, const ImplicitScratch *is) {
+  const char *T = ctype(cg->knode->dtype);
+  const ImplicitBlock *m = &is->max;
+  int64_t HW = w->Ho * w->Wo, K = w->KH * w->KW;
+  put_frame(cg, w, m);
+  cg_line(cg, "%s *restrict dt = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->dt_at);
+  cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->part_at);
   cg_line(cg, "for (int64_t s = 0; s < %" PRId64 "; s++) {", HW);
   cg_line(cg, "  for (int64_t o = 0; o < %" PRId64 "; o++)", w->O);
   cg_line(cg, "    dt[s*" CG_KERNEL_NAME "_opad + o] = b[(n*%" PRId64 " + o)*%" PRId64 " + s];", w->O,
@@ -157,17 +244,10 @@ static void put_image(Cg *cg, const Window *w, const ImplicitScratch *is) {
           m->Hp, w->DH, m->Wp, K, w->KW);
 }
 
-void cg_emit_conv_implicit_filter(Cg *cg, const Node *n) {
-  Window w = win_of(cg->g, n);
-  int64_t rows = w.C * w.KH * w.KW;
-  ImplicitScratch is;
-  sched_implicit_scratch(&w, n->dtype, &is);
-  int workers = cg->s->node[n->id].workers;
-  const char *T = ctype(n->dtype), *B = sz_c(cg, sz_dim(cg, w.N));
-  put_taps(cg, &w, n->dtype);
-  cg_line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
-  cg_line(cg, "%s *restrict sum = (%s *)(void *)scratch;", T, T);
-  cg_line(cg, "memset(sum, 0, %" PRId64 " * " CG_KERNEL_NAME "_opad * sizeof *sum);", rows);
+/* Opens the loop over the images: with workers, tasks in waves of `workers` images (task t of
+ * the wave starting at n0), else one image at a time (t = 0); `ws` the task's slot. Closed by
+ * waves_close. */
+static void waves_open(Cg *cg, const char *B, int workers, const ImplicitScratch *is) {
   cg_line(cg, "for (int64_t n0 = 0; n0 < %s; n0 += %d) {", B, workers);
   cg->indent++;
   if (workers > 1) {
@@ -178,9 +258,11 @@ void cg_emit_conv_implicit_filter(Cg *cg, const Node *n) {
     cg_line(cg, "const int64_t t = 0;");
   }
   cg_line(cg, "const int64_t n = n0 + t;");
-  cg_line(cg, "unsigned char *ws = scratch + %" PRId64 " + t*%" PRId64 ";", is.sum_bytes,
-          is.slot_bytes);
-  put_image(cg, &w, &is);
+  cg_line(cg, "unsigned char *ws = scratch + %" PRId64 " + t*%" PRId64 ";", is->shared_bytes,
+          is->slot_bytes);
+}
+
+static void waves_close(Cg *cg, const char *B, int workers) {
   if (workers > 1) {
     static const char *const locals[] = {"n0"};
     cg_tasks_close(cg, pool_printf(cg->pool, "%s - n0 < %d ? %s - n0 : %d", B, workers, B, workers),
@@ -189,16 +271,91 @@ void cg_emit_conv_implicit_filter(Cg *cg, const Node *n) {
     cg->indent--;
     cg_line(cg, "}");
   }
+}
+
+static void emit_filter(Cg *cg, const Node *n, const Window *w, const ImplicitScratch *is) {
+  int64_t rows = w->C * w->KH * w->KW;
+  int workers = cg->s->node[n->id].workers;
+  const char *T = ctype(n->dtype), *B = sz_c(cg, sz_dim(cg, w->N));
+  cg_line(cg, "%s *restrict sum = (%s *)(void *)scratch;", T, T);
+  cg_line(cg, "memset(sum, 0, %" PRId64 " * " CG_KERNEL_NAME "_opad * sizeof *sum);", rows);
+  waves_open(cg, B, workers, is);
+  put_filter_image(cg, w, is);
+  waves_close(cg, B, workers);
   cg_line(cg, "for (int64_t t = 0; t < %d && n0 + t < %s; t++) {", workers, B);
   cg_line(cg, "  const %s *restrict part = (const %s *)(void *)(scratch + %" PRId64 " + t*%" PRId64
               " + %" PRId64 ");",
-          T, T, is.sum_bytes, is.slot_bytes, is.part_at);
+          T, T, is->shared_bytes, is->slot_bytes, is->part_at);
   cg_line(cg, "  for (int64_t e = 0; e < %" PRId64 " * " CG_KERNEL_NAME "_opad; e++)", rows);
   cg_line(cg, "    sum[e] += part[e];");
   cg_line(cg, "}");
   cg->indent--;
   cg_line(cg, "}");
-  cg_line(cg, "for (int64_t o = 0; o < %" PRId64 "; o++)", w.O);
+  cg_line(cg, "for (int64_t o = 0; o < %" PRId64 "; o++)", w->O);
   cg_line(cg, "  for (int64_t k = 0; k < %" PRId64 "; k++)", rows);
   cg_line(cg, "    y[o*%" PRId64 " + k] = sum[k*" CG_KERNEL_NAME "_opad + o];", rows);
+}
+
+/* The forward: weights transposed into wt (shared), then per image (a task each, in the slot
+ * of the worker running it) its frame, every block's micro-kernel into part, part transposed
+ * into y's image. */
+static void emit_forward(Cg *cg, const Node *n, const Window *w, const ImplicitScratch *is) {
+  int64_t taps = w->C * w->KH * w->KW, HW = w->Ho * w->Wo;
+  int workers = cg->s->node[n->id].workers;
+  const char *T = ctype(n->dtype), *B = sz_c(cg, sz_dim(cg, w->N));
+  const ImplicitBlock *m = &is->max;
+  cg_line(cg, "{");
+  cg_line(cg, "  %s *restrict wt = (%s *)(void *)scratch;", T, T);
+  cg_line(cg, "  for (int64_t t = 0; t < %" PRId64 "; t++) {", taps);
+  cg_line(cg, "    for (int64_t o = 0; o < %" PRId64 "; o++)", w->O);
+  cg_line(cg, "      wt[t*" CG_KERNEL_NAME "_opad + o] = b[o*%" PRId64 " + t];", taps);
+  cg_line(cg, "    for (int64_t o = %" PRId64 "; o < " CG_KERNEL_NAME "_opad; o++)", w->O);
+  cg_line(cg, "      wt[t*" CG_KERNEL_NAME "_opad + o] = 0;");
+  cg_line(cg, "  }");
+  cg_line(cg, "}");
+  if (workers > 1) {
+    cg_tasks_open(cg, "n");
+    cg_line(cg, "const %s *restrict wt = (const %s *)(void *)scratch;", T, T);
+    cg_line(cg, "unsigned char *ws = scratch + %" PRId64 " + worker*%" PRId64 ";", is->shared_bytes,
+            is->slot_bytes);
+  } else {
+    cg_line(cg, "const %s *restrict wt = (const %s *)(void *)scratch;", T, T);
+    cg_line(cg, "unsigned char *ws = scratch + %" PRId64 ";", is->shared_bytes);
+    cg_line(cg, "for (int64_t n = 0; n < %s; n++) {", B);
+    cg->indent++;
+  }
+  put_frame(cg, w, m);
+  cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->part_at);
+  cg_line(cg, "for (int64_t i0 = 0; i0 < " CG_KERNEL_NAME "_ho2; i0 += " CG_KERNEL_NAME "_pr)");
+  cg_line(cg, "  for (int64_t j0 = 0; j0 < " CG_KERNEL_NAME "_wo2; j0 += " CG_KERNEL_NAME "_pc)");
+  cg_line(cg, "    for (int64_t o0 = 0; o0 < " CG_KERNEL_NAME "_opad; o0 += " CG_KERNEL_NAME "_ow)");
+  cg_line(cg,
+          "      " CG_KERNEL_NAME "_taps(xp + i0*%" PRId64 " + j0*%" PRId64
+          ", wt + o0, part + (i0*" CG_KERNEL_NAME "_wo2 + j0)*" CG_KERNEL_NAME "_opad + o0);",
+          w->SH * m->Wp, w->SW);
+  cg_line(cg, "for (int64_t o = 0; o < %" PRId64 "; o++)", w->O);
+  cg_line(cg, "  for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
+  cg_line(cg, "    for (int64_t j = 0; j < %" PRId64 "; j++)", w->Wo);
+  cg_line(cg,
+          "      y[(n*%" PRId64 " + o)*%" PRId64 " + i*%" PRId64 " + j] = part[(i*" CG_KERNEL_NAME
+          "_wo2 + j)*" CG_KERNEL_NAME "_opad + o];",
+          w->O, HW, w->Wo);
+  if (workers > 1) {
+    cg_tasks_close(cg, B, NULL, 0);
+  } else {
+    cg->indent--;
+    cg_line(cg, "}");
+  }
+}
+
+void cg_emit_conv_implicit(Cg *cg, const Node *n) {
+  Window w = win_of(cg->g, n);
+  ImplicitScratch is;
+  sched_implicit_scratch(&w, n->op, n->dtype, &is);
+  put_taps(cg, &w, n->op, n->dtype, &is);
+  cg_line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
+  if (n->op == OP_CONV2D)
+    emit_forward(cg, n, &w, &is);
+  else
+    emit_filter(cg, n, &w, &is);
 }

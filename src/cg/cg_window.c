@@ -95,6 +95,10 @@ static bool conv_gemm(const Cg *cg, const Node *n) { return cg->s->node[n->id].c
  * The innermost loop runs along a row of y and a row of x (strided by SW) and vectorises;
  * y's row is the accumulator. */
 void cg_emit_conv2d(Cg *cg, const Node *n) {
+  if (cg->s->node[n->id].conv == CONV_IMPLICIT) {
+    cg_emit_conv_implicit(cg, n);
+    return;
+  }
   if (conv_gemm(cg, n)) {
     cg_emit_conv_gemm(cg, n);
     return;
@@ -133,7 +137,7 @@ void cg_emit_conv2d_bwd_data(Cg *cg, const Node *n) {
  * vectorises; each row is summed into dw[o, c, p, q] at the end. */
 void cg_emit_conv2d_bwd_filter(Cg *cg, const Node *n) {
   if (cg->s->node[n->id].conv == CONV_IMPLICIT) {
-    cg_emit_conv_implicit_filter(cg, n);
+    cg_emit_conv_implicit(cg, n);
     return;
   }
   if (conv_gemm(cg, n)) {

@@ -190,7 +190,7 @@ int tune_model(const char *path, const Options *base, double seconds, FILE *log,
       o.sched.conv = CONV_IMPLICIT;
       if (measure(path, &o, seconds, &implicit, err, cap))
         goto done;
-      say(log, "every weight gradient implicit", implicit.step);
+      say(log, "every convolution it can take implicit", implicit.step);
       out->candidates++;
     }
     o.sched.conv = base->sched.conv;

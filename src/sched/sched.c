@@ -152,8 +152,11 @@ static bool is_conv(Op op) {
 static ConvAlgo conv_algo(const Graph *g, const Node *n, ConvAlgo want) {
   if (!gemm_operands(g, n))
     return CONV_DIRECT;
+  /* The implicit forward fills vectors along the output channels: with 8 (the MNIST CNN's
+   * conv1) half of a 512-bit vector would idle, and the GEMM takes it. */
   if (want == CONV_IMPLICIT || want == CONV_AUTO)
-    if (sched_implicit_ok(g, n))
+    if (sched_implicit_ok(g, n) &&
+        (want == CONV_IMPLICIT || n->op != OP_CONV2D || win_of(g, n).O >= 16))
       return CONV_IMPLICIT;
   if (want != CONV_AUTO && want != CONV_IMPLICIT)
     return want;
@@ -200,18 +203,25 @@ const VectorWidth sched_vector_widths[3] = {
 };
 
 bool sched_implicit_ok(const Graph *g, const Node *n) {
-  if (n->op != OP_CONV2D_BWD_FILTER || !gemm_operands(g, n))
+  if ((n->op != OP_CONV2D_BWD_FILTER && n->op != OP_CONV2D) || !gemm_operands(g, n))
     return false;
   Window w = win_of(g, n);
   return w.G == 1 && w.KW <= 12;
 }
 
-/* Output channels as wide as the vectors allow (at most 4 vectors), then kernel rows (a divisor
- * of KH) and input channels until the accumulators are used: the MNIST CNN's conv2 (8 -> 32, 5x5)
- * gets 2 channels x 5 columns x 2 vectors of 16 with AVX-512, its conv1 (1 -> 8, 3x3) all 9 taps
- * x 1 vector. */
-void sched_implicit_block(const Window *w, DType dt, const VectorWidth *v, ImplicitBlock *b) {
-  int lanes = v->vbytes / (int)dtype_size(dt), acc = v->accumulators;
+/* The frame around one input channel that the taps of positions [0, Ho2) x [0, Wo2) read. */
+static void implicit_frame(const Window *w, ImplicitBlock *b) {
+  int64_t hspan = (b->Ho2 - 1) * w->SH + (w->KH - 1) * w->DH + 1;
+  int64_t wspan = (b->Wo2 - 1) * w->SW + (w->KW - 1) * w->DW + 1;
+  b->Hp = w->PT + w->H > hspan ? w->PT + w->H : hspan;
+  b->Wp = w->PL + w->W > wspan ? w->PL + w->W : wspan;
+}
+
+/* The weight gradient's block: output channels as wide as the vectors allow (at most 4
+ * vectors), then kernel rows (a divisor of KH) and input channels until the accumulators are
+ * used. The MNIST CNN's conv2 (8 -> 32, 5x5) gets 2 channels x 5 columns x 2 vectors of 16 with
+ * AVX-512, its conv1 (1 -> 8, 3x3) all 9 taps x 1 vector. */
+static void filter_block(const Window *w, int lanes, int acc, ImplicitBlock *b) {
   int64_t ov = (w->O + lanes - 1) / lanes;
   if (ov > 4)
     ov = 4;
@@ -223,32 +233,77 @@ void sched_implicit_block(const Window *w, DType dt, const VectorWidth *v, Impli
       pb = d;
   int64_t cb = acc / (pb * w->KW * ov);
   cb = cb < 1 ? 1 : cb > w->C ? w->C : cb;
-  b->lanes = lanes;
   b->cb = (int)cb;
   b->pb = pb;
   b->ow = ov * lanes;
-  b->cpad = round_up(w->C, cb);
-  b->opad = round_up(w->O, b->ow);
-  int64_t hspan = (w->Ho - 1) * w->SH + (w->KH - 1) * w->DH + 1;
-  int64_t wspan = (w->Wo - 1) * w->SW + (w->KW - 1) * w->DW + 1;
-  b->Hp = w->PT + w->H > hspan ? w->PT + w->H : hspan;
-  b->Wp = w->PL + w->W > wspan ? w->PL + w->W : wspan;
+  b->Ho2 = w->Ho;
+  b->Wo2 = w->Wo;
 }
 
-void sched_implicit_scratch(const Window *w, DType dt, ImplicitScratch *s) {
+/* The forward's block: pr x pc positions x ov vectors of output channels, the best by
+ * (positions and channels computed that are kept) x (accumulators, up to 12: enough to hide
+ * the FMA latency) x (multiply-adds per load, up to 1: per tap the block loads ov vectors and
+ * broadcasts pr*pc inputs). The MNIST CNN's conv2 (8 -> 32 channels, 14 x 14) gets 1 x 7
+ * positions x 2 vectors of 16 with AVX-512. */
+static void forward_block(const Window *w, int lanes, int acc, ImplicitBlock *b) {
+  double best = -1;
+  int64_t maxov = (w->O + lanes - 1) / lanes;
+  for (int64_t ov = 1; ov <= 4 && ov <= maxov && ov <= acc; ov++)
+    for (int pr = 1; pr * ov <= acc && pr <= w->Ho; pr++)
+      for (int pc = 1; pr * pc * ov <= acc && pc <= w->Wo; pc++) {
+        int64_t ho2 = round_up(w->Ho, pr), wo2 = round_up(w->Wo, pc), opad = round_up(w->O, ov * lanes);
+        double kept = (double)(w->Ho * w->Wo * w->O) / (double)(ho2 * wo2 * opad);
+        int64_t fmas = pr * pc * ov, loads = ov + pr * pc;
+        double score = kept * (double)(fmas < 12 ? fmas : 12) / 12.0 *
+                       (fmas >= loads ? 1.0 : (double)fmas / (double)loads);
+        if (score > best + 1e-9) {
+          best = score;
+          b->pr = pr;
+          b->pc = pc;
+          b->ow = ov * lanes;
+          b->Ho2 = ho2;
+          b->Wo2 = wo2;
+        }
+      }
+  b->cb = 1;
+  b->pb = 1;
+}
+
+void sched_implicit_block(const Window *w, Op op, DType dt, const VectorWidth *v,
+                          ImplicitBlock *b) {
+  memset(b, 0, sizeof *b);
+  b->lanes = v->vbytes / (int)dtype_size(dt);
+  if (op == OP_CONV2D)
+    forward_block(w, b->lanes, v->accumulators, b);
+  else
+    filter_block(w, b->lanes, v->accumulators, b);
+  b->cpad = round_up(w->C, b->cb);
+  b->opad = round_up(w->O, b->ow);
+  implicit_frame(w, b);
+}
+
+void sched_implicit_scratch(const Window *w, Op op, DType dt, ImplicitScratch *s) {
   ImplicitBlock *m = &s->max;
-  sched_implicit_block(w, dt, &(VectorWidth){NULL, (int)dtype_size(dt), 1}, m);
+  sched_implicit_block(w, op, dt, &(VectorWidth){NULL, (int)dtype_size(dt), 1}, m);
   for (int i = 0; i < 3; i++) {
     ImplicitBlock b;
-    sched_implicit_block(w, dt, &sched_vector_widths[i], &b);
+    sched_implicit_block(w, op, dt, &sched_vector_widths[i], &b);
     m->cpad = b.cpad > m->cpad ? b.cpad : m->cpad;
     m->opad = b.opad > m->opad ? b.opad : m->opad;
+    m->Ho2 = b.Ho2 > m->Ho2 ? b.Ho2 : m->Ho2;
+    m->Wo2 = b.Wo2 > m->Wo2 ? b.Wo2 : m->Wo2;
   }
-  int64_t es = (int64_t)dtype_size(dt);
-  s->sum_bytes = round_up(w->C * w->KH * w->KW * m->opad * es, 64);
+  implicit_frame(w, m);
+  int64_t es = (int64_t)dtype_size(dt), taps = w->C * w->KH * w->KW;
+  s->shared_bytes = round_up(taps * m->opad * es, 64);
   s->dt_at = round_up(m->cpad * m->Hp * m->Wp * es, 64);
-  s->part_at = s->dt_at + round_up(w->Ho * w->Wo * m->opad * es, 64);
-  s->slot_bytes = s->part_at + round_up(m->cpad * w->KH * w->KW * m->opad * es, 64);
+  if (op == OP_CONV2D) {
+    s->part_at = s->dt_at;
+    s->slot_bytes = s->part_at + round_up(m->Ho2 * m->Wo2 * m->opad * es, 64);
+  } else {
+    s->part_at = s->dt_at + round_up(w->Ho * w->Wo * m->opad * es, 64);
+    s->slot_bytes = s->part_at + round_up(m->cpad * w->KH * w->KW * m->opad * es, 64);
+  }
 }
 
 /* A matmul's M, N and K at the full batch. */
@@ -320,8 +375,8 @@ static int64_t node_scratch(const Schedule *s, const Graph *g, const Node *n, co
     if (ns->conv == CONV_IMPLICIT) {
       Window w = win_of(g, n);
       ImplicitScratch is;
-      sched_implicit_scratch(&w, n->dtype, &is);
-      return 64 + is.sum_bytes + ns->workers * is.slot_bytes;
+      sched_implicit_scratch(&w, n->op, n->dtype, &is);
+      return 64 + is.shared_bytes + ns->workers * is.slot_bytes;
     }
     if (n->op == OP_CONV2D_BWD_FILTER) {
       /* One row of partial sums per weight of an output channel. */

@@ -124,15 +124,19 @@ int64_t sched_gemm_kc(const GemmTiles *t, int64_t K);
 /* Bytes of one batch chunk's slot of a GEMM convolution's scratch (64-byte multiple): its
  * unfolded image, the weight gradient of its image, the GEMM's packing buffers. */
 int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
-/* The register block of an implicit weight gradient (cg_implicit.c) for vectors of `vbytes`
- * (vbytes = the element size: the plain C kernel): each call of its micro-kernel accumulates
- * cb input channels x pb kernel rows x all KW kernel columns x ow output channels over every
- * output position of one image, in cb*pb*KW*(ow/lanes) vector registers. pb divides KH; the
- * channels are padded with zeros to cpad, a multiple of cb, and the output channels to opad, a
- * multiple of ow. Hp x Wp is the zero-padded image every tap reads without a bounds test. */
+/* The register block of an implicit convolution (cg_implicit.c) for vectors of `vbytes`
+ * (vbytes = the element size: the plain C kernel), ow output channels (a multiple of the lanes,
+ * the output channels padded with zeros to opad, a multiple of ow) wide:
+ * - weight gradient: each call of its micro-kernel accumulates cb input channels x pb kernel
+ *   rows (a divisor of KH) x all KW kernel columns over every output position of one image; the
+ *   input channels are padded with zeros to cpad, a multiple of cb;
+ * - forward: each call accumulates pr x pc output positions over every tap; the positions are
+ *   padded to Ho2 x Wo2, multiples of pr and pc, and computed but not stored there.
+ * Hp x Wp is the zero frame around one channel of the input that every tap reads without a
+ * bounds test. */
 typedef struct ImplicitBlock {
-  int lanes, cb, pb;
-  int64_t ow, cpad, opad, Hp, Wp;
+  int lanes, cb, pb, pr, pc;
+  int64_t ow, cpad, opad, Ho2, Wo2, Hp, Wp;
 } ImplicitBlock;
 /* The vector widths GNU C may pick, widest first: the preprocessor condition selecting each
  * (NULL: the rest) and how many accumulators a micro-kernel keeps in its registers (32 or 16).
@@ -142,18 +146,20 @@ typedef struct VectorWidth {
   int vbytes, accumulators;
 } VectorWidth;
 extern const VectorWidth sched_vector_widths[3];
-/* Whether the implicit weight gradient computes node n (one group, kernel columns that fit a
- * register block, floating point in the arena). */
+/* Whether an implicit GEMM can compute convolution n (the weight gradient or the forward; one
+ * group, kernel columns that fit a register block, floating point in the arena). */
 bool sched_implicit_ok(const Graph *g, const Node *n);
-void sched_implicit_block(const Window *w, DType dt, const VectorWidth *v, ImplicitBlock *b);
-/* The scratch of an implicit weight gradient, laid out for the largest block of any width
- * (cpad, opad): the gradient summed over the images (sum_bytes, first), then per image slot
- * (slot_bytes each) its frame at 0, dt at dt_at and part at part_at. */
+void sched_implicit_block(const Window *w, Op op, DType dt, const VectorWidth *v,
+                          ImplicitBlock *b);
+/* The scratch of an implicit convolution, laid out for the largest block of any width: first
+ * shared_bytes of what all images share (the weight gradient's sum over the images, the
+ * forward's transposed weights), then per image slot (slot_bytes each) its frame at 0, the
+ * weight gradient's transposed dy at dt_at, and the block results at part_at. */
 typedef struct ImplicitScratch {
   ImplicitBlock max;
-  int64_t sum_bytes, slot_bytes, dt_at, part_at;
+  int64_t shared_bytes, slot_bytes, dt_at, part_at;
 } ImplicitScratch;
-void sched_implicit_scratch(const Window *w, DType dt, ImplicitScratch *s);
+void sched_implicit_scratch(const Window *w, Op op, DType dt, ImplicitScratch *s);
 /* Bytes of one worker's slot of a parallel matmul's scratch (64-byte multiple): the GEMM's
  * packing buffers for one block. */
 int64_t sched_matmul_slot_bytes(const Schedule *s, const Graph *g, const Node *n);

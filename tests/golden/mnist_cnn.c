@@ -745,91 +745,183 @@ static KILN_NOINLINE void k43_maxpool2d(float *restrict y, const float *restrict
 }
 
 /* %45 = conv2d(%43 h1, %44 conv2_weight) -> t45  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13  also %102 (line 13) */
+static const int32_t k45_conv2d_off[200] = {
+  0, 1, 2, 3, 4, 19, 20, 21, 22, 23, 38, 39, 40, 41, 42, 57,
+  58, 59, 60, 61, 76, 77, 78, 79, 80, 342, 343, 344, 345, 346, 361, 362,
+  363, 364, 365, 380, 381, 382, 383, 384, 399, 400, 401, 402, 403, 418, 419, 420,
+  421, 422, 684, 685, 686, 687, 688, 703, 704, 705, 706, 707, 722, 723, 724, 725,
+  726, 741, 742, 743, 744, 745, 760, 761, 762, 763, 764, 1026, 1027, 1028, 1029, 1030,
+  1045, 1046, 1047, 1048, 1049, 1064, 1065, 1066, 1067, 1068, 1083, 1084, 1085, 1086, 1087, 1102,
+  1103, 1104, 1105, 1106, 1368, 1369, 1370, 1371, 1372, 1387, 1388, 1389, 1390, 1391, 1406, 1407,
+  1408, 1409, 1410, 1425, 1426, 1427, 1428, 1429, 1444, 1445, 1446, 1447, 1448, 1710, 1711, 1712,
+  1713, 1714, 1729, 1730, 1731, 1732, 1733, 1748, 1749, 1750, 1751, 1752, 1767, 1768, 1769, 1770,
+  1771, 1786, 1787, 1788, 1789, 1790, 2052, 2053, 2054, 2055, 2056, 2071, 2072, 2073, 2074, 2075,
+  2090, 2091, 2092, 2093, 2094, 2109, 2110, 2111, 2112, 2113, 2128, 2129, 2130, 2131, 2132, 2394,
+  2395, 2396, 2397, 2398, 2413, 2414, 2415, 2416, 2417, 2432, 2433, 2434, 2435, 2436, 2451, 2452,
+  2453, 2454, 2455, 2470, 2471, 2472, 2473, 2474};
+#if defined(__GNUC__) && !defined(KILN_PLAIN_C)
+#if defined(__AVX512F__)
+typedef float k45_conv2d_v __attribute__((vector_size(64)));
+enum { k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 1, k45_conv2d_pc = 7, k45_conv2d_ow = 32, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 14 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k45_conv2d_taps(const float *restrict xr, const float *restrict wt, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k45_conv2d_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0}, a9 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0};
+  for (int64_t t = 0; t < 200; t++) {
+    const float *restrict xs = xr + k45_conv2d_off[t];
+    const float *restrict ws = wt + t*32;
+    k45_conv2d_v d0; memcpy(&d0, ws + 0, sizeof d0);
+    k45_conv2d_v d1; memcpy(&d1, ws + 16, sizeof d1);
+    { const float s = xs[0]; a0 += s * d0; a1 += s * d1; }
+    { const float s = xs[1]; a2 += s * d0; a3 += s * d1; }
+    { const float s = xs[2]; a4 += s * d0; a5 += s * d1; }
+    { const float s = xs[3]; a6 += s * d0; a7 += s * d1; }
+    { const float s = xs[4]; a8 += s * d0; a9 += s * d1; }
+    { const float s = xs[5]; a10 += s * d0; a11 += s * d1; }
+    { const float s = xs[6]; a12 += s * d0; a13 += s * d1; }
+  }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 16, &a1, sizeof a1);
+  memcpy(out + 32, &a2, sizeof a2);
+  memcpy(out + 48, &a3, sizeof a3);
+  memcpy(out + 64, &a4, sizeof a4);
+  memcpy(out + 80, &a5, sizeof a5);
+  memcpy(out + 96, &a6, sizeof a6);
+  memcpy(out + 112, &a7, sizeof a7);
+  memcpy(out + 128, &a8, sizeof a8);
+  memcpy(out + 144, &a9, sizeof a9);
+  memcpy(out + 160, &a10, sizeof a10);
+  memcpy(out + 176, &a11, sizeof a11);
+  memcpy(out + 192, &a12, sizeof a12);
+  memcpy(out + 208, &a13, sizeof a13);
+}
+#elif defined(__AVX__)
+typedef float k45_conv2d_v __attribute__((vector_size(32)));
+enum { k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 2, k45_conv2d_pc = 3, k45_conv2d_ow = 16, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 15 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k45_conv2d_taps(const float *restrict xr, const float *restrict wt, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k45_conv2d_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0}, a9 = {0}, a10 = {0}, a11 = {0};
+  for (int64_t t = 0; t < 200; t++) {
+    const float *restrict xs = xr + k45_conv2d_off[t];
+    const float *restrict ws = wt + t*32;
+    k45_conv2d_v d0; memcpy(&d0, ws + 0, sizeof d0);
+    k45_conv2d_v d1; memcpy(&d1, ws + 8, sizeof d1);
+    { const float s = xs[0]; a0 += s * d0; a1 += s * d1; }
+    { const float s = xs[1]; a2 += s * d0; a3 += s * d1; }
+    { const float s = xs[2]; a4 += s * d0; a5 += s * d1; }
+    { const float s = xs[19]; a6 += s * d0; a7 += s * d1; }
+    { const float s = xs[20]; a8 += s * d0; a9 += s * d1; }
+    { const float s = xs[21]; a10 += s * d0; a11 += s * d1; }
+  }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 8, &a1, sizeof a1);
+  memcpy(out + 32, &a2, sizeof a2);
+  memcpy(out + 40, &a3, sizeof a3);
+  memcpy(out + 64, &a4, sizeof a4);
+  memcpy(out + 72, &a5, sizeof a5);
+  memcpy(out + 480, &a6, sizeof a6);
+  memcpy(out + 488, &a7, sizeof a7);
+  memcpy(out + 512, &a8, sizeof a8);
+  memcpy(out + 520, &a9, sizeof a9);
+  memcpy(out + 544, &a10, sizeof a10);
+  memcpy(out + 552, &a11, sizeof a11);
+}
+#else
+typedef float k45_conv2d_v __attribute__((vector_size(16)));
+enum { k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 2, k45_conv2d_pc = 3, k45_conv2d_ow = 8, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 15 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k45_conv2d_taps(const float *restrict xr, const float *restrict wt, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k45_conv2d_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0}, a9 = {0}, a10 = {0}, a11 = {0};
+  for (int64_t t = 0; t < 200; t++) {
+    const float *restrict xs = xr + k45_conv2d_off[t];
+    const float *restrict ws = wt + t*32;
+    k45_conv2d_v d0; memcpy(&d0, ws + 0, sizeof d0);
+    k45_conv2d_v d1; memcpy(&d1, ws + 4, sizeof d1);
+    { const float s = xs[0]; a0 += s * d0; a1 += s * d1; }
+    { const float s = xs[1]; a2 += s * d0; a3 += s * d1; }
+    { const float s = xs[2]; a4 += s * d0; a5 += s * d1; }
+    { const float s = xs[19]; a6 += s * d0; a7 += s * d1; }
+    { const float s = xs[20]; a8 += s * d0; a9 += s * d1; }
+    { const float s = xs[21]; a10 += s * d0; a11 += s * d1; }
+  }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 4, &a1, sizeof a1);
+  memcpy(out + 32, &a2, sizeof a2);
+  memcpy(out + 36, &a3, sizeof a3);
+  memcpy(out + 64, &a4, sizeof a4);
+  memcpy(out + 68, &a5, sizeof a5);
+  memcpy(out + 480, &a6, sizeof a6);
+  memcpy(out + 484, &a7, sizeof a7);
+  memcpy(out + 512, &a8, sizeof a8);
+  memcpy(out + 516, &a9, sizeof a9);
+  memcpy(out + 544, &a10, sizeof a10);
+  memcpy(out + 548, &a11, sizeof a11);
+}
+#endif
+#else
+enum { k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 1, k45_conv2d_pc = 1, k45_conv2d_ow = 1, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 14 };
+static void k45_conv2d_taps(const float *restrict xr, const float *restrict wt, float *restrict out) {
+  float s = 0;
+  for (int64_t t = 0; t < 200; t++)
+    s += xr[k45_conv2d_off[t]] * wt[t*32];
+  out[0] = s;
+}
+#endif
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k45_conv2d(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  unsigned char *ws = scratch;
-  float *restrict col = (float *)(void *)ws;
+  {
+    float *restrict wt = (float *)(void *)scratch;
+    for (int64_t t = 0; t < 200; t++) {
+      for (int64_t o = 0; o < 32; o++)
+        wt[t*k45_conv2d_opad + o] = b[o*200 + t];
+      for (int64_t o = 32; o < k45_conv2d_opad; o++)
+        wt[t*k45_conv2d_opad + o] = 0;
+    }
+  }
+  const float *restrict wt = (const float *)(void *)scratch;
+  unsigned char *ws = scratch + 25600;
   for (int64_t n = 0; n < B; n++) {
-    unsigned char *gws = ws + 156800;
-    const float *restrict xn = a + n*1568;
+    float *restrict xp = (float *)(void *)ws;
+    memset(xp, 0, k45_conv2d_cpad * 342 * sizeof *xp);
     for (int64_t c = 0; c < 8; c++)
-      for (int64_t p = 0; p < 5; p++) {
-        { /* q = 0 */
-          float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            float *restrict di = d + i*14;
-            if (r < 0 || r >= 14) {
-              memset(di, 0, 14 * sizeof *di);
-              continue;
-            }
-            const int64_t xo = (c*14 + r)*14 + (-2);
-            memset(di, 0, 2 * sizeof *di);
-            memcpy(di + 2, xn + xo + 2, 12 * sizeof *di);
-          }
-        }
-        { /* q = 1 */
-          float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            float *restrict di = d + i*14;
-            if (r < 0 || r >= 14) {
-              memset(di, 0, 14 * sizeof *di);
-              continue;
-            }
-            const int64_t xo = (c*14 + r)*14 + (-1);
-            memset(di, 0, 1 * sizeof *di);
-            memcpy(di + 1, xn + xo + 1, 13 * sizeof *di);
-          }
-        }
-        { /* q = 2 */
-          float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            float *restrict di = d + i*14;
-            if (r < 0 || r >= 14) {
-              memset(di, 0, 14 * sizeof *di);
-              continue;
-            }
-            const int64_t xo = (c*14 + r)*14 + (0);
-            memcpy(di + 0, xn + xo + 0, 14 * sizeof *di);
-          }
-        }
-        { /* q = 3 */
-          float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            float *restrict di = d + i*14;
-            if (r < 0 || r >= 14) {
-              memset(di, 0, 14 * sizeof *di);
-              continue;
-            }
-            const int64_t xo = (c*14 + r)*14 + (1);
-            memcpy(di + 0, xn + xo + 0, 13 * sizeof *di);
-            memset(di + 13, 0, 1 * sizeof *di);
-          }
-        }
-        { /* q = 4 */
-          float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            float *restrict di = d + i*14;
-            if (r < 0 || r >= 14) {
-              memset(di, 0, 14 * sizeof *di);
-              continue;
-            }
-            const int64_t xo = (c*14 + r)*14 + (2);
-            memcpy(di + 0, xn + xo + 0, 12 * sizeof *di);
-            memset(di + 12, 0, 2 * sizeof *di);
-          }
-        }
-      }
-    for (int64_t g = 0; g < 1; g++)
-      kiln_sgemm(32, 196, 200, b + g*6400, 200, 0, col + g*39200, 196, 0, y + n*6272 + g*6272, 196, gws);
+      for (int64_t r = 0; r < 14; r++)
+        memcpy(xp + (c*18 + r + 2)*19 + 2, a + ((n*8 + c)*14 + r)*14, 14 * sizeof *xp);
+    float *restrict part = (float *)(void *)(ws + 10944);
+    for (int64_t i0 = 0; i0 < k45_conv2d_ho2; i0 += k45_conv2d_pr)
+      for (int64_t j0 = 0; j0 < k45_conv2d_wo2; j0 += k45_conv2d_pc)
+        for (int64_t o0 = 0; o0 < k45_conv2d_opad; o0 += k45_conv2d_ow)
+          k45_conv2d_taps(xp + i0*19 + j0*1, wt + o0, part + (i0*k45_conv2d_wo2 + j0)*k45_conv2d_opad + o0);
+    for (int64_t o = 0; o < 32; o++)
+      for (int64_t i = 0; i < 14; i++)
+        for (int64_t j = 0; j < 14; j++)
+          y[(n*32 + o)*196 + i*14 + j] = part[(i*k45_conv2d_wo2 + j)*k45_conv2d_opad + o];
   }
 }
 
@@ -1597,7 +1689,7 @@ static KILN_NOINLINE void k158_conv2d_bwd_data(float *restrict y, const float *r
 #if defined(__GNUC__) && !defined(KILN_PLAIN_C)
 #if defined(__AVX512F__)
 typedef float k159_conv2d_bwd_filter_v __attribute__((vector_size(64)));
-enum { k159_conv2d_bwd_filter_cb = 2, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_ow = 32, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32 };
+enum { k159_conv2d_bwd_filter_cb = 2, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 32, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -1650,7 +1742,7 @@ static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #elif defined(__AVX__)
 typedef float k159_conv2d_bwd_filter_v __attribute__((vector_size(32)));
-enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_ow = 16, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32 };
+enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 16, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -1687,7 +1779,7 @@ static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #else
 typedef float k159_conv2d_bwd_filter_v __attribute__((vector_size(16)));
-enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_ow = 8, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32 };
+enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 8, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -1724,7 +1816,7 @@ static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #endif
 #else
-enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_ow = 1, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32 };
+enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 1, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
 static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
   for (int64_t q = 0; q < 5; q++) {
     float s = 0;
@@ -1749,12 +1841,12 @@ static KILN_NOINLINE void k159_conv2d_bwd_filter(float *restrict y, const float 
       const int64_t n = n0 + t;
       unsigned char *ws = scratch + 25600 + t*61056;
       float *restrict xp = (float *)(void *)ws;
-      float *restrict dt = (float *)(void *)(ws + 10368);
-      float *restrict part = (float *)(void *)(ws + 35456);
       memset(xp, 0, k159_conv2d_bwd_filter_cpad * 324 * sizeof *xp);
       for (int64_t c = 0; c < 8; c++)
         for (int64_t r = 0; r < 14; r++)
           memcpy(xp + (c*18 + r + 2)*18 + 2, a + ((n*8 + c)*14 + r)*14, 14 * sizeof *xp);
+      float *restrict dt = (float *)(void *)(ws + 10368);
+      float *restrict part = (float *)(void *)(ws + 35456);
       for (int64_t s = 0; s < 196; s++) {
         for (int64_t o = 0; o < 32; o++)
           dt[s*k159_conv2d_bwd_filter_opad + o] = b[(n*32 + o)*196 + s];
@@ -2060,7 +2152,7 @@ static KILN_NOINLINE void k186_add(float *restrict y, const float *restrict x0, 
 #if defined(__GNUC__) && !defined(KILN_PLAIN_C)
 #if defined(__AVX512F__)
 typedef float k187_conv2d_bwd_filter_v __attribute__((vector_size(64)));
-enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 3, k187_conv2d_bwd_filter_ow = 16, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 16 };
+enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 3, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 16, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 16, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -2099,7 +2191,7 @@ static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #elif defined(__AVX__)
 typedef float k187_conv2d_bwd_filter_v __attribute__((vector_size(32)));
-enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 3, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8 };
+enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 3, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -2138,7 +2230,7 @@ static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #else
 typedef float k187_conv2d_bwd_filter_v __attribute__((vector_size(16)));
-enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8 };
+enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -2168,7 +2260,7 @@ static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #endif
 #else
-enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_ow = 1, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8 };
+enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 1, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
 static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
   for (int64_t q = 0; q < 3; q++) {
     float s = 0;
@@ -2193,12 +2285,12 @@ static KILN_NOINLINE void k187_conv2d_bwd_filter(float *restrict y, const float 
       const int64_t n = n0 + t;
       unsigned char *ws = scratch + 576 + t*54400;
       float *restrict xp = (float *)(void *)ws;
-      float *restrict dt = (float *)(void *)(ws + 3648);
-      float *restrict part = (float *)(void *)(ws + 53824);
       memset(xp, 0, k187_conv2d_bwd_filter_cpad * 900 * sizeof *xp);
       for (int64_t c = 0; c < 1; c++)
         for (int64_t r = 0; r < 28; r++)
           memcpy(xp + (c*30 + r + 1)*30 + 1, a + ((n*1 + c)*28 + r)*28, 28 * sizeof *xp);
+      float *restrict dt = (float *)(void *)(ws + 3648);
+      float *restrict part = (float *)(void *)(ws + 53824);
       for (int64_t s = 0; s < 784; s++) {
         for (int64_t o = 0; o < 8; o++)
           dt[s*k187_conv2d_bwd_filter_opad + o] = b[(n*8 + o)*784 + s];
