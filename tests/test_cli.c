@@ -502,17 +502,17 @@ START_TEST(threads_option) {
 END_TEST
 
 /* Convolutions whose sizes are multiples of no vector width or tile (20, 13 and 7 output
- * channels, a stride and a dilation, batch 5) pass `kiln check` with the generated code compiled
+ * channels, rows of 13, a stride and a dilation, batch 5) pass `kiln check` with the generated code compiled
  * for every vector width its micro-kernels pick (AVX-512 where the machine has it, AVX2, SSE),
  * for the plain C a compiler without GNU vector extensions gets, and by clang when installed. */
 START_TEST(every_vector_width_checks) {
   static const char model[] =
       "model convs\n"
-      "input image: f32[B, 3, 11, 9] from images\n"
+      "input image: f32[B, 3, 11, 13] from images\n"
       "input label: i32[B] from labels\n"
       "c1 = conv2d(image, out=20, kernel=3, pad=1)\n"
-      "c2 = conv2d(relu(c1), out=13, kernel=5, pad=2, stride=2)\n"
-      "c3 = conv2d(relu(c2), out=7, kernel=2, dilation=2)\n"
+      "c2 = conv2d(relu(c1), out=13, kernel=5, pad=2)\n"
+      "c3 = conv2d(relu(c2), out=7, kernel=2, dilation=2, stride=2)\n"
       "logits = linear(flatten(c3), out=4)\n"
       "loss = cross_entropy(logits, label)\n"
       "minimize loss\n"
@@ -535,6 +535,9 @@ START_TEST(every_vector_width_checks) {
   }
   snprintf(cmd, sizeof cmd, KILN " schedule '%s'", path);
   ck_assert_int_eq(run(cmd, &out, NULL), 0);
+  /* Each implicit kernel is among them. */
+  ck_assert_ptr_nonnull(strstr(out, "conv2d               convs.kiln:4             kernel conv=implicit"));
+  ck_assert_ptr_nonnull(strstr(out, "conv2d_bwd_data      convs.kiln:5             kernel conv=implicit"));
   ck_assert_ptr_nonnull(strstr(out, "conv2d_bwd_filter    convs.kiln:5             kernel conv=implicit"));
   free(out);
 }

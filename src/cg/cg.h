@@ -9,7 +9,7 @@
  *   cg_window.c  convolutions (direct, im2col + GEMM) and pools
  *   cg_fuse.c    fused elementwise trees (which nodes fuse is sched.c's decision)
  *   cg_gemm.c    the blocked GEMM routine matmuls and convolutions call
- *   cg_implicit.c  convolutions' forward and weight gradient as implicit GEMMs
+ *   cg_implicit.c  convolutions as implicit GEMMs (nothing unfolded)
  *
  * Every choice of how a node is computed comes from the schedule (plan->sched); the code
  * generator decides nothing of its own. The reference interpreter (src/ref/interp.c) is the
@@ -242,8 +242,9 @@ void cg_fma_pragma(Buf *o);
 
 /* ================================ cg_implicit.c ================================ */
 
-/* CONV2D or CONV2D_BWD_FILTER as an implicit GEMM vectorised along output channels (the
- * schedule's CONV_IMPLICIT); its micro-kernels go before the kernel (cg->pre). */
+/* A convolution as an implicit GEMM (the schedule's CONV_IMPLICIT): the forward and weight
+ * gradient vectorised along output channels, the input gradient along rows; its micro-kernels
+ * go before the kernel (cg->pre). */
 void cg_emit_conv_implicit(Cg *cg, const Node *n);
 
 #endif

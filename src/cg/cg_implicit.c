@@ -134,19 +134,49 @@ static void put_forward_taps(Buf *o, const Window *w, DType dt, const ImplicitBl
   buf_puts(o, "}\n");
 }
 
+/* The input gradient's micro-kernel for block b: out[c*Ho2 + r][0, lanes) (Wo2 apart) for the
+ * block's channels c and rows r, from dy's frame at the block's first row and column (xr) and
+ * wf at its first channel, over every flipped tap t (dy at xr + off[t]). */
+static void put_data_taps(Buf *o, const Window *w, DType dt, const ImplicitBlock *b, int64_t Wp) {
+  const char *T = ctype(dt);
+  put_head(o, dt, "wf", b->cb * b->pr);
+  buf_printf(o, "  for (int64_t t = 0; t < %" PRId64 "; t++) {\n", w->O * w->KH * w->KW);
+  buf_printf(o, "    const %s *restrict xs = xr + " CG_KERNEL_NAME "_off[t];\n", T);
+  buf_printf(o, "    const %s *restrict ws = wf + t*%" PRId64 ";\n", T, b->cpad);
+  for (int r = 0; r < b->pr; r++)
+    buf_printf(o, "    " CG_KERNEL_NAME "_v d%d; memcpy(&d%d, xs + %" PRId64 ", sizeof d%d);\n", r,
+               r, r * Wp, r);
+  for (int c = 0, acc = 0; c < b->cb; c++) {
+    buf_printf(o, "    { const %s s = ws[%d];", T, c);
+    for (int r = 0; r < b->pr; r++, acc++)
+      buf_printf(o, " a%d += s * d%d;", acc, r);
+    buf_puts(o, " }\n");
+  }
+  buf_puts(o, "  }\n");
+  for (int c = 0, acc = 0; c < b->cb; c++)
+    for (int r = 0; r < b->pr; r++, acc++)
+      buf_printf(o, "  memcpy(out + %" PRId64 ", &a%d, sizeof a%d);\n", (c * b->Ho2 + r) * b->Wo2,
+                 acc, acc);
+  buf_puts(o, "}\n");
+}
+
 /* The same contracts without vector extensions, one output channel a call: the weight
- * gradient's over one channel and row of taps, the forward's over one position. */
+ * gradient's over one channel and row of taps, the forward's over one position, the input
+ * gradient's over one element of dx. */
 static void put_plain_taps(Buf *o, const Window *w, Op op, DType dt, const ImplicitBlock *b,
                            int64_t Wp) {
   const char *T = ctype(dt);
-  if (op == OP_CONV2D) {
+  if (op != OP_CONV2D_BWD_FILTER) {
+    bool fwd = op == OP_CONV2D;
     buf_printf(o,
-               "static void " CG_KERNEL_NAME "_taps(const %s *restrict xr, const %s *restrict wt, "
+               "static void " CG_KERNEL_NAME "_taps(const %s *restrict xr, const %s *restrict %s, "
                "%s *restrict out) {\n",
-               T, T, T);
+               T, T, fwd ? "wt" : "wf", T);
     buf_printf(o, "  %s s = 0;\n", T);
-    buf_printf(o, "  for (int64_t t = 0; t < %" PRId64 "; t++)\n", w->C * w->KH * w->KW);
-    buf_printf(o, "    s += xr[" CG_KERNEL_NAME "_off[t]] * wt[t*%" PRId64 "];\n", b->opad);
+    buf_printf(o, "  for (int64_t t = 0; t < %" PRId64 "; t++)\n",
+               (fwd ? w->C : w->O) * w->KH * w->KW);
+    buf_printf(o, "    s += xr[" CG_KERNEL_NAME "_off[t]] * %s[t*%" PRId64 "];\n", fwd ? "wt" : "wf",
+               fwd ? b->opad : b->cpad);
     buf_puts(o, "  out[0] = s;\n}\n");
     return;
   }
@@ -172,10 +202,12 @@ static void put_taps(Cg *cg, const Window *w, Op op, DType dt, const ImplicitScr
   Buf *o = cg->pre;
   ImplicitBlock b;
   int64_t Hp = is->max.Hp, Wp = is->max.Wp;
-  if (op == OP_CONV2D) {
+  if (op != OP_CONV2D_BWD_FILTER) {
+    /* The forward's taps (c, p, q) over x's frame, the input gradient's (o, p', q') over dy's. */
+    int64_t chans = op == OP_CONV2D ? w->C : w->O;
     buf_printf(o, "static const int32_t " CG_KERNEL_NAME "_off[%" PRId64 "] = {",
-               w->C * w->KH * w->KW);
-    for (int64_t c = 0, t = 0; c < w->C; c++)
+               chans * w->KH * w->KW);
+    for (int64_t c = 0, t = 0; c < chans; c++)
       for (int64_t p = 0; p < w->KH; p++)
         for (int64_t q = 0; q < w->KW; q++, t++)
           buf_printf(o, "%s%s%" PRId64, t ? "," : "", t % 16 ? " " : "\n  ",
@@ -195,6 +227,8 @@ static void put_taps(Cg *cg, const Window *w, Op op, DType dt, const ImplicitScr
     put_block(o, &b);
     if (op == OP_CONV2D)
       put_forward_taps(o, w, dt, &b, Wp);
+    else if (op == OP_CONV2D_BWD_DATA)
+      put_data_taps(o, w, dt, &b, Wp);
     else
       put_filter_taps(o, w, dt, &b, Hp, Wp);
   }
@@ -348,6 +382,71 @@ static void emit_forward(Cg *cg, const Node *n, const Window *w, const ImplicitS
   }
 }
 
+/* The input gradient: the weights flipped and transposed into wf (shared), then per image (a
+ * task each) dy's frame, every block's micro-kernel into part, part's rows into dx's image. */
+static void emit_data(Cg *cg, const Node *n, const Window *w, const ImplicitScratch *is) {
+  int workers = cg->s->node[n->id].workers;
+  const char *T = ctype(n->dtype), *B = sz_c(cg, sz_dim(cg, w->N));
+  const ImplicitBlock *m = &is->max;
+  int64_t top = (w->KH - 1) * w->DH - w->PT, left = (w->KW - 1) * w->DW - w->PL;
+  int64_t i0 = top < 0 ? -top : 0, j0 = left < 0 ? -left : 0;
+  int64_t ncols = w->Wo - j0 < m->Wp - (j0 + left) ? w->Wo - j0 : m->Wp - (j0 + left);
+  cg_line(cg, "{");
+  cg_line(cg, "  %s *restrict wf = (%s *)(void *)scratch;", T, T);
+  cg_line(cg, "  for (int64_t o = 0; o < %" PRId64 "; o++)", w->O);
+  cg_line(cg, "    for (int64_t p = 0; p < %" PRId64 "; p++)", w->KH);
+  cg_line(cg, "      for (int64_t q = 0; q < %" PRId64 "; q++) {", w->KW);
+  cg_line(cg, "        %s *restrict d = wf + ((o*%" PRId64 " + p)*%" PRId64 " + q)*" CG_KERNEL_NAME
+              "_cpad;", T, w->KH, w->KW);
+  cg_line(cg, "        for (int64_t c = 0; c < " CG_KERNEL_NAME "_cpad; c++)");
+  cg_line(cg,
+          "          d[c] = c < %" PRId64 " ? b[((o*%" PRId64 " + c)*%" PRId64 " + %" PRId64
+          " - p)*%" PRId64 " + %" PRId64 " - q] : 0;",
+          w->C, w->C, w->KH, w->KH - 1, w->KW, w->KW - 1);
+  cg_line(cg, "      }");
+  cg_line(cg, "}");
+  if (workers > 1) {
+    cg_tasks_open(cg, "n");
+    cg_line(cg, "unsigned char *ws = scratch + %" PRId64 " + worker*%" PRId64 ";", is->shared_bytes,
+            is->slot_bytes);
+  } else {
+    cg_line(cg, "unsigned char *ws = scratch + %" PRId64 ";", is->shared_bytes);
+    cg_line(cg, "for (int64_t n = 0; n < %s; n++) {", B);
+    cg->indent++;
+  }
+  cg_line(cg, "const %s *restrict wf = (const %s *)(void *)scratch;", T, T);
+  cg_line(cg, "%s *restrict xp = (%s *)(void *)ws;", T, T);
+  cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->part_at);
+  cg_line(cg, "memset(xp, 0, %" PRId64 " * sizeof *xp);", w->O * m->Hp * m->Wp);
+  cg_line(cg, "for (int64_t o = 0; o < %" PRId64 "; o++)", w->O);
+  cg_line(cg, "  for (int64_t i = %" PRId64 "; i < %" PRId64 " && i + %" PRId64 " < %" PRId64 "; i++)",
+          i0, w->Ho, top, m->Hp);
+  cg_line(cg,
+          "    memcpy(xp + (o*%" PRId64 " + i + %" PRId64 ")*%" PRId64 " + %" PRId64
+          ", a + ((n*%" PRId64 " + o)*%" PRId64 " + i)*%" PRId64 " + %" PRId64 ", %" PRId64
+          " * sizeof *xp);",
+          m->Hp, top, m->Wp, j0 + left, w->O, w->Ho, w->Wo, j0, ncols);
+  cg_line(cg, "for (int64_t h0 = 0; h0 < " CG_KERNEL_NAME "_ho2; h0 += " CG_KERNEL_NAME "_pr)");
+  cg_line(cg, "  for (int64_t c0 = 0; c0 < " CG_KERNEL_NAME "_cpad; c0 += " CG_KERNEL_NAME "_cb)");
+  cg_line(cg, "    for (int64_t w0 = 0; w0 < " CG_KERNEL_NAME "_wo2; w0 += " CG_KERNEL_NAME "_ow)");
+  cg_line(cg,
+          "      " CG_KERNEL_NAME "_taps(xp + h0*%" PRId64 " + w0, wf + c0, part + (c0*"
+          CG_KERNEL_NAME "_ho2 + h0)*" CG_KERNEL_NAME "_wo2 + w0);",
+          m->Wp);
+  cg_line(cg, "for (int64_t c = 0; c < %" PRId64 "; c++)", w->C);
+  cg_line(cg, "  for (int64_t h = 0; h < %" PRId64 "; h++)", w->H);
+  cg_line(cg,
+          "    memcpy(y + ((n*%" PRId64 " + c)*%" PRId64 " + h)*%" PRId64 ", part + (c*"
+          CG_KERNEL_NAME "_ho2 + h)*" CG_KERNEL_NAME "_wo2, %" PRId64 " * sizeof *part);",
+          w->C, w->H, w->W, w->W);
+  if (workers > 1) {
+    cg_tasks_close(cg, B, NULL, 0);
+  } else {
+    cg->indent--;
+    cg_line(cg, "}");
+  }
+}
+
 void cg_emit_conv_implicit(Cg *cg, const Node *n) {
   Window w = win_of(cg->g, n);
   ImplicitScratch is;
@@ -356,6 +455,8 @@ void cg_emit_conv_implicit(Cg *cg, const Node *n) {
   cg_line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
   if (n->op == OP_CONV2D)
     emit_forward(cg, n, &w, &is);
+  else if (n->op == OP_CONV2D_BWD_DATA)
+    emit_data(cg, n, &w, &is);
   else
     emit_filter(cg, n, &w, &is);
 }

@@ -116,6 +116,10 @@ void cg_emit_conv2d(Cg *cg, const Node *n) {
  * scattered into the dx row it came from (dx zeroed first). Within one j loop the targets are
  * distinct, so it vectorises like the forward (a strided store when SW > 1). */
 void cg_emit_conv2d_bwd_data(Cg *cg, const Node *n) {
+  if (cg->s->node[n->id].conv == CONV_IMPLICIT) {
+    cg_emit_conv_implicit(cg, n);
+    return;
+  }
   if (conv_gemm(cg, n)) {
     cg_emit_conv_gemm(cg, n);
     return;

@@ -149,14 +149,24 @@ static bool is_conv(Op op) {
  * Per-op decisions.
  */
 
+/* Whether an implicit convolution's vectors are well filled: the forward's run along output
+ * channels, the input gradient's along rows of dx. With 8 (the MNIST CNN's conv1 forward) half
+ * of a 512-bit vector would idle, and the GEMM takes it. */
+static bool implicit_fills_vectors(const Graph *g, const Node *n) {
+  Window w = win_of(g, n);
+  int64_t es = (int64_t)dtype_size(n->dtype);
+  if (n->op == OP_CONV2D)
+    return w.O * es >= 64;
+  if (n->op == OP_CONV2D_BWD_DATA)
+    return w.W * es >= 48;
+  return true;
+}
+
 static ConvAlgo conv_algo(const Graph *g, const Node *n, ConvAlgo want) {
   if (!gemm_operands(g, n))
     return CONV_DIRECT;
-  /* The implicit forward fills vectors along the output channels: with 8 (the MNIST CNN's
-   * conv1) half of a 512-bit vector would idle, and the GEMM takes it. */
   if (want == CONV_IMPLICIT || want == CONV_AUTO)
-    if (sched_implicit_ok(g, n) &&
-        (want == CONV_IMPLICIT || n->op != OP_CONV2D || win_of(g, n).O >= 16))
+    if (sched_implicit_ok(g, n) && (want == CONV_IMPLICIT || implicit_fills_vectors(g, n)))
       return CONV_IMPLICIT;
   if (want != CONV_AUTO && want != CONV_IMPLICIT)
     return want;
@@ -203,9 +213,11 @@ const VectorWidth sched_vector_widths[3] = {
 };
 
 bool sched_implicit_ok(const Graph *g, const Node *n) {
-  if ((n->op != OP_CONV2D_BWD_FILTER && n->op != OP_CONV2D) || !gemm_operands(g, n))
+  if (!is_conv(n->op) || !gemm_operands(g, n))
     return false;
   Window w = win_of(g, n);
+  if (n->op == OP_CONV2D_BWD_DATA)
+    return w.G == 1 && w.SH == 1 && w.SW == 1;
   return w.G == 1 && w.KW <= 12;
 }
 
@@ -269,10 +281,51 @@ static void forward_block(const Window *w, int lanes, int acc, ImplicitBlock *b)
   b->pb = 1;
 }
 
+/* The input gradient's block: cb channels x pr rows of dx x one vector along a row, the best by
+ * (channels and rows computed that are kept) x (accumulators, up to 12) x (multiply-adds per
+ * load, up to 1: per tap the block broadcasts cb weights and loads pr vectors of dy, each
+ * usually split across two cache lines). Rows are
+ * padded to Ho2 = H2 (a multiple of pr), each to Wo2 = whole vectors; the frame around one
+ * channel of dy is shifted so that dx[h][w] reads dy at frame row h + p'*DH, column w + q'*DW
+ * for the flipped taps p' = KH-1-p, q' = KW-1-q. The MNIST CNN's conv2 (dx 8 x 14 x 14) gets 8
+ * channels x 2 rows x 16 columns with AVX-512. */
+static void data_block(const Window *w, int lanes, int acc, ImplicitBlock *b) {
+  double best = -1;
+  for (int cb = 1; cb <= acc && cb <= w->C; cb++)
+    for (int pr = 1; cb * pr <= acc && pr <= w->H; pr++) {
+      int64_t cpad = round_up(w->C, cb), h2 = round_up(w->H, pr);
+      double kept = (double)(w->C * w->H) / (double)(cpad * h2);
+      /* A row's vector starts anywhere in a cache line: count its load twice (a split). */
+      int fmas = cb * pr, loads = cb + 2 * pr;
+      double score = kept * (double)(fmas < 12 ? fmas : 12) / 12.0 *
+                     (fmas >= loads ? 1.0 : (double)fmas / (double)loads);
+      if (score > best + 1e-9) {
+        best = score;
+        b->cb = cb;
+        b->pr = pr;
+        b->Ho2 = h2;
+      }
+    }
+  b->pb = 1;
+  b->pc = 1;
+  b->ow = lanes;
+  b->Wo2 = round_up(w->W, lanes);
+  int64_t top = (w->KH - 1) * w->DH - w->PT, left = (w->KW - 1) * w->DW - w->PL;
+  int64_t hspan = b->Ho2 + (w->KH - 1) * w->DH, wspan = b->Wo2 + (w->KW - 1) * w->DW;
+  b->Hp = top + w->Ho > hspan ? top + w->Ho : hspan;
+  b->Wp = left + w->Wo > wspan ? left + w->Wo : wspan;
+}
+
 void sched_implicit_block(const Window *w, Op op, DType dt, const VectorWidth *v,
                           ImplicitBlock *b) {
   memset(b, 0, sizeof *b);
   b->lanes = v->vbytes / (int)dtype_size(dt);
+  if (op == OP_CONV2D_BWD_DATA) {
+    data_block(w, b->lanes, v->accumulators, b);
+    b->cpad = round_up(w->C, b->cb);
+    b->opad = w->O;
+    return;
+  }
   if (op == OP_CONV2D)
     forward_block(w, b->lanes, v->accumulators, b);
   else
@@ -292,9 +345,19 @@ void sched_implicit_scratch(const Window *w, Op op, DType dt, ImplicitScratch *s
     m->opad = b.opad > m->opad ? b.opad : m->opad;
     m->Ho2 = b.Ho2 > m->Ho2 ? b.Ho2 : m->Ho2;
     m->Wo2 = b.Wo2 > m->Wo2 ? b.Wo2 : m->Wo2;
+    m->Hp = b.Hp > m->Hp ? b.Hp : m->Hp;
+    m->Wp = b.Wp > m->Wp ? b.Wp : m->Wp;
+  }
+  int64_t es = (int64_t)dtype_size(dt), taps = w->C * w->KH * w->KW;
+  if (op == OP_CONV2D_BWD_DATA) {
+    /* Shared: the flipped weights wf[(o*KH + p')*KW + q'][c] (cpad wide); per image the frame
+     * of dy's O channels, then the dx rows computed (cpad x Ho2 rows of Wo2). */
+    s->shared_bytes = round_up(w->O * w->KH * w->KW * m->cpad * es, 64);
+    s->dt_at = s->part_at = round_up(w->O * m->Hp * m->Wp * es, 64);
+    s->slot_bytes = s->part_at + round_up(m->cpad * m->Ho2 * m->Wo2 * es, 64);
+    return;
   }
   implicit_frame(w, m);
-  int64_t es = (int64_t)dtype_size(dt), taps = w->C * w->KH * w->KW;
   s->shared_bytes = round_up(taps * m->opad * es, 64);
   s->dt_at = round_up(m->cpad * m->Hp * m->Wp * es, 64);
   if (op == OP_CONV2D) {

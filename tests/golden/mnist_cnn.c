@@ -1609,79 +1609,221 @@ static KILN_NOINLINE void k157_add(float *restrict y, const float *restrict x0, 
 }
 
 /* %158 = conv2d_bwd_data(%157, %44 conv2_weight) -> t158  f32 [B, 8, 14, 14]  mnist_cnn.kiln:13 */
+static const int32_t k158_conv2d_bwd_data_off[800] = {
+  0, 1, 2, 3, 4, 20, 21, 22, 23, 24, 40, 41, 42, 43, 44, 60,
+  61, 62, 63, 64, 80, 81, 82, 83, 84, 380, 381, 382, 383, 384, 400, 401,
+  402, 403, 404, 420, 421, 422, 423, 424, 440, 441, 442, 443, 444, 460, 461, 462,
+  463, 464, 760, 761, 762, 763, 764, 780, 781, 782, 783, 784, 800, 801, 802, 803,
+  804, 820, 821, 822, 823, 824, 840, 841, 842, 843, 844, 1140, 1141, 1142, 1143, 1144,
+  1160, 1161, 1162, 1163, 1164, 1180, 1181, 1182, 1183, 1184, 1200, 1201, 1202, 1203, 1204, 1220,
+  1221, 1222, 1223, 1224, 1520, 1521, 1522, 1523, 1524, 1540, 1541, 1542, 1543, 1544, 1560, 1561,
+  1562, 1563, 1564, 1580, 1581, 1582, 1583, 1584, 1600, 1601, 1602, 1603, 1604, 1900, 1901, 1902,
+  1903, 1904, 1920, 1921, 1922, 1923, 1924, 1940, 1941, 1942, 1943, 1944, 1960, 1961, 1962, 1963,
+  1964, 1980, 1981, 1982, 1983, 1984, 2280, 2281, 2282, 2283, 2284, 2300, 2301, 2302, 2303, 2304,
+  2320, 2321, 2322, 2323, 2324, 2340, 2341, 2342, 2343, 2344, 2360, 2361, 2362, 2363, 2364, 2660,
+  2661, 2662, 2663, 2664, 2680, 2681, 2682, 2683, 2684, 2700, 2701, 2702, 2703, 2704, 2720, 2721,
+  2722, 2723, 2724, 2740, 2741, 2742, 2743, 2744, 3040, 3041, 3042, 3043, 3044, 3060, 3061, 3062,
+  3063, 3064, 3080, 3081, 3082, 3083, 3084, 3100, 3101, 3102, 3103, 3104, 3120, 3121, 3122, 3123,
+  3124, 3420, 3421, 3422, 3423, 3424, 3440, 3441, 3442, 3443, 3444, 3460, 3461, 3462, 3463, 3464,
+  3480, 3481, 3482, 3483, 3484, 3500, 3501, 3502, 3503, 3504, 3800, 3801, 3802, 3803, 3804, 3820,
+  3821, 3822, 3823, 3824, 3840, 3841, 3842, 3843, 3844, 3860, 3861, 3862, 3863, 3864, 3880, 3881,
+  3882, 3883, 3884, 4180, 4181, 4182, 4183, 4184, 4200, 4201, 4202, 4203, 4204, 4220, 4221, 4222,
+  4223, 4224, 4240, 4241, 4242, 4243, 4244, 4260, 4261, 4262, 4263, 4264, 4560, 4561, 4562, 4563,
+  4564, 4580, 4581, 4582, 4583, 4584, 4600, 4601, 4602, 4603, 4604, 4620, 4621, 4622, 4623, 4624,
+  4640, 4641, 4642, 4643, 4644, 4940, 4941, 4942, 4943, 4944, 4960, 4961, 4962, 4963, 4964, 4980,
+  4981, 4982, 4983, 4984, 5000, 5001, 5002, 5003, 5004, 5020, 5021, 5022, 5023, 5024, 5320, 5321,
+  5322, 5323, 5324, 5340, 5341, 5342, 5343, 5344, 5360, 5361, 5362, 5363, 5364, 5380, 5381, 5382,
+  5383, 5384, 5400, 5401, 5402, 5403, 5404, 5700, 5701, 5702, 5703, 5704, 5720, 5721, 5722, 5723,
+  5724, 5740, 5741, 5742, 5743, 5744, 5760, 5761, 5762, 5763, 5764, 5780, 5781, 5782, 5783, 5784,
+  6080, 6081, 6082, 6083, 6084, 6100, 6101, 6102, 6103, 6104, 6120, 6121, 6122, 6123, 6124, 6140,
+  6141, 6142, 6143, 6144, 6160, 6161, 6162, 6163, 6164, 6460, 6461, 6462, 6463, 6464, 6480, 6481,
+  6482, 6483, 6484, 6500, 6501, 6502, 6503, 6504, 6520, 6521, 6522, 6523, 6524, 6540, 6541, 6542,
+  6543, 6544, 6840, 6841, 6842, 6843, 6844, 6860, 6861, 6862, 6863, 6864, 6880, 6881, 6882, 6883,
+  6884, 6900, 6901, 6902, 6903, 6904, 6920, 6921, 6922, 6923, 6924, 7220, 7221, 7222, 7223, 7224,
+  7240, 7241, 7242, 7243, 7244, 7260, 7261, 7262, 7263, 7264, 7280, 7281, 7282, 7283, 7284, 7300,
+  7301, 7302, 7303, 7304, 7600, 7601, 7602, 7603, 7604, 7620, 7621, 7622, 7623, 7624, 7640, 7641,
+  7642, 7643, 7644, 7660, 7661, 7662, 7663, 7664, 7680, 7681, 7682, 7683, 7684, 7980, 7981, 7982,
+  7983, 7984, 8000, 8001, 8002, 8003, 8004, 8020, 8021, 8022, 8023, 8024, 8040, 8041, 8042, 8043,
+  8044, 8060, 8061, 8062, 8063, 8064, 8360, 8361, 8362, 8363, 8364, 8380, 8381, 8382, 8383, 8384,
+  8400, 8401, 8402, 8403, 8404, 8420, 8421, 8422, 8423, 8424, 8440, 8441, 8442, 8443, 8444, 8740,
+  8741, 8742, 8743, 8744, 8760, 8761, 8762, 8763, 8764, 8780, 8781, 8782, 8783, 8784, 8800, 8801,
+  8802, 8803, 8804, 8820, 8821, 8822, 8823, 8824, 9120, 9121, 9122, 9123, 9124, 9140, 9141, 9142,
+  9143, 9144, 9160, 9161, 9162, 9163, 9164, 9180, 9181, 9182, 9183, 9184, 9200, 9201, 9202, 9203,
+  9204, 9500, 9501, 9502, 9503, 9504, 9520, 9521, 9522, 9523, 9524, 9540, 9541, 9542, 9543, 9544,
+  9560, 9561, 9562, 9563, 9564, 9580, 9581, 9582, 9583, 9584, 9880, 9881, 9882, 9883, 9884, 9900,
+  9901, 9902, 9903, 9904, 9920, 9921, 9922, 9923, 9924, 9940, 9941, 9942, 9943, 9944, 9960, 9961,
+  9962, 9963, 9964, 10260, 10261, 10262, 10263, 10264, 10280, 10281, 10282, 10283, 10284, 10300, 10301, 10302,
+  10303, 10304, 10320, 10321, 10322, 10323, 10324, 10340, 10341, 10342, 10343, 10344, 10640, 10641, 10642, 10643,
+  10644, 10660, 10661, 10662, 10663, 10664, 10680, 10681, 10682, 10683, 10684, 10700, 10701, 10702, 10703, 10704,
+  10720, 10721, 10722, 10723, 10724, 11020, 11021, 11022, 11023, 11024, 11040, 11041, 11042, 11043, 11044, 11060,
+  11061, 11062, 11063, 11064, 11080, 11081, 11082, 11083, 11084, 11100, 11101, 11102, 11103, 11104, 11400, 11401,
+  11402, 11403, 11404, 11420, 11421, 11422, 11423, 11424, 11440, 11441, 11442, 11443, 11444, 11460, 11461, 11462,
+  11463, 11464, 11480, 11481, 11482, 11483, 11484, 11780, 11781, 11782, 11783, 11784, 11800, 11801, 11802, 11803,
+  11804, 11820, 11821, 11822, 11823, 11824, 11840, 11841, 11842, 11843, 11844, 11860, 11861, 11862, 11863, 11864};
+#if defined(__GNUC__) && !defined(KILN_PLAIN_C)
+#if defined(__AVX512F__)
+typedef float k158_conv2d_bwd_data_v __attribute__((vector_size(64)));
+enum { k158_conv2d_bwd_data_cb = 8, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 2, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 16, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 14, k158_conv2d_bwd_data_wo2 = 16 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k158_conv2d_bwd_data_taps(const float *restrict xr, const float *restrict wf, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k158_conv2d_bwd_data_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0}, a9 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0}, a14 = {0}, a15 = {0};
+  for (int64_t t = 0; t < 800; t++) {
+    const float *restrict xs = xr + k158_conv2d_bwd_data_off[t];
+    const float *restrict ws = wf + t*8;
+    k158_conv2d_bwd_data_v d0; memcpy(&d0, xs + 0, sizeof d0);
+    k158_conv2d_bwd_data_v d1; memcpy(&d1, xs + 20, sizeof d1);
+    { const float s = ws[0]; a0 += s * d0; a1 += s * d1; }
+    { const float s = ws[1]; a2 += s * d0; a3 += s * d1; }
+    { const float s = ws[2]; a4 += s * d0; a5 += s * d1; }
+    { const float s = ws[3]; a6 += s * d0; a7 += s * d1; }
+    { const float s = ws[4]; a8 += s * d0; a9 += s * d1; }
+    { const float s = ws[5]; a10 += s * d0; a11 += s * d1; }
+    { const float s = ws[6]; a12 += s * d0; a13 += s * d1; }
+    { const float s = ws[7]; a14 += s * d0; a15 += s * d1; }
+  }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 16, &a1, sizeof a1);
+  memcpy(out + 224, &a2, sizeof a2);
+  memcpy(out + 240, &a3, sizeof a3);
+  memcpy(out + 448, &a4, sizeof a4);
+  memcpy(out + 464, &a5, sizeof a5);
+  memcpy(out + 672, &a6, sizeof a6);
+  memcpy(out + 688, &a7, sizeof a7);
+  memcpy(out + 896, &a8, sizeof a8);
+  memcpy(out + 912, &a9, sizeof a9);
+  memcpy(out + 1120, &a10, sizeof a10);
+  memcpy(out + 1136, &a11, sizeof a11);
+  memcpy(out + 1344, &a12, sizeof a12);
+  memcpy(out + 1360, &a13, sizeof a13);
+  memcpy(out + 1568, &a14, sizeof a14);
+  memcpy(out + 1584, &a15, sizeof a15);
+}
+#elif defined(__AVX__)
+typedef float k158_conv2d_bwd_data_v __attribute__((vector_size(32)));
+enum { k158_conv2d_bwd_data_cb = 4, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 3, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 8, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 15, k158_conv2d_bwd_data_wo2 = 16 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k158_conv2d_bwd_data_taps(const float *restrict xr, const float *restrict wf, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k158_conv2d_bwd_data_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0}, a9 = {0}, a10 = {0}, a11 = {0};
+  for (int64_t t = 0; t < 800; t++) {
+    const float *restrict xs = xr + k158_conv2d_bwd_data_off[t];
+    const float *restrict ws = wf + t*8;
+    k158_conv2d_bwd_data_v d0; memcpy(&d0, xs + 0, sizeof d0);
+    k158_conv2d_bwd_data_v d1; memcpy(&d1, xs + 20, sizeof d1);
+    k158_conv2d_bwd_data_v d2; memcpy(&d2, xs + 40, sizeof d2);
+    { const float s = ws[0]; a0 += s * d0; a1 += s * d1; a2 += s * d2; }
+    { const float s = ws[1]; a3 += s * d0; a4 += s * d1; a5 += s * d2; }
+    { const float s = ws[2]; a6 += s * d0; a7 += s * d1; a8 += s * d2; }
+    { const float s = ws[3]; a9 += s * d0; a10 += s * d1; a11 += s * d2; }
+  }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 16, &a1, sizeof a1);
+  memcpy(out + 32, &a2, sizeof a2);
+  memcpy(out + 240, &a3, sizeof a3);
+  memcpy(out + 256, &a4, sizeof a4);
+  memcpy(out + 272, &a5, sizeof a5);
+  memcpy(out + 480, &a6, sizeof a6);
+  memcpy(out + 496, &a7, sizeof a7);
+  memcpy(out + 512, &a8, sizeof a8);
+  memcpy(out + 720, &a9, sizeof a9);
+  memcpy(out + 736, &a10, sizeof a10);
+  memcpy(out + 752, &a11, sizeof a11);
+}
+#else
+typedef float k158_conv2d_bwd_data_v __attribute__((vector_size(16)));
+enum { k158_conv2d_bwd_data_cb = 4, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 3, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 4, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 15, k158_conv2d_bwd_data_wo2 = 16 };
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void k158_conv2d_bwd_data_taps(const float *restrict xr, const float *restrict wf, float *restrict out) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  k158_conv2d_bwd_data_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
+    a8 = {0}, a9 = {0}, a10 = {0}, a11 = {0};
+  for (int64_t t = 0; t < 800; t++) {
+    const float *restrict xs = xr + k158_conv2d_bwd_data_off[t];
+    const float *restrict ws = wf + t*8;
+    k158_conv2d_bwd_data_v d0; memcpy(&d0, xs + 0, sizeof d0);
+    k158_conv2d_bwd_data_v d1; memcpy(&d1, xs + 20, sizeof d1);
+    k158_conv2d_bwd_data_v d2; memcpy(&d2, xs + 40, sizeof d2);
+    { const float s = ws[0]; a0 += s * d0; a1 += s * d1; a2 += s * d2; }
+    { const float s = ws[1]; a3 += s * d0; a4 += s * d1; a5 += s * d2; }
+    { const float s = ws[2]; a6 += s * d0; a7 += s * d1; a8 += s * d2; }
+    { const float s = ws[3]; a9 += s * d0; a10 += s * d1; a11 += s * d2; }
+  }
+  memcpy(out + 0, &a0, sizeof a0);
+  memcpy(out + 16, &a1, sizeof a1);
+  memcpy(out + 32, &a2, sizeof a2);
+  memcpy(out + 240, &a3, sizeof a3);
+  memcpy(out + 256, &a4, sizeof a4);
+  memcpy(out + 272, &a5, sizeof a5);
+  memcpy(out + 480, &a6, sizeof a6);
+  memcpy(out + 496, &a7, sizeof a7);
+  memcpy(out + 512, &a8, sizeof a8);
+  memcpy(out + 720, &a9, sizeof a9);
+  memcpy(out + 736, &a10, sizeof a10);
+  memcpy(out + 752, &a11, sizeof a11);
+}
+#endif
+#else
+enum { k158_conv2d_bwd_data_cb = 1, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 1, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 1, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 14, k158_conv2d_bwd_data_wo2 = 14 };
+static void k158_conv2d_bwd_data_taps(const float *restrict xr, const float *restrict wf, float *restrict out) {
+  float s = 0;
+  for (int64_t t = 0; t < 800; t++)
+    s += xr[k158_conv2d_bwd_data_off[t]] * wf[t*8];
+  out[0] = s;
+}
+#endif
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k158_conv2d_bwd_data(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
-  unsigned char *ws = scratch;
-  float *restrict col = (float *)(void *)ws;
+  {
+    float *restrict wf = (float *)(void *)scratch;
+    for (int64_t o = 0; o < 32; o++)
+      for (int64_t p = 0; p < 5; p++)
+        for (int64_t q = 0; q < 5; q++) {
+          float *restrict d = wf + ((o*5 + p)*5 + q)*k158_conv2d_bwd_data_cpad;
+          for (int64_t c = 0; c < k158_conv2d_bwd_data_cpad; c++)
+            d[c] = c < 8 ? b[((o*8 + c)*5 + 4 - p)*5 + 4 - q] : 0;
+        }
+  }
+  unsigned char *ws = scratch + 25600;
   for (int64_t n = 0; n < B; n++) {
-    unsigned char *gws = ws + 156800;
-    for (int64_t g = 0; g < 1; g++)
-      kiln_sgemm(200, 196, 32, b + g*6400, 200, 1, a + n*6272 + g*6272, 196, 0, col + g*39200, 196, gws);
-    float *restrict xn = y + n*1568;
-    for (int64_t e = 0; e < 1568; e++)
-      xn[e] = 0;
+    const float *restrict wf = (const float *)(void *)scratch;
+    float *restrict xp = (float *)(void *)ws;
+    float *restrict part = (float *)(void *)(ws + 48640);
+    memset(xp, 0, 12160 * sizeof *xp);
+    for (int64_t o = 0; o < 32; o++)
+      for (int64_t i = 0; i < 14 && i + 2 < 19; i++)
+        memcpy(xp + (o*19 + i + 2)*20 + 2, a + ((n*32 + o)*14 + i)*14 + 0, 14 * sizeof *xp);
+    for (int64_t h0 = 0; h0 < k158_conv2d_bwd_data_ho2; h0 += k158_conv2d_bwd_data_pr)
+      for (int64_t c0 = 0; c0 < k158_conv2d_bwd_data_cpad; c0 += k158_conv2d_bwd_data_cb)
+        for (int64_t w0 = 0; w0 < k158_conv2d_bwd_data_wo2; w0 += k158_conv2d_bwd_data_ow)
+          k158_conv2d_bwd_data_taps(xp + h0*20 + w0, wf + c0, part + (c0*k158_conv2d_bwd_data_ho2 + h0)*k158_conv2d_bwd_data_wo2 + w0);
     for (int64_t c = 0; c < 8; c++)
-      for (int64_t p = 0; p < 5; p++) {
-        { /* q = 0 */
-          const float *restrict d = col + ((c*5 + p)*5 + 0)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            if (r < 0 || r >= 14)
-              continue;
-            const int64_t xo = (c*14 + r)*14 + (-2);
-            for (int64_t j = 2; j < 14; j++)
-              xn[xo + j] += d[i*14 + j];
-          }
-        }
-        { /* q = 1 */
-          const float *restrict d = col + ((c*5 + p)*5 + 1)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            if (r < 0 || r >= 14)
-              continue;
-            const int64_t xo = (c*14 + r)*14 + (-1);
-            for (int64_t j = 1; j < 14; j++)
-              xn[xo + j] += d[i*14 + j];
-          }
-        }
-        { /* q = 2 */
-          const float *restrict d = col + ((c*5 + p)*5 + 2)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            if (r < 0 || r >= 14)
-              continue;
-            const int64_t xo = (c*14 + r)*14 + (0);
-            for (int64_t j = 0; j < 14; j++)
-              xn[xo + j] += d[i*14 + j];
-          }
-        }
-        { /* q = 3 */
-          const float *restrict d = col + ((c*5 + p)*5 + 3)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            if (r < 0 || r >= 14)
-              continue;
-            const int64_t xo = (c*14 + r)*14 + (1);
-            for (int64_t j = 0; j < 13; j++)
-              xn[xo + j] += d[i*14 + j];
-          }
-        }
-        { /* q = 4 */
-          const float *restrict d = col + ((c*5 + p)*5 + 4)*196;
-          for (int64_t i = 0; i < 14; i++) {
-            const int64_t r = i*1 - 2 + p*1;
-            if (r < 0 || r >= 14)
-              continue;
-            const int64_t xo = (c*14 + r)*14 + (2);
-            for (int64_t j = 0; j < 12; j++)
-              xn[xo + j] += d[i*14 + j];
-          }
-        }
-      }
+      for (int64_t h = 0; h < 14; h++)
+        memcpy(y + ((n*8 + c)*14 + h)*14, part + (c*k158_conv2d_bwd_data_ho2 + h)*k158_conv2d_bwd_data_wo2, 14 * sizeof *part);
   }
 }
 
