@@ -871,8 +871,8 @@ static void one_and_three_threads(int64_t batch, int64_t step, uint64_t seed, in
   run_close(&three);
 }
 
-/* Pools (an image per task) and large elementwise loops (blocks of their outer loop, with
- * per-channel operands broadcast) on three threads: against the reference, and bit-identical to
+/* Pools (an image per task), large elementwise loops (blocks of their outer loop, with
+ * per-channel operands broadcast) and sums of them (blocks of runs) on three threads: against the reference, and bit-identical to
  * the serial program, at the full batch and a smaller one. */
 START_TEST(pools_and_loops_as_tasks_match_one_thread) {
   int x = input("x", DT_F32, S4(B_(1), C_(16), C_(30), C_(29)));
@@ -884,7 +884,12 @@ START_TEST(pools_and_loops_as_tasks_match_one_thread) {
                                    {16, 30, 29, 3, 3, 2, 2, 1, 1, {1, 1, 1, 1}}};
   pool_ops(h, &pools[0], "tile");
   pool_ops(h, &pools[1], "overlap");
-  one_and_three_threads(40, 23, 9, 13); /* the fused loop, 12 pools */
+  /* Sums computing their input's loop: per channel, as batch norm's (runs of whole images'
+   * channels, one task per block of images), and per image and channel. */
+  out("chan_sq", ir_node(g, OP_SUM_TO, 2, (int[]){ir_binary(g, OP_MUL, x, x, L0), sc}, NULL, L0));
+  out("plane_mean",
+      ir_reduce(g, OP_MEAN, ir_binary(g, OP_SUB, x, sh, L0), (1u << 2) | (1u << 3), true, L0));
+  one_and_three_threads(40, 23, 9, 15); /* the fused loop, 12 pools, 2 sums */
 }
 END_TEST
 

@@ -94,6 +94,7 @@ typedef struct Cg {
    * nest_task_count is then the open tasks' count, for cg_nest_close. */
   bool nest_tasks;
   const char *nest_task_count;
+  int64_t nest_task_scale;  /* elements per iteration of the nest's innermost loop (a sum's run) */
 } Cg;
 
 /* Elements per task of a parallel elementwise loop. */

@@ -177,7 +177,7 @@ int cg_nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops) {
   for (int k = 0; k < r; k++) {
     if (k == 0 && cg->nest_tasks && r > 0) {
       /* Tasks of `block` outer iterations, about NEST_TASK_ELEMENTS elements each. */
-      int64_t inner = 1;
+      int64_t inner = cg->nest_task_scale > 0 ? cg->nest_task_scale : 1;
       for (int j = 1; j < r; j++)
         inner *= d[j].p ? d[j].c * cg->plan->batch : d[j].c;
       int64_t block = NEST_TASK_ELEMENTS / (inner > 0 ? inner : 1);

@@ -417,9 +417,20 @@ static int64_t node_scratch(const Schedule *s, const Graph *g, const Node *n, co
   switch (n->op) {
   case OP_SUM:
   case OP_MEAN:
-  case OP_SUM_TO:
-    /* f32 sums accumulate in double. */
-    return n->dtype == DT_F32 ? shape_numel(&n->shape, s->symvals) * (int64_t)sizeof(double) : 0;
+  case OP_SUM_TO: {
+    /* f32 sums accumulate in double; as tasks, each run's sum is kept until they are added. */
+    if (n->dtype != DT_F32)
+      return 0;
+    int64_t bytes = shape_numel(&n->shape, s->symvals) * (int64_t)sizeof(double);
+    if (ns->workers > 1) {
+      const Shape *xs = &ir_at(g, n->in[0])->shape;
+      int64_t runs = 1;
+      for (int k = 0; k < sched_reduce_k0(g, n); k++)
+        runs *= dim_value(xs->d[k], s->symvals);
+      bytes += runs * (int64_t)sizeof(double);
+    }
+    return bytes;
+  }
   case OP_MATMUL: {
     if (!ns->gemm)
       return 0;
@@ -969,9 +980,12 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
     if (sched_is_tree(g, s, i)) {
       ns->vectorise = true;
       /* Elementwise loops over many elements run as tasks of whole blocks of their outer loop;
-       * a sum (computing its input's loop) keeps its one order of additions. */
+       * so do the runs of a sum computing its input's loop, over many elements, when it has
+       * more than one run (its additions stay in one order: cg_emit_reduce_tree). */
       bool sums = n->op == OP_SUM || n->op == OP_MEAN || n->op == OP_SUM_TO;
-      if (!sums && shape_numel(&n->shape, s->symvals) >= PARALLEL_ELEMENTS)
+      const Node *x = ir_at(g, n->in[0]);
+      if (sums ? sched_reduce_k0(g, n) > 0 && shape_numel(&x->shape, s->symvals) >= PARALLEL_ELEMENTS
+               : shape_numel(&n->shape, s->symvals) >= PARALLEL_ELEMENTS)
         ns->workers = s->opt.threads;
     }
     ns->scratch = node_scratch(s, g, n, ns);
