@@ -36,11 +36,12 @@
 /* The sizes of one width's block, as the enum the driver reads. */
 static void put_block(Buf *o, const ImplicitBlock *b) {
   buf_printf(o,
-             "enum { " CG_KERNEL_NAME "_cb = %d, " CG_KERNEL_NAME "_pb = %d, " CG_KERNEL_NAME
+             "enum { " CG_KERNEL_NAME "_rows = %d, " CG_KERNEL_NAME "_cb = %d, " CG_KERNEL_NAME
+             "_pb = %d, " CG_KERNEL_NAME
              "_pr = %d, " CG_KERNEL_NAME "_pc = %d, " CG_KERNEL_NAME "_ow = %" PRId64 ", "
              CG_KERNEL_NAME "_cpad = %" PRId64 ", " CG_KERNEL_NAME "_opad = %" PRId64 ", "
              CG_KERNEL_NAME "_ho2 = %" PRId64 ", " CG_KERNEL_NAME "_wo2 = %" PRId64 " };\n",
-             b->cb, b->pb, b->pr, b->pc, b->ow, b->cpad, b->opad, b->Ho2, b->Wo2);
+             b->rows, b->cb, b->pb, b->pr, b->pc, b->ow, b->cpad, b->opad, b->Ho2, b->Wo2);
 }
 
 /* The micro-kernel's head: its signature (after the FMA attribute) and nacc zeroed vector
@@ -68,8 +69,15 @@ static void put_loads(Buf *o, const char *indent, int ov, int lanes, const char 
 /* The weight gradient's micro-kernel for block b: out[(c*KH + p)*KW + q][o] (opad apart) for
  * the block's c, p, q, o, from the frame (Hp x Wp) at its first channel and row (xr) and dt at
  * its first output channel. Unrolled over the block only, never over the positions. */
+static void put_filter_rows_taps(Buf *o, const Window *w, DType dt, const ImplicitBlock *b,
+                                 int64_t Wp);
+
 static void put_filter_taps(Buf *o, const Window *w, DType dt, const ImplicitBlock *b, int64_t Hp,
                             int64_t Wp) {
+  if (b->rows) {
+    put_filter_rows_taps(o, w, dt, b, Wp);
+    return;
+  }
   const char *T = ctype(dt);
   int ov = (int)(b->ow / b->lanes);
   put_head(o, dt, "dt", b->cb * b->pb * (int)w->KW * ov);
@@ -101,6 +109,38 @@ static void put_filter_taps(Buf *o, const Window *w, DType dt, const ImplicitBlo
         for (int k = 0; k < ov; k++, acc++)
           buf_printf(o, "  memcpy(out + %" PRId64 ", &a%d, sizeof a%d);\n",
                      ((c * w->KH + p) * w->KW + q) * b->opad + k * b->lanes, acc, acc);
+  buf_puts(o, "}\n");
+}
+
+/* The weight gradient's micro-kernel along rows: out[q][o] (opad apart) for kernel columns q
+ * and the block's ow output channels, from the frame at its channel and row (xr) and dy's frame
+ * (Ho rows of Wo2, zero past Wo) at its first output channel: a vector of each over every
+ * chunk of every row, each accumulator summed across its lanes in order at the end. */
+static void put_filter_rows_taps(Buf *o, const Window *w, DType dt, const ImplicitBlock *b,
+                                 int64_t Wp) {
+  const char *T = ctype(dt);
+  int ob = (int)b->ow, kw = (int)w->KW;
+  put_head(o, dt, "dt", ob * kw);
+  buf_printf(o, "  for (int64_t i = 0; i < %" PRId64 "; i++)\n", w->Ho);
+  buf_printf(o, "    for (int64_t j = 0; j < %" PRId64 "; j += %d) {\n", b->Wo2, b->lanes);
+  buf_printf(o, "      const %s *restrict xs = xr + i*%" PRId64 " + j;\n", T, w->SH * Wp);
+  buf_printf(o, "      const %s *restrict ds = dt + i*%" PRId64 " + j;\n", T, b->Wo2);
+  for (int q = 0; q < kw; q++)
+    buf_printf(o, "      " CG_KERNEL_NAME "_v x%d; memcpy(&x%d, xs + %" PRId64 ", sizeof x%d);\n", q,
+               q, q * w->DW, q);
+  for (int c = 0; c < ob; c++) {
+    buf_printf(o, "      { " CG_KERNEL_NAME "_v d; memcpy(&d, ds + %" PRId64 ", sizeof d);",
+               c * w->Ho * b->Wo2);
+    for (int q = 0; q < kw; q++)
+      buf_printf(o, " a%d += d * x%d;", c * kw + q, q);
+    buf_puts(o, " }\n");
+  }
+  buf_puts(o, "    }\n");
+  for (int c = 0; c < ob; c++)
+    for (int q = 0; q < kw; q++) {
+      buf_printf(o, "  { %s s = 0; for (int l = 0; l < %d; l++) s += a%d[l]; out[%" PRId64 "] = s; }\n",
+                 T, b->lanes, c * kw + q, q * b->opad + c);
+    }
   buf_puts(o, "}\n");
 }
 
@@ -253,8 +293,8 @@ static void put_frame(Cg *cg, const Window *w, const ImplicitBlock *m) {
           m->Hp, w->PT, m->Wp, w->PL, w->C, w->H, w->W, w->W);
 }
 
-/* The weight gradient of image n: frame, transposed dy (input 1, `b`), every block's
- * micro-kernel into part. */
+/* The weight gradient of image n: frame, dy (input 1, `b`) transposed or, along rows, framed,
+ * every block's micro-kernel into part. */
 static void put_filter_image(Cg *cg, const Window *w, const ImplicitScratch *is) {
   const char *T = ctype(cg->knode->dtype);
   const ImplicitBlock *m = &is->max;
@@ -262,20 +302,31 @@ static void put_filter_image(Cg *cg, const Window *w, const ImplicitScratch *is)
   put_frame(cg, w, m);
   cg_line(cg, "%s *restrict dt = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->dt_at);
   cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, is->part_at);
-  cg_line(cg, "for (int64_t s = 0; s < %" PRId64 "; s++) {", HW);
+  cg_line(cg, "if (" CG_KERNEL_NAME "_rows) {");
+  cg_line(cg, "  memset(dt, 0, " CG_KERNEL_NAME "_opad * %" PRId64 " * " CG_KERNEL_NAME
+              "_wo2 * sizeof *dt);", w->Ho);
   cg_line(cg, "  for (int64_t o = 0; o < %" PRId64 "; o++)", w->O);
-  cg_line(cg, "    dt[s*" CG_KERNEL_NAME "_opad + o] = b[(n*%" PRId64 " + o)*%" PRId64 " + s];", w->O,
-          HW);
-  cg_line(cg, "  for (int64_t o = %" PRId64 "; o < " CG_KERNEL_NAME "_opad; o++)", w->O);
-  cg_line(cg, "    dt[s*" CG_KERNEL_NAME "_opad + o] = 0;");
+  cg_line(cg, "    for (int64_t i = 0; i < %" PRId64 "; i++)", w->Ho);
+  cg_line(cg, "      memcpy(dt + (o*%" PRId64 " + i)*" CG_KERNEL_NAME "_wo2, b + ((n*%" PRId64
+              " + o)*%" PRId64 " + i)*%" PRId64 ", %" PRId64 " * sizeof *dt);",
+          w->Ho, w->O, w->Ho, w->Wo, w->Wo);
+  cg_line(cg, "} else {");
+  cg_line(cg, "  for (int64_t s = 0; s < %" PRId64 "; s++) {", HW);
+  cg_line(cg, "    for (int64_t o = 0; o < %" PRId64 "; o++)", w->O);
+  cg_line(cg, "      dt[s*" CG_KERNEL_NAME "_opad + o] = b[(n*%" PRId64 " + o)*%" PRId64 " + s];",
+          w->O, HW);
+  cg_line(cg, "    for (int64_t o = %" PRId64 "; o < " CG_KERNEL_NAME "_opad; o++)", w->O);
+  cg_line(cg, "      dt[s*" CG_KERNEL_NAME "_opad + o] = 0;");
+  cg_line(cg, "  }");
   cg_line(cg, "}");
   cg_line(cg, "for (int64_t c0 = 0; c0 < " CG_KERNEL_NAME "_cpad; c0 += " CG_KERNEL_NAME "_cb)");
   cg_line(cg, "  for (int64_t p0 = 0; p0 < %" PRId64 "; p0 += " CG_KERNEL_NAME "_pb)", w->KH);
   cg_line(cg, "    for (int64_t o0 = 0; o0 < " CG_KERNEL_NAME "_opad; o0 += " CG_KERNEL_NAME "_ow)");
   cg_line(cg,
           "      " CG_KERNEL_NAME "_taps(xp + (c0*%" PRId64 " + p0*%" PRId64 ")*%" PRId64
-          ", dt + o0, part + (c0*%" PRId64 " + p0*%" PRId64 ")*" CG_KERNEL_NAME "_opad + o0);",
-          m->Hp, w->DH, m->Wp, K, w->KW);
+          ", dt + o0*(" CG_KERNEL_NAME "_rows ? %" PRId64 "*" CG_KERNEL_NAME "_wo2 : 1)"
+          ", part + (c0*%" PRId64 " + p0*%" PRId64 ")*" CG_KERNEL_NAME "_opad + o0);",
+          m->Hp, w->DH, m->Wp, w->Ho, K, w->KW);
 }
 
 /* Opens the loop over the images: with workers, tasks in waves of `workers` images (task t of

@@ -232,8 +232,19 @@ static void implicit_frame(const Window *w, ImplicitBlock *b) {
 /* The weight gradient's block: output channels as wide as the vectors allow (at most 4
  * vectors), then kernel rows (a divisor of KH) and input channels until the accumulators are
  * used. The MNIST CNN's conv2 (8 -> 32, 5x5) gets 2 channels x 5 columns x 2 vectors of 16 with
- * AVX-512, its conv1 (1 -> 8, 3x3) all 9 taps x 1 vector. */
+ * AVX-512; its conv1 (1 -> 8, 3x3), 8 output channels x 3 columns along rows. */
 static void filter_block(const Window *w, int lanes, int acc, ImplicitBlock *b) {
+  if (lanes > 1 && w->SW == 1 && w->O < lanes) {
+    /* Fewer output channels than lanes (conv1's 8 of 16): vectors along rows of dy instead,
+     * ob output channels x KW kernel columns a call. */
+    int64_t ob = acc / w->KW;
+    b->rows = true;
+    b->cb = b->pb = 1;
+    b->ow = ob < w->O ? ob : w->O;
+    b->Ho2 = w->Ho;
+    b->Wo2 = round_up(w->Wo, lanes);
+    return;
+  }
   int64_t ov = (w->O + lanes - 1) / lanes;
   if (ov > 4)
     ov = 4;
@@ -364,7 +375,8 @@ void sched_implicit_scratch(const Window *w, Op op, DType dt, ImplicitScratch *s
     s->part_at = s->dt_at;
     s->slot_bytes = s->part_at + round_up(m->Ho2 * m->Wo2 * m->opad * es, 64);
   } else {
-    s->part_at = s->dt_at + round_up(w->Ho * w->Wo * m->opad * es, 64);
+    /* dt: dy transposed (HW x opad), or along rows its frame (opad x Ho x Wo2). */
+    s->part_at = s->dt_at + round_up(w->Ho * m->Wo2 * m->opad * es, 64);
     s->slot_bytes = s->part_at + round_up(m->cpad * w->KH * w->KW * m->opad * es, 64);
   }
 }

@@ -135,6 +135,9 @@ int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n);
  * Hp x Wp is the zero frame around one channel of the input that every tap reads without a
  * bounds test. */
 typedef struct ImplicitBlock {
+  bool rows;  /* weight gradient: vectors along rows of dy (padded to Wo2), ow output channels a
+                 call, each accumulator summed across its lanes at the end; chosen when the
+                 output channels would leave a vector part empty */
   int lanes, cb, pb, pr, pc;
   int64_t ow, cpad, opad, Ho2, Wo2, Hp, Wp;
 } ImplicitBlock;

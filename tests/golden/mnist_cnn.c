@@ -762,7 +762,7 @@ static const int32_t k45_conv2d_off[200] = {
 #if defined(__GNUC__) && !defined(KILN_PLAIN_C)
 #if defined(__AVX512F__)
 typedef float k45_conv2d_v __attribute__((vector_size(64)));
-enum { k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 1, k45_conv2d_pc = 7, k45_conv2d_ow = 32, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 14 };
+enum { k45_conv2d_rows = 0, k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 1, k45_conv2d_pc = 7, k45_conv2d_ow = 32, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 14 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -804,7 +804,7 @@ static void k45_conv2d_taps(const float *restrict xr, const float *restrict wt, 
 }
 #elif defined(__AVX__)
 typedef float k45_conv2d_v __attribute__((vector_size(32)));
-enum { k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 2, k45_conv2d_pc = 3, k45_conv2d_ow = 16, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 15 };
+enum { k45_conv2d_rows = 0, k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 2, k45_conv2d_pc = 3, k45_conv2d_ow = 16, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 15 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -843,7 +843,7 @@ static void k45_conv2d_taps(const float *restrict xr, const float *restrict wt, 
 }
 #else
 typedef float k45_conv2d_v __attribute__((vector_size(16)));
-enum { k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 2, k45_conv2d_pc = 3, k45_conv2d_ow = 8, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 15 };
+enum { k45_conv2d_rows = 0, k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 2, k45_conv2d_pc = 3, k45_conv2d_ow = 8, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 15 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -882,7 +882,7 @@ static void k45_conv2d_taps(const float *restrict xr, const float *restrict wt, 
 }
 #endif
 #else
-enum { k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 1, k45_conv2d_pc = 1, k45_conv2d_ow = 1, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 14 };
+enum { k45_conv2d_rows = 0, k45_conv2d_cb = 1, k45_conv2d_pb = 1, k45_conv2d_pr = 1, k45_conv2d_pc = 1, k45_conv2d_ow = 1, k45_conv2d_cpad = 8, k45_conv2d_opad = 32, k45_conv2d_ho2 = 14, k45_conv2d_wo2 = 14 };
 static void k45_conv2d_taps(const float *restrict xr, const float *restrict wt, float *restrict out) {
   float s = 0;
   for (int64_t t = 0; t < 200; t++)
@@ -1663,7 +1663,7 @@ static const int32_t k158_conv2d_bwd_data_off[800] = {
 #if defined(__GNUC__) && !defined(KILN_PLAIN_C)
 #if defined(__AVX512F__)
 typedef float k158_conv2d_bwd_data_v __attribute__((vector_size(64)));
-enum { k158_conv2d_bwd_data_cb = 8, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 2, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 16, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 14, k158_conv2d_bwd_data_wo2 = 16 };
+enum { k158_conv2d_bwd_data_rows = 0, k158_conv2d_bwd_data_cb = 8, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 2, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 16, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 14, k158_conv2d_bwd_data_wo2 = 16 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -1708,7 +1708,7 @@ static void k158_conv2d_bwd_data_taps(const float *restrict xr, const float *res
 }
 #elif defined(__AVX__)
 typedef float k158_conv2d_bwd_data_v __attribute__((vector_size(32)));
-enum { k158_conv2d_bwd_data_cb = 4, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 3, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 8, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 15, k158_conv2d_bwd_data_wo2 = 16 };
+enum { k158_conv2d_bwd_data_rows = 0, k158_conv2d_bwd_data_cb = 4, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 3, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 8, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 15, k158_conv2d_bwd_data_wo2 = 16 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -1746,7 +1746,7 @@ static void k158_conv2d_bwd_data_taps(const float *restrict xr, const float *res
 }
 #else
 typedef float k158_conv2d_bwd_data_v __attribute__((vector_size(16)));
-enum { k158_conv2d_bwd_data_cb = 4, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 3, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 4, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 15, k158_conv2d_bwd_data_wo2 = 16 };
+enum { k158_conv2d_bwd_data_rows = 0, k158_conv2d_bwd_data_cb = 4, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 3, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 4, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 15, k158_conv2d_bwd_data_wo2 = 16 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -1784,7 +1784,7 @@ static void k158_conv2d_bwd_data_taps(const float *restrict xr, const float *res
 }
 #endif
 #else
-enum { k158_conv2d_bwd_data_cb = 1, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 1, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 1, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 14, k158_conv2d_bwd_data_wo2 = 14 };
+enum { k158_conv2d_bwd_data_rows = 0, k158_conv2d_bwd_data_cb = 1, k158_conv2d_bwd_data_pb = 1, k158_conv2d_bwd_data_pr = 1, k158_conv2d_bwd_data_pc = 1, k158_conv2d_bwd_data_ow = 1, k158_conv2d_bwd_data_cpad = 8, k158_conv2d_bwd_data_opad = 32, k158_conv2d_bwd_data_ho2 = 14, k158_conv2d_bwd_data_wo2 = 14 };
 static void k158_conv2d_bwd_data_taps(const float *restrict xr, const float *restrict wf, float *restrict out) {
   float s = 0;
   for (int64_t t = 0; t < 800; t++)
@@ -1831,7 +1831,7 @@ static KILN_NOINLINE void k158_conv2d_bwd_data(float *restrict y, const float *r
 #if defined(__GNUC__) && !defined(KILN_PLAIN_C)
 #if defined(__AVX512F__)
 typedef float k159_conv2d_bwd_filter_v __attribute__((vector_size(64)));
-enum { k159_conv2d_bwd_filter_cb = 2, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 32, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
+enum { k159_conv2d_bwd_filter_rows = 0, k159_conv2d_bwd_filter_cb = 2, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 32, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -1884,7 +1884,7 @@ static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #elif defined(__AVX__)
 typedef float k159_conv2d_bwd_filter_v __attribute__((vector_size(32)));
-enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 16, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
+enum { k159_conv2d_bwd_filter_rows = 0, k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 16, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -1921,7 +1921,7 @@ static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #else
 typedef float k159_conv2d_bwd_filter_v __attribute__((vector_size(16)));
-enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 8, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
+enum { k159_conv2d_bwd_filter_rows = 0, k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 8, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -1958,7 +1958,7 @@ static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #endif
 #else
-enum { k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 1, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
+enum { k159_conv2d_bwd_filter_rows = 0, k159_conv2d_bwd_filter_cb = 1, k159_conv2d_bwd_filter_pb = 1, k159_conv2d_bwd_filter_pr = 0, k159_conv2d_bwd_filter_pc = 0, k159_conv2d_bwd_filter_ow = 1, k159_conv2d_bwd_filter_cpad = 8, k159_conv2d_bwd_filter_opad = 32, k159_conv2d_bwd_filter_ho2 = 14, k159_conv2d_bwd_filter_wo2 = 14 };
 static void k159_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
   for (int64_t q = 0; q < 5; q++) {
     float s = 0;
@@ -1989,16 +1989,23 @@ static KILN_NOINLINE void k159_conv2d_bwd_filter(float *restrict y, const float 
           memcpy(xp + (c*18 + r + 2)*18 + 2, a + ((n*8 + c)*14 + r)*14, 14 * sizeof *xp);
       float *restrict dt = (float *)(void *)(ws + 10368);
       float *restrict part = (float *)(void *)(ws + 35456);
-      for (int64_t s = 0; s < 196; s++) {
+      if (k159_conv2d_bwd_filter_rows) {
+        memset(dt, 0, k159_conv2d_bwd_filter_opad * 14 * k159_conv2d_bwd_filter_wo2 * sizeof *dt);
         for (int64_t o = 0; o < 32; o++)
-          dt[s*k159_conv2d_bwd_filter_opad + o] = b[(n*32 + o)*196 + s];
-        for (int64_t o = 32; o < k159_conv2d_bwd_filter_opad; o++)
-          dt[s*k159_conv2d_bwd_filter_opad + o] = 0;
+          for (int64_t i = 0; i < 14; i++)
+            memcpy(dt + (o*14 + i)*k159_conv2d_bwd_filter_wo2, b + ((n*32 + o)*14 + i)*14, 14 * sizeof *dt);
+      } else {
+        for (int64_t s = 0; s < 196; s++) {
+          for (int64_t o = 0; o < 32; o++)
+            dt[s*k159_conv2d_bwd_filter_opad + o] = b[(n*32 + o)*196 + s];
+          for (int64_t o = 32; o < k159_conv2d_bwd_filter_opad; o++)
+            dt[s*k159_conv2d_bwd_filter_opad + o] = 0;
+        }
       }
       for (int64_t c0 = 0; c0 < k159_conv2d_bwd_filter_cpad; c0 += k159_conv2d_bwd_filter_cb)
         for (int64_t p0 = 0; p0 < 5; p0 += k159_conv2d_bwd_filter_pb)
           for (int64_t o0 = 0; o0 < k159_conv2d_bwd_filter_opad; o0 += k159_conv2d_bwd_filter_ow)
-            k159_conv2d_bwd_filter_taps(xp + (c0*18 + p0*1)*18, dt + o0, part + (c0*25 + p0*5)*k159_conv2d_bwd_filter_opad + o0);
+            k159_conv2d_bwd_filter_taps(xp + (c0*18 + p0*1)*18, dt + o0*(k159_conv2d_bwd_filter_rows ? 14*k159_conv2d_bwd_filter_wo2 : 1), part + (c0*25 + p0*5)*k159_conv2d_bwd_filter_opad + o0);
     }
     for (int64_t t = 0; t < 1 && n0 + t < B; t++) {
       const float *restrict part = (const float *)(void *)(scratch + 25600 + t*61056 + 35456);
@@ -2294,7 +2301,7 @@ static KILN_NOINLINE void k186_add(float *restrict y, const float *restrict x0, 
 #if defined(__GNUC__) && !defined(KILN_PLAIN_C)
 #if defined(__AVX512F__)
 typedef float k187_conv2d_bwd_filter_v __attribute__((vector_size(64)));
-enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 3, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 16, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 16, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
+enum { k187_conv2d_bwd_filter_rows = 1, k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 32 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -2305,35 +2312,52 @@ static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 #pragma clang fp contract(fast)
 #endif
   k187_conv2d_bwd_filter_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0}, a6 = {0}, a7 = {0},
-    a8 = {0};
-  for (int64_t j = 0; j < 28; j++)
-    for (int64_t i = 0; i < 28; i++) {
-      const float *restrict xs = xr + i*30 + j*1;
-      const float *restrict ds = dt + (i*28 + j)*16;
-      k187_conv2d_bwd_filter_v d0; memcpy(&d0, ds + 0, sizeof d0);
-      { const float s = xs[0]; a0 += s * d0; }
-      { const float s = xs[1]; a1 += s * d0; }
-      { const float s = xs[2]; a2 += s * d0; }
-      { const float s = xs[30]; a3 += s * d0; }
-      { const float s = xs[31]; a4 += s * d0; }
-      { const float s = xs[32]; a5 += s * d0; }
-      { const float s = xs[60]; a6 += s * d0; }
-      { const float s = xs[61]; a7 += s * d0; }
-      { const float s = xs[62]; a8 += s * d0; }
+    a8 = {0}, a9 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a13 = {0}, a14 = {0}, a15 = {0},
+    a16 = {0}, a17 = {0}, a18 = {0}, a19 = {0}, a20 = {0}, a21 = {0}, a22 = {0}, a23 = {0};
+  for (int64_t i = 0; i < 28; i++)
+    for (int64_t j = 0; j < 32; j += 16) {
+      const float *restrict xs = xr + i*34 + j;
+      const float *restrict ds = dt + i*32 + j;
+      k187_conv2d_bwd_filter_v x0; memcpy(&x0, xs + 0, sizeof x0);
+      k187_conv2d_bwd_filter_v x1; memcpy(&x1, xs + 1, sizeof x1);
+      k187_conv2d_bwd_filter_v x2; memcpy(&x2, xs + 2, sizeof x2);
+      { k187_conv2d_bwd_filter_v d; memcpy(&d, ds + 0, sizeof d); a0 += d * x0; a1 += d * x1; a2 += d * x2; }
+      { k187_conv2d_bwd_filter_v d; memcpy(&d, ds + 896, sizeof d); a3 += d * x0; a4 += d * x1; a5 += d * x2; }
+      { k187_conv2d_bwd_filter_v d; memcpy(&d, ds + 1792, sizeof d); a6 += d * x0; a7 += d * x1; a8 += d * x2; }
+      { k187_conv2d_bwd_filter_v d; memcpy(&d, ds + 2688, sizeof d); a9 += d * x0; a10 += d * x1; a11 += d * x2; }
+      { k187_conv2d_bwd_filter_v d; memcpy(&d, ds + 3584, sizeof d); a12 += d * x0; a13 += d * x1; a14 += d * x2; }
+      { k187_conv2d_bwd_filter_v d; memcpy(&d, ds + 4480, sizeof d); a15 += d * x0; a16 += d * x1; a17 += d * x2; }
+      { k187_conv2d_bwd_filter_v d; memcpy(&d, ds + 5376, sizeof d); a18 += d * x0; a19 += d * x1; a20 += d * x2; }
+      { k187_conv2d_bwd_filter_v d; memcpy(&d, ds + 6272, sizeof d); a21 += d * x0; a22 += d * x1; a23 += d * x2; }
     }
-  memcpy(out + 0, &a0, sizeof a0);
-  memcpy(out + 16, &a1, sizeof a1);
-  memcpy(out + 32, &a2, sizeof a2);
-  memcpy(out + 48, &a3, sizeof a3);
-  memcpy(out + 64, &a4, sizeof a4);
-  memcpy(out + 80, &a5, sizeof a5);
-  memcpy(out + 96, &a6, sizeof a6);
-  memcpy(out + 112, &a7, sizeof a7);
-  memcpy(out + 128, &a8, sizeof a8);
+  { float s = 0; for (int l = 0; l < 16; l++) s += a0[l]; out[0] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a1[l]; out[8] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a2[l]; out[16] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a3[l]; out[1] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a4[l]; out[9] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a5[l]; out[17] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a6[l]; out[2] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a7[l]; out[10] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a8[l]; out[18] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a9[l]; out[3] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a10[l]; out[11] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a11[l]; out[19] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a12[l]; out[4] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a13[l]; out[12] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a14[l]; out[20] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a15[l]; out[5] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a16[l]; out[13] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a17[l]; out[21] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a18[l]; out[6] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a19[l]; out[14] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a20[l]; out[22] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a21[l]; out[7] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a22[l]; out[15] = s; }
+  { float s = 0; for (int l = 0; l < 16; l++) s += a23[l]; out[23] = s; }
 }
 #elif defined(__AVX__)
 typedef float k187_conv2d_bwd_filter_v __attribute__((vector_size(32)));
-enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 3, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
+enum { k187_conv2d_bwd_filter_rows = 0, k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 3, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -2347,18 +2371,18 @@ static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
     a8 = {0};
   for (int64_t j = 0; j < 28; j++)
     for (int64_t i = 0; i < 28; i++) {
-      const float *restrict xs = xr + i*30 + j*1;
+      const float *restrict xs = xr + i*34 + j*1;
       const float *restrict ds = dt + (i*28 + j)*8;
       k187_conv2d_bwd_filter_v d0; memcpy(&d0, ds + 0, sizeof d0);
       { const float s = xs[0]; a0 += s * d0; }
       { const float s = xs[1]; a1 += s * d0; }
       { const float s = xs[2]; a2 += s * d0; }
-      { const float s = xs[30]; a3 += s * d0; }
-      { const float s = xs[31]; a4 += s * d0; }
-      { const float s = xs[32]; a5 += s * d0; }
-      { const float s = xs[60]; a6 += s * d0; }
-      { const float s = xs[61]; a7 += s * d0; }
-      { const float s = xs[62]; a8 += s * d0; }
+      { const float s = xs[34]; a3 += s * d0; }
+      { const float s = xs[35]; a4 += s * d0; }
+      { const float s = xs[36]; a5 += s * d0; }
+      { const float s = xs[68]; a6 += s * d0; }
+      { const float s = xs[69]; a7 += s * d0; }
+      { const float s = xs[70]; a8 += s * d0; }
     }
   memcpy(out + 0, &a0, sizeof a0);
   memcpy(out + 8, &a1, sizeof a1);
@@ -2372,7 +2396,7 @@ static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #else
 typedef float k187_conv2d_bwd_filter_v __attribute__((vector_size(16)));
-enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
+enum { k187_conv2d_bwd_filter_rows = 0, k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 8, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
 #if defined(__clang__)
 __attribute__((noinline))
 #else
@@ -2385,7 +2409,7 @@ static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
   k187_conv2d_bwd_filter_v a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};
   for (int64_t j = 0; j < 28; j++)
     for (int64_t i = 0; i < 28; i++) {
-      const float *restrict xs = xr + i*30 + j*1;
+      const float *restrict xs = xr + i*34 + j*1;
       const float *restrict ds = dt + (i*28 + j)*8;
       k187_conv2d_bwd_filter_v d0; memcpy(&d0, ds + 0, sizeof d0);
       k187_conv2d_bwd_filter_v d1; memcpy(&d1, ds + 4, sizeof d1);
@@ -2402,13 +2426,13 @@ static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *r
 }
 #endif
 #else
-enum { k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 1, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
+enum { k187_conv2d_bwd_filter_rows = 0, k187_conv2d_bwd_filter_cb = 1, k187_conv2d_bwd_filter_pb = 1, k187_conv2d_bwd_filter_pr = 0, k187_conv2d_bwd_filter_pc = 0, k187_conv2d_bwd_filter_ow = 1, k187_conv2d_bwd_filter_cpad = 1, k187_conv2d_bwd_filter_opad = 8, k187_conv2d_bwd_filter_ho2 = 28, k187_conv2d_bwd_filter_wo2 = 28 };
 static void k187_conv2d_bwd_filter_taps(const float *restrict xr, const float *restrict dt, float *restrict out) {
   for (int64_t q = 0; q < 3; q++) {
     float s = 0;
     for (int64_t i = 0; i < 28; i++)
       for (int64_t j = 0; j < 28; j++)
-        s += xr[i*30 + j*1 + q*1] * dt[(i*28 + j)*8];
+        s += xr[i*34 + j*1 + q*1] * dt[(i*28 + j)*8];
     out[q*8] = s;
   }
 }
@@ -2425,27 +2449,34 @@ static KILN_NOINLINE void k187_conv2d_bwd_filter(float *restrict y, const float 
     {
       const int64_t t = 0;
       const int64_t n = n0 + t;
-      unsigned char *ws = scratch + 576 + t*54400;
+      unsigned char *ws = scratch + 320 + t*33088;
       float *restrict xp = (float *)(void *)ws;
-      memset(xp, 0, k187_conv2d_bwd_filter_cpad * 900 * sizeof *xp);
+      memset(xp, 0, k187_conv2d_bwd_filter_cpad * 1020 * sizeof *xp);
       for (int64_t c = 0; c < 1; c++)
         for (int64_t r = 0; r < 28; r++)
-          memcpy(xp + (c*30 + r + 1)*30 + 1, a + ((n*1 + c)*28 + r)*28, 28 * sizeof *xp);
-      float *restrict dt = (float *)(void *)(ws + 3648);
-      float *restrict part = (float *)(void *)(ws + 53824);
-      for (int64_t s = 0; s < 784; s++) {
+          memcpy(xp + (c*30 + r + 1)*34 + 1, a + ((n*1 + c)*28 + r)*28, 28 * sizeof *xp);
+      float *restrict dt = (float *)(void *)(ws + 4096);
+      float *restrict part = (float *)(void *)(ws + 32768);
+      if (k187_conv2d_bwd_filter_rows) {
+        memset(dt, 0, k187_conv2d_bwd_filter_opad * 28 * k187_conv2d_bwd_filter_wo2 * sizeof *dt);
         for (int64_t o = 0; o < 8; o++)
-          dt[s*k187_conv2d_bwd_filter_opad + o] = b[(n*8 + o)*784 + s];
-        for (int64_t o = 8; o < k187_conv2d_bwd_filter_opad; o++)
-          dt[s*k187_conv2d_bwd_filter_opad + o] = 0;
+          for (int64_t i = 0; i < 28; i++)
+            memcpy(dt + (o*28 + i)*k187_conv2d_bwd_filter_wo2, b + ((n*8 + o)*28 + i)*28, 28 * sizeof *dt);
+      } else {
+        for (int64_t s = 0; s < 784; s++) {
+          for (int64_t o = 0; o < 8; o++)
+            dt[s*k187_conv2d_bwd_filter_opad + o] = b[(n*8 + o)*784 + s];
+          for (int64_t o = 8; o < k187_conv2d_bwd_filter_opad; o++)
+            dt[s*k187_conv2d_bwd_filter_opad + o] = 0;
+        }
       }
       for (int64_t c0 = 0; c0 < k187_conv2d_bwd_filter_cpad; c0 += k187_conv2d_bwd_filter_cb)
         for (int64_t p0 = 0; p0 < 3; p0 += k187_conv2d_bwd_filter_pb)
           for (int64_t o0 = 0; o0 < k187_conv2d_bwd_filter_opad; o0 += k187_conv2d_bwd_filter_ow)
-            k187_conv2d_bwd_filter_taps(xp + (c0*30 + p0*1)*30, dt + o0, part + (c0*9 + p0*3)*k187_conv2d_bwd_filter_opad + o0);
+            k187_conv2d_bwd_filter_taps(xp + (c0*30 + p0*1)*34, dt + o0*(k187_conv2d_bwd_filter_rows ? 28*k187_conv2d_bwd_filter_wo2 : 1), part + (c0*9 + p0*3)*k187_conv2d_bwd_filter_opad + o0);
     }
     for (int64_t t = 0; t < 1 && n0 + t < B; t++) {
-      const float *restrict part = (const float *)(void *)(scratch + 576 + t*54400 + 53824);
+      const float *restrict part = (const float *)(void *)(scratch + 320 + t*33088 + 32768);
       for (int64_t e = 0; e < 9 * k187_conv2d_bwd_filter_opad; e++)
         sum[e] += part[e];
     }
