@@ -709,11 +709,21 @@ static const PoolCase pool_cases[] = {
     {2, 5, 6, 3, 2, 1, 1, 1, 1, {0, 0, 0, 0}}, /* overlapping, stride 1, non-square kernel */
     {1, 8, 7, 3, 3, 3, 2, 1, 1, {0, 1, 1, 0}}, /* asymmetric padding, stride 3 / 2 */
     {1, 9, 9, 3, 3, 2, 2, 2, 2, {1, 1, 1, 1}}, /* dilation 2 */
+    {2, 6, 9, 3, 3, 3, 3, 1, 1, {0, 0, 0, 0}}, /* tiling exactly, three taps a row */
+    {3, 6, 4, 3, 2, 3, 2, 1, 1, {0, 0, 0, 0}}, /* tiling exactly, non-square */
+    {2, 3, 8, 1, 2, 1, 2, 1, 1, {0, 0, 0, 0}}, /* tiling exactly, one row */
 };
 
 /* Values with many ties (to test first-maximum selection) and negatives (so -inf padding
  * matters). */
 static double tied_value(int64_t k) { return (double)((k * 7 + k / 5) % 4) - 2.0; }
+
+/* NaNs, zeros of both signs and infinities, several in most windows: max pooling keeps the
+ * first maximum (so the sign of a zero) and the last NaN, whose tap gets the gradient. */
+static double special_value(int64_t k) {
+  static const double v[] = {0.0, -0.0, NAN, 1.0, -INFINITY, -0.0, INFINITY, NAN, 0.0, -1.0, NAN};
+  return v[(k * 5 + k / 3) % 11];
+}
 
 /* maxpool2d, avgpool2d (both divisors) and their adjoints for one case (_i: case * 2 + f64). */
 START_TEST(pools_and_adjoints) {
@@ -733,6 +743,9 @@ START_TEST(pools_and_adjoints) {
   int dy = input("dy", dt, ir_at(g, y)->shape);
   out("dmax", ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){x, dy}, &a, L0));
   out("dmax_tied", ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){xt, dy}, &a, L0));
+  int xs = input("xs", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
+  out("max_special", ir_node(g, OP_MAXPOOL2D, 1, &xs, &a, L0));
+  out("dmax_special", ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){xs, dy}, &a, L0));
   for (int inc = 0; inc < 2; inc++) {
     a.count_include_pad = inc;
     out(inc ? "avg_inc" : "avg_exc", ir_node(g, OP_AVGPOOL2D, 1, &x, &a, L0));
@@ -742,7 +755,19 @@ START_TEST(pools_and_adjoints) {
   run_open(&r, 3);
   randomise(&r, 11, -1.0, 1.0);
   write_both(&r, "xt", 3, tied_value);
+  write_both(&r, "xs", 3, special_value);
   run_compare(&r, "grad", 3);
+  /* run_compare takes -0 for +0: the signs of the maxima too. */
+  int ms = rt_find_tensor(r.prog, "max_special");
+  int64_t nms = rt_numel(&r.plan->tensors[ms], 3);
+  double *cm = malloc((size_t)nms * sizeof *cm), *rm = malloc((size_t)nms * sizeof *rm);
+  r.cbe.read(r.cbe.self, ms, cm, nms);
+  r.rbe.read(r.rbe.self, ms, rm, nms);
+  for (int64_t e = 0; e < nms; e++)
+    ck_assert_msg(signbit(cm[e]) == signbit(rm[e]) || (isnan(cm[e]) && isnan(rm[e])),
+                  "max_special[%lld]: compiled %g, reference %g", (long long)e, cm[e], rm[e]);
+  free(cm);
+  free(rm);
   run_compare(&r, "grad", 2);
   run_compare(&r, "grad", 1);
   run_close(&r);

@@ -725,23 +725,43 @@ static KILN_NOINLINE void k42_relu(float *restrict y, float *restrict z0, float 
 }
 
 /* %43 = maxpool2d(%42) -> h1  f32 [B, 8, 14, 14]  mnist_cnn.kiln:12  also %101 (line 12) */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
 static KILN_NOINLINE void k43_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 8; c++)
-      for (int64_t i = 0; i < 14; i++)
-        for (int64_t j = 0; j < 14; j++) {
-          const int64_t yi = ((n*8 + c)*14 + i)*14 + j;
-          const int64_t xw = ((n*8 + c)*28 + i*2)*28 + j*2;
-          float m = a[xw];
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 28]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 29]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          y[yi] = m;
+  for (int64_t n = 0; n < B; n++) {
+    for (int64_t r0 = 0; r0 < 112; r0 += 56) {
+      const int64_t rows = 112 - r0 < 56 ? 112 - r0 : 56;
+      const float *restrict xr = a + (n*112 + r0)*56;
+      float h[1568];
+      for (int64_t u = 0; u < rows*28; u++) {
+        float m = xr[u*2];
+        { const float v = xr[u*2 + 1];
+          const uint32_t k = -(uint32_t)((v > m) | (v != v));
+          uint32_t mb, vb;
+          memcpy(&mb, &m, sizeof mb);
+          memcpy(&vb, &v, sizeof vb);
+          mb = (vb & k) | (mb & ~k);
+          memcpy(&m, &mb, sizeof m);
         }
+        h[u] = m;
+      }
+      for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < 14; j++) {
+          float m = h[i*28 + j];
+          { const float v = h[i*28 + 14 + j];
+            const uint32_t k = -(uint32_t)((v > m) | (v != v));
+            uint32_t mb, vb;
+            memcpy(&mb, &m, sizeof mb);
+            memcpy(&vb, &v, sizeof vb);
+            mb = (vb & k) | (mb & ~k);
+            memcpy(&m, &mb, sizeof m);
+          }
+          y[(n*112 + r0 + i)*14 + j] = m;
+        }
+    }
+  }
 }
 
 /* %45 = conv2d(%43 h1, %44 conv2_weight) -> t45  f32 [B, 32, 14, 14]  mnist_cnn.kiln:13  also %102 (line 13) */
@@ -1024,21 +1044,38 @@ __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k80_maxpool2d(float *restrict y, const float *restrict a, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 32; c++)
-      for (int64_t i = 0; i < 7; i++)
-        for (int64_t j = 0; j < 7; j++) {
-          const int64_t yi = ((n*32 + c)*7 + i)*7 + j;
-          const int64_t xw = ((n*32 + c)*14 + i*2)*14 + j*2;
-          float m = a[xw];
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 14]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          { const float v = a[xw + 15]; const int gt = v > m || v != v;
-            m = gt ? v : m; }
-          y[yi] = m;
+  for (int64_t n = 0; n < B; n++) {
+    for (int64_t r0 = 0; r0 < 224; r0 += 112) {
+      const int64_t rows = 224 - r0 < 112 ? 224 - r0 : 112;
+      const float *restrict xr = a + (n*224 + r0)*28;
+      float h[1568];
+      for (int64_t u = 0; u < rows*14; u++) {
+        float m = xr[u*2];
+        { const float v = xr[u*2 + 1];
+          const uint32_t k = -(uint32_t)((v > m) | (v != v));
+          uint32_t mb, vb;
+          memcpy(&mb, &m, sizeof mb);
+          memcpy(&vb, &v, sizeof vb);
+          mb = (vb & k) | (mb & ~k);
+          memcpy(&m, &mb, sizeof m);
         }
+        h[u] = m;
+      }
+      for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < 7; j++) {
+          float m = h[i*14 + j];
+          { const float v = h[i*14 + 7 + j];
+            const uint32_t k = -(uint32_t)((v > m) | (v != v));
+            uint32_t mb, vb;
+            memcpy(&mb, &m, sizeof mb);
+            memcpy(&vb, &v, sizeof vb);
+            mb = (vb & k) | (mb & ~k);
+            memcpy(&m, &mb, sizeof m);
+          }
+          y[(n*224 + r0 + i)*7 + j] = m;
+        }
+    }
+  }
 }
 
 /* %83 = matmul(%81 x, %82 fc1_weight) -> t83  f32 [B, 600]  mnist_cnn.kiln:17  also %115 (line 17) */
@@ -1240,31 +1277,52 @@ __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
 static KILN_NOINLINE void k130_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 32; c++)
-      for (int64_t i = 0; i < 7; i++)
-        for (int64_t j = 0; j < 7; j++) {
-          const int64_t yi = ((n*32 + c)*7 + i)*7 + j;
-          const int64_t xw = ((n*32 + c)*14 + i*2)*14 + j*2;
-          float m = a[xw];
-          int bt = 0;
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            bt = gt ? 1 : bt;
-            m = gt ? v : m; }
-          { const float v = a[xw + 14]; const int gt = v > m || v != v;
-            bt = gt ? 2 : bt;
-            m = gt ? v : m; }
-          { const float v = a[xw + 15]; const int gt = v > m || v != v;
-            bt = gt ? 3 : bt;
-            m = gt ? v : m; }
-          const float gv = b[yi];
-          uint32_t gb;
-          memcpy(&gb, &gv, sizeof gb);
-          { const uint32_t o = gb & -(uint32_t)(bt == 0); memcpy(&y[xw + 0], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 1); memcpy(&y[xw + 1], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 2); memcpy(&y[xw + 14], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 3); memcpy(&y[xw + 15], &o, sizeof o); }
+  for (int64_t n = 0; n < B; n++) {
+    for (int64_t r0 = 0; r0 < 224; r0 += 112) {
+      const int64_t rows = 224 - r0 < 112 ? 224 - r0 : 112;
+      const float *restrict xr = a + (n*224 + r0)*28;
+      float h[1568];
+      uint32_t hq[1568], gs[1568];
+      for (int64_t u = 0; u < rows*14; u++) {
+        float m = xr[u*2];
+        uint32_t q = 0;
+        { const float v = xr[u*2 + 1];
+          const uint32_t k = -(uint32_t)((v > m) | (v != v));
+          uint32_t mb, vb;
+          memcpy(&mb, &m, sizeof mb);
+          memcpy(&vb, &v, sizeof vb);
+          mb = (vb & k) | (mb & ~k);
+          memcpy(&m, &mb, sizeof m);
+          q = (k & 1) | (q & ~k);
         }
+        h[u] = m;
+        hq[u] = q;
+      }
+      for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < 7; j++) {
+          float m = h[i*14 + j];
+          uint32_t p = 0;
+          { const float v = h[i*14 + 7 + j];
+            const uint32_t k = -(uint32_t)((v > m) | (v != v));
+            uint32_t mb, vb;
+            memcpy(&mb, &m, sizeof mb);
+            memcpy(&vb, &v, sizeof vb);
+            mb = (vb & k) | (mb & ~k);
+            memcpy(&m, &mb, sizeof m);
+            p = (k & 1) | (p & ~k);
+          }
+          uint32_t gb;
+          memcpy(&gb, &b[(n*224 + r0 + i)*7 + j], sizeof gb);
+          gs[i*14 + 0 + j] = gb & -(uint32_t)(p == 0);
+          gs[i*14 + 7 + j] = gb & -(uint32_t)(p == 1);
+        }
+      float *restrict dr = y + (n*224 + r0)*28;
+      for (int64_t u = 0; u < rows*14; u++) {
+        { const uint32_t o = gs[u] & -(uint32_t)(hq[u] == 0); memcpy(&dr[u*2 + 0], &o, sizeof o); }
+        { const uint32_t o = gs[u] & -(uint32_t)(hq[u] == 1); memcpy(&dr[u*2 + 1], &o, sizeof o); }
+      }
+    }
+  }
 }
 
 /* %132 = sum_to(%131, %77) -> t132  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %131 relu_grad (stored) */
@@ -1695,33 +1753,57 @@ static KILN_NOINLINE void k159_conv2d_bwd_filter(float *restrict y, const float 
 }
 
 /* %160 = maxpool2d_grad(%42, %158) -> t160  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
+#endif
 static KILN_NOINLINE void k160_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
-  for (int64_t n = 0; n < B; n++)
-    for (int64_t c = 0; c < 8; c++)
-      for (int64_t i = 0; i < 14; i++)
-        for (int64_t j = 0; j < 14; j++) {
-          const int64_t yi = ((n*8 + c)*14 + i)*14 + j;
-          const int64_t xw = ((n*8 + c)*28 + i*2)*28 + j*2;
-          float m = a[xw];
-          int bt = 0;
-          { const float v = a[xw + 1]; const int gt = v > m || v != v;
-            bt = gt ? 1 : bt;
-            m = gt ? v : m; }
-          { const float v = a[xw + 28]; const int gt = v > m || v != v;
-            bt = gt ? 2 : bt;
-            m = gt ? v : m; }
-          { const float v = a[xw + 29]; const int gt = v > m || v != v;
-            bt = gt ? 3 : bt;
-            m = gt ? v : m; }
-          const float gv = b[yi];
-          uint32_t gb;
-          memcpy(&gb, &gv, sizeof gb);
-          { const uint32_t o = gb & -(uint32_t)(bt == 0); memcpy(&y[xw + 0], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 1); memcpy(&y[xw + 1], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 2); memcpy(&y[xw + 28], &o, sizeof o); }
-          { const uint32_t o = gb & -(uint32_t)(bt == 3); memcpy(&y[xw + 29], &o, sizeof o); }
+  for (int64_t n = 0; n < B; n++) {
+    for (int64_t r0 = 0; r0 < 112; r0 += 56) {
+      const int64_t rows = 112 - r0 < 56 ? 112 - r0 : 56;
+      const float *restrict xr = a + (n*112 + r0)*56;
+      float h[1568];
+      uint32_t hq[1568], gs[1568];
+      for (int64_t u = 0; u < rows*28; u++) {
+        float m = xr[u*2];
+        uint32_t q = 0;
+        { const float v = xr[u*2 + 1];
+          const uint32_t k = -(uint32_t)((v > m) | (v != v));
+          uint32_t mb, vb;
+          memcpy(&mb, &m, sizeof mb);
+          memcpy(&vb, &v, sizeof vb);
+          mb = (vb & k) | (mb & ~k);
+          memcpy(&m, &mb, sizeof m);
+          q = (k & 1) | (q & ~k);
         }
+        h[u] = m;
+        hq[u] = q;
+      }
+      for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < 14; j++) {
+          float m = h[i*28 + j];
+          uint32_t p = 0;
+          { const float v = h[i*28 + 14 + j];
+            const uint32_t k = -(uint32_t)((v > m) | (v != v));
+            uint32_t mb, vb;
+            memcpy(&mb, &m, sizeof mb);
+            memcpy(&vb, &v, sizeof vb);
+            mb = (vb & k) | (mb & ~k);
+            memcpy(&m, &mb, sizeof m);
+            p = (k & 1) | (p & ~k);
+          }
+          uint32_t gb;
+          memcpy(&gb, &b[(n*112 + r0 + i)*14 + j], sizeof gb);
+          gs[i*28 + 0 + j] = gb & -(uint32_t)(p == 0);
+          gs[i*28 + 14 + j] = gb & -(uint32_t)(p == 1);
+        }
+      float *restrict dr = y + (n*112 + r0)*56;
+      for (int64_t u = 0; u < rows*28; u++) {
+        { const uint32_t o = gs[u] & -(uint32_t)(hq[u] == 0); memcpy(&dr[u*2 + 0], &o, sizeof o); }
+        { const uint32_t o = gs[u] & -(uint32_t)(hq[u] == 1); memcpy(&dr[u*2 + 1], &o, sizeof o); }
+      }
+    }
+  }
 }
 
 /* %162 = sum_to(%161, %40) -> t162  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %161 relu_grad (stored) */
