@@ -279,6 +279,26 @@ START_TEST(centre_shift_rewrite) {
 }
 END_TEST
 
+/* mean(y + c) is built as mean(y) + c, and numel(y + c) as numel(y): batch norm's running mean
+ * and count then read y, and y + c need not be computed. */
+START_TEST(mean_shift_and_numel_rewrites) {
+  int y = f32("y", batched(SHAPE(1, 8, 5, 5)));
+  int c = f32("c", SHAPE(8, 1, 1));
+  unsigned axes = 1u << 0 | 1u << 2 | 1u << 3;
+  int a = ir_binary(g, OP_ADD, y, c, at);
+  Node *m = ir_at(g, ir_reduce(g, OP_MEAN, a, axes, true, at));
+  ck_assert_int_eq(m->op, OP_ADD);
+  ck_assert_int_eq(m->in[1], c);
+  ck_assert_int_eq(ir_at(g, m->in[0])->op, OP_MEAN);
+  ck_assert_int_eq(ir_at(g, m->in[0])->in[0], y);
+  ck_assert_str_eq(shape_text(m->id), "[1, 8, 1, 1]");
+  /* Along axis 1 the shift varies, and without keepdims the shapes differ: kept as written. */
+  ck_assert_int_eq(ir_at(g, ir_reduce(g, OP_MEAN, a, 1u << 1, true, at))->in[0], a);
+  ck_assert_int_eq(ir_at(g, ir_reduce(g, OP_MEAN, a, axes, false, at))->in[0], a);
+  ck_assert_int_eq(ir_at(g, ir_reduce(g, OP_NUMEL, a, axes, false, at))->in[0], y);
+}
+END_TEST
+
 /* ---- training graph and plan on the MLP ---- */
 
 /* The session's pipeline up to the training graph; the caller owns the graph. */
@@ -711,6 +731,7 @@ static Suite *ir_suite(void) {
   tcase_add_test(tc, conv_errors);
   tcase_add_test(tc, pool_and_layout_shapes);
   tcase_add_test(tc, centre_shift_rewrite);
+  tcase_add_test(tc, mean_shift_and_numel_rewrites);
   suite_add_tcase(s, tc);
   TCase *tm = tcase_create("model");
   tcase_set_timeout(tm, 120);
