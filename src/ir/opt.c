@@ -20,6 +20,12 @@
  *   numel-operand  numel(x) → numel(y) for x = y ⊕ c (+ - * /) with y of x's shape and type.
  *                  numel reads only a shape, but an entry computes every node its nodes take: so
  *                  batch norm's count does not keep y + c (after mean-shift) alive by itself.
+ *   relu-pool      relu_grad(x, maxpool2d_grad(x, dy)) → maxpool2d_grad(x, relu_grad(maxpool2d(x), dy)).
+ *                  Each dy lands on its window's first maximum, where x is the pooled value: so the
+ *                  mask can be taken on the pooled tensor (a quarter of the size for 2×2 windows,
+ *                  and ReLU then max pool has computed maxpool2d(x) already), and the gradient is
+ *                  the pool gradient's own output instead of one more full-size pass. Elsewhere both
+ *                  are +0; where windows overlap, the dy added at an element all take its mask.
  */
 #include "ir/ir.h"
 
@@ -62,6 +68,18 @@ static int rewrite_numel_operand(Graph *g, Op op, const int *in, const Attr *att
   return -1;
 }
 
+/* The relu-pool rule. */
+static int rewrite_relu_pool(Graph *g, Op op, const int *in, Loc loc) {
+  if (op != OP_RELU_GRAD) return -1;
+  Node *pg = ir_at(g, in[1]);
+  if (pg->op != OP_MAXPOOL2D_GRAD || pg->in[0] != in[0]) return -1;
+  Attr a = pg->attr;
+  int x = in[0], dy = pg->in[1];
+  int pooled = ir_node(g, OP_MAXPOOL2D, 1, &x, &a, loc);
+  int masked = ir_binary(g, OP_RELU_GRAD, pooled, dy, loc);
+  return ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){x, masked}, &a, loc);
+}
+
 /* The centre-shift rule, with mean(y + c) already rewritten: (y + c) - (mean(y) + c) → y - mean(y). */
 static int rewrite_centre_shift(Graph *g, Op op, const int *in, Loc loc) {
   if (op != OP_SUB) return -1;
@@ -87,6 +105,7 @@ int opt_rewrite(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc)
   }
   if (nin == 2) {
     int r = rewrite_centre_shift(g, op, in, loc);
+    if (r < 0) r = rewrite_relu_pool(g, op, in, loc);
     if (r >= 0) return r;
   }
   return -1;

@@ -1214,11 +1214,19 @@ static KILN_NOINLINE void k128_matmul(float *restrict y, const float *restrict a
   kiln_sgemm(600, 1568, B, a, 600, 1, b, 1568, 0, y, 1568, scratch);
 }
 
-/* %130 = maxpool2d_grad(%79, %129) -> t130  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
+/* %131 = relu_grad(%80 h2, %129) -> t131  f32 [B, 32, 7, 7]  mnist_cnn.kiln:15  also %160 (line 12) */
+static KILN_NOINLINE void k131_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+  KILN_ASSUME(B >= 1 && B <= 64);
+  for (int64_t i0 = 0; i0 < (1568*B); i0++) {
+    y[i0] = a[i0] > 0 ? b[i0] : (float)0;
+  }
+}
+
+/* %132 = maxpool2d_grad(%79, %131) -> t132  f32 [B, 32, 14, 14]  mnist_cnn.kiln:15 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k130_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k132_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++) {
     for (int64_t r0 = 0; r0 < 224; r0 += 112) {
@@ -1268,11 +1276,8 @@ static KILN_NOINLINE void k130_maxpool2d_grad(float *restrict y, const float *re
   }
 }
 
-/* %132 = sum_to(%131, %77) -> t132  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %131 relu_grad (stored) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k132_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
+/* %133 = sum_to(%132, %77) -> t133  f32 [32, 1, 1]  mnist_cnn.kiln:14 */
+static KILN_NOINLINE void k133_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -1280,33 +1285,17 @@ static KILN_NOINLINE void k132_sum_to(float *restrict y, float *restrict z0, con
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
       {
-        float *restrict w0 = z0 + i0*6272 + i1*196;
-        const float *restrict r0 = x0 + i0*6272 + i1*196;
-        const float *restrict r1 = x1 + i0*6272 + i1*196;
+        const float *restrict xr = a + i0*6272 + i1*196;
         double ps[16] = {0};
         int64_t j = 0;
-        for (; j + 16 <= 196; j += 16) {
-          float t[16];
-          for (int u = 0; u < 16; u++) {
-            const float e0 = r0[j + u];
-            const float e1 = r1[j + u];
-            const float v0 = e0 > 0 ? e1 : (float)0;
-            w0[j + u] = v0;
-            t[u] = v0;
-          }
+        for (; j + 16 <= 196; j += 16)
           for (int u = 0; u < 16; u++)
-            ps[u] += (double)t[u];
-        }
+            ps[u] += (double)xr[j + u];
         for (int u = 0; u < 8; u++)
           ps[u] += ps[u + 8];
         double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 196; j++) {
-          const float e0 = r0[j];
-          const float e1 = r1[j];
-          const float v0 = e0 > 0 ? e1 : (float)0;
-          w0[j] = v0;
-          s += (double)v0;
-        }
+        for (; j < 196; j++)
+          s += (double)xr[j];
         acc[i1] += s;
       }
     }
@@ -1315,11 +1304,11 @@ static KILN_NOINLINE void k132_sum_to(float *restrict y, float *restrict z0, con
     y[i] = (float)acc[i];
 }
 
-/* %136 = sum_to(%135, %75) -> t136  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %135 mul */
+/* %137 = sum_to(%136, %75) -> t137  f32 [32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %136 mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k136_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k137_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -1359,11 +1348,11 @@ static KILN_NOINLINE void k136_sum_to(float *restrict y, const float *restrict x
     y[i] = (float)acc[i];
 }
 
-/* %138 = div(%134, %60) -> t138  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %134 mul (stored) */
+/* %139 = div(%135, %60) -> t139  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %135 mul (stored) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k138_div(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k139_div(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
@@ -1377,11 +1366,11 @@ static KILN_NOINLINE void k138_div(float *restrict y, float *restrict z0, const 
   }
 }
 
-/* %142 = sum_to(%141, %60) -> t142  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %139 div, v1 = %140 mul, v2 = %141 neg */
+/* %143 = sum_to(%142, %60) -> t143  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %140 div, v1 = %141 mul, v2 = %142 neg */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k142_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k143_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -1426,11 +1415,11 @@ static KILN_NOINLINE void k142_sum_to(float *restrict y, const float *restrict x
     y[i] = (float)acc[i];
 }
 
-/* %146 = div(%145, %62) -> t146  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %144 mul, v1 = %145 div */
+/* %147 = div(%146, %62) -> t147  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %145 mul, v1 = %146 div */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k146_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k147_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     const float v0 = ((float)2) * x1[i0];
     const float v1 = x0[i0] / v0;
@@ -1438,11 +1427,11 @@ static KILN_NOINLINE void k146_div(float *restrict y, const float *restrict x0, 
   }
 }
 
-/* %152 = sum_to(%151, %54) -> t152  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %147 expand, v1 = %148 mul, v2 = %149 add, v3 = %150 add (stored), v4 = %151 neg */
+/* %153 = sum_to(%152, %54) -> t153  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14  fused: v0 = %148 expand, v1 = %149 mul, v2 = %150 add, v3 = %151 add (stored), v4 = %152 neg */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k152_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k153_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 32; i++)
@@ -1494,18 +1483,18 @@ static KILN_NOINLINE void k152_sum_to(float *restrict y, float *restrict z0, con
     y[i] = (float)acc[i];
 }
 
-/* %153 = div(%152, %62) -> t153  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
-static KILN_NOINLINE void k153_div(float *restrict y, const float *restrict a, const float *restrict b) {
+/* %154 = div(%153, %62) -> t154  f32 [1, 32, 1, 1]  mnist_cnn.kiln:14 */
+static KILN_NOINLINE void k154_div(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = a[i0] / b[0];
   }
 }
 
-/* %155 = add(%150, %154) -> t155  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %154 expand */
+/* %156 = add(%151, %155) -> t156  f32 [B, 32, 14, 14]  mnist_cnn.kiln:14  fused: v0 = %155 expand */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k155_add(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
+static KILN_NOINLINE void k156_add(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 32; i1++) {
@@ -1517,11 +1506,11 @@ static KILN_NOINLINE void k155_add(float *restrict y, const float *restrict x0, 
   }
 }
 
-/* %156 = conv2d_bwd_data(%155, %44 conv2_weight) -> t156  f32 [B, 8, 14, 14]  mnist_cnn.kiln:13 */
+/* %157 = conv2d_bwd_data(%156, %44 conv2_weight) -> t157  f32 [B, 8, 14, 14]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k156_conv2d_bwd_data(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k157_conv2d_bwd_data(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   unsigned char *ws = scratch;
@@ -1594,11 +1583,11 @@ static KILN_NOINLINE void k156_conv2d_bwd_data(float *restrict y, const float *r
   }
 }
 
-/* %157 = conv2d_bwd_filter(%43 h1, %155) -> t157  f32 [32, 8, 5, 5]  mnist_cnn.kiln:13 */
+/* %158 = conv2d_bwd_filter(%43 h1, %156) -> t158  f32 [32, 8, 5, 5]  mnist_cnn.kiln:13 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k157_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k158_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   scratch += (64 - (uintptr_t)scratch % 64) % 64;
   for (int64_t e = 0; e < 6400; e++)
@@ -1695,11 +1684,11 @@ static KILN_NOINLINE void k157_conv2d_bwd_filter(float *restrict y, const float 
   }
 }
 
-/* %158 = maxpool2d_grad(%42, %156) -> t158  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
+/* %161 = maxpool2d_grad(%42, %160) -> t161  f32 [B, 8, 28, 28]  mnist_cnn.kiln:12 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k158_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
+static KILN_NOINLINE void k161_maxpool2d_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t n = 0; n < B; n++) {
     for (int64_t r0 = 0; r0 < 112; r0 += 56) {
@@ -1749,11 +1738,8 @@ static KILN_NOINLINE void k158_maxpool2d_grad(float *restrict y, const float *re
   }
 }
 
-/* %160 = sum_to(%159, %40) -> t160  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %159 relu_grad (stored) */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
-#endif
-static KILN_NOINLINE void k160_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
+/* %162 = sum_to(%161, %40) -> t162  f32 [8, 1, 1]  mnist_cnn.kiln:11 */
+static KILN_NOINLINE void k162_sum_to(float *restrict y, const float *restrict a, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -1761,33 +1747,17 @@ static KILN_NOINLINE void k160_sum_to(float *restrict y, float *restrict z0, con
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
       {
-        float *restrict w0 = z0 + i0*6272 + i1*784;
-        const float *restrict r0 = x0 + i0*6272 + i1*784;
-        const float *restrict r1 = x1 + i0*6272 + i1*784;
+        const float *restrict xr = a + i0*6272 + i1*784;
         double ps[16] = {0};
         int64_t j = 0;
-        for (; j + 16 <= 784; j += 16) {
-          float t[16];
-          for (int u = 0; u < 16; u++) {
-            const float e0 = r0[j + u];
-            const float e1 = r1[j + u];
-            const float v0 = e0 > 0 ? e1 : (float)0;
-            w0[j + u] = v0;
-            t[u] = v0;
-          }
+        for (; j + 16 <= 784; j += 16)
           for (int u = 0; u < 16; u++)
-            ps[u] += (double)t[u];
-        }
+            ps[u] += (double)xr[j + u];
         for (int u = 0; u < 8; u++)
           ps[u] += ps[u + 8];
         double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));
-        for (; j < 784; j++) {
-          const float e0 = r0[j];
-          const float e1 = r1[j];
-          const float v0 = e0 > 0 ? e1 : (float)0;
-          w0[j] = v0;
-          s += (double)v0;
-        }
+        for (; j < 784; j++)
+          s += (double)xr[j];
         acc[i1] += s;
       }
     }
@@ -1796,11 +1766,11 @@ static KILN_NOINLINE void k160_sum_to(float *restrict y, float *restrict z0, con
     y[i] = (float)acc[i];
 }
 
-/* %164 = sum_to(%163, %38) -> t164  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %163 mul */
+/* %166 = sum_to(%165, %38) -> t166  f32 [8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %165 mul */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k164_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k166_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -1840,11 +1810,11 @@ static KILN_NOINLINE void k164_sum_to(float *restrict y, const float *restrict x
     y[i] = (float)acc[i];
 }
 
-/* %166 = div(%162, %19) -> t166  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %162 mul (stored) */
+/* %168 = div(%164, %19) -> t168  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %164 mul (stored) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k166_div(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
+static KILN_NOINLINE void k168_div(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
@@ -1858,11 +1828,11 @@ static KILN_NOINLINE void k166_div(float *restrict y, float *restrict z0, const 
   }
 }
 
-/* %170 = sum_to(%169, %19) -> t170  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %167 div, v1 = %168 mul, v2 = %169 neg */
+/* %172 = sum_to(%171, %19) -> t172  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %169 div, v1 = %170 mul, v2 = %171 neg */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k170_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k172_sum_to(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -1907,11 +1877,11 @@ static KILN_NOINLINE void k170_sum_to(float *restrict y, const float *restrict x
     y[i] = (float)acc[i];
 }
 
-/* %173 = div(%172, %21) -> t173  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %171 mul, v1 = %172 div */
+/* %175 = div(%174, %21) -> t175  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %173 mul, v1 = %174 div */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k173_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k175_div(float *restrict y, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     const float v0 = ((float)2) * x1[i0];
     const float v1 = x0[i0] / v0;
@@ -1919,11 +1889,11 @@ static KILN_NOINLINE void k173_div(float *restrict y, const float *restrict x0, 
   }
 }
 
-/* %179 = sum_to(%178, %12) -> t179  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %174 expand, v1 = %175 mul, v2 = %176 add, v3 = %177 add (stored), v4 = %178 neg */
+/* %181 = sum_to(%180, %12) -> t181  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11  fused: v0 = %176 expand, v1 = %177 mul, v2 = %178 add, v3 = %179 add (stored), v4 = %180 neg */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k179_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k181_sum_to(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, const float *restrict x2, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   double *restrict acc = (double *)scratch;
   for (int64_t i = 0; i < 8; i++)
@@ -1975,18 +1945,18 @@ static KILN_NOINLINE void k179_sum_to(float *restrict y, float *restrict z0, con
     y[i] = (float)acc[i];
 }
 
-/* %180 = div(%179, %21) -> t180  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
-static KILN_NOINLINE void k180_div(float *restrict y, const float *restrict a, const float *restrict b) {
+/* %182 = div(%181, %21) -> t182  f32 [1, 8, 1, 1]  mnist_cnn.kiln:11 */
+static KILN_NOINLINE void k182_div(float *restrict y, const float *restrict a, const float *restrict b) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = a[i0] / b[0];
   }
 }
 
-/* %182 = add(%177, %181) -> t182  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %181 expand */
+/* %184 = add(%179, %183) -> t184  f32 [B, 8, 28, 28]  mnist_cnn.kiln:11  fused: v0 = %183 expand */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k182_add(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
+static KILN_NOINLINE void k184_add(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 8; i1++) {
@@ -1998,11 +1968,11 @@ static KILN_NOINLINE void k182_add(float *restrict y, const float *restrict x0, 
   }
 }
 
-/* %183 = conv2d_bwd_filter(%0 image, %182) -> t183  f32 [8, 1, 3, 3]  mnist_cnn.kiln:10 */
+/* %185 = conv2d_bwd_filter(%0 image, %184) -> t185  f32 [8, 1, 3, 3]  mnist_cnn.kiln:10 */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k183_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
+static KILN_NOINLINE void k185_conv2d_bwd_filter(float *restrict y, const float *restrict a, const float *restrict b, unsigned char *restrict scratch, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   float *restrict acc = (float *)scratch; /* [C/G, KH, KW, Wo] */
   for (int64_t o = 0; o < 8; o++) {
@@ -2045,25 +2015,25 @@ static KILN_NOINLINE void k183_conv2d_bwd_filter(float *restrict y, const float 
   }
 }
 
-/* %185 = expand(%184, %4 conv1_bias) -> t185  f32 [8]  mnist_cnn.kiln:10 */
-static KILN_NOINLINE void k185_expand(float *restrict y) {
+/* %187 = expand(%186, %4 conv1_bias) -> t187  f32 [8]  mnist_cnn.kiln:10 */
+static KILN_NOINLINE void k187_expand(float *restrict y) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     y[i0] = ((float)0);
   }
 }
 
-/* %186 = expand(%184, %46 conv2_bias) -> t186  f32 [32]  mnist_cnn.kiln:13 */
-static KILN_NOINLINE void k186_expand(float *restrict y) {
+/* %188 = expand(%186, %46 conv2_bias) -> t188  f32 [32]  mnist_cnn.kiln:13 */
+static KILN_NOINLINE void k188_expand(float *restrict y) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     y[i0] = ((float)0);
   }
 }
 
-/* %215 = sub(%22, %214) -> t215  f32 []  mnist_cnn.kiln:24  fused: v0 = %201 add (stored), v1 = %214 pow */
+/* %217 = sub(%22, %216) -> t217  f32 []  mnist_cnn.kiln:24  fused: v0 = %203 add (stored), v1 = %216 pow */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k215_sub(float *restrict y, float *restrict z0) {
+static KILN_NOINLINE void k217_sub(float *restrict y, float *restrict z0) {
   const float v0 = z0[0] + ((float)1);
   const float v1 = powf(((float)0.90000000000000002), v0);
   const float v2 = ((float)1) - v1;
@@ -2071,26 +2041,26 @@ static KILN_NOINLINE void k215_sub(float *restrict y, float *restrict z0) {
   y[0] = v2;
 }
 
-/* %218 = div(%199 lr, %215) -> t218  f32 []  mnist_cnn.kiln:24 */
-static KILN_NOINLINE void k218_div(float *restrict y, const float *restrict a, const float *restrict b) {
+/* %220 = div(%201 lr, %217) -> t220  f32 []  mnist_cnn.kiln:24 */
+static KILN_NOINLINE void k220_div(float *restrict y, const float *restrict a, const float *restrict b) {
   y[0] = a[0] / b[0];
 }
 
-/* %220 = sqrt(%217) -> t220  f32 []  mnist_cnn.kiln:24  fused: v0 = %216 pow, v1 = %217 sub  also %531 (line 24) */
+/* %222 = sqrt(%219) -> t222  f32 []  mnist_cnn.kiln:24  fused: v0 = %218 pow, v1 = %219 sub  also %533 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k220_sqrt(float *restrict y, const float *restrict x0) {
+static KILN_NOINLINE void k222_sqrt(float *restrict y, const float *restrict x0) {
   const float v0 = powf(((float)0.999), x0[0]);
   const float v1 = ((float)1) - v0;
   y[0] = sqrtf(v1);
 }
 
-/* %226 = sub(%2 conv1_weight, %225) -> conv1_weight  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: v0 = %206 mul, v1 = %205 mul, v2 = %207 add (stored), v3 = %212 mul, v4 = %208 mul, v5 = %210 mul, v6 = %213 add (stored), v7 = %221 sqrt, v8 = %222 div, v9 = %223 add, v10 = %224 div, v11 = %225 mul  (written in place of %2)  also %402 (line 24) */
+/* %228 = sub(%2 conv1_weight, %227) -> conv1_weight  f32 [8, 1, 3, 3]  mnist_cnn.kiln:24  fused: v0 = %208 mul, v1 = %207 mul, v2 = %209 add (stored), v3 = %214 mul, v4 = %210 mul, v5 = %212 mul, v6 = %215 add (stored), v7 = %223 sqrt, v8 = %224 div, v9 = %225 add, v10 = %226 div, v11 = %227 mul  (written in place of %2)  also %404 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k226_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k228_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 72; i0++) {
     const float v0 = ((float)0.90000000000000002) * z0[i0];
     const float v1 = ((float)0.099999999999999978) * x1[i0];
@@ -2111,11 +2081,11 @@ static KILN_NOINLINE void k226_sub(float *restrict y, float *restrict z0, float 
   }
 }
 
-/* %241 = sub(%4 conv1_bias, %240) -> conv1_bias  f32 [8]  mnist_cnn.kiln:24  fused: v0 = %230 mul, v1 = %229 mul, v2 = %231 add (stored), v3 = %234 mul, v4 = %232 mul, v5 = %233 mul, v6 = %235 add (stored), v7 = %236 sqrt, v8 = %237 div, v9 = %238 add, v10 = %239 div, v11 = %240 mul  (written in place of %4)  also %256 %271 %413 %424 %435 (line 24) */
+/* %243 = sub(%4 conv1_bias, %242) -> conv1_bias  f32 [8]  mnist_cnn.kiln:24  fused: v0 = %232 mul, v1 = %231 mul, v2 = %233 add (stored), v3 = %236 mul, v4 = %234 mul, v5 = %235 mul, v6 = %237 add (stored), v7 = %238 sqrt, v8 = %239 div, v9 = %240 add, v10 = %241 div, v11 = %242 mul  (written in place of %4)  also %258 %273 %415 %426 %437 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k241_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k243_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 8; i0++) {
     const float v0 = ((float)0.90000000000000002) * z0[i0];
     const float v1 = ((float)0.099999999999999978) * x1[i0];
@@ -2136,11 +2106,11 @@ static KILN_NOINLINE void k241_sub(float *restrict y, float *restrict z0, float 
   }
 }
 
-/* %286 = sub(%44 conv2_weight, %285) -> conv2_weight  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: v0 = %275 mul, v1 = %274 mul, v2 = %276 add (stored), v3 = %279 mul, v4 = %277 mul, v5 = %278 mul, v6 = %280 add (stored), v7 = %281 sqrt, v8 = %282 div, v9 = %283 add, v10 = %284 div, v11 = %285 mul  (written in place of %44)  also %446 (line 24) */
+/* %288 = sub(%44 conv2_weight, %287) -> conv2_weight  f32 [32, 8, 5, 5]  mnist_cnn.kiln:24  fused: v0 = %277 mul, v1 = %276 mul, v2 = %278 add (stored), v3 = %281 mul, v4 = %279 mul, v5 = %280 mul, v6 = %282 add (stored), v7 = %283 sqrt, v8 = %284 div, v9 = %285 add, v10 = %286 div, v11 = %287 mul  (written in place of %44)  also %448 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k286_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k288_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 6400; i0++) {
     const float v0 = ((float)0.90000000000000002) * z0[i0];
     const float v1 = ((float)0.099999999999999978) * x1[i0];
@@ -2161,11 +2131,11 @@ static KILN_NOINLINE void k286_sub(float *restrict y, float *restrict z0, float 
   }
 }
 
-/* %301 = sub(%46 conv2_bias, %300) -> conv2_bias  f32 [32]  mnist_cnn.kiln:24  fused: v0 = %290 mul, v1 = %289 mul, v2 = %291 add (stored), v3 = %294 mul, v4 = %292 mul, v5 = %293 mul, v6 = %295 add (stored), v7 = %296 sqrt, v8 = %297 div, v9 = %298 add, v10 = %299 div, v11 = %300 mul  (written in place of %46)  also %316 %331 %457 %468 %479 (line 24) */
+/* %303 = sub(%46 conv2_bias, %302) -> conv2_bias  f32 [32]  mnist_cnn.kiln:24  fused: v0 = %292 mul, v1 = %291 mul, v2 = %293 add (stored), v3 = %296 mul, v4 = %294 mul, v5 = %295 mul, v6 = %297 add (stored), v7 = %298 sqrt, v8 = %299 div, v9 = %300 add, v10 = %301 div, v11 = %302 mul  (written in place of %46)  also %318 %333 %459 %470 %481 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k301_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k303_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 32; i0++) {
     const float v0 = ((float)0.90000000000000002) * z0[i0];
     const float v1 = ((float)0.099999999999999978) * x1[i0];
@@ -2186,11 +2156,11 @@ static KILN_NOINLINE void k301_sub(float *restrict y, float *restrict z0, float 
   }
 }
 
-/* %346 = sub(%82 fc1_weight, %345) -> fc1_weight  f32 [600, 1568]  mnist_cnn.kiln:24  fused: v0 = %335 mul, v1 = %334 mul, v2 = %336 add (stored), v3 = %339 mul, v4 = %337 mul, v5 = %338 mul, v6 = %340 add (stored), v7 = %341 sqrt, v8 = %342 div, v9 = %343 add, v10 = %344 div, v11 = %345 mul  (written in place of %82)  also %490 (line 24) */
+/* %348 = sub(%82 fc1_weight, %347) -> fc1_weight  f32 [600, 1568]  mnist_cnn.kiln:24  fused: v0 = %337 mul, v1 = %336 mul, v2 = %338 add (stored), v3 = %341 mul, v4 = %339 mul, v5 = %340 mul, v6 = %342 add (stored), v7 = %343 sqrt, v8 = %344 div, v9 = %345 add, v10 = %346 div, v11 = %347 mul  (written in place of %82)  also %492 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k346_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k348_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 940800; i0++) {
     const float v0 = ((float)0.90000000000000002) * z0[i0];
     const float v1 = ((float)0.099999999999999978) * x1[i0];
@@ -2211,11 +2181,11 @@ static KILN_NOINLINE void k346_sub(float *restrict y, float *restrict z0, float 
   }
 }
 
-/* %361 = sub(%84 fc1_bias, %360) -> fc1_bias  f32 [600]  mnist_cnn.kiln:24  fused: v0 = %350 mul, v1 = %349 mul, v2 = %351 add (stored), v3 = %354 mul, v4 = %352 mul, v5 = %353 mul, v6 = %355 add (stored), v7 = %356 sqrt, v8 = %357 div, v9 = %358 add, v10 = %359 div, v11 = %360 mul  (written in place of %84)  also %501 (line 24) */
+/* %363 = sub(%84 fc1_bias, %362) -> fc1_bias  f32 [600]  mnist_cnn.kiln:24  fused: v0 = %352 mul, v1 = %351 mul, v2 = %353 add (stored), v3 = %356 mul, v4 = %354 mul, v5 = %355 mul, v6 = %357 add (stored), v7 = %358 sqrt, v8 = %359 div, v9 = %360 add, v10 = %361 div, v11 = %362 mul  (written in place of %84)  also %503 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k361_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k363_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 600; i0++) {
     const float v0 = ((float)0.90000000000000002) * z0[i0];
     const float v1 = ((float)0.099999999999999978) * x1[i0];
@@ -2236,11 +2206,11 @@ static KILN_NOINLINE void k361_sub(float *restrict y, float *restrict z0, float 
   }
 }
 
-/* %376 = sub(%87 fc2_weight, %375) -> fc2_weight  f32 [10, 600]  mnist_cnn.kiln:24  fused: v0 = %365 mul, v1 = %364 mul, v2 = %366 add (stored), v3 = %369 mul, v4 = %367 mul, v5 = %368 mul, v6 = %370 add (stored), v7 = %371 sqrt, v8 = %372 div, v9 = %373 add, v10 = %374 div, v11 = %375 mul  (written in place of %87)  also %512 (line 24) */
+/* %378 = sub(%87 fc2_weight, %377) -> fc2_weight  f32 [10, 600]  mnist_cnn.kiln:24  fused: v0 = %367 mul, v1 = %366 mul, v2 = %368 add (stored), v3 = %371 mul, v4 = %369 mul, v5 = %370 mul, v6 = %372 add (stored), v7 = %373 sqrt, v8 = %374 div, v9 = %375 add, v10 = %376 div, v11 = %377 mul  (written in place of %87)  also %514 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k376_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k378_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 6000; i0++) {
     const float v0 = ((float)0.90000000000000002) * z0[i0];
     const float v1 = ((float)0.099999999999999978) * x1[i0];
@@ -2261,11 +2231,11 @@ static KILN_NOINLINE void k376_sub(float *restrict y, float *restrict z0, float 
   }
 }
 
-/* %391 = sub(%89 fc2_bias, %390) -> fc2_bias  f32 [10]  mnist_cnn.kiln:24  fused: v0 = %380 mul, v1 = %379 mul, v2 = %381 add (stored), v3 = %384 mul, v4 = %382 mul, v5 = %383 mul, v6 = %385 add (stored), v7 = %386 sqrt, v8 = %387 div, v9 = %388 add, v10 = %389 div, v11 = %390 mul  (written in place of %89)  also %537 (line 24) */
+/* %393 = sub(%89 fc2_bias, %392) -> fc2_bias  f32 [10]  mnist_cnn.kiln:24  fused: v0 = %382 mul, v1 = %381 mul, v2 = %383 add (stored), v3 = %386 mul, v4 = %384 mul, v5 = %385 mul, v6 = %387 add (stored), v7 = %388 sqrt, v8 = %389 div, v9 = %390 add, v10 = %391 div, v11 = %392 mul  (written in place of %89)  also %539 (line 24) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k391_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
+static KILN_NOINLINE void k393_sub(float *restrict y, float *restrict z0, float *restrict z1, const float *restrict x0, const float *restrict x1, const float *restrict x2) {
   for (int64_t i0 = 0; i0 < 10; i0++) {
     const float v0 = ((float)0.90000000000000002) * z0[i0];
     const float v1 = ((float)0.099999999999999978) * x1[i0];
@@ -2286,11 +2256,11 @@ static KILN_NOINLINE void k391_sub(float *restrict y, float *restrict z0, float 
   }
 }
 
-/* %529 = div(%199 lr, %526) -> t529  f32 []  mnist_cnn.kiln:24  fused: v0 = %524 pow, v1 = %526 sub */
+/* %531 = div(%201 lr, %528) -> t531  f32 []  mnist_cnn.kiln:24  fused: v0 = %526 pow, v1 = %528 sub */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k529_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
+static KILN_NOINLINE void k531_div(float *restrict y, const float *restrict x0, const float *restrict x1) {
   const float v0 = powf(((float)0.90000000000000002), x1[0]);
   const float v1 = ((float)1) - v0;
   y[0] = x0[0] / v1;
@@ -2406,51 +2376,51 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const t122 = (float *)(arena + 32503296);
   float *const t123 = (float *)(arena + 15466368);
   float *const t124 = (float *)(arena + 32476032);
-  float *const t125 = (float *)(arena + 29264768);
+  float *const t125 = (float *)(arena + 29666176);
   float *const t126 = (float *)(arena + 32500032);
-  float *const t127 = (float *)(arena + 30468992);
+  float *const t127 = (float *)(arena + 29264768);
   float *const t128 = (float *)(arena + 15466368);
-  float *const t129 = (float *)(arena + 30468992);
-  float *const t130 = (float *)(arena + 28863360);
+  float *const t129 = (float *)(arena + 29264768);
   float *const t131 = (float *)(arena + 30468992);
-  float *const t132 = (float *)(arena + 32502720);
+  float *const t132 = (float *)(arena + 28863360);
   float *const t133 = (float *)(arena + 32502720);
-  float *const t134 = (float *)(arena + 27257728);
-  float *const t136 = (float *)(arena + 32502848);
+  float *const t134 = (float *)(arena + 32502720);
+  float *const t135 = (float *)(arena + 27257728);
   float *const t137 = (float *)(arena + 32502848);
-  float *const t138 = (float *)(arena + 28863360);
-  float *const t142 = (float *)(arena + 30468992);
-  float *const t146 = (float *)(arena + 27257728);
-  float *const t150 = (float *)(arena + 25652096);
-  float *const t152 = (float *)(arena + 27257856);
-  float *const t153 = (float *)(arena + 27257728);
-  float *const t155 = (float *)(arena + 24046464);
-  float *const t156 = (float *)(arena + 25652096);
-  float *const t157 = (float *)(arena + 27257728);
-  float *const t158 = (float *)(arena + 24046464);
-  float *const t159 = (float *)(arena + 25652096);
-  float *const t160 = (float *)(arena + 27283328);
-  float *const t161 = (float *)(arena + 27283328);
-  float *const t162 = (float *)(arena + 22440832);
-  float *const t164 = (float *)(arena + 27283392);
-  float *const t165 = (float *)(arena + 27283392);
-  float *const t166 = (float *)(arena + 24046464);
-  float *const t170 = (float *)(arena + 25652096);
-  float *const t173 = (float *)(arena + 22440832);
-  float *const t177 = (float *)(arena + 20835200);
-  float *const t179 = (float *)(arena + 22440896);
-  float *const t180 = (float *)(arena + 22440832);
-  float *const t182 = (float *)(arena + 19229568);
-  float *const t183 = (float *)(arena + 20835200);
-  float *const t185 = (float *)(arena + 19229696);
-  float *const t186 = (float *)(arena + 19229568);
+  float *const t138 = (float *)(arena + 32502848);
+  float *const t139 = (float *)(arena + 30468992);
+  float *const t143 = (float *)(arena + 28863360);
+  float *const t147 = (float *)(arena + 27257728);
+  float *const t151 = (float *)(arena + 25652096);
+  float *const t153 = (float *)(arena + 27257856);
+  float *const t154 = (float *)(arena + 27257728);
+  float *const t156 = (float *)(arena + 24046464);
+  float *const t157 = (float *)(arena + 25652096);
+  float *const t158 = (float *)(arena + 27257728);
+  float *const t160 = (float *)(arena + 26053504);
+  float *const t161 = (float *)(arena + 24046464);
+  float *const t162 = (float *)(arena + 27283328);
+  float *const t163 = (float *)(arena + 27283328);
+  float *const t164 = (float *)(arena + 22440832);
+  float *const t166 = (float *)(arena + 27283392);
+  float *const t167 = (float *)(arena + 27283392);
+  float *const t168 = (float *)(arena + 25652096);
+  float *const t172 = (float *)(arena + 24046464);
+  float *const t175 = (float *)(arena + 22440832);
+  float *const t179 = (float *)(arena + 20835200);
+  float *const t181 = (float *)(arena + 22440896);
+  float *const t182 = (float *)(arena + 22440832);
+  float *const t184 = (float *)(arena + 19229568);
+  float *const t185 = (float *)(arena + 20835200);
+  float *const t187 = (float *)(arena + 19229696);
+  float *const t188 = (float *)(arena + 19229568);
   float *const lr = (float *)(arena + 7632896);
   float *const adam_step = (float *)(arena + 7632960);
   float *const conv1_weight_exp_avg = (float *)(arena + 7633024);
   float *const conv1_weight_exp_avg_sq = (float *)(arena + 7633344);
-  float *const t215 = (float *)(arena + 19229760);
-  float *const t218 = (float *)(arena + 19229824);
-  float *const t220 = (float *)(arena + 19229760);
+  float *const t217 = (float *)(arena + 19229760);
+  float *const t220 = (float *)(arena + 19229824);
+  float *const t222 = (float *)(arena + 19229760);
   float *const conv1_bias_exp_avg = (float *)(arena + 7633664);
   float *const conv1_bias_exp_avg_sq = (float *)(arena + 7633728);
   float *const bn1_weight_exp_avg = (float *)(arena + 7633792);
@@ -2561,81 +2531,85 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   KILN_MARK(42);
   k128_matmul(t128, t125, x, scratch, B);
   KILN_MARK(43);
-  k130_maxpool2d_grad(t130, t79, t129, B);
+  k131_relu_grad(t131, h2, t129, B);
   KILN_MARK(44);
-  k132_sum_to(t132, t131, t79, t130, scratch, B);
+  k132_maxpool2d_grad(t132, t79, t131, B);
   KILN_MARK(45);
-  k136_sum_to(t136, t131, t61, scratch, B);
+  k133_sum_to(t133, t132, scratch, B);
   KILN_MARK(46);
-  k138_div(t138, t134, t131, t75, t60, B);
+  k137_sum_to(t137, t132, t61, scratch, B);
   KILN_MARK(47);
-  k142_sum_to(t142, t134, t61, t60, scratch, B);
+  k139_div(t139, t135, t132, t75, t60, B);
   KILN_MARK(48);
-  k146_div(t146, t142, t60, t62);
+  k143_sum_to(t143, t135, t61, t60, scratch, B);
   KILN_MARK(49);
-  k152_sum_to(t152, t150, t138, t146, t56, scratch, B);
+  k147_div(t147, t143, t60, t62);
   KILN_MARK(50);
-  k153_div(t153, t152, t62);
+  k153_sum_to(t153, t151, t139, t147, t56, scratch, B);
   KILN_MARK(51);
-  k155_add(t155, t150, t153, B);
+  k154_div(t154, t153, t62);
   KILN_MARK(52);
-  k156_conv2d_bwd_data(t156, t155, conv2_weight, scratch, B);
+  k156_add(t156, t151, t154, B);
   KILN_MARK(53);
-  k157_conv2d_bwd_filter(t157, h1, t155, scratch, B);
+  k157_conv2d_bwd_data(t157, t156, conv2_weight, scratch, B);
   KILN_MARK(54);
-  k158_maxpool2d_grad(t158, t42, t156, B);
+  k158_conv2d_bwd_filter(t158, h1, t156, scratch, B);
   KILN_MARK(55);
-  k160_sum_to(t160, t159, t42, t158, scratch, B);
+  k131_relu_grad(t160, h1, t157, B);  /* %160 */
   KILN_MARK(56);
-  k164_sum_to(t164, t159, t20, scratch, B);
+  k161_maxpool2d_grad(t161, t42, t160, B);
   KILN_MARK(57);
-  k166_div(t166, t162, t159, t38, t19, B);
+  k162_sum_to(t162, t161, scratch, B);
   KILN_MARK(58);
-  k170_sum_to(t170, t162, t20, t19, scratch, B);
+  k166_sum_to(t166, t161, t20, scratch, B);
   KILN_MARK(59);
-  k173_div(t173, t170, t19, t21);
+  k168_div(t168, t164, t161, t38, t19, B);
   KILN_MARK(60);
-  k179_sum_to(t179, t177, t166, t173, t14, scratch, B);
+  k172_sum_to(t172, t164, t20, t19, scratch, B);
   KILN_MARK(61);
-  k180_div(t180, t179, t21);
+  k175_div(t175, t172, t19, t21);
   KILN_MARK(62);
-  k182_add(t182, t177, t180, B);
+  k181_sum_to(t181, t179, t168, t175, t14, scratch, B);
   KILN_MARK(63);
-  k183_conv2d_bwd_filter(t183, image, t182, scratch, B);
+  k182_div(t182, t181, t21);
   KILN_MARK(64);
-  k185_expand(t185);
+  k184_add(t184, t179, t182, B);
   KILN_MARK(65);
-  k186_expand(t186);
+  k185_conv2d_bwd_filter(t185, image, t184, scratch, B);
   KILN_MARK(66);
-  k215_sub(t215, adam_step);
+  k187_expand(t187);
   KILN_MARK(67);
-  k218_div(t218, lr, t215);
+  k188_expand(t188);
   KILN_MARK(68);
-  k220_sqrt(t220, adam_step);
+  k217_sub(t217, adam_step);
   KILN_MARK(69);
-  k226_sub(conv1_weight, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t218, t183, t220);
+  k220_div(t220, lr, t217);
   KILN_MARK(70);
-  k241_sub(conv1_bias, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t218, t185, t220);
+  k222_sqrt(t222, adam_step);
   KILN_MARK(71);
-  k241_sub(bn1_weight, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t218, t165, t220);  /* %256 */
+  k228_sub(conv1_weight, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t220, t185, t222);
   KILN_MARK(72);
-  k241_sub(bn1_bias, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t218, t161, t220);  /* %271 */
+  k243_sub(conv1_bias, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t220, t187, t222);
   KILN_MARK(73);
-  k286_sub(conv2_weight, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t218, t157, t220);
+  k243_sub(bn1_weight, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t220, t167, t222);  /* %258 */
   KILN_MARK(74);
-  k301_sub(conv2_bias, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t218, t186, t220);
+  k243_sub(bn1_bias, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t220, t163, t222);  /* %273 */
   KILN_MARK(75);
-  k301_sub(bn2_weight, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t218, t137, t220);  /* %316 */
+  k288_sub(conv2_weight, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t220, t158, t222);
   KILN_MARK(76);
-  k301_sub(bn2_bias, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t218, t133, t220);  /* %331 */
+  k303_sub(conv2_bias, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t220, t188, t222);
   KILN_MARK(77);
-  k346_sub(fc1_weight, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t218, t128, t220);
+  k303_sub(bn2_weight, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t220, t138, t222);  /* %318 */
   KILN_MARK(78);
-  k361_sub(fc1_bias, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t218, t126, t220);
+  k303_sub(bn2_bias, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t220, t134, t222);  /* %333 */
   KILN_MARK(79);
-  k376_sub(fc2_weight, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t218, t124, t220);
+  k348_sub(fc1_weight, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t220, t128, t222);
   KILN_MARK(80);
-  k391_sub(fc2_bias, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t218, t122, t220);
+  k363_sub(fc1_bias, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t220, t126, t222);
+  KILN_MARK(81);
+  k378_sub(fc2_weight, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t220, t124, t222);
+  KILN_MARK(82);
+  k393_sub(fc2_bias, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t220, t122, t222);
   KILN_MARK(-1);
 }
 
@@ -2685,51 +2659,51 @@ static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const logits_119 = (float *)(arena + 15466368);
   float *const loss_120 = (float *)(arena + 15468928);
   unsigned char *const scratch = arena + 32503360;
-  KILN_MARK(81);
-  k3_conv2d(t3, image, conv1_weight, scratch, B);
-  KILN_MARK(82);
-  k5_reshape(t5, conv1_bias);
   KILN_MARK(83);
-  k5_reshape(t38, bn1_weight);  /* %38 */
+  k3_conv2d(t3, image, conv1_weight, scratch, B);
   KILN_MARK(84);
-  k5_reshape(t40, bn1_bias);  /* %40 */
+  k5_reshape(t5, conv1_bias);
   KILN_MARK(85);
-  k47_reshape(t47, conv2_bias);
+  k5_reshape(t38, bn1_weight);  /* %38 */
   KILN_MARK(86);
-  k47_reshape(t75, bn2_weight);  /* %75 */
+  k5_reshape(t40, bn1_bias);  /* %40 */
   KILN_MARK(87);
-  k47_reshape(t77, bn2_bias);  /* %77 */
+  k47_reshape(t47, conv2_bias);
   KILN_MARK(88);
-  k5_reshape(t92, bn1_running_mean);  /* %92 */
+  k47_reshape(t75, bn2_weight);  /* %75 */
   KILN_MARK(89);
-  k5_reshape(t94, bn1_running_var);  /* %94 */
+  k47_reshape(t77, bn2_bias);  /* %77 */
   KILN_MARK(90);
-  k19_sqrt(t96, t94);  /* %96 */
+  k5_reshape(t92, bn1_running_mean);  /* %92 */
   KILN_MARK(91);
-  k100_relu(t100, t3, t5, t92, t96, t38, t40, B);
+  k5_reshape(t94, bn1_running_var);  /* %94 */
   KILN_MARK(92);
-  k43_maxpool2d(h1_101, t100, B);  /* %101 */
+  k19_sqrt(t96, t94);  /* %96 */
   KILN_MARK(93);
-  k45_conv2d(t102, h1_101, conv2_weight, scratch, B);  /* %102 */
+  k100_relu(t100, t3, t5, t92, t96, t38, t40, B);
   KILN_MARK(94);
-  k47_reshape(t104, bn2_running_mean);  /* %104 */
+  k43_maxpool2d(h1_101, t100, B);  /* %101 */
   KILN_MARK(95);
-  k47_reshape(t106, bn2_running_var);  /* %106 */
+  k45_conv2d(t102, h1_101, conv2_weight, scratch, B);  /* %102 */
   KILN_MARK(96);
-  k60_sqrt(t108, t106);  /* %108 */
+  k47_reshape(t104, bn2_running_mean);  /* %104 */
   KILN_MARK(97);
-  k112_relu(t112, t102, t47, t104, t108, t75, t77, B);
+  k47_reshape(t106, bn2_running_var);  /* %106 */
   KILN_MARK(98);
-  k80_maxpool2d(h2_113, t112, B);  /* %113 */
+  k60_sqrt(t108, t106);  /* %108 */
   KILN_MARK(99);
-  k83_matmul(t115, x_114, fc1_weight, scratch, B);  /* %115 */
+  k112_relu(t112, t102, t47, t104, t108, t75, t77, B);
   KILN_MARK(100);
-  k86_relu(t117, t115, fc1_bias, B);  /* %117 */
+  k80_maxpool2d(h2_113, t112, B);  /* %113 */
   KILN_MARK(101);
-  k88_matmul(t118, t117, fc2_weight, scratch, B);  /* %118 */
+  k83_matmul(t115, x_114, fc1_weight, scratch, B);  /* %115 */
   KILN_MARK(102);
-  k90_add(logits_119, t118, fc2_bias, B);  /* %119 */
+  k86_relu(t117, t115, fc1_bias, B);  /* %117 */
   KILN_MARK(103);
+  k88_matmul(t118, t117, fc2_weight, scratch, B);  /* %118 */
+  KILN_MARK(104);
+  k90_add(logits_119, t118, fc2_bias, B);  /* %119 */
+  KILN_MARK(105);
   k91_cross_entropy(loss_120, logits_119, label, B);  /* %120 */
   KILN_MARK(-1);
 }
@@ -2799,44 +2773,44 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const t122 = (float *)(arena + 32503296);
   float *const t123 = (float *)(arena + 15466368);
   float *const t124 = (float *)(arena + 32476032);
-  float *const t125 = (float *)(arena + 29264768);
+  float *const t125 = (float *)(arena + 29666176);
   float *const t126 = (float *)(arena + 32500032);
-  float *const t127 = (float *)(arena + 30468992);
+  float *const t127 = (float *)(arena + 29264768);
   float *const t128 = (float *)(arena + 15466368);
-  float *const t129 = (float *)(arena + 30468992);
-  float *const t130 = (float *)(arena + 28863360);
+  float *const t129 = (float *)(arena + 29264768);
   float *const t131 = (float *)(arena + 30468992);
-  float *const t132 = (float *)(arena + 32502720);
+  float *const t132 = (float *)(arena + 28863360);
   float *const t133 = (float *)(arena + 32502720);
-  float *const t134 = (float *)(arena + 27257728);
-  float *const t136 = (float *)(arena + 32502848);
+  float *const t134 = (float *)(arena + 32502720);
+  float *const t135 = (float *)(arena + 27257728);
   float *const t137 = (float *)(arena + 32502848);
-  float *const t138 = (float *)(arena + 28863360);
-  float *const t142 = (float *)(arena + 30468992);
-  float *const t146 = (float *)(arena + 27257728);
-  float *const t150 = (float *)(arena + 25652096);
-  float *const t152 = (float *)(arena + 27257856);
-  float *const t153 = (float *)(arena + 27257728);
-  float *const t155 = (float *)(arena + 24046464);
-  float *const t156 = (float *)(arena + 25652096);
-  float *const t157 = (float *)(arena + 27257728);
-  float *const t158 = (float *)(arena + 24046464);
-  float *const t159 = (float *)(arena + 25652096);
-  float *const t160 = (float *)(arena + 27283328);
-  float *const t161 = (float *)(arena + 27283328);
-  float *const t162 = (float *)(arena + 22440832);
-  float *const t164 = (float *)(arena + 27283392);
-  float *const t165 = (float *)(arena + 27283392);
-  float *const t166 = (float *)(arena + 24046464);
-  float *const t170 = (float *)(arena + 25652096);
-  float *const t173 = (float *)(arena + 22440832);
-  float *const t177 = (float *)(arena + 20835200);
-  float *const t179 = (float *)(arena + 22440896);
-  float *const t180 = (float *)(arena + 22440832);
-  float *const t182 = (float *)(arena + 19229568);
-  float *const t183 = (float *)(arena + 20835200);
-  float *const t185 = (float *)(arena + 19229696);
-  float *const t186 = (float *)(arena + 19229568);
+  float *const t138 = (float *)(arena + 32502848);
+  float *const t139 = (float *)(arena + 30468992);
+  float *const t143 = (float *)(arena + 28863360);
+  float *const t147 = (float *)(arena + 27257728);
+  float *const t151 = (float *)(arena + 25652096);
+  float *const t153 = (float *)(arena + 27257856);
+  float *const t154 = (float *)(arena + 27257728);
+  float *const t156 = (float *)(arena + 24046464);
+  float *const t157 = (float *)(arena + 25652096);
+  float *const t158 = (float *)(arena + 27257728);
+  float *const t160 = (float *)(arena + 26053504);
+  float *const t161 = (float *)(arena + 24046464);
+  float *const t162 = (float *)(arena + 27283328);
+  float *const t163 = (float *)(arena + 27283328);
+  float *const t164 = (float *)(arena + 22440832);
+  float *const t166 = (float *)(arena + 27283392);
+  float *const t167 = (float *)(arena + 27283392);
+  float *const t168 = (float *)(arena + 25652096);
+  float *const t172 = (float *)(arena + 24046464);
+  float *const t175 = (float *)(arena + 22440832);
+  float *const t179 = (float *)(arena + 20835200);
+  float *const t181 = (float *)(arena + 22440896);
+  float *const t182 = (float *)(arena + 22440832);
+  float *const t184 = (float *)(arena + 19229568);
+  float *const t185 = (float *)(arena + 20835200);
+  float *const t187 = (float *)(arena + 19229696);
+  float *const t188 = (float *)(arena + 19229568);
   float *const grad_conv1_weight = (float *)(arena + 3816704);
   float *const grad_conv1_bias = (float *)(arena + 3817024);
   float *const grad_bn1_weight = (float *)(arena + 3817088);
@@ -2850,147 +2824,151 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const grad_fc2_weight = (float *)(arena + 7608832);
   float *const grad_fc2_bias = (float *)(arena + 7632832);
   unsigned char *const scratch = arena + 32503360;
-  KILN_MARK(104);
-  k3_conv2d(t3, image, conv1_weight, scratch, B);
-  KILN_MARK(105);
-  k5_reshape(t5, conv1_bias);
   KILN_MARK(106);
-  k12_mean(t12, t3, scratch, B);
+  k3_conv2d(t3, image, conv1_weight, scratch, B);
   KILN_MARK(107);
-  k13_add(t13, t12, t5);
+  k5_reshape(t5, conv1_bias);
   KILN_MARK(108);
-  k16_mean(t16, t14, t3, t12, scratch, B);
+  k12_mean(t12, t3, scratch, B);
   KILN_MARK(109);
-  k19_sqrt(t19, t16);
+  k13_add(t13, t12, t5);
   KILN_MARK(110);
-  k21_numel(t21, B);
+  k16_mean(t16, t14, t3, t12, scratch, B);
   KILN_MARK(111);
-  k24_div(t24, t21);
+  k19_sqrt(t19, t16);
   KILN_MARK(112);
-  k32_add(bn1_running_mean, t27);
+  k21_numel(t21, B);
   KILN_MARK(113);
-  k35_add(bn1_running_var, t25, t24);
+  k24_div(t24, t21);
   KILN_MARK(114);
-  k37_add(bn1_num_batches_tracked);
+  k32_add(bn1_running_mean, t27);
   KILN_MARK(115);
-  k5_reshape(t38, bn1_weight);  /* %38 */
+  k35_add(bn1_running_var, t25, t24);
   KILN_MARK(116);
-  k5_reshape(t40, bn1_bias);  /* %40 */
+  k37_add(bn1_num_batches_tracked);
   KILN_MARK(117);
-  k42_relu(t42, t20, t14, t19, t38, t40, B);
+  k5_reshape(t38, bn1_weight);  /* %38 */
   KILN_MARK(118);
-  k43_maxpool2d(h1, t42, B);
+  k5_reshape(t40, bn1_bias);  /* %40 */
   KILN_MARK(119);
-  k45_conv2d(t45, h1, conv2_weight, scratch, B);
+  k42_relu(t42, t20, t14, t19, t38, t40, B);
   KILN_MARK(120);
-  k47_reshape(t47, conv2_bias);
+  k43_maxpool2d(h1, t42, B);
   KILN_MARK(121);
-  k54_mean(t54, t45, scratch, B);
+  k45_conv2d(t45, h1, conv2_weight, scratch, B);
   KILN_MARK(122);
-  k55_add(t55, t54, t47);
+  k47_reshape(t47, conv2_bias);
   KILN_MARK(123);
-  k58_mean(t58, t56, t45, t54, scratch, B);
+  k54_mean(t54, t45, scratch, B);
   KILN_MARK(124);
-  k60_sqrt(t60, t58);
+  k55_add(t55, t54, t47);
   KILN_MARK(125);
-  k62_numel(t62, B);
+  k58_mean(t58, t56, t45, t54, scratch, B);
   KILN_MARK(126);
-  k24_div(t64, t62);  /* %64 */
+  k60_sqrt(t60, t58);
   KILN_MARK(127);
-  k70_add(bn2_running_mean, t67);
+  k62_numel(t62, B);
   KILN_MARK(128);
-  k73_add(bn2_running_var, t65, t64);
+  k24_div(t64, t62);  /* %64 */
   KILN_MARK(129);
-  k37_add(bn2_num_batches_tracked);  /* %74 */
+  k70_add(bn2_running_mean, t67);
   KILN_MARK(130);
-  k47_reshape(t75, bn2_weight);  /* %75 */
+  k73_add(bn2_running_var, t65, t64);
   KILN_MARK(131);
-  k47_reshape(t77, bn2_bias);  /* %77 */
+  k37_add(bn2_num_batches_tracked);  /* %74 */
   KILN_MARK(132);
-  k79_relu(t79, t61, t56, t60, t75, t77, B);
+  k47_reshape(t75, bn2_weight);  /* %75 */
   KILN_MARK(133);
-  k80_maxpool2d(h2, t79, B);
+  k47_reshape(t77, bn2_bias);  /* %77 */
   KILN_MARK(134);
-  k83_matmul(t83, x, fc1_weight, scratch, B);
+  k79_relu(t79, t61, t56, t60, t75, t77, B);
   KILN_MARK(135);
-  k86_relu(t86, t83, fc1_bias, B);
+  k80_maxpool2d(h2, t79, B);
   KILN_MARK(136);
-  k88_matmul(t88, t86, fc2_weight, scratch, B);
+  k83_matmul(t83, x, fc1_weight, scratch, B);
   KILN_MARK(137);
-  k90_add(logits, t88, fc2_bias, B);
+  k86_relu(t86, t83, fc1_bias, B);
   KILN_MARK(138);
-  k91_cross_entropy(loss, logits, label, B);
+  k88_matmul(t88, t86, fc2_weight, scratch, B);
   KILN_MARK(139);
-  k121_cross_entropy_grad(t121, logits, label, B);
+  k90_add(logits, t88, fc2_bias, B);
   KILN_MARK(140);
-  k122_sum_to(t122, t121, scratch, B);
+  k91_cross_entropy(loss, logits, label, B);
   KILN_MARK(141);
-  k123_matmul(t123, t121, fc2_weight, scratch, B);
+  k121_cross_entropy_grad(t121, logits, label, B);
   KILN_MARK(142);
-  k124_matmul(t124, t121, t86, scratch, B);
+  k122_sum_to(t122, t121, scratch, B);
   KILN_MARK(143);
-  k125_relu_grad(t125, t86, t123, B);
+  k123_matmul(t123, t121, fc2_weight, scratch, B);
   KILN_MARK(144);
-  k126_sum_to(t126, t125, scratch, B);
+  k124_matmul(t124, t121, t86, scratch, B);
   KILN_MARK(145);
-  k127_matmul(t127, t125, fc1_weight, scratch, B);
+  k125_relu_grad(t125, t86, t123, B);
   KILN_MARK(146);
-  k128_matmul(t128, t125, x, scratch, B);
+  k126_sum_to(t126, t125, scratch, B);
   KILN_MARK(147);
-  k130_maxpool2d_grad(t130, t79, t129, B);
+  k127_matmul(t127, t125, fc1_weight, scratch, B);
   KILN_MARK(148);
-  k132_sum_to(t132, t131, t79, t130, scratch, B);
+  k128_matmul(t128, t125, x, scratch, B);
   KILN_MARK(149);
-  k136_sum_to(t136, t131, t61, scratch, B);
+  k131_relu_grad(t131, h2, t129, B);
   KILN_MARK(150);
-  k138_div(t138, t134, t131, t75, t60, B);
+  k132_maxpool2d_grad(t132, t79, t131, B);
   KILN_MARK(151);
-  k142_sum_to(t142, t134, t61, t60, scratch, B);
+  k133_sum_to(t133, t132, scratch, B);
   KILN_MARK(152);
-  k146_div(t146, t142, t60, t62);
+  k137_sum_to(t137, t132, t61, scratch, B);
   KILN_MARK(153);
-  k152_sum_to(t152, t150, t138, t146, t56, scratch, B);
+  k139_div(t139, t135, t132, t75, t60, B);
   KILN_MARK(154);
-  k153_div(t153, t152, t62);
+  k143_sum_to(t143, t135, t61, t60, scratch, B);
   KILN_MARK(155);
-  k155_add(t155, t150, t153, B);
+  k147_div(t147, t143, t60, t62);
   KILN_MARK(156);
-  k156_conv2d_bwd_data(t156, t155, conv2_weight, scratch, B);
+  k153_sum_to(t153, t151, t139, t147, t56, scratch, B);
   KILN_MARK(157);
-  k157_conv2d_bwd_filter(t157, h1, t155, scratch, B);
+  k154_div(t154, t153, t62);
   KILN_MARK(158);
-  k158_maxpool2d_grad(t158, t42, t156, B);
+  k156_add(t156, t151, t154, B);
   KILN_MARK(159);
-  k160_sum_to(t160, t159, t42, t158, scratch, B);
+  k157_conv2d_bwd_data(t157, t156, conv2_weight, scratch, B);
   KILN_MARK(160);
-  k164_sum_to(t164, t159, t20, scratch, B);
+  k158_conv2d_bwd_filter(t158, h1, t156, scratch, B);
   KILN_MARK(161);
-  k166_div(t166, t162, t159, t38, t19, B);
+  k131_relu_grad(t160, h1, t157, B);  /* %160 */
   KILN_MARK(162);
-  k170_sum_to(t170, t162, t20, t19, scratch, B);
+  k161_maxpool2d_grad(t161, t42, t160, B);
   KILN_MARK(163);
-  k173_div(t173, t170, t19, t21);
+  k162_sum_to(t162, t161, scratch, B);
   KILN_MARK(164);
-  k179_sum_to(t179, t177, t166, t173, t14, scratch, B);
+  k166_sum_to(t166, t161, t20, scratch, B);
   KILN_MARK(165);
-  k180_div(t180, t179, t21);
+  k168_div(t168, t164, t161, t38, t19, B);
   KILN_MARK(166);
-  k182_add(t182, t177, t180, B);
+  k172_sum_to(t172, t164, t20, t19, scratch, B);
   KILN_MARK(167);
-  k183_conv2d_bwd_filter(t183, image, t182, scratch, B);
+  k175_div(t175, t172, t19, t21);
   KILN_MARK(168);
-  k185_expand(t185);
+  k181_sum_to(t181, t179, t168, t175, t14, scratch, B);
   KILN_MARK(169);
-  k186_expand(t186);
+  k182_div(t182, t181, t21);
+  KILN_MARK(170);
+  k184_add(t184, t179, t182, B);
+  KILN_MARK(171);
+  k185_conv2d_bwd_filter(t185, image, t184, scratch, B);
+  KILN_MARK(172);
+  k187_expand(t187);
+  KILN_MARK(173);
+  k188_expand(t188);
   KILN_MARK(-1);
-  memcpy(grad_conv1_weight, t183, (size_t)72 * 4);
-  memcpy(grad_conv1_bias, t185, (size_t)8 * 4);
-  memcpy(grad_bn1_weight, t165, (size_t)8 * 4);
-  memcpy(grad_bn1_bias, t161, (size_t)8 * 4);
-  memcpy(grad_conv2_weight, t157, (size_t)6400 * 4);
-  memcpy(grad_conv2_bias, t186, (size_t)32 * 4);
-  memcpy(grad_bn2_weight, t137, (size_t)32 * 4);
-  memcpy(grad_bn2_bias, t133, (size_t)32 * 4);
+  memcpy(grad_conv1_weight, t185, (size_t)72 * 4);
+  memcpy(grad_conv1_bias, t187, (size_t)8 * 4);
+  memcpy(grad_bn1_weight, t167, (size_t)8 * 4);
+  memcpy(grad_bn1_bias, t163, (size_t)8 * 4);
+  memcpy(grad_conv2_weight, t158, (size_t)6400 * 4);
+  memcpy(grad_conv2_bias, t188, (size_t)32 * 4);
+  memcpy(grad_bn2_weight, t138, (size_t)32 * 4);
+  memcpy(grad_bn2_bias, t134, (size_t)32 * 4);
   memcpy(grad_fc1_weight, t128, (size_t)940800 * 4);
   memcpy(grad_fc1_bias, t126, (size_t)600 * 4);
   memcpy(grad_fc2_weight, t124, (size_t)6000 * 4);
@@ -3028,9 +3006,9 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const adam_step = (float *)(arena + 7632960);
   float *const conv1_weight_exp_avg = (float *)(arena + 7633024);
   float *const conv1_weight_exp_avg_sq = (float *)(arena + 7633344);
-  float *const t215 = (float *)(arena + 19229760);
-  float *const t218 = (float *)(arena + 19229824);
-  float *const t220 = (float *)(arena + 19229760);
+  float *const t217 = (float *)(arena + 19229760);
+  float *const t220 = (float *)(arena + 19229824);
+  float *const t222 = (float *)(arena + 19229760);
   float *const conv1_bias_exp_avg = (float *)(arena + 7633664);
   float *const conv1_bias_exp_avg_sq = (float *)(arena + 7633728);
   float *const bn1_weight_exp_avg = (float *)(arena + 7633792);
@@ -3053,46 +3031,46 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const fc2_weight_exp_avg_sq = (float *)(arena + 15241280);
   float *const fc2_bias_exp_avg = (float *)(arena + 15265280);
   float *const fc2_bias_exp_avg_sq = (float *)(arena + 15265344);
-  float *const t529 = (float *)(arena + 15466368);
-  float *const t531 = (float *)(arena + 15466432);
-  KILN_MARK(170);
-  k215_sub(t215, adam_step);
-  KILN_MARK(171);
-  k218_div(t218, lr, t215);
-  KILN_MARK(172);
-  k220_sqrt(t220, adam_step);
-  KILN_MARK(173);
-  k226_sub(conv1_weight, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t218, grad_conv1_weight, t220);  /* %402 */
+  float *const t531 = (float *)(arena + 15466368);
+  float *const t533 = (float *)(arena + 15466432);
   KILN_MARK(174);
-  k241_sub(conv1_bias, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t218, grad_conv1_bias, t220);  /* %413 */
+  k217_sub(t217, adam_step);
   KILN_MARK(175);
-  k241_sub(bn1_weight, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t218, grad_bn1_weight, t220);  /* %424 */
+  k220_div(t220, lr, t217);
   KILN_MARK(176);
-  k241_sub(bn1_bias, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t218, grad_bn1_bias, t220);  /* %435 */
+  k222_sqrt(t222, adam_step);
   KILN_MARK(177);
-  k286_sub(conv2_weight, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t218, grad_conv2_weight, t220);  /* %446 */
+  k228_sub(conv1_weight, conv1_weight_exp_avg, conv1_weight_exp_avg_sq, t220, grad_conv1_weight, t222);  /* %404 */
   KILN_MARK(178);
-  k301_sub(conv2_bias, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t218, grad_conv2_bias, t220);  /* %457 */
+  k243_sub(conv1_bias, conv1_bias_exp_avg, conv1_bias_exp_avg_sq, t220, grad_conv1_bias, t222);  /* %415 */
   KILN_MARK(179);
-  k301_sub(bn2_weight, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t218, grad_bn2_weight, t220);  /* %468 */
+  k243_sub(bn1_weight, bn1_weight_exp_avg, bn1_weight_exp_avg_sq, t220, grad_bn1_weight, t222);  /* %426 */
   KILN_MARK(180);
-  k301_sub(bn2_bias, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t218, grad_bn2_bias, t220);  /* %479 */
+  k243_sub(bn1_bias, bn1_bias_exp_avg, bn1_bias_exp_avg_sq, t220, grad_bn1_bias, t222);  /* %437 */
   KILN_MARK(181);
-  k346_sub(fc1_weight, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t218, grad_fc1_weight, t220);  /* %490 */
+  k288_sub(conv2_weight, conv2_weight_exp_avg, conv2_weight_exp_avg_sq, t220, grad_conv2_weight, t222);  /* %448 */
   KILN_MARK(182);
-  k361_sub(fc1_bias, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t218, grad_fc1_bias, t220);  /* %501 */
+  k303_sub(conv2_bias, conv2_bias_exp_avg, conv2_bias_exp_avg_sq, t220, grad_conv2_bias, t222);  /* %459 */
   KILN_MARK(183);
-  k376_sub(fc2_weight, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t218, grad_fc2_weight, t220);  /* %512 */
+  k303_sub(bn2_weight, bn2_weight_exp_avg, bn2_weight_exp_avg_sq, t220, grad_bn2_weight, t222);  /* %470 */
   KILN_MARK(184);
-  k529_div(t529, lr, adam_step);
+  k303_sub(bn2_bias, bn2_bias_exp_avg, bn2_bias_exp_avg_sq, t220, grad_bn2_bias, t222);  /* %481 */
   KILN_MARK(185);
-  k220_sqrt(t531, adam_step);  /* %531 */
+  k348_sub(fc1_weight, fc1_weight_exp_avg, fc1_weight_exp_avg_sq, t220, grad_fc1_weight, t222);  /* %492 */
   KILN_MARK(186);
-  k391_sub(fc2_bias, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t529, grad_fc2_bias, t531);  /* %537 */
+  k363_sub(fc1_bias, fc1_bias_exp_avg, fc1_bias_exp_avg_sq, t220, grad_fc1_bias, t222);  /* %503 */
+  KILN_MARK(187);
+  k378_sub(fc2_weight, fc2_weight_exp_avg, fc2_weight_exp_avg_sq, t220, grad_fc2_weight, t222);  /* %514 */
+  KILN_MARK(188);
+  k531_div(t531, lr, adam_step);
+  KILN_MARK(189);
+  k222_sqrt(t533, adam_step);  /* %533 */
+  KILN_MARK(190);
+  k393_sub(fc2_bias, fc2_bias_exp_avg, fc2_bias_exp_avg_sq, t531, grad_fc2_bias, t533);  /* %539 */
   KILN_MARK(-1);
 }
 
-static const kiln_site kiln_sites[187] = {
+static const kiln_site kiln_sites[191] = {
   {0, 3, "k3_conv2d", "conv2d", "mnist_cnn.kiln:10", 7225344, 1, 0},
   {0, 5, "k5_reshape", "reshape", "mnist_cnn.kiln:10", 0, 0, 0},
   {0, 12, "k12_mean", "mean", "mnist_cnn.kiln:11", 401408, 1, 0},
@@ -3136,44 +3114,46 @@ static const kiln_site kiln_sites[187] = {
   {0, 126, "k126_sum_to", "sum_to", "mnist_cnn.kiln:17", 38400, 1, 0},
   {0, 127, "k127_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
   {0, 128, "k128_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
-  {0, 130, "k130_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:15", 401408, 1, 0},
-  {0, 132, "k132_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 802816, 1, 0},
-  {0, 136, "k136_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 802816, 1, 0},
-  {0, 138, "k138_div", "fused div", "mnist_cnn.kiln:14", 802816, 1, 0},
-  {0, 142, "k142_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 1605632, 1, 0},
-  {0, 146, "k146_div", "fused div", "mnist_cnn.kiln:14", 96, 0, 0},
-  {0, 152, "k152_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 2007040, 1, 0},
-  {0, 153, "k153_div", "div", "mnist_cnn.kiln:14", 32, 0, 0},
-  {0, 155, "k155_add", "fused add", "mnist_cnn.kiln:14", 401408, 1, 0},
-  {0, 156, "k156_conv2d_bwd_data", "conv2d_bwd_data", "mnist_cnn.kiln:13", 160563200, 1, 0},
-  {0, 157, "k157_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:13", 160563200, 1, 0},
-  {0, 158, "k158_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:12", 401408, 1, 0},
-  {0, 160, "k160_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 802816, 1, 0},
-  {0, 164, "k164_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 802816, 1, 0},
-  {0, 166, "k166_div", "fused div", "mnist_cnn.kiln:11", 802816, 1, 0},
-  {0, 170, "k170_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 1605632, 1, 0},
-  {0, 173, "k173_div", "fused div", "mnist_cnn.kiln:11", 24, 0, 0},
-  {0, 179, "k179_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 2007040, 1, 0},
-  {0, 180, "k180_div", "div", "mnist_cnn.kiln:11", 8, 0, 0},
-  {0, 182, "k182_add", "fused add", "mnist_cnn.kiln:11", 401408, 1, 0},
-  {0, 183, "k183_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:10", 7225344, 1, 0},
-  {0, 185, "k185_expand", "expand", "mnist_cnn.kiln:10", 0, 0, 0},
-  {0, 186, "k186_expand", "expand", "mnist_cnn.kiln:13", 0, 0, 0},
-  {0, 215, "k215_sub", "fused sub", "mnist_cnn.kiln:24", 3, 0, 0},
-  {0, 218, "k218_div", "div", "mnist_cnn.kiln:24", 1, 0, 0},
-  {0, 220, "k220_sqrt", "fused sqrt", "mnist_cnn.kiln:24", 3, 0, 0},
-  {0, 226, "k226_sub", "fused sub", "mnist_cnn.kiln:24", 936, 0, 0},
-  {0, 241, "k241_sub", "fused sub", "mnist_cnn.kiln:24", 104, 0, 0},
-  {0, 256, "k241_sub", "fused sub", "mnist_cnn.kiln:24", 104, 0, 0},
-  {0, 271, "k241_sub", "fused sub", "mnist_cnn.kiln:24", 104, 0, 0},
-  {0, 286, "k286_sub", "fused sub", "mnist_cnn.kiln:24", 83200, 0, 0},
-  {0, 301, "k301_sub", "fused sub", "mnist_cnn.kiln:24", 416, 0, 0},
-  {0, 316, "k301_sub", "fused sub", "mnist_cnn.kiln:24", 416, 0, 0},
-  {0, 331, "k301_sub", "fused sub", "mnist_cnn.kiln:24", 416, 0, 0},
-  {0, 346, "k346_sub", "fused sub", "mnist_cnn.kiln:24", 12230400, 0, 0},
-  {0, 361, "k361_sub", "fused sub", "mnist_cnn.kiln:24", 7800, 0, 0},
-  {0, 376, "k376_sub", "fused sub", "mnist_cnn.kiln:24", 78000, 0, 0},
-  {0, 391, "k391_sub", "fused sub", "mnist_cnn.kiln:24", 130, 0, 0},
+  {0, 131, "k131_relu_grad", "relu_grad", "mnist_cnn.kiln:15", 100352, 1, 0},
+  {0, 132, "k132_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {0, 133, "k133_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, 137, "k137_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 802816, 1, 0},
+  {0, 139, "k139_div", "fused div", "mnist_cnn.kiln:14", 802816, 1, 0},
+  {0, 143, "k143_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 1605632, 1, 0},
+  {0, 147, "k147_div", "fused div", "mnist_cnn.kiln:14", 96, 0, 0},
+  {0, 153, "k153_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 2007040, 1, 0},
+  {0, 154, "k154_div", "div", "mnist_cnn.kiln:14", 32, 0, 0},
+  {0, 156, "k156_add", "fused add", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {0, 157, "k157_conv2d_bwd_data", "conv2d_bwd_data", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {0, 158, "k158_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {0, 160, "k131_relu_grad", "relu_grad", "mnist_cnn.kiln:12", 100352, 1, 0},
+  {0, 161, "k161_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {0, 162, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, 166, "k166_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 802816, 1, 0},
+  {0, 168, "k168_div", "fused div", "mnist_cnn.kiln:11", 802816, 1, 0},
+  {0, 172, "k172_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 1605632, 1, 0},
+  {0, 175, "k175_div", "fused div", "mnist_cnn.kiln:11", 24, 0, 0},
+  {0, 181, "k181_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 2007040, 1, 0},
+  {0, 182, "k182_div", "div", "mnist_cnn.kiln:11", 8, 0, 0},
+  {0, 184, "k184_add", "fused add", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {0, 185, "k185_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:10", 7225344, 1, 0},
+  {0, 187, "k187_expand", "expand", "mnist_cnn.kiln:10", 0, 0, 0},
+  {0, 188, "k188_expand", "expand", "mnist_cnn.kiln:13", 0, 0, 0},
+  {0, 217, "k217_sub", "fused sub", "mnist_cnn.kiln:24", 3, 0, 0},
+  {0, 220, "k220_div", "div", "mnist_cnn.kiln:24", 1, 0, 0},
+  {0, 222, "k222_sqrt", "fused sqrt", "mnist_cnn.kiln:24", 3, 0, 0},
+  {0, 228, "k228_sub", "fused sub", "mnist_cnn.kiln:24", 936, 0, 0},
+  {0, 243, "k243_sub", "fused sub", "mnist_cnn.kiln:24", 104, 0, 0},
+  {0, 258, "k243_sub", "fused sub", "mnist_cnn.kiln:24", 104, 0, 0},
+  {0, 273, "k243_sub", "fused sub", "mnist_cnn.kiln:24", 104, 0, 0},
+  {0, 288, "k288_sub", "fused sub", "mnist_cnn.kiln:24", 83200, 0, 0},
+  {0, 303, "k303_sub", "fused sub", "mnist_cnn.kiln:24", 416, 0, 0},
+  {0, 318, "k303_sub", "fused sub", "mnist_cnn.kiln:24", 416, 0, 0},
+  {0, 333, "k303_sub", "fused sub", "mnist_cnn.kiln:24", 416, 0, 0},
+  {0, 348, "k348_sub", "fused sub", "mnist_cnn.kiln:24", 12230400, 0, 0},
+  {0, 363, "k363_sub", "fused sub", "mnist_cnn.kiln:24", 7800, 0, 0},
+  {0, 378, "k378_sub", "fused sub", "mnist_cnn.kiln:24", 78000, 0, 0},
+  {0, 393, "k393_sub", "fused sub", "mnist_cnn.kiln:24", 130, 0, 0},
   {1, 3, "k3_conv2d", "conv2d", "mnist_cnn.kiln:10", 7225344, 1, 0},
   {1, 5, "k5_reshape", "reshape", "mnist_cnn.kiln:10", 0, 0, 0},
   {1, 38, "k5_reshape", "reshape", "mnist_cnn.kiln:11", 0, 0, 0},
@@ -3240,46 +3220,48 @@ static const kiln_site kiln_sites[187] = {
   {2, 126, "k126_sum_to", "sum_to", "mnist_cnn.kiln:17", 38400, 1, 0},
   {2, 127, "k127_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
   {2, 128, "k128_matmul", "matmul", "mnist_cnn.kiln:17", 120422400, 1, 0},
-  {2, 130, "k130_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:15", 401408, 1, 0},
-  {2, 132, "k132_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 802816, 1, 0},
-  {2, 136, "k136_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 802816, 1, 0},
-  {2, 138, "k138_div", "fused div", "mnist_cnn.kiln:14", 802816, 1, 0},
-  {2, 142, "k142_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 1605632, 1, 0},
-  {2, 146, "k146_div", "fused div", "mnist_cnn.kiln:14", 96, 0, 0},
-  {2, 152, "k152_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 2007040, 1, 0},
-  {2, 153, "k153_div", "div", "mnist_cnn.kiln:14", 32, 0, 0},
-  {2, 155, "k155_add", "fused add", "mnist_cnn.kiln:14", 401408, 1, 0},
-  {2, 156, "k156_conv2d_bwd_data", "conv2d_bwd_data", "mnist_cnn.kiln:13", 160563200, 1, 0},
-  {2, 157, "k157_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:13", 160563200, 1, 0},
-  {2, 158, "k158_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:12", 401408, 1, 0},
-  {2, 160, "k160_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 802816, 1, 0},
-  {2, 164, "k164_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 802816, 1, 0},
-  {2, 166, "k166_div", "fused div", "mnist_cnn.kiln:11", 802816, 1, 0},
-  {2, 170, "k170_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 1605632, 1, 0},
-  {2, 173, "k173_div", "fused div", "mnist_cnn.kiln:11", 24, 0, 0},
-  {2, 179, "k179_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 2007040, 1, 0},
-  {2, 180, "k180_div", "div", "mnist_cnn.kiln:11", 8, 0, 0},
-  {2, 182, "k182_add", "fused add", "mnist_cnn.kiln:11", 401408, 1, 0},
-  {2, 183, "k183_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:10", 7225344, 1, 0},
-  {2, 185, "k185_expand", "expand", "mnist_cnn.kiln:10", 0, 0, 0},
-  {2, 186, "k186_expand", "expand", "mnist_cnn.kiln:13", 0, 0, 0},
-  {3, 215, "k215_sub", "fused sub", "mnist_cnn.kiln:24", 3, 0, 0},
-  {3, 218, "k218_div", "div", "mnist_cnn.kiln:24", 1, 0, 0},
-  {3, 220, "k220_sqrt", "fused sqrt", "mnist_cnn.kiln:24", 3, 0, 0},
-  {3, 402, "k226_sub", "fused sub", "mnist_cnn.kiln:24", 792, 0, 0},
-  {3, 413, "k241_sub", "fused sub", "mnist_cnn.kiln:24", 88, 0, 0},
-  {3, 424, "k241_sub", "fused sub", "mnist_cnn.kiln:24", 88, 0, 0},
-  {3, 435, "k241_sub", "fused sub", "mnist_cnn.kiln:24", 88, 0, 0},
-  {3, 446, "k286_sub", "fused sub", "mnist_cnn.kiln:24", 70400, 0, 0},
-  {3, 457, "k301_sub", "fused sub", "mnist_cnn.kiln:24", 352, 0, 0},
-  {3, 468, "k301_sub", "fused sub", "mnist_cnn.kiln:24", 352, 0, 0},
-  {3, 479, "k301_sub", "fused sub", "mnist_cnn.kiln:24", 352, 0, 0},
-  {3, 490, "k346_sub", "fused sub", "mnist_cnn.kiln:24", 10348800, 0, 0},
-  {3, 501, "k361_sub", "fused sub", "mnist_cnn.kiln:24", 6600, 0, 0},
-  {3, 512, "k376_sub", "fused sub", "mnist_cnn.kiln:24", 66000, 0, 0},
-  {3, 529, "k529_div", "fused div", "mnist_cnn.kiln:24", 3, 0, 0},
-  {3, 531, "k220_sqrt", "fused sqrt", "mnist_cnn.kiln:24", 3, 0, 0},
-  {3, 537, "k391_sub", "fused sub", "mnist_cnn.kiln:24", 130, 0, 0},
+  {2, 131, "k131_relu_grad", "relu_grad", "mnist_cnn.kiln:15", 100352, 1, 0},
+  {2, 132, "k132_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:15", 401408, 1, 0},
+  {2, 133, "k133_sum_to", "sum_to", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, 137, "k137_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 802816, 1, 0},
+  {2, 139, "k139_div", "fused div", "mnist_cnn.kiln:14", 802816, 1, 0},
+  {2, 143, "k143_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 1605632, 1, 0},
+  {2, 147, "k147_div", "fused div", "mnist_cnn.kiln:14", 96, 0, 0},
+  {2, 153, "k153_sum_to", "fused sum_to", "mnist_cnn.kiln:14", 2007040, 1, 0},
+  {2, 154, "k154_div", "div", "mnist_cnn.kiln:14", 32, 0, 0},
+  {2, 156, "k156_add", "fused add", "mnist_cnn.kiln:14", 401408, 1, 0},
+  {2, 157, "k157_conv2d_bwd_data", "conv2d_bwd_data", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {2, 158, "k158_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:13", 160563200, 1, 0},
+  {2, 160, "k131_relu_grad", "relu_grad", "mnist_cnn.kiln:12", 100352, 1, 0},
+  {2, 161, "k161_maxpool2d_grad", "maxpool2d_grad", "mnist_cnn.kiln:12", 401408, 1, 0},
+  {2, 162, "k162_sum_to", "sum_to", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, 166, "k166_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 802816, 1, 0},
+  {2, 168, "k168_div", "fused div", "mnist_cnn.kiln:11", 802816, 1, 0},
+  {2, 172, "k172_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 1605632, 1, 0},
+  {2, 175, "k175_div", "fused div", "mnist_cnn.kiln:11", 24, 0, 0},
+  {2, 181, "k181_sum_to", "fused sum_to", "mnist_cnn.kiln:11", 2007040, 1, 0},
+  {2, 182, "k182_div", "div", "mnist_cnn.kiln:11", 8, 0, 0},
+  {2, 184, "k184_add", "fused add", "mnist_cnn.kiln:11", 401408, 1, 0},
+  {2, 185, "k185_conv2d_bwd_filter", "conv2d_bwd_filter", "mnist_cnn.kiln:10", 7225344, 1, 0},
+  {2, 187, "k187_expand", "expand", "mnist_cnn.kiln:10", 0, 0, 0},
+  {2, 188, "k188_expand", "expand", "mnist_cnn.kiln:13", 0, 0, 0},
+  {3, 217, "k217_sub", "fused sub", "mnist_cnn.kiln:24", 3, 0, 0},
+  {3, 220, "k220_div", "div", "mnist_cnn.kiln:24", 1, 0, 0},
+  {3, 222, "k222_sqrt", "fused sqrt", "mnist_cnn.kiln:24", 3, 0, 0},
+  {3, 404, "k228_sub", "fused sub", "mnist_cnn.kiln:24", 792, 0, 0},
+  {3, 415, "k243_sub", "fused sub", "mnist_cnn.kiln:24", 88, 0, 0},
+  {3, 426, "k243_sub", "fused sub", "mnist_cnn.kiln:24", 88, 0, 0},
+  {3, 437, "k243_sub", "fused sub", "mnist_cnn.kiln:24", 88, 0, 0},
+  {3, 448, "k288_sub", "fused sub", "mnist_cnn.kiln:24", 70400, 0, 0},
+  {3, 459, "k303_sub", "fused sub", "mnist_cnn.kiln:24", 352, 0, 0},
+  {3, 470, "k303_sub", "fused sub", "mnist_cnn.kiln:24", 352, 0, 0},
+  {3, 481, "k303_sub", "fused sub", "mnist_cnn.kiln:24", 352, 0, 0},
+  {3, 492, "k348_sub", "fused sub", "mnist_cnn.kiln:24", 10348800, 0, 0},
+  {3, 503, "k363_sub", "fused sub", "mnist_cnn.kiln:24", 6600, 0, 0},
+  {3, 514, "k378_sub", "fused sub", "mnist_cnn.kiln:24", 66000, 0, 0},
+  {3, 531, "k531_div", "fused div", "mnist_cnn.kiln:24", 3, 0, 0},
+  {3, 533, "k222_sqrt", "fused sqrt", "mnist_cnn.kiln:24", 3, 0, 0},
+  {3, 539, "k393_sub", "fused sub", "mnist_cnn.kiln:24", 130, 0, 0},
 };
 
 static const kiln_tensor kiln_tensors[61] = {
@@ -3554,7 +3536,7 @@ const kiln_program kiln_program_desc = {
   .entries = kiln_entries,
   .nsettings = 4,
   .settings = kiln_settings,
-  .nsites = 187,
+  .nsites = 191,
   .sites = kiln_sites,
   .fma_probe = kiln_fma_probe,
 };
