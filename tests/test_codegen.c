@@ -1515,6 +1515,27 @@ START_TEST(update_cycle_is_an_error) {
 }
 END_TEST
 
+/* Nodes read by several loops are recomputed in each (sched.c's recomputable), as long as every
+ * loop stays within SCHED_FUSE_MAX_NODES: here a loop reading two shared chains of 20 nodes
+ * stores one of them instead. */
+START_TEST(recomputed_nodes_fit_their_loops) {
+  int x = input("x", DT_F32, S2(B_(1), C_(40)));
+  int s1 = x, s2 = x;
+  for (int i = 0; i < 20; i++) {
+    s1 = ir_binary(g, OP_MUL, s1, ir_const(g, 1.0 + i / 64.0, DT_F32, L0), L0);
+    s2 = ir_binary(g, OP_ADD, s2, ir_const(g, i / 32.0, DT_F32, L0), L0);
+  }
+  out("a", ir_unary(g, OP_NEG, s1, L0));
+  out("b", ir_unary(g, OP_NEG, s2, L0));
+  out("c", ir_binary(g, OP_ADD, s1, s2, L0));
+  Run r;
+  run_open(&r, 3);
+  randomise(&r, 5, -1.0, 1.0);
+  run_compare(&r, "grad", 3);
+  run_close(&r);
+}
+END_TEST
+
 /* A label outside [0, C) must not be used as an index: the loss becomes NaN, nothing crashes. */
 START_TEST(bad_labels_give_nan) {
   int z = input("z", DT_F32, S2(B_(1), C_(5)));
@@ -2205,6 +2226,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, fused_reductions_bit_identical);
   tcase_add_test(tc, update_cycle_is_an_error);
   tcase_add_test(tc, bad_labels_give_nan);
+  tcase_add_test(tc, recomputed_nodes_fit_their_loops);
   tcase_add_test(tc, tensor_names_in_entries);
   suite_add_tcase(s, tc);
   TCase *td = tcase_create("depth");

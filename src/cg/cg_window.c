@@ -505,12 +505,13 @@ static int64_t pool_block_rows(const Window *w) {
   return (rows + blocks - 1) / blocks;
 }
 
-/* Whether maxpool node n takes the passes: an exact tiling over tensors in the arena. */
+/* Whether maxpool node n takes the passes: an exact tiling over tensors in the arena, with rows
+ * short enough for the blocks' arrays to stay small on a worker's stack. */
 static bool pool_passes(const Cg *cg, const Node *n, const Window *w) {
   for (int k = 0; k < n->nin; k++)
     if (!in_arena(ir_at(cg->g, n->in[k])))
       return false;
-  return cg->s->node[n->id].tiles && win_tiles_exactly(w);
+  return cg->s->node[n->id].tiles && win_tiles_exactly(w) && w->KH * w->Wo <= 2048;
 }
 
 /* Opens the loop over the images n (one task per image with workers) and the blocks of its

@@ -578,8 +578,14 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
         s->node[x].fused = f.size[c] + f.size[x] <= SCHED_FUSE_MAX_NODES;
       }
       if (s->node[x].fused && !s->node[x].member) {
-        f.size[c] += f.size[x];
-        continue;
+        /* A recomputed node too large for this loop is stored once after all (its earlier
+         * consumers then read it too). */
+        if (shared[x] && f.size[c] + f.size[x] > SCHED_FUSE_MAX_NODES) {
+          s->node[x].fused = false;
+        } else {
+          f.size[c] += f.size[x];
+          continue;
+        }
       }
       if (s->node[x].fused || op_is_leaf(xn->op) || !flat_map(g, xn) || !entries[x] ||
           entries[x] != entries[c] || !shape_eq(&xn->shape, &cn->shape) ||
