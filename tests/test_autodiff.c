@@ -537,6 +537,25 @@ START_TEST(vjp_maxpool2d_dilation) {
   check_maxpool(SHAPE(1, 1, 5, 5), WIN(.k = {2, 2}, .d = {2, 2}));
 }
 END_TEST
+/* Max pooling after ReLU, whose gradient takes ReLU's mask on the pooled tensor (opt.c's
+ * relu-pool rule): overlapping windows, and tiling ones, about half their inputs negative. */
+START_TEST(vjp_relu_then_maxpool2d) {
+  const Win ws[] = {WIN(.k = {3, 3}, .s = {2, 2}, .p = {1, 1, 1, 1}), WIN(.k = {2, 2}, .s = {2, 2})};
+  for (int i = 0; i < 2; i++) {
+    rng_state = 90 + (uint64_t)i;
+    Shape xs = SHAPE(2, 2, 6, 6);
+    Attr a = win_attr(&ws[i]);
+    int x = leaf(i ? "x_tiling" : "x_overlapping", xs);
+    int64_t n = shape_numel(&xs, (int64_t[]){1});
+    double *v = distinct_values(n);
+    for (int64_t k = 0; k < n; k++)
+      v[k] += 0.0125; /* no input at ReLU's kink */
+    Fill f[1] = {{x, 0, 0, false, v}};
+    gradcheck(op1(OP_MAXPOOL2D, ir_unary(g, OP_RELU, x, L0), &a), f, 1, NULL, 0);
+    free(v);
+  }
+}
+END_TEST
 
 START_TEST(vjp_avgpool2d_overlapping_padded) {
   for (int inc = 0; inc < 2; inc++) {
@@ -779,6 +798,7 @@ static Suite *suite(void) {
   tcase_add_test(tw, vjp_maxpool2d_padded);
   tcase_add_test(tw, vjp_maxpool2d_asymmetric_nonsquare);
   tcase_add_test(tw, vjp_maxpool2d_dilation);
+  tcase_add_test(tw, vjp_relu_then_maxpool2d);
   tcase_add_test(tw, vjp_avgpool2d_overlapping_padded);
   tcase_add_test(tw, vjp_avgpool2d_asymmetric_nonsquare);
   tcase_add_test(tw, vjp_avgpool2d_unpadded);

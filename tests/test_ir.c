@@ -279,6 +279,51 @@ START_TEST(centre_shift_rewrite) {
 }
 END_TEST
 
+/* mean(y + c) is built as mean(y) + c, and numel(y + c) as numel(y): batch norm's running mean
+ * and count then read y, and y + c need not be computed. */
+START_TEST(mean_shift_and_numel_rewrites) {
+  int y = f32("y", batched(SHAPE(1, 8, 5, 5)));
+  int c = f32("c", SHAPE(8, 1, 1));
+  unsigned axes = 1u << 0 | 1u << 2 | 1u << 3;
+  int a = ir_binary(g, OP_ADD, y, c, at);
+  Node *m = ir_at(g, ir_reduce(g, OP_MEAN, a, axes, true, at));
+  ck_assert_int_eq(m->op, OP_ADD);
+  ck_assert_int_eq(m->in[1], c);
+  ck_assert_int_eq(ir_at(g, m->in[0])->op, OP_MEAN);
+  ck_assert_int_eq(ir_at(g, m->in[0])->in[0], y);
+  ck_assert_str_eq(shape_text(m->id), "[1, 8, 1, 1]");
+  /* Along axis 1 the shift varies, and without keepdims the shapes differ: kept as written. */
+  ck_assert_int_eq(ir_at(g, ir_reduce(g, OP_MEAN, a, 1u << 1, true, at))->in[0], a);
+  ck_assert_int_eq(ir_at(g, ir_reduce(g, OP_MEAN, a, axes, false, at))->in[0], a);
+  ck_assert_int_eq(ir_at(g, ir_reduce(g, OP_NUMEL, a, axes, false, at))->in[0], y);
+}
+END_TEST
+
+/* relu_grad(h, maxpool2d_grad(h, dy)) is built as maxpool2d_grad(h, relu_grad(maxpool2d(h), dy)):
+ * the mask on the pooled tensor, which the forward pass has computed (hash-consing finds it). */
+START_TEST(relu_pool_rewrite) {
+  int h = ir_unary(g, OP_RELU, f32("x", batched(SHAPE(1, 4, 8, 8))), at);
+  Attr a = {0};
+  a.kernel[0] = a.kernel[1] = 2;
+  a.stride[0] = a.stride[1] = 2;
+  a.dilation[0] = a.dilation[1] = 1;
+  a.in_size[0] = a.in_size[1] = 8;
+  int pooled = ir_node(g, OP_MAXPOOL2D, 1, &h, &a, at);
+  int dy = f32("dy", batched(SHAPE(1, 4, 4, 4)));
+  int pg = ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){h, dy}, &a, at);
+  Node *n = ir_at(g, ir_binary(g, OP_RELU_GRAD, h, pg, at));
+  ck_assert_int_eq(n->op, OP_MAXPOOL2D_GRAD);
+  ck_assert_int_eq(n->in[0], h);
+  Node *m = ir_at(g, n->in[1]);
+  ck_assert_int_eq(m->op, OP_RELU_GRAD);
+  ck_assert_int_eq(m->in[0], pooled);
+  ck_assert_int_eq(m->in[1], dy);
+  /* A mask of another tensor than the pool's input stays as written. */
+  int other = f32("o", batched(SHAPE(1, 4, 8, 8)));
+  ck_assert_int_eq(ir_at(g, ir_binary(g, OP_RELU_GRAD, other, pg, at))->in[1], pg);
+}
+END_TEST
+
 /* ---- training graph and plan on the MLP ---- */
 
 /* The session's pipeline up to the training graph; the caller owns the graph. */
@@ -711,6 +756,8 @@ static Suite *ir_suite(void) {
   tcase_add_test(tc, conv_errors);
   tcase_add_test(tc, pool_and_layout_shapes);
   tcase_add_test(tc, centre_shift_rewrite);
+  tcase_add_test(tc, mean_shift_and_numel_rewrites);
+  tcase_add_test(tc, relu_pool_rewrite);
   suite_add_tcase(s, tc);
   TCase *tm = tcase_create("model");
   tcase_set_timeout(tm, 120);

@@ -3,7 +3,8 @@
  * columns unrolled, each with its constant range of valid output columns (so padding costs no
  * test in the inner loop, which runs along a row and vectorises), or, when the schedule says
  * so, im2col + the blocked GEMM per image, each image a task when the kernel has workers.
- * Pools whose windows tile the input unroll their taps; others test each tap's bounds.
+ * Max pools whose windows cover the input exactly run in contiguous passes (maxpool_passes);
+ * other pools whose windows tile the input unroll their taps; the rest test each tap's bounds.
  */
 #include <inttypes.h>
 #include <math.h>
@@ -497,8 +498,165 @@ static void maxpool_tile_argmax(Cg *cg, const Node *n, const Window *w, bool wan
   }
 }
 
+/* Max pools whose windows cover the input exactly run in passes over a block of an image's rows
+ * of windows, each pass a long contiguous loop that vectorises: first each input row's first
+ * maximum of every window's KW columns (a flat loop, since windows never straddle rows), then the
+ * first maximum of those over the window's KH rows. Taken row by row this is the reference's
+ * fold over the taps in row-major order: the fold's step (a later value wins when strictly
+ * greater, or NaN) combines the folds of consecutive runs of taps in order to the fold of the
+ * whole run, so both the value and the tap are the reference's, NaNs and signed zeros included.
+ * Selects are on the values' bits, so that no compiler turns them into branches. */
+
+/* Output rows per block: the blocks' arrays (on the stack) of about 2048 elements each, the
+ * image's rows split evenly. */
+static int64_t pool_block_rows(const Window *w) {
+  int64_t rows = w->C * w->Ho, most = 2048 / (w->KH * w->Wo);
+  if (most < 1)
+    most = 1;
+  int64_t blocks = (rows + most - 1) / most;
+  return (rows + blocks - 1) / blocks;
+}
+
+/* Whether maxpool node n takes the passes: an exact tiling over tensors in the arena, with rows
+ * short enough for the blocks' arrays to stay small on a worker's stack. */
+static bool pool_passes(const Cg *cg, const Node *n, const Window *w) {
+  for (int k = 0; k < n->nin; k++)
+    if (!in_arena(ir_at(cg->g, n->in[k])))
+      return false;
+  return cg->s->node[n->id].tiles && win_tiles_exactly(w) && w->KH * w->Wo <= 2048;
+}
+
+/* Opens the loop over the images n (one task per image with workers) and the blocks of its
+ * rows of windows: r0 the first, `rows` their number, xr the block's first input row. Closed by
+ * pool_close_blocks. */
+static void pool_open_blocks(Cg *cg, const Node *node, const Window *w, int64_t block) {
+  const char *T = ctype(node->dtype);
+  if (cg->s->node[node->id].workers > 1) {
+    cg_tasks_open(cg, "n"); /* one task per image */
+    cg_line(cg, "{");
+  } else {
+    cg_line(cg, "for (int64_t n = 0; n < %s; n++) {", sz_c(cg, sz_dim(cg, w->N)));
+  }
+  cg->indent++;
+  int64_t rows = w->C * w->Ho;
+  cg_line(cg, "for (int64_t r0 = 0; r0 < %" PRId64 "; r0 += %" PRId64 ") {", rows, block);
+  cg->indent++;
+  cg_line(cg, "const int64_t rows = %" PRId64 " - r0 < %" PRId64 " ? %" PRId64 " - r0 : %" PRId64
+              ";",
+          rows, block, rows, block);
+  cg_line(cg, "const %s *restrict xr = a + (n*%" PRId64 " + r0)*%" PRId64 ";", T, rows,
+          w->KH * w->W);
+}
+
+static void pool_close_blocks(Cg *cg, const Node *node, const Window *w) {
+  cg->indent--;
+  cg_line(cg, "}");
+  cg->indent--;
+  cg_line(cg, "}");
+  if (cg->s->node[node->id].workers > 1)
+    cg_tasks_close(cg, sz_c(cg, sz_dim(cg, w->N)), NULL, 0);
+}
+
+/* One step of the fold: m becomes v when v is greater or NaN, and `tap` (if any) becomes t. */
+static void maxpool_step(Cg *cg, const char *T, const char *U, const char *v, const char *tap,
+                         int64_t t) {
+  cg_line(cg, "{ const %s v = %s;", T, v);
+  cg_line(cg, "  const %s k = -(%s)((v > m) | (v != v));", U, U);
+  cg_line(cg, "  %s mb, vb;", U);
+  cg_line(cg, "  memcpy(&mb, &m, sizeof mb);");
+  cg_line(cg, "  memcpy(&vb, &v, sizeof vb);");
+  cg_line(cg, "  mb = (vb & k) | (mb & ~k);");
+  cg_line(cg, "  memcpy(&m, &mb, sizeof m);");
+  if (tap)
+    cg_line(cg, "  %s = (k & %" PRId64 ") | (%s & ~k);", tap, t, tap);
+  cg_line(cg, "}");
+}
+
+/* The first pass: h[u] the first maximum of the KW columns of window column u of the block's
+ * input rows (and hq[u] its column, with `want_tap`). */
+static void maxpool_row_pass(Cg *cg, const Node *n, const Window *w, bool want_tap) {
+  const char *T = ctype(n->dtype), *U = dtype_size(n->dtype) == 4 ? "uint32_t" : "uint64_t";
+  cg_line(cg, "for (int64_t u = 0; u < rows*%" PRId64 "; u++) {", w->KH * w->Wo);
+  cg->indent++;
+  cg_line(cg, "%s m = xr[u*%" PRId64 "];", T, w->KW);
+  if (want_tap)
+    cg_line(cg, "%s q = 0;", U);
+  for (int64_t q = 1; q < w->KW; q++)
+    maxpool_step(cg, T, U, pool_printf(cg->pool, "xr[u*%" PRId64 " + %" PRId64 "]", w->KW, q),
+                 want_tap ? "q" : NULL, q);
+  cg_line(cg, "h[u] = m;");
+  if (want_tap)
+    cg_line(cg, "hq[u] = q;");
+  cg->indent--;
+  cg_line(cg, "}");
+}
+
+/* Opens the second pass: m the first maximum over the KH rows of window (r0 + i, j) of the
+ * block (and p its row, with `want_tap`). Two loops to close. */
+static void maxpool_open_window_pass(Cg *cg, const Node *n, const Window *w, bool want_tap) {
+  const char *T = ctype(n->dtype), *U = dtype_size(n->dtype) == 4 ? "uint32_t" : "uint64_t";
+  cg_line(cg, "for (int64_t i = 0; i < rows; i++)");
+  cg_line(cg, "  for (int64_t j = 0; j < %" PRId64 "; j++) {", w->Wo);
+  cg->indent += 2;
+  cg_line(cg, "%s m = h[i*%" PRId64 " + j];", T, w->KH * w->Wo);
+  if (want_tap)
+    cg_line(cg, "%s p = 0;", U);
+  for (int64_t p = 1; p < w->KH; p++)
+    maxpool_step(cg, T, U,
+                 pool_printf(cg->pool, "h[i*%" PRId64 " + %" PRId64 " + j]", w->KH * w->Wo,
+                             p * w->Wo),
+                 want_tap ? "p" : NULL, p);
+}
+
+static void maxpool_passes(Cg *cg, const Node *n, const Window *w) {
+  const char *T = ctype(n->dtype);
+  int64_t block = pool_block_rows(w);
+  pool_open_blocks(cg, n, w, block);
+  cg_line(cg, "%s h[%" PRId64 "];", T, block * w->KH * w->Wo);
+  maxpool_row_pass(cg, n, w, false);
+  maxpool_open_window_pass(cg, n, w, false);
+  cg_line(cg, "y[(n*%" PRId64 " + r0 + i)*%" PRId64 " + j] = m;", w->C * w->Ho, w->Wo);
+  cg->indent -= 2;
+  cg_line(cg, "  }");
+  pool_close_blocks(cg, n, w);
+}
+
+/* The gradient's passes: the forward's two, the second storing dy's bits in the winning row of
+ * each window and +0 in the others (gs, by window column of each input row), then a flat pass
+ * storing gs in the winning column and +0 in the others. Every input element is written once. */
+static void maxpool_grad_passes(Cg *cg, const Node *n, const Window *w) {
+  const char *T = ctype(n->dtype), *U = dtype_size(n->dtype) == 4 ? "uint32_t" : "uint64_t";
+  int64_t block = pool_block_rows(w), len = block * w->KH * w->Wo;
+  pool_open_blocks(cg, n, w, block);
+  cg_line(cg, "%s h[%" PRId64 "];", T, len);
+  cg_line(cg, "%s hq[%" PRId64 "], gs[%" PRId64 "];", U, len, len);
+  maxpool_row_pass(cg, n, w, true);
+  maxpool_open_window_pass(cg, n, w, true);
+  cg_line(cg, "%s gb;", U);
+  cg_line(cg, "memcpy(&gb, &b[(n*%" PRId64 " + r0 + i)*%" PRId64 " + j], sizeof gb);",
+          w->C * w->Ho, w->Wo);
+  for (int64_t p = 0; p < w->KH; p++)
+    cg_line(cg, "gs[i*%" PRId64 " + %" PRId64 " + j] = gb & -(%s)(p == %" PRId64 ");",
+            w->KH * w->Wo, p * w->Wo, U, p);
+  cg->indent -= 2;
+  cg_line(cg, "  }");
+  cg_line(cg, "%s *restrict dr = y + (n*%" PRId64 " + r0)*%" PRId64 ";", T, w->C * w->Ho,
+          w->KH * w->W);
+  cg_line(cg, "for (int64_t u = 0; u < rows*%" PRId64 "; u++) {", w->KH * w->Wo);
+  for (int64_t q = 0; q < w->KW; q++)
+    cg_line(cg, "  { const %s o = gs[u] & -(%s)(hq[u] == %" PRId64 "); memcpy(&dr[u*%" PRId64
+                " + %" PRId64 "], &o, sizeof o); }",
+            U, U, q, w->KW, q);
+  cg_line(cg, "}");
+  pool_close_blocks(cg, n, w);
+}
+
 void cg_emit_maxpool2d(Cg *cg, const Node *n) {
   Window w = win_of(cg->g, n);
+  if (pool_passes(cg, n, &w)) {
+    maxpool_passes(cg, n, &w);
+    return;
+  }
   if (cg->s->node[n->id].tiles) {
     pool_open_tiles(cg, n, &w);
     maxpool_tile_argmax(cg, n, &w, false);
@@ -515,6 +673,10 @@ void cg_emit_maxpool2d(Cg *cg, const Node *n) {
 /* MAXPOOL2D_GRAD(x, dy) -> dx: each dy to its window's first maximum; overlapping windows add. */
 void cg_emit_maxpool2d_grad(Cg *cg, const Node *n) {
   Window w = win_of(cg->g, n);
+  if (pool_passes(cg, n, &w)) {
+    maxpool_grad_passes(cg, n, &w);
+    return;
+  }
   if (cg->s->node[n->id].tiles) {
     /* Each tap of a window is written once: dy at the first maximum, 0 elsewhere; only rows
      * and columns no window covers need zeroing beforehand. */

@@ -290,5 +290,8 @@ void win_cols(const Window *w, int64_t q, int64_t *j0, int64_t *j1);
 /* Whether the windows tile the input without overlap or padding (kernel = stride, at most 16
  * taps): every tap in bounds, every input element in at most one window. */
 bool win_tiles(const Window *w);
+/* Whether the windows tile the input and cover it exactly: no row or column left over, so an
+ * image's rows of windows are its input rows taken KH at a time. */
+bool win_tiles_exactly(const Window *w);
 
 #endif

@@ -71,3 +71,7 @@ bool win_tiles(const Window *w) {
   return w->KH == w->SH && w->KW == w->SW && w->DH == 1 && w->DW == 1 && w->PT == 0 &&
          w->PL == 0 && w->KH * w->KW <= 16 && w->Ho * w->SH <= w->H && w->Wo * w->SW <= w->W;
 }
+
+bool win_tiles_exactly(const Window *w) {
+  return win_tiles(w) && w->Ho * w->SH == w->H && w->Wo * w->SW == w->W;
+}

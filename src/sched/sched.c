@@ -579,13 +579,38 @@ static void note_read(int x, void *arg) {
 
 /* Whether x may be computed in registers inside each of its consumers' loops: an elementwise
  * node that is no entry's output or update value, read by exactly one consumer in each entry
- * that runs it (the train and apply entries share the optimizer's gradient-free terms, such as
+ * that runs it (or by several, when it is recomputable: decided by the caller) (the train and apply entries share the optimizer's gradient-free terms, such as
  * β·m: each entry's loop computes its own copy), every consumer an elementwise node of x's shape
  * and type. */
 static bool fusible_everywhere(const Graph *g, const int *pinned, int x, const int *seen_in,
                                const bool *bad) {
   const Node *xn = ir_at(g, x);
   return seen_in[x] && !bad[x] && !pinned[x] && !op_is_leaf(xn->op) && flat_map(g, xn);
+}
+
+/* Full-size tensors the loop computing x in registers reads: its operands of x's shape, looking
+ * through the tree nodes it computes too (broadcast operands, per channel, are cheap). */
+static int full_reads(const Graph *g, const Schedule *s, int x, int depth) {
+  const Node *xn = ir_at(g, x);
+  int n = 0;
+  for (int k = 0; k < xn->nin; k++) {
+    int a = xn->in[k];
+    const Node *an = ir_at(g, a);
+    if (!sched_reads(xn, k) || !shape_eq(&an->shape, &xn->shape))
+      continue;
+    n += s->node[a].fused && !s->node[a].member && depth < 4 ? full_reads(g, s, a, depth + 1) : 1;
+  }
+  return n;
+}
+
+/* Whether x, read by several consumers in one entry, is better recomputed in each of their loops
+ * than stored: a multiply or add reading one full-size tensor (batch norm's gradient times its
+ * scale, and that over the deviation): each consumer then reads that tensor instead of x, and x
+ * is never written. */
+static bool recomputable(const Graph *g, const Schedule *s, int x) {
+  Op op = ir_at(g, x)->op;
+  bool cheap = op == OP_ADD || op == OP_SUB || op == OP_MUL || op == OP_DIV || op == OP_NEG;
+  return cheap && full_reads(g, s, x, 0) <= 1;
 }
 
 static bool is_reduce(Op op) { return op == OP_SUM || op == OP_MEAN || op == OP_SUM_TO; }
@@ -699,6 +724,7 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
     return;
   int *seen_in = pool_alloc(pool, (size_t)nn * sizeof(int)); /* entries with a consumer of i */
   bool *bad = pool_alloc(pool, (size_t)nn * sizeof(bool));   /* a consumer that cannot fuse i */
+  bool *shared = pool_alloc(pool, (size_t)nn * sizeof(bool)); /* two consumers in one entry */
   bool *decided = pool_alloc(pool, (size_t)nn * sizeof(bool));
   int *pinned = pool_alloc(pool, (size_t)nn * sizeof(int));  /* output or update value somewhere */
   int *outputs = pool_alloc(pool, (size_t)nn * sizeof(int)); /* output of some entry */
@@ -733,8 +759,9 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
         continue;
       f.cstart[x + 1]++;
       ncons++;
-      if ((seen_in[x] & entries[c]) || !flat_map(g, cn) || !shape_eq(&xn->shape, &cn->shape) ||
-          xn->dtype != cn->dtype)
+      if (seen_in[x] & entries[c])
+        shared[x] = true;
+      if (!flat_map(g, cn) || !shape_eq(&xn->shape, &cn->shape) || xn->dtype != cn->dtype)
         bad[x] = true;
       seen_in[x] |= entries[c];
     }
@@ -767,13 +794,20 @@ static void fuse(const Graph *g, Schedule *s, const int *entries, Pool *pool) {
       const Node *xn = ir_at(g, x);
       if (s->node[x].fused && s->node[x].member && s->node[x].group == c)
         continue; /* read twice, or through another input */
-      if (!decided[x] && fusible_everywhere(g, pinned, x, seen_in, bad) && f.next[x] < 0) {
+      if (!decided[x] && fusible_everywhere(g, pinned, x, seen_in, bad) && f.next[x] < 0 &&
+          (!shared[x] || recomputable(g, s, x))) {
         decided[x] = true;
         s->node[x].fused = f.size[c] + f.size[x] <= SCHED_FUSE_MAX_NODES;
       }
       if (s->node[x].fused && !s->node[x].member) {
-        f.size[c] += f.size[x];
-        continue;
+        /* A recomputed node too large for this loop is stored once after all (its earlier
+         * consumers then read it too). */
+        if (shared[x] && f.size[c] + f.size[x] > SCHED_FUSE_MAX_NODES) {
+          s->node[x].fused = false;
+        } else {
+          f.size[c] += f.size[x];
+          continue;
+        }
       }
       if (s->node[x].fused || op_is_leaf(xn->op) || !flat_map(g, xn) || !entries[x] ||
           entries[x] != entries[c] || !shape_eq(&xn->shape, &cn->shape) ||
@@ -979,11 +1013,14 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
     if (op_is_window(n->op) && !is_conv(n->op)) {
       Window w = win_of(g, n);
       ns->tiles = win_tiles(&w);
-      /* gcc's cheap cost model vectorises an even row of tiling max-pool windows two lanes at a
-       * time, branch-free, but leaves an odd one scalar, where the first-maximum selects become
-       * mispredicted branches (1.4 ms against 0.2 ms for the MNIST CNN's 7-window rows). Only
-       * max pools use the unrolled tiling code. */
-      if ((n->op == OP_MAXPOOL2D || n->op == OP_MAXPOOL2D_GRAD) && ns->tiles && w.Wo % 2 == 1)
+      /* Max pools that tile their input exactly run as contiguous passes (cg_window.c), which
+       * gcc's cheap cost model leaves half scalar (0.31 against 0.08 ms for the MNIST CNN's
+       * second pool). Of the other tiling ones, gcc's cheap cost model vectorises an even row
+       * of windows two lanes at a time, branch-free, but leaves an odd one scalar, where the
+       * first-maximum selects become mispredicted branches (1.4 ms against 0.2 ms for 7-window
+       * rows). Only max pools use the tiling code. */
+      if ((n->op == OP_MAXPOOL2D || n->op == OP_MAXPOOL2D_GRAD) && ns->tiles &&
+          (win_tiles_exactly(&w) || w.Wo % 2 == 1))
         ns->vectorise = true;
       /* One task per image. */
       if (shape_numel(&n->shape, s->symvals) >= PARALLEL_ELEMENTS)

@@ -117,8 +117,11 @@ static void vjp_sqrt(AdCtx *c, const Node *n, int dy) {
   give(c, n, 0, dvd(c, n, dy, mul(c, n, cnst(c, n, 2.0), n->id)));
 }
 
+/* From relu's output, which is positive exactly where its input is (NaN and zeros give no
+ * positive output): the backward pass then keeps only the output, which it reads anyway in most
+ * networks (the next layer's weight gradient, a max pool's gradient), not the input as well. */
 static void vjp_relu(AdCtx *c, const Node *n, int dy) {
-  give(c, n, 0, ir_binary(c->g, OP_RELU_GRAD, n->in[0], dy, n->loc));
+  give(c, n, 0, ir_binary(c->g, OP_RELU_GRAD, n->id, dy, n->loc));
 }
 
 /* dy of a reduction, reshaped to the keepdims shape so that it broadcasts against x. */

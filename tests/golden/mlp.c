@@ -497,18 +497,16 @@ static KILN_NOINLINE void k4_matmul(float *restrict y, const float *restrict a, 
   kiln_sgemm(B, 256, 784, a, 784, 0, b, 784, 1, y, 256, scratch);
 }
 
-/* %7 = relu(%6 fc1) -> h  f32 [B, 256]  mlp.kiln:9  fused: v0 = %6 add (stored) */
+/* %7 = relu(%6 fc1) -> h  f32 [B, 256]  mlp.kiln:9  fused: v0 = %6 add */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic")))
 #endif
-static KILN_NOINLINE void k7_relu(float *restrict y, float *restrict z0, const float *restrict x0, const float *restrict x1, int64_t B) {
+static KILN_NOINLINE void k7_relu(float *restrict y, const float *restrict x0, const float *restrict x1, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < B; i0++) {
     for (int64_t i1 = 0; i1 < 256; i1++) {
       const float v0 = x0[i0*256 + i1] + x1[i1];
-      const float v1 = v0 > 0 ? v0 : (float)0;
-      z0[i0*256 + i1] = v0;
-      y[i0*256 + i1] = v1;
+      y[i0*256 + i1] = v0 > 0 ? v0 : (float)0;
     }
   }
 }
@@ -596,7 +594,7 @@ static KILN_NOINLINE void k17_matmul(float *restrict y, const float *restrict a,
   kiln_sgemm(10, 256, B, a, 10, 1, b, 256, 0, y, 256, scratch);
 }
 
-/* %18 = relu_grad(%6 fc1, %16) -> t18  f32 [B, 256]  mlp.kiln:9 */
+/* %18 = relu_grad(%7 h, %16) -> t18  f32 [B, 256]  mlp.kiln:9 */
 static KILN_NOINLINE void k18_relu_grad(float *restrict y, const float *restrict a, const float *restrict b, int64_t B) {
   KILN_ASSUME(B >= 1 && B <= 64);
   for (int64_t i0 = 0; i0 < (256*B); i0++) {
@@ -805,14 +803,13 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const fc1_weight = (float *)(arena + 0);
   float *const t4 = (float *)(arena + 3457664);
   float *const fc1_bias = (float *)(arena + 802816);
-  float *const fc1 = (float *)(arena + 3523200);
-  float *const h = (float *)(arena + 3588736);
+  float *const h = (float *)(arena + 3523200);
   float *const fc2_weight = (float *)(arena + 803840);
   float *const t9 = (float *)(arena + 3457664);
   float *const fc2_bias = (float *)(arena + 814080);
   float *const logits = (float *)(arena + 3460224);
   float *const loss = (float *)(arena + 4337280);
-  float *const t14 = (float *)(arena + 3654272);
+  float *const t14 = (float *)(arena + 3588736);
   float *const t15 = (float *)(arena + 4337344);
   float *const t16 = (float *)(arena + 3457664);
   float *const t17 = (float *)(arena + 4326016);
@@ -836,7 +833,7 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   KILN_MARK(0);
   k4_matmul(t4, x, fc1_weight, scratch, B);
   KILN_MARK(1);
-  k7_relu(h, fc1, t4, fc1_bias, B);
+  k7_relu(h, t4, fc1_bias, B);
   KILN_MARK(2);
   k9_matmul(t9, h, fc2_weight, scratch, B);
   KILN_MARK(3);
@@ -852,7 +849,7 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   KILN_MARK(8);
   k17_matmul(t17, t14, h, scratch, B);
   KILN_MARK(9);
-  k18_relu_grad(t18, fc1, t16, B);
+  k18_relu_grad(t18, h, t16, B);
   KILN_MARK(10);
   k19_sum_to(t19, t18, scratch, B);
   KILN_MARK(11);
@@ -882,8 +879,7 @@ static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const fc1_weight = (float *)(arena + 0);
   float *const t4 = (float *)(arena + 3457664);
   float *const fc1_bias = (float *)(arena + 802816);
-  float *const fc1 = (float *)(arena + 3523200);
-  float *const h = (float *)(arena + 3588736);
+  float *const h = (float *)(arena + 3523200);
   float *const fc2_weight = (float *)(arena + 803840);
   float *const t9 = (float *)(arena + 3457664);
   float *const fc2_bias = (float *)(arena + 814080);
@@ -893,7 +889,7 @@ static void kiln_eval(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   KILN_MARK(19);
   k4_matmul(t4, x, fc1_weight, scratch, B);
   KILN_MARK(20);
-  k7_relu(h, fc1, t4, fc1_bias, B);
+  k7_relu(h, t4, fc1_bias, B);
   KILN_MARK(21);
   k9_matmul(t9, h, fc2_weight, scratch, B);
   KILN_MARK(22);
@@ -911,14 +907,13 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const fc1_weight = (float *)(arena + 0);
   float *const t4 = (float *)(arena + 3457664);
   float *const fc1_bias = (float *)(arena + 802816);
-  float *const fc1 = (float *)(arena + 3523200);
-  float *const h = (float *)(arena + 3588736);
+  float *const h = (float *)(arena + 3523200);
   float *const fc2_weight = (float *)(arena + 803840);
   float *const t9 = (float *)(arena + 3457664);
   float *const fc2_bias = (float *)(arena + 814080);
   float *const logits = (float *)(arena + 3460224);
   float *const loss = (float *)(arena + 4337280);
-  float *const t14 = (float *)(arena + 3654272);
+  float *const t14 = (float *)(arena + 3588736);
   float *const t15 = (float *)(arena + 4337344);
   float *const t16 = (float *)(arena + 3457664);
   float *const t17 = (float *)(arena + 4326016);
@@ -933,7 +928,7 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   KILN_MARK(24);
   k4_matmul(t4, x, fc1_weight, scratch, B);
   KILN_MARK(25);
-  k7_relu(h, fc1, t4, fc1_bias, B);
+  k7_relu(h, t4, fc1_bias, B);
   KILN_MARK(26);
   k9_matmul(t9, h, fc2_weight, scratch, B);
   KILN_MARK(27);
@@ -949,7 +944,7 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   KILN_MARK(32);
   k17_matmul(t17, t14, h, scratch, B);
   KILN_MARK(33);
-  k18_relu_grad(t18, fc1, t16, B);
+  k18_relu_grad(t18, h, t16, B);
   KILN_MARK(34);
   k19_sum_to(t19, t18, scratch, B);
   KILN_MARK(35);
