@@ -215,6 +215,12 @@ void cg_emit_maxpool2d(Cg *cg, const Node *n);
 void cg_emit_maxpool2d_grad(Cg *cg, const Node *n);
 void cg_emit_avgpool2d(Cg *cg, const Node *n);
 void cg_emit_avgpool2d_grad(Cg *cg, const Node *n);
+/* The loop over a weight gradient's images in waves of `workers` (with workers, task t of the
+ * wave starting at image n0; else one image at a time, t = 0), with `n` the image: the loop and
+ * task are open after cg_image_waves_open; cg_image_waves_close closes the task (the caller then
+ * adds the wave's results in image order) but not the loop. */
+void cg_image_waves_open(Cg *cg, const char *B, int workers);
+void cg_image_waves_close(Cg *cg, const char *B, int workers);
 
 /* ---- cg_fuse.c: fused elementwise trees (the analysis is sched.c's) ---- */
 bool cg_is_tree(const Cg *cg, const Node *n);

@@ -329,44 +329,17 @@ static void put_filter_image(Cg *cg, const Window *w, const ImplicitScratch *is)
           m->Hp, w->DH, m->Wp, w->Ho, K, w->KW);
 }
 
-/* Opens the loop over the images: with workers, tasks in waves of `workers` images (task t of
- * the wave starting at n0), else one image at a time (t = 0); `ws` the task's slot. Closed by
- * waves_close. */
-static void waves_open(Cg *cg, const char *B, int workers, const ImplicitScratch *is) {
-  cg_line(cg, "for (int64_t n0 = 0; n0 < %s; n0 += %d) {", B, workers);
-  cg->indent++;
-  if (workers > 1) {
-    cg_tasks_open(cg, "t");
-  } else {
-    cg_line(cg, "{");
-    cg->indent++;
-    cg_line(cg, "const int64_t t = 0;");
-  }
-  cg_line(cg, "const int64_t n = n0 + t;");
-  cg_line(cg, "unsigned char *ws = scratch + %" PRId64 " + t*%" PRId64 ";", is->shared_bytes,
-          is->slot_bytes);
-}
-
-static void waves_close(Cg *cg, const char *B, int workers) {
-  if (workers > 1) {
-    static const char *const locals[] = {"n0"};
-    cg_tasks_close(cg, pool_printf(cg->pool, "%s - n0 < %d ? %s - n0 : %d", B, workers, B, workers),
-                   locals, 1);
-  } else {
-    cg->indent--;
-    cg_line(cg, "}");
-  }
-}
-
 static void emit_filter(Cg *cg, const Node *n, const Window *w, const ImplicitScratch *is) {
   int64_t rows = w->C * w->KH * w->KW;
   int workers = cg->s->node[n->id].workers;
   const char *T = ctype(n->dtype), *B = sz_c(cg, sz_dim(cg, w->N));
   cg_line(cg, "%s *restrict sum = (%s *)(void *)scratch;", T, T);
   cg_line(cg, "memset(sum, 0, %" PRId64 " * " CG_KERNEL_NAME "_opad * sizeof *sum);", rows);
-  waves_open(cg, B, workers, is);
+  cg_image_waves_open(cg, B, workers);
+  cg_line(cg, "unsigned char *ws = scratch + %" PRId64 " + t*%" PRId64 ";", is->shared_bytes,
+          is->slot_bytes);
   put_filter_image(cg, w, is);
-  waves_close(cg, B, workers);
+  cg_image_waves_close(cg, B, workers);
   cg_line(cg, "for (int64_t t = 0; t < %d && n0 + t < %s; t++) {", workers, B);
   cg_line(cg, "  const %s *restrict part = (const %s *)(void *)(scratch + %" PRId64 " + t*%" PRId64
               " + %" PRId64 ");",

@@ -320,6 +320,30 @@ static void conv_im2col(Cg *cg, const Node *n, const Window *w, int k, bool back
   cg_line(cg, "  }");
 }
 
+void cg_image_waves_open(Cg *cg, const char *B, int workers) {
+  cg_line(cg, "for (int64_t n0 = 0; n0 < %s; n0 += %d) {", B, workers);
+  cg->indent++;
+  if (workers > 1) {
+    cg_tasks_open(cg, "t");
+  } else {
+    cg_line(cg, "{");
+    cg->indent++;
+    cg_line(cg, "const int64_t t = 0;");
+  }
+  cg_line(cg, "const int64_t n = n0 + t;");
+}
+
+void cg_image_waves_close(Cg *cg, const char *B, int workers) {
+  if (workers > 1) {
+    static const char *const locals[] = {"n0"};
+    cg_tasks_close(cg, pool_printf(cg->pool, "%s - n0 < %d ? %s - n0 : %d", B, workers, B, workers),
+                   locals, 1);
+  } else {
+    cg->indent--;
+    cg_line(cg, "}");
+  }
+}
+
 /* The weight gradient through the GEMM: the batch in waves of `workers` images, image n0 + t of
  * a wave (task t) in slot t with its own dw_n (col, then the slot's dw buffer, then the GEMM's);
  * after each wave its images' dw_n are added to y in image order. So every element of y is
@@ -333,16 +357,7 @@ static void conv_gemm_filter(Cg *cg, const Node *n, const Window *w, Sz N, int64
   cg_line(cg, "scratch += (64 - (uintptr_t)scratch %% 64) %% 64;");
   cg_line(cg, "for (int64_t e = 0; e < %" PRId64 "; e++)", w->O * K);
   cg_line(cg, "  y[e] = 0;");
-  cg_line(cg, "for (int64_t n0 = 0; n0 < %s; n0 += %d) {", B, workers);
-  cg->indent++;
-  if (workers > 1) {
-    cg_tasks_open(cg, "t");
-  } else {
-    cg_line(cg, "{");
-    cg->indent++;
-    cg_line(cg, "const int64_t t = 0;");
-  }
-  cg_line(cg, "const int64_t n = n0 + t;");
+  cg_image_waves_open(cg, B, workers);
   cg_line(cg, "unsigned char *ws = scratch + t*%" PRId64 ";", slot);
   cg_line(cg, "%s *restrict col = (%s *)(void *)ws;", T, T);
   cg_line(cg, "%s *restrict part = (%s *)(void *)(ws + %" PRId64 ");", T, T, colb);
@@ -353,14 +368,7 @@ static void conv_gemm_filter(Cg *cg, const Node *n, const Window *w, Sz N, int64
               ", %" PRId64 ", 0, col + g*%" PRId64 ", %" PRId64 ", 1, part + g*%" PRId64
               ", %" PRId64 ", gws);",
           gm, Og, K, HW, w->O * HW, Og * HW, HW, K * HW, HW, Og * K, K);
-  if (workers > 1) {
-    static const char *const locals[] = {"n0"};
-    cg_tasks_close(cg, pool_printf(cg->pool, "%s - n0 < %d ? %s - n0 : %d", B, workers, B, workers),
-                   locals, 1);
-  } else {
-    cg->indent--;
-    cg_line(cg, "}");
-  }
+  cg_image_waves_close(cg, B, workers);
   cg_line(cg, "for (int64_t t = 0; t < %d && n0 + t < %s; t++) {", workers, B);
   cg_line(cg, "  const %s *restrict part = (const %s *)(void *)(scratch + t*%" PRId64 " + %" PRId64
               ");", T, T, slot, colb);

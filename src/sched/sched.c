@@ -263,10 +263,16 @@ static void filter_block(const Window *w, int lanes, int acc, ImplicitBlock *b) 
   b->Wo2 = w->Wo;
 }
 
+/* How good a register block is: the share of its results that are kept (not padding), times its
+ * accumulators up to 12 (enough independent FMAs to hide their latency on two units), times its
+ * multiply-adds per load up to 1 (two loads and two FMAs issue per cycle). */
+static double block_score(double kept, int64_t fmas, int64_t loads) {
+  return kept * (double)(fmas < 12 ? fmas : 12) / 12.0 *
+         (fmas >= loads ? 1.0 : (double)fmas / (double)loads);
+}
+
 /* The forward's block: pr x pc positions x ov vectors of output channels, the best by
- * (positions and channels computed that are kept) x (accumulators, up to 12: enough to hide
- * the FMA latency) x (multiply-adds per load, up to 1: per tap the block loads ov vectors and
- * broadcasts pr*pc inputs). The MNIST CNN's conv2 (8 -> 32 channels, 14 x 14) gets 1 x 7
+ * block_score (per tap the block loads ov vectors and broadcasts pr*pc inputs). The MNIST CNN's conv2 (8 -> 32 channels, 14 x 14) gets 1 x 7
  * positions x 2 vectors of 16 with AVX-512. */
 static void forward_block(const Window *w, int lanes, int acc, ImplicitBlock *b) {
   double best = -1;
@@ -277,8 +283,7 @@ static void forward_block(const Window *w, int lanes, int acc, ImplicitBlock *b)
         int64_t ho2 = round_up(w->Ho, pr), wo2 = round_up(w->Wo, pc), opad = round_up(w->O, ov * lanes);
         double kept = (double)(w->Ho * w->Wo * w->O) / (double)(ho2 * wo2 * opad);
         int64_t fmas = pr * pc * ov, loads = ov + pr * pc;
-        double score = kept * (double)(fmas < 12 ? fmas : 12) / 12.0 *
-                       (fmas >= loads ? 1.0 : (double)fmas / (double)loads);
+        double score = block_score(kept, fmas, loads);
         if (score > best + 1e-9) {
           best = score;
           b->pr = pr;
@@ -293,10 +298,8 @@ static void forward_block(const Window *w, int lanes, int acc, ImplicitBlock *b)
 }
 
 /* The input gradient's block: cb channels x pr rows of dx x one vector along a row, the best by
- * (channels and rows computed that are kept) x (accumulators, up to 12) x (multiply-adds per
- * load, up to 1: per tap the block broadcasts cb weights and loads pr vectors of dy, each
- * usually split across two cache lines). Rows are
- * padded to Ho2 = H2 (a multiple of pr), each to Wo2 = whole vectors; the frame around one
+ * block_score (per tap the block broadcasts cb weights and loads pr vectors of dy, each usually
+ * split across two cache lines). Rows are padded to Ho2 = H2 (a multiple of pr), each to Wo2 = whole vectors; the frame around one
  * channel of dy is shifted so that dx[h][w] reads dy at frame row h + p'*DH, column w + q'*DW
  * for the flipped taps p' = KH-1-p, q' = KW-1-q. The MNIST CNN's conv2 (dx 8 x 14 x 14) gets 8
  * channels x 2 rows x 16 columns with AVX-512. */
@@ -308,8 +311,7 @@ static void data_block(const Window *w, int lanes, int acc, ImplicitBlock *b) {
       double kept = (double)(w->C * w->H) / (double)(cpad * h2);
       /* A row's vector starts anywhere in a cache line: count its load twice (a split). */
       int fmas = cb * pr, loads = cb + 2 * pr;
-      double score = kept * (double)(fmas < 12 ? fmas : 12) / 12.0 *
-                     (fmas >= loads ? 1.0 : (double)fmas / (double)loads);
+      double score = block_score(kept, fmas, loads);
       if (score > best + 1e-9) {
         best = score;
         b->cb = cb;
