@@ -1,22 +1,19 @@
 /*
- * cg_implicit.c — a convolution's weight gradient and forward pass as implicit GEMMs vectorised
- * along the output channels.
+ * cg_implicit.c — convolutions as implicit GEMMs: nothing unfolded, register-blocked vector
+ * micro-kernels over a zero frame around each input image, so that every tap is a constant
+ * offset with no bounds test.
  *
  * The weight gradient. Per image n,
  *     dw[o][c][p][q] += sum over (i, j) of x[c][i*SH - PT + p*DH][j*SW - PL + q*DW] * dy[o][i][j]
  * with dy's image transposed to dt[i*Wo + j][o] (opad columns, zero past O), so that output
- * channels are contiguous vector lanes, and x's image copied into a zero frame xp (cpad channels
- * of Hp x Wp), so that every tap is a constant offset with no bounds test. A micro-kernel keeps
- * cb channels x pb kernel rows x KW kernel columns x ow output channels in registers over all
- * of the image's positions: per position it loads ow/lanes vectors of dt and broadcasts one x
- * per tap. Nothing is unfolded: beyond the multiply-adds an image costs O(C*H*W + O*Ho*Wo),
- * where im2col + GEMM writes and packs C*KH*KW*Ho*Wo elements, about as many as the FMAs they
- * feed when O is 32.
- *
- * The register block depends on the vector width the C compiler picks (sched_implicit_block),
- * so the micro-kernel and the block's sizes are printed once per width under the preprocessor
- * conditions of sched_vector_widths; the driver is written once in terms of them, and the
- * scratch is laid out for the largest.
+ * channels are contiguous vector lanes, and x's image in the frame xp (cpad channels of Hp x Wp).
+ * A micro-kernel keeps cb channels x pb kernel rows x KW kernel columns x ow output channels in
+ * registers over all of the image's positions: per position it loads ow/lanes vectors of dt and
+ * broadcasts one x per tap. Beyond the multiply-adds an image costs O(C*H*W + O*Ho*Wo), where
+ * im2col + GEMM writes and packs C*KH*KW*Ho*Wo elements, about as many as the FMAs they feed
+ * when O is 32. With fewer output channels than lanes (block.rows), the vectors run along rows
+ * of dy instead (dy framed, rows padded to whole vectors), and each accumulator is summed across
+ * its lanes at the end.
  *
  * Images are tasks in waves of `workers`, as the GEMM weight gradient's (cg_window.c): image
  * n's gradient, as part[c][p][q][o], in its slot, added after the wave into sum in image order,
@@ -26,8 +23,17 @@
  * per image (a task each) a micro-kernel keeps pr x pc output positions x ow output channels in
  * registers over every tap: per tap it loads ow/lanes vectors of wt and broadcasts one input
  * per position, read from the frame at the tap's offset (a table). The results, part[i*Wo2 +
- * j][o], are transposed into y. Each output is summed over the taps in one order, whatever the
- * threads.
+ * j][o], are transposed into y.
+ *
+ * The input gradient (stride 1), a forward pass over dy's frame with the taps flipped: vectors
+ * along rows of dx (8 input channels would fill half of a 512-bit vector), cb channels x pr rows
+ * a call, each tap broadcasting cb weights of wf[(o*KH + p')*KW + q'][c].
+ *
+ * Every output is summed over its taps or positions in one order, whatever the threads. The
+ * register block depends on the vector width the C compiler picks (sched_implicit_block), so the
+ * micro-kernel and the block's sizes are printed once per width under the preprocessor
+ * conditions of sched_vector_widths; the driver is written once in terms of them, and the
+ * scratch is laid out for the largest.
  */
 #include <inttypes.h>
 
