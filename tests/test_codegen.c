@@ -910,11 +910,12 @@ START_TEST(pools_and_loops_as_tasks_match_one_thread) {
   pool_ops(h, &pools[0], "tile");
   pool_ops(h, &pools[1], "overlap");
   /* Sums computing their input's loop: per channel, as batch norm's (runs of whole images'
-   * channels, one task per block of images), and per image and channel. */
+   * channels, one task per block of images), and per image and channel; and a sum of x itself. */
   out("chan_sq", ir_node(g, OP_SUM_TO, 2, (int[]){ir_binary(g, OP_MUL, x, x, L0), sc}, NULL, L0));
   out("plane_mean",
       ir_reduce(g, OP_MEAN, ir_binary(g, OP_SUB, x, sh, L0), (1u << 2) | (1u << 3), true, L0));
-  one_and_three_threads(40, 23, 9, 15); /* the fused loop, 12 pools, 2 sums */
+  out("chan_sum", ir_node(g, OP_SUM_TO, 2, (int[]){x, sc}, NULL, L0)); /* of a stored tensor */
+  one_and_three_threads(40, 23, 9, 16); /* the fused loop, 12 pools, 3 sums */
 }
 END_TEST
 

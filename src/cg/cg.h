@@ -184,6 +184,17 @@ Sz cg_stride_of(const Cg *cg, const Shape *s, int k);
 void cg_broadcast_strides(const Cg *cg, const Shape *in, const Shape *it, Sz *st);
 int cg_nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops);
 void cg_nest_close(Cg *cg, int depth);
+/* A reduction's runs (the nest over its first k0 axes of dims, each iteration summing a run of
+ * `run` elements into acc, `numel` doubles in scratch) as tasks when n has workers: then
+ * cg_runs_open sets *runs to one double per run after acc, in row-major order, and makes the
+ * next cg_nest_open split its outer loop into tasks (blocks of about NEST_TASK_ELEMENTS
+ * elements); the caller's nest stores each run's sum in runs (with nop + 1 operands) instead of
+ * adding it to acc; after its cg_nest_close, cg_runs_close adds the runs into acc (y's
+ * operand's strides) in the order the serial nest would. So the sums do not depend on the
+ * threads. Returns whether the runs are tasks (cg_runs_close is then due). */
+bool cg_runs_open(Cg *cg, const Node *n, int k0, const Sz *dims, Sz run, const char *numel,
+                  Opnd *runs);
+void cg_runs_close(Cg *cg, int k0, const Sz *dims, const Opnd *y, const Opnd *runs);
 
 /* ---- cg_elem.c: elementwise, reductions, matmul, losses, softmax, layout ---- */
 /* The C spelling of each elementwise op: $a, $b the operands, $f the math.h suffix, $t the C

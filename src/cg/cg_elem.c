@@ -117,7 +117,7 @@ static void cg_emit_accumulate(Cg *cg, const Node *n, const Sz *ystride, const c
   Sz dims[IR_MAX_RANK];
   for (int k = 0; k < xs->rank; k++)
     dims[k] = sz_dim(cg, xs->d[k]);
-  Opnd ops[2];
+  Opnd ops[3];
   memset(ops, 0, sizeof ops);
   ops[0].k = -1;
   memcpy(ops[0].stride, ystride, sizeof(Sz) * (size_t)xs->rank);
@@ -142,7 +142,8 @@ static void cg_emit_accumulate(Cg *cg, const Node *n, const Sz *ystride, const c
     k0--;
   Sz run = sz_prod(cg, xs, k0, xs->rank);
   if (wide && in_arena(ir_at(cg->g, n->in[0])) && k0 < xs->rank && (run.p > 0 || run.c >= 32)) {
-    int depth = cg_nest_open(cg, k0, dims, 2, ops);
+    bool tasks = cg_runs_open(cg, n, k0, dims, run, numel, &ops[2]);
+    int depth = cg_nest_open(cg, k0, dims, 2 + tasks, ops);
     const char *xe = ops[1].elem; /* "a[idx]" */
     const char *L = sz_c(cg, run);
     cg_line(cg, "{");
@@ -158,10 +159,15 @@ static void cg_emit_accumulate(Cg *cg, const Node *n, const Sz *ystride, const c
     cg_line(cg, "double s = ((ps[0] + ps[1]) + (ps[2] + ps[3])) + ((ps[4] + ps[5]) + (ps[6] + ps[7]));");
     cg_line(cg, "for (; j < %s; j++)", L);
     cg_line(cg, "  s += (double)xr[j];");
-    cg_line(cg, "acc%s += s;", ops[0].elem + 1);
+    if (tasks)
+      cg_line(cg, "%s = s;", ops[2].elem);
+    else
+      cg_line(cg, "acc%s += s;", ops[0].elem + 1);
     cg->indent--;
     cg_line(cg, "}");
     cg_nest_close(cg, depth);
+    if (tasks)
+      cg_runs_close(cg, k0, dims, &ops[0], &ops[2]);
   } else {
     int depth = cg_nest_open(cg, xs->rank, dims, 2, ops);
     if (wide)

@@ -291,29 +291,13 @@ void cg_emit_reduce_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
   const char *numel = sz_c(cg, sz_prod(cg, &n->shape, 0, n->shape.rank));
   Sz run = sz_prod(cg, xs, k0, rank);
   const char *L = sz_c(cg, run);
-  bool tasks = cg->s->node[n->id].workers > 1;
   cg_line(cg, "double *restrict acc = (double *)scratch;");
   cg_line(cg, "for (int64_t i = 0; i < %s; i++)", numel);
   cg_line(cg, "  acc[i] = 0;");
-  /* With workers, the runs are tasks (blocks of the outer loop), each run's sum stored in runs,
-   * after acc, one per run in row-major order; then one serial pass adds them into acc in the order the
-   * serial loop would, so the sums do not depend on the threads. */
-  Opnd *runs = &ops[nop];
   KILN_ASSERT(nop < NEST_MAX_OPS);
-  if (tasks) {
-    /* Named through scratch, a parameter, since tasks see no local of the kernel. */
-    *runs = (Opnd){.k = -1, .name = pool_printf(cg->pool, "((double *)(void *)scratch + %s)", numel)};
-    Sz st = SZ_ONE;
-    for (int k = k0 - 1; k >= 0; k--) {
-      runs->stride[k] = st;
-      st = sz_mul(st, dims[k]);
-    }
-  }
-  cg->nest_tasks = tasks;
-  cg->nest_task_scale = run.p ? run.c * cg->plan->batch : run.c;
+  Opnd *runs = &ops[nop];
+  bool tasks = cg_runs_open(cg, n, k0, dims, run, numel, runs);
   int depth = cg_nest_open(cg, k0, dims, nop + tasks, ops);
-  cg->nest_tasks = false;
-  cg->nest_task_scale = 1;
   cg_line(cg, "{");
   cg->indent++;
   for (int j = 0; j < ta->nout; j++)
@@ -359,13 +343,8 @@ void cg_emit_reduce_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
   cg->indent--;
   cg_line(cg, "}");
   cg_nest_close(cg, depth);
-  if (tasks) {
-    Opnd sum[2] = {ops[0], *runs};
-    sum[0].name = "acc";
-    int d = cg_nest_open(cg, k0, dims, 2, sum);
-    cg_line(cg, "%s += %s;", sum[0].elem, sum[1].elem);
-    cg_nest_close(cg, d);
-  }
+  if (tasks)
+    cg_runs_close(cg, k0, dims, &ops[0], runs);
   cg_line(cg, "for (int64_t i = 0; i < %s; i++)", numel);
   if (n->op == OP_MEAN)
     cg_line(cg, "  y[i] = (%s)(acc[i] / (double)%s);", ctype(n->dtype), sz_c(cg, count));

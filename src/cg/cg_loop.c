@@ -185,6 +185,8 @@ int cg_nest_open(Cg *cg, int rank, const Sz *dims, int nop, Opnd *ops) {
       cg->nest_task_count = pool_printf(cg->pool, "(%s + %" PRId64 ") / %" PRId64, sz_c(cg, d[0]),
                                         block - 1, block);
       cg_tasks_open(cg, "t");
+      cg->nest_tasks = false; /* consumed: this nest's tasks only */
+      cg->nest_task_scale = 1;
       cg_line(cg, "const int64_t lo = t*%" PRId64 ", hi = %s - lo < %" PRId64 " ? %s : lo + %" PRId64
                   ";", block, sz_c(cg, d[0]), block, sz_c(cg, d[0]), block);
       if (invariant && k == r - 2)
@@ -233,4 +235,32 @@ void cg_nest_close(Cg *cg, int depth) {
     cg_tasks_close(cg, cg->nest_task_count, NULL, 0);
     cg->nest_task_count = NULL;
   }
+}
+
+bool cg_runs_open(Cg *cg, const Node *n, int k0, const Sz *dims, Sz run, const char *numel,
+                  Opnd *runs) {
+  bool tasks = cg->s->node[n->id].workers > 1;
+  if (tasks) {
+    /* Named through scratch, a parameter, since tasks see no local of the kernel. */
+    *runs = (Opnd){.k = -1, .name = pool_printf(cg->pool, "((double *)(void *)scratch + %s)", numel)};
+    Sz st = SZ_ONE;
+    for (int k = k0 - 1; k >= 0; k--) {
+      runs->stride[k] = st;
+      st = sz_mul(st, dims[k]);
+    }
+  }
+  cg->nest_tasks = tasks;
+  if (tasks)
+    cg->nest_task_scale = run.p ? run.c * cg->plan->batch : run.c;
+  return tasks;
+}
+
+void cg_runs_close(Cg *cg, int k0, const Sz *dims, const Opnd *y, const Opnd *runs) {
+  cg->nest_tasks = false; /* unconsumed when the nest had no loop */
+  cg->nest_task_scale = 1;
+  Opnd sum[2] = {*y, *runs};
+  sum[0].name = "acc";
+  int d = cg_nest_open(cg, k0, dims, 2, sum);
+  cg_line(cg, "%s += %s;", sum[0].elem, sum[1].elem);
+  cg_nest_close(cg, d);
 }

@@ -1028,6 +1028,9 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
       if (shape_numel(&n->shape, s->symvals) >= PARALLEL_ELEMENTS)
         ns->workers = s->opt.threads;
     }
+    if (!sched_is_tree(g, s, i) && sched_reduce_runs(g, s, n) && sched_reduce_k0(g, n) > 0 &&
+        shape_numel(&ir_at(g, n->in[0])->shape, s->symvals) >= PARALLEL_ELEMENTS)
+      ns->workers = s->opt.threads; /* a sum of a stored tensor: blocks of runs as tasks */
     if (sched_is_tree(g, s, i)) {
       ns->vectorise = true;
       /* Elementwise loops over many elements run as tasks of whole blocks of their outer loop;
