@@ -734,18 +734,23 @@ static double special_value(int64_t k) {
   return v[(k * 5 + k / 3) % 11];
 }
 
+static void pool_attr(const PoolCase *k, Attr *a) {
+  memset(a, 0, sizeof *a);
+  a->kernel[0] = k->kh, a->kernel[1] = k->kw;
+  a->stride[0] = k->sh, a->stride[1] = k->sw;
+  a->dilation[0] = k->dh, a->dilation[1] = k->dw;
+  memcpy(a->pad, k->pad, sizeof a->pad);
+  a->in_size[0] = k->H, a->in_size[1] = k->W;
+}
+
 /* maxpool2d, avgpool2d (both divisors) and their adjoints for one case (_i: case * 2 + f64). */
 START_TEST(pools_and_adjoints) {
   const PoolCase *k = &pool_cases[_i / 2];
   DType dt = _i % 2 ? DT_F64 : DT_F32;
   int x = input("x", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
   int xt = input("xt", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
-  Attr a = {0};
-  a.kernel[0] = k->kh, a.kernel[1] = k->kw;
-  a.stride[0] = k->sh, a.stride[1] = k->sw;
-  a.dilation[0] = k->dh, a.dilation[1] = k->dw;
-  memcpy(a.pad, k->pad, sizeof a.pad);
-  a.in_size[0] = k->H, a.in_size[1] = k->W;
+  Attr a;
+  pool_attr(k, &a);
   int y = ir_node(g, OP_MAXPOOL2D, 1, &x, &a, L0);
   out("max", y);
   out("max_tied", ir_node(g, OP_MAXPOOL2D, 1, &xt, &a, L0));
@@ -789,19 +794,13 @@ static const ConvCase odd_convs[] = {
     {6, 9, 7, 21, 3, 3, 2, 2, 1, 1, 1, {1, 0, 1, 0}},  /* groups 3, stride 2 */
 };
 
-/* Every convolution case (its three ops) and every pool case (max, average both ways, and their
- * adjoints) as outputs of the grad entry. */
 /* Every pool op of case k over x, as grad outputs named after tag: max pooling and its
  * gradient (from a dy input of its own), average pooling with and without the padding counted,
  * and their gradients. */
 static void pool_ops(int x, const PoolCase *k, const char *tag) {
   char name[48];
-  Attr a = {0};
-  a.kernel[0] = k->kh, a.kernel[1] = k->kw;
-  a.stride[0] = k->sh, a.stride[1] = k->sw;
-  a.dilation[0] = k->dh, a.dilation[1] = k->dw;
-  memcpy(a.pad, k->pad, sizeof a.pad);
-  a.in_size[0] = k->H, a.in_size[1] = k->W;
+  Attr a;
+  pool_attr(k, &a);
   int y = ir_node(g, OP_MAXPOOL2D, 1, &x, &a, L0);
   snprintf(name, sizeof name, "%smax", tag);
   out(name, y);
@@ -818,6 +817,8 @@ static void pool_ops(int x, const PoolCase *k, const char *tag) {
   }
 }
 
+/* Every convolution case (its three ops) and every pool case (max, average both ways, and their
+ * adjoints) as outputs of the grad entry. */
 static void all_windows(void) {
   char name[32];
   for (size_t i = 0; i < sizeof conv_cases / sizeof *conv_cases + 2; i++) {

@@ -65,6 +65,15 @@ static void put_head(Buf *o, DType dt, const char *in2, int nacc) {
     buf_printf(o, "%s a%d = {0}%s", k && k % 8 == 0 ? "\n   " : "", k, k + 1 < nacc ? "," : ";\n");
 }
 
+/* One broadcast input, `src`, times vectors d0 .. d(nd-1) into the next nd accumulators
+ * (*acc on). */
+static void put_fmas(Buf *o, const char *indent, const char *T, const char *src, int *acc, int nd) {
+  buf_printf(o, "%s{ const %s s = %s;", indent, T, src);
+  for (int k = 0; k < nd; k++, (*acc)++)
+    buf_printf(o, " a%d += s * d%d;", *acc, k);
+  buf_puts(o, " }\n");
+}
+
 /* ov vectors d0, d1, ... loaded from `from`. */
 static void put_loads(Buf *o, const char *indent, int ov, int lanes, const char *from) {
   for (int k = 0; k < ov; k++)
@@ -100,13 +109,10 @@ static void put_filter_taps(Buf *o, const Window *w, DType dt, const ImplicitBlo
   int acc = 0;
   for (int c = 0; c < b->cb; c++)
     for (int p = 0; p < b->pb; p++)
-      for (int64_t q = 0; q < w->KW; q++) {
-        buf_printf(o, "      { const %s s = xs[%" PRId64 "];", T,
-                   (c * Hp + p * w->DH) * Wp + q * w->DW);
-        for (int k = 0; k < ov; k++, acc++)
-          buf_printf(o, " a%d += s * d%d;", acc, k);
-        buf_puts(o, " }\n");
-      }
+      for (int64_t q = 0; q < w->KW; q++)
+        put_fmas(o, "      ", T,
+                 pool_printf(o->pool, "xs[%" PRId64 "]", (c * Hp + p * w->DH) * Wp + q * w->DW),
+                 &acc, ov);
   buf_puts(o, "    }\n");
   acc = 0;
   for (int c = 0; c < b->cb; c++)
@@ -164,12 +170,9 @@ static void put_forward_taps(Buf *o, const Window *w, DType dt, const ImplicitBl
   put_loads(o, "    ", ov, b->lanes, "ws");
   int acc = 0;
   for (int r = 0; r < b->pr; r++)
-    for (int c = 0; c < b->pc; c++) {
-      buf_printf(o, "    { const %s s = xs[%" PRId64 "];", T, r * w->SH * Wp + c * w->SW);
-      for (int k = 0; k < ov; k++, acc++)
-        buf_printf(o, " a%d += s * d%d;", acc, k);
-      buf_puts(o, " }\n");
-    }
+    for (int c = 0; c < b->pc; c++)
+      put_fmas(o, "    ", T, pool_printf(o->pool, "xs[%" PRId64 "]", r * w->SH * Wp + c * w->SW), &acc,
+               ov);
   buf_puts(o, "  }\n");
   acc = 0;
   for (int r = 0; r < b->pr; r++)
@@ -192,12 +195,8 @@ static void put_data_taps(Buf *o, const Window *w, DType dt, const ImplicitBlock
   for (int r = 0; r < b->pr; r++)
     buf_printf(o, "    " CG_KERNEL_NAME "_v d%d; memcpy(&d%d, xs + %" PRId64 ", sizeof d%d);\n", r,
                r, r * Wp, r);
-  for (int c = 0, acc = 0; c < b->cb; c++) {
-    buf_printf(o, "    { const %s s = ws[%d];", T, c);
-    for (int r = 0; r < b->pr; r++, acc++)
-      buf_printf(o, " a%d += s * d%d;", acc, r);
-    buf_puts(o, " }\n");
-  }
+  for (int c = 0, acc = 0; c < b->cb; c++)
+    put_fmas(o, "    ", T, pool_printf(o->pool, "ws[%d]", c), &acc, b->pr);
   buf_puts(o, "  }\n");
   for (int c = 0, acc = 0; c < b->cb; c++)
     for (int r = 0; r < b->pr; r++, acc++)
