@@ -198,7 +198,8 @@ static void check_shape(const Lib *lib, bool dbl, int64_t M, int64_t N, int64_t 
 }
 
 /* Shapes: degenerate, primes, around MR (6, 8), NR (8..64), the K block (256, split evenly), the
- * M block (126..128) and the seed networks' layers. */
+ * M block (126..128), the seed networks' layers, and K in two of the deeper blocks a transposed
+ * B at small M takes (2 x 1250). */
 typedef struct Mnk {
   int64_t m, n, k;
 } Mnk;
@@ -206,7 +207,7 @@ static const Mnk shapes[] = {
     {1, 1, 1},     {7, 13, 29},    {1, 64, 1},     {64, 1, 3},      {5, 7, 1},
     {6, 16, 8},    {8, 32, 16},    {9, 33, 17},    {12, 48, 255},   {13, 31, 256},
     {17, 65, 257}, {3, 5, 513},    {127, 63, 40},  {129, 97, 300},  {257, 130, 7},
-    {64, 10, 256}, {10, 256, 64},  {64, 256, 10},  {23, 129, 1000},
+    {64, 10, 256}, {10, 256, 64},  {64, 256, 10},  {23, 129, 1000}, {9, 21, 2500},
 };
 
 static void all_shapes(const Lib *lib, bool dbl) {

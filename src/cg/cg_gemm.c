@@ -76,31 +76,39 @@ void cg_fma_pragma(Buf *o) {
 
 /* The micro-kernel for one register-block shape: c[MR×NR] (+)= a-panel · b-panel over kc, with
  * a packed as kc rows of MR and b as kc rows of NR (both 64-byte aligned). beta = 0 overwrites c,
- * so C needs no zeroing before the first K block. Unrolled here over the block only. */
-static void emit_ukr(Buf *o, DType dt, const GemmTiles *tiles, const UkrShape *s) {
-  int es = (int)dtype_size(dt), lanes = s->vbytes / es, nr = s->nv * lanes;
+ * so C needs no zeroing before the first K block. Unrolled here over the block only. `rows`
+ * prints $G_ukr_rows, which reads a in place instead: MR rows lda apart, each along k. */
+static void emit_ukr(Buf *o, DType dt, const UkrShape *s, bool rows) {
+  int es = (int)dtype_size(dt), lanes = s->vbytes / es;
   const char *t = dt == DT_F64 ? "double" : "float", *g = cg_gemm_name(dt);
-  buf_printf(o, "typedef %s %s_v __attribute__((vector_size(%d)));\n", t, g, s->vbytes);
-  /* The M block is a multiple of MR, so only the last one has an edge tile. */
-  buf_printf(o, "enum { %s_mr = %d, %s_nr = %d, %s_mcb = %d };\n", g, s->mr, g, nr, g,
-             (int)(tiles->mc / s->mr * s->mr));
   cg_fma_function(o);
-  buf_printf(o, "static void %s_ukr(int64_t kc, const %s *restrict a, "
-                "const %s *restrict b, int64_t ldb, %s *restrict c, int64_t ldc, int beta) {\n",
-             g, t, t, t);
+  if (rows)
+    buf_printf(o, "static void %s_ukr_rows(int64_t kc, const %s *restrict a, int64_t lda, "
+                  "const %s *restrict b, int64_t ldb, %s *restrict c, int64_t ldc, int beta) {\n",
+               g, t, t, t);
+  else
+    buf_printf(o, "static void %s_ukr(int64_t kc, const %s *restrict a, "
+                  "const %s *restrict b, int64_t ldb, %s *restrict c, int64_t ldc, int beta) {\n",
+               g, t, t, t);
   cg_fma_pragma(o);
   for (int i = 0; i < s->mr; i++) {
     buf_puts(o, "  ");
     for (int v = 0; v < s->nv; v++)
       buf_printf(o, "%s_v c%d_%d = {0};%s", g, i, v, v + 1 < s->nv ? " " : "\n");
   }
-  buf_printf(o, "  for (int64_t p = 0; p < kc; p++, a += %d, b += ldb) {\n", s->mr);
+  if (rows)
+    buf_puts(o, "  for (int64_t p = 0; p < kc; p++, a++, b += ldb) {\n");
+  else
+    buf_printf(o, "  for (int64_t p = 0; p < kc; p++, a += %d, b += ldb) {\n", s->mr);
   for (int v = 0; v < s->nv; v++) {
     buf_printf(o, "    %s_v b%d;\n", g, v);
     buf_printf(o, "    memcpy(&b%d, b + %d, sizeof b%d);\n", v, v * lanes, v);
   }
   for (int i = 0; i < s->mr; i++) {
-    buf_printf(o, "    { const %s a%d = a[%d];", t, i, i);
+    if (rows)
+      buf_printf(o, "    { const %s a%d = a[%d * lda];", t, i, i);
+    else
+      buf_printf(o, "    { const %s a%d = a[%d];", t, i, i);
     for (int v = 0; v < s->nv; v++)
       buf_printf(o, " c%d_%d += a%d * b%d;", i, v, i, v);
     buf_puts(o, " }\n");
@@ -178,6 +186,45 @@ static const char gemm_driver[] =
     "  }\n"
     "}\n"
     "\n"
+    "/* C[M,N] (+)= op(A)[M,K] B[N,K]^T at small M (the batch): each element of B is used\n"
+    " * only M times, too few to repay packing B, which would mean transposing it (fc1's forward\n"
+    " * x W^T). So the product is computed transposed, C^T = B op(A)^T: B's rows are the\n"
+    " * micro-kernel's broadcast operand, read where they are, and the small op(A)^T is packed\n"
+    " * into its micro-panels once per K block. The K blocks are deeper than $G_acc's: B's rows\n"
+    " * stream from memory in long runs, and C's tile is stored once per block (transposed). */\n"
+    "static void $G_acc_bt(int64_t M, int64_t N, int64_t K, const $T *A, int64_t lda, int ta,\n"
+    "                      const $T *B, int64_t ldb, $T *C, int64_t ldc, int acc,\n"
+    "                      unsigned char *ws) {\n"
+    "  const int64_t nkb = (K + $G_kcb_bt - 1) / $G_kcb_bt, kcmax = (K + nkb - 1) / nkb;\n"
+    "  ws += (64 - (uintptr_t)ws % 64) % 64;\n"
+    "  /* The last rows of B, fewer than $G_mr, are packed (zero-padded) into ap. */\n"
+    "  $T *ap = ($T *)(void *)ws;\n"
+    "  $T *bp = ($T *)(void *)(ws + ($G_mr * kcmax * (int64_t)sizeof($T) + 63) / 64 * 64);\n"
+    "  for (int64_t pc = 0; pc < K; pc += kcmax) {\n"
+    "    const int64_t kc = K - pc < kcmax ? K - pc : kcmax;\n"
+    "    const int first = pc == 0 && !acc;\n"
+    "    $G_pack_b(M, kc, ta ? A + pc * lda : A + pc, lda, !ta, 0, bp);\n"
+    "    for (int64_t ir = 0; ir < N; ir += $G_mr) {\n"
+    "      const int64_t mr = N - ir < $G_mr ? N - ir : $G_mr;\n"
+    "      if (mr < $G_mr)\n"
+    "        $G_pack_a(mr, kc, B + ir * ldb + pc, ldb, 0, ap);\n"
+    "      for (int64_t jr = 0; jr < M; jr += $G_nr) {\n"
+    "        const int64_t nr = M - jr < $G_nr ? M - jr : $G_nr;\n"
+    "        $T t[$G_mr * $G_nr] __attribute__((aligned(64)));\n"
+    "        if (mr == $G_mr)\n"
+    "          $G_ukr_rows(kc, B + ir * ldb + pc, ldb, bp + jr * kc, $G_nr, t, $G_nr, 0);\n"
+    "        else\n"
+    "          $G_ukr(kc, ap, bp + jr * kc, $G_nr, t, $G_nr, 0);\n"
+    "        for (int64_t j = 0; j < nr; j++) {\n"
+    "          $T *c = C + (jr + j) * ldc + ir;\n"
+    "          for (int64_t i = 0; i < mr; i++)\n"
+    "            c[i] = (first ? 0 : c[i]) + t[i * $G_nr + j];\n"
+    "        }\n"
+    "      }\n"
+    "    }\n"
+    "  }\n"
+    "}\n"
+    "\n"
     "/* C[M,N] (+)= op(A)[M,K] op(B)[K,N]; op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p],\n"
     " * likewise B; acc: add to C instead of overwriting it (the convolutions' weight gradient\n"
     " * sums one product per image).\n"
@@ -190,6 +237,10 @@ static const char gemm_driver[] =
     "  if (K <= 0) {\n"
     "    for (int64_t i = 0; i < M && !acc; i++)\n"
     "      for (int64_t j = 0; j < N; j++) C[i * ldc + j] = 0;\n"
+    "    return;\n"
+    "  }\n"
+    "  if (tb && M <= $G_bt_m) {\n"
+    "    $G_acc_bt(M, N, K, A, lda, ta, B, ldb, C, ldc, acc, ws);\n"
     "    return;\n"
     "  }\n"
     "  const int64_t nkb = (K + $G_kcb - 1) / $G_kcb, kcmax = (K + nkb - 1) / nkb;\n"
@@ -269,7 +320,9 @@ void cg_gemm_emit(DType dt, const GemmTiles *t, Buf *out) {
   buf_printf(out, "/* %s: the blocked matrix multiply the matmul kernels call (kiln cg_gemm.c). */\n",
              g);
   buf_puts(out, "#if defined(__GNUC__) && !defined(KILN_PLAIN_C)\n");
-  buf_printf(out, "enum { %s_kcb = %d, %s_ncb = %d };\n", g, (int)t->kc, g, (int)t->nc);
+  buf_printf(out, "enum { %s_kcb = %d, %s_ncb = %d, %s_bt_m = %d, %s_kcb_bt = %d };\n", g,
+             (int)t->kc, g, (int)t->nc, g, SCHED_GEMM_BT_M, g,
+             (int)(SCHED_GEMM_BT_DEPTH * t->kc));
   size_t n = sizeof ukr_shapes / sizeof *ukr_shapes;
   for (size_t i = 0; i < n; i++) {
     const UkrShape *s = &ukr_shapes[i];
@@ -279,7 +332,14 @@ void cg_gemm_emit(DType dt, const GemmTiles *t, Buf *out) {
       buf_printf(out, "#%s %s\n", i == 0 ? "if" : "elif", s->cond);
     else
       buf_puts(out, "#else\n");
-    emit_ukr(out, dt, t, s);
+    int lanes = s->vbytes / (int)dtype_size(dt);
+    buf_printf(out, "typedef %s %s_v __attribute__((vector_size(%d)));\n",
+               dt == DT_F64 ? "double" : "float", g, s->vbytes);
+    /* The M block is a multiple of MR, so only the last one has an edge tile. */
+    buf_printf(out, "enum { %s_mr = %d, %s_nr = %d, %s_mcb = %d };\n", g, s->mr, g,
+               s->nv * lanes, g, (int)(t->mc / s->mr * s->mr));
+    emit_ukr(out, dt, s, false);
+    emit_ukr(out, dt, s, true);
   }
   buf_puts(out, "#endif\n");
   put(out, dt, gemm_driver);

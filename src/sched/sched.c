@@ -106,8 +106,8 @@ enum { GEMM_MIN_MACS = 32768 };
 
 static int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
-int64_t sched_gemm_kc(const GemmTiles *t, int64_t K) {
-  int64_t nb = (K + t->kc - 1) / t->kc;
+int64_t sched_gemm_kc(int64_t kc_tile, int64_t K) {
+  int64_t nb = (K + kc_tile - 1) / kc_tile;
   return (K + nb - 1) / nb;
 }
 
@@ -118,12 +118,20 @@ int64_t sched_gemm_scratch(const GemmTiles *t, int64_t M, int64_t N, int64_t K, 
   if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX ||
       (double)M * (double)N * (double)K < GEMM_MIN_MACS)
     return 0;
-  int64_t es = (int64_t)dtype_size(dt), kc = sched_gemm_kc(t, K);
+  int64_t es = (int64_t)dtype_size(dt), kc = sched_gemm_kc(t->kc, K);
   int64_t mc = M < t->mc ? M : t->mc, nc = N < t->nc ? N : t->nc;
   /* ceil(x / MR) * MR <= x + MR - 1 for any MR <= the maximum; same for NR. */
   int64_t a = round_up((mc + SCHED_GEMM_MR_MAX) * kc * es, 64);
   int64_t b = round_up((nc + SCHED_GEMM_NR_MAX) * kc * es, 64);
-  return 64 /* aligning the base */ + a + b;
+  int64_t bytes = a + b;
+  /* If B is transposed and M small (the caller knows; reserve for both): an MR-row edge block of
+   * B and op(A)^T, packed along deeper K blocks. */
+  int64_t kd = sched_gemm_kc(SCHED_GEMM_BT_DEPTH * t->kc, K);
+  int64_t mt = M < SCHED_GEMM_BT_M ? M : SCHED_GEMM_BT_M;
+  int64_t bt = round_up(SCHED_GEMM_MR_MAX * kd * es, 64) +
+               round_up((mt + SCHED_GEMM_NR_MAX) * kd * es, 64);
+  bytes = bt > bytes ? bt : bytes;
+  return 64 /* aligning the base */ + bytes;
 }
 
 /* Scratch the GEMM needs for M×N×K as a convolution's inner product, even below the size where

@@ -72,6 +72,10 @@ void sched_gemm_tiles(const SchedOptions *o, GemmTiles *t);
 /* The largest register block (rows MR, columns NR) any micro-kernel cg_gemm.c prints may use:
  * the scratch bound covers every vector width the C compiler may pick. */
 enum { SCHED_GEMM_MR_MAX = 16, SCHED_GEMM_NR_MAX = 64 };
+/* A product by a transposed B with at most SCHED_GEMM_BT_M rows (cg_gemm.c's $G_acc_bt) reads
+ * B's rows in place, along K blocks SCHED_GEMM_BT_DEPTH times the tile's kc: long runs the
+ * prefetcher follows, and C's tile is stored fewer times. */
+enum { SCHED_GEMM_BT_M = 128, SCHED_GEMM_BT_DEPTH = 8 };
 
 /* Nodes per fused tree at most: keeps the loop body (and the plan's walk over it) small. */
 enum { SCHED_FUSE_MAX_NODES = 32 };
@@ -118,9 +122,9 @@ Schedule *sched_build(const Graph *g, int64_t batch, const SchedOptions *o, Pool
  * (packed panels, 64-byte aligned); 0 when the plain loop nest is the better schedule for that
  * shape (tiny products) or dt is not floating point. */
 int64_t sched_gemm_scratch(const GemmTiles *t, int64_t M, int64_t N, int64_t K, DType dt);
-/* The K block used for depth K: K split into equal parts of at most t->kc (K = 600 with kc 256:
+/* The K block used for depth K: K split into equal parts of at most kc_tile (K = 600 with 256:
  * three blocks of 200). The generated routine computes the same. */
-int64_t sched_gemm_kc(const GemmTiles *t, int64_t K);
+int64_t sched_gemm_kc(int64_t kc_tile, int64_t K);
 /* Bytes of one batch chunk's slot of a GEMM convolution's scratch (64-byte multiple): its
  * unfolded image, the weight gradient of its image, the GEMM's packing buffers. */
 int64_t sched_conv_slot_bytes(const Schedule *s, const Graph *g, const Node *n);

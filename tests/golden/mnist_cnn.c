@@ -188,7 +188,7 @@ typedef struct kiln_program {
 
 /* kiln_sgemm: the blocked matrix multiply the matmul kernels call (kiln cg_gemm.c). */
 #if defined(__GNUC__) && !defined(KILN_PLAIN_C)
-enum { kiln_sgemm_kcb = 256, kiln_sgemm_ncb = 2048 };
+enum { kiln_sgemm_kcb = 256, kiln_sgemm_ncb = 2048, kiln_sgemm_bt_m = 128, kiln_sgemm_kcb_bt = 2048 };
 #if defined(__AVX512F__)
 typedef float kiln_sgemm_v __attribute__((vector_size(64)));
 enum { kiln_sgemm_mr = 8, kiln_sgemm_nr = 32, kiln_sgemm_mcb = 128 };
@@ -222,6 +222,54 @@ static void kiln_sgemm_ukr(int64_t kc, const float *restrict a, const float *res
     { const float a5 = a[5]; c5_0 += a5 * b0; c5_1 += a5 * b1; }
     { const float a6 = a[6]; c6_0 += a6 * b0; c6_1 += a6 * b1; }
     { const float a7 = a[7]; c7_0 += a7 * b0; c7_1 += a7 * b1; }
+  }
+  { float *q = c + 0 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_0 += t; } memcpy(q, &c0_0, sizeof t); }
+  { float *q = c + 0 * ldc + 16; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_1 += t; } memcpy(q, &c0_1, sizeof t); }
+  { float *q = c + 1 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c1_0 += t; } memcpy(q, &c1_0, sizeof t); }
+  { float *q = c + 1 * ldc + 16; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c1_1 += t; } memcpy(q, &c1_1, sizeof t); }
+  { float *q = c + 2 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c2_0 += t; } memcpy(q, &c2_0, sizeof t); }
+  { float *q = c + 2 * ldc + 16; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c2_1 += t; } memcpy(q, &c2_1, sizeof t); }
+  { float *q = c + 3 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c3_0 += t; } memcpy(q, &c3_0, sizeof t); }
+  { float *q = c + 3 * ldc + 16; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c3_1 += t; } memcpy(q, &c3_1, sizeof t); }
+  { float *q = c + 4 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c4_0 += t; } memcpy(q, &c4_0, sizeof t); }
+  { float *q = c + 4 * ldc + 16; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c4_1 += t; } memcpy(q, &c4_1, sizeof t); }
+  { float *q = c + 5 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c5_0 += t; } memcpy(q, &c5_0, sizeof t); }
+  { float *q = c + 5 * ldc + 16; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c5_1 += t; } memcpy(q, &c5_1, sizeof t); }
+  { float *q = c + 6 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c6_0 += t; } memcpy(q, &c6_0, sizeof t); }
+  { float *q = c + 6 * ldc + 16; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c6_1 += t; } memcpy(q, &c6_1, sizeof t); }
+  { float *q = c + 7 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c7_0 += t; } memcpy(q, &c7_0, sizeof t); }
+  { float *q = c + 7 * ldc + 16; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c7_1 += t; } memcpy(q, &c7_1, sizeof t); }
+}
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void kiln_sgemm_ukr_rows(int64_t kc, const float *restrict a, int64_t lda, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int beta) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  kiln_sgemm_v c0_0 = {0}; kiln_sgemm_v c0_1 = {0};
+  kiln_sgemm_v c1_0 = {0}; kiln_sgemm_v c1_1 = {0};
+  kiln_sgemm_v c2_0 = {0}; kiln_sgemm_v c2_1 = {0};
+  kiln_sgemm_v c3_0 = {0}; kiln_sgemm_v c3_1 = {0};
+  kiln_sgemm_v c4_0 = {0}; kiln_sgemm_v c4_1 = {0};
+  kiln_sgemm_v c5_0 = {0}; kiln_sgemm_v c5_1 = {0};
+  kiln_sgemm_v c6_0 = {0}; kiln_sgemm_v c6_1 = {0};
+  kiln_sgemm_v c7_0 = {0}; kiln_sgemm_v c7_1 = {0};
+  for (int64_t p = 0; p < kc; p++, a++, b += ldb) {
+    kiln_sgemm_v b0;
+    memcpy(&b0, b + 0, sizeof b0);
+    kiln_sgemm_v b1;
+    memcpy(&b1, b + 16, sizeof b1);
+    { const float a0 = a[0 * lda]; c0_0 += a0 * b0; c0_1 += a0 * b1; }
+    { const float a1 = a[1 * lda]; c1_0 += a1 * b0; c1_1 += a1 * b1; }
+    { const float a2 = a[2 * lda]; c2_0 += a2 * b0; c2_1 += a2 * b1; }
+    { const float a3 = a[3 * lda]; c3_0 += a3 * b0; c3_1 += a3 * b1; }
+    { const float a4 = a[4 * lda]; c4_0 += a4 * b0; c4_1 += a4 * b1; }
+    { const float a5 = a[5 * lda]; c5_0 += a5 * b0; c5_1 += a5 * b1; }
+    { const float a6 = a[6 * lda]; c6_0 += a6 * b0; c6_1 += a6 * b1; }
+    { const float a7 = a[7 * lda]; c7_0 += a7 * b0; c7_1 += a7 * b1; }
   }
   { float *q = c + 0 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_0 += t; } memcpy(q, &c0_0, sizeof t); }
   { float *q = c + 0 * ldc + 16; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_1 += t; } memcpy(q, &c0_1, sizeof t); }
@@ -283,6 +331,46 @@ static void kiln_sgemm_ukr(int64_t kc, const float *restrict a, const float *res
   { float *q = c + 5 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c5_0 += t; } memcpy(q, &c5_0, sizeof t); }
   { float *q = c + 5 * ldc + 8; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c5_1 += t; } memcpy(q, &c5_1, sizeof t); }
 }
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void kiln_sgemm_ukr_rows(int64_t kc, const float *restrict a, int64_t lda, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int beta) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  kiln_sgemm_v c0_0 = {0}; kiln_sgemm_v c0_1 = {0};
+  kiln_sgemm_v c1_0 = {0}; kiln_sgemm_v c1_1 = {0};
+  kiln_sgemm_v c2_0 = {0}; kiln_sgemm_v c2_1 = {0};
+  kiln_sgemm_v c3_0 = {0}; kiln_sgemm_v c3_1 = {0};
+  kiln_sgemm_v c4_0 = {0}; kiln_sgemm_v c4_1 = {0};
+  kiln_sgemm_v c5_0 = {0}; kiln_sgemm_v c5_1 = {0};
+  for (int64_t p = 0; p < kc; p++, a++, b += ldb) {
+    kiln_sgemm_v b0;
+    memcpy(&b0, b + 0, sizeof b0);
+    kiln_sgemm_v b1;
+    memcpy(&b1, b + 8, sizeof b1);
+    { const float a0 = a[0 * lda]; c0_0 += a0 * b0; c0_1 += a0 * b1; }
+    { const float a1 = a[1 * lda]; c1_0 += a1 * b0; c1_1 += a1 * b1; }
+    { const float a2 = a[2 * lda]; c2_0 += a2 * b0; c2_1 += a2 * b1; }
+    { const float a3 = a[3 * lda]; c3_0 += a3 * b0; c3_1 += a3 * b1; }
+    { const float a4 = a[4 * lda]; c4_0 += a4 * b0; c4_1 += a4 * b1; }
+    { const float a5 = a[5 * lda]; c5_0 += a5 * b0; c5_1 += a5 * b1; }
+  }
+  { float *q = c + 0 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_0 += t; } memcpy(q, &c0_0, sizeof t); }
+  { float *q = c + 0 * ldc + 8; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_1 += t; } memcpy(q, &c0_1, sizeof t); }
+  { float *q = c + 1 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c1_0 += t; } memcpy(q, &c1_0, sizeof t); }
+  { float *q = c + 1 * ldc + 8; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c1_1 += t; } memcpy(q, &c1_1, sizeof t); }
+  { float *q = c + 2 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c2_0 += t; } memcpy(q, &c2_0, sizeof t); }
+  { float *q = c + 2 * ldc + 8; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c2_1 += t; } memcpy(q, &c2_1, sizeof t); }
+  { float *q = c + 3 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c3_0 += t; } memcpy(q, &c3_0, sizeof t); }
+  { float *q = c + 3 * ldc + 8; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c3_1 += t; } memcpy(q, &c3_1, sizeof t); }
+  { float *q = c + 4 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c4_0 += t; } memcpy(q, &c4_0, sizeof t); }
+  { float *q = c + 4 * ldc + 8; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c4_1 += t; } memcpy(q, &c4_1, sizeof t); }
+  { float *q = c + 5 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c5_0 += t; } memcpy(q, &c5_0, sizeof t); }
+  { float *q = c + 5 * ldc + 8; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c5_1 += t; } memcpy(q, &c5_1, sizeof t); }
+}
 #else
 typedef float kiln_sgemm_v __attribute__((vector_size(16)));
 enum { kiln_sgemm_mr = 6, kiln_sgemm_nr = 8, kiln_sgemm_mcb = 126 };
@@ -312,6 +400,46 @@ static void kiln_sgemm_ukr(int64_t kc, const float *restrict a, const float *res
     { const float a3 = a[3]; c3_0 += a3 * b0; c3_1 += a3 * b1; }
     { const float a4 = a[4]; c4_0 += a4 * b0; c4_1 += a4 * b1; }
     { const float a5 = a[5]; c5_0 += a5 * b0; c5_1 += a5 * b1; }
+  }
+  { float *q = c + 0 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_0 += t; } memcpy(q, &c0_0, sizeof t); }
+  { float *q = c + 0 * ldc + 4; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_1 += t; } memcpy(q, &c0_1, sizeof t); }
+  { float *q = c + 1 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c1_0 += t; } memcpy(q, &c1_0, sizeof t); }
+  { float *q = c + 1 * ldc + 4; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c1_1 += t; } memcpy(q, &c1_1, sizeof t); }
+  { float *q = c + 2 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c2_0 += t; } memcpy(q, &c2_0, sizeof t); }
+  { float *q = c + 2 * ldc + 4; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c2_1 += t; } memcpy(q, &c2_1, sizeof t); }
+  { float *q = c + 3 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c3_0 += t; } memcpy(q, &c3_0, sizeof t); }
+  { float *q = c + 3 * ldc + 4; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c3_1 += t; } memcpy(q, &c3_1, sizeof t); }
+  { float *q = c + 4 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c4_0 += t; } memcpy(q, &c4_0, sizeof t); }
+  { float *q = c + 4 * ldc + 4; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c4_1 += t; } memcpy(q, &c4_1, sizeof t); }
+  { float *q = c + 5 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c5_0 += t; } memcpy(q, &c5_0, sizeof t); }
+  { float *q = c + 5 * ldc + 4; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c5_1 += t; } memcpy(q, &c5_1, sizeof t); }
+}
+#if defined(__clang__)
+__attribute__((noinline))
+#else
+__attribute__((noinline, optimize("fp-contract=fast")))
+#endif
+static void kiln_sgemm_ukr_rows(int64_t kc, const float *restrict a, int64_t lda, const float *restrict b, int64_t ldb, float *restrict c, int64_t ldc, int beta) {
+#if defined(__clang__)
+#pragma clang fp contract(fast)
+#endif
+  kiln_sgemm_v c0_0 = {0}; kiln_sgemm_v c0_1 = {0};
+  kiln_sgemm_v c1_0 = {0}; kiln_sgemm_v c1_1 = {0};
+  kiln_sgemm_v c2_0 = {0}; kiln_sgemm_v c2_1 = {0};
+  kiln_sgemm_v c3_0 = {0}; kiln_sgemm_v c3_1 = {0};
+  kiln_sgemm_v c4_0 = {0}; kiln_sgemm_v c4_1 = {0};
+  kiln_sgemm_v c5_0 = {0}; kiln_sgemm_v c5_1 = {0};
+  for (int64_t p = 0; p < kc; p++, a++, b += ldb) {
+    kiln_sgemm_v b0;
+    memcpy(&b0, b + 0, sizeof b0);
+    kiln_sgemm_v b1;
+    memcpy(&b1, b + 4, sizeof b1);
+    { const float a0 = a[0 * lda]; c0_0 += a0 * b0; c0_1 += a0 * b1; }
+    { const float a1 = a[1 * lda]; c1_0 += a1 * b0; c1_1 += a1 * b1; }
+    { const float a2 = a[2 * lda]; c2_0 += a2 * b0; c2_1 += a2 * b1; }
+    { const float a3 = a[3 * lda]; c3_0 += a3 * b0; c3_1 += a3 * b1; }
+    { const float a4 = a[4 * lda]; c4_0 += a4 * b0; c4_1 += a4 * b1; }
+    { const float a5 = a[5 * lda]; c5_0 += a5 * b0; c5_1 += a5 * b1; }
   }
   { float *q = c + 0 * ldc + 0; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_0 += t; } memcpy(q, &c0_0, sizeof t); }
   { float *q = c + 0 * ldc + 4; kiln_sgemm_v t; if (beta) { memcpy(&t, q, sizeof t); c0_1 += t; } memcpy(q, &c0_1, sizeof t); }
@@ -388,6 +516,45 @@ static void kiln_sgemm_pack_b(int64_t nc, int64_t kc, const float *restrict B, i
   }
 }
 
+/* C[M,N] (+)= op(A)[M,K] B[N,K]^T at small M (the batch): each element of B is used
+ * only M times, too few to repay packing B, which would mean transposing it (fc1's forward
+ * x W^T). So the product is computed transposed, C^T = B op(A)^T: B's rows are the
+ * micro-kernel's broadcast operand, read where they are, and the small op(A)^T is packed
+ * into its micro-panels once per K block. The K blocks are deeper than kiln_sgemm_acc's: B's rows
+ * stream from memory in long runs, and C's tile is stored once per block (transposed). */
+static void kiln_sgemm_acc_bt(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, int ta,
+                      const float *B, int64_t ldb, float *C, int64_t ldc, int acc,
+                      unsigned char *ws) {
+  const int64_t nkb = (K + kiln_sgemm_kcb_bt - 1) / kiln_sgemm_kcb_bt, kcmax = (K + nkb - 1) / nkb;
+  ws += (64 - (uintptr_t)ws % 64) % 64;
+  /* The last rows of B, fewer than kiln_sgemm_mr, are packed (zero-padded) into ap. */
+  float *ap = (float *)(void *)ws;
+  float *bp = (float *)(void *)(ws + (kiln_sgemm_mr * kcmax * (int64_t)sizeof(float) + 63) / 64 * 64);
+  for (int64_t pc = 0; pc < K; pc += kcmax) {
+    const int64_t kc = K - pc < kcmax ? K - pc : kcmax;
+    const int first = pc == 0 && !acc;
+    kiln_sgemm_pack_b(M, kc, ta ? A + pc * lda : A + pc, lda, !ta, 0, bp);
+    for (int64_t ir = 0; ir < N; ir += kiln_sgemm_mr) {
+      const int64_t mr = N - ir < kiln_sgemm_mr ? N - ir : kiln_sgemm_mr;
+      if (mr < kiln_sgemm_mr)
+        kiln_sgemm_pack_a(mr, kc, B + ir * ldb + pc, ldb, 0, ap);
+      for (int64_t jr = 0; jr < M; jr += kiln_sgemm_nr) {
+        const int64_t nr = M - jr < kiln_sgemm_nr ? M - jr : kiln_sgemm_nr;
+        float t[kiln_sgemm_mr * kiln_sgemm_nr] __attribute__((aligned(64)));
+        if (mr == kiln_sgemm_mr)
+          kiln_sgemm_ukr_rows(kc, B + ir * ldb + pc, ldb, bp + jr * kc, kiln_sgemm_nr, t, kiln_sgemm_nr, 0);
+        else
+          kiln_sgemm_ukr(kc, ap, bp + jr * kc, kiln_sgemm_nr, t, kiln_sgemm_nr, 0);
+        for (int64_t j = 0; j < nr; j++) {
+          float *c = C + (jr + j) * ldc + ir;
+          for (int64_t i = 0; i < mr; i++)
+            c[i] = (first ? 0 : c[i]) + t[i * kiln_sgemm_nr + j];
+        }
+      }
+    }
+  }
+}
+
 /* C[M,N] (+)= op(A)[M,K] op(B)[K,N]; op(A)[i][p] = ta ? A[p*lda + i] : A[i*lda + p],
  * likewise B; acc: add to C instead of overwriting it (the convolutions' weight gradient
  * sums one product per image).
@@ -400,6 +567,10 @@ static void kiln_sgemm_acc(int64_t M, int64_t N, int64_t K, const float *A, int6
   if (K <= 0) {
     for (int64_t i = 0; i < M && !acc; i++)
       for (int64_t j = 0; j < N; j++) C[i * ldc + j] = 0;
+    return;
+  }
+  if (tb && M <= kiln_sgemm_bt_m) {
+    kiln_sgemm_acc_bt(M, N, K, A, lda, ta, B, ldb, C, ldc, acc, ws);
     return;
   }
   const int64_t nkb = (K + kiln_sgemm_kcb - 1) / kiln_sgemm_kcb, kcmax = (K + nkb - 1) / nkb;
