@@ -7,6 +7,8 @@
  * \r would pile up into one unreadable line, so a full line is printed every five seconds instead.
  */
 #include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -87,13 +89,51 @@ void rt_progress_done(RtProgress *p) {
   p->drawn = 0;
 }
 
-int rt_csv_open(RtCsv *c, const char *path, const char *header, char *err) {
+/* The rows of an existing metrics file whose first field (the epoch) is at most keep, in order,
+ * appended to f: a resumed run's file keeps the epochs before the checkpoint and none after. */
+static void keep_rows(const char *path, int keep, FILE *f) {
+  struct stat st;
+  char err[RT_ERR_LEN], line[1024];
+  FILE *old = rt_open_regular(path, &st, err);
+  if (!old)
+    return;
+  for (int first = 1; fgets(line, sizeof line, old); first = 0) {
+    char *end;
+    long epoch = strtol(line, &end, 10);
+    if (!first && end != line && *end == ',' && epoch >= 1 && epoch <= keep)
+      fputs(line, f);
+  }
+  fclose(old);
+}
+
+int rt_csv_open(RtCsv *c, const char *path, const char *header, int keep, char *err) {
+  char tmp[4096];
+  struct stat st;
   c->path = path;
-  c->f = fopen(path, "w");
-  if (!c->f)
-    return rt_errf(err, "%s: cannot create: %s", path, strerror(errno));
-  fprintf(c->f, "%s\n", header);
-  fflush(c->f);
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    return rt_errf(err, "%s: is a directory", path);
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+    /* A device or a pipe (/dev/stdout) is written as it is, never replaced. */
+    if (!(c->f = fopen(path, "w")))
+      return rt_errf(err, "%s: cannot open: %s", path, strerror(errno));
+    fprintf(c->f, "%s\n", header);
+    fflush(c->f);
+    return 0;
+  }
+  /* A fresh file takes the old one's place only once it holds the header and kept rows. */
+  FILE *f = rt_create_temp(path, tmp, sizeof tmp, err);
+  if (!f)
+    return -1;
+  fprintf(f, "%s\n", header);
+  if (keep > 0)
+    keep_rows(path, keep, f);
+  if (fflush(f) || rename(tmp, path)) {
+    rt_errf(err, "%s: cannot write: %s", path, strerror(errno));
+    fclose(f);
+    unlink(tmp);
+    return -1;
+  }
+  c->f = f;
   return 0;
 }
 

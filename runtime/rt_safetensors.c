@@ -211,9 +211,25 @@ static void buf_json_string(Buf *b, const char *s) {
 }
 
 /* Builds the padded header; data offsets follow the order of ts. */
-static int make_header(const RtNamedTensor *ts, int n, Buf *b, const char *path, char *err) {
+static int make_header(const RtNamedTensor *ts, int n, const RtMeta *meta, int nmeta, Buf *b,
+                       const char *path, char *err) {
   int64_t off = 0;
   buf_add(b, "{", 1);
+  if (nmeta > 0) {
+    buf_str(b, "\"__metadata__\":{");
+    for (int i = 0; i < nmeta; i++) {
+      if (!meta[i].key || !meta[i].value) {
+        rt_errf(err, "%s: metadata entry %d is incomplete", path, i);
+        return -1;
+      }
+      if (i)
+        buf_add(b, ",", 1);
+      buf_json_string(b, meta[i].key);
+      buf_add(b, ":", 1);
+      buf_json_string(b, meta[i].value);
+    }
+    buf_str(b, n ? "}," : "}");
+  }
   for (int i = 0; i < n; i++) {
     const RtNamedTensor *t = &ts[i];
     if (!t->name || !*t->name || !strcmp(t->name, "__metadata__")) {
@@ -307,21 +323,35 @@ static void sync_dir(const char *path) {
 }
 
 int rt_safetensors_save(const char *path, const RtNamedTensor *ts, int n, char *err) {
+  return rt_safetensors_write(path, ts, n, NULL, 0, err);
+}
+
+int rt_safetensors_write(const char *path, const RtNamedTensor *ts, int n, const RtMeta *meta,
+                         int nmeta, char *err) {
   Buf hdr = {0};
-  if (make_header(ts, n, &hdr, path, err)) {
+  if (make_header(ts, n, meta, nmeta, &hdr, path, err)) {
     free(hdr.p);
     return -1;
   }
   char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp) {
+  struct stat st;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
     free(hdr.p);
-    rt_errf(err, "%s: path too long", path);
-    return -1;
+    return rt_errf(err, "%s: is a directory", path);
   }
-  FILE *f = fopen(tmp, "wb");
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+    /* A device or a pipe (/dev/null, /dev/stdout) is written as it is, never replaced. */
+    FILE *out = fopen(path, "wb");
+    int bad = !out || write_all(out, ts, n, &hdr) || fflush(out);
+    int e = errno;
+    if (out && fclose(out))
+      bad = 1, e = errno;
+    free(hdr.p);
+    return bad ? rt_errf(err, "%s: write failed: %s", path, strerror(e ? e : EIO)) : 0;
+  }
+  FILE *f = rt_create_temp(path, tmp, sizeof tmp, err);
   if (!f) {
     free(hdr.p);
-    rt_errf(err, "%s: cannot create %s: %s", path, tmp, strerror(errno));
     return -1;
   }
   /* Each step names what failed; errno is captured before cleanup can change it. */
@@ -666,8 +696,66 @@ static void free_entries(Entry *es, int n) {
   free(es);
 }
 
-/* header = '{' ( string ':' ( entry | any-value for "__metadata__" ) ),* '}' spaces* */
-static int jheader(Json *j, Entry **out, int *nout) {
+void rt_meta_free(RtMeta *meta, int n) {
+  for (int i = 0; meta && i < n; i++) {
+    free(meta[i].key);
+    free(meta[i].value);
+  }
+  free(meta);
+}
+
+const char *rt_meta_get(const RtMeta *meta, int n, const char *key) {
+  for (int i = 0; i < n; i++)
+    if (!strcmp(meta[i].key, key))
+      return meta[i].value;
+  return NULL;
+}
+
+/* metadata = '{' ( string ':' value ),* '}': the string-valued entries are kept (the format
+ * allows only those; anything else is validated and dropped). */
+static int jmeta(Json *j, RtMeta **meta, int *nmeta) {
+  int cap = 0;
+  if (jexpect(j, '{'))
+    return -1;
+  if (jpeek(j) == '}') {
+    j->p++;
+    return 0;
+  }
+  for (;;) {
+    char *key, *value = NULL;
+    if (jstring(j, &key))
+      return -1;
+    if (jexpect(j, ':') || (jpeek(j) == '"' ? jstring(j, &value) : jskip(j, 1))) {
+      free(key);
+      return -1;
+    }
+    if (!value || !meta) {
+      free(key);
+      free(value);
+    } else {
+      if (*nmeta == cap) {
+        int ncap = cap ? 2 * cap : 8;
+        RtMeta *nm = realloc(*meta, (size_t)ncap * sizeof *nm);
+        if (!nm) {
+          free(key);
+          free(value);
+          return jfail(j, "out of memory", NULL);
+        }
+        *meta = nm;
+        cap = ncap;
+      }
+      (*meta)[(*nmeta)++] = (RtMeta){key, value};
+    }
+    if (jpeek(j) == ',') {
+      j->p++;
+      continue;
+    }
+    return jexpect(j, '}');
+  }
+}
+
+/* header = '{' ( string ':' ( entry | metadata for "__metadata__" ) ),* '}' spaces* */
+static int jheader(Json *j, Entry **out, int *nout, RtMeta **meta, int *nmeta) {
   Entry *es = NULL;
   int n = 0, cap = 0, have_meta = 0;
   if (jexpect(j, '{'))
@@ -694,7 +782,7 @@ static int jheader(Json *j, Entry **out, int *nout) {
           jfail(j, "\"__metadata__\" must be an object", NULL);
           goto fail;
         }
-        if (jskip(j, 0))
+        if (jmeta(j, meta, nmeta))
           goto fail;
       } else {
         for (int i = 0; i < n; i++)
@@ -798,19 +886,21 @@ static int check_layout(Entry *es, int n, int64_t data_len, const char *path, ch
 }
 
 int rt_safetensors_load(const char *path, RtNamedTensor **out, int *nout, char *err) {
+  return rt_safetensors_read(path, out, nout, NULL, NULL, err);
+}
+
+int rt_safetensors_read(const char *path, RtNamedTensor **out, int *nout, RtMeta **meta,
+                        int *nmeta, char *err) {
   *out = NULL;
   *nout = 0;
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    rt_errf(err, "%s: cannot open: %s", path, strerror(errno));
-    return -1;
+  if (meta) {
+    *meta = NULL;
+    *nmeta = 0;
   }
   struct stat st;
-  if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode)) {
-    rt_errf(err, "%s: not a regular file", path);
-    fclose(f);
+  FILE *f = rt_open_regular(path, &st, err);
+  if (!f)
     return -1;
-  }
   int64_t size = st.st_size;
   unsigned char lenb[8];
   if (size < 8 || fread(lenb, 1, 8, f) != 8) {
@@ -840,7 +930,7 @@ int rt_safetensors_load(const char *path, RtNamedTensor **out, int *nout, char *
     goto fail;
   }
   Json j = {.p = hdr, .start = hdr, .end = hdr + hlen, .path = path, .err = err};
-  if (jheader(&j, &es, &n))
+  if (jheader(&j, &es, &n, meta, nmeta))
     goto fail;
   if (check_layout(es, n, data_len, path, err))
     goto fail;
@@ -877,6 +967,11 @@ fail:
   free(hdr);
   free(data);
   fclose(f);
+  if (meta) {
+    rt_meta_free(*meta, *nmeta);
+    *meta = NULL;
+    *nmeta = 0;
+  }
   return -1;
 }
 

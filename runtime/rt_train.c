@@ -17,12 +17,16 @@
  *
  * Errors are collected in one buffer and printed once by rt_train, as "NAME: error: MESSAGE".
  */
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "runtime.h"
 
@@ -32,6 +36,8 @@ void rt_options_default(RtOptions *o) {
   memset(o, 0, sizeof *o);
   o->lr = -1;
   o->prog_name = "trainer";
+  o->checkpoint_dir = "checkpoints";
+  o->keep_checkpoints = 3;
 }
 
 static void usage(FILE *f, const char *name) {
@@ -43,6 +49,14 @@ static void usage(FILE *f, const char *name) {
           "  --seed S            seed for initialisation and shuffling\n"
           "  --save FILE         write the parameters to FILE (safetensors) at the end\n"
           "  --load FILE         start from the parameters in FILE (safetensors)\n"
+          "  --checkpoint-every N  write a resumable checkpoint every N steps (N epochs with\n"
+          "                      'Nepochs', e.g. 1epochs); SIGINT and SIGTERM always write one\n"
+          "                      after the step in progress, then stop\n"
+          "  --checkpoint-dir D  where checkpoints go (default: checkpoints)\n"
+          "  --keep-checkpoints K  keep the K newest checkpoints in that directory (default 3)\n"
+          "  --resume FILE       continue exactly where the checkpoint FILE stopped (the same\n"
+          "                      options, --epochs may grow): the result is bit-identical to a\n"
+          "                      run that was never interrupted\n"
           "  --metrics FILE      write one CSV row per epoch to FILE\n"
           "  --limit-train N     use only the first N training examples\n"
           "  --limit-test N      use only the first N test examples\n"
@@ -94,6 +108,8 @@ static int parse_u64(const char *s, uint64_t *out) {
 int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name) {
   const char *name = prog_name ? prog_name : "trainer";
   o->prog_name = name;
+  o->argc = argc;
+  o->argv = argv;
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i];
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -120,7 +136,9 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
     key[klen] = 0;
     static const char *const known[] = {"--data", "--epochs", "--lr", "--seed", "--save",
                                         "--load", "--metrics", "--limit-train", "--limit-test",
-                                        "--patience", "--threads"};
+                                        "--patience", "--threads", "--resume",
+                                        "--checkpoint-every", "--checkpoint-dir",
+                                        "--keep-checkpoints"};
     int k = -1;
     for (int j = 0; j < (int)(sizeof known / sizeof known[0]); j++)
       if (!strcmp(key, known[j]))
@@ -175,6 +193,29 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       if (parse_i64(val, &n) || n > 256)
         return opt_error(name, "%s: expected a number of threads in 1..256, got '%s'", key, val);
       o->threads = (int)n;
+      break;
+    case 11: o->resume_path = val; break;
+    case 12: {
+      char count[32];
+      size_t digits = strspn(val, "0123456789");
+      const char *unit = val + digits;
+      int epochs = !strcmp(unit, "epochs") || !strcmp(unit, "epoch");
+      if (digits == 0 || digits >= sizeof count || (*unit && !epochs))
+        return opt_error(name, "%s: expected a number of steps (500) or epochs (1epochs), got "
+                         "'%s'", key, val);
+      memcpy(count, val, digits);
+      count[digits] = 0;
+      if (parse_i64(count, &n))
+        return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
+      o->checkpoint_every = n;
+      o->checkpoint_epochs = epochs;
+      break;
+    }
+    case 13: o->checkpoint_dir = val; break;
+    case 14:
+      if (parse_i64(val, &n) || n > 1000000)
+        return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
+      o->keep_checkpoints = (int)n;
       break;
     }
   }
@@ -320,101 +361,6 @@ int rt_check_program(const kiln_program *p, char *err) {
   if (loss < 0 || p->tensors[loss].role != KILN_ROLE_OUTPUT)
     return rt_errf(err, "program has no \"loss\" output");
   return 0;
-}
-
-/* ---- checkpoints ---- */
-
-static int saved(const kiln_tensor *t) {
-  return t->role == KILN_ROLE_PARAM || t->role == KILN_ROLE_STATE;
-}
-
-int rt_save_checkpoint(RtBackend *be, const char *path, char *err) {
-  const kiln_program *p = be->prog;
-  RtNamedTensor *ts = calloc((size_t)p->ntensors + 1, sizeof *ts);
-  int n = 0, rc = -1;
-  if (!ts)
-    return rt_errf(err, "%s: out of memory", path);
-  for (int i = 0; i < p->ntensors; i++) {
-    const kiln_tensor *t = &p->tensors[i];
-    if (!saved(t))
-      continue;
-    int64_t numel = rt_numel(t, p->batch);
-    RtNamedTensor *nt = &ts[n++];
-    nt->name = t->name;
-    nt->dtype = t->dtype;
-    nt->rank = t->rank;
-    memcpy(nt->dims, t->dims, sizeof nt->dims);
-    if (t->batch_axis >= 0)
-      nt->dims[t->batch_axis] = p->batch;
-    nt->values = malloc((size_t)(numel ? numel : 1) * sizeof(double));
-    if (!nt->values) {
-      rt_errf(err, "%s: out of memory", path);
-      goto done;
-    }
-    be->read(be->self, i, nt->values, numel);
-  }
-  rc = rt_safetensors_save(path, ts, n, err);
-done:
-  for (int i = 0; i < n; i++)
-    free(ts[i].values);
-  free(ts);
-  return rc;
-}
-
-/* All or nothing: every check passes before the first value is written to the backend. */
-int rt_load_checkpoint(RtBackend *be, const char *path, char *err) {
-  const kiln_program *p = be->prog;
-  RtNamedTensor *ts;
-  int n;
-  if (rt_safetensors_load(path, &ts, &n, err))
-    return -1;
-  int *match = calloc((size_t)p->ntensors + 1, sizeof *match);
-  int rc = -1;
-  if (!match) {
-    rt_errf(err, "%s: out of memory", path);
-    goto done;
-  }
-  char want[128], got[128];
-  for (int i = 0; i < p->ntensors; i++) {
-    const kiln_tensor *t = &p->tensors[i];
-    if (!saved(t))
-      continue;
-    int64_t dims[KILN_ABI_MAX_RANK];
-    memcpy(dims, t->dims, sizeof dims);
-    if (t->batch_axis >= 0)
-      dims[t->batch_axis] = p->batch;
-    rt_format_dims(want, sizeof want, t->rank, dims);
-    match[i] = -1;
-    for (int k = 0; k < n; k++)
-      if (!strcmp(ts[k].name, t->name))
-        match[i] = k;
-    if (match[i] < 0) {
-      rt_errf(err, "%s: no tensor '%s' (the model's has shape %s)", path, t->name, want);
-      goto done;
-    }
-    const RtNamedTensor *f = &ts[match[i]];
-    if (f->rank != t->rank || memcmp(f->dims, dims, (size_t)t->rank * sizeof *dims)) {
-      rt_format_dims(got, sizeof got, f->rank, f->dims);
-      rt_errf(err, "%s: tensor '%s' has shape %s, but the model's has shape %s", path, t->name,
-              got, want);
-      goto done;
-    }
-  }
-  for (int k = 0; k < n; k++) {
-    int i = rt_find_tensor(p, ts[k].name);
-    if (i < 0 || !saved(&p->tensors[i])) {
-      rt_errf(err, "%s: tensor '%s' is not a parameter or state of the model", path, ts[k].name);
-      goto done;
-    }
-  }
-  for (int i = 0; i < p->ntensors; i++)
-    if (saved(&p->tensors[i]))
-      be->write(be->self, i, ts[match[i]].values, rt_numel(&p->tensors[i], p->batch));
-  rc = 0;
-done:
-  free(match);
-  rt_safetensors_free(ts, n);
-  return rc;
 }
 
 /* ---- the run ---- */
@@ -626,13 +572,13 @@ static int best_copy(Run *r, Best *b, int restore) {
   const kiln_program *p = r->prog;
   int64_t total = 0;
   for (int i = 0; i < p->ntensors; i++)
-    if (saved(&p->tensors[i]))
+    if (rt_saved(&p->tensors[i]))
       total += rt_numel(&p->tensors[i], -1);
   if (!b->vals && !(b->vals = malloc((size_t)(total > 0 ? total : 1) * sizeof *b->vals)))
     return rt_errf(r->err, "out of memory");
   double *at = b->vals;
   for (int i = 0; i < p->ntensors; i++) {
-    if (!saved(&p->tensors[i]))
+    if (!rt_saved(&p->tensors[i]))
       continue;
     int64_t n = rt_numel(&p->tensors[i], -1);
     if (restore)
@@ -650,6 +596,208 @@ static int model_patience(const kiln_program *p) {
   return n > 0 && n <= 1000000000 ? (int)n : 0;
 }
 
+/* ---- stopping and checkpoints ---- */
+
+/* The signal that asked the run to stop (SIGINT or SIGTERM), or 0; only the handler sets it. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) {
+  stop_signal = sig;
+  /* A second one ends the process the usual way, for a user who cannot wait for the step. */
+  signal(sig, SIG_DFL);
+}
+
+typedef struct Signals {
+  struct sigaction old_int, old_term;
+} Signals;
+
+static void signals_catch(Signals *s) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  stop_signal = 0;
+  sigaction(SIGINT, &sa, &s->old_int);
+  sigaction(SIGTERM, &sa, &s->old_term);
+}
+
+static void signals_restore(const Signals *s) {
+  sigaction(SIGINT, &s->old_int, NULL);
+  sigaction(SIGTERM, &s->old_term, NULL);
+}
+
+/* The directory part of path ("." for a bare name). */
+static void dir_of(const char *path, char *dir, size_t len) {
+  const char *slash = strrchr(path, '/');
+  if (!slash)
+    snprintf(dir, len, ".");
+  else if (slash == path)
+    snprintf(dir, len, "/");
+  else
+    snprintf(dir, len, "%.*s", (int)(slash - path), path);
+}
+
+/* Output paths are checked before training starts, not after hours of it: the directory exists
+ * and takes new files, and the path is not a directory. */
+static int check_output(Run *r, const char *path, const char *option) {
+  struct stat st;
+  char dir[4096];
+  if (!path)
+    return 0;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    return rt_errf(r->err, "%s %s: is a directory", option, path);
+  dir_of(path, dir, sizeof dir);
+  if (stat(dir, &st) || !S_ISDIR(st.st_mode))
+    return rt_errf(r->err, "%s %s: the directory %s does not exist", option, path, dir);
+  if (access(dir, W_OK | X_OK))
+    return rt_errf(r->err, "%s %s: cannot write in %s: %s", option, path, dir, strerror(errno));
+  return 0;
+}
+
+/* Whether name is one of the checkpoints this driver writes (ckpt-....safetensors), or with
+ * temp set, a temporary one of them a killed run left behind (.ckpt-....tmp-XXXXXX). */
+static int checkpoint_name(const char *name, int temp) {
+  size_t n = strlen(name);
+  if (temp)
+    return !strncmp(name, ".ckpt-", 6) && strstr(name, ".safetensors.tmp-") != NULL;
+  return !strncmp(name, "ckpt-", 5) && n > 17 && !strcmp(name + n - 12, ".safetensors");
+}
+
+/* Creates the checkpoint directory if needed and removes what a killed run left half-written. */
+static int prepare_checkpoint_dir(Run *r) {
+  const char *dir = r->o->checkpoint_dir;
+  struct stat st;
+  if (mkdir(dir, 0777) && errno != EEXIST)
+    return rt_errf(r->err, "--checkpoint-dir %s: cannot create it: %s", dir, strerror(errno));
+  if (stat(dir, &st) || !S_ISDIR(st.st_mode))
+    return rt_errf(r->err, "--checkpoint-dir %s: not a directory", dir);
+  if (access(dir, W_OK | X_OK))
+    return rt_errf(r->err, "--checkpoint-dir %s: cannot write in it: %s", dir, strerror(errno));
+  DIR *d = opendir(dir);
+  struct dirent *e;
+  char path[4096];
+  while (d && (e = readdir(d)))
+    if (checkpoint_name(e->d_name, 1) &&
+        (size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < sizeof path)
+      unlink(path);
+  if (d)
+    closedir(d);
+  return 0;
+}
+
+typedef struct Aged {
+  char name[256];
+  struct timespec mtime;
+} Aged;
+
+static int newest_first(const void *a, const void *b) {
+  const Aged *x = a, *y = b;
+  if (x->mtime.tv_sec != y->mtime.tv_sec)
+    return x->mtime.tv_sec < y->mtime.tv_sec ? 1 : -1;
+  if (x->mtime.tv_nsec != y->mtime.tv_nsec)
+    return x->mtime.tv_nsec < y->mtime.tv_nsec ? 1 : -1;
+  return -strcmp(x->name, y->name);
+}
+
+/* Keeps the newest --keep-checkpoints checkpoints in the directory (by time written, so a run
+ * resumed from an older one keeps its own). */
+static void prune_checkpoints(Run *r) {
+  const char *dir = r->o->checkpoint_dir;
+  DIR *d = opendir(dir);
+  if (!d)
+    return;
+  Aged *all = NULL;
+  size_t n = 0, cap = 0;
+  struct dirent *e;
+  char path[4096];
+  struct stat st;
+  while ((e = readdir(d))) {
+    if (!checkpoint_name(e->d_name, 0) || strlen(e->d_name) >= sizeof all->name ||
+        (size_t)snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= sizeof path ||
+        stat(path, &st))
+      continue;
+    if (n == cap) {
+      Aged *more = realloc(all, (cap = cap ? 2 * cap : 16) * sizeof *all);
+      if (!more)
+        break;
+      all = more;
+    }
+    snprintf(all[n].name, sizeof all[n].name, "%s", e->d_name);
+    all[n++].mtime = st.st_mtim;
+  }
+  closedir(d);
+  qsort(all, n, sizeof *all, newest_first);
+  for (size_t k = (size_t)r->o->keep_checkpoints; k < n; k++)
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, all[k].name) < sizeof path)
+      unlink(path);
+  free(all);
+}
+
+/* Writes a resumable checkpoint for position rs into the checkpoint directory; its path goes to
+ * path. */
+static int write_checkpoint(Run *r, const RtResume *rs, char *path, size_t len) {
+  if (prepare_checkpoint_dir(r))
+    return -1;
+  if ((size_t)snprintf(path, len, "%s/ckpt-e%04d-s%06" PRId64 ".safetensors",
+                       r->o->checkpoint_dir, rs->epoch, rs->step) >= len)
+    return rt_errf(r->err, "--checkpoint-dir %s: path too long", r->o->checkpoint_dir);
+  if (rt_write_checkpoint(r->be, path, rs, r->err))
+    return -1;
+  prune_checkpoints(r);
+  return 0;
+}
+
+/* After a stop signal: the checkpoint of position rs, and how to go on. The exit code is the
+ * shell's for a death by that signal (130 for SIGINT, 143 for SIGTERM). */
+static int stop_now(Run *r, const RtResume *rs, const char *where) {
+  char path[4096];
+  int sig = stop_signal;
+  const char *name = r->o->prog_name ? r->o->prog_name : "trainer";
+  if (!r->o->quiet)
+    rt_progress_done(&r->progress);
+  if (write_checkpoint(r, rs, path, sizeof path)) {
+    fprintf(stderr, "%s: error: stopped by %s at %s, and the checkpoint could not be written: "
+            "%s\n", name, sig == SIGINT ? "SIGINT" : "SIGTERM", where, r->err);
+    return 128 + sig;
+  }
+  fprintf(stderr, "%s: stopped by %s at %s; checkpoint %s\n", name,
+          sig == SIGINT ? "SIGINT" : "SIGTERM", where, path);
+  fprintf(stderr, "%s: to continue:", name);
+  for (int i = 0; i < r->o->argc; i++) {
+    const char *a = r->o->argv[i];
+    if (!strcmp(a, "--resume")) {
+      i++;
+      continue;
+    }
+    if (!strncmp(a, "--resume=", 9))
+      continue;
+    int plain = *a && strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "0123456789-_./=:,+@%") == strlen(a);
+    fprintf(stderr, plain ? " %s" : " '%s'", a);
+  }
+  fprintf(stderr, " --resume %s\n", path);
+  return 128 + sig;
+}
+
+/* The options that shape a run's course: a checkpoint resumes only a run that has the same. */
+static void run_options(Run *r, int64_t ntrain, int64_t ntest, int patience, RtResume *rs) {
+  char lr[40] = "model";
+  if (r->o->lr >= 0)
+    snprintf(lr, sizeof lr, "%a", r->o->lr);
+  snprintf(rs->options, sizeof rs->options,
+           "seed %" PRIu64 " lr %s train %" PRId64 " test %" PRId64 " patience %d", r->seed, lr,
+           ntrain, ntest, patience);
+}
+
+/* Whether a checkpoint is due after global step `global` (counting from 1), or after epoch
+ * `epoch` when at_epoch_end. */
+static int checkpoint_due(const RtOptions *o, int64_t global, int epoch, int at_epoch_end) {
+  if (o->checkpoint_every <= 0 || o->checkpoint_epochs != at_epoch_end)
+    return 0;
+  return (at_epoch_end ? epoch : global) % o->checkpoint_every == 0;
+}
+
 static int train_data(Run *r) {
   const kiln_program *p = r->prog;
   const RtOptions *o = r->o;
@@ -657,6 +805,7 @@ static int train_data(Run *r) {
   RtCsv csv = {0};
   int64_t *order = NULL;
   Best best = {0};
+  RtResume rs = {0};
   int rc = -1;
   if (!o->data_dir)
     return rt_errf(r->err, "model '%s' reads images and labels: pass --data DIR (e.g. "
@@ -682,9 +831,24 @@ static int train_data(Run *r) {
     rt_errf(r->err, "%s: no training examples", o->data_dir);
     goto done;
   }
-  if (o->metrics_path && rt_csv_open(&csv, o->metrics_path,
-                                     "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds",
-                                     r->err))
+  int patience = o->patience > 0 ? o->patience : model_patience(p);
+  run_options(r, ntrain, ntest, patience, &rs);
+  if (o->resume_path) {
+    if (rt_read_checkpoint(r->be, o->resume_path, &rs, r->err))
+      goto done;
+    if (rs.epoch < 1 || rs.seen > ntrain) {
+      rt_errf(r->err, "%s: its position (epoch %d, %" PRId64 " examples) does not fit this run",
+              o->resume_path, rs.epoch, rs.seen);
+      goto done;
+    }
+    best = (Best){rs.best_vals, rs.best_epoch, rs.best_test_loss, rs.best_train_loss,
+                  rs.best_acc};
+    rs.best_vals = NULL;
+  }
+  if (o->metrics_path &&
+      rt_csv_open(&csv, o->metrics_path,
+                  "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds",
+                  o->resume_path ? rs.epoch - 1 : -1, r->err))
     goto done;
   order = malloc((size_t)ntrain * sizeof *order);
   if (!order) {
@@ -702,18 +866,35 @@ static int train_data(Run *r) {
   rt_rng_seed(&rng, rt_hash_name(r->seed, "kiln.shuffle"));
   double train_time = 0, train_loss = NAN, test_loss = NAN, acc = NAN;
   int64_t train_images = 0;
-  int patience = o->patience > 0 ? o->patience : model_patience(p);
-  int ran = 0, stopped = 0;
+  int ran = 0, stopped = 0, first_epoch = 1;
+  if (o->resume_path) {
+    rng = rs.epoch_rng;
+    first_epoch = rs.epoch;
+    train_time = rs.train_time;
+    train_images = rs.train_images;
+    ran = rs.ran;
+    train_loss = rs.last_train_loss, test_loss = rs.last_test_loss, acc = rs.last_acc;
+    /* The previous run stopped early: nothing is left to do but report it. */
+    stopped = patience > 0 && best.epoch > 0 && ran - best.epoch >= patience;
+  }
   /* The loss the train step reports includes the regularization penalty when there is one. */
   const char *train_name = rt_find_tensor(p, "penalty") >= 0 ? "train_loss(+penalty)" : "train_loss";
-  for (int epoch = 1; epoch <= epochs && !stopped; epoch++) {
-    ran = epoch;
+  for (int epoch = first_epoch; epoch <= epochs && !stopped; epoch++) {
     double t0 = rt_now(), loss_sum = 0;
-    int64_t seen = 0;
+    int64_t seen = 0, step0 = 1, resumed_seen = 0;
+    RtRng epoch_rng = rng;
     for (int64_t i = 0; i < ntrain; i++)
       order[i] = i;
     rt_shuffle(&rng, order, ntrain);
-    for (int64_t step = 1; step <= steps; step++) {
+    if (o->resume_path && epoch == first_epoch) {
+      seen = resumed_seen = rs.seen, loss_sum = rs.loss_sum, step0 = rs.step + 1;
+      if (seen != (rs.step < steps ? rs.step * p->batch : ntrain)) {
+        rt_errf(r->err, "%s: its position (step %" PRId64 ", %" PRId64 " examples) does not fit "
+                "batch %" PRId64, o->resume_path, rs.step, rs.seen, p->batch);
+        goto done;
+      }
+    }
+    for (int64_t step = step0; step <= steps; step++) {
       int64_t b = ntrain - seen < p->batch ? ntrain - seen : p->batch;
       write_batch(r, r->train_e, &train, order, seen, b);
       if (run_entry(r, r->train_e, b) || check_step(r, epoch, step, b, loss_t))
@@ -722,21 +903,41 @@ static int train_data(Run *r) {
       seen += b;
       if (!o->quiet) {
         double elapsed = train_time + rt_now() - t0;
-        double rate = elapsed > 0 ? (double)(train_images + seen) / elapsed : 0;
+        double rate = elapsed > 0 ? (double)(train_images + seen - resumed_seen) / elapsed : 0;
         double left = (double)(epochs - epoch) * (double)ntrain + (double)(ntrain - seen);
         rt_progress_update(&r->progress, epoch, epochs, step, steps, loss_sum / (double)seen,
                            rate, rate > 0 ? left / rate : -1);
       }
+      int64_t global = (int64_t)(epoch - 1) * steps + step;
+      if (stop_signal || checkpoint_due(o, global, epoch, 0)) {
+        rs.epoch = epoch, rs.step = step, rs.seen = seen, rs.epoch_rng = epoch_rng;
+        rs.loss_sum = loss_sum, rs.train_time = train_time, rs.train_images = train_images;
+        rs.ran = ran, rs.last_train_loss = train_loss, rs.last_test_loss = test_loss;
+        rs.last_acc = acc;
+        rs.best_epoch = best.epoch, rs.best_test_loss = best.test_loss;
+        rs.best_train_loss = best.train_loss, rs.best_acc = best.acc, rs.best_vals = best.vals;
+        char path[4096], where[96];
+        if (stop_signal) {
+          snprintf(where, sizeof where, "epoch %d, step %" PRId64 " of %" PRId64, epoch, step,
+                   steps);
+          rc = stop_now(r, &rs, where);
+          goto stopped_by_signal;
+        }
+        if (write_checkpoint(r, &rs, path, sizeof path))
+          goto done;
+      }
     }
+    /* Seconds of this run only: a resumed epoch's earlier part is not in its rate. */
     double epoch_train = rt_now() - t0;
     train_time += epoch_train;
-    train_images += seen;
+    train_images += seen - resumed_seen;
     train_loss = loss_sum / (double)seen;
+    ran = epoch;
     if (!o->quiet)
       rt_progress_done(&r->progress);
     if (evaluate(r, &test, ntest, &test_loss, &acc))
       goto done;
-    double rate = epoch_train > 0 ? (double)seen / epoch_train : 0;
+    double rate = epoch_train > 0 ? (double)(seen - resumed_seen) / epoch_train : 0;
     char note[80] = "";
     if (patience > 0) {
       /* NaN never improves; the first epoch always sets the best */
@@ -756,6 +957,22 @@ static int train_data(Run *r) {
               "%.0f img/s%s\n", epoch, epochs, train_name, train_loss, test_loss, acc, rate, note);
     rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f", epoch, train_loss, test_loss, acc, rate,
                rt_now() - t0);
+    if (stop_signal || checkpoint_due(o, 0, epoch, 1)) {
+      rs = (RtResume){.epoch = epoch + 1, .epoch_rng = rng, .train_time = train_time,
+                      .train_images = train_images, .ran = ran, .last_train_loss = train_loss,
+                      .last_test_loss = test_loss, .last_acc = acc, .best_epoch = best.epoch,
+                      .best_test_loss = best.test_loss, .best_train_loss = best.train_loss,
+                      .best_acc = best.acc, .best_vals = best.vals};
+      run_options(r, ntrain, ntest, patience, &rs);
+      char path[4096], where[96];
+      if (stop_signal) {
+        snprintf(where, sizeof where, "the end of epoch %d", epoch);
+        rc = stop_now(r, &rs, where);
+        goto stopped_by_signal;
+      }
+      if (write_checkpoint(r, &rs, path, sizeof path))
+        goto done;
+    }
   }
   if (rt_csv_close(&csv, r->err))
     goto done;
@@ -778,6 +995,9 @@ static int train_data(Run *r) {
   printf("\n");
   fflush(stdout);
   rc = 0;
+  goto done;
+stopped_by_signal:
+  fflush(stdout);
 done:
   if (csv.f) {
     char ignored[RT_ERR_LEN];
@@ -785,6 +1005,7 @@ done:
   }
   free(order);
   free(best.vals);
+  free(rs.best_vals == best.vals ? NULL : rs.best_vals);
   rt_dataset_free(&train);
   rt_dataset_free(&test);
   return rc;
@@ -820,11 +1041,35 @@ static int train_literal(Run *r) {
                                             : model_epochs > 0 ? model_epochs : 1;
   int loss_t = rt_find_tensor(p, "loss");
   double loss = NAN, t0 = rt_now();
-  for (int64_t s = 1; s <= steps; s++) {
+  int64_t first = 1;
+  RtResume rs = {0};
+  run_options(r, 0, 0, 0, &rs);
+  if (o->resume_path) {
+    if (rt_read_checkpoint(r->be, o->resume_path, &rs, r->err))
+      return -1;
+    free(rs.best_vals);
+    rs.best_vals = NULL;
+    first = rs.step + 1;
+    loss = rs.last_train_loss;
+  }
+  for (int64_t s = first; s <= steps; s++) {
     write_literal_inputs(r, r->train_e);
     if (run_entry(r, r->train_e, p->batch))
       return -1;
     loss = read_scalar(r, loss_t, p->batch);
+    if (!isfinite(loss))
+      return rt_errf(r->err, "step %lld: the loss is %s", (long long)s,
+                     isnan(loss) ? "NaN" : "infinite");
+    if (stop_signal || checkpoint_due(o, s, 0, 0)) {
+      rs.step = s, rs.last_train_loss = loss;
+      char path[4096], where[64];
+      if (stop_signal) {
+        snprintf(where, sizeof where, "step %lld of %lld", (long long)s, (long long)steps);
+        return stop_now(r, &rs, where);
+      }
+      if (write_checkpoint(r, &rs, path, sizeof path))
+        return -1;
+    }
     if (!o->quiet) {
       double el = rt_now() - t0, rate = el > 0 ? (double)(s * p->batch) / el : 0;
       rt_progress_update(&r->progress, 0, 0, s, steps, loss, rate,
@@ -886,7 +1131,16 @@ int rt_train(RtBackend *be, const RtOptions *o) {
     goto done;
   if (rt_init_persistent(be, r.seed, o->lr, r.err))
     goto done;
+  if (o->load_path && o->resume_path) {
+    rt_errf(r.err, "--load and --resume exclude each other: --resume restores the parameters "
+            "and everything else the run had");
+    goto done;
+  }
   if (o->load_path && rt_load_checkpoint(be, o->load_path, r.err))
+    goto done;
+  if (check_output(&r, o->save_path, "--save") ||
+      check_output(&r, o->metrics_path, "--metrics") ||
+      (o->checkpoint_every > 0 && prepare_checkpoint_dir(&r)))
     goto done;
   int data = 0;
   for (int i = 0; i < p->ntensors; i++)
@@ -897,13 +1151,18 @@ int rt_train(RtBackend *be, const RtOptions *o) {
             "(no --data)", p->model ? p->model : "?");
     goto done;
   }
+  Signals sig;
+  signals_catch(&sig);
   rc = data ? train_data(&r) : train_literal(&r);
+  signals_restore(&sig);
   if (rc == 0 && o->profile) {
     be->profile_report(be->self, stdout);
     fflush(stdout);
   }
 done:
   free(r.buf);
+  if (rc > 0)
+    return rc; /* stopped by a signal, and said so */
   if (rc) {
     fflush(stdout);
     fprintf(stderr, "%s: error: %s\n", name, r.err);

@@ -15,6 +15,8 @@
 
 #include "kiln_abi.h"
 
+struct stat;
+
 #define RT_ERR_LEN 512
 
 #if defined(__GNUC__)
@@ -85,12 +87,33 @@ typedef struct RtNamedTensor {
   double *values;     /* numel values */
 } RtNamedTensor;
 
-/* Writes atomically: FILE.tmp.<pid>, fsync, rename. On failure nothing is left behind. */
+/* One "__metadata__" entry of a safetensors header (both strings). */
+typedef struct RtMeta { char *key, *value; } RtMeta;
+
+/* Writes atomically: a fresh temporary file beside path (rt_create_temp), fsync, rename. On
+ * failure nothing is left behind. _write adds metadata (nmeta entries, none when 0). */
 int rt_safetensors_save(const char *path, const RtNamedTensor *ts, int n, char *err);
+int rt_safetensors_write(const char *path, const RtNamedTensor *ts, int n, const RtMeta *meta,
+                         int nmeta, char *err);
 /* Loads every tensor (F32, F64, I32, I64, F16, BF16 accepted); *out is malloc'd, names and values
- * too. Truncated or corrupt files fail with a message naming the file and the problem. */
+ * too. Truncated or corrupt files fail with a message naming the file and the problem; anything
+ * but a regular file is refused before it is read. _read also returns the string-valued
+ * metadata (meta may be NULL: not wanted). */
 int rt_safetensors_load(const char *path, RtNamedTensor **out, int *n, char *err);
+int rt_safetensors_read(const char *path, RtNamedTensor **out, int *n, RtMeta **meta, int *nmeta,
+                        char *err);
 void rt_safetensors_free(RtNamedTensor *ts, int n);
+void rt_meta_free(RtMeta *meta, int n);
+/* The value of key in meta, or NULL. */
+const char *rt_meta_get(const RtMeta *meta, int n, const char *key);
+
+/* Files. rt_create_temp makes a new file beside `path` (same directory, so a rename onto path is
+ * atomic) with O_EXCL under an unpredictable name, readable as a plain file would be (the umask
+ * applies); its name goes to tmp (len bytes). NULL with err on failure. rt_open_regular opens
+ * path for reading only if it is a regular file (a FIFO or a device is refused without
+ * blocking), filling *st. */
+FILE *rt_create_temp(const char *path, char *tmp, size_t len, char *err);
+FILE *rt_open_regular(const char *path, struct stat *st, char *err);
 
 /* ---- rt_progress.c: progress line and metrics ----------------------------------------------- */
 
@@ -111,7 +134,9 @@ double rt_now(void);                   /* monotonic seconds */
 int rt_errf(char *err, const char *fmt, ...) RT_PRINTF(2, 3);
 
 typedef struct RtCsv { FILE *f; const char *path; /* borrowed, for messages */ } RtCsv;
-int rt_csv_open(RtCsv *c, const char *path, const char *header, char *err);
+/* Creates the metrics file with its header row (replacing any old one atomically); keep > 0
+ * carries over the old file's rows for epochs 1..keep (a resumed run's). */
+int rt_csv_open(RtCsv *c, const char *path, const char *header, int keep, char *err);
 void rt_csv_row(RtCsv *c, const char *fmt, ...);
 int rt_csv_close(RtCsv *c, char *err);
 
@@ -150,6 +175,13 @@ typedef struct RtOptions {
   int patience;           /* >0: early stopping (overrides the program's); 0: the program's */
   int threads;            /* threads the step runs on (at most the program's bound); 0: that bound */
   int profile;            /* print where the step's time went (the backend's profile_report) */
+  const char *resume_path;  /* continue the run a resumable checkpoint stopped, or NULL */
+  int64_t checkpoint_every; /* > 0: a resumable checkpoint every this many steps (or epochs) */
+  int checkpoint_epochs;    /* checkpoint_every counts epochs */
+  const char *checkpoint_dir; /* where checkpoints go ("checkpoints") */
+  int keep_checkpoints;     /* how many of the newest to keep (3) */
+  int argc;                 /* the command line (rt_options_parse), for the line saying how */
+  char **argv;              /* to resume */
   const char *prog_name;  /* prefix of messages on stderr ("trainer: error: ..."); set by
                              rt_options_parse, "trainer" by default */
 } RtOptions;
@@ -190,9 +222,40 @@ uint64_t rt_setting_u64(const kiln_program *p, const char *key, uint64_t dflt);
  * none). Returns 0, or -1 with err. */
 int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err);
 
-/* Saving and loading the checkpoint of a backend: params and saved state under their names. */
+/* ---- rt_checkpoint.c: parameter files and resumable checkpoints ---------------------------- */
+
+/* Where a run stands, and what else a resumable checkpoint carries besides the tensors. */
+typedef struct RtResume {
+  char options[256];      /* the run's options that shape its course ("seed 1 lr model ...");
+                             a checkpoint resumes only a run with the same ones */
+  int epoch;              /* the epoch in progress, from 1 (literal-data models: 0) */
+  int64_t step;           /* steps of it finished (literal-data models: of the run) */
+  int64_t seen;           /* examples of it trained on */
+  RtRng epoch_rng;        /* the shuffle generator as the epoch began, before its shuffle */
+  double loss_sum;        /* the epoch's batch losses times their sizes, so far */
+  double train_time;      /* seconds of training in the finished epochs */
+  int64_t train_images;   /* examples trained on in the finished epochs */
+  int ran;                /* epochs finished, and the last one's figures */
+  double last_train_loss, last_test_loss, last_acc;
+  int best_epoch;         /* early stopping: the best epoch so far (0: none) and its figures */
+  double best_test_loss, best_train_loss, best_acc;
+  double *best_vals;      /* its saved tensors, one after the other in table order */
+} RtResume;
+
+/* Whether t is saved in every checkpoint: a parameter or saved state (running statistics). */
+int rt_saved(const kiln_tensor *t);
+/* A hash of what a checkpoint's tensors must match: the tensor table and the batch. */
+uint64_t rt_program_fingerprint(const kiln_program *p);
+/* Parameter files: the saved tensors under their names (PyTorch's). Loading checks every name,
+ * shape and value (no NaN or infinity) before it writes anything, and ignores a resumable
+ * checkpoint's "kiln." entries. */
 int rt_save_checkpoint(RtBackend *be, const char *path, char *err);
 int rt_load_checkpoint(RtBackend *be, const char *path, char *err);
+/* Resumable checkpoints: rs == NULL writes a parameter file. Reading fills rs (best_vals is
+ * malloc'd) after checking the file was written by this program and by a run with
+ * rs->options, which the caller sets. */
+int rt_write_checkpoint(RtBackend *be, const char *path, const RtResume *rs, char *err);
+int rt_read_checkpoint(RtBackend *be, const char *path, RtResume *rs, char *err);
 
 /* ---- rt_pool.c: the threads a program's tasks run on ------------------------------------------ */
 

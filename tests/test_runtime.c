@@ -875,10 +875,10 @@ START_TEST(st_atomic_write) {
   ck_assert_msg(strstr(err, "no/such/dir.st: cannot create") &&
                     strstr(err, "No such file or directory"), "%s", err);
 
-  /* Over a directory: the rename fails, the temporary goes, the directory stays. */
+  /* Over a directory: refused, nothing created, the directory stays. */
   ck_assert_int_eq(mkdir(tpath("adir"), 0755), 0);
   ck_assert_int_eq(rt_safetensors_save(tpath("adir"), &a, 1, err), -1);
-  ck_assert_msg(strstr(err, "adir: rename failed"), "%s", err);
+  ck_assert_msg(strstr(err, "adir: is a directory"), "%s", err);
   struct stat st;
   ck_assert_int_eq(stat(tpath("adir"), &st), 0);
   ck_assert(S_ISDIR(st.st_mode));
@@ -899,15 +899,29 @@ START_TEST(st_atomic_write) {
     ck_assert_int_eq(count_files(tpath("ro")), 0);
     chmod(tpath("ro"), 0755);
   }
-  /* /dev/full accepts the open and fails the write: stands in for a full disk. The temporary
-   * for a path P is P.tmp.PID; a symlink of that name makes it /dev/full. */
+  /* /dev/full accepts the open and fails the write: stands in for a full disk. A device is
+   * written as it is, never replaced by a rename. */
+  ck_assert_int_eq(rt_safetensors_save("/dev/full", &a, 1, err), -1);
+  ck_assert_msg(strstr(err, "/dev/full: write failed: No space left on device"), "%s", err);
+  struct stat full;
+  ck_assert_int_eq(stat("/dev/full", &full), 0);
+  ck_assert(S_ISCHR(full.st_mode));
+
+  /* A symlink planted where a predictable temporary name would be (P.tmp.PID, what the writer
+   * once used) is never followed: its target keeps its bytes, and the save succeeds. */
   char link[512];
-  snprintf(link, sizeof link, "%s.tmp.%ld", tpath("full.st"), (long)getpid());
-  ck_assert_int_eq(symlink("/dev/full", link), 0);
-  ck_assert_int_eq(rt_safetensors_save(tpath("full.st"), &a, 1, err), -1);
-  ck_assert_msg(strstr(err, "full.st: write failed: No space left on device"), "%s", err);
-  ck_assert_int_eq(access(link, F_OK), -1); /* the temporary (here, the link) is removed */
-  ck_assert_int_eq(access(tpath("full.st"), F_OK), -1);
+  snprintf(link, sizeof link, "%s.tmp.%ld", tpath("victim.st"), (long)getpid());
+  FILE *victim = fopen(tpath("target.txt"), "w");
+  fputs("keep me", victim);
+  fclose(victim);
+  ck_assert_int_eq(symlink(tpath("target.txt"), link), 0);
+  ck_assert_int_eq(rt_safetensors_save(tpath("victim.st"), &a, 1, err), 0);
+  char *kept = read_all(tpath("target.txt"), NULL);
+  ck_assert_str_eq(kept, "keep me");
+  free(kept);
+  ck_assert_int_eq(rt_safetensors_load(tpath("victim.st"), &t, &n, err), 0);
+  ck_assert_double_eq(t[0].values[0], v[0]);
+  rt_safetensors_free(t, n);
 }
 END_TEST
 
@@ -961,16 +975,24 @@ START_TEST(progress_clock_and_csv) {
   ck_assert(b - a >= 0.019 && b - a < 1);
   RtCsv c;
   char err[RT_ERR_LEN];
-  ck_assert_int_eq(rt_csv_open(&c, tpath("m.csv"), "epoch,loss", err), 0);
+  ck_assert_int_eq(rt_csv_open(&c, tpath("m.csv"), "epoch,loss", 0, err), 0);
   rt_csv_row(&c, "%d,%.4f", 1, 0.5);
   rt_csv_row(&c, "%d,%.4f", 2, 0.25);
   char *s = read_all(tpath("m.csv"), NULL); /* rows are flushed as they are written */
   ck_assert_str_eq(s, "epoch,loss\n1,0.5000\n2,0.2500\n");
   free(s);
   ck_assert_int_eq(rt_csv_close(&c, err), 0);
-  ck_assert_int_eq(rt_csv_open(&c, tpath("nodir/m.csv"), "x", err), -1);
-  ck_assert_msg(strstr(err, "nodir/m.csv: cannot create: No such file"), "%s", err);
-  ck_assert_int_eq(rt_csv_open(&c, "/dev/full", "x", err), 0);
+  /* A resumed run keeps the rows of the epochs before its checkpoint (1 here), none after. */
+  ck_assert_int_eq(rt_csv_open(&c, tpath("m.csv"), "epoch,loss", 1, err), 0);
+  rt_csv_row(&c, "%d,%.4f", 2, 0.125);
+  ck_assert_int_eq(rt_csv_close(&c, err), 0);
+  s = read_all(tpath("m.csv"), NULL);
+  ck_assert_str_eq(s, "epoch,loss\n1,0.5000\n2,0.1250\n");
+  free(s);
+  ck_assert_int_eq(rt_csv_open(&c, tpath("nodir/m.csv"), "x", 0, err), -1);
+  ck_assert_msg(strstr(err, "nodir/m.csv: cannot create a file in its directory: No such file"),
+                "%s", err);
+  ck_assert_int_eq(rt_csv_open(&c, "/dev/full", "x", 0, err), 0);
   rt_csv_row(&c, "%d", 1);
   ck_assert_int_eq(rt_csv_close(&c, err), -1);
   ck_assert_msg(strstr(err, "/dev/full: write failed"), "%s", err);
