@@ -255,6 +255,7 @@ int rt_dataset_load(const char *dir, const char *split, int64_t max_items, RtDat
     rt_idx_free(&out->images);
     return -1;
   }
+  snprintf(out->labels_path, sizeof out->labels_path, "%s", lpath);
   if (out->images.rank < 2)
     rt_errf(err, "%s: expected images (rank 2 or more), found rank %d", ipath,
              out->images.rank);

@@ -375,6 +375,7 @@ typedef struct Run {
   uint64_t seed;
   int train_e, eval_e;  /* entry indices; eval_e is -1 when the program has none */
   RtProgress progress;
+  char last_checkpoint[4096]; /* the newest resumable checkpoint of this run, or "" */
 } Run;
 
 int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err) {
@@ -507,8 +508,9 @@ static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, doub
     if (tl >= 0) {
       double l = read_scalar(r, tl, b);
       if (isnan(l))
-        return rt_errf(r->err, "test examples %lld to %lld: the loss is NaN (a label outside "
-                       "the model's classes?)", (long long)first, (long long)(first + b - 1));
+        return rt_errf(r->err, "test examples %lld to %lld: the loss is NaN (the parameters "
+                       "hold values the model's ops cannot take)", (long long)first,
+                       (long long)(first + b - 1));
       loss_sum += l * (double)b;
     }
     if (can_score) {
@@ -530,15 +532,32 @@ static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, doub
   return 0;
 }
 
-/* A NaN loss is the compiled program's flag for a label outside [0, C) (cg_elem.c), and a NaN
- * running statistic is what batch norm's unbiased variance n/(n - 1) gives for a batch with one
- * value per channel, which PyTorch refuses ("Expected more than 1 value per channel when
- * training"). Either way the run is over: stop with the step rather than train on NaN. */
+/* What to do about a step that went wrong: resume from the last good checkpoint under the
+ * reference runtime, which stops at the first op whose result is not finite and names its line. */
+static void fault_hint(Run *r, char *hint, size_t len) {
+  if (*r->last_checkpoint)
+    snprintf(hint, len, "; last good checkpoint: %s (to name the op that produced it: kiln train "
+             "MODEL.kiln --runtime reference --resume %s, with this run's options)",
+             r->last_checkpoint, r->last_checkpoint);
+  else
+    snprintf(hint, len, "; no checkpoint was written (with --checkpoint-every N, kiln train "
+             "MODEL.kiln --runtime reference --resume CHECKPOINT names the op that produced it)");
+}
+
+/* After every step: a loss that is not finite ends the run (labels were checked when the data
+ * was loaded, so it is the arithmetic), and so does a running statistic that is not; batch norm's
+ * unbiased variance n/(n - 1) is NaN for a batch with one value per channel, which PyTorch
+ * refuses too ("Expected more than 1 value per channel when training"). */
 static int check_step(Run *r, int epoch, int64_t step, int64_t b, int loss_t) {
   const kiln_program *p = r->prog;
-  if (isnan(read_scalar(r, loss_t, b)))
-    return rt_errf(r->err, "epoch %d, step %lld: the training loss is NaN (a label outside the "
-                   "model's classes, or a diverging run)", epoch, (long long)step);
+  char hint[9000];
+  double loss = read_scalar(r, loss_t, b);
+  if (!isfinite(loss)) {
+    fault_hint(r, hint, sizeof hint);
+    return rt_errf(r->err, "epoch %d, step %lld: the training loss is %s (the run diverged, or "
+                   "an op such as log, sqrt, exp or a division left its domain)%s", epoch,
+                   (long long)step, isnan(loss) ? "NaN" : "infinite", hint);
+  }
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
     if (t->role != KILN_ROLE_STATE)
@@ -546,17 +565,40 @@ static int check_step(Run *r, int epoch, int64_t step, int64_t b, int loss_t) {
     int64_t n = rt_numel(t, p->batch);
     r->be->read(r->be->self, i, r->buf, n);
     for (int64_t k = 0; k < n; k++)
-      if (isnan(r->buf[k])) {
+      if (!isfinite(r->buf[k])) {
         size_t len = strlen(t->name);
         if (b == 1 && len >= 12 && !strcmp(t->name + len - 12, ".running_var"))
           return rt_errf(r->err, "epoch %d, step %lld: a batch of 1 example has no unbiased "
                          "variance for '%s' (batchnorm needs more than 1 value per channel "
                          "when training): choose --limit-train or the batch so that no batch "
                          "holds a single example", epoch, (long long)step, t->name);
-        return rt_errf(r->err, "epoch %d, step %lld: '%s' became NaN", epoch, (long long)step,
-                       t->name);
+        fault_hint(r, hint, sizeof hint);
+        return rt_errf(r->err, "epoch %d, step %lld: '%s' became %s at element %lld%s", epoch,
+                       (long long)step, t->name, isnan(r->buf[k]) ? "NaN" : "infinite",
+                       (long long)k, hint);
       }
   }
+  return 0;
+}
+
+/* The number of classes the model scores (the last axis of eval.output), or 0. */
+static int64_t model_classes(const kiln_program *p) {
+  int to = rt_find_tensor(p, "eval.output");
+  const kiln_tensor *out = to >= 0 ? &p->tensors[to] : NULL;
+  return out && out->rank >= 2 && out->batch_axis == 0 ? out->dims[out->rank - 1] : 0;
+}
+
+/* Every label of the examples used names one of the model's classes: checked as the data is
+ * loaded, so a bad file is named with the example rather than found as a NaN loss later. */
+static int check_labels(Run *r, const RtDataset *ds, int64_t n) {
+  int64_t classes = model_classes(r->prog);
+  if (classes <= 0)
+    return 0;
+  for (int64_t i = 0; i < n && i < ds->labels.count; i++)
+    if (ds->labels.data[i] >= classes)
+      return rt_errf(r->err, "%s: the label of example %lld is %d, outside the model's %lld "
+                     "classes (0 to %lld)", ds->labels_path, (long long)i, ds->labels.data[i],
+                     (long long)classes, (long long)classes - 1);
   return 0;
 }
 
@@ -744,6 +786,7 @@ static int write_checkpoint(Run *r, const RtResume *rs, char *path, size_t len) 
     return rt_errf(r->err, "--checkpoint-dir %s: path too long", r->o->checkpoint_dir);
   if (rt_write_checkpoint(r->be, path, rs, r->err))
     return -1;
+  snprintf(r->last_checkpoint, sizeof r->last_checkpoint, "%s", path);
   prune_checkpoints(r);
   return 0;
 }
@@ -798,6 +841,15 @@ static int checkpoint_due(const RtOptions *o, int64_t global, int epoch, int at_
   return (at_epoch_end ? epoch : global) % o->checkpoint_every == 0;
 }
 
+/* A test figure in fmt, or "" for one the run does not have (NaN): a model without labels has
+ * no accuracy, an empty test set neither figure. (A test loss that is NaN stops the run.) */
+static const char *figure(double v, const char *fmt, char *buf, size_t len) {
+  if (isnan(v))
+    return "";
+  snprintf(buf, len, fmt, v);
+  return buf;
+}
+
 static int train_data(Run *r) {
   const kiln_program *p = r->prog;
   const RtOptions *o = r->o;
@@ -831,7 +883,13 @@ static int train_data(Run *r) {
     rt_errf(r->err, "%s: no training examples", o->data_dir);
     goto done;
   }
+  if (check_labels(r, &train, ntrain) || check_labels(r, &test, ntest))
+    goto done;
   int patience = o->patience > 0 ? o->patience : model_patience(p);
+  if (patience > 0 && ntest == 0) {
+    rt_errf(r->err, "early stopping needs test examples, and %s has none", o->data_dir);
+    goto done;
+  }
   run_options(r, ntrain, ntest, patience, &rs);
   if (o->resume_path) {
     if (rt_read_checkpoint(r->be, o->resume_path, &rs, r->err))
@@ -844,6 +902,7 @@ static int train_data(Run *r) {
     best = (Best){rs.best_vals, rs.best_epoch, rs.best_test_loss, rs.best_train_loss,
                   rs.best_acc};
     rs.best_vals = NULL;
+    snprintf(r->last_checkpoint, sizeof r->last_checkpoint, "%s", o->resume_path);
   }
   if (o->metrics_path &&
       rt_csv_open(&csv, o->metrics_path,
@@ -938,7 +997,7 @@ static int train_data(Run *r) {
     if (evaluate(r, &test, ntest, &test_loss, &acc))
       goto done;
     double rate = epoch_train > 0 ? (double)(seen - resumed_seen) / epoch_train : 0;
-    char note[80] = "";
+    char note[80] = "", figs1[64], figs2[64];
     if (patience > 0) {
       /* NaN never improves; the first epoch always sets the best */
       if (best.epoch == 0 || test_loss < best.test_loss) {
@@ -953,8 +1012,9 @@ static int train_data(Run *r) {
       }
     }
     if (!o->quiet)
-      fprintf(stderr, "epoch %d/%d  %s %.4f  test_loss %.4f  test_accuracy %.4f  "
-              "%.0f img/s%s\n", epoch, epochs, train_name, train_loss, test_loss, acc, rate, note);
+      fprintf(stderr, "epoch %d/%d  %s %.4f%s%s  %.0f img/s%s\n", epoch, epochs, train_name,
+              train_loss, figure(test_loss, "  test_loss %.4f", figs1, sizeof figs1),
+              figure(acc, "  test_accuracy %.4f", figs2, sizeof figs2), rate, note);
     rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f", epoch, train_loss, test_loss, acc, rate,
                rt_now() - t0);
     if (stop_signal || checkpoint_due(o, 0, epoch, 1)) {
@@ -987,8 +1047,10 @@ static int train_data(Run *r) {
   }
   if (o->save_path && rt_save_checkpoint(r->be, o->save_path, r->err))
     goto done;
-  printf("final epochs=%d train_loss=%.4f test_loss=%.4f test_accuracy=%.4f images_per_s=%.0f",
-         ran, train_loss, test_loss, acc,
+  char figs1[64], figs2[64];
+  printf("final epochs=%d train_loss=%.4f%s%s images_per_s=%.0f", ran, train_loss,
+         figure(test_loss, " test_loss=%.4f", figs1, sizeof figs1),
+         figure(acc, " test_accuracy=%.4f", figs2, sizeof figs2),
          train_time > 0 ? (double)train_images / train_time : 0.0);
   if (patience > 0)
     printf(" early_stop=%s best_epoch=%d", stopped ? "yes" : "no", best.epoch);
@@ -1051,15 +1113,20 @@ static int train_literal(Run *r) {
     rs.best_vals = NULL;
     first = rs.step + 1;
     loss = rs.last_train_loss;
+    snprintf(r->last_checkpoint, sizeof r->last_checkpoint, "%s", o->resume_path);
   }
   for (int64_t s = first; s <= steps; s++) {
     write_literal_inputs(r, r->train_e);
     if (run_entry(r, r->train_e, p->batch))
       return -1;
     loss = read_scalar(r, loss_t, p->batch);
-    if (!isfinite(loss))
-      return rt_errf(r->err, "step %lld: the loss is %s", (long long)s,
-                     isnan(loss) ? "NaN" : "infinite");
+    if (!isfinite(loss)) {
+      char hint[9000];
+      fault_hint(r, hint, sizeof hint);
+      return rt_errf(r->err, "step %lld: the loss is %s (the run diverged, or an op such as "
+                     "log, sqrt, exp or a division left its domain)%s", (long long)s,
+                     isnan(loss) ? "NaN" : "infinite", hint);
+    }
     if (stop_signal || checkpoint_due(o, s, 0, 0)) {
       rs.step = s, rs.last_train_loss = loss;
       char path[4096], where[64];
@@ -1146,6 +1213,16 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   for (int i = 0; i < p->ntensors; i++)
     if (p->tensors[i].role == KILN_ROLE_INPUT && p->tensors[i].feed)
       data = 1;
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (t->role == KILN_ROLE_INPUT && !t->feed && !(t->init == KILN_INIT_DATA && t->data) &&
+        (rt_tensor_in_entry(t, r.train_e) || (r.eval_e >= 0 && rt_tensor_in_entry(t, r.eval_e)))) {
+      rt_errf(r.err, "input '%s' has no data: a trainer feeds an input from the dataset "
+              "(`from images`, `from labels`) or from values in the model file, and '%s' has "
+              "neither (a host program feeds such inputs through the C API)", t->name, t->name);
+      goto done;
+    }
+  }
   if (!data && (o->patience > 0 || model_patience(p) > 0)) {
     rt_errf(r.err, "early stopping needs a test set, but model '%s' has its data in the file "
             "(no --data)", p->model ? p->model : "?");

@@ -17,7 +17,7 @@
 
 struct stat;
 
-#define RT_ERR_LEN 512
+#define RT_ERR_LEN 1024
 
 #if defined(__GNUC__)
 #define RT_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -62,7 +62,10 @@ void rt_idx_free(RtIdx *x);
 
 /* A dataset split as stored by Debian's dataset-fashion-mnist (or MNIST): DIR holds
  * {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]. */
-typedef struct RtDataset { RtIdx images, labels; } RtDataset;
+typedef struct RtDataset {
+  RtIdx images, labels;
+  char labels_path[4096]; /* the labels file, for messages */
+} RtDataset;
 /* Loads the first max_items examples (all when max_items < 0); images and labels files must
  * agree on their counts. */
 int rt_dataset_load(const char *dir, const char *split /* "train" or "t10k" */, int64_t max_items,

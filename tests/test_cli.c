@@ -131,6 +131,27 @@ START_TEST(linear_toy_reference) {
 }
 END_TEST
 
+/* A run that diverges stops with the step and writes no checkpoint; under the reference runtime
+ * it names the op and model line that first produced a value that is not finite (the square of
+ * the residual, once lr 1e30 has blown the parameters up). */
+START_TEST(diverging_run_names_the_op) {
+  char cmd[1024], *err;
+  snprintf(cmd, sizeof cmd, KILN " train " EX "linear_toy.kiln --lr 1e30 --save '%s/f.st' --quiet",
+           tmpdir);
+  ck_assert_int_eq(run(cmd, NULL, &err), 1);
+  ck_assert_msg(strstr(err, "kiln train: error: step 6: the loss is infinite (the run diverged"),
+                "%s", err);
+  free(err);
+  snprintf(cmd, sizeof cmd, "%s/f.st", tmpdir);
+  ck_assert(!exists(cmd));
+  ck_assert_int_eq(run(KILN " train " EX "linear_toy.kiln --lr 1e30 --runtime reference --quiet",
+                       NULL, &err), 1);
+  ck_assert_str_eq(err, "kiln train: error: " EX "linear_toy.kiln:16:26: pow produced an "
+                        "infinity at element 0 from finite inputs\n");
+  free(err);
+}
+END_TEST
+
 /* SGD with momentum 0.9 and dampening 0.5 on loss w²/2 from w = 1, lr 0.1: torch.optim.SGD seeds
  * the buffer with the undamped gradient, so buf = 1, w = 0.9, then buf = 0.9 + 0.5·0.9 = 1.35,
  * w = 0.9 − 0.135 = 0.765 (with a damped first step it would be 0.8575). */
@@ -848,6 +869,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, schedule_prints_target_and_tiles);
   tcase_add_test(tc, graph_is_dot);
   tcase_add_test(tc, linear_toy_reference);
+  tcase_add_test(tc, diverging_run_names_the_op);
   tcase_add_test(tc, check_mlp_passes);
   tcase_add_test(tc, check_every_optimizer);
   tcase_add_test(tc, regularized_early_stopping_on_data);

@@ -1501,6 +1501,25 @@ START_TEST(train_checkpoints) {
   ck_assert_msg(strstr(err, "absent.st: cannot open"), "%s", err);
   free(out), free(err);
   fake_free(&a);
+  /* A checkpoint written by a run that diverged is refused, naming the tensor and element. */
+  double bad[2] = {1, INFINITY};
+  RtNamedTensor diverged[] = {named("w", KILN_F32, 1, (int64_t[]){1}, v),
+                              named("bn.running_var", KILN_F32, 1, (int64_t[]){2}, bad)};
+  ck_assert_int_eq(rt_safetensors_save(tpath("inf.st"), diverged, 2, msg), 0);
+  o.load_path = tpath("inf.st");
+  ck_assert_int_eq(train_fake(&a, &p, &o, &out, &err), 1);
+  ck_assert_msg(strstr(err, "inf.st: tensor 'bn.running_var' holds an infinity at element 1 "
+                            "(the run that wrote it diverged?)"), "%s", err);
+  ck_assert_int_eq(a.nbatches, 0);
+  free(out), free(err);
+  fake_free(&a);
+  /* A FIFO is refused at once rather than waited on. */
+  ck_assert_int_eq(mkfifo(tpath("fifo.st"), 0600), 0);
+  o.load_path = tpath("fifo.st");
+  ck_assert_int_eq(train_fake(&a, &p, &o, &out, &err), 1);
+  ck_assert_msg(strstr(err, "fifo.st: not a regular file"), "%s", err);
+  free(out), free(err);
+  fake_free(&a);
 }
 END_TEST
 
@@ -1520,15 +1539,21 @@ START_TEST(train_errors) {
                                           {"no \"loss\" output"},
                                           {"batch size 0"},
                                           {"two tensors are named 'w'"},
-                                          {"epoch 1, step 2: the training loss is NaN (a label "
-                                           "outside the model's classes, or a diverging run)"},
-                                          {"epoch 1, step 2: 'bn.running_var' became NaN"},
+                                          {"epoch 1, step 2: the training loss is NaN (the run "
+                                           "diverged, or an op such as log, sqrt, exp or a "
+                                           "division left its domain); no checkpoint was "
+                                           "written (with --checkpoint-every N, kiln train "
+                                           "MODEL.kiln --runtime reference --resume CHECKPOINT "
+                                           "names the op that produced it)"},
+                                          {"epoch 1, step 2: 'bn.running_var' became NaN at "
+                                           "element 0; no checkpoint was written"},
                                           {"epoch 1, step 2: a batch of 1 example has no "
                                            "unbiased variance for 'bn.running_var' (batchnorm "
                                            "needs more than 1 value per channel when "
                                            "training)"},
-                                          {"test examples 0 to 3: the loss is NaN (a label "
-                                           "outside the model's classes?)"},
+                                          {"test examples 0 to 3: the loss is NaN (the "
+                                           "parameters hold values the model's ops cannot "
+                                           "take)"},
                                           {"program 'fake' has no \"train\" entry"},
                                           {"setting 'epochs' has value 'many', which is not a "
                                            "number"},
@@ -1537,7 +1562,11 @@ START_TEST(train_errors) {
                                           {"two entries are named 'eval'"},
                                           {"tensor 'loss' belongs to entries 0x4, but the "
                                            "program has 2"},
-                                          {"input 'label' fed from 'labels' has scale 0"}};
+                                          {"input 'label' fed from 'labels' has scale 0"},
+                                          {"train-labels-idx1-ubyte.gz: the label of example 2 "
+                                           "is 2, outside the model's 2 classes (0 to 1)"},
+                                          {"input 'image' has no data: a trainer feeds an input "
+                                           "from the dataset"}};
   static const kiln_entry no_train[] = {{"eval", NULL}, {"valid", NULL}};
   static const kiln_entry two_evals[] = {{"eval", NULL}, {"eval", NULL}};
   static const kiln_setting bad_setting[] = {{"epochs", "many"}};
@@ -1563,6 +1592,8 @@ START_TEST(train_errors) {
     case 15: p.entries = two_evals; break;
     case 16: ts[T_LOSS].entries = 4; break;
     case 17: ts[T_LABEL].scale = 0; break;
+    case 18: ts[T_EVAL_OUT].dims[1] = 2; break;
+    case 19: ts[T_IMAGE].feed = NULL; break;
     }
     fake_init(&f, &p);
     f.fail_at = i == 2 ? 3 : 0;

@@ -555,6 +555,10 @@ static int train_reference(Session *s, const Args *a, RtOptions *o) {
     report(s);
     return 1;
   }
+  if (interp_stop_at_faults(s->ref, true)) {
+    fprintf(stderr, "kiln: error: out of memory\n");
+    return 1;
+  }
   return rt_train(&be, o);
 }
 

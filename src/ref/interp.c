@@ -43,6 +43,8 @@ struct Interp {
   const Plan *plan;    /* set by interp_backend */
   kiln_entry entries[ENTRY_COUNT]; /* the backend's entries table: names, no functions */
   IrSettings settings;             /* the backend's settings table */
+  bool stop_at_faults;             /* fail at the first result that is not finite */
+  unsigned char *faulty;           /* per node: its last result held a NaN or an infinity */
 };
 
 typedef int (*RefKernel)(Interp *it, const Node *n);
@@ -774,7 +776,40 @@ void interp_free(Interp *it) {
   free(it->dims);
   free(it->numel);
   free(it->mark);
+  free(it->faulty);
   free(it);
+}
+
+int interp_stop_at_faults(Interp *it, bool on) {
+  if (on && !it->faulty && !(it->faulty = calloc((size_t)it->nnodes + 1, 1)))
+    return -1;
+  it->stop_at_faults = on;
+  return 0;
+}
+
+/* With stop_at_faults: node n's result is not finite. Its origin when every input was finite:
+ * the op and its line are named; a leaf is named as the tensor it is. Otherwise it only carries
+ * an earlier fault along, which was reported when it happened. */
+static int check_fault(Interp *it, const Node *n) {
+  const double *v = val(it, n->id);
+  int64_t k = 0, m = it->numel[n->id];
+  while (k < m && isfinite(v[k]))
+    k++;
+  it->faulty[n->id] = k < m;
+  if (k == m)
+    return 0;
+  for (int i = 0; i < n->nin; i++)
+    if (it->faulty[n->in[i]])
+      return 0;
+  const char *what = isnan(v[k]) ? "NaN" : "an infinity";
+  char where[600] = "";
+  if (n->loc.file)
+    snprintf(where, sizeof where, "%s:%d:%d: ", n->loc.file->path, n->loc.line, n->loc.col);
+  if (n->nin == 0)
+    return fail(it, "%s'%s' holds %s at element %lld", where, n->name ? n->name : "?", what,
+                (long long)k);
+  return fail(it, "%s%s%s%s produced %s at element %lld from finite inputs", where,
+              op_names[n->op], n->name ? " " : "", n->name ? n->name : "", what, (long long)k);
 }
 
 static void round_f32(double *v, int64_t n) {
@@ -804,6 +839,8 @@ static int run_marked(Interp *it, int64_t batch) {
      * compiled program. Rounding twice changes nothing. */
     if (it->f32 && n->dtype == DT_F32)
       round_f32(val(it, id), it->numel[id]);
+    if (it->stop_at_faults && n->dtype != DT_I32 && check_fault(it, n))
+      return -1;
   }
   return 0;
 }

@@ -31,6 +31,10 @@ typedef struct Interp Interp;
  * out. The graph must outlive the interpreter and must not grow while it is in use. */
 Interp *interp_new(Graph *g, int64_t max_batch, bool f32);
 void interp_free(Interp *it);
+/* From now on (on), a run fails at the first op whose result holds a NaN or an infinity while
+ * its inputs hold none, naming the op and its model line: where a diverging run went wrong.
+ * -1 when out of memory. */
+int interp_stop_at_faults(Interp *it, bool on);
 
 /* Evaluates the nodes entry e needs (ir_reachable) in id order, then applies its updates: every
  * update value is captured first and only then assigned to its target, so updates never see each
