@@ -60,8 +60,12 @@ static void usage(FILE *f, const char *name) {
           "  --metrics FILE      write one CSV row per epoch to FILE\n"
           "  --limit-train N     use only the first N training examples\n"
           "  --limit-test N      use only the first N test examples\n"
-          "  --patience N        stop after N epochs without a better test loss and keep the\n"
-          "                      best epoch's parameters (overrides the model's early_stop)\n"
+          "  --validation N      hold out N training examples (a fraction, when below 1) as a\n"
+          "                      validation split, chosen by the seed: every epoch reports it,\n"
+          "                      and the test set is measured once, at the end\n"
+          "  --patience N        stop after N epochs without a better validation loss and keep\n"
+          "                      the best epoch's parameters (overrides the model's early_stop;\n"
+          "                      without --validation, 10%% of the training examples)\n"
           "  --threads N         threads the step runs on (default: every core this process may\n"
           "                      use, at most the number the trainer was built for); results\n"
           "                      are the same for every thread count\n"
@@ -138,7 +142,7 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
                                         "--load", "--metrics", "--limit-train", "--limit-test",
                                         "--patience", "--threads", "--resume",
                                         "--checkpoint-every", "--checkpoint-dir",
-                                        "--keep-checkpoints"};
+                                        "--keep-checkpoints", "--validation"};
     int k = -1;
     for (int j = 0; j < (int)(sizeof known / sizeof known[0]); j++)
       if (!strcmp(key, known[j]))
@@ -217,6 +221,16 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
         return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
       o->keep_checkpoints = (int)n;
       break;
+    case 15: {
+      char *end;
+      errno = 0;
+      double v = strtod(val, &end);
+      if (*end || errno || !(v > 0) || v > 1e15 || (v > 1 && v != floor(v)) || v == 1)
+        return opt_error(name, "%s: expected a number of examples or a fraction between 0 and "
+                         "1, got '%s'", key, val);
+      o->validation = v;
+      break;
+    }
     }
   }
   return 0;
@@ -481,10 +495,12 @@ static int check_data_inputs(Run *r, const RtDataset *ds, const char *dir) {
   return 0;
 }
 
-/* Test loss (example-weighted mean of eval.loss) and accuracy (argmax over the last axis of
- * eval.output against the label) over the first n test examples, in order. NaN where the
- * program does not provide what is needed. */
-static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, double *acc) {
+/* Loss (example-weighted mean of eval.loss) and accuracy (argmax over the last axis of
+ * eval.output against the label) over examples idx[0..n) of a dataset (the first n when idx is
+ * NULL), in order; `what` names them in messages. NaN where the program does not provide what is
+ * needed. */
+static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n,
+                    const char *what, double *loss, double *acc) {
   const kiln_program *p = r->prog;
   int tl = rt_find_tensor(p, "eval.loss"), to = rt_find_tensor(p, "eval.output");
   int have_labels = 0;
@@ -502,14 +518,14 @@ static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, doub
   int64_t correct = 0;
   for (int64_t first = 0; first < n; first += p->batch) {
     int64_t b = n - first < p->batch ? n - first : p->batch;
-    write_batch(r, r->eval_e, test, NULL, first, b);
+    write_batch(r, r->eval_e, test, idx, first, b);
     if (run_entry(r, r->eval_e, b))
       return -1;
     if (tl >= 0) {
       double l = read_scalar(r, tl, b);
       if (isnan(l))
-        return rt_errf(r->err, "test examples %lld to %lld: the loss is NaN (the parameters "
-                       "hold values the model's ops cannot take)", (long long)first,
+        return rt_errf(r->err, "%s examples %lld to %lld: the loss is NaN (the parameters "
+                       "hold values the model's ops cannot take)", what, (long long)first,
                        (long long)(first + b - 1));
       loss_sum += l * (double)b;
     }
@@ -521,7 +537,7 @@ static int evaluate(Run *r, const RtDataset *test, int64_t n, double *loss, doub
         for (int64_t c = 1; c < classes; c++)
           if (row[c] > row[best])
             best = c; /* ties go to the first, as torch.argmax */
-        correct += best == test->labels.data[first + k];
+        correct += best == test->labels.data[idx ? idx[first + k] : first + k];
       }
     }
   }
@@ -824,13 +840,35 @@ static int stop_now(Run *r, const RtResume *rs, const char *where) {
 }
 
 /* The options that shape a run's course: a checkpoint resumes only a run that has the same. */
-static void run_options(Run *r, int64_t ntrain, int64_t ntest, int patience, RtResume *rs) {
+static void run_options(Run *r, int64_t ntrain, int64_t nval, int64_t ntest, int patience,
+                        RtResume *rs) {
   char lr[40] = "model";
   if (r->o->lr >= 0)
     snprintf(lr, sizeof lr, "%a", r->o->lr);
   snprintf(rs->options, sizeof rs->options,
-           "seed %" PRIu64 " lr %s train %" PRId64 " test %" PRId64 " patience %d", r->seed, lr,
-           ntrain, ntest, patience);
+           "seed %" PRIu64 " lr %s train %" PRId64 " validation %" PRId64 " test %" PRId64
+           " patience %d", r->seed, lr, ntrain, nval, ntest, patience);
+}
+
+/* Which of n training examples are held out: a seeded choice of nval of them. fit gets the
+ * n - nval others, then the held-out ones, each part in increasing order (evaluation walks the
+ * validation split in order, as it walks the test set). */
+static int split_validation(uint64_t seed, int64_t n, int64_t nval, int64_t *fit) {
+  unsigned char *held = calloc((size_t)n + 1, 1);
+  if (!held)
+    return -1;
+  RtRng rng;
+  rt_rng_seed(&rng, rt_hash_name(seed, "kiln.validation"));
+  for (int64_t i = 0; i < n; i++)
+    fit[i] = i;
+  rt_shuffle(&rng, fit, n);
+  for (int64_t i = 0; i < nval; i++)
+    held[fit[i]] = 1;
+  int64_t a = 0, b = n - nval;
+  for (int64_t i = 0; i < n; i++)
+    fit[held[i] ? b++ : a++] = i;
+  free(held);
+  return 0;
 }
 
 /* Whether a checkpoint is due after global step `global` (counting from 1), or after epoch
@@ -855,7 +893,7 @@ static int train_data(Run *r) {
   const RtOptions *o = r->o;
   RtDataset train = {0}, test = {0};
   RtCsv csv = {0};
-  int64_t *order = NULL;
+  int64_t *order = NULL, *fit_idx = NULL, *val_idx = NULL;
   Best best = {0};
   RtResume rs = {0};
   int rc = -1;
@@ -886,15 +924,37 @@ static int train_data(Run *r) {
   if (check_labels(r, &train, ntrain) || check_labels(r, &test, ntest))
     goto done;
   int patience = o->patience > 0 ? o->patience : model_patience(p);
-  if (patience > 0 && ntest == 0) {
-    rt_errf(r->err, "early stopping needs test examples, and %s has none", o->data_dir);
+  /* The validation split: training examples held out (chosen by the seed), evaluated every
+   * epoch and what early stopping selects on, so the test set plays no part in choosing the
+   * parameters and is measured once, at the end. */
+  int64_t nval = o->validation >= 1 ? (int64_t)o->validation
+                 : o->validation > 0 ? (int64_t)llround(o->validation * (double)ntrain)
+                                     : 0;
+  if (patience > 0 && o->validation <= 0) {
+    nval = ntrain / 10 > 0 ? ntrain / 10 : 1;
+    if (!o->quiet)
+      fprintf(stderr, "early stopping selects on a validation split of %lld training example%s "
+              "(--validation sets its size)\n", (long long)nval, nval == 1 ? "" : "s");
+  }
+  if (o->validation > 0 && nval == 0)
+    nval = 1;
+  if (nval >= ntrain) {
+    rt_errf(r->err, "--validation: %lld of the %lld training examples leave none to train on",
+            (long long)nval, (long long)ntrain);
     goto done;
   }
-  run_options(r, ntrain, ntest, patience, &rs);
+  int64_t nfit = ntrain - nval;
+  if (!(fit_idx = malloc((size_t)ntrain * sizeof *fit_idx)) ||
+      split_validation(r->seed, ntrain, nval, fit_idx)) {
+    rt_errf(r->err, "out of memory");
+    goto done;
+  }
+  val_idx = fit_idx + nfit;
+  run_options(r, ntrain, nval, ntest, patience, &rs);
   if (o->resume_path) {
     if (rt_read_checkpoint(r->be, o->resume_path, &rs, r->err))
       goto done;
-    if (rs.epoch < 1 || rs.seen > ntrain) {
+    if (rs.epoch < 1 || rs.seen > nfit) {
       rt_errf(r->err, "%s: its position (epoch %d, %" PRId64 " examples) does not fit this run",
               o->resume_path, rs.epoch, rs.seen);
       goto done;
@@ -906,10 +966,11 @@ static int train_data(Run *r) {
   }
   if (o->metrics_path &&
       rt_csv_open(&csv, o->metrics_path,
-                  "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds",
+                  nval ? "epoch,train_loss,val_loss,val_accuracy,images_per_s,seconds"
+                       : "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds",
                   o->resume_path ? rs.epoch - 1 : -1, r->err))
     goto done;
-  order = malloc((size_t)ntrain * sizeof *order);
+  order = malloc((size_t)(nfit ? nfit : 1) * sizeof *order);
   if (!order) {
     rt_errf(r->err, "out of memory");
     goto done;
@@ -919,7 +980,7 @@ static int train_data(Run *r) {
   int epochs = o->epochs > 0                                    ? o->epochs
                : model_epochs > 0 && model_epochs <= 1000000000 ? (int)model_epochs
                                                                 : 1;
-  int64_t steps = (ntrain + p->batch - 1) / p->batch;
+  int64_t steps = (nfit + p->batch - 1) / p->batch;
   int loss_t = rt_find_tensor(p, "loss");
   RtRng rng;
   rt_rng_seed(&rng, rt_hash_name(r->seed, "kiln.shuffle"));
@@ -942,19 +1003,18 @@ static int train_data(Run *r) {
     double t0 = rt_now(), loss_sum = 0;
     int64_t seen = 0, step0 = 1, resumed_seen = 0;
     RtRng epoch_rng = rng;
-    for (int64_t i = 0; i < ntrain; i++)
-      order[i] = i;
-    rt_shuffle(&rng, order, ntrain);
+    memcpy(order, fit_idx, (size_t)nfit * sizeof *order);
+    rt_shuffle(&rng, order, nfit);
     if (o->resume_path && epoch == first_epoch) {
       seen = resumed_seen = rs.seen, loss_sum = rs.loss_sum, step0 = rs.step + 1;
-      if (seen != (rs.step < steps ? rs.step * p->batch : ntrain)) {
+      if (seen != (rs.step < steps ? rs.step * p->batch : nfit)) {
         rt_errf(r->err, "%s: its position (step %" PRId64 ", %" PRId64 " examples) does not fit "
                 "batch %" PRId64, o->resume_path, rs.step, rs.seen, p->batch);
         goto done;
       }
     }
     for (int64_t step = step0; step <= steps; step++) {
-      int64_t b = ntrain - seen < p->batch ? ntrain - seen : p->batch;
+      int64_t b = nfit - seen < p->batch ? nfit - seen : p->batch;
       write_batch(r, r->train_e, &train, order, seen, b);
       if (run_entry(r, r->train_e, b) || check_step(r, epoch, step, b, loss_t))
         goto done;
@@ -963,7 +1023,7 @@ static int train_data(Run *r) {
       if (!o->quiet) {
         double elapsed = train_time + rt_now() - t0;
         double rate = elapsed > 0 ? (double)(train_images + seen - resumed_seen) / elapsed : 0;
-        double left = (double)(epochs - epoch) * (double)ntrain + (double)(ntrain - seen);
+        double left = (double)(epochs - epoch) * (double)nfit + (double)(nfit - seen);
         rt_progress_update(&r->progress, epoch, epochs, step, steps, loss_sum / (double)seen,
                            rate, rate > 0 ? left / rate : -1);
       }
@@ -994,7 +1054,8 @@ static int train_data(Run *r) {
     ran = epoch;
     if (!o->quiet)
       rt_progress_done(&r->progress);
-    if (evaluate(r, &test, ntest, &test_loss, &acc))
+    if (nval ? evaluate(r, &train, val_idx, nval, "validation", &test_loss, &acc)
+             : evaluate(r, &test, NULL, ntest, "test", &test_loss, &acc))
       goto done;
     double rate = epoch_train > 0 ? (double)(seen - resumed_seen) / epoch_train : 0;
     char note[80] = "", figs1[64], figs2[64];
@@ -1007,14 +1068,19 @@ static int train_data(Run *r) {
         snprintf(note, sizeof note, "  (best)");
       } else if (epoch - best.epoch >= patience) {
         stopped = 1;
-        snprintf(note, sizeof note, "  (no better test loss for %d epoch%s: stopping)", patience,
+        snprintf(note, sizeof note, "  (no better validation loss for %d epoch%s: stopping)",
+                 patience,
                  patience == 1 ? "" : "s");
       }
     }
     if (!o->quiet)
       fprintf(stderr, "epoch %d/%d  %s %.4f%s%s  %.0f img/s%s\n", epoch, epochs, train_name,
-              train_loss, figure(test_loss, "  test_loss %.4f", figs1, sizeof figs1),
-              figure(acc, "  test_accuracy %.4f", figs2, sizeof figs2), rate, note);
+              train_loss,
+              figure(test_loss, nval ? "  val_loss %.4f" : "  test_loss %.4f", figs1,
+                     sizeof figs1),
+              figure(acc, nval ? "  val_accuracy %.4f" : "  test_accuracy %.4f", figs2,
+                     sizeof figs2),
+              rate, note);
     rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f", epoch, train_loss, test_loss, acc, rate,
                rt_now() - t0);
     if (stop_signal || checkpoint_due(o, 0, epoch, 1)) {
@@ -1023,7 +1089,7 @@ static int train_data(Run *r) {
                       .last_test_loss = test_loss, .last_acc = acc, .best_epoch = best.epoch,
                       .best_test_loss = best.test_loss, .best_train_loss = best.train_loss,
                       .best_acc = best.acc, .best_vals = best.vals};
-      run_options(r, ntrain, ntest, patience, &rs);
+      run_options(r, ntrain, nval, ntest, patience, &rs);
       char path[4096], where[96];
       if (stop_signal) {
         snprintf(where, sizeof where, "the end of epoch %d", epoch);
@@ -1042,15 +1108,21 @@ static int train_data(Run *r) {
       goto done;
     train_loss = best.train_loss, test_loss = best.test_loss, acc = best.acc;
     if (!o->quiet)
-      fprintf(stderr, "early stopping: %s after epoch %d; keeping epoch %d (best test_loss "
+      fprintf(stderr, "early stopping: %s after epoch %d; keeping epoch %d (best val_loss "
               "%.4f)\n", stopped ? "stopped" : "ran all epochs", ran, best.epoch, test_loss);
   }
+  /* With a validation split the test set is measured once, on the parameters kept. */
+  double final_test_loss = nval ? NAN : test_loss, final_acc = nval ? NAN : acc;
+  if (nval && evaluate(r, &test, NULL, ntest, "test", &final_test_loss, &final_acc))
+    goto done;
   if (o->save_path && rt_save_checkpoint(r->be, o->save_path, r->err))
     goto done;
-  char figs1[64], figs2[64];
-  printf("final epochs=%d train_loss=%.4f%s%s images_per_s=%.0f", ran, train_loss,
-         figure(test_loss, " test_loss=%.4f", figs1, sizeof figs1),
-         figure(acc, " test_accuracy=%.4f", figs2, sizeof figs2),
+  char figs[4][64];
+  printf("final epochs=%d train_loss=%.4f%s%s%s%s images_per_s=%.0f", ran, train_loss,
+         nval ? figure(test_loss, " val_loss=%.4f", figs[0], sizeof figs[0]) : "",
+         nval ? figure(acc, " val_accuracy=%.4f", figs[1], sizeof figs[1]) : "",
+         figure(final_test_loss, " test_loss=%.4f", figs[2], sizeof figs[2]),
+         figure(final_acc, " test_accuracy=%.4f", figs[3], sizeof figs[3]),
          train_time > 0 ? (double)train_images / train_time : 0.0);
   if (patience > 0)
     printf(" early_stop=%s best_epoch=%d", stopped ? "yes" : "no", best.epoch);
@@ -1066,6 +1138,7 @@ done:
     rt_csv_close(&csv, ignored);
   }
   free(order);
+  free(fit_idx);
   free(best.vals);
   free(rs.best_vals == best.vals ? NULL : rs.best_vals);
   rt_dataset_free(&train);
@@ -1105,7 +1178,7 @@ static int train_literal(Run *r) {
   double loss = NAN, t0 = rt_now();
   int64_t first = 1;
   RtResume rs = {0};
-  run_options(r, 0, 0, 0, &rs);
+  run_options(r, 0, 0, 0, 0, &rs);
   if (o->resume_path) {
     if (rt_read_checkpoint(r->be, o->resume_path, &rs, r->err))
       return -1;

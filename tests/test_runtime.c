@@ -1130,7 +1130,8 @@ typedef struct Fake {
   int nbatches;
   int order[MAXLOG * B];     /* training examples in the order they came */
   int norder;
-  int eval_next;             /* the test example the next eval batch must start with */
+  int eval_prev;             /* the last example of the evaluation pass so far */
+  int last_entry;            /* the entry run before this one */
   double first_w, first_lr;  /* what the first train call saw */
   int fail_at;               /* >0: the nth run fails */
   int nan_loss_at;           /* >0: the nth train call returns a NaN loss (bad-label flag) */
@@ -1162,6 +1163,7 @@ static int fake_run(void *self, int entry, int64_t batch, char *err) {
     fake_problem(f, "batch out of range", (int)batch, B);
   double sum = 0;
   if (entry == E_TRAIN) {
+    f->last_entry = E_TRAIN;
     if (!f->nbatches) {
       f->first_w = f->vals[T_W][0];
       f->first_lr = f->vals[T_LR][0];
@@ -1195,19 +1197,23 @@ static int fake_run(void *self, int entry, int64_t batch, char *err) {
     fake_problem(f, "unexpected entry", entry, 0);
     return 0;
   }
+  if (f->last_entry == E_TRAIN) { /* the epoch's evaluation: every example seen once so far */
+    f->epochs_done++;
+    if (f->epochs_done < 16)
+      f->w_at_epoch[f->epochs_done] = f->vals[T_W][0];
+    for (int i = 0; i < MAXEX; i++)
+      if (f->train_visits[i] && f->train_visits[i] != f->epochs_done)
+        fake_problem(f, "example visited the wrong number of times", i, f->train_visits[i]);
+  }
+  f->last_entry = entry;
   for (int64_t k = 0; k < batch; k++) {
     int ex = fake_example(f, k);
-    if (ex == 0 && k == 0) { /* a new evaluation pass: every example seen once per epoch */
-      f->epochs_done++;
-      if (f->epochs_done < 16)
-        f->w_at_epoch[f->epochs_done] = f->vals[T_W][0];
-      for (int i = 0; i < MAXEX; i++)
-        if (f->train_visits[i] && f->train_visits[i] != f->epochs_done)
-          fake_problem(f, "example visited the wrong number of times", i, f->train_visits[i]);
-      f->eval_next = 0;
-    }
-    if (ex != f->eval_next++)
-      fake_problem(f, "test examples out of order", ex, f->eval_next - 1);
+    /* Each pass (validation examples, then perhaps the test set) walks its examples in order. */
+    if (k == 0 && ex <= f->eval_prev)
+      f->eval_prev = -1;
+    if (ex <= f->eval_prev)
+      fake_problem(f, "evaluation examples out of order", ex, f->eval_prev);
+    f->eval_prev = ex;
     if (f->vals[T_LABEL][k] != ex % 3)
       fake_problem(f, "eval label does not match", ex, (int)f->vals[T_LABEL][k]);
     sum += ex;
@@ -1351,13 +1357,21 @@ START_TEST(train_early_stopping) {
   ck_assert_msg(f.problems == 0, "%s", f.problem);
   /* best at epoch 3 (a tie at 4 is no improvement), stop after 5 */
   ck_assert_int_eq(f.epochs_done, 5);
-  ck_assert_int_eq(f.train_visits[0], 5);
-  ck_assert_msg(!strncmp(out, "final epochs=5 train_loss=2.5000 test_loss=2.0000 ", 50), "%s",
-                out);
+  /* Early stopping selects on a validation split (10% of the 6 examples, at least 1: here
+   * example 0, which the fake mispredicts), never on the test set, which is measured once at the
+   * end (the fake's eval loss is the curve's value for the epochs done, so 4 there). */
+  ck_assert_int_eq(f.train_visits[0], 0);
+  for (int i = 1; i < 6; i++)
+    ck_assert_int_eq(f.train_visits[i], 5);
+  ck_assert_msg(!strncmp(out, "final epochs=5 train_loss=3.0000 val_loss=2.0000 "
+                              "val_accuracy=0.0000 test_loss=4.0000 test_accuracy=0.6667 "
+                              "images_per_s=", 112), "%s", out);
+  ck_assert_msg(strstr(err, "early stopping selects on a validation split of 1 training example "
+                            "(--validation sets its size)\n"), "%s", err);
   ck_assert_msg(strstr(out, " early_stop=yes best_epoch=3\n"), "%s", out);
   ck_assert_msg(strstr(err, "epoch 3/10") && strstr(err, "(best)"), "%s", err);
   ck_assert_msg(strstr(err, "epoch 5/10") &&
-                strstr(err, "(no better test loss for 2 epochs: stopping)") &&
+                strstr(err, "(no better validation loss for 2 epochs: stopping)") &&
                 strstr(err, "early stopping: stopped after epoch 5; keeping epoch 3"), "%s", err);
   ck_assert(f.w_at_epoch[3] != f.w_at_epoch[5]);
   ck_assert_double_eq(f.vals[T_W][0], f.w_at_epoch[3]);   /* restored */
