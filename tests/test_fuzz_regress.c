@@ -144,11 +144,36 @@ START_TEST(element_count_overflow) {
   /* The reshape target's count is checked without overflowing. */
   expect_model_error("param w: f32[4]\nx = reshape(w, shape=[2147483647, 2147483647, 2147483647])\n"
                      "loss = sum(x)\nminimize loss\n",
-                     "fuzz.kiln:2:47: error: the tensor is too large");
+                     "fuzz.kiln:2:47: error: reshape: the target shape has more than 2^63 elements");
   /* Dimensions themselves are bounded at the type. */
   expect_model_error("param w: f32[100000000000, 100000000000]\nloss = sum(w)\nminimize loss\n",
                      "fuzz.kiln:1:14: error: a dimension must be an integer from 1 to 2147483647, "
                      "got '100000000000'");
+}
+END_TEST
+
+/* The fans (PyTorch's initialiser inputs) multiplied the dimensions before the shape was checked:
+ * signed overflow (UBSan) for a parameter and for a convolution's weight. */
+START_TEST(fan_overflow) {
+  kiln_model *m;
+  ck_assert_int_eq(kiln_model_from_string("fuzz.kiln",
+                                          "param w: f32[1, 1, 2147483647, 2147483647, 2147483647]\n"
+                                          "loss = sum(w)\nminimize loss\n", &m), KILN_ERROR);
+  ck_assert_str_eq(kiln_last_error(),
+                   "fuzz.kiln:1:7: error: 'w' of shape [1, 1, 2147483647, 2147483647, 2147483647] "
+                   "would have more than 2^40 elements (the most one tensor may have)\n"
+                   "  param w: f32[1, 1, 2147483647, 2147483647, 2147483647]\n"
+                   "        ^\n");
+  expect_model_error("input x: f32[B, 1, 8, 8]\n"
+                     "h = conv2d(x, out=4, kernel=2147483647, pad=2147483647)\n"
+                     "loss = sum(h)\nminimize loss\n",
+                     "fuzz.kiln:2:5: error: 'h.weight' of shape [4, 1, 2147483647, 2147483647] "
+                     "would have more than 2^40 elements (the most one tensor may have)");
+  expect_model_error("input x: f32[B, 1, 8, 8]\n"
+                     "h = conv2d(x, out=4, kernel=2147483647, pad=same, dilation=2147483647) as c\n"
+                     "loss = sum(h)\nminimize loss\n",
+                     "fuzz.kiln:2:75: error: 'c.weight' of shape [4, 1, 2147483647, 2147483647] "
+                     "would have more than 2^40 elements (the most one tensor may have)");
 }
 END_TEST
 
@@ -237,6 +262,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, long_operator_chain);
   tcase_add_test(tc, name_length);
   tcase_add_test(tc, element_count_overflow);
+  tcase_add_test(tc, fan_overflow);
   tcase_add_test(tc, batch_makes_it_too_large);
   tcase_add_test(tc, unused_scalar_param);
   tcase_add_test(tc, folded_constants_are_finite);

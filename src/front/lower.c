@@ -392,7 +392,7 @@ static void lower_param(Lower *L, const Stmt *s) {
     set_var(L, s->name, s->name_loc, VAR_PARAM, (Val){-1, 0});
   Shape shape = type_shape(L, &s->type);
   int64_t fan_in, fan_out;
-  nn_fans(&shape, &fan_in, &fan_out);
+  nn_fans(L->g, s->name, &shape, s->name_loc, &fan_in, &fan_out);
   NnInit init = s->init ? fe_init_spec(L, s->init) : L->init;
   if (s->value)
     init = (NnInit){KILN_INIT_DATA, 0};
@@ -495,7 +495,7 @@ typedef struct Mono {
 
 static void mono_mul(Mono *m, Dim d, Loc loc) {
   if (__builtin_mul_overflow(m->coef, d.n, &m->coef))
-    kiln_fail(loc, "the tensor is too large");
+    kiln_fail(loc, "reshape: the target shape has more than 2^63 elements");
   if (d.sym >= 0)
     m->power++;
 }

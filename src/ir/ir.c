@@ -158,13 +158,17 @@ static bool is_checked_name(const char *s) {
   return !start;
 }
 
+void ir_check_leaf_shape(Graph *g, const char *name, const Shape *s, Loc loc) {
+  for (int i = 0; i < s->rank; i++)
+    if (s->d[i].n <= 0) kiln_fail(loc, "dimension %d of '%s' must be positive", i, name ? name : "?");
+  check_numel(g, s, loc, name ? name : "?", OP_PARAM);
+}
+
 int ir_leaf(Graph *g, Op op, Role role, const char *name, DType dt, Shape s, Loc loc) {
   KILN_ASSERT(op_is_leaf(op));
   if (name && !is_checked_name(name)) kiln_fail(loc, "'%s' is not a valid tensor name", name);
   if (name && ir_find_leaf(g, name) >= 0) kiln_fail(loc, "tensor '%s' is defined twice", name);
-  for (int i = 0; i < s.rank; i++)
-    if (s.d[i].n <= 0) kiln_fail(loc, "dimension %d of '%s' must be positive", i, name ? name : "?");
-  check_numel(g, &s, loc, name ? name : "?", op);
+  ir_check_leaf_shape(g, name, &s, loc);
   Node *n = new_node(g, op, loc);
   n->role = role;
   n->name = name ? pool_strdup(g->pool, name) : NULL;

@@ -193,6 +193,10 @@ void ir_free(Graph *g);
 /* Builders. All of them check types and shapes (shape.c) and fail at loc on a mismatch. */
 int ir_sym(Graph *g, const char *name);                  /* index of symbol, created on demand */
 int ir_leaf(Graph *g, Op op, Role role, const char *name, DType dt, Shape s, Loc loc);
+/* Fails at loc unless every dimension of s is positive and its element count is within the
+ * bound every tensor keeps (so any product of its dimensions fits in int64): ir_leaf's check,
+ * for code that multiplies a leaf's dimensions before making it. */
+void ir_check_leaf_shape(Graph *g, const char *name, const Shape *s, Loc loc);
 int ir_literal(Graph *g, const double *v, int64_t n);    /* copies v into Graph.data */
 int ir_node(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc);
 int ir_const(Graph *g, double value, DType dt, Loc loc); /* scalar */
