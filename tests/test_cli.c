@@ -457,6 +457,43 @@ START_TEST(hvp_and_jvp_closed_form) {
 }
 END_TEST
 
+/* The tangent inputs and outputs kiln jvp and hvp add are generated names too: a model tensor
+ * already named so is reported at its declaration. */
+START_TEST(jvp_hvp_name_collisions) {
+  char model[300], cmd[1024], *out, *err;
+  snprintf(model, sizeof model, "%s/t.kiln", tmpdir);
+  FILE *f = fopen(model, "w");
+  fputs("input x: f32[B, 4]\nparam weight: f32[4]\nh = linear(x * weight, out=2) as tangent\n"
+        "loss = sum(h)\nminimize loss\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " hvp '%s' --params p --inputs i --tangents t -o o", model);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  char want[1024];
+  snprintf(want, sizeof want,
+           "%s:3:34: error: 'tangent.weight' is also the name of a tensor kiln generates: the "
+           "tangent of parameter 'weight' (line 2); rename it\n"
+           "  h = linear(x * weight, out=2) as tangent\n"
+           "                                   ^\n", model);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+  f = fopen(model, "w");
+  fputs("input output: f32[B, 4]\nparam w: f32[4]\nh = output * w\noutput h\nl = sum(h)\n"
+        "minimize l\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " jvp '%s' --params p --inputs i --tangents t -o o", model);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  snprintf(want, sizeof want,
+           "%s:1:7: error: 'output' is also the name of a tensor kiln generates: the declared "
+           "output (kiln jvp); rename it\n"
+           "  input output: f32[B, 4]\n"
+           "        ^\n", model);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+}
+END_TEST
+
 START_TEST(bad_model_leaves_no_output) {
   char model[300], outc[300], cmd[1024], *err;
   snprintf(model, sizeof model, "%s/bad.kiln", tmpdir);
@@ -856,6 +893,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, grad_refuses_bad_labels);
   tcase_add_test(tc, sgd_dampening_first_step);
   tcase_add_test(tc, hvp_and_jvp_closed_form);
+  tcase_add_test(tc, jvp_hvp_name_collisions);
   tcase_add_test(tc, bad_model_leaves_no_output);
   tcase_add_test(tc, threads_option);
   tcase_add_test(tc, usage_errors);

@@ -177,6 +177,36 @@ START_TEST(fan_overflow) {
 }
 END_TEST
 
+/* A model tensor named like one kiln generates built, emitted and passed kiln check; the trainer
+ * then refused its tensor table ("two tensors are named 'penalty'"). */
+START_TEST(generated_name_collisions) {
+  kiln_model *m;
+  ck_assert_int_eq(kiln_model_from_string("fuzz.kiln",
+                                          "input x: f32[B, 4]\nparam weight: f32[4]\n"
+                                          "h = linear(x * weight, out=2) as grad\n"
+                                          "loss = sum(h)\nminimize loss\n", &m), KILN_ERROR);
+  ck_assert_str_eq(kiln_last_error(),
+                   "fuzz.kiln:3:34: error: 'grad.weight' is also the name of a tensor kiln "
+                   "generates: the gradient of parameter 'weight' (line 2); rename it\n"
+                   "  h = linear(x * weight, out=2) as grad\n"
+                   "                                   ^\n");
+  expect_model_error("input x: f32[B, 4]\nparam penalty: f32[4]\n"
+                     "l = sum(linear(x * penalty, out=2))\nminimize l\n"
+                     "train {\n  regularize = l2(1e-4)\n}\n",
+                     "fuzz.kiln:2:7: error: 'penalty' is also the name of a tensor kiln generates: "
+                     "the regularization penalty, an output of training; rename it");
+  expect_model_error("input x: f32[B, 4]\nparam loss: f32[4]\nl = sum(x * loss)\nminimize l\n",
+                     "fuzz.kiln:2:7: error: 'loss' is also the name of a tensor kiln generates: "
+                     "the minimised loss, an output of training; rename it");
+  expect_model_error("input lr: f32[B, 4]\nparam w: f32[4]\nl = sum(lr * w)\nminimize l\n",
+                     "fuzz.kiln:1:7: error: 'lr' is also the name of a tensor kiln generates: "
+                     "the learning rate, which the trainer sets; rename it");
+  /* Without the regularizer there is no "penalty" output, so the name is free. */
+  expect_compiles("input x: f32[B, 4]\nparam penalty: f32[4]\n"
+                  "l = sum(linear(x * penalty, out=2))\nminimize l\n");
+}
+END_TEST
+
 /* Within the bound for batch 1, but not once the batch is bound: a clear error at emit time. */
 START_TEST(batch_makes_it_too_large) {
   kiln_model *m;
@@ -263,6 +293,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, name_length);
   tcase_add_test(tc, element_count_overflow);
   tcase_add_test(tc, fan_overflow);
+  tcase_add_test(tc, generated_name_collisions);
   tcase_add_test(tc, batch_makes_it_too_large);
   tcase_add_test(tc, unused_scalar_param);
   tcase_add_test(tc, folded_constants_are_finite);

@@ -358,7 +358,16 @@ int ir_transpose(Graph *g, int x, const int *perm, Loc loc) {
   return ir_node(g, OP_TRANSPOSE, 1, &x, &a, loc);
 }
 
-void ir_add_output(Graph *g, EntryKind e, const char *name, int node) {
+void ir_claim_name(Graph *g, const char *name, const char *what) {
+  int id = ir_find_leaf(g, name);
+  if (id >= 0)
+    kiln_fail(ir_at(g, id)->loc, "'%s' is also the name of a tensor kiln generates: %s; rename it",
+              name, what);
+}
+
+void ir_add_output(Graph *g, EntryKind e, const char *name, int node, const char *what) {
+  ir_claim_name(g, name, what ? what : pool_printf(g->pool, "an output of the %s entry",
+                                                    entry_names[e]));
   Entry *en = &g->entries[e];
   en->outputs = grow(en->outputs, &en->capoutputs, en->noutputs + 1, sizeof(Output));
   en->outputs[en->noutputs++] = (Output){pool_strdup(g->pool, name), node};

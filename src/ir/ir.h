@@ -206,7 +206,14 @@ int ir_reduce(Graph *g, Op op, int x, unsigned axes, bool keepdims, Loc loc);
 int ir_reshape(Graph *g, int x, Shape s, Loc loc);
 int ir_matmul(Graph *g, int a, int b, bool ta, bool tb, Loc loc);
 int ir_transpose(Graph *g, int x, const int *perm, Loc loc);
-void ir_add_output(Graph *g, EntryKind e, const char *name, int node);
+/* Adds output name of entry e; what says what the name means (ir_claim_name; NULL: "an output
+ * of the <e> entry"). */
+void ir_add_output(Graph *g, EntryKind e, const char *name, int node, const char *what);
+/* Every name kiln makes up (gradients, optimizer state, hyper-parameters, outputs) passes here
+ * before it is used: if one of the model's own tensors already has it, this fails at that
+ * tensor's declaration, saying what kiln needs the name for (what, e.g. "the gradient of
+ * 'w'"). Leaves and outputs share one namespace: the program's tensor table. */
+void ir_claim_name(Graph *g, const char *name, const char *what);
 void ir_add_update(Graph *g, EntryKind e, int target, int value);
 
 /* Node lookup. */

@@ -307,6 +307,7 @@ static int dropout_counter(Graph *g, Loc loc) {
   int id = ir_find_leaf(g, "dropout.step");
   if (id >= 0)
     return id;
+  ir_claim_name(g, "dropout.step", "dropout's step counter");
   id = ir_leaf(g, OP_STATE, ROLE_OPT, "dropout.step", DT_F64, (Shape){0}, loc);
   ir_at(g, id)->leaf.init = KILN_INIT_SEED;
   ir_add_update(g, ENTRY_TRAIN, id, ir_binary(g, OP_ADD, id, ir_const(g, 1, DT_F64, loc), loc));
