@@ -494,6 +494,28 @@ START_TEST(jvp_hvp_name_collisions) {
 }
 END_TEST
 
+/* Filled constants and parameters (one number for every element) are kept as that number at
+ * their shape; the generated code still agrees with the reference through every op that reads
+ * them. */
+START_TEST(filled_constants_check) {
+  char model[300], cmd[1024], *out, *err;
+  snprintf(model, sizeof model, "%s/fill.kiln", tmpdir);
+  FILE *f = fopen(model, "w");
+  fputs("input x: f32[B, 8]\nconst c: f32[8, 8] = 0.5\nconst e: f32[2, 4, 8] = 3\n"
+        "param w: f32[8, 8] = 0.25\nparam v: f32[8]\n"
+        "h = matmul(x * v, transpose(c, axes=[1, 0]) + reshape(e, shape=[8, 8]) + w)\n"
+        "k = concat(h + sum(c, axes=[0]), reshape(sum(e, axes=[0, 1]), shape=[1, 8]) * x, axis=1)\n"
+        "loss = mean(k * k) + sum(flatten(e) * 0.001)\nminimize loss\n"
+        "train {\n  regularize = l2(1e-4)\n  optimizer = adam(lr=1e-2)\n}\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " check '%s' --steps 2 --backend cc", model);
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s%s", out, err);
+  ck_assert_ptr_nonnull(strstr(out, "check: OK"));
+  free(out);
+  free(err);
+}
+END_TEST
+
 START_TEST(bad_model_leaves_no_output) {
   char model[300], outc[300], cmd[1024], *err;
   snprintf(model, sizeof model, "%s/bad.kiln", tmpdir);
@@ -894,6 +916,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, sgd_dampening_first_step);
   tcase_add_test(tc, hvp_and_jvp_closed_form);
   tcase_add_test(tc, jvp_hvp_name_collisions);
+  tcase_add_test(tc, filled_constants_check);
   tcase_add_test(tc, bad_model_leaves_no_output);
   tcase_add_test(tc, threads_option);
   tcase_add_test(tc, usage_errors);

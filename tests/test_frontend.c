@@ -545,13 +545,20 @@ END_TEST
 
 START_TEST(lower_const_fill_and_int_literals) {
   Graph *g = compile_ok("const c: f32[2, 2] = 0.5\nconst l: i32[3] = [0, -1, 2]\n"
-                        "param p: f32[2, 2]\nloss = sum(c * p)\nminimize loss\n");
-  Node *c = leaf(g, "c"), *l = leaf(g, "l");
-  ck_assert_int_eq(g->data[c->data].n, 4);
-  for (int i = 0; i < 4; i++) ck_assert(g->data[c->data].v[i] == 0.5);
+                        "param p: f32[2, 2]\nparam q: f32[2, 2] = -3\n"
+                        "loss = sum(c * p * q)\nminimize loss\n");
+  Node *c = leaf(g, "c"), *l = leaf(g, "l"), *q = leaf(g, "q");
+  /* A filled constant is its one value at its shape, with no array of copies. */
+  ck_assert_int_eq(c->data, -1);
+  ck_assert(c->attr.value == 0.5);
+  ck_assert_int_eq(c->shape.rank, 2);
   ck_assert(g->data[l->data].v[1] == -1);
   ck_assert_int_eq(leaf(g, "p")->leaf.init, KILN_INIT_TORCH_DEFAULT);
   ck_assert_int_eq(leaf(g, "p")->leaf.fan_in, 2);
+  /* So is a filled parameter's initial value. */
+  ck_assert_int_eq(q->data, -1);
+  ck_assert_int_eq(q->leaf.init, KILN_INIT_CONST);
+  ck_assert(q->leaf.init_a == -3);
   ir_free(g);
 }
 END_TEST

@@ -319,7 +319,18 @@ static void fill_literal(Lower *L, const Stmt *s, const Expr *e, int depth, doub
     fill_literal(L, s, e->items[i], depth + 1, out, pos);
 }
 
-/* The literal's values as a Graph.data index; a single number fills every element. */
+/* A literal that is a single number fills every element: true with that number in *v. Such a
+ * constant is kept as the number, never as an array of copies, so that a short line such as
+ * `const c: f32[4096, 4096] = 0.5` costs no more to emit and compile than the number. */
+static bool literal_splat(Lower *L, const Stmt *s, double *v) {
+  if (s->value->kind == EX_LIST || !const_num(L, s->value, v))
+    return false;
+  if (s->type.dtype == DT_I32 && *v != floor(*v))
+    kiln_fail(s->value->loc, "i32 value %s is not an integer", fe_fmt_num(L, *v));
+  return true;
+}
+
+/* The literal's values, one per element, as a Graph.data index. */
 static int literal_data(Lower *L, const Stmt *s) {
   int64_t n = 1;
   for (int i = 0; i < s->type.rank; i++) {
@@ -329,16 +340,8 @@ static int literal_data(Lower *L, const Stmt *s) {
                 type_text(L, &s->type));
   }
   double *v = pool_alloc(L->tmp, (size_t)n * sizeof(double));
-  double one;
-  if (s->value->kind != EX_LIST && const_num(L, s->value, &one)) {
-    if (s->type.dtype == DT_I32 && one != floor(one))
-      kiln_fail(s->value->loc, "i32 value %s is not an integer", fe_fmt_num(L, one));
-    for (int64_t i = 0; i < n; i++)
-      v[i] = one;
-  } else {
-    int64_t pos = 0;
-    fill_literal(L, s, s->value, 0, v, &pos);
-  }
+  int64_t pos = 0;
+  fill_literal(L, s, s->value, 0, v, &pos);
   return ir_literal(L->g, v, n);
 }
 
@@ -372,9 +375,17 @@ static void lower_const(Lower *L, const Stmt *s) {
     if (find_var(L, s->name))
       set_var(L, s->name, s->name_loc, VAR_CONST, (Val){-1, 0});
     Shape shape = type_shape(L, &s->type);
-    int data = literal_data(L, s);
-    id = ir_leaf(L->g, OP_CONST, ROLE_NONE, s->name, s->type.dtype, shape, s->name_loc);
-    node(L, id)->data = data;
+    double v;
+    if (literal_splat(L, s, &v)) {
+      /* data stays -1: every phase reads such a constant as its one value, at any shape. */
+      id = ir_leaf(L->g, OP_CONST, ROLE_NONE, s->name, s->type.dtype, shape, s->name_loc);
+      node(L, id)->attr.value = v;
+      node(L, id)->attr.dtype = s->type.dtype;
+    } else {
+      int data = literal_data(L, s);
+      id = ir_leaf(L->g, OP_CONST, ROLE_NONE, s->name, s->type.dtype, shape, s->name_loc);
+      node(L, id)->data = data;
+    }
   } else {
     id = ir_find_leaf(L->g, s->name);
     KILN_ASSERT(id >= 0);
@@ -394,12 +405,14 @@ static void lower_param(Lower *L, const Stmt *s) {
   int64_t fan_in, fan_out;
   nn_fans(L->g, s->name, &shape, s->name_loc, &fan_in, &fan_out);
   NnInit init = s->init ? fe_init_spec(L, s->init) : L->init;
+  double splat = 0;
+  bool is_splat = s->value && literal_splat(L, s, &splat);
   if (s->value)
-    init = (NnInit){KILN_INIT_DATA, 0};
+    init = is_splat ? (NnInit){KILN_INIT_CONST, splat} : (NnInit){KILN_INIT_DATA, 0};
   int id = nn_param(L->g, L->mode, s->name, s->type.dtype, shape, init, fan_in, fan_out,
                     s->name_loc);
   node(L, id)->leaf.weight = shape.rank >= 2;
-  if (L->mode == NN_TRAIN && s->value)
+  if (L->mode == NN_TRAIN && s->value && !is_splat)
     node(L, id)->data = literal_data(L, s);
   set_var(L, s->name, s->name_loc, VAR_PARAM, (Val){id, 0});
 }
