@@ -516,6 +516,32 @@ START_TEST(filled_constants_check) {
 }
 END_TEST
 
+/* Paths kiln reads are refused unless they are regular files: a FIFO used to hang --load. */
+START_TEST(refuses_fifos_and_directories) {
+  char fifo[300], cmd[1024], want[600], *out, *err;
+  snprintf(fifo, sizeof fifo, "%s/fifo", tmpdir);
+  ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  snprintf(cmd, sizeof cmd, "timeout 60 " KILN " train " EX "linear_toy.kiln --load '%s'", fifo);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  snprintf(want, sizeof want, "kiln: error: %s: is not a regular file\n", fifo);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+  snprintf(cmd, sizeof cmd, "timeout 60 " KILN " grad " EX "linear_toy.kiln --params '%s' "
+           "--inputs '%s' -o '%s/g'", fifo, fifo, tmpdir);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+  snprintf(cmd, sizeof cmd, "timeout 60 " KILN " shapes '%s'", tmpdir);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  snprintf(want, sizeof want, "kiln: error: cannot read '%s': it is a directory\n", tmpdir);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+}
+END_TEST
+
 START_TEST(bad_model_leaves_no_output) {
   char model[300], outc[300], cmd[1024], *err;
   snprintf(model, sizeof model, "%s/bad.kiln", tmpdir);
@@ -917,6 +943,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, hvp_and_jvp_closed_form);
   tcase_add_test(tc, jvp_hvp_name_collisions);
   tcase_add_test(tc, filled_constants_check);
+  tcase_add_test(tc, refuses_fifos_and_directories);
   tcase_add_test(tc, bad_model_leaves_no_output);
   tcase_add_test(tc, threads_option);
   tcase_add_test(tc, usage_errors);

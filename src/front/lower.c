@@ -1164,6 +1164,20 @@ static const char *file_stem(Pool *p, const char *path) {
 
 /* Parses and lowers text (len bytes, NUL-terminated), kept in g's pool. On an error the graph
  * and scratch memory are freed and the error is passed on to the caller's trap unchanged. */
+/* The line and column (1-based, in bytes) of byte off of f's text. */
+static Loc loc_at(const SrcFile *f, size_t off) {
+  Loc loc = {f, 1, 1};
+  for (size_t i = 0; i < off; i++) {
+    if (f->text[i] == '\n') {
+      loc.line++;
+      loc.col = 1;
+    } else {
+      loc.col++;
+    }
+  }
+  return loc;
+}
+
 static Graph *compile(Graph *g, const char *path, const char *text, size_t len) {
   Trap t;
   if (!KILN_TRY(&t)) {
@@ -1173,9 +1187,17 @@ static Graph *compile(Graph *g, const char *path, const char *text, size_t len) 
   Pool *tmp = pool_new();
   kiln_trap_end(&t);
   if (KILN_TRY(&t)) {
+    /* A UTF-8 byte-order mark, which some editors write, is not part of the model. */
+    if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) {
+      text += 3;
+      len -= 3;
+    }
     SrcFile *f = pool_alloc(g->pool, sizeof *f);
     f->path = pool_strdup(g->pool, path);
     f->text = pool_strndup(g->pool, text, len);  /* tokens and locations point into it */
+    const char *nul = memchr(text, 0, len);
+    if (nul) /* the text ends there for every later phase: refuse it where it is */
+      kiln_fail(loc_at(f, (size_t)(nul - text)), "unexpected byte 0x00 (NUL) in the model file");
     Program *prog = parse_program(tmp, f, len);
     fe_lower(g, prog, tmp);
     kiln_trap_end(&t);
@@ -1214,7 +1236,10 @@ Graph *fe_compile_file(const char *path) {
   }
   size_t len;
   char *text = read_file(g->pool, path, &len);
-  if (!text) kiln_fail((Loc){0}, "cannot read '%s': %s", path, strerror(errno));
+  if (!text)
+    kiln_fail((Loc){0}, "cannot read '%s': %s", path,
+              errno == EISDIR ? "it is a directory"
+              : errno == EINVAL ? "it is not a regular file" : strerror(errno));
   kiln_trap_end(&t);
   return compile(g, path, text, len);
 }
