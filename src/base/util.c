@@ -271,7 +271,6 @@ void kiln_vformat_error(char *out, size_t cap, const char *fmt, va_list ap) {
   kiln_format_error(out, cap, (Loc){0}, msg);
 }
 
-/* Formats into a fixed buffer, never the heap: this runs while reporting "out of memory". */
 /* Whether byte c of model text would act on a terminal rather than print (it is shown as \xNN). */
 static bool is_control(unsigned char c, bool newline_ok) {
   return (c < 0x20 && c != '\t' && !(newline_ok && c == '\n')) || c == 0x7f;
@@ -288,6 +287,7 @@ static size_t append_text(char *out, size_t cap, size_t len, const char *s, size
   return len;
 }
 
+/* Formats into a fixed buffer, never the heap: this runs while reporting "out of memory". */
 void kiln_format_error(char *out, size_t cap, Loc loc, const char *msg) {
   out[0] = 0;
   size_t len = 0;
