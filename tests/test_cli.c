@@ -478,6 +478,91 @@ START_TEST(hvp_and_jvp_closed_form) {
 }
 END_TEST
 
+/* The tangent inputs and outputs kiln jvp and hvp add are generated names too: a model tensor
+ * already named so is reported at its declaration. */
+START_TEST(jvp_hvp_name_collisions) {
+  char model[300], cmd[1024], *out, *err;
+  snprintf(model, sizeof model, "%s/t.kiln", tmpdir);
+  FILE *f = fopen(model, "w");
+  fputs("input x: f32[B, 4]\nparam weight: f32[4]\nh = linear(x * weight, out=2) as tangent\n"
+        "loss = sum(h)\nminimize loss\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " hvp '%s' --params p --inputs i --tangents t -o o", model);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  char want[1024];
+  snprintf(want, sizeof want,
+           "%s:3:34: error: 'tangent.weight' is also the name of a tensor kiln generates: the "
+           "tangent of parameter 'weight' (line 2); rename it\n"
+           "  h = linear(x * weight, out=2) as tangent\n"
+           "                                   ^\n", model);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+  f = fopen(model, "w");
+  fputs("input output: f32[B, 4]\nparam w: f32[4]\nh = output * w\noutput h\nl = sum(h)\n"
+        "minimize l\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " jvp '%s' --params p --inputs i --tangents t -o o", model);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  snprintf(want, sizeof want,
+           "%s:1:7: error: 'output' is also the name of a tensor kiln generates: the declared "
+           "output (kiln jvp); rename it\n"
+           "  input output: f32[B, 4]\n"
+           "        ^\n", model);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+}
+END_TEST
+
+/* Filled constants and parameters (one number for every element) are kept as that number at
+ * their shape; the generated code still agrees with the reference through every op that reads
+ * them. */
+START_TEST(filled_constants_check) {
+  char model[300], cmd[1024], *out, *err;
+  snprintf(model, sizeof model, "%s/fill.kiln", tmpdir);
+  FILE *f = fopen(model, "w");
+  fputs("input x: f32[B, 8]\nconst c: f32[8, 8] = 0.5\nconst e: f32[2, 4, 8] = 3\n"
+        "param w: f32[8, 8] = 0.25\nparam v: f32[8]\n"
+        "h = matmul(x * v, transpose(c, axes=[1, 0]) + reshape(e, shape=[8, 8]) + w)\n"
+        "k = concat(h + sum(c, axes=[0]), reshape(sum(e, axes=[0, 1]), shape=[1, 8]) * x, axis=1)\n"
+        "loss = mean(k * k) + sum(flatten(e) * 0.001)\nminimize loss\n"
+        "train {\n  regularize = l2(1e-4)\n  optimizer = adam(lr=1e-2)\n}\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " check '%s' --steps 2 --backend cc", model);
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s%s", out, err);
+  ck_assert_ptr_nonnull(strstr(out, "check: OK"));
+  free(out);
+  free(err);
+}
+END_TEST
+
+/* Paths kiln reads are refused unless they are regular files: a FIFO used to hang --load. */
+START_TEST(refuses_fifos_and_directories) {
+  char fifo[300], cmd[1024], want[600], *out, *err;
+  snprintf(fifo, sizeof fifo, "%s/fifo", tmpdir);
+  ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  snprintf(cmd, sizeof cmd, "timeout 60 " KILN " train " EX "linear_toy.kiln --load '%s'", fifo);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  snprintf(want, sizeof want, "kiln: error: %s: is not a regular file\n", fifo);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+  snprintf(cmd, sizeof cmd, "timeout 60 " KILN " grad " EX "linear_toy.kiln --params '%s' "
+           "--inputs '%s' -o '%s/g'", fifo, fifo, tmpdir);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+  snprintf(cmd, sizeof cmd, "timeout 60 " KILN " shapes '%s'", tmpdir);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  snprintf(want, sizeof want, "kiln: error: cannot read '%s': it is a directory\n", tmpdir);
+  ck_assert_str_eq(err, want);
+  free(out);
+  free(err);
+}
+END_TEST
+
 START_TEST(bad_model_leaves_no_output) {
   char model[300], outc[300], cmd[1024], *err;
   snprintf(model, sizeof model, "%s/bad.kiln", tmpdir);
@@ -878,6 +963,9 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, grad_refuses_bad_labels);
   tcase_add_test(tc, sgd_dampening_first_step);
   tcase_add_test(tc, hvp_and_jvp_closed_form);
+  tcase_add_test(tc, jvp_hvp_name_collisions);
+  tcase_add_test(tc, filled_constants_check);
+  tcase_add_test(tc, refuses_fifos_and_directories);
   tcase_add_test(tc, bad_model_leaves_no_output);
   tcase_add_test(tc, threads_option);
   tcase_add_test(tc, usage_errors);

@@ -60,7 +60,7 @@ static int input(const char *name, DType dt, Shape s) {
 static int param(const char *name, DType dt, Shape s) {
   return ir_leaf(g, OP_PARAM, ROLE_PARAM, name, dt, s, L0);
 }
-static void out(const char *name, int node) { ir_add_output(g, ENTRY_GRAD, name, node); }
+static void out(const char *name, int node) { ir_add_output(g, ENTRY_GRAD, name, node, NULL); }
 
 /* ---- the harness ------------------------------------------------------------------------------ */
 
@@ -1202,7 +1202,7 @@ END_TEST
 START_TEST(update_in_place_only_when_safe) {
   int p = param("p", DT_F32, S1(C_(6)));
   int q = param("q", DT_F32, S1(C_(6)));
-  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, p, 1, false, L0));
+  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, p, 1, false, L0), NULL);
   /* p <- p - 0.1*p*p: nothing after it reads p. */
   int pv = ir_binary(g, OP_SUB, p,
                      ir_binary(g, OP_MUL, ir_const(g, 0.1, DT_F32, L0),
@@ -1214,7 +1214,7 @@ START_TEST(update_in_place_only_when_safe) {
   ir_add_update(g, ENTRY_TRAIN, q, qv);
   int z = ir_reduce(g, OP_SUM, q, 1, false, L0);
   ck_assert_int_gt(z, qv);
-  ir_add_output(g, ENTRY_TRAIN, "z", z);
+  ir_add_output(g, ENTRY_TRAIN, "z", z, NULL);
   Run r;
   run_open(&r, 1);
   ck_assert_int_eq(r.plan->offset[pv], r.plan->offset[p]);
@@ -1237,8 +1237,8 @@ START_TEST(update_in_place_in_shared_loop) {
                      ir_const(g, 0.5, DT_F32, L0), L0);
   ir_add_update(g, ENTRY_TRAIN, q, qv);
   int z = ir_binary(g, OP_ADD, q, ir_unary(g, OP_SQRT, qv, L0), L0);
-  ir_add_output(g, ENTRY_TRAIN, "z", z);
-  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, z, 1, false, L0));
+  ir_add_output(g, ENTRY_TRAIN, "z", z, NULL);
+  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, z, 1, false, L0), NULL);
   Run r;
   run_open(&r, 1);
   ck_assert_int_eq(r.plan->offset[qv], r.plan->offset[q]);
@@ -1495,7 +1495,7 @@ START_TEST(update_chain_order) {
   int b = param("b", DT_F32, S1(C_(4)));
   int c = param("c", DT_F32, S1(C_(4)));
   int y = ir_binary(g, OP_ADD, a, c, L0);
-  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, y, 1, false, L0));
+  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, y, 1, false, L0), NULL);
   ir_add_update(g, ENTRY_TRAIN, b, y);
   ir_add_update(g, ENTRY_TRAIN, a, b);
   Run r;
@@ -1510,7 +1510,7 @@ END_TEST
 START_TEST(update_cycle_is_an_error) {
   int a = param("a", DT_F32, S1(C_(4)));
   int b = param("b", DT_F32, S1(C_(4)));
-  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, a, 1, false, L0));
+  ir_add_output(g, ENTRY_TRAIN, "loss", ir_reduce(g, OP_SUM, a, 1, false, L0), NULL);
   ir_add_update(g, ENTRY_TRAIN, a, b);
   ir_add_update(g, ENTRY_TRAIN, b, a);
   Plan p;
@@ -1796,7 +1796,7 @@ START_TEST(golden_one_op_program) {
   int x = input("x", DT_F32, S2(B_(1), C_(4)));
   int y = ir_unary(g, OP_RELU, x, L0);
   ir_at(g, y)->name = "h";
-  ir_add_output(g, ENTRY_EVAL, "eval.output", y);
+  ir_add_output(g, ENTRY_EVAL, "eval.output", y, NULL);
   Plan p;
   Buf src = {0};
   plan_build(g, 8, &opts, &p);
@@ -1820,7 +1820,7 @@ START_TEST(identifiers_are_validated) {
   int x = input("x", DT_F32, S2(B_(1), C_(4)));
   int y = ir_unary(g, OP_RELU, x, L0);
   ir_at(g, y)->name = "h */ evil(); /*";
-  ir_add_output(g, ENTRY_EVAL, "eval.output", y);
+  ir_add_output(g, ENTRY_EVAL, "eval.output", y, NULL);
   g->name = "my model\"; evil(); \"";
   Plan p;
   Buf src = {0};

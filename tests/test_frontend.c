@@ -6,6 +6,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "front/front.h"
 #include "xform/xform.h"
@@ -545,13 +547,20 @@ END_TEST
 
 START_TEST(lower_const_fill_and_int_literals) {
   Graph *g = compile_ok("const c: f32[2, 2] = 0.5\nconst l: i32[3] = [0, -1, 2]\n"
-                        "param p: f32[2, 2]\nloss = sum(c * p)\nminimize loss\n");
-  Node *c = leaf(g, "c"), *l = leaf(g, "l");
-  ck_assert_int_eq(g->data[c->data].n, 4);
-  for (int i = 0; i < 4; i++) ck_assert(g->data[c->data].v[i] == 0.5);
+                        "param p: f32[2, 2]\nparam q: f32[2, 2] = -3\n"
+                        "loss = sum(c * p * q)\nminimize loss\n");
+  Node *c = leaf(g, "c"), *l = leaf(g, "l"), *q = leaf(g, "q");
+  /* A filled constant is its one value at its shape, with no array of copies. */
+  ck_assert_int_eq(c->data, -1);
+  ck_assert(c->attr.value == 0.5);
+  ck_assert_int_eq(c->shape.rank, 2);
   ck_assert(g->data[l->data].v[1] == -1);
   ck_assert_int_eq(leaf(g, "p")->leaf.init, KILN_INIT_TORCH_DEFAULT);
   ck_assert_int_eq(leaf(g, "p")->leaf.fan_in, 2);
+  /* So is a filled parameter's initial value. */
+  ck_assert_int_eq(q->data, -1);
+  ck_assert_int_eq(q->leaf.init, KILN_INIT_CONST);
+  ck_assert(q->leaf.init_a == -3);
   ir_free(g);
 }
 END_TEST
@@ -570,6 +579,73 @@ START_TEST(lower_locations) {
   ck_assert_int_eq(loss->loc.line, 4);
   ck_assert_int_eq(loss->loc.col, 8);
   ir_free(g);
+}
+END_TEST
+
+/* Compiles the bytes text[0..n) written to a file; returns the error text (static) or NULL. */
+static const char *compile_file_err(const char *text, size_t n, char *path, size_t cap) {
+  static char msg[sizeof ((Trap *)0)->msg];
+  snprintf(path, cap, "/tmp/kiln_front_XXXXXX");
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, text, n), (ssize_t)n);
+  close(fd);
+  Trap t;
+  const char *r = NULL;
+  if (KILN_TRY(&t)) {
+    ir_free(fe_compile_file(path));
+    kiln_trap_end(&t);
+  } else {
+    kiln_trap_end(&t);
+    memcpy(msg, t.msg, sizeof msg);
+    r = msg;
+  }
+  unlink(path);
+  return r;
+}
+
+/* A NUL byte is an error where it is (it used to be strerror(EILSEQ) with no position); a UTF-8
+ * byte-order mark is skipped; a directory or a FIFO is refused by what it is, without waiting. */
+START_TEST(compile_file_hostile_bytes) {
+  char path[64], want[512];
+  static const char nul[] = "param w: f32[2]\nloss = s\0um(w)\nminimize loss\n";
+  const char *got = compile_file_err(nul, sizeof nul - 1, path, sizeof path);
+  snprintf(want, sizeof want, "%s:2:9: error: unexpected byte 0x00 (NUL) in the model file\n"
+           "  loss = s\n"
+           "          ^\n", path);
+  ck_assert_str_eq(got, want);
+  static const char bom[] = "\xEF\xBB\xBFparam w: f32[2]\nloss = sum(w)\nminimize loss\n";
+  got = compile_file_err(bom, sizeof bom - 1, path, sizeof path);
+  ck_assert_msg(got == NULL, "%s", got);
+  static const char bom_err[] = "\xEF\xBB\xBFparam w: f32[2]\nloss = sum(v)\nminimize loss\n";
+  got = compile_file_err(bom_err, sizeof bom_err - 1, path, sizeof path);
+  snprintf(want, sizeof want, "%s:2:12: error: 'v' is not defined\n"
+           "  loss = sum(v)\n"
+           "             ^\n", path);
+  ck_assert_str_eq(got, want);
+  Trap t;
+  if (KILN_TRY(&t)) {
+    fe_compile_file("/tmp");
+    kiln_trap_end(&t);
+    ck_abort_msg("no error");
+  }
+  kiln_trap_end(&t);
+  ck_assert_str_eq(t.msg, "error: cannot read '/tmp': it is a directory\n");
+  char fifo[] = "/tmp/kiln_front_fifo_XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(fifo));
+  char fpath[64];
+  snprintf(fpath, sizeof fpath, "%s/f", fifo);
+  ck_assert_int_eq(mkfifo(fpath, 0600), 0);
+  if (KILN_TRY(&t)) {
+    fe_compile_file(fpath);
+    kiln_trap_end(&t);
+    ck_abort_msg("no error");
+  }
+  kiln_trap_end(&t);
+  snprintf(want, sizeof want, "error: cannot read '%s': it is not a regular file\n", fpath);
+  ck_assert_str_eq(t.msg, want);
+  unlink(fpath);
+  rmdir(fifo);
 }
 END_TEST
 
@@ -1098,8 +1174,19 @@ static const struct { const char *what, *src, *msg; } errors[] = {
     {"unexpected byte",
      "x = \x01""\n",
      "t.kiln:1:5: error: unexpected byte 0x01\n"
-     "  x = \x01""\n"
+     "  x = \\x01\n"
      "      ^\n"},
+    /* Control bytes are shown escaped, never sent to the terminal; the caret still points. */
+    {"escape sequence",
+     "param w: f32[2]\nloss = sum(w) \x1b[31m\x7f\nminimize loss\n",
+     "t.kiln:2:15: error: unexpected byte 0x1B\n"
+     "  loss = sum(w) \\x1b[31m\\x7f\n"
+     "                ^\n"},
+    {"escape before the caret",
+     "param w: f32[2]\nloss = \x1b sum(w)$\nminimize loss\n",
+     "t.kiln:2:8: error: unexpected byte 0x1B\n"
+     "  loss = \\x1b sum(w)$\n"
+     "         ^\n"},
     {"invalid number",
      "a = 12abc\n",
      "t.kiln:1:5: error: invalid number '12abc'\n"
@@ -1887,6 +1974,7 @@ static Suite *frontend_suite(void) {
   tcase_add_test(lower, lower_const_fill_and_int_literals);
   tcase_add_test(lower, lower_locations);
   tcase_add_test(lower, compile_file_missing);
+  tcase_add_test(lower, compile_file_hostile_bytes);
   tcase_add_test(lower, compile_error_restores_trap);
   tcase_add_test(lower, lower_mnist_cnn_example);
   tcase_add_loop_test(lower, lower_conv_padding, 0, (int)(sizeof pad_cases / sizeof *pad_cases));

@@ -144,11 +144,83 @@ START_TEST(element_count_overflow) {
   /* The reshape target's count is checked without overflowing. */
   expect_model_error("param w: f32[4]\nx = reshape(w, shape=[2147483647, 2147483647, 2147483647])\n"
                      "loss = sum(x)\nminimize loss\n",
-                     "fuzz.kiln:2:47: error: the tensor is too large");
+                     "fuzz.kiln:2:47: error: reshape: the target shape has more than 2^63 elements");
   /* Dimensions themselves are bounded at the type. */
   expect_model_error("param w: f32[100000000000, 100000000000]\nloss = sum(w)\nminimize loss\n",
                      "fuzz.kiln:1:14: error: a dimension must be an integer from 1 to 2147483647, "
                      "got '100000000000'");
+}
+END_TEST
+
+/* The fans (PyTorch's initialiser inputs) multiplied the dimensions before the shape was checked:
+ * signed overflow (UBSan) for a parameter and for a convolution's weight. */
+START_TEST(fan_overflow) {
+  kiln_model *m;
+  ck_assert_int_eq(kiln_model_from_string("fuzz.kiln",
+                                          "param w: f32[1, 1, 2147483647, 2147483647, 2147483647]\n"
+                                          "loss = sum(w)\nminimize loss\n", &m), KILN_ERROR);
+  ck_assert_str_eq(kiln_last_error(),
+                   "fuzz.kiln:1:7: error: 'w' of shape [1, 1, 2147483647, 2147483647, 2147483647] "
+                   "would have more than 2^40 elements (the most one tensor may have)\n"
+                   "  param w: f32[1, 1, 2147483647, 2147483647, 2147483647]\n"
+                   "        ^\n");
+  expect_model_error("input x: f32[B, 1, 8, 8]\n"
+                     "h = conv2d(x, out=4, kernel=2147483647, pad=2147483647)\n"
+                     "loss = sum(h)\nminimize loss\n",
+                     "fuzz.kiln:2:5: error: 'h.weight' of shape [4, 1, 2147483647, 2147483647] "
+                     "would have more than 2^40 elements (the most one tensor may have)");
+  expect_model_error("input x: f32[B, 1, 8, 8]\n"
+                     "h = conv2d(x, out=4, kernel=2147483647, pad=same, dilation=2147483647) as c\n"
+                     "loss = sum(h)\nminimize loss\n",
+                     "fuzz.kiln:2:75: error: 'c.weight' of shape [4, 1, 2147483647, 2147483647] "
+                     "would have more than 2^40 elements (the most one tensor may have)");
+}
+END_TEST
+
+/* A model tensor named like one kiln generates built, emitted and passed kiln check; the trainer
+ * then refused its tensor table ("two tensors are named 'penalty'"). */
+START_TEST(generated_name_collisions) {
+  kiln_model *m;
+  ck_assert_int_eq(kiln_model_from_string("fuzz.kiln",
+                                          "input x: f32[B, 4]\nparam weight: f32[4]\n"
+                                          "h = linear(x * weight, out=2) as grad\n"
+                                          "loss = sum(h)\nminimize loss\n", &m), KILN_ERROR);
+  ck_assert_str_eq(kiln_last_error(),
+                   "fuzz.kiln:3:34: error: 'grad.weight' is also the name of a tensor kiln "
+                   "generates: the gradient of parameter 'weight' (line 2); rename it\n"
+                   "  h = linear(x * weight, out=2) as grad\n"
+                   "                                   ^\n");
+  expect_model_error("input x: f32[B, 4]\nparam penalty: f32[4]\n"
+                     "l = sum(linear(x * penalty, out=2))\nminimize l\n"
+                     "train {\n  regularize = l2(1e-4)\n}\n",
+                     "fuzz.kiln:2:7: error: 'penalty' is also the name of a tensor kiln generates: "
+                     "the regularization penalty, an output of training; rename it");
+  expect_model_error("input x: f32[B, 4]\nparam loss: f32[4]\nl = sum(x * loss)\nminimize l\n",
+                     "fuzz.kiln:2:7: error: 'loss' is also the name of a tensor kiln generates: "
+                     "the minimised loss, an output of training; rename it");
+  expect_model_error("input lr: f32[B, 4]\nparam w: f32[4]\nl = sum(lr * w)\nminimize l\n",
+                     "fuzz.kiln:1:7: error: 'lr' is also the name of a tensor kiln generates: "
+                     "the learning rate, which the trainer sets; rename it");
+  /* Without the regularizer there is no "penalty" output, so the name is free. */
+  expect_compiles("input x: f32[B, 4]\nparam penalty: f32[4]\n"
+                  "l = sum(linear(x * penalty, out=2))\nminimize l\n");
+}
+END_TEST
+
+/* A one-number literal filling a large constant was printed element by element into the
+ * generated C: `const c: f32[4096, 4096] = 0.5` made an 89 MB step.c that took 3.7 GB and
+ * 100 s to build. The value is now kept once, whatever the shape. */
+START_TEST(filled_constant_stays_small) {
+  const char *text = "input x: f32[B, 4096]\nconst c: f32[4096, 4096] = 0.5\n"
+                     "param w: f32[4096, 4096] = 0.25\n"
+                     "loss = mean(matmul(x, c + w))\nminimize loss\n";
+  kiln_model *m;
+  ck_assert_msg(kiln_model_from_string("fuzz.kiln", text, &m) == KILN_OK, "%s", kiln_last_error());
+  char *c;
+  ck_assert_msg(kiln_emit_c(m, 4, &c) == KILN_OK, "%s", kiln_last_error());
+  ck_assert_msg(strlen(c) < 200000, "step.c has %zu bytes", strlen(c));
+  free(c);
+  kiln_model_free(m);
 }
 END_TEST
 
@@ -237,6 +309,9 @@ static Suite *suite(void) {
   tcase_add_test(tc, long_operator_chain);
   tcase_add_test(tc, name_length);
   tcase_add_test(tc, element_count_overflow);
+  tcase_add_test(tc, fan_overflow);
+  tcase_add_test(tc, generated_name_collisions);
+  tcase_add_test(tc, filled_constant_stays_small);
   tcase_add_test(tc, batch_makes_it_too_large);
   tcase_add_test(tc, unused_scalar_param);
   tcase_add_test(tc, folded_constants_are_finite);

@@ -370,10 +370,10 @@ START_TEST(program_matmuls) {
   int w = ir_leaf(g, OP_PARAM, ROLE_PARAM, "w", dt, sw, L0);
   int y2 = ir_leaf(g, OP_INPUT, ROLE_INPUT, "y2", dt, sy2, L0);
   int t = ir_leaf(g, OP_PARAM, ROLE_PARAM, "t", dt, st, L0);
-  ir_add_output(g, ENTRY_GRAD, "y", ir_matmul(g, x, w, false, true, L0));
-  ir_add_output(g, ENTRY_GRAD, "gw", ir_matmul(g, x, y2, true, false, L0));
-  ir_add_output(g, ENTRY_GRAD, "h", ir_matmul(g, w, x, false, true, L0));
-  ir_add_output(g, ENTRY_GRAD, "small", ir_matmul(g, t, t, true, false, L0));
+  ir_add_output(g, ENTRY_GRAD, "y", ir_matmul(g, x, w, false, true, L0), NULL);
+  ir_add_output(g, ENTRY_GRAD, "gw", ir_matmul(g, x, y2, true, false, L0), NULL);
+  ir_add_output(g, ENTRY_GRAD, "h", ir_matmul(g, w, x, false, true, L0), NULL);
+  ir_add_output(g, ENTRY_GRAD, "small", ir_matmul(g, t, t, true, false, L0), NULL);
   Options o;
   session_default_options(&o);
   o.batch = batch;
@@ -444,7 +444,7 @@ START_TEST(program_tiny_matmul_stays_plain) {
   Shape sx = {2, {{1, 0}, {7, -1}}}, sw = {2, {{7, -1}, {5, -1}}};
   int x = ir_leaf(g, OP_INPUT, ROLE_INPUT, "x", DT_F32, sx, L0);
   int w = ir_leaf(g, OP_PARAM, ROLE_PARAM, "w", DT_F32, sw, L0);
-  ir_add_output(g, ENTRY_GRAD, "y", ir_matmul(g, x, w, false, false, L0));
+  ir_add_output(g, ENTRY_GRAD, "y", ir_matmul(g, x, w, false, false, L0), NULL);
   Plan plan;
   Buf src = {0};
   Trap tr;

@@ -759,7 +759,7 @@ START_TEST(entry_updates_are_simultaneous) {
   int a1 = ir_binary(g, OP_ADD, a, ir_const(g, 1.0, DT_F64, L0), L0);
   ir_add_update(g, ENTRY_TRAIN, a, b);
   ir_add_update(g, ENTRY_TRAIN, b, a1);
-  ir_add_output(g, ENTRY_TRAIN, "a1", a1);
+  ir_add_output(g, ENTRY_TRAIN, "a1", a1, NULL);
   start();
   SET(a, 1, 2);
   SET(b, 10, 20);
@@ -838,7 +838,7 @@ START_TEST(backend_matches_plan_table) {
   int w = ir_leaf(g, OP_PARAM, ROLE_PARAM, "w", DT_F32, SHAPE(3), L0);
   int y = ir_binary(g, OP_MUL, x, w, L0);
   int loss = ir_reduce(g, OP_SUM, y, 3, false, L0);
-  ir_add_output(g, ENTRY_GRAD, "loss", loss);
+  ir_add_output(g, ENTRY_GRAD, "loss", loss, NULL);
   ir_add_update(g, ENTRY_TRAIN, w, ir_binary(g, OP_ADD, w, ir_const(g, 1.0, DT_F32, L0), L0));
   Plan plan;
   Trap t;

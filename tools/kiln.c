@@ -572,6 +572,12 @@ static int cmd_train(Session *s, const Args *a) {
   int rc = rt_options_parse(&o, a->nrest + 1, argv, "kiln train");
   free(argv);
   if (rc) return rc > 0 ? 0 : 2;
+  /* The runtime would open it and, for a FIFO, wait for a writer forever. */
+  const char *why = o.load_path ? kiln_not_regular_file(o.load_path) : NULL;
+  if (why) {
+    fprintf(stderr, "kiln: error: %s: %s\n", o.load_path, why);
+    return 1;
+  }
   if (!o.threads)
     o.threads = a->opt.sched.threads;
   return a->reference ? train_reference(s, a, &o) : train_compiled(s, a, &o);

@@ -101,8 +101,13 @@ _Noreturn void kiln_rethrow(const Trap *caught);
 #define unreachable() kiln_bug(__FILE__, __LINE__, "unreachable")
 #define KILN_ASSERT(c) ((c) ? (void)0 : kiln_bug(__FILE__, __LINE__, #c))
 
-/* Reads a whole file into the pool; NULL with errno set on failure. */
+/* Reads a whole regular file into the pool (NUL-terminated; the text may hold NUL bytes, *len
+ * counts them); NULL with errno set on failure: EISDIR for a directory, EINVAL for anything else
+ * that is not a regular file (a FIFO is never waited on). */
 char *read_file(Pool *p, const char *path, size_t *len);
+/* Why path must not be opened for reading ("is a directory", "is not a regular file"), or NULL
+ * for a regular file or one that cannot be looked at (opening it will say why). */
+const char *kiln_not_regular_file(const char *path);
 
 /* Seconds on a monotonic clock, for the phase times a session reports. */
 double kiln_now(void);

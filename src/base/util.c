@@ -7,8 +7,10 @@
  * so unwinding leaks nothing once the caller frees the graph.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -176,9 +178,29 @@ void buf_free(Buf *b) {
 
 /* ---- files ---- */
 
+const char *kiln_not_regular_file(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0 || S_ISREG(st.st_mode))
+    return NULL;
+  return S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file";
+}
+
 char *read_file(Pool *p, const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
+  /* Without O_NONBLOCK, opening a FIFO waits for a writer: open first, then look at what it is. */
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return NULL;
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    int saved = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+    close(fd);
+    errno = saved;
+    return NULL;
+  }
+  FILE *f = fdopen(fd, "rb");
+  if (!f) {
+    close(fd);
+    return NULL;
+  }
   char *text = NULL;
   size_t used = 0, cap = 0, n;
   char chunk[65536];
@@ -199,10 +221,9 @@ char *read_file(Pool *p, const char *path, size_t *len) {
   }
   int bad = ferror(f);
   fclose(f);
-  /* A NUL byte inside the text would silently cut the model short: refuse such files. */
-  if (bad || (used && memchr(text, 0, used))) {
+  if (bad) {
     free(text);
-    errno = bad ? EIO : EILSEQ;
+    errno = EIO;
     return NULL;
   }
   Trap t;
@@ -250,22 +271,46 @@ void kiln_vformat_error(char *out, size_t cap, const char *fmt, va_list ap) {
   kiln_format_error(out, cap, (Loc){0}, msg);
 }
 
+/* Whether byte c of model text would act on a terminal rather than print (it is shown as \xNN). */
+static bool is_control(unsigned char c, bool newline_ok) {
+  return (c < 0x20 && c != '\t' && !(newline_ok && c == '\n')) || c == 0x7f;
+}
+
+/* Appends s[0..n) with control bytes escaped. */
+static size_t append_text(char *out, size_t cap, size_t len, const char *s, size_t n,
+                          bool newline_ok) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    len = is_control(c, newline_ok) ? append(out, cap, len, "\\x%02x", c)
+                                    : append(out, cap, len, "%c", c);
+  }
+  return len;
+}
+
 /* Formats into a fixed buffer, never the heap: this runs while reporting "out of memory". */
 void kiln_format_error(char *out, size_t cap, Loc loc, const char *msg) {
   out[0] = 0;
-  if (!loc.file) {
-    append(out, cap, 0, "error: %s\n", msg);
+  size_t len = 0;
+  if (loc.file)
+    len = append(out, cap, len, "%s:%d:%d: ", loc.file->path, loc.line, loc.col);
+  len = append(out, cap, len, "error: ");
+  len = append_text(out, cap, len, msg, strlen(msg), true);
+  len = append(out, cap, len, "\n");
+  if (!loc.file)
     return;
-  }
-  size_t len = append(out, cap, 0, "%s:%d:%d: error: %s\n", loc.file->path, loc.line, loc.col, msg);
   /* Find the source line and print it with a caret under the column. */
   const char *s = loc.file->text;
   for (int line = 1; line < loc.line && *s; s++)
     if (*s == '\n') line++;
   const char *e = s;
   while (*e && *e != '\n') e++;
-  len = append(out, cap, len, "  %.*s\n  ", (int)(e - s), s);
-  for (int i = 1; i < loc.col && s + i - 1 < e; i++) len = append(out, cap, len, "%c", s[i - 1] == '\t' ? '\t' : ' ');
+  len = append(out, cap, len, "  ");
+  len = append_text(out, cap, len, s, (size_t)(e - s), false);
+  len = append(out, cap, len, "\n  ");
+  for (int i = 1; i < loc.col && s + i - 1 < e; i++) {
+    unsigned char c = (unsigned char)s[i - 1];
+    len = append(out, cap, len, "%s", c == '\t' ? "\t" : is_control(c, false) ? "    " : " ");
+  }
   append(out, cap, len, "^\n");
 }
 

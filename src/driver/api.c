@@ -518,6 +518,9 @@ kiln_status kiln_load(kiln_trainer *t, const char *path) {
   last_error[0] = 0;
   if (!t || !path)
     return failf("kiln_load: NULL argument");
+  const char *why = kiln_not_regular_file(path); /* a FIFO would block the load forever */
+  if (why)
+    return failf("%s: %s", path, why);
   char err[RT_ERR_LEN];
   return rt_load_checkpoint(&t->arena, path, err) ? failf("%s", err) : KILN_OK;
 }

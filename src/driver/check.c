@@ -436,6 +436,14 @@ static int derivatives(Session *ss, Deriv d, const char *params_path, const char
   int np = 0, ni = 0, nt = 0, no = 0, rc = 1;
   double *buf = NULL;
   char err[RT_ERR_LEN];
+  const char *paths[3] = {params_path, inputs_path, tangents_path};
+  for (int i = 0; i < 3; i++) {
+    const char *why = paths[i] ? kiln_not_regular_file(paths[i]) : NULL;
+    if (why) { /* reading a FIFO would wait for a writer forever */
+      session_fail(ss, "%s: %s", paths[i], why);
+      goto done;
+    }
+  }
   if (rt_safetensors_load(params_path, &pt, &np, err) ||
       rt_safetensors_load(inputs_path, &it, &ni, err) ||
       (tangents_path && rt_safetensors_load(tangents_path, &tt, &nt, err))) {

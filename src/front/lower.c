@@ -319,7 +319,18 @@ static void fill_literal(Lower *L, const Stmt *s, const Expr *e, int depth, doub
     fill_literal(L, s, e->items[i], depth + 1, out, pos);
 }
 
-/* The literal's values as a Graph.data index; a single number fills every element. */
+/* A literal that is a single number fills every element: true with that number in *v. Such a
+ * constant is kept as the number, never as an array of copies, so that a short line such as
+ * `const c: f32[4096, 4096] = 0.5` costs no more to emit and compile than the number. */
+static bool literal_splat(Lower *L, const Stmt *s, double *v) {
+  if (s->value->kind == EX_LIST || !const_num(L, s->value, v))
+    return false;
+  if (s->type.dtype == DT_I32 && *v != floor(*v))
+    kiln_fail(s->value->loc, "i32 value %s is not an integer", fe_fmt_num(L, *v));
+  return true;
+}
+
+/* The literal's values, one per element, as a Graph.data index. */
 static int literal_data(Lower *L, const Stmt *s) {
   int64_t n = 1;
   for (int i = 0; i < s->type.rank; i++) {
@@ -329,16 +340,8 @@ static int literal_data(Lower *L, const Stmt *s) {
                 type_text(L, &s->type));
   }
   double *v = pool_alloc(L->tmp, (size_t)n * sizeof(double));
-  double one;
-  if (s->value->kind != EX_LIST && const_num(L, s->value, &one)) {
-    if (s->type.dtype == DT_I32 && one != floor(one))
-      kiln_fail(s->value->loc, "i32 value %s is not an integer", fe_fmt_num(L, one));
-    for (int64_t i = 0; i < n; i++)
-      v[i] = one;
-  } else {
-    int64_t pos = 0;
-    fill_literal(L, s, s->value, 0, v, &pos);
-  }
+  int64_t pos = 0;
+  fill_literal(L, s, s->value, 0, v, &pos);
   return ir_literal(L->g, v, n);
 }
 
@@ -372,9 +375,17 @@ static void lower_const(Lower *L, const Stmt *s) {
     if (find_var(L, s->name))
       set_var(L, s->name, s->name_loc, VAR_CONST, (Val){-1, 0});
     Shape shape = type_shape(L, &s->type);
-    int data = literal_data(L, s);
-    id = ir_leaf(L->g, OP_CONST, ROLE_NONE, s->name, s->type.dtype, shape, s->name_loc);
-    node(L, id)->data = data;
+    double v;
+    if (literal_splat(L, s, &v)) {
+      /* data stays -1: every phase reads such a constant as its one value, at any shape. */
+      id = ir_leaf(L->g, OP_CONST, ROLE_NONE, s->name, s->type.dtype, shape, s->name_loc);
+      node(L, id)->attr.value = v;
+      node(L, id)->attr.dtype = s->type.dtype;
+    } else {
+      int data = literal_data(L, s);
+      id = ir_leaf(L->g, OP_CONST, ROLE_NONE, s->name, s->type.dtype, shape, s->name_loc);
+      node(L, id)->data = data;
+    }
   } else {
     id = ir_find_leaf(L->g, s->name);
     KILN_ASSERT(id >= 0);
@@ -392,14 +403,16 @@ static void lower_param(Lower *L, const Stmt *s) {
     set_var(L, s->name, s->name_loc, VAR_PARAM, (Val){-1, 0});
   Shape shape = type_shape(L, &s->type);
   int64_t fan_in, fan_out;
-  nn_fans(&shape, &fan_in, &fan_out);
+  nn_fans(L->g, s->name, &shape, s->name_loc, &fan_in, &fan_out);
   NnInit init = s->init ? fe_init_spec(L, s->init) : L->init;
+  double splat = 0;
+  bool is_splat = s->value && literal_splat(L, s, &splat);
   if (s->value)
-    init = (NnInit){KILN_INIT_DATA, 0};
+    init = is_splat ? (NnInit){KILN_INIT_CONST, splat} : (NnInit){KILN_INIT_DATA, 0};
   int id = nn_param(L->g, L->mode, s->name, s->type.dtype, shape, init, fan_in, fan_out,
                     s->name_loc);
   node(L, id)->leaf.weight = shape.rank >= 2;
-  if (L->mode == NN_TRAIN && s->value)
+  if (L->mode == NN_TRAIN && s->value && !is_splat)
     node(L, id)->data = literal_data(L, s);
   set_var(L, s->name, s->name_loc, VAR_PARAM, (Val){id, 0});
 }
@@ -495,7 +508,7 @@ typedef struct Mono {
 
 static void mono_mul(Mono *m, Dim d, Loc loc) {
   if (__builtin_mul_overflow(m->coef, d.n, &m->coef))
-    kiln_fail(loc, "the tensor is too large");
+    kiln_fail(loc, "reshape: the target shape has more than 2^63 elements");
   if (d.sym >= 0)
     m->power++;
 }
@@ -1151,6 +1164,20 @@ static const char *file_stem(Pool *p, const char *path) {
 
 /* Parses and lowers text (len bytes, NUL-terminated), kept in g's pool. On an error the graph
  * and scratch memory are freed and the error is passed on to the caller's trap unchanged. */
+/* The line and column (1-based, in bytes) of byte off of f's text. */
+static Loc loc_at(const SrcFile *f, size_t off) {
+  Loc loc = {f, 1, 1};
+  for (size_t i = 0; i < off; i++) {
+    if (f->text[i] == '\n') {
+      loc.line++;
+      loc.col = 1;
+    } else {
+      loc.col++;
+    }
+  }
+  return loc;
+}
+
 static Graph *compile(Graph *g, const char *path, const char *text, size_t len) {
   Trap t;
   if (!KILN_TRY(&t)) {
@@ -1160,9 +1187,17 @@ static Graph *compile(Graph *g, const char *path, const char *text, size_t len) 
   Pool *tmp = pool_new();
   kiln_trap_end(&t);
   if (KILN_TRY(&t)) {
+    /* A UTF-8 byte-order mark, which some editors write, is not part of the model. */
+    if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) {
+      text += 3;
+      len -= 3;
+    }
     SrcFile *f = pool_alloc(g->pool, sizeof *f);
     f->path = pool_strdup(g->pool, path);
     f->text = pool_strndup(g->pool, text, len);  /* tokens and locations point into it */
+    const char *nul = memchr(text, 0, len);
+    if (nul) /* the text ends there for every later phase: refuse it where it is */
+      kiln_fail(loc_at(f, (size_t)(nul - text)), "unexpected byte 0x00 (NUL) in the model file");
     Program *prog = parse_program(tmp, f, len);
     fe_lower(g, prog, tmp);
     kiln_trap_end(&t);
@@ -1201,7 +1236,10 @@ Graph *fe_compile_file(const char *path) {
   }
   size_t len;
   char *text = read_file(g->pool, path, &len);
-  if (!text) kiln_fail((Loc){0}, "cannot read '%s': %s", path, strerror(errno));
+  if (!text)
+    kiln_fail((Loc){0}, "cannot read '%s': %s", path,
+              errno == EISDIR ? "it is a directory"
+              : errno == EINVAL ? "it is not a regular file" : strerror(errno));
   kiln_trap_end(&t);
   return compile(g, path, text, len);
 }

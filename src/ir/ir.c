@@ -158,13 +158,17 @@ static bool is_checked_name(const char *s) {
   return !start;
 }
 
+void ir_check_leaf_shape(Graph *g, const char *name, const Shape *s, Loc loc) {
+  for (int i = 0; i < s->rank; i++)
+    if (s->d[i].n <= 0) kiln_fail(loc, "dimension %d of '%s' must be positive", i, name ? name : "?");
+  check_numel(g, s, loc, name ? name : "?", OP_PARAM);
+}
+
 int ir_leaf(Graph *g, Op op, Role role, const char *name, DType dt, Shape s, Loc loc) {
   KILN_ASSERT(op_is_leaf(op));
   if (name && !is_checked_name(name)) kiln_fail(loc, "'%s' is not a valid tensor name", name);
   if (name && ir_find_leaf(g, name) >= 0) kiln_fail(loc, "tensor '%s' is defined twice", name);
-  for (int i = 0; i < s.rank; i++)
-    if (s.d[i].n <= 0) kiln_fail(loc, "dimension %d of '%s' must be positive", i, name ? name : "?");
-  check_numel(g, &s, loc, name ? name : "?", op);
+  ir_check_leaf_shape(g, name, &s, loc);
   Node *n = new_node(g, op, loc);
   n->role = role;
   n->name = name ? pool_strdup(g->pool, name) : NULL;
@@ -354,7 +358,16 @@ int ir_transpose(Graph *g, int x, const int *perm, Loc loc) {
   return ir_node(g, OP_TRANSPOSE, 1, &x, &a, loc);
 }
 
-void ir_add_output(Graph *g, EntryKind e, const char *name, int node) {
+void ir_claim_name(Graph *g, const char *name, const char *what) {
+  int id = ir_find_leaf(g, name);
+  if (id >= 0)
+    kiln_fail(ir_at(g, id)->loc, "'%s' is also the name of a tensor kiln generates: %s; rename it",
+              name, what);
+}
+
+void ir_add_output(Graph *g, EntryKind e, const char *name, int node, const char *what) {
+  ir_claim_name(g, name, what ? what : pool_printf(g->pool, "an output of the %s entry",
+                                                    entry_names[e]));
   Entry *en = &g->entries[e];
   en->outputs = grow(en->outputs, &en->capoutputs, en->noutputs + 1, sizeof(Output));
   en->outputs[en->noutputs++] = (Output){pool_strdup(g->pool, name), node};

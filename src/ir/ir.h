@@ -193,6 +193,10 @@ void ir_free(Graph *g);
 /* Builders. All of them check types and shapes (shape.c) and fail at loc on a mismatch. */
 int ir_sym(Graph *g, const char *name);                  /* index of symbol, created on demand */
 int ir_leaf(Graph *g, Op op, Role role, const char *name, DType dt, Shape s, Loc loc);
+/* Fails at loc unless every dimension of s is positive and its element count is within the
+ * bound every tensor keeps (so any product of its dimensions fits in int64): ir_leaf's check,
+ * for code that multiplies a leaf's dimensions before making it. */
+void ir_check_leaf_shape(Graph *g, const char *name, const Shape *s, Loc loc);
 int ir_literal(Graph *g, const double *v, int64_t n);    /* copies v into Graph.data */
 int ir_node(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc);
 int ir_const(Graph *g, double value, DType dt, Loc loc); /* scalar */
@@ -202,7 +206,14 @@ int ir_reduce(Graph *g, Op op, int x, unsigned axes, bool keepdims, Loc loc);
 int ir_reshape(Graph *g, int x, Shape s, Loc loc);
 int ir_matmul(Graph *g, int a, int b, bool ta, bool tb, Loc loc);
 int ir_transpose(Graph *g, int x, const int *perm, Loc loc);
-void ir_add_output(Graph *g, EntryKind e, const char *name, int node);
+/* Adds output name of entry e; what says what the name means (ir_claim_name; NULL: "an output
+ * of the <e> entry"). */
+void ir_add_output(Graph *g, EntryKind e, const char *name, int node, const char *what);
+/* Every name kiln makes up (gradients, optimizer state, hyper-parameters, outputs) passes here
+ * before it is used: if one of the model's own tensors already has it, this fails at that
+ * tensor's declaration, saying what kiln needs the name for (what, e.g. "the gradient of
+ * 'w'"). Leaves and outputs share one namespace: the program's tensor table. */
+void ir_claim_name(Graph *g, const char *name, const char *what);
 void ir_add_update(Graph *g, EntryKind e, int target, int value);
 
 /* Node lookup. */

@@ -19,7 +19,9 @@ static unsigned all_axes(int rank) { return rank ? (1u << rank) - 1 : 0; }
 
 /* ---- leaves ---- */
 
-void nn_fans(const Shape *s, int64_t *fan_in, int64_t *fan_out) {
+void nn_fans(Graph *g, const char *name, const Shape *s, Loc loc, int64_t *fan_in,
+             int64_t *fan_out) {
+  ir_check_leaf_shape(g, name, s, loc);
   if (s->rank == 0) {
     *fan_in = *fan_out = 1;
   } else if (s->rank == 1) {
@@ -175,7 +177,7 @@ int nn_conv2d(Graph *g, const NnLayer *l, int x, const NnConv2d *o) {
   Shape ws = {.rank = 4,
               .d = {{o->out, -1}, {c / o->groups, -1}, {o->kernel[0], -1}, {o->kernel[1], -1}}};
   int64_t fan_in, fan_out;
-  nn_fans(&ws, &fan_in, &fan_out);
+  nn_fans(g, leaf_name(g, l, "weight"), &ws, l->name_loc, &fan_in, &fan_out);
   int in[2] = {x, layer_weight(g, l, dt, ws, o->init, fan_in, fan_out)};
   int y = ir_node(g, OP_CONV2D, 2, in, &a, l->loc);
   if (o->bias) {
@@ -305,6 +307,7 @@ static int dropout_counter(Graph *g, Loc loc) {
   int id = ir_find_leaf(g, "dropout.step");
   if (id >= 0)
     return id;
+  ir_claim_name(g, "dropout.step", "dropout's step counter");
   id = ir_leaf(g, OP_STATE, ROLE_OPT, "dropout.step", DT_F64, (Shape){0}, loc);
   ir_at(g, id)->leaf.init = KILN_INIT_SEED;
   ir_add_update(g, ENTRY_TRAIN, id, ir_binary(g, OP_ADD, id, ir_const(g, 1, DT_F64, loc), loc));

@@ -44,8 +44,10 @@ typedef struct NnLayer {
 /* ---- leaves ---- */
 
 /* PyTorch's _calculate_fan_in_and_fan_out: fan_in = size(1) * receptive field, fan_out =
- * size(0) * receptive field; a vector counts its length for both, a scalar 1. */
-void nn_fans(const Shape *s, int64_t *fan_in, int64_t *fan_out);
+ * size(0) * receptive field; a vector counts its length for both, a scalar 1. The shape of the
+ * leaf name is checked first (at loc), so the products cannot overflow. */
+void nn_fans(Graph *g, const char *name, const Shape *s, Loc loc, int64_t *fan_in,
+             int64_t *fan_out);
 /* A parameter named name: made in NN_TRAIN (a second one of that name fails), found in NN_EVAL.
  * init NN_INIT_DEFAULT is KILN_INIT_TORCH_DEFAULT, which reads the fans. */
 int nn_param(Graph *g, NnMode mode, const char *name, DType dt, Shape s, NnInit init,

@@ -22,6 +22,10 @@
 
 #include "xform/xform.h"
 
+/* What the names kiln gives the training outputs are for (ir_claim_name). */
+static const char loss_what[] = "the minimised loss, an output of training";
+static const char penalty_what[] = "the regularization penalty, an output of training";
+
 /* The leaf of an optimizer built a second time (apply after train) already exists. */
 static int existing(Graph *g, const char *name, Role role) {
   int id = ir_find_leaf(g, name);
@@ -34,15 +38,19 @@ static int opt_state(Graph *g, int p, const char *suffix) {
   const char *name = pool_printf(g->pool, "%s.%s", pn->name, suffix);
   int id = existing(g, name, ROLE_OPT);
   if (id >= 0) return id;
+  ir_claim_name(g, name, pool_printf(g->pool, "the optimizer's state '%s' of parameter '%s'",
+                                     suffix, pn->name));
   id = ir_leaf(g, OP_STATE, ROLE_OPT, name, pn->dtype, pn->shape, pn->loc);
   ir_at(g, id)->leaf.init = KILN_INIT_ZEROS;
   return id;
 }
 
-static int scalar_state(Graph *g, Role role, const char *name, DType dt, double init, Loc loc) {
+static int scalar_state(Graph *g, Role role, const char *name, const char *what, DType dt,
+                        double init, Loc loc) {
   Shape s = {0};
   int id = existing(g, name, role);
   if (id >= 0) return id;
+  ir_claim_name(g, name, what);
   id = ir_leaf(g, OP_STATE, role, name, dt, s, loc);
   ir_at(g, id)->leaf.init = KILN_INIT_CONST;
   ir_at(g, id)->leaf.init_a = init;
@@ -229,16 +237,18 @@ static void optimizer_step(OptCtx *c, EntryKind e, const int *grads) {
   Graph *g = c->g;
   const TrainSpec *ts = c->ts;
   c->entry = e;
-  c->lr = scalar_state(g, ROLE_HYPER, "lr", c->dt, ts->lr, ts->loc);
+  c->lr = scalar_state(g, ROLE_HYPER, "lr", "the learning rate, which the trainer sets", c->dt, ts->lr, ts->loc);
   if (ts->optimizer == OPT_ADAM) {
-    int t = scalar_state(g, ROLE_OPT, "adam.step", c->dt, 0, ts->loc);
+    int t = scalar_state(g, ROLE_OPT, "adam.step", "Adam's step count", c->dt, 0, ts->loc);
     c->step = add(c, t, k(c, 1));
     upd(c, t, c->step);
   } else if (ts->optimizer == OPT_ADAGRAD && ts->lr_decay != 0) {
-    c->step = scalar_state(g, ROLE_OPT, "adagrad.step", c->dt, 0, ts->loc);
+    c->step = scalar_state(g, ROLE_OPT, "adagrad.step", "Adagrad's step count",
+                           c->dt, 0, ts->loc);
     upd(c, c->step, add(c, c->step, k(c, 1)));
   } else if (ts->optimizer == OPT_SGD && ts->momentum != 0 && ts->dampening != 0) {
-    c->started = scalar_state(g, ROLE_OPT, "sgd.started", c->dt, 0, ts->loc);
+    c->started = scalar_state(g, ROLE_OPT, "sgd.started", "SGD's first-step flag",
+                              c->dt, 0, ts->loc);
     upd(c, c->started, k(c, 1));
   }
   static void (*const updates[])(OptCtx *, int, int) = {
@@ -287,7 +297,7 @@ void train_build(Graph *g) {
   if (pen >= 0) objective = add(&c, g->loss_train, pen);
   g->grads = kiln_malloc((size_t)nparams * sizeof(int));
   ad_reverse(g, objective, g->params, nparams, g->grads);
-  ir_add_output(g, ENTRY_GRAD, "loss", objective);
+  ir_add_output(g, ENTRY_GRAD, "loss", objective, loss_what);
 
   /* grad also does what the frontend's train updates do (running statistics, the dropout
    * counter), so that grad then apply is train; then it stores each gradient in its GRAD leaf. */
@@ -296,11 +306,13 @@ void train_build(Graph *g) {
     Update up = g->entries[ENTRY_TRAIN].updates[u];
     ir_add_update(g, ENTRY_GRAD, up.target, up.value);
   }
-  if (pen >= 0) ir_add_output(g, ENTRY_GRAD, "penalty", pen);
+  if (pen >= 0) ir_add_output(g, ENTRY_GRAD, "penalty", pen, penalty_what);
   g->grad_leaves = pool_alloc(g->pool, (size_t)nparams * sizeof(int));
   for (int i = 0; i < nparams; i++) {
     Node p = *ir_at(g, g->params[i]);
     const char *name = pool_printf(g->pool, "grad.%s", p.name);
+    ir_claim_name(g, name, pool_printf(g->pool, "the gradient of parameter '%s' (line %d)", p.name,
+                                       p.loc.line));
     int id = ir_leaf(g, OP_STATE, ROLE_GRAD, name, p.dtype, p.shape, p.loc);
     ir_at(g, id)->leaf.init = KILN_INIT_ZEROS;
     g->grad_leaves[i] = id;
@@ -309,14 +321,17 @@ void train_build(Graph *g) {
 
   /* train: the loss, then every parameter's update (running statistics were added by the
    * frontend); apply: the same updates from the GRAD leaves. */
-  ir_add_output(g, ENTRY_TRAIN, "loss", objective);
-  if (pen >= 0) ir_add_output(g, ENTRY_TRAIN, "penalty", pen);
+  ir_add_output(g, ENTRY_TRAIN, "loss", objective, loss_what);
+  if (pen >= 0) ir_add_output(g, ENTRY_TRAIN, "penalty", pen, penalty_what);
   optimizer_step(&c, ENTRY_TRAIN, g->grads);
   optimizer_step(&c, ENTRY_APPLY, g->grad_leaves);
 
   /* eval: evaluation-mode loss and the declared output. */
-  if (g->loss_eval >= 0) ir_add_output(g, ENTRY_EVAL, "eval.loss", g->loss_eval);
-  if (g->output_eval >= 0) ir_add_output(g, ENTRY_EVAL, "eval.output", g->output_eval);
+  if (g->loss_eval >= 0)
+    ir_add_output(g, ENTRY_EVAL, "eval.loss", g->loss_eval, "the loss in evaluation mode");
+  if (g->output_eval >= 0)
+    ir_add_output(g, ENTRY_EVAL, "eval.output", g->output_eval,
+                  "the declared output in evaluation mode");
 }
 
 /* ---- forward mode on demand: kiln jvp, kiln hvp ---- */
@@ -329,8 +344,11 @@ static int *tangent_leaves(Graph *g) {
   for (int i = 0; i < g->nparams; i++) {
     Node p = *ir_at(g, g->params[i]);
     const char *name = pool_printf(g->pool, "tangent.%s", p.name);
-    t[i] = ir_find_leaf(g, name);
-    if (t[i] < 0) t[i] = ir_leaf(g, OP_INPUT, ROLE_INPUT, name, p.dtype, p.shape, p.loc);
+    t[i] = existing(g, name, ROLE_INPUT);
+    if (t[i] >= 0) continue;
+    ir_claim_name(g, name, pool_printf(g->pool, "the tangent of parameter '%s' (line %d)", p.name,
+                                       p.loc.line));
+    t[i] = ir_leaf(g, OP_INPUT, ROLE_INPUT, name, p.dtype, p.shape, p.loc);
   }
   return t;
 }
@@ -340,10 +358,10 @@ void train_build_jvp(Graph *g) {
   int outs[2] = {g->loss_train, g->output_eval}, jvps[2];
   int nouts = g->output_eval >= 0 ? 2 : 1;
   ad_forward(g, g->params, t, g->nparams, outs, nouts, jvps);
-  ir_add_output(g, ENTRY_GRAD, "jvp.loss", jvps[0]);
+  ir_add_output(g, ENTRY_GRAD, "jvp.loss", jvps[0], "the loss's directional derivative");
   if (nouts == 2) {
-    ir_add_output(g, ENTRY_GRAD, "output", g->output_eval);
-    ir_add_output(g, ENTRY_GRAD, "jvp.output", jvps[1]);
+    ir_add_output(g, ENTRY_GRAD, "output", g->output_eval, "the declared output (kiln jvp)");
+    ir_add_output(g, ENTRY_GRAD, "jvp.output", jvps[1], "the output's directional derivative");
   }
 }
 
@@ -353,7 +371,10 @@ void train_build_hvp(Graph *g) {
   int *t = tangent_leaves(g);
   int *hv = pool_alloc(g->pool, (size_t)g->nparams * sizeof(int));
   ad_forward(g, g->params, t, g->nparams, g->grads, g->nparams, hv);
-  for (int i = 0; i < g->nparams; i++)
-    ir_add_output(g, ENTRY_GRAD, pool_printf(g->pool, "hvp.%s", ir_at(g, g->params[i])->name),
-                  hv[i]);
+  for (int i = 0; i < g->nparams; i++) {
+    const Node *p = ir_at(g, g->params[i]);
+    ir_add_output(g, ENTRY_GRAD, pool_printf(g->pool, "hvp.%s", p->name), hv[i],
+                  pool_printf(g->pool, "the Hessian-vector product of parameter '%s' (line %d)",
+                              p->name, p->loc.line));
+  }
 }
