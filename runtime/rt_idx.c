@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -193,17 +194,20 @@ int rt_idx_load(const char *path, RtIdx *out, char *err) {
 int rt_idx_load_first(const char *path, int64_t max_items, RtIdx *out, char *err) {
   memset(out, 0, sizeof *out);
   Reader r = {.path = path, .err = err};
-  r.f = fopen(path, "rb");
-  if (!r.f) {
-    rt_errf(err, "%s: cannot open: %s", path, strerror(errno));
+  struct stat st;
+  if (!(r.f = rt_open_regular(path, &st, err)))
     return -1;
-  }
   unsigned char magic[2];
   size_t k = fread(magic, 1, 2, r.f);
   if (k == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {
+    /* zlib reads the same open file, already known to be a regular one. */
+    rewind(r.f);
+    int fd = dup(fileno(r.f));
     fclose(r.f);
     r.f = NULL;
-    r.gz = gzopen(path, "rb");
+    r.gz = fd >= 0 ? gzdopen(fd, "rb") : NULL;
+    if (!r.gz && fd >= 0)
+      close(fd);
     if (!r.gz) {
       rt_errf(err, "%s: cannot open: %s", path, errno ? strerror(errno) : "zlib");
       return -1;

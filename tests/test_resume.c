@@ -286,9 +286,9 @@ START_TEST(resume_refuses_other_runs) {
       {"--resume '%s/params.st'", "params.st: not a resumable checkpoint (it holds parameters "
                                   "only): --resume takes what --checkpoint-every"},
       {"--seed 9 --resume '%s/ck/ckpt-e0002-s000000.safetensors'",
-       "written by a run with options 'seed 1 lr model train 200 validation 0 test 50 patience 0'; this run "
-       "has 'seed 9 lr model train 200 validation 0 test 50 patience 0': resume with the same "
-       "ones"},
+       "written by a run with options 'seed 1 lr model train 200 validation 0 test 50 "
+       "patience 0'; this run has 'seed 9 lr model train 200 validation 0 test 50 patience 0': "
+       "resume with the same ones"},
       {"--load '%s/params.st' --resume '%s/params.st'", "--load and --resume exclude each other"},
       {"--save '%s/nodir/x.st'", "--save %s/nodir/x.st: the directory %s/nodir does not exist"},
       {"--metrics '%s'", "--metrics %s: is a directory"},

@@ -1178,6 +1178,12 @@ static Loc loc_at(const SrcFile *f, size_t off) {
   return loc;
 }
 
+/* A UTF-8 byte-order mark, which some editors write, is not part of the model: the bytes after
+ * it. (Skipped by the callers of compile, whose arguments must not change around its setjmp.) */
+static size_t bom_length(const char *text, size_t len) {
+  return len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0;
+}
+
 static Graph *compile(Graph *g, const char *path, const char *text, size_t len) {
   Trap t;
   if (!KILN_TRY(&t)) {
@@ -1187,11 +1193,6 @@ static Graph *compile(Graph *g, const char *path, const char *text, size_t len) 
   Pool *tmp = pool_new();
   kiln_trap_end(&t);
   if (KILN_TRY(&t)) {
-    /* A UTF-8 byte-order mark, which some editors write, is not part of the model. */
-    if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) {
-      text += 3;
-      len -= 3;
-    }
     SrcFile *f = pool_alloc(g->pool, sizeof *f);
     f->path = pool_strdup(g->pool, path);
     f->text = pool_strndup(g->pool, text, len);  /* tokens and locations point into it */
@@ -1224,7 +1225,8 @@ static Graph *new_graph(const char *path) {
 }
 
 Graph *fe_compile_string(const char *path_for_messages, const char *text) {
-  return compile(new_graph(path_for_messages), path_for_messages, text, strlen(text));
+  size_t len = strlen(text), bom = bom_length(text, len);
+  return compile(new_graph(path_for_messages), path_for_messages, text + bom, len - bom);
 }
 
 Graph *fe_compile_file(const char *path) {
@@ -1241,5 +1243,6 @@ Graph *fe_compile_file(const char *path) {
               errno == EISDIR ? "it is a directory"
               : errno == EINVAL ? "it is not a regular file" : strerror(errno));
   kiln_trap_end(&t);
-  return compile(g, path, text, len);
+  size_t bom = bom_length(text, len);
+  return compile(g, path, text + bom, len - bom);
 }
