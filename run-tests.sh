@@ -6,7 +6,9 @@ cd "$(dirname "$0")"
 KILN_JIT_PACKAGES="llvm-14-dev libclang-cpp14-dev libclang-14-dev g++"
 # The LLVM packages build the in-process JIT backend (src/backend/jit.cpp).
 # strace: test_cli checks that JIT training starts no process and writes no file.
-KILN_EXTRA_PACKAGES="python3-torch strace $KILN_JIT_PACKAGES" bash scripts/deps.sh
+# clang-14 and libclang-rt-14-dev: the libFuzzer harnesses (tests/fuzz), run 10^5 inputs each.
+KILN_EXTRA_PACKAGES="python3-torch strace clang-14 libclang-rt-14-dev $KILN_JIT_PACKAGES" \
+  bash scripts/deps.sh
 cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
 cmake --build build-test -j"$(nproc)"
 # Generated trainers and shared objects are built by the system compiler without sanitizers;
@@ -20,4 +22,6 @@ cmake --build build -j"$(nproc)" >/dev/null
 cmake -S . -B build-nojit -DCMAKE_BUILD_TYPE=Release -DKILN_JIT=OFF >/dev/null
 cmake --build build-nojit -j"$(nproc)" >/dev/null
 ctest --test-dir build-nojit --output-on-failure -j"$(nproc)" -E torch_compat
-echo "kiln: all tests passed (with and without the JIT); release builds clean"
+# Every parser and loader under libFuzzer with the sanitizers (docs/reliability.md).
+bash tests/fuzz/run.sh 100000 build-fuzz
+echo "kiln: all tests passed (with and without the JIT, and 10^5 fuzz inputs per target); release builds clean"

@@ -30,7 +30,13 @@ typedef struct Reader {
   gzFile gz;
   const char *path;
   char *err;
+  int64_t file_bytes; /* the size of the file as stored (compressed, when gz) */
 } Reader;
+
+/* Deflate expands its input at most 1032 times (RFC 1951: a 258-byte match per bit-pair code,
+ * about 1032:1 at best), so a gzip file of n bytes holds at most this many: a header promising
+ * more is refused before anything is inflated. */
+static int64_t gz_most_bytes(int64_t n) { return n > INT64_MAX / 1100 ? INT64_MAX : n * 1032 + 1024; }
 
 /* Reads up to n bytes; returns how many, or -1 after writing the error. */
 static int64_t rd_read(Reader *r, void *buf, int64_t n) {
@@ -136,6 +142,11 @@ static int idx_parse(Reader *r, int64_t max_items, RtIdx *out) {
       out->item *= out->dims[i];
     }
 
+  if (r->gz && total > gz_most_bytes(r->file_bytes)) {
+    rt_errf(err, "%s: header promises %lld data bytes, more than a %lld-byte gzip file can hold",
+            path, (long long)total, (long long)r->file_bytes);
+    return -1;
+  }
   /* Read the elements in chunks that double, up to the size the header promises. */
   int64_t cap = 0, got = 0;
   uint8_t *data = NULL;
@@ -197,6 +208,7 @@ int rt_idx_load_first(const char *path, int64_t max_items, RtIdx *out, char *err
   struct stat st;
   if (!(r.f = rt_open_regular(path, &st, err)))
     return -1;
+  r.file_bytes = st.st_size;
   unsigned char magic[2];
   size_t k = fread(magic, 1, 2, r.f);
   if (k == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {

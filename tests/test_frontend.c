@@ -1402,6 +1402,18 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:1:23: error: i32 value 2.5 is not a 32-bit integer\n"
      "  const c: i32[2] = [1, 2.5]\n"
      "                        ^\n"},
+    {"f32 literal beyond float",
+     "const c: f32[2] = [1, 1e39]\n",
+     "t.kiln:1:23: error: f32 value 1e+39 is beyond float's range (largest 3.4028235e+38); "
+     "declare the tensor f64 or scale the value\n"
+     "  const c: f32[2] = [1, 1e39]\n"
+     "                        ^\n"},
+    {"f32 fill beyond float",
+     "param p: f32[3] = -2e38 * 2\n",
+     "t.kiln:1:19: error: f32 value -4e+38 is beyond float's range (largest 3.4028235e+38); "
+     "declare the tensor f64 or scale the value\n"
+     "  param p: f32[3] = -2e38 * 2\n"
+     "                    ^\n"},
     {"param i32",
      "param p: i32[2] = [1, 2]\n",
      "t.kiln:1:10: error: a parameter must be floating-point (f32 or f64), not i32\n"

@@ -458,6 +458,16 @@ START_TEST(idx_errors) {
   expect_idx_error(tpath("t3"), "truncated: file ends inside the 4-byte IDX magic");
   write_bytes(tpath("empty"), buf, 0);
   expect_idx_error(tpath("empty"), "truncated");
+  /* A gzipped header promising 4 GB: refused before inflating anything, since deflate cannot
+   * expand a file this small that much. */
+  unsigned char gz4g[12] = {0, 0, 0x08, 2, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00};
+  write_gz(tpath("huge.gz"), gz4g, sizeof gz4g);
+  struct stat hs;
+  ck_assert_int_eq(stat(tpath("huge.gz"), &hs), 0);
+  char want[160];
+  snprintf(want, sizeof want, "header promises 4294967296 data bytes, more than a %lld-byte "
+           "gzip file can hold", (long long)hs.st_size);
+  expect_idx_error(tpath("huge.gz"), want);
   unsigned char bad[64];
   memcpy(bad, buf, n);
   bad[0] = 0x12;

@@ -18,6 +18,7 @@
  * block is read by settings.c.
  */
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -292,6 +293,16 @@ static void require_fixed_shape(Lower *L, const Stmt *s, const char *what) {
     }
 }
 
+/* A literal element must be representable in its tensor's type: an f32 beyond float's range
+ * would become an infinity, an i32 must be a 32-bit integer. */
+static void check_literal_value(Lower *L, DType dt, double v, Loc at) {
+  if (dt == DT_I32 && (v != floor(v) || fabs(v) > INT32_MAX))
+    kiln_fail(at, "i32 value %s is not a 32-bit integer", fe_fmt_num(L, v));
+  if (dt == DT_F32 && fabs(v) > FLT_MAX)
+    kiln_fail(at, "f32 value %s is beyond float's range (largest 3.4028235e+38); declare the "
+              "tensor f64 or scale the value", fe_fmt_num(L, v));
+}
+
 /* Fills out[] (row-major) from a nested list literal that must match the type exactly. */
 static void fill_literal(Lower *L, const Stmt *s, const Expr *e, int depth, double *out,
                          int64_t *pos) {
@@ -303,8 +314,7 @@ static void fill_literal(Lower *L, const Stmt *s, const Expr *e, int depth, doub
                 type_text(L, ts));
     if (!const_num(L, e, &v))
       kiln_fail(e->loc, "expected a number in the literal");
-    if (ts->dtype == DT_I32 && (v != floor(v) || fabs(v) > INT32_MAX))
-      kiln_fail(e->loc, "i32 value %s is not a 32-bit integer", fe_fmt_num(L, v));
+    check_literal_value(L, ts->dtype, v, e->loc);
     out[(*pos)++] = v;
     return;
   }
@@ -325,8 +335,10 @@ static void fill_literal(Lower *L, const Stmt *s, const Expr *e, int depth, doub
 static bool literal_splat(Lower *L, const Stmt *s, double *v) {
   if (s->value->kind == EX_LIST || !const_num(L, s->value, v))
     return false;
-  if (s->type.dtype == DT_I32 && *v != floor(*v))
-    kiln_fail(s->value->loc, "i32 value %s is not an integer", fe_fmt_num(L, *v));
+  const Expr *first = s->value; /* the caret goes under the start of the expression */
+  while (first->kind == EX_BINARY)
+    first = first->lhs;
+  check_literal_value(L, s->type.dtype, *v, first->loc);
   return true;
 }
 

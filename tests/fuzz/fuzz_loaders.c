@@ -1,6 +1,6 @@
 /*
- * fuzz_loaders.c — libFuzzer harness for the runtime's file readers: rt_safetensors_load
- * (checkpoints) and rt_idx_load (IDX data sets, plain or gzipped). The first byte picks the
+ * fuzz_loaders.c — libFuzzer harness for the runtime's file readers: rt_safetensors_read
+ * (checkpoints, with their metadata) and rt_idx_load (IDX data sets, plain or gzipped). The first byte picks the
  * reader, the rest is the file's contents. Any input must load or fail with a message in err;
  * a crash, a sanitizer report, a leak or a hang is a bug. See tests/fuzz/README.md.
  */
@@ -45,8 +45,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
   } else {
     RtNamedTensor *ts = NULL;
-    int n = 0;
-    if (rt_safetensors_load(path, &ts, &n, err) == 0) {
+    RtMeta *meta = NULL;
+    int n = 0, nmeta = 0;
+    if (rt_safetensors_read(path, &ts, &n, &meta, &nmeta, err) == 0) {
+      for (int i = 0; i < nmeta; i++)
+        if (!meta[i].key || !meta[i].value || rt_meta_get(meta, nmeta, meta[i].key) == NULL)
+          abort();
+      rt_meta_free(meta, nmeta);
       double sum = 0;
       for (int i = 0; i < n; i++) {
         int64_t numel = 1;
