@@ -72,6 +72,8 @@ static void usage(FILE *f, const char *name) {
           "  --profile           at the end, print where the step's time went: per kernel call,\n"
           "                      its share, GFLOP/s, percent of the measured FMA peak and the\n"
           "                      model line it came from\n"
+          "  --max-memory SIZE   refuse to start when the run is estimated to need more\n"
+          "                      memory than SIZE (bytes, or with K, M, G: 1500M, 2G)\n"
           "  --quiet             no progress output on stderr\n"
           "  --help              show this message\n",
           name);
@@ -142,7 +144,8 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
                                         "--load", "--metrics", "--limit-train", "--limit-test",
                                         "--patience", "--threads", "--resume",
                                         "--checkpoint-every", "--checkpoint-dir",
-                                        "--keep-checkpoints", "--validation"};
+                                        "--keep-checkpoints", "--validation",
+                                        "--max-memory"};
     int k = -1;
     for (int j = 0; j < (int)(sizeof known / sizeof known[0]); j++)
       if (!strcmp(key, known[j]))
@@ -229,6 +232,18 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
         return opt_error(name, "%s: expected a number of examples or a fraction between 0 and "
                          "1, got '%s'", key, val);
       o->validation = v;
+      break;
+    }
+    case 16: {
+      char *end;
+      errno = 0;
+      double v = strtod(val, &end);
+      double unit = !*end ? 1 : !strcmp(end, "K") ? 1024.0 : !strcmp(end, "M") ? 1048576.0
+                  : !strcmp(end, "G") ? 1073741824.0 : 0;
+      if (errno || end == val || !(v > 0) || unit == 0 || v * unit > 9e18 || v * unit < 1)
+        return opt_error(name, "%s: expected a size in bytes, or with K, M or G (2G), got '%s'",
+                         key, val);
+      o->max_memory = (int64_t)(v * unit);
       break;
     }
     }
@@ -888,6 +903,44 @@ static const char *figure(double v, const char *fmt, char *buf, size_t len) {
   return buf;
 }
 
+/* "123.4 MiB": in the units --max-memory's M means. */
+static const char *megabytes(double bytes, char *buf, size_t len) {
+  snprintf(buf, len, "%.1f MiB", bytes / 1048576.0);
+  return buf;
+}
+
+/* Before anything large is allocated or read: what the run will hold in memory (the step's
+ * arena, the examples used, the driver's buffers), reported, and refused above --max-memory.
+ * The data's size comes from the IDX headers alone (ntrain, ntest: the examples used). */
+static int memory_plan(Run *r, int64_t ntrain, int64_t ntest, int64_t item_bytes) {
+  const kiln_program *p = r->prog;
+  double arena = (double)(p->arena_bytes > 0 ? p->arena_bytes : 0);
+  double data = (double)(ntrain + ntest) * (double)(item_bytes + 1 + 3 * sizeof(int64_t));
+  /* The batch buffer; a checkpoint's values while it is written; early stopping's copy. */
+  double driver = (double)r->buf_n * sizeof(double);
+  int patience = r->o->patience > 0 || model_patience(p) > 0;
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    double bytes = (double)rt_numel(t, p->batch) * sizeof(double);
+    if (rt_saved(t) || t->role == KILN_ROLE_OPT || t->role == KILN_ROLE_HYPER)
+      driver += bytes;
+    if (rt_saved(t) && patience)
+      driver += bytes;
+  }
+  double total = arena + data + driver;
+  char a[32], b[32], c[32], t[32], m[32];
+  if (r->o->max_memory > 0 && total > (double)r->o->max_memory)
+    return rt_errf(r->err, "this run needs about %s (the step's arena %s, the data %s, the "
+                   "trainer's buffers %s), more than --max-memory %s", megabytes(total, t, 32),
+                   megabytes(arena, a, 32), megabytes(data, b, 32), megabytes(driver, c, 32),
+                   megabytes((double)r->o->max_memory, m, 32));
+  if (!r->o->quiet)
+    fprintf(stderr, "memory: at most about %s (the step's arena %s, the data %s, the trainer's "
+            "buffers %s)\n", megabytes(total, t, 32), megabytes(arena, a, 32),
+            megabytes(data, b, 32), megabytes(driver, c, 32));
+  return 0;
+}
+
 static int train_data(Run *r) {
   const kiln_program *p = r->prog;
   const RtOptions *o = r->o;
@@ -900,6 +953,19 @@ static int train_data(Run *r) {
   if (!o->data_dir)
     return rt_errf(r->err, "model '%s' reads images and labels: pass --data DIR (e.g. "
                    "/usr/share/datasets/fashion-mnist)", p->model ? p->model : "?");
+  /* The headers first: how much the run will hold, before any of it is read. */
+  if (rt_dataset_load(o->data_dir, "train", 0, &train, r->err) ||
+      rt_dataset_load(o->data_dir, "t10k", 0, &test, r->err))
+    goto done;
+  int64_t use_train = train.images.dims[0], use_test = test.images.dims[0];
+  if (o->limit_train > 0 && o->limit_train < use_train)
+    use_train = o->limit_train;
+  if (o->limit_test > 0 && o->limit_test < use_test)
+    use_test = o->limit_test;
+  if (memory_plan(r, use_train, use_test, train.images.item))
+    goto done;
+  rt_dataset_free(&train);
+  rt_dataset_free(&test);
   /* Only the examples the run uses are read (--limit-train, --limit-test). */
   if (rt_dataset_load(o->data_dir, "train", o->limit_train > 0 ? o->limit_train : -1, &train,
                       r->err) ||

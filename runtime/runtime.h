@@ -178,6 +178,7 @@ typedef struct RtOptions {
   int patience;           /* >0: early stopping (overrides the program's); 0: the program's */
   int threads;            /* threads the step runs on (at most the program's bound); 0: that bound */
   int profile;            /* print where the step's time went (the backend's profile_report) */
+  int64_t max_memory;       /* > 0: refuse to start a run estimated to need more bytes */
   double validation;        /* > 0: hold out this many training examples (a fraction when
                                < 1) as a validation split; early stopping uses 10% by default */
   const char *resume_path;  /* continue the run a resumable checkpoint stopped, or NULL */

@@ -1057,6 +1057,27 @@ START_TEST(options) {
   ck_assert_int_eq(c.o.patience, 4);
   ck_assert_str_eq(c.o.prog_name, "trainer");
 
+  /* The long-run options: checkpoints by steps or epochs, validation by count or fraction. */
+  ck_assert_int_eq(parse(&c, &out, &err, "--checkpoint-every", "2epochs", "--checkpoint-dir",
+                         "ck", "--keep-checkpoints", "5", "--resume", "r.st", "--validation",
+                         "0.25", "--max-memory", "1.5G", NULL), 0);
+  free(out), free(err);
+  ck_assert_int_eq(c.o.checkpoint_every, 2);
+  ck_assert_int_eq(c.o.checkpoint_epochs, 1);
+  ck_assert_str_eq(c.o.checkpoint_dir, "ck");
+  ck_assert_int_eq(c.o.keep_checkpoints, 5);
+  ck_assert_str_eq(c.o.resume_path, "r.st");
+  ck_assert_double_eq(c.o.validation, 0.25);
+  ck_assert_int_eq(c.o.max_memory, 1610612736);
+  ck_assert_int_eq(parse(&c, &out, &err, "--checkpoint-every", "300", "--validation", "5000",
+                         NULL), 0);
+  free(out), free(err);
+  ck_assert_int_eq(c.o.checkpoint_every, 300);
+  ck_assert_int_eq(c.o.checkpoint_epochs, 0);
+  ck_assert_str_eq(c.o.checkpoint_dir, "checkpoints");
+  ck_assert_int_eq(c.o.keep_checkpoints, 3);
+  ck_assert_double_eq(c.o.validation, 5000);
+
   ck_assert_int_eq(parse(&c, &out, &err, NULL), 0);
   ck_assert_ptr_null(c.o.data_dir);
   ck_assert_int_eq(c.o.epochs, 0);
@@ -1081,6 +1102,17 @@ START_TEST(options) {
       {"--limit-test", "x", "--limit-test: expected a positive count, got 'x'"},
       {"--patience", "0", "--patience: expected a positive number of epochs, got '0'"},
       {"--data", "", "option --data needs a non-empty value"},
+      {"--checkpoint-every", "0", "--checkpoint-every: expected a positive count, got '0'"},
+      {"--checkpoint-every", "2days", "--checkpoint-every: expected a number of steps (500) or "
+                                      "epochs (1epochs), got '2days'"},
+      {"--keep-checkpoints", "0", "--keep-checkpoints: expected a positive count, got '0'"},
+      {"--validation", "1", "--validation: expected a number of examples or a fraction between "
+                            "0 and 1, got '1'"},
+      {"--validation", "2.5", "got '2.5'"},
+      {"--validation", "-0.1", "got '-0.1'"},
+      {"--max-memory", "2T", "--max-memory: expected a size in bytes, or with K, M or G (2G), "
+                             "got '2T'"},
+      {"--max-memory", "0", "got '0'"},
       {"--frobnicate", "1", "trainer: error: unknown option '--frobnicate' (see --help)\n"},
       {"stray", NULL, "trainer: error: unexpected argument 'stray' (see --help)\n"},
       {"--save", NULL, "trainer: error: option --save needs a value\n"},
@@ -1590,7 +1622,10 @@ START_TEST(train_errors) {
                                           {"train-labels-idx1-ubyte.gz: the label of example 2 "
                                            "is 2, outside the model's 2 classes (0 to 1)"},
                                           {"input 'image' has no data: a trainer feeds an input "
-                                           "from the dataset"}};
+                                           "from the dataset"},
+                                          {"this run needs about 0.0 MiB (the step's arena 0.0 "
+                                           "MiB, the data 0.0 MiB, the trainer's buffers 0.0 "
+                                           "MiB), more than --max-memory 0.0 MiB"}};
   static const kiln_entry no_train[] = {{"eval", NULL}, {"valid", NULL}};
   static const kiln_entry two_evals[] = {{"eval", NULL}, {"eval", NULL}};
   static const kiln_setting bad_setting[] = {{"epochs", "many"}};
@@ -1618,6 +1653,7 @@ START_TEST(train_errors) {
     case 17: ts[T_LABEL].scale = 0; break;
     case 18: ts[T_EVAL_OUT].dims[1] = 2; break;
     case 19: ts[T_IMAGE].feed = NULL; break;
+    case 20: o.max_memory = 16; break;
     }
     fake_init(&f, &p);
     f.fail_at = i == 2 ? 3 : 0;
