@@ -18,24 +18,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "process_harness.h"
 #include "runtime.h"
 
 #define KILN KILN_BINARY_DIR "/kiln"
 #define EX KILN_SOURCE_DIR "/examples/"
 #define DATA "/usr/share/datasets/fashion-mnist"
 
-static char tmpdir[256];
-
-static void make_tmpdir(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/kiln_cli_XXXXXX");
-  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void remove_tmpdir(void) {
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  ck_assert_int_eq(system(cmd), 0);
-}
 
 /* Runs a shell command line, capturing stdout and stderr; returns the exit status. */
 static int run(const char *cmdline, char **out, char **err) {
@@ -981,18 +970,4 @@ static Suite *cli_suite(void) {
   return s;
 }
 
-int main(void) {
-  /* Every kiln this run starts keeps its compiled programs here, not in the user's cache. */
-  char cache[] = "/tmp/kiln_cli_cache_XXXXXX";
-  if (!mkdtemp(cache) || setenv("XDG_CACHE_HOME", cache, 1) != 0)
-    return EXIT_FAILURE;
-  SRunner *sr = srunner_create(cli_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
-  if (system(cmd) != 0)
-    failed++;
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return run_with_private_cache(cli_suite()); }

@@ -16,22 +16,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "process_harness.h"
+
 #define KILN KILN_BINARY_DIR "/kiln"
 #define EX KILN_SOURCE_DIR "/examples/"
 #define DATA "/usr/share/datasets/fashion-mnist"
-
-static char tmpdir[256];
-
-static void make_tmpdir(void) {
-  snprintf(tmpdir, sizeof tmpdir, "/tmp/kiln_resume_XXXXXX");
-  ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-}
-
-static void remove_tmpdir(void) {
-  char cmd[512];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-  ck_assert_int_eq(system(cmd), 0);
-}
 
 static char *path_in(const char *name) {
   static char bufs[8][512];
@@ -329,17 +318,4 @@ static Suite *resume_suite(void) {
   return s;
 }
 
-int main(void) {
-  char cache[] = "/tmp/kiln_resume_cache_XXXXXX";
-  if (!mkdtemp(cache) || setenv("XDG_CACHE_HOME", cache, 1) != 0)
-    return EXIT_FAILURE;
-  SRunner *sr = srunner_create(resume_suite());
-  srunner_run_all(sr, CK_NORMAL);
-  int failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  char cmd[128];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
-  if (system(cmd) != 0)
-    failed++;
-  return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+int main(void) { return run_with_private_cache(resume_suite()); }
