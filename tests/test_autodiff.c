@@ -308,6 +308,27 @@ END_TEST
 START_TEST(vjp_tanh) { check_unary(OP_TANH, (Fill){0, -2, 2, false, NULL}); }
 END_TEST
 
+/* The elementwise math of the seed chapters (sign: zero away from 0; softplus on both sides of
+ * its threshold; maximum: random operands, so no ties). */
+START_TEST(vjp_sin) { check_unary(OP_SIN, (Fill){0, -3, 3, false, NULL}); }
+END_TEST
+START_TEST(vjp_cos) { check_unary(OP_COS, (Fill){0, -3, 3, false, NULL}); }
+END_TEST
+START_TEST(vjp_atan) { check_unary(OP_ATAN, (Fill){0, -3, 3, false, NULL}); }
+END_TEST
+START_TEST(vjp_erf) { check_unary(OP_ERF, (Fill){0, -2, 2, false, NULL}); }
+END_TEST
+START_TEST(vjp_sign) { check_unary(OP_SIGN, (Fill){0, 0.1, 2, false, NULL}); }
+END_TEST
+START_TEST(vjp_softplus) { check_unary(OP_SOFTPLUS, (Fill){0, -3, 3, false, NULL}); }
+END_TEST
+START_TEST(vjp_softplus_above_threshold) {
+  check_unary(OP_SOFTPLUS, (Fill){0, 21, 25, false, NULL});
+}
+END_TEST
+START_TEST(vjp_maximum) { check_binary(OP_MAXIMUM, SHAPE(3, 1, 4), SHAPE(2, 4), false); }
+END_TEST
+
 START_TEST(vjp_leaky_relu) {
   rng_state = 30;
   int x = leaf("x", SHAPE(3, 4));
@@ -764,6 +785,14 @@ static Suite *suite(void) {
   tcase_set_timeout(tw, 60);
   tcase_add_test(tw, vjp_sigmoid);
   tcase_add_test(tw, vjp_tanh);
+  tcase_add_test(tw, vjp_sin);
+  tcase_add_test(tw, vjp_cos);
+  tcase_add_test(tw, vjp_atan);
+  tcase_add_test(tw, vjp_erf);
+  tcase_add_test(tw, vjp_sign);
+  tcase_add_test(tw, vjp_softplus);
+  tcase_add_test(tw, vjp_softplus_above_threshold);
+  tcase_add_test(tw, vjp_maximum);
   tcase_add_test(tw, vjp_leaky_relu);
   tcase_add_test(tw, vjp_leaky_relu_grad);
   tcase_add_test(tw, vjp_softmax_axis0);

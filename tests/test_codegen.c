@@ -221,6 +221,24 @@ START_TEST(unary_ops) {
 }
 END_TEST
 
+/* The seed chapters' elementwise math on both signs (and maximum against a broadcast row): the
+ * generated expressions against the reference kernels, in f32 and f64. */
+START_TEST(math_ops_mixed_signs) {
+  static const Op ops[] = {OP_SIN, OP_COS, OP_ATAN, OP_ERF, OP_SIGN, OP_SOFTPLUS};
+  DType dt = _i ? DT_F64 : DT_F32;
+  int x = input("x", dt, S2(B_(2), C_(7)));
+  int row = input("row", dt, S1(C_(7)));
+  for (size_t i = 0; i < sizeof ops / sizeof *ops; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "y.%s", op_names[ops[i]]);
+    out(name, ir_unary(g, ops[i], x, L0));
+  }
+  out("y.maximum", ir_binary(g, OP_MAXIMUM, x, row, L0));
+  out("y.maximum_swapped", ir_binary(g, OP_MAXIMUM, row, x, L0));
+  compare_grad(5, -3.0, 3.0);
+}
+END_TEST
+
 START_TEST(relu_and_relu_grad_mixed_signs) {
   int x = input("x", DT_F32, S2(B_(1), C_(9)));
   int dy = input("dy", DT_F32, S2(B_(1), C_(9)));
@@ -2207,6 +2225,7 @@ static Suite *suite(void) {
   tcase_set_timeout(tc, 300);
   tcase_add_loop_test(tc, binary_ops_broadcasting, 0, 2);
   tcase_add_loop_test(tc, unary_ops, 0, 2);
+  tcase_add_loop_test(tc, math_ops_mixed_signs, 0, 2);
   tcase_add_test(tc, relu_and_relu_grad_mixed_signs);
   tcase_add_loop_test(tc, reductions, 0, 2);
   tcase_add_loop_test(tc, sum_to_and_expand, 0, 2);

@@ -185,6 +185,27 @@ END_TEST
 START_TEST(jvp_tanh) { check_unary(OP_TANH, (Fill){0, -2, 2, false, NULL}); }
 END_TEST
 
+/* The elementwise math of the seed chapters (sign: zero away from 0; softplus on both sides of
+ * its threshold; maximum: random operands, so no ties). */
+START_TEST(jvp_sin) { check_unary(OP_SIN, (Fill){0, -3, 3, false, NULL}); }
+END_TEST
+START_TEST(jvp_cos) { check_unary(OP_COS, (Fill){0, -3, 3, false, NULL}); }
+END_TEST
+START_TEST(jvp_atan) { check_unary(OP_ATAN, (Fill){0, -3, 3, false, NULL}); }
+END_TEST
+START_TEST(jvp_erf) { check_unary(OP_ERF, (Fill){0, -2, 2, false, NULL}); }
+END_TEST
+START_TEST(jvp_sign) { check_unary(OP_SIGN, (Fill){0, 0.1, 2, false, NULL}); }
+END_TEST
+START_TEST(jvp_softplus) { check_unary(OP_SOFTPLUS, (Fill){0, -3, 3, false, NULL}); }
+END_TEST
+START_TEST(jvp_softplus_above_threshold) {
+  check_unary(OP_SOFTPLUS, (Fill){0, 21, 25, false, NULL});
+}
+END_TEST
+START_TEST(jvp_maximum) { check_binary(OP_MAXIMUM, SHAPE(3, 1, 4), SHAPE(2, 4), false); }
+END_TEST
+
 /* relu_grad and leaky_relu_grad: linear in dy (broadcast [4] into [3,4] too), zero a.e. in x. */
 START_TEST(jvp_relu_grads) {
   rng_state = 9;
@@ -772,6 +793,14 @@ static Suite *suite(void) {
   tcase_add_test(tc, jvp_relu);
   tcase_add_test(tc, jvp_sigmoid);
   tcase_add_test(tc, jvp_tanh);
+  tcase_add_test(tc, jvp_sin);
+  tcase_add_test(tc, jvp_cos);
+  tcase_add_test(tc, jvp_atan);
+  tcase_add_test(tc, jvp_erf);
+  tcase_add_test(tc, jvp_sign);
+  tcase_add_test(tc, jvp_softplus);
+  tcase_add_test(tc, jvp_softplus_above_threshold);
+  tcase_add_test(tc, jvp_maximum);
   tcase_add_test(tc, jvp_relu_grads);
   tcase_add_test(tc, jvp_leaky_relu);
   tcase_add_test(tc, jvp_reductions);

@@ -110,6 +110,58 @@ def check_gradients(model_name, module, batch, tmp):
             close(f"{model_name} {runtime} {name}", g[name].double(), p.grad.double(), 1e-3, 1e-5)
 
 
+# The elementwise toolbox against torch, value and gradient in float64, at points that include
+# the corners of each definition: 0, ties of min/max, both clamp bounds, softplus's threshold.
+XS = [-3.0, -1.0, -0.4, 0.0, 0.0, 0.3, 0.4, 1.0, 2.5, 20.0, 21.0, -0.5, 0.7]
+YS = [-3.0, 0.5, -0.4, 0.0, 1.0, -2.0, 0.4, 1.0, 3.0, 19.0, 22.0, -0.5, -0.7]
+ELEMENTWISE = [
+    ("sin(x)", lambda x, y: torch.sin(x)),
+    ("cos(x)", lambda x, y: torch.cos(x)),
+    ("tan(x)", lambda x, y: torch.tan(x)),
+    ("atan(x)", lambda x, y: torch.atan(x)),
+    ("erf(x)", lambda x, y: torch.erf(x)),
+    ("abs(x)", lambda x, y: torch.abs(x)),
+    ("sign(x)", lambda x, y: torch.sign(x)),
+    ("step(x)", lambda x, y: (x > 0).double()),
+    ("softplus(x)", lambda x, y: F.softplus(x)),
+    ("gelu(x)", lambda x, y: F.gelu(x)),
+    ("elu(x)", lambda x, y: F.elu(x)),
+    ("elu(x, alpha=0.5)", lambda x, y: F.elu(x, alpha=0.5)),
+    ("clamp(x, min=-0.4, max=0.4)", lambda x, y: torch.clamp(x, -0.4, 0.4)),
+    ("clamp(x, min=0)", lambda x, y: torch.clamp(x, min=0)),
+    ("clamp(x, max=1)", lambda x, y: torch.clamp(x, max=1)),
+    ("max(x, y)", lambda x, y: torch.maximum(x, y)),
+    ("min(x, y)", lambda x, y: torch.minimum(x, y)),
+    ("max(x, 0.4)", lambda x, y: torch.maximum(x, torch.tensor(0.4, dtype=torch.float64))),
+]
+
+
+def check_elementwise(tmp):
+    n = len(XS)
+    weights = [0.5 + 0.1 * i for i in range(n)]
+    for text, fn in ELEMENTWISE:
+        model = f"{tmp}/ew.kiln"
+        with open(model, "w") as f:
+            f.write(f"const c: f64[1, {n}] = [{weights}]\n"
+                    f"param x: f64[1, {n}] = 0\nparam y: f64[1, {n}] = 0\n"
+                    f"loss = sum({text} * c) + 0 * sum(y)\nminimize loss\n")
+        x = torch.tensor([XS], dtype=torch.float64, requires_grad=True)
+        y = torch.tensor([YS], dtype=torch.float64, requires_grad=True)
+        loss = (fn(x, y) * torch.tensor([weights], dtype=torch.float64)).sum() + 0 * y.sum()
+        loss.backward()
+        dx = x.grad if x.grad is not None else torch.zeros_like(x)  # step: no graph in torch
+        save_safetensors(f"{tmp}/p.safetensors", {"x": x.detach(), "y": y.detach()})
+        save_safetensors(f"{tmp}/i.safetensors", {})
+        for runtime in ("compiled", "reference"):
+            out = f"{tmp}/ew_{runtime}.safetensors"
+            run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs",
+                f"{tmp}/i.safetensors", "-o", out, "--runtime", runtime)
+            g = load_safetensors(out)
+            close(f"{text} {runtime[:3]} value", g["loss"].double(), loss.detach(), 1e-12, 1e-12)
+            close(f"{text} {runtime[:3]} d/dx", g["x"].double(), dx, 1e-12, 1e-12)
+            close(f"{text} {runtime[:3]} d/dy", g["y"].double(), y.grad, 1e-12, 1e-12)
+
+
 def check_second_order(model_name, module, batch, tmp):
     torch.manual_seed(4)
     for p in module.parameters():
@@ -267,6 +319,7 @@ def main():
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         check_optimizers(tmp)
+        check_elementwise(tmp)
         check_gradients("mlp", MLP(), 16, tmp)
         check_gradients("mnist_cnn", MnistCNN(), 8, tmp)
         check_second_order("mlp", MLP(), 16, tmp)

@@ -30,6 +30,13 @@ const char *const cg_op_c[OP_COUNT] = {
     [OP_LEAKY_RELU] = "$a > 0 ? $a : $v * $a",
     [OP_LEAKY_RELU_GRAD] = "$a > 0 ? $b : $v * $b",
     [OP_BCE_LOGITS] = "($a > 0 ? $a : ($t)0) - $a * $b + log1p$f(exp$f(-fabs$f($a)))",
+    [OP_SIN] = "sin$f($a)",
+    [OP_COS] = "cos$f($a)",
+    [OP_ATAN] = "atan$f($a)",
+    [OP_ERF] = "erf$f($a)",
+    [OP_SIGN] = "$a > 0 ? ($t)1 : $a < 0 ? ($t)-1 : ($t)0",
+    [OP_SOFTPLUS] = "$a > 20 ? $a : log1p$f(exp$f($a))",
+    [OP_MAXIMUM] = "$a != $a || $a > $b ? $a : $b",
 };
 
 const char *cg_expand_template(Cg *cg, const char *tpl, const char *a, const char *b,

@@ -456,10 +456,59 @@ static Val binop(Lower *L, Op op, Val a, Loc la, Val b, Loc lb, Loc at) {
 
 static unsigned all_axes(int rank) { return rank ? (1u << rank) - 1 : 0; }
 
-/* unary: exp log neg sqrt relu */
+/* unary: exp log neg sqrt relu sin cos atan erf sign softplus ... */
 static Val fn_unary(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)layer;
   return (Val){ir_unary(L->g, f->op, tensor(L, args[0]), call->loc), 0};
+}
+
+/* The unary functions the layer library composes from primitives (nn.h). */
+static const struct {
+  const char *name;
+  int (*build)(Graph *g, int x, Loc loc);
+} composites[] = {{"abs", nn_abs}, {"step", nn_step}, {"tan", nn_tan}, {"gelu", nn_gelu}};
+
+static Val fn_composite(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = tensor(L, args[0]);
+  for (size_t i = 0; i < sizeof composites / sizeof *composites; i++)
+    if (!strcmp(composites[i].name, f->name))
+      return (Val){composites[i].build(L->g, x, call->loc), 0};
+  unreachable();
+}
+
+/* min(a, b), max(a, b): elementwise, broadcasting, numbers allowed on either side */
+static Val fn_extremum(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  Val a = lower_expr(L, args[0], NULL), b = lower_expr(L, args[1], NULL);
+  if (a.node < 0 && b.node < 0)
+    kiln_fail(call->loc, "%s needs at least one tensor argument", f->name);
+  DType dt = node(L, a.node >= 0 ? a.node : b.node)->dtype;
+  int x = as_tensor(L, a, dt, args[0]->loc), y = as_tensor(L, b, dt, args[1]->loc);
+  bool is_max = !strcmp(f->name, "max");
+  return (Val){is_max ? nn_maximum(L->g, x, y, call->loc) : nn_minimum(L->g, x, y, call->loc), 0};
+}
+
+/* clamp(x, min=-inf, max=inf), at least one bound given */
+static Val fn_clamp(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)f, (void)layer;
+  int x = tensor(L, args[0]);
+  if (!args[1] && !args[2])
+    kiln_fail(call->loc, "clamp: give 'min', 'max' or both");
+  double lo = args[1] ? fe_num_arg(L, args[1], "clamp: 'min'") : -INFINITY;
+  double hi = args[2] ? fe_num_arg(L, args[2], "clamp: 'max'") : INFINITY;
+  if (lo > hi)
+    kiln_fail(call->loc, "clamp: 'min' (%s) is larger than 'max' (%s)", fe_fmt_num(L, lo),
+              fe_fmt_num(L, hi));
+  return (Val){nn_clamp(L->g, x, lo, hi, call->loc), 0};
+}
+
+/* elu(x, alpha=1) */
+static Val fn_elu(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)f, (void)layer;
+  int x = tensor(L, args[0]);
+  double alpha = args[1] ? fe_num_arg(L, args[1], "elu: 'alpha'") : 1.0;
+  return (Val){nn_elu(L->g, x, alpha, call->loc), 0};
 }
 
 /* binary, broadcasting: add sub mul div pow (numbers allowed on either side) */
@@ -918,6 +967,20 @@ static const Func funcs[] = {
     {"sigmoid", fn_unary, OP_SIGMOID, NAMED_NO, 1, 1, {"x"}},
     {"tanh", fn_unary, OP_TANH, NAMED_NO, 1, 1, {"x"}},
     {"leaky_relu", fn_leaky_relu, OP_LEAKY_RELU, NAMED_NO, 1, 2, {"x", "slope"}},
+    {"sin", fn_unary, OP_SIN, NAMED_NO, 1, 1, {"x"}},
+    {"cos", fn_unary, OP_COS, NAMED_NO, 1, 1, {"x"}},
+    {"tan", fn_composite, OP_SIN, NAMED_NO, 1, 1, {"x"}},
+    {"atan", fn_unary, OP_ATAN, NAMED_NO, 1, 1, {"x"}},
+    {"erf", fn_unary, OP_ERF, NAMED_NO, 1, 1, {"x"}},
+    {"abs", fn_composite, OP_SIGN, NAMED_NO, 1, 1, {"x"}},
+    {"sign", fn_unary, OP_SIGN, NAMED_NO, 1, 1, {"x"}},
+    {"step", fn_composite, OP_SIGN, NAMED_NO, 1, 1, {"x"}},
+    {"softplus", fn_unary, OP_SOFTPLUS, NAMED_NO, 1, 1, {"x"}},
+    {"gelu", fn_composite, OP_ERF, NAMED_NO, 1, 1, {"x"}},
+    {"elu", fn_elu, OP_EXP, NAMED_NO, 1, 2, {"x", "alpha"}},
+    {"clamp", fn_clamp, OP_MAXIMUM, NAMED_NO, 1, 3, {"x", "min", "max"}},
+    {"min", fn_extremum, OP_MAXIMUM, NAMED_NO, 2, 2, {"a", "b"}},
+    {"max", fn_extremum, OP_MAXIMUM, NAMED_NO, 2, 2, {"a", "b"}},
     {"softmax", fn_softmax, OP_SOFTMAX, NAMED_NO, 1, 2, {"x", "axis"}},
     {"log_softmax", fn_softmax, OP_LOG_SOFTMAX, NAMED_NO, 1, 2, {"x", "axis"}},
     {"sum", fn_reduce, OP_SUM, NAMED_NO, 1, 3, {"x", "axes", "keepdims"}},

@@ -319,6 +319,25 @@ int ir_const(Graph *g, double value, DType dt, Loc loc) {
 
 int ir_unary(Graph *g, Op op, int x, Loc loc) { return ir_node(g, op, 1, &x, NULL, loc); }
 
+/* s + (1 - s) sigmoid(x) with s = step(x - 20) = relu(sign(x - 20)). */
+int ir_softplus_slope(Graph *g, int x, DType dt, Loc loc) {
+  int over = ir_binary(g, OP_SUB, x, ir_const(g, 20.0, dt, loc), loc);
+  int s = ir_unary(g, OP_RELU, ir_unary(g, OP_SIGN, over, loc), loc);
+  int below = ir_binary(g, OP_SUB, ir_const(g, 1.0, dt, loc), s, loc);
+  return ir_binary(g, OP_ADD, s,
+                   ir_binary(g, OP_MUL, below, ir_unary(g, OP_SIGMOID, x, loc), loc), loc);
+}
+
+/* relu(s) + share (1 - s^2), s = sign(a - b): 1, share or 0. */
+int ir_maximum_weight(Graph *g, int a, int b, double share, DType dt, Loc loc) {
+  int s = ir_unary(g, OP_SIGN, ir_binary(g, OP_SUB, a, b, loc), loc);
+  int w = ir_unary(g, OP_RELU, s, loc);
+  if (share == 0)
+    return w;
+  int tie = ir_binary(g, OP_SUB, ir_const(g, 1.0, dt, loc), ir_binary(g, OP_MUL, s, s, loc), loc);
+  return ir_binary(g, OP_ADD, w, ir_binary(g, OP_MUL, ir_const(g, share, dt, loc), tie, loc), loc);
+}
+
 int ir_binary(Graph *g, Op op, int a, int b, Loc loc) {
   int in[2] = {a, b};
   return ir_node(g, op, 2, in, NULL, loc);

@@ -202,6 +202,13 @@ int ir_node(Graph *g, Op op, int nin, const int *in, const Attr *a, Loc loc);
 int ir_const(Graph *g, double value, DType dt, Loc loc); /* scalar */
 int ir_unary(Graph *g, Op op, int x, Loc loc);
 int ir_binary(Graph *g, Op op, int a, int b, Loc loc);
+/* The derivative of maximum(a, b) with respect to a: 1 where a > b, `share` at a tie, else 0
+ * (with respect to b it is ir_maximum_weight(g, b, a, 1 - share)). Built from sign(a - b), whose
+ * own derivative is zero, so it serves reverse and forward mode alike. */
+int ir_maximum_weight(Graph *g, int a, int b, double share, DType dt, Loc loc);
+/* The derivative of softplus at x: sigmoid(x), and exactly 1 above the threshold, where softplus
+ * is x itself (PyTorch's). */
+int ir_softplus_slope(Graph *g, int x, DType dt, Loc loc);
 int ir_reduce(Graph *g, Op op, int x, unsigned axes, bool keepdims, Loc loc);
 int ir_reshape(Graph *g, int x, Shape s, Loc loc);
 int ir_matmul(Graph *g, int a, int b, bool ta, bool tb, Loc loc);

@@ -7,6 +7,7 @@
  * order, and the names, initialisers and fans of its leaves are what checkpoints, the generated
  * code and PyTorch compatibility depend on, so they are written once, here.
  */
+#include <math.h>
 #include <string.h>
 
 #include "nn/nn.h"
@@ -405,6 +406,71 @@ int nn_leaky_relu(Graph *g, int x, double slope, Loc loc) {
   memset(&a, 0, sizeof a);
   a.value = slope;
   return ir_node(g, OP_LEAKY_RELU, 1, &x, &a, loc);
+}
+
+/* maximum(a, b) whose gradient at a tie goes `share` to a. */
+static int maximum_sharing(Graph *g, int a, int b, double share, Loc loc) {
+  Attr at;
+  memset(&at, 0, sizeof at);
+  at.value = share;
+  int in[2] = {a, b};
+  return ir_node(g, OP_MAXIMUM, 2, in, &at, loc);
+}
+
+int nn_maximum(Graph *g, int a, int b, Loc loc) { return maximum_sharing(g, a, b, 0.5, loc); }
+
+/* -maximum(-a, -b): negation is exact, so this is the smaller of the two to the bit. */
+int nn_minimum(Graph *g, int a, int b, Loc loc) {
+  int na = ir_unary(g, OP_NEG, a, loc), nb = ir_unary(g, OP_NEG, b, loc);
+  return ir_unary(g, OP_NEG, nn_maximum(g, na, nb, loc), loc);
+}
+
+/* x at a tie with either bound keeps the whole gradient (share 1 to x). An infinite bound is
+ * no bound (clamp(x, min=0) has none above). */
+int nn_clamp(Graph *g, int x, double lo, double hi, Loc loc) {
+  DType dt = ir_at(g, x)->dtype;
+  if (isfinite(lo))
+    x = maximum_sharing(g, x, ir_const(g, lo, dt, loc), 1.0, loc);
+  if (isfinite(hi)) {
+    int top = maximum_sharing(g, ir_unary(g, OP_NEG, x, loc), ir_const(g, -hi, dt, loc), 1.0, loc);
+    x = ir_unary(g, OP_NEG, top, loc);
+  }
+  return x;
+}
+
+/* x sign(x): exact (a product by 1, 0 or -1), and its gradient is sign(x), 0 at 0. */
+int nn_abs(Graph *g, int x, Loc loc) {
+  return ir_binary(g, OP_MUL, x, ir_unary(g, OP_SIGN, x, loc), loc);
+}
+
+int nn_step(Graph *g, int x, Loc loc) {
+  return ir_unary(g, OP_RELU, ir_unary(g, OP_SIGN, x, loc), loc);
+}
+
+int nn_tan(Graph *g, int x, Loc loc) {
+  return ir_binary(g, OP_DIV, ir_unary(g, OP_SIN, x, loc), ir_unary(g, OP_COS, x, loc), loc);
+}
+
+/* Two branches joined by a step mask s = step(x): y = s x + (1 - s) alpha (e^min(x, 0) - 1).
+ * The exponent is clamped at 0 so the unused branch stays finite, and min(x, 0) gives x the
+ * whole gradient at the tie, so that at x = 0 the gradient is alpha, PyTorch's (its negative
+ * branch); relu(x) + alpha (e^(-relu(-x)) - 1) would give 0 there. */
+int nn_elu(Graph *g, int x, double alpha, Loc loc) {
+  DType dt = ir_at(g, x)->dtype;
+  int s = nn_step(g, x, loc), one = ir_const(g, 1.0, dt, loc);
+  int nonpos = ir_unary(g, OP_NEG, maximum_sharing(g, ir_unary(g, OP_NEG, x, loc),
+                                                   ir_const(g, 0.0, dt, loc), 1.0, loc), loc);
+  int e = ir_binary(g, OP_SUB, ir_unary(g, OP_EXP, nonpos, loc), one, loc);
+  int branch = ir_binary(g, OP_MUL, ir_const(g, alpha, dt, loc), e, loc);
+  return ir_binary(g, OP_ADD, ir_binary(g, OP_MUL, s, x, loc),
+                   ir_binary(g, OP_MUL, ir_binary(g, OP_SUB, one, s, loc), branch, loc), loc);
+}
+
+int nn_gelu(Graph *g, int x, Loc loc) {
+  DType dt = ir_at(g, x)->dtype;
+  int scaled = ir_binary(g, OP_MUL, x, ir_const(g, 0.7071067811865476, dt, loc), loc);
+  int cdf = ir_binary(g, OP_ADD, ir_const(g, 1.0, dt, loc), ir_unary(g, OP_ERF, scaled, loc), loc);
+  return ir_binary(g, OP_MUL, ir_binary(g, OP_MUL, ir_const(g, 0.5, dt, loc), x, loc), cdf, loc);
 }
 
 int nn_concat(Graph *g, int n, const int *xs, int axis, Loc loc) {

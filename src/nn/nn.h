@@ -143,6 +143,23 @@ int nn_flatten(Graph *g, int x, Loc loc);
 int nn_softmax(Graph *g, int x, int axis, bool log, Loc loc);
 /* x > 0 ? x : slope * x */
 int nn_leaky_relu(Graph *g, int x, double slope, Loc loc);
+
+/* The elementwise toolbox of the seed chapters, from the primitives (ops.def), each with
+ * PyTorch's definition and gradient:
+ *   maximum / minimum   torch.maximum / minimum: at a tie the gradient is split evenly
+ *   clamp(x, lo, hi)    torch.clamp: the gradient passes where lo <= x <= hi (both bounds kept)
+ *   abs, step           |x| (gradient sign x, 0 at 0); x > 0 ? 1 : 0 (gradient 0)
+ *   tan                 sin x / cos x
+ *   elu(alpha)          x > 0 ? x : alpha (e^x - 1); gradient alpha at 0, as PyTorch
+ *   gelu                x/2 (1 + erf(x / sqrt 2)), PyTorch's exact form */
+int nn_maximum(Graph *g, int a, int b, Loc loc);
+int nn_minimum(Graph *g, int a, int b, Loc loc);
+int nn_clamp(Graph *g, int x, double lo, double hi, Loc loc);
+int nn_abs(Graph *g, int x, Loc loc);
+int nn_step(Graph *g, int x, Loc loc);
+int nn_tan(Graph *g, int x, Loc loc);
+int nn_elu(Graph *g, int x, double alpha, Loc loc);
+int nn_gelu(Graph *g, int x, Loc loc);
 /* xs[0..n) joined along axis, pairwise left to right (n >= 1). */
 int nn_concat(Graph *g, int n, const int *xs, int axis, Loc loc);
 

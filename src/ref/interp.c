@@ -366,6 +366,17 @@ static double f_bce_logits(double x, double t) {
 
 static int k_sigmoid(Interp *it, const Node *n) { return unary(it, n, f_sigmoid); }
 static int k_tanh(Interp *it, const Node *n) { return unary(it, n, tanh); }
+
+static double f_sign(double x) { return x > 0 ? 1.0 : x < 0 ? -1.0 : 0.0; }
+static double f_softplus(double x) { return x > 20 ? x : log1p(exp(x)); }
+static double f_maximum(double a, double b) { return a != a || a > b ? a : b; }
+static int k_sin(Interp *it, const Node *n) { return unary(it, n, sin); }
+static int k_cos(Interp *it, const Node *n) { return unary(it, n, cos); }
+static int k_atan(Interp *it, const Node *n) { return unary(it, n, atan); }
+static int k_erf(Interp *it, const Node *n) { return unary(it, n, erf); }
+static int k_sign(Interp *it, const Node *n) { return unary(it, n, f_sign); }
+static int k_softplus(Interp *it, const Node *n) { return unary(it, n, f_softplus); }
+static int k_maximum(Interp *it, const Node *n) { return binary(it, n, f_maximum); }
 static int k_bce_logits(Interp *it, const Node *n) { return binary(it, n, f_bce_logits); }
 
 static int k_leaky_relu(Interp *it, const Node *n) {
@@ -712,6 +723,13 @@ static const RefKernel ref_kernels[OP_COUNT] = {
     [OP_CROSS_ENTROPY_GRAD] = k_cross_entropy_grad,
     [OP_SIGMOID] = k_sigmoid,
     [OP_TANH] = k_tanh,
+    [OP_SIN] = k_sin,
+    [OP_COS] = k_cos,
+    [OP_ATAN] = k_atan,
+    [OP_ERF] = k_erf,
+    [OP_SIGN] = k_sign,
+    [OP_SOFTPLUS] = k_softplus,
+    [OP_MAXIMUM] = k_maximum,
     [OP_LEAKY_RELU] = k_leaky_relu,
     [OP_LEAKY_RELU_GRAD] = k_leaky_relu_grad,
     [OP_SOFTMAX] = k_softmax,

@@ -496,6 +496,9 @@ static const bool fusible[OP_COUNT] = {
     [OP_EXP] = true,        [OP_LOG] = true,         [OP_SQRT] = true,
     [OP_RELU] = true,       [OP_RELU_GRAD] = true,   [OP_SIGMOID] = true,
     [OP_TANH] = true,       [OP_LEAKY_RELU] = true,  [OP_LEAKY_RELU_GRAD] = true,
+    [OP_SIN] = true,        [OP_COS] = true,         [OP_ATAN] = true,
+    [OP_ERF] = true,        [OP_SIGN] = true,        [OP_SOFTPLUS] = true,
+    [OP_MAXIMUM] = true,
     [OP_EXPAND] = true,     /* a broadcast read, such as batch norm's per-channel gradient terms */
 };
 

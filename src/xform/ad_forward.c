@@ -193,6 +193,45 @@ static int jvp_tanh(FwdCtx *c, const Node *n) {
   return mul(c, n, td(c, n, 0), sub(c, n, cnst(c, n, 1.0), mul(c, n, n->id, n->id)));
 }
 
+static int jvp_sin(FwdCtx *c, const Node *n) {
+  return mul(c, n, td(c, n, 0), ir_unary(c->g, OP_COS, n->in[0], n->loc));
+}
+
+static int jvp_cos(FwdCtx *c, const Node *n) {
+  return neg(c, n, mul(c, n, td(c, n, 0), ir_unary(c->g, OP_SIN, n->in[0], n->loc)));
+}
+
+/* ẋ / (1 + x²) */
+static int jvp_atan(FwdCtx *c, const Node *n) {
+  int x = n->in[0];
+  return dvd(c, n, td(c, n, 0),
+             ir_binary(c->g, OP_ADD, cnst(c, n, 1.0), mul(c, n, x, x), n->loc));
+}
+
+/* ẋ 2/√π e^(-x²) */
+static int jvp_erf(FwdCtx *c, const Node *n) {
+  int x = n->in[0];
+  int e = ir_unary(c->g, OP_EXP, neg(c, n, mul(c, n, x, x)), n->loc);
+  return mul(c, n, td(c, n, 0), mul(c, n, cnst(c, n, 1.1283791670955126), e));
+}
+
+static int jvp_softplus(FwdCtx *c, const Node *n) {
+  return mul(c, n, td(c, n, 0), ir_softplus_slope(c->g, n->in[0], n->dtype, n->loc));
+}
+
+/* ȧ w_a + ḃ w_b, the weights of the reverse rule */
+static int jvp_maximum(FwdCtx *c, const Node *n) {
+  int a = n->in[0], b = n->in[1], t = -1;
+  double share = n->attr.value;
+  if (td(c, n, 0) >= 0)
+    t = plus(c, n, t, mul(c, n, td(c, n, 0),
+                          ir_maximum_weight(c->g, a, b, share, n->dtype, n->loc)));
+  if (td(c, n, 1) >= 0)
+    t = plus(c, n, t, mul(c, n, td(c, n, 1),
+                          ir_maximum_weight(c->g, b, a, 1 - share, n->dtype, n->loc)));
+  return t;
+}
+
 static int jvp_leaky_relu(FwdCtx *c, const Node *n) {
   Attr a = {0};
   a.value = n->attr.value;
@@ -293,6 +332,13 @@ static const JvpRule jvp_rules[OP_COUNT] = {
     [OP_CROSS_ENTROPY_GRAD] = jvp_cross_entropy_grad,
     [OP_SIGMOID] = jvp_sigmoid,
     [OP_TANH] = jvp_tanh,
+    [OP_SIN] = jvp_sin,
+    [OP_COS] = jvp_cos,
+    [OP_ATAN] = jvp_atan,
+    [OP_ERF] = jvp_erf,
+    [OP_SIGN] = jvp_zero,
+    [OP_SOFTPLUS] = jvp_softplus,
+    [OP_MAXIMUM] = jvp_maximum,
     [OP_LEAKY_RELU] = jvp_leaky_relu,
     [OP_LEAKY_RELU_GRAD] = jvp_relu_grad,
     [OP_SOFTMAX] = jvp_softmax,

@@ -198,6 +198,40 @@ static void vjp_tanh(AdCtx *c, const Node *n, int dy) {
   give(c, n, 0, mul(c, n, dy, sub(c, n, cnst(c, n, 1.0), mul(c, n, n->id, n->id))));
 }
 
+static void vjp_sin(AdCtx *c, const Node *n, int dy) {
+  give(c, n, 0, mul(c, n, dy, ir_unary(c->g, OP_COS, n->in[0], n->loc)));
+}
+
+static void vjp_cos(AdCtx *c, const Node *n, int dy) {
+  give(c, n, 0, neg(c, n, mul(c, n, dy, ir_unary(c->g, OP_SIN, n->in[0], n->loc))));
+}
+
+/* dy / (1 + x^2) */
+static void vjp_atan(AdCtx *c, const Node *n, int dy) {
+  int x = n->in[0];
+  give(c, n, 0, dvd(c, n, dy, ir_binary(c->g, OP_ADD, cnst(c, n, 1.0), mul(c, n, x, x), n->loc)));
+}
+
+/* dy 2/sqrt(pi) e^(-x^2) */
+static void vjp_erf(AdCtx *c, const Node *n, int dy) {
+  int x = n->in[0];
+  int e = ir_unary(c->g, OP_EXP, neg(c, n, mul(c, n, x, x)), n->loc);
+  give(c, n, 0, mul(c, n, dy, mul(c, n, cnst(c, n, 1.1283791670955126), e)));
+}
+
+static void vjp_softplus(AdCtx *c, const Node *n, int dy) {
+  give(c, n, 0, mul(c, n, dy, ir_softplus_slope(c->g, n->in[0], n->dtype, n->loc)));
+}
+
+static void vjp_maximum(AdCtx *c, const Node *n, int dy) {
+  int a = n->in[0], b = n->in[1];
+  double share = n->attr.value;
+  if (wants(c, n, 0))
+    give(c, n, 0, mul(c, n, dy, ir_maximum_weight(c->g, a, b, share, n->dtype, n->loc)));
+  if (wants(c, n, 1))
+    give(c, n, 1, mul(c, n, dy, ir_maximum_weight(c->g, b, a, 1 - share, n->dtype, n->loc)));
+}
+
 static int leaky_relu_grad(AdCtx *c, const Node *n, int x, int dy) {
   Attr a = {0};
   a.value = n->attr.value;
@@ -397,6 +431,13 @@ static const VjpRule vjp_rules[OP_COUNT] = {
     [OP_CROSS_ENTROPY] = vjp_cross_entropy,
     [OP_SIGMOID] = vjp_sigmoid,
     [OP_TANH] = vjp_tanh,
+    [OP_SIN] = vjp_sin,
+    [OP_COS] = vjp_cos,
+    [OP_ATAN] = vjp_atan,
+    [OP_ERF] = vjp_erf,
+    [OP_SIGN] = vjp_nothing,
+    [OP_SOFTPLUS] = vjp_softplus,
+    [OP_MAXIMUM] = vjp_maximum,
     [OP_LEAKY_RELU] = vjp_leaky_relu,
     [OP_LEAKY_RELU_GRAD] = vjp_leaky_relu_grad,
     [OP_SOFTMAX] = vjp_softmax,
