@@ -274,6 +274,47 @@ END_TEST
 
 static const double label_values[4] = {2, 0, 1, 2};
 
+/* gather along each axis (an index with repeats, so the adjoint must add) and its adjoint,
+ * which is linear in dy; the index is data, with no derivative. */
+static const double gather_index[] = {2, 0, 2, 1, 0, 0};
+START_TEST(vjp_gather) {
+  rng_state = 31;
+  int x = leaf("x", SHAPE(3, 4));
+  int ix = input("ix", DT_I32, SHAPE(3, 2));
+  Fill w[1] = {{x, -2, 2, false, NULL}};
+  Fill f[1] = {{ix, 0, 0, false, gather_index}};
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.axis = 1;
+  gradcheck(ir_node(g, OP_GATHER, 2, (int[]){x, ix}, &a, L0), w, 1, f, 1);
+}
+END_TEST
+
+START_TEST(vjp_gather_axis0) {
+  rng_state = 32;
+  int x = leaf("x", SHAPE(3, 2));
+  int ix = input("ix", DT_I32, SHAPE(3, 2));
+  Fill w[1] = {{x, -2, 2, false, NULL}};
+  Fill f[1] = {{ix, 0, 0, false, gather_index}};
+  Attr a;
+  memset(&a, 0, sizeof a);
+  gradcheck(ir_node(g, OP_GATHER, 2, (int[]){x, ix}, &a, L0), w, 1, f, 1);
+}
+END_TEST
+
+START_TEST(vjp_gather_grad) {
+  rng_state = 33;
+  int dy = leaf("dy", SHAPE(3, 2)), like = leaf("like", SHAPE(3, 4));
+  int ix = input("ix", DT_I32, SHAPE(3, 2));
+  Fill w[1] = {{dy, -2, 2, false, NULL}};
+  Fill f[2] = {{ix, 0, 0, false, gather_index}, {like, -1, 1, false, NULL}};
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.axis = 1;
+  gradcheck(ir_node(g, OP_GATHER_GRAD, 3, (int[]){dy, ix, like}, &a, L0), w, 1, f, 2);
+}
+END_TEST
+
 START_TEST(vjp_cross_entropy) {
   rng_state = 21;
   int z = leaf("z", SHAPE(4, 3));
@@ -785,6 +826,9 @@ static Suite *suite(void) {
   tcase_set_timeout(tw, 60);
   tcase_add_test(tw, vjp_sigmoid);
   tcase_add_test(tw, vjp_tanh);
+  tcase_add_test(tw, vjp_gather);
+  tcase_add_test(tw, vjp_gather_axis0);
+  tcase_add_test(tw, vjp_gather_grad);
   tcase_add_test(tw, vjp_sin);
   tcase_add_test(tw, vjp_cos);
   tcase_add_test(tw, vjp_atan);

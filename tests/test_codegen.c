@@ -381,6 +381,31 @@ START_TEST(cross_entropy_and_grad) {
 }
 END_TEST
 
+/* Indexing by integer tensors, whose values here run 0..4: along an axis of 4, the index 4 is
+ * out of range and must give NaN (gather, one_hot) or be skipped (gather's adjoint), the same in
+ * both runtimes. Gathers along the batch axis and along an inner one. */
+START_TEST(gather_and_one_hot) {
+  DType dt = _i ? DT_F64 : DT_F32;
+  int x = input("x", dt, S3(B_(1), C_(4), C_(3)));
+  int ix1 = input("ix1", DT_I32, S3(B_(1), C_(2), C_(3)));
+  int ix2 = input("ix2", DT_I32, S3(B_(1), C_(4), C_(5)));
+  int lab = input("label", DT_I32, S2(B_(1), C_(3)));
+  int dy = input("dy", dt, S3(B_(1), C_(2), C_(3)));
+  Attr a1, a2;
+  memset(&a1, 0, sizeof a1);
+  memset(&a2, 0, sizeof a2);
+  a1.axis = 1, a2.axis = 2;
+  out("g1", ir_node(g, OP_GATHER, 2, (int[]){x, ix1}, &a1, L0));
+  out("g2", ir_node(g, OP_GATHER, 2, (int[]){x, ix2}, &a2, L0));
+  out("gg", ir_node(g, OP_GATHER_GRAD, 3, (int[]){dy, ix1, x}, &a1, L0));
+  Attr oh;
+  memset(&oh, 0, sizeof oh);
+  oh.len = 4, oh.dtype = dt;
+  out("oh", ir_node(g, OP_ONE_HOT, 1, &lab, &oh, L0));
+  compare_grad(5, -2.0, 2.0);
+}
+END_TEST
+
 /* Issue-3 elementwise ops and transpose: compared once the reference runtime has their kernels. */
 START_TEST(activations_and_transpose) {
   static const Op ops[] = {OP_SIGMOID, OP_TANH, OP_LEAKY_RELU, OP_LEAKY_RELU_GRAD, OP_BCE_LOGITS,
@@ -2226,6 +2251,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, binary_ops_broadcasting, 0, 2);
   tcase_add_loop_test(tc, unary_ops, 0, 2);
   tcase_add_loop_test(tc, math_ops_mixed_signs, 0, 2);
+  tcase_add_loop_test(tc, gather_and_one_hot, 0, 2);
   tcase_add_test(tc, relu_and_relu_grad_mixed_signs);
   tcase_add_loop_test(tc, reductions, 0, 2);
   tcase_add_loop_test(tc, sum_to_and_expand, 0, 2);

@@ -296,6 +296,47 @@ END_TEST
 
 static const double label_values[4] = {2, 0, 1, 2};
 
+/* gather along each axis (an index with repeats, so the adjoint must add) and its adjoint,
+ * which is linear in dy; the index is data, with no derivative. */
+static const double gather_index[] = {2, 0, 2, 1, 0, 0};
+START_TEST(jvp_gather) {
+  rng_state = 31;
+  int x = leaf("x", SHAPE(3, 4));
+  int ix = input("ix", DT_I32, SHAPE(3, 2));
+  Fill w[1] = {{x, -2, 2, false, NULL}};
+  Fill f[1] = {{ix, 0, 0, false, gather_index}};
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.axis = 1;
+  jvpcheck(ir_node(g, OP_GATHER, 2, (int[]){x, ix}, &a, L0), w, 1, f, 1);
+}
+END_TEST
+
+START_TEST(jvp_gather_axis0) {
+  rng_state = 32;
+  int x = leaf("x", SHAPE(3, 2));
+  int ix = input("ix", DT_I32, SHAPE(3, 2));
+  Fill w[1] = {{x, -2, 2, false, NULL}};
+  Fill f[1] = {{ix, 0, 0, false, gather_index}};
+  Attr a;
+  memset(&a, 0, sizeof a);
+  jvpcheck(ir_node(g, OP_GATHER, 2, (int[]){x, ix}, &a, L0), w, 1, f, 1);
+}
+END_TEST
+
+START_TEST(jvp_gather_grad) {
+  rng_state = 33;
+  int dy = leaf("dy", SHAPE(3, 2)), like = leaf("like", SHAPE(3, 4));
+  int ix = input("ix", DT_I32, SHAPE(3, 2));
+  Fill w[1] = {{dy, -2, 2, false, NULL}};
+  Fill f[2] = {{ix, 0, 0, false, gather_index}, {like, -1, 1, false, NULL}};
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.axis = 1;
+  jvpcheck(ir_node(g, OP_GATHER_GRAD, 3, (int[]){dy, ix, like}, &a, L0), w, 1, f, 2);
+}
+END_TEST
+
 START_TEST(jvp_cross_entropy) {
   rng_state = 21;
   int z = leaf("z", SHAPE(4, 3));
@@ -793,6 +834,9 @@ static Suite *suite(void) {
   tcase_add_test(tc, jvp_relu);
   tcase_add_test(tc, jvp_sigmoid);
   tcase_add_test(tc, jvp_tanh);
+  tcase_add_test(tc, jvp_gather);
+  tcase_add_test(tc, jvp_gather_axis0);
+  tcase_add_test(tc, jvp_gather_grad);
   tcase_add_test(tc, jvp_sin);
   tcase_add_test(tc, jvp_cos);
   tcase_add_test(tc, jvp_atan);

@@ -227,12 +227,19 @@ static void show(Buf *b, const Expr *e) {
     if (e->as) buf_printf(b, " as %s", e->as);
     break;
   case EX_LIST:
+  case EX_INDEX:
+    if (e->kind == EX_INDEX) show(b, e->lhs);
     buf_puts(b, "[");
     for (int i = 0; i < e->nitems; i++) {
       if (i) buf_puts(b, ", ");
       show(b, e->items[i]);
     }
     buf_puts(b, "]");
+    break;
+  case EX_RANGE:
+    if (e->lhs) show(b, e->lhs);
+    buf_puts(b, ":");
+    if (e->rhs) show(b, e->rhs);
     break;
   }
 }
@@ -243,6 +250,9 @@ static const struct { const char *in, *out; } prec_cases[] = {
     {"a / b * c", "((a / b) * c)"},
     {"a ^ b ^ c", "(a ^ (b ^ c))"},
     {"-a ^ 2", "(-(a ^ 2))"},
+    {"x[:, 2:5] * 2", "(x[:, 2:5] * 2)"},
+    {"-x[1, -2:, :3]^2", "(-(x[1, (-2):, :3] ^ 2))"},
+    {"f(x)[0][1:]", "f(x)[0][1:]"},
     {"a ^ -2", "(a ^ (-2))"},
     {"-a * b", "((-a) * b)"},
     {"(a + b) * c", "((a + b) * c)"},
@@ -1402,6 +1412,31 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:1:23: error: i32 value 2.5 is not a 32-bit integer\n"
      "  const c: i32[2] = [1, 2.5]\n"
      "                        ^\n"},
+    {"index the batch",
+     "input x: f32[B, 4]\ny = x[1]\n",
+     "t.kiln:2:7: error: axis 0 is the batch 'B': only ':' can index it\n"
+     "  y = x[1]\n"
+     "        ^\n"},
+    {"index out of range",
+     "param w: f32[3, 4] = 0\ny = w[3]\n",
+     "t.kiln:2:7: error: index 3 is out of range for an axis of 3\n"
+     "  y = w[3]\n"
+     "        ^\n"},
+    {"empty range",
+     "param w: f32[3, 4] = 0\ny = w[:, 3:1]\n",
+     "t.kiln:2:11: error: the range 3:1 along axis 1 (of 4) is empty\n"
+     "  y = w[:, 3:1]\n"
+     "            ^\n"},
+    {"too many indices",
+     "param w: f32[3, 4] = 0\ny = w[1, 2, 3]\n",
+     "t.kiln:2:6: error: 3 indices for a tensor of rank 2 (shape [3, 4])\n"
+     "  y = w[1, 2, 3]\n"
+     "       ^\n"},
+    {"fractional index",
+     "param w: f32[3, 4] = 0\ny = w[1.5]\n",
+     "t.kiln:2:7: error: an index must be a whole number, got 1.5\n"
+     "  y = w[1.5]\n"
+     "        ^\n"},
     {"f32 literal beyond float",
      "const c: f32[2] = [1, 1e39]\n",
      "t.kiln:1:23: error: f32 value 1e+39 is beyond float's range (largest 3.4028235e+38); "

@@ -141,7 +141,7 @@ START_TEST(sigkill_and_resume_is_bit_identical) {
     snprintf(ckdir, sizeof ckdir, "%s/ck%d", tmpdir, seed);
     char out[512], resume[512] = "";
     snprintf(out, sizeof out, "%s/out%d.safetensors", tmpdir, seed);
-    int kills = 0, finished = 0;
+    int kills = 0, finished = 0, restarts = 0;
     for (int attempt = 0; attempt < 60 && !finished; attempt++) {
       char *argv[24];
       int a = 0;
@@ -174,6 +174,15 @@ START_TEST(sigkill_and_resume_is_bit_identical) {
         ck_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
         kills++;
       }
+      if (finished && kills == 0 && restarts < 5) {
+        /* Every kill came after the run had ended (run times vary on a busy machine): again
+         * from the start, with earlier moments. */
+        char cmd[1200];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", ckdir, out);
+        ck_assert_int_eq(system(cmd), 0);
+        finished = 0, attempt = -1, *resume = 0, run_us /= 2, restarts++;
+        continue;
+      }
       int temps;
       if (!latest_checkpoint(ckdir, resume, sizeof resume, &temps))
         *resume = 0; /* killed before the first checkpoint: start again */
@@ -196,7 +205,7 @@ START_TEST(signals_write_a_checkpoint_and_say_how_to_resume) {
   char cmd[2048], full[512];
   snprintf(full, sizeof full, "%s", path_in("full.safetensors"));
   snprintf(cmd, sizeof cmd,
-           "'%s' --data " DATA " --epochs 2 --limit-train 3000 --limit-test 100 --seed 2 "
+           "'%s' --data " DATA " --epochs 3 --limit-train 3000 --limit-test 100 --seed 2 "
            "--save '%s' --quiet --threads 2", trainer, full);
   ck_assert_int_eq(sh(cmd, NULL), 0);
   static const int sigs[2] = {SIGINT, SIGTERM};
@@ -206,7 +215,7 @@ START_TEST(signals_write_a_checkpoint_and_say_how_to_resume) {
     snprintf(out, sizeof out, "%s/sig%d.safetensors", tmpdir, k);
     snprintf(errp, sizeof errp, "%s/sig%d.err", tmpdir, k);
     snprintf(metrics, sizeof metrics, "%s/sig%d.csv", tmpdir, k);
-    char *argv[] = {(char *)trainer, "--data", DATA, "--epochs", "2", "--limit-train", "3000",
+    char *argv[] = {(char *)trainer, "--data", DATA, "--epochs", "3", "--limit-train", "3000",
                     "--limit-test", "100", "--seed", "2", "--threads", "1", "--save", out,
                     "--metrics", metrics, "--checkpoint-dir", ckdir, NULL};
     pid_t pid = fork();
@@ -217,7 +226,7 @@ START_TEST(signals_write_a_checkpoint_and_say_how_to_resume) {
       execv(argv[0], argv);
       _exit(127);
     }
-    /* Into the second epoch: the metrics file has the first epoch's row. */
+    /* After the first epoch: the metrics file has its row. */
     for (int tries = 0; tries < 400; tries++) {
       struct stat st;
       if (stat(metrics, &st) == 0 && st.st_size > 70)
@@ -233,8 +242,8 @@ START_TEST(signals_write_a_checkpoint_and_say_how_to_resume) {
     char *err = slurp(errp, NULL);
     const char *name = sigs[k] == SIGINT ? "SIGINT" : "SIGTERM";
     char *stopped = strstr(err, "cnn: stopped by ");
-    ck_assert_msg(stopped && strstr(stopped, name) && strstr(stopped, "at epoch 2, step "),
-                  "%s", err);
+    ck_assert_msg(stopped && strstr(stopped, name) && strstr(stopped, " at ") &&
+                      strstr(stopped, "; checkpoint "), "%s", err);
     char *hint = strstr(err, "cnn: to continue: ");
     ck_assert_msg(hint != NULL, "%s", err);
     hint += strlen("cnn: to continue: ");
@@ -247,7 +256,8 @@ START_TEST(signals_write_a_checkpoint_and_say_how_to_resume) {
     ck_assert_msg(same_bytes(full, out), "%s: the resumed run's parameters differ", name);
     char *csv = slurp(metrics, NULL);
     ck_assert_msg(!strncmp(csv, "epoch,train_loss", 16) && strstr(csv, "\n1,") &&
-                      strstr(csv, "\n2,") && !strstr(strstr(csv, "\n2,") + 1, "\n2,"),
+                      strstr(csv, "\n2,") && strstr(csv, "\n3,") &&
+                      !strstr(strstr(csv, "\n3,") + 1, "\n3,"),
                   "%s", csv);
     free(csv);
   }

@@ -162,6 +162,45 @@ def check_elementwise(tmp):
             close(f"{text} {runtime[:3]} d/dy", g["y"].double(), y.grad, 1e-12, 1e-12)
 
 
+# Losses built on indexing, against torch: x = s * w with w a parameter, so the gradient runs
+# through gather (and its adjoint) into w.
+LOSSES = [
+    ("nll(log_softmax(x), label)", lambda x, t: F.nll_loss(F.log_softmax(x, 1), t)),
+    ("hinge(x, label)", lambda x, t: F.multi_margin_loss(x, t)),
+    ("hinge(x, label, margin=0.5)", lambda x, t: F.multi_margin_loss(x, t, margin=0.5)),
+    ("sum(one_hot(label, 5, f64) * x ^ 2)", lambda x, t: (F.one_hot(t, 5) * x ** 2).sum()),
+    ("sum(gather(x, 1, idx) ^ 3)", lambda x, t: (torch.gather(x, 1, IDX.long()) ** 3).sum()),
+    ("sum(x[:, 1:4] ^ 2) + sum(x[:, -2:] ^ 3)",
+     lambda x, t: (x[:, 1:4] ** 2).sum() + (x[:, -2:] ** 3).sum()),
+]
+IDX = torch.tensor([[4, 0], [1, 1], [3, 2], [0, 4]], dtype=torch.int32)
+
+
+def check_losses(tmp):
+    torch.manual_seed(5)
+    s = torch.randn(4, 5, dtype=torch.float64)
+    label = torch.tensor([1, 0, 4, 2], dtype=torch.int32)
+    w0 = torch.linspace(0.5, 1.5, 5, dtype=torch.float64)
+    save_safetensors(f"{tmp}/p.safetensors", {"w": w0})
+    save_safetensors(f"{tmp}/i.safetensors", {"s": s, "label": label, "idx": IDX})
+    for text, fn in LOSSES:
+        model = f"{tmp}/loss.kiln"
+        with open(model, "w") as f:
+            f.write("input s: f64[B, 5]\ninput label: i32[B]\ninput idx: i32[B, 2]\n"
+                    f"param w: f64[5] = 1\nx = s * w\nloss = {text}\nminimize loss\n")
+        w = w0.clone().requires_grad_(True)
+        loss = fn(s * w, label.long())
+        loss.backward()
+        for runtime in ("compiled", "reference"):
+            out = f"{tmp}/loss_{runtime}.safetensors"
+            run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs",
+                f"{tmp}/i.safetensors", "-o", out, "--runtime", runtime)
+            g = load_safetensors(out)
+            close(f"{text[:28]} {runtime[:3]} value", g["loss"].double(), loss.detach(), 1e-12,
+                  1e-12)
+            close(f"{text[:28]} {runtime[:3]} d/dw", g["w"].double(), w.grad, 1e-12, 1e-12)
+
+
 def check_second_order(model_name, module, batch, tmp):
     torch.manual_seed(4)
     for p in module.parameters():
@@ -320,6 +359,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         check_optimizers(tmp)
         check_elementwise(tmp)
+        check_losses(tmp)
         check_gradients("mlp", MLP(), 16, tmp)
         check_gradients("mnist_cnn", MnistCNN(), 8, tmp)
         check_second_order("mlp", MLP(), 16, tmp)

@@ -216,6 +216,9 @@ void cg_emit_softmax(Cg *cg, const Node *n);
 void cg_emit_dropout(Cg *cg, const Node *n);
 void cg_emit_concat(Cg *cg, const Node *n);
 void cg_emit_slice(Cg *cg, const Node *n);
+void cg_emit_one_hot(Cg *cg, const Node *n);
+void cg_emit_gather(Cg *cg, const Node *n);
+void cg_emit_gather_grad(Cg *cg, const Node *n);
 void cg_emit_leaf(Cg *cg, const Node *n);
 
 /* ---- cg_window.c: convolutions (direct and im2col + GEMM) and pools ---- */

@@ -449,6 +449,60 @@ void cg_emit_slice(Cg *cg, const Node *n) {
 }
 
 
+/* An index read as an int64 (the inputs are i32). */
+static const char *index_at(Cg *cg, const Node *n, int k, const char *at) {
+  return pool_printf(cg->pool, "(int64_t)%s", cg_in_at(cg, n, k, at));
+}
+
+void cg_emit_one_hot(Cg *cg, const Node *n) {
+  const Shape *ls = &ir_at(cg->g, n->in[0])->shape;
+  int64_t C = n->attr.len;
+  const char *T = ctype(n->dtype);
+  cg_line(cg, "for (int64_t k = 0; k < %s; k++) {", sz_c(cg, sz_prod(cg, ls, 0, ls->rank)));
+  cg_line(cg, "  const int64_t t = %s;", index_at(cg, n, 0, "k"));
+  cg_line(cg, "  for (int64_t c = 0; c < %" PRId64 "; c++)", C);
+  cg_line(cg, "    y[k * %" PRId64 " + c] = t < 0 || t >= %" PRId64 " ? (%s)NAN : (%s)(c == t);", C,
+          C, T, T);
+  cg_line(cg, "}");
+}
+
+/* gather and its adjoint over [outer, axis, inner] blocks: the index's axis has ilen entries,
+ * the data's len. */
+static void gather_loops(Cg *cg, const Node *n, const Shape *xs) {
+  int ax = n->attr.axis;
+  const Shape *is = &ir_at(cg->g, n->in[1])->shape;
+  cg_line(cg, "for (int64_t o = 0; o < %s; o++)", sz_c(cg, sz_prod(cg, xs, 0, ax)));
+  cg_line(cg, "  for (int64_t j = 0; j < %s; j++)", sz_c(cg, sz_dim(cg, is->d[ax])));
+  cg_line(cg, "    for (int64_t i = 0; i < %s; i++) {", sz_c(cg, sz_prod(cg, xs, ax + 1, xs->rank)));
+  cg_line(cg, "      const int64_t at = (o * %s + j) * %s + i;", sz_c(cg, sz_dim(cg, is->d[ax])),
+          sz_c(cg, sz_prod(cg, xs, ax + 1, xs->rank)));
+}
+
+void cg_emit_gather(Cg *cg, const Node *n) {
+  const Shape *xs = &ir_at(cg->g, n->in[0])->shape;
+  int ax = n->attr.axis;
+  const char *len = sz_c(cg, sz_dim(cg, xs->d[ax])), *inner = sz_c(cg, sz_prod(cg, xs, ax + 1, xs->rank));
+  gather_loops(cg, n, xs);
+  cg_line(cg, "      const int64_t t = %s;", index_at(cg, n, 1, "at"));
+  cg_line(cg, "      y[at] = t >= 0 && t < %s ? %s : (%s)NAN;", len,
+          cg_in_at(cg, n, 0, pool_printf(cg->pool, "(o * %s + t) * %s + i", len, inner)),
+          ctype(n->dtype));
+  cg_line(cg, "    }");
+}
+
+void cg_emit_gather_grad(Cg *cg, const Node *n) {
+  const Shape *xs = &n->shape;
+  int ax = n->attr.axis;
+  const char *len = sz_c(cg, sz_dim(cg, xs->d[ax])), *inner = sz_c(cg, sz_prod(cg, xs, ax + 1, xs->rank));
+  cg_line(cg, "for (int64_t k = 0; k < %s; k++)", sz_c(cg, sz_prod(cg, xs, 0, xs->rank)));
+  cg_line(cg, "  y[k] = 0;");
+  gather_loops(cg, n, xs);
+  cg_line(cg, "      const int64_t t = %s;", index_at(cg, n, 1, "at"));
+  cg_line(cg, "      if (t >= 0 && t < %s)", len);
+  cg_line(cg, "        y[(o * %s + t) * %s + i] += %s;", len, inner, cg_in_at(cg, n, 0, "at"));
+  cg_line(cg, "    }");
+}
+
 void cg_emit_leaf(Cg *cg, const Node *n) {
   (void)cg;
   (void)n;

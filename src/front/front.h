@@ -55,7 +55,10 @@ typedef enum ExprKind {
   EX_BINARY,   /* lhs op rhs, op one of + - * / ^; loc is the operator's */
   EX_NEG,      /* -lhs; loc is the '-' */
   EX_CALL,     /* name(args); loc is the function name's; as = `as NAME` or NULL */
-  EX_LIST      /* [items]; loc is the '[' */
+  EX_LIST,     /* [items]; loc is the '[' */
+  EX_INDEX,    /* lhs[items]: each item an expression (one index) or an EX_RANGE; loc is '[' */
+  EX_RANGE     /* start:stop inside an index, lhs = start and rhs = stop (NULL when left out);
+                  loc is the ':' */
 } ExprKind;
 
 typedef struct Expr Expr;

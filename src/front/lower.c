@@ -644,6 +644,41 @@ static Val fn_cross_entropy(Lower *L, const Func *f, Expr *call, Expr **args, co
   return (Val){nn_cross_entropy(L->g, logits, labels, call->loc), 0};
 }
 
+/* nll(logp, labels), hinge(scores, labels, margin=1) */
+static Val fn_nll(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = tensor(L, args[0]), labels = tensor(L, args[1]);
+  if (!strcmp(f->name, "nll"))
+    return (Val){nn_nll(L->g, x, labels, call->loc), 0};
+  double margin = args[2] ? fe_num_arg(L, args[2], "hinge: 'margin'") : 1.0;
+  return (Val){nn_hinge(L->g, x, labels, margin, call->loc), 0};
+}
+
+/* one_hot(labels, classes, dtype=f32) */
+static Val fn_one_hot(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)f, (void)layer;
+  int labels = tensor(L, args[0]);
+  int64_t classes = fe_int_arg(L, args[1], 1, (int64_t)1 << 31, "one_hot: 'classes'");
+  DType dt = DT_F32;
+  if (args[2]) {
+    const char *t = args[2]->kind == EX_NAME ? args[2]->name : "";
+    if (strcmp(t, "f32") && strcmp(t, "f64"))
+      kiln_fail(args[2]->loc, "one_hot: 'dtype' is f32 or f64");
+    dt = t[1] == '6' ? DT_F64 : DT_F32;
+  }
+  return (Val){nn_one_hot(L->g, labels, classes, dt, call->loc), 0};
+}
+
+/* gather(x, axis, index) */
+static Val fn_gather(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)f, (void)layer;
+  int x = tensor(L, args[0]);
+  int rank = node(L, x)->shape.rank;
+  int64_t axis = fe_int_arg(L, args[1], -rank, rank - 1, "gather: 'axis'");
+  return (Val){nn_gather(L->g, x, (int)(axis < 0 ? axis + rank : axis), tensor(L, args[2]),
+                         call->loc), 0};
+}
+
 /* mse(a, b) = mean((a - b)^2) over all axes */
 static Val fn_mse(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)f, (void)layer;
@@ -991,6 +1026,10 @@ static const Func funcs[] = {
     {"concat", fn_concat, OP_CONCAT, NAMED_NO, 1, 2, {"*x", "axis"}},
     {"cross_entropy", fn_cross_entropy, OP_CROSS_ENTROPY, NAMED_NO, 2, 2, {"logits", "labels"}},
     {"mse", fn_mse, OP_SUB, NAMED_NO, 2, 2, {"a", "b"}},
+    {"nll", fn_nll, OP_GATHER, NAMED_NO, 2, 2, {"logp", "labels"}},
+    {"hinge", fn_nll, OP_GATHER, NAMED_NO, 2, 3, {"scores", "labels", "margin"}},
+    {"one_hot", fn_one_hot, OP_ONE_HOT, NAMED_NO, 2, 3, {"labels", "classes", "dtype"}},
+    {"gather", fn_gather, OP_GATHER, NAMED_NO, 3, 3, {"x", "axis", "index"}},
     {"bce_with_logits", fn_bce_with_logits, OP_BCE_LOGITS, NAMED_NO, 2, 2, {"x", "t"}},
     {"linear", fn_linear, OP_MATMUL, NAMED_LAYER, 2, 3, {"x", "out", "bias"}},
     {"conv2d", fn_conv2d, OP_CONV2D, NAMED_LAYER, 3, 8,
@@ -1065,6 +1104,71 @@ static Val lower_call(Lower *L, Expr *e, const char *assigned) {
 }
 
 /* assigned: the variable this expression is the whole right-hand side of (names a layer). */
+/* An index bound: a whole number, negative counting from the end (Python's rule), clipped to
+ * [0, n] when it is a range's bound. */
+static int64_t index_bound(Lower *L, const Expr *e, int64_t n, bool clip) {
+  double v = fe_num_arg(L, e, "an index");
+  if (v != floor(v) || fabs(v) > 1e15)
+    kiln_fail(e->loc, "an index must be a whole number, got %s", fe_fmt_num(L, v));
+  int64_t i = (int64_t)v < 0 ? (int64_t)v + n : (int64_t)v;
+  if (clip)
+    return i < 0 ? 0 : i > n ? n : i;
+  if (i < 0 || i >= n)
+    kiln_fail(e->loc, "index %s is out of range for an axis of %lld", fe_fmt_num(L, v),
+              (long long)n);
+  return i;
+}
+
+/* x[i, a:b, :]: per leading axis a range (a slice along it) or one index (a slice of one,
+ * the axis then dropped); axes not mentioned are kept whole. Steps are not supported. */
+static int lower_index(Lower *L, Expr *e) {
+  int x = tensor(L, e->lhs);
+  Shape shape = node(L, x)->shape;
+  if (e->nitems > shape.rank)
+    kiln_fail(e->loc, "%d indices for a tensor of rank %d (shape %s)", e->nitems, shape.rank,
+              shape_text(L, &shape));
+  bool drop[IR_MAX_RANK] = {false};
+  for (int k = 0; k < e->nitems; k++) {
+    Expr *it = e->items[k];
+    bool range = it->kind == EX_RANGE;
+    if (range && !it->lhs && !it->rhs)
+      continue; /* ':' keeps the axis */
+    if (shape.d[k].sym >= 0)
+      kiln_fail(it->loc, "axis %d is the batch '%s': only ':' can index it", k,
+                L->symname ? L->symname : "B");
+    int64_t n = shape.d[k].n, start, stop;
+    if (range) {
+      start = it->lhs ? index_bound(L, it->lhs, n, true) : 0;
+      stop = it->rhs ? index_bound(L, it->rhs, n, true) : n;
+    } else {
+      start = index_bound(L, it, n, false);
+      stop = start + 1;
+      drop[k] = true;
+    }
+    if (stop <= start)
+      kiln_fail(it->loc, "the range %lld:%lld along axis %d (of %lld) is empty", (long long)start,
+                (long long)stop, k, (long long)n);
+    if (start == 0 && stop == n)
+      continue;
+    Attr a;
+    memset(&a, 0, sizeof a);
+    a.axis = k;
+    a.start = start;
+    a.len = stop - start;
+    x = ir_node(L->g, OP_SLICE, 1, &x, &a, it->loc);
+  }
+  Shape out = node(L, x)->shape, kept = {0};
+  bool any = false;
+  for (int k = 0; k < out.rank; k++) {
+    if (drop[k]) {
+      any = true;
+      continue;
+    }
+    kept.d[kept.rank++] = out.d[k];
+  }
+  return any ? ir_reshape(L->g, x, kept, e->loc) : x;
+}
+
 static Val lower_expr(Lower *L, Expr *e, const char *assigned) {
   switch (e->kind) {
   case EX_NUM:
@@ -1091,6 +1195,10 @@ static Val lower_expr(Lower *L, Expr *e, const char *assigned) {
     return lower_call(L, e, assigned);
   case EX_LIST:
     kiln_fail(e->loc, "a list is not a value here (lists are for literals, axes and shapes)");
+  case EX_INDEX:
+    return (Val){lower_index(L, e), 0};
+  case EX_RANGE:
+    kiln_fail(e->loc, "a range such as 2:5 belongs inside an index, x[2:5]");
   }
   unreachable();
 }

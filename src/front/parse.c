@@ -212,9 +212,53 @@ static Expr *primary(Parser *P) {
   kiln_fail(t->loc, "expected an expression, got %s", desc(P, t));
 }
 
-/* postfix = primary ["as" IDENT]        (only a call can be named) */
+/* index = [expr] ":" [expr] | expr */
+static Expr *index_item(Parser *P) {
+  skip_newlines(P);
+  Expr *start = NULL;
+  if (!is_punct(peek(P), ':'))
+    start = expr(P);
+  skip_newlines(P);
+  Token *colon = peek(P);
+  if (!is_punct(colon, ':')) {
+    if (!start)
+      kiln_fail(colon->loc, "expected an index or a range such as 2:5, got %s", desc(P, colon));
+    return start;
+  }
+  next(P);
+  Expr *r = new_expr(P, EX_RANGE, colon->loc);
+  r->lhs = start;
+  skip_newlines(P);
+  if (!is_punct(peek(P), ',') && !is_punct(peek(P), ']'))
+    r->rhs = expr(P);
+  return r;
+}
+
+/* indexing = "[" index ("," index)* "]"   (one per leading axis, as in NumPy) */
+static Expr *indexing(Parser *P, Expr *base) {
+  Token *open = next(P);
+  Expr *e = new_expr(P, EX_INDEX, open->loc);
+  e->lhs = base;
+  int cap = 0;
+  for (;;) {
+    e->items = grow(P, e->items, e->nitems, &cap, sizeof(Expr *));
+    e->items[e->nitems++] = index_item(P);
+    skip_newlines(P);
+    if (accept(P, ']'))
+      return e;
+    Token *t = peek(P);
+    if (t->kind == TK_EOF)
+      kiln_fail(open->loc, "unterminated index: this '[' has no matching ']'");
+    if (!accept(P, ','))
+      kiln_fail(t->loc, "expected ',' or ']' in an index, got %s", desc(P, t));
+  }
+}
+
+/* postfix = primary indexing* ["as" IDENT]        (only a call can be named) */
 static Expr *postfix(Parser *P) {
   Expr *e = primary(P);
+  while (is_punct(peek(P), '['))
+    e = indexing(P, e);
   Token *t = peek(P);
   if (is_word(t, "as") && peek_at(P, 1)->kind == TK_IDENT) {
     if (e->kind != EX_CALL)

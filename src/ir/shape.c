@@ -272,6 +272,49 @@ static void rule_concat(Graph *g, Node *n) {
   n->shape.d[ax].n = a->shape.d[ax].n + b->shape.d[ax].n;
 }
 
+static void require_index(Graph *g, Node *n, int i) {
+  Node *x = in_node(g, n, i);
+  if (x->dtype != DT_I32)
+    kiln_fail(n->loc, "%s needs an i32 index, but %s is %s", op_names[n->op],
+              x->name ? x->name : "it", dtype_name(x->dtype));
+}
+
+static void rule_one_hot(Graph *g, Node *n) {
+  Node *x = in_node(g, n, 0);
+  require_index(g, n, 0);
+  if (x->shape.rank >= IR_MAX_RANK || n->attr.len < 1 || n->attr.len > ((int64_t)1 << 31))
+    kiln_fail(n->loc, "one_hot: %lld classes for a rank-%d input", (long long)n->attr.len,
+              x->shape.rank);
+  n->dtype = n->attr.dtype;
+  n->shape = x->shape;
+  n->shape.d[n->shape.rank++] = (Dim){n->attr.len, -1};
+}
+
+/* The index has x's shape except along the axis, where it may have any extent. */
+static void rule_gather(Graph *g, Node *n) {
+  Node *x = in_node(g, n, 0), *ix = in_node(g, n, 1);
+  require_float(g, n, 0);
+  require_index(g, n, 1);
+  int ax = n->attr.axis;
+  char s1[96], s2[96];
+  bool fits = ix->shape.rank == x->shape.rank && ax >= 0 && ax < x->shape.rank;
+  for (int k = 0; fits && k < x->shape.rank; k++)
+    fits = k == ax || dim_eq(x->shape.d[k], ix->shape.d[k]);
+  if (!fits)
+    kiln_fail(n->loc, "gather along axis %d: the index %s must have the shape of %s but along "
+              "that axis", ax, sh(g, &ix->shape, s1), sh(g, &x->shape, s2));
+  n->dtype = x->dtype;
+  n->shape = ix->shape;
+}
+
+static void rule_gather_grad(Graph *g, Node *n) {
+  Node *dy = in_node(g, n, 0), *like = in_node(g, n, 2);
+  require_float(g, n, 0);
+  require_index(g, n, 1);
+  n->dtype = dy->dtype;
+  n->shape = like->shape;
+}
+
 static void rule_slice(Graph *g, Node *n) {
   Node *x = in_node(g, n, 0);
   int ax = n->attr.axis;
@@ -457,6 +500,7 @@ static const ShapeRule shape_rules[OP_COUNT] = {
     [OP_SIN] = rule_unary,          [OP_COS] = rule_unary,      [OP_ATAN] = rule_unary,
     [OP_ERF] = rule_unary,          [OP_SIGN] = rule_unary,     [OP_SOFTPLUS] = rule_unary,
     [OP_MAXIMUM] = rule_binary,
+    [OP_ONE_HOT] = rule_one_hot,    [OP_GATHER] = rule_gather,  [OP_GATHER_GRAD] = rule_gather_grad,
     [OP_LEAKY_RELU_GRAD] = rule_relu_grad, [OP_SOFTMAX] = rule_axis, [OP_LOG_SOFTMAX] = rule_axis,
     [OP_BCE_LOGITS] = rule_binary,  [OP_DROPOUT] = rule_dropout, [OP_TRANSPOSE] = rule_transpose,
     [OP_CONCAT] = rule_concat,      [OP_SLICE] = rule_slice,    [OP_CONV2D] = rule_conv2d,
@@ -531,6 +575,7 @@ static const FlopRule flop_rules[OP_COUNT] = {
     [OP_SIN] = flops_out,      [OP_COS] = flops_out,     [OP_ATAN] = flops_out,
     [OP_ERF] = flops_out,      [OP_SIGN] = flops_out,    [OP_SOFTPLUS] = flops_out,
     [OP_MAXIMUM] = flops_out,
+    [OP_ONE_HOT] = flops_none, [OP_GATHER] = flops_none, [OP_GATHER_GRAD] = flops_out,
     [OP_LEAKY_RELU_GRAD] = flops_out, [OP_SOFTMAX] = flops_xent, [OP_LOG_SOFTMAX] = flops_xent,
     [OP_BCE_LOGITS] = flops_out, [OP_DROPOUT] = flops_out, [OP_TRANSPOSE] = flops_none,
     [OP_CONCAT] = flops_none,  [OP_SLICE] = flops_none,  [OP_CONV2D] = flops_conv,

@@ -493,6 +493,57 @@ int nn_cross_entropy(Graph *g, int logits, int labels, Loc loc) {
   return ir_node(g, OP_CROSS_ENTROPY, 2, in, NULL, loc);
 }
 
+int nn_one_hot(Graph *g, int labels, int64_t classes, DType dt, Loc loc) {
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.len = classes;
+  a.dtype = dt;
+  return ir_node(g, OP_ONE_HOT, 1, &labels, &a, loc);
+}
+
+int nn_gather(Graph *g, int x, int axis, int index, Loc loc) {
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.axis = axis;
+  int in[2] = {x, index};
+  return ir_node(g, OP_GATHER, 2, in, &a, loc);
+}
+
+/* x[i, labels[i]] as an [N, 1] column. */
+static int picked(Graph *g, int x, int labels, Loc loc) {
+  Shape col = ir_at(g, labels)->shape;
+  col.d[col.rank++] = (Dim){1, -1};
+  return nn_gather(g, x, 1, ir_reshape(g, labels, col, loc), loc);
+}
+
+static void require_scores(Graph *g, int x, int labels, const char *what, Loc loc) {
+  const Node *xn = ir_at(g, x), *ln = ir_at(g, labels);
+  if (xn->shape.rank != 2 || ln->shape.rank != 1 || ln->dtype != DT_I32)
+    kiln_fail(loc, "%s takes scores [N, C] and i32 labels [N], got %s and %s", what,
+              xn->shape.rank == 2 ? "a matrix" : "a tensor of another rank",
+              ln->dtype == DT_I32 && ln->shape.rank == 1 ? "a vector of labels" : "no i32 vector");
+}
+
+int nn_nll(Graph *g, int logp, int labels, Loc loc) {
+  require_scores(g, logp, labels, "nll", loc);
+  int p = picked(g, logp, labels, loc);
+  return ir_unary(g, OP_NEG, ir_reduce(g, OP_MEAN, p, 3u, false, loc), loc);
+}
+
+/* relu(margin - x_y + x_j) summed over every j counts margin once more at j = y (whose own
+ * derivative cancels exactly, -1 + 1): that margin is taken off before dividing by C. */
+int nn_hinge(Graph *g, int scores, int labels, double margin, Loc loc) {
+  require_scores(g, scores, labels, "hinge", loc);
+  DType dt = ir_at(g, scores)->dtype;
+  int xy = picked(g, scores, labels, loc);
+  int m = ir_const(g, margin, dt, loc);
+  int gap = ir_binary(g, OP_ADD, ir_binary(g, OP_SUB, m, xy, loc), scores, loc);
+  int per = ir_reduce(g, OP_SUM, ir_unary(g, OP_RELU, gap, loc), 2u, false, loc);
+  int C = ir_reduce(g, OP_NUMEL, scores, 2u, false, loc);
+  int loss = ir_binary(g, OP_DIV, ir_binary(g, OP_SUB, per, m, loc), C, loc);
+  return ir_reduce(g, OP_MEAN, loss, 1u, false, loc);
+}
+
 int nn_mse(Graph *g, int a, int b, Loc loc) {
   int d = ir_binary(g, OP_SUB, a, b, loc);
   int two = ir_const(g, 2, ir_at(g, d)->dtype, loc);

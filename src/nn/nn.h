@@ -169,6 +169,16 @@ int nn_concat(Graph *g, int n, const int *xs, int axis, Loc loc);
 int nn_cross_entropy(Graph *g, int logits, int labels, Loc loc);
 /* mean((a - b)^2) over all axes. */
 int nn_mse(Graph *g, int a, int b, Loc loc);
+/* logp [N, C] (log-probabilities), labels i32[N]: the mean over N of -logp[label]
+ * (F.nll_loss). */
+int nn_nll(Graph *g, int logp, int labels, Loc loc);
+/* scores [N, C], labels i32[N]: the multi-class hinge loss, the mean over N of
+ * sum over j != label of max(0, margin - x[label] + x[j]) / C (F.multi_margin_loss). */
+int nn_hinge(Graph *g, int scores, int labels, double margin, Loc loc);
+/* labels i32[...] -> [..., classes], 1 at the label, else 0 (F.one_hot), of type dt. */
+int nn_one_hot(Graph *g, int labels, int64_t classes, DType dt, Loc loc);
+/* torch.gather(x, axis, index). */
+int nn_gather(Graph *g, int x, int axis, int index, Loc loc);
 /* The mean over all elements of max(x,0) - x*t + log(1 + e^-|x|). */
 int nn_bce_with_logits(Graph *g, int x, int t, Loc loc);
 

@@ -500,6 +500,50 @@ static int k_slice(Interp *it, const Node *n) {
   return 0;
 }
 
+/* ---- indexing by integer tensors --------------------------------------------------------------- */
+
+static int k_one_hot(Interp *it, const Node *n) {
+  const double *lab = val(it, n->in[0]);
+  double *y = val(it, n->id);
+  int64_t C = n->attr.len;
+  for (int64_t k = 0; k < it->numel[n->in[0]]; k++)
+    for (int64_t c = 0; c < C; c++)
+      y[k * C + c] = lab[k] < 0 || lab[k] >= (double)C ? NAN : (double)(c == (int64_t)lab[k]);
+  return 0;
+}
+
+static int k_gather(Interp *it, const Node *n) {
+  int64_t outer, len, inner, ilen = dims(it, n->in[1])[n->attr.axis];
+  split_at_axis(it, n->in[0], n->attr.axis, &outer, &len, &inner);
+  const double *x = val(it, n->in[0]), *ix = val(it, n->in[1]);
+  double *y = val(it, n->id);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t j = 0; j < ilen; j++)
+      for (int64_t i = 0; i < inner; i++) {
+        int64_t at = (o * ilen + j) * inner + i;
+        double t = ix[at];
+        y[at] = t >= 0 && t < (double)len ? x[(o * len + (int64_t)t) * inner + i] : NAN;
+      }
+  return 0;
+}
+
+static int k_gather_grad(Interp *it, const Node *n) {
+  int64_t outer, len, inner, ilen = dims(it, n->in[1])[n->attr.axis];
+  split_at_axis(it, n->in[2], n->attr.axis, &outer, &len, &inner);
+  const double *dy = val(it, n->in[0]), *ix = val(it, n->in[1]);
+  double *y = val(it, n->id);
+  memset(y, 0, (size_t)it->numel[n->id] * sizeof *y);
+  for (int64_t o = 0; o < outer; o++)
+    for (int64_t j = 0; j < ilen; j++)
+      for (int64_t i = 0; i < inner; i++) {
+        int64_t at = (o * ilen + j) * inner + i;
+        double t = ix[at];
+        if (t >= 0 && t < (double)len)
+          y[(o * len + (int64_t)t) * inner + i] += dy[at];
+      }
+  return 0;
+}
+
 /* ---- 2-D windows ----------------------------------------------------------------------------- */
 
 /* A window op between a forward input x [N, C, H, W] and a forward output y [N, O, Ho, Wo]
@@ -730,6 +774,9 @@ static const RefKernel ref_kernels[OP_COUNT] = {
     [OP_SIGN] = k_sign,
     [OP_SOFTPLUS] = k_softplus,
     [OP_MAXIMUM] = k_maximum,
+    [OP_ONE_HOT] = k_one_hot,
+    [OP_GATHER] = k_gather,
+    [OP_GATHER_GRAD] = k_gather_grad,
     [OP_LEAKY_RELU] = k_leaky_relu,
     [OP_LEAKY_RELU_GRAD] = k_leaky_relu_grad,
     [OP_SOFTMAX] = k_softmax,

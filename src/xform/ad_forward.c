@@ -232,6 +232,11 @@ static int jvp_maximum(FwdCtx *c, const Node *n) {
   return t;
 }
 
+/* gather_grad (dy, index, like): linear in dy */
+static int jvp_gather_grad(FwdCtx *c, const Node *n) {
+  return td(c, n, 0) < 0 ? -1 : same_op(c, n, td(c, n, 0), n->in[1], n->in[2]);
+}
+
 static int jvp_leaky_relu(FwdCtx *c, const Node *n) {
   Attr a = {0};
   a.value = n->attr.value;
@@ -339,6 +344,9 @@ static const JvpRule jvp_rules[OP_COUNT] = {
     [OP_SIGN] = jvp_zero,
     [OP_SOFTPLUS] = jvp_softplus,
     [OP_MAXIMUM] = jvp_maximum,
+    [OP_ONE_HOT] = jvp_zero,
+    [OP_GATHER] = jvp_linear,
+    [OP_GATHER_GRAD] = jvp_gather_grad,
     [OP_LEAKY_RELU] = jvp_leaky_relu,
     [OP_LEAKY_RELU_GRAD] = jvp_relu_grad,
     [OP_SOFTMAX] = jvp_softmax,

@@ -232,6 +232,20 @@ static void vjp_maximum(AdCtx *c, const Node *n, int dy) {
     give(c, n, 1, mul(c, n, dy, ir_maximum_weight(c->g, b, a, 1 - share, n->dtype, n->loc)));
 }
 
+/* gather's adjoint adds dy back where it was read; the index has none (integer). */
+static void vjp_gather(AdCtx *c, const Node *n, int dy) {
+  int in[3] = {dy, n->in[1], n->in[0]};
+  if (wants(c, n, 0))
+    give(c, n, 0, ir_node(c->g, OP_GATHER_GRAD, 3, in, &n->attr, n->loc));
+}
+
+/* gather_grad is linear in dy; its adjoint reads the same places again. */
+static void vjp_gather_grad(AdCtx *c, const Node *n, int dy) {
+  int in[2] = {dy, n->in[1]};
+  if (wants(c, n, 0))
+    give(c, n, 0, ir_node(c->g, OP_GATHER, 2, in, &n->attr, n->loc));
+}
+
 static int leaky_relu_grad(AdCtx *c, const Node *n, int x, int dy) {
   Attr a = {0};
   a.value = n->attr.value;
@@ -438,6 +452,9 @@ static const VjpRule vjp_rules[OP_COUNT] = {
     [OP_SIGN] = vjp_nothing,
     [OP_SOFTPLUS] = vjp_softplus,
     [OP_MAXIMUM] = vjp_maximum,
+    [OP_ONE_HOT] = vjp_nothing,
+    [OP_GATHER] = vjp_gather,
+    [OP_GATHER_GRAD] = vjp_gather_grad,
     [OP_LEAKY_RELU] = vjp_leaky_relu,
     [OP_LEAKY_RELU_GRAD] = vjp_leaky_relu_grad,
     [OP_SOFTMAX] = vjp_softmax,
