@@ -201,6 +201,46 @@ def check_losses(tmp):
             close(f"{text[:28]} {runtime[:3]} d/dw", g["w"].double(), w.grad, 1e-12, 1e-12)
 
 
+CONV1D = [  # (kiln call, torch module args, then the pool applied after it)
+    ("conv1d(s, out=3, kernel=3, pad=1) as c", dict(kernel_size=3, padding=1),
+     "maxpool1d(h, kernel=2)", lambda h: F.max_pool1d(h, 2)),
+    ("conv1d(s, out=3, kernel=4, stride=2, dilation=2) as c",
+     dict(kernel_size=4, stride=2, dilation=2),
+     "avgpool1d(h, kernel=3, stride=2, pad=1, count_include_pad=false)",
+     lambda h: F.avg_pool1d(h, 3, 2, 1, count_include_pad=False)),
+    ("conv1d(s, out=4, kernel=3, pad=same, groups=2) as c",
+     dict(kernel_size=3, padding="same", groups=2),
+     "maxpool1d(h, kernel=3, stride=2, pad=1, dilation=2)",
+     lambda h: F.max_pool1d(h, 3, 2, 1, dilation=2)),
+]
+
+
+def check_conv1d(tmp):
+    torch.manual_seed(6)
+    s = torch.randn(3, 2, 11, dtype=torch.float64)
+    save_safetensors(f"{tmp}/i.safetensors", {"s": s})
+    for call, args, pool, tpool in CONV1D:
+        out = int(call.split("out=")[1].split(",")[0])
+        conv = torch.nn.Conv1d(2, out, dtype=torch.float64, **args)
+        save_safetensors(f"{tmp}/p.safetensors",
+                         {"c.weight": conv.weight.detach(), "c.bias": conv.bias.detach()})
+        model = f"{tmp}/c1.kiln"
+        with open(model, "w") as f:
+            f.write(f"input s: f64[B, 2, 11]\nh = {call}\nloss = sum({pool} ^ 2)\n"
+                    "minimize loss\n")
+        loss = (tpool(conv(s)) ** 2).sum()
+        loss.backward()
+        for runtime in ("compiled", "reference"):
+            o = f"{tmp}/c1_{runtime}.safetensors"
+            run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs",
+                f"{tmp}/i.safetensors", "-o", o, "--runtime", runtime)
+            g = load_safetensors(o)
+            what = f"{call[7:30]} {runtime[:3]}"
+            close(f"{what} value", g["loss"].double(), loss.detach(), 1e-12, 1e-12)
+            close(f"{what} d weight", g["c.weight"].double(), conv.weight.grad, 1e-12, 1e-12)
+            close(f"{what} d bias", g["c.bias"].double(), conv.bias.grad, 1e-12, 1e-12)
+
+
 def check_second_order(model_name, module, batch, tmp):
     torch.manual_seed(4)
     for p in module.parameters():
@@ -360,6 +400,7 @@ def main():
         check_optimizers(tmp)
         check_elementwise(tmp)
         check_losses(tmp)
+        check_conv1d(tmp)
         check_gradients("mlp", MLP(), 16, tmp)
         check_gradients("mnist_cnn", MnistCNN(), 8, tmp)
         check_second_order("mlp", MLP(), 16, tmp)

@@ -875,6 +875,60 @@ static Val fn_conv2d(Lower *L, const Func *f, Expr *call, Expr **args, const cha
   return (Val){nn_conv2d(L->g, &l, x, &o), 0};
 }
 
+/* The 1-D functions' sizes: one integer, used as [1, n] by the 2-D machinery. */
+static void single_arg(Lower *L, const Func *f, const Expr *e, const char *arg, int64_t lo,
+                       int64_t out[2]) {
+  out[0] = lo > 0 ? 1 : 0;
+  out[1] = fe_int_arg(L, e, lo, INT32_MAX, pool_printf(L->tmp, "%s: '%s'", f->name, arg));
+}
+
+/* pad=P (both ends of the sequence) or, for conv1d, same | full | valid. */
+static void pad1_arg(Lower *L, const Func *f, const Expr *e, bool modes, const int64_t kernel[2],
+                     const int64_t stride[2], const int64_t dilation[2], int64_t pad[4]) {
+  if (e && e->kind == EX_LIST)
+    kiln_fail(e->loc, "%s: 'pad' is one integer%s", f->name, modes ? ", same, full or valid" : "");
+  pad_arg(L, f, e, modes, kernel, stride, dilation, pad);
+  pad[0] = pad[1] = 0;
+}
+
+/* conv1d(x, out, kernel, stride=1, pad=0, dilation=1, groups=1, bias=true) on [N, C, L] */
+static Val fn_conv1d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  int x = tensor(L, args[0]);
+  NnConv2d o = {.out = fe_int_arg(L, args[1], 1, INT32_MAX, "conv1d: 'out'"),
+                .stride = {1, 1}, .dilation = {1, 1}};
+  single_arg(L, f, args[2], "kernel", 1, o.kernel);
+  if (args[3])
+    single_arg(L, f, args[3], "stride", 1, o.stride);
+  if (args[5])
+    single_arg(L, f, args[5], "dilation", 1, o.dilation);
+  pad1_arg(L, f, args[4], true, o.kernel, o.stride, o.dilation, o.pad);
+  o.groups = args[6] ? fe_int_arg(L, args[6], 1, INT32_MAX, "conv1d: 'groups'") : 1;
+  o.bias = args[7] ? fe_bool_arg(args[7], "conv1d: 'bias'") : true;
+  o.init = L->init;
+  NnLayer l = layer_of(L, call, layer);
+  return (Val){nn_conv1d(L->g, &l, x, &o), 0};
+}
+
+/* maxpool1d(x, kernel, stride=kernel, pad=0, dilation=1), avgpool1d(x, kernel, stride=kernel,
+ * pad=0, count_include_pad=true) on [N, C, L] */
+static Val fn_pool1d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = tensor(L, args[0]);
+  NnPool2d o = {.dilation = {1, 1}};
+  single_arg(L, f, args[1], "kernel", 1, o.kernel);
+  o.stride[0] = 1, o.stride[1] = o.kernel[1];
+  if (args[2])
+    single_arg(L, f, args[2], "stride", 1, o.stride);
+  pad1_arg(L, f, args[3], false, o.kernel, o.stride, o.dilation, o.pad);
+  if (f->op == OP_MAXPOOL2D) {
+    if (args[4])
+      single_arg(L, f, args[4], "dilation", 1, o.dilation);
+    return (Val){nn_maxpool1d(L->g, x, &o, call->loc), 0};
+  }
+  o.count_include_pad = args[4] ? fe_bool_arg(args[4], "avgpool1d: 'count_include_pad'") : true;
+  return (Val){nn_avgpool1d(L->g, x, &o, call->loc), 0};
+}
+
 /* The window of a pooling function: kernel, stride (default: the kernel), pad (default 0). */
 static NnPool2d pool_window(Lower *L, const Func *f, Expr **args) {
   NnPool2d o = {.dilation = {1, 1}};
@@ -1034,6 +1088,12 @@ static const Func funcs[] = {
     {"linear", fn_linear, OP_MATMUL, NAMED_LAYER, 2, 3, {"x", "out", "bias"}},
     {"conv2d", fn_conv2d, OP_CONV2D, NAMED_LAYER, 3, 8,
      {"x", "out", "kernel", "stride", "pad", "dilation", "groups", "bias"}},
+    {"conv1d", fn_conv1d, OP_CONV2D, NAMED_LAYER, 3, 8,
+     {"x", "out", "kernel", "stride", "pad", "dilation", "groups", "bias"}},
+    {"maxpool1d", fn_pool1d, OP_MAXPOOL2D, NAMED_NO, 2, 5,
+     {"x", "kernel", "stride", "pad", "dilation"}},
+    {"avgpool1d", fn_pool1d, OP_AVGPOOL2D, NAMED_NO, 2, 5,
+     {"x", "kernel", "stride", "pad", "count_include_pad"}},
     {"maxpool2d", fn_maxpool2d, OP_MAXPOOL2D, NAMED_NO, 2, 5,
      {"x", "kernel", "stride", "pad", "dilation"}},
     {"avgpool2d", fn_avgpool2d, OP_AVGPOOL2D, NAMED_NO, 2, 5,

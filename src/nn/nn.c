@@ -163,8 +163,62 @@ int nn_linear(Graph *g, const NnLayer *l, int x, const NnLinear *o) {
   return y;
 }
 
+/* x with one more axis of 1 inserted at `at` (conv1d and the 1-D pools run as 2-D ones). */
+static int with_unit_axis(Graph *g, int x, int at, Loc loc) {
+  Shape s = ir_at(g, x)->shape;
+  for (int k = s.rank; k > at; k--)
+    s.d[k] = s.d[k - 1];
+  s.d[at] = (Dim){1, -1};
+  s.rank++;
+  return ir_reshape(g, x, s, loc);
+}
+
+static int without_axis(Graph *g, int x, int at, Loc loc) {
+  Shape s = ir_at(g, x)->shape;
+  for (int k = at; k + 1 < s.rank; k++)
+    s.d[k] = s.d[k + 1];
+  s.rank--;
+  return ir_reshape(g, x, s, loc);
+}
+
+static void check_sequence(Graph *g, int x, const char *fn, Loc loc) {
+  const Node *xn = ir_at(g, x);
+  char buf[256];
+  if (xn->shape.rank != 3 || xn->shape.d[1].sym >= 0 || xn->shape.d[2].sym >= 0)
+    kiln_fail(loc, "%s needs an input of shape [N, C, L], got %s", fn,
+              shape_text(g, &xn->shape, buf, sizeof buf));
+  if (!dtype_is_float(xn->dtype))
+    kiln_fail(loc, "%s needs a floating-point input, got %s", fn, dtype_name(xn->dtype));
+}
+
+static int conv_layer(Graph *g, const NnLayer *l, int x, const NnConv2d *o, int wrank);
+
 int nn_conv2d(Graph *g, const NnLayer *l, int x, const NnConv2d *o) {
   nn_check_image(g, x, "conv2d", l->loc);
+  return conv_layer(g, l, x, o, 4);
+}
+
+/* x [N, C, L] as [N, C, 1, L] through conv2d with kernel [1, k]; the weight keeps PyTorch's
+ * nn.Conv1d layout [O, C/groups, k] and is seen as [O, C/groups, 1, k]. */
+int nn_conv1d(Graph *g, const NnLayer *l, int x, const NnConv2d *o) {
+  check_sequence(g, x, "conv1d", l->loc);
+  int y = conv_layer(g, l, with_unit_axis(g, x, 2, l->loc), o, 3);
+  return without_axis(g, y, 2, l->loc);
+}
+
+int nn_maxpool1d(Graph *g, int x, const NnPool2d *o, Loc loc) {
+  check_sequence(g, x, "maxpool1d", loc);
+  return without_axis(g, nn_maxpool2d(g, with_unit_axis(g, x, 2, loc), o, loc), 2, loc);
+}
+
+int nn_avgpool1d(Graph *g, int x, const NnPool2d *o, Loc loc) {
+  check_sequence(g, x, "avgpool1d", loc);
+  return without_axis(g, nn_avgpool2d(g, with_unit_axis(g, x, 2, loc), o, loc), 2, loc);
+}
+
+/* A convolution layer on a 4-D x whose weight parameter has rank wrank: 4 ([O, C/groups, kh,
+ * kw]) or 3 ([O, C/groups, kw], kh being 1). */
+static int conv_layer(Graph *g, const NnLayer *l, int x, const NnConv2d *o, int wrank) {
   nn_check_groups(g, x, o->out, o->groups, l->loc);
   DType dt = ir_at(g, x)->dtype;
   int64_t c = ir_at(g, x)->shape.d[1].n;
@@ -177,9 +231,13 @@ int nn_conv2d(Graph *g, const NnLayer *l, int x, const NnConv2d *o) {
   a.groups = o->groups;
   Shape ws = {.rank = 4,
               .d = {{o->out, -1}, {c / o->groups, -1}, {o->kernel[0], -1}, {o->kernel[1], -1}}};
+  Shape own = ws;
+  if (wrank == 3)
+    own = (Shape){.rank = 3, .d = {ws.d[0], ws.d[1], ws.d[3]}};
   int64_t fan_in, fan_out;
-  nn_fans(g, leaf_name(g, l, "weight"), &ws, l->name_loc, &fan_in, &fan_out);
-  int in[2] = {x, layer_weight(g, l, dt, ws, o->init, fan_in, fan_out)};
+  nn_fans(g, leaf_name(g, l, "weight"), &own, l->name_loc, &fan_in, &fan_out);
+  int w = layer_weight(g, l, dt, own, o->init, fan_in, fan_out);
+  int in[2] = {x, wrank == 3 ? ir_reshape(g, w, ws, l->loc) : w};
   int y = ir_node(g, OP_CONV2D, 2, in, &a, l->loc);
   if (o->bias) {
     int b = layer_bias(g, l, dt, o->out, o->init, fan_in, fan_out);

@@ -92,6 +92,9 @@ typedef struct NnConv2d {
 /* x [N, C, H, W] with weight [O, C/groups, kh, kw] and bias [O] (PyTorch's nn.Conv2d layout);
  * the bias is added as [O, 1, 1] so it broadcasts over H and W. */
 int nn_conv2d(Graph *g, const NnLayer *l, int x, const NnConv2d *o);
+/* x [N, C, L] with weight [O, C/groups, k] and bias [O] (nn.Conv1d's layout); o's kernel,
+ * stride and dilation are [1, k], [1, s], [1, d] and its pad [0, 0, left, right]. */
+int nn_conv1d(Graph *g, const NnLayer *l, int x, const NnConv2d *o);
 
 /* Padding by mode. The span a kernel adds is total = dilation*(k-1): same pads total/2 before
  * and the rest after (PyTorch's padding='same', the extra element going to the bottom/right;
@@ -134,6 +137,9 @@ typedef struct NnPool2d {
  * count_include_pad; l2pool2d reads neither (dilation 1, padding counts as zeros). */
 int nn_maxpool2d(Graph *g, int x, const NnPool2d *o, Loc loc);
 int nn_avgpool2d(Graph *g, int x, const NnPool2d *o, Loc loc);
+/* 1-D pools on [N, C, L], as the 2-D ones with windows [1, k] (o given so). */
+int nn_maxpool1d(Graph *g, int x, const NnPool2d *o, Loc loc);
+int nn_avgpool1d(Graph *g, int x, const NnPool2d *o, Loc loc);
 /* The square root of the sum of squares over each window (PyTorch's LPPool2d, norm_type 2). */
 int nn_l2pool2d(Graph *g, int x, const NnPool2d *o, Loc loc);
 
