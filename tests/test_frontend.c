@@ -1412,6 +1412,16 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:1:23: error: i32 value 2.5 is not a 32-bit integer\n"
      "  const c: i32[2] = [1, 2.5]\n"
      "                        ^\n"},
+    {"conv1d on an image",
+     "input x: f32[B, 3, 4, 5]\ny = conv1d(x, out=2, kernel=3)\n",
+     "t.kiln:2:5: error: conv1d needs an input of shape [N, C, L], got [B, 3, 4, 5]\n"
+     "  y = conv1d(x, out=2, kernel=3)\n"
+     "      ^\n"},
+    {"maxpool1d with a pair",
+     "input x: f32[B, 3, 8]\ny = maxpool1d(x, kernel=[1, 2])\n",
+     "t.kiln:2:25: error: maxpool1d: 'kernel' must be a number\n"
+     "  y = maxpool1d(x, kernel=[1, 2])\n"
+     "                          ^\n"},
     {"index the batch",
      "input x: f32[B, 4]\ny = x[1]\n",
      "t.kiln:2:7: error: axis 0 is the batch 'B': only ':' can index it\n"
