@@ -64,7 +64,21 @@ START_TEST(shapes_of_the_mlp) {
   ck_assert_ptr_nonnull(strstr(out, "logits             add            f32[B, 10]\n"));
   /* fc1: 2*784*256 + 256 bias adds + 256 relu; fc2: 2*256*10 + 10; loss 4*10/example. */
   ck_assert_ptr_nonnull(strstr(out, "forward FLOPs per example: 4.071e+05"));
+  /* Seed 004's sizes: a fully connected layer has as many connections as weights. */
+  ck_assert_ptr_nonnull(strstr(out, "  fc1                                 256        200,704"
+                                    "        200,704\n"));
+  ck_assert_ptr_nonnull(strstr(out, "  total                               266        203,264"
+                                    "        203,264\n"));
   ck_assert_str_eq(err, "");
+  free(out);
+  free(err);
+  /* A convolution reuses each weight at every output position: conv2 has 32 maps of 14 x 14
+   * units, 32 x 8 x 5 x 5 weights, and 6,272 x 200 connections. */
+  ck_assert_int_eq(run(KILN " shapes " EX "mnist_cnn.kiln", &out, &err), 0);
+  ck_assert_ptr_nonnull(strstr(out, "  conv2                             6,272          6,400"
+                                    "      1,254,400\n"));
+  ck_assert_ptr_nonnull(strstr(out, "  conv1                             6,272             72"
+                                    "         56,448\n"));
   free(out);
   free(err);
 }

@@ -424,6 +424,51 @@ static double entry_flops(Graph *g, EntryKind e, const int64_t *symvals) {
   return total;
 }
 
+/* The parameter a layer's product reads as its weight (through a reshape: conv1d), or NULL. */
+static const Node *layer_weight_of(Graph *g, const Node *n) {
+  if ((n->op != OP_MATMUL && n->op != OP_CONV2D) || n->nin < 2)
+    return NULL;
+  const Node *w = ir_at(g, n->in[1]);
+  if (w->op == OP_RESHAPE)
+    w = ir_at(g, w->in[0]);
+  return w->op == OP_PARAM && w->name ? w : NULL;
+}
+
+/* Seed 004 §2.5's three measures of a network's size, per layer of the forward pass: output
+ * units (what training stores for the backward pass), weights (what it stores and updates), and
+ * connections (multiply-adds per example: about three per connection for a training step). A
+ * fully connected layer has as many connections as weights; a convolution reuses each weight at
+ * every output position. */
+static void write_layer_sizes(Graph *g, const unsigned char *forward, FILE *out) {
+  int64_t one[IR_MAX_SYMS] = {1};
+  int64_t units = 0, weights = 0, connections = 0;
+  char u[32], w[32], c[32];
+  bool header = false;
+  for (int i = 0; i <= g->loss_train && i < g->nnodes; i++) {
+    const Node *n = ir_at(g, i), *wt = forward[i] ? layer_weight_of(g, n) : NULL;
+    if (!wt)
+      continue;
+    int64_t nu = shape_numel(&n->shape, one), nw = shape_numel(&wt->shape, one);
+    int64_t nc = nw;
+    if (n->op == OP_CONV2D) /* each output position of each map: kh kw C/groups products */
+      nc = nu * nw / n->shape.d[1].n;
+    if (!header)
+      fprintf(out, "\nlayer sizes (seed 004, 2.5), per example:\n  %-24s %14s %14s %14s\n",
+              "layer", "output units", "weights", "connections");
+    header = true;
+    size_t len = strlen(wt->name);
+    int stem = len > 7 && !strcmp(wt->name + len - 7, ".weight") ? (int)len - 7 : (int)len;
+    group_digits(nu, u, sizeof u), group_digits(nw, w, sizeof w), group_digits(nc, c, sizeof c);
+    fprintf(out, "  %-24.*s %14s %14s %14s\n", stem, wt->name, u, w, c);
+    units += nu, weights += nw, connections += nc;
+  }
+  if (!header)
+    return;
+  group_digits(units, u, sizeof u), group_digits(weights, w, sizeof w);
+  group_digits(connections, c, sizeof c);
+  fprintf(out, "  %-24s %14s %14s %14s\n", "total", u, w, c);
+}
+
 static void write_shapes(Session *s, const Args *a, FILE *out) {
   (void)a;
   Graph *g = s->g;
@@ -464,6 +509,8 @@ static void write_shapes(Session *s, const Args *a, FILE *out) {
   }
   group_digits(total, nb, sizeof nb);
   fprintf(out, "\ntotal parameters: %s\n", nb);
+  ir_reachable(g, ENTRY_GRAD, m);
+  write_layer_sizes(g, m, out);
   int64_t batch = session_batch(s);
   int64_t symvals[IR_MAX_SYMS] = {batch};
   double per = g->nsyms ? (double)batch : 1.0;
