@@ -170,6 +170,8 @@ LOSSES = [
     ("hinge(x, label, margin=0.5)", lambda x, t: F.multi_margin_loss(x, t, margin=0.5)),
     ("sum(one_hot(label, 5, f64) * x ^ 2)", lambda x, t: (F.one_hot(t, 5) * x ** 2).sum()),
     ("sum(gather(x, 1, idx) ^ 3)", lambda x, t: (torch.gather(x, 1, IDX.long()) ** 3).sum()),
+    ("sum(maxout(x[:, 0:4], 2) ^ 2)",
+     lambda x, t: (x[:, 0:4].reshape(-1, 2, 2).max(dim=2).values ** 2).sum()),
     ("sum(x[:, 1:4] ^ 2) + sum(x[:, -2:] ^ 3)",
      lambda x, t: (x[:, 1:4] ** 2).sum() + (x[:, -2:] ** 3).sum()),
 ]

@@ -503,6 +503,14 @@ static Val fn_clamp(Lower *L, const Func *f, Expr *call, Expr **args, const char
   return (Val){nn_clamp(L->g, x, lo, hi, call->loc), 0};
 }
 
+/* maxout(x, pieces) */
+static Val fn_maxout(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)f, (void)layer;
+  int x = tensor(L, args[0]);
+  int64_t pieces = fe_int_arg(L, args[1], 1, INT32_MAX, "maxout: 'pieces'");
+  return (Val){nn_maxout(L->g, x, pieces, call->loc), 0};
+}
+
 /* elu(x, alpha=1) */
 static Val fn_elu(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)f, (void)layer;
@@ -1067,6 +1075,7 @@ static const Func funcs[] = {
     {"softplus", fn_unary, OP_SOFTPLUS, NAMED_NO, 1, 1, {"x"}},
     {"gelu", fn_composite, OP_ERF, NAMED_NO, 1, 1, {"x"}},
     {"elu", fn_elu, OP_EXP, NAMED_NO, 1, 2, {"x", "alpha"}},
+    {"maxout", fn_maxout, OP_MAXIMUM, NAMED_NO, 2, 2, {"x", "pieces"}},
     {"clamp", fn_clamp, OP_MAXIMUM, NAMED_NO, 1, 3, {"x", "min", "max"}},
     {"min", fn_extremum, OP_MAXIMUM, NAMED_NO, 2, 2, {"a", "b"}},
     {"max", fn_extremum, OP_MAXIMUM, NAMED_NO, 2, 2, {"a", "b"}},

@@ -524,6 +524,32 @@ int nn_elu(Graph *g, int x, double alpha, Loc loc) {
                    ir_binary(g, OP_MUL, ir_binary(g, OP_SUB, one, s, loc), branch, loc), loc);
 }
 
+int nn_maxout(Graph *g, int x, int64_t pieces, Loc loc) {
+  const Node *xn = ir_at(g, x);
+  char buf[256];
+  if (xn->shape.rank < 2 || xn->shape.rank >= IR_MAX_RANK || xn->shape.d[1].sym >= 0 ||
+      pieces < 1 || xn->shape.d[1].n % pieces)
+    kiln_fail(loc, "maxout: %lld pieces do not divide the channels (axis 1) of %s",
+              (long long)pieces, shape_text(g, &xn->shape, buf, sizeof buf));
+  Shape grouped = xn->shape;
+  for (int k = grouped.rank; k > 2; k--)
+    grouped.d[k] = grouped.d[k - 1];
+  grouped.d[1].n = xn->shape.d[1].n / pieces;
+  grouped.d[2] = (Dim){pieces, -1};
+  grouped.rank++;
+  int xg = ir_reshape(g, x, grouped, loc), y = -1;
+  for (int64_t j = 0; j < pieces; j++) {
+    Attr a;
+    memset(&a, 0, sizeof a);
+    a.axis = 2;
+    a.start = j;
+    a.len = 1;
+    int piece = without_axis(g, ir_node(g, OP_SLICE, 1, &xg, &a, loc), 2, loc);
+    y = y < 0 ? piece : nn_maximum(g, y, piece, loc);
+  }
+  return y;
+}
+
 int nn_gelu(Graph *g, int x, Loc loc) {
   DType dt = ir_at(g, x)->dtype;
   int scaled = ir_binary(g, OP_MUL, x, ir_const(g, 0.7071067811865476, dt, loc), loc);

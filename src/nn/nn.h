@@ -166,6 +166,9 @@ int nn_step(Graph *g, int x, Loc loc);
 int nn_tan(Graph *g, int x, Loc loc);
 int nn_elu(Graph *g, int x, double alpha, Loc loc);
 int nn_gelu(Graph *g, int x, Loc loc);
+/* Maxout (seed 000, 2.2): x [N, C, ...] -> [N, C/pieces, ...], each output the largest of
+ * `pieces` consecutive channels (Goodfellow et al.'s grouping), as max(max(x0, x1), x2) ... */
+int nn_maxout(Graph *g, int x, int64_t pieces, Loc loc);
 /* xs[0..n) joined along axis, pairwise left to right (n >= 1). */
 int nn_concat(Graph *g, int n, const int *xs, int axis, Loc loc);
 
