@@ -1412,6 +1412,11 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:1:23: error: i32 value 2.5 is not a 32-bit integer\n"
      "  const c: i32[2] = [1, 2.5]\n"
      "                        ^\n"},
+    {"groupnorm groups",
+     "input x: f32[B, 6, 3]\ny = groupnorm(x, 4)\n",
+     "t.kiln:2:5: error: groupnorm: 4 groups do not divide the 6 channels of [B, 6, 3]\n"
+     "  y = groupnorm(x, 4)\n"
+     "      ^\n"},
     {"maxout pieces",
      "input x: f32[B, 6, 3]\ny = maxout(x, 4)\n",
      "t.kiln:2:5: error: maxout: 4 pieces do not divide the channels (axis 1) of [B, 6, 3]\n"

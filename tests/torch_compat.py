@@ -243,6 +243,35 @@ def check_conv1d(tmp):
             close(f"{what} d bias", g["c.bias"].double(), conv.bias.grad, 1e-12, 1e-12)
 
 
+def check_groupnorm(tmp):
+    torch.manual_seed(7)
+    for shape, groups in (((3, 4, 3, 2), 2), ((2, 6, 5), 3), ((4, 6), 6)):
+        s = torch.randn(*shape, dtype=torch.float64)
+        gn = torch.nn.GroupNorm(groups, shape[1], dtype=torch.float64)
+        with torch.no_grad():
+            gn.weight.copy_(torch.linspace(0.5, 2, shape[1]))
+            gn.bias.copy_(torch.linspace(-1, 1, shape[1]))
+        save_safetensors(f"{tmp}/i.safetensors", {"s": s})
+        save_safetensors(f"{tmp}/p.safetensors",
+                         {"gn.weight": gn.weight.detach(), "gn.bias": gn.bias.detach()})
+        dims = ", ".join(str(d) for d in shape[1:])
+        model = f"{tmp}/gn.kiln"
+        with open(model, "w") as f:
+            f.write(f"input s: f64[B, {dims}]\nh = groupnorm(s * s + s, {groups}) as gn\n"
+                    "loss = sum(h ^ 3)\nminimize loss\n")
+        loss = (gn(s * s + s) ** 3).sum()
+        loss.backward()
+        for runtime in ("compiled", "reference"):
+            o = f"{tmp}/gn_{runtime}.safetensors"
+            run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs",
+                f"{tmp}/i.safetensors", "-o", o, "--runtime", runtime)
+            g = load_safetensors(o)
+            what = f"groupnorm {list(shape)}/{groups} {runtime[:3]}"
+            close(f"{what} value", g["loss"].double(), loss.detach(), 1e-11, 1e-11)
+            close(f"{what} d weight", g["gn.weight"].double(), gn.weight.grad, 1e-11, 1e-11)
+            close(f"{what} d bias", g["gn.bias"].double(), gn.bias.grad, 1e-11, 1e-11)
+
+
 def check_second_order(model_name, module, batch, tmp):
     torch.manual_seed(4)
     for p in module.parameters():
@@ -403,6 +432,7 @@ def main():
         check_elementwise(tmp)
         check_losses(tmp)
         check_conv1d(tmp)
+        check_groupnorm(tmp)
         check_gradients("mlp", MLP(), 16, tmp)
         check_gradients("mnist_cnn", MnistCNN(), 8, tmp)
         check_second_order("mlp", MLP(), 16, tmp)

@@ -1015,6 +1015,16 @@ static Val fn_layernorm(Lower *L, const Func *f, Expr *call, Expr **args, const 
   return (Val){nn_layernorm(L->g, &l, x, eps, affine), 0};
 }
 
+/* groupnorm(x [N, C, ...], groups, eps=1e-5, affine=true) */
+static Val fn_groupnorm(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  int x = tensor(L, args[0]);
+  int64_t groups = fe_int_arg(L, args[1], 1, INT32_MAX, "groupnorm: 'groups'");
+  double eps = eps_arg(L, f, args[2]);
+  bool affine = args[3] ? fe_bool_arg(args[3], "groupnorm: 'affine'") : true;
+  NnLayer l = layer_of(L, call, layer);
+  return (Val){nn_groupnorm(L->g, &l, x, groups, eps, affine), 0};
+}
+
 /* instancenorm(x [N, C, H, W], eps=1e-5): over (H, W) per example and channel, no affine and no
  * running statistics (PyTorch's nn.InstanceNorm2d defaults). */
 static Val fn_instancenorm(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
@@ -1111,6 +1121,7 @@ static const Func funcs[] = {
     {"batchnorm", fn_batchnorm, OP_MEAN, NAMED_LAYER, 1, 4, {"x", "eps", "momentum", "affine"}},
     {"layernorm", fn_layernorm, OP_MEAN, NAMED_LAYER, 1, 3, {"x", "eps", "affine"}},
     {"instancenorm", fn_instancenorm, OP_MEAN, NAMED_NO, 1, 2, {"x", "eps"}},
+    {"groupnorm", fn_groupnorm, OP_MEAN, NAMED_LAYER, 2, 4, {"x", "groups", "eps", "affine"}},
     {"dropout", fn_dropout, OP_DROPOUT, NAMED_SITE, 1, 2, {"x", "p"}},
 };
 enum { NFUNCS = sizeof funcs / sizeof *funcs };

@@ -343,6 +343,43 @@ int nn_layernorm(Graph *g, const NnLayer *l, int x, double eps, bool affine) {
   return y;
 }
 
+int nn_groupnorm(Graph *g, const NnLayer *l, int x, int64_t groups, double eps, bool affine) {
+  const Node *xn = ir_at(g, x);
+  Shape xs = xn->shape;
+  char buf[256];
+  if (xs.rank < 2 || xs.rank >= IR_MAX_RANK || xs.d[1].sym >= 0 || !dtype_is_float(xn->dtype))
+    kiln_fail(l->loc, "groupnorm needs a floating-point input of shape [N, C, ...], got %s",
+              shape_text(g, &xs, buf, sizeof buf));
+  int64_t c = xs.d[1].n;
+  if (groups < 1 || c % groups)
+    kiln_fail(l->loc, "groupnorm: %lld groups do not divide the %lld channels of %s",
+              (long long)groups, (long long)c, shape_text(g, &xs, buf, sizeof buf));
+  KILN_ASSERT(eps > 0);
+  DType dt = xn->dtype;
+  Shape grouped = xs;
+  for (int k = grouped.rank; k > 2; k--)
+    grouped.d[k] = grouped.d[k - 1];
+  grouped.d[1] = (Dim){groups, -1};
+  grouped.d[2] = (Dim){c / groups, -1};
+  grouped.rank++;
+  int mu, var;
+  int y = normalize(g, ir_reshape(g, x, grouped, l->loc), all_axes(grouped.rank) & ~3u, eps,
+                    l->loc, &mu, &var);
+  y = ir_reshape(g, y, xs, l->loc);
+  if (affine) {
+    Shape ps = {.rank = 1, .d = {{c, -1}}}, per = {.rank = xs.rank - 1};
+    for (int k = 0; k < per.rank; k++)
+      per.d[k] = (Dim){k == 0 ? c : 1, -1};
+    int w = nn_param(g, l->mode, leaf_name(g, l, "weight"), dt, ps, (NnInit){KILN_INIT_ONES, 0},
+                     c, c, l->name_loc);
+    int b = nn_param(g, l->mode, leaf_name(g, l, "bias"), dt, ps, (NnInit){KILN_INIT_ZEROS, 0},
+                     c, c, l->name_loc);
+    y = ir_binary(g, OP_ADD, ir_binary(g, OP_MUL, y, ir_reshape(g, w, per, l->loc), l->loc),
+                  ir_reshape(g, b, per, l->loc), l->loc);
+  }
+  return y;
+}
+
 /* ---- layers without parameters ---- */
 
 int nn_instancenorm(Graph *g, int x, double eps, Loc loc) {

@@ -116,6 +116,11 @@ int nn_batchnorm(Graph *g, const NnLayer *l, int x, const NnBatchnorm *o);
 /* PyTorch's nn.LayerNorm(x.shape[1:]): over every axis but the first, with weight and bias of
  * shape x.shape[1:] when affine. Same in both modes. */
 int nn_layernorm(Graph *g, const NnLayer *l, int x, double eps, bool affine);
+/* Group normalisation (seed 000 eq. 2.20-2.21, nn.GroupNorm): x [N, C, ...] with its C channels
+ * in `groups` groups of consecutive channels, each group of each example normalised over its
+ * channels and positions (biased variance); affine: weight [C] (ones) and bias [C] (zeros) per
+ * channel. */
+int nn_groupnorm(Graph *g, const NnLayer *l, int x, int64_t groups, double eps, bool affine);
 
 /* ---- layers without parameters ---- */
 
