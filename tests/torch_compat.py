@@ -110,6 +110,19 @@ def check_gradients(model_name, module, batch, tmp):
             close(f"{model_name} {runtime} {name}", g[name].double(), p.grad.double(), 1e-3, 1e-5)
 
 
+def against_torch(tmp, model, what, loss, grads, tol):
+    """kiln grad of model on tmp's p/i.safetensors under both runtimes: the loss and every
+    gradient named in grads (parameter name -> torch's) within tol, relative and absolute."""
+    for runtime in ("compiled", "reference"):
+        out = f"{tmp}/g_{runtime}.safetensors"
+        run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs",
+            f"{tmp}/i.safetensors", "-o", out, "--runtime", runtime)
+        g = load_safetensors(out)
+        close(f"{what} {runtime[:3]} value", g["loss"].double(), loss.detach(), tol, tol)
+        for name, want in grads.items():
+            close(f"{what} {runtime[:3]} d {name}", g[name].double(), want, tol, tol)
+
+
 # The elementwise toolbox against torch, value and gradient in float64, at points that include
 # the corners of each definition: 0, ties of min/max, both clamp bounds, softplus's threshold.
 XS = [-3.0, -1.0, -0.4, 0.0, 0.0, 0.3, 0.4, 1.0, 2.5, 20.0, 21.0, -0.5, 0.7]
@@ -152,14 +165,7 @@ def check_elementwise(tmp):
         dx = x.grad if x.grad is not None else torch.zeros_like(x)  # step: no graph in torch
         save_safetensors(f"{tmp}/p.safetensors", {"x": x.detach(), "y": y.detach()})
         save_safetensors(f"{tmp}/i.safetensors", {})
-        for runtime in ("compiled", "reference"):
-            out = f"{tmp}/ew_{runtime}.safetensors"
-            run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs",
-                f"{tmp}/i.safetensors", "-o", out, "--runtime", runtime)
-            g = load_safetensors(out)
-            close(f"{text} {runtime[:3]} value", g["loss"].double(), loss.detach(), 1e-12, 1e-12)
-            close(f"{text} {runtime[:3]} d/dx", g["x"].double(), dx, 1e-12, 1e-12)
-            close(f"{text} {runtime[:3]} d/dy", g["y"].double(), y.grad, 1e-12, 1e-12)
+        against_torch(tmp, model, text, loss, {"x": dx, "y": y.grad}, 1e-12)
 
 
 # Losses built on indexing, against torch: x = s * w with w a parameter, so the gradient runs
@@ -193,14 +199,7 @@ def check_losses(tmp):
         w = w0.clone().requires_grad_(True)
         loss = fn(s * w, label.long())
         loss.backward()
-        for runtime in ("compiled", "reference"):
-            out = f"{tmp}/loss_{runtime}.safetensors"
-            run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs",
-                f"{tmp}/i.safetensors", "-o", out, "--runtime", runtime)
-            g = load_safetensors(out)
-            close(f"{text[:28]} {runtime[:3]} value", g["loss"].double(), loss.detach(), 1e-12,
-                  1e-12)
-            close(f"{text[:28]} {runtime[:3]} d/dw", g["w"].double(), w.grad, 1e-12, 1e-12)
+        against_torch(tmp, model, text[:28], loss, {"w": w.grad}, 1e-12)
 
 
 CONV1D = [  # (kiln call, torch module args, then the pool applied after it)
@@ -232,15 +231,8 @@ def check_conv1d(tmp):
                     "minimize loss\n")
         loss = (tpool(conv(s)) ** 2).sum()
         loss.backward()
-        for runtime in ("compiled", "reference"):
-            o = f"{tmp}/c1_{runtime}.safetensors"
-            run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs",
-                f"{tmp}/i.safetensors", "-o", o, "--runtime", runtime)
-            g = load_safetensors(o)
-            what = f"{call[7:30]} {runtime[:3]}"
-            close(f"{what} value", g["loss"].double(), loss.detach(), 1e-12, 1e-12)
-            close(f"{what} d weight", g["c.weight"].double(), conv.weight.grad, 1e-12, 1e-12)
-            close(f"{what} d bias", g["c.bias"].double(), conv.bias.grad, 1e-12, 1e-12)
+        against_torch(tmp, model, call[7:30], loss,
+                      {"c.weight": conv.weight.grad, "c.bias": conv.bias.grad}, 1e-12)
 
 
 def check_groupnorm(tmp):
@@ -261,15 +253,8 @@ def check_groupnorm(tmp):
                     "loss = sum(h ^ 3)\nminimize loss\n")
         loss = (gn(s * s + s) ** 3).sum()
         loss.backward()
-        for runtime in ("compiled", "reference"):
-            o = f"{tmp}/gn_{runtime}.safetensors"
-            run("grad", model, "--params", f"{tmp}/p.safetensors", "--inputs",
-                f"{tmp}/i.safetensors", "-o", o, "--runtime", runtime)
-            g = load_safetensors(o)
-            what = f"groupnorm {list(shape)}/{groups} {runtime[:3]}"
-            close(f"{what} value", g["loss"].double(), loss.detach(), 1e-11, 1e-11)
-            close(f"{what} d weight", g["gn.weight"].double(), gn.weight.grad, 1e-11, 1e-11)
-            close(f"{what} d bias", g["gn.bias"].double(), gn.bias.grad, 1e-11, 1e-11)
+        against_torch(tmp, model, f"groupnorm {list(shape)}/{groups}", loss,
+                      {"gn.weight": gn.weight.grad, "gn.bias": gn.bias.grad}, 1e-11)
 
 
 def check_second_order(model_name, module, batch, tmp):
