@@ -248,6 +248,8 @@ static const struct { const char *in, *out; } prec_cases[] = {
     {"a + b * c ^ 2", "(a + (b * (c ^ 2)))"},
     {"a - b - c", "((a - b) - c)"},
     {"a / b * c", "((a / b) * c)"},
+    {"i % 10 + 1", "((i % 10) + 1)"},
+    {"a * b % c ^ 2", "((a * b) % (c ^ 2))"},
     {"a ^ b ^ c", "(a ^ (b ^ c))"},
     {"-a ^ 2", "(-(a ^ 2))"},
     {"x[:, 2:5] * 2", "(x[:, 2:5] * 2)"},
@@ -1160,6 +1162,39 @@ START_TEST(lower_activations_and_layout) {
 }
 END_TEST
 
+START_TEST(lower_loops) {
+  /* Layers named in a loop get the iteration's index (ModuleList style); auto names count on;
+   * variables assigned in the body keep their last value; the loop variable is a number. */
+  Graph *g = compile_ok("input x: f32[B, 2, 8, 8]\n"
+                        "h = x\n"
+                        "for i in range(1, 7, 2) {\n"
+                        "  c = conv2d(h, out=1, kernel=3, dilation=i % 4, pad=same)\n"
+                        "  h = concat(h, relu(c), axis=1)\n"
+                        "  for j in [0.5, 2] { s = sum(linear(flatten(h), out=2)) * j }\n"
+                        "}\n"
+                        "for k in range(2) { h = relu(conv2d(h, out=5, kernel=1) as pw) }\n"
+                        "for k in range(3, 3) { h = relu(h) }\n"
+                        "loss = mean(h) + k + s\nminimize loss\n");
+  const char *names[] = {"c.0.weight",        "c.0.bias",     "linear1.weight",
+                         "linear1.bias",      "linear2.weight", "linear2.bias",
+                         "c.1.weight",        "c.1.bias",     "linear3.weight"};
+  for (int i = 0; i < 9; i++)
+    ck_assert_str_eq(ir_at(g, g->params[i])->name, names[i]);
+  ck_assert_int_eq(g->nparams, 3 * 6 + 2 * 2);
+  ck_assert_str_eq(shape_of_node(g, leaf(g, "c.2.weight")), "[1, 4, 3, 3]");
+  ck_assert_str_eq(shape_of_node(g, leaf(g, "pw.1.weight")), "[5, 5, 1, 1]");
+  /* dilation = i % 4 for i = 1, 3, 5: 1, 3, 1 */
+  int dil[3] = {1, 3, 1}, seen = 0;
+  for (int i = 0; i < g->nnodes; i++) {
+    const Node *n = ir_at(g, i);
+    if (n->op == OP_CONV2D && n->shape.d[1].n == 1 && seen < 3)
+      ck_assert_int_eq(n->attr.dilation[0], dil[seen++]);
+  }
+  ck_assert_int_eq(seen, 3);
+  ir_free(g);
+}
+END_TEST
+
 START_TEST(lower_auto_names_skip_buffers) {
   /* An unnamed batchnorm without affine has no weight; its buffers still take the name. */
   Graph *g = compile_ok("input x: f32[B, 3]\n"
@@ -1176,6 +1211,62 @@ END_TEST
 /* ---- every error message ---- */
 
 static const struct { const char *what, *src, *msg; } errors[] = {
+    {"loop without in",
+     "for i range(3) { }\n",
+     "t.kiln:1:7: error: expected 'in' after the loop variable 'i', got 'range'\n"
+     "  for i range(3) { }\n"
+     "        ^\n"},
+    {"loop unterminated",
+     "input x: f32[B, 3]\nfor i in range(3) {\n  x2 = relu(x)\n",
+     "t.kiln:2:19: error: unterminated loop: this '{' has no matching '}'\n"
+     "  for i in range(3) {\n"
+     "                    ^\n"},
+    {"loop over a tensor",
+     "input x: f32[B, 3]\nfor i in x { }\n",
+     "t.kiln:2:10: error: a loop runs over range(...) or a list of numbers such as [1, 2, 4]\n"
+     "  for i in x { }\n"
+     "           ^\n"},
+    {"loop zero step",
+     "for i in range(0, 4, 0) { }\n",
+     "t.kiln:1:22: error: range: the step must not be zero\n"
+     "  for i in range(0, 4, 0) { }\n"
+     "                       ^\n"},
+    {"loop too long",
+     "for i in range(1000000) { }\n",
+     "t.kiln:1:10: error: this loop would run 1000000 times (at most 100000)\n"
+     "  for i in range(1000000) { }\n"
+     "           ^\n"},
+    {"loops too long in all",
+     "for i in range(1000) {\n for j in range(1000) { }\n}\n",
+     "t.kiln:2:2: error: the loops repeat their bodies more than 100000 times in all\n"
+     "   for j in range(1000) { }\n"
+     "   ^\n"},
+    {"param in a loop",
+     "for i in range(2) {\n  param w: f32[3]\n}\n",
+     "t.kiln:2:3: error: only assignments and loops may appear inside a loop\n"
+     "    param w: f32[3]\n"
+     "    ^\n"},
+    {"loop variable is an input",
+     "input x: f32[B, 3]\nfor x in range(2) { }\n",
+     "t.kiln:2:5: error: cannot assign to input 'x' (defined on line 1)\n"
+     "  for x in range(2) { }\n"
+     "      ^\n"},
+    {"loop layer named twice",
+     "input x: f32[B, 3]\nfor i in range(2) {\n  h = linear(x, out=2) as fc\n"
+     "  h2 = linear(x, out=2) as fc\n}\n",
+     "t.kiln:4:28: error: parameter 'fc.0.weight' is defined twice\n"
+     "    h2 = linear(x, out=2) as fc\n"
+     "                             ^\n"},
+    {"modulo of a tensor",
+     "input x: f32[B, 3]\nh = x % 2\n",
+     "t.kiln:2:7: error: '%' works on numbers only (such as a loop index), not on tensors\n"
+     "  h = x % 2\n"
+     "        ^\n"},
+    {"modulo by zero",
+     "k = 5 % (2 - 2)\n",
+     "t.kiln:1:7: error: 5 % 0: the divisor of '%' must not be zero\n"
+     "  k = 5 % (2 - 2)\n"
+     "        ^\n"},
     {"unexpected char",
      "x = $\n",
      "t.kiln:1:5: error: unexpected character '$'\n"
@@ -2035,6 +2126,7 @@ static Suite *frontend_suite(void) {
   tcase_add_test(lower, lower_linear_toy_example);
   tcase_add_test(lower, lower_precedence_graph);
   tcase_add_test(lower, lower_layer_naming);
+  tcase_add_test(lower, lower_loops);
   tcase_add_test(lower, lower_init_schemes);
   tcase_add_test(lower, lower_train_settings);
   tcase_add_test(lower, lower_reductions_reshape_and_numbers);

@@ -52,7 +52,7 @@ bool lex_is_ident(const char *s);
 typedef enum ExprKind {
   EX_NUM,      /* num, is_int, text */
   EX_NAME,     /* name */
-  EX_BINARY,   /* lhs op rhs, op one of + - * / ^; loc is the operator's */
+  EX_BINARY,   /* lhs op rhs, op one of + - * / % ^; loc is the operator's */
   EX_NEG,      /* -lhs; loc is the '-' */
   EX_CALL,     /* name(args); loc is the function name's; as = `as NAME` or NULL */
   EX_LIST,     /* [items]; loc is the '[' */
@@ -85,8 +85,18 @@ struct Expr {
   int nitems;
   const char *as;     /* EX_CALL: layer name given with `as NAME`, else NULL */
   Loc as_loc;
-  const char *layer;  /* EX_CALL of a layer: the name lowering chose (reused by the eval pass) */
+  struct LayerName *layers; /* EX_CALL of a layer: the names lowering chose, one per loop
+                               iteration (reused by the eval pass) */
 };
+
+/* A layer's name chosen in one iteration of the loops around its call (key: the iteration
+ * suffix, "" outside loops, ".2.0" in the third iteration of an outer loop and the first of an
+ * inner one). */
+typedef struct LayerName {
+  const char *key;
+  const char *name;
+  struct LayerName *next;
+} LayerName;
 
 typedef enum StmtKind {
   ST_MODEL,    /* model NAME */
@@ -96,7 +106,8 @@ typedef enum StmtKind {
   ST_ASSIGN,   /* NAME = EXPR */
   ST_OUTPUT,   /* output NAME */
   ST_MINIMIZE, /* minimize NAME */
-  ST_TRAIN     /* train { KEY = VALUE ... } */
+  ST_TRAIN,    /* train { KEY = VALUE ... } */
+  ST_FOR       /* for NAME in ITERABLE { STMT ... } */
 } StmtKind;
 
 /* One dimension as written: a number, or the batch symbol's name. */
@@ -132,6 +143,9 @@ typedef struct Stmt {
   Expr *init;         /* ST_PARAM: init=INIT, or NULL */
   Setting *settings;  /* ST_TRAIN */
   int nsettings;
+  struct Stmt *body;  /* ST_FOR: the statements repeated, with name the loop variable and value
+                         what it runs over */
+  int nbody;
 } Stmt;
 
 typedef struct Program {
@@ -178,6 +192,9 @@ typedef struct Lower {
   const char **sites;         /* dropout sites named so far (training pass): names must differ */
   int nsites, capsites;
   bool have_output, have_minimize;
+  const char *suffix;         /* inside loops: ".i" per enclosing loop, the iteration's index,
+                                 added to the layer names the file gives (ModuleList style) */
+  int64_t loop_iterations;    /* bodies lowered by loops so far in this pass */
 } Lower;
 
 /* Compile-time arguments, shared with settings.c. `what` names the argument in messages

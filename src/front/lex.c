@@ -139,7 +139,7 @@ Token *lex_tokens(Pool *p, const SrcFile *f, size_t len, int *ntok) {
       push(&L, TK_IDENT, s, (int)(L.p - s));
     } else if (isdigit(c) || (c == '.' && L.p + 1 < L.end && isdigit((unsigned char)L.p[1]))) {
       lex_number(&L);
-    } else if (strchr("+-*/^()[]{},=:", c) && c != '\0') {
+    } else if (strchr("+-*/%^()[]{},=:", c) && c != '\0') {
       push(&L, TK_PUNCT, L.p, 1);
       L.p++;
     } else if (isprint(c)) {

@@ -118,6 +118,17 @@ static double fold(Lower *L, Op op, double x, double y, Loc at) {
   return r;
 }
 
+/* a % b as in Python: the remainder takes the divisor's sign, so `i % 10` cycles 0..9 for
+ * negative i too. Only numbers have it. */
+static double modulo(Lower *L, double a, double b, Loc at) {
+  if (b == 0)
+    kiln_fail(at, "%s %% 0: the divisor of '%%' must not be zero", fe_fmt_num(L, a));
+  double r = fmod(a, b);
+  if (r != 0 && (r < 0) != (b < 0))
+    r += b;
+  return r;
+}
+
 /* Folds an expression made only of numbers (and names bound to numbers); false otherwise. */
 static bool const_num(Lower *L, const Expr *e, double *out) {
   double a, b;
@@ -140,7 +151,8 @@ static bool const_num(Lower *L, const Expr *e, double *out) {
   case EX_BINARY:
     if (!const_num(L, e->lhs, &a) || !const_num(L, e->rhs, &b))
       return false;
-    *out = fold(L, binary_ops[(unsigned char)e->op], a, b, e->loc);
+    *out = e->op == '%' ? modulo(L, a, b, e->loc)
+                        : fold(L, binary_ops[(unsigned char)e->op], a, b, e->loc);
     return true;
   default:
     return false;
@@ -1150,24 +1162,29 @@ static bool name_taken(Lower *L, const char *name) {
 }
 
 /* A layer's name: `as NAME`; else the variable it is assigned to when it is the whole
- * right-hand side; else <function><n>, skipping names the file uses for other layers. Chosen
- * once (training pass) and kept in the AST so both passes agree. */
+ * right-hand side; else <function><n>, skipping names the file uses for other layers. Inside
+ * loops a given name gets the iteration's suffix (`f.3` in the fourth iteration), as PyTorch
+ * names the modules of a ModuleList. Chosen once per iteration (training pass) and kept in the
+ * AST so both passes agree. */
 static const char *layer_name(Lower *L, const Func *f, Expr *call, const char *assigned) {
-  if (call->layer)
-    return call->layer;
+  for (const LayerName *n = call->layers; n; n = n->next)
+    if (!strcmp(n->key, L->suffix))
+      return n->name;
+  const char *name;
   if (call->as) {
-    call->layer = call->as;
+    name = pool_printf(L->tmp, "%s%s", call->as, L->suffix);
   } else if (assigned && f->naming == NAMED_LAYER) {
-    call->layer = assigned;
+    name = pool_printf(L->tmp, "%s%s", assigned, L->suffix);
   } else {
     int k = (int)(f - funcs);
-    const char *name;
     do
       name = pool_printf(L->tmp, "%s%d", f->name, ++L->layer_count[k]);
     while (name_taken(L, name));
-    call->layer = name;
   }
-  return call->layer;
+  LayerName *n = pool_alloc(L->tmp, sizeof *n);
+  *n = (LayerName){L->suffix, name, call->layers};
+  call->layers = n;
+  return name;
 }
 
 static Val lower_call(Lower *L, Expr *e, const char *assigned) {
@@ -1269,6 +1286,11 @@ static Val lower_expr(Lower *L, Expr *e, const char *assigned) {
   }
   case EX_BINARY: {
     Val a = lower_expr(L, e->lhs, NULL), b = lower_expr(L, e->rhs, NULL);
+    if (e->op == '%') {
+      if (a.node >= 0 || b.node >= 0)
+        kiln_fail(e->loc, "'%%' works on numbers only (such as a loop index), not on tensors");
+      return (Val){-1, modulo(L, a.num, b.num, e->loc)};
+    }
     return binop(L, binary_ops[(unsigned char)e->op], a, e->lhs->loc, b, e->rhs->loc, e->loc);
   }
   case EX_CALL:
@@ -1295,6 +1317,69 @@ static Node *named_tensor(Lower *L, const Stmt *s) {
   return node(L, v->v.node);
 }
 
+/* How many times loops may repeat their bodies in all: far beyond any real network, and small
+ * enough that a typo such as range(1e9) fails at once instead of exhausting memory. */
+#define LOOP_MAX_ITERATIONS 100000
+
+/* The values a loop runs over: range(stop) or range(start, stop[, step]) of whole numbers, as
+ * in Python, or a list of numbers. Returns how many, in *out (scratch memory). */
+static int64_t loop_values(Lower *L, const Expr *e, double **out) {
+  if (e->kind == EX_LIST) {
+    *out = pool_alloc(L->tmp, (size_t)(e->nitems ? e->nitems : 1) * sizeof **out);
+    for (int i = 0; i < e->nitems; i++)
+      (*out)[i] = fe_num_arg(L, e->items[i], "a loop value");
+    return e->nitems;
+  }
+  if (e->kind != EX_CALL || strcmp(e->name, "range"))
+    kiln_fail(e->loc, "a loop runs over range(...) or a list of numbers such as [1, 2, 4]");
+  if (e->nargs < 1 || e->nargs > 3)
+    kiln_fail(e->loc, "range takes 1 to 3 arguments (stop, or start, stop, step), got %d",
+              e->nargs);
+  int64_t v[3] = {0, 0, 1}, lim = (int64_t)1 << 40;
+  for (int i = 0; i < e->nargs; i++) {
+    if (e->args[i].name)
+      kiln_fail(e->args[i].loc, "range takes its arguments by position");
+    v[e->nargs == 1 ? 1 : i] = fe_int_arg(L, e->args[i].value, -lim, lim, "range: an argument");
+  }
+  if (v[2] == 0)
+    kiln_fail(e->args[2].loc, "range: the step must not be zero");
+  int64_t n = v[2] > 0 ? (v[1] - v[0] + v[2] - 1) / v[2] : (v[0] - v[1] - v[2] - 1) / -v[2];
+  if (n < 0)
+    n = 0;
+  if (n > LOOP_MAX_ITERATIONS)
+    kiln_fail(e->loc, "this loop would run %lld times (at most %d)", (long long)n,
+              LOOP_MAX_ITERATIONS);
+  *out = pool_alloc(L->tmp, (size_t)(n ? n : 1) * sizeof **out);
+  for (int64_t i = 0; i < n; i++)
+    (*out)[i] = (double)(v[0] + i * v[2]);
+  return n;
+}
+
+static void lower_stmt(Lower *L, Stmt *s);
+
+/* for NAME in ITERABLE { ... }: the body lowered once per value, with NAME bound to it as a
+ * number. Variables assigned in the body stay assigned after it, as in Python, which is how a
+ * loop builds a network layer by layer. */
+static void lower_loop(Lower *L, Stmt *s) {
+  double *vals;
+  int64_t n = loop_values(L, s->value, &vals);
+  L->loop_iterations += n;
+  if (L->loop_iterations > LOOP_MAX_ITERATIONS)
+    kiln_fail(s->loc, "the loops repeat their bodies more than %d times in all",
+              LOOP_MAX_ITERATIONS);
+  for (int i = 0; i < s->nbody; i++)
+    if (s->body[i].kind != ST_ASSIGN && s->body[i].kind != ST_FOR)
+      kiln_fail(s->body[i].loc, "only assignments and loops may appear inside a loop");
+  const char *outer = L->suffix;
+  for (int64_t k = 0; k < n; k++) {
+    set_var(L, s->name, s->name_loc, VAR_COMPUTED, (Val){-1, vals[k]});
+    L->suffix = pool_printf(L->tmp, "%s.%lld", outer, (long long)k);
+    for (int i = 0; i < s->nbody; i++)
+      lower_stmt(L, &s->body[i]);
+  }
+  L->suffix = outer;
+}
+
 static void lower_stmt(Lower *L, Stmt *s) {
   Graph *g = L->g;
   switch (s->kind) {
@@ -1309,6 +1394,9 @@ static void lower_stmt(Lower *L, Stmt *s) {
     return;
   case ST_PARAM:
     lower_param(L, s);
+    return;
+  case ST_FOR:
+    lower_loop(L, s);
     return;
   case ST_ASSIGN: {
     bool whole_layer = s->value->kind == EX_CALL;
@@ -1374,8 +1462,18 @@ static void collect_explicit(Lower *L, const Expr *e, const char *assigned, int 
     collect_explicit(L, e->items[i], NULL, cap);
 }
 
+/* The layer names given by the assignments in stmts and the loops among them. */
+static void collect_stmts(Lower *L, Stmt *stmts, int n, int *cap) {
+  for (int i = 0; i < n; i++) {
+    if (stmts[i].kind == ST_ASSIGN)
+      collect_explicit(L, stmts[i].value, stmts[i].name, cap);
+    else if (stmts[i].kind == ST_FOR)
+      collect_stmts(L, stmts[i].body, stmts[i].nbody, cap);
+  }
+}
+
 void fe_lower(Graph *g, Program *prog, Pool *tmp) {
-  Lower L = {.g = g, .prog = prog, .tmp = tmp, .sym = -1, .init = {-1, 0}};
+  Lower L = {.g = g, .prog = prog, .tmp = tmp, .sym = -1, .init = {-1, 0}, .suffix = ""};
   const Stmt *model = NULL, *train = NULL;
   int cap = 0;
   for (int i = 0; i < prog->nstmts; i++) {
@@ -1389,15 +1487,15 @@ void fe_lower(Graph *g, Program *prog, Pool *tmp) {
       if (train)
         kiln_fail(s->loc, "a model has one train block; this is a second one");
       train = s;
-    } else if (s->kind == ST_ASSIGN) {
-      collect_explicit(&L, s->value, s->name, &cap);
     }
   }
+  collect_stmts(&L, prog->stmts, prog->nstmts, &cap);
   if (train)
     L.init = fe_read_train(&L, train, &g->train);
   for (L.mode = 0; L.mode < 2; L.mode++) {
     L.nvars = 0;
     L.have_output = L.have_minimize = false;
+    L.loop_iterations = 0;
     memset(L.layer_count, 0, sizeof L.layer_count);
     for (int i = 0; i < prog->nstmts; i++)
       lower_stmt(&L, &prog->stmts[i]);

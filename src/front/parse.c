@@ -322,8 +322,8 @@ static Expr *left_assoc(Parser *P, const char *ops, Expr *(*operand)(Parser *)) 
   }
 }
 
-/* mul = unary (("*" | "/") unary)* */
-static Expr *mul(Parser *P) { return left_assoc(P, "*/", unary); }
+/* mul = unary (("*" | "/" | "%") unary)* */
+static Expr *mul(Parser *P) { return left_assoc(P, "*/%", unary); }
 
 /* expr = mul (("+" | "-") mul)* */
 static Expr *expr(Parser *P) { return left_assoc(P, "+-", mul); }
@@ -456,13 +456,46 @@ static void train_stmt(Parser *P, Stmt *s) {
   }
 }
 
+static void stmt(Parser *P, Stmt *s);
+
+/* for = "for" IDENT "in" expr "{" {NEWLINE | stmt (NEWLINE | before "}")} "}"
+ * The iterable is range(...) or a list of numbers; lower.c unrolls the loop. */
+static void for_stmt(Parser *P, Stmt *s, Token *kw) {
+  s->name = expect_ident(P, "a loop variable after 'for'", &s->name_loc);
+  Token *in = peek(P);
+  if (!is_word(in, "in"))
+    kiln_fail(in->loc, "expected 'in' after the loop variable '%s', got %s", s->name,
+              desc(P, in));
+  next(P);
+  s->value = expr(P);
+  Token *open = expect(P, '{', "to open the loop's body");
+  int depth = P->depth;
+  nest(P, kw);
+  int cap = 0;
+  for (;;) {
+    skip_newlines(P);
+    if (accept(P, '}'))
+      break;
+    if (peek(P)->kind == TK_EOF)
+      kiln_fail(open->loc, "unterminated loop: this '{' has no matching '}'");
+    s->body = grow(P, s->body, s->nbody, &cap, sizeof(Stmt));
+    Stmt *b = &s->body[s->nbody++];
+    memset(b, 0, sizeof *b);
+    stmt(P, b);
+    Token *t = peek(P);
+    if (t->kind != TK_NEWLINE && !is_punct(t, '}'))
+      kiln_fail(t->loc, "expected end of line after the statement, got %s", desc(P, t));
+  }
+  P->depth = depth;
+}
+
 static const char *const keywords[] = {
     [ST_MODEL] = "model",   [ST_INPUT] = "input",       [ST_CONST] = "const",
     [ST_PARAM] = "param",   [ST_ASSIGN] = NULL,         [ST_OUTPUT] = "output",
-    [ST_MINIMIZE] = "minimize", [ST_TRAIN] = "train",
+    [ST_MINIMIZE] = "minimize", [ST_TRAIN] = "train",   [ST_FOR] = "for",
 };
 
-/* stmt = model | input | const | param | output | minimize | train | IDENT "=" expr
+/* stmt = model | input | const | param | output | minimize | train | for | IDENT "=" expr
  * model = "model" IDENT;  output = "output" IDENT;  minimize = "minimize" IDENT */
 static void stmt(Parser *P, Stmt *s) {
   Token *t = peek(P);
@@ -485,6 +518,9 @@ static void stmt(Parser *P, Stmt *s) {
         return;
       case ST_TRAIN:
         train_stmt(P, s);
+        return;
+      case ST_FOR:
+        for_stmt(P, s, t);
         return;
       default: /* model, output, minimize: one name */
         s->name = expect_ident(P, pool_printf(P->pool, "a name after '%s'", keywords[k]),

@@ -139,10 +139,12 @@ static void check_numel(Graph *g, const Shape *s, Loc loc, const char *leaf_name
   }
 }
 
-/* Checked identifiers are the only text from a model file that may reach generated C. */
+/* Checked identifiers are the only text from a model file that may reach generated C: segments
+ * of [A-Za-z0-9_] joined by '.', the first starting with a letter or '_' (later ones may be a
+ * loop index, "conv.3.weight", as in a PyTorch ModuleList). */
 static bool is_checked_name(const char *s) {
   if (!s || !*s) return false;
-  bool start = true;
+  bool start = true, first = true;
   for (; *s; s++) {
     char c = *s;
     bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
@@ -150,9 +152,10 @@ static bool is_checked_name(const char *s) {
     if (c == '.') {
       if (start) return false;
       start = true;
+      first = false;
       continue;
     }
-    if (!(alpha || (digit && !start))) return false;
+    if (!(alpha || (digit && !(start && first)))) return false;
     start = false;
   }
   return !start;
