@@ -1532,6 +1532,32 @@ START_TEST(fused_reductions_bit_identical) {
 }
 END_TEST
 
+/* A fused reduction whose operands broadcast along axes of one element: [1] against [B, 1] is one
+ * value per run, however its stride along the unit axis is written (a linear layer with one
+ * output once summed its bias as if it had B of them). Batches past the 16-lane loop too. */
+static const char *const unit_axis_models[] = {
+    "input x: f32[B, 4]\nf = linear(x, out=1)\nloss = mean(f)\nminimize loss\n",
+    "input x: f32[B, 1]\nparam b: f32[1] = [0.5]\nloss = mean(x * b + b)\nminimize loss\n",
+    "input x: f32[B, 1, 1]\nparam b: f32[1, 1] = [[2]]\nparam c: f32[1] = [3]\n"
+    "loss = mean(sum(x + b, axes=[1])) + sum(x * c)\nminimize loss\n",
+    "input x: f32[B, 2, 1]\nparam b: f32[1, 1] = [[2]]\nloss = sum(x * b)\nminimize loss\n",
+};
+
+START_TEST(fused_reduction_unit_axes) {
+  const int64_t batches[] = {5, 37};
+  for (int k = 0; k < 2; k++) {
+    Session s;
+    Options o;
+    session_default_options(&o);
+    o.batch = batches[k];
+    ck_assert_msg(session_open_text(&s, "unit.kiln", unit_axis_models[_i], &o) == 0, "%s",
+                  s.error);
+    check_passes(&s, unit_axis_models[_i]);
+    session_close(&s);
+  }
+}
+END_TEST
+
 /* An update chain a <- b, b <- c must copy b before overwriting it. */
 START_TEST(update_chain_order) {
   int a = param("a", DT_F32, S1(C_(4)));
@@ -2288,6 +2314,8 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, fusion_matches_unfused, 0, 2);
   tcase_add_test(tc, adam_is_one_loop_per_parameter);
   tcase_add_test(tc, fused_reductions_bit_identical);
+  tcase_add_loop_test(tc, fused_reduction_unit_axes, 0,
+                      (int)(sizeof unit_axis_models / sizeof *unit_axis_models));
   tcase_add_test(tc, update_cycle_is_an_error);
   tcase_add_test(tc, bad_labels_give_nan);
   tcase_add_test(tc, recomputed_nodes_fit_their_loops);

@@ -224,10 +224,15 @@ static const char *elem_index(Cg *cg, const char *elem) {
   return pool_strndup(cg->pool, a + 1, (size_t)(b - a - 1));
 }
 
+/* An axis of one element: whatever an operand's stride along it, it does not make the operand
+ * vary along a run (sched.c's run_operand reads a [1] against [B, 1] as one value). */
+static bool unit_axis(const Shape *s, int k) { return s->d[k].sym < 0 && s->d[k].n == 1; }
+
 /* The body of a reduction's run loop at element J of the run: the fused values, the stores, and
  * what is done with the value (`last`, with %s for its register). */
 static void reduce_body(Cg *cg, CgTreeArgs *ta, const Node *x, const Sz *const *st, int k0,
                         int rank, const char *J, const char *last) {
+  const Shape *xs = &x->shape;
   for (int j = 0; j < ta->nout; j++)
     ta->outelem[j] = pool_printf(cg->pool, "w%d[%s]", j, J);
   /* Elements of the run are loaded up front, unconditionally: a load inside a select (ReLU's
@@ -235,7 +240,7 @@ static void reduce_body(Cg *cg, CgTreeArgs *ta, const Node *x, const Sz *const *
   for (int i = 0; i < ta->n + ta->ndc; i++) {
     bool run = false;
     for (int k = k0; k < rank; k++)
-      run |= st[1 + ta->nout + i][k].c != 0;
+      run |= st[1 + ta->nout + i][k].c != 0 && !unit_axis(xs, k);
     const char *e = pool_printf(cg->pool, "h%d", i);
     if (run) {
       bool lit = i >= ta->n;
@@ -307,7 +312,7 @@ void cg_emit_reduce_tree(Cg *cg, const Node *n, CgTreeArgs *ta) {
     const Opnd *op = &ops[1 + ta->nout + i];
     bool run = false;
     for (int k = k0; k < rank; k++)
-      run |= op->stride[k].c != 0;
+      run |= op->stride[k].c != 0 && !unit_axis(xs, k);
     if (!run)
       cg_line(cg, "const %s h%d = %s;", ctype(n->dtype), i, op->elem);
     else
