@@ -29,7 +29,8 @@
  * Output names are fixed: "loss" (written by train and grad: the mean loss of the batch),
  * "penalty" (train and grad, when the model regularizes), "eval.loss" and "eval.output" (eval
  * entry: the loss and the model's declared output, e.g. the logits, absent if the model declares
- * none).
+ * none), and "eval.metric.NAME" (eval entry: each scalar the model reports with `metric NAME`,
+ * a mean over the batch).
  *
  * Settings are the model's training defaults, each value a number printed by kiln: "epochs",
  * "steps" (full-batch updates for models whose data is in the file), "seed" and "patience"
@@ -39,6 +40,7 @@
 #ifndef KILN_ABI_H
 #define KILN_ABI_H
 
+#include <math.h>
 #include <stdint.h>
 
 #define KILN_ABI_VERSION 4
@@ -111,6 +113,14 @@ static inline double kiln_dropout_uniform(uint32_t salt, double counter, int64_t
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   z ^= z >> 31;
   return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* A standard normal sample for noise(), shared in the same way: Box-Muller on the generator's
+ * uniforms at indices 2i and 2i + 1 (1 - u is in (0, 1], so the logarithm is finite). */
+static inline double kiln_normal(uint32_t salt, double counter, int64_t index) {
+  double u1 = kiln_dropout_uniform(salt, counter, 2 * index);
+  double u2 = kiln_dropout_uniform(salt, counter, 2 * index + 1);
+  return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);
 }
 
 /* Threads. A program splits its large kernels into tasks whose number and contents depend only

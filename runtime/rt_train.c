@@ -405,7 +405,41 @@ typedef struct Run {
   int train_e, eval_e;  /* entry indices; eval_e is -1 when the program has none */
   RtProgress progress;
   char last_checkpoint[4096]; /* the newest resumable checkpoint of this run, or "" */
+  /* The model's metrics (`metric NAME`, eval entry outputs "eval.metric.NAME"). */
+  int nmetrics;
+  int metric_t[RT_MAX_METRICS];
+  const char *metric_name[RT_MAX_METRICS];
 } Run;
+
+/* Finds the model's metrics among the eval entry's outputs. */
+static void find_metrics(Run *r) {
+  const kiln_program *p = r->prog;
+  static const char prefix[] = "eval.metric.";
+  for (int i = 0; i < p->ntensors && r->nmetrics < RT_MAX_METRICS; i++)
+    if (p->tensors[i].role == KILN_ROLE_OUTPUT &&
+        !strncmp(p->tensors[i].name, prefix, sizeof prefix - 1)) {
+      r->metric_t[r->nmetrics] = i;
+      r->metric_name[r->nmetrics++] = p->tensors[i].name + sizeof prefix - 1;
+    }
+}
+
+/* "  test_psnr 21.3024" per metric (fmt: one %s for the set's name, one for the metric's, one
+ * %f); a message leaves out the metrics that are NaN (not measured), a CSV row (csv) keeps
+ * every column. */
+static const char *metric_figures(const Run *r, const char *set, const double *v, const char *fmt,
+                                  int csv, char *buf, size_t len) {
+  size_t used = 0;
+  buf[0] = 0;
+  for (int i = 0; i < r->nmetrics && used < len; i++) {
+    if (isnan(v[i]) && !csv)
+      continue;
+    int k = snprintf(buf + used, len - used, fmt, set, r->metric_name[i], v[i]);
+    if (k < 0)
+      break;
+    used += (size_t)k;
+  }
+  return buf;
+}
 
 int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err) {
   const kiln_program *p = be->prog;
@@ -510,12 +544,12 @@ static int check_data_inputs(Run *r, const RtDataset *ds, const char *dir) {
   return 0;
 }
 
-/* Loss (example-weighted mean of eval.loss) and accuracy (argmax over the last axis of
- * eval.output against the label) over examples idx[0..n) of a dataset (the first n when idx is
- * NULL), in order; `what` names them in messages. NaN where the program does not provide what is
- * needed. */
+/* Loss (example-weighted mean of eval.loss), accuracy (argmax over the last axis of
+ * eval.output against the label) and each metric (example-weighted mean, into metrics[]) over
+ * examples idx[0..n) of a dataset (the first n when idx is NULL), in order; `what` names them in
+ * messages. NaN where the program does not provide what is needed. */
 static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n,
-                    const char *what, double *loss, double *acc) {
+                    const char *what, double *loss, double *acc, double *metrics) {
   const kiln_program *p = r->prog;
   int tl = rt_find_tensor(p, "eval.loss"), to = rt_find_tensor(p, "eval.output");
   int have_labels = 0;
@@ -527,9 +561,11 @@ static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n
   int64_t classes = out && out->rank >= 2 && out->batch_axis == 0 ? out->dims[out->rank - 1] : 0;
   int can_score = have_labels && classes > 0 && rt_numel(out, 1) == classes;
   *loss = *acc = NAN;
-  if ((tl < 0 && !can_score) || n <= 0 || r->eval_e < 0)
+  for (int m = 0; m < RT_MAX_METRICS; m++)
+    metrics[m] = NAN;
+  if ((tl < 0 && !can_score && !r->nmetrics) || n <= 0 || r->eval_e < 0)
     return 0;
-  double loss_sum = 0;
+  double loss_sum = 0, metric_sum[RT_MAX_METRICS] = {0};
   int64_t correct = 0;
   for (int64_t first = 0; first < n; first += p->batch) {
     int64_t b = n - first < p->batch ? n - first : p->batch;
@@ -544,6 +580,8 @@ static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n
                        (long long)(first + b - 1));
       loss_sum += l * (double)b;
     }
+    for (int m = 0; m < r->nmetrics; m++)
+      metric_sum[m] += read_scalar(r, r->metric_t[m], b) * (double)b;
     if (can_score) {
       r->be->read(r->be->self, to, r->buf, rt_numel(out, b));
       for (int64_t k = 0; k < b; k++) {
@@ -560,6 +598,8 @@ static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n
     *loss = loss_sum / (double)n;
   if (can_score)
     *acc = (double)correct / (double)n;
+  for (int m = 0; m < r->nmetrics; m++)
+    metrics[m] = metric_sum[m] / (double)n;
   return 0;
 }
 
@@ -1030,11 +1070,16 @@ static int train_data(Run *r) {
     rs.best_vals = NULL;
     snprintf(r->last_checkpoint, sizeof r->last_checkpoint, "%s", o->resume_path);
   }
+  const char *set = nval ? "val" : "test";
+  char header[1024], metric_text[512];
+  snprintf(header, sizeof header,
+           "epoch,train_loss,%s_loss,%s_accuracy,images_per_s,seconds", set, set);
+  for (int m = 0; m < r->nmetrics; m++) {
+    size_t used = strlen(header);
+    snprintf(header + used, sizeof header - used, ",%s_%s", set, r->metric_name[m]);
+  }
   if (o->metrics_path &&
-      rt_csv_open(&csv, o->metrics_path,
-                  nval ? "epoch,train_loss,val_loss,val_accuracy,images_per_s,seconds"
-                       : "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds",
-                  o->resume_path ? rs.epoch - 1 : -1, r->err))
+      rt_csv_open(&csv, o->metrics_path, header, o->resume_path ? rs.epoch - 1 : -1, r->err))
     goto done;
   order = malloc((size_t)(nfit ? nfit : 1) * sizeof *order);
   if (!order) {
@@ -1051,6 +1096,9 @@ static int train_data(Run *r) {
   RtRng rng;
   rt_rng_seed(&rng, rt_hash_name(r->seed, "kiln.shuffle"));
   double train_time = 0, train_loss = NAN, test_loss = NAN, acc = NAN;
+  double metrics[RT_MAX_METRICS], final_metrics[RT_MAX_METRICS];
+  for (int m = 0; m < RT_MAX_METRICS; m++)
+    metrics[m] = final_metrics[m] = NAN;
   int64_t train_images = 0;
   int ran = 0, stopped = 0, first_epoch = 1;
   if (o->resume_path) {
@@ -1120,8 +1168,8 @@ static int train_data(Run *r) {
     ran = epoch;
     if (!o->quiet)
       rt_progress_done(&r->progress);
-    if (nval ? evaluate(r, &train, val_idx, nval, "validation", &test_loss, &acc)
-             : evaluate(r, &test, NULL, ntest, "test", &test_loss, &acc))
+    if (nval ? evaluate(r, &train, val_idx, nval, "validation", &test_loss, &acc, metrics)
+             : evaluate(r, &test, NULL, ntest, "test", &test_loss, &acc, metrics))
       goto done;
     double rate = epoch_train > 0 ? (double)(seen - resumed_seen) / epoch_train : 0;
     char note[80] = "", figs1[64], figs2[64];
@@ -1140,15 +1188,17 @@ static int train_data(Run *r) {
       }
     }
     if (!o->quiet)
-      fprintf(stderr, "epoch %d/%d  %s %.4f%s%s  %.0f img/s%s\n", epoch, epochs, train_name,
+      fprintf(stderr, "epoch %d/%d  %s %.4f%s%s%s  %.0f img/s%s\n", epoch, epochs, train_name,
               train_loss,
               figure(test_loss, nval ? "  val_loss %.4f" : "  test_loss %.4f", figs1,
                      sizeof figs1),
               figure(acc, nval ? "  val_accuracy %.4f" : "  test_accuracy %.4f", figs2,
                      sizeof figs2),
+              metric_figures(r, set, metrics, "  %s_%s %.4f", 0, metric_text, sizeof metric_text),
               rate, note);
-    rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f", epoch, train_loss, test_loss, acc, rate,
-               rt_now() - t0);
+    rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f%s", epoch, train_loss, test_loss, acc, rate,
+               rt_now() - t0,
+               metric_figures(r, set, metrics, "%.0s%.0s,%.6f", 1, metric_text, sizeof metric_text));
     if (stop_signal || checkpoint_due(o, 0, epoch, 1)) {
       rs = (RtResume){.epoch = epoch + 1, .epoch_rng = rng, .train_time = train_time,
                       .train_images = train_images, .ran = ran, .last_train_loss = train_loss,
@@ -1179,7 +1229,8 @@ static int train_data(Run *r) {
   }
   /* With a validation split the test set is measured once, on the parameters kept. */
   double final_test_loss = nval ? NAN : test_loss, final_acc = nval ? NAN : acc;
-  if (nval && evaluate(r, &test, NULL, ntest, "test", &final_test_loss, &final_acc))
+  if (nval ? evaluate(r, &test, NULL, ntest, "test", &final_test_loss, &final_acc, final_metrics)
+           : (memcpy(final_metrics, metrics, sizeof metrics), 0))
     goto done;
   if (o->save_path && rt_save_checkpoint(r->be, o->save_path, r->err))
     goto done;
@@ -1190,6 +1241,8 @@ static int train_data(Run *r) {
          figure(final_test_loss, " test_loss=%.4f", figs[2], sizeof figs[2]),
          figure(final_acc, " test_accuracy=%.4f", figs[3], sizeof figs[3]),
          train_time > 0 ? (double)train_images / train_time : 0.0);
+  printf("%s", metric_figures(r, "test", final_metrics, " %s_%s=%.4f", 0, metric_text,
+                              sizeof metric_text));
   if (patience > 0)
     printf(" early_stop=%s best_epoch=%d", stopped ? "yes" : "no", best.epoch);
   printf("\n");
@@ -1311,6 +1364,7 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   r.seed = o->have_seed ? o->seed : rt_setting_u64(p, "seed", 1);
   r.train_e = rt_find_entry(p, "train");
   r.eval_e = rt_find_entry(p, "eval");
+  find_metrics(&r);
   if (r.train_e < 0) {
     rt_errf(r.err, "program '%s' has no \"train\" entry", p->model ? p->model : "?");
     goto done;

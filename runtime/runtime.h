@@ -18,6 +18,7 @@
 struct stat;
 
 #define RT_ERR_LEN 1024
+#define RT_MAX_METRICS 8    /* metrics a trainer reports (`metric NAME` in the model) */
 
 #if defined(__GNUC__)
 #define RT_PRINTF(f, a) __attribute__((format(printf, f, a)))

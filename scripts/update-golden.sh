@@ -9,6 +9,7 @@ unset KILN_THREADS KILN_FUSE KILN_CONV
 export KILN_TARGET=generic  # the library's fixed target, not this machine's caches
 for model in examples/*.kiln; do
   name=$(basename "$model" .kiln)
+  case "$name" in msd_net) continue ;; esac  # too large to review: test_golden.c's not_golden
   "$KILN" ir "$model" -o "tests/golden/$name.ir"
   "$KILN" emit "$model" --threads 1 -o "tests/golden/$name.c"
 done

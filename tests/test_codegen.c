@@ -1558,6 +1558,21 @@ START_TEST(fused_reduction_unit_axes) {
 }
 END_TEST
 
+/* noise draws the reference's numbers in training (dropout.step) and evaluation (fixed). */
+START_TEST(noise_matches_reference) {
+  Session s;
+  Options o;
+  session_default_options(&o);
+  o.batch = 7;
+  ck_assert_msg(session_open_text(&s, "noise.kiln",
+                                  "input x: f32[B, 3, 5]\nparam w: f32[5] = 1\n"
+                                  "y = noise(x * w, std=0.5)\nloss = mean(y * y)\nminimize loss\n"
+                                  "output y\n", &o) == 0, "%s", s.error);
+  check_passes(&s, "noise");
+  session_close(&s);
+}
+END_TEST
+
 /* An update chain a <- b, b <- c must copy b before overwriting it. */
 START_TEST(update_chain_order) {
   int a = param("a", DT_F32, S1(C_(4)));
@@ -2314,6 +2329,7 @@ static Suite *suite(void) {
   tcase_add_loop_test(tc, fusion_matches_unfused, 0, 2);
   tcase_add_test(tc, adam_is_one_loop_per_parameter);
   tcase_add_test(tc, fused_reductions_bit_identical);
+  tcase_add_test(tc, noise_matches_reference);
   tcase_add_loop_test(tc, fused_reduction_unit_axes, 0,
                       (int)(sizeof unit_axis_models / sizeof *unit_axis_models));
   tcase_add_test(tc, update_cycle_is_an_error);

@@ -1257,6 +1257,32 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:4:28: error: parameter 'fc.0.weight' is defined twice\n"
      "    h2 = linear(x, out=2) as fc\n"
      "                             ^\n"},
+    {"metric not a scalar",
+     "input x: f32[B, 3]\nmetric x\n",
+     "t.kiln:2:8: error: a metric is a floating-point scalar (the mean over a batch), but 'x' is "
+     "f32[B, 3]\n"
+     "  metric x\n"
+     "         ^\n"},
+    {"metric twice",
+     "input x: f32[B, 3]\nm = mean(x)\nmetric m\nmetric m\nminimize m\n",
+     "t.kiln:4:8: error: 'm' is already a metric\n"
+     "  metric m\n"
+     "         ^\n"},
+    {"noise negative std",
+     "input x: f32[B, 3]\nh = noise(x, std=-1)\n",
+     "t.kiln:2:18: error: noise: 'std' must not be negative, got -1\n"
+     "  h = noise(x, std=-1)\n"
+     "                   ^\n"},
+    {"noise site twice",
+     "input x: f32[B, 3]\nh = noise(x, 1) + noise(x, 1) as n\nk = noise(x, 1) as n\n",
+     "t.kiln:3:20: error: noise site 'n' is named twice: each site needs its own name\n"
+     "  k = noise(x, 1) as n\n"
+     "                     ^\n"},
+    {"psnr peak",
+     "input x: f32[B, 3]\np = psnr(x, x, peak=0)\n",
+     "t.kiln:2:21: error: psnr: 'peak' must be positive, got 0\n"
+     "  p = psnr(x, x, peak=0)\n"
+     "                      ^\n"},
     {"modulo of a tensor",
      "input x: f32[B, 3]\nh = x % 2\n",
      "t.kiln:2:7: error: '%' works on numbers only (such as a loop index), not on tensors\n"

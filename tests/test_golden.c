@@ -8,6 +8,7 @@
  */
 #include <check.h>
 #include <dirent.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +57,17 @@ static void compare(const char *path, const char *got, size_t got_len) {
   free(want);
 }
 
+/* Examples too large to review as text (msd_net unrolls 40 layers into 1.3 MB of C): kiln check
+ * and test_cli cover them. scripts/update-golden.sh skips the same names. */
+static const char *const not_golden[] = {"msd_net.kiln"};
+
+static bool is_golden(const char *name) {
+  for (size_t i = 0; i < sizeof not_golden / sizeof *not_golden; i++)
+    if (!strcmp(name, not_golden[i]))
+      return false;
+  return true;
+}
+
 /* Runs `kiln <args> MODEL` on every example and compares its stdout with NAME<suffix>. */
 static void each_example(const char *args, const char *suffix) {
   DIR *d = opendir(EXAMPLES);
@@ -63,7 +75,7 @@ static void each_example(const char *args, const char *suffix) {
   int n = 0;
   for (struct dirent *e; (e = readdir(d));) {
     size_t len = strlen(e->d_name);
-    if (len < 6 || strcmp(e->d_name + len - 5, ".kiln") != 0)
+    if (len < 6 || strcmp(e->d_name + len - 5, ".kiln") != 0 || !is_golden(e->d_name))
       continue;
     char cmd[1024], path[1024];
     snprintf(cmd, sizeof cmd,

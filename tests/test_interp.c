@@ -461,6 +461,35 @@ START_TEST(bce_logits_stable) {
 }
 END_TEST
 
+/* 40000 samples of randn: each is kiln_normal(salt, counter, index); mean, variance, the
+ * fourth moment (3 for a normal) and the share beyond 2 sd (4.55%) within a few standard errors;
+ * a new counter draws other numbers. */
+START_TEST(randn_samples) {
+  int x = input("x", DT_F64, SHAPE(200, 200));
+  int step = input("step", DT_F64, shape_of(0, NULL));
+  int r = op2(OP_RANDN, x, step, &(Attr){.salt = 7});
+  start();
+  SET(step, 5);
+  eval(r);
+  const double *y = interp_data(it, r);
+  double m1 = 0, m2 = 0, m4 = 0;
+  int tail = 0, n = 40000;
+  for (int i = 0; i < n; i++) {
+    ck_assert(y[i] == kiln_normal(7, 5, i));
+    m1 += y[i], m2 += y[i] * y[i], m4 += y[i] * y[i] * y[i] * y[i];
+    tail += fabs(y[i]) > 2;
+  }
+  m1 /= n, m2 /= n, m4 /= n;
+  ck_assert_msg(fabs(m1) < 0.02 && fabs(m2 - 1) < 0.03 && fabs(m4 - 3) < 0.2,
+                "mean %g, variance %g, fourth moment %g", m1, m2, m4);
+  ck_assert_msg(tail > 1650 && tail < 2000, "%d beyond 2 sd", tail);
+  double first = y[0];
+  SET(step, 6);
+  eval(r);
+  ck_assert(interp_data(it, r)[0] != first);
+}
+END_TEST
+
 /* 10000 ones at p = 0.25: about 7500 kept (a binomial's sd is 43), each exactly 4/3; the mask
  * depends on (salt, counter) only, and p = 0 is the identity. */
 START_TEST(dropout_mask) {
@@ -915,6 +944,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, bce_logits_matches_naive);
   tcase_add_test(tc, bce_logits_stable);
   tcase_add_test(tc, dropout_mask);
+  tcase_add_test(tc, randn_samples);
   tcase_add_test(tc, transpose_values);
   tcase_add_test(tc, concat_and_slice_values);
   tcase_add_test(tc, conv2d_values);

@@ -75,19 +75,24 @@ static const char *cnn_text =
     "output fc\n"
     "minimize loss\n";
 
-static Graph *cnn_dsl(void) {
+static Graph *compile_text(const char *text) {
   static Trap t;
-  static Graph *g;  /* static: set under the trap, read after it */
+  static Graph *g;    /* static: set under the trap, read after it */
+  static bool built;
   g = NULL;
+  built = false;
   if (KILN_TRY(&t)) {
-    g = fe_compile_string("cnn.kiln", cnn_text);
+    g = fe_compile_string("t.kiln", text);
     train_build(g);
+    built = true;
   }
   kiln_trap_end(&t);
-  if (!g)
+  if (!built)
     ck_abort_msg("%s", t.msg);
   return g;
 }
+
+static Graph *cnn_dsl(void) { return compile_text(cnn_text); }
 
 /* Everything that defines node id except its location and printing name: op, type, inputs,
  * the attributes each op reads, and for leaves their name, role and initialiser. */
@@ -250,6 +255,63 @@ START_TEST(linear_cross_entropy_values) {
 }
 END_TEST
 
+/* psnr of a = [[0, 0], [1, 1]] against b = [[0.1, 0.1], [1, 0.8]]: per example mean squared
+ * errors 0.01 and 0.02, so 20 dB and 10·log10(50) dB, averaged; peak 2 adds 20·log10(2). The
+ * metrics are eval outputs under their names. */
+START_TEST(psnr_metric_values) {
+  Graph *g = compile_text("input a: f64[B, 2]\ninput b: f64[B, 2]\nparam s: f64[2] = 1\n"
+                          "loss = mse(a * s, b)\nminimize loss\n"
+                          "p = psnr(a, b)\nq = psnr(a, b, peak=2)\n"
+                          "metric p\nmetric q\n");
+  ck_assert_int_eq(g->nmetrics, 2);
+  Interp *it = interp_new(g, 2, false);
+  put(it, g, "a", (double[]){0, 0, 1, 1}, 4);
+  put(it, g, "b", (double[]){0.1, 0.1, 1, 0.8}, 4);
+  char err[RT_ERR_LEN];
+  ck_assert_int_eq(interp_run(it, ENTRY_EVAL, 2, err), 0);
+  double want = (20 + 10 * log10(50)) / 2;
+  ck_assert_double_eq_tol(interp_data(it, g->metrics[0])[0], want, 1e-12);
+  ck_assert_double_eq_tol(interp_data(it, g->metrics[1])[0], want + 20 * log10(2), 1e-12);
+  int outs = 0;
+  for (int i = 0; i < g->entries[ENTRY_EVAL].noutputs; i++)
+    outs += !strcmp(g->entries[ENTRY_EVAL].outputs[i].name, "eval.metric.p") ||
+            !strcmp(g->entries[ENTRY_EVAL].outputs[i].name, "eval.metric.q");
+  ck_assert_int_eq(outs, 2);
+  interp_free(it);
+  ir_free(g);
+}
+END_TEST
+
+/* noise: the evaluation draw is the same at every call and differs from training's, which
+ * follows dropout.step; the gradient passes to x unchanged. */
+START_TEST(noise_modes) {
+  Graph *g = compile_text("input x: f64[B, 3]\nparam w: f64[3] = [1, 2, 3]\n"
+                          "y = noise(x * w, std=0.5) as corrupt\nloss = sum(y)\nminimize loss\n"
+                          "output y\n");
+  Interp *it = interp_new(g, 2, false);
+  double xs[6] = {1, 2, 3, 4, 5, 6};
+  put(it, g, "x", xs, 6);
+  put(it, g, "w", (double[]){1, 2, 3}, 3);
+  put(it, g, "dropout.step", (double[]){7}, 1);
+  char err[RT_ERR_LEN];
+  double first[6], eval_sum = 0;
+  ck_assert_int_eq(interp_run(it, ENTRY_EVAL, 2, err), 0);
+  memcpy(first, interp_data(it, g->output_eval), sizeof first);
+  ck_assert_int_eq(interp_run(it, ENTRY_EVAL, 2, err), 0);
+  ck_assert(!memcmp(first, interp_data(it, g->output_eval), sizeof first));
+  for (int i = 0; i < 6; i++) {
+    ck_assert(fabs(first[i] - xs[i] * (i % 3 + 1)) > 1e-6);
+    eval_sum += first[i];
+  }
+  ck_assert_int_eq(interp_run(it, ENTRY_GRAD, 2, err), 0);
+  ck_assert(fabs(interp_data(it, g->loss_train)[0] - eval_sum) > 1e-6);
+  const double *gw = interp_data(it, g->grads[0]);
+  near(gw[0], 1 + 4), near(gw[1], 2 + 5), near(gw[2], 3 + 6);
+  interp_free(it);
+  ir_free(g);
+}
+END_TEST
+
 /* batchnorm on [N, C] = [2, 2] with x [[3, 2], [1, 5]]: evaluation mode normalises with the
  * running statistics, training mode moves them by momentum 0.1 towards the batch mean [2, 3.5]
  * and the unbiased batch variance [2, 4.5]. */
@@ -347,6 +409,8 @@ int main(void) {
   tcase_add_test(tc, cnn_graph_equals_the_lowered_model);
   tcase_add_test(tc, linear_cross_entropy_values);
   tcase_add_test(tc, batchnorm_modes_values);
+  tcase_add_test(tc, psnr_metric_values);
+  tcase_add_test(tc, noise_modes);
   tcase_add_test(tc, errors);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);

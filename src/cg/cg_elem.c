@@ -417,6 +417,13 @@ void cg_emit_dropout(Cg *cg, const Node *n) {
        n->attr.salt, p, ctype(n->dtype), cg_in_at(cg, n, 0, "i"), p, ctype(n->dtype));
 }
 
+/* RANDN(like, counter): the reference's samples, computed in double and rounded once. */
+void cg_emit_randn(Cg *cg, const Node *n) {
+  cg_line(cg, "const double counter = (double)%s;", cg_in_at(cg, n, 1, "0"));
+  cg_line(cg, "for (int64_t i = 0; i < %s; i++)", sz_c(cg, sz_prod(cg, &n->shape, 0, n->shape.rank)));
+  cg_line(cg, "  y[i] = (%s)kiln_normal(%" PRIu32 "u, counter, i);", ctype(n->dtype), n->attr.salt);
+}
+
 /* CONCAT(a, b) along attr.axis: each outer row of y is a's row followed by b's. */
 void cg_emit_concat(Cg *cg, const Node *n) {
   int ax = n->attr.axis;

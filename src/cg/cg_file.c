@@ -70,6 +70,7 @@ static const CgEmit emitters[OP_COUNT] = {
     [OP_SOFTPLUS] = cg_emit_map,
     [OP_MAXIMUM] = cg_emit_map,
     [OP_ONE_HOT] = cg_emit_one_hot,
+    [OP_RANDN] = cg_emit_randn,
     [OP_GATHER] = cg_emit_gather,
     [OP_GATHER_GRAD] = cg_emit_gather_grad,
     [OP_TANH] = cg_emit_map,

@@ -105,6 +105,7 @@ typedef enum StmtKind {
   ST_PARAM,    /* param NAME: TYPE [= LITERAL | init=INIT] */
   ST_ASSIGN,   /* NAME = EXPR */
   ST_OUTPUT,   /* output NAME */
+  ST_METRIC,   /* metric NAME */
   ST_MINIMIZE, /* minimize NAME */
   ST_TRAIN,    /* train { KEY = VALUE ... } */
   ST_FOR       /* for NAME in ITERABLE { STMT ... } */

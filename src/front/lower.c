@@ -706,6 +706,20 @@ static Val fn_mse(Lower *L, const Func *f, Expr *call, Expr **args, const char *
   return (Val){nn_mse(L->g, a, b, call->loc), 0};
 }
 
+static Val fn_psnr(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)f, (void)layer;
+  int a = tensor(L, args[0]), b = tensor(L, args[1]);
+  double peak = args[2] ? fe_num_arg(L, args[2], "psnr: 'peak'") : 1;
+  if (!(peak > 0))
+    kiln_fail(args[2]->loc, "psnr: 'peak' must be positive, got %s", fe_fmt_num(L, peak));
+  if (node(L, a)->shape.rank < 1)
+    kiln_fail(args[0]->loc, "psnr needs a batch of examples [N, ...], got a scalar");
+  if (!dtype_is_float(node(L, a)->dtype))
+    kiln_fail(args[0]->loc, "psnr needs floating-point tensors, got %s",
+              dtype_name(node(L, a)->dtype));
+  return (Val){nn_psnr(L->g, a, b, peak, call->loc), 0};
+}
+
 /* The layer a call builds: named `layer`, its leaves made at the `as` name when there is one. */
 static NnLayer layer_of(const Lower *L, const Expr *call, const char *layer) {
   return (NnLayer){L->mode, layer, call->loc, call->as ? call->as_loc : call->loc};
@@ -1047,18 +1061,15 @@ static Val fn_instancenorm(Lower *L, const Func *f, Expr *call, Expr **args, con
 
 /* dropout(x, p=0.5): PyTorch's inverted dropout in the training pass (nn_dropout), x itself in
  * the evaluation pass. Each site's name must differ: it seeds the site's masks. */
-static Val fn_dropout(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
-  (void)f;
-  int x = tensor(L, args[0]);
-  double p = args[1] ? fe_num_arg(L, args[1], "dropout: 'p'") : 0.5;
-  if (!(p >= 0 && p < 1))
-    kiln_fail(args[1]->loc, "dropout: 'p' must be in [0, 1), got %s", fe_fmt_num(L, p));
+/* A random site (dropout, noise) draws from its name: two sites with one name would draw the
+ * same numbers. Checked in the training pass. */
+static void claim_site(Lower *L, const Func *f, const Expr *call, const char *layer) {
   if (L->mode == NN_EVAL)
-    return (Val){x, 0};
+    return;
   for (int i = 0; i < L->nsites; i++)
     if (!strcmp(L->sites[i], layer))
       kiln_fail(call->as ? call->as_loc : call->loc,
-                "dropout site '%s' is named twice: each site needs its own name", layer);
+                "%s site '%s' is named twice: each site needs its own name", f->name, layer);
   if (L->nsites == L->capsites) {
     L->capsites = L->capsites ? 2 * L->capsites : 8;
     const char **s = pool_alloc(L->tmp, (size_t)L->capsites * sizeof *s);
@@ -1067,8 +1078,31 @@ static Val fn_dropout(Lower *L, const Func *f, Expr *call, Expr **args, const ch
     L->sites = s;
   }
   L->sites[L->nsites++] = layer;
+}
+
+static Val fn_dropout(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  int x = tensor(L, args[0]);
+  double p = args[1] ? fe_num_arg(L, args[1], "dropout: 'p'") : 0.5;
+  if (!(p >= 0 && p < 1))
+    kiln_fail(args[1]->loc, "dropout: 'p' must be in [0, 1), got %s", fe_fmt_num(L, p));
+  if (L->mode == NN_EVAL)
+    return (Val){x, 0};
+  claim_site(L, f, call, layer);
   NnLayer l = layer_of(L, call, layer);
   return (Val){nn_dropout(L->g, &l, x, p), 0};
+}
+
+static Val fn_noise(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  int x = tensor(L, args[0]);
+  if (!dtype_is_float(node(L, x)->dtype))
+    kiln_fail(args[0]->loc, "noise needs a floating-point tensor, got %s",
+              dtype_name(node(L, x)->dtype));
+  double std = fe_num_arg(L, args[1], "noise: 'std'");
+  if (std < 0)
+    kiln_fail(args[1]->loc, "noise: 'std' must not be negative, got %s", fe_fmt_num(L, std));
+  claim_site(L, f, call, layer);
+  NnLayer l = layer_of(L, call, layer);
+  return (Val){nn_noise(L->g, &l, x, std), 0};
 }
 
 static const Func funcs[] = {
@@ -1111,6 +1145,7 @@ static const Func funcs[] = {
     {"concat", fn_concat, OP_CONCAT, NAMED_NO, 1, 2, {"*x", "axis"}},
     {"cross_entropy", fn_cross_entropy, OP_CROSS_ENTROPY, NAMED_NO, 2, 2, {"logits", "labels"}},
     {"mse", fn_mse, OP_SUB, NAMED_NO, 2, 2, {"a", "b"}},
+    {"psnr", fn_psnr, OP_LOG, NAMED_NO, 2, 3, {"a", "b", "peak"}},
     {"nll", fn_nll, OP_GATHER, NAMED_NO, 2, 2, {"logp", "labels"}},
     {"hinge", fn_nll, OP_GATHER, NAMED_NO, 2, 3, {"scores", "labels", "margin"}},
     {"one_hot", fn_one_hot, OP_ONE_HOT, NAMED_NO, 2, 3, {"labels", "classes", "dtype"}},
@@ -1135,6 +1170,7 @@ static const Func funcs[] = {
     {"instancenorm", fn_instancenorm, OP_MEAN, NAMED_NO, 1, 2, {"x", "eps"}},
     {"groupnorm", fn_groupnorm, OP_MEAN, NAMED_LAYER, 2, 4, {"x", "groups", "eps", "affine"}},
     {"dropout", fn_dropout, OP_DROPOUT, NAMED_SITE, 1, 2, {"x", "p"}},
+    {"noise", fn_noise, OP_RANDN, NAMED_SITE, 2, 2, {"x", "std"}},
 };
 enum { NFUNCS = sizeof funcs / sizeof *funcs };
 _Static_assert(NFUNCS <= 64, "Lower.layer_count needs one slot per function");
@@ -1413,6 +1449,22 @@ static void lower_stmt(Lower *L, Stmt *s) {
     Node *n = named_tensor(L, s);
     if (L->mode == NN_EVAL)
       g->output_eval = n->id;
+    return;
+  }
+  case ST_METRIC: {
+    Node *n = named_tensor(L, s);
+    if (n->shape.rank != 0 || !dtype_is_float(n->dtype))
+      kiln_fail(s->name_loc, "a metric is a floating-point scalar (the mean over a batch), but "
+                "'%s' is %s%s", s->name, dtype_name(n->dtype), shape_text(L, &n->shape));
+    if (L->mode == NN_TRAIN)
+      return;
+    for (int i = 0; i < g->nmetrics; i++)
+      if (!strcmp(g->metric_names[i], s->name))
+        kiln_fail(s->name_loc, "'%s' is already a metric", s->name);
+    if (g->nmetrics == IR_MAX_METRICS)
+      kiln_fail(s->loc, "a model reports at most %d metrics", IR_MAX_METRICS);
+    g->metric_names[g->nmetrics] = pool_strdup(g->pool, s->name);
+    g->metrics[g->nmetrics++] = n->id;
     return;
   }
   case ST_MINIMIZE: {

@@ -493,10 +493,13 @@ static const char *const keywords[] = {
     [ST_MODEL] = "model",   [ST_INPUT] = "input",       [ST_CONST] = "const",
     [ST_PARAM] = "param",   [ST_ASSIGN] = NULL,         [ST_OUTPUT] = "output",
     [ST_MINIMIZE] = "minimize", [ST_TRAIN] = "train",   [ST_FOR] = "for",
+    [ST_METRIC] = "metric",
 };
 
-/* stmt = model | input | const | param | output | minimize | train | for | IDENT "=" expr
- * model = "model" IDENT;  output = "output" IDENT;  minimize = "minimize" IDENT */
+/* stmt = model | input | const | param | output | metric | minimize | train | for
+ *      | IDENT "=" expr
+ * model = "model" IDENT;  output = "output" IDENT;  metric = "metric" IDENT;
+ * minimize = "minimize" IDENT */
 static void stmt(Parser *P, Stmt *s) {
   Token *t = peek(P);
   s->loc = t->loc;
@@ -522,7 +525,7 @@ static void stmt(Parser *P, Stmt *s) {
       case ST_FOR:
         for_stmt(P, s, t);
         return;
-      default: /* model, output, minimize: one name */
+      default: /* model, output, metric, minimize: one name */
         s->name = expect_ident(P, pool_printf(P->pool, "a name after '%s'", keywords[k]),
                                &s->name_loc);
         return;

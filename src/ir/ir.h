@@ -26,6 +26,7 @@ typedef enum Op {
 typedef enum DType { DT_F32 = KILN_F32, DT_F64 = KILN_F64, DT_I32 = KILN_I32 } DType;
 
 #define IR_MAX_RANK KILN_ABI_MAX_RANK
+#define IR_MAX_METRICS 8
 #define IR_MAX_IN 4
 #define IR_MAX_SYMS 8
 
@@ -58,7 +59,7 @@ typedef struct Attr {
   int axis;           /* SOFTMAX, LOG_SOFTMAX, CONCAT, SLICE */
   int64_t start, len; /* SLICE */
   int perm[IR_MAX_RANK]; /* TRANSPOSE */
-  uint32_t salt;      /* DROPOUT: tells dropout sites apart (same counter, different masks) */
+  uint32_t salt;      /* DROPOUT, RANDN: tells random sites apart (same counter, other draws) */
 } Attr;
 
 /* Roles of STATE and leaf nodes, matching the ABI's roles. */
@@ -178,6 +179,10 @@ typedef struct Graph {
   int loss_train;     /* scalar loss, training-mode graph (-1 if none) */
   int loss_eval;      /* scalar loss, evaluation-mode graph */
   int output_eval;    /* the model's declared output in evaluation mode, or -1 */
+  int metrics[IR_MAX_METRICS];  /* `metric NAME`: scalars in evaluation mode, reported by the
+                                   trainer as "eval.metric.<name>" */
+  const char *metric_names[IR_MAX_METRICS];
+  int nmetrics;
   TrainSpec train;
   /* Set by train_build. */
   Entry entries[ENTRY_COUNT];

@@ -279,6 +279,15 @@ static void require_index(Graph *g, Node *n, int i) {
               x->name ? x->name : "it", dtype_name(x->dtype));
 }
 
+static void rule_randn(Graph *g, Node *n) {
+  require_float(g, n, 0);
+  Node *c = in_node(g, n, 1);
+  if (c->dtype != DT_F64 || c->shape.rank != 0)
+    kiln_fail(n->loc, "randn: the step counter must be an f64 scalar");
+  n->dtype = in_node(g, n, 0)->dtype;
+  n->shape = in_node(g, n, 0)->shape;
+}
+
 static void rule_one_hot(Graph *g, Node *n) {
   Node *x = in_node(g, n, 0);
   require_index(g, n, 0);
@@ -500,7 +509,7 @@ static const ShapeRule shape_rules[OP_COUNT] = {
     [OP_SIN] = rule_unary,          [OP_COS] = rule_unary,      [OP_ATAN] = rule_unary,
     [OP_ERF] = rule_unary,          [OP_SIGN] = rule_unary,     [OP_SOFTPLUS] = rule_unary,
     [OP_MAXIMUM] = rule_binary,
-    [OP_ONE_HOT] = rule_one_hot,    [OP_GATHER] = rule_gather,  [OP_GATHER_GRAD] = rule_gather_grad,
+    [OP_ONE_HOT] = rule_one_hot,    [OP_RANDN] = rule_randn,    [OP_GATHER] = rule_gather,  [OP_GATHER_GRAD] = rule_gather_grad,
     [OP_LEAKY_RELU_GRAD] = rule_relu_grad, [OP_SOFTMAX] = rule_axis, [OP_LOG_SOFTMAX] = rule_axis,
     [OP_BCE_LOGITS] = rule_binary,  [OP_DROPOUT] = rule_dropout, [OP_TRANSPOSE] = rule_transpose,
     [OP_CONCAT] = rule_concat,      [OP_SLICE] = rule_slice,    [OP_CONV2D] = rule_conv2d,
@@ -575,7 +584,7 @@ static const FlopRule flop_rules[OP_COUNT] = {
     [OP_SIN] = flops_out,      [OP_COS] = flops_out,     [OP_ATAN] = flops_out,
     [OP_ERF] = flops_out,      [OP_SIGN] = flops_out,    [OP_SOFTPLUS] = flops_out,
     [OP_MAXIMUM] = flops_out,
-    [OP_ONE_HOT] = flops_none, [OP_GATHER] = flops_none, [OP_GATHER_GRAD] = flops_out,
+    [OP_ONE_HOT] = flops_none, [OP_RANDN] = flops_out, [OP_GATHER] = flops_none, [OP_GATHER_GRAD] = flops_out,
     [OP_LEAKY_RELU_GRAD] = flops_out, [OP_SOFTMAX] = flops_xent, [OP_LOG_SOFTMAX] = flops_xent,
     [OP_BCE_LOGITS] = flops_out, [OP_DROPOUT] = flops_out, [OP_TRANSPOSE] = flops_none,
     [OP_CONCAT] = flops_none,  [OP_SLICE] = flops_none,  [OP_CONV2D] = flops_conv,

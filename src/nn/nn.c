@@ -422,6 +422,28 @@ int nn_dropout(Graph *g, const NnLayer *l, int x, double p) {
   return ir_node(g, OP_DROPOUT, 2, in, &a, l->loc);
 }
 
+/* x + std·ε, ε ~ N(0, 1) per element. Training draws afresh at every step (dropout's step
+ * counter); evaluation draws the same ε every time (counter 0, a salt of its own), so every
+ * evaluation sees the same noisy inputs and its figures can be compared across epochs. */
+int nn_noise(Graph *g, const NnLayer *l, int x, double std) {
+  KILN_ASSERT(std >= 0);
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.salt = site_salt(l->name);
+  int counter;
+  if (l->mode == NN_EVAL) {
+    a.salt ^= 0x9E3779B9u;
+    counter = ir_const(g, 0, DT_F64, l->loc);
+  } else {
+    counter = dropout_counter(g, l->loc);
+  }
+  int in[2] = {x, counter};
+  int eps = ir_node(g, OP_RANDN, 2, in, &a, l->loc);
+  DType dt = ir_at(g, x)->dtype;
+  return ir_binary(g, OP_ADD, x, ir_binary(g, OP_MUL, ir_const(g, std, dt, l->loc), eps, l->loc),
+                   l->loc);
+}
+
 /* The attributes of a pooling window; what each pooling reads is set by its function. */
 static Attr pool_attr(const NnPool2d *o) {
   Attr a;
@@ -671,6 +693,20 @@ int nn_mse(Graph *g, int a, int b, Loc loc) {
   int sq = ir_binary(g, OP_POW, d, two, loc);
   int rank = ir_at(g, sq)->shape.rank;
   return rank ? ir_reduce(g, OP_MEAN, sq, all_axes(rank), false, loc) : sq;
+}
+
+int nn_psnr(Graph *g, int a, int b, double peak, Loc loc) {
+  KILN_ASSERT(peak > 0);
+  int d = ir_binary(g, OP_SUB, a, b, loc);
+  DType dt = ir_at(g, d)->dtype;
+  int sq = ir_binary(g, OP_MUL, d, d, loc);
+  int rank = ir_at(g, sq)->shape.rank;
+  KILN_ASSERT(rank >= 1);
+  int per_example = rank > 1 ? ir_reduce(g, OP_MEAN, sq, all_axes(rank) & ~1u, false, loc) : sq;
+  int db = ir_binary(g, OP_MUL, ir_const(g, 10 / log(10.0), dt, loc),
+                     ir_binary(g, OP_SUB, ir_const(g, log(peak * peak), dt, loc),
+                               ir_unary(g, OP_LOG, per_example, loc), loc), loc);
+  return ir_reduce(g, OP_MEAN, db, 1u, false, loc);
 }
 
 int nn_bce_with_logits(Graph *g, int x, int t, Loc loc) {

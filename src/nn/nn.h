@@ -132,6 +132,10 @@ int nn_instancenorm(Graph *g, int x, double eps, Loc loc);
  * step counter dropout.step (made at the first site) and the element's index. NN_EVAL and p = 0
  * return x itself. Each site needs its own name. */
 int nn_dropout(Graph *g, const NnLayer *l, int x, double p);
+/* Additive Gaussian noise x + std·ε in both modes (a denoiser's corrupted input): ε drawn per
+ * element from the site's name and, in training, dropout.step; evaluation draws the same ε at
+ * every call. Each site needs its own name. */
+int nn_noise(Graph *g, const NnLayer *l, int x, double std);
 
 typedef struct NnPool2d {
   int64_t kernel[2], stride[2], dilation[2];   /* [h, w], each >= 1 */
@@ -183,6 +187,10 @@ int nn_concat(Graph *g, int n, const int *xs, int axis, Loc loc);
 int nn_cross_entropy(Graph *g, int logits, int labels, Loc loc);
 /* mean((a - b)^2) over all axes. */
 int nn_mse(Graph *g, int a, int b, Loc loc);
+/* Peak signal-to-noise ratio in decibels, a [N, ...] against b (broadcast): per example
+ * 10·log10(peak² / mean((a − b)²)) over its other axes, averaged over the N examples
+ * (+inf for an exact match). */
+int nn_psnr(Graph *g, int a, int b, double peak, Loc loc);
 /* logp [N, C] (log-probabilities), labels i32[N]: the mean over N of -logp[label]
  * (F.nll_loss). */
 int nn_nll(Graph *g, int logp, int labels, Loc loc);

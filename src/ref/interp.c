@@ -512,6 +512,14 @@ static int k_one_hot(Interp *it, const Node *n) {
   return 0;
 }
 
+/* Noise: a pure function of (salt, counter, flat index), as generated code computes it. */
+static int k_randn(Interp *it, const Node *n) {
+  double *y = val(it, n->id), counter = val(it, n->in[1])[0];
+  for (int64_t o = 0; o < it->numel[n->id]; o++)
+    y[o] = kiln_normal(n->attr.salt, counter, o);
+  return 0;
+}
+
 static int k_gather(Interp *it, const Node *n) {
   int64_t outer, len, inner, ilen = dims(it, n->in[1])[n->attr.axis];
   split_at_axis(it, n->in[0], n->attr.axis, &outer, &len, &inner);
@@ -775,6 +783,7 @@ static const RefKernel ref_kernels[OP_COUNT] = {
     [OP_SOFTPLUS] = k_softplus,
     [OP_MAXIMUM] = k_maximum,
     [OP_ONE_HOT] = k_one_hot,
+    [OP_RANDN] = k_randn,
     [OP_GATHER] = k_gather,
     [OP_GATHER_GRAD] = k_gather_grad,
     [OP_LEAKY_RELU] = k_leaky_relu,

@@ -345,6 +345,7 @@ static const JvpRule jvp_rules[OP_COUNT] = {
     [OP_SOFTPLUS] = jvp_softplus,
     [OP_MAXIMUM] = jvp_maximum,
     [OP_ONE_HOT] = jvp_zero,
+    [OP_RANDN] = jvp_zero,
     [OP_GATHER] = jvp_linear,
     [OP_GATHER_GRAD] = jvp_gather_grad,
     [OP_LEAKY_RELU] = jvp_leaky_relu,

@@ -453,6 +453,7 @@ static const VjpRule vjp_rules[OP_COUNT] = {
     [OP_SOFTPLUS] = vjp_softplus,
     [OP_MAXIMUM] = vjp_maximum,
     [OP_ONE_HOT] = vjp_nothing,
+    [OP_RANDN] = vjp_nothing,
     [OP_GATHER] = vjp_gather,
     [OP_GATHER_GRAD] = vjp_gather_grad,
     [OP_LEAKY_RELU] = vjp_leaky_relu,

@@ -332,6 +332,9 @@ void train_build(Graph *g) {
   if (g->output_eval >= 0)
     ir_add_output(g, ENTRY_EVAL, "eval.output", g->output_eval,
                   "the declared output in evaluation mode");
+  for (int i = 0; i < g->nmetrics; i++)
+    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "eval.metric.%s", g->metric_names[i]),
+                  g->metrics[i], "a metric the trainer reports");
 }
 
 /* ---- forward mode on demand: kiln jvp, kiln hvp ---- */

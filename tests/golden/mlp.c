@@ -44,6 +44,7 @@
 #ifndef KILN_ABI_H
 #define KILN_ABI_H
 
+#include <math.h>
 #include <stdint.h>
 
 #define KILN_ABI_VERSION 4
@@ -116,6 +117,14 @@ static inline double kiln_dropout_uniform(uint32_t salt, double counter, int64_t
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   z ^= z >> 31;
   return (double)(z >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* A standard normal sample for noise(), shared in the same way: Box-Muller on the generator's
+ * uniforms at indices 2i and 2i + 1 (1 - u is in (0, 1], so the logarithm is finite). */
+static inline double kiln_normal(uint32_t salt, double counter, int64_t index) {
+  double u1 = kiln_dropout_uniform(salt, counter, 2 * index);
+  double u2 = kiln_dropout_uniform(salt, counter, 2 * index + 1);
+  return sqrt(-2.0 * log(1.0 - u1)) * cos(6.283185307179586 * u2);
 }
 
 /* Threads. A program splits its large kernels into tasks whose number and contents depend only
