@@ -34,7 +34,8 @@
  * Output names are fixed: "loss" (written by train and grad: the mean loss of the batch),
  * "penalty" (train and grad, when the model regularizes), "eval.loss" and "eval.output" (eval
  * entry: the loss and the model's declared output, e.g. the logits, absent if the model declares
- * none).
+ * none), and "eval.metric.NAME" (eval entry: each scalar the model reports with `metric NAME`,
+ * a mean over the batch).
  *
  * Settings are the model's training defaults, each value a number printed by kiln: "epochs",
  * "steps" (full-batch updates for models whose data is in the file), "seed" and "patience"
