@@ -1283,6 +1283,17 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:2:21: error: psnr: 'peak' must be positive, got 0\n"
      "  p = psnr(x, x, peak=0)\n"
      "                      ^\n"},
+    {"conv kernel rank",
+     "input x: f32[B, 1, 8, 8]\nconst k: f32[3, 3] = 0\nh = conv(x, k)\n",
+     "t.kiln:3:13: error: conv: the kernel must have shape [out, C/groups, kh, kw], got [3, 3]\n"
+     "  h = conv(x, k)\n"
+     "              ^\n"},
+    {"convolve kernel channels",
+     "input x: f32[B, 2, 8, 8]\nconst k: f32[1, 3, 3, 3] = 0\nh = convolve(x, k)\n",
+     "t.kiln:3:5: error: conv2d: weight [1, 3, 3, 3] expects 3 input channels per group, but the "
+     "input [B, 2, 8, 8] has 2 in each of 1 groups\n"
+     "  h = convolve(x, k)\n"
+     "      ^\n"},
     {"modulo of a tensor",
      "input x: f32[B, 3]\nh = x % 2\n",
      "t.kiln:2:7: error: '%' works on numbers only (such as a loop index), not on tensors\n"

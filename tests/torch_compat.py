@@ -235,6 +235,34 @@ def check_conv1d(tmp):
                       {"c.weight": conv.weight.grad, "c.bias": conv.bias.grad}, 1e-12)
 
 
+# Convolutions with a given kernel (a parameter here, so its gradient is checked too): conv is
+# F.conv2d; convolve is the true convolution, F.conv2d with the kernel flipped in both axes.
+GIVEN_KERNELS = [
+    ("conv(s, k)", 2, {}, False),
+    ("conv(s, k, stride=2, pad=1)", 2, {"stride": 2, "padding": 1}, False),
+    ("conv(s, k, groups=2, dilation=[2, 1])", 1, {"groups": 2, "dilation": (2, 1)}, False),
+    ("convolve(s, k)", 2, {}, True),
+    ("convolve(s, k, pad=full)", 2, {"padding": (2, 1)}, True),
+    ("convolve(s, k, pad=same, dilation=2)", 2, {"padding": "same", "dilation": 2}, True),
+]
+
+
+def check_given_kernels(tmp):
+    torch.manual_seed(8)
+    s = torch.randn(3, 2, 7, 6, dtype=torch.float64)
+    save_safetensors(f"{tmp}/i.safetensors", {"s": s})
+    for call, cin, args, flip in GIVEN_KERNELS:
+        k = torch.randn(4, cin, 3, 2, dtype=torch.float64, requires_grad=True)
+        save_safetensors(f"{tmp}/p.safetensors", {"k": k.detach()})
+        model = f"{tmp}/gk.kiln"
+        with open(model, "w") as f:
+            f.write(f"input s: f64[B, 2, 7, 6]\nparam k: f64[4, {cin}, 3, 2]\nh = {call}\n"
+                    "loss = sum(h ^ 2)\nminimize loss\n")
+        loss = (F.conv2d(s, torch.flip(k, [2, 3]) if flip else k, **args) ** 2).sum()
+        loss.backward()
+        against_torch(tmp, model, call, loss, {"k": k.grad}, 1e-12)
+
+
 def check_groupnorm(tmp):
     torch.manual_seed(7)
     for shape, groups in (((3, 4, 3, 2), 2), ((2, 6, 5), 3), ((4, 6), 6)):
@@ -417,6 +445,7 @@ def main():
         check_elementwise(tmp)
         check_losses(tmp)
         check_conv1d(tmp)
+        check_given_kernels(tmp)
         check_groupnorm(tmp)
         check_gradients("mlp", MLP(), 16, tmp)
         check_gradients("mnist_cnn", MnistCNN(), 8, tmp)

@@ -890,6 +890,26 @@ static void pad_arg(Lower *L, const Func *f, const Expr *e, bool modes, const in
 }
 
 /* conv2d(x [N, C, H, W], out=O, kernel=K, stride=1, pad=0, dilation=1, groups=1, bias=true) */
+/* conv(x, w, ...) and convolve(x, w, ...): a given kernel, F.conv2d's geometry arguments. */
+static Val fn_conv(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
+  (void)layer;
+  int x = image_arg(L, f, call, args[0]);
+  int w = tensor(L, args[1]);
+  const Shape *ws = &node(L, w)->shape;
+  if (ws->rank != 4)
+    kiln_fail(args[1]->loc, "%s: the kernel must have shape [out, C/groups, kh, kw], got %s",
+              f->name, shape_text(L, ws));
+  NnConv2d o = {.stride = {1, 1}, .dilation = {1, 1}, .kernel = {ws->d[2].n, ws->d[3].n}};
+  if (args[2])
+    pair_arg(L, f, args[2], "stride", 1, o.stride);
+  if (args[4])
+    pair_arg(L, f, args[4], "dilation", 1, o.dilation);
+  pad_arg(L, f, args[3], true, o.kernel, o.stride, o.dilation, o.pad);
+  o.groups = args[5] ? fe_int_arg(L, args[5], 1, INT32_MAX, pool_printf(L->tmp, "%s: 'groups'",
+                                                                         f->name)) : 1;
+  return (Val){nn_conv(L->g, x, w, &o, !strcmp(f->name, "convolve"), call->loc), 0};
+}
+
 static Val fn_conv2d(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   int x = image_arg(L, f, call, args[0]);
   NnConv2d o = {.out = fe_int_arg(L, args[1], 1, INT32_MAX, "conv2d: 'out'"),
@@ -1154,6 +1174,9 @@ static const Func funcs[] = {
     {"linear", fn_linear, OP_MATMUL, NAMED_LAYER, 2, 3, {"x", "out", "bias"}},
     {"conv2d", fn_conv2d, OP_CONV2D, NAMED_LAYER, 3, 8,
      {"x", "out", "kernel", "stride", "pad", "dilation", "groups", "bias"}},
+    {"conv", fn_conv, OP_CONV2D, NAMED_NO, 2, 6, {"x", "w", "stride", "pad", "dilation", "groups"}},
+    {"convolve", fn_conv, OP_CONV2D, NAMED_NO, 2, 6,
+     {"x", "w", "stride", "pad", "dilation", "groups"}},
     {"conv1d", fn_conv1d, OP_CONV2D, NAMED_LAYER, 3, 8,
      {"x", "out", "kernel", "stride", "pad", "dilation", "groups", "bias"}},
     {"maxpool1d", fn_pool1d, OP_MAXPOOL2D, NAMED_NO, 2, 5,

@@ -247,6 +247,52 @@ static int conv_layer(Graph *g, const NnLayer *l, int x, const NnConv2d *o, int 
   return y;
 }
 
+/* w mirrored along one axis: its slices of width 1 joined in reverse order (copies, so exact for
+ * every value, and the gradient flows back through the slices). */
+static int reversed(Graph *g, int w, int axis, Loc loc) {
+  int64_t n = ir_at(g, w)->shape.d[axis].n;
+  int r = -1;
+  for (int64_t i = n - 1; i >= 0; i--) {
+    Attr a;
+    memset(&a, 0, sizeof a);
+    a.axis = axis;
+    a.start = i;
+    a.len = 1;
+    int s = n == 1 ? w : ir_node(g, OP_SLICE, 1, &w, &a, loc);
+    if (r < 0) {
+      r = s;
+    } else {
+      int in[2] = {r, s};
+      memset(&a, 0, sizeof a);
+      a.axis = axis;
+      r = ir_node(g, OP_CONCAT, 2, in, &a, loc);
+    }
+  }
+  return r;
+}
+
+int nn_conv(Graph *g, int x, int w, const NnConv2d *o, bool flip, Loc loc) {
+  const Node *wn = ir_at(g, w);
+  if (wn->shape.rank != 4 || wn->shape.d[0].sym >= 0) {
+    char s[96];
+    kiln_fail(loc, "the kernel must have shape [out, C/groups, kh, kw], got %s",
+              shape_str(g, &wn->shape, s, sizeof s));
+  }
+  nn_check_groups(g, x, wn->shape.d[0].n, o->groups, loc);
+  if (flip)
+    w = reversed(g, reversed(g, w, 2, loc), 3, loc);
+  Attr a;
+  memset(&a, 0, sizeof a);
+  a.kernel[0] = wn->shape.d[2].n;
+  a.kernel[1] = wn->shape.d[3].n;
+  memcpy(a.stride, o->stride, sizeof a.stride);
+  memcpy(a.dilation, o->dilation, sizeof a.dilation);
+  memcpy(a.pad, o->pad, sizeof a.pad);
+  a.groups = o->groups;
+  int in[2] = {x, w};
+  return ir_node(g, OP_CONV2D, 2, in, &a, loc);
+}
+
 void nn_pad_mode(NnPadMode m, const int64_t kernel[2], const int64_t dilation[2], int64_t pad[4]) {
   for (int ax = 0; ax < 2; ax++) {
     int64_t total = dilation[ax] * (kernel[ax] - 1);

@@ -96,6 +96,12 @@ int nn_conv2d(Graph *g, const NnLayer *l, int x, const NnConv2d *o);
  * stride and dilation are [1, k], [1, s], [1, d] and its pad [0, 0, left, right]. */
 int nn_conv1d(Graph *g, const NnLayer *l, int x, const NnConv2d *o);
 
+/* x [N, C, H, W] with a given kernel w [O, C/groups, kh, kw] (any tensor: a constant for a
+ * fixed filter, a parameter, a computed value), o's geometry (its out, kernel, bias and init are
+ * ignored): F.conv2d's cross-correlation, or with flip the true convolution of seed 004 eq. 2.2,
+ * the kernel mirrored along both spatial axes. */
+int nn_conv(Graph *g, int x, int w, const NnConv2d *o, bool flip, Loc loc);
+
 /* Padding by mode. The span a kernel adds is total = dilation*(k-1): same pads total/2 before
  * and the rest after (PyTorch's padding='same', the extra element going to the bottom/right;
  * it keeps the size at stride 1), full pads total on both sides, valid pads nothing. */
