@@ -38,6 +38,7 @@ void rt_options_default(RtOptions *o) {
   o->prog_name = "trainer";
   o->checkpoint_dir = "checkpoints";
   o->keep_checkpoints = 3;
+  o->images_count = 16;
 }
 
 static void usage(FILE *f, const char *name) {
@@ -58,6 +59,11 @@ static void usage(FILE *f, const char *name) {
           "                      options, --epochs may grow): the result is bit-identical to a\n"
           "                      run that was never interrupted\n"
           "  --metrics FILE      write one CSV row per epoch to FILE\n"
+          "  --images DIR        after training, write the model's output on the first test\n"
+          "                      examples as 8-bit PGM pictures, one per example and channel\n"
+          "                      (DIR/test00000_c0.pgm; values in [0, 1] map to 0..255, the\n"
+          "                      rest are clamped)\n"
+          "  --images-count N    how many test examples --images writes (default 16)\n"
           "  --limit-train N     use only the first N training examples\n"
           "  --limit-test N      use only the first N test examples\n"
           "  --validation N      hold out N training examples (a fraction, when below 1) as a\n"
@@ -111,6 +117,23 @@ static int parse_u64(const char *s, uint64_t *out) {
   return 0;
 }
 
+/* The options that take a value, in the order of rt_options_parse's cases. */
+static const char *const value_options[] = {"--data", "--epochs", "--lr", "--seed", "--save",
+                                            "--load", "--metrics", "--limit-train",
+                                            "--limit-test", "--patience", "--threads",
+                                            "--resume", "--checkpoint-every",
+                                            "--checkpoint-dir", "--keep-checkpoints",
+                                            "--validation", "--max-memory", "--images",
+                                            "--images-count"};
+enum { NVALUE_OPTIONS = sizeof value_options / sizeof *value_options };
+
+int rt_option_takes_value(const char *arg) {
+  for (int j = 0; j < NVALUE_OPTIONS; j++)
+    if (!strcmp(arg, value_options[j]))
+      return 1;
+  return 0;
+}
+
 int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name) {
   const char *name = prog_name ? prog_name : "trainer";
   o->prog_name = name;
@@ -140,15 +163,9 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       return opt_error(name, "unknown option '%s' (see --help)", arg, NULL);
     memcpy(key, arg, klen);
     key[klen] = 0;
-    static const char *const known[] = {"--data", "--epochs", "--lr", "--seed", "--save",
-                                        "--load", "--metrics", "--limit-train", "--limit-test",
-                                        "--patience", "--threads", "--resume",
-                                        "--checkpoint-every", "--checkpoint-dir",
-                                        "--keep-checkpoints", "--validation",
-                                        "--max-memory"};
     int k = -1;
-    for (int j = 0; j < (int)(sizeof known / sizeof known[0]); j++)
-      if (!strcmp(key, known[j]))
+    for (int j = 0; j < NVALUE_OPTIONS; j++)
+      if (!strcmp(key, value_options[j]))
         k = j;
     if (k < 0)
       return opt_error(name, "unknown option '%s' (see --help)", key, NULL);
@@ -246,6 +263,12 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       o->max_memory = (int64_t)(v * unit);
       break;
     }
+    case 17: o->images_dir = val; break;
+    case 18:
+      if (parse_i64(val, &n) || n > 1000000)
+        return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
+      o->images_count = n;
+      break;
     }
   }
   return 0;
@@ -601,6 +624,59 @@ static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n
   for (int m = 0; m < r->nmetrics; m++)
     metrics[m] = metric_sum[m] / (double)n;
   return 0;
+}
+
+/* --images: the model must have an image-shaped output ([N, H, W] or [N, C, H, W]) and the
+ * directory must be writable; checked before training, so a long run cannot end in this error. */
+static int prepare_images_dir(Run *r) {
+  const kiln_program *p = r->prog;
+  const char *dir = r->o->images_dir;
+  int to = rt_find_tensor(p, "eval.output");
+  if (to < 0 || r->eval_e < 0)
+    return rt_errf(r->err, "--images writes the model's output, but the model declares none "
+                   "(an 'output NAME' statement)");
+  const kiln_tensor *t = &p->tensors[to];
+  if (t->batch_axis != 0 || (t->rank != 3 && t->rank != 4)) {
+    char dims[128];
+    rt_format_dims(dims, sizeof dims, t->rank, t->dims);
+    return rt_errf(r->err, "--images writes pictures of shape [N, H, W] or [N, C, H, W], but the "
+                   "model's output has shape %s", dims);
+  }
+  struct stat st;
+  if (mkdir(dir, 0777) && errno != EEXIST)
+    return rt_errf(r->err, "--images %s: cannot create it: %s", dir, strerror(errno));
+  if (stat(dir, &st) || !S_ISDIR(st.st_mode))
+    return rt_errf(r->err, "--images %s: not a directory", dir);
+  if (access(dir, W_OK | X_OK))
+    return rt_errf(r->err, "--images %s: cannot write in it: %s", dir, strerror(errno));
+  return 0;
+}
+
+/* The evaluation-mode output on the first examples of the test set, one PGM per example and
+ * channel: DIR/test00000_c0.pgm. Returns the number of files written, or -1. */
+static int64_t write_images(Run *r, const RtDataset *test, int64_t ntest) {
+  const kiln_program *p = r->prog;
+  const kiln_tensor *t = &p->tensors[rt_find_tensor(p, "eval.output")];
+  int64_t n = r->o->images_count < ntest ? r->o->images_count : ntest, files = 0;
+  int64_t h = t->dims[t->rank - 2], w = t->dims[t->rank - 1], c = t->rank == 4 ? t->dims[1] : 1;
+  for (int64_t first = 0; first < n; first += p->batch) {
+    int64_t b = n - first < p->batch ? n - first : p->batch;
+    write_batch(r, r->eval_e, test, NULL, first, b);
+    if (run_entry(r, r->eval_e, b))
+      return -1;
+    r->be->read(r->be->self, rt_find_tensor(p, "eval.output"), r->buf, rt_numel(t, b));
+    for (int64_t k = 0; k < b; k++)
+      for (int64_t ch = 0; ch < c; ch++) {
+        char path[4096];
+        if ((size_t)snprintf(path, sizeof path, "%s/test%05lld_c%lld.pgm", r->o->images_dir,
+                             (long long)(first + k), (long long)ch) >= sizeof path)
+          return rt_errf(r->err, "--images %s: the path is too long", r->o->images_dir);
+        if (rt_write_pgm(path, r->buf + (k * c + ch) * h * w, h, w, r->err))
+          return -1;
+        files++;
+      }
+  }
+  return files;
 }
 
 /* What to do about a step that went wrong: resume from the last good checkpoint under the
@@ -1234,6 +1310,13 @@ static int train_data(Run *r) {
     goto done;
   if (o->save_path && rt_save_checkpoint(r->be, o->save_path, r->err))
     goto done;
+  if (o->images_dir) {
+    int64_t files = write_images(r, &test, ntest);
+    if (files < 0)
+      goto done;
+    if (!o->quiet)
+      fprintf(stderr, "images: %lld PGM files in %s\n", (long long)files, o->images_dir);
+  }
   char figs[4][64];
   printf("final epochs=%d train_loss=%.4f%s%s%s%s images_per_s=%.0f", ran, train_loss,
          nval ? figure(test_loss, " val_loss=%.4f", figs[0], sizeof figs[0]) : "",
@@ -1400,7 +1483,8 @@ int rt_train(RtBackend *be, const RtOptions *o) {
     goto done;
   if (check_output(&r, o->save_path, "--save") ||
       check_output(&r, o->metrics_path, "--metrics") ||
-      (o->checkpoint_every > 0 && prepare_checkpoint_dir(&r)))
+      (o->checkpoint_every > 0 && prepare_checkpoint_dir(&r)) ||
+      (o->images_dir && prepare_images_dir(&r)))
     goto done;
   int data = 0;
   for (int i = 0; i < p->ntensors; i++)

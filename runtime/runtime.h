@@ -119,6 +119,12 @@ const char *rt_meta_get(const RtMeta *meta, int n, const char *key);
 FILE *rt_create_temp(const char *path, char *tmp, size_t len, char *err);
 FILE *rt_open_regular(const char *path, struct stat *st, char *err);
 
+/* ---- rt_export.c: outputs as pictures --------------------------------------------------------- */
+
+/* v[0 .. h·w), row by row, as an 8-bit binary PGM: clamped to [0, 1], times 255, rounded (NaN
+ * is 0). Atomic, like every file kiln writes. */
+int rt_write_pgm(const char *path, const double *v, int64_t h, int64_t w, char *err);
+
 /* ---- rt_progress.c: progress line and metrics ----------------------------------------------- */
 
 typedef struct RtProgress {
@@ -173,6 +179,8 @@ typedef struct RtOptions {
   const char *save_path;  /* safetensors checkpoint, or NULL */
   const char *load_path;  /* start from these parameters, or NULL */
   const char *metrics_path; /* CSV, or NULL */
+  const char *images_dir; /* write the output on test examples as PGM files here, or NULL */
+  int64_t images_count;   /* how many test examples --images writes (16) */
   int64_t limit_train;    /* >0: use only the first N training examples (tests) */
   int64_t limit_test;
   int quiet;              /* no progress line */
@@ -194,6 +202,8 @@ typedef struct RtOptions {
 } RtOptions;
 
 void rt_options_default(RtOptions *o);
+/* Whether a trainer option (exactly as written, without "=value") takes a value. */
+int rt_option_takes_value(const char *arg);
 /* Parses the trainer's command line into o. Returns 0, 1 for --help (usage printed), -1 on error
  * (message printed to stderr). */
 int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name);

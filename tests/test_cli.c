@@ -364,6 +364,87 @@ START_TEST(msd_denoiser_gains_psnr) {
 }
 END_TEST
 
+/* Reads a PGM written by --images: the header and h·w bytes. */
+static unsigned char *read_pgm(const char *path, int *h, int *w) {
+  FILE *f = fopen(path, "rb");
+  ck_assert_msg(f != NULL, "%s is missing", path);
+  ck_assert_int_eq(fscanf(f, "P5 %d %d 255", w, h), 2);
+  ck_assert_int_eq(fgetc(f), '\n');
+  unsigned char *px = malloc((size_t)(*h * *w));
+  ck_assert_int_eq(fread(px, 1, (size_t)(*h * *w), f), (size_t)(*h * *w));
+  ck_assert_int_eq(fgetc(f), EOF);
+  fclose(f);
+  return px;
+}
+
+/* examples/filters.kiln: the learned 3x3 layer converges to the vertical edge detector
+ * mirrored (a layer cross-correlates, convolve convolves), and --images writes the image itself
+ * as channel 0 byte for byte, the blurred picture as channel 1 (the kernel of seed 004 eq. 2.5
+ * over 8, computed here from the image), six channels for each of the first three examples. */
+START_TEST(filters_example) {
+  char dir[300], ckpt[300], cmd[1024], path[400], *out, *err;
+  snprintf(dir, sizeof dir, "%s/pictures", tmpdir);
+  snprintf(ckpt, sizeof ckpt, "%s/f.safetensors", tmpdir);
+  snprintf(cmd, sizeof cmd, KILN " train " EX "filters.kiln --data " DATA " --images '%s' "
+           "--images-count 3 --save '%s'", dir, ckpt);
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s", err);
+  ck_assert_msg(strstr(err, "images: 18 PGM files in "), "%s", err);
+  free(out), free(err);
+  RtNamedTensor *ts;
+  int n;
+  char e[RT_ERR_LEN];
+  ck_assert_int_eq(rt_safetensors_load(ckpt, &ts, &n, e), 0);
+  const double mirrored[9] = {-1, 0, 1, -2, 0, 2, -1, 0, 1};
+  ck_assert_int_eq(n, 1);
+  ck_assert_str_eq(ts[0].name, "fit.weight");
+  for (int i = 0; i < 9; i++)
+    ck_assert_msg(fabs(ts[0].values[i] - mirrored[i]) < 0.02, "fit.weight[%d] = %g", i,
+                  ts[0].values[i]);
+  rt_safetensors_free(ts, n);
+  RtIdx images;
+  ck_assert_msg(rt_idx_load_first(DATA "/t10k-images-idx3-ubyte.gz", 3, &images, e) == 0, "%s", e);
+  for (int k = 0; k < 3; k++) {
+    int h, w, h1, w1;
+    snprintf(path, sizeof path, "%s/test%05d_c0.pgm", dir, k);
+    unsigned char *c0 = read_pgm(path, &h, &w);
+    snprintf(path, sizeof path, "%s/test%05d_c1.pgm", dir, k);
+    unsigned char *c1 = read_pgm(path, &h1, &w1);
+    ck_assert(h == 28 && w == 28 && h1 == 28 && w1 == 28);
+    const uint8_t *img = images.data + k * 784;
+    ck_assert(!memcmp(c0, img, 784));
+    for (int i = 0; i < 28; i++)
+      for (int j = 0; j < 28; j++) {
+        double v = 4.0 * img[i * 28 + j];
+        v += i > 0 ? img[(i - 1) * 28 + j] : 0;
+        v += i < 27 ? img[(i + 1) * 28 + j] : 0;
+        v += j > 0 ? img[i * 28 + j - 1] : 0;
+        v += j < 27 ? img[i * 28 + j + 1] : 0;
+        ck_assert_msg(abs((int)c1[i * 28 + j] - (int)lround(v / 8)) <= 1, "(%d, %d): %d, %g",
+                      i, j, c1[i * 28 + j], v / 8);
+      }
+    free(c0), free(c1);
+  }
+  rt_idx_free(&images);
+  snprintf(path, sizeof path, "%s/test00002_c5.pgm", dir);
+  ck_assert(exists(path));
+  snprintf(path, sizeof path, "%s/test00003_c0.pgm", dir);
+  ck_assert(!exists(path));
+}
+END_TEST
+
+/* --images refuses a model whose output is not a picture, before training. */
+START_TEST(images_need_a_picture) {
+  char cmd[1024], *out, *err;
+  snprintf(cmd, sizeof cmd, KILN " train " EX "mlp.kiln --data " DATA " --images '%s/p'",
+           tmpdir);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  ck_assert_msg(strstr(err, "--images writes pictures of shape [N, H, W] or [N, C, H, W], but "
+                            "the model's output has shape [64, 10]"), "%s", err);
+  ck_assert_msg(!strstr(err, "epoch 1"), "%s", err);
+  free(out), free(err);
+}
+END_TEST
+
 /* kiln grad at the same point, compiled and reference: the same loss and gradients. */
 START_TEST(grad_agrees_between_runtimes) {
   char cmd[2048], params[300], inputs[300], g1[300], g2[300], e[RT_ERR_LEN];
@@ -991,6 +1072,8 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, check_every_optimizer);
   tcase_add_test(tc, regularized_early_stopping_on_data);
   tcase_add_test(tc, msd_denoiser_gains_psnr);
+  tcase_add_test(tc, filters_example);
+  tcase_add_test(tc, images_need_a_picture);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);

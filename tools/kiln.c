@@ -60,7 +60,9 @@ static const char usage[] =
     "\n"
     "trainer options (train, and every built trainer):\n"
     "  --data DIR --epochs N --lr X --seed S --save FILE --load FILE --metrics FILE.csv\n"
-    "  --limit-train N --limit-test N --patience N --quiet\n";
+    "  --limit-train N --limit-test N --validation N --patience N --resume FILE\n"
+    "  --checkpoint-every N --checkpoint-dir D --keep-checkpoints K --max-memory SIZE\n"
+    "  --images DIR --images-count N --profile --quiet (a built trainer's --help says more)\n";
 
 typedef struct Args {
   const char *cmd, *model, *out, *params, *inputs, *tangents;
@@ -277,15 +279,9 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (s[0] == '-' && s[1]) {
       /* A trainer option; rt_options_parse checks it. Those that take a value take the next
        * argument with them (unless written --opt=value). */
-      static const char *const with_value[] = {"--data", "--epochs", "--lr", "--seed", "--save",
-                                               "--load", "--metrics", "--limit-train",
-                                               "--limit-test", "--patience"};
       a->rest[a->nrest++] = argv[i];
-      for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++)
-        if (!strcmp(s, with_value[k]) && val) {
-          a->rest[a->nrest++] = argv[++i];
-          break;
-        }
+      if (rt_option_takes_value(s) && val)
+        a->rest[a->nrest++] = argv[++i];
     } else if (!a->model) {
       a->model = s;
     } else {
