@@ -1195,6 +1195,18 @@ START_TEST(lower_loops) {
 }
 END_TEST
 
+START_TEST(lower_untied_bias) {
+  Graph *g = compile_ok("input x: f32[B, 2, 8, 8]\ninput s: f32[B, 3, 10]\n"
+                        "h = conv2d(x, out=3, kernel=3, stride=2, bias=untied) as c\n"
+                        "k = conv1d(s, out=2, kernel=5, bias=untied) as d\n"
+                        "loss = mean(h) + mean(k)\nminimize loss\n");
+  ck_assert_str_eq(shape_of_node(g, leaf(g, "c.bias")), "[3, 3, 3]");
+  ck_assert_str_eq(shape_of_node(g, leaf(g, "d.bias")), "[2, 6]");
+  ck_assert_int_eq(leaf(g, "c.bias")->leaf.fan_in, 2 * 9);
+  ir_free(g);
+}
+END_TEST
+
 START_TEST(lower_auto_names_skip_buffers) {
   /* An unnamed batchnorm without affine has no weight; its buffers still take the name. */
   Graph *g = compile_ok("input x: f32[B, 3]\n"
@@ -1294,6 +1306,11 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "input [B, 2, 8, 8] has 2 in each of 1 groups\n"
      "  h = convolve(x, k)\n"
      "      ^\n"},
+    {"conv bias word",
+     "input x: f32[B, 2, 8, 8]\nh = conv2d(x, out=3, kernel=3, bias=tied)\n",
+     "t.kiln:2:37: error: conv2d: 'bias' must be true, false or untied\n"
+     "  h = conv2d(x, out=3, kernel=3, bias=tied)\n"
+     "                                      ^\n"},
     {"modulo of a tensor",
      "input x: f32[B, 3]\nh = x % 2\n",
      "t.kiln:2:7: error: '%' works on numbers only (such as a loop index), not on tensors\n"
@@ -2164,6 +2181,7 @@ static Suite *frontend_suite(void) {
   tcase_add_test(lower, lower_precedence_graph);
   tcase_add_test(lower, lower_layer_naming);
   tcase_add_test(lower, lower_loops);
+  tcase_add_test(lower, lower_untied_bias);
   tcase_add_test(lower, lower_init_schemes);
   tcase_add_test(lower, lower_train_settings);
   tcase_add_test(lower, lower_reductions_reshape_and_numbers);

@@ -263,6 +263,25 @@ def check_given_kernels(tmp):
         against_torch(tmp, model, call, loss, {"k": k.grad}, 1e-12)
 
 
+def check_untied_bias(tmp):
+    """bias=untied: nn.Conv2d without bias plus a parameter [out, Ho, Wo] (seed 001)."""
+    torch.manual_seed(9)
+    s = torch.randn(3, 2, 7, 6, dtype=torch.float64)
+    conv = torch.nn.Conv2d(2, 4, 3, stride=2, padding=1, bias=False, dtype=torch.float64)
+    b = torch.randn(4, 4, 3, dtype=torch.float64, requires_grad=True)
+    save_safetensors(f"{tmp}/i.safetensors", {"s": s})
+    save_safetensors(f"{tmp}/p.safetensors", {"c.weight": conv.weight.detach(), "c.bias": b.detach()})
+    model = f"{tmp}/ub.kiln"
+    with open(model, "w") as f:
+        f.write("input s: f64[B, 2, 7, 6]\n"
+                "h = conv2d(s, out=4, kernel=3, stride=2, pad=1, bias=untied) as c\n"
+                "loss = sum(tanh(h) ^ 2)\nminimize loss\n")
+    loss = (torch.tanh(conv(s) + b) ** 2).sum()
+    loss.backward()
+    against_torch(tmp, model, "conv2d bias=untied", loss,
+                  {"c.weight": conv.weight.grad, "c.bias": b.grad}, 1e-12)
+
+
 def check_groupnorm(tmp):
     torch.manual_seed(7)
     for shape, groups in (((3, 4, 3, 2), 2), ((2, 6, 5), 3), ((4, 6), 6)):
@@ -446,6 +465,7 @@ def main():
         check_losses(tmp)
         check_conv1d(tmp)
         check_given_kernels(tmp)
+        check_untied_bias(tmp)
         check_groupnorm(tmp)
         check_gradients("mlp", MLP(), 16, tmp)
         check_gradients("mnist_cnn", MnistCNN(), 8, tmp)

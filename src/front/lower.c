@@ -890,6 +890,18 @@ static void pad_arg(Lower *L, const Func *f, const Expr *e, bool modes, const in
 }
 
 /* conv2d(x [N, C, H, W], out=O, kernel=K, stride=1, pad=0, dilation=1, groups=1, bias=true) */
+/* A convolution layer's bias=: true (one per channel, the default), false, or untied (one per
+ * channel and output location). */
+static void bias_arg(const Expr *e, const Func *f, NnConv2d *o) {
+  o->bias = true;
+  o->untied = e && e->kind == EX_NAME && !strcmp(e->name, "untied");
+  if (!e || o->untied)
+    return;
+  if (e->kind != EX_NAME || (strcmp(e->name, "true") && strcmp(e->name, "false")))
+    kiln_fail(e->loc, "%s: 'bias' must be true, false or untied", f->name);
+  o->bias = fe_bool_arg(e, f->name);
+}
+
 /* conv(x, w, ...) and convolve(x, w, ...): a given kernel, F.conv2d's geometry arguments. */
 static Val fn_conv(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)layer;
@@ -923,7 +935,7 @@ static Val fn_conv2d(Lower *L, const Func *f, Expr *call, Expr **args, const cha
   o.groups = args[6] ? fe_int_arg(L, args[6], 1, INT32_MAX, "conv2d: 'groups'") : 1;
   if (args[6])
     nn_check_groups(L->g, x, o.out, o.groups, args[6]->loc);
-  o.bias = args[7] ? fe_bool_arg(args[7], "conv2d: 'bias'") : true;
+  bias_arg(args[7], f, &o);
   o.init = L->init;
   NnLayer l = layer_of(L, call, layer);
   return (Val){nn_conv2d(L->g, &l, x, &o), 0};
@@ -957,7 +969,7 @@ static Val fn_conv1d(Lower *L, const Func *f, Expr *call, Expr **args, const cha
     single_arg(L, f, args[5], "dilation", 1, o.dilation);
   pad1_arg(L, f, args[4], true, o.kernel, o.stride, o.dilation, o.pad);
   o.groups = args[6] ? fe_int_arg(L, args[6], 1, INT32_MAX, "conv1d: 'groups'") : 1;
-  o.bias = args[7] ? fe_bool_arg(args[7], "conv1d: 'bias'") : true;
+  bias_arg(args[7], f, &o);
   o.init = L->init;
   NnLayer l = layer_of(L, call, layer);
   return (Val){nn_conv1d(L->g, &l, x, &o), 0};

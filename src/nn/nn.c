@@ -80,11 +80,15 @@ static int layer_weight(Graph *g, const NnLayer *l, DType dt, Shape s, NnInit in
   return w;
 }
 
+static int layer_bias_shaped(Graph *g, const NnLayer *l, DType dt, Shape bs, NnInit init,
+                             int64_t fan_in, int64_t fan_out) {
+  NnInit bi = init.kind == NN_INIT_DEFAULT ? init : (NnInit){KILN_INIT_ZEROS, 0};
+  return nn_param(g, l->mode, leaf_name(g, l, "bias"), dt, bs, bi, fan_in, fan_out, l->name_loc);
+}
+
 static int layer_bias(Graph *g, const NnLayer *l, DType dt, int64_t n, NnInit init,
                       int64_t fan_in, int64_t fan_out) {
-  NnInit bi = init.kind == NN_INIT_DEFAULT ? init : (NnInit){KILN_INIT_ZEROS, 0};
-  Shape bs = {.rank = 1, .d = {{n, -1}}};
-  return nn_param(g, l->mode, leaf_name(g, l, "bias"), dt, bs, bi, fan_in, fan_out, l->name_loc);
+  return layer_bias_shaped(g, l, dt, (Shape){.rank = 1, .d = {{n, -1}}}, init, fan_in, fan_out);
 }
 
 /* ---- input checks ---- */
@@ -239,6 +243,13 @@ static int conv_layer(Graph *g, const NnLayer *l, int x, const NnConv2d *o, int 
   int w = layer_weight(g, l, dt, own, o->init, fan_in, fan_out);
   int in[2] = {x, wrank == 3 ? ir_reshape(g, w, ws, l->loc) : w};
   int y = ir_node(g, OP_CONV2D, 2, in, &a, l->loc);
+  if (o->bias && o->untied) {
+    /* one bias per output channel and location: [O, Ho, Wo], or [O, Lo] for conv1d */
+    Shape ys = ir_at(g, y)->shape, b3 = {.rank = 3, .d = {ys.d[1], ys.d[2], ys.d[3]}};
+    Shape bown = wrank == 3 ? (Shape){.rank = 2, .d = {ys.d[1], ys.d[3]}} : b3;
+    int b = layer_bias_shaped(g, l, dt, bown, o->init, fan_in, fan_out);
+    return ir_binary(g, OP_ADD, y, wrank == 3 ? ir_reshape(g, b, b3, l->loc) : b, l->loc);
+  }
   if (o->bias) {
     int b = layer_bias(g, l, dt, o->out, o->init, fan_in, fan_out);
     Shape b3 = {.rank = 3, .d = {{o->out, -1}, {1, -1}, {1, -1}}};

@@ -87,6 +87,8 @@ typedef struct NnConv2d {
   int64_t pad[4];     /* [top, bottom, left, right], >= 0 */
   int64_t groups;     /* >= 1 */
   bool bias;
+  bool untied;        /* with bias: one per output channel and location, [O, Ho, Wo] (seed 001's
+                         untied bias), instead of one per channel */
   NnInit init;        /* as NnLinear's */
 } NnConv2d;
 /* x [N, C, H, W] with weight [O, C/groups, kh, kw] and bias [O] (PyTorch's nn.Conv2d layout);
