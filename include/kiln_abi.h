@@ -75,7 +75,9 @@ enum {
   KILN_INIT_HE_UNIFORM = 8,     /* U(+-sqrt(6/fan_in)) */
   KILN_INIT_TORCH_DEFAULT = 9,  /* PyTorch's Linear/Conv default: U(+-1/sqrt(fan_in)) */
   KILN_INIT_DATA = 10,          /* literal values from the model file, in `data` */
-  KILN_INIT_SEED = 11           /* a counter derived from the run seed: (seed mod 2^20) * 2^32 */
+  KILN_INIT_SEED = 11,          /* a counter derived from the run seed: (seed mod 2^20) * 2^32 */
+  KILN_INIT_ORTHOGONAL = 12     /* a times a matrix [dims[0], rest] with orthonormal rows or
+                                   columns, from the QR of a Gaussian one (orthogonal_) */
 };
 
 typedef struct kiln_tensor {

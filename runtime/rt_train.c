@@ -626,6 +626,52 @@ static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n
   return 0;
 }
 
+/* init = lsuv (Mishkin and Matas; seed 002, 5.1.7): the weights start orthogonal; then, from the
+ * first layer to the last, the layer's output on one training batch (the eval entry's
+ * "lsuv.<weight>") is measured and its weight scaled by 1/sqrt(variance) until the variance is
+ * within 0.1 of 1, at most 10 times. A layer whose output does not vary is left as it is. */
+static int lsuv_init(Run *r, const RtDataset *train, const int64_t *idx, int64_t n) {
+  const kiln_program *p = r->prog;
+  int64_t b = n < p->batch ? n : p->batch;
+  if (b < 1 || r->eval_e < 0)
+    return 0;
+  write_batch(r, r->eval_e, train, idx, 0, b);
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (t->role != KILN_ROLE_OUTPUT || strncmp(t->name, "lsuv.", 5))
+      continue;
+    int w = rt_find_tensor(p, t->name + 5);
+    if (w < 0)
+      return rt_errf(r->err, "init = lsuv: no weight '%s' for the layer output '%s'",
+                     t->name + 5, t->name);
+    int64_t ny = rt_numel(t, b), nw = rt_numel(&p->tensors[w], p->batch);
+    double var = NAN;
+    int tries = 0;
+    for (;; tries++) {
+      if (run_entry(r, r->eval_e, b))
+        return -1;
+      r->be->read(r->be->self, i, r->buf, ny);
+      double mean = 0, sq = 0;
+      for (int64_t k = 0; k < ny; k++)
+        mean += r->buf[k];
+      mean /= (double)ny;
+      for (int64_t k = 0; k < ny; k++)
+        sq += (r->buf[k] - mean) * (r->buf[k] - mean);
+      var = sq / (double)ny;
+      if (!(var > 0) || !isfinite(var) || fabs(var - 1) < 0.1 || tries == 10)
+        break;
+      r->be->read(r->be->self, w, r->buf, nw);
+      for (int64_t k = 0; k < nw; k++)
+        r->buf[k] /= sqrt(var);
+      r->be->write(r->be->self, w, r->buf, nw);
+    }
+    if (!r->o->quiet)
+      fprintf(stderr, "lsuv: %s output variance %.4f after %d scaling%s\n", t->name + 5, var,
+              tries, tries == 1 ? "" : "s");
+  }
+  return 0;
+}
+
 /* --images: the model must have an image-shaped output ([N, H, W] or [N, C, H, W]) and the
  * directory must be writable; checked before training, so a long run cannot end in this error. */
 static int prepare_images_dir(Run *r) {
@@ -1145,6 +1191,9 @@ static int train_data(Run *r) {
                   rs.best_acc};
     rs.best_vals = NULL;
     snprintf(r->last_checkpoint, sizeof r->last_checkpoint, "%s", o->resume_path);
+  } else if (!o->load_path && rt_setting_int(p, "lsuv", 0) == 1 &&
+             lsuv_init(r, &train, fit_idx, nfit)) {
+    goto done;
   }
   const char *set = nval ? "val" : "test";
   char header[1024], metric_text[512];

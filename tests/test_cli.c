@@ -432,6 +432,37 @@ START_TEST(filters_example) {
 }
 END_TEST
 
+/* init = lsuv: each layer's output variance on the first batch is scaled to 1 (within 0.1),
+ * first layer to last, and training goes on from there. */
+START_TEST(lsuv_scales_every_layer) {
+  char path[300], cmd[1024], *out, *err;
+  snprintf(path, sizeof path, "%s/lsuv.kiln", tmpdir);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("input image: f32[B, 1, 28, 28] from images / 255\ninput label: i32[B] from labels\n"
+        "h = relu(conv2d(image, out=4, kernel=5, stride=2) as c1)\n"
+        "h = tanh(linear(flatten(h), out=32) as fc1)\n"
+        "logits = linear(h, out=10) as fc2\nloss = cross_entropy(logits, label)\n"
+        "output logits\nminimize loss\ntrain { batch = 50  init = lsuv }\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " train '%s' --data " DATA " --limit-train 500 "
+           "--limit-test 100", path);
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s", err);
+  const char *layers[] = {"c1.weight", "fc1.weight", "fc2.weight"}, *at = err;
+  for (int i = 0; i < 3; i++) {
+    char want[64];
+    snprintf(want, sizeof want, "lsuv: %s output variance ", layers[i]);
+    at = strstr(at, want);
+    ck_assert_msg(at, "%s missing, in order, from:\n%s", want, err);
+    at += strlen(want);
+    double var = strtod(at, NULL);
+    ck_assert_msg(fabs(var - 1) < 0.1, "%s: variance %g", layers[i], var);
+  }
+  ck_assert_msg(strstr(out, "test_accuracy="), "%s", out);
+  free(out), free(err);
+}
+END_TEST
+
 /* --images refuses a model whose output is not a picture, before training. */
 START_TEST(images_need_a_picture) {
   char cmd[1024], *out, *err;
@@ -1074,6 +1105,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, msd_denoiser_gains_psnr);
   tcase_add_test(tc, filters_example);
   tcase_add_test(tc, images_need_a_picture);
+  tcase_add_test(tc, lsuv_scales_every_layer);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);

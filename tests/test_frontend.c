@@ -1195,6 +1195,28 @@ START_TEST(lower_loops) {
 }
 END_TEST
 
+START_TEST(lower_orthogonal_and_lsuv) {
+  Graph *g = compile_ok("input x: f32[B, 4]\nparam p: f32[3, 4] init=orthogonal(gain=2)\n"
+                        "h = linear(x, out=3) as fc\nloss = mean(h) + mean(p)\nminimize loss\n"
+                        "train { init = orthogonal }\n");
+  ck_assert_int_eq(leaf(g, "p")->leaf.init, KILN_INIT_ORTHOGONAL);
+  ck_assert_double_eq(leaf(g, "p")->leaf.init_a, 2);
+  ck_assert_int_eq(leaf(g, "fc.weight")->leaf.init, KILN_INIT_ORTHOGONAL);
+  ck_assert_double_eq(leaf(g, "fc.weight")->leaf.init_a, 1);
+  ck_assert_int_eq(leaf(g, "fc.bias")->leaf.init, KILN_INIT_ZEROS);
+  ck_assert(!g->train.lsuv);
+  ir_free(g);
+  g = compile_ok("input x: f32[B, 4]\nh = linear(relu(linear(x, out=3) as a), out=2) as b\n"
+                 "loss = mean(h)\nminimize loss\ntrain { init = lsuv }\n");
+  ck_assert(g->train.lsuv);
+  ck_assert_int_eq(leaf(g, "a.weight")->leaf.init, KILN_INIT_ORTHOGONAL);
+  ck_assert_int_eq(g->nlayers, 2);
+  ck_assert_str_eq(ir_at(g, g->layer_weight[0])->name, "a.weight");
+  ck_assert_str_eq(ir_at(g, g->layer_weight[1])->name, "b.weight");
+  ir_free(g);
+}
+END_TEST
+
 START_TEST(lower_untied_bias) {
   Graph *g = compile_ok("input x: f32[B, 2, 8, 8]\ninput s: f32[B, 3, 10]\n"
                         "h = conv2d(x, out=3, kernel=3, stride=2, bias=untied) as c\n"
@@ -1306,6 +1328,17 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "input [B, 2, 8, 8] has 2 in each of 1 groups\n"
      "  h = convolve(x, k)\n"
      "      ^\n"},
+    {"lsuv on a parameter",
+     "param w: f32[3, 3] init=lsuv\n",
+     "t.kiln:1:25: error: lsuv initialises the layers of the whole model on data: it is a train "
+     "block setting (init = lsuv), not a parameter's\n"
+     "  param w: f32[3, 3] init=lsuv\n"
+     "                          ^\n"},
+    {"orthogonal gain",
+     "train { init = orthogonal(gain=-1) }\n",
+     "t.kiln:1:32: error: orthogonal: 'gain' must not be negative\n"
+     "  train { init = orthogonal(gain=-1) }\n"
+     "                                 ^\n"},
     {"conv bias word",
      "input x: f32[B, 2, 8, 8]\nh = conv2d(x, out=3, kernel=3, bias=tied)\n",
      "t.kiln:2:37: error: conv2d: 'bias' must be true, false or untied\n"
@@ -1775,9 +1808,10 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "  train { optimizer = adam(lr=1, beta3=2) }\n"
      "                                 ^\n"},
     {"train init",
-     "train { init = orthogonal }\n",
-     "t.kiln:1:16: error: unknown initialisation; expected default, he, he_uniform, xavier, xavier_normal, zeros, ones, normal(std=...) or uniform(a=...)\n"
-     "  train { init = orthogonal }\n"
+     "train { init = kaiming }\n",
+     "t.kiln:1:16: error: unknown initialisation; expected default, he, he_uniform, xavier, "
+     "xavier_normal, zeros, ones, normal(std=...), uniform(a=...), orthogonal(gain=1) or lsuv\n"
+     "  train { init = kaiming }\n"
      "                 ^\n"},
     {"train init normal",
      "train { init = normal }\n",
@@ -2182,6 +2216,7 @@ static Suite *frontend_suite(void) {
   tcase_add_test(lower, lower_layer_naming);
   tcase_add_test(lower, lower_loops);
   tcase_add_test(lower, lower_untied_bias);
+  tcase_add_test(lower, lower_orthogonal_and_lsuv);
   tcase_add_test(lower, lower_init_schemes);
   tcase_add_test(lower, lower_train_settings);
   tcase_add_test(lower, lower_reductions_reshape_and_numbers);

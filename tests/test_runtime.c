@@ -364,6 +364,35 @@ START_TEST(init_depends_on_seed_and_name_only) {
 }
 END_TEST
 
+/* orthogonal: the tensor as a matrix [dims[0], rest] has orthonormal rows when it is wide and
+ * orthonormal columns when it is tall, times the gain; a vector is a unit vector. */
+START_TEST(init_orthogonal) {
+  static const struct { int rank; int64_t dims[4]; double gain; } cases[] = {
+      {2, {5, 12}, 1}, {2, {12, 5}, 1}, {4, {4, 2, 3, 3}, 2}, {2, {7, 7}, 0.5}, {1, {6}, 1}};
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    kiln_tensor t = param("w", KILN_INIT_ORTHOGONAL, cases[c].gain, 1, 1);
+    t.rank = cases[c].rank;
+    int64_t n = 1;
+    for (int k = 0; k < t.rank; k++)
+      n *= t.dims[k] = cases[c].dims[k];
+    double v[72];
+    rt_init_tensor(&t, 3, v, n);
+    int64_t rows = t.rank > 1 ? t.dims[0] : n, cols = n / rows;
+    int wide = rows < cols;
+    int64_t k = wide ? rows : cols, m = wide ? cols : rows;
+    for (int64_t a = 0; a < k; a++)
+      for (int64_t b = 0; b < k; b++) {
+        double dot = 0;
+        for (int64_t i = 0; i < m; i++)
+          dot += wide ? v[a * cols + i] * v[b * cols + i] : v[i * cols + a] * v[i * cols + b];
+        double want = a == b ? cases[c].gain * cases[c].gain : 0;
+        ck_assert_msg(fabs(dot - want) < 1e-12, "case %zu: <%lld, %lld> = %.17g", c,
+                      (long long)a, (long long)b, dot);
+      }
+  }
+}
+END_TEST
+
 /* ---- rt_idx.c ---- */
 
 START_TEST(idx_plain_and_gz) {
@@ -1897,6 +1926,7 @@ static Suite *runtime_suite(void) {
   tcase_add_test(tc, init_distributions);
   tcase_add_test(tc, init_constant_kinds);
   tcase_add_test(tc, init_depends_on_seed_and_name_only);
+  tcase_add_test(tc, init_orthogonal);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("files");

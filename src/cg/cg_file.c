@@ -975,7 +975,8 @@ static const char *const role_names[] = {"PARAM", "STATE", "HYPER", "INPUT", "OU
                                          "GRAD"};
 static const char *const init_names[] = {"ZEROS", "ONES", "CONST", "NORMAL", "UNIFORM",
                                          "XAVIER_NORMAL", "XAVIER_UNIFORM", "HE_NORMAL",
-                                         "HE_UNIFORM", "TORCH_DEFAULT", "DATA", "SEED"};
+                                         "HE_UNIFORM", "TORCH_DEFAULT", "DATA", "SEED",
+                                         "ORTHOGONAL"};
 static const char *const dtype_enum[] = {"KILN_F32", "KILN_F64", "KILN_I32"};
 
 static void cg_emit_tensors(Cg *cg) {
@@ -997,7 +998,7 @@ static void cg_emit_tensors(Cg *cg) {
       data = lit_name(cg, n->data);
     cg_line(cg, "{.name = \"%s\", .role = KILN_ROLE_%s, .dtype = %s, .rank = %d, .dims = {%s},", name,
          role_names[t->role], dtype_enum[t->dtype], t->rank, dims.len ? dims.p : "0");
-    KILN_ASSERT(t->init >= 0 && t->init <= KILN_INIT_SEED);
+    KILN_ASSERT(t->init >= 0 && t->init <= KILN_INIT_ORTHOGONAL);
     cg_line(cg, " .batch_axis = %d, .offset = %" PRId64 ", .entries = %d, .init = KILN_INIT_%s,",
             t->batch_axis, t->offset, t->entries, init_names[t->init]);
     cg_line(cg, " .init_a = %s, .init_b = %s, .fan_in = %" PRId64 ", .fan_out = %" PRId64 ",",

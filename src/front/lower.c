@@ -228,18 +228,22 @@ typedef struct InitName {
   const char *name;
   int kind;
   const char *param;   /* the scheme's one argument, or NULL */
+  bool optional;       /* the argument may be left out: it is then `dflt` */
+  double dflt;
 } InitName;
 
 static const InitName init_names[] = {
-    {"default", -1, NULL},
-    {"he", KILN_INIT_HE_NORMAL, NULL},
-    {"he_uniform", KILN_INIT_HE_UNIFORM, NULL},
-    {"xavier", KILN_INIT_XAVIER_UNIFORM, NULL},
-    {"xavier_normal", KILN_INIT_XAVIER_NORMAL, NULL},
-    {"zeros", KILN_INIT_ZEROS, NULL},
-    {"ones", KILN_INIT_ONES, NULL},
-    {"normal", KILN_INIT_NORMAL, "std"},
-    {"uniform", KILN_INIT_UNIFORM, "a"},
+    {"default", -1, NULL, false, 0},
+    {"he", KILN_INIT_HE_NORMAL, NULL, false, 0},
+    {"he_uniform", KILN_INIT_HE_UNIFORM, NULL, false, 0},
+    {"xavier", KILN_INIT_XAVIER_UNIFORM, NULL, false, 0},
+    {"xavier_normal", KILN_INIT_XAVIER_NORMAL, NULL, false, 0},
+    {"zeros", KILN_INIT_ZEROS, NULL, false, 0},
+    {"ones", KILN_INIT_ONES, NULL, false, 0},
+    {"normal", KILN_INIT_NORMAL, "std", false, 0},
+    {"uniform", KILN_INIT_UNIFORM, "a", false, 0},
+    {"orthogonal", KILN_INIT_ORTHOGONAL, "gain", true, 1},
+    {"lsuv", NN_INIT_LSUV, NULL, false, 0},
 };
 
 /* init = "default" | "he" | "he_uniform" | "xavier" | "xavier_normal" | "zeros" | "ones"
@@ -255,6 +259,8 @@ NnInit fe_init_spec(Lower *L, const Expr *e) {
         kiln_fail(e->loc, "%s takes no arguments: write 'init = %s'", name, name);
       return (NnInit){in->kind, 0};
     }
+    if (e->kind != EX_CALL && in->optional)
+      return (NnInit){in->kind, in->dflt};
     if (e->kind != EX_CALL)
       kiln_fail(e->loc, "%s needs its argument: write 'init = %s(%s=...)'", name, name,
                 in->param);
@@ -266,7 +272,8 @@ NnInit fe_init_spec(Lower *L, const Expr *e) {
     return (NnInit){in->kind, a};
   }
   kiln_fail(e->loc, "unknown initialisation; expected default, he, he_uniform, xavier, "
-                    "xavier_normal, zeros, ones, normal(std=...) or uniform(a=...)");
+                    "xavier_normal, zeros, ones, normal(std=...), uniform(a=...), "
+                    "orthogonal(gain=1) or lsuv");
 }
 
 /* ---- leaves ---- */
@@ -429,6 +436,9 @@ static void lower_param(Lower *L, const Stmt *s) {
   int64_t fan_in, fan_out;
   nn_fans(L->g, s->name, &shape, s->name_loc, &fan_in, &fan_out);
   NnInit init = s->init ? fe_init_spec(L, s->init) : L->init;
+  if (s->init && init.kind == NN_INIT_LSUV)
+    kiln_fail(s->init->loc, "lsuv initialises the layers of the whole model on data: it is a "
+              "train block setting (init = lsuv), not a parameter's");
   double splat = 0;
   bool is_splat = s->value && literal_splat(L, s, &splat);
   if (s->value)

@@ -206,6 +206,10 @@ NnInit fe_read_train(Lower *L, const Stmt *s, TrainSpec *t) {
       break;
     case 5:
       init = fe_init_spec(L, st->value);
+      if (init.kind == NN_INIT_LSUV) {
+        t->lsuv = true;
+        init = (NnInit){KILN_INIT_ORTHOGONAL, 1};
+      }
       t->init = init.kind;
       break;
     case 6:

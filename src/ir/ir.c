@@ -51,6 +51,7 @@ void ir_settings(const Graph *g, IrSettings *o) {
   setting(o, "steps", "%" PRId64, t->steps);
   setting(o, "seed", "%" PRIu64, t->seed);
   setting(o, "patience", "%d", t->patience);
+  setting(o, "lsuv", "%d", t->lsuv ? 1 : 0);
 }
 
 Graph *ir_new(const char *name) {
@@ -82,6 +83,8 @@ void ir_free(Graph *g) {
   free(g->data);
   free(g->params);
   free(g->grads);
+  free(g->layer_weight);
+  free(g->layer_output);
   pool_free(g->pool);  /* g itself lives in the pool */
 }
 

@@ -159,6 +159,8 @@ typedef struct TrainSpec {
   int64_t steps;      /* full-batch updates for in-file data */
   uint64_t seed;
   int init;           /* KILN_INIT_* override for weights, or -1 for each layer's default */
+  bool lsuv;          /* init = lsuv: orthogonal weights, then each layer's output scaled to unit
+                         variance on a training batch, first to last (the trainer does it) */
   Loc loc;
 } TrainSpec;
 
@@ -183,6 +185,10 @@ typedef struct Graph {
                                    trainer as "eval.metric.<name>" */
   const char *metric_names[IR_MAX_METRICS];
   int nmetrics;
+  /* Each layer with a weight, in model order, from the evaluation pass: the weight and the
+   * layer's output (the convolution or product plus its bias), for init = lsuv. */
+  int *layer_weight, *layer_output;
+  int nlayers;
   TrainSpec train;
   /* Set by train_build. */
   Entry entries[ENTRY_COUNT];

@@ -155,6 +155,18 @@ void nn_check_groups(Graph *g, int x, int64_t out, int64_t groups, Loc loc) {
 
 /* ---- layers with parameters ---- */
 
+/* Notes a layer's weight and output (evaluation pass only, so each layer once), for init = lsuv;
+ * returns y. */
+static int record_layer(Graph *g, const NnLayer *l, int w, int y) {
+  if (l->mode != NN_EVAL)
+    return y;
+  g->layer_weight = kiln_realloc(g->layer_weight, (size_t)(g->nlayers + 1) * sizeof(int));
+  g->layer_output = kiln_realloc(g->layer_output, (size_t)(g->nlayers + 1) * sizeof(int));
+  g->layer_weight[g->nlayers] = w;
+  g->layer_output[g->nlayers++] = y;
+  return y;
+}
+
 int nn_linear(Graph *g, const NnLayer *l, int x, const NnLinear *o) {
   nn_check_linear(g, x, l->loc);
   DType dt = ir_at(g, x)->dtype;
@@ -164,7 +176,7 @@ int nn_linear(Graph *g, const NnLayer *l, int x, const NnLinear *o) {
   int y = ir_matmul(g, x, w, false, true, l->loc);
   if (o->bias)
     y = ir_binary(g, OP_ADD, y, layer_bias(g, l, dt, o->out, o->init, in, o->out), l->loc);
-  return y;
+  return record_layer(g, l, w, y);
 }
 
 /* x with one more axis of 1 inserted at `at` (conv1d and the 1-D pools run as 2-D ones). */
@@ -248,14 +260,15 @@ static int conv_layer(Graph *g, const NnLayer *l, int x, const NnConv2d *o, int 
     Shape ys = ir_at(g, y)->shape, b3 = {.rank = 3, .d = {ys.d[1], ys.d[2], ys.d[3]}};
     Shape bown = wrank == 3 ? (Shape){.rank = 2, .d = {ys.d[1], ys.d[3]}} : b3;
     int b = layer_bias_shaped(g, l, dt, bown, o->init, fan_in, fan_out);
-    return ir_binary(g, OP_ADD, y, wrank == 3 ? ir_reshape(g, b, b3, l->loc) : b, l->loc);
+    y = ir_binary(g, OP_ADD, y, wrank == 3 ? ir_reshape(g, b, b3, l->loc) : b, l->loc);
+    return record_layer(g, l, w, y);
   }
   if (o->bias) {
     int b = layer_bias(g, l, dt, o->out, o->init, fan_in, fan_out);
     Shape b3 = {.rank = 3, .d = {{o->out, -1}, {1, -1}, {1, -1}}};
     y = ir_binary(g, OP_ADD, y, ir_reshape(g, b, b3, l->loc), l->loc);
   }
-  return y;
+  return record_layer(g, l, w, y);
 }
 
 /* w mirrored along one axis: its slices of width 1 joined in reverse order (copies, so exact for

@@ -32,6 +32,7 @@ typedef struct NnInit {
   double a;
 } NnInit;
 #define NN_INIT_DEFAULT (-1)
+#define NN_INIT_LSUV (-2)   /* the train block only: read as orthogonal with TrainSpec.lsuv */
 
 /* One instance of a layer: how it is built and what its leaves are called. */
 typedef struct NnLayer {

@@ -335,6 +335,11 @@ void train_build(Graph *g) {
   for (int i = 0; i < g->nmetrics; i++)
     ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "eval.metric.%s", g->metric_names[i]),
                   g->metrics[i], "a metric the trainer reports");
+  /* init = lsuv: every layer's output, which the trainer scales to unit variance. */
+  for (int i = 0; ts->lsuv && i < g->nlayers; i++)
+    ir_add_output(g, ENTRY_EVAL,
+                  pool_printf(g->pool, "lsuv.%s", ir_at(g, g->layer_weight[i])->name),
+                  g->layer_output[i], "a layer's output, for init = lsuv");
 }
 
 /* ---- forward mode on demand: kiln jvp, kiln hvp ---- */

@@ -80,7 +80,9 @@ enum {
   KILN_INIT_HE_UNIFORM = 8,     /* U(+-sqrt(6/fan_in)) */
   KILN_INIT_TORCH_DEFAULT = 9,  /* PyTorch's Linear/Conv default: U(+-1/sqrt(fan_in)) */
   KILN_INIT_DATA = 10,          /* literal values from the model file, in `data` */
-  KILN_INIT_SEED = 11           /* a counter derived from the run seed: (seed mod 2^20) * 2^32 */
+  KILN_INIT_SEED = 11,          /* a counter derived from the run seed: (seed mod 2^20) * 2^32 */
+  KILN_INIT_ORTHOGONAL = 12     /* a times a matrix [dims[0], rest] with orthonormal rows or
+                                   columns, from the QR of a Gaussian one (orthogonal_) */
 };
 
 typedef struct kiln_tensor {
@@ -1325,11 +1327,12 @@ static const kiln_entry kiln_entries[4] = {
   {"grad", kiln_grad},
   {"apply", kiln_apply},
 };
-static const kiln_setting kiln_settings[4] = {
+static const kiln_setting kiln_settings[5] = {
   {"epochs", "3"},
   {"steps", "0"},
   {"seed", "1"},
   {"patience", "0"},
+  {"lsuv", "0"},
 };
 
 const kiln_program kiln_program_desc = {
@@ -1342,7 +1345,7 @@ const kiln_program kiln_program_desc = {
   .tensors = kiln_tensors,
   .nentries = 4,
   .entries = kiln_entries,
-  .nsettings = 4,
+  .nsettings = 5,
   .settings = kiln_settings,
   .nsites = 43,
   .sites = kiln_sites,
