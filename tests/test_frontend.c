@@ -1242,6 +1242,76 @@ START_TEST(lower_auto_names_skip_buffers) {
 }
 END_TEST
 
+/* freeze: a frozen first convolution gets no gradient, no optimizer state and no update, and the
+ * backward pass computes nothing for it: one weight gradient convolution fewer, and none
+ * reaching back to the image. */
+static const char frozen_cnn[] =
+    "input x: f32[B, 1, 12, 12]\ninput y: i32[B]\n"
+    "h = relu(conv2d(x, out=4, kernel=3) as c1)\n"
+    "h = relu(conv2d(h, out=4, kernel=3) as c2)\n"
+    "logits = linear(flatten(h), out=3) as fc\nloss = cross_entropy(logits, y)\nminimize loss\n"
+    "train { batch = 4 %s }\n";
+
+START_TEST(freeze_prunes_the_backward_pass) {
+  char text[1024];
+  snprintf(text, sizeof text, frozen_cnn, "");
+  Graph *all = compile_ok(text);
+  build_entries(all);
+  snprintf(text, sizeof text, frozen_cnn, "freeze = c1");
+  Graph *g = compile_ok(text);
+  build_entries(g);
+  ck_assert(leaf(g, "c1.weight")->leaf.frozen && leaf(g, "c1.bias")->leaf.frozen);
+  ck_assert(!leaf(g, "c2.weight")->leaf.frozen);
+  ck_assert_int_eq(ir_find_leaf(g, "grad.c1.weight"), -1);
+  ck_assert_int_eq(ir_find_leaf(g, "c1.weight.exp_avg"), -1);
+  ck_assert(ir_find_leaf(g, "grad.c2.weight") >= 0);
+  ck_assert(!has_update(g, ENTRY_TRAIN, "c1.weight") && !has_update(g, ENTRY_APPLY, "c1.bias"));
+  ck_assert(has_update(g, ENTRY_TRAIN, "c2.weight"));
+  ck_assert_int_eq(count_reachable(all, ENTRY_TRAIN, OP_CONV2D_BWD_FILTER), 2);
+  ck_assert_int_eq(count_reachable(g, ENTRY_TRAIN, OP_CONV2D_BWD_FILTER), 1);
+  ck_assert_int_eq(count_reachable(all, ENTRY_TRAIN, OP_CONV2D_BWD_DATA), 1);
+  ck_assert_int_eq(count_reachable(g, ENTRY_TRAIN, OP_CONV2D_BWD_DATA), 0);
+  ir_free(all);
+  ir_free(g);
+  /* freezing the last layers keeps the path back to the first */
+  snprintf(text, sizeof text, frozen_cnn, "freeze = [c2, fc]");
+  g = compile_ok(text);
+  build_entries(g);
+  ck_assert_int_eq(count_reachable(g, ENTRY_TRAIN, OP_CONV2D_BWD_FILTER), 1);
+  ck_assert_int_eq(count_reachable(g, ENTRY_TRAIN, OP_CONV2D_BWD_DATA), 1);
+  ir_free(g);
+}
+END_TEST
+
+/* Errors found when the parameters exist (train_build). */
+START_TEST(freeze_and_group_errors) {
+  static const struct { const char *train, *msg; } cases[] = {
+      {"freeze = c3", "t.kiln:8:28: error: freeze: 'c3' names no layer or parameter of the model "
+                      "(the first is 'c1.weight')\n"},
+      {"freeze = [c1, c2, fc]", "t.kiln:8:29: error: freeze: every parameter is frozen; nothing "
+                                "is left to train\n"},
+      {"param_groups = [group(c1, lr=0.1), group(c1, fc, lr=1)]",
+       "t.kiln:8:54: error: param_groups: 'c1.weight' is in two groups\n"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    char text[1024];
+    snprintf(text, sizeof text, frozen_cnn, cases[i].train);
+    Graph *g = compile_ok(text);
+    Trap t;
+    if (KILN_TRY(&t)) {
+      train_build(g);
+      kiln_trap_end(&t);
+      ck_abort_msg("%s: no error", cases[i].train);
+    }
+    kiln_trap_end(&t);
+    char *nl = strchr(t.msg, '\n');
+    ck_assert_msg(nl && !strncmp(t.msg, cases[i].msg, (size_t)(nl - t.msg + 1)),
+                  "%s:\n%s", cases[i].train, t.msg);
+    ir_free(g);
+  }
+}
+END_TEST
+
 /* ---- every error message ---- */
 
 static const struct { const char *what, *src, *msg; } errors[] = {
@@ -1339,6 +1409,21 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:1:32: error: orthogonal: 'gain' must not be negative\n"
      "  train { init = orthogonal(gain=-1) }\n"
      "                                 ^\n"},
+    {"group without lr",
+     "train { param_groups = [group(fc)] }\n",
+     "t.kiln:1:25: error: group: give its learning rate, e.g. lr=0.01\n"
+     "  train { param_groups = [group(fc)] }\n"
+     "                          ^\n"},
+    {"group other hyper-parameter",
+     "train { param_groups = group(fc, lr=1, momentum=0.9) }\n",
+     "t.kiln:1:40: error: group: only 'lr' may differ between parameter groups, not 'momentum'\n"
+     "  train { param_groups = group(fc, lr=1, momentum=0.9) }\n"
+     "                                         ^\n"},
+    {"freeze a number",
+     "train { freeze = [fc, 2] }\n",
+     "t.kiln:1:23: error: freeze: expected a layer or parameter name\n"
+     "  train { freeze = [fc, 2] }\n"
+     "                        ^\n"},
     {"conv bias word",
      "input x: f32[B, 2, 8, 8]\nh = conv2d(x, out=3, kernel=3, bias=tied)\n",
      "t.kiln:2:37: error: conv2d: 'bias' must be true, false or untied\n"
@@ -1699,7 +1784,7 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "         ^\n"},
     {"train unknown",
      "train { foo = 3 }\n",
-     "t.kiln:1:9: error: unknown train setting 'foo'; expected optimizer, batch, epochs, steps, seed, init, regularize or early_stop\n"
+     "t.kiln:1:9: error: unknown train setting 'foo'; expected optimizer, batch, epochs, steps, seed, init, regularize, early_stop, freeze or param_groups\n"
      "  train { foo = 3 }\n"
      "          ^\n"},
     {"train twice",
@@ -2217,6 +2302,8 @@ static Suite *frontend_suite(void) {
   tcase_add_test(lower, lower_loops);
   tcase_add_test(lower, lower_untied_bias);
   tcase_add_test(lower, lower_orthogonal_and_lsuv);
+  tcase_add_test(lower, freeze_prunes_the_backward_pass);
+  tcase_add_test(lower, freeze_and_group_errors);
   tcase_add_test(lower, lower_init_schemes);
   tcase_add_test(lower, lower_train_settings);
   tcase_add_test(lower, lower_reductions_reshape_and_numbers);

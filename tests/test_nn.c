@@ -312,6 +312,38 @@ START_TEST(noise_modes) {
 }
 END_TEST
 
+/* One SGD step with lr 0.1 and param_groups giving b lr 0.5, c frozen: loss = a·x + b·x + c·x
+ * over x = [1, 2] has gradient x for each, so a moves by 0.1·x, b by 0.5·x and c not at all. */
+START_TEST(groups_and_freeze_step) {
+  Graph *g = compile_text("input x: f64[B, 2]\nparam a: f64[2] = [1, 1]\n"
+                          "param b: f64[2] = [1, 1]\nparam c: f64[2] = [1, 1]\n"
+                          "loss = sum(x * a + x * b + x * c)\nminimize loss\n"
+                          "train { optimizer = sgd(lr=0.1)  freeze = c\n"
+                          "  param_groups = [group(b, lr=0.5)] }\n");
+  Interp *it = interp_new(g, 1, false);
+  put(it, g, "x", (double[]){1, 2}, 2);
+  put(it, g, "a", (double[]){1, 1}, 2);
+  put(it, g, "b", (double[]){1, 1}, 2);
+  put(it, g, "c", (double[]){1, 1}, 2);
+  put(it, g, "lr", (double[]){0.1}, 1);
+  char err[RT_ERR_LEN];
+  ck_assert_int_eq(interp_run(it, ENTRY_TRAIN, 1, err), 0);
+  const double *a = interp_data(it, ir_find_leaf(g, "a")), *b = interp_data(it, ir_find_leaf(g, "b"));
+  const double *c = interp_data(it, ir_find_leaf(g, "c"));
+  near(a[0], 1 - 0.1), near(a[1], 1 - 0.2);
+  near(b[0], 1 - 0.5), near(b[1], 1 - 1.0);
+  ck_assert(c[0] == 1 && c[1] == 1);
+  /* --lr scales every group alike: lr 0.2 doubles both steps */
+  put(it, g, "a", (double[]){1, 1}, 2);
+  put(it, g, "b", (double[]){1, 1}, 2);
+  put(it, g, "lr", (double[]){0.2}, 1);
+  ck_assert_int_eq(interp_run(it, ENTRY_TRAIN, 1, err), 0);
+  near(a[0], 1 - 0.2), near(b[0], 1 - 1.0);
+  interp_free(it);
+  ir_free(g);
+}
+END_TEST
+
 /* batchnorm on [N, C] = [2, 2] with x [[3, 2], [1, 5]]: evaluation mode normalises with the
  * running statistics, training mode moves them by momentum 0.1 towards the batch mean [2, 3.5]
  * and the unbiased batch variance [2, 4.5]. */
@@ -411,6 +443,7 @@ int main(void) {
   tcase_add_test(tc, batchnorm_modes_values);
   tcase_add_test(tc, psnr_metric_values);
   tcase_add_test(tc, noise_modes);
+  tcase_add_test(tc, groups_and_freeze_step);
   tcase_add_test(tc, errors);
   suite_add_tcase(s, tc);
   SRunner *sr = srunner_create(s);

@@ -173,8 +173,61 @@ static int train_early_stop(Lower *L, const Expr *e) {
   return (int)fe_int_arg(L, a[0], 1, INT32_MAX, "patience");
 }
 
+/* Names of layers or parameters: NAME or [NAME, ...], added to out (in the graph's pool, since
+ * train.c resolves them when the parameters exist). */
+static void train_names(Lower *L, const Expr *e, const char *what, TrainNames *out) {
+  int n = e->kind == EX_LIST ? e->nitems : 1;
+  const char **names = pool_alloc(L->g->pool, (size_t)(out->n + n) * sizeof *names);
+  Loc *locs = pool_alloc(L->g->pool, (size_t)(out->n + n) * sizeof *locs);
+  if (out->n) {
+    memcpy(names, out->names, (size_t)out->n * sizeof *names);
+    memcpy(locs, out->locs, (size_t)out->n * sizeof *locs);
+  }
+  for (int i = 0; i < n; i++) {
+    const Expr *it = e->kind == EX_LIST ? e->items[i] : e;
+    if (it->kind != EX_NAME)
+      kiln_fail(it->loc, "%s: expected a layer or parameter name", what);
+    names[out->n] = pool_strdup(L->g->pool, it->name);
+    locs[out->n++] = it->loc;
+  }
+  out->names = names;
+  out->locs = locs;
+}
+
+/* param_groups = [group(NAME, ..., lr=X), ...]: torch.optim's parameter groups, of which only
+ * the learning rate may differ. */
+static void train_groups(Lower *L, TrainSpec *t, const Expr *e) {
+  int n = e->kind == EX_LIST ? e->nitems : 1;
+  t->groups = pool_alloc(L->g->pool, (size_t)n * sizeof *t->groups);
+  for (int i = 0; i < n; i++) {
+    const Expr *it = e->kind == EX_LIST ? e->items[i] : e;
+    if (it->kind != EX_CALL || strcmp(it->name, "group"))
+      kiln_fail(it->loc, "param_groups: expected group(NAME, ..., lr=X), e.g. group(fc2, lr=0.01)");
+    TrainGroup *gr = &t->groups[t->ngroups++];
+    memset(gr, 0, sizeof *gr);
+    gr->loc = it->loc;
+    gr->lr = -1;
+    for (int a = 0; a < it->nargs; a++) {
+      const Arg *arg = &it->args[a];
+      if (!arg->name) {
+        train_names(L, arg->value, "group", &gr->members);
+      } else if (!strcmp(arg->name, "lr")) {
+        gr->lr = -1;
+        opt_num(L, "group", "lr", arg->value, 0, false, INFINITY, false, &gr->lr);
+      } else {
+        kiln_fail(arg->loc, "group: only 'lr' may differ between parameter groups, not '%s'",
+                  arg->name);
+      }
+    }
+    if (gr->members.n == 0)
+      kiln_fail(it->loc, "group: name the layers or parameters it holds");
+    if (gr->lr < 0)
+      kiln_fail(it->loc, "group: give its learning rate, e.g. lr=0.01");
+  }
+}
+
 static const char *const train_keys[] = {"optimizer", "batch", "epochs", "steps", "seed", "init",
-                                         "regularize", "early_stop"};
+                                         "regularize", "early_stop", "freeze", "param_groups"};
 
 NnInit fe_read_train(Lower *L, const Stmt *s, TrainSpec *t) {
   NnInit init = {NN_INIT_DEFAULT, 0};
@@ -223,9 +276,15 @@ NnInit fe_read_train(Lower *L, const Stmt *s, TrainSpec *t) {
     case 7:
       t->patience = train_early_stop(L, st->value);
       break;
+    case 8:
+      train_names(L, st->value, "freeze", &t->freeze);
+      break;
+    case 9:
+      train_groups(L, t, st->value);
+      break;
     default:
       kiln_fail(st->loc, "unknown train setting '%s'; expected optimizer, batch, epochs, steps, "
-                         "seed, init, regularize or early_stop", st->key);
+                         "seed, init, regularize, early_stop, freeze or param_groups", st->key);
     }
   }
   return init;

@@ -87,6 +87,8 @@ typedef struct LeafInfo {
   double scale;       /* fed value = the field's value * scale (images / 255) */
   bool weight;        /* PARAM: a weight that `regularize` penalises and max_norm projects
                          (linear and conv2d weights, `param` declarations of rank >= 2) */
+  bool frozen;        /* PARAM: the train block freezes it (train.c): not differentiated, never
+                         updated */
 } LeafInfo;
 
 typedef struct Node {
@@ -141,6 +143,21 @@ typedef struct Entry {
 typedef enum OptKind { OPT_SGD, OPT_ADAM, OPT_ADAGRAD, OPT_RMSPROP, OPT_ADADELTA } OptKind;
 
 /* The model file's train block. */
+/* Layer or parameter names as the train block gives them (a layer name stands for its
+ * parameters "<layer>.*"), each with its location for messages. */
+typedef struct TrainNames {
+  const char **names;
+  Loc *locs;
+  int n;
+} TrainNames;
+
+/* param_groups: parameters whose learning rate is lr instead of the model's. */
+typedef struct TrainGroup {
+  TrainNames members;
+  double lr;
+  Loc loc;
+} TrainGroup;
+
 typedef struct TrainSpec {
   OptKind optimizer;
   double lr, momentum, dampening, weight_decay, beta1, beta2, eps;
@@ -159,6 +176,9 @@ typedef struct TrainSpec {
   int64_t steps;      /* full-batch updates for in-file data */
   uint64_t seed;
   int init;           /* KILN_INIT_* override for weights, or -1 for each layer's default */
+  TrainNames freeze;  /* parameters that keep their values: no gradient, no update */
+  TrainGroup *groups; /* param_groups (graph pool) */
+  int ngroups;
   bool lsuv;          /* init = lsuv: orthogonal weights, then each layer's output scaled to unit
                          variance on a training batch, first to last (the trainer does it) */
   Loc loc;

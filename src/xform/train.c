@@ -57,6 +57,61 @@ static int scalar_state(Graph *g, Role role, const char *name, const char *what,
   return id;
 }
 
+/* Whether a name from the train block (a layer, or a parameter) covers parameter `param`. */
+static bool names_param(const char *name, const char *param) {
+  size_t n = strlen(name);
+  return !strncmp(name, param, n) && (param[n] == 0 || param[n] == '.');
+}
+
+/* covered[i]: parameter i is named by tn; a name that covers no parameter fails at its place. */
+static bool *covered(Graph *g, const TrainNames *tn, const char *what) {
+  bool *in = pool_alloc(g->pool, (size_t)g->nparams * sizeof *in);
+  memset(in, 0, (size_t)g->nparams * sizeof *in);
+  for (int k = 0; k < tn->n; k++) {
+    bool any = false;
+    for (int i = 0; i < g->nparams; i++)
+      if (names_param(tn->names[k], ir_at(g, g->params[i])->name)) in[i] = any = true;
+    if (!any)
+      kiln_fail(tn->locs[k], "%s: '%s' names no layer or parameter of the model (the first is "
+                "'%s')", what, tn->names[k], ir_at(g, g->params[0])->name);
+  }
+  return in;
+}
+
+/* freeze: marks the frozen parameters, which must leave some to train. */
+static void mark_frozen(Graph *g, const TrainSpec *ts) {
+  bool *frozen = covered(g, &ts->freeze, "freeze");
+  int left = 0;
+  for (int i = 0; i < g->nparams; i++) {
+    ir_at(g, g->params[i])->leaf.frozen = frozen[i];
+    left += !frozen[i];
+  }
+  if (!left) kiln_fail(ts->freeze.locs[0], "freeze: every parameter is frozen; nothing is left to train");
+}
+
+/* param_groups: each parameter's learning rate as a multiple of the model's, so that --lr and a
+ * schedule scale every group alike (as torch's schedulers scale each group's initial lr). */
+static double *lr_scales(Graph *g, const TrainSpec *ts) {
+  double *scale = pool_alloc(g->pool, (size_t)g->nparams * sizeof *scale);
+  for (int i = 0; i < g->nparams; i++) scale[i] = 1;
+  bool *seen = pool_alloc(g->pool, (size_t)g->nparams * sizeof *seen);
+  memset(seen, 0, (size_t)g->nparams * sizeof *seen);
+  for (int k = 0; k < ts->ngroups; k++) {
+    const TrainGroup *gr = &ts->groups[k];
+    if (!(ts->lr > 0))
+      kiln_fail(gr->loc, "param_groups: the optimizer's lr must be positive to scale from");
+    bool *in = covered(g, &gr->members, "group");
+    for (int i = 0; i < g->nparams; i++) {
+      if (!in[i]) continue;
+      if (seen[i])
+        kiln_fail(gr->loc, "param_groups: '%s' is in two groups", ir_at(g, g->params[i])->name);
+      seen[i] = true;
+      scale[i] = gr->lr / ts->lr;
+    }
+  }
+  return scale;
+}
+
 typedef struct OptCtx {
   Graph *g;
   const TrainSpec *ts;
@@ -66,6 +121,7 @@ typedef struct OptCtx {
   int lr;    /* hyper-parameter leaf */
   int step;  /* Adam's step count after this update (t + 1) */
   int started; /* SGD with dampening: 0 before the first update, then 1 */
+  const double *lr_scale; /* per parameter: its group's lr over the model's (param_groups) */
 } OptCtx;
 
 static int k(OptCtx *c, double v) { return ir_const(c->g, v, c->dt, c->loc); }
@@ -197,7 +253,7 @@ static int penalty(OptCtx *c) {
   for (int i = 0; i < g->nparams; i++) {
     int p = g->params[i];
     Node *pn = ir_at(g, p);
-    if (!pn->leaf.weight) continue;
+    if (!pn->leaf.weight || pn->leaf.frozen) continue;
     unsigned all = (1u << pn->shape.rank) - 1;
     int term = -1;
     if (ts->reg_l1 > 0) {
@@ -254,7 +310,13 @@ static void optimizer_step(OptCtx *c, EntryKind e, const int *grads) {
   static void (*const updates[])(OptCtx *, int, int) = {
       [OPT_SGD] = update_sgd, [OPT_ADAM] = update_adam, [OPT_ADAGRAD] = update_adagrad,
       [OPT_RMSPROP] = update_rmsprop, [OPT_ADADELTA] = update_adadelta};
-  for (int i = 0; i < g->nparams; i++) updates[ts->optimizer](c, g->params[i], grads[i]);
+  int lr = c->lr;
+  for (int i = 0; i < g->nparams; i++) {
+    if (grads[i] < 0) continue; /* frozen */
+    c->lr = c->lr_scale[i] == 1 ? lr : mul(c, lr, k(c, c->lr_scale[i]));
+    updates[ts->optimizer](c, g->params[i], grads[i]);
+  }
+  c->lr = lr;
   if (ts->max_norm > 0) { /* project the new value of every weight: rewrite its update */
     Entry *en = &g->entries[e];
     for (int u = 0; u < en->nupdates; u++) {
@@ -289,14 +351,23 @@ void train_build(Graph *g) {
 
   /* grad: the loss and d loss / d param for every parameter. */
   int nparams = g->nparams;  /* optimizer leaves below are STATE, so this stays fixed */
-  OptCtx c = {.g = g, .ts = ts, .dt = dt, .loc = ts->loc};
+  mark_frozen(g, ts);
+  OptCtx c = {.g = g, .ts = ts, .dt = dt, .loc = ts->loc, .lr_scale = lr_scales(g, ts)};
   /* The minimised objective: the model's loss plus the regularization penalty, built before
    * autodiff so its gradient comes from the ordinary rules. grad and train report it as
    * "loss", and the penalty alone as "penalty"; the eval entry's loss has no penalty. */
   int pen = penalty(&c), objective = g->loss_train;
   if (pen >= 0) objective = add(&c, g->loss_train, pen);
+  /* Only the parameters that train are differentiated: the backward pass holds nothing that
+   * only frozen ones would need. g->grads[i] is -1 for a frozen parameter. */
   g->grads = kiln_malloc((size_t)nparams * sizeof(int));
-  ad_reverse(g, objective, g->params, nparams, g->grads);
+  int *wrt = pool_alloc(g->pool, (size_t)nparams * sizeof(int)), ntrain = 0;
+  int *dwrt = pool_alloc(g->pool, (size_t)nparams * sizeof(int));
+  for (int i = 0; i < nparams; i++)
+    if (!ir_at(g, g->params[i])->leaf.frozen) wrt[ntrain++] = g->params[i];
+  ad_reverse(g, objective, wrt, ntrain, dwrt);
+  for (int i = 0, j = 0; i < nparams; i++)
+    g->grads[i] = ir_at(g, g->params[i])->leaf.frozen ? -1 : dwrt[j++];
   ir_add_output(g, ENTRY_GRAD, "loss", objective, loss_what);
 
   /* grad also does what the frontend's train updates do (running statistics, the dropout
@@ -310,6 +381,8 @@ void train_build(Graph *g) {
   g->grad_leaves = pool_alloc(g->pool, (size_t)nparams * sizeof(int));
   for (int i = 0; i < nparams; i++) {
     Node p = *ir_at(g, g->params[i]);
+    g->grad_leaves[i] = -1;
+    if (p.leaf.frozen) continue;
     const char *name = pool_printf(g->pool, "grad.%s", p.name);
     ir_claim_name(g, name, pool_printf(g->pool, "the gradient of parameter '%s' (line %d)", p.name,
                                        p.loc.line));
@@ -377,11 +450,17 @@ void train_build_jvp(Graph *g) {
  * reverse), so the cost is a small multiple of one gradient and H is never formed. */
 void train_build_hvp(Graph *g) {
   int *t = tangent_leaves(g);
+  /* The Hessian's rows of the parameters that train (frozen ones have no gradient). */
+  int *grads = pool_alloc(g->pool, (size_t)g->nparams * sizeof(int)), n = 0;
+  int *which = pool_alloc(g->pool, (size_t)g->nparams * sizeof(int));
+  for (int i = 0; i < g->nparams; i++)
+    if (g->grads[i] >= 0) which[n] = i, grads[n++] = g->grads[i];
   int *hv = pool_alloc(g->pool, (size_t)g->nparams * sizeof(int));
-  ad_forward(g, g->params, t, g->nparams, g->grads, g->nparams, hv);
-  for (int i = 0; i < g->nparams; i++) {
+  ad_forward(g, g->params, t, g->nparams, grads, n, hv);
+  for (int j = 0; j < n; j++) {
+    int i = which[j];
     const Node *p = ir_at(g, g->params[i]);
-    ir_add_output(g, ENTRY_GRAD, pool_printf(g->pool, "hvp.%s", p->name), hv[i],
+    ir_add_output(g, ENTRY_GRAD, pool_printf(g->pool, "hvp.%s", p->name), hv[j],
                   pool_printf(g->pool, "the Hessian-vector product of parameter '%s' (line %d)",
                               p->name, p->loc.line));
   }
