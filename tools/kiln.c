@@ -60,7 +60,8 @@ static const char usage[] =
     "\n"
     "trainer options (train, and every built trainer):\n"
     "  --data DIR --epochs N --lr X --seed S --save FILE --load FILE --metrics FILE.csv\n"
-    "  --limit-train N --limit-test N --patience N --quiet\n";
+    "  --limit-train N --limit-test N --patience N --normalize M,S|auto --augment LIST --quiet\n"
+    "  (a built trainer's --help describes them all)\n";
 
 typedef struct Args {
   const char *cmd, *model, *out, *params, *inputs, *tangents;
@@ -279,7 +280,10 @@ static int parse_args(int argc, char **argv, Args *a) {
        * argument with them (unless written --opt=value). */
       static const char *const with_value[] = {"--data", "--epochs", "--lr", "--seed", "--save",
                                                "--load", "--metrics", "--limit-train",
-                                               "--limit-test", "--patience"};
+                                               "--limit-test", "--patience", "--validation",
+                                               "--resume", "--checkpoint-every",
+                                               "--checkpoint-dir", "--keep-checkpoints",
+                                               "--max-memory", "--normalize", "--augment"};
       a->rest[a->nrest++] = argv[i];
       for (size_t k = 0; k < sizeof with_value / sizeof *with_value; k++)
         if (!strcmp(s, with_value[k]) && val) {
