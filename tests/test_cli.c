@@ -999,7 +999,8 @@ static void write_ppm_folder(const char *dir, int ntrain, int ntest, double sum[
 
 /* A trainer learns from an image folder with --normalize auto and --augment: the statistics it
  * prints are the training images' own and train a second run when given back; the thread count
- * changes no byte of the result; an image of another shape is refused naming the file. */
+ * changes no byte of the result; kiln train takes the same options; an image of another shape is
+ * refused naming the file. */
 START_TEST(trainer_learns_from_an_image_folder) {
   char model[300], trainer[300], data[300], cmd[4096], ck[2][300], *out, *err;
   snprintf(model, sizeof model, "%s/rgb.kiln", tmpdir);
@@ -1053,6 +1054,12 @@ START_TEST(trainer_learns_from_an_image_folder) {
   ck_assert_msg(len[0] == len[1] && !memcmp(bytes[0], bytes[1], len[0]),
                 "1 and 2 threads trained different parameters");
   free(bytes[0]), free(bytes[1]);
+  /* kiln train passes the options that take a value on, with the value as the next argument. */
+  snprintf(cmd, sizeof cmd, KILN " train '%s' --data '%s' --validation 30 --normalize auto "
+           "--augment flip --max-memory 1G --epochs 1 --quiet", model, data);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(out, "final epochs=1 ") && strstr(out, " val_loss="), "%s%s", out, err);
+  free(out), free(err);
   /* A test image of another shape. */
   snprintf(cmd, sizeof cmd, "printf 'P6 8 7 255\\n' > '%s/test/im7.ppm' && head -c 168 /dev/zero "
            ">> '%s/test/im7.ppm'", data, data);
