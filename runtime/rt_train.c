@@ -1500,6 +1500,11 @@ int rt_train(RtBackend *be, const RtOptions *o) {
             "(no --data)", p->model ? p->model : "?");
     goto done;
   }
+  if (!data && (o->normalize.mode != RT_NORMALIZE_OFF || o->augment.on)) {
+    rt_errf(r.err, "%s works on images from a data set, but model '%s' has its data in the file",
+            o->augment.on ? "--augment" : "--normalize", p->model ? p->model : "?");
+    goto done;
+  }
   Signals sig;
   signals_catch(&sig);
   rc = data ? train_data(&r) : train_literal(&r);

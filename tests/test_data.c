@@ -895,7 +895,44 @@ START_TEST(driver_refuses_bad_pipelines) {
 }
 END_TEST
 
-/* The options as the trainer's command line takes them, and the usage text. */
+/* A model whose data is in the file has no images to normalise or augment. */
+START_TEST(literal_models_refuse_the_pipeline) {
+  static const double w0[1] = {1};
+  static const kiln_tensor lit[] = {
+      {.name = "w", .role = KILN_ROLE_PARAM, .dtype = KILN_F64, .rank = 1, .dims = {1},
+       .batch_axis = -1, .init = KILN_INIT_DATA, .data = w0},
+      {.name = "loss", .role = KILN_ROLE_OUTPUT, .dtype = KILN_F64, .rank = 0, .batch_axis = -1},
+  };
+  static const kiln_entry train_only[] = {{"train", NULL}};
+  static const kiln_program prog = {.abi_version = KILN_ABI_VERSION, .model = "toy", .batch = 1,
+                                    .ntensors = 2, .tensors = lit, .nentries = 1,
+                                    .entries = train_only};
+  for (int i = 0; i < 2; i++) {
+    RtOptions o;
+    rt_options_default(&o);
+    char err[RT_ERR_LEN];
+    if (i == 0)
+      ck_assert_int_eq(rt_augment_parse("flip", &o.augment, err), 0);
+    else
+      ck_assert_int_eq(rt_normalize_parse("auto", &o.normalize, err), 0);
+    Log *l = calloc(1, sizeof *l);
+    RtBackend be = {&prog, l, log_run, log_read, log_write, NULL, NULL, NULL};
+    ck_assert_int_eq(train_quietly(&be, &o), 1);
+    ck_assert_int_eq(l->runs, 0);
+    free(l);
+    FILE *f = fopen(tpath("stderr.txt"), "rb");
+    char text[1024] = "";
+    ck_assert_uint_lt(fread(text, 1, sizeof text - 1, f), sizeof text - 1);
+    fclose(f);
+    ck_assert_str_eq(text, i == 0 ? "trainer: error: --augment works on images from a data set, "
+                                    "but model 'toy' has its data in the file\n"
+                                  : "trainer: error: --normalize works on images from a data "
+                                    "set, but model 'toy' has its data in the file\n");
+  }
+}
+END_TEST
+
+/* The options as the trainer's command line takes them, a bad one's message, the usage text. */
 START_TEST(trainer_options) {
   RtOptions o;
   rt_options_default(&o);
@@ -905,6 +942,40 @@ START_TEST(trainer_options) {
   ck_assert_double_eq(o.normalize.std[2], 0.1);
   ck_assert_int_eq(o.augment.flip, 1);
   ck_assert_int_eq(o.augment.crop, 4);
+  /* A bad value: the parser's message after the trainer's name. */
+  char *bad[] = {"t", "--augment", "flip,zoom=2", NULL};
+  fflush(stderr);
+  int saved = dup(2);
+  ck_assert(freopen(tpath("stderr.txt"), "w", stderr) != NULL);
+  int rc = rt_options_parse(&o, 3, bad, "t");
+  char *help[] = {"t", "--help", NULL};
+  fflush(stdout);
+  int saved_out = dup(1);
+  ck_assert(freopen(tpath("stdout.txt"), "w", stdout) != NULL);
+  int rc_help = rt_options_parse(&o, 2, help, "t");
+  fflush(stdout);
+  fflush(stderr);
+  dup2(saved, 2);
+  dup2(saved_out, 1);
+  close(saved);
+  close(saved_out);
+  ck_assert_int_eq(rc, -1);
+  ck_assert_int_eq(rc_help, 1);
+  char text[8192] = "";
+  FILE *f = fopen(tpath("stderr.txt"), "rb");
+  ck_assert_uint_lt(fread(text, 1, sizeof text - 1, f), sizeof text - 1);
+  fclose(f);
+  ck_assert_str_eq(text, "t: error: --augment: unknown augmentation 'zoom=2' (expected flip, "
+                         "crop=P, rotate=DEGREES, translate=PIXELS or contrast=C, separated by "
+                         "commas)\n");
+  memset(text, 0, sizeof text);
+  f = fopen(tpath("stdout.txt"), "rb");
+  ck_assert_uint_lt(fread(text, 1, sizeof text - 1, f), sizeof text - 1);
+  fclose(f);
+  ck_assert_msg(strstr(text, "  --normalize M,S[;M,S...]  per-channel normalisation") &&
+                    strstr(text, "  --augment LIST      random changes to each training example") &&
+                    strstr(text, "with a labels.csv of 'file,label' rows naming PGM or PPM images"),
+                "%s", text);
 }
 END_TEST
 
@@ -923,6 +994,7 @@ static Suite *data_suite(void) {
   tcase_add_test(tc, augment_draws_reproducible);
   tcase_add_test(tc, driver_feeds_augmented_normalised_batches);
   tcase_add_test(tc, driver_refuses_bad_pipelines);
+  tcase_add_test(tc, literal_models_refuse_the_pipeline);
   tcase_add_test(tc, trainer_options);
   suite_add_tcase(s, tc);
   return s;
