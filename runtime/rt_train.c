@@ -7,8 +7,10 @@
  * and print comparable lines.
  *
  * Two kinds of model:
- *  - data models have inputs fed from named data fields ("images", "labels" of an IDX dataset): each epoch shuffles the training set, walks all of it
- *    in batches (the last one smaller), then evaluates on the whole test set in order;
+ *  - data models have inputs fed from named data fields ("images", "labels" of IDX files or an
+ *    image folder): each epoch shuffles the training set, walks all of it in batches (the last
+ *    one smaller), then evaluates on the whole test set in order; images may be augmented
+ *    (training only) and normalised on their way (rt_augment.c);
  *  - literal models carry their data in the model file: `steps` full-batch updates, then the
  *    parameters and the output are printed, for comparison against a hand or PyTorch computation.
  *
@@ -1077,8 +1079,9 @@ static int train_data(Run *r) {
   RtResume rs = {0};
   int rc = -1;
   if (!o->data_dir)
-    return rt_errf(r->err, "model '%s' reads images and labels: pass --data DIR (e.g. "
-                   "/usr/share/datasets/fashion-mnist)", p->model ? p->model : "?");
+    return rt_errf(r->err, "model '%s' reads images and labels: pass --data DIR (IDX files such "
+                   "as /usr/share/datasets/fashion-mnist, or an image folder with train/ and "
+                   "test/)", p->model ? p->model : "?");
   RtDataWant want;
   data_want(r, &want);
   /* The headers first: how much the run will hold, before any of it is read. */
