@@ -177,7 +177,7 @@ static uint64_t mix64(uint64_t z) {
 }
 
 /* A uniform number in [-r, r]. */
-static double symmetric(RtRng *g, double r) { return (2 * rt_rng_uniform(g) - 1) * r; }
+static double centred_uniform(RtRng *g, double r) { return (2 * rt_rng_uniform(g) - 1) * r; }
 
 void rt_augment_draw(const RtAugment *a, uint64_t seed, int epoch, int64_t example,
                      RtAugDraw *d) {
@@ -198,10 +198,10 @@ void rt_augment_draw(const RtAugment *a, uint64_t seed, int epoch, int64_t examp
     d->dx = (int)((int64_t)rt_rng_below(&g[1], span) - a->crop);
   }
   if (a->rotate > 0)
-    d->angle = symmetric(&g[2], a->rotate);
+    d->angle = centred_uniform(&g[2], a->rotate);
   if (a->translate > 0) {
-    d->tx = symmetric(&g[3], a->translate);
-    d->ty = symmetric(&g[3], a->translate);
+    d->tx = centred_uniform(&g[3], a->translate);
+    d->ty = centred_uniform(&g[3], a->translate);
   }
   if (a->contrast > 0) {
     double lo = 1 - a->contrast > 0 ? 1 - a->contrast : 0, hi = 1 + a->contrast;
