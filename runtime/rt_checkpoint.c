@@ -149,7 +149,7 @@ int rt_write_checkpoint(RtBackend *be, const char *path, const RtResume *rs, cha
   Entries e = {0};
   int rc = -1;
   enum { NMETA = 12 };
-  char v[NMETA][320];
+  char v[NMETA][1100]; /* room for kiln.options */
   RtMeta meta[NMETA];
   int nmeta = 0;
   if (collect(be, rs, &e, path, err))

@@ -7,8 +7,10 @@
  * and print comparable lines.
  *
  * Two kinds of model:
- *  - data models have inputs fed from named data fields ("images", "labels" of an IDX dataset): each epoch shuffles the training set, walks all of it
- *    in batches (the last one smaller), then evaluates on the whole test set in order;
+ *  - data models have inputs fed from named data fields ("images", "labels" of IDX files or an
+ *    image folder): each epoch shuffles the training set, walks all of it in batches (the last
+ *    one smaller), then evaluates on the whole test set in order; images may be augmented
+ *    (training only) and normalised on their way (rt_augment.c);
  *  - literal models carry their data in the model file: `steps` full-batch updates, then the
  *    parameters and the output are printed, for comparison against a hand or PyTorch computation.
  *
@@ -44,7 +46,18 @@ void rt_options_default(RtOptions *o) {
 static void usage(FILE *f, const char *name) {
   fprintf(f,
           "usage: %s [options]\n"
-          "  --data DIR          directory with {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]\n"
+          "  --data DIR          the data set: IDX files {train,t10k}-{images-idx3,labels-idx1}-\n"
+          "                      ubyte[.gz], or an image folder: DIR/train and DIR/test, each\n"
+          "                      with a labels.csv of 'file,label' rows naming PGM or PPM images\n"
+          "  --normalize M,S[;M,S...]  per-channel normalisation (v - M) / S of every image\n"
+          "                      input, after its scale (from images / 255), at training and\n"
+          "                      evaluation; 'auto': the training examples' own mean and\n"
+          "                      standard deviation per channel, printed for reuse\n"
+          "  --augment LIST      random changes to each training example (never to evaluation),\n"
+          "                      from the seed, the epoch and the example alone: flip (horizontal,\n"
+          "                      half of the time), crop=P (zero padding P, then a random crop),\n"
+          "                      rotate=DEG, translate=PX (one bilinear warp), contrast=C (a factor\n"
+          "                      in [1-C, 1+C]); e.g. flip,crop=4\n"
           "  --epochs N          number of epochs (steps, for a model with literal data)\n"
           "  --lr X              learning rate (overrides the model's)\n"
           "  --seed S            seed for initialisation and shuffling\n"
@@ -123,8 +136,8 @@ static const char *const value_options[] = {"--data", "--epochs", "--lr", "--see
                                             "--limit-test", "--patience", "--threads",
                                             "--resume", "--checkpoint-every",
                                             "--checkpoint-dir", "--keep-checkpoints",
-                                            "--validation", "--max-memory", "--images",
-                                            "--images-count"};
+                                            "--validation", "--max-memory", "--normalize",
+                                            "--augment", "--images", "--images-count"};
 enum { NVALUE_OPTIONS = sizeof value_options / sizeof *value_options };
 
 int rt_option_takes_value(const char *arg) {
@@ -263,8 +276,16 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       o->max_memory = (int64_t)(v * unit);
       break;
     }
-    case 17: o->images_dir = val; break;
-    case 18:
+    case 17:
+    case 18: {
+      char msg[RT_ERR_LEN];
+      if (k == 17 ? rt_normalize_parse(val, &o->normalize, msg)
+                  : rt_augment_parse(val, &o->augment, msg))
+        return opt_error(name, "%s", msg, NULL);
+      break;
+    }
+    case 19: o->images_dir = val; break;
+    case 20:
       if (parse_i64(val, &n) || n > 1000000)
         return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
       o->images_count = n;
@@ -432,6 +453,11 @@ typedef struct Run {
   int nmetrics;
   int metric_t[RT_MAX_METRICS];
   const char *metric_name[RT_MAX_METRICS];
+  /* Images on their way to an input: their [C, H, W], the training set's per-channel
+   * statistics for --normalize auto (pixel units), and room for one example. */
+  int64_t chw[3];
+  double *pixel_mean, *pixel_std;
+  double *norm_mean, *norm_std, *scratch;
 } Run;
 
 /* Finds the model's metrics among the eval entry's outputs. */
@@ -517,10 +543,26 @@ static double read_scalar(Run *r, int t, int64_t batch) {
   return r->buf[0];
 }
 
+/* The per-channel normalisation of image input t, in its units, into r->norm_mean and
+ * r->norm_std; 0 when there is none. */
+static int input_normalization(Run *r, const kiln_tensor *t) {
+  const RtNormalize *n = &r->o->normalize;
+  if (n->mode == RT_NORMALIZE_OFF)
+    return 0;
+  for (int64_t c = 0; c < r->chw[0]; c++) {
+    int from = n->channels == 1 ? 0 : (int)c;
+    r->norm_mean[c] = n->mode == RT_NORMALIZE_AUTO ? r->pixel_mean[c] * t->scale : n->mean[from];
+    r->norm_std[c] = n->mode == RT_NORMALIZE_AUTO ? r->pixel_std[c] * fabs(t->scale)
+                                                   : n->std[from];
+  }
+  return 1;
+}
+
 /* Writes examples order[first..first+b) (or first..first+b when order is NULL) of ds into every
- * fed input read by `entry`: each value is the field's value times the input's scale. */
+ * fed input read by `entry`: each value is the field's value times the input's scale; images
+ * are augmented when epoch > 0 (training) and normalised. */
 static void write_batch(Run *r, int entry, const RtDataset *ds, const int64_t *order,
-                        int64_t first, int64_t b) {
+                        int64_t first, int64_t b, int epoch) {
   const kiln_program *p = r->prog;
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
@@ -528,9 +570,20 @@ static void write_batch(Run *r, int entry, const RtDataset *ds, const int64_t *o
     if (!f || !rt_tensor_in_entry(t, entry))
       continue;
     int64_t item = f->item;
+    int images = f == &ds->images, augment = images && epoch > 0 && r->o->augment.on;
+    int normalize = images && input_normalization(r, t);
     for (int64_t k = 0; k < b; k++) {
-      const uint8_t *src = f->data + (order ? order[first + k] : first + k) * item;
+      int64_t example = order ? order[first + k] : first + k;
+      const uint8_t *src = f->data + example * item;
       double *dst = r->buf + k * item;
+      if (augment || normalize) {
+        RtAugDraw draw;
+        if (augment)
+          rt_augment_draw(&r->o->augment, r->seed, epoch, example, &draw);
+        rt_example_values(src, r->chw, augment ? &draw : NULL, t->scale,
+                          normalize ? r->norm_mean : NULL, r->norm_std, dst, r->scratch);
+        continue;
+      }
       for (int64_t j = 0; j < item; j++)
         dst[j] = src[j] * t->scale;
     }
@@ -592,7 +645,7 @@ static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n
   int64_t correct = 0;
   for (int64_t first = 0; first < n; first += p->batch) {
     int64_t b = n - first < p->batch ? n - first : p->batch;
-    write_batch(r, r->eval_e, test, idx, first, b);
+    write_batch(r, r->eval_e, test, idx, first, b, 0);
     if (run_entry(r, r->eval_e, b))
       return -1;
     if (tl >= 0) {
@@ -635,7 +688,7 @@ static int lsuv_init(Run *r, const RtDataset *train, const int64_t *idx, int64_t
   int64_t b = n < p->batch ? n : p->batch;
   if (b < 1 || r->eval_e < 0)
     return 0;
-  write_batch(r, r->eval_e, train, idx, 0, b);
+  write_batch(r, r->eval_e, train, idx, 0, b, 0);
   for (int i = 0; i < p->ntensors; i++) {
     const kiln_tensor *t = &p->tensors[i];
     if (t->role != KILN_ROLE_OUTPUT || strncmp(t->name, "lsuv.", 5))
@@ -707,7 +760,7 @@ static int64_t write_images(Run *r, const RtDataset *test, int64_t ntest) {
   int64_t h = t->dims[t->rank - 2], w = t->dims[t->rank - 1], c = t->rank == 4 ? t->dims[1] : 1;
   for (int64_t first = 0; first < n; first += p->batch) {
     int64_t b = n - first < p->batch ? n - first : p->batch;
-    write_batch(r, r->eval_e, test, NULL, first, b);
+    write_batch(r, r->eval_e, test, NULL, first, b, 0);
     if (run_entry(r, r->eval_e, b))
       return -1;
     r->be->read(r->be->self, rt_find_tensor(p, "eval.output"), r->buf, rt_numel(t, b));
@@ -1025,6 +1078,17 @@ static void run_options(Run *r, int64_t ntrain, int64_t nval, int64_t ntest, int
   snprintf(rs->options, sizeof rs->options,
            "seed %" PRIu64 " lr %s train %" PRId64 " validation %" PRId64 " test %" PRId64
            " patience %d", r->seed, lr, ntrain, nval, ntest, patience);
+  /* Only when set, so that the options of a run without them read as they always have. */
+  char text[900];
+  size_t at = strlen(rs->options);
+  if (r->o->normalize.mode != RT_NORMALIZE_OFF) {
+    rt_normalize_format(&r->o->normalize, text, sizeof text);
+    at += (size_t)snprintf(rs->options + at, sizeof rs->options - at, " normalize %s", text);
+  }
+  if (r->o->augment.on && at < sizeof rs->options) {
+    rt_augment_format(&r->o->augment, text, sizeof text);
+    snprintf(rs->options + at, sizeof rs->options - at, " augment %s", text);
+  }
 }
 
 /* Which of n training examples are held out: a seeded choice of nval of them. fit gets the
@@ -1103,6 +1167,70 @@ static int memory_plan(Run *r, int64_t ntrain, int64_t ntest, int64_t item_bytes
   return 0;
 }
 
+/* What the data set must fit: the shape of the first input fed from images, and the classes. */
+static void data_want(Run *r, RtDataWant *want) {
+  const kiln_program *p = r->prog;
+  memset(want, 0, sizeof *want);
+  want->classes = model_classes(p);
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (t->role == KILN_ROLE_INPUT && t->feed && !strcmp(t->feed, "images") &&
+        t->batch_axis == 0 && t->rank >= 1) {
+      want->input = t->name;
+      want->rank = t->rank - 1;
+      memcpy(want->dims, t->dims + 1, (size_t)want->rank * sizeof *want->dims);
+      return;
+    }
+  }
+}
+
+/* The images' geometry, the buffers normalisation and augmentation use, and for --normalize
+ * auto the statistics of the examples trained on (fit[0..nfit): not the validation split),
+ * printed in --normalize's syntax so that another run can reuse them. */
+static int prepare_images(Run *r, const RtDataset *train, const int64_t *fit, int64_t nfit) {
+  const RtOptions *o = r->o;
+  rt_image_geometry(&train->images, r->chw);
+  int64_t C = r->chw[0];
+  if (o->normalize.mode == RT_NORMALIZE_OFF && !o->augment.on)
+    return 0;
+  if (o->normalize.mode == RT_NORMALIZE_GIVEN && o->normalize.channels != 1 &&
+      o->normalize.channels != C)
+    return rt_errf(r->err, "--normalize gives %d channels, but the images in %s have %lld",
+                   o->normalize.channels, o->data_dir, (long long)C);
+  r->pixel_mean = malloc((size_t)(4 * C) * sizeof(double));
+  r->scratch = malloc((size_t)(train->images.item > 0 ? train->images.item : 1) * sizeof(double));
+  if (!r->pixel_mean || !r->scratch)
+    return rt_errf(r->err, "out of memory");
+  r->pixel_std = r->pixel_mean + C;
+  r->norm_mean = r->pixel_mean + 2 * C;
+  r->norm_std = r->pixel_mean + 3 * C;
+  if (o->normalize.mode != RT_NORMALIZE_AUTO)
+    return 0;
+  if (rt_channel_stats(&train->images, fit, nfit, r->pixel_mean, r->pixel_std))
+    return rt_errf(r->err, "--normalize auto: the training images have no pixels");
+  const kiln_tensor *input = NULL;
+  for (int i = 0; i < r->prog->ntensors && !input; i++)
+    if (r->prog->tensors[i].role == KILN_ROLE_INPUT && r->prog->tensors[i].feed &&
+        !strcmp(r->prog->tensors[i].feed, "images"))
+      input = &r->prog->tensors[i];
+  for (int64_t c = 0; c < C; c++)
+    if (!(r->pixel_std[c] > 0))
+      return rt_errf(r->err, "--normalize auto: channel %lld of the %lld training images is "
+                     "constant (standard deviation 0): give --normalize MEAN,STD", (long long)c,
+                     (long long)nfit);
+  if (!o->quiet && input) {
+    input_normalization(r, input);
+    fprintf(stderr, "normalize: the mean and standard deviation per channel of the %lld training "
+            "examples, in the units of input '%s': --normalize ", (long long)nfit, input->name);
+    /* Quoted for a shell when it holds a ';'. */
+    fprintf(stderr, "%s", C > 1 ? "'" : "");
+    for (int64_t c = 0; c < C; c++)
+      fprintf(stderr, "%s%.6g,%.6g", c ? ";" : "", r->norm_mean[c], r->norm_std[c]);
+    fprintf(stderr, "%s\n", C > 1 ? "'" : "");
+  }
+  return 0;
+}
+
 static int train_data(Run *r) {
   const kiln_program *p = r->prog;
   const RtOptions *o = r->o;
@@ -1113,11 +1241,14 @@ static int train_data(Run *r) {
   RtResume rs = {0};
   int rc = -1;
   if (!o->data_dir)
-    return rt_errf(r->err, "model '%s' reads images and labels: pass --data DIR (e.g. "
-                   "/usr/share/datasets/fashion-mnist)", p->model ? p->model : "?");
+    return rt_errf(r->err, "model '%s' reads images and labels: pass --data DIR (IDX files such "
+                   "as /usr/share/datasets/fashion-mnist, or an image folder with train/ and "
+                   "test/)", p->model ? p->model : "?");
+  RtDataWant want;
+  data_want(r, &want);
   /* The headers first: how much the run will hold, before any of it is read. */
-  if (rt_dataset_load(o->data_dir, "train", 0, &train, r->err) ||
-      rt_dataset_load(o->data_dir, "t10k", 0, &test, r->err))
+  if (rt_data_load(o->data_dir, "train", 0, &want, &train, r->err) ||
+      rt_data_load(o->data_dir, "test", 0, &want, &test, r->err))
     goto done;
   int64_t use_train = train.images.dims[0], use_test = test.images.dims[0];
   if (o->limit_train > 0 && o->limit_train < use_train)
@@ -1129,10 +1260,10 @@ static int train_data(Run *r) {
   rt_dataset_free(&train);
   rt_dataset_free(&test);
   /* Only the examples the run uses are read (--limit-train, --limit-test). */
-  if (rt_dataset_load(o->data_dir, "train", o->limit_train > 0 ? o->limit_train : -1, &train,
-                      r->err) ||
-      rt_dataset_load(o->data_dir, "t10k", o->limit_test > 0 ? o->limit_test : -1, &test,
-                      r->err) ||
+  if (rt_data_load(o->data_dir, "train", o->limit_train > 0 ? o->limit_train : -1, &want,
+                   &train, r->err) ||
+      rt_data_load(o->data_dir, "test", o->limit_test > 0 ? o->limit_test : -1, &want, &test,
+                   r->err) ||
       check_data_inputs(r, &train, o->data_dir))
     goto done;
   if (test.images.item != train.images.item) {
@@ -1178,6 +1309,8 @@ static int train_data(Run *r) {
     goto done;
   }
   val_idx = fit_idx + nfit;
+  if (prepare_images(r, &train, fit_idx, nfit))
+    goto done;
   run_options(r, ntrain, nval, ntest, patience, &rs);
   if (o->resume_path) {
     if (rt_read_checkpoint(r->be, o->resume_path, &rs, r->err))
@@ -1254,7 +1387,7 @@ static int train_data(Run *r) {
     }
     for (int64_t step = step0; step <= steps; step++) {
       int64_t b = nfit - seen < p->batch ? nfit - seen : p->batch;
-      write_batch(r, r->train_e, &train, order, seen, b);
+      write_batch(r, r->train_e, &train, order, seen, b, epoch);
       if (run_entry(r, r->train_e, b) || check_step(r, epoch, step, b, loss_t))
         goto done;
       loss_sum += read_scalar(r, loss_t, b) * (double)b;
@@ -1394,6 +1527,9 @@ done:
   free(rs.best_vals == best.vals ? NULL : rs.best_vals);
   rt_dataset_free(&train);
   rt_dataset_free(&test);
+  free(r->pixel_mean);
+  free(r->scratch);
+  r->pixel_mean = r->scratch = NULL;
   return rc;
 }
 
@@ -1552,6 +1688,11 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   if (!data && (o->patience > 0 || model_patience(p) > 0)) {
     rt_errf(r.err, "early stopping needs a test set, but model '%s' has its data in the file "
             "(no --data)", p->model ? p->model : "?");
+    goto done;
+  }
+  if (!data && (o->normalize.mode != RT_NORMALIZE_OFF || o->augment.on)) {
+    rt_errf(r.err, "%s works on images from a data set, but model '%s' has its data in the file",
+            o->augment.on ? "--augment" : "--normalize", p->model ? p->model : "?");
     goto done;
   }
   Signals sig;

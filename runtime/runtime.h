@@ -76,6 +76,112 @@ void rt_dataset_free(RtDataset *d);
  * pixels) and "labels"; NULL for a field it does not have. */
 const RtIdx *rt_dataset_field(const RtDataset *d, const char *name);
 
+/* ---- rt_images.c: image folders (PGM, PPM and a labels.csv) ------------------------------ */
+
+/* An 8-bit PGM (P5, P2: one channel) or PPM (P6, P3: three) image, channel-first: pixels holds
+ * [channels, height, width] bytes; a maxval below 255 is rescaled to 0..255. */
+typedef struct RtImage {
+  int channels;
+  int64_t height, width;
+  uint8_t *pixels;
+} RtImage;
+/* The image in bytes[0..n) (path names it in messages), or in the file path. Every header field
+ * and sample is checked; an error names the file and the byte. */
+int rt_image_parse(const unsigned char *bytes, size_t n, const char *path, RtImage *out,
+                   char *err);
+int rt_image_load(const char *path, RtImage *out, char *err);
+void rt_image_free(RtImage *im);
+
+/* A labels.csv: one "file,label" row per example (the label after the last comma, 0 to 255;
+ * spaces around either field and blank lines ignored; a first line "file,label" is a header).
+ * File names are relative to the list's directory and may not leave it. */
+typedef struct RtLabels {
+  int64_t n;
+  char **files;     /* into text */
+  uint8_t *labels;
+  int64_t *lines;   /* each row's line in the file, from 1 */
+  char *text;
+} RtLabels;
+/* An error names path and the line. */
+int rt_labels_parse(const char *text, size_t n, const char *path, RtLabels *out, char *err);
+void rt_labels_free(RtLabels *l);
+
+/* What the model expects of a data set, checked as it is read so that an error names the file:
+ * the shape of the input fed from images, per example (rank 0: any, as long as all images
+ * agree), and the classes labels must stay below (0: unchecked). */
+typedef struct RtDataWant {
+  const char *input;    /* the input's name, for messages */
+  int rank;
+  int64_t dims[KILN_ABI_MAX_RANK];
+  int64_t classes;
+} RtDataWant;
+/* The image folder DIR/train or DIR/test (dir): the first max_items examples of its labels.csv
+ * (all when max_items < 0), as a data set whose images are [count, C, H, W]. With max_items 0
+ * the counts and the shape (from the first image) are still filled in. */
+int rt_image_folder_load(const char *dir, int64_t max_items, const RtDataWant *want,
+                         RtDataset *out, char *err);
+/* The data set in dir, whichever kind it holds: an image folder when dir/train is a directory,
+ * else IDX files. split: "train" or "test" (IDX's "t10k"). want may be NULL. */
+int rt_data_load(const char *dir, const char *split, int64_t max_items, const RtDataWant *want,
+                 RtDataset *out, char *err);
+
+/* ---- rt_augment.c: per-channel normalisation and augmentation of training images ---------- */
+
+#define RT_MAX_CHANNELS 16
+enum { RT_NORMALIZE_OFF, RT_NORMALIZE_GIVEN, RT_NORMALIZE_AUTO };
+/* --normalize: "auto" (the training set's statistics) or MEAN,STD per channel separated by ';'
+ * (one pair: every channel), in the units an input receives (after `from images / 255`). */
+typedef struct RtNormalize {
+  int mode;
+  int channels;
+  double mean[RT_MAX_CHANNELS], std[RT_MAX_CHANNELS];
+} RtNormalize;
+int rt_normalize_parse(const char *text, RtNormalize *out, char *err);
+/* The settings as --normalize takes them, each number read back to the same double. */
+void rt_normalize_format(const RtNormalize *n, char *buf, size_t len);
+
+/* --augment: a comma-separated list of flip, crop=P, rotate=DEGREES, translate=PIXELS and
+ * contrast=C. */
+typedef struct RtAugment {
+  int on;
+  int flip;           /* a horizontal flip with probability 1/2 */
+  int crop;           /* P > 0: P zero pixels around, then a random crop back to the size */
+  double rotate;      /* > 0: an angle uniform in [-rotate, rotate] degrees */
+  double translate;   /* > 0: shifts uniform in [-translate, translate] pixels, per axis */
+  double contrast;    /* > 0: a contrast factor uniform in [max(0, 1 - c), 1 + c] */
+} RtAugment;
+int rt_augment_parse(const char *text, RtAugment *out, char *err);
+void rt_augment_format(const RtAugment *a, char *buf, size_t len);
+
+/* One example's random choices. */
+typedef struct RtAugDraw {
+  int flip;
+  int dy, dx;         /* the crop: output (y, x) reads input (y + dy, x + dx) */
+  double angle;       /* degrees, counterclockwise as displayed */
+  double tx, ty;      /* pixels, right and down */
+  double contrast;    /* the factor (1: unchanged) */
+} RtAugDraw;
+/* The draw of training example `example` (its index in the training set) in epoch `epoch`: a
+ * function of (seed, epoch, example) only. */
+void rt_augment_draw(const RtAugment *a, uint64_t seed, int epoch, int64_t example,
+                     RtAugDraw *d);
+/* Applies d to v, [C, H, W] values in pixel units (0..255), in this order: the crop's shift,
+ * the flip, the rotation and translation (one bilinear warp, zeros outside), the contrast
+ * (clamped to 0..255). scratch holds C * H * W values. */
+void rt_augment_apply(const RtAugDraw *d, double *v, int C, int64_t H, int64_t W,
+                      double *scratch);
+/* The images' [C, H, W]: an image folder's, or an IDX file's [N, H, W] as one channel. */
+void rt_image_geometry(const RtIdx *images, int64_t chw[3]);
+/* One example as an input receives it: the pixels px, augmented by d (NULL: not), times scale,
+ * then (v - mean[c]) / std[c] per channel (mean NULL: not normalised). */
+void rt_example_values(const uint8_t *px, const int64_t chw[3], const RtAugDraw *d, double scale,
+                       const double *mean, const double *std, double *out, double *scratch);
+/* Per-channel mean and standard deviation (over all pixels, divided by their number) of
+ * examples idx[0..n) (the first n when idx is NULL), in pixel units; exact sums. -1 when there
+ * are no pixels. */
+int rt_channel_stats(const RtIdx *images, const int64_t *idx, int64_t n, double *mean,
+                     double *std);
+
 /* ---- rt_safetensors.c: checkpoints ---------------------------------------------------------- */
 
 /* On-disk element types beyond the arena's three (KILN_F32, KILN_F64, KILN_I32): the loader
@@ -173,6 +279,8 @@ typedef struct RtBackend {
 
 typedef struct RtOptions {
   const char *data_dir;   /* NULL: the model's data is in the file, or no data */
+  RtNormalize normalize;  /* applied to every input fed from images */
+  RtAugment augment;      /* applied to training examples only */
   int epochs;             /* <= 0: the program's default */
   double lr;              /* < 0: the model's */
   int have_seed; uint64_t seed;
@@ -243,7 +351,7 @@ int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err);
 
 /* Where a run stands, and what else a resumable checkpoint carries besides the tensors. */
 typedef struct RtResume {
-  char options[256];      /* the run's options that shape its course ("seed 1 lr model ...");
+  char options[1024];     /* the run's options that shape its course ("seed 1 lr model ...");
                              a checkpoint resumes only a run with the same ones */
   int epoch;              /* the epoch in progress, from 1 (literal-data models: 0) */
   int64_t step;           /* steps of it finished (literal-data models: of the run) */

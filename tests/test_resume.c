@@ -316,6 +316,48 @@ START_TEST(resume_refuses_other_runs) {
 }
 END_TEST
 
+/* With augmentation and --normalize auto, resuming from a checkpoint in the middle of either
+ * epoch (on another thread count) ends byte-identical to an uninterrupted run: each example's
+ * draw depends on (seed, epoch, example) alone. The options are part of what a checkpoint
+ * resumes. */
+START_TEST(augmented_resume_is_bit_identical) {
+  const char *trainer = cnn_trainer();
+  const char *opts = "--data " DATA " --epochs 2 --limit-train 600 --limit-test 100 --seed 5 "
+                     "--normalize auto --augment flip,crop=2,rotate=8,translate=1,contrast=0.3 "
+                     "--quiet";
+  char cmd[2048], full[512], ckdir[512], out[512], errp[512];
+  snprintf(full, sizeof full, "%s", path_in("full.safetensors"));
+  snprintf(ckdir, sizeof ckdir, "%s", path_in("ck"));
+  snprintf(errp, sizeof errp, "%s", path_in("err"));
+  snprintf(cmd, sizeof cmd, "'%s' %s --threads 1 --save '%s'", trainer, opts, full);
+  ck_assert_int_eq(sh(cmd, NULL), 0);
+  /* 10 steps an epoch: checkpoints after global steps 7 and 14. */
+  snprintf(cmd, sizeof cmd, "'%s' %s --threads 1 --checkpoint-every 7 --checkpoint-dir '%s'",
+           trainer, opts, ckdir);
+  ck_assert_int_eq(sh(cmd, NULL), 0);
+  static const char *const points[] = {"ckpt-e0001-s000007", "ckpt-e0002-s000004"};
+  for (int i = 0; i < 2; i++) {
+    snprintf(out, sizeof out, "%s/resumed%d.safetensors", tmpdir, i);
+    snprintf(cmd, sizeof cmd, "'%s' %s --threads 2 --resume '%s/%s.safetensors' --save '%s'",
+             trainer, opts, ckdir, points[i], out);
+    ck_assert_int_eq(sh(cmd, errp), 0);
+    ck_assert_msg(same_bytes(full, out), "resumed from %s: the parameters differ", points[i]);
+  }
+  /* Another augmentation: refused, naming both. */
+  snprintf(cmd, sizeof cmd, "'%s' --data " DATA " --epochs 2 --limit-train 600 --limit-test 100 "
+           "--seed 5 --normalize auto --augment flip --quiet --resume '%s/%s.safetensors'",
+           trainer, ckdir, points[1]);
+  ck_assert_int_eq(sh(cmd, errp), 1);
+  char *err = slurp(errp, NULL);
+  ck_assert_msg(strstr(err, "written by a run with options 'seed 5 lr model train 600 validation "
+                            "0 test 100 patience 0 normalize auto augment flip,crop=2,rotate=8,"
+                            "translate=1,contrast=0.3'; this run has 'seed 5 lr model train 600 "
+                            "validation 0 test 100 patience 0 normalize auto augment flip'"),
+                "%s", err);
+  free(err);
+}
+END_TEST
+
 static Suite *resume_suite(void) {
   Suite *s = suite_create("resume");
   TCase *tc = tcase_create("resume");
@@ -324,6 +366,12 @@ static Suite *resume_suite(void) {
   tcase_add_test(tc, resume_refuses_other_runs);
   tcase_add_test(tc, signals_write_a_checkpoint_and_say_how_to_resume);
   tcase_add_test(tc, sigkill_and_resume_is_bit_identical);
+  suite_add_tcase(s, tc);
+  /* The data pipeline on its own (CK_RUN_CASE=augment). */
+  tc = tcase_create("augment");
+  tcase_add_checked_fixture(tc, make_tmpdir, remove_tmpdir);
+  tcase_set_timeout(tc, 600);
+  tcase_add_test(tc, augmented_resume_is_bit_identical);
   suite_add_tcase(s, tc);
   return s;
 }

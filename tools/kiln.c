@@ -62,7 +62,8 @@ static const char usage[] =
     "  --data DIR --epochs N --lr X --seed S --save FILE --load FILE --metrics FILE.csv\n"
     "  --limit-train N --limit-test N --validation N --patience N --resume FILE\n"
     "  --checkpoint-every N --checkpoint-dir D --keep-checkpoints K --max-memory SIZE\n"
-    "  --images DIR --images-count N --profile --quiet (a built trainer's --help says more)\n";
+    "  --normalize M,S|auto --augment LIST --images DIR --images-count N --profile --quiet\n"
+    "  (a built trainer's --help describes them all)\n";
 
 typedef struct Args {
   const char *cmd, *model, *out, *params, *inputs, *tangents;
