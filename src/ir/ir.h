@@ -137,7 +137,18 @@ typedef struct Entry {
   int nupdates, capupdates;
 } Entry;
 
-typedef enum OptKind { OPT_SGD, OPT_ADAM, OPT_ADAGRAD, OPT_RMSPROP, OPT_ADADELTA } OptKind;
+typedef enum OptKind {
+  OPT_SGD, OPT_ADAM, OPT_ADAGRAD, OPT_RMSPROP, OPT_ADADELTA, OPT_ADAMW
+} OptKind;
+
+/* Gradient clipping before the optimizer: torch.nn.utils.clip_grad_norm_ / clip_grad_value_. */
+typedef enum ClipKind { CLIP_NONE, CLIP_NORM, CLIP_VALUE } ClipKind;
+
+/* The learning-rate schedule, which the trainer computes per epoch (runtime/rt_schedule.c);
+ * the numbers are the ABI's "lr_schedule" setting (kiln_abi.h). */
+typedef enum LrSchedule {
+  LR_CONSTANT = 0, LR_STEP = 1, LR_EXPONENTIAL = 2, LR_COSINE = 3
+} LrSchedule;
 
 /* The model file's train block. */
 typedef struct TrainSpec {
@@ -153,6 +164,14 @@ typedef struct TrainSpec {
    * vector onto the ball of that radius after every update. */
   double reg_l1, reg_l2, max_norm;
   int patience;       /* early stopping: epochs without a better test loss; 0 = off */
+  ClipKind clip;
+  double clip_at;     /* clip_grad_norm_'s max_norm or clip_grad_value_'s clip_value */
+  LrSchedule schedule;
+  int64_t step_size;  /* LR_STEP */
+  double gamma;       /* LR_STEP, LR_EXPONENTIAL */
+  int64_t t_max;      /* LR_COSINE */
+  double eta_min;     /* LR_COSINE */
+  int64_t warmup;     /* epochs of linear warm-up before the schedule; 0 = none */
   int64_t batch;      /* 0: not given */
   int epochs;
   int64_t steps;      /* full-batch updates for in-file data */
@@ -258,10 +277,10 @@ extern const char *const entry_names[ENTRY_COUNT];      /* "train", "eval", "gra
 
 /* The train block's defaults as the ABI's settings (kiln_abi.h): keys with numbers as text, in
  * the caller's storage (no allocation, so it cannot fail). */
-#define IR_MAX_SETTINGS 8
+#define IR_MAX_SETTINGS 16
 typedef struct IrSettings {
   kiln_setting s[IR_MAX_SETTINGS];
-  char text[IR_MAX_SETTINGS][24];
+  char text[IR_MAX_SETTINGS][32];
   int n;
 } IrSettings;
 void ir_settings(const Graph *g, IrSettings *out);
