@@ -202,13 +202,12 @@ static void train_schedule(Lower *L, TrainSpec *t, const Expr *e) {
   static const char *const expect = "expected a learning-rate schedule: step(step_size, "
                                     "gamma=0.1), exponential(gamma) or cosine(t_max, eta_min=0)";
   static const struct {
-    const char *name;
-    LrSchedule kind;
-    int nrequired;
+    const char *name, *signature;
+    int kind;
     const char *params[2];
-  } schedules[] = {{"step", LR_STEP, 1, {"step_size", "gamma"}},
-                   {"exponential", LR_EXPONENTIAL, 1, {"gamma", NULL}},
-                   {"cosine", LR_COSINE, 1, {"t_max", "eta_min"}}};
+  } schedules[] = {{"step", "step(step_size, gamma=0.1)", KILN_LR_STEP, {"step_size", "gamma"}},
+                   {"exponential", "exponential(gamma)", KILN_LR_EXPONENTIAL, {"gamma", NULL}},
+                   {"cosine", "cosine(t_max, eta_min=0)", KILN_LR_COSINE, {"t_max", "eta_min"}}};
   if (e->kind != EX_CALL && e->kind != EX_NAME)
     kiln_fail(e->loc, "%s", expect);
   size_t k = 0, n = sizeof schedules / sizeof *schedules;
@@ -218,26 +217,22 @@ static void train_schedule(Lower *L, TrainSpec *t, const Expr *e) {
     kiln_fail(e->loc, "unknown learning-rate schedule '%s'; %s", e->name, expect);
   const char *name = schedules[k].name;
   if (e->kind == EX_NAME)
-    kiln_fail(e->loc, "%s needs its arguments: write %s(%s, ...)", name, name,
-              schedules[k].params[0]);
+    kiln_fail(e->loc, "%s needs arguments: write %s", name, schedules[k].signature);
   Expr *a[2] = {0};
-  fe_bind_args(name, schedules[k].params, schedules[k].params[1] ? 2 : 1,
-               schedules[k].nrequired, e, a);
+  fe_bind_args(name, schedules[k].params, schedules[k].params[1] ? 2 : 1, 1, e, a);
   t->schedule = schedules[k].kind;
   switch (t->schedule) {
-  case LR_STEP:
+  case KILN_LR_STEP:
     t->step_size = fe_int_arg(L, a[0], 1, INT32_MAX, "step: 'step_size'");
     t->gamma = 0.1;
     opt_num(L, name, "gamma", a[1], 0, true, INFINITY, false, &t->gamma);
     break;
-  case LR_EXPONENTIAL:
+  case KILN_LR_EXPONENTIAL:
     opt_num(L, name, "gamma", a[0], 0, true, INFINITY, false, &t->gamma);
     break;
-  case LR_COSINE:
+  case KILN_LR_COSINE:
     t->t_max = fe_int_arg(L, a[0], 1, INT32_MAX, "cosine: 't_max'");
     opt_num(L, name, "eta_min", a[1], 0, false, INFINITY, false, &t->eta_min);
-    break;
-  case LR_CONSTANT:
     break;
   }
 }

@@ -53,13 +53,13 @@ void ir_settings(const Graph *g, IrSettings *o) {
   setting(o, "patience", "%d", t->patience);
   /* The learning-rate schedule only when there is one, so other programs keep their table.
    * %.17g gives back the same double through strtod. */
-  if (t->schedule != LR_CONSTANT)
-    setting(o, "lr_schedule", "%d", (int)t->schedule);
-  if (t->schedule == LR_STEP)
+  if (t->schedule != KILN_LR_CONSTANT)
+    setting(o, "lr_schedule", "%d", t->schedule);
+  if (t->schedule == KILN_LR_STEP)
     setting(o, "lr_step_size", "%" PRId64, t->step_size);
-  if (t->schedule == LR_STEP || t->schedule == LR_EXPONENTIAL)
+  if (t->schedule == KILN_LR_STEP || t->schedule == KILN_LR_EXPONENTIAL)
     setting(o, "lr_gamma", "%.17g", t->gamma);
-  if (t->schedule == LR_COSINE) {
+  if (t->schedule == KILN_LR_COSINE) {
     setting(o, "lr_t_max", "%" PRId64, t->t_max);
     setting(o, "lr_eta_min", "%.17g", t->eta_min);
   }

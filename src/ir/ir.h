@@ -144,12 +144,6 @@ typedef enum OptKind {
 /* Gradient clipping before the optimizer: torch.nn.utils.clip_grad_norm_ / clip_grad_value_. */
 typedef enum ClipKind { CLIP_NONE, CLIP_NORM, CLIP_VALUE } ClipKind;
 
-/* The learning-rate schedule, which the trainer computes per epoch (runtime/rt_schedule.c);
- * the numbers are the ABI's "lr_schedule" setting (kiln_abi.h). */
-typedef enum LrSchedule {
-  LR_CONSTANT = 0, LR_STEP = 1, LR_EXPONENTIAL = 2, LR_COSINE = 3
-} LrSchedule;
-
 /* The model file's train block. */
 typedef struct TrainSpec {
   OptKind optimizer;
@@ -166,11 +160,11 @@ typedef struct TrainSpec {
   int patience;       /* early stopping: epochs without a better test loss; 0 = off */
   ClipKind clip;
   double clip_at;     /* clip_grad_norm_'s max_norm or clip_grad_value_'s clip_value */
-  LrSchedule schedule;
-  int64_t step_size;  /* LR_STEP */
-  double gamma;       /* LR_STEP, LR_EXPONENTIAL */
-  int64_t t_max;      /* LR_COSINE */
-  double eta_min;     /* LR_COSINE */
+  int schedule;       /* KILN_LR_*: the learning-rate schedule the trainer follows per epoch */
+  int64_t step_size;  /* KILN_LR_STEP */
+  double gamma;       /* KILN_LR_STEP, KILN_LR_EXPONENTIAL */
+  int64_t t_max;      /* KILN_LR_COSINE */
+  double eta_min;     /* KILN_LR_COSINE */
   int64_t warmup;     /* epochs of linear warm-up before the schedule; 0 = none */
   int64_t batch;      /* 0: not given */
   int epochs;
