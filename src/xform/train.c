@@ -12,6 +12,9 @@
  * accumulate or all-reduce them in between. The optimizer is built twice, once from the
  * gradient nodes and once from the GRAD leaves; hash-consing shares everything else, and both
  * entries compute every value the same way, so grad then apply is bit-identical to train.
+ * Gradient clipping is the optimizer's first step, so apply clips the gradients the host left
+ * (the all-reduced total, not each part). The learning-rate schedule is not in the graph: the
+ * trainer writes each epoch's rate into the "lr" leaf (runtime/rt_schedule.c).
  *
  * On demand (kiln jvp / kiln hvp), the grad entry also gets directional derivatives: tangent
  * inputs per parameter and forward-mode nodes (ad_forward.c) over the loss, the output or the
