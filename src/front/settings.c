@@ -3,10 +3,10 @@
  *
  * The optimizer and its torch.optim arguments (one table, opt_names), regularizers, early
  * stopping, gradient clipping, the learning-rate schedule and warm-up, and the batch, epochs,
- * steps, seed and init settings. Values are compile-time
- * numbers read through lower.c's argument helpers (fe_num_arg, fe_bind_args, ...), so a setting
- * is checked, and its errors worded, like a call argument. Nothing here builds graph nodes: the
- * training graph reads the TrainSpec later (xform/train.c).
+ * steps, seed and init settings. Values are compile-time numbers read through lower.c's argument
+ * helpers (fe_num_arg, fe_bind_args, ...), so a setting is checked, and its errors worded, like a
+ * call argument. Nothing here builds graph nodes: the training graph reads the TrainSpec later
+ * (xform/train.c), and the trainer the schedule (ir_settings, runtime/rt_schedule.c).
  */
 #include <math.h>
 #include <string.h>
@@ -237,9 +237,9 @@ static void train_schedule(Lower *L, TrainSpec *t, const Expr *e) {
   }
 }
 
-static const char *const train_keys[] = {"optimizer", "batch",      "epochs", "steps",
-                                         "seed",      "init",       "regularize",
-                                         "early_stop", "clip",      "schedule", "warmup"};
+static const char *const train_keys[] = {"optimizer", "batch", "epochs", "steps", "seed", "init",
+                                         "regularize", "early_stop", "clip", "schedule",
+                                         "warmup"};
 
 NnInit fe_read_train(Lower *L, const Stmt *s, TrainSpec *t) {
   NnInit init = {NN_INIT_DEFAULT, 0};

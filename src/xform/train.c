@@ -108,7 +108,8 @@ static void update_sgd(OptCtx *c, int p, int grad) {
 }
 
 /* Adam's step of parameter p from the value `from` (p itself, or AdamW's decayed p):
- * m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²; p = from − lr/(1−β1^t) · m / (sqrt(v)/sqrt(1−β2^t) + ε). */
+ * m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;
+ * p = from − lr/(1−β1^t) · m / (sqrt(v)/sqrt(1−β2^t) + ε). */
 static void adam_step(OptCtx *c, int p, int from, int grad) {
   const TrainSpec *ts = c->ts;
   Graph *g = c->g;
@@ -264,24 +265,22 @@ static int maximum(OptCtx *c, int a, int b) {
  * - value: clip_grad_value_: g_i ← clamp(g_i, −v, v). */
 static void clip_gradients(OptCtx *c, const int *grads, int *clipped) {
   Graph *g = c->g;
-  const TrainSpec *ts = c->ts;
-  int total = -1;
+  double at = c->ts->clip_at;
+  if (c->ts->clip == CLIP_VALUE) {
+    for (int i = 0; i < g->nparams; i++)
+      clipped[i] = minimum(c, maximum(c, grads[i], k(c, -at)), k(c, at));
+    return;
+  }
+  int total = -1; /* Σ‖g_i‖², then its square root */
   for (int i = 0; i < g->nparams; i++) {
-    clipped[i] = grads[i];
-    if (ts->clip == CLIP_VALUE)
-      clipped[i] = minimum(c, maximum(c, grads[i], k(c, -ts->clip_at)), k(c, ts->clip_at));
-    if (ts->clip != CLIP_NORM)
-      continue;
     int rank = ir_at(g, grads[i])->shape.rank, sq = mul(c, grads[i], grads[i]);
     if (rank > 0)
       sq = ir_reduce(g, OP_SUM, sq, (1u << rank) - 1, false, c->loc);
     int norm = ir_unary(g, OP_SQRT, sq, c->loc);
     total = total < 0 ? mul(c, norm, norm) : add(c, total, mul(c, norm, norm));
   }
-  if (ts->clip != CLIP_NORM)
-    return;
   total = ir_unary(g, OP_SQRT, total, c->loc);
-  int coef = minimum(c, dvd(c, k(c, ts->clip_at), add(c, total, k(c, 1e-6))), k(c, 1));
+  int coef = minimum(c, dvd(c, k(c, at), add(c, total, k(c, 1e-6))), k(c, 1));
   for (int i = 0; i < g->nparams; i++)
     clipped[i] = mul(c, grads[i], coef);
 }
