@@ -14,8 +14,9 @@
  *  - literal models carry their data in the model file: `steps` full-batch updates, then the
  *    parameters and the output are printed, for comparison against a hand or PyTorch computation.
  *
- * The model's defaults (epochs, steps, seed, patience) come from the program's settings table,
- * looked up by key, so a new training option is a new key rather than a new ABI.
+ * The model's defaults (epochs, steps, seed, patience, the learning-rate schedule) come from the
+ * program's settings table, looked up by key, so a new training option is a new key rather than a
+ * new ABI. The schedule (rt_schedule.c) sets "lr" before each epoch from the epoch alone.
  *
  * Errors are collected in one buffer and printed once by rt_train, as "NAME: error: MESSAGE".
  */
@@ -458,6 +459,9 @@ typedef struct Run {
   int64_t chw[3];
   double *pixel_mean, *pixel_std;
   double *norm_mean, *norm_std, *scratch;
+  RtSchedule schedule;
+  int lr_t;           /* the hyper-parameter "lr", or -1 */
+  double base_lr;     /* --lr, else the model's: what the schedule starts from */
 } Run;
 
 /* Finds the model's metrics among the eval entry's outputs. */
@@ -528,6 +532,17 @@ int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err) {
     return rt_errf(err, "--lr given, but model '%s' has no hyper-parameter named \"lr\"",
                    p->model ? p->model : "?");
   return 0;
+}
+
+/* The learning rate of epoch `epoch` (from 0), written into "lr" when a schedule changes it;
+ * NaN when the program has no "lr". */
+static double set_lr(Run *r, int64_t epoch) {
+  if (r->lr_t < 0)
+    return NAN;
+  double lr = rt_schedule_lr(&r->schedule, r->base_lr, epoch);
+  if (rt_schedule_active(&r->schedule))
+    r->be->write(r->be->self, r->lr_t, &lr, 1);
+  return lr;
 }
 
 static int run_entry(Run *r, int entry, int64_t batch) {
@@ -1331,7 +1346,7 @@ static int train_data(Run *r) {
   const char *set = nval ? "val" : "test";
   char header[1024], metric_text[512];
   snprintf(header, sizeof header,
-           "epoch,train_loss,%s_loss,%s_accuracy,images_per_s,seconds", set, set);
+           "epoch,train_loss,%s_loss,%s_accuracy,images_per_s,seconds,lr", set, set);
   for (int m = 0; m < r->nmetrics; m++) {
     size_t used = strlen(header);
     snprintf(header + used, sizeof header - used, ",%s_%s", set, r->metric_name[m]);
@@ -1372,7 +1387,7 @@ static int train_data(Run *r) {
   /* The loss the train step reports includes the regularization penalty when there is one. */
   const char *train_name = rt_find_tensor(p, "penalty") >= 0 ? "train_loss(+penalty)" : "train_loss";
   for (int epoch = first_epoch; epoch <= epochs && !stopped; epoch++) {
-    double t0 = rt_now(), loss_sum = 0;
+    double t0 = rt_now(), loss_sum = 0, lr = set_lr(r, epoch - 1);
     int64_t seen = 0, step0 = 1, resumed_seen = 0;
     RtRng epoch_rng = rng;
     memcpy(order, fit_idx, (size_t)nfit * sizeof *order);
@@ -1430,7 +1445,7 @@ static int train_data(Run *r) {
              : evaluate(r, &test, NULL, ntest, "test", &test_loss, &acc, metrics))
       goto done;
     double rate = epoch_train > 0 ? (double)(seen - resumed_seen) / epoch_train : 0;
-    char note[80] = "", figs1[64], figs2[64];
+    char note[80] = "", figs1[64], figs2[64], figs3[64];
     if (patience > 0) {
       /* NaN never improves; the first epoch always sets the best */
       if (best.epoch == 0 || test_loss < best.test_loss) {
@@ -1446,16 +1461,16 @@ static int train_data(Run *r) {
       }
     }
     if (!o->quiet)
-      fprintf(stderr, "epoch %d/%d  %s %.4f%s%s%s  %.0f img/s%s\n", epoch, epochs, train_name,
+      fprintf(stderr, "epoch %d/%d  %s %.4f%s%s%s%s  %.0f img/s%s\n", epoch, epochs, train_name,
               train_loss,
               figure(test_loss, nval ? "  val_loss %.4f" : "  test_loss %.4f", figs1,
                      sizeof figs1),
               figure(acc, nval ? "  val_accuracy %.4f" : "  test_accuracy %.4f", figs2,
                      sizeof figs2),
               metric_figures(r, set, metrics, "  %s_%s %.4f", 0, metric_text, sizeof metric_text),
-              rate, note);
-    rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f%s", epoch, train_loss, test_loss, acc, rate,
-               rt_now() - t0,
+              figure(lr, "  lr %.6g", figs3, sizeof figs3), rate, note);
+    rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f,%.9g%s", epoch, train_loss, test_loss, acc, rate,
+               rt_now() - t0, lr,
                metric_figures(r, set, metrics, "%.0s%.0s,%.6f", 1, metric_text, sizeof metric_text));
     if (stop_signal || checkpoint_due(o, 0, epoch, 1)) {
       rs = (RtResume){.epoch = epoch + 1, .epoch_rng = rng, .train_time = train_time,
@@ -1576,6 +1591,7 @@ static int train_literal(Run *r) {
     snprintf(r->last_checkpoint, sizeof r->last_checkpoint, "%s", o->resume_path);
   }
   for (int64_t s = first; s <= steps; s++) {
+    set_lr(r, s - 1); /* each step is a full-batch epoch */
     write_literal_inputs(r, r->train_e);
     if (run_entry(r, r->train_e, p->batch))
       return -1;
@@ -1657,8 +1673,15 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   }
   if (o->profile && be->profile_start(be->self, r.err))
     goto done;
-  if (rt_init_persistent(be, r.seed, o->lr, r.err))
+  if (rt_init_persistent(be, r.seed, o->lr, r.err) || rt_schedule_of(p, &r.schedule, r.err))
     goto done;
+  r.lr_t = rt_find_tensor(p, "lr");
+  if (r.lr_t >= 0 && p->tensors[r.lr_t].role != KILN_ROLE_HYPER)
+    r.lr_t = -1;
+  if (r.lr_t >= 0 && o->lr >= 0)
+    r.base_lr = o->lr;
+  else if (r.lr_t >= 0) /* its initial value as a double, before rounding to the tensor's type */
+    rt_init_tensor(&p->tensors[r.lr_t], r.seed, &r.base_lr, 1);
   if (o->load_path && o->resume_path) {
     rt_errf(r.err, "--load and --resume exclude each other: --resume restores the parameters "
             "and everything else the run had");

@@ -347,6 +347,26 @@ uint64_t rt_setting_u64(const kiln_program *p, const char *key, uint64_t dflt);
  * none). Returns 0, or -1 with err. */
 int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err);
 
+/* ---- rt_schedule.c: the learning rate of each epoch ----------------------------------------- */
+
+typedef struct RtSchedule {
+  int kind;               /* KILN_LR_* */
+  int64_t step_size;      /* step: epochs between decays */
+  double gamma;           /* step, exponential: the factor */
+  int64_t t_max;          /* cosine: epochs from the base learning rate down to eta_min */
+  double eta_min;         /* cosine: the lowest learning rate */
+  int64_t warmup;         /* epochs of linear warm-up before the schedule starts; 0: none */
+} RtSchedule;
+
+/* The program's schedule from its settings (constant when it has none); -1 with err for a kind
+ * this driver does not know or a value out of range. */
+int rt_schedule_of(const kiln_program *p, RtSchedule *s, char *err);
+/* Whether the learning rate ever differs from the base one. */
+int rt_schedule_active(const RtSchedule *s);
+/* The learning rate of epoch `epoch` (from 0) for the base learning rate `base`: a pure function
+ * of the epoch, torch.optim.lr_scheduler's closed forms (rt_schedule.c). */
+double rt_schedule_lr(const RtSchedule *s, double base, int64_t epoch);
+
 /* ---- rt_checkpoint.c: parameter files and resumable checkpoints ---------------------------- */
 
 /* Where a run stands, and what else a resumable checkpoint carries besides the tensors. */

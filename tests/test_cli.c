@@ -359,7 +359,7 @@ START_TEST(msd_denoiser_gains_psnr) {
   char header[256];
   ck_assert_ptr_nonnull(fgets(header, sizeof header, f));
   fclose(f);
-  ck_assert_str_eq(header, "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds,"
+  ck_assert_str_eq(header, "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds,lr,"
                            "test_psnr_noisy,test_psnr_denoised\n");
 }
 END_TEST

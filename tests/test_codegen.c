@@ -2178,11 +2178,41 @@ static const char split_src[] =
     "  batch = 4\n"
     "}\n";
 
+/* The same network with gradient clipping, which apply does from the gradient tensors: by the
+ * total norm with AdamW, by value with SGD's momentum. */
+static const char *const split_variants[] = {
+    split_src,
+    "input image: f32[B, 1, 6, 6]\n"
+    "input label: i32[B]\n"
+    "c = conv2d(image, out=3, kernel=3, pad=1) as conv1\n"
+    "h = maxpool2d(relu(batchnorm(c) as bn1), kernel=2)\n"
+    "logits = linear(flatten(h), out=5) as fc\n"
+    "loss = cross_entropy(logits, label)\n"
+    "minimize loss\n"
+    "train {\n"
+    "  optimizer = adamw(lr=0.01, weight_decay=0.05)\n"
+    "  clip = norm(0.1)\n"
+    "  regularize = max_norm(0.6)\n"
+    "  batch = 4\n"
+    "}\n",
+    "input image: f32[B, 1, 6, 6]\n"
+    "input label: i32[B]\n"
+    "c = conv2d(image, out=3, kernel=3, pad=1) as conv1\n"
+    "logits = linear(flatten(relu(c)), out=5) as fc\n"
+    "loss = cross_entropy(logits, label)\n"
+    "minimize loss\n"
+    "train {\n"
+    "  optimizer = sgd(lr=0.1, momentum=0.9, dampening=0.1)\n"
+    "  clip = value(0.02)\n"
+    "  batch = 4\n"
+    "}\n",
+};
+
 /* grad then apply leaves bit-identical parameters, state and loss to train, on the compiled
  * program and on the reference runtime, step after step; apply reads only the gradient tensors
- * (grad, an entry that changes no parameter, then apply is the whole step). */
+ * (grad, an entry that changes no parameter, then apply is the whole step). _i: the model. */
 START_TEST(grad_then_apply_is_train) {
-  use_model(split_src);
+  use_model(split_variants[_i]);
   Run fused, split;
   run_open(&fused, 4);
   run_open(&split, 4);
@@ -2350,7 +2380,8 @@ static Suite *suite(void) {
   TCase *tsplit = tcase_create("split");
   tcase_add_checked_fixture(tsplit, setup, teardown);
   tcase_set_timeout(tsplit, 120);
-  tcase_add_test(tsplit, grad_then_apply_is_train);
+  tcase_add_loop_test(tsplit, grad_then_apply_is_train, 0,
+                      (int)(sizeof split_variants / sizeof *split_variants));
   tcase_add_test(tsplit, accumulated_halves_are_one_step);
   suite_add_tcase(s, tsplit);
   TCase *ta = tcase_create("aot");

@@ -519,6 +519,37 @@ START_TEST(lower_train_settings) {
   ck_assert(g->train.reg_l1 == 1e-5 && g->train.reg_l2 == 1e-4 && g->train.max_norm == 3 &&
             g->train.patience == 4);
   ir_free(g);
+  /* AdamW's defaults are torch's, weight_decay 1e-2 included */
+  g = compile_ok(TRAIN_WITH("optimizer = adamw() }\n"));
+  ck_assert(g->train.optimizer == OPT_ADAMW && g->train.lr == 1e-3 && g->train.beta1 == 0.9 &&
+            g->train.beta2 == 0.999 && g->train.eps == 1e-8 && g->train.weight_decay == 1e-2);
+  ck_assert_int_eq(g->train.clip, CLIP_NONE);
+  ck_assert_int_eq(g->train.schedule, KILN_LR_CONSTANT);
+  ir_free(g);
+  g = compile_ok(TRAIN_WITH("optimizer = adamw(2e-3, 0.8, 0.99, 1e-6, 0) clip = norm(1.5)\n"
+                            " schedule = step(3) warmup = 2 }\n"));
+  ck_assert(g->train.lr == 2e-3 && g->train.beta1 == 0.8 && g->train.beta2 == 0.99 &&
+            g->train.eps == 1e-6 && g->train.weight_decay == 0);
+  ck_assert(g->train.clip == CLIP_NORM && g->train.clip_at == 1.5);
+  ck_assert(g->train.schedule == KILN_LR_STEP && g->train.step_size == 3 &&
+            g->train.gamma == 0.1 && g->train.warmup == 2);
+  ir_free(g);
+  g = compile_ok(TRAIN_WITH("clip = value(clip_value=0.25) schedule = cosine(t_max=20, "
+                            "eta_min=1e-5) }\n"));
+  ck_assert(g->train.clip == CLIP_VALUE && g->train.clip_at == 0.25);
+  ck_assert(g->train.schedule == KILN_LR_COSINE && g->train.t_max == 20 &&
+            g->train.eta_min == 1e-5 && g->train.warmup == 0);
+  /* The schedule reaches the trainer through the settings table, doubles exactly. */
+  IrSettings st;
+  ir_settings(g, &st);
+  ck_assert_int_eq(st.n, 7);
+  ck_assert(!strcmp(st.s[4].key, "lr_schedule") && !strcmp(st.s[4].value, "3"));
+  ck_assert(!strcmp(st.s[5].key, "lr_t_max") && !strcmp(st.s[5].value, "20"));
+  ck_assert(!strcmp(st.s[6].key, "lr_eta_min") && strtod(st.s[6].value, NULL) == 1e-5);
+  ir_free(g);
+  g = compile_ok(TRAIN_WITH("schedule = exponential(0.95) }\n"));
+  ck_assert(g->train.schedule == KILN_LR_EXPONENTIAL && g->train.gamma == 0.95);
+  ir_free(g);
 #undef TRAIN_WITH
 }
 END_TEST
@@ -1273,6 +1304,13 @@ START_TEST(freeze_prunes_the_backward_pass) {
   ck_assert_int_eq(count_reachable(g, ENTRY_TRAIN, OP_CONV2D_BWD_DATA), 0);
   ir_free(all);
   ir_free(g);
+  /* clipping by norm sums over the parameters that train */
+  snprintf(text, sizeof text, frozen_cnn, "freeze = c1  clip = norm(1)");
+  g = compile_ok(text);
+  build_entries(g);
+  ck_assert_int_eq(count_reachable(g, ENTRY_TRAIN, OP_CONV2D_BWD_FILTER), 1);
+  ck_assert(!has_update(g, ENTRY_APPLY, "c1.weight") && has_update(g, ENTRY_APPLY, "fc.bias"));
+  ir_free(g);
   /* freezing the last layers keeps the path back to the first */
   snprintf(text, sizeof text, frozen_cnn, "freeze = [c2, fc]");
   g = compile_ok(text);
@@ -1784,7 +1822,7 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "         ^\n"},
     {"train unknown",
      "train { foo = 3 }\n",
-     "t.kiln:1:9: error: unknown train setting 'foo'; expected optimizer, batch, epochs, steps, seed, init, regularize, early_stop, freeze or param_groups\n"
+     "t.kiln:1:9: error: unknown train setting 'foo'; expected optimizer, batch, epochs, steps, seed, init, regularize, early_stop, freeze, param_groups, clip, schedule or warmup\n"
      "  train { foo = 3 }\n"
      "          ^\n"},
     {"train twice",
@@ -1809,7 +1847,7 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "                  ^\n"},
     {"train opt",
      "train { optimizer = lbfgs(lr=1) }\n",
-     "t.kiln:1:21: error: unknown optimizer 'lbfgs'; expected sgd, adam, adagrad, rmsprop or adadelta\n"
+     "t.kiln:1:21: error: unknown optimizer 'lbfgs'; expected sgd, adam, adamw, adagrad, rmsprop or adadelta\n"
      "  train { optimizer = lbfgs(lr=1) }\n"
      "                      ^\n"},
     {"train rmsprop alpha",
@@ -1882,6 +1920,56 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:1:31: error: patience must be at least 1, got 0\n"
      "  train { early_stop = patience(0) }\n"
      "                                ^\n"},
+    {"train adamw beta2",
+     "train { optimizer = adamw(beta2=1) }\n",
+     "t.kiln:1:33: error: adamw: 'beta2' must be in [0, 1), got 1\n"
+     "  train { optimizer = adamw(beta2=1) }\n"
+     "                                  ^\n"},
+    {"train clip norm",
+     "train { clip = norm(-1) }\n",
+     "t.kiln:1:21: error: norm: 'max_norm' must be positive, got -1\n"
+     "  train { clip = norm(-1) }\n"
+     "                      ^\n"},
+    {"train clip value",
+     "train { clip = value }\n",
+     "t.kiln:1:16: error: value needs its argument: write value(clip_value)\n"
+     "  train { clip = value }\n"
+     "                 ^\n"},
+    {"train clip unknown",
+     "train { clip = scale(2) }\n",
+     "t.kiln:1:16: error: unknown gradient clipping 'scale'; expected gradient clipping: norm(max_norm) or value(clip_value)\n"
+     "  train { clip = scale(2) }\n"
+     "                 ^\n"},
+    {"train schedule unknown",
+     "train { schedule = linear(3) }\n",
+     "t.kiln:1:20: error: unknown learning-rate schedule 'linear'; expected a learning-rate schedule: step(step_size, gamma=0.1), exponential(gamma) or cosine(t_max, eta_min=0)\n"
+     "  train { schedule = linear(3) }\n"
+     "                     ^\n"},
+    {"train schedule name",
+     "train { schedule = cosine }\n",
+     "t.kiln:1:20: error: cosine needs arguments: write cosine(t_max, eta_min=0)\n"
+     "  train { schedule = cosine }\n"
+     "                     ^\n"},
+    {"train schedule step",
+     "train { schedule = step(0) }\n",
+     "t.kiln:1:25: error: step: 'step_size' must be at least 1, got 0\n"
+     "  train { schedule = step(0) }\n"
+     "                          ^\n"},
+    {"train schedule gamma",
+     "train { schedule = exponential(gamma=0) }\n",
+     "t.kiln:1:38: error: exponential: 'gamma' must be positive, got 0\n"
+     "  train { schedule = exponential(gamma=0) }\n"
+     "                                       ^\n"},
+    {"train schedule eta_min",
+     "train { schedule = cosine(10, eta_min=-1) }\n",
+     "t.kiln:1:39: error: cosine: 'eta_min' must not be negative, got -1\n"
+     "  train { schedule = cosine(10, eta_min=-1) }\n"
+     "                                        ^\n"},
+    {"train warmup",
+     "train { warmup = -2 }\n",
+     "t.kiln:1:18: error: 'warmup' must be at least 0, got -2\n"
+     "  train { warmup = -2 }\n"
+     "                   ^\n"},
     {"train sgd lr",
      "train { optimizer = sgd() }\n",
      "t.kiln:1:21: error: sgd: missing argument 'lr'\n"

@@ -358,6 +358,82 @@ START_TEST(augmented_resume_is_bit_identical) {
 }
 END_TEST
 
+static void write_text(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  ck_assert_msg(f != NULL, "cannot write %s", path);
+  fputs(text, f);
+  fclose(f);
+}
+
+/* The learning rate depends on the position alone: a run with warm-up and a step schedule,
+ * resumed from each of its checkpoints (in the middle of an epoch and at the end of one), ends
+ * byte-identical to the run that wrote them; so does a model whose data is in the file, whose
+ * every step is an epoch of its schedule. */
+START_TEST(schedule_resumes_bit_identical) {
+  char model[256], trainer[256], full[256], out[256], ckdir[256], ck[512], cmd[2048];
+  snprintf(model, sizeof model, "%s", path_in("sched.kiln"));
+  snprintf(trainer, sizeof trainer, "%s", path_in("sched"));
+  snprintf(full, sizeof full, "%s", path_in("full.safetensors"));
+  snprintf(out, sizeof out, "%s", path_in("out.safetensors"));
+  snprintf(ckdir, sizeof ckdir, "%s", path_in("ck"));
+  write_text(model, "input image: f32[B, 1, 28, 28] from images / 255\n"
+                    "input label: i32[B] from labels\n"
+                    "fc1 = linear(flatten(image), out=32)\n"
+                    "logits = linear(relu(fc1), out=10) as fc2\n"
+                    "loss = cross_entropy(logits, label)\n"
+                    "output logits\n"
+                    "minimize loss\n"
+                    "train {\n"
+                    "  optimizer = sgd(lr=0.1, momentum=0.9)\n"
+                    "  schedule = step(1, gamma=0.5)\n"
+                    "  warmup = 1\n"
+                    "  batch = 64\n"
+                    "}\n");
+  snprintf(cmd, sizeof cmd, KILN " build '%s' -o '%s'", model, trainer);
+  ck_assert_int_eq(sh(cmd, NULL), 0);
+  /* 5 steps an epoch, a checkpoint every 2: inside epochs 1, 2 and 3, and after the last step
+   * of epoch 2. */
+  const char *base = "--data " DATA " --epochs 3 --limit-train 320 --limit-test 64 --quiet";
+  snprintf(cmd, sizeof cmd, "'%s' %s --checkpoint-every 2 --keep-checkpoints 50 "
+           "--checkpoint-dir '%s' --save '%s'", trainer, base, ckdir, full);
+  ck_assert_int_eq(sh(cmd, NULL), 0);
+  DIR *d = opendir(ckdir);
+  ck_assert_ptr_nonnull(d);
+  struct dirent *e;
+  int resumed = 0;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, "ckpt-", 5))
+      continue;
+    snprintf(ck, sizeof ck, "%s/%s", ckdir, e->d_name);
+    snprintf(cmd, sizeof cmd, "'%s' %s --resume '%s' --save '%s'", trainer, base, ck, out);
+    ck_assert_int_eq(sh(cmd, NULL), 0);
+    ck_assert_msg(same_bytes(full, out), "resumed from %s: the parameters differ", e->d_name);
+    resumed++;
+  }
+  closedir(d);
+  ck_assert_int_eq(resumed, 7);
+
+  snprintf(model, sizeof model, "%s", path_in("literal.kiln"));
+  write_text(model, "const x: f64[4, 3] = [[0.5, -1, 2], [1.5, 0.25, -0.5], [-1, 2, 1], [0, 1, -2]]\n"
+                    "const y: f64[4, 2] = [[1, -1], [0.5, 2], [-1.5, 0], [2, 1]]\n"
+                    "param w: f64[3, 2] = [[0.3, -0.7], [0.9, 0.1], [-0.4, 0.6]]\n"
+                    "loss = mean((matmul(x, w) - y) ^ 2)\n"
+                    "minimize loss\n"
+                    "train { optimizer = adam(lr=0.1) schedule = cosine(3, eta_min=0.01) "
+                    "warmup = 2 steps = 6 }\n");
+  snprintf(ckdir, sizeof ckdir, "%s", path_in("ck_literal"));
+  snprintf(cmd, sizeof cmd, KILN " train '%s' --runtime reference --quiet --checkpoint-every=1 "
+           "--keep-checkpoints=10 --checkpoint-dir='%s' --save '%s'", model, ckdir, full);
+  ck_assert_int_eq(sh(cmd, NULL), 0);
+  for (int step = 1; step < 6; step++) {
+    snprintf(cmd, sizeof cmd, KILN " train '%s' --runtime reference --quiet "
+             "--resume='%s/ckpt-e0000-s%06d.safetensors' --save '%s'", model, ckdir, step, out);
+    ck_assert_int_eq(sh(cmd, NULL), 0);
+    ck_assert_msg(same_bytes(full, out), "resumed after step %d: the parameters differ", step);
+  }
+}
+END_TEST
+
 static Suite *resume_suite(void) {
   Suite *s = suite_create("resume");
   TCase *tc = tcase_create("resume");
@@ -366,6 +442,7 @@ static Suite *resume_suite(void) {
   tcase_add_test(tc, resume_refuses_other_runs);
   tcase_add_test(tc, signals_write_a_checkpoint_and_say_how_to_resume);
   tcase_add_test(tc, sigkill_and_resume_is_bit_identical);
+  tcase_add_test(tc, schedule_resumes_bit_identical);
   suite_add_tcase(s, tc);
   /* The data pipeline on its own (CK_RUN_CASE=augment). */
   tc = tcase_create("augment");

@@ -1211,6 +1211,7 @@ typedef struct Fake {
   int runs;
   const double *eval_curve;  /* non-NULL: the eval loss of epoch e is eval_curve[e - 1] */
   double w_at_epoch[16];     /* w when epoch e was evaluated (e < 16) */
+  double lr_at_epoch[16];    /* lr when epoch e was evaluated: the one its steps used */
 } Fake;
 
 static void fake_problem(Fake *f, const char *msg, int a, int b) {
@@ -1271,7 +1272,8 @@ static int fake_run(void *self, int entry, int64_t batch, char *err) {
   if (f->last_entry == E_TRAIN) { /* the epoch's evaluation: every example seen once so far */
     f->epochs_done++;
     if (f->epochs_done < 16)
-      f->w_at_epoch[f->epochs_done] = f->vals[T_W][0];
+      f->w_at_epoch[f->epochs_done] = f->vals[T_W][0],
+      f->lr_at_epoch[f->epochs_done] = f->vals[T_LR][0];
     for (int i = 0; i < MAXEX; i++)
       if (f->train_visits[i] && f->train_visits[i] != f->epochs_done)
         fake_problem(f, "example visited the wrong number of times", i, f->train_visits[i]);
@@ -1394,8 +1396,9 @@ START_TEST(train_visits_every_example) {
   free(out), free(err);
 
   char *csv = read_all(tpath("metrics.csv"), NULL);
-  ck_assert_msg(!strncmp(csv, "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds\n"
-                              "1,4.500000,3.000000,0.714286,", 91), "%s", csv);
+  ck_assert_msg(!strncmp(csv, "epoch,train_loss,test_loss,test_accuracy,images_per_s,seconds,lr\n"
+                              "1,4.500000,3.000000,0.714286,", 94), "%s", csv);
+  ck_assert_msg(strstr(csv, ",0.1\n") != NULL, "%s", csv); /* the model's lr, no schedule */
   int lines = 0;
   for (char *s = csv; *s; s++)
     lines += *s == '\n';
@@ -1510,6 +1513,124 @@ START_TEST(train_seed_limits_and_lr) {
                               "test_accuracy=0.6667 images_per_s=", 84), "%s", out);
   free(out), free(err);
   fake_free(&a);
+}
+END_TEST
+
+/* The schedule's closed forms, exact where the arithmetic is: warm-up (t+1)/W, then StepLR,
+ * ExponentialLR or CosineAnnealingLR counted from the end of the warm-up. */
+START_TEST(schedule_closed_forms) {
+  RtSchedule s = {.kind = KILN_LR_CONSTANT, .step_size = 1, .t_max = 1};
+  ck_assert(!rt_schedule_active(&s));
+  ck_assert_double_eq(rt_schedule_lr(&s, 0.3, 0), 0.3);
+  ck_assert_double_eq(rt_schedule_lr(&s, 0.3, 1000), 0.3);
+
+  s = (RtSchedule){.kind = KILN_LR_STEP, .step_size = 3, .gamma = 0.5, .t_max = 1};
+  static const double step[] = {1, 1, 1, 0.5, 0.5, 0.5, 0.25};
+  for (int t = 0; t < 7; t++)
+    ck_assert_double_eq(rt_schedule_lr(&s, 1, t), step[t]);
+  s.gamma = 0.1; /* torch: base_lr * gamma ** (epoch // step_size) */
+  ck_assert_double_eq(rt_schedule_lr(&s, 0.2, 7), 0.2 * pow(0.1, 2));
+
+  s = (RtSchedule){.kind = KILN_LR_EXPONENTIAL, .step_size = 1, .gamma = 0.5, .t_max = 1};
+  ck_assert(rt_schedule_active(&s));
+  static const double expo[] = {2, 1, 0.5, 0.25, 0.125};
+  for (int t = 0; t < 5; t++)
+    ck_assert_double_eq(rt_schedule_lr(&s, 2, t), expo[t]);
+
+  /* eta_min + (base - eta_min)(1 + cos(pi t / T_max)) / 2, periodic in 2 T_max as torch's */
+  s = (RtSchedule){.kind = KILN_LR_COSINE, .step_size = 1, .t_max = 4, .eta_min = 0.25};
+  ck_assert_double_eq(rt_schedule_lr(&s, 1.25, 0), 1.25);
+  ck_assert_double_eq_tol(rt_schedule_lr(&s, 1.25, 1), 0.25 + (1 + sqrt(0.5)) / 2, 1e-15);
+  ck_assert_double_eq(rt_schedule_lr(&s, 1.25, 2), 0.75);
+  ck_assert_double_eq_tol(rt_schedule_lr(&s, 1.25, 3), 0.25 + (1 - sqrt(0.5)) / 2, 1e-15);
+  ck_assert_double_eq(rt_schedule_lr(&s, 1.25, 4), 0.25);
+  ck_assert_double_eq_tol(rt_schedule_lr(&s, 1.25, 5), 0.25 + (1 - sqrt(0.5)) / 2, 1e-15);
+  ck_assert_double_eq(rt_schedule_lr(&s, 1.25, 8), 1.25);
+
+  /* Warm-up alone ends at the base learning rate; before a schedule, the schedule starts when
+   * it ends (SequentialLR's milestone). */
+  s = (RtSchedule){.kind = KILN_LR_CONSTANT, .step_size = 1, .t_max = 1, .warmup = 4};
+  ck_assert(rt_schedule_active(&s));
+  static const double warm[] = {0.75, 1.5, 2.25, 3, 3, 3};
+  for (int t = 0; t < 6; t++)
+    ck_assert_double_eq(rt_schedule_lr(&s, 3, t), warm[t]);
+  s = (RtSchedule){.kind = KILN_LR_STEP, .step_size = 1, .gamma = 0.5, .t_max = 1, .warmup = 2};
+  static const double warm_step[] = {0.5, 1, 1, 0.5, 0.25};
+  for (int t = 0; t < 5; t++)
+    ck_assert_double_eq(rt_schedule_lr(&s, 1, t), warm_step[t]);
+  s = (RtSchedule){.kind = KILN_LR_COSINE, .step_size = 1, .t_max = 2, .warmup = 1};
+  ck_assert_double_eq(rt_schedule_lr(&s, 1, 0), 1);
+  ck_assert_double_eq(rt_schedule_lr(&s, 1, 1), 1);
+  ck_assert_double_eq(rt_schedule_lr(&s, 1, 2), 0.5);
+  ck_assert_double_eq(rt_schedule_lr(&s, 1, 3), 0);
+}
+END_TEST
+
+/* The schedule as the program's settings carry it, and the ones a trainer refuses. */
+START_TEST(schedule_from_settings) {
+  char err[RT_ERR_LEN] = "";
+  RtSchedule s;
+  kiln_program p = {.nsettings = 0};
+  ck_assert_int_eq(rt_schedule_of(&p, &s, err), 0);
+  ck_assert(s.kind == KILN_LR_CONSTANT && s.warmup == 0);
+  static const kiln_setting cosine[] = {
+      {"epochs", "3"}, {"lr_schedule", "3"}, {"lr_t_max", "10"}, {"lr_eta_min", "0.001"},
+      {"lr_warmup", "2"}};
+  p = (kiln_program){.nsettings = 5, .settings = cosine};
+  ck_assert_int_eq(rt_schedule_of(&p, &s, err), 0);
+  ck_assert(s.kind == KILN_LR_COSINE && s.t_max == 10 && s.eta_min == 0.001 && s.warmup == 2);
+  static const kiln_setting step[] = {{"lr_schedule", "1"}, {"lr_step_size", "5"},
+                                      {"lr_gamma", "0.30000000000000004"}};
+  p = (kiln_program){.nsettings = 3, .settings = step};
+  ck_assert_int_eq(rt_schedule_of(&p, &s, err), 0);
+  ck_assert(s.kind == KILN_LR_STEP && s.step_size == 5 && s.gamma == 0.1 + 0.2);
+  static const kiln_setting unknown[] = {{"lr_schedule", "9"}};
+  p = (kiln_program){.nsettings = 1, .settings = unknown};
+  ck_assert_int_eq(rt_schedule_of(&p, &s, err), -1);
+  ck_assert_str_eq(err, "the program's learning-rate schedule 9 is not one this trainer knows");
+  static const kiln_setting bad[] = {{"lr_schedule", "1"}, {"lr_step_size", "0"}};
+  p = (kiln_program){.nsettings = 2, .settings = bad};
+  ck_assert_int_eq(rt_schedule_of(&p, &s, err), -1);
+}
+END_TEST
+
+/* The driver sets "lr" before every epoch from the schedule (base: the model's lr, or --lr),
+ * prints it in the epoch line and writes it in the CSV column lr. */
+START_TEST(train_schedule) {
+  write_split(tmpdir, "train", 6, 2, 0);
+  write_split(tmpdir, "t10k", 3, 2, 0);
+  static const kiln_setting settings[] = {{"epochs", "5"},        {"seed", "1"},
+                                          {"lr_schedule", "1"},   {"lr_step_size", "1"},
+                                          {"lr_gamma", "0.5"},    {"lr_warmup", "2"}};
+  kiln_program p = data_program();
+  p.nsettings = 6, p.settings = settings;
+  RtOptions o;
+  default_opts(&o);
+  o.quiet = 0;
+  o.metrics_path = tpath("metrics.csv");
+  Fake f;
+  char *out, *err;
+  ck_assert_int_eq(train_fake(&f, &p, &o, &out, &err), 0);
+  ck_assert_msg(f.problems == 0, "%s", f.problem);
+  static const double lr[] = {0.05, 0.1, 0.1, 0.05, 0.025};
+  for (int e = 1; e <= 5; e++)
+    ck_assert_double_eq(f.lr_at_epoch[e], lr[e - 1]);
+  ck_assert_msg(strstr(err, "epoch 1/5  train_loss ") && strstr(err, "  lr 0.05  ") &&
+                    strstr(err, "  lr 0.025  "), "%s", err);
+  char *csv = read_all(tpath("metrics.csv"), NULL);
+  ck_assert_msg(strstr(csv, ",lr\n1,") && strstr(csv, ",0.05\n2,") && strstr(csv, ",0.1\n3,") &&
+                    strstr(csv, ",0.1\n4,") && strstr(csv, ",0.05\n5,") &&
+                    strstr(csv, ",0.025\n"), "%s", csv);
+  free(csv), free(out), free(err);
+  fake_free(&f);
+  o.lr = 0.4; /* --lr is the base the schedule starts from */
+  o.quiet = 1;
+  ck_assert_int_eq(train_fake(&f, &p, &o, &out, &err), 0);
+  static const double lr4[] = {0.2, 0.4, 0.4, 0.2, 0.1};
+  for (int e = 1; e <= 5; e++)
+    ck_assert_double_eq(f.lr_at_epoch[e], lr4[e - 1]);
+  free(out), free(err);
+  fake_free(&f);
 }
 END_TEST
 
@@ -1953,12 +2074,18 @@ static Suite *runtime_suite(void) {
   tcase_add_test(tc, pool_regions_back_to_back);
   suite_add_tcase(s, tc);
 
+  tc = tcase_create("schedule");
+  tcase_add_test(tc, schedule_closed_forms);
+  tcase_add_test(tc, schedule_from_settings);
+  suite_add_tcase(s, tc);
+
   tc = tcase_create("train");
   tcase_add_checked_fixture(tc, setup_tmp, teardown_tmp);
   tcase_add_test(tc, options);
   tcase_add_test(tc, train_visits_every_example);
   tcase_add_test(tc, train_seed_limits_and_lr);
   tcase_add_test(tc, train_early_stopping);
+  tcase_add_test(tc, train_schedule);
   tcase_add_test(tc, train_checkpoints);
   tcase_add_test(tc, train_errors);
   tcase_add_test(tc, train_literal_model);

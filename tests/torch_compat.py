@@ -11,6 +11,11 @@
 4. Optimizers and regularizers: five steps of `kiln train` (both runtimes) on a small quadratic
    with its data in the model file end at the parameters torch.optim reaches from the same start
    with the same optimizer, penalty and max-norm projection.
+5. AdamW, gradient clipping and learning-rate schedules: six steps on the same quadratic, with
+   the parameters and the learning rate after every step (from resumable checkpoints) against
+   torch.optim.AdamW, torch.nn.utils.clip_grad_norm_ / clip_grad_value_ and
+   torch.optim.lr_scheduler stepped once per step (each step of a model whose data is in the
+   file is an epoch).
 
 Usage: torch_compat.py KILN_BINARY SOURCE_DIR
 """
@@ -20,6 +25,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import torch
 import torch.nn as nn
@@ -435,6 +441,102 @@ def check_optimizers(tmp):
             close(f"{block[12:40]} {runtime[:3]} b", got["b"], b.detach(), 1e-10, 1e-12)
 
 
+L = torch.optim.lr_scheduler
+
+
+def warmup_then(opt, n, then):
+    """warmup = n before a schedule: LinearLR(start_factor=1/n, total_iters=n−1), then the
+    schedule from its own epoch 0 (SequentialLR's milestone)."""
+    return L.SequentialLR(opt, [L.LinearLR(opt, start_factor=1 / n, total_iters=n - 1),
+                                then(opt)], milestones=[n])
+
+
+def clip_norm(c):
+    return lambda ps: torch.nn.utils.clip_grad_norm_(ps, c)
+
+
+def clip_value(v):
+    return lambda ps: torch.nn.utils.clip_grad_value_(ps, v)
+
+
+# (kiln train block, torch optimizer factory, gradient clipping or None, scheduler factory or None)
+TRAINING = [
+    ("optimizer = adamw(lr=0.05)", lambda p: torch.optim.AdamW(p, lr=0.05), None, None),
+    ("optimizer = adamw(lr=0.05, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.3)",
+     lambda p: torch.optim.AdamW(p, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.3),
+     None, None),
+    ("optimizer = sgd(lr=0.1, momentum=0.9) clip = norm(0.5)",
+     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), clip_norm(0.5), None),
+    ("optimizer = adam(lr=0.1, weight_decay=0.01) clip = norm(max_norm=2.5)",
+     lambda p: torch.optim.Adam(p, lr=0.1, weight_decay=0.01), clip_norm(2.5), None),
+    ("optimizer = sgd(lr=0.1) clip = value(0.3) regularize = l2(0.2)",
+     lambda p: torch.optim.SGD(p, lr=0.1), clip_value(0.3), None),
+    ("optimizer = sgd(lr=0.1) schedule = step(2, gamma=0.5)",
+     lambda p: torch.optim.SGD(p, lr=0.1), None, lambda o: L.StepLR(o, 2, gamma=0.5)),
+    ("optimizer = sgd(lr=0.1, momentum=0.9) schedule = exponential(0.8)",
+     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), None,
+     lambda o: L.ExponentialLR(o, 0.8)),
+    ("optimizer = adam(lr=0.1) schedule = cosine(4, eta_min=0.01)",
+     lambda p: torch.optim.Adam(p, lr=0.1), None,
+     lambda o: L.CosineAnnealingLR(o, T_max=4, eta_min=0.01)),
+    ("optimizer = sgd(lr=0.1) warmup = 3", lambda p: torch.optim.SGD(p, lr=0.1), None,
+     lambda o: L.LinearLR(o, start_factor=1 / 3, total_iters=2)),
+    ("optimizer = sgd(lr=0.1, momentum=0.9) schedule = cosine(t_max=3) warmup = 2",
+     lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), None,
+     lambda o: warmup_then(o, 2, lambda o: L.CosineAnnealingLR(o, T_max=3))),
+    ("optimizer = adamw(lr=0.05) clip = norm(0.5) schedule = step(1, gamma=0.7) warmup = 2",
+     lambda p: torch.optim.AdamW(p, lr=0.05), clip_norm(0.5),
+     lambda o: warmup_then(o, 2, lambda o: L.StepLR(o, 1, gamma=0.7))),
+]
+
+
+def check_training(tmp):
+    """Six steps of each TRAINING row on loss = mean((x w + b − y)²): w, b and the learning rate
+    after every step, from a resumable checkpoint per step (kiln.hyper.lr holds the step's lr)."""
+    x, y = torch.tensor(OPT_X, dtype=torch.float64), torch.tensor(OPT_Y, dtype=torch.float64)
+    steps = 6
+    for i, (block, make, clip, schedule) in enumerate(TRAINING):
+        w = torch.tensor(OPT_W, dtype=torch.float64, requires_grad=True)
+        b = torch.tensor(OPT_B, dtype=torch.float64, requires_grad=True)
+        opt = make([w, b])
+        with warnings.catch_warnings():  # SequentialLR's step(0) is deprecated API in 1.13
+            warnings.simplefilter("ignore")
+            sched = schedule(opt) if schedule else None
+            want = []
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = ((x @ w + b - y) ** 2).mean()
+                if "l2(0.2)" in block:
+                    loss = loss + 0.2 * l2(w)
+                loss.backward()
+                if clip:
+                    clip([w, b])
+                lr = opt.param_groups[0]["lr"]
+                opt.step()
+                if sched:
+                    sched.step()
+                want.append((w.detach().clone(), b.detach().clone(), lr))
+        model = f"{tmp}/tr{i}.kiln"
+        with open(model, "w") as f:
+            f.write(f"const x: f64[4, 3] = {OPT_X}\nconst y: f64[4, 2] = {OPT_Y}\n"
+                    f"param w: f64[3, 2] = {OPT_W}\nparam b: f64[2] = {OPT_B}\n"
+                    "loss = mean((matmul(x, w) + b - y) ^ 2)\nminimize loss\n"
+                    f"train {{ {block} }}\n")
+        run("check", model)
+        what = block.replace("optimizer = ", "")[:34]
+        for runtime in ("reference", "compiled"):
+            ck = f"{tmp}/tr{i}_{runtime}"
+            run("train", model, "--runtime", runtime, "--epochs", str(steps), "--quiet",
+                "--checkpoint-every=1", f"--keep-checkpoints={steps}", f"--checkpoint-dir={ck}")
+            for step, (tw, tb, tlr) in enumerate(want, 1):
+                got = load_safetensors(f"{ck}/ckpt-e0000-s{step:06d}.safetensors")
+                tag = f"{what} {runtime[:3]} {step}"
+                close(f"{tag} w", got["w"], tw, 1e-10, 1e-12)
+                close(f"{tag} b", got["b"], tb, 1e-10, 1e-12)
+                close(f"{tag} lr", got["kiln.hyper.lr"].reshape(1),
+                      torch.tensor([tlr], dtype=torch.float64), 1e-13, 0)
+
+
 def check_checkpoint(model_name, module, tmp):
     global failures
     model = os.path.join(SRC, "examples", model_name + ".kiln")
@@ -461,6 +563,7 @@ def main():
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         check_optimizers(tmp)
+        check_training(tmp)
         check_elementwise(tmp)
         check_losses(tmp)
         check_conv1d(tmp)

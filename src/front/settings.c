@@ -2,10 +2,11 @@
  * settings.c — the train block: `train { key = value ... }` read into the graph's TrainSpec.
  *
  * The optimizer and its torch.optim arguments (one table, opt_names), regularizers, early
- * stopping, and the batch, epochs, steps, seed and init settings. Values are compile-time
- * numbers read through lower.c's argument helpers (fe_num_arg, fe_bind_args, ...), so a setting
- * is checked, and its errors worded, like a call argument. Nothing here builds graph nodes: the
- * training graph reads the TrainSpec later (xform/train.c).
+ * stopping, gradient clipping, the learning-rate schedule and warm-up, and the batch, epochs,
+ * steps, seed and init settings. Values are compile-time numbers read through lower.c's argument
+ * helpers (fe_num_arg, fe_bind_args, ...), so a setting is checked, and its errors worded, like a
+ * call argument. Nothing here builds graph nodes: the training graph reads the TrainSpec later
+ * (xform/train.c), and the trainer the schedule (ir_settings, runtime/rt_schedule.c).
  */
 #include <math.h>
 #include <string.h>
@@ -24,12 +25,13 @@ typedef struct OptName {
 static const OptName opt_names[] = {
     {"sgd", OPT_SGD, 1, {"lr", "momentum", "dampening", "nesterov", "weight_decay"}},
     {"adam", OPT_ADAM, 0, {"lr", "beta1", "beta2", "eps", "weight_decay"}},
+    {"adamw", OPT_ADAMW, 0, {"lr", "beta1", "beta2", "eps", "weight_decay"}},
     {"adagrad", OPT_ADAGRAD, 0,
      {"lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"}},
     {"rmsprop", OPT_RMSPROP, 0, {"lr", "alpha", "eps", "weight_decay", "momentum", "centered"}},
     {"adadelta", OPT_ADADELTA, 0, {"lr", "rho", "eps", "weight_decay"}},
 };
-#define OPT_LIST "sgd, adam, adagrad, rmsprop or adadelta"
+#define OPT_LIST "sgd, adam, adamw, adagrad, rmsprop or adadelta"
 
 /* A numeric optimizer argument checked against [lo, hi] (hi_open: hi excluded; lo_open: lo
  * excluded), stored through *out when given. */
@@ -83,6 +85,7 @@ static void train_optimizer(Lower *L, TrainSpec *t, const Expr *e) {
   case OPT_ADAGRAD: t->lr = 0.01, t->eps = 1e-10; break;
   case OPT_RMSPROP: t->lr = 0.01, t->eps = 1e-8, t->alpha = 0.99; break;
   case OPT_ADADELTA: t->lr = 1.0, t->eps = 1e-6, t->rho = 0.9; break;
+  case OPT_ADAMW: t->weight_decay = 1e-2; break;
   default: break;
   }
   opt_num(L, n, "lr", a[A_LR], 0, false, INFINITY, false, &t->lr);
@@ -98,6 +101,7 @@ static void train_optimizer(Lower *L, TrainSpec *t, const Expr *e) {
   }
   switch (o->kind) {
   case OPT_ADAM:
+  case OPT_ADAMW:
     opt_num(L, n, "beta1", a[A_X], 0, false, 1, true, &t->beta1);
     opt_num(L, n, "beta2", a[A_Y], 0, false, 1, true, &t->beta2);
     break;
@@ -226,8 +230,69 @@ static void train_groups(Lower *L, TrainSpec *t, const Expr *e) {
   }
 }
 
+/* clip = "norm" "(" max_norm ")" | "value" "(" clip_value ")" */
+static void train_clip(Lower *L, TrainSpec *t, const Expr *e) {
+  static const char *const expect =
+      "expected gradient clipping: norm(max_norm) or value(clip_value)";
+  if (e->kind != EX_CALL && e->kind != EX_NAME)
+    kiln_fail(e->loc, "%s", expect);
+  bool norm = !strcmp(e->name, "norm");
+  if (!norm && strcmp(e->name, "value"))
+    kiln_fail(e->loc, "unknown gradient clipping '%s'; %s", e->name, expect);
+  const char *param = norm ? "max_norm" : "clip_value";
+  if (e->kind == EX_NAME)
+    kiln_fail(e->loc, "%s needs its argument: write %s(%s)", e->name, e->name, param);
+  Expr *a[1];
+  fe_bind_args(e->name, &param, 1, 1, e, a);
+  t->clip = norm ? CLIP_NORM : CLIP_VALUE;
+  opt_num(L, e->name, param, a[0], 0, true, INFINITY, false, &t->clip_at);
+}
+
+/* schedule = "step" "(" step_size ["," gamma] ")" | "exponential" "(" gamma ")"
+ *          | "cosine" "(" t_max ["," eta_min] ")"
+ * torch.optim.lr_scheduler's StepLR, ExponentialLR and CosineAnnealingLR, counted in epochs. */
+static void train_schedule(Lower *L, TrainSpec *t, const Expr *e) {
+  static const char *const expect = "expected a learning-rate schedule: step(step_size, "
+                                    "gamma=0.1), exponential(gamma) or cosine(t_max, eta_min=0)";
+  static const struct {
+    const char *name, *signature;
+    int kind;
+    const char *params[2];
+  } schedules[] = {{"step", "step(step_size, gamma=0.1)", KILN_LR_STEP, {"step_size", "gamma"}},
+                   {"exponential", "exponential(gamma)", KILN_LR_EXPONENTIAL, {"gamma", NULL}},
+                   {"cosine", "cosine(t_max, eta_min=0)", KILN_LR_COSINE, {"t_max", "eta_min"}}};
+  if (e->kind != EX_CALL && e->kind != EX_NAME)
+    kiln_fail(e->loc, "%s", expect);
+  size_t k = 0, n = sizeof schedules / sizeof *schedules;
+  while (k < n && strcmp(schedules[k].name, e->name))
+    k++;
+  if (k == n)
+    kiln_fail(e->loc, "unknown learning-rate schedule '%s'; %s", e->name, expect);
+  const char *name = schedules[k].name;
+  if (e->kind == EX_NAME)
+    kiln_fail(e->loc, "%s needs arguments: write %s", name, schedules[k].signature);
+  Expr *a[2] = {0};
+  fe_bind_args(name, schedules[k].params, schedules[k].params[1] ? 2 : 1, 1, e, a);
+  t->schedule = schedules[k].kind;
+  switch (t->schedule) {
+  case KILN_LR_STEP:
+    t->step_size = fe_int_arg(L, a[0], 1, INT32_MAX, "step: 'step_size'");
+    t->gamma = 0.1;
+    opt_num(L, name, "gamma", a[1], 0, true, INFINITY, false, &t->gamma);
+    break;
+  case KILN_LR_EXPONENTIAL:
+    opt_num(L, name, "gamma", a[0], 0, true, INFINITY, false, &t->gamma);
+    break;
+  case KILN_LR_COSINE:
+    t->t_max = fe_int_arg(L, a[0], 1, INT32_MAX, "cosine: 't_max'");
+    opt_num(L, name, "eta_min", a[1], 0, false, INFINITY, false, &t->eta_min);
+    break;
+  }
+}
+
 static const char *const train_keys[] = {"optimizer", "batch", "epochs", "steps", "seed", "init",
-                                         "regularize", "early_stop", "freeze", "param_groups"};
+                                         "regularize", "early_stop", "freeze", "param_groups",
+                                         "clip", "schedule", "warmup"};
 
 NnInit fe_read_train(Lower *L, const Stmt *s, TrainSpec *t) {
   NnInit init = {NN_INIT_DEFAULT, 0};
@@ -282,9 +347,19 @@ NnInit fe_read_train(Lower *L, const Stmt *s, TrainSpec *t) {
     case 9:
       train_groups(L, t, st->value);
       break;
+    case 10:
+      train_clip(L, t, st->value);
+      break;
+    case 11:
+      train_schedule(L, t, st->value);
+      break;
+    case 12:
+      t->warmup = fe_int_arg(L, st->value, 0, INT32_MAX, what);
+      break;
     default:
       kiln_fail(st->loc, "unknown train setting '%s'; expected optimizer, batch, epochs, steps, "
-                         "seed, init, regularize, early_stop, freeze or param_groups", st->key);
+                         "seed, init, regularize, early_stop, freeze, param_groups, clip, "
+                         "schedule or warmup", st->key);
     }
   }
   return init;

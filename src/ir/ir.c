@@ -51,7 +51,22 @@ void ir_settings(const Graph *g, IrSettings *o) {
   setting(o, "steps", "%" PRId64, t->steps);
   setting(o, "seed", "%" PRIu64, t->seed);
   setting(o, "patience", "%d", t->patience);
-  setting(o, "lsuv", "%d", t->lsuv ? 1 : 0);
+  if (t->lsuv)
+    setting(o, "lsuv", "%d", 1);
+  /* The learning-rate schedule only when there is one, so other programs keep their table.
+   * %.17g gives back the same double through strtod. */
+  if (t->schedule != KILN_LR_CONSTANT)
+    setting(o, "lr_schedule", "%d", t->schedule);
+  if (t->schedule == KILN_LR_STEP)
+    setting(o, "lr_step_size", "%" PRId64, t->step_size);
+  if (t->schedule == KILN_LR_STEP || t->schedule == KILN_LR_EXPONENTIAL)
+    setting(o, "lr_gamma", "%.17g", t->gamma);
+  if (t->schedule == KILN_LR_COSINE) {
+    setting(o, "lr_t_max", "%" PRId64, t->t_max);
+    setting(o, "lr_eta_min", "%.17g", t->eta_min);
+  }
+  if (t->warmup > 0)
+    setting(o, "lr_warmup", "%" PRId64, t->warmup);
 }
 
 Graph *ir_new(const char *name) {

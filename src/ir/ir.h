@@ -140,7 +140,12 @@ typedef struct Entry {
   int nupdates, capupdates;
 } Entry;
 
-typedef enum OptKind { OPT_SGD, OPT_ADAM, OPT_ADAGRAD, OPT_RMSPROP, OPT_ADADELTA } OptKind;
+typedef enum OptKind {
+  OPT_SGD, OPT_ADAM, OPT_ADAGRAD, OPT_RMSPROP, OPT_ADADELTA, OPT_ADAMW
+} OptKind;
+
+/* Gradient clipping before the optimizer: torch.nn.utils.clip_grad_norm_ / clip_grad_value_. */
+typedef enum ClipKind { CLIP_NONE, CLIP_NORM, CLIP_VALUE } ClipKind;
 
 /* The model file's train block. */
 /* Layer or parameter names as the train block gives them (a layer name stands for its
@@ -171,6 +176,14 @@ typedef struct TrainSpec {
    * vector onto the ball of that radius after every update. */
   double reg_l1, reg_l2, max_norm;
   int patience;       /* early stopping: epochs without a better test loss; 0 = off */
+  ClipKind clip;
+  double clip_at;     /* clip_grad_norm_'s max_norm or clip_grad_value_'s clip_value */
+  int schedule;       /* KILN_LR_*: the learning-rate schedule the trainer follows per epoch */
+  int64_t step_size;  /* KILN_LR_STEP */
+  double gamma;       /* KILN_LR_STEP, KILN_LR_EXPONENTIAL */
+  int64_t t_max;      /* KILN_LR_COSINE */
+  double eta_min;     /* KILN_LR_COSINE */
+  int64_t warmup;     /* epochs of linear warm-up before the schedule; 0 = none */
   int64_t batch;      /* 0: not given */
   int epochs;
   int64_t steps;      /* full-batch updates for in-file data */
@@ -289,10 +302,10 @@ extern const char *const entry_names[ENTRY_COUNT];      /* "train", "eval", "gra
 
 /* The train block's defaults as the ABI's settings (kiln_abi.h): keys with numbers as text, in
  * the caller's storage (no allocation, so it cannot fail). */
-#define IR_MAX_SETTINGS 8
+#define IR_MAX_SETTINGS 16
 typedef struct IrSettings {
   kiln_setting s[IR_MAX_SETTINGS];
-  char text[IR_MAX_SETTINGS][24];
+  char text[IR_MAX_SETTINGS][32];
   int n;
 } IrSettings;
 void ir_settings(const Graph *g, IrSettings *out);

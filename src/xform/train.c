@@ -12,6 +12,9 @@
  * accumulate or all-reduce them in between. The optimizer is built twice, once from the
  * gradient nodes and once from the GRAD leaves; hash-consing shares everything else, and both
  * entries compute every value the same way, so grad then apply is bit-identical to train.
+ * Gradient clipping is the optimizer's first step, so apply clips the gradients the host left
+ * (the all-reduced total, not each part). The learning-rate schedule is not in the graph: the
+ * trainer writes each epoch's rate into the "lr" leaf (runtime/rt_schedule.c).
  *
  * On demand (kiln jvp / kiln hvp), the grad entry also gets directional derivatives: tangent
  * inputs per parameter and forward-mode nodes (ad_forward.c) over the loss, the output or the
@@ -160,12 +163,12 @@ static void update_sgd(OptCtx *c, int p, int grad) {
   upd(c, p, sub(c, p, mul(c, c->lr, grad)));
 }
 
-/* torch.optim.Adam: m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;
- * p −= lr/(1−β1^t) · m / (sqrt(v)/sqrt(1−β2^t) + ε). */
-static void update_adam(OptCtx *c, int p, int grad) {
+/* Adam's step of parameter p from the value `from` (p itself, or AdamW's decayed p):
+ * m = β1·m + (1−β1)·g; v = β2·v + (1−β2)·g²;
+ * p = from − lr/(1−β1^t) · m / (sqrt(v)/sqrt(1−β2^t) + ε). */
+static void adam_step(OptCtx *c, int p, int from, int grad) {
   const TrainSpec *ts = c->ts;
   Graph *g = c->g;
-  grad = decayed(c, p, grad);
   int m = opt_state(g, p, "exp_avg"), v = opt_state(g, p, "exp_avg_sq");
   int nm = ema(c, ts->beta1, m, grad);
   int nv = ema(c, ts->beta2, v, mul(c, grad, grad));
@@ -176,7 +179,18 @@ static void update_adam(OptCtx *c, int p, int grad) {
                   k(c, ts->eps));
   upd(c, m, nm);
   upd(c, v, nv);
-  upd(c, p, sub(c, p, mul(c, step_size, dvd(c, nm, denom))));
+  upd(c, p, sub(c, from, mul(c, step_size, dvd(c, nm, denom))));
+}
+
+/* torch.optim.Adam: the L2 weight decay enters the gradient, then Adam's step. */
+static void update_adam(OptCtx *c, int p, int grad) { adam_step(c, p, p, decayed(c, p, grad)); }
+
+/* torch.optim.AdamW (1.13's order): p ← p·(1 − lr·wd), i.e. p − lr·wd·p rounded as torch's
+ * mul_ does, then Adam's step from the decayed p with the undecayed gradient. */
+static void update_adamw(OptCtx *c, int p, int grad) {
+  double wd = c->ts->weight_decay;
+  int from = wd != 0 ? mul(c, p, sub(c, k(c, 1), mul(c, c->lr, k(c, wd)))) : p;
+  adam_step(c, p, from, grad);
 }
 
 /* torch.optim.Adagrad: g += wd·p; clr = lr / (1 + (t−1)·lr_decay); sum += g²;
@@ -285,17 +299,69 @@ static int project_max_norm(OptCtx *c, int p, int updated) {
   return mul(c, updated, dvd(c, cap, add(c, cap, excess)));
 }
 
-/* The optimizer's updates into entry e, from grads[i], the gradient of the i-th parameter. Built
- * once from the gradient nodes (train) and once from the GRAD leaves (apply): the second time the
- * optimizer's leaves are found by name and hash-consing returns every node that does not read a
- * gradient, so both entries compute each value with the same nodes. */
+/* The smaller of a and b through the MAXIMUM primitive, −max(−a, −b) (negation is exact), as
+ * nn_minimum builds it; the optimizer is never differentiated, so the tie share is moot. */
+static int minimum(OptCtx *c, int a, int b) {
+  Graph *g = c->g;
+  Attr at = {0};
+  int in[2] = {ir_unary(g, OP_NEG, a, c->loc), ir_unary(g, OP_NEG, b, c->loc)};
+  return ir_unary(g, OP_NEG, ir_node(g, OP_MAXIMUM, 2, in, &at, c->loc), c->loc);
+}
+
+static int maximum(OptCtx *c, int a, int b) {
+  Attr at = {0};
+  int in[2] = {a, b};
+  return ir_node(c->g, OP_MAXIMUM, 2, in, &at, c->loc);
+}
+
+/* Gradient clipping, into clipped[i] from grads[i] (the gradients the optimizer is built from,
+ * so apply clips what the host left in the GRAD leaves, e.g. all-reduced gradients):
+ * - norm: torch.nn.utils.clip_grad_norm_ (1.13): total = ‖(‖g_1‖, ..., ‖g_n‖)‖ over every
+ *   parameter's gradient, coef = min(max_norm / (total + 1e-6), 1), g_i ← g_i·coef;
+ * - value: clip_grad_value_: g_i ← clamp(g_i, −v, v). */
+static void clip_gradients(OptCtx *c, const int *grads, int *clipped) {
+  Graph *g = c->g;
+  double at = c->ts->clip_at;
+  if (c->ts->clip == CLIP_VALUE) {
+    for (int i = 0; i < g->nparams; i++)
+      clipped[i] = grads[i] < 0 ? -1 : minimum(c, maximum(c, grads[i], k(c, -at)), k(c, at));
+    return;
+  }
+  int total = -1; /* Σ‖g_i‖² over the parameters that train (frozen ones have none), then its
+                     square root */
+  for (int i = 0; i < g->nparams; i++) {
+    if (grads[i] < 0) continue;
+    int rank = ir_at(g, grads[i])->shape.rank, sq = mul(c, grads[i], grads[i]);
+    if (rank > 0)
+      sq = ir_reduce(g, OP_SUM, sq, (1u << rank) - 1, false, c->loc);
+    int norm = ir_unary(g, OP_SQRT, sq, c->loc);
+    total = total < 0 ? mul(c, norm, norm) : add(c, total, mul(c, norm, norm));
+  }
+  total = ir_unary(g, OP_SQRT, total, c->loc);
+  int coef = minimum(c, dvd(c, k(c, at), add(c, total, k(c, 1e-6))), k(c, 1));
+  for (int i = 0; i < g->nparams; i++)
+    clipped[i] = grads[i] < 0 ? -1 : mul(c, grads[i], coef);
+}
+
+/* The optimizer's updates into entry e, from grads[i], the gradient of the i-th parameter
+ * (clipped first when the train block says so). Built once from the gradient nodes (train) and
+ * once from the GRAD leaves (apply): the second time the optimizer's leaves are found by name and
+ * hash-consing returns every node that does not read a gradient, so both entries compute each
+ * value with the same nodes. */
 static void optimizer_step(OptCtx *c, EntryKind e, const int *grads) {
   Graph *g = c->g;
   const TrainSpec *ts = c->ts;
   c->entry = e;
+  if (ts->clip != CLIP_NONE) {
+    int *clipped = pool_alloc(g->pool, (size_t)g->nparams * sizeof(int));
+    clip_gradients(c, grads, clipped);
+    grads = clipped;
+  }
   c->lr = scalar_state(g, ROLE_HYPER, "lr", "the learning rate, which the trainer sets", c->dt, ts->lr, ts->loc);
-  if (ts->optimizer == OPT_ADAM) {
-    int t = scalar_state(g, ROLE_OPT, "adam.step", "Adam's step count", c->dt, 0, ts->loc);
+  if (ts->optimizer == OPT_ADAM || ts->optimizer == OPT_ADAMW) {
+    bool w = ts->optimizer == OPT_ADAMW;
+    int t = scalar_state(g, ROLE_OPT, w ? "adamw.step" : "adam.step",
+                         w ? "AdamW's step count" : "Adam's step count", c->dt, 0, ts->loc);
     c->step = add(c, t, k(c, 1));
     upd(c, t, c->step);
   } else if (ts->optimizer == OPT_ADAGRAD && ts->lr_decay != 0) {
@@ -309,7 +375,8 @@ static void optimizer_step(OptCtx *c, EntryKind e, const int *grads) {
   }
   static void (*const updates[])(OptCtx *, int, int) = {
       [OPT_SGD] = update_sgd, [OPT_ADAM] = update_adam, [OPT_ADAGRAD] = update_adagrad,
-      [OPT_RMSPROP] = update_rmsprop, [OPT_ADADELTA] = update_adadelta};
+      [OPT_RMSPROP] = update_rmsprop, [OPT_ADADELTA] = update_adadelta,
+      [OPT_ADAMW] = update_adamw};
   int lr = c->lr;
   for (int i = 0; i < g->nparams; i++) {
     if (grads[i] < 0) continue; /* frozen */

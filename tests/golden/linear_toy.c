@@ -39,8 +39,13 @@
  *
  * Settings are the model's training defaults, each value a number printed by kiln: "epochs",
  * "steps" (full-batch updates for models whose data is in the file), "seed" and "patience"
- * (early stopping after this many epochs without a better test loss; 0 = off). A driver ignores
- * keys it does not know.
+ * (early stopping after this many epochs without a better test loss; 0 = off). A model with a
+ * learning-rate schedule adds "lr_schedule" (KILN_LR_*) and its arguments, "lr_step_size" and
+ * "lr_gamma" (step), "lr_gamma" (exponential), "lr_t_max" and "lr_eta_min" (cosine), and one
+ * with a warm-up "lr_warmup" (epochs); the driver sets the hyper-parameter "lr" before each
+ * epoch. "lsuv" = 1 asks the driver to scale each layer's weight to unit output variance on a
+ * training batch before the first step (the eval outputs "lsuv.<weight>" are the layers'
+ * outputs). A driver ignores keys it does not know.
  */
 #ifndef KILN_ABI_H
 #define KILN_ABI_H
@@ -84,6 +89,10 @@ enum {
   KILN_INIT_ORTHOGONAL = 12     /* a times a matrix [dims[0], rest] with orthonormal rows or
                                    columns, from the QR of a Gaussian one (orthogonal_) */
 };
+
+/* Learning-rate schedules, the "lr_schedule" setting: torch.optim.lr_scheduler's StepLR,
+ * ExponentialLR and CosineAnnealingLR, stepped once per epoch. */
+enum { KILN_LR_CONSTANT = 0, KILN_LR_STEP = 1, KILN_LR_EXPONENTIAL = 2, KILN_LR_COSINE = 3 };
 
 typedef struct kiln_tensor {
   const char *name;      /* PyTorch-style name: "fc1.weight", "image", "loss", "grad.fc1.weight" */
@@ -542,12 +551,11 @@ static const kiln_entry kiln_entries[4] = {
   {"grad", kiln_grad},
   {"apply", kiln_apply},
 };
-static const kiln_setting kiln_settings[5] = {
+static const kiln_setting kiln_settings[4] = {
   {"epochs", "1"},
   {"steps", "15"},
   {"seed", "1"},
   {"patience", "0"},
-  {"lsuv", "0"},
 };
 
 const kiln_program kiln_program_desc = {
@@ -560,7 +568,7 @@ const kiln_program kiln_program_desc = {
   .tensors = kiln_tensors,
   .nentries = 4,
   .entries = kiln_entries,
-  .nsettings = 5,
+  .nsettings = 4,
   .settings = kiln_settings,
   .nsites = 23,
   .sites = kiln_sites,
