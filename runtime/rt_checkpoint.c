@@ -382,3 +382,178 @@ int rt_load_checkpoint(RtBackend *be, const char *path, char *err) {
 int rt_read_checkpoint(RtBackend *be, const char *path, RtResume *rs, char *err) {
   return load(be, path, rs, err);
 }
+
+/* ---- --init-from: some parameters from another model's file ---- */
+
+/* The name a file's tensor takes under map ("features.0=conv1,head=fc2": a prefix of whole
+ * segments replaced; the first rule that applies wins; "head=" leaves those tensors out), into
+ * out (len bytes); which rule applied goes to *rule (-1: none). 0, or -1 when the result does
+ * not fit. */
+static int mapped_name(const char *name, char (*from)[128], char (*to)[128], int nrules,
+                       char *out, size_t len, int *rule) {
+  *rule = -1;
+  for (int r = 0; r < nrules; r++) {
+    size_t n = strlen(from[r]);
+    if (strncmp(name, from[r], n) || (name[n] && name[n] != '.'))
+      continue;
+    *rule = r;
+    return (size_t)snprintf(out, len, "%s%s", to[r], name + n) < len ? 0 : -1;
+  }
+  return (size_t)snprintf(out, len, "%s", name) < len ? 0 : -1;
+}
+
+/* A rule's side: one or more segments [A-Za-z0-9_] joined by '.'. */
+static int map_side_ok(const char *s) {
+  if (!*s || *s == '.')
+    return 0;
+  for (const char *c = s; *c; c++) {
+    int word = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+               *c == '_';
+    if (!word && !(*c == '.' && c[1] && c[1] != '.'))
+      return 0;
+  }
+  return 1;
+}
+
+/* Joins up to four names for a message: "a, b, c and 7 more". */
+static void some_names(char *buf, size_t len, const char *const *names, int n) {
+  size_t used = 0;
+  buf[0] = 0;
+  for (int i = 0; i < n && i < 4 && used < len; i++)
+    used += (size_t)snprintf(buf + used, len - used, "%s%s", i ? ", " : "", names[i]);
+  if (n > 4 && used < len)
+    snprintf(buf + used, len - used, " and %d more", n - 4);
+}
+
+int rt_init_from(RtBackend *be, const char *path, const char *map, unsigned char *loaded,
+                 FILE *report, char *err) {
+  enum { MAX_RULES = 32 };
+  const kiln_program *p = be->prog;
+  char from[MAX_RULES][128], to[MAX_RULES][128];
+  int nrules = 0, rule_used[MAX_RULES] = {0};
+  for (const char *s = map ? map : ""; *s;) {
+    const char *end = strchr(s, ',');
+    size_t n = end ? (size_t)(end - s) : strlen(s);
+    const char *eq = memchr(s, '=', n);
+    if (nrules == MAX_RULES)
+      return rt_errf(err, "--init-map: at most %d renamings", MAX_RULES);
+    if (!eq || (size_t)(eq - s) >= sizeof from[0] || n - (size_t)(eq - s) - 1 >= sizeof to[0])
+      return rt_errf(err, "--init-map: expected FILE_NAME=MODEL_NAME[,...], e.g. "
+                     "features.0=conv1, got '%.*s'", (int)n, s);
+    memcpy(from[nrules], s, (size_t)(eq - s));
+    from[nrules][eq - s] = 0;
+    memcpy(to[nrules], eq + 1, n - (size_t)(eq - s) - 1);
+    to[nrules][n - (size_t)(eq - s) - 1] = 0;
+    if (!map_side_ok(from[nrules]) || (to[nrules][0] && !map_side_ok(to[nrules])))
+      return rt_errf(err, "--init-map: '%.*s' is not NAME=NAME or NAME= (names of letters, "
+                     "digits and '_' joined by '.')", (int)n, s);
+    nrules++;
+    s += n + (end ? 1 : 0);
+  }
+  RtNamedTensor *ts;
+  int n, rc = -1, nload = 0, nunused = 0, nkept = 0;
+  if (rt_safetensors_load(path, &ts, &n, err))
+    return -1;
+  const RtNamedTensor **match = calloc((size_t)p->ntensors + 1, sizeof *match);
+  const char **unused = calloc((size_t)n + 1, sizeof *unused);
+  const char **kept = calloc((size_t)p->ntensors + 1, sizeof *kept);
+  const char **got = calloc((size_t)p->ntensors + 1, sizeof *got);
+  if (!match || !unused || !kept || !got) {
+    rt_errf(err, "%s: out of memory", path);
+    goto done;
+  }
+  for (int k = 0; k < n; k++) {
+    if (!strncmp(ts[k].name, "kiln.", 5))
+      continue; /* a resumable checkpoint's optimizer state and position */
+    char name[512];
+    int rule;
+    if (mapped_name(ts[k].name, from, to, nrules, name, sizeof name, &rule)) {
+      rt_errf(err, "--init-map: the name '%s' gets too long", ts[k].name);
+      goto done;
+    }
+    if (rule >= 0)
+      rule_used[rule] = 1;
+    if (rule >= 0 && !to[rule][0]) { /* NAME=: left out on purpose */
+      unused[nunused++] = ts[k].name;
+      continue;
+    }
+    int i = rt_find_tensor(p, name);
+    if (i < 0 || !rt_saved(&p->tensors[i])) {
+      unused[nunused++] = ts[k].name;
+      continue;
+    }
+    const kiln_tensor *t = &p->tensors[i];
+    int same = ts[k].rank == t->rank;
+    for (int d = 0; same && d < t->rank; d++)
+      same = ts[k].dims[d] == t->dims[d];
+    if (!same) {
+      char want[128], have[128];
+      rt_format_dims(want, sizeof want, t->rank, t->dims);
+      rt_format_dims(have, sizeof have, ts[k].rank, ts[k].dims);
+      rt_errf(err, "%s: tensor '%s'%s%s%s has shape %s, but the model's '%s' has shape %s", path,
+              ts[k].name, rule >= 0 ? " (as '" : "", rule >= 0 ? name : "", rule >= 0 ? "')" : "",
+              have, t->name, want);
+      goto done;
+    }
+    if (match[i]) {
+      rt_errf(err, "%s: both '%s' and '%s' would initialise the model's '%s'", path,
+              match[i]->name, ts[k].name, t->name);
+      goto done;
+    }
+    if (check_finite(&ts[k], path, err))
+      goto done;
+    match[i] = &ts[k];
+  }
+  for (int r = 0; r < nrules; r++)
+    if (!rule_used[r]) {
+      rt_errf(err, "--init-map: no tensor in %s starts with '%s'", path, from[r]);
+      goto done;
+    }
+  for (int i = 0; i < p->ntensors; i++) {
+    if (match[i])
+      got[nload++] = p->tensors[i].name;
+    else if (p->tensors[i].role == KILN_ROLE_PARAM)
+      kept[nkept++] = p->tensors[i].name;
+  }
+  if (nload == 0) {
+    char file_names[512], model_names[512];
+    some_names(file_names, sizeof file_names, unused, nunused);
+    const char *params[4];
+    int np = 0;
+    for (int i = 0; i < p->ntensors && np < 4; i++)
+      if (p->tensors[i].role == KILN_ROLE_PARAM)
+        params[np++] = p->tensors[i].name;
+    some_names(model_names, sizeof model_names, params, np);
+    rt_errf(err, "%s: none of its tensors (%s) is a parameter of the model (%s, ...); "
+            "--init-map renames them", path, file_names, model_names);
+    goto done;
+  }
+  for (int i = 0; i < p->ntensors; i++)
+    if (match[i]) {
+      be->write(be->self, i, match[i]->values, rt_numel(&p->tensors[i], p->batch));
+      if (loaded)
+        loaded[i] = 1;
+    }
+  if (report) {
+    char a[512], b[512], c[512];
+    some_names(a, sizeof a, got, nload);
+    some_names(b, sizeof b, kept, nkept);
+    some_names(c, sizeof c, unused, nunused);
+    fprintf(report, "init-from %s: %d tensor%s loaded (%s)", path, nload, nload == 1 ? "" : "s",
+            a);
+    if (nkept)
+      fprintf(report, "; %d parameter%s keep their initialisation (%s)", nkept,
+              nkept == 1 ? "" : "s", b);
+    if (nunused)
+      fprintf(report, "; %d in the file unused (%s)", nunused, c);
+    fprintf(report, "\n");
+  }
+  rc = 0;
+done:
+  free(match);
+  free(unused);
+  free(kept);
+  free(got);
+  rt_safetensors_free(ts, n);
+  return rc;
+}

@@ -78,6 +78,12 @@ static void usage(FILE *f, const char *name) {
           "                      (DIR/test00000_c0.pgm; values in [0, 1] map to 0..255, the\n"
           "                      rest are clamped)\n"
           "  --images-count N    how many test examples --images writes (default 16)\n"
+          "  --init-from FILE    start from the tensors of FILE (safetensors) that the model has,\n"
+          "                      by name; the others keep their initialisation (transfer\n"
+          "                      learning; with 'freeze' in the model, fine-tuning)\n"
+          "  --init-map MAP      rename FILE's tensors first: FILE_NAME=MODEL_NAME[,...], whole\n"
+          "                      name segments, e.g. features.0=conv1,classifier=fc2; NAME=\n"
+          "                      leaves NAME's tensors out (a layer of another shape)\n"
           "  --limit-train N     use only the first N training examples\n"
           "  --limit-test N      use only the first N test examples\n"
           "  --validation N      hold out N training examples (a fraction, when below 1) as a\n"
@@ -138,7 +144,8 @@ static const char *const value_options[] = {"--data", "--epochs", "--lr", "--see
                                             "--resume", "--checkpoint-every",
                                             "--checkpoint-dir", "--keep-checkpoints",
                                             "--validation", "--max-memory", "--normalize",
-                                            "--augment", "--images", "--images-count"};
+                                            "--augment", "--images", "--images-count",
+                                            "--init-from", "--init-map"};
 enum { NVALUE_OPTIONS = sizeof value_options / sizeof *value_options };
 
 int rt_option_takes_value(const char *arg) {
@@ -291,6 +298,8 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
         return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
       o->images_count = n;
       break;
+    case 21: o->init_from = val; break;
+    case 22: o->init_map = val; break;
     }
   }
   return 0;
@@ -459,6 +468,7 @@ typedef struct Run {
   int64_t chw[3];
   double *pixel_mean, *pixel_std;
   double *norm_mean, *norm_std, *scratch;
+  unsigned char *loaded;  /* --init-from: per tensor, whether the file set it (NULL: none did) */
   RtSchedule schedule;
   int lr_t;           /* the hyper-parameter "lr", or -1 */
   double base_lr;     /* --lr, else the model's: what the schedule starts from */
@@ -712,6 +722,8 @@ static int lsuv_init(Run *r, const RtDataset *train, const int64_t *idx, int64_t
     if (w < 0)
       return rt_errf(r->err, "init = lsuv: no weight '%s' for the layer output '%s'",
                      t->name + 5, t->name);
+    if (r->loaded && r->loaded[w])
+      continue; /* --init-from set it: a pre-trained layer keeps its scale */
     int64_t ny = rt_numel(t, b), nw = rt_numel(&p->tensors[w], p->batch);
     double var = NAN;
     int tries = 0;
@@ -1689,6 +1701,23 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   }
   if (o->load_path && rt_load_checkpoint(be, o->load_path, r.err))
     goto done;
+  if (o->init_map && !o->init_from) {
+    rt_errf(r.err, "--init-map renames the tensors of --init-from FILE, which is missing");
+    goto done;
+  }
+  if (o->init_from && (o->load_path || o->resume_path)) {
+    rt_errf(r.err, "--init-from and %s exclude each other: %s sets every parameter", o->load_path
+            ? "--load" : "--resume", o->load_path ? "--load" : "--resume");
+    goto done;
+  }
+  if (o->init_from) {
+    if (!(r.loaded = calloc((size_t)p->ntensors + 1, 1))) {
+      rt_errf(r.err, "out of memory");
+      goto done;
+    }
+    if (rt_init_from(be, o->init_from, o->init_map, r.loaded, o->quiet ? NULL : stderr, r.err))
+      goto done;
+  }
   if (check_output(&r, o->save_path, "--save") ||
       check_output(&r, o->metrics_path, "--metrics") ||
       (o->checkpoint_every > 0 && prepare_checkpoint_dir(&r)) ||
@@ -1728,6 +1757,7 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   }
 done:
   free(r.buf);
+  free(r.loaded);
   if (rc > 0)
     return rc; /* stopped by a signal, and said so */
   if (rc) {

@@ -286,6 +286,8 @@ typedef struct RtOptions {
   int have_seed; uint64_t seed;
   const char *save_path;  /* safetensors checkpoint, or NULL */
   const char *load_path;  /* start from these parameters, or NULL */
+  const char *init_from;  /* start from the tensors of this file the model has (by name), or NULL */
+  const char *init_map;   /* renamings for init_from: "FILE_NAME=MODEL_NAME,...", or NULL */
   const char *metrics_path; /* CSV, or NULL */
   const char *images_dir; /* write the output on test examples as PGM files here, or NULL */
   int64_t images_count;   /* how many test examples --images writes (16) */
@@ -396,6 +398,14 @@ uint64_t rt_program_fingerprint(const kiln_program *p);
  * checkpoint's "kiln." entries. */
 int rt_save_checkpoint(RtBackend *be, const char *path, char *err);
 int rt_load_checkpoint(RtBackend *be, const char *path, char *err);
+/* --init-from: the tensors of a parameter file (or checkpoint) that the model has, by name after
+ * map's renamings ("features.0=conv1,head=fc2", whole-segment prefixes; "head=" leaves a
+ * prefix's tensors out; NULL: none), others
+ * left as they are: transfer learning. Shapes must match; at least one tensor must load; every
+ * rule must apply to some name. loaded[i] (when not NULL) is set for each tensor written. A line
+ * on report (when not NULL) says what was loaded, kept and unused. */
+int rt_init_from(RtBackend *be, const char *path, const char *map, unsigned char *loaded,
+                 FILE *report, char *err);
 /* Resumable checkpoints: rs == NULL writes a parameter file. Reading fills rs (best_vals is
  * malloc'd) after checking the file was written by this program and by a run with
  * rs->options, which the caller sets. */

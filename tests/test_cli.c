@@ -463,6 +463,85 @@ START_TEST(lsuv_scales_every_layer) {
 }
 END_TEST
 
+/* Transfer learning: a network pre-trained and saved, then a new one whose first layer has
+ * another name and whose head has another shape starts from the file (--init-from, renaming
+ * with --init-map, leaving the old head out) and freezes that layer: it ends exactly as loaded,
+ * the rest trains. */
+START_TEST(init_from_and_freeze) {
+  char pre[300], post[300], src[300], dst[300], cmd[2048], *out, *err;
+  snprintf(pre, sizeof pre, "%s/pre.safetensors", tmpdir);
+  snprintf(post, sizeof post, "%s/post.safetensors", tmpdir);
+  snprintf(src, sizeof src, "%s/pre.kiln", tmpdir);
+  snprintf(dst, sizeof dst, "%s/post.kiln", tmpdir);
+  const char *head = "input image: f32[B, 1, 28, 28] from images / 255\n"
+                     "input label: i32[B] from labels\n";
+  FILE *f = fopen(src, "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f, "%sh = relu(conv2d(image, out=4, kernel=5, stride=3) as conv1)\n"
+             "logits = linear(flatten(h), out=10) as fc\nloss = cross_entropy(logits, label)\n"
+             "output logits\nminimize loss\ntrain { batch = 50 }\n", head);
+  fclose(f);
+  f = fopen(dst, "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f, "%sh = relu(conv2d(image, out=4, kernel=5, stride=3) as features)\n"
+             "h = relu(linear(flatten(h), out=20) as fc)\n"
+             "logits = linear(h, out=10) as head\nloss = cross_entropy(logits, label)\n"
+             "output logits\nminimize loss\ntrain { batch = 50  freeze = features }\n", head);
+  fclose(f);
+  const char *slice = "--data " DATA " --epochs 1 --limit-train 500 --limit-test 100";
+  snprintf(cmd, sizeof cmd, KILN " train '%s' %s --save '%s' --quiet", src, slice, pre);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  free(out), free(err);
+  /* the old head has another shape: an error naming both, until it is left out */
+  snprintf(cmd, sizeof cmd, KILN " train '%s' %s --init-from '%s' --init-map conv1=features",
+           dst, slice, pre);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  ck_assert_msg(strstr(err, "pre.safetensors: tensor 'fc.weight' has shape [10, 256], but the "
+                            "model's 'fc.weight' has shape [20, 256]"), "%s", err);
+  free(out), free(err);
+  snprintf(cmd, sizeof cmd, KILN " train '%s' %s --init-from '%s' --init-map conv1=features,fc= "
+           "--save '%s'", dst, slice, pre, post);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  ck_assert_msg(strstr(err, "pre.safetensors: 2 tensors loaded (features.weight, features.bias); "
+                            "4 parameters keep their initialisation (fc.weight, fc.bias, "
+                            "head.weight, head.bias); 2 in the file unused (fc.weight, fc.bias)"),
+                "%s", err);
+  free(out), free(err);
+  RtNamedTensor *a, *b;
+  int na, nb;
+  char e[RT_ERR_LEN];
+  ck_assert_int_eq(rt_safetensors_load(pre, &a, &na, e), 0);
+  ck_assert_int_eq(rt_safetensors_load(post, &b, &nb, e), 0);
+  int same = 0;
+  for (int i = 0; i < na; i++)
+    for (int j = 0; j < nb; j++) {
+      bool renamed = !strncmp(a[i].name, "conv1.", 6) && !strncmp(b[j].name, "features.", 9) &&
+                     !strcmp(a[i].name + 6, b[j].name + 9);
+      if (!renamed)
+        continue;
+      int64_t n = 1;
+      for (int d = 0; d < a[i].rank; d++) n *= a[i].dims[d];
+      ck_assert_msg(!memcmp(a[i].values, b[j].values, (size_t)n * sizeof(double)),
+                    "frozen %s changed", b[j].name);
+      same++;
+    }
+  ck_assert_int_eq(same, 2);
+  rt_safetensors_free(a, na);
+  rt_safetensors_free(b, nb);
+  /* a renaming that applies to nothing, and --init-map alone */
+  snprintf(cmd, sizeof cmd, KILN " train '%s' %s --init-from '%s' --init-map conv9=features,fc=",
+           dst, slice, pre);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  ck_assert_msg(strstr(err, "--init-map: no tensor in "), "%s", err);
+  free(out), free(err);
+  snprintf(cmd, sizeof cmd, KILN " train '%s' %s --init-map conv1=features", dst, slice);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  ck_assert_msg(strstr(err, "--init-map renames the tensors of --init-from FILE, which is "
+                            "missing"), "%s", err);
+  free(out), free(err);
+}
+END_TEST
+
 /* --images refuses a model whose output is not a picture, before training. */
 START_TEST(images_need_a_picture) {
   char cmd[1024], *out, *err;
@@ -1233,6 +1312,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, filters_example);
   tcase_add_test(tc, images_need_a_picture);
   tcase_add_test(tc, lsuv_scales_every_layer);
+  tcase_add_test(tc, init_from_and_freeze);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);
