@@ -704,6 +704,19 @@ static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n
   return 0;
 }
 
+/* A directory the run writes into (option names it in messages): made when missing, and
+ * checked to be a writable directory before anything is computed. */
+static int output_dir(Run *r, const char *dir, const char *option) {
+  struct stat st;
+  if (mkdir(dir, 0777) && errno != EEXIST)
+    return rt_errf(r->err, "%s %s: cannot create it: %s", option, dir, strerror(errno));
+  if (stat(dir, &st) || !S_ISDIR(st.st_mode))
+    return rt_errf(r->err, "%s %s: not a directory", option, dir);
+  if (access(dir, W_OK | X_OK))
+    return rt_errf(r->err, "%s %s: cannot write in it: %s", option, dir, strerror(errno));
+  return 0;
+}
+
 /* init = lsuv (Mishkin and Matas; seed 002, 5.1.7): the weights start orthogonal; then, from the
  * first layer to the last, the layer's output on one training batch (the eval entry's
  * "lsuv.<weight>") is measured and its weight scaled by 1/sqrt(variance) until the variance is
@@ -768,14 +781,7 @@ static int prepare_images_dir(Run *r) {
     return rt_errf(r->err, "--images writes pictures of shape [N, H, W] or [N, C, H, W], but the "
                    "model's output has shape %s", dims);
   }
-  struct stat st;
-  if (mkdir(dir, 0777) && errno != EEXIST)
-    return rt_errf(r->err, "--images %s: cannot create it: %s", dir, strerror(errno));
-  if (stat(dir, &st) || !S_ISDIR(st.st_mode))
-    return rt_errf(r->err, "--images %s: not a directory", dir);
-  if (access(dir, W_OK | X_OK))
-    return rt_errf(r->err, "--images %s: cannot write in it: %s", dir, strerror(errno));
-  return 0;
+  return output_dir(r, dir, "--images");
 }
 
 /* The evaluation-mode output on the first examples of the test set, one PGM per example and
@@ -982,13 +988,8 @@ static int checkpoint_name(const char *name, int temp) {
 /* Creates the checkpoint directory if needed and removes what a killed run left half-written. */
 static int prepare_checkpoint_dir(Run *r) {
   const char *dir = r->o->checkpoint_dir;
-  struct stat st;
-  if (mkdir(dir, 0777) && errno != EEXIST)
-    return rt_errf(r->err, "--checkpoint-dir %s: cannot create it: %s", dir, strerror(errno));
-  if (stat(dir, &st) || !S_ISDIR(st.st_mode))
-    return rt_errf(r->err, "--checkpoint-dir %s: not a directory", dir);
-  if (access(dir, W_OK | X_OK))
-    return rt_errf(r->err, "--checkpoint-dir %s: cannot write in it: %s", dir, strerror(errno));
+  if (output_dir(r, dir, "--checkpoint-dir"))
+    return -1;
   DIR *d = opendir(dir);
   struct dirent *e;
   char path[4096];
