@@ -576,7 +576,13 @@ static void check_maxpool(Shape xs, Win w) {
   int x = leaf("x", xs);
   double *v = distinct_values(shape_numel(&xs, (int64_t[]){1}));
   Fill f[1] = {{x, 0, 0, false, v}};
-  gradcheck(op1(OP_MAXPOOL2D, x, &a), f, 1, NULL, 0);
+  int y = op1(OP_MAXPOOL2D, x, &a);
+  gradcheck(y, f, 1, NULL, 0);
+  /* maxpool2d_grad in dy and maxpool2d_pick in t: linear, each the other's adjoint; x fixed */
+  int dy = leaf("dy", ir_at(g, y)->shape), t = leaf("t", xs);
+  Fill fd[1] = {ANY(dy)}, ft[1] = {ANY(t)};
+  gradcheck(op2(OP_MAXPOOL2D_GRAD, x, dy, &a), fd, 1, f, 1);
+  gradcheck(op2(OP_MAXPOOL2D_PICK, x, t, &a), ft, 1, f, 1);
   free(v);
 }
 
@@ -766,10 +772,8 @@ END_TEST
 
 /* Adding an op to ops.def without a VJP rule (or listing it here on purpose) breaks this. */
 START_TEST(every_op_has_a_rule_or_is_exempt) {
-  /* cross_entropy_grad: no second derivatives of the loss. maxpool2d_grad: its adjoint in dy
-   * gathers ddx at each window's maximum, which no op expresses yet (in x it is piecewise
-   * constant), so double backward through max pooling is not supported. */
-  static const Op non_differentiable[] = {OP_CROSS_ENTROPY_GRAD, OP_MAXPOOL2D_GRAD};
+  /* cross_entropy_grad: no second derivatives of the loss. */
+  static const Op non_differentiable[] = {OP_CROSS_ENTROPY_GRAD};
   for (int op = 0; op < OP_COUNT; op++) {
     bool exempt = false;
     for (size_t i = 0; i < sizeof non_differentiable / sizeof *non_differentiable; i++)

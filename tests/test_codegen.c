@@ -803,6 +803,9 @@ START_TEST(pools_and_adjoints) {
   int xs = input("xs", dt, S4(B_(1), C_(k->C), C_(k->H), C_(k->W)));
   out("max_special", ir_node(g, OP_MAXPOOL2D, 1, &xs, &a, L0));
   out("dmax_special", ir_node(g, OP_MAXPOOL2D_GRAD, 2, (int[]){xs, dy}, &a, L0));
+  /* the tangent gather: x's maxima pick t's values, ties and NaNs as the pool decides */
+  out("pick", ir_node(g, OP_MAXPOOL2D_PICK, 2, (int[]){x, xs}, &a, L0));
+  out("pick_tied", ir_node(g, OP_MAXPOOL2D_PICK, 2, (int[]){xt, x}, &a, L0));
   for (int inc = 0; inc < 2; inc++) {
     a.count_include_pad = inc;
     out(inc ? "avg_inc" : "avg_exc", ir_node(g, OP_AVGPOOL2D, 1, &x, &a, L0));

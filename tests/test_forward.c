@@ -415,8 +415,8 @@ START_TEST(jvp_conv2d_groups) {
 }
 END_TEST
 
-/* maxpool2d (non-overlapping windows, with and without padding and a ragged edge), and
- * maxpool2d_grad: linear in dy, zero a.e. in x — also with overlapping windows. */
+/* maxpool2d (any windows: tiling, padded with a ragged edge, overlapping, dilated), and
+ * maxpool2d_grad and maxpool2d_pick: linear in their second input, zero a.e. in x. */
 static void check_maxpool(Shape xs, Win w, bool forward_op) {
   rng_state = 70 + (uint64_t)(xs.d[2].n + w.k[1]);
   Attr a = win_attr(&w);
@@ -428,6 +428,9 @@ static void check_maxpool(Shape xs, Win w, bool forward_op) {
   int dy = leaf("dy", ir_at(g, y)->shape);
   Fill f2[2] = {{x, 0, 0, false, v}, ANY(dy)};
   jvpcheck(op2(OP_MAXPOOL2D_GRAD, x, dy, &a), f2, 2, NULL, 0);
+  int t = leaf("t", xs);
+  Fill f3[2] = {{x, 0, 0, false, v}, ANY(t)};
+  jvpcheck(op2(OP_MAXPOOL2D_PICK, x, t, &a), f3, 2, NULL, 0);
   free(v);
 }
 
@@ -439,8 +442,12 @@ START_TEST(jvp_maxpool2d_ragged_padded) {
   check_maxpool(SHAPE(2, 2, 7, 5), WIN(.k = {2, 3}, .s = {2, 3}, .p = {1, 0, 1, 1}), true);
 }
 END_TEST
-START_TEST(jvp_maxpool2d_grad_overlapping) {
-  check_maxpool(SHAPE(2, 2, 7, 5), WIN(.k = {3, 3}, .s = {2, 2}, .p = {1, 1, 1, 1}), false);
+START_TEST(jvp_maxpool2d_overlapping) {
+  check_maxpool(SHAPE(2, 2, 7, 5), WIN(.k = {3, 3}, .s = {2, 2}, .p = {1, 1, 1, 1}), true);
+}
+END_TEST
+START_TEST(jvp_maxpool2d_dilated_stride1) {
+  check_maxpool(SHAPE(1, 2, 6, 7), WIN(.k = {2, 3}, .s = {1, 1}, .d = {2, 1}), true);
 }
 END_TEST
 
@@ -716,33 +723,20 @@ END_TEST
 
 /* ---- structure ---- */
 
-static const char *forward_error(int y, int wrt) {
-  static char msg[4096];
-  int t = ir_leaf(g, OP_INPUT, ROLE_INPUT, "tan", ir_at(g, wrt)->dtype, ir_at(g, wrt)->shape, L0);
-  int jvp;
-  Trap tr;
-  if (KILN_TRY(&tr)) {
-    ad_forward(g, &wrt, &t, 1, &y, 1, &jvp);
-    kiln_trap_end(&tr);
-    return NULL;
-  }
-  snprintf(msg, sizeof msg, "%s", tr.msg);
-  return msg;
-}
+/* A network with 3/2 max pooling (overlapping windows) and a dilated one: Hessian-vector
+ * products through the pools' second-order ops against finite differences of gradients. */
+static const char overlapping_pools_src[] =
+    "input image: f64[B, 1, 9, 9]\n"
+    "input label: i32[B]\n"
+    "h = maxpool2d(tanh(conv2d(image, out=2, kernel=3, pad=1) as conv1), kernel=3, stride=2)\n"
+    "h = maxpool2d(relu(h), kernel=2, stride=1, dilation=2)\n"
+    "logits = linear(flatten(h), out=3) as fc\n"
+    "loss = cross_entropy(logits, label)\n"
+    "output logits\n"
+    "minimize loss\n"
+    "train { optimizer = sgd(lr=0.1) batch = 2 }\n";
 
-START_TEST(overlapping_maxpool_fails_at_its_line) {
-  static const SrcFile src = {"m.kiln", "x = p * 2\ny = maxpool2d(x, kernel=3, stride=2)\n"};
-  Loc at = {&src, 2, 5};
-  int p = leaf("p", SHAPE(1, 1, 5, 5));
-  Attr a = win_attr(&WIN(.k = {3, 3}, .s = {2, 2}));
-  int y = ir_node(g, OP_MAXPOOL2D, 1, &p, &a, at);
-  const char *msg = forward_error(y, p);
-  ck_assert_ptr_nonnull(msg);
-  ck_assert_msg(strstr(msg, "m.kiln:2:5: error: cannot differentiate maxpool2d in forward mode "
-                            "with overlapping") != NULL, "%s", msg);
-  ck_assert_msg(strstr(msg, "  y = maxpool2d(x, kernel=3, stride=2)\n      ^\n") != NULL, "%s",
-                msg);
-}
+START_TEST(hvp_overlapping_pools) { hvp_against_fd(overlapping_pools_src, 2, 5); }
 END_TEST
 
 /* The same op is fine where no tangent flows through it. */
@@ -863,7 +857,8 @@ static Suite *suite(void) {
   tcase_add_test(tc, jvp_conv2d_groups);
   tcase_add_test(tc, jvp_maxpool2d_tiling);
   tcase_add_test(tc, jvp_maxpool2d_ragged_padded);
-  tcase_add_test(tc, jvp_maxpool2d_grad_overlapping);
+  tcase_add_test(tc, jvp_maxpool2d_overlapping);
+  tcase_add_test(tc, jvp_maxpool2d_dilated_stride1);
   tcase_add_test(tc, jvp_avgpool2d);
   suite_add_tcase(s, tc);
   TCase *th = tcase_create("hvp");
@@ -877,7 +872,7 @@ static Suite *suite(void) {
   suite_add_tcase(s, th);
   TCase *ts = tcase_create("structure");
   tcase_add_checked_fixture(ts, setup, teardown);
-  tcase_add_test(ts, overlapping_maxpool_fails_at_its_line);
+  tcase_add_test(ts, hvp_overlapping_pools);
   tcase_add_test(ts, no_tangent_needed_off_the_path);
   tcase_add_test(ts, tangent_shape_mismatch_is_an_error);
   tcase_add_test(ts, independent_output_gets_exact_zero);

@@ -88,6 +88,7 @@ static const CgEmit emitters[OP_COUNT] = {
     [OP_CONV2D_BWD_FILTER] = cg_emit_conv2d_bwd_filter,
     [OP_MAXPOOL2D] = cg_emit_maxpool2d,
     [OP_MAXPOOL2D_GRAD] = cg_emit_maxpool2d_grad,
+    [OP_MAXPOOL2D_PICK] = cg_emit_maxpool2d_pick,
     [OP_AVGPOOL2D] = cg_emit_avgpool2d,
     [OP_AVGPOOL2D_GRAD] = cg_emit_avgpool2d_grad,
 };

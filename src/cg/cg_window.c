@@ -713,6 +713,15 @@ void cg_emit_maxpool2d_grad(Cg *cg, const Node *n) {
   pool_close(cg, n, &w);
 }
 
+/* MAXPOOL2D_PICK(x, t): t at each window's first maximum of x, found as maxpool2d finds it. */
+void cg_emit_maxpool2d_pick(Cg *cg, const Node *n) {
+  Window w = win_of(cg->g, n);
+  pool_open_windows(cg, n, &w);
+  maxpool_argmax(cg, n, &w);
+  cg_line(cg, "y[yi] = best < 0 ? (%s)0 : %s;", ctype(n->dtype), cg_in_at(cg, n, 1, "best"));
+  pool_close(cg, n, &w);
+}
+
 /* The divisor of window (i, j): the whole window when the padding counts, else its in-bounds
  * taps (rows in bounds times columns in bounds). */
 static void avgpool_divisor(Cg *cg, const Node *n, const Window *w) {

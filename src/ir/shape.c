@@ -474,6 +474,16 @@ static void rule_pool(Graph *g, Node *n) {
   n->shape = pool_out(g, n, x);
 }
 
+static void rule_maxpool_pick(Graph *g, Node *n) {
+  Node *x = in_node(g, n, 0), *t = in_node(g, n, 1);
+  require_same_dtype(g, n);
+  char s1[96], s2[96];
+  if (!shape_eq(&x->shape, &t->shape))
+    kiln_fail(n->loc, "maxpool2d_pick: t has shape %s but x has shape %s", sh(g, &t->shape, s1),
+              sh(g, &x->shape, s2));
+  rule_pool(g, n);
+}
+
 static void rule_maxpool_grad(Graph *g, Node *n) {
   Node *x = in_node(g, n, 0), *dy = in_node(g, n, 1);
   require_same_dtype(g, n);
@@ -515,6 +525,7 @@ static const ShapeRule shape_rules[OP_COUNT] = {
     [OP_CONCAT] = rule_concat,      [OP_SLICE] = rule_slice,    [OP_CONV2D] = rule_conv2d,
     [OP_CONV2D_BWD_DATA] = rule_conv2d_bwd_data, [OP_CONV2D_BWD_FILTER] = rule_conv2d_bwd_filter,
     [OP_MAXPOOL2D] = rule_pool,     [OP_MAXPOOL2D_GRAD] = rule_maxpool_grad,
+    [OP_MAXPOOL2D_PICK] = rule_maxpool_pick,
     [OP_AVGPOOL2D] = rule_pool,     [OP_AVGPOOL2D_GRAD] = rule_avgpool_grad,
 };
 
@@ -565,7 +576,7 @@ static double flops_conv(const Graph *g, const Node *n, const int64_t *sv) {
 }
 
 static double flops_pool(const Graph *g, const Node *n, const int64_t *sv) {
-  const Node *out = n->op == OP_MAXPOOL2D || n->op == OP_AVGPOOL2D ? n
+  const Node *out = n->op == OP_MAXPOOL2D || n->op == OP_AVGPOOL2D || n->op == OP_MAXPOOL2D_PICK ? n
                     : n->op == OP_MAXPOOL2D_GRAD ? ir_at(g, n->in[1]) : ir_at(g, n->in[0]);
   return (double)(n->attr.kernel[0] * n->attr.kernel[1]) * (double)shape_numel(&out->shape, sv);
 }
@@ -589,7 +600,7 @@ static const FlopRule flop_rules[OP_COUNT] = {
     [OP_BCE_LOGITS] = flops_out, [OP_DROPOUT] = flops_out, [OP_TRANSPOSE] = flops_none,
     [OP_CONCAT] = flops_none,  [OP_SLICE] = flops_none,  [OP_CONV2D] = flops_conv,
     [OP_CONV2D_BWD_DATA] = flops_conv, [OP_CONV2D_BWD_FILTER] = flops_conv,
-    [OP_MAXPOOL2D] = flops_pool, [OP_MAXPOOL2D_GRAD] = flops_pool,
+    [OP_MAXPOOL2D] = flops_pool, [OP_MAXPOOL2D_GRAD] = flops_pool, [OP_MAXPOOL2D_PICK] = flops_pool,
     [OP_AVGPOOL2D] = flops_pool, [OP_AVGPOOL2D_GRAD] = flops_pool,
 };
 

@@ -22,6 +22,7 @@ bool op_is_window(Op op) {
   switch (op) {
   case OP_CONV2D: case OP_CONV2D_BWD_DATA: case OP_CONV2D_BWD_FILTER:
   case OP_MAXPOOL2D: case OP_MAXPOOL2D_GRAD: case OP_AVGPOOL2D: case OP_AVGPOOL2D_GRAD:
+  case OP_MAXPOOL2D_PICK:
     return true;
   default:
     return false;
@@ -43,7 +44,7 @@ Window win_of(const Graph *g, const Node *n) {
   case OP_AVGPOOL2D_GRAD:
     xs = &n->shape, ys = in0;
     break;
-  default:  /* CONV2D, MAXPOOL2D, AVGPOOL2D */
+  default:  /* CONV2D, MAXPOOL2D, AVGPOOL2D, MAXPOOL2D_PICK */
     xs = in0, ys = &n->shape;
     break;
   }

@@ -681,6 +681,21 @@ static int k_maxpool2d(Interp *it, const Node *n) {
   return 0;
 }
 
+/* (x, t) -> t at each window's maximum of x. */
+static int k_maxpool2d_pick(Interp *it, const Node *n) {
+  Win w = window(it, n, n->in[0], n->id);
+  const double *x = val(it, n->in[0]), *t = val(it, n->in[1]);
+  double *y = val(it, n->id);
+  for (int64_t b = 0; b < w.N; b++)
+    for (int64_t c = 0; c < w.C; c++)
+      for (int64_t i = 0; i < w.Ho; i++)
+        for (int64_t j = 0; j < w.Wo; j++) {
+          int64_t k = window_argmax(&w, x, b, c, i, j);
+          y[y_index(&w, b, c, i, j)] = k < 0 ? 0.0 : t[k];
+        }
+  return 0;
+}
+
 /* (x, dy) -> dx: each dy goes to its window's maximum; overlapping windows add up. */
 static int k_maxpool2d_grad(Interp *it, const Node *n) {
   Win w = window(it, n, n->in[0], n->in[1]);
@@ -800,6 +815,7 @@ static const RefKernel ref_kernels[OP_COUNT] = {
     [OP_CONV2D_BWD_FILTER] = k_conv2d_bwd_filter,
     [OP_MAXPOOL2D] = k_maxpool2d,
     [OP_MAXPOOL2D_GRAD] = k_maxpool2d_grad,
+    [OP_MAXPOOL2D_PICK] = k_maxpool2d_pick,
     [OP_AVGPOOL2D] = k_avgpool2d,
     [OP_AVGPOOL2D_GRAD] = k_avgpool2d_grad,
 };

@@ -284,31 +284,14 @@ static int jvp_concat(FwdCtx *c, const Node *n) {
   return same_op(c, n, t[0], t[1], -1);
 }
 
-/* ẏ = ẋ at each window's first maximum. No op gathers at the argmax, but when windows do not
- * overlap (stride >= kernel, no dilation) maxpool2d_grad(x, 1) is exactly the 0/1 mask of the
- * selected elements, each in one window, and a window sum of mask ⊙ ẋ picks the one selected
- * element: avgpool2d counting padding divides by kh·kw, which is multiplied back. Overlapping
- * windows would need a gather op. */
+/* ẏ = ẋ at each window's first maximum of x, whatever the windows' overlap or dilation. */
 static int jvp_maxpool2d(FwdCtx *c, const Node *n) {
-  const Attr *a = &n->attr;
-  for (int i = 0; i < 2; i++)
-    if (a->stride[i] < a->kernel[i] || a->dilation[i] > 1)
-      kiln_fail(n->loc, "cannot differentiate maxpool2d in forward mode with overlapping or "
-                "dilated windows (kernel [%lld, %lld], stride [%lld, %lld], dilation "
-                "[%lld, %lld]): only non-overlapping windows are supported",
-                (long long)a->kernel[0], (long long)a->kernel[1], (long long)a->stride[0],
-                (long long)a->stride[1], (long long)a->dilation[0], (long long)a->dilation[1]);
-  int x = n->in[0];
-  int ones = ir_binary(c->g, OP_EXPAND, cnst(c, n, 1.0), n->id, n->loc);
-  int mask = ir_node(c->g, OP_MAXPOOL2D_GRAD, 2, (int[]){x, ones}, a, n->loc);
-  Attr avg = *a;
-  avg.count_include_pad = true;
-  int picked = mul(c, n, mask, td(c, n, 0));
-  int mean = ir_node(c->g, OP_AVGPOOL2D, 1, &picked, &avg, n->loc);
-  return mul(c, n, mean, cnst(c, n, (double)(a->kernel[0] * a->kernel[1])));
+  int in[2] = {n->in[0], td(c, n, 0)};
+  return ir_node(c->g, OP_MAXPOOL2D_PICK, 2, in, &n->attr, n->loc);
 }
 
-/* maxpool2d_grad(x, dy): linear in dy with the same routing; piecewise constant in x. */
+/* maxpool2d_grad(x, dy) and maxpool2d_pick(x, t): linear in their second input with the same
+ * routing; piecewise constant in x. */
 static int jvp_maxpool2d_grad(FwdCtx *c, const Node *n) {
   return td(c, n, 1) < 0 ? -1 : same_op(c, n, n->in[0], td(c, n, 1), -1);
 }
@@ -362,6 +345,7 @@ static const JvpRule jvp_rules[OP_COUNT] = {
     [OP_CONV2D_BWD_FILTER] = jvp_bilinear,
     [OP_MAXPOOL2D] = jvp_maxpool2d,
     [OP_MAXPOOL2D_GRAD] = jvp_maxpool2d_grad,
+    [OP_MAXPOOL2D_PICK] = jvp_maxpool2d_grad,
     [OP_AVGPOOL2D] = jvp_linear,
     [OP_AVGPOOL2D_GRAD] = jvp_linear,
 };

@@ -414,15 +414,24 @@ static void vjp_avgpool2d(AdCtx *c, const Node *n, int dy) {
   give(c, n, 0, window_op(c, n, OP_AVGPOOL2D_GRAD, dy, -1, in_hw(c, n, s)));
 }
 
+/* maxpool2d_grad is linear in dy, routing each dy to its window's maximum: its adjoint reads
+ * ddx back at the maxima. In x it is piecewise constant. */
+static void vjp_maxpool2d_grad(AdCtx *c, const Node *n, int ddx) {
+  give(c, n, 1, window_op(c, n, OP_MAXPOOL2D_PICK, n->in[0], ddx, NULL));
+}
+
+/* maxpool2d_pick is linear in t with maxpool2d_grad as its adjoint; piecewise constant in x. */
+static void vjp_maxpool2d_pick(AdCtx *c, const Node *n, int dy) {
+  give(c, n, 1, window_op(c, n, OP_MAXPOOL2D_GRAD, n->in[0], dy, NULL));
+}
+
 /* avgpool2d_grad is linear: its adjoint is avgpool2d itself. */
 static void vjp_avgpool2d_grad(AdCtx *c, const Node *n, int ddx) {
   give(c, n, 0, window_op(c, n, OP_AVGPOOL2D, ddx, -1, NULL));
 }
 
-/* Leaves have no inputs; CROSS_ENTROPY_GRAD has no rule (no second derivatives of the loss),
- * nor has MAXPOOL2D_GRAD (its adjoint in dy gathers ddx at each window's maximum, which no op
- * expresses yet; in x it is piecewise constant): reaching one with a gradient that must flow on
- * is an error. */
+/* Leaves have no inputs; CROSS_ENTROPY_GRAD has no rule (no second derivatives of the loss):
+ * reaching it with a gradient that must flow on is an error. */
 static const VjpRule vjp_rules[OP_COUNT] = {
     [OP_ADD] = vjp_add,
     [OP_SUB] = vjp_sub,
@@ -469,6 +478,8 @@ static const VjpRule vjp_rules[OP_COUNT] = {
     [OP_CONV2D_BWD_DATA] = vjp_conv2d_bwd_data,
     [OP_CONV2D_BWD_FILTER] = vjp_conv2d_bwd_filter,
     [OP_MAXPOOL2D] = vjp_maxpool2d,
+    [OP_MAXPOOL2D_GRAD] = vjp_maxpool2d_grad,
+    [OP_MAXPOOL2D_PICK] = vjp_maxpool2d_pick,
     [OP_AVGPOOL2D] = vjp_avgpool2d,
     [OP_AVGPOOL2D_GRAD] = vjp_avgpool2d_grad,
 };
