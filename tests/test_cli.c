@@ -542,6 +542,109 @@ START_TEST(init_from_and_freeze) {
 }
 END_TEST
 
+/* Reads kiln diff's table: forward[k] and reverse[k] for k = 0..order (reverse[0] unused). */
+static void read_diff(const char *out, int order, double *fwd, double *rev) {
+  const char *line = strstr(out, "\norder ");
+  ck_assert_msg(line != NULL, "%s", out);
+  for (int k = 0; k <= order; k++) {
+    line = strchr(line + 1, '\n');
+    ck_assert_msg(line != NULL, "%s", out);
+    char *end;
+    ck_assert_int_eq(strtol(line + 1, &end, 10), k);
+    fwd[k] = strtod(end, &end);
+    rev[k] = k ? strtod(end, &end) : 0;
+  }
+}
+
+/* Seed 002, 5.5: y = exp(sin x + sin² x) + sin(exp x + exp² x) and its derivative by both
+ * modes, at several points; and the 10th derivative of exp(sin x) against Faà di Bruno's
+ * formula, e^(sin x)·B_n(sin' x, ..., sin^(n) x) with B the complete Bell polynomials. */
+START_TEST(diff_closed_forms) {
+  char model[300], cmd[1024], *out, *err;
+  snprintf(model, sizeof model, "%s/y.kiln", tmpdir);
+  FILE *f = fopen(model, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("input x: f64\ny = exp(sin(x) + sin(x)^2) + sin(exp(x) + exp(x)^2)\nminimize y\n", f);
+  fclose(f);
+  const double points[] = {-1.25, 0, 0.5, 1.5};
+  for (int p = 0; p < 4; p++) {
+    double x = points[p], fwd[2], rev[2];
+    snprintf(cmd, sizeof cmd, KILN " diff '%s' --wrt x --at %.17g", model, x);
+    ck_assert_msg(run(cmd, &out, &err) == 0, "%s", err);
+    read_diff(out, 1, fwd, rev);
+    double s = sin(x), c = cos(x), e = exp(x);
+    double y = exp(s + s * s) + sin(e + e * e);
+    double dy = exp(s + s * s) * (c + 2 * s * c) + cos(e + e * e) * (e + 2 * e * e);
+    ck_assert_msg(fabs(fwd[0] - y) <= 1e-9 * fmax(1, fabs(y)), "y(%g) = %.17g", x, fwd[0]);
+    ck_assert_msg(fabs(fwd[1] - dy) <= 1e-9 * fmax(1, fabs(dy)), "forward y'(%g) = %.17g, "
+                  "closed form %.17g", x, fwd[1], dy);
+    ck_assert_msg(fabs(rev[1] - dy) <= 1e-9 * fmax(1, fabs(dy)), "reverse y'(%g) = %.17g, "
+                  "closed form %.17g", x, rev[1], dy);
+    free(out), free(err);
+  }
+  f = fopen(model, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("input x: f64\ny = exp(sin(x))\nminimize y\n", f);
+  fclose(f);
+  enum { N = 10 };
+  const double x = 0.7;
+  double fwd[N + 1], rev[N + 1], bell[N + 1] = {1}, dsin[N + 1];
+  for (int j = 0; j <= N; j++)
+    dsin[j] = sin(x + j * 1.5707963267948966);
+  for (int m = 0; m < N; m++) { /* B_(m+1) = Σ C(m, k) B_(m−k) x_(k+1) */
+    double binom = 1;
+    bell[m + 1] = 0;
+    for (int k = 0; k <= m; k++) {
+      bell[m + 1] += binom * bell[m - k] * dsin[k + 1];
+      binom = binom * (m - k) / (k + 1);
+    }
+  }
+  snprintf(cmd, sizeof cmd, KILN " diff '%s' --wrt x --at 0.7 --order 10", model);
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s", err);
+  read_diff(out, N, fwd, rev);
+  for (int k = 0; k <= N; k++) {
+    double want = exp(sin(x)) * bell[k];
+    ck_assert_msg(fabs(fwd[k] - want) <= 1e-9 * fmax(1, fabs(want)), "forward d^%d = %.17g, "
+                  "closed form %.17g", k, fwd[k], want);
+    if (k)
+      ck_assert_msg(fabs(rev[k] - want) <= 1e-9 * fmax(1, fabs(want)), "reverse d^%d = %.17g, "
+                    "closed form %.17g", k, rev[k], want);
+  }
+  /* the graph of the 10th derivative stays small */
+  const char *last = strstr(out, "\n10 ");
+  ck_assert_ptr_nonnull(last);
+  long nodes = strtol(strrchr(last, ' ') + 1, NULL, 10);
+  ck_assert_msg(nodes > 0 && nodes < 1000, "%ld nodes", nodes);
+  free(out), free(err);
+}
+END_TEST
+
+/* kiln diff's refusals: no such variable, a tensor, another input without a value, a bad order. */
+START_TEST(diff_errors) {
+  char model[300], cmd[1024], *out, *err;
+  snprintf(model, sizeof model, "%s/z.kiln", tmpdir);
+  FILE *f = fopen(model, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("input x: f64\ninput v: f64[3]\ninput z: f64\ny = sum(v * x) + z\nminimize y\n", f);
+  fclose(f);
+  static const struct { const char *args, *msg; int rc; } cases[] = {
+      {"--wrt w --at 1", "--wrt w: the model has no input or parameter of that name", 1},
+      {"--wrt v --at 1", "--wrt v: kiln diff differentiates by a floating-point scalar, but 'v' "
+                         "is f64 of rank 1", 1},
+      {"--wrt x --at 1", "input 'v' has no value: kiln diff sets only the --wrt variable", 1},
+      {"--wrt x --at 1 --order 65", "--order needs an integer in 1..64, got '65'", 2},
+      {"--wrt x --at one", "--at needs a finite number, got 'one'", 2},
+      {"--wrt x", "diff needs --wrt X --at V", 2},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    snprintf(cmd, sizeof cmd, KILN " diff '%s' %s", model, cases[i].args);
+    ck_assert_int_eq(run(cmd, &out, &err), cases[i].rc);
+    ck_assert_msg(strstr(err, cases[i].msg), "%s: %s", cases[i].args, err);
+    free(out), free(err);
+  }
+}
+END_TEST
+
 /* --images refuses a model whose output is not a picture, before training. */
 START_TEST(images_need_a_picture) {
   char cmd[1024], *out, *err;
@@ -1313,6 +1416,8 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, images_need_a_picture);
   tcase_add_test(tc, lsuv_scales_every_layer);
   tcase_add_test(tc, init_from_and_freeze);
+  tcase_add_test(tc, diff_closed_forms);
+  tcase_add_test(tc, diff_errors);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);

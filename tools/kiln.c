@@ -8,6 +8,7 @@
  * Exit codes: 0 success, 1 bad input or a failed check (message on stderr), 2 bad usage.
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,10 @@ static const char usage[] =
     "                                directional derivatives of the loss and the output\n"
     "  hvp MODEL --params P --inputs I --tangents T -o OUT [--runtime ...]\n"
     "                                Hessian of the loss times T, per parameter\n"
+    "  diff MODEL --wrt X --at V [--order N]\n"
+    "                                the minimized scalar and its derivatives by the scalar X\n"
+    "                                at X = V, orders 1..N (default 1, at most 64), by forward\n"
+    "                                mode applied k times and by reverse over forward\n"
     "\n"
     "common options:\n"
     "  --batch N       batch size to specialise for (default: the model's train block)\n"
@@ -68,6 +73,10 @@ static const char usage[] =
 typedef struct Args {
   const char *cmd, *model, *out, *params, *inputs, *tangents;
   int steps;
+  const char *wrt;        /* kiln diff: the variable, its value and the highest order */
+  double at;
+  bool have_at;
+  int order;
   bool train_graph, reference;
   int precision;          /* 0: model's, 32, 64 (reference runtime) */
   int nrest;              /* options passed on to the trainer */
@@ -252,6 +261,21 @@ static int parse_args(int argc, char **argv, Args *a) {
       a->no_cache = true;
     } else if (!strcmp(s, "--no-tune")) {
       a->no_tune = true;
+    } else if (!strcmp(s, "--wrt")) {
+      NEED_VALUE();
+      a->wrt = val;
+    } else if (!strcmp(s, "--at")) {
+      NEED_VALUE();
+      char *end;
+      a->at = strtod(val, &end);
+      if (*end || end == val || !isfinite(a->at))
+        return usage_error("--at needs a finite number, got '%s'", val);
+      a->have_at = true;
+    } else if (!strcmp(s, "--order")) {
+      NEED_VALUE();
+      if (!parse_int(val, 1, &n) || n > DIFF_MAX_ORDER)
+        return usage_error("--order needs an integer in 1..64, got '%s'", val);
+      a->order = (int)n;
     } else if (!strcmp(s, "--seconds")) {
       NEED_VALUE();
       char *end;
@@ -720,6 +744,13 @@ static int cmd_grad(Session *s, const Args *a) {
   return checked(s, grad_model(s, a->params, a->inputs, a->out, a->reference, stdout));
 }
 
+static int cmd_diff(Session *s, const Args *a) {
+  if (!a->wrt || !a->have_at)
+    return usage_error("%s", "diff needs --wrt X --at V (and --order N for derivatives past the "
+                       "first)");
+  return checked(s, diff_model(s, a->wrt, a->at, a->order ? a->order : 1, stdout));
+}
+
 static int cmd_forward(Session *s, const Args *a, bool hvp) {
   if (!a->params || !a->inputs || !a->tangents || !a->out)
     return usage_error("%s needs --params P.safetensors --inputs I.safetensors --tangents "
@@ -750,7 +781,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
-                                         "jvp", "hvp", "tune"};
+                                         "jvp", "hvp", "tune", "diff"};
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
   if (!known) return usage_error("unknown command '%s'", argv[1]);
@@ -772,6 +803,11 @@ int main(int argc, char **argv) {
   const char *cmd = a.cmd;
   a.opt.jvp = !strcmp(cmd, "jvp");
   a.opt.hvp = !strcmp(cmd, "hvp");
+  a.opt.no_training = !strcmp(cmd, "diff");
+  if ((a.wrt || a.have_at || a.order) && strcmp(cmd, "diff")) {
+    free(a.rest);
+    return usage_error("%s", "--wrt, --at and --order belong to diff");
+  }
   if (!strcmp(cmd, "tune")) {
     rc = cmd_tune(&a);
     free(a.rest);
@@ -795,6 +831,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(cmd, "check")) rc = cmd_check(&s, &a);
   else if (!strcmp(cmd, "jvp")) rc = cmd_forward(&s, &a, false);
   else if (!strcmp(cmd, "hvp")) rc = cmd_forward(&s, &a, true);
+  else if (!strcmp(cmd, "diff")) rc = cmd_diff(&s, &a);
   else rc = cmd_grad(&s, &a);
   /* train reported before training started. */
   if (strcmp(cmd, "train") || a.reference)

@@ -27,6 +27,8 @@ typedef struct Options {
   SchedOptions sched;
   BackendOptions backend; /* JIT or cc; the system compiler, the runtime, temporary files */
   bool jvp, hvp;          /* extend the grad entry with forward-mode outputs (kiln jvp / hvp) */
+  bool no_training;       /* stop after the frontend: no optimizer, no entries (kiln diff, whose
+                             programs need no parameters) */
 } Options;
 void session_default_options(Options *o);
 
@@ -121,6 +123,17 @@ int grad_model(Session *s, const char *params_path, const char *inputs_path, con
  * parameter's name. */
 int forward_model(Session *s, bool hvp, const char *params_path, const char *inputs_path,
                   const char *tangents_path, const char *out_path, bool use_reference, FILE *out);
+
+/* ================================ diff.c ================================ */
+
+#define DIFF_MAX_ORDER 64
+/* `kiln diff`: the value the model minimizes (evaluation mode) and its derivatives of order 1 to
+ * `order` by the scalar input or parameter `wrt` at the point `at`, by forward mode applied k
+ * times and by reverse mode over forward mode k − 1 times, evaluated by the f64 reference; a
+ * table to out (order, forward, reverse, the nodes of the k-th derivative's graph). The session
+ * was opened with no_training. Every other input must have a value in the model. 0, or 1 with
+ * the reason in s->error. */
+int diff_model(Session *s, const char *wrt, double at, int order, FILE *out);
 
 /* ================================ api.c ================================ */
 

@@ -62,6 +62,12 @@ static int open_model(Session *s, const char *path, const char *text, const Opti
     return failed(s, t.msg);
   }
   g = text ? fe_compile_string(path, text) : fe_compile_file(path);
+  if (s->opt.no_training) {
+    kiln_trap_end(&t);
+    s->g = g;
+    s->times.frontend = kiln_now() - t0;
+    return 0;
+  }
   train_build(g);
   if (s->opt.jvp)
     train_build_jvp(g);

@@ -29,8 +29,8 @@ void train_build(Graph *g);
 /* ad_forward.c. Forward mode as a graph transform: jvps[i] = the derivative of outs[i] in the
  * direction that moves wrt[j] along tangents[j] (a node of wrt[j]'s shape and dtype) for every j,
  * built from the per-op tangent rules. An output that does not depend on any wrt gets a zero
- * tensor. Fails at a node's location only where a tangent has to flow through an op it cannot
- * differentiate (max pooling with overlapping windows). */
+ * tensor. Every op has a tangent rule; applied to its own output it gives derivatives of any
+ * order (kiln diff). */
 void ad_forward(Graph *g, const int *wrt, const int *tangents, int nwrt, const int *outs,
                 int nouts, int *jvps);
 /* Whether ad_forward.c has a tangent rule for op (every non-leaf op has one). */
