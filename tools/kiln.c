@@ -40,6 +40,9 @@ static const char usage[] =
     "                                directional derivatives of the loss and the output\n"
     "  hvp MODEL --params P --inputs I --tangents T -o OUT [--runtime ...]\n"
     "                                Hessian of the loss times T, per parameter\n"
+    "  gradcheck MODEL [--batch N]   every parameter's gradient against finite differences and\n"
+    "                                forward mode, and every op's tangent and adjoint rules\n"
+    "                                against each other (float64, reference runtime)\n"
     "  diff MODEL --wrt X --at V [--order N]\n"
     "                                the minimized scalar and its derivatives by the scalar X\n"
     "                                at X = V, orders 1..N (default 1, at most 64), by forward\n"
@@ -781,7 +784,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
-                                         "jvp", "hvp", "tune", "diff"};
+                                         "jvp", "hvp", "tune", "diff", "gradcheck"};
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
   if (!known) return usage_error("unknown command '%s'", argv[1]);
@@ -801,7 +804,7 @@ int main(int argc, char **argv) {
     return rc;
   }
   const char *cmd = a.cmd;
-  a.opt.jvp = !strcmp(cmd, "jvp");
+  a.opt.jvp = !strcmp(cmd, "jvp") || !strcmp(cmd, "gradcheck");
   a.opt.hvp = !strcmp(cmd, "hvp");
   a.opt.no_training = !strcmp(cmd, "diff");
   if ((a.wrt || a.have_at || a.order) && strcmp(cmd, "diff")) {
@@ -832,6 +835,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(cmd, "jvp")) rc = cmd_forward(&s, &a, false);
   else if (!strcmp(cmd, "hvp")) rc = cmd_forward(&s, &a, true);
   else if (!strcmp(cmd, "diff")) rc = cmd_diff(&s, &a);
+  else if (!strcmp(cmd, "gradcheck")) rc = checked(&s, gradcheck_model(&s, s.g->train.seed, stdout));
   else rc = cmd_grad(&s, &a);
   /* train reported before training started. */
   if (strcmp(cmd, "train") || a.reference)

@@ -90,8 +90,7 @@ static int run(Sides *s, RtBackend *be, const char *entry, int64_t batch) {
 
 /* ---- values ----------------------------------------------------------------------------------- */
 
-/* Number of classes for a labels input: the logits width of a cross-entropy reading it. */
-static int64_t label_classes(Graph *g, const Plan *p, int node) {
+int64_t check_label_classes(const Graph *g, const Plan *p, int node) {
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
     if ((n->op == OP_CROSS_ENTROPY || n->op == OP_CROSS_ENTROPY_GRAD) && n->in[1] == node)
@@ -130,7 +129,7 @@ static void random_inputs(Graph *g, Sides *s, RtRng *r, double *buf) {
       continue;
     int64_t n = rt_numel(t, s->plan->batch);
     if (t->dtype == KILN_I32) {
-      uint64_t c = (uint64_t)label_classes(g, s->plan, s->plan->tensor_node[i]);
+      uint64_t c = (uint64_t)check_label_classes(g, s->plan, s->plan->tensor_node[i]);
       for (int64_t k = 0; k < n; k++)
         buf[k] = (double)rt_rng_below(r, c);
     } else {

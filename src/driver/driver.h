@@ -97,6 +97,9 @@ typedef struct CheckTol {
   double abs, rel;
 } CheckTol;
 CheckTol check_tolerance(DType t);
+/* The number of classes of a labels input `node`: the logits width of a cross-entropy reading
+ * it (2 when none does). Random labels are drawn below it. */
+int64_t check_label_classes(const Graph *g, const Plan *p, int node);
 
 /* The three report on out (results) and put a failure that is not a disagreement — a file, the
  * compiler, memory — into s->error; they return 0, or 1 on any failure.
@@ -134,6 +137,18 @@ int forward_model(Session *s, bool hvp, const char *params_path, const char *inp
  * was opened with no_training. Every other input must have a value in the model. 0, or 1 with
  * the reason in s->error. */
 int diff_model(Session *s, const char *wrt, double at, int order, FILE *out);
+
+/* ================================ gradcheck.c ================================ */
+
+/* `kiln gradcheck`: in float64 on the reference runtime, at parameters from the model's
+ * initialisers (seed) and random inputs: reverse mode against central finite differences on a
+ * sample of every parameter's elements; forward mode, reverse mode and a finite difference along
+ * random directions; and the adjoint identity <J v, w> = <v, J^T w> between the tangent and
+ * vector-Jacobian rules of every op in the training graph, at the values the model gives it.
+ * Prints a report to out, ending with the first failure (parameter and element, or op and
+ * line). The session must have been opened with the jvp option. 0, or 1 on a failed check or
+ * with the reason in s->error. */
+int gradcheck_model(Session *s, uint64_t seed, FILE *out);
 
 /* ================================ api.c ================================ */
 

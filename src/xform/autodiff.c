@@ -486,6 +486,8 @@ static const VjpRule vjp_rules[OP_COUNT] = {
 
 bool ad_has_vjp(Op op) { return op >= 0 && op < OP_COUNT && vjp_rules[op] != NULL; }
 
+Op ad_broken_op = OP_COUNT;
+
 void ad_reverse(Graph *g, int loss, const int *wrt, int nwrt, int *grads) {
   KILN_ASSERT(loss >= 0 && loss < g->nnodes);
   int nfwd = loss + 1;  /* only nodes up to the loss can contribute to it */
@@ -519,7 +521,10 @@ void ad_reverse(Graph *g, int loss, const int *wrt, int nwrt, int *grads) {
     const Node *n = ir_at(g, id);
     if (!vjp_rules[n->op])
       kiln_fail(n->loc, "cannot differentiate through %s", op_names[n->op]);
-    vjp_rules[n->op](&c, n, c.adj[id]);
+    /* A rule made wrong on purpose doubles its cotangent: the tests of kiln gradcheck. */
+    vjp_rules[n->op](&c, n, n->op == ad_broken_op ? ir_binary(g, OP_ADD, c.adj[id], c.adj[id],
+                                                               n->loc)
+                                                  : c.adj[id]);
   }
 
   for (int i = 0; i < nwrt; i++) {

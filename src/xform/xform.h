@@ -17,6 +17,10 @@ void ad_reverse(Graph *g, int loss, const int *wrt, int nwrt, int *grads);
  * explicitly non-differentiable). */
 bool ad_has_vjp(Op op);
 
+/* Fault injection for the tests of the checks (kiln gradcheck): the vector-Jacobian rule of
+ * this op doubles its result. OP_COUNT, the default, breaks nothing. */
+extern Op ad_broken_op;
+
 
 /* ================================ train.c ================================ */
 
