@@ -43,6 +43,9 @@ static const char usage[] =
     "  gradcheck MODEL [--batch N]   every parameter's gradient against finite differences and\n"
     "                                forward mode, and every op's tangent and adjoint rules\n"
     "                                against each other (float64, reference runtime)\n"
+    "  curvature MODEL [--params P.safetensors] [--data DIR] [--iterations N]\n"
+    "                                the loss's largest and smallest Hessian eigenvalues on a\n"
+    "                                batch, the condition number and the stable lr 2/lambda_max\n"
     "  diff MODEL --wrt X --at V [--order N]\n"
     "                                the minimized scalar and its derivatives by the scalar X\n"
     "                                at X = V, orders 1..N (default 1, at most 64), by forward\n"
@@ -80,6 +83,8 @@ typedef struct Args {
   double at;
   bool have_at;
   int order;
+  const char *data;       /* kiln curvature */
+  int iterations;
   bool train_graph, reference;
   int precision;          /* 0: model's, 32, 64 (reference runtime) */
   int nrest;              /* options passed on to the trainer */
@@ -264,6 +269,14 @@ static int parse_args(int argc, char **argv, Args *a) {
       a->no_cache = true;
     } else if (!strcmp(s, "--no-tune")) {
       a->no_tune = true;
+    } else if (!strcmp(s, "--iterations")) {
+      NEED_VALUE();
+      if (!parse_int(val, 1, &n) || n > 100000)
+        return usage_error("--iterations needs an integer in 1..100000, got '%s'", val);
+      a->iterations = (int)n;
+    } else if (!strcmp(s, "--data") && !strcmp(a->cmd, "curvature")) {
+      NEED_VALUE();
+      a->data = val;
     } else if (!strcmp(s, "--wrt")) {
       NEED_VALUE();
       a->wrt = val;
@@ -747,6 +760,12 @@ static int cmd_grad(Session *s, const Args *a) {
   return checked(s, grad_model(s, a->params, a->inputs, a->out, a->reference, stdout));
 }
 
+static int cmd_curvature(Session *s, const Args *a) {
+  CurvatureOptions co = {.params = a->params, .data = a->data, .seed = s->g->train.seed,
+                         .iterations = a->iterations ? a->iterations : 200, .lanczos_steps = 30};
+  return checked(s, curvature_model(s, &co, stdout));
+}
+
 static int cmd_diff(Session *s, const Args *a) {
   if (!a->wrt || !a->have_at)
     return usage_error("%s", "diff needs --wrt X --at V (and --order N for derivatives past the "
@@ -784,7 +803,8 @@ int main(int argc, char **argv) {
     return 0;
   }
   static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
-                                         "jvp", "hvp", "tune", "diff", "gradcheck"};
+                                         "jvp", "hvp", "tune", "diff", "gradcheck",
+                                         "curvature"};
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
   if (!known) return usage_error("unknown command '%s'", argv[1]);
@@ -805,7 +825,7 @@ int main(int argc, char **argv) {
   }
   const char *cmd = a.cmd;
   a.opt.jvp = !strcmp(cmd, "jvp") || !strcmp(cmd, "gradcheck");
-  a.opt.hvp = !strcmp(cmd, "hvp");
+  a.opt.hvp = !strcmp(cmd, "hvp") || !strcmp(cmd, "curvature");
   a.opt.no_training = !strcmp(cmd, "diff");
   if ((a.wrt || a.have_at || a.order) && strcmp(cmd, "diff")) {
     free(a.rest);
@@ -835,6 +855,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(cmd, "jvp")) rc = cmd_forward(&s, &a, false);
   else if (!strcmp(cmd, "hvp")) rc = cmd_forward(&s, &a, true);
   else if (!strcmp(cmd, "diff")) rc = cmd_diff(&s, &a);
+  else if (!strcmp(cmd, "curvature")) rc = cmd_curvature(&s, &a);
   else if (!strcmp(cmd, "gradcheck")) rc = checked(&s, gradcheck_model(&s, s.g->train.seed, stdout));
   else rc = cmd_grad(&s, &a);
   /* train reported before training started. */

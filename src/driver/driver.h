@@ -150,6 +150,23 @@ int diff_model(Session *s, const char *wrt, double at, int order, FILE *out);
  * with the reason in s->error. */
 int gradcheck_model(Session *s, uint64_t seed, FILE *out);
 
+/* ================================ curvature.c ================================ */
+
+typedef struct CurvatureOptions {
+  const char *params;     /* parameters to measure at (safetensors), or NULL: the initialisers' */
+  const char *data;       /* the dataset whose first training examples are the batch, or NULL */
+  uint64_t seed;          /* the start vectors' */
+  int iterations;         /* power iteration's most Hessian-vector products */
+  int lanczos_steps;
+} CurvatureOptions;
+
+/* `kiln curvature`: on one batch (the session's batch of the first training examples, or the
+ * model's own data), the largest eigenvalue of the loss's Hessian by power iteration and the
+ * smallest (and largest again) by Lanczos, on compiled Hessian-vector products; the condition
+ * number and the largest stable learning rate of plain gradient descent, 2/λmax. The session
+ * must have the hvp option. 0, or 1 with the reason in s->error. */
+int curvature_model(Session *s, const CurvatureOptions *co, FILE *out);
+
 /* ================================ api.c ================================ */
 
 /* Sets this thread's kiln_last_error to msg and returns KILN_ERROR; NULL clears it and returns
