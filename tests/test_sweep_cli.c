@@ -346,6 +346,13 @@ START_TEST(sweep_goes_on_after_a_failed_run) {
   free(csv);
   free(out);
   free(err);
+  /* -o -: the rows on stdout, among the runs' lines. */
+  snprintf(cmd, sizeof cmd, KILN " sweep '%s' --grid lr=0.1 --data " DATA " --limit-train 200 "
+           "--limit-test 50 --quiet -o -", model);
+  ck_assert_int_eq(run(cmd, &out, NULL), 0);
+  ck_assert_msg(!strncmp(out, "run,lr,seed,train_loss,", 23) && strstr(out, "\n1,0.1,1,"),
+                "%s", out);
+  free(out);
   snprintf(cmd, sizeof cmd, KILN " sweep '%s' --grid lr=1e38 --data " DATA " --limit-train "
            "200 --limit-test 50 --quiet -o '%s' --keep '%s'", model, at("f.csv"), at("k.st"));
   ck_assert_int_eq(run(cmd, NULL, &err), 1);

@@ -780,7 +780,8 @@ static int cmd_sweep(Args *a) {
   SweepPlan plan = {
       .model = a->model, .grid = &a->grid, .ntrainer = a->nrest, .trainer = a->rest,
       .ncommon = a->ncommon, .common = a->common, .batch = a->opt.batch,
-      .threads = a->opt.sched.threads, .csv_path = a->out ? a->out : "sweep.csv",
+      .threads = a->opt.sched.threads,
+      .csv_path = a->out ? a->out : "sweep.csv",
       .keep_path = a->keep, .open = open_for_batch, .ctx = a, .log = stderr, .out = stdout};
   char err[512];
   if (sweep_select_parse(a->select ? a->select : "val_loss", &plan.select, err, sizeof err))
@@ -933,6 +934,8 @@ static int run_command(Args *a) {
     return usage_error("%s", "--tangents belongs to jvp and hvp");
   if (!sweep && (a->grid.naxes || a->keep || a->select))
     return usage_error("%s belongs to sweep", a->grid.naxes ? "--grid" : a->keep ? "--keep" : "--select");
+  if (evaluate && a->out)
+    return usage_error("%s", "evaluate prints its figures on stdout (no -o)");
   if (a->nparams > 1 && !evaluate)
     return usage_error("%s takes one --params (several make an ensemble for evaluate)", cmd);
   /* Trainer options belong to train and sweep; evaluate takes those about the test set. */

@@ -504,6 +504,8 @@ static int check_writable(const char *path, const char *option) {
     fprintf(stderr, "kiln sweep: error: %s %s: is a directory\n", option, path);
     return 1;
   }
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+    return 0; /* a device or a pipe (/dev/stdout) is written in place */
   snprintf(dir, sizeof dir, "%.*s", slash ? (slash == path ? 1 : (int)(slash - path)) : 1,
            slash ? path : ".");
   const char *why = stat(dir, &st) ? strerror(errno)
@@ -717,7 +719,8 @@ int sweep_run(const SweepPlan *plan) {
   if (rc)
     return rc;
   sw.log = sw.base.quiet ? NULL : plan->log;
-  if ((rc = check_writable(plan->csv_path, "-o")) ||
+  bool csv_stdout = !strcmp(plan->csv_path, "-");
+  if ((!csv_stdout && (rc = check_writable(plan->csv_path, "-o"))) ||
       (plan->keep_path && (rc = check_writable(plan->keep_path, "--keep"))))
     return rc;
   int nbatches = sw.batch_axis >= 0 ? g->axes[sw.batch_axis].n : 1;
@@ -756,7 +759,12 @@ int sweep_run(const SweepPlan *plan) {
     fprintf(stderr, "kiln sweep: error: out of memory\n");
     goto done;
   }
-  if (rt_csv_open(&csv, plan->csv_path, header.p, -1, err)) {
+  if (csv_stdout) {
+    /* The rows go to stdout between the runs' lines; closing it is not the sweep's to do. */
+    printf("%s\n", header.p);
+    fflush(stdout);
+    csv = (RtCsv){stdout, "stdout"};
+  } else if (rt_csv_open(&csv, plan->csv_path, header.p, -1, err)) {
     fprintf(stderr, "kiln sweep: error: -o %s\n", err);
     goto done;
   }
@@ -767,10 +775,13 @@ int sweep_run(const SweepPlan *plan) {
     if (sw.validation_axis < 0 && sw.base.validation <= 0)
       fprintf(sw.log, "sweep: each run holds out 10%% of its training examples as a "
               "validation split (--validation sets it)\n");
-    fprintf(sw.log, "sweep: the best run has the %s %s (--select); rows in %s\n",
-            plan->select.lower ? "lowest" : "highest", plan->select.column, plan->csv_path);
+    fprintf(sw.log, "sweep: the best run has the %s %s (--select); rows %s%s\n",
+            plan->select.lower ? "lowest" : "highest", plan->select.column,
+            csv_stdout ? "on stdout" : "in ", csv_stdout ? "" : plan->csv_path);
   }
   rc = sweep_runs(&sw, &csv, &best);
+  if (csv_stdout)
+    csv.f = NULL;
   if (rt_csv_close(&csv, err)) {
     fprintf(stderr, "kiln sweep: error: -o %s\n", err);
     rc = rc ? rc : 1;
@@ -794,7 +805,7 @@ int sweep_run(const SweepPlan *plan) {
   }
   rc = 0;
 done:
-  if (csv.f)
+  if (csv.f && !csv_stdout)
     rt_csv_close(&csv, err);
   buf_free(&header);
   buf_free(&best.command);
