@@ -479,11 +479,6 @@ static void command_text(const Command *c, Buf *b) {
   }
 }
 
-/* The seed run k uses, as its command gives it. */
-static uint64_t run_seed(const Sweep *sw, const RtOptions *o) {
-  return o->have_seed ? o->seed : sw->model_seed;
-}
-
 /* The epochs run k asks for, to estimate how long the rest will take. */
 static double run_epochs(const Sweep *sw, const int *index) {
   if (sw->epochs_axis >= 0)
@@ -526,10 +521,153 @@ typedef struct Best {
   Buf command, values;
 } Best;
 
-static int sweep_runs(Sweep *sw, RtCsv *csv, Best *best) {
+/* One run of the grid on its way through. */
+typedef struct SweepRun {
+  int64_t k;                /* from 0 */
+  int index[SWEEP_MAX_AXES];
+  Buf values, command;      /* "lr=1e-3 batch=32" and its kiln train command */
+  int rc;                   /* rt_train's: 0 trained, 1 failed, > 1 stopped by a signal */
+  RtResult res;
+  uint64_t seed;
+  double seconds;
+  double value;             /* the figure selection compares; NaN when there is none */
+  bool better;              /* it beats every run before it */
+} SweepRun;
+
+/* Trains run r through rt_train on a fresh arena, from its command's options, and when it beats
+ * the best so far writes its parameters over --keep. 0, or the sweep's exit code. */
+static int train_run(Sweep *sw, SweepRun *r, const Best *best) {
   const SweepPlan *p = sw->plan;
   const SweepGrid *g = sw->g;
-  FILE *log = sw->log;
+  int64_t batch = sw->batch_axis >= 0
+                      ? strtoll(g->axes[sw->batch_axis].values[r->index[sw->batch_axis]], NULL, 10)
+                      : p->batch;
+  Session *s = session_for(sw, batch);
+  if (!s)
+    return 1;
+  Command cmd;
+  if (command_of(sw, r->index, &cmd)) {
+    fprintf(stderr, "kiln sweep: error: too many options\n");
+    return 2;
+  }
+  command_text(&cmd, &r->command);
+  /* The run's options are its command's, parsed as kiln train parses them; its messages name
+   * the run ("kiln sweep (run 3/4): error: ..."). */
+  const char *argv[sizeof cmd.words / sizeof *cmd.words + 1];
+  int argc = 1;
+  argv[0] = "kiln sweep";
+  for (int i = cmd.tail; i < cmd.n; i++)
+    argv[argc++] = cmd.words[i];
+  char name[64];
+  snprintf(name, sizeof name, "kiln sweep (run %" PRId64 "/%" PRId64 ")", r->k + 1, g->runs);
+  RtOptions o;
+  rt_options_default(&o);
+  if (rt_options_parse(&o, argc, (char **)argv, name))
+    return 2;
+  o.argc = cmd.n;             /* a stopped run says how to continue: its own command */
+  o.argv = (char **)cmd.words;
+  o.result = &r->res;
+  if (!o.threads)
+    o.threads = p->threads;
+  o.quiet |= sw->log == NULL;
+  r->seed = o.have_seed ? o.seed : sw->model_seed;
+  RtBackend be;
+  char err[RT_ERR_LEN];
+  if (rt_arena_backend_new(s->prog, &be, err)) {
+    fprintf(stderr, "kiln sweep: error: %s\n", err);
+    return 1;
+  }
+  double t0 = rt_now();
+  r->rc = rt_train(&be, &o);
+  r->seconds = rt_now() - t0;
+  if (r->rc > 1) { /* a signal stopped the run, which wrote its checkpoint and said so */
+    rt_arena_backend_free(&be);
+    fprintf(stderr, "kiln sweep: stopped in run %" PRId64 " of %" PRId64 "; the rows of the "
+            "runs before it are %s%s\n", r->k + 1, g->runs,
+            strcmp(p->csv_path, "-") ? "in " : "above", strcmp(p->csv_path, "-") ? p->csv_path : "");
+    return r->rc;
+  }
+  r->value = r->rc == 0 ? selected(sw, &r->res) : NAN;
+  r->better = !isnan(r->value) && (best->run < 0 || (p->select.lower ? r->value < best->value
+                                                                     : r->value > best->value));
+  int rc = 0;
+  if (r->better && p->keep_path && rt_save_checkpoint(&be, p->keep_path, err)) {
+    fprintf(stderr, "kiln sweep: error: --keep %s\n", err);
+    rc = 1;
+  }
+  rt_arena_backend_free(&be);
+  return rc;
+}
+
+/* Run r's CSV row (the run, the grid's values, the seed, the figures, the command) and its line
+ * on stdout. 0, or 1 out of memory. */
+static int record_run(const Sweep *sw, const SweepRun *r, RtCsv *csv) {
+  const SweepPlan *p = sw->plan;
+  const SweepGrid *g = sw->g;
+  const RtResult *res = &r->res;
+  Buf row = {.lossy = true}, line = {.lossy = true};
+  buf_printf(&row, "%" PRId64, r->k + 1);
+  for (int a = 0; a < g->naxes; a++) {
+    buf_puts(&row, ",");
+    csv_field(&row, g->axes[a].values[r->index[a]]);
+  }
+  if (sw->seed_axis < 0)
+    buf_printf(&row, ",%" PRIu64, r->seed);
+  if (r->rc) {
+    for (int i = 0; i < 5 + 2 * sw->nmetrics; i++)
+      buf_puts(&row, ",");
+    buf_printf(&row, ",,%.3f,failed,", r->seconds);
+  } else {
+    csv_number(&row, res->train_loss, "%.6f");
+    csv_number(&row, res->val_loss, "%.6f");
+    csv_number(&row, res->val_accuracy, "%.6f");
+    csv_number(&row, res->test_loss, "%.6f");
+    csv_number(&row, res->test_accuracy, "%.6f");
+    for (int m = 0; m < sw->nmetrics; m++)
+      csv_number(&row, res->val_metrics[m], "%.6f");
+    for (int m = 0; m < sw->nmetrics; m++)
+      csv_number(&row, res->test_metrics[m], "%.6f");
+    buf_printf(&row, ",%d,%.3f,ok,", res->epochs, r->seconds);
+    char name[80];
+    figure(&line, "train_loss", res->train_loss);
+    figure(&line, "val_loss", res->val_loss);
+    figure(&line, "val_accuracy", res->val_accuracy);
+    for (int m = 0; m < sw->nmetrics; m++) {
+      snprintf(name, sizeof name, "val_%s", sw->metric_names[m]);
+      figure(&line, name, res->val_metrics[m]);
+    }
+    figure(&line, "test_loss", res->test_loss);
+    figure(&line, "test_accuracy", res->test_accuracy);
+    for (int m = 0; m < sw->nmetrics; m++) {
+      snprintf(name, sizeof name, "test_%s", sw->metric_names[m]);
+      figure(&line, name, res->test_metrics[m]);
+    }
+  }
+  csv_field(&row, r->command.p ? r->command.p : "");
+  int rc = 0;
+  if (row.lost || line.lost || r->command.lost || r->values.lost) {
+    fprintf(stderr, "kiln sweep: error: out of memory\n");
+    rc = 1;
+  } else {
+    rt_csv_row(csv, "%s", row.p);
+    if (p->out && r->rc)
+      fprintf(p->out, "run %" PRId64 "/%" PRId64 " %s: failed (the error is above)\n", r->k + 1,
+              g->runs, r->values.p ? r->values.p : "");
+    else if (p->out)
+      fprintf(p->out, "run %" PRId64 "/%" PRId64 " %s:%s epochs=%d seconds=%.1f%s\n", r->k + 1,
+              g->runs, r->values.p ? r->values.p : "", line.p ? line.p : "", res->epochs,
+              r->seconds, r->better ? "  (best so far)" : "");
+    if (p->out)
+      fflush(p->out);
+  }
+  buf_free(&row);
+  buf_free(&line);
+  return rc;
+}
+
+/* Every run of the grid in order; the best so far in *best. 0, or the sweep's exit code. */
+static int sweep_runs(Sweep *sw, RtCsv *csv, Best *best) {
+  const SweepGrid *g = sw->g;
   int index[SWEEP_MAX_AXES] = {0};
   double done_seconds = 0, done_epochs = 0, total_epochs = 0;
   int64_t failed = 0;
@@ -538,159 +676,42 @@ static int sweep_runs(Sweep *sw, RtCsv *csv, Best *best) {
     total_epochs += run_epochs(sw, index);
   }
   for (int64_t k = 0; k < g->runs; k++) {
-    sweep_grid_point(g, k, index);
-    Buf values = {.lossy = true}, command = {.lossy = true}, row = {.lossy = true};
+    SweepRun r = {.k = k, .values = {.lossy = true}, .command = {.lossy = true}, .value = NAN};
+    sweep_grid_point(g, k, r.index);
     for (int a = 0; a < g->naxes; a++)
-      buf_printf(&values, "%s%s=%s", a ? " " : "", g->axes[a].key, g->axes[a].values[index[a]]);
-    int64_t batch = sw->batch_axis >= 0
-                        ? strtoll(g->axes[sw->batch_axis].values[index[sw->batch_axis]], NULL, 10)
-                        : p->batch;
-    if (log) {
+      buf_printf(&r.values, "%s%s=%s", a ? " " : "", g->axes[a].key,
+                 g->axes[a].values[r.index[a]]);
+    if (sw->log) {
+      /* The time left, from the seconds per epoch of the runs so far. */
       char eta[32] = "";
       if (done_epochs > 0)
         format_seconds(eta, sizeof eta, done_seconds / done_epochs * (total_epochs - done_epochs));
-      fprintf(log, "sweep: run %" PRId64 "/%" PRId64 "  %s%s%s\n", k + 1, g->runs,
-              values.p ? values.p : "", eta[0] ? "  ETA " : "", eta);
-      fflush(log);
+      fprintf(sw->log, "sweep: run %" PRId64 "/%" PRId64 "  %s%s%s\n", k + 1, g->runs,
+              r.values.p ? r.values.p : "", eta[0] ? "  ETA " : "", eta);
+      fflush(sw->log);
     }
-    Session *s = session_for(sw, batch);
-    if (!s) {
-      buf_free(&values);
-      return 1;
-    }
-    Command cmd;
-    RtOptions o;
-    RtResult res;
-    RtBackend be;
-    char err[RT_ERR_LEN];
-    const char *argv[sizeof cmd.words / sizeof *cmd.words + 1];
-    if (command_of(sw, index, &cmd)) {
-      fprintf(stderr, "kiln sweep: error: too many options\n");
-      buf_free(&values);
-      return 2;
-    }
-    command_text(&cmd, &command);
-    /* The run's options are its command's, parsed as kiln train parses them. */
-    argv[0] = "kiln sweep";
-    int argc = 1;
-    for (int i = cmd.tail; i < cmd.n; i++)
-      argv[argc++] = cmd.words[i];
-    /* Its messages name the run: "kiln sweep (run 3/4): error: ...". */
-    char name[64];
-    snprintf(name, sizeof name, "kiln sweep (run %" PRId64 "/%" PRId64 ")", k + 1, g->runs);
-    rt_options_default(&o);
-    if (rt_options_parse(&o, argc, (char **)argv, name)) {
-      buf_free(&values);
-      buf_free(&command);
-      return 2;
-    }
-    o.argc = cmd.n;             /* a stopped run says how to continue: its own command */
-    o.argv = (char **)cmd.words;
-    o.result = &res;
-    if (!o.threads)
-      o.threads = p->threads;
-    o.quiet |= log == NULL;
-    if (rt_arena_backend_new(s->prog, &be, err)) {
-      fprintf(stderr, "kiln sweep: error: %s\n", err);
-      buf_free(&values);
-      buf_free(&command);
-      return 1;
-    }
-    double t0 = rt_now();
-    int rc = rt_train(&be, &o);
-    double seconds = rt_now() - t0;
-    if (rc > 1) { /* a signal stopped the run, which wrote its checkpoint and said so */
-      rt_arena_backend_free(&be);
-      fprintf(stderr, "kiln sweep: stopped in run %" PRId64 " of %" PRId64 "; the rows of the "
-              "runs before it are in %s\n", k + 1, g->runs, p->csv_path);
-      buf_free(&values);
-      buf_free(&command);
+    int rc = train_run(sw, &r, best);
+    if (!rc)
+      rc = record_run(sw, &r, csv);
+    if (rc) {
+      buf_free(&r.values);
+      buf_free(&r.command);
       return rc;
     }
-    done_seconds += seconds;
-    done_epochs += run_epochs(sw, index);
-    double value = rc == 0 ? selected(sw, &res) : NAN;
-    bool better = !isnan(value) &&
-                  (best->run < 0 || (p->select.lower ? value < best->value : value > best->value));
-    if (better && p->keep_path && rt_save_checkpoint(&be, p->keep_path, err)) {
-      fprintf(stderr, "kiln sweep: error: --keep %s\n", err);
-      rt_arena_backend_free(&be);
-      buf_free(&values);
-      buf_free(&command);
-      return 1;
-    }
-    rt_arena_backend_free(&be);
-    /* The row: run, the grid's values, the seed, the figures, the command. */
-    buf_printf(&row, "%" PRId64, k + 1);
-    for (int a = 0; a < g->naxes; a++) {
-      buf_puts(&row, ",");
-      csv_field(&row, g->axes[a].values[index[a]]);
-    }
-    if (sw->seed_axis < 0)
-      buf_printf(&row, ",%" PRIu64, run_seed(sw, &o));
-    if (rc) {
-      failed++;
-      for (int i = 0; i < 5 + 2 * sw->nmetrics; i++)
-        buf_puts(&row, ",");
-      buf_printf(&row, ",,%.3f,failed,", seconds);
-      if (p->out)
-        fprintf(p->out, "run %" PRId64 "/%" PRId64 " %s: failed (the error is above)\n", k + 1,
-                g->runs, values.p ? values.p : "");
-    } else {
-      Buf line = {.lossy = true};
-      csv_number(&row, res.train_loss, "%.6f");
-      csv_number(&row, res.val_loss, "%.6f");
-      csv_number(&row, res.val_accuracy, "%.6f");
-      csv_number(&row, res.test_loss, "%.6f");
-      csv_number(&row, res.test_accuracy, "%.6f");
-      for (int m = 0; m < sw->nmetrics; m++)
-        csv_number(&row, res.val_metrics[m], "%.6f");
-      for (int m = 0; m < sw->nmetrics; m++)
-        csv_number(&row, res.test_metrics[m], "%.6f");
-      buf_printf(&row, ",%d,%.3f,ok,", res.epochs, seconds);
-      figure(&line, "train_loss", res.train_loss);
-      figure(&line, "val_loss", res.val_loss);
-      figure(&line, "val_accuracy", res.val_accuracy);
-      char name[80];
-      for (int m = 0; m < sw->nmetrics; m++) {
-        snprintf(name, sizeof name, "val_%s", sw->metric_names[m]);
-        figure(&line, name, res.val_metrics[m]);
-      }
-      figure(&line, "test_loss", res.test_loss);
-      figure(&line, "test_accuracy", res.test_accuracy);
-      for (int m = 0; m < sw->nmetrics; m++) {
-        snprintf(name, sizeof name, "test_%s", sw->metric_names[m]);
-        figure(&line, name, res.test_metrics[m]);
-      }
-      if (p->out)
-        fprintf(p->out, "run %" PRId64 "/%" PRId64 " %s:%s epochs=%d seconds=%.1f%s\n", k + 1,
-                g->runs, values.p ? values.p : "", line.p ? line.p : "", res.epochs, seconds,
-                better ? "  (best so far)" : "");
-      buf_free(&line);
-    }
-    csv_field(&row, command.p ? command.p : "");
-    if (row.lost || command.lost || values.lost) {
-      fprintf(stderr, "kiln sweep: error: out of memory\n");
-      buf_free(&values);
-      buf_free(&command);
-      buf_free(&row);
-      return 1;
-    }
-    rt_csv_row(csv, "%s", row.p);
-    buf_free(&row);
-    if (p->out)
-      fflush(p->out);
-    if (better) {
+    done_seconds += r.seconds;
+    done_epochs += run_epochs(sw, r.index);
+    failed += r.rc != 0;
+    if (r.better) {
       buf_free(&best->command);
       buf_free(&best->values);
-      *best = (Best){k, value, command, values};
+      *best = (Best){k, r.value, r.command, r.values};
     } else {
-      buf_free(&values);
-      buf_free(&command);
+      buf_free(&r.values);
+      buf_free(&r.command);
     }
   }
-  if (log && failed)
-    fprintf(log, "sweep: %" PRId64 " of %" PRId64 " runs failed\n", failed, g->runs);
+  if (sw->log && failed)
+    fprintf(sw->log, "sweep: %" PRId64 " of %" PRId64 " runs failed\n", failed, g->runs);
   return 0;
 }
 
