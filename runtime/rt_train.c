@@ -1527,6 +1527,25 @@ static int train_data(Run *r) {
     if (!o->quiet)
       fprintf(stderr, "images: %lld PGM files in %s\n", (long long)files, o->images_dir);
   }
+  if (o->result) {
+    /* The metrics of the epoch early stopping kept were not kept with it: measure them again. */
+    if (nval && best.epoch > 0 && r->nmetrics > 0 &&
+        evaluate(r, &train, val_idx, nval, "validation", &test_loss, &acc, metrics))
+      goto done;
+    RtResult *res = o->result;
+    res->epochs = ran;
+    res->train_loss = train_loss;
+    res->val_loss = nval ? test_loss : NAN;
+    res->val_accuracy = nval ? acc : NAN;
+    res->test_loss = final_test_loss;
+    res->test_accuracy = final_acc;
+    for (int m = 0; m < RT_MAX_METRICS; m++) {
+      res->val_metrics[m] = nval ? metrics[m] : NAN;
+      res->test_metrics[m] = final_metrics[m];
+    }
+    rc = 0;
+    goto done;
+  }
   char figs[4][64];
   printf("final epochs=%d train_loss=%.4f%s%s%s%s images_per_s=%.0f", ran, train_loss,
          nval ? figure(test_loss, " val_loss=%.4f", figs[0], sizeof figs[0]) : "",

@@ -277,6 +277,15 @@ typedef struct RtBackend {
   void (*profile_report)(void *self, FILE *out);
 } RtBackend;
 
+/* What a data run measured on the parameters it kept (the last epoch's, or early stopping's
+ * best), for a driver that reports runs itself (kiln sweep); NaN where the run has no figure. */
+typedef struct RtResult {
+  int epochs;               /* epochs trained */
+  double train_loss;
+  double val_loss, val_accuracy, val_metrics[RT_MAX_METRICS];  /* NaN without a validation split */
+  double test_loss, test_accuracy, test_metrics[RT_MAX_METRICS];
+} RtResult;
+
 typedef struct RtOptions {
   const char *data_dir;   /* NULL: the model's data is in the file, or no data */
   RtNormalize normalize;  /* applied to every input fed from images */
@@ -309,6 +318,7 @@ typedef struct RtOptions {
   char **argv;              /* to resume */
   const char *prog_name;  /* prefix of messages on stderr ("trainer: error: ..."); set by
                              rt_options_parse, "trainer" by default */
+  RtResult *result;       /* set: a data run fills it and prints no summary line */
 } RtOptions;
 
 void rt_options_default(RtOptions *o);
@@ -348,6 +358,51 @@ uint64_t rt_setting_u64(const kiln_program *p, const char *key, uint64_t dflt);
  * and gradients with zeros; lr >= 0 overrides the hyper-parameter "lr" (an error if there is
  * none). Returns 0, or -1 with err. */
 int rt_init_persistent(RtBackend *be, uint64_t seed, double lr, char *err);
+
+/* ---- rt_ensemble.c: saved parameters evaluated on the test set, alone or as an ensemble ---- */
+
+/* How a classifier's output rows read as class probabilities: logits (softmax), probabilities
+ * (a model whose output is softmax(...)) or log-probabilities (log_softmax(...)). */
+enum { RT_SCORES_LOGITS, RT_SCORES_PROBABILITIES, RT_SCORES_LOG_PROBABILITIES };
+
+/* Row scores[0..classes) of that kind as probabilities p: softmax (the maximum subtracted),
+ * exp, or the values as they are. */
+void rt_class_probabilities(const double *scores, int64_t classes, int kind, double *p);
+
+/* An ensemble of `members` classifiers on n examples. scores holds each member's output rows,
+ * one member after the other ([members][n][classes]); mean gets the members' probabilities
+ * averaged per example ([n][classes], summed in member order, divided by members). The
+ * prediction is the argmax of the mean (ties to the first class, as torch.argmax); *accuracy is
+ * the fraction of predictions equal to the label and *loss the mean over examples of
+ * -log(mean probability of the label) (infinite when that probability is 0). */
+void rt_ensemble_average(const double *scores, int members, int64_t n, int64_t classes, int kind,
+                         const uint8_t *labels, double *mean, double *loss, double *accuracy);
+
+/* A model's figures on a test set; NaN where it has none. */
+typedef struct RtEvalFigures {
+  double loss, accuracy, metrics[RT_MAX_METRICS];
+} RtEvalFigures;
+
+typedef struct RtEnsembleReport {
+  int64_t examples;                         /* test examples evaluated */
+  int nmetrics;
+  const char *metric_names[RT_MAX_METRICS]; /* the model's metrics, into the program's table */
+  int scored;                               /* the output is class scores with labels: the
+                                               ensemble's figures are in `ensemble` */
+  RtEvalFigures ensemble;                   /* loss and accuracy (metrics NaN) */
+} RtEnsembleReport;
+
+/* Evaluates the parameter files params[0..n) on the test set of o->data_dir (--limit-test,
+ * --normalize with given values, --seed for tensors the files do not hold, --threads), one after
+ * the other on backend be: each file must hold every parameter and saved state of the model with
+ * its shape (rt_load_checkpoint). members[i] gets file i's figures as `kiln train` measures
+ * them at the end of a run (the eval entry in batches of the program's batch: the loss and
+ * metrics weighted by the batch's examples, accuracy from the argmax of the output). With a
+ * classifier output (rows of class scores of `kind`, labels fed) the ensemble's figures follow
+ * rt_ensemble_average; every output is kept for that, n x examples x classes values. Returns 0,
+ * or -1 with err. */
+int rt_evaluate_checkpoints(RtBackend *be, const RtOptions *o, const char *const *params, int n,
+                            int kind, RtEvalFigures *members, RtEnsembleReport *report, char *err);
 
 /* ---- rt_schedule.c: the learning rate of each epoch ----------------------------------------- */
 

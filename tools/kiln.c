@@ -33,6 +33,22 @@ static const char usage[] =
     "  tune MODEL [--seconds S]      time candidate schedules (convolution algorithms, GEMM\n"
     "                                tiles) on this machine and keep the fastest in the cache,\n"
     "                                where build, train and check find them (--no-tune: not)\n"
+    "  sweep MODEL --grid KEY=V,V... [KEY=V,V...] [trainer options] [-o sweep.csv]\n"
+    "        [--keep BEST.safetensors] [--select val_loss|val_accuracy|val_METRIC]\n"
+    "                                train every combination of the grid's values (keys: lr,\n"
+    "                                batch, epochs, seed, patience, validation, limit-train;\n"
+    "                                the last key varies fastest), one run after another, each\n"
+    "                                holding out 10% of the training examples for validation\n"
+    "                                unless --validation says otherwise; one CSV row per run\n"
+    "                                with its `kiln train` command; --keep: the parameters of\n"
+    "                                the best run by --select (default val_loss, lowest;\n"
+    "                                val_accuracy and metrics: highest; min:/max: to override)\n"
+    "  evaluate MODEL --params P.safetensors [--params ...] --data DIR [--limit-test N]\n"
+    "        [--normalize M,S] [--seed S]\n"
+    "                                each parameter file's test loss and accuracy (and\n"
+    "                                metrics); with several, also their ensemble's: the mean of\n"
+    "                                the members' softmax probabilities, loss -log of it at\n"
+    "                                the label, accuracy from its argmax\n"
     "  check MODEL [--steps N]       generated code against the reference runtime\n"
     "  grad MODEL --params P.safetensors --inputs I.safetensors -o G.safetensors\n"
     "                                [--runtime compiled|reference]  loss and gradients\n"
@@ -69,7 +85,7 @@ static const char usage[] =
     "  --verbose       print how long each phase took (parse to emit, compile or cache, load)\n"
     "  -o FILE         output file ('-' for stdout where text)\n"
     "\n"
-    "trainer options (train, and every built trainer):\n"
+    "trainer options (train, sweep, and every built trainer):\n"
     "  --data DIR --epochs N --lr X --seed S --save FILE --load FILE --metrics FILE.csv\n"
     "  --limit-train N --limit-test N --validation N --patience N --resume FILE\n"
     "  --checkpoint-every N --checkpoint-dir D --keep-checkpoints K --max-memory SIZE\n"
@@ -78,6 +94,12 @@ static const char usage[] =
 
 typedef struct Args {
   const char *cmd, *model, *out, *params, *inputs, *tangents;
+  int nparams;            /* --params given this many times (evaluate: an ensemble) */
+  const char **param_list;
+  SweepGrid grid;         /* sweep: --grid */
+  const char *keep, *select; /* sweep: --keep FILE, --select COLUMN */
+  int ncommon;            /* kiln's options as written (sweep: repeated in each run's command) */
+  char **common;
   int steps;
   const char *wrt;        /* kiln diff: the variable, its value and the highest order */
   double at;
@@ -225,12 +247,16 @@ static int parse_args(int argc, char **argv, Args *a) {
   session_default_options(&a->opt);
   if (options_from_environment(&a->opt)) return 2;
   a->rest = calloc((size_t)argc + 1, sizeof(char *));
-  if (!a->rest) return usage_error("%s", "out of memory");
+  a->common = calloc((size_t)argc + 1, sizeof(char *));
+  a->param_list = calloc((size_t)argc + 1, sizeof(char *));
+  if (!a->rest || !a->common || !a->param_list) return usage_error("%s", "out of memory");
   a->cmd = argv[1];
   for (int i = 2; i < argc; i++) {
     const char *s = argv[i];
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
     int64_t n;
+    int first = i;          /* the option's first word, for a->common */
+    bool common = false;    /* an option of kiln's own that a run's command repeats */
 #define NEED_VALUE() \
   if (!val) return usage_error("option %s needs a value", s); \
   i++
@@ -249,26 +275,32 @@ static int parse_args(int argc, char **argv, Args *a) {
       NEED_VALUE();
       if (!parse_int(val, 1, &n) || n > 256) return usage_error("--threads needs an integer in 1..256, got '%s'", val);
       a->opt.sched.threads = (int)n;
+      common = true;
     } else if (!strcmp(s, "--backend")) {
       NEED_VALUE();
+      common = true;
       if (parse_backend(val, &a->opt.backend.kind))
         return usage_error(backend_has_jit() ? "--backend is 'jit' or 'cc', not '%s'"
                                              : "--backend is 'cc' (built without LLVM), not '%s'", val);
     } else if (!strcmp(s, "--target")) {
       NEED_VALUE();
+      common = true;
       if (parse_target(val, &a->opt))
         return usage_error("--target is native, x86-64, x86-64-v2, x86-64-v3 or x86-64-v4, not "
                            "'%s'", val);
     } else if (!strcmp(s, "-O1") || !strcmp(s, "-O2") || !strcmp(s, "-O3")) {
       a->opt.backend.opt_level = s[2] - '0';
+      common = true;
     } else if (!strcmp(s, "--train")) {
       a->train_graph = true;
     } else if (!strcmp(s, "--verbose")) {
       a->verbose = true;
     } else if (!strcmp(s, "--no-cache")) {
       a->no_cache = true;
+      common = true;
     } else if (!strcmp(s, "--no-tune")) {
       a->no_tune = true;
+      common = true;
     } else if (!strcmp(s, "--iterations")) {
       NEED_VALUE();
       if (!parse_int(val, 1, &n) || n > 100000)
@@ -311,6 +343,24 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (!strcmp(s, "--params")) {
       NEED_VALUE();
       a->params = val;
+      a->param_list[a->nparams++] = val;
+    } else if (!strcmp(s, "--grid")) {
+      /* KEY=V,V... words up to the next option; each word may hold several, space-separated. */
+      if (!val || val[0] == '-' || !strchr(val, '='))
+        return usage_error("%s", "--grid needs KEY=V1,V2,... (e.g. --grid lr=1e-3,3e-3 batch=32,64)");
+      for (; i + 1 < argc && argv[i + 1][0] != '-' && strchr(argv[i + 1], '='); i++) {
+        char word[4096], err[512];
+        if (strlen(argv[i + 1]) >= sizeof word) return usage_error("--grid: '%.60s...' is too long", argv[i + 1]);
+        strcpy(word, argv[i + 1]);
+        for (char *save = NULL, *spec = strtok_r(word, " \t", &save); spec; spec = strtok_r(NULL, " \t", &save))
+          if (sweep_grid_add(&a->grid, spec, err, sizeof err)) return usage_error("%s", err);
+      }
+    } else if (!strcmp(s, "--keep")) {
+      NEED_VALUE();
+      a->keep = val;
+    } else if (!strcmp(s, "--select")) {
+      NEED_VALUE();
+      a->select = val;
     } else if (!strcmp(s, "--inputs")) {
       NEED_VALUE();
       a->inputs = val;
@@ -328,6 +378,8 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else {
       return usage_error("unexpected argument '%s'", s);
     }
+    for (int j = first; common && j <= i; j++)
+      a->common[a->ncommon++] = argv[j];
 #undef NEED_VALUE
   }
   if (!a->model) return usage_error("'%s' needs a MODEL file", a->cmd);
@@ -741,6 +793,150 @@ static int cmd_tune(Args *a) {
   return rc;
 }
 
+/* ---- kiln sweep ---- */
+
+/* The sweep's way to a program at a batch: the options of the command line with that batch
+ * (and what `kiln tune` measured for it), loaded through the cache, reported like `kiln train`. */
+static int open_for_batch(void *ctx, int64_t batch, Session *s) {
+  Args *a = ctx;
+  if (batch > 0)
+    a->opt.batch = batch;
+  a->opt.sched.tuning = NULL;
+  use_tuning(a);
+  if (session_open_file(s, a->model, &a->opt) || session_load(s)) {
+    report(s);
+    return -1;
+  }
+  report_phases(s, a);
+  return 0;
+}
+
+static int cmd_sweep(Args *a) {
+  if (!a->grid.naxes)
+    return usage_error("%s", "sweep needs --grid KEY=V1,V2,... (e.g. --grid lr=1e-3,3e-3 batch=32,64)");
+  if (a->reference)
+    return usage_error("%s", "sweep trains the compiled step (no --runtime reference)");
+  SweepPlan plan = {
+      .model = a->model, .grid = &a->grid, .ntrainer = a->nrest, .trainer = a->rest,
+      .ncommon = a->ncommon, .common = a->common, .batch = a->opt.batch,
+      .threads = a->opt.sched.threads,
+      .csv_path = a->out ? a->out : "sweep.csv",
+      .keep_path = a->keep, .open = open_for_batch, .ctx = a, .log = stderr, .out = stdout};
+  char err[512];
+  if (sweep_select_parse(a->select ? a->select : "val_loss", &plan.select, err, sizeof err))
+    return usage_error("%s", err);
+  return sweep_run(&plan);
+}
+
+/* ---- kiln evaluate ---- */
+
+/* How the model's output reads as class probabilities: softmax(...) and log_softmax(...) over the
+ * last axis already are (the log of) them; anything else is taken as logits. */
+static int output_scores(const Graph *g) {
+  if (g->output_eval < 0)
+    return RT_SCORES_LOGITS;
+  const Node *n = ir_at((Graph *)g, g->output_eval);
+  if ((n->op == OP_SOFTMAX || n->op == OP_LOG_SOFTMAX) && n->attr.axis == n->shape.rank - 1)
+    return n->op == OP_SOFTMAX ? RT_SCORES_PROBABILITIES : RT_SCORES_LOG_PROBABILITIES;
+  return RT_SCORES_LOGITS;
+}
+
+/* " test_loss=0.5123 test_accuracy=0.8100 test_psnr=20.1234": the figures the model has. */
+static void print_figures(const RtEvalFigures *f, const RtEnsembleReport *r, bool metrics) {
+  if (!isnan(f->loss)) printf(" test_loss=%.4f", f->loss);
+  if (!isnan(f->accuracy)) printf(" test_accuracy=%.4f", f->accuracy);
+  for (int m = 0; metrics && m < r->nmetrics; m++)
+    if (!isnan(f->metrics[m])) printf(" test_%s=%.4f", r->metric_names[m], f->metrics[m]);
+  printf("\n");
+}
+
+static int cmd_evaluate(Session *s, Args *a) {
+  static const char *const allowed[] = {"--data", "--limit-test", "--normalize", "--seed",
+                                        "--threads", "--quiet"};
+  if (!a->nparams)
+    return usage_error("%s", "evaluate needs --params FILE.safetensors (repeat it for an ensemble)");
+  for (int i = 0; i < a->nrest; i++) {
+    const char *w = a->rest[i];
+    size_t len = strcspn(w, "=");
+    bool ok = false;
+    for (size_t k = 0; k < sizeof allowed / sizeof *allowed; k++)
+      ok |= strlen(allowed[k]) == len && !strncmp(w, allowed[k], len);
+    if (!ok)
+      return usage_error("evaluate takes --data, --limit-test, --normalize, --seed, --threads and "
+                         "--quiet of the trainer options, not '%s'", w);
+    if (rt_option_takes_value(w))
+      i++;
+  }
+  RtOptions o;
+  rt_options_default(&o);
+  char **argv = calloc((size_t)a->nrest + 2, sizeof(char *));
+  if (!argv) return 1;
+  argv[0] = "kiln evaluate";
+  for (int i = 0; i < a->nrest; i++) argv[i + 1] = a->rest[i];
+  int rc = rt_options_parse(&o, a->nrest + 1, argv, "kiln evaluate");
+  free(argv);
+  if (rc) return rc > 0 ? 0 : 2;
+  if (!o.threads)
+    o.threads = a->opt.sched.threads;
+  RtBackend be;
+  char err[RT_ERR_LEN];
+  bool arena = !a->reference;
+  if (a->reference) {
+    if (session_reference(s, a->precision, &be)) {
+      report(s);
+      return 1;
+    }
+  } else {
+    if (session_load(s)) {
+      report(s);
+      return 1;
+    }
+    report_phases(s, a);
+    if (rt_arena_backend_new(s->prog, &be, err)) {
+      fprintf(stderr, "kiln: error: %s\n", err);
+      return 1;
+    }
+  }
+  RtEvalFigures *members = calloc((size_t)a->nparams, sizeof *members);
+  RtEnsembleReport report;
+  int kind = output_scores(s->g);
+  rc = 1;
+  if (!members)
+    fprintf(stderr, "kiln: error: out of memory\n");
+  else if (rt_evaluate_checkpoints(&be, &o, a->param_list, a->nparams, kind, members, &report, err))
+    fprintf(stderr, "kiln evaluate: error: %s\n", err);
+  else
+    rc = 0;
+  if (!rc) {
+    if (!o.quiet)
+      fprintf(stderr, "evaluate: %lld test examples of %s, in batches of %lld\n",
+              (long long)report.examples, o.data_dir, (long long)be.prog->batch);
+    for (int i = 0; i < a->nparams; i++) {
+      printf("%s:", a->param_list[i]);
+      print_figures(&members[i], &report, true);
+    }
+    if (a->nparams > 1 && report.scored) {
+      printf("ensemble of %d:", a->nparams);
+      print_figures(&report.ensemble, &report, false);
+      if (!o.quiet)
+        fprintf(stderr, "evaluate: the ensemble predicts the argmax of the mean of the members' "
+                "class probabilities (%s); its loss is the mean of -log of that mean at the "
+                "label\n", kind == RT_SCORES_LOGITS ? "softmax of the output"
+                            : kind == RT_SCORES_PROBABILITIES ? "the softmax output"
+                                                              : "exp of the log_softmax output");
+    } else if (a->nparams > 1 && !o.quiet) {
+      fprintf(stderr, "evaluate: the ensemble is not scored: the output is not class scores with "
+              "labels, and the model's loss and metrics are computed from its own output, so they "
+              "are given per member\n");
+    }
+    fflush(stdout);
+  }
+  free(members);
+  if (arena)
+    rt_arena_backend_free(&be);
+  return rc;
+}
+
 /* ---- kiln check / grad / jvp / hvp ---- */
 
 /* The checks print their results on stdout; a failure that is not a disagreement (a file, the
@@ -781,6 +977,60 @@ static int cmd_forward(Session *s, const Args *a, bool hvp) {
                                   a->reference, stdout));
 }
 
+/* The command after its arguments were parsed: checks of which options go with which command,
+ * then the session and the command's function. */
+static int run_command(Args *a) {
+  const char *cmd = a->cmd;
+  bool sweep = !strcmp(cmd, "sweep"), evaluate = !strcmp(cmd, "evaluate");
+  if (a->tangents && strcmp(cmd, "jvp") && strcmp(cmd, "hvp"))
+    return usage_error("%s", "--tangents belongs to jvp and hvp");
+  if (!sweep && (a->grid.naxes || a->keep || a->select))
+    return usage_error("%s belongs to sweep", a->grid.naxes ? "--grid" : a->keep ? "--keep" : "--select");
+  if (evaluate && a->out)
+    return usage_error("%s", "evaluate prints its figures on stdout (no -o)");
+  if (a->nparams > 1 && !evaluate)
+    return usage_error("%s takes one --params (several make an ensemble for evaluate)", cmd);
+  /* Trainer options belong to train and sweep; evaluate takes those about the test set. */
+  if (a->nrest && strcmp(cmd, "train") && !sweep && !evaluate)
+    return usage_error("unknown option '%s'", a->rest[0]);
+  a->opt.jvp = !strcmp(cmd, "jvp") || !strcmp(cmd, "gradcheck");
+  a->opt.hvp = !strcmp(cmd, "hvp") || !strcmp(cmd, "curvature");
+  a->opt.no_training = !strcmp(cmd, "diff");
+  if ((a->wrt || a->have_at || a->order) && strcmp(cmd, "diff"))
+    return usage_error("%s", "--wrt, --at and --order belong to diff");
+  if (!strcmp(cmd, "tune"))
+    return cmd_tune(a);
+  use_tuning(a);
+  Session s;
+  int rc;
+  if (session_open_file(&s, a->model, &a->opt)) {
+    report(&s);
+    session_close(&s);
+    return 1;
+  }
+  if (!strcmp(cmd, "shapes")) rc = write_output(&s, a, write_shapes);
+  else if (!strcmp(cmd, "graph")) rc = write_output(&s, a, write_dot);
+  else if (!strcmp(cmd, "ir")) rc = write_output(&s, a, write_ir);
+  else if (!strcmp(cmd, "emit")) rc = cmd_emit(&s, a);
+  else if (!strcmp(cmd, "schedule")) rc = cmd_schedule(&s, a);
+  else if (!strcmp(cmd, "build")) rc = cmd_build(&s, a);
+  else if (!strcmp(cmd, "train")) rc = cmd_train(&s, a);
+  else if (sweep) rc = cmd_sweep(a);
+  else if (evaluate) rc = cmd_evaluate(&s, a);
+  else if (!strcmp(cmd, "check")) rc = cmd_check(&s, a);
+  else if (!strcmp(cmd, "jvp")) rc = cmd_forward(&s, a, false);
+  else if (!strcmp(cmd, "hvp")) rc = cmd_forward(&s, a, true);
+  else if (!strcmp(cmd, "diff")) rc = cmd_diff(&s, a);
+  else if (!strcmp(cmd, "curvature")) rc = cmd_curvature(&s, a);
+  else if (!strcmp(cmd, "gradcheck")) rc = checked(&s, gradcheck_model(&s, s.g->train.seed, stdout));
+  else rc = cmd_grad(&s, a);
+  /* train and evaluate reported before they started; a sweep's runs report their own. */
+  if ((strcmp(cmd, "train") && !sweep && !evaluate) || a->reference)
+    report_phases(&s, a);
+  session_close(&s);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   Args a;
   memset(&a, 0, sizeof a);
@@ -803,65 +1053,17 @@ int main(int argc, char **argv) {
     return 0;
   }
   static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
-                                         "jvp", "hvp", "tune", "diff", "gradcheck",
-                                         "curvature"};
+                                         "jvp", "hvp", "tune", "sweep", "evaluate", "diff",
+                                         "gradcheck", "curvature"};
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
   if (!known) return usage_error("unknown command '%s'", argv[1]);
   int rc = parse_args(argc, argv, &a);
-  if (rc) {
-    free(a.rest);
-    return rc;
-  }
-  if (a.tangents && strcmp(a.cmd, "jvp") && strcmp(a.cmd, "hvp")) {
-    free(a.rest);
-    return usage_error("%s", "--tangents belongs to jvp and hvp");
-  }
-  /* Trainer options belong to `train` only. */
-  if (a.nrest && strcmp(a.cmd, "train")) {
-    rc = usage_error("unknown option '%s'", a.rest[0]);
-    free(a.rest);
-    return rc;
-  }
-  const char *cmd = a.cmd;
-  a.opt.jvp = !strcmp(cmd, "jvp") || !strcmp(cmd, "gradcheck");
-  a.opt.hvp = !strcmp(cmd, "hvp") || !strcmp(cmd, "curvature");
-  a.opt.no_training = !strcmp(cmd, "diff");
-  if ((a.wrt || a.have_at || a.order) && strcmp(cmd, "diff")) {
-    free(a.rest);
-    return usage_error("%s", "--wrt, --at and --order belong to diff");
-  }
-  if (!strcmp(cmd, "tune")) {
-    rc = cmd_tune(&a);
-    free(a.rest);
-    return rc;
-  }
-  use_tuning(&a);
-  Session s;
-  if (session_open_file(&s, a.model, &a.opt)) {
-    report(&s);
-    session_close(&s);
-    free(a.rest);
-    return 1;
-  }
-  if (!strcmp(cmd, "shapes")) rc = write_output(&s, &a, write_shapes);
-  else if (!strcmp(cmd, "graph")) rc = write_output(&s, &a, write_dot);
-  else if (!strcmp(cmd, "ir")) rc = write_output(&s, &a, write_ir);
-  else if (!strcmp(cmd, "emit")) rc = cmd_emit(&s, &a);
-  else if (!strcmp(cmd, "schedule")) rc = cmd_schedule(&s, &a);
-  else if (!strcmp(cmd, "build")) rc = cmd_build(&s, &a);
-  else if (!strcmp(cmd, "train")) rc = cmd_train(&s, &a);
-  else if (!strcmp(cmd, "check")) rc = cmd_check(&s, &a);
-  else if (!strcmp(cmd, "jvp")) rc = cmd_forward(&s, &a, false);
-  else if (!strcmp(cmd, "hvp")) rc = cmd_forward(&s, &a, true);
-  else if (!strcmp(cmd, "diff")) rc = cmd_diff(&s, &a);
-  else if (!strcmp(cmd, "curvature")) rc = cmd_curvature(&s, &a);
-  else if (!strcmp(cmd, "gradcheck")) rc = checked(&s, gradcheck_model(&s, s.g->train.seed, stdout));
-  else rc = cmd_grad(&s, &a);
-  /* train reported before training started. */
-  if (strcmp(cmd, "train") || a.reference)
-    report_phases(&s, &a);
-  session_close(&s);
+  if (!rc)
+    rc = run_command(&a);
+  sweep_grid_free(&a.grid);
   free(a.rest);
+  free(a.common);
+  free(a.param_list);
   return rc;
 }

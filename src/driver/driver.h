@@ -167,6 +167,90 @@ typedef struct CurvatureOptions {
  * must have the hvp option. 0, or 1 with the reason in s->error. */
 int curvature_model(Session *s, const CurvatureOptions *co, FILE *out);
 
+/* ================================ sweep.c ================================ */
+
+/* `kiln sweep`: every point of a grid of trainer settings trained in turn, one CSV row per run,
+ * the best run by a validation figure kept. */
+
+#define SWEEP_MAX_AXES 8
+#define SWEEP_MAX_VALUES 1000   /* per key */
+#define SWEEP_MAX_RUNS 100000
+
+/* One key of a grid and its values, as written (each checked as the option takes it). */
+typedef struct SweepAxis {
+  const char *key;        /* "lr", "batch", "epochs", "seed", "patience", "validation",
+                             "limit-train" */
+  const char *option;     /* what `kiln train` takes it as: "--lr", "--batch", ... */
+  int n;
+  char **values;
+  char *text;             /* the values' storage */
+} SweepAxis;
+
+typedef struct SweepGrid {
+  SweepAxis axes[SWEEP_MAX_AXES];
+  int naxes;
+  int64_t runs;           /* the product of the axes' sizes (1 for an empty grid) */
+} SweepGrid;
+
+/* The keys a grid takes, in a sentence: "lr, batch, epochs, ...". */
+const char *sweep_grid_keys(void);
+/* Adds the axis "KEY=V1,V2,..." to g (initially zeroed). 0, or -1 with a message in err (an
+ * unknown key names the valid ones; a value that is malformed, out of range or repeated, an empty
+ * list, a key given twice or a grid above SWEEP_MAX_RUNS runs are refused). */
+int sweep_grid_add(SweepGrid *g, const char *spec, char *err, size_t cap);
+/* The axis of key, or -1. */
+int sweep_grid_axis(const SweepGrid *g, const char *key);
+/* The values of run k (from 0, below g->runs): index[a] is the value's index on axis a. The
+ * runs are the cartesian product in the order the keys were given, the last key varying fastest
+ * (nested loops, the first key outermost). */
+void sweep_grid_point(const SweepGrid *g, int64_t k, int *index);
+void sweep_grid_free(SweepGrid *g);
+
+/* What picks the best run: a validation column of the sweep's CSV and its direction. */
+typedef struct SweepSelect {
+  char column[64];        /* "val_loss", "val_accuracy" or "val_NAME" (a metric) */
+  char metric[56];        /* NAME for a metric, else "" */
+  bool lower;             /* lower is better */
+} SweepSelect;
+/* "val_loss" (lowest wins), "val_accuracy" (highest), "val_NAME" for the model's metric NAME
+ * (highest, as PSNR), each direction overridable with a "min:" or "max:" prefix. Test-set
+ * columns are refused: selection never looks at the test set. 0, or -1 with err. */
+int sweep_select_parse(const char *text, SweepSelect *s, char *err, size_t cap);
+
+/* One argument as a POSIX shell reads it back: as it is when it holds only safe characters,
+ * else in single quotes. Appends to b. */
+void sweep_shell_word(Buf *b, const char *arg);
+
+typedef struct SweepPlan {
+  const char *model;      /* the model file as given: each run's command names it */
+  const SweepGrid *grid;
+  int ntrainer;           /* trainer options as given, passed to every run */
+  char **trainer;
+  int ncommon;            /* kiln's own options as given (--threads 2, -O3; not --batch),
+                             repeated in each run's command */
+  char **common;
+  int64_t batch;          /* --batch, when batch is not a grid key (0: the model's) */
+  int threads;            /* threads each run's step runs on */
+  const char *csv_path;   /* one row per run */
+  const char *keep_path;  /* the best run's parameters, or NULL */
+  SweepSelect select;
+  /* Opens the model specialised for batch (0: the model's own) into s and loads its step (the
+   * compiled-program cache applies); 0, or -1 after saying why on stderr. The sweep closes s. */
+  int (*open)(void *ctx, int64_t batch, Session *s);
+  void *ctx;
+  FILE *log;              /* what the sweep is doing (stderr); NULL: quiet */
+  FILE *out;              /* each run's figures, the best run and its command (stdout) */
+} SweepPlan;
+
+/* Trains every run of the grid in order, sequentially in this process, each run through
+ * rt_train (its options parsed from its own `kiln train` command line, so that the command in
+ * its CSV row reproduces it) with a validation split (10% of the training examples unless
+ * --validation or the grid says otherwise). A run that fails (a diverging learning rate) gets a
+ * row marked failed and the sweep goes on. Returns the exit code: 0 when a best run was found,
+ * 1 when none was (or a file could not be written), 2 for options a sweep refuses, and a
+ * signal's code (130, 143) when one stopped it. */
+int sweep_run(const SweepPlan *plan);
+
 /* ================================ api.c ================================ */
 
 /* Sets this thread's kiln_last_error to msg and returns KILN_ERROR; NULL clears it and returns
