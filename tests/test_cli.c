@@ -645,6 +645,47 @@ START_TEST(diff_errors) {
 }
 END_TEST
 
+/* kiln curvature on quadratics with known Hessians: diag(1, 2, 5, 10) (condition number 10,
+ * stable lr below 0.2), and an indefinite one with eigenvalues 3, -1 and 0.5 in rotated axes. */
+START_TEST(curvature_of_quadratics) {
+  char model[300], cmd[1024], *out, *err;
+  snprintf(model, sizeof model, "%s/q.kiln", tmpdir);
+  static const struct { const char *text; double lmax, lmin, cond; } cases[] = {
+      {"const d: f64[4] = [1, 2, 5, 10]\nparam w: f64[4] = [1, -1, 0.5, 2]\n"
+       "loss = 0.5 * sum(d * w * w)\nminimize loss\ntrain { optimizer = sgd(lr=0.1) }\n",
+       10, 1, 10},
+      {"param w: f64[3] = [0.3, -0.2, 1]\n"
+       "a = (w[0] + w[1]) * 0.7071067811865476\nb = (w[0] - w[1]) * 0.7071067811865476\n"
+       "loss = 0.5 * (3 * a * a - b * b + 0.5 * w[2] * w[2])\nminimize loss\n"
+       "train { optimizer = sgd(lr=1) }\n", 3, -1, 0},
+  };
+  for (int c = 0; c < 2; c++) {
+    FILE *f = fopen(model, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(cases[c].text, f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, KILN " curvature '%s'", model);
+    ck_assert_msg(run(cmd, &out, &err) == 0, "%s", err);
+    const char *a = strstr(out, "largest eigenvalue"), *b = strstr(out, "smallest eigenvalue");
+    ck_assert_msg(a && b, "%s", out);
+    double lmax = strtod(a + strlen("largest eigenvalue"), NULL);
+    double lmin = strtod(b + strlen("smallest eigenvalue"), NULL);
+    ck_assert_msg(fabs(lmax - cases[c].lmax) < 1e-6 && fabs(lmin - cases[c].lmin) < 1e-6,
+                  "%s", out);
+    if (cases[c].cond > 0) {
+      const char *k = strstr(out, "condition number");
+      ck_assert_msg(k && fabs(strtod(k + strlen("condition number"), NULL) - 10) < 1e-5, "%s",
+                    out);
+      ck_assert_msg(strstr(out, "below 2/lambda_max = 0.2 (the model's lr is 0.1)"), "%s", out);
+    } else {
+      ck_assert_msg(strstr(out, "not positive definite"), "%s", out);
+      ck_assert_msg(strstr(out, "(the model's lr is 1: above it)"), "%s", out);
+    }
+    free(out), free(err);
+  }
+}
+END_TEST
+
 /* --images refuses a model whose output is not a picture, before training. */
 START_TEST(images_need_a_picture) {
   char cmd[1024], *out, *err;
@@ -1418,6 +1459,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, init_from_and_freeze);
   tcase_add_test(tc, diff_closed_forms);
   tcase_add_test(tc, diff_errors);
+  tcase_add_test(tc, curvature_of_quadratics);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);

@@ -110,7 +110,7 @@ static int power(Hvp *h, int iters, RtRng *r, double *lambda, int *used) {
       break; /* H v = 0: the curvature along v is 0 */
     for (int64_t i = 0; i < h->n; i++)
       v[i] = hv[i] / norm;
-    if (fabs(*lambda - prev) <= 1e-7 * fabs(*lambda)) {
+    if (fabs(*lambda - prev) <= 1e-12 * fabs(*lambda)) {
       (*used)++;
       break;
     }
@@ -246,6 +246,10 @@ int curvature_model(Session *s, const CurvatureOptions *co, FILE *out) {
   double lr = g->train.lr;
   fprintf(out, "curvature %s: the Hessian of the loss on a batch of %lld, %lld parameters\n",
           g->name, (long long)h.batch, (long long)h.n);
+  /* Power iteration finds the eigenvalue of largest magnitude: the largest one when it is
+   * positive, else Lanczos's largest Ritz value is. */
+  if (!(lmax > 0))
+    lmax = hi;
   fprintf(out, "largest eigenvalue   %.9g   (power iteration, %d Hessian-vector products)\n",
           lmax, used);
   fprintf(out, "                     %.9g   (Lanczos, %d steps)\n", hi, steps);
