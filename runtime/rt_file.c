@@ -7,6 +7,7 @@
  * one, and the name is random. The file is created in the target's directory so the final
  * rename cannot cross file systems.
  */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -41,6 +42,43 @@ FILE *rt_create_temp(const char *path, char *tmp, size_t len, char *err) {
     unlink(tmp);
   }
   return f;
+}
+
+int rt_write_target(const char *path, char *target, size_t len, char *err) {
+  struct stat st;
+  /* /dev/stdout, /dev/fd/N and /proc/self/fd/N lead to a descriptor of this process; renaming
+   * a new file onto such a name replaces the link (or the caller's redirect target) instead of
+   * writing to it. */
+  if (!strncmp(path, "/dev/", 5) || !strncmp(path, "/proc/", 6))
+    return 1;
+  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+    return rt_errf(err, "%s: is a directory", path);
+  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+    return 1; /* a pipe or a device: written as it is */
+  if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+    /* Through a link: the new file takes the place of the file it leads to, so the link stays a
+     * link; a dangling link's file is created where it points. */
+    char *real = realpath(path, NULL), link[4096];
+    int fits;
+    if (real) {
+      fits = (size_t)snprintf(target, len, "%s", real) < len;
+      free(real);
+    } else {
+      ssize_t n = readlink(path, link, sizeof link - 1);
+      if (n <= 0)
+        return rt_errf(err, "%s: cannot follow the link: %s", path, strerror(errno));
+      link[n] = 0;
+      const char *slash = strrchr(path, '/');
+      int dir = link[0] == '/' || !slash ? 0 : (int)(slash - path + 1);
+      fits = (size_t)snprintf(target, len, "%.*s%s", dir, path, link) < len;
+    }
+    if (!fits)
+      return rt_errf(err, "%s: path too long", path);
+    return !strncmp(target, "/dev/", 5) || !strncmp(target, "/proc/", 6);
+  }
+  if ((size_t)snprintf(target, len, "%s", path) >= len)
+    return rt_errf(err, "%s: path too long", path);
+  return 0;
 }
 
 FILE *rt_open_regular(const char *path, struct stat *st, char *err) {

@@ -107,12 +107,12 @@ static void keep_rows(const char *path, int keep, FILE *f) {
 }
 
 int rt_csv_open(RtCsv *c, const char *path, const char *header, int keep, char *err) {
-  char tmp[4096];
-  struct stat st;
+  char tmp[4096], target[4096];
   c->path = path;
-  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
-    return rt_errf(err, "%s: is a directory", path);
-  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+  int in_place = rt_write_target(path, target, sizeof target, err);
+  if (in_place < 0)
+    return -1;
+  if (in_place) {
     /* A device or a pipe (/dev/stdout) is written as it is, never replaced. */
     if (!(c->f = fopen(path, "w")))
       return rt_errf(err, "%s: cannot open: %s", path, strerror(errno));
@@ -121,13 +121,13 @@ int rt_csv_open(RtCsv *c, const char *path, const char *header, int keep, char *
     return 0;
   }
   /* A fresh file takes the old one's place only once it holds the header and kept rows. */
-  FILE *f = rt_create_temp(path, tmp, sizeof tmp, err);
+  FILE *f = rt_create_temp(target, tmp, sizeof tmp, err);
   if (!f)
     return -1;
   fprintf(f, "%s\n", header);
   if (keep > 0)
-    keep_rows(path, keep, f);
-  if (fflush(f) || rename(tmp, path)) {
+    keep_rows(target, keep, f);
+  if (fflush(f) || rename(tmp, target)) {
     rt_errf(err, "%s: cannot write: %s", path, strerror(errno));
     fclose(f);
     unlink(tmp);

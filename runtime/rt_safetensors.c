@@ -333,13 +333,13 @@ int rt_safetensors_write(const char *path, const RtNamedTensor *ts, int n, const
     free(hdr.p);
     return -1;
   }
-  char tmp[4096];
-  struct stat st;
-  if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+  char tmp[4096], target[4096];
+  int in_place = rt_write_target(path, target, sizeof target, err);
+  if (in_place < 0) {
     free(hdr.p);
-    return rt_errf(err, "%s: is a directory", path);
+    return -1;
   }
-  if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+  if (in_place) {
     /* A device or a pipe (/dev/null, /dev/stdout) is written as it is, never replaced. */
     FILE *out = fopen(path, "wb");
     int bad = !out || write_all(out, ts, n, &hdr) || fflush(out);
@@ -349,7 +349,7 @@ int rt_safetensors_write(const char *path, const RtNamedTensor *ts, int n, const
     free(hdr.p);
     return bad ? rt_errf(err, "%s: write failed: %s", path, strerror(e ? e : EIO)) : 0;
   }
-  FILE *f = rt_create_temp(path, tmp, sizeof tmp, err);
+  FILE *f = rt_create_temp(target, tmp, sizeof tmp, err);
   if (!f) {
     free(hdr.p);
     return -1;
@@ -365,7 +365,7 @@ int rt_safetensors_write(const char *path, const RtNamedTensor *ts, int n, const
     what = "fsync", e = errno;
   if (fclose(f) && !what)
     what = "close", e = errno;
-  if (!what && rename(tmp, path))
+  if (!what && rename(tmp, target))
     what = "rename", e = errno;
   free(hdr.p);
   if (what) {

@@ -223,6 +223,12 @@ const char *rt_meta_get(const RtMeta *meta, int n, const char *key);
  * path for reading only if it is a regular file (a FIFO or a device is refused without
  * blocking), filling *st. */
 FILE *rt_create_temp(const char *path, char *tmp, size_t len, char *err);
+/* Where a file kiln writes goes: 1 to write path in place (a pipe or a device, or a name under
+ * /dev/ or /proc/ such as /dev/stdout, which leads to a descriptor of the process: renaming onto
+ * it would replace the link, not write to it); 0 with target (len bytes) the name a new file is
+ * renamed onto, path itself or, through symbolic links, the file they lead to (the link stays a
+ * link); -1 with err for a directory or a path too long. */
+int rt_write_target(const char *path, char *target, size_t len, char *err);
 FILE *rt_open_regular(const char *path, struct stat *st, char *err);
 
 /* ---- rt_export.c: outputs as pictures --------------------------------------------------------- */

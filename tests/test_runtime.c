@@ -894,6 +894,62 @@ START_TEST(st_empty_and_bad_input) {
 }
 END_TEST
 
+/* Every writer (parameter files, metrics CSV, pictures) writes through a symbolic link to the
+ * file it leads to (a dangling one's file is created), so the link stays a link; a device and
+ * any name under /dev are written as they are, never replaced. */
+START_TEST(writers_keep_links_and_devices) {
+  double v[4] = {0, 0.25, 0.5, 1};
+  RtNamedTensor a = named("a", KILN_F32, 1, (int64_t[]){4}, v);
+  char err[RT_ERR_LEN] = "", link[512], file[512];
+  static const char *const kinds[] = {"st", "csv", "pgm"};
+  for (int k = 0; k < 3; k++) {
+    for (int dangling = 0; dangling < 2; dangling++) {
+      snprintf(file, sizeof file, "%s", tpath(dangling ? "made" : "real"));
+      snprintf(link, sizeof link, "%s", tpath("link"));
+      unlink(link);
+      unlink(file);
+      if (!dangling) {
+        FILE *f = fopen(file, "w");
+        ck_assert_ptr_nonnull(f);
+        fclose(f);
+      }
+      ck_assert_int_eq(symlink(dangling ? "made" : file, link), 0); /* relative when dangling */
+      int rc;
+      if (k == 0) {
+        rc = rt_safetensors_save(link, &a, 1, err);
+      } else if (k == 1) {
+        RtCsv c;
+        memset(&c, 0, sizeof c);
+        rc = rt_csv_open(&c, link, "x,y", -1, err);
+        rt_csv_row(&c, "%d,%d", 1, 2);
+        rc |= rt_csv_close(&c, err);
+      } else {
+        rc = rt_write_pgm(link, v, 2, 2, err);
+      }
+      ck_assert_msg(rc == 0, "%s: %s", kinds[k], err);
+      struct stat st;
+      ck_assert_int_eq(lstat(link, &st), 0);
+      ck_assert_msg(S_ISLNK(st.st_mode), "%s: the link was replaced", kinds[k]);
+      ck_assert_int_eq(stat(file, &st), 0);
+      ck_assert_msg(S_ISREG(st.st_mode) && st.st_size > 0, "%s: nothing written", kinds[k]);
+    }
+  }
+  unlink(link);
+  unlink(tpath("made"));
+  unlink(tpath("real"));
+  ck_assert_int_eq(rt_safetensors_save("/dev/null", &a, 1, err), 0);
+  ck_assert_int_eq(rt_write_pgm("/dev/null", v, 2, 2, err), 0);
+  struct stat st;
+  ck_assert_int_eq(lstat("/dev/null", &st), 0);
+  ck_assert(S_ISCHR(st.st_mode));
+  char target[4096];
+  ck_assert_int_eq(rt_write_target("/dev/stdout", target, sizeof target, err), 1);
+  ck_assert_int_eq(rt_write_target("/proc/self/fd/1", target, sizeof target, err), 1);
+  ck_assert_int_eq(rt_write_target(tpath("new.st"), target, sizeof target, err), 0);
+  ck_assert_str_eq(target, tpath("new.st"));
+}
+END_TEST
+
 START_TEST(st_atomic_write) {
   double v[2] = {1, 2}, w[2] = {5, 6};
   RtNamedTensor a = named("a", KILN_F32, 1, (int64_t[]){2}, v);
@@ -2047,6 +2103,7 @@ static Suite *runtime_suite(void) {
   tcase_add_test(tc, init_constant_kinds);
   tcase_add_test(tc, init_depends_on_seed_and_name_only);
   tcase_add_test(tc, init_orthogonal);
+  tcase_add_test(tc, writers_keep_links_and_devices);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("files");

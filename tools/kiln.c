@@ -449,11 +449,22 @@ typedef void (*Writer)(Session *s, const Args *a, FILE *out);
 static int write_output(Session *s, const Args *a, Writer fn) {
   const char *path = a->out;
   bool to_stdout = !path || !strcmp(path, "-");
-  char tmp[4096];
+  char tmp[4096], target[4096], err[RT_ERR_LEN];
   FILE *volatile f = stdout;
-  if (!to_stdout) {
+  int in_place = to_stdout ? 0 : rt_write_target(path, target, sizeof target, err);
+  if (in_place < 0) {
+    fprintf(stderr, "kiln: error: %s\n", err);
+    return 1;
+  }
+  if (in_place) {
+    /* a pipe, a device or /dev/stdout: written as it is */
+    if (!(f = fopen(path, "w"))) {
+      fprintf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
+      return 1;
+    }
+  } else if (!to_stdout) {
     int fd = -1;
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) < sizeof tmp)
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", target) < sizeof tmp)
       fd = mkstemp(tmp);
     f = fd < 0 ? NULL : fdopen(fd, "w");
     if (!f) {
@@ -480,11 +491,11 @@ static int write_output(Session *s, const Args *a, Writer fn) {
       fprintf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
       rc = 1;
     }
-    if (rc == 0 && rename(tmp, path) != 0) {
+    if (!in_place && rc == 0 && rename(tmp, target) != 0) {
       fprintf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
       rc = 1;
     }
-    if (rc) remove(tmp);
+    if (rc && !in_place) remove(tmp);
   }
   return rc;
 }
