@@ -1576,6 +1576,42 @@ START_TEST(noise_matches_reference) {
 }
 END_TEST
 
+/* kiln check names the kernel that is wrong: a max pool made to add 1 to its first output
+ * (cg_broken_op) is reported with its kernel, the model line and where the error is. */
+START_TEST(check_names_the_broken_kernel) {
+  static const char text[] =
+      "input x: f32[B, 2, 8, 8] from images\ninput label: i32[B] from labels\n"
+      "h = relu(conv2d(x, out=3, kernel=3, pad=1) as conv)\n"
+      "p = maxpool2d(h, kernel=2)\n"
+      "logits = linear(flatten(p), out=4) as fc\n"
+      "loss = cross_entropy(logits, label)\nminimize loss\ntrain { batch = 3 }\n";
+  Session s;
+  Options o;
+  session_default_options(&o);
+  o.backend.cache_dir = NULL;
+  cg_broken_op = OP_MAXPOOL2D;
+  int rc = session_open_text(&s, "broken.kiln", text, &o);
+  ck_assert_msg(rc == 0, "%s", s.error);
+  FILE *log = tmpfile();
+  ck_assert_ptr_nonnull(log);
+  rc = check_model(&s, 1, 1, log);
+  cg_broken_op = OP_COUNT;
+  char report[16384];
+  rewind(log);
+  size_t n = fread(report, 1, sizeof report - 1, log);
+  report[n] = 0;
+  fclose(log);
+  ck_assert_msg(rc == 1, "%s%s", report, s.error);
+  ck_assert_msg(strstr(report, "first kernel that disagrees (entry grad): k"), "%s", report);
+  ck_assert_msg(strstr(report, "_maxpool2d, computing maxpool2d (%"), "%s", report);
+  ck_assert_msg(strstr(report, "'p') at broken.kiln:4\n"), "%s", report);
+  ck_assert_msg(strstr(report, "  max abs error 1, max rel error "), "%s", report);
+  ck_assert_msg(strstr(report, "largest at element [0, 0, 0, 0] of shape [B, 3, 4, 4]"), "%s",
+                report);
+  session_close(&s);
+}
+END_TEST
+
 /* An update chain a <- b, b <- c must copy b before overwriting it. */
 START_TEST(update_chain_order) {
   int a = param("a", DT_F32, S1(C_(4)));
@@ -2363,6 +2399,7 @@ static Suite *suite(void) {
   tcase_add_test(tc, adam_is_one_loop_per_parameter);
   tcase_add_test(tc, fused_reductions_bit_identical);
   tcase_add_test(tc, noise_matches_reference);
+  tcase_add_test(tc, check_names_the_broken_kernel);
   tcase_add_loop_test(tc, fused_reduction_unit_axes, 0,
                       (int)(sizeof unit_axis_models / sizeof *unit_axis_models));
   tcase_add_test(tc, update_cycle_is_an_error);

@@ -32,6 +32,9 @@ void cg_emit_c(const Graph *g, const Plan *plan, Buf *out);
 /* Whether the emitter table (cg_file.c) has op; cg_emit_c fails at the node's line for one
  * without. */
 bool cg_has_emitter(Op op);
+/* Fault injection for the tests of kiln check: the kernels of this op add 1 to their first
+ * output element. OP_COUNT, the default, breaks nothing. */
+extern Op cg_broken_op;
 
 /* ======================= internal: shared by the cg_*.c files ======================= */
 

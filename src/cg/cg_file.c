@@ -95,6 +95,8 @@ static const CgEmit emitters[OP_COUNT] = {
 
 bool cg_has_emitter(Op op) { return op >= 0 && op < OP_COUNT && emitters[op] != NULL; }
 
+Op cg_broken_op = OP_COUNT;
+
 /* Which inputs a kernel reads (the others only give a shape): bit k = input k. */
 static unsigned reads_mask(const Node *n) {
   if (n->op == OP_SUM_TO || n->op == OP_EXPAND)
@@ -544,6 +546,8 @@ static const char *kernel_text(Cg *cg, const Node *n) {
     cg_emit_tree(cg, n, &ta);
   else
     emitters[n->op](cg, n);
+  if (n->op == cg_broken_op && !tree)
+    cg_line(cg, "y[0] = y[0] + 1;"); /* a kernel wrong on purpose, for the tests of kiln check */
   cg->indent--;
   cg_line(cg, "}");
   cg->out = out;

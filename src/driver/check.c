@@ -145,6 +145,7 @@ static void random_inputs(Graph *g, Sides *s, RtRng *r, double *buf) {
 typedef struct Tally {
   int compared, failed;
   double worst;   /* largest error / allowed over everything */
+  const char *first_entry; /* the entry whose results disagreed first, or NULL */
 } Tally;
 
 /* Compares tensor t of both sides at batch, prints one line, returns whether it passed. */
@@ -200,8 +201,122 @@ static void compare_all(Sides *s, unsigned roles, const char *entry, int64_t bat
       continue;
     if ((t->role == KILN_ROLE_OUTPUT || t->role == KILN_ROLE_GRAD) && !rt_tensor_in_entry(t, e))
       continue;
-    compare(s, i, batch, phase, x, r, ty, out);
+    if (!compare(s, i, batch, phase, x, r, ty, out) && !ty->first_entry)
+      ty->first_entry = entry;
   }
+}
+
+/* ---- the first kernel that disagrees ------------------------------------------------------- */
+
+/* Runs entry on the compiled program kernel by kernel from the reference's state: at every
+ * kernel boundary (the profile marks the generated code calls), the output of the kernel that
+ * just returned, still in its arena slot, is held against the reference's value of the same
+ * node. The first one beyond tolerance is reported with its kernel, op, tensor, model line and
+ * the largest error and where. */
+typedef struct Locate {
+  Sides *s;
+  Interp *ref;
+  unsigned char *arena;
+  int entry;
+  int64_t batch;
+  int prev;           /* the site whose kernel is running, or -1 */
+  int found;          /* the first site that disagrees, or -1 */
+  double max_abs, max_rel;
+  int64_t at;         /* where max_abs is, flat */
+  int checked;
+} Locate;
+
+/* Whether the kernel of site k left a value the reference agrees with (or one not to judge). */
+static bool site_agrees(Locate *L, int k) {
+  const kiln_site *site = &L->s->ss->prog->sites[k];
+  const Graph *g = L->s->ss->g;
+  const Plan *p = L->s->plan;
+  const Node *n = ir_at(g, site->node);
+  int64_t off = p->offset[p->root[n->id]];
+  if (site->entry != L->entry || off < 0 || !dtype_is_float(n->dtype))
+    return true;
+  int64_t numel = shape_numel(&n->shape, p->symvals);
+  const double *r = interp_data(L->ref, n->id);
+  const unsigned char *x = L->arena + off;
+  CheckTol tol = check_tolerance(n->dtype);
+  double scale = 0, worst = 0, max_abs = 0, max_rel = 0;
+  int64_t at = 0;
+  for (int64_t i = 0; i < numel; i++)
+    if (isfinite(r[i]))
+      scale = fmax(scale, fabs(r[i]));
+  for (int64_t i = 0; i < numel; i++) {
+    double v = n->dtype == DT_F32 ? (double)((const float *)(const void *)x)[i]
+                                  : ((const double *)(const void *)x)[i];
+    double d = isnan(v) != isnan(r[i]) ? INFINITY : isnan(v) ? 0 : fabs(v - r[i]);
+    double allowed = tol.abs + tol.rel * (fabs(r[i]) + scale);
+    if (d > max_abs)
+      max_abs = d, at = i;
+    max_rel = fmax(max_rel, d / fmax(fabs(r[i]), 1e-30));
+    worst = fmax(worst, d / allowed);
+  }
+  L->checked++;
+  if (worst <= 1)
+    return true;
+  L->max_abs = max_abs, L->max_rel = max_rel, L->at = at;
+  return false;
+}
+
+static void locate_mark(void *self, int site) {
+  Locate *L = self;
+  if (L->found < 0 && L->prev >= 0 && !site_agrees(L, L->prev))
+    L->found = L->prev;
+  L->prev = site;
+}
+
+/* "[0, 2, 1, 3]": the coordinates of flat index i in shape s (symbols bound by p). */
+static void coordinates(const Shape *s, const Plan *p, int64_t i, char *buf, size_t len) {
+  int64_t c[IR_MAX_RANK];
+  for (int k = s->rank - 1; k >= 0; k--) {
+    int64_t d = dim_value(s->d[k], p->symvals);
+    c[k] = d > 0 ? i % d : 0;
+    i = d > 0 ? i / d : 0;
+  }
+  size_t used = (size_t)snprintf(buf, len, "[");
+  for (int k = 0; k < s->rank && used < len; k++)
+    used += (size_t)snprintf(buf + used, len - used, "%s%lld", k ? ", " : "", (long long)c[k]);
+  if (used < len)
+    snprintf(buf + used, len - used, "]");
+}
+
+static int locate_kernel(Sides *s, const char *entry, double *buf, FILE *out) {
+  const kiln_program *prog = s->ss->prog;
+  /* The compiled side starts from the reference's state and inputs. */
+  for (int i = 0; i < s->plan->ntensors; i++) {
+    const kiln_tensor *t = &s->plan->tensors[i];
+    if (t->role == KILN_ROLE_OUTPUT)
+      continue;
+    int64_t n = rt_numel(t, s->plan->batch);
+    s->rbe.read(s->rbe.self, i, buf, n);
+    s->cbe.write(s->cbe.self, i, buf, n);
+  }
+  Locate L = {.s = s, .ref = s->ss->ref, .arena = rt_arena_base(&s->cbe),
+              .entry = rt_find_entry(prog, entry), .batch = s->plan->batch, .prev = -1,
+              .found = -1};
+  char err[RT_ERR_LEN];
+  if (interp_run(L.ref, (EntryKind)L.entry, L.batch, err))
+    return session_fail(s->ss, "reference runtime: %s", err);
+  kiln_exec ex = {.mark = locate_mark, .profiler = &L};
+  prog->entries[L.entry].fn(L.arena, L.batch, &ex);
+  if (L.found < 0) {
+    fprintf(out, "kernels: the %d kernel outputs of %s agree with the reference one by one; the "
+            "difference builds up across kernels or steps\n", L.checked, entry);
+    return 0;
+  }
+  const kiln_site *site = &prog->sites[L.found];
+  const Node *n = ir_at(s->ss->g, site->node);
+  char where[160];
+  coordinates(&n->shape, s->plan, L.at, where, sizeof where);
+  fprintf(out, "first kernel that disagrees (entry %s): %s, computing %s (%%%d%s%s%s) at %s\n",
+          entry, site->kernel, site->op, n->id, n->name ? " '" : "", n->name ? n->name : "",
+          n->name ? "'" : "", site->source[0] ? site->source : "no model line");
+  fprintf(out, "  max abs error %.3g, max rel error %.3g, largest at element %s of shape %s\n",
+          L.max_abs, L.max_rel, where, shape_str(s->ss->g, &n->shape, (char[128]){0}, 128));
+  return 0;
 }
 
 int check_model(Session *ss, int steps, uint64_t seed, FILE *out) {
@@ -287,6 +402,8 @@ int check_model(Session *ss, int steps, uint64_t seed, FILE *out) {
     compare_all(&s, grads, "grad", small, phase, x, r, &ty, out);
   }
 
+  if (ty.first_entry && locate_kernel(&s, ty.first_entry, buf, out))
+    goto done;
   if (ty.failed)
     fprintf(out, "check: FAILED: %d of %d tensors beyond tolerance\n", ty.failed, ty.compared);
   else
