@@ -100,6 +100,11 @@ static void usage(FILE *f, const char *name) {
           "                      model line it came from\n"
           "  --max-memory SIZE   refuse to start when the run is estimated to need more\n"
           "                      memory than SIZE (bytes, or with K, M, G: 1500M, 2G)\n"
+          "  --diagnose          after every epoch, per activation the share of dead ReLU units\n"
+          "                      or saturated sigmoid/tanh values, per parameter the gradient's\n"
+          "                      and the last update's size against the weight's, with warnings;\n"
+          "                      also in the metrics CSV (activations need a step compiled with\n"
+          "                      --diagnose: kiln train --diagnose, kiln build --diagnose)\n"
           "  --quiet             no progress output on stderr\n"
           "  --help              show this message\n",
           name);
@@ -168,6 +173,10 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
     }
     if (!strcmp(arg, "--quiet")) {
       o->quiet = 1;
+      continue;
+    }
+    if (!strcmp(arg, "--diagnose")) {
+      o->diagnose = 1;
       continue;
     }
     if (!strcmp(arg, "--profile")) {
@@ -469,6 +478,7 @@ typedef struct Run {
   double *pixel_mean, *pixel_std;
   double *norm_mean, *norm_std, *scratch;
   unsigned char *loaded;  /* --init-from: per tensor, whether the file set it (NULL: none did) */
+  RtDiag *diag;           /* --diagnose, or NULL */
   RtSchedule schedule;
   int lr_t;           /* the hyper-parameter "lr", or -1 */
   double base_lr;     /* --lr, else the model's: what the schedule starts from */
@@ -1357,13 +1367,15 @@ static int train_data(Run *r) {
     goto done;
   }
   const char *set = nval ? "val" : "test";
-  char header[1024], metric_text[512];
+  char header[8192], metric_text[512], diag_text[8192] = "";
   snprintf(header, sizeof header,
            "epoch,train_loss,%s_loss,%s_accuracy,images_per_s,seconds,lr", set, set);
   for (int m = 0; m < r->nmetrics; m++) {
     size_t used = strlen(header);
     snprintf(header + used, sizeof header - used, ",%s_%s", set, r->metric_name[m]);
   }
+  if (r->diag)
+    rt_diag_columns(r->diag, header, sizeof header);
   if (o->metrics_path &&
       rt_csv_open(&csv, o->metrics_path, header, o->resume_path ? rs.epoch - 1 : -1, r->err))
     goto done;
@@ -1416,6 +1428,8 @@ static int train_data(Run *r) {
     for (int64_t step = step0; step <= steps; step++) {
       int64_t b = nfit - seen < p->batch ? nfit - seen : p->batch;
       write_batch(r, r->train_e, &train, order, seen, b, epoch);
+      if (r->diag && step == steps)
+        rt_diag_before_step(r->diag); /* the update/weight ratio is the last step's */
       if (run_entry(r, r->train_e, b) || check_step(r, epoch, step, b, loss_t))
         goto done;
       loss_sum += read_scalar(r, loss_t, b) * (double)b;
@@ -1473,6 +1487,19 @@ static int train_data(Run *r) {
                  patience == 1 ? "" : "s");
       }
     }
+    if (r->diag) {
+      /* The first examples of the validation split, or of the test set. */
+      const RtDataset *ds = nval ? &train : &test;
+      const int64_t *idx = nval ? val_idx : NULL;
+      int64_t n = nval ? nval : ntest, b = n < p->batch ? n : p->batch;
+      if (b > 0) {
+        write_batch(r, r->eval_e, ds, idx, 0, b, 0);
+        write_batch(r, rt_find_entry(p, "grad"), ds, idx, 0, b, 0);
+        if (rt_diag_measure(r->diag, b, r->err))
+          goto done;
+        rt_diag_csv(r->diag, diag_text, sizeof diag_text);
+      }
+    }
     if (!o->quiet)
       fprintf(stderr, "epoch %d/%d  %s %.4f%s%s%s%s  %.0f img/s%s\n", epoch, epochs, train_name,
               train_loss,
@@ -1482,9 +1509,12 @@ static int train_data(Run *r) {
                      sizeof figs2),
               metric_figures(r, set, metrics, "  %s_%s %.4f", 0, metric_text, sizeof metric_text),
               figure(lr, "  lr %.6g", figs3, sizeof figs3), rate, note);
-    rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f,%.9g%s", epoch, train_loss, test_loss, acc, rate,
-               rt_now() - t0, lr,
-               metric_figures(r, set, metrics, "%.0s%.0s,%.6f", 1, metric_text, sizeof metric_text));
+    rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f,%.9g%s%s", epoch, train_loss, test_loss, acc,
+               rate, rt_now() - t0, lr,
+               metric_figures(r, set, metrics, "%.0s%.0s,%.6f", 1, metric_text, sizeof metric_text),
+               diag_text);
+    if (r->diag && !o->quiet)
+      rt_diag_print(r->diag, stderr);
     if (stop_signal || checkpoint_due(o, 0, epoch, 1)) {
       rs = (RtResume){.epoch = epoch + 1, .epoch_rng = rng, .train_time = train_time,
                       .train_images = train_images, .ran = ran, .last_train_loss = train_loss,
@@ -1738,6 +1768,14 @@ int rt_train(RtBackend *be, const RtOptions *o) {
     if (rt_init_from(be, o->init_from, o->init_map, r.loaded, o->quiet ? NULL : stderr, r.err))
       goto done;
   }
+  if (o->diagnose) {
+    if (rt_diag_open(&r.diag, be, r.err))
+      goto done;
+    rt_diag_before_step(r.diag);
+    if (!rt_diag_activations(r.diag) && !o->quiet)
+      fprintf(stderr, "diagnose: this step has no activation outputs (compile it with --diagnose "
+              "for dead and saturated units); gradients and updates are measured\n");
+  }
   if (check_output(&r, o->save_path, "--save") ||
       check_output(&r, o->metrics_path, "--metrics") ||
       (o->checkpoint_every > 0 && prepare_checkpoint_dir(&r)) ||
@@ -1778,6 +1816,7 @@ int rt_train(RtBackend *be, const RtOptions *o) {
 done:
   free(r.buf);
   free(r.loaded);
+  rt_diag_free(r.diag);
   if (rc > 0)
     return rc; /* stopped by a signal, and said so */
   if (rc) {

@@ -292,6 +292,26 @@ typedef struct RtResult {
   double test_loss, test_accuracy, test_metrics[RT_MAX_METRICS];
 } RtResult;
 
+/* ---- rt_diagnose.c: --diagnose ------------------------------------------------------------------ */
+
+/* Per activation (the eval entry's "diag.NAME" outputs) the share of dead ReLU units or saturated
+ * sigmoid/tanh values and the RMS; per parameter that trains, the gradient's norm, its ratio to
+ * the weight's and the last step's update over the weight. rt_diag_before_step keeps the
+ * parameters before a step; rt_diag_measure runs the eval and grad entries on the batch already
+ * written (restoring every state the grad entry changes) and keeps the values for rt_diag_print
+ * (a block of lines, then warnings about mostly dead or saturated activations and vanishing or
+ * exploding gradients) and rt_diag_csv (",v,v,..." in rt_diag_columns' order, appended to a
+ * header). */
+typedef struct RtDiag RtDiag;
+int rt_diag_open(RtDiag **d, RtBackend *be, char *err);
+void rt_diag_free(RtDiag *d);
+int rt_diag_activations(const RtDiag *d);
+void rt_diag_columns(const RtDiag *d, char *header, size_t len);
+void rt_diag_before_step(RtDiag *d);
+int rt_diag_measure(RtDiag *d, int64_t batch, char *err);
+void rt_diag_print(const RtDiag *d, FILE *out);
+void rt_diag_csv(const RtDiag *d, char *buf, size_t len);
+
 typedef struct RtOptions {
   const char *data_dir;   /* NULL: the model's data is in the file, or no data */
   RtNormalize normalize;  /* applied to every input fed from images */
@@ -309,6 +329,7 @@ typedef struct RtOptions {
   int64_t limit_train;    /* >0: use only the first N training examples (tests) */
   int64_t limit_test;
   int quiet;              /* no progress line */
+  int diagnose;           /* per epoch: dead and saturated units, gradient and update norms */
   int patience;           /* >0: early stopping (overrides the program's); 0: the program's */
   int threads;            /* threads the step runs on (at most the program's bound); 0: that bound */
   int profile;            /* print where the step's time went (the backend's profile_report) */

@@ -686,6 +686,69 @@ START_TEST(curvature_of_quadratics) {
 }
 END_TEST
 
+/* --diagnose on a network built to have dead units: a ReLU after a layer shifted by -100 is 0
+ * for every example (100% dead, warned about, its layer's gradient 0), a tanh of large inputs
+ * saturates; the figures reach the CSV; and the run trains exactly as one without --diagnose. */
+START_TEST(diagnose_dead_units) {
+  char model[300], csv[300], a[300], b[300], cmd[2048], *out, *err;
+  snprintf(model, sizeof model, "%s/dead.kiln", tmpdir);
+  snprintf(csv, sizeof csv, "%s/diag.csv", tmpdir);
+  snprintf(a, sizeof a, "%s/a.safetensors", tmpdir);
+  snprintf(b, sizeof b, "%s/b.safetensors", tmpdir);
+  FILE *f = fopen(model, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("input image: f32[B, 1, 28, 28] from images / 255\ninput label: i32[B] from labels\n"
+        "x = flatten(image)\n"
+        "dead = relu(linear(x, out=8) as fc1 - 100)\n"
+        "sat = tanh(linear(x, out=8) as fc2 * 1000)\n"
+        "logits = linear(dropout(concat(dead, sat), p=0.2), out=10) as head\n"
+        "loss = cross_entropy(logits, label)\noutput logits\nminimize loss\n"
+        "train { batch = 50 }\n", f);
+  fclose(f);
+  /* two epochs: the first one's measurement must leave the second one's training alone */
+  const char *slice = "--data " DATA " --epochs 2 --limit-train 200 --limit-test 100";
+  snprintf(cmd, sizeof cmd, KILN " train '%s' %s --diagnose --metrics '%s' --save '%s'", model,
+           slice, csv, a);
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s", err);
+  ck_assert_msg(strstr(err, "  relu1                    dead      100.0%"), "%s", err);
+  ck_assert_msg(strstr(err, "warning: relu1: 100% of its units are dead"), "%s", err);
+  ck_assert_msg(strstr(err, "warning: tanh1: "), "%s", err);
+  ck_assert_msg(strstr(err, "warning: fc1.weight: the gradient is 0 or vanishing (norm 0)"), "%s",
+                err);
+  free(out), free(err);
+  f = fopen(csv, "r");
+  ck_assert_ptr_nonnull(f);
+  char header[4096], row[4096];
+  ck_assert_ptr_nonnull(fgets(header, sizeof header, f));
+  ck_assert_ptr_nonnull(fgets(row, sizeof row, f));
+  fclose(f);
+  ck_assert_msg(strstr(header, ",lr,dead_relu1,relu1_rms,saturated_tanh1,tanh1_rms,"
+                               "fc1.weight_grad_norm,"), "%s", header);
+  /* the dead share is the 8th column: 1 */
+  const char *c = row;
+  for (int k = 0; k < 7; k++)
+    c = strchr(c, ',') + 1;
+  ck_assert_msg(strtod(c, NULL) == 1, "%s", row);
+  snprintf(cmd, sizeof cmd, KILN " train '%s' %s --save '%s' --quiet", model, slice, b);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  free(out), free(err);
+  RtNamedTensor *ta, *tb;
+  int na, nb;
+  char e[RT_ERR_LEN];
+  ck_assert_int_eq(rt_safetensors_load(a, &ta, &na, e), 0);
+  ck_assert_int_eq(rt_safetensors_load(b, &tb, &nb, e), 0);
+  ck_assert_int_eq(na, nb);
+  for (int i = 0; i < na; i++) {
+    int64_t n = 1;
+    for (int d = 0; d < ta[i].rank; d++) n *= ta[i].dims[d];
+    ck_assert_msg(!memcmp(ta[i].values, tb[i].values, (size_t)n * sizeof(double)),
+                  "%s differs with --diagnose", ta[i].name);
+  }
+  rt_safetensors_free(ta, na);
+  rt_safetensors_free(tb, nb);
+}
+END_TEST
+
 /* --images refuses a model whose output is not a picture, before training. */
 START_TEST(images_need_a_picture) {
   char cmd[1024], *out, *err;
@@ -1460,6 +1523,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, diff_closed_forms);
   tcase_add_test(tc, diff_errors);
   tcase_add_test(tc, curvature_of_quadratics);
+  tcase_add_test(tc, diagnose_dead_units);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);

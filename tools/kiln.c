@@ -301,6 +301,12 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (!strcmp(s, "--no-tune")) {
       a->no_tune = true;
       common = true;
+    } else if (!strcmp(s, "--diagnose")) {
+      /* compiled in (the eval entry outputs every activation), and for train also the trainer's
+       * report */
+      a->opt.diagnose = true;
+      if (!strcmp(a->cmd, "train"))
+        a->rest[a->nrest++] = argv[i];
     } else if (!strcmp(s, "--iterations")) {
       NEED_VALUE();
       if (!parse_int(val, 1, &n) || n > 100000)

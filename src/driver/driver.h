@@ -27,6 +27,7 @@ typedef struct Options {
   SchedOptions sched;
   BackendOptions backend; /* JIT or cc; the system compiler, the runtime, temporary files */
   bool jvp, hvp;          /* extend the grad entry with forward-mode outputs (kiln jvp / hvp) */
+  bool diagnose;          /* the eval entry also outputs every activation (--diagnose) */
   bool no_training;       /* stop after the frontend: no optimizer, no entries (kiln diff, whose
                              programs need no parameters) */
 } Options;

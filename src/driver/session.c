@@ -62,6 +62,7 @@ static int open_model(Session *s, const char *path, const char *text, const Opti
     return failed(s, t.msg);
   }
   g = text ? fe_compile_string(path, text) : fe_compile_file(path);
+  g->train.diagnose = s->opt.diagnose;
   if (s->opt.no_training) {
     kiln_trap_end(&t);
     s->g = g;

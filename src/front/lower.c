@@ -478,10 +478,29 @@ static Val binop(Lower *L, Op op, Val a, Loc la, Val b, Loc lb, Loc at) {
 
 static unsigned all_axes(int rank) { return rank ? (1u << rank) - 1 : 0; }
 
+/* An activation the trainer's --diagnose watches (evaluation pass): relu1, relu2, tanh1, ... in
+ * the order of the file. */
+static void record_activation(Lower *L, const Func *f, int y) {
+  Graph *g = L->g;
+  for (int i = 0; i < g->nacts; i++)
+    if (g->acts[i] == y)
+      return; /* the same value written twice (hash-consed) */
+  int k = 1;
+  for (int i = 0; i < g->nacts; i++)
+    k += ir_at(g, g->acts[i])->op == f->op;
+  g->acts = kiln_realloc(g->acts, (size_t)(g->nacts + 1) * sizeof *g->acts);
+  g->act_names = kiln_realloc(g->act_names, (size_t)(g->nacts + 1) * sizeof *g->act_names);
+  g->acts[g->nacts] = y;
+  g->act_names[g->nacts++] = pool_printf(g->pool, "%s%d", f->name, k);
+}
+
 /* unary: exp log neg sqrt relu sin cos atan erf sign softplus ... */
 static Val fn_unary(Lower *L, const Func *f, Expr *call, Expr **args, const char *layer) {
   (void)layer;
-  return (Val){ir_unary(L->g, f->op, tensor(L, args[0]), call->loc), 0};
+  int y = ir_unary(L->g, f->op, tensor(L, args[0]), call->loc);
+  if (L->mode == NN_EVAL && (f->op == OP_RELU || f->op == OP_SIGMOID || f->op == OP_TANH))
+    record_activation(L, f, y);
+  return (Val){y, 0};
 }
 
 /* The unary functions the layer library composes from primitives (nn.h). */

@@ -100,6 +100,8 @@ void ir_free(Graph *g) {
   free(g->grads);
   free(g->layer_weight);
   free(g->layer_output);
+  free(g->acts);
+  free(g->act_names);
   pool_free(g->pool);  /* g itself lives in the pool */
 }
 

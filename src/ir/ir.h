@@ -192,6 +192,8 @@ typedef struct TrainSpec {
   TrainNames freeze;  /* parameters that keep their values: no gradient, no update */
   TrainGroup *groups; /* param_groups (graph pool) */
   int ngroups;
+  bool diagnose;      /* the eval entry also outputs every activation, "diag.<relu1>", for the
+                         trainer's --diagnose (a compile option, not a setting of the file) */
   bool lsuv;          /* init = lsuv: orthogonal weights, then each layer's output scaled to unit
                          variance on a training batch, first to last (the trainer does it) */
   Loc loc;
@@ -222,6 +224,11 @@ typedef struct Graph {
    * layer's output (the convolution or product plus its bias), for init = lsuv. */
   int *layer_weight, *layer_output;
   int nlayers;
+  /* The relu, sigmoid and tanh outputs of the evaluation pass and their names (relu1, ...), for
+   * the trainer's --diagnose. */
+  int *acts;
+  const char **act_names;
+  int nacts;
   TrainSpec train;
   /* Set by train_build. */
   Entry entries[ENTRY_COUNT];

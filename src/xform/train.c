@@ -475,6 +475,10 @@ void train_build(Graph *g) {
   for (int i = 0; i < g->nmetrics; i++)
     ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "eval.metric.%s", g->metric_names[i]),
                   g->metrics[i], "a metric the trainer reports");
+  /* --diagnose: every activation, whose dead or saturated units the trainer counts. */
+  for (int i = 0; ts->diagnose && i < g->nacts; i++)
+    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "diag.%s", g->act_names[i]), g->acts[i],
+                  "an activation, for --diagnose");
   /* init = lsuv: every layer's output, which the trainer scales to unit variance. */
   for (int i = 0; ts->lsuv && i < g->nlayers; i++)
     ir_add_output(g, ENTRY_EVAL,
