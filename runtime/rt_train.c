@@ -105,6 +105,10 @@ static void usage(FILE *f, const char *name) {
           "                      and the last update's size against the weight's, with warnings;\n"
           "                      also in the metrics CSV (activations need a step compiled with\n"
           "                      --diagnose: kiln train --diagnose, kiln build --diagnose)\n"
+          "  --curvature-every N every N steps, the largest eigenvalue of the loss's Hessian on\n"
+          "                      that step's batch by power iteration (lambda_max in the epoch\n"
+          "                      line and the CSV; needs a step compiled with Hessian-vector\n"
+          "                      products: kiln train or kiln build with this option)\n"
           "  --quiet             no progress output on stderr\n"
           "  --help              show this message\n",
           name);
@@ -150,7 +154,7 @@ static const char *const value_options[] = {"--data", "--epochs", "--lr", "--see
                                             "--checkpoint-dir", "--keep-checkpoints",
                                             "--validation", "--max-memory", "--normalize",
                                             "--augment", "--images", "--images-count",
-                                            "--init-from", "--init-map"};
+                                            "--init-from", "--init-map", "--curvature-every"};
 enum { NVALUE_OPTIONS = sizeof value_options / sizeof *value_options };
 
 int rt_option_takes_value(const char *arg) {
@@ -309,6 +313,11 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       break;
     case 21: o->init_from = val; break;
     case 22: o->init_map = val; break;
+    case 23:
+      if (parse_i64(val, &n))
+        return opt_error(name, "%s: expected a positive number of steps, got '%s'", key, val);
+      o->curvature_every = n;
+      break;
     }
   }
   return 0;
@@ -479,6 +488,8 @@ typedef struct Run {
   double *norm_mean, *norm_std, *scratch;
   unsigned char *loaded;  /* --init-from: per tensor, whether the file set it (NULL: none did) */
   RtDiag *diag;           /* --diagnose, or NULL */
+  RtHvp *hvp;             /* --curvature-every, or NULL */
+  double lambda_max;      /* its last measurement (NaN before the first) */
   RtSchedule schedule;
   int lr_t;           /* the hyper-parameter "lr", or -1 */
   double base_lr;     /* --lr, else the model's: what the schedule starts from */
@@ -1374,6 +1385,10 @@ static int train_data(Run *r) {
     size_t used = strlen(header);
     snprintf(header + used, sizeof header - used, ",%s_%s", set, r->metric_name[m]);
   }
+  if (r->hvp) {
+    size_t used = strlen(header);
+    snprintf(header + used, sizeof header - used, ",lambda_max");
+  }
   if (r->diag)
     rt_diag_columns(r->diag, header, sizeof header);
   if (o->metrics_path &&
@@ -1434,6 +1449,14 @@ static int train_data(Run *r) {
         goto done;
       loss_sum += read_scalar(r, loss_t, b) * (double)b;
       seen += b;
+      int64_t at = (int64_t)(epoch - 1) * steps + step;
+      if (r->hvp && at % o->curvature_every == 0 && b == p->batch) {
+        /* on the batch just trained on; the same start vector for the same step in any run */
+        int used;
+        if (rt_hvp_power(r->hvp, 50, 1e-4, rt_hash_name(r->seed + (uint64_t)at, "kiln.curvature"),
+                         &r->lambda_max, &used, r->err))
+          goto done;
+      }
       if (!o->quiet) {
         double elapsed = train_time + rt_now() - t0;
         double rate = elapsed > 0 ? (double)(train_images + seen - resumed_seen) / elapsed : 0;
@@ -1472,7 +1495,7 @@ static int train_data(Run *r) {
              : evaluate(r, &test, NULL, ntest, "test", &test_loss, &acc, metrics))
       goto done;
     double rate = epoch_train > 0 ? (double)(seen - resumed_seen) / epoch_train : 0;
-    char note[80] = "", figs1[64], figs2[64], figs3[64];
+    char note[80] = "", figs1[64], figs2[64], figs3[64], figs4[64];
     if (patience > 0) {
       /* NaN never improves; the first epoch always sets the best */
       if (best.epoch == 0 || test_loss < best.test_loss) {
@@ -1501,18 +1524,22 @@ static int train_data(Run *r) {
       }
     }
     if (!o->quiet)
-      fprintf(stderr, "epoch %d/%d  %s %.4f%s%s%s%s  %.0f img/s%s\n", epoch, epochs, train_name,
+      fprintf(stderr, "epoch %d/%d  %s %.4f%s%s%s%s%s  %.0f img/s%s\n", epoch, epochs, train_name,
               train_loss,
               figure(test_loss, nval ? "  val_loss %.4f" : "  test_loss %.4f", figs1,
                      sizeof figs1),
               figure(acc, nval ? "  val_accuracy %.4f" : "  test_accuracy %.4f", figs2,
                      sizeof figs2),
               metric_figures(r, set, metrics, "  %s_%s %.4f", 0, metric_text, sizeof metric_text),
-              figure(lr, "  lr %.6g", figs3, sizeof figs3), rate, note);
-    rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f,%.9g%s%s", epoch, train_loss, test_loss, acc,
+              figure(lr, "  lr %.6g", figs3, sizeof figs3),
+              figure(r->lambda_max, "  lambda_max %.4g", figs4, sizeof figs4), rate, note);
+    char lam[48] = "";
+    if (r->hvp)
+      snprintf(lam, sizeof lam, ",%.9g", r->lambda_max);
+    rt_csv_row(&csv, "%d,%.6f,%.6f,%.6f,%.1f,%.3f,%.9g%s%s%s", epoch, train_loss, test_loss, acc,
                rate, rt_now() - t0, lr,
                metric_figures(r, set, metrics, "%.0s%.0s,%.6f", 1, metric_text, sizeof metric_text),
-               diag_text);
+               lam, diag_text);
     if (r->diag && !o->quiet)
       rt_diag_print(r->diag, stderr);
     if (stop_signal || checkpoint_due(o, 0, epoch, 1)) {
@@ -1768,6 +1795,9 @@ int rt_train(RtBackend *be, const RtOptions *o) {
     if (rt_init_from(be, o->init_from, o->init_map, r.loaded, o->quiet ? NULL : stderr, r.err))
       goto done;
   }
+  r.lambda_max = NAN;
+  if (o->curvature_every > 0 && rt_hvp_open(&r.hvp, be, p->batch, r.err))
+    goto done;
   if (o->diagnose) {
     if (rt_diag_open(&r.diag, be, r.err))
       goto done;
@@ -1817,6 +1847,7 @@ done:
   free(r.buf);
   free(r.loaded);
   rt_diag_free(r.diag);
+  rt_hvp_free(r.hvp);
   if (rc > 0)
     return rc; /* stopped by a signal, and said so */
   if (rc) {

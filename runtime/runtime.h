@@ -312,6 +312,21 @@ int rt_diag_measure(RtDiag *d, int64_t batch, char *err);
 void rt_diag_print(const RtDiag *d, FILE *out);
 void rt_diag_csv(const RtDiag *d, char *buf, size_t len);
 
+/* ---- rt_curvature.c: Hessian-vector products ------------------------------------------------ */
+
+/* Over a program built with Hessian-vector products, the parameters that train as one vector of
+ * rt_hvp_size elements: rt_hvp_apply computes hv = H v of the loss on the batch already in the
+ * inputs (running statistics and counters are put back afterwards); rt_hvp_power runs power
+ * iteration from a seeded random start until λ = vᵀHv changes by less than tol (relative) or
+ * after iters products, giving λ (the eigenvalue of largest magnitude) and the products used. */
+typedef struct RtHvp RtHvp;
+int rt_hvp_open(RtHvp **h, RtBackend *be, int64_t batch, char *err);
+void rt_hvp_free(RtHvp *h);
+int64_t rt_hvp_size(const RtHvp *h);
+int rt_hvp_apply(RtHvp *h, const double *v, double *hv, char *err);
+int rt_hvp_power(RtHvp *h, int iters, double tol, uint64_t seed, double *lambda, int *used,
+                 char *err);
+
 typedef struct RtOptions {
   const char *data_dir;   /* NULL: the model's data is in the file, or no data */
   RtNormalize normalize;  /* applied to every input fed from images */
@@ -330,6 +345,7 @@ typedef struct RtOptions {
   int64_t limit_test;
   int quiet;              /* no progress line */
   int diagnose;           /* per epoch: dead and saturated units, gradient and update norms */
+  int64_t curvature_every; /* > 0: λmax of the Hessian every this many steps */
   int patience;           /* >0: early stopping (overrides the program's); 0: the program's */
   int threads;            /* threads the step runs on (at most the program's bound); 0: that bound */
   int profile;            /* print where the step's time went (the backend's profile_report) */

@@ -749,6 +749,63 @@ START_TEST(diagnose_dead_units) {
 }
 END_TEST
 
+/* --curvature-every: lambda_max in the epoch line and the CSV, the training untouched by the
+ * measurement (byte-identical parameters with and without), and a step built without
+ * Hessian-vector products refused with the way to get them. */
+START_TEST(curvature_every_steps) {
+  char model[300], csv[300], a[300], b[300], trainer[300], cmd[2048], *out, *err;
+  snprintf(model, sizeof model, "%s/c.kiln", tmpdir);
+  snprintf(csv, sizeof csv, "%s/c.csv", tmpdir);
+  snprintf(a, sizeof a, "%s/a.safetensors", tmpdir);
+  snprintf(b, sizeof b, "%s/b.safetensors", tmpdir);
+  snprintf(trainer, sizeof trainer, "%s/t", tmpdir);
+  FILE *f = fopen(model, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("input image: f32[B, 1, 28, 28] from images / 255\ninput label: i32[B] from labels\n"
+        "h = relu(batchnorm(linear(flatten(image), out=16) as fc1) as bn)\n"
+        "logits = linear(dropout(h, p=0.1), out=10) as fc2\n"
+        "loss = cross_entropy(logits, label)\noutput logits\nminimize loss\n"
+        "train { batch = 50 }\n", f);
+  fclose(f);
+  const char *slice = "--data " DATA " --epochs 2 --limit-train 300 --limit-test 100";
+  snprintf(cmd, sizeof cmd, KILN " train '%s' %s --curvature-every 2 --metrics '%s' --save '%s'",
+           model, slice, csv, a);
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s", err);
+  ck_assert_msg(strstr(err, "  lambda_max "), "%s", err);
+  free(out), free(err);
+  f = fopen(csv, "r");
+  ck_assert_ptr_nonnull(f);
+  char header[1024], row[1024];
+  ck_assert_ptr_nonnull(fgets(header, sizeof header, f));
+  ck_assert_ptr_nonnull(fgets(row, sizeof row, f));
+  fclose(f);
+  ck_assert_msg(strstr(header, ",lr,lambda_max\n"), "%s", header);
+  ck_assert_msg(strtod(strrchr(row, ',') + 1, NULL) > 0, "%s", row);
+  snprintf(cmd, sizeof cmd, KILN " train '%s' %s --save '%s' --quiet", model, slice, b);
+  ck_assert_int_eq(run(cmd, &out, &err), 0);
+  free(out), free(err);
+  RtNamedTensor *ta, *tb;
+  int na, nb;
+  char e[RT_ERR_LEN];
+  ck_assert_int_eq(rt_safetensors_load(a, &ta, &na, e), 0);
+  ck_assert_int_eq(rt_safetensors_load(b, &tb, &nb, e), 0);
+  ck_assert_int_eq(na, nb);
+  for (int i = 0; i < na; i++) {
+    int64_t n = 1;
+    for (int d = 0; d < ta[i].rank; d++) n *= ta[i].dims[d];
+    ck_assert_msg(!memcmp(ta[i].values, tb[i].values, (size_t)n * sizeof(double)),
+                  "%s differs with --curvature-every", ta[i].name);
+  }
+  rt_safetensors_free(ta, na);
+  rt_safetensors_free(tb, nb);
+  snprintf(cmd, sizeof cmd, KILN " build '%s' -o '%s' && '%s' %s --curvature-every 2", model,
+           trainer, trainer, slice);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  ck_assert_msg(strstr(err, "this program has no Hessian-vector products"), "%s", err);
+  free(out), free(err);
+}
+END_TEST
+
 /* --images refuses a model whose output is not a picture, before training. */
 START_TEST(images_need_a_picture) {
   char cmd[1024], *out, *err;
@@ -1524,6 +1581,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, diff_errors);
   tcase_add_test(tc, curvature_of_quadratics);
   tcase_add_test(tc, diagnose_dead_units);
+  tcase_add_test(tc, curvature_every_steps);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);

@@ -301,6 +301,15 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (!strcmp(s, "--no-tune")) {
       a->no_tune = true;
       common = true;
+    } else if (!strcmp(s, "--curvature-every")) {
+      /* compiled in (the grad entry gets Hessian-vector products), and for train also the
+       * trainer's option with its value */
+      NEED_VALUE();
+      a->opt.hvp = true;
+      if (!strcmp(a->cmd, "train")) {
+        a->rest[a->nrest++] = argv[i - 1];
+        a->rest[a->nrest++] = argv[i];
+      }
     } else if (!strcmp(s, "--diagnose")) {
       /* compiled in (the eval entry outputs every activation), and for train also the trainer's
        * report */
@@ -1011,7 +1020,7 @@ static int run_command(Args *a) {
   if (a->nrest && strcmp(cmd, "train") && !sweep && !evaluate)
     return usage_error("unknown option '%s'", a->rest[0]);
   a->opt.jvp = !strcmp(cmd, "jvp") || !strcmp(cmd, "gradcheck");
-  a->opt.hvp = !strcmp(cmd, "hvp") || !strcmp(cmd, "curvature");
+  a->opt.hvp |= !strcmp(cmd, "hvp") || !strcmp(cmd, "curvature");
   a->opt.no_training = !strcmp(cmd, "diff");
   if ((a->wrt || a->have_at || a->order) && strcmp(cmd, "diff"))
     return usage_error("%s", "--wrt, --at and --order belong to diff");

@@ -16,37 +16,6 @@
 #include "driver/driver.h"
 #include "runtime.h"
 
-typedef struct Hvp {
-  Session *s;
-  RtBackend *be;
-  const kiln_program *p;
-  int grad_e;
-  int64_t batch;
-  int np;             /* parameters that train */
-  int *tangent, *out; /* per such parameter: the tangent input and the hvp output */
-  int64_t *len;
-  int64_t n;          /* all their elements */
-  double *buf;
-} Hvp;
-
-/* hv = H v over the concatenated parameters. */
-static int apply(Hvp *h, const double *v, double *hv) {
-  int64_t at = 0;
-  for (int i = 0; i < h->np; i++) {
-    h->be->write(h->be->self, h->tangent[i], v + at, h->len[i]);
-    at += h->len[i];
-  }
-  char err[RT_ERR_LEN];
-  if (h->be->run(h->be->self, h->grad_e, h->batch, err))
-    return session_fail(h->s, "%s", err);
-  at = 0;
-  for (int i = 0; i < h->np; i++) {
-    h->be->read(h->be->self, h->out[i], hv + at, h->len[i]);
-    at += h->len[i];
-  }
-  return 0;
-}
-
 static double dot(const double *a, const double *b, int64_t n) {
   double s = 0;
   for (int64_t i = 0; i < n; i++)
@@ -95,59 +64,37 @@ static void random_unit(double *v, int64_t n, RtRng *r) {
     v[i] /= norm;
 }
 
-/* Power iteration: the eigenvalue of largest magnitude. */
-static int power(Hvp *h, int iters, RtRng *r, double *lambda, int *used) {
-  double *v = kiln_malloc((size_t)h->n * sizeof *v), *hv = kiln_malloc((size_t)h->n * sizeof *hv);
-  random_unit(v, h->n, r);
-  double prev = NAN;
-  int rc = 0;
-  for (*used = 0; *used < iters; (*used)++) {
-    if ((rc = apply(h, v, hv)))
-      break;
-    *lambda = dot(v, hv, h->n);
-    double norm = sqrt(dot(hv, hv, h->n));
-    if (!(norm > 0))
-      break; /* H v = 0: the curvature along v is 0 */
-    for (int64_t i = 0; i < h->n; i++)
-      v[i] = hv[i] / norm;
-    if (fabs(*lambda - prev) <= 1e-12 * fabs(*lambda)) {
-      (*used)++;
-      break;
-    }
-    prev = *lambda;
-  }
-  free(v);
-  free(hv);
-  return rc;
-}
-
 /* Lanczos with full reorthogonalisation, k steps at most: the smallest and largest Ritz values. */
-static int lanczos(Hvp *h, int k, RtRng *r, double *lo, double *hi, int *steps) {
-  if (k > h->n)
-    k = (int)h->n;
-  double *q = kiln_malloc((size_t)h->n * (size_t)(k + 1) * sizeof *q);
-  double *w = kiln_malloc((size_t)h->n * sizeof *w);
+static int lanczos(Session *s, RtHvp *hv, int k, RtRng *r, double *lo, double *hi, int *steps) {
+  int64_t n = rt_hvp_size(hv);
+  if (k > n)
+    k = (int)n;
+  double *q = kiln_malloc((size_t)n * (size_t)(k + 1) * sizeof *q);
+  double *w = kiln_malloc((size_t)n * sizeof *w);
+  char err[RT_ERR_LEN];
   double *a = kiln_malloc((size_t)k * sizeof *a), *b = kiln_malloc((size_t)k * sizeof *b);
-  random_unit(q, h->n, r);
+  random_unit(q, n, r);
   int rc = 0, m = 0;
   for (; m < k; m++) {
-    double *qm = q + (size_t)m * (size_t)h->n;
-    if ((rc = apply(h, qm, w)))
+    double *qm = q + (size_t)m * (size_t)n;
+    if ((rc = rt_hvp_apply(hv, qm, w, err))) {
+      session_fail(s, "%s", err);
       break;
-    a[m] = dot(qm, w, h->n);
+    }
+    a[m] = dot(qm, w, n);
     for (int pass = 0; pass < 2; pass++) /* against every earlier vector, twice */
       for (int j = 0; j <= m; j++) {
-        double *qj = q + (size_t)j * (size_t)h->n, c = dot(qj, w, h->n);
-        for (int64_t i = 0; i < h->n; i++)
+        double *qj = q + (size_t)j * (size_t)n, c = dot(qj, w, n);
+        for (int64_t i = 0; i < n; i++)
           w[i] -= c * qj[i];
       }
-    b[m] = sqrt(dot(w, w, h->n));
+    b[m] = sqrt(dot(w, w, n));
     if (m + 1 == k || b[m] <= 1e-12 * fabs(a[m])) {
       m++;
       break; /* an invariant subspace: the Ritz values are eigenvalues */
     }
-    double *next = q + (size_t)(m + 1) * (size_t)h->n;
-    for (int64_t i = 0; i < h->n; i++)
+    double *next = q + (size_t)(m + 1) * (size_t)n;
+    for (int64_t i = 0; i < n; i++)
       next[i] = w[i] / b[m];
   }
   *steps = m;
@@ -163,34 +110,31 @@ static int lanczos(Hvp *h, int k, RtRng *r, double *lo, double *hi, int *steps) 
 }
 
 int curvature_model(Session *s, const CurvatureOptions *co, FILE *out) {
-  Hvp h = {.s = s};
   RtBackend be;
   RtDataset ds;
   memset(&ds, 0, sizeof ds);
+  RtHvp *hv = NULL;
+  double *buf = NULL;
   char err[RT_ERR_LEN];
   int rc = 1;
-  bool have_be = false;
   if (session_load(s))
     return 1;
-  h.p = s->prog;
-  h.be = &be;
-  h.batch = h.p->batch;
-  if (rt_arena_backend_new(h.p, &be, err)) {
+  const kiln_program *p = s->prog;
+  int64_t batch = p->batch;
+  if (rt_arena_backend_new(p, &be, err)) {
     session_fail(s, "%s", err);
     return 1;
   }
-  have_be = true;
-  h.grad_e = rt_find_entry(h.p, "grad");
   if (rt_init_persistent(&be, s->g->train.seed, -1, err) ||
       (co->params && rt_load_checkpoint(&be, co->params, err))) {
     session_fail(s, "%s", err);
     goto done;
   }
   /* The batch: the first examples of the training set, or the model's own data. */
-  h.buf = kiln_malloc(sizeof(double));
+  buf = kiln_malloc(sizeof(double));
   int fed = 0;
-  for (int i = 0; i < h.p->ntensors; i++) {
-    const kiln_tensor *t = &h.p->tensors[i];
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
     if (t->role != KILN_ROLE_INPUT || !strncmp(t->name, "tangent.", 8))
       continue;
     if (t->feed && !co->data) {
@@ -198,54 +142,47 @@ int curvature_model(Session *s, const CurvatureOptions *co, FILE *out) {
       goto done;
     }
     if (t->feed && !fed) {
-      if (rt_dataset_load(co->data, "train", h.batch, &ds, err)) {
+      if (rt_dataset_load(co->data, "train", batch, &ds, err)) {
         session_fail(s, "%s", err);
         goto done;
       }
-      if (ds.images.count < h.batch)
-        h.batch = ds.images.count;
+      if (ds.images.count < batch)
+        batch = ds.images.count;
       fed = 1;
     }
-    int64_t n = rt_numel(t, h.batch);
-    h.buf = kiln_realloc(h.buf, (size_t)(n ? n : 1) * sizeof *h.buf);
+    int64_t n = rt_numel(t, batch);
+    buf = kiln_realloc(buf, (size_t)(n ? n : 1) * sizeof *buf);
     const RtIdx *f = t->feed ? rt_dataset_field(&ds, t->feed) : NULL;
     if (f) {
       for (int64_t k = 0; k < n; k++)
-        h.buf[k] = f->data[k] * t->scale;
+        buf[k] = f->data[k] * t->scale;
     } else if (t->init == KILN_INIT_DATA && t->data) {
-      memcpy(h.buf, t->data, (size_t)n * sizeof *h.buf);
+      memcpy(buf, t->data, (size_t)n * sizeof *buf);
     } else {
       session_fail(s, "input '%s' has no data: kiln curvature needs its values", t->name);
       goto done;
     }
-    be.write(be.self, i, h.buf, n);
+    be.write(be.self, i, buf, n);
   }
-  /* The parameters that train, their tangents and products. */
-  Graph *g = s->g;
-  h.tangent = kiln_malloc((size_t)g->nparams * sizeof(int));
-  h.out = kiln_malloc((size_t)g->nparams * sizeof(int));
-  h.len = kiln_malloc((size_t)g->nparams * sizeof(int64_t));
-  for (int i = 0; i < g->nparams; i++) {
-    const char *name = ir_at(g, g->params[i])->name;
-    int t = rt_find_tensor(h.p, pool_printf(g->pool, "tangent.%s", name));
-    int o = rt_find_tensor(h.p, pool_printf(g->pool, "hvp.%s", name));
-    if (t < 0 || o < 0)
-      continue; /* frozen */
-    h.tangent[h.np] = t;
-    h.out[h.np] = o;
-    h.len[h.np] = rt_numel(&h.p->tensors[t], h.batch);
-    h.n += h.len[h.np++];
+  if (rt_hvp_open(&hv, &be, batch, err)) {
+    session_fail(s, "%s", err);
+    goto done;
   }
   RtRng r;
   rt_rng_seed(&r, rt_hash_name(co->seed, "kiln curvature"));
   double lmax = NAN, lo = NAN, hi = NAN;
   int used = 0, steps = 0;
-  if (power(&h, co->iterations, &r, &lmax, &used) ||
-      lanczos(&h, co->lanczos_steps, &r, &lo, &hi, &steps))
+  if (rt_hvp_power(hv, co->iterations, 1e-12, rt_hash_name(co->seed, "kiln curvature power"),
+                   &lmax, &used, err)) {
+    session_fail(s, "%s", err);
     goto done;
+  }
+  if (lanczos(s, hv, co->lanczos_steps, &r, &lo, &hi, &steps))
+    goto done;
+  Graph *g = s->g;
   double lr = g->train.lr;
   fprintf(out, "curvature %s: the Hessian of the loss on a batch of %lld, %lld parameters\n",
-          g->name, (long long)h.batch, (long long)h.n);
+          g->name, (long long)batch, (long long)rt_hvp_size(hv));
   /* Power iteration finds the eigenvalue of largest magnitude: the largest one when it is
    * positive, else Lanczos's largest Ritz value is. */
   if (!(lmax > 0))
@@ -264,12 +201,9 @@ int curvature_model(Session *s, const CurvatureOptions *co, FILE *out) {
                  "is %g%s)\n", 2 / lmax, lr, lr < 2 / lmax ? "" : ": above it");
   rc = 0;
 done:
-  free(h.buf);
-  free(h.tangent);
-  free(h.out);
-  free(h.len);
+  rt_hvp_free(hv);
+  free(buf);
   rt_dataset_free(&ds);
-  if (have_be)
-    rt_arena_backend_free(&be);
+  rt_arena_backend_free(&be);
   return rc;
 }
