@@ -1608,6 +1608,24 @@ START_TEST(check_names_the_broken_kernel) {
   ck_assert_msg(strstr(report, "  max abs error 1, max rel error "), "%s", report);
   ck_assert_msg(strstr(report, "largest at element [0, 0, 0, 0] of shape [B, 3, 4, 4]"), "%s",
                 report);
+  /* That kernel alone, under every schedule: wrong in each while broken, right once repaired. */
+  char kernel[64];
+  const char *k = strstr(report, "(entry grad): ") + strlen("(entry grad): ");
+  snprintf(kernel, sizeof kernel, "%.*s", (int)strcspn(k, ","), k);
+  for (int broken = 1; broken >= 0; broken--) {
+    cg_broken_op = broken ? OP_MAXPOOL2D : OP_COUNT;
+    log = tmpfile();
+    ck_assert_ptr_nonnull(log);
+    rc = check_kernel(&s, kernel, 1, log);
+    cg_broken_op = OP_COUNT;
+    rewind(log);
+    n = fread(report, 1, sizeof report - 1, log);
+    report[n] = 0;
+    fclose(log);
+    ck_assert_msg(rc == broken, "%s: %s%s", kernel, report, s.error);
+    ck_assert_msg(strstr(report, broken ? "check: FAILED: 4 of 4 schedules"
+                                        : "check: OK: 4 of 4 schedules"), "%s", report);
+  }
   session_close(&s);
 }
 END_TEST

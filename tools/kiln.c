@@ -49,7 +49,10 @@ static const char usage[] =
     "                                metrics); with several, also their ensemble's: the mean of\n"
     "                                the members' softmax probabilities, loss -log of it at\n"
     "                                the label, accuracy from its argmax\n"
-    "  check MODEL [--steps N]       generated code against the reference runtime\n"
+    "  check MODEL [--steps N]       generated code against the reference runtime; on a\n"
+    "                                disagreement it names the first kernel that is wrong\n"
+    "  check MODEL --kernel NAME     that kernel (k45_conv2d, %45) alone under every schedule\n"
+    "                                choice (fusion, threads, convolution algorithm, tiles)\n"
     "  grad MODEL --params P.safetensors --inputs I.safetensors -o G.safetensors\n"
     "                                [--runtime compiled|reference]  loss and gradients\n"
     "  jvp MODEL --params P --inputs I --tangents T -o OUT [--runtime ...]\n"
@@ -106,6 +109,7 @@ typedef struct Args {
   bool have_at;
   int order;
   const char *data;       /* kiln curvature */
+  const char *kernel;     /* kiln check --kernel */
   int iterations;
   bool train_graph, reference;
   int precision;          /* 0: model's, 32, 64 (reference runtime) */
@@ -316,6 +320,9 @@ static int parse_args(int argc, char **argv, Args *a) {
       a->opt.diagnose = true;
       if (!strcmp(a->cmd, "train"))
         a->rest[a->nrest++] = argv[i];
+    } else if (!strcmp(s, "--kernel")) {
+      NEED_VALUE();
+      a->kernel = val;
     } else if (!strcmp(s, "--iterations")) {
       NEED_VALUE();
       if (!parse_int(val, 1, &n) || n > 100000)
@@ -973,6 +980,8 @@ static int checked(Session *s, int rc) {
 }
 
 static int cmd_check(Session *s, const Args *a) {
+  if (a->kernel)
+    return checked(s, check_kernel(s, a->kernel, s->g->train.seed, stdout));
   return checked(s, check_model(s, a->steps, s->g->train.seed, stdout));
 }
 

@@ -676,3 +676,169 @@ int forward_model(Session *ss, bool hvp, const char *params_path, const char *in
   return derivatives(ss, hvp ? DERIV_HVP : DERIV_JVP, params_path, inputs_path, tangents_path,
                      out_path, use_reference, out);
 }
+
+/* ---- one kernel across every schedule choice ------------------------------------------------ */
+
+/* The node a kernel name stands for: "k45_conv2d" (kiln schedule, profiles, generated code),
+ * "%45" or "45". -1 when there is none. */
+static int kernel_node(const Graph *g, const char *name) {
+  const char *p = name[0] == 'k' || name[0] == '%' ? name + 1 : name;
+  char *end;
+  long id = strtol(p, &end, 10);
+  if (end == p || (*end && *end != '_') || id < 0 || id >= g->nnodes)
+    return -1;
+  return op_is_leaf(ir_at(g, (int)id)->op) ? -1 : (int)id;
+}
+
+/* The kernel's op alone in a graph of its own: leaves shaped like its inputs and one eval output
+ * "y". */
+static Graph *kernel_graph(const Graph *g, const Node *n, int *leaves) {
+  Graph *h = ir_new("kernel");
+  for (int i = 0; i < g->nsyms; i++)
+    ir_sym(h, g->syms[i]);
+  int in[IR_MAX_IN];
+  for (int i = 0; i < n->nin; i++) {
+    const Node *x = ir_at(g, n->in[i]);
+    in[i] = leaves[i] = ir_leaf(h, OP_INPUT, ROLE_INPUT, pool_printf(h->pool, "in%d", i),
+                                x->dtype, x->shape, n->loc);
+  }
+  int y = ir_node(h, n->op, n->nin, in, &n->attr, n->loc);
+  ir_add_output(h, ENTRY_EVAL, "y", y, "the kernel's output");
+  return h;
+}
+
+int check_kernel(Session *ss, const char *name, uint64_t seed, FILE *out) {
+  Graph *g = ss->g;
+  int id = kernel_node(g, name);
+  if (id < 0)
+    return session_fail(ss, "no kernel '%s': give a name from kiln schedule or a profile "
+                        "(k45_conv2d) or a node (%%45)", name), 1;
+  const Node *n = ir_at(g, id);
+  /* The inputs' values: the model's own, at random parameters and inputs (reference runtime). */
+  Sides s = {.ss = ss};
+  if (make_reference(&s))
+    return 1;
+  RtRng rng;
+  rt_rng_seed(&rng, rt_hash_name(seed, "kiln check inputs"));
+  int64_t most = 1;
+  for (int i = 0; i < s.plan->ntensors; i++)
+    most = rt_numel(&s.plan->tensors[i], s.plan->batch) > most
+               ? rt_numel(&s.plan->tensors[i], s.plan->batch) : most;
+  double *buf = kiln_malloc((size_t)most * sizeof *buf);
+  for (int i = 0; i < s.plan->ntensors; i++) { /* the reference side only */
+    const kiln_tensor *t = &s.plan->tensors[i];
+    int64_t m = rt_numel(t, s.plan->batch);
+    if (t->role == KILN_ROLE_OUTPUT)
+      continue;
+    if (t->role != KILN_ROLE_INPUT) {
+      rt_init_tensor(t, seed, buf, m);
+    } else if (t->dtype == KILN_I32) {
+      uint64_t c = (uint64_t)check_label_classes(g, s.plan, s.plan->tensor_node[i]);
+      for (int64_t k = 0; k < m; k++)
+        buf[k] = (double)rt_rng_below(&rng, c);
+    } else {
+      for (int64_t k = 0; k < m; k++)
+        buf[k] = rt_rng_uniform(&rng);
+    }
+    s.rbe.write(s.rbe.self, i, buf, m);
+  }
+  free(buf);
+  char err[RT_ERR_LEN];
+  if (interp_eval(ss->ref, &id, 1, s.plan->batch, err))
+    return session_fail(ss, "reference runtime: %s", err), 1;
+
+  int leaves[IR_MAX_IN];
+  Graph *volatile h = NULL;
+  Trap t;
+  if (!KILN_TRY(&t)) {
+    kiln_trap_end(&t);
+    ir_free(h);
+    return session_fail(ss, "%s", t.msg), 1;
+  }
+  h = kernel_graph(g, n, leaves);
+  kiln_trap_end(&t);
+  Interp *ref = interp_new(h, s.plan->batch, false);
+  if (!ref) {
+    ir_free(h);
+    return session_fail(ss, "out of memory"), 1;
+  }
+  for (int i = 0; i < n->nin; i++)
+    memcpy(interp_data(ref, leaves[i]), interp_data(ss->ref, n->in[i]),
+           (size_t)interp_numel(ref, leaves[i]) * sizeof(double));
+  int y = h->entries[ENTRY_EVAL].outputs[0].node;
+  if (interp_eval(ref, &y, 1, s.plan->batch, err)) {
+    interp_free(ref);
+    ir_free(h);
+    return session_fail(ss, "reference runtime: %s", err), 1;
+  }
+  bool conv = n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA || n->op == OP_CONV2D_BWD_FILTER;
+  bool gemm = conv || n->op == OP_MATMUL;
+  fprintf(out, "kernel %%%d %s of %s (line %d): inputs from the model at random parameters; "
+          "every schedule against the f64 reference\n", id, op_names[n->op], g->name, n->loc.line);
+  fprintf(out, "%-48s %11s %11s %8s\n", "schedule", "max abs", "max rel", "/ tol");
+  int failed = 0, tried = 0;
+  static const ConvAlgo algos[] = {CONV_DIRECT, CONV_GEMM, CONV_IMPLICIT};
+  static const GemmTiles tiles[] = {{0, 0, 0}, {16, 8, 32}};
+  for (int fuse = 1; fuse >= 0; fuse--)
+    for (int threads = 1; threads <= 2; threads++)
+      for (int a = 0; a < (conv ? 3 : 1); a++)
+        for (int k = 0; k < (gemm ? 2 : 1); k++) {
+          Options o = ss->opt;
+          o.batch = s.plan->batch;
+          o.sched.fuse = fuse;
+          o.sched.threads = threads;
+          o.sched.conv = conv ? algos[a] : CONV_AUTO;
+          o.sched.gemm = tiles[k];
+          o.sched.tuning = NULL;
+          char label[96];
+          snprintf(label, sizeof label, "fuse %s, %d thread%s%s%s%s", fuse ? "on" : "off",
+                   threads, threads > 1 ? "s" : "", conv ? ", conv " : "",
+                   conv ? sched_conv_name(algos[a]) : "", k ? ", tiles 16/8/32" : "");
+          Session vs;
+          session_adopt(&vs, h, &o);
+          RtBackend be;
+          if (session_load(&vs) || rt_arena_backend_new(vs.prog, &be, err)) {
+            fprintf(out, "%-44s cannot compile: %s\n", label, vs.error[0] ? vs.error : err);
+            session_close(&vs);
+            failed++;
+            continue;
+          }
+          for (int i = 0; i < n->nin; i++) {
+            int ti = rt_find_tensor(vs.prog, pool_printf(h->pool, "in%d", i));
+            be.write(be.self, ti, interp_data(ref, leaves[i]), interp_numel(ref, leaves[i]));
+          }
+          int yt = rt_find_tensor(vs.prog, "y");
+          int64_t m = interp_numel(ref, y);
+          double *x = kiln_malloc((size_t)m * sizeof *x);
+          if (be.run(be.self, rt_find_entry(vs.prog, "eval"), s.plan->batch, err)) {
+            fprintf(out, "%-44s cannot run: %s\n", label, err);
+            failed++;
+          } else {
+            be.read(be.self, yt, x, m);
+            const double *r = interp_data(ref, y);
+            CheckTol tol = check_tolerance(ir_at(h, y)->dtype);
+            double scale = 0, worst = 0, max_abs = 0, max_rel = 0;
+            for (int64_t e = 0; e < m; e++)
+              if (isfinite(r[e]))
+                scale = fmax(scale, fabs(r[e]));
+            for (int64_t e = 0; e < m; e++) {
+              double d = isnan(x[e]) != isnan(r[e]) ? INFINITY : isnan(r[e]) ? 0 : fabs(x[e] - r[e]);
+              max_abs = fmax(max_abs, d);
+              max_rel = fmax(max_rel, d / fmax(fabs(r[e]), 1e-30));
+              worst = fmax(worst, d / (tol.abs + tol.rel * (fabs(r[e]) + scale)));
+            }
+            fprintf(out, "%-48s %11.3g %11.3g %8.3f  %s\n", label, max_abs, max_rel, worst,
+                    worst <= 1 ? "ok" : "EXCEEDS TOLERANCE");
+            failed += worst > 1;
+          }
+          tried++;
+          free(x);
+          rt_arena_backend_free(&be);
+          session_close(&vs);
+        }
+  fprintf(out, failed ? "check: FAILED: %d of %d schedules\n" : "check: OK: %d of %d schedules\n",
+          failed ? failed : tried, tried);
+  interp_free(ref);
+  ir_free(h);
+  return failed ? 1 : 0;
+}

@@ -111,6 +111,12 @@ int64_t check_label_classes(const Graph *g, const Plan *p, int node);
  * each), a grad + apply step, the eval entry, then the grad entry again at a smaller batch (the
  * run-time batch code path). Prints a table of max absolute / relative differences to out. */
 int check_model(Session *s, int steps, uint64_t seed, FILE *out);
+/* `kiln check --kernel NAME`: one kernel (k45_conv2d, %45) alone, its inputs the values the model
+ * gives them at random parameters and inputs, compiled under every schedule choice that applies
+ * (fusion on and off, 1 and 2 threads, each convolution algorithm, default and small GEMM tiles)
+ * and held against the f64 reference: a table to out. 0, or 1 on a disagreement or a failure
+ * (the reason in s->error). */
+int check_kernel(Session *s, const char *name, uint64_t seed, FILE *out);
 
 /* Loads parameters and inputs from safetensors files (every parameter and input of the model,
  * with exactly its shape), runs the grad entry with batch = the inputs' leading dimension on the
