@@ -610,9 +610,16 @@ START_TEST(diff_closed_forms) {
       ck_assert_msg(fabs(rev[k] - want) <= 1e-9 * fmax(1, fabs(want)), "reverse d^%d = %.17g, "
                     "closed form %.17g", k, rev[k], want);
   }
-  /* the graph of the 10th derivative stays small */
+  /* the graph of the 10th derivative stays small, and compiled it gives the same number */
   const char *last = strstr(out, "\n10 ");
   ck_assert_ptr_nonnull(last);
+  char *end;
+  strtod(last + 4, &end);                  /* forward */
+  strtod(end, &end);                       /* reverse */
+  double compiled = strtod(end, NULL);
+  ck_assert_msg(fabs(compiled - exp(sin(x)) * bell[N]) <= 1e-9 * fabs(exp(sin(x)) * bell[N]),
+                "compiled d^10 = %.17g", compiled);
+  ck_assert_msg(strstr(out, ", compiled in "), "%s", out);
   long nodes = strtol(strrchr(last, ' ') + 1, NULL, 10);
   ck_assert_msg(nodes > 0 && nodes < 1000, "%ld nodes", nodes);
   free(out), free(err);

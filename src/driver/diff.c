@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "driver/driver.h"
+#include "runtime.h"
 #include "xform/xform.h"
 
 /* Nodes id depends on (itself included): how large a derivative's graph is. */
@@ -113,10 +114,37 @@ int diff_model(Session *s, const char *wrt, double at, int order, FILE *out) {
     interp_free(it), free(mark), free(roots);
     return REFUSE("%s", err);
   }
-  fprintf(out, "diff %s: d^k %s / d%s^k at %s = %.15g (derivatives built in %.3f s)\n", g->name,
+  /* The forward derivatives compiled as any program is: outputs of the eval entry. */
+  double *compiled = kiln_malloc((size_t)(order + 1) * sizeof *compiled), t1 = kiln_now();
+  for (int k = 0; k <= order; k++) {
+    compiled[k] = fwd[k] < 0 ? 0.0 : NAN;
+    if (fwd[k] >= 0)
+      ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "diff.%d", k), fwd[k],
+                    "a derivative (kiln diff)");
+  }
+  RtBackend be;
+  bool have_be = session_load(s) == 0 && rt_arena_backend_new(s->prog, &be, err) == 0;
+  double compile_s = kiln_now() - t1;
+  if (have_be) {
+    int xt = rt_find_tensor(s->prog, wrt);
+    if (xt >= 0)
+      be.write(be.self, xt, &at, 1);
+    if (be.run(be.self, rt_find_entry(s->prog, "eval"), 1, err) == 0)
+      for (int k = 0; k <= order; k++) {
+        int t = fwd[k] >= 0 ? rt_find_tensor(s->prog, pool_printf(g->pool, "diff.%d", k)) : -1;
+        if (t >= 0)
+          be.read(be.self, t, &compiled[k], 1);
+      }
+    rt_arena_backend_free(&be);
+  }
+  fprintf(out, "diff %s: d^k %s / d%s^k at %s = %.15g (derivatives built in %.3f s", g->name,
           ir_at(g, g->loss_eval)->name ? ir_at(g, g->loss_eval)->name : "loss", wrt, wrt, at,
           built);
-  fprintf(out, "%-6s %-25s %-25s %s\n", "order", "forward", "reverse", "nodes");
+  if (have_be)
+    fprintf(out, ", compiled in %.3f s)\n", compile_s);
+  else
+    fprintf(out, "; not compiled: %s)\n", s->error[0] ? s->error : err);
+  fprintf(out, "%-6s %-25s %-25s %-25s %s\n", "order", "forward", "reverse", "compiled", "nodes");
   for (int k = 0; k <= order; k++) {
     double f = fwd[k] >= 0 ? interp_data(it, fwd[k])[0] : 0.0;
     fprintf(out, "%-6d %-25.17g ", k, f);
@@ -124,8 +152,10 @@ int diff_model(Session *s, const char *wrt, double at, int order, FILE *out) {
       fprintf(out, "%-25s ", "");
     else
       fprintf(out, "%-25.17g ", rev[k] >= 0 ? interp_data(it, rev[k])[0] : 0.0);
-    fprintf(out, "%d\n", fwd[k] >= 0 ? reachable(g, fwd[k], mark) : 0);
+    fprintf(out, "%-25.17g %d\n", compiled[k], fwd[k] >= 0 ? reachable(g, fwd[k], mark) : 0);
   }
+  s->error[0] = 0;
+  free(compiled);
   interp_free(it);
   free(mark);
   free(roots);
