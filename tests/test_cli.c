@@ -805,8 +805,8 @@ START_TEST(curvature_every_steps) {
   }
   rt_safetensors_free(ta, na);
   rt_safetensors_free(tb, nb);
-  snprintf(cmd, sizeof cmd, KILN " build '%s' -o '%s' && '%s' %s --curvature-every 2", model,
-           trainer, trainer, slice);
+  snprintf(cmd, sizeof cmd, "{ " KILN " build '%s' -o '%s' && '%s' %s --curvature-every 2; }",
+           model, trainer, trainer, slice);
   ck_assert_int_eq(run(cmd, &out, &err), 1);
   ck_assert_msg(strstr(err, "this program has no Hessian-vector products"), "%s", err);
   free(out), free(err);
