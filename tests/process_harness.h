@@ -1,6 +1,7 @@
 /*
  * process_harness.h — what the tests that run kiln and its trainers as child processes share
- * (test_cli.c, test_resume.c): a scratch directory per test, and a suite run whose compiled
+ * (test_cli.c, test_sweep_cli.c, test_resume.c): a scratch directory per test, a command run
+ * with its output captured, and a suite run whose compiled
  * programs go to a cache of its own ($XDG_CACHE_HOME), never the user's. Included by one test
  * file each (everything is static).
  */
@@ -10,8 +11,34 @@
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 
 static char tmpdir[256];
+
+/* Runs a shell command line, capturing stdout and stderr; returns the exit status. */
+static inline int run(const char *cmdline, char **out, char **err) {
+  char cmd[8192], outp[300], errp[300];
+  snprintf(outp, sizeof outp, "%s/stdout", tmpdir);
+  snprintf(errp, sizeof errp, "%s/stderr", tmpdir);
+  ck_assert_int_lt(snprintf(cmd, sizeof cmd, "%s >'%s' 2>'%s'", cmdline, outp, errp),
+                   (int)sizeof cmd);
+  int st = system(cmd);
+  ck_assert(WIFEXITED(st));
+  const char *paths[2] = {outp, errp};
+  char **dst[2] = {out, err};
+  for (int i = 0; i < 2; i++) {
+    if (!dst[i]) continue;
+    FILE *f = fopen(paths[i], "rb");
+    ck_assert_ptr_nonnull(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    *dst[i] = calloc((size_t)n + 1, 1);
+    ck_assert_int_eq(fread(*dst[i], 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+  }
+  return WEXITSTATUS(st);
+}
 
 /* The checked fixture: a fresh directory per test, removed with what the test left in it. */
 static void make_tmpdir(void) {

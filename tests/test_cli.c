@@ -26,29 +26,6 @@
 #define DATA "/usr/share/datasets/fashion-mnist"
 
 
-/* Runs a shell command line, capturing stdout and stderr; returns the exit status. */
-static int run(const char *cmdline, char **out, char **err) {
-  char cmd[4096], outp[300], errp[300];
-  snprintf(outp, sizeof outp, "%s/stdout", tmpdir);
-  snprintf(errp, sizeof errp, "%s/stderr", tmpdir);
-  snprintf(cmd, sizeof cmd, "%s >'%s' 2>'%s'", cmdline, outp, errp);
-  int st = system(cmd);
-  ck_assert(WIFEXITED(st));
-  const char *paths[2] = {outp, errp};
-  char **dst[2] = {out, err};
-  for (int i = 0; i < 2; i++) {
-    if (!dst[i]) continue;
-    FILE *f = fopen(paths[i], "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    *dst[i] = calloc((size_t)n + 1, 1);
-    ck_assert_int_eq(fread(*dst[i], 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-  }
-  return WEXITSTATUS(st);
-}
 
 static bool exists(const char *path) {
   struct stat st;
@@ -693,6 +670,24 @@ START_TEST(curvature_of_quadratics) {
 }
 END_TEST
 
+/* Two parameter files hold the same tensors byte for byte (what changed them: `what`). */
+static void same_parameters(const char *a, const char *b, const char *what) {
+  RtNamedTensor *ta, *tb;
+  int na, nb;
+  char e[RT_ERR_LEN];
+  ck_assert_int_eq(rt_safetensors_load(a, &ta, &na, e), 0);
+  ck_assert_int_eq(rt_safetensors_load(b, &tb, &nb, e), 0);
+  ck_assert_int_eq(na, nb);
+  for (int i = 0; i < na; i++) {
+    int64_t n = 1;
+    for (int d = 0; d < ta[i].rank; d++) n *= ta[i].dims[d];
+    ck_assert_msg(!memcmp(ta[i].values, tb[i].values, (size_t)n * sizeof(double)),
+                  "%s differs with %s", ta[i].name, what);
+  }
+  rt_safetensors_free(ta, na);
+  rt_safetensors_free(tb, nb);
+}
+
 /* --diagnose on a network built to have dead units: a ReLU after a layer shifted by -100 is 0
  * for every example (100% dead, warned about, its layer's gradient 0), a tanh of large inputs
  * saturates; the figures reach the CSV; and the run trains exactly as one without --diagnose. */
@@ -739,20 +734,7 @@ START_TEST(diagnose_dead_units) {
   snprintf(cmd, sizeof cmd, KILN " train '%s' %s --save '%s' --quiet", model, slice, b);
   ck_assert_int_eq(run(cmd, &out, &err), 0);
   free(out), free(err);
-  RtNamedTensor *ta, *tb;
-  int na, nb;
-  char e[RT_ERR_LEN];
-  ck_assert_int_eq(rt_safetensors_load(a, &ta, &na, e), 0);
-  ck_assert_int_eq(rt_safetensors_load(b, &tb, &nb, e), 0);
-  ck_assert_int_eq(na, nb);
-  for (int i = 0; i < na; i++) {
-    int64_t n = 1;
-    for (int d = 0; d < ta[i].rank; d++) n *= ta[i].dims[d];
-    ck_assert_msg(!memcmp(ta[i].values, tb[i].values, (size_t)n * sizeof(double)),
-                  "%s differs with --diagnose", ta[i].name);
-  }
-  rt_safetensors_free(ta, na);
-  rt_safetensors_free(tb, nb);
+  same_parameters(a, b, "--diagnose");
 }
 END_TEST
 
@@ -791,20 +773,7 @@ START_TEST(curvature_every_steps) {
   snprintf(cmd, sizeof cmd, KILN " train '%s' %s --save '%s' --quiet", model, slice, b);
   ck_assert_int_eq(run(cmd, &out, &err), 0);
   free(out), free(err);
-  RtNamedTensor *ta, *tb;
-  int na, nb;
-  char e[RT_ERR_LEN];
-  ck_assert_int_eq(rt_safetensors_load(a, &ta, &na, e), 0);
-  ck_assert_int_eq(rt_safetensors_load(b, &tb, &nb, e), 0);
-  ck_assert_int_eq(na, nb);
-  for (int i = 0; i < na; i++) {
-    int64_t n = 1;
-    for (int d = 0; d < ta[i].rank; d++) n *= ta[i].dims[d];
-    ck_assert_msg(!memcmp(ta[i].values, tb[i].values, (size_t)n * sizeof(double)),
-                  "%s differs with --curvature-every", ta[i].name);
-  }
-  rt_safetensors_free(ta, na);
-  rt_safetensors_free(tb, nb);
+  same_parameters(a, b, "--curvature-every");
   snprintf(cmd, sizeof cmd, "{ " KILN " build '%s' -o '%s' && '%s' %s --curvature-every 2; }",
            model, trainer, trainer, slice);
   ck_assert_int_eq(run(cmd, &out, &err), 1);

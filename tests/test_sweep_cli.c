@@ -25,30 +25,6 @@
 #define KILN KILN_BINARY_DIR "/kiln"
 #define DATA "/usr/share/datasets/fashion-mnist"
 
-/* Runs a shell command line, capturing stdout and stderr; returns the exit status. */
-static int run(const char *cmdline, char **out, char **err) {
-  char cmd[8192], outp[300], errp[300];
-  snprintf(outp, sizeof outp, "%s/stdout", tmpdir);
-  snprintf(errp, sizeof errp, "%s/stderr", tmpdir);
-  ck_assert_int_lt(snprintf(cmd, sizeof cmd, "%s >'%s' 2>'%s'", cmdline, outp, errp),
-                   (int)sizeof cmd);
-  int st = system(cmd);
-  ck_assert(WIFEXITED(st));
-  const char *paths[2] = {outp, errp};
-  char **dst[2] = {out, err};
-  for (int i = 0; i < 2; i++) {
-    if (!dst[i]) continue;
-    FILE *f = fopen(paths[i], "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    *dst[i] = calloc((size_t)n + 1, 1);
-    ck_assert_int_eq(fread(*dst[i], 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-  }
-  return WEXITSTATUS(st);
-}
 
 static char *slurp(const char *path) {
   FILE *f = fopen(path, "rb");
