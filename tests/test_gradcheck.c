@@ -48,6 +48,37 @@ START_TEST(examples_pass) {
 }
 END_TEST
 
+/* Nearly every op of the language in one model (elementwise math, activations, conv1d, group
+ * and layer normalisation, both 1-D pools, maxout, softmax, the losses, gather, one_hot, slicing,
+ * transpose): gradients, directions and every op's adjoint identity. */
+static const char zoo[] =
+    "input x: f64[B, 4, 6]\n"
+    "input label: i32[B]\n"
+    "param w: f64[4, 6] = 0.5\n"
+    "h = x * w\n"
+    "e = sin(h) + cos(h) + tan(h * 0.3) + atan(h) + erf(h) + abs(h) + softplus(h) + gelu(h)\n"
+    "e = e + elu(h) + clamp(h, min=-0.3, max=0.4) + max(h, h * 0.5) + min(h, 0.2) + sigmoid(h)\n"
+    "e = e + tanh(h) + sqrt(h * h + 1) + exp(h * 0.1) + log(h * h + 1) + leaky_relu(h) + relu(h)\n"
+    "e = e + sign(h) + step(h) + h ^ 2\n"
+    "c = conv1d(e, out=6, kernel=3, pad=1) as conv\n"
+    "c = groupnorm(c, 2) as gn\n"
+    "p = maxpool1d(c, kernel=3, stride=2) + avgpool1d(c, kernel=3, stride=2)\n"
+    "m = maxout(p, 2)\n"
+    "f = flatten(m)\n"
+    "q = layernorm(f) as ln\n"
+    "logits = linear(q, out=5) as fc\n"
+    "s = softmax(logits) + log_softmax(logits) * 0.1\n"
+    "loss = cross_entropy(logits, label) + nll(log_softmax(logits), label) + hinge(logits, label) + mean(s * s) + sum(gather(logits, 1, reshape(label, shape=[-1, 1]))) * 0.01 + mean(one_hot(label, 5, dtype=f64) * logits) + mean(transpose(f)[1:3, :])\n"
+    "minimize loss\n"
+    "train { batch = 3 }\n";
+
+START_TEST(op_zoo_passes) {
+  static char report[16384];
+  int rc = gradcheck("zoo.kiln", zoo, report, sizeof report);
+  ck_assert_msg(rc == 0 && strstr(report, "gradcheck: OK\n"), "%s", report);
+}
+END_TEST
+
 static const char cnn[] =
     "input x: f64[B, 2, 6, 6]\ninput label: i32[B]\n"
     "h = maxpool2d(tanh(conv2d(x, out=3, kernel=3, pad=1) as conv), kernel=3, stride=2)\n"
@@ -97,6 +128,7 @@ static Suite *gradcheck_suite(void) {
   TCase *tc = tcase_create("gradcheck");
   tcase_set_timeout(tc, 600);
   tcase_add_loop_test(tc, examples_pass, 0, (int)(sizeof examples / sizeof *examples));
+  tcase_add_test(tc, op_zoo_passes);
   tcase_add_test(tc, broken_rule_is_named);
   tcase_add_test(tc, kink_is_reported);
   suite_add_tcase(s, tc);
