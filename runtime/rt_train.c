@@ -73,6 +73,8 @@ static void usage(FILE *f, const char *name) {
           "                      options, --epochs may grow): the result is bit-identical to a\n"
           "                      run that was never interrupted\n"
           "  --metrics FILE      write one CSV row per epoch to FILE\n"
+          "  --plot FILE.svg     at the end, draw the --metrics CSV (losses, accuracies, other\n"
+          "                      figures per epoch) as an SVG picture\n"
           "  --images DIR        after training, write the model's output on the first test\n"
           "                      examples as 8-bit PGM pictures, one per example and channel\n"
           "                      (DIR/test00000_c0.pgm; values in [0, 1] map to 0..255, the\n"
@@ -154,7 +156,8 @@ static const char *const value_options[] = {"--data", "--epochs", "--lr", "--see
                                             "--checkpoint-dir", "--keep-checkpoints",
                                             "--validation", "--max-memory", "--normalize",
                                             "--augment", "--images", "--images-count",
-                                            "--init-from", "--init-map", "--curvature-every"};
+                                            "--init-from", "--init-map", "--curvature-every",
+                                            "--plot"};
 enum { NVALUE_OPTIONS = sizeof value_options / sizeof *value_options };
 
 int rt_option_takes_value(const char *arg) {
@@ -318,6 +321,7 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
         return opt_error(name, "%s: expected a positive number of steps, got '%s'", key, val);
       o->curvature_every = n;
       break;
+    case 24: o->plot_path = val; break;
     }
   }
   return 0;
@@ -1577,6 +1581,8 @@ static int train_data(Run *r) {
     goto done;
   if (o->save_path && rt_save_checkpoint(r->be, o->save_path, r->err))
     goto done;
+  if (o->plot_path && rt_plot_csv(o->metrics_path, o->plot_path, r->err))
+    goto done;
   if (o->images_dir) {
     int64_t files = write_images(r, &test, ntest);
     if (files < 0)
@@ -1778,6 +1784,10 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   }
   if (o->load_path && rt_load_checkpoint(be, o->load_path, r.err))
     goto done;
+  if (o->plot_path && !o->metrics_path) {
+    rt_errf(r.err, "--plot draws the metrics CSV: give --metrics FILE.csv too");
+    goto done;
+  }
   if (o->init_map && !o->init_from) {
     rt_errf(r.err, "--init-map renames the tensors of --init-from FILE, which is missing");
     goto done;

@@ -231,6 +231,13 @@ FILE *rt_create_temp(const char *path, char *tmp, size_t len, char *err);
 int rt_write_target(const char *path, char *target, size_t len, char *err);
 FILE *rt_open_regular(const char *path, struct stat *st, char *err);
 
+/* ---- rt_plot.c: the metrics as a picture -------------------------------------------------------- */
+
+/* A trainer's metrics CSV (first column "epoch") as a self-contained SVG at svg_path, atomically:
+ * a panel for the losses, one for the accuracies, one for the other validation or test figures,
+ * each present only when it has a value. 0, or -1 with err (a malformed CSV names the line). */
+int rt_plot_csv(const char *csv_path, const char *svg_path, char *err);
+
 /* ---- rt_export.c: outputs as pictures --------------------------------------------------------- */
 
 /* v[0 .. h·w), row by row, as an 8-bit binary PGM: clamped to [0, 1], times 255, rounded (NaN
@@ -339,6 +346,7 @@ typedef struct RtOptions {
   const char *init_from;  /* start from the tensors of this file the model has (by name), or NULL */
   const char *init_map;   /* renamings for init_from: "FILE_NAME=MODEL_NAME,...", or NULL */
   const char *metrics_path; /* CSV, or NULL */
+  const char *plot_path;  /* --plot: the metrics CSV drawn as an SVG at the end, or NULL */
   const char *images_dir; /* write the output on test examples as PGM files here, or NULL */
   int64_t images_count;   /* how many test examples --images writes (16) */
   int64_t limit_train;    /* >0: use only the first N training examples (tests) */

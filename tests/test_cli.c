@@ -782,6 +782,71 @@ START_TEST(curvature_every_steps) {
 }
 END_TEST
 
+/* --plot and kiln plot: the metrics CSV as an SVG with a loss and an accuracy panel, one point
+ * per epoch in every series, the legend naming the columns; rendered by librsvg (as a viewer
+ * would) into a PNG of the picture's size. A malformed CSV names its line. */
+START_TEST(plot_metrics) {
+  char csv[300], svg[300], png[300], cmd[2048], *out, *err;
+  snprintf(csv, sizeof csv, "%s/m.csv", tmpdir);
+  snprintf(svg, sizeof svg, "%s/m.svg", tmpdir);
+  snprintf(png, sizeof png, "%s/m.png", tmpdir);
+  snprintf(cmd, sizeof cmd, KILN " train " EX "mlp.kiln --data " DATA " --epochs 3 "
+           "--limit-train 600 --limit-test 200 --metrics '%s' --plot '%s' --quiet", csv, svg);
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s", err);
+  free(out), free(err);
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass) { /* the same picture from the command */
+      snprintf(cmd, sizeof cmd, KILN " plot '%s' -o '%s'", csv, svg);
+      ck_assert_msg(run(cmd, &out, &err) == 0, "%s", err);
+      free(out), free(err);
+    }
+    FILE *f = fopen(svg, "r");
+    ck_assert_ptr_nonnull(f);
+    static char text[65536];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    text[n] = 0;
+    fclose(f);
+    ck_assert_msg(strstr(text, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" "
+                               "height=\"620\""), "%.300s", text);
+    ck_assert(strstr(text, ">loss</text>") && strstr(text, ">accuracy</text>"));
+    const char *names[] = {"train_loss", "test_loss", "test_accuracy"};
+    for (int i = 0; i < 3; i++) {
+      char key[96];
+      snprintf(key, sizeof key, "data-name=\"%s\"", names[i]);
+      const char *series = strstr(text, key);
+      ck_assert_msg(series, "no series %s", names[i]);
+      const char *pts = strstr(series, "points=\"") + 8;
+      int points = 0;
+      for (const char *c = pts; *c != '"'; c++)
+        points += *c == ',';
+      ck_assert_int_eq(points, 3);
+      snprintf(key, sizeof key, "class=\"legend\" x=");
+      ck_assert(strstr(text, key));
+    }
+  }
+  snprintf(cmd, sizeof cmd, "rsvg-convert '%s' -o '%s'", svg, png);
+  ck_assert_msg(run(cmd, &out, &err) == 0, "librsvg could not render the picture: %s", err);
+  free(out), free(err);
+  unsigned char head[24];
+  FILE *f = fopen(png, "rb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(fread(head, 1, 24, f), 24);
+  fclose(f);
+  ck_assert(!memcmp(head, "\x89PNG", 4));
+  unsigned w = (unsigned)head[16] << 24 | head[17] << 16 | head[18] << 8 | head[19];
+  unsigned h = (unsigned)head[20] << 24 | head[21] << 16 | head[22] << 8 | head[23];
+  ck_assert_msg(w == 720 && h == 620, "%ux%u", w, h);
+  f = fopen(csv, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("epoch,train_loss\n1,0.5\n2,abc\n", f);
+  fclose(f);
+  snprintf(cmd, sizeof cmd, KILN " plot '%s' -o '%s'", csv, svg);
+  ck_assert_int_eq(run(cmd, &out, &err), 1);
+  ck_assert_msg(strstr(err, "m.csv:3: expected 2 numbers separated by commas"), "%s", err);
+  free(out), free(err);
+}
+END_TEST
+
 /* --images refuses a model whose output is not a picture, before training. */
 START_TEST(images_need_a_picture) {
   char cmd[1024], *out, *err;
@@ -1558,6 +1623,7 @@ static Suite *cli_suite(void) {
   tcase_add_test(tc, curvature_of_quadratics);
   tcase_add_test(tc, diagnose_dead_units);
   tcase_add_test(tc, curvature_every_steps);
+  tcase_add_test(tc, plot_metrics);
   tcase_add_test(tc, trainer_learns_on_a_slice);
   tcase_add_test(tc, grad_agrees_between_runtimes);
   tcase_add_test(tc, grad_refuses_bad_labels);

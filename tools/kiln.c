@@ -65,6 +65,7 @@ static const char usage[] =
     "  curvature MODEL [--params P.safetensors] [--data DIR] [--iterations N]\n"
     "                                the loss's largest and smallest Hessian eigenvalues on a\n"
     "                                batch, the condition number and the stable lr 2/lambda_max\n"
+    "  plot METRICS.csv -o CURVES.svg  a trainer's --metrics file drawn as an SVG picture\n"
     "  diff MODEL --wrt X --at V [--order N]\n"
     "                                the minimized scalar and its derivatives by the scalar X\n"
     "                                at X = V, orders 1..N (default 1, at most 64), by forward\n"
@@ -1035,6 +1036,16 @@ static int run_command(Args *a) {
     return usage_error("%s", "--wrt, --at and --order belong to diff");
   if (!strcmp(cmd, "tune"))
     return cmd_tune(a);
+  if (!strcmp(cmd, "plot")) { /* a CSV, not a model */
+    char err[RT_ERR_LEN];
+    if (!a->out)
+      return usage_error("%s", "plot needs -o CURVES.svg");
+    if (rt_plot_csv(a->model, a->out, err)) {
+      fprintf(stderr, "kiln: error: %s\n", err);
+      return 1;
+    }
+    return 0;
+  }
   use_tuning(a);
   Session s;
   int rc;
@@ -1089,7 +1100,7 @@ int main(int argc, char **argv) {
   }
   static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
                                          "jvp", "hvp", "tune", "sweep", "evaluate", "diff",
-                                         "gradcheck", "curvature"};
+                                         "gradcheck", "curvature", "plot"};
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
   if (!known) return usage_error("unknown command '%s'", argv[1]);
