@@ -160,6 +160,56 @@ static const char *const value_options[] = {"--data", "--epochs", "--lr", "--see
                                             "--plot"};
 enum { NVALUE_OPTIONS = sizeof value_options / sizeof *value_options };
 
+/* Edit distance between a and b (insertions, deletions, substitutions), for "did you mean". */
+static int distance(const char *a, const char *b) {
+  size_t n = strlen(b);
+  if (n > 63)
+    return 99;
+  int row[64];
+  for (size_t j = 0; j <= n; j++)
+    row[j] = (int)j;
+  for (size_t i = 1; a[i - 1]; i++) {
+    int diag = row[0];
+    row[0] = (int)i;
+    for (size_t j = 1; j <= n; j++) {
+      int up = row[j];
+      int best = diag + (a[i - 1] != b[j - 1]);
+      best = up + 1 < best ? up + 1 : best;
+      best = row[j - 1] + 1 < best ? row[j - 1] + 1 : best;
+      row[j] = best;
+      diag = up;
+    }
+  }
+  return row[n];
+}
+
+static const char *const flag_options[] = {"--quiet", "--profile", "--diagnose", "--help"};
+
+int rt_option_known(const char *arg) {
+  for (int j = 0; j < 4; j++)
+    if (!strcmp(arg, flag_options[j]))
+      return 1;
+  return rt_option_takes_value(arg);
+}
+
+/* " (did you mean --epochs?)" for the nearest trainer option, or of the nextra others, within 3
+ * edits, else " (see --help)". */
+const char *rt_option_hint(const char *key, const char *const *extra, int nextra, char *buf,
+                           size_t len) {
+  const char *best = NULL;
+  int d = 4;
+  for (int j = 0; j < NVALUE_OPTIONS + 4 + nextra; j++) {
+    const char *o = j < NVALUE_OPTIONS      ? value_options[j]
+                    : j < NVALUE_OPTIONS + 4 ? flag_options[j - NVALUE_OPTIONS]
+                                             : extra[j - NVALUE_OPTIONS - 4];
+    int k = distance(key, o);
+    if (k < d)
+      d = k, best = o;
+  }
+  snprintf(buf, len, best ? " (did you mean %s?)" : " (see --help)", best);
+  return buf;
+}
+
 int rt_option_takes_value(const char *arg) {
   for (int j = 0; j < NVALUE_OPTIONS; j++)
     if (!strcmp(arg, value_options[j]))
@@ -172,6 +222,7 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
   o->prog_name = name;
   o->argc = argc;
   o->argv = argv;
+  char hint[64];
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i];
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -197,7 +248,7 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
     const char *val, *eq = strchr(arg, '=');
     size_t klen = eq ? (size_t)(eq - arg) : strlen(arg);
     if (klen >= sizeof key)
-      return opt_error(name, "unknown option '%s' (see --help)", arg, NULL);
+      return opt_error(name, "unknown option '%s'%s", arg, rt_option_hint(arg, NULL, 0, hint, sizeof hint));
     memcpy(key, arg, klen);
     key[klen] = 0;
     int k = -1;
@@ -205,7 +256,7 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       if (!strcmp(key, value_options[j]))
         k = j;
     if (k < 0)
-      return opt_error(name, "unknown option '%s' (see --help)", key, NULL);
+      return opt_error(name, "unknown option '%s'%s", key, rt_option_hint(key, NULL, 0, hint, sizeof hint));
     if (eq)
       val = eq + 1;
     else if (i + 1 < argc)

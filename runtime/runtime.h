@@ -375,6 +375,12 @@ typedef struct RtOptions {
 void rt_options_default(RtOptions *o);
 /* Whether a trainer option (exactly as written, without "=value") takes a value. */
 int rt_option_takes_value(const char *arg);
+/* Whether arg is a trainer option (with a value or a flag); and for one that is not, " (did you
+ * mean --epochs?)" naming the nearest trainer option or of the nextra others within 3 edits,
+ * else " (see --help)", in buf. */
+int rt_option_known(const char *arg);
+const char *rt_option_hint(const char *arg, const char *const *extra, int nextra, char *buf,
+                           size_t len);
 /* Parses the trainer's command line into o. Returns 0, 1 for --help (usage printed), -1 on error
  * (message printed to stderr). */
 int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name);

@@ -1215,6 +1215,20 @@ START_TEST(usage_errors) {
   ck_assert_int_eq(run(KILN " build " EX "mlp.kiln", NULL, &err), 2);
   ck_assert_ptr_nonnull(strstr(err, "build needs -o TRAINER"));
   free(err);
+  /* an unknown option names the nearest known one, kiln's or the trainer's */
+  static const struct { const char *args, *msg; } near[] = {
+      {" train " EX "mlp.kiln --epoch 2", "unknown option '--epoch' (did you mean --epochs?)"},
+      {" check " EX "mlp.kiln --step 2", "unknown option '--step' (did you mean --steps?)"},
+      {" grad " EX "mlp.kiln --param=p", "unknown option '--param' (did you mean --params?)"},
+      {" train " EX "mlp.kiln --frobnicate", "unknown option '--frobnicate' (see --help)"},
+  };
+  for (size_t i = 0; i < sizeof near / sizeof *near; i++) {
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, KILN "%s", near[i].args);
+    ck_assert_int_eq(run(cmd, NULL, &err), 2);
+    ck_assert_msg(strstr(err, near[i].msg), "%s", err);
+    free(err);
+  }
 }
 END_TEST
 

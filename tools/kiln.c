@@ -393,6 +393,18 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (s[0] == '-' && s[1]) {
       /* A trainer option; rt_options_parse checks it. Those that take a value take the next
        * argument with them (unless written --opt=value). */
+      char key[64], hint[64];
+      snprintf(key, sizeof key, "%.*s", (int)strcspn(s, "="), s);
+      if (!rt_option_known(key)) {
+        static const char *const own[] = {
+            "--batch", "--threads", "--backend", "--target", "--no-tune", "--seconds",
+            "--no-cache", "--verbose", "--steps", "--params", "--inputs", "--tangents",
+            "--runtime", "--precision", "--train", "--wrt", "--at", "--order", "--iterations",
+            "--kernel", "--grid", "--keep", "--select", "--curvature-every"};
+        fprintf(stderr, "kiln: error: unknown option '%s'%s\n(run 'kiln --help' for usage)\n",
+                key, rt_option_hint(key, own, (int)(sizeof own / sizeof *own), hint, sizeof hint));
+        return 2;
+      }
       a->rest[a->nrest++] = argv[i];
       if (rt_option_takes_value(s) && val)
         a->rest[a->nrest++] = argv[++i];
