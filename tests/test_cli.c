@@ -1215,6 +1215,21 @@ START_TEST(usage_errors) {
   ck_assert_int_eq(run(KILN " build " EX "mlp.kiln", NULL, &err), 2);
   ck_assert_ptr_nonnull(strstr(err, "build needs -o TRAINER"));
   free(err);
+  /* every command's --help: its own lines, the common options, and the trainer's for train */
+  static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build",
+                                         "train", "tune", "check", "grad", "jvp", "hvp", "sweep",
+                                         "evaluate", "diff", "gradcheck", "curvature", "plot"};
+  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+    char cmd[256], want[64], *out;
+    snprintf(cmd, sizeof cmd, KILN " %s --help", commands[i]);
+    ck_assert_int_eq(run(cmd, &out, NULL), 0);
+    snprintf(want, sizeof want, "\n  %s ", commands[i]);
+    ck_assert_msg(strstr(out, want) && strstr(out, "common options:\n"), "%s:\n%s",
+                  commands[i], out);
+    if (!strcmp(commands[i], "train"))
+      ck_assert_msg(strstr(out, "  --epochs N ") && strstr(out, "  --plot FILE.svg "), "%s", out);
+    free(out);
+  }
   /* an unknown option names the nearest known one, kiln's or the trainer's */
   static const struct { const char *args, *msg; } near[] = {
       {" train " EX "mlp.kiln --epoch 2", "unknown option '--epoch' (did you mean --epochs?)"},

@@ -1089,6 +1089,35 @@ static int run_command(Args *a) {
   return rc;
 }
 
+/* `kiln COMMAND --help`: the command's lines of the usage text (its entry and the lines that
+ * continue it), the options every command takes, and for train and sweep the trainer's own. */
+static int command_help(const char *cmd) {
+  const char *p = strstr(usage, "commands:\n");
+  size_t n = strlen(cmd);
+  printf("usage: kiln %s ...\n\n", cmd);
+  bool in = false;
+  for (; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+    size_t len = strcspn(p, "\n");
+    if (!strncmp(p, "common options:", 15))
+      break;
+    bool entry = p[0] == ' ' && p[1] == ' ' && p[2] != ' ';
+    if (entry)
+      in = !strncmp(p + 2, cmd, n) && p[2 + n] == ' ';
+    if (in)
+      printf("%.*s\n", (int)len, p);
+  }
+  fputs("\n", stdout);
+  fputs(strstr(usage, "common options:"), stdout);
+  if (!strcmp(cmd, "train") || !strcmp(cmd, "sweep")) {
+    char *args[] = {(char *)"kiln train", (char *)"--help", NULL};
+    RtOptions o;
+    rt_options_default(&o);
+    fputs("\n", stdout);
+    rt_options_parse(&o, 2, args, "kiln train MODEL");
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   Args a;
   memset(&a, 0, sizeof a);
@@ -1116,6 +1145,9 @@ int main(int argc, char **argv) {
   bool known = false;
   for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
   if (!known) return usage_error("unknown command '%s'", argv[1]);
+  for (int i = 2; i < argc; i++)
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+      return command_help(argv[1]);
   int rc = parse_args(argc, argv, &a);
   if (!rc)
     rc = run_command(&a);
