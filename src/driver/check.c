@@ -690,23 +690,6 @@ static int kernel_node(const Graph *g, const char *name) {
   return op_is_leaf(ir_at(g, (int)id)->op) ? -1 : (int)id;
 }
 
-/* The kernel's op alone in a graph of its own: leaves shaped like its inputs and one eval output
- * "y". */
-static Graph *kernel_graph(const Graph *g, const Node *n, int *leaves) {
-  Graph *h = ir_new("kernel");
-  for (int i = 0; i < g->nsyms; i++)
-    ir_sym(h, g->syms[i]);
-  int in[IR_MAX_IN];
-  for (int i = 0; i < n->nin; i++) {
-    const Node *x = ir_at(g, n->in[i]);
-    in[i] = leaves[i] = ir_leaf(h, OP_INPUT, ROLE_INPUT, pool_printf(h->pool, "in%d", i),
-                                x->dtype, x->shape, n->loc);
-  }
-  int y = ir_node(h, n->op, n->nin, in, &n->attr, n->loc);
-  ir_add_output(h, ENTRY_EVAL, "y", y, "the kernel's output");
-  return h;
-}
-
 int check_kernel(Session *ss, const char *name, uint64_t seed, FILE *out) {
   Graph *g = ss->g;
   int id = kernel_node(g, name);
@@ -755,7 +738,8 @@ int check_kernel(Session *ss, const char *name, uint64_t seed, FILE *out) {
     ir_free(h);
     return session_fail(ss, "%s", t.msg), 1;
   }
-  h = kernel_graph(g, n, leaves);
+  h = ir_new("kernel");
+  ir_add_output(h, ENTRY_EVAL, "y", ir_isolate(h, g, n, leaves), "the kernel's output");
   kiln_trap_end(&t);
   Interp *ref = interp_new(h, s.plan->batch, false);
   if (!ref) {

@@ -222,20 +222,16 @@ static double adjoint_gap(Check *c, const Node *n, RtRng *r, int *rc) {
     *rc = session_fail(c->s, "adjoint identity of %s: %s", op_names[n->op], t.msg);
     return -1;
   }
-  for (int i = 0; i < c->g->nsyms; i++)
-    ir_sym(h, c->g->syms[i]);
   int in[IR_MAX_IN], wrt[IR_MAX_IN], tan[IR_MAX_IN], nw = 0;
+  int y = ir_isolate(h, c->g, n, in);
   for (int i = 0; i < n->nin; i++) {
-    const Node *x = ir_at(c->g, n->in[i]);
-    in[i] = ir_leaf(h, OP_INPUT, ROLE_INPUT, pool_printf(h->pool, "in%d", i), x->dtype, x->shape,
-                    n->loc);
+    const Node *x = ir_at(h, in[i]);
     if (dtype_is_float(x->dtype)) {
       wrt[nw] = in[i];
       tan[nw++] = ir_leaf(h, OP_INPUT, ROLE_INPUT, pool_printf(h->pool, "v%d", i), x->dtype,
                           x->shape, n->loc);
     }
   }
-  int y = ir_node(h, n->op, n->nin, in, &n->attr, n->loc);
   const Node *yn = ir_at(h, y);
   if (nw == 0 || !dtype_is_float(yn->dtype)) {
     kiln_trap_end(&t);

@@ -407,6 +407,17 @@ void ir_claim_name(Graph *g, const char *name, const char *what) {
               name, what);
 }
 
+int ir_isolate(Graph *h, const Graph *g, const Node *n, int *leaves) {
+  for (int i = 0; i < g->nsyms; i++)
+    ir_sym(h, g->syms[i]);
+  for (int i = 0; i < n->nin; i++) {
+    const Node *x = ir_at(g, n->in[i]);
+    leaves[i] = ir_leaf(h, OP_INPUT, ROLE_INPUT, pool_printf(h->pool, "in%d", i), x->dtype,
+                        x->shape, n->loc);
+  }
+  return ir_node(h, n->op, n->nin, leaves, &n->attr, n->loc);
+}
+
 void ir_add_output(Graph *g, EntryKind e, const char *name, int node, const char *what) {
   ir_claim_name(g, name, what ? what : pool_printf(g->pool, "an output of the %s entry",
                                                     entry_names[e]));

@@ -267,6 +267,10 @@ int ir_transpose(Graph *g, int x, const int *perm, Loc loc);
 /* Adds output name of entry e; what says what the name means (ir_claim_name; NULL: "an output
  * of the <e> entry"). */
 void ir_add_output(Graph *g, EntryKind e, const char *name, int node, const char *what);
+/* Rebuilds node n of g alone in h (empty): g's symbols, one INPUT leaf "in<i>" shaped like each
+ * of n's inputs (ids into leaves), and n's op over them, whose id is returned. For checks that
+ * take one op out of a model (kiln check --kernel, gradcheck's adjoint identity). */
+int ir_isolate(Graph *h, const Graph *g, const Node *n, int *leaves);
 /* Every name kiln makes up (gradients, optimizer state, hyper-parameters, outputs) passes here
  * before it is used: if one of the model's own tensors already has it, this fails at that
  * tensor's declaration, saying what kiln needs the name for (what, e.g. "the gradient of
