@@ -9,7 +9,7 @@ BUILD=${1:-build}
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$BUILD" -j2 --target kiln_static >/dev/null
 cc -std=c11 -O2 -D_POSIX_C_SOURCE=200809L -Isrc -Iruntime -Iinclude bench/gemm.c \
-  "$BUILD/libkiln_static.a" "$BUILD/libkilnrt.a" -lz -ldl -lm -o "$BUILD/bench_gemm"
+  "$BUILD/libkiln.a" -lz -ldl -lm -o "$BUILD/bench_gemm"
 cc -O2 -march=native -ffp-contract=fast -pthread bench/peak.c -o "$BUILD/bench_peak"
 KILN_PEAK=$("$BUILD/bench_peak" | sed -n 's/.*fma_peak_gflops_per_core=\([0-9.]*\).*/\1/p') \
   "$BUILD/bench_gemm" "${@:2}"

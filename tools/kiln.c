@@ -7,6 +7,7 @@
  *
  * Exit codes: 0 success, 1 bad input or a failed check (message on stderr), 2 bad usage.
  */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -16,8 +17,6 @@
 
 #include "driver/driver.h"
 #include "runtime.h"
-
-#define KILN_VERSION "0.1"
 
 static const char usage[] =
     "usage: kiln [--verbose] [--no-cache] <command> MODEL [options]\n"
@@ -123,6 +122,7 @@ typedef struct Args {
   SchedTuning tuning;     /* loaded from the cache: a.opt.sched.tuning points here */
   char tune_path[4200];
   char cache_dir[4096];   /* from $XDG_CACHE_HOME or $HOME */
+  char runtime_dir[4096]; /* the trainer runtime beside this executable, unless $KILN_HOME */
   Options opt;            /* the session's */
 } Args;
 
@@ -208,11 +208,39 @@ static void cache_dir_from_environment(char *dir, size_t cap) {
     snprintf(dir, cap, "%s/.cache/kiln", home);
 }
 
+/* Where `kiln build` finds the trainer runtime when $KILN_HOME does not say: beside this
+ * executable, as the build tree has it (kiln-runtime/) or as `cmake --install` puts it (from bin/,
+ * KILN_RUNTIME_FROM_BINDIR: ../lib/kiln/runtime), so that an installed tree works wherever it is
+ * and needs no build tree. NULL (the library's default, the build's) when neither is there. */
+static const char *runtime_dir_beside_executable(char *dir, size_t cap) {
+  char exe[4096], candidate[8192];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (n <= 0)
+    return NULL;
+  exe[n] = 0;
+  *strrchr(exe, '/') = 0;  /* the kernel's path of an executable is absolute */
+  static const char *const layouts[] = {"kiln-runtime", KILN_RUNTIME_FROM_BINDIR};
+  for (size_t i = 0; i < sizeof layouts / sizeof *layouts; i++) {
+    snprintf(candidate, sizeof candidate, "%s/%s/libkilnrt.a", exe, layouts[i]);
+    if (access(candidate, R_OK))
+      continue;
+    *strrchr(candidate, '/') = 0;
+    char *real = realpath(candidate, NULL);
+    if (real && strlen(real) < cap) {
+      strcpy(dir, real);
+      free(real);
+      return dir;
+    }
+    free(real);
+  }
+  return NULL;
+}
+
 /* The session's defaults on this machine, before flags: every core, unless $KILN_THREADS says
  * otherwise; $KILN_FUSE=0 turns fusion off; $KILN_CONV=direct|gemm|implicit forces one convolution
  * algorithm (for comparisons); $CC, $KILN_HOME and $TMPDIR locate the compiler, the trainer
  * runtime and temporary files. */
-static int options_from_environment(Options *o) {
+static int options_from_environment(Options *o, char *runtime_dir, size_t cap) {
   int cores = rt_available_cores();
   o->sched.threads = cores > 64 ? 64 : cores;
   o->sched.target.cores = o->sched.threads;
@@ -227,6 +255,8 @@ static int options_from_environment(Options *o) {
   /* Where the backend finds its compiler, the trainer runtime and room for temporary files. */
   o->backend.cc = getenv("CC");
   o->backend.runtime_dir = getenv("KILN_HOME");
+  if (!o->backend.runtime_dir || !*o->backend.runtime_dir)
+    o->backend.runtime_dir = runtime_dir_beside_executable(runtime_dir, cap);
   o->backend.tmp_dir = getenv("TMPDIR");
   e = getenv("KILN_BACKEND");
   if (e && *e && parse_backend(e, &o->backend.kind))
@@ -250,7 +280,7 @@ static int parse_args(int argc, char **argv, Args *a) {
   a->steps = 3;
   a->seconds = 0.3;
   session_default_options(&a->opt);
-  if (options_from_environment(&a->opt)) return 2;
+  if (options_from_environment(&a->opt, a->runtime_dir, sizeof a->runtime_dir)) return 2;
   a->rest = calloc((size_t)argc + 1, sizeof(char *));
   a->common = calloc((size_t)argc + 1, sizeof(char *));
   a->param_list = calloc((size_t)argc + 1, sizeof(char *));
@@ -703,6 +733,12 @@ static int cmd_schedule(Session *s, const Args *a) {
 
 static int cmd_build(Session *s, const Args *a) {
   if (!a->out) return usage_error("%s", "build needs -o TRAINER");
+  if (a->verbose) {
+    BackendOptions d;
+    aot_default_options(&d);
+    const char *rt = a->opt.backend.runtime_dir;
+    fprintf(stderr, "kiln: trainer runtime %s\n", rt && *rt ? rt : d.runtime_dir);
+  }
   if (session_build_trainer(s, a->out)) {
     report(s);
     return 1;
