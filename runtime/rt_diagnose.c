@@ -222,17 +222,17 @@ void rt_diag_print(const RtDiag *d, FILE *out) {
     const char *a = act_name(d, i);
     int relu = !strncmp(a, "relu", 4);
     if (v[k] > 0.5)
-      fprintf(out, "warning: %s: %.0f%% of its %s\n", a, 100 * v[k],
+      rt_color_printf(out, "warning: %s: %.0f%% of its %s\n", a, 100 * v[k],
               relu ? "units are dead, 0 for every example: they pass no gradient (a smaller "
                      "learning rate or He initialisation may help)"
                    : "values are saturated, where its gradient vanishes");
   }
   for (int i = 0; i < d->nparams; i++, k += 3) {
     if (!isfinite(v[k]) || v[k + 1] > 1e3)
-      fprintf(out, "warning: %s: the gradient explodes (norm %.3g, %.3g times the weight's)\n",
+      rt_color_printf(out, "warning: %s: the gradient explodes (norm %.3g, %.3g times the weight's)\n",
               param_name(d, i), v[k], v[k + 1]);
     else if (v[k + 1] < 1e-7)
-      fprintf(out, "warning: %s: the gradient is 0 or vanishing (norm %.3g): a dead path, or a "
+      rt_color_printf(out, "warning: %s: the gradient is 0 or vanishing (norm %.3g): a dead path, or a "
               "bias that a normalisation after it cancels\n", param_name(d, i), v[k]);
   }
 }

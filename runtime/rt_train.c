@@ -44,82 +44,126 @@ void rt_options_default(RtOptions *o) {
   o->images_count = 16;
 }
 
-static void usage(FILE *f, const char *name) {
-  fprintf(f,
-          "usage: %s [options]\n"
-          "  --data DIR          the data set: IDX files {train,t10k}-{images-idx3,labels-idx1}-\n"
-          "                      ubyte[.gz], or an image folder: DIR/train and DIR/test, each\n"
-          "                      with a labels.csv of 'file,label' rows naming PGM or PPM images\n"
-          "  --normalize M,S[;M,S...]  per-channel normalisation (v - M) / S of every image\n"
-          "                      input, after its scale (from images / 255), at training and\n"
-          "                      evaluation; 'auto': the training examples' own mean and\n"
-          "                      standard deviation per channel, printed for reuse\n"
-          "  --augment LIST      random changes to each training example (never to evaluation),\n"
-          "                      from the seed, the epoch and the example alone: flip (horizontal,\n"
-          "                      half of the time), crop=P (zero padding P, then a random crop),\n"
-          "                      rotate=DEG, translate=PX (one bilinear warp), contrast=C (a factor\n"
-          "                      in [1-C, 1+C]); e.g. flip,crop=4\n"
-          "  --epochs N          number of epochs (steps, for a model with literal data)\n"
-          "  --lr X              learning rate (overrides the model's)\n"
-          "  --seed S            seed for initialisation and shuffling\n"
-          "  --save FILE         write the parameters to FILE (safetensors) at the end\n"
-          "  --load FILE         start from the parameters in FILE (safetensors)\n"
-          "  --checkpoint-every N  write a resumable checkpoint every N steps (N epochs with\n"
-          "                      'Nepochs', e.g. 1epochs); SIGINT and SIGTERM always write one\n"
-          "                      after the step in progress, then stop\n"
-          "  --checkpoint-dir D  where checkpoints go (default: checkpoints)\n"
-          "  --keep-checkpoints K  keep the K newest checkpoints in that directory (default 3)\n"
-          "  --resume FILE       continue exactly where the checkpoint FILE stopped (the same\n"
-          "                      options, --epochs may grow): the result is bit-identical to a\n"
-          "                      run that was never interrupted\n"
-          "  --metrics FILE      write one CSV row per epoch to FILE\n"
-          "  --plot FILE.svg     at the end, draw the --metrics CSV (losses, accuracies, other\n"
-          "                      figures per epoch) as an SVG picture\n"
-          "  --images DIR        after training, write the model's output on the first test\n"
-          "                      examples as 8-bit PGM pictures, one per example and channel\n"
-          "                      (DIR/test00000_c0.pgm; values in [0, 1] map to 0..255, the\n"
-          "                      rest are clamped)\n"
-          "  --images-count N    how many test examples --images writes (default 16)\n"
-          "  --init-from FILE    start from the tensors of FILE (safetensors) that the model has,\n"
-          "                      by name; the others keep their initialisation (transfer\n"
-          "                      learning; with 'freeze' in the model, fine-tuning)\n"
-          "  --init-map MAP      rename FILE's tensors first: FILE_NAME=MODEL_NAME[,...], whole\n"
-          "                      name segments, e.g. features.0=conv1,classifier=fc2; NAME=\n"
-          "                      leaves NAME's tensors out (a layer of another shape)\n"
-          "  --limit-train N     use only the first N training examples\n"
-          "  --limit-test N      use only the first N test examples\n"
-          "  --validation N      hold out N training examples (a fraction, when below 1) as a\n"
-          "                      validation split, chosen by the seed: every epoch reports it,\n"
-          "                      and the test set is measured once, at the end\n"
-          "  --patience N        stop after N epochs without a better validation loss and keep\n"
-          "                      the best epoch's parameters (overrides the model's early_stop;\n"
-          "                      without --validation, 10%% of the training examples)\n"
-          "  --threads N         threads the step runs on (default: every core this process may\n"
-          "                      use, at most the number the trainer was built for); results\n"
-          "                      are the same for every thread count\n"
-          "  --profile           at the end, print where the step's time went: per kernel call,\n"
-          "                      its share, GFLOP/s, percent of the measured FMA peak and the\n"
-          "                      model line it came from\n"
-          "  --max-memory SIZE   refuse to start when the run is estimated to need more\n"
-          "                      memory than SIZE (bytes, or with K, M, G: 1500M, 2G)\n"
-          "  --diagnose          after every epoch, per activation the share of dead ReLU units\n"
-          "                      or saturated sigmoid/tanh values, per parameter the gradient's\n"
-          "                      and the last update's size against the weight's, with warnings;\n"
-          "                      also in the metrics CSV (activations need a step compiled with\n"
-          "                      --diagnose: kiln train --diagnose, kiln build --diagnose)\n"
-          "  --curvature-every N every N steps, the largest eigenvalue of the loss's Hessian on\n"
-          "                      that step's batch by power iteration (lambda_max in the epoch\n"
-          "                      line and the CSV; needs a step compiled with Hessian-vector\n"
-          "                      products: kiln train or kiln build with this option)\n"
-          "  --quiet             no progress output on stderr\n"
-          "  --help              show this message\n",
-          name);
+/* The trainer's options. The enum orders the table and names the parser's cases. */
+enum {
+  OPT_DATA, OPT_NORMALIZE, OPT_AUGMENT, OPT_EPOCHS, OPT_LR, OPT_SEED, OPT_SAVE, OPT_LOAD,
+  OPT_CHECKPOINT_EVERY, OPT_CHECKPOINT_DIR, OPT_KEEP_CHECKPOINTS, OPT_RESUME, OPT_METRICS,
+  OPT_PLOT, OPT_IMAGES, OPT_IMAGES_COUNT, OPT_INIT_FROM, OPT_INIT_MAP, OPT_LIMIT_TRAIN,
+  OPT_LIMIT_TEST, OPT_VALIDATION, OPT_PATIENCE, OPT_THREADS, OPT_PROFILE, OPT_MAX_MEMORY,
+  OPT_DIAGNOSE, OPT_CURVATURE_EVERY, OPT_QUIET, OPT_COLOR, OPT_HELP, OPT_COUNT
+};
+
+const RtOptionDoc rt_trainer_options[OPT_COUNT] = {
+    [OPT_DATA] = {"--data", "DIR", NULL,
+                  "the data set: IDX files {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], or "
+                  "an image folder: DIR/train and DIR/test, each with a labels.csv of "
+                  "'file,label' rows naming PGM or PPM images (a model with its data in the file "
+                  "needs none)"},
+    [OPT_NORMALIZE] = {"--normalize", "M,S[;M,S...]", "none",
+                       "per-channel normalisation (v - M) / S of every image input, after its "
+                       "scale (from images / 255), at training and evaluation; 'auto': the "
+                       "training examples' own mean and standard deviation per channel, printed "
+                       "for reuse"},
+    [OPT_AUGMENT] = {"--augment", "LIST", "none",
+                     "random changes to each training example (never to evaluation), from the "
+                     "seed, the epoch and the example alone: flip (horizontal, half of the "
+                     "time), crop=P (zero padding P, then a random crop), rotate=DEG, "
+                     "translate=PX (one bilinear warp), contrast=C (a factor in [1-C, 1+C]); "
+                     "e.g. flip,crop=4"},
+    [OPT_EPOCHS] = {"--epochs", "N", "the model's epochs, or steps",
+                    "number of epochs (steps, for a model with literal data)"},
+    [OPT_LR] = {"--lr", "X", "the model's", "learning rate"},
+    [OPT_SEED] = {"--seed", "S", "the model's, else 1",
+                  "seed for initialisation, shuffling, augmentation and the validation split"},
+    [OPT_SAVE] = {"--save", "FILE", NULL,
+                  "write the parameters to FILE (safetensors) at the end"},
+    [OPT_LOAD] = {"--load", "FILE", NULL,
+                  "start from the parameters in FILE (safetensors)"},
+    [OPT_CHECKPOINT_EVERY] = {"--checkpoint-every", "N", "none",
+                              "write a resumable checkpoint every N steps (N epochs with "
+                              "'Nepochs', e.g. 1epochs); SIGINT and SIGTERM always write one "
+                              "after the step in progress, then stop"},
+    [OPT_CHECKPOINT_DIR] = {"--checkpoint-dir", "D", "checkpoints", "where checkpoints go"},
+    [OPT_KEEP_CHECKPOINTS] = {"--keep-checkpoints", "K", "3",
+                              "keep the K newest checkpoints in that directory"},
+    [OPT_RESUME] = {"--resume", "FILE", NULL,
+                    "continue exactly where the checkpoint FILE stopped (the same options, "
+                    "--epochs may grow): the result is bit-identical to a run that was never "
+                    "interrupted"},
+    [OPT_METRICS] = {"--metrics", "FILE", NULL, "write one CSV row per epoch to FILE"},
+    [OPT_PLOT] = {"--plot", "FILE.svg", NULL,
+                  "at the end, draw the --metrics CSV (losses, accuracies, other figures per "
+                  "epoch) as an SVG picture"},
+    [OPT_IMAGES] = {"--images", "DIR", NULL,
+                    "after training, write the model's output on the first test examples as "
+                    "8-bit PGM pictures, one per example and channel (DIR/test00000_c0.pgm; "
+                    "values in [0, 1] map to 0..255, the rest are clamped)"},
+    [OPT_IMAGES_COUNT] = {"--images-count", "N", "16", "how many test examples --images writes"},
+    [OPT_INIT_FROM] = {"--init-from", "FILE", NULL,
+                       "start from the tensors of FILE (safetensors) that the model has, by "
+                       "name; the others keep their initialisation (transfer learning; with "
+                       "'freeze' in the model, fine-tuning)"},
+    [OPT_INIT_MAP] = {"--init-map", "MAP", NULL,
+                      "rename FILE's tensors first: FILE_NAME=MODEL_NAME[,...], whole name "
+                      "segments, e.g. features.0=conv1,classifier=fc2; NAME= leaves NAME's "
+                      "tensors out (a layer of another shape)"},
+    [OPT_LIMIT_TRAIN] = {"--limit-train", "N", "all", "use only the first N training examples"},
+    [OPT_LIMIT_TEST] = {"--limit-test", "N", "all", "use only the first N test examples"},
+    [OPT_VALIDATION] = {"--validation", "N", "none; 10% of the training examples with early "
+                        "stopping",
+                        "hold out N training examples (a fraction, when below 1) as a "
+                        "validation split, chosen by the seed: every epoch reports it, and the "
+                        "test set is measured once, at the end"},
+    [OPT_PATIENCE] = {"--patience", "N", "the model's early_stop, else none",
+                      "stop after N epochs without a better validation loss and keep the best "
+                      "epoch's parameters"},
+    [OPT_THREADS] = {"--threads", "N", "every core this process may use, at most the number "
+                     "the trainer was built for",
+                     "threads the step runs on; results are the same for every thread count"},
+    [OPT_PROFILE] = {"--profile", NULL, NULL,
+                     "at the end, print where the step's time went: per kernel call, its "
+                     "share, GFLOP/s, percent of the measured FMA peak and the model line it "
+                     "came from"},
+    [OPT_MAX_MEMORY] = {"--max-memory", "SIZE", "no limit",
+                        "refuse to start when the run is estimated to need more memory than "
+                        "SIZE (bytes, or with K, M, G: 1500M, 2G)"},
+    [OPT_DIAGNOSE] = {"--diagnose", NULL, NULL,
+                      "after every epoch, per activation the share of dead ReLU units or "
+                      "saturated sigmoid/tanh values, per parameter the gradient's and the last "
+                      "update's size against the weight's, with warnings; also in the metrics "
+                      "CSV (activations need a step compiled with --diagnose: kiln train "
+                      "--diagnose, kiln build --diagnose)"},
+    [OPT_CURVATURE_EVERY] = {"--curvature-every", "N", "none",
+                             "every N steps, the largest eigenvalue of the loss's Hessian on "
+                             "that step's batch by power iteration (lambda_max in the epoch "
+                             "line and the CSV; needs a step compiled with Hessian-vector "
+                             "products: kiln train or kiln build with this option)"},
+    [OPT_QUIET] = {"--quiet", NULL, NULL, "no progress output on stderr"},
+    [OPT_COLOR] = {"--color", "WHEN", "auto",
+                   "colour 'error:' and 'warning:' on stderr: 'auto' when stderr is a terminal, "
+                   "$NO_COLOR is unset or empty and $TERM is not 'dumb'; 'always' (even with "
+                   "$NO_COLOR set); 'never'"},
+    [OPT_HELP] = {"-h, --help", NULL, NULL, "show this message"},
+};
+const int rt_ntrainer_options = OPT_COUNT;
+
+void rt_options_help(FILE *f, const char *name) {
+  fprintf(f, "usage: %s [options]\n", name);
+  for (int i = 0; i < OPT_COUNT; i++) {
+    const RtOptionDoc *d = &rt_trainer_options[i];
+    char left[64];
+    snprintf(left, sizeof left, d->arg ? "%s %s" : "%s", d->name, d->arg);
+    rt_help_item(f, 2, left, 22, d->help, d->dflt);
+  }
+  fprintf(f, "\nexit status:\n");
+  for (int i = 0; i < rt_nexit_statuses; i++)
+    rt_help_item(f, 2, rt_exit_statuses[i].name, 22, rt_exit_statuses[i].text, NULL);
 }
 
 static int opt_error(const char *name, const char *fmt, const char *a, const char *b) {
-  fprintf(stderr, "%s: error: ", name);
-  fprintf(stderr, fmt, a, b);
-  fprintf(stderr, "\n");
+  char msg[RT_ERR_LEN];
+  snprintf(msg, sizeof msg, fmt, a, b);
+  rt_color_printf(stderr, "%s: error: %s\n", name, msg);
   return -1;
 }
 
@@ -148,18 +192,6 @@ static int parse_u64(const char *s, uint64_t *out) {
   return 0;
 }
 
-/* The options that take a value, in the order of rt_options_parse's cases. */
-static const char *const value_options[] = {"--data", "--epochs", "--lr", "--seed", "--save",
-                                            "--load", "--metrics", "--limit-train",
-                                            "--limit-test", "--patience", "--threads",
-                                            "--resume", "--checkpoint-every",
-                                            "--checkpoint-dir", "--keep-checkpoints",
-                                            "--validation", "--max-memory", "--normalize",
-                                            "--augment", "--images", "--images-count",
-                                            "--init-from", "--init-map", "--curvature-every",
-                                            "--plot"};
-enum { NVALUE_OPTIONS = sizeof value_options / sizeof *value_options };
-
 /* Edit distance between a and b (insertions, deletions, substitutions), for "did you mean". */
 static int distance(const char *a, const char *b) {
   size_t n = strlen(b);
@@ -183,13 +215,19 @@ static int distance(const char *a, const char *b) {
   return row[n];
 }
 
-static const char *const flag_options[] = {"--quiet", "--profile", "--diagnose", "--help"};
+/* The row of the option spelled word[0..len), or -1. */
+static int option_index(const char *word, size_t len) {
+  for (int j = 0; j < OPT_COUNT; j++)
+    if (rt_option_spelled(rt_trainer_options[j].name, word, len))
+      return j;
+  return -1;
+}
 
-int rt_option_known(const char *arg) {
-  for (int j = 0; j < 4; j++)
-    if (!strcmp(arg, flag_options[j]))
-      return 1;
-  return rt_option_takes_value(arg);
+int rt_option_known(const char *arg) { return option_index(arg, strlen(arg)) >= 0; }
+
+int rt_option_takes_value(const char *arg) {
+  int k = option_index(arg, strlen(arg));
+  return k >= 0 && rt_trainer_options[k].arg != NULL;
 }
 
 /* " (did you mean --epochs?)" for the nearest trainer option, or of the nextra others, within 3
@@ -198,23 +236,18 @@ const char *rt_option_hint(const char *key, const char *const *extra, int nextra
                            size_t len) {
   const char *best = NULL;
   int d = 4;
-  for (int j = 0; j < NVALUE_OPTIONS + 4 + nextra; j++) {
-    const char *o = j < NVALUE_OPTIONS      ? value_options[j]
-                    : j < NVALUE_OPTIONS + 4 ? flag_options[j - NVALUE_OPTIONS]
-                                             : extra[j - NVALUE_OPTIONS - 4];
+  for (int j = 0; j < OPT_COUNT + nextra; j++) {
+    /* the last spelling of a row is its long one */
+    const char *o = j < OPT_COUNT ? rt_trainer_options[j].name : extra[j - OPT_COUNT];
+    const char *comma = strrchr(o, ',');
+    if (comma)
+      o = comma + 2;
     int k = distance(key, o);
     if (k < d)
       d = k, best = o;
   }
   snprintf(buf, len, best ? " (did you mean %s?)" : " (see --help)", best);
   return buf;
-}
-
-int rt_option_takes_value(const char *arg) {
-  for (int j = 0; j < NVALUE_OPTIONS; j++)
-    if (!strcmp(arg, value_options[j]))
-      return 1;
-  return 0;
 }
 
 int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name) {
@@ -225,38 +258,30 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
   char hint[64];
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i];
-    if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
-      usage(stdout, name);
-      return 1;
-    }
-    if (!strcmp(arg, "--quiet")) {
-      o->quiet = 1;
-      continue;
-    }
-    if (!strcmp(arg, "--diagnose")) {
-      o->diagnose = 1;
-      continue;
-    }
-    if (!strcmp(arg, "--profile")) {
-      o->profile = 1;
-      continue;
-    }
-    if (strncmp(arg, "--", 2))
+    if (strncmp(arg, "--", 2) && strcmp(arg, "-h"))
       return opt_error(name, "unexpected argument '%s' (see --help)", arg, NULL);
-    /* Every other option takes a value: --opt VALUE or --opt=VALUE. */
-    char key[32];
+    /* --opt VALUE or --opt=VALUE for those that take one */
     const char *val, *eq = strchr(arg, '=');
     size_t klen = eq ? (size_t)(eq - arg) : strlen(arg);
+    char key[32];
     if (klen >= sizeof key)
       return opt_error(name, "unknown option '%s'%s", arg, rt_option_hint(arg, NULL, 0, hint, sizeof hint));
     memcpy(key, arg, klen);
     key[klen] = 0;
-    int k = -1;
-    for (int j = 0; j < NVALUE_OPTIONS; j++)
-      if (!strcmp(key, value_options[j]))
-        k = j;
+    int k = option_index(key, klen);
     if (k < 0)
       return opt_error(name, "unknown option '%s'%s", key, rt_option_hint(key, NULL, 0, hint, sizeof hint));
+    if (!rt_trainer_options[k].arg) {
+      if (eq)
+        return opt_error(name, "option %s takes no value", key, NULL);
+      switch (k) {
+      case OPT_HELP: rt_options_help(stdout, name); return 1;
+      case OPT_QUIET: o->quiet = 1; break;
+      case OPT_DIAGNOSE: o->diagnose = 1; break;
+      case OPT_PROFILE: o->profile = 1; break;
+      }
+      continue;
+    }
     if (eq)
       val = eq + 1;
     else if (i + 1 < argc)
@@ -267,13 +292,13 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
     if (!*val)
       return opt_error(name, "option %s needs a non-empty value", key, NULL);
     switch (k) {
-    case 0: o->data_dir = val; break;
-    case 1:
+    case OPT_DATA: o->data_dir = val; break;
+    case OPT_EPOCHS:
       if (parse_i64(val, &n) || n > 1000000000)
         return opt_error(name, "%s: expected a positive number of epochs, got '%s'", key, val);
       o->epochs = (int)n;
       break;
-    case 2: {
+    case OPT_LR: {
       char *end;
       errno = 0;
       double lr = strtod(val, &end);
@@ -282,32 +307,32 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       o->lr = lr;
       break;
     }
-    case 3:
+    case OPT_SEED:
       if (parse_u64(val, &o->seed))
         return opt_error(name, "%s: expected an unsigned 64-bit seed, got '%s'", key, val);
       o->have_seed = 1;
       break;
-    case 4: o->save_path = val; break;
-    case 5: o->load_path = val; break;
-    case 6: o->metrics_path = val; break;
-    case 7:
-    case 8:
+    case OPT_SAVE: o->save_path = val; break;
+    case OPT_LOAD: o->load_path = val; break;
+    case OPT_METRICS: o->metrics_path = val; break;
+    case OPT_LIMIT_TRAIN:
+    case OPT_LIMIT_TEST:
       if (parse_i64(val, &n))
         return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
-      *(k == 7 ? &o->limit_train : &o->limit_test) = n;
+      *(k == OPT_LIMIT_TRAIN ? &o->limit_train : &o->limit_test) = n;
       break;
-    case 9:
+    case OPT_PATIENCE:
       if (parse_i64(val, &n) || n > 1000000000)
         return opt_error(name, "%s: expected a positive number of epochs, got '%s'", key, val);
       o->patience = (int)n;
       break;
-    case 10:
+    case OPT_THREADS:
       if (parse_i64(val, &n) || n > 256)
         return opt_error(name, "%s: expected a number of threads in 1..256, got '%s'", key, val);
       o->threads = (int)n;
       break;
-    case 11: o->resume_path = val; break;
-    case 12: {
+    case OPT_RESUME: o->resume_path = val; break;
+    case OPT_CHECKPOINT_EVERY: {
       char count[32];
       size_t digits = strspn(val, "0123456789");
       const char *unit = val + digits;
@@ -323,13 +348,13 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       o->checkpoint_epochs = epochs;
       break;
     }
-    case 13: o->checkpoint_dir = val; break;
-    case 14:
+    case OPT_CHECKPOINT_DIR: o->checkpoint_dir = val; break;
+    case OPT_KEEP_CHECKPOINTS:
       if (parse_i64(val, &n) || n > 1000000)
         return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
       o->keep_checkpoints = (int)n;
       break;
-    case 15: {
+    case OPT_VALIDATION: {
       char *end;
       errno = 0;
       double v = strtod(val, &end);
@@ -339,7 +364,7 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       o->validation = v;
       break;
     }
-    case 16: {
+    case OPT_MAX_MEMORY: {
       char *end;
       errno = 0;
       double v = strtod(val, &end);
@@ -351,28 +376,32 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       o->max_memory = (int64_t)(v * unit);
       break;
     }
-    case 17:
-    case 18: {
+    case OPT_NORMALIZE:
+    case OPT_AUGMENT: {
       char msg[RT_ERR_LEN];
-      if (k == 17 ? rt_normalize_parse(val, &o->normalize, msg)
-                  : rt_augment_parse(val, &o->augment, msg))
+      if (k == OPT_NORMALIZE ? rt_normalize_parse(val, &o->normalize, msg)
+                             : rt_augment_parse(val, &o->augment, msg))
         return opt_error(name, "%s", msg, NULL);
       break;
     }
-    case 19: o->images_dir = val; break;
-    case 20:
+    case OPT_IMAGES: o->images_dir = val; break;
+    case OPT_IMAGES_COUNT:
       if (parse_i64(val, &n) || n > 1000000)
         return opt_error(name, "%s: expected a positive count, got '%s'", key, val);
       o->images_count = n;
       break;
-    case 21: o->init_from = val; break;
-    case 22: o->init_map = val; break;
-    case 23:
+    case OPT_INIT_FROM: o->init_from = val; break;
+    case OPT_INIT_MAP: o->init_map = val; break;
+    case OPT_CURVATURE_EVERY:
       if (parse_i64(val, &n))
         return opt_error(name, "%s: expected a positive number of steps, got '%s'", key, val);
       o->curvature_every = n;
       break;
-    case 24: o->plot_path = val; break;
+    case OPT_PLOT: o->plot_path = val; break;
+    case OPT_COLOR:
+      if (rt_color_parse(val, &o->color))
+        return opt_error(name, "%s: expected auto, always or never, got '%s'", key, val);
+      break;
     }
   }
   return 0;
@@ -1150,7 +1179,7 @@ static int stop_now(Run *r, const RtResume *rs, const char *where) {
   if (!r->o->quiet)
     rt_progress_done(&r->progress);
   if (write_checkpoint(r, rs, path, sizeof path)) {
-    fprintf(stderr, "%s: error: stopped by %s at %s, and the checkpoint could not be written: "
+    rt_color_printf(stderr, "%s: error: stopped by %s at %s, and the checkpoint could not be written: "
             "%s\n", name, sig == SIGINT ? "SIGINT" : "SIGTERM", where, r->err);
     return 128 + sig;
   }
@@ -1913,7 +1942,7 @@ done:
     return rc; /* stopped by a signal, and said so */
   if (rc) {
     fflush(stdout);
-    fprintf(stderr, "%s: error: %s\n", name, r.err);
+    rt_color_printf(stderr, "%s: error: %s\n", name, r.err);
     return 1;
   }
   return 0;

@@ -259,6 +259,49 @@ void rt_progress_update(RtProgress *p, int epoch, int epochs, int64_t step, int6
                         double loss, double images_per_s, double eta_s);
 void rt_progress_done(RtProgress *p);  /* ends the in-place line */
 double rt_now(void);                   /* monotonic seconds */
+/* ---- colour on a terminal (rt_color.c) ---- */
+
+/* --color WHEN. The command line wins over $NO_COLOR (no-color.org: a user's explicit request
+ * overrides it), which wins over what auto finds. */
+typedef enum RtColorMode { RT_COLOR_AUTO = 0, RT_COLOR_ALWAYS, RT_COLOR_NEVER } RtColorMode;
+/* "auto", "always" or "never" into *mode; -1 for anything else. */
+int rt_color_parse(const char *s, RtColorMode *mode);
+/* The last --color WHEN or --color=WHEN of a command line, before it is parsed (so that a usage
+ * error in it is coloured as asked); auto when there is none or it is not a mode. */
+RtColorMode rt_color_scan(int argc, char **argv);
+/* Whether diagnostics are coloured: always, never, or for auto when the stream is a terminal,
+ * no_color ($NO_COLOR) is unset or empty and term ($TERM) is not "dumb". Pure: the caller
+ * passes what it found. */
+int rt_color_wanted(RtColorMode mode, int is_tty, const char *no_color, const char *term);
+/* Colour on or off for every diagnostic this process writes from now on (set by main). */
+void rt_color_set(int on);
+int rt_color_on(void);
+/* Writes diagnostic text (one or more lines) to f, coloured as clang colours its diagnostics
+ * when colour is on: the "PREFIX: error: message" line in bold with "error:" red ("warning:"
+ * magenta, "note:" cyan), the caret line under a quoted source line green. Stored diagnostics
+ * (Session.error) carry no colour; it is added here, when printed. */
+void rt_color_puts(FILE *f, const char *text);
+/* printf of a diagnostic, written with rt_color_puts. */
+void rt_color_printf(FILE *f, const char *fmt, ...) RT_PRINTF(2, 3);
+
+/* ---- help text (rt_help.c) ---- */
+
+#define RT_HELP_WIDTH 96 /* columns --help text is wrapped to */
+typedef struct RtHelpItem {
+  const char *name, *text;
+} RtHelpItem;
+/* Every exit status of kiln and of a built trainer, with what it means. */
+extern const RtHelpItem rt_exit_statuses[];
+extern const int rt_nexit_statuses;
+/* "  LEFT    text (default: dflt)": left after indent spaces, text from column col (on the next
+ * line when left reaches past it), wrapped; dflt may be NULL. */
+void rt_help_item(FILE *f, int indent, const char *left, int col, const char *text,
+                  const char *dflt);
+/* A paragraph, wrapped, every line indented. */
+void rt_help_paragraph(FILE *f, int indent, const char *text);
+/* Whether word[0..len) is one of names' spellings ("-h, --help"). */
+int rt_option_spelled(const char *names, const char *word, size_t len);
+
 /* Formats a message into err (RT_ERR_LEN bytes), truncating if needed; always returns -1. */
 int rt_errf(char *err, const char *fmt, ...) RT_PRINTF(2, 3);
 
@@ -370,9 +413,23 @@ typedef struct RtOptions {
   const char *prog_name;  /* prefix of messages on stderr ("trainer: error: ..."); set by
                              rt_options_parse, "trainer" by default */
   RtResult *result;       /* set: a data run fills it and prints no summary line */
+  RtColorMode color;      /* --color; the program's main decides with it (rt_color_wanted) */
 } RtOptions;
 
 void rt_options_default(RtOptions *o);
+
+/* The trainer's options, one row each: what rt_options_parse accepts is what --help lists (and
+ * what `kiln train --help` and kiln(1) list), so neither can miss one. */
+typedef struct RtOptionDoc {
+  const char *name;  /* "--epochs"; several spellings separated by ", " ("-h, --help") */
+  const char *arg;   /* what its value is ("N"); NULL for a flag */
+  const char *dflt;  /* what holds without it, for "(default: ...)"; NULL when nothing does */
+  const char *help;  /* one paragraph, wrapped when printed */
+} RtOptionDoc;
+extern const RtOptionDoc rt_trainer_options[];
+extern const int rt_ntrainer_options;
+/* The trainer's --help: usage, every option with its default, and the exit statuses. */
+void rt_options_help(FILE *f, const char *prog_name);
 /* Whether a trainer option (exactly as written, without "=value") takes a value. */
 int rt_option_takes_value(const char *arg);
 /* Whether arg is a trainer option (with a value or a flag); and for one that is not, " (did you

@@ -8,6 +8,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "runtime.h"
 
@@ -38,24 +39,27 @@ int main(int argc, char **argv) {
   if (slash)
     name = slash + 1;
 
+  /* Colour as kiln decides it: --color, else $NO_COLOR, else whether stderr is a terminal. */
+  rt_color_set(rt_color_wanted(rt_color_scan(argc, argv), isatty(STDERR_FILENO),
+                               getenv("NO_COLOR"), getenv("TERM")));
   RtOptions o;
   rt_options_default(&o);
   int rc = rt_options_parse(&o, argc, argv, name);
   if (rc)
-    return rc > 0 ? 0 : 1;
+    return rc > 0 ? 0 : 2; /* --help, or bad usage */
   if (!o.threads)
     o.threads = rt_available_cores();
 
   char err[RT_ERR_LEN];
   if (rt_check_program(prog, err) || arena_check(prog, err)) {
-    fprintf(stderr, "%s: error: %s\n", name, err);
+    rt_color_printf(stderr, "%s: error: %s\n", name, err);
     return 1;
   }
   /* aligned_alloc wants a size that is a multiple of the alignment. */
   size_t bytes = ((size_t)prog->arena_bytes + 63) / 64 * 64;
   unsigned char *arena = aligned_alloc(64, bytes ? bytes : 64);
   if (!arena) {
-    fprintf(stderr, "%s: error: cannot allocate the %lld-byte arena\n", name,
+    rt_color_printf(stderr, "%s: error: cannot allocate the %lld-byte arena\n", name,
             (long long)prog->arena_bytes);
     return 1;
   }

@@ -1388,9 +1388,16 @@ START_TEST(trainer_same_bytes_on_every_thread_count) {
                   "checkpoints on 1 and %d threads differ", t + 1);
   for (int t = 0; t < 3; t++)
     free(bytes[t]);
+  /* bad usage is exit status 2 for a trainer too, coloured when asked */
   snprintf(cmd, sizeof cmd, "'%s' --data " DATA " --threads 0 --quiet", trainer);
-  ck_assert_int_eq(run(cmd, NULL, &err), 1);
+  ck_assert_int_eq(run(cmd, NULL, &err), 2);
   ck_assert_ptr_nonnull(strstr(err, "--threads: expected a number of threads in 1..256, got '0'"));
+  ck_assert_ptr_null(strchr(err, '\033'));
+  free(err);
+  snprintf(cmd, sizeof cmd, "NO_COLOR=1 '%s' --threads 0 --color=always", trainer);
+  ck_assert_int_eq(run(cmd, NULL, &err), 2);
+  ck_assert_msg(strstr(err, ": \033[0m\033[1;31merror:\033[0m\033[1m --threads: expected"), "%s",
+                err);
   free(err);
 }
 END_TEST

@@ -961,7 +961,7 @@ START_TEST(trainer_options) {
   close(saved_out);
   ck_assert_int_eq(rc, -1);
   ck_assert_int_eq(rc_help, 1);
-  char text[8192] = "";
+  static char text[32768];
   FILE *f = fopen(tpath("stderr.txt"), "rb");
   ck_assert_uint_lt(fread(text, 1, sizeof text - 1, f), sizeof text - 1);
   fclose(f);
@@ -974,8 +974,8 @@ START_TEST(trainer_options) {
   fclose(f);
   ck_assert_msg(strstr(text, "  --normalize M,S[;M,S...]  per-channel normalisation") &&
                     strstr(text, "  --augment LIST      random changes to each training example") &&
-                    strstr(text, "with a labels.csv of 'file,label' rows naming PGM or PPM images"),
-                "%s", text);
+                    strstr(text, "'file,label' rows naming PGM or PPM images"),
+                "%.2000s", text);
 }
 END_TEST
 

@@ -298,7 +298,8 @@ START_TEST(sweep_refuses_bad_input) {
   /* --grid belongs to sweep, --keep too. */
   snprintf(cmd, sizeof cmd, KILN " train '%s' --grid lr=0.1", model);
   ck_assert_int_eq(run(cmd, NULL, &err), 2);
-  ck_assert_str_eq(err, "kiln: error: --grid belongs to sweep\n(run 'kiln --help' for usage)\n");
+  ck_assert_str_eq(err, "kiln: error: --grid belongs to sweep\n(run 'kiln train --help' for its "
+                        "options)\n");
   free(err);
 }
 END_TEST

@@ -15,85 +15,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "driver/driver.h"
 #include "runtime.h"
-
-static const char usage[] =
-    "usage: kiln [--verbose] [--no-cache] <command> MODEL [options]\n"
-    "\n"
-    "commands:\n"
-    "  shapes MODEL                  every node's shape, the parameters and FLOPs per example\n"
-    "  graph MODEL [--train]         the forward (or whole training) graph as Graphviz DOT\n"
-    "  ir MODEL                      the typed IR with all entry points (train, eval, grad)\n"
-    "  emit MODEL [-o step.c]        the whole training step as one C11 translation unit\n"
-    "  schedule MODEL                how each kernel is computed, and the memory plan\n"
-    "  build MODEL -o TRAINER        a standalone trainer executable (system C compiler)\n"
-    "  train MODEL [trainer options] train inside kiln (--runtime compiled|reference)\n"
-    "  tune MODEL [--seconds S]      time candidate schedules (convolution algorithms, GEMM\n"
-    "                                tiles) on this machine and keep the fastest in the cache,\n"
-    "                                where build, train and check find them (--no-tune: not)\n"
-    "  sweep MODEL --grid KEY=V,V... [KEY=V,V...] [trainer options] [-o sweep.csv]\n"
-    "        [--keep BEST.safetensors] [--select val_loss|val_accuracy|val_METRIC]\n"
-    "                                train every combination of the grid's values (keys: lr,\n"
-    "                                batch, epochs, seed, patience, validation, limit-train;\n"
-    "                                the last key varies fastest), one run after another, each\n"
-    "                                holding out 10% of the training examples for validation\n"
-    "                                unless --validation says otherwise; one CSV row per run\n"
-    "                                with its `kiln train` command; --keep: the parameters of\n"
-    "                                the best run by --select (default val_loss, lowest;\n"
-    "                                val_accuracy and metrics: highest; min:/max: to override)\n"
-    "  evaluate MODEL --params P.safetensors [--params ...] --data DIR [--limit-test N]\n"
-    "        [--normalize M,S] [--seed S]\n"
-    "                                each parameter file's test loss and accuracy (and\n"
-    "                                metrics); with several, also their ensemble's: the mean of\n"
-    "                                the members' softmax probabilities, loss -log of it at\n"
-    "                                the label, accuracy from its argmax\n"
-    "  check MODEL [--steps N]       generated code against the reference runtime; on a\n"
-    "                                disagreement it names the first kernel that is wrong\n"
-    "  check MODEL --kernel NAME     that kernel (k45_conv2d, %45) alone under every schedule\n"
-    "                                choice (fusion, threads, convolution algorithm, tiles)\n"
-    "  grad MODEL --params P.safetensors --inputs I.safetensors -o G.safetensors\n"
-    "                                [--runtime compiled|reference]  loss and gradients\n"
-    "  jvp MODEL --params P --inputs I --tangents T -o OUT [--runtime ...]\n"
-    "                                directional derivatives of the loss and the output\n"
-    "  hvp MODEL --params P --inputs I --tangents T -o OUT [--runtime ...]\n"
-    "                                Hessian of the loss times T, per parameter\n"
-    "  gradcheck MODEL [--batch N]   every parameter's gradient against finite differences and\n"
-    "                                forward mode, and every op's tangent and adjoint rules\n"
-    "                                against each other (float64, reference runtime)\n"
-    "  curvature MODEL [--params P.safetensors] [--data DIR] [--iterations N]\n"
-    "                                the loss's largest and smallest Hessian eigenvalues on a\n"
-    "                                batch, the condition number and the stable lr 2/lambda_max\n"
-    "  plot METRICS.csv -o CURVES.svg  a trainer's --metrics file drawn as an SVG picture\n"
-    "  diff MODEL --wrt X --at V [--order N]\n"
-    "                                the minimized scalar and its derivatives by the scalar X\n"
-    "                                at X = V, orders 1..N (default 1, at most 64), by forward\n"
-    "                                mode applied k times and by reverse over forward\n"
-    "\n"
-    "common options:\n"
-    "  --batch N       batch size to specialise for (default: the model's train block)\n"
-    "  --threads N     threads the step runs on (default: every core this process may use;\n"
-    "                  also $KILN_THREADS); a built trainer runs on at most this many and\n"
-    "                  takes --threads itself. Results are the same for every count\n"
-    "  --backend B     what compiles the step in process (train, check, grad, jvp, hvp): 'jit'\n"
-    "                  (Clang/LLVM inside kiln, the default when built in) or 'cc' (the system\n"
-    "                  compiler and dlopen); also $KILN_BACKEND. `kiln --version` lists them\n"
-    "  -O1, -O2, -O3   the optimisation level of either backend (and of `build`); default -O2\n"
-    "  --target T      build: the CPU a trainer is for (x86-64, x86-64-v2, -v3, -v4; default\n"
-    "                  native, this machine), so a trainer copied to an older CPU runs\n"
-    "  --no-tune       ignore what `kiln tune` measured for this model (the cost model decides)\n"
-    "  --seconds S     tune: how long each candidate schedule runs (default 0.3)\n"
-    "  --no-cache      compile even when the cache holds this program, and store nothing; the\n"
-    "                  cache is $XDG_CACHE_HOME/kiln, else $HOME/.cache/kiln\n"
-    "  --verbose       print how long each phase took (parse to emit, compile or cache, load)\n"
-    "  -o FILE         output file ('-' for stdout where text)\n"
-    "\n"
-    "trainer options (train, sweep, and every built trainer):\n"
-    "  --data DIR --epochs N --lr X --seed S --save FILE --load FILE --metrics FILE.csv\n"
-    "  --limit-train N --limit-test N --validation N --patience N --resume FILE\n"
-    "  --checkpoint-every N --checkpoint-dir D --keep-checkpoints K --max-memory SIZE\n"
-    "  --normalize M,S|auto --augment LIST --images DIR --images-count N --profile --quiet\n"
-    "  (a built trainer's --help describes them all)\n";
 
 typedef struct Args {
   const char *cmd, *model, *out, *params, *inputs, *tangents;
@@ -127,9 +51,9 @@ typedef struct Args {
 } Args;
 
 static int usage_error(const char *fmt, const char *arg) {
-  fprintf(stderr, "kiln: error: ");
-  fprintf(stderr, fmt, arg);
-  fprintf(stderr, "\n(run 'kiln --help' for usage)\n");
+  char msg[1024];
+  snprintf(msg, sizeof msg, fmt, arg);
+  rt_color_printf(stderr, "kiln: error: %s\n(run 'kiln --help' for usage)\n", msg);
   return 2;
 }
 
@@ -272,6 +196,51 @@ static int options_from_environment(Options *o, char *runtime_dir, size_t cap) {
   return 0;
 }
 
+/* kiln's option names (the last spelling of each row), for the nearest-name hint. */
+static int own_option_names(const char **names, int cap) {
+  int n = 0;
+  for (int i = 0; i < cli_noptions && n < cap; i++) {
+    const char *name = cli_options[i].name, *comma = strrchr(name, ',');
+    name = comma ? comma + 2 : name;
+    bool seen = false;
+    for (int k = 0; k < n; k++)
+      seen |= !strcmp(names[k], name);
+    if (!seen)
+      names[n++] = name;
+  }
+  return n;
+}
+
+/* An option word that command cmd does not take: which commands do, or the nearest known name. */
+static int option_refused(int cmd, const char *key, const CliOption *elsewhere) {
+  char where[512], hint[64];
+  if (elsewhere) {
+    if (cmd == CMD_EVALUATE && elsewhere->id == OPT_OUTPUT)
+      return usage_error("%s", "evaluate prints its figures on stdout (no -o)");
+    if (cmd == CMD_SWEEP && elsewhere->id == OPT_RUNTIME)
+      return usage_error("%s", "sweep trains the compiled step (no --runtime reference)");
+    unsigned set = 0;
+    for (int i = 0; i < cli_noptions; i++)
+      if (rt_option_spelled(cli_options[i].name, key, strlen(key)))
+        set |= cli_options[i].commands & CLI_ALL;
+    cli_commands_of(set, where, sizeof where);
+    rt_color_printf(stderr, "kiln: error: %s belongs to %s\n(run 'kiln %s --help' for its options)\n",
+            key, where, cli_commands[cmd].name);
+    return 2;
+  }
+  if (rt_option_known(key)) {
+    rt_color_printf(stderr, "kiln: error: %s is a trainer option: it belongs to train and sweep (and "
+            "built trainers)\n(run 'kiln %s --help' for its options)\n", key,
+            cli_commands[cmd].name);
+    return 2;
+  }
+  const char *own[64];
+  int nown = own_option_names(own, 64);
+  rt_color_printf(stderr, "kiln: error: unknown option '%s'%s\n(run 'kiln --help' for usage)\n", key,
+          rt_option_hint(key, own, nown, hint, sizeof hint));
+  return 2;
+}
+
 static int parse_args(int argc, char **argv, Args *a) {
   bool verbose = a->verbose, no_cache = a->no_cache;  /* given before the command */
   memset(a, 0, sizeof *a);
@@ -286,166 +255,158 @@ static int parse_args(int argc, char **argv, Args *a) {
   a->param_list = calloc((size_t)argc + 1, sizeof(char *));
   if (!a->rest || !a->common || !a->param_list) return usage_error("%s", "out of memory");
   a->cmd = argv[1];
+  int cmd = cli_command(a->cmd);
   for (int i = 2; i < argc; i++) {
     const char *s = argv[i];
-    const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+    if (s[0] != '-' || !s[1]) {
+      if (a->model)
+        return usage_error("unexpected argument '%s'", s);
+      a->model = s;
+      continue;
+    }
+    /* --option VALUE or --option=VALUE */
+    char key[64];
+    size_t klen = strcspn(s, "=");
+    snprintf(key, sizeof key, "%.*s", (int)(klen < sizeof key ? klen : sizeof key - 1), s);
+    const CliOption *elsewhere = NULL, *opt = cli_option(s, klen, cmd, &elsewhere);
+    if (!opt) {
+      if (!cli_takes_trainer_options(cmd) || !rt_option_known(key))
+        return option_refused(cmd, key, elsewhere);
+      /* A trainer option; rt_options_parse checks it. Those that take a value take the next
+       * argument with them (unless written --opt=value). */
+      a->rest[a->nrest++] = argv[i];
+      if (rt_option_takes_value(key) && !s[klen] && i + 1 < argc)
+        a->rest[a->nrest++] = argv[++i];
+      continue;
+    }
+    int first = i;  /* the option's first word, for a->common */
+    const char *val = NULL;
+    if (opt->arg) {
+      if (s[klen])
+        val = s + klen + 1;
+      else if (i + 1 < argc)
+        val = argv[++i];
+      else
+        return usage_error("option %s needs a value", key);
+    } else if (s[klen]) {
+      return usage_error("option %s takes no value", key);
+    }
     int64_t n;
-    int first = i;          /* the option's first word, for a->common */
-    bool common = false;    /* an option of kiln's own that a run's command repeats */
-#define NEED_VALUE() \
-  if (!val) return usage_error("option %s needs a value", s); \
-  i++
-    if (!strcmp(s, "-o")) {
-      NEED_VALUE();
-      a->out = val;
-    } else if (!strcmp(s, "--batch")) {
-      NEED_VALUE();
+    char *end;
+    switch (opt->id) {
+    case OPT_OUTPUT: a->out = val; break;
+    case OPT_BATCH:
       if (!parse_int(val, 1, &n)) return usage_error("--batch needs a positive integer, got '%s'", val);
       a->opt.batch = n;
-    } else if (!strcmp(s, "--steps")) {
-      NEED_VALUE();
+      break;
+    case OPT_STEPS:
       if (!parse_int(val, 0, &n) || n > 1000000) return usage_error("--steps needs an integer >= 0, got '%s'", val);
       a->steps = (int)n;
-    } else if (!strcmp(s, "--threads")) {
-      NEED_VALUE();
+      break;
+    case OPT_THREADS:
       if (!parse_int(val, 1, &n) || n > 256) return usage_error("--threads needs an integer in 1..256, got '%s'", val);
       a->opt.sched.threads = (int)n;
-      common = true;
-    } else if (!strcmp(s, "--backend")) {
-      NEED_VALUE();
-      common = true;
+      break;
+    case OPT_BACKEND:
       if (parse_backend(val, &a->opt.backend.kind))
         return usage_error(backend_has_jit() ? "--backend is 'jit' or 'cc', not '%s'"
                                              : "--backend is 'cc' (built without LLVM), not '%s'", val);
-    } else if (!strcmp(s, "--target")) {
-      NEED_VALUE();
-      common = true;
+      break;
+    case OPT_TARGET:
       if (parse_target(val, &a->opt))
         return usage_error("--target is native, x86-64, x86-64-v2, x86-64-v3 or x86-64-v4, not "
                            "'%s'", val);
-    } else if (!strcmp(s, "-O1") || !strcmp(s, "-O2") || !strcmp(s, "-O3")) {
-      a->opt.backend.opt_level = s[2] - '0';
-      common = true;
-    } else if (!strcmp(s, "--train")) {
-      a->train_graph = true;
-    } else if (!strcmp(s, "--verbose")) {
-      a->verbose = true;
-    } else if (!strcmp(s, "--no-cache")) {
-      a->no_cache = true;
-      common = true;
-    } else if (!strcmp(s, "--no-tune")) {
-      a->no_tune = true;
-      common = true;
-    } else if (!strcmp(s, "--curvature-every")) {
+      break;
+    case OPT_OPT_LEVEL: a->opt.backend.opt_level = s[2] - '0'; break;
+    case OPT_TRAIN_GRAPH: a->train_graph = true; break;
+    case OPT_VERBOSE: a->verbose = true; break;
+    case OPT_NO_CACHE: a->no_cache = true; break;
+    case OPT_NO_TUNE: a->no_tune = true; break;
+    case OPT_COLOR: {
+      RtColorMode mode;  /* main has applied it already (rt_color_scan); here it is checked */
+      if (rt_color_parse(val, &mode))
+        return usage_error("--color is 'auto', 'always' or 'never', not '%s'", val);
+      break;
+    }
+    case OPT_CURVATURE_EVERY:
       /* compiled in (the grad entry gets Hessian-vector products), and for train also the
        * trainer's option with its value */
-      NEED_VALUE();
       a->opt.hvp = true;
-      if (!strcmp(a->cmd, "train")) {
-        a->rest[a->nrest++] = argv[i - 1];
-        a->rest[a->nrest++] = argv[i];
+      if (cmd == CMD_TRAIN) {
+        a->rest[a->nrest++] = "--curvature-every";
+        a->rest[a->nrest++] = (char *)val;
       }
-    } else if (!strcmp(s, "--diagnose")) {
+      break;
+    case OPT_DIAGNOSE:
       /* compiled in (the eval entry outputs every activation), and for train also the trainer's
        * report */
       a->opt.diagnose = true;
-      if (!strcmp(a->cmd, "train"))
+      if (cmd == CMD_TRAIN)
         a->rest[a->nrest++] = argv[i];
-    } else if (!strcmp(s, "--kernel")) {
-      NEED_VALUE();
-      a->kernel = val;
-    } else if (!strcmp(s, "--iterations")) {
-      NEED_VALUE();
+      break;
+    case OPT_KERNEL: a->kernel = val; break;
+    case OPT_ITERATIONS:
       if (!parse_int(val, 1, &n) || n > 100000)
         return usage_error("--iterations needs an integer in 1..100000, got '%s'", val);
       a->iterations = (int)n;
-    } else if (!strcmp(s, "--data") && !strcmp(a->cmd, "curvature")) {
-      NEED_VALUE();
-      a->data = val;
-    } else if (!strcmp(s, "--wrt")) {
-      NEED_VALUE();
-      a->wrt = val;
-    } else if (!strcmp(s, "--at")) {
-      NEED_VALUE();
-      char *end;
+      break;
+    case OPT_DATA: a->data = val; break;
+    case OPT_WRT: a->wrt = val; break;
+    case OPT_AT:
       a->at = strtod(val, &end);
       if (*end || end == val || !isfinite(a->at))
         return usage_error("--at needs a finite number, got '%s'", val);
       a->have_at = true;
-    } else if (!strcmp(s, "--order")) {
-      NEED_VALUE();
+      break;
+    case OPT_ORDER:
       if (!parse_int(val, 1, &n) || n > DIFF_MAX_ORDER)
         return usage_error("--order needs an integer in 1..64, got '%s'", val);
       a->order = (int)n;
-    } else if (!strcmp(s, "--seconds")) {
-      NEED_VALUE();
-      char *end;
+      break;
+    case OPT_SECONDS:
       a->seconds = strtod(val, &end);
       if (*end || !(a->seconds >= 0.01 && a->seconds <= 60))
         return usage_error("--seconds needs a number from 0.01 to 60, got '%s'", val);
-    } else if (!strcmp(s, "--runtime")) {
-      NEED_VALUE();
+      break;
+    case OPT_RUNTIME:
       if (!strcmp(val, "reference")) a->reference = true;
       else if (!strcmp(val, "compiled")) a->reference = false;
       else return usage_error("--runtime is 'compiled' or 'reference', not '%s'", val);
-    } else if (!strcmp(s, "--precision")) {
-      NEED_VALUE();
+      break;
+    case OPT_PRECISION:
       if (!strcmp(val, "f32")) a->precision = 32;
       else if (!strcmp(val, "f64")) a->precision = 64;
       else return usage_error("--precision is 'f32' or 'f64', not '%s'", val);
-    } else if (!strcmp(s, "--params")) {
-      NEED_VALUE();
+      break;
+    case OPT_PARAMS:
       a->params = val;
       a->param_list[a->nparams++] = val;
-    } else if (!strcmp(s, "--grid")) {
+      break;
+    case OPT_GRID: {
       /* KEY=V,V... words up to the next option; each word may hold several, space-separated. */
-      if (!val || val[0] == '-' || !strchr(val, '='))
+      if (val[0] == '-' || !strchr(val, '='))
         return usage_error("%s", "--grid needs KEY=V1,V2,... (e.g. --grid lr=1e-3,3e-3 batch=32,64)");
-      for (; i + 1 < argc && argv[i + 1][0] != '-' && strchr(argv[i + 1], '='); i++) {
+      for (const char *w = val; w; w = i + 1 < argc && argv[i + 1][0] != '-' &&
+                                          strchr(argv[i + 1], '=') ? argv[++i] : NULL) {
         char word[4096], err[512];
-        if (strlen(argv[i + 1]) >= sizeof word) return usage_error("--grid: '%.60s...' is too long", argv[i + 1]);
-        strcpy(word, argv[i + 1]);
+        if (strlen(w) >= sizeof word) return usage_error("--grid: '%.60s...' is too long", w);
+        strcpy(word, w);
         for (char *save = NULL, *spec = strtok_r(word, " \t", &save); spec; spec = strtok_r(NULL, " \t", &save))
           if (sweep_grid_add(&a->grid, spec, err, sizeof err)) return usage_error("%s", err);
       }
-    } else if (!strcmp(s, "--keep")) {
-      NEED_VALUE();
-      a->keep = val;
-    } else if (!strcmp(s, "--select")) {
-      NEED_VALUE();
-      a->select = val;
-    } else if (!strcmp(s, "--inputs")) {
-      NEED_VALUE();
-      a->inputs = val;
-    } else if (!strcmp(s, "--tangents")) {
-      NEED_VALUE();
-      a->tangents = val;
-    } else if (s[0] == '-' && s[1]) {
-      /* A trainer option; rt_options_parse checks it. Those that take a value take the next
-       * argument with them (unless written --opt=value). */
-      char key[64], hint[64];
-      snprintf(key, sizeof key, "%.*s", (int)strcspn(s, "="), s);
-      if (!rt_option_known(key)) {
-        static const char *const own[] = {
-            "--batch", "--threads", "--backend", "--target", "--no-tune", "--seconds",
-            "--no-cache", "--verbose", "--steps", "--params", "--inputs", "--tangents",
-            "--runtime", "--precision", "--train", "--wrt", "--at", "--order", "--iterations",
-            "--kernel", "--grid", "--keep", "--select", "--curvature-every"};
-        fprintf(stderr, "kiln: error: unknown option '%s'%s\n(run 'kiln --help' for usage)\n",
-                key, rt_option_hint(key, own, (int)(sizeof own / sizeof *own), hint, sizeof hint));
-        return 2;
-      }
-      a->rest[a->nrest++] = argv[i];
-      if (rt_option_takes_value(s) && val)
-        a->rest[a->nrest++] = argv[++i];
-    } else if (!a->model) {
-      a->model = s;
-    } else {
-      return usage_error("unexpected argument '%s'", s);
+      break;
     }
-    for (int j = first; common && j <= i; j++)
+    case OPT_KEEP: a->keep = val; break;
+    case OPT_SELECT: a->select = val; break;
+    case OPT_INPUTS: a->inputs = val; break;
+    case OPT_TANGENTS: a->tangents = val; break;
+    case OPT_HELP:
+    case OPT_VERSION:
+    case OPT_MAN:
+      break; /* main answers these before parsing */
+    }
+    for (int j = first; opt->repeated && j <= i; j++)
       a->common[a->ncommon++] = argv[j];
-#undef NEED_VALUE
   }
   if (!a->model) return usage_error("'%s' needs a MODEL file", a->cmd);
   if (!a->no_cache) {
@@ -458,9 +419,7 @@ static int parse_args(int argc, char **argv, Args *a) {
 /* Library diagnostics say "error: ..." (or "file:line:col: error: ..."); on the command line,
  * those without a location name the program. */
 static void report(const Session *s) {
-  if (!strncmp(s->error, "error: ", 7))
-    fputs("kiln: ", stderr);
-  fputs(s->error, stderr);
+  rt_color_printf(stderr, "%s%s", !strncmp(s->error, "error: ", 7) ? "kiln: " : "", s->error);
 }
 
 /* After a compile: the cache's warning (a directory it could not use or write: compiling went on
@@ -469,7 +428,7 @@ static void report_phases(const Session *s, const Args *a) {
   const SessionTimes *t = &s->times;
   const BackendReport *b = &t->backend;
   if (t->loaded && b->warning[0])
-    fprintf(stderr, "kiln: warning: %s\n", b->warning);
+    rt_color_printf(stderr, "kiln: warning: %s\n", b->warning);
   if (!a->verbose)
     return;
   const double ms = 1e3;
@@ -518,13 +477,13 @@ static int write_output(Session *s, const Args *a, Writer fn) {
   FILE *volatile f = stdout;
   int in_place = to_stdout ? 0 : rt_write_target(path, target, sizeof target, err);
   if (in_place < 0) {
-    fprintf(stderr, "kiln: error: %s\n", err);
+    rt_color_printf(stderr, "kiln: error: %s\n", err);
     return 1;
   }
   if (in_place) {
     /* a pipe, a device or /dev/stdout: written as it is */
     if (!(f = fopen(path, "w"))) {
-      fprintf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
+      rt_color_printf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
       return 1;
     }
   } else if (!to_stdout) {
@@ -533,7 +492,7 @@ static int write_output(Session *s, const Args *a, Writer fn) {
       fd = mkstemp(tmp);
     f = fd < 0 ? NULL : fdopen(fd, "w");
     if (!f) {
-      fprintf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
+      rt_color_printf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
       if (fd >= 0) {
         close(fd);
         remove(tmp);
@@ -548,16 +507,16 @@ static int write_output(Session *s, const Args *a, Writer fn) {
     kiln_trap_end(&t);
   } else {
     kiln_trap_end(&t);
-    fputs(t.msg, stderr);
+    rt_color_puts(stderr, t.msg);
     rc = 1;
   }
   if (!to_stdout) {
     if (fclose(f) != 0 && rc == 0) {
-      fprintf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
+      rt_color_printf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
       rc = 1;
     }
     if (!in_place && rc == 0 && rename(tmp, target) != 0) {
-      fprintf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
+      rt_color_printf(stderr, "kiln: error: cannot write '%s': %s\n", path, strerror(errno));
       rc = 1;
     }
     if (rc && !in_place) remove(tmp);
@@ -759,7 +718,7 @@ static int train_compiled(Session *s, const Args *a, RtOptions *o) {
   RtBackend be;
   char err[RT_ERR_LEN];
   if (rt_arena_backend_new(s->prog, &be, err)) {
-    fprintf(stderr, "kiln: error: %s\n", err);
+    rt_color_printf(stderr, "kiln: error: %s\n", err);
     return 1;
   }
   int rc = rt_train(&be, o);
@@ -774,7 +733,7 @@ static int train_reference(Session *s, const Args *a, RtOptions *o) {
     return 1;
   }
   if (interp_stop_at_faults(s->ref, true)) {
-    fprintf(stderr, "kiln: error: out of memory\n");
+    rt_color_printf(stderr, "kiln: error: out of memory\n");
     return 1;
   }
   return rt_train(&be, o);
@@ -793,7 +752,7 @@ static int cmd_train(Session *s, const Args *a) {
   /* The runtime would open it and, for a FIFO, wait for a writer forever. */
   const char *why = o.load_path ? kiln_not_regular_file(o.load_path) : NULL;
   if (why) {
-    fprintf(stderr, "kiln: error: %s: %s\n", o.load_path, why);
+    rt_color_printf(stderr, "kiln: error: %s: %s\n", o.load_path, why);
     return 1;
   }
   if (!o.threads)
@@ -824,7 +783,7 @@ static void use_tuning(Args *a) {
       if (a->verbose)
         fprintf(stderr, "kiln: using the schedule kiln tune measured: %s\n", a->tune_path);
     } else if (got < 0) {
-      fprintf(stderr, "kiln: warning: ignoring %s: not a tuning file\n", a->tune_path);
+      rt_color_printf(stderr, "kiln: warning: ignoring %s: not a tuning file\n", a->tune_path);
     }
   }
   pool_free(pool);
@@ -840,13 +799,13 @@ static int cmd_tune(Args *a) {
   TuneResult r;
   int rc = 1;
   if (!text) {
-    fprintf(stderr, "kiln: error: cannot read %s: %s\n", a->model, strerror(errno));
+    rt_color_printf(stderr, "kiln: error: cannot read %s: %s\n", a->model, strerror(errno));
   } else if (tune_file_path(a->cache_dir, text, &a->opt, KILN_VERSION, a->tune_path,
                             sizeof a->tune_path)) {
-    fprintf(stderr, "kiln: error: the cache directory path is too long\n");
+    rt_color_printf(stderr, "kiln: error: the cache directory path is too long\n");
   } else if (tune_model(a->model, &a->opt, a->seconds, stderr, &r, err, sizeof err)) {
-    fputs(!strncmp(err, "error: ", 7) ? "kiln: " : "", stderr);
-    fprintf(stderr, "%s%s", err, err[0] && err[strlen(err) - 1] == '\n' ? "" : "\n");
+    rt_color_printf(stderr, "%s%s%s", !strncmp(err, "error: ", 7) ? "kiln: " : "", err,
+            err[0] && err[strlen(err) - 1] == '\n' ? "" : "\n");
   } else {
     char comment[512];
     snprintf(comment, sizeof comment,
@@ -868,7 +827,7 @@ static int cmd_tune(Args *a) {
              a->tune_path);
       rc = 0;
     } else {
-      fprintf(stderr, "kiln: %s\n", err);
+      rt_color_printf(stderr, "kiln: %s\n", err);
     }
   }
   pool_free(pool);
@@ -933,16 +892,14 @@ static void print_figures(const RtEvalFigures *f, const RtEnsembleReport *r, boo
 }
 
 static int cmd_evaluate(Session *s, Args *a) {
-  static const char *const allowed[] = {"--data", "--limit-test", "--normalize", "--seed",
-                                        "--threads", "--quiet"};
   if (!a->nparams)
     return usage_error("%s", "evaluate needs --params FILE.safetensors (repeat it for an ensemble)");
   for (int i = 0; i < a->nrest; i++) {
     const char *w = a->rest[i];
     size_t len = strcspn(w, "=");
     bool ok = false;
-    for (size_t k = 0; k < sizeof allowed / sizeof *allowed; k++)
-      ok |= strlen(allowed[k]) == len && !strncmp(w, allowed[k], len);
+    for (int k = 0; k < cli_nevaluate_trainer_options; k++)
+      ok |= rt_option_spelled(cli_evaluate_trainer_options[k], w, len);
     if (!ok)
       return usage_error("evaluate takes --data, --limit-test, --normalize, --seed, --threads and "
                          "--quiet of the trainer options, not '%s'", w);
@@ -975,7 +932,7 @@ static int cmd_evaluate(Session *s, Args *a) {
     }
     report_phases(s, a);
     if (rt_arena_backend_new(s->prog, &be, err)) {
-      fprintf(stderr, "kiln: error: %s\n", err);
+      rt_color_printf(stderr, "kiln: error: %s\n", err);
       return 1;
     }
   }
@@ -984,9 +941,9 @@ static int cmd_evaluate(Session *s, Args *a) {
   int kind = output_scores(s->g);
   rc = 1;
   if (!members)
-    fprintf(stderr, "kiln: error: out of memory\n");
+    rt_color_printf(stderr, "kiln: error: out of memory\n");
   else if (rt_evaluate_checkpoints(&be, &o, a->param_list, a->nparams, kind, members, &report, err))
-    fprintf(stderr, "kiln evaluate: error: %s\n", err);
+    rt_color_printf(stderr, "kiln evaluate: error: %s\n", err);
   else
     rc = 0;
   if (!rc) {
@@ -1064,24 +1021,14 @@ static int cmd_forward(Session *s, const Args *a, bool hvp) {
 /* The command after its arguments were parsed: checks of which options go with which command,
  * then the session and the command's function. */
 static int run_command(Args *a) {
+  /* Which options go with which command the parser has checked (cli.c's table). */
   const char *cmd = a->cmd;
   bool sweep = !strcmp(cmd, "sweep"), evaluate = !strcmp(cmd, "evaluate");
-  if (a->tangents && strcmp(cmd, "jvp") && strcmp(cmd, "hvp"))
-    return usage_error("%s", "--tangents belongs to jvp and hvp");
-  if (!sweep && (a->grid.naxes || a->keep || a->select))
-    return usage_error("%s belongs to sweep", a->grid.naxes ? "--grid" : a->keep ? "--keep" : "--select");
-  if (evaluate && a->out)
-    return usage_error("%s", "evaluate prints its figures on stdout (no -o)");
   if (a->nparams > 1 && !evaluate)
     return usage_error("%s takes one --params (several make an ensemble for evaluate)", cmd);
-  /* Trainer options belong to train and sweep; evaluate takes those about the test set. */
-  if (a->nrest && strcmp(cmd, "train") && !sweep && !evaluate)
-    return usage_error("unknown option '%s'", a->rest[0]);
   a->opt.jvp = !strcmp(cmd, "jvp") || !strcmp(cmd, "gradcheck");
   a->opt.hvp |= !strcmp(cmd, "hvp") || !strcmp(cmd, "curvature");
   a->opt.no_training = !strcmp(cmd, "diff");
-  if ((a->wrt || a->have_at || a->order) && strcmp(cmd, "diff"))
-    return usage_error("%s", "--wrt, --at and --order belong to diff");
   if (!strcmp(cmd, "tune"))
     return cmd_tune(a);
   if (!strcmp(cmd, "plot")) { /* a CSV, not a model */
@@ -1089,7 +1036,7 @@ static int run_command(Args *a) {
     if (!a->out)
       return usage_error("%s", "plot needs -o CURVES.svg");
     if (rt_plot_csv(a->model, a->out, err)) {
-      fprintf(stderr, "kiln: error: %s\n", err);
+      rt_color_printf(stderr, "kiln: error: %s\n", err);
       return 1;
     }
     return 0;
@@ -1125,65 +1072,70 @@ static int run_command(Args *a) {
   return rc;
 }
 
-/* `kiln COMMAND --help`: the command's lines of the usage text (its entry and the lines that
- * continue it), the options every command takes, and for train and sweep the trainer's own. */
-static int command_help(const char *cmd) {
-  const char *p = strstr(usage, "commands:\n");
-  size_t n = strlen(cmd);
-  printf("usage: kiln %s ...\n\n", cmd);
-  bool in = false;
-  for (; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-    size_t len = strcspn(p, "\n");
-    if (!strncmp(p, "common options:", 15))
-      break;
-    bool entry = p[0] == ' ' && p[1] == ' ' && p[2] != ' ';
-    if (entry)
-      in = !strncmp(p + 2, cmd, n) && p[2 + n] == ' ';
-    if (in)
-      printf("%.*s\n", (int)len, p);
-  }
-  fputs("\n", stdout);
-  fputs(strstr(usage, "common options:"), stdout);
-  if (!strcmp(cmd, "train") || !strcmp(cmd, "sweep")) {
-    char *args[] = {(char *)"kiln train", (char *)"--help", NULL};
-    RtOptions o;
-    rt_options_default(&o);
-    fputs("\n", stdout);
-    rt_options_parse(&o, 2, args, "kiln train MODEL");
-  }
-  return 0;
-}
-
 int main(int argc, char **argv) {
+  /* Colour as asked, before anything is printed (a usage error included); the parser checks
+   * --color's value. The command line wins over $NO_COLOR, which wins over auto. */
+  rt_color_set(rt_color_wanted(rt_color_scan(argc, argv), isatty(STDERR_FILENO),
+                               getenv("NO_COLOR"), getenv("TERM")));
   Args a;
   memset(&a, 0, sizeof a);
-  /* Global flags may come before the command too. */
-  while (argc > 1 && (!strcmp(argv[1], "--verbose") || !strcmp(argv[1], "--no-cache"))) {
-    if (!strcmp(argv[1], "--verbose"))
+  /* Options before the command: those of every command that may come there, or one that
+   * stands instead of a command (--help, --version, --man). */
+  while (argc > 1 && argv[1][0] == '-') {
+    const char *s = argv[1];
+    size_t klen = strcspn(s, "=");
+    const CliOption *o = cli_option(s, klen, -1, NULL);
+    if (!o) {
+      const char *own[64];
+      char hint[64], key[64];
+      snprintf(key, sizeof key, "%.*s", (int)(klen < sizeof key ? klen : sizeof key - 1), s);
+      int nown = own_option_names(own, 64);
+      rt_color_printf(stderr, "kiln: error: unknown option '%s'%s\n(run 'kiln --help' for usage)\n",
+              key, rt_option_hint(key, own, nown, hint, sizeof hint));
+      return 2;
+    }
+    int words = 1;
+    if (o->id == OPT_HELP) {
+      cli_help(stdout);
+      return 0;
+    } else if (o->id == OPT_VERSION) {
+      printf("kiln %s (backends: %s)\n", KILN_VERSION, backend_list());
+      return 0;
+    } else if (o->id == OPT_MAN) {
+      cli_man(stdout, KILN_VERSION);
+      return fflush(stdout) ? 1 : 0;
+    } else if (o->id == OPT_VERBOSE) {
       a.verbose = true;
-    else
+    } else if (o->id == OPT_NO_CACHE) {
       a.no_cache = true;
-    argv[1] = argv[0];
-    argv++;
-    argc--;
+    } else if (o->id == OPT_COLOR) {
+      RtColorMode mode;
+      const char *val = s[klen] ? s + klen + 1 : argc > 2 ? argv[2] : NULL;
+      words += !s[klen];
+      if (!val || rt_color_parse(val, &mode))
+        return usage_error("--color is 'auto', 'always' or 'never', not '%s'", val ? val : "");
+    }
+    for (int k = 0; k < words; k++) {  /* the command moves up to argv[1] */
+      argv[1] = argv[0];
+      argv++;
+      argc--;
+    }
   }
-  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
-    fputs(usage, argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
+  if (argc < 2) {
+    cli_help(stderr);
+    return 2;
   }
-  if (!strcmp(argv[1], "--version")) {
-    printf("kiln %s (backends: %s)\n", KILN_VERSION, backend_list());
+  if (!strcmp(argv[1], "help")) {
+    cli_help(stdout);
     return 0;
   }
-  static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
-                                         "jvp", "hvp", "tune", "sweep", "evaluate", "diff",
-                                         "gradcheck", "curvature", "plot"};
-  bool known = false;
-  for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) known |= !strcmp(argv[1], commands[i]);
-  if (!known) return usage_error("unknown command '%s'", argv[1]);
+  int cmd = cli_command(argv[1]);
+  if (cmd < 0) return usage_error("unknown command '%s'", argv[1]);
   for (int i = 2; i < argc; i++)
-    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
-      return command_help(argv[1]);
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      cli_command_help(stdout, cmd);
+      return 0;
+    }
   int rc = parse_args(argc, argv, &a);
   if (!rc)
     rc = run_command(&a);

@@ -314,13 +314,13 @@ static int refuse_options(const Sweep *sw) {
   else if (o->images_dir)
     option = "--images", why = "write a run's pictures with its own kiln train command";
   if (option) {
-    fprintf(stderr, "kiln sweep: error: %s is not for a sweep: %s\n", option, why);
+    rt_color_printf(stderr, "kiln sweep: error: %s is not for a sweep: %s\n", option, why);
     return 2;
   }
   for (int a = 0; a < sw->g->naxes; a++)
     if (trainer_sets(sw->plan, sw->g->axes[a].option) ||
         (a == sw->batch_axis && sw->plan->batch > 0)) {
-      fprintf(stderr, "kiln sweep: error: %s is a grid key: give its values in --grid, not as "
+      rt_color_printf(stderr, "kiln sweep: error: %s is a grid key: give its values in --grid, not as "
               "%s\n", sw->g->axes[a].key, sw->g->axes[a].option);
       return 2;
     }
@@ -334,7 +334,7 @@ static Session *session_for(Sweep *sw, int64_t batch) {
       return sw->sessions[i];
   Session *s = calloc(1, sizeof *s);
   if (!s) {
-    fprintf(stderr, "kiln sweep: error: out of memory\n");
+    rt_color_printf(stderr, "kiln sweep: error: out of memory\n");
     return NULL;
   }
   if (sw->plan->open(sw->plan->ctx, batch, s)) {
@@ -360,13 +360,13 @@ static int inspect_program(Sweep *sw, const kiln_program *p) {
     }
   }
   if (!data) {
-    fprintf(stderr, "kiln sweep: error: model '%s' has its data in the file: a sweep compares "
+    rt_color_printf(stderr, "kiln sweep: error: model '%s' has its data in the file: a sweep compares "
             "runs on a validation split of a data set's training examples\n",
             p->model ? p->model : "?");
     return 1;
   }
   if (!sw->base.data_dir) {
-    fprintf(stderr, "kiln sweep: error: model '%s' reads images and labels: pass --data DIR\n",
+    rt_color_printf(stderr, "kiln sweep: error: model '%s' reads images and labels: pass --data DIR\n",
             p->model ? p->model : "?");
     return 2;
   }
@@ -381,7 +381,7 @@ static int inspect_program(Sweep *sw, const kiln_program *p) {
       sw->metric_names[sw->nmetrics++] = name;
     }
   if (sel->metric[0] && sw->select_metric < 0) {
-    fprintf(stderr, "kiln sweep: error: --select %s: model '%s' has no metric '%s'",
+    rt_color_printf(stderr, "kiln sweep: error: --select %s: model '%s' has no metric '%s'",
             sel->column, p->model ? p->model : "?", sel->metric);
     for (int m = 0; m < sw->nmetrics; m++)
       fprintf(stderr, "%s val_%s", m ? "," : " (its metrics:", sw->metric_names[m]);
@@ -393,7 +393,7 @@ static int inspect_program(Sweep *sw, const kiln_program *p) {
   bool classifier = o && o->rank >= 2 && o->batch_axis == 0 && labels &&
                     rt_numel(o, 1) == o->dims[o->rank - 1];
   if (!strcmp(sel->column, "val_accuracy") && !classifier) {
-    fprintf(stderr, "kiln sweep: error: --select val_accuracy: model '%s' has no accuracy (it "
+    rt_color_printf(stderr, "kiln sweep: error: --select val_accuracy: model '%s' has no accuracy (it "
             "needs an output of class scores [N, C] and labels)\n", p->model ? p->model : "?");
     return 2;
   }
@@ -492,11 +492,11 @@ static int check_writable(const char *path, const char *option) {
   char dir[4096];
   const char *slash = strrchr(path, '/');
   if (!*path) {
-    fprintf(stderr, "kiln sweep: error: %s needs a file name\n", option);
+    rt_color_printf(stderr, "kiln sweep: error: %s needs a file name\n", option);
     return 2;
   }
   if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
-    fprintf(stderr, "kiln sweep: error: %s %s: is a directory\n", option, path);
+    rt_color_printf(stderr, "kiln sweep: error: %s %s: is a directory\n", option, path);
     return 1;
   }
   if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
@@ -508,7 +508,7 @@ static int check_writable(const char *path, const char *option) {
                     : access(dir, W_OK | X_OK) ? strerror(errno)
                                                : NULL;
   if (why) {
-    fprintf(stderr, "kiln sweep: error: %s %s: cannot write in %s: %s\n", option, path, dir,
+    rt_color_printf(stderr, "kiln sweep: error: %s %s: cannot write in %s: %s\n", option, path, dir,
             why);
     return 1;
   }
@@ -547,7 +547,7 @@ static int train_run(Sweep *sw, SweepRun *r, const Best *best) {
     return 1;
   Command cmd;
   if (command_of(sw, r->index, &cmd)) {
-    fprintf(stderr, "kiln sweep: error: too many options\n");
+    rt_color_printf(stderr, "kiln sweep: error: too many options\n");
     return 2;
   }
   command_text(&cmd, &r->command);
@@ -574,7 +574,7 @@ static int train_run(Sweep *sw, SweepRun *r, const Best *best) {
   RtBackend be;
   char err[RT_ERR_LEN];
   if (rt_arena_backend_new(s->prog, &be, err)) {
-    fprintf(stderr, "kiln sweep: error: %s\n", err);
+    rt_color_printf(stderr, "kiln sweep: error: %s\n", err);
     return 1;
   }
   double t0 = rt_now();
@@ -592,7 +592,7 @@ static int train_run(Sweep *sw, SweepRun *r, const Best *best) {
                                                                      : r->value > best->value));
   int rc = 0;
   if (r->better && p->keep_path && rt_save_checkpoint(&be, p->keep_path, err)) {
-    fprintf(stderr, "kiln sweep: error: --keep %s\n", err);
+    rt_color_printf(stderr, "kiln sweep: error: --keep %s\n", err);
     rc = 1;
   }
   rt_arena_backend_free(&be);
@@ -646,7 +646,7 @@ static int record_run(const Sweep *sw, const SweepRun *r, RtCsv *csv) {
   csv_field(&row, r->command.p ? r->command.p : "");
   int rc = 0;
   if (row.lost || line.lost || r->command.lost || r->values.lost) {
-    fprintf(stderr, "kiln sweep: error: out of memory\n");
+    rt_color_printf(stderr, "kiln sweep: error: out of memory\n");
     rc = 1;
   } else {
     rt_csv_row(csv, "%s", row.p);
@@ -725,7 +725,7 @@ int sweep_run(const SweepPlan *plan) {
   /* The shared trainer options, parsed once to refuse what a sweep cannot do before any run. */
   const char **argv = calloc((size_t)plan->ntrainer + 2, sizeof *argv);
   if (!argv) {
-    fprintf(stderr, "kiln sweep: error: out of memory\n");
+    rt_color_printf(stderr, "kiln sweep: error: out of memory\n");
     return 1;
   }
   argv[0] = "kiln sweep";
@@ -753,7 +753,7 @@ int sweep_run(const SweepPlan *plan) {
   char err[RT_ERR_LEN];
   rc = 1;
   if (!sw.session_batch || !sw.sessions) {
-    fprintf(stderr, "kiln sweep: error: out of memory\n");
+    rt_color_printf(stderr, "kiln sweep: error: out of memory\n");
     goto done;
   }
   /* The first run's program tells what the model has; the others are the same model. */
@@ -777,7 +777,7 @@ int sweep_run(const SweepPlan *plan) {
     buf_printf(&header, ",test_%s", sw.metric_names[m]);
   buf_puts(&header, ",epochs_run,seconds,status,command");
   if (header.lost) {
-    fprintf(stderr, "kiln sweep: error: out of memory\n");
+    rt_color_printf(stderr, "kiln sweep: error: out of memory\n");
     goto done;
   }
   if (csv_stdout) {
@@ -786,7 +786,7 @@ int sweep_run(const SweepPlan *plan) {
     fflush(stdout);
     csv = (RtCsv){stdout, "stdout"};
   } else if (rt_csv_open(&csv, plan->csv_path, header.p, -1, err)) {
-    fprintf(stderr, "kiln sweep: error: -o %s\n", err);
+    rt_color_printf(stderr, "kiln sweep: error: -o %s\n", err);
     goto done;
   }
   if (sw.log) {
@@ -804,13 +804,13 @@ int sweep_run(const SweepPlan *plan) {
   if (csv_stdout)
     csv.f = NULL;
   if (rt_csv_close(&csv, err)) {
-    fprintf(stderr, "kiln sweep: error: -o %s\n", err);
+    rt_color_printf(stderr, "kiln sweep: error: -o %s\n", err);
     rc = rc ? rc : 1;
   }
   if (rc)
     goto done;
   if (best.run < 0) {
-    fprintf(stderr, "kiln sweep: error: no run has a %s to choose the best by\n",
+    rt_color_printf(stderr, "kiln sweep: error: no run has a %s to choose the best by\n",
             plan->select.column);
     rc = 1;
     goto done;
