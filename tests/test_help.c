@@ -237,6 +237,7 @@ START_TEST(exit_statuses) {
       {" frobnicate x.kiln", "kiln: error: unknown command 'frobnicate'\n"},
       {" --frobnicate shapes x.kiln", "kiln: error: unknown option '--frobnicate'"},
       {" shapes", "kiln: error: 'shapes' needs a MODEL file\n"},
+      {" --batch 4 shapes x.kiln", "kiln: error: --batch comes after the command"},
       {" shapes " EX "mlp.kiln --steps 3", "kiln: error: --steps belongs to check\n"
                                            "(run 'kiln shapes --help' for its options)\n"},
       {" emit " EX "mlp.kiln --tangents t", "kiln: error: --tangents belongs to jvp and hvp\n"},
@@ -283,6 +284,27 @@ START_TEST(color_decision) {
   char *argv[] = {"kiln", "--color=never", "shapes", "--color", "always", "--color", NULL};
   ck_assert_int_eq(rt_color_scan(6, argv), RT_COLOR_ALWAYS);
   ck_assert_int_eq(rt_color_scan(2, argv), RT_COLOR_NEVER);
+  /* what is coloured: the kind and its line, the caret; other lines are left as they are */
+  char *text;
+  size_t len;
+  static const char diag[] = "kiln: warning: cannot create x\nnote: see y\ntrain: 3 epochs\n"
+                             "m.kiln:3:16: error: d\n  loss = q\n         ^\n";
+  for (int on = 0; on < 2; on++) {
+    FILE *mem = open_memstream(&text, &len);
+    ck_assert_ptr_nonnull(mem);
+    rt_color_set(on);
+    rt_color_puts(mem, diag);
+    rt_color_set(0);
+    fclose(mem);
+    if (on)
+      ck_assert_str_eq(text, "\033[1mkiln: \033[0m\033[1;35mwarning:\033[0m\033[1m cannot create "
+                             "x\033[0m\n\033[1;36mnote:\033[0m\033[1m see y\033[0m\ntrain: 3 "
+                             "epochs\n\033[1mm.kiln:3:16: \033[0m\033[1;31merror:\033[0m\033[1m d"
+                             "\033[0m\n  loss = q\n         \033[1;32m^\033[0m\n");
+    else
+      ck_assert_str_eq(text, diag);
+    free(text);
+  }
 }
 END_TEST
 

@@ -297,6 +297,17 @@ static void tail(FILE *f) {
     rt_help_item(f, 2, rt_exit_statuses[i].name, OPTION_COL, rt_exit_statuses[i].text, NULL);
 }
 
+void cli_usage(FILE *f) {
+  char list[512] = "commands:";
+  for (int c = 0; c < CMD_COUNT; c++)
+    snprintf(list + strlen(list), sizeof list - strlen(list), " %s%s", cli_commands[c].name,
+             c + 1 < CMD_COUNT ? "," : "");
+  fprintf(f, "usage: kiln [--verbose] [--no-cache] [--color WHEN] COMMAND MODEL [options]\n");
+  rt_help_paragraph(f, 0, list);
+  fprintf(f, "(run 'kiln --help' for every command and option, 'kiln COMMAND --help' for one "
+             "command's)\n");
+}
+
 void cli_help(FILE *f) {
   char left[128], cmds[512];
   fprintf(f, "usage: kiln [--verbose] [--no-cache] [--color WHEN] COMMAND MODEL [options]\n"

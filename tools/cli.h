@@ -66,7 +66,9 @@ const CliOption *cli_option(const char *word, size_t len, int cmd, const CliOpti
 /* "check", "grad, jvp and hvp": the commands of a set, for "--steps belongs to check". */
 void cli_commands_of(unsigned commands, char *buf, size_t cap);
 
-/* kiln --help; kiln COMMAND --help; kiln --man (roff, the kiln(1) manual page). */
+/* kiln without a command (short); kiln --help; kiln COMMAND --help; kiln --man (roff, the
+ * kiln(1) manual page). */
+void cli_usage(FILE *f);
 void cli_help(FILE *f);
 void cli_command_help(FILE *f, int cmd);
 void cli_man(FILE *f, const char *version);

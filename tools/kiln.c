@@ -2,10 +2,12 @@
  * kiln.c — the command-line driver: one function per subcommand over the library's pipeline
  * (src/driver/session.c). This is the only place that reads the environment and asks the machine
  * about itself: it turns flags, $KILN_THREADS, $KILN_FUSE, $KILN_CONV, $CC, $KILN_HOME, $TMPDIR,
- * $XDG_CACHE_HOME and $HOME into the session's options, and prints the session's diagnostics (and
- * with --verbose its phase times) on stderr.
+ * $XDG_CACHE_HOME, $HOME and where its own executable is into the session's options, and prints
+ * the session's diagnostics (and with --verbose its phase times) on stderr, coloured as
+ * --color, $NO_COLOR and $TERM say. Its words are cli.c's tables, which --help prints.
  *
- * Exit codes: 0 success, 1 bad input or a failed check (message on stderr), 2 bad usage.
+ * Exit statuses (rt_exit_statuses): 0 success, 1 bad input or a failed run or check (message on
+ * stderr), 2 bad usage, 130/143 training stopped by SIGINT/SIGTERM.
  */
 #define _XOPEN_SOURCE 700 /* realpath */
 #include <errno.h>
@@ -1084,7 +1086,12 @@ int main(int argc, char **argv) {
   while (argc > 1 && argv[1][0] == '-') {
     const char *s = argv[1];
     size_t klen = strcspn(s, "=");
-    const CliOption *o = cli_option(s, klen, -1, NULL);
+    const CliOption *elsewhere = NULL, *o = cli_option(s, klen, -1, &elsewhere);
+    if (!o && elsewhere) {
+      char key[64];
+      snprintf(key, sizeof key, "%.*s", (int)(klen < sizeof key ? klen : sizeof key - 1), s);
+      return usage_error("%s comes after the command (kiln COMMAND MODEL ... OPTION)", key);
+    }
     if (!o) {
       const char *own[64];
       char hint[64], key[64];
@@ -1122,7 +1129,7 @@ int main(int argc, char **argv) {
     }
   }
   if (argc < 2) {
-    cli_help(stderr);
+    cli_usage(stderr);
     return 2;
   }
   if (!strcmp(argv[1], "help")) {

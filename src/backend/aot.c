@@ -20,8 +20,9 @@
  * no OpenMP flag or runtime is involved, and a trainer links libpthread for the pool.
  *
  * Which compiler, runtime directory and temporary directory are options (BackendOptions); the
- * driver fills them from $CC, $KILN_HOME and $TMPDIR. The runtime directory (by default the
- * build's, KILN_RUNTIME_DIR) must hold kiln_abi.h, runtime.h, libkilnrt.a and trainer_main.o or
+ * driver fills them from $CC, $KILN_HOME (else the runtime beside the kiln executable, in a build
+ * tree or an installed one) and $TMPDIR. The runtime directory (by default the build's,
+ * KILN_RUNTIME_DIR) must hold kiln_abi.h, runtime.h, libkilnrt.a and trainer_main.o or
  * trainer_main.c.
  */
 #include <dlfcn.h>
