@@ -1848,12 +1848,15 @@ int rt_train(RtBackend *be, const RtOptions *o) {
             ? "--load" : "--resume", o->load_path ? "--load" : "--resume");
     goto done;
   }
-  if (o->init_from) {
+  if (o->init_from || (o->ninit_tensors && !o->load_path && !o->resume_path)) {
     if (!(r.loaded = calloc((size_t)p->ntensors + 1, 1))) {
       rt_errf(r.err, "out of memory");
       goto done;
     }
-    if (rt_init_from(be, o->init_from, o->init_map, r.loaded, o->quiet ? NULL : stderr, r.err))
+    if (o->init_from
+            ? rt_init_from(be, o->init_from, o->init_map, r.loaded, o->quiet ? NULL : stderr, r.err)
+            : rt_init_from_tensors(be, o->init_tensors, o->ninit_tensors, o->init_source, NULL,
+                                   r.loaded, o->quiet ? NULL : stderr, r.err))
       goto done;
   }
   r.lambda_max = NAN;

@@ -345,6 +345,9 @@ typedef struct RtOptions {
   const char *load_path;  /* start from these parameters, or NULL */
   const char *init_from;  /* start from the tensors of this file the model has (by name), or NULL */
   const char *init_map;   /* renamings for init_from: "FILE_NAME=MODEL_NAME,...", or NULL */
+  const RtNamedTensor *init_tensors; /* or start from these (an imported model's initial values, */
+  int ninit_tensors;                 /* named init_source in messages); init_from takes precedence */
+  const char *init_source;
   const char *metrics_path; /* CSV, or NULL */
   const char *plot_path;  /* --plot: the metrics CSV drawn as an SVG at the end, or NULL */
   const char *images_dir; /* write the output on test examples as PGM files here, or NULL */
@@ -518,6 +521,10 @@ int rt_load_checkpoint(RtBackend *be, const char *path, char *err);
  * on report (when not NULL) says what was loaded, kept and unused. */
 int rt_init_from(RtBackend *be, const char *path, const char *map, unsigned char *loaded,
                  FILE *report, char *err);
+/* The same from tensors in memory (an imported model's initial values), path naming them in
+ * messages. */
+int rt_init_from_tensors(RtBackend *be, const RtNamedTensor *ts, int n, const char *path,
+                         const char *map, unsigned char *loaded, FILE *report, char *err);
 /* Resumable checkpoints: rs == NULL writes a parameter file. Reading fills rs (best_vals is
  * malloc'd) after checking the file was written by this program and by a run with
  * rs->options, which the caller sets. */

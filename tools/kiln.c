@@ -25,6 +25,10 @@ static const char usage[] =
     "commands:\n"
     "  shapes MODEL                  every node's shape, the parameters and FLOPs per example\n"
     "  graph MODEL [--train]         the forward (or whole training) graph as Graphviz DOT\n"
+    "  import MODEL.onnx [-o MODEL.kiln]  an ONNX model as a kiln model file, with its\n"
+    "                                initializers beside it (MODEL.safetensors); every command\n"
+    "                                also takes *.onnx directly (--loss, --optimizer,\n"
+    "                                --pixel-scale say how it trains)\n"
     "  ir MODEL                      the typed IR with all entry points (train, eval, grad)\n"
     "  emit MODEL [-o step.c]        the whole training step as one C11 translation unit\n"
     "  schedule MODEL                how each kernel is computed, and the memory plan\n"
@@ -384,6 +388,27 @@ static int parse_args(int argc, char **argv, Args *a) {
     } else if (!strcmp(s, "--select")) {
       NEED_VALUE();
       a->select = val;
+    } else if (!strcmp(s, "--loss")) {
+      NEED_VALUE();
+      common = true;
+      static const char *const losses[] = {"auto", "none", "cross_entropy", "nll", "mse"};
+      int k = 0;
+      while (k < 5 && strcmp(val, losses[k])) k++;
+      if (k == 5) return usage_error("--loss is auto, none, cross_entropy, nll or mse, not '%s'", val);
+      a->opt.onnx.loss = (OxLoss)k;
+    } else if (!strcmp(s, "--optimizer")) {
+      NEED_VALUE();
+      common = true;
+      if (strpbrk(val, "\n#{}"))
+        return usage_error("--optimizer is one call such as 'sgd(lr=0.1, momentum=0.9)', not '%s'", val);
+      a->opt.onnx.optimizer = val;
+    } else if (!strcmp(s, "--pixel-scale")) {
+      NEED_VALUE();
+      common = true;
+      char *end;
+      a->opt.onnx.pixel_scale = strtod(val, &end);
+      if (*end || end == val || !(a->opt.onnx.pixel_scale > 0) || !isfinite(a->opt.onnx.pixel_scale))
+        return usage_error("--pixel-scale needs a positive number, got '%s'", val);
     } else if (!strcmp(s, "--inputs")) {
       NEED_VALUE();
       a->inputs = val;
@@ -400,7 +425,8 @@ static int parse_args(int argc, char **argv, Args *a) {
             "--batch", "--threads", "--backend", "--target", "--no-tune", "--seconds",
             "--no-cache", "--verbose", "--steps", "--params", "--inputs", "--tangents",
             "--runtime", "--precision", "--train", "--wrt", "--at", "--order", "--iterations",
-            "--kernel", "--grid", "--keep", "--select", "--curvature-every"};
+            "--kernel", "--grid", "--keep", "--select", "--curvature-every", "--loss",
+            "--optimizer", "--pixel-scale"};
         fprintf(stderr, "kiln: error: unknown option '%s'%s\n(run 'kiln --help' for usage)\n",
                 key, rt_option_hint(key, own, (int)(sizeof own / sizeof *own), hint, sizeof hint));
         return 2;
@@ -659,6 +685,52 @@ static void write_shapes(Session *s, const Args *a, FILE *out) {
 }
 
 /* ---- kiln graph / ir / emit ---- */
+
+/* ---- kiln import ---- */
+
+static void write_imported(Session *s, const Args *a, FILE *out) {
+  (void)a;
+  fputs(s->onnx->text, out);
+}
+
+/* The model text to -o (or stdout) and, with -o, the initial values beside it as
+ * <stem>.safetensors, which the text's header names. */
+static int cmd_import(Session *s, const Args *a) {
+  if (!s->onnx) {
+    fprintf(stderr, "kiln: error: %s is not an ONNX file (import reads *.onnx)\n", a->model);
+    return 2;
+  }
+  const OxModel *m = s->onnx;
+  char values[4096] = "";
+  bool to_file = a->out && strcmp(a->out, "-");
+  if (m->ninit && to_file) {
+    const char *dot = strrchr(a->out, '.'), *slash = strrchr(a->out, '/');
+    int stem = dot && (!slash || dot > slash) ? (int)(dot - a->out) : (int)strlen(a->out);
+    if (snprintf(values, sizeof values, "%.*s.safetensors", stem, a->out) >= (int)sizeof values) {
+      fprintf(stderr, "kiln: error: the name '%s' is too long\n", a->out);
+      return 1;
+    }
+    RtNamedTensor *ts = calloc((size_t)m->ninit, sizeof *ts);
+    char err[RT_ERR_LEN];
+    if (!ts) return fprintf(stderr, "kiln: error: out of memory\n"), 1;
+    for (int i = 0; i < m->ninit; i++) {
+      ts[i] = (RtNamedTensor){m->init[i].name, m->init[i].dtype, m->init[i].rank, {0}, m->init[i].v};
+      memcpy(ts[i].dims, m->init[i].dims, sizeof ts[i].dims);
+    }
+    int rc = rt_safetensors_save(values, ts, m->ninit, err);
+    free(ts);
+    if (rc) {
+      fprintf(stderr, "kiln: error: %s\n", err);
+      return 1;
+    }
+  }
+  int rc = write_output(s, a, write_imported);
+  if (rc == 0 && m->ninit)
+    fprintf(stderr, values[0] ? "kiln: %d initial values in %s: train from them with "
+            "--init-from %s\n" : "kiln: %d initial values not written (give -o FILE.kiln to write "
+            "them beside it)%s%s\n", m->ninit, values, values);
+  return rc;
+}
 
 static void write_dot(Session *s, const Args *a, FILE *out) {
   ir_print_dot(s->g, out, a->train_graph);
@@ -1068,6 +1140,7 @@ static int run_command(Args *a) {
   }
   if (!strcmp(cmd, "shapes")) rc = write_output(&s, a, write_shapes);
   else if (!strcmp(cmd, "graph")) rc = write_output(&s, a, write_dot);
+  else if (!strcmp(cmd, "import")) rc = cmd_import(&s, a);
   else if (!strcmp(cmd, "ir")) rc = write_output(&s, a, write_ir);
   else if (!strcmp(cmd, "emit")) rc = cmd_emit(&s, a);
   else if (!strcmp(cmd, "schedule")) rc = cmd_schedule(&s, a);
@@ -1139,7 +1212,7 @@ int main(int argc, char **argv) {
     printf("kiln %s (backends: %s)\n", KILN_VERSION, backend_list());
     return 0;
   }
-  static const char *const commands[] = {"shapes", "graph", "ir", "emit", "schedule", "build", "train", "check", "grad",
+  static const char *const commands[] = {"shapes", "graph", "import", "ir", "emit", "schedule", "build", "train", "check", "grad",
                                          "jvp", "hvp", "tune", "sweep", "evaluate", "diff",
                                          "gradcheck", "curvature", "plot"};
   bool known = false;

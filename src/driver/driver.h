@@ -14,6 +14,7 @@
 #include <stdio.h>
 
 #include "backend/backend.h"
+#include "onnx/onnx.h"
 #include "plan/plan.h"
 #include "ref/ref.h"
 #include "sched/sched.h"
@@ -30,6 +31,7 @@ typedef struct Options {
   bool diagnose;          /* the eval entry also outputs every activation (--diagnose) */
   bool no_training;       /* stop after the frontend: no optimizer, no entries (kiln diff, whose
                              programs need no parameters) */
+  OxOptions onnx;         /* how an ONNX model file is imported (its loss, optimizer, ...) */
 } Options;
 void session_default_options(Options *o);
 
@@ -57,12 +59,16 @@ typedef struct Session {
   const kiln_program *prog;
   Interp *ref;            /* session_reference: the interpreter and its program table */
   kiln_program ref_prog;
+  OxModel *onnx;          /* an imported ONNX model: its text, initial values and ports */
+  Pool *onnx_pool;
   bool planned, emitted, borrowed;
   SessionTimes times;
   char error[4096];
 } Session;
 
-/* Parse, lower and build the training graph of a model file or of text (name: for messages). */
+/* Parse, lower and build the training graph of a model file or of text (name: for messages).
+ * A file named *.onnx is imported first (opt.onnx says how); s->onnx then holds its initial
+ * values, which session_init_values writes into a backend. */
 int session_open_file(Session *s, const char *path, const Options *o);
 int session_open_text(Session *s, const char *name, const char *text, const Options *o);
 /* Starts from a graph built by hand (tests, builders); the caller keeps ownership of g. */
@@ -84,6 +90,9 @@ Graph *session_take_graph(Session *s);
 /* Sets error to "error: <message>\n" (a failure that is not the model's: a file, the compiler,
  * memory) and returns -1. */
 int session_fail(Session *s, const char *fmt, ...) KILN_PRINTF(2, 3);
+/* Writes an imported model's initial values (its initializers) into be, after the program's
+ * own initialisation; nothing for a kiln model file. 0, or -1 with s->error. */
+int session_init_values(Session *s, RtBackend *be);
 /* Frees everything, unloading the program: nothing of it may be used afterwards. NULL and closed
  * sessions are fine. */
 void session_close(Session *s);

@@ -61,7 +61,13 @@ static int open_model(Session *s, const char *path, const char *text, const Opti
     ir_free(g);
     return failed(s, t.msg);
   }
-  g = text ? fe_compile_string(path, text) : fe_compile_file(path);
+  if (!text && ox_is_onnx_path(path)) {
+    s->onnx_pool = pool_new();
+    s->onnx = ox_import(s->onnx_pool, path, NULL, 0, &s->opt.onnx);
+    g = fe_compile_string(pool_printf(s->onnx_pool, "%s (imported)", path), s->onnx->text);
+  } else {
+    g = text ? fe_compile_string(path, text) : fe_compile_file(path);
+  }
   g->train.diagnose = s->opt.diagnose;
   if (s->opt.no_training) {
     kiln_trap_end(&t);
@@ -228,5 +234,24 @@ void session_close(Session *s) {
   if (!s->borrowed)
     ir_free(s->g);
   backend_unload(s->loaded);
+  pool_free(s->onnx_pool);
   memset(s, 0, sizeof *s);
+}
+
+int session_init_values(Session *s, RtBackend *be) {
+  if (!s->onnx || !s->onnx->ninit)
+    return 0;
+  RtNamedTensor *ts = calloc((size_t)s->onnx->ninit, sizeof *ts);
+  if (!ts)
+    return session_fail(s, "out of memory");
+  for (int i = 0; i < s->onnx->ninit; i++) {
+    const OxTensor *t = &s->onnx->init[i];
+    ts[i] = (RtNamedTensor){t->name, t->dtype, t->rank, {0}, t->v};
+    memcpy(ts[i].dims, t->dims, sizeof ts[i].dims);
+  }
+  char err[1024];
+  int rc = rt_init_from_tensors(be, ts, s->onnx->ninit, "the ONNX initializers", NULL, NULL, NULL,
+                                err);
+  free(ts);
+  return rc ? session_fail(s, "%s", err) : 0;
 }

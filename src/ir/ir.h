@@ -27,6 +27,7 @@ typedef enum DType { DT_F32 = KILN_F32, DT_F64 = KILN_F64, DT_I32 = KILN_I32 } D
 
 #define IR_MAX_RANK KILN_ABI_MAX_RANK
 #define IR_MAX_METRICS 8
+#define IR_MAX_OUTPUTS 64
 #define IR_MAX_IN 4
 #define IR_MAX_SYMS 8
 
@@ -216,6 +217,11 @@ typedef struct Graph {
   int loss_train;     /* scalar loss, training-mode graph (-1 if none) */
   int loss_eval;      /* scalar loss, evaluation-mode graph */
   int output_eval;    /* the model's declared output in evaluation mode, or -1 */
+  const char *output_name;  /* its variable */
+  int more_outputs[IR_MAX_OUTPUTS];  /* further `output` statements, in evaluation mode: the
+                                        eval entry's "eval.output.<name>" */
+  const char *more_output_names[IR_MAX_OUTPUTS];
+  int nmore_outputs;
   int metrics[IR_MAX_METRICS];  /* `metric NAME`: scalars in evaluation mode, reported by the
                                    trainer as "eval.metric.<name>" */
   const char *metric_names[IR_MAX_METRICS];

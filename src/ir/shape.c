@@ -463,13 +463,20 @@ static Shape pool_out(Graph *g, Node *n, const Node *x) {
 static void rule_pool(Graph *g, Node *n) {
   Node *x = in_node(g, n, 0);
   require_float(g, n, 0);
-  /* PyTorch: padding at most half the kernel, so every window sees at least one real element. */
-  for (int a = 0; a < 2; a++)
-    if (2 * n->attr.pad[2 * a] > n->attr.kernel[a] || 2 * n->attr.pad[2 * a + 1] > n->attr.kernel[a])
-      kiln_fail(n->loc, "%s: padding [%lld, %lld, %lld, %lld] is more than half the kernel "
-                "[%lld, %lld]", op_names[n->op], (long long)n->attr.pad[0],
-                (long long)n->attr.pad[1], (long long)n->attr.pad[2], (long long)n->attr.pad[3],
+  /* Every window must hold at least one element of the input: no side padded by more than
+   * the window's span less one (PyTorch asks for at most half the kernel; ONNX's ceil_mode and
+   * asymmetric pads need the looser bound). */
+  for (int a = 0; a < 2; a++) {
+    int64_t span = n->attr.dilation[a] * (n->attr.kernel[a] - 1);
+    if (n->op == OP_AVGPOOL2D || n->op == OP_AVGPOOL2D_GRAD)
+      span = n->attr.kernel[a] - 1;
+    if (n->attr.pad[2 * a] > span || n->attr.pad[2 * a + 1] > span)
+      kiln_fail(n->loc, "%s: padding [%lld, %lld, %lld, %lld] leaves windows of the kernel "
+                "[%lld, %lld] without an input element (at most dilation·(kernel − 1) per side)",
+                op_names[n->op], (long long)n->attr.pad[0], (long long)n->attr.pad[1],
+                (long long)n->attr.pad[2], (long long)n->attr.pad[3],
                 (long long)n->attr.kernel[0], (long long)n->attr.kernel[1]);
+  }
   n->dtype = x->dtype;
   n->shape = pool_out(g, n, x);
 }

@@ -395,9 +395,39 @@ static void optimizer_step(OptCtx *c, EntryKind e, const int *grads) {
   }
 }
 
+/* eval: the evaluation-mode loss, the declared outputs and metrics, and what the trainer's
+ * options read. */
+static void eval_outputs(Graph *g) {
+  const TrainSpec *ts = &g->train;
+  if (g->loss_eval >= 0)
+    ir_add_output(g, ENTRY_EVAL, "eval.loss", g->loss_eval, "the loss in evaluation mode");
+  if (g->output_eval >= 0)
+    ir_add_output(g, ENTRY_EVAL, "eval.output", g->output_eval,
+                  "the declared output in evaluation mode");
+  for (int i = 0; i < g->nmore_outputs; i++)
+    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "eval.output.%s", g->more_output_names[i]),
+                  g->more_outputs[i], "a further output in evaluation mode");
+  for (int i = 0; i < g->nmetrics; i++)
+    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "eval.metric.%s", g->metric_names[i]),
+                  g->metrics[i], "a metric the trainer reports");
+  /* --diagnose: every activation, whose dead or saturated units the trainer counts. */
+  for (int i = 0; ts->diagnose && i < g->nacts; i++)
+    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "diag.%s", g->act_names[i]), g->acts[i],
+                  "an activation, for --diagnose");
+  /* init = lsuv: every layer's output, which the trainer scales to unit variance. */
+  for (int i = 0; ts->lsuv && i < g->nlayers; i++)
+    ir_add_output(g, ENTRY_EVAL,
+                  pool_printf(g->pool, "lsuv.%s", ir_at(g, g->layer_weight[i])->name),
+                  g->layer_output[i], "a layer's output, for init = lsuv");
+}
+
 void train_build(Graph *g) {
   const TrainSpec *ts = &g->train;
-  if (g->loss_train < 0) kiln_fail(ts->loc, "the model has no loss to minimize");
+  if (g->loss_train < 0) { /* an inference model: the eval entry alone */
+    g->entries[ENTRY_TRAIN].nupdates = 0;
+    eval_outputs(g);
+    return;
+  }
   Node *loss = ir_at(g, g->loss_train);
   if (loss->shape.rank != 0) {
     char sb[128];
@@ -466,24 +496,7 @@ void train_build(Graph *g) {
   optimizer_step(&c, ENTRY_TRAIN, g->grads);
   optimizer_step(&c, ENTRY_APPLY, g->grad_leaves);
 
-  /* eval: evaluation-mode loss and the declared output. */
-  if (g->loss_eval >= 0)
-    ir_add_output(g, ENTRY_EVAL, "eval.loss", g->loss_eval, "the loss in evaluation mode");
-  if (g->output_eval >= 0)
-    ir_add_output(g, ENTRY_EVAL, "eval.output", g->output_eval,
-                  "the declared output in evaluation mode");
-  for (int i = 0; i < g->nmetrics; i++)
-    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "eval.metric.%s", g->metric_names[i]),
-                  g->metrics[i], "a metric the trainer reports");
-  /* --diagnose: every activation, whose dead or saturated units the trainer counts. */
-  for (int i = 0; ts->diagnose && i < g->nacts; i++)
-    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "diag.%s", g->act_names[i]), g->acts[i],
-                  "an activation, for --diagnose");
-  /* init = lsuv: every layer's output, which the trainer scales to unit variance. */
-  for (int i = 0; ts->lsuv && i < g->nlayers; i++)
-    ir_add_output(g, ENTRY_EVAL,
-                  pool_printf(g->pool, "lsuv.%s", ir_at(g, g->layer_weight[i])->name),
-                  g->layer_output[i], "a layer's output, for init = lsuv");
+  eval_outputs(g);
 }
 
 /* ---- forward mode on demand: kiln jvp, kiln hvp ---- */
