@@ -653,11 +653,28 @@ static void op_prelu(Importer *I, const OpDef *op) {
   Value *x = arg(I, 0), *s = arg(I, 1);
   need_float(I, x);
   need_float(I, s);
+  need_shape(I, x);
+  need_shape(I, s);
+  const char *slope = ref(I, s);
+  /* Before opset 7 a vector slope is per channel (axis 1), as PyTorch exports nn.PReLU(C). */
+  if (I->opset < 7 && s->rank == 1 && x->rank > 2 && s->d[0].n == x->d[1].n && s->d[0].n > 1) {
+    Value r = *s;
+    r.rank = x->rank - 1;
+    for (int a = 1; a < r.rank; a++) r.d[a] = (Extent){1, false};
+    slope = pool_printf(I->p, "reshape(%s, shape=%s)", slope, shape_list(I, r.rank, r.d));
+    s = &r;
+    int rank;
+    Extent d[IR_MAX_RANK];
+    broadcast(I, x, s, &rank, d);
+    const char *xs = ref(I, x);
+    def(I, 0, pool_printf(I->p, "relu(%s) + %s * min(%s, 0)", xs, slope, xs), x->elem, rank, d);
+    return;
+  }
   int rank;
   Extent d[IR_MAX_RANK];
   broadcast(I, x, s, &rank, d);
   const char *xs = ref(I, x);
-  def(I, 0, pool_printf(I->p, "relu(%s) + %s * min(%s, 0)", xs, ref(I, s), xs), x->elem, rank, d);
+  def(I, 0, pool_printf(I->p, "relu(%s) + %s * min(%s, 0)", xs, slope, xs), x->elem, rank, d);
 }
 
 static void op_clip(Importer *I, const OpDef *op) {
@@ -1709,7 +1726,7 @@ static void op_adagrad(Importer *I, const OpDef *op) {
   Value *R, *T;
   training_inputs(I, 3, &n, &R, &T);
   const char *norm = num(I, attr_float(I, "norm_coefficient", 0));
-  const char *eps = num(I, attr_float(I, "epsilon", 0));
+  const char *eps = num(I, attr_float(I, "epsilon", (float)1e-6));
   const char *decay = num(I, attr_float(I, "decay_factor", 0));
   const char *r = NULL;
   for (int i = 0; i < n; i++) {
@@ -1767,9 +1784,9 @@ static void op_adam(Importer *I, const OpDef *op) {
   int n;
   Value *R, *T;
   training_inputs(I, 4, &n, &R, &T);
-  double a = attr_float(I, "alpha", 0.9), b = attr_float(I, "beta", 0.999);
+  double a = attr_float(I, "alpha", (float)0.9), b = attr_float(I, "beta", (float)0.999);
   const char *alpha = num(I, a), *beta = num(I, b);
-  const char *eps = num(I, attr_float(I, "epsilon", 0));
+  const char *eps = num(I, attr_float(I, "epsilon", (float)1e-6));
   const char *norm = num(I, attr_float(I, "norm_coefficient", 0));
   double post = attr_float(I, "norm_coefficient_post", 0);
   for (int i = 0; i < n; i++) {
@@ -2068,6 +2085,9 @@ static void translate(Importer *I, OxModel *out) {
   for (size_t i = 0; i < g->n_output; i++) {
     Value *v = find(I, g->output[i]->name);
     if (!v) bad(I, "graph output '%s' is not computed by any node", g->output[i]->name);
+    if (!v->var && (v->known || v->init))
+      unsupported(I, "constant outputs", "graph output '%s' is a constant (kiln programs output "
+                  "what they compute)", v->onnx);
     const char *var = ref(I, v);
     bool taken = v->graph_input || v->init;
     for (int k = 0; k < out->noutputs && !taken; k++)
@@ -2104,7 +2124,8 @@ static void translate(Importer *I, OxModel *out) {
     if (o->epochs > 0) str_printf(&tail, "  epochs = %lld\n", (long long)o->epochs);
     str_printf(&tail, "}\n");
   }
-  const char *model = o->model_name ? o->model_name : fresh(I, file_stem(I), "model");
+  const char *model = o->model_name ? o->model_name
+                      : fresh(I, g->name && *g->name ? g->name : file_stem(I), "model");
   Str text = {.p = I->p};
   str_printf(&text, "# Imported from %s by kiln import (ONNX opset %lld).\n", I->path,
              (long long)I->opset);
