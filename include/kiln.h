@@ -43,8 +43,16 @@ typedef enum kiln_status { KILN_OK = 0, KILN_ERROR = 1 } kiln_status;
 
 typedef struct kiln_model kiln_model;
 
-/* Parses, type-checks and differentiates a model; builds its train, eval and grad entries. */
+/* Parses, type-checks and differentiates a model; builds its train, eval and grad entries. A
+ * file named *.onnx is imported as kiln_model_from_onnx(path, NULL, NULL, out) would. */
 KILN_API kiln_status kiln_model_from_file(const char *path, kiln_model **out);
+/* Imports an ONNX model: its initializers become the values kiln_compile starts the parameters
+ * from. loss says how it trains when the file has no loss of its own: "auto" (NULL; cross-entropy
+ * on a [batch, classes] output of an image model, else none), "none" (evaluation only),
+ * "cross_entropy", "nll" or "mse"; optimizer is the model language's call ("sgd(lr=0.1)"), NULL
+ * for adam(lr=1e-3). Unsupported operators are named with the node. */
+KILN_API kiln_status kiln_model_from_onnx(const char *path, const char *loss,
+                                          const char *optimizer, kiln_model **out);
 /* Same from text; `name` is used in error messages as the file name. */
 KILN_API kiln_status kiln_model_from_string(const char *name, const char *text, kiln_model **out);
 KILN_API void kiln_model_free(kiln_model *m);

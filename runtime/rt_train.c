@@ -513,9 +513,10 @@ int rt_check_program(const kiln_program *p, char *err) {
       return rt_errf(err, "input '%s' fed from '%s' has scale 0: every value would read as 0",
                      t->name, t->feed);
   }
+  /* A model without a loss (imported for evaluation) has no "loss": only training needs it. */
   int loss = rt_find_tensor(p, "loss");
-  if (loss < 0 || p->tensors[loss].role != KILN_ROLE_OUTPUT)
-    return rt_errf(err, "program has no \"loss\" output");
+  if (loss >= 0 && p->tensors[loss].role != KILN_ROLE_OUTPUT)
+    return rt_errf(err, "program's \"loss\" is not an output");
   return 0;
 }
 
@@ -1788,7 +1789,11 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   Run r = {.be = be, .prog = be ? be->prog : NULL, .o = o};
   const char *name = o->prog_name ? o->prog_name : "trainer";
   int rc = -1;
-  if (rt_check_program(r.prog, r.err))
+  if (!rt_check_program(r.prog, r.err) && rt_find_tensor(r.prog, "loss") < 0)
+    rt_errf(r.err, "model '%s' has no loss to minimize: it only evaluates (an ONNX model "
+            "imported with --loss none, or a model file without 'minimize')",
+            r.prog->model ? r.prog->model : "?");
+  if (r.err[0])
     goto done;
   const kiln_program *p = r.prog;
   r.seed = o->have_seed ? o->seed : rt_setting_u64(p, "seed", 1);

@@ -25,12 +25,15 @@ int api_set_error(const char *msg) {
   return msg ? KILN_ERROR : KILN_OK;
 }
 
-static kiln_status compile(const char *path, const char *text, kiln_model **out) {
+static kiln_status failf(const char *fmt, ...) KILN_PRINTF(1, 2);
+
+static kiln_status compile(const char *path, const char *text, const Options *o,
+                           kiln_model **out) {
   *out = NULL;
   last_error[0] = 0;
   kiln_model *m = calloc(1, sizeof *m);
   if (!m) return api_set_error("error: out of memory\n");
-  int rc = text ? session_open_text(&m->s, path, text, NULL) : session_open_file(&m->s, path, NULL);
+  int rc = text ? session_open_text(&m->s, path, text, o) : session_open_file(&m->s, path, o);
   if (rc) {
     api_set_error(m->s.error);
     session_close(&m->s);
@@ -43,12 +46,34 @@ static kiln_status compile(const char *path, const char *text, kiln_model **out)
 
 kiln_status kiln_model_from_file(const char *path, kiln_model **out) {
   if (!path || !out) return api_set_error("error: kiln_model_from_file: NULL argument\n");
-  return compile(path, NULL, out);
+  return compile(path, NULL, NULL, out);
+}
+
+kiln_status kiln_model_from_onnx(const char *path, const char *loss, const char *optimizer,
+                                 kiln_model **out) {
+  if (!path || !out) return api_set_error("error: kiln_model_from_onnx: NULL argument\n");
+  *out = NULL;
+  if (!ox_is_onnx_path(path))
+    return failf("kiln_model_from_onnx: '%s' is not named *.onnx", path);
+  Options o;
+  session_default_options(&o);
+  static const char *const losses[] = {"auto", "none", "cross_entropy", "nll", "mse"};
+  int k = 0;
+  while (loss && k < 5 && strcmp(loss, losses[k])) k++;
+  if (k == 5)
+    return failf("kiln_model_from_onnx: loss is auto, none, cross_entropy, nll or mse, not '%s'",
+                 loss);
+  o.onnx.loss = loss ? (OxLoss)k : OX_LOSS_AUTO;
+  if (optimizer && strpbrk(optimizer, "\n#{}"))
+    return failf("kiln_model_from_onnx: the optimizer is one call such as 'sgd(lr=0.1)', not '%s'",
+                 optimizer);
+  o.onnx.optimizer = optimizer;
+  return compile(path, NULL, &o, out);
 }
 
 kiln_status kiln_model_from_string(const char *name, const char *text, kiln_model **out) {
   if (!text || !out) return api_set_error("error: kiln_model_from_string: NULL argument\n");
-  return compile(name ? name : "<string>", text, out);
+  return compile(name ? name : "<string>", text, NULL, out);
 }
 
 void kiln_model_free(kiln_model *m) {
@@ -106,7 +131,6 @@ struct kiln_trainer {
   int train, grad, apply, eval; /* entry indices, -1 when absent */
 };
 
-static kiln_status failf(const char *fmt, ...) KILN_PRINTF(1, 2);
 static kiln_status failf(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -216,6 +240,18 @@ kiln_status kiln_compile(const kiln_model *m, const kiln_options *ko, kiln_train
   t->eval = rt_find_entry(t->prog, "eval");
   uint64_t seed = ko && ko->seed >= 0 ? (uint64_t)ko->seed : rt_setting_u64(t->prog, "seed", 1);
   if (rt_init_persistent(&t->arena, seed, -1, err)) {
+    kiln_trainer_free(t);
+    return failf("%s", err);
+  }
+  /* An imported ONNX model starts from its initializers. */
+  int n;
+  RtNamedTensor *init = session_init_tensors(&m->s, &n);
+  int rc = n && !init ? (snprintf(err, sizeof err, "out of memory"), -1)
+           : n ? rt_init_from_tensors(&t->arena, init, n, "the ONNX initializers", NULL, NULL,
+                                      NULL, err)
+               : 0;
+  free(init);
+  if (rc) {
     kiln_trainer_free(t);
     return failf("%s", err);
   }

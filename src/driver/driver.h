@@ -93,6 +93,10 @@ int session_fail(Session *s, const char *fmt, ...) KILN_PRINTF(2, 3);
 /* Writes an imported model's initial values (its initializers) into be, after the program's
  * own initialisation; nothing for a kiln model file. 0, or -1 with s->error. */
 int session_init_values(Session *s, RtBackend *be);
+/* The same values as named tensors (names and values borrowed from the session; the array is
+ * malloc'd: free it), or NULL with *n = 0 when there are none (or NULL with *n > 0 when out of
+ * memory). */
+RtNamedTensor *session_init_tensors(const Session *s, int *n);
 /* Frees everything, unloading the program: nothing of it may be used afterwards. NULL and closed
  * sessions are fine. */
 void session_close(Session *s);

@@ -238,20 +238,28 @@ void session_close(Session *s) {
   memset(s, 0, sizeof *s);
 }
 
-int session_init_values(Session *s, RtBackend *be) {
-  if (!s->onnx || !s->onnx->ninit)
-    return 0;
-  RtNamedTensor *ts = calloc((size_t)s->onnx->ninit, sizeof *ts);
-  if (!ts)
-    return session_fail(s, "out of memory");
-  for (int i = 0; i < s->onnx->ninit; i++) {
+RtNamedTensor *session_init_tensors(const Session *s, int *n) {
+  *n = s->onnx ? s->onnx->ninit : 0;
+  if (!*n)
+    return NULL;
+  RtNamedTensor *ts = calloc((size_t)*n, sizeof *ts);
+  for (int i = 0; ts && i < *n; i++) {
     const OxTensor *t = &s->onnx->init[i];
     ts[i] = (RtNamedTensor){t->name, t->dtype, t->rank, {0}, t->v};
     memcpy(ts[i].dims, t->dims, sizeof ts[i].dims);
   }
+  return ts;
+}
+
+int session_init_values(Session *s, RtBackend *be) {
+  int n;
+  RtNamedTensor *ts = session_init_tensors(s, &n);
+  if (!n)
+    return 0;
+  if (!ts)
+    return session_fail(s, "out of memory");
   char err[1024];
-  int rc = rt_init_from_tensors(be, ts, s->onnx->ninit, "the ONNX initializers", NULL, NULL, NULL,
-                                err);
+  int rc = rt_init_from_tensors(be, ts, n, "the ONNX initializers", NULL, NULL, NULL, err);
   free(ts);
   return rc ? session_fail(s, "%s", err) : 0;
 }

@@ -18,6 +18,7 @@
 #include "onnx/onnx.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* A growing string in the importer's pool: nothing to free when an error unwinds. */
@@ -235,6 +236,19 @@ static Value *arg(Importer *I, size_t k) {
   return v;
 }
 
+/* Does a later node or the graph read output k? */
+static bool output_read(Importer *I, size_t k) {
+  const Onnx__NodeProto *nd = I->node;
+  if (k >= nd->n_output || !nd->output[k] || !*nd->output[k]) return false;
+  const char *name = nd->output[k];
+  for (size_t i = 0; i < I->g->n_node; i++)
+    for (size_t j = 0; j < I->g->node[i]->n_input; j++)
+      if (I->g->node[i]->input[j] && !strcmp(I->g->node[i]->input[j], name)) return true;
+  for (size_t i = 0; i < I->g->n_output; i++)
+    if (!strcmp(I->g->output[i]->name, name)) return true;
+  return false;
+}
+
 /* Is output k wanted (present and named)? */
 static bool wants_output(Importer *I, size_t k) {
   const Onnx__NodeProto *nd = I->node;
@@ -256,11 +270,28 @@ static void need_float(Importer *I, const Value *v) {
 
 /* ---- text ---- */
 
+/* The shortest decimal that reads back as x: exact, and readable (0.9, not 0.90000000000000002). */
 static const char *num(Importer *I, double x) {
   if (!isfinite(x))
     unsupported(I, "infinite constants", "the value %g has no spelling in a kiln model", x);
   if (x == (double)(int64_t)x && fabs(x) < 1e15) return pool_printf(I->p, "%lld", (long long)x);
-  return pool_printf(I->p, "%.17g", x);
+  char buf[64];
+  for (int digits = 15; digits <= 17; digits++) {
+    snprintf(buf, sizeof buf, "%.*g", digits, x);
+    if (strtod(buf, NULL) == x) break;
+  }
+  return pool_strdup(I->p, buf);
+}
+
+/* ONNX's attributes are float32: the shortest decimal that reads back as the same float, as a
+ * double (0.9f is 0.9, not 0.89999997615814209), so the text shows what the exporter wrote. */
+static double float_value(float f) {
+  char buf[64];
+  for (int digits = 6; digits <= 9; digits++) {
+    snprintf(buf, sizeof buf, "%.*g", digits, (double)f);
+    if ((float)strtod(buf, NULL) == f) break;
+  }
+  return strtod(buf, NULL);
 }
 
 static const char *extent_text(Importer *I, Extent e) {
@@ -464,7 +495,7 @@ static double attr_float(Importer *I, const char *name, double def) {
   const Onnx__AttributeProto *a = attr(I, name);
   if (!a) return def;
   attr_type(I, a, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT, "a float");
-  return a->f;
+  return float_value(a->f);
 }
 
 static const char *attr_string(Importer *I, const char *name, const char *def) {
@@ -1058,9 +1089,13 @@ static void op_batchnorm(Importer *I, const OpDef *op) {
   Value *x = arg(I, 0), *s = arg(I, 1), *b = arg(I, 2), *m = arg(I, 3), *v = arg(I, 4);
   need_float(I, x);
   need_shape(I, x);
-  if (attr_int(I, "training_mode", 0) != 0 || wants_output(I, 1) || wants_output(I, 2))
-    unsupported(I, "BatchNormalization (training mode)", "training mode, whose outputs are the "
-                "running statistics, is not supported; kiln's batchnorm layer trains");
+  /* Training mode (PyTorch's export of a model in train()) is what kiln's batchnorm layer does
+   * in a training step, as long as nothing reads the running statistics the node outputs; an
+   * inference import evaluates with the running statistics, which is not that node's meaning. */
+  bool training = attr_int(I, "training_mode", 0) != 0;
+  if ((training && !I->training) || output_read(I, 1) || output_read(I, 2))
+    unsupported(I, "BatchNormalization (training mode)", "training mode with the running "
+                "statistics as outputs is not supported; kiln's batchnorm layer keeps them");
   if (x->rank < 2) bad(I, "the input must be [N, C, ...]");
   double eps = attr_float(I, "epsilon", 1e-5), momentum = attr_float(I, "momentum", 0.9);
   if (!(eps > 0)) bad(I, "epsilon must be positive");
@@ -1077,7 +1112,7 @@ static void op_batchnorm(Importer *I, const OpDef *op) {
       vals[i]->var = name;
     }
     def(I, 0, pool_printf(I->p, "batchnorm(%s, eps=%s, momentum=%s) as %s", ref(I, x), num(I, eps),
-                          num(I, 1 - momentum), name), x->elem, x->rank, x->d);
+                          num(I, float_value((float)(1 - momentum))), name), x->elem, x->rank, x->d);
     return;
   }
   const char *xs = ref(I, x);
@@ -1181,6 +1216,10 @@ static void op_flatten(Importer *I, const OpDef *op) {
   if (axis < -x->rank || axis > x->rank) bad(I, "axis %d is outside the rank %d", axis, x->rank);
   if (axis < 0) axis += x->rank;
   Extent d[2] = {product(I, x->d, 0, axis), product(I, x->d, axis, x->rank)};
+  if (axis == 1 && x->rank > 2 && x->var) { /* kiln's own flatten */
+    def(I, 0, pool_printf(I->p, "flatten(%s)", x->var), x->elem, 2, d);
+    return;
+  }
   reshaped(I, x, 2, d);
 }
 
@@ -1796,8 +1835,8 @@ static void op_adam(Importer *I, const OpDef *op) {
     T->elem = x->elem;
     const char *xs = ref(I, x), *ts = ref(I, T);
     const char *gr = pool_printf(I->p, "(%s * %s + %s)", norm, xs, ref(I, g));
-    const char *ve = pool_printf(I->p, "%s * %s + %s * %s", alpha, ref(I, v), num(I, 1 - a), gr);
-    const char *he = pool_printf(I->p, "%s * %s + %s * %s * %s", beta, ref(I, h), num(I, 1 - b), gr,
+    const char *ve = pool_printf(I->p, "%s * %s + %s * %s", alpha, ref(I, v), num(I, float_value((float)(1 - a))), gr);
+    const char *he = pool_printf(I->p, "%s * %s + %s * %s * %s", beta, ref(I, h), num(I, float_value((float)(1 - b))), gr,
                                  gr);
     Value *vn = def(I, (size_t)(n + i), ve, x->elem, x->rank, x->d);
     Value *hn = def(I, (size_t)(2 * n + i), he, x->elem, x->rank, x->d);
@@ -1808,7 +1847,7 @@ static void op_adam(Importer *I, const OpDef *op) {
     const char *radj = pool_printf(I->p, "%s * (%s * sqrt(1 - pow(%s, %s)) / (1 - pow(%s, %s) + 1 - %s)"
                                    " + 1 - %s)", ref(I, R), s, beta, ts, alpha, ts, s, s);
     const char *xe = pool_printf(I->p, "%s - %s * (%s / (sqrt(%s) + %s))", xs, radj, vs, hs, eps);
-    if (post != 0) xe = pool_printf(I->p, "%s * (%s)", num(I, 1 - post), xe);
+    if (post != 0) xe = pool_printf(I->p, "%s * (%s)", num(I, float_value((float)(1 - post))), xe);
     def(I, (size_t)i, xe, x->elem, x->rank, x->d);
   }
 }
