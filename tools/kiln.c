@@ -710,14 +710,11 @@ static int cmd_import(Session *s, const Args *a) {
       fprintf(stderr, "kiln: error: the name '%s' is too long\n", a->out);
       return 1;
     }
-    RtNamedTensor *ts = calloc((size_t)m->ninit, sizeof *ts);
+    int n;
+    RtNamedTensor *ts = session_init_tensors(s, &n);
     char err[RT_ERR_LEN];
     if (!ts) return fprintf(stderr, "kiln: error: out of memory\n"), 1;
-    for (int i = 0; i < m->ninit; i++) {
-      ts[i] = (RtNamedTensor){m->init[i].name, m->init[i].dtype, m->init[i].rank, {0}, m->init[i].v};
-      memcpy(ts[i].dims, m->init[i].dims, sizeof ts[i].dims);
-    }
-    int rc = rt_safetensors_save(values, ts, m->ninit, err);
+    int rc = rt_safetensors_save(values, ts, n, err);
     free(ts);
     if (rc) {
       fprintf(stderr, "kiln: error: %s\n", err);
@@ -834,7 +831,14 @@ static int cmd_train(Session *s, const Args *a) {
   }
   if (!o.threads)
     o.threads = a->opt.sched.threads;
-  return a->reference ? train_reference(s, a, &o) : train_compiled(s, a, &o);
+  /* An imported model starts from its initializers unless the options say otherwise. */
+  RtNamedTensor *init = session_init_tensors(s, &o.ninit_tensors);
+  if (o.ninit_tensors && !init) return fprintf(stderr, "kiln: error: out of memory\n"), 1;
+  o.init_tensors = init;
+  o.init_source = a->model;
+  rc = a->reference ? train_reference(s, a, &o) : train_compiled(s, a, &o);
+  free(init);
+  return rc;
 }
 
 /* ---- kiln tune ---- */
