@@ -77,6 +77,10 @@ void graph_print_dot(const Session *s, bool training, FILE *out) {
       buf_printf(&b, ", +%d more", f.count[i] - SHOWN_KERNELS);
     note[i] = b.p;
   }
+  int *members = pool_alloc(pool, sizeof(int) * nn);
+  for (int i = 0; i < g->nnodes; i++)
+    if (in[i] >= 0 && in[i] != i)
+      members[in[i]]++;
   /* A kernel's tooltip: what it computes and what the schedule decided, in kiln schedule's
    * words. */
   for (int r = 0; r < g->nnodes; r++) {
@@ -86,13 +90,12 @@ void graph_print_dot(const Session *s, bool training, FILE *out) {
     const NodeSched *ns = &sc->node[r];
     Buf b = {.pool = pool};
     buf_printf(&b, "%s: %%%d %s", names[r], r, op_names[n->op]);
-    int members = 0;
-    for (int i = 0; i < g->nnodes; i++)
-      members += in[i] == r && i != r;
-    if (members)
-      buf_printf(&b, " and %d node%s in its loop", members, members > 1 ? "s" : "");
+    if (members[r])
+      buf_printf(&b, " and %d node%s in its loop", members[r], members[r] > 1 ? "s" : "");
     if (ns->into >= 0)
-      buf_printf(&b, ", written in place into %s", ir_at(g, ns->into)->name);
+      buf_printf(&b, ", written in place into %%%d", ns->into);
+    if (ns->into >= 0 && ir_at(g, ns->into)->name)
+      buf_printf(&b, " %s", ir_at(g, ns->into)->name);
     if (n->op == OP_CONV2D || n->op == OP_CONV2D_BWD_DATA || n->op == OP_CONV2D_BWD_FILTER)
       buf_printf(&b, ", conv=%s", sched_conv_name(ns->conv));
     if (n->op == OP_MATMUL)

@@ -142,7 +142,9 @@ static void dot_node(FILE *out, const Graph *g, const Node *n, const IrDotKernel
     fputs("\\n", out);
   }
   const char *what = leaf && ir_role_name(n->role) ? ir_role_name(n->role) : op_names[n->op];
-  fprintf(out, "%s %s %s", what, shape_str(g, &n->shape, sb, sizeof sb), dtype_name(n->dtype));
+  fprintf(out, "%s ", what);
+  dot_text(out, shape_str(g, &n->shape, sb, sizeof sb), sizeof sb, DOT_LABEL); /* symbols' names */
+  fprintf(out, " %s", dtype_name(n->dtype));
   if (k && k->note && k->note[n->id]) {
     fputs("\\n", out);
     dot_text(out, k->note[n->id], 200, DOT_LABEL);
@@ -177,11 +179,12 @@ static void dot_cluster(FILE *out, const Graph *g, const IrDotKernels *k, int ro
   fputs("  }\n", out);
 }
 
-/* An edge from value x to the user's DOT node (id, a string), declaring x first when it is drawn
- * per use. */
-static void dot_edge_from(FILE *out, const Graph *g, int x, const char *user, const char *attrs) {
+/* An edge from value x to the user's DOT node (its id). A scalar x is drawn for this use: here
+ * when declare is set (outputs and updates), else where the user node was (dot_node). */
+static void dot_edge_from(FILE *out, const Graph *g, int x, const char *user, bool declare,
+                          const char *attrs) {
   const Node *v = ir_at(g, x);
-  if (per_use(v) && user[0] != 'n')
+  if (per_use(v) && declare)
     dot_scalar(out, v, user, "  ");
   fputs("  ", out);
   dot_ref(out, x, per_use(v), user);
@@ -233,7 +236,7 @@ void ir_print_dot(const Graph *g, EntryKind e, const IrDotKernels *k, FILE *out)
     const Node *n = ir_at(g, i);
     snprintf(user, sizeof user, "n%d", i);
     for (int j = 0; mark[i] && j < n->nin; j++)
-      dot_edge_from(out, g, n->in[j], user, "");
+      dot_edge_from(out, g, n->in[j], user, false, "");
   }
   const Entry *en = &g->entries[e];
   for (int i = 0; i < en->noutputs; i++) {
@@ -241,7 +244,7 @@ void ir_print_dot(const Graph *g, EntryKind e, const IrDotKernels *k, FILE *out)
     dot_text(out, en->outputs[i].name, 200, DOT_LABEL);
     fputs("\", shape=ellipse, style=dashed];\n", out);
     snprintf(user, sizeof user, "o%d", i);
-    dot_edge_from(out, g, en->outputs[i].node, user, "");
+    dot_edge_from(out, g, en->outputs[i].node, user, true, "");
   }
   /* An update's target takes its value when the entry ends: drawn as a node of its own beside
    * the value, since an edge back up to the leaf would cross the whole drawing. */
@@ -253,7 +256,8 @@ void ir_print_dot(const Graph *g, EntryKind e, const IrDotKernels *k, FILE *out)
                  "when the %s entry ends\"];\n",
             leaf_fill(target), target->id, entry_names[e]);
     snprintf(user, sizeof user, "u%d", i);
-    dot_edge_from(out, g, en->updates[i].value, user, " [style=dashed, color=red, label=\"update\"]");
+    dot_edge_from(out, g, en->updates[i].value, user, true,
+                  " [style=dashed, color=red, label=\"update\"]");
   }
   /* The title last: a label set earlier would be every cluster's default. */
   fputs("  fontsize=14;\n  labeljust=c;\n  labelloc=t;\n  label=\"", out);
