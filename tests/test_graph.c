@@ -300,7 +300,7 @@ START_TEST(train_graph_renders_kernels_and_every_shape) {
   int checked = 0;
   for (p = strchr(p, '\n') + 1; *p == ' '; p = strchr(p, '\n') + 1) {
     /* "  %41   bn1                add            f32[B, 8, 28, 28]" */
-    char line[256], title[32], name[128] = "", op[64], want[256];
+    char line[256], title[32], name[128] = "", op[128], want[512];
     int id;
     snprintf(line, sizeof line, "%.*s", (int)strcspn(p, "\n"), p);
     ck_assert_int_eq(sscanf(line, " %%%d", &id), 1);
@@ -310,7 +310,7 @@ START_TEST(train_graph_renders_kernels_and_every_shape) {
       ty = strstr(line, types[k]);
     ck_assert_msg(ty != NULL, "%s", line);
     *ty = 0;
-    int words = sscanf(strchr(line, '%'), "%%%*d %127s %63s", name, op);
+    int words = sscanf(strchr(line, '%'), "%%%*d %127s %127s", name, op);
     if (words == 1) {
       snprintf(op, sizeof op, "%s", name);
       name[0] = 0;
