@@ -378,6 +378,36 @@ START_TEST(model_text_is_escaped) {
 }
 END_TEST
 
+/* A model that minimizes nothing (an imported one, say) is drawn as it evaluates; --train says
+ * why there is nothing to draw. */
+START_TEST(model_without_loss) {
+  char path[300], args[400], *out, *err;
+  snprintf(path, sizeof path, "%s/ev.kiln", tmpdir);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fputs("model ev\ninput x: f32[B, 4]\ny = relu(linear(x, out=3))\noutput y\n", f);
+  ck_assert_int_eq(fclose(f), 0);
+  snprintf(args, sizeof args, "'%s'", path);
+  char *svg = render(args);
+  Svg s = parse_svg(svg);
+  const Item *y = NULL;
+  for (int i = 0; i < s.n; i++)
+    if (has_line(&s.item[i], "y") && has_line(&s.item[i], "relu [B, 3] f32"))
+      y = &s.item[i];
+  ck_assert_ptr_nonnull(y);
+  ck_assert_ptr_nonnull(strstr(svg, "ev: the eval entry"));
+  free(s.item);
+  free(svg);
+  snprintf(args, sizeof args, KILN " graph '%s' --train", path);
+  ck_assert_int_eq(run(args, &out, &err), 1);
+  ck_assert_str_eq(out, "");
+  ck_assert_str_eq(err, "kiln: error: model ev minimizes nothing, so it has no training graph "
+                        "(without --train, kiln graph draws its evaluation)\n");
+  free(out);
+  free(err);
+}
+END_TEST
+
 /* The printer alone, on a graph built by hand with names no model file can give (the builder
  * API checks leaf names only): a DOT file dot reads without a word, showing every name as it is
  * spelt. */
@@ -437,6 +467,7 @@ static Suite *graph_suite(void) {
   tcase_add_test(tc, eval_graph_renders_kernels_and_shapes);
   tcase_add_test(tc, train_graph_renders_kernels_and_every_shape);
   tcase_add_test(tc, model_text_is_escaped);
+  tcase_add_test(tc, model_without_loss);
   tcase_add_test(tc, any_name_is_valid_dot);
   suite_add_tcase(s, tc);
   return s;

@@ -739,6 +739,12 @@ static void write_dot(Session *s, const Args *a, FILE *out) {
 
 /* The kernels are the schedule's and the code generator's: planned first. */
 static int cmd_graph(Session *s, const Args *a) {
+  if (a->train_graph && s->g->loss_train < 0) {
+    session_fail(s, "model %s minimizes nothing, so it has no training graph (without --train, "
+                    "kiln graph draws its evaluation)", s->g->name);
+    report(s);
+    return 1;
+  }
   if (session_plan(s)) {
     report(s);
     return 1;
