@@ -24,7 +24,8 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  shapes MODEL                  every node's shape, the parameters and FLOPs per example\n"
-    "  graph MODEL [--train]         the forward (or whole training) graph as Graphviz DOT\n"
+    "  graph MODEL [--train]         the forward (or whole training) graph as Graphviz DOT, each\n"
+    "                                kernel a cluster (| dot -Tsvg -o graph.svg)\n"
     "  import MODEL.onnx [-o MODEL.kiln]  an ONNX model as a kiln model file, with its\n"
     "                                initializers beside it (MODEL.safetensors); every command\n"
     "                                also takes *.onnx directly (--loss, --optimizer,\n"
@@ -730,7 +731,22 @@ static int cmd_import(Session *s, const Args *a) {
 }
 
 static void write_dot(Session *s, const Args *a, FILE *out) {
-  ir_print_dot(s->g, out, a->train_graph);
+  graph_print_dot(s, a->train_graph, out);
+}
+
+/* The kernels are the schedule's and the code generator's: planned first. */
+static int cmd_graph(Session *s, const Args *a) {
+  if (a->train_graph && s->g->loss_train < 0) {
+    session_fail(s, "model %s minimizes nothing, so it has no training graph (without --train, "
+                    "kiln graph draws its evaluation)", s->g->name);
+    report(s);
+    return 1;
+  }
+  if (session_plan(s)) {
+    report(s);
+    return 1;
+  }
+  return write_output(s, a, write_dot);
 }
 
 static void write_ir(Session *s, const Args *a, FILE *out) {
@@ -1143,7 +1159,7 @@ static int run_command(Args *a) {
     return 1;
   }
   if (!strcmp(cmd, "shapes")) rc = write_output(&s, a, write_shapes);
-  else if (!strcmp(cmd, "graph")) rc = write_output(&s, a, write_dot);
+  else if (!strcmp(cmd, "graph")) rc = cmd_graph(&s, a);
   else if (!strcmp(cmd, "import")) rc = cmd_import(&s, a);
   else if (!strcmp(cmd, "ir")) rc = write_output(&s, a, write_ir);
   else if (!strcmp(cmd, "emit")) rc = cmd_emit(&s, a);

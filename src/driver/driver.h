@@ -101,6 +101,14 @@ RtNamedTensor *session_init_tensors(const Session *s, int *n);
  * sessions are fine. */
 void session_close(Session *s);
 
+/* ================================ graph.c ================================ */
+
+/* `kiln graph`: the train entry (training) or the eval entry of a planned session as Graphviz
+ * DOT, each kernel call of the generated C a cluster `cluster_k<node>` titled with the kernel
+ * function's name (k45_conv2d) around the nodes its loop computes; failures unwind to the
+ * caller's trap. */
+void graph_print_dot(const Session *s, bool training, FILE *out);
+
 /* ================================ check.c ================================ */
 
 /* Tolerance of a comparison of a value computed in the program's dtype against the f64
