@@ -440,6 +440,14 @@ static Value *def(Importer *I, size_t k, const char *expr, int elem, int rank, c
   return v;
 }
 
+/* A statement of the node's that is not one of its outputs (a shared subexpression): its
+ * fresh variable. */
+static const char *tmp_var(Importer *I, const char *base, const char *expr) {
+  const char *v = fresh(I, base, "t");
+  str_printf(&I->body, "%s = %s\n", v, expr);
+  return v;
+}
+
 /* Output k as the same tensor as src (Identity, inference-mode Dropout). */
 static void alias(Importer *I, size_t k, Value *src) {
   if (!wants_output(I, k)) return;
@@ -1139,22 +1147,23 @@ static void op_layernorm(Importer *I, const OpDef *op) {
   Value *x = arg(I, 0), *s = arg(I, 1), *b = in(I, 2);
   need_float(I, x);
   need_shape(I, x);
-  if (wants_output(I, 1) || wants_output(I, 2))
-    unsupported(I, "LayerNormalization's Mean and InvStdDev", "only the normalised output is "
-                "supported");
   int axis = axis_of(I, attr_int(I, "axis", -1), x->rank, "axis");
   double eps = attr_float(I, "epsilon", 1e-5);
   if (!(eps > 0)) bad(I, "epsilon must be positive");
   int64_t axes[IR_MAX_RANK];
+  Extent stat[IR_MAX_RANK]; /* the statistics' shape: the normalised axes kept as 1 */
+  for (int a = 0; a < x->rank; a++) stat[a] = a < axis ? x->d[a] : (Extent){1, false};
   for (int a = axis; a < x->rank; a++) axes[a - axis] = a;
   const char *al = ints_list(I, x->rank - axis, axes);
   const char *xs = ref(I, x);
-  Value *c = def(I, 0, pool_printf(I->p, "%s - mean(%s, axes=%s, keepdims=true)", xs, xs, al),
-                 x->elem, x->rank, x->d);
-  const char *cs = c->var;
-  c->onnx = pool_printf(I->p, "%s (centred)", c->onnx);
-  const char *e = pool_printf(I->p, "%s / sqrt(mean(%s * %s, axes=%s, keepdims=true) + %s) * %s",
-                              cs, cs, cs, al, num(I, eps), ref(I, s));
+  const char *me = pool_printf(I->p, "mean(%s, axes=%s, keepdims=true)", xs, al);
+  Value *mv = def(I, 1, me, x->elem, x->rank, stat);
+  const char *cs = tmp_var(I, "centred", pool_printf(I->p, "%s - %s", xs, mv ? mv->var : me));
+  const char *ie = pool_printf(I->p, "1 / sqrt(mean(%s * %s, axes=%s, keepdims=true) + %s)", cs,
+                               cs, al, num(I, eps));
+  Value *iv = def(I, 2, ie, x->elem, x->rank, stat);
+  const char *e = pool_printf(I->p, "%s * %s * %s", cs, iv ? iv->var : pool_printf(I->p, "(%s)", ie),
+                              ref(I, s));
   if (b) e = pool_printf(I->p, "%s + %s", e, ref(I, b));
   def(I, 0, e, x->elem, x->rank, x->d);
 }
@@ -1714,36 +1723,235 @@ static void op_reduce(Importer *I, const OpDef *op) {
   def(I, 0, e, x->elem, rank, d);
 }
 
+/* ReduceMax and ReduceMin as max pooling: the kept axes moved first and merged into the batch
+ * axis, the reduced ones last and merged into one window [1, R], so the gradient is max
+ * pooling's (the first maximum's). ReduceMin is −ReduceMax(−x). */
+static void op_reduce_extremum(Importer *I, const OpDef *op) {
+  Value *x = arg(I, 0);
+  need_float(I, x);
+  need_shape(I, x);
+  bool min = !strcmp(op->name, "ReduceMin");
+  int64_t axes[IR_MAX_RANK];
+  int n = attr_ints(I, "axes", axes, IR_MAX_RANK);
+  bool keep = attr_int(I, "keepdims", 1) != 0;
+  bool mark[IR_MAX_RANK] = {0};
+  if (n <= 0) {
+    n = x->rank;
+    for (int a = 0; a < n; a++) axes[a] = a;
+  }
+  for (int i = 0; i < n; i++) {
+    int a = axis_of(I, axes[i], x->rank, "axis");
+    if (mark[a]) bad(I, "axis %d is given twice", a);
+    mark[a] = true;
+  }
+  int64_t perm[IR_MAX_RANK];
+  int np = 0, rank = 0;
+  bool moved = false;
+  Extent kept = {1, false}, d[IR_MAX_RANK];
+  int64_t R = 1;
+  for (int a = 0; a < x->rank; a++)
+    if (!mark[a]) {
+      moved |= np != a;
+      perm[np++] = a;
+      if (x->d[a].batch && kept.batch) unsupported(I, "batch squared", "two axes hold the batch");
+      kept.n *= x->d[a].n;
+      kept.batch |= x->d[a].batch;
+    }
+  for (int a = 0; a < x->rank; a++)
+    if (mark[a]) {
+      moved |= np != a;
+      perm[np++] = a;
+      if (x->d[a].batch)
+        unsupported(I, pool_printf(I->p, "%s over the batch", op->name), "the batch axis is "
+                    "reduced");
+      R *= x->d[a].n;
+    }
+  for (int a = 0; a < x->rank; a++) {
+    if (!mark[a]) d[rank++] = x->d[a];
+    else if (keep) d[rank++] = (Extent){1, false};
+  }
+  const char *e = ref(I, x);
+  if (min) e = pool_printf(I->p, "-%s", e);
+  if (moved) e = pool_printf(I->p, "transpose(%s, axes=%s)", e, ints_list(I, x->rank, perm));
+  Extent win[4] = {kept, {1, false}, {1, false}, {R, false}};
+  e = pool_printf(I->p, "maxpool2d(reshape(%s, shape=%s), kernel=[1, %lld])", e,
+                  shape_list(I, 4, win), (long long)R);
+  e = pool_printf(I->p, "reshape(%s, shape=%s)", e, shape_list(I, rank, d));
+  if (min) e = pool_printf(I->p, "-%s", e);
+  def(I, 0, e, x->elem, rank, d);
+}
+
+/* Split into the node's outputs along an axis, by the sizes given (an input from opset 13, an
+ * attribute before) or in equal parts. */
+static void op_split(Importer *I, const OpDef *op) {
+  (void)op;
+  Value *x = arg(I, 0);
+  need_shape(I, x);
+  int axis = axis_of(I, attr_int(I, "axis", 0), x->rank, "axis");
+  int64_t sizes[64];
+  size_t nout = I->node->n_output;
+  if (nout < 1 || nout > 64) bad(I, "Split has %zu outputs (1 to 64 are imported)", nout);
+  int n = I->opset < 13 ? attr_ints(I, "split", sizes, 64)
+                        : known_ints(I, in(I, 1), sizes, 64, "split");
+  if (x->d[axis].batch) unsupported(I, "Split along the batch", "the batch axis is split");
+  int64_t dim = x->d[axis].n;
+  if (n < 0) {
+    if (dim % (int64_t)nout) bad(I, "%lld does not split into %zu equal parts", (long long)dim, nout);
+    n = (int)nout;
+    for (int i = 0; i < n; i++) sizes[i] = dim / (int64_t)nout;
+  }
+  if ((size_t)n != nout) bad(I, "%d sizes for %zu outputs", n, nout);
+  int64_t at = 0;
+  for (int i = 0; i < n; i++) {
+    if (sizes[i] < 1) unsupported(I, "empty tensors", "part %d has size %lld", i, (long long)sizes[i]);
+    at += sizes[i];
+  }
+  if (at != dim) bad(I, "the sizes add up to %lld, not %lld", (long long)at, (long long)dim);
+  const char *xs = ref(I, x);
+  at = 0;
+  for (int i = 0; i < n; i++) {
+    Str e = {.p = I->p};
+    str_printf(&e, "%s[", xs);
+    for (int a = 0; a < axis; a++) str_printf(&e, ":, ");
+    str_printf(&e, "%lld:%lld]", (long long)at, (long long)(at + sizes[i]));
+    Extent d[IR_MAX_RANK];
+    memcpy(d, x->d, sizeof d);
+    d[axis].n = sizes[i];
+    def(I, (size_t)i, e.s, x->elem, x->rank, d);
+    at += sizes[i];
+  }
+}
+
+/* Pad in constant mode: each axis joined with constant blocks before and after. */
+static void op_pad(Importer *I, const OpDef *op) {
+  (void)op;
+  Value *x = arg(I, 0);
+  need_float(I, x);
+  need_shape(I, x);
+  const char *mode = attr_string(I, "mode", "constant");
+  if (strcmp(mode, "constant"))
+    unsupported(I, pool_printf(I->p, "Pad mode %s", mode), "mode '%s' (kiln pads with a constant)",
+                mode);
+  int64_t pads[2 * IR_MAX_RANK];
+  int n;
+  double value;
+  if (I->opset < 11) {
+    n = attr_ints(I, "pads", pads, 2 * IR_MAX_RANK);
+    value = attr_float(I, "value", 0);
+  } else {
+    n = known_ints(I, arg(I, 1), pads, 2 * IR_MAX_RANK, "pads");
+    value = known_scalar(I, in(I, 2), 0, "Pad's constant_value");
+    if (in(I, 3)) unsupported(I, "Pad with axes", "the axes input is not supported");
+  }
+  if (n != 2 * x->rank) bad(I, "pads has %d entries for rank %d", n, x->rank);
+  const char *e = ref(I, x);
+  Extent d[IR_MAX_RANK];
+  memcpy(d, x->d, sizeof d);
+  for (int a = 0; a < x->rank; a++) {
+    int64_t before = pads[a], after = pads[x->rank + a];
+    if (before < 0 || after < 0) unsupported(I, "Pad with negative pads", "a negative pad crops");
+    if (!before && !after) continue;
+    if (d[a].batch) unsupported(I, "Pad of the batch axis", "the batch axis is padded");
+    for (int k = 0; k < x->rank; k++)
+      if (k != a && d[k].batch)
+        unsupported(I, "Pad of batch-sized tensors", "a constant block would be batch-sized");
+    Str c = {.p = I->p};
+    str_printf(&c, "concat(");
+    for (int side = 0; side < 2; side++) {
+      int64_t w = side ? after : before;
+      if (side) str_printf(&c, "%s, ", e);
+      if (!w) continue;
+      Extent bd[IR_MAX_RANK];
+      memcpy(bd, d, sizeof bd);
+      bd[a].n = w;
+      const char *block = fresh(I, "pad", "pad");
+      str_printf(&I->decl, "const %s: %s = %s\n", block,
+                 type_text(I, kiln_dtype(x->elem), x->rank, bd), num(I, value));
+      str_printf(&c, "%s, ", block);
+    }
+    str_printf(&c, "axis=%d)", a);
+    d[a].n += before + after;
+    e = c.s;
+  }
+  def(I, 0, e, x->elem, x->rank, d);
+}
+
 /* ---- losses ---- */
 
+/* SoftmaxCrossEntropyLoss and NegativeLogLikelihoodLoss: scores [N, C, d1, ...], labels
+ * [N, d1, ...], optional class weights [C], reduction mean | sum | none, ignore_index. The plain
+ * case is kiln's cross_entropy / nll; the others are written out: the log-probability at each
+ * label picked with one_hot, weighted by the label's class weight (0 where the label is
+ * ignore_index), and the mean divided by the weights' sum, as ONNX defines it. */
 static void op_loss(Importer *I, const OpDef *op) {
   bool sce = !strcmp(op->name, "SoftmaxCrossEntropyLoss");
-  Value *x = arg(I, 0), *t = arg(I, 1);
+  Value *x = arg(I, 0), *t = arg(I, 1), *w = in(I, 2);
   need_float(I, x);
   need_shape(I, x);
   need_shape(I, t);
-  if (in(I, 2)) unsupported(I, pool_printf(I->p, "%s with weights", op->name), "class weights are "
-                            "not supported");
-  if (attr(I, "ignore_index"))
-    unsupported(I, pool_printf(I->p, "%s with ignore_index", op->name), "ignore_index is not "
-                "supported");
-  if (x->rank != 2) unsupported(I, pool_printf(I->p, "%s (rank > 2)", op->name), "the scores "
-                                "must be [N, C]");
-  if (t->rank != 1 || !is_int(t->elem)) bad(I, "the labels must be integers [N]");
+  if (x->rank < 2 || t->rank != x->rank - 1 || !is_int(t->elem))
+    bad(I, "the scores must be [N, C, ...] and the labels integers [N, ...]");
+  for (int a = 0; a < t->rank; a++)
+    if (t->d[a].n != x->d[a ? a + 1 : 0].n || t->d[a].batch != x->d[a ? a + 1 : 0].batch)
+      bad(I, "the labels' shape does not match the scores'");
+  if (x->d[1].batch) bad(I, "the classes axis is the batch");
+  int64_t C = x->d[1].n;
   const char *reduction = attr_string(I, "reduction", "mean");
-  const char *e = pool_printf(I->p, "%s(%s, %s)", sce ? "cross_entropy" : "nll", ref(I, x),
-                              ref(I, t));
-  if (!strcmp(reduction, "sum")) {
-    if (x->d[0].batch) unsupported(I, "loss reduction sum over the batch", "reduction 'sum' over "
-                                   "a batch-sized axis");
-    e = pool_printf(I->p, "%s * %lld", e, (long long)x->d[0].n);
-  } else if (strcmp(reduction, "mean")) {
-    unsupported(I, pool_printf(I->p, "%s reduction %s", op->name, reduction), "reduction '%s' is "
-                "not supported", reduction);
+  bool mean = !strcmp(reduction, "mean"), sum = !strcmp(reduction, "sum");
+  if (!mean && !sum && strcmp(reduction, "none")) bad(I, "reduction '%s' is not mean, sum or none",
+                                                       reduction);
+  const Onnx__AttributeProto *ii = attr(I, "ignore_index");
+  int64_t ignore = ii ? attr_int(I, "ignore_index", 0) : -1;
+  if (ii && (ignore < 0 || ignore >= C))
+    unsupported(I, pool_printf(I->p, "%s with ignore_index outside the classes", op->name),
+                "ignore_index %lld is not a class (0..%lld)", (long long)ignore, (long long)C - 1);
+  if (w) {
+    need_float(I, w);
+    need_shape(I, w);
+    if (w->rank != 1 || w->d[0].n != C) bad(I, "the weights must be [%lld]", (long long)C);
   }
+  const char *xs = ref(I, x), *ts = ref(I, t);
+  const char *logp = sce ? tmp_var(I, "log_prob", pool_printf(I->p, "log_softmax(%s, axis=1)", xs))
+                         : xs;
+  if (sce && wants_output(I, 1)) def(I, 1, logp, x->elem, x->rank, x->d);
+  if (x->rank == 2 && !w && !ii && !strcmp(reduction, "mean")) {
+    def(I, 0, pool_printf(I->p, "%s(%s, %s)", sce ? "cross_entropy" : "nll", xs, ts), x->elem, 0,
+        NULL);
+    return;
+  }
+  int r = x->rank, last = r - 1;
+  if (r > 2) { /* the classes last, as one_hot has them */
+    int64_t perm[IR_MAX_RANK];
+    perm[0] = 0;
+    for (int a = 2; a < r; a++) perm[a - 1] = a;
+    perm[last] = 1;
+    logp = pool_printf(I->p, "transpose(%s, axes=%s)", logp, ints_list(I, r, perm));
+  }
+  const char *oh = tmp_var(I, "one_hot", pool_printf(I->p, "one_hot(%s, %lld, dtype=%s)", ts,
+                                                     (long long)C,
+                                                     dtype_name(kiln_dtype(x->elem))));
+  const char *picked = pool_printf(I->p, "sum(%s * %s, axes=[%d])", oh, logp, last);
+  const char *weight = NULL;
+  if (w) weight = pool_printf(I->p, "sum(%s * %s, axes=[%d])", oh, ref(I, w), last);
+  if (ii) {
+    Str idx = {.p = I->p};
+    str_printf(&idx, "%s[", oh);
+    for (int a = 0; a < last; a++) str_printf(&idx, ":, ");
+    str_printf(&idx, "%lld]", (long long)ignore);
+    const char *keep = pool_printf(I->p, "(1 - %s)", idx.s);
+    weight = weight ? pool_printf(I->p, "%s * %s", weight, keep) : keep;
+  }
+  if (weight) weight = tmp_var(I, "weight", weight);
+  const char *each = weight ? pool_printf(I->p, "-(%s * %s)", weight, picked)
+                            : pool_printf(I->p, "-%s", picked);
+  if (!mean && !sum) {
+    def(I, 0, each, x->elem, t->rank, t->d);
+    return;
+  }
+  const char *e = pool_printf(I->p, "sum(%s)", each);
+  if (mean) e = weight ? pool_printf(I->p, "%s / sum(%s)", e, weight)
+                       : pool_printf(I->p, "mean(%s)", each);
   def(I, 0, e, x->elem, 0, NULL);
-  if (sce && wants_output(I, 1))
-    def(I, 1, pool_printf(I->p, "log_softmax(%s, axis=1)", ref(I, x)), x->elem, 2, x->d);
 }
 
 /* ---- ONNX's training operators (ai.onnx.preview.training): one step of an optimizer over n
@@ -1901,12 +2109,15 @@ static const OpDef ops[] = {
     {"NegativeLogLikelihoodLoss", op_loss, NULL, NULL},
     {"Pow", op_binary, NULL, NULL},
     {"PRelu", op_prelu, NULL, NULL},
+    {"Pad", op_pad, NULL, NULL},
     {"Reciprocal", op_activation, NULL, NULL},
     {"ReduceL1", op_reduce, NULL, NULL},
     {"ReduceL2", op_reduce, NULL, NULL},
     {"ReduceLogSum", op_reduce, NULL, NULL},
     {"ReduceLogSumExp", op_reduce, NULL, NULL},
+    {"ReduceMax", op_reduce_extremum, NULL, NULL},
     {"ReduceMean", op_reduce, NULL, NULL},
+    {"ReduceMin", op_reduce_extremum, NULL, NULL},
     {"ReduceSum", op_reduce, NULL, NULL},
     {"ReduceSumSquare", op_reduce, NULL, NULL},
     {"Relu", op_unary, "relu", NULL},
@@ -1922,6 +2133,7 @@ static const OpDef ops[] = {
     {"SoftmaxCrossEntropyLoss", op_loss, NULL, NULL},
     {"Softplus", op_unary, "softplus", NULL},
     {"Softsign", op_activation, NULL, NULL},
+    {"Split", op_split, NULL, NULL},
     {"Sqrt", op_unary, "sqrt", NULL},
     {"Squeeze", op_squeeze, NULL, NULL},
     {"Sub", op_arith, "-", NULL},
