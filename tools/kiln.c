@@ -793,6 +793,21 @@ static int cmd_build(Session *s, const Args *a) {
     return 1;
   }
   fprintf(stderr, "kiln: wrote trainer %s\n", a->out);
+  int n;
+  RtNamedTensor *init = session_init_tensors(s, &n);
+  if (n) { /* an ONNX model's initializers, for the trainer's --init-from */
+    char path[4200], err[RT_ERR_LEN];
+    snprintf(path, sizeof path, "%s.safetensors", a->out);
+    int rc = !init ? (snprintf(err, sizeof err, "out of memory"), -1)
+                   : rt_safetensors_save(path, init, n, err);
+    free(init);
+    if (rc) {
+      fprintf(stderr, "kiln: error: %s\n", err);
+      return 1;
+    }
+    fprintf(stderr, "kiln: wrote the ONNX initializers to %s: start from them with %s "
+            "--init-from %s\n", path, a->out, path);
+  }
   return 0;
 }
 
