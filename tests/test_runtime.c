@@ -1798,7 +1798,7 @@ START_TEST(train_errors) {
                                           {"no hyper-parameter named \"lr\""},
                                           {"input 'image' has shape [4, 1, 3, 3] (9 values per "
                                            "example), but the images in"},
-                                          {"no \"loss\" output"},
+                                          {"model 'fake' has no loss to minimize: it only evaluates"},
                                           {"batch size 0"},
                                           {"two tensors are named 'w'"},
                                           {"epoch 1, step 2: the training loss is NaN (the run "
