@@ -33,7 +33,9 @@ static const char usage[] =
     "  ir MODEL                      the typed IR with all entry points (train, eval, grad)\n"
     "  emit MODEL [-o step.c]        the whole training step as one C11 translation unit\n"
     "  schedule MODEL                how each kernel is computed, and the memory plan\n"
-    "  build MODEL -o TRAINER        a standalone trainer executable (system C compiler)\n"
+    "  build MODEL -o TRAINER        a standalone trainer executable (system C compiler);\n"
+    "                                --mpi: one for data-parallel training under mpirun\n"
+    "                                (Open MPI's mpicc, or $KILN_MPICC; docs/distributed.md)\n"
     "  train MODEL [trainer options] train inside kiln (--runtime compiled|reference)\n"
     "  tune MODEL [--seconds S]      time candidate schedules (convolution algorithms, GEMM\n"
     "                                tiles) on this machine and keep the fastest in the cache,\n"
@@ -233,6 +235,7 @@ static int options_from_environment(Options *o) {
   o->backend.cc = getenv("CC");
   o->backend.runtime_dir = getenv("KILN_HOME");
   o->backend.tmp_dir = getenv("TMPDIR");
+  o->backend.mpi_cc = getenv("KILN_MPICC");
   e = getenv("KILN_BACKEND");
   if (e && *e && parse_backend(e, &o->backend.kind))
     return usage_error("$KILN_BACKEND is 'jit' or 'cc', not '%s'", e);
@@ -303,6 +306,11 @@ static int parse_args(int argc, char **argv, Args *a) {
       common = true;
     } else if (!strcmp(s, "--train")) {
       a->train_graph = true;
+    } else if (!strcmp(s, "--mpi")) {
+      /* a data-parallel step (batch statistics over every process) in an MPI trainer */
+      a->opt.data_parallel = true;
+      a->opt.backend.mpi = true;
+      common = true;
     } else if (!strcmp(s, "--verbose")) {
       a->verbose = true;
     } else if (!strcmp(s, "--no-cache")) {
@@ -427,7 +435,7 @@ static int parse_args(int argc, char **argv, Args *a) {
             "--no-cache", "--verbose", "--steps", "--params", "--inputs", "--tangents",
             "--runtime", "--precision", "--train", "--wrt", "--at", "--order", "--iterations",
             "--kernel", "--grid", "--keep", "--select", "--curvature-every", "--loss",
-            "--optimizer", "--pixel-scale"};
+            "--optimizer", "--pixel-scale", "--mpi"};
         fprintf(stderr, "kiln: error: unknown option '%s'%s\n(run 'kiln --help' for usage)\n",
                 key, rt_option_hint(key, own, (int)(sizeof own / sizeof *own), hint, sizeof hint));
         return 2;

@@ -226,6 +226,7 @@ void cg_emit_concat(Cg *cg, const Node *n);
 void cg_emit_slice(Cg *cg, const Node *n);
 void cg_emit_one_hot(Cg *cg, const Node *n);
 void cg_emit_randn(Cg *cg, const Node *n);
+void cg_emit_allreduce(Cg *cg, const Node *n);
 void cg_emit_maxpool2d_pick(Cg *cg, const Node *n);
 void cg_emit_gather(Cg *cg, const Node *n);
 void cg_emit_gather_grad(Cg *cg, const Node *n);

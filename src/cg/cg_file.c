@@ -71,6 +71,7 @@ static const CgEmit emitters[OP_COUNT] = {
     [OP_MAXIMUM] = cg_emit_map,
     [OP_ONE_HOT] = cg_emit_one_hot,
     [OP_RANDN] = cg_emit_randn,
+    [OP_ALLREDUCE] = cg_emit_allreduce,
     [OP_GATHER] = cg_emit_gather,
     [OP_GATHER_GRAD] = cg_emit_gather_grad,
     [OP_TANH] = cg_emit_map,
@@ -96,6 +97,13 @@ static const CgEmit emitters[OP_COUNT] = {
 bool cg_has_emitter(Op op) { return op >= 0 && op < OP_COUNT && emitters[op] != NULL; }
 
 Op cg_broken_op = OP_COUNT;
+
+static bool uses_tasks(const Cg *cg, int id) { return cg->s->node[id].workers > 1; }
+
+/* Kernels that call the driver (tasks on its threads, its collective) take its kiln_exec. */
+static bool takes_exec(const Cg *cg, int id) {
+  return uses_tasks(cg, id) || ir_at(cg->g, id)->op == OP_ALLREDUCE;
+}
 
 /* Which inputs a kernel reads (the others only give a shape): bit k = input k. */
 static unsigned reads_mask(const Node *n) {
@@ -531,7 +539,7 @@ static const char *kernel_text(Cg *cg, const Node *n) {
   buf_puts(&text, "static KILN_NOINLINE void " CG_KERNEL_NAME "(");
   for (int i = 0; i < cg->nparams; i++)
     buf_printf(&text, "%s%s%s", i ? ", " : "", cg->params[i].type, cg->params[i].name);
-  if (cg->s->node[n->id].workers > 1)
+  if (takes_exec(cg, n->id))
     buf_puts(&text, ", const kiln_exec *ex");
   buf_puts(&text, ") {\n");
   cg->indent++;
@@ -559,7 +567,6 @@ static const char *kernel_text(Cg *cg, const Node *n) {
   return kt;
 }
 
-static bool uses_tasks(const Cg *cg, int id) { return cg->s->node[id].workers > 1; }
 
 static bool any_tasks(const Cg *cg) {
   for (int i = 0; i < cg->g->nnodes; i++)
@@ -675,7 +682,7 @@ static void cg_emit_call(Cg *cg, const Node *n) {
   }
   if (cg->var[n->id])
     buf_puts(&b, ", B");
-  if (uses_tasks(cg, n->id))
+  if (takes_exec(cg, n->id))
     buf_puts(&b, ", ex");
   buf_puts(&b, ");");
   if (cg->shared[n->id] != n->id)

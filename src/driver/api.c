@@ -49,26 +49,41 @@ kiln_status kiln_model_from_file(const char *path, kiln_model **out) {
   return compile(path, NULL, NULL, out);
 }
 
+void kiln_model_options_init(kiln_model_options *o) {
+  if (o) memset(o, 0, sizeof *o);
+}
+
+kiln_status kiln_model_open(const char *path, const char *text, const kiln_model_options *mo,
+                            kiln_model **out) {
+  if (!out || (!path && !text)) return api_set_error("error: kiln_model_open: NULL argument\n");
+  *out = NULL;
+  Options o;
+  session_default_options(&o);
+  if (mo) {
+    static const char *const losses[] = {"auto", "none", "cross_entropy", "nll", "mse"};
+    int k = 0;
+    while (mo->onnx_loss && k < 5 && strcmp(mo->onnx_loss, losses[k])) k++;
+    if (k == 5)
+      return failf("kiln_model_open: the ONNX loss is auto, none, cross_entropy, nll or mse, "
+                   "not '%s'", mo->onnx_loss);
+    o.onnx.loss = mo->onnx_loss ? (OxLoss)k : OX_LOSS_AUTO;
+    if (mo->onnx_optimizer && strpbrk(mo->onnx_optimizer, "\n#{}"))
+      return failf("kiln_model_open: the optimizer is one call such as 'sgd(lr=0.1)', not '%s'",
+                   mo->onnx_optimizer);
+    o.onnx.optimizer = mo->onnx_optimizer;
+    o.data_parallel = mo->data_parallel != 0;
+  }
+  return compile(path ? path : "<string>", text, &o, out);
+}
+
 kiln_status kiln_model_from_onnx(const char *path, const char *loss, const char *optimizer,
                                  kiln_model **out) {
   if (!path || !out) return api_set_error("error: kiln_model_from_onnx: NULL argument\n");
   *out = NULL;
   if (!ox_is_onnx_path(path))
     return failf("kiln_model_from_onnx: '%s' is not named *.onnx", path);
-  Options o;
-  session_default_options(&o);
-  static const char *const losses[] = {"auto", "none", "cross_entropy", "nll", "mse"};
-  int k = 0;
-  while (loss && k < 5 && strcmp(loss, losses[k])) k++;
-  if (k == 5)
-    return failf("kiln_model_from_onnx: loss is auto, none, cross_entropy, nll or mse, not '%s'",
-                 loss);
-  o.onnx.loss = loss ? (OxLoss)k : OX_LOSS_AUTO;
-  if (optimizer && strpbrk(optimizer, "\n#{}"))
-    return failf("kiln_model_from_onnx: the optimizer is one call such as 'sgd(lr=0.1)', not '%s'",
-                 optimizer);
-  o.onnx.optimizer = optimizer;
-  return compile(path, NULL, &o, out);
+  kiln_model_options mo = {.onnx_loss = loss, .onnx_optimizer = optimizer};
+  return kiln_model_open(path, NULL, &mo, out);
 }
 
 kiln_status kiln_model_from_string(const char *name, const char *text, kiln_model **out) {
@@ -267,6 +282,15 @@ kiln_status kiln_set_threads(kiln_trainer *t, int threads) {
   char err[RT_ERR_LEN];
   if (rt_arena_set_threads(&t->arena, threads > 0 ? threads : t->prog->threads, err))
     return failf("kiln_set_threads: %s", err);
+  return KILN_OK;
+}
+
+kiln_status kiln_set_allreduce(kiln_trainer *t,
+                               void (*fn)(void *comm, void *data, int64_t n, int dtype),
+                               void *comm) {
+  if (!t)
+    return failf("kiln_set_allreduce: NULL trainer");
+  t->arena.set_allreduce(t->arena.self, fn, comm);
   return KILN_OK;
 }
 

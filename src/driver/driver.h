@@ -32,6 +32,8 @@ typedef struct Options {
   bool no_training;       /* stop after the frontend: no optimizer, no entries (kiln diff, whose
                              programs need no parameters) */
   OxOptions onnx;         /* how an ONNX model file is imported (its loss, optimizer, ...) */
+  bool data_parallel;     /* batch statistics and the loss over every process of an MPI run
+                             (kiln build --mpi; Graph.data_parallel) */
 } Options;
 void session_default_options(Options *o);
 

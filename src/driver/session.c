@@ -61,12 +61,14 @@ static int open_model(Session *s, const char *path, const char *text, const Opti
     ir_free(g);
     return failed(s, t.msg);
   }
+  FeOptions fe = {.data_parallel = s->opt.data_parallel};
   if (!text && ox_is_onnx_path(path)) {
     s->onnx_pool = pool_new();
     s->onnx = ox_import(s->onnx_pool, path, NULL, 0, &s->opt.onnx);
-    g = fe_compile_string(pool_printf(s->onnx_pool, "%s (imported)", path), s->onnx->text);
+    g = fe_compile_string_with(pool_printf(s->onnx_pool, "%s (imported)", path), s->onnx->text,
+                               &fe);
   } else {
-    g = text ? fe_compile_string(path, text) : fe_compile_file(path);
+    g = text ? fe_compile_string_with(path, text, &fe) : fe_compile_file_with(path, &fe);
   }
   g->train.diagnose = s->opt.diagnose;
   if (s->opt.no_training) {

@@ -1711,8 +1711,9 @@ static Graph *compile(Graph *g, const char *path, const char *text, size_t len) 
 }
 
 /* A new graph named after the file, freed again if that fails. */
-static Graph *new_graph(const char *path) {
+static Graph *new_graph(const char *path, const FeOptions *o) {
   Graph *g = ir_new(NULL);
+  g->data_parallel = o && o->data_parallel;
   Trap t;
   if (!KILN_TRY(&t)) {
     ir_free(g);
@@ -1723,13 +1724,20 @@ static Graph *new_graph(const char *path) {
   return g;
 }
 
-Graph *fe_compile_string(const char *path_for_messages, const char *text) {
+Graph *fe_compile_string_with(const char *path_for_messages, const char *text,
+                              const FeOptions *o) {
   size_t len = strlen(text), bom = bom_length(text, len);
-  return compile(new_graph(path_for_messages), path_for_messages, text + bom, len - bom);
+  return compile(new_graph(path_for_messages, o), path_for_messages, text + bom, len - bom);
 }
 
-Graph *fe_compile_file(const char *path) {
-  Graph *g = new_graph(path);
+Graph *fe_compile_string(const char *path_for_messages, const char *text) {
+  return fe_compile_string_with(path_for_messages, text, NULL);
+}
+
+Graph *fe_compile_file(const char *path) { return fe_compile_file_with(path, NULL); }
+
+Graph *fe_compile_file_with(const char *path, const FeOptions *o) {
+  Graph *g = new_graph(path, o);
   Trap t;
   if (!KILN_TRY(&t)) {
     ir_free(g);

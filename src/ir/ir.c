@@ -53,6 +53,8 @@ void ir_settings(const Graph *g, IrSettings *o) {
   setting(o, "patience", "%d", t->patience);
   if (t->lsuv)
     setting(o, "lsuv", "%d", 1);
+  if (g->data_parallel)
+    setting(o, "data_parallel", "%d", 1);
   /* The learning-rate schedule only when there is one, so other programs keep their table.
    * %.17g gives back the same double through strtod. */
   if (t->schedule != KILN_LR_CONSTANT)

@@ -237,6 +237,9 @@ typedef struct Graph {
   const char **act_names;
   int nacts;
   TrainSpec train;
+  /* Compiled for data-parallel training (docs/distributed.md): batch statistics and the loss's
+   * batch mean are taken over every process through allreduce nodes. Set before lowering. */
+  bool data_parallel;
   /* Set by train_build. */
   Entry entries[ENTRY_COUNT];
   int *grads;         /* grads[i] = gradient node of the i-th PARAM (order of params[]) */
