@@ -43,8 +43,29 @@ typedef enum kiln_status { KILN_OK = 0, KILN_ERROR = 1 } kiln_status;
 
 typedef struct kiln_model kiln_model;
 
-/* Parses, type-checks and differentiates a model; builds its train, eval and grad entries. */
+/* Parses, type-checks and differentiates a model; builds its train, eval and grad entries. A
+ * file named *.onnx is imported as kiln_model_from_onnx(path, NULL, NULL, out) would. */
 KILN_API kiln_status kiln_model_from_file(const char *path, kiln_model **out);
+/* Imports an ONNX model: its initializers become the values kiln_compile starts the parameters
+ * from. loss says how it trains when the file has no loss of its own: "auto" (NULL; cross-entropy
+ * on a [batch, classes] output of an image model, else none), "none" (evaluation only),
+ * "cross_entropy", "nll" or "mse"; optimizer is the model language's call ("sgd(lr=0.1)"), NULL
+ * for adam(lr=1e-3). Unsupported operators are named with the node. */
+KILN_API kiln_status kiln_model_from_onnx(const char *path, const char *loss,
+                                          const char *optimizer, kiln_model **out);
+/* What the two above choose for you. */
+typedef struct kiln_model_options {
+  int data_parallel;      /* 1: for data-parallel training (docs/distributed.md): batch-norm
+                             statistics and the loss's batch mean are taken over every process
+                             through the collective given with kiln_set_allreduce. Each process
+                             runs kiln_grad_step on its share of the batch, the host sums every
+                             "grad.<p>" tensor over the processes, and each runs kiln_apply_step */
+  const char *onnx_loss, *onnx_optimizer; /* an ONNX file: as kiln_model_from_onnx's */
+} kiln_model_options;
+KILN_API void kiln_model_options_init(kiln_model_options *o);
+/* The model in text (named path in messages), or in the file at path when text is NULL. */
+KILN_API kiln_status kiln_model_open(const char *path, const char *text,
+                                     const kiln_model_options *o, kiln_model **out);
 /* Same from text; `name` is used in error messages as the file name. */
 KILN_API kiln_status kiln_model_from_string(const char *name, const char *text, kiln_model **out);
 KILN_API void kiln_model_free(kiln_model *m);
@@ -176,6 +197,13 @@ KILN_API int64_t kiln_trainer_batch(const kiln_trainer *t);
 /* Runs t's steps on `threads` threads from now on, at most kiln_options.threads (more are
  * clamped); threads <= 0: as many as that. Results do not change. */
 KILN_API kiln_status kiln_set_threads(kiln_trainer *t, int threads);
+/* A data-parallel model's collective (kiln_model_options.data_parallel): fn(comm, data, n, dtype)
+ * must replace the n values of type dtype (KILN_F32 or KILN_F64) at data with their sum over
+ * every process, the same on each, before it returns (MPI_Allreduce with MPI_SUM, or the host's
+ * own). Steps call it for batch statistics and the loss; NULL: one process. */
+KILN_API kiln_status kiln_set_allreduce(kiln_trainer *t,
+                                        void (*fn)(void *comm, void *data, int64_t n, int dtype),
+                                        void *comm);
 /* The threads t's steps run on. */
 KILN_API int kiln_threads(const kiln_trainer *t);
 

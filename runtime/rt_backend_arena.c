@@ -20,9 +20,26 @@ typedef struct ArenaBe {
   RtPool *pool;       /* NULL: tasks run on the calling thread */
   kiln_exec exec;
   RtProfile *profile; /* NULL: not profiling */
+  void (*allreduce)(void *comm, void *data, int64_t n, int dtype); /* kept across exec resets */
+  void *comm;
 } ArenaBe;
 
 static int arena_set_threads(void *self, int threads, char *err);
+
+static void arena_set_allreduce(void *self, void (*fn)(void *, void *, int64_t, int), void *comm) {
+  ArenaBe *a = self;
+  if (!a)
+    return;
+  a->allreduce = a->exec.allreduce = fn;
+  a->comm = a->exec.comm = comm;
+}
+
+static void *arena_tensor_data(void *self, int tensor) {
+  ArenaBe *a = self;
+  if (!a || tensor < 0 || tensor >= a->prog->ntensors)
+    return NULL;
+  return a->base + a->prog->tensors[tensor].offset;
+}
 static int arena_profile_start(void *self, char *err);
 static void arena_profile_report(void *self, FILE *out);
 
@@ -105,7 +122,7 @@ void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be
   memset(be, 0, sizeof *be);
   ArenaBe *a = malloc(sizeof *a);
   if (a) {
-    *a = (ArenaBe){p, arena, 0, NULL, {0}, NULL};
+    *a = (ArenaBe){p, arena, 0, NULL, {0}, NULL, NULL, NULL};
     rt_exec_init(&a->exec, NULL);
   }
   be->prog = p;
@@ -116,6 +133,8 @@ void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be
   be->set_threads = arena_set_threads;
   be->profile_start = arena_profile_start;
   be->profile_report = arena_profile_report;
+  be->set_allreduce = arena_set_allreduce;
+  be->tensor_data = arena_tensor_data;
 }
 
 int rt_arena_backend_new(const kiln_program *p, RtBackend *be, char *err) {
@@ -149,6 +168,8 @@ static int arena_set_threads(void *self, int threads, char *err) {
   rt_pool_free(a->pool);
   a->pool = p;
   rt_exec_init(&a->exec, p);
+  a->exec.allreduce = a->allreduce;
+  a->exec.comm = a->comm;
   if (a->profile) {
     a->exec.mark = rt_profile_mark;
     a->exec.profiler = a->profile;

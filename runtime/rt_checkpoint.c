@@ -427,6 +427,17 @@ static void some_names(char *buf, size_t len, const char *const *names, int n) {
 
 int rt_init_from(RtBackend *be, const char *path, const char *map, unsigned char *loaded,
                  FILE *report, char *err) {
+  RtNamedTensor *ts;
+  int n;
+  if (rt_safetensors_load(path, &ts, &n, err))
+    return -1;
+  int rc = rt_init_from_tensors(be, ts, n, path, map, loaded, report, err);
+  rt_safetensors_free(ts, n);
+  return rc;
+}
+
+int rt_init_from_tensors(RtBackend *be, const RtNamedTensor *ts, int n, const char *path,
+                         const char *map, unsigned char *loaded, FILE *report, char *err) {
   enum { MAX_RULES = 32 };
   const kiln_program *p = be->prog;
   char from[MAX_RULES][128], to[MAX_RULES][128];
@@ -450,10 +461,7 @@ int rt_init_from(RtBackend *be, const char *path, const char *map, unsigned char
     nrules++;
     s += n + (end ? 1 : 0);
   }
-  RtNamedTensor *ts;
-  int n, rc = -1, nload = 0, nunused = 0, nkept = 0;
-  if (rt_safetensors_load(path, &ts, &n, err))
-    return -1;
+  int rc = -1, nload = 0, nunused = 0, nkept = 0;
   const RtNamedTensor **match = calloc((size_t)p->ntensors + 1, sizeof *match);
   const char **unused = calloc((size_t)n + 1, sizeof *unused);
   const char **kept = calloc((size_t)p->ntensors + 1, sizeof *kept);
@@ -554,6 +562,5 @@ done:
   free(unused);
   free(kept);
   free(got);
-  rt_safetensors_free(ts, n);
   return rc;
 }

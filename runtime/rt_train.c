@@ -42,6 +42,7 @@ void rt_options_default(RtOptions *o) {
   o->checkpoint_dir = "checkpoints";
   o->keep_checkpoints = 3;
   o->images_count = 16;
+  o->mpi_timeout = 120;
 }
 
 /* The trainer's options. The enum orders the table and names the parser's cases. */
@@ -50,7 +51,8 @@ enum {
   OPT_CHECKPOINT_EVERY, OPT_CHECKPOINT_DIR, OPT_KEEP_CHECKPOINTS, OPT_RESUME, OPT_METRICS,
   OPT_PLOT, OPT_IMAGES, OPT_IMAGES_COUNT, OPT_INIT_FROM, OPT_INIT_MAP, OPT_LIMIT_TRAIN,
   OPT_LIMIT_TEST, OPT_VALIDATION, OPT_PATIENCE, OPT_THREADS, OPT_PROFILE, OPT_MAX_MEMORY,
-  OPT_DIAGNOSE, OPT_CURVATURE_EVERY, OPT_QUIET, OPT_COLOR, OPT_HELP, OPT_COUNT
+  OPT_DIAGNOSE, OPT_CURVATURE_EVERY, OPT_VERIFY, OPT_MPI_TIMEOUT, OPT_QUIET, OPT_COLOR, OPT_HELP,
+  OPT_COUNT
 };
 
 const RtOptionDoc rt_trainer_options[OPT_COUNT] = {
@@ -138,6 +140,12 @@ const RtOptionDoc rt_trainer_options[OPT_COUNT] = {
                              "that step's batch by power iteration (lambda_max in the epoch "
                              "line and the CSV; needs a step compiled with Hessian-vector "
                              "products: kiln train or kiln build with this option)"},
+    [OPT_VERIFY] = {"--verify", NULL, NULL,
+                    "a trainer built with --mpi: after every epoch, check that every process "
+                    "holds the same parameters (a hash of their bytes)"},
+    [OPT_MPI_TIMEOUT] = {"--mpi-timeout", "S", "120",
+                         "a trainer built with --mpi: seconds a process waits for the others "
+                         "before the run ends with a message"},
     [OPT_QUIET] = {"--quiet", NULL, NULL, "no progress output on stderr"},
     [OPT_COLOR] = {"--color", "WHEN", "auto",
                    "colour 'error:' and 'warning:' on stderr: 'auto' when stderr is a terminal, "
@@ -279,6 +287,7 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       case OPT_QUIET: o->quiet = 1; break;
       case OPT_DIAGNOSE: o->diagnose = 1; break;
       case OPT_PROFILE: o->profile = 1; break;
+      case OPT_VERIFY: o->verify = 1; break;
       }
       continue;
     }
@@ -398,6 +407,14 @@ int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name)
       o->curvature_every = n;
       break;
     case OPT_PLOT: o->plot_path = val; break;
+    case OPT_MPI_TIMEOUT: {
+      char *end;
+      double s = strtod(val, &end);
+      if (*end || end == val || !(s >= 1 && s <= 86400))
+        return opt_error(name, "%s: expected seconds from 1 to 86400, got '%s'", key, val);
+      o->mpi_timeout = s;
+      break;
+    }
     case OPT_COLOR:
       if (rt_color_parse(val, &o->color))
         return opt_error(name, "%s: expected auto, always or never, got '%s'", key, val);
@@ -542,9 +559,10 @@ int rt_check_program(const kiln_program *p, char *err) {
       return rt_errf(err, "input '%s' fed from '%s' has scale 0: every value would read as 0",
                      t->name, t->feed);
   }
+  /* A model without a loss (imported for evaluation) has no "loss": only training needs it. */
   int loss = rt_find_tensor(p, "loss");
-  if (loss < 0 || p->tensors[loss].role != KILN_ROLE_OUTPUT)
-    return rt_errf(err, "program has no \"loss\" output");
+  if (loss >= 0 && p->tensors[loss].role != KILN_ROLE_OUTPUT)
+    return rt_errf(err, "program's \"loss\" is not an output");
   return 0;
 }
 
@@ -577,7 +595,17 @@ typedef struct Run {
   RtSchedule schedule;
   int lr_t;           /* the hyper-parameter "lr", or -1 */
   double base_lr;     /* --lr, else the model's: what the schedule starts from */
+  /* A data-parallel run (o->comm): each step runs grad on this process's share of the batch,
+   * sums the gradients over the processes, then runs apply. */
+  const RtComm *comm;
+  int grad_e, apply_e;
+  unsigned char *bucket; /* the gradients on their way to the allreduce, RT_BUCKET_BYTES */
+  RtOptions local;       /* o as this process uses it (rank > 0: writes nothing, prints nothing) */
 } Run;
+
+/* Gradients are summed over the processes in buckets of this many bytes: few collectives of a
+ * useful size, whatever the number of parameter tensors. */
+#define RT_BUCKET_BYTES ((size_t)4 << 20)
 
 /* Finds the model's metrics among the eval entry's outputs. */
 static void find_metrics(Run *r) {
@@ -773,8 +801,11 @@ static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n
     return 0;
   double loss_sum = 0, metric_sum[RT_MAX_METRICS] = {0};
   int64_t correct = 0;
-  for (int64_t first = 0; first < n; first += p->batch) {
-    int64_t b = n - first < p->batch ? n - first : p->batch;
+  /* In a data-parallel run each process evaluates its own part; the sums are added up. */
+  int64_t from = r->comm ? n * r->comm->rank / r->comm->size : 0;
+  int64_t until = r->comm ? n * (r->comm->rank + 1) / r->comm->size : n;
+  for (int64_t first = from; first < until; first += p->batch) {
+    int64_t b = until - first < p->batch ? until - first : p->batch;
     write_batch(r, r->eval_e, test, idx, first, b, 0);
     if (run_entry(r, r->eval_e, b))
       return -1;
@@ -799,6 +830,15 @@ static int evaluate(Run *r, const RtDataset *test, const int64_t *idx, int64_t n
         correct += best == test->labels.data[idx ? idx[first + k] : first + k];
       }
     }
+  }
+  if (r->comm) {
+    double sums[2 + RT_MAX_METRICS] = {loss_sum, (double)correct};
+    memcpy(sums + 2, metric_sum, sizeof metric_sum);
+    if (r->comm->allreduce(r->comm->self, sums, 2 + r->nmetrics, KILN_F64, r->err))
+      return -1;
+    loss_sum = sums[0];
+    correct = (int64_t)sums[1];
+    memcpy(metric_sum, sums + 2, sizeof metric_sum);
   }
   if (tl >= 0)
     *loss = loss_sum / (double)n;
@@ -1027,6 +1067,8 @@ static int model_patience(const kiln_program *p) {
 /* The signal that asked the run to stop (SIGINT or SIGTERM), or 0; only the handler sets it. */
 static volatile sig_atomic_t stop_signal;
 
+int rt_stop_requested(void) { return stop_signal; }
+
 static void on_stop_signal(int sig) {
   stop_signal = sig;
   /* A second one ends the process the usual way, for a user who cannot wait for the step. */
@@ -1158,6 +1200,10 @@ static void prune_checkpoints(Run *r) {
 /* Writes a resumable checkpoint for position rs into the checkpoint directory; its path goes to
  * path. */
 static int write_checkpoint(Run *r, const RtResume *rs, char *path, size_t len) {
+  if (r->comm && r->comm->rank > 0) { /* every process holds the same: rank 0 writes it */
+    snprintf(path, len, "(written by rank 0)");
+    return 0;
+  }
   if (prepare_checkpoint_dir(r))
     return -1;
   if ((size_t)snprintf(path, len, "%s/ckpt-e%04d-s%06" PRId64 ".safetensors",
@@ -1174,7 +1220,9 @@ static int write_checkpoint(Run *r, const RtResume *rs, char *path, size_t len) 
  * shell's for a death by that signal (130 for SIGINT, 143 for SIGTERM). */
 static int stop_now(Run *r, const RtResume *rs, const char *where) {
   char path[4096];
-  int sig = stop_signal;
+  int sig = stop_signal ? stop_signal : SIGTERM; /* a data-parallel run stops with its peers */
+  if (r->comm && r->comm->rank > 0)
+    return 128 + sig; /* rank 0 writes the checkpoint and says how to go on */
   const char *name = r->o->prog_name ? r->o->prog_name : "trainer";
   if (!r->o->quiet)
     rt_progress_done(&r->progress);
@@ -1364,6 +1412,108 @@ static int prepare_images(Run *r, const RtDataset *train, const int64_t *fit, in
   return 0;
 }
 
+/* ---- data-parallel steps ---- */
+
+/* Every gradient ("grad.<p>") summed over the processes: packed into buckets of
+ * RT_BUCKET_BYTES, each summed by one allreduce, unpacked. */
+static int allreduce_gradients(Run *r) {
+  const kiln_program *p = r->prog;
+  const RtComm *c = r->comm;
+  size_t used = 0;
+  int dtype = -1, first = 0;
+  for (int i = 0; i <= p->ntensors; i++) {
+    const kiln_tensor *t = i < p->ntensors ? &p->tensors[i] : NULL;
+    if (t && t->role != KILN_ROLE_GRAD)
+      continue;
+    size_t size = t ? (t->dtype == KILN_F64 ? 8 : 4) : 0;
+    size_t bytes = t ? (size_t)rt_numel(t, p->batch) * size : 0;
+    /* flush the bucket when it is full, the type changes, or at the end */
+    if (used && (!t || used + bytes > RT_BUCKET_BYTES || t->dtype != dtype)) {
+      if (c->allreduce(c->self, r->bucket, (int64_t)(used / (dtype == KILN_F64 ? 8 : 4)), dtype,
+                       r->err))
+        return -1;
+      size_t at = 0;
+      for (int k = first; k < i; k++) {
+        const kiln_tensor *u = &p->tensors[k];
+        if (u->role != KILN_ROLE_GRAD)
+          continue;
+        size_t ub = (size_t)rt_numel(u, p->batch) * (u->dtype == KILN_F64 ? 8 : 4);
+        memcpy(r->be->tensor_data(r->be->self, k), r->bucket + at, ub);
+        at += ub;
+      }
+      used = 0;
+    }
+    if (!t)
+      break;
+    if (bytes > RT_BUCKET_BYTES) { /* a large gradient is summed where it lies */
+      if (c->allreduce(c->self, r->be->tensor_data(r->be->self, i),
+                       rt_numel(t, p->batch), t->dtype, r->err))
+        return -1;
+      first = i + 1;
+      continue;
+    }
+    if (!used)
+      first = i, dtype = t->dtype;
+    memcpy(r->bucket + used, r->be->tensor_data(r->be->self, i), bytes);
+    used += bytes;
+  }
+  return 0;
+}
+
+/* One global step of b examples from order[seen..]: this process's share through grad, the
+ * gradients summed, then apply on every process alike. The shares are contiguous, in rank
+ * order, as even as b allows. */
+static int data_parallel_step(Run *r, const RtDataset *train, const int64_t *order, int64_t seen,
+                              int64_t b, int epoch) {
+  int64_t lo = b * r->comm->rank / r->comm->size, hi = b * (r->comm->rank + 1) / r->comm->size;
+  write_batch(r, r->grad_e, train, order, seen + lo, hi - lo, epoch);
+  if (run_entry(r, r->grad_e, hi - lo) || allreduce_gradients(r))
+    return -1;
+  return run_entry(r, r->apply_e, hi - lo);
+}
+
+/* A hash of every parameter and saved state's bytes (FNV-1a), for --verify. */
+static uint64_t parameters_hash(Run *r) {
+  const kiln_program *p = r->prog;
+  uint64_t h = 1469598103934665603ull;
+  for (int i = 0; i < p->ntensors; i++) {
+    const kiln_tensor *t = &p->tensors[i];
+    if (!rt_saved(t))
+      continue;
+    int64_t n = rt_numel(t, p->batch);
+    r->be->read(r->be->self, i, r->buf, n);
+    const unsigned char *bytes = (const unsigned char *)r->buf;
+    for (size_t k = 0; k < (size_t)n * sizeof *r->buf; k++)
+      h = (h ^ bytes[k]) * 1099511628211ull;
+  }
+  return h;
+}
+
+/* --verify: every process must hold the same parameters after each epoch. */
+static int verify_parameters(Run *r, int epoch) {
+  uint64_t h = parameters_hash(r);
+  int same;
+  if (r->comm->agree(r->comm->self, h, &same, r->err))
+    return -1;
+  if (!same)
+    return rt_errf(r->err, "epoch %d: the processes' parameters differ (rank %d's hash is "
+                   "%016llx): a process computed something the others did not", epoch,
+                   r->comm->rank, (unsigned long long)h);
+  if (!r->o->quiet)
+    fprintf(stderr, "verify: epoch %d: the %d processes hold the same parameters (hash %016llx)\n",
+            epoch, r->comm->size, (unsigned long long)h);
+  return 0;
+}
+
+/* Whether any process was asked to stop, so that every process stops after the same step. */
+static int any_stop(Run *r, int *stop) {
+  double s = stop_signal ? 1.0 : 0.0;
+  if (r->comm && r->comm->allreduce(r->comm->self, &s, 1, KILN_F64, r->err))
+    return -1;
+  *stop = s > 0;
+  return 0;
+}
+
 static int train_data(Run *r) {
   const kiln_program *p = r->prog;
   const RtOptions *o = r->o;
@@ -1526,11 +1676,19 @@ static int train_data(Run *r) {
     }
     for (int64_t step = step0; step <= steps; step++) {
       int64_t b = nfit - seen < p->batch ? nfit - seen : p->batch;
-      write_batch(r, r->train_e, &train, order, seen, b, epoch);
-      if (r->diag && step == steps)
-        rt_diag_before_step(r->diag); /* the update/weight ratio is the last step's */
-      if (run_entry(r, r->train_e, b) || check_step(r, epoch, step, b, loss_t))
-        goto done;
+      if (r->comm && b < r->comm->size)
+        break; /* fewer examples left than processes: every process needs one (docs) */
+      if (r->comm) {
+        if (data_parallel_step(r, &train, order, seen, b, epoch) ||
+            check_step(r, epoch, step, b, loss_t))
+          goto done;
+      } else {
+        write_batch(r, r->train_e, &train, order, seen, b, epoch);
+        if (r->diag && step == steps)
+          rt_diag_before_step(r->diag); /* the update/weight ratio is the last step's */
+        if (run_entry(r, r->train_e, b) || check_step(r, epoch, step, b, loss_t))
+          goto done;
+      }
       loss_sum += read_scalar(r, loss_t, b) * (double)b;
       seen += b;
       int64_t at = (int64_t)(epoch - 1) * steps + step;
@@ -1549,7 +1707,10 @@ static int train_data(Run *r) {
                            rate, rate > 0 ? left / rate : -1);
       }
       int64_t global = (int64_t)(epoch - 1) * steps + step;
-      if (stop_signal || checkpoint_due(o, global, epoch, 0)) {
+      int stop;
+      if (any_stop(r, &stop))
+        goto done;
+      if (stop || checkpoint_due(o, global, epoch, 0)) {
         rs.epoch = epoch, rs.step = step, rs.seen = seen, rs.epoch_rng = epoch_rng;
         rs.loss_sum = loss_sum, rs.train_time = train_time, rs.train_images = train_images;
         rs.ran = ran, rs.last_train_loss = train_loss, rs.last_test_loss = test_loss;
@@ -1557,7 +1718,7 @@ static int train_data(Run *r) {
         rs.best_epoch = best.epoch, rs.best_test_loss = best.test_loss;
         rs.best_train_loss = best.train_loss, rs.best_acc = best.acc, rs.best_vals = best.vals;
         char path[4096], where[96];
-        if (stop_signal) {
+        if (stop) {
           snprintf(where, sizeof where, "epoch %d, step %" PRId64 " of %" PRId64, epoch, step,
                    steps);
           rc = stop_now(r, &rs, where);
@@ -1575,6 +1736,8 @@ static int train_data(Run *r) {
     ran = epoch;
     if (!o->quiet)
       rt_progress_done(&r->progress);
+    if (r->comm && o->verify && verify_parameters(r, epoch))
+      goto done;
     if (nval ? evaluate(r, &train, val_idx, nval, "validation", &test_loss, &acc, metrics)
              : evaluate(r, &test, NULL, ntest, "test", &test_loss, &acc, metrics))
       goto done;
@@ -1626,7 +1789,10 @@ static int train_data(Run *r) {
                lam, diag_text);
     if (r->diag && !o->quiet)
       rt_diag_print(r->diag, stderr);
-    if (stop_signal || checkpoint_due(o, 0, epoch, 1)) {
+    int stop;
+    if (any_stop(r, &stop))
+      goto done;
+    if (stop || checkpoint_due(o, 0, epoch, 1)) {
       rs = (RtResume){.epoch = epoch + 1, .epoch_rng = rng, .train_time = train_time,
                       .train_images = train_images, .ran = ran, .last_train_loss = train_loss,
                       .last_test_loss = test_loss, .last_acc = acc, .best_epoch = best.epoch,
@@ -1634,7 +1800,7 @@ static int train_data(Run *r) {
                       .best_acc = best.acc, .best_vals = best.vals};
       run_options(r, ntrain, nval, ntest, patience, &rs);
       char path[4096], where[96];
-      if (stop_signal) {
+      if (stop) {
         snprintf(where, sizeof where, "the end of epoch %d", epoch);
         rc = stop_now(r, &rs, where);
         goto stopped_by_signal;
@@ -1686,6 +1852,10 @@ static int train_data(Run *r) {
       res->val_metrics[m] = nval ? metrics[m] : NAN;
       res->test_metrics[m] = final_metrics[m];
     }
+    rc = 0;
+    goto done;
+  }
+  if (r->comm && r->comm->rank > 0) { /* rank 0 reports the run */
     rc = 0;
     goto done;
   }
@@ -1813,13 +1983,51 @@ static int train_literal(Run *r) {
   return 0;
 }
 
+/* A data-parallel run's setup: rank > 0 prints and writes nothing (rank 0 does, for the run);
+ * the program must have been compiled for it, and the options it cannot split are refused. */
+static int data_parallel_setup(Run *r) {
+  const RtComm *c = r->comm;
+  const kiln_program *p = r->prog;
+  r->local = *r->o;
+  if (c->rank > 0) {
+    r->local.quiet = 1;
+    r->local.metrics_path = r->local.save_path = r->local.plot_path = NULL;
+    r->local.images_dir = NULL;
+    r->local.result = NULL;
+  }
+  r->o = &r->local;
+  if (rt_setting_int(p, "data_parallel", 0) != 1)
+    return rt_errf(r->err, "model '%s' was not compiled for data-parallel training: build the "
+                   "trainer with kiln build --mpi", p->model ? p->model : "?");
+  r->grad_e = rt_find_entry(p, "grad");
+  r->apply_e = rt_find_entry(p, "apply");
+  if (r->grad_e < 0 || r->apply_e < 0 || !r->be->tensor_data || !r->be->set_allreduce)
+    return rt_errf(r->err, "a data-parallel run needs the grad and apply entries and a compiled "
+                   "arena");
+  if (r->o->diagnose || r->o->curvature_every > 0 || rt_setting_int(p, "lsuv", 0) == 1)
+    return rt_errf(r->err, "%s is not available in a data-parallel run",
+                   r->o->diagnose ? "--diagnose" : r->o->curvature_every > 0
+                                                      ? "--curvature-every" : "init = lsuv");
+  if (!(r->bucket = malloc(RT_BUCKET_BYTES)))
+    return rt_errf(r->err, "out of memory");
+  r->be->set_allreduce(r->be->self, c->step_allreduce, c->self);
+  return 0;
+}
+
 int rt_train(RtBackend *be, const RtOptions *o) {
-  Run r = {.be = be, .prog = be ? be->prog : NULL, .o = o};
+  Run r = {.be = be, .prog = be ? be->prog : NULL, .o = o, .comm = o ? o->comm : NULL};
   const char *name = o->prog_name ? o->prog_name : "trainer";
   int rc = -1;
-  if (rt_check_program(r.prog, r.err))
+  if (!rt_check_program(r.prog, r.err) && rt_find_tensor(r.prog, "loss") < 0)
+    rt_errf(r.err, "model '%s' has no loss to minimize: it only evaluates (an ONNX model "
+            "imported with --loss none, or a model file without 'minimize')",
+            r.prog->model ? r.prog->model : "?");
+  if (r.err[0])
     goto done;
   const kiln_program *p = r.prog;
+  if (r.comm && data_parallel_setup(&r))
+    goto done;
+  o = r.o;
   r.seed = o->have_seed ? o->seed : rt_setting_u64(p, "seed", 1);
   r.train_e = rt_find_entry(p, "train");
   r.eval_e = rt_find_entry(p, "eval");
@@ -1877,12 +2085,15 @@ int rt_train(RtBackend *be, const RtOptions *o) {
             ? "--load" : "--resume", o->load_path ? "--load" : "--resume");
     goto done;
   }
-  if (o->init_from) {
+  if (o->init_from || (o->ninit_tensors && !o->load_path && !o->resume_path)) {
     if (!(r.loaded = calloc((size_t)p->ntensors + 1, 1))) {
       rt_errf(r.err, "out of memory");
       goto done;
     }
-    if (rt_init_from(be, o->init_from, o->init_map, r.loaded, o->quiet ? NULL : stderr, r.err))
+    if (o->init_from
+            ? rt_init_from(be, o->init_from, o->init_map, r.loaded, o->quiet ? NULL : stderr, r.err)
+            : rt_init_from_tensors(be, o->init_tensors, o->ninit_tensors, o->init_source, NULL,
+                                   r.loaded, o->quiet ? NULL : stderr, r.err))
       goto done;
   }
   r.lambda_max = NAN;
@@ -1927,6 +2138,12 @@ int rt_train(RtBackend *be, const RtOptions *o) {
   }
   Signals sig;
   signals_catch(&sig);
+  if (r.comm && !data) {
+    signals_restore(&sig);
+    rt_errf(r.err, "model '%s' has its data in the file: there is no batch to split over "
+            "processes", p->model ? p->model : "?");
+    goto done;
+  }
   rc = data ? train_data(&r) : train_literal(&r);
   signals_restore(&sig);
   if (rc == 0 && o->profile) {
@@ -1936,6 +2153,7 @@ int rt_train(RtBackend *be, const RtOptions *o) {
 done:
   free(r.buf);
   free(r.loaded);
+  free(r.bucket);
   rt_diag_free(r.diag);
   rt_hvp_free(r.hvp);
   if (rc > 0)

@@ -331,7 +331,29 @@ typedef struct RtBackend {
    * (0, or -1 with err); report prints what was counted (rt_profile_report) to out. */
   int (*profile_start)(void *self, char *err);
   void (*profile_report)(void *self, FILE *out);
+  /* A data-parallel run's collective for the program's allreduce ops (kiln_exec.allreduce);
+   * NULL fn: one process. */
+  void (*set_allreduce)(void *self, void (*fn)(void *comm, void *data, int64_t n, int dtype),
+                        void *comm);
+  /* The bytes of tensor i in the program's own dtype, or NULL for a backend that keeps values
+   * otherwise (the reference runtime): for collectives straight from the arena. */
+  void *(*tensor_data)(void *self, int tensor);
 } RtBackend;
+
+/* ---- data-parallel runs: the communicator a trainer built with --mpi hands rt_train
+ * (runtime/mpi_comm.c; docs/distributed.md) ---- */
+typedef struct RtComm {
+  int rank, size;
+  void *self;
+  /* In place, the sum over every process of the n values of type dtype (KILN_F32, KILN_F64) at
+   * data, the same on each. 0, or -1 with err (a process failed or stopped answering). */
+  int (*allreduce)(void *self, void *data, int64_t n, int dtype, char *err);
+  /* *same = whether every process holds value. 0, or -1 with err. */
+  int (*agree)(void *self, uint64_t value, int *same, char *err);
+  /* For the program's in-step allreduce ops (kiln_exec.allreduce), which cannot return an
+   * error: a failure ends every process with a message. */
+  void (*step_allreduce)(void *comm, void *data, int64_t n, int dtype);
+} RtComm;
 
 /* What a data run measured on the parameters it kept (the last epoch's, or early stopping's
  * best), for a driver that reports runs itself (kiln sweep); NaN where the run has no figure. */
@@ -388,6 +410,9 @@ typedef struct RtOptions {
   const char *load_path;  /* start from these parameters, or NULL */
   const char *init_from;  /* start from the tensors of this file the model has (by name), or NULL */
   const char *init_map;   /* renamings for init_from: "FILE_NAME=MODEL_NAME,...", or NULL */
+  const RtNamedTensor *init_tensors; /* or start from these (an imported model's initial values, */
+  int ninit_tensors;                 /* named init_source in messages); init_from takes precedence */
+  const char *init_source;
   const char *metrics_path; /* CSV, or NULL */
   const char *plot_path;  /* --plot: the metrics CSV drawn as an SVG at the end, or NULL */
   const char *images_dir; /* write the output on test examples as PGM files here, or NULL */
@@ -395,6 +420,10 @@ typedef struct RtOptions {
   int64_t limit_train;    /* >0: use only the first N training examples (tests) */
   int64_t limit_test;
   int quiet;              /* no progress line */
+  const RtComm *comm;     /* a data-parallel run's communicator, or NULL: one process */
+  int verify;             /* --verify: every epoch, check that every process holds the same
+                             parameters (a hash compared over the communicator) */
+  double mpi_timeout;     /* --mpi-timeout: seconds a collective waits for the other processes */
   int diagnose;           /* per epoch: dead and saturated units, gradient and update norms */
   int64_t curvature_every; /* > 0: λmax of the Hessian every this many steps */
   int patience;           /* >0: early stopping (overrides the program's); 0: the program's */
@@ -443,6 +472,15 @@ const char *rt_option_hint(const char *arg, const char *const *extra, int nextra
 int rt_options_parse(RtOptions *o, int argc, char **argv, const char *prog_name);
 /* Runs the whole training; prints the summary line on stdout. Returns the process exit code. */
 int rt_train(RtBackend *be, const RtOptions *o);
+/* mpi_comm.c, compiled into trainers built with --mpi only: MPI_Init and the world's
+ * communicator (collectives give up after timeout seconds), and how many processes share this
+ * machine; 0, or -1 with err. rt_mpi_finish ends MPI, every process when failed != 0. */
+int rt_mpi_start(int *argc, char ***argv, double timeout, RtComm *out, int *local_size,
+                 char *err);
+void rt_mpi_finish(int failed);
+/* The signal (SIGINT, SIGTERM) that asked a running rt_train to stop, or 0: for waits that
+ * must give up with it (a data-parallel run's collectives). */
+int rt_stop_requested(void);
 
 /* Checks what the driver relies on: the ABI version, a positive batch, every tensor's name
  * (present, unique), role, dtype, rank, dims, batch axis and entry bits, a "loss" output, entry
@@ -575,6 +613,10 @@ int rt_load_checkpoint(RtBackend *be, const char *path, char *err);
  * on report (when not NULL) says what was loaded, kept and unused. */
 int rt_init_from(RtBackend *be, const char *path, const char *map, unsigned char *loaded,
                  FILE *report, char *err);
+/* The same from tensors in memory (an imported model's initial values), path naming them in
+ * messages. */
+int rt_init_from_tensors(RtBackend *be, const RtNamedTensor *ts, int n, const char *path,
+                         const char *map, unsigned char *loaded, FILE *report, char *err);
 /* Resumable checkpoints: rs == NULL writes a parameter file. Reading fills rs (best_vals is
  * malloc'd) after checking the file was written by this program and by a run with
  * rs->options, which the caller sets. */

@@ -2,6 +2,10 @@
  * trainer_main.c — main() of a standalone trainer: the generated step (which defines
  * kiln_program_desc) plus this file plus the rt_*.c support code is the whole program.
  *
+ * Built with --mpi (KILN_MPI, and mpi_comm.c), it is one process of a data-parallel run under
+ * mpirun: MPI starts after the options are read, each process takes its share of the cores, and
+ * rank 0 alone prints and writes (rt_train).
+ *
  * The backend is the compiled arena itself (rt_backend_arena.c): one 64-byte-aligned, zeroed
  * block, a tensor at `arena + offset`. Before anything runs, every tensor is checked to lie
  * inside the arena, so a planner bug shows up as a message rather than as memory corruption.
@@ -47,27 +51,51 @@ int main(int argc, char **argv) {
   int rc = rt_options_parse(&o, argc, argv, name);
   if (rc)
     return rc > 0 ? 0 : 2; /* --help, or bad usage */
-  if (!o.threads)
-    o.threads = rt_available_cores();
-
   char err[RT_ERR_LEN];
-  if (rt_check_program(prog, err) || arena_check(prog, err)) {
+  int sharing = 1; /* processes on this machine */
+#ifdef KILN_MPI
+  RtComm comm;
+  if (rt_mpi_start(&argc, &argv, o.mpi_timeout, &comm, &sharing, err)) {
     rt_color_printf(stderr, "%s: error: %s\n", name, err);
     return 1;
   }
+  o.comm = &comm;
+  static char ranked[256];
+  if (comm.size > 1) { /* messages say which process they come from */
+    snprintf(ranked, sizeof ranked, "%s[rank %d]", name, comm.rank);
+    name = ranked;
+    o.prog_name = ranked;
+  }
+#endif
+  if (!o.threads) {
+    o.threads = rt_available_cores() / sharing;
+    if (o.threads < 1)
+      o.threads = 1;
+  }
+
+  unsigned char *arena = NULL;
+  rc = 1;
+  if (rt_check_program(prog, err) || arena_check(prog, err)) {
+    rt_color_printf(stderr, "%s: error: %s\n", name, err);
+    goto out;
+  }
   /* aligned_alloc wants a size that is a multiple of the alignment. */
   size_t bytes = ((size_t)prog->arena_bytes + 63) / 64 * 64;
-  unsigned char *arena = aligned_alloc(64, bytes ? bytes : 64);
+  arena = aligned_alloc(64, bytes ? bytes : 64);
   if (!arena) {
     rt_color_printf(stderr, "%s: error: cannot allocate the %lld-byte arena\n", name,
             (long long)prog->arena_bytes);
-    return 1;
+    goto out;
   }
   memset(arena, 0, bytes);
   RtBackend be;
   rt_arena_backend(prog, arena, &be);
   rc = rt_train(&be, &o);
   rt_arena_backend_free(&be);
+out:
   free(arena);
+#ifdef KILN_MPI
+  rt_mpi_finish(rc);
+#endif
   return rc;
 }

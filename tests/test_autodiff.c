@@ -641,6 +641,17 @@ START_TEST(vjp_avgpool2d_asymmetric_nonsquare) {
   }
 }
 END_TEST
+/* Padding past half the kernel, as ONNX's ceil_mode gives: the last windows hang over the end
+ * but still hold an element of the input. */
+START_TEST(vjp_pools_ceil_mode_padding) {
+  check_maxpool(SHAPE(1, 2, 7, 7), WIN(.k = {3, 3}, .s = {3, 3}, .p = {0, 2, 0, 2}));
+  for (int inc = 0; inc < 2; inc++) {
+    teardown(), setup();
+    check_avgpool(SHAPE(1, 2, 7, 6),
+                  WIN(.k = {3, 2}, .s = {3, 2}, .p = {0, 2, 1, 1}, .include_pad = inc));
+  }
+}
+END_TEST
 START_TEST(vjp_avgpool2d_unpadded) { check_avgpool(SHAPE(2, 1, 4, 3), WIN(.k = {2, 2})); }
 END_TEST
 
@@ -878,6 +889,7 @@ static Suite *suite(void) {
   tcase_add_test(tw, vjp_relu_then_maxpool2d);
   tcase_add_test(tw, vjp_avgpool2d_overlapping_padded);
   tcase_add_test(tw, vjp_avgpool2d_asymmetric_nonsquare);
+  tcase_add_test(tw, vjp_pools_ceil_mode_padding);
   tcase_add_test(tw, vjp_avgpool2d_unpadded);
   tcase_add_test(tw, avgpool2d_double_backward);
   tcase_add_test(tw, cnn_chain);

@@ -764,6 +764,8 @@ static const PoolCase pool_cases[] = {
     {2, 6, 9, 3, 3, 3, 3, 1, 1, {0, 0, 0, 0}}, /* tiling exactly, three taps a row */
     {3, 6, 4, 3, 2, 3, 2, 1, 1, {0, 0, 0, 0}}, /* tiling exactly, non-square */
     {2, 3, 8, 1, 2, 1, 2, 1, 1, {0, 0, 0, 0}}, /* tiling exactly, one row */
+    {1, 7, 7, 3, 3, 3, 3, 1, 1, {0, 2, 0, 2}}, /* ONNX's ceil_mode: past half the kernel */
+    {2, 5, 6, 2, 3, 1, 2, 1, 1, {1, 0, 1, 2}}, /* asymmetric, a whole kernel less one */
 };
 
 /* Values with many ties (to test first-maximum selection) and negatives (so -inf padding

@@ -743,7 +743,7 @@ static Log *train_logged(const char *normalize, const char *augment, uint64_t se
   if (augment)
     ck_assert_int_eq(rt_augment_parse(augment, &o.augment, err), 0);
   Log *l = calloc(1, sizeof *l);
-  RtBackend be = {&prog, l, log_run, log_read, log_write, NULL, NULL, NULL};
+  RtBackend be = {.prog = &prog, .self = l, .run = log_run, .read = log_read, .write = log_write};
   /* stderr to a file: the driver prints the statistics --normalize auto found. */
   int rc = train_quietly(&be, &o);
   FILE *f = fopen(tpath("stderr.txt"), "rb");
@@ -880,7 +880,7 @@ START_TEST(driver_refuses_bad_pipelines) {
     char err[RT_ERR_LEN], want[1024];
     ck_assert_int_eq(rt_normalize_parse(cases[i].normalize, &o.normalize, err), 0);
     Log *l = calloc(1, sizeof *l);
-    RtBackend be = {&prog, l, log_run, log_read, log_write, NULL, NULL, NULL};
+    RtBackend be = {.prog = &prog, .self = l, .run = log_run, .read = log_read, .write = log_write};
     int rc = train_quietly(&be, &o);
     ck_assert_int_eq(rc, 1);
     FILE *f = fopen(tpath("stderr.txt"), "rb");
@@ -916,7 +916,7 @@ START_TEST(literal_models_refuse_the_pipeline) {
     else
       ck_assert_int_eq(rt_normalize_parse("auto", &o.normalize, err), 0);
     Log *l = calloc(1, sizeof *l);
-    RtBackend be = {&prog, l, log_run, log_read, log_write, NULL, NULL, NULL};
+    RtBackend be = {.prog = &prog, .self = l, .run = log_run, .read = log_read, .write = log_write};
     ck_assert_int_eq(train_quietly(&be, &o), 1);
     ck_assert_int_eq(l->runs, 0);
     free(l);

@@ -882,6 +882,7 @@ static const struct { const char *args; int64_t pad[4]; const char *out; } pad_c
     {"kernel=2, pad=valid", {0, 0, 0, 0}, "[B, 4, 8, 9]"},
     {"kernel=[3, 5], stride=2, pad=[1, 2]", {1, 1, 2, 2}, "[B, 4, 5, 5]"},
     {"kernel=3, stride=[2, 3], pad=1", {1, 1, 1, 1}, "[B, 4, 5, 4]"},
+    {"kernel=3, pad=[0, 2, 1, 0]", {0, 2, 1, 0}, "[B, 4, 9, 9]"},    /* ONNX's asymmetric pads */
 };
 
 START_TEST(lower_conv_padding) {
@@ -897,6 +898,34 @@ START_TEST(lower_conv_padding) {
   ck_assert_str_eq(shape_of_node(g, h), pad_cases[_i].out);
   ck_assert_int_eq(ir_find_leaf(g, "h.bias"), -1);
   ir_free(g);
+}
+END_TEST
+
+/* A model without minimize evaluates only: its eval entry outputs every `output` (the first as
+ * eval.output, the others by name) and there is no training step. Pools take asymmetric pads up
+ * to the window's span less one (ONNX's ceil_mode). */
+START_TEST(inference_model_outputs) {
+  Graph *g = compile_ok("input x: f32[B, 2, 5, 5]\n"
+                        "p = maxpool2d(x, kernel=3, stride=2, pad=[0, 2, 1, 1])\n"
+                        "h = relu(x)\n"
+                        "output p\noutput h\n");
+  ck_assert_int_eq(g->loss_train, -1);
+  ck_assert_str_eq(shape_of_node(g, named(g, "p")), "[B, 2, 3, 3]");
+  build_entries(g);
+  ck_assert_int_eq(g->entries[ENTRY_TRAIN].noutputs, 0);
+  ck_assert_int_eq(g->entries[ENTRY_TRAIN].nupdates, 0);
+  ck_assert_int_eq(g->entries[ENTRY_GRAD].noutputs, 0);
+  ck_assert_int_eq(g->entries[ENTRY_EVAL].noutputs, 2);
+  ck_assert_str_eq(g->entries[ENTRY_EVAL].outputs[0].name, "eval.output");
+  ck_assert_int_eq(g->entries[ENTRY_EVAL].outputs[0].node, named(g, "p")->id);
+  ck_assert_str_eq(g->entries[ENTRY_EVAL].outputs[1].name, "eval.output.h");
+  ck_assert_int_eq(g->entries[ENTRY_EVAL].outputs[1].node, named(g, "h")->id);
+  ir_free(g);
+  ck_assert_str_eq(compile_err("input x: f32[B, 2, 5, 5]\np = maxpool2d(x, kernel=3, "
+                               "pad=[0, 3, 0, 0])\noutput p\n"),
+                   "t.kiln:2:5: error: maxpool2d: padding [0, 3, 0, 0] leaves windows of the "
+                   "kernel [3, 3] without an input element (at most dilation·(kernel − 1) per "
+                   "side)\n  p = maxpool2d(x, kernel=3, pad=[0, 3, 0, 0])\n      ^\n");
 }
 END_TEST
 
@@ -1590,12 +1619,14 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "           ^\n"},
     {"no minimize",
      "input x: f32[B, 4]\ninput y: i32[B]\nh = relu(x)\n\n# end\n",
-     "t.kiln:3:12: error: no 'minimize' statement\n"
+     "t.kiln:3:12: error: no 'minimize' statement (and no 'output': a model without a loss "
+     "only evaluates, so it needs an output)\n"
      "  h = relu(x)\n"
      "             ^\n"},
     {"no minimize empty",
      "",
-     "t.kiln:1:1: error: no 'minimize' statement\n"
+     "t.kiln:1:1: error: no 'minimize' statement (and no 'output': a model without a loss "
+     "only evaluates, so it needs an output)\n"
      "  \n"
      "  ^\n"},
     {"unterminated list",
@@ -1800,11 +1831,11 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "t.kiln:2:8: error: 'n' is a number, not a tensor\n"
      "  output n\n"
      "         ^\n"},
-    {"two outputs",
+    {"same output twice",
      "input x: f32[B, 4]\ninput y: i32[B]\noutput x\noutput x\n",
-     "t.kiln:4:1: error: a model has one 'output' statement; this is a second one\n"
+     "t.kiln:4:8: error: 'x' is already an output\n"
      "  output x\n"
-     "  ^\n"},
+     "         ^\n"},
     {"two minimize",
      "input x: f32[B, 4]\ninput y: i32[B]\nloss = sum(x)\nminimize loss\nminimize loss\n",
      "t.kiln:5:1: error: a model has one 'minimize' statement; this is a second one\n"
@@ -2222,7 +2253,8 @@ static const struct { const char *what, *src, *msg; } errors[] = {
      "input x: f32[B, 3, 8, 8]\n"
      "input y: i32[B]\n"
      "h = maxpool2d(x, kernel=2, pad=2)\n",
-     "t.kiln:3:5: error: maxpool2d: padding [2, 2, 2, 2] is more than half the kernel [2, 2]\n"
+     "t.kiln:3:5: error: maxpool2d: padding [2, 2, 2, 2] leaves windows of the kernel [2, 2] "
+     "without an input element (at most dilation·(kernel − 1) per side)\n"
      "  h = maxpool2d(x, kernel=2, pad=2)\n"
      "      ^\n"},
     {"pool too big",
@@ -2401,6 +2433,7 @@ static Suite *frontend_suite(void) {
   tcase_add_test(lower, compile_file_hostile_bytes);
   tcase_add_test(lower, compile_error_restores_trap);
   tcase_add_test(lower, lower_mnist_cnn_example);
+  tcase_add_test(lower, inference_model_outputs);
   tcase_add_loop_test(lower, lower_conv_padding, 0, (int)(sizeof pad_cases / sizeof *pad_cases));
   tcase_add_test(lower, lower_conv_groups_and_init);
   tcase_add_test(lower, lower_pools);

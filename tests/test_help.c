@@ -242,7 +242,7 @@ START_TEST(exit_statuses) {
                                            "(run 'kiln shapes --help' for its options)\n"},
       {" emit " EX "mlp.kiln --tangents t", "kiln: error: --tangents belongs to jvp and hvp\n"},
       {" check " EX "mlp.kiln --epochs 3", "kiln: error: --epochs is a trainer option"},
-      {" plot m.csv --batch 4", "kiln: error: --batch belongs to shapes, graph, ir"},
+      {" plot m.csv --batch 4", "kiln: error: --batch belongs to shapes, graph, "},
       {" shapes " EX "mlp.kiln --batch", "kiln: error: option --batch needs a value\n"},
       {" shapes " EX "mlp.kiln --batch=0", "--batch needs a positive integer, got '0'"},
       {" shapes " EX "mlp.kiln --verbose=yes", "kiln: error: option --verbose takes no value\n"},

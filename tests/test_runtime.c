@@ -1402,7 +1402,7 @@ static kiln_program data_program(void) {
 /* Trains the fake with the given options; returns the exit code, output in out/err. */
 static int train_fake(Fake *f, const kiln_program *p, RtOptions *o, char **out, char **err) {
   fake_init(f, p);
-  TrainCall c = {{p, f, fake_run, fake_read, fake_write, NULL, NULL, NULL}, *o};
+  TrainCall c = {{.prog = p, .self = f, .run = fake_run, .read = fake_read, .write = fake_write}, *o};
   return capture(do_train, &c, out, err);
 }
 
@@ -1482,7 +1482,7 @@ START_TEST(train_early_stopping) {
   char *out, *err;
   fake_init(&f, &p);
   f.eval_curve = curve;
-  TrainCall c = {{&p, &f, fake_run, fake_read, fake_write, NULL, NULL, NULL}, o};
+  TrainCall c = {{.prog = &p, .self = &f, .run = fake_run, .read = fake_read, .write = fake_write}, o};
   ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
   ck_assert_msg(f.problems == 0, "%s", f.problem);
   /* best at epoch 3 (a tie at 4 is no improvement), stop after 5 */
@@ -1518,7 +1518,7 @@ START_TEST(train_early_stopping) {
   o.epochs = 6;
   fake_init(&f, &p);
   f.eval_curve = curve;
-  c = (TrainCall){{&p, &f, fake_run, fake_read, fake_write, NULL, NULL, NULL}, o};
+  c = (TrainCall){{.prog = &p, .self = &f, .run = fake_run, .read = fake_read, .write = fake_write}, o};
   ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
   ck_assert_int_eq(f.epochs_done, 6);
   ck_assert_msg(strstr(out, "final epochs=6 ") && strstr(out, "test_loss=1.0000") &&
@@ -1798,7 +1798,7 @@ START_TEST(train_errors) {
                                           {"no hyper-parameter named \"lr\""},
                                           {"input 'image' has shape [4, 1, 3, 3] (9 values per "
                                            "example), but the images in"},
-                                          {"no \"loss\" output"},
+                                          {"model 'fake' has no loss to minimize: it only evaluates"},
                                           {"batch size 0"},
                                           {"two tensors are named 'w'"},
                                           {"epoch 1, step 2: the training loss is NaN (the run "
@@ -1866,7 +1866,7 @@ START_TEST(train_errors) {
     f.nan_loss_at = i == 8 ? 2 : 0;
     f.nan_state_at = i == 9 || i == 10 ? 2 : 0;
     f.nan_eval = i == 11;
-    TrainCall c = {{&p, &f, fake_run, fake_read, fake_write, NULL, NULL, NULL}, o};
+    TrainCall c = {{.prog = &p, .self = &f, .run = fake_run, .read = fake_read, .write = fake_write}, o};
     ck_assert_int_eq(capture(do_train, &c, &out, &err), 1);
     ck_assert_msg(!strncmp(err, "trainer: error: ", 16) && strstr(err, cases[i].want) &&
                       strchr(err, '\n') == err + strlen(err) - 1,
@@ -1939,7 +1939,7 @@ START_TEST(train_literal_model) {
   rt_options_default(&o);
   o.quiet = 1;
   o.save_path = tpath("lit.st");
-  TrainCall c = {{&p, &l, lit_run, lit_read, lit_write, NULL, NULL, NULL}, o};
+  TrainCall c = {{.prog = &p, .self = &l, .run = lit_run, .read = lit_read, .write = lit_write}, o};
   char *out, *err;
   ck_assert_int_eq(capture(do_train, &c, &out, &err), 0);
   ck_assert_str_eq(err, "");

@@ -16,6 +16,9 @@
    torch.optim.AdamW, torch.nn.utils.clip_grad_norm_ / clip_grad_value_ and
    torch.optim.lr_scheduler stepped once per step (each step of a model whose data is in the
    file is an epoch).
+6. ONNX: the seed CNN exported by torch.onnx.export (training mode, symbolic batch) and imported
+   by kiln has PyTorch's initial values under PyTorch's names, and its loss and gradients agree
+   with the module's.
 
 Usage: torch_compat.py KILN_BINARY SOURCE_DIR
 """
@@ -559,9 +562,47 @@ def check_checkpoint(model_name, module, tmp):
     failures += not ok
 
 
+def export_onnx(module, path, example, training):
+    """torch.onnx.export with a symbolic batch, as a user would for a model to train elsewhere."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, path, input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                          training=torch.onnx.TrainingMode.TRAINING if training
+                          else torch.onnx.TrainingMode.EVAL)
+
+
+def check_onnx(tmp):
+    """A model exported from PyTorch and imported by kiln: the initializers become the layers'
+    parameters under PyTorch's names, and the loss (cross-entropy added by the import) and every
+    gradient at a batch agree with the module's, under both runtimes."""
+    module = MnistCNN()
+    torch.manual_seed(5)
+    for p in module.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    images = torch.rand(8, 1, 28, 28)
+    labels = torch.randint(0, 10, (8,), dtype=torch.int32)
+    module.train()
+    export_onnx(module, f"{tmp}/cnn.onnx", images, True)
+    run("import", f"{tmp}/cnn.onnx", "-o", f"{tmp}/cnn.kiln")
+    values = load_safetensors(f"{tmp}/cnn.safetensors")
+    state = module.state_dict()
+    for name, t in values.items():  # the file's initial values are the module's own
+        close(f"onnx initializer {name}", t.double(), state[name].double(), 0, 0)
+    params = dict(state)
+    save_safetensors(f"{tmp}/p.safetensors", params)
+    save_safetensors(f"{tmp}/i.safetensors", {"image": images, "label": labels})
+    module.zero_grad()
+    loss = F.cross_entropy(module(images), labels.long())
+    loss.backward()
+    grads = {name: p.grad.double() for name, p in module.named_parameters()}
+    against_torch(tmp, f"{tmp}/cnn.onnx", "onnx cnn", loss.double(), grads, 1e-4)
+
+
 def main():
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
+        check_onnx(tmp)
         check_optimizers(tmp)
         check_training(tmp)
         check_elementwise(tmp)

@@ -18,7 +18,12 @@ const CliCommandDoc cli_commands[CMD_COUNT] = {
     [CMD_SHAPES] = {"shapes", "MODEL",
                     "every node's shape, the parameters and FLOPs per example"},
     [CMD_GRAPH] = {"graph", "MODEL [--train]",
-                   "the forward (or whole training) graph as Graphviz DOT"},
+                   "the forward (or whole training) graph as Graphviz DOT, each kernel a cluster "
+                   "(| dot -Tsvg -o graph.svg)"},
+    [CMD_IMPORT] = {"import", "MODEL.onnx [-o MODEL.kiln]",
+                    "an ONNX model as a kiln model file, with its initializers beside it "
+                    "(MODEL.safetensors); every command also takes *.onnx directly (--loss, "
+                    "--optimizer, --pixel-scale say how it trains)"},
     [CMD_IR] = {"ir", "MODEL", "the typed IR with all entry points (train, eval, grad)"},
     [CMD_EMIT] = {"emit", "MODEL [-o step.c]",
                   "the whole training step as one C11 translation unit"},
@@ -26,7 +31,7 @@ const CliCommandDoc cli_commands[CMD_COUNT] = {
     [CMD_BUILD] = {"build", "MODEL -o TRAINER",
                    "a standalone trainer executable (system C compiler), linked with the "
                    "trainer runtime ($KILN_HOME, else the one beside kiln); it takes the trainer "
-                   "options"},
+                   "options. With --mpi, one for data-parallel training under mpirun"},
     [CMD_TRAIN] = {"train", "MODEL [trainer options]",
                    "train inside kiln (--runtime compiled|reference)"},
     [CMD_TUNE] = {"tune", "MODEL [--seconds S]",
@@ -79,8 +84,8 @@ const CliCommandDoc cli_commands[CMD_COUNT] = {
    CLI_CMD(CMD_CURVATURE) | CLI_CMD(CMD_DIFF))
 #define CLI_FORWARD (CLI_CMD(CMD_GRAD) | CLI_CMD(CMD_JVP) | CLI_CMD(CMD_HVP))
 #define CLI_TEXT                                                                                \
-  (CLI_CMD(CMD_SHAPES) | CLI_CMD(CMD_GRAPH) | CLI_CMD(CMD_IR) | CLI_CMD(CMD_EMIT) |           \
-   CLI_CMD(CMD_SCHEDULE))
+  (CLI_CMD(CMD_SHAPES) | CLI_CMD(CMD_GRAPH) | CLI_CMD(CMD_IMPORT) | CLI_CMD(CMD_IR) |         \
+   CLI_CMD(CMD_EMIT) | CLI_CMD(CMD_SCHEDULE))
 
 const CliOption cli_options[] = {
     /* before the command */
@@ -102,6 +107,10 @@ const CliOption cli_options[] = {
      "the picture to write (required)"},
     {OPT_OUTPUT, "-o", "FILE.csv", CLI_CMD(CMD_SWEEP), false, "sweep.csv",
      "one row per run ('-': stdout)"},
+    {OPT_MPI, "--mpi", NULL, CLI_CMD(CMD_BUILD) | CLI_CMD(CMD_EMIT), false, NULL,
+     "a data-parallel step (batch statistics and the loss over every process): build makes a "
+     "trainer to run under mpirun, compiled with Open MPI's mpicc (or $KILN_MPICC); emit prints "
+     "that step"},
     {OPT_TRAIN_GRAPH, "--train", NULL, CLI_CMD(CMD_GRAPH), false, NULL,
      "the whole training graph (backward pass and optimizer) rather than the forward one"},
     {OPT_STEPS, "--steps", "N", CLI_CMD(CMD_CHECK), false, "3",
@@ -161,6 +170,15 @@ const CliOption cli_options[] = {
     {OPT_OPT_LEVEL, "-O1, -O2, -O3", NULL, CLI_LOADS | CLI_CMD(CMD_BUILD), true, "-O2",
      "the optimisation level of either backend and of build"},
     /* every command's that reads a model (the common options) */
+    {OPT_LOSS, "--loss", "L", CLI_MODEL, true, "auto",
+     "for an ONNX model: the loss on its (first) output: auto (cross_entropy when the graph has "
+     "one output and an image input, else none), none (evaluation only), cross_entropy, nll or "
+     "mse (docs/onnx.md)"},
+    {OPT_OPTIMIZER, "--optimizer", "CALL", CLI_MODEL, true, "adam(lr=1e-3)",
+     "for an ONNX model: the train block's optimizer in the model language, e.g. "
+     "'sgd(lr=0.1, momentum=0.9)'"},
+    {OPT_PIXEL_SCALE, "--pixel-scale", "X", CLI_MODEL, true, "1/255",
+     "for an ONNX model: its image input is `from images * X`"},
     {OPT_BATCH, "--batch", "N", CLI_MODEL, false, "the model's train block, else 64",
      "the batch size to specialise for"},
     {OPT_THREADS, "--threads", "N", CLI_MODEL, true,
@@ -196,6 +214,7 @@ static const RtHelpItem environment[] = {
                   "of an installed kiln or kiln-runtime/ of a build tree"},
     {"CC", "the C compiler for build and the cc backend (it may carry arguments: \"ccache "
            "gcc\"); default: cc"},
+    {"KILN_MPICC", "the MPI compiler wrapper build --mpi uses; default: mpicc"},
     {"TMPDIR", "where private build directories are made; default: /tmp"},
     {"XDG_CACHE_HOME, HOME", "the cache of compiled programs and tuning: $XDG_CACHE_HOME/kiln, "
                              "else $HOME/.cache/kiln"},

@@ -184,6 +184,7 @@ static int options_from_environment(Options *o, char *runtime_dir, size_t cap) {
   if (!o->backend.runtime_dir || !*o->backend.runtime_dir)
     o->backend.runtime_dir = runtime_dir_beside_executable(runtime_dir, cap);
   o->backend.tmp_dir = getenv("TMPDIR");
+  o->backend.mpi_cc = getenv("KILN_MPICC");
   e = getenv("KILN_BACKEND");
   if (e && *e && parse_backend(e, &o->backend.kind))
     return usage_error("$KILN_BACKEND is 'jit' or 'cc', not '%s'", e);
@@ -321,6 +322,29 @@ static int parse_args(int argc, char **argv, Args *a) {
       break;
     case OPT_OPT_LEVEL: a->opt.backend.opt_level = s[2] - '0'; break;
     case OPT_TRAIN_GRAPH: a->train_graph = true; break;
+    case OPT_MPI:
+      /* a data-parallel step (batch statistics over every process) in an MPI trainer */
+      a->opt.data_parallel = true;
+      a->opt.backend.mpi = true;
+      break;
+    case OPT_LOSS: {
+      static const char *const losses[] = {"auto", "none", "cross_entropy", "nll", "mse"};
+      int k = 0;
+      while (k < 5 && strcmp(val, losses[k])) k++;
+      if (k == 5) return usage_error("--loss is auto, none, cross_entropy, nll or mse, not '%s'", val);
+      a->opt.onnx.loss = (OxLoss)k;
+      break;
+    }
+    case OPT_OPTIMIZER:
+      if (strpbrk(val, "\n#{}"))
+        return usage_error("--optimizer is one call such as 'sgd(lr=0.1, momentum=0.9)', not '%s'", val);
+      a->opt.onnx.optimizer = val;
+      break;
+    case OPT_PIXEL_SCALE:
+      a->opt.onnx.pixel_scale = strtod(val, &end);
+      if (*end || end == val || !(a->opt.onnx.pixel_scale > 0) || !isfinite(a->opt.onnx.pixel_scale))
+        return usage_error("--pixel-scale needs a positive number, got '%s'", val);
+      break;
     case OPT_VERBOSE: a->verbose = true; break;
     case OPT_NO_CACHE: a->no_cache = true; break;
     case OPT_NO_TUNE: a->no_tune = true; break;
@@ -651,8 +675,66 @@ static void write_shapes(Session *s, const Args *a, FILE *out) {
 
 /* ---- kiln graph / ir / emit ---- */
 
+/* ---- kiln import ---- */
+
+static void write_imported(Session *s, const Args *a, FILE *out) {
+  (void)a;
+  fputs(s->onnx->text, out);
+}
+
+/* The model text to -o (or stdout) and, with -o, the initial values beside it as
+ * <stem>.safetensors, which the text's header names. */
+static int cmd_import(Session *s, const Args *a) {
+  if (!s->onnx) {
+    rt_color_printf(stderr, "kiln: error: %s is not an ONNX file (import reads *.onnx)\n", a->model);
+    return 2;
+  }
+  const OxModel *m = s->onnx;
+  char values[4096] = "";
+  bool to_file = a->out && strcmp(a->out, "-");
+  if (m->ninit && to_file) {
+    const char *dot = strrchr(a->out, '.'), *slash = strrchr(a->out, '/');
+    int stem = dot && (!slash || dot > slash) ? (int)(dot - a->out) : (int)strlen(a->out);
+    if (snprintf(values, sizeof values, "%.*s.safetensors", stem, a->out) >= (int)sizeof values) {
+      rt_color_printf(stderr, "kiln: error: the name '%s' is too long\n", a->out);
+      return 1;
+    }
+    int n;
+    RtNamedTensor *ts = session_init_tensors(s, &n);
+    char err[RT_ERR_LEN];
+    if (!ts) return rt_color_printf(stderr, "kiln: error: out of memory\n"), 1;
+    int rc = rt_safetensors_save(values, ts, n, err);
+    free(ts);
+    if (rc) {
+      rt_color_printf(stderr, "kiln: error: %s\n", err);
+      return 1;
+    }
+  }
+  int rc = write_output(s, a, write_imported);
+  if (rc == 0 && m->ninit)
+    fprintf(stderr, values[0] ? "kiln: %d initial values in %s: train from them with "
+            "--init-from %s\n" : "kiln: %d initial values not written (give -o FILE.kiln to write "
+            "them beside it)%s%s\n", m->ninit, values, values);
+  return rc;
+}
+
 static void write_dot(Session *s, const Args *a, FILE *out) {
-  ir_print_dot(s->g, out, a->train_graph);
+  graph_print_dot(s, a->train_graph, out);
+}
+
+/* The kernels are the schedule's and the code generator's: planned first. */
+static int cmd_graph(Session *s, const Args *a) {
+  if (a->train_graph && s->g->loss_train < 0) {
+    session_fail(s, "model %s minimizes nothing, so it has no training graph (without --train, "
+                    "kiln graph draws its evaluation)", s->g->name);
+    report(s);
+    return 1;
+  }
+  if (session_plan(s)) {
+    report(s);
+    return 1;
+  }
+  return write_output(s, a, write_dot);
 }
 
 static void write_ir(Session *s, const Args *a, FILE *out) {
@@ -705,6 +787,21 @@ static int cmd_build(Session *s, const Args *a) {
     return 1;
   }
   fprintf(stderr, "kiln: wrote trainer %s\n", a->out);
+  int n;
+  RtNamedTensor *init = session_init_tensors(s, &n);
+  if (n) { /* an ONNX model's initializers, for the trainer's --init-from */
+    char path[4200], err[RT_ERR_LEN];
+    snprintf(path, sizeof path, "%s.safetensors", a->out);
+    int rc = !init ? (snprintf(err, sizeof err, "out of memory"), -1)
+                   : rt_safetensors_save(path, init, n, err);
+    free(init);
+    if (rc) {
+      rt_color_printf(stderr, "kiln: error: %s\n", err);
+      return 1;
+    }
+    fprintf(stderr, "kiln: wrote the ONNX initializers to %s: start from them with %s "
+            "--init-from %s\n", path, a->out, path);
+  }
   return 0;
 }
 
@@ -759,7 +856,14 @@ static int cmd_train(Session *s, const Args *a) {
   }
   if (!o.threads)
     o.threads = a->opt.sched.threads;
-  return a->reference ? train_reference(s, a, &o) : train_compiled(s, a, &o);
+  /* An imported model starts from its initializers unless the options say otherwise. */
+  RtNamedTensor *init = session_init_tensors(s, &o.ninit_tensors);
+  if (o.ninit_tensors && !init) return rt_color_printf(stderr, "kiln: error: out of memory\n"), 1;
+  o.init_tensors = init;
+  o.init_source = a->model;
+  rc = a->reference ? train_reference(s, a, &o) : train_compiled(s, a, &o);
+  free(init);
+  return rc;
 }
 
 /* ---- kiln tune ---- */
@@ -1052,7 +1156,8 @@ static int run_command(Args *a) {
     return 1;
   }
   if (!strcmp(cmd, "shapes")) rc = write_output(&s, a, write_shapes);
-  else if (!strcmp(cmd, "graph")) rc = write_output(&s, a, write_dot);
+  else if (!strcmp(cmd, "graph")) rc = cmd_graph(&s, a);
+  else if (!strcmp(cmd, "import")) rc = cmd_import(&s, a);
   else if (!strcmp(cmd, "ir")) rc = write_output(&s, a, write_ir);
   else if (!strcmp(cmd, "emit")) rc = cmd_emit(&s, a);
   else if (!strcmp(cmd, "schedule")) rc = cmd_schedule(&s, a);

@@ -75,6 +75,8 @@ static BackendOptions resolved(const BackendOptions *o) {
   r.opt_level = o ? o->opt_level : 0;  /* backend_opt_flag maps it */
   if (o && o->march && *o->march)
     r.march = o->march;
+  r.mpi = o && o->mpi;
+  r.mpi_cc = o && o->mpi_cc && *o->mpi_cc ? o->mpi_cc : "mpicc";
   return r;
 }
 
@@ -234,9 +236,17 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
   BackendOptions o = resolved(opt);
   const char *rt = o.runtime_dir;
   char dir[4096], src[4096 + 16], tmp[4096], main_o[4096], lib[4096], inc[4096 + 2];
+  char comm[4096] = "";
   snprintf(main_o, sizeof main_o, "%s/trainer_main.o", rt);
-  if (!file_exists(main_o))
+  if (!file_exists(main_o) || o.mpi) /* built here with KILN_MPI */
     snprintf(main_o, sizeof main_o, "%s/trainer_main.c", rt);
+  if (o.mpi) {
+    snprintf(comm, sizeof comm, "%s/mpi_comm.c", rt);
+    if (!file_exists(comm)) {
+      buf_printf(err, "the runtime directory %s lacks mpi_comm.c\n", rt);
+      return -1;
+    }
+  }
   snprintf(lib, sizeof lib, "%s/libkilnrt.a", rt);
   snprintf(inc, sizeof inc, "-I%s", rt);
   if (!file_exists(main_o) || !file_exists(lib)) {
@@ -251,7 +261,7 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
     return -1;
   }
   Argv a = {0};
-  int rc = argv_push_cc(&a, o.cc);
+  int rc = argv_push_cc(&a, o.mpi ? (o.mpi_cc ? o.mpi_cc : "mpicc") : o.cc);
   char march[128];
   snprintf(march, sizeof march, "-march=%s", o.march);
   const char *flags[] = {"-std=c11", backend_opt_flag(o.opt_level), march, "-fno-math-errno",
@@ -267,6 +277,8 @@ int aot_build_trainer(const BackendOptions *opt, const char *c_source, const cha
   };
   for (size_t i = 0; i < sizeof rest / sizeof *rest && !rc; i++)
     rc = argv_push(&a, rest[i]);
+  if (!rc && o.mpi)
+    rc = argv_push(&a, "-DKILN_MPI") || argv_push(&a, comm);
   if (rc) {
     buf_printf(err, "out of memory\n");
   } else {

@@ -29,6 +29,10 @@ typedef struct BackendOptions {
   const char *tmp_dir;      /* where private build directories are made; "/tmp" */
   const char *cache_dir;    /* compiled programs kept between processes (cache.c); none */
   int opt_level;            /* the compiler's -O level, 1 to 3; 0: 2 */
+  bool mpi;                 /* trainers: one process of a data-parallel run under mpirun, built
+                               with the MPI compiler wrapper (mpi_cc, default "mpicc") and the
+                               runtime's mpi_comm.c */
+  const char *mpi_cc;
   const char *march;        /* trainers: the CPU they are built for, the compiler's -march value
                                ("x86-64-v3"); "native" (this machine). Programs loaded into this
                                process are always built for this machine */

@@ -28,6 +28,11 @@
  * plan->sched; allocates from a pool of its own (freed on return), so the graph does not change
  * and emits may run concurrently. */
 void cg_emit_c(const Graph *g, const Plan *plan, Buf *out);
+/* Per node id, the name of the kernel function cg_emit_c's entries call for it ("k45_conv2d";
+ * a node whose kernel prints the same as an earlier node's calls that one's), or NULL where no
+ * entry calls a kernel for the node (leaves, reshapes sharing their input's bytes, nodes fused
+ * into another's loop, nodes no entry runs). Allocated from out. */
+const char **cg_kernel_names(const Graph *g, const Plan *plan, Pool *out);
 
 /* Whether the emitter table (cg_file.c) has op; cg_emit_c fails at the node's line for one
  * without. */
@@ -221,6 +226,7 @@ void cg_emit_concat(Cg *cg, const Node *n);
 void cg_emit_slice(Cg *cg, const Node *n);
 void cg_emit_one_hot(Cg *cg, const Node *n);
 void cg_emit_randn(Cg *cg, const Node *n);
+void cg_emit_allreduce(Cg *cg, const Node *n);
 void cg_emit_maxpool2d_pick(Cg *cg, const Node *n);
 void cg_emit_gather(Cg *cg, const Node *n);
 void cg_emit_gather_grad(Cg *cg, const Node *n);

@@ -417,6 +417,16 @@ void cg_emit_dropout(Cg *cg, const Node *n) {
        n->attr.salt, p, ctype(n->dtype), cg_in_at(cg, n, 0, "i"), p, ctype(n->dtype));
 }
 
+/* ALLREDUCE: x, then summed over a data-parallel run's processes by the driver's collective
+ * (kiln_exec.allreduce); x itself in one process. */
+void cg_emit_allreduce(Cg *cg, const Node *n) {
+  const char *count = sz_c(cg, sz_prod(cg, &n->shape, 0, n->shape.rank));
+  cg_line(cg, "for (int64_t i = 0; i < %s; i++)", count);
+  cg_line(cg, "  y[i] = %s;", cg_in_at(cg, n, 0, "i"));
+  cg_line(cg, "if (ex && ex->allreduce)");
+  cg_line(cg, "  ex->allreduce(ex->comm, y, %s, %d);", count, n->dtype == DT_F64 ? KILN_F64 : KILN_F32);
+}
+
 /* RANDN(like, counter): the reference's samples, computed in double and rounded once. */
 void cg_emit_randn(Cg *cg, const Node *n) {
   cg_line(cg, "const double counter = (double)%s;", cg_in_at(cg, n, 1, "0"));

@@ -71,6 +71,7 @@ static const CgEmit emitters[OP_COUNT] = {
     [OP_MAXIMUM] = cg_emit_map,
     [OP_ONE_HOT] = cg_emit_one_hot,
     [OP_RANDN] = cg_emit_randn,
+    [OP_ALLREDUCE] = cg_emit_allreduce,
     [OP_GATHER] = cg_emit_gather,
     [OP_GATHER_GRAD] = cg_emit_gather_grad,
     [OP_TANH] = cg_emit_map,
@@ -96,6 +97,13 @@ static const CgEmit emitters[OP_COUNT] = {
 bool cg_has_emitter(Op op) { return op >= 0 && op < OP_COUNT && emitters[op] != NULL; }
 
 Op cg_broken_op = OP_COUNT;
+
+static bool uses_tasks(const Cg *cg, int id) { return cg->s->node[id].workers > 1; }
+
+/* Kernels that call the driver (tasks on its threads, its collective) take its kiln_exec. */
+static bool takes_exec(const Cg *cg, int id) {
+  return uses_tasks(cg, id) || ir_at(cg->g, id)->op == OP_ALLREDUCE;
+}
 
 /* Which inputs a kernel reads (the others only give a shape): bit k = input k. */
 static unsigned reads_mask(const Node *n) {
@@ -531,7 +539,7 @@ static const char *kernel_text(Cg *cg, const Node *n) {
   buf_puts(&text, "static KILN_NOINLINE void " CG_KERNEL_NAME "(");
   for (int i = 0; i < cg->nparams; i++)
     buf_printf(&text, "%s%s%s", i ? ", " : "", cg->params[i].type, cg->params[i].name);
-  if (cg->s->node[n->id].workers > 1)
+  if (takes_exec(cg, n->id))
     buf_puts(&text, ", const kiln_exec *ex");
   buf_puts(&text, ") {\n");
   cg->indent++;
@@ -559,7 +567,6 @@ static const char *kernel_text(Cg *cg, const Node *n) {
   return kt;
 }
 
-static bool uses_tasks(const Cg *cg, int id) { return cg->s->node[id].workers > 1; }
 
 static bool any_tasks(const Cg *cg) {
   for (int i = 0; i < cg->g->nnodes; i++)
@@ -568,19 +575,18 @@ static bool any_tasks(const Cg *cg) {
   return false;
 }
 
-/* Gives every node with a kernel the one its calls use (cg->shared) and prints each distinct
- * kernel once, named after its first node, with a comment listing the nodes that share it. Two
- * nodes share a kernel when their kernels print the same text apart from the name: the same op,
- * element types, sizes, strides, attributes, literal values, schedule (threads, algorithm,
- * scratch layout, fusion) and restrict qualifiers, since every tensor is a parameter. */
-static void cg_emit_kernels(Cg *cg) {
+/* Gives every node with a kernel the one its calls use (cg->shared) and returns each such node's
+ * kernel text; next[i] becomes the next node calling i's kernel, or -1. Two nodes share a kernel
+ * when their kernels print the same text apart from the name: the same op, element types, sizes,
+ * strides, attributes, literal values, schedule (threads, algorithm, scratch layout, fusion) and
+ * restrict qualifiers, since every tensor is a parameter. */
+static const char **cg_share_kernels(Cg *cg, int *next) {
   const Graph *g = cg->g;
   int nn = g->nnodes > 0 ? g->nnodes : 1;
   const char **texts = pool_alloc(cg->pool, sizeof(char *) * (size_t)nn);
   StrMap seen = strmap_new(cg, g->nnodes);
   cg->shared = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
-  /* next[i]: the next node calling i's kernel; last[f]: the last one so far calling f's. */
-  int *next = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
+  /* last[f]: the last node so far calling f's kernel. */
   int *last = pool_alloc(cg->pool, sizeof(int) * (size_t)nn);
   for (int i = 0; i < g->nnodes; i++) {
     cg->shared[i] = next[i] = -1;
@@ -592,6 +598,16 @@ static void cg_emit_kernels(Cg *cg) {
       next[last[f]] = i;
     last[f] = i;
   }
+  return texts;
+}
+
+/* Prints each distinct kernel once, named after its first node, with a comment listing the
+ * nodes that share it. */
+static void cg_emit_kernels(Cg *cg) {
+  const Graph *g = cg->g;
+  /* next[i]: the next node calling i's kernel. */
+  int *next = pool_alloc(cg->pool, sizeof(int) * (size_t)(g->nnodes > 0 ? g->nnodes : 1));
+  const char **texts = cg_share_kernels(cg, next);
   /* Inlined, kernels made the entries, which call hundreds of them, functions too large for the
    * compilers' optimisers: most of a compile went into a few passes superlinear in a function's
    * size. KILN_ASSUME tells a kernel what it knew inlined (the batch's range). KILN_CALLS marks
@@ -666,7 +682,7 @@ static void cg_emit_call(Cg *cg, const Node *n) {
   }
   if (cg->var[n->id])
     buf_puts(&b, ", B");
-  if (uses_tasks(cg, n->id))
+  if (takes_exec(cg, n->id))
     buf_puts(&b, ", ex");
   buf_puts(&b, ");");
   if (cg->shared[n->id] != n->id)
@@ -1032,60 +1048,68 @@ static const char *model_name(Cg *cg) {
   return r;
 }
 
-static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool) {
-  Cg cg = {.g = g, .plan = plan, .s = plan->sched, .pool = pool, .out = out};
+/* What every kernel's text and call depend on, before anything is printed: the nodes each entry
+ * runs (marks), which kernels take the batch, the literal arrays and their names, the plan's
+ * checks, restrict and the tensors' C names. */
+static void cg_begin(Cg *cg, const Graph *g, const Plan *plan, Buf *out, Pool *pool,
+                     unsigned char **marks) {
+  *cg = (Cg){.g = g, .plan = plan, .s = plan->sched, .pool = pool, .out = out};
   int nn = g->nnodes > 0 ? g->nnodes : 1;
-  cg.used = pool_alloc(pool, (size_t)nn);
-  cg.var = pool_alloc(pool, (size_t)nn);
-  cg.nores = pool_alloc(pool, (size_t)nn);
-  cg.litused = pool_alloc(pool, (size_t)(g->ndata > 0 ? g->ndata : 1));
-  unsigned char *marks[ENTRY_COUNT];
+  cg->used = pool_alloc(pool, (size_t)nn);
+  cg->var = pool_alloc(pool, (size_t)nn);
+  cg->nores = pool_alloc(pool, (size_t)nn);
+  cg->litused = pool_alloc(pool, (size_t)(g->ndata > 0 ? g->ndata : 1));
   for (int e = 0; e < ENTRY_COUNT; e++) {
     marks[e] = pool_alloc(pool, (size_t)nn);
     ir_reachable(g, (EntryKind)e, marks[e]);
     for (int i = 0; i < g->nnodes; i++)
-      cg.used[i] |= marks[e][i];
+      cg->used[i] |= marks[e][i];
   }
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
     bool v = has_batch(&n->shape);
     for (int k = 0; k < n->nin; k++)
       v = v || has_batch(&ir_at(g, n->in[k])->shape);
-    cg.var[i] = v;
-    if (cg.used[i] && is_data_const(n))
-      cg.litused[n->data] = 1;
+    cg->var[i] = v;
+    if (cg->used[i] && is_data_const(n))
+      cg->litused[n->data] = 1;
   }
   for (int e = 0; e < ENTRY_COUNT; e++)
     for (int u = 0; u < g->entries[e].nupdates; u++) {
       const Node *v = ir_at(g, g->entries[e].updates[u].value);
       if (is_data_const(v))
-        cg.litused[v->data] = 1;
+        cg->litused[v->data] = 1;
     }
   for (int i = 0; i < plan->ntensors; i++)
     if (plan->tensor_node && plan->tensors[i].init == KILN_INIT_DATA) {
       const Node *n = ir_at(g, plan->tensor_node[i]);
       if (n->data >= 0)
-        cg.litused[n->data] = 1;
+        cg->litused[n->data] = 1;
     }
   /* Literal arrays are named after the leaf holding them when it has a (checked) name. */
-  cg.litname = pool_alloc(pool, sizeof(char *) * (size_t)(g->ndata > 0 ? g->ndata : 1));
+  cg->litname = pool_alloc(pool, sizeof(char *) * (size_t)(g->ndata > 0 ? g->ndata : 1));
   for (int d = 0; d < g->ndata; d++)
-    cg.litname[d] = pool_printf(pool, "lit%d", d);
+    cg->litname[d] = pool_printf(pool, "lit%d", d);
   for (int i = 0; i < g->nnodes; i++) {
     const Node *n = ir_at(g, i);
     if (op_is_leaf(n->op) && n->data >= 0 && n->data < g->ndata && cg_ident_ok(n->name))
-      cg.litname[n->data] = pool_printf(pool, "lit%d_%s", n->data, cg_c_ident(&cg, n->name));
+      cg->litname[n->data] = pool_printf(pool, "lit%d_%s", n->data, cg_c_ident(cg, n->name));
   }
-  check_plan(&cg);
+  check_plan(cg);
   unsigned char *refs[ENTRY_COUNT], *refd = pool_alloc(pool, (size_t)nn);
   for (int e = 0; e < ENTRY_COUNT; e++) {
     refs[e] = pool_alloc(pool, (size_t)nn);
-    entry_refs(&cg, (EntryKind)e, marks[e], refs[e]);
+    entry_refs(cg, (EntryKind)e, marks[e], refs[e]);
     for (int i = 0; i < g->nnodes; i++)
       refd[i] |= refs[e][i];
   }
-  name_tensors(&cg, refd);
+  name_tensors(cg, refd);
+}
 
+static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool) {
+  Cg cg;
+  unsigned char *marks[ENTRY_COUNT];
+  cg_begin(&cg, g, plan, out, pool, marks);
   const char *model = model_name(&cg);
   buf_printf(out, "/* Generated by kiln from model %s: the training step, batch %" PRId64
                   ", arena %" PRId64 " bytes. */\n",
@@ -1108,7 +1132,7 @@ static void cg_emit_unit(const Graph *g, const Plan *plan, Buf *out, Pool *pool)
   /* Kernels, each once: those whose shape involves the batch take it as `int64_t B`. */
   cg_emit_kernels(&cg);
   cg_emit_fma_probe(&cg);
-  cg.sites = pool_alloc(pool, sizeof(CgSite) * (size_t)(ENTRY_COUNT * nn + 1));
+  cg.sites = pool_alloc(pool, sizeof(CgSite) * (size_t)(ENTRY_COUNT * g->nnodes + 1));
   for (int e = 0; e < ENTRY_COUNT; e++)
     cg_emit_entry(&cg, (EntryKind)e, marks[e]);
   cg_emit_sites(&cg);
@@ -1157,4 +1181,26 @@ void cg_emit_c(const Graph *g, const Plan *plan, Buf *out) {
   cg_emit_unit(g, plan, out, pool);
   kiln_trap_end(&t);
   pool_free(pool);
+}
+
+const char **cg_kernel_names(const Graph *g, const Plan *plan, Pool *out) {
+  const char **names = pool_alloc(out, sizeof(char *) * (size_t)(g->nnodes > 0 ? g->nnodes : 1));
+  Pool *pool = pool_new();
+  Trap t;
+  if (!KILN_TRY(&t)) {
+    pool_free(pool);
+    kiln_rethrow(&t);
+  }
+  Cg cg;
+  Buf unused = {.pool = pool};
+  unsigned char *marks[ENTRY_COUNT];
+  cg_begin(&cg, g, plan, &unused, pool, marks);
+  int *next = pool_alloc(pool, sizeof(int) * (size_t)(g->nnodes > 0 ? g->nnodes : 1));
+  cg_share_kernels(&cg, next);
+  for (int i = 0; i < g->nnodes; i++)
+    if (cg.shared[i] >= 0)
+      names[i] = pool_strdup(out, kernel_name(&cg, ir_at(g, cg.shared[i])));
+  kiln_trap_end(&t);
+  pool_free(pool);
+  return names;
 }

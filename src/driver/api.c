@@ -25,12 +25,15 @@ int api_set_error(const char *msg) {
   return msg ? KILN_ERROR : KILN_OK;
 }
 
-static kiln_status compile(const char *path, const char *text, kiln_model **out) {
+static kiln_status failf(const char *fmt, ...) KILN_PRINTF(1, 2);
+
+static kiln_status compile(const char *path, const char *text, const Options *o,
+                           kiln_model **out) {
   *out = NULL;
   last_error[0] = 0;
   kiln_model *m = calloc(1, sizeof *m);
   if (!m) return api_set_error("error: out of memory\n");
-  int rc = text ? session_open_text(&m->s, path, text, NULL) : session_open_file(&m->s, path, NULL);
+  int rc = text ? session_open_text(&m->s, path, text, o) : session_open_file(&m->s, path, o);
   if (rc) {
     api_set_error(m->s.error);
     session_close(&m->s);
@@ -43,12 +46,49 @@ static kiln_status compile(const char *path, const char *text, kiln_model **out)
 
 kiln_status kiln_model_from_file(const char *path, kiln_model **out) {
   if (!path || !out) return api_set_error("error: kiln_model_from_file: NULL argument\n");
-  return compile(path, NULL, out);
+  return compile(path, NULL, NULL, out);
+}
+
+void kiln_model_options_init(kiln_model_options *o) {
+  if (o) memset(o, 0, sizeof *o);
+}
+
+kiln_status kiln_model_open(const char *path, const char *text, const kiln_model_options *mo,
+                            kiln_model **out) {
+  if (!out || (!path && !text)) return api_set_error("error: kiln_model_open: NULL argument\n");
+  *out = NULL;
+  Options o;
+  session_default_options(&o);
+  if (mo) {
+    static const char *const losses[] = {"auto", "none", "cross_entropy", "nll", "mse"};
+    int k = 0;
+    while (mo->onnx_loss && k < 5 && strcmp(mo->onnx_loss, losses[k])) k++;
+    if (k == 5)
+      return failf("kiln_model_open: the ONNX loss is auto, none, cross_entropy, nll or mse, "
+                   "not '%s'", mo->onnx_loss);
+    o.onnx.loss = mo->onnx_loss ? (OxLoss)k : OX_LOSS_AUTO;
+    if (mo->onnx_optimizer && strpbrk(mo->onnx_optimizer, "\n#{}"))
+      return failf("kiln_model_open: the optimizer is one call such as 'sgd(lr=0.1)', not '%s'",
+                   mo->onnx_optimizer);
+    o.onnx.optimizer = mo->onnx_optimizer;
+    o.data_parallel = mo->data_parallel != 0;
+  }
+  return compile(path ? path : "<string>", text, &o, out);
+}
+
+kiln_status kiln_model_from_onnx(const char *path, const char *loss, const char *optimizer,
+                                 kiln_model **out) {
+  if (!path || !out) return api_set_error("error: kiln_model_from_onnx: NULL argument\n");
+  *out = NULL;
+  if (!ox_is_onnx_path(path))
+    return failf("kiln_model_from_onnx: '%s' is not named *.onnx", path);
+  kiln_model_options mo = {.onnx_loss = loss, .onnx_optimizer = optimizer};
+  return kiln_model_open(path, NULL, &mo, out);
 }
 
 kiln_status kiln_model_from_string(const char *name, const char *text, kiln_model **out) {
   if (!text || !out) return api_set_error("error: kiln_model_from_string: NULL argument\n");
-  return compile(name ? name : "<string>", text, out);
+  return compile(name ? name : "<string>", text, NULL, out);
 }
 
 void kiln_model_free(kiln_model *m) {
@@ -106,7 +146,6 @@ struct kiln_trainer {
   int train, grad, apply, eval; /* entry indices, -1 when absent */
 };
 
-static kiln_status failf(const char *fmt, ...) KILN_PRINTF(1, 2);
 static kiln_status failf(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -219,6 +258,18 @@ kiln_status kiln_compile(const kiln_model *m, const kiln_options *ko, kiln_train
     kiln_trainer_free(t);
     return failf("%s", err);
   }
+  /* An imported ONNX model starts from its initializers. */
+  int n;
+  RtNamedTensor *init = session_init_tensors(&m->s, &n);
+  int rc = n && !init ? (snprintf(err, sizeof err, "out of memory"), -1)
+           : n ? rt_init_from_tensors(&t->arena, init, n, "the ONNX initializers", NULL, NULL,
+                                      NULL, err)
+               : 0;
+  free(init);
+  if (rc) {
+    kiln_trainer_free(t);
+    return failf("%s", err);
+  }
   *out = t;
   return KILN_OK;
 }
@@ -231,6 +282,15 @@ kiln_status kiln_set_threads(kiln_trainer *t, int threads) {
   char err[RT_ERR_LEN];
   if (rt_arena_set_threads(&t->arena, threads > 0 ? threads : t->prog->threads, err))
     return failf("kiln_set_threads: %s", err);
+  return KILN_OK;
+}
+
+kiln_status kiln_set_allreduce(kiln_trainer *t,
+                               void (*fn)(void *comm, void *data, int64_t n, int dtype),
+                               void *comm) {
+  if (!t)
+    return failf("kiln_set_allreduce: NULL trainer");
+  t->arena.set_allreduce(t->arena.self, fn, comm);
   return KILN_OK;
 }
 

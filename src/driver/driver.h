@@ -14,6 +14,7 @@
 #include <stdio.h>
 
 #include "backend/backend.h"
+#include "onnx/onnx.h"
 #include "plan/plan.h"
 #include "ref/ref.h"
 #include "sched/sched.h"
@@ -30,6 +31,9 @@ typedef struct Options {
   bool diagnose;          /* the eval entry also outputs every activation (--diagnose) */
   bool no_training;       /* stop after the frontend: no optimizer, no entries (kiln diff, whose
                              programs need no parameters) */
+  OxOptions onnx;         /* how an ONNX model file is imported (its loss, optimizer, ...) */
+  bool data_parallel;     /* batch statistics and the loss over every process of an MPI run
+                             (kiln build --mpi; Graph.data_parallel) */
 } Options;
 void session_default_options(Options *o);
 
@@ -57,12 +61,16 @@ typedef struct Session {
   const kiln_program *prog;
   Interp *ref;            /* session_reference: the interpreter and its program table */
   kiln_program ref_prog;
+  OxModel *onnx;          /* an imported ONNX model: its text, initial values and ports */
+  Pool *onnx_pool;
   bool planned, emitted, borrowed;
   SessionTimes times;
   char error[4096];
 } Session;
 
-/* Parse, lower and build the training graph of a model file or of text (name: for messages). */
+/* Parse, lower and build the training graph of a model file or of text (name: for messages).
+ * A file named *.onnx is imported first (opt.onnx says how); s->onnx then holds its initial
+ * values, which session_init_values writes into a backend. */
 int session_open_file(Session *s, const char *path, const Options *o);
 int session_open_text(Session *s, const char *name, const char *text, const Options *o);
 /* Starts from a graph built by hand (tests, builders); the caller keeps ownership of g. */
@@ -84,9 +92,24 @@ Graph *session_take_graph(Session *s);
 /* Sets error to "error: <message>\n" (a failure that is not the model's: a file, the compiler,
  * memory) and returns -1. */
 int session_fail(Session *s, const char *fmt, ...) KILN_PRINTF(2, 3);
+/* Writes an imported model's initial values (its initializers) into be, after the program's
+ * own initialisation; nothing for a kiln model file. 0, or -1 with s->error. */
+int session_init_values(Session *s, RtBackend *be);
+/* The same values as named tensors (names and values borrowed from the session; the array is
+ * malloc'd: free it), or NULL with *n = 0 when there are none (or NULL with *n > 0 when out of
+ * memory). */
+RtNamedTensor *session_init_tensors(const Session *s, int *n);
 /* Frees everything, unloading the program: nothing of it may be used afterwards. NULL and closed
  * sessions are fine. */
 void session_close(Session *s);
+
+/* ================================ graph.c ================================ */
+
+/* `kiln graph`: the train entry (training) or the eval entry of a planned session as Graphviz
+ * DOT, each kernel call of the generated C a cluster `cluster_k<node>` titled with the kernel
+ * function's name (k45_conv2d) around the nodes its loop computes; failures unwind to the
+ * caller's trap. */
+void graph_print_dot(const Session *s, bool training, FILE *out);
 
 /* ================================ check.c ================================ */
 

@@ -61,7 +61,15 @@ static int open_model(Session *s, const char *path, const char *text, const Opti
     ir_free(g);
     return failed(s, t.msg);
   }
-  g = text ? fe_compile_string(path, text) : fe_compile_file(path);
+  FeOptions fe = {.data_parallel = s->opt.data_parallel};
+  if (!text && ox_is_onnx_path(path)) {
+    s->onnx_pool = pool_new();
+    s->onnx = ox_import(s->onnx_pool, path, NULL, 0, &s->opt.onnx);
+    g = fe_compile_string_with(pool_printf(s->onnx_pool, "%s (imported)", path), s->onnx->text,
+                               &fe);
+  } else {
+    g = text ? fe_compile_string_with(path, text, &fe) : fe_compile_file_with(path, &fe);
+  }
   g->train.diagnose = s->opt.diagnose;
   if (s->opt.no_training) {
     kiln_trap_end(&t);
@@ -228,5 +236,32 @@ void session_close(Session *s) {
   if (!s->borrowed)
     ir_free(s->g);
   backend_unload(s->loaded);
+  pool_free(s->onnx_pool);
   memset(s, 0, sizeof *s);
+}
+
+RtNamedTensor *session_init_tensors(const Session *s, int *n) {
+  *n = s->onnx ? s->onnx->ninit : 0;
+  if (!*n)
+    return NULL;
+  RtNamedTensor *ts = calloc((size_t)*n, sizeof *ts);
+  for (int i = 0; ts && i < *n; i++) {
+    const OxTensor *t = &s->onnx->init[i];
+    ts[i] = (RtNamedTensor){t->name, t->dtype, t->rank, {0}, t->v};
+    memcpy(ts[i].dims, t->dims, sizeof ts[i].dims);
+  }
+  return ts;
+}
+
+int session_init_values(Session *s, RtBackend *be) {
+  int n;
+  RtNamedTensor *ts = session_init_tensors(s, &n);
+  if (!n)
+    return 0;
+  if (!ts)
+    return session_fail(s, "out of memory");
+  char err[1024];
+  int rc = rt_init_from_tensors(be, ts, n, "the ONNX initializers", NULL, NULL, NULL, err);
+  free(ts);
+  return rc ? session_fail(s, "%s", err) : 0;
 }

@@ -228,5 +228,12 @@ NnInit fe_read_train(Lower *L, const Stmt *s, TrainSpec *t);
  * first. The source text is kept in the graph's pool, since every Loc points into it. */
 Graph *fe_compile_file(const char *path);
 Graph *fe_compile_string(const char *path_for_messages, const char *text);
+/* The same for a compile that changes what the text lowers to. */
+typedef struct FeOptions {
+  bool data_parallel;   /* Graph.data_parallel: batch statistics over every process */
+} FeOptions;
+Graph *fe_compile_file_with(const char *path, const FeOptions *o);
+Graph *fe_compile_string_with(const char *path_for_messages, const char *text,
+                              const FeOptions *o);
 
 #endif

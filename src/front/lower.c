@@ -875,8 +875,8 @@ static void pair_arg(Lower *L, const Func *f, const Expr *e, const char *arg, in
     return;
   }
   if (e->nitems != 2)
-    kiln_fail(e->loc, "%s must be one integer or a list [h, w], got a list of %d", what,
-              e->nitems);
+    kiln_fail(e->loc, "%s must be one integer or a list [h, w]%s, got a list of %d", what,
+              strcmp(arg, "pad") ? "" : " or [top, bottom, left, right]", e->nitems);
   for (int i = 0; i < 2; i++)
     out[i] = fe_int_arg(L, e->items[i], lo, INT32_MAX, what);
 }
@@ -911,6 +911,12 @@ static void pad_arg(Lower *L, const Func *f, const Expr *e, bool modes, const in
       kiln_fail(e->loc, modes ? "%s: unknown padding '%s'; expected an integer, [ph, pw], same, "
                 "full or valid" : "%s: unknown padding '%s'; expected an integer or [ph, pw]",
                 f->name, e->name);
+  }
+  if (e->kind == EX_LIST && e->nitems == 4) { /* [top, bottom, left, right] (ONNX's pads) */
+    const char *what = pool_printf(L->tmp, "%s: 'pad'", f->name);
+    for (int i = 0; i < 4; i++)
+      pad[i] = fe_int_arg(L, e->items[i], 0, INT32_MAX, what);
+    return;
   }
   int64_t hw[2];
   pair_arg(L, f, e, "pad", 0, hw);
@@ -1507,12 +1513,25 @@ static void lower_stmt(Lower *L, Stmt *s) {
     return;
   }
   case ST_OUTPUT: {
-    if (L->have_output)
-      kiln_fail(s->loc, "a model has one 'output' statement; this is a second one");
-    L->have_output = true;
     Node *n = named_tensor(L, s);
-    if (L->mode == NN_EVAL)
+    bool first = !L->have_output;
+    L->have_output = true;
+    if (L->mode == NN_TRAIN)
+      return;
+    if (first) { /* the first is the prediction (accuracy, kiln jvp) */
       g->output_eval = n->id;
+      g->output_name = pool_strdup(g->pool, s->name);
+      return;
+    }
+    if (!strcmp(g->output_name, s->name))
+      kiln_fail(s->name_loc, "'%s' is already an output", s->name);
+    for (int i = 0; i < g->nmore_outputs; i++)
+      if (!strcmp(g->more_output_names[i], s->name))
+        kiln_fail(s->name_loc, "'%s' is already an output", s->name);
+    if (g->nmore_outputs == IR_MAX_OUTPUTS)
+      kiln_fail(s->loc, "a model has at most %d outputs", IR_MAX_OUTPUTS + 1);
+    g->more_output_names[g->nmore_outputs] = pool_strdup(g->pool, s->name);
+    g->more_outputs[g->nmore_outputs++] = n->id;
     return;
   }
   case ST_METRIC: {
@@ -1615,8 +1634,11 @@ void fe_lower(Graph *g, Program *prog, Pool *tmp) {
     memset(L.layer_count, 0, sizeof L.layer_count);
     for (int i = 0; i < prog->nstmts; i++)
       lower_stmt(&L, &prog->stmts[i]);
-    if (!L.have_minimize)
-      kiln_fail(prog->end, "no 'minimize' statement");
+    /* Without 'minimize' the model only evaluates (an imported inference graph): it needs an
+     * output, and it has no training step. */
+    if (!L.have_minimize && !L.have_output)
+      kiln_fail(prog->end, "no 'minimize' statement (and no 'output': a model without a loss "
+                "only evaluates, so it needs an output)");
   }
 }
 
@@ -1689,8 +1711,9 @@ static Graph *compile(Graph *g, const char *path, const char *text, size_t len) 
 }
 
 /* A new graph named after the file, freed again if that fails. */
-static Graph *new_graph(const char *path) {
+static Graph *new_graph(const char *path, const FeOptions *o) {
   Graph *g = ir_new(NULL);
+  g->data_parallel = o && o->data_parallel;
   Trap t;
   if (!KILN_TRY(&t)) {
     ir_free(g);
@@ -1701,13 +1724,20 @@ static Graph *new_graph(const char *path) {
   return g;
 }
 
-Graph *fe_compile_string(const char *path_for_messages, const char *text) {
+Graph *fe_compile_string_with(const char *path_for_messages, const char *text,
+                              const FeOptions *o) {
   size_t len = strlen(text), bom = bom_length(text, len);
-  return compile(new_graph(path_for_messages), path_for_messages, text + bom, len - bom);
+  return compile(new_graph(path_for_messages, o), path_for_messages, text + bom, len - bom);
 }
 
-Graph *fe_compile_file(const char *path) {
-  Graph *g = new_graph(path);
+Graph *fe_compile_string(const char *path_for_messages, const char *text) {
+  return fe_compile_string_with(path_for_messages, text, NULL);
+}
+
+Graph *fe_compile_file(const char *path) { return fe_compile_file_with(path, NULL); }
+
+Graph *fe_compile_file_with(const char *path, const FeOptions *o) {
+  Graph *g = new_graph(path, o);
   Trap t;
   if (!KILN_TRY(&t)) {
     ir_free(g);

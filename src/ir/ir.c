@@ -53,6 +53,8 @@ void ir_settings(const Graph *g, IrSettings *o) {
   setting(o, "patience", "%d", t->patience);
   if (t->lsuv)
     setting(o, "lsuv", "%d", 1);
+  if (g->data_parallel)
+    setting(o, "data_parallel", "%d", 1);
   /* The learning-rate schedule only when there is one, so other programs keep their table.
    * %.17g gives back the same double through strtod. */
   if (t->schedule != KILN_LR_CONSTANT)
@@ -508,6 +510,8 @@ static const char *role_names[] = {[ROLE_PARAM] = "param", [ROLE_STATE] = "state
                                    [ROLE_HYPER] = "hyper", [ROLE_INPUT] = "input",
                                    [ROLE_OPT] = "optimizer state", [ROLE_GRAD] = "gradient"};
 
+const char *ir_role_name(Role r) { return r == ROLE_NONE ? NULL : role_names[r]; }
+
 void ir_print(Graph *g, FILE *out) {
   char sb[128];
   for (int i = 0; i < g->nnodes; i++) {
@@ -530,33 +534,4 @@ void ir_print(Graph *g, FILE *out) {
       fprintf(out, " %s<-%%%d", ir_at(g, en->updates[i].target)->name, en->updates[i].value);
     fputc('\n', out);
   }
-}
-
-void ir_print_dot(Graph *g, FILE *out, bool training) {
-  unsigned char *mark = pool_alloc(g->pool, (size_t)g->nnodes + 1);
-  EntryKind e = training ? ENTRY_TRAIN : ENTRY_EVAL;
-  ir_reachable(g, e, mark);
-  char sb[128];
-  fprintf(out, "digraph \"%s\" {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n",
-          g->name);
-  for (int i = 0; i < g->nnodes; i++) {
-    if (!mark[i]) continue;
-    Node *n = ir_at(g, i);
-    const char *style = n->role == ROLE_PARAM   ? ", shape=box, style=filled, fillcolor=\"#cfe8ff\""
-                        : n->role == ROLE_INPUT ? ", shape=box, style=filled, fillcolor=\"#d8f5d0\""
-                        : op_is_leaf(n->op) && n->op != OP_CONST ? ", shape=box"
-                                                                 : "";
-    fprintf(out, "  n%d [label=\"%s%s%s\\n%s %s\"%s];\n", i, n->name ? n->name : "",
-            n->name ? "\\n" : "", op_names[n->op], dtype_name(n->dtype),
-            shape_str(g, &n->shape, sb, sizeof sb), style);
-    for (int k = 0; k < n->nin; k++) fprintf(out, "  n%d -> n%d;\n", n->in[k], i);
-  }
-  Entry *en = &g->entries[e];
-  for (int i = 0; i < en->noutputs; i++)
-    fprintf(out, "  out%d [label=\"%s\", shape=ellipse, style=dashed];\n  n%d -> out%d;\n", i,
-            en->outputs[i].name, en->outputs[i].node, i);
-  for (int i = 0; i < en->nupdates; i++)
-    fprintf(out, "  n%d -> n%d [style=dashed, color=red, label=\"update\"];\n",
-            en->updates[i].value, en->updates[i].target);
-  fprintf(out, "}\n");
 }

@@ -3,6 +3,7 @@
  * entries, and the rules that hold for every node.
  *
  *   ir.c     nodes, builders (hash-consing = CSE), entries, printing
+ *   dot.c    an entry as Graphviz DOT, kernels as clusters (kiln graph)
  *   shape.c  shape and type rules per op, FLOP counts
  *   opt.c    algebraic rewrites, applied by ir_node as nodes are built
  *
@@ -27,6 +28,7 @@ typedef enum DType { DT_F32 = KILN_F32, DT_F64 = KILN_F64, DT_I32 = KILN_I32 } D
 
 #define IR_MAX_RANK KILN_ABI_MAX_RANK
 #define IR_MAX_METRICS 8
+#define IR_MAX_OUTPUTS 64
 #define IR_MAX_IN 4
 #define IR_MAX_SYMS 8
 
@@ -216,6 +218,11 @@ typedef struct Graph {
   int loss_train;     /* scalar loss, training-mode graph (-1 if none) */
   int loss_eval;      /* scalar loss, evaluation-mode graph */
   int output_eval;    /* the model's declared output in evaluation mode, or -1 */
+  const char *output_name;  /* its variable */
+  int more_outputs[IR_MAX_OUTPUTS];  /* further `output` statements, in evaluation mode: the
+                                        eval entry's "eval.output.<name>" */
+  const char *more_output_names[IR_MAX_OUTPUTS];
+  int nmore_outputs;
   int metrics[IR_MAX_METRICS];  /* `metric NAME`: scalars in evaluation mode, reported by the
                                    trainer as "eval.metric.<name>" */
   const char *metric_names[IR_MAX_METRICS];
@@ -230,6 +237,9 @@ typedef struct Graph {
   const char **act_names;
   int nacts;
   TrainSpec train;
+  /* Compiled for data-parallel training (docs/distributed.md): batch statistics and the loss's
+   * batch mean are taken over every process through allreduce nodes. Set before lowering. */
+  bool data_parallel;
   /* Set by train_build. */
   Entry entries[ENTRY_COUNT];
   int *grads;         /* grads[i] = gradient node of the i-th PARAM (order of params[]) */
@@ -306,9 +316,11 @@ static inline bool op_is_leaf(Op op) { return op_arity[op] < 0; }
  * mark must hold g->nnodes bytes. */
 int ir_reachable(const Graph *g, EntryKind e, unsigned char *mark);
 
-/* Printing (kiln shapes, kiln graph, --dump-ir). */
+/* Printing (kiln shapes, --dump-ir). */
 void ir_print(Graph *g, FILE *out);
-void ir_print_dot(Graph *g, FILE *out, bool training);
+/* "param", "optimizer state", ...; NULL for ROLE_NONE. */
+const char *ir_role_name(Role r);
+
 extern const char *const entry_names[ENTRY_COUNT];      /* "train", "eval", "grad", "apply" */
 
 /* The train block's defaults as the ABI's settings (kiln_abi.h): keys with numbers as text, in
@@ -320,6 +332,25 @@ typedef struct IrSettings {
   int n;
 } IrSettings;
 void ir_settings(const Graph *g, IrSettings *out);
+
+/* ================================ dot.c ================================ */
+
+/* The kernels computing an entry's nodes, for ir_print_dot to draw as clusters. ir/ knows no
+ * schedule: the driver fills this in from sched/ and cg/. The arrays are per node id. */
+typedef struct IrDotKernels {
+  const char *title;          /* the drawing's title, or NULL: the model and the entry */
+  const int *in;              /* the node whose kernel computes this one (itself for the node a
+                                 kernel is called for), or -1: none (a leaf, a view of its
+                                 input) or several (recomputed in each of its consumers' loops) */
+  const char *const *name;    /* at a kernel's node: the function's name, "k45_conv2d"; a node
+                                 whose in[] names a node without one is drawn outside clusters */
+  const char *const *about;   /* at a kernel's node: its tooltip, or NULL */
+  const char *const *note;    /* a line added to the node's label, or NULL */
+} IrDotKernels;
+/* Graphviz DOT (kiln graph) of the nodes entry e runs: each with its name, op, shape and type,
+ * leaves filled by role, the model line in a tooltip; the entry's outputs and updates; with
+ * kernels (NULL: none), each kernel a cluster around the nodes it computes. */
+void ir_print_dot(const Graph *g, EntryKind e, const IrDotKernels *kernels, FILE *out);
 
 /* ================================ shape.c ================================ */
 

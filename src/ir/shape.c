@@ -463,13 +463,20 @@ static Shape pool_out(Graph *g, Node *n, const Node *x) {
 static void rule_pool(Graph *g, Node *n) {
   Node *x = in_node(g, n, 0);
   require_float(g, n, 0);
-  /* PyTorch: padding at most half the kernel, so every window sees at least one real element. */
-  for (int a = 0; a < 2; a++)
-    if (2 * n->attr.pad[2 * a] > n->attr.kernel[a] || 2 * n->attr.pad[2 * a + 1] > n->attr.kernel[a])
-      kiln_fail(n->loc, "%s: padding [%lld, %lld, %lld, %lld] is more than half the kernel "
-                "[%lld, %lld]", op_names[n->op], (long long)n->attr.pad[0],
-                (long long)n->attr.pad[1], (long long)n->attr.pad[2], (long long)n->attr.pad[3],
+  /* Every window must hold at least one element of the input: no side padded by more than
+   * the window's span less one (PyTorch asks for at most half the kernel; ONNX's ceil_mode and
+   * asymmetric pads need the looser bound). */
+  for (int a = 0; a < 2; a++) {
+    int64_t span = n->attr.dilation[a] * (n->attr.kernel[a] - 1);
+    if (n->op == OP_AVGPOOL2D || n->op == OP_AVGPOOL2D_GRAD)
+      span = n->attr.kernel[a] - 1;
+    if (n->attr.pad[2 * a] > span || n->attr.pad[2 * a + 1] > span)
+      kiln_fail(n->loc, "%s: padding [%lld, %lld, %lld, %lld] leaves windows of the kernel "
+                "[%lld, %lld] without an input element (at most dilation·(kernel − 1) per side)",
+                op_names[n->op], (long long)n->attr.pad[0], (long long)n->attr.pad[1],
+                (long long)n->attr.pad[2], (long long)n->attr.pad[3],
                 (long long)n->attr.kernel[0], (long long)n->attr.kernel[1]);
+  }
   n->dtype = x->dtype;
   n->shape = pool_out(g, n, x);
 }
@@ -519,7 +526,7 @@ static const ShapeRule shape_rules[OP_COUNT] = {
     [OP_SIN] = rule_unary,          [OP_COS] = rule_unary,      [OP_ATAN] = rule_unary,
     [OP_ERF] = rule_unary,          [OP_SIGN] = rule_unary,     [OP_SOFTPLUS] = rule_unary,
     [OP_MAXIMUM] = rule_binary,
-    [OP_ONE_HOT] = rule_one_hot,    [OP_RANDN] = rule_randn,    [OP_GATHER] = rule_gather,  [OP_GATHER_GRAD] = rule_gather_grad,
+    [OP_ONE_HOT] = rule_one_hot,    [OP_RANDN] = rule_randn,    [OP_ALLREDUCE] = rule_unary,    [OP_GATHER] = rule_gather,  [OP_GATHER_GRAD] = rule_gather_grad,
     [OP_LEAKY_RELU_GRAD] = rule_relu_grad, [OP_SOFTMAX] = rule_axis, [OP_LOG_SOFTMAX] = rule_axis,
     [OP_BCE_LOGITS] = rule_binary,  [OP_DROPOUT] = rule_dropout, [OP_TRANSPOSE] = rule_transpose,
     [OP_CONCAT] = rule_concat,      [OP_SLICE] = rule_slice,    [OP_CONV2D] = rule_conv2d,
@@ -595,7 +602,7 @@ static const FlopRule flop_rules[OP_COUNT] = {
     [OP_SIN] = flops_out,      [OP_COS] = flops_out,     [OP_ATAN] = flops_out,
     [OP_ERF] = flops_out,      [OP_SIGN] = flops_out,    [OP_SOFTPLUS] = flops_out,
     [OP_MAXIMUM] = flops_out,
-    [OP_ONE_HOT] = flops_none, [OP_RANDN] = flops_out, [OP_GATHER] = flops_none, [OP_GATHER_GRAD] = flops_out,
+    [OP_ONE_HOT] = flops_none, [OP_RANDN] = flops_out, [OP_ALLREDUCE] = flops_out, [OP_GATHER] = flops_none, [OP_GATHER_GRAD] = flops_out,
     [OP_LEAKY_RELU_GRAD] = flops_out, [OP_SOFTMAX] = flops_xent, [OP_LOG_SOFTMAX] = flops_xent,
     [OP_BCE_LOGITS] = flops_out, [OP_DROPOUT] = flops_out, [OP_TRANSPOSE] = flops_none,
     [OP_CONCAT] = flops_none,  [OP_SLICE] = flops_none,  [OP_CONV2D] = flops_conv,

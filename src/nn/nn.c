@@ -339,6 +339,22 @@ static int normalize(Graph *g, int x, unsigned axes, double eps, Loc loc, int *m
   return ir_binary(g, OP_DIV, d, sd, loc);
 }
 
+/* normalize's batch statistics over every process of a data-parallel run: sums and counts
+ * summed over the processes (allreduce), so the result is the one a single process would get on
+ * the whole batch and does not depend on how it is split. *n receives the global count. */
+static int normalize_over_processes(Graph *g, int x, unsigned axes, double eps, Loc loc, int *mu,
+                                    int *var, int *n) {
+  DType dt = ir_at(g, x)->dtype;
+  *n = ir_unary(g, OP_ALLREDUCE, ir_reduce(g, OP_NUMEL, x, axes, false, loc), loc);
+  int sum = ir_unary(g, OP_ALLREDUCE, ir_reduce(g, OP_SUM, x, axes, true, loc), loc);
+  *mu = ir_binary(g, OP_DIV, sum, *n, loc);
+  int d = ir_binary(g, OP_SUB, x, *mu, loc);
+  int sq = ir_reduce(g, OP_SUM, ir_binary(g, OP_MUL, d, d, loc), axes, true, loc);
+  *var = ir_binary(g, OP_DIV, ir_unary(g, OP_ALLREDUCE, sq, loc), *n, loc);
+  int sd = ir_unary(g, OP_SQRT, ir_binary(g, OP_ADD, *var, ir_const(g, eps, dt, loc), loc), loc);
+  return ir_binary(g, OP_DIV, d, sd, loc);
+}
+
 /* (1 - m) * running + m * batch: PyTorch's running-statistics update. */
 static int running_update(Graph *g, int running, int batch, double m, Loc loc) {
   DType dt = ir_at(g, running)->dtype;
@@ -370,9 +386,13 @@ int nn_batchnorm(Graph *g, const NnLayer *l, int x, const NnBatchnorm *o) {
                      KILN_INIT_ZEROS, at);
   int y;
   if (l->mode == NN_TRAIN) {
-    int mu, var;
-    y = normalize(g, x, axes, o->eps, loc, &mu, &var);
-    int n = ir_reduce(g, OP_NUMEL, x, axes, false, loc);
+    int mu, var, n;
+    if (g->data_parallel) {
+      y = normalize_over_processes(g, x, axes, o->eps, loc, &mu, &var, &n);
+    } else {
+      y = normalize(g, x, axes, o->eps, loc, &mu, &var);
+      n = ir_reduce(g, OP_NUMEL, x, axes, false, loc);
+    }
     int n1 = ir_binary(g, OP_SUB, n, ir_const(g, 1, dt, loc), loc);
     int unbiased = ir_binary(g, OP_MUL, ir_reshape(g, var, cs, loc),
                              ir_binary(g, OP_DIV, n, n1, loc), loc);
@@ -471,13 +491,24 @@ static uint32_t site_salt(const char *name) {
  * advanced by 1 per training step: made at the first dropout site. */
 static int dropout_counter(Graph *g, Loc loc) {
   int id = ir_find_leaf(g, "dropout.step");
-  if (id >= 0)
+  if (id < 0) {
+    ir_claim_name(g, "dropout.step", "dropout's step counter");
+    id = ir_leaf(g, OP_STATE, ROLE_OPT, "dropout.step", DT_F64, (Shape){0}, loc);
+    ir_at(g, id)->leaf.init = KILN_INIT_SEED;
+    ir_add_update(g, ENTRY_TRAIN, id, ir_binary(g, OP_ADD, id, ir_const(g, 1, DT_F64, loc), loc));
+  }
+  if (!g->data_parallel)
     return id;
-  ir_claim_name(g, "dropout.step", "dropout's step counter");
-  id = ir_leaf(g, OP_STATE, ROLE_OPT, "dropout.step", DT_F64, (Shape){0}, loc);
-  ir_at(g, id)->leaf.init = KILN_INIT_SEED;
-  ir_add_update(g, ENTRY_TRAIN, id, ir_binary(g, OP_ADD, id, ir_const(g, 1, DT_F64, loc), loc));
-  return id;
+  /* Each process draws its own masks for its own examples: the step plus the process's rank
+   * (dp.rank, which the trainer sets) times 2^32, so rank 0 draws what one process would. */
+  int rank = ir_find_leaf(g, "dp.rank");
+  if (rank < 0) {
+    ir_claim_name(g, "dp.rank", "the process's rank in a data-parallel run");
+    rank = ir_leaf(g, OP_STATE, ROLE_HYPER, "dp.rank", DT_F64, (Shape){0}, loc);
+    ir_at(g, rank)->leaf.init = KILN_INIT_ZEROS;
+  }
+  return ir_binary(g, OP_ADD, id,
+                   ir_binary(g, OP_MUL, rank, ir_const(g, 4294967296.0, DT_F64, loc), loc), loc);
 }
 
 int nn_dropout(Graph *g, const NnLayer *l, int x, double p) {

@@ -44,6 +44,8 @@ struct Interp {
   kiln_entry entries[ENTRY_COUNT]; /* the backend's entries table: names, no functions */
   IrSettings settings;             /* the backend's settings table */
   bool stop_at_faults;             /* fail at the first result that is not finite */
+  void (*allreduce)(void *comm, void *data, int64_t n, int dtype); /* a data-parallel run's sum */
+  void *comm;
   unsigned char *faulty;           /* per node: its last result held a NaN or an infinity */
 };
 
@@ -520,6 +522,16 @@ static int k_randn(Interp *it, const Node *n) {
   return 0;
 }
 
+/* The sum over a data-parallel run's processes, through the driver's collective (values in
+ * double here); the values themselves in one process. */
+static int k_allreduce(Interp *it, const Node *n) {
+  double *y = val(it, n->id);
+  memcpy(y, val(it, n->in[0]), (size_t)it->numel[n->id] * sizeof *y);
+  if (it->allreduce)
+    it->allreduce(it->comm, y, it->numel[n->id], KILN_F64);
+  return 0;
+}
+
 static int k_gather(Interp *it, const Node *n) {
   int64_t outer, len, inner, ilen = dims(it, n->in[1])[n->attr.axis];
   split_at_axis(it, n->in[0], n->attr.axis, &outer, &len, &inner);
@@ -799,6 +811,7 @@ static const RefKernel ref_kernels[OP_COUNT] = {
     [OP_MAXIMUM] = k_maximum,
     [OP_ONE_HOT] = k_one_hot,
     [OP_RANDN] = k_randn,
+    [OP_ALLREDUCE] = k_allreduce,
     [OP_GATHER] = k_gather,
     [OP_GATHER_GRAD] = k_gather_grad,
     [OP_LEAKY_RELU] = k_leaky_relu,
@@ -1033,6 +1046,12 @@ static void be_write(void *self, int t, const double *in, int64_t n) {
     round_f32(it->val[node], m);
 }
 
+static void be_set_allreduce(void *self, void (*fn)(void *, void *, int64_t, int), void *comm) {
+  Interp *it = self;
+  it->allreduce = fn;
+  it->comm = comm;
+}
+
 void interp_backend(Interp *it, const Plan *plan, kiln_program *prog, RtBackend *be) {
   it->plan = plan;
   memset(prog, 0, sizeof *prog);
@@ -1055,4 +1074,5 @@ void interp_backend(Interp *it, const Plan *plan, kiln_program *prog, RtBackend 
   be->run = be_run;
   be->read = be_read;
   be->write = be_write;
+  be->set_allreduce = be_set_allreduce;
 }

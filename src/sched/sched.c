@@ -531,6 +531,7 @@ typedef struct KernelWalk {
   int root;
   void (*fn)(int x, void *arg);
   void *arg;
+  bool all;  /* walk_outputs reports every node the kernel computes, not only those it stores */
   int nseen, seen[4 * SCHED_FUSE_MAX_NODES];
 } KernelWalk;
 
@@ -568,7 +569,7 @@ static void walk_outputs(KernelWalk *w, int n) {
     int x = nd->in[k];
     if (sched_reads(nd, k) && sched_in_kernel(w->s, x, w->root) && !walk_seen(w, x)) {
       walk_outputs(w, x);
-      if (w->s->node[x].stored)
+      if (w->all || w->s->node[x].stored)
         w->fn(x, w->arg);
     }
   }
@@ -577,6 +578,12 @@ static void walk_outputs(KernelWalk *w, int n) {
 void sched_kernel_outputs(const Graph *g, const Schedule *s, int root, void (*fn)(int x, void *arg),
                           void *arg) {
   KernelWalk w = {.g = g, .s = s, .root = root, .fn = fn, .arg = arg};
+  walk_outputs(&w, root);
+}
+
+void sched_kernel_fused(const Graph *g, const Schedule *s, int root, void (*fn)(int x, void *arg),
+                        void *arg) {
+  KernelWalk w = {.g = g, .s = s, .root = root, .fn = fn, .arg = arg, .all = true};
   walk_outputs(&w, root);
 }
 

@@ -192,6 +192,11 @@ void sched_kernel_operands(const Graph *g, const Schedule *s, int n, void (*fn)(
  * computes them (post-order from root, each once). */
 void sched_kernel_outputs(const Graph *g, const Schedule *s, int root, void (*fn)(int x, void *arg),
                           void *arg);
+/* Calls fn(x, arg) for every node root's kernel computes in registers, stored or not, in the
+ * order the loop computes them (post-order from root, each once): what `kiln graph` draws inside
+ * the kernel's cluster. */
+void sched_kernel_fused(const Graph *g, const Schedule *s, int root, void (*fn)(int x, void *arg),
+                        void *arg);
 /* Whether node id's kernel is a flat fused loop: it computes fused inner nodes, or writes an
  * update's new value in place. */
 bool sched_is_tree(const Graph *g, const Schedule *s, int id);

@@ -118,6 +118,10 @@ static int jvp_relu_grad(FwdCtx *c, const Node *n) {
 }
 
 static int jvp_neg(FwdCtx *c, const Node *n) { return neg(c, n, td(c, n, 0)); }
+/* linear: the tangent of a sum over processes is the sum of the tangents */
+static int jvp_allreduce(FwdCtx *c, const Node *n) {
+  return ir_unary(c->g, OP_ALLREDUCE, td(c, n, 0), n->loc);
+}
 static int jvp_exp(FwdCtx *c, const Node *n) { return mul(c, n, td(c, n, 0), n->id); }
 static int jvp_log(FwdCtx *c, const Node *n) { return dvd(c, n, td(c, n, 0), n->in[0]); }
 static int jvp_sqrt(FwdCtx *c, const Node *n) {
@@ -329,6 +333,7 @@ static const JvpRule jvp_rules[OP_COUNT] = {
     [OP_MAXIMUM] = jvp_maximum,
     [OP_ONE_HOT] = jvp_zero,
     [OP_RANDN] = jvp_zero,
+    [OP_ALLREDUCE] = jvp_allreduce,
     [OP_GATHER] = jvp_linear,
     [OP_GATHER_GRAD] = jvp_gather_grad,
     [OP_LEAKY_RELU] = jvp_leaky_relu,

@@ -150,6 +150,11 @@ static void vjp_mean(AdCtx *c, const Node *n, int dy) {
 
 /* NUMEL depends on x's shape, never its values. */
 static void vjp_nothing(AdCtx *c, const Node *n, int dy) { (void)c, (void)n, (void)dy; }
+/* y = Σ_p x_p over processes: every process's x_p reaches every y, so d/dx_p of Σ_q L_q(y) is
+ * the sum over processes of their dL_q/dy — the same collective. */
+static void vjp_allreduce(AdCtx *c, const Node *n, int dy) {
+  give(c, n, 0, ir_unary(c->g, OP_ALLREDUCE, dy, n->loc));
+}
 
 static void vjp_sum_to(AdCtx *c, const Node *n, int dy) {
   give(c, n, 0, expand(c, n, dy, n->in[0]));
@@ -463,6 +468,7 @@ static const VjpRule vjp_rules[OP_COUNT] = {
     [OP_MAXIMUM] = vjp_maximum,
     [OP_ONE_HOT] = vjp_nothing,
     [OP_RANDN] = vjp_nothing,
+    [OP_ALLREDUCE] = vjp_allreduce,
     [OP_GATHER] = vjp_gather,
     [OP_GATHER_GRAD] = vjp_gather_grad,
     [OP_LEAKY_RELU] = vjp_leaky_relu,

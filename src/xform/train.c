@@ -395,9 +395,64 @@ static void optimizer_step(OptCtx *c, EntryKind e, const int *grads) {
   }
 }
 
+/* eval: the evaluation-mode loss, the declared outputs and metrics, and what the trainer's
+ * options read. */
+static void eval_outputs(Graph *g) {
+  const TrainSpec *ts = &g->train;
+  if (g->loss_eval >= 0)
+    ir_add_output(g, ENTRY_EVAL, "eval.loss", g->loss_eval, "the loss in evaluation mode");
+  if (g->output_eval >= 0)
+    ir_add_output(g, ENTRY_EVAL, "eval.output", g->output_eval,
+                  "the declared output in evaluation mode");
+  for (int i = 0; i < g->nmore_outputs; i++)
+    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "eval.output.%s", g->more_output_names[i]),
+                  g->more_outputs[i], "a further output in evaluation mode");
+  for (int i = 0; i < g->nmetrics; i++)
+    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "eval.metric.%s", g->metric_names[i]),
+                  g->metrics[i], "a metric the trainer reports");
+  /* --diagnose: every activation, whose dead or saturated units the trainer counts. */
+  for (int i = 0; ts->diagnose && i < g->nacts; i++)
+    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "diag.%s", g->act_names[i]), g->acts[i],
+                  "an activation, for --diagnose");
+  /* init = lsuv: every layer's output, which the trainer scales to unit variance. */
+  for (int i = 0; ts->lsuv && i < g->nlayers; i++)
+    ir_add_output(g, ENTRY_EVAL,
+                  pool_printf(g->pool, "lsuv.%s", ir_at(g, g->layer_weight[i])->name),
+                  g->layer_output[i], "a layer's output, for init = lsuv");
+}
+
+/* Data-parallel training: each process holds n_p of the batch's n examples, and its loss is the
+ * mean over its own. The global loss, the mean over all n, is Σ_p (n_p / n)·loss_p: each process
+ * differentiates its share (n_p / n)·loss_p, so the gradients summed over processes (the
+ * trainer's allreduce) are the global loss's gradient, uneven splits included; batch statistics
+ * already couple the processes through their own allreduce nodes. *reported is the global loss,
+ * the same number in every process. */
+static int share_of_processes(OptCtx *c, int objective, int *reported) {
+  Graph *g = c->g;
+  int batch_input = -1;
+  for (int i = 0; i < g->nnodes && batch_input < 0; i++) {
+    const Node *n = ir_at(g, i);
+    if (n->op == OP_INPUT && n->role == ROLE_INPUT && n->shape.rank > 0 && n->shape.d[0].sym >= 0 &&
+        n->dtype == c->dt)
+      batch_input = i;
+  }
+  if (batch_input < 0)
+    kiln_fail(c->ts->loc, "data-parallel training splits the batch, but the model has no %s "
+              "input with the batch as its first axis", dtype_name(c->dt));
+  int n_here = ir_reduce(g, OP_NUMEL, batch_input, 1u, false, c->loc);
+  int n_all = ir_unary(g, OP_ALLREDUCE, n_here, c->loc);
+  int share = mul(c, objective, ir_binary(g, OP_DIV, n_here, n_all, c->loc));
+  *reported = ir_unary(g, OP_ALLREDUCE, share, c->loc);
+  return share;
+}
+
 void train_build(Graph *g) {
   const TrainSpec *ts = &g->train;
-  if (g->loss_train < 0) kiln_fail(ts->loc, "the model has no loss to minimize");
+  if (g->loss_train < 0) { /* an inference model: the eval entry alone */
+    g->entries[ENTRY_TRAIN].nupdates = 0;
+    eval_outputs(g);
+    return;
+  }
   Node *loss = ir_at(g, g->loss_train);
   if (loss->shape.rank != 0) {
     char sb[128];
@@ -425,6 +480,8 @@ void train_build(Graph *g) {
    * "loss", and the penalty alone as "penalty"; the eval entry's loss has no penalty. */
   int pen = penalty(&c), objective = g->loss_train;
   if (pen >= 0) objective = add(&c, g->loss_train, pen);
+  int reported = objective;
+  if (g->data_parallel) objective = share_of_processes(&c, objective, &reported);
   /* Only the parameters that train are differentiated: the backward pass holds nothing that
    * only frozen ones would need. g->grads[i] is -1 for a frozen parameter. */
   g->grads = kiln_malloc((size_t)nparams * sizeof(int));
@@ -435,7 +492,7 @@ void train_build(Graph *g) {
   ad_reverse(g, objective, wrt, ntrain, dwrt);
   for (int i = 0, j = 0; i < nparams; i++)
     g->grads[i] = ir_at(g, g->params[i])->leaf.frozen ? -1 : dwrt[j++];
-  ir_add_output(g, ENTRY_GRAD, "loss", objective, loss_what);
+  ir_add_output(g, ENTRY_GRAD, "loss", reported, loss_what);
 
   /* grad also does what the frontend's train updates do (running statistics, the dropout
    * counter), so that grad then apply is train; then it stores each gradient in its GRAD leaf. */
@@ -461,29 +518,12 @@ void train_build(Graph *g) {
 
   /* train: the loss, then every parameter's update (running statistics were added by the
    * frontend); apply: the same updates from the GRAD leaves. */
-  ir_add_output(g, ENTRY_TRAIN, "loss", objective, loss_what);
+  ir_add_output(g, ENTRY_TRAIN, "loss", reported, loss_what);
   if (pen >= 0) ir_add_output(g, ENTRY_TRAIN, "penalty", pen, penalty_what);
   optimizer_step(&c, ENTRY_TRAIN, g->grads);
   optimizer_step(&c, ENTRY_APPLY, g->grad_leaves);
 
-  /* eval: evaluation-mode loss and the declared output. */
-  if (g->loss_eval >= 0)
-    ir_add_output(g, ENTRY_EVAL, "eval.loss", g->loss_eval, "the loss in evaluation mode");
-  if (g->output_eval >= 0)
-    ir_add_output(g, ENTRY_EVAL, "eval.output", g->output_eval,
-                  "the declared output in evaluation mode");
-  for (int i = 0; i < g->nmetrics; i++)
-    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "eval.metric.%s", g->metric_names[i]),
-                  g->metrics[i], "a metric the trainer reports");
-  /* --diagnose: every activation, whose dead or saturated units the trainer counts. */
-  for (int i = 0; ts->diagnose && i < g->nacts; i++)
-    ir_add_output(g, ENTRY_EVAL, pool_printf(g->pool, "diag.%s", g->act_names[i]), g->acts[i],
-                  "an activation, for --diagnose");
-  /* init = lsuv: every layer's output, which the trainer scales to unit variance. */
-  for (int i = 0; ts->lsuv && i < g->nlayers; i++)
-    ir_add_output(g, ENTRY_EVAL,
-                  pool_printf(g->pool, "lsuv.%s", ir_at(g, g->layer_weight[i])->name),
-                  g->layer_output[i], "a layer's output, for init = lsuv");
+  eval_outputs(g);
 }
 
 /* ---- forward mode on demand: kiln jvp, kiln hvp ---- */

@@ -26,4 +26,12 @@ run() {
 run fuzz_compile "$CORPUS/compile" "$PWD/tests/fuzz/seeds/compile" "$PWD/examples" \
   -dict="$PWD/tests/fuzz/kiln.dict" -max_len=2000
 run fuzz_loaders "$CORPUS/loaders" "$PWD/tests/fuzz/seeds/loaders" -max_len=4096
+if [ -x "$BUILD/fuzz_onnx" ]; then
+  # ONNX's own test models as seeds (Debian's libonnx-testdata), when installed.
+  mkdir -p "$CORPUS/onnx" "$CORPUS/onnx-seeds"
+  for m in /usr/share/libonnx-testdata/data/node/test_{conv,maxpool,gemm,batchnorm,relu,reshape,adam,softmax,slice,concat}*/model.onnx; do
+    [ -f "$m" ] && cp "$m" "$CORPUS/onnx-seeds/$(basename "$(dirname "$m")").onnx"
+  done
+  run fuzz_onnx "$CORPUS/onnx" "$CORPUS/onnx-seeds" -max_len=4096
+fi
 echo "fuzz: every target ran $RUNS inputs without a failure" >&2

@@ -53,7 +53,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 4
+#define KILN_ABI_VERSION 5
 #define KILN_ABI_MAX_RANK 6
 #define KILN_ABI_MAX_ENTRIES 31 /* bit i of kiln_tensor.entries is entry i */
 
@@ -155,6 +155,11 @@ typedef struct kiln_exec {
    * returned (its updates follow), so each kernel's time is the time to the next mark. */
   void (*mark)(void *profiler, int site);
   void *profiler;
+  /* Data-parallel runs (an allreduce op): the sum over every process of the n values of type
+   * dtype (KILN_F32, KILN_F64) at data, in place, the same on every process; NULL in a run of one
+   * process, where the sum is the values themselves. */
+  void (*allreduce)(void *comm, void *data, int64_t n, int dtype);
+  void *comm;
 } kiln_exec;
 
 typedef void (*kiln_entry_fn)(unsigned char *arena, int64_t batch, const kiln_exec *exec);
