@@ -22,6 +22,7 @@ P=$tmp/prefix
 for f in bin/kiln include/kiln.h include/kiln_abi.h "$libdir/libkiln.a" "$libdir/libkiln.so" \
          "$libdir/kiln/runtime/libkilnrt.a" "$libdir/kiln/runtime/trainer_main.c" \
          "$libdir/kiln/runtime/kiln_abi.h" "$libdir/kiln/runtime/runtime.h" \
+         "$libdir/kiln/runtime/mpi_comm.c" \
          "$libdir/pkgconfig/kiln.pc" "$libdir/cmake/kiln/kilnConfig.cmake" \
          "$libdir/cmake/kiln/kilnConfigVersion.cmake" share/man/man1/kiln.1; do
   [ -e "$P/$f" ] || fail "$f is not installed"

@@ -210,8 +210,8 @@ static const RtHelpItem environment[] = {
     {"KILN_THREADS", "threads the step runs on, as --threads (1..256)"},
     {"KILN_BACKEND", "'jit' or 'cc', as --backend"},
     {"KILN_HOME", "the trainer runtime build links with (kiln_abi.h, runtime.h, libkilnrt.a, "
-                  "trainer_main.c); default: beside the kiln executable, lib/kiln/runtime "
-                  "of an installed kiln or kiln-runtime/ of a build tree"},
+                  "trainer_main.c, mpi_comm.c); default: beside the kiln executable, "
+                  "lib/kiln/runtime of an installed kiln or kiln-runtime/ of a build tree"},
     {"CC", "the C compiler for build and the cc backend (it may carry arguments: \"ccache "
            "gcc\"); default: cc"},
     {"KILN_MPICC", "the MPI compiler wrapper build --mpi uses; default: mpicc"},
