@@ -1831,6 +1831,11 @@ static int train_data(Run *r) {
     rc = 0;
     goto done;
   }
+  if (r->comm && r->comm->seconds && !o->quiet && train_time > 0)
+    fprintf(stderr, "data-parallel: %d processes; rank 0 spent %.1f%% of its training time in "
+            "collectives (%.2f s of %.2f s)\n", r->comm->size,
+            100 * r->comm->seconds(r->comm->self) / train_time, r->comm->seconds(r->comm->self),
+            train_time);
   char figs[4][64];
   printf("final epochs=%d train_loss=%.4f%s%s%s%s images_per_s=%.0f", ran, train_loss,
          nval ? figure(test_loss, " val_loss=%.4f", figs[0], sizeof figs[0]) : "",

@@ -310,6 +310,8 @@ typedef struct RtComm {
   /* For the program's in-step allreduce ops (kiln_exec.allreduce), which cannot return an
    * error: a failure ends every process with a message. */
   void (*step_allreduce)(void *comm, void *data, int64_t n, int dtype);
+  /* Seconds this process has spent in collectives so far (waiting included). */
+  double (*seconds)(void *self);
 } RtComm;
 
 /* What a data run measured on the parameters it kept (the last epoch's, or early stopping's
