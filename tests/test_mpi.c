@@ -133,6 +133,22 @@ START_TEST(processes_agree_and_match_one) {
 }
 END_TEST
 
+/* The data-parallel step in one process: generated code against the reference (the allreduce
+ * nodes are the identity there), and every op's rules against finite differences. */
+START_TEST(data_parallel_step_checks) {
+  build();
+  char cmd[1024], *out = NULL, *err = NULL;
+  snprintf(cmd, sizeof cmd, KILN " check %s --mpi --batch 8", tpath("small.kiln"));
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s%s", out, err);
+  ck_assert_ptr_nonnull(strstr(out, "check: OK"));
+  free(out), free(err);
+  snprintf(cmd, sizeof cmd, KILN " gradcheck %s --mpi --batch 4", tpath("small.kiln"));
+  ck_assert_msg(run(cmd, &out, &err) == 0, "%s%s", out, err);
+  ck_assert_ptr_nonnull(strstr(out, "gradcheck: OK"));
+  free(out), free(err);
+}
+END_TEST
+
 START_TEST(runs_repeat_bit_for_bit) {
   build();
   char cmd[2048], *err = NULL;
@@ -301,6 +317,7 @@ int main(void) {
   tcase_add_checked_fixture(tc, make_tmpdir, remove_tmpdir);
   tcase_set_timeout(tc, 600);
   tcase_add_test(tc, processes_agree_and_match_one);
+  tcase_add_test(tc, data_parallel_step_checks);
   tcase_add_test(tc, runs_repeat_bit_for_bit);
   tcase_add_test(tc, a_failed_process_stops_the_others);
   suite_add_tcase(s, tc);
