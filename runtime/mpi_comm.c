@@ -8,6 +8,7 @@
  * instead of a hang, and a stop signal (mpirun forwards SIGINT and SIGTERM, and sends SIGTERM to
  * the survivors when a process fails) ends the wait at once.
  */
+#include <limits.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,6 +21,8 @@ typedef struct MpiComm {
   int rank, size;
   double timeout;          /* seconds a collective may wait for the others */
   double busy;             /* seconds spent in collectives */
+  MPI_Request pending[256]; /* started sums (start), waited for by finish_all */
+  int npending;
 } MpiComm;
 
 static MpiComm world;
@@ -106,6 +109,35 @@ static void step_allreduce(void *self, void *data, int64_t n, int dtype) {
 
 static double comm_seconds(void *self) { return ((MpiComm *)self)->busy; }
 
+static void comm_progress(void *self) {
+  MpiComm *c = self;
+  int done;
+  if (c->npending)
+    MPI_Testall(c->npending, c->pending, &done, MPI_STATUSES_IGNORE);
+}
+
+static int comm_finish_all(void *self, char *err) {
+  MpiComm *c = self;
+  for (int i = 0; i < c->npending; i++)
+    if (wait_for(c, &c->pending[i], "a gradient's allreduce", err))
+      return -1;
+  c->npending = 0;
+  return 0;
+}
+
+static int comm_start(void *self, void *data, int64_t n, int dtype, char *err) {
+  MpiComm *c = self;
+  if (n > INT_MAX || c->npending == 256) /* too large or too many at once: summed now */
+    return comm_allreduce(self, data, n, dtype, err);
+  int code = MPI_Iallreduce(MPI_IN_PLACE, data, (int)n, mpi_type(dtype), MPI_SUM, c->comm,
+                            &c->pending[c->npending]);
+  if (code != MPI_SUCCESS)
+    return mpi_fail(c, code, "MPI_Iallreduce", err);
+  c->npending++;
+  comm_progress(c);
+  return 0;
+}
+
 int rt_mpi_start(int *argc, char ***argv, double timeout, RtComm *out, int *local_size,
                  char *err) {
   int code = MPI_Init(argc, argv);
@@ -125,7 +157,7 @@ int rt_mpi_start(int *argc, char ***argv, double timeout, RtComm *out, int *loca
     MPI_Comm_free(&local);
   }
   *out = (RtComm){world.rank, world.size, &world, comm_allreduce, comm_agree, step_allreduce,
-                  comm_seconds};
+                  comm_seconds, comm_start, comm_progress, comm_finish_all};
   return 0;
 }
 
