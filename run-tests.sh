@@ -10,9 +10,10 @@ KILN_JIT_PACKAGES="llvm-14-dev libclang-cpp14-dev libclang-14-dev g++"
 # protobuf-c-compiler, libprotobuf-c-dev, libonnx-dev: ONNX import (onnx.proto's C bindings);
 # libonnx-testdata: ONNX's backend tests, run by tests/onnx_conformance.
 # librsvg2-bin: test_cli renders the SVG plots kiln writes, as a viewer would.
+# openmpi-bin, libopenmpi-dev: test_mpi builds trainers with --mpi and runs them under mpirun.
 # graphviz: test_graph renders `kiln graph` with dot and reads the SVG.
 # man-db: the install test renders the installed kiln(1) with man -l.
-KILN_EXTRA_PACKAGES="protobuf-c-compiler libprotobuf-c-dev libonnx-dev libonnx-testdata python3-torch strace clang-14 libclang-rt-14-dev librsvg2-bin graphviz man-db $KILN_JIT_PACKAGES" \
+KILN_EXTRA_PACKAGES="protobuf-c-compiler libprotobuf-c-dev libonnx-dev libonnx-testdata python3-torch strace clang-14 libclang-rt-14-dev librsvg2-bin graphviz openmpi-bin libopenmpi-dev man-db $KILN_JIT_PACKAGES" \
   bash scripts/deps.sh
 cmake -S . -B build-test -DCMAKE_BUILD_TYPE=Debug -DKILN_SANITIZE=ON >/dev/null
 cmake --build build-test -j"$(nproc)"

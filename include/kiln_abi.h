@@ -48,7 +48,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 5
+#define KILN_ABI_VERSION 6
 #define KILN_ABI_MAX_RANK 6
 #define KILN_ABI_MAX_ENTRIES 31 /* bit i of kiln_tensor.entries is entry i */
 
@@ -176,6 +176,9 @@ typedef struct kiln_site {
   double flops;          /* floating-point operations of one call at the full batch */
   int per_example;       /* 1: the work scales with the batch of the call */
   int tasks;             /* 1: runs as tasks on the driver's threads */
+  int finishes;          /* a gradient ("grad.<p>", an index into kiln_program.tensors) that is
+                            complete once this call returns, or -1: a data-parallel driver may
+                            start summing it over the processes while the step goes on */
 } kiln_site;
 
 /* One training default: a key and a number, as text. */

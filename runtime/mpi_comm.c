@@ -8,6 +8,7 @@
  * instead of a hang, and a stop signal (mpirun forwards SIGINT and SIGTERM, and sends SIGTERM to
  * the survivors when a process fails) ends the wait at once.
  */
+#include <limits.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,6 +20,9 @@ typedef struct MpiComm {
   MPI_Comm comm;
   int rank, size;
   double timeout;          /* seconds a collective may wait for the others */
+  double busy;             /* seconds spent in collectives */
+  MPI_Request pending[256]; /* started sums (start), waited for by finish_all */
+  int npending;
 } MpiComm;
 
 static MpiComm world;
@@ -32,15 +36,17 @@ static int mpi_fail(MpiComm *c, int code, const char *what, char *err) {
   return rt_errf(err, "rank %d of %d: %s failed: %s", c->rank, c->size, what, text);
 }
 
-/* Waits for req, polling (MPI makes progress inside MPI_Test) with short sleeps. */
+/* Waits for req, polling: MPI makes progress inside MPI_Test. */
 static int wait_for(MpiComm *c, MPI_Request *req, const char *what, char *err) {
   double start = MPI_Wtime();
   for (;;) {
     int done = 0, code = MPI_Test(req, &done, MPI_STATUS_IGNORE);
     if (code != MPI_SUCCESS)
       return mpi_fail(c, code, what, err);
-    if (done)
+    if (done) {
+      c->busy += MPI_Wtime() - start;
       return 0;
+    }
     if (rt_stop_requested())
       return rt_errf(err, "rank %d of %d: stopped by a signal while waiting for the other "
                      "processes in %s (mpirun stops every process when one fails)", c->rank,
@@ -49,8 +55,12 @@ static int wait_for(MpiComm *c, MPI_Request *req, const char *what, char *err) {
       return rt_errf(err, "rank %d of %d: the other processes did not answer within %.0f s in "
                      "%s: one of them died or hangs (--mpi-timeout sets the wait)", c->rank,
                      c->size, c->timeout, what);
-    struct timespec pause = {0, 20000};
-    nanosleep(&pause, NULL);
+    /* MPI progresses inside MPI_Test: spin while a collective is likely to finish soon (the
+     * others are a step away), then leave the core to them */
+    if (MPI_Wtime() - start > 0.05) {
+      struct timespec pause = {0, 20000};
+      nanosleep(&pause, NULL);
+    }
   }
 }
 
@@ -97,6 +107,37 @@ static void step_allreduce(void *self, void *data, int64_t n, int dtype) {
   MPI_Abort(((MpiComm *)self)->comm, rt_stop_requested() ? 128 + rt_stop_requested() : 1);
 }
 
+static double comm_seconds(void *self) { return ((MpiComm *)self)->busy; }
+
+static void comm_progress(void *self) {
+  MpiComm *c = self;
+  int done;
+  if (c->npending)
+    MPI_Testall(c->npending, c->pending, &done, MPI_STATUSES_IGNORE);
+}
+
+static int comm_finish_all(void *self, char *err) {
+  MpiComm *c = self;
+  for (int i = 0; i < c->npending; i++)
+    if (wait_for(c, &c->pending[i], "a gradient's allreduce", err))
+      return -1;
+  c->npending = 0;
+  return 0;
+}
+
+static int comm_start(void *self, void *data, int64_t n, int dtype, char *err) {
+  MpiComm *c = self;
+  if (n > INT_MAX || c->npending == 256) /* too large or too many at once: summed now */
+    return comm_allreduce(self, data, n, dtype, err);
+  int code = MPI_Iallreduce(MPI_IN_PLACE, data, (int)n, mpi_type(dtype), MPI_SUM, c->comm,
+                            &c->pending[c->npending]);
+  if (code != MPI_SUCCESS)
+    return mpi_fail(c, code, "MPI_Iallreduce", err);
+  c->npending++;
+  comm_progress(c);
+  return 0;
+}
+
 int rt_mpi_start(int *argc, char ***argv, double timeout, RtComm *out, int *local_size,
                  char *err) {
   int code = MPI_Init(argc, argv);
@@ -115,7 +156,8 @@ int rt_mpi_start(int *argc, char ***argv, double timeout, RtComm *out, int *loca
     MPI_Comm_size(local, local_size);
     MPI_Comm_free(&local);
   }
-  *out = (RtComm){world.rank, world.size, &world, comm_allreduce, comm_agree, step_allreduce};
+  *out = (RtComm){world.rank, world.size, &world, comm_allreduce, comm_agree, step_allreduce,
+                  comm_seconds, comm_start, comm_progress, comm_finish_all};
   return 0;
 }
 

@@ -22,6 +22,8 @@ typedef struct ArenaBe {
   RtProfile *profile; /* NULL: not profiling */
   void (*allreduce)(void *comm, void *data, int64_t n, int dtype); /* kept across exec resets */
   void *comm;
+  void (*mark)(void *ctx, int site); /* a driver's marks (set_mark), also kept */
+  void *mark_ctx;
 } ArenaBe;
 
 static int arena_set_threads(void *self, int threads, char *err);
@@ -32,6 +34,15 @@ static void arena_set_allreduce(void *self, void (*fn)(void *, void *, int64_t, 
     return;
   a->allreduce = a->exec.allreduce = fn;
   a->comm = a->exec.comm = comm;
+}
+
+static int arena_set_mark(void *self, void (*mark)(void *ctx, int site), void *ctx) {
+  ArenaBe *a = self;
+  if (!a || a->profile || (mark && !a->prog->sites))
+    return -1;
+  a->mark = a->exec.mark = mark;
+  a->mark_ctx = a->exec.profiler = ctx;
+  return 0;
 }
 
 static void *arena_tensor_data(void *self, int tensor) {
@@ -122,7 +133,7 @@ void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be
   memset(be, 0, sizeof *be);
   ArenaBe *a = malloc(sizeof *a);
   if (a) {
-    *a = (ArenaBe){p, arena, 0, NULL, {0}, NULL, NULL, NULL};
+    *a = (ArenaBe){p, arena, 0, NULL, {0}, NULL, NULL, NULL, NULL, NULL};
     rt_exec_init(&a->exec, NULL);
   }
   be->prog = p;
@@ -135,6 +146,7 @@ void rt_arena_backend(const kiln_program *p, unsigned char *arena, RtBackend *be
   be->profile_report = arena_profile_report;
   be->set_allreduce = arena_set_allreduce;
   be->tensor_data = arena_tensor_data;
+  be->set_mark = arena_set_mark;
 }
 
 int rt_arena_backend_new(const kiln_program *p, RtBackend *be, char *err) {
@@ -170,6 +182,8 @@ static int arena_set_threads(void *self, int threads, char *err) {
   rt_exec_init(&a->exec, p);
   a->exec.allreduce = a->allreduce;
   a->exec.comm = a->comm;
+  a->exec.mark = a->mark;
+  a->exec.profiler = a->mark_ctx;
   if (a->profile) {
     a->exec.mark = rt_profile_mark;
     a->exec.profiler = a->profile;

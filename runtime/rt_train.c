@@ -600,6 +600,10 @@ typedef struct Run {
   const RtComm *comm;
   int grad_e, apply_e;
   unsigned char *bucket; /* the gradients on their way to the allreduce, RT_BUCKET_BYTES */
+  unsigned char *started; /* per tensor: its sum began during the grad entry (overlap) */
+  int overlap_last;       /* the kernel call marked last, or -1 */
+  int overlap_failed;     /* a sum could not be started: r->err says why */
+  int overlapped;         /* gradients whose sum started during the last grad entry */
   RtOptions local;       /* o as this process uses it (rank > 0: writes nothing, prints nothing) */
 } Run;
 
@@ -1414,16 +1418,16 @@ static int prepare_images(Run *r, const RtDataset *train, const int64_t *fit, in
 
 /* ---- data-parallel steps ---- */
 
-/* Every gradient ("grad.<p>") summed over the processes: packed into buckets of
- * RT_BUCKET_BYTES, each summed by one allreduce, unpacked. */
-static int allreduce_gradients(Run *r) {
+/* Every gradient ("grad.<p>") not summed yet (done[i] == 0) summed over the processes: packed
+ * into buckets of RT_BUCKET_BYTES, each summed by one allreduce, unpacked. */
+static int allreduce_gradients(Run *r, const unsigned char *done) {
   const kiln_program *p = r->prog;
   const RtComm *c = r->comm;
   size_t used = 0;
   int dtype = -1, first = 0;
   for (int i = 0; i <= p->ntensors; i++) {
     const kiln_tensor *t = i < p->ntensors ? &p->tensors[i] : NULL;
-    if (t && t->role != KILN_ROLE_GRAD)
+    if (t && (t->role != KILN_ROLE_GRAD || done[i]))
       continue;
     size_t size = t ? (t->dtype == KILN_F64 ? 8 : 4) : 0;
     size_t bytes = t ? (size_t)rt_numel(t, p->batch) * size : 0;
@@ -1435,7 +1439,7 @@ static int allreduce_gradients(Run *r) {
       size_t at = 0;
       for (int k = first; k < i; k++) {
         const kiln_tensor *u = &p->tensors[k];
-        if (u->role != KILN_ROLE_GRAD)
+        if (u->role != KILN_ROLE_GRAD || done[k])
           continue;
         size_t ub = (size_t)rt_numel(u, p->batch) * (u->dtype == KILN_F64 ? 8 : 4);
         memcpy(r->be->tensor_data(r->be->self, k), r->bucket + at, ub);
@@ -1460,14 +1464,57 @@ static int allreduce_gradients(Run *r) {
   return 0;
 }
 
+/* Gradients at least this large start their sum while the backward pass goes on; smaller ones
+ * wait for the buckets, where they cost one collective together. */
+#define RT_OVERLAP_BYTES ((size_t)64 << 10)
+
+/* Between the grad entry's kernels (the backend's marks): the gradient the kernel just run
+ * completed (kiln_site.finishes) starts its sum over the processes, and the sums under way
+ * progress, so communication overlaps the backward pass of earlier layers. */
+static void overlap_mark(void *ctx, int site) {
+  Run *r = ctx;
+  const kiln_program *p = r->prog;
+  int last = r->overlap_last;
+  r->overlap_last = site;
+  if (last >= 0 && last < p->nsites && p->sites[last].entry == r->grad_e && !r->overlap_failed) {
+    int t = p->sites[last].finishes;
+    if (t >= 0 && t < p->ntensors && p->tensors[t].role == KILN_ROLE_GRAD && !r->started[t]) {
+      const kiln_tensor *k = &p->tensors[t];
+      int64_t n = rt_numel(k, p->batch);
+      if ((size_t)n * (k->dtype == KILN_F64 ? 8 : 4) >= RT_OVERLAP_BYTES) {
+        if (r->comm->start(r->comm->self, r->be->tensor_data(r->be->self, t), n, k->dtype,
+                           r->err))
+          r->overlap_failed = 1;
+        else
+          r->started[t] = 1, r->overlapped++;
+      }
+    }
+  }
+  r->comm->progress(r->comm->self);
+}
+
 /* One global step of b examples from order[seen..]: this process's share through grad, the
- * gradients summed, then apply on every process alike. The shares are contiguous, in rank
- * order, as even as b allows. */
+ * gradients summed (the large ones while grad still runs), then apply on every process alike.
+ * The shares are contiguous, in rank order, as even as b allows. */
 static int data_parallel_step(Run *r, const RtDataset *train, const int64_t *order, int64_t seen,
                               int64_t b, int epoch) {
   int64_t lo = b * r->comm->rank / r->comm->size, hi = b * (r->comm->rank + 1) / r->comm->size;
   write_batch(r, r->grad_e, train, order, seen + lo, hi - lo, epoch);
-  if (run_entry(r, r->grad_e, hi - lo) || allreduce_gradients(r))
+  memset(r->started, 0, (size_t)r->prog->ntensors);
+  r->overlapped = 0;
+  int overlap = r->comm->start && r->be->set_mark &&
+                r->be->set_mark(r->be->self, overlap_mark, r) == 0;
+  r->overlap_last = -1;
+  int rc = run_entry(r, r->grad_e, hi - lo);
+  if (overlap) {
+    r->be->set_mark(r->be->self, NULL, NULL);
+    if (r->overlap_failed)
+      return -1;
+    char ignored[RT_ERR_LEN]; /* after a failed step, its own message is the one to keep */
+    if (r->comm->finish_all(r->comm->self, rc ? ignored : r->err) && !rc)
+      return -1;
+  }
+  if (rc || allreduce_gradients(r, r->started))
     return -1;
   return run_entry(r, r->apply_e, hi - lo);
 }
@@ -1859,6 +1906,15 @@ static int train_data(Run *r) {
     rc = 0;
     goto done;
   }
+  if (r->comm && r->comm->seconds && !o->quiet && train_time > 0) {
+    int ngrad = 0;
+    for (int i = 0; i < p->ntensors; i++)
+      ngrad += p->tensors[i].role == KILN_ROLE_GRAD;
+    fprintf(stderr, "data-parallel: %d processes; rank 0 spent %.1f%% of its training time in "
+            "collectives (%.2f s of %.2f s); %d of %d gradients summed while the backward pass "
+            "ran\n", r->comm->size, 100 * r->comm->seconds(r->comm->self) / train_time,
+            r->comm->seconds(r->comm->self), train_time, r->overlapped, ngrad);
+  }
   char figs[4][64];
   printf("final epochs=%d train_loss=%.4f%s%s%s%s images_per_s=%.0f", ran, train_loss,
          nval ? figure(test_loss, " val_loss=%.4f", figs[0], sizeof figs[0]) : "",
@@ -2008,7 +2064,8 @@ static int data_parallel_setup(Run *r) {
     return rt_errf(r->err, "%s is not available in a data-parallel run",
                    r->o->diagnose ? "--diagnose" : r->o->curvature_every > 0
                                                       ? "--curvature-every" : "init = lsuv");
-  if (!(r->bucket = malloc(RT_BUCKET_BYTES)))
+  if (!(r->bucket = malloc(RT_BUCKET_BYTES)) ||
+      !(r->started = calloc((size_t)p->ntensors + 1, 1)))
     return rt_errf(r->err, "out of memory");
   r->be->set_allreduce(r->be->self, c->step_allreduce, c->self);
   return 0;
@@ -2154,6 +2211,7 @@ done:
   free(r.buf);
   free(r.loaded);
   free(r.bucket);
+  free(r.started);
   rt_diag_free(r.diag);
   rt_hvp_free(r.hvp);
   if (rc > 0)

@@ -338,6 +338,10 @@ typedef struct RtBackend {
   /* The bytes of tensor i in the program's own dtype, or NULL for a backend that keeps values
    * otherwise (the reference runtime): for collectives straight from the arena. */
   void *(*tensor_data)(void *self, int tensor);
+  /* mark(ctx, site) before each kernel call and mark(ctx, -1) after an entry's last
+   * (kiln_exec.mark), for a driver that acts between kernels; NULL removes it. 0, or -1 when the
+   * backend cannot (no call sites, or profiling holds the marks). */
+  int (*set_mark)(void *self, void (*mark)(void *ctx, int site), void *ctx);
 } RtBackend;
 
 /* ---- data-parallel runs: the communicator a trainer built with --mpi hands rt_train
@@ -353,6 +357,14 @@ typedef struct RtComm {
   /* For the program's in-step allreduce ops (kiln_exec.allreduce), which cannot return an
    * error: a failure ends every process with a message. */
   void (*step_allreduce)(void *comm, void *data, int64_t n, int dtype);
+  /* Seconds this process has spent in collectives so far (waiting included). */
+  double (*seconds)(void *self);
+  /* A sum like allreduce's that runs while the caller goes on (NULL: not offered): start it
+   * (data must stay untouched until finish_all), let the started ones progress, and wait for
+   * all of them. 0, or -1 with err. */
+  int (*start)(void *self, void *data, int64_t n, int dtype, char *err);
+  void (*progress)(void *self);
+  int (*finish_all)(void *self, char *err);
 } RtComm;
 
 /* What a data run measured on the parameters it kept (the last epoch's, or early stopping's

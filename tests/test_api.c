@@ -47,7 +47,7 @@ START_TEST(emit_specialises_the_batch) {
   ck_assert_ptr_nonnull(strstr(c, "const kiln_program kiln_program_desc"));
   ck_assert_ptr_nonnull(strstr(c, "\"hidden.weight\""));
   ck_assert_ptr_nonnull(strstr(c, "\"hidden.weight.momentum_buffer\""));
-  ck_assert_ptr_nonnull(strstr(c, "#define KILN_ABI_VERSION 5"));
+  ck_assert_ptr_nonnull(strstr(c, "#define KILN_ABI_VERSION 6"));
   ck_assert_ptr_nonnull(strstr(c, "  .batch = 16,\n"));
   free(c);
   ck_assert_int_eq(kiln_emit_c(m, 5, &c), KILN_OK);

@@ -817,8 +817,25 @@ static void cg_emit_entry(Cg *cg, EntryKind e, const unsigned char *mark) {
   cg_line(cg, "%s", "");
 }
 
+/* The gradient leaf (a tensor index) whose value the call of node n in entry e writes in place,
+ * complete when it returns, or -1. */
+static int finished_gradient(const Cg *cg, int e, int n) {
+  const Graph *g = cg->g;
+  const Entry *en = &g->entries[e];
+  for (int u = 0; u < en->nupdates; u++) {
+    const Update *up = &en->updates[u];
+    if (up->value != n || ir_at(g, up->target)->role != ROLE_GRAD ||
+        cg->plan->offset[up->target] != cg->plan->offset[n])
+      continue;
+    for (int t = 0; t < cg->plan->ntensors; t++)
+      if (cg->plan->tensor_node && cg->plan->tensor_node[t] == up->target)
+        return t;
+  }
+  return -1;
+}
+
 /* The kiln_site table: per kernel call, its entry, function, op, model line and FLOPs (every
- * node its kernel computes, at the full batch). */
+ * node its kernel computes, at the full batch), and the gradient it completes. */
 static void cg_emit_sites(Cg *cg) {
   const Graph *g = cg->g;
   cg_line(cg, "static const kiln_site kiln_sites[%d] = {", cg->nsites > 0 ? cg->nsites : 1);
@@ -830,14 +847,14 @@ static void cg_emit_sites(Cg *cg) {
         flops += shape_flops(g, ir_at(g, j), cg->s->symvals);
     Buf line = {.pool = cg->pool};
     model_line(&line, n->loc);
-    cg_line(cg, "  {%d, %d, \"%s\", \"%s%s\", \"%s\", %s, %d, %d},", cg->sites[i].entry, n->id,
-            kernel_name(cg, ir_at(g, cg->shared[n->id])), cg_is_tree(cg, n) ? "fused " : "",
+    cg_line(cg, "  {%d, %d, \"%s\", \"%s%s\", \"%s\", %s, %d, %d, %d},", cg->sites[i].entry,
+            n->id, kernel_name(cg, ir_at(g, cg->shared[n->id])), cg_is_tree(cg, n) ? "fused " : "",
             op_names[n->op], line.p ? line.p + 2 : "", cg_dbl(cg, flops), cg->var[n->id] ? 1 : 0,
-            uses_tasks(cg, n->id) ? 1 : 0);
+            uses_tasks(cg, n->id) ? 1 : 0, finished_gradient(cg, cg->sites[i].entry, n->id));
     buf_free(&line);
   }
   if (cg->nsites == 0)
-    cg_line(cg, "  {0, 0, 0, 0, 0, 0, 0, 0},");
+    cg_line(cg, "  {0, 0, 0, 0, 0, 0, 0, 0, -1},");
   cg_line(cg, "};");
   cg_line(cg, "%s", "");
 }

@@ -345,10 +345,27 @@ static int normalize(Graph *g, int x, unsigned axes, double eps, Loc loc, int *m
 static int normalize_over_processes(Graph *g, int x, unsigned axes, double eps, Loc loc, int *mu,
                                     int *var, int *n) {
   DType dt = ir_at(g, x)->dtype;
+  /* A shift constant along the reduced axes (a convolution's bias) cancels in x − μ and σ²: the
+   * statistics are taken without it, so its gradient is exactly 0, as opt.c's rewrites make it
+   * in one process (a sum over processes hides the shift from them). */
+  int shift = -1, base = x;
+  const Node *xn = ir_at(g, x);
+  for (int k = 0; k < 2 && xn->op == OP_ADD && shift < 0; k++) {
+    const Node *c = ir_at(g, xn->in[k]), *b = ir_at(g, xn->in[1 - k]);
+    bool constant = shape_eq(&b->shape, &xn->shape);
+    for (int a = 0; a < xn->shape.rank && constant; a++) {
+      int ca = a - (xn->shape.rank - c->shape.rank);
+      if ((axes >> a & 1u) && ca >= 0 && !(c->shape.d[ca].n == 1 && c->shape.d[ca].sym < 0))
+        constant = false;
+    }
+    if (constant)
+      shift = c->id, base = b->id;
+  }
   *n = ir_unary(g, OP_ALLREDUCE, ir_reduce(g, OP_NUMEL, x, axes, false, loc), loc);
-  int sum = ir_unary(g, OP_ALLREDUCE, ir_reduce(g, OP_SUM, x, axes, true, loc), loc);
-  *mu = ir_binary(g, OP_DIV, sum, *n, loc);
-  int d = ir_binary(g, OP_SUB, x, *mu, loc);
+  int sum = ir_unary(g, OP_ALLREDUCE, ir_reduce(g, OP_SUM, base, axes, true, loc), loc);
+  int mu_base = ir_binary(g, OP_DIV, sum, *n, loc);
+  *mu = shift < 0 ? mu_base : ir_binary(g, OP_ADD, mu_base, shift, loc);
+  int d = ir_binary(g, OP_SUB, base, mu_base, loc);
   int sq = ir_reduce(g, OP_SUM, ir_binary(g, OP_MUL, d, d, loc), axes, true, loc);
   *var = ir_binary(g, OP_DIV, ir_unary(g, OP_ALLREDUCE, sq, loc), *n, loc);
   int sd = ir_unary(g, OP_SQRT, ir_binary(g, OP_ADD, *var, ir_const(g, eps, dt, loc), loc), loc);

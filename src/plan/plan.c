@@ -171,9 +171,31 @@ static void plan_arena(const Graph *g, const Schedule *s, Plan *p) {
     for (int i = 0; i < g->entries[e].nupdates; i++) updated[g->entries[e].updates[i].target] = true;
   int *root = xcalloc(pool, (size_t)nn, sizeof(int));
   p->root = root;
+  /* A gradient is computed straight into its grad leaf: grad writes the leaf and reads it
+   * nowhere, train (which computes the same node) never touches the leaf, and apply, which reads
+   * it, computes no gradient. It is then complete the moment its kernel returns, when a
+   * data-parallel driver may start summing it (kiln_site.finishes). */
+  int *grad_leaf = xcalloc(pool, (size_t)nn, sizeof(int));
+  for (int i = 0; i < nn; i++) grad_leaf[i] = -1;
+  const Entry *ge = &g->entries[ENTRY_GRAD];
+  for (int u = 0; u < ge->nupdates; u++) {
+    int t = ge->updates[u].target, v = ge->updates[u].value;
+    const Node *tn = ir_at(g, t), *vn = ir_at(g, v);
+    bool ok = tn->role == ROLE_GRAD && !op_is_leaf(vn->op) && vn->op != OP_RESHAPE &&
+              s->node[v].into < 0 && !s->node[v].fused && !(in_entries[v] & (1 << ENTRY_APPLY)) &&
+              shape_eq(&tn->shape, &vn->shape) && tn->dtype == vn->dtype && p->offset[t] >= 0;
+    for (int e = 0; e < ENTRY_COUNT && ok; e++)
+      for (int o = 0; o < g->entries[e].noutputs; o++)
+        ok &= g->entries[e].outputs[o].node != v;
+    for (int o = 0; o < ge->nupdates && ok; o++)
+      if (o != u && (ge->updates[o].value == v || ge->updates[o].target == t))
+        ok = false;
+    if (ok)
+      grad_leaf[v] = t;
+  }
   for (int i = 0; i < nn; i++) {
     const Node *n = ir_at(g, i);
-    root[i] = s->node[i].into >= 0 ? s->node[i].into : i;
+    root[i] = s->node[i].into >= 0 ? s->node[i].into : grad_leaf[i] >= 0 ? grad_leaf[i] : i;
     if (n->op != OP_RESHAPE) continue;
     int r = root[n->in[0]];
     const Node *rn = ir_at(g, r);

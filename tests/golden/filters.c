@@ -53,7 +53,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 5
+#define KILN_ABI_VERSION 6
 #define KILN_ABI_MAX_RANK 6
 #define KILN_ABI_MAX_ENTRIES 31 /* bit i of kiln_tensor.entries is entry i */
 
@@ -181,6 +181,9 @@ typedef struct kiln_site {
   double flops;          /* floating-point operations of one call at the full batch */
   int per_example;       /* 1: the work scales with the batch of the call */
   int tasks;             /* 1: runs as tasks on the driver's threads */
+  int finishes;          /* a gradient ("grad.<p>", an index into kiln_program.tensors) that is
+                            complete once this call returns, or -1: a data-parallel driver may
+                            start summing it over the processes while the step goes on */
 } kiln_site;
 
 /* One training default: a key and a number, as text. */
@@ -851,14 +854,14 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const t71 = (float *)(arena + 602496);
   float *const t73 = (float *)(arena + 602560);
   float *const t76 = (float *)(arena + 401792);
-  float *const t77 = (float *)(arena + 201088);
+  float *const t77 = (float *)(arena + 64);
   float *const lr = (float *)(arena + 128);
   float *const adam_step = (float *)(arena + 192);
   float *const fit_weight_exp_avg = (float *)(arena + 256);
   float *const fit_weight_exp_avg_sq = (float *)(arena + 320);
-  float *const t96 = (float *)(arena + 201152);
-  float *const t99 = (float *)(arena + 201216);
-  float *const t101 = (float *)(arena + 201152);
+  float *const t96 = (float *)(arena + 201088);
+  float *const t99 = (float *)(arena + 201152);
+  float *const t101 = (float *)(arena + 201088);
   unsigned char *const scratch = arena + 2810304;
   KILN_MARK(0);
   k40_slice(t40);
@@ -1105,8 +1108,7 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const t71 = (float *)(arena + 602496);
   float *const t73 = (float *)(arena + 602560);
   float *const t76 = (float *)(arena + 401792);
-  float *const t77 = (float *)(arena + 201088);
-  float *const grad_fit_weight = (float *)(arena + 64);
+  float *const t77 = (float *)(arena + 64);
   unsigned char *const scratch = arena + 2810304;
   KILN_MARK(77);
   k40_slice(t40);
@@ -1147,7 +1149,6 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   KILN_MARK(95);
   k77_conv2d_bwd_filter(t77, image, t76, scratch, B);
   KILN_MARK(-1);
-  memcpy(grad_fit_weight, t77, (size_t)9 * 4);
 }
 
 static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
@@ -1159,9 +1160,9 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   float *const adam_step = (float *)(arena + 192);
   float *const fit_weight_exp_avg = (float *)(arena + 256);
   float *const fit_weight_exp_avg_sq = (float *)(arena + 320);
-  float *const t96 = (float *)(arena + 201152);
-  float *const t99 = (float *)(arena + 201216);
-  float *const t101 = (float *)(arena + 201152);
+  float *const t96 = (float *)(arena + 201088);
+  float *const t99 = (float *)(arena + 201152);
+  float *const t101 = (float *)(arena + 201088);
   KILN_MARK(96);
   k96_sub(t96, adam_step);
   KILN_MARK(97);
@@ -1174,106 +1175,106 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
 }
 
 static const kiln_site kiln_sites[100] = {
-  {0, 40, "k40_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {0, 41, "k41_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {0, 42, "k7_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {0, 43, "k43_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {0, 44, "k9_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {0, 45, "k10_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {0, 46, "k11_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {0, 47, "k12_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {0, 48, "k13_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {0, 49, "k14_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {0, 50, "k15_conv2d", "conv2d", "filters.kiln:20", 903168, 1, 0},
-  {0, 52, "k15_conv2d", "conv2d", "filters.kiln:24", 903168, 1, 0},
-  {0, 56, "k56_mean", "fused mean", "filters.kiln:25", 150528, 1, 0},
-  {0, 69, "k69_numel", "numel", "filters.kiln:25", 0, 1, 0},
-  {0, 70, "k70_reshape", "reshape", "filters.kiln:25", 0, 0, 0},
-  {0, 71, "k71_div", "div", "filters.kiln:25", 1, 0, 0},
-  {0, 73, "k73_sub", "sub", "filters.kiln:25", 1, 0, 0},
-  {0, 76, "k76_mul", "fused mul", "filters.kiln:25", 150528, 1, 0},
-  {0, 77, "k77_conv2d_bwd_filter", "conv2d_bwd_filter", "filters.kiln:24", 903168, 1, 0},
-  {0, 96, "k96_sub", "fused sub", "filters.kiln:34", 3, 0, 0},
-  {0, 99, "k71_div", "div", "filters.kiln:34", 1, 0, 0},
-  {0, 101, "k101_sqrt", "fused sqrt", "filters.kiln:34", 3, 0, 0},
-  {0, 107, "k107_sub", "fused sub", "filters.kiln:34", 117, 0, 0},
-  {1, 5, "k5_slice", "slice", "filters.kiln:17", 0, 0, 0},
-  {1, 6, "k6_slice", "slice", "filters.kiln:17", 0, 0, 0},
-  {1, 7, "k7_concat", "concat", "filters.kiln:17", 0, 0, 0},
-  {1, 8, "k8_slice", "slice", "filters.kiln:17", 0, 0, 0},
-  {1, 9, "k9_concat", "concat", "filters.kiln:17", 0, 0, 0},
-  {1, 10, "k10_slice", "slice", "filters.kiln:17", 0, 0, 0},
-  {1, 11, "k11_slice", "slice", "filters.kiln:17", 0, 0, 0},
-  {1, 12, "k12_concat", "concat", "filters.kiln:17", 0, 0, 0},
-  {1, 13, "k13_slice", "slice", "filters.kiln:17", 0, 0, 0},
-  {1, 14, "k14_concat", "concat", "filters.kiln:17", 0, 0, 0},
-  {1, 15, "k15_conv2d", "conv2d", "filters.kiln:17", 903168, 1, 0},
-  {1, 16, "k16_slice", "slice", "filters.kiln:18", 0, 0, 0},
-  {1, 17, "k17_slice", "slice", "filters.kiln:18", 0, 0, 0},
-  {1, 18, "k7_concat", "concat", "filters.kiln:18", 0, 0, 0},
-  {1, 19, "k19_slice", "slice", "filters.kiln:18", 0, 0, 0},
-  {1, 20, "k9_concat", "concat", "filters.kiln:18", 0, 0, 0},
-  {1, 21, "k10_slice", "slice", "filters.kiln:18", 0, 0, 0},
-  {1, 22, "k11_slice", "slice", "filters.kiln:18", 0, 0, 0},
-  {1, 23, "k12_concat", "concat", "filters.kiln:18", 0, 0, 0},
-  {1, 24, "k13_slice", "slice", "filters.kiln:18", 0, 0, 0},
-  {1, 25, "k14_concat", "concat", "filters.kiln:18", 0, 0, 0},
-  {1, 26, "k15_conv2d", "conv2d", "filters.kiln:18", 903168, 1, 0},
-  {1, 27, "k27_slice", "slice", "filters.kiln:19", 0, 0, 0},
-  {1, 28, "k28_slice", "slice", "filters.kiln:19", 0, 0, 0},
-  {1, 29, "k7_concat", "concat", "filters.kiln:19", 0, 0, 0},
-  {1, 30, "k30_slice", "slice", "filters.kiln:19", 0, 0, 0},
-  {1, 31, "k9_concat", "concat", "filters.kiln:19", 0, 0, 0},
-  {1, 32, "k10_slice", "slice", "filters.kiln:19", 0, 0, 0},
-  {1, 33, "k11_slice", "slice", "filters.kiln:19", 0, 0, 0},
-  {1, 34, "k12_concat", "concat", "filters.kiln:19", 0, 0, 0},
-  {1, 35, "k13_slice", "slice", "filters.kiln:19", 0, 0, 0},
-  {1, 36, "k14_concat", "concat", "filters.kiln:19", 0, 0, 0},
-  {1, 37, "k15_conv2d", "conv2d", "filters.kiln:19", 903168, 1, 0},
-  {1, 39, "k39_mul", "fused mul", "filters.kiln:19", 100352, 1, 0},
-  {1, 40, "k40_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {1, 41, "k41_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {1, 42, "k7_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {1, 43, "k43_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {1, 44, "k9_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {1, 45, "k10_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {1, 46, "k11_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {1, 47, "k12_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {1, 48, "k13_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {1, 49, "k14_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {1, 50, "k15_conv2d", "conv2d", "filters.kiln:20", 903168, 1, 0},
-  {1, 52, "k15_conv2d", "conv2d", "filters.kiln:24", 903168, 1, 0},
-  {1, 56, "k56_mean", "fused mean", "filters.kiln:25", 150528, 1, 0},
-  {1, 57, "k57_concat", "concat", "filters.kiln:30", 0, 1, 0},
-  {1, 58, "k58_concat", "concat", "filters.kiln:30", 0, 1, 0},
-  {1, 59, "k59_concat", "concat", "filters.kiln:30", 0, 1, 0},
-  {1, 63, "k63_add", "fused add", "filters.kiln:30", 100352, 1, 0},
-  {1, 64, "k64_concat", "concat", "filters.kiln:30", 0, 1, 0},
-  {1, 66, "k63_add", "fused add", "filters.kiln:31", 100352, 1, 0},
-  {1, 67, "k67_concat", "concat", "filters.kiln:30", 0, 1, 0},
-  {2, 40, "k40_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {2, 41, "k41_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {2, 42, "k7_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {2, 43, "k43_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {2, 44, "k9_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {2, 45, "k10_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {2, 46, "k11_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {2, 47, "k12_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {2, 48, "k13_slice", "slice", "filters.kiln:20", 0, 0, 0},
-  {2, 49, "k14_concat", "concat", "filters.kiln:20", 0, 0, 0},
-  {2, 50, "k15_conv2d", "conv2d", "filters.kiln:20", 903168, 1, 0},
-  {2, 52, "k15_conv2d", "conv2d", "filters.kiln:24", 903168, 1, 0},
-  {2, 56, "k56_mean", "fused mean", "filters.kiln:25", 150528, 1, 0},
-  {2, 69, "k69_numel", "numel", "filters.kiln:25", 0, 1, 0},
-  {2, 70, "k70_reshape", "reshape", "filters.kiln:25", 0, 0, 0},
-  {2, 71, "k71_div", "div", "filters.kiln:25", 1, 0, 0},
-  {2, 73, "k73_sub", "sub", "filters.kiln:25", 1, 0, 0},
-  {2, 76, "k76_mul", "fused mul", "filters.kiln:25", 150528, 1, 0},
-  {2, 77, "k77_conv2d_bwd_filter", "conv2d_bwd_filter", "filters.kiln:24", 903168, 1, 0},
-  {3, 96, "k96_sub", "fused sub", "filters.kiln:34", 3, 0, 0},
-  {3, 99, "k71_div", "div", "filters.kiln:34", 1, 0, 0},
-  {3, 101, "k101_sqrt", "fused sqrt", "filters.kiln:34", 3, 0, 0},
-  {3, 118, "k107_sub", "fused sub", "filters.kiln:34", 99, 0, 0},
+  {0, 40, "k40_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 41, "k41_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 42, "k7_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 43, "k43_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 44, "k9_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 45, "k10_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 46, "k11_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 47, "k12_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 48, "k13_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 49, "k14_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {0, 50, "k15_conv2d", "conv2d", "filters.kiln:20", 903168, 1, 0, -1},
+  {0, 52, "k15_conv2d", "conv2d", "filters.kiln:24", 903168, 1, 0, -1},
+  {0, 56, "k56_mean", "fused mean", "filters.kiln:25", 150528, 1, 0, -1},
+  {0, 69, "k69_numel", "numel", "filters.kiln:25", 0, 1, 0, -1},
+  {0, 70, "k70_reshape", "reshape", "filters.kiln:25", 0, 0, 0, -1},
+  {0, 71, "k71_div", "div", "filters.kiln:25", 1, 0, 0, -1},
+  {0, 73, "k73_sub", "sub", "filters.kiln:25", 1, 0, 0, -1},
+  {0, 76, "k76_mul", "fused mul", "filters.kiln:25", 150528, 1, 0, -1},
+  {0, 77, "k77_conv2d_bwd_filter", "conv2d_bwd_filter", "filters.kiln:24", 903168, 1, 0, -1},
+  {0, 96, "k96_sub", "fused sub", "filters.kiln:34", 3, 0, 0, -1},
+  {0, 99, "k71_div", "div", "filters.kiln:34", 1, 0, 0, -1},
+  {0, 101, "k101_sqrt", "fused sqrt", "filters.kiln:34", 3, 0, 0, -1},
+  {0, 107, "k107_sub", "fused sub", "filters.kiln:34", 117, 0, 0, -1},
+  {1, 5, "k5_slice", "slice", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 6, "k6_slice", "slice", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 7, "k7_concat", "concat", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 8, "k8_slice", "slice", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 9, "k9_concat", "concat", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 10, "k10_slice", "slice", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 11, "k11_slice", "slice", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 12, "k12_concat", "concat", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 13, "k13_slice", "slice", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 14, "k14_concat", "concat", "filters.kiln:17", 0, 0, 0, -1},
+  {1, 15, "k15_conv2d", "conv2d", "filters.kiln:17", 903168, 1, 0, -1},
+  {1, 16, "k16_slice", "slice", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 17, "k17_slice", "slice", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 18, "k7_concat", "concat", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 19, "k19_slice", "slice", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 20, "k9_concat", "concat", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 21, "k10_slice", "slice", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 22, "k11_slice", "slice", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 23, "k12_concat", "concat", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 24, "k13_slice", "slice", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 25, "k14_concat", "concat", "filters.kiln:18", 0, 0, 0, -1},
+  {1, 26, "k15_conv2d", "conv2d", "filters.kiln:18", 903168, 1, 0, -1},
+  {1, 27, "k27_slice", "slice", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 28, "k28_slice", "slice", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 29, "k7_concat", "concat", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 30, "k30_slice", "slice", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 31, "k9_concat", "concat", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 32, "k10_slice", "slice", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 33, "k11_slice", "slice", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 34, "k12_concat", "concat", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 35, "k13_slice", "slice", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 36, "k14_concat", "concat", "filters.kiln:19", 0, 0, 0, -1},
+  {1, 37, "k15_conv2d", "conv2d", "filters.kiln:19", 903168, 1, 0, -1},
+  {1, 39, "k39_mul", "fused mul", "filters.kiln:19", 100352, 1, 0, -1},
+  {1, 40, "k40_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 41, "k41_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 42, "k7_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 43, "k43_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 44, "k9_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 45, "k10_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 46, "k11_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 47, "k12_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 48, "k13_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 49, "k14_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {1, 50, "k15_conv2d", "conv2d", "filters.kiln:20", 903168, 1, 0, -1},
+  {1, 52, "k15_conv2d", "conv2d", "filters.kiln:24", 903168, 1, 0, -1},
+  {1, 56, "k56_mean", "fused mean", "filters.kiln:25", 150528, 1, 0, -1},
+  {1, 57, "k57_concat", "concat", "filters.kiln:30", 0, 1, 0, -1},
+  {1, 58, "k58_concat", "concat", "filters.kiln:30", 0, 1, 0, -1},
+  {1, 59, "k59_concat", "concat", "filters.kiln:30", 0, 1, 0, -1},
+  {1, 63, "k63_add", "fused add", "filters.kiln:30", 100352, 1, 0, -1},
+  {1, 64, "k64_concat", "concat", "filters.kiln:30", 0, 1, 0, -1},
+  {1, 66, "k63_add", "fused add", "filters.kiln:31", 100352, 1, 0, -1},
+  {1, 67, "k67_concat", "concat", "filters.kiln:30", 0, 1, 0, -1},
+  {2, 40, "k40_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 41, "k41_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 42, "k7_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 43, "k43_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 44, "k9_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 45, "k10_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 46, "k11_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 47, "k12_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 48, "k13_slice", "slice", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 49, "k14_concat", "concat", "filters.kiln:20", 0, 0, 0, -1},
+  {2, 50, "k15_conv2d", "conv2d", "filters.kiln:20", 903168, 1, 0, -1},
+  {2, 52, "k15_conv2d", "conv2d", "filters.kiln:24", 903168, 1, 0, -1},
+  {2, 56, "k56_mean", "fused mean", "filters.kiln:25", 150528, 1, 0, -1},
+  {2, 69, "k69_numel", "numel", "filters.kiln:25", 0, 1, 0, -1},
+  {2, 70, "k70_reshape", "reshape", "filters.kiln:25", 0, 0, 0, -1},
+  {2, 71, "k71_div", "div", "filters.kiln:25", 1, 0, 0, -1},
+  {2, 73, "k73_sub", "sub", "filters.kiln:25", 1, 0, 0, -1},
+  {2, 76, "k76_mul", "fused mul", "filters.kiln:25", 150528, 1, 0, -1},
+  {2, 77, "k77_conv2d_bwd_filter", "conv2d_bwd_filter", "filters.kiln:24", 903168, 1, 0, 2},
+  {3, 96, "k96_sub", "fused sub", "filters.kiln:34", 3, 0, 0, -1},
+  {3, 99, "k71_div", "div", "filters.kiln:34", 1, 0, 0, -1},
+  {3, 101, "k101_sqrt", "fused sqrt", "filters.kiln:34", 3, 0, 0, -1},
+  {3, 118, "k107_sub", "fused sub", "filters.kiln:34", 99, 0, 0, -1},
 };
 
 static const kiln_tensor kiln_tensors[10] = {

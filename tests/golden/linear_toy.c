@@ -53,7 +53,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#define KILN_ABI_VERSION 5
+#define KILN_ABI_VERSION 6
 #define KILN_ABI_MAX_RANK 6
 #define KILN_ABI_MAX_ENTRIES 31 /* bit i of kiln_tensor.entries is entry i */
 
@@ -181,6 +181,9 @@ typedef struct kiln_site {
   double flops;          /* floating-point operations of one call at the full batch */
   int per_example;       /* 1: the work scales with the batch of the call */
   int tasks;             /* 1: runs as tasks on the driver's threads */
+  int finishes;          /* a gradient ("grad.<p>", an index into kiln_program.tensors) that is
+                            complete once this call returns, or -1: a data-parallel driver may
+                            start summing it over the processes while the step goes on */
 } kiln_site;
 
 /* One training default: a key and a number, as text. */
@@ -391,8 +394,8 @@ static void kiln_train(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const t13 = (double *)(arena + 384);
   double *const t15 = (double *)(arena + 512);
   double *const t19 = (double *)(arena + 576);
-  double *const t20 = (double *)(arena + 384);
-  double *const t21 = (double *)(arena + 448);
+  double *const t20 = (double *)(arena + 192);
+  double *const t21 = (double *)(arena + 128);
   double *const lr = (double *)(arena + 256);
   KILN_MARK(0);
   k4_matmul(t4, w);
@@ -449,10 +452,8 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   double *const t13 = (double *)(arena + 384);
   double *const t15 = (double *)(arena + 512);
   double *const t19 = (double *)(arena + 576);
-  double *const t20 = (double *)(arena + 384);
-  double *const t21 = (double *)(arena + 448);
-  double *const grad_w = (double *)(arena + 128);
-  double *const grad_b = (double *)(arena + 192);
+  double *const t20 = (double *)(arena + 192);
+  double *const t21 = (double *)(arena + 128);
   KILN_MARK(13);
   k4_matmul(t4, w);
   KILN_MARK(14);
@@ -470,8 +471,6 @@ static void kiln_grad(unsigned char *arena, int64_t B, const kiln_exec *ex) {
   KILN_MARK(20);
   k21_matmul(t21, t19);
   KILN_MARK(-1);
-  memcpy(grad_w, t21, (size_t)2 * 8);
-  memcpy(grad_b, t20, (size_t)1 * 8);
 }
 
 static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
@@ -490,29 +489,29 @@ static void kiln_apply(unsigned char *arena, int64_t B, const kiln_exec *ex) {
 }
 
 static const kiln_site kiln_sites[23] = {
-  {0, 4, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {0, 10, "k10_mul", "fused mul", "linear_toy.kiln:16", 4, 0, 0},
-  {0, 11, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
-  {0, 13, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0},
-  {0, 15, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
-  {0, 19, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0},
-  {0, 20, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0},
-  {0, 21, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {0, 26, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0},
-  {0, 28, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0},
-  {1, 4, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {1, 10, "k10_mul", "fused mul", "linear_toy.kiln:16", 4, 0, 0},
-  {1, 11, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
-  {2, 4, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {2, 10, "k10_mul", "fused mul", "linear_toy.kiln:16", 4, 0, 0},
-  {2, 11, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0},
-  {2, 13, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0},
-  {2, 15, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0},
-  {2, 19, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0},
-  {2, 20, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0},
-  {2, 21, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0},
-  {3, 30, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0},
-  {3, 32, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0},
+  {0, 4, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0, -1},
+  {0, 10, "k10_mul", "fused mul", "linear_toy.kiln:16", 4, 0, 0, -1},
+  {0, 11, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0, -1},
+  {0, 13, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0, -1},
+  {0, 15, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0, -1},
+  {0, 19, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0, -1},
+  {0, 20, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0, -1},
+  {0, 21, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0, -1},
+  {0, 26, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0, -1},
+  {0, 28, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0, -1},
+  {1, 4, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0, -1},
+  {1, 10, "k10_mul", "fused mul", "linear_toy.kiln:16", 4, 0, 0, -1},
+  {1, 11, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0, -1},
+  {2, 4, "k4_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0, -1},
+  {2, 10, "k10_mul", "fused mul", "linear_toy.kiln:16", 4, 0, 0, -1},
+  {2, 11, "k11_sum", "sum", "linear_toy.kiln:16", 1, 0, 0, -1},
+  {2, 13, "k13_reshape", "reshape", "linear_toy.kiln:16", 0, 0, 0, -1},
+  {2, 15, "k15_sub", "sub", "linear_toy.kiln:16", 1, 0, 0, -1},
+  {2, 19, "k19_neg", "fused neg", "linear_toy.kiln:16", 5, 0, 0, -1},
+  {2, 20, "k11_sum", "sum_to", "linear_toy.kiln:15", 1, 0, 0, 3},
+  {2, 21, "k21_matmul", "matmul", "linear_toy.kiln:15", 4, 0, 0, 2},
+  {3, 30, "k26_sub", "fused sub", "linear_toy.kiln:21", 4, 0, 0, -1},
+  {3, 32, "k28_sub", "fused sub", "linear_toy.kiln:21", 2, 0, 0, -1},
 };
 
 static const kiln_tensor kiln_tensors[8] = {
