@@ -107,10 +107,6 @@ const CliOption cli_options[] = {
      "the picture to write (required)"},
     {OPT_OUTPUT, "-o", "FILE.csv", CLI_CMD(CMD_SWEEP), false, "sweep.csv",
      "one row per run ('-': stdout)"},
-    {OPT_MPI, "--mpi", NULL, CLI_CMD(CMD_BUILD) | CLI_CMD(CMD_EMIT), false, NULL,
-     "a data-parallel step (batch statistics and the loss over every process): build makes a "
-     "trainer to run under mpirun, compiled with Open MPI's mpicc (or $KILN_MPICC); emit prints "
-     "that step"},
     {OPT_TRAIN_GRAPH, "--train", NULL, CLI_CMD(CMD_GRAPH), false, NULL,
      "the whole training graph (backward pass and optimizer) rather than the forward one"},
     {OPT_STEPS, "--steps", "N", CLI_CMD(CMD_CHECK), false, "3",
@@ -170,6 +166,10 @@ const CliOption cli_options[] = {
     {OPT_OPT_LEVEL, "-O1, -O2, -O3", NULL, CLI_LOADS | CLI_CMD(CMD_BUILD), true, "-O2",
      "the optimisation level of either backend and of build"},
     /* every command's that reads a model (the common options) */
+    {OPT_MPI, "--mpi", NULL, CLI_MODEL, true, NULL,
+     "compile the data-parallel step (batch statistics and the loss over every process): build "
+     "makes a trainer for mpirun with Open MPI's mpicc (or $KILN_MPICC); in one process (check, "
+     "gradcheck) the sums over processes are the identity (docs/distributed.md)"},
     {OPT_LOSS, "--loss", "L", CLI_MODEL, true, "auto",
      "for an ONNX model: the loss on its (first) output: auto (cross_entropy when the graph has "
      "one output and an image input, else none), none (evaluation only), cross_entropy, nll or "
