@@ -73,9 +73,9 @@ void rt_help_item(FILE *f, int indent, const char *left, int col, const char *te
   fputc('\n', f);
 }
 
-void rt_help_paragraph(FILE *f, int indent, const char *text) {
+void rt_help_paragraph(FILE *f, int indent, int hang, const char *text) {
   fprintf(f, "%*s", indent, "");
-  wrap(f, indent, indent, text);
+  wrap(f, indent, indent + hang, text);
   fputc('\n', f);
 }
 

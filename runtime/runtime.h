@@ -297,8 +297,8 @@ extern const int rt_nexit_statuses;
  * line when left reaches past it), wrapped; dflt may be NULL. */
 void rt_help_item(FILE *f, int indent, const char *left, int col, const char *text,
                   const char *dflt);
-/* A paragraph, wrapped, every line indented. */
-void rt_help_paragraph(FILE *f, int indent, const char *text);
+/* A paragraph, wrapped, its first line indented by indent and the others by hang more. */
+void rt_help_paragraph(FILE *f, int indent, int hang, const char *text);
 /* Whether word[0..len) is one of names' spellings ("-h, --help"). */
 int rt_option_spelled(const char *names, const char *word, size_t len);
 

@@ -85,8 +85,8 @@ START_TEST(every_command_help_lists_its_options) {
     ck_assert_int_eq(run(line, &out, &err), 0);
     ck_assert_str_eq(err, "");
     char *f = flat(out);
-    snprintf(line, sizeof line, "usage: kiln %s %s\n", name, cli_commands[cmd].synopsis);
-    ck_assert_msg(!strncmp(out, line, strlen(line)), "%s --help:\n%s", name, out);
+    snprintf(line, sizeof line, "usage: kiln %s %s ", name, cli_commands[cmd].synopsis);
+    ck_assert_msg(!strncmp(f, line, strlen(line)), "%s --help:\n%s", name, out);
     int listed = 0;
     for (int i = 0; i < cli_noptions; i++) {
       const CliOption *o = &cli_options[i];

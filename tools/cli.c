@@ -322,7 +322,7 @@ void cli_usage(FILE *f) {
     snprintf(list + strlen(list), sizeof list - strlen(list), " %s%s", cli_commands[c].name,
              c + 1 < CMD_COUNT ? "," : "");
   fprintf(f, "usage: kiln [--verbose] [--no-cache] [--color WHEN] COMMAND MODEL [options]\n");
-  rt_help_paragraph(f, 0, list);
+  rt_help_paragraph(f, 0, 2, list);
   fprintf(f, "(run 'kiln --help' for every command and option, 'kiln COMMAND --help' for one "
              "command's)\n");
 }
@@ -331,7 +331,7 @@ void cli_help(FILE *f) {
   char left[128], cmds[512];
   fprintf(f, "usage: kiln [--verbose] [--no-cache] [--color WHEN] COMMAND MODEL [options]\n"
              "       kiln COMMAND --help | --help | --version | --man\n\n");
-  rt_help_paragraph(f, 0, summary);
+  rt_help_paragraph(f, 0, 0, summary);
   fprintf(f, "\ncommands:\n");
   for (int c = 0; c < CMD_COUNT; c++)
     command_item(f, c);
@@ -372,7 +372,10 @@ void cli_help(FILE *f) {
 void cli_command_help(FILE *f, int cmd) {
   char left[128];
   const CliCommandDoc *c = &cli_commands[cmd];
-  fprintf(f, "usage: kiln %s %s\n\n", c->name, c->synopsis);
+  char usage[512];
+  snprintf(usage, sizeof usage, "usage: kiln %s %s", c->name, c->synopsis);
+  rt_help_paragraph(f, 0, 6, usage);
+  fputc('\n', f);
   command_item(f, cmd);
   bool header = false;
   for (int i = 0; i < cli_noptions; i++) {
