@@ -1563,7 +1563,7 @@ static void op_constant(Importer *I, const OpDef *op) {
   } else if (!strcmp(nm, "value_float") || !strcmp(nm, "value_int")) {
     double v = nm[6] == 'f' ? a->f : (double)a->i;
     def_known(I, 0, nm[6] == 'f' ? ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT
-                                 : ONNX__TENSOR_PROTO__DATA_TYPE__INT64, 0, d, 1, &v, NULL);
+                                 : ONNX__TENSOR_PROTO__DATA_TYPE__INT64, 0, NULL, 1, &v, NULL);
   } else if (!strcmp(nm, "value_floats") || !strcmp(nm, "value_ints")) {
     bool f = nm[6] == 'f';
     int64_t n = f ? (int64_t)a->n_floats : (int64_t)a->n_ints;
