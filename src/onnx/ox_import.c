@@ -510,6 +510,7 @@ static const char *attr_string(Importer *I, const char *name, const char *def) {
   const Onnx__AttributeProto *a = attr(I, name);
   if (!a) return def;
   attr_type(I, a, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING, "a string");
+  if (!a->s.len) return "";
   if (memchr(a->s.data, 0, a->s.len)) bad(I, "attribute '%s' holds a NUL byte", name);
   return pool_strndup(I->p, (const char *)a->s.data, a->s.len);
 }
