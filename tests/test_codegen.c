@@ -1891,7 +1891,7 @@ static const char golden_relu[] =
     "}\n"
     "\n"
     "static const kiln_site kiln_sites[1] = {\n"
-    "  {1, 1, \"k1_relu\", \"relu\", \"\", 32, 1, 0},\n"
+    "  {1, 1, \"k1_relu\", \"relu\", \"\", 32, 1, 0, -1},\n"
     "};\n"
     "\n"
     "static const kiln_tensor kiln_tensors[2] = {\n"

@@ -431,6 +431,19 @@ START_TEST(api_starts_from_initializers) {
 }
 END_TEST
 
+/* Inputs libFuzzer found (tests/fuzz/seeds/onnx), each with the exact message it must give. */
+START_TEST(fuzz_regressions) {
+  /* an empty string attribute (no bytes at all) was read with memchr(NULL, ...) */
+  const char *path = KILN_SOURCE_DIR "/tests/fuzz/seeds/onnx/empty-string-attribute.onnx";
+  OxOptions o;
+  ox_default_options(&o);
+  char want[1024];
+  snprintf(want, sizeof want, "error: %s: node 0 (Conv): auto_pad '' is not NOTSET, SAME_UPPER, "
+           "SAME_LOWER or VALID\n", path);
+  ck_assert_str_eq(import_error(path, &o), want);
+}
+END_TEST
+
 static Suite *onnx_suite(void) {
   Suite *s = suite_create("onnx");
   TCase *tc = tcase_create("onnx");
@@ -443,6 +456,7 @@ static Suite *onnx_suite(void) {
   tcase_add_test(tc, gemm_becomes_linear);
   tcase_add_test(tc, conformance_model_text);
   tcase_add_test(tc, api_starts_from_initializers);
+  tcase_add_test(tc, fuzz_regressions);
   suite_add_tcase(s, tc);
   return s;
 }

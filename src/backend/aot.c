@@ -53,6 +53,7 @@
 #endif
 
 void aot_default_options(BackendOptions *o) {
+  memset(o, 0, sizeof *o);
   o->kind = BACKEND_DEFAULT;
   o->cc = "cc";
   o->runtime_dir = KILN_RUNTIME_DIR;

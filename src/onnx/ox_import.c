@@ -207,11 +207,14 @@ static DType kiln_dtype(int elem) {
          : elem == ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT ? DT_F32 : DT_I32;
 }
 
+/* The element count (times B when *batch), saturating at INT64_MAX: no count kiln compiles comes
+ * near it, so a saturated one fails every comparison it is in. */
 static int64_t numel(const Value *v, bool *batch) {
   int64_t n = 1;
   int b = 0;
   for (int i = 0; i < v->rank; i++) {
-    n *= v->d[i].n;
+    if (__builtin_mul_overflow(n, v->d[i].n, &n))
+      n = INT64_MAX;
     b += v->d[i].batch;
   }
   if (batch) *batch = b > 0;
@@ -274,7 +277,7 @@ static void need_float(Importer *I, const Value *v) {
 static const char *num(Importer *I, double x) {
   if (!isfinite(x))
     unsupported(I, "infinite constants", "the value %g has no spelling in a kiln model", x);
-  if (x == (double)(int64_t)x && fabs(x) < 1e15) return pool_printf(I->p, "%lld", (long long)x);
+  if (fabs(x) < 1e15 && x == trunc(x)) return pool_printf(I->p, "%lld", (long long)x);
   char buf[64];
   for (int digits = 15; digits <= 17; digits++) {
     snprintf(buf, sizeof buf, "%.*g", digits, x);
@@ -510,6 +513,7 @@ static const char *attr_string(Importer *I, const char *name, const char *def) {
   const Onnx__AttributeProto *a = attr(I, name);
   if (!a) return def;
   attr_type(I, a, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__STRING, "a string");
+  if (!a->s.len) return "";
   if (memchr(a->s.data, 0, a->s.len)) bad(I, "attribute '%s' holds a NUL byte", name);
   return pool_strndup(I->p, (const char *)a->s.data, a->s.len);
 }
@@ -544,7 +548,7 @@ static int known_ints(Importer *I, Value *v, int64_t *out, int max, const char *
     if (v->known_batch[i])
       unsupported(I, "batch-dependent constants", "'%s' (%s) depends on the batch size", v->onnx,
                   what);
-    if (v->known[i] != (double)(int64_t)v->known[i])
+    if (!(fabs(v->known[i]) <= 9007199254740992.0) || v->known[i] != trunc(v->known[i]))
       bad(I, "'%s' (%s) must hold integers", v->onnx, what);
     out[i] = (int64_t)v->known[i];
   }
@@ -1211,7 +1215,8 @@ static Extent product(Importer *I, const Extent *d, int from, int to) {
   Extent e = {1, false};
   for (int i = from; i < to; i++) {
     if (d[i].batch && e.batch) unsupported(I, "batch squared", "two axes hold the batch");
-    e.n *= d[i].n;
+    if (__builtin_mul_overflow(e.n, d[i].n, &e.n) || e.n > INT32_MAX)
+      bad(I, "the merged dimension exceeds 2^31");
     e.batch |= d[i].batch;
   }
   return e;
@@ -1248,6 +1253,8 @@ static void op_reshape(Importer *I, const OpDef *op) {
   Extent d[IR_MAX_RANK];
   for (int i = 0; i < rank; i++) {
     double v = sv->known[i];
+    if (!(v >= -1 && v <= INT32_MAX) || v != trunc(v))
+      bad(I, "shape entry %d is %g, not a dimension", i, v);
     if (sv->known_batch[i]) d[i] = (Extent){(int64_t)v, true};
     else if (v == 0 && !allowzero) {
       if (i >= x->rank) bad(I, "shape entry %d is 0 (copy) but the input has rank %d", i, x->rank);
@@ -1563,7 +1570,7 @@ static void op_constant(Importer *I, const OpDef *op) {
   } else if (!strcmp(nm, "value_float") || !strcmp(nm, "value_int")) {
     double v = nm[6] == 'f' ? a->f : (double)a->i;
     def_known(I, 0, nm[6] == 'f' ? ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT
-                                 : ONNX__TENSOR_PROTO__DATA_TYPE__INT64, 0, d, 1, &v, NULL);
+                                 : ONNX__TENSOR_PROTO__DATA_TYPE__INT64, 0, NULL, 1, &v, NULL);
   } else if (!strcmp(nm, "value_floats") || !strcmp(nm, "value_ints")) {
     bool f = nm[6] == 'f';
     int64_t n = f ? (int64_t)a->n_floats : (int64_t)a->n_ints;
@@ -1850,6 +1857,7 @@ static void op_pad(Importer *I, const OpDef *op) {
   for (int a = 0; a < x->rank; a++) {
     int64_t before = pads[a], after = pads[x->rank + a];
     if (before < 0 || after < 0) unsupported(I, "Pad with negative pads", "a negative pad crops");
+    if (before > INT32_MAX || after > INT32_MAX) bad(I, "pads must be below 2^31");
     if (!before && !after) continue;
     if (d[a].batch) unsupported(I, "Pad of the batch axis", "the batch axis is padded");
     for (int k = 0; k < x->rank; k++)

@@ -32,6 +32,6 @@ if [ -x "$BUILD/fuzz_onnx" ]; then
   for m in /usr/share/libonnx-testdata/data/node/test_{conv,maxpool,gemm,batchnorm,relu,reshape,adam,softmax,slice,concat}*/model.onnx; do
     [ -f "$m" ] && cp "$m" "$CORPUS/onnx-seeds/$(basename "$(dirname "$m")").onnx"
   done
-  run fuzz_onnx "$CORPUS/onnx" "$CORPUS/onnx-seeds" -max_len=4096
+  run fuzz_onnx "$CORPUS/onnx" "$CORPUS/onnx-seeds" "$PWD/tests/fuzz/seeds/onnx" -max_len=4096
 fi
 echo "fuzz: every target ran $RUNS inputs without a failure" >&2
